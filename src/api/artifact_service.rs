@@ -1,0 +1,377 @@
+//! `artifactd.v1.ArtifactService`.
+
+use super::status::{from_stream_status, to_status};
+use super::{ACTOR_HEADER, convert};
+use crate::app::{
+    Artifacts, ContentExpectations, CreateArtifact, NextVersion, Selector, UpdateArtifact,
+    parse_expected_blake3,
+};
+use crate::catalog::Scope;
+use crate::domain::version::Bump;
+use crate::domain::{Error, Result};
+use crate::proto::artifact_service_server::ArtifactService;
+use crate::proto::{
+    self, BumpKind, CreateArtifactRequest, CreateArtifactResponse, DeleteArtifactRequest,
+    DeleteArtifactResponse, DownloadArtifactRequest, DownloadArtifactResponse, GetArtifactRequest,
+    GetArtifactResponse, GetMetadataRequest, GetMetadataResponse, ListArtifactsRequest,
+    ListArtifactsResponse, ListVersionsRequest, ListVersionsResponse, UndeleteArtifactRequest,
+    UndeleteArtifactResponse, UpdateArtifactRequest, UpdateArtifactResponse, create_artifact_request,
+    download_artifact_response, get_artifact_request, update_artifact_header, update_artifact_request,
+};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use std::pin::Pin;
+use tonic::{Request, Response, Status, Streaming};
+
+pub struct ArtifactApi {
+    artifacts: Artifacts,
+}
+
+impl ArtifactApi {
+    pub fn new(artifacts: Artifacts) -> Self {
+        Self { artifacts }
+    }
+}
+
+fn actor_of<T>(request: &Request<T>) -> String {
+    request
+        .metadata()
+        .get(ACTOR_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| !value.is_empty())
+        .unwrap_or("anonymous")
+        .to_owned()
+}
+
+fn expectations(size: Option<u64>, blake3: &str) -> Result<ContentExpectations> {
+    Ok(ContentExpectations {
+        size,
+        blake3: parse_expected_blake3(blake3)?,
+    })
+}
+
+/// Runs an upload in its own task so that a client disconnecting mid-stream ends the upload
+/// through its error path (which marks written packs for garbage collection) instead of
+/// dropping it half-way.
+async fn run_upload<T: Send + 'static>(
+    upload: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(upload)
+        .await
+        .map_err(|e| Error::internal(format!("upload task failed: {e}")))?
+}
+
+/// Turns the data messages after the header into a content stream; anything else is an error.
+fn content_stream<M, F>(stream: Streaming<M>, data_of: F) -> impl Stream<Item = Result<Bytes>> + Send + Unpin
+where
+    M: Send + 'static,
+    F: Fn(M) -> Option<Bytes> + Send + 'static,
+{
+    stream.map(move |message| match message {
+        Ok(message) => data_of(message).ok_or_else(|| {
+            Error::invalid(
+                "header",
+                "only the first message may be a header; later messages must carry data",
+            )
+        }),
+        Err(status) => Err(from_stream_status(status)),
+    })
+}
+
+type DownloadStream = Pin<Box<dyn Stream<Item = Result<DownloadArtifactResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ArtifactService for ArtifactApi {
+    async fn create_artifact(
+        &self,
+        request: Request<Streaming<CreateArtifactRequest>>,
+    ) -> Result<Response<CreateArtifactResponse>, Status> {
+        let actor = actor_of(&request);
+        let mut stream = request.into_inner();
+        let header = match stream.message().await {
+            Ok(Some(CreateArtifactRequest {
+                message: Some(create_artifact_request::Message::Header(header)),
+            })) => header,
+            Ok(Some(_)) => {
+                return Err(to_status(Error::invalid(
+                    "header",
+                    "the first message must be a header",
+                )));
+            }
+            Ok(None) => {
+                return Err(to_status(Error::invalid(
+                    "header",
+                    "the stream ended before a header arrived",
+                )));
+            }
+            Err(status) => return Err(to_status(from_stream_status(status))),
+        };
+        let create = CreateArtifact {
+            scope: Scope::new(header.tenant, header.project),
+            artifact_type: header.artifact_type,
+            name: header.name,
+            description: header.description,
+            tags: header.tags,
+            metadata: header.metadata.into_iter().collect(),
+            initial_version: header.initial_version,
+            change_message: header.change_message,
+            expectations: expectations(header.expected_size, &header.expected_blake3).map_err(to_status)?,
+            actor,
+        };
+        let content = content_stream(stream, |message: CreateArtifactRequest| match message.message {
+            Some(create_artifact_request::Message::Data(data)) => Some(data),
+            _ => None,
+        });
+        let artifacts = self.artifacts.clone();
+        let (artifact, version) = run_upload(async move { artifacts.create(create, content).await })
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(CreateArtifactResponse {
+            artifact: Some(convert::artifact(&artifact)),
+            version: Some(convert::version(&version)),
+        }))
+    }
+
+    async fn update_artifact(
+        &self,
+        request: Request<Streaming<UpdateArtifactRequest>>,
+    ) -> Result<Response<UpdateArtifactResponse>, Status> {
+        let actor = actor_of(&request);
+        let mut stream = request.into_inner();
+        let header = match stream.message().await {
+            Ok(Some(UpdateArtifactRequest {
+                message: Some(update_artifact_request::Message::Header(header)),
+            })) => header,
+            Ok(Some(_)) => {
+                return Err(to_status(Error::invalid(
+                    "header",
+                    "the first message must be a header",
+                )));
+            }
+            Ok(None) => {
+                return Err(to_status(Error::invalid(
+                    "header",
+                    "the stream ended before a header arrived",
+                )));
+            }
+            Err(status) => return Err(to_status(from_stream_status(status))),
+        };
+        let next_version = match header.next_version {
+            Some(update_artifact_header::NextVersion::Bump(kind)) => match BumpKind::try_from(kind) {
+                Ok(BumpKind::Major) => NextVersion::Bump(Bump::Major),
+                Ok(BumpKind::Minor) => NextVersion::Bump(Bump::Minor),
+                Ok(BumpKind::Patch) => NextVersion::Bump(Bump::Patch),
+                _ => {
+                    return Err(to_status(Error::invalid(
+                        "bump",
+                        format!(
+                            "{kind} is not a bump kind; use BUMP_KIND_MAJOR, BUMP_KIND_MINOR or BUMP_KIND_PATCH"
+                        ),
+                    )));
+                }
+            },
+            Some(update_artifact_header::NextVersion::ExplicitVersion(version)) => {
+                NextVersion::Explicit(version)
+            }
+            None => {
+                return Err(to_status(Error::invalid(
+                    "next_version",
+                    "set either bump or explicit_version",
+                )));
+            }
+        };
+        let update = UpdateArtifact {
+            scope: Scope::new(header.tenant, header.project),
+            artifact_id: header.artifact_id,
+            next_version,
+            expected_current_version: header.expected_current_version,
+            change_message: header.change_message,
+            metadata_set: header.metadata_set.into_iter().collect(),
+            metadata_remove: header.metadata_remove,
+            expectations: expectations(header.expected_size, &header.expected_blake3).map_err(to_status)?,
+            actor,
+        };
+        let content = content_stream(stream, |message: UpdateArtifactRequest| match message.message {
+            Some(update_artifact_request::Message::Data(data)) => Some(data),
+            _ => None,
+        });
+        let artifacts = self.artifacts.clone();
+        let (artifact, version) = run_upload(async move { artifacts.update(update, content).await })
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(UpdateArtifactResponse {
+            artifact: Some(convert::artifact(&artifact)),
+            version: Some(convert::version(&version)),
+        }))
+    }
+
+    async fn get_artifact(
+        &self,
+        request: Request<GetArtifactRequest>,
+    ) -> Result<Response<GetArtifactResponse>, Status> {
+        let request = request.into_inner();
+        let scope = Scope::new(request.tenant, request.project);
+        let selector = match request.selector {
+            Some(get_artifact_request::Selector::ArtifactId(id)) => Selector::Id(id),
+            Some(get_artifact_request::Selector::Coordinates(coordinates)) => Selector::Name {
+                artifact_type: coordinates.artifact_type,
+                name: coordinates.name,
+            },
+            None => {
+                return Err(to_status(Error::invalid(
+                    "selector",
+                    "set either artifact_id or coordinates",
+                )));
+            }
+        };
+        let (artifact, version) = self
+            .artifacts
+            .get(&scope, &selector, &request.version)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(GetArtifactResponse {
+            artifact: Some(convert::artifact(&artifact)),
+            version: Some(convert::version(&version)),
+        }))
+    }
+
+    type DownloadArtifactStream = DownloadStream;
+
+    async fn download_artifact(
+        &self,
+        request: Request<DownloadArtifactRequest>,
+    ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        let request = request.into_inner();
+        let scope = Scope::new(request.tenant, request.project);
+        let plan = self
+            .artifacts
+            .plan_download(
+                &scope,
+                &request.artifact_id,
+                &request.version,
+                request.offset,
+                request.length,
+            )
+            .await
+            .map_err(to_status)?;
+        let data = self.artifacts.download(&plan).await.map_err(to_status)?;
+        let header = DownloadArtifactResponse {
+            message: Some(download_artifact_response::Message::Header(
+                proto::DownloadHeader {
+                    artifact_id: plan.artifact.id.clone(),
+                    version: plan.version.version.clone(),
+                    size: plan.version.size as u64,
+                    blake3: plan.version.blake3.clone(),
+                    offset: plan.offset,
+                    length: plan.length,
+                },
+            )),
+        };
+        let data = data
+            .filter(|piece| futures::future::ready(!matches!(piece, Ok(bytes) if bytes.is_empty())))
+            .map(|piece| {
+                piece
+                    .map(|bytes| DownloadArtifactResponse {
+                        message: Some(download_artifact_response::Message::Data(bytes)),
+                    })
+                    .map_err(to_status)
+            });
+        let stream = futures::stream::once(async move { Ok(header) }).chain(data);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_versions(
+        &self,
+        request: Request<ListVersionsRequest>,
+    ) -> Result<Response<ListVersionsResponse>, Status> {
+        let request = request.into_inner();
+        let scope = Scope::new(request.tenant, request.project);
+        let page = self
+            .artifacts
+            .list_versions(
+                &scope,
+                &request.artifact_id,
+                request.page_size,
+                &request.page_token,
+            )
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(ListVersionsResponse {
+            versions: page.items.iter().map(convert::version).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn get_metadata(
+        &self,
+        request: Request<GetMetadataRequest>,
+    ) -> Result<Response<GetMetadataResponse>, Status> {
+        let request = request.into_inner();
+        let scope = Scope::new(request.tenant, request.project);
+        let (_, version) = self
+            .artifacts
+            .get(&scope, &Selector::Id(request.artifact_id), &request.version)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(GetMetadataResponse {
+            version: Some(convert::version(&version)),
+            metadata: version.metadata_map().into_iter().collect(),
+            content_type: version.content_type.clone(),
+        }))
+    }
+
+    async fn list_artifacts(
+        &self,
+        request: Request<ListArtifactsRequest>,
+    ) -> Result<Response<ListArtifactsResponse>, Status> {
+        let request = request.into_inner();
+        let scope = Scope::new(request.tenant, request.project);
+        let page = self
+            .artifacts
+            .list_artifacts(
+                &scope,
+                &request.artifact_type,
+                request.page_size,
+                &request.page_token,
+            )
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(ListArtifactsResponse {
+            artifacts: page.items.iter().map(convert::artifact).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn delete_artifact(
+        &self,
+        request: Request<DeleteArtifactRequest>,
+    ) -> Result<Response<DeleteArtifactResponse>, Status> {
+        let request = request.into_inner();
+        let scope = Scope::new(request.tenant, request.project);
+        let (artifact, restorable_until) = self
+            .artifacts
+            .delete(&scope, &request.artifact_id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(DeleteArtifactResponse {
+            artifact: Some(convert::artifact(&artifact)),
+            restorable_until: Some(convert::timestamp(restorable_until)),
+        }))
+    }
+
+    async fn undelete_artifact(
+        &self,
+        request: Request<UndeleteArtifactRequest>,
+    ) -> Result<Response<UndeleteArtifactResponse>, Status> {
+        let request = request.into_inner();
+        let scope = Scope::new(request.tenant, request.project);
+        let artifact = self
+            .artifacts
+            .undelete(&scope, &request.artifact_id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(UndeleteArtifactResponse {
+            artifact: Some(convert::artifact(&artifact)),
+        }))
+    }
+}

@@ -1,0 +1,11 @@
+//! gRPC services: decode requests, call the application layer, map errors to statuses.
+//! No business rules and no SQL here.
+
+mod artifact_service;
+pub mod convert;
+pub mod status;
+
+pub use artifact_service::ArtifactApi;
+
+/// Request metadata naming the caller, recorded as `created_by`.
+pub const ACTOR_HEADER: &str = "x-artifactd-actor";

@@ -1,0 +1,40 @@
+//! The one place where service errors become gRPC statuses.
+
+use crate::domain::Error;
+use tonic::{Code, Status};
+
+pub fn to_status(error: Error) -> Status {
+    let code = match &error {
+        Error::NotFound(_) => Code::NotFound,
+        Error::AlreadyExists(_) => Code::AlreadyExists,
+        Error::InvalidArgument { .. } => Code::InvalidArgument,
+        Error::FailedPrecondition(_) => Code::FailedPrecondition,
+        Error::Aborted(_) => Code::Aborted,
+        Error::OutOfRange(_) => Code::OutOfRange,
+        Error::Unavailable(_) => Code::Unavailable,
+        Error::DataLoss(_) => Code::DataLoss,
+        Error::Cancelled(_) => Code::Cancelled,
+        Error::Internal(_) => Code::Internal,
+    };
+    if code == Code::Internal || code == Code::DataLoss {
+        tracing::error!(error = %error, "request failed");
+    }
+    Status::new(code, error.to_string())
+}
+
+/// A status that arrived on a request stream (the client cancelled or broke the stream).
+pub fn from_stream_status(status: Status) -> Error {
+    match status.code() {
+        Code::Cancelled | Code::DeadlineExceeded => {
+            Error::Cancelled(format!("the request stream ended early: {}", status.message()))
+        }
+        _ => Error::invalid(
+            "data",
+            format!(
+                "the request stream failed: {} ({:?})",
+                status.message(),
+                status.code()
+            ),
+        ),
+    }
+}

@@ -1,0 +1,592 @@
+//! Application services: the use cases of the artifact API, combining domain rules, the
+//! ingest pipeline, the object store and the catalog. Knows nothing about gRPC.
+
+mod download;
+mod upload;
+
+pub use upload::{ContentExpectations, parse_expected_blake3};
+
+use crate::catalog::{ArtifactRecord, Catalog, NewArtifact, Scope, VersionRecord};
+use crate::domain::names::{
+    normalize_tags, validate_artifact_name, validate_change_message, validate_description,
+    validate_identifier, validate_metadata, validate_metadata_key,
+};
+use crate::domain::version::{Bump, bump, ensure_greater, parse_version};
+use crate::domain::{Error, Result, now_micros};
+use crate::ingest::{ChunkerConfig, Manifest, TenantKey};
+use crate::storage::DynBlobStore;
+use bytes::Bytes;
+use futures::Stream;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Tunables of the data path.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub chunker: ChunkerConfig,
+    pub zstd_level: i32,
+    pub pack_target_bytes: usize,
+    pub max_packs_in_flight: usize,
+    pub max_data_message_bytes: usize,
+    pub max_read_span_bytes: u64,
+    pub read_ahead_spans: usize,
+    pub deleted_retention: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            chunker: ChunkerConfig::default(),
+            zstd_level: 3,
+            pack_target_bytes: 8 * 1024 * 1024,
+            max_packs_in_flight: 2,
+            max_data_message_bytes: 256 * 1024,
+            max_read_span_bytes: 4 * 1024 * 1024,
+            read_ahead_spans: 4,
+            deleted_retention: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) catalog: Catalog,
+    pub(crate) store: DynBlobStore,
+    pub(crate) settings: Settings,
+    pub(crate) service_secret: [u8; 32],
+}
+
+/// The artifact use cases. Cheap to clone.
+#[derive(Clone)]
+pub struct Artifacts {
+    inner: Arc<Inner>,
+}
+
+/// Who is asking, for the record.
+pub type Actor = String;
+
+#[derive(Debug, Clone, Default)]
+pub struct CreateArtifact {
+    pub scope: Scope,
+    pub artifact_type: String,
+    pub name: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub initial_version: String,
+    pub change_message: String,
+    pub expectations: ContentExpectations,
+    pub actor: Actor,
+}
+
+#[derive(Debug, Clone)]
+pub enum NextVersion {
+    Bump(Bump),
+    Explicit(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct UpdateArtifact {
+    pub scope: Scope,
+    pub artifact_id: String,
+    pub next_version: NextVersion,
+    pub expected_current_version: String,
+    pub change_message: String,
+    pub metadata_set: BTreeMap<String, String>,
+    pub metadata_remove: Vec<String>,
+    pub expectations: ContentExpectations,
+    pub actor: Actor,
+}
+
+/// How to find an artifact.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    Id(String),
+    Name { artifact_type: String, name: String },
+}
+
+/// The range of a download and what it covers.
+#[derive(Debug, Clone)]
+pub struct DownloadPlan {
+    pub artifact: ArtifactRecord,
+    pub version: VersionRecord,
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_page_token: String,
+}
+
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+fn validate_scope(scope: &Scope) -> Result<()> {
+    validate_identifier("tenant", &scope.tenant)?;
+    validate_identifier("project", &scope.project)
+}
+
+fn validate_artifact_id(id: &str) -> Result<()> {
+    if uuid::Uuid::try_parse(id).is_err() {
+        return Err(Error::invalid(
+            "artifact_id",
+            format!(
+                "{} is not an artifact id (a UUID)",
+                crate::domain::names::quoted(id)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn page_size(requested: u32) -> u32 {
+    match requested {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    }
+}
+
+fn encode_token(parts: &[&str]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(parts.join("\u{0}"))
+}
+
+fn decode_token(token: &str, parts: usize) -> Result<Vec<String>> {
+    use base64::Engine;
+    let invalid = || {
+        Error::invalid(
+            "page_token",
+            format!(
+                "{} is not a token this service issued",
+                crate::domain::names::quoted(token)
+            ),
+        )
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| invalid())?;
+    let text = String::from_utf8(raw).map_err(|_| invalid())?;
+    let fields: Vec<String> = text.split('\u{0}').map(str::to_owned).collect();
+    if fields.len() != parts {
+        return Err(invalid());
+    }
+    Ok(fields)
+}
+
+impl Artifacts {
+    pub async fn new(catalog: Catalog, store: DynBlobStore, settings: Settings) -> Result<Self> {
+        let service_secret = catalog.service_secret().await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                catalog,
+                store,
+                settings,
+                service_secret,
+            }),
+        })
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    pub fn store(&self) -> &DynBlobStore {
+        &self.inner.store
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Creates an artifact whose first version is `content`.
+    pub async fn create<S>(
+        &self,
+        request: CreateArtifact,
+        content: S,
+    ) -> Result<(ArtifactRecord, VersionRecord)>
+    where
+        S: Stream<Item = Result<Bytes>> + Send + Unpin,
+    {
+        validate_scope(&request.scope)?;
+        validate_identifier("artifact_type", &request.artifact_type)?;
+        validate_artifact_name(&request.name)?;
+        validate_description(&request.description)?;
+        validate_change_message(&request.change_message)?;
+        validate_metadata("metadata", &request.metadata)?;
+        let tags = normalize_tags(&request.tags)?;
+        let version = if request.initial_version.is_empty() {
+            semver::Version::new(1, 0, 0)
+        } else {
+            parse_version("initial_version", &request.initial_version)?
+        };
+        if self
+            .inner
+            .catalog
+            .artifact_by_name(&request.scope, &request.artifact_type, &request.name)
+            .await?
+            .is_some()
+        {
+            return Err(Error::AlreadyExists(format!(
+                "an artifact of type {:?} named {:?} already exists in {}/{}",
+                request.artifact_type, request.name, request.scope.tenant, request.scope.project
+            )));
+        }
+
+        let upload = upload::Upload::new(
+            self.inner.clone(),
+            &request.scope.tenant,
+            request.expectations.clone(),
+        );
+        let upload_name = request.name.clone();
+        let content = upload.run(content, &upload_name).await?;
+        let upload_id = content.upload_id.clone();
+        let new_version = content.into_new_version(
+            version.to_string(),
+            request.actor.clone(),
+            request.change_message.clone(),
+            request.metadata.clone(),
+        );
+        let artifact = NewArtifact {
+            id: uuid::Uuid::now_v7().to_string(),
+            scope: request.scope.clone(),
+            artifact_type: request.artifact_type.clone(),
+            name: request.name.clone(),
+            description: request.description.clone(),
+            tags,
+        };
+        let committed = self.inner.catalog.create_artifact(&artifact, &new_version).await;
+        self.after_commit(&upload_id, committed).await
+    }
+
+    /// Adds a version to an artifact.
+    pub async fn update<S>(
+        &self,
+        request: UpdateArtifact,
+        content: S,
+    ) -> Result<(ArtifactRecord, VersionRecord)>
+    where
+        S: Stream<Item = Result<Bytes>> + Send + Unpin,
+    {
+        validate_scope(&request.scope)?;
+        validate_artifact_id(&request.artifact_id)?;
+        validate_change_message(&request.change_message)?;
+        validate_metadata("metadata_set", &request.metadata_set)?;
+        for key in &request.metadata_remove {
+            validate_metadata_key("metadata_remove", key)?;
+        }
+        let artifact = self
+            .require_artifact(&request.scope, &request.artifact_id)
+            .await?;
+        let latest = parse_version("latest_version", &artifact.latest_version)?;
+        if !request.expected_current_version.is_empty() {
+            let expected = parse_version("expected_current_version", &request.expected_current_version)?;
+            if expected != latest {
+                return Err(Error::FailedPrecondition(format!(
+                    "expected_current_version: artifact {:?} is at version {latest}, not {expected}; nothing was written",
+                    request.artifact_id
+                )));
+            }
+        }
+        let next = match &request.next_version {
+            NextVersion::Bump(kind) => bump(&latest, *kind),
+            NextVersion::Explicit(text) => {
+                let explicit = parse_version("explicit_version", text)?;
+                ensure_greater("explicit_version", &explicit, &latest)?;
+                explicit
+            }
+        };
+        let mut metadata = artifact.metadata_map();
+        for key in &request.metadata_remove {
+            metadata.remove(key);
+        }
+        metadata.extend(request.metadata_set.clone());
+        validate_metadata("metadata_set", &metadata)?;
+
+        let upload = upload::Upload::new(
+            self.inner.clone(),
+            &request.scope.tenant,
+            request.expectations.clone(),
+        );
+        let content = upload.run(content, &artifact.name).await?;
+        let upload_id = content.upload_id.clone();
+        let new_version = content.into_new_version(
+            next.to_string(),
+            request.actor.clone(),
+            request.change_message.clone(),
+            metadata,
+        );
+        let committed = self
+            .inner
+            .catalog
+            .add_version(
+                &request.scope,
+                &request.artifact_id,
+                &artifact.latest_version,
+                &new_version,
+            )
+            .await;
+        self.after_commit(&upload_id, committed).await
+    }
+
+    async fn after_commit(
+        &self,
+        upload_id: &str,
+        committed: Result<(ArtifactRecord, VersionRecord)>,
+    ) -> Result<(ArtifactRecord, VersionRecord)> {
+        match committed {
+            Ok(pair) => {
+                metrics::counter!("artifactd_versions_committed_total").increment(1);
+                Ok(pair)
+            }
+            Err(error) => {
+                if let Err(cleanup) = self.inner.catalog.abandon_upload(upload_id).await {
+                    tracing::warn!(%upload_id, error = %cleanup, "could not mark an abandoned upload's packs");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn require_artifact(&self, scope: &Scope, artifact_id: &str) -> Result<ArtifactRecord> {
+        validate_artifact_id(artifact_id)?;
+        self.inner
+            .catalog
+            .artifact_by_id(scope, artifact_id, false)
+            .await?
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "artifact {artifact_id:?} not found in {}/{}",
+                    scope.tenant, scope.project
+                ))
+            })
+    }
+
+    async fn require_version(&self, artifact: &ArtifactRecord, version: &str) -> Result<VersionRecord> {
+        let wanted = if version.is_empty() {
+            artifact.latest_version.clone()
+        } else {
+            parse_version("version", version)?.to_string()
+        };
+        self.inner
+            .catalog
+            .version(&artifact.id, &wanted)
+            .await?
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "version {wanted} of artifact {:?} not found",
+                    artifact.id
+                ))
+            })
+    }
+
+    /// An artifact and one of its versions (the latest when `version` is empty).
+    pub async fn get(
+        &self,
+        scope: &Scope,
+        selector: &Selector,
+        version: &str,
+    ) -> Result<(ArtifactRecord, VersionRecord)> {
+        validate_scope(scope)?;
+        let artifact = match selector {
+            Selector::Id(id) => self.require_artifact(scope, id).await?,
+            Selector::Name { artifact_type, name } => {
+                validate_identifier("artifact_type", artifact_type)?;
+                validate_artifact_name(name)?;
+                self.inner
+                    .catalog
+                    .artifact_by_name(scope, artifact_type, name)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::not_found(format!(
+                            "no artifact of type {artifact_type:?} named {name:?} in {}/{}",
+                            scope.tenant, scope.project
+                        ))
+                    })?
+            }
+        };
+        let version = self.require_version(&artifact, version).await?;
+        Ok((artifact, version))
+    }
+
+    pub async fn list_versions(
+        &self,
+        scope: &Scope,
+        artifact_id: &str,
+        requested_page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<VersionRecord>> {
+        validate_scope(scope)?;
+        let artifact = self.require_artifact(scope, artifact_id).await?;
+        let before_seq = if page_token.is_empty() {
+            None
+        } else {
+            let fields = decode_token(page_token, 2)?;
+            if fields[0] != "v" {
+                return Err(Error::invalid(
+                    "page_token",
+                    "the token belongs to another listing",
+                ));
+            }
+            Some(
+                fields[1]
+                    .parse::<i64>()
+                    .map_err(|_| Error::invalid("page_token", "malformed token"))?,
+            )
+        };
+        let limit = page_size(requested_page_size);
+        let mut items = self
+            .inner
+            .catalog
+            .list_versions(&artifact.id, before_seq, limit + 1)
+            .await?;
+        let next_page_token = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            encode_token(&["v", &items.last().expect("non-empty").seq.to_string()])
+        } else {
+            String::new()
+        };
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+
+    pub async fn list_artifacts(
+        &self,
+        scope: &Scope,
+        artifact_type: &str,
+        requested_page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<ArtifactRecord>> {
+        validate_scope(scope)?;
+        if !artifact_type.is_empty() {
+            validate_identifier("artifact_type", artifact_type)?;
+        }
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            let fields = decode_token(page_token, 3)?;
+            if fields[0] != "a" {
+                return Err(Error::invalid(
+                    "page_token",
+                    "the token belongs to another listing",
+                ));
+            }
+            Some((fields[1].clone(), fields[2].clone()))
+        };
+        let limit = page_size(requested_page_size);
+        let type_filter = (!artifact_type.is_empty()).then_some(artifact_type);
+        let mut items = self
+            .inner
+            .catalog
+            .list_artifacts(
+                scope,
+                type_filter,
+                after.as_ref().map(|(name, id)| (name.as_str(), id.as_str())),
+                limit + 1,
+            )
+            .await?;
+        let next_page_token = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            let last = items.last().expect("non-empty");
+            encode_token(&["a", &last.name, &last.id])
+        } else {
+            String::new()
+        };
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+
+    /// Soft-deletes an artifact; returns it and the moment its retention runs out.
+    pub async fn delete(&self, scope: &Scope, artifact_id: &str) -> Result<(ArtifactRecord, i64)> {
+        validate_scope(scope)?;
+        validate_artifact_id(artifact_id)?;
+        let deleted = self
+            .inner
+            .catalog
+            .soft_delete(scope, artifact_id, now_micros())
+            .await?;
+        let restorable_until = deleted.deleted_at.unwrap_or_default() + self.retention_micros();
+        Ok((deleted, restorable_until))
+    }
+
+    pub async fn undelete(&self, scope: &Scope, artifact_id: &str) -> Result<ArtifactRecord> {
+        validate_scope(scope)?;
+        validate_artifact_id(artifact_id)?;
+        let now = now_micros();
+        self.inner
+            .catalog
+            .undelete(scope, artifact_id, now - self.retention_micros(), now)
+            .await
+    }
+
+    fn retention_micros(&self) -> i64 {
+        self.inner.settings.deleted_retention.as_micros() as i64
+    }
+
+    /// Resolves what a download will send, checking the range against the version's size.
+    pub async fn plan_download(
+        &self,
+        scope: &Scope,
+        artifact_id: &str,
+        version: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<DownloadPlan> {
+        validate_scope(scope)?;
+        let artifact = self.require_artifact(scope, artifact_id).await?;
+        let version = self.require_version(&artifact, version).await?;
+        let size = version.size as u64;
+        if offset > size {
+            return Err(Error::OutOfRange(format!(
+                "offset: {offset} is beyond the end of version {} ({size} bytes)",
+                version.version
+            )));
+        }
+        let length = if length == 0 { size - offset } else { length };
+        if offset + length > size {
+            return Err(Error::OutOfRange(format!(
+                "length: {length} bytes from offset {offset} reach beyond the end of version {} ({size} bytes)",
+                version.version
+            )));
+        }
+        Ok(DownloadPlan {
+            artifact,
+            version,
+            offset,
+            length,
+        })
+    }
+
+    /// Streams the bytes of a planned download.
+    pub async fn download(
+        &self,
+        plan: &DownloadPlan,
+    ) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static> {
+        let manifest_bytes = self
+            .inner
+            .catalog
+            .manifest(&plan.artifact.id, &plan.version.version)
+            .await?;
+        let manifest = Manifest::decode(&manifest_bytes).map_err(|e| {
+            Error::DataLoss(format!(
+                "manifest of version {} of artifact {:?} is unreadable: {e}",
+                plan.version.version, plan.artifact.id
+            ))
+        })?;
+        let spans = download::plan(
+            &self.inner,
+            &plan.artifact.tenant,
+            &manifest,
+            plan.offset..plan.offset + plan.length,
+        )
+        .await?;
+        let key = TenantKey::derive(&self.inner.service_secret, &plan.artifact.tenant);
+        Ok(download::stream(self.inner.clone(), key, spans))
+    }
+}

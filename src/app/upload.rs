@@ -1,0 +1,404 @@
+//! The ingest pipeline of one upload: cut content into chunks as it arrives, hash them with
+//! the tenant's key, skip chunks the tenant already stores, compress the rest, collect them
+//! into packs and write full packs while more content is still arriving.
+//!
+//! Memory stays bounded: the chunker holds at most one maximum-size chunk plus one message,
+//! the dedup batch a few MiB, and at most `max_packs_in_flight` sealed packs plus the one
+//! being filled.
+
+use super::Inner;
+use crate::catalog::NewVersion;
+use crate::domain::{Error, Result, content_type, names::quoted, now_micros};
+use crate::ingest::chunk::encode;
+use crate::ingest::{ChunkId, Manifest, ManifestEntry, PackBuilder, PackEntry, StreamChunker, TenantKey};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+
+/// Size of the content head kept for content-type detection.
+const HEAD_LEN: usize = 512;
+/// Dedup lookups are batched: one catalog round trip per this many pending bytes.
+const DEDUP_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// What the caller promised about the content.
+#[derive(Debug, Clone, Default)]
+pub struct ContentExpectations {
+    pub size: Option<u64>,
+    pub blake3: Option<blake3::Hash>,
+}
+
+/// The content of a finished upload, ready to be committed as a version.
+#[derive(Debug)]
+pub struct IngestedContent {
+    pub upload_id: String,
+    pub size: u64,
+    pub stored_size: u64,
+    pub new_stored_size: u64,
+    pub blake3: String,
+    pub manifest: Manifest,
+    pub new_chunks: Vec<(String, PackEntry)>,
+    pub packs: Vec<String>,
+    pub content_type: String,
+}
+
+impl IngestedContent {
+    pub fn into_new_version(
+        self,
+        version: String,
+        created_by: String,
+        change_message: String,
+        metadata: std::collections::BTreeMap<String, String>,
+    ) -> NewVersion {
+        NewVersion {
+            version,
+            size: self.size,
+            stored_size: self.stored_size,
+            new_stored_size: self.new_stored_size,
+            blake3: self.blake3,
+            chunk_count: self.manifest.entries.len() as u64,
+            created_by,
+            created_at: now_micros(),
+            change_message,
+            metadata,
+            content_type: self.content_type,
+            manifest: self.manifest.encode(),
+            new_chunks: self.new_chunks,
+            packs: self.packs,
+        }
+    }
+}
+
+/// Chunking and whole-content hashing state, moved into blocking tasks and back.
+struct Cutter {
+    chunker: StreamChunker,
+    whole: blake3::Hasher,
+    key: TenantKey,
+}
+
+impl Cutter {
+    fn cut(&mut self, data: &[u8]) -> Vec<(ChunkId, Bytes)> {
+        self.whole.update(data);
+        let chunks = self.chunker.push(data);
+        self.identify(chunks)
+    }
+
+    fn identify(&self, chunks: Vec<Bytes>) -> Vec<(ChunkId, Bytes)> {
+        chunks
+            .into_iter()
+            .map(|chunk| (self.key.chunk_id(&chunk), chunk))
+            .collect()
+    }
+}
+
+pub(super) struct Upload {
+    inner: Arc<Inner>,
+    tenant: String,
+    upload_id: String,
+    cutter: Option<Cutter>,
+    size: u64,
+    head: Vec<u8>,
+    expectations: ContentExpectations,
+    pending: Vec<(ChunkId, Bytes)>,
+    pending_bytes: usize,
+    /// Chunks of this upload already placed in one of its packs: id → stored length.
+    placed: HashMap<ChunkId, u64>,
+    /// Chunks the tenant already stored before this upload: id → stored length.
+    known: HashMap<ChunkId, u64>,
+    manifest: Vec<ManifestEntry>,
+    new_stored_size: u64,
+    pack: PackBuilder,
+    new_chunks: Vec<(String, PackEntry)>,
+    packs: Vec<String>,
+    writes: JoinSet<Result<()>>,
+}
+
+impl Upload {
+    pub(super) fn new(inner: Arc<Inner>, tenant: &str, expectations: ContentExpectations) -> Self {
+        let key = TenantKey::derive(&inner.service_secret, tenant);
+        let chunker = StreamChunker::new(inner.settings.chunker);
+        Self {
+            inner,
+            tenant: tenant.to_owned(),
+            upload_id: uuid::Uuid::now_v7().to_string(),
+            cutter: Some(Cutter {
+                chunker,
+                whole: blake3::Hasher::new(),
+                key,
+            }),
+            size: 0,
+            head: Vec::with_capacity(HEAD_LEN),
+            expectations,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            placed: HashMap::new(),
+            known: HashMap::new(),
+            manifest: Vec::new(),
+            new_stored_size: 0,
+            pack: PackBuilder::new(),
+            new_chunks: Vec::new(),
+            packs: Vec::new(),
+            writes: JoinSet::new(),
+        }
+    }
+
+    /// Consumes the content stream. On any failure, packs already written are marked
+    /// abandoned for garbage collection and nothing becomes visible.
+    pub(super) async fn run<S>(mut self, content: S, name: &str) -> Result<IngestedContent>
+    where
+        S: Stream<Item = Result<Bytes>> + Send + Unpin,
+    {
+        match self.consume(content, name).await {
+            Ok(done) => Ok(done),
+            Err(error) => {
+                self.writes.abort_all();
+                while self.writes.join_next().await.is_some() {}
+                if let Err(cleanup) = self.inner.catalog.abandon_upload(&self.upload_id).await {
+                    tracing::warn!(upload_id = %self.upload_id, error = %cleanup, "could not mark an abandoned upload's packs; garbage collection will find them as staged");
+                }
+                metrics::counter!("artifactd_uploads_failed_total").increment(1);
+                Err(error)
+            }
+        }
+    }
+
+    async fn consume<S>(&mut self, mut content: S, name: &str) -> Result<IngestedContent>
+    where
+        S: Stream<Item = Result<Bytes>> + Send + Unpin,
+    {
+        while let Some(data) = content.next().await {
+            let data = data?;
+            self.accept(data).await?;
+        }
+        let mut cutter = self.cutter.take().expect("cutter present until the end");
+        let (cutter, tail) = tokio::task::spawn_blocking(move || {
+            let chunker = std::mem::replace(&mut cutter.chunker, StreamChunker::new(Default::default()));
+            let tail = cutter.identify(chunker.finish());
+            (cutter, tail)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("chunking task failed: {e}")))?;
+        self.queue(tail);
+        self.flush_pending().await?;
+        if !self.pack.is_empty() {
+            self.seal_pack().await?;
+        }
+        while let Some(write) = self.writes.join_next().await {
+            write.map_err(|e| Error::internal(format!("pack write task failed: {e}")))??;
+        }
+
+        if let Some(expected) = self.expectations.size
+            && expected != self.size
+        {
+            return Err(Error::invalid(
+                "expected_size",
+                format!(
+                    "the stream ended after {} bytes but the header declared {expected}",
+                    self.size
+                ),
+            ));
+        }
+        let digest = cutter.whole.finalize();
+        if let Some(expected) = self.expectations.blake3
+            && expected != digest
+        {
+            return Err(Error::invalid(
+                "expected_blake3",
+                format!(
+                    "declared {} but the content hashes to {}",
+                    expected.to_hex(),
+                    digest.to_hex()
+                ),
+            ));
+        }
+        metrics::counter!("artifactd_ingested_bytes_total").increment(self.size);
+        metrics::counter!("artifactd_stored_bytes_total").increment(self.new_stored_size);
+        Ok(IngestedContent {
+            upload_id: self.upload_id.clone(),
+            size: self.size,
+            stored_size: self.stored_size(),
+            new_stored_size: self.new_stored_size,
+            blake3: digest.to_hex().to_string(),
+            manifest: Manifest {
+                entries: std::mem::take(&mut self.manifest),
+            },
+            new_chunks: std::mem::take(&mut self.new_chunks),
+            packs: std::mem::take(&mut self.packs),
+            content_type: content_type::guess(name, &self.head).to_owned(),
+        })
+    }
+
+    async fn accept(&mut self, data: Bytes) -> Result<()> {
+        let limit = self.inner.settings.max_data_message_bytes;
+        if data.len() > limit {
+            return Err(Error::invalid(
+                "data",
+                format!(
+                    "a data message of {} bytes exceeds the limit of {limit}",
+                    data.len()
+                ),
+            ));
+        }
+        self.size += data.len() as u64;
+        if let Some(expected) = self.expectations.size
+            && self.size > expected
+        {
+            return Err(Error::invalid(
+                "expected_size",
+                format!("the stream carried more than the declared {expected} bytes"),
+            ));
+        }
+        if self.head.len() < HEAD_LEN {
+            let take = (HEAD_LEN - self.head.len()).min(data.len());
+            self.head.extend_from_slice(&data[..take]);
+        }
+        let mut cutter = self.cutter.take().expect("cutter present until the end");
+        let (cutter, chunks) = tokio::task::spawn_blocking(move || {
+            let chunks = cutter.cut(&data);
+            (cutter, chunks)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("chunking task failed: {e}")))?;
+        self.cutter = Some(cutter);
+        self.queue(chunks);
+        if self.pending_bytes >= DEDUP_BATCH_BYTES {
+            self.flush_pending().await?;
+        }
+        Ok(())
+    }
+
+    fn queue(&mut self, chunks: Vec<(ChunkId, Bytes)>) {
+        for (id, chunk) in chunks {
+            self.pending_bytes += chunk.len();
+            self.pending.push((id, chunk));
+        }
+    }
+
+    /// Looks the pending chunks up in the chunk index and packs the ones nobody has yet.
+    async fn flush_pending(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        let unplaced: Vec<ChunkId> = pending
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !self.placed.contains_key(id))
+            .collect();
+        let known = if unplaced.is_empty() {
+            HashMap::new()
+        } else {
+            self.inner.catalog.known_chunks(&self.tenant, &unplaced).await?
+        };
+
+        let mut to_encode = Vec::new();
+        for (id, chunk) in &pending {
+            self.manifest.push(ManifestEntry {
+                chunk_id: *id,
+                raw_len: chunk.len() as u32,
+            });
+            if self.placed.contains_key(id) || known.contains_key(id) {
+                continue;
+            }
+            // Reserve the id now so a repeat later in this batch dedups against it; the
+            // real stored length replaces the 0 once the chunk is encoded.
+            self.placed.insert(*id, 0);
+            to_encode.push((*id, chunk.clone()));
+        }
+        self.known.extend(known);
+        let level = self.inner.settings.zstd_level;
+        let encoded = tokio::task::spawn_blocking(move || {
+            to_encode
+                .into_iter()
+                .map(|(id, chunk)| {
+                    let (codec, stored) = encode(&chunk, level);
+                    (id, chunk.len() as u32, codec, stored)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| Error::internal(format!("compression task failed: {e}")))?;
+        for (id, raw_len, codec, stored) in encoded {
+            self.placed.insert(id, stored.len() as u64);
+            self.pack.add(id, codec, raw_len, &stored);
+            self.new_stored_size += stored.len() as u64;
+            if self.pack.len() >= self.inner.settings.pack_target_bytes {
+                self.seal_pack().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stored bytes of the whole content, counting chunks shared with earlier versions.
+    fn stored_size(&self) -> u64 {
+        self.manifest
+            .iter()
+            .map(|entry| {
+                self.placed
+                    .get(&entry.chunk_id)
+                    .or_else(|| self.known.get(&entry.chunk_id))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
+    /// Seals the current pack, records it as staged, and writes it in the background,
+    /// waiting first when too many writes are in flight.
+    async fn seal_pack(&mut self) -> Result<()> {
+        let builder = std::mem::take(&mut self.pack);
+        let sealed = tokio::task::spawn_blocking(move || builder.seal())
+            .await
+            .map_err(|e| Error::internal(format!("pack sealing failed: {e}")))?;
+        let pack_id = sealed.id.to_hex();
+        self.inner
+            .catalog
+            .stage_pack(
+                &self.tenant,
+                &pack_id,
+                sealed.bytes.len() as u64,
+                &self.upload_id,
+                now_micros(),
+            )
+            .await?;
+        self.new_chunks
+            .extend(sealed.entries.iter().map(|entry| (pack_id.clone(), *entry)));
+        self.packs.push(pack_id);
+        while self.writes.len() >= self.inner.settings.max_packs_in_flight {
+            if let Some(write) = self.writes.join_next().await {
+                write.map_err(|e| Error::internal(format!("pack write task failed: {e}")))??;
+            }
+        }
+        let store = self.inner.store.clone();
+        self.writes.spawn(async move {
+            let key = sealed.id.object_key();
+            let size = sealed.bytes.len();
+            store.put(&key, sealed.bytes).await.map_err(|error| {
+                let message = format!("writing pack {key} failed: {error}");
+                if error.is_retryable() {
+                    Error::Unavailable(message)
+                } else {
+                    Error::Internal(message)
+                }
+            })?;
+            metrics::counter!("artifactd_pack_bytes_written_total").increment(size as u64);
+            Ok(())
+        });
+        Ok(())
+    }
+}
+
+/// Explains an `expected_blake3` that is not a digest.
+pub fn parse_expected_blake3(value: &str) -> Result<Option<blake3::Hash>> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    blake3::Hash::from_hex(value).map(Some).map_err(|_| {
+        Error::invalid(
+            "expected_blake3",
+            format!("{} is not a 64-digit hex blake3 digest", quoted(value)),
+        )
+    })
+}

@@ -1,0 +1,743 @@
+//! The catalog: every SQL statement of the service. One query layer serves both dialects
+//! (SQLite, the embedded default, and PostgreSQL in production) through sqlx's `Any` driver;
+//! the statements use only syntax both understand, and `$n` placeholders, which both accept.
+//! Migrations live per dialect under `migrations/`.
+
+mod records;
+
+pub use records::*;
+
+use crate::domain::{Error, Result};
+use crate::ingest::{ChunkId, Codec};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
+use std::collections::HashMap;
+use std::time::Duration;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("src/catalog/migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("src/catalog/migrations/postgres");
+
+/// Most rows a single statement binds; well below both dialects' parameter limits.
+const BATCH_ROWS: usize = 200;
+
+const ARTIFACT_COLUMNS: &str = "id, tenant, project, artifact_type, name, description, tags, \
+     metadata, latest_version, version_count, created_by, created_at, updated_at, deleted_at";
+const VERSION_COLUMNS: &str = "artifact_id, version, seq, size, stored_size, new_stored_size, \
+     blake3, chunk_count, created_by, created_at, change_message, metadata, content_type";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+/// Maps a database failure onto the service's errors: connection trouble is retryable
+/// `Unavailable`, everything else is a bug or corruption and therefore `Internal`.
+fn db_error(context: &str, error: sqlx::Error) -> Error {
+    match &error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => {
+            Error::Unavailable(format!("catalog unavailable while {context}: {error}"))
+        }
+        sqlx::Error::Database(db) if is_busy(db.as_ref()) => {
+            Error::Unavailable(format!("catalog busy while {context}: {error}"))
+        }
+        _ => Error::Internal(format!("catalog failed while {context}: {error}")),
+    }
+}
+
+fn is_busy(error: &dyn sqlx::error::DatabaseError) -> bool {
+    let message = error.message();
+    message.contains("database is locked") || message.contains("database is busy")
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn tags_json(tags: &[String]) -> String {
+    serde_json::to_string(tags).expect("strings serialize")
+}
+
+fn map_json(map: &std::collections::BTreeMap<String, String>) -> String {
+    serde_json::to_string(map).expect("strings serialize")
+}
+
+impl Catalog {
+    /// Connects and applies the dialect's migrations. `sqlite://` URLs create the database
+    /// file when missing; `postgres://` URLs need an existing database.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(Error::invalid(
+                "catalog.url",
+                format!("{url:?} is neither a sqlite: nor a postgres: URL"),
+            ));
+        };
+        let url = match dialect {
+            Dialect::Sqlite if !url.contains('?') && !url.contains(":memory:") => {
+                format!("{url}?mode=rwc")
+            }
+            _ => url.to_owned(),
+        };
+        let options = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10));
+        let options = if dialect == Dialect::Sqlite {
+            options.after_connect(|connection, _| {
+                Box::pin(async move {
+                    // WAL lets readers run beside the single writer; NORMAL is durable in WAL
+                    // mode except for the last transactions before a power cut.
+                    connection.execute("PRAGMA journal_mode = WAL").await?;
+                    connection.execute("PRAGMA synchronous = NORMAL").await?;
+                    connection.execute("PRAGMA busy_timeout = 15000").await?;
+                    connection.execute("PRAGMA foreign_keys = ON").await?;
+                    Ok(())
+                })
+            })
+        } else {
+            options
+        };
+        let pool = options
+            .connect(&url)
+            .await
+            .map_err(|e| db_error("connecting", e))?;
+        let migrator = match dialect {
+            Dialect::Sqlite => &SQLITE_MIGRATIONS,
+            Dialect::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| Error::Internal(format!("catalog migration failed: {e}")))?;
+        Ok(Self { pool, dialect })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A cheap round trip, for health checks.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| db_error("pinging", e))
+    }
+
+    /// The service-wide secret that per-tenant chunk keys derive from. Created once, on first
+    /// use, and kept in the catalog because chunk ids are only meaningful together with it.
+    pub async fn service_secret(&self) -> Result<[u8; 32]> {
+        let candidate: [u8; 32] = rand::random();
+        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind("chunk_id_secret")
+            .bind(blake3::Hash::from_bytes(candidate).to_hex().to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error("creating the service secret", e))?;
+        let stored: String = sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+            .bind("chunk_id_secret")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error("reading the service secret", e))?;
+        let hash = blake3::Hash::from_hex(&stored)
+            .map_err(|_| Error::internal("service secret in the catalog is not 64 hex digits"))?;
+        Ok(*hash.as_bytes())
+    }
+
+    // ---- artifacts -------------------------------------------------------------------------
+
+    /// An artifact by id within a scope. Soft-deleted artifacts only when asked for.
+    pub async fn artifact_by_id(
+        &self,
+        scope: &Scope,
+        id: &str,
+        include_deleted: bool,
+    ) -> Result<Option<ArtifactRecord>> {
+        let sql = format!(
+            "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE id = $1 AND tenant = $2 AND project = $3"
+        );
+        let record: Option<ArtifactRecord> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(id)
+            .bind(&scope.tenant)
+            .bind(&scope.project)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error("reading an artifact", e))?;
+        Ok(record.filter(|r| include_deleted || r.deleted_at.is_none()))
+    }
+
+    pub async fn artifact_by_name(
+        &self,
+        scope: &Scope,
+        artifact_type: &str,
+        name: &str,
+    ) -> Result<Option<ArtifactRecord>> {
+        let sql = format!(
+            "SELECT {ARTIFACT_COLUMNS} FROM artifacts \
+             WHERE tenant = $1 AND project = $2 AND artifact_type = $3 AND name = $4 AND deleted_at IS NULL"
+        );
+        sqlx::query_as(AssertSqlSafe(sql))
+            .bind(&scope.tenant)
+            .bind(&scope.project)
+            .bind(artifact_type)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error("reading an artifact", e))
+    }
+
+    /// Live artifacts of a project ordered by (name, id), starting after `after`.
+    pub async fn list_artifacts(
+        &self,
+        scope: &Scope,
+        artifact_type: Option<&str>,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<ArtifactRecord>> {
+        let (after_name, after_id) = after.unwrap_or(("", ""));
+        let sql = format!(
+            "SELECT {ARTIFACT_COLUMNS} FROM artifacts \
+             WHERE tenant = $1 AND project = $2 AND deleted_at IS NULL \
+               AND ($3 = '' OR artifact_type = $3) \
+               AND (name > $4 OR (name = $4 AND id > $5)) \
+             ORDER BY name, id LIMIT $6"
+        );
+        sqlx::query_as(AssertSqlSafe(sql))
+            .bind(&scope.tenant)
+            .bind(&scope.project)
+            .bind(artifact_type.unwrap_or(""))
+            .bind(after_name)
+            .bind(after_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("listing artifacts", e))
+    }
+
+    /// Creates an artifact with its first version: artifact row, version row with manifest,
+    /// chunk index entries, pack states and an outbox event, all in one transaction.
+    pub async fn create_artifact(
+        &self,
+        artifact: &NewArtifact,
+        version: &NewVersion,
+    ) -> Result<(ArtifactRecord, VersionRecord)> {
+        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let inserted = sqlx::query(
+            "INSERT INTO artifacts (id, tenant, project, artifact_type, name, description, tags, \
+             metadata, latest_version, version_count, created_by, created_at, updated_at, deleted_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $11, $11, NULL)",
+        )
+        .bind(&artifact.id)
+        .bind(&artifact.scope.tenant)
+        .bind(&artifact.scope.project)
+        .bind(&artifact.artifact_type)
+        .bind(&artifact.name)
+        .bind(&artifact.description)
+        .bind(tags_json(&artifact.tags))
+        .bind(map_json(&version.metadata))
+        .bind(&version.version)
+        .bind(&version.created_by)
+        .bind(version.created_at)
+        .execute(&mut *tx)
+        .await;
+        if let Err(error) = inserted {
+            if is_unique_violation(&error) {
+                return Err(Error::AlreadyExists(format!(
+                    "an artifact of type {:?} named {:?} already exists in {}/{} (a deleted one keeps its name until it is purged)",
+                    artifact.artifact_type, artifact.name, artifact.scope.tenant, artifact.scope.project
+                )));
+            }
+            return Err(db_error("creating an artifact", error));
+        }
+        self.write_version(&mut tx, &artifact.scope, &artifact.id, 1, version)
+            .await?;
+        self.write_event(
+            &mut tx,
+            "artifact.created",
+            &artifact.scope,
+            &artifact.id,
+            &version.version,
+            version.created_at,
+        )
+        .await?;
+        tx.commit().await.map_err(|e| db_error("committing", e))?;
+        self.committed_pair(&artifact.scope, &artifact.id, &version.version)
+            .await
+    }
+
+    /// Adds a version if and only if the artifact's latest version is still
+    /// `expected_latest`: of two concurrent updates from the same version exactly one wins,
+    /// and the loser writes nothing.
+    pub async fn add_version(
+        &self,
+        scope: &Scope,
+        artifact_id: &str,
+        expected_latest: &str,
+        version: &NewVersion,
+    ) -> Result<(ArtifactRecord, VersionRecord)> {
+        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        // The compare-and-set comes first so that SQLite takes its write lock before reading.
+        let seq: Option<i64> = sqlx::query_scalar(
+            "UPDATE artifacts SET latest_version = $1, version_count = version_count + 1, \
+             metadata = $2, updated_at = $3 \
+             WHERE id = $4 AND tenant = $5 AND project = $6 AND latest_version = $7 AND deleted_at IS NULL \
+             RETURNING version_count",
+        )
+        .bind(&version.version)
+        .bind(map_json(&version.metadata))
+        .bind(version.created_at)
+        .bind(artifact_id)
+        .bind(&scope.tenant)
+        .bind(&scope.project)
+        .bind(expected_latest)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| db_error("updating an artifact", e))?;
+        let Some(seq) = seq else {
+            drop(tx);
+            return Err(match self.artifact_by_id(scope, artifact_id, true).await? {
+                None => Error::not_found(format!(
+                    "artifact {artifact_id:?} not found in {}/{}",
+                    scope.tenant, scope.project
+                )),
+                Some(current) if current.deleted_at.is_some() => Error::FailedPrecondition(format!(
+                    "artifact {artifact_id:?} was deleted; undelete it before adding versions"
+                )),
+                Some(current) => Error::FailedPrecondition(format!(
+                    "expected_current_version: artifact {artifact_id:?} is now at version {}, not {expected_latest}; nothing was written",
+                    current.latest_version
+                )),
+            });
+        };
+        self.write_version(&mut tx, scope, artifact_id, seq, version)
+            .await?;
+        self.write_event(
+            &mut tx,
+            "version.created",
+            scope,
+            artifact_id,
+            &version.version,
+            version.created_at,
+        )
+        .await?;
+        tx.commit().await.map_err(|e| db_error("committing", e))?;
+        self.committed_pair(scope, artifact_id, &version.version).await
+    }
+
+    async fn committed_pair(
+        &self,
+        scope: &Scope,
+        artifact_id: &str,
+        version: &str,
+    ) -> Result<(ArtifactRecord, VersionRecord)> {
+        let artifact = self
+            .artifact_by_id(scope, artifact_id, true)
+            .await?
+            .ok_or_else(|| Error::internal("committed artifact vanished"))?;
+        let version = self
+            .version(artifact_id, version)
+            .await?
+            .ok_or_else(|| Error::internal("committed version vanished"))?;
+        Ok((artifact, version))
+    }
+
+    async fn write_version(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        scope: &Scope,
+        artifact_id: &str,
+        seq: i64,
+        version: &NewVersion,
+    ) -> Result<()> {
+        let inserted = sqlx::query(
+            "INSERT INTO versions (artifact_id, version, seq, size, stored_size, new_stored_size, \
+             blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, manifest) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(artifact_id)
+        .bind(&version.version)
+        .bind(seq)
+        .bind(version.size as i64)
+        .bind(version.stored_size as i64)
+        .bind(version.new_stored_size as i64)
+        .bind(&version.blake3)
+        .bind(version.chunk_count as i64)
+        .bind(&version.created_by)
+        .bind(version.created_at)
+        .bind(&version.change_message)
+        .bind(map_json(&version.metadata))
+        .bind(&version.content_type)
+        .bind(version.manifest.clone())
+        .execute(&mut **tx)
+        .await;
+        if let Err(error) = inserted {
+            if is_unique_violation(&error) {
+                return Err(Error::AlreadyExists(format!(
+                    "version {} of artifact {artifact_id:?} already exists",
+                    version.version
+                )));
+            }
+            return Err(db_error("writing a version", error));
+        }
+        for batch in version.new_chunks.chunks(BATCH_ROWS) {
+            let mut sql = String::from(
+                "INSERT INTO chunks (tenant, chunk_id, pack_id, pack_offset, stored_length, raw_length, codec) VALUES ",
+            );
+            for row in 0..batch.len() {
+                let base = row * 7;
+                if row > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    base + 1,
+                    base + 2,
+                    base + 3,
+                    base + 4,
+                    base + 5,
+                    base + 6,
+                    base + 7
+                ));
+            }
+            // Two uploads racing on the same new chunk both stored it; the first index
+            // entry wins and the other copy becomes garbage.
+            sql.push_str(" ON CONFLICT (tenant, chunk_id) DO NOTHING");
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for (pack_id, entry) in batch {
+                query = query
+                    .bind(&scope.tenant)
+                    .bind(entry.chunk_id.0.to_vec())
+                    .bind(pack_id)
+                    .bind(entry.offset as i64)
+                    .bind(i64::from(entry.stored_len))
+                    .bind(i64::from(entry.raw_len))
+                    .bind(entry.codec as i64);
+            }
+            query
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| db_error("indexing chunks", e))?;
+        }
+        for pack_id in &version.packs {
+            sqlx::query("UPDATE packs SET state = 'committed' WHERE pack_id = $1")
+                .bind(pack_id)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| db_error("committing packs", e))?;
+        }
+        Ok(())
+    }
+
+    async fn write_event(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        event_type: &str,
+        scope: &Scope,
+        artifact_id: &str,
+        version: &str,
+        at: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO outbox (event_type, tenant, project, artifact_id, version, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(event_type)
+        .bind(&scope.tenant)
+        .bind(&scope.project)
+        .bind(artifact_id)
+        .bind(version)
+        .bind(at)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| db_error("writing an outbox event", e))?;
+        Ok(())
+    }
+
+    /// Soft-deletes a live artifact.
+    pub async fn soft_delete(&self, scope: &Scope, artifact_id: &str, now: i64) -> Result<ArtifactRecord> {
+        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let changed = sqlx::query(
+            "UPDATE artifacts SET deleted_at = $1, updated_at = $1 \
+             WHERE id = $2 AND tenant = $3 AND project = $4 AND deleted_at IS NULL",
+        )
+        .bind(now)
+        .bind(artifact_id)
+        .bind(&scope.tenant)
+        .bind(&scope.project)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error("deleting an artifact", e))?
+        .rows_affected();
+        if changed == 0 {
+            drop(tx);
+            return Err(Error::not_found(format!(
+                "artifact {artifact_id:?} not found in {}/{}",
+                scope.tenant, scope.project
+            )));
+        }
+        self.write_event(&mut tx, "artifact.deleted", scope, artifact_id, "", now)
+            .await?;
+        tx.commit().await.map_err(|e| db_error("committing", e))?;
+        self.artifact_by_id(scope, artifact_id, true)
+            .await?
+            .ok_or_else(|| Error::internal("deleted artifact vanished"))
+    }
+
+    /// Restores an artifact deleted at or after `deleted_since`; older deletions have run
+    /// out of retention.
+    pub async fn undelete(
+        &self,
+        scope: &Scope,
+        artifact_id: &str,
+        deleted_since: i64,
+        now: i64,
+    ) -> Result<ArtifactRecord> {
+        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let changed = sqlx::query(
+            "UPDATE artifacts SET deleted_at = NULL, updated_at = $1 \
+             WHERE id = $2 AND tenant = $3 AND project = $4 AND deleted_at IS NOT NULL AND deleted_at >= $5",
+        )
+        .bind(now)
+        .bind(artifact_id)
+        .bind(&scope.tenant)
+        .bind(&scope.project)
+        .bind(deleted_since)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error("restoring an artifact", e))?
+        .rows_affected();
+        if changed == 0 {
+            drop(tx);
+            return Err(match self.artifact_by_id(scope, artifact_id, true).await? {
+                None => Error::not_found(format!(
+                    "artifact {artifact_id:?} not found in {}/{}",
+                    scope.tenant, scope.project
+                )),
+                Some(current) if current.deleted_at.is_none() => {
+                    Error::FailedPrecondition(format!("artifact {artifact_id:?} is not deleted"))
+                }
+                Some(_) => Error::FailedPrecondition(format!(
+                    "artifact {artifact_id:?} was deleted longer ago than the retention period and can no longer be restored"
+                )),
+            });
+        }
+        self.write_event(&mut tx, "artifact.undeleted", scope, artifact_id, "", now)
+            .await?;
+        tx.commit().await.map_err(|e| db_error("committing", e))?;
+        self.artifact_by_id(scope, artifact_id, false)
+            .await?
+            .ok_or_else(|| Error::internal("restored artifact vanished"))
+    }
+
+    // ---- versions --------------------------------------------------------------------------
+
+    pub async fn version(&self, artifact_id: &str, version: &str) -> Result<Option<VersionRecord>> {
+        let sql = format!("SELECT {VERSION_COLUMNS} FROM versions WHERE artifact_id = $1 AND version = $2");
+        sqlx::query_as(AssertSqlSafe(sql))
+            .bind(artifact_id)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error("reading a version", e))
+    }
+
+    /// Versions newest first, starting below `before_seq`.
+    pub async fn list_versions(
+        &self,
+        artifact_id: &str,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<VersionRecord>> {
+        let sql = format!(
+            "SELECT {VERSION_COLUMNS} FROM versions WHERE artifact_id = $1 AND seq < $2 \
+             ORDER BY seq DESC LIMIT $3"
+        );
+        sqlx::query_as(AssertSqlSafe(sql))
+            .bind(artifact_id)
+            .bind(before_seq.unwrap_or(i64::MAX))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("listing versions", e))
+    }
+
+    pub async fn manifest(&self, artifact_id: &str, version: &str) -> Result<Vec<u8>> {
+        let manifest: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT manifest FROM versions WHERE artifact_id = $1 AND version = $2")
+                .bind(artifact_id)
+                .bind(version)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| db_error("reading a manifest", e))?;
+        manifest.ok_or_else(|| {
+            Error::not_found(format!("version {version} of artifact {artifact_id:?} not found"))
+        })
+    }
+
+    // ---- chunks and packs ------------------------------------------------------------------
+
+    fn in_list(first_placeholder: usize, count: usize) -> String {
+        (0..count)
+            .map(|i| format!("${}", first_placeholder + i))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Which of `ids` the tenant's chunk index already holds, with their stored sizes.
+    pub async fn known_chunks(&self, tenant: &str, ids: &[ChunkId]) -> Result<HashMap<ChunkId, u64>> {
+        let mut found = HashMap::new();
+        for batch in ids.chunks(BATCH_ROWS * 2) {
+            let sql = format!(
+                "SELECT chunk_id, stored_length FROM chunks WHERE tenant = $1 AND chunk_id IN ({})",
+                Self::in_list(2, batch.len())
+            );
+            let mut query = sqlx::query_as::<_, (Vec<u8>, i64)>(AssertSqlSafe(sql)).bind(tenant);
+            for id in batch {
+                query = query.bind(id.0.to_vec());
+            }
+            let rows = query
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error("looking up chunks", e))?;
+            found.extend(
+                rows.iter()
+                    .filter_map(|(raw, stored)| Some((chunk_id_from_row(raw)?, *stored as u64))),
+            );
+        }
+        Ok(found)
+    }
+
+    /// Where each of `ids` is stored. Ids missing from the index are missing from the map.
+    pub async fn chunk_locations(
+        &self,
+        tenant: &str,
+        ids: &[ChunkId],
+    ) -> Result<HashMap<ChunkId, ChunkLocation>> {
+        let mut unique: Vec<ChunkId> = ids.to_vec();
+        unique.sort();
+        unique.dedup();
+        let mut found = HashMap::with_capacity(unique.len());
+        for batch in unique.chunks(BATCH_ROWS * 2) {
+            let sql = format!(
+                "SELECT chunk_id, pack_id, pack_offset, stored_length, raw_length, codec FROM chunks \
+                 WHERE tenant = $1 AND chunk_id IN ({})",
+                Self::in_list(2, batch.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(tenant);
+            for id in batch {
+                query = query.bind(id.0.to_vec());
+            }
+            let rows: Vec<AnyRow> = query
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error("locating chunks", e))?;
+            for row in rows {
+                let decode = |row: &AnyRow| -> std::result::Result<(ChunkId, ChunkLocation), sqlx::Error> {
+                    let raw_id: Vec<u8> = row.try_get("chunk_id")?;
+                    let codec: i64 = row.try_get("codec")?;
+                    let location = ChunkLocation {
+                        pack_id: row.try_get("pack_id")?,
+                        offset: row.try_get::<i64, _>("pack_offset")? as u64,
+                        stored_len: row.try_get::<i64, _>("stored_length")? as u32,
+                        raw_len: row.try_get::<i64, _>("raw_length")? as u32,
+                        codec: Codec::from_u8(codec as u8).unwrap_or(Codec::Raw),
+                    };
+                    let id = chunk_id_from_row(&raw_id)
+                        .ok_or_else(|| sqlx::Error::Decode("chunk id is not 32 bytes".into()))?;
+                    Ok((id, location))
+                };
+                let (id, location) = decode(&row).map_err(|e| db_error("decoding a chunk location", e))?;
+                found.insert(id, location);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Records a pack before it is written, so that a crash between the write and the
+    /// version commit leaves a row for garbage collection instead of an unknown object.
+    pub async fn stage_pack(
+        &self,
+        tenant: &str,
+        pack_id: &str,
+        size: u64,
+        upload_id: &str,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO packs (pack_id, tenant, size, upload_id, state, created_at) \
+             VALUES ($1, $2, $3, $4, 'staged', $5) ON CONFLICT (pack_id) DO NOTHING",
+        )
+        .bind(pack_id)
+        .bind(tenant)
+        .bind(size as i64)
+        .bind(upload_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error("staging a pack", e))?;
+        Ok(())
+    }
+
+    /// Marks the packs of a failed upload for garbage collection.
+    pub async fn abandon_upload(&self, upload_id: &str) -> Result<u64> {
+        sqlx::query("UPDATE packs SET state = 'abandoned' WHERE upload_id = $1 AND state = 'staged'")
+            .bind(upload_id)
+            .execute(&self.pool)
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(|e| db_error("abandoning an upload", e))
+    }
+
+    pub async fn packs_in_state(&self, state: &str) -> Result<Vec<PackRecord>> {
+        sqlx::query_as(
+            "SELECT pack_id, tenant, size, upload_id, state, created_at FROM packs WHERE state = $1 ORDER BY pack_id",
+        )
+        .bind(state)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("listing packs", e))
+    }
+
+    /// Total bytes of committed packs: what the store holds for live content.
+    pub async fn committed_pack_bytes(&self) -> Result<u64> {
+        let total: Option<i64> =
+            sqlx::query_scalar("SELECT CAST(SUM(size) AS BIGINT) FROM packs WHERE state = 'committed'")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| db_error("summing packs", e))?;
+        Ok(total.unwrap_or(0) as u64)
+    }
+
+    // ---- outbox ----------------------------------------------------------------------------
+
+    pub async fn outbox_after(&self, after_seq: i64, limit: u32) -> Result<Vec<OutboxEvent>> {
+        sqlx::query_as(
+            "SELECT seq, event_type, tenant, project, artifact_id, version, created_at FROM outbox \
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("reading the outbox", e))
+    }
+}

@@ -1,0 +1,487 @@
+//! Typed configuration: defaults, then an optional TOML file, then environment variables.
+//! Unknown keys are errors, whether they come from the file or from `ARTIFACTD_*` variables.
+//!
+//! Environment variables: `ARTIFACTD_<KEY>` for top-level keys and
+//! `ARTIFACTD_<SECTION>__<KEY>` (double underscore) for nested ones, e.g.
+//! `ARTIFACTD_SERVER__GRPC_ADDR`. The deployment variables `DATABASE_URL`, `S3_ENDPOINT_URL`,
+//! `S3_BUCKET_NAME`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_REGION` are
+//! understood too; `S3_BUCKET_NAME` selects the S3 backend unless
+//! `ARTIFACTD_STORAGE__BACKEND` says otherwise.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the embedded defaults keep their files (SQLite catalog, filesystem store).
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub catalog: CatalogConfig,
+    pub storage: StorageConfig,
+    pub ingest: IngestConfig,
+    pub retention: RetentionConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub grpc_addr: String,
+    /// Serves Prometheus `/metrics`.
+    pub http_addr: String,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub shutdown_grace_seconds: u64,
+    pub health_check_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogConfig {
+    /// `sqlite://...` or `postgres://...`; empty means `sqlite://<data_dir>/catalog.db`.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Fs,
+    S3,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub backend: Backend,
+    /// Root of the filesystem store; empty means `<data_dir>/blobs`.
+    pub fs_root: String,
+    pub s3: S3Config,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    pub endpoint_url: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub force_path_style: bool,
+    pub key_prefix: String,
+    /// Create the bucket at start-up when it is missing (development setups).
+    pub create_bucket: bool,
+    pub request_timeout_ms: u64,
+    pub multipart_threshold_bytes: u64,
+    pub multipart_part_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// FastCDC average chunk size; minimum is a quarter, maximum four times this.
+    pub chunk_avg_bytes: usize,
+    pub zstd_level: i32,
+    pub pack_target_bytes: usize,
+    pub max_packs_in_flight: usize,
+    /// Largest data message an upload may send.
+    pub max_data_message_bytes: usize,
+    pub max_read_span_bytes: u64,
+    pub read_ahead_spans: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// How long a soft-deleted artifact can be restored.
+    pub deleted_retention_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info` or `artifactd=debug,info`; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./artifactd-data"),
+            server: ServerConfig::default(),
+            catalog: CatalogConfig::default(),
+            storage: StorageConfig::default(),
+            ingest: IngestConfig::default(),
+            retention: RetentionConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_addr: "127.0.0.1:50051".to_owned(),
+            http_addr: "127.0.0.1:9464".to_owned(),
+            shutdown_grace_seconds: 30,
+            health_check_interval_ms: 2000,
+        }
+    }
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            max_connections: 8,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Fs,
+            fs_root: String::new(),
+            s3: S3Config::default(),
+        }
+    }
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint_url: String::new(),
+            bucket: String::new(),
+            region: "us-east-1".to_owned(),
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            force_path_style: true,
+            key_prefix: String::new(),
+            create_bucket: false,
+            request_timeout_ms: 30_000,
+            multipart_threshold_bytes: 64 * 1024 * 1024,
+            multipart_part_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        let settings = crate::app::Settings::default();
+        Self {
+            chunk_avg_bytes: settings.chunker.avg_size,
+            zstd_level: settings.zstd_level,
+            pack_target_bytes: settings.pack_target_bytes,
+            max_packs_in_flight: settings.max_packs_in_flight,
+            max_data_message_bytes: settings.max_data_message_bytes,
+            max_read_span_bytes: settings.max_read_span_bytes,
+            read_ahead_spans: settings.read_ahead_spans,
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            deleted_retention_seconds: 30 * 24 * 3600,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "text".to_owned(),
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("environment variable {variable}: {message}")]
+    Env { variable: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The deployment variables of the product story and the settings they fill in.
+const STORY_VARIABLES: &[(&str, &[&str])] = &[
+    ("DATABASE_URL", &["catalog", "url"]),
+    ("S3_ENDPOINT_URL", &["storage", "s3", "endpoint_url"]),
+    ("S3_BUCKET_NAME", &["storage", "s3", "bucket"]),
+    ("AWS_ACCESS_KEY_ID", &["storage", "s3", "access_key_id"]),
+    ("AWS_SECRET_ACCESS_KEY", &["storage", "s3", "secret_access_key"]),
+    ("AWS_REGION", &["storage", "s3", "region"]),
+];
+
+/// Variables with the prefix that are not settings.
+const NON_SETTING_VARIABLES: &[&str] = &["ARTIFACTD_CONFIG"];
+
+impl Config {
+    /// Loads defaults, then `file` if given, then the variables of `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut value = serde_json::to_value(Config::default()).expect("config serializes");
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let from_file: Config = toml::from_str(&text).map_err(|e| ConfigError::File {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            value = serde_json::to_value(from_file).expect("config serializes");
+        }
+        let mut env: Vec<(String, String)> = env.into_iter().collect();
+        env.sort();
+        let mut backend_set_explicitly = false;
+        for (variable, raw) in &env {
+            let path: Vec<String> = if let Some(rest) = variable.strip_prefix("ARTIFACTD_") {
+                if NON_SETTING_VARIABLES.contains(&variable.as_str()) {
+                    continue;
+                }
+                rest.split("__").map(str::to_ascii_lowercase).collect()
+            } else if let Some((_, path)) = STORY_VARIABLES.iter().find(|(name, _)| name == variable) {
+                path.iter().map(|s| (*s).to_owned()).collect()
+            } else {
+                continue;
+            };
+            if path == ["storage", "backend"] {
+                backend_set_explicitly = true;
+            }
+            set_path(&mut value, &path, raw).map_err(|message| ConfigError::Env {
+                variable: variable.clone(),
+                message,
+            })?;
+        }
+        let has_bucket_variable = env
+            .iter()
+            .any(|(name, value)| name == "S3_BUCKET_NAME" && !value.is_empty());
+        if has_bucket_variable && !backend_set_explicitly {
+            value["storage"]["backend"] = serde_json::Value::String("s3".to_owned());
+        }
+        let config: Config =
+            serde_json::from_value(value).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        if self.storage.backend == Backend::S3 && self.storage.s3.bucket.is_empty() {
+            return invalid("storage.s3.bucket (S3_BUCKET_NAME) is required with the s3 backend".to_owned());
+        }
+        if self.storage.s3.access_key_id.is_empty() != self.storage.s3.secret_access_key.is_empty() {
+            return invalid(
+                "storage.s3.access_key_id and storage.s3.secret_access_key must be set together".to_owned(),
+            );
+        }
+        let avg = self.ingest.chunk_avg_bytes;
+        if !(1024..=1024 * 1024).contains(&avg) {
+            return invalid(format!(
+                "ingest.chunk_avg_bytes = {avg} must be between 1024 and 1048576"
+            ));
+        }
+        if !(1..=19).contains(&self.ingest.zstd_level) {
+            return invalid(format!(
+                "ingest.zstd_level = {} must be between 1 and 19",
+                self.ingest.zstd_level
+            ));
+        }
+        if self.ingest.pack_target_bytes < avg * 4 {
+            return invalid(format!(
+                "ingest.pack_target_bytes = {} must hold at least one maximum-size chunk ({})",
+                self.ingest.pack_target_bytes,
+                avg * 4
+            ));
+        }
+        if self.ingest.max_data_message_bytes == 0 || self.ingest.max_data_message_bytes > 4 * 1024 * 1024 {
+            return invalid("ingest.max_data_message_bytes must be between 1 and 4194304".to_owned());
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return invalid(format!(
+                "log.format = {:?} must be \"text\" or \"json\"",
+                self.log.format
+            ));
+        }
+        for (key, addr) in [
+            ("server.grpc_addr", &self.server.grpc_addr),
+            ("server.http_addr", &self.server.http_addr),
+        ] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return invalid(format!(
+                    "{key} = {addr:?} is not an address such as 127.0.0.1:50051"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn catalog_url(&self) -> String {
+        if self.catalog.url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("catalog.db").display())
+        } else {
+            self.catalog.url.clone()
+        }
+    }
+
+    pub fn fs_root(&self) -> PathBuf {
+        if self.storage.fs_root.is_empty() {
+            self.data_dir.join("blobs")
+        } else {
+            PathBuf::from(&self.storage.fs_root)
+        }
+    }
+
+    pub fn app_settings(&self) -> crate::app::Settings {
+        crate::app::Settings {
+            chunker: crate::ingest::ChunkerConfig::with_average(self.ingest.chunk_avg_bytes),
+            zstd_level: self.ingest.zstd_level,
+            pack_target_bytes: self.ingest.pack_target_bytes,
+            max_packs_in_flight: self.ingest.max_packs_in_flight.max(1),
+            max_data_message_bytes: self.ingest.max_data_message_bytes,
+            max_read_span_bytes: self.ingest.max_read_span_bytes,
+            read_ahead_spans: self.ingest.read_ahead_spans.max(1),
+            deleted_retention: Duration::from_secs(self.retention.deleted_retention_seconds),
+        }
+    }
+
+    pub fn s3_store_config(&self) -> crate::storage::S3StoreConfig {
+        let s3 = &self.storage.s3;
+        let mut config = crate::storage::S3StoreConfig::new(&s3.bucket);
+        config.endpoint_url = (!s3.endpoint_url.is_empty()).then(|| s3.endpoint_url.clone());
+        config.region = s3.region.clone();
+        config.access_key_id = (!s3.access_key_id.is_empty()).then(|| s3.access_key_id.clone());
+        config.secret_access_key = (!s3.secret_access_key.is_empty()).then(|| s3.secret_access_key.clone());
+        config.force_path_style = s3.force_path_style;
+        config.key_prefix = s3.key_prefix.clone();
+        config.request_timeout = Duration::from_millis(s3.request_timeout_ms);
+        config.multipart_threshold_bytes = s3.multipart_threshold_bytes;
+        config.multipart_part_bytes = s3.multipart_part_bytes;
+        config
+    }
+}
+
+/// Sets a nested setting from a variable's text, converting it to the type the default has.
+fn set_path(root: &mut serde_json::Value, path: &[String], raw: &str) -> Result<(), String> {
+    let mut current = root;
+    for (depth, segment) in path.iter().enumerate() {
+        let known = current
+            .as_object()
+            .map(|object| object.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default();
+        let Some(next) = current.get_mut(segment.as_str()) else {
+            return Err(format!(
+                "there is no setting {:?}; known keys here: {}",
+                path[..=depth].join("."),
+                known.join(", ")
+            ));
+        };
+        current = next;
+    }
+    let converted = match current {
+        serde_json::Value::Bool(_) => serde_json::Value::Bool(
+            raw.parse::<bool>()
+                .map_err(|_| format!("{raw:?} is not true or false"))?,
+        ),
+        serde_json::Value::Number(_) => serde_json::Value::Number(
+            raw.parse::<i64>()
+                .map(serde_json::Number::from)
+                .map_err(|_| format!("{raw:?} is not a whole number"))?,
+        ),
+        serde_json::Value::Object(_) => {
+            return Err(format!("{:?} is a section, not a setting", path.join(".")));
+        }
+        _ => serde_json::Value::String(raw.to_owned()),
+    };
+    *current = converted;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_setup() {
+        let config = Config::load(None, env(&[])).unwrap();
+        assert_eq!(config.server.grpc_addr, "127.0.0.1:50051");
+        assert_eq!(config.server.http_addr, "127.0.0.1:9464");
+        assert_eq!(config.storage.backend, Backend::Fs);
+        assert!(config.catalog_url().starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn environment_overrides_with_types() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("ARTIFACTD_SERVER__GRPC_ADDR", "0.0.0.0:6000"),
+                ("ARTIFACTD_INGEST__ZSTD_LEVEL", "5"),
+                ("S3_BUCKET_NAME", "artifacts"),
+                ("S3_ENDPOINT_URL", "http://127.0.0.1:9000"),
+                ("DATABASE_URL", "postgres://localhost/artifacts"),
+                ("UNRELATED", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.server.grpc_addr, "0.0.0.0:6000");
+        assert_eq!(config.ingest.zstd_level, 5);
+        assert_eq!(config.storage.backend, Backend::S3);
+        assert_eq!(config.storage.s3.endpoint_url, "http://127.0.0.1:9000");
+        assert_eq!(config.catalog_url(), "postgres://localhost/artifacts");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let error = Config::load(None, env(&[("ARTIFACTD_SERVER__GRPC_ADRR", "x")])).unwrap_err();
+        assert!(
+            error.to_string().contains("ARTIFACTD_SERVER__GRPC_ADRR"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("server.grpc_adrr"), "{error}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("artifactd.toml");
+        std::fs::write(&file, "[server]\ngrpc_port = 1\n").unwrap();
+        let error = Config::load(Some(&file), env(&[])).unwrap_err();
+        assert!(error.to_string().contains("grpc_port"), "{error}");
+
+        let error = Config::load(None, env(&[("ARTIFACTD_INGEST__ZSTD_LEVEL", "high")])).unwrap_err();
+        assert!(error.to_string().contains("not a whole number"), "{error}");
+    }
+
+    #[test]
+    fn file_values_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("artifactd.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/var/lib/artifactd\"\n[retention]\ndeleted_retention_seconds = 60\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&file), env(&[])).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/artifactd"));
+        assert_eq!(config.retention.deleted_retention_seconds, 60);
+        assert_eq!(config.fs_root(), PathBuf::from("/var/lib/artifactd/blobs"));
+    }
+}

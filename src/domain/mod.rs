@@ -1,0 +1,17 @@
+//! Pure types and rules: errors, name validation, semantic versions, content types.
+//! No I/O here.
+
+pub mod content_type;
+pub mod error;
+pub mod names;
+pub mod version;
+
+pub use error::{Error, Result};
+
+/// Microseconds since the Unix epoch: the catalog's unit of time.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_micros() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,255 @@
+//! Validation of the names a caller chooses: tenants, projects, artifact types, artifact
+//! names, tags and metadata. Every rejection names the field and quotes the value.
+
+use super::error::{Error, Result};
+use std::collections::BTreeMap;
+
+pub const MAX_IDENTIFIER_LEN: usize = 63;
+pub const MAX_NAME_LEN: usize = 255;
+pub const MAX_DESCRIPTION_LEN: usize = 4096;
+pub const MAX_TAGS: usize = 64;
+pub const MAX_TAG_LEN: usize = 64;
+pub const MAX_METADATA_ENTRIES: usize = 128;
+pub const MAX_METADATA_KEY_LEN: usize = 128;
+pub const MAX_METADATA_VALUE_LEN: usize = 4096;
+pub const MAX_CHANGE_MESSAGE_LEN: usize = 4096;
+
+/// Shows a caller-supplied value inside an error message without letting control
+/// characters or huge values through.
+pub fn quoted(value: &str) -> String {
+    const SHOWN: usize = 80;
+    let mut shown: String = value.chars().take(SHOWN).collect();
+    if value.chars().count() > SHOWN {
+        shown.push('…');
+    }
+    format!("{shown:?}")
+}
+
+/// Tenants, projects and artifact types: short identifiers made of ASCII letters, digits,
+/// `-`, `_` and `.`, starting with a letter or digit.
+pub fn validate_identifier(field: &'static str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if value.len() > MAX_IDENTIFIER_LEN {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{} is {} bytes long; the limit is {MAX_IDENTIFIER_LEN}",
+                quoted(value),
+                value.len()
+            ),
+        ));
+    }
+    let first_is_alphanumeric = value.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let all_allowed = value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !first_is_alphanumeric || !all_allowed || value.contains("..") {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{} is not a valid identifier: use ASCII letters, digits, '-', '_' and '.', starting with a letter or digit",
+                quoted(value)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Artifact names: any printable text except path separators, `..` and surrounding
+/// whitespace, up to [`MAX_NAME_LEN`] bytes.
+pub fn validate_artifact_name(value: &str) -> Result<()> {
+    const FIELD: &str = "name";
+    if value.is_empty() {
+        return Err(Error::invalid(FIELD, "must not be empty"));
+    }
+    if value.len() > MAX_NAME_LEN {
+        return Err(Error::invalid(
+            FIELD,
+            format!(
+                "{} is {} bytes long; the limit is {MAX_NAME_LEN}",
+                quoted(value),
+                value.len()
+            ),
+        ));
+    }
+    if value.contains('/') || value.contains('\\') {
+        return Err(Error::invalid(
+            FIELD,
+            format!("{} must not contain '/' or '\\'", quoted(value)),
+        ));
+    }
+    if value.contains("..") {
+        return Err(Error::invalid(
+            FIELD,
+            format!("{} must not contain '..'", quoted(value)),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            FIELD,
+            format!("{} must not contain control characters", quoted(value)),
+        ));
+    }
+    if value.trim() != value {
+        return Err(Error::invalid(
+            FIELD,
+            format!("{} must not start or end with whitespace", quoted(value)),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_free_text(field: &'static str, value: &str, max_len: usize) -> Result<()> {
+    if value.len() > max_len {
+        return Err(Error::invalid(
+            field,
+            format!("is {} bytes long; the limit is {max_len}", value.len()),
+        ));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(Error::invalid(
+            field,
+            format!("{} must not contain control characters", quoted(value)),
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate_description(value: &str) -> Result<()> {
+    validate_free_text("description", value, MAX_DESCRIPTION_LEN)
+}
+
+pub fn validate_change_message(value: &str) -> Result<()> {
+    validate_free_text("change_message", value, MAX_CHANGE_MESSAGE_LEN)
+}
+
+/// Tags are deduplicated and sorted so that equal sets compare equal.
+pub fn normalize_tags(tags: &[String]) -> Result<Vec<String>> {
+    if tags.len() > MAX_TAGS {
+        return Err(Error::invalid(
+            "tags",
+            format!("{} tags given; the limit is {MAX_TAGS}", tags.len()),
+        ));
+    }
+    let mut normalized = Vec::with_capacity(tags.len());
+    for tag in tags {
+        if tag.is_empty() || tag.len() > MAX_TAG_LEN {
+            return Err(Error::invalid(
+                "tags",
+                format!("tag {} must be 1 to {MAX_TAG_LEN} bytes long", quoted(tag)),
+            ));
+        }
+        if tag.chars().any(|c| c.is_control() || c == ',') || tag.trim() != tag {
+            return Err(Error::invalid(
+                "tags",
+                format!(
+                    "tag {} must not contain control characters or commas, nor start or end with whitespace",
+                    quoted(tag)
+                ),
+            ));
+        }
+        normalized.push(tag.clone());
+    }
+    normalized.sort();
+    normalized.dedup();
+    Ok(normalized)
+}
+
+pub fn validate_metadata_key(field: &'static str, key: &str) -> Result<()> {
+    let allowed = key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'));
+    if key.is_empty() || key.len() > MAX_METADATA_KEY_LEN || !allowed {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "metadata key {} must be 1 to {MAX_METADATA_KEY_LEN} bytes of ASCII letters, digits, '-', '_', '.', ':' or '/'",
+                quoted(key)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate_metadata(field: &'static str, metadata: &BTreeMap<String, String>) -> Result<()> {
+    if metadata.len() > MAX_METADATA_ENTRIES {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{} entries given; the limit is {MAX_METADATA_ENTRIES}",
+                metadata.len()
+            ),
+        ));
+    }
+    for (key, value) in metadata {
+        validate_metadata_key(field, key)?;
+        if value.len() > MAX_METADATA_VALUE_LEN {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "value of {} is {} bytes long; the limit is {MAX_METADATA_VALUE_LEN}",
+                    quoted(key),
+                    value.len()
+                ),
+            ));
+        }
+        if value.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\t')) {
+            return Err(Error::invalid(
+                field,
+                format!("value of {} contains control characters", quoted(key)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a lowercase or uppercase hex blake3 digest supplied by a caller.
+pub fn parse_blake3_hex(field: &'static str, value: &str) -> Result<blake3::Hash> {
+    blake3::Hash::from_hex(value).map_err(|_| {
+        Error::invalid(
+            field,
+            format!("{} is not a 64-digit hex blake3 digest", quoted(value)),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_with_path_tricks_are_rejected() {
+        for bad in ["a/b", "..", "x..y", "a\\b", "tab\there", "", " lead", "trail "] {
+            let error = validate_artifact_name(bad).unwrap_err();
+            assert!(error.to_string().starts_with("name:"), "{bad:?} gave {error}");
+        }
+        let too_long = "n".repeat(MAX_NAME_LEN + 1);
+        assert!(
+            validate_artifact_name(&too_long)
+                .unwrap_err()
+                .to_string()
+                .contains("the limit is 255")
+        );
+        validate_artifact_name("PRD — Payments v2.md").unwrap();
+    }
+
+    #[test]
+    fn identifiers_are_restricted() {
+        validate_identifier("tenant", "acme-corp_1.eu").unwrap();
+        for bad in ["-x", "a b", "a/b", "ü", "a..b", ""] {
+            assert!(validate_identifier("tenant", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tags_are_sorted_and_deduplicated() {
+        let tags = normalize_tags(&["b".into(), "a".into(), "b".into()]).unwrap();
+        assert_eq!(tags, vec!["a", "b"]);
+        assert!(normalize_tags(&["bad,tag".into()]).is_err());
+    }
+}

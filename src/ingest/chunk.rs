@@ -1,0 +1,123 @@
+//! Chunk identity and encoding. A chunk id is a blake3 hash keyed per tenant: equal content
+//! deduplicates inside a tenant, and ids reveal nothing across tenants.
+
+use bytes::Bytes;
+use std::fmt;
+
+/// Identifies a chunk's content within one tenant.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        Some(Self(bytes.try_into().ok()?))
+    }
+
+    pub fn to_hex(&self) -> String {
+        blake3::Hash::from_bytes(self.0).to_hex().to_string()
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({})", &self.to_hex()[..16])
+    }
+}
+
+/// The key that chunk ids of one tenant are computed with, derived from the service's
+/// secret so that it never has to be stored per tenant.
+#[derive(Clone)]
+pub struct TenantKey([u8; 32]);
+
+impl TenantKey {
+    pub fn derive(service_secret: &[u8; 32], tenant: &str) -> Self {
+        let mut hasher = blake3::Hasher::new_keyed(service_secret);
+        hasher.update(b"artifactd chunk id key v1\0");
+        hasher.update(tenant.as_bytes());
+        Self(*hasher.finalize().as_bytes())
+    }
+
+    pub fn chunk_id(&self, data: &[u8]) -> ChunkId {
+        ChunkId(*blake3::keyed_hash(&self.0, data).as_bytes())
+    }
+}
+
+impl fmt::Debug for TenantKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TenantKey(..)")
+    }
+}
+
+/// How a chunk's bytes are stored inside a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Codec {
+    Raw = 0,
+    Zstd = 1,
+}
+
+impl Codec {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(Codec::Raw),
+            1 => Some(Codec::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// Compresses a chunk when that saves at least 1/32 of its size; otherwise keeps it raw so
+/// that incompressible data costs no decompression on the way out.
+pub fn encode(data: &[u8], zstd_level: i32) -> (Codec, Bytes) {
+    if data.len() >= 64
+        && let Ok(compressed) = zstd::bulk::compress(data, zstd_level)
+        && compressed.len() + data.len() / 32 < data.len()
+    {
+        return (Codec::Zstd, Bytes::from(compressed));
+    }
+    (Codec::Raw, Bytes::copy_from_slice(data))
+}
+
+/// Reverses [`encode`]. `raw_len` comes from the catalog and bounds the output.
+pub fn decode(codec: Codec, stored: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
+    match codec {
+        Codec::Raw => Ok(stored.to_vec()),
+        Codec::Zstd => {
+            let raw = zstd::bulk::decompress(stored, raw_len).map_err(|e| e.to_string())?;
+            if raw.len() != raw_len {
+                return Err(format!("decompressed to {} bytes, expected {raw_len}", raw.len()));
+            }
+            Ok(raw)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_ids_differ_across_tenants() {
+        let secret = [7u8; 32];
+        let a = TenantKey::derive(&secret, "acme");
+        let b = TenantKey::derive(&secret, "globex");
+        assert_eq!(a.chunk_id(b"same"), a.chunk_id(b"same"));
+        assert_ne!(a.chunk_id(b"same"), b.chunk_id(b"same"));
+    }
+
+    #[test]
+    fn encoding_round_trips_and_skips_incompressible_data() {
+        let text = "the architecture document mentions sealed secrets. ".repeat(200);
+        let (codec, stored) = encode(text.as_bytes(), 3);
+        assert_eq!(codec, Codec::Zstd);
+        assert!(stored.len() < text.len() / 4);
+        assert_eq!(decode(codec, &stored, text.len()).unwrap(), text.as_bytes());
+
+        let noise: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let (codec, stored) = encode(&noise, 3);
+        assert_eq!(codec, Codec::Raw);
+        assert_eq!(&stored[..], &noise[..]);
+    }
+}

@@ -1,0 +1,102 @@
+//! Streaming FastCDC: content arrives in arbitrary pieces, chunks come out with the same
+//! boundaries a single pass over the whole content would give.
+
+use bytes::{Bytes, BytesMut};
+use fastcdc::v2020::FastCDC;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkerConfig {
+    pub min_size: usize,
+    pub avg_size: usize,
+    pub max_size: usize,
+}
+
+impl ChunkerConfig {
+    /// FastCDC's customary spread: minimum a quarter, maximum four times the average.
+    pub fn with_average(avg_size: usize) -> Self {
+        Self {
+            min_size: avg_size / 4,
+            avg_size,
+            max_size: avg_size * 4,
+        }
+    }
+}
+
+impl Default for ChunkerConfig {
+    fn default() -> Self {
+        Self::with_average(64 * 1024)
+    }
+}
+
+/// Holds at most `max_size` plus one input piece of unconsumed content.
+#[derive(Debug)]
+pub struct StreamChunker {
+    config: ChunkerConfig,
+    pending: BytesMut,
+}
+
+impl StreamChunker {
+    pub fn new(config: ChunkerConfig) -> Self {
+        Self {
+            config,
+            pending: BytesMut::new(),
+        }
+    }
+
+    /// Adds content and returns every chunk whose end is now certain.
+    pub fn push(&mut self, data: &[u8]) -> Vec<Bytes> {
+        self.pending.extend_from_slice(data);
+        let mut chunks = Vec::new();
+        // A boundary is certain once max_size bytes are buffered: FastCDC never looks further.
+        while self.pending.len() >= self.config.max_size {
+            let length = self.first_boundary();
+            chunks.push(self.pending.split_to(length).freeze());
+        }
+        chunks
+    }
+
+    /// Returns the remaining chunks at the end of the content.
+    pub fn finish(mut self) -> Vec<Bytes> {
+        let mut chunks = Vec::new();
+        while !self.pending.is_empty() {
+            let length = self.first_boundary();
+            chunks.push(self.pending.split_to(length).freeze());
+        }
+        chunks
+    }
+
+    fn first_boundary(&self) -> usize {
+        let ChunkerConfig {
+            min_size,
+            avg_size,
+            max_size,
+        } = self.config;
+        FastCDC::new(&self.pending, min_size, avg_size, max_size)
+            .next()
+            .map(|chunk| chunk.length)
+            .unwrap_or(self.pending.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streaming_matches_one_pass_whatever_the_piece_sizes() {
+        let data: Vec<u8> = (0..600_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+            .collect();
+        let config = ChunkerConfig::with_average(8 * 1024);
+        let one_pass: Vec<usize> = FastCDC::new(&data, 2048, 8192, 32768).map(|c| c.length).collect();
+        for piece in [1usize, 1000, 65536, 600_000] {
+            let mut chunker = StreamChunker::new(config);
+            let mut lengths = Vec::new();
+            for part in data.chunks(piece) {
+                lengths.extend(chunker.push(part).iter().map(Bytes::len));
+            }
+            lengths.extend(chunker.finish().iter().map(Bytes::len));
+            assert_eq!(lengths, one_pass, "piece size {piece}");
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The storage format: content-defined chunking, keyed chunk ids, per-chunk compression,
+//! pack objects and manifests. Pure data transformations; no gRPC, no SQL, no network.
+
+pub mod chunk;
+pub mod chunker;
+pub mod manifest;
+pub mod pack;
+
+pub use chunk::{ChunkId, Codec, TenantKey};
+pub use chunker::{ChunkerConfig, StreamChunker};
+pub use manifest::{Manifest, ManifestEntry};
+pub use pack::{PackBuilder, PackEntry, PackId, SealedPack};

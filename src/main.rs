@@ -1,0 +1,69 @@
+//! The `artifactd` command.
+
+use artifactd::config::Config;
+use artifactd::server;
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "artifactd", version, about = "Versioned artifact storage over gRPC")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the service. With no configuration it keeps everything under ./artifactd-data.
+    Serve {
+        /// TOML configuration file; ARTIFACTD_* variables override it.
+        #[arg(long, env = "ARTIFACTD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Loads and validates the configuration, then prints it as TOML (secrets masked).
+    CheckConfig {
+        #[arg(long, env = "ARTIFACTD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load(config: Option<&PathBuf>) -> anyhow::Result<Config> {
+    Ok(Config::load(config.map(PathBuf::as_path), std::env::vars())?)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => {
+            let mut config = load(config.as_ref())?;
+            if !config.storage.s3.secret_access_key.is_empty() {
+                config.storage.s3.secret_access_key = "********".to_owned();
+            }
+            print!("{}", toml::to_string_pretty(&config)?);
+            Ok(())
+        }
+        Command::Serve { config } => {
+            let config = load(config.as_ref())?;
+            artifactd::telemetry::init_logging(&config.log.format, &config.log.filter);
+            let metrics = artifactd::telemetry::init_metrics()?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async move {
+                let shutdown = CancellationToken::new();
+                let signal_token = shutdown.clone();
+                tokio::spawn(async move {
+                    server::shutdown_signal().await;
+                    signal_token.cancel();
+                });
+                server::run(config, Some(metrics), shutdown, |addrs| {
+                    // One machine-readable line on stdout for supervisors and tests.
+                    let mut stdout = std::io::stdout();
+                    let _ = writeln!(stdout, "artifactd ready grpc={} http={}", addrs.grpc, addrs.http);
+                    let _ = stdout.flush();
+                })
+                .await
+            })
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Wiring: opens the catalog and the store, starts background jobs and the gRPC and HTTP
+//! listeners, and tears everything down in order on shutdown.
+
+use crate::api::ArtifactApi;
+use crate::app::Artifacts;
+use crate::catalog::Catalog;
+use crate::config::{Backend, Config};
+use crate::jobs::{HealthMonitor, Supervisor};
+use crate::proto::artifact_service_server::ArtifactServiceServer;
+use crate::storage::{DynBlobStore, FsStore, S3Store};
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+/// Largest gRPC message the server decodes; data messages above the configured limit but
+/// below this get a clear INVALID_ARGUMENT from the service instead of a transport error.
+const MAX_DECODED_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Addresses the server actually listens on (ports may have been chosen by the OS).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+pub async fn open_store(config: &Config) -> anyhow::Result<DynBlobStore> {
+    Ok(match config.storage.backend {
+        Backend::Fs => {
+            let root = config.fs_root();
+            Arc::new(
+                FsStore::open(&root)
+                    .with_context(|| format!("opening the filesystem store at {}", root.display()))?,
+            )
+        }
+        Backend::S3 => {
+            let store = S3Store::new(config.s3_store_config());
+            if config.storage.s3.create_bucket {
+                store.ensure_bucket().await.context("creating the S3 bucket")?;
+            }
+            Arc::new(store)
+        }
+    })
+}
+
+/// Runs the server until `shutdown` is cancelled. `on_ready` learns the bound addresses
+/// once both listeners accept connections.
+pub async fn run(
+    config: Config,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(BoundAddrs),
+) -> anyhow::Result<()> {
+    if config.storage.backend == Backend::Fs || config.catalog.url.is_empty() {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    }
+    let catalog = Catalog::connect(&config.catalog_url(), config.catalog.max_connections)
+        .await
+        .context("opening the catalog")?;
+    let store = open_store(&config).await?;
+    let artifacts = Artifacts::new(catalog.clone(), store.clone(), config.app_settings())
+        .await
+        .context("starting the artifact service")?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let monitor = HealthMonitor {
+        catalog: catalog.clone(),
+        store: store.clone(),
+        reporter: health_reporter,
+        interval: Duration::from_millis(config.server.health_check_interval_ms.max(100)),
+    };
+    monitor.check_once().await;
+    let mut supervisor = Supervisor::new(shutdown.clone());
+    supervisor.spawn("health", |token| monitor.run(token));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building reflection v1")?;
+    // grpcurl 1.8 and other older tools speak only v1alpha.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building reflection v1alpha")?;
+
+    let grpc_listener = TcpListener::bind(&config.server.grpc_addr)
+        .await
+        .with_context(|| format!("listening for gRPC on {}", config.server.grpc_addr))?;
+    let http_listener = TcpListener::bind(&config.server.http_addr)
+        .await
+        .with_context(|| format!("listening for HTTP on {}", config.server.http_addr))?;
+    let addrs = BoundAddrs {
+        grpc: grpc_listener.local_addr()?,
+        http: http_listener.local_addr()?,
+    };
+
+    let artifact_service = ArtifactServiceServer::new(ArtifactApi::new(artifacts))
+        .max_decoding_message_size(MAX_DECODED_MESSAGE_BYTES);
+    let grpc_shutdown = shutdown.clone();
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(artifact_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+            grpc_shutdown.cancelled().await
+        });
+
+    let http_router = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.map(|handle| handle.render()).unwrap_or_default() }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    let http_shutdown = shutdown.clone();
+    let http = axum::serve(http_listener, http_router)
+        .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+
+    tracing::info!(grpc = %addrs.grpc, http = %addrs.http, catalog = ?catalog.dialect(), store = store.name(), "artifactd serving");
+    on_ready(addrs);
+
+    let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
+    let http_task = tokio::spawn(async move { http.await });
+    let grpc_task = tokio::spawn(grpc);
+    shutdown.cancelled().await;
+    tracing::info!(
+        grace_seconds = grace.as_secs(),
+        "shutting down: no new connections; waiting for requests in flight"
+    );
+    // 1. gRPC: stop accepting, let streams in flight finish within the grace period.
+    match tokio::time::timeout(grace, grpc_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::error!(%error, "gRPC server failed"),
+        Ok(Err(error)) => tracing::error!(%error, "gRPC server task failed"),
+        Err(_) => tracing::warn!("requests still running after the grace period were cut off"),
+    }
+    // 2. HTTP metrics endpoint.
+    let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+    // 3. Background jobs, then the catalog.
+    supervisor.shutdown(Duration::from_secs(5)).await;
+    catalog.close().await;
+    tracing::info!("artifactd stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
