@@ -1,0 +1,223 @@
+//! The built `artifactd` binary as a child process, configured through its environment.
+
+use artifactd::proto::artifact_service_client::ArtifactServiceClient;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// Variables of the test process that would change the child's configuration.
+const INHERITED_SETTINGS: &[&str] = &[
+    "DATABASE_URL",
+    "S3_ENDPOINT_URL",
+    "S3_BUCKET_NAME",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_REGION",
+];
+
+pub struct ServerProcess {
+    child: Option<Child>,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    log_path: PathBuf,
+}
+
+#[derive(Default)]
+pub struct ServerOptions {
+    pub env: Vec<(String, String)>,
+    /// Reuse a data directory (to restart over the same data); a fresh one when `None`.
+    pub data_dir: Option<PathBuf>,
+    pub config_file: Option<PathBuf>,
+}
+
+impl ServerOptions {
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_owned(), value.into()));
+        self
+    }
+
+    pub fn envs(mut self, pairs: Vec<(String, String)>) -> Self {
+        self.env.extend(pairs);
+        self
+    }
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_artifactd")
+}
+
+/// A command for the binary with a clean configuration environment.
+pub fn command() -> Command {
+    let mut command = Command::new(binary());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("ARTIFACTD_") || INHERITED_SETTINGS.contains(&name.as_str()) {
+            command.env_remove(&name);
+        }
+    }
+    command
+}
+
+impl ServerProcess {
+    pub fn start() -> Self {
+        Self::start_with(ServerOptions::default())
+    }
+
+    pub fn start_with(options: ServerOptions) -> Self {
+        let (temp, data_dir) = match options.data_dir {
+            Some(dir) => (None, dir),
+            None => {
+                let temp = tempfile::tempdir().expect("temp data dir");
+                let dir = temp.path().to_owned();
+                (Some(temp), dir)
+            }
+        };
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let log_path = data_dir.join(format!("server-{}.log", uuid::Uuid::now_v7().simple()));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut command = command();
+        command
+            .arg("serve")
+            .env("ARTIFACTD_DATA_DIR", &data_dir)
+            .env("ARTIFACTD_SERVER__GRPC_ADDR", "127.0.0.1:0")
+            .env("ARTIFACTD_SERVER__HTTP_ADDR", "127.0.0.1:0")
+            .env("ARTIFACTD_SERVER__HEALTH_CHECK_INTERVAL_MS", "200")
+            .env("ARTIFACTD_LOG__FILTER", "info")
+            .stdout(Stdio::piped())
+            .stderr(log);
+        if let Some(file) = &options.config_file {
+            command.env("ARTIFACTD_CONFIG", file);
+        }
+        for (key, value) in &options.env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("starting artifactd");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = sender.send(line);
+            }
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match receiver.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "artifactd did not report ready; its log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+        };
+        let addr_of = |label: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|part| part.strip_prefix(label))
+                .and_then(|addr| addr.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected ready line {line:?}"))
+        };
+        Self {
+            grpc: addr_of("grpc="),
+            http: addr_of("http="),
+            child: Some(child),
+            data_dir,
+            _temp: temp,
+            log_path,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connecting to artifactd")
+    }
+
+    pub async fn client(&self) -> ArtifactServiceClient<Channel> {
+        ArtifactServiceClient::new(self.channel().await)
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(16 * 1024 * 1024)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn signal_terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, failing after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("artifactd did not exit within {limit:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal_terminate();
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// Kills the process without letting it shut down.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Bytes of all files under the filesystem store's root.
+    pub fn fs_store_bytes(&self) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+            entries
+                .flatten()
+                .map(|entry| {
+                    let path = entry.path();
+                    if path.is_dir() { walk(&path) } else { entry.metadata().map(|m| m.len()).unwrap_or(0) }
+                })
+                .sum()
+        }
+        walk(&self.data_dir.join("blobs"))
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,110 @@
+//! Client helpers: stream content up in data messages, collect downloads.
+
+use artifactd::proto::artifact_service_client::ArtifactServiceClient;
+use artifactd::proto::{
+    CreateArtifactHeader, CreateArtifactRequest, CreateArtifactResponse, DownloadArtifactRequest,
+    DownloadHeader, UpdateArtifactHeader, UpdateArtifactRequest, UpdateArtifactResponse,
+    create_artifact_request, download_artifact_response, update_artifact_request,
+};
+use bytes::Bytes;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+pub type Client = ArtifactServiceClient<Channel>;
+
+pub const PIECE: usize = 64 * 1024;
+
+pub fn header(tenant: &str, project: &str, artifact_type: &str, name: &str) -> CreateArtifactHeader {
+    CreateArtifactHeader {
+        tenant: tenant.into(),
+        project: project.into(),
+        artifact_type: artifact_type.into(),
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+pub fn create_messages(header: CreateArtifactHeader, content: &[u8], piece: usize) -> Vec<CreateArtifactRequest> {
+    let mut messages = vec![CreateArtifactRequest {
+        message: Some(create_artifact_request::Message::Header(header)),
+    }];
+    messages.extend(content.chunks(piece).map(|part| CreateArtifactRequest {
+        message: Some(create_artifact_request::Message::Data(Bytes::copy_from_slice(part))),
+    }));
+    messages
+}
+
+pub async fn create(client: &mut Client, header: CreateArtifactHeader, content: &[u8]) -> Result<CreateArtifactResponse, Status> {
+    let messages = create_messages(header, content, PIECE);
+    client
+        .create_artifact(futures::stream::iter(messages))
+        .await
+        .map(|r| r.into_inner())
+}
+
+pub fn update_header(tenant: &str, project: &str, artifact_id: &str) -> UpdateArtifactHeader {
+    UpdateArtifactHeader {
+        tenant: tenant.into(),
+        project: project.into(),
+        artifact_id: artifact_id.into(),
+        ..Default::default()
+    }
+}
+
+pub async fn update(client: &mut Client, header: UpdateArtifactHeader, content: &[u8]) -> Result<UpdateArtifactResponse, Status> {
+    let mut messages = vec![UpdateArtifactRequest {
+        message: Some(update_artifact_request::Message::Header(header)),
+    }];
+    messages.extend(content.chunks(PIECE).map(|part| UpdateArtifactRequest {
+        message: Some(update_artifact_request::Message::Data(Bytes::copy_from_slice(part))),
+    }));
+    client
+        .update_artifact(futures::stream::iter(messages))
+        .await
+        .map(|r| r.into_inner())
+}
+
+pub fn download_request(tenant: &str, project: &str, artifact_id: &str, version: &str) -> DownloadArtifactRequest {
+    DownloadArtifactRequest {
+        tenant: tenant.into(),
+        project: project.into(),
+        artifact_id: artifact_id.into(),
+        version: version.into(),
+        ..Default::default()
+    }
+}
+
+pub async fn download(client: &mut Client, request: DownloadArtifactRequest) -> Result<(DownloadHeader, Vec<u8>), Status> {
+    let mut stream = client.download_artifact(request).await?.into_inner();
+    let mut header = None;
+    let mut content = Vec::new();
+    while let Some(message) = stream.message().await? {
+        match message.message {
+            Some(download_artifact_response::Message::Header(h)) => {
+                assert!(header.is_none(), "a second header arrived");
+                header = Some(h);
+            }
+            Some(download_artifact_response::Message::Data(data)) => {
+                assert!(header.is_some(), "data arrived before the header");
+                content.extend_from_slice(&data);
+            }
+            None => panic!("empty download message"),
+        }
+    }
+    Ok((header.expect("a header"), content))
+}
+
+/// Asserts a status code and that the message mentions each of `needles`.
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, needles: &[&str]) -> Status {
+    let status = result.expect_err("the call should have failed");
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    for needle in needles {
+        assert!(
+            status.message().contains(needle),
+            "message {:?} should mention {needle:?}",
+            status.message()
+        );
+    }
+    status
+}

@@ -1,0 +1,68 @@
+//! Shared test harness: real servers (in-process S3, moto, Postgres, the artifactd binary)
+//! and small client helpers. A missing service fails the test with a message saying how to
+//! provide it; nothing is skipped.
+#![allow(dead_code)]
+
+pub mod binary;
+pub mod client;
+pub mod moto;
+pub mod postgres;
+pub mod proxy;
+pub mod s3;
+
+use std::path::PathBuf;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shared corpus of real BMAD documents (`../shared/corpus` beside the repository,
+/// or `ARTIFACTD_CORPUS`).
+pub fn corpus_dir() -> PathBuf {
+    let dir = std::env::var_os("ARTIFACTD_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared/corpus"));
+    assert!(
+        dir.join("bmad-releases").is_dir(),
+        "the BMAD corpus is missing at {}: place shared/corpus beside the repository or set ARTIFACTD_CORPUS",
+        dir.display()
+    );
+    dir
+}
+
+/// Tools the test command installs into the project's virtual environment.
+pub fn venv_tool(name: &str, override_variable: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(override_variable) {
+        return PathBuf::from(path);
+    }
+    let path = repo_root().join(".venv-test/bin").join(name);
+    assert!(
+        path.exists(),
+        "{name} is not installed at {}: run `scripts/test` once (it creates .venv-test with moto and grpcurl), or set {override_variable}",
+        path.display()
+    );
+    path
+}
+
+/// Deterministic incompressible bytes.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A free TCP port on loopback (bound and released; fine for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
