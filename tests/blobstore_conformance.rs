@@ -14,41 +14,95 @@ async fn conformance(store: Arc<dyn BlobStore>) {
     let name = store.name().to_owned();
 
     // Missing objects.
-    assert!(store.head("packs/aa/missing.pack").await.unwrap().is_none(), "{name}: head of a missing key");
-    let missing = store.get("packs/aa/missing.pack", GetOptions::default()).await.unwrap_err();
-    assert!(missing.is_not_found(), "{name}: get of a missing key gave {missing:?}");
+    assert!(
+        store.head("packs/aa/missing.pack").await.unwrap().is_none(),
+        "{name}: head of a missing key"
+    );
+    let missing = store
+        .get("packs/aa/missing.pack", GetOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        missing.is_not_found(),
+        "{name}: get of a missing key gave {missing:?}"
+    );
     assert!(!missing.is_retryable(), "{name}: not-found must not be retryable");
 
     // Put, then whole and ranged reads.
     let data = Bytes::from(noise(300_000, 1));
     store.put("packs/ab/one.pack", data.clone()).await.unwrap();
-    assert_eq!(store.get("packs/ab/one.pack", GetOptions::default()).await.unwrap(), data, "{name}: whole get");
-    let ranged = store.get("packs/ab/one.pack", GetOptions::range(1000..70_000)).await.unwrap();
+    assert_eq!(
+        store
+            .get("packs/ab/one.pack", GetOptions::default())
+            .await
+            .unwrap(),
+        data,
+        "{name}: whole get"
+    );
+    let ranged = store
+        .get("packs/ab/one.pack", GetOptions::range(1000..70_000))
+        .await
+        .unwrap();
     assert_eq!(ranged, data.slice(1000..70_000), "{name}: ranged get");
-    let tail = store.get("packs/ab/one.pack", GetOptions::range(299_990..300_000)).await.unwrap();
+    let tail = store
+        .get("packs/ab/one.pack", GetOptions::range(299_990..300_000))
+        .await
+        .unwrap();
     assert_eq!(tail, data.slice(299_990..), "{name}: range at the end");
-    let empty = store.get("packs/ab/one.pack", GetOptions::range(5..5)).await.unwrap();
+    let empty = store
+        .get("packs/ab/one.pack", GetOptions::range(5..5))
+        .await
+        .unwrap();
     assert!(empty.is_empty(), "{name}: empty range");
     let past_end = store
         .get("packs/ab/one.pack", GetOptions::range(299_000..300_001))
         .await
         .unwrap_err();
-    assert!(matches!(past_end, StoreError::InvalidRange { .. }), "{name}: range past the end gave {past_end:?}");
-    assert_eq!(store.head("packs/ab/one.pack").await.unwrap().unwrap().size, 300_000, "{name}: head size");
+    assert!(
+        matches!(past_end, StoreError::InvalidRange { .. }),
+        "{name}: range past the end gave {past_end:?}"
+    );
+    assert_eq!(
+        store.head("packs/ab/one.pack").await.unwrap().unwrap().size,
+        300_000,
+        "{name}: head size"
+    );
 
     // Putting the same content again is harmless; empty objects work.
     store.put("packs/ab/one.pack", data.clone()).await.unwrap();
-    assert_eq!(store.get("packs/ab/one.pack", GetOptions::default()).await.unwrap(), data);
+    assert_eq!(
+        store
+            .get("packs/ab/one.pack", GetOptions::default())
+            .await
+            .unwrap(),
+        data
+    );
     store.put("packs/ac/empty.pack", Bytes::new()).await.unwrap();
     assert_eq!(store.head("packs/ac/empty.pack").await.unwrap().unwrap().size, 0);
-    assert!(store.get("packs/ac/empty.pack", GetOptions::default()).await.unwrap().is_empty());
+    assert!(
+        store
+            .get("packs/ac/empty.pack", GetOptions::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Listing by prefix, sorted, exact sizes, nothing outside the prefix.
-    store.put("packs/ab/two.pack", Bytes::from_static(b"two")).await.unwrap();
-    store.put("other/ab/three", Bytes::from_static(b"three")).await.unwrap();
+    store
+        .put("packs/ab/two.pack", Bytes::from_static(b"two"))
+        .await
+        .unwrap();
+    store
+        .put("other/ab/three", Bytes::from_static(b"three"))
+        .await
+        .unwrap();
     let listed = store.list("packs/ab/").await.unwrap();
     let keys: Vec<(&str, u64)> = listed.iter().map(|m| (m.key.as_str(), m.size)).collect();
-    assert_eq!(keys, vec![("packs/ab/one.pack", 300_000), ("packs/ab/two.pack", 3)], "{name}: list");
+    assert_eq!(
+        keys,
+        vec![("packs/ab/one.pack", 300_000), ("packs/ab/two.pack", 3)],
+        "{name}: list"
+    );
     let partial = store.list("packs/ab/t").await.unwrap();
     assert_eq!(partial.len(), 1, "{name}: list with a partial name");
     let everything = store.list("").await.unwrap();
@@ -63,7 +117,10 @@ async fn conformance(store: Arc<dyn BlobStore>) {
     // Keys that could escape or confuse are refused before any I/O.
     for bad in ["", "/abs", "a//b", "a/../b", "a/./b", "trailing/", "sp ace"] {
         let error = store.put(bad, Bytes::from_static(b"x")).await.unwrap_err();
-        assert!(matches!(error, StoreError::InvalidKey { .. }), "{name}: key {bad:?} gave {error:?}");
+        assert!(
+            matches!(error, StoreError::InvalidKey { .. }),
+            "{name}: key {bad:?} gave {error:?}"
+        );
     }
 
     // Concurrent puts of different keys all land.
@@ -71,13 +128,19 @@ async fn conformance(store: Arc<dyn BlobStore>) {
         let store = store.clone();
         async move {
             let body = Bytes::from(noise(10_000 + i, i as u64));
-            store.put(&format!("concurrent/{i:02}"), body.clone()).await.unwrap();
+            store
+                .put(&format!("concurrent/{i:02}"), body.clone())
+                .await
+                .unwrap();
             body
         }
     });
     let bodies = futures::future::join_all(writes).await;
     for (i, body) in bodies.iter().enumerate() {
-        let read = store.get(&format!("concurrent/{i:02}"), GetOptions::default()).await.unwrap();
+        let read = store
+            .get(&format!("concurrent/{i:02}"), GetOptions::default())
+            .await
+            .unwrap();
         assert_eq!(&read, body, "{name}: concurrent put {i}");
     }
 }
@@ -86,8 +149,14 @@ async fn conformance(store: Arc<dyn BlobStore>) {
 async fn multipart(store: S3Store) {
     let data = Bytes::from(noise(12 * 1024 * 1024 + 12_345, 9));
     store.put("packs/mp/large.pack", data.clone()).await.unwrap();
-    assert_eq!(store.head("packs/mp/large.pack").await.unwrap().unwrap().size, data.len() as u64);
-    let read = store.get("packs/mp/large.pack", GetOptions::default()).await.unwrap();
+    assert_eq!(
+        store.head("packs/mp/large.pack").await.unwrap().unwrap().size,
+        data.len() as u64
+    );
+    let read = store
+        .get("packs/mp/large.pack", GetOptions::default())
+        .await
+        .unwrap();
     assert!(read == data, "multipart object differs after reading back");
     let middle = store
         .get("packs/mp/large.pack", GetOptions::range(5_000_000..7_000_000))
@@ -112,7 +181,10 @@ async fn fs_store_conforms() {
 async fn fs_store_leaves_no_temporary_files_visible() {
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::open(dir.path()).unwrap();
-    store.put("packs/aa/x.pack", Bytes::from_static(b"x")).await.unwrap();
+    store
+        .put("packs/aa/x.pack", Bytes::from_static(b"x"))
+        .await
+        .unwrap();
     // A crash mid-write leaves a file in the temp area; reopening clears it and it is never listed.
     std::fs::write(dir.path().join(".tmp/partial"), b"half").unwrap();
     assert_eq!(store.list("").await.unwrap().len(), 1);
@@ -145,10 +217,19 @@ async fn s3_store_reports_a_stopped_server_as_retryable() {
     config.request_timeout = std::time::Duration::from_secs(2);
     let store = S3Store::new(config);
     store.ensure_bucket().await.unwrap();
-    store.put("packs/aa/x.pack", Bytes::from_static(b"x")).await.unwrap();
+    store
+        .put("packs/aa/x.pack", Bytes::from_static(b"x"))
+        .await
+        .unwrap();
     server.stop().await;
-    let error = store.get("packs/aa/x.pack", GetOptions::default()).await.unwrap_err();
-    assert!(error.is_retryable(), "a stopped server should be retryable, got {error:?}");
+    let error = store
+        .get("packs/aa/x.pack", GetOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        error.is_retryable(),
+        "a stopped server should be retryable, got {error:?}"
+    );
     server.restart().await;
     assert_eq!(
         store.get("packs/aa/x.pack", GetOptions::default()).await.unwrap(),

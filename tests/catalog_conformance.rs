@@ -56,16 +56,27 @@ async fn conformance(catalog: Catalog) {
 
     // The service secret is created once and then stable.
     let secret = catalog.service_secret().await.unwrap();
-    assert_eq!(catalog.service_secret().await.unwrap(), secret, "{dialect:?}: secret is stable");
+    assert_eq!(
+        catalog.service_secret().await.unwrap(),
+        secret,
+        "{dialect:?}: secret is stable"
+    );
 
     // A staged pack, then an artifact whose first version commits it with two chunks.
-    catalog.stage_pack("acme", "pack-1", 1000, "upload-1", 1).await.unwrap();
+    catalog
+        .stage_pack("acme", "pack-1", 1000, "upload-1", 1)
+        .await
+        .unwrap();
     assert_eq!(catalog.packs_in_state("staged").await.unwrap().len(), 1);
     let artifact = new_artifact(&scope, "PRD.md");
     let (created, first) = catalog
         .create_artifact(
             &artifact,
-            &new_version("1.0.0", vec![("pack-1".into(), entry(1, 0)), ("pack-1".into(), entry(2, 10))], vec!["pack-1".into()]),
+            &new_version(
+                "1.0.0",
+                vec![("pack-1".into(), entry(1, 0)), ("pack-1".into(), entry(2, 10))],
+                vec!["pack-1".into()],
+            ),
         )
         .await
         .unwrap();
@@ -74,7 +85,11 @@ async fn conformance(catalog: Catalog) {
     assert_eq!(created.tag_list(), vec!["payments", "q3"]);
     assert_eq!(created.metadata_map()["owner"], "pm");
     assert_eq!(first.seq, 1);
-    assert_eq!(catalog.packs_in_state("committed").await.unwrap().len(), 1, "{dialect:?}: pack committed");
+    assert_eq!(
+        catalog.packs_in_state("committed").await.unwrap().len(),
+        1,
+        "{dialect:?}: pack committed"
+    );
     assert_eq!(catalog.committed_pack_bytes().await.unwrap(), 1000);
 
     // Chunk index: lookups are per tenant.
@@ -82,24 +97,58 @@ async fn conformance(catalog: Catalog) {
     let known = catalog.known_chunks("acme", &ids).await.unwrap();
     assert_eq!(known.len(), 2, "{dialect:?}: known chunks");
     assert_eq!(known[&ChunkId([2; 32])], 10);
-    assert!(catalog.known_chunks("globex", &ids).await.unwrap().is_empty(), "{dialect:?}: chunks are per tenant");
+    assert!(
+        catalog.known_chunks("globex", &ids).await.unwrap().is_empty(),
+        "{dialect:?}: chunks are per tenant"
+    );
     let locations = catalog.chunk_locations("acme", &ids).await.unwrap();
     assert_eq!(locations[&ChunkId([2; 32])].offset, 10);
     assert_eq!(locations[&ChunkId([2; 32])].codec, Codec::Zstd);
     assert_eq!(locations[&ChunkId([2; 32])].pack_id, "pack-1");
 
     // Lookups by id and by name are scoped.
-    assert!(catalog.artifact_by_id(&scope, &created.id, false).await.unwrap().is_some());
-    assert!(catalog.artifact_by_id(&other_tenant, &created.id, false).await.unwrap().is_none(), "{dialect:?}: id lookups cross no tenants");
-    assert!(catalog.artifact_by_name(&scope, "prd", "PRD.md").await.unwrap().is_some());
-    assert!(catalog.artifact_by_name(&other_tenant, "prd", "PRD.md").await.unwrap().is_none());
+    assert!(
+        catalog
+            .artifact_by_id(&scope, &created.id, false)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        catalog
+            .artifact_by_id(&other_tenant, &created.id, false)
+            .await
+            .unwrap()
+            .is_none(),
+        "{dialect:?}: id lookups cross no tenants"
+    );
+    assert!(
+        catalog
+            .artifact_by_name(&scope, "prd", "PRD.md")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        catalog
+            .artifact_by_name(&other_tenant, "prd", "PRD.md")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Duplicate names are refused and write nothing.
     let duplicate = catalog
-        .create_artifact(&new_artifact(&scope, "PRD.md"), &new_version("1.0.0", vec![], vec![]))
+        .create_artifact(
+            &new_artifact(&scope, "PRD.md"),
+            &new_version("1.0.0", vec![], vec![]),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(duplicate, Error::AlreadyExists(_)), "{dialect:?}: {duplicate:?}");
+    assert!(
+        matches!(duplicate, Error::AlreadyExists(_)),
+        "{dialect:?}: {duplicate:?}"
+    );
 
     // A transaction that fails half-way leaves nothing: a chunk pointing at an unknown pack
     // violates a foreign key after the artifact row was written.
@@ -111,21 +160,43 @@ async fn conformance(catalog: Catalog) {
         .await;
     assert!(broken.is_err(), "{dialect:?}: the broken commit must fail");
     assert!(
-        catalog.artifact_by_name(&scope, "prd", "broken.md").await.unwrap().is_none(),
+        catalog
+            .artifact_by_name(&scope, "prd", "broken.md")
+            .await
+            .unwrap()
+            .is_none(),
         "{dialect:?}: a failed commit leaves no artifact"
     );
 
     // Compare-and-set: of two updates from 1.0.0 exactly one wins.
-    let (minor, major) = (new_version("1.1.0", vec![], vec![]), new_version("2.0.0", vec![], vec![]));
+    let (minor, major) = (
+        new_version("1.1.0", vec![], vec![]),
+        new_version("2.0.0", vec![], vec![]),
+    );
     let (a, b) = tokio::join!(
         catalog.add_version(&scope, &created.id, "1.0.0", &minor),
         catalog.add_version(&scope, &created.id, "1.0.0", &major),
     );
     let outcomes = [a.is_ok(), b.is_ok()];
-    assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 1, "{dialect:?}: exactly one update wins: {a:?} {b:?}");
-    let loser = if a.is_err() { a.unwrap_err() } else { b.unwrap_err() };
-    assert!(matches!(loser, Error::FailedPrecondition(_)), "{dialect:?}: loser gets FailedPrecondition: {loser:?}");
-    let current = catalog.artifact_by_id(&scope, &created.id, false).await.unwrap().unwrap();
+    assert_eq!(
+        outcomes.iter().filter(|ok| **ok).count(),
+        1,
+        "{dialect:?}: exactly one update wins: {a:?} {b:?}"
+    );
+    let loser = if a.is_err() {
+        a.unwrap_err()
+    } else {
+        b.unwrap_err()
+    };
+    assert!(
+        matches!(loser, Error::FailedPrecondition(_)),
+        "{dialect:?}: loser gets FailedPrecondition: {loser:?}"
+    );
+    let current = catalog
+        .artifact_by_id(&scope, &created.id, false)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(current.version_count, 2, "{dialect:?}: the loser wrote nothing");
 
     // More versions; listing newest first with paging by seq.
@@ -139,8 +210,14 @@ async fn conformance(catalog: Catalog) {
         latest = version.version;
     }
     let page = catalog.list_versions(&created.id, None, 2).await.unwrap();
-    assert_eq!(page.iter().map(|v| v.version.as_str()).collect::<Vec<_>>(), ["3.2.0", "3.1.0"]);
-    let rest = catalog.list_versions(&created.id, Some(page[1].seq), 10).await.unwrap();
+    assert_eq!(
+        page.iter().map(|v| v.version.as_str()).collect::<Vec<_>>(),
+        ["3.2.0", "3.1.0"]
+    );
+    let rest = catalog
+        .list_versions(&created.id, Some(page[1].seq), 10)
+        .await
+        .unwrap();
     assert_eq!(rest.len(), 3, "{dialect:?}: the rest of the versions");
     assert_eq!(rest.last().unwrap().version, "1.0.0");
     assert_eq!(catalog.manifest(&created.id, "1.0.0").await.unwrap(), vec![1]);
@@ -151,9 +228,14 @@ async fn conformance(catalog: Catalog) {
         if name == "c.md" {
             artifact.artifact_type = "story".into();
         }
-        catalog.create_artifact(&artifact, &new_version("0.1.0", vec![], vec![])).await.unwrap();
+        catalog
+            .create_artifact(&artifact, &new_version("0.1.0", vec![], vec![]))
+            .await
+            .unwrap();
     }
-    let names = |records: &[artifactd::catalog::ArtifactRecord]| records.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+    let names = |records: &[artifactd::catalog::ArtifactRecord]| {
+        records.iter().map(|r| r.name.clone()).collect::<Vec<_>>()
+    };
     let first_page = catalog.list_artifacts(&scope, None, None, 2).await.unwrap();
     assert_eq!(names(&first_page), ["PRD.md", "a.md"]);
     let last = first_page.last().unwrap();
@@ -162,43 +244,106 @@ async fn conformance(catalog: Catalog) {
         .await
         .unwrap();
     assert_eq!(names(&second_page), ["b.md", "c.md"]);
-    let stories = catalog.list_artifacts(&scope, Some("story"), None, 10).await.unwrap();
+    let stories = catalog
+        .list_artifacts(&scope, Some("story"), None, 10)
+        .await
+        .unwrap();
     assert_eq!(names(&stories), ["c.md"]);
-    assert!(catalog.list_artifacts(&other_tenant, None, None, 10).await.unwrap().is_empty());
+    assert!(
+        catalog
+            .list_artifacts(&other_tenant, None, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Soft delete hides; undelete within retention restores; outside it refuses.
     let deleted = catalog.soft_delete(&scope, &created.id, 1_000).await.unwrap();
     assert_eq!(deleted.deleted_at, Some(1_000));
-    assert!(catalog.artifact_by_id(&scope, &created.id, false).await.unwrap().is_none());
-    assert!(catalog.artifact_by_id(&scope, &created.id, true).await.unwrap().is_some());
-    assert!(!names(&catalog.list_artifacts(&scope, None, None, 10).await.unwrap()).contains(&"PRD.md".to_owned()));
+    assert!(
+        catalog
+            .artifact_by_id(&scope, &created.id, false)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        catalog
+            .artifact_by_id(&scope, &created.id, true)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        !names(&catalog.list_artifacts(&scope, None, None, 10).await.unwrap()).contains(&"PRD.md".to_owned())
+    );
     let updating_deleted = catalog
-        .add_version(&scope, &created.id, &latest, &new_version("9.0.0", vec![], vec![]))
+        .add_version(
+            &scope,
+            &created.id,
+            &latest,
+            &new_version("9.0.0", vec![], vec![]),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(updating_deleted, Error::FailedPrecondition(_)), "{dialect:?}: {updating_deleted:?}");
-    let expired = catalog.undelete(&scope, &created.id, 2_000, 3_000).await.unwrap_err();
-    assert!(matches!(expired, Error::FailedPrecondition(ref m) if m.contains("retention")), "{dialect:?}: {expired:?}");
+    assert!(
+        matches!(updating_deleted, Error::FailedPrecondition(_)),
+        "{dialect:?}: {updating_deleted:?}"
+    );
+    let expired = catalog
+        .undelete(&scope, &created.id, 2_000, 3_000)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(expired, Error::FailedPrecondition(ref m) if m.contains("retention")),
+        "{dialect:?}: {expired:?}"
+    );
     let restored = catalog.undelete(&scope, &created.id, 500, 3_000).await.unwrap();
     assert_eq!(restored.deleted_at, None);
-    let not_deleted = catalog.undelete(&scope, &created.id, 500, 3_000).await.unwrap_err();
+    let not_deleted = catalog
+        .undelete(&scope, &created.id, 500, 3_000)
+        .await
+        .unwrap_err();
     assert!(matches!(not_deleted, Error::FailedPrecondition(_)));
-    let missing = catalog.soft_delete(&other_tenant, &created.id, 1).await.unwrap_err();
-    assert!(matches!(missing, Error::NotFound(_)), "{dialect:?}: deletes cross no tenants");
+    let missing = catalog
+        .soft_delete(&other_tenant, &created.id, 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, Error::NotFound(_)),
+        "{dialect:?}: deletes cross no tenants"
+    );
 
     // Abandoned uploads: staged packs of the upload become garbage, committed ones stay.
-    catalog.stage_pack("acme", "pack-2", 500, "upload-2", 2).await.unwrap();
-    catalog.stage_pack("acme", "pack-3", 500, "upload-2", 2).await.unwrap();
+    catalog
+        .stage_pack("acme", "pack-2", 500, "upload-2", 2)
+        .await
+        .unwrap();
+    catalog
+        .stage_pack("acme", "pack-3", 500, "upload-2", 2)
+        .await
+        .unwrap();
     assert_eq!(catalog.abandon_upload("upload-2").await.unwrap(), 2);
-    assert_eq!(catalog.abandon_upload("upload-1").await.unwrap(), 0, "{dialect:?}: committed packs stay committed");
+    assert_eq!(
+        catalog.abandon_upload("upload-1").await.unwrap(),
+        0,
+        "{dialect:?}: committed packs stay committed"
+    );
     assert_eq!(catalog.packs_in_state("abandoned").await.unwrap().len(), 2);
 
     // The outbox records every change in commit order.
     let events = catalog.outbox_after(0, 100).await.unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(kinds.first(), Some(&"artifact.created"));
-    assert_eq!(kinds.iter().filter(|k| **k == "version.created").count(), 4, "{dialect:?}: {kinds:?}");
-    assert!(kinds.ends_with(&["artifact.deleted", "artifact.undeleted"]), "{dialect:?}: {kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "version.created").count(),
+        4,
+        "{dialect:?}: {kinds:?}"
+    );
+    assert!(
+        kinds.ends_with(&["artifact.deleted", "artifact.undeleted"]),
+        "{dialect:?}: {kinds:?}"
+    );
     assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
     let tail = catalog.outbox_after(events[2].seq, 100).await.unwrap();
     assert_eq!(tail.len(), events.len() - 3);
@@ -216,7 +361,13 @@ async fn sqlite_catalog_conforms() {
     catalog.close().await;
     // Reopening runs no migration twice and keeps the data.
     let reopened = Catalog::connect(&url, 4).await.unwrap();
-    assert!(reopened.artifact_by_name(&Scope::new("acme", "payments"), "prd", "PRD.md").await.unwrap().is_some());
+    assert!(
+        reopened
+            .artifact_by_name(&Scope::new("acme", "payments"), "prd", "PRD.md")
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,7 +378,13 @@ async fn postgres_catalog_conforms() {
     conformance(catalog.clone()).await;
     catalog.close().await;
     let reopened = Catalog::connect(&database.url, 4).await.unwrap();
-    assert!(reopened.artifact_by_name(&Scope::new("acme", "payments"), "prd", "PRD.md").await.unwrap().is_some());
+    assert!(
+        reopened
+            .artifact_by_name(&Scope::new("acme", "payments"), "prd", "PRD.md")
+            .await
+            .unwrap()
+            .is_some()
+    );
     reopened.close().await;
     database.drop_database().await;
 }

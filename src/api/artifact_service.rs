@@ -21,6 +21,7 @@ use crate::proto::{
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use std::pin::Pin;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 pub struct ArtifactApi {
@@ -52,11 +53,17 @@ fn expectations(size: Option<u64>, blake3: &str) -> Result<ContentExpectations> 
 
 /// Runs an upload in its own task so that a client disconnecting mid-stream ends the upload
 /// through its error path (which marks written packs for garbage collection) instead of
-/// dropping it half-way.
-async fn run_upload<T: Send + 'static>(
-    upload: impl std::future::Future<Output = Result<T>> + Send + 'static,
-) -> Result<T> {
-    tokio::spawn(upload)
+/// dropping it half-way. The task learns that the caller is gone through the token, which is
+/// cancelled when this handler's future is dropped (hyper drops it on a reset stream).
+async fn run_upload<T, F, Fut>(upload: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+{
+    let caller_gone = CancellationToken::new();
+    let _cancel_on_drop = caller_gone.clone().drop_guard();
+    tokio::spawn(upload(caller_gone))
         .await
         .map_err(|e| Error::internal(format!("upload task failed: {e}")))?
 }
@@ -123,9 +130,10 @@ impl ArtifactService for ArtifactApi {
             _ => None,
         });
         let artifacts = self.artifacts.clone();
-        let (artifact, version) = run_upload(async move { artifacts.create(create, content).await })
-            .await
-            .map_err(to_status)?;
+        let (artifact, version) =
+            run_upload(|caller_gone| async move { artifacts.create(create, content, &caller_gone).await })
+                .await
+                .map_err(to_status)?;
         Ok(Response::new(CreateArtifactResponse {
             artifact: Some(convert::artifact(&artifact)),
             version: Some(convert::version(&version)),
@@ -196,9 +204,10 @@ impl ArtifactService for ArtifactApi {
             _ => None,
         });
         let artifacts = self.artifacts.clone();
-        let (artifact, version) = run_upload(async move { artifacts.update(update, content).await })
-            .await
-            .map_err(to_status)?;
+        let (artifact, version) =
+            run_upload(|caller_gone| async move { artifacts.update(update, content, &caller_gone).await })
+                .await
+                .map_err(to_status)?;
         Ok(Response::new(UpdateArtifactResponse {
             artifact: Some(convert::artifact(&artifact)),
             version: Some(convert::version(&version)),

@@ -20,6 +20,7 @@ use futures::Stream;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Tunables of the data path.
 #[derive(Debug, Clone)]
@@ -201,11 +202,13 @@ impl Artifacts {
         &self.inner.settings
     }
 
-    /// Creates an artifact whose first version is `content`.
+    /// Creates an artifact whose first version is `content`. When `caller_gone` is cancelled
+    /// before the commit, the upload is abandoned: nothing partial is ever committed.
     pub async fn create<S>(
         &self,
         request: CreateArtifact,
         content: S,
+        caller_gone: &CancellationToken,
     ) -> Result<(ArtifactRecord, VersionRecord)>
     where
         S: Stream<Item = Result<Bytes>> + Send + Unpin,
@@ -241,7 +244,7 @@ impl Artifacts {
             request.expectations.clone(),
         );
         let upload_name = request.name.clone();
-        let content = upload.run(content, &upload_name).await?;
+        let content = upload.run(content, &upload_name, caller_gone).await?;
         let upload_id = content.upload_id.clone();
         let new_version = content.into_new_version(
             version.to_string(),
@@ -261,11 +264,12 @@ impl Artifacts {
         self.after_commit(&upload_id, committed).await
     }
 
-    /// Adds a version to an artifact.
+    /// Adds a version to an artifact; `caller_gone` as for [`Artifacts::create`].
     pub async fn update<S>(
         &self,
         request: UpdateArtifact,
         content: S,
+        caller_gone: &CancellationToken,
     ) -> Result<(ArtifactRecord, VersionRecord)>
     where
         S: Stream<Item = Result<Bytes>> + Send + Unpin,
@@ -310,7 +314,7 @@ impl Artifacts {
             &request.scope.tenant,
             request.expectations.clone(),
         );
-        let content = upload.run(content, &artifact.name).await?;
+        let content = upload.run(content, &artifact.name, caller_gone).await?;
         let upload_id = content.upload_id.clone();
         let new_version = content.into_new_version(
             next.to_string(),

@@ -16,6 +16,7 @@ use futures::{Stream, StreamExt};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 /// Size of the content head kept for content-type detection.
 const HEAD_LEN: usize = 512;
@@ -145,11 +146,27 @@ impl Upload {
 
     /// Consumes the content stream. On any failure, packs already written are marked
     /// abandoned for garbage collection and nothing becomes visible.
-    pub(super) async fn run<S>(mut self, content: S, name: &str) -> Result<IngestedContent>
+    pub(super) async fn run<S>(
+        mut self,
+        content: S,
+        name: &str,
+        caller_gone: &CancellationToken,
+    ) -> Result<IngestedContent>
     where
         S: Stream<Item = Result<Bytes>> + Send + Unpin,
     {
-        match self.consume(content, name).await {
+        let consumed = self.consume(content, name).await.and_then(|done| {
+            // A stream reset by the client ends like a complete one on the server side, so the
+            // caller's disappearance is the only sign that the content is cut short.
+            if caller_gone.is_cancelled() {
+                Err(Error::Cancelled(
+                    "the client cancelled the upload before it completed".to_owned(),
+                ))
+            } else {
+                Ok(done)
+            }
+        });
+        match consumed {
             Ok(done) => Ok(done),
             Err(error) => {
                 self.writes.abort_all();
@@ -262,7 +279,7 @@ impl Upload {
         .map_err(|e| Error::internal(format!("chunking task failed: {e}")))?;
         self.cutter = Some(cutter);
         self.queue(chunks);
-        if self.pending_bytes >= DEDUP_BATCH_BYTES {
+        if self.pending_bytes >= DEDUP_BATCH_BYTES.min(self.inner.settings.pack_target_bytes) {
             self.flush_pending().await?;
         }
         Ok(())

@@ -203,12 +203,18 @@ impl ServerProcess {
     /// Bytes of all files under the filesystem store's root.
     pub fn fs_store_bytes(&self) -> u64 {
         fn walk(dir: &Path) -> u64 {
-            let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return 0;
+            };
             entries
                 .flatten()
                 .map(|entry| {
                     let path = entry.path();
-                    if path.is_dir() { walk(&path) } else { entry.metadata().map(|m| m.len()).unwrap_or(0) }
+                    if path.is_dir() {
+                        walk(&path)
+                    } else {
+                        entry.metadata().map(|m| m.len()).unwrap_or(0)
+                    }
                 })
                 .sum()
         }

@@ -24,17 +24,27 @@ pub fn header(tenant: &str, project: &str, artifact_type: &str, name: &str) -> C
     }
 }
 
-pub fn create_messages(header: CreateArtifactHeader, content: &[u8], piece: usize) -> Vec<CreateArtifactRequest> {
+pub fn create_messages(
+    header: CreateArtifactHeader,
+    content: &[u8],
+    piece: usize,
+) -> Vec<CreateArtifactRequest> {
     let mut messages = vec![CreateArtifactRequest {
         message: Some(create_artifact_request::Message::Header(header)),
     }];
     messages.extend(content.chunks(piece).map(|part| CreateArtifactRequest {
-        message: Some(create_artifact_request::Message::Data(Bytes::copy_from_slice(part))),
+        message: Some(create_artifact_request::Message::Data(Bytes::copy_from_slice(
+            part,
+        ))),
     }));
     messages
 }
 
-pub async fn create(client: &mut Client, header: CreateArtifactHeader, content: &[u8]) -> Result<CreateArtifactResponse, Status> {
+pub async fn create(
+    client: &mut Client,
+    header: CreateArtifactHeader,
+    content: &[u8],
+) -> Result<CreateArtifactResponse, Status> {
     let messages = create_messages(header, content, PIECE);
     client
         .create_artifact(futures::stream::iter(messages))
@@ -51,12 +61,18 @@ pub fn update_header(tenant: &str, project: &str, artifact_id: &str) -> UpdateAr
     }
 }
 
-pub async fn update(client: &mut Client, header: UpdateArtifactHeader, content: &[u8]) -> Result<UpdateArtifactResponse, Status> {
+pub async fn update(
+    client: &mut Client,
+    header: UpdateArtifactHeader,
+    content: &[u8],
+) -> Result<UpdateArtifactResponse, Status> {
     let mut messages = vec![UpdateArtifactRequest {
         message: Some(update_artifact_request::Message::Header(header)),
     }];
     messages.extend(content.chunks(PIECE).map(|part| UpdateArtifactRequest {
-        message: Some(update_artifact_request::Message::Data(Bytes::copy_from_slice(part))),
+        message: Some(update_artifact_request::Message::Data(Bytes::copy_from_slice(
+            part,
+        ))),
     }));
     client
         .update_artifact(futures::stream::iter(messages))
@@ -64,7 +80,12 @@ pub async fn update(client: &mut Client, header: UpdateArtifactHeader, content: 
         .map(|r| r.into_inner())
 }
 
-pub fn download_request(tenant: &str, project: &str, artifact_id: &str, version: &str) -> DownloadArtifactRequest {
+pub fn download_request(
+    tenant: &str,
+    project: &str,
+    artifact_id: &str,
+    version: &str,
+) -> DownloadArtifactRequest {
     DownloadArtifactRequest {
         tenant: tenant.into(),
         project: project.into(),
@@ -74,7 +95,10 @@ pub fn download_request(tenant: &str, project: &str, artifact_id: &str, version:
     }
 }
 
-pub async fn download(client: &mut Client, request: DownloadArtifactRequest) -> Result<(DownloadHeader, Vec<u8>), Status> {
+pub async fn download(
+    client: &mut Client,
+    request: DownloadArtifactRequest,
+) -> Result<(DownloadHeader, Vec<u8>), Status> {
     let mut stream = client.download_artifact(request).await?.into_inner();
     let mut header = None;
     let mut content = Vec::new();

@@ -46,7 +46,9 @@ pub fn venv_tool(name: &str, override_variable: &str) -> PathBuf {
 
 /// Deterministic incompressible bytes.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
         state ^= state << 13;

@@ -25,7 +25,10 @@ impl MotoServer {
             if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
                 break;
             }
-            assert!(Instant::now() < deadline, "moto_server did not listen on port {port} within 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen on port {port} within 60 s"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         server

@@ -24,7 +24,9 @@ impl S3TestServer {
     pub async fn start() -> Self {
         let root = tempfile::tempdir().expect("temp dir for the S3 server");
         let path = root.path().to_owned();
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding the S3 server");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the S3 server");
         let addr = listener.local_addr().unwrap();
         let mut server = Self {
             _root: root,
@@ -47,8 +49,12 @@ impl S3TestServer {
             let mut connections = JoinSet::new();
             let http = ConnBuilder::new(TokioExecutor::new());
             loop {
-                let Ok((socket, _)) = listener.accept().await else { continue };
-                let connection = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
+                let connection = http
+                    .serve_connection(TokioIo::new(socket), service.clone())
+                    .into_owned();
                 connections.spawn(async move {
                     let _ = connection.await;
                 });
