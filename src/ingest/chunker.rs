@@ -23,8 +23,10 @@ impl ChunkerConfig {
 }
 
 impl Default for ChunkerConfig {
+    /// 16 KiB on average: on the BMAD release series (tars whose every member header changes
+    /// between releases) it stores 17% fewer bytes than 64 KiB, for four times the index rows.
     fn default() -> Self {
-        Self::with_average(64 * 1024)
+        Self::with_average(16 * 1024)
     }
 }
 
