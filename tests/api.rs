@@ -550,7 +550,7 @@ async fn bad_streams_are_rejected_and_leave_nothing_committed() {
         &[
             "expected_blake3",
             &wrong,
-            &blake3::hash(&content).to_hex().to_string(),
+            blake3::hash(&content).to_hex().as_str(),
         ],
     );
     let mut malformed_hash = header(T, P, "bundle", "hash.bin");

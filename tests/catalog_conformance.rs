@@ -183,10 +183,9 @@ async fn conformance(catalog: Catalog) {
         1,
         "{dialect:?}: exactly one update wins: {a:?} {b:?}"
     );
-    let loser = if a.is_err() {
-        a.unwrap_err()
-    } else {
-        b.unwrap_err()
+    let loser = match (a, b) {
+        (Err(error), Ok(_)) | (Ok(_), Err(error)) => error,
+        other => panic!("{dialect:?}: expected one winner and one loser, got {other:?}"),
     };
     assert!(
         matches!(loser, Error::FailedPrecondition(_)),

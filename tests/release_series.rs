@@ -19,7 +19,10 @@ pub fn release_series() -> Vec<(semver::Version, Vec<u8>)> {
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
             let version = name.strip_prefix("bmad-method-docs-")?.strip_suffix(".tar")?;
-            Some((semver::Version::parse(version).unwrap(), std::fs::read(entry.path()).unwrap()))
+            Some((
+                semver::Version::parse(version).unwrap(),
+                std::fs::read(entry.path()).unwrap(),
+            ))
         })
         .collect();
     releases.sort_by(|a, b| a.0.cmp(&b.0));
@@ -42,7 +45,8 @@ async fn store_and_verify(server: &ServerProcess) -> u64 {
     let mut logical = first_content.len() as u64;
     for (version, content) in &releases[1..] {
         let mut next = update_header(tenant, project, &id);
-        next.next_version = Some(artifactd::proto::update_artifact_header::NextVersion::ExplicitVersion(version.to_string()));
+        next.next_version =
+            Some(artifactd::proto::update_artifact_header::NextVersion::ExplicitVersion(version.to_string()));
         next.expected_current_version = previous.clone();
         next.expected_blake3 = blake3::hash(content).to_hex().to_string();
         let updated = update(&mut client, next, content).await.unwrap();
@@ -55,7 +59,9 @@ async fn store_and_verify(server: &ServerProcess) -> u64 {
         .get_artifact(artifactd::proto::GetArtifactRequest {
             tenant: tenant.into(),
             project: project.into(),
-            selector: Some(artifactd::proto::get_artifact_request::Selector::ArtifactId(id.clone())),
+            selector: Some(artifactd::proto::get_artifact_request::Selector::ArtifactId(
+                id.clone(),
+            )),
             version: String::new(),
         })
         .await
@@ -66,11 +72,17 @@ async fn store_and_verify(server: &ServerProcess) -> u64 {
     assert_eq!(artifact.version_count, 24);
     assert_eq!(artifact.latest_version, "6.11.0");
     for (version, content) in &releases {
-        let (head, bytes) = download(&mut client, download_request(tenant, project, &id, &version.to_string()))
-            .await
-            .unwrap();
+        let (head, bytes) = download(
+            &mut client,
+            download_request(tenant, project, &id, &version.to_string()),
+        )
+        .await
+        .unwrap();
         assert_eq!(head.blake3, blake3::hash(content).to_hex().to_string());
-        assert!(bytes == *content, "version {version} does not read back byte-identical");
+        assert!(
+            bytes == *content,
+            "version {version} does not read back byte-identical"
+        );
     }
     logical
 }
@@ -78,7 +90,11 @@ async fn store_and_verify(server: &ServerProcess) -> u64 {
 fn check_ratio(label: &str, logical: u64, stored: u64) {
     let ratio = stored as f64 / logical as f64;
     println!("{label}: logical {logical} bytes, written to the store {stored} bytes, ratio {ratio:.4}");
-    assert!(ratio < 0.20, "{label}: the store holds {:.1}% of the logical size", ratio * 100.0);
+    assert!(
+        ratio < 0.20,
+        "{label}: the store holds {:.1}% of the logical size",
+        ratio * 100.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,7 +114,15 @@ async fn release_series_on_postgres_and_s3() {
             .env("DATABASE_URL", database.url.clone()),
     );
     let logical = store_and_verify(&server).await;
-    let stored: u64 = s3.store("releases").await.list("").await.unwrap().iter().map(|o| o.size).sum();
+    let stored: u64 = s3
+        .store("releases")
+        .await
+        .list("")
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.size)
+        .sum();
     check_ratio("postgres+s3", logical, stored);
     drop(server);
     database.drop_database().await;
