@@ -1,1 +1,201 @@
-fn main() {}
+//! `cargo bench --bench storage`: the data path measured against a baseline taken in the
+//! same run, printed as `RESULT <name> <value>` lines.
+//!
+//! - `upload_vs_s3` / `download_vs_s3`: time of a 256 MiB incompressible gRPC upload/download
+//!   through artifactd (release binary, SQLite catalog) into an S3 server, divided by the time
+//!   of a direct aws-sdk-s3 PUT/GET of the same bytes to the same server (below 1 is faster).
+//! - `upload_mib_s`, `download_mib_s`: artifactd's throughput in MiB/s.
+//! - `release_series_stored_bytes`: bytes written to the store for the 24 BMAD release tars.
+//! - `peak_rss_mib`: the server's peak resident memory after the big transfers, and
+//!   `peak_rss_mib_quarter_size` after the same round trip at 64 MiB on a fresh server (bounded
+//!   memory shows as two similar figures).
+//!
+//! Each timed step runs twice, alternating baseline and artifactd, and the faster run counts.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use artifactd::proto::update_artifact_header::NextVersion;
+use artifactd::storage::{BlobStore, GetOptions, S3Store};
+use bytes::Bytes;
+use common::binary::{ServerOptions, ServerProcess};
+use common::client::{create_messages, download, download_request, header, update, update_header};
+use common::s3::S3TestServer;
+use std::time::{Duration, Instant};
+
+const SIZE: usize = 256 * 1024 * 1024;
+const MESSAGE: usize = 256 * 1024;
+const ROUNDS: u64 = 2;
+
+fn mib_s(bytes: usize, elapsed: Duration) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64()
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let s3 = S3TestServer::start().await;
+    let mut direct_config = s3.store_config("baseline");
+    direct_config.multipart_threshold_bytes = u64::MAX; // one plain PUT, as a client would do
+    direct_config.request_timeout = Duration::from_secs(600);
+    let direct = S3Store::new(direct_config);
+    direct.ensure_bucket().await.unwrap();
+    let server = ServerProcess::start_with(
+        ServerOptions::default()
+            .envs(s3.env("artifactd"))
+            .env("ARTIFACTD_STORAGE__S3__REQUEST_TIMEOUT_MS", "600000"),
+    );
+    let mut client = server.client().await;
+
+    let mut best = [Duration::MAX; 4]; // direct put, artifactd upload, direct get, artifactd download
+    for round in 0..ROUNDS {
+        let data = Bytes::from(common::noise(SIZE, 1000 + round));
+        let key = format!("packs/bench/{round}");
+
+        let started = Instant::now();
+        direct.put(&key, data.clone()).await.unwrap();
+        best[0] = best[0].min(started.elapsed());
+
+        let name = format!("noise-{round}.bin");
+        let messages = create_messages(header("bench", "storage", "bundle", &name), &data, MESSAGE);
+        let started = Instant::now();
+        let created = client
+            .create_artifact(futures::stream::iter(messages))
+            .await
+            .expect("upload through artifactd")
+            .into_inner();
+        best[1] = best[1].min(started.elapsed());
+        let id = created.artifact.unwrap().id;
+
+        let started = Instant::now();
+        let fetched = direct.get(&key, GetOptions::default()).await.unwrap();
+        best[2] = best[2].min(started.elapsed());
+        assert_eq!(fetched.len(), SIZE);
+        drop(fetched);
+
+        let started = Instant::now();
+        let (_, bytes) = download(&mut client, download_request("bench", "storage", &id, ""))
+            .await
+            .unwrap();
+        best[3] = best[3].min(started.elapsed());
+        assert!(bytes == data, "artifactd returned different bytes");
+        eprintln!(
+            "round {round}: put {:?} upload {:?} get {:?} download {:?}",
+            best[0], best[1], best[2], best[3]
+        );
+    }
+    let rss = peak_rss_mib(server.pid());
+
+    // The same round trip at a quarter of the size, on a fresh server: if memory is bounded,
+    // the peak barely moves with the artifact size.
+    let small_server = ServerProcess::start_with(ServerOptions::default().envs(s3.env("small")));
+    let mut small_client = small_server.client().await;
+    let quarter = Bytes::from(common::noise(SIZE / 4, 77));
+    let messages = create_messages(
+        header("bench", "storage", "bundle", "quarter.bin"),
+        &quarter,
+        MESSAGE,
+    );
+    let quarter_id = small_client
+        .create_artifact(futures::stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner()
+        .artifact
+        .unwrap()
+        .id;
+    let (_, bytes) = download(
+        &mut small_client,
+        download_request("bench", "storage", &quarter_id, ""),
+    )
+    .await
+    .unwrap();
+    assert!(bytes == quarter);
+    let quarter_rss = peak_rss_mib(small_server.pid());
+
+    // The release series into a fresh bucket.
+    let series_server = ServerProcess::start_with(ServerOptions::default().envs(s3.env("series")));
+    let mut series_client = series_server.client().await;
+    let mut releases: Vec<(semver::Version, Vec<u8>)> =
+        std::fs::read_dir(common::corpus_dir().join("bmad-releases"))
+            .unwrap()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let version = name
+                    .strip_prefix("bmad-method-docs-")?
+                    .strip_suffix(".tar")?
+                    .to_owned();
+                Some((
+                    semver::Version::parse(&version).ok()?,
+                    std::fs::read(entry.path()).ok()?,
+                ))
+            })
+            .collect();
+    releases.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut first = header("bench", "series", "release-bundle", "docs.tar");
+    first.initial_version = releases[0].0.to_string();
+    let id = series_client
+        .create_artifact(futures::stream::iter(create_messages(
+            first,
+            &releases[0].1,
+            MESSAGE,
+        )))
+        .await
+        .unwrap()
+        .into_inner()
+        .artifact
+        .unwrap()
+        .id;
+    for (version, content) in &releases[1..] {
+        let mut next = update_header("bench", "series", &id);
+        next.next_version = Some(NextVersion::ExplicitVersion(version.to_string()));
+        update(&mut series_client, next, content).await.unwrap();
+    }
+    let logical: usize = releases.iter().map(|(_, c)| c.len()).sum();
+    let stored: u64 = s3
+        .store("series")
+        .await
+        .list("")
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.size)
+        .sum();
+
+    println!(
+        "RESULT upload_vs_s3 {:.3}",
+        best[1].as_secs_f64() / best[0].as_secs_f64()
+    );
+    println!(
+        "RESULT download_vs_s3 {:.3}",
+        best[3].as_secs_f64() / best[2].as_secs_f64()
+    );
+    println!("RESULT upload_mib_s {:.1}", mib_s(SIZE, best[1]));
+    println!("RESULT download_mib_s {:.1}", mib_s(SIZE, best[3]));
+    println!("RESULT direct_put_mib_s {:.1}", mib_s(SIZE, best[0]));
+    println!("RESULT direct_get_mib_s {:.1}", mib_s(SIZE, best[2]));
+    println!("RESULT release_series_stored_bytes {stored}");
+    println!(
+        "RESULT release_series_stored_ratio {:.4}",
+        stored as f64 / logical as f64
+    );
+    println!("RESULT peak_rss_mib {rss:.1}");
+    println!("RESULT peak_rss_mib_quarter_size {quarter_rss:.1}");
+}

@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 /// below this get a clear INVALID_ARGUMENT from the service instead of a transport error.
 const MAX_DECODED_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
+const STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+
 /// Addresses the server actually listens on (ports may have been chosen by the OS).
 #[derive(Debug, Clone, Copy)]
 pub struct BoundAddrs {
@@ -105,6 +108,10 @@ pub async fn run(
         .max_decoding_message_size(MAX_DECODED_MESSAGE_BYTES);
     let grpc_shutdown = shutdown.clone();
     let grpc = tonic::transport::Server::builder()
+        // HTTP/2's default 64 KiB windows make a client wait for a window update every
+        // quarter of a data message; uploads need room for several messages in flight.
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -211,7 +211,7 @@ impl Artifacts {
         caller_gone: &CancellationToken,
     ) -> Result<(ArtifactRecord, VersionRecord)>
     where
-        S: Stream<Item = Result<Bytes>> + Send + Unpin,
+        S: Stream<Item = Result<Bytes>> + Send + Unpin + 'static,
     {
         validate_scope(&request.scope)?;
         validate_identifier("artifact_type", &request.artifact_type)?;
@@ -272,7 +272,7 @@ impl Artifacts {
         caller_gone: &CancellationToken,
     ) -> Result<(ArtifactRecord, VersionRecord)>
     where
-        S: Stream<Item = Result<Bytes>> + Send + Unpin,
+        S: Stream<Item = Result<Bytes>> + Send + Unpin + 'static,
     {
         validate_scope(&request.scope)?;
         validate_artifact_id(&request.artifact_id)?;

@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Size of the content head kept for content-type detection.
 const HEAD_LEN: usize = 512;
+/// Data messages received ahead of processing (up to 4 MiB at the default message limit).
+const RECEIVE_AHEAD_MESSAGES: usize = 16;
 /// Dedup lookups are batched: one catalog round trip per this many pending bytes.
 const DEDUP_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
@@ -153,7 +155,7 @@ impl Upload {
         caller_gone: &CancellationToken,
     ) -> Result<IngestedContent>
     where
-        S: Stream<Item = Result<Bytes>> + Send + Unpin,
+        S: Stream<Item = Result<Bytes>> + Send + Unpin + 'static,
     {
         let consumed = self.consume(content, name).await.and_then(|done| {
             // A stream reset by the client ends like a complete one on the server side, so the
@@ -180,14 +182,21 @@ impl Upload {
         }
     }
 
-    async fn consume<S>(&mut self, mut content: S, name: &str) -> Result<IngestedContent>
+    async fn consume<S>(&mut self, content: S, name: &str) -> Result<IngestedContent>
     where
-        S: Stream<Item = Result<Bytes>> + Send + Unpin,
+        S: Stream<Item = Result<Bytes>> + Send + Unpin + 'static,
     {
-        while let Some(data) = content.next().await {
+        // Receive ahead of processing: the client keeps sending while chunks are hashed,
+        // compressed and written, instead of stalling on every flush.
+        let (sender, mut received) = tokio::sync::mpsc::channel(RECEIVE_AHEAD_MESSAGES);
+        let receiver = tokio::spawn(forward(content, sender));
+        while let Some(data) = received.recv().await {
             let data = data?;
             self.accept(data).await?;
         }
+        receiver
+            .await
+            .map_err(|e| Error::internal(format!("receiving task failed: {e}")))?;
         let mut cutter = self.cutter.take().expect("cutter present until the end");
         let (cutter, tail) = tokio::task::spawn_blocking(move || {
             let chunker = std::mem::replace(&mut cutter.chunker, StreamChunker::new(Default::default()));
@@ -338,6 +347,13 @@ impl Upload {
         .await
         .map_err(|e| Error::internal(format!("compression task failed: {e}")))?;
         for (id, raw_len, codec, stored) in encoded {
+            // A pack that has grown past 1 MiB belongs to a large upload: reserve the whole
+            // pack now rather than copying it on every doubling. Small uploads stay small.
+            if self.pack.len() >= 1024 * 1024 {
+                self.pack.reserve_total(
+                    self.inner.settings.pack_target_bytes + self.inner.settings.chunker.max_size,
+                );
+            }
             self.placed.insert(id, stored.len() as u64);
             self.pack.add(id, codec, raw_len, &stored);
             self.new_stored_size += stored.len() as u64;
@@ -404,6 +420,20 @@ impl Upload {
             Ok(())
         });
         Ok(())
+    }
+}
+
+/// Moves a content stream into a channel, stopping at the first error or when the
+/// consumer has gone away.
+async fn forward<S>(mut content: S, sender: tokio::sync::mpsc::Sender<Result<Bytes>>)
+where
+    S: Stream<Item = Result<Bytes>> + Send + Unpin,
+{
+    while let Some(item) = content.next().await {
+        let stop = item.is_err();
+        if sender.send(item).await.is_err() || stop {
+            return;
+        }
     }
 }
 

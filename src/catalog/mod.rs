@@ -31,6 +31,22 @@ pub enum Dialect {
     Postgres,
 }
 
+impl Dialect {
+    /// `count` comma-separated placeholders numbered from `first`. SQLite gets anonymous
+    /// `?`s: it resolves each `$n` by a linear search, which makes statements with hundreds
+    /// of parameters quadratic. A statement must take all its placeholders from here, since
+    /// sqlx numbers anonymous placeholders without regard to `$n` ones.
+    fn placeholders(self, first: usize, count: usize) -> String {
+        (first..first + count)
+            .map(|n| match self {
+                Dialect::Sqlite => "?".to_owned(),
+                Dialect::Postgres => format!("${n}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Catalog {
     pool: AnyPool,
@@ -403,20 +419,12 @@ impl Catalog {
                 "INSERT INTO chunks (tenant, chunk_id, pack_id, pack_offset, stored_length, raw_length, codec) VALUES ",
             );
             for row in 0..batch.len() {
-                let base = row * 7;
                 if row > 0 {
                     sql.push_str(", ");
                 }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    base + 1,
-                    base + 2,
-                    base + 3,
-                    base + 4,
-                    base + 5,
-                    base + 6,
-                    base + 7
-                ));
+                sql.push('(');
+                sql.push_str(&self.dialect.placeholders(row * 7 + 1, 7));
+                sql.push(')');
             }
             // Two uploads racing on the same new chunk both stored it; the first index
             // entry wins and the other copy becomes garbage.
@@ -595,20 +603,14 @@ impl Catalog {
 
     // ---- chunks and packs ------------------------------------------------------------------
 
-    fn in_list(first_placeholder: usize, count: usize) -> String {
-        (0..count)
-            .map(|i| format!("${}", first_placeholder + i))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
     /// Which of `ids` the tenant's chunk index already holds, with their stored sizes.
     pub async fn known_chunks(&self, tenant: &str, ids: &[ChunkId]) -> Result<HashMap<ChunkId, u64>> {
         let mut found = HashMap::new();
         for batch in ids.chunks(BATCH_ROWS * 2) {
             let sql = format!(
-                "SELECT chunk_id, stored_length FROM chunks WHERE tenant = $1 AND chunk_id IN ({})",
-                Self::in_list(2, batch.len())
+                "SELECT chunk_id, stored_length FROM chunks WHERE tenant = {} AND chunk_id IN ({})",
+                self.dialect.placeholders(1, 1),
+                self.dialect.placeholders(2, batch.len())
             );
             let mut query = sqlx::query_as::<_, (Vec<u8>, i64)>(AssertSqlSafe(sql)).bind(tenant);
             for id in batch {
@@ -639,8 +641,9 @@ impl Catalog {
         for batch in unique.chunks(BATCH_ROWS * 2) {
             let sql = format!(
                 "SELECT chunk_id, pack_id, pack_offset, stored_length, raw_length, codec FROM chunks \
-                 WHERE tenant = $1 AND chunk_id IN ({})",
-                Self::in_list(2, batch.len())
+                 WHERE tenant = {} AND chunk_id IN ({})",
+                self.dialect.placeholders(1, 1),
+                self.dialect.placeholders(2, batch.len())
             );
             let mut query = sqlx::query(AssertSqlSafe(sql)).bind(tenant);
             for id in batch {

@@ -2,6 +2,7 @@
 //! deduplicates inside a tenant, and ids reveal nothing across tenants.
 
 use bytes::Bytes;
+use std::cell::RefCell;
 use std::fmt;
 
 /// Identifies a chunk's content within one tenant.
@@ -68,14 +69,27 @@ impl Codec {
 
 /// Compresses a chunk when that saves at least 1/32 of its size; otherwise keeps it raw so
 /// that incompressible data costs no decompression on the way out.
-pub fn encode(data: &[u8], zstd_level: i32) -> (Codec, Bytes) {
-    if data.len() >= 64
-        && let Ok(compressed) = zstd::bulk::compress(data, zstd_level)
-        && compressed.len() + data.len() / 32 < data.len()
-    {
-        return (Codec::Zstd, Bytes::from(compressed));
+pub fn encode(data: &Bytes, zstd_level: i32) -> (Codec, Bytes) {
+    thread_local! {
+        // A compression context costs more to set up than compressing a small chunk; keep one
+        // per thread and level.
+        static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
     }
-    (Codec::Raw, Bytes::copy_from_slice(data))
+    if data.len() >= 64 {
+        let compressed = COMPRESSOR.with_borrow_mut(|slot| {
+            if slot.as_ref().is_none_or(|(level, _)| *level != zstd_level) {
+                *slot = Some((zstd_level, zstd::bulk::Compressor::new(zstd_level).ok()?));
+            }
+            let (_, compressor) = slot.as_mut()?;
+            compressor.compress(data).ok()
+        });
+        if let Some(compressed) = compressed
+            && compressed.len() + data.len() / 32 < data.len()
+        {
+            return (Codec::Zstd, Bytes::from(compressed));
+        }
+    }
+    (Codec::Raw, data.clone())
 }
 
 /// Reverses [`encode`]. `raw_len` comes from the catalog and bounds the output.
@@ -108,15 +122,14 @@ mod tests {
     #[test]
     fn encoding_round_trips_and_skips_incompressible_data() {
         let text = "the architecture document mentions sealed secrets. ".repeat(200);
-        let (codec, stored) = encode(text.as_bytes(), 3);
+        let (codec, stored) = encode(&Bytes::from(text.clone()), 3);
         assert_eq!(codec, Codec::Zstd);
         assert!(stored.len() < text.len() / 4);
         assert_eq!(decode(codec, &stored, text.len()).unwrap(), text.as_bytes());
 
-        let noise: Vec<u8> = (0..4096u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect();
-        let (codec, stored) = encode(&noise, 3);
+        let mut noise = vec![0u8; 4096];
+        blake3::Hasher::new().finalize_xof().fill(&mut noise);
+        let (codec, stored) = encode(&Bytes::from(noise.clone()), 3);
         assert_eq!(codec, Codec::Raw);
         assert_eq!(&stored[..], &noise[..]);
     }

@@ -69,6 +69,11 @@ impl PackBuilder {
         Self::default()
     }
 
+    /// Makes room for `total` bytes of chunks at once, sparing the copies of doubling.
+    pub fn reserve_total(&mut self, total: usize) {
+        self.body.reserve(total.saturating_sub(self.body.len()));
+    }
+
     pub fn len(&self) -> usize {
         self.body.len()
     }
