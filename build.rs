@@ -9,7 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = ["proto/artifactd/v1/artifact.proto"];
+    let protos = [
+        "proto/artifactd/v1/artifact.proto",
+        "proto/artifactd/v1/fallback.proto",
+    ];
     tonic_prost_build::configure()
         // Content travels as `bytes::Bytes`, so data messages are passed on without copies.
         .bytes(".artifactd.v1")

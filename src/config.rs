@@ -58,6 +58,60 @@ pub struct StorageConfig {
     /// Root of the filesystem store; empty means `<data_dir>/blobs`.
     pub fs_root: String,
     pub s3: S3Config,
+    /// A second, S3-compatible store that takes over when the primary fails.
+    pub fallback: FallbackConfig,
+    pub failover: FailoverSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FallbackConfig {
+    pub enabled: bool,
+    pub s3: S3Config,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverSettings {
+    /// Limit for one store call; slower calls count as failures and trip the breaker.
+    pub request_timeout_ms: u64,
+    pub probe_interval_ms: u64,
+    /// Consecutive failures that open a store's circuit breaker.
+    pub failure_threshold: u32,
+    /// Share of failed calls among the last `error_rate_window` (at least
+    /// `error_rate_min_calls`) that opens the breaker.
+    pub error_rate_threshold: f64,
+    pub error_rate_window: usize,
+    pub error_rate_min_calls: usize,
+    /// How long an open breaker waits before a trial; doubles after each failed trial.
+    pub open_backoff_initial_ms: u64,
+    pub open_backoff_max_ms: u64,
+    pub replication_concurrency: usize,
+    pub replication_retry_initial_ms: u64,
+    pub replication_retry_max_ms: u64,
+    /// Write both stores at once while both are healthy (no acknowledged write depends on
+    /// one store), instead of the primary only with asynchronous copies.
+    pub synchronous_mirror: bool,
+}
+
+impl Default for FailoverSettings {
+    fn default() -> Self {
+        let defaults = crate::storage::FailoverConfig::default();
+        Self {
+            request_timeout_ms: defaults.request_timeout.as_millis() as u64,
+            probe_interval_ms: defaults.probe_interval.as_millis() as u64,
+            failure_threshold: defaults.breaker.failure_threshold,
+            error_rate_threshold: defaults.breaker.error_rate_threshold,
+            error_rate_window: defaults.breaker.error_rate_window,
+            error_rate_min_calls: defaults.breaker.error_rate_min_calls,
+            open_backoff_initial_ms: defaults.breaker.open_backoff_initial.as_millis() as u64,
+            open_backoff_max_ms: defaults.breaker.open_backoff_max.as_millis() as u64,
+            replication_concurrency: defaults.replication_concurrency,
+            replication_retry_initial_ms: defaults.replication_retry_initial.as_millis() as u64,
+            replication_retry_max_ms: defaults.replication_retry_max.as_millis() as u64,
+            synchronous_mirror: defaults.synchronous_mirror,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -147,6 +201,8 @@ impl Default for StorageConfig {
             backend: Backend::Fs,
             fs_root: String::new(),
             s3: S3Config::default(),
+            fallback: FallbackConfig::default(),
+            failover: FailoverSettings::default(),
         }
     }
 }
@@ -221,6 +277,24 @@ const STORY_VARIABLES: &[(&str, &[&str])] = &[
     ("AWS_ACCESS_KEY_ID", &["storage", "s3", "access_key_id"]),
     ("AWS_SECRET_ACCESS_KEY", &["storage", "s3", "secret_access_key"]),
     ("AWS_REGION", &["storage", "s3", "region"]),
+    ("S3_FALLBACK_ENABLED", &["storage", "fallback", "enabled"]),
+    (
+        "S3_FALLBACK_ENDPOINT_URL",
+        &["storage", "fallback", "s3", "endpoint_url"],
+    ),
+    (
+        "S3_FALLBACK_BUCKET_NAME",
+        &["storage", "fallback", "s3", "bucket"],
+    ),
+    ("S3_FALLBACK_REGION", &["storage", "fallback", "s3", "region"]),
+    (
+        "S3_FALLBACK_ACCESS_KEY_ID",
+        &["storage", "fallback", "s3", "access_key_id"],
+    ),
+    (
+        "S3_FALLBACK_SECRET_ACCESS_KEY",
+        &["storage", "fallback", "s3", "secret_access_key"],
+    ),
 ];
 
 /// Variables with the prefix that are not settings.
@@ -359,7 +433,39 @@ impl Config {
     }
 
     pub fn s3_store_config(&self) -> crate::storage::S3StoreConfig {
-        let s3 = &self.storage.s3;
+        Self::store_config_of(&self.storage.s3)
+    }
+
+    pub fn fallback_store_config(&self) -> crate::storage::S3StoreConfig {
+        let mut config = Self::store_config_of(&self.storage.fallback.s3);
+        // Failover decides quickly; the SDK's own retries would only delay it.
+        config.max_attempts = 1;
+        config.request_timeout = Duration::from_millis(self.storage.failover.request_timeout_ms);
+        config
+    }
+
+    pub fn failover_config(&self) -> crate::storage::FailoverConfig {
+        let f = &self.storage.failover;
+        crate::storage::FailoverConfig {
+            request_timeout: Duration::from_millis(f.request_timeout_ms),
+            probe_interval: Duration::from_millis(f.probe_interval_ms),
+            breaker: crate::storage::BreakerConfig {
+                failure_threshold: f.failure_threshold,
+                error_rate_threshold: f.error_rate_threshold,
+                error_rate_window: f.error_rate_window,
+                error_rate_min_calls: f.error_rate_min_calls,
+                open_backoff_initial: Duration::from_millis(f.open_backoff_initial_ms),
+                open_backoff_max: Duration::from_millis(f.open_backoff_max_ms),
+            },
+            replication_concurrency: f.replication_concurrency.max(1),
+            replication_retry_initial: Duration::from_millis(f.replication_retry_initial_ms),
+            replication_retry_max: Duration::from_millis(f.replication_retry_max_ms),
+            synchronous_mirror: f.synchronous_mirror,
+            ..crate::storage::FailoverConfig::default()
+        }
+    }
+
+    fn store_config_of(s3: &S3Config) -> crate::storage::S3StoreConfig {
         let mut config = crate::storage::S3StoreConfig::new(&s3.bucket);
         config.endpoint_url = (!s3.endpoint_url.is_empty()).then(|| s3.endpoint_url.clone());
         config.region = s3.region.clone();
@@ -396,6 +502,12 @@ fn set_path(root: &mut serde_json::Value, path: &[String], raw: &str) -> Result<
             raw.parse::<bool>()
                 .map_err(|_| format!("{raw:?} is not true or false"))?,
         ),
+        serde_json::Value::Number(number) if number.is_f64() => raw
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(serde_json::Value::Number)
+            .ok_or_else(|| format!("{raw:?} is not a number"))?,
         serde_json::Value::Number(_) => serde_json::Value::Number(
             raw.parse::<i64>()
                 .map(serde_json::Number::from)

@@ -1,13 +1,14 @@
 //! Wiring: opens the catalog and the store, starts background jobs and the gRPC and HTTP
 //! listeners, and tears everything down in order on shutdown.
 
-use crate::api::ArtifactApi;
+use crate::api::{ArtifactApi, FallbackApi};
 use crate::app::Artifacts;
 use crate::catalog::Catalog;
 use crate::config::{Backend, Config};
 use crate::jobs::{HealthMonitor, Supervisor};
 use crate::proto::artifact_service_server::ArtifactServiceServer;
-use crate::storage::{DynBlobStore, FsStore, S3Store};
+use crate::proto::fallback_service_server::FallbackServiceServer;
+use crate::storage::{DynBlobStore, FailoverStore, FsStore, S3Store};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
@@ -31,8 +32,13 @@ pub struct BoundAddrs {
     pub http: SocketAddr,
 }
 
-pub async fn open_store(config: &Config) -> anyhow::Result<DynBlobStore> {
-    Ok(match config.storage.backend {
+/// The configured primary store, wrapped in a `FailoverStore` when a fallback is enabled.
+pub async fn open_store(
+    config: &Config,
+    catalog: &Catalog,
+) -> anyhow::Result<(DynBlobStore, Option<Arc<FailoverStore>>)> {
+    let failover_enabled = config.storage.fallback.enabled;
+    let primary: DynBlobStore = match config.storage.backend {
         Backend::Fs => {
             let root = config.fs_root();
             Arc::new(
@@ -41,13 +47,43 @@ pub async fn open_store(config: &Config) -> anyhow::Result<DynBlobStore> {
             )
         }
         Backend::S3 => {
-            let store = S3Store::new(config.s3_store_config());
-            if config.storage.s3.create_bucket {
-                store.ensure_bucket().await.context("creating the S3 bucket")?;
+            let mut s3_config = config.s3_store_config();
+            if failover_enabled {
+                // The failover store retries on the other side; the SDK's own retries and
+                // long timeouts would only delay the switch.
+                s3_config.max_attempts = 1;
+                s3_config.request_timeout = Duration::from_millis(config.storage.failover.request_timeout_ms);
+            }
+            let store = S3Store::new(s3_config);
+            if config.storage.s3.create_bucket
+                && let Err(error) = store.ensure_bucket().await
+            {
+                if !failover_enabled {
+                    return Err(error).context("creating the S3 bucket");
+                }
+                tracing::warn!(%error, "could not create the primary bucket now; the fallback takes writes");
             }
             Arc::new(store)
         }
-    })
+    };
+    if !failover_enabled {
+        return Ok((primary, None));
+    }
+    let fallback = S3Store::new(config.fallback_store_config());
+    if config.storage.fallback.s3.create_bucket
+        && let Err(error) = fallback.ensure_bucket().await
+    {
+        // The fallback may be down at start-up; that is what failover is for.
+        tracing::warn!(%error, "could not create the fallback bucket now");
+    }
+    let failover = Arc::new(FailoverStore::new(
+        primary,
+        Arc::new(fallback),
+        Arc::new(catalog.clone()),
+        config.failover_config(),
+        Some(Arc::new(crate::ingest::pack::object_matches_name)),
+    ));
+    Ok((failover.clone(), Some(failover)))
 }
 
 /// Runs the server until `shutdown` is cancelled. `on_ready` learns the bound addresses
@@ -65,7 +101,7 @@ pub async fn run(
     let catalog = Catalog::connect(&config.catalog_url(), config.catalog.max_connections)
         .await
         .context("opening the catalog")?;
-    let store = open_store(&config).await?;
+    let (store, failover) = open_store(&config, &catalog).await?;
     let artifacts = Artifacts::new(catalog.clone(), store.clone(), config.app_settings())
         .await
         .context("starting the artifact service")?;
@@ -80,6 +116,12 @@ pub async fn run(
     monitor.check_once().await;
     let mut supervisor = Supervisor::new(shutdown.clone());
     supervisor.spawn("health", |token| monitor.run(token));
+    if let Some(failover) = &failover {
+        let prober = failover.clone();
+        supervisor.spawn("store prober", |token| prober.run_prober(token));
+        let replicator = failover.clone();
+        supervisor.spawn("replicator", |token| replicator.run_replicator(token));
+    }
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -106,6 +148,7 @@ pub async fn run(
 
     let artifact_service = ArtifactServiceServer::new(ArtifactApi::new(artifacts))
         .max_decoding_message_size(MAX_DECODED_MESSAGE_BYTES);
+    let fallback_service = FallbackServiceServer::new(FallbackApi::new(failover.clone()));
     let grpc_shutdown = shutdown.clone();
     let grpc = tonic::transport::Server::builder()
         // HTTP/2's default 64 KiB windows make a client wait for a window update every
@@ -116,6 +159,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(artifact_service)
+        .add_service(fallback_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
             grpc_shutdown.cancelled().await
         });

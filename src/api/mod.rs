@@ -3,9 +3,11 @@
 
 mod artifact_service;
 pub mod convert;
+mod fallback_service;
 pub mod status;
 
 pub use artifact_service::ArtifactApi;
+pub use fallback_service::FallbackApi;
 
 /// Request metadata naming the caller, recorded as `created_by`.
 pub const ACTOR_HEADER: &str = "x-artifactd-actor";

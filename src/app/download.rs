@@ -7,11 +7,11 @@ use crate::catalog::ChunkLocation;
 use crate::domain::{Error, Result};
 use crate::ingest::chunk::decode;
 use crate::ingest::{ChunkId, Manifest, PackId, TenantKey};
-use crate::storage::GetOptions;
+use crate::storage::{GetOptions, StoreError, Verifier};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// One chunk's part in a read: where it sits in the span's bytes and which of its decoded
 /// bytes the client asked for.
@@ -109,27 +109,45 @@ pub(super) fn stream(
         .try_flatten()
 }
 
+/// Reads one span. Decoding and checking every chunk happens inside the store's read, so a
+/// store with a second copy (failover) answers a corrupt copy by reading the other one.
 async fn fetch_span(inner: Arc<Inner>, key: TenantKey, span: ReadSpan) -> Result<Vec<Bytes>> {
+    let span = Arc::new(span);
+    let decoded: Arc<Mutex<Option<Vec<Bytes>>>> = Arc::default();
+    let verify: Verifier = {
+        let span = span.clone();
+        let decoded = decoded.clone();
+        Arc::new(move |bytes: &[u8]| {
+            let pieces = decode_span(&key, &span, bytes).map_err(|e| e.to_string())?;
+            *decoded.lock().expect("decoded lock") = Some(pieces);
+            Ok(())
+        })
+    };
     let bytes = inner
         .store
-        .get(&span.pack_key, GetOptions::range(span.range.clone()))
+        .get(
+            &span.pack_key,
+            GetOptions::range(span.range.clone()).verified(verify),
+        )
         .await
-        .map_err(|error| {
-            if error.is_not_found() {
+        .map_err(|error| match error {
+            StoreError::NotFound { .. } => {
                 Error::DataLoss(format!("pack {} is missing from the store", span.pack_key))
-            } else if error.is_retryable() {
-                Error::Unavailable(format!("reading pack {}: {error}", span.pack_key))
-            } else {
-                Error::Internal(format!("reading pack {}: {error}", span.pack_key))
             }
+            StoreError::Corrupt { message, .. } => Error::DataLoss(message),
+            // The chunk index points past the end of the pack: the stored copy is truncated.
+            error @ StoreError::InvalidRange { .. } => Error::DataLoss(error.to_string()),
+            error if error.is_retryable() => {
+                Error::Unavailable(format!("reading pack {}: {error}", span.pack_key))
+            }
+            error => Error::Internal(format!("reading pack {}: {error}", span.pack_key)),
         })?;
     metrics::counter!("artifactd_pack_bytes_read_total").increment(bytes.len() as u64);
-    tokio::task::spawn_blocking(move || decode_span(&key, &span, &bytes))
-        .await
-        .map_err(|e| Error::internal(format!("decoding task failed: {e}")))?
+    let pieces = decoded.lock().expect("decoded lock").take();
+    pieces.ok_or_else(|| Error::internal("the store returned bytes without verifying them"))
 }
 
-fn decode_span(key: &TenantKey, span: &ReadSpan, bytes: &Bytes) -> Result<Vec<Bytes>> {
+fn decode_span(key: &TenantKey, span: &ReadSpan, bytes: &[u8]) -> Result<Vec<Bytes>> {
     let mut pieces = Vec::with_capacity(span.chunks.len());
     for chunk in &span.chunks {
         let start = (chunk.location.offset - span.range.start) as usize;

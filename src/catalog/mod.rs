@@ -4,6 +4,7 @@
 //! Migrations live per dialect under `migrations/`.
 
 mod records;
+mod replication;
 
 pub use records::*;
 
@@ -49,13 +50,13 @@ impl Dialect {
 
 #[derive(Debug, Clone)]
 pub struct Catalog {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     dialect: Dialect,
 }
 
 /// Maps a database failure onto the service's errors: connection trouble is retryable
 /// `Unavailable`, everything else is a bug or corruption and therefore `Internal`.
-fn db_error(context: &str, error: sqlx::Error) -> Error {
+pub(crate) fn db_error(context: &str, error: sqlx::Error) -> Error {
     match &error {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut

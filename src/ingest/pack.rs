@@ -113,6 +113,18 @@ impl PackBuilder {
     }
 }
 
+/// Whether an object under `key` holds what its name promises. Pack keys must hash to
+/// their name; other keys (health canaries) carry no promise.
+pub fn object_matches_name(key: &str, bytes: &[u8]) -> bool {
+    let Some(hex) = key.strip_prefix("packs/").and_then(|rest| rest.split('/').nth(1)) else {
+        return true;
+    };
+    let Some(id) = hex.strip_suffix(".pack").and_then(PackId::from_hex) else {
+        return false;
+    };
+    PackId(*blake3::hash(bytes).as_bytes()) == id
+}
+
 /// Reads the trailer of a whole pack, checking its name against its content.
 pub fn read_trailer(expected: PackId, bytes: &[u8]) -> Result<Vec<PackEntry>, String> {
     if PackId(*blake3::hash(bytes).as_bytes()) != expected {
@@ -161,5 +173,8 @@ mod tests {
         let mut corrupted = pack.bytes.to_vec();
         corrupted[0] ^= 1;
         assert!(read_trailer(pack.id, &corrupted).is_err());
+        assert!(object_matches_name(&pack.id.object_key(), &pack.bytes));
+        assert!(!object_matches_name(&pack.id.object_key(), &corrupted));
+        assert!(object_matches_name("health/canary-x", b"anything"));
     }
 }

@@ -11,9 +11,6 @@ use tonic_health::server::HealthReporter;
 /// The services whose status is reported; the empty name is the server as a whole.
 pub const SERVICE_NAMES: &[&str] = &["", "artifactd.v1.ArtifactService"];
 
-/// Object key used to check that the store answers; it never exists.
-const PROBE_KEY: &str = "health/probe";
-
 pub struct HealthMonitor {
     pub catalog: Catalog,
     pub store: DynBlobStore,
@@ -30,8 +27,8 @@ impl HealthMonitor {
             Ok(Ok(()))
         );
         let store_up = matches!(
-            tokio::time::timeout(timeout, self.store.head(PROBE_KEY)).await,
-            Ok(Ok(_))
+            tokio::time::timeout(timeout, self.store.check()).await,
+            Ok(Ok(()))
         );
         metrics::gauge!("artifactd_dependency_up", "dependency" => "catalog")
             .set(f64::from(u8::from(catalog_up)));

@@ -168,9 +168,12 @@ impl BlobStore for FsStore {
     }
 
     async fn get(&self, key: &str, options: GetOptions) -> Result<Bytes, StoreError> {
-        let key = key.to_owned();
-        self.blocking(move |store| store.get_blocking(&key, &options))
-            .await
+        let owned_key = key.to_owned();
+        let read_options = options.clone();
+        let bytes = self
+            .blocking(move |store| store.get_blocking(&owned_key, &read_options))
+            .await?;
+        super::verify_read(&self.name, key, &options, bytes).await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {

@@ -1,10 +1,19 @@
 //! The storage core's object layer: a small `BlobStore` trait and its implementations.
 //! Nothing here knows about artifacts; keys and bytes only.
 
+pub mod breaker;
+mod failover;
 mod fs;
+mod replication;
 mod s3;
 
+pub use breaker::{BreakerConfig, BreakerState};
+pub use failover::{
+    FailoverConfig, FailoverMetrics, FailoverStatus, FailoverStore, ObjectVerifier, ProbeReport, SideMetrics,
+    SideStatus, SwitchEvent, SyncReport,
+};
 pub use fs::FsStore;
+pub use replication::{ReplicationItem, ReplicationLog, ReplicationStats, Side};
 pub use s3::{S3Store, S3StoreConfig};
 
 use async_trait::async_trait;
@@ -28,6 +37,12 @@ pub enum StoreError {
     },
     #[error("invalid object key {key:?}: {reason}")]
     InvalidKey { key: String, reason: &'static str },
+    #[error("object {key:?} in {store} is corrupt: {message}")]
+    Corrupt {
+        store: String,
+        key: String,
+        message: String,
+    },
     #[error("{store} is unavailable: {message}")]
     Unavailable { store: String, message: String },
     #[error("{store} failed: {message}")]
@@ -41,22 +56,81 @@ impl StoreError {
         matches!(self, StoreError::Unavailable { .. })
     }
 
+    /// Whether the failure says something about the store's health (it is down, slow, or
+    /// refusing work), as opposed to an answer about the request (missing object, bad range,
+    /// bad key). Failover counts these against a store and tries the other one.
+    pub fn is_store_fault(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. } | StoreError::Failed { .. })
+    }
+
     pub fn is_not_found(&self) -> bool {
         matches!(self, StoreError::NotFound { .. })
     }
 }
 
+/// Checks bytes read from a store; an `Err` names what is wrong with them.
+pub type Verifier = Arc<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
+
 /// Options for [`BlobStore::get`].
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct GetOptions {
     /// Byte range to read; the whole object when `None`. The range must lie inside the object.
     pub range: Option<Range<u64>>,
+    /// Run on the bytes before they are returned; a failure is `StoreError::Corrupt`, which a
+    /// store holding another copy answers by reading that copy instead.
+    pub verify: Option<Verifier>,
+}
+
+impl fmt::Debug for GetOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GetOptions")
+            .field("range", &self.range)
+            .field("verify", &self.verify.is_some())
+            .finish()
+    }
 }
 
 impl GetOptions {
     pub fn range(range: Range<u64>) -> Self {
-        Self { range: Some(range) }
+        Self {
+            range: Some(range),
+            verify: None,
+        }
     }
+
+    pub fn verified(mut self, verify: Verifier) -> Self {
+        self.verify = Some(verify);
+        self
+    }
+}
+
+/// Applies `options.verify` to bytes just read, off the async workers when they are large.
+pub async fn verify_read(
+    store: &str,
+    key: &str,
+    options: &GetOptions,
+    bytes: Bytes,
+) -> Result<Bytes, StoreError> {
+    let Some(verify) = options.verify.clone() else {
+        return Ok(bytes);
+    };
+    let checked = if bytes.len() > 64 * 1024 {
+        let bytes = bytes.clone();
+        tokio::task::spawn_blocking(move || verify(&bytes))
+            .await
+            .map_err(|e| StoreError::Failed {
+                store: store.to_owned(),
+                message: format!("verification task failed: {e}"),
+            })?
+    } else {
+        verify(&bytes)
+    };
+    checked.map_err(|message| StoreError::Corrupt {
+        store: store.to_owned(),
+        key: key.to_owned(),
+        message,
+    })?;
+    Ok(bytes)
 }
 
 /// What a store knows about one object.
@@ -88,7 +162,16 @@ pub trait BlobStore: fmt::Debug + Send + Sync + 'static {
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+
+    /// Whether the store answers at all, for health checks: a `head` of a key that never
+    /// exists. Wrappers over several stores decide what "answers" means for them.
+    async fn check(&self) -> Result<(), StoreError> {
+        self.head(HEALTH_PROBE_KEY).await.map(|_| ())
+    }
 }
+
+/// A key that is never written; reading its metadata tells whether a store answers.
+pub const HEALTH_PROBE_KEY: &str = "health/probe";
 
 pub type DynBlobStore = Arc<dyn BlobStore>;
 

@@ -344,7 +344,7 @@ impl BlobStore for S3Store {
                 });
             }
         }
-        Ok(body)
+        super::verify_read(&self.name, key, &options, body).await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {

@@ -63,6 +63,23 @@ impl MotoServer {
     }
 }
 
+impl MotoServer {
+    /// Environment making moto artifactd's fallback store.
+    pub fn fallback_env(&self, bucket: &str) -> Vec<(String, String)> {
+        vec![
+            ("S3_FALLBACK_ENABLED".into(), "true".into()),
+            ("S3_FALLBACK_ENDPOINT_URL".into(), self.endpoint()),
+            ("S3_FALLBACK_BUCKET_NAME".into(), bucket.into()),
+            ("S3_FALLBACK_ACCESS_KEY_ID".into(), "moto".into()),
+            ("S3_FALLBACK_SECRET_ACCESS_KEY".into(), "moto-secret".into()),
+            (
+                "ARTIFACTD_STORAGE__FALLBACK__S3__CREATE_BUCKET".into(),
+                "true".into(),
+            ),
+        ]
+    }
+}
+
 impl Drop for MotoServer {
     fn drop(&mut self) {
         let _ = self.child.kill();

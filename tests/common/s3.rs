@@ -97,6 +97,35 @@ impl S3TestServer {
         self.serve(listener);
     }
 
+    /// Stops, deletes every bucket and object, and starts again empty (a replaced server).
+    pub async fn wipe_and_restart(&mut self) {
+        self.stop().await;
+        for entry in std::fs::read_dir(&self.root).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+        self.restart().await;
+    }
+
+    /// Environment making this server artifactd's fallback store.
+    pub fn fallback_env(&self, bucket: &str) -> Vec<(String, String)> {
+        vec![
+            ("S3_FALLBACK_ENABLED".into(), "true".into()),
+            ("S3_FALLBACK_ENDPOINT_URL".into(), self.endpoint()),
+            ("S3_FALLBACK_BUCKET_NAME".into(), bucket.into()),
+            ("S3_FALLBACK_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
+            ("S3_FALLBACK_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
+            (
+                "ARTIFACTD_STORAGE__FALLBACK__S3__CREATE_BUCKET".into(),
+                "true".into(),
+            ),
+        ]
+    }
+
     pub fn store_config(&self, bucket: &str) -> S3StoreConfig {
         let mut config = S3StoreConfig::new(bucket);
         config.endpoint_url = Some(self.endpoint());
