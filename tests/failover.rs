@@ -4,110 +4,20 @@
 mod common;
 
 use artifactd::catalog::Catalog;
-use artifactd::proto::fallback_service_client::FallbackServiceClient;
 use artifactd::proto::{
     BreakerState, GetFallbackMetricsRequest, GetFallbackStatusRequest, GetFallbackStatusResponse, StoreSide,
-    SyncFallbackRequest, SyncFallbackResult, TestFallbackRequest, sync_fallback_response,
+    TestFallbackRequest,
 };
 use artifactd::storage::BlobStore;
 use common::binary::{ServerOptions, ServerProcess};
 use common::client::{Client, create, create_messages, download, download_request, header};
+use common::failover::{
+    P, T, failover_tuning, fallback_client, fault_run, start_pair, status, sync, wait_drained, wait_for,
+};
 use common::moto::MotoServer;
 use common::proxy::StallingProxy;
 use common::s3::S3TestServer;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
-
-const T: &str = "acme";
-const P: &str = "failover";
-
-fn failover_tuning() -> Vec<(String, String)> {
-    [
-        ("ARTIFACTD_STORAGE__FAILOVER__REQUEST_TIMEOUT_MS", "1500"),
-        ("ARTIFACTD_STORAGE__FAILOVER__PROBE_INTERVAL_MS", "200"),
-        ("ARTIFACTD_STORAGE__FAILOVER__OPEN_BACKOFF_INITIAL_MS", "200"),
-        ("ARTIFACTD_STORAGE__FAILOVER__OPEN_BACKOFF_MAX_MS", "1000"),
-        ("ARTIFACTD_STORAGE__FAILOVER__REPLICATION_RETRY_INITIAL_MS", "100"),
-        ("ARTIFACTD_STORAGE__FAILOVER__REPLICATION_RETRY_MAX_MS", "1000"),
-        // Small packs: every upload below spans several of them.
-        ("ARTIFACTD_INGEST__PACK_TARGET_BYTES", "262144"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect()
-}
-
-struct Pair {
-    primary: S3TestServer,
-    fallback: S3TestServer,
-    server: ServerProcess,
-}
-
-async fn start_pair() -> Pair {
-    let primary = S3TestServer::start().await;
-    let fallback = S3TestServer::start().await;
-    let server = ServerProcess::start_with(
-        ServerOptions::default()
-            .envs(primary.env("primary-bucket"))
-            .envs(fallback.fallback_env("fallback-bucket"))
-            .envs(failover_tuning()),
-    );
-    Pair {
-        primary,
-        fallback,
-        server,
-    }
-}
-
-async fn fallback_client(server: &ServerProcess) -> FallbackServiceClient<Channel> {
-    FallbackServiceClient::new(server.channel().await)
-}
-
-async fn status(server: &ServerProcess) -> GetFallbackStatusResponse {
-    fallback_client(server)
-        .await
-        .get_fallback_status(GetFallbackStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn wait_for<F, Fut>(what: &str, limit: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn wait_drained(server: &ServerProcess) {
-    wait_for(
-        "the replication queue to drain",
-        Duration::from_secs(60),
-        || async { status(server).await.queue_depth == 0 },
-    )
-    .await;
-}
-
-async fn sync(server: &ServerProcess, dry_run: bool) -> SyncFallbackResult {
-    let mut stream = fallback_client(server)
-        .await
-        .sync_fallback(SyncFallbackRequest { dry_run })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(message) = stream.message().await.unwrap() {
-        if let Some(sync_fallback_response::Message::Result(result)) = message.message {
-            last = Some(result);
-        }
-    }
-    last.expect("SyncFallback ends with a result")
-}
 
 async fn create_noise(client: &mut Client, name: &str, size: usize, seed: u64) -> (String, Vec<u8>) {
     let content = common::noise(size, seed);
@@ -516,16 +426,10 @@ async fn without_a_fallback_the_service_says_so() {
 }
 
 /// A seeded, reproducible run of creates and updates while both stores are stopped and
-/// started at random moments. Every acknowledged version must read back byte-identical, and
-/// nothing unacknowledged may be visible. `ARTIFACTD_FAULT_SEED` and
+/// started at random moments (see `common::failover::fault_run`). `ARTIFACTD_FAULT_SEED` and
 /// `ARTIFACTD_FAULT_OPERATIONS` change the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_store_faults_lose_no_acknowledged_write() {
-    use artifactd::proto::update_artifact_header::NextVersion;
-    use rand::{Rng, SeedableRng};
-    use std::collections::BTreeMap;
-    use std::sync::Arc;
-
     let seed: u64 = std::env::var("ARTIFACTD_FAULT_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -534,241 +438,28 @@ async fn random_store_faults_lose_no_acknowledged_write() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
-    let primary = S3TestServer::start().await;
-    let fallback = S3TestServer::start().await;
-    let server = ServerProcess::start_with(
-        ServerOptions::default()
-            .envs(primary.env("primary-bucket"))
-            .envs(fallback.fallback_env("fallback-bucket"))
-            .envs(failover_tuning())
-            .env("ARTIFACTD_STORAGE__FAILOVER__REQUEST_TIMEOUT_MS", "800")
-            .env("ARTIFACTD_STORAGE__FAILOVER__PROBE_INTERVAL_MS", "100")
-            .env("ARTIFACTD_STORAGE__FAILOVER__OPEN_BACKOFF_INITIAL_MS", "100")
-            .env("ARTIFACTD_STORAGE__FAILOVER__OPEN_BACKOFF_MAX_MS", "400")
-            .env("ARTIFACTD_INGEST__PACK_TARGET_BYTES", "65536"),
-    );
-    let stores = Arc::new(tokio::sync::Mutex::new([primary, fallback]));
-    let stop_faults = tokio_util::sync::CancellationToken::new();
-
-    // The fault injector: stops or starts one store at random moments.
-    let injector = {
-        let stores = stores.clone();
-        let stop = stop_faults.clone();
-        tokio::spawn(async move {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
-            let mut toggles = 0u64;
-            while !stop.is_cancelled() {
-                let pause = Duration::from_millis(rng.random_range(20..300));
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(pause) => {}
-                }
-                let mut stores = stores.lock().await;
-                let which = rng.random_range(0..2usize);
-                let other_running = stores[1 - which].is_running();
-                if stores[which].is_running() {
-                    // Both down happens too, but less often.
-                    if other_running || rng.random_bool(0.3) {
-                        stores[which].stop().await;
-                        toggles += 1;
-                    }
-                } else {
-                    stores[which].restart().await;
-                    toggles += 1;
-                }
-            }
-            toggles
-        })
-    };
-
-    let corpus: Vec<Vec<u8>> = [
-        "bmad-docs/README.md",
-        "bmad-docs/CHANGELOG.md",
-        "bmad-docs/CONTRIBUTING.md",
-    ]
-    .iter()
-    .map(|p| std::fs::read(common::corpus_dir().join(p)).unwrap())
-    .collect();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut client = server.client().await;
-    /// An artifact's id and its acknowledged versions with their content.
-    type Acknowledged = (String, Vec<(String, Vec<u8>)>);
-    let mut acknowledged: BTreeMap<String, Acknowledged> = BTreeMap::new();
-    let (mut acked, mut unavailable, mut attempted_creates) = (0usize, 0usize, 0usize);
-    for operation in 0..operations {
-        let mut content = corpus[rng.random_range(0..corpus.len())].clone();
-        let cut = rng.random_range(0..content.len());
-        content.truncate(cut.max(1));
-        content.extend_from_slice(&common::noise(
-            rng.random_range(0..120_000),
-            seed + operation as u64,
-        ));
-        let update_existing = !acknowledged.is_empty() && rng.random_bool(0.6);
-        let result = if update_existing {
-            let index = rng.random_range(0..acknowledged.len());
-            let (name, (id, versions)) = acknowledged
-                .iter()
-                .nth(index)
-                .map(|(n, v)| (n.clone(), v.clone()))
-                .unwrap();
-            let current = versions.last().unwrap().0.clone();
-            let mut next = common::client::update_header(T, P, &id);
-            next.next_version = Some(NextVersion::Bump(artifactd::proto::BumpKind::Patch as i32));
-            next.expected_current_version = current;
-            common::client::update(&mut client, next, &content)
-                .await
-                .map(|response| (name, id, response.version.unwrap().version))
-        } else {
-            attempted_creates += 1;
-            let name = format!("fault-{operation:04}.bin");
-            create(&mut client, header(T, P, "bundle", &name), &content)
-                .await
-                .map(|response| {
-                    (
-                        name,
-                        response.artifact.unwrap().id,
-                        response.version.unwrap().version,
-                    )
-                })
-        };
-        match result {
-            Ok((name, id, version)) => {
-                acked += 1;
-                acknowledged
-                    .entry(name)
-                    .or_insert_with(|| (id, Vec::new()))
-                    .1
-                    .push((version, content));
-            }
-            Err(status) => {
-                assert_eq!(
-                    status.code(),
-                    tonic::Code::Unavailable,
-                    "operation {operation}: {status:?}"
-                );
-                unavailable += 1;
-            }
-        }
-    }
-    stop_faults.cancel();
-    let toggles = injector.await.unwrap();
-    {
-        let mut stores = stores.lock().await;
-        for store in stores.iter_mut() {
-            if !store.is_running() {
-                store.restart().await;
-            }
-        }
-    }
-    wait_drained(&server).await;
-
-    // Every acknowledged version reads back; nothing else exists.
-    let mut lost = 0usize;
-    for (name, (id, versions)) in &acknowledged {
-        let listed = client
-            .list_versions(artifactd::proto::ListVersionsRequest {
-                tenant: T.into(),
-                project: P.into(),
-                artifact_id: id.clone(),
-                page_size: 1000,
-                page_token: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut listed: Vec<String> = listed.versions.into_iter().map(|v| v.version).collect();
-        listed.reverse();
-        let expected: Vec<String> = versions.iter().map(|(v, _)| v.clone()).collect();
-        assert_eq!(listed, expected, "{name}: only acknowledged versions exist");
-        for (version, content) in versions {
-            match download(&mut client, download_request(T, P, id, version)).await {
-                Ok((_, bytes)) if bytes == *content => {}
-                other => {
-                    lost += 1;
-                    eprintln!("{name} {version} did not read back: {:?}", other.map(|(h, _)| h));
-                }
-            }
-        }
-    }
-    let mut visible = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .list_artifacts(artifactd::proto::ListArtifactsRequest {
-                tenant: T.into(),
-                project: P.into(),
-                page_size: 1000,
-                page_token: token.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        visible.extend(page.artifacts.into_iter().map(|a| a.name));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
-    let acknowledged_names: Vec<String> = acknowledged.keys().cloned().collect();
-    assert_eq!(visible, acknowledged_names, "nothing unacknowledged is visible");
-    // Every committed pack is on both stores. Packs of abandoned uploads may exist on one
-    // side only (a write can land after its client gave up on it); they are garbage for the
-    // collector, not data.
-    let catalog = Catalog::connect(&format!("sqlite://{}/catalog.db", server.data_dir.display()), 1)
-        .await
-        .unwrap();
-    let committed: std::collections::BTreeSet<String> = catalog
-        .packs_in_state("committed")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|pack| {
-            artifactd::ingest::PackId::from_hex(&pack.pack_id)
-                .unwrap()
-                .object_key()
-        })
-        .collect();
-    let (primary_keys, fallback_keys) = {
-        let stores = stores.lock().await;
-        let keys = |store: artifactd::storage::S3Store| async move {
-            store
-                .list("packs/")
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|o| o.key)
-                .collect::<std::collections::BTreeSet<String>>()
-        };
-        (
-            keys(stores[0].store("primary-bucket").await).await,
-            keys(stores[1].store("fallback-bucket").await).await,
-        )
-    };
-    let missing_on_primary = committed.difference(&primary_keys).count();
-    let missing_on_fallback = committed.difference(&fallback_keys).count();
-    let one_sided_orphans = primary_keys.symmetric_difference(&fallback_keys).count();
-    println!(
-        "fault run seed {seed}: {operations} operations ({attempted_creates} creates attempted), {acked} acknowledged, \
-         {unavailable} unavailable, {toggles} store stops/starts, {} artifacts, {lost} acknowledged lost, \
-         committed packs {} (missing on primary {missing_on_primary}, on fallback {missing_on_fallback}), \
-         uncommitted packs on one side only {one_sided_orphans}",
-        acknowledged.len(),
-        committed.len(),
-    );
-    assert_eq!(lost, 0, "acknowledged writes were lost");
+    let report = fault_run(seed, operations).await;
+    println!("{report}");
+    assert_eq!(report.lost, 0, "acknowledged writes were lost");
     assert_eq!(
-        (missing_on_primary, missing_on_fallback),
+        report.unacknowledged_visible, 0,
+        "unacknowledged writes are visible"
+    );
+    assert_eq!(
+        (
+            report.committed_missing_on_primary,
+            report.committed_missing_on_fallback
+        ),
         (0, 0),
         "committed packs are on both stores"
     );
     assert!(
-        acked > operations / 4,
-        "the run exercised successful writes too: {acked}"
+        report.acknowledged > operations / 4,
+        "the run exercised successful writes too: {report}"
     );
     assert!(
-        unavailable > 0 && toggles > 10,
-        "the run exercised faults: {unavailable} failures, {toggles} toggles"
+        report.unavailable > 0 && report.toggles > 10,
+        "the run exercised faults: {report}"
     );
 }
 

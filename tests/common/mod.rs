@@ -5,6 +5,7 @@
 
 pub mod binary;
 pub mod client;
+pub mod failover;
 pub mod moto;
 pub mod postgres;
 pub mod proxy;
