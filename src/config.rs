@@ -438,8 +438,7 @@ impl Config {
 
     pub fn fallback_store_config(&self) -> crate::storage::S3StoreConfig {
         let mut config = Self::store_config_of(&self.storage.fallback.s3);
-        // Failover decides quickly; the SDK's own retries would only delay it.
-        config.max_attempts = 1;
+        config.apply_failover_retries();
         config.request_timeout = Duration::from_millis(self.storage.failover.request_timeout_ms);
         config
     }

@@ -49,9 +49,7 @@ pub async fn open_store(
         Backend::S3 => {
             let mut s3_config = config.s3_store_config();
             if failover_enabled {
-                // The failover store retries on the other side; the SDK's own retries and
-                // long timeouts would only delay the switch.
-                s3_config.max_attempts = 1;
+                s3_config.apply_failover_retries();
                 s3_config.request_timeout = Duration::from_millis(config.storage.failover.request_timeout_ms);
             }
             let store = S3Store::new(s3_config);

@@ -38,6 +38,9 @@ pub struct S3StoreConfig {
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_attempts: u32,
+    /// First retry delay (jittered, doubling): short for stores behind failover, where the
+    /// only retry worth making is a fresh connection after a stale pooled one broke.
+    pub initial_backoff: Duration,
 }
 
 impl S3StoreConfig {
@@ -56,7 +59,18 @@ impl S3StoreConfig {
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             max_attempts: 3,
+            initial_backoff: Duration::from_secs(1),
         }
+    }
+}
+
+impl S3StoreConfig {
+    /// Settings for a store behind `FailoverStore`, which tries the other store instead of
+    /// waiting: one quick retry, enough to replace a pooled connection that a restarted
+    /// server closed, and no long backoff delaying the switch.
+    pub fn apply_failover_retries(&mut self) {
+        self.max_attempts = 2;
+        self.initial_backoff = Duration::from_millis(20);
     }
 }
 
@@ -77,7 +91,11 @@ impl S3Store {
             // the newer default trailing checksums, and packs carry their own hashes anyway.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts))
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(config.max_attempts)
+                    .with_initial_backoff(config.initial_backoff),
+            )
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(config.connect_timeout)

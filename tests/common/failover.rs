@@ -269,6 +269,11 @@ pub async fn fault_run(seed: u64, operations: usize) -> FaultRunReport {
                     "operation {operation}: {status:?}"
                 );
                 unavailable += 1;
+                if std::env::var_os("ARTIFACTD_FAULT_VERBOSE").is_some() {
+                    eprintln!("operation {operation}: {}", status.message());
+                }
+                // Like a well-behaved client, back off a little after UNAVAILABLE.
+                tokio::time::sleep(Duration::from_millis(25)).await;
             }
         }
     }

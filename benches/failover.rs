@@ -1,0 +1,136 @@
+//! `cargo bench --bench failover`: failover behaviour of the release binary over two
+//! in-process S3 servers, printed as `RESULT <name> <value>` lines.
+//!
+//! - `failover_seconds`: from stopping the primary to the first acknowledged write (default
+//!   failover settings: the breaker has to notice on its own).
+//! - `throughput_during_failover_vs_before`: upload throughput with the primary down divided
+//!   by the throughput with both stores up (mirrored writes), same data size, same run.
+//! - `replication_mib_s`: how fast the backlog written during the outage drains back to the
+//!   returned primary (bytes copied / time the replicator spent copying).
+//! - `backlog_drain_seconds`: from restarting the primary to an empty replication queue.
+//! - `acknowledged_lost`: from a seeded random fault run (the same as the test's).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use artifactd::proto::GetFallbackMetricsRequest;
+use common::binary::{ServerOptions, ServerProcess};
+use common::client::{create, create_messages, header};
+use common::failover::{fallback_client, fault_run, status};
+use common::s3::S3TestServer;
+use std::time::{Duration, Instant};
+
+const UPLOAD: usize = 64 * 1024 * 1024;
+const MESSAGE: usize = 256 * 1024;
+
+async fn timed_upload(client: &mut common::client::Client, name: &str, seed: u64) -> Duration {
+    let data = common::noise(UPLOAD, seed);
+    let messages = create_messages(header("bench", "failover", "bundle", name), &data, MESSAGE);
+    let started = Instant::now();
+    client
+        .create_artifact(futures::stream::iter(messages))
+        .await
+        .expect("upload");
+    started.elapsed()
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let mut primary = S3TestServer::start().await;
+    let fallback = S3TestServer::start().await;
+    let server = ServerProcess::start_with(
+        ServerOptions::default()
+            .envs(primary.env("primary-bucket"))
+            .envs(fallback.fallback_env("fallback-bucket")),
+    );
+    let mut client = server.client().await;
+
+    // Throughput with both stores up (every pack written to both).
+    let mut before = Duration::MAX;
+    for round in 0..2 {
+        before = before.min(timed_upload(&mut client, &format!("before-{round}.bin"), 100 + round).await);
+    }
+
+    // Failover: stop the primary, write small artifacts until one is acknowledged.
+    primary.stop().await;
+    let stopped = Instant::now();
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
+        let name = format!("probe-{attempt}.bin");
+        if create(
+            &mut client,
+            header("bench", "failover", "bundle", &name),
+            b"failover probe",
+        )
+        .await
+        .is_ok()
+        {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(120),
+            "no write succeeded within 120 s"
+        );
+    }
+    let failover_seconds = stopped.elapsed().as_secs_f64();
+
+    let mut during = Duration::MAX;
+    for round in 0..2 {
+        during = during.min(timed_upload(&mut client, &format!("during-{round}.bin"), 200 + round).await);
+    }
+
+    // Failback: the backlog drains to the returned primary.
+    let backlog = status(&server).await.queue_depth;
+    primary.restart().await;
+    let restarted = Instant::now();
+    loop {
+        if status(&server).await.queue_depth == 0 {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(300),
+            "the backlog did not drain"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drain_seconds = restarted.elapsed().as_secs_f64();
+    let metrics = fallback_client(&server)
+        .await
+        .get_fallback_metrics(GetFallbackMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    drop(server);
+
+    let report = fault_run(20261128, 300).await;
+    eprintln!("{report}");
+    eprintln!("backlog at failback: {backlog} objects; failover after {attempt} attempts");
+
+    println!("RESULT failover_seconds {failover_seconds:.3}");
+    println!(
+        "RESULT throughput_during_failover_vs_before {:.3}",
+        before.as_secs_f64() / during.as_secs_f64()
+    );
+    println!(
+        "RESULT upload_mib_s_before {:.1}",
+        UPLOAD as f64 / 1048576.0 / before.as_secs_f64()
+    );
+    println!(
+        "RESULT upload_mib_s_during {:.1}",
+        UPLOAD as f64 / 1048576.0 / during.as_secs_f64()
+    );
+    println!(
+        "RESULT replication_mib_s {:.1}",
+        metrics.replication_mib_per_second
+    );
+    println!("RESULT backlog_drain_seconds {drain_seconds:.3}");
+    println!("RESULT acknowledged_lost {}", report.lost);
+}
