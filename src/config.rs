@@ -357,10 +357,37 @@ impl Config {
         if self.storage.backend == Backend::S3 && self.storage.s3.bucket.is_empty() {
             return invalid("storage.s3.bucket (S3_BUCKET_NAME) is required with the s3 backend".to_owned());
         }
-        if self.storage.s3.access_key_id.is_empty() != self.storage.s3.secret_access_key.is_empty() {
+        for (section, s3) in [
+            ("storage.s3", &self.storage.s3),
+            ("storage.fallback.s3", &self.storage.fallback.s3),
+        ] {
+            if s3.access_key_id.is_empty() != s3.secret_access_key.is_empty() {
+                return invalid(format!(
+                    "{section}.access_key_id and {section}.secret_access_key must be set together"
+                ));
+            }
+        }
+        if self.storage.fallback.enabled && self.storage.fallback.s3.bucket.is_empty() {
             return invalid(
-                "storage.s3.access_key_id and storage.s3.secret_access_key must be set together".to_owned(),
+                "storage.fallback.s3.bucket (S3_FALLBACK_BUCKET_NAME) is required when the fallback is enabled"
+                    .to_owned(),
             );
+        }
+        let failover = &self.storage.failover;
+        if failover.request_timeout_ms == 0
+            || failover.probe_interval_ms == 0
+            || failover.failure_threshold == 0
+        {
+            return invalid(
+                "storage.failover.request_timeout_ms, probe_interval_ms and failure_threshold must be positive"
+                    .to_owned(),
+            );
+        }
+        if !(0.0..=1.0).contains(&failover.error_rate_threshold) {
+            return invalid(format!(
+                "storage.failover.error_rate_threshold = {} must be between 0 and 1",
+                failover.error_rate_threshold
+            ));
         }
         let avg = self.ingest.chunk_avg_bytes;
         if !(1024..=1024 * 1024).contains(&avg) {
@@ -560,6 +587,29 @@ mod tests {
         assert_eq!(config.storage.backend, Backend::S3);
         assert_eq!(config.storage.s3.endpoint_url, "http://127.0.0.1:9000");
         assert_eq!(config.catalog_url(), "postgres://localhost/artifacts");
+    }
+
+    #[test]
+    fn fallback_variables_fill_the_fallback_store() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("S3_BUCKET_NAME", "primary"),
+                ("S3_FALLBACK_ENABLED", "true"),
+                ("S3_FALLBACK_BUCKET_NAME", "fallback"),
+                ("S3_FALLBACK_REGION", "eu-west-1"),
+                ("ARTIFACTD_STORAGE__FAILOVER__ERROR_RATE_THRESHOLD", "0.25"),
+            ]),
+        )
+        .unwrap();
+        assert!(config.storage.fallback.enabled);
+        assert_eq!(config.storage.fallback.s3.bucket, "fallback");
+        assert_eq!(config.fallback_store_config().region, "eu-west-1");
+        assert_eq!(config.failover_config().breaker.error_rate_threshold, 0.25);
+        let error = Config::load(None, env(&[("S3_FALLBACK_ENABLED", "true")])).unwrap_err();
+        assert!(error.to_string().contains("S3_FALLBACK_BUCKET_NAME"), "{error}");
+        let error = Config::load(None, env(&[("S3_FALLBACK_ENABLED", "yes")])).unwrap_err();
+        assert!(error.to_string().contains("true or false"), "{error}");
     }
 
     #[test]
