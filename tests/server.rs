@@ -227,3 +227,65 @@ async fn the_embedded_default_keeps_everything_under_the_working_directory() {
         .status();
     assert!(child.wait().unwrap().success(), "SIGINT shuts down cleanly");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_v1_lists_and_describes_every_service() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let server = ServerProcess::start();
+    let mut reflection = ServerReflectionClient::new(server.channel().await);
+    let requests = vec![
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        },
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                "artifactd.v1.FallbackService".into(),
+            )),
+        },
+    ];
+    let mut responses = reflection
+        .server_reflection_info(futures::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = match responses
+        .message()
+        .await
+        .unwrap()
+        .unwrap()
+        .message_response
+        .unwrap()
+    {
+        MessageResponse::ListServicesResponse(list) => {
+            list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    for service in [
+        "artifactd.v1.ArtifactService",
+        "artifactd.v1.FallbackService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            listed.iter().any(|name| name == service),
+            "{service} missing from {listed:?}"
+        );
+    }
+    match responses
+        .message()
+        .await
+        .unwrap()
+        .unwrap()
+        .message_response
+        .unwrap()
+    {
+        MessageResponse::FileDescriptorResponse(files) => assert!(!files.file_descriptor_proto.is_empty()),
+        other => panic!("unexpected {other:?}"),
+    }
+}
