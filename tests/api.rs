@@ -927,3 +927,77 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     assert!(response.starts_with("HTTP/1.1 200"), "GET {path}: {response}");
     response
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_is_extracted_on_upload() {
+    let server = ServerProcess::start();
+    let mut client = server.client().await;
+    let skill = corpus_file("bmad-docs/src/core-skills/bmad-review/SKILL.md");
+    let id = create(&mut client, header(T, P, "skill", "SKILL.md"), &skill)
+        .await
+        .unwrap()
+        .artifact
+        .unwrap()
+        .id;
+    let metadata = client
+        .get_metadata(GetMetadataRequest {
+            tenant: T.into(),
+            project: P.into(),
+            artifact_id: id,
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let extracted = metadata.extracted.unwrap();
+    assert_eq!(metadata.content_type, "text/markdown");
+    assert!(extracted.is_text && !extracted.truncated);
+    assert_eq!(extracted.line_count, 50, "wc -l of the file");
+    assert_eq!(
+        extracted.title, "BMad Review",
+        "no title in the front matter: the first H1"
+    );
+    assert_eq!(&extracted.headings[..3], ["BMad Review", "Inputs", "Conventions"]);
+    let front_matter = extracted.front_matter.unwrap();
+    let name = front_matter.fields["name"].kind.clone().unwrap();
+    assert_eq!(name, prost_types::value::Kind::StringValue("bmad-review".into()));
+    assert!(front_matter.fields.contains_key("description"));
+
+    let modules = corpus_file("bmad-docs/bmad-modules.yaml");
+    let yaml_id = create(&mut client, header(T, P, "config", "bmad-modules.yaml"), &modules)
+        .await
+        .unwrap()
+        .artifact
+        .unwrap()
+        .id;
+    let yaml = client
+        .get_metadata(GetMetadataRequest {
+            tenant: T.into(),
+            project: P.into(),
+            artifact_id: yaml_id,
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(yaml.content_type, "application/yaml");
+    assert!(!yaml.extracted.unwrap().top_level_keys.is_empty());
+
+    let binary_id = create(&mut client, header(T, P, "bundle", "blob.bin"), &noise(10_000, 4))
+        .await
+        .unwrap()
+        .artifact
+        .unwrap()
+        .id;
+    let binary = client
+        .get_metadata(GetMetadataRequest {
+            tenant: T.into(),
+            project: P.into(),
+            artifact_id: binary_id,
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!binary.extracted.unwrap().is_text);
+}

@@ -33,6 +33,7 @@ fn new_version(version: &str, chunks: Vec<(String, PackEntry)>, packs: Vec<Strin
         change_message: format!("release {version}"),
         metadata: BTreeMap::from([("owner".to_owned(), "pm".to_owned())]),
         content_type: "text/markdown".into(),
+        extracted: r#"{"is_text":true,"line_count":3,"title":"PRD","headings":[],"front_matter":{},"top_level_keys":[],"truncated":false}"#.into(),
         manifest: vec![1],
         new_chunks: chunks,
         packs,

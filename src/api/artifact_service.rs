@@ -326,6 +326,7 @@ impl ArtifactService for ArtifactApi {
             version: Some(convert::version(&version)),
             metadata: version.metadata_map().into_iter().collect(),
             content_type: version.content_type.clone(),
+            extracted: Some(convert::extracted(&version.extracted())),
         }))
     }
 

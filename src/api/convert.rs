@@ -1,6 +1,7 @@
 //! Catalog records to wire messages.
 
 use crate::catalog::{ArtifactRecord, VersionRecord};
+use crate::ingest::extract::Extracted;
 use crate::proto;
 
 pub fn timestamp(micros: i64) -> prost_types::Timestamp {
@@ -41,5 +42,39 @@ pub fn version(record: &VersionRecord) -> proto::ArtifactVersion {
         created_by: record.created_by.clone(),
         created_at: Some(timestamp(record.created_at)),
         change_message: record.change_message.clone(),
+    }
+}
+
+/// JSON values as protobuf `Value`s (the well-known `Struct` family).
+pub fn json_value(value: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(json_value).collect(),
+        }),
+        serde_json::Value::Object(map) => Kind::StructValue(json_struct(map)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+pub fn json_struct(map: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map.iter().map(|(k, v)| (k.clone(), json_value(v))).collect(),
+    }
+}
+
+pub fn extracted(extracted: &Extracted) -> proto::ExtractedMetadata {
+    proto::ExtractedMetadata {
+        is_text: extracted.is_text,
+        line_count: extracted.line_count,
+        title: extracted.title.clone().unwrap_or_default(),
+        headings: extracted.headings.clone(),
+        front_matter: Some(json_struct(&extracted.front_matter)),
+        top_level_keys: extracted.top_level_keys.clone(),
+        truncated: extracted.truncated,
     }
 }

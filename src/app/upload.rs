@@ -10,6 +10,7 @@ use super::Inner;
 use crate::catalog::NewVersion;
 use crate::domain::{Error, Result, content_type, names::quoted, now_micros};
 use crate::ingest::chunk::encode;
+use crate::ingest::extract::{ContentShape, Extracted, extract};
 use crate::ingest::{ChunkId, Manifest, ManifestEntry, PackBuilder, PackEntry, StreamChunker, TenantKey};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -18,8 +19,8 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Size of the content head kept for content-type detection.
-const HEAD_LEN: usize = 512;
+/// The content prefix kept for content-type detection and metadata extraction.
+const HEAD_LEN: usize = crate::ingest::extract::MAX_INDEXED_TEXT_BYTES;
 /// Data messages received ahead of processing (up to 4 MiB at the default message limit).
 const RECEIVE_AHEAD_MESSAGES: usize = 16;
 /// Dedup lookups are batched: one catalog round trip per this many pending bytes.
@@ -44,6 +45,7 @@ pub struct IngestedContent {
     pub new_chunks: Vec<(String, PackEntry)>,
     pub packs: Vec<String>,
     pub content_type: String,
+    pub extracted: Extracted,
 }
 
 impl IngestedContent {
@@ -66,6 +68,7 @@ impl IngestedContent {
             change_message,
             metadata,
             content_type: self.content_type,
+            extracted: serde_json::to_string(&self.extracted).expect("extracted metadata serializes"),
             manifest: self.manifest.encode(),
             new_chunks: self.new_chunks,
             packs: self.packs,
@@ -101,6 +104,7 @@ pub(super) struct Upload {
     upload_id: String,
     cutter: Option<Cutter>,
     size: u64,
+    shape: ContentShape,
     head: Vec<u8>,
     expectations: ContentExpectations,
     pending: Vec<(ChunkId, Bytes)>,
@@ -131,7 +135,8 @@ impl Upload {
                 key,
             }),
             size: 0,
-            head: Vec::with_capacity(HEAD_LEN),
+            shape: ContentShape::default(),
+            head: Vec::new(),
             expectations,
             pending: Vec::new(),
             pending_bytes: 0,
@@ -238,6 +243,12 @@ impl Upload {
                 ),
             ));
         }
+        let content_type = content_type::guess(name, &self.head);
+        let head = std::mem::take(&mut self.head);
+        let shape = self.shape;
+        let extracted = tokio::task::spawn_blocking(move || extract(content_type, &head, shape))
+            .await
+            .map_err(|e| Error::internal(format!("extraction task failed: {e}")))?;
         metrics::counter!("artifactd_ingested_bytes_total").increment(self.size);
         metrics::counter!("artifactd_stored_bytes_total").increment(self.new_stored_size);
         Ok(IngestedContent {
@@ -251,7 +262,8 @@ impl Upload {
             },
             new_chunks: std::mem::take(&mut self.new_chunks),
             packs: std::mem::take(&mut self.packs),
-            content_type: content_type::guess(name, &self.head).to_owned(),
+            content_type: content_type.to_owned(),
+            extracted,
         })
     }
 
@@ -275,6 +287,7 @@ impl Upload {
                 format!("the stream carried more than the declared {expected} bytes"),
             ));
         }
+        self.shape.observe(&data);
         if self.head.len() < HEAD_LEN {
             let take = (HEAD_LEN - self.head.len()).min(data.len());
             self.head.extend_from_slice(&data[..take]);

@@ -24,7 +24,7 @@ const BATCH_ROWS: usize = 200;
 const ARTIFACT_COLUMNS: &str = "id, tenant, project, artifact_type, name, description, tags, \
      metadata, latest_version, version_count, created_by, created_at, updated_at, deleted_at";
 const VERSION_COLUMNS: &str = "artifact_id, version, seq, size, stored_size, new_stored_size, \
-     blake3, chunk_count, created_by, created_at, change_message, metadata, content_type";
+     blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, extracted";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -387,8 +387,8 @@ impl Catalog {
     ) -> Result<()> {
         let inserted = sqlx::query(
             "INSERT INTO versions (artifact_id, version, seq, size, stored_size, new_stored_size, \
-             blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, manifest) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, extracted, manifest) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(artifact_id)
         .bind(&version.version)
@@ -403,6 +403,7 @@ impl Catalog {
         .bind(&version.change_message)
         .bind(map_json(&version.metadata))
         .bind(&version.content_type)
+        .bind(&version.extracted)
         .bind(version.manifest.clone())
         .execute(&mut **tx)
         .await;

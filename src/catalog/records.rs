@@ -65,9 +65,15 @@ pub struct VersionRecord {
     /// JSON object of strings.
     pub metadata: String,
     pub content_type: String,
+    /// JSON of `ingest::extract::Extracted`.
+    pub extracted: String,
 }
 
 impl VersionRecord {
+    pub fn extracted(&self) -> crate::ingest::extract::Extracted {
+        serde_json::from_str(&self.extracted).unwrap_or_default()
+    }
+
     pub fn metadata_map(&self) -> BTreeMap<String, String> {
         serde_json::from_str(&self.metadata).unwrap_or_default()
     }
@@ -129,6 +135,8 @@ pub struct NewVersion {
     pub change_message: String,
     pub metadata: BTreeMap<String, String>,
     pub content_type: String,
+    /// JSON of `ingest::extract::Extracted`.
+    pub extracted: String,
     pub manifest: Vec<u8>,
     /// Chunks this upload wrote, with their places in its packs.
     pub new_chunks: Vec<(String, PackEntry)>,

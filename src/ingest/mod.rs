@@ -3,6 +3,7 @@
 
 pub mod chunk;
 pub mod chunker;
+pub mod extract;
 pub mod manifest;
 pub mod pack;
 

@@ -1,0 +1,213 @@
+//! Metadata extracted from content on upload: whether it is text, its line count, and for
+//! Markdown its front matter (typed), title and headings; for YAML and JSON their top-level
+//! keys. Only valid UTF-8 counts as text, and only the first [`MAX_INDEXED_TEXT_BYTES`] are
+//! examined (and indexed).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Text beyond this many bytes of a version is neither examined nor indexed.
+pub const MAX_INDEXED_TEXT_BYTES: usize = 1024 * 1024;
+const MAX_HEADINGS: usize = 200;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Extracted {
+    pub is_text: bool,
+    /// Lines of the whole content (text only).
+    pub line_count: u64,
+    pub title: Option<String>,
+    pub headings: Vec<String>,
+    /// Markdown front matter, with YAML types kept (numbers, booleans, lists, dates as text).
+    pub front_matter: Map<String, Value>,
+    /// Top-level keys of a YAML or JSON document.
+    pub top_level_keys: Vec<String>,
+    /// Whether the content was longer than what was examined.
+    pub truncated: bool,
+}
+
+/// The examined prefix of a content as text, when it is valid UTF-8 (a character cut at the
+/// end of the prefix is dropped).
+pub fn text_prefix(prefix: &[u8]) -> Option<&str> {
+    match std::str::from_utf8(prefix) {
+        Ok(text) => Some(text),
+        Err(error) if error.error_len().is_none() => {
+            Some(std::str::from_utf8(&prefix[..error.valid_up_to()]).expect("valid prefix"))
+        }
+        Err(_) => None,
+    }
+}
+
+/// What an upload learns about its whole content while streaming it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContentShape {
+    pub size: u64,
+    pub newlines: u64,
+    pub last_byte: Option<u8>,
+}
+
+impl ContentShape {
+    pub fn observe(&mut self, data: &[u8]) {
+        self.size += data.len() as u64;
+        self.newlines += data.iter().filter(|byte| **byte == b'\n').count() as u64;
+        if let Some(last) = data.last() {
+            self.last_byte = Some(*last);
+        }
+    }
+
+    /// Lines as an editor counts them: a last line without a newline still counts.
+    pub fn lines(&self) -> u64 {
+        self.newlines + u64::from(self.last_byte.is_some_and(|byte| byte != b'\n'))
+    }
+}
+
+/// Extracts what the content's kind allows. `prefix` is the first bytes of the content (at
+/// most [`MAX_INDEXED_TEXT_BYTES`]); `shape` describes the whole content.
+pub fn extract(content_type: &str, prefix: &[u8], shape: ContentShape) -> Extracted {
+    let total_size = shape.size;
+    let Some(text) = text_prefix(prefix).filter(|t| !t.contains('\0')) else {
+        return Extracted {
+            truncated: total_size > prefix.len() as u64,
+            ..Extracted::default()
+        };
+    };
+    let mut extracted = Extracted {
+        is_text: true,
+        line_count: shape.lines(),
+        truncated: total_size > prefix.len() as u64,
+        ..Extracted::default()
+    };
+    match content_type {
+        "text/markdown" => extract_markdown(text, &mut extracted),
+        "application/yaml" => {
+            if let Ok(Value::Object(map)) = serde_norway::from_str::<Value>(text) {
+                extracted.top_level_keys = map.keys().cloned().collect();
+            }
+        }
+        "application/json" => {
+            if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) {
+                extracted.top_level_keys = map.keys().cloned().collect();
+            }
+        }
+        _ => {}
+    }
+    extracted
+}
+
+/// Splits Markdown into its YAML front matter (between `---` lines at the very start) and
+/// the rest.
+pub fn split_front_matter(text: &str) -> (Option<&str>, &str) {
+    let Some(rest) = text
+        .strip_prefix("---\n")
+        .or_else(|| text.strip_prefix("---\r\n"))
+    else {
+        return (None, text);
+    };
+    let mut offset = 0;
+    for line in rest.split_inclusive('\n') {
+        if line.trim_end() == "---" || line.trim_end() == "..." {
+            return (Some(&rest[..offset]), &rest[offset + line.len()..]);
+        }
+        offset += line.len();
+    }
+    (None, text)
+}
+
+fn extract_markdown(text: &str, extracted: &mut Extracted) {
+    let (front_matter, body) = split_front_matter(text);
+    if let Some(yaml) = front_matter
+        && let Ok(Value::Object(map)) = serde_norway::from_str::<Value>(yaml)
+    {
+        extracted.front_matter = map;
+    }
+    let mut in_fence = false;
+    for line in body.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("```") || trimmed.starts_with("~~~") {
+            in_fence = !in_fence;
+            continue;
+        }
+        if in_fence || !trimmed.starts_with('#') {
+            continue;
+        }
+        let level = trimmed.chars().take_while(|c| *c == '#').count();
+        let heading = trimmed[level..].trim().trim_end_matches('#').trim();
+        if level > 6 || heading.is_empty() || !trimmed[level..].starts_with(' ') {
+            continue;
+        }
+        if level == 1 && extracted.title.is_none() {
+            extracted.title = Some(heading.to_owned());
+        }
+        if extracted.headings.len() < MAX_HEADINGS {
+            extracted.headings.push(heading.to_owned());
+        }
+    }
+    if let Some(Value::String(title)) = extracted.front_matter.get("title") {
+        extracted.title = Some(title.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(data: &[u8]) -> ContentShape {
+        let mut shape = ContentShape::default();
+        shape.observe(data);
+        shape
+    }
+
+    #[test]
+    fn markdown_front_matter_title_and_headings() {
+        let text = "---\ntitle: Payments PRD\npriority: 2\napproved: true\ntags: [payments, q3]\n---\n# Overview\n\nWords.\n\n```\n# not a heading\n```\n## Goals ##\n#nospace\n";
+        let extracted = extract("text/markdown", text.as_bytes(), shape(text.as_bytes()));
+        assert!(extracted.is_text);
+        assert_eq!(extracted.title.as_deref(), Some("Payments PRD"));
+        assert_eq!(extracted.headings, vec!["Overview", "Goals"]);
+        assert_eq!(extracted.front_matter["priority"], serde_json::json!(2));
+        assert_eq!(extracted.front_matter["approved"], serde_json::json!(true));
+        assert_eq!(
+            extracted.front_matter["tags"],
+            serde_json::json!(["payments", "q3"])
+        );
+        assert_eq!(extracted.line_count, 15);
+        assert!(!extracted.truncated);
+    }
+
+    #[test]
+    fn the_first_h1_is_the_title_without_front_matter() {
+        let text = "intro\n# Real Title\n# Second\n";
+        let extracted = extract("text/markdown", text.as_bytes(), shape(text.as_bytes()));
+        assert_eq!(extracted.title.as_deref(), Some("Real Title"));
+    }
+
+    #[test]
+    fn yaml_and_json_keys_and_binary_content() {
+        let yaml = "name: bmad\nversion: 6\nmodules:\n  - core\n";
+        assert_eq!(
+            extract("application/yaml", yaml.as_bytes(), shape(yaml.as_bytes())).top_level_keys,
+            vec!["modules", "name", "version"]
+        );
+        let json = r#"{"b": 1, "a": {"c": 2}}"#;
+        let extracted = extract("application/json", json.as_bytes(), shape(json.as_bytes()));
+        assert_eq!(extracted.top_level_keys, vec!["a", "b"]);
+        assert_eq!(extracted.line_count, 1, "a last line without a newline counts");
+        let binary = extract(
+            "application/octet-stream",
+            &[0xff, 0xfe, 0x00, 0x01],
+            shape(&[0xff, 0xfe, 0x00, 0x01]),
+        );
+        assert!(!binary.is_text);
+        assert_eq!(binary.line_count, 0);
+    }
+
+    #[test]
+    fn a_character_cut_at_the_cap_is_still_text() {
+        let text = "é".repeat(10);
+        let cut = &text.as_bytes()[..7];
+        assert_eq!(text_prefix(cut), Some("ééé"));
+        let mut whole = shape(text.as_bytes());
+        whole.size = 20;
+        let extracted = extract("text/plain", cut, whole);
+        assert!(extracted.is_text && extracted.truncated);
+    }
+}
