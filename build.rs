@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/artifactd/v1/artifact.proto",
         "proto/artifactd/v1/fallback.proto",
+        "proto/artifactd/v1/search.proto",
     ];
     tonic_prost_build::configure()
         // Content travels as `bytes::Bytes`, so data messages are passed on without copies.

@@ -22,7 +22,15 @@ pub struct Config {
     pub storage: StorageConfig,
     pub ingest: IngestConfig,
     pub retention: RetentionConfig,
+    pub search: SearchConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchConfig {
+    /// Where this replica keeps its search index; empty means `<data_dir>/index`.
+    pub index_dir: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -170,6 +178,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             ingest: IngestConfig::default(),
             retention: RetentionConfig::default(),
+            search: SearchConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -435,6 +444,14 @@ impl Config {
             format!("sqlite://{}", self.data_dir.join("catalog.db").display())
         } else {
             self.catalog.url.clone()
+        }
+    }
+
+    pub fn index_dir(&self) -> PathBuf {
+        if self.search.index_dir.is_empty() {
+            self.data_dir.join("index")
+        } else {
+            PathBuf::from(&self.search.index_dir)
         }
     }
 

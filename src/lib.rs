@@ -10,6 +10,7 @@ pub mod config;
 pub mod domain;
 pub mod ingest;
 pub mod jobs;
+pub mod search;
 pub mod server;
 pub mod storage;
 pub mod telemetry;

@@ -22,6 +22,11 @@ enum Command {
         #[arg(long, env = "ARTIFACTD_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Rebuilds the search index from the catalog. Stop the server using the index first.
+    Reindex {
+        #[arg(long, env = "ARTIFACTD_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Loads and validates the configuration, then prints it as TOML (secrets masked).
     CheckConfig {
         #[arg(long, env = "ARTIFACTD_CONFIG")]
@@ -42,6 +47,13 @@ fn main() -> anyhow::Result<()> {
                 config.storage.s3.secret_access_key = "********".to_owned();
             }
             print!("{}", toml::to_string_pretty(&config)?);
+            Ok(())
+        }
+        Command::Reindex { config } => {
+            let config = load(config.as_ref())?;
+            artifactd::telemetry::init_logging(&config.log.format, &config.log.filter);
+            let written = tokio::runtime::Runtime::new()?.block_on(server::reindex(config))?;
+            println!("reindexed {written} artifacts");
             Ok(())
         }
         Command::Serve { config } => {

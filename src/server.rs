@@ -1,13 +1,15 @@
 //! Wiring: opens the catalog and the store, starts background jobs and the gRPC and HTTP
 //! listeners, and tears everything down in order on shutdown.
 
-use crate::api::{ArtifactApi, FallbackApi};
+use crate::api::{ArtifactApi, FallbackApi, SearchApi};
 use crate::app::Artifacts;
 use crate::catalog::Catalog;
 use crate::config::{Backend, Config};
 use crate::jobs::{HealthMonitor, Supervisor};
 use crate::proto::artifact_service_server::ArtifactServiceServer;
 use crate::proto::fallback_service_server::FallbackServiceServer;
+use crate::proto::search_service_server::SearchServiceServer;
+use crate::search::{Indexer, SearchIndex};
 use crate::storage::{DynBlobStore, FailoverStore, FsStore, S3Store};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -103,6 +105,12 @@ pub async fn run(
     let artifacts = Artifacts::new(catalog.clone(), store.clone(), config.app_settings())
         .await
         .context("starting the artifact service")?;
+    let index_dir = config.index_dir();
+    let index = Arc::new(
+        SearchIndex::open(&index_dir)
+            .with_context(|| format!("opening the search index at {}", index_dir.display()))?,
+    );
+    let indexer = Indexer::new(index.clone(), catalog.clone(), artifacts.clone());
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let monitor = HealthMonitor {
@@ -114,6 +122,7 @@ pub async fn run(
     monitor.check_once().await;
     let mut supervisor = Supervisor::new(shutdown.clone());
     supervisor.spawn("health", |token| monitor.run(token));
+    supervisor.spawn("indexer", |token| indexer.run(token));
     if let Some(failover) = &failover {
         let prober = failover.clone();
         supervisor.spawn("store prober", |token| prober.run_prober(token));
@@ -147,6 +156,7 @@ pub async fn run(
     let artifact_service = ArtifactServiceServer::new(ArtifactApi::new(artifacts))
         .max_decoding_message_size(MAX_DECODED_MESSAGE_BYTES);
     let fallback_service = FallbackServiceServer::new(FallbackApi::new(failover.clone()));
+    let search_service = SearchServiceServer::new(SearchApi::new(index));
     let grpc_shutdown = shutdown.clone();
     let grpc = tonic::transport::Server::builder()
         // HTTP/2's default 64 KiB windows make a client wait for a window update every
@@ -158,6 +168,7 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(artifact_service)
         .add_service(fallback_service)
+        .add_service(search_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
             grpc_shutdown.cancelled().await
         });
@@ -200,6 +211,26 @@ pub async fn run(
     catalog.close().await;
     tracing::info!("artifactd stopped");
     Ok(())
+}
+
+/// Rebuilds the search index from the catalog (`artifactd reindex`). The server must not be
+/// running on the same index directory: tantivy allows one writer.
+pub async fn reindex(config: Config) -> anyhow::Result<u64> {
+    let catalog = Catalog::connect(&config.catalog_url(), config.catalog.max_connections)
+        .await
+        .context("opening the catalog")?;
+    let (store, _) = open_store(&config, &catalog).await?;
+    let artifacts = Artifacts::new(catalog.clone(), store, config.app_settings()).await?;
+    let index_dir = config.index_dir();
+    let index = Arc::new(SearchIndex::open(&index_dir).with_context(|| {
+        format!(
+            "opening the search index at {} (is a server using it?)",
+            index_dir.display()
+        )
+    })?);
+    let written = Indexer::new(index, catalog.clone(), artifacts).rebuild().await?;
+    catalog.close().await;
+    Ok(written)
 }
 
 /// Resolves on SIGTERM or SIGINT.

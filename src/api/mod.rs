@@ -4,10 +4,12 @@
 mod artifact_service;
 pub mod convert;
 mod fallback_service;
+mod search_service;
 pub mod status;
 
 pub use artifact_service::ArtifactApi;
 pub use fallback_service::FallbackApi;
+pub use search_service::SearchApi;
 
 /// Request metadata naming the caller, recorded as `created_by`.
 pub const ACTOR_HEADER: &str = "x-artifactd-actor";

@@ -734,6 +734,28 @@ impl Catalog {
 
     // ---- outbox ----------------------------------------------------------------------------
 
+    /// The newest outbox position (0 when empty).
+    pub async fn max_outbox_seq(&self) -> Result<i64> {
+        let max: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error("reading the outbox", e))?;
+        Ok(max.unwrap_or(0))
+    }
+
+    /// Live artifacts of every tenant ordered by id, for rebuilding derived data.
+    pub async fn live_artifacts_after(&self, after_id: &str, limit: u32) -> Result<Vec<ArtifactRecord>> {
+        let sql = format!(
+            "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE id > $1 AND deleted_at IS NULL ORDER BY id LIMIT $2"
+        );
+        sqlx::query_as(AssertSqlSafe(sql))
+            .bind(after_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("listing artifacts", e))
+    }
+
     pub async fn outbox_after(&self, after_seq: i64, limit: u32) -> Result<Vec<OutboxEvent>> {
         sqlx::query_as(
             "SELECT seq, event_type, tenant, project, artifact_id, version, created_at FROM outbox \

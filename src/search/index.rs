@@ -1,0 +1,490 @@
+//! The tantivy schema, writing documents, and the queries.
+
+use crate::domain::{Error, Result};
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tantivy::collector::{Count, FacetCollector, TopDocs};
+use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::schema::{
+    FAST, Facet, FacetOptions, Field, IndexRecordOption, STORED, STRING, Schema, TEXT, TantivyDocument, Value,
+};
+use tantivy::snippet::SnippetGenerator;
+use tantivy::{DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, Term, doc};
+
+/// How long a result set stays pinned for paging.
+const CURSOR_LIFETIME: Duration = Duration::from_secs(300);
+const PINNED_SEARCHERS: usize = 16;
+const WRITER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
+const SNIPPET_CHARS: usize = 200;
+
+#[derive(Clone, Copy)]
+struct Fields {
+    artifact_id: Field,
+    tenant: Field,
+    project: Field,
+    artifact_type: Field,
+    state: Field,
+    name: Field,
+    tags: Field,
+    tag_facets: Field,
+    title: Field,
+    headings: Field,
+    body: Field,
+    version: Field,
+    updated_at: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut builder = Schema::builder();
+    let fields = Fields {
+        artifact_id: builder.add_text_field("artifact_id", STRING | STORED),
+        tenant: builder.add_text_field("tenant", STRING),
+        project: builder.add_text_field("project", STRING),
+        artifact_type: builder.add_text_field("type", STRING | STORED),
+        state: builder.add_text_field("state", STRING | STORED),
+        name: builder.add_text_field("name", TEXT | STORED),
+        tags: builder.add_text_field("tags", STRING | STORED),
+        tag_facets: builder.add_facet_field("tag_facets", FacetOptions::default()),
+        title: builder.add_text_field("title", TEXT | STORED),
+        headings: builder.add_text_field("headings", TEXT),
+        body: builder.add_text_field("body", TEXT | STORED),
+        version: builder.add_text_field("version", STRING | STORED),
+        updated_at: builder.add_i64_field("updated_at", FAST | STORED),
+    };
+    (builder.build(), fields)
+}
+
+/// What the index holds for one artifact.
+#[derive(Debug, Clone)]
+pub struct IndexedArtifact {
+    pub artifact_id: String,
+    pub tenant: String,
+    pub project: String,
+    pub artifact_type: String,
+    pub state: String,
+    pub name: String,
+    pub tags: Vec<String>,
+    pub title: String,
+    pub headings: Vec<String>,
+    pub body: String,
+    pub version: String,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchHit {
+    pub artifact_id: String,
+    pub name: String,
+    pub artifact_type: String,
+    pub state: String,
+    pub tags: Vec<String>,
+    pub version: String,
+    pub title: String,
+    pub score: f32,
+    /// The best fragment of the body with matches in `<b>…</b>`.
+    pub snippet: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchPage {
+    pub hits: Vec<SearchHit>,
+    pub total_hits: u64,
+    pub next_page_token: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SearchRequest {
+    pub tenant: String,
+    pub project: String,
+    pub query: String,
+    pub artifact_type: String,
+    pub state: String,
+    pub tags: Vec<String>,
+    pub page_size: usize,
+    pub page_token: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagMatch {
+    All,
+    Any,
+}
+
+#[derive(Debug, Clone)]
+pub struct TagSearchRequest {
+    pub tenant: String,
+    pub project: String,
+    pub tags: Vec<String>,
+    pub matching: TagMatch,
+    pub page_size: usize,
+    pub page_token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FacetCount {
+    pub tag: String,
+    pub count: u64,
+}
+
+struct Pinned {
+    generation: u64,
+    since: Instant,
+    searcher: Searcher,
+}
+
+pub struct SearchIndex {
+    index: Index,
+    reader: IndexReader,
+    writer: Mutex<IndexWriter>,
+    fields: Fields,
+    pinned: Mutex<VecDeque<Pinned>>,
+}
+
+fn index_error(what: &str, error: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("search index: {what}: {error}"))
+}
+
+fn facet_of(tag: &str) -> Facet {
+    Facet::from_path(["tags", tag])
+}
+
+impl SearchIndex {
+    /// Opens the index in `dir`, creating it when missing.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| index_error("creating its directory", e))?;
+        let (schema, fields) = schema();
+        let directory =
+            tantivy::directory::MmapDirectory::open(dir).map_err(|e| index_error("opening", e))?;
+        let index = Index::open_or_create(directory, schema).map_err(|e| index_error("opening", e))?;
+        Self::from_index(index, fields)
+    }
+
+    fn from_index(index: Index, fields: Fields) -> Result<Self> {
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(|e| index_error("opening a reader", e))?;
+        let writer = index
+            .writer(WRITER_MEMORY_BYTES)
+            .map_err(|e| index_error("opening the writer", e))?;
+        Ok(Self {
+            index,
+            reader,
+            writer: Mutex::new(writer),
+            fields,
+            pinned: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// The last outbox position whose changes the index holds (stored with every commit).
+    pub fn checkpoint(&self) -> Result<i64> {
+        let metas = self
+            .index
+            .load_metas()
+            .map_err(|e| index_error("reading its metadata", e))?;
+        Ok(metas
+            .payload
+            .and_then(|payload| payload.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Replaces (or, with `None`, removes) the document of each artifact, then commits with
+    /// `checkpoint` atomically, so a restart resumes exactly where the index stopped.
+    pub fn apply(&self, changes: Vec<(String, Option<IndexedArtifact>)>, checkpoint: i64) -> Result<()> {
+        let f = self.fields;
+        let mut writer = self.writer.lock().expect("index writer lock");
+        for (artifact_id, document) in changes {
+            writer.delete_term(Term::from_field_text(f.artifact_id, &artifact_id));
+            let Some(a) = document else { continue };
+            let mut document = doc!(
+                f.artifact_id => a.artifact_id,
+                f.tenant => a.tenant,
+                f.project => a.project,
+                f.artifact_type => a.artifact_type,
+                f.state => a.state,
+                f.name => a.name,
+                f.title => a.title,
+                f.body => a.body,
+                f.version => a.version,
+                f.updated_at => a.updated_at,
+            );
+            for tag in &a.tags {
+                document.add_text(f.tags, tag);
+                document.add_facet(f.tag_facets, facet_of(tag));
+            }
+            for heading in &a.headings {
+                document.add_text(f.headings, heading);
+            }
+            writer
+                .add_document(document)
+                .map_err(|e| index_error("adding a document", e))?;
+        }
+        let mut prepared = writer
+            .prepare_commit()
+            .map_err(|e| index_error("preparing a commit", e))?;
+        prepared.set_payload(&checkpoint.to_string());
+        prepared.commit().map_err(|e| index_error("committing", e))?;
+        drop(writer);
+        self.reader.reload().map_err(|e| index_error("reloading", e))
+    }
+
+    /// Removes every document (before a rebuild), keeping `checkpoint`.
+    pub fn clear(&self, checkpoint: i64) -> Result<()> {
+        let mut writer = self.writer.lock().expect("index writer lock");
+        writer
+            .delete_all_documents()
+            .map_err(|e| index_error("clearing", e))?;
+        let mut prepared = writer
+            .prepare_commit()
+            .map_err(|e| index_error("preparing a commit", e))?;
+        prepared.set_payload(&checkpoint.to_string());
+        prepared.commit().map_err(|e| index_error("committing", e))?;
+        drop(writer);
+        self.reader.reload().map_err(|e| index_error("reloading", e))
+    }
+
+    pub fn document_count(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// A searcher for a new search, or the pinned one a page token refers to, so that paging
+    /// through a result set neither skips nor repeats hits while the index changes.
+    fn searcher_for(&self, token: &str, kind: &str) -> Result<(Searcher, usize)> {
+        let mut pinned = self.pinned.lock().expect("pinned searchers lock");
+        pinned.retain(|p| p.since.elapsed() < CURSOR_LIFETIME);
+        if token.is_empty() {
+            let searcher = self.reader.searcher();
+            let generation = searcher.generation().generation_id();
+            if !pinned.iter().any(|p| p.generation == generation) {
+                if pinned.len() >= PINNED_SEARCHERS {
+                    pinned.pop_front();
+                }
+                pinned.push_back(Pinned {
+                    generation,
+                    since: Instant::now(),
+                    searcher: searcher.clone(),
+                });
+            }
+            return Ok((searcher, 0));
+        }
+        let invalid = || Error::invalid("page_token", format!("{token:?} is not a token of this search"));
+        let fields = decode_token(token).ok_or_else(invalid)?;
+        if fields.0 != kind {
+            return Err(invalid());
+        }
+        let searcher = pinned
+            .iter()
+            .find(|p| p.generation == fields.1)
+            .map(|p| p.searcher.clone())
+            .ok_or_else(|| {
+                Error::FailedPrecondition(
+                    "page_token: the result set has expired; start the search again".to_owned(),
+                )
+            })?;
+        Ok((searcher, fields.2))
+    }
+
+    fn scope_filter(&self, tenant: &str, project: &str) -> Vec<(Occur, Box<dyn Query>)> {
+        let term = |field, value: &str| -> Box<dyn Query> {
+            Box::new(TermQuery::new(
+                Term::from_field_text(field, value),
+                IndexRecordOption::Basic,
+            ))
+        };
+        vec![
+            (Occur::Must, term(self.fields.tenant, tenant)),
+            (Occur::Must, term(self.fields.project, project)),
+        ]
+    }
+
+    fn term(&self, field: Field, value: &str) -> Box<dyn Query> {
+        Box::new(TermQuery::new(
+            Term::from_field_text(field, value),
+            IndexRecordOption::Basic,
+        ))
+    }
+
+    /// Full-text search with BM25 ranking, filters and highlighted snippets.
+    pub fn search(&self, request: &SearchRequest) -> Result<SearchPage> {
+        let f = self.fields;
+        let mut parser = QueryParser::for_index(&self.index, vec![f.title, f.name, f.headings, f.body]);
+        parser.set_field_boost(f.title, 3.0);
+        parser.set_field_boost(f.name, 2.0);
+        parser.set_field_boost(f.headings, 1.5);
+        let text = request.query.trim();
+        if text.is_empty() {
+            return Err(Error::invalid("query", "must not be empty"));
+        }
+        let user_query = parser
+            .parse_query(text)
+            .map_err(|e| Error::invalid("query", format!("{text:?} cannot be parsed: {e}")))?;
+        let mut clauses = self.scope_filter(&request.tenant, &request.project);
+        clauses.push((Occur::Must, user_query.box_clone()));
+        if !request.artifact_type.is_empty() {
+            clauses.push((Occur::Must, self.term(f.artifact_type, &request.artifact_type)));
+        }
+        if !request.state.is_empty() {
+            clauses.push((Occur::Must, self.term(f.state, &request.state)));
+        }
+        for tag in &request.tags {
+            clauses.push((Occur::Must, self.term(f.tags, tag)));
+        }
+        let query = BooleanQuery::new(clauses);
+        let (searcher, offset) = self.searcher_for(&request.page_token, "q")?;
+        let limit = request.page_size.clamp(1, 1000);
+        let (total, top) = searcher
+            .search(
+                &query,
+                &(
+                    Count,
+                    TopDocs::with_limit(limit).and_offset(offset).order_by_score(),
+                ),
+            )
+            .map_err(|e| index_error("searching", e))?;
+        let mut snippets = SnippetGenerator::create(&searcher, &*user_query, f.body)
+            .map_err(|e| index_error("snippets", e))?;
+        snippets.set_max_num_chars(SNIPPET_CHARS);
+        let mut hits = top
+            .into_iter()
+            .map(|(score, address)| self.hit(&searcher, address, score, Some(&snippets)))
+            .collect::<Result<Vec<_>>>()?;
+        // Equal scores fall in index order, which a rebuild changes; order them by id.
+        hits.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| a.artifact_id.cmp(&b.artifact_id))
+        });
+        let next = offset + hits.len();
+        Ok(SearchPage {
+            next_page_token: if (next as u64) < total as u64 {
+                encode_token("q", searcher.generation().generation_id(), next)
+            } else {
+                String::new()
+            },
+            total_hits: total as u64,
+            hits,
+        })
+    }
+
+    /// Artifacts carrying all (or any) of `tags`, with counts of every tag among them.
+    pub fn search_tags(&self, request: &TagSearchRequest) -> Result<(SearchPage, Vec<FacetCount>)> {
+        let f = self.fields;
+        if request.tags.is_empty() {
+            return Err(Error::invalid("tags", "name at least one tag"));
+        }
+        let tag_clauses: Vec<(Occur, Box<dyn Query>)> = request
+            .tags
+            .iter()
+            .map(|tag| {
+                let occur = if request.matching == TagMatch::All {
+                    Occur::Must
+                } else {
+                    Occur::Should
+                };
+                (occur, self.term(f.tags, tag))
+            })
+            .collect();
+        let mut clauses = self.scope_filter(&request.tenant, &request.project);
+        clauses.push((Occur::Must, Box::new(BooleanQuery::new(tag_clauses))));
+        let query = BooleanQuery::new(clauses);
+        let (searcher, offset) = self.searcher_for(&request.page_token, "t")?;
+        let limit = request.page_size.clamp(1, 1000);
+        let mut facets = FacetCollector::for_field("tag_facets");
+        facets.add_facet("/tags");
+        let (total, top, facet_counts) = searcher
+            .search(
+                &query,
+                &(
+                    Count,
+                    TopDocs::with_limit(limit).and_offset(offset).order_by_score(),
+                    facets,
+                ),
+            )
+            .map_err(|e| index_error("searching", e))?;
+        let hits = top
+            .into_iter()
+            .map(|(score, address)| self.hit(&searcher, address, score, None))
+            .collect::<Result<Vec<_>>>()?;
+        let mut counts: Vec<FacetCount> = facet_counts
+            .get("/tags")
+            .map(|(facet, count)| FacetCount {
+                tag: facet
+                    .to_path()
+                    .last()
+                    .map(|s| (*s).to_owned())
+                    .unwrap_or_default(),
+                count,
+            })
+            .collect();
+        counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.tag.cmp(&b.tag)));
+        let next = offset + hits.len();
+        let page = SearchPage {
+            next_page_token: if (next as u64) < total as u64 {
+                encode_token("t", searcher.generation().generation_id(), next)
+            } else {
+                String::new()
+            },
+            total_hits: total as u64,
+            hits,
+        };
+        Ok((page, counts))
+    }
+
+    fn hit(
+        &self,
+        searcher: &Searcher,
+        address: DocAddress,
+        score: f32,
+        snippets: Option<&SnippetGenerator>,
+    ) -> Result<SearchHit> {
+        let f = self.fields;
+        let document: TantivyDocument = searcher
+            .doc(address)
+            .map_err(|e| index_error("reading a hit", e))?;
+        let text = |field| {
+            document
+                .get_first(field)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Ok(SearchHit {
+            artifact_id: text(f.artifact_id),
+            name: text(f.name),
+            artifact_type: text(f.artifact_type),
+            state: text(f.state),
+            tags: document
+                .get_all(f.tags)
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            version: text(f.version),
+            title: text(f.title),
+            score,
+            snippet: snippets
+                .map(|s| s.snippet_from_doc(&document).to_html())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+fn encode_token(kind: &str, generation: u64, offset: usize) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{kind}:{generation}:{offset}"))
+}
+
+fn decode_token(token: &str) -> Option<(String, u64, usize)> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let mut parts = text.splitn(3, ':');
+    Some((
+        parts.next()?.to_owned(),
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    ))
+}

@@ -1,0 +1,164 @@
+//! Keeps the index in step with the catalog by tailing the outbox. The position reached is
+//! committed together with the documents (tantivy's commit payload), so a restart resumes
+//! exactly where the index stopped, without losing or repeating changes.
+
+use super::index::{IndexedArtifact, SearchIndex};
+use crate::app::Artifacts;
+use crate::catalog::{ArtifactRecord, Catalog, Scope};
+use crate::domain::{Error, Result};
+use crate::ingest::extract::{MAX_INDEXED_TEXT_BYTES, text_prefix};
+use futures::TryStreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const EVENTS_PER_BATCH: u32 = 256;
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+#[derive(Clone)]
+pub struct Indexer {
+    index: Arc<SearchIndex>,
+    catalog: Catalog,
+    artifacts: Artifacts,
+}
+
+impl Indexer {
+    pub fn new(index: Arc<SearchIndex>, catalog: Catalog, artifacts: Artifacts) -> Self {
+        Self {
+            index,
+            catalog,
+            artifacts,
+        }
+    }
+
+    pub fn index(&self) -> &Arc<SearchIndex> {
+        &self.index
+    }
+
+    /// The document for an artifact as the catalog has it now; `None` when it is deleted.
+    async fn document(&self, scope: &Scope, artifact_id: &str) -> Result<Option<IndexedArtifact>> {
+        let Some(artifact) = self.catalog.artifact_by_id(scope, artifact_id, false).await? else {
+            return Ok(None);
+        };
+        self.document_of(artifact).await.map(Some)
+    }
+
+    async fn document_of(&self, artifact: ArtifactRecord) -> Result<IndexedArtifact> {
+        let scope = Scope::new(&artifact.tenant, &artifact.project);
+        let version = self
+            .catalog
+            .version(&artifact.id, &artifact.latest_version)
+            .await?
+            .ok_or_else(|| Error::internal(format!("artifact {} has no version row", artifact.id)))?;
+        let extracted = version.extracted();
+        let body = if extracted.is_text {
+            let length = (version.size as u64).min(MAX_INDEXED_TEXT_BYTES as u64);
+            let plan = self
+                .artifacts
+                .plan_download(&scope, &artifact.id, &version.version, 0, length)
+                .await?;
+            let pieces: Vec<bytes::Bytes> = self.artifacts.download(&plan).await?.try_collect().await?;
+            let prefix = pieces.concat();
+            // The front matter stays in the body: its values (descriptions, owners) are words
+            // people search for.
+            text_prefix(&prefix).unwrap_or_default().to_owned()
+        } else {
+            String::new()
+        };
+        let mut tags = artifact.tag_list();
+        // Front matter tags count as tags too: that is where BMAD documents keep theirs.
+        if let Some(serde_json::Value::Array(values)) = extracted.front_matter.get("tags") {
+            tags.extend(values.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+        }
+        tags.sort();
+        tags.dedup();
+        Ok(IndexedArtifact {
+            artifact_id: artifact.id.clone(),
+            tenant: artifact.tenant.clone(),
+            project: artifact.project.clone(),
+            artifact_type: artifact.artifact_type.clone(),
+            state: "active".to_owned(),
+            name: artifact.name.clone(),
+            tags,
+            title: extracted.title.clone().unwrap_or_default(),
+            headings: extracted.headings.clone(),
+            body,
+            version: version.version.clone(),
+            updated_at: artifact.updated_at,
+        })
+    }
+
+    async fn commit(&self, changes: Vec<(String, Option<IndexedArtifact>)>, checkpoint: i64) -> Result<()> {
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || index.apply(changes, checkpoint))
+            .await
+            .map_err(|e| Error::internal(format!("index task failed: {e}")))?
+    }
+
+    /// Applies every outbox event after the index's checkpoint; returns how many.
+    pub async fn catch_up(&self) -> Result<usize> {
+        let mut applied = 0;
+        loop {
+            let checkpoint = self.index.checkpoint()?;
+            let events = self.catalog.outbox_after(checkpoint, EVENTS_PER_BATCH).await?;
+            let Some(last) = events.last().map(|e| e.seq) else {
+                return Ok(applied);
+            };
+            let mut seen = std::collections::HashSet::new();
+            let mut changes = Vec::new();
+            for event in &events {
+                if !seen.insert(event.artifact_id.clone()) {
+                    continue;
+                }
+                let scope = Scope::new(&event.tenant, &event.project);
+                changes.push((
+                    event.artifact_id.clone(),
+                    self.document(&scope, &event.artifact_id).await?,
+                ));
+            }
+            self.commit(changes, last).await?;
+            metrics::counter!("artifactd_index_events_total").increment(events.len() as u64);
+            applied += events.len();
+        }
+    }
+
+    /// The indexer job: follows the outbox until shutdown; failures are retried.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            match self.catch_up().await {
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "indexing failed; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+            }
+        }
+    }
+
+    /// Rebuilds the index from the catalog (`artifactd reindex`); returns the documents
+    /// written. A crash half-way leaves checkpoint 0, so the next start replays the outbox.
+    pub async fn rebuild(&self) -> Result<u64> {
+        let high_water = self.catalog.max_outbox_seq().await?;
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || index.clear(0))
+            .await
+            .map_err(|e| Error::internal(format!("index task failed: {e}")))??;
+        let mut after = String::new();
+        let mut written = 0;
+        loop {
+            let batch = self.catalog.live_artifacts_after(&after, 200).await?;
+            let Some(last) = batch.last() else { break };
+            after = last.id.clone();
+            let mut changes = Vec::with_capacity(batch.len());
+            for artifact in batch {
+                let id = artifact.id.clone();
+                changes.push((id, Some(self.document_of(artifact).await?)));
+            }
+            written += changes.len() as u64;
+            self.commit(changes, 0).await?;
+        }
+        self.commit(Vec::new(), high_water).await?;
+        Ok(written)
+    }
+}

@@ -1,0 +1,9 @@
+//! Search: a tantivy index of the latest version of every live artifact, fed from the
+//! catalog's outbox. The index is never the source of truth: every replica of the service
+//! can keep its own, and `artifactd reindex` rebuilds it from the catalog.
+
+mod index;
+mod indexer;
+
+pub use index::{FacetCount, SearchHit, SearchIndex, SearchPage, SearchRequest, TagMatch, TagSearchRequest};
+pub use indexer::Indexer;

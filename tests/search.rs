@@ -1,0 +1,443 @@
+//! Search over the real BMAD documents, through the binary over gRPC.
+
+mod common;
+
+use artifactd::proto::search_service_client::SearchServiceClient;
+use artifactd::proto::{DeleteArtifactRequest, SearchByTagsRequest, SearchRequest, SearchResponse, TagMatch};
+use common::binary::{ServerOptions, ServerProcess};
+use common::client::{Client, create, header};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+const T: &str = "bmad";
+const P: &str = "method";
+
+struct Doc {
+    name: String,
+    content: String,
+    tags: Vec<String>,
+}
+
+fn corpus_docs() -> Vec<Doc> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let root = common::corpus_dir().join("bmad-docs");
+    let mut paths = Vec::new();
+    walk(&root, &mut paths);
+    paths.sort();
+    paths
+        .into_iter()
+        .filter_map(|path| {
+            let relative = path.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+            let content = String::from_utf8(std::fs::read(&path).ok()?).ok()?;
+            let extension = path.extension()?.to_string_lossy().into_owned();
+            let top = relative.split('/').next().unwrap().to_owned();
+            Some(Doc {
+                name: relative.replace('/', " » "),
+                content,
+                tags: vec![
+                    "bmad".to_owned(),
+                    extension,
+                    format!("dir-{}", top.trim_end_matches(".md")),
+                ],
+            })
+        })
+        .collect()
+}
+
+async fn upload_all(client: &mut Client, tenant: &str, docs: &[Doc]) -> BTreeMap<String, String> {
+    let mut ids = BTreeMap::new();
+    for doc in docs {
+        let mut h = header(tenant, P, "doc", &doc.name);
+        h.tags = doc.tags.clone();
+        let created = create(client, h, doc.content.as_bytes()).await.unwrap();
+        ids.insert(doc.name.clone(), created.artifact.unwrap().id);
+    }
+    ids
+}
+
+async fn search_client(server: &ServerProcess) -> SearchServiceClient<Channel> {
+    SearchServiceClient::new(server.channel().await)
+}
+
+async fn search(client: &mut SearchServiceClient<Channel>, tenant: &str, query: &str) -> SearchResponse {
+    client
+        .search(SearchRequest {
+            tenant: tenant.into(),
+            project: P.into(),
+            query: query.into(),
+            page_size: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn tagged_count(client: &mut SearchServiceClient<Channel>, tenant: &str, tag: &str) -> u64 {
+    client
+        .search_by_tags(SearchByTagsRequest {
+            tenant: tenant.into(),
+            project: P.into(),
+            tags: vec![tag.into()],
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .total_hits
+}
+
+async fn wait_indexed(client: &mut SearchServiceClient<Channel>, tenant: &str, expected: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let count = tagged_count(client, tenant, "bmad").await;
+        if count == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the index holds {count} of {expected} documents"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A phrase of eight words from the document that no other document contains.
+fn distinctive_phrase(doc: &Doc, docs: &[Doc]) -> Option<String> {
+    for line in doc.content.lines() {
+        let words: Vec<&str> = line
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| w.len() > 2 && w.chars().all(|c| c.is_ascii_alphabetic()))
+            .collect();
+        for window in words.windows(8) {
+            let phrase = window.join(" ");
+            let normalized = |text: &str| {
+                text.split(|c: char| !c.is_alphanumeric())
+                    .filter(|w| !w.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .to_lowercase()
+            };
+            let needle = phrase.to_lowercase();
+            let occurrences = docs
+                .iter()
+                .filter(|d| normalized(&d.content).contains(&needle))
+                .count();
+            if occurrences == 1 {
+                return Some(phrase);
+            }
+        }
+    }
+    None
+}
+
+fn first_h1(content: &str) -> Option<String> {
+    content
+        .lines()
+        .find_map(|line| line.strip_prefix("# ").map(|t| t.trim().to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_the_bmad_corpus() {
+    let docs = corpus_docs();
+    assert!(docs.len() > 300, "the corpus has {} documents", docs.len());
+    let data = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start_with(ServerOptions {
+        data_dir: Some(data.path().to_owned()),
+        ..Default::default()
+    });
+    let mut client = server.client().await;
+    let ids = upload_all(&mut client, T, &docs).await;
+    let mut search_api = search_client(&server).await;
+    wait_indexed(&mut search_api, T, docs.len() as u64).await;
+
+    // Known items: a distinctive phrase finds its document first.
+    let mut checked = 0;
+    for doc in docs
+        .iter()
+        .filter(|d| d.name.ends_with(".md"))
+        .step_by(17)
+        .take(12)
+    {
+        let Some(phrase) = distinctive_phrase(doc, &docs) else {
+            continue;
+        };
+        let found = search(&mut search_api, T, &format!("\"{phrase}\"")).await;
+        assert_eq!(
+            found.hits.first().map(|h| h.artifact_id.as_str()),
+            Some(ids[&doc.name].as_str()),
+            "the phrase {phrase:?} should find {} first: {:?}",
+            doc.name,
+            found.hits.iter().map(|h| &h.name).collect::<Vec<_>>()
+        );
+        assert!(
+            found.hits[0].snippet.contains("<b>"),
+            "snippets highlight: {}",
+            found.hits[0].snippet
+        );
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} known-item phrases checked");
+
+    // A document's title finds it among the first three.
+    let titles: Vec<(&Doc, String)> = docs
+        .iter()
+        .filter_map(|d| first_h1(&d.content).map(|t| (d, t)))
+        .filter(|(_, t)| t.split_whitespace().count() >= 3)
+        .collect();
+    let unique_titles: Vec<&(&Doc, String)> = titles
+        .iter()
+        .filter(|(_, t)| titles.iter().filter(|(_, other)| other == t).count() == 1)
+        .step_by(9)
+        .take(12)
+        .collect();
+    assert!(unique_titles.len() >= 8);
+    for (doc, title) in unique_titles {
+        let query: String = title
+            .chars()
+            .map(|c| if c.is_alphanumeric() || c == ' ' { c } else { ' ' })
+            .collect();
+        let found = search(&mut search_api, T, &query).await;
+        let top3: Vec<&str> = found
+            .hits
+            .iter()
+            .take(3)
+            .map(|h| h.artifact_id.as_str())
+            .collect();
+        assert!(
+            top3.contains(&ids[&doc.name].as_str()),
+            "the title {title:?} should find {} in the top 3: {:?}",
+            doc.name,
+            found
+                .hits
+                .iter()
+                .take(3)
+                .map(|h| (&h.name, h.score))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    // Tags with facets: AND narrows, ANY widens, counts cover the whole result set.
+    let markdown = docs.iter().filter(|d| d.tags.contains(&"md".to_owned())).count() as u64;
+    let yaml = docs
+        .iter()
+        .filter(|d| d.tags.contains(&"yaml".to_owned()))
+        .count() as u64;
+    assert_eq!(tagged_count(&mut search_api, T, "md").await, markdown);
+    let any = search_api
+        .search_by_tags(SearchByTagsRequest {
+            tenant: T.into(),
+            project: P.into(),
+            tags: vec!["md".into(), "yaml".into()],
+            r#match: TagMatch::Any as i32,
+            page_size: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(any.total_hits, markdown + yaml);
+    let facet = |name: &str| any.facets.iter().find(|f| f.tag == name).map(|f| f.count);
+    assert_eq!(facet("md"), Some(markdown));
+    assert_eq!(facet("yaml"), Some(yaml));
+    assert_eq!(facet("bmad"), Some(markdown + yaml));
+    let both = search_api
+        .search_by_tags(SearchByTagsRequest {
+            tenant: T.into(),
+            project: P.into(),
+            tags: vec!["md".into(), "yaml".into()],
+            r#match: TagMatch::All as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(both.total_hits, 0, "no document is both");
+
+    // Filters and paging through a stable result set.
+    let broad = "agent OR workflow OR story";
+    let mut seen = HashSet::new();
+    let mut token = String::new();
+    let mut total;
+    loop {
+        let page = search_api
+            .search(SearchRequest {
+                tenant: T.into(),
+                project: P.into(),
+                query: broad.into(),
+                tags: vec!["md".into()],
+                page_size: 25,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        total = page.total_hits;
+        for hit in &page.hits {
+            assert!(hit.tags.contains(&"md".to_owned()));
+            assert!(
+                seen.insert(hit.artifact_id.clone()),
+                "{} repeated across pages",
+                hit.name
+            );
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len() as u64, total);
+    assert!(total > 25, "the broad query spans pages: {total}");
+
+    // Tenant isolation: another tenant's document is invisible.
+    let secret = Doc {
+        name: "globex-plan.md".into(),
+        content: "# Globex plan\n\nzanzibar quokka migration strategy\n".into(),
+        tags: vec!["bmad".into()],
+    };
+    upload_all(&mut client, "globex", std::slice::from_ref(&secret)).await;
+    wait_indexed(&mut search_api, "globex", 1).await;
+    assert_eq!(
+        search(&mut search_api, "globex", "zanzibar quokka")
+            .await
+            .total_hits,
+        1
+    );
+    assert_eq!(search(&mut search_api, T, "zanzibar quokka").await.total_hits, 0);
+    assert_eq!(search(&mut search_api, T, "tenant:globex").await.total_hits, 0);
+
+    // Deleted artifacts vanish.
+    let victim = &docs.iter().find(|d| d.name == "SECURITY.md").unwrap();
+    client
+        .delete_artifact(DeleteArtifactRequest {
+            tenant: T.into(),
+            project: P.into(),
+            artifact_id: ids[&victim.name].clone(),
+        })
+        .await
+        .unwrap();
+    wait_indexed(&mut search_api, T, docs.len() as u64 - 1).await;
+    let found = search(&mut search_api, T, "\"Security Policy\"").await;
+    assert!(
+        found.hits.iter().all(|h| h.artifact_id != ids[&victim.name]),
+        "deleted artifacts vanish"
+    );
+
+    // Bad queries are named, never a panic.
+    for bad in ["title:\"unterminated", "nosuchfield:x", ""] {
+        let error = search_api
+            .search(SearchRequest {
+                tenant: T.into(),
+                project: P.into(),
+                query: bad.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument, "{bad:?}: {error:?}");
+        assert!(error.message().starts_with("query"), "{error:?}");
+    }
+
+    // Rebuilding the index from the catalog gives the same results.
+    let probes = [
+        "\"sprint planning\"",
+        "architecture AND decision",
+        "installer",
+        "tags:md AND agent",
+    ];
+    let everything = |query: &str| SearchRequest {
+        tenant: T.into(),
+        project: P.into(),
+        query: query.into(),
+        page_size: 1000,
+        ..Default::default()
+    };
+    let mut before = Vec::new();
+    for probe in probes {
+        let result = search_api.search(everything(probe)).await.unwrap().into_inner();
+        before.push((
+            result.total_hits,
+            result.hits.into_iter().map(|h| h.artifact_id).collect::<Vec<_>>(),
+        ));
+    }
+    assert!(server.terminate().success());
+    let output = common::binary::command()
+        .arg("reindex")
+        .env("ARTIFACTD_DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reported = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        reported.contains(&format!("reindexed {} artifacts", docs.len() - 1 + 1)),
+        "{reported}"
+    );
+    let server = ServerProcess::start_with(ServerOptions {
+        data_dir: Some(data.path().to_owned()),
+        ..Default::default()
+    });
+    let mut search_api = search_client(&server).await;
+    for (probe, expected) in probes.iter().zip(&before) {
+        let result = search_api.search(everything(probe)).await.unwrap().into_inner();
+        let ids: Vec<String> = result.hits.into_iter().map(|h| h.artifact_id).collect();
+        assert_eq!(
+            (result.total_hits, ids),
+            expected.clone(),
+            "{probe} after reindex"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_resumes_indexing_without_loss_or_duplicates() {
+    let docs: Vec<Doc> = corpus_docs()
+        .into_iter()
+        .filter(|d| d.name.ends_with(".md"))
+        .take(60)
+        .collect();
+    let data = tempfile::tempdir().unwrap();
+    let options = || ServerOptions {
+        data_dir: Some(data.path().to_owned()),
+        ..Default::default()
+    };
+    let mut server = ServerProcess::start_with(options());
+    let mut client = server.client().await;
+    let ids = upload_all(&mut client, T, &docs).await;
+    // Killed without any chance to finish indexing what it was told about.
+    server.kill();
+    let server = ServerProcess::start_with(options());
+    let mut search_api = search_client(&server).await;
+    wait_indexed(&mut search_api, T, docs.len() as u64).await;
+    for (name, id) in ids.iter().step_by(6) {
+        let found = search_api
+            .search(SearchRequest {
+                tenant: T.into(),
+                project: P.into(),
+                query: format!("artifact_id:{id} OR name:\"{}\"", name.replace('"', " ")),
+                page_size: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let copies = found.hits.iter().filter(|h| &h.artifact_id == id).count();
+        assert_eq!(copies, 1, "{name} is indexed exactly once");
+    }
+}
