@@ -120,7 +120,9 @@ pub async fn run(
         interval: Duration::from_millis(config.server.health_check_interval_ms.max(100)),
     };
     monitor.check_once().await;
-    let mut supervisor = Supervisor::new(shutdown.clone());
+    // Background work outlives the signal: it stops only after requests in flight have
+    // drained, so their replication and indexing are not cut short.
+    let mut supervisor = Supervisor::new(CancellationToken::new());
     supervisor.spawn("health", |token| monitor.run(token));
     supervisor.spawn("indexer", |token| indexer.run(token));
     if let Some(failover) = &failover {

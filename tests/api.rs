@@ -620,6 +620,14 @@ async fn bad_streams_are_rejected_and_leave_nothing_committed() {
         Code::OutOfRange,
         &["length", "6"],
     );
+    let mut overflowing = download_request(T, P, &id, "");
+    overflowing.offset = 1;
+    overflowing.length = u64::MAX;
+    assert_status(
+        download(&mut client, overflowing).await,
+        Code::OutOfRange,
+        &["length"],
+    );
     let mut at_end = download_request(T, P, &id, "");
     at_end.offset = 10;
     let (_, nothing) = download(&mut client, at_end).await.unwrap();

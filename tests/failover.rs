@@ -359,6 +359,23 @@ async fn a_stalling_primary_trips_its_breaker_through_timeouts() {
         "{primary:?}"
     );
     assert_eq!(status.write_target, StoreSide::Fallback as i32);
+    // A hung primary must not make the service look down while the fallback works.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    for _ in 0..5 {
+        let serving = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(
+            serving,
+            tonic_health::pb::health_check_response::ServingStatus::Serving
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let probes = fallback_client(&server)
         .await
         .test_fallback(TestFallbackRequest {})

@@ -225,15 +225,16 @@ impl Artifacts {
         } else {
             parse_version("initial_version", &request.initial_version)?
         };
+        // Checked before any byte is stored; a deleted artifact keeps its name while it can
+        // still be restored.
         if self
             .inner
             .catalog
-            .artifact_by_name(&request.scope, &request.artifact_type, &request.name)
+            .name_taken(&request.scope, &request.artifact_type, &request.name)
             .await?
-            .is_some()
         {
             return Err(Error::AlreadyExists(format!(
-                "an artifact of type {:?} named {:?} already exists in {}/{}",
+                "an artifact of type {:?} named {:?} already exists in {}/{} (a deleted one keeps its name until it is purged)",
                 request.artifact_type, request.name, request.scope.tenant, request.scope.project
             )));
         }
@@ -331,7 +332,15 @@ impl Artifacts {
                 &artifact.latest_version,
                 &new_version,
             )
-            .await;
+            .await
+            .map_err(|error| match error {
+                // The caller named the version it expected: losing the race breaks that
+                // precondition. Without one, retrying from the new latest version may succeed.
+                Error::Aborted(message) if !request.expected_current_version.is_empty() => {
+                    Error::FailedPrecondition(format!("expected_current_version: {message}"))
+                }
+                other => other,
+            });
         self.after_commit(&upload_id, committed).await
     }
 
@@ -553,7 +562,7 @@ impl Artifacts {
             )));
         }
         let length = if length == 0 { size - offset } else { length };
-        if offset + length > size {
+        if offset.checked_add(length).is_none_or(|end| end > size) {
             return Err(Error::OutOfRange(format!(
                 "length: {length} bytes from offset {offset} reach beyond the end of version {} ({size} bytes)",
                 version.version

@@ -65,10 +65,36 @@ pub(crate) fn db_error(context: &str, error: sqlx::Error) -> Error {
         | sqlx::Error::WorkerCrashed => {
             Error::Unavailable(format!("catalog unavailable while {context}: {error}"))
         }
+        sqlx::Error::Database(db) if transient_code(db.code().as_deref()) == Some(Transient::Retry) => {
+            Error::Aborted(format!("catalog conflict while {context}, retry: {error}"))
+        }
+        sqlx::Error::Database(db) if transient_code(db.code().as_deref()) == Some(Transient::Unavailable) => {
+            Error::Unavailable(format!("catalog unavailable while {context}: {error}"))
+        }
+        sqlx::Error::Protocol(_) => {
+            Error::Unavailable(format!("catalog connection failed while {context}: {error}"))
+        }
         sqlx::Error::Database(db) if is_busy(db.as_ref()) => {
             Error::Unavailable(format!("catalog busy while {context}: {error}"))
         }
         _ => Error::Internal(format!("catalog failed while {context}: {error}")),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Transient {
+    Retry,
+    Unavailable,
+}
+
+/// Postgres SQLSTATE classes that say "try again": 40 (serialization failure, deadlock);
+/// 08 (connection), 53 (insufficient resources) and 57 (operator intervention, shutdown).
+fn transient_code(code: Option<&str>) -> Option<Transient> {
+    let code = code?;
+    match code.get(..2)? {
+        "40" => Some(Transient::Retry),
+        "08" | "53" | "57" => Some(Transient::Unavailable),
+        _ => None,
     }
 }
 
@@ -222,6 +248,21 @@ impl Catalog {
             .map_err(|e| db_error("reading an artifact", e))
     }
 
+    /// Whether the name is held, by a live artifact or a deleted one still in retention.
+    pub async fn name_taken(&self, scope: &Scope, artifact_type: &str, name: &str) -> Result<bool> {
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM artifacts WHERE tenant = $1 AND project = $2 AND artifact_type = $3 AND name = $4",
+        )
+        .bind(&scope.tenant)
+        .bind(&scope.project)
+        .bind(artifact_type)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("reading an artifact", e))?;
+        Ok(found.is_some())
+    }
+
     /// Live artifacts of a project ordered by (name, id), starting after `after`.
     pub async fn list_artifacts(
         &self,
@@ -339,8 +380,8 @@ impl Catalog {
                 Some(current) if current.deleted_at.is_some() => Error::FailedPrecondition(format!(
                     "artifact {artifact_id:?} was deleted; undelete it before adding versions"
                 )),
-                Some(current) => Error::FailedPrecondition(format!(
-                    "expected_current_version: artifact {artifact_id:?} is now at version {}, not {expected_latest}; nothing was written",
+                Some(current) => Error::Aborted(format!(
+                    "artifact {artifact_id:?} changed during the upload: it is now at version {}, not {expected_latest}; nothing was written",
                     current.latest_version
                 )),
             });

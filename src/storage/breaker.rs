@@ -68,6 +68,38 @@ pub enum Transition {
     Closed,
 }
 
+/// Leave to call a store, to be settled with the call's outcome.
+#[derive(Debug)]
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    trial: bool,
+    settled: bool,
+}
+
+impl Permit<'_> {
+    pub fn is_trial(&self) -> bool {
+        self.trial
+    }
+
+    pub fn success(mut self) -> Transition {
+        self.settled = true;
+        self.breaker.record_success(self.trial)
+    }
+
+    pub fn failure(mut self, error: &str) -> Transition {
+        self.settled = true;
+        self.breaker.record_failure(self.trial, error)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.trial && !self.settled {
+            self.breaker.release_trial();
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct CircuitBreaker {
     config: BreakerConfig,
@@ -100,29 +132,44 @@ impl CircuitBreaker {
         }
     }
 
-    /// Whether a call may go to this store now. While open, the first call after the backoff
-    /// becomes the half-open trial.
-    pub fn allows(&self) -> bool {
+    /// A permit for a call to this store, or `None` while the breaker is open. While open,
+    /// the first caller after the backoff gets the half-open trial: only its outcome closes
+    /// (or reopens) the breaker. A trial permit dropped without an outcome (its call was
+    /// cancelled) hands the trial to the next caller.
+    pub fn try_acquire(&self) -> Option<Permit<'_>> {
         let mut inner = self.inner.lock().expect("breaker lock");
-        match inner.state {
-            BreakerState::Closed => true,
+        let trial = match inner.state {
+            BreakerState::Closed => false,
             BreakerState::Open => {
-                if inner.open_until.is_some_and(|until| Instant::now() >= until) {
-                    inner.state = BreakerState::HalfOpen;
-                    inner.trial_in_flight = true;
-                    true
-                } else {
-                    false
+                if inner.open_until.is_none_or(|until| Instant::now() < until) {
+                    return None;
                 }
+                inner.state = BreakerState::HalfOpen;
+                inner.trial_in_flight = true;
+                true
             }
             BreakerState::HalfOpen => {
                 if inner.trial_in_flight {
-                    false
-                } else {
-                    inner.trial_in_flight = true;
-                    true
+                    return None;
                 }
+                inner.trial_in_flight = true;
+                true
             }
+        };
+        Some(Permit {
+            breaker: self,
+            trial,
+            settled: false,
+        })
+    }
+
+    /// A permit for a call made whatever the breaker says (a last resort): its failures
+    /// count while the breaker is closed, but it never closes an open breaker.
+    pub fn observe(&self) -> Permit<'_> {
+        Permit {
+            breaker: self,
+            trial: false,
+            settled: false,
         }
     }
 
@@ -130,50 +177,67 @@ impl CircuitBreaker {
         self.inner.lock().expect("breaker lock").state == BreakerState::Closed
     }
 
-    pub fn record_success(&self) -> Transition {
+    fn record_success(&self, trial: bool) -> Transition {
         let mut inner = self.inner.lock().expect("breaker lock");
-        inner.consecutive_failures = 0;
-        Self::remember(&mut inner, &self.config, true);
-        inner.trial_in_flight = false;
-        if inner.state == BreakerState::Closed {
-            return Transition::None;
+        if trial {
+            inner.trial_in_flight = false;
         }
-        inner.state = BreakerState::Closed;
-        inner.open_until = None;
-        inner.backoff = self.config.open_backoff_initial;
-        // A fresh start: old failures say nothing about the recovered store.
-        inner.recent.clear();
-        Transition::Closed
-    }
-
-    pub fn record_failure(&self, error: &str) -> Transition {
-        let mut inner = self.inner.lock().expect("breaker lock");
-        inner.consecutive_failures += 1;
-        inner.last_error = Some(error.to_owned());
-        Self::remember(&mut inner, &self.config, false);
-        inner.trial_in_flight = false;
         match inner.state {
-            BreakerState::HalfOpen => {
-                inner.backoff = (inner.backoff * 2).min(self.config.open_backoff_max);
-                inner.state = BreakerState::Open;
-                inner.open_until = Some(Instant::now() + inner.backoff);
+            BreakerState::Closed => {
+                inner.consecutive_failures = 0;
+                Self::remember(&mut inner, &self.config, true);
                 Transition::None
             }
-            BreakerState::Open => Transition::None,
-            BreakerState::Closed => {
-                let window = inner.recent.len();
-                let failures = inner.recent.iter().filter(|ok| !**ok).count();
-                let rate_tripped = window >= self.config.error_rate_min_calls
-                    && failures as f64 / window as f64 >= self.config.error_rate_threshold;
-                if inner.consecutive_failures >= self.config.failure_threshold || rate_tripped {
-                    inner.state = BreakerState::Open;
-                    inner.backoff = self.config.open_backoff_initial;
-                    inner.open_until = Some(Instant::now() + inner.backoff);
-                    Transition::Opened
-                } else {
-                    Transition::None
-                }
+            // Only the trial speaks for a store whose breaker is open: an answer to a call
+            // made before it opened, or to a last resort, says little about it now.
+            _ if !trial => Transition::None,
+            _ => {
+                inner.state = BreakerState::Closed;
+                inner.consecutive_failures = 0;
+                inner.open_until = None;
+                inner.backoff = self.config.open_backoff_initial;
+                // A fresh start: old failures say nothing about the recovered store.
+                inner.recent.clear();
+                Transition::Closed
             }
+        }
+    }
+
+    fn record_failure(&self, trial: bool, error: &str) -> Transition {
+        let mut inner = self.inner.lock().expect("breaker lock");
+        inner.last_error = Some(error.to_owned());
+        if trial {
+            inner.trial_in_flight = false;
+            inner.consecutive_failures += 1;
+            inner.backoff = (inner.backoff * 2).min(self.config.open_backoff_max);
+            inner.state = BreakerState::Open;
+            inner.open_until = Some(Instant::now() + inner.backoff);
+            return Transition::None;
+        }
+        if inner.state != BreakerState::Closed {
+            return Transition::None;
+        }
+        inner.consecutive_failures += 1;
+        Self::remember(&mut inner, &self.config, false);
+        let window = inner.recent.len();
+        let failures = inner.recent.iter().filter(|ok| !**ok).count();
+        let rate_tripped = window >= self.config.error_rate_min_calls
+            && failures as f64 / window as f64 >= self.config.error_rate_threshold;
+        if inner.consecutive_failures >= self.config.failure_threshold || rate_tripped {
+            inner.state = BreakerState::Open;
+            inner.backoff = self.config.open_backoff_initial;
+            inner.open_until = Some(Instant::now() + inner.backoff);
+            Transition::Opened
+        } else {
+            Transition::None
+        }
+    }
+
+    /// A trial that ended without an outcome: the next caller may try.
+    fn release_trial(&self) {
+        let mut inner = self.inner.lock().expect("breaker lock");
+        if inner.state == BreakerState::HalfOpen && inner.trial_in_flight {
+            inner.trial_in_flight = false;
         }
     }
 
@@ -213,22 +277,28 @@ mod tests {
     #[test]
     fn opens_after_consecutive_failures_and_closes_after_a_good_trial() {
         let breaker = CircuitBreaker::new(quick());
-        assert_eq!(breaker.record_failure("a"), Transition::None);
-        assert_eq!(breaker.record_failure("b"), Transition::None);
-        assert_eq!(breaker.record_failure("c"), Transition::Opened);
-        assert!(!breaker.allows());
+        assert_eq!(breaker.observe().failure("a"), Transition::None);
+        assert_eq!(breaker.observe().failure("b"), Transition::None);
+        assert_eq!(breaker.try_acquire().unwrap().failure("c"), Transition::Opened);
+        assert!(breaker.try_acquire().is_none());
+        assert_eq!(
+            breaker.observe().success(),
+            Transition::None,
+            "a non-trial success does not close it"
+        );
         std::thread::sleep(Duration::from_millis(25));
-        assert!(breaker.allows(), "the trial after the backoff");
-        assert!(!breaker.allows(), "only one trial at a time");
-        assert_eq!(breaker.record_success(), Transition::Closed);
-        assert!(breaker.allows());
+        let trial = breaker.try_acquire().expect("the trial after the backoff");
+        assert!(trial.is_trial());
+        assert!(breaker.try_acquire().is_none(), "only one trial at a time");
+        assert_eq!(trial.success(), Transition::Closed);
+        assert!(breaker.try_acquire().is_some());
     }
 
     #[test]
     fn failed_trials_back_off_exponentially_up_to_the_limit() {
         let breaker = CircuitBreaker::new(quick());
         for _ in 0..3 {
-            breaker.record_failure("down");
+            breaker.observe().failure("down");
         }
         let mut previous = Duration::ZERO;
         for _ in 0..4 {
@@ -239,10 +309,21 @@ mod tests {
             );
             previous = open_for;
             std::thread::sleep(open_for + Duration::from_millis(2));
-            assert!(breaker.allows());
-            breaker.record_failure("still down");
+            breaker.try_acquire().expect("a trial").failure("still down");
         }
         assert!(breaker.snapshot().open_for.unwrap() <= Duration::from_millis(80));
+    }
+
+    #[test]
+    fn a_cancelled_trial_hands_the_trial_on() {
+        let breaker = CircuitBreaker::new(quick());
+        for _ in 0..3 {
+            breaker.observe().failure("down");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+        drop(breaker.try_acquire().expect("a trial"));
+        let next = breaker.try_acquire().expect("the dropped trial is handed on");
+        assert_eq!(next.success(), Transition::Closed);
     }
 
     #[test]
@@ -256,8 +337,8 @@ mod tests {
         let mut opened = false;
         for i in 0..20 {
             if i % 2 == 0 {
-                breaker.record_success();
-            } else if breaker.record_failure("flaky") == Transition::Opened {
+                breaker.observe().success();
+            } else if breaker.observe().failure("flaky") == Transition::Opened {
                 opened = true;
                 break;
             }

@@ -13,7 +13,7 @@
 //!   breakers, which is how a returning primary closes its breaker (failback) and how a dead
 //!   one is noticed without traffic. Per-request timeouts make a slow store count as a dead one.
 
-use super::breaker::{BreakerConfig, BreakerSnapshot, CircuitBreaker, Transition};
+use super::breaker::{BreakerConfig, BreakerSnapshot, CircuitBreaker, Permit, Transition};
 use super::replication::{ReplicationItem, ReplicationLog, ReplicationStats, Side};
 use super::{BlobStore, DynBlobStore, GetOptions, ObjectMeta, StoreError};
 use crate::domain::now_micros;
@@ -190,6 +190,9 @@ impl std::fmt::Debug for FailoverStore {
     }
 }
 
+/// Health checks answer within this, whatever the request timeout.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
 fn timed_out(store: &str, limit: Duration) -> StoreError {
     StoreError::Unavailable {
         store: store.to_owned(),
@@ -238,10 +241,8 @@ impl FailoverStore {
         }
     }
 
-    /// Runs one store call under the request timeout and feeds its outcome to the side's
-    /// breaker and counters. Only store faults count against a store: a missing object is
-    /// an answer, not a fault.
-    async fn call<T>(
+    /// Runs one store call under the request timeout, counting it and its latency.
+    async fn timed<T>(
         &self,
         side: &SideState,
         operation: &'static str,
@@ -260,25 +261,46 @@ impl FailoverStore {
         let outcome = match &result {
             Err(error) if error.is_store_fault() => {
                 side.counters.errors.fetch_add(1, Ordering::Relaxed);
-                if side.breaker.record_failure(&error.to_string()) == Transition::Opened {
-                    tracing::warn!(side = %side.side, %error, "circuit opened");
-                    metrics::counter!("artifactd_store_breaker_opened_total", "side" => side.side.as_str())
-                        .increment(1);
-                }
                 "error"
             }
-            _ => {
-                if side.breaker.record_success() == Transition::Closed {
-                    tracing::info!(side = %side.side, "circuit closed");
-                }
-                "ok"
-            }
+            _ => "ok",
         };
         metrics::counter!("artifactd_store_operations_total", "side" => side.side.as_str(), "operation" => operation, "outcome" => outcome)
             .increment(1);
         metrics::histogram!("artifactd_store_latency_seconds", "side" => side.side.as_str(), "operation" => operation)
             .record(elapsed.as_secs_f64());
+        result
+    }
+
+    /// Feeds a call's outcome to the side's breaker through the call's permit. Only store
+    /// faults count against a store: a missing object is an answer, not a fault.
+    fn settle<T>(&self, side: &SideState, permit: Permit<'_>, result: &Result<T, StoreError>) {
+        let transition = match result {
+            Err(error) if error.is_store_fault() => permit.failure(&error.to_string()),
+            _ => permit.success(),
+        };
+        match transition {
+            Transition::Opened => {
+                tracing::warn!(side = %side.side, "circuit opened");
+                metrics::counter!("artifactd_store_breaker_opened_total", "side" => side.side.as_str())
+                    .increment(1);
+            }
+            Transition::Closed => tracing::info!(side = %side.side, "circuit closed"),
+            Transition::None => {}
+        }
         self.publish_breaker_gauges();
+    }
+
+    /// A timed call whose outcome feeds the breaker.
+    async fn call<T>(
+        &self,
+        side: &SideState,
+        permit: Permit<'_>,
+        operation: &'static str,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let result = self.timed(side, operation, work).await;
+        self.settle(side, permit, &result);
         result
     }
 
@@ -328,8 +350,9 @@ impl FailoverStore {
 
     // ---- probing -------------------------------------------------------------------------
 
-    /// Writes, reads back and deletes a canary on one side, feeding the breaker.
-    async fn probe_side(&self, side: &SideState) -> ProbeReport {
+    /// Writes, reads back and deletes a canary on one side; the whole probe is one outcome
+    /// for the breaker (a canary that reads back wrong fails it like an outage).
+    async fn probe_side(&self, side: &SideState, permit: Permit<'_>) -> ProbeReport {
         let key = format!("health/canary-{}", self.config.node_id);
         let payload = Bytes::from(format!("artifactd canary {}", now_micros()));
         let started = Instant::now();
@@ -344,11 +367,11 @@ impl FailoverStore {
             error: None,
         };
         let result: Result<(), StoreError> = async {
-            self.call(side, "probe", side.store.put(&key, payload.clone()))
+            self.timed(side, "probe", side.store.put(&key, payload.clone()))
                 .await?;
             report.can_write = true;
             let read = self
-                .call(side, "probe", side.store.get(&key, GetOptions::default()))
+                .timed(side, "probe", side.store.get(&key, GetOptions::default()))
                 .await?;
             if read != payload {
                 return Err(StoreError::Failed {
@@ -357,7 +380,7 @@ impl FailoverStore {
                 });
             }
             report.can_read = true;
-            self.call(side, "probe", side.store.delete(&key)).await?;
+            self.timed(side, "probe", side.store.delete(&key)).await?;
             report.can_delete = true;
             Ok(())
         }
@@ -370,22 +393,44 @@ impl FailoverStore {
             Ok(()) => true,
             Err(error) => report.can_write || !error.is_retryable(),
         };
+        let verdict = match &result {
+            Err(error) if !error.is_store_fault() => Err(StoreError::Failed {
+                store: side.store.name().to_owned(),
+                message: format!("canary: {error}"),
+            }),
+            Err(error) => Err(StoreError::Unavailable {
+                store: side.store.name().to_owned(),
+                message: error.to_string(),
+            }),
+            Ok(()) => Ok(()),
+        };
+        self.settle(side, permit, &verdict);
         if let Err(error) = result {
-            if !error.is_store_fault() {
-                // A canary that cannot be read back is a failing store too.
-                side.breaker.record_failure(&error.to_string());
-            }
             report.error = Some(error.to_string());
         }
         report
     }
 
+    /// A permit for a probe: the half-open trial when one is due, else an observer.
+    fn probe_permit(side: &SideState) -> Option<Permit<'_>> {
+        if side.breaker.is_closed() {
+            Some(side.breaker.observe())
+        } else {
+            side.breaker.try_acquire()
+        }
+    }
+
     /// Probes both sides now (TestFallback).
     pub async fn probe_now(&self) -> Vec<ProbeReport> {
-        let (primary, fallback) =
-            tokio::join!(self.probe_side(&self.sides[0]), self.probe_side(&self.sides[1]));
-        self.after_probe(&primary);
-        vec![primary, fallback]
+        let [primary, fallback] = &self.sides;
+        let primary_permit = Self::probe_permit(primary).unwrap_or_else(|| primary.breaker.observe());
+        let fallback_permit = Self::probe_permit(fallback).unwrap_or_else(|| fallback.breaker.observe());
+        let (primary_report, fallback_report) = tokio::join!(
+            self.probe_side(primary, primary_permit),
+            self.probe_side(fallback, fallback_permit)
+        );
+        self.after_probe(&primary_report);
+        vec![primary_report, fallback_report]
     }
 
     fn after_probe(&self, primary: &ProbeReport) {
@@ -396,18 +441,22 @@ impl FailoverStore {
         }
     }
 
-    /// The prober job: probes each side every `probe_interval`; an open side is probed only
-    /// when its backoff allows a trial.
+    /// The prober job: probes both sides every `probe_interval`, concurrently so that a hung
+    /// store does not delay the other's probe; an open side is probed only when its backoff
+    /// allows a trial.
     pub async fn run_prober(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
-            for index in 0..2 {
-                let side = &self.sides[index];
-                if side.breaker.is_closed() || side.breaker.allows() {
-                    let report = self.probe_side(side).await;
-                    if side.side == Side::Primary {
-                        self.after_probe(&report);
-                    }
+            let this: &Self = &self;
+            let [primary, fallback] = &this.sides;
+            let probe = |side| async move {
+                match Self::probe_permit(side) {
+                    Some(permit) => Some(this.probe_side(side, permit).await),
+                    None => None,
                 }
+            };
+            let (primary_report, _) = tokio::join!(probe(primary), probe(fallback));
+            if let Some(report) = primary_report {
+                self.after_probe(&report);
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -418,35 +467,44 @@ impl FailoverStore {
 
     // ---- replication ---------------------------------------------------------------------
 
-    /// Copies `key` from the other side to `target` unless it is there already.
-    async fn replicate(&self, key: &str, target: Side) -> Result<u64, StoreError> {
+    /// Copies `key` from the other side to `target` unless it is there already. A failure
+    /// names the side it came from.
+    async fn copy(&self, key: &str, target: Side) -> Result<u64, (Side, StoreError)> {
         let target_side = self.side(target);
         let source_side = self.side(target.other());
+        let on = |side: Side| move |error| (side, error);
         if self
-            .call(target_side, "head", target_side.store.head(key))
-            .await?
+            .timed(target_side, "head", target_side.store.head(key))
+            .await
+            .map_err(on(target))?
             .is_some()
         {
             return Ok(0);
         }
         let bytes = self
-            .call(
+            .timed(
                 source_side,
                 "get",
                 source_side.store.get(key, GetOptions::default()),
             )
-            .await?;
+            .await
+            .map_err(on(target.other()))?;
         if let Some(verify) = &self.verifier
             && !verify(key, &bytes)
         {
-            return Err(StoreError::Failed {
-                store: source_side.store.name().to_owned(),
-                message: format!("the {} copy of {key} does not match its name", source_side.side),
-            });
+            return Err((
+                target.other(),
+                StoreError::Corrupt {
+                    store: source_side.store.name().to_owned(),
+                    key: key.to_owned(),
+                    message: format!("the {} copy does not match its name", source_side.side),
+                },
+            ));
         }
         let size = bytes.len() as u64;
-        self.call(target_side, "put", target_side.store.put(key, bytes))
-            .await?;
+        self.timed(target_side, "put", target_side.store.put(key, bytes))
+            .await
+            .map_err(on(target))?;
         source_side.counters.bytes_read.fetch_add(size, Ordering::Relaxed);
         target_side
             .counters
@@ -455,29 +513,28 @@ impl FailoverStore {
         Ok(size)
     }
 
-    async fn replicate_item(&self, item: ReplicationItem) {
+    /// Copies one queued object; the outcome on the target feeds its breaker.
+    async fn replicate_item(&self, item: ReplicationItem, permit: Permit<'_>) {
         let target = self.side(item.target);
-        let outcome = if !target.breaker.is_closed() && !target.breaker.allows() {
-            Err(StoreError::Unavailable {
-                store: target.store.name().to_owned(),
-                message: "circuit open".to_owned(),
-            })
-        } else {
-            let started = Instant::now();
-            let copied = self.replicate(&item.key, item.target).await;
-            if let Ok(bytes) = copied {
+        let started = Instant::now();
+        let copied = self.copy(&item.key, item.target).await;
+        match &copied {
+            Err((side, error)) if *side == item.target => {
+                self.settle(target, permit, &Err::<(), _>(error.clone()))
+            }
+            _ => self.settle(target, permit, &Ok::<(), StoreError>(())),
+        }
+        let recorded = match copied {
+            Ok(bytes) => {
                 self.replication.objects.fetch_add(1, Ordering::Relaxed);
                 self.replication.bytes.fetch_add(bytes, Ordering::Relaxed);
                 self.replication
                     .busy_micros
                     .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                 metrics::counter!("artifactd_replicated_bytes_total").increment(bytes);
+                self.log.complete(&item.key, item.target).await
             }
-            copied
-        };
-        let recorded = match outcome {
-            Ok(_) => self.log.complete(&item.key, item.target).await,
-            Err(error) => {
+            Err((_, error)) => {
                 let next = now_micros() + self.backoff_for(item.attempts).as_micros() as i64;
                 self.log
                     .record_failure(&item.key, item.target, &error.to_string(), next)
@@ -489,7 +546,9 @@ impl FailoverStore {
         }
     }
 
-    /// Drains every item that is due now; returns how many were attempted.
+    /// Copies every due item whose target store accepts calls now; returns how many were
+    /// attempted. Items for a store whose breaker is open wait untouched (no attempt is
+    /// counted, no row rewritten) until the breaker lets calls through again.
     pub async fn replicate_due(&self) -> usize {
         let items = match self.log.due(now_micros(), 256).await {
             Ok(items) => items,
@@ -498,10 +557,22 @@ impl FailoverStore {
                 return 0;
             }
         };
-        let count = items.len();
-        futures::stream::iter(items)
-            .for_each_concurrent(self.config.replication_concurrency.max(1), |item| {
-                self.replicate_item(item)
+        let mut runnable = Vec::new();
+        for item in items {
+            let target = self.side(item.target);
+            let permit = if target.breaker.is_closed() {
+                Some(target.breaker.observe())
+            } else {
+                target.breaker.try_acquire()
+            };
+            if let Some(permit) = permit {
+                runnable.push((item, permit));
+            }
+        }
+        let count = runnable.len();
+        futures::stream::iter(runnable)
+            .for_each_concurrent(self.config.replication_concurrency.max(1), |(item, permit)| {
+                self.replicate_item(item, permit)
             })
             .await;
         count
@@ -539,8 +610,8 @@ impl FailoverStore {
         mut progress: impl FnMut(&SyncReport),
     ) -> Result<SyncReport, StoreError> {
         let (primary, fallback) = tokio::join!(
-            self.call(&self.sides[0], "list", self.sides[0].store.list("packs/")),
-            self.call(&self.sides[1], "list", self.sides[1].store.list("packs/")),
+            self.timed(&self.sides[0], "list", self.sides[0].store.list("packs/")),
+            self.timed(&self.sides[1], "list", self.sides[1].store.list("packs/")),
         );
         let (primary, fallback) = (primary?, fallback?);
         let mut presence: BTreeMap<String, (bool, bool)> = BTreeMap::new();
@@ -566,7 +637,7 @@ impl FailoverStore {
                 Side::Fallback => report.missing_on_fallback += 1,
             }
             if !dry_run {
-                match self.replicate(&key, target).await {
+                match self.copy(&key, target).await.map_err(|(_, error)| error) {
                     Ok(_) => {
                         match target {
                             Side::Primary => report.copied_to_primary += 1,
@@ -645,10 +716,14 @@ impl FailoverStore {
     async fn put_on<'a>(
         &'a self,
         side: &'a SideState,
+        permit: Permit<'a>,
         key: &str,
         data: Bytes,
     ) -> (&'a SideState, Result<(), StoreError>) {
-        (side, self.call(side, "put", side.store.put(key, data)).await)
+        (
+            side,
+            self.call(side, permit, "put", side.store.put(key, data)).await,
+        )
     }
 
     /// Reads from the preferred side, then the other; `read` is the per-side operation.
@@ -672,11 +747,11 @@ impl FailoverStore {
         let mut skipped = Vec::new();
         let mut corrupt = None;
         for side in order {
-            if !side.breaker.is_closed() && !side.breaker.allows() {
+            let Some(permit) = side.breaker.try_acquire() else {
                 skipped.push(side);
                 continue;
-            }
-            match self.call(side, operation, read(side.store.clone())).await {
+            };
+            match self.call(side, permit, operation, read(side.store.clone())).await {
                 Ok(Some(value)) => return Ok(value),
                 Ok(None) => {
                     answered_missing += 1;
@@ -696,7 +771,10 @@ impl FailoverStore {
         }
         // Last resort: the sides we trusted could not serve the read; try the others.
         for side in skipped {
-            match self.call(side, operation, read(side.store.clone())).await {
+            match self
+                .call(side, side.breaker.observe(), operation, read(side.store.clone()))
+                .await
+            {
                 Ok(Some(value)) => return Ok(value),
                 Ok(None) => {
                     answered_missing += 1;
@@ -740,7 +818,8 @@ impl BlobStore for FailoverStore {
         let mut failures = Vec::new();
         let mut landed = Vec::new();
         let [primary, fallback] = &self.sides;
-        let primary_allowed = primary.breaker.allows();
+        let primary_permit = primary.breaker.try_acquire();
+        let primary_allowed = primary_permit.is_some();
         if !primary_allowed {
             failures.push(format!("{}: circuit open", Side::Primary));
         }
@@ -748,30 +827,36 @@ impl BlobStore for FailoverStore {
         // acknowledged object survives the loss of either; the asynchronous mode writes the
         // primary only and leaves the copy to the replicator.
         let fallback_now = !primary_allowed || self.config.synchronous_mirror;
-        let fallback_allowed = fallback_now && fallback.breaker.allows();
+        let fallback_permit = if fallback_now {
+            fallback.breaker.try_acquire()
+        } else {
+            None
+        };
+        let fallback_allowed = fallback_permit.is_some();
         if fallback_now && !fallback_allowed {
             failures.push(format!("{}: circuit open", Side::Fallback));
         }
         let (primary_result, fallback_result) = tokio::join!(
             async {
-                if primary_allowed {
-                    Some(self.put_on(primary, key, data.clone()).await)
-                } else {
-                    None
+                match primary_permit {
+                    Some(permit) => Some(self.put_on(primary, permit, key, data.clone()).await),
+                    None => None,
                 }
             },
             async {
-                if fallback_allowed {
-                    Some(self.put_on(fallback, key, data.clone()).await)
-                } else {
-                    None
+                match fallback_permit {
+                    Some(permit) => Some(self.put_on(fallback, permit, key, data.clone()).await),
+                    None => None,
                 }
             },
         );
         let mut outcomes: Vec<_> = primary_result.into_iter().chain(fallback_result).collect();
         // The primary failed and the fallback was not tried yet (asynchronous mode).
-        if !fallback_now && outcomes.iter().all(|(_, result)| result.is_err()) && fallback.breaker.allows() {
-            outcomes.push(self.put_on(fallback, key, data.clone()).await);
+        if !fallback_now
+            && outcomes.iter().all(|(_, result)| result.is_err())
+            && let Some(permit) = fallback.breaker.try_acquire()
+        {
+            outcomes.push(self.put_on(fallback, permit, key, data.clone()).await);
         }
         let mut attempted: Vec<Side> = outcomes.iter().map(|(side, _)| side.side).collect();
         for (side, result) in outcomes {
@@ -793,7 +878,11 @@ impl BlobStore for FailoverStore {
                 continue;
             }
             attempted.push(side.side);
-            match self.put_on(side, key, data.clone()).await.1 {
+            match self
+                .put_on(side, side.breaker.observe(), key, data.clone())
+                .await
+                .1
+            {
                 Ok(()) => {
                     side.counters
                         .bytes_written
@@ -871,16 +960,26 @@ impl BlobStore for FailoverStore {
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let (primary, fallback) = tokio::join!(
-            self.call(&self.sides[0], "delete", self.sides[0].store.delete(key)),
-            self.call(&self.sides[1], "delete", self.sides[1].store.delete(key)),
+            self.call(
+                &self.sides[0],
+                self.sides[0].breaker.observe(),
+                "delete",
+                self.sides[0].store.delete(key)
+            ),
+            self.call(
+                &self.sides[1],
+                self.sides[1].breaker.observe(),
+                "delete",
+                self.sides[1].store.delete(key)
+            ),
         );
         primary.and(fallback)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         let (primary, fallback) = tokio::join!(
-            self.call(&self.sides[0], "list", self.sides[0].store.list(prefix)),
-            self.call(&self.sides[1], "list", self.sides[1].store.list(prefix)),
+            self.timed(&self.sides[0], "list", self.sides[0].store.list(prefix)),
+            self.timed(&self.sides[1], "list", self.sides[1].store.list(prefix)),
         );
         let mut merged: BTreeMap<String, ObjectMeta> = BTreeMap::new();
         for object in primary?.into_iter().chain(fallback?) {
@@ -890,11 +989,22 @@ impl BlobStore for FailoverStore {
     }
 
     /// Healthy while at least one side answers.
+    /// Healthy as soon as either side answers: a hung side must not hide a working one.
+    /// Health checks leave the breakers alone; the prober speaks for the stores.
     async fn check(&self) -> Result<(), StoreError> {
-        let (primary, fallback) = tokio::join!(
-            self.call(&self.sides[0], "check", self.sides[0].store.check()),
-            self.call(&self.sides[1], "check", self.sides[1].store.check()),
-        );
-        primary.or(fallback)
+        let [primary, fallback] = &self.sides;
+        let limit = self.config.request_timeout.min(CHECK_TIMEOUT);
+        let checked = |side: &'static str, store: DynBlobStore| async move {
+            match tokio::time::timeout(limit, store.check()).await {
+                Ok(result) => result,
+                Err(_) => Err(timed_out(side, limit)),
+            }
+        };
+        futures::future::select_ok([
+            Box::pin(checked("primary", primary.store.clone())),
+            Box::pin(checked("fallback", fallback.store.clone())),
+        ])
+        .await
+        .map(|_| ())
     }
 }

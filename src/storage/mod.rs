@@ -23,7 +23,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 /// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("object {key:?} not found in {store}")]
     NotFound { store: String, key: String },

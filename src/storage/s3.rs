@@ -403,6 +403,17 @@ impl BlobStore for S3Store {
         Ok(())
     }
 
+    /// The bucket itself must answer: a missing bucket makes every object look missing.
+    async fn check(&self) -> Result<(), StoreError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.config.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.map_error("checking the bucket", e))
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         let full_prefix = format!("{}{prefix}", self.config.key_prefix);
         let mut pages = self
