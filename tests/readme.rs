@@ -57,6 +57,7 @@ fn readme_grpcurl_examples_work() {
         "\"data\": \"IyBQYXltZW50cyBQUkQK\"",
         "\"contentType\": \"text/markdown\"",
         "\"deletedAt\"",
+        "\"snippet\"",
     ] {
         assert!(
             stdout.contains(expected),
