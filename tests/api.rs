@@ -936,6 +936,19 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     response
 }
 
+async fn latest_metadata(client: &mut Client, artifact_id: String) -> artifactd::proto::GetMetadataResponse {
+    client
+        .get_metadata(GetMetadataRequest {
+            tenant: T.into(),
+            project: P.into(),
+            artifact_id,
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_is_extracted_on_upload() {
     let server = ServerProcess::start();
@@ -947,16 +960,7 @@ async fn metadata_is_extracted_on_upload() {
         .artifact
         .unwrap()
         .id;
-    let metadata = client
-        .get_metadata(GetMetadataRequest {
-            tenant: T.into(),
-            project: P.into(),
-            artifact_id: id,
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let metadata = latest_metadata(&mut client, id).await;
     let extracted = metadata.extracted.unwrap();
     assert_eq!(metadata.content_type, "text/markdown");
     assert!(extracted.is_text && !extracted.truncated);
@@ -978,16 +982,7 @@ async fn metadata_is_extracted_on_upload() {
         .artifact
         .unwrap()
         .id;
-    let yaml = client
-        .get_metadata(GetMetadataRequest {
-            tenant: T.into(),
-            project: P.into(),
-            artifact_id: yaml_id,
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let yaml = latest_metadata(&mut client, yaml_id).await;
     assert_eq!(yaml.content_type, "application/yaml");
     assert!(!yaml.extracted.unwrap().top_level_keys.is_empty());
 
@@ -997,15 +992,6 @@ async fn metadata_is_extracted_on_upload() {
         .artifact
         .unwrap()
         .id;
-    let binary = client
-        .get_metadata(GetMetadataRequest {
-            tenant: T.into(),
-            project: P.into(),
-            artifact_id: binary_id,
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let binary = latest_metadata(&mut client, binary_id).await;
     assert!(!binary.extracted.unwrap().is_text);
 }

@@ -259,21 +259,12 @@ async fn both_stores_down_is_unavailable_and_recovers_by_itself() {
         status.message().contains("no object store accepted the write"),
         "{status:?}"
     );
-    let mut health = tonic_health::pb::health_client::HealthClient::new(pair.server.channel().await);
-    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing;
-    wait_for("health to report NOT_SERVING", Duration::from_secs(20), || {
-        let mut health = health.clone();
-        async move {
-            health
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .map(|r| r.into_inner().status() == not_serving)
-                .unwrap_or(false)
-        }
-    })
-    .await;
+    pair.server
+        .wait_for_health(
+            "",
+            tonic_health::pb::health_check_response::ServingStatus::NotServing,
+        )
+        .await;
     let missing = client
         .get_artifact(artifactd::proto::GetArtifactRequest {
             tenant: T.into(),
@@ -295,21 +286,12 @@ async fn both_stores_down_is_unavailable_and_recovers_by_itself() {
 
     // One store back is enough.
     pair.fallback.restart().await;
-    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving;
-    wait_for("health to report SERVING", Duration::from_secs(20), || {
-        let mut health = health.clone();
-        async move {
-            health
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .map(|r| r.into_inner().status() == serving)
-                .unwrap_or(false)
-        }
-    })
-    .await;
-    let _ = &mut health;
+    pair.server
+        .wait_for_health(
+            "",
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+        )
+        .await;
     wait_for("writes to succeed again", Duration::from_secs(20), || {
         let mut client = client.clone();
         async move {

@@ -8,31 +8,8 @@ use common::client::{create, header};
 use common::postgres::TestDatabase;
 use common::proxy::CuttableProxy;
 use common::s3::S3TestServer;
-use std::time::{Duration, Instant};
-use tonic_health::pb::HealthCheckRequest;
+use std::time::Duration;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-
-async fn wait_for_status(server: &ServerProcess, service: &str, wanted: ServingStatus) {
-    let mut health = HealthClient::new(server.channel().await);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .map(|r| r.into_inner().status());
-        if status.as_ref().ok() == Some(&wanted) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{service:?} never became {wanted:?}; last {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_the_store_and_the_catalog() {
@@ -65,12 +42,14 @@ async fn health_follows_the_store_and_the_catalog() {
             .env("ARTIFACTD_STORAGE__S3__REQUEST_TIMEOUT_MS", "1000"),
     );
     for service in ["", "artifactd.v1.ArtifactService"] {
-        wait_for_status(&server, service, ServingStatus::Serving).await;
+        server.wait_for_health(service, ServingStatus::Serving).await;
     }
 
     s3.stop().await;
-    wait_for_status(&server, "", ServingStatus::NotServing).await;
-    wait_for_status(&server, "artifactd.v1.ArtifactService", ServingStatus::NotServing).await;
+    server.wait_for_health("", ServingStatus::NotServing).await;
+    server
+        .wait_for_health("artifactd.v1.ArtifactService", ServingStatus::NotServing)
+        .await;
     let mut client = server.client().await;
     let status = create(&mut client, header("acme", "web", "prd", "while-down.md"), b"x")
         .await
@@ -81,15 +60,15 @@ async fn health_follows_the_store_and_the_catalog() {
         "writes while the store is down: {status:?}"
     );
     s3.restart().await;
-    wait_for_status(&server, "", ServingStatus::Serving).await;
+    server.wait_for_health("", ServingStatus::Serving).await;
     create(&mut client, header("acme", "web", "prd", "after-store.md"), b"x")
         .await
         .unwrap();
 
     proxy.cut();
-    wait_for_status(&server, "", ServingStatus::NotServing).await;
+    server.wait_for_health("", ServingStatus::NotServing).await;
     proxy.restore();
-    wait_for_status(&server, "", ServingStatus::Serving).await;
+    server.wait_for_health("", ServingStatus::Serving).await;
     create(
         &mut client,
         header("acme", "web", "prd", "after-catalog.md"),

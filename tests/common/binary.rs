@@ -150,6 +150,32 @@ impl ServerProcess {
             .max_encoding_message_size(16 * 1024 * 1024)
     }
 
+    /// Waits until the health service reports `wanted` for `service` ("" is the server).
+    pub async fn wait_for_health(
+        &self,
+        service: &str,
+        wanted: tonic_health::pb::health_check_response::ServingStatus,
+    ) {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel().await);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .map(|r| r.into_inner().status());
+            if status.as_ref().ok() == Some(&wanted) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{service:?} never became {wanted:?}; last {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
