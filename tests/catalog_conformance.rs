@@ -3,7 +3,7 @@
 
 mod common;
 
-use artifactd::catalog::{Catalog, Dialect, NewArtifact, NewVersion, Scope};
+use artifactd::catalog::{Catalog, Dialect, Labels, NewArtifact, NewVersion, Scope};
 use artifactd::domain::Error;
 use artifactd::ingest::{ChunkId, Codec, PackEntry};
 use common::postgres::TestDatabase;
@@ -17,6 +17,7 @@ fn new_artifact(scope: &Scope, name: &str) -> NewArtifact {
         name: name.into(),
         description: "product requirements".into(),
         tags: vec!["payments".into(), "q3".into()],
+        categories: vec!["epic-1".into()],
     }
 }
 
@@ -37,6 +38,7 @@ fn new_version(version: &str, chunks: Vec<(String, PackEntry)>, packs: Vec<Strin
         manifest: vec![1],
         new_chunks: chunks,
         packs,
+        labels: None,
     }
 }
 
@@ -84,6 +86,7 @@ async fn conformance(catalog: Catalog) {
     assert_eq!(created.latest_version, "1.0.0");
     assert_eq!(created.version_count, 1);
     assert_eq!(created.tag_list(), vec!["payments", "q3"]);
+    assert_eq!(created.category_list(), vec!["epic-1"]);
     assert_eq!(created.metadata_map()["owner"], "pm");
     assert_eq!(first.seq, 1);
     assert_eq!(
@@ -257,6 +260,52 @@ async fn conformance(catalog: Catalog) {
             .is_empty()
     );
 
+    // Labels change without a version, or with one.
+    let labels = Labels {
+        tags: vec!["relabelled".into()],
+        categories: vec![],
+    };
+    let relabelled = catalog
+        .update_labels(&scope, &created.id, &labels, 5)
+        .await
+        .unwrap();
+    assert_eq!(relabelled.tag_list(), vec!["relabelled"]);
+    assert!(relabelled.category_list().is_empty());
+    assert_eq!(relabelled.version_count, 5, "{dialect:?}: no version was added");
+    let mut with_labels = new_version("4.0.0", vec![], vec![]);
+    with_labels.labels = Some(Labels {
+        tags: vec!["v4".into()],
+        categories: vec!["epic-9".into()],
+    });
+    let (after, _) = catalog
+        .add_version(&scope, &created.id, &latest, &with_labels)
+        .await
+        .unwrap();
+    assert_eq!(
+        (after.tag_list(), after.category_list()),
+        (vec!["v4".to_owned()], vec!["epic-9".to_owned()])
+    );
+    let (kept, _) = catalog
+        .add_version(
+            &scope,
+            &created.id,
+            "4.0.0",
+            &new_version("4.1.0", vec![], vec![]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.tag_list(),
+        vec!["v4"],
+        "{dialect:?}: versions without labels keep them"
+    );
+    latest = "4.1.0".to_owned();
+    let missing_labels = catalog
+        .update_labels(&other_tenant, &created.id, &labels, 6)
+        .await
+        .unwrap_err();
+    assert!(matches!(missing_labels, Error::NotFound(_)));
+
     // Soft delete hides; undelete within retention restores; outside it refuses.
     let deleted = catalog.soft_delete(&scope, &created.id, 1_000).await.unwrap();
     assert_eq!(deleted.deleted_at, Some(1_000));
@@ -335,9 +384,10 @@ async fn conformance(catalog: Catalog) {
     let events = catalog.outbox_after(0, 100).await.unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(kinds.first(), Some(&"artifact.created"));
+    assert!(kinds.contains(&"artifact.labels_changed"), "{kinds:?}");
     assert_eq!(
         kinds.iter().filter(|k| **k == "version.created").count(),
-        4,
+        6,
         "{dialect:?}: {kinds:?}"
     );
     assert!(

@@ -441,3 +441,126 @@ async fn a_killed_server_resumes_indexing_without_loss_or_duplicates() {
         assert_eq!(copies, 1, "{name} is indexed exactly once");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_and_categories_are_editable_without_a_new_version() {
+    use artifactd::proto::{Labels, UpdateArtifactLabelsRequest, update_artifact_header};
+    let server = ServerProcess::start();
+    let mut client = server.client().await;
+    let mut search_api = search_client(&server).await;
+    let mut first = header(T, P, "story", "story-1.md");
+    first.tags = vec!["payments".into(), "bmad".into()];
+    first.categories = vec!["epic-1".into()];
+    let created = create(&mut client, first, b"# Story one\n\nrefund flow\n")
+        .await
+        .unwrap();
+    let id = created.artifact.unwrap().id;
+    let mut second = header(T, P, "story", "story-2.md");
+    second.tags = vec!["bmad".into()];
+    second.categories = vec!["epic-1".into(), "epic-2".into()];
+    create(&mut client, second, b"# Story two\n\nchargebacks\n")
+        .await
+        .unwrap();
+    wait_indexed(&mut search_api, T, 2).await;
+
+    let by_category = search_api
+        .search_by_tags(SearchByTagsRequest {
+            tenant: T.into(),
+            project: P.into(),
+            categories: vec!["epic-1".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_category.total_hits, 2);
+    let epic2 = by_category
+        .category_facets
+        .iter()
+        .find(|f| f.tag == "epic-2")
+        .map(|f| f.count);
+    assert_eq!(epic2, Some(1));
+    assert_eq!(
+        by_category
+            .facets
+            .iter()
+            .find(|f| f.tag == "payments")
+            .map(|f| f.count),
+        Some(1)
+    );
+
+    // Relabel without a version.
+    let relabelled = client
+        .update_artifact_labels(UpdateArtifactLabelsRequest {
+            tenant: T.into(),
+            project: P.into(),
+            artifact_id: id.clone(),
+            labels: Some(Labels {
+                tags: vec!["bmad".into(), "refunds".into()],
+                categories: vec!["epic-3".into()],
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .artifact
+        .unwrap();
+    assert_eq!(relabelled.version_count, 1, "no version was created");
+    assert_eq!(relabelled.categories, vec!["epic-3"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = search_api
+            .search(SearchRequest {
+                tenant: T.into(),
+                project: P.into(),
+                query: "refund".into(),
+                categories: vec!["epic-3".into()],
+                tags: vec!["refunds".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if found.total_hits == 1 {
+            assert_eq!(found.hits[0].categories, vec!["epic-3"]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the relabelling never reached the index"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Labels can change with a version too; bad labels are named.
+    let mut next = common::client::update_header(T, P, &id);
+    next.next_version = Some(update_artifact_header::NextVersion::Bump(
+        artifactd::proto::BumpKind::Minor as i32,
+    ));
+    next.labels = Some(Labels {
+        tags: vec!["bmad".into()],
+        categories: vec![],
+    });
+    let updated = common::client::update(&mut client, next, b"# Story one\n\nv2\n")
+        .await
+        .unwrap();
+    let artifact = updated.artifact.unwrap();
+    assert_eq!(
+        (artifact.tags, artifact.categories, artifact.version_count),
+        (vec!["bmad".to_owned()], vec![], 2)
+    );
+    let error = client
+        .update_artifact_labels(UpdateArtifactLabelsRequest {
+            tenant: T.into(),
+            project: P.into(),
+            artifact_id: id,
+            labels: Some(Labels {
+                tags: vec![],
+                categories: vec!["bad,category".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    assert!(error.message().starts_with("categories"), "{error:?}");
+}

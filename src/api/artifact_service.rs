@@ -6,7 +6,7 @@ use crate::app::{
     Artifacts, ContentExpectations, CreateArtifact, NextVersion, Selector, UpdateArtifact,
     parse_expected_blake3,
 };
-use crate::catalog::Scope;
+use crate::catalog::{Labels, Scope};
 use crate::domain::version::Bump;
 use crate::domain::{Error, Result};
 use crate::proto::artifact_service_server::ArtifactService;
@@ -15,8 +15,9 @@ use crate::proto::{
     DeleteArtifactResponse, DownloadArtifactRequest, DownloadArtifactResponse, GetArtifactRequest,
     GetArtifactResponse, GetMetadataRequest, GetMetadataResponse, ListArtifactsRequest,
     ListArtifactsResponse, ListVersionsRequest, ListVersionsResponse, UndeleteArtifactRequest,
-    UndeleteArtifactResponse, UpdateArtifactRequest, UpdateArtifactResponse, create_artifact_request,
-    download_artifact_response, get_artifact_request, update_artifact_header, update_artifact_request,
+    UndeleteArtifactResponse, UpdateArtifactLabelsRequest, UpdateArtifactLabelsResponse,
+    UpdateArtifactRequest, UpdateArtifactResponse, create_artifact_request, download_artifact_response,
+    get_artifact_request, update_artifact_header, update_artifact_request,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -85,6 +86,13 @@ where
     })
 }
 
+fn labels(labels: proto::Labels) -> Labels {
+    Labels {
+        tags: labels.tags,
+        categories: labels.categories,
+    }
+}
+
 type DownloadStream = Pin<Box<dyn Stream<Item = Result<DownloadArtifactResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -119,6 +127,7 @@ impl ArtifactService for ArtifactApi {
             name: header.name,
             description: header.description,
             tags: header.tags,
+            categories: header.categories,
             metadata: header.metadata.into_iter().collect(),
             initial_version: header.initial_version,
             change_message: header.change_message,
@@ -196,6 +205,7 @@ impl ArtifactService for ArtifactApi {
             change_message: header.change_message,
             metadata_set: header.metadata_set.into_iter().collect(),
             metadata_remove: header.metadata_remove,
+            labels: header.labels.map(labels),
             expectations: expectations(header.expected_size, &header.expected_blake3).map_err(to_status)?,
             actor,
         };
@@ -381,6 +391,28 @@ impl ArtifactService for ArtifactApi {
             .await
             .map_err(to_status)?;
         Ok(Response::new(UndeleteArtifactResponse {
+            artifact: Some(convert::artifact(&artifact)),
+        }))
+    }
+
+    async fn update_artifact_labels(
+        &self,
+        request: Request<UpdateArtifactLabelsRequest>,
+    ) -> Result<Response<UpdateArtifactLabelsResponse>, Status> {
+        let request = request.into_inner();
+        let scope = Scope::new(request.tenant, request.project);
+        let Some(new_labels) = request.labels else {
+            return Err(to_status(Error::invalid(
+                "labels",
+                "set the tags and categories to keep",
+            )));
+        };
+        let artifact = self
+            .artifacts
+            .update_labels(&scope, &request.artifact_id, &labels(new_labels))
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(UpdateArtifactLabelsResponse {
             artifact: Some(convert::artifact(&artifact)),
         }))
     }

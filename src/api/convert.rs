@@ -20,6 +20,7 @@ pub fn artifact(record: &ArtifactRecord) -> proto::Artifact {
         name: record.name.clone(),
         description: record.description.clone(),
         tags: record.tag_list(),
+        categories: record.category_list(),
         metadata: record.metadata_map().into_iter().collect(),
         latest_version: record.latest_version.clone(),
         version_count: record.version_count as u64,

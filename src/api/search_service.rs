@@ -30,6 +30,7 @@ fn hit(hit: SearchHit) -> proto::SearchHit {
         artifact_type: hit.artifact_type,
         state: hit.state,
         tags: hit.tags,
+        categories: hit.categories,
         version: hit.version,
         title: hit.title,
         score: hit.score,
@@ -68,6 +69,7 @@ impl SearchService for SearchApi {
             artifact_type: request.artifact_type,
             state: request.state,
             tags: request.tags,
+            categories: request.categories,
             page_size: page_size(request.page_size),
             page_token: request.page_token,
         };
@@ -104,23 +106,28 @@ impl SearchService for SearchApi {
             tenant: request.tenant,
             project: request.project,
             tags: request.tags,
+            categories: request.categories,
             matching,
             page_size: page_size(request.page_size),
             page_token: request.page_token,
         };
         let index = self.index.clone();
-        let (page, facets) = blocking(move || index.search_tags(&query)).await?;
-        Ok(Response::new(SearchByTagsResponse {
-            hits: page.hits.into_iter().map(hit).collect(),
-            total_hits: page.total_hits,
-            next_page_token: page.next_page_token,
-            facets: facets
+        let (page, facets, category_facets) = blocking(move || index.search_tags(&query)).await?;
+        let counts = |facets: Vec<search::FacetCount>| {
+            facets
                 .into_iter()
                 .map(|f| proto::TagCount {
                     tag: f.tag,
                     count: f.count,
                 })
-                .collect(),
+                .collect()
+        };
+        Ok(Response::new(SearchByTagsResponse {
+            hits: page.hits.into_iter().map(hit).collect(),
+            total_hits: page.total_hits,
+            next_page_token: page.next_page_token,
+            facets: counts(facets),
+            category_facets: counts(category_facets),
         }))
     }
 }

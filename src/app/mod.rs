@@ -6,9 +6,9 @@ mod upload;
 
 pub use upload::{ContentExpectations, parse_expected_blake3};
 
-use crate::catalog::{ArtifactRecord, Catalog, NewArtifact, Scope, VersionRecord};
+use crate::catalog::{ArtifactRecord, Catalog, Labels, NewArtifact, Scope, VersionRecord};
 use crate::domain::names::{
-    normalize_tags, validate_artifact_name, validate_change_message, validate_description,
+    normalize_labels, normalize_tags, validate_artifact_name, validate_change_message, validate_description,
     validate_identifier, validate_metadata, validate_metadata_key,
 };
 use crate::domain::version::{Bump, bump, ensure_greater, parse_version};
@@ -73,6 +73,7 @@ pub struct CreateArtifact {
     pub name: String,
     pub description: String,
     pub tags: Vec<String>,
+    pub categories: Vec<String>,
     pub metadata: BTreeMap<String, String>,
     pub initial_version: String,
     pub change_message: String,
@@ -95,6 +96,8 @@ pub struct UpdateArtifact {
     pub change_message: String,
     pub metadata_set: BTreeMap<String, String>,
     pub metadata_remove: Vec<String>,
+    /// Replaces the artifact's tags and categories when set.
+    pub labels: Option<Labels>,
     pub expectations: ContentExpectations,
     pub actor: Actor,
 }
@@ -141,6 +144,13 @@ fn validate_artifact_id(id: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+fn normalized_labels(labels: &Labels) -> Result<Labels> {
+    Ok(Labels {
+        tags: normalize_tags(&labels.tags)?,
+        categories: normalize_labels("categories", &labels.categories)?,
+    })
 }
 
 fn page_size(requested: u32) -> u32 {
@@ -220,6 +230,7 @@ impl Artifacts {
         validate_change_message(&request.change_message)?;
         validate_metadata("metadata", &request.metadata)?;
         let tags = normalize_tags(&request.tags)?;
+        let categories = normalize_labels("categories", &request.categories)?;
         let version = if request.initial_version.is_empty() {
             semver::Version::new(1, 0, 0)
         } else {
@@ -252,6 +263,7 @@ impl Artifacts {
             request.actor.clone(),
             request.change_message.clone(),
             request.metadata.clone(),
+            None,
         );
         let artifact = NewArtifact {
             id: uuid::Uuid::now_v7().to_string(),
@@ -260,6 +272,7 @@ impl Artifacts {
             name: request.name.clone(),
             description: request.description.clone(),
             tags,
+            categories,
         };
         let committed = self.inner.catalog.create_artifact(&artifact, &new_version).await;
         self.after_commit(&upload_id, committed).await
@@ -303,6 +316,7 @@ impl Artifacts {
                 explicit
             }
         };
+        let labels = request.labels.as_ref().map(normalized_labels).transpose()?;
         let mut metadata = artifact.metadata_map();
         for key in &request.metadata_remove {
             metadata.remove(key);
@@ -322,6 +336,7 @@ impl Artifacts {
             request.actor.clone(),
             request.change_message.clone(),
             metadata,
+            labels,
         );
         let committed = self
             .inner
@@ -342,6 +357,22 @@ impl Artifacts {
                 other => other,
             });
         self.after_commit(&upload_id, committed).await
+    }
+
+    /// Replaces an artifact's tags and categories without a new version.
+    pub async fn update_labels(
+        &self,
+        scope: &Scope,
+        artifact_id: &str,
+        labels: &Labels,
+    ) -> Result<ArtifactRecord> {
+        validate_scope(scope)?;
+        validate_artifact_id(artifact_id)?;
+        let labels = normalized_labels(labels)?;
+        self.inner
+            .catalog
+            .update_labels(scope, artifact_id, &labels, now_micros())
+            .await
     }
 
     async fn after_commit(

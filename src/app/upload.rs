@@ -55,6 +55,7 @@ impl IngestedContent {
         created_by: String,
         change_message: String,
         metadata: std::collections::BTreeMap<String, String>,
+        labels: Option<crate::catalog::Labels>,
     ) -> NewVersion {
         NewVersion {
             version,
@@ -72,6 +73,7 @@ impl IngestedContent {
             manifest: self.manifest.encode(),
             new_chunks: self.new_chunks,
             packs: self.packs,
+            labels,
         }
     }
 }

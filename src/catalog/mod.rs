@@ -21,7 +21,7 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("src/catalo
 /// Most rows a single statement binds; well below both dialects' parameter limits.
 const BATCH_ROWS: usize = 200;
 
-const ARTIFACT_COLUMNS: &str = "id, tenant, project, artifact_type, name, description, tags, \
+const ARTIFACT_COLUMNS: &str = "id, tenant, project, artifact_type, name, description, tags, categories, \
      metadata, latest_version, version_count, created_by, created_at, updated_at, deleted_at";
 const VERSION_COLUMNS: &str = "artifact_id, version, seq, size, stored_size, new_stored_size, \
      blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, extracted";
@@ -301,8 +301,8 @@ impl Catalog {
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
         let inserted = sqlx::query(
             "INSERT INTO artifacts (id, tenant, project, artifact_type, name, description, tags, \
-             metadata, latest_version, version_count, created_by, created_at, updated_at, deleted_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $11, $11, NULL)",
+             metadata, latest_version, version_count, created_by, created_at, updated_at, deleted_at, categories) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $11, $11, NULL, $12)",
         )
         .bind(&artifact.id)
         .bind(&artifact.scope.tenant)
@@ -315,6 +315,7 @@ impl Catalog {
         .bind(&version.version)
         .bind(&version.created_by)
         .bind(version.created_at)
+        .bind(tags_json(&artifact.categories))
         .execute(&mut *tx)
         .await;
         if let Err(error) = inserted {
@@ -356,7 +357,7 @@ impl Catalog {
         // The compare-and-set comes first so that SQLite takes its write lock before reading.
         let seq: Option<i64> = sqlx::query_scalar(
             "UPDATE artifacts SET latest_version = $1, version_count = version_count + 1, \
-             metadata = $2, updated_at = $3 \
+             metadata = $2, updated_at = $3, tags = COALESCE($8, tags), categories = COALESCE($9, categories) \
              WHERE id = $4 AND tenant = $5 AND project = $6 AND latest_version = $7 AND deleted_at IS NULL \
              RETURNING version_count",
         )
@@ -367,6 +368,8 @@ impl Catalog {
         .bind(&scope.tenant)
         .bind(&scope.project)
         .bind(expected_latest)
+        .bind(version.labels.as_ref().map(|labels| tags_json(&labels.tags)))
+        .bind(version.labels.as_ref().map(|labels| tags_json(&labels.categories)))
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| db_error("updating an artifact", e))?;
@@ -521,6 +524,44 @@ impl Catalog {
         .await
         .map_err(|e| db_error("writing an outbox event", e))?;
         Ok(())
+    }
+
+    /// Replaces a live artifact's tags and categories without a new version.
+    pub async fn update_labels(
+        &self,
+        scope: &Scope,
+        artifact_id: &str,
+        labels: &Labels,
+        now: i64,
+    ) -> Result<ArtifactRecord> {
+        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let changed = sqlx::query(
+            "UPDATE artifacts SET tags = $1, categories = $2, updated_at = $3 \
+             WHERE id = $4 AND tenant = $5 AND project = $6 AND deleted_at IS NULL",
+        )
+        .bind(tags_json(&labels.tags))
+        .bind(tags_json(&labels.categories))
+        .bind(now)
+        .bind(artifact_id)
+        .bind(&scope.tenant)
+        .bind(&scope.project)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error("updating labels", e))?
+        .rows_affected();
+        if changed == 0 {
+            drop(tx);
+            return Err(Error::not_found(format!(
+                "artifact {artifact_id:?} not found in {}/{}",
+                scope.tenant, scope.project
+            )));
+        }
+        self.write_event(&mut tx, "artifact.labels_changed", scope, artifact_id, "", now)
+            .await?;
+        tx.commit().await.map_err(|e| db_error("committing", e))?;
+        self.artifact_by_id(scope, artifact_id, false)
+            .await?
+            .ok_or_else(|| Error::internal("relabelled artifact vanished"))
     }
 
     /// Soft-deletes a live artifact.

@@ -29,6 +29,8 @@ pub struct ArtifactRecord {
     pub description: String,
     /// JSON array of strings.
     pub tags: String,
+    /// JSON array of strings.
+    pub categories: String,
     /// JSON object of strings.
     pub metadata: String,
     pub latest_version: String,
@@ -42,6 +44,10 @@ pub struct ArtifactRecord {
 impl ArtifactRecord {
     pub fn tag_list(&self) -> Vec<String> {
         serde_json::from_str(&self.tags).unwrap_or_default()
+    }
+
+    pub fn category_list(&self) -> Vec<String> {
+        serde_json::from_str(&self.categories).unwrap_or_default()
     }
 
     pub fn metadata_map(&self) -> BTreeMap<String, String> {
@@ -119,6 +125,14 @@ pub struct NewArtifact {
     pub name: String,
     pub description: String,
     pub tags: Vec<String>,
+    pub categories: Vec<String>,
+}
+
+/// New tags and categories, replacing the old ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels {
+    pub tags: Vec<String>,
+    pub categories: Vec<String>,
 }
 
 /// Everything one version commit writes, in one transaction.
@@ -142,6 +156,8 @@ pub struct NewVersion {
     pub new_chunks: Vec<(String, PackEntry)>,
     /// Packs the upload wrote; they become committed with the version.
     pub packs: Vec<String>,
+    /// Replaces the artifact's tags and categories when set.
+    pub labels: Option<Labels>,
 }
 
 pub fn chunk_id_from_row(bytes: &[u8]) -> Option<ChunkId> {

@@ -130,25 +130,31 @@ pub fn validate_change_message(value: &str) -> Result<()> {
 
 /// Tags are deduplicated and sorted so that equal sets compare equal.
 pub fn normalize_tags(tags: &[String]) -> Result<Vec<String>> {
+    normalize_labels("tags", tags)
+}
+
+/// Tags and categories: at most [`MAX_TAGS`] labels of 1 to [`MAX_TAG_LEN`] bytes, without
+/// control characters or commas, deduplicated and sorted.
+pub fn normalize_labels(field: &'static str, tags: &[String]) -> Result<Vec<String>> {
     if tags.len() > MAX_TAGS {
         return Err(Error::invalid(
-            "tags",
-            format!("{} tags given; the limit is {MAX_TAGS}", tags.len()),
+            field,
+            format!("{} labels given; the limit is {MAX_TAGS}", tags.len()),
         ));
     }
     let mut normalized = Vec::with_capacity(tags.len());
     for tag in tags {
         if tag.is_empty() || tag.len() > MAX_TAG_LEN {
             return Err(Error::invalid(
-                "tags",
-                format!("tag {} must be 1 to {MAX_TAG_LEN} bytes long", quoted(tag)),
+                field,
+                format!("{} must be 1 to {MAX_TAG_LEN} bytes long", quoted(tag)),
             ));
         }
         if tag.chars().any(|c| c.is_control() || c == ',') || tag.trim() != tag {
             return Err(Error::invalid(
-                "tags",
+                field,
                 format!(
-                    "tag {} must not contain control characters or commas, nor start or end with whitespace",
+                    "{} must not contain control characters or commas, nor start or end with whitespace",
                     quoted(tag)
                 ),
             ));

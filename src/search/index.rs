@@ -28,6 +28,7 @@ struct Fields {
     state: Field,
     name: Field,
     tags: Field,
+    categories: Field,
     tag_facets: Field,
     title: Field,
     headings: Field,
@@ -46,6 +47,7 @@ fn schema() -> (Schema, Fields) {
         state: builder.add_text_field("state", STRING | STORED),
         name: builder.add_text_field("name", TEXT | STORED),
         tags: builder.add_text_field("tags", STRING | STORED),
+        categories: builder.add_text_field("categories", STRING | STORED),
         tag_facets: builder.add_facet_field("tag_facets", FacetOptions::default()),
         title: builder.add_text_field("title", TEXT | STORED),
         headings: builder.add_text_field("headings", TEXT),
@@ -66,6 +68,7 @@ pub struct IndexedArtifact {
     pub state: String,
     pub name: String,
     pub tags: Vec<String>,
+    pub categories: Vec<String>,
     pub title: String,
     pub headings: Vec<String>,
     pub body: String,
@@ -80,6 +83,7 @@ pub struct SearchHit {
     pub artifact_type: String,
     pub state: String,
     pub tags: Vec<String>,
+    pub categories: Vec<String>,
     pub version: String,
     pub title: String,
     pub score: f32,
@@ -102,6 +106,7 @@ pub struct SearchRequest {
     pub artifact_type: String,
     pub state: String,
     pub tags: Vec<String>,
+    pub categories: Vec<String>,
     pub page_size: usize,
     pub page_token: String,
 }
@@ -117,6 +122,7 @@ pub struct TagSearchRequest {
     pub tenant: String,
     pub project: String,
     pub tags: Vec<String>,
+    pub categories: Vec<String>,
     pub matching: TagMatch,
     pub page_size: usize,
     pub page_token: String,
@@ -146,8 +152,8 @@ fn index_error(what: &str, error: impl std::fmt::Display) -> Error {
     Error::Internal(format!("search index: {what}: {error}"))
 }
 
-fn facet_of(tag: &str) -> Facet {
-    Facet::from_path(["tags", tag])
+fn facet_of(kind: &str, label: &str) -> Facet {
+    Facet::from_path([kind, label])
 }
 
 impl SearchIndex {
@@ -213,7 +219,11 @@ impl SearchIndex {
             );
             for tag in &a.tags {
                 document.add_text(f.tags, tag);
-                document.add_facet(f.tag_facets, facet_of(tag));
+                document.add_facet(f.tag_facets, facet_of("tags", tag));
+            }
+            for category in &a.categories {
+                document.add_text(f.categories, category);
+                document.add_facet(f.tag_facets, facet_of("categories", category));
             }
             for heading in &a.headings {
                 document.add_text(f.headings, heading);
@@ -332,6 +342,9 @@ impl SearchIndex {
         for tag in &request.tags {
             clauses.push((Occur::Must, self.term(f.tags, tag)));
         }
+        for category in &request.categories {
+            clauses.push((Occur::Must, self.term(f.categories, category)));
+        }
         let query = BooleanQuery::new(clauses);
         let (searcher, offset) = self.searcher_for(&request.page_token, "q")?;
         let limit = request.page_size.clamp(1, 1000);
@@ -369,23 +382,31 @@ impl SearchIndex {
         })
     }
 
-    /// Artifacts carrying all (or any) of `tags`, with counts of every tag among them.
-    pub fn search_tags(&self, request: &TagSearchRequest) -> Result<(SearchPage, Vec<FacetCount>)> {
+    /// Artifacts carrying all (or any) of `tags` and `categories`, with counts of every tag
+    /// and every category among them.
+    pub fn search_tags(
+        &self,
+        request: &TagSearchRequest,
+    ) -> Result<(SearchPage, Vec<FacetCount>, Vec<FacetCount>)> {
         let f = self.fields;
-        if request.tags.is_empty() {
-            return Err(Error::invalid("tags", "name at least one tag"));
+        if request.tags.is_empty() && request.categories.is_empty() {
+            return Err(Error::invalid("tags", "name at least one tag or category"));
         }
+        let occur = if request.matching == TagMatch::All {
+            Occur::Must
+        } else {
+            Occur::Should
+        };
         let tag_clauses: Vec<(Occur, Box<dyn Query>)> = request
             .tags
             .iter()
-            .map(|tag| {
-                let occur = if request.matching == TagMatch::All {
-                    Occur::Must
-                } else {
-                    Occur::Should
-                };
-                (occur, self.term(f.tags, tag))
-            })
+            .map(|tag| (occur, self.term(f.tags, tag)))
+            .chain(
+                request
+                    .categories
+                    .iter()
+                    .map(|category| (occur, self.term(f.categories, category))),
+            )
             .collect();
         let mut clauses = self.scope_filter(&request.tenant, &request.project);
         clauses.push((Occur::Must, Box::new(BooleanQuery::new(tag_clauses))));
@@ -394,6 +415,7 @@ impl SearchIndex {
         let limit = request.page_size.clamp(1, 1000);
         let mut facets = FacetCollector::for_field("tag_facets");
         facets.add_facet("/tags");
+        facets.add_facet("/categories");
         let (total, top, facet_counts) = searcher
             .search(
                 &query,
@@ -408,18 +430,22 @@ impl SearchIndex {
             .into_iter()
             .map(|(score, address)| self.hit(&searcher, address, score, None))
             .collect::<Result<Vec<_>>>()?;
-        let mut counts: Vec<FacetCount> = facet_counts
-            .get("/tags")
-            .map(|(facet, count)| FacetCount {
-                tag: facet
-                    .to_path()
-                    .last()
-                    .map(|s| (*s).to_owned())
-                    .unwrap_or_default(),
-                count,
-            })
-            .collect();
-        counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.tag.cmp(&b.tag)));
+        let counts_of = |root: &str| {
+            let mut counts: Vec<FacetCount> = facet_counts
+                .get(root)
+                .map(|(facet, count)| FacetCount {
+                    tag: facet
+                        .to_path()
+                        .last()
+                        .map(|s| (*s).to_owned())
+                        .unwrap_or_default(),
+                    count,
+                })
+                .collect();
+            counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.tag.cmp(&b.tag)));
+            counts
+        };
+        let (tag_counts, category_counts) = (counts_of("/tags"), counts_of("/categories"));
         let next = offset + hits.len();
         let page = SearchPage {
             next_page_token: if (next as u64) < total as u64 {
@@ -430,7 +456,7 @@ impl SearchIndex {
             total_hits: total as u64,
             hits,
         };
-        Ok((page, counts))
+        Ok((page, tag_counts, category_counts))
     }
 
     fn hit(
@@ -458,6 +484,10 @@ impl SearchIndex {
             state: text(f.state),
             tags: document
                 .get_all(f.tags)
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            categories: document
+                .get_all(f.categories)
                 .filter_map(|v| v.as_str().map(str::to_owned))
                 .collect(),
             version: text(f.version),

@@ -80,6 +80,7 @@ impl Indexer {
             state: "active".to_owned(),
             name: artifact.name.clone(),
             tags,
+            categories: artifact.category_list(),
             title: extracted.title.clone().unwrap_or_default(),
             headings: extracted.headings.clone(),
             body,
