@@ -19,6 +19,11 @@ use tonic::Code;
 const T: &str = "acme";
 const P: &str = "payments";
 
+/// A server writing 256 KiB packs, so that a few MiB of upload span several of them.
+fn small_pack_server() -> ServerProcess {
+    ServerProcess::start_with(ServerOptions::default().env("ARTIFACTD_INGEST__PACK_TARGET_BYTES", "262144"))
+}
+
 async fn server_catalog(server: &ServerProcess) -> Catalog {
     Catalog::connect(&format!("sqlite://{}/catalog.db", server.data_dir.display()), 2)
         .await
@@ -504,9 +509,7 @@ async fn version_rules_are_enforced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_streams_are_rejected_and_leave_nothing_committed() {
-    let server = ServerProcess::start_with(
-        ServerOptions::default().env("ARTIFACTD_INGEST__PACK_TARGET_BYTES", "262144"),
-    );
+    let server = small_pack_server();
     let mut client = server.client().await;
     let content = noise(2 * 1024 * 1024, 11);
 
@@ -690,9 +693,7 @@ async fn concurrent_updates_from_the_same_version_exactly_one_wins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_upload_leaves_no_version_and_records_its_packs() {
-    let server = ServerProcess::start_with(
-        ServerOptions::default().env("ARTIFACTD_INGEST__PACK_TARGET_BYTES", "262144"),
-    );
+    let server = small_pack_server();
     let mut client = server.client().await;
     let (sender, receiver) = tokio::sync::mpsc::channel(4);
     // The upload has a connection of its own, so aborting it cuts that connection like a

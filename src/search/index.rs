@@ -201,7 +201,7 @@ impl SearchIndex {
     /// `checkpoint` atomically, so a restart resumes exactly where the index stopped.
     pub fn apply(&self, changes: Vec<(String, Option<IndexedArtifact>)>, checkpoint: i64) -> Result<()> {
         let f = self.fields;
-        let mut writer = self.writer.lock().expect("index writer lock");
+        let writer = self.writer.lock().expect("index writer lock");
         for (artifact_id, document) in changes {
             writer.delete_term(Term::from_field_text(f.artifact_id, &artifact_id));
             let Some(a) = document else { continue };
@@ -232,6 +232,11 @@ impl SearchIndex {
                 .add_document(document)
                 .map_err(|e| index_error("adding a document", e))?;
         }
+        self.commit(writer, checkpoint)
+    }
+
+    /// Commits what the writer holds together with `checkpoint`, then shows it to searches.
+    fn commit(&self, mut writer: std::sync::MutexGuard<'_, IndexWriter>, checkpoint: i64) -> Result<()> {
         let mut prepared = writer
             .prepare_commit()
             .map_err(|e| index_error("preparing a commit", e))?;
@@ -243,17 +248,11 @@ impl SearchIndex {
 
     /// Removes every document (before a rebuild), keeping `checkpoint`.
     pub fn clear(&self, checkpoint: i64) -> Result<()> {
-        let mut writer = self.writer.lock().expect("index writer lock");
+        let writer = self.writer.lock().expect("index writer lock");
         writer
             .delete_all_documents()
             .map_err(|e| index_error("clearing", e))?;
-        let mut prepared = writer
-            .prepare_commit()
-            .map_err(|e| index_error("preparing a commit", e))?;
-        prepared.set_payload(&checkpoint.to_string());
-        prepared.commit().map_err(|e| index_error("committing", e))?;
-        drop(writer);
-        self.reader.reload().map_err(|e| index_error("reloading", e))
+        self.commit(writer, checkpoint)
     }
 
     pub fn document_count(&self) -> u64 {
