@@ -11,7 +11,7 @@ use artifactd::proto::{
 use bytes::Bytes;
 use common::binary::{ServerOptions, ServerProcess};
 use common::client::{
-    self, Client, assert_status, create, download, download_request, header, update, update_header,
+    self, Client, assert_status, create, create_id, download, download_request, header, update, update_header,
 };
 use common::noise;
 use tonic::Code;
@@ -444,12 +444,7 @@ async fn version_rules_are_enforced() {
 
     let mut first = header(T, P, "prd", "a.md");
     first.initial_version = "2.0.0".into();
-    let id = create(&mut client, first, b"v2")
-        .await
-        .unwrap()
-        .artifact
-        .unwrap()
-        .id;
+    let id = create_id(&mut client, first, b"v2").await;
 
     let mut invalid = update_header(T, P, &id);
     invalid.next_version = Some(update_artifact_header::NextVersion::ExplicitVersion("v3".into()));
@@ -602,12 +597,7 @@ async fn bad_streams_are_rejected_and_leave_nothing_committed() {
     assert!(catalog.packs_in_state("staged").await.unwrap().is_empty());
 
     // Reading past the end.
-    let id = create(&mut client, header(T, P, "bundle", "ok.bin"), b"0123456789")
-        .await
-        .unwrap()
-        .artifact
-        .unwrap()
-        .id;
+    let id = create_id(&mut client, header(T, P, "bundle", "ok.bin"), b"0123456789").await;
     let mut past = download_request(T, P, &id, "");
     past.offset = 11;
     assert_status(
@@ -641,12 +631,7 @@ async fn bad_streams_are_rejected_and_leave_nothing_committed() {
 async fn concurrent_updates_from_the_same_version_exactly_one_wins() {
     let server = ServerProcess::start();
     let mut client = server.client().await;
-    let id = create(&mut client, header(T, P, "bundle", "race.bin"), b"base")
-        .await
-        .unwrap()
-        .artifact
-        .unwrap()
-        .id;
+    let id = create_id(&mut client, header(T, P, "bundle", "race.bin"), b"base").await;
     for round in 0..5u64 {
         let current = client
             .get_artifact(get_by_id(&id, ""))
@@ -740,12 +725,7 @@ async fn cancelled_upload_leaves_no_version_and_records_its_packs() {
 async fn tenants_and_projects_are_isolated() {
     let server = ServerProcess::start();
     let mut client = server.client().await;
-    let id = create(&mut client, header(T, P, "prd", "secret.md"), b"acme only")
-        .await
-        .unwrap()
-        .artifact
-        .unwrap()
-        .id;
+    let id = create_id(&mut client, header(T, P, "prd", "secret.md"), b"acme only").await;
     for (tenant, project) in [("globex", P), (T, "other")] {
         let mut request = get_by_id(&id, "");
         request.tenant = tenant.into();
@@ -804,12 +784,7 @@ async fn soft_delete_hides_and_undelete_restores_within_retention() {
     );
     let mut client = server.client().await;
     let content = corpus_file("bmad-docs/CHANGELOG.md");
-    let id = create(&mut client, header(T, P, "changelog", "CHANGELOG.md"), &content)
-        .await
-        .unwrap()
-        .artifact
-        .unwrap()
-        .id;
+    let id = create_id(&mut client, header(T, P, "changelog", "CHANGELOG.md"), &content).await;
     let delete = |id: &str| DeleteArtifactRequest {
         tenant: T.into(),
         project: P.into(),
@@ -867,12 +842,7 @@ async fn corrupted_pack_is_reported_as_data_loss() {
     let server = ServerProcess::start();
     let mut client = server.client().await;
     let content = noise(500_000, 8);
-    let id = create(&mut client, header(T, P, "bundle", "x.bin"), &content)
-        .await
-        .unwrap()
-        .artifact
-        .unwrap()
-        .id;
+    let id = create_id(&mut client, header(T, P, "bundle", "x.bin"), &content).await;
     let pack = walk_files(&server.data_dir.join("blobs/packs"))
         .pop()
         .expect("a pack file");
@@ -955,12 +925,7 @@ async fn metadata_is_extracted_on_upload() {
     let server = ServerProcess::start();
     let mut client = server.client().await;
     let skill = corpus_file("bmad-docs/src/core-skills/bmad-review/SKILL.md");
-    let id = create(&mut client, header(T, P, "skill", "SKILL.md"), &skill)
-        .await
-        .unwrap()
-        .artifact
-        .unwrap()
-        .id;
+    let id = create_id(&mut client, header(T, P, "skill", "SKILL.md"), &skill).await;
     let metadata = latest_metadata(&mut client, id).await;
     let extracted = metadata.extracted.unwrap();
     assert_eq!(metadata.content_type, "text/markdown");
@@ -977,22 +942,12 @@ async fn metadata_is_extracted_on_upload() {
     assert!(front_matter.fields.contains_key("description"));
 
     let modules = corpus_file("bmad-docs/bmad-modules.yaml");
-    let yaml_id = create(&mut client, header(T, P, "config", "bmad-modules.yaml"), &modules)
-        .await
-        .unwrap()
-        .artifact
-        .unwrap()
-        .id;
+    let yaml_id = create_id(&mut client, header(T, P, "config", "bmad-modules.yaml"), &modules).await;
     let yaml = latest_metadata(&mut client, yaml_id).await;
     assert_eq!(yaml.content_type, "application/yaml");
     assert!(!yaml.extracted.unwrap().top_level_keys.is_empty());
 
-    let binary_id = create(&mut client, header(T, P, "bundle", "blob.bin"), &noise(10_000, 4))
-        .await
-        .unwrap()
-        .artifact
-        .unwrap()
-        .id;
+    let binary_id = create_id(&mut client, header(T, P, "bundle", "blob.bin"), &noise(10_000, 4)).await;
     let binary = latest_metadata(&mut client, binary_id).await;
     assert!(!binary.extracted.unwrap().is_text);
 }

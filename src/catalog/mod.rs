@@ -107,6 +107,13 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+fn artifact_not_found(scope: &Scope, artifact_id: &str) -> Error {
+    Error::not_found(format!(
+        "artifact {artifact_id:?} not found in {}/{}",
+        scope.tenant, scope.project
+    ))
+}
+
 fn tags_json(tags: &[String]) -> String {
     serde_json::to_string(tags).expect("strings serialize")
 }
@@ -376,10 +383,7 @@ impl Catalog {
         let Some(seq) = seq else {
             drop(tx);
             return Err(match self.artifact_by_id(scope, artifact_id, true).await? {
-                None => Error::not_found(format!(
-                    "artifact {artifact_id:?} not found in {}/{}",
-                    scope.tenant, scope.project
-                )),
+                None => artifact_not_found(scope, artifact_id),
                 Some(current) if current.deleted_at.is_some() => Error::FailedPrecondition(format!(
                     "artifact {artifact_id:?} was deleted; undelete it before adding versions"
                 )),
@@ -526,6 +530,31 @@ impl Catalog {
         Ok(())
     }
 
+    /// Ends a transaction that changed one artifact row: records the outbox event, commits,
+    /// and returns the artifact as it is now. Nothing changed means the artifact is not there.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_change(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Any>,
+        changed: bool,
+        event_type: &str,
+        scope: &Scope,
+        artifact_id: &str,
+        now: i64,
+        include_deleted: bool,
+    ) -> Result<ArtifactRecord> {
+        if !changed {
+            drop(tx);
+            return Err(artifact_not_found(scope, artifact_id));
+        }
+        self.write_event(&mut tx, event_type, scope, artifact_id, "", now)
+            .await?;
+        tx.commit().await.map_err(|e| db_error("committing", e))?;
+        self.artifact_by_id(scope, artifact_id, include_deleted)
+            .await?
+            .ok_or_else(|| Error::internal(format!("artifact {artifact_id:?} vanished after {event_type}")))
+    }
+
     /// Replaces a live artifact's tags and categories without a new version.
     pub async fn update_labels(
         &self,
@@ -549,19 +578,16 @@ impl Catalog {
         .await
         .map_err(|e| db_error("updating labels", e))?
         .rows_affected();
-        if changed == 0 {
-            drop(tx);
-            return Err(Error::not_found(format!(
-                "artifact {artifact_id:?} not found in {}/{}",
-                scope.tenant, scope.project
-            )));
-        }
-        self.write_event(&mut tx, "artifact.labels_changed", scope, artifact_id, "", now)
-            .await?;
-        tx.commit().await.map_err(|e| db_error("committing", e))?;
-        self.artifact_by_id(scope, artifact_id, false)
-            .await?
-            .ok_or_else(|| Error::internal("relabelled artifact vanished"))
+        self.finish_change(
+            tx,
+            changed == 1,
+            "artifact.labels_changed",
+            scope,
+            artifact_id,
+            now,
+            false,
+        )
+        .await
     }
 
     /// Soft-deletes a live artifact.
@@ -579,19 +605,16 @@ impl Catalog {
         .await
         .map_err(|e| db_error("deleting an artifact", e))?
         .rows_affected();
-        if changed == 0 {
-            drop(tx);
-            return Err(Error::not_found(format!(
-                "artifact {artifact_id:?} not found in {}/{}",
-                scope.tenant, scope.project
-            )));
-        }
-        self.write_event(&mut tx, "artifact.deleted", scope, artifact_id, "", now)
-            .await?;
-        tx.commit().await.map_err(|e| db_error("committing", e))?;
-        self.artifact_by_id(scope, artifact_id, true)
-            .await?
-            .ok_or_else(|| Error::internal("deleted artifact vanished"))
+        self.finish_change(
+            tx,
+            changed == 1,
+            "artifact.deleted",
+            scope,
+            artifact_id,
+            now,
+            true,
+        )
+        .await
     }
 
     /// Restores an artifact deleted at or after `deleted_since`; older deletions have run
@@ -620,10 +643,7 @@ impl Catalog {
         if changed == 0 {
             drop(tx);
             return Err(match self.artifact_by_id(scope, artifact_id, true).await? {
-                None => Error::not_found(format!(
-                    "artifact {artifact_id:?} not found in {}/{}",
-                    scope.tenant, scope.project
-                )),
+                None => artifact_not_found(scope, artifact_id),
                 Some(current) if current.deleted_at.is_none() => {
                     Error::FailedPrecondition(format!("artifact {artifact_id:?} is not deleted"))
                 }

@@ -52,6 +52,16 @@ pub async fn create(
         .map(|r| r.into_inner())
 }
 
+/// Creates an artifact and returns its id.
+pub async fn create_id(client: &mut Client, header: CreateArtifactHeader, content: &[u8]) -> String {
+    create(client, header, content)
+        .await
+        .expect("creating an artifact")
+        .artifact
+        .expect("the response carries the artifact")
+        .id
+}
+
 pub fn update_header(tenant: &str, project: &str, artifact_id: &str) -> UpdateArtifactHeader {
     UpdateArtifactHeader {
         tenant: tenant.into(),
