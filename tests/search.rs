@@ -2,10 +2,15 @@
 
 mod common;
 
+use artifactd::proto::metadata_filter::Condition;
 use artifactd::proto::search_service_client::SearchServiceClient;
-use artifactd::proto::{DeleteArtifactRequest, SearchByTagsRequest, SearchRequest, SearchResponse, TagMatch};
+use artifactd::proto::{
+    DeleteArtifactRequest, MetadataFilter, MetadataSort, NumberRange, SearchByMetadataRequest,
+    SearchByTagsRequest, SearchHit, SearchRequest, SearchResponse, TagMatch, TimeRange,
+};
 use common::binary::{ServerOptions, ServerProcess};
 use common::client::{Client, create, header};
+use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -60,6 +65,11 @@ async fn upload_all(client: &mut Client, tenant: &str, docs: &[Doc]) -> BTreeMap
     for doc in docs {
         let mut h = header(tenant, P, "doc", &doc.name);
         h.tags = doc.tags.clone();
+        // Caller metadata as text, one of them numeric: filters read it as a number too.
+        h.metadata.insert("bytes".into(), doc.content.len().to_string());
+        if let Some(dir) = doc.tags.get(2) {
+            h.metadata.insert("dir".into(), dir.clone());
+        }
         let created = create(client, h, doc.content.as_bytes()).await.unwrap();
         ids.insert(doc.name.clone(), created.artifact.unwrap().id);
     }
@@ -112,6 +122,298 @@ async fn wait_indexed(client: &mut SearchServiceClient<Channel>, tenant: &str, e
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The YAML front matter of a Markdown document, parsed here independently of the service.
+fn front_matter(doc: &Doc) -> serde_json::Map<String, Value> {
+    let Some(rest) = doc.content.strip_prefix("---\n") else {
+        return Default::default();
+    };
+    let Some(end) = rest.find("\n---") else {
+        return Default::default();
+    };
+    serde_norway::from_str::<Value>(&rest[..end])
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default()
+}
+
+fn filter(field: &str, condition: Condition) -> MetadataFilter {
+    MetadataFilter {
+        field: field.into(),
+        condition: Some(condition),
+    }
+}
+
+/// Every hit of a metadata search, paging through it.
+async fn by_metadata(
+    client: &mut SearchServiceClient<Channel>,
+    tenant: &str,
+    filters: Vec<MetadataFilter>,
+    sort: MetadataSort,
+    descending: bool,
+) -> Vec<SearchHit> {
+    let mut hits = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .search_by_metadata(SearchByMetadataRequest {
+                tenant: tenant.into(),
+                project: P.into(),
+                filters: filters.clone(),
+                sort: sort as i32,
+                descending,
+                page_size: 40,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        hits.extend(page.hits);
+        assert!(page.total_hits >= hits.len() as u64);
+        if page.next_page_token.is_empty() {
+            assert_eq!(page.total_hits, hits.len() as u64, "paging covers every hit");
+            return hits;
+        }
+        token = page.next_page_token;
+    }
+}
+
+fn names(hits: &[SearchHit]) -> Vec<String> {
+    let mut names: Vec<String> = hits.iter().map(|h| h.name.clone()).collect();
+    names.sort();
+    names
+}
+
+fn expected_names(docs: &[Doc], keep: impl Fn(&Doc) -> bool) -> Vec<String> {
+    let mut names: Vec<String> = docs.iter().filter(|d| keep(d)).map(|d| d.name.clone()).collect();
+    names.sort();
+    names
+}
+
+fn at(path: &[&str], map: &serde_json::Map<String, Value>) -> Option<Value> {
+    let (first, rest) = path.split_first()?;
+    let value = map.get(*first)?;
+    if rest.is_empty() {
+        Some(value.clone())
+    } else {
+        at(rest, value.as_object()?)
+    }
+}
+
+fn date(text: &str) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: artifactd::search::parse_time(text).unwrap() / 1_000_000,
+        nanos: 0,
+    }
+}
+
+/// Front matter and caller metadata filters, sorting and paging, checked against what the
+/// corpus files themselves say. Returns how many artifacts it added.
+async fn check_metadata_search(
+    client: &mut Client,
+    search_api: &mut SearchServiceClient<Channel>,
+    docs: &[Doc],
+) -> usize {
+    let sort = MetadataSort::Name;
+    // Equality on a front matter field.
+    let hits = by_metadata(
+        search_api,
+        T,
+        vec![filter(
+            "front_matter.metadata.lifecycle",
+            Condition::Equals("shim".into()),
+        )],
+        sort,
+        false,
+    )
+    .await;
+    let expected = expected_names(docs, |d| {
+        at(&["metadata", "lifecycle"], &front_matter(d)) == Some(Value::from("shim"))
+    });
+    assert!(expected.len() > 2, "{expected:?}");
+    assert_eq!(names(&hits), expected, "front_matter.metadata.lifecycle = shim");
+
+    // A numeric range on a nested front matter field.
+    let hits = by_metadata(
+        search_api,
+        T,
+        vec![filter(
+            "front_matter.sidebar.order",
+            Condition::NumberRange(NumberRange {
+                min: Some(2.0),
+                max: Some(4.0),
+            }),
+        )],
+        sort,
+        false,
+    )
+    .await;
+    let expected = expected_names(docs, |d| {
+        at(&["sidebar", "order"], &front_matter(d))
+            .and_then(|v| v.as_f64())
+            .is_some_and(|n| (2.0..=4.0).contains(&n))
+    });
+    assert!(expected.len() > 20, "{} documents", expected.len());
+    assert_eq!(names(&hits), expected, "2 <= front_matter.sidebar.order <= 4");
+
+    // Presence, absence and prefix together.
+    let hits = by_metadata(
+        search_api,
+        T,
+        vec![
+            filter("name", Condition::Prefix("docs » ".into())),
+            filter("front_matter.sidebar", Condition::Exists(false)),
+            filter("content_type", Condition::Equals("text/markdown".into())),
+        ],
+        sort,
+        false,
+    )
+    .await;
+    let expected = expected_names(docs, |d| {
+        d.name.starts_with("docs » ") && d.name.ends_with(".md") && !front_matter(d).contains_key("sidebar")
+    });
+    assert!(!expected.is_empty());
+    assert_eq!(names(&hits), expected, "docs without a sidebar");
+
+    // Date ranges: the corpus's templates filled in as an agent fills them, dated by
+    // day and by RFC 3339 time, in a tenant of their own.
+    let research = docs
+        .iter()
+        .find(|d| d.name.ends_with("research.template.md"))
+        .unwrap();
+    let prfaq = docs
+        .iter()
+        .find(|d| d.name.ends_with("prfaq-template.md"))
+        .unwrap();
+    let filled: Vec<Doc> = [
+        (research, "{date}", "2025-03-01"),
+        (research, "{date}", "2025-11-20"),
+        (research, "{date}", "2026-02-10"),
+        (prfaq, "{timestamp}", "2025-06-30T09:00:00Z"),
+        (prfaq, "{timestamp}", "2026-01-01T01:30:00+02:00"),
+    ]
+    .into_iter()
+    .map(|(template, placeholder, when)| Doc {
+        name: format!("{when} {}", template.name),
+        content: template.content.replace(placeholder, when),
+        tags: vec!["bmad".into(), "md".into(), "dir-filled".into()],
+    })
+    .collect();
+    upload_all(client, "filled", &filled).await;
+    wait_indexed(search_api, "filled", filled.len() as u64).await;
+    let hits = by_metadata(
+        search_api,
+        "filled",
+        vec![filter(
+            "front_matter.created",
+            Condition::TimeRange(TimeRange {
+                from: Some(date("2025-01-01")),
+                until: Some(date("2026-01-01")),
+            }),
+        )],
+        MetadataSort::Name,
+        false,
+    )
+    .await;
+    // 2026-01-01T01:30:00+02:00 is 2025-12-31T23:30:00Z: inside the range.
+    let in_2025 = expected_names(&filled, |d| !d.name.starts_with("2026-02"));
+    assert_eq!(names(&hits), in_2025, "front_matter.created in 2025");
+
+    // Caller metadata given as text compares as a number; sorted by size, largest first.
+    let hits = by_metadata(
+        search_api,
+        T,
+        vec![
+            filter(
+                "metadata.bytes",
+                Condition::NumberRange(NumberRange {
+                    min: Some(10_000.0),
+                    max: None,
+                }),
+            ),
+            filter("metadata.dir", Condition::Equals("dir-src".into())),
+        ],
+        MetadataSort::Size,
+        true,
+    )
+    .await;
+    let expected = expected_names(docs, |d| d.content.len() >= 10_000 && d.tags[2] == "dir-src");
+    assert!(expected.len() > 10);
+    assert_eq!(names(&hits), expected, "metadata.bytes >= 10000 in src");
+    assert!(hits.windows(2).all(|w| w[0].size >= w[1].size), "largest first");
+    assert_eq!(
+        hits[0].size as usize,
+        docs.iter()
+            .filter(|d| d.tags[2] == "dir-src")
+            .map(|d| d.content.len())
+            .max()
+            .unwrap()
+    );
+
+    // Sorting by name pages through the whole project in name order.
+    let all = by_metadata(search_api, T, Vec::new(), MetadataSort::Name, false).await;
+    let in_order: Vec<String> = all.iter().map(|h| h.name.clone()).collect();
+    assert_eq!(in_order, expected_names(docs, |_| true), "name order");
+    let newest_first = by_metadata(search_api, T, Vec::new(), MetadataSort::Created, true).await;
+    assert!(
+        newest_first.windows(2).all(|w| {
+            let time = |h: &SearchHit| h.created_at.map(|t| (t.seconds, t.nanos));
+            time(&w[0]) >= time(&w[1])
+        }),
+        "newest first"
+    );
+    assert_eq!(newest_first.len(), docs.len());
+
+    // Bad filters and tokens are named.
+    let bad = |filters: Vec<MetadataFilter>, token: &str| SearchByMetadataRequest {
+        tenant: T.into(),
+        project: P.into(),
+        filters,
+        page_token: token.into(),
+        ..Default::default()
+    };
+    let first = search_api
+        .search_by_metadata(SearchByMetadataRequest {
+            page_size: 5,
+            ..bad(Vec::new(), "")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let cases = [
+        bad(vec![filter("colour", Condition::Equals("red".into()))], ""),
+        bad(
+            vec![filter("name", Condition::NumberRange(NumberRange::default()))],
+            "",
+        ),
+        bad(
+            vec![MetadataFilter {
+                field: "size".into(),
+                condition: None,
+            }],
+            "",
+        ),
+        bad(
+            vec![filter("size", Condition::Prefix("1".into()))],
+            &first.next_page_token,
+        ),
+        bad(Vec::new(), "not-a-token"),
+    ];
+    for request in cases {
+        let error = search_api.search_by_metadata(request.clone()).await.unwrap_err();
+        assert_eq!(
+            error.code(),
+            tonic::Code::InvalidArgument,
+            "{request:?}: {error:?}"
+        );
+        let message = error.message();
+        assert!(
+            message.starts_with("filters") || message.starts_with("page_token"),
+            "{message}"
+        );
+    }
+    filled.len()
 }
 
 /// A phrase of eight words from the document that no other document contains.
@@ -302,6 +604,8 @@ async fn search_the_bmad_corpus() {
     assert_eq!(seen.len() as u64, total);
     assert!(total > 25, "the broad query spans pages: {total}");
 
+    let filled = check_metadata_search(&mut client, &mut search_api, &docs).await;
+
     // Tenant isolation: another tenant's document is invisible.
     let secret = Doc {
         name: "globex-plan.md".into(),
@@ -318,6 +622,18 @@ async fn search_the_bmad_corpus() {
     );
     assert_eq!(search(&mut search_api, T, "zanzibar quokka").await.total_hits, 0);
     assert_eq!(search(&mut search_api, T, "tenant:globex").await.total_hits, 0);
+    let named = |name: &str| vec![filter("name", Condition::Equals(name.into()))];
+    for (tenant, expected) in [("globex", 1), (T, 0)] {
+        let hits = by_metadata(
+            &mut search_api,
+            tenant,
+            named("globex-plan.md"),
+            MetadataSort::Name,
+            false,
+        )
+        .await;
+        assert_eq!(hits.len(), expected, "metadata search in {tenant}");
+    }
 
     // Deleted artifacts vanish.
     let victim = &docs.iter().find(|d| d.name == "SECURITY.md").unwrap();
@@ -334,6 +650,18 @@ async fn search_the_bmad_corpus() {
     assert!(
         found.hits.iter().all(|h| h.artifact_id != ids[&victim.name]),
         "deleted artifacts vanish"
+    );
+    let named_victim = by_metadata(
+        &mut search_api,
+        T,
+        named("SECURITY.md"),
+        MetadataSort::Name,
+        false,
+    )
+    .await;
+    assert!(
+        named_victim.is_empty(),
+        "deleted artifacts vanish from metadata search"
     );
 
     // Bad queries are named, never a panic.
@@ -373,6 +701,18 @@ async fn search_the_bmad_corpus() {
             result.hits.into_iter().map(|h| h.artifact_id).collect::<Vec<_>>(),
         ));
     }
+    let ordered_probe = || {
+        vec![filter(
+            "front_matter.sidebar.order",
+            Condition::NumberRange(NumberRange {
+                min: Some(1.0),
+                max: None,
+            }),
+        )]
+    };
+    let ids_of = |hits: Vec<SearchHit>| hits.into_iter().map(|h| h.artifact_id).collect::<Vec<_>>();
+    let metadata_before =
+        ids_of(by_metadata(&mut search_api, T, ordered_probe(), MetadataSort::Updated, true).await);
     assert!(server.terminate().success());
     let output = common::binary::command()
         .arg("reindex")
@@ -386,7 +726,7 @@ async fn search_the_bmad_corpus() {
     );
     let reported = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
-        reported.contains(&format!("reindexed {} artifacts", docs.len() - 1 + 1)),
+        reported.contains(&format!("reindexed {} artifacts", docs.len() - 1 + 1 + filled)),
         "{reported}"
     );
     let server = ServerProcess::start_with(ServerOptions {
@@ -394,15 +734,29 @@ async fn search_the_bmad_corpus() {
         ..Default::default()
     });
     let mut search_api = search_client(&server).await;
-    for (probe, expected) in probes.iter().zip(&before) {
+    // The same hits and the same best hit. BM25 statistics count deleted documents until
+    // their segments merge, so hits whose scores differ in the last digits may trade places.
+    for (probe, (total, expected)) in probes.iter().zip(&before) {
         let result = search_api.search(everything(probe)).await.unwrap().into_inner();
         let ids: Vec<String> = result.hits.into_iter().map(|h| h.artifact_id).collect();
+        assert_eq!(result.total_hits, *total, "{probe} after reindex");
         assert_eq!(
-            (result.total_hits, ids),
-            expected.clone(),
-            "{probe} after reindex"
+            ids.first(),
+            expected.first(),
+            "{probe}: the best hit after reindex"
         );
+        let sorted = |ids: &[String]| {
+            let mut ids = ids.to_vec();
+            ids.sort();
+            ids
+        };
+        assert_eq!(sorted(&ids), sorted(expected), "{probe}: the hits after reindex");
     }
+    assert_eq!(
+        ids_of(by_metadata(&mut search_api, T, ordered_probe(), MetadataSort::Updated, true).await),
+        metadata_before,
+        "metadata search after reindex"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,6 +794,17 @@ async fn a_killed_server_resumes_indexing_without_loss_or_duplicates() {
         let copies = found.hits.iter().filter(|h| &h.artifact_id == id).count();
         assert_eq!(copies, 1, "{name} is indexed exactly once");
     }
+
+    // An index that cannot be read is rebuilt from the catalog on start.
+    let mut server = server;
+    assert!(server.terminate().success());
+    let index = data.path().join("index");
+    std::fs::remove_dir_all(&index).unwrap();
+    std::fs::create_dir_all(&index).unwrap();
+    std::fs::write(index.join("meta.json"), b"{ not json").unwrap();
+    let server = ServerProcess::start_with(options());
+    let mut search_api = search_client(&server).await;
+    wait_indexed(&mut search_api, T, docs.len() as u64).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

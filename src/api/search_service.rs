@@ -5,7 +5,8 @@ use crate::domain::Error;
 use crate::domain::names::validate_identifier;
 use crate::proto::search_service_server::SearchService;
 use crate::proto::{
-    self, SearchByTagsRequest, SearchByTagsResponse, SearchRequest, SearchResponse, TagMatch,
+    self, MetadataSort, SearchByMetadataRequest, SearchByMetadataResponse, SearchByTagsRequest,
+    SearchByTagsResponse, SearchRequest, SearchResponse, TagMatch, metadata_filter,
 };
 use crate::search::{self, SearchHit, SearchIndex};
 use std::sync::Arc;
@@ -35,7 +36,46 @@ fn hit(hit: SearchHit) -> proto::SearchHit {
         title: hit.title,
         score: hit.score,
         snippet: hit.snippet,
+        size: hit.size,
+        created_at: Some(super::convert::timestamp(hit.created_at)),
+        updated_at: Some(super::convert::timestamp(hit.updated_at)),
     }
+}
+
+fn micros(field: &'static str, timestamp: &prost_types::Timestamp) -> Result<i64, Error> {
+    if !(0..1_000_000_000).contains(&timestamp.nanos) {
+        return Err(Error::invalid(
+            field,
+            format!("nanos {} is outside 0..999999999", timestamp.nanos),
+        ));
+    }
+    timestamp
+        .seconds
+        .checked_mul(1_000_000)
+        .and_then(|s| s.checked_add(i64::from(timestamp.nanos / 1000)))
+        .ok_or_else(|| Error::invalid(field, format!("{} seconds is out of range", timestamp.seconds)))
+}
+
+fn metadata_filter(filter: proto::MetadataFilter) -> Result<search::MetadataFilter, Error> {
+    use metadata_filter::Condition as Wire;
+    let condition = match filter.condition {
+        None => None,
+        Some(Wire::Equals(value)) => Some(search::Condition::Equals(value)),
+        Some(Wire::Prefix(value)) => Some(search::Condition::Prefix(value)),
+        Some(Wire::Exists(present)) => Some(search::Condition::Exists(present)),
+        Some(Wire::NumberRange(range)) => Some(search::Condition::NumberRange {
+            min: range.min,
+            max: range.max,
+        }),
+        Some(Wire::TimeRange(range)) => Some(search::Condition::TimeRange {
+            from: range.from.as_ref().map(|t| micros("filters", t)).transpose()?,
+            until: range.until.as_ref().map(|t| micros("filters", t)).transpose()?,
+        }),
+    };
+    Ok(search::MetadataFilter {
+        field: filter.field,
+        condition,
+    })
 }
 
 fn page_size(requested: u32) -> usize {
@@ -76,6 +116,53 @@ impl SearchService for SearchApi {
         let index = self.index.clone();
         let page = blocking(move || index.search(&query)).await?;
         Ok(Response::new(SearchResponse {
+            hits: page.hits.into_iter().map(hit).collect(),
+            total_hits: page.total_hits,
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn search_by_metadata(
+        &self,
+        request: Request<SearchByMetadataRequest>,
+    ) -> Result<Response<SearchByMetadataResponse>, Status> {
+        let request = request.into_inner();
+        validate_identifier("tenant", &request.tenant).map_err(to_status)?;
+        validate_identifier("project", &request.project).map_err(to_status)?;
+        let sort = match MetadataSort::try_from(request.sort) {
+            Ok(MetadataSort::Created) => search::MetadataSort::Created,
+            Ok(MetadataSort::Updated | MetadataSort::Unspecified) => search::MetadataSort::Updated,
+            Ok(MetadataSort::Name) => search::MetadataSort::Name,
+            Ok(MetadataSort::Size) => search::MetadataSort::Size,
+            Ok(MetadataSort::Version) => search::MetadataSort::Version,
+            Err(_) => {
+                return Err(to_status(Error::invalid(
+                    "sort",
+                    format!(
+                        "{} is not a sort; use METADATA_SORT_CREATED, _UPDATED, _NAME, _SIZE or _VERSION",
+                        request.sort
+                    ),
+                )));
+            }
+        };
+        let filters = request
+            .filters
+            .into_iter()
+            .map(metadata_filter)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(to_status)?;
+        let query = search::MetadataSearchRequest {
+            tenant: request.tenant,
+            project: request.project,
+            filters,
+            sort,
+            descending: request.descending,
+            page_size: page_size(request.page_size),
+            page_token: request.page_token,
+        };
+        let index = self.index.clone();
+        let page = blocking(move || index.search_metadata(&query)).await?;
+        Ok(Response::new(SearchByMetadataResponse {
             hits: page.hits.into_iter().map(hit).collect(),
             total_hits: page.total_hits,
             next_page_token: page.next_page_token,

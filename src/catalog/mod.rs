@@ -13,6 +13,7 @@ use crate::ingest::{ChunkId, Codec};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("src/catalog/migrations/sqlite");
@@ -52,6 +53,9 @@ impl Dialect {
 pub struct Catalog {
     pub(crate) pool: AnyPool,
     dialect: Dialect,
+    /// Signalled after each commit that wrote an outbox event, so this process's indexer
+    /// follows at once instead of at its next poll.
+    changes: Arc<tokio::sync::Notify>,
 }
 
 /// Maps a database failure onto the service's errors: connection trouble is retryable
@@ -173,7 +177,11 @@ impl Catalog {
             .run(&pool)
             .await
             .map_err(|e| Error::Internal(format!("catalog migration failed: {e}")))?;
-        Ok(Self { pool, dialect })
+        Ok(Self {
+            pool,
+            dialect,
+            changes: Arc::new(tokio::sync::Notify::new()),
+        })
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -346,6 +354,7 @@ impl Catalog {
         )
         .await?;
         tx.commit().await.map_err(|e| db_error("committing", e))?;
+        self.changes.notify_one();
         self.committed_pair(&artifact.scope, &artifact.id, &version.version)
             .await
     }
@@ -405,6 +414,7 @@ impl Catalog {
         )
         .await?;
         tx.commit().await.map_err(|e| db_error("committing", e))?;
+        self.changes.notify_one();
         self.committed_pair(scope, artifact_id, &version.version).await
     }
 
@@ -550,6 +560,7 @@ impl Catalog {
         self.write_event(&mut tx, event_type, scope, artifact_id, "", now)
             .await?;
         tx.commit().await.map_err(|e| db_error("committing", e))?;
+        self.changes.notify_one();
         self.artifact_by_id(scope, artifact_id, include_deleted)
             .await?
             .ok_or_else(|| Error::internal(format!("artifact {artifact_id:?} vanished after {event_type}")))
@@ -655,6 +666,7 @@ impl Catalog {
         self.write_event(&mut tx, "artifact.undeleted", scope, artifact_id, "", now)
             .await?;
         tx.commit().await.map_err(|e| db_error("committing", e))?;
+        self.changes.notify_one();
         self.artifact_by_id(scope, artifact_id, false)
             .await?
             .ok_or_else(|| Error::internal("restored artifact vanished"))
@@ -837,6 +849,12 @@ impl Catalog {
     // ---- outbox ----------------------------------------------------------------------------
 
     /// The newest outbox position (0 when empty).
+    /// Resolves after this process commits an outbox event (at once if one was committed
+    /// since the last call). Other processes' events are only seen by reading the outbox.
+    pub async fn outbox_written(&self) {
+        self.changes.notified().await;
+    }
+
     pub async fn max_outbox_seq(&self) -> Result<i64> {
         let max: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM outbox")
             .fetch_one(&self.pool)

@@ -1,17 +1,23 @@
 //! The tantivy schema, writing documents, and the queries.
 
+use super::metadata::{
+    self, ArtifactMetadata, Lookup, MetadataSearchRequest, MetadataSort, MetadataTerms, TermField,
+};
 use crate::domain::{Error, Result};
 use std::collections::VecDeque;
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tantivy::collector::sort_key::{SortByStaticFastValue, SortByString};
 use tantivy::collector::{Count, FacetCollector, TopDocs};
-use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
 use tantivy::schema::{
     FAST, Facet, FacetOptions, Field, IndexRecordOption, STORED, STRING, Schema, TEXT, TantivyDocument, Value,
 };
 use tantivy::snippet::SnippetGenerator;
-use tantivy::{DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, Term, doc};
+use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Searcher, Term, doc};
 
 /// How long a result set stays pinned for paging.
 const CURSOR_LIFETIME: Duration = Duration::from_secs(300);
@@ -35,12 +41,20 @@ struct Fields {
     body: Field,
     version: Field,
     updated_at: Field,
+    created_at: Field,
+    size: Field,
+    sort_name: Field,
+    sort_version: Field,
+    meta_text: Field,
+    meta_number: Field,
+    meta_time: Field,
+    meta_paths: Field,
 }
 
 fn schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
     let fields = Fields {
-        artifact_id: builder.add_text_field("artifact_id", STRING | STORED),
+        artifact_id: builder.add_text_field("artifact_id", STRING | STORED | FAST),
         tenant: builder.add_text_field("tenant", STRING),
         project: builder.add_text_field("project", STRING),
         artifact_type: builder.add_text_field("type", STRING | STORED),
@@ -54,6 +68,14 @@ fn schema() -> (Schema, Fields) {
         body: builder.add_text_field("body", TEXT | STORED),
         version: builder.add_text_field("version", STRING | STORED),
         updated_at: builder.add_i64_field("updated_at", FAST | STORED),
+        created_at: builder.add_i64_field("created_at", FAST | STORED),
+        size: builder.add_u64_field("size", FAST | STORED),
+        sort_name: builder.add_text_field("sort_name", STRING | FAST),
+        sort_version: builder.add_text_field("sort_version", STRING | FAST),
+        meta_text: builder.add_text_field("meta_text", STRING),
+        meta_number: builder.add_text_field("meta_number", STRING),
+        meta_time: builder.add_text_field("meta_time", STRING),
+        meta_paths: builder.add_text_field("meta_paths", STRING),
     };
     (builder.build(), fields)
 }
@@ -64,16 +86,13 @@ pub struct IndexedArtifact {
     pub artifact_id: String,
     pub tenant: String,
     pub project: String,
-    pub artifact_type: String,
     pub state: String,
-    pub name: String,
     pub tags: Vec<String>,
     pub categories: Vec<String>,
-    pub title: String,
     pub headings: Vec<String>,
     pub body: String,
-    pub version: String,
-    pub updated_at: i64,
+    /// Name, type, title, version, times, sizes, caller metadata and front matter.
+    pub meta: ArtifactMetadata,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +108,10 @@ pub struct SearchHit {
     pub score: f32,
     /// The best fragment of the body with matches in `<b>…</b>`.
     pub snippet: String,
+    pub size: u64,
+    /// Microseconds since the epoch.
+    pub created_at: i64,
+    pub updated_at: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +169,9 @@ pub struct SearchIndex {
     writer: Mutex<IndexWriter>,
     fields: Fields,
     pinned: Mutex<VecDeque<Pinned>>,
+    /// The index was created empty (new, unreadable, or of an older schema) and must be
+    /// rebuilt from the catalog.
+    needs_rebuild: AtomicBool,
 }
 
 fn index_error(what: &str, error: impl std::fmt::Display) -> Error {
@@ -157,14 +183,45 @@ fn facet_of(kind: &str, label: &str) -> Facet {
 }
 
 impl SearchIndex {
-    /// Opens the index in `dir`, creating it when missing.
+    /// Opens the index in `dir`. When it is missing, unreadable or of another schema, it is
+    /// created empty and [`Self::needs_rebuild`] says so: the catalog is the source of truth.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| index_error("creating its directory", e))?;
         let (schema, fields) = schema();
         let directory =
             tantivy::directory::MmapDirectory::open(dir).map_err(|e| index_error("opening", e))?;
-        let index = Index::open_or_create(directory, schema).map_err(|e| index_error("opening", e))?;
-        Self::from_index(index, fields)
+        let existing = match Index::exists(&directory) {
+            Ok(true) => match Index::open(directory.clone()) {
+                Ok(index) if index.schema() == schema => Some(index),
+                Ok(_) => {
+                    tracing::warn!(dir = %dir.display(), "the search index has an older schema; rebuilding it");
+                    None
+                }
+                Err(error) => {
+                    tracing::warn!(dir = %dir.display(), %error, "the search index cannot be read; rebuilding it");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let needs_rebuild = existing.is_none();
+        let index = match existing {
+            Some(index) => index,
+            None => Index::create(directory, schema, tantivy::IndexSettings::default())
+                .map_err(|e| index_error("creating", e))?,
+        };
+        let opened = Self::from_index(index, fields)?;
+        opened.needs_rebuild.store(needs_rebuild, Ordering::SeqCst);
+        Ok(opened)
+    }
+
+    /// Whether the index must be rebuilt from the catalog before it can follow the outbox.
+    pub fn needs_rebuild(&self) -> bool {
+        self.needs_rebuild.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn rebuilt(&self) {
+        self.needs_rebuild.store(false, Ordering::SeqCst);
     }
 
     fn from_index(index: Index, fields: Fields) -> Result<Self> {
@@ -182,6 +239,7 @@ impl SearchIndex {
             writer: Mutex::new(writer),
             fields,
             pinned: Mutex::new(VecDeque::new()),
+            needs_rebuild: AtomicBool::new(false),
         })
     }
 
@@ -205,18 +263,34 @@ impl SearchIndex {
         for (artifact_id, document) in changes {
             writer.delete_term(Term::from_field_text(f.artifact_id, &artifact_id));
             let Some(a) = document else { continue };
+            let terms = MetadataTerms::of(&a.meta);
+            let meta = a.meta;
             let mut document = doc!(
                 f.artifact_id => a.artifact_id,
                 f.tenant => a.tenant,
                 f.project => a.project,
-                f.artifact_type => a.artifact_type,
+                f.artifact_type => meta.artifact_type,
                 f.state => a.state,
-                f.name => a.name,
-                f.title => a.title,
+                f.sort_name => meta.name.clone(),
+                f.name => meta.name,
+                f.title => meta.title,
                 f.body => a.body,
-                f.version => a.version,
-                f.updated_at => a.updated_at,
+                f.sort_version => metadata::version_key(&meta.version),
+                f.version => meta.version,
+                f.updated_at => meta.updated_at,
+                f.created_at => meta.created_at,
+                f.size => meta.size,
             );
+            for (field, values) in [
+                (f.meta_text, terms.text),
+                (f.meta_number, terms.numbers),
+                (f.meta_time, terms.times),
+                (f.meta_paths, terms.paths),
+            ] {
+                for value in values {
+                    document.add_text(field, value);
+                }
+            }
             for tag in &a.tags {
                 document.add_text(f.tags, tag);
                 document.add_facet(f.tag_facets, facet_of("tags", tag));
@@ -261,7 +335,7 @@ impl SearchIndex {
 
     /// A searcher for a new search, or the pinned one a page token refers to, so that paging
     /// through a result set neither skips nor repeats hits while the index changes.
-    fn searcher_for(&self, token: &str, kind: &str) -> Result<(Searcher, usize)> {
+    fn searcher_for(&self, token: &str, kind: &str, request: &str) -> Result<(Searcher, usize)> {
         let mut pinned = self.pinned.lock().expect("pinned searchers lock");
         pinned.retain(|p| p.since.elapsed() < CURSOR_LIFETIME);
         if token.is_empty() {
@@ -283,6 +357,12 @@ impl SearchIndex {
         let fields = decode_token(token).ok_or_else(invalid)?;
         if fields.0 != kind {
             return Err(invalid());
+        }
+        if fields.3 != fingerprint(request) {
+            return Err(Error::invalid(
+                "page_token",
+                "belongs to a different request; send the same request again with the token",
+            ));
         }
         let searcher = pinned
             .iter()
@@ -345,7 +425,15 @@ impl SearchIndex {
             clauses.push((Occur::Must, self.term(f.categories, category)));
         }
         let query = BooleanQuery::new(clauses);
-        let (searcher, offset) = self.searcher_for(&request.page_token, "q")?;
+        let identity = format!(
+            "{:?}",
+            SearchRequest {
+                page_token: String::new(),
+                page_size: 0,
+                ..request.clone()
+            }
+        );
+        let (searcher, offset) = self.searcher_for(&request.page_token, "q", &identity)?;
         let limit = request.page_size.clamp(1, 1000);
         let (total, top) = searcher
             .search(
@@ -372,7 +460,7 @@ impl SearchIndex {
         let next = offset + hits.len();
         Ok(SearchPage {
             next_page_token: if (next as u64) < total as u64 {
-                encode_token("q", searcher.generation().generation_id(), next)
+                encode_token("q", searcher.generation().generation_id(), next, &identity)
             } else {
                 String::new()
             },
@@ -410,7 +498,15 @@ impl SearchIndex {
         let mut clauses = self.scope_filter(&request.tenant, &request.project);
         clauses.push((Occur::Must, Box::new(BooleanQuery::new(tag_clauses))));
         let query = BooleanQuery::new(clauses);
-        let (searcher, offset) = self.searcher_for(&request.page_token, "t")?;
+        let identity = format!(
+            "{:?}",
+            TagSearchRequest {
+                page_token: String::new(),
+                page_size: 0,
+                ..request.clone()
+            }
+        );
+        let (searcher, offset) = self.searcher_for(&request.page_token, "t", &identity)?;
         let limit = request.page_size.clamp(1, 1000);
         let mut facets = FacetCollector::for_field("tag_facets");
         facets.add_facet("/tags");
@@ -448,7 +544,7 @@ impl SearchIndex {
         let next = offset + hits.len();
         let page = SearchPage {
             next_page_token: if (next as u64) < total as u64 {
-                encode_token("t", searcher.generation().generation_id(), next)
+                encode_token("t", searcher.generation().generation_id(), next, &identity)
             } else {
                 String::new()
             },
@@ -456,6 +552,130 @@ impl SearchIndex {
             hits,
         };
         Ok((page, tag_counts, category_counts))
+    }
+
+    /// Artifacts whose metadata meet every filter, in the requested order, ties by id.
+    pub fn search_metadata(&self, request: &MetadataSearchRequest) -> Result<SearchPage> {
+        let lookups = metadata::compile(&request.filters)?;
+        let mut clauses = self.scope_filter(&request.tenant, &request.project);
+        clauses.extend(lookups.into_iter().map(|lookup| self.lookup_clause(lookup)));
+        let query = BooleanQuery::new(clauses);
+        let identity = format!(
+            "{:?}",
+            MetadataSearchRequest {
+                page_token: String::new(),
+                page_size: 0,
+                ..request.clone()
+            }
+        );
+        let (searcher, offset) = self.searcher_for(&request.page_token, "m", &identity)?;
+        let limit = request.page_size.clamp(1, 1000);
+        let order = if request.descending {
+            Order::Desc
+        } else {
+            Order::Asc
+        };
+        let top = TopDocs::with_limit(limit).and_offset(offset);
+        let by_id = (SortByString::for_field("artifact_id"), Order::Asc);
+        let search_error = |e| index_error("searching", e);
+        fn addresses<K>(hits: Vec<(K, DocAddress)>) -> Vec<DocAddress> {
+            hits.into_iter().map(|(_, address)| address).collect()
+        }
+        let (total, top) = match request.sort {
+            MetadataSort::Created | MetadataSort::Updated => {
+                let field = if request.sort == MetadataSort::Created {
+                    "created_at"
+                } else {
+                    "updated_at"
+                };
+                let key = (SortByStaticFastValue::<i64>::for_field(field), order);
+                let (total, hits) = searcher
+                    .search(&query, &(Count, top.order_by((key, by_id))))
+                    .map_err(search_error)?;
+                (total, addresses(hits))
+            }
+            MetadataSort::Size => {
+                let key = (SortByStaticFastValue::<u64>::for_field("size"), order);
+                let (total, hits) = searcher
+                    .search(&query, &(Count, top.order_by((key, by_id))))
+                    .map_err(search_error)?;
+                (total, addresses(hits))
+            }
+            MetadataSort::Name | MetadataSort::Version => {
+                let field = if request.sort == MetadataSort::Name {
+                    "sort_name"
+                } else {
+                    "sort_version"
+                };
+                let key = (SortByString::for_field(field), order);
+                let (total, hits) = searcher
+                    .search(&query, &(Count, top.order_by((key, by_id))))
+                    .map_err(search_error)?;
+                (total, addresses(hits))
+            }
+        };
+        let hits = top
+            .into_iter()
+            .map(|address| self.hit(&searcher, address, 0.0, None))
+            .collect::<Result<Vec<_>>>()?;
+        let next = offset + hits.len();
+        Ok(SearchPage {
+            next_page_token: if (next as u64) < total as u64 {
+                encode_token("m", searcher.generation().generation_id(), next, &identity)
+            } else {
+                String::new()
+            },
+            total_hits: total as u64,
+            hits,
+        })
+    }
+
+    fn lookup_clause(&self, lookup: Lookup) -> (Occur, Box<dyn Query>) {
+        let f = self.fields;
+        let field_of = |field| match field {
+            TermField::Text => f.meta_text,
+            TermField::Number => f.meta_number,
+            TermField::Time => f.meta_time,
+        };
+        let any = |mut queries: Vec<Box<dyn Query>>| -> Box<dyn Query> {
+            if queries.len() == 1 {
+                queries.pop().expect("one query")
+            } else {
+                Box::new(BooleanQuery::new(
+                    queries.into_iter().map(|q| (Occur::Should, q)).collect(),
+                ))
+            }
+        };
+        match lookup {
+            Lookup::AnyTerm(terms) => (
+                Occur::Must,
+                any(terms
+                    .into_iter()
+                    .map(|(field, value)| self.term(field_of(field), &value))
+                    .collect()),
+            ),
+            Lookup::Ranges(ranges) => (
+                Occur::Must,
+                any(ranges
+                    .into_iter()
+                    .map(|(field, start, end)| -> Box<dyn Query> {
+                        let bound = |bytes: &[u8]| {
+                            let mut term = Term::from_field_text(field_of(field), "");
+                            term.set_bytes(bytes);
+                            term
+                        };
+                        Box::new(RangeQuery::new(
+                            Bound::Included(bound(&start)),
+                            Bound::Excluded(bound(&end)),
+                        ))
+                    })
+                    .collect()),
+            ),
+            Lookup::Path(path, present) => (
+                if present { Occur::Must } else { Occur::MustNot },
+                self.term(f.meta_paths, &path),
+            ),
+        }
     }
 
     fn hit(
@@ -495,25 +715,45 @@ impl SearchIndex {
             snippet: snippets
                 .map(|s| s.snippet_from_doc(&document).to_html())
                 .unwrap_or_default(),
+            size: document
+                .get_first(f.size)
+                .and_then(|v| v.as_u64())
+                .unwrap_or_default(),
+            created_at: document
+                .get_first(f.created_at)
+                .and_then(|v| v.as_i64())
+                .unwrap_or_default(),
+            updated_at: document
+                .get_first(f.updated_at)
+                .and_then(|v| v.as_i64())
+                .unwrap_or_default(),
         })
     }
 }
 
-fn encode_token(kind: &str, generation: u64, offset: usize) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{kind}:{generation}:{offset}"))
+/// What identifies a request apart from its page token, so that a token is only used with
+/// the request that produced it.
+fn fingerprint(request: &str) -> String {
+    blake3::hash(request.as_bytes()).to_hex()[..16].to_owned()
 }
 
-fn decode_token(token: &str) -> Option<(String, u64, usize)> {
+fn encode_token(kind: &str, generation: u64, offset: usize, request: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{kind}:{generation}:{offset}:{}", fingerprint(request)))
+}
+
+fn decode_token(token: &str) -> Option<(String, u64, usize, String)> {
     use base64::Engine;
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .ok()?;
     let text = String::from_utf8(raw).ok()?;
-    let mut parts = text.splitn(3, ':');
+    let mut parts = text.splitn(4, ':');
     Some((
         parts.next()?.to_owned(),
         parts.next()?.parse().ok()?,
         parts.next()?.parse().ok()?,
+        parts.next()?.to_owned(),
     ))
 }

@@ -3,6 +3,7 @@
 //! exactly where the index stopped, without losing or repeating changes.
 
 use super::index::{IndexedArtifact, SearchIndex};
+use super::metadata::ArtifactMetadata;
 use crate::app::Artifacts;
 use crate::catalog::{ArtifactRecord, Catalog, Scope};
 use crate::domain::{Error, Result};
@@ -13,6 +14,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 const EVENTS_PER_BATCH: u32 = 256;
+/// How often the outbox is read when this process wrote nothing: other replicas' changes
+/// arrive this way.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
@@ -76,16 +79,24 @@ impl Indexer {
             artifact_id: artifact.id.clone(),
             tenant: artifact.tenant.clone(),
             project: artifact.project.clone(),
-            artifact_type: artifact.artifact_type.clone(),
             state: "active".to_owned(),
-            name: artifact.name.clone(),
             tags,
             categories: artifact.category_list(),
-            title: extracted.title.clone().unwrap_or_default(),
             headings: extracted.headings.clone(),
             body,
-            version: version.version.clone(),
-            updated_at: artifact.updated_at,
+            meta: ArtifactMetadata {
+                metadata: artifact.metadata_map(),
+                name: artifact.name,
+                artifact_type: artifact.artifact_type,
+                title: extracted.title.clone().unwrap_or_default(),
+                content_type: version.content_type.clone(),
+                version: version.version.clone(),
+                size: version.size as u64,
+                line_count: extracted.line_count,
+                created_at: artifact.created_at,
+                updated_at: artifact.updated_at,
+                front_matter: extracted.front_matter.clone(),
+            },
         })
     }
 
@@ -126,12 +137,20 @@ impl Indexer {
     /// The indexer job: follows the outbox until shutdown; failures are retried.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
-            match self.catch_up().await {
+            let work = async {
+                if self.index.needs_rebuild() {
+                    let written = self.rebuild().await?;
+                    tracing::info!(written, "search index rebuilt from the catalog");
+                }
+                self.catch_up().await
+            };
+            match work.await {
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "indexing failed; retrying"),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = self.catalog.outbox_written() => {}
                 _ = tokio::time::sleep(IDLE_POLL) => {}
             }
         }
@@ -160,6 +179,7 @@ impl Indexer {
             self.commit(changes, 0).await?;
         }
         self.commit(Vec::new(), high_water).await?;
+        self.index.rebuilt();
         Ok(written)
     }
 }
