@@ -49,6 +49,9 @@ impl Dialect {
     }
 }
 
+/// The advisory lock that orders outbox events by commit ("artf").
+const OUTBOX_LOCK: i64 = 0x6172_7466;
+
 #[derive(Debug, Clone)]
 pub struct Catalog {
     pub(crate) pool: AnyPool,
@@ -524,6 +527,18 @@ impl Catalog {
         version: &str,
         at: i64,
     ) -> Result<()> {
+        if self.dialect == Dialect::Postgres {
+            // Readers follow the outbox by `seq`. A sequence hands out numbers in the order
+            // transactions ask, not the order they commit, so a reader could pass seq 6 while
+            // seq 5 is still uncommitted and never see 5. Holding this lock from the event to
+            // the commit (it is the last statement) makes seq order commit order. SQLite
+            // serialises writers already.
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(OUTBOX_LOCK)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| db_error("ordering the outbox", e))?;
+        }
         sqlx::query(
             "INSERT INTO outbox (event_type, tenant, project, artifact_id, version, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
