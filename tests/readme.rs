@@ -64,4 +64,9 @@ fn readme_grpcurl_examples_work() {
             "README output lacks {expected:?}:\n{stdout}"
         );
     }
+    assert_eq!(
+        stdout.matches("\"totalHits\": \"1\"").count(),
+        2,
+        "both searches find the PRD:\n{stdout}"
+    );
 }

@@ -14,7 +14,8 @@ use tantivy::collector::sort_key::{SortByStaticFastValue, SortByString};
 use tantivy::collector::{Count, FacetCollector, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
 use tantivy::schema::{
-    FAST, Facet, FacetOptions, Field, IndexRecordOption, STORED, STRING, Schema, TEXT, TantivyDocument, Value,
+    FAST, Facet, FacetOptions, Field, IndexRecordOption, STORED, STRING, Schema, TEXT, TantivyDocument,
+    TextFieldIndexing, TextOptions, Value,
 };
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Searcher, Term, doc};
@@ -51,6 +52,15 @@ struct Fields {
     meta_paths: Field,
 }
 
+/// Prose fields: English stemming, so "requirement" finds "requirements"; positions for phrases.
+fn prose(stored: bool) -> TextOptions {
+    let indexing = TextFieldIndexing::default()
+        .set_tokenizer("en_stem")
+        .set_index_option(IndexRecordOption::WithFreqsAndPositions);
+    let options = TextOptions::default().set_indexing_options(indexing);
+    if stored { options.set_stored() } else { options }
+}
+
 fn schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
     let fields = Fields {
@@ -63,9 +73,9 @@ fn schema() -> (Schema, Fields) {
         tags: builder.add_text_field("tags", STRING | STORED),
         categories: builder.add_text_field("categories", STRING | STORED),
         tag_facets: builder.add_facet_field("tag_facets", FacetOptions::default()),
-        title: builder.add_text_field("title", TEXT | STORED),
-        headings: builder.add_text_field("headings", TEXT),
-        body: builder.add_text_field("body", TEXT | STORED),
+        title: builder.add_text_field("title", prose(true)),
+        headings: builder.add_text_field("headings", prose(false)),
+        body: builder.add_text_field("body", prose(true)),
         version: builder.add_text_field("version", STRING | STORED),
         updated_at: builder.add_i64_field("updated_at", FAST | STORED),
         created_at: builder.add_i64_field("created_at", FAST | STORED),
@@ -327,6 +337,14 @@ impl SearchIndex {
             .delete_all_documents()
             .map_err(|e| index_error("clearing", e))?;
         self.commit(writer, checkpoint)
+    }
+
+    /// Waits for background segment merges to finish, then closes the index.
+    pub fn close(self) -> Result<()> {
+        let writer = self.writer.into_inner().expect("index writer lock");
+        writer
+            .wait_merging_threads()
+            .map_err(|e| index_error("finishing merges", e))
     }
 
     pub fn document_count(&self) -> u64 {

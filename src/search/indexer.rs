@@ -134,11 +134,28 @@ impl Indexer {
         }
     }
 
+    /// Whether the index has seen outbox positions the catalog never reached: it was built
+    /// from another catalog, or the catalog was restored from an older backup. Following the
+    /// outbox from there would skip changes, so the index is rebuilt instead.
+    async fn ahead_of_catalog(&self) -> Result<bool> {
+        let checkpoint = self.index.checkpoint()?;
+        let high_water = self.catalog.max_outbox_seq().await?;
+        if checkpoint > high_water {
+            tracing::warn!(
+                checkpoint,
+                high_water,
+                "the search index is ahead of the catalog; rebuilding it"
+            );
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// The indexer job: follows the outbox until shutdown; failures are retried.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
             let work = async {
-                if self.index.needs_rebuild() {
+                if self.index.needs_rebuild() || self.ahead_of_catalog().await? {
                     let written = self.rebuild().await?;
                     tracing::info!(written, "search index rebuilt from the catalog");
                 }

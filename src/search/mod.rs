@@ -6,7 +6,10 @@ mod index;
 mod indexer;
 mod metadata;
 
-pub use index::{FacetCount, SearchHit, SearchIndex, SearchPage, SearchRequest, TagMatch, TagSearchRequest};
+pub use index::{
+    FacetCount, IndexedArtifact, SearchHit, SearchIndex, SearchPage, SearchRequest, TagMatch,
+    TagSearchRequest,
+};
 pub use indexer::Indexer;
 pub use metadata::{
     ArtifactMetadata, Condition, MetadataFilter, MetadataSearchRequest, MetadataSort, parse_time,
