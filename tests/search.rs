@@ -257,6 +257,19 @@ async fn check_metadata_search(
     assert!(expected.len() > 20, "{} documents", expected.len());
     assert_eq!(names(&hits), expected, "2 <= front_matter.sidebar.order <= 4");
 
+    // Presence of a nested key, through its parent.
+    let hits = by_metadata(
+        search_api,
+        T,
+        vec![filter("front_matter.sidebar", Condition::Exists(true))],
+        sort,
+        false,
+    )
+    .await;
+    let expected = expected_names(docs, |d| front_matter(d).contains_key("sidebar"));
+    assert!(expected.len() > 100, "{} documents", expected.len());
+    assert_eq!(names(&hits), expected, "front_matter.sidebar exists");
+
     // Presence, absence and prefix together.
     let hits = by_metadata(
         search_api,
@@ -300,7 +313,15 @@ async fn check_metadata_search(
         tags: vec!["bmad".into(), "md".into(), "dir-filled".into()],
     })
     .collect();
-    upload_all(client, "filled", &filled).await;
+    // Each at its own version, to check the version order (1.10.0 after 1.2.0, a release
+    // candidate before its release).
+    let versions = ["1.2.0", "1.0.0", "0.9.0", "1.10.0", "1.0.0-rc.1"];
+    for (doc, version) in filled.iter().zip(versions) {
+        let mut h = header("filled", P, "doc", &doc.name);
+        h.tags = doc.tags.clone();
+        h.initial_version = version.into();
+        create(client, h, doc.content.as_bytes()).await.unwrap();
+    }
     wait_indexed(search_api, "filled", filled.len() as u64).await;
     let hits = by_metadata(
         search_api,
@@ -319,6 +340,13 @@ async fn check_metadata_search(
     // 2026-01-01T01:30:00+02:00 is 2025-12-31T23:30:00Z: inside the range.
     let in_2025 = expected_names(&filled, |d| !d.name.starts_with("2026-02"));
     assert_eq!(names(&hits), in_2025, "front_matter.created in 2025");
+    let by_version = by_metadata(search_api, "filled", Vec::new(), MetadataSort::Version, false).await;
+    let in_order: Vec<&str> = by_version.iter().map(|h| h.version.as_str()).collect();
+    assert_eq!(
+        in_order,
+        ["0.9.0", "1.0.0-rc.1", "1.0.0", "1.2.0", "1.10.0"],
+        "semver order"
+    );
 
     // Caller metadata given as text compares as a number; sorted by size, largest first.
     let hits = by_metadata(
@@ -802,9 +830,23 @@ async fn a_killed_server_resumes_indexing_without_loss_or_duplicates() {
     std::fs::remove_dir_all(&index).unwrap();
     std::fs::create_dir_all(&index).unwrap();
     std::fs::write(index.join("meta.json"), b"{ not json").unwrap();
-    let server = ServerProcess::start_with(options());
+    let mut server = ServerProcess::start_with(options());
     let mut search_api = search_client(&server).await;
     wait_indexed(&mut search_api, T, docs.len() as u64).await;
+
+    // An index ahead of its catalog (here: a new, empty catalog) is rebuilt rather than
+    // followed from a position the catalog has not reached, which would skip new changes.
+    assert!(server.terminate().success());
+    for file in std::fs::read_dir(data.path()).unwrap().flatten() {
+        if file.file_name().to_string_lossy().starts_with("catalog.db") {
+            std::fs::remove_file(file.path()).unwrap();
+        }
+    }
+    let server = ServerProcess::start_with(options());
+    let mut client = server.client().await;
+    let mut search_api = search_client(&server).await;
+    upload_all(&mut client, T, &docs[..3]).await;
+    wait_indexed(&mut search_api, T, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
