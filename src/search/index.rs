@@ -775,3 +775,91 @@ fn decode_token(token: &str) -> Option<(String, u64, usize, String)> {
         parts.next()?.to_owned(),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn request(query: &str) -> SearchRequest {
+        SearchRequest {
+            tenant: "t".into(),
+            project: "p".into(),
+            query: query.into(),
+            page_size: 5,
+            ..Default::default()
+        }
+    }
+
+    /// Whatever the text, a search answers or names the problem in the query.
+    #[test]
+    fn malformed_queries_are_invalid_arguments_never_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SearchIndex::open(dir.path()).unwrap();
+        let document = IndexedArtifact {
+            artifact_id: "a".into(),
+            tenant: "t".into(),
+            project: "p".into(),
+            state: "active".into(),
+            tags: vec!["x".into()],
+            categories: Vec::new(),
+            headings: vec!["Goals".into()],
+            body: "sprint planning for the payments team".into(),
+            meta: ArtifactMetadata {
+                name: "prd.md".into(),
+                ..Default::default()
+            },
+        };
+        index.apply(vec![("a".into(), Some(document))], 1).unwrap();
+        let mut queries: Vec<String> = [
+            "[",
+            "title:[a TO",
+            "\"",
+            "((((",
+            "*",
+            "a^",
+            "a^x",
+            "a~",
+            "-",
+            "+",
+            "title:",
+            ":",
+            "AND",
+            "OR OR",
+            "NOT",
+            "a:b:c",
+            "\\",
+            "[* TO *]",
+            "body:{a TO b}",
+            "IN [a b]",
+            "\"a\"~",
+            "title:IN [",
+            "tags:",
+            "updated_at:>x",
+            "updated_at:[1 TO",
+            "🦀",
+            "a\0b",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let alphabet: Vec<char> = "ab :\"()[]{}+-^~*\\!<>=TOANDORNOT0123456789.,'/_"
+            .chars()
+            .collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        for _ in 0..3000 {
+            let len = rng.random_range(1..24);
+            queries.push(
+                (0..len)
+                    .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                    .collect(),
+            );
+        }
+        for query in &queries {
+            match index.search(&request(query)) {
+                Ok(_) => {}
+                Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "query", "{query:?}"),
+                Err(other) => panic!("{query:?}: {other:?}"),
+            }
+        }
+    }
+}

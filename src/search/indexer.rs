@@ -151,17 +151,24 @@ impl Indexer {
         Ok(false)
     }
 
+    /// Once per start, makes sure the index can follow the catalog (rebuilding it when not);
+    /// then applies what the outbox holds beyond the checkpoint.
+    async fn step(&self, verified: &mut bool) -> Result<usize> {
+        if !*verified {
+            if self.index.needs_rebuild() || self.ahead_of_catalog().await? {
+                let written = self.rebuild().await?;
+                tracing::info!(written, "search index rebuilt from the catalog");
+            }
+            *verified = true;
+        }
+        self.catch_up().await
+    }
+
     /// The indexer job: follows the outbox until shutdown; failures are retried.
     pub async fn run(self, shutdown: CancellationToken) {
+        let mut verified = false;
         loop {
-            let work = async {
-                if self.index.needs_rebuild() || self.ahead_of_catalog().await? {
-                    let written = self.rebuild().await?;
-                    tracing::info!(written, "search index rebuilt from the catalog");
-                }
-                self.catch_up().await
-            };
-            match work.await {
+            match self.step(&mut verified).await {
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "indexing failed; retrying"),
             }
