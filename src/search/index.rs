@@ -266,7 +266,8 @@ impl SearchIndex {
     }
 
     /// Replaces (or, with `None`, removes) the document of each artifact, then commits with
-    /// `checkpoint` atomically, so a restart resumes exactly where the index stopped.
+    /// `checkpoint` atomically, so a restart resumes exactly where the index stopped. An
+    /// artifact may appear more than once: the last entry wins.
     pub fn apply(&self, changes: Vec<(String, Option<IndexedArtifact>)>, checkpoint: i64) -> Result<()> {
         let f = self.fields;
         let writer = self.writer.lock().expect("index writer lock");
@@ -791,26 +792,57 @@ mod tests {
         }
     }
 
-    /// Whatever the text, a search answers or names the problem in the query.
-    #[test]
-    fn malformed_queries_are_invalid_arguments_never_panics() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = SearchIndex::open(dir.path()).unwrap();
-        let document = IndexedArtifact {
-            artifact_id: "a".into(),
+    fn document(id: &str, body: &str) -> IndexedArtifact {
+        IndexedArtifact {
+            artifact_id: id.into(),
             tenant: "t".into(),
             project: "p".into(),
             state: "active".into(),
             tags: vec!["x".into()],
             categories: Vec::new(),
             headings: vec!["Goals".into()],
-            body: "sprint planning for the payments team".into(),
+            body: body.into(),
             meta: ArtifactMetadata {
-                name: "prd.md".into(),
+                name: format!("{id}.md"),
                 ..Default::default()
             },
-        };
-        index.apply(vec![("a".into(), Some(document))], 1).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_last_entry_for_an_artifact_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SearchIndex::open(dir.path()).unwrap();
+        index
+            .apply(vec![("a".into(), Some(document("a", "first words")))], 1)
+            .unwrap();
+        index
+            .apply(
+                vec![
+                    ("a".into(), Some(document("a", "second words"))),
+                    ("b".into(), Some(document("b", "other words"))),
+                    ("a".into(), Some(document("a", "third words"))),
+                    ("b".into(), None),
+                ],
+                2,
+            )
+            .unwrap();
+        assert_eq!(index.document_count(), 1);
+        for (query, hits) in [("first", 0), ("second", 0), ("third", 1), ("other", 0)] {
+            assert_eq!(index.search(&request(query)).unwrap().total_hits, hits, "{query}");
+        }
+        assert_eq!(index.checkpoint().unwrap(), 2);
+    }
+
+    /// Whatever the text, a search answers or names the problem in the query.
+    #[test]
+    fn malformed_queries_are_invalid_arguments_never_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SearchIndex::open(dir.path()).unwrap();
+        let body = "sprint planning for the payments team";
+        index
+            .apply(vec![("a".into(), Some(document("a", body)))], 1)
+            .unwrap();
         let mut queries: Vec<String> = [
             "[",
             "title:[a TO",
