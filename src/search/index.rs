@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tantivy::collector::sort_key::{SortByStaticFastValue, SortByString};
-use tantivy::collector::{Count, FacetCollector, TopDocs};
+use tantivy::collector::{Count, FacetCollector, SortKeyComputer, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
 use tantivy::schema::{
     FAST, Facet, FacetOptions, Field, IndexRecordOption, STORED, STRING, Schema, TEXT, TantivyDocument,
@@ -595,44 +595,38 @@ impl SearchIndex {
             Order::Asc
         };
         let top = TopDocs::with_limit(limit).and_offset(offset);
-        let by_id = (SortByString::for_field("artifact_id"), Order::Asc);
-        let search_error = |e| index_error("searching", e);
-        fn addresses<K>(hits: Vec<(K, DocAddress)>) -> Vec<DocAddress> {
-            hits.into_iter().map(|(_, address)| address).collect()
-        }
         let (total, top) = match request.sort {
-            MetadataSort::Created | MetadataSort::Updated => {
-                let field = if request.sort == MetadataSort::Created {
-                    "created_at"
-                } else {
-                    "updated_at"
-                };
-                let key = (SortByStaticFastValue::<i64>::for_field(field), order);
-                let (total, hits) = searcher
-                    .search(&query, &(Count, top.order_by((key, by_id))))
-                    .map_err(search_error)?;
-                (total, addresses(hits))
-            }
-            MetadataSort::Size => {
-                let key = (SortByStaticFastValue::<u64>::for_field("size"), order);
-                let (total, hits) = searcher
-                    .search(&query, &(Count, top.order_by((key, by_id))))
-                    .map_err(search_error)?;
-                (total, addresses(hits))
-            }
-            MetadataSort::Name | MetadataSort::Version => {
-                let field = if request.sort == MetadataSort::Name {
-                    "sort_name"
-                } else {
-                    "sort_version"
-                };
-                let key = (SortByString::for_field(field), order);
-                let (total, hits) = searcher
-                    .search(&query, &(Count, top.order_by((key, by_id))))
-                    .map_err(search_error)?;
-                (total, addresses(hits))
-            }
-        };
+            MetadataSort::Created => sorted(
+                &searcher,
+                &query,
+                top,
+                (SortByStaticFastValue::<i64>::for_field("created_at"), order),
+            ),
+            MetadataSort::Updated => sorted(
+                &searcher,
+                &query,
+                top,
+                (SortByStaticFastValue::<i64>::for_field("updated_at"), order),
+            ),
+            MetadataSort::Size => sorted(
+                &searcher,
+                &query,
+                top,
+                (SortByStaticFastValue::<u64>::for_field("size"), order),
+            ),
+            MetadataSort::Name => sorted(
+                &searcher,
+                &query,
+                top,
+                (SortByString::for_field("sort_name"), order),
+            ),
+            MetadataSort::Version => sorted(
+                &searcher,
+                &query,
+                top,
+                (SortByString::for_field("sort_version"), order),
+            ),
+        }?;
         let hits = top
             .into_iter()
             .map(|address| self.hit(&searcher, address, 0.0, None))
@@ -754,6 +748,21 @@ impl SearchIndex {
 /// the request that produced it.
 fn fingerprint(request: &str) -> String {
     blake3::hash(request.as_bytes()).to_hex()[..16].to_owned()
+}
+
+/// The page `top` of the hits of `query` in the order of `key`, ties by artifact id, with the
+/// number of all hits.
+fn sorted<K>(searcher: &Searcher, query: &dyn Query, top: TopDocs, key: K) -> Result<(usize, Vec<DocAddress>)>
+where
+    K: SortKeyComputer + Send + 'static,
+    K::SortKey: Clone + Send + Sync + std::fmt::Debug + 'static,
+    (K, (SortByString, Order)): SortKeyComputer<SortKey = (K::SortKey, Option<String>)>,
+{
+    let by_id = (SortByString::for_field("artifact_id"), Order::Asc);
+    let (total, hits) = searcher
+        .search(query, &(Count, top.order_by((key, by_id))))
+        .map_err(|e| index_error("searching", e))?;
+    Ok((total, hits.into_iter().map(|(_, address)| address).collect()))
 }
 
 fn encode_token(kind: &str, generation: u64, offset: usize, request: &str) -> String {
