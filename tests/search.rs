@@ -971,3 +971,73 @@ async fn tags_and_categories_are_editable_without_a_new_version() {
     assert_eq!(error.code(), tonic::Code::InvalidArgument);
     assert!(error.message().starts_with("categories"), "{error:?}");
 }
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> HashSet<PathBuf> {
+    let mut files = HashSet::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.insert(path);
+        }
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_whose_content_is_lost_is_indexed_by_metadata_and_stops_nothing() {
+    let docs: Vec<Doc> = corpus_docs()
+        .into_iter()
+        .filter(|d| d.name.ends_with(".md") && d.content.len() > 2000)
+        .take(4)
+        .collect();
+    let data = tempfile::tempdir().unwrap();
+    let options = || ServerOptions {
+        data_dir: Some(data.path().to_owned()),
+        ..Default::default()
+    };
+    let blobs = data.path().join("blobs");
+    let mut server = ServerProcess::start_with(options());
+    let mut client = server.client().await;
+    let lost = upload_all(&mut client, T, &docs[..1]).await;
+    let lost_packs = files_under(&blobs);
+    assert!(
+        !lost_packs.is_empty(),
+        "the first upload wrote packs under {}",
+        blobs.display()
+    );
+    upload_all(&mut client, T, &docs[1..3]).await;
+    assert!(server.terminate().success());
+
+    // The first artifact's packs are lost and the index must be rebuilt from the catalog.
+    for pack in &lost_packs {
+        std::fs::remove_file(pack).unwrap();
+    }
+    std::fs::remove_dir_all(data.path().join("index")).unwrap();
+    let server = ServerProcess::start_with(options());
+    let mut client = server.client().await;
+    let mut search_api = search_client(&server).await;
+    wait_indexed(&mut search_api, T, 3).await;
+    // The indexer goes on following the catalog.
+    upload_all(&mut client, T, &docs[3..]).await;
+    wait_indexed(&mut search_api, T, 4).await;
+
+    let lost_name = &docs[0].name;
+    let hits = by_metadata(
+        &mut search_api,
+        T,
+        vec![filter("name", Condition::Equals(lost_name.clone()))],
+        MetadataSort::Name,
+        false,
+    )
+    .await;
+    assert_eq!(hits.len(), 1, "{lost_name} is still found by its metadata");
+    assert_eq!(hits[0].artifact_id, lost[lost_name]);
+    for doc in &docs[1..] {
+        let phrase = distinctive_phrase(doc, &docs).expect("a distinctive phrase");
+        let found = search(&mut search_api, T, &format!("\"{phrase}\"")).await;
+        assert_eq!(found.total_hits, 1, "{} is found by its text", doc.name);
+    }
+}

@@ -81,15 +81,19 @@ impl Indexer {
         let extracted = version.extracted();
         let body = if extracted.is_text {
             let length = (version.size as u64).min(MAX_INDEXED_TEXT_BYTES as u64);
-            let plan = self
-                .artifacts
-                .plan_download(&scope, &artifact.id, &version.version, 0, length)
-                .await?;
-            let pieces: Vec<bytes::Bytes> = self.artifacts.download(&plan).await?.try_collect().await?;
-            let prefix = pieces.concat();
-            // The front matter stays in the body: its values (descriptions, owners) are words
-            // people search for.
-            text_prefix(&prefix).unwrap_or_default().to_owned()
+            match self.text(&scope, &artifact.id, &version.version, length).await {
+                Ok(text) => text,
+                // A store that does not answer now may answer later: retry the whole batch.
+                Err(error) if error.is_retryable() => return Err(error),
+                // Content that cannot be read (a lost or corrupt pack) must not stop the
+                // index for everyone: the artifact is indexed by its metadata alone.
+                Err(error) => {
+                    tracing::error!(artifact_id = %artifact.id, version = %version.version, %error,
+                        "content unreadable; indexing the artifact without its text");
+                    metrics::counter!("artifactd_index_unreadable_total").increment(1);
+                    String::new()
+                }
+            }
         } else {
             String::new()
         };
@@ -123,6 +127,17 @@ impl Indexer {
                 front_matter: extracted.front_matter.clone(),
             },
         })
+    }
+
+    /// The first `length` bytes of a version as text. The front matter stays in: its values
+    /// (descriptions, owners) are words people search for.
+    async fn text(&self, scope: &Scope, artifact_id: &str, version: &str, length: u64) -> Result<String> {
+        let plan = self
+            .artifacts
+            .plan_download(scope, artifact_id, version, 0, length)
+            .await?;
+        let pieces: Vec<bytes::Bytes> = self.artifacts.download(&plan).await?.try_collect().await?;
+        Ok(text_prefix(&pieces.concat()).unwrap_or_default().to_owned())
     }
 
     async fn commit(&self, changes: Vec<(String, Option<IndexedArtifact>)>, checkpoint: i64) -> Result<()> {
