@@ -42,21 +42,30 @@ fn hit(hit: SearchHit) -> proto::SearchHit {
     }
 }
 
-fn micros(field: &'static str, timestamp: &prost_types::Timestamp) -> Result<i64, Error> {
+/// A time bound in whole microseconds, rounded up: stored times are whole microseconds, and
+/// for both `from` (inclusive) and `until` (exclusive) a stored time is inside the bound
+/// exactly when it is inside the rounded-up bound.
+fn micros(index: usize, bound: &str, timestamp: &prost_types::Timestamp) -> Result<i64, Error> {
+    let invalid = |message: String| {
+        Error::invalid(
+            "filters",
+            format!("filters[{index}].time_range.{bound}: {message}"),
+        )
+    };
     if !(0..1_000_000_000).contains(&timestamp.nanos) {
-        return Err(Error::invalid(
-            field,
-            format!("nanos {} is outside 0..999999999", timestamp.nanos),
-        ));
+        return Err(invalid(format!(
+            "nanos {} is outside 0..999999999",
+            timestamp.nanos
+        )));
     }
     timestamp
         .seconds
         .checked_mul(1_000_000)
-        .and_then(|s| s.checked_add(i64::from(timestamp.nanos / 1000)))
-        .ok_or_else(|| Error::invalid(field, format!("{} seconds is out of range", timestamp.seconds)))
+        .and_then(|s| s.checked_add(i64::from((timestamp.nanos as u32).div_ceil(1000))))
+        .ok_or_else(|| invalid(format!("{} seconds is out of range", timestamp.seconds)))
 }
 
-fn metadata_filter(filter: proto::MetadataFilter) -> Result<search::MetadataFilter, Error> {
+fn metadata_filter(index: usize, filter: proto::MetadataFilter) -> Result<search::MetadataFilter, Error> {
     use metadata_filter::Condition as Wire;
     let condition = match filter.condition {
         None => None,
@@ -68,8 +77,16 @@ fn metadata_filter(filter: proto::MetadataFilter) -> Result<search::MetadataFilt
             max: range.max,
         }),
         Some(Wire::TimeRange(range)) => Some(search::Condition::TimeRange {
-            from: range.from.as_ref().map(|t| micros("filters", t)).transpose()?,
-            until: range.until.as_ref().map(|t| micros("filters", t)).transpose()?,
+            from: range
+                .from
+                .as_ref()
+                .map(|t| micros(index, "from", t))
+                .transpose()?,
+            until: range
+                .until
+                .as_ref()
+                .map(|t| micros(index, "until", t))
+                .transpose()?,
         }),
     };
     Ok(search::MetadataFilter {
@@ -148,7 +165,8 @@ impl SearchService for SearchApi {
         let filters = request
             .filters
             .into_iter()
-            .map(metadata_filter)
+            .enumerate()
+            .map(|(index, filter)| metadata_filter(index, filter))
             .collect::<Result<Vec<_>, _>>()
             .map_err(to_status)?;
         let query = search::MetadataSearchRequest {
@@ -216,5 +234,21 @@ impl SearchService for SearchApi {
             facets: counts(facets),
             category_facets: counts(category_facets),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_bounds_round_up_to_whole_microseconds() {
+        let at = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+        assert_eq!(micros(0, "from", &at(1, 0)).unwrap(), 1_000_000);
+        assert_eq!(micros(0, "from", &at(1, 1)).unwrap(), 1_000_001);
+        assert_eq!(micros(0, "until", &at(1, 999_999_999)).unwrap(), 2_000_000);
+        assert_eq!(micros(0, "until", &at(-1, 500)).unwrap(), -999_999);
+        let error = micros(3, "until", &at(1, -1)).unwrap_err().to_string();
+        assert!(error.contains("filters[3].time_range.until"), "{error}");
     }
 }

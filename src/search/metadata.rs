@@ -420,14 +420,16 @@ fn compile_one(index: usize, filter: &MetadataFilter) -> Result<Lookup> {
             if prefix.is_empty() {
                 return Err(error("prefix must not be empty; use exists to ask for presence"));
             }
+            if prefix.len() > MAX_EQUAL_BYTES {
+                return Err(error(&format!(
+                    "prefix is {} bytes; values are indexed up to their first {MAX_EQUAL_BYTES} bytes",
+                    prefix.len()
+                )));
+            }
             let mut ranges = Vec::new();
             for sep in [SEP, SEP_LONG] {
                 let start = format!("{path}{sep}{prefix}").into_bytes();
                 let Some(end) = prefix_end(&start) else { continue };
-                // Only as much of the prefix as a long value keeps can match a long value.
-                if sep == SEP_LONG && prefix.len() > MAX_EQUAL_BYTES {
-                    continue;
-                }
                 ranges.push((TermField::Text, start, end));
             }
             Ok(Lookup::Ranges(ranges))
@@ -619,6 +621,10 @@ mod tests {
             (
                 filter("title", Some(Condition::Prefix(String::new()))),
                 "must not be empty",
+            ),
+            (
+                filter("title", Some(Condition::Prefix("x".repeat(513)))),
+                "first 512 bytes",
             ),
         ];
         for (filter, expected) in cases {
