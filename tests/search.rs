@@ -1041,3 +1041,71 @@ async fn an_artifact_whose_content_is_lost_is_indexed_by_metadata_and_stops_noth
         assert_eq!(found.total_hits, 1, "{} is found by its text", doc.name);
     }
 }
+
+/// Copies (or, with `to` as the live name, restores) the SQLite catalog files of a stopped server.
+fn copy_catalog(data: &Path, from_prefix: &str, to_prefix: &str) {
+    for entry in std::fs::read_dir(data).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(to_prefix) {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    for entry in std::fs::read_dir(data).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(rest) = name.strip_prefix(from_prefix) {
+            std::fs::copy(entry.path(), data.join(format!("{to_prefix}{rest}"))).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_is_rebuilt_when_the_catalog_is_restored_from_an_older_backup() {
+    let docs: Vec<Doc> = corpus_docs()
+        .into_iter()
+        .filter(|d| d.name.ends_with(".md") && d.content.len() > 2000)
+        .take(5)
+        .collect();
+    let data = tempfile::tempdir().unwrap();
+    let options = |index: &str| {
+        ServerOptions {
+            data_dir: Some(data.path().to_owned()),
+            ..Default::default()
+        }
+        .env(
+            "ARTIFACTD_SEARCH__INDEX_DIR",
+            data.path().join(index).to_string_lossy(),
+        )
+    };
+
+    // A, then the backup, then B and C: the index ends at the event of C.
+    let mut server = ServerProcess::start_with(options("index"));
+    let mut client = server.client().await;
+    upload_all(&mut client, T, &docs[..1]).await;
+    assert!(server.terminate().success());
+    copy_catalog(data.path(), "catalog.db", "backup.db");
+    let mut server = ServerProcess::start_with(options("index"));
+    let mut client = server.client().await;
+    let mut search_api = search_client(&server).await;
+    upload_all(&mut client, T, &docs[1..3]).await;
+    wait_indexed(&mut search_api, T, 3).await;
+    assert!(server.terminate().success());
+
+    // The catalog goes back to the backup, and new changes (X and Y) take the numbers B
+    // and C had, while this index is elsewhere.
+    copy_catalog(data.path(), "backup.db", "catalog.db");
+    let mut server = ServerProcess::start_with(options("elsewhere"));
+    let mut client = server.client().await;
+    upload_all(&mut client, T, &docs[3..5]).await;
+    assert!(server.terminate().success());
+
+    // Back on the first index: its checkpoint's position exists in the catalog but holds
+    // another event, so it is rebuilt: A, X and Y, and not B or C.
+    let server = ServerProcess::start_with(options("index"));
+    let mut search_api = search_client(&server).await;
+    wait_indexed(&mut search_api, T, 3).await;
+    for (doc, expected) in docs.iter().zip([1, 0, 0, 1, 1]) {
+        let phrase = distinctive_phrase(doc, &docs).expect("a distinctive phrase");
+        let found = search(&mut search_api, T, &format!("\"{phrase}\"")).await;
+        assert_eq!(found.total_hits, expected, "{}", doc.name);
+    }
+}

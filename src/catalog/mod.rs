@@ -891,6 +891,17 @@ impl Catalog {
             .map_err(|e| db_error("listing artifacts", e))
     }
 
+    pub async fn outbox_event(&self, seq: i64) -> Result<Option<OutboxEvent>> {
+        sqlx::query_as(
+            "SELECT seq, event_type, tenant, project, artifact_id, version, created_at FROM outbox \
+             WHERE seq = $1",
+        )
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("reading the outbox", e))
+    }
+
     pub async fn outbox_after(&self, after_seq: i64, limit: u32) -> Result<Vec<OutboxEvent>> {
         sqlx::query_as(
             "SELECT seq, event_type, tenant, project, artifact_id, version, created_at FROM outbox \

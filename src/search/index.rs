@@ -22,7 +22,10 @@ use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, 
 
 /// How long a result set stays pinned for paging.
 const CURSOR_LIFETIME: Duration = Duration::from_secs(300);
-const PINNED_SEARCHERS: usize = 16;
+/// Result sets pinned at once; the least recently paged goes first.
+const PINNED_SEARCHERS: usize = 64;
+/// Paging stops here: a page at offset n costs memory in proportion to n.
+pub const MAX_RESULT_WINDOW: usize = 100_000;
 const WRITER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 const SNIPPET_CHARS: usize = 200;
 
@@ -88,6 +91,24 @@ fn schema() -> (Schema, Fields) {
         meta_paths: builder.add_text_field("meta_paths", STRING),
     };
     (builder.build(), fields)
+}
+
+/// How far into the outbox the index is: the position, and a marker of the event there
+/// (its artifact and time), so that a catalog whose event at that position differs (another
+/// catalog, or one restored from a backup) can be told apart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub seq: i64,
+    pub marker: String,
+}
+
+impl From<i64> for Checkpoint {
+    fn from(seq: i64) -> Self {
+        Self {
+            seq,
+            marker: String::new(),
+        }
+    }
 }
 
 /// What the index holds for one artifact.
@@ -179,6 +200,8 @@ pub struct SearchIndex {
     writer: Mutex<IndexWriter>,
     fields: Fields,
     pinned: Mutex<VecDeque<Pinned>>,
+    /// Signs page tokens, so that a client cannot forge an offset or a generation.
+    token_key: [u8; 32],
     /// The index was created empty (new, unreadable, or of an older schema) and must be
     /// rebuilt from the catalog.
     needs_rebuild: AtomicBool,
@@ -249,26 +272,39 @@ impl SearchIndex {
             writer: Mutex::new(writer),
             fields,
             pinned: Mutex::new(VecDeque::new()),
+            token_key: rand::random(),
             needs_rebuild: AtomicBool::new(false),
         })
     }
 
     /// The last outbox position whose changes the index holds (stored with every commit).
     pub fn checkpoint(&self) -> Result<i64> {
+        Ok(self.checkpoint_with_marker()?.seq)
+    }
+
+    /// The checkpoint with the marker of the event at it.
+    pub fn checkpoint_with_marker(&self) -> Result<Checkpoint> {
         let metas = self
             .index
             .load_metas()
             .map_err(|e| index_error("reading its metadata", e))?;
-        Ok(metas
-            .payload
-            .and_then(|payload| payload.parse().ok())
-            .unwrap_or(0))
+        let payload = metas.payload.unwrap_or_default();
+        let (seq, marker) = payload.split_once(' ').unwrap_or((&payload, ""));
+        Ok(Checkpoint {
+            seq: seq.parse().unwrap_or(0),
+            marker: marker.to_owned(),
+        })
     }
 
     /// Replaces (or, with `None`, removes) the document of each artifact, then commits with
     /// `checkpoint` atomically, so a restart resumes exactly where the index stopped. An
     /// artifact may appear more than once: the last entry wins.
-    pub fn apply(&self, changes: Vec<(String, Option<IndexedArtifact>)>, checkpoint: i64) -> Result<()> {
+    pub fn apply(
+        &self,
+        changes: Vec<(String, Option<IndexedArtifact>)>,
+        checkpoint: impl Into<Checkpoint>,
+    ) -> Result<()> {
+        let checkpoint = checkpoint.into();
         let f = self.fields;
         let writer = self.writer.lock().expect("index writer lock");
         for (artifact_id, document) in changes {
@@ -321,23 +357,32 @@ impl SearchIndex {
     }
 
     /// Commits what the writer holds together with `checkpoint`, then shows it to searches.
-    fn commit(&self, mut writer: std::sync::MutexGuard<'_, IndexWriter>, checkpoint: i64) -> Result<()> {
+    fn commit(
+        &self,
+        mut writer: std::sync::MutexGuard<'_, IndexWriter>,
+        checkpoint: Checkpoint,
+    ) -> Result<()> {
         let mut prepared = writer
             .prepare_commit()
             .map_err(|e| index_error("preparing a commit", e))?;
-        prepared.set_payload(&checkpoint.to_string());
+        let payload = if checkpoint.marker.is_empty() {
+            checkpoint.seq.to_string()
+        } else {
+            format!("{} {}", checkpoint.seq, checkpoint.marker)
+        };
+        prepared.set_payload(&payload);
         prepared.commit().map_err(|e| index_error("committing", e))?;
         drop(writer);
         self.reader.reload().map_err(|e| index_error("reloading", e))
     }
 
     /// Removes every document (before a rebuild), keeping `checkpoint`.
-    pub fn clear(&self, checkpoint: i64) -> Result<()> {
+    pub fn clear(&self, checkpoint: impl Into<Checkpoint>) -> Result<()> {
         let writer = self.writer.lock().expect("index writer lock");
         writer
             .delete_all_documents()
             .map_err(|e| index_error("clearing", e))?;
-        self.commit(writer, checkpoint)
+        self.commit(writer, checkpoint.into())
     }
 
     /// Waits for background segment merges to finish, then closes the index.
@@ -354,45 +399,92 @@ impl SearchIndex {
 
     /// A searcher for a new search, or the pinned one a page token refers to, so that paging
     /// through a result set neither skips nor repeats hits while the index changes.
-    fn searcher_for(&self, token: &str, kind: &str, request: &str) -> Result<(Searcher, usize)> {
+    /// A searcher for a new search, or the pinned one a page token refers to, so that paging
+    /// through a result set neither skips nor repeats hits while the index changes. A result
+    /// set stays pinned for five minutes after its last page.
+    fn searcher_for(
+        &self,
+        token: &str,
+        kind: &str,
+        request: &str,
+        limit: usize,
+    ) -> Result<(Searcher, usize)> {
+        let (generation, offset) = if token.is_empty() {
+            (None, 0)
+        } else {
+            let (generation, offset) = self.open_token(token, kind, request)?;
+            if offset + limit > MAX_RESULT_WINDOW {
+                return Err(Error::invalid(
+                    "page_token",
+                    format!("paging stops at {MAX_RESULT_WINDOW} hits; narrow the search with filters"),
+                ));
+            }
+            (Some(generation), offset)
+        };
         let mut pinned = self.pinned.lock().expect("pinned searchers lock");
         pinned.retain(|p| p.since.elapsed() < CURSOR_LIFETIME);
-        if token.is_empty() {
-            let searcher = self.reader.searcher();
-            let generation = searcher.generation().generation_id();
-            if !pinned.iter().any(|p| p.generation == generation) {
-                if pinned.len() >= PINNED_SEARCHERS {
-                    pinned.pop_front();
-                }
-                pinned.push_back(Pinned {
-                    generation,
-                    since: Instant::now(),
-                    searcher: searcher.clone(),
-                });
+        let generation = generation.unwrap_or_else(|| self.reader.searcher().generation().generation_id());
+        let searcher = match pinned.iter().position(|p| p.generation == generation) {
+            Some(position) => pinned.remove(position).expect("a pinned searcher").searcher,
+            None if token.is_empty() => self.reader.searcher(),
+            None => {
+                return Err(Error::FailedPrecondition(
+                    "page_token: the result set has expired; start the search again".to_owned(),
+                ));
             }
-            return Ok((searcher, 0));
+        };
+        if pinned.len() >= PINNED_SEARCHERS {
+            pinned.pop_front();
         }
-        let invalid = || Error::invalid("page_token", format!("{token:?} is not a token of this search"));
-        let fields = decode_token(token).ok_or_else(invalid)?;
-        if fields.0 != kind {
+        pinned.push_back(Pinned {
+            generation: searcher.generation().generation_id(),
+            since: Instant::now(),
+            searcher: searcher.clone(),
+        });
+        Ok((searcher, offset))
+    }
+
+    /// A token for the page at `offset` of the result set of `request` in `searcher`.
+    fn token(&self, kind: &str, searcher: &Searcher, offset: usize, request: &str) -> String {
+        use base64::Engine;
+        let body = format!("{kind}:{}:{offset}", searcher.generation().generation_id());
+        let mac = self.mac(&body, request);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{body}:{mac}"))
+    }
+
+    /// The generation and offset a token names, if this index signed it for `request`.
+    fn open_token(&self, token: &str, kind: &str, request: &str) -> Result<(u64, usize)> {
+        use base64::Engine;
+        let invalid = || {
+            Error::invalid(
+                "page_token",
+                "is not a token of this request (a token pages only the request that returned it, \
+                 on the server that returned it)",
+            )
+        };
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| invalid())?;
+        let text = String::from_utf8(raw).map_err(|_| invalid())?;
+        let (body, mac) = text.rsplit_once(':').ok_or_else(invalid)?;
+        if mac != self.mac(body, request) {
             return Err(invalid());
         }
-        if fields.3 != fingerprint(request) {
-            return Err(Error::invalid(
-                "page_token",
-                "belongs to a different request; send the same request again with the token",
-            ));
+        let mut parts = body.splitn(3, ':');
+        if parts.next() != Some(kind) {
+            return Err(invalid());
         }
-        let searcher = pinned
-            .iter()
-            .find(|p| p.generation == fields.1)
-            .map(|p| p.searcher.clone())
-            .ok_or_else(|| {
-                Error::FailedPrecondition(
-                    "page_token: the result set has expired; start the search again".to_owned(),
-                )
-            })?;
-        Ok((searcher, fields.2))
+        let generation = parts.next().and_then(|p| p.parse().ok()).ok_or_else(invalid)?;
+        let offset = parts.next().and_then(|p| p.parse().ok()).ok_or_else(invalid)?;
+        Ok((generation, offset))
+    }
+
+    fn mac(&self, body: &str, request: &str) -> String {
+        let mut hasher = blake3::Hasher::new_keyed(&self.token_key);
+        hasher.update(body.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(request.as_bytes());
+        hasher.finalize().to_hex()[..32].to_owned()
     }
 
     fn scope_filter(&self, tenant: &str, project: &str) -> Vec<(Occur, Box<dyn Query>)> {
@@ -452,8 +544,8 @@ impl SearchIndex {
                 ..request.clone()
             }
         );
-        let (searcher, offset) = self.searcher_for(&request.page_token, "q", &identity)?;
         let limit = request.page_size.clamp(1, 1000);
+        let (searcher, offset) = self.searcher_for(&request.page_token, "q", &identity, limit)?;
         let (total, top) = searcher
             .search(
                 &query,
@@ -479,7 +571,7 @@ impl SearchIndex {
         let next = offset + hits.len();
         Ok(SearchPage {
             next_page_token: if (next as u64) < total as u64 {
-                encode_token("q", searcher.generation().generation_id(), next, &identity)
+                self.token("q", &searcher, next, &identity)
             } else {
                 String::new()
             },
@@ -525,8 +617,8 @@ impl SearchIndex {
                 ..request.clone()
             }
         );
-        let (searcher, offset) = self.searcher_for(&request.page_token, "t", &identity)?;
         let limit = request.page_size.clamp(1, 1000);
+        let (searcher, offset) = self.searcher_for(&request.page_token, "t", &identity, limit)?;
         let mut facets = FacetCollector::for_field("tag_facets");
         facets.add_facet("/tags");
         facets.add_facet("/categories");
@@ -563,7 +655,7 @@ impl SearchIndex {
         let next = offset + hits.len();
         let page = SearchPage {
             next_page_token: if (next as u64) < total as u64 {
-                encode_token("t", searcher.generation().generation_id(), next, &identity)
+                self.token("t", &searcher, next, &identity)
             } else {
                 String::new()
             },
@@ -587,8 +679,8 @@ impl SearchIndex {
                 ..request.clone()
             }
         );
-        let (searcher, offset) = self.searcher_for(&request.page_token, "m", &identity)?;
         let limit = request.page_size.clamp(1, 1000);
+        let (searcher, offset) = self.searcher_for(&request.page_token, "m", &identity, limit)?;
         let order = if request.descending {
             Order::Desc
         } else {
@@ -634,7 +726,7 @@ impl SearchIndex {
         let next = offset + hits.len();
         Ok(SearchPage {
             next_page_token: if (next as u64) < total as u64 {
-                encode_token("m", searcher.generation().generation_id(), next, &identity)
+                self.token("m", &searcher, next, &identity)
             } else {
                 String::new()
             },
@@ -744,12 +836,6 @@ impl SearchIndex {
     }
 }
 
-/// What identifies a request apart from its page token, so that a token is only used with
-/// the request that produced it.
-fn fingerprint(request: &str) -> String {
-    blake3::hash(request.as_bytes()).to_hex()[..16].to_owned()
-}
-
 /// The page `top` of the hits of `query` in the order of `key`, ties by artifact id, with the
 /// number of all hits.
 fn sorted<K>(searcher: &Searcher, query: &dyn Query, top: TopDocs, key: K) -> Result<(usize, Vec<DocAddress>)>
@@ -763,27 +849,6 @@ where
         .search(query, &(Count, top.order_by((key, by_id))))
         .map_err(|e| index_error("searching", e))?;
     Ok((total, hits.into_iter().map(|(_, address)| address).collect()))
-}
-
-fn encode_token(kind: &str, generation: u64, offset: usize, request: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(format!("{kind}:{generation}:{offset}:{}", fingerprint(request)))
-}
-
-fn decode_token(token: &str) -> Option<(String, u64, usize, String)> {
-    use base64::Engine;
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()?;
-    let text = String::from_utf8(raw).ok()?;
-    let mut parts = text.splitn(4, ':');
-    Some((
-        parts.next()?.to_owned(),
-        parts.next()?.parse().ok()?,
-        parts.next()?.parse().ok()?,
-        parts.next()?.to_owned(),
-    ))
 }
 
 #[cfg(test)]
@@ -841,6 +906,82 @@ mod tests {
             assert_eq!(index.search(&request(query)).unwrap().total_hits, hits, "{query}");
         }
         assert_eq!(index.checkpoint().unwrap(), 2);
+    }
+
+    #[test]
+    fn page_tokens_cannot_be_forged_or_reused_for_another_request() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let index = SearchIndex::open(dir.path()).unwrap();
+        let documents = (0..10)
+            .map(|i| (format!("d{i}"), Some(document(&format!("d{i}"), "shared words"))))
+            .collect();
+        index.apply(documents, 1).unwrap();
+        let mut first = request("shared");
+        first.page_size = 2;
+        let token = index.search(&first).unwrap().next_page_token;
+        let second = SearchRequest {
+            page_token: token.clone(),
+            ..first.clone()
+        };
+        assert_eq!(index.search(&second).unwrap().hits.len(), 2);
+
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let text = String::from_utf8(engine.decode(&token).unwrap()).unwrap();
+        let mut parts: Vec<&str> = text.split(':').collect();
+        parts[2] = "10000000000000";
+        let forged = engine.encode(parts.join(":"));
+        let other_request = SearchRequest {
+            query: "words".into(),
+            page_token: token,
+            ..first.clone()
+        };
+        for request in [
+            SearchRequest {
+                page_token: forged,
+                ..first.clone()
+            },
+            other_request,
+        ] {
+            match index.search(&request) {
+                Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "page_token"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_result_set_in_use_stays_pinned_while_many_others_come_and_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SearchIndex::open(dir.path()).unwrap();
+        let documents = (0..3)
+            .map(|i| (format!("d{i}"), Some(document(&format!("d{i}"), "shared words"))))
+            .collect();
+        index.apply(documents, 1).unwrap();
+        let mut kept = request("shared");
+        kept.page_size = 1;
+        let mut page = index.search(&kept).unwrap();
+        let first_id = page.hits[0].artifact_id.clone();
+        for i in 0..(PINNED_SEARCHERS * 2) {
+            // A new generation, searched by someone else.
+            let id = format!("n{i}");
+            index
+                .apply(
+                    vec![(id.clone(), Some(document(&id, "shared words")))],
+                    i as i64 + 2,
+                )
+                .unwrap();
+            index.search(&request("shared")).unwrap();
+            if i % 8 == 7 && !page.next_page_token.is_empty() {
+                // The kept result set is paged now and then: it stays as it was.
+                kept.page_token = page.next_page_token.clone();
+                kept.page_size = 1;
+                page = index.search(&kept).unwrap();
+                assert_eq!(page.total_hits, 3, "the pinned result set does not grow");
+                assert_ne!(page.hits[0].artifact_id, first_id);
+            }
+        }
+        assert!(page.next_page_token.is_empty(), "all three pages were served");
     }
 
     /// Whatever the text, a search answers or names the problem in the query.

@@ -2,15 +2,15 @@
 //! committed together with the documents (tantivy's commit payload), so a restart resumes
 //! exactly where the index stopped, without losing or repeating changes.
 
-use super::index::{IndexedArtifact, SearchIndex};
+use super::index::{Checkpoint, IndexedArtifact, SearchIndex};
 use super::metadata::ArtifactMetadata;
 use crate::app::Artifacts;
-use crate::catalog::{ArtifactRecord, Catalog, Scope};
+use crate::catalog::{ArtifactRecord, Catalog, OutboxEvent, Scope};
 use crate::domain::{Error, Result};
 use crate::ingest::extract::{MAX_INDEXED_TEXT_BYTES, text_prefix};
 use futures::TryStreamExt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 const EVENTS_PER_BATCH: u32 = 256;
@@ -39,6 +39,8 @@ impl Pending {
         self.changes.len() >= DOCS_PER_COMMIT || self.text_bytes >= TEXT_BYTES_PER_COMMIT
     }
 }
+/// How often the index checks that the catalog still has the event at its checkpoint.
+const VERIFY_EVERY: Duration = Duration::from_secs(10);
 /// How often the outbox is read when this process wrote nothing: other replicas' changes
 /// arrive this way.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -83,16 +85,16 @@ impl Indexer {
             let length = (version.size as u64).min(MAX_INDEXED_TEXT_BYTES as u64);
             match self.text(&scope, &artifact.id, &version.version, length).await {
                 Ok(text) => text,
-                // A store that does not answer now may answer later: retry the whole batch.
-                Err(error) if error.is_retryable() => return Err(error),
-                // Content that cannot be read (a lost or corrupt pack) must not stop the
-                // index for everyone: the artifact is indexed by its metadata alone.
-                Err(error) => {
+                // Content that is gone (a lost or corrupt pack, or a version deleted since)
+                // must not stop the index for everyone: the artifact is indexed by its
+                // metadata alone. Any other failure may pass, so the batch is retried.
+                Err(error @ (Error::DataLoss(_) | Error::NotFound(_))) => {
                     tracing::error!(artifact_id = %artifact.id, version = %version.version, %error,
                         "content unreadable; indexing the artifact without its text");
                     metrics::counter!("artifactd_index_unreadable_total").increment(1);
                     String::new()
                 }
+                Err(error) => return Err(error),
             }
         } else {
             String::new()
@@ -140,7 +142,11 @@ impl Indexer {
         Ok(text_prefix(&pieces.concat()).unwrap_or_default().to_owned())
     }
 
-    async fn commit(&self, changes: Vec<(String, Option<IndexedArtifact>)>, checkpoint: i64) -> Result<()> {
+    async fn commit(
+        &self,
+        changes: Vec<(String, Option<IndexedArtifact>)>,
+        checkpoint: Checkpoint,
+    ) -> Result<()> {
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || index.apply(changes, checkpoint))
             .await
@@ -150,10 +156,10 @@ impl Indexer {
     /// Applies every outbox event after the index's checkpoint; returns how many.
     pub async fn catch_up(&self) -> Result<usize> {
         let mut applied = 0;
-        let mut position = self.index.checkpoint()?;
+        let mut position = self.index.checkpoint_with_marker()?;
         let mut pending = Pending::default();
         loop {
-            let events = self.catalog.outbox_after(position, EVENTS_PER_BATCH).await?;
+            let events = self.catalog.outbox_after(position.seq, EVENTS_PER_BATCH).await?;
             let exhausted = events.len() < EVENTS_PER_BATCH as usize;
             // Documents are read as the catalog is now, after these events were read: one
             // read covers every event of the same artifact among them (not among later
@@ -161,7 +167,7 @@ impl Indexer {
             // the last one wins).
             let mut seen = std::collections::HashSet::new();
             for event in events {
-                position = event.seq;
+                position = checkpoint_at(&event);
                 pending.events += 1;
                 if seen.insert(event.artifact_id.clone()) {
                     let scope = Scope::new(&event.tenant, &event.project);
@@ -169,7 +175,7 @@ impl Indexer {
                     pending.push(event.artifact_id, document);
                 }
                 if pending.is_full() {
-                    applied += self.commit_pending(&mut pending, position).await?;
+                    applied += self.commit_pending(&mut pending, position.clone()).await?;
                 }
             }
             if exhausted {
@@ -181,7 +187,7 @@ impl Indexer {
 
     /// Commits what is pending (if anything) at outbox position `position`; returns the
     /// number of events it covered.
-    async fn commit_pending(&self, pending: &mut Pending, position: i64) -> Result<usize> {
+    async fn commit_pending(&self, pending: &mut Pending, position: Checkpoint) -> Result<usize> {
         if pending.events == 0 {
             return Ok(0);
         }
@@ -191,41 +197,50 @@ impl Indexer {
         Ok(taken.events)
     }
 
-    /// Whether the index has seen outbox positions the catalog never reached: it was built
-    /// from another catalog, or the catalog was restored from an older backup. Following the
-    /// outbox from there would skip changes, so the index is rebuilt instead.
-    async fn ahead_of_catalog(&self) -> Result<bool> {
-        let checkpoint = self.index.checkpoint()?;
-        let high_water = self.catalog.max_outbox_seq().await?;
-        if checkpoint > high_water {
-            tracing::warn!(
-                checkpoint,
-                high_water,
-                "the search index is ahead of the catalog; rebuilding it"
-            );
-            return Ok(true);
+    /// Whether the catalog lacks the event at the index's checkpoint, or has another one
+    /// there: the index was built from another catalog, or the catalog was restored from an
+    /// older backup and is numbering new events again. Following the outbox from the
+    /// checkpoint would skip changes, so the index is rebuilt instead.
+    async fn diverged(&self) -> Result<bool> {
+        let checkpoint = self.index.checkpoint_with_marker()?;
+        if checkpoint.seq == 0 {
+            return Ok(false);
         }
-        Ok(false)
+        let found = self.catalog.outbox_event(checkpoint.seq).await?;
+        let agrees = match &found {
+            None => false,
+            // An index written before markers existed can only be checked for presence.
+            Some(event) => checkpoint.marker.is_empty() || checkpoint_at(event) == checkpoint,
+        };
+        if !agrees {
+            tracing::warn!(
+                checkpoint = checkpoint.seq,
+                marker = %checkpoint.marker,
+                found = ?found.map(|e| checkpoint_at(&e).marker),
+                "the catalog's outbox differs from the search index's; rebuilding the index"
+            );
+        }
+        Ok(!agrees)
     }
 
-    /// Once per start, makes sure the index can follow the catalog (rebuilding it when not);
-    /// then applies what the outbox holds beyond the checkpoint.
-    async fn step(&self, verified: &mut bool) -> Result<usize> {
-        if !*verified {
-            if self.index.needs_rebuild() || self.ahead_of_catalog().await? {
+    /// Every so often, makes sure the index can follow the catalog (rebuilding it when
+    /// not); then applies what the outbox holds beyond the checkpoint.
+    async fn step(&self, last_verified: &mut Option<Instant>) -> Result<usize> {
+        if last_verified.is_none_or(|at| at.elapsed() >= VERIFY_EVERY) {
+            if self.index.needs_rebuild() || self.diverged().await? {
                 let written = self.rebuild().await?;
                 tracing::info!(written, "search index rebuilt from the catalog");
             }
-            *verified = true;
+            *last_verified = Some(Instant::now());
         }
         self.catch_up().await
     }
 
     /// The indexer job: follows the outbox until shutdown; failures are retried.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut verified = false;
+        let mut last_verified = None;
         loop {
-            match self.step(&mut verified).await {
+            match self.step(&mut last_verified).await {
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "indexing failed; retrying"),
             }
@@ -259,13 +274,25 @@ impl Indexer {
                 pending.events += 1;
                 written += 1;
                 if pending.is_full() {
-                    self.commit_pending(&mut pending, 0).await?;
+                    self.commit_pending(&mut pending, 0.into()).await?;
                 }
             }
         }
-        self.commit_pending(&mut pending, 0).await?;
-        self.commit(Vec::new(), high_water).await?;
+        self.commit_pending(&mut pending, 0.into()).await?;
+        let end = match self.catalog.outbox_event(high_water).await? {
+            Some(event) => checkpoint_at(&event),
+            None => high_water.into(),
+        };
+        self.commit(Vec::new(), end).await?;
         self.index.rebuilt();
         Ok(written)
+    }
+}
+
+/// The checkpoint just after `event`.
+fn checkpoint_at(event: &OutboxEvent) -> Checkpoint {
+    Checkpoint {
+        seq: event.seq,
+        marker: format!("{}@{}", event.artifact_id, event.created_at),
     }
 }

@@ -7,7 +7,7 @@ mod indexer;
 mod metadata;
 
 pub use index::{
-    FacetCount, IndexedArtifact, SearchHit, SearchIndex, SearchPage, SearchRequest, TagMatch,
+    Checkpoint, FacetCount, IndexedArtifact, SearchHit, SearchIndex, SearchPage, SearchRequest, TagMatch,
     TagSearchRequest,
 };
 pub use indexer::Indexer;
