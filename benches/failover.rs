@@ -34,12 +34,9 @@ async fn timed_upload(client: &mut common::client::Client, name: &str, seed: u64
     started.elapsed()
 }
 
-fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run());
+#[tokio::main]
+async fn main() {
+    run().await;
 }
 
 async fn run() {
