@@ -488,15 +488,9 @@ impl SearchIndex {
     }
 
     fn scope_filter(&self, tenant: &str, project: &str) -> Vec<(Occur, Box<dyn Query>)> {
-        let term = |field, value: &str| -> Box<dyn Query> {
-            Box::new(TermQuery::new(
-                Term::from_field_text(field, value),
-                IndexRecordOption::Basic,
-            ))
-        };
         vec![
-            (Occur::Must, term(self.fields.tenant, tenant)),
-            (Occur::Must, term(self.fields.project, project)),
+            (Occur::Must, self.term(self.fields.tenant, tenant)),
+            (Occur::Must, self.term(self.fields.project, project)),
         ]
     }
 
