@@ -3,7 +3,7 @@
 use super::status::{from_stream_status, to_status};
 use super::{ACTOR_HEADER, convert};
 use crate::app::{
-    Artifacts, ContentExpectations, CreateArtifact, NextVersion, Selector, UpdateArtifact,
+    Artifacts, ContentExpectations, CreateArtifact, NextVersion, Selector, UpdateArtifact, UploadPart,
     parse_expected_blake3,
 };
 use crate::catalog::{Labels, Scope};
@@ -24,6 +24,7 @@ use futures::{Stream, StreamExt};
 use std::pin::Pin;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 pub struct ArtifactApi {
     artifacts: Artifacts,
@@ -33,6 +34,12 @@ impl ArtifactApi {
     pub fn new(artifacts: Artifacts) -> Self {
         Self { artifacts }
     }
+}
+
+/// The request's scope, recorded on the call's span as well.
+fn scoped(tenant: String, project: String) -> Scope {
+    super::request_layer::record_scope(&tenant, &project);
+    Scope::new(tenant, project)
 }
 
 fn actor_of<T>(request: &Request<T>) -> String {
@@ -48,8 +55,35 @@ fn actor_of<T>(request: &Request<T>) -> String {
 fn expectations(size: Option<u64>, blake3: &str) -> Result<ContentExpectations> {
     Ok(ContentExpectations {
         size,
-        blake3: parse_expected_blake3(blake3)?,
+        blake3: parse_expected_blake3("expected_blake3", blake3)?,
     })
+}
+
+/// What a message after the header carries.
+enum UploadMessage {
+    Data(Bytes),
+    Finish(proto::UploadFinish),
+    Header,
+}
+
+impl From<Option<create_artifact_request::Message>> for UploadMessage {
+    fn from(message: Option<create_artifact_request::Message>) -> Self {
+        match message {
+            Some(create_artifact_request::Message::Data(data)) => UploadMessage::Data(data),
+            Some(create_artifact_request::Message::Finish(finish)) => UploadMessage::Finish(finish),
+            Some(create_artifact_request::Message::Header(_)) | None => UploadMessage::Header,
+        }
+    }
+}
+
+impl From<Option<update_artifact_request::Message>> for UploadMessage {
+    fn from(message: Option<update_artifact_request::Message>) -> Self {
+        match message {
+            Some(update_artifact_request::Message::Data(data)) => UploadMessage::Data(data),
+            Some(update_artifact_request::Message::Finish(finish)) => UploadMessage::Finish(finish),
+            Some(update_artifact_request::Message::Header(_)) | None => UploadMessage::Header,
+        }
+    }
 }
 
 /// Runs an upload in its own task so that a client disconnecting mid-stream ends the upload
@@ -64,25 +98,31 @@ where
 {
     let caller_gone = CancellationToken::new();
     let _cancel_on_drop = caller_gone.clone().drop_guard();
-    tokio::spawn(upload(caller_gone))
+    tokio::spawn(upload(caller_gone).in_current_span())
         .await
         .map_err(|e| Error::internal(format!("upload task failed: {e}")))?
 }
 
-/// Turns the data messages after the header into a content stream; anything else is an error.
-fn content_stream<M, F>(stream: Streaming<M>, data_of: F) -> impl Stream<Item = Result<Bytes>> + Send + Unpin
+/// Turns the messages after the header into upload parts; a second header is an error.
+fn content_stream<M, F>(
+    stream: Streaming<M>,
+    message_of: F,
+) -> impl Stream<Item = Result<UploadPart>> + Send + Unpin
 where
     M: Send + 'static,
-    F: Fn(M) -> Option<Bytes> + Send + 'static,
+    F: Fn(M) -> UploadMessage + Send + 'static,
 {
-    stream.map(move |message| match message {
-        Ok(message) => data_of(message).ok_or_else(|| {
-            Error::invalid(
-                "header",
-                "only the first message may be a header; later messages must carry data",
-            )
-        }),
-        Err(status) => Err(from_stream_status(status)),
+    stream.map(move |message| match message.map(&message_of) {
+        Ok(UploadMessage::Data(data)) => Ok(UploadPart::Data(data)),
+        Ok(UploadMessage::Finish(finish)) => Ok(UploadPart::Finish(ContentExpectations {
+            size: finish.size,
+            blake3: parse_expected_blake3("finish.blake3", &finish.blake3)?,
+        })),
+        Ok(UploadMessage::Header) => Err(Error::invalid(
+            "header",
+            "only the first message may be a header; later messages carry data or finish",
+        )),
+        Err(status) => Err(from_stream_status("data", status)),
     })
 }
 
@@ -119,10 +159,10 @@ impl ArtifactService for ArtifactApi {
                     "the stream ended before a header arrived",
                 )));
             }
-            Err(status) => return Err(to_status(from_stream_status(status))),
+            Err(status) => return Err(to_status(from_stream_status("header", status))),
         };
         let create = CreateArtifact {
-            scope: Scope::new(header.tenant, header.project),
+            scope: scoped(header.tenant, header.project),
             artifact_type: header.artifact_type,
             name: header.name,
             description: header.description,
@@ -134,10 +174,7 @@ impl ArtifactService for ArtifactApi {
             expectations: expectations(header.expected_size, &header.expected_blake3).map_err(to_status)?,
             actor,
         };
-        let content = content_stream(stream, |message: CreateArtifactRequest| match message.message {
-            Some(create_artifact_request::Message::Data(data)) => Some(data),
-            _ => None,
-        });
+        let content = content_stream(stream, |message: CreateArtifactRequest| message.message.into());
         let artifacts = self.artifacts.clone();
         let (artifact, version) =
             run_upload(|caller_gone| async move { artifacts.create(create, content, &caller_gone).await })
@@ -171,7 +208,7 @@ impl ArtifactService for ArtifactApi {
                     "the stream ended before a header arrived",
                 )));
             }
-            Err(status) => return Err(to_status(from_stream_status(status))),
+            Err(status) => return Err(to_status(from_stream_status("header", status))),
         };
         let next_version = match header.next_version {
             Some(update_artifact_header::NextVersion::Bump(kind)) => match BumpKind::try_from(kind) {
@@ -198,7 +235,7 @@ impl ArtifactService for ArtifactApi {
             }
         };
         let update = UpdateArtifact {
-            scope: Scope::new(header.tenant, header.project),
+            scope: scoped(header.tenant, header.project),
             artifact_id: header.artifact_id,
             next_version,
             expected_current_version: header.expected_current_version,
@@ -209,10 +246,7 @@ impl ArtifactService for ArtifactApi {
             expectations: expectations(header.expected_size, &header.expected_blake3).map_err(to_status)?,
             actor,
         };
-        let content = content_stream(stream, |message: UpdateArtifactRequest| match message.message {
-            Some(update_artifact_request::Message::Data(data)) => Some(data),
-            _ => None,
-        });
+        let content = content_stream(stream, |message: UpdateArtifactRequest| message.message.into());
         let artifacts = self.artifacts.clone();
         let (artifact, version) =
             run_upload(|caller_gone| async move { artifacts.update(update, content, &caller_gone).await })
@@ -229,7 +263,7 @@ impl ArtifactService for ArtifactApi {
         request: Request<GetArtifactRequest>,
     ) -> Result<Response<GetArtifactResponse>, Status> {
         let request = request.into_inner();
-        let scope = Scope::new(request.tenant, request.project);
+        let scope = scoped(request.tenant, request.project);
         let selector = match request.selector {
             Some(get_artifact_request::Selector::ArtifactId(id)) => Selector::Id(id),
             Some(get_artifact_request::Selector::Coordinates(coordinates)) => Selector::Name {
@@ -261,7 +295,7 @@ impl ArtifactService for ArtifactApi {
         request: Request<DownloadArtifactRequest>,
     ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
         let request = request.into_inner();
-        let scope = Scope::new(request.tenant, request.project);
+        let scope = scoped(request.tenant, request.project);
         let plan = self
             .artifacts
             .plan_download(
@@ -304,7 +338,7 @@ impl ArtifactService for ArtifactApi {
         request: Request<ListVersionsRequest>,
     ) -> Result<Response<ListVersionsResponse>, Status> {
         let request = request.into_inner();
-        let scope = Scope::new(request.tenant, request.project);
+        let scope = scoped(request.tenant, request.project);
         let page = self
             .artifacts
             .list_versions(
@@ -326,7 +360,7 @@ impl ArtifactService for ArtifactApi {
         request: Request<GetMetadataRequest>,
     ) -> Result<Response<GetMetadataResponse>, Status> {
         let request = request.into_inner();
-        let scope = Scope::new(request.tenant, request.project);
+        let scope = scoped(request.tenant, request.project);
         let (_, version) = self
             .artifacts
             .get(&scope, &Selector::Id(request.artifact_id), &request.version)
@@ -345,7 +379,7 @@ impl ArtifactService for ArtifactApi {
         request: Request<ListArtifactsRequest>,
     ) -> Result<Response<ListArtifactsResponse>, Status> {
         let request = request.into_inner();
-        let scope = Scope::new(request.tenant, request.project);
+        let scope = scoped(request.tenant, request.project);
         let page = self
             .artifacts
             .list_artifacts(
@@ -367,7 +401,7 @@ impl ArtifactService for ArtifactApi {
         request: Request<DeleteArtifactRequest>,
     ) -> Result<Response<DeleteArtifactResponse>, Status> {
         let request = request.into_inner();
-        let scope = Scope::new(request.tenant, request.project);
+        let scope = scoped(request.tenant, request.project);
         let (artifact, restorable_until) = self
             .artifacts
             .delete(&scope, &request.artifact_id)
@@ -384,7 +418,7 @@ impl ArtifactService for ArtifactApi {
         request: Request<UndeleteArtifactRequest>,
     ) -> Result<Response<UndeleteArtifactResponse>, Status> {
         let request = request.into_inner();
-        let scope = Scope::new(request.tenant, request.project);
+        let scope = scoped(request.tenant, request.project);
         let artifact = self
             .artifacts
             .undelete(&scope, &request.artifact_id)
@@ -400,7 +434,7 @@ impl ArtifactService for ArtifactApi {
         request: Request<UpdateArtifactLabelsRequest>,
     ) -> Result<Response<UpdateArtifactLabelsResponse>, Status> {
         let request = request.into_inner();
-        let scope = Scope::new(request.tenant, request.project);
+        let scope = scoped(request.tenant, request.project);
         let Some(new_labels) = request.labels else {
             return Err(to_status(Error::invalid(
                 "labels",

@@ -22,14 +22,19 @@ pub fn to_status(error: Error) -> Status {
     Status::new(code, error.to_string())
 }
 
-/// A status that arrived on a request stream (the client cancelled or broke the stream).
-pub fn from_stream_status(status: Status) -> Error {
+/// A status that arrived on a request stream while reading the message that carries `field`
+/// (the client cancelled or broke the stream, or sent a message too large to decode).
+pub fn from_stream_status(field: &'static str, status: Status) -> Error {
     match status.code() {
         Code::Cancelled | Code::DeadlineExceeded => {
             Error::Cancelled(format!("the request stream ended early: {}", status.message()))
         }
+        Code::OutOfRange | Code::ResourceExhausted => Error::invalid(
+            field,
+            format!("the message could not be accepted: {}", status.message()),
+        ),
         _ => Error::invalid(
-            "data",
+            field,
             format!(
                 "the request stream failed: {} ({:?})",
                 status.message(),

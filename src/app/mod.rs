@@ -4,7 +4,7 @@
 mod download;
 mod upload;
 
-pub use upload::{ContentExpectations, parse_expected_blake3};
+pub use upload::{ContentExpectations, UploadPart, parse_expected_blake3};
 
 use crate::catalog::{ArtifactRecord, Catalog, Labels, NewArtifact, Scope, VersionRecord};
 use crate::domain::names::{
@@ -221,7 +221,7 @@ impl Artifacts {
         caller_gone: &CancellationToken,
     ) -> Result<(ArtifactRecord, VersionRecord)>
     where
-        S: Stream<Item = Result<Bytes>> + Send + Unpin + 'static,
+        S: Stream<Item = Result<UploadPart>> + Send + Unpin + 'static,
     {
         validate_scope(&request.scope)?;
         validate_identifier("artifact_type", &request.artifact_type)?;
@@ -286,7 +286,7 @@ impl Artifacts {
         caller_gone: &CancellationToken,
     ) -> Result<(ArtifactRecord, VersionRecord)>
     where
-        S: Stream<Item = Result<Bytes>> + Send + Unpin + 'static,
+        S: Stream<Item = Result<UploadPart>> + Send + Unpin + 'static,
     {
         validate_scope(&request.scope)?;
         validate_artifact_id(&request.artifact_id)?;
@@ -382,7 +382,7 @@ impl Artifacts {
     ) -> Result<(ArtifactRecord, VersionRecord)> {
         match committed {
             Ok(pair) => {
-                metrics::counter!("artifactd_versions_committed_total").increment(1);
+                metrics::counter!(crate::telemetry::names::VERSIONS_COMMITTED_TOTAL).increment(1);
                 Ok(pair)
             }
             Err(error) => {
@@ -632,5 +632,21 @@ impl Artifacts {
         .await?;
         let key = TenantKey::derive(&self.inner.service_secret, &plan.artifact.tenant);
         Ok(download::stream(self.inner.clone(), key, spans))
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::search::ContentReader for Artifacts {
+    async fn read_prefix(
+        &self,
+        scope: &Scope,
+        artifact_id: &str,
+        version: &str,
+        length: u64,
+    ) -> Result<Bytes> {
+        use futures::TryStreamExt;
+        let plan = self.plan_download(scope, artifact_id, version, 0, length).await?;
+        let pieces: Vec<Bytes> = self.download(&plan).await?.try_collect().await?;
+        Ok(Bytes::from(pieces.concat()))
     }
 }

@@ -33,6 +33,50 @@ pub struct ContentExpectations {
     pub blake3: Option<blake3::Hash>,
 }
 
+impl ContentExpectations {
+    /// Whether the whole content (`size` bytes hashing to `digest`) is what was promised;
+    /// errors name the field the promise came from.
+    fn check(
+        &self,
+        size: u64,
+        digest: &blake3::Hash,
+        size_field: &'static str,
+        blake3_field: &'static str,
+    ) -> Result<()> {
+        if let Some(expected) = self.size
+            && expected != size
+        {
+            return Err(Error::invalid(
+                size_field,
+                format!("the stream carried {size} bytes but {expected} were declared"),
+            ));
+        }
+        if let Some(expected) = self.blake3
+            && expected != *digest
+        {
+            return Err(Error::invalid(
+                blake3_field,
+                format!(
+                    "declared {} but the content hashes to {}",
+                    expected.to_hex(),
+                    digest.to_hex()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One message of an upload after its header.
+#[derive(Debug)]
+pub enum UploadPart {
+    /// The next piece of content.
+    Data(Bytes),
+    /// The deliberate end of the content, with what the caller promises about all of it.
+    /// A cancelled or broken stream cannot produce this, which is why a commit needs it.
+    Finish(ContentExpectations),
+}
+
 /// The content of a finished upload, ready to be committed as a version.
 #[derive(Debug)]
 pub struct IngestedContent {
@@ -109,6 +153,8 @@ pub(super) struct Upload {
     shape: ContentShape,
     head: Vec<u8>,
     expectations: ContentExpectations,
+    /// What the finish message promised, once it arrived.
+    finish: Option<ContentExpectations>,
     pending: Vec<(ChunkId, Bytes)>,
     pending_bytes: usize,
     /// Chunks of this upload already placed in one of its packs: id → stored length.
@@ -140,6 +186,7 @@ impl Upload {
             shape: ContentShape::default(),
             head: Vec::new(),
             expectations,
+            finish: None,
             pending: Vec::new(),
             pending_bytes: 0,
             placed: HashMap::new(),
@@ -162,7 +209,7 @@ impl Upload {
         caller_gone: &CancellationToken,
     ) -> Result<IngestedContent>
     where
-        S: Stream<Item = Result<Bytes>> + Send + Unpin + 'static,
+        S: Stream<Item = Result<UploadPart>> + Send + Unpin + 'static,
     {
         let consumed = self.consume(content, name).await.and_then(|done| {
             // A stream reset by the client ends like a complete one on the server side, so the
@@ -183,7 +230,8 @@ impl Upload {
                 if let Err(cleanup) = self.inner.catalog.abandon_upload(&self.upload_id).await {
                     tracing::warn!(upload_id = %self.upload_id, error = %cleanup, "could not mark an abandoned upload's packs; garbage collection will find them as staged");
                 }
-                metrics::counter!("artifactd_uploads_failed_total").increment(1);
+                metrics::counter!(crate::telemetry::names::UPLOADS_FAILED_TOTAL).increment(1);
+                tracing::info!(upload_id = %self.upload_id, bytes = self.size, %error, "upload abandoned; nothing was committed");
                 Err(error)
             }
         }
@@ -191,19 +239,39 @@ impl Upload {
 
     async fn consume<S>(&mut self, content: S, name: &str) -> Result<IngestedContent>
     where
-        S: Stream<Item = Result<Bytes>> + Send + Unpin + 'static,
+        S: Stream<Item = Result<UploadPart>> + Send + Unpin + 'static,
     {
         // Receive ahead of processing: the client keeps sending while chunks are hashed,
         // compressed and written, instead of stalling on every flush.
         let (sender, mut received) = tokio::sync::mpsc::channel(RECEIVE_AHEAD_MESSAGES);
         let receiver = tokio::spawn(forward(content, sender));
-        while let Some(data) = received.recv().await {
-            let data = data?;
-            self.accept(data).await?;
+        while let Some(part) = received.recv().await {
+            match part? {
+                UploadPart::Data(_) | UploadPart::Finish(_) if self.finish.is_some() => {
+                    return Err(Error::invalid(
+                        "finish",
+                        "a message arrived after the finish message; finish must be the last message",
+                    ));
+                }
+                UploadPart::Data(data) => self.accept(data).await?,
+                UploadPart::Finish(promised) => self.finish = Some(promised),
+            }
         }
         receiver
             .await
             .map_err(|e| Error::internal(format!("receiving task failed: {e}")))?;
+        // A client that resets its stream looks, on this side, exactly like one that ended
+        // it: only a finish message (or a size declared up front and met) proves the
+        // content is complete.
+        if self.finish.is_none() && self.expectations.size.is_none() {
+            return Err(Error::invalid(
+                "finish",
+                format!(
+                    "the stream ended after {} bytes without a finish message, so the content may be cut short; end the upload with a finish message (or declare expected_size in the header)",
+                    self.size
+                ),
+            ));
+        }
         let mut cutter = self.cutter.take().expect("cutter present until the end");
         let (cutter, tail) = tokio::task::spawn_blocking(move || {
             let chunker = std::mem::replace(&mut cutter.chunker, StreamChunker::new(Default::default()));
@@ -221,29 +289,11 @@ impl Upload {
             write.map_err(|e| Error::internal(format!("pack write task failed: {e}")))??;
         }
 
-        if let Some(expected) = self.expectations.size
-            && expected != self.size
-        {
-            return Err(Error::invalid(
-                "expected_size",
-                format!(
-                    "the stream ended after {} bytes but the header declared {expected}",
-                    self.size
-                ),
-            ));
-        }
         let digest = cutter.whole.finalize();
-        if let Some(expected) = self.expectations.blake3
-            && expected != digest
-        {
-            return Err(Error::invalid(
-                "expected_blake3",
-                format!(
-                    "declared {} but the content hashes to {}",
-                    expected.to_hex(),
-                    digest.to_hex()
-                ),
-            ));
+        self.expectations
+            .check(self.size, &digest, "expected_size", "expected_blake3")?;
+        if let Some(finish) = &self.finish {
+            finish.check(self.size, &digest, "finish.size", "finish.blake3")?;
         }
         let content_type = content_type::guess(name, &self.head);
         let head = std::mem::take(&mut self.head);
@@ -251,8 +301,8 @@ impl Upload {
         let extracted = tokio::task::spawn_blocking(move || extract(content_type, &head, shape))
             .await
             .map_err(|e| Error::internal(format!("extraction task failed: {e}")))?;
-        metrics::counter!("artifactd_ingested_bytes_total").increment(self.size);
-        metrics::counter!("artifactd_stored_bytes_total").increment(self.new_stored_size);
+        metrics::counter!(crate::telemetry::names::INGESTED_BYTES_TOTAL).increment(self.size);
+        metrics::counter!(crate::telemetry::names::STORED_BYTES_TOTAL).increment(self.new_stored_size);
         Ok(IngestedContent {
             upload_id: self.upload_id.clone(),
             size: self.size,
@@ -431,7 +481,7 @@ impl Upload {
                     Error::Internal(message)
                 }
             })?;
-            metrics::counter!("artifactd_pack_bytes_written_total").increment(size as u64);
+            metrics::counter!(crate::telemetry::names::PACK_BYTES_WRITTEN_TOTAL).increment(size as u64);
             Ok(())
         });
         Ok(())
@@ -440,9 +490,9 @@ impl Upload {
 
 /// Moves a content stream into a channel, stopping at the first error or when the
 /// consumer has gone away.
-async fn forward<S>(mut content: S, sender: tokio::sync::mpsc::Sender<Result<Bytes>>)
+async fn forward<S>(mut content: S, sender: tokio::sync::mpsc::Sender<Result<UploadPart>>)
 where
-    S: Stream<Item = Result<Bytes>> + Send + Unpin,
+    S: Stream<Item = Result<UploadPart>> + Send + Unpin,
 {
     while let Some(item) = content.next().await {
         let stop = item.is_err();
@@ -452,14 +502,14 @@ where
     }
 }
 
-/// Explains an `expected_blake3` that is not a digest.
-pub fn parse_expected_blake3(value: &str) -> Result<Option<blake3::Hash>> {
+/// Explains a promised blake3 (`field`) that is not a digest.
+pub fn parse_expected_blake3(field: &'static str, value: &str) -> Result<Option<blake3::Hash>> {
     if value.is_empty() {
         return Ok(None);
     }
     blake3::Hash::from_hex(value).map(Some).map_err(|_| {
         Error::invalid(
-            "expected_blake3",
+            field,
             format!("{} is not a 64-digit hex blake3 digest", quoted(value)),
         )
     })

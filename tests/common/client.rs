@@ -3,7 +3,7 @@
 use artifactd::proto::artifact_service_client::ArtifactServiceClient;
 use artifactd::proto::{
     CreateArtifactHeader, CreateArtifactRequest, CreateArtifactResponse, DownloadArtifactRequest,
-    DownloadHeader, UpdateArtifactHeader, UpdateArtifactRequest, UpdateArtifactResponse,
+    DownloadHeader, UpdateArtifactHeader, UpdateArtifactRequest, UpdateArtifactResponse, UploadFinish,
     create_artifact_request, download_artifact_response, update_artifact_request,
 };
 use bytes::Bytes;
@@ -24,6 +24,15 @@ pub fn header(tenant: &str, project: &str, artifact_type: &str, name: &str) -> C
     }
 }
 
+/// The finish message that ends an upload of `content`, promising its size and hash.
+pub fn finish(content: &[u8]) -> UploadFinish {
+    UploadFinish {
+        size: Some(content.len() as u64),
+        blake3: blake3::hash(content).to_hex().to_string(),
+    }
+}
+
+/// A whole create stream: the header, `content` in pieces of `piece` bytes, the finish.
 pub fn create_messages(
     header: CreateArtifactHeader,
     content: &[u8],
@@ -37,6 +46,29 @@ pub fn create_messages(
             part,
         ))),
     }));
+    messages.push(CreateArtifactRequest {
+        message: Some(create_artifact_request::Message::Finish(finish(content))),
+    });
+    messages
+}
+
+/// A whole update stream: the header, `content` in pieces of `piece` bytes, the finish.
+pub fn update_messages(
+    header: UpdateArtifactHeader,
+    content: &[u8],
+    piece: usize,
+) -> Vec<UpdateArtifactRequest> {
+    let mut messages = vec![UpdateArtifactRequest {
+        message: Some(update_artifact_request::Message::Header(header)),
+    }];
+    messages.extend(content.chunks(piece).map(|part| UpdateArtifactRequest {
+        message: Some(update_artifact_request::Message::Data(Bytes::copy_from_slice(
+            part,
+        ))),
+    }));
+    messages.push(UpdateArtifactRequest {
+        message: Some(update_artifact_request::Message::Finish(finish(content))),
+    });
     messages
 }
 
@@ -76,14 +108,7 @@ pub async fn update(
     header: UpdateArtifactHeader,
     content: &[u8],
 ) -> Result<UpdateArtifactResponse, Status> {
-    let mut messages = vec![UpdateArtifactRequest {
-        message: Some(update_artifact_request::Message::Header(header)),
-    }];
-    messages.extend(content.chunks(PIECE).map(|part| UpdateArtifactRequest {
-        message: Some(update_artifact_request::Message::Data(Bytes::copy_from_slice(
-            part,
-        ))),
-    }));
+    let messages = update_messages(header, content, PIECE);
     client
         .update_artifact(futures::stream::iter(messages))
         .await
