@@ -5,12 +5,14 @@ use crate::api::{ArtifactApi, FallbackApi, SearchApi};
 use crate::app::Artifacts;
 use crate::catalog::Catalog;
 use crate::config::{Backend, Config};
-use crate::jobs::{HealthMonitor, Supervisor};
+use crate::jobs::{FallbackSync, HealthInputs, HealthMonitor, INDEXER_JOB, Supervisor};
 use crate::proto::artifact_service_server::ArtifactServiceServer;
 use crate::proto::fallback_service_server::FallbackServiceServer;
 use crate::proto::search_service_server::SearchServiceServer;
 use crate::search::{Indexer, SearchIndex};
-use crate::storage::{DynBlobStore, FailoverStore, FsStore, S3Store};
+use crate::storage::{
+    DeadlineConfig, DeadlineStore, DynBlobStore, FailoverStore, FsStore, MeteredStore, S3Store,
+};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
@@ -26,11 +28,44 @@ const MAX_DECODED_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 const STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 
+/// HTTP/2 limits per connection, chosen rather than inherited:
+/// - Concurrent streams: agents multiplex uploads, downloads and searches on one channel;
+///   512 is far above what one client needs and bounds what one connection can hold.
+/// - Streams the client resets before the server has accepted them: h2 answers more than
+///   this with GOAWAY (its guard against "rapid reset" floods, CVE-2023-44487), which kills
+///   every other call on the connection. Its default of 20 is reached by an honest client
+///   that cancels a burst of uploads while the server is busy; 256 stays a small bound on
+///   work a flood can queue.
+/// - Streams the server resets because the client misbehaved: h2's own default, kept on
+///   purpose (a client that keeps sending malformed requests is cut off).
+const MAX_CONCURRENT_STREAMS: u32 = 512;
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 256;
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
 /// Addresses the server actually listens on (ports may have been chosen by the OS).
 #[derive(Debug, Clone, Copy)]
 pub struct BoundAddrs {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+}
+
+/// Every backend gets a deadline that follows its observed latency (capped by the request
+/// timeout) and per-call metrics, whatever else wraps it.
+fn deadlines_and_metrics(store: DynBlobStore, config: &Config, role: &'static str) -> DynBlobStore {
+    let ceiling = if config.storage.fallback.enabled {
+        Duration::from_millis(config.storage.failover.request_timeout_ms)
+    } else {
+        Duration::from_millis(config.storage.s3.request_timeout_ms)
+    };
+    let deadline = DeadlineConfig {
+        ceiling,
+        floor: Duration::from_millis(config.storage.deadline_floor_ms).min(ceiling),
+        ..DeadlineConfig::default()
+    };
+    Arc::new(MeteredStore::new(
+        Arc::new(DeadlineStore::new(store, deadline)),
+        role,
+    ))
 }
 
 /// The configured primary store, wrapped in a `FailoverStore` when a fallback is enabled.
@@ -65,6 +100,7 @@ pub async fn open_store(
             Arc::new(store)
         }
     };
+    let primary = deadlines_and_metrics(primary, config, "primary");
     if !failover_enabled {
         return Ok((primary, None));
     }
@@ -77,8 +113,9 @@ pub async fn open_store(
     }
     let failover = Arc::new(FailoverStore::new(
         primary,
-        Arc::new(fallback),
+        deadlines_and_metrics(Arc::new(fallback), config, "fallback"),
         Arc::new(catalog.clone()),
+        Some(Arc::new(catalog.clone())),
         config.failover_config(),
         Some(Arc::new(crate::ingest::pack::object_matches_name)),
     ));
@@ -109,27 +146,49 @@ pub async fn run(
         SearchIndex::open(&index_dir)
             .with_context(|| format!("opening the search index at {}", index_dir.display()))?,
     );
-    let indexer = Indexer::new(index.clone(), catalog.clone(), artifacts.clone());
+    let indexer = Indexer::new(index.clone(), catalog.clone(), Arc::new(artifacts.clone()));
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let monitor = HealthMonitor {
-        catalog: catalog.clone(),
-        store: store.clone(),
-        reporter: health_reporter,
-        interval: Duration::from_millis(config.server.health_check_interval_ms.max(100)),
-    };
-    monitor.check_once().await;
     // Background work outlives the signal: it stops only after requests in flight have
     // drained, so their replication and indexing are not cut short.
     let mut supervisor = Supervisor::new(CancellationToken::new());
-    supervisor.spawn("health", |token| monitor.run(token));
-    supervisor.spawn("indexer", |token| indexer.run(token));
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let monitor = Arc::new(HealthMonitor {
+        inputs: HealthInputs {
+            catalog: catalog.clone(),
+            store: store.clone(),
+            failover: failover.clone(),
+            index: index.clone(),
+            jobs: supervisor.board(),
+        },
+        reporter: health_reporter,
+        interval: Duration::from_millis(config.server.health_check_interval_ms.max(100)),
+    });
+    supervisor.spawn(INDEXER_JOB, move |token| indexer.clone().run(token));
+    let mut sync_requests = None;
     if let Some(failover) = &failover {
         let prober = failover.clone();
-        supervisor.spawn("store prober", |token| prober.run_prober(token));
+        supervisor.spawn("store prober", move |token| prober.clone().run_prober(token));
         let replicator = failover.clone();
-        supervisor.spawn("replicator", |token| replicator.run_replicator(token));
+        supervisor.spawn("replicator", move |token| {
+            replicator.clone().run_replicator(token)
+        });
+        let reconciler = failover.clone();
+        supervisor.spawn("reconciler", move |token| {
+            reconciler.clone().run_reconciler(token)
+        });
+        let (sync_job, requests) = FallbackSync::new(failover.clone());
+        let sync_job = Arc::new(sync_job);
+        supervisor.spawn("fallback sync", move |token| {
+            let sync_job = sync_job.clone();
+            async move { sync_job.run(token).await }
+        });
+        sync_requests = Some(requests);
     }
+    monitor.check_once().await;
+    supervisor.spawn("health", move |token| {
+        let monitor = monitor.clone();
+        async move { monitor.run(token).await }
+    });
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -156,7 +215,7 @@ pub async fn run(
 
     let artifact_service = ArtifactServiceServer::new(ArtifactApi::new(artifacts))
         .max_decoding_message_size(MAX_DECODED_MESSAGE_BYTES);
-    let fallback_service = FallbackServiceServer::new(FallbackApi::new(failover.clone()));
+    let fallback_service = FallbackServiceServer::new(FallbackApi::new(failover.clone(), sync_requests));
     let search_service = SearchServiceServer::new(SearchApi::new(index));
     let grpc_shutdown = shutdown.clone();
     let grpc = tonic::transport::Server::builder()
@@ -164,6 +223,10 @@ pub async fn run(
         // quarter of a data message; uploads need room for several messages in flight.
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+        .layer(crate::api::request_layer::RequestLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -193,26 +256,67 @@ pub async fn run(
     on_ready(addrs);
 
     let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
-    let http_task = tokio::spawn(async move { http.await });
-    let grpc_task = tokio::spawn(grpc);
-    shutdown.cancelled().await;
-    tracing::info!(
-        grace_seconds = grace.as_secs(),
-        "shutting down: no new connections; waiting for requests in flight"
-    );
+    // A listener that ends on its own leaves a process that looks alive but serves nothing:
+    // everything stops and the process exits non-zero, so that the orchestrator restarts it.
+    let listener_ended = CancellationToken::new();
+    let http_task = tokio::spawn({
+        let ended = listener_ended.clone();
+        async move {
+            let result = http.await;
+            ended.cancel();
+            result
+        }
+    });
+    let grpc_task = tokio::spawn({
+        let ended = listener_ended.clone();
+        async move {
+            let result = grpc.await;
+            ended.cancel();
+            result
+        }
+    });
+    let listener_failed = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => false,
+        _ = listener_ended.cancelled() => !shutdown.is_cancelled(),
+    };
+    if listener_failed {
+        tracing::error!("a listener stopped by itself; shutting down");
+        shutdown.cancel();
+    } else {
+        tracing::info!(
+            grace_seconds = grace.as_secs(),
+            "shutting down: no new connections; waiting for requests in flight"
+        );
+    }
+    let mut failures = Vec::new();
     // 1. gRPC: stop accepting, let streams in flight finish within the grace period.
     match tokio::time::timeout(grace, grpc_task).await {
+        Ok(Ok(Ok(()))) if listener_failed => failures.push("the gRPC server stopped".to_owned()),
         Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(error))) => tracing::error!(%error, "gRPC server failed"),
-        Ok(Err(error)) => tracing::error!(%error, "gRPC server task failed"),
+        Ok(Ok(Err(error))) => failures.push(format!("the gRPC server failed: {error}")),
+        Ok(Err(error)) => failures.push(format!("the gRPC server task failed: {error}")),
         Err(_) => tracing::warn!("requests still running after the grace period were cut off"),
     }
     // 2. HTTP metrics endpoint.
-    let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+    match tokio::time::timeout(Duration::from_secs(2), http_task).await {
+        Ok(Ok(Err(error))) => failures.push(format!("the HTTP server failed: {error}")),
+        Ok(Err(error)) => failures.push(format!("the HTTP server task failed: {error}")),
+        _ => {}
+    }
     // 3. Background jobs, then the catalog.
     supervisor.shutdown(Duration::from_secs(5)).await;
     catalog.close().await;
     tracing::info!("artifactd stopped");
+    for failure in &failures {
+        tracing::error!(%failure, "listener failure");
+    }
+    if listener_failed || !failures.is_empty() {
+        return Err(anyhow::anyhow!(
+            "a listener stopped while the service was running: {}",
+            failures.join("; ")
+        ));
+    }
     Ok(())
 }
 
@@ -231,7 +335,9 @@ pub async fn reindex(config: Config) -> anyhow::Result<u64> {
             index_dir.display()
         )
     })?);
-    let written = Indexer::new(index, catalog.clone(), artifacts).rebuild().await?;
+    let written = Indexer::new(index, catalog.clone(), Arc::new(artifacts))
+        .rebuild()
+        .await?;
     catalog.close().await;
     Ok(written)
 }
