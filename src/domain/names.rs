@@ -3,6 +3,7 @@
 
 use super::error::{Error, Result};
 use std::collections::BTreeMap;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 pub const MAX_IDENTIFIER_LEN: usize = 63;
 pub const MAX_NAME_LEN: usize = 255;
@@ -92,6 +93,16 @@ pub fn validate_artifact_name(value: &str) -> Result<()> {
             format!("{} must not contain control characters", quoted(value)),
         ));
     }
+    if let Some(invisible) = value.chars().find(|c| is_format_character(*c)) {
+        return Err(Error::invalid(
+            FIELD,
+            format!(
+                "{} must not contain invisible formatting characters such as U+{:04X} (bidirectional overrides, zero-width characters): they make a name display as something else",
+                quoted(value),
+                u32::from(invisible)
+            ),
+        ));
+    }
     if value.trim() != value {
         return Err(Error::invalid(
             FIELD,
@@ -99,6 +110,14 @@ pub fn validate_artifact_name(value: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Unicode format characters (general category Cf: bidirectional controls such as U+202E,
+/// zero-width spaces and joiners, the byte-order mark, tag characters) change how a name is
+/// displayed without being visible themselves: `invoice\u{202E}txt.exe` shows as
+/// `invoiceexe.txt`.
+fn is_format_character(c: char) -> bool {
+    c.general_category() == GeneralCategory::Format
 }
 
 fn validate_free_text(field: &'static str, value: &str, max_len: usize) -> Result<()> {
@@ -242,6 +261,25 @@ mod tests {
                 .contains("the limit is 255")
         );
         validate_artifact_name("PRD — Payments v2.md").unwrap();
+    }
+
+    #[test]
+    fn names_with_invisible_formatting_are_rejected() {
+        for (bad, code_point) in [
+            ("invoice\u{202E}txt.exe", "U+202E"),
+            ("a\u{200B}b", "U+200B"),
+            ("\u{FEFF}bom.md", "U+FEFF"),
+            ("x\u{2066}y\u{2069}", "U+2066"),
+            ("tag\u{E0041}", "U+E0041"),
+        ] {
+            let error = validate_artifact_name(bad).unwrap_err().to_string();
+            assert!(
+                error.starts_with("name:") && error.contains(code_point),
+                "{bad:?} gave {error}"
+            );
+        }
+        // Visible non-ASCII text is fine.
+        validate_artifact_name("设计文档 — ünïcode.md").unwrap();
     }
 
     #[test]

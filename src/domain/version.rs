@@ -39,11 +39,18 @@ pub fn bump(current: &Version, kind: Bump) -> Version {
     next
 }
 
-/// Versions are immutable and ordered: a new version must be greater than the latest one.
+/// Versions are immutable and ordered: a new version must have higher precedence than the
+/// latest one. Precedence ignores build metadata (semver §10): `1.2.3+b` is not newer than
+/// `1.2.3+a`, although `semver::Version`'s `Ord` sorts them apart.
 pub fn ensure_greater(field: &'static str, candidate: &Version, latest: &Version) -> Result<()> {
-    if candidate <= latest {
+    if candidate.cmp_precedence(latest) != std::cmp::Ordering::Greater {
+        let hint = if candidate.cmp_precedence(latest) == std::cmp::Ordering::Equal {
+            " (build metadata does not make a version newer)"
+        } else {
+            ""
+        };
         return Err(Error::FailedPrecondition(format!(
-            "{field}: version {candidate} is not greater than the latest version {latest}"
+            "{field}: version {candidate} is not greater than the latest version {latest}{hint}"
         )));
     }
     Ok(())
@@ -74,5 +81,14 @@ mod tests {
         assert!(v("6.0.0-Beta.8") < v("6.0.0"));
         assert!(ensure_greater("explicit_version", &v("6.0.0"), &v("6.0.0")).is_err());
         assert!(parse_version("initial_version", "1.0").is_err());
+    }
+
+    #[test]
+    fn build_metadata_does_not_make_a_version_newer() {
+        let error = ensure_greater("explicit_version", &v("1.2.3+b"), &v("1.2.3+a")).unwrap_err();
+        assert!(error.to_string().contains("build metadata"), "{error}");
+        assert!(ensure_greater("explicit_version", &v("1.2.3"), &v("1.2.3+a")).is_err());
+        assert!(ensure_greater("explicit_version", &v("1.2.4+a"), &v("1.2.3+b")).is_ok());
+        assert!(ensure_greater("explicit_version", &v("1.2.3-rc.1+z"), &v("1.2.3-rc.1+a")).is_err());
     }
 }
