@@ -8,6 +8,8 @@
 //! understood too; `S3_BUCKET_NAME` selects the S3 backend unless
 //! `ARTIFACTD_STORAGE__BACKEND` says otherwise.
 
+use crate::domain::Secret;
+use crate::domain::secret::redact_url;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -44,12 +46,22 @@ pub struct ServerConfig {
     pub health_check_interval_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CatalogConfig {
     /// `sqlite://...` or `postgres://...`; empty means `sqlite://<data_dir>/catalog.db`.
+    /// May carry a password, so it is shown only through [`redact_url`].
     pub url: String,
     pub max_connections: u32,
+}
+
+impl std::fmt::Debug for CatalogConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CatalogConfig")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -69,6 +81,9 @@ pub struct StorageConfig {
     /// A second, S3-compatible store that takes over when the primary fails.
     pub fallback: FallbackConfig,
     pub failover: FailoverSettings,
+    /// The shortest deadline a store call gets; above it, deadlines follow the store's
+    /// observed latency (8 × its p99), capped by the request timeout.
+    pub deadline_floor_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -100,6 +115,8 @@ pub struct FailoverSettings {
     /// Write both stores at once while both are healthy (no acknowledged write depends on
     /// one store), instead of the primary only with asynchronous copies.
     pub synchronous_mirror: bool,
+    /// How often the stores are compared with what the catalog says they must hold.
+    pub reconcile_interval_ms: u64,
 }
 
 impl Default for FailoverSettings {
@@ -118,6 +135,7 @@ impl Default for FailoverSettings {
             replication_retry_initial_ms: defaults.replication_retry_initial.as_millis() as u64,
             replication_retry_max_ms: defaults.replication_retry_max.as_millis() as u64,
             synchronous_mirror: defaults.synchronous_mirror,
+            reconcile_interval_ms: defaults.reconcile_interval.as_millis() as u64,
         }
     }
 }
@@ -129,7 +147,7 @@ pub struct S3Config {
     pub bucket: String,
     pub region: String,
     pub access_key_id: String,
-    pub secret_access_key: String,
+    pub secret_access_key: Secret,
     pub force_path_style: bool,
     pub key_prefix: String,
     /// Create the bucket at start-up when it is missing (development setups).
@@ -212,6 +230,7 @@ impl Default for StorageConfig {
             s3: S3Config::default(),
             fallback: FallbackConfig::default(),
             failover: FailoverSettings::default(),
+            deadline_floor_ms: crate::storage::DeadlineConfig::default().floor.as_millis() as u64,
         }
     }
 }
@@ -223,7 +242,7 @@ impl Default for S3Config {
             bucket: String::new(),
             region: "us-east-1".to_owned(),
             access_key_id: String::new(),
-            secret_access_key: String::new(),
+            secret_access_key: Secret::default(),
             force_path_style: true,
             key_prefix: String::new(),
             create_bucket: false,
@@ -310,6 +329,17 @@ const STORY_VARIABLES: &[(&str, &[&str])] = &[
 const NON_SETTING_VARIABLES: &[&str] = &["ARTIFACTD_CONFIG"];
 
 impl Config {
+    /// The configuration as it may be shown: every secret masked, and the password in the
+    /// catalog URL too.
+    pub fn redacted(&self) -> Config {
+        let mut shown = self.clone();
+        shown.catalog.url = redact_url(&self.catalog.url);
+        for s3 in [&mut shown.storage.s3, &mut shown.storage.fallback.s3] {
+            s3.secret_access_key = s3.secret_access_key.redacted();
+        }
+        shown
+    }
+
     /// Loads defaults, then `file` if given, then the variables of `env`.
     pub fn load(
         file: Option<&Path>,
@@ -504,6 +534,7 @@ impl Config {
             replication_retry_initial: Duration::from_millis(f.replication_retry_initial_ms),
             replication_retry_max: Duration::from_millis(f.replication_retry_max_ms),
             synchronous_mirror: f.synchronous_mirror,
+            reconcile_interval: Duration::from_millis(f.reconcile_interval_ms.max(100)),
             ..crate::storage::FailoverConfig::default()
         }
     }
@@ -514,6 +545,7 @@ impl Config {
         config.region = s3.region.clone();
         config.access_key_id = (!s3.access_key_id.is_empty()).then(|| s3.access_key_id.clone());
         config.secret_access_key = (!s3.secret_access_key.is_empty()).then(|| s3.secret_access_key.clone());
+        config.use_default_credential_chain = s3.access_key_id.is_empty();
         config.force_path_style = s3.force_path_style;
         config.key_prefix = s3.key_prefix.clone();
         config.request_timeout = Duration::from_millis(s3.request_timeout_ms);

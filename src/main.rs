@@ -42,11 +42,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => {
-            let mut config = load(config.as_ref())?;
-            if !config.storage.s3.secret_access_key.is_empty() {
-                config.storage.s3.secret_access_key = "********".to_owned();
-            }
-            print!("{}", toml::to_string_pretty(&config)?);
+            let config = load(config.as_ref())?;
+            print!("{}", toml::to_string_pretty(&config.redacted())?);
             Ok(())
         }
         Command::Reindex { config } => {

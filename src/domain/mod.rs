@@ -4,9 +4,11 @@
 pub mod content_type;
 pub mod error;
 pub mod names;
+pub mod secret;
 pub mod version;
 
 pub use error::{Error, Result};
+pub use secret::Secret;
 
 /// Microseconds since the Unix epoch: the catalog's unit of time.
 pub fn now_micros() -> i64 {

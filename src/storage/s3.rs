@@ -2,7 +2,9 @@
 //! rustls. Large objects go up as multipart uploads with bounded concurrency.
 
 use super::{BlobStore, GetOptions, ObjectMeta, StoreError, validate_key};
+use crate::domain::Secret;
 use async_trait::async_trait;
+use aws_credential_types::provider::{ProvideCredentials, future::ProvideCredentials as CredentialsFuture};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
@@ -15,7 +17,46 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// The standard AWS credential chain, built on first use: building it is asynchronous (it
+/// reads profile files), while a store is constructed synchronously.
+#[derive(Debug, Clone)]
+struct DefaultChain {
+    region: String,
+    chain: Arc<OnceCell<aws_config::default_provider::credentials::DefaultCredentialsChain>>,
+}
+
+impl DefaultChain {
+    fn new(region: &str) -> Self {
+        Self {
+            region: region.to_owned(),
+            chain: Arc::default(),
+        }
+    }
+}
+
+impl ProvideCredentials for DefaultChain {
+    fn provide_credentials<'a>(&'a self) -> CredentialsFuture<'a>
+    where
+        Self: 'a,
+    {
+        CredentialsFuture::new(async move {
+            let chain = self
+                .chain
+                .get_or_init(|| async {
+                    aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                        .region(Region::new(self.region.clone()))
+                        .build()
+                        .await
+                })
+                .await;
+            chain.provide_credentials().await
+        })
+    }
+}
 
 /// Everything needed to reach one bucket.
 #[derive(Debug, Clone)]
@@ -25,7 +66,10 @@ pub struct S3StoreConfig {
     pub bucket: String,
     pub region: String,
     pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    /// Without explicit keys, find credentials the standard AWS way (environment, shared
+    /// config and credentials files, web identity, container and instance metadata).
+    pub use_default_credential_chain: bool,
     /// Path-style addressing (`endpoint/bucket/key`), which MinIO and most test servers need.
     pub force_path_style: bool,
     /// Prepended to every key, so several deployments can share a bucket.
@@ -51,6 +95,7 @@ impl S3StoreConfig {
             region: "us-east-1".to_owned(),
             access_key_id: None,
             secret_access_key: None,
+            use_default_credential_chain: true,
             force_path_style: true,
             key_prefix: String::new(),
             multipart_threshold_bytes: 64 * 1024 * 1024,
@@ -108,11 +153,13 @@ impl S3Store {
         if let (Some(key_id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
             builder = builder.credentials_provider(Credentials::new(
                 key_id.clone(),
-                secret.clone(),
+                secret.expose().to_owned(),
                 None,
                 None,
                 "artifactd-config",
             ));
+        } else if config.use_default_credential_chain {
+            builder = builder.credentials_provider(DefaultChain::new(&config.region));
         }
         let name = format!(
             "s3:{}/{}",
@@ -362,7 +409,7 @@ impl BlobStore for S3Store {
                 });
             }
         }
-        super::verify_read(&self.name, key, &options, body).await
+        Ok(body)
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {

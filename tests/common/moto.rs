@@ -42,7 +42,7 @@ impl MotoServer {
         let mut config = S3StoreConfig::new(bucket);
         config.endpoint_url = Some(self.endpoint());
         config.access_key_id = Some("moto".into());
-        config.secret_access_key = Some("moto-secret".into());
+        config.secret_access_key = Some(artifactd::domain::Secret::new("moto-secret"));
         config
     }
 
