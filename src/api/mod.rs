@@ -4,6 +4,7 @@
 mod artifact_service;
 pub mod convert;
 mod fallback_service;
+pub mod request_layer;
 mod search_service;
 pub mod status;
 

@@ -1,5 +1,6 @@
 //! `artifactd.v1.SearchService`.
 
+use super::request_layer::record_scope;
 use super::status::to_status;
 use crate::domain::Error;
 use crate::domain::names::validate_identifier;
@@ -117,6 +118,7 @@ async fn blocking<T: Send + 'static>(
 impl SearchService for SearchApi {
     async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
         let request = request.into_inner();
+        record_scope(&request.tenant, &request.project);
         validate_identifier("tenant", &request.tenant).map_err(to_status)?;
         validate_identifier("project", &request.project).map_err(to_status)?;
         let query = search::SearchRequest {
@@ -144,6 +146,7 @@ impl SearchService for SearchApi {
         request: Request<SearchByMetadataRequest>,
     ) -> Result<Response<SearchByMetadataResponse>, Status> {
         let request = request.into_inner();
+        record_scope(&request.tenant, &request.project);
         validate_identifier("tenant", &request.tenant).map_err(to_status)?;
         validate_identifier("project", &request.project).map_err(to_status)?;
         let sort = match MetadataSort::try_from(request.sort) {
@@ -192,6 +195,7 @@ impl SearchService for SearchApi {
         request: Request<SearchByTagsRequest>,
     ) -> Result<Response<SearchByTagsResponse>, Status> {
         let request = request.into_inner();
+        record_scope(&request.tenant, &request.project);
         validate_identifier("tenant", &request.tenant).map_err(to_status)?;
         validate_identifier("project", &request.project).map_err(to_status)?;
         let matching = match TagMatch::try_from(request.r#match) {

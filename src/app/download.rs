@@ -7,11 +7,11 @@ use crate::catalog::ChunkLocation;
 use crate::domain::{Error, Result};
 use crate::ingest::chunk::decode;
 use crate::ingest::{ChunkId, Manifest, PackId, TenantKey};
-use crate::storage::{GetOptions, StoreError, Verifier};
+use crate::storage::{Decoder, GetOptions, StoreError};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// One chunk's part in a read: where it sits in the span's bytes and which of its decoded
 /// bytes the client asked for.
@@ -113,22 +113,13 @@ pub(super) fn stream(
 /// store with a second copy (failover) answers a corrupt copy by reading the other one.
 async fn fetch_span(inner: Arc<Inner>, key: TenantKey, span: ReadSpan) -> Result<Vec<Bytes>> {
     let span = Arc::new(span);
-    let decoded: Arc<Mutex<Option<Vec<Bytes>>>> = Arc::default();
-    let verify: Verifier = {
+    let decode: Decoder = {
         let span = span.clone();
-        let decoded = decoded.clone();
-        Arc::new(move |bytes: &[u8]| {
-            let pieces = decode_span(&key, &span, bytes).map_err(|e| e.to_string())?;
-            *decoded.lock().expect("decoded lock") = Some(pieces);
-            Ok(())
-        })
+        Arc::new(move |bytes: &[u8]| decode_span(&key, &span, bytes).map_err(|e| e.to_string()))
     };
-    let bytes = inner
+    let pieces = inner
         .store
-        .get(
-            &span.pack_key,
-            GetOptions::range(span.range.clone()).verified(verify),
-        )
+        .get_decoded(&span.pack_key, GetOptions::range(span.range.clone()), decode)
         .await
         .map_err(|error| match error {
             StoreError::NotFound { .. } => {
@@ -142,9 +133,9 @@ async fn fetch_span(inner: Arc<Inner>, key: TenantKey, span: ReadSpan) -> Result
             }
             error => Error::Internal(format!("reading pack {}: {error}", span.pack_key)),
         })?;
-    metrics::counter!("artifactd_pack_bytes_read_total").increment(bytes.len() as u64);
-    let pieces = decoded.lock().expect("decoded lock").take();
-    pieces.ok_or_else(|| Error::internal("the store returned bytes without verifying them"))
+    metrics::counter!(crate::telemetry::names::PACK_BYTES_READ_TOTAL)
+        .increment(span.range.end - span.range.start);
+    Ok(pieces)
 }
 
 fn decode_span(key: &TenantKey, span: &ReadSpan, bytes: &[u8]) -> Result<Vec<Bytes>> {
@@ -160,7 +151,7 @@ fn decode_span(key: &TenantKey, span: &ReadSpan, bytes: &[u8]) -> Result<Vec<Byt
             ))
         })?;
         if key.chunk_id(&raw) != chunk.chunk_id {
-            metrics::counter!("artifactd_checksum_mismatches_total").increment(1);
+            metrics::counter!(crate::telemetry::names::CHECKSUM_MISMATCHES_TOTAL).increment(1);
             return Err(Error::DataLoss(format!(
                 "chunk {} in {} does not match its hash",
                 chunk.chunk_id.to_hex(),

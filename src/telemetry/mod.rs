@@ -1,6 +1,8 @@
 //! Logging and metrics set-up, and the names of the health-checked services.
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+pub mod names;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global tracing subscriber. `RUST_LOG` overrides the configured filter.
@@ -17,9 +19,18 @@ pub fn init_logging(format: &str, filter: &str) {
     };
 }
 
+const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 /// Installs the global Prometheus recorder and returns the handle that renders `/metrics`.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
-    let recorder = PrometheusBuilder::new().build_recorder();
+    // Latencies as real histograms (summaries cannot be aggregated across replicas), with
+    // buckets from a millisecond to a minute.
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS_SECONDS)
+        .map_err(|e| anyhow::anyhow!("configuring histogram buckets: {e}"))?
+        .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)
         .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
@@ -28,36 +39,5 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
 }
 
 fn describe_metrics() {
-    metrics::describe_counter!(
-        "artifactd_ingested_bytes_total",
-        "Logical bytes received by uploads that completed ingest"
-    );
-    metrics::describe_counter!(
-        "artifactd_stored_bytes_total",
-        "Compressed bytes of new chunks written by uploads"
-    );
-    metrics::describe_counter!(
-        "artifactd_pack_bytes_written_total",
-        "Bytes of pack objects written to the object store"
-    );
-    metrics::describe_counter!(
-        "artifactd_pack_bytes_read_total",
-        "Bytes of pack objects read from the object store"
-    );
-    metrics::describe_counter!(
-        "artifactd_versions_committed_total",
-        "Versions committed to the catalog"
-    );
-    metrics::describe_counter!(
-        "artifactd_uploads_failed_total",
-        "Uploads that failed or were cancelled"
-    );
-    metrics::describe_counter!(
-        "artifactd_checksum_mismatches_total",
-        "Chunks whose content did not match their hash on read"
-    );
-    metrics::describe_gauge!(
-        "artifactd_dependency_up",
-        "1 when a dependency (catalog, store) answered its last health check"
-    );
+    names::describe_all();
 }

@@ -1,0 +1,91 @@
+//! Every metric artifactd exports: its name, kind and description, in one place. Code
+//! records metrics through these constants; `describe_all` registers the descriptions, and
+//! the dashboard and alert rules are checked against this list.
+
+/// The kind of a metric, as Prometheus shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+macro_rules! metric_names {
+    ($($constant:ident = $name:literal, $kind:ident, $description:literal;)*) => {
+        $(
+            #[doc = $description]
+            pub const $constant: &str = $name;
+        )*
+
+        /// (name, kind, description) of every metric.
+        pub const ALL: &[(&str, Kind, &str)] = &[$(($name, Kind::$kind, $description)),*];
+    };
+}
+
+metric_names! {
+    GRPC_REQUESTS_TOTAL = "artifactd_grpc_requests_total", Counter,
+        "gRPC calls finished, by method and status code";
+    GRPC_REQUEST_DURATION_SECONDS = "artifactd_grpc_request_duration_seconds", Histogram,
+        "Duration of gRPC calls from the request's arrival to the last response byte, by method";
+    INGESTED_BYTES_TOTAL = "artifactd_ingested_bytes_total", Counter,
+        "Logical bytes received by uploads that completed ingest";
+    STORED_BYTES_TOTAL = "artifactd_stored_bytes_total", Counter,
+        "Compressed bytes of new chunks written by uploads";
+    PACK_BYTES_WRITTEN_TOTAL = "artifactd_pack_bytes_written_total", Counter,
+        "Bytes of pack objects written to the object store";
+    PACK_BYTES_READ_TOTAL = "artifactd_pack_bytes_read_total", Counter,
+        "Bytes of pack objects read from the object store";
+    VERSIONS_COMMITTED_TOTAL = "artifactd_versions_committed_total", Counter,
+        "Versions committed to the catalog";
+    UPLOADS_FAILED_TOTAL = "artifactd_uploads_failed_total", Counter,
+        "Uploads that failed or were cancelled; nothing of them was committed";
+    CHECKSUM_MISMATCHES_TOTAL = "artifactd_checksum_mismatches_total", Counter,
+        "Chunks whose content did not match their hash on read";
+    DEPENDENCY_UP = "artifactd_dependency_up", Gauge,
+        "1 when a dependency (catalog, store) answered its last health check";
+    INDEX_EVENTS_TOTAL = "artifactd_index_events_total", Counter,
+        "Outbox events applied to the search index";
+    INDEX_UNREADABLE_TOTAL = "artifactd_index_unreadable_total", Counter,
+        "Artifacts indexed without their text because their content could not be read";
+    STORE_OPERATIONS_TOTAL = "artifactd_store_operations_total", Counter,
+        "Object store calls, by store, operation and outcome";
+    STORE_LATENCY_SECONDS = "artifactd_store_latency_seconds", Histogram,
+        "Latency of object store calls, by store and operation";
+    STORE_BREAKER_OPEN = "artifactd_store_breaker_open", Gauge,
+        "1 while a failover side's circuit breaker is open";
+    STORE_BREAKER_OPENED_TOTAL = "artifactd_store_breaker_opened_total", Counter,
+        "Times a failover side's circuit breaker opened";
+    STORE_CORRUPT_READS_TOTAL = "artifactd_store_corrupt_reads_total", Counter,
+        "Reads that found a damaged copy on one side of a failover pair";
+    FAILOVERS_TOTAL = "artifactd_failovers_total", Counter,
+        "Times writes moved from the primary store to the fallback because the primary's breaker opened";
+    FAILBACKS_TOTAL = "artifactd_failbacks_total", Counter,
+        "Times writes returned to the primary store after a failover";
+    FAILED_OVER = "artifactd_failed_over", Gauge,
+        "1 while writes go to the fallback store";
+    STORE_MISSING_OBJECTS = "artifactd_store_missing_objects", Gauge,
+        "Objects a failover side lacked or held damaged at the last reconciliation, by side";
+    STORE_REPAIRED_OBJECTS_TOTAL = "artifactd_store_repaired_objects_total", Counter,
+        "Objects copied to a failover side that lacked them or held a damaged copy, by side";
+    REPLICATED_BYTES_TOTAL = "artifactd_replicated_bytes_total", Counter,
+        "Bytes copied between the failover stores";
+    REPLICATION_QUEUE_DEPTH = "artifactd_replication_queue_depth", Gauge,
+        "Objects waiting to be copied to the other failover store";
+    REPLICATION_OLDEST_AGE_SECONDS = "artifactd_replication_oldest_age_seconds", Gauge,
+        "Age of the oldest object waiting to be copied to the other failover store";
+    JOB_RESTARTS_TOTAL = "artifactd_job_restarts_total", Counter,
+        "Background jobs restarted by the supervisor after a panic or failure, by job";
+    JOB_RUNNING = "artifactd_job_running", Gauge,
+        "1 while a background job runs, 0 while it waits to be restarted, by job";
+}
+
+/// Registers every description with the installed recorder.
+pub fn describe_all() {
+    for (name, kind, description) in ALL {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(*name, *description),
+            Kind::Gauge => metrics::describe_gauge!(*name, *description),
+            Kind::Histogram => metrics::describe_histogram!(*name, *description),
+        }
+    }
+}
