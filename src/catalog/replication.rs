@@ -2,7 +2,8 @@
 
 use super::{Catalog, db_error};
 use crate::domain::Result;
-use crate::storage::{ReplicationItem, ReplicationLog, ReplicationStats, Side};
+use crate::ingest::PackId;
+use crate::storage::{ObjectInventory, ObjectMeta, ReplicationItem, ReplicationLog, ReplicationStats, Side};
 use async_trait::async_trait;
 
 #[derive(sqlx::FromRow)]
@@ -100,10 +101,54 @@ impl ReplicationLog for Catalog {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error("listing failing replications", e))?;
+        let by_target: Vec<(String, i64)> =
+            sqlx::query_as("SELECT target, COUNT(*) FROM replication_queue GROUP BY target")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error("measuring the replication queue", e))?;
+        let pending_for = |side: Side| {
+            by_target
+                .iter()
+                .find(|(target, _)| target == side.as_str())
+                .map_or(0, |(_, count)| *count as u64)
+        };
         Ok(ReplicationStats {
             depth: depth as u64,
+            pending_for_primary: pending_for(Side::Primary),
+            pending_for_fallback: pending_for(Side::Fallback),
             oldest_created_at: oldest,
             failing: failing.into_iter().filter_map(ItemRow::into_item).collect(),
         })
+    }
+}
+
+/// Every committed pack must be on both stores; staged and abandoned ones need not be.
+#[async_trait]
+impl ObjectInventory for Catalog {
+    async fn expected_objects(&self, after: &str, limit: u32) -> Result<Vec<ObjectMeta>> {
+        // Pack keys sort like their ids (`packs/<first 2 hex>/<64 hex>.pack`), so paging by
+        // id pages by key.
+        let after_id = after
+            .strip_prefix("packs/")
+            .and_then(|rest| rest.split('/').nth(1))
+            .and_then(|file| file.strip_suffix(".pack"))
+            .unwrap_or("");
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT pack_id, size FROM packs WHERE state = 'committed' AND pack_id > $1 ORDER BY pack_id LIMIT $2",
+        )
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("listing committed packs", e))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, size)| {
+                Some(ObjectMeta {
+                    key: PackId::from_hex(&id)?.object_key(),
+                    size: size as u64,
+                })
+            })
+            .collect())
     }
 }

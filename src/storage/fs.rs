@@ -169,11 +169,8 @@ impl BlobStore for FsStore {
 
     async fn get(&self, key: &str, options: GetOptions) -> Result<Bytes, StoreError> {
         let owned_key = key.to_owned();
-        let read_options = options.clone();
-        let bytes = self
-            .blocking(move |store| store.get_blocking(&owned_key, &read_options))
-            .await?;
-        super::verify_read(&self.name, key, &options, bytes).await
+        self.blocking(move |store| store.get_blocking(&owned_key, &options))
+            .await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {

@@ -2,18 +2,23 @@
 //! Nothing here knows about artifacts; keys and bytes only.
 
 pub mod breaker;
+mod deadline;
 mod failover;
 mod fs;
+mod metered;
 mod replication;
 mod s3;
+pub mod unreliable;
 
 pub use breaker::{BreakerConfig, BreakerState};
+pub use deadline::{DeadlineConfig, DeadlineStore};
 pub use failover::{
-    FailoverConfig, FailoverMetrics, FailoverStatus, FailoverStore, ObjectVerifier, ProbeReport, SideMetrics,
-    SideStatus, SwitchEvent, SyncReport,
+    FailoverConfig, FailoverMetrics, FailoverStatus, FailoverStore, ObjectVerifier, ProbeReport,
+    ReconcileReport, SideMetrics, SideStatus, SwitchEvent, SyncReport,
 };
 pub use fs::FsStore;
-pub use replication::{ReplicationItem, ReplicationLog, ReplicationStats, Side};
+pub use metered::MeteredStore;
+pub use replication::{ObjectInventory, ReplicationItem, ReplicationLog, ReplicationStats, Side};
 pub use s3::{S3Store, S3StoreConfig};
 
 use async_trait::async_trait;
@@ -23,7 +28,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 /// Why a store operation failed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error("object {key:?} not found in {store}")]
     NotFound { store: String, key: String },
@@ -68,69 +73,47 @@ impl StoreError {
     }
 }
 
-/// Checks bytes read from a store; an `Err` names what is wrong with them.
-pub type Verifier = Arc<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
+/// Turns bytes read from a store into what the caller wants from them (for packs: the
+/// chunks of a span, each checked against its hash). An `Err` names what is wrong with the
+/// bytes; [`BlobStore::get_decoded`] reports it as `StoreError::Corrupt`.
+pub type Decoder = Arc<dyn Fn(&[u8]) -> Result<Vec<Bytes>, String> + Send + Sync>;
 
 /// Options for [`BlobStore::get`].
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct GetOptions {
     /// Byte range to read; the whole object when `None`. The range must lie inside the object.
     pub range: Option<Range<u64>>,
-    /// Run on the bytes before they are returned; a failure is `StoreError::Corrupt`, which a
-    /// store holding another copy answers by reading that copy instead.
-    pub verify: Option<Verifier>,
-}
-
-impl fmt::Debug for GetOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GetOptions")
-            .field("range", &self.range)
-            .field("verify", &self.verify.is_some())
-            .finish()
-    }
 }
 
 impl GetOptions {
     pub fn range(range: Range<u64>) -> Self {
-        Self {
-            range: Some(range),
-            verify: None,
-        }
-    }
-
-    pub fn verified(mut self, verify: Verifier) -> Self {
-        self.verify = Some(verify);
-        self
+        Self { range: Some(range) }
     }
 }
 
-/// Applies `options.verify` to bytes just read, off the async workers when they are large.
-pub async fn verify_read(
+/// Runs `decode` on bytes just read, off the async workers when they are large.
+pub async fn decode_read(
     store: &str,
     key: &str,
-    options: &GetOptions,
+    decode: &Decoder,
     bytes: Bytes,
-) -> Result<Bytes, StoreError> {
-    let Some(verify) = options.verify.clone() else {
-        return Ok(bytes);
-    };
-    let checked = if bytes.len() > 64 * 1024 {
-        let bytes = bytes.clone();
-        tokio::task::spawn_blocking(move || verify(&bytes))
+) -> Result<Vec<Bytes>, StoreError> {
+    let decoded = if bytes.len() > 64 * 1024 {
+        let decode = decode.clone();
+        tokio::task::spawn_blocking(move || decode(&bytes))
             .await
             .map_err(|e| StoreError::Failed {
                 store: store.to_owned(),
-                message: format!("verification task failed: {e}"),
+                message: format!("decoding task failed: {e}"),
             })?
     } else {
-        verify(&bytes)
+        decode(&bytes)
     };
-    checked.map_err(|message| StoreError::Corrupt {
+    decoded.map_err(|message| StoreError::Corrupt {
         store: store.to_owned(),
         key: key.to_owned(),
         message,
-    })?;
-    Ok(bytes)
+    })
 }
 
 /// What a store knows about one object.
@@ -149,6 +132,8 @@ pub struct ObjectMeta {
 ///   put of a key carries the same bytes and is harmless.
 /// - `get` returns the whole object or exactly the requested range; a range reaching past
 ///   the end is `InvalidRange`, a missing key is `NotFound`.
+/// - `get_decoded` returns what the decoder made of exactly those bytes, and `Corrupt` when
+///   the decoder refuses them.
 /// - `head` returns `None` for a missing key.
 /// - `delete` is idempotent: deleting a missing key succeeds.
 /// - `list` returns every object whose key starts with `prefix`, sorted by key.
@@ -162,6 +147,19 @@ pub trait BlobStore: fmt::Debug + Send + Sync + 'static {
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+
+    /// Reads `options.range` of `key` and returns what `decode` makes of the bytes. Bytes it
+    /// refuses are `Corrupt`; a store holding a second copy (failover) answers that by
+    /// decoding the other copy, and repairs the damaged one.
+    async fn get_decoded(
+        &self,
+        key: &str,
+        options: GetOptions,
+        decode: Decoder,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let bytes = self.get(key, options).await?;
+        decode_read(self.name(), key, &decode, bytes).await
+    }
 
     /// Whether the store answers at all, for health checks: a `head` of a key that never
     /// exists. Wrappers over several stores decide what "answers" means for them.

@@ -56,6 +56,10 @@ pub struct ReplicationItem {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplicationStats {
     pub depth: u64,
+    /// Items whose target is the primary: objects the primary lacks.
+    pub pending_for_primary: u64,
+    /// Items whose target is the fallback: objects the fallback lacks.
+    pub pending_for_fallback: u64,
     /// Creation time (µs since the epoch) of the oldest pending item.
     pub oldest_created_at: Option<i64>,
     /// Items that failed at least once, most attempts first (a bounded sample).
@@ -73,4 +77,23 @@ pub trait ReplicationLog: fmt::Debug + Send + Sync + 'static {
     async fn complete(&self, key: &str, target: Side) -> Result<()>;
     async fn record_failure(&self, key: &str, target: Side, error: &str, next_attempt_at: i64) -> Result<()>;
     async fn stats(&self, failing_sample: u32) -> Result<ReplicationStats>;
+}
+
+impl ReplicationStats {
+    /// Objects the side lacks that it should hold (queued for it).
+    pub fn pending_for(&self, side: Side) -> u64 {
+        match side {
+            Side::Primary => self.pending_for_primary,
+            Side::Fallback => self.pending_for_fallback,
+        }
+    }
+}
+
+/// What the stores must hold: the source of truth for reconciliation (the catalog's
+/// committed packs).
+#[async_trait]
+pub trait ObjectInventory: fmt::Debug + Send + Sync + 'static {
+    /// Objects every store must hold, by key with their sizes, in key order, starting after
+    /// `after` (empty for the start), at most `limit`.
+    async fn expected_objects(&self, after: &str, limit: u32) -> Result<Vec<super::ObjectMeta>>;
 }

@@ -97,6 +97,19 @@ impl S3TestServer {
         self.serve(listener);
     }
 
+    /// Freezes like a SIGSTOPped server: connections are accepted by the kernel but nothing
+    /// answers. `restart` brings it back with its data.
+    pub async fn stall(&mut self) {
+        self.stop().await;
+        let listener = TcpListener::bind(self.addr).await.expect("rebinding to stall");
+        self.task = Some(tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        }));
+    }
+
     /// Stops, deletes every bucket and object, and starts again empty (a replaced server).
     pub async fn wipe_and_restart(&mut self) {
         self.stop().await;
@@ -130,7 +143,7 @@ impl S3TestServer {
         let mut config = S3StoreConfig::new(bucket);
         config.endpoint_url = Some(self.endpoint());
         config.access_key_id = Some(ACCESS_KEY.to_owned());
-        config.secret_access_key = Some(SECRET_KEY.to_owned());
+        config.secret_access_key = Some(artifactd::domain::Secret::new(SECRET_KEY));
         config.request_timeout = std::time::Duration::from_secs(10);
         config
     }

@@ -8,24 +8,40 @@
 //!   fallback is a live replica. Objects are immutable and named by their content, so the two
 //!   sides can never hold different bytes under one name and replication is
 //!   copy-what-is-missing, with no conflict resolution.
-//! - Reads try the preferred healthy side and fall back to the other on a miss or an error.
-//! - A prober per side writes, reads back and deletes a canary; its results feed the
-//!   breakers, which is how a returning primary closes its breaker (failback) and how a dead
-//!   one is noticed without traffic. Per-request timeouts make a slow store count as a dead one.
+//! - Reads try the preferred healthy side and fall back to the other on a miss or an error;
+//!   a side that lacked the object or held a damaged copy gets a good one queued (read
+//!   repair). A side whose breaker is open is never waited on.
+//! - A prober per side writes, reads back and deletes a canary (`probe.rs`); its results
+//!   feed the breakers, which is how a returning primary closes its breaker (failback) and
+//!   how a dead one is noticed without traffic.
+//! - The replicator (`replicate.rs`) drains the durable queue; the reconciler
+//!   (`reconcile.rs`) compares each side with what the catalog says it must hold, on a
+//!   schedule and whenever a side recovers, and queues whatever is missing or damaged.
+//! - Every decision is a typed value (`outcome.rs`).
+//!
+//! Deadlines are not this type's business: each side is a store wrapped in a
+//! `DeadlineStore`, whose deadline follows that store's observed latency.
+
+mod outcome;
+mod probe;
+mod reconcile;
+mod replicate;
+
+pub use reconcile::ReconcileReport;
+
+use outcome::{ReadDecision, SideOutcome, WriteDecision, decide_read, decide_write};
 
 use super::breaker::{BreakerConfig, BreakerSnapshot, CircuitBreaker, Permit, Transition};
-use super::replication::{ReplicationItem, ReplicationLog, ReplicationStats, Side};
-use super::{BlobStore, DynBlobStore, GetOptions, ObjectMeta, StoreError};
+use super::replication::{ObjectInventory, ReplicationLog, ReplicationStats, Side};
+use super::{BlobStore, Decoder, DynBlobStore, GetOptions, ObjectMeta, StoreError};
 use crate::domain::now_micros;
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 /// Checks that an object's bytes match its name (packs are named by their hash).
 pub type ObjectVerifier = Arc<dyn Fn(&str, &[u8]) -> bool + Send + Sync>;
@@ -44,6 +60,9 @@ pub struct FailoverConfig {
     pub synchronous_mirror: bool,
     /// Names the canary object of this process, so replicas sharing a bucket do not collide.
     pub node_id: String,
+    /// How often the reconciler compares the stores with the catalog (it also runs whenever
+    /// a store recovers).
+    pub reconcile_interval: Duration,
 }
 
 impl Default for FailoverConfig {
@@ -57,6 +76,7 @@ impl Default for FailoverConfig {
             replication_retry_max: Duration::from_secs(60),
             synchronous_mirror: true,
             node_id: uuid::Uuid::now_v7().simple().to_string(),
+            reconcile_interval: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -70,6 +90,8 @@ pub struct SideCounters {
     pub bytes_read: AtomicU64,
     pub latency_micros_total: AtomicU64,
     pub last_probe_latency_micros: AtomicU64,
+    /// Objects copied to this side because it lacked them or held a damaged copy.
+    pub repaired: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -131,6 +153,10 @@ pub struct SideStatus {
     pub store_name: String,
     pub breaker: BreakerSnapshot,
     pub last_probe_latency: Duration,
+    /// Objects this side should hold but does not yet (queued to be copied to it).
+    pub lacking: u64,
+    /// Objects copied to this side since the process started.
+    pub repaired: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +166,16 @@ pub struct FailoverStatus {
     pub replication: ReplicationStats,
     pub last_failover: Option<SwitchEvent>,
     pub last_failback: Option<SwitchEvent>,
+    pub last_reconcile: Option<ReconcileReport>,
+}
+
+impl FailoverStatus {
+    /// A breaker is not closed, or a side lacks objects it should hold.
+    pub fn degraded(&self) -> bool {
+        self.sides
+            .iter()
+            .any(|side| side.breaker.state != super::BreakerState::Closed || side.lacking > 0)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -176,11 +212,15 @@ pub struct SyncReport {
 pub struct FailoverStore {
     sides: [SideState; 2],
     log: Arc<dyn ReplicationLog>,
+    inventory: Option<Arc<dyn ObjectInventory>>,
     config: FailoverConfig,
     verifier: Option<ObjectVerifier>,
     switches: Mutex<Switches>,
     replication: ReplicationCounters,
     work_queued: Notify,
+    /// A side recovered (its breaker closed): reconcile now.
+    recovered: Notify,
+    last_reconcile: Mutex<Option<ReconcileReport>>,
     name: String,
 }
 
@@ -201,10 +241,13 @@ fn timed_out(store: &str, limit: Duration) -> StoreError {
 }
 
 impl FailoverStore {
+    /// `inventory` tells the reconciler what both sides must hold; without it only the
+    /// replication queue and read repair keep the sides complete.
     pub fn new(
         primary: DynBlobStore,
         fallback: DynBlobStore,
         log: Arc<dyn ReplicationLog>,
+        inventory: Option<Arc<dyn ObjectInventory>>,
         config: FailoverConfig,
         verifier: Option<ObjectVerifier>,
     ) -> Self {
@@ -218,6 +261,7 @@ impl FailoverStore {
         Self {
             sides: [side(Side::Primary, primary), side(Side::Fallback, fallback)],
             log,
+            inventory,
             verifier,
             switches: Mutex::new(Switches {
                 write_target: Side::Primary,
@@ -229,6 +273,8 @@ impl FailoverStore {
             }),
             replication: ReplicationCounters::default(),
             work_queued: Notify::new(),
+            recovered: Notify::new(),
+            last_reconcile: Mutex::new(None),
             config,
             name,
         }
@@ -241,11 +287,13 @@ impl FailoverStore {
         }
     }
 
-    /// Runs one store call under the request timeout, counting it and its latency.
+    /// Runs one store call, counting it and its latency for `GetFallbackMetrics`. The
+    /// store's own `DeadlineStore` bounds it; the request timeout here is only a backstop
+    /// for stores wired without one.
     async fn timed<T>(
         &self,
         side: &SideState,
-        operation: &'static str,
+        _operation: &'static str,
         work: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
@@ -258,17 +306,9 @@ impl FailoverStore {
         side.counters
             .latency_micros_total
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-        let outcome = match &result {
-            Err(error) if error.is_store_fault() => {
-                side.counters.errors.fetch_add(1, Ordering::Relaxed);
-                "error"
-            }
-            _ => "ok",
-        };
-        metrics::counter!("artifactd_store_operations_total", "side" => side.side.as_str(), "operation" => operation, "outcome" => outcome)
-            .increment(1);
-        metrics::histogram!("artifactd_store_latency_seconds", "side" => side.side.as_str(), "operation" => operation)
-            .record(elapsed.as_secs_f64());
+        if matches!(&result, Err(error) if error.is_store_fault()) {
+            side.counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
         result
     }
 
@@ -282,10 +322,30 @@ impl FailoverStore {
         match transition {
             Transition::Opened => {
                 tracing::warn!(side = %side.side, "circuit opened");
-                metrics::counter!("artifactd_store_breaker_opened_total", "side" => side.side.as_str())
+                metrics::counter!(crate::telemetry::names::STORE_BREAKER_OPENED_TOTAL, "side" => side.side.as_str())
                     .increment(1);
+                // Failover is a decision about the primary store, not about one call: it
+                // happens when the primary's breaker opens, so a single failed write that
+                // the fallback took is neither a failover nor, after it, a failback.
+                if side.side == Side::Primary {
+                    let reason = side
+                        .breaker
+                        .snapshot()
+                        .last_error
+                        .unwrap_or_else(|| "the primary store is failing".to_owned());
+                    self.note_write_target(Side::Fallback, || format!("primary store failing: {reason}"));
+                }
             }
-            Transition::Closed => tracing::info!(side = %side.side, "circuit closed"),
+            Transition::Closed => {
+                tracing::info!(side = %side.side, "circuit closed");
+                // A store that was away may have lost data or missed writes.
+                self.recovered.notify_one();
+                if side.side == Side::Primary {
+                    self.note_write_target(Side::Primary, || {
+                        "the primary store accepts calls again".to_owned()
+                    });
+                }
+            }
             Transition::None => {}
         }
         self.publish_breaker_gauges();
@@ -307,7 +367,8 @@ impl FailoverStore {
     fn publish_breaker_gauges(&self) {
         for side in &self.sides {
             let open = if side.breaker.is_closed() { 0.0 } else { 1.0 };
-            metrics::gauge!("artifactd_store_breaker_open", "side" => side.side.as_str()).set(open);
+            metrics::gauge!(crate::telemetry::names::STORE_BREAKER_OPEN, "side" => side.side.as_str())
+                .set(open);
         }
     }
 
@@ -328,8 +389,8 @@ impl FailoverStore {
                 switches.failover_count += 1;
                 switches.failed_over_since = Some(Instant::now());
                 switches.last_failover = Some(event);
-                metrics::counter!("artifactd_failovers_total").increment(1);
-                metrics::gauge!("artifactd_failed_over").set(1.0);
+                metrics::counter!(crate::telemetry::names::FAILOVERS_TOTAL).increment(1);
+                metrics::gauge!(crate::telemetry::names::FAILED_OVER).set(1.0);
             }
             Side::Primary => {
                 tracing::info!(reason = %event.reason, "failback: writes return to the primary store");
@@ -337,8 +398,8 @@ impl FailoverStore {
                     switches.failed_over_total += since.elapsed();
                 }
                 switches.last_failback = Some(event);
-                metrics::counter!("artifactd_failbacks_total").increment(1);
-                metrics::gauge!("artifactd_failed_over").set(0.0);
+                metrics::counter!(crate::telemetry::names::FAILBACKS_TOTAL).increment(1);
+                metrics::gauge!(crate::telemetry::names::FAILED_OVER).set(0.0);
             }
         }
     }
@@ -346,312 +407,6 @@ impl FailoverStore {
     fn backoff_for(&self, attempts: i64) -> Duration {
         let exponent = attempts.clamp(0, 16) as u32;
         (self.config.replication_retry_initial * 2u32.pow(exponent)).min(self.config.replication_retry_max)
-    }
-
-    // ---- probing -------------------------------------------------------------------------
-
-    /// Writes, reads back and deletes a canary on one side; the whole probe is one outcome
-    /// for the breaker (a canary that reads back wrong fails it like an outage).
-    async fn probe_side(&self, side: &SideState, permit: Permit<'_>) -> ProbeReport {
-        let key = format!("health/canary-{}", self.config.node_id);
-        let payload = Bytes::from(format!("artifactd canary {}", now_micros()));
-        let started = Instant::now();
-        let mut report = ProbeReport {
-            side: side.side,
-            store_name: side.store.name().to_owned(),
-            reachable: false,
-            can_write: false,
-            can_read: false,
-            can_delete: false,
-            latency: Duration::ZERO,
-            error: None,
-        };
-        let result: Result<(), StoreError> = async {
-            self.timed(side, "probe", side.store.put(&key, payload.clone()))
-                .await?;
-            report.can_write = true;
-            let read = self
-                .timed(side, "probe", side.store.get(&key, GetOptions::default()))
-                .await?;
-            if read != payload {
-                return Err(StoreError::Failed {
-                    store: side.store.name().to_owned(),
-                    message: "the canary read back different bytes".to_owned(),
-                });
-            }
-            report.can_read = true;
-            self.timed(side, "probe", side.store.delete(&key)).await?;
-            report.can_delete = true;
-            Ok(())
-        }
-        .await;
-        report.latency = started.elapsed();
-        side.counters
-            .last_probe_latency_micros
-            .store(report.latency.as_micros() as u64, Ordering::Relaxed);
-        report.reachable = match &result {
-            Ok(()) => true,
-            Err(error) => report.can_write || !error.is_retryable(),
-        };
-        let verdict = match &result {
-            Err(error) if !error.is_store_fault() => Err(StoreError::Failed {
-                store: side.store.name().to_owned(),
-                message: format!("canary: {error}"),
-            }),
-            Err(error) => Err(StoreError::Unavailable {
-                store: side.store.name().to_owned(),
-                message: error.to_string(),
-            }),
-            Ok(()) => Ok(()),
-        };
-        self.settle(side, permit, &verdict);
-        if let Err(error) = result {
-            report.error = Some(error.to_string());
-        }
-        report
-    }
-
-    /// A permit for a probe: the half-open trial when one is due, else an observer.
-    fn probe_permit(side: &SideState) -> Option<Permit<'_>> {
-        if side.breaker.is_closed() {
-            Some(side.breaker.observe())
-        } else {
-            side.breaker.try_acquire()
-        }
-    }
-
-    /// Probes both sides now (TestFallback).
-    pub async fn probe_now(&self) -> Vec<ProbeReport> {
-        let [primary, fallback] = &self.sides;
-        let primary_permit = Self::probe_permit(primary).unwrap_or_else(|| primary.breaker.observe());
-        let fallback_permit = Self::probe_permit(fallback).unwrap_or_else(|| fallback.breaker.observe());
-        let (primary_report, fallback_report) = tokio::join!(
-            self.probe_side(primary, primary_permit),
-            self.probe_side(fallback, fallback_permit)
-        );
-        self.after_probe(&primary_report);
-        vec![primary_report, fallback_report]
-    }
-
-    fn after_probe(&self, primary: &ProbeReport) {
-        if primary.healthy() && self.side(Side::Primary).breaker.is_closed() {
-            self.note_write_target(Side::Primary, || {
-                "the primary store passes its probes again".to_owned()
-            });
-        }
-    }
-
-    /// The prober job: probes both sides every `probe_interval`, concurrently so that a hung
-    /// store does not delay the other's probe; an open side is probed only when its backoff
-    /// allows a trial.
-    pub async fn run_prober(self: Arc<Self>, shutdown: CancellationToken) {
-        loop {
-            let this: &Self = &self;
-            let [primary, fallback] = &this.sides;
-            let probe = |side| async move {
-                match Self::probe_permit(side) {
-                    Some(permit) => Some(this.probe_side(side, permit).await),
-                    None => None,
-                }
-            };
-            let (primary_report, _) = tokio::join!(probe(primary), probe(fallback));
-            if let Some(report) = primary_report {
-                self.after_probe(&report);
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(self.config.probe_interval) => {}
-            }
-        }
-    }
-
-    // ---- replication ---------------------------------------------------------------------
-
-    /// Copies `key` from the other side to `target` unless it is there already. A failure
-    /// names the side it came from.
-    async fn copy(&self, key: &str, target: Side) -> Result<u64, (Side, StoreError)> {
-        let target_side = self.side(target);
-        let source_side = self.side(target.other());
-        let on = |side: Side| move |error| (side, error);
-        if self
-            .timed(target_side, "head", target_side.store.head(key))
-            .await
-            .map_err(on(target))?
-            .is_some()
-        {
-            return Ok(0);
-        }
-        let bytes = self
-            .timed(
-                source_side,
-                "get",
-                source_side.store.get(key, GetOptions::default()),
-            )
-            .await
-            .map_err(on(target.other()))?;
-        if let Some(verify) = &self.verifier
-            && !verify(key, &bytes)
-        {
-            return Err((
-                target.other(),
-                StoreError::Corrupt {
-                    store: source_side.store.name().to_owned(),
-                    key: key.to_owned(),
-                    message: format!("the {} copy does not match its name", source_side.side),
-                },
-            ));
-        }
-        let size = bytes.len() as u64;
-        self.timed(target_side, "put", target_side.store.put(key, bytes))
-            .await
-            .map_err(on(target))?;
-        source_side.counters.bytes_read.fetch_add(size, Ordering::Relaxed);
-        target_side
-            .counters
-            .bytes_written
-            .fetch_add(size, Ordering::Relaxed);
-        Ok(size)
-    }
-
-    /// Copies one queued object; the outcome on the target feeds its breaker.
-    async fn replicate_item(&self, item: ReplicationItem, permit: Permit<'_>) {
-        let target = self.side(item.target);
-        let started = Instant::now();
-        let copied = self.copy(&item.key, item.target).await;
-        match &copied {
-            Err((side, error)) if *side == item.target => {
-                self.settle(target, permit, &Err::<(), _>(error.clone()))
-            }
-            _ => self.settle(target, permit, &Ok::<(), StoreError>(())),
-        }
-        let recorded = match copied {
-            Ok(bytes) => {
-                self.replication.objects.fetch_add(1, Ordering::Relaxed);
-                self.replication.bytes.fetch_add(bytes, Ordering::Relaxed);
-                self.replication
-                    .busy_micros
-                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                metrics::counter!("artifactd_replicated_bytes_total").increment(bytes);
-                self.log.complete(&item.key, item.target).await
-            }
-            Err((_, error)) => {
-                let next = now_micros() + self.backoff_for(item.attempts).as_micros() as i64;
-                self.log
-                    .record_failure(&item.key, item.target, &error.to_string(), next)
-                    .await
-            }
-        };
-        if let Err(error) = recorded {
-            tracing::warn!(key = %item.key, %error, "could not update the replication queue");
-        }
-    }
-
-    /// Copies every due item whose target store accepts calls now; returns how many were
-    /// attempted. Items for a store whose breaker is open wait untouched (no attempt is
-    /// counted, no row rewritten) until the breaker lets calls through again.
-    pub async fn replicate_due(&self) -> usize {
-        let items = match self.log.due(now_micros(), 256).await {
-            Ok(items) => items,
-            Err(error) => {
-                tracing::warn!(%error, "could not read the replication queue");
-                return 0;
-            }
-        };
-        let mut runnable = Vec::new();
-        for item in items {
-            let target = self.side(item.target);
-            let permit = if target.breaker.is_closed() {
-                Some(target.breaker.observe())
-            } else {
-                target.breaker.try_acquire()
-            };
-            if let Some(permit) = permit {
-                runnable.push((item, permit));
-            }
-        }
-        let count = runnable.len();
-        futures::stream::iter(runnable)
-            .for_each_concurrent(self.config.replication_concurrency.max(1), |(item, permit)| {
-                self.replicate_item(item, permit)
-            })
-            .await;
-        count
-    }
-
-    /// The replicator job: copies queued objects with bounded concurrency, retrying failed
-    /// items with exponential backoff for as long as it takes.
-    pub async fn run_replicator(self: Arc<Self>, shutdown: CancellationToken) {
-        loop {
-            let attempted = self.replicate_due().await;
-            if let Ok(stats) = self.log.stats(0).await {
-                metrics::gauge!("artifactd_replication_queue_depth").set(stats.depth as f64);
-                let age = stats
-                    .oldest_created_at
-                    .map(|created| (now_micros() - created).max(0) as f64 / 1e6)
-                    .unwrap_or(0.0);
-                metrics::gauge!("artifactd_replication_oldest_age_seconds").set(age);
-            }
-            if attempted > 0 {
-                continue;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = self.work_queued.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-            }
-        }
-    }
-
-    /// Lists both sides and copies whatever either lacks (SyncFallback). `progress` hears
-    /// about every object examined.
-    pub async fn sync(
-        &self,
-        dry_run: bool,
-        mut progress: impl FnMut(&SyncReport),
-    ) -> Result<SyncReport, StoreError> {
-        let (primary, fallback) = tokio::join!(
-            self.timed(&self.sides[0], "list", self.sides[0].store.list("packs/")),
-            self.timed(&self.sides[1], "list", self.sides[1].store.list("packs/")),
-        );
-        let (primary, fallback) = (primary?, fallback?);
-        let mut presence: BTreeMap<String, (bool, bool)> = BTreeMap::new();
-        for object in &primary {
-            presence.entry(object.key.clone()).or_default().0 = true;
-        }
-        for object in &fallback {
-            presence.entry(object.key.clone()).or_default().1 = true;
-        }
-        let mut report = SyncReport::default();
-        for (key, (on_primary, on_fallback)) in presence {
-            report.examined += 1;
-            let target = match (on_primary, on_fallback) {
-                (true, false) => Side::Fallback,
-                (false, true) => Side::Primary,
-                _ => {
-                    progress(&report);
-                    continue;
-                }
-            };
-            match target {
-                Side::Primary => report.missing_on_primary += 1,
-                Side::Fallback => report.missing_on_fallback += 1,
-            }
-            if !dry_run {
-                match self.copy(&key, target).await.map_err(|(_, error)| error) {
-                    Ok(_) => {
-                        match target {
-                            Side::Primary => report.copied_to_primary += 1,
-                            Side::Fallback => report.copied_to_fallback += 1,
-                        }
-                        // The queue item, if any, is now satisfied.
-                        let _ = self.log.complete(&key, target).await;
-                    }
-                    Err(error) => report.errors.push(format!("{key} → {target}: {error}")),
-                }
-            }
-            progress(&report);
-        }
-        Ok(report)
     }
 
     // ---- reports -------------------------------------------------------------------------
@@ -670,12 +425,15 @@ impl FailoverStore {
                     last_probe_latency: Duration::from_micros(
                         side.counters.last_probe_latency_micros.load(Ordering::Relaxed),
                     ),
+                    lacking: replication.pending_for(side.side),
+                    repaired: side.counters.repaired.load(Ordering::Relaxed),
                 })
                 .collect(),
             write_target: switches.write_target,
             replication,
             last_failover: switches.last_failover.clone(),
             last_failback: switches.last_failback.clone(),
+            last_reconcile: self.last_reconcile.lock().expect("reconcile lock").clone(),
         })
     }
 
@@ -713,20 +471,52 @@ impl FailoverStore {
         }
     }
 
-    async fn put_on<'a>(
-        &'a self,
-        side: &'a SideState,
-        permit: Permit<'a>,
-        key: &str,
-        data: Bytes,
-    ) -> (&'a SideState, Result<(), StoreError>) {
-        (
-            side,
-            self.call(side, permit, "put", side.store.put(key, data)).await,
-        )
+    /// Whether a write can land now: some side's breaker is not open.
+    pub fn accepts_writes(&self) -> bool {
+        self.sides
+            .iter()
+            .any(|side| side.breaker.snapshot().state != super::BreakerState::Open)
     }
 
-    /// Reads from the preferred side, then the other; `read` is the per-side operation.
+    /// Queues good copies for sides that lacked an object or held a damaged one.
+    async fn repair(&self, key: &str, sides: &[Side]) {
+        for side in sides {
+            tracing::warn!(%side, key, "the store lacks or holds a damaged copy of an object; repairing it");
+            if let Err(error) = self.log.enqueue(key, *side, now_micros()).await {
+                tracing::warn!(%side, key, %error, "could not queue a repair");
+            }
+        }
+        if !sides.is_empty() {
+            self.work_queued.notify_one();
+        }
+    }
+
+    /// Asks one side, unless its breaker is open: an open side is never waited on.
+    async fn read_side<T, F, Fut>(
+        &self,
+        side: &SideState,
+        operation: &'static str,
+        read: &F,
+    ) -> SideOutcome<T>
+    where
+        F: Fn(DynBlobStore) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, StoreError>>,
+    {
+        let Some(permit) = side.breaker.try_acquire() else {
+            return SideOutcome::Skipped;
+        };
+        let outcome =
+            SideOutcome::classify(self.call(side, permit, operation, read(side.store.clone())).await);
+        if let SideOutcome::Damaged(error) = &outcome {
+            tracing::error!(side = %side.side, %error, "damaged copy; reading the other store's");
+            metrics::counter!(crate::telemetry::names::STORE_CORRUPT_READS_TOTAL, "side" => side.side.as_str())
+                .increment(1);
+        }
+        outcome
+    }
+
+    /// Reads from the preferred side, then, unless it served, from the other; repairs the
+    /// side that lacked the object or held a damaged copy.
     async fn read_either<T, F, Fut>(
         &self,
         operation: &'static str,
@@ -742,69 +532,53 @@ impl FailoverStore {
         } else {
             [&self.sides[1], &self.sides[0]]
         };
-        let mut failures = Vec::new();
-        let mut answered_missing = 0;
-        let mut skipped = Vec::new();
-        let mut corrupt = None;
+        let mut outcomes = Vec::with_capacity(2);
         for side in order {
-            let Some(permit) = side.breaker.try_acquire() else {
-                skipped.push(side);
-                continue;
-            };
-            match self.call(side, permit, operation, read(side.store.clone())).await {
-                Ok(Some(value)) => return Ok(value),
-                Ok(None) => {
-                    answered_missing += 1;
-                    failures.push(format!("{}: not found", side.side));
-                }
-                Err(error) if error.is_store_fault() => failures.push(format!("{}: {error}", side.side)),
-                // A copy that fails verification or is shorter than expected is damaged; the
-                // other side may hold a good one.
-                Err(error @ (StoreError::Corrupt { .. } | StoreError::InvalidRange { .. })) => {
-                    tracing::error!(side = %side.side, %error, "damaged copy; reading the other store's");
-                    metrics::counter!("artifactd_store_corrupt_reads_total", "side" => side.side.as_str())
-                        .increment(1);
-                    corrupt = Some(error);
-                }
-                Err(error) => return Err(error),
+            let outcome = self.read_side(side, operation, &read).await;
+            let served = outcome.is_done();
+            outcomes.push((side.side, outcome));
+            if served {
+                break;
             }
         }
-        // Last resort: the sides we trusted could not serve the read; try the others.
-        for side in skipped {
-            match self
-                .call(side, side.breaker.observe(), operation, read(side.store.clone()))
-                .await
-            {
-                Ok(Some(value)) => return Ok(value),
-                Ok(None) => {
-                    answered_missing += 1;
-                    failures.push(format!("{}: not found", side.side));
-                }
-                Err(error) if error.is_store_fault() => {
-                    failures.push(format!("{} (circuit open): {error}", side.side))
-                }
-                Err(error @ (StoreError::Corrupt { .. } | StoreError::InvalidRange { .. })) => {
-                    corrupt = Some(error)
-                }
-                Err(error) => return Err(error),
+        match decide_read(outcomes) {
+            ReadDecision::Serve { value, repair } => {
+                self.repair(key, &repair).await;
+                Ok(value)
             }
-        }
-        if let Some(error) = corrupt
-            && failures.iter().all(|f| f.ends_with("not found"))
-        {
-            // No side had a good copy and none is merely unreachable.
-            return Err(error);
-        }
-        if answered_missing == 2 {
-            return Err(StoreError::NotFound {
+            ReadDecision::NotFound => Err(StoreError::NotFound {
                 store: self.name.clone(),
                 key: key.to_owned(),
-            });
+            }),
+            ReadDecision::Damaged(error) | ReadDecision::Reject(error) => Err(error),
+            ReadDecision::Unavailable { reasons } => Err(StoreError::Unavailable {
+                store: self.name.clone(),
+                message: format!("{key} could not be read from any store ({reasons})"),
+            }),
         }
-        Err(StoreError::Unavailable {
-            store: self.name.clone(),
-            message: format!("{key} could not be read from any store ({})", failures.join("; ")),
-        })
+    }
+
+    async fn put_side(
+        &self,
+        side: &SideState,
+        permit: Option<Permit<'_>>,
+        key: &str,
+        data: &Bytes,
+    ) -> SideOutcome<()> {
+        let Some(permit) = permit else {
+            return SideOutcome::Skipped;
+        };
+        let outcome = SideOutcome::classify(
+            self.call(side, permit, "put", side.store.put(key, data.clone()))
+                .await
+                .map(Some),
+        );
+        if outcome.is_done() {
+            side.counters
+                .bytes_written
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        outcome
     }
 }
 
@@ -815,144 +589,78 @@ impl BlobStore for FailoverStore {
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
-        let mut failures = Vec::new();
-        let mut landed = Vec::new();
         let [primary, fallback] = &self.sides;
         let primary_permit = primary.breaker.try_acquire();
-        let primary_allowed = primary_permit.is_some();
-        if !primary_allowed {
-            failures.push(format!("{}: circuit open", Side::Primary));
-        }
         // Synchronous mirroring writes both sides at once while both are healthy, so an
         // acknowledged object survives the loss of either; the asynchronous mode writes the
         // primary only and leaves the copy to the replicator.
-        let fallback_now = !primary_allowed || self.config.synchronous_mirror;
+        let fallback_now = primary_permit.is_none() || self.config.synchronous_mirror;
         let fallback_permit = if fallback_now {
             fallback.breaker.try_acquire()
         } else {
             None
         };
-        let fallback_allowed = fallback_permit.is_some();
-        if fallback_now && !fallback_allowed {
-            failures.push(format!("{}: circuit open", Side::Fallback));
-        }
-        let (primary_result, fallback_result) = tokio::join!(
-            async {
-                match primary_permit {
-                    Some(permit) => Some(self.put_on(primary, permit, key, data.clone()).await),
-                    None => None,
-                }
-            },
-            async {
-                match fallback_permit {
-                    Some(permit) => Some(self.put_on(fallback, permit, key, data.clone()).await),
-                    None => None,
-                }
-            },
+        let (primary_outcome, mut fallback_outcome) = tokio::join!(
+            self.put_side(primary, primary_permit, key, &data),
+            self.put_side(fallback, fallback_permit, key, &data),
         );
-        let mut outcomes: Vec<_> = primary_result.into_iter().chain(fallback_result).collect();
-        // The primary failed and the fallback was not tried yet (asynchronous mode).
-        if !fallback_now
-            && outcomes.iter().all(|(_, result)| result.is_err())
-            && let Some(permit) = fallback.breaker.try_acquire()
-        {
-            outcomes.push(self.put_on(fallback, permit, key, data.clone()).await);
+        // Asynchronous mode: the primary did not take it, so the fallback must.
+        if !fallback_now && !primary_outcome.is_done() {
+            fallback_outcome = self
+                .put_side(fallback, fallback.breaker.try_acquire(), key, &data)
+                .await;
         }
-        let mut attempted: Vec<Side> = outcomes.iter().map(|(side, _)| side.side).collect();
-        for (side, result) in outcomes {
-            match result {
-                Ok(()) => {
-                    side.counters
-                        .bytes_written
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    landed.push(side.side);
+        match decide_write(&primary_outcome, &fallback_outcome) {
+            WriteDecision::Acknowledge { copy_to } => {
+                // The copy order is durable before the write is acknowledged: a crash can
+                // delay the copy, never lose it.
+                for side in copy_to {
+                    self.log.enqueue(key, side, now_micros()).await.map_err(|error| {
+                        StoreError::Unavailable {
+                            store: self.name.clone(),
+                            message: format!("queueing {key} for replication to the {side}: {error}"),
+                        }
+                    })?;
+                    self.work_queued.notify_one();
                 }
-                Err(error) if error.is_store_fault() => failures.push(format!("{}: {error}", side.side)),
-                Err(error) => return Err(error),
+                Ok(())
             }
-        }
-        // Last resort: every side we trusted failed, so try the ones whose breaker is open
-        // rather than refuse a write that one of them may well take.
-        for side in &self.sides {
-            if !landed.is_empty() || attempted.contains(&side.side) {
-                continue;
-            }
-            attempted.push(side.side);
-            match self
-                .put_on(side, side.breaker.observe(), key, data.clone())
-                .await
-                .1
-            {
-                Ok(()) => {
-                    side.counters
-                        .bytes_written
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    landed.push(side.side);
-                }
-                Err(error) if error.is_store_fault() => {
-                    failures.push(format!("{} (last resort): {error}", side.side))
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        if landed.is_empty() {
-            return Err(StoreError::Unavailable {
+            WriteDecision::Unavailable { reasons } => Err(StoreError::Unavailable {
                 store: self.name.clone(),
-                message: format!("no object store accepted the write ({})", failures.join("; ")),
-            });
+                message: format!("no object store accepted the write ({reasons})"),
+            }),
+            WriteDecision::Reject(error) => Err(error),
         }
-        // Queue the copy for every side that lacks the object before acknowledging: a crash
-        // can delay the copy, never lose it.
-        for side in [Side::Primary, Side::Fallback] {
-            if landed.contains(&side) {
-                continue;
-            }
-            self.log
-                .enqueue(key, side, now_micros())
-                .await
-                .map_err(|error| StoreError::Unavailable {
-                    store: self.name.clone(),
-                    message: format!("queueing {key} for replication to the {side}: {error}"),
-                })?;
-            self.work_queued.notify_one();
-        }
-        let target = if landed.contains(&Side::Primary) {
-            Side::Primary
-        } else {
-            Side::Fallback
-        };
-        let reason = failures.join("; ");
-        self.note_write_target(target, || match target {
-            Side::Fallback => format!("primary store failing: {reason}"),
-            Side::Primary => "the primary store accepts writes again".to_owned(),
-        });
-        Ok(())
     }
 
     async fn get(&self, key: &str, options: GetOptions) -> Result<Bytes, StoreError> {
-        let bytes = self
-            .read_either("get", key, |store| {
-                let options = options.clone();
-                async move {
-                    match store.get(key, options).await {
-                        Ok(bytes) => Ok(Some(bytes)),
-                        Err(error) if error.is_not_found() => Ok(None),
-                        Err(error) => Err(error),
-                    }
-                }
-            })
-            .await?;
-        Ok(bytes)
+        self.read_either("get", key, |store| {
+            let options = options.clone();
+            async move { store.get(key, options).await.map(Some) }
+        })
+        .await
+    }
+
+    async fn get_decoded(
+        &self,
+        key: &str,
+        options: GetOptions,
+        decode: Decoder,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        self.read_either("get", key, |store| {
+            let options = options.clone();
+            let decode = decode.clone();
+            async move { store.get_decoded(key, options, decode).await.map(Some) }
+        })
+        .await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         match self
-            .read_either("head", key, |store| async move {
-                store.head(key).await.map(|m| m.map(Some))
-            })
+            .read_either("head", key, |store| async move { store.head(key).await })
             .await
         {
-            Ok(meta) => Ok(meta),
+            Ok(meta) => Ok(Some(meta)),
             Err(error) if error.is_not_found() => Ok(None),
             Err(error) => Err(error),
         }
@@ -988,7 +696,6 @@ impl BlobStore for FailoverStore {
         Ok(merged.into_values().collect())
     }
 
-    /// Healthy while at least one side answers.
     /// Healthy as soon as either side answers: a hung side must not hide a working one.
     /// Health checks leave the breakers alone; the prober speaks for the stores.
     async fn check(&self) -> Result<(), StoreError> {
