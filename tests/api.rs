@@ -883,7 +883,7 @@ async fn metrics_endpoint_counts_uploads() {
     create(&mut client, header(T, P, "prd", "a.md"), b"# hello\n")
         .await
         .unwrap();
-    let body = http_get(server.http, "/metrics").await;
+    let body = common::http_get(server.http, "/metrics").await;
     assert!(
         body.contains("artifactd_versions_committed_total 1"),
         "metrics:\n{body}"
@@ -892,19 +892,6 @@ async fn metrics_endpoint_counts_uploads() {
         body.contains("artifactd_ingested_bytes_total 8"),
         "metrics:\n{body}"
     );
-}
-
-pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "GET {path}: {response}");
-    response
 }
 
 async fn latest_metadata(client: &mut Client, artifact_id: String) -> artifactd::proto::GetMetadataResponse {

@@ -156,8 +156,12 @@ async fn the_primary_returning_with_its_data_drains_the_backlog_and_takes_writes
     }
 }
 
+/// The campaign's drill: the primary is replaced by an empty server (its bucket recreated by
+/// an operator). Without anyone running SyncFallback, reconciliation finds what it lacks,
+/// the status says so until it is refilled, and then the fallback can freeze without a
+/// single read failing or waiting on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_empty_primary_is_refilled_by_sync() {
+async fn an_empty_primary_is_refilled_without_anyone_asking() {
     let mut pair = start_pair().await;
     let mut client = pair.server.client().await;
     let mut written = Vec::new();
@@ -168,21 +172,26 @@ async fn an_empty_primary_is_refilled_by_sync() {
     pair.primary.stop().await;
     written.push(create_noise(&mut client, "outage.bin", 500_000, 40).await);
 
-    // The primary comes back empty (a replaced server); operators recreate its bucket.
     pair.primary.wipe_and_restart().await;
     pair.primary.store("primary-bucket").await;
-    wait_drained(&pair.server).await;
-    let before = sync(&pair.server, true).await;
+    wait_for(
+        "the primary to be refilled by reconciliation",
+        Duration::from_secs(60),
+        || async {
+            let now = status(&pair.server).await;
+            let primary = &now.stores[0];
+            now.last_reconciliation_at.is_some()
+                && primary.lacking == 0
+                && primary.repaired > 0
+                && !now.degraded
+        },
+    )
+    .await;
+    let now = status(&pair.server).await;
     assert!(
-        before.missing_on_primary > 0,
-        "the old packs are missing on the new primary: {before:?}"
+        now.stores[0].missing_at_last_reconciliation > 0 || now.stores[0].repaired > 0,
+        "{now:?}"
     );
-    let repaired = sync(&pair.server, false).await;
-    assert_eq!(
-        repaired.copied_to_primary, before.missing_on_primary,
-        "{repaired:?}"
-    );
-    assert!(repaired.errors.is_empty(), "{repaired:?}");
     let check = sync(&pair.server, true).await;
     assert_eq!(
         (check.missing_on_primary, check.missing_on_fallback),
@@ -190,10 +199,54 @@ async fn an_empty_primary_is_refilled_by_sync() {
         "{check:?}"
     );
 
-    pair.fallback.stop().await;
+    // The fallback freezes: every read is served by the refilled primary, promptly.
+    pair.fallback.stall().await;
     for (id, content) in &written {
+        let started = std::time::Instant::now();
         assert_reads_back(&mut client, id, content).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a read waited {:?} on the frozen fallback",
+            started.elapsed()
+        );
     }
+}
+
+/// A store that lost objects while nobody looked (no outage, no breaker transition) is
+/// found by the periodic reconciliation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_lost_silently_are_found_by_periodic_reconciliation() {
+    let primary = S3TestServer::start().await;
+    let fallback = S3TestServer::start().await;
+    let server = ServerProcess::start_with(
+        ServerOptions::default()
+            .envs(primary.env("primary-bucket"))
+            .envs(fallback.fallback_env("fallback-bucket"))
+            .envs(failover_tuning())
+            .env("ARTIFACTD_STORAGE__FAILOVER__RECONCILE_INTERVAL_MS", "500"),
+    );
+    let mut client = server.client().await;
+    let (id, content) = create_noise(&mut client, "kept.bin", 700_000, 7).await;
+    wait_drained(&server).await;
+    // Delete the fallback's copies behind the service's back.
+    let fallback_store = fallback.store("fallback-bucket").await;
+    let lost = fallback_store.list("packs/").await.unwrap();
+    assert!(!lost.is_empty());
+    for object in &lost {
+        fallback_store.delete(&object.key).await.unwrap();
+    }
+    wait_for("the fallback to be refilled", Duration::from_secs(30), || async {
+        fallback_store
+            .list("packs/")
+            .await
+            .map(|now| now.len())
+            .unwrap_or(0)
+            == lost.len()
+    })
+    .await;
+    let now = status(&server).await;
+    assert!(now.stores[1].repaired >= lost.len() as u64, "{now:?}");
+    assert_reads_back(&mut client, &id, &content).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 use super::convert::timestamp;
 use super::status::to_status;
 use crate::domain::{Error, now_micros};
+use crate::jobs::{SyncProgress, SyncRequest};
 use crate::proto::fallback_service_server::FallbackService;
 use crate::proto::{
     self, GetFallbackMetricsRequest, GetFallbackMetricsResponse, GetFallbackStatusRequest,
@@ -13,18 +14,24 @@ use crate::storage::{BreakerState, FailoverStore, Side, SwitchEvent, SyncReport}
 use futures::Stream;
 use std::pin::Pin;
 use std::sync::Arc;
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
-
-/// Objects examined between two progress messages of SyncFallback.
-const PROGRESS_EVERY: u64 = 500;
 
 pub struct FallbackApi {
     failover: Option<Arc<FailoverStore>>,
+    /// Where SyncFallback hands its reconciliation to the supervised sync job.
+    sync_requests: Option<mpsc::Sender<SyncRequest>>,
 }
 
 impl FallbackApi {
-    pub fn new(failover: Option<Arc<FailoverStore>>) -> Self {
-        Self { failover }
+    pub fn new(
+        failover: Option<Arc<FailoverStore>>,
+        sync_requests: Option<mpsc::Sender<SyncRequest>>,
+    ) -> Self {
+        Self {
+            failover,
+            sync_requests,
+        }
     }
 
     fn failover(&self) -> Result<&Arc<FailoverStore>, Status> {
@@ -105,11 +112,8 @@ impl FallbackService for FallbackApi {
         _: Request<GetFallbackStatusRequest>,
     ) -> Result<Response<GetFallbackStatusResponse>, Status> {
         let status = self.failover()?.status().await.map_err(to_status)?;
-        let degraded = status
-            .sides
-            .iter()
-            .any(|s| s.breaker.state != BreakerState::Closed)
-            || status.write_target != Side::Primary;
+        let degraded = status.degraded() || status.write_target != Side::Primary;
+        let last_reconcile = status.last_reconcile.clone();
         Ok(Response::new(GetFallbackStatusResponse {
             stores: status
                 .sides
@@ -122,6 +126,14 @@ impl FallbackService for FallbackApi {
                     open_for_ms: s.breaker.open_for.map(milliseconds).unwrap_or(0.0),
                     last_error: s.breaker.last_error.clone().unwrap_or_default(),
                     last_probe_latency_ms: milliseconds(s.last_probe_latency),
+                    lacking: s.lacking,
+                    repaired: s.repaired,
+                    missing_at_last_reconciliation: last_reconcile
+                        .as_ref()
+                        .map_or(0, |r| r.missing_on(s.side)),
+                    damaged_at_last_reconciliation: last_reconcile
+                        .as_ref()
+                        .map_or(0, |r| r.damaged_on(s.side)),
                 })
                 .collect(),
             write_target: side(status.write_target),
@@ -147,6 +159,8 @@ impl FallbackService for FallbackApi {
                 .collect(),
             last_failover: event(status.last_failover),
             last_failback: event(status.last_failback),
+            last_reconciliation_at: last_reconcile.as_ref().map(|r| timestamp(r.finished_at)),
+            last_reconciliation_expected: last_reconcile.as_ref().map_or(0, |r| r.expected),
         }))
     }
 
@@ -156,35 +170,34 @@ impl FallbackService for FallbackApi {
         &self,
         request: Request<SyncFallbackRequest>,
     ) -> Result<Response<SyncStream>, Status> {
-        let failover = self.failover()?.clone();
+        self.failover()?;
+        let Some(sync_requests) = &self.sync_requests else {
+            return Err(Status::failed_precondition(
+                "the fallback sync job is not running",
+            ));
+        };
         let dry_run = request.into_inner().dry_run;
-        let (sender, receiver) = tokio::sync::mpsc::channel(16);
-        // The reconciliation runs to completion even when the client stops listening: every
-        // copy it makes is complete and idempotent, so an early end would only waste work.
-        tokio::spawn(async move {
-            let progress_sender = sender.clone();
-            let outcome = failover
-                .sync(dry_run, |report| {
-                    if report.examined % PROGRESS_EVERY == 0 && report.examined > 0 {
-                        let _ = progress_sender.try_send(Ok(SyncFallbackResponse {
-                            message: Some(sync_fallback_response::Message::Progress(result(report))),
-                        }));
-                    }
-                })
-                .await;
-            let last = match outcome {
-                Ok(report) => Ok(SyncFallbackResponse {
+        let (progress, reports) = mpsc::channel(16);
+        sync_requests
+            .try_send(SyncRequest { dry_run, progress })
+            .map_err(|_| {
+                Status::resource_exhausted("reconciliations are already queued; try again when they finish")
+            })?;
+        let stream = futures::stream::unfold(reports, |mut reports| async move {
+            let message = match reports.recv().await? {
+                SyncProgress::Progress(report) => Ok(SyncFallbackResponse {
+                    message: Some(sync_fallback_response::Message::Progress(result(&report))),
+                }),
+                SyncProgress::Finished(Ok(report)) => Ok(SyncFallbackResponse {
                     message: Some(sync_fallback_response::Message::Result(result(&report))),
                 }),
-                Err(error) => Err(Status::unavailable(format!(
+                SyncProgress::Finished(Err(error)) => Err(Status::unavailable(format!(
                     "both stores must answer to be reconciled: {error}"
                 ))),
             };
-            let _ = sender.send(last).await;
+            Some((message, reports))
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(receiver),
-        )))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn get_fallback_metrics(

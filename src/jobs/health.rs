@@ -1,62 +1,128 @@
-//! Keeps the gRPC health service truthful: NOT_SERVING while the catalog or the object
-//! store does not answer, SERVING again as soon as both do.
+//! Keeps the gRPC health service truthful, per service:
+//! - the server as a whole (`""`): SERVING while the catalog and the object store answer;
+//! - `artifactd.v1.ArtifactService`: SERVING while the catalog answers and a store accepts
+//!   writes;
+//! - `artifactd.v1.SearchService`: SERVING while the catalog answers, the indexer job runs
+//!   and the index is not being rebuilt from scratch (a rebuilding index answers with
+//!   partial results);
+//! - `artifactd.v1.FallbackService`: NOT_SERVING while the failover pair is degraded (a
+//!   breaker open, or a store lacking objects it should hold), so that an alert or a probe
+//!   sees it; SERVING otherwise, and when no fallback is configured.
 
+use super::{JobBoard, JobState};
 use crate::catalog::Catalog;
-use crate::storage::DynBlobStore;
+use crate::search::SearchIndex;
+use crate::storage::{DynBlobStore, FailoverStore};
+use crate::telemetry::names;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-/// The services whose status is reported; the empty name is the server as a whole.
-pub const SERVICE_NAMES: &[&str] = &["", "artifactd.v1.ArtifactService"];
+pub const ARTIFACT_SERVICE: &str = "artifactd.v1.ArtifactService";
+pub const SEARCH_SERVICE: &str = "artifactd.v1.SearchService";
+pub const FALLBACK_SERVICE: &str = "artifactd.v1.FallbackService";
 
-pub struct HealthMonitor {
+/// The services whose status is reported; the empty name is the server as a whole.
+pub const SERVICE_NAMES: &[&str] = &["", ARTIFACT_SERVICE, SEARCH_SERVICE, FALLBACK_SERVICE];
+
+/// The job whose state the search service's health follows.
+pub const INDEXER_JOB: &str = "indexer";
+
+/// What health is decided from.
+#[derive(Clone)]
+pub struct HealthInputs {
     pub catalog: Catalog,
     pub store: DynBlobStore,
+    pub failover: Option<Arc<FailoverStore>>,
+    pub index: Arc<SearchIndex>,
+    pub jobs: JobBoard,
+}
+
+/// One round of checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthReport {
+    pub catalog_up: bool,
+    pub store_up: bool,
+    pub accepts_writes: bool,
+    pub search_ready: bool,
+    pub failover_degraded: bool,
+}
+
+impl HealthReport {
+    fn status_of(&self, service: &str) -> ServingStatus {
+        let serving = match service {
+            "" => self.catalog_up && self.store_up,
+            ARTIFACT_SERVICE => self.catalog_up && self.accepts_writes,
+            SEARCH_SERVICE => self.catalog_up && self.search_ready,
+            FALLBACK_SERVICE => !self.failover_degraded,
+            _ => false,
+        };
+        if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        }
+    }
+}
+
+pub struct HealthMonitor {
+    pub inputs: HealthInputs,
     pub reporter: HealthReporter,
     pub interval: Duration,
 }
 
 impl HealthMonitor {
-    /// Checks both dependencies once and publishes the result.
-    pub async fn check_once(&self) -> bool {
+    /// Checks every dependency once and publishes the result.
+    pub async fn check_once(&self) -> HealthReport {
+        let inputs = &self.inputs;
         let timeout = self.interval.max(Duration::from_secs(1));
         let catalog_up = matches!(
-            tokio::time::timeout(timeout, self.catalog.ping()).await,
+            tokio::time::timeout(timeout, inputs.catalog.ping()).await,
             Ok(Ok(()))
         );
         let store_up = matches!(
-            tokio::time::timeout(timeout, self.store.check()).await,
+            tokio::time::timeout(timeout, inputs.store.check()).await,
             Ok(Ok(()))
         );
-        metrics::gauge!("artifactd_dependency_up", "dependency" => "catalog")
-            .set(f64::from(u8::from(catalog_up)));
-        metrics::gauge!("artifactd_dependency_up", "dependency" => "store")
-            .set(f64::from(u8::from(store_up)));
-        let status = if catalog_up && store_up {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
+        let (accepts_writes, failover_degraded) = match &inputs.failover {
+            Some(failover) => {
+                let degraded = match tokio::time::timeout(timeout, failover.status()).await {
+                    Ok(Ok(status)) => status.degraded(),
+                    _ => true,
+                };
+                (failover.accepts_writes(), degraded)
+            }
+            None => (store_up, false),
+        };
+        let search_ready =
+            inputs.jobs.state(INDEXER_JOB) == Some(JobState::Running) && !inputs.index.needs_rebuild();
+        metrics::gauge!(names::DEPENDENCY_UP, "dependency" => "catalog").set(f64::from(u8::from(catalog_up)));
+        metrics::gauge!(names::DEPENDENCY_UP, "dependency" => "store").set(f64::from(u8::from(store_up)));
+        let report = HealthReport {
+            catalog_up,
+            store_up,
+            accepts_writes,
+            search_ready,
+            failover_degraded,
         };
         for service in SERVICE_NAMES {
-            self.reporter.set_service_status(*service, status).await;
+            self.reporter
+                .set_service_status(*service, report.status_of(service))
+                .await;
         }
-        catalog_up && store_up
+        report
     }
 
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut was_up = true;
+    pub async fn run(&self, shutdown: CancellationToken) -> super::JobResult {
+        let mut last: Option<HealthReport> = None;
         loop {
-            let up = self.check_once().await;
-            if up != was_up {
-                if up {
-                    tracing::info!("catalog and store answer again; serving");
-                } else {
-                    tracing::warn!("catalog or store does not answer; reporting NOT_SERVING");
-                }
-                was_up = up;
+            let report = self.check_once().await;
+            if last.is_some_and(|last| last != report) {
+                tracing::info!(?report, "health changed");
             }
+            last = Some(report);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(self.interval) => {}
@@ -67,5 +133,6 @@ impl HealthMonitor {
                 .set_service_status(*service, ServingStatus::NotServing)
                 .await;
         }
+        Ok(())
     }
 }

@@ -253,6 +253,11 @@ impl SearchIndex {
         self.needs_rebuild.load(Ordering::SeqCst)
     }
 
+    /// From now until [`Self::rebuilt`], the index is incomplete.
+    pub(super) fn rebuild_started(&self) {
+        self.needs_rebuild.store(true, Ordering::SeqCst);
+    }
+
     pub(super) fn rebuilt(&self) {
         self.needs_rebuild.store(false, Ordering::SeqCst);
     }

@@ -4,11 +4,11 @@
 
 use super::index::{Checkpoint, IndexedArtifact, SearchIndex};
 use super::metadata::ArtifactMetadata;
-use crate::app::Artifacts;
 use crate::catalog::{ArtifactRecord, Catalog, OutboxEvent, Scope};
 use crate::domain::{Error, Result};
 use crate::ingest::extract::{MAX_INDEXED_TEXT_BYTES, text_prefix};
-use futures::TryStreamExt;
+use async_trait::async_trait;
+use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -45,19 +45,32 @@ const VERIFY_EVERY: Duration = Duration::from_secs(10);
 /// arrive this way.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
+/// Where the indexer reads the text of a version: all it needs of the storage core.
+#[async_trait]
+pub trait ContentReader: Send + Sync + 'static {
+    /// The first `length` bytes of a version's content (all of it when shorter).
+    async fn read_prefix(
+        &self,
+        scope: &Scope,
+        artifact_id: &str,
+        version: &str,
+        length: u64,
+    ) -> Result<Bytes>;
+}
+
 #[derive(Clone)]
 pub struct Indexer {
     index: Arc<SearchIndex>,
     catalog: Catalog,
-    artifacts: Artifacts,
+    content: Arc<dyn ContentReader>,
 }
 
 impl Indexer {
-    pub fn new(index: Arc<SearchIndex>, catalog: Catalog, artifacts: Artifacts) -> Self {
+    pub fn new(index: Arc<SearchIndex>, catalog: Catalog, content: Arc<dyn ContentReader>) -> Self {
         Self {
             index,
             catalog,
-            artifacts,
+            content,
         }
     }
 
@@ -91,7 +104,7 @@ impl Indexer {
                 Err(error @ (Error::DataLoss(_) | Error::NotFound(_))) => {
                     tracing::error!(artifact_id = %artifact.id, version = %version.version, %error,
                         "content unreadable; indexing the artifact without its text");
-                    metrics::counter!("artifactd_index_unreadable_total").increment(1);
+                    metrics::counter!(crate::telemetry::names::INDEX_UNREADABLE_TOTAL).increment(1);
                     String::new()
                 }
                 Err(error) => return Err(error),
@@ -134,12 +147,11 @@ impl Indexer {
     /// The first `length` bytes of a version as text. The front matter stays in: its values
     /// (descriptions, owners) are words people search for.
     async fn text(&self, scope: &Scope, artifact_id: &str, version: &str, length: u64) -> Result<String> {
-        let plan = self
-            .artifacts
-            .plan_download(scope, artifact_id, version, 0, length)
+        let prefix = self
+            .content
+            .read_prefix(scope, artifact_id, version, length)
             .await?;
-        let pieces: Vec<bytes::Bytes> = self.artifacts.download(&plan).await?.try_collect().await?;
-        Ok(text_prefix(&pieces.concat()).unwrap_or_default().to_owned())
+        Ok(text_prefix(&prefix).unwrap_or_default().to_owned())
     }
 
     async fn commit(
@@ -193,7 +205,7 @@ impl Indexer {
         }
         let taken = std::mem::take(pending);
         self.commit(taken.changes, position).await?;
-        metrics::counter!("artifactd_index_events_total").increment(taken.events as u64);
+        metrics::counter!(crate::telemetry::names::INDEX_EVENTS_TOTAL).increment(taken.events as u64);
         Ok(taken.events)
     }
 
@@ -237,7 +249,7 @@ impl Indexer {
     }
 
     /// The indexer job: follows the outbox until shutdown; failures are retried.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken) -> crate::jobs::JobResult {
         let mut last_verified = None;
         loop {
             match self.step(&mut last_verified).await {
@@ -245,7 +257,7 @@ impl Indexer {
                 Err(error) => tracing::warn!(%error, "indexing failed; retrying"),
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return Ok(()),
                 _ = self.catalog.outbox_written() => {}
                 _ = tokio::time::sleep(IDLE_POLL) => {}
             }
@@ -256,6 +268,7 @@ impl Indexer {
     /// written. A crash half-way leaves checkpoint 0, so the next start replays the outbox.
     pub async fn rebuild(&self) -> Result<u64> {
         let high_water = self.catalog.max_outbox_seq().await?;
+        self.index.rebuild_started();
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || index.clear(0))
             .await

@@ -10,7 +10,7 @@ pub use index::{
     Checkpoint, FacetCount, IndexedArtifact, SearchHit, SearchIndex, SearchPage, SearchRequest, TagMatch,
     TagSearchRequest,
 };
-pub use indexer::Indexer;
+pub use indexer::{ContentReader, Indexer};
 pub use metadata::{
     ArtifactMetadata, Condition, MetadataFilter, MetadataSearchRequest, MetadataSort, parse_time,
 };
