@@ -160,20 +160,23 @@ async fn two_replicas_share_one_catalog_and_one_bucket() {
         .search(SearchRequest {
             tenant: T.into(),
             project: P.into(),
-            query: "note".into(),
+            query: "md".into(),
             page_size: 5,
             ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
-    assert!(!first.next_page_token.is_empty(), "more than one page of notes");
+    assert!(
+        !first.next_page_token.is_empty(),
+        "more than one page of documents"
+    );
     let mut search_b = SearchServiceClient::new(b.channel().await);
     let foreign = search_b
         .search(SearchRequest {
             tenant: T.into(),
             project: P.into(),
-            query: "note".into(),
+            query: "md".into(),
             page_size: 5,
             page_token: first.next_page_token.clone(),
             ..Default::default()
@@ -184,7 +187,7 @@ async fn two_replicas_share_one_catalog_and_one_bucket() {
         .search(SearchRequest {
             tenant: T.into(),
             project: P.into(),
-            query: "note".into(),
+            query: "md".into(),
             page_size: 5,
             page_token: first.next_page_token,
             ..Default::default()

@@ -101,7 +101,6 @@ where
             span: span.clone(),
             method,
             started,
-            header_code: None,
             finished: false,
         };
         Box::pin(
@@ -110,7 +109,12 @@ where
                 if let Ok(value) = HeaderValue::from_str(&request_id) {
                     response.headers_mut().insert(REQUEST_ID_HEADER, value);
                 }
-                observer.header_code = grpc_code(response.headers());
+                // A trailers-only response (every error before the first message) carries
+                // its status in the headers and has an empty body, which the server may
+                // never poll: the call ends here.
+                if let Some(code) = grpc_code(response.headers()) {
+                    observer.finish(code);
+                }
                 Ok(response.map(|body| ObservedBody { body, observer }))
             }
             .instrument(span),
@@ -123,8 +127,6 @@ struct CallObserver {
     span: tracing::Span,
     method: String,
     started: Instant,
-    /// The status of a trailers-only response.
-    header_code: Option<tonic::Code>,
     finished: bool,
 }
 
@@ -191,10 +193,8 @@ where
                 }
             }
             Poll::Ready(Some(Err(_))) => this.observer.finish(tonic::Code::Unknown),
-            Poll::Ready(None) => {
-                let code = this.observer.header_code.unwrap_or(tonic::Code::Unknown);
-                this.observer.finish(code);
-            }
+            // A body that ends without trailers carries no status: the stream was cut.
+            Poll::Ready(None) => this.observer.finish(tonic::Code::Unknown),
             Poll::Pending => {}
         }
         polled
