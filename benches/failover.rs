@@ -9,13 +9,18 @@
 //!   returned primary (bytes copied / time the replicator spent copying).
 //! - `backlog_drain_seconds`: from restarting the primary to an empty replication queue.
 //! - `acknowledged_lost`: from a seeded random fault run (the same as the test's).
+//! - `stall_write_p99_ms`, `stall_read_p99_ms`: p99 of 4 KiB creates and of reads of
+//!   existing 4 KiB artifacts while the primary is frozen (accepts connections, answers
+//!   nothing, like a SIGSTOPped server), each also as a ratio to the same figure measured
+//!   just before the freeze in the same run (`*_vs_before`).
+//! - `stall_first_ok_seconds`: from freezing the primary to the first acknowledged create.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use artifactd::proto::GetFallbackMetricsRequest;
 use common::binary::{ServerOptions, ServerProcess};
-use common::client::{create, create_messages, header};
+use common::client::{create, create_id, create_messages, download, download_request, header};
 use common::failover::{fallback_client, fault_run, status};
 use common::s3::S3TestServer;
 use std::time::{Duration, Instant};
@@ -37,6 +42,109 @@ async fn timed_upload(client: &mut common::client::Client, name: &str, seed: u64
 #[tokio::main]
 async fn main() {
     run().await;
+    stall().await;
+}
+
+const SMALL: usize = 4096;
+const STALL_CALLS: usize = 200;
+
+fn p99(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[(samples.len() * 99).div_ceil(100) - 1]
+}
+
+/// p99 of creates and of reads of `existing`, `STALL_CALLS` each.
+async fn small_calls(
+    client: &mut common::client::Client,
+    label: &str,
+    existing: &[String],
+) -> (Duration, Duration) {
+    let mut writes = Vec::with_capacity(STALL_CALLS);
+    let mut reads = Vec::with_capacity(STALL_CALLS);
+    for n in 0..STALL_CALLS {
+        let data = common::noise(SMALL, n as u64 + 7);
+        let started = Instant::now();
+        create(
+            client,
+            header("bench", "stall", "doc", &format!("{label}-{n}.bin")),
+            &data,
+        )
+        .await
+        .expect("create");
+        writes.push(started.elapsed());
+        let id = &existing[n % existing.len()];
+        let started = Instant::now();
+        download(client, download_request("bench", "stall", id, ""))
+            .await
+            .expect("read");
+        reads.push(started.elapsed());
+    }
+    (p99(writes), p99(reads))
+}
+
+/// A frozen primary, with default failover settings (10 s request timeout).
+async fn stall() {
+    let mut primary = S3TestServer::start().await;
+    let fallback = S3TestServer::start().await;
+    let server = ServerProcess::start_with(
+        ServerOptions::default()
+            .envs(primary.env("primary-bucket"))
+            .envs(fallback.fallback_env("fallback-bucket")),
+    );
+    let mut client = server.client().await;
+    let mut existing = Vec::new();
+    for n in 0..50 {
+        let data = common::noise(SMALL, 1000 + n);
+        existing.push(
+            create_id(
+                &mut client,
+                header("bench", "stall", "doc", &format!("old-{n}.bin")),
+                &data,
+            )
+            .await,
+        );
+    }
+    let (write_before, read_before) = small_calls(&mut client, "before", &existing).await;
+
+    primary.stall().await;
+    let stalled = Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let data = common::noise(SMALL, 5000 + attempt);
+        if create(
+            &mut client,
+            header("bench", "stall", "doc", &format!("first-{attempt}.bin")),
+            &data,
+        )
+        .await
+        .is_ok()
+        {
+            break;
+        }
+        assert!(
+            stalled.elapsed() < Duration::from_secs(120),
+            "no create succeeded within 120 s"
+        );
+    }
+    let first_ok = stalled.elapsed().as_secs_f64();
+    let (write_during, read_during) = small_calls(&mut client, "during", &existing).await;
+    drop(server);
+
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("RESULT stall_first_ok_seconds {first_ok:.3}");
+    println!("RESULT stall_write_p99_ms {:.2}", ms(write_during));
+    println!("RESULT stall_read_p99_ms {:.2}", ms(read_during));
+    println!("RESULT write_p99_ms_before_stall {:.2}", ms(write_before));
+    println!("RESULT read_p99_ms_before_stall {:.2}", ms(read_before));
+    println!(
+        "RESULT stall_write_p99_vs_before {:.2}",
+        write_during.as_secs_f64() / write_before.as_secs_f64()
+    );
+    println!(
+        "RESULT stall_read_p99_vs_before {:.2}",
+        read_during.as_secs_f64() / read_before.as_secs_f64()
+    );
 }
 
 async fn run() {

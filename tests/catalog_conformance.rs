@@ -85,9 +85,9 @@ async fn conformance(catalog: Catalog) {
         .unwrap();
     assert_eq!(created.latest_version, "1.0.0");
     assert_eq!(created.version_count, 1);
-    assert_eq!(created.tag_list(), vec!["payments", "q3"]);
-    assert_eq!(created.category_list(), vec!["epic-1"]);
-    assert_eq!(created.metadata_map()["owner"], "pm");
+    assert_eq!(created.tags.clone(), vec!["payments", "q3"]);
+    assert_eq!(created.categories.clone(), vec!["epic-1"]);
+    assert_eq!(created.metadata["owner"], "pm");
     assert_eq!(first.seq, 1);
     assert_eq!(
         catalog.packs_in_state("committed").await.unwrap().len(),
@@ -236,9 +236,8 @@ async fn conformance(catalog: Catalog) {
             .await
             .unwrap();
     }
-    let names = |records: &[artifactd::catalog::ArtifactRecord]| {
-        records.iter().map(|r| r.name.clone()).collect::<Vec<_>>()
-    };
+    let names =
+        |records: &[artifactd::domain::Artifact]| records.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
     let first_page = catalog.list_artifacts(&scope, None, None, 2).await.unwrap();
     assert_eq!(names(&first_page), ["PRD.md", "a.md"]);
     let last = first_page.last().unwrap();
@@ -269,8 +268,8 @@ async fn conformance(catalog: Catalog) {
         .update_labels(&scope, &created.id, &labels, 5)
         .await
         .unwrap();
-    assert_eq!(relabelled.tag_list(), vec!["relabelled"]);
-    assert!(relabelled.category_list().is_empty());
+    assert_eq!(relabelled.tags.clone(), vec!["relabelled"]);
+    assert!(relabelled.categories.clone().is_empty());
     assert_eq!(relabelled.version_count, 5, "{dialect:?}: no version was added");
     let mut with_labels = new_version("4.0.0", vec![], vec![]);
     with_labels.labels = Some(Labels {
@@ -282,7 +281,7 @@ async fn conformance(catalog: Catalog) {
         .await
         .unwrap();
     assert_eq!(
-        (after.tag_list(), after.category_list()),
+        (after.tags.clone(), after.categories.clone()),
         (vec!["v4".to_owned()], vec!["epic-9".to_owned()])
     );
     let (kept, _) = catalog
@@ -295,7 +294,7 @@ async fn conformance(catalog: Catalog) {
         .await
         .unwrap();
     assert_eq!(
-        kept.tag_list(),
+        kept.tags.clone(),
         vec!["v4"],
         "{dialect:?}: versions without labels keep them"
     );
@@ -308,7 +307,7 @@ async fn conformance(catalog: Catalog) {
 
     // Soft delete hides; undelete within retention restores; outside it refuses.
     let deleted = catalog.soft_delete(&scope, &created.id, 1_000).await.unwrap();
-    assert_eq!(deleted.deleted_at, Some(1_000));
+    assert_eq!(deleted.deleted_at, Some(artifactd::domain::Timestamp(1_000)));
     assert!(
         catalog
             .artifact_by_id(&scope, &created.id, false)

@@ -1,6 +1,6 @@
 //! `artifactd.v1.ArtifactService`.
 
-use super::status::{from_stream_status, to_status};
+use super::status::from_stream_status;
 use super::{ACTOR_HEADER, convert};
 use crate::app::{
     Artifacts, ContentExpectations, CreateArtifact, NextVersion, Selector, UpdateArtifact, UploadPart,
@@ -148,18 +148,18 @@ impl ArtifactService for ArtifactApi {
                 message: Some(create_artifact_request::Message::Header(header)),
             })) => header,
             Ok(Some(_)) => {
-                return Err(to_status(Error::invalid(
+                return Err(Status::from(Error::invalid(
                     "header",
                     "the first message must be a header",
                 )));
             }
             Ok(None) => {
-                return Err(to_status(Error::invalid(
+                return Err(Status::from(Error::invalid(
                     "header",
                     "the stream ended before a header arrived",
                 )));
             }
-            Err(status) => return Err(to_status(from_stream_status("header", status))),
+            Err(status) => return Err(Status::from(from_stream_status("header", status))),
         };
         let create = CreateArtifact {
             scope: scoped(header.tenant, header.project),
@@ -171,15 +171,14 @@ impl ArtifactService for ArtifactApi {
             metadata: header.metadata.into_iter().collect(),
             initial_version: header.initial_version,
             change_message: header.change_message,
-            expectations: expectations(header.expected_size, &header.expected_blake3).map_err(to_status)?,
+            expectations: expectations(header.expected_size, &header.expected_blake3)?,
             actor,
         };
         let content = content_stream(stream, |message: CreateArtifactRequest| message.message.into());
         let artifacts = self.artifacts.clone();
         let (artifact, version) =
             run_upload(|caller_gone| async move { artifacts.create(create, content, &caller_gone).await })
-                .await
-                .map_err(to_status)?;
+                .await?;
         Ok(Response::new(CreateArtifactResponse {
             artifact: Some(convert::artifact(&artifact)),
             version: Some(convert::version(&version)),
@@ -197,18 +196,18 @@ impl ArtifactService for ArtifactApi {
                 message: Some(update_artifact_request::Message::Header(header)),
             })) => header,
             Ok(Some(_)) => {
-                return Err(to_status(Error::invalid(
+                return Err(Status::from(Error::invalid(
                     "header",
                     "the first message must be a header",
                 )));
             }
             Ok(None) => {
-                return Err(to_status(Error::invalid(
+                return Err(Status::from(Error::invalid(
                     "header",
                     "the stream ended before a header arrived",
                 )));
             }
-            Err(status) => return Err(to_status(from_stream_status("header", status))),
+            Err(status) => return Err(Status::from(from_stream_status("header", status))),
         };
         let next_version = match header.next_version {
             Some(update_artifact_header::NextVersion::Bump(kind)) => match BumpKind::try_from(kind) {
@@ -216,7 +215,7 @@ impl ArtifactService for ArtifactApi {
                 Ok(BumpKind::Minor) => NextVersion::Bump(Bump::Minor),
                 Ok(BumpKind::Patch) => NextVersion::Bump(Bump::Patch),
                 _ => {
-                    return Err(to_status(Error::invalid(
+                    return Err(Status::from(Error::invalid(
                         "bump",
                         format!(
                             "{kind} is not a bump kind; use BUMP_KIND_MAJOR, BUMP_KIND_MINOR or BUMP_KIND_PATCH"
@@ -228,7 +227,7 @@ impl ArtifactService for ArtifactApi {
                 NextVersion::Explicit(version)
             }
             None => {
-                return Err(to_status(Error::invalid(
+                return Err(Status::from(Error::invalid(
                     "next_version",
                     "set either bump or explicit_version",
                 )));
@@ -243,15 +242,14 @@ impl ArtifactService for ArtifactApi {
             metadata_set: header.metadata_set.into_iter().collect(),
             metadata_remove: header.metadata_remove,
             labels: header.labels.map(labels),
-            expectations: expectations(header.expected_size, &header.expected_blake3).map_err(to_status)?,
+            expectations: expectations(header.expected_size, &header.expected_blake3)?,
             actor,
         };
         let content = content_stream(stream, |message: UpdateArtifactRequest| message.message.into());
         let artifacts = self.artifacts.clone();
         let (artifact, version) =
             run_upload(|caller_gone| async move { artifacts.update(update, content, &caller_gone).await })
-                .await
-                .map_err(to_status)?;
+                .await?;
         Ok(Response::new(UpdateArtifactResponse {
             artifact: Some(convert::artifact(&artifact)),
             version: Some(convert::version(&version)),
@@ -271,17 +269,13 @@ impl ArtifactService for ArtifactApi {
                 name: coordinates.name,
             },
             None => {
-                return Err(to_status(Error::invalid(
+                return Err(Status::from(Error::invalid(
                     "selector",
                     "set either artifact_id or coordinates",
                 )));
             }
         };
-        let (artifact, version) = self
-            .artifacts
-            .get(&scope, &selector, &request.version)
-            .await
-            .map_err(to_status)?;
+        let (artifact, version) = self.artifacts.get(&scope, &selector, &request.version).await?;
         Ok(Response::new(GetArtifactResponse {
             artifact: Some(convert::artifact(&artifact)),
             version: Some(convert::version(&version)),
@@ -305,13 +299,12 @@ impl ArtifactService for ArtifactApi {
                 request.offset,
                 request.length,
             )
-            .await
-            .map_err(to_status)?;
-        let data = self.artifacts.download(&plan).await.map_err(to_status)?;
+            .await?;
+        let data = self.artifacts.download(&plan).await?;
         let header = DownloadArtifactResponse {
             message: Some(download_artifact_response::Message::Header(
                 proto::DownloadHeader {
-                    artifact_id: plan.artifact.id.clone(),
+                    artifact_id: plan.artifact.id.to_string(),
                     version: plan.version.version.clone(),
                     size: plan.version.size as u64,
                     blake3: plan.version.blake3.clone(),
@@ -327,7 +320,7 @@ impl ArtifactService for ArtifactApi {
                     .map(|bytes| DownloadArtifactResponse {
                         message: Some(download_artifact_response::Message::Data(bytes)),
                     })
-                    .map_err(to_status)
+                    .map_err(Status::from)
             });
         let stream = futures::stream::once(async move { Ok(header) }).chain(data);
         Ok(Response::new(Box::pin(stream)))
@@ -347,8 +340,7 @@ impl ArtifactService for ArtifactApi {
                 request.page_size,
                 &request.page_token,
             )
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(ListVersionsResponse {
             versions: page.items.iter().map(convert::version).collect(),
             next_page_token: page.next_page_token,
@@ -364,13 +356,12 @@ impl ArtifactService for ArtifactApi {
         let (_, version) = self
             .artifacts
             .get(&scope, &Selector::Id(request.artifact_id), &request.version)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(GetMetadataResponse {
             version: Some(convert::version(&version)),
-            metadata: version.metadata_map().into_iter().collect(),
+            metadata: version.metadata.clone().into_iter().collect(),
             content_type: version.content_type.clone(),
-            extracted: Some(convert::extracted(&version.extracted())),
+            extracted: Some(convert::extracted(&version.extracted)),
         }))
     }
 
@@ -388,8 +379,7 @@ impl ArtifactService for ArtifactApi {
                 request.page_size,
                 &request.page_token,
             )
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(ListArtifactsResponse {
             artifacts: page.items.iter().map(convert::artifact).collect(),
             next_page_token: page.next_page_token,
@@ -402,11 +392,7 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<DeleteArtifactResponse>, Status> {
         let request = request.into_inner();
         let scope = scoped(request.tenant, request.project);
-        let (artifact, restorable_until) = self
-            .artifacts
-            .delete(&scope, &request.artifact_id)
-            .await
-            .map_err(to_status)?;
+        let (artifact, restorable_until) = self.artifacts.delete(&scope, &request.artifact_id).await?;
         Ok(Response::new(DeleteArtifactResponse {
             artifact: Some(convert::artifact(&artifact)),
             restorable_until: Some(convert::timestamp(restorable_until)),
@@ -419,11 +405,7 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<UndeleteArtifactResponse>, Status> {
         let request = request.into_inner();
         let scope = scoped(request.tenant, request.project);
-        let artifact = self
-            .artifacts
-            .undelete(&scope, &request.artifact_id)
-            .await
-            .map_err(to_status)?;
+        let artifact = self.artifacts.undelete(&scope, &request.artifact_id).await?;
         Ok(Response::new(UndeleteArtifactResponse {
             artifact: Some(convert::artifact(&artifact)),
         }))
@@ -436,7 +418,7 @@ impl ArtifactService for ArtifactApi {
         let request = request.into_inner();
         let scope = scoped(request.tenant, request.project);
         let Some(new_labels) = request.labels else {
-            return Err(to_status(Error::invalid(
+            return Err(Status::from(Error::invalid(
                 "labels",
                 "set the tags and categories to keep",
             )));
@@ -444,8 +426,7 @@ impl ArtifactService for ArtifactApi {
         let artifact = self
             .artifacts
             .update_labels(&scope, &request.artifact_id, &labels(new_labels))
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(UpdateArtifactLabelsResponse {
             artifact: Some(convert::artifact(&artifact)),
         }))

@@ -1,8 +1,7 @@
 //! `artifactd.v1.FallbackService`.
 
 use super::convert::timestamp;
-use super::status::to_status;
-use crate::domain::{Error, now_micros};
+use crate::domain::{Error, Timestamp, now_micros};
 use crate::jobs::{SyncProgress, SyncRequest};
 use crate::proto::fallback_service_server::FallbackService;
 use crate::proto::{
@@ -36,7 +35,7 @@ impl FallbackApi {
 
     fn failover(&self) -> Result<&Arc<FailoverStore>, Status> {
         self.failover.as_ref().ok_or_else(|| {
-            to_status(Error::FailedPrecondition(
+            Status::from(Error::FailedPrecondition(
                 "no fallback store is configured (set S3_FALLBACK_ENABLED and the S3_FALLBACK_* variables)"
                     .to_owned(),
             ))
@@ -61,7 +60,7 @@ fn breaker_state(state: BreakerState) -> i32 {
 
 fn event(event: Option<SwitchEvent>) -> Option<proto::SwitchEvent> {
     event.map(|event| proto::SwitchEvent {
-        at: Some(timestamp(event.at_micros)),
+        at: Some(timestamp(Timestamp(event.at_micros))),
         reason: event.reason,
     })
 }
@@ -111,7 +110,7 @@ impl FallbackService for FallbackApi {
         &self,
         _: Request<GetFallbackStatusRequest>,
     ) -> Result<Response<GetFallbackStatusResponse>, Status> {
-        let status = self.failover()?.status().await.map_err(to_status)?;
+        let status = self.failover()?.status().await?;
         let degraded = status.degraded() || status.write_target != Side::Primary;
         let last_reconcile = status.last_reconcile.clone();
         Ok(Response::new(GetFallbackStatusResponse {
@@ -153,13 +152,15 @@ impl FallbackService for FallbackApi {
                     target: side(item.target),
                     attempts: item.attempts as u64,
                     last_error: item.last_error.clone().unwrap_or_default(),
-                    queued_at: Some(timestamp(item.created_at)),
-                    next_attempt_at: Some(timestamp(item.next_attempt_at)),
+                    queued_at: Some(timestamp(Timestamp(item.created_at))),
+                    next_attempt_at: Some(timestamp(Timestamp(item.next_attempt_at))),
                 })
                 .collect(),
             last_failover: event(status.last_failover),
             last_failback: event(status.last_failback),
-            last_reconciliation_at: last_reconcile.as_ref().map(|r| timestamp(r.finished_at)),
+            last_reconciliation_at: last_reconcile
+                .as_ref()
+                .map(|r| timestamp(Timestamp(r.finished_at))),
             last_reconciliation_expected: last_reconcile.as_ref().map_or(0, |r| r.expected),
         }))
     }

@@ -1,7 +1,6 @@
 //! `artifactd.v1.SearchService`.
 
 use super::request_layer::record_scope;
-use super::status::to_status;
 use crate::domain::Error;
 use crate::domain::names::validate_identifier;
 use crate::proto::search_service_server::SearchService;
@@ -38,8 +37,12 @@ fn hit(hit: SearchHit) -> proto::SearchHit {
         score: hit.score,
         snippet: hit.snippet,
         size: hit.size,
-        created_at: Some(super::convert::timestamp(hit.created_at)),
-        updated_at: Some(super::convert::timestamp(hit.updated_at)),
+        created_at: Some(super::convert::timestamp(crate::domain::Timestamp(
+            hit.created_at,
+        ))),
+        updated_at: Some(super::convert::timestamp(crate::domain::Timestamp(
+            hit.updated_at,
+        ))),
     }
 }
 
@@ -110,8 +113,8 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| to_status(Error::internal(format!("search task failed: {e}"))))?
-        .map_err(to_status)
+        .map_err(|e| Status::from(Error::internal(format!("search task failed: {e}"))))?
+        .map_err(Status::from)
 }
 
 #[tonic::async_trait]
@@ -119,8 +122,8 @@ impl SearchService for SearchApi {
     async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
         let request = request.into_inner();
         record_scope(&request.tenant, &request.project);
-        validate_identifier("tenant", &request.tenant).map_err(to_status)?;
-        validate_identifier("project", &request.project).map_err(to_status)?;
+        validate_identifier("tenant", &request.tenant)?;
+        validate_identifier("project", &request.project)?;
         let query = search::SearchRequest {
             tenant: request.tenant,
             project: request.project,
@@ -147,8 +150,8 @@ impl SearchService for SearchApi {
     ) -> Result<Response<SearchByMetadataResponse>, Status> {
         let request = request.into_inner();
         record_scope(&request.tenant, &request.project);
-        validate_identifier("tenant", &request.tenant).map_err(to_status)?;
-        validate_identifier("project", &request.project).map_err(to_status)?;
+        validate_identifier("tenant", &request.tenant)?;
+        validate_identifier("project", &request.project)?;
         let sort = match MetadataSort::try_from(request.sort) {
             Ok(MetadataSort::Created) => search::MetadataSort::Created,
             Ok(MetadataSort::Updated | MetadataSort::Unspecified) => search::MetadataSort::Updated,
@@ -156,7 +159,7 @@ impl SearchService for SearchApi {
             Ok(MetadataSort::Size) => search::MetadataSort::Size,
             Ok(MetadataSort::Version) => search::MetadataSort::Version,
             Err(_) => {
-                return Err(to_status(Error::invalid(
+                return Err(Status::from(Error::invalid(
                     "sort",
                     format!(
                         "{} is not a sort; use METADATA_SORT_CREATED, _UPDATED, _NAME, _SIZE or _VERSION",
@@ -170,8 +173,7 @@ impl SearchService for SearchApi {
             .into_iter()
             .enumerate()
             .map(|(index, filter)| metadata_filter(index, filter))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(to_status)?;
+            .collect::<Result<Vec<_>, _>>()?;
         let query = search::MetadataSearchRequest {
             tenant: request.tenant,
             project: request.project,
@@ -196,13 +198,13 @@ impl SearchService for SearchApi {
     ) -> Result<Response<SearchByTagsResponse>, Status> {
         let request = request.into_inner();
         record_scope(&request.tenant, &request.project);
-        validate_identifier("tenant", &request.tenant).map_err(to_status)?;
-        validate_identifier("project", &request.project).map_err(to_status)?;
+        validate_identifier("tenant", &request.tenant)?;
+        validate_identifier("project", &request.project)?;
         let matching = match TagMatch::try_from(request.r#match) {
             Ok(TagMatch::Any) => search::TagMatch::Any,
             Ok(TagMatch::All | TagMatch::Unspecified) => search::TagMatch::All,
             Err(_) => {
-                return Err(to_status(Error::invalid(
+                return Err(Status::from(Error::invalid(
                     "match",
                     format!(
                         "{} is not a tag match; use TAG_MATCH_ALL or TAG_MATCH_ANY",

@@ -3,7 +3,14 @@
 use crate::domain::Error;
 use tonic::{Code, Status};
 
-pub fn to_status(error: Error) -> Status {
+/// The one mapping of service errors onto gRPC codes; handlers use `?`.
+impl From<Error> for Status {
+    fn from(error: Error) -> Status {
+        to_status(error)
+    }
+}
+
+fn to_status(error: Error) -> Status {
     let code = match &error {
         Error::NotFound(_) => Code::NotFound,
         Error::AlreadyExists(_) => Code::AlreadyExists,

@@ -6,12 +6,13 @@ mod upload;
 
 pub use upload::{ContentExpectations, UploadPart, parse_expected_blake3};
 
-use crate::catalog::{ArtifactRecord, Catalog, Labels, NewArtifact, Scope, VersionRecord};
+use crate::catalog::{Catalog, Labels, NewArtifact, Scope};
 use crate::domain::names::{
     normalize_labels, normalize_tags, validate_artifact_name, validate_change_message, validate_description,
     validate_identifier, validate_metadata, validate_metadata_key,
 };
 use crate::domain::version::{Bump, bump, ensure_greater, parse_version};
+use crate::domain::{Artifact, ArtifactVersion, Timestamp};
 use crate::domain::{Error, Result, now_micros};
 use crate::ingest::{ChunkerConfig, Manifest, TenantKey};
 use crate::storage::DynBlobStore;
@@ -112,8 +113,8 @@ pub enum Selector {
 /// The range of a download and what it covers.
 #[derive(Debug, Clone)]
 pub struct DownloadPlan {
-    pub artifact: ArtifactRecord,
-    pub version: VersionRecord,
+    pub artifact: Artifact,
+    pub version: ArtifactVersion,
     pub offset: u64,
     pub length: u64,
 }
@@ -219,7 +220,7 @@ impl Artifacts {
         request: CreateArtifact,
         content: S,
         caller_gone: &CancellationToken,
-    ) -> Result<(ArtifactRecord, VersionRecord)>
+    ) -> Result<(Artifact, ArtifactVersion)>
     where
         S: Stream<Item = Result<UploadPart>> + Send + Unpin + 'static,
     {
@@ -284,7 +285,7 @@ impl Artifacts {
         request: UpdateArtifact,
         content: S,
         caller_gone: &CancellationToken,
-    ) -> Result<(ArtifactRecord, VersionRecord)>
+    ) -> Result<(Artifact, ArtifactVersion)>
     where
         S: Stream<Item = Result<UploadPart>> + Send + Unpin + 'static,
     {
@@ -317,7 +318,7 @@ impl Artifacts {
             }
         };
         let labels = request.labels.as_ref().map(normalized_labels).transpose()?;
-        let mut metadata = artifact.metadata_map();
+        let mut metadata = artifact.metadata.clone();
         for key in &request.metadata_remove {
             metadata.remove(key);
         }
@@ -360,12 +361,7 @@ impl Artifacts {
     }
 
     /// Replaces an artifact's tags and categories without a new version.
-    pub async fn update_labels(
-        &self,
-        scope: &Scope,
-        artifact_id: &str,
-        labels: &Labels,
-    ) -> Result<ArtifactRecord> {
+    pub async fn update_labels(&self, scope: &Scope, artifact_id: &str, labels: &Labels) -> Result<Artifact> {
         validate_scope(scope)?;
         validate_artifact_id(artifact_id)?;
         let labels = normalized_labels(labels)?;
@@ -378,8 +374,8 @@ impl Artifacts {
     async fn after_commit(
         &self,
         upload_id: &str,
-        committed: Result<(ArtifactRecord, VersionRecord)>,
-    ) -> Result<(ArtifactRecord, VersionRecord)> {
+        committed: Result<(Artifact, ArtifactVersion)>,
+    ) -> Result<(Artifact, ArtifactVersion)> {
         match committed {
             Ok(pair) => {
                 metrics::counter!(crate::telemetry::names::VERSIONS_COMMITTED_TOTAL).increment(1);
@@ -394,7 +390,7 @@ impl Artifacts {
         }
     }
 
-    async fn require_artifact(&self, scope: &Scope, artifact_id: &str) -> Result<ArtifactRecord> {
+    async fn require_artifact(&self, scope: &Scope, artifact_id: &str) -> Result<Artifact> {
         validate_artifact_id(artifact_id)?;
         self.inner
             .catalog
@@ -408,7 +404,7 @@ impl Artifacts {
             })
     }
 
-    async fn require_version(&self, artifact: &ArtifactRecord, version: &str) -> Result<VersionRecord> {
+    async fn require_version(&self, artifact: &Artifact, version: &str) -> Result<ArtifactVersion> {
         let wanted = if version.is_empty() {
             artifact.latest_version.clone()
         } else {
@@ -432,7 +428,7 @@ impl Artifacts {
         scope: &Scope,
         selector: &Selector,
         version: &str,
-    ) -> Result<(ArtifactRecord, VersionRecord)> {
+    ) -> Result<(Artifact, ArtifactVersion)> {
         validate_scope(scope)?;
         let artifact = match selector {
             Selector::Id(id) => self.require_artifact(scope, id).await?,
@@ -461,7 +457,7 @@ impl Artifacts {
         artifact_id: &str,
         requested_page_size: u32,
         page_token: &str,
-    ) -> Result<Page<VersionRecord>> {
+    ) -> Result<Page<ArtifactVersion>> {
         validate_scope(scope)?;
         let artifact = self.require_artifact(scope, artifact_id).await?;
         let before_seq = if page_token.is_empty() {
@@ -504,7 +500,7 @@ impl Artifacts {
         artifact_type: &str,
         requested_page_size: u32,
         page_token: &str,
-    ) -> Result<Page<ArtifactRecord>> {
+    ) -> Result<Page<Artifact>> {
         validate_scope(scope)?;
         if !artifact_type.is_empty() {
             validate_identifier("artifact_type", artifact_type)?;
@@ -547,7 +543,7 @@ impl Artifacts {
     }
 
     /// Soft-deletes an artifact; returns it and the moment its retention runs out.
-    pub async fn delete(&self, scope: &Scope, artifact_id: &str) -> Result<(ArtifactRecord, i64)> {
+    pub async fn delete(&self, scope: &Scope, artifact_id: &str) -> Result<(Artifact, Timestamp)> {
         validate_scope(scope)?;
         validate_artifact_id(artifact_id)?;
         let deleted = self
@@ -555,11 +551,12 @@ impl Artifacts {
             .catalog
             .soft_delete(scope, artifact_id, now_micros())
             .await?;
-        let restorable_until = deleted.deleted_at.unwrap_or_default() + self.retention_micros();
+        let deleted_at = deleted.deleted_at.map_or_else(now_micros, Timestamp::as_micros);
+        let restorable_until = Timestamp(deleted_at + self.retention_micros());
         Ok((deleted, restorable_until))
     }
 
-    pub async fn undelete(&self, scope: &Scope, artifact_id: &str) -> Result<ArtifactRecord> {
+    pub async fn undelete(&self, scope: &Scope, artifact_id: &str) -> Result<Artifact> {
         validate_scope(scope)?;
         validate_artifact_id(artifact_id)?;
         let now = now_micros();
@@ -625,12 +622,12 @@ impl Artifacts {
         })?;
         let spans = download::plan(
             &self.inner,
-            &plan.artifact.tenant,
+            &plan.artifact.scope.tenant,
             &manifest,
             plan.offset..plan.offset + plan.length,
         )
         .await?;
-        let key = TenantKey::derive(&self.inner.service_secret, &plan.artifact.tenant);
+        let key = TenantKey::derive(&self.inner.service_secret, &plan.artifact.scope.tenant);
         Ok(download::stream(self.inner.clone(), key, spans))
     }
 }

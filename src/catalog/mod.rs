@@ -8,7 +8,7 @@ mod replication;
 
 pub use records::*;
 
-use crate::domain::{Error, Result};
+use crate::domain::{Artifact, ArtifactVersion, Error, Result};
 use crate::ingest::{ChunkId, Codec};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
@@ -232,7 +232,7 @@ impl Catalog {
         scope: &Scope,
         id: &str,
         include_deleted: bool,
-    ) -> Result<Option<ArtifactRecord>> {
+    ) -> Result<Option<Artifact>> {
         let sql = format!(
             "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE id = $1 AND tenant = $2 AND project = $3"
         );
@@ -243,7 +243,9 @@ impl Catalog {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error("reading an artifact", e))?;
-        Ok(record.filter(|r| include_deleted || r.deleted_at.is_none()))
+        Ok(record
+            .filter(|r| include_deleted || r.deleted_at.is_none())
+            .map(Artifact::from))
     }
 
     pub async fn artifact_by_name(
@@ -251,19 +253,20 @@ impl Catalog {
         scope: &Scope,
         artifact_type: &str,
         name: &str,
-    ) -> Result<Option<ArtifactRecord>> {
+    ) -> Result<Option<Artifact>> {
         let sql = format!(
             "SELECT {ARTIFACT_COLUMNS} FROM artifacts \
              WHERE tenant = $1 AND project = $2 AND artifact_type = $3 AND name = $4 AND deleted_at IS NULL"
         );
-        sqlx::query_as(AssertSqlSafe(sql))
+        let rows: Option<ArtifactRecord> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(&scope.tenant)
             .bind(&scope.project)
             .bind(artifact_type)
             .bind(name)
             .fetch_optional(&self.pool)
             .await
-            .map_err(|e| db_error("reading an artifact", e))
+            .map_err(|e| db_error("reading an artifact", e))?;
+        Ok(rows.map(Into::into))
     }
 
     /// Whether the name is held, by a live artifact or a deleted one still in retention.
@@ -288,7 +291,7 @@ impl Catalog {
         artifact_type: Option<&str>,
         after: Option<(&str, &str)>,
         limit: u32,
-    ) -> Result<Vec<ArtifactRecord>> {
+    ) -> Result<Vec<Artifact>> {
         let (after_name, after_id) = after.unwrap_or(("", ""));
         let sql = format!(
             "SELECT {ARTIFACT_COLUMNS} FROM artifacts \
@@ -297,7 +300,7 @@ impl Catalog {
                AND (name > $4 OR (name = $4 AND id > $5)) \
              ORDER BY name, id LIMIT $6"
         );
-        sqlx::query_as(AssertSqlSafe(sql))
+        let rows: Vec<ArtifactRecord> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(&scope.tenant)
             .bind(&scope.project)
             .bind(artifact_type.unwrap_or(""))
@@ -306,7 +309,8 @@ impl Catalog {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| db_error("listing artifacts", e))
+            .map_err(|e| db_error("listing artifacts", e))?;
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 
     /// Creates an artifact with its first version: artifact row, version row with manifest,
@@ -315,7 +319,7 @@ impl Catalog {
         &self,
         artifact: &NewArtifact,
         version: &NewVersion,
-    ) -> Result<(ArtifactRecord, VersionRecord)> {
+    ) -> Result<(Artifact, ArtifactVersion)> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
         let inserted = sqlx::query(
             "INSERT INTO artifacts (id, tenant, project, artifact_type, name, description, tags, \
@@ -371,7 +375,7 @@ impl Catalog {
         artifact_id: &str,
         expected_latest: &str,
         version: &NewVersion,
-    ) -> Result<(ArtifactRecord, VersionRecord)> {
+    ) -> Result<(Artifact, ArtifactVersion)> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
         // The compare-and-set comes first so that SQLite takes its write lock before reading.
         let seq: Option<i64> = sqlx::query_scalar(
@@ -426,7 +430,7 @@ impl Catalog {
         scope: &Scope,
         artifact_id: &str,
         version: &str,
-    ) -> Result<(ArtifactRecord, VersionRecord)> {
+    ) -> Result<(Artifact, ArtifactVersion)> {
         let artifact = self
             .artifact_by_id(scope, artifact_id, true)
             .await?
@@ -567,7 +571,7 @@ impl Catalog {
         artifact_id: &str,
         now: i64,
         include_deleted: bool,
-    ) -> Result<ArtifactRecord> {
+    ) -> Result<Artifact> {
         if !changed {
             drop(tx);
             return Err(artifact_not_found(scope, artifact_id));
@@ -588,7 +592,7 @@ impl Catalog {
         artifact_id: &str,
         labels: &Labels,
         now: i64,
-    ) -> Result<ArtifactRecord> {
+    ) -> Result<Artifact> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
         let changed = sqlx::query(
             "UPDATE artifacts SET tags = $1, categories = $2, updated_at = $3 \
@@ -617,7 +621,7 @@ impl Catalog {
     }
 
     /// Soft-deletes a live artifact.
-    pub async fn soft_delete(&self, scope: &Scope, artifact_id: &str, now: i64) -> Result<ArtifactRecord> {
+    pub async fn soft_delete(&self, scope: &Scope, artifact_id: &str, now: i64) -> Result<Artifact> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
         let changed = sqlx::query(
             "UPDATE artifacts SET deleted_at = $1, updated_at = $1 \
@@ -651,7 +655,7 @@ impl Catalog {
         artifact_id: &str,
         deleted_since: i64,
         now: i64,
-    ) -> Result<ArtifactRecord> {
+    ) -> Result<Artifact> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
         let changed = sqlx::query(
             "UPDATE artifacts SET deleted_at = NULL, updated_at = $1 \
@@ -689,14 +693,15 @@ impl Catalog {
 
     // ---- versions --------------------------------------------------------------------------
 
-    pub async fn version(&self, artifact_id: &str, version: &str) -> Result<Option<VersionRecord>> {
+    pub async fn version(&self, artifact_id: &str, version: &str) -> Result<Option<ArtifactVersion>> {
         let sql = format!("SELECT {VERSION_COLUMNS} FROM versions WHERE artifact_id = $1 AND version = $2");
-        sqlx::query_as(AssertSqlSafe(sql))
+        let rows: Option<VersionRecord> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(artifact_id)
             .bind(version)
             .fetch_optional(&self.pool)
             .await
-            .map_err(|e| db_error("reading a version", e))
+            .map_err(|e| db_error("reading a version", e))?;
+        Ok(rows.map(Into::into))
     }
 
     /// Versions newest first, starting below `before_seq`.
@@ -705,18 +710,19 @@ impl Catalog {
         artifact_id: &str,
         before_seq: Option<i64>,
         limit: u32,
-    ) -> Result<Vec<VersionRecord>> {
+    ) -> Result<Vec<ArtifactVersion>> {
         let sql = format!(
             "SELECT {VERSION_COLUMNS} FROM versions WHERE artifact_id = $1 AND seq < $2 \
              ORDER BY seq DESC LIMIT $3"
         );
-        sqlx::query_as(AssertSqlSafe(sql))
+        let rows: Vec<VersionRecord> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(artifact_id)
             .bind(before_seq.unwrap_or(i64::MAX))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| db_error("listing versions", e))
+            .map_err(|e| db_error("listing versions", e))?;
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 
     pub async fn manifest(&self, artifact_id: &str, version: &str) -> Result<Vec<u8>> {
@@ -879,16 +885,17 @@ impl Catalog {
     }
 
     /// Live artifacts of every tenant ordered by id, for rebuilding derived data.
-    pub async fn live_artifacts_after(&self, after_id: &str, limit: u32) -> Result<Vec<ArtifactRecord>> {
+    pub async fn live_artifacts_after(&self, after_id: &str, limit: u32) -> Result<Vec<Artifact>> {
         let sql = format!(
             "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE id > $1 AND deleted_at IS NULL ORDER BY id LIMIT $2"
         );
-        sqlx::query_as(AssertSqlSafe(sql))
+        let rows: Vec<ArtifactRecord> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(after_id)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| db_error("listing artifacts", e))
+            .map_err(|e| db_error("listing artifacts", e))?;
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 
     pub async fn outbox_event(&self, seq: i64) -> Result<Option<OutboxEvent>> {

@@ -1,26 +1,14 @@
-//! Rows as the catalog returns them, and the inputs of its writes.
+//! Rows as the database returns them, converted once into domain types, and the inputs of
+//! the catalog's writes.
 
+pub use crate::domain::Scope;
+use crate::domain::{Artifact, ArtifactId, ArtifactVersion, Timestamp};
 use crate::ingest::{ChunkId, Codec, PackEntry};
 use std::collections::BTreeMap;
 
-/// Tenant and project: every catalog read and write is scoped by both.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Scope {
-    pub tenant: String,
-    pub project: String,
-}
-
-impl Scope {
-    pub fn new(tenant: impl Into<String>, project: impl Into<String>) -> Self {
-        Self {
-            tenant: tenant.into(),
-            project: project.into(),
-        }
-    }
-}
-
+/// An `artifacts` row. Stays inside the catalog; callers get [`Artifact`].
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct ArtifactRecord {
+pub(crate) struct ArtifactRecord {
     pub id: String,
     pub tenant: String,
     pub project: String,
@@ -41,22 +29,31 @@ pub struct ArtifactRecord {
     pub deleted_at: Option<i64>,
 }
 
-impl ArtifactRecord {
-    pub fn tag_list(&self) -> Vec<String> {
-        serde_json::from_str(&self.tags).unwrap_or_default()
-    }
-
-    pub fn category_list(&self) -> Vec<String> {
-        serde_json::from_str(&self.categories).unwrap_or_default()
-    }
-
-    pub fn metadata_map(&self) -> BTreeMap<String, String> {
-        serde_json::from_str(&self.metadata).unwrap_or_default()
+impl From<ArtifactRecord> for Artifact {
+    fn from(row: ArtifactRecord) -> Self {
+        Artifact {
+            id: ArtifactId::from_stored(row.id),
+            scope: Scope::new(row.tenant, row.project),
+            artifact_type: row.artifact_type,
+            name: row.name,
+            description: row.description,
+            tags: serde_json::from_str(&row.tags).unwrap_or_default(),
+            categories: serde_json::from_str(&row.categories).unwrap_or_default(),
+            metadata: serde_json::from_str(&row.metadata).unwrap_or_default(),
+            latest_version: row.latest_version,
+            version_count: row.version_count.max(0) as u64,
+            created_by: row.created_by,
+            created_at: Timestamp(row.created_at),
+            updated_at: Timestamp(row.updated_at),
+            deleted_at: row.deleted_at.map(Timestamp),
+        }
     }
 }
 
+/// A `versions` row (without the manifest). Stays inside the catalog; callers get
+/// [`ArtifactVersion`].
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct VersionRecord {
+pub(crate) struct VersionRecord {
     pub artifact_id: String,
     pub version: String,
     pub seq: i64,
@@ -75,13 +72,24 @@ pub struct VersionRecord {
     pub extracted: String,
 }
 
-impl VersionRecord {
-    pub fn extracted(&self) -> crate::ingest::extract::Extracted {
-        serde_json::from_str(&self.extracted).unwrap_or_default()
-    }
-
-    pub fn metadata_map(&self) -> BTreeMap<String, String> {
-        serde_json::from_str(&self.metadata).unwrap_or_default()
+impl From<VersionRecord> for ArtifactVersion {
+    fn from(row: VersionRecord) -> Self {
+        ArtifactVersion {
+            artifact_id: ArtifactId::from_stored(row.artifact_id),
+            version: row.version,
+            seq: row.seq,
+            size: row.size.max(0) as u64,
+            stored_size: row.stored_size.max(0) as u64,
+            new_stored_size: row.new_stored_size.max(0) as u64,
+            blake3: row.blake3,
+            chunk_count: row.chunk_count.max(0) as u64,
+            created_by: row.created_by,
+            created_at: Timestamp(row.created_at),
+            change_message: row.change_message,
+            metadata: serde_json::from_str(&row.metadata).unwrap_or_default(),
+            content_type: row.content_type,
+            extracted: serde_json::from_str(&row.extracted).unwrap_or_default(),
+        }
     }
 }
 

@@ -1,12 +1,14 @@
 //! Pure types and rules: errors, name validation, semantic versions, content types.
 //! No I/O here.
 
+pub mod artifact;
 pub mod content_type;
 pub mod error;
 pub mod names;
 pub mod secret;
 pub mod version;
 
+pub use artifact::{Artifact, ArtifactId, ArtifactVersion, Scope, Timestamp};
 pub use error::{Error, Result};
 pub use secret::Secret;
 

@@ -4,7 +4,8 @@
 
 use super::index::{Checkpoint, IndexedArtifact, SearchIndex};
 use super::metadata::ArtifactMetadata;
-use crate::catalog::{ArtifactRecord, Catalog, OutboxEvent, Scope};
+use crate::catalog::{Catalog, OutboxEvent};
+use crate::domain::{Artifact, Scope};
 use crate::domain::{Error, Result};
 use crate::ingest::extract::{MAX_INDEXED_TEXT_BYTES, text_prefix};
 use async_trait::async_trait;
@@ -86,16 +87,16 @@ impl Indexer {
         self.document_of(artifact).await.map(Some)
     }
 
-    async fn document_of(&self, artifact: ArtifactRecord) -> Result<IndexedArtifact> {
-        let scope = Scope::new(&artifact.tenant, &artifact.project);
+    async fn document_of(&self, artifact: Artifact) -> Result<IndexedArtifact> {
+        let scope = artifact.scope.clone();
         let version = self
             .catalog
             .version(&artifact.id, &artifact.latest_version)
             .await?
             .ok_or_else(|| Error::internal(format!("artifact {} has no version row", artifact.id)))?;
-        let extracted = version.extracted();
+        let extracted = &version.extracted;
         let body = if extracted.is_text {
-            let length = (version.size as u64).min(MAX_INDEXED_TEXT_BYTES as u64);
+            let length = version.size.min(MAX_INDEXED_TEXT_BYTES as u64);
             match self.text(&scope, &artifact.id, &version.version, length).await {
                 Ok(text) => text,
                 // Content that is gone (a lost or corrupt pack, or a version deleted since)
@@ -112,7 +113,7 @@ impl Indexer {
         } else {
             String::new()
         };
-        let mut tags = artifact.tag_list();
+        let mut tags = artifact.tags.clone();
         // Front matter tags count as tags too: that is where BMAD documents keep theirs.
         if let Some(serde_json::Value::Array(values)) = extracted.front_matter.get("tags") {
             tags.extend(values.iter().filter_map(|v| v.as_str().map(str::to_owned)));
@@ -120,25 +121,25 @@ impl Indexer {
         tags.sort();
         tags.dedup();
         Ok(IndexedArtifact {
-            artifact_id: artifact.id.clone(),
-            tenant: artifact.tenant.clone(),
-            project: artifact.project.clone(),
+            artifact_id: artifact.id.to_string(),
+            tenant: artifact.scope.tenant.clone(),
+            project: artifact.scope.project.clone(),
             state: "active".to_owned(),
             tags,
-            categories: artifact.category_list(),
+            categories: artifact.categories.clone(),
             headings: extracted.headings.clone(),
             body,
             meta: ArtifactMetadata {
-                metadata: artifact.metadata_map(),
+                metadata: artifact.metadata.clone(),
                 name: artifact.name,
                 artifact_type: artifact.artifact_type,
                 title: extracted.title.clone().unwrap_or_default(),
                 content_type: version.content_type.clone(),
                 version: version.version.clone(),
-                size: version.size as u64,
+                size: version.size,
                 line_count: extracted.line_count,
-                created_at: artifact.created_at,
-                updated_at: artifact.updated_at,
+                created_at: artifact.created_at.as_micros(),
+                updated_at: artifact.updated_at.as_micros(),
                 front_matter: extracted.front_matter.clone(),
             },
         })
@@ -279,9 +280,9 @@ impl Indexer {
         loop {
             let batch = self.catalog.live_artifacts_after(&after, 200).await?;
             let Some(last) = batch.last() else { break };
-            after = last.id.clone();
+            after = last.id.to_string();
             for artifact in batch {
-                let id = artifact.id.clone();
+                let id = artifact.id.to_string();
                 let document = self.document_of(artifact).await?;
                 pending.push(id, Some(document));
                 pending.events += 1;
