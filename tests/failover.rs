@@ -3,7 +3,6 @@
 
 mod common;
 
-use artifactd::catalog::Catalog;
 use artifactd::proto::{
     BreakerState, GetFallbackMetricsRequest, GetFallbackStatusRequest, GetFallbackStatusResponse, StoreSide,
     TestFallbackRequest,
@@ -12,7 +11,8 @@ use artifactd::storage::BlobStore;
 use common::binary::{ServerOptions, ServerProcess};
 use common::client::{Client, create, create_messages, download, download_request, header};
 use common::failover::{
-    P, T, failover_tuning, fallback_client, fault_run, start_pair, status, sync, wait_drained, wait_for,
+    CatalogKind, P, Pair, T, failover_tuning, fallback_client, fault_run, start_pair, start_pair_on, status,
+    sync, wait_drained, wait_for,
 };
 use common::moto::MotoServer;
 use common::proxy::StallingProxy;
@@ -39,15 +39,8 @@ fn store_status(status: &GetFallbackStatusResponse, side: StoreSide) -> &artifac
     status.stores.iter().find(|s| s.side == side as i32).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_in_progress_completes_on_the_fallback_when_the_primary_dies() {
-    let mut pair = start_pair().await;
-    let catalog = Catalog::connect(
-        &format!("sqlite://{}/catalog.db", pair.server.data_dir.display()),
-        2,
-    )
-    .await
-    .unwrap();
+async fn an_upload_in_progress_completes_on_the_fallback_when_the_primary_dies(mut pair: Pair) {
+    let catalog = pair.catalog().await;
     let content = common::noise(3 * 1024 * 1024, 1);
     let (sender, receiver) = tokio::sync::mpsc::channel(2);
     let mut upload_client = pair.server.client().await;
@@ -102,9 +95,7 @@ async fn an_upload_in_progress_completes_on_the_fallback_when_the_primary_dies()
     drop(pair.fallback);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_primary_returning_with_its_data_drains_the_backlog_and_takes_writes_back() {
-    let mut pair = start_pair().await;
+async fn the_primary_returning_with_its_data_drains_the_backlog_and_takes_writes_back(mut pair: Pair) {
     let mut client = pair.server.client().await;
     let mut written = Vec::new();
     for i in 0..3 {
@@ -160,9 +151,7 @@ async fn the_primary_returning_with_its_data_drains_the_backlog_and_takes_writes
 /// an operator). Without anyone running SyncFallback, reconciliation finds what it lacks,
 /// the status says so until it is refilled, and then the fallback can freeze without a
 /// single read failing or waiting on it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_empty_primary_is_refilled_without_anyone_asking() {
-    let mut pair = start_pair().await;
+async fn an_empty_primary_is_refilled_without_anyone_asking(mut pair: Pair) {
     let mut client = pair.server.client().await;
     let mut written = Vec::new();
     for i in 0..3 {
@@ -249,9 +238,7 @@ async fn objects_lost_silently_are_found_by_periodic_reconciliation() {
     assert_reads_back(&mut client, &id, &content).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_fallback_costs_clients_nothing_and_catches_up() {
-    let mut pair = start_pair().await;
+async fn a_stopped_fallback_costs_clients_nothing_and_catches_up(mut pair: Pair) {
     let mut client = pair.server.client().await;
     pair.fallback.stop().await;
     let mut written = Vec::new();
@@ -293,9 +280,7 @@ async fn a_stopped_fallback_costs_clients_nothing_and_catches_up() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_stores_down_is_unavailable_and_recovers_by_itself() {
-    let mut pair = start_pair().await;
+async fn both_stores_down_is_unavailable_and_recovers_by_itself(mut pair: Pair) {
     let mut client = pair.server.client().await;
     let (id, content) = create_noise(&mut client, "before.bin", 300_000, 60).await;
     pair.primary.stop().await;
@@ -547,4 +532,68 @@ async fn a_corrupt_copy_is_read_from_the_other_store() {
         .await
         .unwrap_err();
     assert_eq!(error.code(), tonic::Code::DataLoss, "{error:?}");
+}
+
+// The scenarios above run on both catalogs.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_in_progress_completes_on_the_fallback_when_the_primary_dies_on_sqlite() {
+    an_upload_in_progress_completes_on_the_fallback_when_the_primary_dies(
+        start_pair_on(CatalogKind::Sqlite).await,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_in_progress_completes_on_the_fallback_when_the_primary_dies_on_postgres() {
+    an_upload_in_progress_completes_on_the_fallback_when_the_primary_dies(
+        start_pair_on(CatalogKind::Postgres).await,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_returning_with_its_data_drains_the_backlog_and_takes_writes_back_on_sqlite() {
+    the_primary_returning_with_its_data_drains_the_backlog_and_takes_writes_back(
+        start_pair_on(CatalogKind::Sqlite).await,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_returning_with_its_data_drains_the_backlog_and_takes_writes_back_on_postgres() {
+    the_primary_returning_with_its_data_drains_the_backlog_and_takes_writes_back(
+        start_pair_on(CatalogKind::Postgres).await,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_primary_is_refilled_without_anyone_asking_on_sqlite() {
+    an_empty_primary_is_refilled_without_anyone_asking(start_pair_on(CatalogKind::Sqlite).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_primary_is_refilled_without_anyone_asking_on_postgres() {
+    an_empty_primary_is_refilled_without_anyone_asking(start_pair_on(CatalogKind::Postgres).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_fallback_costs_clients_nothing_and_catches_up_on_sqlite() {
+    a_stopped_fallback_costs_clients_nothing_and_catches_up(start_pair_on(CatalogKind::Sqlite).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_fallback_costs_clients_nothing_and_catches_up_on_postgres() {
+    a_stopped_fallback_costs_clients_nothing_and_catches_up(start_pair_on(CatalogKind::Postgres).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_stores_down_is_unavailable_and_recovers_by_itself_on_sqlite() {
+    both_stores_down_is_unavailable_and_recovers_by_itself(start_pair_on(CatalogKind::Sqlite).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_stores_down_is_unavailable_and_recovers_by_itself_on_postgres() {
+    both_stores_down_is_unavailable_and_recovers_by_itself(start_pair_on(CatalogKind::Postgres).await).await;
 }

@@ -3,6 +3,7 @@
 
 use super::binary::{ServerOptions, ServerProcess};
 use super::client::{create, download, download_request, header};
+use super::postgres::TestDatabase;
 use super::s3::S3TestServer;
 use artifactd::catalog::Catalog;
 use artifactd::proto::fallback_service_client::FallbackServiceClient;
@@ -37,21 +38,52 @@ pub struct Pair {
     pub primary: S3TestServer,
     pub fallback: S3TestServer,
     pub server: ServerProcess,
+    /// The Postgres catalog, when the pair runs on one (SQLite in the data dir otherwise).
+    pub database: Option<TestDatabase>,
+}
+
+impl Pair {
+    /// The catalog the server uses, opened beside it.
+    pub async fn catalog(&self) -> Catalog {
+        let url = match &self.database {
+            Some(database) => database.url.clone(),
+            None => format!("sqlite://{}/catalog.db", self.server.data_dir.display()),
+        };
+        Catalog::connect(&url, 2).await.unwrap()
+    }
+}
+
+/// Which catalog an end-to-end failover test runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum CatalogKind {
+    Sqlite,
+    Postgres,
 }
 
 pub async fn start_pair() -> Pair {
+    start_pair_on(CatalogKind::Sqlite).await
+}
+
+pub async fn start_pair_on(kind: CatalogKind) -> Pair {
     let primary = S3TestServer::start().await;
     let fallback = S3TestServer::start().await;
-    let server = ServerProcess::start_with(
-        ServerOptions::default()
-            .envs(primary.env("primary-bucket"))
-            .envs(fallback.fallback_env("fallback-bucket"))
-            .envs(failover_tuning()),
-    );
+    let database = match kind {
+        CatalogKind::Sqlite => None,
+        CatalogKind::Postgres => Some(TestDatabase::create().await),
+    };
+    let mut options = ServerOptions::default()
+        .envs(primary.env("primary-bucket"))
+        .envs(fallback.fallback_env("fallback-bucket"))
+        .envs(failover_tuning());
+    if let Some(database) = &database {
+        options = options.env("DATABASE_URL", database.url.clone());
+    }
+    let server = ServerProcess::start_with(options);
     Pair {
         primary,
         fallback,
         server,
+        database,
     }
 }
 
