@@ -1,11 +1,12 @@
 //! Wiring: opens the catalog and the store, starts background jobs and the gRPC and HTTP
 //! listeners, and tears everything down in order on shutdown.
 
-use crate::api::{ArtifactApi, FallbackApi, SearchApi};
+use crate::api::{AdminApi, ArtifactApi, FallbackApi, SearchApi};
 use crate::app::Artifacts;
 use crate::catalog::Catalog;
 use crate::config::{Backend, Config};
-use crate::jobs::{FallbackSync, HealthInputs, HealthMonitor, INDEXER_JOB, Supervisor};
+use crate::jobs::{FallbackSync, HealthInputs, HealthMonitor, INDEXER_JOB, LastHealth, Supervisor};
+use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::artifact_service_server::ArtifactServiceServer;
 use crate::proto::fallback_service_server::FallbackServiceServer;
 use crate::proto::search_service_server::SearchServiceServer;
@@ -162,7 +163,9 @@ pub async fn run(
         },
         reporter: health_reporter,
         interval: Duration::from_millis(config.server.health_check_interval_ms.max(100)),
+        last: LastHealth::default(),
     });
+    let admin_service = AdminServiceServer::new(AdminApi::new(supervisor.board(), monitor.last.clone()));
     supervisor.spawn(INDEXER_JOB, move |token| indexer.clone().run(token));
     let mut sync_requests = None;
     if let Some(failover) = &failover {
@@ -231,6 +234,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(artifact_service)
+        .add_service(admin_service)
         .add_service(fallback_service)
         .add_service(search_service)
         // Without TCP_NODELAY a small response waits for the client's delayed ACK (40 ms).

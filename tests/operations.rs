@@ -3,7 +3,10 @@
 
 mod common;
 
-use artifactd::proto::{ArtifactCoordinates, GetArtifactRequest, get_artifact_request};
+use artifactd::proto::admin_service_client::AdminServiceClient;
+use artifactd::proto::{
+    ArtifactCoordinates, GetArtifactRequest, GetServerStatusRequest, JobState, get_artifact_request,
+};
 use artifactd::storage::BlobStore;
 use common::binary::{ServerOptions, ServerProcess, command};
 use common::client::{create_id, download, download_request, header};
@@ -166,6 +169,38 @@ async fn health_is_reported_per_service() {
     server
         .wait_for_health("artifactd.v1.FallbackService", ServingStatus::Serving)
         .await;
+
+    // The status call shows every supervised job and the same health.
+    let status = AdminServiceClient::new(server.channel().await)
+        .get_server_status(GetServerStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut jobs: Vec<&str> = status.jobs.iter().map(|job| job.name.as_str()).collect();
+    jobs.sort();
+    assert_eq!(
+        jobs,
+        [
+            "fallback sync",
+            "health",
+            "indexer",
+            "reconciler",
+            "replicator",
+            "store prober"
+        ]
+    );
+    assert!(
+        status
+            .jobs
+            .iter()
+            .all(|job| job.state == JobState::Running as i32 && job.restarts == 0),
+        "{status:?}"
+    );
+    assert_eq!(status.services.len(), 4);
+    assert!(
+        status.services.iter().all(|service| service.serving),
+        "{status:?}"
+    );
 }
 
 /// Secrets configured every way they can be: none shows in `check-config` or in a debug

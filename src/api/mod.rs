@@ -1,6 +1,7 @@
 //! gRPC services: decode requests, call the application layer, map errors to statuses.
 //! No business rules and no SQL here.
 
+mod admin_service;
 mod artifact_service;
 pub mod convert;
 mod fallback_service;
@@ -8,6 +9,7 @@ pub mod request_layer;
 mod search_service;
 pub mod status;
 
+pub use admin_service::AdminApi;
 pub use artifact_service::ArtifactApi;
 pub use fallback_service::FallbackApi;
 pub use search_service::SearchApi;

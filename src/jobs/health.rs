@@ -71,6 +71,29 @@ pub struct HealthMonitor {
     pub inputs: HealthInputs,
     pub reporter: HealthReporter,
     pub interval: Duration,
+    /// The last round's report, for the status call.
+    pub last: LastHealth,
+}
+
+/// The most recent health report. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct LastHealth(Arc<std::sync::Mutex<Option<HealthReport>>>);
+
+impl LastHealth {
+    pub fn get(&self) -> Option<HealthReport> {
+        *self.0.lock().expect("health lock")
+    }
+
+    /// Each reported service with whether it serves, as of the last round.
+    pub fn services(&self) -> Vec<(&'static str, bool)> {
+        let Some(report) = self.get() else {
+            return SERVICE_NAMES.iter().map(|service| (*service, false)).collect();
+        };
+        SERVICE_NAMES
+            .iter()
+            .map(|service| (*service, report.status_of(service) == ServingStatus::Serving))
+            .collect()
+    }
 }
 
 impl HealthMonitor {
@@ -112,6 +135,7 @@ impl HealthMonitor {
                 .set_service_status(*service, report.status_of(service))
                 .await;
         }
+        *self.last.0.lock().expect("health lock") = Some(report);
         report
     }
 
@@ -134,5 +158,53 @@ impl HealthMonitor {
                 .await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy() -> HealthReport {
+        HealthReport {
+            catalog_up: true,
+            store_up: true,
+            accepts_writes: true,
+            search_ready: true,
+            failover_degraded: false,
+        }
+    }
+
+    #[test]
+    fn each_service_follows_what_it_depends_on() {
+        let serving = |report: HealthReport| {
+            SERVICE_NAMES
+                .iter()
+                .map(|service| report.status_of(service) == ServingStatus::Serving)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(serving(healthy()), [true, true, true, true]);
+        // An index rebuilding from scratch, or an indexer that is down: search only.
+        let rebuilding = HealthReport {
+            search_ready: false,
+            ..healthy()
+        };
+        assert_eq!(serving(rebuilding), [true, true, false, true]);
+        // No store accepts writes (both breakers open) although one still answers reads.
+        let read_only = HealthReport {
+            accepts_writes: false,
+            ..healthy()
+        };
+        assert_eq!(serving(read_only), [true, false, true, true]);
+        let degraded = HealthReport {
+            failover_degraded: true,
+            ..healthy()
+        };
+        assert_eq!(serving(degraded), [true, true, true, false]);
+        let no_catalog = HealthReport {
+            catalog_up: false,
+            ..healthy()
+        };
+        assert_eq!(serving(no_catalog), [false, false, false, true]);
     }
 }

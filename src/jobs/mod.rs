@@ -10,7 +10,7 @@ mod health;
 
 pub use fallback_sync::{FallbackSync, SyncProgress, SyncRequest};
 pub use health::{
-    ARTIFACT_SERVICE, FALLBACK_SERVICE, HealthInputs, HealthMonitor, HealthReport, INDEXER_JOB,
+    ARTIFACT_SERVICE, FALLBACK_SERVICE, HealthInputs, HealthMonitor, HealthReport, INDEXER_JOB, LastHealth,
     SEARCH_SERVICE, SERVICE_NAMES,
 };
 

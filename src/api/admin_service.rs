@@ -1,0 +1,60 @@
+//! `artifactd.v1.AdminService`: the supervisor's job board and the last health report.
+
+use super::convert::timestamp;
+use crate::domain::Timestamp;
+use crate::jobs::{JobBoard, JobState, LastHealth};
+use crate::proto::admin_service_server::AdminService;
+use crate::proto::{self, GetServerStatusRequest, GetServerStatusResponse};
+use tonic::{Request, Response, Status};
+
+pub struct AdminApi {
+    jobs: JobBoard,
+    health: LastHealth,
+}
+
+impl AdminApi {
+    pub fn new(jobs: JobBoard, health: LastHealth) -> Self {
+        Self { jobs, health }
+    }
+}
+
+fn job_state(state: JobState) -> i32 {
+    match state {
+        JobState::Running => proto::JobState::Running as i32,
+        JobState::Restarting => proto::JobState::Restarting as i32,
+        JobState::Stopped => proto::JobState::Stopped as i32,
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn get_server_status(
+        &self,
+        _: Request<GetServerStatusRequest>,
+    ) -> Result<Response<GetServerStatusResponse>, Status> {
+        Ok(Response::new(GetServerStatusResponse {
+            jobs: self
+                .jobs
+                .snapshot()
+                .into_iter()
+                .map(|job| proto::JobStatus {
+                    name: job.name.to_owned(),
+                    state: job_state(job.state),
+                    restarts: job.restarts,
+                    last_error: job.last_error.unwrap_or_default(),
+                    since: Some(timestamp(Timestamp(job.since))),
+                })
+                .collect(),
+            services: self
+                .health
+                .services()
+                .into_iter()
+                .map(|(service, serving)| proto::ServiceHealth {
+                    service: service.to_owned(),
+                    serving,
+                })
+                .collect(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))
+    }
+}
