@@ -45,6 +45,32 @@ async fn main() {
     stall().await;
 }
 
+/// Creates small artifacts until one is acknowledged; returns how long that took and how
+/// many attempts it made.
+async fn until_a_create_succeeds(
+    client: &mut common::client::Client,
+    project: &str,
+    label: &str,
+) -> (Duration, u64) {
+    let started = Instant::now();
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
+        let name = format!("{label}-{attempt}.bin");
+        let data = common::noise(SMALL, 5000 + attempt);
+        if create(client, header("bench", project, "bundle", &name), &data)
+            .await
+            .is_ok()
+        {
+            return (started.elapsed(), attempt);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no write succeeded within 120 s"
+        );
+    }
+}
+
 const SMALL: usize = 4096;
 const STALL_CALLS: usize = 200;
 
@@ -107,27 +133,10 @@ async fn stall() {
     let (write_before, read_before) = small_calls(&mut client, "before", &existing).await;
 
     primary.stall().await;
-    let stalled = Instant::now();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let data = common::noise(SMALL, 5000 + attempt);
-        if create(
-            &mut client,
-            header("bench", "stall", "doc", &format!("first-{attempt}.bin")),
-            &data,
-        )
+    let first_ok = until_a_create_succeeds(&mut client, "stall", "first")
         .await
-        .is_ok()
-        {
-            break;
-        }
-        assert!(
-            stalled.elapsed() < Duration::from_secs(120),
-            "no create succeeded within 120 s"
-        );
-    }
-    let first_ok = stalled.elapsed().as_secs_f64();
+        .0
+        .as_secs_f64();
     let (write_during, read_during) = small_calls(&mut client, "during", &existing).await;
     drop(server);
 
@@ -165,27 +174,8 @@ async fn run() {
 
     // Failover: stop the primary, write small artifacts until one is acknowledged.
     primary.stop().await;
-    let stopped = Instant::now();
-    let mut attempt = 0u64;
-    loop {
-        attempt += 1;
-        let name = format!("probe-{attempt}.bin");
-        if create(
-            &mut client,
-            header("bench", "failover", "bundle", &name),
-            b"failover probe",
-        )
-        .await
-        .is_ok()
-        {
-            break;
-        }
-        assert!(
-            stopped.elapsed() < Duration::from_secs(120),
-            "no write succeeded within 120 s"
-        );
-    }
-    let failover_seconds = stopped.elapsed().as_secs_f64();
+    let (failover, attempt) = until_a_create_succeeds(&mut client, "failover", "probe").await;
+    let failover_seconds = failover.as_secs_f64();
 
     let mut during = Duration::MAX;
     for round in 0..2 {

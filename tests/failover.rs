@@ -11,8 +11,8 @@ use artifactd::storage::BlobStore;
 use common::binary::{ServerOptions, ServerProcess};
 use common::client::{Client, create, create_messages, download, download_request, header};
 use common::failover::{
-    CatalogKind, P, Pair, T, failover_tuning, fallback_client, fault_run, start_pair, start_pair_on, status,
-    sync, wait_drained, wait_for,
+    CatalogKind, P, Pair, T, failover_tuning, fallback_client, fault_run, start_pair, start_pair_on,
+    start_pair_with, status, sync, wait_drained, wait_for,
 };
 use common::moto::MotoServer;
 use common::proxy::StallingProxy;
@@ -205,15 +205,11 @@ async fn an_empty_primary_is_refilled_without_anyone_asking(mut pair: Pair) {
 /// found by the periodic reconciliation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_lost_silently_are_found_by_periodic_reconciliation() {
-    let primary = S3TestServer::start().await;
-    let fallback = S3TestServer::start().await;
-    let server = ServerProcess::start_with(
-        ServerOptions::default()
-            .envs(primary.env("primary-bucket"))
-            .envs(fallback.fallback_env("fallback-bucket"))
-            .envs(failover_tuning())
-            .env("ARTIFACTD_STORAGE__FAILOVER__RECONCILE_INTERVAL_MS", "500"),
-    );
+    let Pair { server, fallback, .. } = start_pair_with(
+        CatalogKind::Sqlite,
+        &[("ARTIFACTD_STORAGE__FAILOVER__RECONCILE_INTERVAL_MS", "500")],
+    )
+    .await;
     let mut client = server.client().await;
     let (id, content) = create_noise(&mut client, "kept.bin", 700_000, 7).await;
     wait_drained(&server).await;
@@ -534,66 +530,27 @@ async fn a_corrupt_copy_is_read_from_the_other_store() {
     assert_eq!(error.code(), tonic::Code::DataLoss, "{error:?}");
 }
 
-// The scenarios above run on both catalogs.
+/// Runs a scenario as two tests, one on each catalog.
+macro_rules! on_both_catalogs {
+    ($($scenario:ident => $sqlite:ident, $postgres:ident;)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $sqlite() {
+                $scenario(start_pair_on(CatalogKind::Sqlite).await).await;
+            }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_in_progress_completes_on_the_fallback_when_the_primary_dies_on_sqlite() {
-    an_upload_in_progress_completes_on_the_fallback_when_the_primary_dies(
-        start_pair_on(CatalogKind::Sqlite).await,
-    )
-    .await;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $postgres() {
+                $scenario(start_pair_on(CatalogKind::Postgres).await).await;
+            }
+        )*
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_in_progress_completes_on_the_fallback_when_the_primary_dies_on_postgres() {
-    an_upload_in_progress_completes_on_the_fallback_when_the_primary_dies(
-        start_pair_on(CatalogKind::Postgres).await,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_primary_returning_with_its_data_drains_the_backlog_and_takes_writes_back_on_sqlite() {
-    the_primary_returning_with_its_data_drains_the_backlog_and_takes_writes_back(
-        start_pair_on(CatalogKind::Sqlite).await,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_primary_returning_with_its_data_drains_the_backlog_and_takes_writes_back_on_postgres() {
-    the_primary_returning_with_its_data_drains_the_backlog_and_takes_writes_back(
-        start_pair_on(CatalogKind::Postgres).await,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_empty_primary_is_refilled_without_anyone_asking_on_sqlite() {
-    an_empty_primary_is_refilled_without_anyone_asking(start_pair_on(CatalogKind::Sqlite).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_empty_primary_is_refilled_without_anyone_asking_on_postgres() {
-    an_empty_primary_is_refilled_without_anyone_asking(start_pair_on(CatalogKind::Postgres).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_fallback_costs_clients_nothing_and_catches_up_on_sqlite() {
-    a_stopped_fallback_costs_clients_nothing_and_catches_up(start_pair_on(CatalogKind::Sqlite).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_fallback_costs_clients_nothing_and_catches_up_on_postgres() {
-    a_stopped_fallback_costs_clients_nothing_and_catches_up(start_pair_on(CatalogKind::Postgres).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_stores_down_is_unavailable_and_recovers_by_itself_on_sqlite() {
-    both_stores_down_is_unavailable_and_recovers_by_itself(start_pair_on(CatalogKind::Sqlite).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_stores_down_is_unavailable_and_recovers_by_itself_on_postgres() {
-    both_stores_down_is_unavailable_and_recovers_by_itself(start_pair_on(CatalogKind::Postgres).await).await;
+on_both_catalogs! {
+    an_upload_in_progress_completes_on_the_fallback_when_the_primary_dies => an_upload_in_progress_completes_on_the_fallback_when_the_primary_dies_on_sqlite, an_upload_in_progress_completes_on_the_fallback_when_the_primary_dies_on_postgres;
+    the_primary_returning_with_its_data_drains_the_backlog_and_takes_writes_back => the_primary_returning_with_its_data_drains_the_backlog_and_takes_writes_back_on_sqlite, the_primary_returning_with_its_data_drains_the_backlog_and_takes_writes_back_on_postgres;
+    an_empty_primary_is_refilled_without_anyone_asking => an_empty_primary_is_refilled_without_anyone_asking_on_sqlite, an_empty_primary_is_refilled_without_anyone_asking_on_postgres;
+    a_stopped_fallback_costs_clients_nothing_and_catches_up => a_stopped_fallback_costs_clients_nothing_and_catches_up_on_sqlite, a_stopped_fallback_costs_clients_nothing_and_catches_up_on_postgres;
+    both_stores_down_is_unavailable_and_recovers_by_itself => both_stores_down_is_unavailable_and_recovers_by_itself_on_sqlite, both_stores_down_is_unavailable_and_recovers_by_itself_on_postgres;
 }

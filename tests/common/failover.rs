@@ -65,6 +65,11 @@ pub async fn start_pair() -> Pair {
 }
 
 pub async fn start_pair_on(kind: CatalogKind) -> Pair {
+    start_pair_with(kind, &[]).await
+}
+
+/// A pair with settings of its own on top of the usual tuning.
+pub async fn start_pair_with(kind: CatalogKind, settings: &[(&str, &str)]) -> Pair {
     let primary = S3TestServer::start().await;
     let fallback = S3TestServer::start().await;
     let database = match kind {
@@ -75,6 +80,9 @@ pub async fn start_pair_on(kind: CatalogKind) -> Pair {
         .envs(primary.env("primary-bucket"))
         .envs(fallback.fallback_env("fallback-bucket"))
         .envs(failover_tuning());
+    for (name, value) in settings {
+        options = options.env(name, *value);
+    }
     if let Some(database) = &database {
         options = options.env("DATABASE_URL", database.url.clone());
     }
