@@ -163,16 +163,22 @@ async fn an_empty_primary_is_refilled_without_anyone_asking(mut pair: Pair) {
 
     pair.primary.wipe_and_restart().await;
     pair.primary.store("primary-bucket").await;
+    let bucket_recreated = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
     wait_for(
         "the primary to be refilled by reconciliation",
         Duration::from_secs(60),
         || async {
             let now = status(&pair.server).await;
             let primary = &now.stores[0];
-            now.last_reconciliation_at.is_some()
-                && primary.lacking == 0
-                && primary.repaired > 0
-                && !now.degraded
+            // A reconciliation since the new bucket exists (the one at start-up, or the
+            // draining of the outage's own backlog, would not have found the old packs).
+            let reconciled_since = now
+                .last_reconciliation_at
+                .is_some_and(|at| at.seconds as f64 + f64::from(at.nanos) / 1e9 > bucket_recreated);
+            reconciled_since && primary.lacking == 0 && primary.repaired > 0 && !now.degraded
         },
     )
     .await;
@@ -205,7 +211,12 @@ async fn an_empty_primary_is_refilled_without_anyone_asking(mut pair: Pair) {
 /// found by the periodic reconciliation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_lost_silently_are_found_by_periodic_reconciliation() {
-    let Pair { server, fallback, .. } = start_pair_with(
+    let Pair {
+        server,
+        fallback,
+        primary: _primary,
+        ..
+    } = start_pair_with(
         CatalogKind::Sqlite,
         &[("ARTIFACTD_STORAGE__FAILOVER__RECONCILE_INTERVAL_MS", "500")],
     )

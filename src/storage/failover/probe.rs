@@ -12,7 +12,32 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// A small object every store keeps for good. A store that answers but no longer has it
+/// was replaced or wiped (perhaps too quickly for its breaker to notice): whatever else it
+/// held may be gone too, so the reconciler runs at once.
+pub(super) const MARKER_KEY: &str = "health/marker";
+
 impl FailoverStore {
+    /// Checks the side's marker; writes it (and asks for a reconciliation) when it is gone.
+    async fn check_marker(&self, side: &SideState) -> Result<(), StoreError> {
+        if self
+            .timed(side, "probe", side.store.head(MARKER_KEY))
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        tracing::warn!(side = %side.side, "the store has lost its marker object: it was replaced or wiped; reconciling it with the catalog");
+        self.recovered.notify_one();
+        self.timed(
+            side,
+            "probe",
+            side.store
+                .put(MARKER_KEY, Bytes::from_static(b"artifactd store marker")),
+        )
+        .await
+    }
+
     /// Writes, reads back and deletes a canary on one side; the whole probe is one outcome
     /// for the breaker (a canary that reads back wrong fails it like an outage).
     pub(super) async fn probe_side(&self, side: &SideState, permit: Permit<'_>) -> ProbeReport {
@@ -45,6 +70,7 @@ impl FailoverStore {
             report.can_read = true;
             self.timed(side, "probe", side.store.delete(&key)).await?;
             report.can_delete = true;
+            self.check_marker(side).await?;
             Ok(())
         }
         .await;
