@@ -295,12 +295,18 @@ pub async fn run(
     }
     let mut failures = Vec::new();
     // 1. gRPC: stop accepting, let streams in flight finish within the grace period.
+    let grpc_abort = grpc_task.abort_handle();
     match tokio::time::timeout(grace, grpc_task).await {
         Ok(Ok(Ok(()))) if listener_failed => failures.push("the gRPC server stopped".to_owned()),
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(error))) => failures.push(format!("the gRPC server failed: {error}")),
         Ok(Err(error)) => failures.push(format!("the gRPC server task failed: {error}")),
-        Err(_) => tracing::warn!("requests still running after the grace period were cut off"),
+        Err(_) => {
+            // Dropping the server drops the handlers still running; their uploads see the
+            // caller gone and abandon their packs while the jobs and catalog are still up.
+            grpc_abort.abort();
+            tracing::warn!("requests still running after the grace period were cut off");
+        }
     }
     // 2. HTTP metrics endpoint.
     match tokio::time::timeout(Duration::from_secs(2), http_task).await {

@@ -140,9 +140,16 @@ impl CallObserver {
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
         self.span.record("code", code_name.as_str());
         self.span.record("duration_ms", duration_ms);
-        metrics::counter!(names::GRPC_REQUESTS_TOTAL, "method" => self.method.clone(), "code" => code_name.clone())
+        // A path the server does not serve is answered UNIMPLEMENTED; labelling metrics with
+        // whatever paths clients send would let them create series without bound.
+        let method = if code == tonic::Code::Unimplemented {
+            "unknown".to_owned()
+        } else {
+            self.method.clone()
+        };
+        metrics::counter!(names::GRPC_REQUESTS_TOTAL, "method" => method.clone(), "code" => code_name.clone())
             .increment(1);
-        metrics::histogram!(names::GRPC_REQUEST_DURATION_SECONDS, "method" => self.method.clone())
+        metrics::histogram!(names::GRPC_REQUEST_DURATION_SECONDS, "method" => method)
             .record(elapsed.as_secs_f64());
         let _entered = self.span.enter();
         match code {

@@ -53,6 +53,9 @@ impl FallbackSync {
                 request = requests.recv() => request,
             };
             let Some(request) = request else {
+                // The service that submits requests is gone (the server is stopping): wait
+                // for the shutdown rather than end as if failed.
+                shutdown.cancelled().await;
                 return Ok(());
             };
             let progress = request.progress.clone();

@@ -173,6 +173,17 @@ impl CircuitBreaker {
         }
     }
 
+    /// Whether a call could be let through now (closed, or a trial is due and free),
+    /// without taking the permit.
+    pub fn would_allow(&self) -> bool {
+        let inner = self.inner.lock().expect("breaker lock");
+        match inner.state {
+            BreakerState::Closed => true,
+            BreakerState::Open => inner.open_until.is_some_and(|until| Instant::now() >= until),
+            BreakerState::HalfOpen => !inner.trial_in_flight,
+        }
+    }
+
     pub fn is_closed(&self) -> bool {
         self.inner.lock().expect("breaker lock").state == BreakerState::Closed
     }

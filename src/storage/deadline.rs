@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct DeadlineConfig {
-    /// No call ever waits longer than this.
+    /// No call ever waits longer than this, but for a listing.
     pub ceiling: Duration,
+    /// A whole listing (all its pages) may take this long.
+    pub list_ceiling: Duration,
     /// No deadline is shorter than this (plus the transfer allowance).
     pub floor: Duration,
     /// The deadline is this many times the p99 of recent call overheads.
@@ -48,6 +50,7 @@ impl Default for DeadlineConfig {
     fn default() -> Self {
         Self {
             ceiling: Duration::from_secs(10),
+            list_ceiling: Duration::from_secs(600),
             floor: Duration::from_millis(250),
             multiplier: 8,
             min_bytes_per_second: 8 * 1024 * 1024,
@@ -117,14 +120,25 @@ impl DeadlineStore {
                 }
                 result
             }
-            Err(_) => Err(StoreError::Unavailable {
-                store: self.inner.name().to_owned(),
-                message: format!(
-                    "no answer within {} ms (deadline from the store's recent latency; ceiling {} ms)",
-                    deadline.as_millis(),
-                    self.config.ceiling.as_millis()
-                ),
-            }),
+            Err(_) => {
+                // A timeout teaches the deadline too: a store that has become uniformly
+                // slower than its deadline would otherwise fail every call for ever, since
+                // only answers would be sampled. Once more than 1% of recent calls time out,
+                // the p99 (and so the deadline) grows by the multiplier.
+                self.observe(deadline, bytes);
+                Err(self.timed_out(deadline))
+            }
+        }
+    }
+
+    fn timed_out(&self, deadline: Duration) -> StoreError {
+        StoreError::Unavailable {
+            store: self.inner.name().to_owned(),
+            message: format!(
+                "no answer within {} ms (deadline from the store's recent latency; ceiling {} ms)",
+                deadline.as_millis(),
+                self.config.ceiling.as_millis()
+            ),
         }
     }
 }
@@ -144,7 +158,9 @@ impl BlobStore for DeadlineStore {
         let bytes = options
             .range
             .as_ref()
-            .map_or(self.config.assumed_object_bytes, |range| range.end - range.start);
+            .map_or(self.config.assumed_object_bytes, |range| {
+                range.end.saturating_sub(range.start)
+            });
         self.bounded(bytes, self.inner.get(key, options)).await
     }
 
@@ -156,13 +172,17 @@ impl BlobStore for DeadlineStore {
         self.bounded(0, self.inner.delete(key)).await
     }
 
-    /// Listing a large bucket takes as long as it takes: only the ceiling applies.
+    /// Listing a large bucket takes as long as it takes, page after page: only
+    /// `list_ceiling` applies.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        match tokio::time::timeout(self.config.ceiling, self.inner.list(prefix)).await {
+        match tokio::time::timeout(self.config.list_ceiling, self.inner.list(prefix)).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Unavailable {
                 store: self.inner.name().to_owned(),
-                message: format!("listing took longer than {} ms", self.config.ceiling.as_millis()),
+                message: format!(
+                    "listing took longer than {} s",
+                    self.config.list_ceiling.as_secs()
+                ),
             }),
         }
     }
@@ -217,5 +237,44 @@ mod tests {
         assert!(error.is_retryable(), "{error}");
         assert!(error.to_string().contains("no answer within"), "{error}");
         assert!(waited < Duration::from_secs(2), "waited {waited:?}");
+    }
+
+    #[tokio::test]
+    async fn a_store_that_became_slower_gets_longer_deadlines_instead_of_failing_for_ever() {
+        let root = tempfile::tempdir().unwrap();
+        let unreliable = Arc::new(UnreliableStore::new(Arc::new(
+            crate::storage::FsStore::open(root.path()).unwrap(),
+        )));
+        let config = DeadlineConfig {
+            ceiling: Duration::from_secs(30),
+            floor: Duration::from_millis(20),
+            min_samples: 8,
+            window: 32,
+            ..DeadlineConfig::default()
+        };
+        let store = DeadlineStore::new(unreliable.clone(), config);
+        for n in 0..32 {
+            store
+                .put(&format!("k/{n}"), Bytes::from_static(b"x"))
+                .await
+                .unwrap();
+        }
+        let fast = store.deadline_for(0);
+        // Every call now takes 200 ms, ten times the learned deadline.
+        unreliable.inject(None, Fault::Delay(Duration::from_millis(200)), None);
+        let mut answered = 0;
+        for n in 0..12 {
+            if store.head(&format!("k/{n}")).await.is_ok() {
+                answered += 1;
+            }
+        }
+        assert!(
+            store.deadline_for(0) > fast * 4,
+            "{:?} after {:?}",
+            store.deadline_for(0),
+            fast
+        );
+        assert!(answered > 0, "the deadline grew until the slower store answered");
+        assert!(store.head("k/1").await.is_ok());
     }
 }

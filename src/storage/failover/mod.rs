@@ -230,6 +230,9 @@ impl std::fmt::Debug for FailoverStore {
     }
 }
 
+/// The longest a whole listing (all its pages) may take.
+const LIST_BACKSTOP: Duration = Duration::from_secs(600);
+
 /// Health checks answer within this, whatever the request timeout.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -293,13 +296,19 @@ impl FailoverStore {
     async fn timed<T>(
         &self,
         side: &SideState,
-        _operation: &'static str,
+        operation: &'static str,
         work: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.config.request_timeout, work).await {
+        // A whole listing is many requests; only single calls get the request timeout.
+        let backstop = if operation == "list" {
+            LIST_BACKSTOP
+        } else {
+            self.config.request_timeout
+        };
+        let result = match tokio::time::timeout(backstop, work).await {
             Ok(result) => result,
-            Err(_) => Err(timed_out(side.store.name(), self.config.request_timeout)),
+            Err(_) => Err(timed_out(side.store.name(), backstop)),
         };
         let elapsed = started.elapsed();
         side.counters.operations.fetch_add(1, Ordering::Relaxed);
@@ -541,6 +550,13 @@ impl FailoverStore {
                 break;
             }
         }
+        // A damaged copy is repaired even when no other side could serve this read: the
+        // replicator copies a good one once the other side answers again.
+        let damaged: Vec<Side> = outcomes
+            .iter()
+            .filter(|(_, outcome)| matches!(outcome, SideOutcome::Damaged(_)))
+            .map(|(side, _)| *side)
+            .collect();
         match decide_read(outcomes) {
             ReadDecision::Serve { value, repair } => {
                 self.repair(key, &repair).await;
@@ -551,10 +567,13 @@ impl FailoverStore {
                 key: key.to_owned(),
             }),
             ReadDecision::Damaged(error) | ReadDecision::Reject(error) => Err(error),
-            ReadDecision::Unavailable { reasons } => Err(StoreError::Unavailable {
-                store: self.name.clone(),
-                message: format!("{key} could not be read from any store ({reasons})"),
-            }),
+            ReadDecision::Unavailable { reasons } => {
+                self.repair(key, &damaged).await;
+                Err(StoreError::Unavailable {
+                    store: self.name.clone(),
+                    message: format!("{key} could not be read from any store ({reasons})"),
+                })
+            }
         }
     }
 

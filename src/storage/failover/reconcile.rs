@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// When a side could not be listed, the next attempt comes this soon at the latest.
-const RETRY_AFTER_ERRORS: std::time::Duration = std::time::Duration::from_secs(10);
+const RETRY_AFTER_ERRORS: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Expected objects fetched from the inventory per round trip.
 const INVENTORY_PAGE: u32 = 1000;
@@ -54,6 +54,17 @@ fn index(side: Side) -> usize {
 }
 
 impl FailoverStore {
+    async fn list_if_closed(
+        &self,
+        side: Side,
+    ) -> Option<Result<Vec<ObjectMeta>, crate::storage::StoreError>> {
+        let side = self.side(side);
+        if !side.breaker.is_closed() {
+            return None;
+        }
+        Some(self.timed(side, "list", side.store.list("packs/")).await)
+    }
+
     /// Compares both sides with the inventory once and queues what either lacks.
     pub async fn reconcile(&self) -> ReconcileReport {
         let mut report = ReconcileReport::default();
@@ -61,12 +72,15 @@ impl FailoverStore {
             report.finished_at = now_micros();
             return report;
         };
+        // A side whose breaker is open is not listed: it cannot be repaired now, and its
+        // recovery (the breaker closing) brings a reconciliation of its own.
         let (primary, fallback) = tokio::join!(
-            self.timed(&self.sides[0], "list", self.sides[0].store.list("packs/")),
-            self.timed(&self.sides[1], "list", self.sides[1].store.list("packs/")),
+            self.list_if_closed(Side::Primary),
+            self.list_if_closed(Side::Fallback)
         );
         let mut listings: Vec<(Side, HashMap<String, u64>)> = Vec::new();
         for (side, listed) in [(Side::Primary, primary), (Side::Fallback, fallback)] {
+            let Some(listed) = listed else { continue };
             match listed {
                 Ok(objects) => listings.push((
                     side,

@@ -12,6 +12,15 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// What one pass of the replicator did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Attempts {
+    /// Items whose target could be called.
+    pub attempted: usize,
+    /// Items whose outcome the queue could not record.
+    pub unrecorded: usize,
+}
+
 impl FailoverStore {
     /// Makes `target` hold a good copy of `key`, copying it from the other side unless the
     /// target's copy is there and sound. With a verifier the target's copy is read and
@@ -78,9 +87,15 @@ impl FailoverStore {
         Ok(size)
     }
 
-    /// Copies one queued object; the outcome on the target feeds its breaker.
-    pub(super) async fn replicate_item(&self, item: ReplicationItem, permit: Permit<'_>) {
+    /// Copies one queued object if its target accepts calls now; the outcome on the target
+    /// feeds its breaker. The permit is taken right before the copy, so that a breaker that
+    /// opens during a batch stops the rest of it, and a half-open side's one trial is not
+    /// held while other items wait. Returns whether the queue could be updated.
+    pub(super) async fn replicate_item(&self, item: ReplicationItem) -> bool {
         let target = self.side(item.target);
+        let Some(permit) = Self::call_permit(target) else {
+            return true;
+        };
         let started = Instant::now();
         let copied = self.copy(&item.key, item.target).await;
         match &copied {
@@ -108,46 +123,57 @@ impl FailoverStore {
         };
         if let Err(error) = recorded {
             tracing::warn!(key = %item.key, %error, "could not update the replication queue");
+            return false;
+        }
+        true
+    }
+
+    /// Leave to call a side: an observer while its breaker is closed, the trial when one is
+    /// due, else none.
+    fn call_permit(side: &super::SideState) -> Option<Permit<'_>> {
+        if side.breaker.is_closed() {
+            Some(side.breaker.observe())
+        } else {
+            side.breaker.try_acquire()
         }
     }
 
     /// Copies every due item whose target store accepts calls now; returns how many were
     /// attempted. Items for a store whose breaker is open wait untouched (no attempt is
     /// counted, no row rewritten) until the breaker lets calls through again.
-    pub async fn replicate_due(&self) -> usize {
+    pub async fn replicate_due(&self) -> Attempts {
         let items = match self.log.due(now_micros(), 256).await {
             Ok(items) => items,
             Err(error) => {
                 tracing::warn!(%error, "could not read the replication queue");
-                return 0;
+                return Attempts::default();
             }
         };
-        let mut runnable = Vec::new();
-        for item in items {
-            let target = self.side(item.target);
-            let permit = if target.breaker.is_closed() {
-                Some(target.breaker.observe())
-            } else {
-                target.breaker.try_acquire()
-            };
-            if let Some(permit) = permit {
-                runnable.push((item, permit));
-            }
-        }
-        let count = runnable.len();
+        // Items for a side whose breaker is open and not due a trial are left untouched.
+        let runnable: Vec<ReplicationItem> = items
+            .into_iter()
+            .filter(|item| self.side(item.target).breaker.would_allow())
+            .collect();
+        let attempted = runnable.len();
+        let unrecorded = std::sync::atomic::AtomicUsize::new(0);
         futures::stream::iter(runnable)
-            .for_each_concurrent(self.config.replication_concurrency.max(1), |(item, permit)| {
-                self.replicate_item(item, permit)
+            .for_each_concurrent(self.config.replication_concurrency.max(1), |item| async {
+                if !self.replicate_item(item).await {
+                    unrecorded.fetch_add(1, Ordering::Relaxed);
+                }
             })
             .await;
-        count
+        Attempts {
+            attempted,
+            unrecorded: unrecorded.into_inner(),
+        }
     }
 
     /// The replicator job: copies queued objects with bounded concurrency, retrying failed
     /// items with exponential backoff for as long as it takes.
     pub async fn run_replicator(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), String> {
         loop {
-            let attempted = self.replicate_due().await;
+            let attempts = self.replicate_due().await;
             if let Ok(stats) = self.log.stats(0).await {
                 metrics::gauge!(crate::telemetry::names::REPLICATION_QUEUE_DEPTH).set(stats.depth as f64);
                 let age = stats
@@ -156,7 +182,9 @@ impl FailoverStore {
                     .unwrap_or(0.0);
                 metrics::gauge!(crate::telemetry::names::REPLICATION_OLDEST_AGE_SECONDS).set(age);
             }
-            if attempted > 0 {
+            // More may be due at once; but when the catalog cannot record outcomes, the same
+            // items would come back immediately: wait instead of spinning.
+            if attempts.attempted > 0 && attempts.unrecorded == 0 {
                 continue;
             }
             tokio::select! {
