@@ -22,7 +22,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub catalog: CatalogConfig,
     pub storage: StorageConfig,
-    pub ingest: IngestConfig,
+    /// The data path's own settings type, read directly.
+    pub ingest: crate::app::IngestSettings,
     pub retention: RetentionConfig,
     pub search: SearchConfig,
     pub log: LogConfig,
@@ -80,7 +81,9 @@ pub struct StorageConfig {
     pub s3: S3Config,
     /// A second, S3-compatible store that takes over when the primary fails.
     pub fallback: FallbackConfig,
-    pub failover: FailoverSettings,
+    /// The failover pair's own settings type, read directly (`[storage.failover]`, with the
+    /// breaker under `[storage.failover.breaker]`).
+    pub failover: crate::storage::FailoverConfig,
     /// The shortest deadline a store call gets; above it, deadlines follow the store's
     /// observed latency (8 × its p99), capped by the request timeout.
     pub deadline_floor_ms: u64,
@@ -91,53 +94,6 @@ pub struct StorageConfig {
 pub struct FallbackConfig {
     pub enabled: bool,
     pub s3: S3Config,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct FailoverSettings {
-    /// Limit for one store call; slower calls count as failures and trip the breaker.
-    pub request_timeout_ms: u64,
-    pub probe_interval_ms: u64,
-    /// Consecutive failures that open a store's circuit breaker.
-    pub failure_threshold: u32,
-    /// Share of failed calls among the last `error_rate_window` (at least
-    /// `error_rate_min_calls`) that opens the breaker.
-    pub error_rate_threshold: f64,
-    pub error_rate_window: usize,
-    pub error_rate_min_calls: usize,
-    /// How long an open breaker waits before a trial; doubles after each failed trial.
-    pub open_backoff_initial_ms: u64,
-    pub open_backoff_max_ms: u64,
-    pub replication_concurrency: usize,
-    pub replication_retry_initial_ms: u64,
-    pub replication_retry_max_ms: u64,
-    /// Write both stores at once while both are healthy (no acknowledged write depends on
-    /// one store), instead of the primary only with asynchronous copies.
-    pub synchronous_mirror: bool,
-    /// How often the stores are compared with what the catalog says they must hold.
-    pub reconcile_interval_ms: u64,
-}
-
-impl Default for FailoverSettings {
-    fn default() -> Self {
-        let defaults = crate::storage::FailoverConfig::default();
-        Self {
-            request_timeout_ms: defaults.request_timeout.as_millis() as u64,
-            probe_interval_ms: defaults.probe_interval.as_millis() as u64,
-            failure_threshold: defaults.breaker.failure_threshold,
-            error_rate_threshold: defaults.breaker.error_rate_threshold,
-            error_rate_window: defaults.breaker.error_rate_window,
-            error_rate_min_calls: defaults.breaker.error_rate_min_calls,
-            open_backoff_initial_ms: defaults.breaker.open_backoff_initial.as_millis() as u64,
-            open_backoff_max_ms: defaults.breaker.open_backoff_max.as_millis() as u64,
-            replication_concurrency: defaults.replication_concurrency,
-            replication_retry_initial_ms: defaults.replication_retry_initial.as_millis() as u64,
-            replication_retry_max_ms: defaults.replication_retry_max.as_millis() as u64,
-            synchronous_mirror: defaults.synchronous_mirror,
-            reconcile_interval_ms: defaults.reconcile_interval.as_millis() as u64,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -155,20 +111,6 @@ pub struct S3Config {
     pub request_timeout_ms: u64,
     pub multipart_threshold_bytes: u64,
     pub multipart_part_bytes: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct IngestConfig {
-    /// FastCDC average chunk size; minimum is a quarter, maximum four times this.
-    pub chunk_avg_bytes: usize,
-    pub zstd_level: i32,
-    pub pack_target_bytes: usize,
-    pub max_packs_in_flight: usize,
-    /// Largest data message an upload may send.
-    pub max_data_message_bytes: usize,
-    pub max_read_span_bytes: u64,
-    pub read_ahead_spans: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -194,7 +136,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             catalog: CatalogConfig::default(),
             storage: StorageConfig::default(),
-            ingest: IngestConfig::default(),
+            ingest: crate::app::IngestSettings::default(),
             retention: RetentionConfig::default(),
             search: SearchConfig::default(),
             log: LogConfig::default(),
@@ -229,7 +171,7 @@ impl Default for StorageConfig {
             fs_root: String::new(),
             s3: S3Config::default(),
             fallback: FallbackConfig::default(),
-            failover: FailoverSettings::default(),
+            failover: crate::storage::FailoverConfig::default(),
             deadline_floor_ms: crate::storage::DeadlineConfig::default().floor.as_millis() as u64,
         }
     }
@@ -249,21 +191,6 @@ impl Default for S3Config {
             request_timeout_ms: 30_000,
             multipart_threshold_bytes: 64 * 1024 * 1024,
             multipart_part_bytes: 16 * 1024 * 1024,
-        }
-    }
-}
-
-impl Default for IngestConfig {
-    fn default() -> Self {
-        let settings = crate::app::Settings::default();
-        Self {
-            chunk_avg_bytes: settings.chunker.avg_size,
-            zstd_level: settings.zstd_level,
-            pack_target_bytes: settings.pack_target_bytes,
-            max_packs_in_flight: settings.max_packs_in_flight,
-            max_data_message_bytes: settings.max_data_message_bytes,
-            max_read_span_bytes: settings.max_read_span_bytes,
-            read_ahead_spans: settings.read_ahead_spans,
         }
     }
 }
@@ -413,19 +340,20 @@ impl Config {
             );
         }
         let failover = &self.storage.failover;
-        if failover.request_timeout_ms == 0
-            || failover.probe_interval_ms == 0
-            || failover.failure_threshold == 0
+        if failover.request_timeout.is_zero()
+            || failover.probe_interval.is_zero()
+            || failover.breaker.failure_threshold == 0
+            || failover.replication_concurrency == 0
         {
             return invalid(
-                "storage.failover.request_timeout_ms, probe_interval_ms and failure_threshold must be positive"
+                "storage.failover.request_timeout_ms, probe_interval_ms, replication_concurrency and breaker.failure_threshold must be positive"
                     .to_owned(),
             );
         }
-        if !(0.0..=1.0).contains(&failover.error_rate_threshold) {
+        if !(0.0..=1.0).contains(&failover.breaker.error_rate_threshold) {
             return invalid(format!(
-                "storage.failover.error_rate_threshold = {} must be between 0 and 1",
-                failover.error_rate_threshold
+                "storage.failover.breaker.error_rate_threshold = {} must be between 0 and 1",
+                failover.breaker.error_rate_threshold
             ));
         }
         let avg = self.ingest.chunk_avg_bytes;
@@ -449,6 +377,11 @@ impl Config {
         }
         if self.ingest.max_data_message_bytes == 0 || self.ingest.max_data_message_bytes > 4 * 1024 * 1024 {
             return invalid("ingest.max_data_message_bytes must be between 1 and 4194304".to_owned());
+        }
+        if self.ingest.max_packs_in_flight == 0 || self.ingest.read_ahead_spans == 0 {
+            return invalid(
+                "ingest.max_packs_in_flight and ingest.read_ahead_spans must be positive".to_owned(),
+            );
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid(format!(
@@ -495,13 +428,7 @@ impl Config {
 
     pub fn app_settings(&self) -> crate::app::Settings {
         crate::app::Settings {
-            chunker: crate::ingest::ChunkerConfig::with_average(self.ingest.chunk_avg_bytes),
-            zstd_level: self.ingest.zstd_level,
-            pack_target_bytes: self.ingest.pack_target_bytes,
-            max_packs_in_flight: self.ingest.max_packs_in_flight.max(1),
-            max_data_message_bytes: self.ingest.max_data_message_bytes,
-            max_read_span_bytes: self.ingest.max_read_span_bytes,
-            read_ahead_spans: self.ingest.read_ahead_spans.max(1),
+            ingest: self.ingest.clone(),
             deleted_retention: Duration::from_secs(self.retention.deleted_retention_seconds),
         }
     }
@@ -513,30 +440,15 @@ impl Config {
     pub fn fallback_store_config(&self) -> crate::storage::S3StoreConfig {
         let mut config = Self::store_config_of(&self.storage.fallback.s3);
         config.apply_failover_retries();
-        config.request_timeout = Duration::from_millis(self.storage.failover.request_timeout_ms);
+        config.request_timeout = self.storage.failover.request_timeout;
         config
     }
 
     pub fn failover_config(&self) -> crate::storage::FailoverConfig {
-        let f = &self.storage.failover;
-        crate::storage::FailoverConfig {
-            request_timeout: Duration::from_millis(f.request_timeout_ms),
-            probe_interval: Duration::from_millis(f.probe_interval_ms),
-            breaker: crate::storage::BreakerConfig {
-                failure_threshold: f.failure_threshold,
-                error_rate_threshold: f.error_rate_threshold,
-                error_rate_window: f.error_rate_window,
-                error_rate_min_calls: f.error_rate_min_calls,
-                open_backoff_initial: Duration::from_millis(f.open_backoff_initial_ms),
-                open_backoff_max: Duration::from_millis(f.open_backoff_max_ms),
-            },
-            replication_concurrency: f.replication_concurrency.max(1),
-            replication_retry_initial: Duration::from_millis(f.replication_retry_initial_ms),
-            replication_retry_max: Duration::from_millis(f.replication_retry_max_ms),
-            synchronous_mirror: f.synchronous_mirror,
-            reconcile_interval: Duration::from_millis(f.reconcile_interval_ms.max(100)),
-            ..crate::storage::FailoverConfig::default()
-        }
+        let mut failover = self.storage.failover.clone();
+        // A reconciliation more often than ten times a second would only list buckets.
+        failover.reconcile_interval = failover.reconcile_interval.max(Duration::from_millis(100));
+        failover
     }
 
     fn store_config_of(s3: &S3Config) -> crate::storage::S3StoreConfig {
@@ -647,10 +559,18 @@ mod tests {
                 ("S3_FALLBACK_ENABLED", "true"),
                 ("S3_FALLBACK_BUCKET_NAME", "fallback"),
                 ("S3_FALLBACK_REGION", "eu-west-1"),
-                ("ARTIFACTD_STORAGE__FAILOVER__ERROR_RATE_THRESHOLD", "0.25"),
+                (
+                    "ARTIFACTD_STORAGE__FAILOVER__BREAKER__ERROR_RATE_THRESHOLD",
+                    "0.25",
+                ),
+                ("ARTIFACTD_STORAGE__FAILOVER__REQUEST_TIMEOUT_MS", "1500"),
             ]),
         )
         .unwrap();
+        assert_eq!(
+            config.failover_config().request_timeout,
+            Duration::from_millis(1500)
+        );
         assert!(config.storage.fallback.enabled);
         assert_eq!(config.storage.fallback.s3.bucket, "fallback");
         assert_eq!(config.fallback_store_config().region, "eu-west-1");

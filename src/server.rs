@@ -54,7 +54,7 @@ pub struct BoundAddrs {
 /// timeout) and per-call metrics, whatever else wraps it.
 fn deadlines_and_metrics(store: DynBlobStore, config: &Config, role: &'static str) -> DynBlobStore {
     let ceiling = if config.storage.fallback.enabled {
-        Duration::from_millis(config.storage.failover.request_timeout_ms)
+        config.storage.failover.request_timeout
     } else {
         Duration::from_millis(config.storage.s3.request_timeout_ms)
     };
@@ -87,7 +87,7 @@ pub async fn open_store(
             let mut s3_config = config.s3_store_config();
             if failover_enabled {
                 s3_config.apply_failover_retries();
-                s3_config.request_timeout = Duration::from_millis(config.storage.failover.request_timeout_ms);
+                s3_config.request_timeout = config.storage.failover.request_timeout;
             }
             let store = S3Store::new(s3_config);
             if config.storage.s3.create_bucket

@@ -52,7 +52,7 @@ pub(super) async fn plan(
     let ids: Vec<ChunkId> = needed.iter().map(|(id, _)| *id).collect();
     let locations = inner.catalog.chunk_locations(tenant, &ids).await?;
 
-    let max_span = inner.settings.max_read_span_bytes;
+    let max_span = inner.settings.ingest.max_read_span_bytes;
     let mut spans: Vec<ReadSpan> = Vec::new();
     for (chunk_id, wanted) in needed {
         let location = locations.get(&chunk_id).cloned().ok_or_else(|| {
@@ -101,7 +101,7 @@ pub(super) fn stream(
     key: TenantKey,
     spans: Vec<ReadSpan>,
 ) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
-    let read_ahead = inner.settings.read_ahead_spans.max(1);
+    let read_ahead = inner.settings.ingest.read_ahead_spans.max(1);
     futures::stream::iter(spans)
         .map(move |span| fetch_span(inner.clone(), key.clone(), span))
         .buffered(read_ahead)

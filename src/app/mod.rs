@@ -23,29 +23,56 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Tunables of the data path.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub chunker: ChunkerConfig,
+/// Tunables of the data path; also the `[ingest]` configuration section.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSettings {
+    /// FastCDC average chunk size; the minimum is a quarter, the maximum four times this.
+    pub chunk_avg_bytes: usize,
+    /// Chunk compression level (a compressed chunk is kept only when it saves ≥ 1/32).
     pub zstd_level: i32,
     pub pack_target_bytes: usize,
+    /// Pack writes overlapping an upload.
     pub max_packs_in_flight: usize,
+    /// Largest data message an upload may send.
     pub max_data_message_bytes: usize,
+    /// Download read coalescing and read-ahead.
     pub max_read_span_bytes: u64,
     pub read_ahead_spans: usize,
-    pub deleted_retention: Duration,
 }
 
-impl Default for Settings {
+impl IngestSettings {
+    pub fn chunker(&self) -> ChunkerConfig {
+        ChunkerConfig::with_average(self.chunk_avg_bytes)
+    }
+}
+
+impl Default for IngestSettings {
     fn default() -> Self {
         Self {
-            chunker: ChunkerConfig::default(),
+            chunk_avg_bytes: ChunkerConfig::default().avg_size,
             zstd_level: 3,
             pack_target_bytes: 8 * 1024 * 1024,
             max_packs_in_flight: 2,
             max_data_message_bytes: 256 * 1024,
             max_read_span_bytes: 4 * 1024 * 1024,
             read_ahead_spans: 4,
+        }
+    }
+}
+
+/// Everything the use cases are tuned by.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub ingest: IngestSettings,
+    /// How long a soft-deleted artifact can be restored.
+    pub deleted_retention: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            ingest: IngestSettings::default(),
             deleted_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }

@@ -172,7 +172,7 @@ pub(super) struct Upload {
 impl Upload {
     pub(super) fn new(inner: Arc<Inner>, tenant: &str, expectations: ContentExpectations) -> Self {
         let key = TenantKey::derive(&inner.service_secret, tenant);
-        let chunker = StreamChunker::new(inner.settings.chunker);
+        let chunker = StreamChunker::new(inner.settings.ingest.chunker());
         Self {
             inner,
             tenant: tenant.to_owned(),
@@ -320,7 +320,7 @@ impl Upload {
     }
 
     async fn accept(&mut self, data: Bytes) -> Result<()> {
-        let limit = self.inner.settings.max_data_message_bytes;
+        let limit = self.inner.settings.ingest.max_data_message_bytes;
         if data.len() > limit {
             return Err(Error::invalid(
                 "data",
@@ -353,7 +353,7 @@ impl Upload {
         .map_err(|e| Error::internal(format!("chunking task failed: {e}")))?;
         self.cutter = Some(cutter);
         self.queue(chunks);
-        if self.pending_bytes >= DEDUP_BATCH_BYTES.min(self.inner.settings.pack_target_bytes) {
+        if self.pending_bytes >= DEDUP_BATCH_BYTES.min(self.inner.settings.ingest.pack_target_bytes) {
             self.flush_pending().await?;
         }
         Ok(())
@@ -399,7 +399,7 @@ impl Upload {
             to_encode.push((*id, chunk.clone()));
         }
         self.known.extend(known);
-        let level = self.inner.settings.zstd_level;
+        let level = self.inner.settings.ingest.zstd_level;
         let encoded = tokio::task::spawn_blocking(move || {
             to_encode
                 .into_iter()
@@ -416,13 +416,14 @@ impl Upload {
             // pack now rather than copying it on every doubling. Small uploads stay small.
             if self.pack.len() >= 1024 * 1024 {
                 self.pack.reserve_total(
-                    self.inner.settings.pack_target_bytes + self.inner.settings.chunker.max_size,
+                    self.inner.settings.ingest.pack_target_bytes
+                        + self.inner.settings.ingest.chunker().max_size,
                 );
             }
             self.placed.insert(id, stored.len() as u64);
             self.pack.add(id, codec, raw_len, &stored);
             self.new_stored_size += stored.len() as u64;
-            if self.pack.len() >= self.inner.settings.pack_target_bytes {
+            if self.pack.len() >= self.inner.settings.ingest.pack_target_bytes {
                 self.seal_pack().await?;
             }
         }
@@ -464,7 +465,7 @@ impl Upload {
         self.new_chunks
             .extend(sealed.entries.iter().map(|entry| (pack_id.clone(), *entry)));
         self.packs.push(pack_id);
-        while self.writes.len() >= self.inner.settings.max_packs_in_flight {
+        while self.writes.len() >= self.inner.settings.ingest.max_packs_in_flight {
             if let Some(write) = self.writes.join_next().await {
                 write.map_err(|e| Error::internal(format!("pack write task failed: {e}")))??;
             }

@@ -4,6 +4,7 @@
 pub mod artifact;
 pub mod content_type;
 pub mod error;
+pub mod millis;
 pub mod names;
 pub mod secret;
 pub mod version;

@@ -7,15 +7,21 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone)]
+/// A breaker's settings; also the `[storage.failover.breaker]` configuration section.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker.
     pub failure_threshold: u32,
     /// Open when at least this share of the last `error_rate_window` calls failed…
     pub error_rate_threshold: f64,
     pub error_rate_window: usize,
     /// …and at least this many calls were seen.
     pub error_rate_min_calls: usize,
+    /// How long an open breaker waits before a trial; doubles after each failed trial.
+    #[serde(rename = "open_backoff_initial_ms", with = "crate::domain::millis")]
     pub open_backoff_initial: Duration,
+    #[serde(rename = "open_backoff_max_ms", with = "crate::domain::millis")]
     pub open_backoff_max: Duration,
 }
 

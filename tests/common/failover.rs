@@ -22,8 +22,14 @@ pub fn failover_tuning() -> Vec<(String, String)> {
     [
         ("ARTIFACTD_STORAGE__FAILOVER__REQUEST_TIMEOUT_MS", "1500"),
         ("ARTIFACTD_STORAGE__FAILOVER__PROBE_INTERVAL_MS", "200"),
-        ("ARTIFACTD_STORAGE__FAILOVER__OPEN_BACKOFF_INITIAL_MS", "200"),
-        ("ARTIFACTD_STORAGE__FAILOVER__OPEN_BACKOFF_MAX_MS", "1000"),
+        (
+            "ARTIFACTD_STORAGE__FAILOVER__BREAKER__OPEN_BACKOFF_INITIAL_MS",
+            "200",
+        ),
+        (
+            "ARTIFACTD_STORAGE__FAILOVER__BREAKER__OPEN_BACKOFF_MAX_MS",
+            "1000",
+        ),
         ("ARTIFACTD_STORAGE__FAILOVER__REPLICATION_RETRY_INITIAL_MS", "100"),
         ("ARTIFACTD_STORAGE__FAILOVER__REPLICATION_RETRY_MAX_MS", "1000"),
         // Small packs: every upload below spans several of them.
@@ -205,8 +211,11 @@ pub async fn fault_run(seed: u64, operations: usize) -> FaultRunReport {
             .envs(failover_tuning())
             .env("ARTIFACTD_STORAGE__FAILOVER__REQUEST_TIMEOUT_MS", "800")
             .env("ARTIFACTD_STORAGE__FAILOVER__PROBE_INTERVAL_MS", "100")
-            .env("ARTIFACTD_STORAGE__FAILOVER__OPEN_BACKOFF_INITIAL_MS", "100")
-            .env("ARTIFACTD_STORAGE__FAILOVER__OPEN_BACKOFF_MAX_MS", "400")
+            .env(
+                "ARTIFACTD_STORAGE__FAILOVER__BREAKER__OPEN_BACKOFF_INITIAL_MS",
+                "100",
+            )
+            .env("ARTIFACTD_STORAGE__FAILOVER__BREAKER__OPEN_BACKOFF_MAX_MS", "400")
             .env("ARTIFACTD_INGEST__PACK_TARGET_BYTES", "65536"),
     );
     let stores = Arc::new(tokio::sync::Mutex::new([primary, fallback]));

@@ -46,22 +46,34 @@ use tokio::sync::Notify;
 /// Checks that an object's bytes match its name (packs are named by their hash).
 pub type ObjectVerifier = Arc<dyn Fn(&str, &[u8]) -> bool + Send + Sync>;
 
-#[derive(Debug, Clone)]
+/// How a failover pair behaves; also the `[storage.failover]` configuration section.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct FailoverConfig {
-    /// Limit for any single store call; a slower store is treated as failing.
+    /// The cap of any single store call's deadline (the deadline itself follows the store's
+    /// observed latency); a slower store is treated as failing.
+    #[serde(rename = "request_timeout_ms", with = "crate::domain::millis")]
     pub request_timeout: Duration,
+    /// How often each store's canary is written, read back and deleted.
+    #[serde(rename = "probe_interval_ms", with = "crate::domain::millis")]
     pub probe_interval: Duration,
     pub breaker: BreakerConfig,
+    /// Copies in flight.
     pub replication_concurrency: usize,
+    /// Backoff of a failing copy (it is retried for ever).
+    #[serde(rename = "replication_retry_initial_ms", with = "crate::domain::millis")]
     pub replication_retry_initial: Duration,
+    #[serde(rename = "replication_retry_max_ms", with = "crate::domain::millis")]
     pub replication_retry_max: Duration,
     /// Write both sides at once while both are healthy (acknowledged objects survive the
     /// loss of either side); otherwise only the primary, leaving the copy to the replicator.
     pub synchronous_mirror: bool,
     /// Names the canary object of this process, so replicas sharing a bucket do not collide.
+    #[serde(skip)]
     pub node_id: String,
     /// How often the reconciler compares the stores with the catalog (it also runs whenever
     /// a store recovers).
+    #[serde(rename = "reconcile_interval_ms", with = "crate::domain::millis")]
     pub reconcile_interval: Duration,
 }
 

@@ -41,7 +41,12 @@ impl FailoverStore {
     /// Writes, reads back and deletes a canary on one side; the whole probe is one outcome
     /// for the breaker (a canary that reads back wrong fails it like an outage).
     pub(super) async fn probe_side(&self, side: &SideState, permit: Permit<'_>) -> ProbeReport {
-        let key = format!("health/canary-{}", self.config.node_id);
+        // A key per probe: a probe on demand (TestFallback) may overlap the prober's own.
+        let key = format!(
+            "health/canary-{}-{}",
+            self.config.node_id,
+            uuid::Uuid::now_v7().simple()
+        );
         let payload = Bytes::from(format!("artifactd canary {}", now_micros()));
         let started = Instant::now();
         let mut report = ProbeReport {
