@@ -5,7 +5,10 @@ use crate::api::{AdminApi, ArtifactApi, FallbackApi, SearchApi};
 use crate::app::Artifacts;
 use crate::catalog::Catalog;
 use crate::config::{Backend, Config};
-use crate::jobs::{FallbackSync, HealthInputs, HealthMonitor, INDEXER_JOB, LastHealth, Supervisor};
+use crate::jobs::{
+    FallbackSync, HealthInputs, HealthMonitor, INDEXER_JOB, LastHealth, Supervisor, run_indexer, run_prober,
+    run_reconciler, run_replicator,
+};
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::artifact_service_server::ArtifactServiceServer;
 use crate::proto::fallback_service_server::FallbackServiceServer;
@@ -166,18 +169,18 @@ pub async fn run(
         last: LastHealth::default(),
     });
     let admin_service = AdminServiceServer::new(AdminApi::new(supervisor.board(), monitor.last.clone()));
-    supervisor.spawn(INDEXER_JOB, move |token| indexer.clone().run(token));
+    supervisor.spawn(INDEXER_JOB, move |token| run_indexer(indexer.clone(), token));
     let mut sync_requests = None;
     if let Some(failover) = &failover {
         let prober = failover.clone();
-        supervisor.spawn("store prober", move |token| prober.clone().run_prober(token));
+        supervisor.spawn("store prober", move |token| run_prober(prober.clone(), token));
         let replicator = failover.clone();
         supervisor.spawn("replicator", move |token| {
-            replicator.clone().run_replicator(token)
+            run_replicator(replicator.clone(), token)
         });
         let reconciler = failover.clone();
         supervisor.spawn("reconciler", move |token| {
-            reconciler.clone().run_reconciler(token)
+            run_reconciler(reconciler.clone(), token)
         });
         let (sync_job, requests) = FallbackSync::new(failover.clone());
         let sync_job = Arc::new(sync_job);

@@ -7,12 +7,16 @@
 
 mod fallback_sync;
 mod health;
+mod indexer;
+mod storage;
 
 pub use fallback_sync::{FallbackSync, SyncProgress, SyncRequest};
 pub use health::{
     ARTIFACT_SERVICE, FALLBACK_SERVICE, HealthInputs, HealthMonitor, HealthReport, INDEXER_JOB, LastHealth,
     SEARCH_SERVICE, SERVICE_NAMES,
 };
+pub use indexer::run_indexer;
+pub use storage::{run_prober, run_reconciler, run_replicator};
 
 use crate::domain::now_micros;
 use crate::telemetry::names;

@@ -12,7 +12,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 const EVENTS_PER_BATCH: u32 = 256;
 /// A commit takes at most this many documents or this much text. Each commit costs a sync
@@ -238,7 +237,7 @@ impl Indexer {
 
     /// Every so often, makes sure the index can follow the catalog (rebuilding it when
     /// not); then applies what the outbox holds beyond the checkpoint.
-    async fn step(&self, last_verified: &mut Option<Instant>) -> Result<usize> {
+    pub async fn step(&self, last_verified: &mut Option<Instant>) -> Result<usize> {
         if last_verified.is_none_or(|at| at.elapsed() >= VERIFY_EVERY) {
             if self.index.needs_rebuild() || self.diverged().await? {
                 let written = self.rebuild().await?;
@@ -249,19 +248,12 @@ impl Indexer {
         self.catch_up().await
     }
 
-    /// The indexer job: follows the outbox until shutdown; failures are retried.
-    pub async fn run(self, shutdown: CancellationToken) -> crate::jobs::JobResult {
-        let mut last_verified = None;
-        loop {
-            match self.step(&mut last_verified).await {
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "indexing failed; retrying"),
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = self.catalog.outbox_written() => {}
-                _ = tokio::time::sleep(IDLE_POLL) => {}
-            }
+    /// Resolves when there may be new outbox events: this process wrote one, or the poll
+    /// interval for other replicas' changes passed.
+    pub async fn changes(&self) {
+        tokio::select! {
+            _ = self.catalog.outbox_written() => {}
+            _ = tokio::time::sleep(IDLE_POLL) => {}
         }
     }
 

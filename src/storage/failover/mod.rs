@@ -492,6 +492,10 @@ impl FailoverStore {
         }
     }
 
+    pub fn config(&self) -> &FailoverConfig {
+        &self.config
+    }
+
     /// Whether a write can land now: some side's breaker is not open.
     pub fn accepts_writes(&self) -> bool {
         self.sides

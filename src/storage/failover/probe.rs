@@ -7,10 +7,8 @@ use crate::domain::now_micros;
 use crate::storage::breaker::Permit;
 use crate::storage::{GetOptions, StoreError};
 use bytes::Bytes;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// A small object every store keeps for good. A store that answers but no longer has it
 /// was replaced or wiped (perhaps too quickly for its breaker to notice): whatever else it
@@ -126,24 +124,15 @@ impl FailoverStore {
         vec![primary_report, fallback_report]
     }
 
-    /// The prober job: probes both sides every `probe_interval`, concurrently so that a hung
-    /// store does not delay the other's probe; an open side is probed only when its backoff
-    /// allows a trial.
-    pub async fn run_prober(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), String> {
-        loop {
-            let this: &Self = &self;
-            let [primary, fallback] = &this.sides;
-            let probe = |side| async move {
-                match Self::probe_permit(side) {
-                    Some(permit) => Some(this.probe_side(side, permit).await),
-                    None => None,
-                }
-            };
-            tokio::join!(probe(primary), probe(fallback));
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(self.config.probe_interval) => {}
+    /// One round of the prober: probes both sides at once, so that a hung store does not
+    /// delay the other's probe; an open side is probed only when its backoff allows a trial.
+    pub async fn probe_due(&self) {
+        let [primary, fallback] = &self.sides;
+        let probe = |side| async move {
+            if let Some(permit) = Self::probe_permit(side) {
+                self.probe_side(side, permit).await;
             }
-        }
+        };
+        tokio::join!(probe(primary), probe(fallback));
     }
 }

@@ -12,11 +12,6 @@ use super::FailoverStore;
 use crate::domain::now_micros;
 use crate::storage::{ObjectMeta, Side};
 use std::collections::HashMap;
-use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
-
-/// When a side could not be listed, the next attempt comes this soon at the latest.
-const RETRY_AFTER_ERRORS: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Expected objects fetched from the inventory per round trip.
 const INVENTORY_PAGE: u32 = 1000;
@@ -153,23 +148,9 @@ impl FailoverStore {
         report
     }
 
-    /// The reconciler job: reconciles at start, every `reconcile_interval`, and whenever a
-    /// side's breaker closes.
-    pub async fn run_reconciler(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), String> {
-        loop {
-            let report = self.reconcile().await;
-            tracing::debug!(?report, "reconciled the stores with the catalog");
-            // A side that could not be listed is compared again soon, not in an hour.
-            let next = if report.errors.is_empty() {
-                self.config.reconcile_interval
-            } else {
-                self.config.reconcile_interval.min(RETRY_AFTER_ERRORS)
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = self.recovered.notified() => {}
-                _ = tokio::time::sleep(next) => {}
-            }
-        }
+    /// Resolves when a side recovered (its breaker closed, or its marker was found gone)
+    /// since the last call.
+    pub async fn recovered(&self) {
+        self.recovered.notified().await;
     }
 }

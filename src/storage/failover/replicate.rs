@@ -7,10 +7,8 @@ use crate::storage::breaker::Permit;
 use crate::storage::{GetOptions, ReplicationItem, Side, StoreError};
 use futures::StreamExt;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
+use std::time::Instant;
 
 /// What one pass of the replicator did.
 #[derive(Debug, Default, Clone, Copy)]
@@ -169,30 +167,21 @@ impl FailoverStore {
         }
     }
 
-    /// The replicator job: copies queued objects with bounded concurrency, retrying failed
-    /// items with exponential backoff for as long as it takes.
-    pub async fn run_replicator(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), String> {
-        loop {
-            let attempts = self.replicate_due().await;
-            if let Ok(stats) = self.log.stats(0).await {
-                metrics::gauge!(crate::telemetry::names::REPLICATION_QUEUE_DEPTH).set(stats.depth as f64);
-                let age = stats
-                    .oldest_created_at
-                    .map(|created| (now_micros() - created).max(0) as f64 / 1e6)
-                    .unwrap_or(0.0);
-                metrics::gauge!(crate::telemetry::names::REPLICATION_OLDEST_AGE_SECONDS).set(age);
-            }
-            // More may be due at once; but when the catalog cannot record outcomes, the same
-            // items would come back immediately: wait instead of spinning.
-            if attempts.attempted > 0 && attempts.unrecorded == 0 {
-                continue;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = self.work_queued.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-            }
+    /// Publishes the queue's depth and the age of its oldest item.
+    pub async fn publish_queue_metrics(&self) {
+        if let Ok(stats) = self.log.stats(0).await {
+            metrics::gauge!(crate::telemetry::names::REPLICATION_QUEUE_DEPTH).set(stats.depth as f64);
+            let age = stats
+                .oldest_created_at
+                .map(|created| (now_micros() - created).max(0) as f64 / 1e6)
+                .unwrap_or(0.0);
+            metrics::gauge!(crate::telemetry::names::REPLICATION_OLDEST_AGE_SECONDS).set(age);
         }
+    }
+
+    /// Resolves when a copy was queued since the last call.
+    pub async fn work_queued(&self) {
+        self.work_queued.notified().await;
     }
 
     /// Lists both sides and copies whatever either lacks (SyncFallback). `progress` hears
