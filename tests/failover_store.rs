@@ -551,3 +551,39 @@ async fn a_stalled_primary_costs_an_adaptive_deadline_and_then_nothing() {
         "every write the primary missed is queued for it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_write_is_found_by_the_next_read_and_repaired() {
+    let pair = fs_pair(Some(hash_named())).await;
+    let data = Bytes::from(noise(80_000, 12));
+    let key = hash_key(&data);
+    // The primary acknowledges the write but keeps only half of it.
+    pair.primary
+        .unreliable
+        .inject(Some(Operation::Put), Fault::TornWrite, Some(1));
+    pair.store.put(&key, data.clone()).await.unwrap();
+    assert_eq!(pair.primary.real.head(&key).await.unwrap().unwrap().size, 40_000);
+
+    // A read of the whole object sees a range past the end of the torn copy: damaged, so the
+    // fallback's copy serves it and the primary's is queued for repair.
+    let expected = data.clone();
+    let decoder: artifactd::storage::Decoder = Arc::new(move |bytes: &[u8]| {
+        if bytes == &expected[..] {
+            Ok(vec![Bytes::copy_from_slice(bytes)])
+        } else {
+            Err("hash mismatch".to_owned())
+        }
+    });
+    let read = pair
+        .store
+        .get_decoded(&key, GetOptions::range(0..data.len() as u64), decoder)
+        .await
+        .unwrap();
+    assert_eq!(read, vec![data.clone()]);
+    assert_eq!(queued_for(&pair, Side::Primary).await, 1);
+    pair.store.replicate_due().await;
+    assert_eq!(
+        pair.primary.real.get(&key, GetOptions::default()).await.unwrap(),
+        data
+    );
+}

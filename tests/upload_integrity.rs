@@ -199,6 +199,46 @@ async fn an_upload_commits_only_after_its_finish_message() {
     assert_eq!(updated.version.unwrap().version, "1.0.1");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_message_and_versions_compare_by_precedence() {
+    let server = ServerProcess::start();
+    let mut client = server.client().await;
+    // A header larger than any message the server decodes is reported as the header.
+    let mut huge = header(T, P, "bundle", "huge-header.bin");
+    huge.description = "x".repeat(9 * 1024 * 1024);
+    let status = client
+        .create_artifact(futures::stream::iter(vec![head(huge)]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("header:"), "{status:?}");
+
+    // Build metadata does not make a version newer.
+    let mut first = header(T, P, "bundle", "built.bin");
+    first.initial_version = "1.2.3+a".into();
+    let id = create_id(&mut client, first, b"build a").await;
+    let mut same_precedence = update_header(T, P, &id);
+    same_precedence.next_version = Some(update_artifact_header::NextVersion::ExplicitVersion(
+        "1.2.3+b".into(),
+    ));
+    assert_status(
+        common::client::update(&mut client, same_precedence, b"build b").await,
+        Code::FailedPrecondition,
+        &["1.2.3+b", "build metadata"],
+    );
+    // A name that would display as something else is refused, naming the field.
+    assert_status(
+        create(
+            &mut client,
+            header(T, P, "bundle", "invoice\u{202E}txt.exe"),
+            b"x",
+        )
+        .await,
+        Code::InvalidArgument,
+        &["name:", "U+202E"],
+    );
+}
+
 /// Number of header-then-cancel creates and, separately, updates.
 const CANCELS: usize = 200;
 /// Cancellations started together: more than h2's default allowance of 20 streams reset
