@@ -110,13 +110,7 @@ async fn small_calls(
 
 /// A frozen primary, with default failover settings (10 s request timeout).
 async fn stall() {
-    let mut primary = S3TestServer::start().await;
-    let fallback = S3TestServer::start().await;
-    let server = ServerProcess::start_with(
-        ServerOptions::default()
-            .envs(primary.env("primary-bucket"))
-            .envs(fallback.fallback_env("fallback-bucket")),
-    );
+    let (mut primary, _fallback, server) = default_pair().await;
     let mut client = server.client().await;
     let mut existing = Vec::new();
     for n in 0..50 {
@@ -156,14 +150,20 @@ async fn stall() {
     );
 }
 
-async fn run() {
-    let mut primary = S3TestServer::start().await;
+/// Two in-process S3 servers and the release binary over them, with default settings.
+async fn default_pair() -> (S3TestServer, S3TestServer, ServerProcess) {
+    let primary = S3TestServer::start().await;
     let fallback = S3TestServer::start().await;
     let server = ServerProcess::start_with(
         ServerOptions::default()
             .envs(primary.env("primary-bucket"))
             .envs(fallback.fallback_env("fallback-bucket")),
     );
+    (primary, fallback, server)
+}
+
+async fn run() {
+    let (mut primary, _fallback, server) = default_pair().await;
     let mut client = server.client().await;
 
     // Throughput with both stores up (every pack written to both).

@@ -247,74 +247,65 @@ async fn conformance(store: Arc<dyn BlobStore>, expect: Expect, scenario: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_store_conforms_in_every_state() {
-    let both = fs_pair(None).await;
-    conformance(
-        both.store.clone(),
-        Expect {
-            exact_plain_reads: true,
-            both_answer: true,
-        },
-        "both up",
-    )
-    .await;
-
-    let primary_down = fs_pair(None).await;
-    primary_down.primary.unreliable.inject(None, Fault::Fail, None);
-    conformance(
-        primary_down.store.clone(),
-        Expect {
-            exact_plain_reads: true,
-            both_answer: false,
-        },
-        "primary down",
-    )
-    .await;
-
-    let fallback_down = fs_pair(None).await;
-    fallback_down.fallback.unreliable.inject(None, Fault::Fail, None);
-    conformance(
-        fallback_down.store.clone(),
-        Expect {
-            exact_plain_reads: true,
-            both_answer: false,
-        },
-        "fallback down",
-    )
-    .await;
-
-    let corrupt = fs_pair(None).await;
-    corrupt
-        .primary
-        .unreliable
-        .inject(Some(Operation::Get), Fault::CorruptRead, None);
-    conformance(
-        corrupt.store.clone(),
-        Expect {
-            exact_plain_reads: false,
-            both_answer: true,
-        },
-        "primary corrupt",
-    )
-    .await;
-
-    let wiped = fs_pair(None).await;
-    wiped
-        .primary
-        .unreliable
-        .inject(Some(Operation::Get), Fault::Lost, None);
-    wiped
-        .primary
-        .unreliable
-        .inject(Some(Operation::Head), Fault::Lost, None);
-    conformance(
-        wiped.store.clone(),
-        Expect {
-            exact_plain_reads: true,
-            both_answer: true,
-        },
-        "primary wiped",
-    )
-    .await;
+    type Break = fn(&Pair);
+    let scenarios: [(&str, Break, Expect); 5] = [
+        (
+            "both up",
+            |_| {},
+            Expect {
+                exact_plain_reads: true,
+                both_answer: true,
+            },
+        ),
+        (
+            "primary down",
+            |pair| pair.primary.unreliable.inject(None, Fault::Fail, None),
+            Expect {
+                exact_plain_reads: true,
+                both_answer: false,
+            },
+        ),
+        (
+            "fallback down",
+            |pair| pair.fallback.unreliable.inject(None, Fault::Fail, None),
+            Expect {
+                exact_plain_reads: true,
+                both_answer: false,
+            },
+        ),
+        (
+            "primary corrupt",
+            |pair| {
+                pair.primary
+                    .unreliable
+                    .inject(Some(Operation::Get), Fault::CorruptRead, None)
+            },
+            Expect {
+                exact_plain_reads: false,
+                both_answer: true,
+            },
+        ),
+        (
+            "primary wiped",
+            |pair| {
+                pair.primary
+                    .unreliable
+                    .inject(Some(Operation::Get), Fault::Lost, None);
+                pair.primary
+                    .unreliable
+                    .inject(Some(Operation::Head), Fault::Lost, None);
+            },
+            Expect {
+                exact_plain_reads: true,
+                both_answer: true,
+            },
+        ),
+    ];
+    for (scenario, break_it, expect) in scenarios {
+        let pair = fs_pair(None).await;
+        break_it(&pair);
+        conformance(pair.store.clone(), expect, scenario).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
