@@ -138,3 +138,240 @@ fn the_dashboard_and_the_alerts_use_only_metrics_the_service_exports() {
     }
     assert!(used.len() >= 15, "{used:?}");
 }
+
+/// The documents of a multi-document YAML file.
+fn yaml_documents(path: &std::path::Path) -> Vec<serde_json::Value> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_norway::Deserializer::from_str(&text)
+        .map(|document| serde_json::Value::deserialize(document).unwrap())
+        .filter(|document| !document.is_null())
+        .collect()
+}
+
+/// The Pod Security "restricted" profile (and the Kyverno policies enforcing it, plus
+/// requests and limits and a pinned image) for one pod template; returns what is wrong.
+fn restricted_profile_violations(name: &str, pod: &serde_json::Value) -> Vec<String> {
+    let mut wrong = Vec::new();
+    let spec = &pod["spec"];
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        if spec[host] == true {
+            wrong.push(format!("{name}: {host}"));
+        }
+    }
+    let pod_security = &spec["securityContext"];
+    if pod_security["runAsNonRoot"] != true {
+        wrong.push(format!("{name}: pod securityContext.runAsNonRoot is not true"));
+    }
+    if pod_security["runAsUser"] == 0 {
+        wrong.push(format!("{name}: pod runs as user 0"));
+    }
+    let pod_seccomp = pod_security["seccompProfile"]["type"].as_str();
+    const ALLOWED_VOLUMES: &[&str] = &[
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    ];
+    for volume in spec["volumes"].as_array().into_iter().flatten() {
+        let kinds: Vec<&String> = volume
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "name")
+            .collect();
+        if kinds.iter().any(|kind| !ALLOWED_VOLUMES.contains(&kind.as_str())) {
+            wrong.push(format!("{name}: volume {volume} is not allowed"));
+        }
+    }
+    let containers = spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(spec["initContainers"].as_array().into_iter().flatten());
+    for container in containers {
+        let container_name = format!("{name}/{}", container["name"].as_str().unwrap_or("?"));
+        let security = &container["securityContext"];
+        if security["allowPrivilegeEscalation"] != false {
+            wrong.push(format!("{container_name}: allowPrivilegeEscalation is not false"));
+        }
+        if security["privileged"] == true {
+            wrong.push(format!("{container_name}: privileged"));
+        }
+        if security["readOnlyRootFilesystem"] != true {
+            wrong.push(format!("{container_name}: the root filesystem is writable"));
+        }
+        if security["runAsUser"] == 0 || security["runAsNonRoot"] == false {
+            wrong.push(format!("{container_name}: runs as root"));
+        }
+        let dropped: Vec<&str> = security["capabilities"]["drop"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_str())
+            .collect();
+        if !dropped.contains(&"ALL") {
+            wrong.push(format!("{container_name}: capabilities are not all dropped"));
+        }
+        for added in security["capabilities"]["add"].as_array().into_iter().flatten() {
+            if added != "NET_BIND_SERVICE" {
+                wrong.push(format!("{container_name}: adds capability {added}"));
+            }
+        }
+        let seccomp = security["seccompProfile"]["type"].as_str().or(pod_seccomp);
+        if !matches!(seccomp, Some("RuntimeDefault" | "Localhost")) {
+            wrong.push(format!(
+                "{container_name}: no RuntimeDefault or Localhost seccomp profile"
+            ));
+        }
+        let resources = &container["resources"];
+        for needed in ["requests.cpu", "requests.memory", "limits.memory"] {
+            let (section, key) = needed.split_once('.').unwrap();
+            if resources[section][key].is_null() {
+                wrong.push(format!("{container_name}: no resources.{needed}"));
+            }
+        }
+        let image = container["image"].as_str().unwrap_or("");
+        let tag = image.rsplit_once(':').map(|(_, tag)| tag).unwrap_or("");
+        if tag.is_empty() || tag == "latest" || tag.contains('/') {
+            wrong.push(format!("{container_name}: image {image:?} has no pinned tag"));
+        }
+        for probe in ["readinessProbe", "livenessProbe"] {
+            if container[probe].is_null() {
+                wrong.push(format!("{container_name}: no {probe}"));
+            }
+        }
+    }
+    wrong
+}
+
+#[test]
+fn kubernetes_manifests_pass_the_schemas_and_the_restricted_profile() {
+    let base = deploy_file("kubernetes/base");
+    let kustomization = yaml_documents(&base.join("kustomization.yaml")).remove(0);
+    let resources: Vec<String> = kustomization["resources"]
+        .as_array()
+        .expect("kustomize resources")
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    assert!(!resources.is_empty());
+    let validate = common::venv_tool("kubernetes-validate", "ARTIFACTD_KUBERNETES_VALIDATE");
+    let mut documents = Vec::new();
+    for resource in &resources {
+        let path = base.join(resource);
+        let output = Command::new(&validate)
+            .arg("--strict")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.status.success(),
+            "{resource} fails the Kubernetes schemas:\n{text}"
+        );
+        let parsed = yaml_documents(&path);
+        assert_eq!(
+            text.matches(" passed for resource ").count(),
+            parsed.len(),
+            "every resource of {resource} was validated:\n{text}"
+        );
+        documents.extend(parsed);
+    }
+
+    let kinds: Vec<&str> = documents.iter().filter_map(|d| d["kind"].as_str()).collect();
+    for needed in ["Deployment", "Service", "ConfigMap", "PodDisruptionBudget"] {
+        assert!(kinds.contains(&needed), "no {needed} among {kinds:?}");
+    }
+    let mut violations = Vec::new();
+    for document in &documents {
+        if let Some(kind @ ("Deployment" | "StatefulSet" | "DaemonSet" | "Job")) = document["kind"].as_str() {
+            let name = format!("{kind}/{}", document["metadata"]["name"].as_str().unwrap_or("?"));
+            violations.extend(restricted_profile_violations(
+                &name,
+                &document["spec"]["template"],
+            ));
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "restricted profile violations:\n{}",
+        violations.join("\n")
+    );
+
+    // The disruption budget covers the deployment's pods.
+    let deployment = documents.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let budget = documents
+        .iter()
+        .find(|d| d["kind"] == "PodDisruptionBudget")
+        .unwrap();
+    assert_eq!(
+        budget["spec"]["selector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+
+    // Credentials come from a Secret, and the SealedSecret example makes that Secret.
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let secret_name = container["envFrom"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|source| source["secretRef"]["name"].as_str())
+        .expect("credentials from a Secret");
+    let sealed = yaml_documents(&deploy_file("kubernetes/examples/sealed-secret.yaml")).remove(0);
+    assert_eq!(sealed["kind"], "SealedSecret");
+    assert_eq!(sealed["spec"]["template"]["metadata"]["name"], secret_name);
+    for variable in [
+        "DATABASE_URL",
+        "AWS_SECRET_ACCESS_KEY",
+        "S3_FALLBACK_SECRET_ACCESS_KEY",
+    ] {
+        assert!(
+            !sealed["spec"]["encryptedData"][variable].is_null(),
+            "{variable} is not sealed"
+        );
+    }
+}
+
+#[test]
+fn the_restricted_profile_check_catches_what_it_should() {
+    let pod = serde_json::json!({
+        "spec": {
+            "hostNetwork": true,
+            "securityContext": {},
+            "volumes": [{ "name": "host", "hostPath": { "path": "/" } }],
+            "containers": [{
+                "name": "bad",
+                "image": "artifactd:latest",
+                "securityContext": { "capabilities": { "add": ["SYS_ADMIN"] } },
+            }],
+        }
+    });
+    let violations = restricted_profile_violations("Deployment/bad", &pod).join("\n");
+    for expected in [
+        "hostNetwork",
+        "runAsNonRoot",
+        "hostPath",
+        "allowPrivilegeEscalation",
+        "writable",
+        "capabilities are not all dropped",
+        "SYS_ADMIN",
+        "seccomp",
+        "requests.cpu",
+        "pinned tag",
+        "readinessProbe",
+    ] {
+        assert!(
+            violations.contains(expected),
+            "{expected} not caught:\n{violations}"
+        );
+    }
+}
