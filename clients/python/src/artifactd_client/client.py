@@ -1,0 +1,510 @@
+"""A thin, typed layer over the generated artifactd stubs: connecting, streaming uploads and
+downloads (resumable and verified), paging, and retrying calls that are safe to repeat."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, TypeVar, Union
+
+import blake3
+import grpc
+
+from artifactd_client._generated.artifactd.v1 import (
+    artifact_pb2,
+    artifact_pb2_grpc,
+    fallback_pb2,
+    fallback_pb2_grpc,
+    search_pb2,
+    search_pb2_grpc,
+)
+
+#: Content to upload: bytes, a path to a file, an open binary file, or an iterable of pieces.
+Content = Union[bytes, str, "os.PathLike[str]", BinaryIO, Iterable[bytes]]
+#: Called with the bytes sent or received so far.
+Progress = Callable[[int], None]
+
+#: Size of the data messages an upload sends (the server accepts up to 256 KiB).
+PIECE_BYTES = 256 * 1024
+
+T = TypeVar("T")
+
+
+class ArtifactdError(Exception):
+    """A call the server refused or could not serve, with its gRPC status code and message
+    exactly as the server sent them."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+class IntegrityError(ArtifactdError):
+    """Downloaded bytes do not match the blake3 digest the server announced."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(grpc.StatusCode.DATA_LOSS, message)
+
+
+def _error(error: grpc.RpcError) -> ArtifactdError:
+    call = error if isinstance(error, grpc.Call) else None
+    code = call.code() if call is not None else grpc.StatusCode.UNKNOWN
+    details = call.details() if call is not None else str(error)
+    return ArtifactdError(code, details or "")
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """What a download to a file wrote."""
+
+    path: Path
+    version: str
+    size: int
+    blake3: str
+    resumed_from: int
+
+
+def _pieces(content: Content, piece: int) -> Iterator[bytes]:
+    if isinstance(content, bytes):
+        for start in range(0, len(content), piece):
+            yield content[start : start + piece]
+        return
+    if isinstance(content, (str, os.PathLike)):
+        with open(content, "rb") as file:
+            yield from _pieces(file, piece)
+        return
+    if hasattr(content, "read"):
+        reader: BinaryIO = content  # type: ignore[assignment]
+        while chunk := reader.read(piece):
+            yield chunk
+        return
+    for chunk in content:  # an iterable of byte strings, re-cut to the message size
+        for start in range(0, len(chunk), piece):
+            yield chunk[start : start + piece]
+
+
+class Client:
+    """A connection to one artifactd server.
+
+    >>> with Client("127.0.0.1:50051") as client:
+    ...     created = client.create("acme", "web", "prd", "payments.md", b"# Payments\\n")
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        token: str | None = None,
+        api_key: str | None = None,
+        actor: str | None = None,
+        retries: int = 4,
+        timeout: float | None = None,
+    ) -> None:
+        options = [
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ("grpc.max_send_message_length", 16 * 1024 * 1024),
+        ]
+        if tls:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        metadata: list[tuple[str, str | bytes]] = []
+        if token:
+            metadata.append(("authorization", f"Bearer {token}"))
+        if api_key:
+            metadata.append(("x-api-key", api_key))
+        if actor:
+            metadata.append(("x-artifactd-actor", actor))
+        self._metadata = tuple(metadata)
+        self._retries = retries
+        self._timeout = timeout
+        self.artifacts = artifact_pb2_grpc.ArtifactServiceStub(self._channel)
+        self.search_service = search_pb2_grpc.SearchServiceStub(self._channel)
+        self.fallback = fallback_pb2_grpc.FallbackServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # ---- calls ---------------------------------------------------------------------------
+
+    def _idempotent(self, call: Callable[[], T]) -> T:
+        """Runs a call that is safe to repeat, retrying UNAVAILABLE with backoff."""
+        delay = 0.1
+        for attempt in range(self._retries + 1):
+            try:
+                return call()
+            except grpc.RpcError as error:
+                failure = _error(error)
+                if failure.code != grpc.StatusCode.UNAVAILABLE or attempt == self._retries:
+                    raise failure from None
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    def _once(self, call: Callable[[], T]) -> T:
+        """Runs a call that must not be repeated blindly (it creates something)."""
+        try:
+            return call()
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+    # ---- uploads -------------------------------------------------------------------------
+
+    def create(
+        self,
+        tenant: str,
+        project: str,
+        artifact_type: str,
+        name: str,
+        content: Content,
+        *,
+        description: str = "",
+        tags: Sequence[str] = (),
+        categories: Sequence[str] = (),
+        metadata: Mapping[str, str] | None = None,
+        initial_version: str = "",
+        change_message: str = "",
+        expected_size: int | None = None,
+        expected_blake3: str = "",
+        progress: Progress | None = None,
+    ) -> artifact_pb2.CreateArtifactResponse:
+        """Creates an artifact with its first version. The content streams up in data
+        messages; the stream ends with a finish message carrying its size and blake3, so a
+        cut-short upload can never be committed."""
+        header = artifact_pb2.CreateArtifactHeader(
+            tenant=tenant,
+            project=project,
+            artifact_type=artifact_type,
+            name=name,
+            description=description,
+            tags=list(tags),
+            categories=list(categories),
+            metadata=dict(metadata or {}),
+            initial_version=initial_version,
+            change_message=change_message,
+            expected_size=expected_size,
+            expected_blake3=expected_blake3,
+        )
+
+        def messages() -> Iterator[artifact_pb2.CreateArtifactRequest]:
+            yield artifact_pb2.CreateArtifactRequest(header=header)
+            for piece, finish in self._stream(content, progress):
+                if finish is None:
+                    yield artifact_pb2.CreateArtifactRequest(data=piece)
+                else:
+                    yield artifact_pb2.CreateArtifactRequest(finish=finish)
+
+        return self._once(
+            lambda: self.artifacts.CreateArtifact(messages(), metadata=self._metadata, timeout=self._timeout)
+        )
+
+    def update(
+        self,
+        tenant: str,
+        project: str,
+        artifact_id: str,
+        content: Content,
+        *,
+        bump: str = "patch",
+        explicit_version: str = "",
+        expected_current_version: str = "",
+        change_message: str = "",
+        metadata_set: Mapping[str, str] | None = None,
+        metadata_remove: Sequence[str] = (),
+        progress: Progress | None = None,
+    ) -> artifact_pb2.UpdateArtifactResponse:
+        """Adds a version: `bump` is "major", "minor" or "patch" unless `explicit_version`
+        is given. With `expected_current_version`, the update is refused (FAILED_PRECONDITION)
+        when another version was added first."""
+        header = artifact_pb2.UpdateArtifactHeader(
+            tenant=tenant,
+            project=project,
+            artifact_id=artifact_id,
+            expected_current_version=expected_current_version,
+            change_message=change_message,
+            metadata_set=dict(metadata_set or {}),
+            metadata_remove=list(metadata_remove),
+        )
+        if explicit_version:
+            header.explicit_version = explicit_version
+        else:
+            kinds = {
+                "major": artifact_pb2.BUMP_KIND_MAJOR,
+                "minor": artifact_pb2.BUMP_KIND_MINOR,
+                "patch": artifact_pb2.BUMP_KIND_PATCH,
+            }
+            if bump not in kinds:
+                raise ValueError(f"bump: {bump!r} is not one of major, minor, patch")
+            header.bump = kinds[bump]
+
+        def messages() -> Iterator[artifact_pb2.UpdateArtifactRequest]:
+            yield artifact_pb2.UpdateArtifactRequest(header=header)
+            for piece, finish in self._stream(content, progress):
+                if finish is None:
+                    yield artifact_pb2.UpdateArtifactRequest(data=piece)
+                else:
+                    yield artifact_pb2.UpdateArtifactRequest(finish=finish)
+
+        return self._once(
+            lambda: self.artifacts.UpdateArtifact(messages(), metadata=self._metadata, timeout=self._timeout)
+        )
+
+    @staticmethod
+    def _stream(
+        content: Content, progress: Progress | None
+    ) -> Iterator[tuple[bytes, artifact_pb2.UploadFinish | None]]:
+        hasher = blake3.blake3()
+        sent = 0
+        for piece in _pieces(content, PIECE_BYTES):
+            if not piece:
+                continue
+            hasher.update(piece)
+            sent += len(piece)
+            yield piece, None
+            if progress is not None:
+                progress(sent)
+        yield b"", artifact_pb2.UploadFinish(size=sent, blake3=hasher.hexdigest())
+
+    # ---- downloads -----------------------------------------------------------------------
+
+    def download(
+        self,
+        tenant: str,
+        project: str,
+        artifact_id: str,
+        *,
+        version: str = "",
+        offset: int = 0,
+        length: int = 0,
+    ) -> Iterator[bytes]:
+        """Yields the content (or a range of it) as it arrives. A whole download is verified
+        against the version's blake3 at its end (IntegrityError when it differs)."""
+        request = artifact_pb2.DownloadArtifactRequest(
+            tenant=tenant, project=project, artifact_id=artifact_id, version=version, offset=offset, length=length
+        )
+        responses = self._idempotent(
+            lambda: self.artifacts.DownloadArtifact(request, metadata=self._metadata, timeout=self._timeout)
+        )
+        hasher = blake3.blake3()
+        header: artifact_pb2.DownloadHeader | None = None
+        try:
+            for response in responses:
+                if response.HasField("header"):
+                    header = response.header
+                    continue
+                hasher.update(response.data)
+                yield response.data
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        if header is not None and offset == 0 and header.length == header.size:
+            if hasher.hexdigest() != header.blake3:
+                raise IntegrityError(
+                    f"artifact {artifact_id} version {header.version}: received bytes hash to "
+                    f"{hasher.hexdigest()}, the server announced {header.blake3}"
+                )
+
+    def download_to(
+        self,
+        path: str | os.PathLike[str],
+        tenant: str,
+        project: str,
+        artifact_id: str,
+        *,
+        version: str = "",
+        progress: Progress | None = None,
+    ) -> Downloaded:
+        """Downloads into `path`, resuming from a partial `<path>.part` a previous attempt
+        left, and verifying the whole file's blake3 before it takes its final name. A file
+        that fails verification is removed; nothing partial ever carries the final name."""
+        target = Path(path)
+        partial = target.with_name(target.name + ".part")
+        resumed_from = partial.stat().st_size if partial.exists() else 0
+        metadata = self.get(tenant, project, artifact_id=artifact_id, version=version)
+        expected = metadata.version
+        if resumed_from > expected.size:
+            partial.unlink()
+            resumed_from = 0
+        written = resumed_from
+        with open(partial, "ab") as file:
+            if written < expected.size:
+                for piece in self.download(tenant, project, artifact_id, version=expected.version, offset=written):
+                    file.write(piece)
+                    written += len(piece)
+                    if progress is not None:
+                        progress(written)
+            file.flush()
+            os.fsync(file.fileno())
+        hasher = blake3.blake3()
+        with open(partial, "rb") as file:
+            while chunk := file.read(1024 * 1024):
+                hasher.update(chunk)
+        if hasher.hexdigest() != expected.blake3:
+            partial.unlink()
+            raise IntegrityError(
+                f"{target}: the downloaded file hashes to {hasher.hexdigest()}, version "
+                f"{expected.version} has {expected.blake3}; the partial file was removed"
+            )
+        os.replace(partial, target)
+        return Downloaded(target, expected.version, expected.size, expected.blake3, resumed_from)
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    def get(
+        self,
+        tenant: str,
+        project: str,
+        *,
+        artifact_id: str = "",
+        artifact_type: str = "",
+        name: str = "",
+        version: str = "",
+    ) -> artifact_pb2.GetArtifactResponse:
+        """An artifact and one version (the latest unless named), by id or by type and name."""
+        request = artifact_pb2.GetArtifactRequest(tenant=tenant, project=project, version=version)
+        if artifact_id:
+            request.artifact_id = artifact_id
+        else:
+            request.coordinates.CopyFrom(artifact_pb2.ArtifactCoordinates(artifact_type=artifact_type, name=name))
+        return self._idempotent(
+            lambda: self.artifacts.GetArtifact(request, metadata=self._metadata, timeout=self._timeout)
+        )
+
+    def get_metadata(
+        self, tenant: str, project: str, artifact_id: str, *, version: str = ""
+    ) -> artifact_pb2.GetMetadataResponse:
+        request = artifact_pb2.GetMetadataRequest(
+            tenant=tenant, project=project, artifact_id=artifact_id, version=version
+        )
+        return self._idempotent(
+            lambda: self.artifacts.GetMetadata(request, metadata=self._metadata, timeout=self._timeout)
+        )
+
+    def list_artifacts(
+        self, tenant: str, project: str, *, artifact_type: str = "", page_size: int = 100
+    ) -> Iterator[artifact_pb2.Artifact]:
+        """Every live artifact of a project, by name, fetched a page at a time."""
+        token = ""
+        while True:
+            request = artifact_pb2.ListArtifactsRequest(
+                tenant=tenant, project=project, artifact_type=artifact_type, page_size=page_size, page_token=token
+            )
+            page = self._idempotent(
+                lambda: self.artifacts.ListArtifacts(request, metadata=self._metadata, timeout=self._timeout)
+            )
+            yield from page.artifacts
+            token = page.next_page_token
+            if not token:
+                return
+
+    def list_versions(
+        self, tenant: str, project: str, artifact_id: str, *, page_size: int = 100
+    ) -> Iterator[artifact_pb2.ArtifactVersion]:
+        """Every version of an artifact, newest first."""
+        token = ""
+        while True:
+            request = artifact_pb2.ListVersionsRequest(
+                tenant=tenant, project=project, artifact_id=artifact_id, page_size=page_size, page_token=token
+            )
+            page = self._idempotent(
+                lambda: self.artifacts.ListVersions(request, metadata=self._metadata, timeout=self._timeout)
+            )
+            yield from page.versions
+            token = page.next_page_token
+            if not token:
+                return
+
+    def search(
+        self,
+        tenant: str,
+        project: str,
+        query: str,
+        *,
+        artifact_type: str = "",
+        tags: Sequence[str] = (),
+        page_size: int = 20,
+    ) -> Iterator[search_pb2.SearchHit]:
+        """Every hit of a full-text query, best first, fetched a page at a time (page tokens
+        belong to the server that issued them: keep one client per search)."""
+        token = ""
+        while True:
+            request = search_pb2.SearchRequest(
+                tenant=tenant,
+                project=project,
+                query=query,
+                artifact_type=artifact_type,
+                tags=list(tags),
+                page_size=page_size,
+                page_token=token,
+            )
+            page = self._idempotent(
+                lambda: self.search_service.Search(request, metadata=self._metadata, timeout=self._timeout)
+            )
+            yield from page.hits
+            token = page.next_page_token
+            if not token:
+                return
+
+    def search_by_metadata(
+        self, request: search_pb2.SearchByMetadataRequest
+    ) -> Iterator[search_pb2.SearchHit]:
+        """Every artifact matching metadata filters, in the requested order."""
+        while True:
+            page = self._idempotent(
+                lambda: self.search_service.SearchByMetadata(request, metadata=self._metadata, timeout=self._timeout)
+            )
+            yield from page.hits
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    def search_by_tags(self, request: search_pb2.SearchByTagsRequest) -> search_pb2.SearchByTagsResponse:
+        return self._idempotent(
+            lambda: self.search_service.SearchByTags(request, metadata=self._metadata, timeout=self._timeout)
+        )
+
+    # ---- changes -------------------------------------------------------------------------
+
+    def update_labels(
+        self, tenant: str, project: str, artifact_id: str, *, tags: Sequence[str], categories: Sequence[str] = ()
+    ) -> artifact_pb2.UpdateArtifactLabelsResponse:
+        request = artifact_pb2.UpdateArtifactLabelsRequest(
+            tenant=tenant,
+            project=project,
+            artifact_id=artifact_id,
+            labels=artifact_pb2.Labels(tags=list(tags), categories=list(categories)),
+        )
+        return self._idempotent(
+            lambda: self.artifacts.UpdateArtifactLabels(request, metadata=self._metadata, timeout=self._timeout)
+        )
+
+    def delete(self, tenant: str, project: str, artifact_id: str) -> artifact_pb2.DeleteArtifactResponse:
+        request = artifact_pb2.DeleteArtifactRequest(tenant=tenant, project=project, artifact_id=artifact_id)
+        return self._once(
+            lambda: self.artifacts.DeleteArtifact(request, metadata=self._metadata, timeout=self._timeout)
+        )
+
+    def undelete(self, tenant: str, project: str, artifact_id: str) -> artifact_pb2.UndeleteArtifactResponse:
+        request = artifact_pb2.UndeleteArtifactRequest(tenant=tenant, project=project, artifact_id=artifact_id)
+        return self._once(
+            lambda: self.artifacts.UndeleteArtifact(request, metadata=self._metadata, timeout=self._timeout)
+        )
+
+    def fallback_status(self) -> fallback_pb2.GetFallbackStatusResponse:
+        return self._idempotent(
+            lambda: self.fallback.GetFallbackStatus(
+                fallback_pb2.GetFallbackStatusRequest(), metadata=self._metadata, timeout=self._timeout
+            )
+        )

@@ -1,0 +1,163 @@
+"""The Python client against a live server: every call it wraps, and errors as the server
+sent them."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import blake3
+import grpc
+import pytest
+
+from artifactd_client import ArtifactdError, Client, IntegrityError
+from artifactd_client._generated.artifactd.v1 import search_pb2
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[3]
+
+
+def project() -> str:
+    """A project of its own per test."""
+    return "p" + uuid.uuid4().hex[:12]
+
+
+def eventually(check: Callable[[], T | None], what: str, limit: float = 15.0) -> T:
+    """The search index follows the catalog a moment later: wait for it."""
+    deadline = time.monotonic() + limit
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_upload_update_and_a_resumed_verified_download(server: str, tmp_path: Path) -> None:
+    p = project()
+    content = os.urandom(1024 * 1024 + 123)
+    seen: list[int] = []
+    with Client(server, actor="agent-test") as client:
+        created = client.create("acme", p, "bundle", "data.bin", content, progress=seen.append)
+        assert seen[-1] == len(content)
+        assert created.version.size == len(content)
+        assert created.version.blake3 == blake3.blake3(content).hexdigest()
+        assert created.artifact.created_by == "agent-test"
+        artifact_id = created.artifact.id
+
+        updated = client.update(
+            "acme", p, artifact_id, content[::-1], bump="minor", expected_current_version="1.0.0"
+        )
+        assert updated.version.version == "1.1.0"
+        with pytest.raises(ArtifactdError) as stale:
+            client.update("acme", p, artifact_id, b"late", expected_current_version="1.0.0")
+        assert stale.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "1.1.0" in stale.value.message
+        assert [v.version for v in client.list_versions("acme", p, artifact_id, page_size=1)] == ["1.1.0", "1.0.0"]
+
+        # An interrupted download left 300 KiB; the next one resumes and verifies the whole.
+        target = tmp_path / "data.bin"
+        (tmp_path / "data.bin.part").write_bytes(content[:300 * 1024])
+        done = client.download_to(target, "acme", p, artifact_id, version="1.0.0")
+        assert done.resumed_from == 300 * 1024
+        assert target.read_bytes() == content
+        assert b"".join(client.download("acme", p, artifact_id, version="1.0.0", offset=10, length=5)) == content[10:15]
+
+        # A partial file whose bytes are wrong fails verification and leaves nothing behind.
+        broken = tmp_path / "broken.bin"
+        (tmp_path / "broken.bin.part").write_bytes(b"\0" * 1000)
+        with pytest.raises(IntegrityError):
+            client.download_to(broken, "acme", p, artifact_id, version="1.0.0")
+        assert not broken.exists() and not (tmp_path / "broken.bin.part").exists()
+
+
+def test_listing_searching_and_labels(server: str) -> None:
+    p = project()
+    with Client(server) as client:
+        ids = []
+        for n, owner in enumerate(["pm", "pm", "architect"]):
+            created = client.create(
+                "acme",
+                p,
+                "prd",
+                f"plan-{n}.md",
+                f"# Zephyr plan {n}\n\nThe zephyr rollout.\n".encode(),
+                tags=["zephyr", f"n{n}"],
+                metadata={"owner": owner},
+            )
+            ids.append(created.artifact.id)
+        assert [a.name for a in client.list_artifacts("acme", p, page_size=2)] == ["plan-0.md", "plan-1.md", "plan-2.md"]
+
+        def all_hits() -> list[str] | None:
+            hits = [h.artifact_id for h in client.search("acme", p, "zephyr", page_size=1)]
+            return hits if len(hits) == len(ids) else None
+
+        hits = eventually(all_hits, "the index to hold every plan")
+        assert sorted(hits) == sorted(ids), "paging walks every hit"
+        by_owner = search_pb2.SearchByMetadataRequest(
+            tenant="acme",
+            project=p,
+            filters=[search_pb2.MetadataFilter(field="metadata.owner", equals="pm")],
+            sort=search_pb2.METADATA_SORT_NAME,
+        )
+        assert [h.name for h in client.search_by_metadata(by_owner)] == ["plan-0.md", "plan-1.md"]
+        tagged = client.search_by_tags(search_pb2.SearchByTagsRequest(tenant="acme", project=p, tags=["zephyr"]))
+        assert tagged.total_hits == 3
+        assert {f.tag: f.count for f in tagged.facets}["zephyr"] == 3
+
+        client.update_labels("acme", p, ids[0], tags=["archived-plan"])
+        assert list(client.get("acme", p, artifact_id=ids[0]).artifact.tags) == ["archived-plan"]
+        metadata = client.get_metadata("acme", p, ids[0])
+        assert metadata.extracted.title == "Zephyr plan 0"
+
+
+def test_delete_and_undelete(server: str) -> None:
+    p = project()
+    with Client(server) as client:
+        artifact_id = client.create("acme", p, "story", "s.md", b"# story\n").artifact.id
+        deleted = client.delete("acme", p, artifact_id)
+        assert deleted.restorable_until.seconds > time.time()
+        with pytest.raises(ArtifactdError) as gone:
+            client.get("acme", p, artifact_id=artifact_id)
+        assert gone.value.code == grpc.StatusCode.NOT_FOUND
+        client.undelete("acme", p, artifact_id)
+        assert client.get("acme", p, artifact_type="story", name="s.md").artifact.id == artifact_id
+
+
+def test_errors_reach_the_caller_as_the_server_sent_them(server: str) -> None:
+    with Client(server) as client:
+        missing = str(uuid.uuid4())
+        with pytest.raises(ArtifactdError) as not_found:
+            client.get("acme", project(), artifact_id=missing)
+        assert not_found.value.code == grpc.StatusCode.NOT_FOUND
+        assert missing in not_found.value.message
+        with pytest.raises(ArtifactdError) as bad_name:
+            client.create("acme", project(), "prd", "a/b.md", b"x")
+        assert bad_name.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad_name.value.message.startswith("name:")
+        with pytest.raises(ArtifactdError) as no_fallback:
+            client.fallback_status()
+        assert no_fallback.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "no fallback store is configured" in no_fallback.value.message
+
+
+def test_unavailable_is_retried_then_reported() -> None:
+    started = time.monotonic()
+    with Client("127.0.0.1:9", retries=2) as client, pytest.raises(ArtifactdError) as down:
+        client.get("acme", "web", artifact_id=str(uuid.uuid4()))
+    assert down.value.code == grpc.StatusCode.UNAVAILABLE
+    assert time.monotonic() - started >= 0.3, "two retries with backoff (0.1 s, then 0.2 s)"
+
+
+def test_the_readme_example_runs(server: str) -> None:
+    readme = (REPO / "README.md").read_text()
+    match = re.search(r"<!-- python-example -->\s*```python\n(.*?)```", readme, re.S)
+    assert match, "the README has a Python example"
+    example = match.group(1)
+    assert len(example.strip().splitlines()) <= 5
+    exec(compile(example.replace("127.0.0.1:50051", server), "README.md", "exec"), {})
