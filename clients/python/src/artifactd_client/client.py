@@ -12,6 +12,7 @@ from typing import BinaryIO, TypeVar, Union
 
 import blake3
 import grpc
+import grpc.aio
 
 from artifactd_client._generated.artifactd.v1 import (
     artifact_pb2,
@@ -51,10 +52,10 @@ class IntegrityError(ArtifactdError):
 
 
 def _error(error: grpc.RpcError) -> ArtifactdError:
-    call = error if isinstance(error, grpc.Call) else None
-    code = call.code() if call is not None else grpc.StatusCode.UNKNOWN
-    details = call.details() if call is not None else str(error)
-    return ArtifactdError(code, details or "")
+    """The status of a failed call, from a synchronous call or a `grpc.aio` one."""
+    if isinstance(error, (grpc.Call, grpc.aio.AioRpcError)):
+        return ArtifactdError(error.code(), error.details() or "")
+    return ArtifactdError(grpc.StatusCode.UNKNOWN, str(error))
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,119 @@ def _pieces(content: Content, piece: int) -> Iterator[bytes]:
             yield chunk[start : start + piece]
 
 
+def create_header(
+    tenant: str,
+    project: str,
+    artifact_type: str,
+    name: str,
+    *,
+    description: str = "",
+    tags: Sequence[str] = (),
+    categories: Sequence[str] = (),
+    metadata: Mapping[str, str] | None = None,
+    initial_version: str = "",
+    change_message: str = "",
+    expected_size: int | None = None,
+    expected_blake3: str = "",
+) -> artifact_pb2.CreateArtifactHeader:
+    return artifact_pb2.CreateArtifactHeader(
+        tenant=tenant,
+        project=project,
+        artifact_type=artifact_type,
+        name=name,
+        description=description,
+        tags=list(tags),
+        categories=list(categories),
+        metadata=dict(metadata or {}),
+        initial_version=initial_version,
+        change_message=change_message,
+        expected_size=expected_size,
+        expected_blake3=expected_blake3,
+    )
+
+
+def update_header(
+    tenant: str,
+    project: str,
+    artifact_id: str,
+    *,
+    bump: str = "patch",
+    explicit_version: str = "",
+    expected_current_version: str = "",
+    change_message: str = "",
+    metadata_set: Mapping[str, str] | None = None,
+    metadata_remove: Sequence[str] = (),
+) -> artifact_pb2.UpdateArtifactHeader:
+    header = artifact_pb2.UpdateArtifactHeader(
+        tenant=tenant,
+        project=project,
+        artifact_id=artifact_id,
+        expected_current_version=expected_current_version,
+        change_message=change_message,
+        metadata_set=dict(metadata_set or {}),
+        metadata_remove=list(metadata_remove),
+    )
+    if explicit_version:
+        header.explicit_version = explicit_version
+        return header
+    kinds = {
+        "major": artifact_pb2.BUMP_KIND_MAJOR,
+        "minor": artifact_pb2.BUMP_KIND_MINOR,
+        "patch": artifact_pb2.BUMP_KIND_PATCH,
+    }
+    if bump not in kinds:
+        raise ValueError(f"bump: {bump!r} is not one of major, minor, patch")
+    header.bump = kinds[bump]
+    return header
+
+
+def upload_parts(
+    content: Content, progress: Progress | None
+) -> Iterator[tuple[bytes, artifact_pb2.UploadFinish | None]]:
+    """The data pieces of an upload, then its finish (size and blake3 of everything sent)."""
+    hasher = blake3.blake3()
+    sent = 0
+    for piece in _pieces(content, PIECE_BYTES):
+        if not piece:
+            continue
+        hasher.update(piece)
+        sent += len(piece)
+        yield piece, None
+        if progress is not None:
+            progress(sent)
+    yield b"", artifact_pb2.UploadFinish(size=sent, blake3=hasher.hexdigest())
+
+
+def channel_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    ]
+
+
+def call_metadata(token: str | None, api_key: str | None, actor: str | None) -> tuple[tuple[str, str | bytes], ...]:
+    metadata: list[tuple[str, str | bytes]] = []
+    if token:
+        metadata.append(("authorization", f"Bearer {token}"))
+    if api_key:
+        metadata.append(("x-api-key", api_key))
+    if actor:
+        metadata.append(("x-artifactd-actor", actor))
+    return tuple(metadata)
+
+
+def whole_download_mismatch(
+    artifact_id: str, header: artifact_pb2.DownloadHeader | None, offset: int, digest: str
+) -> IntegrityError | None:
+    """The error for a whole download whose bytes do not hash to the announced digest."""
+    if header is None or offset != 0 or header.length != header.size or digest == header.blake3:
+        return None
+    return IntegrityError(
+        f"artifact {artifact_id} version {header.version}: received bytes hash to {digest}, "
+        f"the server announced {header.blake3}"
+    )
+
+
 class Client:
     """A connection to one artifactd server.
 
@@ -106,23 +220,13 @@ class Client:
         retries: int = 4,
         timeout: float | None = None,
     ) -> None:
-        options = [
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-            ("grpc.max_send_message_length", 16 * 1024 * 1024),
-        ]
+        options = channel_options()
         if tls:
             credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
             self._channel = grpc.secure_channel(target, credentials, options=options)
         else:
             self._channel = grpc.insecure_channel(target, options=options)
-        metadata: list[tuple[str, str | bytes]] = []
-        if token:
-            metadata.append(("authorization", f"Bearer {token}"))
-        if api_key:
-            metadata.append(("x-api-key", api_key))
-        if actor:
-            metadata.append(("x-artifactd-actor", actor))
-        self._metadata = tuple(metadata)
+        self._metadata = call_metadata(token, api_key, actor)
         self._retries = retries
         self._timeout = timeout
         self.artifacts = artifact_pb2_grpc.ArtifactServiceStub(self._channel)
@@ -184,15 +288,15 @@ class Client:
         """Creates an artifact with its first version. The content streams up in data
         messages; the stream ends with a finish message carrying its size and blake3, so a
         cut-short upload can never be committed."""
-        header = artifact_pb2.CreateArtifactHeader(
-            tenant=tenant,
-            project=project,
-            artifact_type=artifact_type,
-            name=name,
+        header = create_header(
+            tenant,
+            project,
+            artifact_type,
+            name,
             description=description,
-            tags=list(tags),
-            categories=list(categories),
-            metadata=dict(metadata or {}),
+            tags=tags,
+            categories=categories,
+            metadata=metadata,
             initial_version=initial_version,
             change_message=change_message,
             expected_size=expected_size,
@@ -201,7 +305,7 @@ class Client:
 
         def messages() -> Iterator[artifact_pb2.CreateArtifactRequest]:
             yield artifact_pb2.CreateArtifactRequest(header=header)
-            for piece, finish in self._stream(content, progress):
+            for piece, finish in upload_parts(content, progress):
                 if finish is None:
                     yield artifact_pb2.CreateArtifactRequest(data=piece)
                 else:
@@ -229,30 +333,21 @@ class Client:
         """Adds a version: `bump` is "major", "minor" or "patch" unless `explicit_version`
         is given. With `expected_current_version`, the update is refused (FAILED_PRECONDITION)
         when another version was added first."""
-        header = artifact_pb2.UpdateArtifactHeader(
-            tenant=tenant,
-            project=project,
-            artifact_id=artifact_id,
+        header = update_header(
+            tenant,
+            project,
+            artifact_id,
+            bump=bump,
+            explicit_version=explicit_version,
             expected_current_version=expected_current_version,
             change_message=change_message,
-            metadata_set=dict(metadata_set or {}),
-            metadata_remove=list(metadata_remove),
+            metadata_set=metadata_set,
+            metadata_remove=metadata_remove,
         )
-        if explicit_version:
-            header.explicit_version = explicit_version
-        else:
-            kinds = {
-                "major": artifact_pb2.BUMP_KIND_MAJOR,
-                "minor": artifact_pb2.BUMP_KIND_MINOR,
-                "patch": artifact_pb2.BUMP_KIND_PATCH,
-            }
-            if bump not in kinds:
-                raise ValueError(f"bump: {bump!r} is not one of major, minor, patch")
-            header.bump = kinds[bump]
 
         def messages() -> Iterator[artifact_pb2.UpdateArtifactRequest]:
             yield artifact_pb2.UpdateArtifactRequest(header=header)
-            for piece, finish in self._stream(content, progress):
+            for piece, finish in upload_parts(content, progress):
                 if finish is None:
                     yield artifact_pb2.UpdateArtifactRequest(data=piece)
                 else:
@@ -261,22 +356,6 @@ class Client:
         return self._once(
             lambda: self.artifacts.UpdateArtifact(messages(), metadata=self._metadata, timeout=self._timeout)
         )
-
-    @staticmethod
-    def _stream(
-        content: Content, progress: Progress | None
-    ) -> Iterator[tuple[bytes, artifact_pb2.UploadFinish | None]]:
-        hasher = blake3.blake3()
-        sent = 0
-        for piece in _pieces(content, PIECE_BYTES):
-            if not piece:
-                continue
-            hasher.update(piece)
-            sent += len(piece)
-            yield piece, None
-            if progress is not None:
-                progress(sent)
-        yield b"", artifact_pb2.UploadFinish(size=sent, blake3=hasher.hexdigest())
 
     # ---- downloads -----------------------------------------------------------------------
 
@@ -309,12 +388,9 @@ class Client:
                 yield response.data
         except grpc.RpcError as error:
             raise _error(error) from None
-        if header is not None and offset == 0 and header.length == header.size:
-            if hasher.hexdigest() != header.blake3:
-                raise IntegrityError(
-                    f"artifact {artifact_id} version {header.version}: received bytes hash to "
-                    f"{hasher.hexdigest()}, the server announced {header.blake3}"
-                )
+        mismatch = whole_download_mismatch(artifact_id, header, offset, hasher.hexdigest())
+        if mismatch is not None:
+            raise mismatch
 
     def download_to(
         self,

@@ -1,0 +1,291 @@
+"""The asyncio (`grpc.aio`) variant of `Client`, with the same calls and the same guarantees:
+finish-terminated uploads, verified downloads, paging iterators, retries of calls that are
+safe to repeat."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import blake3
+import grpc
+import grpc.aio
+
+from artifactd_client._generated.artifactd.v1 import (
+    artifact_pb2,
+    artifact_pb2_grpc,
+    fallback_pb2,
+    fallback_pb2_grpc,
+    search_pb2,
+    search_pb2_grpc,
+)
+from artifactd_client.client import (
+    ArtifactdError,
+    Content,
+    Downloaded,
+    IntegrityError,
+    Progress,
+    _error,
+    call_metadata,
+    channel_options,
+    create_header,
+    update_header,
+    upload_parts,
+    whole_download_mismatch,
+)
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """A `grpc.aio` connection to one artifactd server; use `async with`."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        token: str | None = None,
+        api_key: str | None = None,
+        actor: str | None = None,
+        retries: int = 4,
+        timeout: float | None = None,
+    ) -> None:
+        if tls:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self._channel = grpc.aio.secure_channel(target, credentials, options=channel_options())
+        else:
+            self._channel = grpc.aio.insecure_channel(target, options=channel_options())
+        self._metadata = call_metadata(token, api_key, actor)
+        self._retries = retries
+        self._timeout = timeout
+        self.artifacts = artifact_pb2_grpc.ArtifactServiceStub(self._channel)
+        self.search_service = search_pb2_grpc.SearchServiceStub(self._channel)
+        self.fallback = fallback_pb2_grpc.FallbackServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def _idempotent(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Runs a call that is safe to repeat, retrying UNAVAILABLE with backoff."""
+        delay = 0.1
+        for attempt in range(self._retries + 1):
+            try:
+                return await call()
+            except grpc.RpcError as error:
+                failure = _error(error)
+                if failure.code != grpc.StatusCode.UNAVAILABLE or attempt == self._retries:
+                    raise failure from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    async def _once(self, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+    async def create(
+        self,
+        tenant: str,
+        project: str,
+        artifact_type: str,
+        name: str,
+        content: Content,
+        *,
+        tags: Sequence[str] = (),
+        metadata: Mapping[str, str] | None = None,
+        initial_version: str = "",
+        change_message: str = "",
+        progress: Progress | None = None,
+    ) -> artifact_pb2.CreateArtifactResponse:
+        header = create_header(
+            tenant,
+            project,
+            artifact_type,
+            name,
+            tags=tags,
+            metadata=metadata,
+            initial_version=initial_version,
+            change_message=change_message,
+        )
+
+        async def messages() -> AsyncIterator[artifact_pb2.CreateArtifactRequest]:
+            yield artifact_pb2.CreateArtifactRequest(header=header)
+            for piece, finish in upload_parts(content, progress):
+                if finish is None:
+                    yield artifact_pb2.CreateArtifactRequest(data=piece)
+                else:
+                    yield artifact_pb2.CreateArtifactRequest(finish=finish)
+
+        return await self._once(
+            lambda: self.artifacts.CreateArtifact(messages(), metadata=self._metadata, timeout=self._timeout)
+        )
+
+    async def update(
+        self,
+        tenant: str,
+        project: str,
+        artifact_id: str,
+        content: Content,
+        *,
+        bump: str = "patch",
+        explicit_version: str = "",
+        expected_current_version: str = "",
+        change_message: str = "",
+        progress: Progress | None = None,
+    ) -> artifact_pb2.UpdateArtifactResponse:
+        header = update_header(
+            tenant,
+            project,
+            artifact_id,
+            bump=bump,
+            explicit_version=explicit_version,
+            expected_current_version=expected_current_version,
+            change_message=change_message,
+        )
+
+        async def messages() -> AsyncIterator[artifact_pb2.UpdateArtifactRequest]:
+            yield artifact_pb2.UpdateArtifactRequest(header=header)
+            for piece, finish in upload_parts(content, progress):
+                if finish is None:
+                    yield artifact_pb2.UpdateArtifactRequest(data=piece)
+                else:
+                    yield artifact_pb2.UpdateArtifactRequest(finish=finish)
+
+        return await self._once(
+            lambda: self.artifacts.UpdateArtifact(messages(), metadata=self._metadata, timeout=self._timeout)
+        )
+
+    async def download(
+        self, tenant: str, project: str, artifact_id: str, *, version: str = "", offset: int = 0, length: int = 0
+    ) -> AsyncIterator[bytes]:
+        """Yields the content as it arrives; a whole download is verified at its end."""
+        request = artifact_pb2.DownloadArtifactRequest(
+            tenant=tenant, project=project, artifact_id=artifact_id, version=version, offset=offset, length=length
+        )
+        call = self.artifacts.DownloadArtifact(request, metadata=self._metadata, timeout=self._timeout)
+        hasher = blake3.blake3()
+        header: artifact_pb2.DownloadHeader | None = None
+        try:
+            async for response in call:
+                if response.HasField("header"):
+                    header = response.header
+                    continue
+                hasher.update(response.data)
+                yield response.data
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        mismatch = whole_download_mismatch(artifact_id, header, offset, hasher.hexdigest())
+        if mismatch is not None:
+            raise mismatch
+
+    async def download_to(
+        self, path: str | os.PathLike[str], tenant: str, project: str, artifact_id: str, *, version: str = ""
+    ) -> Downloaded:
+        """As `Client.download_to`: resumes from `<path>.part` and verifies the whole file
+        before it takes its final name."""
+        target = Path(path)
+        partial = target.with_name(target.name + ".part")
+        resumed_from = partial.stat().st_size if partial.exists() else 0
+        expected = (await self.get(tenant, project, artifact_id=artifact_id, version=version)).version
+        if resumed_from > expected.size:
+            partial.unlink()
+            resumed_from = 0
+        with open(partial, "ab") as file:
+            if resumed_from < expected.size:
+                async for piece in self.download(
+                    tenant, project, artifact_id, version=expected.version, offset=resumed_from
+                ):
+                    file.write(piece)
+            file.flush()
+            os.fsync(file.fileno())
+        digest = blake3.blake3(partial.read_bytes()).hexdigest()
+        if digest != expected.blake3:
+            partial.unlink()
+            raise IntegrityError(
+                f"{target}: the downloaded file hashes to {digest}, version {expected.version} has "
+                f"{expected.blake3}; the partial file was removed"
+            )
+        os.replace(partial, target)
+        return Downloaded(target, expected.version, expected.size, expected.blake3, resumed_from)
+
+    async def get(
+        self,
+        tenant: str,
+        project: str,
+        *,
+        artifact_id: str = "",
+        artifact_type: str = "",
+        name: str = "",
+        version: str = "",
+    ) -> artifact_pb2.GetArtifactResponse:
+        request = artifact_pb2.GetArtifactRequest(tenant=tenant, project=project, version=version)
+        if artifact_id:
+            request.artifact_id = artifact_id
+        else:
+            request.coordinates.CopyFrom(artifact_pb2.ArtifactCoordinates(artifact_type=artifact_type, name=name))
+        return await self._idempotent(
+            lambda: self.artifacts.GetArtifact(request, metadata=self._metadata, timeout=self._timeout)
+        )
+
+    async def list_artifacts(
+        self, tenant: str, project: str, *, artifact_type: str = "", page_size: int = 100
+    ) -> AsyncIterator[artifact_pb2.Artifact]:
+        token = ""
+        while True:
+            request = artifact_pb2.ListArtifactsRequest(
+                tenant=tenant, project=project, artifact_type=artifact_type, page_size=page_size, page_token=token
+            )
+            page = await self._idempotent(
+                lambda: self.artifacts.ListArtifacts(request, metadata=self._metadata, timeout=self._timeout)
+            )
+            for artifact in page.artifacts:
+                yield artifact
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def search(
+        self, tenant: str, project: str, query: str, *, page_size: int = 20
+    ) -> AsyncIterator[search_pb2.SearchHit]:
+        token = ""
+        while True:
+            request = search_pb2.SearchRequest(
+                tenant=tenant, project=project, query=query, page_size=page_size, page_token=token
+            )
+            page = await self._idempotent(
+                lambda: self.search_service.Search(request, metadata=self._metadata, timeout=self._timeout)
+            )
+            for hit in page.hits:
+                yield hit
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def delete(self, tenant: str, project: str, artifact_id: str) -> artifact_pb2.DeleteArtifactResponse:
+        request = artifact_pb2.DeleteArtifactRequest(tenant=tenant, project=project, artifact_id=artifact_id)
+        return await self._once(
+            lambda: self.artifacts.DeleteArtifact(request, metadata=self._metadata, timeout=self._timeout)
+        )
+
+    async def fallback_status(self) -> fallback_pb2.GetFallbackStatusResponse:
+        return await self._idempotent(
+            lambda: self.fallback.GetFallbackStatus(
+                fallback_pb2.GetFallbackStatusRequest(), metadata=self._metadata, timeout=self._timeout
+            )
+        )
+
+
+__all__ = ["ArtifactdError", "AsyncClient"]
