@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from artifactd_client import ArtifactdError
+from artifactd_client._generated.artifactd.v1 import search_pb2
 from artifactd_client.aio import AsyncClient
 
 
@@ -44,10 +45,30 @@ def test_the_async_client_round_trips_resumes_pages_and_reports_errors(server: s
                 await asyncio.sleep(0.05)
             assert sorted(hits) == ["note-0.md", "note-1.md", "note-2.md"]
 
+            versions = [v.version async for v in client.list_versions("acme", p, artifact_id, page_size=1)]
+            assert versions == ["2.0.0", "1.0.0"]
+            await client.update_labels("acme", p, artifact_id, tags=["relabelled"])
+            tagged = await client.search_by_tags(
+                search_pb2.SearchByTagsRequest(tenant="acme", project=p, tags=["relabelled"])
+            )
+            assert tagged.total_hits in (0, 1), "the index follows a moment later"
+            by_name = search_pb2.SearchByMetadataRequest(
+                tenant="acme",
+                project=p,
+                filters=[search_pb2.MetadataFilter(field="name", prefix="note-")],
+                sort=search_pb2.METADATA_SORT_NAME,
+                page_size=2,
+            )
+            assert [h.name async for h in client.search_by_metadata(by_name)] == ["note-0.md", "note-1.md", "note-2.md"]
+            described = await client.get_metadata("acme", p, artifact_id, version="2.0.0")
+            assert described.version.size == len(b"second")
+
             await client.delete("acme", p, artifact_id)
             with pytest.raises(ArtifactdError) as gone:
                 await client.get("acme", p, artifact_id=artifact_id)
             assert gone.value.code == grpc.StatusCode.NOT_FOUND
+            await client.undelete("acme", p, artifact_id)
+            assert (await client.get("acme", p, artifact_id=artifact_id)).version.version == "2.0.0"
             with pytest.raises(ArtifactdError) as no_fallback:
                 await client.fallback_status()
             assert no_fallback.value.code == grpc.StatusCode.FAILED_PRECONDITION

@@ -274,6 +274,70 @@ class AsyncClient:
             if not token:
                 return
 
+    async def get_metadata(
+        self, tenant: str, project: str, artifact_id: str, *, version: str = ""
+    ) -> artifact_pb2.GetMetadataResponse:
+        request = artifact_pb2.GetMetadataRequest(
+            tenant=tenant, project=project, artifact_id=artifact_id, version=version
+        )
+        return await self._idempotent(
+            lambda: self.artifacts.GetMetadata(request, metadata=self._metadata, timeout=self._timeout)
+        )
+
+    async def list_versions(
+        self, tenant: str, project: str, artifact_id: str, *, page_size: int = 100
+    ) -> AsyncIterator[artifact_pb2.ArtifactVersion]:
+        token = ""
+        while True:
+            request = artifact_pb2.ListVersionsRequest(
+                tenant=tenant, project=project, artifact_id=artifact_id, page_size=page_size, page_token=token
+            )
+            page = await self._idempotent(
+                lambda: self.artifacts.ListVersions(request, metadata=self._metadata, timeout=self._timeout)
+            )
+            for version in page.versions:
+                yield version
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def search_by_metadata(
+        self, request: search_pb2.SearchByMetadataRequest
+    ) -> AsyncIterator[search_pb2.SearchHit]:
+        while True:
+            page = await self._idempotent(
+                lambda: self.search_service.SearchByMetadata(request, metadata=self._metadata, timeout=self._timeout)
+            )
+            for hit in page.hits:
+                yield hit
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    async def search_by_tags(self, request: search_pb2.SearchByTagsRequest) -> search_pb2.SearchByTagsResponse:
+        return await self._idempotent(
+            lambda: self.search_service.SearchByTags(request, metadata=self._metadata, timeout=self._timeout)
+        )
+
+    async def update_labels(
+        self, tenant: str, project: str, artifact_id: str, *, tags: Sequence[str], categories: Sequence[str] = ()
+    ) -> artifact_pb2.UpdateArtifactLabelsResponse:
+        request = artifact_pb2.UpdateArtifactLabelsRequest(
+            tenant=tenant,
+            project=project,
+            artifact_id=artifact_id,
+            labels=artifact_pb2.Labels(tags=list(tags), categories=list(categories)),
+        )
+        return await self._idempotent(
+            lambda: self.artifacts.UpdateArtifactLabels(request, metadata=self._metadata, timeout=self._timeout)
+        )
+
+    async def undelete(self, tenant: str, project: str, artifact_id: str) -> artifact_pb2.UndeleteArtifactResponse:
+        request = artifact_pb2.UndeleteArtifactRequest(tenant=tenant, project=project, artifact_id=artifact_id)
+        return await self._once(
+            lambda: self.artifacts.UndeleteArtifact(request, metadata=self._metadata, timeout=self._timeout)
+        )
+
     async def delete(self, tenant: str, project: str, artifact_id: str) -> artifact_pb2.DeleteArtifactResponse:
         request = artifact_pb2.DeleteArtifactRequest(tenant=tenant, project=project, artifact_id=artifact_id)
         return await self._once(
