@@ -128,6 +128,7 @@ fn the_dashboard_and_the_alerts_use_only_metrics_the_service_exports() {
         "artifactd_grpc_request_duration_seconds_bucket",
         "artifactd_stored_bytes_total",
         "artifactd_job_restarts_total",
+        "artifactd_index_lag_seconds",
     ] {
         assert!(
             alert_expressions

@@ -104,6 +104,18 @@ async fn every_call_has_a_request_id_a_span_and_red_metrics() {
         "the generated id names its call's log line"
     );
 
+    // The index lag is published and drops to zero once the index has every change.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !common::http_get(server.http, "/metrics")
+        .await
+        .contains("artifactd_index_lag_seconds 0\n")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the index lag never reached 0"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let metrics = common::http_get(server.http, "/metrics").await;
     for needle in [
         "artifactd_grpc_requests_total{method=\"artifactd.v1.ArtifactService/GetArtifact\",code=\"NotFound\"} 1",

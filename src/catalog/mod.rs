@@ -884,6 +884,15 @@ impl Catalog {
         Ok(max.unwrap_or(0))
     }
 
+    /// When the oldest outbox event after `seq` was written (µs), if there is one.
+    pub async fn oldest_outbox_event_after(&self, seq: i64) -> Result<Option<i64>> {
+        sqlx::query_scalar("SELECT MIN(created_at) FROM outbox WHERE seq > $1")
+            .bind(seq)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error("reading the outbox", e))
+    }
+
     /// Live artifacts of every tenant ordered by id, for rebuilding derived data.
     pub async fn live_artifacts_after(&self, after_id: &str, limit: u32) -> Result<Vec<Artifact>> {
         let sql = format!(

@@ -248,6 +248,16 @@ impl Indexer {
         self.catch_up().await
     }
 
+    /// How far the index is behind the catalog: the age of the oldest change it has not
+    /// applied (zero when it has applied them all).
+    pub async fn lag(&self) -> Result<Duration> {
+        let checkpoint = self.index.checkpoint()?;
+        let oldest = self.catalog.oldest_outbox_event_after(checkpoint).await?;
+        Ok(oldest.map_or(Duration::ZERO, |created| {
+            Duration::from_micros((crate::domain::now_micros() - created).max(0) as u64)
+        }))
+    }
+
     /// Resolves when there may be new outbox events: this process wrote one, or the poll
     /// interval for other replicas' changes passed.
     pub async fn changes(&self) {

@@ -45,6 +45,8 @@ metric_names! {
         "1 when a dependency (catalog, store) answered its last health check";
     INDEX_EVENTS_TOTAL = "artifactd_index_events_total", Counter,
         "Outbox events applied to the search index";
+    INDEX_LAG_SECONDS = "artifactd_index_lag_seconds", Gauge,
+        "Age of the oldest catalog change this replica's search index has not applied yet (0 when it is current)";
     INDEX_UNREADABLE_TOTAL = "artifactd_index_unreadable_total", Counter,
         "Artifacts indexed without their text because their content could not be read";
     STORE_OPERATIONS_TOTAL = "artifactd_store_operations_total", Counter,
