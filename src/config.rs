@@ -289,7 +289,9 @@ impl Config {
         let mut backend_set_explicitly = false;
         for (variable, raw) in &env {
             let path: Vec<String> = if let Some(rest) = variable.strip_prefix("ARTIFACTD_") {
-                if NON_SETTING_VARIABLES.contains(&variable.as_str()) {
+                if NON_SETTING_VARIABLES.contains(&variable.as_str())
+                    || crate::cli::VARIABLES.contains(&variable.as_str())
+                {
                     continue;
                 }
                 rest.split("__").map(str::to_ascii_lowercase).collect()

@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    connection: artifactd::cli::Connection,
 }
 
 #[derive(Debug, Subcommand)]
@@ -32,6 +34,10 @@ enum Command {
         #[arg(long, env = "ARTIFACTD_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    #[command(flatten)]
+    Client(artifactd::cli::ClientCommand),
 }
 
 fn load(config: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -41,6 +47,21 @@ fn load(config: Option<&PathBuf>) -> anyhow::Result<Config> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "artifactd", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Client(command) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            match runtime.block_on(artifactd::cli::run(cli.connection, command)) {
+                Ok(()) => Ok(()),
+                Err(failure) => {
+                    eprintln!("artifactd: {}", failure.message);
+                    std::process::exit(failure.code);
+                }
+            }
+        }
         Command::CheckConfig { config } => {
             let config = load(config.as_ref())?;
             print!("{}", toml::to_string_pretty(&config.redacted())?);

@@ -1,0 +1,845 @@
+//! The command line for people: `artifactd push | pull | ls | versions | show | search | rm |
+//! restore | fallback`, over the same gRPC API the agents use. Human output by default,
+//! `--json` for scripts; exit codes by what went wrong (see [`exit_code`]).
+
+use crate::proto::artifact_service_client::ArtifactServiceClient;
+use crate::proto::fallback_service_client::FallbackServiceClient;
+use crate::proto::search_service_client::SearchServiceClient;
+use crate::proto::{
+    self, ArtifactCoordinates, CreateArtifactHeader, CreateArtifactRequest, DeleteArtifactRequest,
+    DownloadArtifactRequest, GetArtifactRequest, GetFallbackStatusRequest, ListArtifactsRequest,
+    ListVersionsRequest, SearchRequest, UndeleteArtifactRequest, UpdateArtifactHeader, UpdateArtifactRequest,
+    UploadFinish, create_artifact_request, download_artifact_response, get_artifact_request,
+    update_artifact_header, update_artifact_request,
+};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use serde_json::json;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// Where the server is and who is asking; from flags or `ARTIFACTD_*` variables.
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// The server's gRPC address.
+    #[arg(
+        long,
+        env = "ARTIFACTD_ADDR",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub server: String,
+    #[arg(long, env = "ARTIFACTD_TENANT", default_value = "default", global = true)]
+    pub tenant: String,
+    #[arg(long, env = "ARTIFACTD_PROJECT", default_value = "default", global = true)]
+    pub project: String,
+    /// A bearer token sent with every call.
+    #[arg(long, env = "ARTIFACTD_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Recorded as the author of what you write.
+    #[arg(long, env = "ARTIFACTD_ACTOR", global = true)]
+    pub actor: Option<String>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The variables above, which the server's configuration loader must not read as settings.
+pub const VARIABLES: &[&str] = &[
+    "ARTIFACTD_ADDR",
+    "ARTIFACTD_TENANT",
+    "ARTIFACTD_PROJECT",
+    "ARTIFACTD_TOKEN",
+    "ARTIFACTD_ACTOR",
+];
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Uploads files: a new artifact per file, or a new version of an existing one.
+    Push {
+        /// Files, or directories (every file below them).
+        paths: Vec<PathBuf>,
+        /// The artifact type, for example prd, architecture, story, bundle.
+        #[arg(long = "type", default_value = "file")]
+        artifact_type: String,
+        /// The version: of a new artifact, or of the new version of an existing one.
+        #[arg(long)]
+        version: Option<String>,
+        /// How an existing artifact's version is bumped when --version is not given.
+        #[arg(long, default_value = "patch", value_parser = ["major", "minor", "patch"])]
+        bump: String,
+        #[arg(long, default_value = "")]
+        message: String,
+    },
+    /// Downloads a version to a file, resuming a partial download and verifying it.
+    Pull {
+        /// An artifact id, or TYPE/NAME.
+        artifact: String,
+        #[arg(long)]
+        version: Option<String>,
+        /// Where to write; the artifact's name when not given.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Lists the artifacts of the project.
+    Ls {
+        #[arg(long = "type")]
+        artifact_type: Option<String>,
+    },
+    /// Lists an artifact's versions, newest first.
+    Versions { artifact: String },
+    /// Shows an artifact and one version.
+    Show {
+        artifact: String,
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Full-text search.
+    Search {
+        query: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Deletes an artifact (restorable for the retention period).
+    Rm { artifact: String },
+    /// Restores a deleted artifact.
+    Restore { artifact: String },
+    /// The fallback store's state.
+    Fallback {
+        #[command(subcommand)]
+        command: FallbackCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FallbackCommand {
+    /// Breakers, write target, replication backlog, what each store lacks.
+    Status,
+    /// Writes, reads back and deletes a canary on each store now.
+    Test,
+    /// Compares both stores and copies whatever either lacks, with progress.
+    Sync {
+        /// Only count what is missing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// A failure of a command, with the exit code scripts can rely on.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+/// Exit codes: 0 success; 2 usage (clap); 3 not found; 4 invalid argument; 5 refused by
+/// the current state (version conflict, not configured); 6 unavailable; 7 data failed
+/// verification; 8 permission; 1 anything else.
+pub fn exit_code(code: Code) -> i32 {
+    match code {
+        Code::NotFound => 3,
+        Code::InvalidArgument | Code::OutOfRange => 4,
+        Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => 5,
+        Code::Unavailable | Code::DeadlineExceeded => 6,
+        Code::DataLoss => 7,
+        Code::PermissionDenied | Code::Unauthenticated => 8,
+        _ => 1,
+    }
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Self {
+        Failure {
+            code: exit_code(status.code()),
+            message: format!("{:?}: {}", status.code(), status.message()),
+        }
+    }
+}
+
+fn failure(code: i32, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+struct Session {
+    connection: Connection,
+    channel: Channel,
+}
+
+impl Session {
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.connection.token
+            && let Ok(value) = format!("Bearer {token}").parse()
+        {
+            request.metadata_mut().insert("authorization", value);
+        }
+        if let Some(actor) = &self.connection.actor
+            && let Ok(value) = actor.parse()
+        {
+            request.metadata_mut().insert(crate::api::ACTOR_HEADER, value);
+        }
+        request
+    }
+
+    fn artifacts(&self) -> ArtifactServiceClient<Channel> {
+        ArtifactServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(16 * 1024 * 1024)
+    }
+
+    fn scope(&self) -> (String, String) {
+        (self.connection.tenant.clone(), self.connection.project.clone())
+    }
+
+    /// An artifact named by id or `TYPE/NAME`.
+    async fn find(&self, artifact: &str, version: &str) -> Result<proto::GetArtifactResponse, Failure> {
+        let (tenant, project) = self.scope();
+        let selector = match artifact.split_once('/') {
+            Some((artifact_type, name)) => get_artifact_request::Selector::Coordinates(ArtifactCoordinates {
+                artifact_type: artifact_type.to_owned(),
+                name: name.to_owned(),
+            }),
+            None => get_artifact_request::Selector::ArtifactId(artifact.to_owned()),
+        };
+        Ok(self
+            .artifacts()
+            .get_artifact(self.request(GetArtifactRequest {
+                tenant,
+                project,
+                selector: Some(selector),
+                version: version.to_owned(),
+            }))
+            .await?
+            .into_inner())
+    }
+
+    fn print(&self, json: serde_json::Value, human: impl FnOnce() -> String) {
+        if self.connection.json {
+            println!("{json}");
+        } else {
+            println!("{}", human());
+        }
+    }
+}
+
+/// Runs one client command.
+pub async fn run(connection: Connection, command: ClientCommand) -> Result<(), Failure> {
+    let channel = Channel::from_shared(connection.server.clone())
+        .map_err(|e| failure(4, format!("--server {:?}: {e}", connection.server)))?
+        .connect()
+        .await
+        .map_err(|e| failure(6, format!("cannot reach {}: {e}", connection.server)))?;
+    let session = Session { connection, channel };
+    match command {
+        ClientCommand::Push {
+            paths,
+            artifact_type,
+            version,
+            bump,
+            message,
+        } => {
+            let mut files = Vec::new();
+            for path in &paths {
+                collect_files(path, &mut files)?;
+            }
+            if files.is_empty() {
+                return Err(failure(4, "push: no files given"));
+            }
+            for file in files {
+                push(
+                    &session,
+                    &file,
+                    &artifact_type,
+                    version.as_deref(),
+                    &bump,
+                    &message,
+                )
+                .await?;
+            }
+            Ok(())
+        }
+        ClientCommand::Pull {
+            artifact,
+            version,
+            output,
+        } => pull(&session, &artifact, version.as_deref().unwrap_or(""), output).await,
+        ClientCommand::Ls { artifact_type } => {
+            let (tenant, project) = session.scope();
+            let mut token = String::new();
+            let mut rows = Vec::new();
+            loop {
+                let page = session
+                    .artifacts()
+                    .list_artifacts(session.request(ListArtifactsRequest {
+                        tenant: tenant.clone(),
+                        project: project.clone(),
+                        artifact_type: artifact_type.clone().unwrap_or_default(),
+                        page_size: 200,
+                        page_token: token,
+                    }))
+                    .await?
+                    .into_inner();
+                rows.extend(page.artifacts);
+                token = page.next_page_token;
+                if token.is_empty() {
+                    break;
+                }
+            }
+            let listed = json!(rows.iter().map(artifact_json).collect::<Vec<_>>());
+            session.print(listed, || {
+                rows.iter()
+                    .map(|a| {
+                        format!(
+                            "{:<36}  {:<12} {:<10} {}",
+                            a.id, a.artifact_type, a.latest_version, a.name
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            Ok(())
+        }
+        ClientCommand::Versions { artifact } => {
+            let found = session.find(&artifact, "").await?;
+            let (tenant, project) = session.scope();
+            let id = found.artifact.map(|a| a.id).unwrap_or_default();
+            let versions = session
+                .artifacts()
+                .list_versions(session.request(ListVersionsRequest {
+                    tenant,
+                    project,
+                    artifact_id: id,
+                    page_size: 1000,
+                    page_token: String::new(),
+                }))
+                .await?
+                .into_inner()
+                .versions;
+            session.print(
+                json!(versions.iter().map(version_json).collect::<Vec<_>>()),
+                || {
+                    versions
+                        .iter()
+                        .map(|v| format!("{:<16} {:>12} bytes  {}", v.version, v.size, v.change_message))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            );
+            Ok(())
+        }
+        ClientCommand::Show { artifact, version } => {
+            let found = session.find(&artifact, version.as_deref().unwrap_or("")).await?;
+            let (artifact, version) = (
+                found.artifact.unwrap_or_default(),
+                found.version.unwrap_or_default(),
+            );
+            session.print(
+                json!({ "artifact": artifact_json(&artifact), "version": version_json(&version) }),
+                || {
+                    format!(
+                        "{} ({}) {}\nid       {}\nversion  {} of {}\nsize     {} bytes ({} stored)\nblake3   {}\ntags     {}",
+                        artifact.name,
+                        artifact.artifact_type,
+                        artifact.description,
+                        artifact.id,
+                        version.version,
+                        artifact.version_count,
+                        version.size,
+                        version.stored_size,
+                        version.blake3,
+                        artifact.tags.join(", ")
+                    )
+                },
+            );
+            Ok(())
+        }
+        ClientCommand::Search { query, limit } => {
+            let (tenant, project) = session.scope();
+            let found = SearchServiceClient::new(session.channel.clone())
+                .search(session.request(SearchRequest {
+                    tenant,
+                    project,
+                    query,
+                    page_size: limit,
+                    ..Default::default()
+                }))
+                .await?
+                .into_inner();
+            let hits: Vec<_> = found
+                .hits
+                .iter()
+                .map(|h| json!({ "artifact_id": h.artifact_id, "name": h.name, "type": h.artifact_type, "score": h.score }))
+                .collect();
+            session.print(json!({ "total_hits": found.total_hits, "hits": hits }), || {
+                let mut lines = vec![format!("{} hits", found.total_hits)];
+                lines.extend(
+                    found
+                        .hits
+                        .iter()
+                        .map(|h| format!("{:<36}  {:<12} {}", h.artifact_id, h.artifact_type, h.name)),
+                );
+                lines.join("\n")
+            });
+            Ok(())
+        }
+        ClientCommand::Rm { artifact } => {
+            let id = session
+                .find(&artifact, "")
+                .await?
+                .artifact
+                .map(|a| a.id)
+                .unwrap_or_default();
+            let (tenant, project) = session.scope();
+            let deleted = session
+                .artifacts()
+                .delete_artifact(session.request(DeleteArtifactRequest {
+                    tenant,
+                    project,
+                    artifact_id: id.clone(),
+                }))
+                .await?
+                .into_inner();
+            let until = deleted.restorable_until.map(|t| t.seconds).unwrap_or_default();
+            session.print(
+                json!({ "artifact_id": id, "restorable_until_unix": until }),
+                || format!("deleted {id}; `artifactd restore {id}` brings it back until unix time {until}"),
+            );
+            Ok(())
+        }
+        ClientCommand::Restore { artifact } => {
+            let (tenant, project) = session.scope();
+            let restored = session
+                .artifacts()
+                .undelete_artifact(session.request(UndeleteArtifactRequest {
+                    tenant,
+                    project,
+                    artifact_id: artifact.clone(),
+                }))
+                .await?
+                .into_inner()
+                .artifact
+                .unwrap_or_default();
+            session.print(artifact_json(&restored), || {
+                format!("restored {} ({})", restored.name, restored.id)
+            });
+            Ok(())
+        }
+        ClientCommand::Fallback {
+            command: FallbackCommand::Status,
+        } => {
+            let status = FallbackServiceClient::new(session.channel.clone())
+                .get_fallback_status(session.request(GetFallbackStatusRequest {}))
+                .await?
+                .into_inner();
+            let stores: Vec<_> = status
+                .stores
+                .iter()
+                .map(|s| json!({ "store": s.store, "breaker_state": s.breaker_state, "lacking": s.lacking, "repaired": s.repaired, "last_error": s.last_error }))
+                .collect();
+            session.print(
+                json!({ "degraded": status.degraded, "queue_depth": status.queue_depth, "stores": stores }),
+                || {
+                    let mut lines = vec![format!(
+                        "degraded: {}   queued copies: {}",
+                        status.degraded, status.queue_depth
+                    )];
+                    lines.extend(status.stores.iter().map(|s| {
+                        format!(
+                            "{:<50} breaker {:?}  lacking {}  repaired {}",
+                            s.store,
+                            proto::BreakerState::try_from(s.breaker_state).unwrap_or_default(),
+                            s.lacking,
+                            s.repaired
+                        )
+                    }));
+                    lines.join("\n")
+                },
+            );
+            Ok(())
+        }
+        ClientCommand::Fallback {
+            command: FallbackCommand::Test,
+        } => {
+            let probes = FallbackServiceClient::new(session.channel.clone())
+                .test_fallback(session.request(proto::TestFallbackRequest {}))
+                .await?
+                .into_inner()
+                .stores;
+            let healthy = probes.iter().all(|p| p.can_write && p.can_read && p.can_delete);
+            let rows: Vec<_> = probes
+                .iter()
+                .map(|p| {
+                    json!({ "store": p.store, "can_write": p.can_write, "can_read": p.can_read,
+                                 "can_delete": p.can_delete, "latency_ms": p.latency_ms, "error": p.error })
+                })
+                .collect();
+            session.print(json!({ "healthy": healthy, "stores": rows }), || {
+                probes
+                    .iter()
+                    .map(|p| {
+                        let verdict = if p.can_write && p.can_read && p.can_delete {
+                            "ok"
+                        } else {
+                            "FAILING"
+                        };
+                        format!(
+                            "{:<50} {verdict:<8} {:>8.1} ms  {}",
+                            p.store, p.latency_ms, p.error
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            if healthy {
+                Ok(())
+            } else {
+                Err(failure(6, "a store failed its probe"))
+            }
+        }
+        ClientCommand::Fallback {
+            command: FallbackCommand::Sync { dry_run },
+        } => {
+            let mut stream = FallbackServiceClient::new(session.channel.clone())
+                .sync_fallback(session.request(proto::SyncFallbackRequest { dry_run }))
+                .await?
+                .into_inner();
+            let progress = ProgressLine::new();
+            while let Some(message) = stream.message().await? {
+                match message.message {
+                    Some(proto::sync_fallback_response::Message::Progress(report)) => {
+                        if progress.shown {
+                            eprint!("\rexamined {} objects", report.examined);
+                        }
+                    }
+                    Some(proto::sync_fallback_response::Message::Result(report)) => {
+                        progress.finish();
+                        session.print(
+                            json!({ "examined": report.examined, "missing_on_primary": report.missing_on_primary,
+                                    "missing_on_fallback": report.missing_on_fallback,
+                                    "copied_to_primary": report.copied_to_primary,
+                                    "copied_to_fallback": report.copied_to_fallback, "errors": report.errors }),
+                            || {
+                                format!(
+                                    "examined {}; missing on primary {}, on fallback {}; copied {} and {}{}",
+                                    report.examined,
+                                    report.missing_on_primary,
+                                    report.missing_on_fallback,
+                                    report.copied_to_primary,
+                                    report.copied_to_fallback,
+                                    if report.errors.is_empty() { String::new() } else { format!("; errors: {}", report.errors.join("; ")) }
+                                )
+                            },
+                        );
+                        if !report.errors.is_empty() {
+                            return Err(failure(6, "some copies failed"));
+                        }
+                    }
+                    None => {}
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn artifact_json(a: &proto::Artifact) -> serde_json::Value {
+    json!({ "id": a.id, "type": a.artifact_type, "name": a.name, "latest_version": a.latest_version,
+            "version_count": a.version_count, "tags": a.tags })
+}
+
+fn version_json(v: &proto::ArtifactVersion) -> serde_json::Value {
+    json!({ "version": v.version, "size": v.size, "stored_size": v.stored_size,
+            "new_stored_size": v.new_stored_size, "blake3": v.blake3, "change_message": v.change_message })
+}
+
+fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), Failure> {
+    let metadata = std::fs::metadata(path).map_err(|e| failure(4, format!("{}: {e}", path.display())))?;
+    if metadata.is_file() {
+        files.push(path.to_owned());
+        return Ok(());
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(path)
+        .map_err(|e| failure(4, format!("{}: {e}", path.display())))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .collect();
+    entries.sort();
+    for entry in entries {
+        collect_files(&entry, files)?;
+    }
+    Ok(())
+}
+
+/// Reports bytes sent and the rate on stderr when it is a terminal.
+struct ProgressLine {
+    started: Instant,
+    shown: bool,
+}
+
+impl ProgressLine {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            shown: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn update(&self, sent: u64, total: u64) {
+        if !self.shown {
+            return;
+        }
+        let rate = sent as f64 / self.started.elapsed().as_secs_f64().max(1e-3) / 1048576.0;
+        eprint!(
+            "\r{:>8.1} / {:.1} MiB  {:>6.1} MiB/s",
+            sent as f64 / 1048576.0,
+            total as f64 / 1048576.0,
+            rate
+        );
+        let _ = std::io::stderr().flush();
+    }
+
+    fn finish(&self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
+}
+
+/// Reads a file into data messages and the finish message that proves the upload complete.
+fn file_messages(path: &Path) -> Result<(Vec<Bytes>, UploadFinish), Failure> {
+    let mut file = std::fs::File::open(path).map_err(|e| failure(4, format!("{}: {e}", path.display())))?;
+    let mut pieces = Vec::new();
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    loop {
+        let mut buffer = vec![0; 256 * 1024];
+        let read = file
+            .read(&mut buffer)
+            .map_err(|e| failure(1, format!("{}: {e}", path.display())))?;
+        if read == 0 {
+            break;
+        }
+        buffer.truncate(read);
+        hasher.update(&buffer);
+        size += read as u64;
+        pieces.push(Bytes::from(buffer));
+    }
+    Ok((
+        pieces,
+        UploadFinish {
+            size: Some(size),
+            blake3: hasher.finalize().to_hex().to_string(),
+        },
+    ))
+}
+
+async fn push(
+    session: &Session,
+    path: &Path,
+    artifact_type: &str,
+    version: Option<&str>,
+    bump: &str,
+    message: &str,
+) -> Result<(), Failure> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| failure(4, format!("{}: not a file name", path.display())))?
+        .to_owned();
+    let (pieces, finish) = file_messages(path)?;
+    let total = finish.size.unwrap_or_default();
+    let (tenant, project) = session.scope();
+    let existing = match session.find(&format!("{artifact_type}/{name}"), "").await {
+        Ok(found) => found.artifact,
+        Err(failure) if failure.code == 3 => None,
+        Err(failure) => return Err(failure),
+    };
+    let progress = std::sync::Arc::new(ProgressLine::new());
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = {
+        let (progress, sent) = (progress.clone(), sent.clone());
+        move |piece: Bytes| {
+            let now =
+                sent.fetch_add(piece.len() as u64, std::sync::atomic::Ordering::Relaxed) + piece.len() as u64;
+            progress.update(now, total);
+            piece
+        }
+    };
+    let started = Instant::now();
+    let (artifact, stored) = match existing {
+        None => {
+            let mut messages = vec![CreateArtifactRequest {
+                message: Some(create_artifact_request::Message::Header(CreateArtifactHeader {
+                    tenant,
+                    project,
+                    artifact_type: artifact_type.to_owned(),
+                    name: name.clone(),
+                    initial_version: version.unwrap_or("").to_owned(),
+                    change_message: message.to_owned(),
+                    ..Default::default()
+                })),
+            }];
+            messages.extend(pieces.into_iter().map(|piece| CreateArtifactRequest {
+                message: Some(create_artifact_request::Message::Data(counted(piece))),
+            }));
+            messages.push(CreateArtifactRequest {
+                message: Some(create_artifact_request::Message::Finish(finish)),
+            });
+            let created = session
+                .artifacts()
+                .create_artifact(session.request(futures::stream::iter(messages)))
+                .await?
+                .into_inner();
+            (
+                created.artifact.unwrap_or_default(),
+                created.version.unwrap_or_default(),
+            )
+        }
+        Some(existing) => {
+            let next_version = match version {
+                Some(explicit) => update_artifact_header::NextVersion::ExplicitVersion(explicit.to_owned()),
+                None => update_artifact_header::NextVersion::Bump(match bump {
+                    "major" => proto::BumpKind::Major as i32,
+                    "minor" => proto::BumpKind::Minor as i32,
+                    _ => proto::BumpKind::Patch as i32,
+                }),
+            };
+            let mut messages = vec![UpdateArtifactRequest {
+                message: Some(update_artifact_request::Message::Header(UpdateArtifactHeader {
+                    tenant,
+                    project,
+                    artifact_id: existing.id.clone(),
+                    next_version: Some(next_version),
+                    expected_current_version: existing.latest_version.clone(),
+                    change_message: message.to_owned(),
+                    ..Default::default()
+                })),
+            }];
+            messages.extend(pieces.into_iter().map(|piece| UpdateArtifactRequest {
+                message: Some(update_artifact_request::Message::Data(counted(piece))),
+            }));
+            messages.push(UpdateArtifactRequest {
+                message: Some(update_artifact_request::Message::Finish(finish)),
+            });
+            let updated = session
+                .artifacts()
+                .update_artifact(session.request(futures::stream::iter(messages)))
+                .await?
+                .into_inner();
+            (
+                updated.artifact.unwrap_or_default(),
+                updated.version.unwrap_or_default(),
+            )
+        }
+    };
+    progress.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    session.print(
+        json!({ "artifact": artifact_json(&artifact), "version": version_json(&stored), "seconds": seconds }),
+        || {
+            format!(
+                "{} {} {}: {} bytes in {:.2} s; the server stored {} new bytes after dedup and compression",
+                artifact.id, artifact.name, stored.version, stored.size, seconds, stored.new_stored_size
+            )
+        },
+    );
+    Ok(())
+}
+
+async fn pull(
+    session: &Session,
+    artifact: &str,
+    version: &str,
+    output: Option<PathBuf>,
+) -> Result<(), Failure> {
+    let found = session.find(artifact, version).await?;
+    let (artifact, version) = (
+        found.artifact.unwrap_or_default(),
+        found.version.unwrap_or_default(),
+    );
+    let target = output.unwrap_or_else(|| PathBuf::from(&artifact.name));
+    let partial = target.with_file_name(format!(
+        "{}.part",
+        target.file_name().and_then(|n| n.to_str()).unwrap_or("download")
+    ));
+    let mut resumed_from = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    if resumed_from > version.size {
+        resumed_from = 0;
+        let _ = std::fs::remove_file(&partial);
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&partial)
+        .map_err(|e| failure(1, format!("{}: {e}", partial.display())))?;
+    let progress = ProgressLine::new();
+    let mut written = resumed_from;
+    if resumed_from < version.size {
+        let (tenant, project) = session.scope();
+        let mut stream = session
+            .artifacts()
+            .download_artifact(session.request(DownloadArtifactRequest {
+                tenant,
+                project,
+                artifact_id: artifact.id.clone(),
+                version: version.version.clone(),
+                offset: resumed_from,
+                length: 0,
+            }))
+            .await?
+            .into_inner();
+        while let Some(message) = stream.message().await? {
+            if let Some(download_artifact_response::Message::Data(data)) = message.message {
+                file.write_all(&data)
+                    .map_err(|e| failure(1, format!("{}: {e}", partial.display())))?;
+                written += data.len() as u64;
+                progress.update(written, version.size);
+            }
+        }
+    }
+    file.sync_all()
+        .map_err(|e| failure(1, format!("{}: {e}", partial.display())))?;
+    drop(file);
+    progress.finish();
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(std::fs::File::open(&partial).map_err(|e| failure(1, e.to_string()))?)
+        .map_err(|e| failure(1, e.to_string()))?;
+    let digest = hasher.finalize().to_hex().to_string();
+    if digest != version.blake3 {
+        let _ = std::fs::remove_file(&partial);
+        return Err(failure(
+            7,
+            format!(
+                "{}: the download hashes to {digest}, version {} has {}; the partial file was removed",
+                target.display(),
+                version.version,
+                version.blake3
+            ),
+        ));
+    }
+    std::fs::rename(&partial, &target).map_err(|e| failure(1, format!("{}: {e}", target.display())))?;
+    session.print(
+        json!({ "path": target.display().to_string(), "version": version.version, "size": version.size,
+                "blake3": version.blake3, "resumed_from": resumed_from }),
+        || {
+            format!(
+                "{} ({} bytes, version {}, verified){}",
+                target.display(),
+                version.size,
+                version.version,
+                if resumed_from > 0 {
+                    format!(", resumed at byte {resumed_from}")
+                } else {
+                    String::new()
+                }
+            )
+        },
+    );
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! The command line for people, run as a process against a live server: push, pull (resumed
+//! and verified), ls, versions, show, search, rm, restore, fallback status, completions, and
+//! exit codes scripts can rely on.
+
+mod common;
+
+use common::binary::{ServerProcess, command};
+use std::path::Path;
+use std::process::Output;
+
+fn cli(server: &ServerProcess, args: &[&str], cwd: &Path) -> Output {
+    command()
+        .current_dir(cwd)
+        .env("ARTIFACTD_ADDR", server.endpoint())
+        .env("ARTIFACTD_TENANT", "acme")
+        .env("ARTIFACTD_PROJECT", "cli")
+        .args(args)
+        .output()
+        .expect("running artifactd")
+}
+
+fn ok_json(output: Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+#[test]
+fn push_pull_list_search_and_delete_from_the_command_line() {
+    let server = ServerProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let docs = work.join("docs");
+    std::fs::create_dir_all(docs.join("nested")).unwrap();
+    let prd = b"# Wombat PRD\n\nThe wombat checkout.\n".repeat(2000);
+    std::fs::write(docs.join("wombat-prd.md"), &prd).unwrap();
+    std::fs::write(docs.join("nested/story.md"), b"# Wombat story\n").unwrap();
+
+    // A directory: one artifact per file.
+    let pushed = cli(&server, &["push", "--type", "doc", "docs", "--json"], work);
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&pushed.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let first = &lines[1];
+    assert_eq!(first["artifact"]["name"], "wombat-prd.md");
+    assert!(
+        first["version"]["new_stored_size"].as_u64().unwrap() < prd.len() as u64,
+        "{first}"
+    );
+
+    // Pushing the same name again adds a version (minor bump).
+    std::fs::write(docs.join("wombat-prd.md"), b"# Wombat PRD v2\n").unwrap();
+    let again = ok_json(cli(
+        &server,
+        &[
+            "push",
+            "--type",
+            "doc",
+            "--bump",
+            "minor",
+            "docs/wombat-prd.md",
+            "--json",
+        ],
+        work,
+    ));
+    assert_eq!(again["version"]["version"], "1.1.0");
+    let id = again["artifact"]["id"].as_str().unwrap().to_owned();
+
+    let listed = ok_json(cli(&server, &["ls", "--json"], work));
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["story.md", "wombat-prd.md"]);
+    let versions = ok_json(cli(&server, &["versions", "doc/wombat-prd.md", "--json"], work));
+    assert_eq!(versions[0]["version"], "1.1.0");
+    assert_eq!(versions[1]["version"], "1.0.0");
+    let shown = cli(&server, &["show", &id, "--version", "1.0.0"], work);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains(&format!("{} bytes", prd.len())));
+
+    // A resumed, verified pull: a partial file from an interrupted download is completed.
+    std::fs::write(work.join("old.md.part"), &prd[..10_000]).unwrap();
+    let pulled = ok_json(cli(
+        &server,
+        &["pull", &id, "--version", "1.0.0", "-o", "old.md", "--json"],
+        work,
+    ));
+    assert_eq!(pulled["resumed_from"], 10_000);
+    assert_eq!(std::fs::read(work.join("old.md")).unwrap(), prd);
+    // A partial file with wrong bytes fails verification: exit 7, nothing under the name.
+    std::fs::write(work.join("bad.md.part"), vec![0u8; 5_000]).unwrap();
+    let bad = cli(
+        &server,
+        &["pull", &id, "--version", "1.0.0", "-o", "bad.md"],
+        work,
+    );
+    assert_eq!(
+        bad.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(!work.join("bad.md").exists() && !work.join("bad.md.part").exists());
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let found = ok_json(cli(&server, &["search", "wombat", "--json"], work));
+        if found["total_hits"] == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "search never found both: {found}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    ok_json(cli(&server, &["rm", &id, "--json"], work));
+    let gone = cli(&server, &["show", &id], work);
+    assert_eq!(gone.status.code(), Some(3), "not found is exit code 3");
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("NotFound"),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+    ok_json(cli(&server, &["restore", &id, "--json"], work));
+    assert!(cli(&server, &["show", &id], work).status.success());
+}
+
+#[test]
+fn exit_codes_and_messages_say_what_went_wrong() {
+    let server = ServerProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    std::fs::write(work.join("a b.md"), b"x").unwrap();
+    // The server's own message, and exit code 4 for a bad argument.
+    let bad_type = cli(&server, &["push", "--type", "no spaces", "a b.md"], work);
+    assert_eq!(bad_type.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&bad_type.stderr).contains("artifact_type"));
+    let missing_file = cli(&server, &["push", "nowhere.md"], work);
+    assert_eq!(missing_file.status.code(), Some(4));
+    // No fallback configured: refused by the state of the server, exit code 5.
+    let fallback = cli(&server, &["fallback", "status"], work);
+    assert_eq!(fallback.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&fallback.stderr).contains("no fallback store is configured"));
+    // No server: unavailable, exit code 6.
+    let nowhere = command()
+        .args(["ls", "--server", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        nowhere.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&nowhere.stderr)
+    );
+    // Shell completions name the commands.
+    let completions = command().args(["completions", "bash"]).output().unwrap();
+    assert!(completions.status.success());
+    let script = String::from_utf8_lossy(&completions.stdout);
+    for word in ["push", "pull", "versions", "restore"] {
+        assert!(script.contains(word), "completions lack {word}");
+    }
+}
+
+#[test]
+fn the_readme_command_line_example_runs() {
+    let server = ServerProcess::start();
+    let readme = std::fs::read_to_string(common::repo_root().join("README.md")).unwrap();
+    let block = readme
+        .split("<!-- cli-example -->")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README has a command line example");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("docs")).unwrap();
+    std::fs::write(
+        dir.path().join("docs/payments-prd.md"),
+        b"# Payments PRD\n\nRefunds within 30 days.\n",
+    )
+    .unwrap();
+    let binary_dir = Path::new(common::binary::binary()).parent().unwrap().to_owned();
+    let path = format!(
+        "{}:{}",
+        binary_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script = format!(
+        "set -euo pipefail\n{}",
+        block.replace("http://127.0.0.1:50051", &server.endpoint())
+    );
+    let output = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("payments-prd.md"), "{stdout}");
+    assert_eq!(
+        std::fs::read(dir.path().join("payments-prd.md")).unwrap(),
+        b"# Payments PRD\n\nRefunds within 30 days.\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_status_test_and_sync_from_the_command_line() {
+    let pair = common::failover::start_pair().await;
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().to_owned();
+    std::fs::write(work.join("kept.bin"), common::noise(600_000, 3)).unwrap();
+    let server = &pair.server;
+    let run = |args: &'static [&'static str]| cli(server, args, &work);
+    ok_json(run(&["push", "kept.bin", "--json"]));
+    let status = ok_json(run(&["fallback", "status", "--json"]));
+    assert_eq!(status["stores"].as_array().unwrap().len(), 2, "{status}");
+    let tested = ok_json(run(&["fallback", "test", "--json"]));
+    assert_eq!(tested["healthy"], true, "{tested}");
+    let synced = ok_json(run(&["fallback", "sync", "--json"]));
+    assert!(synced["examined"].as_u64().unwrap() > 0, "{synced}");
+    assert_eq!(synced["missing_on_primary"], 0);
+}
