@@ -512,11 +512,10 @@ pub async fn run(connection: Connection, command: ClientCommand) -> Result<(), F
             let progress = ProgressLine::new();
             while let Some(message) = stream.message().await? {
                 match message.message {
-                    Some(proto::sync_fallback_response::Message::Progress(report)) => {
-                        if progress.shown {
-                            eprint!("\rexamined {} objects", report.examined);
-                        }
+                    Some(proto::sync_fallback_response::Message::Progress(report)) if progress.shown => {
+                        eprint!("\rexamined {} objects", report.examined);
                     }
+                    Some(proto::sync_fallback_response::Message::Progress(_)) => {}
                     Some(proto::sync_fallback_response::Message::Result(report)) => {
                         progress.finish();
                         session.print(
