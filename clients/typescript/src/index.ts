@@ -1,0 +1,278 @@
+// A thin layer over the generated artifactd stubs (src/gen, from `scripts/generate-clients`):
+// uploads that end with a finish message (size and blake3), downloads that resume and verify,
+// paging iterators, and errors with the server's status code and message intact.
+
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient, type Client as RpcClient, type Interceptor } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { blake3 } from "@noble/hashes/blake3";
+import { bytesToHex } from "@noble/hashes/utils";
+import { createReadStream, createWriteStream } from "node:fs";
+import { open, rename, rm, stat } from "node:fs/promises";
+import {
+  ArtifactService,
+  BumpKind,
+  type CreateArtifactRequest,
+  CreateArtifactRequestSchema,
+  type CreateArtifactResponse,
+  type UpdateArtifactRequest,
+  UpdateArtifactRequestSchema,
+  type UpdateArtifactResponse,
+  type Artifact,
+  type ArtifactVersion,
+} from "./gen/artifactd/v1/artifact_pb.js";
+import { FallbackService } from "./gen/artifactd/v1/fallback_pb.js";
+import { SearchService, type SearchHit } from "./gen/artifactd/v1/search_pb.js";
+
+export * from "./gen/artifactd/v1/artifact_pb.js";
+export * from "./gen/artifactd/v1/search_pb.js";
+export * from "./gen/artifactd/v1/fallback_pb.js";
+export { Code, ConnectError };
+
+/** Bytes, a path to a file, or any (async) iterable of byte chunks. */
+export type Content = Uint8Array | string | AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
+
+/** The server accepts data messages of up to 256 KiB. */
+const PIECE = 256 * 1024;
+
+export interface ClientOptions {
+  /** For example "http://127.0.0.1:50051" (https for TLS). */
+  baseUrl: string;
+  token?: string;
+  apiKey?: string;
+  actor?: string;
+}
+
+export interface UploadOptions {
+  tags?: string[];
+  metadata?: Record<string, string>;
+  initialVersion?: string;
+  changeMessage?: string;
+  onProgress?: (sentBytes: number) => void;
+}
+
+/** Downloaded bytes that do not hash to the digest the server announced. */
+export class IntegrityError extends Error {}
+
+async function* pieces(content: Content): AsyncIterable<Uint8Array> {
+  if (typeof content === "string") {
+    for await (const chunk of createReadStream(content, { highWaterMark: PIECE })) {
+      yield chunk as Uint8Array;
+    }
+    return;
+  }
+  const chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array> = content instanceof Uint8Array ? [content] : content;
+  for await (const chunk of chunks) {
+    for (let start = 0; start < chunk.length; start += PIECE) {
+      yield chunk.subarray(start, start + PIECE);
+    }
+  }
+}
+
+/** Data messages, then the finish message that proves the upload complete. */
+async function* uploadParts<M>(
+  content: Content,
+  data: (piece: Uint8Array) => M,
+  finish: (size: bigint, digest: string) => M,
+  onProgress?: (sent: number) => void,
+): AsyncIterable<M> {
+  const hasher = blake3.create({});
+  let sent = 0;
+  for await (const piece of pieces(content)) {
+    if (piece.length === 0) continue;
+    hasher.update(piece);
+    sent += piece.length;
+    yield data(piece);
+    onProgress?.(sent);
+  }
+  yield finish(BigInt(sent), bytesToHex(hasher.digest()));
+}
+
+export class ArtifactdClient {
+  readonly artifacts: RpcClient<typeof ArtifactService>;
+  readonly search: RpcClient<typeof SearchService>;
+  readonly fallback: RpcClient<typeof FallbackService>;
+
+  constructor(options: ClientOptions) {
+    const headers: [string, string][] = [];
+    if (options.token) headers.push(["authorization", `Bearer ${options.token}`]);
+    if (options.apiKey) headers.push(["x-api-key", options.apiKey]);
+    if (options.actor) headers.push(["x-artifactd-actor", options.actor]);
+    const addHeaders: Interceptor = (next) => async (request) => {
+      for (const [name, value] of headers) request.header.set(name, value);
+      return next(request);
+    };
+    const transport = createGrpcTransport({ baseUrl: options.baseUrl, interceptors: [addHeaders] });
+    this.artifacts = createClient(ArtifactService, transport);
+    this.search = createClient(SearchService, transport);
+    this.fallback = createClient(FallbackService, transport);
+  }
+
+  /** Creates an artifact with its first version. */
+  async create(
+    tenant: string,
+    project: string,
+    artifactType: string,
+    name: string,
+    content: Content,
+    options: UploadOptions = {},
+  ): Promise<CreateArtifactResponse> {
+    const header = {
+      tenant,
+      project,
+      artifactType,
+      name,
+      tags: options.tags ?? [],
+      metadata: options.metadata ?? {},
+      initialVersion: options.initialVersion ?? "",
+      changeMessage: options.changeMessage ?? "",
+    };
+    async function* messages(): AsyncIterable<CreateArtifactRequest> {
+      yield create(CreateArtifactRequestSchema, { message: { case: "header", value: header } });
+      yield* uploadParts(
+        content,
+        (piece) => create(CreateArtifactRequestSchema, { message: { case: "data", value: piece } }),
+        (size, blake3Hex) =>
+          create(CreateArtifactRequestSchema, { message: { case: "finish", value: { size, blake3: blake3Hex } } }),
+        options.onProgress,
+      );
+    }
+    return this.artifacts.createArtifact(messages());
+  }
+
+  /** Adds a version, bumped ("major" | "minor" | "patch") unless `explicitVersion` is given. */
+  async update(
+    tenant: string,
+    project: string,
+    artifactId: string,
+    content: Content,
+    options: { bump?: "major" | "minor" | "patch"; explicitVersion?: string; expectedCurrentVersion?: string; changeMessage?: string; onProgress?: (sent: number) => void } = {},
+  ): Promise<UpdateArtifactResponse> {
+    const bumps = { major: BumpKind.MAJOR, minor: BumpKind.MINOR, patch: BumpKind.PATCH };
+    const nextVersion = options.explicitVersion
+      ? { case: "explicitVersion" as const, value: options.explicitVersion }
+      : { case: "bump" as const, value: bumps[options.bump ?? "patch"] };
+    const header = {
+      tenant,
+      project,
+      artifactId,
+      nextVersion,
+      expectedCurrentVersion: options.expectedCurrentVersion ?? "",
+      changeMessage: options.changeMessage ?? "",
+    };
+    async function* messages(): AsyncIterable<UpdateArtifactRequest> {
+      yield create(UpdateArtifactRequestSchema, { message: { case: "header", value: header } });
+      yield* uploadParts(
+        content,
+        (piece) => create(UpdateArtifactRequestSchema, { message: { case: "data", value: piece } }),
+        (size, blake3Hex) =>
+          create(UpdateArtifactRequestSchema, { message: { case: "finish", value: { size, blake3: blake3Hex } } }),
+        options.onProgress,
+      );
+    }
+    return this.artifacts.updateArtifact(messages());
+  }
+
+  /** The content (or a range) as it arrives; a whole download is verified at its end. */
+  async *download(
+    tenant: string,
+    project: string,
+    artifactId: string,
+    options: { version?: string; offset?: bigint; length?: bigint } = {},
+  ): AsyncIterable<Uint8Array> {
+    const hasher = blake3.create({});
+    let announced: { size: bigint; length: bigint; blake3: string; version: string } | undefined;
+    const offset = options.offset ?? 0n;
+    for await (const response of this.artifacts.downloadArtifact({
+      tenant,
+      project,
+      artifactId,
+      version: options.version ?? "",
+      offset,
+      length: options.length ?? 0n,
+    })) {
+      if (response.message.case === "header") {
+        announced = response.message.value;
+      } else if (response.message.case === "data") {
+        hasher.update(response.message.value);
+        yield response.message.value;
+      }
+    }
+    if (announced && offset === 0n && announced.length === announced.size) {
+      const digest = bytesToHex(hasher.digest());
+      if (digest !== announced.blake3) {
+        throw new IntegrityError(
+          `artifact ${artifactId} version ${announced.version}: received bytes hash to ${digest}, the server announced ${announced.blake3}`,
+        );
+      }
+    }
+  }
+
+  /** Downloads into `path`, resuming `<path>.part` and verifying the whole file before it
+   * takes its final name; a file that fails verification is removed. */
+  async downloadTo(
+    path: string,
+    tenant: string,
+    project: string,
+    artifactId: string,
+    options: { version?: string } = {},
+  ): Promise<{ version: string; size: bigint; resumedFrom: bigint }> {
+    const partial = `${path}.part`;
+    const found = await this.artifacts.getArtifact({
+      tenant,
+      project,
+      selector: { case: "artifactId", value: artifactId },
+      version: options.version ?? "",
+    });
+    const expected = found.version as ArtifactVersion;
+    let resumedFrom = BigInt((await stat(partial).catch(() => ({ size: 0 }))).size);
+    if (resumedFrom > expected.size) {
+      await rm(partial, { force: true });
+      resumedFrom = 0n;
+    }
+    if (resumedFrom < expected.size) {
+      const out = createWriteStream(partial, { flags: "a" });
+      for await (const piece of this.download(tenant, project, artifactId, { version: expected.version, offset: resumedFrom })) {
+        if (!out.write(piece)) await new Promise<void>((resolve) => out.once("drain", () => resolve()));
+      }
+      await new Promise<void>((resolve, reject) => out.end((error?: Error | null) => (error ? reject(error) : resolve())));
+    }
+    const handle = await open(partial, "r");
+    await handle.sync();
+    await handle.close();
+    const hasher = blake3.create({});
+    for await (const chunk of createReadStream(partial)) hasher.update(chunk as Uint8Array);
+    const digest = bytesToHex(hasher.digest());
+    if (digest !== expected.blake3) {
+      await rm(partial, { force: true });
+      throw new IntegrityError(`${path}: the download hashes to ${digest}, version ${expected.version} has ${expected.blake3}`);
+    }
+    await rename(partial, path);
+    return { version: expected.version, size: expected.size, resumedFrom };
+  }
+
+  /** Every live artifact of a project, fetched a page at a time. */
+  async *listArtifacts(tenant: string, project: string, pageSize = 100): AsyncIterable<Artifact> {
+    let pageToken = "";
+    do {
+      const page = await this.artifacts.listArtifacts({ tenant, project, pageSize, pageToken });
+      yield* page.artifacts;
+      pageToken = page.nextPageToken;
+    } while (pageToken);
+  }
+
+  /** Every hit of a query, best first, fetched a page at a time. */
+  async *searchAll(tenant: string, project: string, query: string, pageSize = 20): AsyncIterable<SearchHit> {
+    let pageToken = "";
+    do {
+      const page = await this.search.search({ tenant, project, query, pageSize, pageToken });
+      yield* page.hits;
+      pageToken = page.nextPageToken;
+    } while (pageToken);
+  }
+}
+
+/** The gRPC code of a failed call (`Code.NotFound`, ...). */
+export function codeOf(error: unknown): Code | undefined {
+  return error instanceof ConnectError ? error.code : undefined;
+}

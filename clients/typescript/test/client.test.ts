@@ -1,0 +1,124 @@
+// The TypeScript client against a live server started from the binary the test command built.
+
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes, randomUUID } from "node:crypto";
+import { mkdir, mkdtemp, readFile, writeFile, stat } from "node:fs/promises";
+import { createInterface } from "node:readline";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { ArtifactdClient, Code, IntegrityError, codeOf } from "../src/index.js";
+
+const repo = resolve(import.meta.dirname, "../../../..");
+let server: ChildProcess;
+let baseUrl = "";
+
+before(async () => {
+  const binary = process.env.ARTIFACTD_BIN ?? join(repo, "target/debug/artifactd");
+  await stat(binary).catch(() => {
+    throw new Error(`${binary} does not exist: run scripts/test (it builds it), or set ARTIFACTD_BIN`);
+  });
+  const dataDir = await mkdtemp(join(tmpdir(), "artifactd-ts-"));
+  const env: Record<string, string> = {};
+  for (const [key, value] of Object.entries(process.env)) {
+    if (!key.startsWith("ARTIFACTD_") && value !== undefined) env[key] = value;
+  }
+  Object.assign(env, {
+    ARTIFACTD_DATA_DIR: dataDir,
+    ARTIFACTD_SERVER__GRPC_ADDR: "127.0.0.1:0",
+    ARTIFACTD_SERVER__HTTP_ADDR: "127.0.0.1:0",
+    ARTIFACTD_LOG__FILTER: "warn",
+  });
+  server = spawn(binary, ["serve"], { env, stdio: ["ignore", "pipe", "ignore"] });
+  const lines = createInterface({ input: server.stdout! });
+  const ready: string = await new Promise((resolveReady, reject) => {
+    lines.once("line", resolveReady);
+    server.once("exit", (code) => reject(new Error(`artifactd exited with ${code}`)));
+  });
+  const grpc = ready.split(" ").find((part) => part.startsWith("grpc="));
+  assert.ok(grpc, `unexpected ready line ${ready}`);
+  baseUrl = `http://${grpc.slice("grpc=".length)}`;
+});
+
+after(() => {
+  server?.kill("SIGTERM");
+});
+
+test("upload, update, resumed verified download, list and search", async () => {
+  const client = new ArtifactdClient({ baseUrl, actor: "agent-ts" });
+  const project = `ts${randomUUID().slice(0, 8)}`;
+  const content = new Uint8Array(randomBytes(600 * 1024));
+  let progress = 0;
+  const created = await client.create("acme", project, "bundle", "data.bin", content, {
+    tags: ["typescript"],
+    onProgress: (sent) => (progress = sent),
+  });
+  assert.equal(progress, content.length);
+  assert.equal(created.version?.size, BigInt(content.length));
+  assert.equal(created.artifact?.createdBy, "agent-ts");
+  const id = created.artifact!.id;
+
+  const updated = await client.update("acme", project, id, new TextEncoder().encode("# Numbat notes\n"), {
+    bump: "minor",
+    expectedCurrentVersion: "1.0.0",
+  });
+  assert.equal(updated.version?.version, "1.1.0");
+
+  const dir = await mkdtemp(join(tmpdir(), "artifactd-ts-dl-"));
+  const target = join(dir, "data.bin");
+  await writeFile(`${target}.part`, content.subarray(0, 100_000));
+  const done = await client.downloadTo(target, "acme", project, id, { version: "1.0.0" });
+  assert.equal(done.resumedFrom, 100_000n);
+  assert.deepEqual(new Uint8Array(await readFile(target)), content);
+
+  await writeFile(join(dir, "bad.bin.part"), new Uint8Array(1000));
+  await assert.rejects(client.downloadTo(join(dir, "bad.bin"), "acme", project, id, { version: "1.0.0" }), IntegrityError);
+  await assert.rejects(stat(join(dir, "bad.bin.part")));
+
+  for (const n of [1, 2]) {
+    await client.create("acme", project, "doc", `numbat-${n}.md`, new TextEncoder().encode(`# Numbat ${n}\n`));
+  }
+  const names: string[] = [];
+  for await (const artifact of client.listArtifacts("acme", project, 1)) names.push(artifact.name);
+  assert.deepEqual(names, ["data.bin", "numbat-1.md", "numbat-2.md"]);
+
+  let hits: string[] = [];
+  for (const deadline = Date.now() + 15_000; Date.now() < deadline; ) {
+    hits = [];
+    for await (const hit of client.searchAll("acme", project, "numbat", 1)) hits.push(hit.name);
+    if (hits.length === 3) break;
+    await new Promise((resolveLater) => setTimeout(resolveLater, 50));
+  }
+  assert.deepEqual(hits.sort(), ["data.bin", "numbat-1.md", "numbat-2.md"]);
+});
+
+test("errors reach the caller with the server's code and message", async () => {
+  const client = new ArtifactdClient({ baseUrl });
+  const missing = randomUUID();
+  await assert.rejects(
+    client.artifacts.getArtifact({ tenant: "acme", project: "web", selector: { case: "artifactId", value: missing } }),
+    (error: unknown) => codeOf(error) === Code.NotFound && String(error).includes(missing),
+  );
+  await assert.rejects(
+    client.create("acme", "web", "prd", "a/b.md", new Uint8Array([1])),
+    (error: unknown) => codeOf(error) === Code.InvalidArgument && String(error).includes("name:"),
+  );
+  await assert.rejects(
+    client.fallback.getFallbackStatus({}),
+    (error: unknown) => codeOf(error) === Code.FailedPrecondition && String(error).includes("no fallback store is configured"),
+  );
+});
+
+test("the README example runs", async () => {
+  const readme = await readFile(join(repo, "README.md"), "utf8");
+  const block = readme.split("<!-- typescript-example -->")[1]?.split("```ts\n")[1]?.split("```")[0];
+  assert.ok(block, "the README has a TypeScript example");
+  // The example is TypeScript that is also plain JavaScript, so it runs as a module as is.
+  // Inside the package (so that "@artifactd/client" resolves to it), outside the test folder.
+  const folder = join(import.meta.dirname, "..", "readme-example");
+  await mkdir(folder, { recursive: true });
+  const file = join(folder, "example.mjs");
+  await writeFile(file, block.replace("http://127.0.0.1:50051", baseUrl));
+  await import(file);
+});
