@@ -29,10 +29,22 @@ fn the_go_client_builds_and_round_trips_against_a_live_server() {
     let gopath = format!("{}:/usr/share/gocode", root.display());
     let scratch = tempfile::tempdir().unwrap();
     let binary = scratch.path().join("roundtrip");
-    let built = go(&["build", "-o", binary.to_str().unwrap(), "artifactd/cmd/roundtrip"], &gopath, scratch.path());
-    assert!(built.status.success(), "go build: {}", String::from_utf8_lossy(&built.stderr));
+    let built = go(
+        &["build", "-o", binary.to_str().unwrap(), "artifactd/cmd/roundtrip"],
+        &gopath,
+        scratch.path(),
+    );
+    assert!(
+        built.status.success(),
+        "go build: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
     let vetted = go(&["vet", "artifactd/..."], &gopath, scratch.path());
-    assert!(vetted.status.success(), "go vet: {}", String::from_utf8_lossy(&vetted.stderr));
+    assert!(
+        vetted.status.success(),
+        "go vet: {}",
+        String::from_utf8_lossy(&vetted.stderr)
+    );
     let unformatted = Command::new("gofmt")
         .args(["-l", "src/artifactd/client", "src/artifactd/cmd"])
         .current_dir(&root)
@@ -45,9 +57,19 @@ fn the_go_client_builds_and_round_trips_against_a_live_server() {
     );
 
     let server = ServerProcess::start();
-    let ran = Command::new(&binary).args(["-addr", &server.grpc.to_string()]).output().unwrap();
+    let ran = Command::new(&binary)
+        .args(["-addr", &server.grpc.to_string()])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&ran.stdout);
-    assert!(ran.status.success(), "{stdout}{}", String::from_utf8_lossy(&ran.stderr));
+    assert!(
+        ran.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
     assert!(stdout.starts_with("roundtrip ok "), "{stdout}");
-    assert!(stdout.contains("not found"), "the server's message reaches the caller: {stdout}");
+    assert!(
+        stdout.contains("not found"),
+        "the server's message reaches the caller: {stdout}"
+    );
 }
