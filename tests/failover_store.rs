@@ -74,6 +74,18 @@ fn config() -> FailoverConfig {
     }
 }
 
+/// A decoder that accepts exactly `expected` and refuses anything else as damaged, as the
+/// download path's chunk-hash check does.
+fn accepting_only(expected: Bytes) -> artifactd::storage::Decoder {
+    Arc::new(move |bytes: &[u8]| {
+        if bytes == &expected[..] {
+            Ok(vec![Bytes::copy_from_slice(bytes)])
+        } else {
+            Err("not the bytes that were written".to_owned())
+        }
+    })
+}
+
 /// A keyed-by-hash verifier, as packs are named by the blake3 of their bytes.
 fn hash_named() -> ObjectVerifier {
     Arc::new(|key: &str, bytes: &[u8]| {
@@ -164,14 +176,7 @@ async fn conformance(store: Arc<dyn BlobStore>, expect: Expect, scenario: &str) 
         .unwrap_or_else(|e| panic!("{scenario}: put: {e}"));
     // Reads through a decoder that accepts only the true bytes: a damaged copy is refused
     // and the other side's is used.
-    let expected = data.clone();
-    let exact: artifactd::storage::Decoder = Arc::new(move |bytes: &[u8]| {
-        if bytes == &expected[1000..50_000] {
-            Ok(vec![Bytes::copy_from_slice(bytes)])
-        } else {
-            Err("not the bytes that were written".to_owned())
-        }
-    });
+    let exact = accepting_only(data.slice(1000..50_000));
     let decoded = store
         .get_decoded(key, GetOptions::range(1000..50_000), exact)
         .await
@@ -410,14 +415,7 @@ async fn a_miss_or_a_damaged_copy_on_one_side_is_repaired_by_reading() {
     let mut damaged = data.to_vec();
     damaged[100] ^= 0x55;
     pair.primary.real.put(&key, Bytes::from(damaged)).await.unwrap();
-    let expected = data.clone();
-    let decoder: artifactd::storage::Decoder = Arc::new(move |bytes: &[u8]| {
-        if bytes == &expected[..] {
-            Ok(vec![Bytes::copy_from_slice(bytes)])
-        } else {
-            Err("hash mismatch".to_owned())
-        }
-    });
+    let decoder = accepting_only(data.clone());
     let read = pair
         .store
         .get_decoded(&key, GetOptions::default(), decoder)
@@ -557,14 +555,7 @@ async fn a_torn_write_is_found_by_the_next_read_and_repaired() {
 
     // A read of the whole object sees a range past the end of the torn copy: damaged, so the
     // fallback's copy serves it and the primary's is queued for repair.
-    let expected = data.clone();
-    let decoder: artifactd::storage::Decoder = Arc::new(move |bytes: &[u8]| {
-        if bytes == &expected[..] {
-            Ok(vec![Bytes::copy_from_slice(bytes)])
-        } else {
-            Err("hash mismatch".to_owned())
-        }
-    });
+    let decoder = accepting_only(data.clone());
     let read = pair
         .store
         .get_decoded(&key, GetOptions::range(0..data.len() as u64), decoder)
