@@ -33,7 +33,7 @@ from artifactd_client.client import (
     channel_options,
     create_header,
     update_header,
-    upload_parts,
+    upload_requests,
     whole_download_mismatch,
 )
 
@@ -122,12 +122,8 @@ class AsyncClient:
         )
 
         async def messages() -> AsyncIterator[artifact_pb2.CreateArtifactRequest]:
-            yield artifact_pb2.CreateArtifactRequest(header=header)
-            for piece, finish in upload_parts(content, progress):
-                if finish is None:
-                    yield artifact_pb2.CreateArtifactRequest(data=piece)
-                else:
-                    yield artifact_pb2.CreateArtifactRequest(finish=finish)
+            for message in upload_requests(artifact_pb2.CreateArtifactRequest, header, content, progress):
+                yield message
 
         return await self._once(
             lambda: self.artifacts.CreateArtifact(messages(), metadata=self._metadata, timeout=self._timeout)
@@ -157,12 +153,8 @@ class AsyncClient:
         )
 
         async def messages() -> AsyncIterator[artifact_pb2.UpdateArtifactRequest]:
-            yield artifact_pb2.UpdateArtifactRequest(header=header)
-            for piece, finish in upload_parts(content, progress):
-                if finish is None:
-                    yield artifact_pb2.UpdateArtifactRequest(data=piece)
-                else:
-                    yield artifact_pb2.UpdateArtifactRequest(finish=finish)
+            for message in upload_requests(artifact_pb2.UpdateArtifactRequest, header, content, progress):
+                yield message
 
         return await self._once(
             lambda: self.artifacts.UpdateArtifact(messages(), metadata=self._metadata, timeout=self._timeout)

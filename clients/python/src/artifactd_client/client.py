@@ -171,6 +171,19 @@ def upload_parts(
     yield b"", artifact_pb2.UploadFinish(size=sent, blake3=hasher.hexdigest())
 
 
+R = TypeVar("R")
+
+
+def upload_requests(
+    request: Callable[..., R], header: object, content: Content, progress: Progress | None
+) -> Iterator[R]:
+    """The messages of an upload: the header, the data, and the finish that proves it complete.
+    `request` is `CreateArtifactRequest` or `UpdateArtifactRequest`."""
+    yield request(header=header)
+    for piece, finish in upload_parts(content, progress):
+        yield request(data=piece) if finish is None else request(finish=finish)
+
+
 def channel_options() -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),
@@ -303,16 +316,9 @@ class Client:
             expected_blake3=expected_blake3,
         )
 
-        def messages() -> Iterator[artifact_pb2.CreateArtifactRequest]:
-            yield artifact_pb2.CreateArtifactRequest(header=header)
-            for piece, finish in upload_parts(content, progress):
-                if finish is None:
-                    yield artifact_pb2.CreateArtifactRequest(data=piece)
-                else:
-                    yield artifact_pb2.CreateArtifactRequest(finish=finish)
-
+        messages = upload_requests(artifact_pb2.CreateArtifactRequest, header, content, progress)
         return self._once(
-            lambda: self.artifacts.CreateArtifact(messages(), metadata=self._metadata, timeout=self._timeout)
+            lambda: self.artifacts.CreateArtifact(messages, metadata=self._metadata, timeout=self._timeout)
         )
 
     def update(
@@ -345,16 +351,9 @@ class Client:
             metadata_remove=metadata_remove,
         )
 
-        def messages() -> Iterator[artifact_pb2.UpdateArtifactRequest]:
-            yield artifact_pb2.UpdateArtifactRequest(header=header)
-            for piece, finish in upload_parts(content, progress):
-                if finish is None:
-                    yield artifact_pb2.UpdateArtifactRequest(data=piece)
-                else:
-                    yield artifact_pb2.UpdateArtifactRequest(finish=finish)
-
+        messages = upload_requests(artifact_pb2.UpdateArtifactRequest, header, content, progress)
         return self._once(
-            lambda: self.artifacts.UpdateArtifact(messages(), metadata=self._metadata, timeout=self._timeout)
+            lambda: self.artifacts.UpdateArtifact(messages, metadata=self._metadata, timeout=self._timeout)
         )
 
     # ---- downloads -----------------------------------------------------------------------
