@@ -1,7 +1,8 @@
 //! The command line for people: `artifactd push | pull | ls | versions | show | search | rm |
-//! restore | fallback`, over the same gRPC API the agents use. Human output by default,
+//! restore | fallback | status` (and `health`, in `main.rs`), over the same gRPC API the agents use. Human output by default,
 //! `--json` for scripts; exit codes by what went wrong (see [`exit_code`]).
 
+use crate::proto::admin_service_client::AdminServiceClient;
 use crate::proto::artifact_service_client::ArtifactServiceClient;
 use crate::proto::fallback_service_client::FallbackServiceClient;
 use crate::proto::search_service_client::SearchServiceClient;
@@ -17,7 +18,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -112,6 +113,8 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: FallbackCommand,
     },
+    /// The server's version, background jobs and the health of each service.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,11 +233,7 @@ impl Session {
 
 /// Runs one client command.
 pub async fn run(connection: Connection, command: ClientCommand) -> Result<(), Failure> {
-    let channel = Channel::from_shared(connection.server.clone())
-        .map_err(|e| failure(4, format!("--server {:?}: {e}", connection.server)))?
-        .connect()
-        .await
-        .map_err(|e| failure(6, format!("cannot reach {}: {e}", connection.server)))?;
+    let channel = connect(&connection).await?;
     let session = Session { connection, channel };
     match command {
         ClientCommand::Push {
@@ -430,6 +429,50 @@ pub async fn run(connection: Connection, command: ClientCommand) -> Result<(), F
             });
             Ok(())
         }
+        ClientCommand::Status => {
+            let status = AdminServiceClient::new(session.channel.clone())
+                .get_server_status(session.request(proto::GetServerStatusRequest {}))
+                .await?
+                .into_inner();
+            let jobs: Vec<_> = status
+                .jobs
+                .iter()
+                .map(|j| {
+                    let state = proto::JobState::try_from(j.state).unwrap_or_default();
+                    json!({ "name": j.name, "state": state.as_str_name(), "restarts": j.restarts, "last_error": j.last_error })
+                })
+                .collect();
+            let services: Vec<_> = status
+                .services
+                .iter()
+                .map(|s| json!({ "service": s.service, "serving": s.serving }))
+                .collect();
+            session.print(
+                json!({ "version": status.version, "jobs": jobs, "services": services }),
+                || {
+                    let mut lines = vec![format!("artifactd {}", status.version)];
+                    lines.extend(status.services.iter().map(|s| {
+                        let name = if s.service.is_empty() {
+                            "(server)"
+                        } else {
+                            &s.service
+                        };
+                        format!("{name:<40} {}", if s.serving { "serving" } else { "NOT SERVING" })
+                    }));
+                    lines.extend(status.jobs.iter().map(|j| {
+                        let state = proto::JobState::try_from(j.state).unwrap_or_default();
+                        let error = if j.last_error.is_empty() {
+                            String::new()
+                        } else {
+                            format!("  last error: {}", j.last_error)
+                        };
+                        format!("job {:<36} {:?}  restarts {}{error}", j.name, state, j.restarts)
+                    }));
+                    lines.join("\n")
+                },
+            );
+            Ok(())
+        }
         ClientCommand::Fallback {
             command: FallbackCommand::Status,
         } => {
@@ -544,6 +587,52 @@ pub async fn run(connection: Connection, command: ClientCommand) -> Result<(), F
             }
             Ok(())
         }
+    }
+}
+
+async fn connect(connection: &Connection) -> Result<Channel, Failure> {
+    Channel::from_shared(connection.server.clone())
+        .map_err(|e| failure(4, format!("--server {:?}: {e}", connection.server)))?
+        .connect()
+        .await
+        .map_err(|e| failure(6, format!("cannot reach {}: {e}", connection.server)))
+}
+
+/// `artifactd health`: one `grpc.health.v1.Health/Check` of `service` (the whole server when
+/// empty), answered within `limit`. Success only for SERVING; not serving, not answering and
+/// not reachable are all exit code 6.
+pub async fn health_check(connection: &Connection, service: &str, limit: Duration) -> Result<(), Failure> {
+    match tokio::time::timeout(limit, health(connection, service)).await {
+        Ok(result) => result,
+        Err(_) => Err(failure(
+            6,
+            format!("{} did not answer within {:?}", connection.server, limit),
+        )),
+    }
+}
+
+async fn health(connection: &Connection, service: &str) -> Result<(), Failure> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let channel = connect(connection).await?;
+    let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await?
+        .into_inner();
+    let status = ServingStatus::try_from(answer.status).unwrap_or(ServingStatus::Unknown);
+    let name = if service.is_empty() { "server" } else { service };
+    if connection.json {
+        println!(
+            "{}",
+            json!({ "service": service, "status": status.as_str_name() })
+        );
+    } else {
+        println!("{name}: {}", status.as_str_name());
+    }
+    match status {
+        ServingStatus::Serving => Ok(()),
+        _ => Err(failure(6, format!("{name} is {}", status.as_str_name()))),
     }
 }
 

@@ -34,6 +34,16 @@ enum Command {
         #[arg(long, env = "ARTIFACTD_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Asks the server's gRPC health service: exit 0 when serving, 6 when not serving or not
+    /// answering in time. The container image's health check.
+    Health {
+        /// A service, for example artifactd.v1.ArtifactService; the whole server when empty.
+        #[arg(long, default_value = "")]
+        service: String,
+        /// Seconds to wait for the connection and the answer together.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
     /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     #[command(flatten)]
@@ -44,6 +54,20 @@ fn load(config: Option<&PathBuf>) -> anyhow::Result<Config> {
     Ok(Config::load(config.map(PathBuf::as_path), std::env::vars())?)
 }
 
+/// Runs a client command; a failure is printed and becomes the process's exit code.
+fn client(
+    command: impl std::future::Future<Output = Result<(), artifactd::cli::Failure>>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    match runtime.block_on(command) {
+        Ok(()) => Ok(()),
+        Err(failure) => {
+            eprintln!("artifactd: {}", failure.message);
+            std::process::exit(failure.code);
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -52,15 +76,10 @@ fn main() -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "artifactd", &mut std::io::stdout());
             Ok(())
         }
-        Command::Client(command) => {
-            let runtime = tokio::runtime::Runtime::new()?;
-            match runtime.block_on(artifactd::cli::run(cli.connection, command)) {
-                Ok(()) => Ok(()),
-                Err(failure) => {
-                    eprintln!("artifactd: {}", failure.message);
-                    std::process::exit(failure.code);
-                }
-            }
+        Command::Client(command) => client(artifactd::cli::run(cli.connection, command)),
+        Command::Health { service, timeout } => {
+            let limit = std::time::Duration::from_secs(timeout.max(1));
+            client(async move { artifactd::cli::health_check(&cli.connection, &service, limit).await })
         }
         Command::CheckConfig { config } => {
             let config = load(config.as_ref())?;

@@ -168,11 +168,71 @@ fn exit_codes_and_messages_say_what_went_wrong() {
         "{}",
         String::from_utf8_lossy(&nowhere.stderr)
     );
+    // Health: the whole server, one service, an unknown service, and no server at all.
+    let serving = cli(
+        &server,
+        &[
+            "health",
+            "--server",
+            &server.endpoint(),
+            "--service",
+            "artifactd.v1.ArtifactService",
+        ],
+        work,
+    );
+    assert!(
+        serving.status.success(),
+        "{}",
+        String::from_utf8_lossy(&serving.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&serving.stdout).trim(),
+        "artifactd.v1.ArtifactService: SERVING"
+    );
+    let unknown = cli(
+        &server,
+        &[
+            "health",
+            "--server",
+            &server.endpoint(),
+            "--service",
+            "no.such.Service",
+        ],
+        work,
+    );
+    assert_eq!(
+        unknown.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+    let unreachable = command()
+        .args(["health", "--server", "http://127.0.0.1:9", "--timeout", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(6));
+    // Server status: the version, the jobs and the services.
+    let status = ok_json(cli(&server, &["status", "--json"], work));
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    let jobs = status["jobs"].as_array().unwrap();
+    assert!(
+        jobs.iter()
+            .any(|job| job["name"] == "indexer" && job["state"] == "JOB_STATE_RUNNING"),
+        "{status}"
+    );
+    assert!(
+        status["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["service"] == "artifactd.v1.ArtifactService" && s["serving"] == true),
+        "{status}"
+    );
     // Shell completions name the commands.
     let completions = command().args(["completions", "bash"]).output().unwrap();
     assert!(completions.status.success());
     let script = String::from_utf8_lossy(&completions.stdout);
-    for word in ["push", "pull", "versions", "restore"] {
+    for word in ["push", "pull", "versions", "restore", "health", "status"] {
         assert!(script.contains(word), "completions lack {word}");
     }
 }

@@ -376,3 +376,333 @@ fn the_restricted_profile_check_catches_what_it_should() {
         );
     }
 }
+
+/// One instruction of a Dockerfile: the keyword (upper case) and its arguments, with line
+/// continuations joined and comments and parser directives dropped.
+fn dockerfile_instructions(text: &str) -> Vec<(String, String)> {
+    let mut instructions = Vec::new();
+    let mut pending = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if pending.is_empty() && (trimmed.is_empty() || trimmed.starts_with('#')) {
+            continue;
+        }
+        if let Some(head) = trimmed.strip_suffix('\\') {
+            pending.push_str(head);
+            pending.push(' ');
+            continue;
+        }
+        pending.push_str(trimmed);
+        let (keyword, rest) = pending.split_once(char::is_whitespace).unwrap_or((&pending, ""));
+        instructions.push((keyword.to_ascii_uppercase(), rest.trim().to_owned()));
+        pending.clear();
+    }
+    instructions
+}
+
+/// The `--option` flags of an instruction removed, leaving its operands.
+fn without_flags(arguments: &str) -> &str {
+    let mut rest = arguments.trim_start();
+    while rest.starts_with("--") {
+        rest = rest
+            .split_once(char::is_whitespace)
+            .map_or("", |(_, after)| after)
+            .trim_start();
+    }
+    rest
+}
+
+/// The libraries an ELF binary asks the dynamic loader for.
+fn needed_libraries(binary: &str) -> BTreeSet<String> {
+    let output = Command::new("readelf")
+        .args(["--dynamic", binary])
+        .output()
+        .expect("readelf (binutils) runs");
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains("(NEEDED)"))
+        .filter_map(|line| line.split('[').nth(1)?.split(']').next().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_dockerfile_builds_a_pinned_non_root_image_with_a_grpc_health_check() {
+    let text = std::fs::read_to_string(common::repo_root().join("Dockerfile")).unwrap();
+    let instructions = dockerfile_instructions(&text);
+    let args: std::collections::BTreeMap<&str, &str> = instructions
+        .iter()
+        .filter(|(keyword, _)| keyword == "ARG")
+        .filter_map(|(_, rest)| rest.split_once('='))
+        .collect();
+    let stages: Vec<usize> = instructions
+        .iter()
+        .enumerate()
+        .filter(|(_, (keyword, _))| keyword == "FROM")
+        .map(|(index, _)| index)
+        .collect();
+    assert!(stages.len() >= 2, "a multi-stage build: {stages:?}");
+
+    // The builder uses the toolchain the repository pins, and Cargo.lock exactly.
+    let toolchain = std::fs::read_to_string(common::repo_root().join("rust-toolchain.toml")).unwrap();
+    let channel = toolchain
+        .lines()
+        .find_map(|line| line.strip_prefix("channel = "))
+        .map(|value| value.trim_matches('"'))
+        .expect("rust-toolchain.toml names a channel");
+    assert_eq!(
+        args.get("RUST_VERSION").copied(),
+        Some(channel),
+        "the image builds with rust-toolchain.toml's Rust"
+    );
+    let runs: Vec<&str> = instructions
+        .iter()
+        .filter(|(keyword, _)| keyword == "RUN")
+        .map(|(_, rest)| rest.as_str())
+        .collect();
+    assert!(
+        runs.iter()
+            .any(|run| run.contains("cargo build --release --locked")),
+        "the release binary is built from Cargo.lock: {runs:?}"
+    );
+
+    // Every base image is pinned: a tag, never `latest`.
+    for &index in &stages {
+        let image = without_flags(&instructions[index].1)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .replace("${RUST_VERSION}", args.get("RUST_VERSION").copied().unwrap_or(""));
+        let tag = image
+            .rsplit_once('/')
+            .map_or(image.as_str(), |(_, last)| last)
+            .split_once(':')
+            .map(|(_, tag)| tag);
+        assert!(
+            matches!(tag, Some(tag) if tag != "latest" && !tag.is_empty()),
+            "{image} is not pinned"
+        );
+    }
+
+    // The final stage: a minimal base that has what the binary links against, a non-root
+    // numeric user, the binary as entry point and a health check through gRPC health.
+    let last = &instructions[*stages.last().unwrap()..];
+    let base = without_flags(&last[0].1);
+    assert!(
+        base.starts_with("gcr.io/distroless/cc-"),
+        "minimal glibc base: {base}"
+    );
+    let provided = [
+        "libc.so.6",
+        "libm.so.6",
+        "libgcc_s.so.1",
+        "ld-linux-x86-64.so.2",
+        "libpthread.so.0",
+        "libdl.so.2",
+        "librt.so.1",
+    ];
+    let needed = needed_libraries(common::binary::binary());
+    let missing: Vec<_> = needed
+        .iter()
+        .filter(|lib| !provided.contains(&lib.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the runtime base lacks {missing:?} (the binary needs {needed:?})"
+    );
+    let user = last
+        .iter()
+        .rev()
+        .find(|(keyword, _)| keyword == "USER")
+        .map(|(_, rest)| rest.as_str())
+        .expect("the final stage sets USER");
+    let uid: u32 = user
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("a numeric user, which runAsNonRoot can check");
+    assert!(uid > 0, "USER {user} is root");
+    let exec_form = |keyword: &str| -> Vec<String> {
+        let (_, rest) = last
+            .iter()
+            .find(|(k, _)| k == keyword)
+            .unwrap_or_else(|| panic!("no {keyword}"));
+        serde_json::from_str(without_flags(rest).trim_start_matches("CMD").trim())
+            .unwrap_or_else(|e| panic!("{keyword} in exec form: {e}"))
+    };
+    assert_eq!(exec_form("ENTRYPOINT"), ["/usr/local/bin/artifactd"]);
+    assert_eq!(exec_form("CMD"), ["serve"]);
+    let health = exec_form("HEALTHCHECK");
+    assert_eq!(health[0], "/usr/local/bin/artifactd");
+    assert_eq!(health[1], "health");
+
+    // The image's environment is configuration the service accepts.
+    let environment: Vec<(String, String)> = last
+        .iter()
+        .filter(|(keyword, _)| keyword == "ENV")
+        .flat_map(|(_, rest)| rest.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').expect("ENV name=value");
+            (name.to_owned(), value.to_owned())
+        })
+        .collect();
+    assert!(environment.iter().any(|(name, _)| name == "ARTIFACTD_DATA_DIR"));
+    let checked = common::binary::command()
+        .arg("check-config")
+        .envs(environment.clone())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(printed.contains("grpc_addr = \"0.0.0.0:50051\""), "{printed}");
+    assert!(printed.contains("data_dir = \"/var/lib/artifactd\""), "{printed}");
+
+    // The health check command, pointed at a live server (the image probes its own port):
+    // SERVING is success; a server that is gone is exit code 6.
+    let mut server = common::binary::ServerProcess::start();
+    let probe = |endpoint: &str| {
+        let arguments: Vec<String> = health[1..]
+            .iter()
+            .map(|a| {
+                if a.starts_with("http://127.0.0.1:") {
+                    endpoint.to_owned()
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        common::binary::command().args(&arguments).output().unwrap()
+    };
+    let answered = probe(&server.endpoint());
+    assert!(
+        answered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&answered.stderr)
+    );
+    assert!(String::from_utf8_lossy(&answered.stdout).contains("SERVING"));
+    let endpoint = server.endpoint();
+    server.terminate();
+    let gone = probe(&endpoint);
+    assert_eq!(
+        gone.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+}
+
+fn docker_compose(args: &[&str]) -> std::process::Output {
+    Command::new("docker-compose")
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| {
+            panic!(
+                "docker-compose could not run ({error}): run scripts/test, which installs Debian's \
+             docker-compose package, or `apt-get install docker-compose`"
+            )
+        })
+}
+
+#[tokio::test]
+async fn the_compose_file_is_valid_and_its_environment_runs_the_service() {
+    let compose = deploy_file("compose/compose.yaml");
+    let compose_path = compose.to_str().unwrap();
+    let valid = docker_compose(&["-f", compose_path, "config", "-q"]);
+    assert!(
+        valid.status.success(),
+        "{}",
+        String::from_utf8_lossy(&valid.stderr)
+    );
+    // The same check refuses a broken file, so passing it means something.
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("compose.yaml");
+    let original = std::fs::read_to_string(&compose).unwrap();
+    std::fs::write(
+        &broken,
+        original.replacen("    restart: unless-stopped", "    restart_policy: sometimes", 1),
+    )
+    .unwrap();
+    let refused = docker_compose(&["-f", broken.to_str().unwrap(), "config", "-q"]);
+    assert!(
+        !refused.status.success(),
+        "docker-compose accepted an unknown key"
+    );
+
+    let resolved = docker_compose(&["-f", compose_path, "config"]);
+    assert!(resolved.status.success());
+    let file: serde_json::Value = serde_norway::from_slice(&resolved.stdout).unwrap();
+    let services = file["services"].as_object().unwrap();
+    for needed in ["postgres", "minio", "s3-fallback", "artifactd"] {
+        assert!(services.contains_key(needed), "no {needed} service");
+    }
+    let artifactd = &services["artifactd"];
+    assert_eq!(artifactd["build"]["dockerfile"], "Dockerfile");
+    assert_eq!(artifactd["read_only"], true);
+    let environment = artifactd["environment"].as_object().unwrap();
+
+    // Run the service with that environment, each compose service it names replaced by a real
+    // local one: moto's S3 server for each S3 endpoint, a fresh Postgres database.
+    let primary = common::moto::MotoServer::start().await;
+    let fallback = common::moto::MotoServer::start().await;
+    let database = common::postgres::TestDatabase::create().await;
+    let mut env = Vec::new();
+    for (name, value) in environment {
+        let value = value.as_str().unwrap_or_default().to_owned();
+        let local = match value
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.split(['/', '@']).find(|part| part.contains(':')))
+        {
+            _ if name == "DATABASE_URL" => {
+                assert!(value.contains("@postgres:5432/"), "{value}");
+                database.url.clone()
+            }
+            Some("minio:9000") => primary.endpoint(),
+            Some("s3-fallback:9000") => fallback.endpoint(),
+            Some(other) if services.contains_key(other.split(':').next().unwrap()) => {
+                panic!("{name} points at {other}, which this test does not provide")
+            }
+            _ => value,
+        };
+        env.push((name.clone(), local));
+    }
+    let server =
+        common::binary::ServerProcess::start_with(common::binary::ServerOptions::default().envs(env));
+    let status = common::failover::status(&server).await;
+    assert_eq!(status.stores.len(), 2, "{status:?}");
+    assert!(!status.degraded, "{status:?}");
+    let mut client = server.client().await;
+    let content = b"# Compose\n".repeat(100);
+    let id = common::client::create_id(
+        &mut client,
+        common::client::header("acme", "compose", "doc", "compose.md"),
+        &content,
+    )
+    .await;
+    let (_, downloaded) = common::client::download(
+        &mut client,
+        common::client::download_request("acme", "compose", &id, ""),
+    )
+    .await
+    .unwrap();
+    assert_eq!(downloaded, content);
+    use artifactd::storage::BlobStore;
+    let primary_packs = primary.store("artifacts").await.list("packs/").await.unwrap();
+    let fallback_packs = fallback
+        .store("artifacts-fallback")
+        .await
+        .list("packs/")
+        .await
+        .unwrap();
+    assert!(
+        !primary_packs.is_empty() && !fallback_packs.is_empty(),
+        "both stores hold the upload"
+    );
+    drop(server);
+    database.drop_database().await;
+}

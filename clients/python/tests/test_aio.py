@@ -72,5 +72,7 @@ def test_the_async_client_round_trips_resumes_pages_and_reports_errors(server: s
             with pytest.raises(ArtifactdError) as no_fallback:
                 await client.fallback_status()
             assert no_fallback.value.code == grpc.StatusCode.FAILED_PRECONDITION
+            status = await client.server_status()
+            assert "indexer" in {job.name for job in status.jobs}
 
     asyncio.run(scenario())

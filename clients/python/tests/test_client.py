@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from artifactd_client import ArtifactdError, Client, IntegrityError
-from artifactd_client._generated.artifactd.v1 import search_pb2
+from artifactd_client._generated.artifactd.v1 import admin_pb2, search_pb2
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[3]
@@ -144,6 +144,17 @@ def test_errors_reach_the_caller_as_the_server_sent_them(server: str) -> None:
             client.fallback_status()
         assert no_fallback.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert "no fallback store is configured" in no_fallback.value.message
+
+
+def test_server_status_names_its_jobs_and_services(server: str) -> None:
+    with Client(server) as client:
+        status = client.server_status()
+        assert status.version
+        jobs = {job.name: job for job in status.jobs}
+        assert "indexer" in jobs, jobs
+        assert jobs["indexer"].state == admin_pb2.JOB_STATE_RUNNING
+        services = {s.service: s.serving for s in status.services}
+        assert services.get("artifactd.v1.ArtifactService") is True, services
 
 
 def test_unavailable_is_retried_then_reported() -> None:

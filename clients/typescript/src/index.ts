@@ -21,12 +21,14 @@ import {
   type Artifact,
   type ArtifactVersion,
 } from "./gen/artifactd/v1/artifact_pb.js";
+import { AdminService, type GetServerStatusResponse } from "./gen/artifactd/v1/admin_pb.js";
 import { FallbackService } from "./gen/artifactd/v1/fallback_pb.js";
 import { SearchService, type SearchHit } from "./gen/artifactd/v1/search_pb.js";
 
 export * from "./gen/artifactd/v1/artifact_pb.js";
 export * from "./gen/artifactd/v1/search_pb.js";
 export * from "./gen/artifactd/v1/fallback_pb.js";
+export * from "./gen/artifactd/v1/admin_pb.js";
 export { Code, ConnectError };
 
 /** Bytes, a path to a file, or any (async) iterable of byte chunks. */
@@ -92,6 +94,7 @@ export class ArtifactdClient {
   readonly artifacts: RpcClient<typeof ArtifactService>;
   readonly search: RpcClient<typeof SearchService>;
   readonly fallback: RpcClient<typeof FallbackService>;
+  readonly admin: RpcClient<typeof AdminService>;
 
   constructor(options: ClientOptions) {
     const headers: [string, string][] = [];
@@ -106,6 +109,12 @@ export class ArtifactdClient {
     this.artifacts = createClient(ArtifactService, transport);
     this.search = createClient(SearchService, transport);
     this.fallback = createClient(FallbackService, transport);
+    this.admin = createClient(AdminService, transport);
+  }
+
+  /** The server's version, its background jobs and the health of each service it reports. */
+  async serverStatus(): Promise<GetServerStatusResponse> {
+    return this.admin.getServerStatus({});
   }
 
   /** Creates an artifact with its first version. */

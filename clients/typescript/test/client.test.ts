@@ -8,7 +8,7 @@ import { mkdir, mkdtemp, readFile, writeFile, stat } from "node:fs/promises";
 import { createInterface } from "node:readline";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { ArtifactdClient, Code, IntegrityError, codeOf } from "../src/index.js";
+import { ArtifactdClient, Code, IntegrityError, JobState, codeOf } from "../src/index.js";
 
 const repo = resolve(import.meta.dirname, "../../../..");
 let server: ChildProcess;
@@ -108,6 +108,16 @@ test("errors reach the caller with the server's code and message", async () => {
     client.fallback.getFallbackStatus({}),
     (error: unknown) => codeOf(error) === Code.FailedPrecondition && String(error).includes("no fallback store is configured"),
   );
+});
+
+test("server status names its jobs and services", async () => {
+  const client = new ArtifactdClient({ baseUrl });
+  const status = await client.serverStatus();
+  assert.ok(status.version.length > 0);
+  const indexer = status.jobs.find((job) => job.name === "indexer");
+  assert.equal(indexer?.state, JobState.RUNNING);
+  const artifacts = status.services.find((s) => s.service === "artifactd.v1.ArtifactService");
+  assert.equal(artifacts?.serving, true);
 });
 
 test("the README example runs", async () => {

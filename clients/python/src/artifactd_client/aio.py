@@ -15,6 +15,8 @@ import grpc
 import grpc.aio
 
 from artifactd_client._generated.artifactd.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     artifact_pb2,
     artifact_pb2_grpc,
     fallback_pb2,
@@ -66,6 +68,7 @@ class AsyncClient:
         self.artifacts = artifact_pb2_grpc.ArtifactServiceStub(self._channel)
         self.search_service = search_pb2_grpc.SearchServiceStub(self._channel)
         self.fallback = fallback_pb2_grpc.FallbackServiceStub(self._channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self._channel)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -340,6 +343,14 @@ class AsyncClient:
         return await self._idempotent(
             lambda: self.fallback.GetFallbackStatus(
                 fallback_pb2.GetFallbackStatusRequest(), metadata=self._metadata, timeout=self._timeout
+            )
+        )
+
+    async def server_status(self) -> admin_pb2.GetServerStatusResponse:
+        """The server's version, its background jobs and the health of each service."""
+        return await self._idempotent(
+            lambda: self.admin.GetServerStatus(
+                admin_pb2.GetServerStatusRequest(), metadata=self._metadata, timeout=self._timeout
             )
         )
 

@@ -15,6 +15,8 @@ import grpc
 import grpc.aio
 
 from artifactd_client._generated.artifactd.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     artifact_pb2,
     artifact_pb2_grpc,
     fallback_pb2,
@@ -245,6 +247,7 @@ class Client:
         self.artifacts = artifact_pb2_grpc.ArtifactServiceStub(self._channel)
         self.search_service = search_pb2_grpc.SearchServiceStub(self._channel)
         self.fallback = fallback_pb2_grpc.FallbackServiceStub(self._channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -581,5 +584,14 @@ class Client:
         return self._idempotent(
             lambda: self.fallback.GetFallbackStatus(
                 fallback_pb2.GetFallbackStatusRequest(), metadata=self._metadata, timeout=self._timeout
+            )
+        )
+
+    def server_status(self) -> admin_pb2.GetServerStatusResponse:
+        """The server's version, its background jobs (state, restarts, last error) and the
+        health of each service it reports."""
+        return self._idempotent(
+            lambda: self.admin.GetServerStatus(
+                admin_pb2.GetServerStatusRequest(), metadata=self._metadata, timeout=self._timeout
             )
         )
