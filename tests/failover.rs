@@ -116,9 +116,13 @@ async fn the_primary_returning_with_its_data_drains_the_backlog_and_takes_writes
         during.queue_depth > 0,
         "writes made during the outage wait for the primary"
     );
-    assert_eq!(
-        store_status(&during, StoreSide::Primary).breaker_state,
-        BreakerState::Open as i32
+    // Open, or half-open when its backoff ran out before this read (the tuning's backoff is
+    // short, and a busy machine takes that long between the writes and the status): either
+    // way not closed.
+    let primary_breaker = store_status(&during, StoreSide::Primary).breaker_state;
+    assert!(
+        [BreakerState::Open as i32, BreakerState::HalfOpen as i32].contains(&primary_breaker),
+        "the primary's breaker is {primary_breaker} during the outage"
     );
 
     // Primary back with its old data: the backlog drains and writes go back to it.
