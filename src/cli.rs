@@ -90,8 +90,13 @@ pub enum ClientCommand {
         #[arg(long = "type")]
         artifact_type: Option<String>,
     },
-    /// Lists an artifact's versions, newest first.
-    Versions { artifact: String },
+    /// Lists an artifact's versions, newest first (archived ones with --all).
+    Versions {
+        artifact: String,
+        /// Archived versions too.
+        #[arg(long)]
+        all: bool,
+    },
     /// Shows an artifact and one version.
     Show {
         artifact: String,
@@ -281,6 +286,7 @@ pub async fn run(connection: Connection, command: ClientCommand) -> Result<(), F
                         artifact_type: artifact_type.clone().unwrap_or_default(),
                         page_size: 200,
                         page_token: token,
+                        states: Vec::new(),
                     }))
                     .await?
                     .into_inner();
@@ -304,7 +310,7 @@ pub async fn run(connection: Connection, command: ClientCommand) -> Result<(), F
             });
             Ok(())
         }
-        ClientCommand::Versions { artifact } => {
+        ClientCommand::Versions { artifact, all } => {
             let found = session.find(&artifact, "").await?;
             let (tenant, project) = session.scope();
             let id = found.artifact.map(|a| a.id).unwrap_or_default();
@@ -316,6 +322,7 @@ pub async fn run(connection: Connection, command: ClientCommand) -> Result<(), F
                     artifact_id: id,
                     page_size: 1000,
                     page_token: String::new(),
+                    states: if all { (1..=4).collect() } else { Vec::new() },
                 }))
                 .await?
                 .into_inner()
@@ -325,7 +332,15 @@ pub async fn run(connection: Connection, command: ClientCommand) -> Result<(), F
                 || {
                     versions
                         .iter()
-                        .map(|v| format!("{:<16} {:>12} bytes  {}", v.version, v.size, v.change_message))
+                        .map(|v| {
+                            format!(
+                                "{:<16} {:<9} {:>12} bytes  {}",
+                                v.version,
+                                state_name(v.state),
+                                v.size,
+                                v.change_message
+                            )
+                        })
                         .collect::<Vec<_>>()
                         .join("\n")
                 },
@@ -642,8 +657,18 @@ fn artifact_json(a: &proto::Artifact) -> serde_json::Value {
 }
 
 fn version_json(v: &proto::ArtifactVersion) -> serde_json::Value {
-    json!({ "version": v.version, "size": v.size, "stored_size": v.stored_size,
+    json!({ "version": v.version, "state": state_name(v.state), "size": v.size, "stored_size": v.stored_size,
             "new_stored_size": v.new_stored_size, "blake3": v.blake3, "change_message": v.change_message })
+}
+
+/// "draft", "review", "approved" or "archived".
+fn state_name(state: i32) -> String {
+    let name = proto::LifecycleState::try_from(state)
+        .unwrap_or_default()
+        .as_str_name();
+    name.strip_prefix("LIFECYCLE_STATE_")
+        .unwrap_or(name)
+        .to_ascii_lowercase()
 }
 
 fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), Failure> {

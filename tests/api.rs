@@ -181,6 +181,7 @@ async fn artifact_lifecycle_over_grpc() {
                 artifact_id: id.clone(),
                 page_size: 2,
                 page_token: token.clone(),
+                states: Vec::new(),
             })
             .await
             .unwrap()

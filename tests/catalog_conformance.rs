@@ -4,7 +4,7 @@
 mod common;
 
 use artifactd::catalog::{Catalog, Dialect, Labels, NewArtifact, NewVersion, Scope};
-use artifactd::domain::Error;
+use artifactd::domain::{Error, LifecycleState};
 use artifactd::ingest::{ChunkId, Codec, PackEntry};
 use common::postgres::TestDatabase;
 use std::collections::BTreeMap;
@@ -39,6 +39,7 @@ fn new_version(version: &str, chunks: Vec<(String, PackEntry)>, packs: Vec<Strin
         new_chunks: chunks,
         packs,
         labels: None,
+        state: LifecycleState::Draft,
     }
 }
 
@@ -212,13 +213,16 @@ async fn conformance(catalog: Catalog) {
         assert_eq!(artifact.latest_version, next);
         latest = version.version;
     }
-    let page = catalog.list_versions(&created.id, None, 2).await.unwrap();
+    let page = catalog
+        .list_versions(&created.id, &LifecycleState::ALL, None, 2)
+        .await
+        .unwrap();
     assert_eq!(
         page.iter().map(|v| v.version.as_str()).collect::<Vec<_>>(),
         ["3.2.0", "3.1.0"]
     );
     let rest = catalog
-        .list_versions(&created.id, Some(page[1].seq), 10)
+        .list_versions(&created.id, &LifecycleState::ALL, Some(page[1].seq), 10)
         .await
         .unwrap();
     assert_eq!(rest.len(), 3, "{dialect:?}: the rest of the versions");
@@ -238,22 +242,31 @@ async fn conformance(catalog: Catalog) {
     }
     let names =
         |records: &[artifactd::domain::Artifact]| records.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
-    let first_page = catalog.list_artifacts(&scope, None, None, 2).await.unwrap();
+    let first_page = catalog
+        .list_artifacts(&scope, None, &LifecycleState::ALL, None, 2)
+        .await
+        .unwrap();
     assert_eq!(names(&first_page), ["PRD.md", "a.md"]);
     let last = first_page.last().unwrap();
     let second_page = catalog
-        .list_artifacts(&scope, None, Some((&last.name, &last.id)), 10)
+        .list_artifacts(
+            &scope,
+            None,
+            &LifecycleState::ALL,
+            Some((&last.name, &last.id)),
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(names(&second_page), ["b.md", "c.md"]);
     let stories = catalog
-        .list_artifacts(&scope, Some("story"), None, 10)
+        .list_artifacts(&scope, Some("story"), &LifecycleState::ALL, None, 10)
         .await
         .unwrap();
     assert_eq!(names(&stories), ["c.md"]);
     assert!(
         catalog
-            .list_artifacts(&other_tenant, None, None, 10)
+            .list_artifacts(&other_tenant, None, &LifecycleState::ALL, None, 10)
             .await
             .unwrap()
             .is_empty()
@@ -323,7 +336,13 @@ async fn conformance(catalog: Catalog) {
             .is_some()
     );
     assert!(
-        !names(&catalog.list_artifacts(&scope, None, None, 10).await.unwrap()).contains(&"PRD.md".to_owned())
+        !names(
+            &catalog
+                .list_artifacts(&scope, None, &LifecycleState::ALL, None, 10)
+                .await
+                .unwrap()
+        )
+        .contains(&"PRD.md".to_owned())
     );
     let updating_deleted = catalog
         .add_version(

@@ -11,13 +11,16 @@ use crate::domain::version::Bump;
 use crate::domain::{Error, Result};
 use crate::proto::artifact_service_server::ArtifactService;
 use crate::proto::{
-    self, BumpKind, CreateArtifactRequest, CreateArtifactResponse, DeleteArtifactRequest,
-    DeleteArtifactResponse, DownloadArtifactRequest, DownloadArtifactResponse, GetArtifactRequest,
-    GetArtifactResponse, GetMetadataRequest, GetMetadataResponse, ListArtifactsRequest,
-    ListArtifactsResponse, ListVersionsRequest, ListVersionsResponse, UndeleteArtifactRequest,
-    UndeleteArtifactResponse, UpdateArtifactLabelsRequest, UpdateArtifactLabelsResponse,
-    UpdateArtifactRequest, UpdateArtifactResponse, create_artifact_request, download_artifact_response,
-    get_artifact_request, update_artifact_header, update_artifact_request,
+    self, BumpKind, CreateArtifactRequest, CreateArtifactResponse, DeleteAliasRequest, DeleteAliasResponse,
+    DeleteArtifactRequest, DeleteArtifactResponse, DiffVersionsRequest, DiffVersionsResponse,
+    DownloadArtifactRequest, DownloadArtifactResponse, GetArtifactRequest, GetArtifactResponse,
+    GetChangeHistoryRequest, GetChangeHistoryResponse, GetMetadataRequest, GetMetadataResponse,
+    ListAliasesRequest, ListAliasesResponse, ListArtifactsRequest, ListArtifactsResponse,
+    ListVersionsRequest, ListVersionsResponse, SetAliasRequest, SetAliasResponse, TransitionVersionRequest,
+    TransitionVersionResponse, UndeleteArtifactRequest, UndeleteArtifactResponse,
+    UpdateArtifactLabelsRequest, UpdateArtifactLabelsResponse, UpdateArtifactRequest, UpdateArtifactResponse,
+    create_artifact_request, download_artifact_response, get_artifact_request, update_artifact_header,
+    update_artifact_request,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -173,6 +176,8 @@ impl ArtifactService for ArtifactApi {
             change_message: header.change_message,
             expectations: expectations(header.expected_size, &header.expected_blake3)?,
             actor,
+            initial_state: convert::lifecycle_state_from("initial_state", header.initial_state)?
+                .unwrap_or_default(),
         };
         let content = content_stream(stream, |message: CreateArtifactRequest| message.message.into());
         let artifacts = self.artifacts.clone();
@@ -244,6 +249,8 @@ impl ArtifactService for ArtifactApi {
             labels: header.labels.map(labels),
             expectations: expectations(header.expected_size, &header.expected_blake3)?,
             actor,
+            initial_state: convert::lifecycle_state_from("initial_state", header.initial_state)?
+                .unwrap_or_default(),
         };
         let content = content_stream(stream, |message: UpdateArtifactRequest| message.message.into());
         let artifacts = self.artifacts.clone();
@@ -337,6 +344,7 @@ impl ArtifactService for ArtifactApi {
             .list_versions(
                 &scope,
                 &request.artifact_id,
+                &convert::lifecycle_states_from("states", &request.states)?,
                 request.page_size,
                 &request.page_token,
             )
@@ -376,6 +384,7 @@ impl ArtifactService for ArtifactApi {
             .list_artifacts(
                 &scope,
                 &request.artifact_type,
+                &convert::lifecycle_states_from("states", &request.states)?,
                 request.page_size,
                 &request.page_token,
             )
@@ -429,6 +438,142 @@ impl ArtifactService for ArtifactApi {
             .await?;
         Ok(Response::new(UpdateArtifactLabelsResponse {
             artifact: Some(convert::artifact(&artifact)),
+        }))
+    }
+
+    async fn transition_version(
+        &self,
+        request: Request<TransitionVersionRequest>,
+    ) -> Result<Response<TransitionVersionResponse>, Status> {
+        let actor = actor_of(&request);
+        let request = request.into_inner();
+        let scope = scoped(request.tenant, request.project);
+        let target = convert::lifecycle_state_from("target_state", request.target_state)?
+            .ok_or_else(|| Error::invalid("target_state", "name the state to move to"))?;
+        let expected = convert::lifecycle_state_from("expected_state", request.expected_state)?;
+        let (version, transition) = self
+            .artifacts
+            .transition(
+                &scope,
+                &request.artifact_id,
+                &request.version,
+                target,
+                expected,
+                &request.reason,
+                &actor,
+            )
+            .await?;
+        Ok(Response::new(TransitionVersionResponse {
+            version: Some(convert::version(&version)),
+            transition: Some(convert::transition(&transition)),
+        }))
+    }
+
+    async fn set_alias(
+        &self,
+        request: Request<SetAliasRequest>,
+    ) -> Result<Response<SetAliasResponse>, Status> {
+        let actor = actor_of(&request);
+        let request = request.into_inner();
+        let scope = scoped(request.tenant, request.project);
+        let alias = self
+            .artifacts
+            .set_alias(
+                &scope,
+                &request.artifact_id,
+                &request.alias,
+                &request.version,
+                request.expected_version.as_deref(),
+                &actor,
+            )
+            .await?;
+        Ok(Response::new(SetAliasResponse {
+            alias: Some(convert::alias(&alias)),
+        }))
+    }
+
+    async fn delete_alias(
+        &self,
+        request: Request<DeleteAliasRequest>,
+    ) -> Result<Response<DeleteAliasResponse>, Status> {
+        let request = request.into_inner();
+        let scope = scoped(request.tenant, request.project);
+        self.artifacts
+            .delete_alias(
+                &scope,
+                &request.artifact_id,
+                &request.alias,
+                request.expected_version.as_deref(),
+            )
+            .await?;
+        Ok(Response::new(DeleteAliasResponse {}))
+    }
+
+    async fn list_aliases(
+        &self,
+        request: Request<ListAliasesRequest>,
+    ) -> Result<Response<ListAliasesResponse>, Status> {
+        let request = request.into_inner();
+        let scope = scoped(request.tenant, request.project);
+        let aliases = self.artifacts.aliases(&scope, &request.artifact_id).await?;
+        Ok(Response::new(ListAliasesResponse {
+            aliases: aliases.iter().map(convert::alias).collect(),
+        }))
+    }
+
+    async fn get_change_history(
+        &self,
+        request: Request<GetChangeHistoryRequest>,
+    ) -> Result<Response<GetChangeHistoryResponse>, Status> {
+        let request = request.into_inner();
+        let scope = scoped(request.tenant, request.project);
+        let page = self
+            .artifacts
+            .change_history(
+                &scope,
+                &request.artifact_id,
+                request.page_size,
+                &request.page_token,
+            )
+            .await?;
+        Ok(Response::new(GetChangeHistoryResponse {
+            changes: page
+                .items
+                .iter()
+                .map(|change| proto::VersionChange {
+                    version: Some(convert::version(&change.version)),
+                    size_change: change.size_change,
+                    reused_bytes: change.reused_bytes,
+                    new_bytes: change.version.new_stored_size,
+                    transitions: change.transitions.iter().map(convert::transition).collect(),
+                    previous_version: change.previous.clone().unwrap_or_default(),
+                })
+                .collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn diff_versions(
+        &self,
+        request: Request<DiffVersionsRequest>,
+    ) -> Result<Response<DiffVersionsResponse>, Status> {
+        let request = request.into_inner();
+        let scope = scoped(request.tenant, request.project);
+        let diff = self
+            .artifacts
+            .diff(
+                &scope,
+                &request.artifact_id,
+                &request.from_version,
+                &request.to_version,
+                request.context_lines,
+            )
+            .await?;
+        Ok(Response::new(DiffVersionsResponse {
+            diff: diff.diff,
+            truncated: diff.truncated,
+            lines_added: diff.lines_added,
+            lines_removed: diff.lines_removed,
         }))
     }
 }

@@ -1,6 +1,6 @@
 //! Domain values to wire messages.
 
-use crate::domain::{Artifact, ArtifactVersion, Timestamp};
+use crate::domain::{Alias, Artifact, ArtifactVersion, Error, LifecycleState, Result, Timestamp, Transition};
 use crate::ingest::extract::Extracted;
 use crate::proto;
 
@@ -44,6 +44,65 @@ pub fn version(record: &ArtifactVersion) -> proto::ArtifactVersion {
         created_by: record.created_by.clone(),
         created_at: Some(timestamp(record.created_at)),
         change_message: record.change_message.clone(),
+        state: lifecycle_state(record.state) as i32,
+    }
+}
+
+pub fn lifecycle_state(state: LifecycleState) -> proto::LifecycleState {
+    match state {
+        LifecycleState::Draft => proto::LifecycleState::Draft,
+        LifecycleState::Review => proto::LifecycleState::Review,
+        LifecycleState::Approved => proto::LifecycleState::Approved,
+        LifecycleState::Archived => proto::LifecycleState::Archived,
+    }
+}
+
+/// A state a caller named; UNSPECIFIED (0) is `None`, numbers outside the enum are refused.
+pub fn lifecycle_state_from(field: &'static str, value: i32) -> Result<Option<LifecycleState>> {
+    match proto::LifecycleState::try_from(value) {
+        Ok(proto::LifecycleState::Unspecified) => Ok(None),
+        Ok(proto::LifecycleState::Draft) => Ok(Some(LifecycleState::Draft)),
+        Ok(proto::LifecycleState::Review) => Ok(Some(LifecycleState::Review)),
+        Ok(proto::LifecycleState::Approved) => Ok(Some(LifecycleState::Approved)),
+        Ok(proto::LifecycleState::Archived) => Ok(Some(LifecycleState::Archived)),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!("{value} is not a lifecycle state (1 draft, 2 review, 3 approved, 4 archived)"),
+        )),
+    }
+}
+
+/// States a caller listed, for a filter; an UNSPECIFIED among them is refused.
+pub fn lifecycle_states_from(field: &'static str, values: &[i32]) -> Result<Vec<LifecycleState>> {
+    values
+        .iter()
+        .map(|value| {
+            lifecycle_state_from(field, *value)?.ok_or_else(|| {
+                Error::invalid(field, "LIFECYCLE_STATE_UNSPECIFIED is not a state to filter by")
+            })
+        })
+        .collect()
+}
+
+pub fn transition(transition: &Transition) -> proto::Transition {
+    proto::Transition {
+        from_state: transition
+            .from
+            .map_or(proto::LifecycleState::Unspecified, lifecycle_state) as i32,
+        to_state: lifecycle_state(transition.to) as i32,
+        actor: transition.actor.clone(),
+        reason: transition.reason.clone(),
+        at: Some(timestamp(transition.at)),
+    }
+}
+
+pub fn alias(alias: &Alias) -> proto::Alias {
+    proto::Alias {
+        name: alias.name.clone(),
+        version: alias.version.clone(),
+        updated_by: alias.updated_by.clone(),
+        updated_at: Some(timestamp(alias.updated_at)),
+        maintained: alias.maintained,
     }
 }
 

@@ -2,17 +2,19 @@
 //! ingest pipeline, the object store and the catalog. Knows nothing about gRPC.
 
 mod download;
+mod lifecycle;
 mod upload;
 
 pub use upload::{ContentExpectations, UploadPart, parse_expected_blake3};
 
 use crate::catalog::{Catalog, Labels, NewArtifact, Scope};
+use crate::domain::lifecycle::LATEST_APPROVED;
 use crate::domain::names::{
     normalize_labels, normalize_tags, validate_artifact_name, validate_change_message, validate_description,
     validate_identifier, validate_metadata, validate_metadata_key,
 };
 use crate::domain::version::{Bump, bump, ensure_greater, parse_version};
-use crate::domain::{Artifact, ArtifactVersion, Timestamp};
+use crate::domain::{Artifact, ArtifactVersion, LifecycleState, Timestamp, VersionRef};
 use crate::domain::{Error, Result, now_micros};
 use crate::ingest::{ChunkerConfig, Manifest, TenantKey};
 use crate::storage::DynBlobStore;
@@ -107,6 +109,8 @@ pub struct CreateArtifact {
     pub change_message: String,
     pub expectations: ContentExpectations,
     pub actor: Actor,
+    /// Draft or review.
+    pub initial_state: LifecycleState,
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +132,8 @@ pub struct UpdateArtifact {
     pub labels: Option<Labels>,
     pub expectations: ContentExpectations,
     pub actor: Actor,
+    /// Draft or review.
+    pub initial_state: LifecycleState,
 }
 
 /// How to find an artifact.
@@ -259,6 +265,7 @@ impl Artifacts {
         validate_metadata("metadata", &request.metadata)?;
         let tags = normalize_tags(&request.tags)?;
         let categories = normalize_labels("categories", &request.categories)?;
+        let initial_state = LifecycleState::validate_initial("initial_state", request.initial_state)?;
         let version = if request.initial_version.is_empty() {
             semver::Version::new(1, 0, 0)
         } else {
@@ -286,13 +293,14 @@ impl Artifacts {
         let upload_name = request.name.clone();
         let content = upload.run(content, &upload_name, caller_gone).await?;
         let upload_id = content.upload_id.clone();
-        let new_version = content.into_new_version(
+        let mut new_version = content.into_new_version(
             version.to_string(),
             request.actor.clone(),
             request.change_message.clone(),
             request.metadata.clone(),
             None,
         );
+        new_version.state = initial_state;
         let artifact = NewArtifact {
             id: uuid::Uuid::now_v7().to_string(),
             scope: request.scope.clone(),
@@ -323,6 +331,7 @@ impl Artifacts {
         for key in &request.metadata_remove {
             validate_metadata_key("metadata_remove", key)?;
         }
+        let initial_state = LifecycleState::validate_initial("initial_state", request.initial_state)?;
         let artifact = self
             .require_artifact(&request.scope, &request.artifact_id)
             .await?;
@@ -359,13 +368,14 @@ impl Artifacts {
         );
         let content = upload.run(content, &artifact.name, caller_gone).await?;
         let upload_id = content.upload_id.clone();
-        let new_version = content.into_new_version(
+        let mut new_version = content.into_new_version(
             next.to_string(),
             request.actor.clone(),
             request.change_message.clone(),
             metadata,
             labels,
         );
+        new_version.state = initial_state;
         let committed = self
             .inner
             .catalog
@@ -431,11 +441,34 @@ impl Artifacts {
             })
     }
 
+    /// A version named by version, alias or nothing (the latest).
     async fn require_version(&self, artifact: &Artifact, version: &str) -> Result<ArtifactVersion> {
-        let wanted = if version.is_empty() {
-            artifact.latest_version.clone()
-        } else {
-            parse_version("version", version)?.to_string()
+        self.require_version_in("version", artifact, version).await
+    }
+
+    async fn require_version_in(
+        &self,
+        field: &'static str,
+        artifact: &Artifact,
+        version: &str,
+    ) -> Result<ArtifactVersion> {
+        let wanted = match VersionRef::of(version) {
+            VersionRef::Latest => artifact.latest_version.clone(),
+            VersionRef::Version(text) => parse_version(field, text)?.to_string(),
+            VersionRef::Alias(name) => self
+                .inner
+                .catalog
+                .alias_target(&artifact.id, name)
+                .await?
+                .ok_or_else(|| match name {
+                    LATEST_APPROVED => {
+                        Error::not_found(format!("artifact {:?} has no approved version", artifact.id))
+                    }
+                    _ => Error::not_found(format!(
+                        "{field}: artifact {:?} has no alias {name:?} (a version starts with a digit)",
+                        artifact.id
+                    )),
+                })?,
         };
         self.inner
             .catalog
@@ -478,10 +511,12 @@ impl Artifacts {
         Ok((artifact, version))
     }
 
+    /// Versions newest first, in `states` (when empty, every state listed by default).
     pub async fn list_versions(
         &self,
         scope: &Scope,
         artifact_id: &str,
+        states: &[LifecycleState],
         requested_page_size: u32,
         page_token: &str,
     ) -> Result<Page<ArtifactVersion>> {
@@ -507,7 +542,12 @@ impl Artifacts {
         let mut items = self
             .inner
             .catalog
-            .list_versions(&artifact.id, before_seq, limit + 1)
+            .list_versions(
+                &artifact.id,
+                &LifecycleState::or_default_listing(states),
+                before_seq,
+                limit + 1,
+            )
             .await?;
         let next_page_token = if items.len() > limit as usize {
             items.truncate(limit as usize);
@@ -521,10 +561,13 @@ impl Artifacts {
         })
     }
 
+    /// Artifacts by name whose latest version is in `states` (when empty, every state
+    /// listed by default).
     pub async fn list_artifacts(
         &self,
         scope: &Scope,
         artifact_type: &str,
+        states: &[LifecycleState],
         requested_page_size: u32,
         page_token: &str,
     ) -> Result<Page<Artifact>> {
@@ -552,6 +595,7 @@ impl Artifacts {
             .list_artifacts(
                 scope,
                 type_filter,
+                &LifecycleState::or_default_listing(states),
                 after.as_ref().map(|(name, id)| (name.as_str(), id.as_str())),
                 limit + 1,
             )

@@ -118,6 +118,7 @@ impl IngestedContent {
             new_chunks: self.new_chunks,
             packs: self.packs,
             labels,
+            state: crate::domain::LifecycleState::Draft,
         }
     }
 }

@@ -3,12 +3,13 @@
 //! the statements use only syntax both understand, and `$n` placeholders, which both accept.
 //! Migrations live per dialect under `migrations/`.
 
+mod lifecycle;
 mod records;
 mod replication;
 
 pub use records::*;
 
-use crate::domain::{Artifact, ArtifactVersion, Error, Result};
+use crate::domain::{Artifact, ArtifactVersion, Error, LifecycleState, Result, Timestamp, Transition};
 use crate::ingest::{ChunkId, Codec};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
@@ -25,7 +26,7 @@ const BATCH_ROWS: usize = 200;
 const ARTIFACT_COLUMNS: &str = "id, tenant, project, artifact_type, name, description, tags, categories, \
      metadata, latest_version, version_count, created_by, created_at, updated_at, deleted_at";
 const VERSION_COLUMNS: &str = "artifact_id, version, seq, size, stored_size, new_stored_size, \
-     blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, extracted";
+     blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, extracted, state";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -119,6 +120,19 @@ fn artifact_not_found(scope: &Scope, artifact_id: &str) -> Error {
         "artifact {artifact_id:?} not found in {}/{}",
         scope.tenant, scope.project
     ))
+}
+
+/// States as SQL literals for `IN (…)`: the names are the enum's own, never caller text.
+/// No states match nothing.
+fn state_list(states: &[LifecycleState]) -> String {
+    if states.is_empty() {
+        return "NULL".to_owned();
+    }
+    states
+        .iter()
+        .map(|state| format!("'{}'", state.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn tags_json(tags: &[String]) -> String {
@@ -284,11 +298,13 @@ impl Catalog {
         Ok(found.is_some())
     }
 
-    /// Live artifacts of a project ordered by (name, id), starting after `after`.
+    /// Live artifacts of a project whose latest version is in one of `states`, ordered by
+    /// (name, id), starting after `after`.
     pub async fn list_artifacts(
         &self,
         scope: &Scope,
         artifact_type: Option<&str>,
+        states: &[LifecycleState],
         after: Option<(&str, &str)>,
         limit: u32,
     ) -> Result<Vec<Artifact>> {
@@ -298,7 +314,10 @@ impl Catalog {
              WHERE tenant = $1 AND project = $2 AND deleted_at IS NULL \
                AND ($3 = '' OR artifact_type = $3) \
                AND (name > $4 OR (name = $4 AND id > $5)) \
-             ORDER BY name, id LIMIT $6"
+               AND (SELECT v.state FROM versions v \
+                    WHERE v.artifact_id = artifacts.id AND v.version = artifacts.latest_version) IN ({}) \
+             ORDER BY name, id LIMIT $6",
+            state_list(states)
         );
         let rows: Vec<ArtifactRecord> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(&scope.tenant)
@@ -452,8 +471,8 @@ impl Catalog {
     ) -> Result<()> {
         let inserted = sqlx::query(
             "INSERT INTO versions (artifact_id, version, seq, size, stored_size, new_stored_size, \
-             blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, extracted, manifest) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, extracted, manifest, state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(artifact_id)
         .bind(&version.version)
@@ -470,6 +489,7 @@ impl Catalog {
         .bind(&version.content_type)
         .bind(&version.extracted)
         .bind(version.manifest.clone())
+        .bind(version.state.as_str())
         .execute(&mut **tx)
         .await;
         if let Err(error) = inserted {
@@ -519,7 +539,14 @@ impl Catalog {
                 .await
                 .map_err(|e| db_error("committing packs", e))?;
         }
-        Ok(())
+        let created_in = Transition {
+            from: None,
+            to: version.state,
+            actor: version.created_by.clone(),
+            reason: String::new(),
+            at: Timestamp(version.created_at),
+        };
+        lifecycle::record_transition(tx, artifact_id, &version.version, &created_in).await
     }
 
     async fn write_event(
@@ -530,6 +557,30 @@ impl Catalog {
         artifact_id: &str,
         version: &str,
         at: i64,
+    ) -> Result<()> {
+        self.write_event_with(
+            tx,
+            event_type,
+            scope,
+            artifact_id,
+            version,
+            at,
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// An outbox event with what it changed beyond artifact and version.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_event_with(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        event_type: &str,
+        scope: &Scope,
+        artifact_id: &str,
+        version: &str,
+        at: i64,
+        detail: &serde_json::Value,
     ) -> Result<()> {
         if self.dialect == Dialect::Postgres {
             // Readers follow the outbox by `seq`. A sequence hands out numbers in the order
@@ -544,8 +595,8 @@ impl Catalog {
                 .map_err(|e| db_error("ordering the outbox", e))?;
         }
         sqlx::query(
-            "INSERT INTO outbox (event_type, tenant, project, artifact_id, version, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO outbox (event_type, tenant, project, artifact_id, version, created_at, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(event_type)
         .bind(&scope.tenant)
@@ -553,6 +604,7 @@ impl Catalog {
         .bind(artifact_id)
         .bind(version)
         .bind(at)
+        .bind(detail.to_string())
         .execute(&mut **tx)
         .await
         .map_err(|e| db_error("writing an outbox event", e))?;
@@ -620,9 +672,11 @@ impl Catalog {
         .await
     }
 
-    /// Soft-deletes a live artifact.
+    /// Soft-deletes a live artifact that has no approved version.
     pub async fn soft_delete(&self, scope: &Scope, artifact_id: &str, now: i64) -> Result<Artifact> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        // The row lock comes first: a transition locks the same row before it changes a
+        // version, so the check below sees every approval committed before this delete.
         let changed = sqlx::query(
             "UPDATE artifacts SET deleted_at = $1, updated_at = $1 \
              WHERE id = $2 AND tenant = $3 AND project = $4 AND deleted_at IS NULL",
@@ -635,6 +689,22 @@ impl Catalog {
         .await
         .map_err(|e| db_error("deleting an artifact", e))?
         .rows_affected();
+        if changed == 1 {
+            let approved: Vec<String> = sqlx::query_scalar(
+                "SELECT version FROM versions WHERE artifact_id = $1 AND state = 'approved' ORDER BY seq",
+            )
+            .bind(artifact_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| db_error("checking approved versions", e))?;
+            if !approved.is_empty() {
+                drop(tx);
+                return Err(Error::FailedPrecondition(format!(
+                    "artifact {artifact_id:?} has approved versions ({}); archive them before deleting it",
+                    approved.join(", ")
+                )));
+            }
+        }
         self.finish_change(
             tx,
             changed == 1,
@@ -708,12 +778,14 @@ impl Catalog {
     pub async fn list_versions(
         &self,
         artifact_id: &str,
+        states: &[LifecycleState],
         before_seq: Option<i64>,
         limit: u32,
     ) -> Result<Vec<ArtifactVersion>> {
         let sql = format!(
-            "SELECT {VERSION_COLUMNS} FROM versions WHERE artifact_id = $1 AND seq < $2 \
-             ORDER BY seq DESC LIMIT $3"
+            "SELECT {VERSION_COLUMNS} FROM versions WHERE artifact_id = $1 AND seq < $2 AND state IN ({}) \
+             ORDER BY seq DESC LIMIT $3",
+            state_list(states)
         );
         let rows: Vec<VersionRecord> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(artifact_id)
@@ -909,7 +981,7 @@ impl Catalog {
 
     pub async fn outbox_event(&self, seq: i64) -> Result<Option<OutboxEvent>> {
         sqlx::query_as(
-            "SELECT seq, event_type, tenant, project, artifact_id, version, created_at FROM outbox \
+            "SELECT seq, event_type, tenant, project, artifact_id, version, created_at, detail FROM outbox \
              WHERE seq = $1",
         )
         .bind(seq)
@@ -920,7 +992,7 @@ impl Catalog {
 
     pub async fn outbox_after(&self, after_seq: i64, limit: u32) -> Result<Vec<OutboxEvent>> {
         sqlx::query_as(
-            "SELECT seq, event_type, tenant, project, artifact_id, version, created_at FROM outbox \
+            "SELECT seq, event_type, tenant, project, artifact_id, version, created_at, detail FROM outbox \
              WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
         .bind(after_seq)

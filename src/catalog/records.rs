@@ -2,7 +2,7 @@
 //! the catalog's writes.
 
 pub use crate::domain::Scope;
-use crate::domain::{Artifact, ArtifactId, ArtifactVersion, Timestamp};
+use crate::domain::{Alias, Artifact, ArtifactId, ArtifactVersion, LifecycleState, Timestamp, Transition};
 use crate::ingest::{ChunkId, Codec, PackEntry};
 use std::collections::BTreeMap;
 
@@ -70,6 +70,12 @@ pub(crate) struct VersionRecord {
     pub content_type: String,
     /// JSON of `ingest::extract::Extracted`.
     pub extracted: String,
+    pub state: String,
+}
+
+/// A state column; the schema's CHECK constraint admits only the four names.
+fn stored_state(text: &str) -> LifecycleState {
+    LifecycleState::parse("state", text).unwrap_or(LifecycleState::Draft)
 }
 
 impl From<VersionRecord> for ArtifactVersion {
@@ -89,6 +95,7 @@ impl From<VersionRecord> for ArtifactVersion {
             metadata: serde_json::from_str(&row.metadata).unwrap_or_default(),
             content_type: row.content_type,
             extracted: serde_json::from_str(&row.extracted).unwrap_or_default(),
+            state: stored_state(&row.state),
         }
     }
 }
@@ -122,6 +129,52 @@ pub struct OutboxEvent {
     pub artifact_id: String,
     pub version: String,
     pub created_at: i64,
+    /// JSON object: what the event changed beyond artifact and version.
+    pub detail: String,
+}
+
+/// A `version_transitions` row.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct TransitionRecord {
+    pub version: String,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub actor: String,
+    pub reason: String,
+    pub at: i64,
+}
+
+impl From<TransitionRecord> for Transition {
+    fn from(row: TransitionRecord) -> Self {
+        Transition {
+            from: row.from_state.as_deref().map(stored_state),
+            to: stored_state(&row.to_state),
+            actor: row.actor,
+            reason: row.reason,
+            at: Timestamp(row.at),
+        }
+    }
+}
+
+/// An `aliases` row.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct AliasRecord {
+    pub name: String,
+    pub version: String,
+    pub updated_by: String,
+    pub updated_at: i64,
+}
+
+impl From<AliasRecord> for Alias {
+    fn from(row: AliasRecord) -> Self {
+        Alias {
+            name: row.name,
+            version: row.version,
+            updated_by: row.updated_by,
+            updated_at: Timestamp(row.updated_at),
+            maintained: false,
+        }
+    }
 }
 
 /// A new artifact's own fields.
@@ -166,6 +219,8 @@ pub struct NewVersion {
     pub packs: Vec<String>,
     /// Replaces the artifact's tags and categories when set.
     pub labels: Option<Labels>,
+    /// Draft or review.
+    pub state: LifecycleState,
 }
 
 pub fn chunk_id_from_row(bytes: &[u8]) -> Option<ChunkId> {

@@ -3,6 +3,7 @@
 //! once, where it reads them.
 
 use super::error::{Error, Result};
+use super::lifecycle::LifecycleState;
 use super::names::quoted;
 use crate::ingest::extract::Extracted;
 use std::collections::BTreeMap;
@@ -153,6 +154,7 @@ pub struct ArtifactVersion {
     pub content_type: String,
     /// What was extracted from the content on upload.
     pub extracted: Extracted,
+    pub state: LifecycleState,
 }
 
 #[cfg(test)]

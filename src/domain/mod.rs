@@ -4,6 +4,7 @@
 pub mod artifact;
 pub mod content_type;
 pub mod error;
+pub mod lifecycle;
 pub mod millis;
 pub mod names;
 pub mod secret;
@@ -11,6 +12,7 @@ pub mod version;
 
 pub use artifact::{Artifact, ArtifactId, ArtifactVersion, Scope, Timestamp};
 pub use error::{Error, Result};
+pub use lifecycle::{Alias, LifecycleState, Transition, VersionRef};
 pub use secret::Secret;
 
 /// Microseconds since the Unix epoch: the catalog's unit of time.

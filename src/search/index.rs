@@ -3,7 +3,7 @@
 use super::metadata::{
     self, ArtifactMetadata, Lookup, MetadataSearchRequest, MetadataSort, MetadataTerms, TermField,
 };
-use crate::domain::{Error, Result};
+use crate::domain::{Error, LifecycleState, Result};
 use std::collections::VecDeque;
 use std::ops::Bound;
 use std::path::Path;
@@ -315,7 +315,7 @@ impl SearchIndex {
         for (artifact_id, document) in changes {
             writer.delete_term(Term::from_field_text(f.artifact_id, &artifact_id));
             let Some(a) = document else { continue };
-            let terms = MetadataTerms::of(&a.meta);
+            let terms = MetadataTerms::of(&a.meta, &a.state);
             let meta = a.meta;
             let mut document = doc!(
                 f.artifact_id => a.artifact_id,
@@ -525,8 +525,16 @@ impl SearchIndex {
         if !request.artifact_type.is_empty() {
             clauses.push((Occur::Must, self.term(f.artifact_type, &request.artifact_type)));
         }
-        if !request.state.is_empty() {
-            clauses.push((Occur::Must, self.term(f.state, &request.state)));
+        match request.state.as_str() {
+            // "active", the one state before versions had lifecycles, means not archived.
+            "" | "active" => clauses.push((
+                Occur::MustNot,
+                self.term(f.state, LifecycleState::Archived.as_str()),
+            )),
+            state => {
+                let state = LifecycleState::parse("state", state)?;
+                clauses.push((Occur::Must, self.term(f.state, state.as_str())));
+            }
         }
         for tag in &request.tags {
             clauses.push((Occur::Must, self.term(f.tags, tag)));
@@ -668,6 +676,13 @@ impl SearchIndex {
     pub fn search_metadata(&self, request: &MetadataSearchRequest) -> Result<SearchPage> {
         let lookups = metadata::compile(&request.filters)?;
         let mut clauses = self.scope_filter(&request.tenant, &request.project);
+        // Archived artifacts leave results unless a filter names the state.
+        if !request.filters.iter().any(|filter| filter.field == "state") {
+            clauses.push((
+                Occur::MustNot,
+                self.term(self.fields.state, LifecycleState::Archived.as_str()),
+            ));
+        }
         clauses.extend(lookups.into_iter().map(|lookup| self.lookup_clause(lookup)));
         let query = BooleanQuery::new(clauses);
         let identity = format!(

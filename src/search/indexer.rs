@@ -123,7 +123,7 @@ impl Indexer {
             artifact_id: artifact.id.to_string(),
             tenant: artifact.scope.tenant.clone(),
             project: artifact.scope.project.clone(),
-            state: "active".to_owned(),
+            state: version.state.as_str().to_owned(),
             tags,
             categories: artifact.categories.clone(),
             headings: extracted.headings.clone(),

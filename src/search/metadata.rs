@@ -21,8 +21,9 @@ const SEP: char = '\u{0}';
 const SEP_LONG: char = '\u{1}';
 
 /// The built-in fields and their kinds.
-const BUILT_IN: [(&str, Kind); 9] = [
+const BUILT_IN: [(&str, Kind); 10] = [
     ("name", Kind::Text),
+    ("state", Kind::Text),
     ("type", Kind::Text),
     ("title", Kind::Text),
     ("content_type", Kind::Text),
@@ -115,10 +116,12 @@ pub struct MetadataTerms {
 }
 
 impl MetadataTerms {
-    pub fn of(meta: &ArtifactMetadata) -> Self {
+    /// The terms of an artifact's metadata and of its latest version's lifecycle `state`.
+    pub fn of(meta: &ArtifactMetadata, state: &str) -> Self {
         let mut terms = Self::default();
         for (path, value) in [
             ("name", &meta.name),
+            ("state", &state.to_owned()),
             ("type", &meta.artifact_type),
             ("title", &meta.title),
             ("content_type", &meta.content_type),
@@ -340,7 +343,7 @@ fn kind_of(index: usize, filter: &MetadataFilter) -> Result<Kind> {
         _ => Err(filter_error(
             index,
             filter,
-            "not a metadata field; use name, type, title, content_type, version, size, \
+            "not a metadata field; use name, state, type, title, content_type, version, size, \
              line_count, created, updated, metadata.<key> or front_matter.<path>",
         )),
     }
@@ -537,11 +540,15 @@ mod tests {
             r#"{"title":"T","sidebar":{"order":3},"tags":["a","b"],"updated":"2026-04-02","draft":false}"#,
         )
         .unwrap();
-        let terms = MetadataTerms::of(&ArtifactMetadata {
-            name: "prd".into(),
-            front_matter,
-            ..Default::default()
-        });
+        let terms = MetadataTerms::of(
+            &ArtifactMetadata {
+                name: "prd".into(),
+                front_matter,
+                ..Default::default()
+            },
+            "review",
+        );
+        assert!(terms.text.contains(&term("state", "review")));
         for path in [
             "front_matter.sidebar",
             "front_matter.sidebar.order",

@@ -348,6 +348,7 @@ pub async fn fault_run(seed: u64, operations: usize) -> FaultRunReport {
                 artifact_id: id.clone(),
                 page_size: 1000,
                 page_token: String::new(),
+                states: Vec::new(),
             })
             .await
             .unwrap()

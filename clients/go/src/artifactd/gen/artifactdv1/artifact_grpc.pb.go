@@ -41,6 +41,22 @@ type ArtifactServiceClient interface {
 	UndeleteArtifact(ctx context.Context, in *UndeleteArtifactRequest, opts ...grpc.CallOption) (*UndeleteArtifactResponse, error)
 	// Replaces an artifact's tags and categories without creating a version.
 	UpdateArtifactLabels(ctx context.Context, in *UpdateArtifactLabelsRequest, opts ...grpc.CallOption) (*UpdateArtifactLabelsResponse, error)
+	// Moves a version to another lifecycle state (see LifecycleState for the allowed moves),
+	// recording who, when and why. With `expected_state` it is a compare-and-set.
+	TransitionVersion(ctx context.Context, in *TransitionVersionRequest, opts ...grpc.CallOption) (*TransitionVersionResponse, error)
+	// Points an alias ("prod", "sprint-12") at a version; with `expected_version`, only if the
+	// alias still points where the caller believes.
+	SetAlias(ctx context.Context, in *SetAliasRequest, opts ...grpc.CallOption) (*SetAliasResponse, error)
+	// Removes an alias; with `expected_version`, only if it still points there.
+	DeleteAlias(ctx context.Context, in *DeleteAliasRequest, opts ...grpc.CallOption) (*DeleteAliasResponse, error)
+	// An artifact's aliases, including the maintained `latest-approved` when a version is
+	// approved.
+	ListAliases(ctx context.Context, in *ListAliasesRequest, opts ...grpc.CallOption) (*ListAliasesResponse, error)
+	// Each version's change record, newest first: author, time, message, size and its change,
+	// bytes reused and newly stored, and every lifecycle transition.
+	GetChangeHistory(ctx context.Context, in *GetChangeHistoryRequest, opts ...grpc.CallOption) (*GetChangeHistoryResponse, error)
+	// A unified diff between two versions of a text artifact.
+	DiffVersions(ctx context.Context, in *DiffVersionsRequest, opts ...grpc.CallOption) (*DiffVersionsResponse, error)
 }
 
 type artifactServiceClient struct {
@@ -214,6 +230,60 @@ func (c *artifactServiceClient) UpdateArtifactLabels(ctx context.Context, in *Up
 	return out, nil
 }
 
+func (c *artifactServiceClient) TransitionVersion(ctx context.Context, in *TransitionVersionRequest, opts ...grpc.CallOption) (*TransitionVersionResponse, error) {
+	out := new(TransitionVersionResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.ArtifactService/TransitionVersion", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *artifactServiceClient) SetAlias(ctx context.Context, in *SetAliasRequest, opts ...grpc.CallOption) (*SetAliasResponse, error) {
+	out := new(SetAliasResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.ArtifactService/SetAlias", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *artifactServiceClient) DeleteAlias(ctx context.Context, in *DeleteAliasRequest, opts ...grpc.CallOption) (*DeleteAliasResponse, error) {
+	out := new(DeleteAliasResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.ArtifactService/DeleteAlias", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *artifactServiceClient) ListAliases(ctx context.Context, in *ListAliasesRequest, opts ...grpc.CallOption) (*ListAliasesResponse, error) {
+	out := new(ListAliasesResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.ArtifactService/ListAliases", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *artifactServiceClient) GetChangeHistory(ctx context.Context, in *GetChangeHistoryRequest, opts ...grpc.CallOption) (*GetChangeHistoryResponse, error) {
+	out := new(GetChangeHistoryResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.ArtifactService/GetChangeHistory", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *artifactServiceClient) DiffVersions(ctx context.Context, in *DiffVersionsRequest, opts ...grpc.CallOption) (*DiffVersionsResponse, error) {
+	out := new(DiffVersionsResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.ArtifactService/DiffVersions", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ArtifactServiceServer is the server API for ArtifactService service.
 // All implementations must embed UnimplementedArtifactServiceServer
 // for forward compatibility
@@ -242,6 +312,22 @@ type ArtifactServiceServer interface {
 	UndeleteArtifact(context.Context, *UndeleteArtifactRequest) (*UndeleteArtifactResponse, error)
 	// Replaces an artifact's tags and categories without creating a version.
 	UpdateArtifactLabels(context.Context, *UpdateArtifactLabelsRequest) (*UpdateArtifactLabelsResponse, error)
+	// Moves a version to another lifecycle state (see LifecycleState for the allowed moves),
+	// recording who, when and why. With `expected_state` it is a compare-and-set.
+	TransitionVersion(context.Context, *TransitionVersionRequest) (*TransitionVersionResponse, error)
+	// Points an alias ("prod", "sprint-12") at a version; with `expected_version`, only if the
+	// alias still points where the caller believes.
+	SetAlias(context.Context, *SetAliasRequest) (*SetAliasResponse, error)
+	// Removes an alias; with `expected_version`, only if it still points there.
+	DeleteAlias(context.Context, *DeleteAliasRequest) (*DeleteAliasResponse, error)
+	// An artifact's aliases, including the maintained `latest-approved` when a version is
+	// approved.
+	ListAliases(context.Context, *ListAliasesRequest) (*ListAliasesResponse, error)
+	// Each version's change record, newest first: author, time, message, size and its change,
+	// bytes reused and newly stored, and every lifecycle transition.
+	GetChangeHistory(context.Context, *GetChangeHistoryRequest) (*GetChangeHistoryResponse, error)
+	// A unified diff between two versions of a text artifact.
+	DiffVersions(context.Context, *DiffVersionsRequest) (*DiffVersionsResponse, error)
 	mustEmbedUnimplementedArtifactServiceServer()
 }
 
@@ -278,6 +364,24 @@ func (UnimplementedArtifactServiceServer) UndeleteArtifact(context.Context, *Und
 }
 func (UnimplementedArtifactServiceServer) UpdateArtifactLabels(context.Context, *UpdateArtifactLabelsRequest) (*UpdateArtifactLabelsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method UpdateArtifactLabels not implemented")
+}
+func (UnimplementedArtifactServiceServer) TransitionVersion(context.Context, *TransitionVersionRequest) (*TransitionVersionResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method TransitionVersion not implemented")
+}
+func (UnimplementedArtifactServiceServer) SetAlias(context.Context, *SetAliasRequest) (*SetAliasResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetAlias not implemented")
+}
+func (UnimplementedArtifactServiceServer) DeleteAlias(context.Context, *DeleteAliasRequest) (*DeleteAliasResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteAlias not implemented")
+}
+func (UnimplementedArtifactServiceServer) ListAliases(context.Context, *ListAliasesRequest) (*ListAliasesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListAliases not implemented")
+}
+func (UnimplementedArtifactServiceServer) GetChangeHistory(context.Context, *GetChangeHistoryRequest) (*GetChangeHistoryResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetChangeHistory not implemented")
+}
+func (UnimplementedArtifactServiceServer) DiffVersions(context.Context, *DiffVersionsRequest) (*DiffVersionsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DiffVersions not implemented")
 }
 func (UnimplementedArtifactServiceServer) mustEmbedUnimplementedArtifactServiceServer() {}
 
@@ -491,6 +595,114 @@ func _ArtifactService_UpdateArtifactLabels_Handler(srv interface{}, ctx context.
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ArtifactService_TransitionVersion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TransitionVersionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).TransitionVersion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.ArtifactService/TransitionVersion",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).TransitionVersion(ctx, req.(*TransitionVersionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ArtifactService_SetAlias_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetAliasRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).SetAlias(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.ArtifactService/SetAlias",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).SetAlias(ctx, req.(*SetAliasRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ArtifactService_DeleteAlias_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteAliasRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).DeleteAlias(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.ArtifactService/DeleteAlias",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).DeleteAlias(ctx, req.(*DeleteAliasRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ArtifactService_ListAliases_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAliasesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).ListAliases(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.ArtifactService/ListAliases",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).ListAliases(ctx, req.(*ListAliasesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ArtifactService_GetChangeHistory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetChangeHistoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).GetChangeHistory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.ArtifactService/GetChangeHistory",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).GetChangeHistory(ctx, req.(*GetChangeHistoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ArtifactService_DiffVersions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DiffVersionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).DiffVersions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.ArtifactService/DiffVersions",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).DiffVersions(ctx, req.(*DiffVersionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _ArtifactService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "artifactd.v1.ArtifactService",
 	HandlerType: (*ArtifactServiceServer)(nil),
@@ -522,6 +734,30 @@ var _ArtifactService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UpdateArtifactLabels",
 			Handler:    _ArtifactService_UpdateArtifactLabels_Handler,
+		},
+		{
+			MethodName: "TransitionVersion",
+			Handler:    _ArtifactService_TransitionVersion_Handler,
+		},
+		{
+			MethodName: "SetAlias",
+			Handler:    _ArtifactService_SetAlias_Handler,
+		},
+		{
+			MethodName: "DeleteAlias",
+			Handler:    _ArtifactService_DeleteAlias_Handler,
+		},
+		{
+			MethodName: "ListAliases",
+			Handler:    _ArtifactService_ListAliases_Handler,
+		},
+		{
+			MethodName: "GetChangeHistory",
+			Handler:    _ArtifactService_GetChangeHistory_Handler,
+		},
+		{
+			MethodName: "DiffVersions",
+			Handler:    _ArtifactService_DiffVersions_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file artifactd/v1/artifact.proto.
  */
 export const file_artifactd_v1_artifact: GenFile = /*@__PURE__*/
-  fileDesc("ChthcnRpZmFjdGQvdjEvYXJ0aWZhY3QucHJvdG8SDGFydGlmYWN0ZC52MSIqCgZMYWJlbHMSDAoEdGFncxgBIAMoCRISCgpjYXRlZ29yaWVzGAIgAygJIs8DCghBcnRpZmFjdBIKCgJpZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSDwoHcHJvamVjdBgDIAEoCRIVCg1hcnRpZmFjdF90eXBlGAQgASgJEgwKBG5hbWUYBSABKAkSEwoLZGVzY3JpcHRpb24YBiABKAkSDAoEdGFncxgHIAMoCRI2CghtZXRhZGF0YRgIIAMoCzIkLmFydGlmYWN0ZC52MS5BcnRpZmFjdC5NZXRhZGF0YUVudHJ5EhYKDmxhdGVzdF92ZXJzaW9uGAkgASgJEhUKDXZlcnNpb25fY291bnQYCiABKAQSLgoKY3JlYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZGVsZXRlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKY3JlYXRlZF9ieRgOIAEoCRISCgpjYXRlZ29yaWVzGA8gAygJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASL0AQoPQXJ0aWZhY3RWZXJzaW9uEhMKC2FydGlmYWN0X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAkSDAoEc2l6ZRgDIAEoBBITCgtzdG9yZWRfc2l6ZRgEIAEoBBIXCg9uZXdfc3RvcmVkX3NpemUYBSABKAQSDgoGYmxha2UzGAYgASgJEhMKC2NodW5rX2NvdW50GAcgASgEEhIKCmNyZWF0ZWRfYnkYCCABKAkSLgoKY3JlYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOY2hhbmdlX21lc3NhZ2UYCiABKAkiOgoTQXJ0aWZhY3RDb29yZGluYXRlcxIVCg1hcnRpZmFjdF90eXBlGAEgASgJEgwKBG5hbWUYAiABKAkigAMKFENyZWF0ZUFydGlmYWN0SGVhZGVyEg4KBnRlbmFudBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEhUKDWFydGlmYWN0X3R5cGUYAyABKAkSDAoEbmFtZRgEIAEoCRITCgtkZXNjcmlwdGlvbhgFIAEoCRIMCgR0YWdzGAYgAygJEkIKCG1ldGFkYXRhGAcgAygLMjAuYXJ0aWZhY3RkLnYxLkNyZWF0ZUFydGlmYWN0SGVhZGVyLk1ldGFkYXRhRW50cnkSFwoPaW5pdGlhbF92ZXJzaW9uGAggASgJEhoKDWV4cGVjdGVkX3NpemUYCSABKARIAIgBARIXCg9leHBlY3RlZF9ibGFrZTMYCiABKAkSFgoOY2hhbmdlX21lc3NhZ2UYCyABKAkSEgoKY2F0ZWdvcmllcxgMIAMoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCEAoOX2V4cGVjdGVkX3NpemUiOgoMVXBsb2FkRmluaXNoEhEKBHNpemUYASABKARIAIgBARIOCgZibGFrZTMYAiABKAlCBwoFX3NpemUilgEKFUNyZWF0ZUFydGlmYWN0UmVxdWVzdBI0CgZoZWFkZXIYASABKAsyIi5hcnRpZmFjdGQudjEuQ3JlYXRlQXJ0aWZhY3RIZWFkZXJIABIOCgRkYXRhGAIgASgMSAASLAoGZmluaXNoGAMgASgLMhouYXJ0aWZhY3RkLnYxLlVwbG9hZEZpbmlzaEgAQgkKB21lc3NhZ2UicgoWQ3JlYXRlQXJ0aWZhY3RSZXNwb25zZRIoCghhcnRpZmFjdBgBIAEoCzIWLmFydGlmYWN0ZC52MS5BcnRpZmFjdBIuCgd2ZXJzaW9uGAIgASgLMh0uYXJ0aWZhY3RkLnYxLkFydGlmYWN0VmVyc2lvbiLfAwoUVXBkYXRlQXJ0aWZhY3RIZWFkZXISDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSEwoLYXJ0aWZhY3RfaWQYAyABKAkSJgoEYnVtcBgEIAEoDjIWLmFydGlmYWN0ZC52MS5CdW1wS2luZEgAEhoKEGV4cGxpY2l0X3ZlcnNpb24YBSABKAlIABIgChhleHBlY3RlZF9jdXJyZW50X3ZlcnNpb24YBiABKAkSFgoOY2hhbmdlX21lc3NhZ2UYByABKAkSSQoMbWV0YWRhdGFfc2V0GAggAygLMjMuYXJ0aWZhY3RkLnYxLlVwZGF0ZUFydGlmYWN0SGVhZGVyLk1ldGFkYXRhU2V0RW50cnkSFwoPbWV0YWRhdGFfcmVtb3ZlGAkgAygJEhoKDWV4cGVjdGVkX3NpemUYCiABKARIAYgBARIXCg9leHBlY3RlZF9ibGFrZTMYCyABKAkSJAoGbGFiZWxzGAwgASgLMhQuYXJ0aWZhY3RkLnYxLkxhYmVscxoyChBNZXRhZGF0YVNldEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDgoMbmV4dF92ZXJzaW9uQhAKDl9leHBlY3RlZF9zaXplIpYBChVVcGRhdGVBcnRpZmFjdFJlcXVlc3QSNAoGaGVhZGVyGAEgASgLMiIuYXJ0aWZhY3RkLnYxLlVwZGF0ZUFydGlmYWN0SGVhZGVySAASDgoEZGF0YRgCIAEoDEgAEiwKBmZpbmlzaBgDIAEoCzIaLmFydGlmYWN0ZC52MS5VcGxvYWRGaW5pc2hIAEIJCgdtZXNzYWdlInIKFlVwZGF0ZUFydGlmYWN0UmVzcG9uc2USKAoIYXJ0aWZhY3QYASABKAsyFi5hcnRpZmFjdGQudjEuQXJ0aWZhY3QSLgoHdmVyc2lvbhgCIAEoCzIdLmFydGlmYWN0ZC52MS5BcnRpZmFjdFZlcnNpb24iowEKEkdldEFydGlmYWN0UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRIVCgthcnRpZmFjdF9pZBgDIAEoCUgAEjgKC2Nvb3JkaW5hdGVzGAQgASgLMiEuYXJ0aWZhY3RkLnYxLkFydGlmYWN0Q29vcmRpbmF0ZXNIABIPCgd2ZXJzaW9uGAUgASgJQgoKCHNlbGVjdG9yIm8KE0dldEFydGlmYWN0UmVzcG9uc2USKAoIYXJ0aWZhY3QYASABKAsyFi5hcnRpZmFjdGQudjEuQXJ0aWZhY3QSLgoHdmVyc2lvbhgCIAEoCzIdLmFydGlmYWN0ZC52MS5BcnRpZmFjdFZlcnNpb24igAEKF0Rvd25sb2FkQXJ0aWZhY3RSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEhMKC2FydGlmYWN0X2lkGAMgASgJEg8KB3ZlcnNpb24YBCABKAkSDgoGb2Zmc2V0GAUgASgEEg4KBmxlbmd0aBgGIAEoBCJ0Cg5Eb3dubG9hZEhlYWRlchITCgthcnRpZmFjdF9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEgwKBHNpemUYAyABKAQSDgoGYmxha2UzGAQgASgJEg4KBm9mZnNldBgFIAEoBBIOCgZsZW5ndGgYBiABKAQiZQoYRG93bmxvYWRBcnRpZmFjdFJlc3BvbnNlEi4KBmhlYWRlchgBIAEoCzIcLmFydGlmYWN0ZC52MS5Eb3dubG9hZEhlYWRlckgAEg4KBGRhdGEYAiABKAxIAEIJCgdtZXNzYWdlInIKE0xpc3RWZXJzaW9uc1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSEwoLYXJ0aWZhY3RfaWQYAyABKAkSEQoJcGFnZV9zaXplGAQgASgNEhIKCnBhZ2VfdG9rZW4YBSABKAkiYAoUTGlzdFZlcnNpb25zUmVzcG9uc2USLwoIdmVyc2lvbnMYASADKAsyHS5hcnRpZmFjdGQudjEuQXJ0aWZhY3RWZXJzaW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJbChJHZXRNZXRhZGF0YVJlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSEwoLYXJ0aWZhY3RfaWQYAyABKAkSDwoHdmVyc2lvbhgEIAEoCSKDAgoTR2V0TWV0YWRhdGFSZXNwb25zZRIuCgd2ZXJzaW9uGAEgASgLMh0uYXJ0aWZhY3RkLnYxLkFydGlmYWN0VmVyc2lvbhJBCghtZXRhZGF0YRgCIAMoCzIvLmFydGlmYWN0ZC52MS5HZXRNZXRhZGF0YVJlc3BvbnNlLk1ldGFkYXRhRW50cnkSFAoMY29udGVudF90eXBlGAMgASgJEjIKCWV4dHJhY3RlZBgEIAEoCzIfLmFydGlmYWN0ZC52MS5FeHRyYWN0ZWRNZXRhZGF0YRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiswEKEUV4dHJhY3RlZE1ldGFkYXRhEg8KB2lzX3RleHQYASABKAgSEgoKbGluZV9jb3VudBgCIAEoBBINCgV0aXRsZRgDIAEoCRIQCghoZWFkaW5ncxgEIAMoCRItCgxmcm9udF9tYXR0ZXIYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhYKDnRvcF9sZXZlbF9rZXlzGAYgAygJEhEKCXRydW5jYXRlZBgHIAEoCCJ1ChRMaXN0QXJ0aWZhY3RzUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRIVCg1hcnRpZmFjdF90eXBlGAMgASgJEhEKCXBhZ2Vfc2l6ZRgEIAEoDRISCgpwYWdlX3Rva2VuGAUgASgJIlsKFUxpc3RBcnRpZmFjdHNSZXNwb25zZRIpCglhcnRpZmFjdHMYASADKAsyFi5hcnRpZmFjdGQudjEuQXJ0aWZhY3QSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIk0KFURlbGV0ZUFydGlmYWN0UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCSJ4ChZEZWxldGVBcnRpZmFjdFJlc3BvbnNlEigKCGFydGlmYWN0GAEgASgLMhYuYXJ0aWZhY3RkLnYxLkFydGlmYWN0EjQKEHJlc3RvcmFibGVfdW50aWwYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIk8KF1VuZGVsZXRlQXJ0aWZhY3RSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEhMKC2FydGlmYWN0X2lkGAMgASgJIkQKGFVuZGVsZXRlQXJ0aWZhY3RSZXNwb25zZRIoCghhcnRpZmFjdBgBIAEoCzIWLmFydGlmYWN0ZC52MS5BcnRpZmFjdCJ5ChtVcGRhdGVBcnRpZmFjdExhYmVsc1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSEwoLYXJ0aWZhY3RfaWQYAyABKAkSJAoGbGFiZWxzGAQgASgLMhQuYXJ0aWZhY3RkLnYxLkxhYmVscyJIChxVcGRhdGVBcnRpZmFjdExhYmVsc1Jlc3BvbnNlEigKCGFydGlmYWN0GAEgASgLMhYuYXJ0aWZhY3RkLnYxLkFydGlmYWN0KmQKCEJ1bXBLaW5kEhkKFUJVTVBfS0lORF9VTlNQRUNJRklFRBAAEhMKD0JVTVBfS0lORF9NQUpPUhABEhMKD0JVTVBfS0lORF9NSU5PUhACEhMKD0JVTVBfS0lORF9QQVRDSBADMrwHCg9BcnRpZmFjdFNlcnZpY2USXQoOQ3JlYXRlQXJ0aWZhY3QSIy5hcnRpZmFjdGQudjEuQ3JlYXRlQXJ0aWZhY3RSZXF1ZXN0GiQuYXJ0aWZhY3RkLnYxLkNyZWF0ZUFydGlmYWN0UmVzcG9uc2UoARJdCg5VcGRhdGVBcnRpZmFjdBIjLmFydGlmYWN0ZC52MS5VcGRhdGVBcnRpZmFjdFJlcXVlc3QaJC5hcnRpZmFjdGQudjEuVXBkYXRlQXJ0aWZhY3RSZXNwb25zZSgBElIKC0dldEFydGlmYWN0EiAuYXJ0aWZhY3RkLnYxLkdldEFydGlmYWN0UmVxdWVzdBohLmFydGlmYWN0ZC52MS5HZXRBcnRpZmFjdFJlc3BvbnNlEmMKEERvd25sb2FkQXJ0aWZhY3QSJS5hcnRpZmFjdGQudjEuRG93bmxvYWRBcnRpZmFjdFJlcXVlc3QaJi5hcnRpZmFjdGQudjEuRG93bmxvYWRBcnRpZmFjdFJlc3BvbnNlMAESVQoMTGlzdFZlcnNpb25zEiEuYXJ0aWZhY3RkLnYxLkxpc3RWZXJzaW9uc1JlcXVlc3QaIi5hcnRpZmFjdGQudjEuTGlzdFZlcnNpb25zUmVzcG9uc2USUgoLR2V0TWV0YWRhdGESIC5hcnRpZmFjdGQudjEuR2V0TWV0YWRhdGFSZXF1ZXN0GiEuYXJ0aWZhY3RkLnYxLkdldE1ldGFkYXRhUmVzcG9uc2USWAoNTGlzdEFydGlmYWN0cxIiLmFydGlmYWN0ZC52MS5MaXN0QXJ0aWZhY3RzUmVxdWVzdBojLmFydGlmYWN0ZC52MS5MaXN0QXJ0aWZhY3RzUmVzcG9uc2USWwoORGVsZXRlQXJ0aWZhY3QSIy5hcnRpZmFjdGQudjEuRGVsZXRlQXJ0aWZhY3RSZXF1ZXN0GiQuYXJ0aWZhY3RkLnYxLkRlbGV0ZUFydGlmYWN0UmVzcG9uc2USYQoQVW5kZWxldGVBcnRpZmFjdBIlLmFydGlmYWN0ZC52MS5VbmRlbGV0ZUFydGlmYWN0UmVxdWVzdBomLmFydGlmYWN0ZC52MS5VbmRlbGV0ZUFydGlmYWN0UmVzcG9uc2USbQoUVXBkYXRlQXJ0aWZhY3RMYWJlbHMSKS5hcnRpZmFjdGQudjEuVXBkYXRlQXJ0aWZhY3RMYWJlbHNSZXF1ZXN0GiouYXJ0aWZhY3RkLnYxLlVwZGF0ZUFydGlmYWN0TGFiZWxzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChthcnRpZmFjdGQvdjEvYXJ0aWZhY3QucHJvdG8SDGFydGlmYWN0ZC52MSIqCgZMYWJlbHMSDAoEdGFncxgBIAMoCRISCgpjYXRlZ29yaWVzGAIgAygJIs8DCghBcnRpZmFjdBIKCgJpZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSDwoHcHJvamVjdBgDIAEoCRIVCg1hcnRpZmFjdF90eXBlGAQgASgJEgwKBG5hbWUYBSABKAkSEwoLZGVzY3JpcHRpb24YBiABKAkSDAoEdGFncxgHIAMoCRI2CghtZXRhZGF0YRgIIAMoCzIkLmFydGlmYWN0ZC52MS5BcnRpZmFjdC5NZXRhZGF0YUVudHJ5EhYKDmxhdGVzdF92ZXJzaW9uGAkgASgJEhUKDXZlcnNpb25fY291bnQYCiABKAQSLgoKY3JlYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZGVsZXRlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKY3JlYXRlZF9ieRgOIAEoCRISCgpjYXRlZ29yaWVzGA8gAygJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKhAgoPQXJ0aWZhY3RWZXJzaW9uEhMKC2FydGlmYWN0X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAkSDAoEc2l6ZRgDIAEoBBITCgtzdG9yZWRfc2l6ZRgEIAEoBBIXCg9uZXdfc3RvcmVkX3NpemUYBSABKAQSDgoGYmxha2UzGAYgASgJEhMKC2NodW5rX2NvdW50GAcgASgEEhIKCmNyZWF0ZWRfYnkYCCABKAkSLgoKY3JlYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOY2hhbmdlX21lc3NhZ2UYCiABKAkSKwoFc3RhdGUYCyABKA4yHC5hcnRpZmFjdGQudjEuTGlmZWN5Y2xlU3RhdGUiOgoTQXJ0aWZhY3RDb29yZGluYXRlcxIVCg1hcnRpZmFjdF90eXBlGAEgASgJEgwKBG5hbWUYAiABKAkitQMKFENyZWF0ZUFydGlmYWN0SGVhZGVyEg4KBnRlbmFudBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEhUKDWFydGlmYWN0X3R5cGUYAyABKAkSDAoEbmFtZRgEIAEoCRITCgtkZXNjcmlwdGlvbhgFIAEoCRIMCgR0YWdzGAYgAygJEkIKCG1ldGFkYXRhGAcgAygLMjAuYXJ0aWZhY3RkLnYxLkNyZWF0ZUFydGlmYWN0SGVhZGVyLk1ldGFkYXRhRW50cnkSFwoPaW5pdGlhbF92ZXJzaW9uGAggASgJEhoKDWV4cGVjdGVkX3NpemUYCSABKARIAIgBARIXCg9leHBlY3RlZF9ibGFrZTMYCiABKAkSFgoOY2hhbmdlX21lc3NhZ2UYCyABKAkSEgoKY2F0ZWdvcmllcxgMIAMoCRIzCg1pbml0aWFsX3N0YXRlGA0gASgOMhwuYXJ0aWZhY3RkLnYxLkxpZmVjeWNsZVN0YXRlGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIQCg5fZXhwZWN0ZWRfc2l6ZSI6CgxVcGxvYWRGaW5pc2gSEQoEc2l6ZRgBIAEoBEgAiAEBEg4KBmJsYWtlMxgCIAEoCUIHCgVfc2l6ZSKWAQoVQ3JlYXRlQXJ0aWZhY3RSZXF1ZXN0EjQKBmhlYWRlchgBIAEoCzIiLmFydGlmYWN0ZC52MS5DcmVhdGVBcnRpZmFjdEhlYWRlckgAEg4KBGRhdGEYAiABKAxIABIsCgZmaW5pc2gYAyABKAsyGi5hcnRpZmFjdGQudjEuVXBsb2FkRmluaXNoSABCCQoHbWVzc2FnZSJyChZDcmVhdGVBcnRpZmFjdFJlc3BvbnNlEigKCGFydGlmYWN0GAEgASgLMhYuYXJ0aWZhY3RkLnYxLkFydGlmYWN0Ei4KB3ZlcnNpb24YAiABKAsyHS5hcnRpZmFjdGQudjEuQXJ0aWZhY3RWZXJzaW9uIpQEChRVcGRhdGVBcnRpZmFjdEhlYWRlchIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRImCgRidW1wGAQgASgOMhYuYXJ0aWZhY3RkLnYxLkJ1bXBLaW5kSAASGgoQZXhwbGljaXRfdmVyc2lvbhgFIAEoCUgAEiAKGGV4cGVjdGVkX2N1cnJlbnRfdmVyc2lvbhgGIAEoCRIWCg5jaGFuZ2VfbWVzc2FnZRgHIAEoCRJJCgxtZXRhZGF0YV9zZXQYCCADKAsyMy5hcnRpZmFjdGQudjEuVXBkYXRlQXJ0aWZhY3RIZWFkZXIuTWV0YWRhdGFTZXRFbnRyeRIXCg9tZXRhZGF0YV9yZW1vdmUYCSADKAkSGgoNZXhwZWN0ZWRfc2l6ZRgKIAEoBEgBiAEBEhcKD2V4cGVjdGVkX2JsYWtlMxgLIAEoCRIkCgZsYWJlbHMYDCABKAsyFC5hcnRpZmFjdGQudjEuTGFiZWxzEjMKDWluaXRpYWxfc3RhdGUYDSABKA4yHC5hcnRpZmFjdGQudjEuTGlmZWN5Y2xlU3RhdGUaMgoQTWV0YWRhdGFTZXRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQg4KDG5leHRfdmVyc2lvbkIQCg5fZXhwZWN0ZWRfc2l6ZSKWAQoVVXBkYXRlQXJ0aWZhY3RSZXF1ZXN0EjQKBmhlYWRlchgBIAEoCzIiLmFydGlmYWN0ZC52MS5VcGRhdGVBcnRpZmFjdEhlYWRlckgAEg4KBGRhdGEYAiABKAxIABIsCgZmaW5pc2gYAyABKAsyGi5hcnRpZmFjdGQudjEuVXBsb2FkRmluaXNoSABCCQoHbWVzc2FnZSJyChZVcGRhdGVBcnRpZmFjdFJlc3BvbnNlEigKCGFydGlmYWN0GAEgASgLMhYuYXJ0aWZhY3RkLnYxLkFydGlmYWN0Ei4KB3ZlcnNpb24YAiABKAsyHS5hcnRpZmFjdGQudjEuQXJ0aWZhY3RWZXJzaW9uIqMBChJHZXRBcnRpZmFjdFJlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSFQoLYXJ0aWZhY3RfaWQYAyABKAlIABI4Cgtjb29yZGluYXRlcxgEIAEoCzIhLmFydGlmYWN0ZC52MS5BcnRpZmFjdENvb3JkaW5hdGVzSAASDwoHdmVyc2lvbhgFIAEoCUIKCghzZWxlY3RvciJvChNHZXRBcnRpZmFjdFJlc3BvbnNlEigKCGFydGlmYWN0GAEgASgLMhYuYXJ0aWZhY3RkLnYxLkFydGlmYWN0Ei4KB3ZlcnNpb24YAiABKAsyHS5hcnRpZmFjdGQudjEuQXJ0aWZhY3RWZXJzaW9uIoABChdEb3dubG9hZEFydGlmYWN0UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRIPCgd2ZXJzaW9uGAQgASgJEg4KBm9mZnNldBgFIAEoBBIOCgZsZW5ndGgYBiABKAQidAoORG93bmxvYWRIZWFkZXISEwoLYXJ0aWZhY3RfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoCRIMCgRzaXplGAMgASgEEg4KBmJsYWtlMxgEIAEoCRIOCgZvZmZzZXQYBSABKAQSDgoGbGVuZ3RoGAYgASgEImUKGERvd25sb2FkQXJ0aWZhY3RSZXNwb25zZRIuCgZoZWFkZXIYASABKAsyHC5hcnRpZmFjdGQudjEuRG93bmxvYWRIZWFkZXJIABIOCgRkYXRhGAIgASgMSABCCQoHbWVzc2FnZSKgAQoTTGlzdFZlcnNpb25zUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRIRCglwYWdlX3NpemUYBCABKA0SEgoKcGFnZV90b2tlbhgFIAEoCRIsCgZzdGF0ZXMYBiADKA4yHC5hcnRpZmFjdGQudjEuTGlmZWN5Y2xlU3RhdGUiYAoUTGlzdFZlcnNpb25zUmVzcG9uc2USLwoIdmVyc2lvbnMYASADKAsyHS5hcnRpZmFjdGQudjEuQXJ0aWZhY3RWZXJzaW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJbChJHZXRNZXRhZGF0YVJlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSEwoLYXJ0aWZhY3RfaWQYAyABKAkSDwoHdmVyc2lvbhgEIAEoCSKDAgoTR2V0TWV0YWRhdGFSZXNwb25zZRIuCgd2ZXJzaW9uGAEgASgLMh0uYXJ0aWZhY3RkLnYxLkFydGlmYWN0VmVyc2lvbhJBCghtZXRhZGF0YRgCIAMoCzIvLmFydGlmYWN0ZC52MS5HZXRNZXRhZGF0YVJlc3BvbnNlLk1ldGFkYXRhRW50cnkSFAoMY29udGVudF90eXBlGAMgASgJEjIKCWV4dHJhY3RlZBgEIAEoCzIfLmFydGlmYWN0ZC52MS5FeHRyYWN0ZWRNZXRhZGF0YRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiswEKEUV4dHJhY3RlZE1ldGFkYXRhEg8KB2lzX3RleHQYASABKAgSEgoKbGluZV9jb3VudBgCIAEoBBINCgV0aXRsZRgDIAEoCRIQCghoZWFkaW5ncxgEIAMoCRItCgxmcm9udF9tYXR0ZXIYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhYKDnRvcF9sZXZlbF9rZXlzGAYgAygJEhEKCXRydW5jYXRlZBgHIAEoCCKjAQoUTGlzdEFydGlmYWN0c1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSFQoNYXJ0aWZhY3RfdHlwZRgDIAEoCRIRCglwYWdlX3NpemUYBCABKA0SEgoKcGFnZV90b2tlbhgFIAEoCRIsCgZzdGF0ZXMYBiADKA4yHC5hcnRpZmFjdGQudjEuTGlmZWN5Y2xlU3RhdGUiWwoVTGlzdEFydGlmYWN0c1Jlc3BvbnNlEikKCWFydGlmYWN0cxgBIAMoCzIWLmFydGlmYWN0ZC52MS5BcnRpZmFjdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiTQoVRGVsZXRlQXJ0aWZhY3RSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEhMKC2FydGlmYWN0X2lkGAMgASgJIngKFkRlbGV0ZUFydGlmYWN0UmVzcG9uc2USKAoIYXJ0aWZhY3QYASABKAsyFi5hcnRpZmFjdGQudjEuQXJ0aWZhY3QSNAoQcmVzdG9yYWJsZV91bnRpbBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTwoXVW5kZWxldGVBcnRpZmFjdFJlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSEwoLYXJ0aWZhY3RfaWQYAyABKAkiRAoYVW5kZWxldGVBcnRpZmFjdFJlc3BvbnNlEigKCGFydGlmYWN0GAEgASgLMhYuYXJ0aWZhY3RkLnYxLkFydGlmYWN0InkKG1VwZGF0ZUFydGlmYWN0TGFiZWxzUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRIkCgZsYWJlbHMYBCABKAsyFC5hcnRpZmFjdGQudjEuTGFiZWxzIkgKHFVwZGF0ZUFydGlmYWN0TGFiZWxzUmVzcG9uc2USKAoIYXJ0aWZhY3QYASABKAsyFi5hcnRpZmFjdGQudjEuQXJ0aWZhY3Qi2wEKGFRyYW5zaXRpb25WZXJzaW9uUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRIPCgd2ZXJzaW9uGAQgASgJEjIKDHRhcmdldF9zdGF0ZRgFIAEoDjIcLmFydGlmYWN0ZC52MS5MaWZlY3ljbGVTdGF0ZRIOCgZyZWFzb24YBiABKAkSNAoOZXhwZWN0ZWRfc3RhdGUYByABKA4yHC5hcnRpZmFjdGQudjEuTGlmZWN5Y2xlU3RhdGUieQoZVHJhbnNpdGlvblZlcnNpb25SZXNwb25zZRIuCgd2ZXJzaW9uGAEgASgLMh0uYXJ0aWZhY3RkLnYxLkFydGlmYWN0VmVyc2lvbhIsCgp0cmFuc2l0aW9uGAIgASgLMhguYXJ0aWZhY3RkLnYxLlRyYW5zaXRpb24itQEKClRyYW5zaXRpb24SMAoKZnJvbV9zdGF0ZRgBIAEoDjIcLmFydGlmYWN0ZC52MS5MaWZlY3ljbGVTdGF0ZRIuCgh0b19zdGF0ZRgCIAEoDjIcLmFydGlmYWN0ZC52MS5MaWZlY3ljbGVTdGF0ZRINCgVhY3RvchgDIAEoCRIOCgZyZWFzb24YBCABKAkSJgoCYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIn4KBUFsaWFzEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoCRISCgp1cGRhdGVkX2J5GAMgASgJEi4KCnVwZGF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCm1haW50YWluZWQYBSABKAgimwEKD1NldEFsaWFzUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRINCgVhbGlhcxgEIAEoCRIPCgd2ZXJzaW9uGAUgASgJEh0KEGV4cGVjdGVkX3ZlcnNpb24YBiABKAlIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiI2ChBTZXRBbGlhc1Jlc3BvbnNlEiIKBWFsaWFzGAEgASgLMhMuYXJ0aWZhY3RkLnYxLkFsaWFzIo0BChJEZWxldGVBbGlhc1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSEwoLYXJ0aWZhY3RfaWQYAyABKAkSDQoFYWxpYXMYBCABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgFIAEoCUgAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uIhUKE0RlbGV0ZUFsaWFzUmVzcG9uc2UiSgoSTGlzdEFsaWFzZXNSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEhMKC2FydGlmYWN0X2lkGAMgASgJIjsKE0xpc3RBbGlhc2VzUmVzcG9uc2USJAoHYWxpYXNlcxgBIAMoCzITLmFydGlmYWN0ZC52MS5BbGlhcyJ2ChdHZXRDaGFuZ2VIaXN0b3J5UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRIRCglwYWdlX3NpemUYBCABKA0SEgoKcGFnZV90b2tlbhgFIAEoCSLGAQoNVmVyc2lvbkNoYW5nZRIuCgd2ZXJzaW9uGAEgASgLMh0uYXJ0aWZhY3RkLnYxLkFydGlmYWN0VmVyc2lvbhITCgtzaXplX2NoYW5nZRgCIAEoAxIUCgxyZXVzZWRfYnl0ZXMYAyABKAQSEQoJbmV3X2J5dGVzGAQgASgEEi0KC3RyYW5zaXRpb25zGAUgAygLMhguYXJ0aWZhY3RkLnYxLlRyYW5zaXRpb24SGAoQcHJldmlvdXNfdmVyc2lvbhgGIAEoCSJhChhHZXRDaGFuZ2VIaXN0b3J5UmVzcG9uc2USLAoHY2hhbmdlcxgBIAMoCzIbLmFydGlmYWN0ZC52MS5WZXJzaW9uQ2hhbmdlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKjAQoTRGlmZlZlcnNpb25zUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRIUCgxmcm9tX3ZlcnNpb24YBCABKAkSEgoKdG9fdmVyc2lvbhgFIAEoCRIaCg1jb250ZXh0X2xpbmVzGAYgASgNSACIAQFCEAoOX2NvbnRleHRfbGluZXMiYwoURGlmZlZlcnNpb25zUmVzcG9uc2USDAoEZGlmZhgBIAEoCRIRCgl0cnVuY2F0ZWQYAiABKAgSEwoLbGluZXNfYWRkZWQYAyABKAQSFQoNbGluZXNfcmVtb3ZlZBgEIAEoBCqkAQoOTGlmZWN5Y2xlU3RhdGUSHwobTElGRUNZQ0xFX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVTElGRUNZQ0xFX1NUQVRFX0RSQUZUEAESGgoWTElGRUNZQ0xFX1NUQVRFX1JFVklFVxACEhwKGExJRkVDWUNMRV9TVEFURV9BUFBST1ZFRBADEhwKGExJRkVDWUNMRV9TVEFURV9BUkNISVZFRBAEKmQKCEJ1bXBLaW5kEhkKFUJVTVBfS0lORF9VTlNQRUNJRklFRBAAEhMKD0JVTVBfS0lORF9NQUpPUhABEhMKD0JVTVBfS0lORF9NSU5PUhACEhMKD0JVTVBfS0lORF9QQVRDSBADMs8LCg9BcnRpZmFjdFNlcnZpY2USXQoOQ3JlYXRlQXJ0aWZhY3QSIy5hcnRpZmFjdGQudjEuQ3JlYXRlQXJ0aWZhY3RSZXF1ZXN0GiQuYXJ0aWZhY3RkLnYxLkNyZWF0ZUFydGlmYWN0UmVzcG9uc2UoARJdCg5VcGRhdGVBcnRpZmFjdBIjLmFydGlmYWN0ZC52MS5VcGRhdGVBcnRpZmFjdFJlcXVlc3QaJC5hcnRpZmFjdGQudjEuVXBkYXRlQXJ0aWZhY3RSZXNwb25zZSgBElIKC0dldEFydGlmYWN0EiAuYXJ0aWZhY3RkLnYxLkdldEFydGlmYWN0UmVxdWVzdBohLmFydGlmYWN0ZC52MS5HZXRBcnRpZmFjdFJlc3BvbnNlEmMKEERvd25sb2FkQXJ0aWZhY3QSJS5hcnRpZmFjdGQudjEuRG93bmxvYWRBcnRpZmFjdFJlcXVlc3QaJi5hcnRpZmFjdGQudjEuRG93bmxvYWRBcnRpZmFjdFJlc3BvbnNlMAESVQoMTGlzdFZlcnNpb25zEiEuYXJ0aWZhY3RkLnYxLkxpc3RWZXJzaW9uc1JlcXVlc3QaIi5hcnRpZmFjdGQudjEuTGlzdFZlcnNpb25zUmVzcG9uc2USUgoLR2V0TWV0YWRhdGESIC5hcnRpZmFjdGQudjEuR2V0TWV0YWRhdGFSZXF1ZXN0GiEuYXJ0aWZhY3RkLnYxLkdldE1ldGFkYXRhUmVzcG9uc2USWAoNTGlzdEFydGlmYWN0cxIiLmFydGlmYWN0ZC52MS5MaXN0QXJ0aWZhY3RzUmVxdWVzdBojLmFydGlmYWN0ZC52MS5MaXN0QXJ0aWZhY3RzUmVzcG9uc2USWwoORGVsZXRlQXJ0aWZhY3QSIy5hcnRpZmFjdGQudjEuRGVsZXRlQXJ0aWZhY3RSZXF1ZXN0GiQuYXJ0aWZhY3RkLnYxLkRlbGV0ZUFydGlmYWN0UmVzcG9uc2USYQoQVW5kZWxldGVBcnRpZmFjdBIlLmFydGlmYWN0ZC52MS5VbmRlbGV0ZUFydGlmYWN0UmVxdWVzdBomLmFydGlmYWN0ZC52MS5VbmRlbGV0ZUFydGlmYWN0UmVzcG9uc2USbQoUVXBkYXRlQXJ0aWZhY3RMYWJlbHMSKS5hcnRpZmFjdGQudjEuVXBkYXRlQXJ0aWZhY3RMYWJlbHNSZXF1ZXN0GiouYXJ0aWZhY3RkLnYxLlVwZGF0ZUFydGlmYWN0TGFiZWxzUmVzcG9uc2USZAoRVHJhbnNpdGlvblZlcnNpb24SJi5hcnRpZmFjdGQudjEuVHJhbnNpdGlvblZlcnNpb25SZXF1ZXN0GicuYXJ0aWZhY3RkLnYxLlRyYW5zaXRpb25WZXJzaW9uUmVzcG9uc2USSQoIU2V0QWxpYXMSHS5hcnRpZmFjdGQudjEuU2V0QWxpYXNSZXF1ZXN0Gh4uYXJ0aWZhY3RkLnYxLlNldEFsaWFzUmVzcG9uc2USUgoLRGVsZXRlQWxpYXMSIC5hcnRpZmFjdGQudjEuRGVsZXRlQWxpYXNSZXF1ZXN0GiEuYXJ0aWZhY3RkLnYxLkRlbGV0ZUFsaWFzUmVzcG9uc2USUgoLTGlzdEFsaWFzZXMSIC5hcnRpZmFjdGQudjEuTGlzdEFsaWFzZXNSZXF1ZXN0GiEuYXJ0aWZhY3RkLnYxLkxpc3RBbGlhc2VzUmVzcG9uc2USYQoQR2V0Q2hhbmdlSGlzdG9yeRIlLmFydGlmYWN0ZC52MS5HZXRDaGFuZ2VIaXN0b3J5UmVxdWVzdBomLmFydGlmYWN0ZC52MS5HZXRDaGFuZ2VIaXN0b3J5UmVzcG9uc2USVQoMRGlmZlZlcnNpb25zEiEuYXJ0aWZhY3RkLnYxLkRpZmZWZXJzaW9uc1JlcXVlc3QaIi5hcnRpZmFjdGQudjEuRGlmZlZlcnNpb25zUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Tags and categories of an artifact; where given, they replace the old ones.
@@ -202,6 +202,11 @@ export type ArtifactVersion = Message<"artifactd.v1.ArtifactVersion"> & {
    * @generated from field: string change_message = 10;
    */
   changeMessage: string;
+
+  /**
+   * @generated from field: artifactd.v1.LifecycleState state = 11;
+   */
+  state: LifecycleState;
 };
 
 /**
@@ -304,6 +309,13 @@ export type CreateArtifactHeader = Message<"artifactd.v1.CreateArtifactHeader"> 
    * @generated from field: repeated string categories = 12;
    */
   categories: string[];
+
+  /**
+   * DRAFT (the default) or REVIEW.
+   *
+   * @generated from field: artifactd.v1.LifecycleState initial_state = 13;
+   */
+  initialState: LifecycleState;
 };
 
 /**
@@ -493,6 +505,13 @@ export type UpdateArtifactHeader = Message<"artifactd.v1.UpdateArtifactHeader"> 
    * @generated from field: artifactd.v1.Labels labels = 12;
    */
   labels?: Labels | undefined;
+
+  /**
+   * DRAFT (the default) or REVIEW.
+   *
+   * @generated from field: artifactd.v1.LifecycleState initial_state = 13;
+   */
+  initialState: LifecycleState;
 };
 
 /**
@@ -597,7 +616,7 @@ export type GetArtifactRequest = Message<"artifactd.v1.GetArtifactRequest"> & {
   } | { case: undefined; value?: undefined };
 
   /**
-   * Empty for the latest version.
+   * Empty for the latest version; a version, or an alias.
    *
    * @generated from field: string version = 5;
    */
@@ -653,7 +672,7 @@ export type DownloadArtifactRequest = Message<"artifactd.v1.DownloadArtifactRequ
   artifactId: string;
 
   /**
-   * Empty for the latest version.
+   * Empty for the latest version; a version, or an alias.
    *
    * @generated from field: string version = 4;
    */
@@ -788,6 +807,13 @@ export type ListVersionsRequest = Message<"artifactd.v1.ListVersionsRequest"> & 
    * @generated from field: string page_token = 5;
    */
   pageToken: string;
+
+  /**
+   * Only versions in these states; when empty, every state but ARCHIVED.
+   *
+   * @generated from field: repeated artifactd.v1.LifecycleState states = 6;
+   */
+  states: LifecycleState[];
 };
 
 /**
@@ -841,7 +867,7 @@ export type GetMetadataRequest = Message<"artifactd.v1.GetMetadataRequest"> & {
   artifactId: string;
 
   /**
-   * Empty for the latest version.
+   * Empty for the latest version; a version, or an alias.
    *
    * @generated from field: string version = 4;
    */
@@ -983,6 +1009,14 @@ export type ListArtifactsRequest = Message<"artifactd.v1.ListArtifactsRequest"> 
    * @generated from field: string page_token = 5;
    */
   pageToken: string;
+
+  /**
+   * Only artifacts whose latest version is in one of these states; when empty, those whose
+   * latest version is not ARCHIVED.
+   *
+   * @generated from field: repeated artifactd.v1.LifecycleState states = 6;
+   */
+  states: LifecycleState[];
 };
 
 /**
@@ -1159,6 +1193,569 @@ export const UpdateArtifactLabelsResponseSchema: GenMessage<UpdateArtifactLabels
   messageDesc(file_artifactd_v1_artifact, 28);
 
 /**
+ * @generated from message artifactd.v1.TransitionVersionRequest
+ */
+export type TransitionVersionRequest = Message<"artifactd.v1.TransitionVersionRequest"> & {
+  /**
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * @generated from field: string project = 2;
+   */
+  project: string;
+
+  /**
+   * @generated from field: string artifact_id = 3;
+   */
+  artifactId: string;
+
+  /**
+   * A version or an alias.
+   *
+   * @generated from field: string version = 4;
+   */
+  version: string;
+
+  /**
+   * @generated from field: artifactd.v1.LifecycleState target_state = 5;
+   */
+  targetState: LifecycleState;
+
+  /**
+   * Why; recorded in the history.
+   *
+   * @generated from field: string reason = 6;
+   */
+  reason: string;
+
+  /**
+   * When set, the move happens only from this state; otherwise FAILED_PRECONDITION naming
+   * the current state and where it may go.
+   *
+   * @generated from field: artifactd.v1.LifecycleState expected_state = 7;
+   */
+  expectedState: LifecycleState;
+};
+
+/**
+ * Describes the message artifactd.v1.TransitionVersionRequest.
+ * Use `create(TransitionVersionRequestSchema)` to create a new message.
+ */
+export const TransitionVersionRequestSchema: GenMessage<TransitionVersionRequest> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 29);
+
+/**
+ * @generated from message artifactd.v1.TransitionVersionResponse
+ */
+export type TransitionVersionResponse = Message<"artifactd.v1.TransitionVersionResponse"> & {
+  /**
+   * @generated from field: artifactd.v1.ArtifactVersion version = 1;
+   */
+  version?: ArtifactVersion | undefined;
+
+  /**
+   * @generated from field: artifactd.v1.Transition transition = 2;
+   */
+  transition?: Transition | undefined;
+};
+
+/**
+ * Describes the message artifactd.v1.TransitionVersionResponse.
+ * Use `create(TransitionVersionResponseSchema)` to create a new message.
+ */
+export const TransitionVersionResponseSchema: GenMessage<TransitionVersionResponse> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 30);
+
+/**
+ * One change of a version's lifecycle state.
+ *
+ * @generated from message artifactd.v1.Transition
+ */
+export type Transition = Message<"artifactd.v1.Transition"> & {
+  /**
+   * UNSPECIFIED for the state the version was created in.
+   *
+   * @generated from field: artifactd.v1.LifecycleState from_state = 1;
+   */
+  fromState: LifecycleState;
+
+  /**
+   * @generated from field: artifactd.v1.LifecycleState to_state = 2;
+   */
+  toState: LifecycleState;
+
+  /**
+   * @generated from field: string actor = 3;
+   */
+  actor: string;
+
+  /**
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp at = 5;
+   */
+  at?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message artifactd.v1.Transition.
+ * Use `create(TransitionSchema)` to create a new message.
+ */
+export const TransitionSchema: GenMessage<Transition> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 31);
+
+/**
+ * A named pointer to a version of an artifact.
+ *
+ * @generated from message artifactd.v1.Alias
+ */
+export type Alias = Message<"artifactd.v1.Alias"> & {
+  /**
+   * Lowercase letters, digits, '.', '_' and '-', starting with a letter, at most 63 bytes.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string version = 2;
+   */
+  version: string;
+
+  /**
+   * @generated from field: string updated_by = 3;
+   */
+  updatedBy: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp updated_at = 4;
+   */
+  updatedAt?: Timestamp | undefined;
+
+  /**
+   * True for `latest-approved`, which the service keeps on the highest approved version.
+   *
+   * @generated from field: bool maintained = 5;
+   */
+  maintained: boolean;
+};
+
+/**
+ * Describes the message artifactd.v1.Alias.
+ * Use `create(AliasSchema)` to create a new message.
+ */
+export const AliasSchema: GenMessage<Alias> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 32);
+
+/**
+ * @generated from message artifactd.v1.SetAliasRequest
+ */
+export type SetAliasRequest = Message<"artifactd.v1.SetAliasRequest"> & {
+  /**
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * @generated from field: string project = 2;
+   */
+  project: string;
+
+  /**
+   * @generated from field: string artifact_id = 3;
+   */
+  artifactId: string;
+
+  /**
+   * @generated from field: string alias = 4;
+   */
+  alias: string;
+
+  /**
+   * The version to point at (a version, not another alias).
+   *
+   * @generated from field: string version = 5;
+   */
+  version: string;
+
+  /**
+   * When set: "" means the alias must not exist yet; a version means the alias must point
+   * there now. A mismatch is FAILED_PRECONDITION naming where it points, and nothing changes.
+   *
+   * @generated from field: optional string expected_version = 6;
+   */
+  expectedVersion?: string | undefined;
+};
+
+/**
+ * Describes the message artifactd.v1.SetAliasRequest.
+ * Use `create(SetAliasRequestSchema)` to create a new message.
+ */
+export const SetAliasRequestSchema: GenMessage<SetAliasRequest> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 33);
+
+/**
+ * @generated from message artifactd.v1.SetAliasResponse
+ */
+export type SetAliasResponse = Message<"artifactd.v1.SetAliasResponse"> & {
+  /**
+   * @generated from field: artifactd.v1.Alias alias = 1;
+   */
+  alias?: Alias | undefined;
+};
+
+/**
+ * Describes the message artifactd.v1.SetAliasResponse.
+ * Use `create(SetAliasResponseSchema)` to create a new message.
+ */
+export const SetAliasResponseSchema: GenMessage<SetAliasResponse> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 34);
+
+/**
+ * @generated from message artifactd.v1.DeleteAliasRequest
+ */
+export type DeleteAliasRequest = Message<"artifactd.v1.DeleteAliasRequest"> & {
+  /**
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * @generated from field: string project = 2;
+   */
+  project: string;
+
+  /**
+   * @generated from field: string artifact_id = 3;
+   */
+  artifactId: string;
+
+  /**
+   * @generated from field: string alias = 4;
+   */
+  alias: string;
+
+  /**
+   * @generated from field: optional string expected_version = 5;
+   */
+  expectedVersion?: string | undefined;
+};
+
+/**
+ * Describes the message artifactd.v1.DeleteAliasRequest.
+ * Use `create(DeleteAliasRequestSchema)` to create a new message.
+ */
+export const DeleteAliasRequestSchema: GenMessage<DeleteAliasRequest> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 35);
+
+/**
+ * @generated from message artifactd.v1.DeleteAliasResponse
+ */
+export type DeleteAliasResponse = Message<"artifactd.v1.DeleteAliasResponse"> & {
+};
+
+/**
+ * Describes the message artifactd.v1.DeleteAliasResponse.
+ * Use `create(DeleteAliasResponseSchema)` to create a new message.
+ */
+export const DeleteAliasResponseSchema: GenMessage<DeleteAliasResponse> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 36);
+
+/**
+ * @generated from message artifactd.v1.ListAliasesRequest
+ */
+export type ListAliasesRequest = Message<"artifactd.v1.ListAliasesRequest"> & {
+  /**
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * @generated from field: string project = 2;
+   */
+  project: string;
+
+  /**
+   * @generated from field: string artifact_id = 3;
+   */
+  artifactId: string;
+};
+
+/**
+ * Describes the message artifactd.v1.ListAliasesRequest.
+ * Use `create(ListAliasesRequestSchema)` to create a new message.
+ */
+export const ListAliasesRequestSchema: GenMessage<ListAliasesRequest> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 37);
+
+/**
+ * @generated from message artifactd.v1.ListAliasesResponse
+ */
+export type ListAliasesResponse = Message<"artifactd.v1.ListAliasesResponse"> & {
+  /**
+   * Ordered by name.
+   *
+   * @generated from field: repeated artifactd.v1.Alias aliases = 1;
+   */
+  aliases: Alias[];
+};
+
+/**
+ * Describes the message artifactd.v1.ListAliasesResponse.
+ * Use `create(ListAliasesResponseSchema)` to create a new message.
+ */
+export const ListAliasesResponseSchema: GenMessage<ListAliasesResponse> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 38);
+
+/**
+ * @generated from message artifactd.v1.GetChangeHistoryRequest
+ */
+export type GetChangeHistoryRequest = Message<"artifactd.v1.GetChangeHistoryRequest"> & {
+  /**
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * @generated from field: string project = 2;
+   */
+  project: string;
+
+  /**
+   * @generated from field: string artifact_id = 3;
+   */
+  artifactId: string;
+
+  /**
+   * At most this many versions (default 50, at most 1000).
+   *
+   * @generated from field: uint32 page_size = 4;
+   */
+  pageSize: number;
+
+  /**
+   * @generated from field: string page_token = 5;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message artifactd.v1.GetChangeHistoryRequest.
+ * Use `create(GetChangeHistoryRequestSchema)` to create a new message.
+ */
+export const GetChangeHistoryRequestSchema: GenMessage<GetChangeHistoryRequest> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 39);
+
+/**
+ * What one version changed.
+ *
+ * @generated from message artifactd.v1.VersionChange
+ */
+export type VersionChange = Message<"artifactd.v1.VersionChange"> & {
+  /**
+   * @generated from field: artifactd.v1.ArtifactVersion version = 1;
+   */
+  version?: ArtifactVersion | undefined;
+
+  /**
+   * Bytes against the previous version (negative when it shrank); the whole size for the
+   * first version.
+   *
+   * @generated from field: int64 size_change = 2;
+   */
+  sizeChange: bigint;
+
+  /**
+   * Stored bytes this version shares with content stored before it.
+   *
+   * @generated from field: uint64 reused_bytes = 3;
+   */
+  reusedBytes: bigint;
+
+  /**
+   * Stored bytes this version added (as ArtifactVersion.new_stored_size).
+   *
+   * @generated from field: uint64 new_bytes = 4;
+   */
+  newBytes: bigint;
+
+  /**
+   * Every lifecycle transition, oldest first; the first is the state it was created in.
+   *
+   * @generated from field: repeated artifactd.v1.Transition transitions = 5;
+   */
+  transitions: Transition[];
+
+  /**
+   * The version before this one; empty for the first.
+   *
+   * @generated from field: string previous_version = 6;
+   */
+  previousVersion: string;
+};
+
+/**
+ * Describes the message artifactd.v1.VersionChange.
+ * Use `create(VersionChangeSchema)` to create a new message.
+ */
+export const VersionChangeSchema: GenMessage<VersionChange> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 40);
+
+/**
+ * @generated from message artifactd.v1.GetChangeHistoryResponse
+ */
+export type GetChangeHistoryResponse = Message<"artifactd.v1.GetChangeHistoryResponse"> & {
+  /**
+   * @generated from field: repeated artifactd.v1.VersionChange changes = 1;
+   */
+  changes: VersionChange[];
+
+  /**
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message artifactd.v1.GetChangeHistoryResponse.
+ * Use `create(GetChangeHistoryResponseSchema)` to create a new message.
+ */
+export const GetChangeHistoryResponseSchema: GenMessage<GetChangeHistoryResponse> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 41);
+
+/**
+ * @generated from message artifactd.v1.DiffVersionsRequest
+ */
+export type DiffVersionsRequest = Message<"artifactd.v1.DiffVersionsRequest"> & {
+  /**
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * @generated from field: string project = 2;
+   */
+  project: string;
+
+  /**
+   * @generated from field: string artifact_id = 3;
+   */
+  artifactId: string;
+
+  /**
+   * Versions or aliases.
+   *
+   * @generated from field: string from_version = 4;
+   */
+  fromVersion: string;
+
+  /**
+   * @generated from field: string to_version = 5;
+   */
+  toVersion: string;
+
+  /**
+   * Lines of context around each change (default 3, at most 100).
+   *
+   * @generated from field: optional uint32 context_lines = 6;
+   */
+  contextLines?: number | undefined;
+};
+
+/**
+ * Describes the message artifactd.v1.DiffVersionsRequest.
+ * Use `create(DiffVersionsRequestSchema)` to create a new message.
+ */
+export const DiffVersionsRequestSchema: GenMessage<DiffVersionsRequest> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 42);
+
+/**
+ * @generated from message artifactd.v1.DiffVersionsResponse
+ */
+export type DiffVersionsResponse = Message<"artifactd.v1.DiffVersionsResponse"> & {
+  /**
+   * A unified diff (`--- name@from` / `+++ name@to`), empty when the contents are equal.
+   *
+   * @generated from field: string diff = 1;
+   */
+  diff: string;
+
+  /**
+   * The diff was cut at 1 MiB.
+   *
+   * @generated from field: bool truncated = 2;
+   */
+  truncated: boolean;
+
+  /**
+   * @generated from field: uint64 lines_added = 3;
+   */
+  linesAdded: bigint;
+
+  /**
+   * @generated from field: uint64 lines_removed = 4;
+   */
+  linesRemoved: bigint;
+};
+
+/**
+ * Describes the message artifactd.v1.DiffVersionsResponse.
+ * Use `create(DiffVersionsResponseSchema)` to create a new message.
+ */
+export const DiffVersionsResponseSchema: GenMessage<DiffVersionsResponse> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 43);
+
+/**
+ * Where a version is in its life. Allowed moves:
+ *   draft    -> review, archived
+ *   review   -> draft (changes requested), approved, archived
+ *   approved -> archived
+ *   archived -> review (reopened; approval must be given again)
+ * A version is created in draft, or directly in review. An artifact with an approved version
+ * cannot be deleted until that version is archived. Archived versions stay downloadable but
+ * leave default listings.
+ *
+ * @generated from enum artifactd.v1.LifecycleState
+ */
+export enum LifecycleState {
+  /**
+   * @generated from enum value: LIFECYCLE_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: LIFECYCLE_STATE_DRAFT = 1;
+   */
+  DRAFT = 1,
+
+  /**
+   * @generated from enum value: LIFECYCLE_STATE_REVIEW = 2;
+   */
+  REVIEW = 2,
+
+  /**
+   * @generated from enum value: LIFECYCLE_STATE_APPROVED = 3;
+   */
+  APPROVED = 3,
+
+  /**
+   * @generated from enum value: LIFECYCLE_STATE_ARCHIVED = 4;
+   */
+  ARCHIVED = 4,
+}
+
+/**
+ * Describes the enum artifactd.v1.LifecycleState.
+ */
+export const LifecycleStateSchema: GenEnum<LifecycleState> = /*@__PURE__*/
+  enumDesc(file_artifactd_v1_artifact, 0);
+
+/**
  * How to derive the next version from the current one.
  *
  * @generated from enum artifactd.v1.BumpKind
@@ -1189,7 +1786,7 @@ export enum BumpKind {
  * Describes the enum artifactd.v1.BumpKind.
  */
 export const BumpKindSchema: GenEnum<BumpKind> = /*@__PURE__*/
-  enumDesc(file_artifactd_v1_artifact, 0);
+  enumDesc(file_artifactd_v1_artifact, 1);
 
 /**
  * ArtifactService stores and serves versioned artifacts. Every request is scoped by tenant and
@@ -1301,6 +1898,70 @@ export const ArtifactService: GenService<{
     methodKind: "unary";
     input: typeof UpdateArtifactLabelsRequestSchema;
     output: typeof UpdateArtifactLabelsResponseSchema;
+  },
+  /**
+   * Moves a version to another lifecycle state (see LifecycleState for the allowed moves),
+   * recording who, when and why. With `expected_state` it is a compare-and-set.
+   *
+   * @generated from rpc artifactd.v1.ArtifactService.TransitionVersion
+   */
+  transitionVersion: {
+    methodKind: "unary";
+    input: typeof TransitionVersionRequestSchema;
+    output: typeof TransitionVersionResponseSchema;
+  },
+  /**
+   * Points an alias ("prod", "sprint-12") at a version; with `expected_version`, only if the
+   * alias still points where the caller believes.
+   *
+   * @generated from rpc artifactd.v1.ArtifactService.SetAlias
+   */
+  setAlias: {
+    methodKind: "unary";
+    input: typeof SetAliasRequestSchema;
+    output: typeof SetAliasResponseSchema;
+  },
+  /**
+   * Removes an alias; with `expected_version`, only if it still points there.
+   *
+   * @generated from rpc artifactd.v1.ArtifactService.DeleteAlias
+   */
+  deleteAlias: {
+    methodKind: "unary";
+    input: typeof DeleteAliasRequestSchema;
+    output: typeof DeleteAliasResponseSchema;
+  },
+  /**
+   * An artifact's aliases, including the maintained `latest-approved` when a version is
+   * approved.
+   *
+   * @generated from rpc artifactd.v1.ArtifactService.ListAliases
+   */
+  listAliases: {
+    methodKind: "unary";
+    input: typeof ListAliasesRequestSchema;
+    output: typeof ListAliasesResponseSchema;
+  },
+  /**
+   * Each version's change record, newest first: author, time, message, size and its change,
+   * bytes reused and newly stored, and every lifecycle transition.
+   *
+   * @generated from rpc artifactd.v1.ArtifactService.GetChangeHistory
+   */
+  getChangeHistory: {
+    methodKind: "unary";
+    input: typeof GetChangeHistoryRequestSchema;
+    output: typeof GetChangeHistoryResponseSchema;
+  },
+  /**
+   * A unified diff between two versions of a text artifact.
+   *
+   * @generated from rpc artifactd.v1.ArtifactService.DiffVersions
+   */
+  diffVersions: {
+    methodKind: "unary";
+    input: typeof DiffVersionsRequestSchema;
+    output: typeof DiffVersionsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_artifactd_v1_artifact, 0);

@@ -21,6 +21,36 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _LifecycleState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LifecycleStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LifecycleState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LIFECYCLE_STATE_UNSPECIFIED: _LifecycleState.ValueType  # 0
+    LIFECYCLE_STATE_DRAFT: _LifecycleState.ValueType  # 1
+    LIFECYCLE_STATE_REVIEW: _LifecycleState.ValueType  # 2
+    LIFECYCLE_STATE_APPROVED: _LifecycleState.ValueType  # 3
+    LIFECYCLE_STATE_ARCHIVED: _LifecycleState.ValueType  # 4
+
+class LifecycleState(_LifecycleState, metaclass=_LifecycleStateEnumTypeWrapper):
+    """Where a version is in its life. Allowed moves:
+      draft    -> review, archived
+      review   -> draft (changes requested), approved, archived
+      approved -> archived
+      archived -> review (reopened; approval must be given again)
+    A version is created in draft, or directly in review. An artifact with an approved version
+    cannot be deleted until that version is archived. Archived versions stay downloadable but
+    leave default listings.
+    """
+
+LIFECYCLE_STATE_UNSPECIFIED: LifecycleState.ValueType  # 0
+LIFECYCLE_STATE_DRAFT: LifecycleState.ValueType  # 1
+LIFECYCLE_STATE_REVIEW: LifecycleState.ValueType  # 2
+LIFECYCLE_STATE_APPROVED: LifecycleState.ValueType  # 3
+LIFECYCLE_STATE_ARCHIVED: LifecycleState.ValueType  # 4
+Global___LifecycleState: _TypeAlias = LifecycleState  # noqa: Y015
+
 class _BumpKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -179,6 +209,7 @@ class ArtifactVersion(_message.Message):
     CREATED_BY_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     CHANGE_MESSAGE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     artifact_id: _builtins.str
     version: _builtins.str
     """Semantic version, for example "1.4.0" or "6.0.0-Beta.4"."""
@@ -193,6 +224,7 @@ class ArtifactVersion(_message.Message):
     chunk_count: _builtins.int
     created_by: _builtins.str
     change_message: _builtins.str
+    state: Global___LifecycleState.ValueType
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -208,10 +240,11 @@ class ArtifactVersion(_message.Message):
         created_by: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         change_message: _builtins.str = ...,
+        state: Global___LifecycleState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "blake3", b"blake3", "change_message", b"change_message", "chunk_count", b"chunk_count", "created_at", b"created_at", "created_by", b"created_by", "new_stored_size", b"new_stored_size", "size", b"size", "stored_size", b"stored_size", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "blake3", b"blake3", "change_message", b"change_message", "chunk_count", b"chunk_count", "created_at", b"created_at", "created_by", b"created_by", "new_stored_size", b"new_stored_size", "size", b"size", "state", b"state", "stored_size", b"stored_size", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -277,6 +310,7 @@ class CreateArtifactHeader(_message.Message):
     EXPECTED_BLAKE3_FIELD_NUMBER: _builtins.int
     CHANGE_MESSAGE_FIELD_NUMBER: _builtins.int
     CATEGORIES_FIELD_NUMBER: _builtins.int
+    INITIAL_STATE_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     project: _builtins.str
     artifact_type: _builtins.str
@@ -289,6 +323,8 @@ class CreateArtifactHeader(_message.Message):
     expected_blake3: _builtins.str
     """When set (lowercase hex), the content's blake3 must match."""
     change_message: _builtins.str
+    initial_state: Global___LifecycleState.ValueType
+    """DRAFT (the default) or REVIEW."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -310,10 +346,11 @@ class CreateArtifactHeader(_message.Message):
         expected_blake3: _builtins.str = ...,
         change_message: _builtins.str = ...,
         categories: _abc.Iterable[_builtins.str] | None = ...,
+        initial_state: Global___LifecycleState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size", "expected_size", b"expected_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size", "artifact_type", b"artifact_type", "categories", b"categories", "change_message", b"change_message", "description", b"description", "expected_blake3", b"expected_blake3", "expected_size", b"expected_size", "initial_version", b"initial_version", "metadata", b"metadata", "name", b"name", "project", b"project", "tags", b"tags", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size", "artifact_type", b"artifact_type", "categories", b"categories", "change_message", b"change_message", "description", b"description", "expected_blake3", b"expected_blake3", "expected_size", b"expected_size", "initial_state", b"initial_state", "initial_version", b"initial_version", "metadata", b"metadata", "name", b"name", "project", b"project", "tags", b"tags", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_size: _TypeAlias = _typing.Literal["expected_size"]  # noqa: Y015
     _WhichOneofArgType__expected_size: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size"]  # noqa: Y015
@@ -452,6 +489,7 @@ class UpdateArtifactHeader(_message.Message):
     EXPECTED_SIZE_FIELD_NUMBER: _builtins.int
     EXPECTED_BLAKE3_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    INITIAL_STATE_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     project: _builtins.str
     artifact_id: _builtins.str
@@ -466,6 +504,8 @@ class UpdateArtifactHeader(_message.Message):
     change_message: _builtins.str
     expected_size: _builtins.int
     expected_blake3: _builtins.str
+    initial_state: Global___LifecycleState.ValueType
+    """DRAFT (the default) or REVIEW."""
     @_builtins.property
     def metadata_set(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Metadata entries to add or replace on the new version."""
@@ -493,10 +533,11 @@ class UpdateArtifactHeader(_message.Message):
         expected_size: _builtins.int | None = ...,
         expected_blake3: _builtins.str = ...,
         labels: Global___Labels | None = ...,
+        initial_state: Global___LifecycleState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size", "bump", b"bump", "expected_size", b"expected_size", "explicit_version", b"explicit_version", "labels", b"labels", "next_version", b"next_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size", "artifact_id", b"artifact_id", "bump", b"bump", "change_message", b"change_message", "expected_blake3", b"expected_blake3", "expected_current_version", b"expected_current_version", "expected_size", b"expected_size", "explicit_version", b"explicit_version", "labels", b"labels", "metadata_remove", b"metadata_remove", "metadata_set", b"metadata_set", "next_version", b"next_version", "project", b"project", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size", "artifact_id", b"artifact_id", "bump", b"bump", "change_message", b"change_message", "expected_blake3", b"expected_blake3", "expected_current_version", b"expected_current_version", "expected_size", b"expected_size", "explicit_version", b"explicit_version", "initial_state", b"initial_state", "labels", b"labels", "metadata_remove", b"metadata_remove", "metadata_set", b"metadata_set", "next_version", b"next_version", "project", b"project", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_size: _TypeAlias = _typing.Literal["expected_size"]  # noqa: Y015
     _WhichOneofArgType__expected_size: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size"]  # noqa: Y015
@@ -580,7 +621,7 @@ class GetArtifactRequest(_message.Message):
     project: _builtins.str
     artifact_id: _builtins.str
     version: _builtins.str
-    """Empty for the latest version."""
+    """Empty for the latest version; a version, or an alias."""
     @_builtins.property
     def coordinates(self) -> Global___ArtifactCoordinates: ...
     def __init__(
@@ -640,7 +681,7 @@ class DownloadArtifactRequest(_message.Message):
     project: _builtins.str
     artifact_id: _builtins.str
     version: _builtins.str
-    """Empty for the latest version."""
+    """Empty for the latest version; a version, or an alias."""
     offset: _builtins.int
     """First byte to send."""
     length: _builtins.int
@@ -734,12 +775,17 @@ class ListVersionsRequest(_message.Message):
     ARTIFACT_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     project: _builtins.str
     artifact_id: _builtins.str
     page_size: _builtins.int
     """At most this many versions (default 50, at most 1000)."""
     page_token: _builtins.str
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___LifecycleState.ValueType]:
+        """Only versions in these states; when empty, every state but ARCHIVED."""
+
     def __init__(
         self,
         *,
@@ -748,10 +794,11 @@ class ListVersionsRequest(_message.Message):
         artifact_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        states: _abc.Iterable[Global___LifecycleState.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "page_size", b"page_size", "page_token", b"page_token", "project", b"project", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "page_size", b"page_size", "page_token", b"page_token", "project", b"project", "states", b"states", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -793,7 +840,7 @@ class GetMetadataRequest(_message.Message):
     project: _builtins.str
     artifact_id: _builtins.str
     version: _builtins.str
-    """Empty for the latest version."""
+    """Empty for the latest version; a version, or an alias."""
     def __init__(
         self,
         *,
@@ -927,12 +974,19 @@ class ListArtifactsRequest(_message.Message):
     ARTIFACT_TYPE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     project: _builtins.str
     artifact_type: _builtins.str
     """Only artifacts of this type when set."""
     page_size: _builtins.int
     page_token: _builtins.str
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___LifecycleState.ValueType]:
+        """Only artifacts whose latest version is in one of these states; when empty, those whose
+        latest version is not ARCHIVED.
+        """
+
     def __init__(
         self,
         *,
@@ -941,10 +995,11 @@ class ListArtifactsRequest(_message.Message):
         artifact_type: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        states: _abc.Iterable[Global___LifecycleState.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_type", b"artifact_type", "page_size", b"page_size", "page_token", b"page_token", "project", b"project", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_type", b"artifact_type", "page_size", b"page_size", "page_token", b"page_token", "project", b"project", "states", b"states", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1117,3 +1172,464 @@ class UpdateArtifactLabelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateArtifactLabelsResponse: _TypeAlias = UpdateArtifactLabelsResponse  # noqa: Y015
+
+@_typing.final
+class TransitionVersionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    TARGET_STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    EXPECTED_STATE_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    project: _builtins.str
+    artifact_id: _builtins.str
+    version: _builtins.str
+    """A version or an alias."""
+    target_state: Global___LifecycleState.ValueType
+    reason: _builtins.str
+    """Why; recorded in the history."""
+    expected_state: Global___LifecycleState.ValueType
+    """When set, the move happens only from this state; otherwise FAILED_PRECONDITION naming
+    the current state and where it may go.
+    """
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+        target_state: Global___LifecycleState.ValueType = ...,
+        reason: _builtins.str = ...,
+        expected_state: Global___LifecycleState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "expected_state", b"expected_state", "project", b"project", "reason", b"reason", "target_state", b"target_state", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransitionVersionRequest: _TypeAlias = TransitionVersionRequest  # noqa: Y015
+
+@_typing.final
+class TransitionVersionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    TRANSITION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def version(self) -> Global___ArtifactVersion: ...
+    @_builtins.property
+    def transition(self) -> Global___Transition: ...
+    def __init__(
+        self,
+        *,
+        version: Global___ArtifactVersion | None = ...,
+        transition: Global___Transition | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transition", b"transition", "version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transition", b"transition", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransitionVersionResponse: _TypeAlias = TransitionVersionResponse  # noqa: Y015
+
+@_typing.final
+class Transition(_message.Message):
+    """One change of a version's lifecycle state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_STATE_FIELD_NUMBER: _builtins.int
+    TO_STATE_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    from_state: Global___LifecycleState.ValueType
+    """UNSPECIFIED for the state the version was created in."""
+    to_state: Global___LifecycleState.ValueType
+    actor: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        from_state: Global___LifecycleState.ValueType = ...,
+        to_state: Global___LifecycleState.ValueType = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "from_state", b"from_state", "reason", b"reason", "to_state", b"to_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Transition: _TypeAlias = Transition  # noqa: Y015
+
+@_typing.final
+class Alias(_message.Message):
+    """A named pointer to a version of an artifact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    UPDATED_BY_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    MAINTAINED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Lowercase letters, digits, '.', '_' and '-', starting with a letter, at most 63 bytes."""
+    version: _builtins.str
+    updated_by: _builtins.str
+    maintained: _builtins.bool
+    """True for `latest-approved`, which the service keeps on the highest approved version."""
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        updated_by: _builtins.str = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        maintained: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["maintained", b"maintained", "name", b"name", "updated_at", b"updated_at", "updated_by", b"updated_by", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Alias: _TypeAlias = Alias  # noqa: Y015
+
+@_typing.final
+class SetAliasRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    project: _builtins.str
+    artifact_id: _builtins.str
+    alias: _builtins.str
+    version: _builtins.str
+    """The version to point at (a version, not another alias)."""
+    expected_version: _builtins.str
+    """When set: "" means the alias must not exist yet; a version means the alias must point
+    there now. A mismatch is FAILED_PRECONDITION naming where it points, and nothing changes.
+    """
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_id: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        version: _builtins.str = ...,
+        expected_version: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "alias", b"alias", "artifact_id", b"artifact_id", "expected_version", b"expected_version", "project", b"project", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
+    _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_version) -> _WhichOneofReturnType__expected_version | None: ...
+
+Global___SetAliasRequest: _TypeAlias = SetAliasRequest  # noqa: Y015
+
+@_typing.final
+class SetAliasResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALIAS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def alias(self) -> Global___Alias: ...
+    def __init__(
+        self,
+        *,
+        alias: Global___Alias | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAliasResponse: _TypeAlias = SetAliasResponse  # noqa: Y015
+
+@_typing.final
+class DeleteAliasRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    project: _builtins.str
+    artifact_id: _builtins.str
+    alias: _builtins.str
+    expected_version: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_id: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        expected_version: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "alias", b"alias", "artifact_id", b"artifact_id", "expected_version", b"expected_version", "project", b"project", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
+    _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_version) -> _WhichOneofReturnType__expected_version | None: ...
+
+Global___DeleteAliasRequest: _TypeAlias = DeleteAliasRequest  # noqa: Y015
+
+@_typing.final
+class DeleteAliasResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAliasResponse: _TypeAlias = DeleteAliasResponse  # noqa: Y015
+
+@_typing.final
+class ListAliasesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    project: _builtins.str
+    artifact_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "project", b"project", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAliasesRequest: _TypeAlias = ListAliasesRequest  # noqa: Y015
+
+@_typing.final
+class ListAliasesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALIASES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedCompositeFieldContainer[Global___Alias]:
+        """Ordered by name."""
+
+    def __init__(
+        self,
+        *,
+        aliases: _abc.Iterable[Global___Alias] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAliasesResponse: _TypeAlias = ListAliasesResponse  # noqa: Y015
+
+@_typing.final
+class GetChangeHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    project: _builtins.str
+    artifact_id: _builtins.str
+    page_size: _builtins.int
+    """At most this many versions (default 50, at most 1000)."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "page_size", b"page_size", "page_token", b"page_token", "project", b"project", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetChangeHistoryRequest: _TypeAlias = GetChangeHistoryRequest  # noqa: Y015
+
+@_typing.final
+class VersionChange(_message.Message):
+    """What one version changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    SIZE_CHANGE_FIELD_NUMBER: _builtins.int
+    REUSED_BYTES_FIELD_NUMBER: _builtins.int
+    NEW_BYTES_FIELD_NUMBER: _builtins.int
+    TRANSITIONS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
+    size_change: _builtins.int
+    """Bytes against the previous version (negative when it shrank); the whole size for the
+    first version.
+    """
+    reused_bytes: _builtins.int
+    """Stored bytes this version shares with content stored before it."""
+    new_bytes: _builtins.int
+    """Stored bytes this version added (as ArtifactVersion.new_stored_size)."""
+    previous_version: _builtins.str
+    """The version before this one; empty for the first."""
+    @_builtins.property
+    def version(self) -> Global___ArtifactVersion: ...
+    @_builtins.property
+    def transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Transition]:
+        """Every lifecycle transition, oldest first; the first is the state it was created in."""
+
+    def __init__(
+        self,
+        *,
+        version: Global___ArtifactVersion | None = ...,
+        size_change: _builtins.int = ...,
+        reused_bytes: _builtins.int = ...,
+        new_bytes: _builtins.int = ...,
+        transitions: _abc.Iterable[Global___Transition] | None = ...,
+        previous_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["new_bytes", b"new_bytes", "previous_version", b"previous_version", "reused_bytes", b"reused_bytes", "size_change", b"size_change", "transitions", b"transitions", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionChange: _TypeAlias = VersionChange  # noqa: Y015
+
+@_typing.final
+class GetChangeHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionChange]: ...
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___VersionChange] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetChangeHistoryResponse: _TypeAlias = GetChangeHistoryResponse  # noqa: Y015
+
+@_typing.final
+class DiffVersionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    FROM_VERSION_FIELD_NUMBER: _builtins.int
+    TO_VERSION_FIELD_NUMBER: _builtins.int
+    CONTEXT_LINES_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    project: _builtins.str
+    artifact_id: _builtins.str
+    from_version: _builtins.str
+    """Versions or aliases."""
+    to_version: _builtins.str
+    context_lines: _builtins.int
+    """Lines of context around each change (default 3, at most 100)."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_id: _builtins.str = ...,
+        from_version: _builtins.str = ...,
+        to_version: _builtins.str = ...,
+        context_lines: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_context_lines", b"_context_lines", "context_lines", b"context_lines"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_context_lines", b"_context_lines", "artifact_id", b"artifact_id", "context_lines", b"context_lines", "from_version", b"from_version", "project", b"project", "tenant", b"tenant", "to_version", b"to_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__context_lines: _TypeAlias = _typing.Literal["context_lines"]  # noqa: Y015
+    _WhichOneofArgType__context_lines: _TypeAlias = _typing.Literal["_context_lines", b"_context_lines"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__context_lines) -> _WhichOneofReturnType__context_lines | None: ...
+
+Global___DiffVersionsRequest: _TypeAlias = DiffVersionsRequest  # noqa: Y015
+
+@_typing.final
+class DiffVersionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIFF_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    LINES_ADDED_FIELD_NUMBER: _builtins.int
+    LINES_REMOVED_FIELD_NUMBER: _builtins.int
+    diff: _builtins.str
+    """A unified diff (`--- name@from` / `+++ name@to`), empty when the contents are equal."""
+    truncated: _builtins.bool
+    """The diff was cut at 1 MiB."""
+    lines_added: _builtins.int
+    lines_removed: _builtins.int
+    def __init__(
+        self,
+        *,
+        diff: _builtins.str = ...,
+        truncated: _builtins.bool = ...,
+        lines_added: _builtins.int = ...,
+        lines_removed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["diff", b"diff", "lines_added", b"lines_added", "lines_removed", b"lines_removed", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiffVersionsResponse: _TypeAlias = DiffVersionsResponse  # noqa: Y015

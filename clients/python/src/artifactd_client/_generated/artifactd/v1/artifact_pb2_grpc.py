@@ -86,6 +86,36 @@ class ArtifactServiceStub:
                 request_serializer=artifactd_dot_v1_dot_artifact__pb2.UpdateArtifactLabelsRequest.SerializeToString,
                 response_deserializer=artifactd_dot_v1_dot_artifact__pb2.UpdateArtifactLabelsResponse.FromString,
                 _registered_method=True)
+        self.TransitionVersion = channel.unary_unary(
+                '/artifactd.v1.ArtifactService/TransitionVersion',
+                request_serializer=artifactd_dot_v1_dot_artifact__pb2.TransitionVersionRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_artifact__pb2.TransitionVersionResponse.FromString,
+                _registered_method=True)
+        self.SetAlias = channel.unary_unary(
+                '/artifactd.v1.ArtifactService/SetAlias',
+                request_serializer=artifactd_dot_v1_dot_artifact__pb2.SetAliasRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_artifact__pb2.SetAliasResponse.FromString,
+                _registered_method=True)
+        self.DeleteAlias = channel.unary_unary(
+                '/artifactd.v1.ArtifactService/DeleteAlias',
+                request_serializer=artifactd_dot_v1_dot_artifact__pb2.DeleteAliasRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_artifact__pb2.DeleteAliasResponse.FromString,
+                _registered_method=True)
+        self.ListAliases = channel.unary_unary(
+                '/artifactd.v1.ArtifactService/ListAliases',
+                request_serializer=artifactd_dot_v1_dot_artifact__pb2.ListAliasesRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_artifact__pb2.ListAliasesResponse.FromString,
+                _registered_method=True)
+        self.GetChangeHistory = channel.unary_unary(
+                '/artifactd.v1.ArtifactService/GetChangeHistory',
+                request_serializer=artifactd_dot_v1_dot_artifact__pb2.GetChangeHistoryRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_artifact__pb2.GetChangeHistoryResponse.FromString,
+                _registered_method=True)
+        self.DiffVersions = channel.unary_unary(
+                '/artifactd.v1.ArtifactService/DiffVersions',
+                request_serializer=artifactd_dot_v1_dot_artifact__pb2.DiffVersionsRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_artifact__pb2.DiffVersionsResponse.FromString,
+                _registered_method=True)
 
 
 class ArtifactServiceServicer:
@@ -167,6 +197,52 @@ class ArtifactServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TransitionVersion(self, request, context):
+        """Moves a version to another lifecycle state (see LifecycleState for the allowed moves),
+        recording who, when and why. With `expected_state` it is a compare-and-set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAlias(self, request, context):
+        """Points an alias ("prod", "sprint-12") at a version; with `expected_version`, only if the
+        alias still points where the caller believes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAlias(self, request, context):
+        """Removes an alias; with `expected_version`, only if it still points there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAliases(self, request, context):
+        """An artifact's aliases, including the maintained `latest-approved` when a version is
+        approved.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetChangeHistory(self, request, context):
+        """Each version's change record, newest first: author, time, message, size and its change,
+        bytes reused and newly stored, and every lifecycle transition.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiffVersions(self, request, context):
+        """A unified diff between two versions of a text artifact.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ArtifactServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +295,36 @@ def add_ArtifactServiceServicer_to_server(servicer, server):
                     servicer.UpdateArtifactLabels,
                     request_deserializer=artifactd_dot_v1_dot_artifact__pb2.UpdateArtifactLabelsRequest.FromString,
                     response_serializer=artifactd_dot_v1_dot_artifact__pb2.UpdateArtifactLabelsResponse.SerializeToString,
+            ),
+            'TransitionVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransitionVersion,
+                    request_deserializer=artifactd_dot_v1_dot_artifact__pb2.TransitionVersionRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_artifact__pb2.TransitionVersionResponse.SerializeToString,
+            ),
+            'SetAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAlias,
+                    request_deserializer=artifactd_dot_v1_dot_artifact__pb2.SetAliasRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_artifact__pb2.SetAliasResponse.SerializeToString,
+            ),
+            'DeleteAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAlias,
+                    request_deserializer=artifactd_dot_v1_dot_artifact__pb2.DeleteAliasRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_artifact__pb2.DeleteAliasResponse.SerializeToString,
+            ),
+            'ListAliases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAliases,
+                    request_deserializer=artifactd_dot_v1_dot_artifact__pb2.ListAliasesRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_artifact__pb2.ListAliasesResponse.SerializeToString,
+            ),
+            'GetChangeHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChangeHistory,
+                    request_deserializer=artifactd_dot_v1_dot_artifact__pb2.GetChangeHistoryRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_artifact__pb2.GetChangeHistoryResponse.SerializeToString,
+            ),
+            'DiffVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiffVersions,
+                    request_deserializer=artifactd_dot_v1_dot_artifact__pb2.DiffVersionsRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_artifact__pb2.DiffVersionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -493,6 +599,168 @@ class ArtifactService:
             '/artifactd.v1.ArtifactService/UpdateArtifactLabels',
             artifactd_dot_v1_dot_artifact__pb2.UpdateArtifactLabelsRequest.SerializeToString,
             artifactd_dot_v1_dot_artifact__pb2.UpdateArtifactLabelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransitionVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.ArtifactService/TransitionVersion',
+            artifactd_dot_v1_dot_artifact__pb2.TransitionVersionRequest.SerializeToString,
+            artifactd_dot_v1_dot_artifact__pb2.TransitionVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.ArtifactService/SetAlias',
+            artifactd_dot_v1_dot_artifact__pb2.SetAliasRequest.SerializeToString,
+            artifactd_dot_v1_dot_artifact__pb2.SetAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.ArtifactService/DeleteAlias',
+            artifactd_dot_v1_dot_artifact__pb2.DeleteAliasRequest.SerializeToString,
+            artifactd_dot_v1_dot_artifact__pb2.DeleteAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAliases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.ArtifactService/ListAliases',
+            artifactd_dot_v1_dot_artifact__pb2.ListAliasesRequest.SerializeToString,
+            artifactd_dot_v1_dot_artifact__pb2.ListAliasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChangeHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.ArtifactService/GetChangeHistory',
+            artifactd_dot_v1_dot_artifact__pb2.GetChangeHistoryRequest.SerializeToString,
+            artifactd_dot_v1_dot_artifact__pb2.GetChangeHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiffVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.ArtifactService/DiffVersions',
+            artifactd_dot_v1_dot_artifact__pb2.DiffVersionsRequest.SerializeToString,
+            artifactd_dot_v1_dot_artifact__pb2.DiffVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

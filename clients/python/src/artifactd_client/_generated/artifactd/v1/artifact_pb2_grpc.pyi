@@ -63,6 +63,26 @@ class ArtifactServiceStub:
     """Restores a soft-deleted artifact while its retention period has not run out."""
     UpdateArtifactLabels: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.UpdateArtifactLabelsRequest, _artifact_pb2.UpdateArtifactLabelsResponse]
     """Replaces an artifact's tags and categories without creating a version."""
+    TransitionVersion: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.TransitionVersionRequest, _artifact_pb2.TransitionVersionResponse]
+    """Moves a version to another lifecycle state (see LifecycleState for the allowed moves),
+    recording who, when and why. With `expected_state` it is a compare-and-set.
+    """
+    SetAlias: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.SetAliasRequest, _artifact_pb2.SetAliasResponse]
+    """Points an alias ("prod", "sprint-12") at a version; with `expected_version`, only if the
+    alias still points where the caller believes.
+    """
+    DeleteAlias: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.DeleteAliasRequest, _artifact_pb2.DeleteAliasResponse]
+    """Removes an alias; with `expected_version`, only if it still points there."""
+    ListAliases: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.ListAliasesRequest, _artifact_pb2.ListAliasesResponse]
+    """An artifact's aliases, including the maintained `latest-approved` when a version is
+    approved.
+    """
+    GetChangeHistory: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.GetChangeHistoryRequest, _artifact_pb2.GetChangeHistoryResponse]
+    """Each version's change record, newest first: author, time, message, size and its change,
+    bytes reused and newly stored, and every lifecycle transition.
+    """
+    DiffVersions: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.DiffVersionsRequest, _artifact_pb2.DiffVersionsResponse]
+    """A unified diff between two versions of a text artifact."""
 
 @_typing.type_check_only
 class ArtifactServiceAsyncStub(ArtifactServiceStub):
@@ -99,6 +119,26 @@ class ArtifactServiceAsyncStub(ArtifactServiceStub):
     """Restores a soft-deleted artifact while its retention period has not run out."""
     UpdateArtifactLabels: _aio.UnaryUnaryMultiCallable[_artifact_pb2.UpdateArtifactLabelsRequest, _artifact_pb2.UpdateArtifactLabelsResponse]  # type: ignore[assignment]
     """Replaces an artifact's tags and categories without creating a version."""
+    TransitionVersion: _aio.UnaryUnaryMultiCallable[_artifact_pb2.TransitionVersionRequest, _artifact_pb2.TransitionVersionResponse]  # type: ignore[assignment]
+    """Moves a version to another lifecycle state (see LifecycleState for the allowed moves),
+    recording who, when and why. With `expected_state` it is a compare-and-set.
+    """
+    SetAlias: _aio.UnaryUnaryMultiCallable[_artifact_pb2.SetAliasRequest, _artifact_pb2.SetAliasResponse]  # type: ignore[assignment]
+    """Points an alias ("prod", "sprint-12") at a version; with `expected_version`, only if the
+    alias still points where the caller believes.
+    """
+    DeleteAlias: _aio.UnaryUnaryMultiCallable[_artifact_pb2.DeleteAliasRequest, _artifact_pb2.DeleteAliasResponse]  # type: ignore[assignment]
+    """Removes an alias; with `expected_version`, only if it still points there."""
+    ListAliases: _aio.UnaryUnaryMultiCallable[_artifact_pb2.ListAliasesRequest, _artifact_pb2.ListAliasesResponse]  # type: ignore[assignment]
+    """An artifact's aliases, including the maintained `latest-approved` when a version is
+    approved.
+    """
+    GetChangeHistory: _aio.UnaryUnaryMultiCallable[_artifact_pb2.GetChangeHistoryRequest, _artifact_pb2.GetChangeHistoryResponse]  # type: ignore[assignment]
+    """Each version's change record, newest first: author, time, message, size and its change,
+    bytes reused and newly stored, and every lifecycle transition.
+    """
+    DiffVersions: _aio.UnaryUnaryMultiCallable[_artifact_pb2.DiffVersionsRequest, _artifact_pb2.DiffVersionsResponse]  # type: ignore[assignment]
+    """A unified diff between two versions of a text artifact."""
 
 class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
     """ArtifactService stores and serves versioned artifacts. Every request is scoped by tenant and
@@ -192,5 +232,61 @@ class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_artifact_pb2.UpdateArtifactLabelsResponse, _abc.Awaitable[_artifact_pb2.UpdateArtifactLabelsResponse]]:
         """Replaces an artifact's tags and categories without creating a version."""
+
+    @_abc_1.abstractmethod
+    def TransitionVersion(
+        self,
+        request: _artifact_pb2.TransitionVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifact_pb2.TransitionVersionResponse, _abc.Awaitable[_artifact_pb2.TransitionVersionResponse]]:
+        """Moves a version to another lifecycle state (see LifecycleState for the allowed moves),
+        recording who, when and why. With `expected_state` it is a compare-and-set.
+        """
+
+    @_abc_1.abstractmethod
+    def SetAlias(
+        self,
+        request: _artifact_pb2.SetAliasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifact_pb2.SetAliasResponse, _abc.Awaitable[_artifact_pb2.SetAliasResponse]]:
+        """Points an alias ("prod", "sprint-12") at a version; with `expected_version`, only if the
+        alias still points where the caller believes.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteAlias(
+        self,
+        request: _artifact_pb2.DeleteAliasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifact_pb2.DeleteAliasResponse, _abc.Awaitable[_artifact_pb2.DeleteAliasResponse]]:
+        """Removes an alias; with `expected_version`, only if it still points there."""
+
+    @_abc_1.abstractmethod
+    def ListAliases(
+        self,
+        request: _artifact_pb2.ListAliasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifact_pb2.ListAliasesResponse, _abc.Awaitable[_artifact_pb2.ListAliasesResponse]]:
+        """An artifact's aliases, including the maintained `latest-approved` when a version is
+        approved.
+        """
+
+    @_abc_1.abstractmethod
+    def GetChangeHistory(
+        self,
+        request: _artifact_pb2.GetChangeHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifact_pb2.GetChangeHistoryResponse, _abc.Awaitable[_artifact_pb2.GetChangeHistoryResponse]]:
+        """Each version's change record, newest first: author, time, message, size and its change,
+        bytes reused and newly stored, and every lifecycle transition.
+        """
+
+    @_abc_1.abstractmethod
+    def DiffVersions(
+        self,
+        request: _artifact_pb2.DiffVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifact_pb2.DiffVersionsResponse, _abc.Awaitable[_artifact_pb2.DiffVersionsResponse]]:
+        """A unified diff between two versions of a text artifact."""
 
 def add_ArtifactServiceServicer_to_server(servicer: ArtifactServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,290 @@
+//! Lifecycle use cases: transitions, aliases, change history and diffs between versions.
+
+use super::{Artifacts, Page, decode_token, encode_token, page_size, validate_scope};
+use crate::domain::lifecycle::validate_alias_name;
+use crate::domain::version::parse_version;
+use crate::domain::{Alias, ArtifactVersion, Error, LifecycleState, Result, Scope, Transition, now_micros};
+use similar::{ChangeTag, TextDiff};
+
+/// Longest reason a transition may record.
+pub const MAX_REASON_LEN: usize = 4096;
+/// Largest version a diff reads, per side.
+pub const MAX_DIFF_INPUT_BYTES: u64 = 4 * 1024 * 1024;
+/// Longest diff returned; longer ones are cut at a line and flagged.
+pub const MAX_DIFF_OUTPUT_BYTES: usize = 1024 * 1024;
+const DEFAULT_CONTEXT_LINES: u32 = 3;
+const MAX_CONTEXT_LINES: u32 = 100;
+
+/// What one version changed, for the change history.
+#[derive(Debug, Clone)]
+pub struct VersionChange {
+    pub version: ArtifactVersion,
+    /// The version before, if any.
+    pub previous: Option<String>,
+    /// Logical bytes against the previous version.
+    pub size_change: i64,
+    /// Stored bytes shared with content stored before.
+    pub reused_bytes: u64,
+    /// Every transition, oldest first; the first is the state it was created in.
+    pub transitions: Vec<Transition>,
+}
+
+/// A unified diff between two versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionDiff {
+    pub diff: String,
+    pub truncated: bool,
+    pub lines_added: u64,
+    pub lines_removed: u64,
+}
+
+impl Artifacts {
+    /// Moves a version (named by version or alias) to `target`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn transition(
+        &self,
+        scope: &Scope,
+        artifact_id: &str,
+        version: &str,
+        target: LifecycleState,
+        expected: Option<LifecycleState>,
+        reason: &str,
+        actor: &str,
+    ) -> Result<(ArtifactVersion, Transition)> {
+        validate_scope(scope)?;
+        if reason.len() > MAX_REASON_LEN {
+            return Err(Error::invalid(
+                "reason",
+                format!("is {} bytes long; the limit is {MAX_REASON_LEN}", reason.len()),
+            ));
+        }
+        let artifact = self.require_artifact(scope, artifact_id).await?;
+        let resolved = self.require_version(&artifact, version).await?;
+        self.inner
+            .catalog
+            .transition(
+                scope,
+                &artifact.id,
+                &resolved.version,
+                expected,
+                target,
+                actor,
+                reason,
+                now_micros(),
+            )
+            .await
+    }
+
+    /// Points an alias at a version. `version` must be a version, not another alias, so that
+    /// an alias never follows another one's later moves by surprise.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn set_alias(
+        &self,
+        scope: &Scope,
+        artifact_id: &str,
+        alias: &str,
+        version: &str,
+        expected: Option<&str>,
+        actor: &str,
+    ) -> Result<Alias> {
+        validate_scope(scope)?;
+        validate_alias_name("alias", alias)?;
+        let version = parse_version("version", version)?.to_string();
+        let expected = expected
+            .map(|text| match text {
+                "" => Ok(String::new()),
+                text => parse_version("expected_version", text).map(|v| v.to_string()),
+            })
+            .transpose()?;
+        let artifact = self.require_artifact(scope, artifact_id).await?;
+        self.inner
+            .catalog
+            .set_alias(
+                scope,
+                &artifact.id,
+                alias,
+                &version,
+                expected.as_deref(),
+                actor,
+                now_micros(),
+            )
+            .await
+    }
+
+    pub async fn delete_alias(
+        &self,
+        scope: &Scope,
+        artifact_id: &str,
+        alias: &str,
+        expected: Option<&str>,
+    ) -> Result<()> {
+        validate_scope(scope)?;
+        validate_alias_name("alias", alias)?;
+        let expected = expected
+            .map(|text| parse_version("expected_version", text).map(|v| v.to_string()))
+            .transpose()?;
+        let artifact = self.require_artifact(scope, artifact_id).await?;
+        self.inner
+            .catalog
+            .delete_alias(scope, &artifact.id, alias, expected.as_deref(), now_micros())
+            .await
+    }
+
+    pub async fn aliases(&self, scope: &Scope, artifact_id: &str) -> Result<Vec<Alias>> {
+        validate_scope(scope)?;
+        let artifact = self.require_artifact(scope, artifact_id).await?;
+        self.inner.catalog.aliases(&artifact.id).await
+    }
+
+    /// Each version's change record, newest first, every state included.
+    pub async fn change_history(
+        &self,
+        scope: &Scope,
+        artifact_id: &str,
+        requested_page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<VersionChange>> {
+        validate_scope(scope)?;
+        let artifact = self.require_artifact(scope, artifact_id).await?;
+        let before_seq = if page_token.is_empty() {
+            None
+        } else {
+            let fields = decode_token(page_token, 2)?;
+            if fields[0] != "h" {
+                return Err(Error::invalid(
+                    "page_token",
+                    "the token belongs to another listing",
+                ));
+            }
+            Some(
+                fields[1]
+                    .parse::<i64>()
+                    .map_err(|_| Error::invalid("page_token", "malformed token"))?,
+            )
+        };
+        let limit = page_size(requested_page_size) as usize;
+        // One more than the page tells whether there is a next page; one more again is the
+        // version before the page's last one.
+        let versions = self
+            .inner
+            .catalog
+            .list_versions(&artifact.id, &LifecycleState::ALL, before_seq, limit as u32 + 2)
+            .await?;
+        let shown = versions.len().min(limit);
+        let names: Vec<String> = versions[..shown].iter().map(|v| v.version.clone()).collect();
+        let mut transitions = self.inner.catalog.transitions(&artifact.id, &names).await?;
+        let items: Vec<VersionChange> = (0..shown)
+            .map(|i| {
+                let version = versions[i].clone();
+                let previous = versions.get(i + 1);
+                VersionChange {
+                    previous: previous.map(|p| p.version.clone()),
+                    size_change: version.size as i64 - previous.map_or(0, |p| p.size as i64),
+                    reused_bytes: version.stored_size.saturating_sub(version.new_stored_size),
+                    transitions: transitions.remove(&version.version).unwrap_or_default(),
+                    version,
+                }
+            })
+            .collect();
+        let next_page_token = if versions.len() > limit {
+            encode_token(&["h", &items.last().expect("a full page").version.seq.to_string()])
+        } else {
+            String::new()
+        };
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+
+    /// A unified diff between two text versions (each named by version or alias).
+    pub async fn diff(
+        &self,
+        scope: &Scope,
+        artifact_id: &str,
+        from: &str,
+        to: &str,
+        context_lines: Option<u32>,
+    ) -> Result<VersionDiff> {
+        validate_scope(scope)?;
+        let context = context_lines.unwrap_or(DEFAULT_CONTEXT_LINES);
+        if context > MAX_CONTEXT_LINES {
+            return Err(Error::invalid(
+                "context_lines",
+                format!("{context} is more than {MAX_CONTEXT_LINES}"),
+            ));
+        }
+        let artifact = self.require_artifact(scope, artifact_id).await?;
+        let old = self.require_version_in("from_version", &artifact, from).await?;
+        let new = self.require_version_in("to_version", &artifact, to).await?;
+        let old_text = self.diffable_text("from_version", scope, &old).await?;
+        let new_text = self.diffable_text("to_version", scope, &new).await?;
+        let diff = TextDiff::from_lines(&old_text, &new_text);
+        let (mut lines_added, mut lines_removed) = (0, 0);
+        for change in diff.iter_all_changes() {
+            match change.tag() {
+                ChangeTag::Insert => lines_added += 1,
+                ChangeTag::Delete => lines_removed += 1,
+                ChangeTag::Equal => {}
+            }
+        }
+        let mut text = diff
+            .unified_diff()
+            .context_radius(context as usize)
+            .header(
+                &format!("{}@{}", artifact.name, old.version),
+                &format!("{}@{}", artifact.name, new.version),
+            )
+            .to_string();
+        let truncated = text.len() > MAX_DIFF_OUTPUT_BYTES;
+        if truncated {
+            let cut = text[..MAX_DIFF_OUTPUT_BYTES].rfind('\n').map_or(0, |end| end + 1);
+            text.truncate(cut);
+        }
+        Ok(VersionDiff {
+            diff: text,
+            truncated,
+            lines_added,
+            lines_removed,
+        })
+    }
+
+    async fn diffable_text(
+        &self,
+        field: &'static str,
+        scope: &Scope,
+        version: &ArtifactVersion,
+    ) -> Result<String> {
+        if !version.extracted.is_text {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "version {} is not text ({}): only text versions can be diffed",
+                    version.version, version.content_type
+                ),
+            ));
+        }
+        if version.size > MAX_DIFF_INPUT_BYTES {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "version {} is {} bytes; diffs read at most {MAX_DIFF_INPUT_BYTES} bytes per version",
+                    version.version, version.size
+                ),
+            ));
+        }
+        use crate::search::ContentReader;
+        let bytes = self
+            .read_prefix(scope, &version.artifact_id, &version.version, version.size)
+            .await?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| {
+            Error::invalid(
+                field,
+                format!(
+                    "version {} is not UTF-8 text: only text versions can be diffed",
+                    version.version
+                ),
+            )
+        })
+    }
+}
