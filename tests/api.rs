@@ -350,10 +350,16 @@ async fn unknown_and_malformed_ids_are_named() {
         Code::NotFound,
         &["9.9.9"],
     );
+    // A word is an alias; text that is neither a version nor an alias name is invalid.
     assert_status(
         client.get_artifact(get_by_id(&id, "nine")).await,
+        Code::NotFound,
+        &["version", "no alias \"nine\""],
+    );
+    assert_status(
+        client.get_artifact(get_by_id(&id, "Nine Point")).await,
         Code::InvalidArgument,
-        &["version", "nine"],
+        &["version", "Nine Point", "neither a version"],
     );
 }
 

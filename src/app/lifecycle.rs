@@ -1,10 +1,13 @@
 //! Lifecycle use cases: transitions, aliases, change history and diffs between versions.
 
 use super::{Artifacts, Page, decode_token, encode_token, page_size, validate_scope};
-use crate::domain::lifecycle::validate_alias_name;
+use crate::domain::lifecycle::{LATEST_APPROVED, validate_alias_name};
 use crate::domain::version::parse_version;
-use crate::domain::{Alias, ArtifactVersion, Error, LifecycleState, Result, Scope, Transition, now_micros};
+use crate::domain::{
+    Alias, ArtifactVersion, Error, LifecycleState, Result, Scope, Transition, VersionRef, now_micros,
+};
 use similar::{ChangeTag, TextDiff};
+use std::time::Duration;
 
 /// Longest reason a transition may record.
 pub const MAX_REASON_LEN: usize = 4096;
@@ -38,6 +41,42 @@ pub struct VersionDiff {
     pub lines_removed: u64,
 }
 
+/// Longest a diff may search for the smallest edit before settling for a larger one.
+const DIFF_DEADLINE: Duration = Duration::from_secs(2);
+
+fn unified_diff(old: &str, new: &str, headers: &(String, String), context: u32) -> VersionDiff {
+    let diff = TextDiff::configure().timeout(DIFF_DEADLINE).diff_lines(old, new);
+    let (mut lines_added, mut lines_removed) = (0, 0);
+    for change in diff.iter_all_changes() {
+        match change.tag() {
+            ChangeTag::Insert => lines_added += 1,
+            ChangeTag::Delete => lines_removed += 1,
+            ChangeTag::Equal => {}
+        }
+    }
+    let mut text = diff
+        .unified_diff()
+        .context_radius(context as usize)
+        .header(&headers.0, &headers.1)
+        .to_string();
+    let truncated = text.len() > MAX_DIFF_OUTPUT_BYTES;
+    if truncated {
+        // At the last line end within the limit: a newline is one byte, so this is always a
+        // character boundary.
+        let cut = text.as_bytes()[..MAX_DIFF_OUTPUT_BYTES]
+            .iter()
+            .rposition(|&byte| byte == b'\n')
+            .map_or(0, |end| end + 1);
+        text.truncate(cut);
+    }
+    VersionDiff {
+        diff: text,
+        truncated,
+        lines_added,
+        lines_removed,
+    }
+}
+
 impl Artifacts {
     /// Moves a version (named by version or alias) to `target`.
     #[allow(clippy::too_many_arguments)]
@@ -59,13 +98,24 @@ impl Artifacts {
             ));
         }
         let artifact = self.require_artifact(scope, artifact_id).await?;
-        let resolved = self.require_version(&artifact, version).await?;
+        let normalized;
+        let requested = match VersionRef::of(version) {
+            VersionRef::Version(text) => {
+                normalized = parse_version("version", text)?.to_string();
+                VersionRef::Version(&normalized)
+            }
+            VersionRef::Alias(name) if name != LATEST_APPROVED => {
+                validate_alias_name("version", name)?;
+                VersionRef::Alias(name)
+            }
+            other => other,
+        };
         self.inner
             .catalog
             .transition(
                 scope,
                 &artifact.id,
-                &resolved.version,
+                requested,
                 expected,
                 target,
                 actor,
@@ -219,34 +269,15 @@ impl Artifacts {
         let new = self.require_version_in("to_version", &artifact, to).await?;
         let old_text = self.diffable_text("from_version", scope, &old).await?;
         let new_text = self.diffable_text("to_version", scope, &new).await?;
-        let diff = TextDiff::from_lines(&old_text, &new_text);
-        let (mut lines_added, mut lines_removed) = (0, 0);
-        for change in diff.iter_all_changes() {
-            match change.tag() {
-                ChangeTag::Insert => lines_added += 1,
-                ChangeTag::Delete => lines_removed += 1,
-                ChangeTag::Equal => {}
-            }
-        }
-        let mut text = diff
-            .unified_diff()
-            .context_radius(context as usize)
-            .header(
-                &format!("{}@{}", artifact.name, old.version),
-                &format!("{}@{}", artifact.name, new.version),
-            )
-            .to_string();
-        let truncated = text.len() > MAX_DIFF_OUTPUT_BYTES;
-        if truncated {
-            let cut = text[..MAX_DIFF_OUTPUT_BYTES].rfind('\n').map_or(0, |end| end + 1);
-            text.truncate(cut);
-        }
-        Ok(VersionDiff {
-            diff: text,
-            truncated,
-            lines_added,
-            lines_removed,
-        })
+        let headers = (
+            format!("{}@{}", artifact.name, old.version),
+            format!("{}@{}", artifact.name, new.version),
+        );
+        // Diffing is CPU work of up to quadratic cost: off the async workers, and bounded in
+        // time (past the deadline the diff is still correct, only less minimal).
+        tokio::task::spawn_blocking(move || unified_diff(&old_text, &new_text, &headers, context))
+            .await
+            .map_err(|e| Error::internal(format!("the diff task failed: {e}")))
     }
 
     async fn diffable_text(
@@ -286,5 +317,27 @@ impl Artifacts {
                 ),
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_diff_is_cut_at_a_line_end_even_among_multibyte_characters() {
+        let new: String = (0..40_000).map(|i| format!("ligne {i} — déjà vu\n")).collect();
+        let headers = ("a@1.0.0".to_owned(), "a@2.0.0".to_owned());
+        let diff = unified_diff("", &new, &headers, 3);
+        assert!(diff.truncated);
+        assert!(diff.diff.len() <= MAX_DIFF_OUTPUT_BYTES && diff.diff.len() > MAX_DIFF_OUTPUT_BYTES / 2);
+        assert!(diff.diff.ends_with('\n'));
+        assert_eq!(diff.lines_added, 40_000);
+        let whole = unified_diff("a\nb\n", "a\nc\n", &headers, 3);
+        assert_eq!(
+            whole.diff,
+            "--- a@1.0.0\n+++ a@2.0.0\n@@ -1,2 +1,2 @@\n a\n-b\n+c\n"
+        );
+        assert!(!whole.truncated);
     }
 }

@@ -8,7 +8,7 @@ mod upload;
 pub use upload::{ContentExpectations, UploadPart, parse_expected_blake3};
 
 use crate::catalog::{Catalog, Labels, NewArtifact, Scope};
-use crate::domain::lifecycle::LATEST_APPROVED;
+use crate::domain::lifecycle::{LATEST_APPROVED, validate_alias_name};
 use crate::domain::names::{
     normalize_labels, normalize_tags, validate_artifact_name, validate_change_message, validate_description,
     validate_identifier, validate_metadata, validate_metadata_key,
@@ -455,6 +455,16 @@ impl Artifacts {
         let wanted = match VersionRef::of(version) {
             VersionRef::Latest => artifact.latest_version.clone(),
             VersionRef::Version(text) => parse_version(field, text)?.to_string(),
+            VersionRef::Alias(name)
+                if name != LATEST_APPROVED && validate_alias_name(field, name).is_err() =>
+            {
+                return Err(Error::invalid(
+                    field,
+                    format!(
+                        "{name:?} is neither a version (those start with a digit, as in 1.4.0) nor an alias name"
+                    ),
+                ));
+            }
             VersionRef::Alias(name) => self
                 .inner
                 .catalog

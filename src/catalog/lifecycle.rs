@@ -7,7 +7,9 @@ use super::{
     AliasRecord, Catalog, TransitionRecord, VERSION_COLUMNS, VersionRecord, artifact_not_found, db_error,
 };
 use crate::domain::lifecycle::LATEST_APPROVED;
-use crate::domain::{Alias, ArtifactVersion, Error, LifecycleState, Result, Scope, Timestamp, Transition};
+use crate::domain::{
+    Alias, ArtifactVersion, Error, LifecycleState, Result, Scope, Timestamp, Transition, VersionRef,
+};
 use serde_json::json;
 use sqlx::AssertSqlSafe;
 use std::collections::HashMap;
@@ -66,13 +68,14 @@ impl Catalog {
 
     /// Moves a version from its current state to `target` when the table allows it and, if
     /// `expected` is given, only from that state. The refusal names the current state and
-    /// where it may go; nothing is written then.
+    /// where it may go; nothing is written then. An alias or "the latest" is resolved under
+    /// the artifact's lock, so a concurrent alias move or new version cannot redirect it.
     #[allow(clippy::too_many_arguments)]
     pub async fn transition(
         &self,
         scope: &Scope,
         artifact_id: &str,
-        version: &str,
+        requested: VersionRef<'_>,
         expected: Option<LifecycleState>,
         target: LifecycleState,
         actor: &str,
@@ -80,6 +83,8 @@ impl Catalog {
         now: i64,
     ) -> Result<(ArtifactVersion, Transition)> {
         let mut tx = self.lock_artifact(scope, artifact_id).await?;
+        let version = resolve_locked(&mut tx, artifact_id, requested).await?;
+        let version = version.as_str();
         let current: Option<String> =
             sqlx::query_scalar("SELECT state FROM versions WHERE artifact_id = $1 AND version = $2")
                 .bind(artifact_id)
@@ -321,6 +326,35 @@ impl Catalog {
         self.changes.notify_one();
         Ok(())
     }
+}
+
+/// The version `requested` names, read inside a transaction holding the artifact's lock.
+async fn resolve_locked(tx: &mut Tx, artifact_id: &str, requested: VersionRef<'_>) -> Result<String> {
+    let found: Option<String> = match requested {
+        VersionRef::Version(version) => return Ok(version.to_owned()),
+        VersionRef::Latest => sqlx::query_scalar("SELECT latest_version FROM artifacts WHERE id = $1")
+            .bind(artifact_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(|e| db_error("reading the latest version", e))?,
+        VersionRef::Alias(LATEST_APPROVED) => sqlx::query_scalar(
+            "SELECT version FROM versions WHERE artifact_id = $1 AND state = 'approved' ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(artifact_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(|e| db_error("reading the latest approved version", e))?,
+        VersionRef::Alias(name) => current_alias(tx, artifact_id, name).await?,
+    };
+    found.ok_or_else(|| match requested {
+        VersionRef::Alias(LATEST_APPROVED) => {
+            Error::not_found(format!("artifact {artifact_id:?} has no approved version"))
+        }
+        VersionRef::Alias(name) => {
+            Error::not_found(format!("version: artifact {artifact_id:?} has no alias {name:?}"))
+        }
+        _ => Error::internal(format!("artifact {artifact_id:?} has no latest version")),
+    })
 }
 
 async fn current_alias(tx: &mut Tx, artifact_id: &str, name: &str) -> Result<Option<String>> {

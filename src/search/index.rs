@@ -71,7 +71,9 @@ fn schema() -> (Schema, Fields) {
         tenant: builder.add_text_field("tenant", STRING),
         project: builder.add_text_field("project", STRING),
         artifact_type: builder.add_text_field("type", STRING | STORED),
-        state: builder.add_text_field("state", STRING | STORED),
+        // The latest version's lifecycle state (named so that indexes from before lifecycle
+        // states, which held "active" here, have another schema and are rebuilt).
+        state: builder.add_text_field("lifecycle_state", STRING | STORED),
         name: builder.add_text_field("name", TEXT | STORED),
         tags: builder.add_text_field("tags", STRING | STORED),
         categories: builder.add_text_field("categories", STRING | STORED),

@@ -30,3 +30,8 @@ CREATE TABLE aliases (
 -- What an event changed beyond artifact and version (JSON): a transition's states, an
 -- alias's name and targets.
 ALTER TABLE outbox ADD COLUMN detail TEXT NOT NULL DEFAULT '{}';
+
+-- Versions from before lifecycle states were created as drafts: record that, so every
+-- version's history starts with the state it was created in.
+INSERT INTO version_transitions (artifact_id, version, from_state, to_state, actor, reason, at)
+    SELECT artifact_id, version, NULL, 'draft', created_by, '', created_at FROM versions ORDER BY seq;
