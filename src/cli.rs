@@ -151,7 +151,7 @@ pub fn exit_code(code: Code) -> i32 {
         Code::NotFound => 3,
         Code::InvalidArgument | Code::OutOfRange => 4,
         Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => 5,
-        Code::Unavailable | Code::DeadlineExceeded => 6,
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => 6,
         Code::DataLoss => 7,
         Code::PermissionDenied | Code::Unauthenticated => 8,
         _ => 1,

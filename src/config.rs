@@ -24,6 +24,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The data path's own settings type, read directly.
     pub ingest: crate::app::IngestSettings,
+    /// The change stream and the outbox it reads, read directly.
+    pub events: crate::app::EventSettings,
     pub retention: RetentionConfig,
     pub search: SearchConfig,
     pub log: LogConfig,
@@ -137,6 +139,7 @@ impl Default for Config {
             catalog: CatalogConfig::default(),
             storage: StorageConfig::default(),
             ingest: crate::app::IngestSettings::default(),
+            events: crate::app::EventSettings::default(),
             retention: RetentionConfig::default(),
             search: SearchConfig::default(),
             log: LogConfig::default(),
@@ -432,6 +435,7 @@ impl Config {
         crate::app::Settings {
             ingest: self.ingest.clone(),
             deleted_retention: Duration::from_secs(self.retention.deleted_retention_seconds),
+            events: self.events.clone(),
         }
     }
 

@@ -6,8 +6,8 @@ use crate::app::Artifacts;
 use crate::catalog::Catalog;
 use crate::config::{Backend, Config};
 use crate::jobs::{
-    FallbackSync, HealthInputs, HealthMonitor, INDEXER_JOB, LastHealth, Supervisor, run_indexer, run_prober,
-    run_reconciler, run_replicator,
+    FallbackSync, HealthInputs, HealthMonitor, INDEXER_JOB, LastHealth, Supervisor, run_indexer,
+    run_outbox_pruner, run_prober, run_reconciler, run_replicator,
 };
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::artifact_service_server::ArtifactServiceServer;
@@ -169,7 +169,16 @@ pub async fn run(
         last: LastHealth::default(),
     });
     let admin_service = AdminServiceServer::new(AdminApi::new(supervisor.board(), monitor.last.clone()));
-    supervisor.spawn(INDEXER_JOB, move |token| run_indexer(indexer.clone(), token));
+    // A fresh id per process: a replica's position counts only while it keeps recording it.
+    let replica_id = uuid::Uuid::now_v7().to_string();
+    supervisor.spawn(INDEXER_JOB, move |token| {
+        run_indexer(indexer.clone(), replica_id.clone(), token)
+    });
+    let pruned_catalog = catalog.clone();
+    let event_settings = config.events.clone();
+    supervisor.spawn("outbox pruner", move |token| {
+        run_outbox_pruner(pruned_catalog.clone(), event_settings.clone(), token)
+    });
     let mut sync_requests = None;
     if let Some(failover) = &failover {
         let prober = failover.clone();
@@ -219,7 +228,7 @@ pub async fn run(
         http: http_listener.local_addr()?,
     };
 
-    let artifact_service = ArtifactServiceServer::new(ArtifactApi::new(artifacts))
+    let artifact_service = ArtifactServiceServer::new(ArtifactApi::new(artifacts, shutdown.clone()))
         .max_decoding_message_size(MAX_DECODED_MESSAGE_BYTES);
     let fallback_service = FallbackServiceServer::new(FallbackApi::new(failover.clone(), sync_requests));
     let search_service = SearchServiceServer::new(SearchApi::new(index));

@@ -40,6 +40,7 @@ fn new_version(version: &str, chunks: Vec<(String, PackEntry)>, packs: Vec<Strin
         packs,
         labels: None,
         state: LifecycleState::Draft,
+        dependencies: Vec::new(),
     }
 }
 

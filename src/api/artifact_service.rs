@@ -3,8 +3,8 @@
 use super::status::from_stream_status;
 use super::{ACTOR_HEADER, convert};
 use crate::app::{
-    Artifacts, ContentExpectations, CreateArtifact, NextVersion, Selector, UpdateArtifact, UploadPart,
-    parse_expected_blake3,
+    Artifacts, ContentExpectations, CreateArtifact, NextVersion, ResolvePolicy, Selector, StartAt,
+    UpdateArtifact, UploadPart, WatchFilter, WatchItem, parse_expected_blake3,
 };
 use crate::catalog::{Labels, Scope};
 use crate::domain::version::Bump;
@@ -16,11 +16,12 @@ use crate::proto::{
     DownloadArtifactRequest, DownloadArtifactResponse, GetArtifactRequest, GetArtifactResponse,
     GetChangeHistoryRequest, GetChangeHistoryResponse, GetMetadataRequest, GetMetadataResponse,
     ListAliasesRequest, ListAliasesResponse, ListArtifactsRequest, ListArtifactsResponse,
-    ListVersionsRequest, ListVersionsResponse, SetAliasRequest, SetAliasResponse, TransitionVersionRequest,
-    TransitionVersionResponse, UndeleteArtifactRequest, UndeleteArtifactResponse,
+    ListDependentsRequest, ListDependentsResponse, ListVersionsRequest, ListVersionsResponse,
+    ResolveDependenciesRequest, ResolveDependenciesResponse, SetAliasRequest, SetAliasResponse,
+    TransitionVersionRequest, TransitionVersionResponse, UndeleteArtifactRequest, UndeleteArtifactResponse,
     UpdateArtifactLabelsRequest, UpdateArtifactLabelsResponse, UpdateArtifactRequest, UpdateArtifactResponse,
-    create_artifact_request, download_artifact_response, get_artifact_request, update_artifact_header,
-    update_artifact_request,
+    WatchEventsRequest, WatchEventsResponse, create_artifact_request, download_artifact_response,
+    get_artifact_request, update_artifact_header, update_artifact_request, watch_events_response,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -31,11 +32,13 @@ use tracing::Instrument;
 
 pub struct ArtifactApi {
     artifacts: Artifacts,
+    /// Ends change streams when the server shuts down.
+    shutdown: CancellationToken,
 }
 
 impl ArtifactApi {
-    pub fn new(artifacts: Artifacts) -> Self {
-        Self { artifacts }
+    pub fn new(artifacts: Artifacts, shutdown: CancellationToken) -> Self {
+        Self { artifacts, shutdown }
     }
 }
 
@@ -137,6 +140,7 @@ fn labels(labels: proto::Labels) -> Labels {
 }
 
 type DownloadStream = Pin<Box<dyn Stream<Item = Result<DownloadArtifactResponse, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEventsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ArtifactService for ArtifactApi {
@@ -178,6 +182,7 @@ impl ArtifactService for ArtifactApi {
             actor,
             initial_state: convert::lifecycle_state_from("initial_state", header.initial_state)?
                 .unwrap_or_default(),
+            dependencies: convert::dependency_specs(header.dependencies)?,
         };
         let content = content_stream(stream, |message: CreateArtifactRequest| message.message.into());
         let artifacts = self.artifacts.clone();
@@ -251,6 +256,7 @@ impl ArtifactService for ArtifactApi {
             actor,
             initial_state: convert::lifecycle_state_from("initial_state", header.initial_state)?
                 .unwrap_or_default(),
+            dependencies: convert::dependency_specs(header.dependencies)?,
         };
         let content = content_stream(stream, |message: UpdateArtifactRequest| message.message.into());
         let artifacts = self.artifacts.clone();
@@ -283,9 +289,17 @@ impl ArtifactService for ArtifactApi {
             }
         };
         let (artifact, version) = self.artifacts.get(&scope, &selector, &request.version).await?;
+        let dependencies = self
+            .artifacts
+            .declared_dependencies(&scope, &artifact.id, &version.version)
+            .await?;
         Ok(Response::new(GetArtifactResponse {
             artifact: Some(convert::artifact(&artifact)),
             version: Some(convert::version(&version)),
+            dependencies: dependencies
+                .iter()
+                .map(|(dependency, target)| convert::dependency(dependency, target))
+                .collect(),
         }))
     }
 
@@ -551,6 +565,108 @@ impl ArtifactService for ArtifactApi {
                 .collect(),
             next_page_token: page.next_page_token,
         }))
+    }
+
+    async fn resolve_dependencies(
+        &self,
+        request: Request<ResolveDependenciesRequest>,
+    ) -> Result<Response<ResolveDependenciesResponse>, Status> {
+        let request = request.into_inner();
+        let scope = scoped(request.tenant, request.project);
+        let mut policy = ResolvePolicy::default();
+        let states = convert::lifecycle_states_from("admit_states", &request.admit_states)?;
+        if !states.is_empty() {
+            policy.states = states;
+        }
+        policy.prereleases = request.admit_prereleases;
+        if request.max_depth > 0 {
+            policy.max_depth = request.max_depth;
+        }
+        if request.max_artifacts > 0 {
+            policy.max_artifacts = request.max_artifacts;
+        }
+        let resolution = self
+            .artifacts
+            .resolve_dependencies(&scope, &request.artifact_id, &request.version, policy)
+            .await?;
+        Ok(Response::new(convert::resolution(&resolution)))
+    }
+
+    async fn list_dependents(
+        &self,
+        request: Request<ListDependentsRequest>,
+    ) -> Result<Response<ListDependentsResponse>, Status> {
+        let request = request.into_inner();
+        let scope = scoped(request.tenant, request.project);
+        let candidate = (!request.version.is_empty()).then_some(request.version.as_str());
+        let max_depth = if request.max_depth == 0 {
+            crate::app::dependencies_default_depth()
+        } else {
+            request.max_depth
+        };
+        let (dependents, rejecting) = self
+            .artifacts
+            .dependents(
+                &scope,
+                &request.artifact_id,
+                candidate,
+                request.transitive,
+                max_depth,
+            )
+            .await?;
+        Ok(Response::new(ListDependentsResponse {
+            dependents: dependents.iter().map(convert::dependent).collect(),
+            rejecting: rejecting.iter().map(convert::dependent).collect(),
+        }))
+    }
+
+    type WatchEventsStream = WatchStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let request = request.into_inner();
+        let scope = scoped(request.tenant, request.project);
+        let start = match (request.after_cursor.is_empty(), request.from_oldest) {
+            (false, true) => {
+                return Err(Status::from(Error::invalid(
+                    "from_oldest",
+                    "give either after_cursor or from_oldest, not both",
+                )));
+            }
+            (false, false) => StartAt::After(request.after_cursor),
+            (true, true) => StartAt::Oldest,
+            (true, false) => StartAt::Now,
+        };
+        let filter = WatchFilter {
+            artifact_types: request.artifact_types.into_iter().collect(),
+            names: request.names.into_iter().collect(),
+            kinds: request
+                .kinds
+                .iter()
+                .map(|kind| convert::event_kind_from("kinds", *kind))
+                .collect::<Result<_>>()?,
+        };
+        let items = self
+            .artifacts
+            .watch(scope, start, filter, self.shutdown.clone())
+            .await?;
+        let stream = items.map(|item| {
+            let message = match item.map_err(Status::from)? {
+                WatchItem::Event(event) => watch_events_response::Message::Event(convert::event(&event)),
+                WatchItem::Heartbeat { cursor, at } => {
+                    watch_events_response::Message::Heartbeat(proto::Heartbeat {
+                        cursor,
+                        at: Some(convert::timestamp(at)),
+                    })
+                }
+            };
+            Ok(WatchEventsResponse {
+                message: Some(message),
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn diff_versions(

@@ -1,5 +1,8 @@
 //! Domain values to wire messages.
 
+use crate::app::{DependentVersion, RequiredBy, Resolution, Resolved};
+use crate::domain::dependency::{Dependency, DependencySpec, DependencyTarget};
+use crate::domain::event::{ChangeEvent, EventKind};
 use crate::domain::{Alias, Artifact, ArtifactVersion, Error, LifecycleState, Result, Timestamp, Transition};
 use crate::ingest::extract::Extracted;
 use crate::proto;
@@ -93,6 +96,168 @@ pub fn transition(transition: &Transition) -> proto::Transition {
         actor: transition.actor.clone(),
         reason: transition.reason.clone(),
         at: Some(timestamp(transition.at)),
+    }
+}
+
+pub fn event_kind(kind: EventKind) -> proto::EventKind {
+    match kind {
+        EventKind::ArtifactCreated => proto::EventKind::ArtifactCreated,
+        EventKind::VersionAdded => proto::EventKind::VersionAdded,
+        EventKind::VersionTransitioned => proto::EventKind::VersionTransitioned,
+        EventKind::LabelsChanged => proto::EventKind::LabelsChanged,
+        EventKind::AliasMoved => proto::EventKind::AliasMoved,
+        EventKind::ArtifactDeleted => proto::EventKind::ArtifactDeleted,
+        EventKind::ArtifactRestored => proto::EventKind::ArtifactRestored,
+        EventKind::ArtifactPurged => proto::EventKind::ArtifactPurged,
+    }
+}
+
+/// An event kind a caller named; UNSPECIFIED and unknown numbers are refused.
+pub fn event_kind_from(field: &'static str, value: i32) -> Result<EventKind> {
+    EventKind::ALL
+        .into_iter()
+        .find(|kind| event_kind(*kind) as i32 == value)
+        .ok_or_else(|| Error::invalid(field, format!("{value} is not an event kind (1 to 8)")))
+}
+
+pub fn event(event: &ChangeEvent) -> proto::ArtifactEvent {
+    let (from_state, to_state, reason) = match &event.transition {
+        Some((from, to, reason)) => (
+            lifecycle_state(*from) as i32,
+            lifecycle_state(*to) as i32,
+            reason.clone(),
+        ),
+        None => (0, 0, String::new()),
+    };
+    let (alias, previous_version) = match &event.alias {
+        Some((alias, previous)) => (alias.clone(), previous.clone().unwrap_or_default()),
+        None => (String::new(), String::new()),
+    };
+    proto::ArtifactEvent {
+        cursor: crate::app::cursor_of(event.position),
+        kind: event_kind(event.kind) as i32,
+        artifact_id: event.artifact_id.clone(),
+        artifact_type: event.artifact_type.clone(),
+        name: event.name.clone(),
+        version: event.version.clone(),
+        at: Some(timestamp(event.at)),
+        from_state,
+        to_state,
+        reason,
+        alias,
+        previous_version,
+    }
+}
+
+/// Declared dependencies from the wire; a missing target is refused naming its position.
+pub fn dependency_specs(specs: Vec<proto::DependencySpec>) -> Result<Vec<DependencySpec>> {
+    specs
+        .into_iter()
+        .enumerate()
+        .map(|(position, spec)| {
+            let target = match spec.target {
+                Some(proto::dependency_spec::Target::ArtifactId(id)) => DependencyTarget::Id(id),
+                Some(proto::dependency_spec::Target::Coordinates(c)) => DependencyTarget::Coordinates {
+                    project: (!c.project.is_empty()).then_some(c.project),
+                    artifact_type: c.artifact_type,
+                    name: c.name,
+                },
+                None => {
+                    return Err(Error::invalid(
+                        "dependencies",
+                        format!("dependencies[{position}]: set artifact_id or coordinates"),
+                    ));
+                }
+            };
+            Ok(DependencySpec {
+                target,
+                requirement: spec.requirement,
+                kind: spec.kind,
+            })
+        })
+        .collect()
+}
+
+pub fn dependency(dependency: &Dependency, target: &Artifact) -> proto::Dependency {
+    proto::Dependency {
+        artifact_id: dependency.target_id.clone(),
+        project: target.scope.project.clone(),
+        artifact_type: target.artifact_type.clone(),
+        name: target.name.clone(),
+        requirement: dependency.requirement.clone(),
+        kind: dependency.kind.clone(),
+    }
+}
+
+fn requirement(r: &RequiredBy) -> proto::Requirement {
+    proto::Requirement {
+        artifact_id: r.artifact_id.clone(),
+        name: r.name.clone(),
+        version: r.version.clone(),
+        requirement: r.requirement.clone(),
+        kind: r.kind.clone(),
+    }
+}
+
+fn resolved(r: &Resolved) -> proto::ResolvedArtifact {
+    proto::ResolvedArtifact {
+        artifact_id: r.artifact.id.to_string(),
+        project: r.artifact.scope.project.clone(),
+        artifact_type: r.artifact.artifact_type.clone(),
+        name: r.artifact.name.clone(),
+        version: r.version.clone(),
+        state: lifecycle_state(r.state) as i32,
+        depth: r.depth,
+        required_by: r.required_by.iter().map(requirement).collect(),
+    }
+}
+
+pub fn resolution(resolution: &Resolution) -> proto::ResolveDependenciesResponse {
+    proto::ResolveDependenciesResponse {
+        root: Some(resolved(&resolution.root)),
+        resolved: resolution.resolved.iter().map(resolved).collect(),
+        unsatisfied: resolution
+            .unsatisfied
+            .iter()
+            .map(|u| proto::Unsatisfied {
+                artifact_id: u.artifact.id.to_string(),
+                project: u.artifact.scope.project.clone(),
+                artifact_type: u.artifact.artifact_type.clone(),
+                name: u.artifact.name.clone(),
+                requirements: u.requirements.iter().map(requirement).collect(),
+                available: u
+                    .available
+                    .iter()
+                    .map(|b| proto::AvailableVersion {
+                        version: b.version.clone(),
+                        state: lifecycle_state(b.state) as i32,
+                    })
+                    .collect(),
+                explanation: u.explanation.clone(),
+            })
+            .collect(),
+        cycles: resolution
+            .cycles
+            .iter()
+            .map(|path| proto::DependencyCycle { path: path.clone() })
+            .collect(),
+        truncated: resolution.truncated.is_some(),
+        truncated_reason: resolution.truncated.clone().unwrap_or_default(),
+    }
+}
+
+pub fn dependent(d: &DependentVersion) -> proto::Dependent {
+    proto::Dependent {
+        artifact_id: d.artifact.id.to_string(),
+        project: d.artifact.scope.project.clone(),
+        artifact_type: d.artifact.artifact_type.clone(),
+        name: d.artifact.name.clone(),
+        version: d.version.clone(),
+        state: lifecycle_state(d.state) as i32,
+        requirement: d.requirement.clone(),
+        kind: d.kind.clone(),
+        depth: d.depth,
+        depends_on_artifact_id: d.depends_on.clone(),
     }
 }
 

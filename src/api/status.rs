@@ -18,6 +18,7 @@ fn to_status(error: Error) -> Status {
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::Aborted(_) => Code::Aborted,
         Error::OutOfRange(_) => Code::OutOfRange,
+        Error::ResourceExhausted(_) => Code::ResourceExhausted,
         Error::Unavailable(_) => Code::Unavailable,
         Error::DataLoss(_) => Code::DataLoss,
         Error::Cancelled(_) => Code::Cancelled,

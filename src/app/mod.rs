@@ -1,13 +1,23 @@
 //! Application services: the use cases of the artifact API, combining domain rules, the
 //! ingest pipeline, the object store and the catalog. Knows nothing about gRPC.
 
+mod dependencies;
 mod download;
 mod lifecycle;
 mod upload;
+mod watch;
 
+pub use dependencies::{DependentVersion, RequiredBy, Resolution, ResolvePolicy, Resolved, Unsatisfied};
+
+/// How deep a dependency lookup goes when the caller does not say.
+pub fn dependencies_default_depth() -> u32 {
+    dependencies::DEFAULT_MAX_DEPTH
+}
 pub use upload::{ContentExpectations, UploadPart, parse_expected_blake3};
+pub use watch::{EventSettings, StartAt, WatchFilter, WatchItem, cursor_of};
 
 use crate::catalog::{Catalog, Labels, NewArtifact, Scope};
+use crate::domain::dependency::DependencySpec;
 use crate::domain::lifecycle::{LATEST_APPROVED, validate_alias_name};
 use crate::domain::names::{
     normalize_labels, normalize_tags, validate_artifact_name, validate_change_message, validate_description,
@@ -69,6 +79,7 @@ pub struct Settings {
     pub ingest: IngestSettings,
     /// How long a soft-deleted artifact can be restored.
     pub deleted_retention: Duration,
+    pub events: EventSettings,
 }
 
 impl Default for Settings {
@@ -76,6 +87,7 @@ impl Default for Settings {
         Self {
             ingest: IngestSettings::default(),
             deleted_retention: Duration::from_secs(30 * 24 * 3600),
+            events: EventSettings::default(),
         }
     }
 }
@@ -111,6 +123,7 @@ pub struct CreateArtifact {
     pub actor: Actor,
     /// Draft or review.
     pub initial_state: LifecycleState,
+    pub dependencies: Vec<DependencySpec>,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +147,7 @@ pub struct UpdateArtifact {
     pub actor: Actor,
     /// Draft or review.
     pub initial_state: LifecycleState,
+    pub dependencies: Vec<DependencySpec>,
 }
 
 /// How to find an artifact.
@@ -284,6 +298,13 @@ impl Artifacts {
                 request.artifact_type, request.name, request.scope.tenant, request.scope.project
             )));
         }
+        let dependencies = self
+            .check_dependencies(
+                &request.scope,
+                ("", &request.artifact_type, &request.name),
+                &request.dependencies,
+            )
+            .await?;
 
         let upload = upload::Upload::new(
             self.inner.clone(),
@@ -301,6 +322,7 @@ impl Artifacts {
             None,
         );
         new_version.state = initial_state;
+        new_version.dependencies = dependencies;
         let artifact = NewArtifact {
             id: uuid::Uuid::now_v7().to_string(),
             scope: request.scope.clone(),
@@ -360,6 +382,13 @@ impl Artifacts {
         }
         metadata.extend(request.metadata_set.clone());
         validate_metadata("metadata_set", &metadata)?;
+        let dependencies = self
+            .check_dependencies(
+                &request.scope,
+                (artifact.id.as_str(), &artifact.artifact_type, &artifact.name),
+                &request.dependencies,
+            )
+            .await?;
 
         let upload = upload::Upload::new(
             self.inner.clone(),
@@ -376,6 +405,7 @@ impl Artifacts {
             labels,
         );
         new_version.state = initial_state;
+        new_version.dependencies = dependencies;
         let committed = self
             .inner
             .catalog

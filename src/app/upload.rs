@@ -119,6 +119,7 @@ impl IngestedContent {
             packs: self.packs,
             labels,
             state: crate::domain::LifecycleState::Draft,
+            dependencies: Vec::new(),
         }
     }
 }

@@ -6,6 +6,7 @@
 use super::{
     AliasRecord, Catalog, TransitionRecord, VERSION_COLUMNS, VersionRecord, artifact_not_found, db_error,
 };
+use crate::domain::event::EventKind;
 use crate::domain::lifecycle::LATEST_APPROVED;
 use crate::domain::{
     Alias, ArtifactVersion, Error, LifecycleState, Result, Scope, Timestamp, Transition, VersionRef,
@@ -136,7 +137,7 @@ impl Catalog {
         let detail = json!({ "from": current.as_str(), "to": target.as_str(), "reason": reason });
         self.write_event_with(
             &mut tx,
-            "version.transitioned",
+            EventKind::VersionTransitioned,
             scope,
             artifact_id,
             version,
@@ -145,7 +146,7 @@ impl Catalog {
         )
         .await?;
         tx.commit().await.map_err(|e| db_error("committing", e))?;
-        self.changes.notify_one();
+        self.announce_commit();
         let version = self
             .version(artifact_id, version)
             .await?
@@ -284,10 +285,18 @@ impl Catalog {
             .await
             .map_err(|e| db_error("setting an alias", e))?;
         let detail = json!({ "alias": name, "from": current, "to": version });
-        self.write_event_with(&mut tx, "alias.moved", scope, artifact_id, version, now, &detail)
-            .await?;
+        self.write_event_with(
+            &mut tx,
+            EventKind::AliasMoved,
+            scope,
+            artifact_id,
+            version,
+            now,
+            &detail,
+        )
+        .await?;
         tx.commit().await.map_err(|e| db_error("committing", e))?;
-        self.changes.notify_one();
+        self.announce_commit();
         Ok(Alias {
             name: name.to_owned(),
             version: version.to_owned(),
@@ -320,10 +329,18 @@ impl Catalog {
             .await
             .map_err(|e| db_error("deleting an alias", e))?;
         let detail = json!({ "alias": name, "from": current, "to": null });
-        self.write_event_with(&mut tx, "alias.moved", scope, artifact_id, &current, now, &detail)
-            .await?;
+        self.write_event_with(
+            &mut tx,
+            EventKind::AliasMoved,
+            scope,
+            artifact_id,
+            "",
+            now,
+            &detail,
+        )
+        .await?;
         tx.commit().await.map_err(|e| db_error("committing", e))?;
-        self.changes.notify_one();
+        self.announce_commit();
         Ok(())
     }
 }

@@ -3,12 +3,17 @@
 //! the statements use only syntax both understand, and `$n` placeholders, which both accept.
 //! Migrations live per dialect under `migrations/`.
 
+mod dependencies;
+mod events;
 mod lifecycle;
 mod records;
 mod replication;
 
+pub use dependencies::{DependentRow, VersionBrief};
+pub use events::{EventBatch, OutboxRange};
 pub use records::*;
 
+use crate::domain::event::EventKind;
 use crate::domain::{Artifact, ArtifactVersion, Error, LifecycleState, Result, Timestamp, Transition};
 use crate::ingest::{ChunkId, Codec};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -60,6 +65,8 @@ pub struct Catalog {
     /// Signalled after each commit that wrote an outbox event, so this process's indexer
     /// follows at once instead of at its next poll.
     changes: Arc<tokio::sync::Notify>,
+    /// Counts this process's commits of outbox events, for any number of change streams.
+    commits: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Maps a database failure onto the service's errors: connection trouble is retryable
@@ -198,7 +205,21 @@ impl Catalog {
             pool,
             dialect,
             changes: Arc::new(tokio::sync::Notify::new()),
+            commits: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
+    }
+
+    /// After a commit that wrote an outbox event: wakes this process's indexer and change
+    /// streams.
+    fn announce_commit(&self) {
+        self.changes.notify_one();
+        self.commits.send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// Changes whenever this process commits an outbox event; other processes' events are
+    /// only seen by reading the outbox.
+    pub fn subscribe_commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -372,7 +393,7 @@ impl Catalog {
             .await?;
         self.write_event(
             &mut tx,
-            "artifact.created",
+            EventKind::ArtifactCreated,
             &artifact.scope,
             &artifact.id,
             &version.version,
@@ -380,7 +401,7 @@ impl Catalog {
         )
         .await?;
         tx.commit().await.map_err(|e| db_error("committing", e))?;
-        self.changes.notify_one();
+        self.announce_commit();
         self.committed_pair(&artifact.scope, &artifact.id, &version.version)
             .await
     }
@@ -432,7 +453,7 @@ impl Catalog {
             .await?;
         self.write_event(
             &mut tx,
-            "version.created",
+            EventKind::VersionAdded,
             scope,
             artifact_id,
             &version.version,
@@ -440,7 +461,7 @@ impl Catalog {
         )
         .await?;
         tx.commit().await.map_err(|e| db_error("committing", e))?;
-        self.changes.notify_one();
+        self.announce_commit();
         self.committed_pair(scope, artifact_id, &version.version).await
     }
 
@@ -546,13 +567,14 @@ impl Catalog {
             reason: String::new(),
             at: Timestamp(version.created_at),
         };
-        lifecycle::record_transition(tx, artifact_id, &version.version, &created_in).await
+        lifecycle::record_transition(tx, artifact_id, &version.version, &created_in).await?;
+        dependencies::write_dependencies(tx, artifact_id, &version.version, &version.dependencies).await
     }
 
     async fn write_event(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        event_type: &str,
+        event_type: EventKind,
         scope: &Scope,
         artifact_id: &str,
         version: &str,
@@ -575,7 +597,7 @@ impl Catalog {
     async fn write_event_with(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        event_type: &str,
+        event_type: EventKind,
         scope: &Scope,
         artifact_id: &str,
         version: &str,
@@ -598,7 +620,7 @@ impl Catalog {
             "INSERT INTO outbox (event_type, tenant, project, artifact_id, version, created_at, detail) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
-        .bind(event_type)
+        .bind(event_type.as_str())
         .bind(&scope.tenant)
         .bind(&scope.project)
         .bind(artifact_id)
@@ -618,7 +640,7 @@ impl Catalog {
         &self,
         mut tx: sqlx::Transaction<'static, sqlx::Any>,
         changed: bool,
-        event_type: &str,
+        event_type: EventKind,
         scope: &Scope,
         artifact_id: &str,
         now: i64,
@@ -631,10 +653,15 @@ impl Catalog {
         self.write_event(&mut tx, event_type, scope, artifact_id, "", now)
             .await?;
         tx.commit().await.map_err(|e| db_error("committing", e))?;
-        self.changes.notify_one();
+        self.announce_commit();
         self.artifact_by_id(scope, artifact_id, include_deleted)
             .await?
-            .ok_or_else(|| Error::internal(format!("artifact {artifact_id:?} vanished after {event_type}")))
+            .ok_or_else(|| {
+                Error::internal(format!(
+                    "artifact {artifact_id:?} vanished after {}",
+                    event_type.as_str()
+                ))
+            })
     }
 
     /// Replaces a live artifact's tags and categories without a new version.
@@ -663,7 +690,7 @@ impl Catalog {
         self.finish_change(
             tx,
             changed == 1,
-            "artifact.labels_changed",
+            EventKind::LabelsChanged,
             scope,
             artifact_id,
             now,
@@ -708,7 +735,7 @@ impl Catalog {
         self.finish_change(
             tx,
             changed == 1,
-            "artifact.deleted",
+            EventKind::ArtifactDeleted,
             scope,
             artifact_id,
             now,
@@ -752,10 +779,10 @@ impl Catalog {
                 )),
             });
         }
-        self.write_event(&mut tx, "artifact.undeleted", scope, artifact_id, "", now)
+        self.write_event(&mut tx, EventKind::ArtifactRestored, scope, artifact_id, "", now)
             .await?;
         tx.commit().await.map_err(|e| db_error("committing", e))?;
-        self.changes.notify_one();
+        self.announce_commit();
         self.artifact_by_id(scope, artifact_id, false)
             .await?
             .ok_or_else(|| Error::internal("restored artifact vanished"))

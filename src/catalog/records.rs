@@ -221,6 +221,8 @@ pub struct NewVersion {
     pub labels: Option<Labels>,
     /// Draft or review.
     pub state: LifecycleState,
+    /// Declared dependencies, their targets resolved.
+    pub dependencies: Vec<crate::domain::dependency::Dependency>,
 }
 
 pub fn chunk_id_from_row(bytes: &[u8]) -> Option<ChunkId> {

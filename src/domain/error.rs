@@ -21,9 +21,12 @@ pub enum Error {
     /// A concurrent change won; retrying from fresh state may succeed.
     #[error("{0}")]
     Aborted(String),
-    /// A read range lies outside the content.
+    /// A read range lies outside the content; a cursor outside the retained history.
     #[error("{0}")]
     OutOfRange(String),
+    /// The caller cannot keep up (a change stream it reads too slowly); it may resume.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A dependency (catalog or object store) cannot be reached right now.
     #[error("{0}")]
     Unavailable(String),

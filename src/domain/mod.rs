@@ -3,7 +3,9 @@
 
 pub mod artifact;
 pub mod content_type;
+pub mod dependency;
 pub mod error;
+pub mod event;
 pub mod lifecycle;
 pub mod millis;
 pub mod names;

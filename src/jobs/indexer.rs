@@ -8,9 +8,11 @@ use tokio_util::sync::CancellationToken;
 
 const LAG_EVERY: Duration = Duration::from_secs(1);
 
-/// Follows the outbox until shutdown. A failed step is logged and retried at the next
-/// change; the job itself only ends on shutdown (a panic is the supervisor's to restart).
-pub async fn run_indexer(indexer: Indexer, shutdown: CancellationToken) -> JobResult {
+/// Follows the outbox until shutdown, recording in the catalog, under `replica_id`, how far
+/// it got (the outbox is never pruned past a live replica). A failed step is logged and
+/// retried at the next change; the job itself only ends on shutdown (a panic is the
+/// supervisor's to restart).
+pub async fn run_indexer(indexer: Indexer, replica_id: String, shutdown: CancellationToken) -> JobResult {
     let mut last_verified = None;
     let mut last_measured: Option<Instant> = None;
     loop {
@@ -23,6 +25,9 @@ pub async fn run_indexer(indexer: Indexer, shutdown: CancellationToken) -> JobRe
             match indexer.lag().await {
                 Ok(lag) => metrics::gauge!(names::INDEX_LAG_SECONDS).set(lag.as_secs_f64()),
                 Err(error) => tracing::debug!(%error, "could not measure the index lag"),
+            }
+            if let Err(error) = indexer.record_position(&replica_id).await {
+                tracing::debug!(%error, "could not record the index position");
             }
             last_measured = Some(Instant::now());
         }

@@ -8,6 +8,7 @@
 mod fallback_sync;
 mod health;
 mod indexer;
+mod outbox;
 mod storage;
 
 pub use fallback_sync::{FallbackSync, SyncProgress, SyncRequest};
@@ -16,6 +17,7 @@ pub use health::{
     SEARCH_SERVICE, SERVICE_NAMES,
 };
 pub use indexer::run_indexer;
+pub use outbox::run_outbox_pruner;
 pub use storage::{run_prober, run_reconciler, run_replicator};
 
 use crate::domain::now_micros;

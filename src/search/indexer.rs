@@ -250,6 +250,14 @@ impl Indexer {
 
     /// How far the index is behind the catalog: the age of the oldest change it has not
     /// applied (zero when it has applied them all).
+    /// Records in the catalog how far this index has followed the outbox.
+    pub async fn record_position(&self, replica_id: &str) -> Result<()> {
+        let position = self.index.checkpoint()?;
+        self.catalog
+            .record_replica_position(replica_id, position, crate::domain::now_micros())
+            .await
+    }
+
     pub async fn lag(&self) -> Result<Duration> {
         let checkpoint = self.index.checkpoint()?;
         let oldest = self.catalog.oldest_outbox_event_after(checkpoint).await?;

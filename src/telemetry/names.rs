@@ -79,6 +79,14 @@ metric_names! {
         "Background jobs restarted by the supervisor after a panic or failure, by job";
     JOB_RUNNING = "artifactd_job_running", Gauge,
         "1 while a background job runs, 0 while it waits to be restarted, by job";
+    WATCH_STREAMS = "artifactd_watch_streams", Gauge,
+        "Change streams (WatchEvents) open on this replica";
+    WATCH_EVENTS_SENT_TOTAL = "artifactd_watch_events_sent_total", Counter,
+        "Events handed to change streams";
+    WATCH_CUT_OFF_TOTAL = "artifactd_watch_cut_off_total", Counter,
+        "Change streams cut off because their watcher read too slowly";
+    OUTBOX_PRUNED_TOTAL = "artifactd_outbox_pruned_total", Counter,
+        "Outbox events deleted after the retention horizon";
 }
 
 /// Registers every description with the installed recorder.

@@ -57,6 +57,21 @@ type ArtifactServiceClient interface {
 	GetChangeHistory(ctx context.Context, in *GetChangeHistoryRequest, opts ...grpc.CallOption) (*GetChangeHistoryResponse, error)
 	// A unified diff between two versions of a text artifact.
 	DiffVersions(ctx context.Context, in *DiffVersionsRequest, opts ...grpc.CallOption) (*DiffVersionsResponse, error)
+	// The project's changes as they commit, in commit order, each with a cursor. A client that
+	// reconnects with its last cursor (to any replica, across restarts) receives every later
+	// event exactly once. Idle streams carry heartbeats (with a cursor too). A cursor older
+	// than the retained history is OUT_OF_RANGE naming the oldest cursor available; a consumer
+	// too slow to keep up is cut off with RESOURCE_EXHAUSTED and resumes from its cursor; a
+	// server shutting down ends streams with UNAVAILABLE.
+	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (ArtifactService_WatchEventsClient, error)
+	// The transitive closure of a version's dependencies with one chosen version per artifact
+	// (by default the highest approved version matching every requirement on it), every
+	// requirement that cannot be met explained, and every cycle with its path. Bounded in depth
+	// and size.
+	ResolveDependencies(ctx context.Context, in *ResolveDependenciesRequest, opts ...grpc.CallOption) (*ResolveDependenciesResponse, error)
+	// Who depends on an artifact, directly or transitively; with a version (which need not
+	// exist yet), whether each direct dependent's requirement would accept it.
+	ListDependents(ctx context.Context, in *ListDependentsRequest, opts ...grpc.CallOption) (*ListDependentsResponse, error)
 }
 
 type artifactServiceClient struct {
@@ -284,6 +299,56 @@ func (c *artifactServiceClient) DiffVersions(ctx context.Context, in *DiffVersio
 	return out, nil
 }
 
+func (c *artifactServiceClient) WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (ArtifactService_WatchEventsClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_ArtifactService_serviceDesc.Streams[3], "/artifactd.v1.ArtifactService/WatchEvents", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &artifactServiceWatchEventsClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type ArtifactService_WatchEventsClient interface {
+	Recv() (*WatchEventsResponse, error)
+	grpc.ClientStream
+}
+
+type artifactServiceWatchEventsClient struct {
+	grpc.ClientStream
+}
+
+func (x *artifactServiceWatchEventsClient) Recv() (*WatchEventsResponse, error) {
+	m := new(WatchEventsResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (c *artifactServiceClient) ResolveDependencies(ctx context.Context, in *ResolveDependenciesRequest, opts ...grpc.CallOption) (*ResolveDependenciesResponse, error) {
+	out := new(ResolveDependenciesResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.ArtifactService/ResolveDependencies", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *artifactServiceClient) ListDependents(ctx context.Context, in *ListDependentsRequest, opts ...grpc.CallOption) (*ListDependentsResponse, error) {
+	out := new(ListDependentsResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.ArtifactService/ListDependents", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ArtifactServiceServer is the server API for ArtifactService service.
 // All implementations must embed UnimplementedArtifactServiceServer
 // for forward compatibility
@@ -328,6 +393,21 @@ type ArtifactServiceServer interface {
 	GetChangeHistory(context.Context, *GetChangeHistoryRequest) (*GetChangeHistoryResponse, error)
 	// A unified diff between two versions of a text artifact.
 	DiffVersions(context.Context, *DiffVersionsRequest) (*DiffVersionsResponse, error)
+	// The project's changes as they commit, in commit order, each with a cursor. A client that
+	// reconnects with its last cursor (to any replica, across restarts) receives every later
+	// event exactly once. Idle streams carry heartbeats (with a cursor too). A cursor older
+	// than the retained history is OUT_OF_RANGE naming the oldest cursor available; a consumer
+	// too slow to keep up is cut off with RESOURCE_EXHAUSTED and resumes from its cursor; a
+	// server shutting down ends streams with UNAVAILABLE.
+	WatchEvents(*WatchEventsRequest, ArtifactService_WatchEventsServer) error
+	// The transitive closure of a version's dependencies with one chosen version per artifact
+	// (by default the highest approved version matching every requirement on it), every
+	// requirement that cannot be met explained, and every cycle with its path. Bounded in depth
+	// and size.
+	ResolveDependencies(context.Context, *ResolveDependenciesRequest) (*ResolveDependenciesResponse, error)
+	// Who depends on an artifact, directly or transitively; with a version (which need not
+	// exist yet), whether each direct dependent's requirement would accept it.
+	ListDependents(context.Context, *ListDependentsRequest) (*ListDependentsResponse, error)
 	mustEmbedUnimplementedArtifactServiceServer()
 }
 
@@ -382,6 +462,15 @@ func (UnimplementedArtifactServiceServer) GetChangeHistory(context.Context, *Get
 }
 func (UnimplementedArtifactServiceServer) DiffVersions(context.Context, *DiffVersionsRequest) (*DiffVersionsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DiffVersions not implemented")
+}
+func (UnimplementedArtifactServiceServer) WatchEvents(*WatchEventsRequest, ArtifactService_WatchEventsServer) error {
+	return status.Errorf(codes.Unimplemented, "method WatchEvents not implemented")
+}
+func (UnimplementedArtifactServiceServer) ResolveDependencies(context.Context, *ResolveDependenciesRequest) (*ResolveDependenciesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ResolveDependencies not implemented")
+}
+func (UnimplementedArtifactServiceServer) ListDependents(context.Context, *ListDependentsRequest) (*ListDependentsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListDependents not implemented")
 }
 func (UnimplementedArtifactServiceServer) mustEmbedUnimplementedArtifactServiceServer() {}
 
@@ -703,6 +792,63 @@ func _ArtifactService_DiffVersions_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ArtifactService_WatchEvents_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchEventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ArtifactServiceServer).WatchEvents(m, &artifactServiceWatchEventsServer{stream})
+}
+
+type ArtifactService_WatchEventsServer interface {
+	Send(*WatchEventsResponse) error
+	grpc.ServerStream
+}
+
+type artifactServiceWatchEventsServer struct {
+	grpc.ServerStream
+}
+
+func (x *artifactServiceWatchEventsServer) Send(m *WatchEventsResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
+func _ArtifactService_ResolveDependencies_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResolveDependenciesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).ResolveDependencies(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.ArtifactService/ResolveDependencies",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).ResolveDependencies(ctx, req.(*ResolveDependenciesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ArtifactService_ListDependents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDependentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).ListDependents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.ArtifactService/ListDependents",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).ListDependents(ctx, req.(*ListDependentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _ArtifactService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "artifactd.v1.ArtifactService",
 	HandlerType: (*ArtifactServiceServer)(nil),
@@ -759,6 +905,14 @@ var _ArtifactService_serviceDesc = grpc.ServiceDesc{
 			MethodName: "DiffVersions",
 			Handler:    _ArtifactService_DiffVersions_Handler,
 		},
+		{
+			MethodName: "ResolveDependencies",
+			Handler:    _ArtifactService_ResolveDependencies_Handler,
+		},
+		{
+			MethodName: "ListDependents",
+			Handler:    _ArtifactService_ListDependents_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -774,6 +928,11 @@ var _ArtifactService_serviceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "DownloadArtifact",
 			Handler:       _ArtifactService_DownloadArtifact_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchEvents",
+			Handler:       _ArtifactService_WatchEvents_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file artifactd/v1/artifact.proto.
  */
 export const file_artifactd_v1_artifact: GenFile = /*@__PURE__*/
-  fileDesc("ChthcnRpZmFjdGQvdjEvYXJ0aWZhY3QucHJvdG8SDGFydGlmYWN0ZC52MSIqCgZMYWJlbHMSDAoEdGFncxgBIAMoCRISCgpjYXRlZ29yaWVzGAIgAygJIs8DCghBcnRpZmFjdBIKCgJpZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSDwoHcHJvamVjdBgDIAEoCRIVCg1hcnRpZmFjdF90eXBlGAQgASgJEgwKBG5hbWUYBSABKAkSEwoLZGVzY3JpcHRpb24YBiABKAkSDAoEdGFncxgHIAMoCRI2CghtZXRhZGF0YRgIIAMoCzIkLmFydGlmYWN0ZC52MS5BcnRpZmFjdC5NZXRhZGF0YUVudHJ5EhYKDmxhdGVzdF92ZXJzaW9uGAkgASgJEhUKDXZlcnNpb25fY291bnQYCiABKAQSLgoKY3JlYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZGVsZXRlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKY3JlYXRlZF9ieRgOIAEoCRISCgpjYXRlZ29yaWVzGA8gAygJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKhAgoPQXJ0aWZhY3RWZXJzaW9uEhMKC2FydGlmYWN0X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAkSDAoEc2l6ZRgDIAEoBBITCgtzdG9yZWRfc2l6ZRgEIAEoBBIXCg9uZXdfc3RvcmVkX3NpemUYBSABKAQSDgoGYmxha2UzGAYgASgJEhMKC2NodW5rX2NvdW50GAcgASgEEhIKCmNyZWF0ZWRfYnkYCCABKAkSLgoKY3JlYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOY2hhbmdlX21lc3NhZ2UYCiABKAkSKwoFc3RhdGUYCyABKA4yHC5hcnRpZmFjdGQudjEuTGlmZWN5Y2xlU3RhdGUiOgoTQXJ0aWZhY3RDb29yZGluYXRlcxIVCg1hcnRpZmFjdF90eXBlGAEgASgJEgwKBG5hbWUYAiABKAkitQMKFENyZWF0ZUFydGlmYWN0SGVhZGVyEg4KBnRlbmFudBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEhUKDWFydGlmYWN0X3R5cGUYAyABKAkSDAoEbmFtZRgEIAEoCRITCgtkZXNjcmlwdGlvbhgFIAEoCRIMCgR0YWdzGAYgAygJEkIKCG1ldGFkYXRhGAcgAygLMjAuYXJ0aWZhY3RkLnYxLkNyZWF0ZUFydGlmYWN0SGVhZGVyLk1ldGFkYXRhRW50cnkSFwoPaW5pdGlhbF92ZXJzaW9uGAggASgJEhoKDWV4cGVjdGVkX3NpemUYCSABKARIAIgBARIXCg9leHBlY3RlZF9ibGFrZTMYCiABKAkSFgoOY2hhbmdlX21lc3NhZ2UYCyABKAkSEgoKY2F0ZWdvcmllcxgMIAMoCRIzCg1pbml0aWFsX3N0YXRlGA0gASgOMhwuYXJ0aWZhY3RkLnYxLkxpZmVjeWNsZVN0YXRlGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIQCg5fZXhwZWN0ZWRfc2l6ZSI6CgxVcGxvYWRGaW5pc2gSEQoEc2l6ZRgBIAEoBEgAiAEBEg4KBmJsYWtlMxgCIAEoCUIHCgVfc2l6ZSKWAQoVQ3JlYXRlQXJ0aWZhY3RSZXF1ZXN0EjQKBmhlYWRlchgBIAEoCzIiLmFydGlmYWN0ZC52MS5DcmVhdGVBcnRpZmFjdEhlYWRlckgAEg4KBGRhdGEYAiABKAxIABIsCgZmaW5pc2gYAyABKAsyGi5hcnRpZmFjdGQudjEuVXBsb2FkRmluaXNoSABCCQoHbWVzc2FnZSJyChZDcmVhdGVBcnRpZmFjdFJlc3BvbnNlEigKCGFydGlmYWN0GAEgASgLMhYuYXJ0aWZhY3RkLnYxLkFydGlmYWN0Ei4KB3ZlcnNpb24YAiABKAsyHS5hcnRpZmFjdGQudjEuQXJ0aWZhY3RWZXJzaW9uIpQEChRVcGRhdGVBcnRpZmFjdEhlYWRlchIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRImCgRidW1wGAQgASgOMhYuYXJ0aWZhY3RkLnYxLkJ1bXBLaW5kSAASGgoQZXhwbGljaXRfdmVyc2lvbhgFIAEoCUgAEiAKGGV4cGVjdGVkX2N1cnJlbnRfdmVyc2lvbhgGIAEoCRIWCg5jaGFuZ2VfbWVzc2FnZRgHIAEoCRJJCgxtZXRhZGF0YV9zZXQYCCADKAsyMy5hcnRpZmFjdGQudjEuVXBkYXRlQXJ0aWZhY3RIZWFkZXIuTWV0YWRhdGFTZXRFbnRyeRIXCg9tZXRhZGF0YV9yZW1vdmUYCSADKAkSGgoNZXhwZWN0ZWRfc2l6ZRgKIAEoBEgBiAEBEhcKD2V4cGVjdGVkX2JsYWtlMxgLIAEoCRIkCgZsYWJlbHMYDCABKAsyFC5hcnRpZmFjdGQudjEuTGFiZWxzEjMKDWluaXRpYWxfc3RhdGUYDSABKA4yHC5hcnRpZmFjdGQudjEuTGlmZWN5Y2xlU3RhdGUaMgoQTWV0YWRhdGFTZXRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQg4KDG5leHRfdmVyc2lvbkIQCg5fZXhwZWN0ZWRfc2l6ZSKWAQoVVXBkYXRlQXJ0aWZhY3RSZXF1ZXN0EjQKBmhlYWRlchgBIAEoCzIiLmFydGlmYWN0ZC52MS5VcGRhdGVBcnRpZmFjdEhlYWRlckgAEg4KBGRhdGEYAiABKAxIABIsCgZmaW5pc2gYAyABKAsyGi5hcnRpZmFjdGQudjEuVXBsb2FkRmluaXNoSABCCQoHbWVzc2FnZSJyChZVcGRhdGVBcnRpZmFjdFJlc3BvbnNlEigKCGFydGlmYWN0GAEgASgLMhYuYXJ0aWZhY3RkLnYxLkFydGlmYWN0Ei4KB3ZlcnNpb24YAiABKAsyHS5hcnRpZmFjdGQudjEuQXJ0aWZhY3RWZXJzaW9uIqMBChJHZXRBcnRpZmFjdFJlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSFQoLYXJ0aWZhY3RfaWQYAyABKAlIABI4Cgtjb29yZGluYXRlcxgEIAEoCzIhLmFydGlmYWN0ZC52MS5BcnRpZmFjdENvb3JkaW5hdGVzSAASDwoHdmVyc2lvbhgFIAEoCUIKCghzZWxlY3RvciJvChNHZXRBcnRpZmFjdFJlc3BvbnNlEigKCGFydGlmYWN0GAEgASgLMhYuYXJ0aWZhY3RkLnYxLkFydGlmYWN0Ei4KB3ZlcnNpb24YAiABKAsyHS5hcnRpZmFjdGQudjEuQXJ0aWZhY3RWZXJzaW9uIoABChdEb3dubG9hZEFydGlmYWN0UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRIPCgd2ZXJzaW9uGAQgASgJEg4KBm9mZnNldBgFIAEoBBIOCgZsZW5ndGgYBiABKAQidAoORG93bmxvYWRIZWFkZXISEwoLYXJ0aWZhY3RfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoCRIMCgRzaXplGAMgASgEEg4KBmJsYWtlMxgEIAEoCRIOCgZvZmZzZXQYBSABKAQSDgoGbGVuZ3RoGAYgASgEImUKGERvd25sb2FkQXJ0aWZhY3RSZXNwb25zZRIuCgZoZWFkZXIYASABKAsyHC5hcnRpZmFjdGQudjEuRG93bmxvYWRIZWFkZXJIABIOCgRkYXRhGAIgASgMSABCCQoHbWVzc2FnZSKgAQoTTGlzdFZlcnNpb25zUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRIRCglwYWdlX3NpemUYBCABKA0SEgoKcGFnZV90b2tlbhgFIAEoCRIsCgZzdGF0ZXMYBiADKA4yHC5hcnRpZmFjdGQudjEuTGlmZWN5Y2xlU3RhdGUiYAoUTGlzdFZlcnNpb25zUmVzcG9uc2USLwoIdmVyc2lvbnMYASADKAsyHS5hcnRpZmFjdGQudjEuQXJ0aWZhY3RWZXJzaW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJbChJHZXRNZXRhZGF0YVJlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSEwoLYXJ0aWZhY3RfaWQYAyABKAkSDwoHdmVyc2lvbhgEIAEoCSKDAgoTR2V0TWV0YWRhdGFSZXNwb25zZRIuCgd2ZXJzaW9uGAEgASgLMh0uYXJ0aWZhY3RkLnYxLkFydGlmYWN0VmVyc2lvbhJBCghtZXRhZGF0YRgCIAMoCzIvLmFydGlmYWN0ZC52MS5HZXRNZXRhZGF0YVJlc3BvbnNlLk1ldGFkYXRhRW50cnkSFAoMY29udGVudF90eXBlGAMgASgJEjIKCWV4dHJhY3RlZBgEIAEoCzIfLmFydGlmYWN0ZC52MS5FeHRyYWN0ZWRNZXRhZGF0YRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiswEKEUV4dHJhY3RlZE1ldGFkYXRhEg8KB2lzX3RleHQYASABKAgSEgoKbGluZV9jb3VudBgCIAEoBBINCgV0aXRsZRgDIAEoCRIQCghoZWFkaW5ncxgEIAMoCRItCgxmcm9udF9tYXR0ZXIYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhYKDnRvcF9sZXZlbF9rZXlzGAYgAygJEhEKCXRydW5jYXRlZBgHIAEoCCKjAQoUTGlzdEFydGlmYWN0c1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSFQoNYXJ0aWZhY3RfdHlwZRgDIAEoCRIRCglwYWdlX3NpemUYBCABKA0SEgoKcGFnZV90b2tlbhgFIAEoCRIsCgZzdGF0ZXMYBiADKA4yHC5hcnRpZmFjdGQudjEuTGlmZWN5Y2xlU3RhdGUiWwoVTGlzdEFydGlmYWN0c1Jlc3BvbnNlEikKCWFydGlmYWN0cxgBIAMoCzIWLmFydGlmYWN0ZC52MS5BcnRpZmFjdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiTQoVRGVsZXRlQXJ0aWZhY3RSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEhMKC2FydGlmYWN0X2lkGAMgASgJIngKFkRlbGV0ZUFydGlmYWN0UmVzcG9uc2USKAoIYXJ0aWZhY3QYASABKAsyFi5hcnRpZmFjdGQudjEuQXJ0aWZhY3QSNAoQcmVzdG9yYWJsZV91bnRpbBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTwoXVW5kZWxldGVBcnRpZmFjdFJlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSEwoLYXJ0aWZhY3RfaWQYAyABKAkiRAoYVW5kZWxldGVBcnRpZmFjdFJlc3BvbnNlEigKCGFydGlmYWN0GAEgASgLMhYuYXJ0aWZhY3RkLnYxLkFydGlmYWN0InkKG1VwZGF0ZUFydGlmYWN0TGFiZWxzUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRIkCgZsYWJlbHMYBCABKAsyFC5hcnRpZmFjdGQudjEuTGFiZWxzIkgKHFVwZGF0ZUFydGlmYWN0TGFiZWxzUmVzcG9uc2USKAoIYXJ0aWZhY3QYASABKAsyFi5hcnRpZmFjdGQudjEuQXJ0aWZhY3Qi2wEKGFRyYW5zaXRpb25WZXJzaW9uUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRIPCgd2ZXJzaW9uGAQgASgJEjIKDHRhcmdldF9zdGF0ZRgFIAEoDjIcLmFydGlmYWN0ZC52MS5MaWZlY3ljbGVTdGF0ZRIOCgZyZWFzb24YBiABKAkSNAoOZXhwZWN0ZWRfc3RhdGUYByABKA4yHC5hcnRpZmFjdGQudjEuTGlmZWN5Y2xlU3RhdGUieQoZVHJhbnNpdGlvblZlcnNpb25SZXNwb25zZRIuCgd2ZXJzaW9uGAEgASgLMh0uYXJ0aWZhY3RkLnYxLkFydGlmYWN0VmVyc2lvbhIsCgp0cmFuc2l0aW9uGAIgASgLMhguYXJ0aWZhY3RkLnYxLlRyYW5zaXRpb24itQEKClRyYW5zaXRpb24SMAoKZnJvbV9zdGF0ZRgBIAEoDjIcLmFydGlmYWN0ZC52MS5MaWZlY3ljbGVTdGF0ZRIuCgh0b19zdGF0ZRgCIAEoDjIcLmFydGlmYWN0ZC52MS5MaWZlY3ljbGVTdGF0ZRINCgVhY3RvchgDIAEoCRIOCgZyZWFzb24YBCABKAkSJgoCYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIn4KBUFsaWFzEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoCRISCgp1cGRhdGVkX2J5GAMgASgJEi4KCnVwZGF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCm1haW50YWluZWQYBSABKAgimwEKD1NldEFsaWFzUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRINCgVhbGlhcxgEIAEoCRIPCgd2ZXJzaW9uGAUgASgJEh0KEGV4cGVjdGVkX3ZlcnNpb24YBiABKAlIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiI2ChBTZXRBbGlhc1Jlc3BvbnNlEiIKBWFsaWFzGAEgASgLMhMuYXJ0aWZhY3RkLnYxLkFsaWFzIo0BChJEZWxldGVBbGlhc1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSEwoLYXJ0aWZhY3RfaWQYAyABKAkSDQoFYWxpYXMYBCABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgFIAEoCUgAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uIhUKE0RlbGV0ZUFsaWFzUmVzcG9uc2UiSgoSTGlzdEFsaWFzZXNSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEhMKC2FydGlmYWN0X2lkGAMgASgJIjsKE0xpc3RBbGlhc2VzUmVzcG9uc2USJAoHYWxpYXNlcxgBIAMoCzITLmFydGlmYWN0ZC52MS5BbGlhcyJ2ChdHZXRDaGFuZ2VIaXN0b3J5UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRIRCglwYWdlX3NpemUYBCABKA0SEgoKcGFnZV90b2tlbhgFIAEoCSLGAQoNVmVyc2lvbkNoYW5nZRIuCgd2ZXJzaW9uGAEgASgLMh0uYXJ0aWZhY3RkLnYxLkFydGlmYWN0VmVyc2lvbhITCgtzaXplX2NoYW5nZRgCIAEoAxIUCgxyZXVzZWRfYnl0ZXMYAyABKAQSEQoJbmV3X2J5dGVzGAQgASgEEi0KC3RyYW5zaXRpb25zGAUgAygLMhguYXJ0aWZhY3RkLnYxLlRyYW5zaXRpb24SGAoQcHJldmlvdXNfdmVyc2lvbhgGIAEoCSJhChhHZXRDaGFuZ2VIaXN0b3J5UmVzcG9uc2USLAoHY2hhbmdlcxgBIAMoCzIbLmFydGlmYWN0ZC52MS5WZXJzaW9uQ2hhbmdlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKjAQoTRGlmZlZlcnNpb25zUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRIUCgxmcm9tX3ZlcnNpb24YBCABKAkSEgoKdG9fdmVyc2lvbhgFIAEoCRIaCg1jb250ZXh0X2xpbmVzGAYgASgNSACIAQFCEAoOX2NvbnRleHRfbGluZXMiYwoURGlmZlZlcnNpb25zUmVzcG9uc2USDAoEZGlmZhgBIAEoCRIRCgl0cnVuY2F0ZWQYAiABKAgSEwoLbGluZXNfYWRkZWQYAyABKAQSFQoNbGluZXNfcmVtb3ZlZBgEIAEoBCqkAQoOTGlmZWN5Y2xlU3RhdGUSHwobTElGRUNZQ0xFX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVTElGRUNZQ0xFX1NUQVRFX0RSQUZUEAESGgoWTElGRUNZQ0xFX1NUQVRFX1JFVklFVxACEhwKGExJRkVDWUNMRV9TVEFURV9BUFBST1ZFRBADEhwKGExJRkVDWUNMRV9TVEFURV9BUkNISVZFRBAEKmQKCEJ1bXBLaW5kEhkKFUJVTVBfS0lORF9VTlNQRUNJRklFRBAAEhMKD0JVTVBfS0lORF9NQUpPUhABEhMKD0JVTVBfS0lORF9NSU5PUhACEhMKD0JVTVBfS0lORF9QQVRDSBADMs8LCg9BcnRpZmFjdFNlcnZpY2USXQoOQ3JlYXRlQXJ0aWZhY3QSIy5hcnRpZmFjdGQudjEuQ3JlYXRlQXJ0aWZhY3RSZXF1ZXN0GiQuYXJ0aWZhY3RkLnYxLkNyZWF0ZUFydGlmYWN0UmVzcG9uc2UoARJdCg5VcGRhdGVBcnRpZmFjdBIjLmFydGlmYWN0ZC52MS5VcGRhdGVBcnRpZmFjdFJlcXVlc3QaJC5hcnRpZmFjdGQudjEuVXBkYXRlQXJ0aWZhY3RSZXNwb25zZSgBElIKC0dldEFydGlmYWN0EiAuYXJ0aWZhY3RkLnYxLkdldEFydGlmYWN0UmVxdWVzdBohLmFydGlmYWN0ZC52MS5HZXRBcnRpZmFjdFJlc3BvbnNlEmMKEERvd25sb2FkQXJ0aWZhY3QSJS5hcnRpZmFjdGQudjEuRG93bmxvYWRBcnRpZmFjdFJlcXVlc3QaJi5hcnRpZmFjdGQudjEuRG93bmxvYWRBcnRpZmFjdFJlc3BvbnNlMAESVQoMTGlzdFZlcnNpb25zEiEuYXJ0aWZhY3RkLnYxLkxpc3RWZXJzaW9uc1JlcXVlc3QaIi5hcnRpZmFjdGQudjEuTGlzdFZlcnNpb25zUmVzcG9uc2USUgoLR2V0TWV0YWRhdGESIC5hcnRpZmFjdGQudjEuR2V0TWV0YWRhdGFSZXF1ZXN0GiEuYXJ0aWZhY3RkLnYxLkdldE1ldGFkYXRhUmVzcG9uc2USWAoNTGlzdEFydGlmYWN0cxIiLmFydGlmYWN0ZC52MS5MaXN0QXJ0aWZhY3RzUmVxdWVzdBojLmFydGlmYWN0ZC52MS5MaXN0QXJ0aWZhY3RzUmVzcG9uc2USWwoORGVsZXRlQXJ0aWZhY3QSIy5hcnRpZmFjdGQudjEuRGVsZXRlQXJ0aWZhY3RSZXF1ZXN0GiQuYXJ0aWZhY3RkLnYxLkRlbGV0ZUFydGlmYWN0UmVzcG9uc2USYQoQVW5kZWxldGVBcnRpZmFjdBIlLmFydGlmYWN0ZC52MS5VbmRlbGV0ZUFydGlmYWN0UmVxdWVzdBomLmFydGlmYWN0ZC52MS5VbmRlbGV0ZUFydGlmYWN0UmVzcG9uc2USbQoUVXBkYXRlQXJ0aWZhY3RMYWJlbHMSKS5hcnRpZmFjdGQudjEuVXBkYXRlQXJ0aWZhY3RMYWJlbHNSZXF1ZXN0GiouYXJ0aWZhY3RkLnYxLlVwZGF0ZUFydGlmYWN0TGFiZWxzUmVzcG9uc2USZAoRVHJhbnNpdGlvblZlcnNpb24SJi5hcnRpZmFjdGQudjEuVHJhbnNpdGlvblZlcnNpb25SZXF1ZXN0GicuYXJ0aWZhY3RkLnYxLlRyYW5zaXRpb25WZXJzaW9uUmVzcG9uc2USSQoIU2V0QWxpYXMSHS5hcnRpZmFjdGQudjEuU2V0QWxpYXNSZXF1ZXN0Gh4uYXJ0aWZhY3RkLnYxLlNldEFsaWFzUmVzcG9uc2USUgoLRGVsZXRlQWxpYXMSIC5hcnRpZmFjdGQudjEuRGVsZXRlQWxpYXNSZXF1ZXN0GiEuYXJ0aWZhY3RkLnYxLkRlbGV0ZUFsaWFzUmVzcG9uc2USUgoLTGlzdEFsaWFzZXMSIC5hcnRpZmFjdGQudjEuTGlzdEFsaWFzZXNSZXF1ZXN0GiEuYXJ0aWZhY3RkLnYxLkxpc3RBbGlhc2VzUmVzcG9uc2USYQoQR2V0Q2hhbmdlSGlzdG9yeRIlLmFydGlmYWN0ZC52MS5HZXRDaGFuZ2VIaXN0b3J5UmVxdWVzdBomLmFydGlmYWN0ZC52MS5HZXRDaGFuZ2VIaXN0b3J5UmVzcG9uc2USVQoMRGlmZlZlcnNpb25zEiEuYXJ0aWZhY3RkLnYxLkRpZmZWZXJzaW9uc1JlcXVlc3QaIi5hcnRpZmFjdGQudjEuRGlmZlZlcnNpb25zUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChthcnRpZmFjdGQvdjEvYXJ0aWZhY3QucHJvdG8SDGFydGlmYWN0ZC52MSIqCgZMYWJlbHMSDAoEdGFncxgBIAMoCRISCgpjYXRlZ29yaWVzGAIgAygJIs8DCghBcnRpZmFjdBIKCgJpZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSDwoHcHJvamVjdBgDIAEoCRIVCg1hcnRpZmFjdF90eXBlGAQgASgJEgwKBG5hbWUYBSABKAkSEwoLZGVzY3JpcHRpb24YBiABKAkSDAoEdGFncxgHIAMoCRI2CghtZXRhZGF0YRgIIAMoCzIkLmFydGlmYWN0ZC52MS5BcnRpZmFjdC5NZXRhZGF0YUVudHJ5EhYKDmxhdGVzdF92ZXJzaW9uGAkgASgJEhUKDXZlcnNpb25fY291bnQYCiABKAQSLgoKY3JlYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZGVsZXRlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKY3JlYXRlZF9ieRgOIAEoCRISCgpjYXRlZ29yaWVzGA8gAygJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKhAgoPQXJ0aWZhY3RWZXJzaW9uEhMKC2FydGlmYWN0X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAkSDAoEc2l6ZRgDIAEoBBITCgtzdG9yZWRfc2l6ZRgEIAEoBBIXCg9uZXdfc3RvcmVkX3NpemUYBSABKAQSDgoGYmxha2UzGAYgASgJEhMKC2NodW5rX2NvdW50GAcgASgEEhIKCmNyZWF0ZWRfYnkYCCABKAkSLgoKY3JlYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOY2hhbmdlX21lc3NhZ2UYCiABKAkSKwoFc3RhdGUYCyABKA4yHC5hcnRpZmFjdGQudjEuTGlmZWN5Y2xlU3RhdGUiOgoTQXJ0aWZhY3RDb29yZGluYXRlcxIVCg1hcnRpZmFjdF90eXBlGAEgASgJEgwKBG5hbWUYAiABKAki6QMKFENyZWF0ZUFydGlmYWN0SGVhZGVyEg4KBnRlbmFudBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEhUKDWFydGlmYWN0X3R5cGUYAyABKAkSDAoEbmFtZRgEIAEoCRITCgtkZXNjcmlwdGlvbhgFIAEoCRIMCgR0YWdzGAYgAygJEkIKCG1ldGFkYXRhGAcgAygLMjAuYXJ0aWZhY3RkLnYxLkNyZWF0ZUFydGlmYWN0SGVhZGVyLk1ldGFkYXRhRW50cnkSFwoPaW5pdGlhbF92ZXJzaW9uGAggASgJEhoKDWV4cGVjdGVkX3NpemUYCSABKARIAIgBARIXCg9leHBlY3RlZF9ibGFrZTMYCiABKAkSFgoOY2hhbmdlX21lc3NhZ2UYCyABKAkSEgoKY2F0ZWdvcmllcxgMIAMoCRIzCg1pbml0aWFsX3N0YXRlGA0gASgOMhwuYXJ0aWZhY3RkLnYxLkxpZmVjeWNsZVN0YXRlEjIKDGRlcGVuZGVuY2llcxgOIAMoCzIcLmFydGlmYWN0ZC52MS5EZXBlbmRlbmN5U3BlYxovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCEAoOX2V4cGVjdGVkX3NpemUiOgoMVXBsb2FkRmluaXNoEhEKBHNpemUYASABKARIAIgBARIOCgZibGFrZTMYAiABKAlCBwoFX3NpemUilgEKFUNyZWF0ZUFydGlmYWN0UmVxdWVzdBI0CgZoZWFkZXIYASABKAsyIi5hcnRpZmFjdGQudjEuQ3JlYXRlQXJ0aWZhY3RIZWFkZXJIABIOCgRkYXRhGAIgASgMSAASLAoGZmluaXNoGAMgASgLMhouYXJ0aWZhY3RkLnYxLlVwbG9hZEZpbmlzaEgAQgkKB21lc3NhZ2UicgoWQ3JlYXRlQXJ0aWZhY3RSZXNwb25zZRIoCghhcnRpZmFjdBgBIAEoCzIWLmFydGlmYWN0ZC52MS5BcnRpZmFjdBIuCgd2ZXJzaW9uGAIgASgLMh0uYXJ0aWZhY3RkLnYxLkFydGlmYWN0VmVyc2lvbiLIBAoUVXBkYXRlQXJ0aWZhY3RIZWFkZXISDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSEwoLYXJ0aWZhY3RfaWQYAyABKAkSJgoEYnVtcBgEIAEoDjIWLmFydGlmYWN0ZC52MS5CdW1wS2luZEgAEhoKEGV4cGxpY2l0X3ZlcnNpb24YBSABKAlIABIgChhleHBlY3RlZF9jdXJyZW50X3ZlcnNpb24YBiABKAkSFgoOY2hhbmdlX21lc3NhZ2UYByABKAkSSQoMbWV0YWRhdGFfc2V0GAggAygLMjMuYXJ0aWZhY3RkLnYxLlVwZGF0ZUFydGlmYWN0SGVhZGVyLk1ldGFkYXRhU2V0RW50cnkSFwoPbWV0YWRhdGFfcmVtb3ZlGAkgAygJEhoKDWV4cGVjdGVkX3NpemUYCiABKARIAYgBARIXCg9leHBlY3RlZF9ibGFrZTMYCyABKAkSJAoGbGFiZWxzGAwgASgLMhQuYXJ0aWZhY3RkLnYxLkxhYmVscxIzCg1pbml0aWFsX3N0YXRlGA0gASgOMhwuYXJ0aWZhY3RkLnYxLkxpZmVjeWNsZVN0YXRlEjIKDGRlcGVuZGVuY2llcxgOIAMoCzIcLmFydGlmYWN0ZC52MS5EZXBlbmRlbmN5U3BlYxoyChBNZXRhZGF0YVNldEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDgoMbmV4dF92ZXJzaW9uQhAKDl9leHBlY3RlZF9zaXplIpYBChVVcGRhdGVBcnRpZmFjdFJlcXVlc3QSNAoGaGVhZGVyGAEgASgLMiIuYXJ0aWZhY3RkLnYxLlVwZGF0ZUFydGlmYWN0SGVhZGVySAASDgoEZGF0YRgCIAEoDEgAEiwKBmZpbmlzaBgDIAEoCzIaLmFydGlmYWN0ZC52MS5VcGxvYWRGaW5pc2hIAEIJCgdtZXNzYWdlInIKFlVwZGF0ZUFydGlmYWN0UmVzcG9uc2USKAoIYXJ0aWZhY3QYASABKAsyFi5hcnRpZmFjdGQudjEuQXJ0aWZhY3QSLgoHdmVyc2lvbhgCIAEoCzIdLmFydGlmYWN0ZC52MS5BcnRpZmFjdFZlcnNpb24iowEKEkdldEFydGlmYWN0UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRIVCgthcnRpZmFjdF9pZBgDIAEoCUgAEjgKC2Nvb3JkaW5hdGVzGAQgASgLMiEuYXJ0aWZhY3RkLnYxLkFydGlmYWN0Q29vcmRpbmF0ZXNIABIPCgd2ZXJzaW9uGAUgASgJQgoKCHNlbGVjdG9yIp8BChNHZXRBcnRpZmFjdFJlc3BvbnNlEigKCGFydGlmYWN0GAEgASgLMhYuYXJ0aWZhY3RkLnYxLkFydGlmYWN0Ei4KB3ZlcnNpb24YAiABKAsyHS5hcnRpZmFjdGQudjEuQXJ0aWZhY3RWZXJzaW9uEi4KDGRlcGVuZGVuY2llcxgDIAMoCzIYLmFydGlmYWN0ZC52MS5EZXBlbmRlbmN5IoABChdEb3dubG9hZEFydGlmYWN0UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRIPCgd2ZXJzaW9uGAQgASgJEg4KBm9mZnNldBgFIAEoBBIOCgZsZW5ndGgYBiABKAQidAoORG93bmxvYWRIZWFkZXISEwoLYXJ0aWZhY3RfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoCRIMCgRzaXplGAMgASgEEg4KBmJsYWtlMxgEIAEoCRIOCgZvZmZzZXQYBSABKAQSDgoGbGVuZ3RoGAYgASgEImUKGERvd25sb2FkQXJ0aWZhY3RSZXNwb25zZRIuCgZoZWFkZXIYASABKAsyHC5hcnRpZmFjdGQudjEuRG93bmxvYWRIZWFkZXJIABIOCgRkYXRhGAIgASgMSABCCQoHbWVzc2FnZSKgAQoTTGlzdFZlcnNpb25zUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRIRCglwYWdlX3NpemUYBCABKA0SEgoKcGFnZV90b2tlbhgFIAEoCRIsCgZzdGF0ZXMYBiADKA4yHC5hcnRpZmFjdGQudjEuTGlmZWN5Y2xlU3RhdGUiYAoUTGlzdFZlcnNpb25zUmVzcG9uc2USLwoIdmVyc2lvbnMYASADKAsyHS5hcnRpZmFjdGQudjEuQXJ0aWZhY3RWZXJzaW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJbChJHZXRNZXRhZGF0YVJlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSEwoLYXJ0aWZhY3RfaWQYAyABKAkSDwoHdmVyc2lvbhgEIAEoCSKDAgoTR2V0TWV0YWRhdGFSZXNwb25zZRIuCgd2ZXJzaW9uGAEgASgLMh0uYXJ0aWZhY3RkLnYxLkFydGlmYWN0VmVyc2lvbhJBCghtZXRhZGF0YRgCIAMoCzIvLmFydGlmYWN0ZC52MS5HZXRNZXRhZGF0YVJlc3BvbnNlLk1ldGFkYXRhRW50cnkSFAoMY29udGVudF90eXBlGAMgASgJEjIKCWV4dHJhY3RlZBgEIAEoCzIfLmFydGlmYWN0ZC52MS5FeHRyYWN0ZWRNZXRhZGF0YRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiswEKEUV4dHJhY3RlZE1ldGFkYXRhEg8KB2lzX3RleHQYASABKAgSEgoKbGluZV9jb3VudBgCIAEoBBINCgV0aXRsZRgDIAEoCRIQCghoZWFkaW5ncxgEIAMoCRItCgxmcm9udF9tYXR0ZXIYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhYKDnRvcF9sZXZlbF9rZXlzGAYgAygJEhEKCXRydW5jYXRlZBgHIAEoCCKjAQoUTGlzdEFydGlmYWN0c1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSFQoNYXJ0aWZhY3RfdHlwZRgDIAEoCRIRCglwYWdlX3NpemUYBCABKA0SEgoKcGFnZV90b2tlbhgFIAEoCRIsCgZzdGF0ZXMYBiADKA4yHC5hcnRpZmFjdGQudjEuTGlmZWN5Y2xlU3RhdGUiWwoVTGlzdEFydGlmYWN0c1Jlc3BvbnNlEikKCWFydGlmYWN0cxgBIAMoCzIWLmFydGlmYWN0ZC52MS5BcnRpZmFjdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiTQoVRGVsZXRlQXJ0aWZhY3RSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEhMKC2FydGlmYWN0X2lkGAMgASgJIngKFkRlbGV0ZUFydGlmYWN0UmVzcG9uc2USKAoIYXJ0aWZhY3QYASABKAsyFi5hcnRpZmFjdGQudjEuQXJ0aWZhY3QSNAoQcmVzdG9yYWJsZV91bnRpbBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTwoXVW5kZWxldGVBcnRpZmFjdFJlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSEwoLYXJ0aWZhY3RfaWQYAyABKAkiRAoYVW5kZWxldGVBcnRpZmFjdFJlc3BvbnNlEigKCGFydGlmYWN0GAEgASgLMhYuYXJ0aWZhY3RkLnYxLkFydGlmYWN0InkKG1VwZGF0ZUFydGlmYWN0TGFiZWxzUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRIkCgZsYWJlbHMYBCABKAsyFC5hcnRpZmFjdGQudjEuTGFiZWxzIkgKHFVwZGF0ZUFydGlmYWN0TGFiZWxzUmVzcG9uc2USKAoIYXJ0aWZhY3QYASABKAsyFi5hcnRpZmFjdGQudjEuQXJ0aWZhY3Qi2wEKGFRyYW5zaXRpb25WZXJzaW9uUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRIPCgd2ZXJzaW9uGAQgASgJEjIKDHRhcmdldF9zdGF0ZRgFIAEoDjIcLmFydGlmYWN0ZC52MS5MaWZlY3ljbGVTdGF0ZRIOCgZyZWFzb24YBiABKAkSNAoOZXhwZWN0ZWRfc3RhdGUYByABKA4yHC5hcnRpZmFjdGQudjEuTGlmZWN5Y2xlU3RhdGUieQoZVHJhbnNpdGlvblZlcnNpb25SZXNwb25zZRIuCgd2ZXJzaW9uGAEgASgLMh0uYXJ0aWZhY3RkLnYxLkFydGlmYWN0VmVyc2lvbhIsCgp0cmFuc2l0aW9uGAIgASgLMhguYXJ0aWZhY3RkLnYxLlRyYW5zaXRpb24itQEKClRyYW5zaXRpb24SMAoKZnJvbV9zdGF0ZRgBIAEoDjIcLmFydGlmYWN0ZC52MS5MaWZlY3ljbGVTdGF0ZRIuCgh0b19zdGF0ZRgCIAEoDjIcLmFydGlmYWN0ZC52MS5MaWZlY3ljbGVTdGF0ZRINCgVhY3RvchgDIAEoCRIOCgZyZWFzb24YBCABKAkSJgoCYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIn4KBUFsaWFzEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoCRISCgp1cGRhdGVkX2J5GAMgASgJEi4KCnVwZGF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCm1haW50YWluZWQYBSABKAgimwEKD1NldEFsaWFzUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRINCgVhbGlhcxgEIAEoCRIPCgd2ZXJzaW9uGAUgASgJEh0KEGV4cGVjdGVkX3ZlcnNpb24YBiABKAlIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiI2ChBTZXRBbGlhc1Jlc3BvbnNlEiIKBWFsaWFzGAEgASgLMhMuYXJ0aWZhY3RkLnYxLkFsaWFzIo0BChJEZWxldGVBbGlhc1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSEwoLYXJ0aWZhY3RfaWQYAyABKAkSDQoFYWxpYXMYBCABKAkSHQoQZXhwZWN0ZWRfdmVyc2lvbhgFIAEoCUgAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uIhUKE0RlbGV0ZUFsaWFzUmVzcG9uc2UiSgoSTGlzdEFsaWFzZXNSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEhMKC2FydGlmYWN0X2lkGAMgASgJIjsKE0xpc3RBbGlhc2VzUmVzcG9uc2USJAoHYWxpYXNlcxgBIAMoCzITLmFydGlmYWN0ZC52MS5BbGlhcyJ2ChdHZXRDaGFuZ2VIaXN0b3J5UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRIRCglwYWdlX3NpemUYBCABKA0SEgoKcGFnZV90b2tlbhgFIAEoCSLGAQoNVmVyc2lvbkNoYW5nZRIuCgd2ZXJzaW9uGAEgASgLMh0uYXJ0aWZhY3RkLnYxLkFydGlmYWN0VmVyc2lvbhITCgtzaXplX2NoYW5nZRgCIAEoAxIUCgxyZXVzZWRfYnl0ZXMYAyABKAQSEQoJbmV3X2J5dGVzGAQgASgEEi0KC3RyYW5zaXRpb25zGAUgAygLMhguYXJ0aWZhY3RkLnYxLlRyYW5zaXRpb24SGAoQcHJldmlvdXNfdmVyc2lvbhgGIAEoCSJhChhHZXRDaGFuZ2VIaXN0b3J5UmVzcG9uc2USLAoHY2hhbmdlcxgBIAMoCzIbLmFydGlmYWN0ZC52MS5WZXJzaW9uQ2hhbmdlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKjAQoTRGlmZlZlcnNpb25zUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCRIUCgxmcm9tX3ZlcnNpb24YBCABKAkSEgoKdG9fdmVyc2lvbhgFIAEoCRIaCg1jb250ZXh0X2xpbmVzGAYgASgNSACIAQFCEAoOX2NvbnRleHRfbGluZXMiYwoURGlmZlZlcnNpb25zUmVzcG9uc2USDAoEZGlmZhgBIAEoCRIRCgl0cnVuY2F0ZWQYAiABKAgSEwoLbGluZXNfYWRkZWQYAyABKAQSFQoNbGluZXNfcmVtb3ZlZBgEIAEoBCKvAQoSV2F0Y2hFdmVudHNSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEhQKDGFmdGVyX2N1cnNvchgDIAEoCRITCgtmcm9tX29sZGVzdBgEIAEoCBIWCg5hcnRpZmFjdF90eXBlcxgFIAMoCRINCgVuYW1lcxgGIAMoCRImCgVraW5kcxgHIAMoDjIXLmFydGlmYWN0ZC52MS5FdmVudEtpbmQi1AIKDUFydGlmYWN0RXZlbnQSDgoGY3Vyc29yGAEgASgJEiUKBGtpbmQYAiABKA4yFy5hcnRpZmFjdGQudjEuRXZlbnRLaW5kEhMKC2FydGlmYWN0X2lkGAMgASgJEhUKDWFydGlmYWN0X3R5cGUYBCABKAkSDAoEbmFtZRgFIAEoCRIPCgd2ZXJzaW9uGAYgASgJEiYKAmF0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgpmcm9tX3N0YXRlGAggASgOMhwuYXJ0aWZhY3RkLnYxLkxpZmVjeWNsZVN0YXRlEi4KCHRvX3N0YXRlGAkgASgOMhwuYXJ0aWZhY3RkLnYxLkxpZmVjeWNsZVN0YXRlEg4KBnJlYXNvbhgKIAEoCRINCgVhbGlhcxgLIAEoCRIYChBwcmV2aW91c192ZXJzaW9uGAwgASgJIkMKCUhlYXJ0YmVhdBIOCgZjdXJzb3IYASABKAkSJgoCYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInwKE1dhdGNoRXZlbnRzUmVzcG9uc2USLAoFZXZlbnQYASABKAsyGy5hcnRpZmFjdGQudjEuQXJ0aWZhY3RFdmVudEgAEiwKCWhlYXJ0YmVhdBgCIAEoCzIXLmFydGlmYWN0ZC52MS5IZWFydGJlYXRIAEIJCgdtZXNzYWdlIk0KFURlcGVuZGVuY3lDb29yZGluYXRlcxIPCgdwcm9qZWN0GAEgASgJEhUKDWFydGlmYWN0X3R5cGUYAiABKAkSDAoEbmFtZRgDIAEoCSKQAQoORGVwZW5kZW5jeVNwZWMSFQoLYXJ0aWZhY3RfaWQYASABKAlIABI6Cgtjb29yZGluYXRlcxgCIAEoCzIjLmFydGlmYWN0ZC52MS5EZXBlbmRlbmN5Q29vcmRpbmF0ZXNIABITCgtyZXF1aXJlbWVudBgDIAEoCRIMCgRraW5kGAQgASgJQggKBnRhcmdldCJ6CgpEZXBlbmRlbmN5EhMKC2FydGlmYWN0X2lkGAEgASgJEg8KB3Byb2plY3QYAiABKAkSFQoNYXJ0aWZhY3RfdHlwZRgDIAEoCRIMCgRuYW1lGAQgASgJEhMKC3JlcXVpcmVtZW50GAUgASgJEgwKBGtpbmQYBiABKAki3AEKGlJlc29sdmVEZXBlbmRlbmNpZXNSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEhMKC2FydGlmYWN0X2lkGAMgASgJEg8KB3ZlcnNpb24YBCABKAkSMgoMYWRtaXRfc3RhdGVzGAUgAygOMhwuYXJ0aWZhY3RkLnYxLkxpZmVjeWNsZVN0YXRlEhkKEWFkbWl0X3ByZXJlbGVhc2VzGAYgASgIEhEKCW1heF9kZXB0aBgHIAEoDRIVCg1tYXhfYXJ0aWZhY3RzGAggASgNImQKC1JlcXVpcmVtZW50EhMKC2FydGlmYWN0X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDwoHdmVyc2lvbhgDIAEoCRITCgtyZXF1aXJlbWVudBgEIAEoCRIMCgRraW5kGAUgASgJItoBChBSZXNvbHZlZEFydGlmYWN0EhMKC2FydGlmYWN0X2lkGAEgASgJEg8KB3Byb2plY3QYAiABKAkSFQoNYXJ0aWZhY3RfdHlwZRgDIAEoCRIMCgRuYW1lGAQgASgJEg8KB3ZlcnNpb24YBSABKAkSKwoFc3RhdGUYBiABKA4yHC5hcnRpZmFjdGQudjEuTGlmZWN5Y2xlU3RhdGUSDQoFZGVwdGgYByABKA0SLgoLcmVxdWlyZWRfYnkYCCADKAsyGS5hcnRpZmFjdGQudjEuUmVxdWlyZW1lbnQiUAoQQXZhaWxhYmxlVmVyc2lvbhIPCgd2ZXJzaW9uGAEgASgJEisKBXN0YXRlGAIgASgOMhwuYXJ0aWZhY3RkLnYxLkxpZmVjeWNsZVN0YXRlItEBCgtVbnNhdGlzZmllZBITCgthcnRpZmFjdF9pZBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEhUKDWFydGlmYWN0X3R5cGUYAyABKAkSDAoEbmFtZRgEIAEoCRIvCgxyZXF1aXJlbWVudHMYBSADKAsyGS5hcnRpZmFjdGQudjEuUmVxdWlyZW1lbnQSMQoJYXZhaWxhYmxlGAYgAygLMh4uYXJ0aWZhY3RkLnYxLkF2YWlsYWJsZVZlcnNpb24SEwoLZXhwbGFuYXRpb24YByABKAkiHwoPRGVwZW5kZW5jeUN5Y2xlEgwKBHBhdGgYASADKAkiiQIKG1Jlc29sdmVEZXBlbmRlbmNpZXNSZXNwb25zZRIsCgRyb290GAEgASgLMh4uYXJ0aWZhY3RkLnYxLlJlc29sdmVkQXJ0aWZhY3QSMAoIcmVzb2x2ZWQYAiADKAsyHi5hcnRpZmFjdGQudjEuUmVzb2x2ZWRBcnRpZmFjdBIuCgt1bnNhdGlzZmllZBgDIAMoCzIZLmFydGlmYWN0ZC52MS5VbnNhdGlzZmllZBItCgZjeWNsZXMYBCADKAsyHS5hcnRpZmFjdGQudjEuRGVwZW5kZW5jeUN5Y2xlEhEKCXRydW5jYXRlZBgFIAEoCBIYChB0cnVuY2F0ZWRfcmVhc29uGAYgASgJIoUBChVMaXN0RGVwZW5kZW50c1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSEwoLYXJ0aWZhY3RfaWQYAyABKAkSDwoHdmVyc2lvbhgEIAEoCRISCgp0cmFuc2l0aXZlGAUgASgIEhEKCW1heF9kZXB0aBgGIAEoDSLmAQoJRGVwZW5kZW50EhMKC2FydGlmYWN0X2lkGAEgASgJEg8KB3Byb2plY3QYAiABKAkSFQoNYXJ0aWZhY3RfdHlwZRgDIAEoCRIMCgRuYW1lGAQgASgJEg8KB3ZlcnNpb24YBSABKAkSKwoFc3RhdGUYBiABKA4yHC5hcnRpZmFjdGQudjEuTGlmZWN5Y2xlU3RhdGUSEwoLcmVxdWlyZW1lbnQYByABKAkSDAoEa2luZBgIIAEoCRINCgVkZXB0aBgJIAEoDRIeChZkZXBlbmRzX29uX2FydGlmYWN0X2lkGAogASgJInEKFkxpc3REZXBlbmRlbnRzUmVzcG9uc2USKwoKZGVwZW5kZW50cxgBIAMoCzIXLmFydGlmYWN0ZC52MS5EZXBlbmRlbnQSKgoJcmVqZWN0aW5nGAIgAygLMhcuYXJ0aWZhY3RkLnYxLkRlcGVuZGVudCqkAQoOTGlmZWN5Y2xlU3RhdGUSHwobTElGRUNZQ0xFX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVTElGRUNZQ0xFX1NUQVRFX0RSQUZUEAESGgoWTElGRUNZQ0xFX1NUQVRFX1JFVklFVxACEhwKGExJRkVDWUNMRV9TVEFURV9BUFBST1ZFRBADEhwKGExJRkVDWUNMRV9TVEFURV9BUkNISVZFRBAEKmQKCEJ1bXBLaW5kEhkKFUJVTVBfS0lORF9VTlNQRUNJRklFRBAAEhMKD0JVTVBfS0lORF9NQUpPUhABEhMKD0JVTVBfS0lORF9NSU5PUhACEhMKD0JVTVBfS0lORF9QQVRDSBADKqkCCglFdmVudEtpbmQSGgoWRVZFTlRfS0lORF9VTlNQRUNJRklFRBAAEh8KG0VWRU5UX0tJTkRfQVJUSUZBQ1RfQ1JFQVRFRBABEhwKGEVWRU5UX0tJTkRfVkVSU0lPTl9BRERFRBACEiMKH0VWRU5UX0tJTkRfVkVSU0lPTl9UUkFOU0lUSU9ORUQQAxIdChlFVkVOVF9LSU5EX0xBQkVMU19DSEFOR0VEEAQSGgoWRVZFTlRfS0lORF9BTElBU19NT1ZFRBAFEh8KG0VWRU5UX0tJTkRfQVJUSUZBQ1RfREVMRVRFRBAGEiAKHEVWRU5UX0tJTkRfQVJUSUZBQ1RfUkVTVE9SRUQQBxIeChpFVkVOVF9LSU5EX0FSVElGQUNUX1BVUkdFRBAIMu4NCg9BcnRpZmFjdFNlcnZpY2USXQoOQ3JlYXRlQXJ0aWZhY3QSIy5hcnRpZmFjdGQudjEuQ3JlYXRlQXJ0aWZhY3RSZXF1ZXN0GiQuYXJ0aWZhY3RkLnYxLkNyZWF0ZUFydGlmYWN0UmVzcG9uc2UoARJdCg5VcGRhdGVBcnRpZmFjdBIjLmFydGlmYWN0ZC52MS5VcGRhdGVBcnRpZmFjdFJlcXVlc3QaJC5hcnRpZmFjdGQudjEuVXBkYXRlQXJ0aWZhY3RSZXNwb25zZSgBElIKC0dldEFydGlmYWN0EiAuYXJ0aWZhY3RkLnYxLkdldEFydGlmYWN0UmVxdWVzdBohLmFydGlmYWN0ZC52MS5HZXRBcnRpZmFjdFJlc3BvbnNlEmMKEERvd25sb2FkQXJ0aWZhY3QSJS5hcnRpZmFjdGQudjEuRG93bmxvYWRBcnRpZmFjdFJlcXVlc3QaJi5hcnRpZmFjdGQudjEuRG93bmxvYWRBcnRpZmFjdFJlc3BvbnNlMAESVQoMTGlzdFZlcnNpb25zEiEuYXJ0aWZhY3RkLnYxLkxpc3RWZXJzaW9uc1JlcXVlc3QaIi5hcnRpZmFjdGQudjEuTGlzdFZlcnNpb25zUmVzcG9uc2USUgoLR2V0TWV0YWRhdGESIC5hcnRpZmFjdGQudjEuR2V0TWV0YWRhdGFSZXF1ZXN0GiEuYXJ0aWZhY3RkLnYxLkdldE1ldGFkYXRhUmVzcG9uc2USWAoNTGlzdEFydGlmYWN0cxIiLmFydGlmYWN0ZC52MS5MaXN0QXJ0aWZhY3RzUmVxdWVzdBojLmFydGlmYWN0ZC52MS5MaXN0QXJ0aWZhY3RzUmVzcG9uc2USWwoORGVsZXRlQXJ0aWZhY3QSIy5hcnRpZmFjdGQudjEuRGVsZXRlQXJ0aWZhY3RSZXF1ZXN0GiQuYXJ0aWZhY3RkLnYxLkRlbGV0ZUFydGlmYWN0UmVzcG9uc2USYQoQVW5kZWxldGVBcnRpZmFjdBIlLmFydGlmYWN0ZC52MS5VbmRlbGV0ZUFydGlmYWN0UmVxdWVzdBomLmFydGlmYWN0ZC52MS5VbmRlbGV0ZUFydGlmYWN0UmVzcG9uc2USbQoUVXBkYXRlQXJ0aWZhY3RMYWJlbHMSKS5hcnRpZmFjdGQudjEuVXBkYXRlQXJ0aWZhY3RMYWJlbHNSZXF1ZXN0GiouYXJ0aWZhY3RkLnYxLlVwZGF0ZUFydGlmYWN0TGFiZWxzUmVzcG9uc2USZAoRVHJhbnNpdGlvblZlcnNpb24SJi5hcnRpZmFjdGQudjEuVHJhbnNpdGlvblZlcnNpb25SZXF1ZXN0GicuYXJ0aWZhY3RkLnYxLlRyYW5zaXRpb25WZXJzaW9uUmVzcG9uc2USSQoIU2V0QWxpYXMSHS5hcnRpZmFjdGQudjEuU2V0QWxpYXNSZXF1ZXN0Gh4uYXJ0aWZhY3RkLnYxLlNldEFsaWFzUmVzcG9uc2USUgoLRGVsZXRlQWxpYXMSIC5hcnRpZmFjdGQudjEuRGVsZXRlQWxpYXNSZXF1ZXN0GiEuYXJ0aWZhY3RkLnYxLkRlbGV0ZUFsaWFzUmVzcG9uc2USUgoLTGlzdEFsaWFzZXMSIC5hcnRpZmFjdGQudjEuTGlzdEFsaWFzZXNSZXF1ZXN0GiEuYXJ0aWZhY3RkLnYxLkxpc3RBbGlhc2VzUmVzcG9uc2USYQoQR2V0Q2hhbmdlSGlzdG9yeRIlLmFydGlmYWN0ZC52MS5HZXRDaGFuZ2VIaXN0b3J5UmVxdWVzdBomLmFydGlmYWN0ZC52MS5HZXRDaGFuZ2VIaXN0b3J5UmVzcG9uc2USVQoMRGlmZlZlcnNpb25zEiEuYXJ0aWZhY3RkLnYxLkRpZmZWZXJzaW9uc1JlcXVlc3QaIi5hcnRpZmFjdGQudjEuRGlmZlZlcnNpb25zUmVzcG9uc2USVAoLV2F0Y2hFdmVudHMSIC5hcnRpZmFjdGQudjEuV2F0Y2hFdmVudHNSZXF1ZXN0GiEuYXJ0aWZhY3RkLnYxLldhdGNoRXZlbnRzUmVzcG9uc2UwARJqChNSZXNvbHZlRGVwZW5kZW5jaWVzEiguYXJ0aWZhY3RkLnYxLlJlc29sdmVEZXBlbmRlbmNpZXNSZXF1ZXN0GikuYXJ0aWZhY3RkLnYxLlJlc29sdmVEZXBlbmRlbmNpZXNSZXNwb25zZRJbCg5MaXN0RGVwZW5kZW50cxIjLmFydGlmYWN0ZC52MS5MaXN0RGVwZW5kZW50c1JlcXVlc3QaJC5hcnRpZmFjdGQudjEuTGlzdERlcGVuZGVudHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Tags and categories of an artifact; where given, they replace the old ones.
@@ -316,6 +316,13 @@ export type CreateArtifactHeader = Message<"artifactd.v1.CreateArtifactHeader"> 
    * @generated from field: artifactd.v1.LifecycleState initial_state = 13;
    */
   initialState: LifecycleState;
+
+  /**
+   * What this version depends on (at most 64); immutable with the version.
+   *
+   * @generated from field: repeated artifactd.v1.DependencySpec dependencies = 14;
+   */
+  dependencies: DependencySpec[];
 };
 
 /**
@@ -512,6 +519,13 @@ export type UpdateArtifactHeader = Message<"artifactd.v1.UpdateArtifactHeader"> 
    * @generated from field: artifactd.v1.LifecycleState initial_state = 13;
    */
   initialState: LifecycleState;
+
+  /**
+   * What the new version depends on (at most 64); immutable with the version.
+   *
+   * @generated from field: repeated artifactd.v1.DependencySpec dependencies = 14;
+   */
+  dependencies: DependencySpec[];
 };
 
 /**
@@ -643,6 +657,13 @@ export type GetArtifactResponse = Message<"artifactd.v1.GetArtifactResponse"> & 
    * @generated from field: artifactd.v1.ArtifactVersion version = 2;
    */
   version?: ArtifactVersion | undefined;
+
+  /**
+   * What the version declared it depends on.
+   *
+   * @generated from field: repeated artifactd.v1.Dependency dependencies = 3;
+   */
+  dependencies: Dependency[];
 };
 
 /**
@@ -1711,6 +1732,760 @@ export const DiffVersionsResponseSchema: GenMessage<DiffVersionsResponse> = /*@_
   messageDesc(file_artifactd_v1_artifact, 43);
 
 /**
+ * @generated from message artifactd.v1.WatchEventsRequest
+ */
+export type WatchEventsRequest = Message<"artifactd.v1.WatchEventsRequest"> & {
+  /**
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * @generated from field: string project = 2;
+   */
+  project: string;
+
+  /**
+   * Resume after this cursor (from an event or a heartbeat). Empty: from now on, unless
+   * `from_oldest` is set.
+   *
+   * @generated from field: string after_cursor = 3;
+   */
+  afterCursor: string;
+
+  /**
+   * With no cursor: from the oldest event retained.
+   *
+   * @generated from field: bool from_oldest = 4;
+   */
+  fromOldest: boolean;
+
+  /**
+   * Only these artifact types, names and kinds when given.
+   *
+   * @generated from field: repeated string artifact_types = 5;
+   */
+  artifactTypes: string[];
+
+  /**
+   * @generated from field: repeated string names = 6;
+   */
+  names: string[];
+
+  /**
+   * @generated from field: repeated artifactd.v1.EventKind kinds = 7;
+   */
+  kinds: EventKind[];
+};
+
+/**
+ * Describes the message artifactd.v1.WatchEventsRequest.
+ * Use `create(WatchEventsRequestSchema)` to create a new message.
+ */
+export const WatchEventsRequestSchema: GenMessage<WatchEventsRequest> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 44);
+
+/**
+ * One committed change.
+ *
+ * @generated from message artifactd.v1.ArtifactEvent
+ */
+export type ArtifactEvent = Message<"artifactd.v1.ArtifactEvent"> & {
+  /**
+   * Resume after this event by sending it as `after_cursor`.
+   *
+   * @generated from field: string cursor = 1;
+   */
+  cursor: string;
+
+  /**
+   * @generated from field: artifactd.v1.EventKind kind = 2;
+   */
+  kind: EventKind;
+
+  /**
+   * @generated from field: string artifact_id = 3;
+   */
+  artifactId: string;
+
+  /**
+   * @generated from field: string artifact_type = 4;
+   */
+  artifactType: string;
+
+  /**
+   * @generated from field: string name = 5;
+   */
+  name: string;
+
+  /**
+   * The version created or transitioned, or the alias's new target.
+   *
+   * @generated from field: string version = 6;
+   */
+  version: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp at = 7;
+   */
+  at?: Timestamp | undefined;
+
+  /**
+   * VERSION_TRANSITIONED: from and to, and the reason given.
+   *
+   * @generated from field: artifactd.v1.LifecycleState from_state = 8;
+   */
+  fromState: LifecycleState;
+
+  /**
+   * @generated from field: artifactd.v1.LifecycleState to_state = 9;
+   */
+  toState: LifecycleState;
+
+  /**
+   * @generated from field: string reason = 10;
+   */
+  reason: string;
+
+  /**
+   * ALIAS_MOVED: the alias and where it pointed before (empty when new); `version` is empty
+   * when the alias was removed.
+   *
+   * @generated from field: string alias = 11;
+   */
+  alias: string;
+
+  /**
+   * @generated from field: string previous_version = 12;
+   */
+  previousVersion: string;
+};
+
+/**
+ * Describes the message artifactd.v1.ArtifactEvent.
+ * Use `create(ArtifactEventSchema)` to create a new message.
+ */
+export const ArtifactEventSchema: GenMessage<ArtifactEvent> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 45);
+
+/**
+ * Sent on an idle stream: nothing matching happened up to `cursor`.
+ *
+ * @generated from message artifactd.v1.Heartbeat
+ */
+export type Heartbeat = Message<"artifactd.v1.Heartbeat"> & {
+  /**
+   * @generated from field: string cursor = 1;
+   */
+  cursor: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp at = 2;
+   */
+  at?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message artifactd.v1.Heartbeat.
+ * Use `create(HeartbeatSchema)` to create a new message.
+ */
+export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 46);
+
+/**
+ * @generated from message artifactd.v1.WatchEventsResponse
+ */
+export type WatchEventsResponse = Message<"artifactd.v1.WatchEventsResponse"> & {
+  /**
+   * @generated from oneof artifactd.v1.WatchEventsResponse.message
+   */
+  message: {
+    /**
+     * @generated from field: artifactd.v1.ArtifactEvent event = 1;
+     */
+    value: ArtifactEvent;
+    case: "event";
+  } | {
+    /**
+     * @generated from field: artifactd.v1.Heartbeat heartbeat = 2;
+     */
+    value: Heartbeat;
+    case: "heartbeat";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message artifactd.v1.WatchEventsResponse.
+ * Use `create(WatchEventsResponseSchema)` to create a new message.
+ */
+export const WatchEventsResponseSchema: GenMessage<WatchEventsResponse> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 47);
+
+/**
+ * An artifact named by type and name, in a project of the same tenant.
+ *
+ * @generated from message artifactd.v1.DependencyCoordinates
+ */
+export type DependencyCoordinates = Message<"artifactd.v1.DependencyCoordinates"> & {
+  /**
+   * Empty for the declaring version's own project.
+   *
+   * @generated from field: string project = 1;
+   */
+  project: string;
+
+  /**
+   * @generated from field: string artifact_type = 2;
+   */
+  artifactType: string;
+
+  /**
+   * @generated from field: string name = 3;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message artifactd.v1.DependencyCoordinates.
+ * Use `create(DependencyCoordinatesSchema)` to create a new message.
+ */
+export const DependencyCoordinatesSchema: GenMessage<DependencyCoordinates> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 48);
+
+/**
+ * A dependency a version declares when it is created.
+ *
+ * @generated from message artifactd.v1.DependencySpec
+ */
+export type DependencySpec = Message<"artifactd.v1.DependencySpec"> & {
+  /**
+   * @generated from oneof artifactd.v1.DependencySpec.target
+   */
+  target: {
+    /**
+     * @generated from field: string artifact_id = 1;
+     */
+    value: string;
+    case: "artifactId";
+  } | {
+    /**
+     * @generated from field: artifactd.v1.DependencyCoordinates coordinates = 2;
+     */
+    value: DependencyCoordinates;
+    case: "coordinates";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * A semantic version requirement: "^1.2", "~1.4", ">=2, <3", "=1.4.0", "*". At least one
+   * existing version of the target must match it.
+   *
+   * @generated from field: string requirement = 3;
+   */
+  requirement: string;
+
+  /**
+   * What the relation is: lowercase words joined by '-', such as derived-from, implements,
+   * references.
+   *
+   * @generated from field: string kind = 4;
+   */
+  kind: string;
+};
+
+/**
+ * Describes the message artifactd.v1.DependencySpec.
+ * Use `create(DependencySpecSchema)` to create a new message.
+ */
+export const DependencySpecSchema: GenMessage<DependencySpec> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 49);
+
+/**
+ * A declared dependency with its target identified.
+ *
+ * @generated from message artifactd.v1.Dependency
+ */
+export type Dependency = Message<"artifactd.v1.Dependency"> & {
+  /**
+   * @generated from field: string artifact_id = 1;
+   */
+  artifactId: string;
+
+  /**
+   * @generated from field: string project = 2;
+   */
+  project: string;
+
+  /**
+   * @generated from field: string artifact_type = 3;
+   */
+  artifactType: string;
+
+  /**
+   * @generated from field: string name = 4;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string requirement = 5;
+   */
+  requirement: string;
+
+  /**
+   * @generated from field: string kind = 6;
+   */
+  kind: string;
+};
+
+/**
+ * Describes the message artifactd.v1.Dependency.
+ * Use `create(DependencySchema)` to create a new message.
+ */
+export const DependencySchema: GenMessage<Dependency> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 50);
+
+/**
+ * @generated from message artifactd.v1.ResolveDependenciesRequest
+ */
+export type ResolveDependenciesRequest = Message<"artifactd.v1.ResolveDependenciesRequest"> & {
+  /**
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * @generated from field: string project = 2;
+   */
+  project: string;
+
+  /**
+   * @generated from field: string artifact_id = 3;
+   */
+  artifactId: string;
+
+  /**
+   * A version or an alias; empty for the latest.
+   *
+   * @generated from field: string version = 4;
+   */
+  version: string;
+
+  /**
+   * States a chosen version may be in; APPROVED alone when empty.
+   *
+   * @generated from field: repeated artifactd.v1.LifecycleState admit_states = 5;
+   */
+  admitStates: LifecycleState[];
+
+  /**
+   * Whether prereleases may be chosen.
+   *
+   * @generated from field: bool admit_prereleases = 6;
+   */
+  admitPrereleases: boolean;
+
+  /**
+   * How deep to follow dependencies (default 32, at most 256).
+   *
+   * @generated from field: uint32 max_depth = 7;
+   */
+  maxDepth: number;
+
+  /**
+   * How many artifacts the closure may hold (default 10000, at most 100000).
+   *
+   * @generated from field: uint32 max_artifacts = 8;
+   */
+  maxArtifacts: number;
+};
+
+/**
+ * Describes the message artifactd.v1.ResolveDependenciesRequest.
+ * Use `create(ResolveDependenciesRequestSchema)` to create a new message.
+ */
+export const ResolveDependenciesRequestSchema: GenMessage<ResolveDependenciesRequest> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 51);
+
+/**
+ * One requirement on an artifact, and where it comes from.
+ *
+ * @generated from message artifactd.v1.Requirement
+ */
+export type Requirement = Message<"artifactd.v1.Requirement"> & {
+  /**
+   * The version that declares it.
+   *
+   * @generated from field: string artifact_id = 1;
+   */
+  artifactId: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string version = 3;
+   */
+  version: string;
+
+  /**
+   * @generated from field: string requirement = 4;
+   */
+  requirement: string;
+
+  /**
+   * @generated from field: string kind = 5;
+   */
+  kind: string;
+};
+
+/**
+ * Describes the message artifactd.v1.Requirement.
+ * Use `create(RequirementSchema)` to create a new message.
+ */
+export const RequirementSchema: GenMessage<Requirement> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 52);
+
+/**
+ * @generated from message artifactd.v1.ResolvedArtifact
+ */
+export type ResolvedArtifact = Message<"artifactd.v1.ResolvedArtifact"> & {
+  /**
+   * @generated from field: string artifact_id = 1;
+   */
+  artifactId: string;
+
+  /**
+   * @generated from field: string project = 2;
+   */
+  project: string;
+
+  /**
+   * @generated from field: string artifact_type = 3;
+   */
+  artifactType: string;
+
+  /**
+   * @generated from field: string name = 4;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string version = 5;
+   */
+  version: string;
+
+  /**
+   * @generated from field: artifactd.v1.LifecycleState state = 6;
+   */
+  state: LifecycleState;
+
+  /**
+   * Steps from the root (0 for the root).
+   *
+   * @generated from field: uint32 depth = 7;
+   */
+  depth: number;
+
+  /**
+   * The requirements the chosen version meets.
+   *
+   * @generated from field: repeated artifactd.v1.Requirement required_by = 8;
+   */
+  requiredBy: Requirement[];
+};
+
+/**
+ * Describes the message artifactd.v1.ResolvedArtifact.
+ * Use `create(ResolvedArtifactSchema)` to create a new message.
+ */
+export const ResolvedArtifactSchema: GenMessage<ResolvedArtifact> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 53);
+
+/**
+ * @generated from message artifactd.v1.AvailableVersion
+ */
+export type AvailableVersion = Message<"artifactd.v1.AvailableVersion"> & {
+  /**
+   * @generated from field: string version = 1;
+   */
+  version: string;
+
+  /**
+   * @generated from field: artifactd.v1.LifecycleState state = 2;
+   */
+  state: LifecycleState;
+};
+
+/**
+ * Describes the message artifactd.v1.AvailableVersion.
+ * Use `create(AvailableVersionSchema)` to create a new message.
+ */
+export const AvailableVersionSchema: GenMessage<AvailableVersion> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 54);
+
+/**
+ * An artifact no admitted version of which meets every requirement on it.
+ *
+ * @generated from message artifactd.v1.Unsatisfied
+ */
+export type Unsatisfied = Message<"artifactd.v1.Unsatisfied"> & {
+  /**
+   * @generated from field: string artifact_id = 1;
+   */
+  artifactId: string;
+
+  /**
+   * @generated from field: string project = 2;
+   */
+  project: string;
+
+  /**
+   * @generated from field: string artifact_type = 3;
+   */
+  artifactType: string;
+
+  /**
+   * @generated from field: string name = 4;
+   */
+  name: string;
+
+  /**
+   * @generated from field: repeated artifactd.v1.Requirement requirements = 5;
+   */
+  requirements: Requirement[];
+
+  /**
+   * Every version it has, with its state.
+   *
+   * @generated from field: repeated artifactd.v1.AvailableVersion available = 6;
+   */
+  available: AvailableVersion[];
+
+  /**
+   * In words: which requirement, from where, and why nothing meets it.
+   *
+   * @generated from field: string explanation = 7;
+   */
+  explanation: string;
+};
+
+/**
+ * Describes the message artifactd.v1.Unsatisfied.
+ * Use `create(UnsatisfiedSchema)` to create a new message.
+ */
+export const UnsatisfiedSchema: GenMessage<Unsatisfied> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 55);
+
+/**
+ * A dependency cycle: entries "type/name@version", the first repeated at the end.
+ *
+ * @generated from message artifactd.v1.DependencyCycle
+ */
+export type DependencyCycle = Message<"artifactd.v1.DependencyCycle"> & {
+  /**
+   * @generated from field: repeated string path = 1;
+   */
+  path: string[];
+};
+
+/**
+ * Describes the message artifactd.v1.DependencyCycle.
+ * Use `create(DependencyCycleSchema)` to create a new message.
+ */
+export const DependencyCycleSchema: GenMessage<DependencyCycle> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 56);
+
+/**
+ * @generated from message artifactd.v1.ResolveDependenciesResponse
+ */
+export type ResolveDependenciesResponse = Message<"artifactd.v1.ResolveDependenciesResponse"> & {
+  /**
+   * @generated from field: artifactd.v1.ResolvedArtifact root = 1;
+   */
+  root?: ResolvedArtifact | undefined;
+
+  /**
+   * The chosen versions of everything the root depends on, by depth then name.
+   *
+   * @generated from field: repeated artifactd.v1.ResolvedArtifact resolved = 2;
+   */
+  resolved: ResolvedArtifact[];
+
+  /**
+   * @generated from field: repeated artifactd.v1.Unsatisfied unsatisfied = 3;
+   */
+  unsatisfied: Unsatisfied[];
+
+  /**
+   * @generated from field: repeated artifactd.v1.DependencyCycle cycles = 4;
+   */
+  cycles: DependencyCycle[];
+
+  /**
+   * The closure was cut at max_depth or max_artifacts; `truncated_reason` says which.
+   *
+   * @generated from field: bool truncated = 5;
+   */
+  truncated: boolean;
+
+  /**
+   * @generated from field: string truncated_reason = 6;
+   */
+  truncatedReason: string;
+};
+
+/**
+ * Describes the message artifactd.v1.ResolveDependenciesResponse.
+ * Use `create(ResolveDependenciesResponseSchema)` to create a new message.
+ */
+export const ResolveDependenciesResponseSchema: GenMessage<ResolveDependenciesResponse> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 57);
+
+/**
+ * @generated from message artifactd.v1.ListDependentsRequest
+ */
+export type ListDependentsRequest = Message<"artifactd.v1.ListDependentsRequest"> & {
+  /**
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * @generated from field: string project = 2;
+   */
+  project: string;
+
+  /**
+   * @generated from field: string artifact_id = 3;
+   */
+  artifactId: string;
+
+  /**
+   * When set, only dependents whose requirement accepts this version count (impact
+   * analysis: it need not exist yet), and `rejecting` lists the direct ones that would not.
+   *
+   * @generated from field: string version = 4;
+   */
+  version: string;
+
+  /**
+   * Dependents of dependents too.
+   *
+   * @generated from field: bool transitive = 5;
+   */
+  transitive: boolean;
+
+  /**
+   * How deep a transitive lookup goes (default 32, at most 256).
+   *
+   * @generated from field: uint32 max_depth = 6;
+   */
+  maxDepth: number;
+};
+
+/**
+ * Describes the message artifactd.v1.ListDependentsRequest.
+ * Use `create(ListDependentsRequestSchema)` to create a new message.
+ */
+export const ListDependentsRequestSchema: GenMessage<ListDependentsRequest> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 58);
+
+/**
+ * A version that depends on the artifact asked about (directly, or through others).
+ *
+ * @generated from message artifactd.v1.Dependent
+ */
+export type Dependent = Message<"artifactd.v1.Dependent"> & {
+  /**
+   * @generated from field: string artifact_id = 1;
+   */
+  artifactId: string;
+
+  /**
+   * @generated from field: string project = 2;
+   */
+  project: string;
+
+  /**
+   * @generated from field: string artifact_type = 3;
+   */
+  artifactType: string;
+
+  /**
+   * @generated from field: string name = 4;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string version = 5;
+   */
+  version: string;
+
+  /**
+   * @generated from field: artifactd.v1.LifecycleState state = 6;
+   */
+  state: LifecycleState;
+
+  /**
+   * Its requirement and kind on the artifact one step closer to the one asked about.
+   *
+   * @generated from field: string requirement = 7;
+   */
+  requirement: string;
+
+  /**
+   * @generated from field: string kind = 8;
+   */
+  kind: string;
+
+  /**
+   * 1 for direct dependents.
+   *
+   * @generated from field: uint32 depth = 9;
+   */
+  depth: number;
+
+  /**
+   * The artifact one step closer (the one asked about, for direct dependents).
+   *
+   * @generated from field: string depends_on_artifact_id = 10;
+   */
+  dependsOnArtifactId: string;
+};
+
+/**
+ * Describes the message artifactd.v1.Dependent.
+ * Use `create(DependentSchema)` to create a new message.
+ */
+export const DependentSchema: GenMessage<Dependent> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 59);
+
+/**
+ * @generated from message artifactd.v1.ListDependentsResponse
+ */
+export type ListDependentsResponse = Message<"artifactd.v1.ListDependentsResponse"> & {
+  /**
+   * @generated from field: repeated artifactd.v1.Dependent dependents = 1;
+   */
+  dependents: Dependent[];
+
+  /**
+   * With a version: direct dependents whose requirement would not accept it.
+   *
+   * @generated from field: repeated artifactd.v1.Dependent rejecting = 2;
+   */
+  rejecting: Dependent[];
+};
+
+/**
+ * Describes the message artifactd.v1.ListDependentsResponse.
+ * Use `create(ListDependentsResponseSchema)` to create a new message.
+ */
+export const ListDependentsResponseSchema: GenMessage<ListDependentsResponse> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_artifact, 60);
+
+/**
  * Where a version is in its life. Allowed moves:
  *   draft    -> review, archived
  *   review   -> draft (changes requested), approved, archived
@@ -1787,6 +2562,64 @@ export enum BumpKind {
  */
 export const BumpKindSchema: GenEnum<BumpKind> = /*@__PURE__*/
   enumDesc(file_artifactd_v1_artifact, 1);
+
+/**
+ * What changed.
+ *
+ * @generated from enum artifactd.v1.EventKind
+ */
+export enum EventKind {
+  /**
+   * @generated from enum value: EVENT_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: EVENT_KIND_ARTIFACT_CREATED = 1;
+   */
+  ARTIFACT_CREATED = 1,
+
+  /**
+   * @generated from enum value: EVENT_KIND_VERSION_ADDED = 2;
+   */
+  VERSION_ADDED = 2,
+
+  /**
+   * @generated from enum value: EVENT_KIND_VERSION_TRANSITIONED = 3;
+   */
+  VERSION_TRANSITIONED = 3,
+
+  /**
+   * @generated from enum value: EVENT_KIND_LABELS_CHANGED = 4;
+   */
+  LABELS_CHANGED = 4,
+
+  /**
+   * @generated from enum value: EVENT_KIND_ALIAS_MOVED = 5;
+   */
+  ALIAS_MOVED = 5,
+
+  /**
+   * @generated from enum value: EVENT_KIND_ARTIFACT_DELETED = 6;
+   */
+  ARTIFACT_DELETED = 6,
+
+  /**
+   * @generated from enum value: EVENT_KIND_ARTIFACT_RESTORED = 7;
+   */
+  ARTIFACT_RESTORED = 7,
+
+  /**
+   * @generated from enum value: EVENT_KIND_ARTIFACT_PURGED = 8;
+   */
+  ARTIFACT_PURGED = 8,
+}
+
+/**
+ * Describes the enum artifactd.v1.EventKind.
+ */
+export const EventKindSchema: GenEnum<EventKind> = /*@__PURE__*/
+  enumDesc(file_artifactd_v1_artifact, 2);
 
 /**
  * ArtifactService stores and serves versioned artifacts. Every request is scoped by tenant and
@@ -1962,6 +2795,45 @@ export const ArtifactService: GenService<{
     methodKind: "unary";
     input: typeof DiffVersionsRequestSchema;
     output: typeof DiffVersionsResponseSchema;
+  },
+  /**
+   * The project's changes as they commit, in commit order, each with a cursor. A client that
+   * reconnects with its last cursor (to any replica, across restarts) receives every later
+   * event exactly once. Idle streams carry heartbeats (with a cursor too). A cursor older
+   * than the retained history is OUT_OF_RANGE naming the oldest cursor available; a consumer
+   * too slow to keep up is cut off with RESOURCE_EXHAUSTED and resumes from its cursor; a
+   * server shutting down ends streams with UNAVAILABLE.
+   *
+   * @generated from rpc artifactd.v1.ArtifactService.WatchEvents
+   */
+  watchEvents: {
+    methodKind: "server_streaming";
+    input: typeof WatchEventsRequestSchema;
+    output: typeof WatchEventsResponseSchema;
+  },
+  /**
+   * The transitive closure of a version's dependencies with one chosen version per artifact
+   * (by default the highest approved version matching every requirement on it), every
+   * requirement that cannot be met explained, and every cycle with its path. Bounded in depth
+   * and size.
+   *
+   * @generated from rpc artifactd.v1.ArtifactService.ResolveDependencies
+   */
+  resolveDependencies: {
+    methodKind: "unary";
+    input: typeof ResolveDependenciesRequestSchema;
+    output: typeof ResolveDependenciesResponseSchema;
+  },
+  /**
+   * Who depends on an artifact, directly or transitively; with a version (which need not
+   * exist yet), whether each direct dependent's requirement would accept it.
+   *
+   * @generated from rpc artifactd.v1.ArtifactService.ListDependents
+   */
+  listDependents: {
+    methodKind: "unary";
+    input: typeof ListDependentsRequestSchema;
+    output: typeof ListDependentsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_artifactd_v1_artifact, 0);

@@ -71,6 +71,36 @@ BUMP_KIND_MINOR: BumpKind.ValueType  # 2
 BUMP_KIND_PATCH: BumpKind.ValueType  # 3
 Global___BumpKind: _TypeAlias = BumpKind  # noqa: Y015
 
+class _EventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVENT_KIND_UNSPECIFIED: _EventKind.ValueType  # 0
+    EVENT_KIND_ARTIFACT_CREATED: _EventKind.ValueType  # 1
+    EVENT_KIND_VERSION_ADDED: _EventKind.ValueType  # 2
+    EVENT_KIND_VERSION_TRANSITIONED: _EventKind.ValueType  # 3
+    EVENT_KIND_LABELS_CHANGED: _EventKind.ValueType  # 4
+    EVENT_KIND_ALIAS_MOVED: _EventKind.ValueType  # 5
+    EVENT_KIND_ARTIFACT_DELETED: _EventKind.ValueType  # 6
+    EVENT_KIND_ARTIFACT_RESTORED: _EventKind.ValueType  # 7
+    EVENT_KIND_ARTIFACT_PURGED: _EventKind.ValueType  # 8
+
+class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
+    """What changed."""
+
+EVENT_KIND_UNSPECIFIED: EventKind.ValueType  # 0
+EVENT_KIND_ARTIFACT_CREATED: EventKind.ValueType  # 1
+EVENT_KIND_VERSION_ADDED: EventKind.ValueType  # 2
+EVENT_KIND_VERSION_TRANSITIONED: EventKind.ValueType  # 3
+EVENT_KIND_LABELS_CHANGED: EventKind.ValueType  # 4
+EVENT_KIND_ALIAS_MOVED: EventKind.ValueType  # 5
+EVENT_KIND_ARTIFACT_DELETED: EventKind.ValueType  # 6
+EVENT_KIND_ARTIFACT_RESTORED: EventKind.ValueType  # 7
+EVENT_KIND_ARTIFACT_PURGED: EventKind.ValueType  # 8
+Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
+
 @_typing.final
 class Labels(_message.Message):
     """Tags and categories of an artifact; where given, they replace the old ones."""
@@ -311,6 +341,7 @@ class CreateArtifactHeader(_message.Message):
     CHANGE_MESSAGE_FIELD_NUMBER: _builtins.int
     CATEGORIES_FIELD_NUMBER: _builtins.int
     INITIAL_STATE_FIELD_NUMBER: _builtins.int
+    DEPENDENCIES_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     project: _builtins.str
     artifact_type: _builtins.str
@@ -331,6 +362,10 @@ class CreateArtifactHeader(_message.Message):
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def dependencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___DependencySpec]:
+        """What this version depends on (at most 64); immutable with the version."""
+
     def __init__(
         self,
         *,
@@ -347,10 +382,11 @@ class CreateArtifactHeader(_message.Message):
         change_message: _builtins.str = ...,
         categories: _abc.Iterable[_builtins.str] | None = ...,
         initial_state: Global___LifecycleState.ValueType = ...,
+        dependencies: _abc.Iterable[Global___DependencySpec] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size", "expected_size", b"expected_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size", "artifact_type", b"artifact_type", "categories", b"categories", "change_message", b"change_message", "description", b"description", "expected_blake3", b"expected_blake3", "expected_size", b"expected_size", "initial_state", b"initial_state", "initial_version", b"initial_version", "metadata", b"metadata", "name", b"name", "project", b"project", "tags", b"tags", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size", "artifact_type", b"artifact_type", "categories", b"categories", "change_message", b"change_message", "dependencies", b"dependencies", "description", b"description", "expected_blake3", b"expected_blake3", "expected_size", b"expected_size", "initial_state", b"initial_state", "initial_version", b"initial_version", "metadata", b"metadata", "name", b"name", "project", b"project", "tags", b"tags", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_size: _TypeAlias = _typing.Literal["expected_size"]  # noqa: Y015
     _WhichOneofArgType__expected_size: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size"]  # noqa: Y015
@@ -490,6 +526,7 @@ class UpdateArtifactHeader(_message.Message):
     EXPECTED_BLAKE3_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     INITIAL_STATE_FIELD_NUMBER: _builtins.int
+    DEPENDENCIES_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     project: _builtins.str
     artifact_id: _builtins.str
@@ -518,6 +555,10 @@ class UpdateArtifactHeader(_message.Message):
     def labels(self) -> Global___Labels:
         """When set, replaces the artifact's tags and categories along with the new version."""
 
+    @_builtins.property
+    def dependencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___DependencySpec]:
+        """What the new version depends on (at most 64); immutable with the version."""
+
     def __init__(
         self,
         *,
@@ -534,10 +575,11 @@ class UpdateArtifactHeader(_message.Message):
         expected_blake3: _builtins.str = ...,
         labels: Global___Labels | None = ...,
         initial_state: Global___LifecycleState.ValueType = ...,
+        dependencies: _abc.Iterable[Global___DependencySpec] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size", "bump", b"bump", "expected_size", b"expected_size", "explicit_version", b"explicit_version", "labels", b"labels", "next_version", b"next_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size", "artifact_id", b"artifact_id", "bump", b"bump", "change_message", b"change_message", "expected_blake3", b"expected_blake3", "expected_current_version", b"expected_current_version", "expected_size", b"expected_size", "explicit_version", b"explicit_version", "initial_state", b"initial_state", "labels", b"labels", "metadata_remove", b"metadata_remove", "metadata_set", b"metadata_set", "next_version", b"next_version", "project", b"project", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size", "artifact_id", b"artifact_id", "bump", b"bump", "change_message", b"change_message", "dependencies", b"dependencies", "expected_blake3", b"expected_blake3", "expected_current_version", b"expected_current_version", "expected_size", b"expected_size", "explicit_version", b"explicit_version", "initial_state", b"initial_state", "labels", b"labels", "metadata_remove", b"metadata_remove", "metadata_set", b"metadata_set", "next_version", b"next_version", "project", b"project", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_size: _TypeAlias = _typing.Literal["expected_size"]  # noqa: Y015
     _WhichOneofArgType__expected_size: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size"]  # noqa: Y015
@@ -649,19 +691,25 @@ class GetArtifactResponse(_message.Message):
 
     ARTIFACT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    DEPENDENCIES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def artifact(self) -> Global___Artifact: ...
     @_builtins.property
     def version(self) -> Global___ArtifactVersion: ...
+    @_builtins.property
+    def dependencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dependency]:
+        """What the version declared it depends on."""
+
     def __init__(
         self,
         *,
         artifact: Global___Artifact | None = ...,
         version: Global___ArtifactVersion | None = ...,
+        dependencies: _abc.Iterable[Global___Dependency] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "dependencies", b"dependencies", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1633,3 +1681,634 @@ class DiffVersionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DiffVersionsResponse: _TypeAlias = DiffVersionsResponse  # noqa: Y015
+
+@_typing.final
+class WatchEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    AFTER_CURSOR_FIELD_NUMBER: _builtins.int
+    FROM_OLDEST_FIELD_NUMBER: _builtins.int
+    ARTIFACT_TYPES_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    project: _builtins.str
+    after_cursor: _builtins.str
+    """Resume after this cursor (from an event or a heartbeat). Empty: from now on, unless
+    `from_oldest` is set.
+    """
+    from_oldest: _builtins.bool
+    """With no cursor: from the oldest event retained."""
+    @_builtins.property
+    def artifact_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these artifact types, names and kinds when given."""
+
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___EventKind.ValueType]: ...
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        after_cursor: _builtins.str = ...,
+        from_oldest: _builtins.bool = ...,
+        artifact_types: _abc.Iterable[_builtins.str] | None = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+        kinds: _abc.Iterable[Global___EventKind.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "artifact_types", b"artifact_types", "from_oldest", b"from_oldest", "kinds", b"kinds", "names", b"names", "project", b"project", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEventsRequest: _TypeAlias = WatchEventsRequest  # noqa: Y015
+
+@_typing.final
+class ArtifactEvent(_message.Message):
+    """One committed change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    ARTIFACT_TYPE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    FROM_STATE_FIELD_NUMBER: _builtins.int
+    TO_STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """Resume after this event by sending it as `after_cursor`."""
+    kind: Global___EventKind.ValueType
+    artifact_id: _builtins.str
+    artifact_type: _builtins.str
+    name: _builtins.str
+    version: _builtins.str
+    """The version created or transitioned, or the alias's new target."""
+    from_state: Global___LifecycleState.ValueType
+    """VERSION_TRANSITIONED: from and to, and the reason given."""
+    to_state: Global___LifecycleState.ValueType
+    reason: _builtins.str
+    alias: _builtins.str
+    """ALIAS_MOVED: the alias and where it pointed before (empty when new); `version` is empty
+    when the alias was removed.
+    """
+    previous_version: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.str = ...,
+        kind: Global___EventKind.ValueType = ...,
+        artifact_id: _builtins.str = ...,
+        artifact_type: _builtins.str = ...,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        from_state: Global___LifecycleState.ValueType = ...,
+        to_state: Global___LifecycleState.ValueType = ...,
+        reason: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        previous_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "artifact_id", b"artifact_id", "artifact_type", b"artifact_type", "at", b"at", "cursor", b"cursor", "from_state", b"from_state", "kind", b"kind", "name", b"name", "previous_version", b"previous_version", "reason", b"reason", "to_state", b"to_state", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArtifactEvent: _TypeAlias = ArtifactEvent  # noqa: Y015
+
+@_typing.final
+class Heartbeat(_message.Message):
+    """Sent on an idle stream: nothing matching happened up to `cursor`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "cursor", b"cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class WatchEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___ArtifactEvent: ...
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat: ...
+    def __init__(
+        self,
+        *,
+        event: Global___ArtifactEvent | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["event", "heartbeat"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___WatchEventsResponse: _TypeAlias = WatchEventsResponse  # noqa: Y015
+
+@_typing.final
+class DependencyCoordinates(_message.Message):
+    """An artifact named by type and name, in a project of the same tenant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_TYPE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    """Empty for the declaring version's own project."""
+    artifact_type: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        artifact_type: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_type", b"artifact_type", "name", b"name", "project", b"project"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DependencyCoordinates: _TypeAlias = DependencyCoordinates  # noqa: Y015
+
+@_typing.final
+class DependencySpec(_message.Message):
+    """A dependency a version declares when it is created."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    COORDINATES_FIELD_NUMBER: _builtins.int
+    REQUIREMENT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    artifact_id: _builtins.str
+    requirement: _builtins.str
+    """A semantic version requirement: "^1.2", "~1.4", ">=2, <3", "=1.4.0", "*". At least one
+    existing version of the target must match it.
+    """
+    kind: _builtins.str
+    """What the relation is: lowercase words joined by '-', such as derived-from, implements,
+    references.
+    """
+    @_builtins.property
+    def coordinates(self) -> Global___DependencyCoordinates: ...
+    def __init__(
+        self,
+        *,
+        artifact_id: _builtins.str = ...,
+        coordinates: Global___DependencyCoordinates | None = ...,
+        requirement: _builtins.str = ...,
+        kind: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "coordinates", b"coordinates", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "coordinates", b"coordinates", "kind", b"kind", "requirement", b"requirement", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["artifact_id", "coordinates"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
+
+Global___DependencySpec: _TypeAlias = DependencySpec  # noqa: Y015
+
+@_typing.final
+class Dependency(_message.Message):
+    """A declared dependency with its target identified."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_TYPE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    REQUIREMENT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    artifact_id: _builtins.str
+    project: _builtins.str
+    artifact_type: _builtins.str
+    name: _builtins.str
+    requirement: _builtins.str
+    kind: _builtins.str
+    def __init__(
+        self,
+        *,
+        artifact_id: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_type: _builtins.str = ...,
+        name: _builtins.str = ...,
+        requirement: _builtins.str = ...,
+        kind: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "artifact_type", b"artifact_type", "kind", b"kind", "name", b"name", "project", b"project", "requirement", b"requirement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Dependency: _TypeAlias = Dependency  # noqa: Y015
+
+@_typing.final
+class ResolveDependenciesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ADMIT_STATES_FIELD_NUMBER: _builtins.int
+    ADMIT_PRERELEASES_FIELD_NUMBER: _builtins.int
+    MAX_DEPTH_FIELD_NUMBER: _builtins.int
+    MAX_ARTIFACTS_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    project: _builtins.str
+    artifact_id: _builtins.str
+    version: _builtins.str
+    """A version or an alias; empty for the latest."""
+    admit_prereleases: _builtins.bool
+    """Whether prereleases may be chosen."""
+    max_depth: _builtins.int
+    """How deep to follow dependencies (default 32, at most 256)."""
+    max_artifacts: _builtins.int
+    """How many artifacts the closure may hold (default 10000, at most 100000)."""
+    @_builtins.property
+    def admit_states(self) -> _containers.RepeatedScalarFieldContainer[Global___LifecycleState.ValueType]:
+        """States a chosen version may be in; APPROVED alone when empty."""
+
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+        admit_states: _abc.Iterable[Global___LifecycleState.ValueType] | None = ...,
+        admit_prereleases: _builtins.bool = ...,
+        max_depth: _builtins.int = ...,
+        max_artifacts: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admit_prereleases", b"admit_prereleases", "admit_states", b"admit_states", "artifact_id", b"artifact_id", "max_artifacts", b"max_artifacts", "max_depth", b"max_depth", "project", b"project", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveDependenciesRequest: _TypeAlias = ResolveDependenciesRequest  # noqa: Y015
+
+@_typing.final
+class Requirement(_message.Message):
+    """One requirement on an artifact, and where it comes from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    REQUIREMENT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    artifact_id: _builtins.str
+    """The version that declares it."""
+    name: _builtins.str
+    version: _builtins.str
+    requirement: _builtins.str
+    kind: _builtins.str
+    def __init__(
+        self,
+        *,
+        artifact_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        requirement: _builtins.str = ...,
+        kind: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "kind", b"kind", "name", b"name", "requirement", b"requirement", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Requirement: _TypeAlias = Requirement  # noqa: Y015
+
+@_typing.final
+class ResolvedArtifact(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_TYPE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
+    REQUIRED_BY_FIELD_NUMBER: _builtins.int
+    artifact_id: _builtins.str
+    project: _builtins.str
+    artifact_type: _builtins.str
+    name: _builtins.str
+    version: _builtins.str
+    state: Global___LifecycleState.ValueType
+    depth: _builtins.int
+    """Steps from the root (0 for the root)."""
+    @_builtins.property
+    def required_by(self) -> _containers.RepeatedCompositeFieldContainer[Global___Requirement]:
+        """The requirements the chosen version meets."""
+
+    def __init__(
+        self,
+        *,
+        artifact_id: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_type: _builtins.str = ...,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        state: Global___LifecycleState.ValueType = ...,
+        depth: _builtins.int = ...,
+        required_by: _abc.Iterable[Global___Requirement] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "artifact_type", b"artifact_type", "depth", b"depth", "name", b"name", "project", b"project", "required_by", b"required_by", "state", b"state", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolvedArtifact: _TypeAlias = ResolvedArtifact  # noqa: Y015
+
+@_typing.final
+class AvailableVersion(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    state: Global___LifecycleState.ValueType
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        state: Global___LifecycleState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AvailableVersion: _TypeAlias = AvailableVersion  # noqa: Y015
+
+@_typing.final
+class Unsatisfied(_message.Message):
+    """An artifact no admitted version of which meets every requirement on it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_TYPE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    REQUIREMENTS_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    EXPLANATION_FIELD_NUMBER: _builtins.int
+    artifact_id: _builtins.str
+    project: _builtins.str
+    artifact_type: _builtins.str
+    name: _builtins.str
+    explanation: _builtins.str
+    """In words: which requirement, from where, and why nothing meets it."""
+    @_builtins.property
+    def requirements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Requirement]: ...
+    @_builtins.property
+    def available(self) -> _containers.RepeatedCompositeFieldContainer[Global___AvailableVersion]:
+        """Every version it has, with its state."""
+
+    def __init__(
+        self,
+        *,
+        artifact_id: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_type: _builtins.str = ...,
+        name: _builtins.str = ...,
+        requirements: _abc.Iterable[Global___Requirement] | None = ...,
+        available: _abc.Iterable[Global___AvailableVersion] | None = ...,
+        explanation: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "artifact_type", b"artifact_type", "available", b"available", "explanation", b"explanation", "name", b"name", "project", b"project", "requirements", b"requirements"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Unsatisfied: _TypeAlias = Unsatisfied  # noqa: Y015
+
+@_typing.final
+class DependencyCycle(_message.Message):
+    """A dependency cycle: entries "type/name@version", the first repeated at the end."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        path: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DependencyCycle: _TypeAlias = DependencyCycle  # noqa: Y015
+
+@_typing.final
+class ResolveDependenciesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOT_FIELD_NUMBER: _builtins.int
+    RESOLVED_FIELD_NUMBER: _builtins.int
+    UNSATISFIED_FIELD_NUMBER: _builtins.int
+    CYCLES_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    TRUNCATED_REASON_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """The closure was cut at max_depth or max_artifacts; `truncated_reason` says which."""
+    truncated_reason: _builtins.str
+    @_builtins.property
+    def root(self) -> Global___ResolvedArtifact: ...
+    @_builtins.property
+    def resolved(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResolvedArtifact]:
+        """The chosen versions of everything the root depends on, by depth then name."""
+
+    @_builtins.property
+    def unsatisfied(self) -> _containers.RepeatedCompositeFieldContainer[Global___Unsatisfied]: ...
+    @_builtins.property
+    def cycles(self) -> _containers.RepeatedCompositeFieldContainer[Global___DependencyCycle]: ...
+    def __init__(
+        self,
+        *,
+        root: Global___ResolvedArtifact | None = ...,
+        resolved: _abc.Iterable[Global___ResolvedArtifact] | None = ...,
+        unsatisfied: _abc.Iterable[Global___Unsatisfied] | None = ...,
+        cycles: _abc.Iterable[Global___DependencyCycle] | None = ...,
+        truncated: _builtins.bool = ...,
+        truncated_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["root", b"root"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycles", b"cycles", "resolved", b"resolved", "root", b"root", "truncated", b"truncated", "truncated_reason", b"truncated_reason", "unsatisfied", b"unsatisfied"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveDependenciesResponse: _TypeAlias = ResolveDependenciesResponse  # noqa: Y015
+
+@_typing.final
+class ListDependentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    TRANSITIVE_FIELD_NUMBER: _builtins.int
+    MAX_DEPTH_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    project: _builtins.str
+    artifact_id: _builtins.str
+    version: _builtins.str
+    """When set, only dependents whose requirement accepts this version count (impact
+    analysis: it need not exist yet), and `rejecting` lists the direct ones that would not.
+    """
+    transitive: _builtins.bool
+    """Dependents of dependents too."""
+    max_depth: _builtins.int
+    """How deep a transitive lookup goes (default 32, at most 256)."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+        transitive: _builtins.bool = ...,
+        max_depth: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "max_depth", b"max_depth", "project", b"project", "tenant", b"tenant", "transitive", b"transitive", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDependentsRequest: _TypeAlias = ListDependentsRequest  # noqa: Y015
+
+@_typing.final
+class Dependent(_message.Message):
+    """A version that depends on the artifact asked about (directly, or through others)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_TYPE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REQUIREMENT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
+    DEPENDS_ON_ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    artifact_id: _builtins.str
+    project: _builtins.str
+    artifact_type: _builtins.str
+    name: _builtins.str
+    version: _builtins.str
+    state: Global___LifecycleState.ValueType
+    requirement: _builtins.str
+    """Its requirement and kind on the artifact one step closer to the one asked about."""
+    kind: _builtins.str
+    depth: _builtins.int
+    """1 for direct dependents."""
+    depends_on_artifact_id: _builtins.str
+    """The artifact one step closer (the one asked about, for direct dependents)."""
+    def __init__(
+        self,
+        *,
+        artifact_id: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_type: _builtins.str = ...,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        state: Global___LifecycleState.ValueType = ...,
+        requirement: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        depth: _builtins.int = ...,
+        depends_on_artifact_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "artifact_type", b"artifact_type", "depends_on_artifact_id", b"depends_on_artifact_id", "depth", b"depth", "kind", b"kind", "name", b"name", "project", b"project", "requirement", b"requirement", "state", b"state", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Dependent: _TypeAlias = Dependent  # noqa: Y015
+
+@_typing.final
+class ListDependentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPENDENTS_FIELD_NUMBER: _builtins.int
+    REJECTING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dependents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dependent]: ...
+    @_builtins.property
+    def rejecting(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dependent]:
+        """With a version: direct dependents whose requirement would not accept it."""
+
+    def __init__(
+        self,
+        *,
+        dependents: _abc.Iterable[Global___Dependent] | None = ...,
+        rejecting: _abc.Iterable[Global___Dependent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dependents", b"dependents", "rejecting", b"rejecting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDependentsResponse: _TypeAlias = ListDependentsResponse  # noqa: Y015

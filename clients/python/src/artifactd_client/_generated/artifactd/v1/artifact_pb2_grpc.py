@@ -116,6 +116,21 @@ class ArtifactServiceStub:
                 request_serializer=artifactd_dot_v1_dot_artifact__pb2.DiffVersionsRequest.SerializeToString,
                 response_deserializer=artifactd_dot_v1_dot_artifact__pb2.DiffVersionsResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/artifactd.v1.ArtifactService/WatchEvents',
+                request_serializer=artifactd_dot_v1_dot_artifact__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_artifact__pb2.WatchEventsResponse.FromString,
+                _registered_method=True)
+        self.ResolveDependencies = channel.unary_unary(
+                '/artifactd.v1.ArtifactService/ResolveDependencies',
+                request_serializer=artifactd_dot_v1_dot_artifact__pb2.ResolveDependenciesRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_artifact__pb2.ResolveDependenciesResponse.FromString,
+                _registered_method=True)
+        self.ListDependents = channel.unary_unary(
+                '/artifactd.v1.ArtifactService/ListDependents',
+                request_serializer=artifactd_dot_v1_dot_artifact__pb2.ListDependentsRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_artifact__pb2.ListDependentsResponse.FromString,
+                _registered_method=True)
 
 
 class ArtifactServiceServicer:
@@ -243,6 +258,36 @@ class ArtifactServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """The project's changes as they commit, in commit order, each with a cursor. A client that
+        reconnects with its last cursor (to any replica, across restarts) receives every later
+        event exactly once. Idle streams carry heartbeats (with a cursor too). A cursor older
+        than the retained history is OUT_OF_RANGE naming the oldest cursor available; a consumer
+        too slow to keep up is cut off with RESOURCE_EXHAUSTED and resumes from its cursor; a
+        server shutting down ends streams with UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveDependencies(self, request, context):
+        """The transitive closure of a version's dependencies with one chosen version per artifact
+        (by default the highest approved version matching every requirement on it), every
+        requirement that cannot be met explained, and every cycle with its path. Bounded in depth
+        and size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDependents(self, request, context):
+        """Who depends on an artifact, directly or transitively; with a version (which need not
+        exist yet), whether each direct dependent's requirement would accept it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ArtifactServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -325,6 +370,21 @@ def add_ArtifactServiceServicer_to_server(servicer, server):
                     servicer.DiffVersions,
                     request_deserializer=artifactd_dot_v1_dot_artifact__pb2.DiffVersionsRequest.FromString,
                     response_serializer=artifactd_dot_v1_dot_artifact__pb2.DiffVersionsResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=artifactd_dot_v1_dot_artifact__pb2.WatchEventsRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_artifact__pb2.WatchEventsResponse.SerializeToString,
+            ),
+            'ResolveDependencies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveDependencies,
+                    request_deserializer=artifactd_dot_v1_dot_artifact__pb2.ResolveDependenciesRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_artifact__pb2.ResolveDependenciesResponse.SerializeToString,
+            ),
+            'ListDependents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDependents,
+                    request_deserializer=artifactd_dot_v1_dot_artifact__pb2.ListDependentsRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_artifact__pb2.ListDependentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -761,6 +821,87 @@ class ArtifactService:
             '/artifactd.v1.ArtifactService/DiffVersions',
             artifactd_dot_v1_dot_artifact__pb2.DiffVersionsRequest.SerializeToString,
             artifactd_dot_v1_dot_artifact__pb2.DiffVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/artifactd.v1.ArtifactService/WatchEvents',
+            artifactd_dot_v1_dot_artifact__pb2.WatchEventsRequest.SerializeToString,
+            artifactd_dot_v1_dot_artifact__pb2.WatchEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveDependencies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.ArtifactService/ResolveDependencies',
+            artifactd_dot_v1_dot_artifact__pb2.ResolveDependenciesRequest.SerializeToString,
+            artifactd_dot_v1_dot_artifact__pb2.ResolveDependenciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDependents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.ArtifactService/ListDependents',
+            artifactd_dot_v1_dot_artifact__pb2.ListDependentsRequest.SerializeToString,
+            artifactd_dot_v1_dot_artifact__pb2.ListDependentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

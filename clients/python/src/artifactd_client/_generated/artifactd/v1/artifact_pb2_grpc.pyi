@@ -83,6 +83,24 @@ class ArtifactServiceStub:
     """
     DiffVersions: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.DiffVersionsRequest, _artifact_pb2.DiffVersionsResponse]
     """A unified diff between two versions of a text artifact."""
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_artifact_pb2.WatchEventsRequest, _artifact_pb2.WatchEventsResponse]
+    """The project's changes as they commit, in commit order, each with a cursor. A client that
+    reconnects with its last cursor (to any replica, across restarts) receives every later
+    event exactly once. Idle streams carry heartbeats (with a cursor too). A cursor older
+    than the retained history is OUT_OF_RANGE naming the oldest cursor available; a consumer
+    too slow to keep up is cut off with RESOURCE_EXHAUSTED and resumes from its cursor; a
+    server shutting down ends streams with UNAVAILABLE.
+    """
+    ResolveDependencies: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.ResolveDependenciesRequest, _artifact_pb2.ResolveDependenciesResponse]
+    """The transitive closure of a version's dependencies with one chosen version per artifact
+    (by default the highest approved version matching every requirement on it), every
+    requirement that cannot be met explained, and every cycle with its path. Bounded in depth
+    and size.
+    """
+    ListDependents: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.ListDependentsRequest, _artifact_pb2.ListDependentsResponse]
+    """Who depends on an artifact, directly or transitively; with a version (which need not
+    exist yet), whether each direct dependent's requirement would accept it.
+    """
 
 @_typing.type_check_only
 class ArtifactServiceAsyncStub(ArtifactServiceStub):
@@ -139,6 +157,24 @@ class ArtifactServiceAsyncStub(ArtifactServiceStub):
     """
     DiffVersions: _aio.UnaryUnaryMultiCallable[_artifact_pb2.DiffVersionsRequest, _artifact_pb2.DiffVersionsResponse]  # type: ignore[assignment]
     """A unified diff between two versions of a text artifact."""
+    WatchEvents: _aio.UnaryStreamMultiCallable[_artifact_pb2.WatchEventsRequest, _artifact_pb2.WatchEventsResponse]  # type: ignore[assignment]
+    """The project's changes as they commit, in commit order, each with a cursor. A client that
+    reconnects with its last cursor (to any replica, across restarts) receives every later
+    event exactly once. Idle streams carry heartbeats (with a cursor too). A cursor older
+    than the retained history is OUT_OF_RANGE naming the oldest cursor available; a consumer
+    too slow to keep up is cut off with RESOURCE_EXHAUSTED and resumes from its cursor; a
+    server shutting down ends streams with UNAVAILABLE.
+    """
+    ResolveDependencies: _aio.UnaryUnaryMultiCallable[_artifact_pb2.ResolveDependenciesRequest, _artifact_pb2.ResolveDependenciesResponse]  # type: ignore[assignment]
+    """The transitive closure of a version's dependencies with one chosen version per artifact
+    (by default the highest approved version matching every requirement on it), every
+    requirement that cannot be met explained, and every cycle with its path. Bounded in depth
+    and size.
+    """
+    ListDependents: _aio.UnaryUnaryMultiCallable[_artifact_pb2.ListDependentsRequest, _artifact_pb2.ListDependentsResponse]  # type: ignore[assignment]
+    """Who depends on an artifact, directly or transitively; with a version (which need not
+    exist yet), whether each direct dependent's requirement would accept it.
+    """
 
 class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
     """ArtifactService stores and serves versioned artifacts. Every request is scoped by tenant and
@@ -288,5 +324,41 @@ class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_artifact_pb2.DiffVersionsResponse, _abc.Awaitable[_artifact_pb2.DiffVersionsResponse]]:
         """A unified diff between two versions of a text artifact."""
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _artifact_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_artifact_pb2.WatchEventsResponse], _abc.AsyncIterator[_artifact_pb2.WatchEventsResponse]]:
+        """The project's changes as they commit, in commit order, each with a cursor. A client that
+        reconnects with its last cursor (to any replica, across restarts) receives every later
+        event exactly once. Idle streams carry heartbeats (with a cursor too). A cursor older
+        than the retained history is OUT_OF_RANGE naming the oldest cursor available; a consumer
+        too slow to keep up is cut off with RESOURCE_EXHAUSTED and resumes from its cursor; a
+        server shutting down ends streams with UNAVAILABLE.
+        """
+
+    @_abc_1.abstractmethod
+    def ResolveDependencies(
+        self,
+        request: _artifact_pb2.ResolveDependenciesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifact_pb2.ResolveDependenciesResponse, _abc.Awaitable[_artifact_pb2.ResolveDependenciesResponse]]:
+        """The transitive closure of a version's dependencies with one chosen version per artifact
+        (by default the highest approved version matching every requirement on it), every
+        requirement that cannot be met explained, and every cycle with its path. Bounded in depth
+        and size.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDependents(
+        self,
+        request: _artifact_pb2.ListDependentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifact_pb2.ListDependentsResponse, _abc.Awaitable[_artifact_pb2.ListDependentsResponse]]:
+        """Who depends on an artifact, directly or transitively; with a version (which need not
+        exist yet), whether each direct dependent's requirement would accept it.
+        """
 
 def add_ArtifactServiceServicer_to_server(servicer: ArtifactServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,78 @@
+//! Changes as the outbox records them and the change stream delivers them.
+
+use super::{LifecycleState, Timestamp};
+
+/// What a committed change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    ArtifactCreated,
+    VersionAdded,
+    VersionTransitioned,
+    LabelsChanged,
+    AliasMoved,
+    ArtifactDeleted,
+    ArtifactRestored,
+    ArtifactPurged,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 8] = [
+        Self::ArtifactCreated,
+        Self::VersionAdded,
+        Self::VersionTransitioned,
+        Self::LabelsChanged,
+        Self::AliasMoved,
+        Self::ArtifactDeleted,
+        Self::ArtifactRestored,
+        Self::ArtifactPurged,
+    ];
+
+    /// The outbox's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ArtifactCreated => "artifact.created",
+            Self::VersionAdded => "version.created",
+            Self::VersionTransitioned => "version.transitioned",
+            Self::LabelsChanged => "artifact.labels_changed",
+            Self::AliasMoved => "alias.moved",
+            Self::ArtifactDeleted => "artifact.deleted",
+            Self::ArtifactRestored => "artifact.undeleted",
+            Self::ArtifactPurged => "artifact.purged",
+        }
+    }
+
+    pub fn from_outbox(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+}
+
+/// One committed change of a project, at its place in commit order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeEvent {
+    /// The outbox position: commit order, and the stream's cursor.
+    pub position: i64,
+    pub kind: EventKind,
+    pub artifact_id: String,
+    /// Empty when the artifact is gone (purged).
+    pub artifact_type: String,
+    pub name: String,
+    pub version: String,
+    pub at: Timestamp,
+    /// Transitions: from and to, and the reason.
+    pub transition: Option<(LifecycleState, LifecycleState, String)>,
+    /// Alias moves: the alias and its previous target.
+    pub alias: Option<(String, Option<String>)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_its_outbox_name() {
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::from_outbox(kind.as_str()), Some(kind));
+        }
+        assert_eq!(EventKind::from_outbox("artifact.renamed"), None);
+    }
+}
