@@ -228,10 +228,10 @@ pub async fn run(
         http: http_listener.local_addr()?,
     };
 
-    let artifact_service = ArtifactServiceServer::new(ArtifactApi::new(artifacts, shutdown.clone()))
+    let artifact_service = ArtifactServiceServer::new(ArtifactApi::new(artifacts.clone(), shutdown.clone()))
         .max_decoding_message_size(MAX_DECODED_MESSAGE_BYTES);
     let fallback_service = FallbackServiceServer::new(FallbackApi::new(failover.clone(), sync_requests));
-    let search_service = SearchServiceServer::new(SearchApi::new(index));
+    let search_service = SearchServiceServer::new(SearchApi::new(index, artifacts.clone()));
     let grpc_shutdown = shutdown.clone();
     let grpc = tonic::transport::Server::builder()
         // HTTP/2's default 64 KiB windows make a client wait for a window update every

@@ -155,6 +155,19 @@ async fn declaring_and_resolving(postgres: bool) {
             Code::InvalidArgument,
             "at most 64",
         ),
+        (
+            vec![DependencySpec {
+                target: Some(dependency_spec::Target::Coordinates(DependencyCoordinates {
+                    project: "no such project!".into(),
+                    artifact_type: "doc".into(),
+                    name: "base.md".into(),
+                })),
+                requirement: "*".into(),
+                kind: "references".into(),
+            }],
+            Code::InvalidArgument,
+            "dependencies[0].project:",
+        ),
     ];
     for (deps, code, needle) in cases {
         assert_status(
@@ -313,6 +326,36 @@ async fn declaring_and_resolving(postgres: bool) {
         client.resolve_dependencies(too_deep).await,
         Code::InvalidArgument,
         &["max_depth:"],
+    );
+
+    // A dependency deleted since: named as unsatisfied, not silently dropped.
+    let doomed = new_doc(&mut client, "doomed.md", "1.0.0", vec![]).await.unwrap();
+    let orphan = new_doc(
+        &mut client,
+        "orphan.md",
+        "1.0.0",
+        vec![on("doomed.md", "^1", "references")],
+    )
+    .await
+    .unwrap();
+    client
+        .delete_artifact(proto::DeleteArtifactRequest {
+            tenant: T.into(),
+            project: P.into(),
+            artifact_id: doomed,
+        })
+        .await
+        .unwrap();
+    let mut drafts = resolve(&orphan);
+    drafts.admit_states = vec![Draft as i32];
+    let dangling = client.resolve_dependencies(drafts).await.unwrap().into_inner();
+    assert!(dangling.resolved.is_empty());
+    assert_eq!(dangling.unsatisfied.len(), 1);
+    assert!(
+        dangling.unsatisfied[0]
+            .explanation
+            .contains("doc/doomed.md is deleted"),
+        "{dangling:?}"
     );
 
     // Reverse lookups and impact analysis: who depends on base, and who would take 2.0.0.

@@ -564,9 +564,17 @@ async fn the_outbox_is_pruned_past_the_horizon_and_old_cursors_are_out_of_range(
     let server = ServerProcess::start_with(
         ServerOptions::default()
             .env("ARTIFACTD_EVENTS__RETENTION_SECONDS", "0")
-            .env("ARTIFACTD_EVENTS__PRUNE_INTERVAL_MS", "200"),
+            .env("ARTIFACTD_EVENTS__PRUNE_INTERVAL_MS", "200")
+            .env("ARTIFACTD_EVENTS__HEARTBEAT_MS", "200"),
     );
     let mut client = server.client().await;
+    // A quiet project's stream, open while another project's events come and are pruned.
+    let quiet = |after: &str| WatchEventsRequest {
+        project: "quiet".into(),
+        ..watch_request(after)
+    };
+    let mut quiet_stream = client.watch_events(quiet("")).await.unwrap().into_inner();
+    quiet_stream.message().await.unwrap().unwrap();
     let id = create(&mut client, header(T, P, "prd", "pruned.md"), b"# Pruned\n")
         .await
         .unwrap()
@@ -607,6 +615,28 @@ async fn the_outbox_is_pruned_past_the_horizon_and_old_cursors_are_out_of_range(
         panic!("expected an event, got {message:?}");
     };
     assert_eq!(event.cursor.parse::<i64>().unwrap(), oldest + 1);
+    // The quiet project's stream lives on: its heartbeats' cursors follow the whole outbox,
+    // so pruning never passes them, and resuming from one works.
+    let mut heartbeat_cursor = String::new();
+    for _ in 0..10 {
+        let message = tokio::time::timeout(Duration::from_secs(5), quiet_stream.message())
+            .await
+            .unwrap()
+            .expect("the quiet stream is not cut off by pruning")
+            .unwrap();
+        if let Some(watch_events_response::Message::Heartbeat(beat)) = message.message {
+            heartbeat_cursor = beat.cursor;
+        }
+    }
+    assert!(
+        heartbeat_cursor.parse::<i64>().unwrap() >= oldest,
+        "{heartbeat_cursor} vs {oldest}"
+    );
+    client
+        .watch_events(quiet(&heartbeat_cursor))
+        .await
+        .expect("resuming from a heartbeat");
+
     // Pruning kept the event the index stands at: the index never saw a diverged outbox.
     let log = server.log();
     assert!(!log.contains("the catalog's outbox differs"), "{log}");

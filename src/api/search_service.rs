@@ -1,12 +1,15 @@
 //! `artifactd.v1.SearchService`.
 
 use super::request_layer::record_scope;
-use crate::domain::Error;
+use crate::app::{Artifacts, DependencyFilter, DependencyRelation};
+use crate::domain::dependency::DependencyTarget;
 use crate::domain::names::validate_identifier;
+use crate::domain::{Error, Scope};
 use crate::proto::search_service_server::SearchService;
 use crate::proto::{
-    self, MetadataSort, SearchByMetadataRequest, SearchByMetadataResponse, SearchByTagsRequest,
-    SearchByTagsResponse, SearchRequest, SearchResponse, TagMatch, metadata_filter,
+    self, MetadataSort, SearchByDependenciesRequest, SearchByDependenciesResponse, SearchByMetadataRequest,
+    SearchByMetadataResponse, SearchByTagsRequest, SearchByTagsResponse, SearchRequest, SearchResponse,
+    TagMatch, metadata_filter, search_by_dependencies_request,
 };
 use crate::search::{self, SearchHit, SearchIndex};
 use std::sync::Arc;
@@ -16,11 +19,25 @@ const DEFAULT_PAGE_SIZE: u32 = 20;
 
 pub struct SearchApi {
     index: Arc<SearchIndex>,
+    /// Dependency searches read the catalog, not the index.
+    artifacts: Artifacts,
 }
 
 impl SearchApi {
-    pub fn new(index: Arc<SearchIndex>) -> Self {
-        Self { index }
+    pub fn new(index: Arc<SearchIndex>, artifacts: Artifacts) -> Self {
+        Self { index, artifacts }
+    }
+}
+
+fn artifact_ref(field: &'static str, reference: proto::ArtifactRef) -> Result<DependencyTarget, Error> {
+    match reference.target {
+        Some(proto::artifact_ref::Target::ArtifactId(id)) => Ok(DependencyTarget::Id(id)),
+        Some(proto::artifact_ref::Target::Coordinates(c)) => Ok(DependencyTarget::Coordinates {
+            project: (!c.project.is_empty()).then_some(c.project),
+            artifact_type: c.artifact_type,
+            name: c.name,
+        }),
+        None => Err(Error::invalid(field, "set artifact_id or coordinates")),
     }
 }
 
@@ -119,6 +136,58 @@ async fn blocking<T: Send + 'static>(
 
 #[tonic::async_trait]
 impl SearchService for SearchApi {
+    async fn search_by_dependencies(
+        &self,
+        request: Request<SearchByDependenciesRequest>,
+    ) -> Result<Response<SearchByDependenciesResponse>, Status> {
+        let request = request.into_inner();
+        record_scope(&request.tenant, &request.project);
+        let scope = Scope::new(request.tenant, request.project);
+        let relation = match request.relation {
+            Some(search_by_dependencies_request::Relation::DependsOn(target)) => {
+                DependencyRelation::DependsOn(artifact_ref("depends_on", target)?)
+            }
+            Some(search_by_dependencies_request::Relation::DependedOnBy(source)) => {
+                DependencyRelation::DependedOnBy(artifact_ref("depended_on_by", source)?, request.version)
+            }
+            None => {
+                return Err(Status::from(Error::invalid(
+                    "relation",
+                    "set depends_on or depended_on_by",
+                )));
+            }
+        };
+        let filter = DependencyFilter {
+            artifact_type: (!request.artifact_type.is_empty()).then_some(request.artifact_type),
+            states: super::convert::lifecycle_states_from("states", &request.states)?,
+            kinds: request.kinds.into_iter().collect(),
+            accepts_version: (!request.accepts_version.is_empty()).then_some(request.accepts_version),
+            transitive: request.transitive,
+        };
+        let page = self
+            .artifacts
+            .search_by_dependencies(&scope, &relation, &filter, request.page_size, &request.page_token)
+            .await?;
+        Ok(Response::new(SearchByDependenciesResponse {
+            hits: page
+                .items
+                .iter()
+                .map(|hit| proto::DependencyHit {
+                    artifact_id: hit.artifact.id.to_string(),
+                    project: hit.artifact.scope.project.clone(),
+                    artifact_type: hit.artifact.artifact_type.clone(),
+                    name: hit.artifact.name.clone(),
+                    version: hit.version.clone(),
+                    state: super::convert::lifecycle_state(hit.state) as i32,
+                    requirement: hit.requirement.clone(),
+                    kind: hit.kind.clone(),
+                    depth: hit.depth,
+                })
+                .collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
     async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
         let request = request.into_inner();
         record_scope(&request.tenant, &request.project);

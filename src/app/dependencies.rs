@@ -1,7 +1,7 @@
 //! Dependencies: checking what a new version declares, resolving a version's closure with
 //! one chosen version per artifact, and finding who depends on an artifact.
 
-use super::{Artifacts, validate_scope};
+use super::{Artifacts, Page, decode_token, encode_token, page_size, validate_scope};
 use crate::catalog::VersionBrief;
 use crate::domain::dependency::{
     Dependency, DependencySpec, DependencyTarget, MAX_DEPENDENCIES, admits, parse_requirement, validate_kind,
@@ -97,6 +97,8 @@ struct Graph {
     /// Versions newest last, with parsed versions.
     versions: HashMap<String, Vec<(semver::Version, VersionBrief)>>,
     dependencies: HashMap<(String, String), Vec<Dependency>>,
+    /// Soft-deleted artifacts: known, so they can be named, but never chosen.
+    deleted: HashSet<String>,
     loaded: HashSet<String>,
 }
 
@@ -113,8 +115,12 @@ impl Graph {
             return Ok(());
         }
         let catalog = &app.inner.catalog;
-        self.artifacts
-            .extend(catalog.tenant_artifacts(tenant, &missing).await?);
+        for (id, artifact) in catalog.tenant_artifacts(tenant, &missing, true).await? {
+            if artifact.deleted_at.is_some() {
+                self.deleted.insert(id.clone());
+            }
+            self.artifacts.insert(id, artifact);
+        }
         for (id, briefs) in catalog.version_briefs(&missing).await? {
             let parsed = briefs
                 .into_iter()
@@ -130,6 +136,9 @@ impl Graph {
 
     /// The highest version admitted by the policy that meets every requirement.
     fn choose(&self, id: &str, requirements: &[RequiredBy], policy: &ResolvePolicy) -> Option<&VersionBrief> {
+        if self.deleted.contains(id) || !self.artifacts.contains_key(id) {
+            return None;
+        }
         let parsed: Vec<semver::VersionReq> = requirements
             .iter()
             .filter_map(|r| semver::VersionReq::parse(&r.requirement).ok())
@@ -174,12 +183,20 @@ impl Artifacts {
         for (position, spec) in specs.iter().enumerate() {
             let requirement = parse_requirement(position, &spec.requirement)?;
             validate_kind(position, &spec.kind)?;
+            // Refusals of the target's parts name the dependency and the part.
+            let at = |part: &str, error: Error| match error {
+                Error::InvalidArgument { message, .. } => Error::invalid(
+                    "dependencies",
+                    format!("dependencies[{position}].{part}: {message}"),
+                ),
+                other => other,
+            };
             let target = match &spec.target {
                 DependencyTarget::Id(id) => {
-                    crate::domain::ArtifactId::parse("dependencies", id)?;
+                    crate::domain::ArtifactId::parse("dependencies", id).map_err(|e| at("artifact_id", e))?;
                     self.inner
                         .catalog
-                        .tenant_artifacts(&scope.tenant, std::slice::from_ref(id))
+                        .tenant_artifacts(&scope.tenant, std::slice::from_ref(id), false)
                         .await?
                         .remove(id)
                         .ok_or_else(|| {
@@ -195,9 +212,9 @@ impl Artifacts {
                     name,
                 } => {
                     let project = project.clone().unwrap_or_else(|| scope.project.clone());
-                    validate_identifier("dependencies", &project)?;
-                    validate_identifier("dependencies", artifact_type)?;
-                    validate_artifact_name(name)?;
+                    validate_identifier("dependencies", &project).map_err(|e| at("project", e))?;
+                    validate_identifier("dependencies", artifact_type).map_err(|e| at("artifact_type", e))?;
+                    validate_artifact_name(name).map_err(|e| at("name", e))?;
                     let in_scope = Scope::new(scope.tenant.clone(), project.clone());
                     if own_id.is_empty()
                         && project == scope.project
@@ -278,7 +295,11 @@ impl Artifacts {
     ) -> Result<Vec<(Dependency, Artifact)>> {
         let dependencies = self.inner.catalog.dependencies_of(artifact_id, version).await?;
         let ids: Vec<String> = dependencies.iter().map(|d| d.target_id.clone()).collect();
-        let mut targets = self.inner.catalog.tenant_artifacts(&scope.tenant, &ids).await?;
+        let mut targets = self
+            .inner
+            .catalog
+            .tenant_artifacts(&scope.tenant, &ids, false)
+            .await?;
         Ok(dependencies
             .into_iter()
             .filter_map(|d| {
@@ -321,7 +342,7 @@ impl Artifacts {
             HashMap::from([(root_id.clone(), root_version.version.clone())]);
         let mut outcome;
         let mut rounds = 0;
-        loop {
+        let settled = loop {
             outcome = self
                 .traverse(scope, &mut graph, &root_id, &chosen, &policy)
                 .await?;
@@ -336,10 +357,18 @@ impl Artifacts {
                 }
             }
             rounds += 1;
-            if next == chosen || rounds >= MAX_ROUNDS {
-                break;
+            if next == chosen {
+                break true;
+            }
+            if rounds >= MAX_ROUNDS {
+                break false;
             }
             chosen = next;
+        };
+        if !settled {
+            outcome.truncated = Some(format!(
+                "the versions chosen did not settle after {MAX_ROUNDS} rounds: requirements conflict across versions; those the last choice breaks are listed as unsatisfied"
+            ));
         }
 
         let state_of = |graph: &Graph, id: &str, version: &str| {
@@ -365,7 +394,15 @@ impl Artifacts {
             let Some(artifact) = graph.artifacts.get(id).cloned() else {
                 continue;
             };
-            match chosen.get(id) {
+            let meets_all = |version: &str| {
+                let Ok(version) = semver::Version::parse(version) else {
+                    return false;
+                };
+                requirements.iter().all(|r| {
+                    semver::VersionReq::parse(&r.requirement).is_ok_and(|req| admits(&req, &version, true))
+                })
+            };
+            match chosen.get(id).filter(|version| meets_all(version)) {
                 Some(version) => resolved.push(Resolved {
                     state: state_of(&graph, id, version),
                     version: version.clone(),
@@ -379,7 +416,14 @@ impl Artifacts {
                         .get(id)
                         .map(|v| v.iter().map(|(_, b)| b.clone()).collect())
                         .unwrap_or_default();
-                    let explanation = explain(&artifact, requirements, &available, &policy);
+                    let explanation = if graph.deleted.contains(id) {
+                        format!(
+                            "{}/{} is deleted (restore it, or change the versions that require it)",
+                            artifact.artifact_type, artifact.name
+                        )
+                    } else {
+                        explain(&artifact, requirements, &available, &policy)
+                    };
                     unsatisfied.push(Unsatisfied {
                         artifact,
                         requirements: requirements.clone(),
@@ -387,6 +431,36 @@ impl Artifacts {
                         explanation,
                     });
                 }
+            }
+        }
+        // Requirements that come back to the root through a cycle: it is pinned, so one it
+        // does not meet cannot be resolved.
+        if let Some(on_root) = outcome.requirements.get(&root_id) {
+            let pinned = semver::Version::parse(&root_version.version).ok();
+            let unmet: Vec<RequiredBy> = on_root
+                .iter()
+                .filter(|r| {
+                    !matches!((&pinned, semver::VersionReq::parse(&r.requirement)), (Some(v), Ok(req)) if admits(&req, v, true))
+                })
+                .cloned()
+                .collect();
+            if !unmet.is_empty() {
+                let wanted: Vec<String> = unmet
+                    .iter()
+                    .map(|r| format!("{} from {}@{}", r.requirement, r.name, r.version))
+                    .collect();
+                unsatisfied.push(Unsatisfied {
+                    explanation: format!(
+                        "{}/{} is resolved at {} (the version asked for), which does not meet {}",
+                        root_artifact.artifact_type,
+                        root_artifact.name,
+                        root_version.version,
+                        wanted.join(" and ")
+                    ),
+                    artifact: root_artifact.clone(),
+                    requirements: unmet,
+                    available: Vec::new(),
+                });
             }
         }
         resolved.sort_by(|a, b| {
@@ -683,4 +757,198 @@ fn find_cycles(graph: &Graph, root_id: &str, chosen: &HashMap<String, String>) -
         }
     }
     cycles
+}
+
+/// What a dependency search looks for.
+#[derive(Debug, Clone)]
+pub enum DependencyRelation {
+    /// Versions that depend on this artifact.
+    DependsOn(DependencyTarget),
+    /// What a version of this artifact depends on.
+    DependedOnBy(DependencyTarget, String),
+}
+
+/// A dependency search's filters.
+#[derive(Debug, Clone, Default)]
+pub struct DependencyFilter {
+    pub artifact_type: Option<String>,
+    pub states: Vec<LifecycleState>,
+    pub kinds: HashSet<String>,
+    pub accepts_version: Option<String>,
+    pub transitive: bool,
+}
+
+/// One artifact found by its dependencies.
+#[derive(Debug, Clone)]
+pub struct DependencyHit {
+    pub artifact: Artifact,
+    pub version: String,
+    pub state: LifecycleState,
+    pub requirement: String,
+    pub kind: String,
+    pub depth: u32,
+}
+
+impl Artifacts {
+    /// The artifact a reference names, in the tenant.
+    async fn find_target(
+        &self,
+        scope: &Scope,
+        field: &'static str,
+        target: &DependencyTarget,
+    ) -> Result<Artifact> {
+        match target {
+            DependencyTarget::Id(id) => self.require_artifact(scope, id).await,
+            DependencyTarget::Coordinates {
+                project,
+                artifact_type,
+                name,
+            } => {
+                let in_scope = Scope::new(
+                    scope.tenant.clone(),
+                    project.clone().unwrap_or_else(|| scope.project.clone()),
+                );
+                validate_identifier(field, &in_scope.project)?;
+                validate_identifier(field, artifact_type)?;
+                validate_artifact_name(name)?;
+                self.inner
+                    .catalog
+                    .artifact_by_name(&in_scope, artifact_type, name)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::not_found(format!(
+                            "{field}: no artifact of type {artifact_type:?} named {name:?} in {}/{}",
+                            in_scope.tenant, in_scope.project
+                        ))
+                    })
+            }
+        }
+    }
+
+    /// Artifacts found by their dependencies, filtered, in a stable order (depth, project,
+    /// name, version), a page at a time.
+    pub async fn search_by_dependencies(
+        &self,
+        scope: &Scope,
+        relation: &DependencyRelation,
+        filter: &DependencyFilter,
+        requested_page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<DependencyHit>> {
+        let offset = if page_token.is_empty() {
+            0
+        } else {
+            let fields = decode_token(page_token, 2)?;
+            if fields[0] != "d" {
+                return Err(Error::invalid(
+                    "page_token",
+                    "the token belongs to another listing",
+                ));
+            }
+            fields[1]
+                .parse::<usize>()
+                .map_err(|_| Error::invalid("page_token", "malformed token"))?
+        };
+        validate_scope(scope)?;
+        let mut hits: Vec<DependencyHit> = match relation {
+            DependencyRelation::DependsOn(target) => {
+                let target = self.find_target(scope, "depends_on", target).await?;
+                let target_scope = target.scope.clone();
+                let (found, _) = self
+                    .dependents(
+                        &target_scope,
+                        &target.id,
+                        filter.accepts_version.as_deref(),
+                        filter.transitive,
+                        DEFAULT_MAX_DEPTH,
+                    )
+                    .await
+                    .map_err(|error| match error {
+                        Error::InvalidArgument { message, .. } => Error::invalid("accepts_version", message),
+                        other => other,
+                    })?;
+                found
+                    .into_iter()
+                    .map(|d| DependencyHit {
+                        artifact: d.artifact,
+                        version: d.version,
+                        state: d.state,
+                        requirement: d.requirement,
+                        kind: d.kind,
+                        depth: d.depth,
+                    })
+                    .collect()
+            }
+            DependencyRelation::DependedOnBy(source, version) => {
+                if filter.accepts_version.is_some() {
+                    return Err(Error::invalid("accepts_version", "applies to depends_on only"));
+                }
+                let source = self.find_target(scope, "depended_on_by", source).await?;
+                let policy = ResolvePolicy {
+                    states: LifecycleState::ALL.to_vec(),
+                    prereleases: true,
+                    max_depth: if filter.transitive { DEFAULT_MAX_DEPTH } else { 1 },
+                    max_artifacts: DEFAULT_MAX_ARTIFACTS,
+                };
+                let resolution = self
+                    .resolve_dependencies(&source.scope.clone(), &source.id, version, policy)
+                    .await?;
+                resolution
+                    .resolved
+                    .into_iter()
+                    .flat_map(|r| {
+                        // One hit per requirement that reached it, so kinds filter per edge.
+                        r.required_by
+                            .iter()
+                            .map(|by| DependencyHit {
+                                artifact: r.artifact.clone(),
+                                version: r.version.clone(),
+                                state: r.state,
+                                requirement: by.requirement.clone(),
+                                kind: by.kind.clone(),
+                                depth: r.depth,
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            }
+        };
+        hits.retain(|hit| {
+            filter
+                .artifact_type
+                .as_ref()
+                .is_none_or(|t| *t == hit.artifact.artifact_type)
+                && (filter.states.is_empty() || filter.states.contains(&hit.state))
+                && (filter.kinds.is_empty() || filter.kinds.contains(&hit.kind))
+        });
+        hits.sort_by(|a, b| {
+            (
+                a.depth,
+                &a.artifact.scope.project,
+                &a.artifact.name,
+                &a.version,
+                &a.kind,
+            )
+                .cmp(&(
+                    b.depth,
+                    &b.artifact.scope.project,
+                    &b.artifact.name,
+                    &b.version,
+                    &b.kind,
+                ))
+        });
+        hits.dedup_by(|a, b| a.artifact.id == b.artifact.id && a.version == b.version && a.kind == b.kind);
+        let limit = page_size(requested_page_size) as usize;
+        let end = offset.saturating_add(limit).min(hits.len());
+        let next_page_token = if end < hits.len() {
+            encode_token(&["d", &end.to_string()])
+        } else {
+            String::new()
+        };
+        let items = hits.into_iter().skip(offset).take(limit).collect();
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
 }

@@ -7,7 +7,10 @@ mod lifecycle;
 mod upload;
 mod watch;
 
-pub use dependencies::{DependentVersion, RequiredBy, Resolution, ResolvePolicy, Resolved, Unsatisfied};
+pub use dependencies::{
+    DependencyFilter, DependencyHit, DependencyRelation, DependentVersion, RequiredBy, Resolution,
+    ResolvePolicy, Resolved, Unsatisfied,
+};
 
 /// How deep a dependency lookup goes when the caller does not say.
 pub fn dependencies_default_depth() -> u32 {

@@ -158,8 +158,9 @@ impl Artifacts {
             sender,
             cut_off: cut_off.clone(),
             position,
+            shutdown,
         };
-        tokio::spawn(feeder.run(commits, shutdown));
+        tokio::spawn(feeder.run(commits));
         Ok(futures::stream::unfold(
             (receiver, cut_off, false),
             |(mut receiver, cut_off, ended)| async move {
@@ -172,7 +173,11 @@ impl Artifacts {
                 if let Some(error) = cut {
                     return Some((Err(error), (receiver, cut_off, true)));
                 }
-                let item = receiver.recv().await?;
+                let Some(item) = receiver.recv().await else {
+                    // The feeder stopped while this side waited: say why, if it said.
+                    let cut = cut_off.lock().expect("cut-off lock").take();
+                    return cut.map(|error| (Err(error), (receiver, cut_off, true)));
+                };
                 let ended = item.is_err();
                 Some((item, (receiver, cut_off, ended)))
             },
@@ -190,6 +195,7 @@ struct Feeder {
     cut_off: Arc<Mutex<Option<Error>>>,
     /// Everything up to here has been handed on or filtered out.
     position: i64,
+    shutdown: CancellationToken,
 }
 
 /// Why a feeder stops.
@@ -199,22 +205,19 @@ enum Stop {
 }
 
 impl Feeder {
-    async fn run(self, commits: tokio::sync::watch::Receiver<u64>, shutdown: CancellationToken) {
+    async fn run(self, commits: tokio::sync::watch::Receiver<u64>) {
         let streams = metrics::gauge!(crate::telemetry::names::WATCH_STREAMS);
         streams.increment(1.0);
-        self.feed(commits, shutdown).await;
+        self.feed(commits).await;
         streams.decrement(1.0);
     }
 
-    async fn feed(mut self, mut commits: tokio::sync::watch::Receiver<u64>, shutdown: CancellationToken) {
+    async fn feed(mut self, mut commits: tokio::sync::watch::Receiver<u64>) {
+        let shutdown = self.shutdown.clone();
         let mut last_sent = Instant::now();
         loop {
             if shutdown.is_cancelled() {
-                let error = Error::Unavailable(format!(
-                    "the server is shutting down; resume after cursor {}",
-                    self.position
-                ));
-                let _ = self.sender.try_send(Err(error));
+                self.end_for_shutdown();
                 return;
             }
             let batch = match self.read().await {
@@ -280,8 +283,22 @@ impl Feeder {
 
     /// Hands an item to the watcher, waiting while its buffer is full for at most the slow
     /// consumer limit; past that the watcher is cut off.
+    /// Ends the stream ahead of anything still buffered: the server is going away.
+    fn end_for_shutdown(&self) {
+        *self.cut_off.lock().expect("cut-off lock") = Some(Error::Unavailable(
+            "the server is shutting down; resume after the last cursor received".to_owned(),
+        ));
+    }
+
     async fn hand_on(&self, item: Result<WatchItem>) -> std::result::Result<(), Stop> {
-        match tokio::time::timeout(self.settings.slow_consumer, self.sender.send(item)).await {
+        let sent = tokio::select! {
+            sent = tokio::time::timeout(self.settings.slow_consumer, self.sender.send(item)) => sent,
+            _ = self.shutdown.cancelled() => {
+                self.end_for_shutdown();
+                return Err(Stop::Gone);
+            }
+        };
+        match sent {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Stop::Gone),
             Err(_) => {

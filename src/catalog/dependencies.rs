@@ -134,12 +134,22 @@ impl Catalog {
         Ok(found)
     }
 
-    /// Live artifacts of a tenant (any project) by id.
-    pub async fn tenant_artifacts(&self, tenant: &str, ids: &[String]) -> Result<HashMap<String, Artifact>> {
+    /// Artifacts of a tenant (any project) by id: live ones, and deleted ones when asked.
+    pub async fn tenant_artifacts(
+        &self,
+        tenant: &str,
+        ids: &[String],
+        include_deleted: bool,
+    ) -> Result<HashMap<String, Artifact>> {
         let mut found = HashMap::new();
+        let live = if include_deleted {
+            ""
+        } else {
+            "AND deleted_at IS NULL"
+        };
         for batch in ids.chunks(BATCH_ROWS) {
             let sql = format!(
-                "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE tenant = {} AND deleted_at IS NULL AND id IN ({})",
+                "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE tenant = {} {live} AND id IN ({})",
                 self.dialect.placeholders(1, 1),
                 self.dialect.placeholders(2, batch.len())
             );

@@ -69,8 +69,12 @@ pub struct OutboxRange {
 }
 
 impl Catalog {
-    /// A project's events after `after`, in commit order, at most `limit` of them.
+    /// A project's events after `after`, in commit order, at most `limit` of them. When the
+    /// read is not cut by the limit, `scanned_to` is the whole outbox's newest position as it
+    /// was before the read: outbox order is commit order, so no event of the project can
+    /// appear below it later. Quiet projects' cursors thus keep up with pruning.
     pub async fn events_after(&self, scope: &Scope, after: i64, limit: u32) -> Result<EventBatch> {
+        let newest = self.max_outbox_seq().await?;
         let rows: Vec<EventRecord> = sqlx::query_as(
             "SELECT o.seq, o.event_type, o.artifact_id, o.version, o.created_at, o.detail, \
                     a.artifact_type, a.name \
@@ -85,7 +89,8 @@ impl Catalog {
         .await
         .map_err(|e| db_error("reading the change stream", e))?;
         let full = rows.len() >= limit as usize;
-        let scanned_to = rows.last().map_or(after, |row| row.seq);
+        let read_to = rows.last().map_or(after, |row| row.seq);
+        let scanned_to = if full { read_to } else { read_to.max(newest) };
         Ok(EventBatch {
             events: rows.into_iter().filter_map(EventRecord::into_event).collect(),
             scanned_to,

@@ -85,10 +85,33 @@ pub fn admits(requirement: &semver::VersionReq, version: &semver::Version, prere
         return true;
     }
     if prereleases && !version.pre.is_empty() {
+        // A prerelease precedes its release: it is admitted where its release is, but never
+        // below a requirement's lower bound (`=1.4.0` does not take 1.4.0-rc.1).
         let release = semver::Version::new(version.major, version.minor, version.patch);
-        return requirement.matches(&release) && requirement.comparators.iter().all(|c| c.pre.is_empty());
+        return requirement.matches(&release)
+            && requirement.comparators.iter().all(|c| match lower_bound(c) {
+                Some(bound) => *version >= bound,
+                None => true,
+            });
     }
     false
+}
+
+/// The least version a comparator admits, for those that have one.
+fn lower_bound(comparator: &semver::Comparator) -> Option<semver::Version> {
+    use semver::Op;
+    match comparator.op {
+        Op::Exact | Op::Greater | Op::GreaterEq | Op::Tilde | Op::Caret | Op::Wildcard => {
+            Some(semver::Version {
+                major: comparator.major,
+                minor: comparator.minor.unwrap_or(0),
+                patch: comparator.patch.unwrap_or(0),
+                pre: comparator.pre.clone(),
+                build: semver::BuildMetadata::EMPTY,
+            })
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -130,6 +153,29 @@ mod tests {
         assert!(!admits(
             &caret,
             &semver::Version::parse("2.0.0-rc.1").unwrap(),
+            true
+        ));
+        // Never below a lower bound.
+        let exact = semver::VersionReq::parse("=1.4.0").unwrap();
+        assert!(!admits(
+            &exact,
+            &semver::Version::parse("1.4.0-rc.1").unwrap(),
+            true
+        ));
+        assert!(!admits(
+            &caret,
+            &semver::Version::parse("1.2.0-alpha").unwrap(),
+            true
+        ));
+        let at_least = semver::VersionReq::parse(">=1.2.3").unwrap();
+        assert!(!admits(
+            &at_least,
+            &semver::Version::parse("1.2.3-rc").unwrap(),
+            true
+        ));
+        assert!(admits(
+            &at_least,
+            &semver::Version::parse("1.2.4-rc").unwrap(),
             true
         ));
     }

@@ -248,8 +248,6 @@ impl Indexer {
         self.catch_up().await
     }
 
-    /// How far the index is behind the catalog: the age of the oldest change it has not
-    /// applied (zero when it has applied them all).
     /// Records in the catalog how far this index has followed the outbox.
     pub async fn record_position(&self, replica_id: &str) -> Result<()> {
         let position = self.index.checkpoint()?;
@@ -258,6 +256,8 @@ impl Indexer {
             .await
     }
 
+    /// How far the index is behind the catalog: the age of the oldest change it has not
+    /// applied (zero when it has applied them all).
     pub async fn lag(&self) -> Result<Duration> {
         let checkpoint = self.index.checkpoint()?;
         let oldest = self.catalog.oldest_outbox_event_after(checkpoint).await?;

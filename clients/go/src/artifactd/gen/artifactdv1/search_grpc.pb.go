@@ -27,6 +27,11 @@ type SearchServiceClient interface {
 	// Artifacts whose metadata meet every filter, sorted by creation, change, name, size or
 	// version, with paging.
 	SearchByMetadata(ctx context.Context, in *SearchByMetadataRequest, opts ...grpc.CallOption) (*SearchByMetadataResponse, error)
+	// Artifacts by their dependencies: those that depend on a given artifact, or those a given
+	// version depends on; directly or transitively, filtered by type, state, kind and the
+	// version a requirement must accept. Dependencies reach across the projects of a tenant,
+	// and so do the results (each names its project).
+	SearchByDependencies(ctx context.Context, in *SearchByDependenciesRequest, opts ...grpc.CallOption) (*SearchByDependenciesResponse, error)
 }
 
 type searchServiceClient struct {
@@ -64,6 +69,15 @@ func (c *searchServiceClient) SearchByMetadata(ctx context.Context, in *SearchBy
 	return out, nil
 }
 
+func (c *searchServiceClient) SearchByDependencies(ctx context.Context, in *SearchByDependenciesRequest, opts ...grpc.CallOption) (*SearchByDependenciesResponse, error) {
+	out := new(SearchByDependenciesResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.SearchService/SearchByDependencies", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SearchServiceServer is the server API for SearchService service.
 // All implementations must embed UnimplementedSearchServiceServer
 // for forward compatibility
@@ -78,6 +92,11 @@ type SearchServiceServer interface {
 	// Artifacts whose metadata meet every filter, sorted by creation, change, name, size or
 	// version, with paging.
 	SearchByMetadata(context.Context, *SearchByMetadataRequest) (*SearchByMetadataResponse, error)
+	// Artifacts by their dependencies: those that depend on a given artifact, or those a given
+	// version depends on; directly or transitively, filtered by type, state, kind and the
+	// version a requirement must accept. Dependencies reach across the projects of a tenant,
+	// and so do the results (each names its project).
+	SearchByDependencies(context.Context, *SearchByDependenciesRequest) (*SearchByDependenciesResponse, error)
 	mustEmbedUnimplementedSearchServiceServer()
 }
 
@@ -93,6 +112,9 @@ func (UnimplementedSearchServiceServer) SearchByTags(context.Context, *SearchByT
 }
 func (UnimplementedSearchServiceServer) SearchByMetadata(context.Context, *SearchByMetadataRequest) (*SearchByMetadataResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method SearchByMetadata not implemented")
+}
+func (UnimplementedSearchServiceServer) SearchByDependencies(context.Context, *SearchByDependenciesRequest) (*SearchByDependenciesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SearchByDependencies not implemented")
 }
 func (UnimplementedSearchServiceServer) mustEmbedUnimplementedSearchServiceServer() {}
 
@@ -161,6 +183,24 @@ func _SearchService_SearchByMetadata_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SearchService_SearchByDependencies_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SearchByDependenciesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SearchServiceServer).SearchByDependencies(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.SearchService/SearchByDependencies",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SearchServiceServer).SearchByDependencies(ctx, req.(*SearchByDependenciesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _SearchService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "artifactd.v1.SearchService",
 	HandlerType: (*SearchServiceServer)(nil),
@@ -176,6 +216,10 @@ var _SearchService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SearchByMetadata",
 			Handler:    _SearchService_SearchByMetadata_Handler,
+		},
+		{
+			MethodName: "SearchByDependencies",
+			Handler:    _SearchService_SearchByDependencies_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -4,6 +4,8 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { DependencyCoordinates, LifecycleState } from "./artifact_pb.js";
+import { file_artifactd_v1_artifact } from "./artifact_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
@@ -12,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file artifactd/v1/search.proto.
  */
 export const file_artifactd_v1_search: GenFile = /*@__PURE__*/
-  fileDesc("ChlhcnRpZmFjdGQvdjEvc2VhcmNoLnByb3RvEgxhcnRpZmFjdGQudjEirgEKDVNlYXJjaFJlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSDQoFcXVlcnkYAyABKAkSFQoNYXJ0aWZhY3RfdHlwZRgEIAEoCRINCgVzdGF0ZRgFIAEoCRIMCgR0YWdzGAYgAygJEhEKCXBhZ2Vfc2l6ZRgHIAEoDRISCgpwYWdlX3Rva2VuGAggASgJEhIKCmNhdGVnb3JpZXMYCSADKAkipAIKCVNlYXJjaEhpdBITCgthcnRpZmFjdF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhUKDWFydGlmYWN0X3R5cGUYAyABKAkSDQoFc3RhdGUYBCABKAkSDAoEdGFncxgFIAMoCRIPCgd2ZXJzaW9uGAYgASgJEg0KBXRpdGxlGAcgASgJEg0KBXNjb3JlGAggASgCEg8KB3NuaXBwZXQYCSABKAkSEgoKY2F0ZWdvcmllcxgKIAMoCRIMCgRzaXplGAsgASgEEi4KCmNyZWF0ZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImQKDlNlYXJjaFJlc3BvbnNlEiUKBGhpdHMYASADKAsyFy5hcnRpZmFjdGQudjEuU2VhcmNoSGl0EhIKCnRvdGFsX2hpdHMYAiABKAQSFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJIqYBChNTZWFyY2hCeVRhZ3NSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEgwKBHRhZ3MYAyADKAkSJQoFbWF0Y2gYBCABKA4yFi5hcnRpZmFjdGQudjEuVGFnTWF0Y2gSEQoJcGFnZV9zaXplGAUgASgNEhIKCnBhZ2VfdG9rZW4YBiABKAkSEgoKY2F0ZWdvcmllcxgHIAMoCSImCghUYWdDb3VudBILCgN0YWcYASABKAkSDQoFY291bnQYAiABKAQiwwEKFFNlYXJjaEJ5VGFnc1Jlc3BvbnNlEiUKBGhpdHMYASADKAsyFy5hcnRpZmFjdGQudjEuU2VhcmNoSGl0EhIKCnRvdGFsX2hpdHMYAiABKAQSFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJEiYKBmZhY2V0cxgEIAMoCzIWLmFydGlmYWN0ZC52MS5UYWdDb3VudBIvCg9jYXRlZ29yeV9mYWNldHMYBSADKAsyFi5hcnRpZmFjdGQudjEuVGFnQ291bnQixAEKDk1ldGFkYXRhRmlsdGVyEg0KBWZpZWxkGAEgASgJEhAKBmVxdWFscxgCIAEoCUgAEhAKBnByZWZpeBgDIAEoCUgAEjEKDG51bWJlcl9yYW5nZRgEIAEoCzIZLmFydGlmYWN0ZC52MS5OdW1iZXJSYW5nZUgAEi0KCnRpbWVfcmFuZ2UYBSABKAsyFy5hcnRpZmFjdGQudjEuVGltZVJhbmdlSAASEAoGZXhpc3RzGAYgASgISABCCwoJY29uZGl0aW9uIkEKC051bWJlclJhbmdlEhAKA21pbhgBIAEoAUgAiAEBEhAKA21heBgCIAEoAUgBiAEBQgYKBF9taW5CBgoEX21heCJgCglUaW1lUmFuZ2USKAoEZnJvbRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIs4BChdTZWFyY2hCeU1ldGFkYXRhUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRItCgdmaWx0ZXJzGAMgAygLMhwuYXJ0aWZhY3RkLnYxLk1ldGFkYXRhRmlsdGVyEigKBHNvcnQYBCABKA4yGi5hcnRpZmFjdGQudjEuTWV0YWRhdGFTb3J0EhIKCmRlc2NlbmRpbmcYBSABKAgSEQoJcGFnZV9zaXplGAYgASgNEhIKCnBhZ2VfdG9rZW4YByABKAkibgoYU2VhcmNoQnlNZXRhZGF0YVJlc3BvbnNlEiUKBGhpdHMYASADKAsyFy5hcnRpZmFjdGQudjEuU2VhcmNoSGl0EhIKCnRvdGFsX2hpdHMYAiABKAQSFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJKksKCFRhZ01hdGNoEhkKFVRBR19NQVRDSF9VTlNQRUNJRklFRBAAEhEKDVRBR19NQVRDSF9BTEwQARIRCg1UQUdfTUFUQ0hfQU5ZEAIqrgEKDE1ldGFkYXRhU29ydBIdChlNRVRBREFUQV9TT1JUX1VOU1BFQ0lGSUVEEAASGQoVTUVUQURBVEFfU09SVF9DUkVBVEVEEAESGQoVTUVUQURBVEFfU09SVF9VUERBVEVEEAISFgoSTUVUQURBVEFfU09SVF9OQU1FEAMSFgoSTUVUQURBVEFfU09SVF9TSVpFEAQSGQoVTUVUQURBVEFfU09SVF9WRVJTSU9OEAUyjgIKDVNlYXJjaFNlcnZpY2USQwoGU2VhcmNoEhsuYXJ0aWZhY3RkLnYxLlNlYXJjaFJlcXVlc3QaHC5hcnRpZmFjdGQudjEuU2VhcmNoUmVzcG9uc2USVQoMU2VhcmNoQnlUYWdzEiEuYXJ0aWZhY3RkLnYxLlNlYXJjaEJ5VGFnc1JlcXVlc3QaIi5hcnRpZmFjdGQudjEuU2VhcmNoQnlUYWdzUmVzcG9uc2USYQoQU2VhcmNoQnlNZXRhZGF0YRIlLmFydGlmYWN0ZC52MS5TZWFyY2hCeU1ldGFkYXRhUmVxdWVzdBomLmFydGlmYWN0ZC52MS5TZWFyY2hCeU1ldGFkYXRhUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChlhcnRpZmFjdGQvdjEvc2VhcmNoLnByb3RvEgxhcnRpZmFjdGQudjEirgEKDVNlYXJjaFJlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSDQoFcXVlcnkYAyABKAkSFQoNYXJ0aWZhY3RfdHlwZRgEIAEoCRINCgVzdGF0ZRgFIAEoCRIMCgR0YWdzGAYgAygJEhEKCXBhZ2Vfc2l6ZRgHIAEoDRISCgpwYWdlX3Rva2VuGAggASgJEhIKCmNhdGVnb3JpZXMYCSADKAkipAIKCVNlYXJjaEhpdBITCgthcnRpZmFjdF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhUKDWFydGlmYWN0X3R5cGUYAyABKAkSDQoFc3RhdGUYBCABKAkSDAoEdGFncxgFIAMoCRIPCgd2ZXJzaW9uGAYgASgJEg0KBXRpdGxlGAcgASgJEg0KBXNjb3JlGAggASgCEg8KB3NuaXBwZXQYCSABKAkSEgoKY2F0ZWdvcmllcxgKIAMoCRIMCgRzaXplGAsgASgEEi4KCmNyZWF0ZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImQKDlNlYXJjaFJlc3BvbnNlEiUKBGhpdHMYASADKAsyFy5hcnRpZmFjdGQudjEuU2VhcmNoSGl0EhIKCnRvdGFsX2hpdHMYAiABKAQSFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJIqYBChNTZWFyY2hCeVRhZ3NSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEgwKBHRhZ3MYAyADKAkSJQoFbWF0Y2gYBCABKA4yFi5hcnRpZmFjdGQudjEuVGFnTWF0Y2gSEQoJcGFnZV9zaXplGAUgASgNEhIKCnBhZ2VfdG9rZW4YBiABKAkSEgoKY2F0ZWdvcmllcxgHIAMoCSImCghUYWdDb3VudBILCgN0YWcYASABKAkSDQoFY291bnQYAiABKAQiwwEKFFNlYXJjaEJ5VGFnc1Jlc3BvbnNlEiUKBGhpdHMYASADKAsyFy5hcnRpZmFjdGQudjEuU2VhcmNoSGl0EhIKCnRvdGFsX2hpdHMYAiABKAQSFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJEiYKBmZhY2V0cxgEIAMoCzIWLmFydGlmYWN0ZC52MS5UYWdDb3VudBIvCg9jYXRlZ29yeV9mYWNldHMYBSADKAsyFi5hcnRpZmFjdGQudjEuVGFnQ291bnQixAEKDk1ldGFkYXRhRmlsdGVyEg0KBWZpZWxkGAEgASgJEhAKBmVxdWFscxgCIAEoCUgAEhAKBnByZWZpeBgDIAEoCUgAEjEKDG51bWJlcl9yYW5nZRgEIAEoCzIZLmFydGlmYWN0ZC52MS5OdW1iZXJSYW5nZUgAEi0KCnRpbWVfcmFuZ2UYBSABKAsyFy5hcnRpZmFjdGQudjEuVGltZVJhbmdlSAASEAoGZXhpc3RzGAYgASgISABCCwoJY29uZGl0aW9uIkEKC051bWJlclJhbmdlEhAKA21pbhgBIAEoAUgAiAEBEhAKA21heBgCIAEoAUgBiAEBQgYKBF9taW5CBgoEX21heCJgCglUaW1lUmFuZ2USKAoEZnJvbRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIs4BChdTZWFyY2hCeU1ldGFkYXRhUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRItCgdmaWx0ZXJzGAMgAygLMhwuYXJ0aWZhY3RkLnYxLk1ldGFkYXRhRmlsdGVyEigKBHNvcnQYBCABKA4yGi5hcnRpZmFjdGQudjEuTWV0YWRhdGFTb3J0EhIKCmRlc2NlbmRpbmcYBSABKAgSEQoJcGFnZV9zaXplGAYgASgNEhIKCnBhZ2VfdG9rZW4YByABKAkibgoYU2VhcmNoQnlNZXRhZGF0YVJlc3BvbnNlEiUKBGhpdHMYASADKAsyFy5hcnRpZmFjdGQudjEuU2VhcmNoSGl0EhIKCnRvdGFsX2hpdHMYAiABKAQSFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJImoKC0FydGlmYWN0UmVmEhUKC2FydGlmYWN0X2lkGAEgASgJSAASOgoLY29vcmRpbmF0ZXMYAiABKAsyIy5hcnRpZmFjdGQudjEuRGVwZW5kZW5jeUNvb3JkaW5hdGVzSABCCAoGdGFyZ2V0IukCChtTZWFyY2hCeURlcGVuZGVuY2llc1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSLwoKZGVwZW5kc19vbhgDIAEoCzIZLmFydGlmYWN0ZC52MS5BcnRpZmFjdFJlZkgAEjMKDmRlcGVuZGVkX29uX2J5GAQgASgLMhkuYXJ0aWZhY3RkLnYxLkFydGlmYWN0UmVmSAASDwoHdmVyc2lvbhgFIAEoCRIVCg1hcnRpZmFjdF90eXBlGAYgASgJEiwKBnN0YXRlcxgHIAMoDjIcLmFydGlmYWN0ZC52MS5MaWZlY3ljbGVTdGF0ZRINCgVraW5kcxgIIAMoCRIXCg9hY2NlcHRzX3ZlcnNpb24YCSABKAkSEgoKdHJhbnNpdGl2ZRgKIAEoCBIRCglwYWdlX3NpemUYCyABKA0SEgoKcGFnZV90b2tlbhgMIAEoCUIKCghyZWxhdGlvbiLKAQoNRGVwZW5kZW5jeUhpdBITCgthcnRpZmFjdF9pZBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEhUKDWFydGlmYWN0X3R5cGUYAyABKAkSDAoEbmFtZRgEIAEoCRIPCgd2ZXJzaW9uGAUgASgJEisKBXN0YXRlGAYgASgOMhwuYXJ0aWZhY3RkLnYxLkxpZmVjeWNsZVN0YXRlEhMKC3JlcXVpcmVtZW50GAcgASgJEgwKBGtpbmQYCCABKAkSDQoFZGVwdGgYCSABKA0iYgocU2VhcmNoQnlEZXBlbmRlbmNpZXNSZXNwb25zZRIpCgRoaXRzGAEgAygLMhsuYXJ0aWZhY3RkLnYxLkRlcGVuZGVuY3lIaXQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKksKCFRhZ01hdGNoEhkKFVRBR19NQVRDSF9VTlNQRUNJRklFRBAAEhEKDVRBR19NQVRDSF9BTEwQARIRCg1UQUdfTUFUQ0hfQU5ZEAIqrgEKDE1ldGFkYXRhU29ydBIdChlNRVRBREFUQV9TT1JUX1VOU1BFQ0lGSUVEEAASGQoVTUVUQURBVEFfU09SVF9DUkVBVEVEEAESGQoVTUVUQURBVEFfU09SVF9VUERBVEVEEAISFgoSTUVUQURBVEFfU09SVF9OQU1FEAMSFgoSTUVUQURBVEFfU09SVF9TSVpFEAQSGQoVTUVUQURBVEFfU09SVF9WRVJTSU9OEAUy/QIKDVNlYXJjaFNlcnZpY2USQwoGU2VhcmNoEhsuYXJ0aWZhY3RkLnYxLlNlYXJjaFJlcXVlc3QaHC5hcnRpZmFjdGQudjEuU2VhcmNoUmVzcG9uc2USVQoMU2VhcmNoQnlUYWdzEiEuYXJ0aWZhY3RkLnYxLlNlYXJjaEJ5VGFnc1JlcXVlc3QaIi5hcnRpZmFjdGQudjEuU2VhcmNoQnlUYWdzUmVzcG9uc2USYQoQU2VhcmNoQnlNZXRhZGF0YRIlLmFydGlmYWN0ZC52MS5TZWFyY2hCeU1ldGFkYXRhUmVxdWVzdBomLmFydGlmYWN0ZC52MS5TZWFyY2hCeU1ldGFkYXRhUmVzcG9uc2USbQoUU2VhcmNoQnlEZXBlbmRlbmNpZXMSKS5hcnRpZmFjdGQudjEuU2VhcmNoQnlEZXBlbmRlbmNpZXNSZXF1ZXN0GiouYXJ0aWZhY3RkLnYxLlNlYXJjaEJ5RGVwZW5kZW5jaWVzUmVzcG9uc2ViBnByb3RvMw", [file_artifactd_v1_artifact, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message artifactd.v1.SearchRequest
@@ -41,7 +43,8 @@ export type SearchRequest = Message<"artifactd.v1.SearchRequest"> & {
   artifactType: string;
 
   /**
-   * Only artifacts in this lifecycle state when set ("active" today).
+   * Only artifacts whose latest version is in this lifecycle state (draft, review, approved,
+   * archived) when set; when empty, every state but archived ("active" means the same).
    *
    * @generated from field: string state = 5;
    */
@@ -516,6 +519,219 @@ export const SearchByMetadataResponseSchema: GenMessage<SearchByMetadataResponse
   messageDesc(file_artifactd_v1_search, 10);
 
 /**
+ * An artifact named by id, or by type and name (in the request's project unless another is
+ * given).
+ *
+ * @generated from message artifactd.v1.ArtifactRef
+ */
+export type ArtifactRef = Message<"artifactd.v1.ArtifactRef"> & {
+  /**
+   * @generated from oneof artifactd.v1.ArtifactRef.target
+   */
+  target: {
+    /**
+     * @generated from field: string artifact_id = 1;
+     */
+    value: string;
+    case: "artifactId";
+  } | {
+    /**
+     * @generated from field: artifactd.v1.DependencyCoordinates coordinates = 2;
+     */
+    value: DependencyCoordinates;
+    case: "coordinates";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message artifactd.v1.ArtifactRef.
+ * Use `create(ArtifactRefSchema)` to create a new message.
+ */
+export const ArtifactRefSchema: GenMessage<ArtifactRef> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_search, 11);
+
+/**
+ * @generated from message artifactd.v1.SearchByDependenciesRequest
+ */
+export type SearchByDependenciesRequest = Message<"artifactd.v1.SearchByDependenciesRequest"> & {
+  /**
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * @generated from field: string project = 2;
+   */
+  project: string;
+
+  /**
+   * @generated from oneof artifactd.v1.SearchByDependenciesRequest.relation
+   */
+  relation: {
+    /**
+     * Versions that depend on this artifact.
+     *
+     * @generated from field: artifactd.v1.ArtifactRef depends_on = 3;
+     */
+    value: ArtifactRef;
+    case: "dependsOn";
+  } | {
+    /**
+     * What this artifact's version (`version`, or its latest) depends on.
+     *
+     * @generated from field: artifactd.v1.ArtifactRef depended_on_by = 4;
+     */
+    value: ArtifactRef;
+    case: "dependedOnBy";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * With depended_on_by: the version, or an alias; empty for the latest.
+   *
+   * @generated from field: string version = 5;
+   */
+  version: string;
+
+  /**
+   * Only artifacts of this type.
+   *
+   * @generated from field: string artifact_type = 6;
+   */
+  artifactType: string;
+
+  /**
+   * Only hits whose version is in one of these states (every state when empty).
+   *
+   * @generated from field: repeated artifactd.v1.LifecycleState states = 7;
+   */
+  states: LifecycleState[];
+
+  /**
+   * Only dependencies of these kinds.
+   *
+   * @generated from field: repeated string kinds = 8;
+   */
+  kinds: string[];
+
+  /**
+   * With depends_on: only requirements that accept this version (which need not exist).
+   *
+   * @generated from field: string accepts_version = 9;
+   */
+  acceptsVersion: string;
+
+  /**
+   * Follow dependencies of dependencies.
+   *
+   * @generated from field: bool transitive = 10;
+   */
+  transitive: boolean;
+
+  /**
+   * At most this many hits (default 50, at most 1000).
+   *
+   * @generated from field: uint32 page_size = 11;
+   */
+  pageSize: number;
+
+  /**
+   * @generated from field: string page_token = 12;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message artifactd.v1.SearchByDependenciesRequest.
+ * Use `create(SearchByDependenciesRequestSchema)` to create a new message.
+ */
+export const SearchByDependenciesRequestSchema: GenMessage<SearchByDependenciesRequest> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_search, 12);
+
+/**
+ * @generated from message artifactd.v1.DependencyHit
+ */
+export type DependencyHit = Message<"artifactd.v1.DependencyHit"> & {
+  /**
+   * @generated from field: string artifact_id = 1;
+   */
+  artifactId: string;
+
+  /**
+   * @generated from field: string project = 2;
+   */
+  project: string;
+
+  /**
+   * @generated from field: string artifact_type = 3;
+   */
+  artifactType: string;
+
+  /**
+   * @generated from field: string name = 4;
+   */
+  name: string;
+
+  /**
+   * depends_on: the depending version; depended_on_by: the highest version meeting the
+   * requirement (in any state).
+   *
+   * @generated from field: string version = 5;
+   */
+  version: string;
+
+  /**
+   * @generated from field: artifactd.v1.LifecycleState state = 6;
+   */
+  state: LifecycleState;
+
+  /**
+   * @generated from field: string requirement = 7;
+   */
+  requirement: string;
+
+  /**
+   * @generated from field: string kind = 8;
+   */
+  kind: string;
+
+  /**
+   * 1 for direct.
+   *
+   * @generated from field: uint32 depth = 9;
+   */
+  depth: number;
+};
+
+/**
+ * Describes the message artifactd.v1.DependencyHit.
+ * Use `create(DependencyHitSchema)` to create a new message.
+ */
+export const DependencyHitSchema: GenMessage<DependencyHit> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_search, 13);
+
+/**
+ * @generated from message artifactd.v1.SearchByDependenciesResponse
+ */
+export type SearchByDependenciesResponse = Message<"artifactd.v1.SearchByDependenciesResponse"> & {
+  /**
+   * @generated from field: repeated artifactd.v1.DependencyHit hits = 1;
+   */
+  hits: DependencyHit[];
+
+  /**
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message artifactd.v1.SearchByDependenciesResponse.
+ * Use `create(SearchByDependenciesResponseSchema)` to create a new message.
+ */
+export const SearchByDependenciesResponseSchema: GenMessage<SearchByDependenciesResponse> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_search, 14);
+
+/**
  * How several tags combine.
  *
  * @generated from enum artifactd.v1.TagMatch
@@ -635,6 +851,19 @@ export const SearchService: GenService<{
     methodKind: "unary";
     input: typeof SearchByMetadataRequestSchema;
     output: typeof SearchByMetadataResponseSchema;
+  },
+  /**
+   * Artifacts by their dependencies: those that depend on a given artifact, or those a given
+   * version depends on; directly or transitively, filtered by type, state, kind and the
+   * version a requirement must accept. Dependencies reach across the projects of a tenant,
+   * and so do the results (each names its project).
+   *
+   * @generated from rpc artifactd.v1.SearchService.SearchByDependencies
+   */
+  searchByDependencies: {
+    methodKind: "unary";
+    input: typeof SearchByDependenciesRequestSchema;
+    output: typeof SearchByDependenciesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_artifactd_v1_search, 0);

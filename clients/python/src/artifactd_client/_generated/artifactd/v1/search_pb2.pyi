@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from artifactd_client._generated.artifactd.v1 import artifact_pb2 as _artifact_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -89,7 +90,9 @@ class SearchRequest(_message.Message):
     artifact_type: _builtins.str
     """Only artifacts of this type when set."""
     state: _builtins.str
-    """Only artifacts in this lifecycle state when set ("active" today)."""
+    """Only artifacts whose latest version is in this lifecycle state (draft, review, approved,
+    archived) when set; when empty, every state but archived ("active" means the same).
+    """
     page_size: _builtins.int
     """At most this many hits (default 20, at most 1000)."""
     page_token: _builtins.str
@@ -499,3 +502,173 @@ class SearchByMetadataResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchByMetadataResponse: _TypeAlias = SearchByMetadataResponse  # noqa: Y015
+
+@_typing.final
+class ArtifactRef(_message.Message):
+    """An artifact named by id, or by type and name (in the request's project unless another is
+    given).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    COORDINATES_FIELD_NUMBER: _builtins.int
+    artifact_id: _builtins.str
+    @_builtins.property
+    def coordinates(self) -> _artifact_pb2.DependencyCoordinates: ...
+    def __init__(
+        self,
+        *,
+        artifact_id: _builtins.str = ...,
+        coordinates: _artifact_pb2.DependencyCoordinates | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "coordinates", b"coordinates", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "coordinates", b"coordinates", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["artifact_id", "coordinates"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
+
+Global___ArtifactRef: _TypeAlias = ArtifactRef  # noqa: Y015
+
+@_typing.final
+class SearchByDependenciesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    DEPENDS_ON_FIELD_NUMBER: _builtins.int
+    DEPENDED_ON_BY_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ARTIFACT_TYPE_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    ACCEPTS_VERSION_FIELD_NUMBER: _builtins.int
+    TRANSITIVE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    project: _builtins.str
+    version: _builtins.str
+    """With depended_on_by: the version, or an alias; empty for the latest."""
+    artifact_type: _builtins.str
+    """Only artifacts of this type."""
+    accepts_version: _builtins.str
+    """With depends_on: only requirements that accept this version (which need not exist)."""
+    transitive: _builtins.bool
+    """Follow dependencies of dependencies."""
+    page_size: _builtins.int
+    """At most this many hits (default 50, at most 1000)."""
+    page_token: _builtins.str
+    @_builtins.property
+    def depends_on(self) -> Global___ArtifactRef:
+        """Versions that depend on this artifact."""
+
+    @_builtins.property
+    def depended_on_by(self) -> Global___ArtifactRef:
+        """What this artifact's version (`version`, or its latest) depends on."""
+
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[_artifact_pb2.LifecycleState.ValueType]:
+        """Only hits whose version is in one of these states (every state when empty)."""
+
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only dependencies of these kinds."""
+
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        depends_on: Global___ArtifactRef | None = ...,
+        depended_on_by: Global___ArtifactRef | None = ...,
+        version: _builtins.str = ...,
+        artifact_type: _builtins.str = ...,
+        states: _abc.Iterable[_artifact_pb2.LifecycleState.ValueType] | None = ...,
+        kinds: _abc.Iterable[_builtins.str] | None = ...,
+        accepts_version: _builtins.str = ...,
+        transitive: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["depended_on_by", b"depended_on_by", "depends_on", b"depends_on", "relation", b"relation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_version", b"accepts_version", "artifact_type", b"artifact_type", "depended_on_by", b"depended_on_by", "depends_on", b"depends_on", "kinds", b"kinds", "page_size", b"page_size", "page_token", b"page_token", "project", b"project", "relation", b"relation", "states", b"states", "tenant", b"tenant", "transitive", b"transitive", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_relation: _TypeAlias = _typing.Literal["depends_on", "depended_on_by"]  # noqa: Y015
+    _WhichOneofArgType_relation: _TypeAlias = _typing.Literal["relation", b"relation"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_relation) -> _WhichOneofReturnType_relation | None: ...
+
+Global___SearchByDependenciesRequest: _TypeAlias = SearchByDependenciesRequest  # noqa: Y015
+
+@_typing.final
+class DependencyHit(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_TYPE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REQUIREMENT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
+    artifact_id: _builtins.str
+    project: _builtins.str
+    artifact_type: _builtins.str
+    name: _builtins.str
+    version: _builtins.str
+    """depends_on: the depending version; depended_on_by: the highest version meeting the
+    requirement (in any state).
+    """
+    state: _artifact_pb2.LifecycleState.ValueType
+    requirement: _builtins.str
+    kind: _builtins.str
+    depth: _builtins.int
+    """1 for direct."""
+    def __init__(
+        self,
+        *,
+        artifact_id: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_type: _builtins.str = ...,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        state: _artifact_pb2.LifecycleState.ValueType = ...,
+        requirement: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        depth: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "artifact_type", b"artifact_type", "depth", b"depth", "kind", b"kind", "name", b"name", "project", b"project", "requirement", b"requirement", "state", b"state", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DependencyHit: _TypeAlias = DependencyHit  # noqa: Y015
+
+@_typing.final
+class SearchByDependenciesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HITS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___DependencyHit]: ...
+    def __init__(
+        self,
+        *,
+        hits: _abc.Iterable[Global___DependencyHit] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchByDependenciesResponse: _TypeAlias = SearchByDependenciesResponse  # noqa: Y015

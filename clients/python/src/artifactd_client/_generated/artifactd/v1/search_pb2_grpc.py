@@ -52,6 +52,11 @@ class SearchServiceStub:
                 request_serializer=artifactd_dot_v1_dot_search__pb2.SearchByMetadataRequest.SerializeToString,
                 response_deserializer=artifactd_dot_v1_dot_search__pb2.SearchByMetadataResponse.FromString,
                 _registered_method=True)
+        self.SearchByDependencies = channel.unary_unary(
+                '/artifactd.v1.SearchService/SearchByDependencies',
+                request_serializer=artifactd_dot_v1_dot_search__pb2.SearchByDependenciesRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_search__pb2.SearchByDependenciesResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -85,6 +90,16 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchByDependencies(self, request, context):
+        """Artifacts by their dependencies: those that depend on a given artifact, or those a given
+        version depends on; directly or transitively, filtered by type, state, kind and the
+        version a requirement must accept. Dependencies reach across the projects of a tenant,
+        and so do the results (each names its project).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -102,6 +117,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.SearchByMetadata,
                     request_deserializer=artifactd_dot_v1_dot_search__pb2.SearchByMetadataRequest.FromString,
                     response_serializer=artifactd_dot_v1_dot_search__pb2.SearchByMetadataResponse.SerializeToString,
+            ),
+            'SearchByDependencies': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchByDependencies,
+                    request_deserializer=artifactd_dot_v1_dot_search__pb2.SearchByDependenciesRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_search__pb2.SearchByDependenciesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -188,6 +208,33 @@ class SearchService:
             '/artifactd.v1.SearchService/SearchByMetadata',
             artifactd_dot_v1_dot_search__pb2.SearchByMetadataRequest.SerializeToString,
             artifactd_dot_v1_dot_search__pb2.SearchByMetadataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchByDependencies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.SearchService/SearchByDependencies',
+            artifactd_dot_v1_dot_search__pb2.SearchByDependenciesRequest.SerializeToString,
+            artifactd_dot_v1_dot_search__pb2.SearchByDependenciesResponse.FromString,
             options,
             channel_credentials,
             insecure,

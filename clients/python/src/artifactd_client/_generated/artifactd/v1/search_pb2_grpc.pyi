@@ -49,6 +49,12 @@ class SearchServiceStub:
     """Artifacts whose metadata meet every filter, sorted by creation, change, name, size or
     version, with paging.
     """
+    SearchByDependencies: _grpc.UnaryUnaryMultiCallable[_search_pb2.SearchByDependenciesRequest, _search_pb2.SearchByDependenciesResponse]
+    """Artifacts by their dependencies: those that depend on a given artifact, or those a given
+    version depends on; directly or transitively, filtered by type, state, kind and the
+    version a requirement must accept. Dependencies reach across the projects of a tenant,
+    and so do the results (each names its project).
+    """
 
 @_typing.type_check_only
 class SearchServiceAsyncStub(SearchServiceStub):
@@ -70,6 +76,12 @@ class SearchServiceAsyncStub(SearchServiceStub):
     SearchByMetadata: _aio.UnaryUnaryMultiCallable[_search_pb2.SearchByMetadataRequest, _search_pb2.SearchByMetadataResponse]  # type: ignore[assignment]
     """Artifacts whose metadata meet every filter, sorted by creation, change, name, size or
     version, with paging.
+    """
+    SearchByDependencies: _aio.UnaryUnaryMultiCallable[_search_pb2.SearchByDependenciesRequest, _search_pb2.SearchByDependenciesResponse]  # type: ignore[assignment]
+    """Artifacts by their dependencies: those that depend on a given artifact, or those a given
+    version depends on; directly or transitively, filtered by type, state, kind and the
+    version a requirement must accept. Dependencies reach across the projects of a tenant,
+    and so do the results (each names its project).
     """
 
 class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -107,6 +119,18 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_search_pb2.SearchByMetadataResponse, _abc.Awaitable[_search_pb2.SearchByMetadataResponse]]:
         """Artifacts whose metadata meet every filter, sorted by creation, change, name, size or
         version, with paging.
+        """
+
+    @_abc_1.abstractmethod
+    def SearchByDependencies(
+        self,
+        request: _search_pb2.SearchByDependenciesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_search_pb2.SearchByDependenciesResponse, _abc.Awaitable[_search_pb2.SearchByDependenciesResponse]]:
+        """Artifacts by their dependencies: those that depend on a given artifact, or those a given
+        version depends on; directly or transitively, filtered by type, state, kind and the
+        version a requirement must accept. Dependencies reach across the projects of a tenant,
+        and so do the results (each names its project).
         """
 
 def add_SearchServiceServicer_to_server(servicer: SearchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
