@@ -41,6 +41,7 @@ fn new_version(version: &str, chunks: Vec<(String, PackEntry)>, packs: Vec<Strin
         labels: None,
         state: LifecycleState::Draft,
         dependencies: Vec::new(),
+        produced_by: None,
     }
 }
 

@@ -15,13 +15,15 @@ use crate::proto::{
     DeleteArtifactRequest, DeleteArtifactResponse, DiffVersionsRequest, DiffVersionsResponse,
     DownloadArtifactRequest, DownloadArtifactResponse, GetArtifactRequest, GetArtifactResponse,
     GetChangeHistoryRequest, GetChangeHistoryResponse, GetMetadataRequest, GetMetadataResponse,
-    ListAliasesRequest, ListAliasesResponse, ListArtifactsRequest, ListArtifactsResponse,
-    ListDependentsRequest, ListDependentsResponse, ListVersionsRequest, ListVersionsResponse,
-    ResolveDependenciesRequest, ResolveDependenciesResponse, SetAliasRequest, SetAliasResponse,
-    TransitionVersionRequest, TransitionVersionResponse, UndeleteArtifactRequest, UndeleteArtifactResponse,
-    UpdateArtifactLabelsRequest, UpdateArtifactLabelsResponse, UpdateArtifactRequest, UpdateArtifactResponse,
-    WatchEventsRequest, WatchEventsResponse, create_artifact_request, download_artifact_response,
-    get_artifact_request, update_artifact_header, update_artifact_request, watch_events_response,
+    GetProvenanceRequest, GetProvenanceResponse, GetRunRequest, GetRunResponse, ListAliasesRequest,
+    ListAliasesResponse, ListArtifactsRequest, ListArtifactsResponse, ListDependentsRequest,
+    ListDependentsResponse, ListVersionsRequest, ListVersionsResponse, RecordRunInputsRequest,
+    RecordRunInputsResponse, ResolveDependenciesRequest, ResolveDependenciesResponse, SetAliasRequest,
+    SetAliasResponse, TransitionVersionRequest, TransitionVersionResponse, UndeleteArtifactRequest,
+    UndeleteArtifactResponse, UpdateArtifactLabelsRequest, UpdateArtifactLabelsResponse,
+    UpdateArtifactRequest, UpdateArtifactResponse, WatchEventsRequest, WatchEventsResponse,
+    create_artifact_request, download_artifact_response, get_artifact_request, update_artifact_header,
+    update_artifact_request, watch_events_response,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -183,6 +185,7 @@ impl ArtifactService for ArtifactApi {
             initial_state: convert::lifecycle_state_from("initial_state", header.initial_state)?
                 .unwrap_or_default(),
             dependencies: convert::dependency_specs(header.dependencies)?,
+            produced_by: convert::workflow_run_from(header.produced_by),
         };
         let content = content_stream(stream, |message: CreateArtifactRequest| message.message.into());
         let artifacts = self.artifacts.clone();
@@ -257,6 +260,7 @@ impl ArtifactService for ArtifactApi {
             initial_state: convert::lifecycle_state_from("initial_state", header.initial_state)?
                 .unwrap_or_default(),
             dependencies: convert::dependency_specs(header.dependencies)?,
+            produced_by: convert::workflow_run_from(header.produced_by),
         };
         let content = content_stream(stream, |message: UpdateArtifactRequest| message.message.into());
         let artifacts = self.artifacts.clone();
@@ -309,6 +313,12 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<DownloadArtifactRequest>,
     ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        let run = request
+            .metadata()
+            .get(super::RUN_HEADER)
+            .map(|value| value.to_str().map(str::to_owned))
+            .transpose()
+            .map_err(|_| Error::invalid("x-artifactd-run", "the run header is not ASCII text"))?;
         let request = request.into_inner();
         let scope = scoped(request.tenant, request.project);
         let plan = self
@@ -321,6 +331,13 @@ impl ArtifactService for ArtifactApi {
                 request.length,
             )
             .await?;
+        // A download made by a workflow run is one of its inputs: recorded before any byte
+        // is sent, so a run never read something it has no record of.
+        if let Some(run) = run {
+            self.artifacts
+                .record_download(&scope, &run, &plan.artifact.id, &plan.version.version)
+                .await?;
+        }
         let data = self.artifacts.download(&plan).await?;
         let header = DownloadArtifactResponse {
             message: Some(download_artifact_response::Message::Header(
@@ -617,6 +634,60 @@ impl ArtifactService for ArtifactApi {
         Ok(Response::new(ListDependentsResponse {
             dependents: dependents.iter().map(convert::dependent).collect(),
             rejecting: rejecting.iter().map(convert::dependent).collect(),
+        }))
+    }
+
+    async fn record_run_inputs(
+        &self,
+        request: Request<RecordRunInputsRequest>,
+    ) -> Result<Response<RecordRunInputsResponse>, Status> {
+        let request = request.into_inner();
+        let scope = scoped(request.tenant, request.project);
+        let inputs: Vec<(String, String)> = request
+            .inputs
+            .into_iter()
+            .map(|input| (input.artifact_id, input.version))
+            .collect();
+        let recorded = self
+            .artifacts
+            .record_run_inputs(&scope, &request.run_id, &inputs)
+            .await?;
+        Ok(Response::new(RecordRunInputsResponse {
+            inputs: recorded.iter().map(convert::run_version).collect(),
+        }))
+    }
+
+    async fn get_run(&self, request: Request<GetRunRequest>) -> Result<Response<GetRunResponse>, Status> {
+        let request = request.into_inner();
+        super::request_layer::record_scope(&request.tenant, "");
+        let (inputs, outputs) = self.artifacts.run(&request.tenant, &request.run_id).await?;
+        Ok(Response::new(GetRunResponse {
+            run_id: request.run_id,
+            inputs: inputs.iter().map(convert::run_version).collect(),
+            outputs: outputs.iter().map(convert::run_version).collect(),
+        }))
+    }
+
+    async fn get_provenance(
+        &self,
+        request: Request<GetProvenanceRequest>,
+    ) -> Result<Response<GetProvenanceResponse>, Status> {
+        let request = request.into_inner();
+        let scope = scoped(request.tenant, request.project);
+        let (steps, truncated) = self
+            .artifacts
+            .provenance(&scope, &request.artifact_id, &request.version, request.max_depth)
+            .await?;
+        Ok(Response::new(GetProvenanceResponse {
+            steps: steps
+                .iter()
+                .map(|step| proto::ProvenanceStep {
+                    version: Some(convert::run_version(&step.version)),
+                    depth: step.depth,
+                    read: step.read.iter().map(convert::run_version).collect(),
+                })
+                .collect(),
+            truncated,
         }))
     }
 

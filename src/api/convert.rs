@@ -1,8 +1,9 @@
 //! Domain values to wire messages.
 
-use crate::app::{DependentVersion, RequiredBy, Resolution, Resolved};
+use crate::app::{DependentVersion, RequiredBy, Resolution, Resolved, RunVersion};
 use crate::domain::dependency::{Dependency, DependencySpec, DependencyTarget};
 use crate::domain::event::{ChangeEvent, EventKind};
+use crate::domain::run::WorkflowRun;
 use crate::domain::{Alias, Artifact, ArtifactVersion, Error, LifecycleState, Result, Timestamp, Transition};
 use crate::ingest::extract::Extracted;
 use crate::proto;
@@ -48,6 +49,40 @@ pub fn version(record: &ArtifactVersion) -> proto::ArtifactVersion {
         created_at: Some(timestamp(record.created_at)),
         change_message: record.change_message.clone(),
         state: lifecycle_state(record.state) as i32,
+        produced_by: record.produced_by.as_ref().map(workflow_run),
+    }
+}
+
+pub fn workflow_run(run: &WorkflowRun) -> proto::WorkflowRun {
+    proto::WorkflowRun {
+        run_id: run.run_id.clone(),
+        workflow: run.workflow.clone(),
+        step: run.step.clone(),
+        agent: run.agent.clone(),
+    }
+}
+
+/// A run a version declares; absent or with an empty run id means none.
+pub fn workflow_run_from(run: Option<proto::WorkflowRun>) -> Option<WorkflowRun> {
+    run.filter(|r| !(r.run_id.is_empty() && r.workflow.is_empty() && r.step.is_empty() && r.agent.is_empty()))
+        .map(|r| WorkflowRun {
+            run_id: r.run_id,
+            workflow: r.workflow,
+            step: r.step,
+            agent: r.agent,
+        })
+}
+
+pub fn run_version(v: &RunVersion) -> proto::RunVersion {
+    proto::RunVersion {
+        artifact_id: v.artifact.id.to_string(),
+        project: v.artifact.scope.project.clone(),
+        artifact_type: v.artifact.artifact_type.clone(),
+        name: v.artifact.name.clone(),
+        version: v.version.version.clone(),
+        how: v.how.clone(),
+        at: Some(timestamp(v.at)),
+        produced_by: v.version.produced_by.as_ref().map(workflow_run),
     }
 }
 

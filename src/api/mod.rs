@@ -16,3 +16,5 @@ pub use search_service::SearchApi;
 
 /// Request metadata naming the caller, recorded as `created_by`.
 pub const ACTOR_HEADER: &str = "x-artifactd-actor";
+/// A download carrying this header (a workflow run id) is recorded as one of the run's inputs.
+pub const RUN_HEADER: &str = "x-artifactd-run";

@@ -4,6 +4,7 @@
 mod dependencies;
 mod download;
 mod lifecycle;
+mod runs;
 mod upload;
 mod watch;
 
@@ -16,6 +17,7 @@ pub use dependencies::{
 pub fn dependencies_default_depth() -> u32 {
     dependencies::DEFAULT_MAX_DEPTH
 }
+pub use runs::{ProvenanceStep, RunVersion};
 pub use upload::{ContentExpectations, UploadPart, parse_expected_blake3};
 pub use watch::{EventSettings, StartAt, WatchFilter, WatchItem, cursor_of};
 
@@ -26,6 +28,7 @@ use crate::domain::names::{
     normalize_labels, normalize_tags, validate_artifact_name, validate_change_message, validate_description,
     validate_identifier, validate_metadata, validate_metadata_key,
 };
+use crate::domain::run::WorkflowRun;
 use crate::domain::version::{Bump, bump, ensure_greater, parse_version};
 use crate::domain::{Artifact, ArtifactVersion, LifecycleState, Timestamp, VersionRef};
 use crate::domain::{Error, Result, now_micros};
@@ -127,6 +130,8 @@ pub struct CreateArtifact {
     /// Draft or review.
     pub initial_state: LifecycleState,
     pub dependencies: Vec<DependencySpec>,
+    /// The workflow run producing the version.
+    pub produced_by: Option<WorkflowRun>,
 }
 
 #[derive(Debug, Clone)]
@@ -151,6 +156,8 @@ pub struct UpdateArtifact {
     /// Draft or review.
     pub initial_state: LifecycleState,
     pub dependencies: Vec<DependencySpec>,
+    /// The workflow run producing the version.
+    pub produced_by: Option<WorkflowRun>,
 }
 
 /// How to find an artifact.
@@ -283,6 +290,9 @@ impl Artifacts {
         let tags = normalize_tags(&request.tags)?;
         let categories = normalize_labels("categories", &request.categories)?;
         let initial_state = LifecycleState::validate_initial("initial_state", request.initial_state)?;
+        if let Some(run) = &request.produced_by {
+            run.validate()?;
+        }
         let version = if request.initial_version.is_empty() {
             semver::Version::new(1, 0, 0)
         } else {
@@ -326,6 +336,7 @@ impl Artifacts {
         );
         new_version.state = initial_state;
         new_version.dependencies = dependencies;
+        new_version.produced_by = request.produced_by.clone();
         let artifact = NewArtifact {
             id: uuid::Uuid::now_v7().to_string(),
             scope: request.scope.clone(),
@@ -357,6 +368,9 @@ impl Artifacts {
             validate_metadata_key("metadata_remove", key)?;
         }
         let initial_state = LifecycleState::validate_initial("initial_state", request.initial_state)?;
+        if let Some(run) = &request.produced_by {
+            run.validate()?;
+        }
         let artifact = self
             .require_artifact(&request.scope, &request.artifact_id)
             .await?;
@@ -409,6 +423,7 @@ impl Artifacts {
         );
         new_version.state = initial_state;
         new_version.dependencies = dependencies;
+        new_version.produced_by = request.produced_by.clone();
         let committed = self
             .inner
             .catalog

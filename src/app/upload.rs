@@ -120,6 +120,7 @@ impl IngestedContent {
             labels,
             state: crate::domain::LifecycleState::Draft,
             dependencies: Vec::new(),
+            produced_by: None,
         }
     }
 }

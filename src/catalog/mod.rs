@@ -8,10 +8,12 @@ mod events;
 mod lifecycle;
 mod records;
 mod replication;
+mod runs;
 
 pub use dependencies::{DependentRow, VersionBrief};
 pub use events::{EventBatch, OutboxRange};
 pub use records::*;
+pub use runs::RunInputRecord;
 
 use crate::domain::event::EventKind;
 use crate::domain::{Artifact, ArtifactVersion, Error, LifecycleState, Result, Timestamp, Transition};
@@ -31,7 +33,7 @@ const BATCH_ROWS: usize = 200;
 const ARTIFACT_COLUMNS: &str = "id, tenant, project, artifact_type, name, description, tags, categories, \
      metadata, latest_version, version_count, created_by, created_at, updated_at, deleted_at";
 const VERSION_COLUMNS: &str = "artifact_id, version, seq, size, stored_size, new_stored_size, \
-     blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, extracted, state";
+     blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, extracted, state, run_id, run_workflow, run_step, run_agent";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -492,8 +494,9 @@ impl Catalog {
     ) -> Result<()> {
         let inserted = sqlx::query(
             "INSERT INTO versions (artifact_id, version, seq, size, stored_size, new_stored_size, \
-             blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, extracted, manifest, state) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, extracted, manifest, state, \
+             run_id, run_workflow, run_step, run_agent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
         )
         .bind(artifact_id)
         .bind(&version.version)
@@ -510,7 +513,11 @@ impl Catalog {
         .bind(&version.content_type)
         .bind(&version.extracted)
         .bind(version.manifest.clone())
-        .bind(version.state.as_str())
+                .bind(version.state.as_str())
+        .bind(version.produced_by.as_ref().map_or("", |r| r.run_id.as_str()))
+        .bind(version.produced_by.as_ref().map_or("", |r| r.workflow.as_str()))
+        .bind(version.produced_by.as_ref().map_or("", |r| r.step.as_str()))
+        .bind(version.produced_by.as_ref().map_or("", |r| r.agent.as_str()))
         .execute(&mut **tx)
         .await;
         if let Err(error) = inserted {

@@ -71,6 +71,10 @@ pub(crate) struct VersionRecord {
     /// JSON of `ingest::extract::Extracted`.
     pub extracted: String,
     pub state: String,
+    pub run_id: String,
+    pub run_workflow: String,
+    pub run_step: String,
+    pub run_agent: String,
 }
 
 /// A state column; the schema's CHECK constraint admits only the four names.
@@ -96,6 +100,12 @@ impl From<VersionRecord> for ArtifactVersion {
             content_type: row.content_type,
             extracted: serde_json::from_str(&row.extracted).unwrap_or_default(),
             state: stored_state(&row.state),
+            produced_by: (!row.run_id.is_empty()).then_some(crate::domain::run::WorkflowRun {
+                run_id: row.run_id,
+                workflow: row.run_workflow,
+                step: row.run_step,
+                agent: row.run_agent,
+            }),
         }
     }
 }
@@ -223,6 +233,7 @@ pub struct NewVersion {
     pub state: LifecycleState,
     /// Declared dependencies, their targets resolved.
     pub dependencies: Vec<crate::domain::dependency::Dependency>,
+    pub produced_by: Option<crate::domain::run::WorkflowRun>,
 }
 
 pub fn chunk_id_from_row(bytes: &[u8]) -> Option<ChunkId> {

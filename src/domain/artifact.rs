@@ -155,6 +155,8 @@ pub struct ArtifactVersion {
     /// What was extracted from the content on upload.
     pub extracted: Extracted,
     pub state: LifecycleState,
+    /// The workflow run that produced it, when it said so.
+    pub produced_by: Option<super::run::WorkflowRun>,
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod event;
 pub mod lifecycle;
 pub mod millis;
 pub mod names;
+pub mod run;
 pub mod secret;
 pub mod version;
 

@@ -451,6 +451,8 @@ type ArtifactVersion struct {
 	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	ChangeMessage string                 `protobuf:"bytes,10,opt,name=change_message,json=changeMessage,proto3" json:"change_message,omitempty"`
 	State         LifecycleState         `protobuf:"varint,11,opt,name=state,proto3,enum=artifactd.v1.LifecycleState" json:"state,omitempty"`
+	// The workflow run that produced this version, when it said so.
+	ProducedBy *WorkflowRun `protobuf:"bytes,12,opt,name=produced_by,json=producedBy,proto3" json:"produced_by,omitempty"`
 }
 
 func (x *ArtifactVersion) Reset() {
@@ -562,6 +564,86 @@ func (x *ArtifactVersion) GetState() LifecycleState {
 	return LifecycleState_LIFECYCLE_STATE_UNSPECIFIED
 }
 
+func (x *ArtifactVersion) GetProducedBy() *WorkflowRun {
+	if x != nil {
+		return x.ProducedBy
+	}
+	return nil
+}
+
+// A workflow run, as a version records the one that produced it.
+type WorkflowRun struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	// The caller's id for the run: 1 to 128 ASCII letters, digits, '-', '_', '.' and ':'.
+	RunId    string `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	Workflow string `protobuf:"bytes,2,opt,name=workflow,proto3" json:"workflow,omitempty"`
+	Step     string `protobuf:"bytes,3,opt,name=step,proto3" json:"step,omitempty"`
+	Agent    string `protobuf:"bytes,4,opt,name=agent,proto3" json:"agent,omitempty"`
+}
+
+func (x *WorkflowRun) Reset() {
+	*x = WorkflowRun{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[3]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *WorkflowRun) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkflowRun) ProtoMessage() {}
+
+func (x *WorkflowRun) ProtoReflect() protoreflect.Message {
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[3]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkflowRun.ProtoReflect.Descriptor instead.
+func (*WorkflowRun) Descriptor() ([]byte, []int) {
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *WorkflowRun) GetRunId() string {
+	if x != nil {
+		return x.RunId
+	}
+	return ""
+}
+
+func (x *WorkflowRun) GetWorkflow() string {
+	if x != nil {
+		return x.Workflow
+	}
+	return ""
+}
+
+func (x *WorkflowRun) GetStep() string {
+	if x != nil {
+		return x.Step
+	}
+	return ""
+}
+
+func (x *WorkflowRun) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
 // Identifies an artifact by its natural key instead of its id.
 type ArtifactCoordinates struct {
 	state         protoimpl.MessageState
@@ -575,7 +657,7 @@ type ArtifactCoordinates struct {
 func (x *ArtifactCoordinates) Reset() {
 	*x = ArtifactCoordinates{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[3]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[4]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -588,7 +670,7 @@ func (x *ArtifactCoordinates) String() string {
 func (*ArtifactCoordinates) ProtoMessage() {}
 
 func (x *ArtifactCoordinates) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[3]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[4]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -601,7 +683,7 @@ func (x *ArtifactCoordinates) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArtifactCoordinates.ProtoReflect.Descriptor instead.
 func (*ArtifactCoordinates) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{3}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ArtifactCoordinates) GetArtifactType() string {
@@ -642,12 +724,14 @@ type CreateArtifactHeader struct {
 	InitialState LifecycleState `protobuf:"varint,13,opt,name=initial_state,json=initialState,proto3,enum=artifactd.v1.LifecycleState" json:"initial_state,omitempty"`
 	// What this version depends on (at most 64); immutable with the version.
 	Dependencies []*DependencySpec `protobuf:"bytes,14,rep,name=dependencies,proto3" json:"dependencies,omitempty"`
+	// The workflow run producing this version.
+	ProducedBy *WorkflowRun `protobuf:"bytes,15,opt,name=produced_by,json=producedBy,proto3" json:"produced_by,omitempty"`
 }
 
 func (x *CreateArtifactHeader) Reset() {
 	*x = CreateArtifactHeader{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[4]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[5]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -660,7 +744,7 @@ func (x *CreateArtifactHeader) String() string {
 func (*CreateArtifactHeader) ProtoMessage() {}
 
 func (x *CreateArtifactHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[4]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[5]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -673,7 +757,7 @@ func (x *CreateArtifactHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateArtifactHeader.ProtoReflect.Descriptor instead.
 func (*CreateArtifactHeader) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{4}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateArtifactHeader) GetTenant() string {
@@ -774,6 +858,13 @@ func (x *CreateArtifactHeader) GetDependencies() []*DependencySpec {
 	return nil
 }
 
+func (x *CreateArtifactHeader) GetProducedBy() *WorkflowRun {
+	if x != nil {
+		return x.ProducedBy
+	}
+	return nil
+}
+
 // The last message of an upload. An upload commits only when its stream ends with this
 // message: a client that cancels or loses its connection cannot produce it, so a cut-short
 // upload never becomes a version. Clients that predate it may instead declare
@@ -795,7 +886,7 @@ type UploadFinish struct {
 func (x *UploadFinish) Reset() {
 	*x = UploadFinish{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[5]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[6]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -808,7 +899,7 @@ func (x *UploadFinish) String() string {
 func (*UploadFinish) ProtoMessage() {}
 
 func (x *UploadFinish) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[5]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[6]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -821,7 +912,7 @@ func (x *UploadFinish) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadFinish.ProtoReflect.Descriptor instead.
 func (*UploadFinish) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{5}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *UploadFinish) GetSize() uint64 {
@@ -854,7 +945,7 @@ type CreateArtifactRequest struct {
 func (x *CreateArtifactRequest) Reset() {
 	*x = CreateArtifactRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[6]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[7]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -867,7 +958,7 @@ func (x *CreateArtifactRequest) String() string {
 func (*CreateArtifactRequest) ProtoMessage() {}
 
 func (x *CreateArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[6]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[7]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -880,7 +971,7 @@ func (x *CreateArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateArtifactRequest.ProtoReflect.Descriptor instead.
 func (*CreateArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{6}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{7}
 }
 
 func (m *CreateArtifactRequest) GetMessage() isCreateArtifactRequest_Message {
@@ -948,7 +1039,7 @@ type CreateArtifactResponse struct {
 func (x *CreateArtifactResponse) Reset() {
 	*x = CreateArtifactResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[7]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[8]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -961,7 +1052,7 @@ func (x *CreateArtifactResponse) String() string {
 func (*CreateArtifactResponse) ProtoMessage() {}
 
 func (x *CreateArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[7]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[8]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -974,7 +1065,7 @@ func (x *CreateArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateArtifactResponse.ProtoReflect.Descriptor instead.
 func (*CreateArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{7}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateArtifactResponse) GetArtifact() *Artifact {
@@ -1020,12 +1111,14 @@ type UpdateArtifactHeader struct {
 	InitialState LifecycleState `protobuf:"varint,13,opt,name=initial_state,json=initialState,proto3,enum=artifactd.v1.LifecycleState" json:"initial_state,omitempty"`
 	// What the new version depends on (at most 64); immutable with the version.
 	Dependencies []*DependencySpec `protobuf:"bytes,14,rep,name=dependencies,proto3" json:"dependencies,omitempty"`
+	// The workflow run producing the new version.
+	ProducedBy *WorkflowRun `protobuf:"bytes,15,opt,name=produced_by,json=producedBy,proto3" json:"produced_by,omitempty"`
 }
 
 func (x *UpdateArtifactHeader) Reset() {
 	*x = UpdateArtifactHeader{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[8]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[9]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -1038,7 +1131,7 @@ func (x *UpdateArtifactHeader) String() string {
 func (*UpdateArtifactHeader) ProtoMessage() {}
 
 func (x *UpdateArtifactHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[8]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[9]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1144,7 @@ func (x *UpdateArtifactHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateArtifactHeader.ProtoReflect.Descriptor instead.
 func (*UpdateArtifactHeader) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{8}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *UpdateArtifactHeader) GetTenant() string {
@@ -1159,6 +1252,13 @@ func (x *UpdateArtifactHeader) GetDependencies() []*DependencySpec {
 	return nil
 }
 
+func (x *UpdateArtifactHeader) GetProducedBy() *WorkflowRun {
+	if x != nil {
+		return x.ProducedBy
+	}
+	return nil
+}
+
 type isUpdateArtifactHeader_NextVersion interface {
 	isUpdateArtifactHeader_NextVersion()
 }
@@ -1193,7 +1293,7 @@ type UpdateArtifactRequest struct {
 func (x *UpdateArtifactRequest) Reset() {
 	*x = UpdateArtifactRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[9]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[10]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -1206,7 +1306,7 @@ func (x *UpdateArtifactRequest) String() string {
 func (*UpdateArtifactRequest) ProtoMessage() {}
 
 func (x *UpdateArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[9]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[10]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +1319,7 @@ func (x *UpdateArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateArtifactRequest.ProtoReflect.Descriptor instead.
 func (*UpdateArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{9}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{10}
 }
 
 func (m *UpdateArtifactRequest) GetMessage() isUpdateArtifactRequest_Message {
@@ -1287,7 +1387,7 @@ type UpdateArtifactResponse struct {
 func (x *UpdateArtifactResponse) Reset() {
 	*x = UpdateArtifactResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[10]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[11]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -1300,7 +1400,7 @@ func (x *UpdateArtifactResponse) String() string {
 func (*UpdateArtifactResponse) ProtoMessage() {}
 
 func (x *UpdateArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[10]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[11]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1313,7 +1413,7 @@ func (x *UpdateArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateArtifactResponse.ProtoReflect.Descriptor instead.
 func (*UpdateArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{10}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UpdateArtifactResponse) GetArtifact() *Artifact {
@@ -1349,7 +1449,7 @@ type GetArtifactRequest struct {
 func (x *GetArtifactRequest) Reset() {
 	*x = GetArtifactRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[11]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[12]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -1362,7 +1462,7 @@ func (x *GetArtifactRequest) String() string {
 func (*GetArtifactRequest) ProtoMessage() {}
 
 func (x *GetArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[11]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[12]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1375,7 +1475,7 @@ func (x *GetArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetArtifactRequest.ProtoReflect.Descriptor instead.
 func (*GetArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{11}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetArtifactRequest) GetTenant() string {
@@ -1450,7 +1550,7 @@ type GetArtifactResponse struct {
 func (x *GetArtifactResponse) Reset() {
 	*x = GetArtifactResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[12]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[13]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -1463,7 +1563,7 @@ func (x *GetArtifactResponse) String() string {
 func (*GetArtifactResponse) ProtoMessage() {}
 
 func (x *GetArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[12]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[13]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1476,7 +1576,7 @@ func (x *GetArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetArtifactResponse.ProtoReflect.Descriptor instead.
 func (*GetArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{12}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetArtifactResponse) GetArtifact() *Artifact {
@@ -1519,7 +1619,7 @@ type DownloadArtifactRequest struct {
 func (x *DownloadArtifactRequest) Reset() {
 	*x = DownloadArtifactRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[13]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[14]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -1532,7 +1632,7 @@ func (x *DownloadArtifactRequest) String() string {
 func (*DownloadArtifactRequest) ProtoMessage() {}
 
 func (x *DownloadArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[13]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[14]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +1645,7 @@ func (x *DownloadArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownloadArtifactRequest.ProtoReflect.Descriptor instead.
 func (*DownloadArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{13}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DownloadArtifactRequest) GetTenant() string {
@@ -1609,7 +1709,7 @@ type DownloadHeader struct {
 func (x *DownloadHeader) Reset() {
 	*x = DownloadHeader{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[14]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[15]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -1622,7 +1722,7 @@ func (x *DownloadHeader) String() string {
 func (*DownloadHeader) ProtoMessage() {}
 
 func (x *DownloadHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[14]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[15]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1635,7 +1735,7 @@ func (x *DownloadHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownloadHeader.ProtoReflect.Descriptor instead.
 func (*DownloadHeader) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{14}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DownloadHeader) GetArtifactId() string {
@@ -1695,7 +1795,7 @@ type DownloadArtifactResponse struct {
 func (x *DownloadArtifactResponse) Reset() {
 	*x = DownloadArtifactResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[15]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[16]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -1708,7 +1808,7 @@ func (x *DownloadArtifactResponse) String() string {
 func (*DownloadArtifactResponse) ProtoMessage() {}
 
 func (x *DownloadArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[15]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[16]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1721,7 +1821,7 @@ func (x *DownloadArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownloadArtifactResponse.ProtoReflect.Descriptor instead.
 func (*DownloadArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{15}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{16}
 }
 
 func (m *DownloadArtifactResponse) GetMessage() isDownloadArtifactResponse_Message {
@@ -1779,7 +1879,7 @@ type ListVersionsRequest struct {
 func (x *ListVersionsRequest) Reset() {
 	*x = ListVersionsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[16]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[17]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -1792,7 +1892,7 @@ func (x *ListVersionsRequest) String() string {
 func (*ListVersionsRequest) ProtoMessage() {}
 
 func (x *ListVersionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[16]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[17]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1805,7 +1905,7 @@ func (x *ListVersionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVersionsRequest.ProtoReflect.Descriptor instead.
 func (*ListVersionsRequest) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{16}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListVersionsRequest) GetTenant() string {
@@ -1863,7 +1963,7 @@ type ListVersionsResponse struct {
 func (x *ListVersionsResponse) Reset() {
 	*x = ListVersionsResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[17]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[18]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -1876,7 +1976,7 @@ func (x *ListVersionsResponse) String() string {
 func (*ListVersionsResponse) ProtoMessage() {}
 
 func (x *ListVersionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[17]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[18]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1889,7 +1989,7 @@ func (x *ListVersionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVersionsResponse.ProtoReflect.Descriptor instead.
 func (*ListVersionsResponse) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{17}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListVersionsResponse) GetVersions() []*ArtifactVersion {
@@ -1921,7 +2021,7 @@ type GetMetadataRequest struct {
 func (x *GetMetadataRequest) Reset() {
 	*x = GetMetadataRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[18]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[19]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -1934,7 +2034,7 @@ func (x *GetMetadataRequest) String() string {
 func (*GetMetadataRequest) ProtoMessage() {}
 
 func (x *GetMetadataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[18]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[19]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1947,7 +2047,7 @@ func (x *GetMetadataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMetadataRequest.ProtoReflect.Descriptor instead.
 func (*GetMetadataRequest) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{18}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetMetadataRequest) GetTenant() string {
@@ -1995,7 +2095,7 @@ type GetMetadataResponse struct {
 func (x *GetMetadataResponse) Reset() {
 	*x = GetMetadataResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[19]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[20]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2008,7 +2108,7 @@ func (x *GetMetadataResponse) String() string {
 func (*GetMetadataResponse) ProtoMessage() {}
 
 func (x *GetMetadataResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[19]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[20]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2021,7 +2121,7 @@ func (x *GetMetadataResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMetadataResponse.ProtoReflect.Descriptor instead.
 func (*GetMetadataResponse) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{19}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetMetadataResponse) GetVersion() *ArtifactVersion {
@@ -2076,7 +2176,7 @@ type ExtractedMetadata struct {
 func (x *ExtractedMetadata) Reset() {
 	*x = ExtractedMetadata{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[20]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[21]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2089,7 +2189,7 @@ func (x *ExtractedMetadata) String() string {
 func (*ExtractedMetadata) ProtoMessage() {}
 
 func (x *ExtractedMetadata) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[20]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[21]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2102,7 +2202,7 @@ func (x *ExtractedMetadata) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtractedMetadata.ProtoReflect.Descriptor instead.
 func (*ExtractedMetadata) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{20}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ExtractedMetadata) GetIsText() bool {
@@ -2173,7 +2273,7 @@ type ListArtifactsRequest struct {
 func (x *ListArtifactsRequest) Reset() {
 	*x = ListArtifactsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[21]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[22]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2186,7 +2286,7 @@ func (x *ListArtifactsRequest) String() string {
 func (*ListArtifactsRequest) ProtoMessage() {}
 
 func (x *ListArtifactsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[21]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[22]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2199,7 +2299,7 @@ func (x *ListArtifactsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListArtifactsRequest.ProtoReflect.Descriptor instead.
 func (*ListArtifactsRequest) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{21}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListArtifactsRequest) GetTenant() string {
@@ -2256,7 +2356,7 @@ type ListArtifactsResponse struct {
 func (x *ListArtifactsResponse) Reset() {
 	*x = ListArtifactsResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[22]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[23]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2269,7 +2369,7 @@ func (x *ListArtifactsResponse) String() string {
 func (*ListArtifactsResponse) ProtoMessage() {}
 
 func (x *ListArtifactsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[22]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[23]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2282,7 +2382,7 @@ func (x *ListArtifactsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListArtifactsResponse.ProtoReflect.Descriptor instead.
 func (*ListArtifactsResponse) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{22}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListArtifactsResponse) GetArtifacts() []*Artifact {
@@ -2312,7 +2412,7 @@ type DeleteArtifactRequest struct {
 func (x *DeleteArtifactRequest) Reset() {
 	*x = DeleteArtifactRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[23]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[24]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2325,7 +2425,7 @@ func (x *DeleteArtifactRequest) String() string {
 func (*DeleteArtifactRequest) ProtoMessage() {}
 
 func (x *DeleteArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[23]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[24]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2338,7 +2438,7 @@ func (x *DeleteArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteArtifactRequest.ProtoReflect.Descriptor instead.
 func (*DeleteArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{23}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeleteArtifactRequest) GetTenant() string {
@@ -2375,7 +2475,7 @@ type DeleteArtifactResponse struct {
 func (x *DeleteArtifactResponse) Reset() {
 	*x = DeleteArtifactResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[24]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[25]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2388,7 +2488,7 @@ func (x *DeleteArtifactResponse) String() string {
 func (*DeleteArtifactResponse) ProtoMessage() {}
 
 func (x *DeleteArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[24]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[25]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2401,7 +2501,7 @@ func (x *DeleteArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteArtifactResponse.ProtoReflect.Descriptor instead.
 func (*DeleteArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{24}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeleteArtifactResponse) GetArtifact() *Artifact {
@@ -2431,7 +2531,7 @@ type UndeleteArtifactRequest struct {
 func (x *UndeleteArtifactRequest) Reset() {
 	*x = UndeleteArtifactRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[25]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[26]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2444,7 +2544,7 @@ func (x *UndeleteArtifactRequest) String() string {
 func (*UndeleteArtifactRequest) ProtoMessage() {}
 
 func (x *UndeleteArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[25]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[26]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2457,7 +2557,7 @@ func (x *UndeleteArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndeleteArtifactRequest.ProtoReflect.Descriptor instead.
 func (*UndeleteArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{25}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *UndeleteArtifactRequest) GetTenant() string {
@@ -2492,7 +2592,7 @@ type UndeleteArtifactResponse struct {
 func (x *UndeleteArtifactResponse) Reset() {
 	*x = UndeleteArtifactResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[26]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[27]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2505,7 +2605,7 @@ func (x *UndeleteArtifactResponse) String() string {
 func (*UndeleteArtifactResponse) ProtoMessage() {}
 
 func (x *UndeleteArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[26]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[27]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2518,7 +2618,7 @@ func (x *UndeleteArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndeleteArtifactResponse.ProtoReflect.Descriptor instead.
 func (*UndeleteArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{26}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *UndeleteArtifactResponse) GetArtifact() *Artifact {
@@ -2542,7 +2642,7 @@ type UpdateArtifactLabelsRequest struct {
 func (x *UpdateArtifactLabelsRequest) Reset() {
 	*x = UpdateArtifactLabelsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[27]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[28]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2555,7 +2655,7 @@ func (x *UpdateArtifactLabelsRequest) String() string {
 func (*UpdateArtifactLabelsRequest) ProtoMessage() {}
 
 func (x *UpdateArtifactLabelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[27]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[28]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2568,7 +2668,7 @@ func (x *UpdateArtifactLabelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateArtifactLabelsRequest.ProtoReflect.Descriptor instead.
 func (*UpdateArtifactLabelsRequest) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{27}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *UpdateArtifactLabelsRequest) GetTenant() string {
@@ -2610,7 +2710,7 @@ type UpdateArtifactLabelsResponse struct {
 func (x *UpdateArtifactLabelsResponse) Reset() {
 	*x = UpdateArtifactLabelsResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[28]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[29]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2623,7 +2723,7 @@ func (x *UpdateArtifactLabelsResponse) String() string {
 func (*UpdateArtifactLabelsResponse) ProtoMessage() {}
 
 func (x *UpdateArtifactLabelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[28]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[29]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2636,7 +2736,7 @@ func (x *UpdateArtifactLabelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateArtifactLabelsResponse.ProtoReflect.Descriptor instead.
 func (*UpdateArtifactLabelsResponse) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{28}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *UpdateArtifactLabelsResponse) GetArtifact() *Artifact {
@@ -2667,7 +2767,7 @@ type TransitionVersionRequest struct {
 func (x *TransitionVersionRequest) Reset() {
 	*x = TransitionVersionRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[29]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[30]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2680,7 +2780,7 @@ func (x *TransitionVersionRequest) String() string {
 func (*TransitionVersionRequest) ProtoMessage() {}
 
 func (x *TransitionVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[29]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[30]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2693,7 +2793,7 @@ func (x *TransitionVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransitionVersionRequest.ProtoReflect.Descriptor instead.
 func (*TransitionVersionRequest) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{29}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *TransitionVersionRequest) GetTenant() string {
@@ -2757,7 +2857,7 @@ type TransitionVersionResponse struct {
 func (x *TransitionVersionResponse) Reset() {
 	*x = TransitionVersionResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[30]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[31]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2770,7 +2870,7 @@ func (x *TransitionVersionResponse) String() string {
 func (*TransitionVersionResponse) ProtoMessage() {}
 
 func (x *TransitionVersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[30]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[31]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2783,7 +2883,7 @@ func (x *TransitionVersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransitionVersionResponse.ProtoReflect.Descriptor instead.
 func (*TransitionVersionResponse) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{30}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *TransitionVersionResponse) GetVersion() *ArtifactVersion {
@@ -2817,7 +2917,7 @@ type Transition struct {
 func (x *Transition) Reset() {
 	*x = Transition{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[31]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[32]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2830,7 +2930,7 @@ func (x *Transition) String() string {
 func (*Transition) ProtoMessage() {}
 
 func (x *Transition) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[31]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[32]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2843,7 +2943,7 @@ func (x *Transition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transition.ProtoReflect.Descriptor instead.
 func (*Transition) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{31}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Transition) GetFromState() LifecycleState {
@@ -2899,7 +2999,7 @@ type Alias struct {
 func (x *Alias) Reset() {
 	*x = Alias{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[32]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[33]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2912,7 +3012,7 @@ func (x *Alias) String() string {
 func (*Alias) ProtoMessage() {}
 
 func (x *Alias) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[32]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[33]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2925,7 +3025,7 @@ func (x *Alias) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Alias.ProtoReflect.Descriptor instead.
 func (*Alias) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{32}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Alias) GetName() string {
@@ -2982,7 +3082,7 @@ type SetAliasRequest struct {
 func (x *SetAliasRequest) Reset() {
 	*x = SetAliasRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[33]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[34]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2995,7 +3095,7 @@ func (x *SetAliasRequest) String() string {
 func (*SetAliasRequest) ProtoMessage() {}
 
 func (x *SetAliasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[33]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[34]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3008,7 +3108,7 @@ func (x *SetAliasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAliasRequest.ProtoReflect.Descriptor instead.
 func (*SetAliasRequest) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{33}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SetAliasRequest) GetTenant() string {
@@ -3064,7 +3164,7 @@ type SetAliasResponse struct {
 func (x *SetAliasResponse) Reset() {
 	*x = SetAliasResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[34]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[35]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3077,7 +3177,7 @@ func (x *SetAliasResponse) String() string {
 func (*SetAliasResponse) ProtoMessage() {}
 
 func (x *SetAliasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[34]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[35]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3090,7 +3190,7 @@ func (x *SetAliasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAliasResponse.ProtoReflect.Descriptor instead.
 func (*SetAliasResponse) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{34}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SetAliasResponse) GetAlias() *Alias {
@@ -3115,7 +3215,7 @@ type DeleteAliasRequest struct {
 func (x *DeleteAliasRequest) Reset() {
 	*x = DeleteAliasRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[35]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[36]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3128,7 +3228,7 @@ func (x *DeleteAliasRequest) String() string {
 func (*DeleteAliasRequest) ProtoMessage() {}
 
 func (x *DeleteAliasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[35]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[36]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3141,7 +3241,7 @@ func (x *DeleteAliasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAliasRequest.ProtoReflect.Descriptor instead.
 func (*DeleteAliasRequest) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{35}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DeleteAliasRequest) GetTenant() string {
@@ -3188,7 +3288,7 @@ type DeleteAliasResponse struct {
 func (x *DeleteAliasResponse) Reset() {
 	*x = DeleteAliasResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[36]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[37]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3201,7 +3301,7 @@ func (x *DeleteAliasResponse) String() string {
 func (*DeleteAliasResponse) ProtoMessage() {}
 
 func (x *DeleteAliasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[36]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[37]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3214,7 +3314,7 @@ func (x *DeleteAliasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAliasResponse.ProtoReflect.Descriptor instead.
 func (*DeleteAliasResponse) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{36}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{37}
 }
 
 type ListAliasesRequest struct {
@@ -3230,7 +3330,7 @@ type ListAliasesRequest struct {
 func (x *ListAliasesRequest) Reset() {
 	*x = ListAliasesRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[37]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[38]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3243,7 +3343,7 @@ func (x *ListAliasesRequest) String() string {
 func (*ListAliasesRequest) ProtoMessage() {}
 
 func (x *ListAliasesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[37]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[38]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3256,7 +3356,7 @@ func (x *ListAliasesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAliasesRequest.ProtoReflect.Descriptor instead.
 func (*ListAliasesRequest) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{37}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListAliasesRequest) GetTenant() string {
@@ -3292,7 +3392,7 @@ type ListAliasesResponse struct {
 func (x *ListAliasesResponse) Reset() {
 	*x = ListAliasesResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[38]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[39]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3305,7 +3405,7 @@ func (x *ListAliasesResponse) String() string {
 func (*ListAliasesResponse) ProtoMessage() {}
 
 func (x *ListAliasesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[38]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[39]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3318,7 +3418,7 @@ func (x *ListAliasesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAliasesResponse.ProtoReflect.Descriptor instead.
 func (*ListAliasesResponse) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{38}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListAliasesResponse) GetAliases() []*Alias {
@@ -3344,7 +3444,7 @@ type GetChangeHistoryRequest struct {
 func (x *GetChangeHistoryRequest) Reset() {
 	*x = GetChangeHistoryRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[39]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[40]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3357,7 +3457,7 @@ func (x *GetChangeHistoryRequest) String() string {
 func (*GetChangeHistoryRequest) ProtoMessage() {}
 
 func (x *GetChangeHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[39]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[40]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3370,7 +3470,7 @@ func (x *GetChangeHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetChangeHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetChangeHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{39}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetChangeHistoryRequest) GetTenant() string {
@@ -3431,7 +3531,7 @@ type VersionChange struct {
 func (x *VersionChange) Reset() {
 	*x = VersionChange{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[40]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[41]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3444,7 +3544,7 @@ func (x *VersionChange) String() string {
 func (*VersionChange) ProtoMessage() {}
 
 func (x *VersionChange) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[40]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[41]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3457,7 +3557,7 @@ func (x *VersionChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionChange.ProtoReflect.Descriptor instead.
 func (*VersionChange) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{40}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *VersionChange) GetVersion() *ArtifactVersion {
@@ -3514,7 +3614,7 @@ type GetChangeHistoryResponse struct {
 func (x *GetChangeHistoryResponse) Reset() {
 	*x = GetChangeHistoryResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[41]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[42]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3527,7 +3627,7 @@ func (x *GetChangeHistoryResponse) String() string {
 func (*GetChangeHistoryResponse) ProtoMessage() {}
 
 func (x *GetChangeHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[41]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[42]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3540,7 +3640,7 @@ func (x *GetChangeHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetChangeHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetChangeHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{41}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetChangeHistoryResponse) GetChanges() []*VersionChange {
@@ -3575,7 +3675,7 @@ type DiffVersionsRequest struct {
 func (x *DiffVersionsRequest) Reset() {
 	*x = DiffVersionsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[42]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[43]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3588,7 +3688,7 @@ func (x *DiffVersionsRequest) String() string {
 func (*DiffVersionsRequest) ProtoMessage() {}
 
 func (x *DiffVersionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[42]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[43]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3601,7 +3701,7 @@ func (x *DiffVersionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiffVersionsRequest.ProtoReflect.Descriptor instead.
 func (*DiffVersionsRequest) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{42}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *DiffVersionsRequest) GetTenant() string {
@@ -3662,7 +3762,7 @@ type DiffVersionsResponse struct {
 func (x *DiffVersionsResponse) Reset() {
 	*x = DiffVersionsResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[43]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[44]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3675,7 +3775,7 @@ func (x *DiffVersionsResponse) String() string {
 func (*DiffVersionsResponse) ProtoMessage() {}
 
 func (x *DiffVersionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[43]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[44]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3688,7 +3788,7 @@ func (x *DiffVersionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiffVersionsResponse.ProtoReflect.Descriptor instead.
 func (*DiffVersionsResponse) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{43}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *DiffVersionsResponse) GetDiff() string {
@@ -3740,7 +3840,7 @@ type WatchEventsRequest struct {
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[44]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[45]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3753,7 +3853,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[44]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[45]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3766,7 +3866,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{44}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *WatchEventsRequest) GetTenant() string {
@@ -3846,7 +3946,7 @@ type ArtifactEvent struct {
 func (x *ArtifactEvent) Reset() {
 	*x = ArtifactEvent{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[45]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[46]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3859,7 +3959,7 @@ func (x *ArtifactEvent) String() string {
 func (*ArtifactEvent) ProtoMessage() {}
 
 func (x *ArtifactEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[45]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[46]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3872,7 +3972,7 @@ func (x *ArtifactEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArtifactEvent.ProtoReflect.Descriptor instead.
 func (*ArtifactEvent) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{45}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ArtifactEvent) GetCursor() string {
@@ -3972,7 +4072,7 @@ type Heartbeat struct {
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[46]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[47]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -3985,7 +4085,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[46]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[47]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3998,7 +4098,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{46}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *Heartbeat) GetCursor() string {
@@ -4030,7 +4130,7 @@ type WatchEventsResponse struct {
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[47]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[48]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4043,7 +4143,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[47]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[48]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4056,7 +4156,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{47}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{48}
 }
 
 func (m *WatchEventsResponse) GetMessage() isWatchEventsResponse_Message {
@@ -4111,7 +4211,7 @@ type DependencyCoordinates struct {
 func (x *DependencyCoordinates) Reset() {
 	*x = DependencyCoordinates{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[48]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[49]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4124,7 +4224,7 @@ func (x *DependencyCoordinates) String() string {
 func (*DependencyCoordinates) ProtoMessage() {}
 
 func (x *DependencyCoordinates) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[48]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[49]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4137,7 +4237,7 @@ func (x *DependencyCoordinates) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DependencyCoordinates.ProtoReflect.Descriptor instead.
 func (*DependencyCoordinates) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{48}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *DependencyCoordinates) GetProject() string {
@@ -4183,7 +4283,7 @@ type DependencySpec struct {
 func (x *DependencySpec) Reset() {
 	*x = DependencySpec{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[49]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[50]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4196,7 +4296,7 @@ func (x *DependencySpec) String() string {
 func (*DependencySpec) ProtoMessage() {}
 
 func (x *DependencySpec) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[49]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[50]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4209,7 +4309,7 @@ func (x *DependencySpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DependencySpec.ProtoReflect.Descriptor instead.
 func (*DependencySpec) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{49}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{50}
 }
 
 func (m *DependencySpec) GetTarget() isDependencySpec_Target {
@@ -4280,7 +4380,7 @@ type Dependency struct {
 func (x *Dependency) Reset() {
 	*x = Dependency{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[50]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[51]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4293,7 +4393,7 @@ func (x *Dependency) String() string {
 func (*Dependency) ProtoMessage() {}
 
 func (x *Dependency) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[50]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[51]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4306,7 +4406,7 @@ func (x *Dependency) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Dependency.ProtoReflect.Descriptor instead.
 func (*Dependency) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{50}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *Dependency) GetArtifactId() string {
@@ -4374,7 +4474,7 @@ type ResolveDependenciesRequest struct {
 func (x *ResolveDependenciesRequest) Reset() {
 	*x = ResolveDependenciesRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[51]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[52]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4387,7 +4487,7 @@ func (x *ResolveDependenciesRequest) String() string {
 func (*ResolveDependenciesRequest) ProtoMessage() {}
 
 func (x *ResolveDependenciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[51]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[52]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4400,7 +4500,7 @@ func (x *ResolveDependenciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveDependenciesRequest.ProtoReflect.Descriptor instead.
 func (*ResolveDependenciesRequest) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{51}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ResolveDependenciesRequest) GetTenant() string {
@@ -4476,7 +4576,7 @@ type Requirement struct {
 func (x *Requirement) Reset() {
 	*x = Requirement{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[52]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[53]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4489,7 +4589,7 @@ func (x *Requirement) String() string {
 func (*Requirement) ProtoMessage() {}
 
 func (x *Requirement) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[52]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[53]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4502,7 +4602,7 @@ func (x *Requirement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Requirement.ProtoReflect.Descriptor instead.
 func (*Requirement) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{52}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *Requirement) GetArtifactId() string {
@@ -4560,7 +4660,7 @@ type ResolvedArtifact struct {
 func (x *ResolvedArtifact) Reset() {
 	*x = ResolvedArtifact{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[53]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[54]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4573,7 +4673,7 @@ func (x *ResolvedArtifact) String() string {
 func (*ResolvedArtifact) ProtoMessage() {}
 
 func (x *ResolvedArtifact) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[53]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[54]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4586,7 +4686,7 @@ func (x *ResolvedArtifact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolvedArtifact.ProtoReflect.Descriptor instead.
 func (*ResolvedArtifact) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{53}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ResolvedArtifact) GetArtifactId() string {
@@ -4657,7 +4757,7 @@ type AvailableVersion struct {
 func (x *AvailableVersion) Reset() {
 	*x = AvailableVersion{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[54]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[55]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4670,7 +4770,7 @@ func (x *AvailableVersion) String() string {
 func (*AvailableVersion) ProtoMessage() {}
 
 func (x *AvailableVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[54]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[55]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4683,7 +4783,7 @@ func (x *AvailableVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AvailableVersion.ProtoReflect.Descriptor instead.
 func (*AvailableVersion) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{54}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *AvailableVersion) GetVersion() string {
@@ -4720,7 +4820,7 @@ type Unsatisfied struct {
 func (x *Unsatisfied) Reset() {
 	*x = Unsatisfied{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[55]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[56]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4733,7 +4833,7 @@ func (x *Unsatisfied) String() string {
 func (*Unsatisfied) ProtoMessage() {}
 
 func (x *Unsatisfied) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[55]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[56]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4746,7 +4846,7 @@ func (x *Unsatisfied) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Unsatisfied.ProtoReflect.Descriptor instead.
 func (*Unsatisfied) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{55}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *Unsatisfied) GetArtifactId() string {
@@ -4810,7 +4910,7 @@ type DependencyCycle struct {
 func (x *DependencyCycle) Reset() {
 	*x = DependencyCycle{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[56]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[57]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4823,7 +4923,7 @@ func (x *DependencyCycle) String() string {
 func (*DependencyCycle) ProtoMessage() {}
 
 func (x *DependencyCycle) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[56]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[57]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4836,7 +4936,7 @@ func (x *DependencyCycle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DependencyCycle.ProtoReflect.Descriptor instead.
 func (*DependencyCycle) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{56}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *DependencyCycle) GetPath() []string {
@@ -4864,7 +4964,7 @@ type ResolveDependenciesResponse struct {
 func (x *ResolveDependenciesResponse) Reset() {
 	*x = ResolveDependenciesResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[57]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[58]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4877,7 +4977,7 @@ func (x *ResolveDependenciesResponse) String() string {
 func (*ResolveDependenciesResponse) ProtoMessage() {}
 
 func (x *ResolveDependenciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[57]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[58]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4890,7 +4990,7 @@ func (x *ResolveDependenciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveDependenciesResponse.ProtoReflect.Descriptor instead.
 func (*ResolveDependenciesResponse) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{57}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ResolveDependenciesResponse) GetRoot() *ResolvedArtifact {
@@ -4955,7 +5055,7 @@ type ListDependentsRequest struct {
 func (x *ListDependentsRequest) Reset() {
 	*x = ListDependentsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[58]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[59]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -4968,7 +5068,7 @@ func (x *ListDependentsRequest) String() string {
 func (*ListDependentsRequest) ProtoMessage() {}
 
 func (x *ListDependentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[58]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[59]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4981,7 +5081,7 @@ func (x *ListDependentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDependentsRequest.ProtoReflect.Descriptor instead.
 func (*ListDependentsRequest) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{58}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ListDependentsRequest) GetTenant() string {
@@ -5050,7 +5150,7 @@ type Dependent struct {
 func (x *Dependent) Reset() {
 	*x = Dependent{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[59]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[60]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -5063,7 +5163,7 @@ func (x *Dependent) String() string {
 func (*Dependent) ProtoMessage() {}
 
 func (x *Dependent) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[59]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[60]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5076,7 +5176,7 @@ func (x *Dependent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Dependent.ProtoReflect.Descriptor instead.
 func (*Dependent) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{59}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *Dependent) GetArtifactId() string {
@@ -5162,7 +5262,7 @@ type ListDependentsResponse struct {
 func (x *ListDependentsResponse) Reset() {
 	*x = ListDependentsResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_artifactd_v1_artifact_proto_msgTypes[60]
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[61]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -5175,7 +5275,7 @@ func (x *ListDependentsResponse) String() string {
 func (*ListDependentsResponse) ProtoMessage() {}
 
 func (x *ListDependentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_artifactd_v1_artifact_proto_msgTypes[60]
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[61]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5188,7 +5288,7 @@ func (x *ListDependentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDependentsResponse.ProtoReflect.Descriptor instead.
 func (*ListDependentsResponse) Descriptor() ([]byte, []int) {
-	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{60}
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ListDependentsResponse) GetDependents() []*Dependent {
@@ -5203,6 +5303,609 @@ func (x *ListDependentsResponse) GetRejecting() []*Dependent {
 		return x.Rejecting
 	}
 	return nil
+}
+
+// A version a run read or produced.
+type RunVersion struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	ArtifactId   string `protobuf:"bytes,1,opt,name=artifact_id,json=artifactId,proto3" json:"artifact_id,omitempty"`
+	Project      string `protobuf:"bytes,2,opt,name=project,proto3" json:"project,omitempty"`
+	ArtifactType string `protobuf:"bytes,3,opt,name=artifact_type,json=artifactType,proto3" json:"artifact_type,omitempty"`
+	Name         string `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
+	Version      string `protobuf:"bytes,5,opt,name=version,proto3" json:"version,omitempty"`
+	// Inputs: "explicit" (RecordRunInputs) or "download" (a download carrying the run header).
+	How string `protobuf:"bytes,6,opt,name=how,proto3" json:"how,omitempty"`
+	// When the input was recorded, or the output created.
+	At *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=at,proto3" json:"at,omitempty"`
+	// The run that produced this version, if any.
+	ProducedBy *WorkflowRun `protobuf:"bytes,8,opt,name=produced_by,json=producedBy,proto3" json:"produced_by,omitempty"`
+}
+
+func (x *RunVersion) Reset() {
+	*x = RunVersion{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[62]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *RunVersion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunVersion) ProtoMessage() {}
+
+func (x *RunVersion) ProtoReflect() protoreflect.Message {
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[62]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunVersion.ProtoReflect.Descriptor instead.
+func (*RunVersion) Descriptor() ([]byte, []int) {
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *RunVersion) GetArtifactId() string {
+	if x != nil {
+		return x.ArtifactId
+	}
+	return ""
+}
+
+func (x *RunVersion) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *RunVersion) GetArtifactType() string {
+	if x != nil {
+		return x.ArtifactType
+	}
+	return ""
+}
+
+func (x *RunVersion) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RunVersion) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *RunVersion) GetHow() string {
+	if x != nil {
+		return x.How
+	}
+	return ""
+}
+
+func (x *RunVersion) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *RunVersion) GetProducedBy() *WorkflowRun {
+	if x != nil {
+		return x.ProducedBy
+	}
+	return nil
+}
+
+type RunInput struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	ArtifactId string `protobuf:"bytes,1,opt,name=artifact_id,json=artifactId,proto3" json:"artifact_id,omitempty"`
+	// A version or an alias; empty for the latest.
+	Version string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+}
+
+func (x *RunInput) Reset() {
+	*x = RunInput{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[63]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *RunInput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunInput) ProtoMessage() {}
+
+func (x *RunInput) ProtoReflect() protoreflect.Message {
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[63]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunInput.ProtoReflect.Descriptor instead.
+func (*RunInput) Descriptor() ([]byte, []int) {
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *RunInput) GetArtifactId() string {
+	if x != nil {
+		return x.ArtifactId
+	}
+	return ""
+}
+
+func (x *RunInput) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+type RecordRunInputsRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	Tenant string `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// The project of the inputs.
+	Project string      `protobuf:"bytes,2,opt,name=project,proto3" json:"project,omitempty"`
+	RunId   string      `protobuf:"bytes,3,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	Inputs  []*RunInput `protobuf:"bytes,4,rep,name=inputs,proto3" json:"inputs,omitempty"`
+}
+
+func (x *RecordRunInputsRequest) Reset() {
+	*x = RecordRunInputsRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[64]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *RecordRunInputsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordRunInputsRequest) ProtoMessage() {}
+
+func (x *RecordRunInputsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[64]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordRunInputsRequest.ProtoReflect.Descriptor instead.
+func (*RecordRunInputsRequest) Descriptor() ([]byte, []int) {
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *RecordRunInputsRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *RecordRunInputsRequest) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *RecordRunInputsRequest) GetRunId() string {
+	if x != nil {
+		return x.RunId
+	}
+	return ""
+}
+
+func (x *RecordRunInputsRequest) GetInputs() []*RunInput {
+	if x != nil {
+		return x.Inputs
+	}
+	return nil
+}
+
+type RecordRunInputsResponse struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	// The inputs as recorded, their versions resolved.
+	Inputs []*RunVersion `protobuf:"bytes,1,rep,name=inputs,proto3" json:"inputs,omitempty"`
+}
+
+func (x *RecordRunInputsResponse) Reset() {
+	*x = RecordRunInputsResponse{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[65]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *RecordRunInputsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordRunInputsResponse) ProtoMessage() {}
+
+func (x *RecordRunInputsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[65]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordRunInputsResponse.ProtoReflect.Descriptor instead.
+func (*RecordRunInputsResponse) Descriptor() ([]byte, []int) {
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *RecordRunInputsResponse) GetInputs() []*RunVersion {
+	if x != nil {
+		return x.Inputs
+	}
+	return nil
+}
+
+type GetRunRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	Tenant string `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	RunId  string `protobuf:"bytes,2,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+}
+
+func (x *GetRunRequest) Reset() {
+	*x = GetRunRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[66]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *GetRunRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRunRequest) ProtoMessage() {}
+
+func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[66]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRunRequest.ProtoReflect.Descriptor instead.
+func (*GetRunRequest) Descriptor() ([]byte, []int) {
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *GetRunRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *GetRunRequest) GetRunId() string {
+	if x != nil {
+		return x.RunId
+	}
+	return ""
+}
+
+type GetRunResponse struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	RunId   string        `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	Inputs  []*RunVersion `protobuf:"bytes,2,rep,name=inputs,proto3" json:"inputs,omitempty"`
+	Outputs []*RunVersion `protobuf:"bytes,3,rep,name=outputs,proto3" json:"outputs,omitempty"`
+}
+
+func (x *GetRunResponse) Reset() {
+	*x = GetRunResponse{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[67]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *GetRunResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRunResponse) ProtoMessage() {}
+
+func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[67]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRunResponse.ProtoReflect.Descriptor instead.
+func (*GetRunResponse) Descriptor() ([]byte, []int) {
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *GetRunResponse) GetRunId() string {
+	if x != nil {
+		return x.RunId
+	}
+	return ""
+}
+
+func (x *GetRunResponse) GetInputs() []*RunVersion {
+	if x != nil {
+		return x.Inputs
+	}
+	return nil
+}
+
+func (x *GetRunResponse) GetOutputs() []*RunVersion {
+	if x != nil {
+		return x.Outputs
+	}
+	return nil
+}
+
+type GetProvenanceRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	Tenant     string `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Project    string `protobuf:"bytes,2,opt,name=project,proto3" json:"project,omitempty"`
+	ArtifactId string `protobuf:"bytes,3,opt,name=artifact_id,json=artifactId,proto3" json:"artifact_id,omitempty"`
+	// A version or an alias; empty for the latest.
+	Version string `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
+	// How many runs back to follow (default 32, at most 256).
+	MaxDepth uint32 `protobuf:"varint,5,opt,name=max_depth,json=maxDepth,proto3" json:"max_depth,omitempty"`
+}
+
+func (x *GetProvenanceRequest) Reset() {
+	*x = GetProvenanceRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[68]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *GetProvenanceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetProvenanceRequest) ProtoMessage() {}
+
+func (x *GetProvenanceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[68]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetProvenanceRequest.ProtoReflect.Descriptor instead.
+func (*GetProvenanceRequest) Descriptor() ([]byte, []int) {
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *GetProvenanceRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *GetProvenanceRequest) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *GetProvenanceRequest) GetArtifactId() string {
+	if x != nil {
+		return x.ArtifactId
+	}
+	return ""
+}
+
+func (x *GetProvenanceRequest) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *GetProvenanceRequest) GetMaxDepth() uint32 {
+	if x != nil {
+		return x.MaxDepth
+	}
+	return 0
+}
+
+// One version on the way back, and what the run that produced it read.
+type ProvenanceStep struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	Version *RunVersion `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	// 0 for the version asked about.
+	Depth uint32        `protobuf:"varint,2,opt,name=depth,proto3" json:"depth,omitempty"`
+	Read  []*RunVersion `protobuf:"bytes,3,rep,name=read,proto3" json:"read,omitempty"`
+}
+
+func (x *ProvenanceStep) Reset() {
+	*x = ProvenanceStep{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[69]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *ProvenanceStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProvenanceStep) ProtoMessage() {}
+
+func (x *ProvenanceStep) ProtoReflect() protoreflect.Message {
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[69]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProvenanceStep.ProtoReflect.Descriptor instead.
+func (*ProvenanceStep) Descriptor() ([]byte, []int) {
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *ProvenanceStep) GetVersion() *RunVersion {
+	if x != nil {
+		return x.Version
+	}
+	return nil
+}
+
+func (x *ProvenanceStep) GetDepth() uint32 {
+	if x != nil {
+		return x.Depth
+	}
+	return 0
+}
+
+func (x *ProvenanceStep) GetRead() []*RunVersion {
+	if x != nil {
+		return x.Read
+	}
+	return nil
+}
+
+type GetProvenanceResponse struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	Steps []*ProvenanceStep `protobuf:"bytes,1,rep,name=steps,proto3" json:"steps,omitempty"`
+	// Deeper runs were not followed.
+	Truncated bool `protobuf:"varint,2,opt,name=truncated,proto3" json:"truncated,omitempty"`
+}
+
+func (x *GetProvenanceResponse) Reset() {
+	*x = GetProvenanceResponse{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_artifactd_v1_artifact_proto_msgTypes[70]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *GetProvenanceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetProvenanceResponse) ProtoMessage() {}
+
+func (x *GetProvenanceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_artifactd_v1_artifact_proto_msgTypes[70]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetProvenanceResponse.ProtoReflect.Descriptor instead.
+func (*GetProvenanceResponse) Descriptor() ([]byte, []int) {
+	return file_artifactd_v1_artifact_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *GetProvenanceResponse) GetSteps() []*ProvenanceStep {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+func (x *GetProvenanceResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
 }
 
 var File_artifactd_v1_artifact_proto protoreflect.FileDescriptor
@@ -5258,7 +5961,7 @@ var file_artifactd_v1_artifact_proto_rawDesc = []byte{
 	0x45, 0x6e, 0x74, 0x72, 0x79, 0x12, 0x10, 0x0a, 0x03, 0x6b, 0x65, 0x79, 0x18, 0x01, 0x20, 0x01,
 	0x28, 0x09, 0x52, 0x03, 0x6b, 0x65, 0x79, 0x12, 0x14, 0x0a, 0x05, 0x76, 0x61, 0x6c, 0x75, 0x65,
 	0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x52, 0x05, 0x76, 0x61, 0x6c, 0x75, 0x65, 0x3a, 0x02, 0x38,
-	0x01, 0x22, 0x97, 0x03, 0x0a, 0x0f, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x56, 0x65,
+	0x01, 0x22, 0xd3, 0x03, 0x0a, 0x0f, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x56, 0x65,
 	0x72, 0x73, 0x69, 0x6f, 0x6e, 0x12, 0x1f, 0x0a, 0x0b, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63,
 	0x74, 0x5f, 0x69, 0x64, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0a, 0x61, 0x72, 0x74, 0x69,
 	0x66, 0x61, 0x63, 0x74, 0x49, 0x64, 0x12, 0x18, 0x0a, 0x07, 0x76, 0x65, 0x72, 0x73, 0x69, 0x6f,
@@ -5283,121 +5986,139 @@ var file_artifactd_v1_artifact_proto_rawDesc = []byte{
 	0x4d, 0x65, 0x73, 0x73, 0x61, 0x67, 0x65, 0x12, 0x32, 0x0a, 0x05, 0x73, 0x74, 0x61, 0x74, 0x65,
 	0x18, 0x0b, 0x20, 0x01, 0x28, 0x0e, 0x32, 0x1c, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63,
 	0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x66, 0x65, 0x63, 0x79, 0x63, 0x6c, 0x65, 0x53,
-	0x74, 0x61, 0x74, 0x65, 0x52, 0x05, 0x73, 0x74, 0x61, 0x74, 0x65, 0x22, 0x4e, 0x0a, 0x13, 0x41,
-	0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x43, 0x6f, 0x6f, 0x72, 0x64, 0x69, 0x6e, 0x61, 0x74,
-	0x65, 0x73, 0x12, 0x23, 0x0a, 0x0d, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x5f, 0x74,
-	0x79, 0x70, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0c, 0x61, 0x72, 0x74, 0x69, 0x66,
-	0x61, 0x63, 0x74, 0x54, 0x79, 0x70, 0x65, 0x12, 0x12, 0x0a, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x18,
-	0x02, 0x20, 0x01, 0x28, 0x09, 0x52, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x22, 0x9c, 0x05, 0x0a, 0x14,
-	0x43, 0x72, 0x65, 0x61, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x48, 0x65,
-	0x61, 0x64, 0x65, 0x72, 0x12, 0x16, 0x0a, 0x06, 0x74, 0x65, 0x6e, 0x61, 0x6e, 0x74, 0x18, 0x01,
-	0x20, 0x01, 0x28, 0x09, 0x52, 0x06, 0x74, 0x65, 0x6e, 0x61, 0x6e, 0x74, 0x12, 0x18, 0x0a, 0x07,
-	0x70, 0x72, 0x6f, 0x6a, 0x65, 0x63, 0x74, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x52, 0x07, 0x70,
-	0x72, 0x6f, 0x6a, 0x65, 0x63, 0x74, 0x12, 0x23, 0x0a, 0x0d, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61,
-	0x63, 0x74, 0x5f, 0x74, 0x79, 0x70, 0x65, 0x18, 0x03, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0c, 0x61,
-	0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x54, 0x79, 0x70, 0x65, 0x12, 0x12, 0x0a, 0x04, 0x6e,
-	0x61, 0x6d, 0x65, 0x18, 0x04, 0x20, 0x01, 0x28, 0x09, 0x52, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x12,
-	0x20, 0x0a, 0x0b, 0x64, 0x65, 0x73, 0x63, 0x72, 0x69, 0x70, 0x74, 0x69, 0x6f, 0x6e, 0x18, 0x05,
-	0x20, 0x01, 0x28, 0x09, 0x52, 0x0b, 0x64, 0x65, 0x73, 0x63, 0x72, 0x69, 0x70, 0x74, 0x69, 0x6f,
-	0x6e, 0x12, 0x12, 0x0a, 0x04, 0x74, 0x61, 0x67, 0x73, 0x18, 0x06, 0x20, 0x03, 0x28, 0x09, 0x52,
-	0x04, 0x74, 0x61, 0x67, 0x73, 0x12, 0x4c, 0x0a, 0x08, 0x6d, 0x65, 0x74, 0x61, 0x64, 0x61, 0x74,
-	0x61, 0x18, 0x07, 0x20, 0x03, 0x28, 0x0b, 0x32, 0x30, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61,
-	0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x43, 0x72, 0x65, 0x61, 0x74, 0x65, 0x41, 0x72, 0x74,
-	0x69, 0x66, 0x61, 0x63, 0x74, 0x48, 0x65, 0x61, 0x64, 0x65, 0x72, 0x2e, 0x4d, 0x65, 0x74, 0x61,
-	0x64, 0x61, 0x74, 0x61, 0x45, 0x6e, 0x74, 0x72, 0x79, 0x52, 0x08, 0x6d, 0x65, 0x74, 0x61, 0x64,
-	0x61, 0x74, 0x61, 0x12, 0x27, 0x0a, 0x0f, 0x69, 0x6e, 0x69, 0x74, 0x69, 0x61, 0x6c, 0x5f, 0x76,
-	0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x18, 0x08, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0e, 0x69, 0x6e,
-	0x69, 0x74, 0x69, 0x61, 0x6c, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x12, 0x28, 0x0a, 0x0d,
-	0x65, 0x78, 0x70, 0x65, 0x63, 0x74, 0x65, 0x64, 0x5f, 0x73, 0x69, 0x7a, 0x65, 0x18, 0x09, 0x20,
-	0x01, 0x28, 0x04, 0x48, 0x00, 0x52, 0x0c, 0x65, 0x78, 0x70, 0x65, 0x63, 0x74, 0x65, 0x64, 0x53,
-	0x69, 0x7a, 0x65, 0x88, 0x01, 0x01, 0x12, 0x27, 0x0a, 0x0f, 0x65, 0x78, 0x70, 0x65, 0x63, 0x74,
-	0x65, 0x64, 0x5f, 0x62, 0x6c, 0x61, 0x6b, 0x65, 0x33, 0x18, 0x0a, 0x20, 0x01, 0x28, 0x09, 0x52,
-	0x0e, 0x65, 0x78, 0x70, 0x65, 0x63, 0x74, 0x65, 0x64, 0x42, 0x6c, 0x61, 0x6b, 0x65, 0x33, 0x12,
-	0x25, 0x0a, 0x0e, 0x63, 0x68, 0x61, 0x6e, 0x67, 0x65, 0x5f, 0x6d, 0x65, 0x73, 0x73, 0x61, 0x67,
-	0x65, 0x18, 0x0b, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0d, 0x63, 0x68, 0x61, 0x6e, 0x67, 0x65, 0x4d,
-	0x65, 0x73, 0x73, 0x61, 0x67, 0x65, 0x12, 0x1e, 0x0a, 0x0a, 0x63, 0x61, 0x74, 0x65, 0x67, 0x6f,
-	0x72, 0x69, 0x65, 0x73, 0x18, 0x0c, 0x20, 0x03, 0x28, 0x09, 0x52, 0x0a, 0x63, 0x61, 0x74, 0x65,
-	0x67, 0x6f, 0x72, 0x69, 0x65, 0x73, 0x12, 0x41, 0x0a, 0x0d, 0x69, 0x6e, 0x69, 0x74, 0x69, 0x61,
-	0x6c, 0x5f, 0x73, 0x74, 0x61, 0x74, 0x65, 0x18, 0x0d, 0x20, 0x01, 0x28, 0x0e, 0x32, 0x1c, 0x2e,
-	0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x66,
-	0x65, 0x63, 0x79, 0x63, 0x6c, 0x65, 0x53, 0x74, 0x61, 0x74, 0x65, 0x52, 0x0c, 0x69, 0x6e, 0x69,
-	0x74, 0x69, 0x61, 0x6c, 0x53, 0x74, 0x61, 0x74, 0x65, 0x12, 0x40, 0x0a, 0x0c, 0x64, 0x65, 0x70,
-	0x65, 0x6e, 0x64, 0x65, 0x6e, 0x63, 0x69, 0x65, 0x73, 0x18, 0x0e, 0x20, 0x03, 0x28, 0x0b, 0x32,
-	0x1c, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x44,
-	0x65, 0x70, 0x65, 0x6e, 0x64, 0x65, 0x6e, 0x63, 0x79, 0x53, 0x70, 0x65, 0x63, 0x52, 0x0c, 0x64,
-	0x65, 0x70, 0x65, 0x6e, 0x64, 0x65, 0x6e, 0x63, 0x69, 0x65, 0x73, 0x1a, 0x3b, 0x0a, 0x0d, 0x4d,
-	0x65, 0x74, 0x61, 0x64, 0x61, 0x74, 0x61, 0x45, 0x6e, 0x74, 0x72, 0x79, 0x12, 0x10, 0x0a, 0x03,
-	0x6b, 0x65, 0x79, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x03, 0x6b, 0x65, 0x79, 0x12, 0x14,
-	0x0a, 0x05, 0x76, 0x61, 0x6c, 0x75, 0x65, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x52, 0x05, 0x76,
-	0x61, 0x6c, 0x75, 0x65, 0x3a, 0x02, 0x38, 0x01, 0x42, 0x10, 0x0a, 0x0e, 0x5f, 0x65, 0x78, 0x70,
-	0x65, 0x63, 0x74, 0x65, 0x64, 0x5f, 0x73, 0x69, 0x7a, 0x65, 0x22, 0x48, 0x0a, 0x0c, 0x55, 0x70,
-	0x6c, 0x6f, 0x61, 0x64, 0x46, 0x69, 0x6e, 0x69, 0x73, 0x68, 0x12, 0x17, 0x0a, 0x04, 0x73, 0x69,
-	0x7a, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x04, 0x48, 0x00, 0x52, 0x04, 0x73, 0x69, 0x7a, 0x65,
-	0x88, 0x01, 0x01, 0x12, 0x16, 0x0a, 0x06, 0x62, 0x6c, 0x61, 0x6b, 0x65, 0x33, 0x18, 0x02, 0x20,
-	0x01, 0x28, 0x09, 0x52, 0x06, 0x62, 0x6c, 0x61, 0x6b, 0x65, 0x33, 0x42, 0x07, 0x0a, 0x05, 0x5f,
-	0x73, 0x69, 0x7a, 0x65, 0x22, 0xac, 0x01, 0x0a, 0x15, 0x43, 0x72, 0x65, 0x61, 0x74, 0x65, 0x41,
-	0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x12, 0x3c,
-	0x0a, 0x06, 0x68, 0x65, 0x61, 0x64, 0x65, 0x72, 0x18, 0x01, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x22,
-	0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x43, 0x72,
-	0x65, 0x61, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x48, 0x65, 0x61, 0x64,
-	0x65, 0x72, 0x48, 0x00, 0x52, 0x06, 0x68, 0x65, 0x61, 0x64, 0x65, 0x72, 0x12, 0x14, 0x0a, 0x04,
-	0x64, 0x61, 0x74, 0x61, 0x18, 0x02, 0x20, 0x01, 0x28, 0x0c, 0x48, 0x00, 0x52, 0x04, 0x64, 0x61,
-	0x74, 0x61, 0x12, 0x34, 0x0a, 0x06, 0x66, 0x69, 0x6e, 0x69, 0x73, 0x68, 0x18, 0x03, 0x20, 0x01,
-	0x28, 0x0b, 0x32, 0x1a, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76,
-	0x31, 0x2e, 0x55, 0x70, 0x6c, 0x6f, 0x61, 0x64, 0x46, 0x69, 0x6e, 0x69, 0x73, 0x68, 0x48, 0x00,
-	0x52, 0x06, 0x66, 0x69, 0x6e, 0x69, 0x73, 0x68, 0x42, 0x09, 0x0a, 0x07, 0x6d, 0x65, 0x73, 0x73,
-	0x61, 0x67, 0x65, 0x22, 0x85, 0x01, 0x0a, 0x16, 0x43, 0x72, 0x65, 0x61, 0x74, 0x65, 0x41, 0x72,
-	0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x32,
-	0x0a, 0x08, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x18, 0x01, 0x20, 0x01, 0x28, 0x0b,
-	0x32, 0x16, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e,
-	0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x08, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61,
-	0x63, 0x74, 0x12, 0x37, 0x0a, 0x07, 0x76, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x18, 0x02, 0x20,
-	0x01, 0x28, 0x0b, 0x32, 0x1d, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e,
-	0x76, 0x31, 0x2e, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x56, 0x65, 0x72, 0x73, 0x69,
-	0x6f, 0x6e, 0x52, 0x07, 0x76, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x22, 0x8e, 0x06, 0x0a, 0x14,
-	0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x48, 0x65,
-	0x61, 0x64, 0x65, 0x72, 0x12, 0x16, 0x0a, 0x06, 0x74, 0x65, 0x6e, 0x61, 0x6e, 0x74, 0x18, 0x01,
-	0x20, 0x01, 0x28, 0x09, 0x52, 0x06, 0x74, 0x65, 0x6e, 0x61, 0x6e, 0x74, 0x12, 0x18, 0x0a, 0x07,
-	0x70, 0x72, 0x6f, 0x6a, 0x65, 0x63, 0x74, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x52, 0x07, 0x70,
-	0x72, 0x6f, 0x6a, 0x65, 0x63, 0x74, 0x12, 0x1f, 0x0a, 0x0b, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61,
-	0x63, 0x74, 0x5f, 0x69, 0x64, 0x18, 0x03, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0a, 0x61, 0x72, 0x74,
-	0x69, 0x66, 0x61, 0x63, 0x74, 0x49, 0x64, 0x12, 0x2c, 0x0a, 0x04, 0x62, 0x75, 0x6d, 0x70, 0x18,
-	0x04, 0x20, 0x01, 0x28, 0x0e, 0x32, 0x16, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
-	0x64, 0x2e, 0x76, 0x31, 0x2e, 0x42, 0x75, 0x6d, 0x70, 0x4b, 0x69, 0x6e, 0x64, 0x48, 0x00, 0x52,
-	0x04, 0x62, 0x75, 0x6d, 0x70, 0x12, 0x2b, 0x0a, 0x10, 0x65, 0x78, 0x70, 0x6c, 0x69, 0x63, 0x69,
-	0x74, 0x5f, 0x76, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x18, 0x05, 0x20, 0x01, 0x28, 0x09, 0x48,
-	0x00, 0x52, 0x0f, 0x65, 0x78, 0x70, 0x6c, 0x69, 0x63, 0x69, 0x74, 0x56, 0x65, 0x72, 0x73, 0x69,
-	0x6f, 0x6e, 0x12, 0x38, 0x0a, 0x18, 0x65, 0x78, 0x70, 0x65, 0x63, 0x74, 0x65, 0x64, 0x5f, 0x63,
-	0x75, 0x72, 0x72, 0x65, 0x6e, 0x74, 0x5f, 0x76, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x18, 0x06,
-	0x20, 0x01, 0x28, 0x09, 0x52, 0x16, 0x65, 0x78, 0x70, 0x65, 0x63, 0x74, 0x65, 0x64, 0x43, 0x75,
-	0x72, 0x72, 0x65, 0x6e, 0x74, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x12, 0x25, 0x0a, 0x0e,
-	0x63, 0x68, 0x61, 0x6e, 0x67, 0x65, 0x5f, 0x6d, 0x65, 0x73, 0x73, 0x61, 0x67, 0x65, 0x18, 0x07,
-	0x20, 0x01, 0x28, 0x09, 0x52, 0x0d, 0x63, 0x68, 0x61, 0x6e, 0x67, 0x65, 0x4d, 0x65, 0x73, 0x73,
-	0x61, 0x67, 0x65, 0x12, 0x56, 0x0a, 0x0c, 0x6d, 0x65, 0x74, 0x61, 0x64, 0x61, 0x74, 0x61, 0x5f,
-	0x73, 0x65, 0x74, 0x18, 0x08, 0x20, 0x03, 0x28, 0x0b, 0x32, 0x33, 0x2e, 0x61, 0x72, 0x74, 0x69,
-	0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x41,
-	0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x48, 0x65, 0x61, 0x64, 0x65, 0x72, 0x2e, 0x4d, 0x65,
-	0x74, 0x61, 0x64, 0x61, 0x74, 0x61, 0x53, 0x65, 0x74, 0x45, 0x6e, 0x74, 0x72, 0x79, 0x52, 0x0b,
-	0x6d, 0x65, 0x74, 0x61, 0x64, 0x61, 0x74, 0x61, 0x53, 0x65, 0x74, 0x12, 0x27, 0x0a, 0x0f, 0x6d,
-	0x65, 0x74, 0x61, 0x64, 0x61, 0x74, 0x61, 0x5f, 0x72, 0x65, 0x6d, 0x6f, 0x76, 0x65, 0x18, 0x09,
-	0x20, 0x03, 0x28, 0x09, 0x52, 0x0e, 0x6d, 0x65, 0x74, 0x61, 0x64, 0x61, 0x74, 0x61, 0x52, 0x65,
-	0x6d, 0x6f, 0x76, 0x65, 0x12, 0x28, 0x0a, 0x0d, 0x65, 0x78, 0x70, 0x65, 0x63, 0x74, 0x65, 0x64,
-	0x5f, 0x73, 0x69, 0x7a, 0x65, 0x18, 0x0a, 0x20, 0x01, 0x28, 0x04, 0x48, 0x01, 0x52, 0x0c, 0x65,
+	0x74, 0x61, 0x74, 0x65, 0x52, 0x05, 0x73, 0x74, 0x61, 0x74, 0x65, 0x12, 0x3a, 0x0a, 0x0b, 0x70,
+	0x72, 0x6f, 0x64, 0x75, 0x63, 0x65, 0x64, 0x5f, 0x62, 0x79, 0x18, 0x0c, 0x20, 0x01, 0x28, 0x0b,
+	0x32, 0x19, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e,
+	0x57, 0x6f, 0x72, 0x6b, 0x66, 0x6c, 0x6f, 0x77, 0x52, 0x75, 0x6e, 0x52, 0x0a, 0x70, 0x72, 0x6f,
+	0x64, 0x75, 0x63, 0x65, 0x64, 0x42, 0x79, 0x22, 0x6a, 0x0a, 0x0b, 0x57, 0x6f, 0x72, 0x6b, 0x66,
+	0x6c, 0x6f, 0x77, 0x52, 0x75, 0x6e, 0x12, 0x15, 0x0a, 0x06, 0x72, 0x75, 0x6e, 0x5f, 0x69, 0x64,
+	0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x05, 0x72, 0x75, 0x6e, 0x49, 0x64, 0x12, 0x1a, 0x0a,
+	0x08, 0x77, 0x6f, 0x72, 0x6b, 0x66, 0x6c, 0x6f, 0x77, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x52,
+	0x08, 0x77, 0x6f, 0x72, 0x6b, 0x66, 0x6c, 0x6f, 0x77, 0x12, 0x12, 0x0a, 0x04, 0x73, 0x74, 0x65,
+	0x70, 0x18, 0x03, 0x20, 0x01, 0x28, 0x09, 0x52, 0x04, 0x73, 0x74, 0x65, 0x70, 0x12, 0x14, 0x0a,
+	0x05, 0x61, 0x67, 0x65, 0x6e, 0x74, 0x18, 0x04, 0x20, 0x01, 0x28, 0x09, 0x52, 0x05, 0x61, 0x67,
+	0x65, 0x6e, 0x74, 0x22, 0x4e, 0x0a, 0x13, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x43,
+	0x6f, 0x6f, 0x72, 0x64, 0x69, 0x6e, 0x61, 0x74, 0x65, 0x73, 0x12, 0x23, 0x0a, 0x0d, 0x61, 0x72,
+	0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x5f, 0x74, 0x79, 0x70, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28,
+	0x09, 0x52, 0x0c, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x54, 0x79, 0x70, 0x65, 0x12,
+	0x12, 0x0a, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x52, 0x04, 0x6e,
+	0x61, 0x6d, 0x65, 0x22, 0xd8, 0x05, 0x0a, 0x14, 0x43, 0x72, 0x65, 0x61, 0x74, 0x65, 0x41, 0x72,
+	0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x48, 0x65, 0x61, 0x64, 0x65, 0x72, 0x12, 0x16, 0x0a, 0x06,
+	0x74, 0x65, 0x6e, 0x61, 0x6e, 0x74, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x06, 0x74, 0x65,
+	0x6e, 0x61, 0x6e, 0x74, 0x12, 0x18, 0x0a, 0x07, 0x70, 0x72, 0x6f, 0x6a, 0x65, 0x63, 0x74, 0x18,
+	0x02, 0x20, 0x01, 0x28, 0x09, 0x52, 0x07, 0x70, 0x72, 0x6f, 0x6a, 0x65, 0x63, 0x74, 0x12, 0x23,
+	0x0a, 0x0d, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x5f, 0x74, 0x79, 0x70, 0x65, 0x18,
+	0x03, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0c, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x54,
+	0x79, 0x70, 0x65, 0x12, 0x12, 0x0a, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x18, 0x04, 0x20, 0x01, 0x28,
+	0x09, 0x52, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x12, 0x20, 0x0a, 0x0b, 0x64, 0x65, 0x73, 0x63, 0x72,
+	0x69, 0x70, 0x74, 0x69, 0x6f, 0x6e, 0x18, 0x05, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0b, 0x64, 0x65,
+	0x73, 0x63, 0x72, 0x69, 0x70, 0x74, 0x69, 0x6f, 0x6e, 0x12, 0x12, 0x0a, 0x04, 0x74, 0x61, 0x67,
+	0x73, 0x18, 0x06, 0x20, 0x03, 0x28, 0x09, 0x52, 0x04, 0x74, 0x61, 0x67, 0x73, 0x12, 0x4c, 0x0a,
+	0x08, 0x6d, 0x65, 0x74, 0x61, 0x64, 0x61, 0x74, 0x61, 0x18, 0x07, 0x20, 0x03, 0x28, 0x0b, 0x32,
+	0x30, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x43,
+	0x72, 0x65, 0x61, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x48, 0x65, 0x61,
+	0x64, 0x65, 0x72, 0x2e, 0x4d, 0x65, 0x74, 0x61, 0x64, 0x61, 0x74, 0x61, 0x45, 0x6e, 0x74, 0x72,
+	0x79, 0x52, 0x08, 0x6d, 0x65, 0x74, 0x61, 0x64, 0x61, 0x74, 0x61, 0x12, 0x27, 0x0a, 0x0f, 0x69,
+	0x6e, 0x69, 0x74, 0x69, 0x61, 0x6c, 0x5f, 0x76, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x18, 0x08,
+	0x20, 0x01, 0x28, 0x09, 0x52, 0x0e, 0x69, 0x6e, 0x69, 0x74, 0x69, 0x61, 0x6c, 0x56, 0x65, 0x72,
+	0x73, 0x69, 0x6f, 0x6e, 0x12, 0x28, 0x0a, 0x0d, 0x65, 0x78, 0x70, 0x65, 0x63, 0x74, 0x65, 0x64,
+	0x5f, 0x73, 0x69, 0x7a, 0x65, 0x18, 0x09, 0x20, 0x01, 0x28, 0x04, 0x48, 0x00, 0x52, 0x0c, 0x65,
 	0x78, 0x70, 0x65, 0x63, 0x74, 0x65, 0x64, 0x53, 0x69, 0x7a, 0x65, 0x88, 0x01, 0x01, 0x12, 0x27,
 	0x0a, 0x0f, 0x65, 0x78, 0x70, 0x65, 0x63, 0x74, 0x65, 0x64, 0x5f, 0x62, 0x6c, 0x61, 0x6b, 0x65,
-	0x33, 0x18, 0x0b, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0e, 0x65, 0x78, 0x70, 0x65, 0x63, 0x74, 0x65,
-	0x64, 0x42, 0x6c, 0x61, 0x6b, 0x65, 0x33, 0x12, 0x2c, 0x0a, 0x06, 0x6c, 0x61, 0x62, 0x65, 0x6c,
-	0x73, 0x18, 0x0c, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x14, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61,
-	0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x61, 0x62, 0x65, 0x6c, 0x73, 0x52, 0x06, 0x6c,
-	0x61, 0x62, 0x65, 0x6c, 0x73, 0x12, 0x41, 0x0a, 0x0d, 0x69, 0x6e, 0x69, 0x74, 0x69, 0x61, 0x6c,
-	0x5f, 0x73, 0x74, 0x61, 0x74, 0x65, 0x18, 0x0d, 0x20, 0x01, 0x28, 0x0e, 0x32, 0x1c, 0x2e, 0x61,
-	0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x66, 0x65,
-	0x63, 0x79, 0x63, 0x6c, 0x65, 0x53, 0x74, 0x61, 0x74, 0x65, 0x52, 0x0c, 0x69, 0x6e, 0x69, 0x74,
-	0x69, 0x61, 0x6c, 0x53, 0x74, 0x61, 0x74, 0x65, 0x12, 0x40, 0x0a, 0x0c, 0x64, 0x65, 0x70, 0x65,
-	0x6e, 0x64, 0x65, 0x6e, 0x63, 0x69, 0x65, 0x73, 0x18, 0x0e, 0x20, 0x03, 0x28, 0x0b, 0x32, 0x1c,
-	0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x65,
-	0x70, 0x65, 0x6e, 0x64, 0x65, 0x6e, 0x63, 0x79, 0x53, 0x70, 0x65, 0x63, 0x52, 0x0c, 0x64, 0x65,
-	0x70, 0x65, 0x6e, 0x64, 0x65, 0x6e, 0x63, 0x69, 0x65, 0x73, 0x1a, 0x3e, 0x0a, 0x10, 0x4d, 0x65,
+	0x33, 0x18, 0x0a, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0e, 0x65, 0x78, 0x70, 0x65, 0x63, 0x74, 0x65,
+	0x64, 0x42, 0x6c, 0x61, 0x6b, 0x65, 0x33, 0x12, 0x25, 0x0a, 0x0e, 0x63, 0x68, 0x61, 0x6e, 0x67,
+	0x65, 0x5f, 0x6d, 0x65, 0x73, 0x73, 0x61, 0x67, 0x65, 0x18, 0x0b, 0x20, 0x01, 0x28, 0x09, 0x52,
+	0x0d, 0x63, 0x68, 0x61, 0x6e, 0x67, 0x65, 0x4d, 0x65, 0x73, 0x73, 0x61, 0x67, 0x65, 0x12, 0x1e,
+	0x0a, 0x0a, 0x63, 0x61, 0x74, 0x65, 0x67, 0x6f, 0x72, 0x69, 0x65, 0x73, 0x18, 0x0c, 0x20, 0x03,
+	0x28, 0x09, 0x52, 0x0a, 0x63, 0x61, 0x74, 0x65, 0x67, 0x6f, 0x72, 0x69, 0x65, 0x73, 0x12, 0x41,
+	0x0a, 0x0d, 0x69, 0x6e, 0x69, 0x74, 0x69, 0x61, 0x6c, 0x5f, 0x73, 0x74, 0x61, 0x74, 0x65, 0x18,
+	0x0d, 0x20, 0x01, 0x28, 0x0e, 0x32, 0x1c, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
+	0x64, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x66, 0x65, 0x63, 0x79, 0x63, 0x6c, 0x65, 0x53, 0x74,
+	0x61, 0x74, 0x65, 0x52, 0x0c, 0x69, 0x6e, 0x69, 0x74, 0x69, 0x61, 0x6c, 0x53, 0x74, 0x61, 0x74,
+	0x65, 0x12, 0x40, 0x0a, 0x0c, 0x64, 0x65, 0x70, 0x65, 0x6e, 0x64, 0x65, 0x6e, 0x63, 0x69, 0x65,
+	0x73, 0x18, 0x0e, 0x20, 0x03, 0x28, 0x0b, 0x32, 0x1c, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61,
+	0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x65, 0x70, 0x65, 0x6e, 0x64, 0x65, 0x6e, 0x63,
+	0x79, 0x53, 0x70, 0x65, 0x63, 0x52, 0x0c, 0x64, 0x65, 0x70, 0x65, 0x6e, 0x64, 0x65, 0x6e, 0x63,
+	0x69, 0x65, 0x73, 0x12, 0x3a, 0x0a, 0x0b, 0x70, 0x72, 0x6f, 0x64, 0x75, 0x63, 0x65, 0x64, 0x5f,
+	0x62, 0x79, 0x18, 0x0f, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x19, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66,
+	0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x57, 0x6f, 0x72, 0x6b, 0x66, 0x6c, 0x6f, 0x77,
+	0x52, 0x75, 0x6e, 0x52, 0x0a, 0x70, 0x72, 0x6f, 0x64, 0x75, 0x63, 0x65, 0x64, 0x42, 0x79, 0x1a,
+	0x3b, 0x0a, 0x0d, 0x4d, 0x65, 0x74, 0x61, 0x64, 0x61, 0x74, 0x61, 0x45, 0x6e, 0x74, 0x72, 0x79,
+	0x12, 0x10, 0x0a, 0x03, 0x6b, 0x65, 0x79, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x03, 0x6b,
+	0x65, 0x79, 0x12, 0x14, 0x0a, 0x05, 0x76, 0x61, 0x6c, 0x75, 0x65, 0x18, 0x02, 0x20, 0x01, 0x28,
+	0x09, 0x52, 0x05, 0x76, 0x61, 0x6c, 0x75, 0x65, 0x3a, 0x02, 0x38, 0x01, 0x42, 0x10, 0x0a, 0x0e,
+	0x5f, 0x65, 0x78, 0x70, 0x65, 0x63, 0x74, 0x65, 0x64, 0x5f, 0x73, 0x69, 0x7a, 0x65, 0x22, 0x48,
+	0x0a, 0x0c, 0x55, 0x70, 0x6c, 0x6f, 0x61, 0x64, 0x46, 0x69, 0x6e, 0x69, 0x73, 0x68, 0x12, 0x17,
+	0x0a, 0x04, 0x73, 0x69, 0x7a, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x04, 0x48, 0x00, 0x52, 0x04,
+	0x73, 0x69, 0x7a, 0x65, 0x88, 0x01, 0x01, 0x12, 0x16, 0x0a, 0x06, 0x62, 0x6c, 0x61, 0x6b, 0x65,
+	0x33, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x52, 0x06, 0x62, 0x6c, 0x61, 0x6b, 0x65, 0x33, 0x42,
+	0x07, 0x0a, 0x05, 0x5f, 0x73, 0x69, 0x7a, 0x65, 0x22, 0xac, 0x01, 0x0a, 0x15, 0x43, 0x72, 0x65,
+	0x61, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65,
+	0x73, 0x74, 0x12, 0x3c, 0x0a, 0x06, 0x68, 0x65, 0x61, 0x64, 0x65, 0x72, 0x18, 0x01, 0x20, 0x01,
+	0x28, 0x0b, 0x32, 0x22, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76,
+	0x31, 0x2e, 0x43, 0x72, 0x65, 0x61, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
+	0x48, 0x65, 0x61, 0x64, 0x65, 0x72, 0x48, 0x00, 0x52, 0x06, 0x68, 0x65, 0x61, 0x64, 0x65, 0x72,
+	0x12, 0x14, 0x0a, 0x04, 0x64, 0x61, 0x74, 0x61, 0x18, 0x02, 0x20, 0x01, 0x28, 0x0c, 0x48, 0x00,
+	0x52, 0x04, 0x64, 0x61, 0x74, 0x61, 0x12, 0x34, 0x0a, 0x06, 0x66, 0x69, 0x6e, 0x69, 0x73, 0x68,
+	0x18, 0x03, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x1a, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63,
+	0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70, 0x6c, 0x6f, 0x61, 0x64, 0x46, 0x69, 0x6e, 0x69,
+	0x73, 0x68, 0x48, 0x00, 0x52, 0x06, 0x66, 0x69, 0x6e, 0x69, 0x73, 0x68, 0x42, 0x09, 0x0a, 0x07,
+	0x6d, 0x65, 0x73, 0x73, 0x61, 0x67, 0x65, 0x22, 0x85, 0x01, 0x0a, 0x16, 0x43, 0x72, 0x65, 0x61,
+	0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e,
+	0x73, 0x65, 0x12, 0x32, 0x0a, 0x08, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x18, 0x01,
+	0x20, 0x01, 0x28, 0x0b, 0x32, 0x16, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64,
+	0x2e, 0x76, 0x31, 0x2e, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x08, 0x61, 0x72,
+	0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x12, 0x37, 0x0a, 0x07, 0x76, 0x65, 0x72, 0x73, 0x69, 0x6f,
+	0x6e, 0x18, 0x02, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x1d, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61,
+	0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x56,
+	0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x52, 0x07, 0x76, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x22,
+	0xca, 0x06, 0x0a, 0x14, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61,
+	0x63, 0x74, 0x48, 0x65, 0x61, 0x64, 0x65, 0x72, 0x12, 0x16, 0x0a, 0x06, 0x74, 0x65, 0x6e, 0x61,
+	0x6e, 0x74, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x06, 0x74, 0x65, 0x6e, 0x61, 0x6e, 0x74,
+	0x12, 0x18, 0x0a, 0x07, 0x70, 0x72, 0x6f, 0x6a, 0x65, 0x63, 0x74, 0x18, 0x02, 0x20, 0x01, 0x28,
+	0x09, 0x52, 0x07, 0x70, 0x72, 0x6f, 0x6a, 0x65, 0x63, 0x74, 0x12, 0x1f, 0x0a, 0x0b, 0x61, 0x72,
+	0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x5f, 0x69, 0x64, 0x18, 0x03, 0x20, 0x01, 0x28, 0x09, 0x52,
+	0x0a, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x49, 0x64, 0x12, 0x2c, 0x0a, 0x04, 0x62,
+	0x75, 0x6d, 0x70, 0x18, 0x04, 0x20, 0x01, 0x28, 0x0e, 0x32, 0x16, 0x2e, 0x61, 0x72, 0x74, 0x69,
+	0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x42, 0x75, 0x6d, 0x70, 0x4b, 0x69, 0x6e,
+	0x64, 0x48, 0x00, 0x52, 0x04, 0x62, 0x75, 0x6d, 0x70, 0x12, 0x2b, 0x0a, 0x10, 0x65, 0x78, 0x70,
+	0x6c, 0x69, 0x63, 0x69, 0x74, 0x5f, 0x76, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x18, 0x05, 0x20,
+	0x01, 0x28, 0x09, 0x48, 0x00, 0x52, 0x0f, 0x65, 0x78, 0x70, 0x6c, 0x69, 0x63, 0x69, 0x74, 0x56,
+	0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x12, 0x38, 0x0a, 0x18, 0x65, 0x78, 0x70, 0x65, 0x63, 0x74,
+	0x65, 0x64, 0x5f, 0x63, 0x75, 0x72, 0x72, 0x65, 0x6e, 0x74, 0x5f, 0x76, 0x65, 0x72, 0x73, 0x69,
+	0x6f, 0x6e, 0x18, 0x06, 0x20, 0x01, 0x28, 0x09, 0x52, 0x16, 0x65, 0x78, 0x70, 0x65, 0x63, 0x74,
+	0x65, 0x64, 0x43, 0x75, 0x72, 0x72, 0x65, 0x6e, 0x74, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e,
+	0x12, 0x25, 0x0a, 0x0e, 0x63, 0x68, 0x61, 0x6e, 0x67, 0x65, 0x5f, 0x6d, 0x65, 0x73, 0x73, 0x61,
+	0x67, 0x65, 0x18, 0x07, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0d, 0x63, 0x68, 0x61, 0x6e, 0x67, 0x65,
+	0x4d, 0x65, 0x73, 0x73, 0x61, 0x67, 0x65, 0x12, 0x56, 0x0a, 0x0c, 0x6d, 0x65, 0x74, 0x61, 0x64,
+	0x61, 0x74, 0x61, 0x5f, 0x73, 0x65, 0x74, 0x18, 0x08, 0x20, 0x03, 0x28, 0x0b, 0x32, 0x33, 0x2e,
+	0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70, 0x64,
+	0x61, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x48, 0x65, 0x61, 0x64, 0x65,
+	0x72, 0x2e, 0x4d, 0x65, 0x74, 0x61, 0x64, 0x61, 0x74, 0x61, 0x53, 0x65, 0x74, 0x45, 0x6e, 0x74,
+	0x72, 0x79, 0x52, 0x0b, 0x6d, 0x65, 0x74, 0x61, 0x64, 0x61, 0x74, 0x61, 0x53, 0x65, 0x74, 0x12,
+	0x27, 0x0a, 0x0f, 0x6d, 0x65, 0x74, 0x61, 0x64, 0x61, 0x74, 0x61, 0x5f, 0x72, 0x65, 0x6d, 0x6f,
+	0x76, 0x65, 0x18, 0x09, 0x20, 0x03, 0x28, 0x09, 0x52, 0x0e, 0x6d, 0x65, 0x74, 0x61, 0x64, 0x61,
+	0x74, 0x61, 0x52, 0x65, 0x6d, 0x6f, 0x76, 0x65, 0x12, 0x28, 0x0a, 0x0d, 0x65, 0x78, 0x70, 0x65,
+	0x63, 0x74, 0x65, 0x64, 0x5f, 0x73, 0x69, 0x7a, 0x65, 0x18, 0x0a, 0x20, 0x01, 0x28, 0x04, 0x48,
+	0x01, 0x52, 0x0c, 0x65, 0x78, 0x70, 0x65, 0x63, 0x74, 0x65, 0x64, 0x53, 0x69, 0x7a, 0x65, 0x88,
+	0x01, 0x01, 0x12, 0x27, 0x0a, 0x0f, 0x65, 0x78, 0x70, 0x65, 0x63, 0x74, 0x65, 0x64, 0x5f, 0x62,
+	0x6c, 0x61, 0x6b, 0x65, 0x33, 0x18, 0x0b, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0e, 0x65, 0x78, 0x70,
+	0x65, 0x63, 0x74, 0x65, 0x64, 0x42, 0x6c, 0x61, 0x6b, 0x65, 0x33, 0x12, 0x2c, 0x0a, 0x06, 0x6c,
+	0x61, 0x62, 0x65, 0x6c, 0x73, 0x18, 0x0c, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x14, 0x2e, 0x61, 0x72,
+	0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x61, 0x62, 0x65, 0x6c,
+	0x73, 0x52, 0x06, 0x6c, 0x61, 0x62, 0x65, 0x6c, 0x73, 0x12, 0x41, 0x0a, 0x0d, 0x69, 0x6e, 0x69,
+	0x74, 0x69, 0x61, 0x6c, 0x5f, 0x73, 0x74, 0x61, 0x74, 0x65, 0x18, 0x0d, 0x20, 0x01, 0x28, 0x0e,
+	0x32, 0x1c, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e,
+	0x4c, 0x69, 0x66, 0x65, 0x63, 0x79, 0x63, 0x6c, 0x65, 0x53, 0x74, 0x61, 0x74, 0x65, 0x52, 0x0c,
+	0x69, 0x6e, 0x69, 0x74, 0x69, 0x61, 0x6c, 0x53, 0x74, 0x61, 0x74, 0x65, 0x12, 0x40, 0x0a, 0x0c,
+	0x64, 0x65, 0x70, 0x65, 0x6e, 0x64, 0x65, 0x6e, 0x63, 0x69, 0x65, 0x73, 0x18, 0x0e, 0x20, 0x03,
+	0x28, 0x0b, 0x32, 0x1c, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76,
+	0x31, 0x2e, 0x44, 0x65, 0x70, 0x65, 0x6e, 0x64, 0x65, 0x6e, 0x63, 0x79, 0x53, 0x70, 0x65, 0x63,
+	0x52, 0x0c, 0x64, 0x65, 0x70, 0x65, 0x6e, 0x64, 0x65, 0x6e, 0x63, 0x69, 0x65, 0x73, 0x12, 0x3a,
+	0x0a, 0x0b, 0x70, 0x72, 0x6f, 0x64, 0x75, 0x63, 0x65, 0x64, 0x5f, 0x62, 0x79, 0x18, 0x0f, 0x20,
+	0x01, 0x28, 0x0b, 0x32, 0x19, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e,
+	0x76, 0x31, 0x2e, 0x57, 0x6f, 0x72, 0x6b, 0x66, 0x6c, 0x6f, 0x77, 0x52, 0x75, 0x6e, 0x52, 0x0a,
+	0x70, 0x72, 0x6f, 0x64, 0x75, 0x63, 0x65, 0x64, 0x42, 0x79, 0x1a, 0x3e, 0x0a, 0x10, 0x4d, 0x65,
 	0x74, 0x61, 0x64, 0x61, 0x74, 0x61, 0x53, 0x65, 0x74, 0x45, 0x6e, 0x74, 0x72, 0x79, 0x12, 0x10,
 	0x0a, 0x03, 0x6b, 0x65, 0x79, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x03, 0x6b, 0x65, 0x79,
 	0x12, 0x14, 0x0a, 0x05, 0x76, 0x61, 0x6c, 0x75, 0x65, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x52,
@@ -5988,154 +6709,245 @@ var file_artifactd_v1_artifact_proto_rawDesc = []byte{
 	0x74, 0x73, 0x12, 0x35, 0x0a, 0x09, 0x72, 0x65, 0x6a, 0x65, 0x63, 0x74, 0x69, 0x6e, 0x67, 0x18,
 	0x02, 0x20, 0x03, 0x28, 0x0b, 0x32, 0x17, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
 	0x64, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x65, 0x70, 0x65, 0x6e, 0x64, 0x65, 0x6e, 0x74, 0x52, 0x09,
-	0x72, 0x65, 0x6a, 0x65, 0x63, 0x74, 0x69, 0x6e, 0x67, 0x2a, 0xa4, 0x01, 0x0a, 0x0e, 0x4c, 0x69,
-	0x66, 0x65, 0x63, 0x79, 0x63, 0x6c, 0x65, 0x53, 0x74, 0x61, 0x74, 0x65, 0x12, 0x1f, 0x0a, 0x1b,
+	0x72, 0x65, 0x6a, 0x65, 0x63, 0x74, 0x69, 0x6e, 0x67, 0x22, 0x94, 0x02, 0x0a, 0x0a, 0x52, 0x75,
+	0x6e, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x12, 0x1f, 0x0a, 0x0b, 0x61, 0x72, 0x74, 0x69,
+	0x66, 0x61, 0x63, 0x74, 0x5f, 0x69, 0x64, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0a, 0x61,
+	0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x49, 0x64, 0x12, 0x18, 0x0a, 0x07, 0x70, 0x72, 0x6f,
+	0x6a, 0x65, 0x63, 0x74, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x52, 0x07, 0x70, 0x72, 0x6f, 0x6a,
+	0x65, 0x63, 0x74, 0x12, 0x23, 0x0a, 0x0d, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x5f,
+	0x74, 0x79, 0x70, 0x65, 0x18, 0x03, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0c, 0x61, 0x72, 0x74, 0x69,
+	0x66, 0x61, 0x63, 0x74, 0x54, 0x79, 0x70, 0x65, 0x12, 0x12, 0x0a, 0x04, 0x6e, 0x61, 0x6d, 0x65,
+	0x18, 0x04, 0x20, 0x01, 0x28, 0x09, 0x52, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x12, 0x18, 0x0a, 0x07,
+	0x76, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x18, 0x05, 0x20, 0x01, 0x28, 0x09, 0x52, 0x07, 0x76,
+	0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x12, 0x10, 0x0a, 0x03, 0x68, 0x6f, 0x77, 0x18, 0x06, 0x20,
+	0x01, 0x28, 0x09, 0x52, 0x03, 0x68, 0x6f, 0x77, 0x12, 0x2a, 0x0a, 0x02, 0x61, 0x74, 0x18, 0x07,
+	0x20, 0x01, 0x28, 0x0b, 0x32, 0x1a, 0x2e, 0x67, 0x6f, 0x6f, 0x67, 0x6c, 0x65, 0x2e, 0x70, 0x72,
+	0x6f, 0x74, 0x6f, 0x62, 0x75, 0x66, 0x2e, 0x54, 0x69, 0x6d, 0x65, 0x73, 0x74, 0x61, 0x6d, 0x70,
+	0x52, 0x02, 0x61, 0x74, 0x12, 0x3a, 0x0a, 0x0b, 0x70, 0x72, 0x6f, 0x64, 0x75, 0x63, 0x65, 0x64,
+	0x5f, 0x62, 0x79, 0x18, 0x08, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x19, 0x2e, 0x61, 0x72, 0x74, 0x69,
+	0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x57, 0x6f, 0x72, 0x6b, 0x66, 0x6c, 0x6f,
+	0x77, 0x52, 0x75, 0x6e, 0x52, 0x0a, 0x70, 0x72, 0x6f, 0x64, 0x75, 0x63, 0x65, 0x64, 0x42, 0x79,
+	0x22, 0x45, 0x0a, 0x08, 0x52, 0x75, 0x6e, 0x49, 0x6e, 0x70, 0x75, 0x74, 0x12, 0x1f, 0x0a, 0x0b,
+	0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x5f, 0x69, 0x64, 0x18, 0x01, 0x20, 0x01, 0x28,
+	0x09, 0x52, 0x0a, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x49, 0x64, 0x12, 0x18, 0x0a,
+	0x07, 0x76, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x52, 0x07,
+	0x76, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x22, 0x91, 0x01, 0x0a, 0x16, 0x52, 0x65, 0x63, 0x6f,
+	0x72, 0x64, 0x52, 0x75, 0x6e, 0x49, 0x6e, 0x70, 0x75, 0x74, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65,
+	0x73, 0x74, 0x12, 0x16, 0x0a, 0x06, 0x74, 0x65, 0x6e, 0x61, 0x6e, 0x74, 0x18, 0x01, 0x20, 0x01,
+	0x28, 0x09, 0x52, 0x06, 0x74, 0x65, 0x6e, 0x61, 0x6e, 0x74, 0x12, 0x18, 0x0a, 0x07, 0x70, 0x72,
+	0x6f, 0x6a, 0x65, 0x63, 0x74, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x52, 0x07, 0x70, 0x72, 0x6f,
+	0x6a, 0x65, 0x63, 0x74, 0x12, 0x15, 0x0a, 0x06, 0x72, 0x75, 0x6e, 0x5f, 0x69, 0x64, 0x18, 0x03,
+	0x20, 0x01, 0x28, 0x09, 0x52, 0x05, 0x72, 0x75, 0x6e, 0x49, 0x64, 0x12, 0x2e, 0x0a, 0x06, 0x69,
+	0x6e, 0x70, 0x75, 0x74, 0x73, 0x18, 0x04, 0x20, 0x03, 0x28, 0x0b, 0x32, 0x16, 0x2e, 0x61, 0x72,
+	0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x52, 0x75, 0x6e, 0x49, 0x6e,
+	0x70, 0x75, 0x74, 0x52, 0x06, 0x69, 0x6e, 0x70, 0x75, 0x74, 0x73, 0x22, 0x4b, 0x0a, 0x17, 0x52,
+	0x65, 0x63, 0x6f, 0x72, 0x64, 0x52, 0x75, 0x6e, 0x49, 0x6e, 0x70, 0x75, 0x74, 0x73, 0x52, 0x65,
+	0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x30, 0x0a, 0x06, 0x69, 0x6e, 0x70, 0x75, 0x74, 0x73,
+	0x18, 0x01, 0x20, 0x03, 0x28, 0x0b, 0x32, 0x18, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63,
+	0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x52, 0x75, 0x6e, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e,
+	0x52, 0x06, 0x69, 0x6e, 0x70, 0x75, 0x74, 0x73, 0x22, 0x3e, 0x0a, 0x0d, 0x47, 0x65, 0x74, 0x52,
+	0x75, 0x6e, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x12, 0x16, 0x0a, 0x06, 0x74, 0x65, 0x6e,
+	0x61, 0x6e, 0x74, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x06, 0x74, 0x65, 0x6e, 0x61, 0x6e,
+	0x74, 0x12, 0x15, 0x0a, 0x06, 0x72, 0x75, 0x6e, 0x5f, 0x69, 0x64, 0x18, 0x02, 0x20, 0x01, 0x28,
+	0x09, 0x52, 0x05, 0x72, 0x75, 0x6e, 0x49, 0x64, 0x22, 0x8d, 0x01, 0x0a, 0x0e, 0x47, 0x65, 0x74,
+	0x52, 0x75, 0x6e, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x15, 0x0a, 0x06, 0x72,
+	0x75, 0x6e, 0x5f, 0x69, 0x64, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x05, 0x72, 0x75, 0x6e,
+	0x49, 0x64, 0x12, 0x30, 0x0a, 0x06, 0x69, 0x6e, 0x70, 0x75, 0x74, 0x73, 0x18, 0x02, 0x20, 0x03,
+	0x28, 0x0b, 0x32, 0x18, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76,
+	0x31, 0x2e, 0x52, 0x75, 0x6e, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x52, 0x06, 0x69, 0x6e,
+	0x70, 0x75, 0x74, 0x73, 0x12, 0x32, 0x0a, 0x07, 0x6f, 0x75, 0x74, 0x70, 0x75, 0x74, 0x73, 0x18,
+	0x03, 0x20, 0x03, 0x28, 0x0b, 0x32, 0x18, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
+	0x64, 0x2e, 0x76, 0x31, 0x2e, 0x52, 0x75, 0x6e, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x52,
+	0x07, 0x6f, 0x75, 0x74, 0x70, 0x75, 0x74, 0x73, 0x22, 0xa0, 0x01, 0x0a, 0x14, 0x47, 0x65, 0x74,
+	0x50, 0x72, 0x6f, 0x76, 0x65, 0x6e, 0x61, 0x6e, 0x63, 0x65, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73,
+	0x74, 0x12, 0x16, 0x0a, 0x06, 0x74, 0x65, 0x6e, 0x61, 0x6e, 0x74, 0x18, 0x01, 0x20, 0x01, 0x28,
+	0x09, 0x52, 0x06, 0x74, 0x65, 0x6e, 0x61, 0x6e, 0x74, 0x12, 0x18, 0x0a, 0x07, 0x70, 0x72, 0x6f,
+	0x6a, 0x65, 0x63, 0x74, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x52, 0x07, 0x70, 0x72, 0x6f, 0x6a,
+	0x65, 0x63, 0x74, 0x12, 0x1f, 0x0a, 0x0b, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x5f,
+	0x69, 0x64, 0x18, 0x03, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0a, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61,
+	0x63, 0x74, 0x49, 0x64, 0x12, 0x18, 0x0a, 0x07, 0x76, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x18,
+	0x04, 0x20, 0x01, 0x28, 0x09, 0x52, 0x07, 0x76, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x12, 0x1b,
+	0x0a, 0x09, 0x6d, 0x61, 0x78, 0x5f, 0x64, 0x65, 0x70, 0x74, 0x68, 0x18, 0x05, 0x20, 0x01, 0x28,
+	0x0d, 0x52, 0x08, 0x6d, 0x61, 0x78, 0x44, 0x65, 0x70, 0x74, 0x68, 0x22, 0x88, 0x01, 0x0a, 0x0e,
+	0x50, 0x72, 0x6f, 0x76, 0x65, 0x6e, 0x61, 0x6e, 0x63, 0x65, 0x53, 0x74, 0x65, 0x70, 0x12, 0x32,
+	0x0a, 0x07, 0x76, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x18, 0x01, 0x20, 0x01, 0x28, 0x0b, 0x32,
+	0x18, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x52,
+	0x75, 0x6e, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x52, 0x07, 0x76, 0x65, 0x72, 0x73, 0x69,
+	0x6f, 0x6e, 0x12, 0x14, 0x0a, 0x05, 0x64, 0x65, 0x70, 0x74, 0x68, 0x18, 0x02, 0x20, 0x01, 0x28,
+	0x0d, 0x52, 0x05, 0x64, 0x65, 0x70, 0x74, 0x68, 0x12, 0x2c, 0x0a, 0x04, 0x72, 0x65, 0x61, 0x64,
+	0x18, 0x03, 0x20, 0x03, 0x28, 0x0b, 0x32, 0x18, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63,
+	0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x52, 0x75, 0x6e, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e,
+	0x52, 0x04, 0x72, 0x65, 0x61, 0x64, 0x22, 0x69, 0x0a, 0x15, 0x47, 0x65, 0x74, 0x50, 0x72, 0x6f,
+	0x76, 0x65, 0x6e, 0x61, 0x6e, 0x63, 0x65, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12,
+	0x32, 0x0a, 0x05, 0x73, 0x74, 0x65, 0x70, 0x73, 0x18, 0x01, 0x20, 0x03, 0x28, 0x0b, 0x32, 0x1c,
+	0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x50, 0x72,
+	0x6f, 0x76, 0x65, 0x6e, 0x61, 0x6e, 0x63, 0x65, 0x53, 0x74, 0x65, 0x70, 0x52, 0x05, 0x73, 0x74,
+	0x65, 0x70, 0x73, 0x12, 0x1c, 0x0a, 0x09, 0x74, 0x72, 0x75, 0x6e, 0x63, 0x61, 0x74, 0x65, 0x64,
+	0x18, 0x02, 0x20, 0x01, 0x28, 0x08, 0x52, 0x09, 0x74, 0x72, 0x75, 0x6e, 0x63, 0x61, 0x74, 0x65,
+	0x64, 0x2a, 0xa4, 0x01, 0x0a, 0x0e, 0x4c, 0x69, 0x66, 0x65, 0x63, 0x79, 0x63, 0x6c, 0x65, 0x53,
+	0x74, 0x61, 0x74, 0x65, 0x12, 0x1f, 0x0a, 0x1b, 0x4c, 0x49, 0x46, 0x45, 0x43, 0x59, 0x43, 0x4c,
+	0x45, 0x5f, 0x53, 0x54, 0x41, 0x54, 0x45, 0x5f, 0x55, 0x4e, 0x53, 0x50, 0x45, 0x43, 0x49, 0x46,
+	0x49, 0x45, 0x44, 0x10, 0x00, 0x12, 0x19, 0x0a, 0x15, 0x4c, 0x49, 0x46, 0x45, 0x43, 0x59, 0x43,
+	0x4c, 0x45, 0x5f, 0x53, 0x54, 0x41, 0x54, 0x45, 0x5f, 0x44, 0x52, 0x41, 0x46, 0x54, 0x10, 0x01,
+	0x12, 0x1a, 0x0a, 0x16, 0x4c, 0x49, 0x46, 0x45, 0x43, 0x59, 0x43, 0x4c, 0x45, 0x5f, 0x53, 0x54,
+	0x41, 0x54, 0x45, 0x5f, 0x52, 0x45, 0x56, 0x49, 0x45, 0x57, 0x10, 0x02, 0x12, 0x1c, 0x0a, 0x18,
 	0x4c, 0x49, 0x46, 0x45, 0x43, 0x59, 0x43, 0x4c, 0x45, 0x5f, 0x53, 0x54, 0x41, 0x54, 0x45, 0x5f,
-	0x55, 0x4e, 0x53, 0x50, 0x45, 0x43, 0x49, 0x46, 0x49, 0x45, 0x44, 0x10, 0x00, 0x12, 0x19, 0x0a,
-	0x15, 0x4c, 0x49, 0x46, 0x45, 0x43, 0x59, 0x43, 0x4c, 0x45, 0x5f, 0x53, 0x54, 0x41, 0x54, 0x45,
-	0x5f, 0x44, 0x52, 0x41, 0x46, 0x54, 0x10, 0x01, 0x12, 0x1a, 0x0a, 0x16, 0x4c, 0x49, 0x46, 0x45,
-	0x43, 0x59, 0x43, 0x4c, 0x45, 0x5f, 0x53, 0x54, 0x41, 0x54, 0x45, 0x5f, 0x52, 0x45, 0x56, 0x49,
-	0x45, 0x57, 0x10, 0x02, 0x12, 0x1c, 0x0a, 0x18, 0x4c, 0x49, 0x46, 0x45, 0x43, 0x59, 0x43, 0x4c,
-	0x45, 0x5f, 0x53, 0x54, 0x41, 0x54, 0x45, 0x5f, 0x41, 0x50, 0x50, 0x52, 0x4f, 0x56, 0x45, 0x44,
-	0x10, 0x03, 0x12, 0x1c, 0x0a, 0x18, 0x4c, 0x49, 0x46, 0x45, 0x43, 0x59, 0x43, 0x4c, 0x45, 0x5f,
-	0x53, 0x54, 0x41, 0x54, 0x45, 0x5f, 0x41, 0x52, 0x43, 0x48, 0x49, 0x56, 0x45, 0x44, 0x10, 0x04,
-	0x2a, 0x64, 0x0a, 0x08, 0x42, 0x75, 0x6d, 0x70, 0x4b, 0x69, 0x6e, 0x64, 0x12, 0x19, 0x0a, 0x15,
-	0x42, 0x55, 0x4d, 0x50, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x55, 0x4e, 0x53, 0x50, 0x45, 0x43,
-	0x49, 0x46, 0x49, 0x45, 0x44, 0x10, 0x00, 0x12, 0x13, 0x0a, 0x0f, 0x42, 0x55, 0x4d, 0x50, 0x5f,
-	0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x4d, 0x41, 0x4a, 0x4f, 0x52, 0x10, 0x01, 0x12, 0x13, 0x0a, 0x0f,
-	0x42, 0x55, 0x4d, 0x50, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x4d, 0x49, 0x4e, 0x4f, 0x52, 0x10,
-	0x02, 0x12, 0x13, 0x0a, 0x0f, 0x42, 0x55, 0x4d, 0x50, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x50,
-	0x41, 0x54, 0x43, 0x48, 0x10, 0x03, 0x2a, 0xa9, 0x02, 0x0a, 0x09, 0x45, 0x76, 0x65, 0x6e, 0x74,
-	0x4b, 0x69, 0x6e, 0x64, 0x12, 0x1a, 0x0a, 0x16, 0x45, 0x56, 0x45, 0x4e, 0x54, 0x5f, 0x4b, 0x49,
-	0x4e, 0x44, 0x5f, 0x55, 0x4e, 0x53, 0x50, 0x45, 0x43, 0x49, 0x46, 0x49, 0x45, 0x44, 0x10, 0x00,
-	0x12, 0x1f, 0x0a, 0x1b, 0x45, 0x56, 0x45, 0x4e, 0x54, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x41,
-	0x52, 0x54, 0x49, 0x46, 0x41, 0x43, 0x54, 0x5f, 0x43, 0x52, 0x45, 0x41, 0x54, 0x45, 0x44, 0x10,
-	0x01, 0x12, 0x1c, 0x0a, 0x18, 0x45, 0x56, 0x45, 0x4e, 0x54, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f,
-	0x56, 0x45, 0x52, 0x53, 0x49, 0x4f, 0x4e, 0x5f, 0x41, 0x44, 0x44, 0x45, 0x44, 0x10, 0x02, 0x12,
-	0x23, 0x0a, 0x1f, 0x45, 0x56, 0x45, 0x4e, 0x54, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x56, 0x45,
-	0x52, 0x53, 0x49, 0x4f, 0x4e, 0x5f, 0x54, 0x52, 0x41, 0x4e, 0x53, 0x49, 0x54, 0x49, 0x4f, 0x4e,
-	0x45, 0x44, 0x10, 0x03, 0x12, 0x1d, 0x0a, 0x19, 0x45, 0x56, 0x45, 0x4e, 0x54, 0x5f, 0x4b, 0x49,
-	0x4e, 0x44, 0x5f, 0x4c, 0x41, 0x42, 0x45, 0x4c, 0x53, 0x5f, 0x43, 0x48, 0x41, 0x4e, 0x47, 0x45,
-	0x44, 0x10, 0x04, 0x12, 0x1a, 0x0a, 0x16, 0x45, 0x56, 0x45, 0x4e, 0x54, 0x5f, 0x4b, 0x49, 0x4e,
-	0x44, 0x5f, 0x41, 0x4c, 0x49, 0x41, 0x53, 0x5f, 0x4d, 0x4f, 0x56, 0x45, 0x44, 0x10, 0x05, 0x12,
-	0x1f, 0x0a, 0x1b, 0x45, 0x56, 0x45, 0x4e, 0x54, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x41, 0x52,
-	0x54, 0x49, 0x46, 0x41, 0x43, 0x54, 0x5f, 0x44, 0x45, 0x4c, 0x45, 0x54, 0x45, 0x44, 0x10, 0x06,
-	0x12, 0x20, 0x0a, 0x1c, 0x45, 0x56, 0x45, 0x4e, 0x54, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x41,
-	0x52, 0x54, 0x49, 0x46, 0x41, 0x43, 0x54, 0x5f, 0x52, 0x45, 0x53, 0x54, 0x4f, 0x52, 0x45, 0x44,
-	0x10, 0x07, 0x12, 0x1e, 0x0a, 0x1a, 0x45, 0x56, 0x45, 0x4e, 0x54, 0x5f, 0x4b, 0x49, 0x4e, 0x44,
-	0x5f, 0x41, 0x52, 0x54, 0x49, 0x46, 0x41, 0x43, 0x54, 0x5f, 0x50, 0x55, 0x52, 0x47, 0x45, 0x44,
-	0x10, 0x08, 0x32, 0xee, 0x0d, 0x0a, 0x0f, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x53,
-	0x65, 0x72, 0x76, 0x69, 0x63, 0x65, 0x12, 0x5d, 0x0a, 0x0e, 0x43, 0x72, 0x65, 0x61, 0x74, 0x65,
-	0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x12, 0x23, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66,
-	0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x43, 0x72, 0x65, 0x61, 0x74, 0x65, 0x41, 0x72,
-	0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x24, 0x2e,
-	0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x43, 0x72, 0x65,
-	0x61, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x65, 0x73, 0x70, 0x6f,
-	0x6e, 0x73, 0x65, 0x28, 0x01, 0x12, 0x5d, 0x0a, 0x0e, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x41,
-	0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x12, 0x23, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61,
-	0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x41, 0x72, 0x74,
-	0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x24, 0x2e, 0x61,
-	0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70, 0x64, 0x61,
-	0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e,
-	0x73, 0x65, 0x28, 0x01, 0x12, 0x52, 0x0a, 0x0b, 0x47, 0x65, 0x74, 0x41, 0x72, 0x74, 0x69, 0x66,
-	0x61, 0x63, 0x74, 0x12, 0x20, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e,
-	0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x65,
-	0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x21, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
-	0x64, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
-	0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x63, 0x0a, 0x10, 0x44, 0x6f, 0x77, 0x6e,
-	0x6c, 0x6f, 0x61, 0x64, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x12, 0x25, 0x2e, 0x61,
-	0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x6f, 0x77, 0x6e,
-	0x6c, 0x6f, 0x61, 0x64, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x65, 0x71, 0x75,
-	0x65, 0x73, 0x74, 0x1a, 0x26, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e,
-	0x76, 0x31, 0x2e, 0x44, 0x6f, 0x77, 0x6e, 0x6c, 0x6f, 0x61, 0x64, 0x41, 0x72, 0x74, 0x69, 0x66,
-	0x61, 0x63, 0x74, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x30, 0x01, 0x12, 0x55, 0x0a,
-	0x0c, 0x4c, 0x69, 0x73, 0x74, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x73, 0x12, 0x21, 0x2e,
-	0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73,
-	0x74, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74,
-	0x1a, 0x22, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e,
-	0x4c, 0x69, 0x73, 0x74, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x73, 0x52, 0x65, 0x73, 0x70,
-	0x6f, 0x6e, 0x73, 0x65, 0x12, 0x52, 0x0a, 0x0b, 0x47, 0x65, 0x74, 0x4d, 0x65, 0x74, 0x61, 0x64,
-	0x61, 0x74, 0x61, 0x12, 0x20, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e,
-	0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x4d, 0x65, 0x74, 0x61, 0x64, 0x61, 0x74, 0x61, 0x52, 0x65,
-	0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x21, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
-	0x64, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x4d, 0x65, 0x74, 0x61, 0x64, 0x61, 0x74, 0x61,
-	0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x58, 0x0a, 0x0d, 0x4c, 0x69, 0x73, 0x74,
-	0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x73, 0x12, 0x22, 0x2e, 0x61, 0x72, 0x74, 0x69,
-	0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x41, 0x72, 0x74,
-	0x69, 0x66, 0x61, 0x63, 0x74, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x23, 0x2e,
-	0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73,
-	0x74, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e,
-	0x73, 0x65, 0x12, 0x5b, 0x0a, 0x0e, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69,
-	0x66, 0x61, 0x63, 0x74, 0x12, 0x23, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64,
-	0x2e, 0x76, 0x31, 0x2e, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61,
-	0x63, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x24, 0x2e, 0x61, 0x72, 0x74, 0x69,
-	0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x41,
-	0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12,
-	0x61, 0x0a, 0x10, 0x55, 0x6e, 0x64, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66,
-	0x61, 0x63, 0x74, 0x12, 0x25, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e,
-	0x76, 0x31, 0x2e, 0x55, 0x6e, 0x64, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66,
-	0x61, 0x63, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x26, 0x2e, 0x61, 0x72, 0x74,
-	0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x6e, 0x64, 0x65, 0x6c, 0x65,
-	0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e,
-	0x73, 0x65, 0x12, 0x6d, 0x0a, 0x14, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69,
-	0x66, 0x61, 0x63, 0x74, 0x4c, 0x61, 0x62, 0x65, 0x6c, 0x73, 0x12, 0x29, 0x2e, 0x61, 0x72, 0x74,
-	0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65,
-	0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x4c, 0x61, 0x62, 0x65, 0x6c, 0x73, 0x52, 0x65,
-	0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x2a, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
-	0x64, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66,
-	0x61, 0x63, 0x74, 0x4c, 0x61, 0x62, 0x65, 0x6c, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73,
-	0x65, 0x12, 0x64, 0x0a, 0x11, 0x54, 0x72, 0x61, 0x6e, 0x73, 0x69, 0x74, 0x69, 0x6f, 0x6e, 0x56,
-	0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x12, 0x26, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63,
-	0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x54, 0x72, 0x61, 0x6e, 0x73, 0x69, 0x74, 0x69, 0x6f, 0x6e,
-	0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x27,
+	0x41, 0x50, 0x50, 0x52, 0x4f, 0x56, 0x45, 0x44, 0x10, 0x03, 0x12, 0x1c, 0x0a, 0x18, 0x4c, 0x49,
+	0x46, 0x45, 0x43, 0x59, 0x43, 0x4c, 0x45, 0x5f, 0x53, 0x54, 0x41, 0x54, 0x45, 0x5f, 0x41, 0x52,
+	0x43, 0x48, 0x49, 0x56, 0x45, 0x44, 0x10, 0x04, 0x2a, 0x64, 0x0a, 0x08, 0x42, 0x75, 0x6d, 0x70,
+	0x4b, 0x69, 0x6e, 0x64, 0x12, 0x19, 0x0a, 0x15, 0x42, 0x55, 0x4d, 0x50, 0x5f, 0x4b, 0x49, 0x4e,
+	0x44, 0x5f, 0x55, 0x4e, 0x53, 0x50, 0x45, 0x43, 0x49, 0x46, 0x49, 0x45, 0x44, 0x10, 0x00, 0x12,
+	0x13, 0x0a, 0x0f, 0x42, 0x55, 0x4d, 0x50, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x4d, 0x41, 0x4a,
+	0x4f, 0x52, 0x10, 0x01, 0x12, 0x13, 0x0a, 0x0f, 0x42, 0x55, 0x4d, 0x50, 0x5f, 0x4b, 0x49, 0x4e,
+	0x44, 0x5f, 0x4d, 0x49, 0x4e, 0x4f, 0x52, 0x10, 0x02, 0x12, 0x13, 0x0a, 0x0f, 0x42, 0x55, 0x4d,
+	0x50, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x50, 0x41, 0x54, 0x43, 0x48, 0x10, 0x03, 0x2a, 0xa9,
+	0x02, 0x0a, 0x09, 0x45, 0x76, 0x65, 0x6e, 0x74, 0x4b, 0x69, 0x6e, 0x64, 0x12, 0x1a, 0x0a, 0x16,
+	0x45, 0x56, 0x45, 0x4e, 0x54, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x55, 0x4e, 0x53, 0x50, 0x45,
+	0x43, 0x49, 0x46, 0x49, 0x45, 0x44, 0x10, 0x00, 0x12, 0x1f, 0x0a, 0x1b, 0x45, 0x56, 0x45, 0x4e,
+	0x54, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x41, 0x52, 0x54, 0x49, 0x46, 0x41, 0x43, 0x54, 0x5f,
+	0x43, 0x52, 0x45, 0x41, 0x54, 0x45, 0x44, 0x10, 0x01, 0x12, 0x1c, 0x0a, 0x18, 0x45, 0x56, 0x45,
+	0x4e, 0x54, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x56, 0x45, 0x52, 0x53, 0x49, 0x4f, 0x4e, 0x5f,
+	0x41, 0x44, 0x44, 0x45, 0x44, 0x10, 0x02, 0x12, 0x23, 0x0a, 0x1f, 0x45, 0x56, 0x45, 0x4e, 0x54,
+	0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x56, 0x45, 0x52, 0x53, 0x49, 0x4f, 0x4e, 0x5f, 0x54, 0x52,
+	0x41, 0x4e, 0x53, 0x49, 0x54, 0x49, 0x4f, 0x4e, 0x45, 0x44, 0x10, 0x03, 0x12, 0x1d, 0x0a, 0x19,
+	0x45, 0x56, 0x45, 0x4e, 0x54, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x4c, 0x41, 0x42, 0x45, 0x4c,
+	0x53, 0x5f, 0x43, 0x48, 0x41, 0x4e, 0x47, 0x45, 0x44, 0x10, 0x04, 0x12, 0x1a, 0x0a, 0x16, 0x45,
+	0x56, 0x45, 0x4e, 0x54, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x41, 0x4c, 0x49, 0x41, 0x53, 0x5f,
+	0x4d, 0x4f, 0x56, 0x45, 0x44, 0x10, 0x05, 0x12, 0x1f, 0x0a, 0x1b, 0x45, 0x56, 0x45, 0x4e, 0x54,
+	0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x41, 0x52, 0x54, 0x49, 0x46, 0x41, 0x43, 0x54, 0x5f, 0x44,
+	0x45, 0x4c, 0x45, 0x54, 0x45, 0x44, 0x10, 0x06, 0x12, 0x20, 0x0a, 0x1c, 0x45, 0x56, 0x45, 0x4e,
+	0x54, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x41, 0x52, 0x54, 0x49, 0x46, 0x41, 0x43, 0x54, 0x5f,
+	0x52, 0x45, 0x53, 0x54, 0x4f, 0x52, 0x45, 0x44, 0x10, 0x07, 0x12, 0x1e, 0x0a, 0x1a, 0x45, 0x56,
+	0x45, 0x4e, 0x54, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x41, 0x52, 0x54, 0x49, 0x46, 0x41, 0x43,
+	0x54, 0x5f, 0x50, 0x55, 0x52, 0x47, 0x45, 0x44, 0x10, 0x08, 0x32, 0xed, 0x0f, 0x0a, 0x0f, 0x41,
+	0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x53, 0x65, 0x72, 0x76, 0x69, 0x63, 0x65, 0x12, 0x5d,
+	0x0a, 0x0e, 0x43, 0x72, 0x65, 0x61, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
+	0x12, 0x23, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e,
+	0x43, 0x72, 0x65, 0x61, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x65,
+	0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x24, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
+	0x64, 0x2e, 0x76, 0x31, 0x2e, 0x43, 0x72, 0x65, 0x61, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66,
+	0x61, 0x63, 0x74, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x28, 0x01, 0x12, 0x5d, 0x0a,
+	0x0e, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x12,
+	0x23, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x55,
+	0x70, 0x64, 0x61, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x65, 0x71,
+	0x75, 0x65, 0x73, 0x74, 0x1a, 0x24, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64,
+	0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61,
+	0x63, 0x74, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x28, 0x01, 0x12, 0x52, 0x0a, 0x0b,
+	0x47, 0x65, 0x74, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x12, 0x20, 0x2e, 0x61, 0x72,
+	0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x41, 0x72,
+	0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x21, 0x2e,
+	0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74,
+	0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65,
+	0x12, 0x63, 0x0a, 0x10, 0x44, 0x6f, 0x77, 0x6e, 0x6c, 0x6f, 0x61, 0x64, 0x41, 0x72, 0x74, 0x69,
+	0x66, 0x61, 0x63, 0x74, 0x12, 0x25, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64,
+	0x2e, 0x76, 0x31, 0x2e, 0x44, 0x6f, 0x77, 0x6e, 0x6c, 0x6f, 0x61, 0x64, 0x41, 0x72, 0x74, 0x69,
+	0x66, 0x61, 0x63, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x26, 0x2e, 0x61, 0x72,
+	0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x6f, 0x77, 0x6e, 0x6c,
+	0x6f, 0x61, 0x64, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x65, 0x73, 0x70, 0x6f,
+	0x6e, 0x73, 0x65, 0x30, 0x01, 0x12, 0x55, 0x0a, 0x0c, 0x4c, 0x69, 0x73, 0x74, 0x56, 0x65, 0x72,
+	0x73, 0x69, 0x6f, 0x6e, 0x73, 0x12, 0x21, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
+	0x64, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e,
+	0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x22, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66,
+	0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x56, 0x65, 0x72, 0x73,
+	0x69, 0x6f, 0x6e, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x52, 0x0a, 0x0b,
+	0x47, 0x65, 0x74, 0x4d, 0x65, 0x74, 0x61, 0x64, 0x61, 0x74, 0x61, 0x12, 0x20, 0x2e, 0x61, 0x72,
+	0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x4d, 0x65,
+	0x74, 0x61, 0x64, 0x61, 0x74, 0x61, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x21, 0x2e,
+	0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74,
+	0x4d, 0x65, 0x74, 0x61, 0x64, 0x61, 0x74, 0x61, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65,
+	0x12, 0x58, 0x0a, 0x0d, 0x4c, 0x69, 0x73, 0x74, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
+	0x73, 0x12, 0x22, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31,
+	0x2e, 0x4c, 0x69, 0x73, 0x74, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x73, 0x52, 0x65,
+	0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x23, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
+	0x64, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63,
+	0x74, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x5b, 0x0a, 0x0e, 0x44, 0x65,
+	0x6c, 0x65, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x12, 0x23, 0x2e, 0x61,
+	0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x65, 0x6c, 0x65,
+	0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73,
+	0x74, 0x1a, 0x24, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31,
+	0x2e, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52,
+	0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x61, 0x0a, 0x10, 0x55, 0x6e, 0x64, 0x65, 0x6c,
+	0x65, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x12, 0x25, 0x2e, 0x61, 0x72,
+	0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x6e, 0x64, 0x65, 0x6c,
+	0x65, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x52, 0x65, 0x71, 0x75, 0x65,
+	0x73, 0x74, 0x1a, 0x26, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76,
+	0x31, 0x2e, 0x55, 0x6e, 0x64, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61,
+	0x63, 0x74, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x6d, 0x0a, 0x14, 0x55, 0x70,
+	0x64, 0x61, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x4c, 0x61, 0x62, 0x65,
+	0x6c, 0x73, 0x12, 0x29, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76,
+	0x31, 0x2e, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
+	0x4c, 0x61, 0x62, 0x65, 0x6c, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x2a, 0x2e,
+	0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70, 0x64,
+	0x61, 0x74, 0x65, 0x41, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x4c, 0x61, 0x62, 0x65, 0x6c,
+	0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x64, 0x0a, 0x11, 0x54, 0x72, 0x61,
+	0x6e, 0x73, 0x69, 0x74, 0x69, 0x6f, 0x6e, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x12, 0x26,
 	0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x54, 0x72,
 	0x61, 0x6e, 0x73, 0x69, 0x74, 0x69, 0x6f, 0x6e, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x52,
-	0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x49, 0x0a, 0x08, 0x53, 0x65, 0x74, 0x41, 0x6c,
-	0x69, 0x61, 0x73, 0x12, 0x1d, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e,
-	0x76, 0x31, 0x2e, 0x53, 0x65, 0x74, 0x41, 0x6c, 0x69, 0x61, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65,
-	0x73, 0x74, 0x1a, 0x1e, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76,
-	0x31, 0x2e, 0x53, 0x65, 0x74, 0x41, 0x6c, 0x69, 0x61, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e,
-	0x73, 0x65, 0x12, 0x52, 0x0a, 0x0b, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x41, 0x6c, 0x69, 0x61,
-	0x73, 0x12, 0x20, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31,
-	0x2e, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x41, 0x6c, 0x69, 0x61, 0x73, 0x52, 0x65, 0x71, 0x75,
-	0x65, 0x73, 0x74, 0x1a, 0x21, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e,
-	0x76, 0x31, 0x2e, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x41, 0x6c, 0x69, 0x61, 0x73, 0x52, 0x65,
-	0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x52, 0x0a, 0x0b, 0x4c, 0x69, 0x73, 0x74, 0x41, 0x6c,
-	0x69, 0x61, 0x73, 0x65, 0x73, 0x12, 0x20, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
-	0x64, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x41, 0x6c, 0x69, 0x61, 0x73, 0x65, 0x73,
-	0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x21, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61,
-	0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x41, 0x6c, 0x69, 0x61, 0x73,
-	0x65, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x61, 0x0a, 0x10, 0x47, 0x65,
-	0x74, 0x43, 0x68, 0x61, 0x6e, 0x67, 0x65, 0x48, 0x69, 0x73, 0x74, 0x6f, 0x72, 0x79, 0x12, 0x25,
-	0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65,
-	0x74, 0x43, 0x68, 0x61, 0x6e, 0x67, 0x65, 0x48, 0x69, 0x73, 0x74, 0x6f, 0x72, 0x79, 0x52, 0x65,
-	0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x26, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
-	0x64, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x43, 0x68, 0x61, 0x6e, 0x67, 0x65, 0x48, 0x69,
-	0x73, 0x74, 0x6f, 0x72, 0x79, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x55, 0x0a,
-	0x0c, 0x44, 0x69, 0x66, 0x66, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x73, 0x12, 0x21, 0x2e,
-	0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x69, 0x66,
-	0x66, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74,
-	0x1a, 0x22, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e,
-	0x44, 0x69, 0x66, 0x66, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x73, 0x52, 0x65, 0x73, 0x70,
-	0x6f, 0x6e, 0x73, 0x65, 0x12, 0x54, 0x0a, 0x0b, 0x57, 0x61, 0x74, 0x63, 0x68, 0x45, 0x76, 0x65,
-	0x6e, 0x74, 0x73, 0x12, 0x20, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e,
-	0x76, 0x31, 0x2e, 0x57, 0x61, 0x74, 0x63, 0x68, 0x45, 0x76, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65,
-	0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x21, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
-	0x64, 0x2e, 0x76, 0x31, 0x2e, 0x57, 0x61, 0x74, 0x63, 0x68, 0x45, 0x76, 0x65, 0x6e, 0x74, 0x73,
-	0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x30, 0x01, 0x12, 0x6a, 0x0a, 0x13, 0x52, 0x65,
-	0x73, 0x6f, 0x6c, 0x76, 0x65, 0x44, 0x65, 0x70, 0x65, 0x6e, 0x64, 0x65, 0x6e, 0x63, 0x69, 0x65,
-	0x73, 0x12, 0x28, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31,
-	0x2e, 0x52, 0x65, 0x73, 0x6f, 0x6c, 0x76, 0x65, 0x44, 0x65, 0x70, 0x65, 0x6e, 0x64, 0x65, 0x6e,
-	0x63, 0x69, 0x65, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x29, 0x2e, 0x61, 0x72,
-	0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x52, 0x65, 0x73, 0x6f, 0x6c,
-	0x76, 0x65, 0x44, 0x65, 0x70, 0x65, 0x6e, 0x64, 0x65, 0x6e, 0x63, 0x69, 0x65, 0x73, 0x52, 0x65,
-	0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x5b, 0x0a, 0x0e, 0x4c, 0x69, 0x73, 0x74, 0x44, 0x65,
-	0x70, 0x65, 0x6e, 0x64, 0x65, 0x6e, 0x74, 0x73, 0x12, 0x23, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66,
-	0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x44, 0x65, 0x70, 0x65,
-	0x6e, 0x64, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x24, 0x2e,
+	0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x27, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63,
+	0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x54, 0x72, 0x61, 0x6e, 0x73, 0x69, 0x74, 0x69, 0x6f, 0x6e,
+	0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12,
+	0x49, 0x0a, 0x08, 0x53, 0x65, 0x74, 0x41, 0x6c, 0x69, 0x61, 0x73, 0x12, 0x1d, 0x2e, 0x61, 0x72,
+	0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x53, 0x65, 0x74, 0x41, 0x6c,
+	0x69, 0x61, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x1e, 0x2e, 0x61, 0x72, 0x74,
+	0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x53, 0x65, 0x74, 0x41, 0x6c, 0x69,
+	0x61, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x52, 0x0a, 0x0b, 0x44, 0x65,
+	0x6c, 0x65, 0x74, 0x65, 0x41, 0x6c, 0x69, 0x61, 0x73, 0x12, 0x20, 0x2e, 0x61, 0x72, 0x74, 0x69,
+	0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x41,
+	0x6c, 0x69, 0x61, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x21, 0x2e, 0x61, 0x72,
+	0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x65, 0x6c, 0x65, 0x74,
+	0x65, 0x41, 0x6c, 0x69, 0x61, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x52,
+	0x0a, 0x0b, 0x4c, 0x69, 0x73, 0x74, 0x41, 0x6c, 0x69, 0x61, 0x73, 0x65, 0x73, 0x12, 0x20, 0x2e,
 	0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73,
-	0x74, 0x44, 0x65, 0x70, 0x65, 0x6e, 0x64, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f,
-	0x6e, 0x73, 0x65, 0x62, 0x06, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x33,
+	0x74, 0x41, 0x6c, 0x69, 0x61, 0x73, 0x65, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a,
+	0x21, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x4c,
+	0x69, 0x73, 0x74, 0x41, 0x6c, 0x69, 0x61, 0x73, 0x65, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e,
+	0x73, 0x65, 0x12, 0x61, 0x0a, 0x10, 0x47, 0x65, 0x74, 0x43, 0x68, 0x61, 0x6e, 0x67, 0x65, 0x48,
+	0x69, 0x73, 0x74, 0x6f, 0x72, 0x79, 0x12, 0x25, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63,
+	0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x43, 0x68, 0x61, 0x6e, 0x67, 0x65, 0x48,
+	0x69, 0x73, 0x74, 0x6f, 0x72, 0x79, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x26, 0x2e,
+	0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74,
+	0x43, 0x68, 0x61, 0x6e, 0x67, 0x65, 0x48, 0x69, 0x73, 0x74, 0x6f, 0x72, 0x79, 0x52, 0x65, 0x73,
+	0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x55, 0x0a, 0x0c, 0x44, 0x69, 0x66, 0x66, 0x56, 0x65, 0x72,
+	0x73, 0x69, 0x6f, 0x6e, 0x73, 0x12, 0x21, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
+	0x64, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x69, 0x66, 0x66, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e,
+	0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x22, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66,
+	0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x69, 0x66, 0x66, 0x56, 0x65, 0x72, 0x73,
+	0x69, 0x6f, 0x6e, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x54, 0x0a, 0x0b,
+	0x57, 0x61, 0x74, 0x63, 0x68, 0x45, 0x76, 0x65, 0x6e, 0x74, 0x73, 0x12, 0x20, 0x2e, 0x61, 0x72,
+	0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x57, 0x61, 0x74, 0x63, 0x68,
+	0x45, 0x76, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x21, 0x2e,
+	0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x57, 0x61, 0x74,
+	0x63, 0x68, 0x45, 0x76, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65,
+	0x30, 0x01, 0x12, 0x6a, 0x0a, 0x13, 0x52, 0x65, 0x73, 0x6f, 0x6c, 0x76, 0x65, 0x44, 0x65, 0x70,
+	0x65, 0x6e, 0x64, 0x65, 0x6e, 0x63, 0x69, 0x65, 0x73, 0x12, 0x28, 0x2e, 0x61, 0x72, 0x74, 0x69,
+	0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x52, 0x65, 0x73, 0x6f, 0x6c, 0x76, 0x65,
+	0x44, 0x65, 0x70, 0x65, 0x6e, 0x64, 0x65, 0x6e, 0x63, 0x69, 0x65, 0x73, 0x52, 0x65, 0x71, 0x75,
+	0x65, 0x73, 0x74, 0x1a, 0x29, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e,
+	0x76, 0x31, 0x2e, 0x52, 0x65, 0x73, 0x6f, 0x6c, 0x76, 0x65, 0x44, 0x65, 0x70, 0x65, 0x6e, 0x64,
+	0x65, 0x6e, 0x63, 0x69, 0x65, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x5b,
+	0x0a, 0x0e, 0x4c, 0x69, 0x73, 0x74, 0x44, 0x65, 0x70, 0x65, 0x6e, 0x64, 0x65, 0x6e, 0x74, 0x73,
+	0x12, 0x23, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e,
+	0x4c, 0x69, 0x73, 0x74, 0x44, 0x65, 0x70, 0x65, 0x6e, 0x64, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65,
+	0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x24, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
+	0x64, 0x2e, 0x76, 0x31, 0x2e, 0x4c, 0x69, 0x73, 0x74, 0x44, 0x65, 0x70, 0x65, 0x6e, 0x64, 0x65,
+	0x6e, 0x74, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x5e, 0x0a, 0x0f, 0x52,
+	0x65, 0x63, 0x6f, 0x72, 0x64, 0x52, 0x75, 0x6e, 0x49, 0x6e, 0x70, 0x75, 0x74, 0x73, 0x12, 0x24,
+	0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31, 0x2e, 0x52, 0x65,
+	0x63, 0x6f, 0x72, 0x64, 0x52, 0x75, 0x6e, 0x49, 0x6e, 0x70, 0x75, 0x74, 0x73, 0x52, 0x65, 0x71,
+	0x75, 0x65, 0x73, 0x74, 0x1a, 0x25, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64,
+	0x2e, 0x76, 0x31, 0x2e, 0x52, 0x65, 0x63, 0x6f, 0x72, 0x64, 0x52, 0x75, 0x6e, 0x49, 0x6e, 0x70,
+	0x75, 0x74, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x43, 0x0a, 0x06, 0x47,
+	0x65, 0x74, 0x52, 0x75, 0x6e, 0x12, 0x1b, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
+	0x64, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x52, 0x75, 0x6e, 0x52, 0x65, 0x71, 0x75, 0x65,
+	0x73, 0x74, 0x1a, 0x1c, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76,
+	0x31, 0x2e, 0x47, 0x65, 0x74, 0x52, 0x75, 0x6e, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65,
+	0x12, 0x58, 0x0a, 0x0d, 0x47, 0x65, 0x74, 0x50, 0x72, 0x6f, 0x76, 0x65, 0x6e, 0x61, 0x6e, 0x63,
+	0x65, 0x12, 0x22, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74, 0x64, 0x2e, 0x76, 0x31,
+	0x2e, 0x47, 0x65, 0x74, 0x50, 0x72, 0x6f, 0x76, 0x65, 0x6e, 0x61, 0x6e, 0x63, 0x65, 0x52, 0x65,
+	0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x23, 0x2e, 0x61, 0x72, 0x74, 0x69, 0x66, 0x61, 0x63, 0x74,
+	0x64, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x50, 0x72, 0x6f, 0x76, 0x65, 0x6e, 0x61, 0x6e,
+	0x63, 0x65, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x62, 0x06, 0x70, 0x72, 0x6f, 0x74,
+	0x6f, 0x33,
 }
 
 var (
@@ -6151,7 +6963,7 @@ func file_artifactd_v1_artifact_proto_rawDescGZIP() []byte {
 }
 
 var file_artifactd_v1_artifact_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_artifactd_v1_artifact_proto_msgTypes = make([]protoimpl.MessageInfo, 65)
+var file_artifactd_v1_artifact_proto_msgTypes = make([]protoimpl.MessageInfo, 75)
 var file_artifactd_v1_artifact_proto_goTypes = []interface{}{
 	(LifecycleState)(0),                  // 0: artifactd.v1.LifecycleState
 	(BumpKind)(0),                        // 1: artifactd.v1.BumpKind
@@ -6159,190 +6971,218 @@ var file_artifactd_v1_artifact_proto_goTypes = []interface{}{
 	(*Labels)(nil),                       // 3: artifactd.v1.Labels
 	(*Artifact)(nil),                     // 4: artifactd.v1.Artifact
 	(*ArtifactVersion)(nil),              // 5: artifactd.v1.ArtifactVersion
-	(*ArtifactCoordinates)(nil),          // 6: artifactd.v1.ArtifactCoordinates
-	(*CreateArtifactHeader)(nil),         // 7: artifactd.v1.CreateArtifactHeader
-	(*UploadFinish)(nil),                 // 8: artifactd.v1.UploadFinish
-	(*CreateArtifactRequest)(nil),        // 9: artifactd.v1.CreateArtifactRequest
-	(*CreateArtifactResponse)(nil),       // 10: artifactd.v1.CreateArtifactResponse
-	(*UpdateArtifactHeader)(nil),         // 11: artifactd.v1.UpdateArtifactHeader
-	(*UpdateArtifactRequest)(nil),        // 12: artifactd.v1.UpdateArtifactRequest
-	(*UpdateArtifactResponse)(nil),       // 13: artifactd.v1.UpdateArtifactResponse
-	(*GetArtifactRequest)(nil),           // 14: artifactd.v1.GetArtifactRequest
-	(*GetArtifactResponse)(nil),          // 15: artifactd.v1.GetArtifactResponse
-	(*DownloadArtifactRequest)(nil),      // 16: artifactd.v1.DownloadArtifactRequest
-	(*DownloadHeader)(nil),               // 17: artifactd.v1.DownloadHeader
-	(*DownloadArtifactResponse)(nil),     // 18: artifactd.v1.DownloadArtifactResponse
-	(*ListVersionsRequest)(nil),          // 19: artifactd.v1.ListVersionsRequest
-	(*ListVersionsResponse)(nil),         // 20: artifactd.v1.ListVersionsResponse
-	(*GetMetadataRequest)(nil),           // 21: artifactd.v1.GetMetadataRequest
-	(*GetMetadataResponse)(nil),          // 22: artifactd.v1.GetMetadataResponse
-	(*ExtractedMetadata)(nil),            // 23: artifactd.v1.ExtractedMetadata
-	(*ListArtifactsRequest)(nil),         // 24: artifactd.v1.ListArtifactsRequest
-	(*ListArtifactsResponse)(nil),        // 25: artifactd.v1.ListArtifactsResponse
-	(*DeleteArtifactRequest)(nil),        // 26: artifactd.v1.DeleteArtifactRequest
-	(*DeleteArtifactResponse)(nil),       // 27: artifactd.v1.DeleteArtifactResponse
-	(*UndeleteArtifactRequest)(nil),      // 28: artifactd.v1.UndeleteArtifactRequest
-	(*UndeleteArtifactResponse)(nil),     // 29: artifactd.v1.UndeleteArtifactResponse
-	(*UpdateArtifactLabelsRequest)(nil),  // 30: artifactd.v1.UpdateArtifactLabelsRequest
-	(*UpdateArtifactLabelsResponse)(nil), // 31: artifactd.v1.UpdateArtifactLabelsResponse
-	(*TransitionVersionRequest)(nil),     // 32: artifactd.v1.TransitionVersionRequest
-	(*TransitionVersionResponse)(nil),    // 33: artifactd.v1.TransitionVersionResponse
-	(*Transition)(nil),                   // 34: artifactd.v1.Transition
-	(*Alias)(nil),                        // 35: artifactd.v1.Alias
-	(*SetAliasRequest)(nil),              // 36: artifactd.v1.SetAliasRequest
-	(*SetAliasResponse)(nil),             // 37: artifactd.v1.SetAliasResponse
-	(*DeleteAliasRequest)(nil),           // 38: artifactd.v1.DeleteAliasRequest
-	(*DeleteAliasResponse)(nil),          // 39: artifactd.v1.DeleteAliasResponse
-	(*ListAliasesRequest)(nil),           // 40: artifactd.v1.ListAliasesRequest
-	(*ListAliasesResponse)(nil),          // 41: artifactd.v1.ListAliasesResponse
-	(*GetChangeHistoryRequest)(nil),      // 42: artifactd.v1.GetChangeHistoryRequest
-	(*VersionChange)(nil),                // 43: artifactd.v1.VersionChange
-	(*GetChangeHistoryResponse)(nil),     // 44: artifactd.v1.GetChangeHistoryResponse
-	(*DiffVersionsRequest)(nil),          // 45: artifactd.v1.DiffVersionsRequest
-	(*DiffVersionsResponse)(nil),         // 46: artifactd.v1.DiffVersionsResponse
-	(*WatchEventsRequest)(nil),           // 47: artifactd.v1.WatchEventsRequest
-	(*ArtifactEvent)(nil),                // 48: artifactd.v1.ArtifactEvent
-	(*Heartbeat)(nil),                    // 49: artifactd.v1.Heartbeat
-	(*WatchEventsResponse)(nil),          // 50: artifactd.v1.WatchEventsResponse
-	(*DependencyCoordinates)(nil),        // 51: artifactd.v1.DependencyCoordinates
-	(*DependencySpec)(nil),               // 52: artifactd.v1.DependencySpec
-	(*Dependency)(nil),                   // 53: artifactd.v1.Dependency
-	(*ResolveDependenciesRequest)(nil),   // 54: artifactd.v1.ResolveDependenciesRequest
-	(*Requirement)(nil),                  // 55: artifactd.v1.Requirement
-	(*ResolvedArtifact)(nil),             // 56: artifactd.v1.ResolvedArtifact
-	(*AvailableVersion)(nil),             // 57: artifactd.v1.AvailableVersion
-	(*Unsatisfied)(nil),                  // 58: artifactd.v1.Unsatisfied
-	(*DependencyCycle)(nil),              // 59: artifactd.v1.DependencyCycle
-	(*ResolveDependenciesResponse)(nil),  // 60: artifactd.v1.ResolveDependenciesResponse
-	(*ListDependentsRequest)(nil),        // 61: artifactd.v1.ListDependentsRequest
-	(*Dependent)(nil),                    // 62: artifactd.v1.Dependent
-	(*ListDependentsResponse)(nil),       // 63: artifactd.v1.ListDependentsResponse
-	nil,                                  // 64: artifactd.v1.Artifact.MetadataEntry
-	nil,                                  // 65: artifactd.v1.CreateArtifactHeader.MetadataEntry
-	nil,                                  // 66: artifactd.v1.UpdateArtifactHeader.MetadataSetEntry
-	nil,                                  // 67: artifactd.v1.GetMetadataResponse.MetadataEntry
-	(*timestamppb.Timestamp)(nil),        // 68: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),              // 69: google.protobuf.Struct
+	(*WorkflowRun)(nil),                  // 6: artifactd.v1.WorkflowRun
+	(*ArtifactCoordinates)(nil),          // 7: artifactd.v1.ArtifactCoordinates
+	(*CreateArtifactHeader)(nil),         // 8: artifactd.v1.CreateArtifactHeader
+	(*UploadFinish)(nil),                 // 9: artifactd.v1.UploadFinish
+	(*CreateArtifactRequest)(nil),        // 10: artifactd.v1.CreateArtifactRequest
+	(*CreateArtifactResponse)(nil),       // 11: artifactd.v1.CreateArtifactResponse
+	(*UpdateArtifactHeader)(nil),         // 12: artifactd.v1.UpdateArtifactHeader
+	(*UpdateArtifactRequest)(nil),        // 13: artifactd.v1.UpdateArtifactRequest
+	(*UpdateArtifactResponse)(nil),       // 14: artifactd.v1.UpdateArtifactResponse
+	(*GetArtifactRequest)(nil),           // 15: artifactd.v1.GetArtifactRequest
+	(*GetArtifactResponse)(nil),          // 16: artifactd.v1.GetArtifactResponse
+	(*DownloadArtifactRequest)(nil),      // 17: artifactd.v1.DownloadArtifactRequest
+	(*DownloadHeader)(nil),               // 18: artifactd.v1.DownloadHeader
+	(*DownloadArtifactResponse)(nil),     // 19: artifactd.v1.DownloadArtifactResponse
+	(*ListVersionsRequest)(nil),          // 20: artifactd.v1.ListVersionsRequest
+	(*ListVersionsResponse)(nil),         // 21: artifactd.v1.ListVersionsResponse
+	(*GetMetadataRequest)(nil),           // 22: artifactd.v1.GetMetadataRequest
+	(*GetMetadataResponse)(nil),          // 23: artifactd.v1.GetMetadataResponse
+	(*ExtractedMetadata)(nil),            // 24: artifactd.v1.ExtractedMetadata
+	(*ListArtifactsRequest)(nil),         // 25: artifactd.v1.ListArtifactsRequest
+	(*ListArtifactsResponse)(nil),        // 26: artifactd.v1.ListArtifactsResponse
+	(*DeleteArtifactRequest)(nil),        // 27: artifactd.v1.DeleteArtifactRequest
+	(*DeleteArtifactResponse)(nil),       // 28: artifactd.v1.DeleteArtifactResponse
+	(*UndeleteArtifactRequest)(nil),      // 29: artifactd.v1.UndeleteArtifactRequest
+	(*UndeleteArtifactResponse)(nil),     // 30: artifactd.v1.UndeleteArtifactResponse
+	(*UpdateArtifactLabelsRequest)(nil),  // 31: artifactd.v1.UpdateArtifactLabelsRequest
+	(*UpdateArtifactLabelsResponse)(nil), // 32: artifactd.v1.UpdateArtifactLabelsResponse
+	(*TransitionVersionRequest)(nil),     // 33: artifactd.v1.TransitionVersionRequest
+	(*TransitionVersionResponse)(nil),    // 34: artifactd.v1.TransitionVersionResponse
+	(*Transition)(nil),                   // 35: artifactd.v1.Transition
+	(*Alias)(nil),                        // 36: artifactd.v1.Alias
+	(*SetAliasRequest)(nil),              // 37: artifactd.v1.SetAliasRequest
+	(*SetAliasResponse)(nil),             // 38: artifactd.v1.SetAliasResponse
+	(*DeleteAliasRequest)(nil),           // 39: artifactd.v1.DeleteAliasRequest
+	(*DeleteAliasResponse)(nil),          // 40: artifactd.v1.DeleteAliasResponse
+	(*ListAliasesRequest)(nil),           // 41: artifactd.v1.ListAliasesRequest
+	(*ListAliasesResponse)(nil),          // 42: artifactd.v1.ListAliasesResponse
+	(*GetChangeHistoryRequest)(nil),      // 43: artifactd.v1.GetChangeHistoryRequest
+	(*VersionChange)(nil),                // 44: artifactd.v1.VersionChange
+	(*GetChangeHistoryResponse)(nil),     // 45: artifactd.v1.GetChangeHistoryResponse
+	(*DiffVersionsRequest)(nil),          // 46: artifactd.v1.DiffVersionsRequest
+	(*DiffVersionsResponse)(nil),         // 47: artifactd.v1.DiffVersionsResponse
+	(*WatchEventsRequest)(nil),           // 48: artifactd.v1.WatchEventsRequest
+	(*ArtifactEvent)(nil),                // 49: artifactd.v1.ArtifactEvent
+	(*Heartbeat)(nil),                    // 50: artifactd.v1.Heartbeat
+	(*WatchEventsResponse)(nil),          // 51: artifactd.v1.WatchEventsResponse
+	(*DependencyCoordinates)(nil),        // 52: artifactd.v1.DependencyCoordinates
+	(*DependencySpec)(nil),               // 53: artifactd.v1.DependencySpec
+	(*Dependency)(nil),                   // 54: artifactd.v1.Dependency
+	(*ResolveDependenciesRequest)(nil),   // 55: artifactd.v1.ResolveDependenciesRequest
+	(*Requirement)(nil),                  // 56: artifactd.v1.Requirement
+	(*ResolvedArtifact)(nil),             // 57: artifactd.v1.ResolvedArtifact
+	(*AvailableVersion)(nil),             // 58: artifactd.v1.AvailableVersion
+	(*Unsatisfied)(nil),                  // 59: artifactd.v1.Unsatisfied
+	(*DependencyCycle)(nil),              // 60: artifactd.v1.DependencyCycle
+	(*ResolveDependenciesResponse)(nil),  // 61: artifactd.v1.ResolveDependenciesResponse
+	(*ListDependentsRequest)(nil),        // 62: artifactd.v1.ListDependentsRequest
+	(*Dependent)(nil),                    // 63: artifactd.v1.Dependent
+	(*ListDependentsResponse)(nil),       // 64: artifactd.v1.ListDependentsResponse
+	(*RunVersion)(nil),                   // 65: artifactd.v1.RunVersion
+	(*RunInput)(nil),                     // 66: artifactd.v1.RunInput
+	(*RecordRunInputsRequest)(nil),       // 67: artifactd.v1.RecordRunInputsRequest
+	(*RecordRunInputsResponse)(nil),      // 68: artifactd.v1.RecordRunInputsResponse
+	(*GetRunRequest)(nil),                // 69: artifactd.v1.GetRunRequest
+	(*GetRunResponse)(nil),               // 70: artifactd.v1.GetRunResponse
+	(*GetProvenanceRequest)(nil),         // 71: artifactd.v1.GetProvenanceRequest
+	(*ProvenanceStep)(nil),               // 72: artifactd.v1.ProvenanceStep
+	(*GetProvenanceResponse)(nil),        // 73: artifactd.v1.GetProvenanceResponse
+	nil,                                  // 74: artifactd.v1.Artifact.MetadataEntry
+	nil,                                  // 75: artifactd.v1.CreateArtifactHeader.MetadataEntry
+	nil,                                  // 76: artifactd.v1.UpdateArtifactHeader.MetadataSetEntry
+	nil,                                  // 77: artifactd.v1.GetMetadataResponse.MetadataEntry
+	(*timestamppb.Timestamp)(nil),        // 78: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),              // 79: google.protobuf.Struct
 }
 var file_artifactd_v1_artifact_proto_depIdxs = []int32{
-	64, // 0: artifactd.v1.Artifact.metadata:type_name -> artifactd.v1.Artifact.MetadataEntry
-	68, // 1: artifactd.v1.Artifact.created_at:type_name -> google.protobuf.Timestamp
-	68, // 2: artifactd.v1.Artifact.updated_at:type_name -> google.protobuf.Timestamp
-	68, // 3: artifactd.v1.Artifact.deleted_at:type_name -> google.protobuf.Timestamp
-	68, // 4: artifactd.v1.ArtifactVersion.created_at:type_name -> google.protobuf.Timestamp
-	0,  // 5: artifactd.v1.ArtifactVersion.state:type_name -> artifactd.v1.LifecycleState
-	65, // 6: artifactd.v1.CreateArtifactHeader.metadata:type_name -> artifactd.v1.CreateArtifactHeader.MetadataEntry
-	0,  // 7: artifactd.v1.CreateArtifactHeader.initial_state:type_name -> artifactd.v1.LifecycleState
-	52, // 8: artifactd.v1.CreateArtifactHeader.dependencies:type_name -> artifactd.v1.DependencySpec
-	7,  // 9: artifactd.v1.CreateArtifactRequest.header:type_name -> artifactd.v1.CreateArtifactHeader
-	8,  // 10: artifactd.v1.CreateArtifactRequest.finish:type_name -> artifactd.v1.UploadFinish
-	4,  // 11: artifactd.v1.CreateArtifactResponse.artifact:type_name -> artifactd.v1.Artifact
-	5,  // 12: artifactd.v1.CreateArtifactResponse.version:type_name -> artifactd.v1.ArtifactVersion
-	1,  // 13: artifactd.v1.UpdateArtifactHeader.bump:type_name -> artifactd.v1.BumpKind
-	66, // 14: artifactd.v1.UpdateArtifactHeader.metadata_set:type_name -> artifactd.v1.UpdateArtifactHeader.MetadataSetEntry
-	3,  // 15: artifactd.v1.UpdateArtifactHeader.labels:type_name -> artifactd.v1.Labels
-	0,  // 16: artifactd.v1.UpdateArtifactHeader.initial_state:type_name -> artifactd.v1.LifecycleState
-	52, // 17: artifactd.v1.UpdateArtifactHeader.dependencies:type_name -> artifactd.v1.DependencySpec
-	11, // 18: artifactd.v1.UpdateArtifactRequest.header:type_name -> artifactd.v1.UpdateArtifactHeader
-	8,  // 19: artifactd.v1.UpdateArtifactRequest.finish:type_name -> artifactd.v1.UploadFinish
-	4,  // 20: artifactd.v1.UpdateArtifactResponse.artifact:type_name -> artifactd.v1.Artifact
-	5,  // 21: artifactd.v1.UpdateArtifactResponse.version:type_name -> artifactd.v1.ArtifactVersion
-	6,  // 22: artifactd.v1.GetArtifactRequest.coordinates:type_name -> artifactd.v1.ArtifactCoordinates
-	4,  // 23: artifactd.v1.GetArtifactResponse.artifact:type_name -> artifactd.v1.Artifact
-	5,  // 24: artifactd.v1.GetArtifactResponse.version:type_name -> artifactd.v1.ArtifactVersion
-	53, // 25: artifactd.v1.GetArtifactResponse.dependencies:type_name -> artifactd.v1.Dependency
-	17, // 26: artifactd.v1.DownloadArtifactResponse.header:type_name -> artifactd.v1.DownloadHeader
-	0,  // 27: artifactd.v1.ListVersionsRequest.states:type_name -> artifactd.v1.LifecycleState
-	5,  // 28: artifactd.v1.ListVersionsResponse.versions:type_name -> artifactd.v1.ArtifactVersion
-	5,  // 29: artifactd.v1.GetMetadataResponse.version:type_name -> artifactd.v1.ArtifactVersion
-	67, // 30: artifactd.v1.GetMetadataResponse.metadata:type_name -> artifactd.v1.GetMetadataResponse.MetadataEntry
-	23, // 31: artifactd.v1.GetMetadataResponse.extracted:type_name -> artifactd.v1.ExtractedMetadata
-	69, // 32: artifactd.v1.ExtractedMetadata.front_matter:type_name -> google.protobuf.Struct
-	0,  // 33: artifactd.v1.ListArtifactsRequest.states:type_name -> artifactd.v1.LifecycleState
-	4,  // 34: artifactd.v1.ListArtifactsResponse.artifacts:type_name -> artifactd.v1.Artifact
-	4,  // 35: artifactd.v1.DeleteArtifactResponse.artifact:type_name -> artifactd.v1.Artifact
-	68, // 36: artifactd.v1.DeleteArtifactResponse.restorable_until:type_name -> google.protobuf.Timestamp
-	4,  // 37: artifactd.v1.UndeleteArtifactResponse.artifact:type_name -> artifactd.v1.Artifact
-	3,  // 38: artifactd.v1.UpdateArtifactLabelsRequest.labels:type_name -> artifactd.v1.Labels
-	4,  // 39: artifactd.v1.UpdateArtifactLabelsResponse.artifact:type_name -> artifactd.v1.Artifact
-	0,  // 40: artifactd.v1.TransitionVersionRequest.target_state:type_name -> artifactd.v1.LifecycleState
-	0,  // 41: artifactd.v1.TransitionVersionRequest.expected_state:type_name -> artifactd.v1.LifecycleState
-	5,  // 42: artifactd.v1.TransitionVersionResponse.version:type_name -> artifactd.v1.ArtifactVersion
-	34, // 43: artifactd.v1.TransitionVersionResponse.transition:type_name -> artifactd.v1.Transition
-	0,  // 44: artifactd.v1.Transition.from_state:type_name -> artifactd.v1.LifecycleState
-	0,  // 45: artifactd.v1.Transition.to_state:type_name -> artifactd.v1.LifecycleState
-	68, // 46: artifactd.v1.Transition.at:type_name -> google.protobuf.Timestamp
-	68, // 47: artifactd.v1.Alias.updated_at:type_name -> google.protobuf.Timestamp
-	35, // 48: artifactd.v1.SetAliasResponse.alias:type_name -> artifactd.v1.Alias
-	35, // 49: artifactd.v1.ListAliasesResponse.aliases:type_name -> artifactd.v1.Alias
-	5,  // 50: artifactd.v1.VersionChange.version:type_name -> artifactd.v1.ArtifactVersion
-	34, // 51: artifactd.v1.VersionChange.transitions:type_name -> artifactd.v1.Transition
-	43, // 52: artifactd.v1.GetChangeHistoryResponse.changes:type_name -> artifactd.v1.VersionChange
-	2,  // 53: artifactd.v1.WatchEventsRequest.kinds:type_name -> artifactd.v1.EventKind
-	2,  // 54: artifactd.v1.ArtifactEvent.kind:type_name -> artifactd.v1.EventKind
-	68, // 55: artifactd.v1.ArtifactEvent.at:type_name -> google.protobuf.Timestamp
-	0,  // 56: artifactd.v1.ArtifactEvent.from_state:type_name -> artifactd.v1.LifecycleState
-	0,  // 57: artifactd.v1.ArtifactEvent.to_state:type_name -> artifactd.v1.LifecycleState
-	68, // 58: artifactd.v1.Heartbeat.at:type_name -> google.protobuf.Timestamp
-	48, // 59: artifactd.v1.WatchEventsResponse.event:type_name -> artifactd.v1.ArtifactEvent
-	49, // 60: artifactd.v1.WatchEventsResponse.heartbeat:type_name -> artifactd.v1.Heartbeat
-	51, // 61: artifactd.v1.DependencySpec.coordinates:type_name -> artifactd.v1.DependencyCoordinates
-	0,  // 62: artifactd.v1.ResolveDependenciesRequest.admit_states:type_name -> artifactd.v1.LifecycleState
-	0,  // 63: artifactd.v1.ResolvedArtifact.state:type_name -> artifactd.v1.LifecycleState
-	55, // 64: artifactd.v1.ResolvedArtifact.required_by:type_name -> artifactd.v1.Requirement
-	0,  // 65: artifactd.v1.AvailableVersion.state:type_name -> artifactd.v1.LifecycleState
-	55, // 66: artifactd.v1.Unsatisfied.requirements:type_name -> artifactd.v1.Requirement
-	57, // 67: artifactd.v1.Unsatisfied.available:type_name -> artifactd.v1.AvailableVersion
-	56, // 68: artifactd.v1.ResolveDependenciesResponse.root:type_name -> artifactd.v1.ResolvedArtifact
-	56, // 69: artifactd.v1.ResolveDependenciesResponse.resolved:type_name -> artifactd.v1.ResolvedArtifact
-	58, // 70: artifactd.v1.ResolveDependenciesResponse.unsatisfied:type_name -> artifactd.v1.Unsatisfied
-	59, // 71: artifactd.v1.ResolveDependenciesResponse.cycles:type_name -> artifactd.v1.DependencyCycle
-	0,  // 72: artifactd.v1.Dependent.state:type_name -> artifactd.v1.LifecycleState
-	62, // 73: artifactd.v1.ListDependentsResponse.dependents:type_name -> artifactd.v1.Dependent
-	62, // 74: artifactd.v1.ListDependentsResponse.rejecting:type_name -> artifactd.v1.Dependent
-	9,  // 75: artifactd.v1.ArtifactService.CreateArtifact:input_type -> artifactd.v1.CreateArtifactRequest
-	12, // 76: artifactd.v1.ArtifactService.UpdateArtifact:input_type -> artifactd.v1.UpdateArtifactRequest
-	14, // 77: artifactd.v1.ArtifactService.GetArtifact:input_type -> artifactd.v1.GetArtifactRequest
-	16, // 78: artifactd.v1.ArtifactService.DownloadArtifact:input_type -> artifactd.v1.DownloadArtifactRequest
-	19, // 79: artifactd.v1.ArtifactService.ListVersions:input_type -> artifactd.v1.ListVersionsRequest
-	21, // 80: artifactd.v1.ArtifactService.GetMetadata:input_type -> artifactd.v1.GetMetadataRequest
-	24, // 81: artifactd.v1.ArtifactService.ListArtifacts:input_type -> artifactd.v1.ListArtifactsRequest
-	26, // 82: artifactd.v1.ArtifactService.DeleteArtifact:input_type -> artifactd.v1.DeleteArtifactRequest
-	28, // 83: artifactd.v1.ArtifactService.UndeleteArtifact:input_type -> artifactd.v1.UndeleteArtifactRequest
-	30, // 84: artifactd.v1.ArtifactService.UpdateArtifactLabels:input_type -> artifactd.v1.UpdateArtifactLabelsRequest
-	32, // 85: artifactd.v1.ArtifactService.TransitionVersion:input_type -> artifactd.v1.TransitionVersionRequest
-	36, // 86: artifactd.v1.ArtifactService.SetAlias:input_type -> artifactd.v1.SetAliasRequest
-	38, // 87: artifactd.v1.ArtifactService.DeleteAlias:input_type -> artifactd.v1.DeleteAliasRequest
-	40, // 88: artifactd.v1.ArtifactService.ListAliases:input_type -> artifactd.v1.ListAliasesRequest
-	42, // 89: artifactd.v1.ArtifactService.GetChangeHistory:input_type -> artifactd.v1.GetChangeHistoryRequest
-	45, // 90: artifactd.v1.ArtifactService.DiffVersions:input_type -> artifactd.v1.DiffVersionsRequest
-	47, // 91: artifactd.v1.ArtifactService.WatchEvents:input_type -> artifactd.v1.WatchEventsRequest
-	54, // 92: artifactd.v1.ArtifactService.ResolveDependencies:input_type -> artifactd.v1.ResolveDependenciesRequest
-	61, // 93: artifactd.v1.ArtifactService.ListDependents:input_type -> artifactd.v1.ListDependentsRequest
-	10, // 94: artifactd.v1.ArtifactService.CreateArtifact:output_type -> artifactd.v1.CreateArtifactResponse
-	13, // 95: artifactd.v1.ArtifactService.UpdateArtifact:output_type -> artifactd.v1.UpdateArtifactResponse
-	15, // 96: artifactd.v1.ArtifactService.GetArtifact:output_type -> artifactd.v1.GetArtifactResponse
-	18, // 97: artifactd.v1.ArtifactService.DownloadArtifact:output_type -> artifactd.v1.DownloadArtifactResponse
-	20, // 98: artifactd.v1.ArtifactService.ListVersions:output_type -> artifactd.v1.ListVersionsResponse
-	22, // 99: artifactd.v1.ArtifactService.GetMetadata:output_type -> artifactd.v1.GetMetadataResponse
-	25, // 100: artifactd.v1.ArtifactService.ListArtifacts:output_type -> artifactd.v1.ListArtifactsResponse
-	27, // 101: artifactd.v1.ArtifactService.DeleteArtifact:output_type -> artifactd.v1.DeleteArtifactResponse
-	29, // 102: artifactd.v1.ArtifactService.UndeleteArtifact:output_type -> artifactd.v1.UndeleteArtifactResponse
-	31, // 103: artifactd.v1.ArtifactService.UpdateArtifactLabels:output_type -> artifactd.v1.UpdateArtifactLabelsResponse
-	33, // 104: artifactd.v1.ArtifactService.TransitionVersion:output_type -> artifactd.v1.TransitionVersionResponse
-	37, // 105: artifactd.v1.ArtifactService.SetAlias:output_type -> artifactd.v1.SetAliasResponse
-	39, // 106: artifactd.v1.ArtifactService.DeleteAlias:output_type -> artifactd.v1.DeleteAliasResponse
-	41, // 107: artifactd.v1.ArtifactService.ListAliases:output_type -> artifactd.v1.ListAliasesResponse
-	44, // 108: artifactd.v1.ArtifactService.GetChangeHistory:output_type -> artifactd.v1.GetChangeHistoryResponse
-	46, // 109: artifactd.v1.ArtifactService.DiffVersions:output_type -> artifactd.v1.DiffVersionsResponse
-	50, // 110: artifactd.v1.ArtifactService.WatchEvents:output_type -> artifactd.v1.WatchEventsResponse
-	60, // 111: artifactd.v1.ArtifactService.ResolveDependencies:output_type -> artifactd.v1.ResolveDependenciesResponse
-	63, // 112: artifactd.v1.ArtifactService.ListDependents:output_type -> artifactd.v1.ListDependentsResponse
-	94, // [94:113] is the sub-list for method output_type
-	75, // [75:94] is the sub-list for method input_type
-	75, // [75:75] is the sub-list for extension type_name
-	75, // [75:75] is the sub-list for extension extendee
-	0,  // [0:75] is the sub-list for field type_name
+	74,  // 0: artifactd.v1.Artifact.metadata:type_name -> artifactd.v1.Artifact.MetadataEntry
+	78,  // 1: artifactd.v1.Artifact.created_at:type_name -> google.protobuf.Timestamp
+	78,  // 2: artifactd.v1.Artifact.updated_at:type_name -> google.protobuf.Timestamp
+	78,  // 3: artifactd.v1.Artifact.deleted_at:type_name -> google.protobuf.Timestamp
+	78,  // 4: artifactd.v1.ArtifactVersion.created_at:type_name -> google.protobuf.Timestamp
+	0,   // 5: artifactd.v1.ArtifactVersion.state:type_name -> artifactd.v1.LifecycleState
+	6,   // 6: artifactd.v1.ArtifactVersion.produced_by:type_name -> artifactd.v1.WorkflowRun
+	75,  // 7: artifactd.v1.CreateArtifactHeader.metadata:type_name -> artifactd.v1.CreateArtifactHeader.MetadataEntry
+	0,   // 8: artifactd.v1.CreateArtifactHeader.initial_state:type_name -> artifactd.v1.LifecycleState
+	53,  // 9: artifactd.v1.CreateArtifactHeader.dependencies:type_name -> artifactd.v1.DependencySpec
+	6,   // 10: artifactd.v1.CreateArtifactHeader.produced_by:type_name -> artifactd.v1.WorkflowRun
+	8,   // 11: artifactd.v1.CreateArtifactRequest.header:type_name -> artifactd.v1.CreateArtifactHeader
+	9,   // 12: artifactd.v1.CreateArtifactRequest.finish:type_name -> artifactd.v1.UploadFinish
+	4,   // 13: artifactd.v1.CreateArtifactResponse.artifact:type_name -> artifactd.v1.Artifact
+	5,   // 14: artifactd.v1.CreateArtifactResponse.version:type_name -> artifactd.v1.ArtifactVersion
+	1,   // 15: artifactd.v1.UpdateArtifactHeader.bump:type_name -> artifactd.v1.BumpKind
+	76,  // 16: artifactd.v1.UpdateArtifactHeader.metadata_set:type_name -> artifactd.v1.UpdateArtifactHeader.MetadataSetEntry
+	3,   // 17: artifactd.v1.UpdateArtifactHeader.labels:type_name -> artifactd.v1.Labels
+	0,   // 18: artifactd.v1.UpdateArtifactHeader.initial_state:type_name -> artifactd.v1.LifecycleState
+	53,  // 19: artifactd.v1.UpdateArtifactHeader.dependencies:type_name -> artifactd.v1.DependencySpec
+	6,   // 20: artifactd.v1.UpdateArtifactHeader.produced_by:type_name -> artifactd.v1.WorkflowRun
+	12,  // 21: artifactd.v1.UpdateArtifactRequest.header:type_name -> artifactd.v1.UpdateArtifactHeader
+	9,   // 22: artifactd.v1.UpdateArtifactRequest.finish:type_name -> artifactd.v1.UploadFinish
+	4,   // 23: artifactd.v1.UpdateArtifactResponse.artifact:type_name -> artifactd.v1.Artifact
+	5,   // 24: artifactd.v1.UpdateArtifactResponse.version:type_name -> artifactd.v1.ArtifactVersion
+	7,   // 25: artifactd.v1.GetArtifactRequest.coordinates:type_name -> artifactd.v1.ArtifactCoordinates
+	4,   // 26: artifactd.v1.GetArtifactResponse.artifact:type_name -> artifactd.v1.Artifact
+	5,   // 27: artifactd.v1.GetArtifactResponse.version:type_name -> artifactd.v1.ArtifactVersion
+	54,  // 28: artifactd.v1.GetArtifactResponse.dependencies:type_name -> artifactd.v1.Dependency
+	18,  // 29: artifactd.v1.DownloadArtifactResponse.header:type_name -> artifactd.v1.DownloadHeader
+	0,   // 30: artifactd.v1.ListVersionsRequest.states:type_name -> artifactd.v1.LifecycleState
+	5,   // 31: artifactd.v1.ListVersionsResponse.versions:type_name -> artifactd.v1.ArtifactVersion
+	5,   // 32: artifactd.v1.GetMetadataResponse.version:type_name -> artifactd.v1.ArtifactVersion
+	77,  // 33: artifactd.v1.GetMetadataResponse.metadata:type_name -> artifactd.v1.GetMetadataResponse.MetadataEntry
+	24,  // 34: artifactd.v1.GetMetadataResponse.extracted:type_name -> artifactd.v1.ExtractedMetadata
+	79,  // 35: artifactd.v1.ExtractedMetadata.front_matter:type_name -> google.protobuf.Struct
+	0,   // 36: artifactd.v1.ListArtifactsRequest.states:type_name -> artifactd.v1.LifecycleState
+	4,   // 37: artifactd.v1.ListArtifactsResponse.artifacts:type_name -> artifactd.v1.Artifact
+	4,   // 38: artifactd.v1.DeleteArtifactResponse.artifact:type_name -> artifactd.v1.Artifact
+	78,  // 39: artifactd.v1.DeleteArtifactResponse.restorable_until:type_name -> google.protobuf.Timestamp
+	4,   // 40: artifactd.v1.UndeleteArtifactResponse.artifact:type_name -> artifactd.v1.Artifact
+	3,   // 41: artifactd.v1.UpdateArtifactLabelsRequest.labels:type_name -> artifactd.v1.Labels
+	4,   // 42: artifactd.v1.UpdateArtifactLabelsResponse.artifact:type_name -> artifactd.v1.Artifact
+	0,   // 43: artifactd.v1.TransitionVersionRequest.target_state:type_name -> artifactd.v1.LifecycleState
+	0,   // 44: artifactd.v1.TransitionVersionRequest.expected_state:type_name -> artifactd.v1.LifecycleState
+	5,   // 45: artifactd.v1.TransitionVersionResponse.version:type_name -> artifactd.v1.ArtifactVersion
+	35,  // 46: artifactd.v1.TransitionVersionResponse.transition:type_name -> artifactd.v1.Transition
+	0,   // 47: artifactd.v1.Transition.from_state:type_name -> artifactd.v1.LifecycleState
+	0,   // 48: artifactd.v1.Transition.to_state:type_name -> artifactd.v1.LifecycleState
+	78,  // 49: artifactd.v1.Transition.at:type_name -> google.protobuf.Timestamp
+	78,  // 50: artifactd.v1.Alias.updated_at:type_name -> google.protobuf.Timestamp
+	36,  // 51: artifactd.v1.SetAliasResponse.alias:type_name -> artifactd.v1.Alias
+	36,  // 52: artifactd.v1.ListAliasesResponse.aliases:type_name -> artifactd.v1.Alias
+	5,   // 53: artifactd.v1.VersionChange.version:type_name -> artifactd.v1.ArtifactVersion
+	35,  // 54: artifactd.v1.VersionChange.transitions:type_name -> artifactd.v1.Transition
+	44,  // 55: artifactd.v1.GetChangeHistoryResponse.changes:type_name -> artifactd.v1.VersionChange
+	2,   // 56: artifactd.v1.WatchEventsRequest.kinds:type_name -> artifactd.v1.EventKind
+	2,   // 57: artifactd.v1.ArtifactEvent.kind:type_name -> artifactd.v1.EventKind
+	78,  // 58: artifactd.v1.ArtifactEvent.at:type_name -> google.protobuf.Timestamp
+	0,   // 59: artifactd.v1.ArtifactEvent.from_state:type_name -> artifactd.v1.LifecycleState
+	0,   // 60: artifactd.v1.ArtifactEvent.to_state:type_name -> artifactd.v1.LifecycleState
+	78,  // 61: artifactd.v1.Heartbeat.at:type_name -> google.protobuf.Timestamp
+	49,  // 62: artifactd.v1.WatchEventsResponse.event:type_name -> artifactd.v1.ArtifactEvent
+	50,  // 63: artifactd.v1.WatchEventsResponse.heartbeat:type_name -> artifactd.v1.Heartbeat
+	52,  // 64: artifactd.v1.DependencySpec.coordinates:type_name -> artifactd.v1.DependencyCoordinates
+	0,   // 65: artifactd.v1.ResolveDependenciesRequest.admit_states:type_name -> artifactd.v1.LifecycleState
+	0,   // 66: artifactd.v1.ResolvedArtifact.state:type_name -> artifactd.v1.LifecycleState
+	56,  // 67: artifactd.v1.ResolvedArtifact.required_by:type_name -> artifactd.v1.Requirement
+	0,   // 68: artifactd.v1.AvailableVersion.state:type_name -> artifactd.v1.LifecycleState
+	56,  // 69: artifactd.v1.Unsatisfied.requirements:type_name -> artifactd.v1.Requirement
+	58,  // 70: artifactd.v1.Unsatisfied.available:type_name -> artifactd.v1.AvailableVersion
+	57,  // 71: artifactd.v1.ResolveDependenciesResponse.root:type_name -> artifactd.v1.ResolvedArtifact
+	57,  // 72: artifactd.v1.ResolveDependenciesResponse.resolved:type_name -> artifactd.v1.ResolvedArtifact
+	59,  // 73: artifactd.v1.ResolveDependenciesResponse.unsatisfied:type_name -> artifactd.v1.Unsatisfied
+	60,  // 74: artifactd.v1.ResolveDependenciesResponse.cycles:type_name -> artifactd.v1.DependencyCycle
+	0,   // 75: artifactd.v1.Dependent.state:type_name -> artifactd.v1.LifecycleState
+	63,  // 76: artifactd.v1.ListDependentsResponse.dependents:type_name -> artifactd.v1.Dependent
+	63,  // 77: artifactd.v1.ListDependentsResponse.rejecting:type_name -> artifactd.v1.Dependent
+	78,  // 78: artifactd.v1.RunVersion.at:type_name -> google.protobuf.Timestamp
+	6,   // 79: artifactd.v1.RunVersion.produced_by:type_name -> artifactd.v1.WorkflowRun
+	66,  // 80: artifactd.v1.RecordRunInputsRequest.inputs:type_name -> artifactd.v1.RunInput
+	65,  // 81: artifactd.v1.RecordRunInputsResponse.inputs:type_name -> artifactd.v1.RunVersion
+	65,  // 82: artifactd.v1.GetRunResponse.inputs:type_name -> artifactd.v1.RunVersion
+	65,  // 83: artifactd.v1.GetRunResponse.outputs:type_name -> artifactd.v1.RunVersion
+	65,  // 84: artifactd.v1.ProvenanceStep.version:type_name -> artifactd.v1.RunVersion
+	65,  // 85: artifactd.v1.ProvenanceStep.read:type_name -> artifactd.v1.RunVersion
+	72,  // 86: artifactd.v1.GetProvenanceResponse.steps:type_name -> artifactd.v1.ProvenanceStep
+	10,  // 87: artifactd.v1.ArtifactService.CreateArtifact:input_type -> artifactd.v1.CreateArtifactRequest
+	13,  // 88: artifactd.v1.ArtifactService.UpdateArtifact:input_type -> artifactd.v1.UpdateArtifactRequest
+	15,  // 89: artifactd.v1.ArtifactService.GetArtifact:input_type -> artifactd.v1.GetArtifactRequest
+	17,  // 90: artifactd.v1.ArtifactService.DownloadArtifact:input_type -> artifactd.v1.DownloadArtifactRequest
+	20,  // 91: artifactd.v1.ArtifactService.ListVersions:input_type -> artifactd.v1.ListVersionsRequest
+	22,  // 92: artifactd.v1.ArtifactService.GetMetadata:input_type -> artifactd.v1.GetMetadataRequest
+	25,  // 93: artifactd.v1.ArtifactService.ListArtifacts:input_type -> artifactd.v1.ListArtifactsRequest
+	27,  // 94: artifactd.v1.ArtifactService.DeleteArtifact:input_type -> artifactd.v1.DeleteArtifactRequest
+	29,  // 95: artifactd.v1.ArtifactService.UndeleteArtifact:input_type -> artifactd.v1.UndeleteArtifactRequest
+	31,  // 96: artifactd.v1.ArtifactService.UpdateArtifactLabels:input_type -> artifactd.v1.UpdateArtifactLabelsRequest
+	33,  // 97: artifactd.v1.ArtifactService.TransitionVersion:input_type -> artifactd.v1.TransitionVersionRequest
+	37,  // 98: artifactd.v1.ArtifactService.SetAlias:input_type -> artifactd.v1.SetAliasRequest
+	39,  // 99: artifactd.v1.ArtifactService.DeleteAlias:input_type -> artifactd.v1.DeleteAliasRequest
+	41,  // 100: artifactd.v1.ArtifactService.ListAliases:input_type -> artifactd.v1.ListAliasesRequest
+	43,  // 101: artifactd.v1.ArtifactService.GetChangeHistory:input_type -> artifactd.v1.GetChangeHistoryRequest
+	46,  // 102: artifactd.v1.ArtifactService.DiffVersions:input_type -> artifactd.v1.DiffVersionsRequest
+	48,  // 103: artifactd.v1.ArtifactService.WatchEvents:input_type -> artifactd.v1.WatchEventsRequest
+	55,  // 104: artifactd.v1.ArtifactService.ResolveDependencies:input_type -> artifactd.v1.ResolveDependenciesRequest
+	62,  // 105: artifactd.v1.ArtifactService.ListDependents:input_type -> artifactd.v1.ListDependentsRequest
+	67,  // 106: artifactd.v1.ArtifactService.RecordRunInputs:input_type -> artifactd.v1.RecordRunInputsRequest
+	69,  // 107: artifactd.v1.ArtifactService.GetRun:input_type -> artifactd.v1.GetRunRequest
+	71,  // 108: artifactd.v1.ArtifactService.GetProvenance:input_type -> artifactd.v1.GetProvenanceRequest
+	11,  // 109: artifactd.v1.ArtifactService.CreateArtifact:output_type -> artifactd.v1.CreateArtifactResponse
+	14,  // 110: artifactd.v1.ArtifactService.UpdateArtifact:output_type -> artifactd.v1.UpdateArtifactResponse
+	16,  // 111: artifactd.v1.ArtifactService.GetArtifact:output_type -> artifactd.v1.GetArtifactResponse
+	19,  // 112: artifactd.v1.ArtifactService.DownloadArtifact:output_type -> artifactd.v1.DownloadArtifactResponse
+	21,  // 113: artifactd.v1.ArtifactService.ListVersions:output_type -> artifactd.v1.ListVersionsResponse
+	23,  // 114: artifactd.v1.ArtifactService.GetMetadata:output_type -> artifactd.v1.GetMetadataResponse
+	26,  // 115: artifactd.v1.ArtifactService.ListArtifacts:output_type -> artifactd.v1.ListArtifactsResponse
+	28,  // 116: artifactd.v1.ArtifactService.DeleteArtifact:output_type -> artifactd.v1.DeleteArtifactResponse
+	30,  // 117: artifactd.v1.ArtifactService.UndeleteArtifact:output_type -> artifactd.v1.UndeleteArtifactResponse
+	32,  // 118: artifactd.v1.ArtifactService.UpdateArtifactLabels:output_type -> artifactd.v1.UpdateArtifactLabelsResponse
+	34,  // 119: artifactd.v1.ArtifactService.TransitionVersion:output_type -> artifactd.v1.TransitionVersionResponse
+	38,  // 120: artifactd.v1.ArtifactService.SetAlias:output_type -> artifactd.v1.SetAliasResponse
+	40,  // 121: artifactd.v1.ArtifactService.DeleteAlias:output_type -> artifactd.v1.DeleteAliasResponse
+	42,  // 122: artifactd.v1.ArtifactService.ListAliases:output_type -> artifactd.v1.ListAliasesResponse
+	45,  // 123: artifactd.v1.ArtifactService.GetChangeHistory:output_type -> artifactd.v1.GetChangeHistoryResponse
+	47,  // 124: artifactd.v1.ArtifactService.DiffVersions:output_type -> artifactd.v1.DiffVersionsResponse
+	51,  // 125: artifactd.v1.ArtifactService.WatchEvents:output_type -> artifactd.v1.WatchEventsResponse
+	61,  // 126: artifactd.v1.ArtifactService.ResolveDependencies:output_type -> artifactd.v1.ResolveDependenciesResponse
+	64,  // 127: artifactd.v1.ArtifactService.ListDependents:output_type -> artifactd.v1.ListDependentsResponse
+	68,  // 128: artifactd.v1.ArtifactService.RecordRunInputs:output_type -> artifactd.v1.RecordRunInputsResponse
+	70,  // 129: artifactd.v1.ArtifactService.GetRun:output_type -> artifactd.v1.GetRunResponse
+	73,  // 130: artifactd.v1.ArtifactService.GetProvenance:output_type -> artifactd.v1.GetProvenanceResponse
+	109, // [109:131] is the sub-list for method output_type
+	87,  // [87:109] is the sub-list for method input_type
+	87,  // [87:87] is the sub-list for extension type_name
+	87,  // [87:87] is the sub-list for extension extendee
+	0,   // [0:87] is the sub-list for field type_name
 }
 
 func init() { file_artifactd_v1_artifact_proto_init() }
@@ -6388,7 +7228,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[3].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ArtifactCoordinates); i {
+			switch v := v.(*WorkflowRun); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6400,7 +7240,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[4].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*CreateArtifactHeader); i {
+			switch v := v.(*ArtifactCoordinates); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6412,7 +7252,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[5].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*UploadFinish); i {
+			switch v := v.(*CreateArtifactHeader); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6424,7 +7264,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[6].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*CreateArtifactRequest); i {
+			switch v := v.(*UploadFinish); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6436,7 +7276,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[7].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*CreateArtifactResponse); i {
+			switch v := v.(*CreateArtifactRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6448,7 +7288,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[8].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*UpdateArtifactHeader); i {
+			switch v := v.(*CreateArtifactResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6460,7 +7300,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[9].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*UpdateArtifactRequest); i {
+			switch v := v.(*UpdateArtifactHeader); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6472,7 +7312,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[10].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*UpdateArtifactResponse); i {
+			switch v := v.(*UpdateArtifactRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6484,7 +7324,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[11].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetArtifactRequest); i {
+			switch v := v.(*UpdateArtifactResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6496,7 +7336,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[12].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetArtifactResponse); i {
+			switch v := v.(*GetArtifactRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6508,7 +7348,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[13].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*DownloadArtifactRequest); i {
+			switch v := v.(*GetArtifactResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6520,7 +7360,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[14].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*DownloadHeader); i {
+			switch v := v.(*DownloadArtifactRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6532,7 +7372,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[15].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*DownloadArtifactResponse); i {
+			switch v := v.(*DownloadHeader); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6544,7 +7384,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[16].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListVersionsRequest); i {
+			switch v := v.(*DownloadArtifactResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6556,7 +7396,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[17].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListVersionsResponse); i {
+			switch v := v.(*ListVersionsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6568,7 +7408,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[18].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetMetadataRequest); i {
+			switch v := v.(*ListVersionsResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6580,7 +7420,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[19].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetMetadataResponse); i {
+			switch v := v.(*GetMetadataRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6592,7 +7432,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[20].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ExtractedMetadata); i {
+			switch v := v.(*GetMetadataResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6604,7 +7444,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[21].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListArtifactsRequest); i {
+			switch v := v.(*ExtractedMetadata); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6616,7 +7456,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[22].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListArtifactsResponse); i {
+			switch v := v.(*ListArtifactsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6628,7 +7468,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[23].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*DeleteArtifactRequest); i {
+			switch v := v.(*ListArtifactsResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6640,7 +7480,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[24].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*DeleteArtifactResponse); i {
+			switch v := v.(*DeleteArtifactRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6652,7 +7492,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[25].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*UndeleteArtifactRequest); i {
+			switch v := v.(*DeleteArtifactResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6664,7 +7504,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[26].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*UndeleteArtifactResponse); i {
+			switch v := v.(*UndeleteArtifactRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6676,7 +7516,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[27].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*UpdateArtifactLabelsRequest); i {
+			switch v := v.(*UndeleteArtifactResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6688,7 +7528,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[28].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*UpdateArtifactLabelsResponse); i {
+			switch v := v.(*UpdateArtifactLabelsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6700,7 +7540,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[29].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*TransitionVersionRequest); i {
+			switch v := v.(*UpdateArtifactLabelsResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6712,7 +7552,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[30].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*TransitionVersionResponse); i {
+			switch v := v.(*TransitionVersionRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6724,7 +7564,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[31].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*Transition); i {
+			switch v := v.(*TransitionVersionResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6736,7 +7576,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[32].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*Alias); i {
+			switch v := v.(*Transition); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6748,7 +7588,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[33].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*SetAliasRequest); i {
+			switch v := v.(*Alias); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6760,7 +7600,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[34].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*SetAliasResponse); i {
+			switch v := v.(*SetAliasRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6772,7 +7612,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[35].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*DeleteAliasRequest); i {
+			switch v := v.(*SetAliasResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6784,7 +7624,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[36].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*DeleteAliasResponse); i {
+			switch v := v.(*DeleteAliasRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6796,7 +7636,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[37].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListAliasesRequest); i {
+			switch v := v.(*DeleteAliasResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6808,7 +7648,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[38].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListAliasesResponse); i {
+			switch v := v.(*ListAliasesRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6820,7 +7660,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[39].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetChangeHistoryRequest); i {
+			switch v := v.(*ListAliasesResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6832,7 +7672,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[40].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*VersionChange); i {
+			switch v := v.(*GetChangeHistoryRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6844,7 +7684,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[41].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetChangeHistoryResponse); i {
+			switch v := v.(*VersionChange); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6856,7 +7696,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[42].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*DiffVersionsRequest); i {
+			switch v := v.(*GetChangeHistoryResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6868,7 +7708,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[43].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*DiffVersionsResponse); i {
+			switch v := v.(*DiffVersionsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6880,7 +7720,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[44].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*WatchEventsRequest); i {
+			switch v := v.(*DiffVersionsResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6892,7 +7732,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[45].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ArtifactEvent); i {
+			switch v := v.(*WatchEventsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6904,7 +7744,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[46].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*Heartbeat); i {
+			switch v := v.(*ArtifactEvent); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6916,7 +7756,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[47].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*WatchEventsResponse); i {
+			switch v := v.(*Heartbeat); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6928,7 +7768,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[48].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*DependencyCoordinates); i {
+			switch v := v.(*WatchEventsResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6940,7 +7780,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[49].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*DependencySpec); i {
+			switch v := v.(*DependencyCoordinates); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6952,7 +7792,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[50].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*Dependency); i {
+			switch v := v.(*DependencySpec); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6964,7 +7804,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[51].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ResolveDependenciesRequest); i {
+			switch v := v.(*Dependency); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6976,7 +7816,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[52].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*Requirement); i {
+			switch v := v.(*ResolveDependenciesRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -6988,7 +7828,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[53].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ResolvedArtifact); i {
+			switch v := v.(*Requirement); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7000,7 +7840,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[54].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*AvailableVersion); i {
+			switch v := v.(*ResolvedArtifact); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7012,7 +7852,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[55].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*Unsatisfied); i {
+			switch v := v.(*AvailableVersion); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7024,7 +7864,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[56].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*DependencyCycle); i {
+			switch v := v.(*Unsatisfied); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7036,7 +7876,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[57].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ResolveDependenciesResponse); i {
+			switch v := v.(*DependencyCycle); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7048,7 +7888,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[58].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListDependentsRequest); i {
+			switch v := v.(*ResolveDependenciesResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7060,7 +7900,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[59].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*Dependent); i {
+			switch v := v.(*ListDependentsRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -7072,6 +7912,18 @@ func file_artifactd_v1_artifact_proto_init() {
 			}
 		}
 		file_artifactd_v1_artifact_proto_msgTypes[60].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*Dependent); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_artifactd_v1_artifact_proto_msgTypes[61].Exporter = func(v interface{}, i int) interface{} {
 			switch v := v.(*ListDependentsResponse); i {
 			case 0:
 				return &v.state
@@ -7083,39 +7935,147 @@ func file_artifactd_v1_artifact_proto_init() {
 				return nil
 			}
 		}
+		file_artifactd_v1_artifact_proto_msgTypes[62].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*RunVersion); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_artifactd_v1_artifact_proto_msgTypes[63].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*RunInput); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_artifactd_v1_artifact_proto_msgTypes[64].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*RecordRunInputsRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_artifactd_v1_artifact_proto_msgTypes[65].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*RecordRunInputsResponse); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_artifactd_v1_artifact_proto_msgTypes[66].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*GetRunRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_artifactd_v1_artifact_proto_msgTypes[67].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*GetRunResponse); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_artifactd_v1_artifact_proto_msgTypes[68].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*GetProvenanceRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_artifactd_v1_artifact_proto_msgTypes[69].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*ProvenanceStep); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_artifactd_v1_artifact_proto_msgTypes[70].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*GetProvenanceResponse); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
 	}
-	file_artifactd_v1_artifact_proto_msgTypes[4].OneofWrappers = []interface{}{}
 	file_artifactd_v1_artifact_proto_msgTypes[5].OneofWrappers = []interface{}{}
-	file_artifactd_v1_artifact_proto_msgTypes[6].OneofWrappers = []interface{}{
+	file_artifactd_v1_artifact_proto_msgTypes[6].OneofWrappers = []interface{}{}
+	file_artifactd_v1_artifact_proto_msgTypes[7].OneofWrappers = []interface{}{
 		(*CreateArtifactRequest_Header)(nil),
 		(*CreateArtifactRequest_Data)(nil),
 		(*CreateArtifactRequest_Finish)(nil),
 	}
-	file_artifactd_v1_artifact_proto_msgTypes[8].OneofWrappers = []interface{}{
+	file_artifactd_v1_artifact_proto_msgTypes[9].OneofWrappers = []interface{}{
 		(*UpdateArtifactHeader_Bump)(nil),
 		(*UpdateArtifactHeader_ExplicitVersion)(nil),
 	}
-	file_artifactd_v1_artifact_proto_msgTypes[9].OneofWrappers = []interface{}{
+	file_artifactd_v1_artifact_proto_msgTypes[10].OneofWrappers = []interface{}{
 		(*UpdateArtifactRequest_Header)(nil),
 		(*UpdateArtifactRequest_Data)(nil),
 		(*UpdateArtifactRequest_Finish)(nil),
 	}
-	file_artifactd_v1_artifact_proto_msgTypes[11].OneofWrappers = []interface{}{
+	file_artifactd_v1_artifact_proto_msgTypes[12].OneofWrappers = []interface{}{
 		(*GetArtifactRequest_ArtifactId)(nil),
 		(*GetArtifactRequest_Coordinates)(nil),
 	}
-	file_artifactd_v1_artifact_proto_msgTypes[15].OneofWrappers = []interface{}{
+	file_artifactd_v1_artifact_proto_msgTypes[16].OneofWrappers = []interface{}{
 		(*DownloadArtifactResponse_Header)(nil),
 		(*DownloadArtifactResponse_Data)(nil),
 	}
-	file_artifactd_v1_artifact_proto_msgTypes[33].OneofWrappers = []interface{}{}
-	file_artifactd_v1_artifact_proto_msgTypes[35].OneofWrappers = []interface{}{}
-	file_artifactd_v1_artifact_proto_msgTypes[42].OneofWrappers = []interface{}{}
-	file_artifactd_v1_artifact_proto_msgTypes[47].OneofWrappers = []interface{}{
+	file_artifactd_v1_artifact_proto_msgTypes[34].OneofWrappers = []interface{}{}
+	file_artifactd_v1_artifact_proto_msgTypes[36].OneofWrappers = []interface{}{}
+	file_artifactd_v1_artifact_proto_msgTypes[43].OneofWrappers = []interface{}{}
+	file_artifactd_v1_artifact_proto_msgTypes[48].OneofWrappers = []interface{}{
 		(*WatchEventsResponse_Event)(nil),
 		(*WatchEventsResponse_Heartbeat)(nil),
 	}
-	file_artifactd_v1_artifact_proto_msgTypes[49].OneofWrappers = []interface{}{
+	file_artifactd_v1_artifact_proto_msgTypes[50].OneofWrappers = []interface{}{
 		(*DependencySpec_ArtifactId)(nil),
 		(*DependencySpec_Coordinates)(nil),
 	}
@@ -7125,7 +8085,7 @@ func file_artifactd_v1_artifact_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: file_artifactd_v1_artifact_proto_rawDesc,
 			NumEnums:      3,
-			NumMessages:   65,
+			NumMessages:   75,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

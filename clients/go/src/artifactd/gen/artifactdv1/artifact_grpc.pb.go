@@ -72,6 +72,14 @@ type ArtifactServiceClient interface {
 	// Who depends on an artifact, directly or transitively; with a version (which need not
 	// exist yet), whether each direct dependent's requirement would accept it.
 	ListDependents(ctx context.Context, in *ListDependentsRequest, opts ...grpc.CallOption) (*ListDependentsResponse, error)
+	// Records what a workflow run read (downloads that carry the `x-artifactd-run` header are
+	// recorded by themselves).
+	RecordRunInputs(ctx context.Context, in *RecordRunInputsRequest, opts ...grpc.CallOption) (*RecordRunInputsResponse, error)
+	// A run's inputs (what it read) and outputs (the versions it produced), in the tenant.
+	GetRun(ctx context.Context, in *GetRunRequest, opts ...grpc.CallOption) (*GetRunResponse, error)
+	// Where a version came from: the run that produced it, what that run read, and so on
+	// back, bounded in depth.
+	GetProvenance(ctx context.Context, in *GetProvenanceRequest, opts ...grpc.CallOption) (*GetProvenanceResponse, error)
 }
 
 type artifactServiceClient struct {
@@ -349,6 +357,33 @@ func (c *artifactServiceClient) ListDependents(ctx context.Context, in *ListDepe
 	return out, nil
 }
 
+func (c *artifactServiceClient) RecordRunInputs(ctx context.Context, in *RecordRunInputsRequest, opts ...grpc.CallOption) (*RecordRunInputsResponse, error) {
+	out := new(RecordRunInputsResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.ArtifactService/RecordRunInputs", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *artifactServiceClient) GetRun(ctx context.Context, in *GetRunRequest, opts ...grpc.CallOption) (*GetRunResponse, error) {
+	out := new(GetRunResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.ArtifactService/GetRun", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *artifactServiceClient) GetProvenance(ctx context.Context, in *GetProvenanceRequest, opts ...grpc.CallOption) (*GetProvenanceResponse, error) {
+	out := new(GetProvenanceResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.ArtifactService/GetProvenance", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ArtifactServiceServer is the server API for ArtifactService service.
 // All implementations must embed UnimplementedArtifactServiceServer
 // for forward compatibility
@@ -408,6 +443,14 @@ type ArtifactServiceServer interface {
 	// Who depends on an artifact, directly or transitively; with a version (which need not
 	// exist yet), whether each direct dependent's requirement would accept it.
 	ListDependents(context.Context, *ListDependentsRequest) (*ListDependentsResponse, error)
+	// Records what a workflow run read (downloads that carry the `x-artifactd-run` header are
+	// recorded by themselves).
+	RecordRunInputs(context.Context, *RecordRunInputsRequest) (*RecordRunInputsResponse, error)
+	// A run's inputs (what it read) and outputs (the versions it produced), in the tenant.
+	GetRun(context.Context, *GetRunRequest) (*GetRunResponse, error)
+	// Where a version came from: the run that produced it, what that run read, and so on
+	// back, bounded in depth.
+	GetProvenance(context.Context, *GetProvenanceRequest) (*GetProvenanceResponse, error)
 	mustEmbedUnimplementedArtifactServiceServer()
 }
 
@@ -471,6 +514,15 @@ func (UnimplementedArtifactServiceServer) ResolveDependencies(context.Context, *
 }
 func (UnimplementedArtifactServiceServer) ListDependents(context.Context, *ListDependentsRequest) (*ListDependentsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListDependents not implemented")
+}
+func (UnimplementedArtifactServiceServer) RecordRunInputs(context.Context, *RecordRunInputsRequest) (*RecordRunInputsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RecordRunInputs not implemented")
+}
+func (UnimplementedArtifactServiceServer) GetRun(context.Context, *GetRunRequest) (*GetRunResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetRun not implemented")
+}
+func (UnimplementedArtifactServiceServer) GetProvenance(context.Context, *GetProvenanceRequest) (*GetProvenanceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetProvenance not implemented")
 }
 func (UnimplementedArtifactServiceServer) mustEmbedUnimplementedArtifactServiceServer() {}
 
@@ -849,6 +901,60 @@ func _ArtifactService_ListDependents_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ArtifactService_RecordRunInputs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecordRunInputsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).RecordRunInputs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.ArtifactService/RecordRunInputs",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).RecordRunInputs(ctx, req.(*RecordRunInputsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ArtifactService_GetRun_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRunRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).GetRun(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.ArtifactService/GetRun",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).GetRun(ctx, req.(*GetRunRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ArtifactService_GetProvenance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetProvenanceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).GetProvenance(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.ArtifactService/GetProvenance",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).GetProvenance(ctx, req.(*GetProvenanceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _ArtifactService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "artifactd.v1.ArtifactService",
 	HandlerType: (*ArtifactServiceServer)(nil),
@@ -912,6 +1018,18 @@ var _ArtifactService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListDependents",
 			Handler:    _ArtifactService_ListDependents_Handler,
+		},
+		{
+			MethodName: "RecordRunInputs",
+			Handler:    _ArtifactService_RecordRunInputs_Handler,
+		},
+		{
+			MethodName: "GetRun",
+			Handler:    _ArtifactService_GetRun_Handler,
+		},
+		{
+			MethodName: "GetProvenance",
+			Handler:    _ArtifactService_GetProvenance_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

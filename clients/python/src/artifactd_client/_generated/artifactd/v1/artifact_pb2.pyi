@@ -240,6 +240,7 @@ class ArtifactVersion(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     CHANGE_MESSAGE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    PRODUCED_BY_FIELD_NUMBER: _builtins.int
     artifact_id: _builtins.str
     version: _builtins.str
     """Semantic version, for example "1.4.0" or "6.0.0-Beta.4"."""
@@ -257,6 +258,10 @@ class ArtifactVersion(_message.Message):
     state: Global___LifecycleState.ValueType
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def produced_by(self) -> Global___WorkflowRun:
+        """The workflow run that produced this version, when it said so."""
+
     def __init__(
         self,
         *,
@@ -271,14 +276,46 @@ class ArtifactVersion(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         change_message: _builtins.str = ...,
         state: Global___LifecycleState.ValueType = ...,
+        produced_by: Global___WorkflowRun | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "produced_by", b"produced_by"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "blake3", b"blake3", "change_message", b"change_message", "chunk_count", b"chunk_count", "created_at", b"created_at", "created_by", b"created_by", "new_stored_size", b"new_stored_size", "size", b"size", "state", b"state", "stored_size", b"stored_size", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "blake3", b"blake3", "change_message", b"change_message", "chunk_count", b"chunk_count", "created_at", b"created_at", "created_by", b"created_by", "new_stored_size", b"new_stored_size", "produced_by", b"produced_by", "size", b"size", "state", b"state", "stored_size", b"stored_size", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ArtifactVersion: _TypeAlias = ArtifactVersion  # noqa: Y015
+
+@_typing.final
+class WorkflowRun(_message.Message):
+    """A workflow run, as a version records the one that produced it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The caller's id for the run: 1 to 128 ASCII letters, digits, '-', '_', '.' and ':'."""
+    workflow: _builtins.str
+    step: _builtins.str
+    agent: _builtins.str
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        workflow: _builtins.str = ...,
+        step: _builtins.str = ...,
+        agent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "run_id", b"run_id", "step", b"step", "workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkflowRun: _TypeAlias = WorkflowRun  # noqa: Y015
 
 @_typing.final
 class ArtifactCoordinates(_message.Message):
@@ -342,6 +379,7 @@ class CreateArtifactHeader(_message.Message):
     CATEGORIES_FIELD_NUMBER: _builtins.int
     INITIAL_STATE_FIELD_NUMBER: _builtins.int
     DEPENDENCIES_FIELD_NUMBER: _builtins.int
+    PRODUCED_BY_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     project: _builtins.str
     artifact_type: _builtins.str
@@ -366,6 +404,10 @@ class CreateArtifactHeader(_message.Message):
     def dependencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___DependencySpec]:
         """What this version depends on (at most 64); immutable with the version."""
 
+    @_builtins.property
+    def produced_by(self) -> Global___WorkflowRun:
+        """The workflow run producing this version."""
+
     def __init__(
         self,
         *,
@@ -383,10 +425,11 @@ class CreateArtifactHeader(_message.Message):
         categories: _abc.Iterable[_builtins.str] | None = ...,
         initial_state: Global___LifecycleState.ValueType = ...,
         dependencies: _abc.Iterable[Global___DependencySpec] | None = ...,
+        produced_by: Global___WorkflowRun | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size", "expected_size", b"expected_size"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size", "expected_size", b"expected_size", "produced_by", b"produced_by"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size", "artifact_type", b"artifact_type", "categories", b"categories", "change_message", b"change_message", "dependencies", b"dependencies", "description", b"description", "expected_blake3", b"expected_blake3", "expected_size", b"expected_size", "initial_state", b"initial_state", "initial_version", b"initial_version", "metadata", b"metadata", "name", b"name", "project", b"project", "tags", b"tags", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size", "artifact_type", b"artifact_type", "categories", b"categories", "change_message", b"change_message", "dependencies", b"dependencies", "description", b"description", "expected_blake3", b"expected_blake3", "expected_size", b"expected_size", "initial_state", b"initial_state", "initial_version", b"initial_version", "metadata", b"metadata", "name", b"name", "produced_by", b"produced_by", "project", b"project", "tags", b"tags", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_size: _TypeAlias = _typing.Literal["expected_size"]  # noqa: Y015
     _WhichOneofArgType__expected_size: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size"]  # noqa: Y015
@@ -527,6 +570,7 @@ class UpdateArtifactHeader(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     INITIAL_STATE_FIELD_NUMBER: _builtins.int
     DEPENDENCIES_FIELD_NUMBER: _builtins.int
+    PRODUCED_BY_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     project: _builtins.str
     artifact_id: _builtins.str
@@ -559,6 +603,10 @@ class UpdateArtifactHeader(_message.Message):
     def dependencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___DependencySpec]:
         """What the new version depends on (at most 64); immutable with the version."""
 
+    @_builtins.property
+    def produced_by(self) -> Global___WorkflowRun:
+        """The workflow run producing the new version."""
+
     def __init__(
         self,
         *,
@@ -576,10 +624,11 @@ class UpdateArtifactHeader(_message.Message):
         labels: Global___Labels | None = ...,
         initial_state: Global___LifecycleState.ValueType = ...,
         dependencies: _abc.Iterable[Global___DependencySpec] | None = ...,
+        produced_by: Global___WorkflowRun | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size", "bump", b"bump", "expected_size", b"expected_size", "explicit_version", b"explicit_version", "labels", b"labels", "next_version", b"next_version"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size", "bump", b"bump", "expected_size", b"expected_size", "explicit_version", b"explicit_version", "labels", b"labels", "next_version", b"next_version", "produced_by", b"produced_by"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size", "artifact_id", b"artifact_id", "bump", b"bump", "change_message", b"change_message", "dependencies", b"dependencies", "expected_blake3", b"expected_blake3", "expected_current_version", b"expected_current_version", "expected_size", b"expected_size", "explicit_version", b"explicit_version", "initial_state", b"initial_state", "labels", b"labels", "metadata_remove", b"metadata_remove", "metadata_set", b"metadata_set", "next_version", b"next_version", "project", b"project", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size", "artifact_id", b"artifact_id", "bump", b"bump", "change_message", b"change_message", "dependencies", b"dependencies", "expected_blake3", b"expected_blake3", "expected_current_version", b"expected_current_version", "expected_size", b"expected_size", "explicit_version", b"explicit_version", "initial_state", b"initial_state", "labels", b"labels", "metadata_remove", b"metadata_remove", "metadata_set", b"metadata_set", "next_version", b"next_version", "produced_by", b"produced_by", "project", b"project", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_size: _TypeAlias = _typing.Literal["expected_size"]  # noqa: Y015
     _WhichOneofArgType__expected_size: _TypeAlias = _typing.Literal["_expected_size", b"_expected_size"]  # noqa: Y015
@@ -2312,3 +2361,263 @@ class ListDependentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListDependentsResponse: _TypeAlias = ListDependentsResponse  # noqa: Y015
+
+@_typing.final
+class RunVersion(_message.Message):
+    """A version a run read or produced."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_TYPE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    HOW_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    PRODUCED_BY_FIELD_NUMBER: _builtins.int
+    artifact_id: _builtins.str
+    project: _builtins.str
+    artifact_type: _builtins.str
+    name: _builtins.str
+    version: _builtins.str
+    how: _builtins.str
+    """Inputs: "explicit" (RecordRunInputs) or "download" (a download carrying the run header)."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When the input was recorded, or the output created."""
+
+    @_builtins.property
+    def produced_by(self) -> Global___WorkflowRun:
+        """The run that produced this version, if any."""
+
+    def __init__(
+        self,
+        *,
+        artifact_id: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_type: _builtins.str = ...,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        how: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        produced_by: Global___WorkflowRun | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "produced_by", b"produced_by"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "artifact_type", b"artifact_type", "at", b"at", "how", b"how", "name", b"name", "produced_by", b"produced_by", "project", b"project", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunVersion: _TypeAlias = RunVersion  # noqa: Y015
+
+@_typing.final
+class RunInput(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    artifact_id: _builtins.str
+    version: _builtins.str
+    """A version or an alias; empty for the latest."""
+    def __init__(
+        self,
+        *,
+        artifact_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunInput: _TypeAlias = RunInput  # noqa: Y015
+
+@_typing.final
+class RecordRunInputsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    project: _builtins.str
+    """The project of the inputs."""
+    run_id: _builtins.str
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunInput]: ...
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        inputs: _abc.Iterable[Global___RunInput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "project", b"project", "run_id", b"run_id", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordRunInputsRequest: _TypeAlias = RecordRunInputsRequest  # noqa: Y015
+
+@_typing.final
+class RecordRunInputsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunVersion]:
+        """The inputs as recorded, their versions resolved."""
+
+    def __init__(
+        self,
+        *,
+        inputs: _abc.Iterable[Global___RunVersion] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordRunInputsResponse: _TypeAlias = RecordRunInputsResponse  # noqa: Y015
+
+@_typing.final
+class GetRunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    run_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunRequest: _TypeAlias = GetRunRequest  # noqa: Y015
+
+@_typing.final
+class GetRunResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunVersion]: ...
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunVersion]: ...
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        inputs: _abc.Iterable[Global___RunVersion] | None = ...,
+        outputs: _abc.Iterable[Global___RunVersion] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "outputs", b"outputs", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunResponse: _TypeAlias = GetRunResponse  # noqa: Y015
+
+@_typing.final
+class GetProvenanceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    MAX_DEPTH_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    project: _builtins.str
+    artifact_id: _builtins.str
+    version: _builtins.str
+    """A version or an alias; empty for the latest."""
+    max_depth: _builtins.int
+    """How many runs back to follow (default 32, at most 256)."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+        max_depth: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "max_depth", b"max_depth", "project", b"project", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProvenanceRequest: _TypeAlias = GetProvenanceRequest  # noqa: Y015
+
+@_typing.final
+class ProvenanceStep(_message.Message):
+    """One version on the way back, and what the run that produced it read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
+    READ_FIELD_NUMBER: _builtins.int
+    depth: _builtins.int
+    """0 for the version asked about."""
+    @_builtins.property
+    def version(self) -> Global___RunVersion: ...
+    @_builtins.property
+    def read(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunVersion]: ...
+    def __init__(
+        self,
+        *,
+        version: Global___RunVersion | None = ...,
+        depth: _builtins.int = ...,
+        read: _abc.Iterable[Global___RunVersion] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["depth", b"depth", "read", b"read", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProvenanceStep: _TypeAlias = ProvenanceStep  # noqa: Y015
+
+@_typing.final
+class GetProvenanceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEPS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """Deeper runs were not followed."""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProvenanceStep]: ...
+    def __init__(
+        self,
+        *,
+        steps: _abc.Iterable[Global___ProvenanceStep] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["steps", b"steps", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProvenanceResponse: _TypeAlias = GetProvenanceResponse  # noqa: Y015

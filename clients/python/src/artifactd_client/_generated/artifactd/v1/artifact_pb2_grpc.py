@@ -131,6 +131,21 @@ class ArtifactServiceStub:
                 request_serializer=artifactd_dot_v1_dot_artifact__pb2.ListDependentsRequest.SerializeToString,
                 response_deserializer=artifactd_dot_v1_dot_artifact__pb2.ListDependentsResponse.FromString,
                 _registered_method=True)
+        self.RecordRunInputs = channel.unary_unary(
+                '/artifactd.v1.ArtifactService/RecordRunInputs',
+                request_serializer=artifactd_dot_v1_dot_artifact__pb2.RecordRunInputsRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_artifact__pb2.RecordRunInputsResponse.FromString,
+                _registered_method=True)
+        self.GetRun = channel.unary_unary(
+                '/artifactd.v1.ArtifactService/GetRun',
+                request_serializer=artifactd_dot_v1_dot_artifact__pb2.GetRunRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_artifact__pb2.GetRunResponse.FromString,
+                _registered_method=True)
+        self.GetProvenance = channel.unary_unary(
+                '/artifactd.v1.ArtifactService/GetProvenance',
+                request_serializer=artifactd_dot_v1_dot_artifact__pb2.GetProvenanceRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_artifact__pb2.GetProvenanceResponse.FromString,
+                _registered_method=True)
 
 
 class ArtifactServiceServicer:
@@ -288,6 +303,29 @@ class ArtifactServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordRunInputs(self, request, context):
+        """Records what a workflow run read (downloads that carry the `x-artifactd-run` header are
+        recorded by themselves).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRun(self, request, context):
+        """A run's inputs (what it read) and outputs (the versions it produced), in the tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProvenance(self, request, context):
+        """Where a version came from: the run that produced it, what that run read, and so on
+        back, bounded in depth.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ArtifactServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -385,6 +423,21 @@ def add_ArtifactServiceServicer_to_server(servicer, server):
                     servicer.ListDependents,
                     request_deserializer=artifactd_dot_v1_dot_artifact__pb2.ListDependentsRequest.FromString,
                     response_serializer=artifactd_dot_v1_dot_artifact__pb2.ListDependentsResponse.SerializeToString,
+            ),
+            'RecordRunInputs': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordRunInputs,
+                    request_deserializer=artifactd_dot_v1_dot_artifact__pb2.RecordRunInputsRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_artifact__pb2.RecordRunInputsResponse.SerializeToString,
+            ),
+            'GetRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRun,
+                    request_deserializer=artifactd_dot_v1_dot_artifact__pb2.GetRunRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_artifact__pb2.GetRunResponse.SerializeToString,
+            ),
+            'GetProvenance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProvenance,
+                    request_deserializer=artifactd_dot_v1_dot_artifact__pb2.GetProvenanceRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_artifact__pb2.GetProvenanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -902,6 +955,87 @@ class ArtifactService:
             '/artifactd.v1.ArtifactService/ListDependents',
             artifactd_dot_v1_dot_artifact__pb2.ListDependentsRequest.SerializeToString,
             artifactd_dot_v1_dot_artifact__pb2.ListDependentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordRunInputs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.ArtifactService/RecordRunInputs',
+            artifactd_dot_v1_dot_artifact__pb2.RecordRunInputsRequest.SerializeToString,
+            artifactd_dot_v1_dot_artifact__pb2.RecordRunInputsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.ArtifactService/GetRun',
+            artifactd_dot_v1_dot_artifact__pb2.GetRunRequest.SerializeToString,
+            artifactd_dot_v1_dot_artifact__pb2.GetRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProvenance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.ArtifactService/GetProvenance',
+            artifactd_dot_v1_dot_artifact__pb2.GetProvenanceRequest.SerializeToString,
+            artifactd_dot_v1_dot_artifact__pb2.GetProvenanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

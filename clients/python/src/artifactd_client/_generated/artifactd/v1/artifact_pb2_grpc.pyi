@@ -101,6 +101,16 @@ class ArtifactServiceStub:
     """Who depends on an artifact, directly or transitively; with a version (which need not
     exist yet), whether each direct dependent's requirement would accept it.
     """
+    RecordRunInputs: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.RecordRunInputsRequest, _artifact_pb2.RecordRunInputsResponse]
+    """Records what a workflow run read (downloads that carry the `x-artifactd-run` header are
+    recorded by themselves).
+    """
+    GetRun: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.GetRunRequest, _artifact_pb2.GetRunResponse]
+    """A run's inputs (what it read) and outputs (the versions it produced), in the tenant."""
+    GetProvenance: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.GetProvenanceRequest, _artifact_pb2.GetProvenanceResponse]
+    """Where a version came from: the run that produced it, what that run read, and so on
+    back, bounded in depth.
+    """
 
 @_typing.type_check_only
 class ArtifactServiceAsyncStub(ArtifactServiceStub):
@@ -174,6 +184,16 @@ class ArtifactServiceAsyncStub(ArtifactServiceStub):
     ListDependents: _aio.UnaryUnaryMultiCallable[_artifact_pb2.ListDependentsRequest, _artifact_pb2.ListDependentsResponse]  # type: ignore[assignment]
     """Who depends on an artifact, directly or transitively; with a version (which need not
     exist yet), whether each direct dependent's requirement would accept it.
+    """
+    RecordRunInputs: _aio.UnaryUnaryMultiCallable[_artifact_pb2.RecordRunInputsRequest, _artifact_pb2.RecordRunInputsResponse]  # type: ignore[assignment]
+    """Records what a workflow run read (downloads that carry the `x-artifactd-run` header are
+    recorded by themselves).
+    """
+    GetRun: _aio.UnaryUnaryMultiCallable[_artifact_pb2.GetRunRequest, _artifact_pb2.GetRunResponse]  # type: ignore[assignment]
+    """A run's inputs (what it read) and outputs (the versions it produced), in the tenant."""
+    GetProvenance: _aio.UnaryUnaryMultiCallable[_artifact_pb2.GetProvenanceRequest, _artifact_pb2.GetProvenanceResponse]  # type: ignore[assignment]
+    """Where a version came from: the run that produced it, what that run read, and so on
+    back, bounded in depth.
     """
 
 class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -359,6 +379,34 @@ class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_artifact_pb2.ListDependentsResponse, _abc.Awaitable[_artifact_pb2.ListDependentsResponse]]:
         """Who depends on an artifact, directly or transitively; with a version (which need not
         exist yet), whether each direct dependent's requirement would accept it.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordRunInputs(
+        self,
+        request: _artifact_pb2.RecordRunInputsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifact_pb2.RecordRunInputsResponse, _abc.Awaitable[_artifact_pb2.RecordRunInputsResponse]]:
+        """Records what a workflow run read (downloads that carry the `x-artifactd-run` header are
+        recorded by themselves).
+        """
+
+    @_abc_1.abstractmethod
+    def GetRun(
+        self,
+        request: _artifact_pb2.GetRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifact_pb2.GetRunResponse, _abc.Awaitable[_artifact_pb2.GetRunResponse]]:
+        """A run's inputs (what it read) and outputs (the versions it produced), in the tenant."""
+
+    @_abc_1.abstractmethod
+    def GetProvenance(
+        self,
+        request: _artifact_pb2.GetProvenanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifact_pb2.GetProvenanceResponse, _abc.Awaitable[_artifact_pb2.GetProvenanceResponse]]:
+        """Where a version came from: the run that produced it, what that run read, and so on
+        back, bounded in depth.
         """
 
 def add_ArtifactServiceServicer_to_server(servicer: ArtifactServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
