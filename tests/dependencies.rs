@@ -402,6 +402,114 @@ async fn declaring_and_resolving(postgres: bool) {
         found,
         BTreeSet::from([("app.md".into(), 1), ("lib.md".into(), 1)])
     );
+    // The same through SearchService, with filters and paging.
+    let mut search =
+        artifactd::proto::search_service_client::SearchServiceClient::new(server.channel().await);
+    let by_id = |id: &str| artifactd::proto::ArtifactRef {
+        target: Some(artifactd::proto::artifact_ref::Target::ArtifactId(id.into())),
+    };
+    let query = |relation| artifactd::proto::SearchByDependenciesRequest {
+        tenant: T.into(),
+        project: P.into(),
+        relation: Some(relation),
+        ..Default::default()
+    };
+    use artifactd::proto::search_by_dependencies_request::Relation;
+    let hit_names = |hits: &[artifactd::proto::DependencyHit]| -> Vec<String> {
+        hits.iter()
+            .map(|h| format!("{}@{}:{}", h.name, h.version, h.kind))
+            .collect()
+    };
+    let accepting = artifactd::proto::SearchByDependenciesRequest {
+        accepts_version: "2.0.0".into(),
+        ..query(Relation::DependsOn(by_id(&base)))
+    };
+    let found = search
+        .search_by_dependencies(accepting)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hit_names(&found.hits), ["lifted.md@1.0.0:references"]);
+    let of_app = query(Relation::DependedOnBy(by_id(&app)));
+    let found = search
+        .search_by_dependencies(of_app.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        hit_names(&found.hits),
+        ["base.md@1.4.0:derived-from", "lib.md@1.0.0:references"],
+        "direct: the highest version meeting the requirement, in any state"
+    );
+    let transitive = artifactd::proto::SearchByDependenciesRequest {
+        transitive: true,
+        kinds: vec!["implements".into()],
+        ..of_app.clone()
+    };
+    let found = search
+        .search_by_dependencies(transitive)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        hit_names(&found.hits),
+        ["base.md@1.4.0:implements"],
+        "lib's ~1.4 on base"
+    );
+    let approved_only = artifactd::proto::SearchByDependenciesRequest {
+        states: vec![Approved as i32],
+        ..of_app.clone()
+    };
+    let found = search
+        .search_by_dependencies(approved_only)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        hit_names(&found.hits),
+        ["base.md@1.4.0:derived-from", "lib.md@1.0.0:references"]
+    );
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = search
+            .search_by_dependencies(artifactd::proto::SearchByDependenciesRequest {
+                page_size: 1,
+                page_token: token,
+                ..query(Relation::DependsOn(by_id(&base)))
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        paged.extend(hit_names(&page.hits));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(paged.len(), 3, "{paged:?}");
+    assert_status(
+        search
+            .search_by_dependencies(artifactd::proto::SearchByDependenciesRequest {
+                accepts_version: "2.0.0".into(),
+                ..of_app
+            })
+            .await,
+        Code::InvalidArgument,
+        &["accepts_version:"],
+    );
+    assert_status(
+        search
+            .search_by_dependencies(artifactd::proto::SearchByDependenciesRequest {
+                tenant: T.into(),
+                project: P.into(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        &["relation:"],
+    );
+
     assert_status(
         client.list_dependents(dependents("two", false)).await,
         Code::InvalidArgument,

@@ -196,6 +196,7 @@ async fn health_is_reported_per_service() {
             "fallback sync",
             "health",
             "indexer",
+            "outbox pruner",
             "reconciler",
             "replicator",
             "store prober"

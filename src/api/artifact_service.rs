@@ -331,14 +331,15 @@ impl ArtifactService for ArtifactApi {
                 request.length,
             )
             .await?;
-        // A download made by a workflow run is one of its inputs: recorded before any byte
-        // is sent, so a run never read something it has no record of.
+        let data = self.artifacts.download(&plan).await?;
+        // A download made by a workflow run is one of its inputs: recorded once the download
+        // can start and before any byte is sent, so a run never read something it has no
+        // record of, and a refused download records nothing.
         if let Some(run) = run {
             self.artifacts
                 .record_download(&scope, &run, &plan.artifact.id, &plan.version.version)
                 .await?;
         }
-        let data = self.artifacts.download(&plan).await?;
         let header = DownloadArtifactResponse {
             message: Some(download_artifact_response::Message::Header(
                 proto::DownloadHeader {

@@ -164,7 +164,7 @@ impl SearchService for SearchApi {
             accepts_version: (!request.accepts_version.is_empty()).then_some(request.accepts_version),
             transitive: request.transitive,
         };
-        let page = self
+        let (page, truncated) = self
             .artifacts
             .search_by_dependencies(&scope, &relation, &filter, request.page_size, &request.page_token)
             .await?;
@@ -178,13 +178,18 @@ impl SearchService for SearchApi {
                     artifact_type: hit.artifact.artifact_type.clone(),
                     name: hit.artifact.name.clone(),
                     version: hit.version.clone(),
-                    state: super::convert::lifecycle_state(hit.state) as i32,
+                    state: hit.state.map_or(
+                        proto::LifecycleState::Unspecified,
+                        super::convert::lifecycle_state,
+                    ) as i32,
                     requirement: hit.requirement.clone(),
                     kind: hit.kind.clone(),
                     depth: hit.depth,
                 })
                 .collect(),
             next_page_token: page.next_page_token,
+            truncated: truncated.is_some(),
+            truncated_reason: truncated.unwrap_or_default(),
         }))
     }
 

@@ -597,8 +597,11 @@ impl Artifacts {
             graph.load(self, &scope.tenant, &dependent_ids).await?;
             let mut next: BTreeMap<String, Vec<Option<semver::Version>>> = BTreeMap::new();
             for row in rows {
+                if graph.deleted.contains(&row.artifact_id) {
+                    continue;
+                }
                 let Some(artifact) = graph.artifacts.get(&row.artifact_id).cloned() else {
-                    continue; // deleted, or in another tenant
+                    continue; // in another tenant
                 };
                 let requirement = semver::VersionReq::parse(&row.requirement).ok();
                 let accepts = frontier[&row.target_id]
@@ -782,8 +785,9 @@ pub struct DependencyFilter {
 #[derive(Debug, Clone)]
 pub struct DependencyHit {
     pub artifact: Artifact,
+    /// Empty (and no state) for a dependency no version of which can be resolved.
     pub version: String,
-    pub state: LifecycleState,
+    pub state: Option<LifecycleState>,
     pub requirement: String,
     pub kind: String,
     pub depth: u32,
@@ -808,9 +812,15 @@ impl Artifacts {
                     scope.tenant.clone(),
                     project.clone().unwrap_or_else(|| scope.project.clone()),
                 );
-                validate_identifier(field, &in_scope.project)?;
-                validate_identifier(field, artifact_type)?;
-                validate_artifact_name(name)?;
+                let at = |part: &str, error: Error| match error {
+                    Error::InvalidArgument { message, .. } => {
+                        Error::invalid(field, format!("{field}.coordinates.{part}: {message}"))
+                    }
+                    other => other,
+                };
+                validate_identifier(field, &in_scope.project).map_err(|e| at("project", e))?;
+                validate_identifier(field, artifact_type).map_err(|e| at("artifact_type", e))?;
+                validate_artifact_name(name).map_err(|e| at("name", e))?;
                 self.inner
                     .catalog
                     .artifact_by_name(&in_scope, artifact_type, name)
@@ -834,7 +844,7 @@ impl Artifacts {
         filter: &DependencyFilter,
         requested_page_size: u32,
         page_token: &str,
-    ) -> Result<Page<DependencyHit>> {
+    ) -> Result<(Page<DependencyHit>, Option<String>)> {
         let offset = if page_token.is_empty() {
             0
         } else {
@@ -850,6 +860,7 @@ impl Artifacts {
                 .map_err(|_| Error::invalid("page_token", "malformed token"))?
         };
         validate_scope(scope)?;
+        let mut truncated = None;
         let mut hits: Vec<DependencyHit> = match relation {
             DependencyRelation::DependsOn(target) => {
                 let target = self.find_target(scope, "depends_on", target).await?;
@@ -872,7 +883,7 @@ impl Artifacts {
                     .map(|d| DependencyHit {
                         artifact: d.artifact,
                         version: d.version,
-                        state: d.state,
+                        state: Some(d.state),
                         requirement: d.requirement,
                         kind: d.kind,
                         depth: d.depth,
@@ -893,6 +904,23 @@ impl Artifacts {
                 let resolution = self
                     .resolve_dependencies(&source.scope.clone(), &source.id, version, policy)
                     .await?;
+                truncated = resolution.truncated.clone();
+                // What cannot be resolved is still depended on: a hit without a version.
+                let unresolved: Vec<DependencyHit> = resolution
+                    .unsatisfied
+                    .iter()
+                    .filter(|u| u.artifact.id != source.id)
+                    .flat_map(|u| {
+                        u.requirements.iter().map(|by| DependencyHit {
+                            artifact: u.artifact.clone(),
+                            version: String::new(),
+                            state: None,
+                            requirement: by.requirement.clone(),
+                            kind: by.kind.clone(),
+                            depth: u32::from(by.artifact_id != source.id.as_str()) + 1,
+                        })
+                    })
+                    .collect();
                 resolution
                     .resolved
                     .into_iter()
@@ -903,13 +931,14 @@ impl Artifacts {
                             .map(|by| DependencyHit {
                                 artifact: r.artifact.clone(),
                                 version: r.version.clone(),
-                                state: r.state,
+                                state: Some(r.state),
                                 requirement: by.requirement.clone(),
                                 kind: by.kind.clone(),
                                 depth: r.depth,
                             })
                             .collect::<Vec<_>>()
                     })
+                    .chain(unresolved)
                     .collect()
             }
         };
@@ -918,7 +947,7 @@ impl Artifacts {
                 .artifact_type
                 .as_ref()
                 .is_none_or(|t| *t == hit.artifact.artifact_type)
-                && (filter.states.is_empty() || filter.states.contains(&hit.state))
+                && (filter.states.is_empty() || hit.state.is_some_and(|state| filter.states.contains(&state)))
                 && (filter.kinds.is_empty() || filter.kinds.contains(&hit.kind))
         });
         hits.sort_by(|a, b| {
@@ -946,9 +975,12 @@ impl Artifacts {
             String::new()
         };
         let items = hits.into_iter().skip(offset).take(limit).collect();
-        Ok(Page {
-            items,
-            next_page_token,
-        })
+        Ok((
+            Page {
+                items,
+                next_page_token,
+            },
+            truncated,
+        ))
     }
 }

@@ -10,6 +10,8 @@ pub const DEFAULT_PROVENANCE_DEPTH: u32 = 32;
 pub const MAX_PROVENANCE_DEPTH: u32 = 256;
 /// Most inputs one RecordRunInputs call may name.
 pub const MAX_INPUTS_PER_CALL: usize = 1000;
+/// Most versions a provenance walk reports.
+pub const MAX_PROVENANCE_STEPS: usize = 10_000;
 
 /// A version a run read or produced.
 #[derive(Debug, Clone)]
@@ -69,9 +71,16 @@ impl Artifacts {
         }
         // Every input is checked before anything is recorded.
         let mut resolved = Vec::with_capacity(inputs.len());
-        for (artifact_id, version) in inputs {
-            let artifact = self.require_artifact(scope, artifact_id).await?;
-            let version = self.require_version(&artifact, version).await?;
+        for (index, (artifact_id, version)) in inputs.iter().enumerate() {
+            let named = |error: Error| match error {
+                Error::InvalidArgument { field, message } => {
+                    Error::invalid("inputs", format!("inputs[{index}].{field}: {message}"))
+                }
+                Error::NotFound(message) => Error::NotFound(format!("inputs[{index}]: {message}")),
+                other => other,
+            };
+            let artifact = self.require_artifact(scope, artifact_id).await.map_err(named)?;
+            let version = self.require_version(&artifact, version).await.map_err(named)?;
             resolved.push((artifact, version));
         }
         let now = now_micros();
@@ -204,14 +213,28 @@ impl Artifacts {
         };
         let mut frontier = vec![start];
         let mut depth = 0;
+        // A run's inputs are read once per walk, however many of its outputs it meets.
+        let mut inputs_of: std::collections::HashMap<String, Vec<RunVersion>> =
+            std::collections::HashMap::new();
         while !frontier.is_empty() {
             let mut next = Vec::new();
             for current in frontier {
                 if !seen.insert((current.artifact.id.to_string(), current.version.version.clone())) {
                     continue;
                 }
+                if steps.len() >= MAX_PROVENANCE_STEPS {
+                    truncated = true;
+                    break;
+                }
                 let read = match &current.version.produced_by {
-                    Some(run) if depth < max_depth => self.run_inputs(&scope.tenant, &run.run_id).await?,
+                    Some(run) if depth < max_depth => match inputs_of.get(&run.run_id) {
+                        Some(read) => read.clone(),
+                        None => {
+                            let read = self.run_inputs(&scope.tenant, &run.run_id).await?;
+                            inputs_of.insert(run.run_id.clone(), read.clone());
+                            read
+                        }
+                    },
                     Some(_) => {
                         truncated = true;
                         Vec::new()

@@ -281,8 +281,6 @@ impl Feeder {
         Ok(batch)
     }
 
-    /// Hands an item to the watcher, waiting while its buffer is full for at most the slow
-    /// consumer limit; past that the watcher is cut off.
     /// Ends the stream ahead of anything still buffered: the server is going away.
     fn end_for_shutdown(&self) {
         *self.cut_off.lock().expect("cut-off lock") = Some(Error::Unavailable(
@@ -290,6 +288,8 @@ impl Feeder {
         ));
     }
 
+    /// Hands an item to the watcher, waiting while its buffer is full for at most the slow
+    /// consumer limit; past that the watcher is cut off. Shutdown ends the wait.
     async fn hand_on(&self, item: Result<WatchItem>) -> std::result::Result<(), Stop> {
         let sent = tokio::select! {
             sent = tokio::time::timeout(self.settings.slow_consumer, self.sender.send(item)) => sent,

@@ -622,7 +622,7 @@ class DependencyHit(_message.Message):
     name: _builtins.str
     version: _builtins.str
     """depends_on: the depending version; depended_on_by: the highest version meeting the
-    requirement (in any state).
+    requirement (in any state), or empty (and state UNSPECIFIED) when none can be resolved.
     """
     state: _artifact_pb2.LifecycleState.ValueType
     requirement: _builtins.str
@@ -656,7 +656,14 @@ class SearchByDependenciesResponse(_message.Message):
 
     HITS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    TRUNCATED_REASON_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    truncated: _builtins.bool
+    """depended_on_by: the closure was cut (depth 32, 10,000 artifacts, or requirements that do
+    not settle); `truncated_reason` says which.
+    """
+    truncated_reason: _builtins.str
     @_builtins.property
     def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___DependencyHit]: ...
     def __init__(
@@ -664,10 +671,12 @@ class SearchByDependenciesResponse(_message.Message):
         *,
         hits: _abc.Iterable[Global___DependencyHit] | None = ...,
         next_page_token: _builtins.str = ...,
+        truncated: _builtins.bool = ...,
+        truncated_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "next_page_token", b"next_page_token", "truncated", b"truncated", "truncated_reason", b"truncated_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
