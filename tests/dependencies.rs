@@ -10,9 +10,7 @@ use artifactd::proto::{
     self, DependencyCoordinates, DependencySpec, GetChangeHistoryRequest, ListDependentsRequest,
     ResolveDependenciesRequest, TransitionVersionRequest, dependency_spec, update_artifact_header,
 };
-use common::binary::{ServerOptions, ServerProcess};
 use common::client::{Client, assert_status, create, header, update, update_header};
-use common::postgres::TestDatabase;
 use proto::LifecycleState::{Approved, Draft, Review};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -20,17 +18,6 @@ use tonic::Code;
 
 const T: &str = "acme";
 const P: &str = "deps";
-
-async fn server_on(postgres: bool) -> (ServerProcess, Option<TestDatabase>) {
-    if postgres {
-        let database = TestDatabase::create().await;
-        let server =
-            ServerProcess::start_with(ServerOptions::default().env("DATABASE_URL", database.url.clone()));
-        (server, Some(database))
-    } else {
-        (ServerProcess::start(), None)
-    }
-}
 
 fn on(name: &str, requirement: &str, kind: &str) -> DependencySpec {
     DependencySpec {
@@ -99,7 +86,7 @@ fn resolve(id: &str) -> ResolveDependenciesRequest {
 }
 
 async fn declaring_and_resolving(postgres: bool) {
-    let (server, _db) = server_on(postgres).await;
+    let (server, _db) = common::binary::start_on_catalog(postgres).await;
     let mut client = server.client().await;
     // base 1.0.0 (approved), 1.4.0 (approved), 2.0.0-rc.1 (draft), 2.0.0 (draft)
     let base = new_doc(&mut client, "base.md", "1.0.0", vec![]).await.unwrap();
@@ -625,7 +612,7 @@ async fn the_bmad_docs_link_graph(postgres: bool) {
         files.len()
     );
 
-    let (server, _db) = server_on(postgres).await;
+    let (server, _db) = common::binary::start_on_catalog(postgres).await;
     let mut client = server.client().await;
     let mut ids: HashMap<PathBuf, String> = HashMap::new();
     let mut versions_of: HashMap<PathBuf, Vec<Vec<u8>>> = HashMap::new();

@@ -10,28 +10,14 @@ use artifactd::proto::{
     ListArtifactsRequest, ListVersionsRequest, MetadataFilter, SearchByMetadataRequest, SearchRequest,
     SetAliasRequest, TransitionVersionRequest, metadata_filter,
 };
-use common::binary::{ServerOptions, ServerProcess};
 use common::client::{
     Client, assert_status, create, create_id, download, download_request, header, update, update_header,
 };
-use common::postgres::TestDatabase;
 use proto::LifecycleState::{Approved, Archived, Draft, Review};
 use tonic::Code;
 
 const T: &str = "acme";
 const P: &str = "lifecycle";
-
-/// A server on SQLite, or on a fresh Postgres database (kept alive by the returned value).
-async fn server_on(postgres: bool) -> (ServerProcess, Option<TestDatabase>) {
-    if postgres {
-        let database = TestDatabase::create().await;
-        let server =
-            ServerProcess::start_with(ServerOptions::default().env("DATABASE_URL", database.url.clone()));
-        (server, Some(database))
-    } else {
-        (ServerProcess::start(), None)
-    }
-}
 
 fn move_to(id: &str, version: &str, target: proto::LifecycleState) -> TransitionVersionRequest {
     TransitionVersionRequest {
@@ -105,7 +91,7 @@ async fn two_versions(client: &mut Client, name: &str) -> String {
 }
 
 async fn transitions_follow_the_table_and_refusals_write_nothing(postgres: bool) {
-    let (server, _db) = server_on(postgres).await;
+    let (server, _db) = common::binary::start_on_catalog(postgres).await;
     let mut client = server.client().await;
     let id = two_versions(&mut client, "table.md").await;
     assert_eq!(state_of(&mut client, &id, "1.0.0").await, Draft as i32);
@@ -273,7 +259,7 @@ async fn transitions_follow_the_table_and_refusals_write_nothing(postgres: bool)
 /// Many callers move one version from review at once: exactly one wins, the others are told
 /// the state it moved to, and the history has exactly one move.
 async fn concurrent_transitions_let_exactly_one_win(postgres: bool) {
-    let (server, _db) = server_on(postgres).await;
+    let (server, _db) = common::binary::start_on_catalog(postgres).await;
     let client = server.client().await;
     let mut setup = client.clone();
     let mut ids = Vec::new();
@@ -332,7 +318,7 @@ async fn concurrent_transitions_let_exactly_one_win(postgres: bool) {
 }
 
 async fn aliases_move_atomically_and_resolve_everywhere(postgres: bool) {
-    let (server, _db) = server_on(postgres).await;
+    let (server, _db) = common::binary::start_on_catalog(postgres).await;
     let mut client = server.client().await;
     let id = two_versions(&mut client, "aliased.md").await;
     let alias = |name: &str, version: &str, expected: Option<&str>| SetAliasRequest {
@@ -479,7 +465,7 @@ async fn aliases_move_atomically_and_resolve_everywhere(postgres: bool) {
 }
 
 async fn history_diffs_and_search_by_state(postgres: bool) {
-    let (server, _db) = server_on(postgres).await;
+    let (server, _db) = common::binary::start_on_catalog(postgres).await;
     let mut client = server.client().await;
     let first = "# Checkout PRD\n\nGoals\n- pay by card\n- pay by invoice\n".repeat(50);
     let second = first.replace("pay by invoice", "pay by bank transfer");

@@ -7,25 +7,12 @@ mod common;
 use artifactd::proto::{
     self, GetProvenanceRequest, GetRunRequest, RecordRunInputsRequest, RunInput, WorkflowRun,
 };
-use common::binary::{ServerOptions, ServerProcess};
 use common::client::{Client, assert_status, create, download_request, header};
-use common::postgres::TestDatabase;
 use std::collections::BTreeSet;
 use tonic::Code;
 
 const T: &str = "acme";
 const P: &str = "runs";
-
-async fn server_on(postgres: bool) -> (ServerProcess, Option<TestDatabase>) {
-    if postgres {
-        let database = TestDatabase::create().await;
-        let server =
-            ServerProcess::start_with(ServerOptions::default().env("DATABASE_URL", database.url.clone()));
-        (server, Some(database))
-    } else {
-        (ServerProcess::start(), None)
-    }
-}
 
 fn run(id: &str, workflow: &str, agent: &str) -> WorkflowRun {
     WorkflowRun {
@@ -66,7 +53,7 @@ fn names(versions: &[proto::RunVersion]) -> BTreeSet<(String, String, String)> {
 }
 
 async fn runs_record_inputs_outputs_and_provenance(postgres: bool) {
-    let (server, _db) = server_on(postgres).await;
+    let (server, _db) = common::binary::start_on_catalog(postgres).await;
     let mut client = server.client().await;
     let prd = produce(
         &mut client,

@@ -618,7 +618,7 @@ impl ArtifactService for ArtifactApi {
         let scope = scoped(request.tenant, request.project);
         let candidate = (!request.version.is_empty()).then_some(request.version.as_str());
         let max_depth = if request.max_depth == 0 {
-            crate::app::dependencies_default_depth()
+            crate::app::DEFAULT_DEPENDENCY_DEPTH
         } else {
             request.max_depth
         };

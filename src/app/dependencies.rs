@@ -1,7 +1,7 @@
 //! Dependencies: checking what a new version declares, resolving a version's closure with
 //! one chosen version per artifact, and finding who depends on an artifact.
 
-use super::{Artifacts, Page, decode_token, encode_token, page_size, validate_scope};
+use super::{Artifacts, Page, decode_position, encode_token, page_size, validate_scope};
 use crate::catalog::VersionBrief;
 use crate::domain::dependency::{
     Dependency, DependencySpec, DependencyTarget, MAX_DEPENDENCIES, admits, parse_requirement, validate_kind,
@@ -845,20 +845,7 @@ impl Artifacts {
         requested_page_size: u32,
         page_token: &str,
     ) -> Result<(Page<DependencyHit>, Option<String>)> {
-        let offset = if page_token.is_empty() {
-            0
-        } else {
-            let fields = decode_token(page_token, 2)?;
-            if fields[0] != "d" {
-                return Err(Error::invalid(
-                    "page_token",
-                    "the token belongs to another listing",
-                ));
-            }
-            fields[1]
-                .parse::<usize>()
-                .map_err(|_| Error::invalid("page_token", "malformed token"))?
-        };
+        let offset = decode_position(page_token, "d")?.map_or(0, |position| position as usize);
         validate_scope(scope)?;
         let mut truncated = None;
         let mut hits: Vec<DependencyHit> = match relation {

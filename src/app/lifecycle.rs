@@ -1,6 +1,6 @@
 //! Lifecycle use cases: transitions, aliases, change history and diffs between versions.
 
-use super::{Artifacts, Page, decode_token, encode_token, page_size, validate_scope};
+use super::{Artifacts, Page, decode_position, encode_token, page_size, validate_scope};
 use crate::domain::lifecycle::{LATEST_APPROVED, validate_alias_name};
 use crate::domain::version::parse_version;
 use crate::domain::{
@@ -196,22 +196,7 @@ impl Artifacts {
     ) -> Result<Page<VersionChange>> {
         validate_scope(scope)?;
         let artifact = self.require_artifact(scope, artifact_id).await?;
-        let before_seq = if page_token.is_empty() {
-            None
-        } else {
-            let fields = decode_token(page_token, 2)?;
-            if fields[0] != "h" {
-                return Err(Error::invalid(
-                    "page_token",
-                    "the token belongs to another listing",
-                ));
-            }
-            Some(
-                fields[1]
-                    .parse::<i64>()
-                    .map_err(|_| Error::invalid("page_token", "malformed token"))?,
-            )
-        };
+        let before_seq = decode_position(page_token, "h")?;
         let limit = page_size(requested_page_size) as usize;
         // One more than the page tells whether there is a next page; one more again is the
         // version before the page's last one.

@@ -14,9 +14,7 @@ pub use dependencies::{
 };
 
 /// How deep a dependency lookup goes when the caller does not say.
-pub fn dependencies_default_depth() -> u32 {
-    dependencies::DEFAULT_MAX_DEPTH
-}
+pub use dependencies::DEFAULT_MAX_DEPTH as DEFAULT_DEPENDENCY_DEPTH;
 pub use runs::{ProvenanceStep, RunVersion};
 pub use upload::{ContentExpectations, UploadPart, parse_expected_blake3};
 pub use watch::{EventSettings, StartAt, WatchFilter, WatchItem, cursor_of};
@@ -243,6 +241,27 @@ fn decode_token(token: &str, parts: usize) -> Result<Vec<String>> {
         return Err(invalid());
     }
     Ok(fields)
+}
+
+/// The position a page token of the listing `tag` carries; `None` (the first page) for an
+/// empty token.
+fn decode_position(token: &str, tag: &str) -> Result<Option<i64>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let fields = decode_token(token, 2)?;
+    if fields[0] != tag {
+        return Err(Error::invalid(
+            "page_token",
+            "the token belongs to another listing",
+        ));
+    }
+    fields[1]
+        .parse::<i64>()
+        .ok()
+        .filter(|position| *position >= 0)
+        .map(Some)
+        .ok_or_else(|| Error::invalid("page_token", "malformed token"))
 }
 
 impl Artifacts {
@@ -580,22 +599,7 @@ impl Artifacts {
     ) -> Result<Page<ArtifactVersion>> {
         validate_scope(scope)?;
         let artifact = self.require_artifact(scope, artifact_id).await?;
-        let before_seq = if page_token.is_empty() {
-            None
-        } else {
-            let fields = decode_token(page_token, 2)?;
-            if fields[0] != "v" {
-                return Err(Error::invalid(
-                    "page_token",
-                    "the token belongs to another listing",
-                ));
-            }
-            Some(
-                fields[1]
-                    .parse::<i64>()
-                    .map_err(|_| Error::invalid("page_token", "malformed token"))?,
-            )
-        };
+        let before_seq = decode_position(page_token, "v")?;
         let limit = page_size(requested_page_size);
         let mut items = self
             .inner

@@ -47,6 +47,19 @@ impl ServerOptions {
     }
 }
 
+/// A server on the embedded SQLite catalog, or on a fresh Postgres database (kept alive by
+/// the returned value), for tests that run on both catalogs.
+pub async fn start_on_catalog(postgres: bool) -> (ServerProcess, Option<super::postgres::TestDatabase>) {
+    if postgres {
+        let database = super::postgres::TestDatabase::create().await;
+        let server =
+            ServerProcess::start_with(ServerOptions::default().env("DATABASE_URL", database.url.clone()));
+        (server, Some(database))
+    } else {
+        (ServerProcess::start(), None)
+    }
+}
+
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_artifactd")
 }
