@@ -184,6 +184,15 @@ pub fn event(event: &ChangeEvent) -> proto::ArtifactEvent {
     }
 }
 
+/// An artifact named by type and name; an empty project is the request's own.
+pub fn coordinates(c: proto::DependencyCoordinates) -> DependencyTarget {
+    DependencyTarget::Coordinates {
+        project: (!c.project.is_empty()).then_some(c.project),
+        artifact_type: c.artifact_type,
+        name: c.name,
+    }
+}
+
 /// Declared dependencies from the wire; a missing target is refused naming its position.
 pub fn dependency_specs(specs: Vec<proto::DependencySpec>) -> Result<Vec<DependencySpec>> {
     specs
@@ -192,11 +201,7 @@ pub fn dependency_specs(specs: Vec<proto::DependencySpec>) -> Result<Vec<Depende
         .map(|(position, spec)| {
             let target = match spec.target {
                 Some(proto::dependency_spec::Target::ArtifactId(id)) => DependencyTarget::Id(id),
-                Some(proto::dependency_spec::Target::Coordinates(c)) => DependencyTarget::Coordinates {
-                    project: (!c.project.is_empty()).then_some(c.project),
-                    artifact_type: c.artifact_type,
-                    name: c.name,
-                },
+                Some(proto::dependency_spec::Target::Coordinates(c)) => coordinates(c),
                 None => {
                     return Err(Error::invalid(
                         "dependencies",

@@ -32,11 +32,7 @@ impl SearchApi {
 fn artifact_ref(field: &'static str, reference: proto::ArtifactRef) -> Result<DependencyTarget, Error> {
     match reference.target {
         Some(proto::artifact_ref::Target::ArtifactId(id)) => Ok(DependencyTarget::Id(id)),
-        Some(proto::artifact_ref::Target::Coordinates(c)) => Ok(DependencyTarget::Coordinates {
-            project: (!c.project.is_empty()).then_some(c.project),
-            artifact_type: c.artifact_type,
-            name: c.name,
-        }),
+        Some(proto::artifact_ref::Target::Coordinates(c)) => Ok(super::convert::coordinates(c)),
         None => Err(Error::invalid(field, "set artifact_id or coordinates")),
     }
 }
