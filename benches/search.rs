@@ -197,6 +197,7 @@ fn indexed(doc: &Synthetic) -> IndexedArtifact {
         artifact_id: doc.id.clone(),
         tenant: TENANT.into(),
         project: PROJECT.into(),
+        linked_into: Vec::new(),
         state: "active".into(),
         tags: doc.tags.iter().map(|t| (*t).to_owned()).collect(),
         categories: Vec::new(),

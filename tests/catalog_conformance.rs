@@ -464,3 +464,79 @@ async fn unknown_catalog_urls_are_refused() {
     let error = Catalog::connect("mysql://localhost/x", 1).await.unwrap_err();
     assert!(error.to_string().contains("catalog.url"), "{error}");
 }
+
+/// Links and creations of one type and name in one project race at the catalog, many
+/// rounds at once: exactly one of each round commits, whatever the interleaving.
+async fn a_name_goes_to_one_of_racing_links_and_creations(catalog: Catalog) {
+    const ROUNDS: usize = 60;
+    let home = Scope::new("acme", "home");
+    let shared = Scope::new("acme", "shared");
+    let mut origins = Vec::new();
+    for round in 0..ROUNDS {
+        let origin = new_artifact(&home, &format!("prd-{round}.md"));
+        let (created, _) = catalog
+            .create_artifact(&origin, &new_version("1.0.0", Vec::new(), Vec::new()))
+            .await
+            .unwrap();
+        origins.push(created);
+    }
+    let mut attempts = tokio::task::JoinSet::new();
+    for (round, origin) in origins.into_iter().enumerate() {
+        for contender in 0..4 {
+            let catalog = catalog.clone();
+            let shared = shared.clone();
+            let origin = origin.clone();
+            attempts.spawn(async move {
+                let outcome = if contender % 2 == 0 {
+                    catalog
+                        .link_artifact(&shared, &origin, "linker", artifactd::domain::now_micros())
+                        .await
+                } else {
+                    let own = new_artifact(&shared, &origin.name);
+                    catalog
+                        .create_artifact(&own, &new_version("1.0.0", Vec::new(), Vec::new()))
+                        .await
+                        .map(|_| ())
+                };
+                (round, outcome)
+            });
+        }
+    }
+    let mut won = vec![0; ROUNDS];
+    while let Some(joined) = attempts.join_next().await {
+        let (round, outcome) = joined.unwrap();
+        match outcome {
+            Ok(()) => won[round] += 1,
+            // Both are refusals that say the name is taken; a busy catalog may also say retry.
+            Err(Error::AlreadyExists(_) | Error::Aborted(_) | Error::Unavailable(_)) => {}
+            Err(other) => panic!("round {round}: unexpected {other:?}"),
+        }
+    }
+    for (round, count) in won.iter().enumerate() {
+        assert_eq!(
+            *count, 1,
+            "round {round}: exactly one of the racing link and creations wins"
+        );
+    }
+    let shown = catalog
+        .list_artifacts(&shared, None, &[LifecycleState::Draft], None, 1000)
+        .await
+        .unwrap();
+    assert_eq!(shown.len(), ROUNDS, "one artifact per name in the project");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_goes_to_one_of_racing_links_and_creations_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    a_name_goes_to_one_of_racing_links_and_creations(Catalog::connect(&url, 8).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_goes_to_one_of_racing_links_and_creations_on_postgres() {
+    let database = TestDatabase::create().await;
+    let catalog = Catalog::connect(&database.url, 8).await.unwrap();
+    a_name_goes_to_one_of_racing_links_and_creations(catalog.clone()).await;
+    catalog.close().await;
+    database.drop_database().await;
+}

@@ -58,6 +58,8 @@ fn readme_grpcurl_examples_work() {
         "\"contentType\": \"text/markdown\"",
         "\"deletedAt\"",
         "\"snippet\"",
+        "\"link\": {",
+        "\"project\": \"mobile\"",
     ] {
         assert!(
             stdout.contains(expected),

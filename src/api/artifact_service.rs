@@ -15,15 +15,16 @@ use crate::proto::{
     DeleteArtifactRequest, DeleteArtifactResponse, DiffVersionsRequest, DiffVersionsResponse,
     DownloadArtifactRequest, DownloadArtifactResponse, GetArtifactRequest, GetArtifactResponse,
     GetChangeHistoryRequest, GetChangeHistoryResponse, GetMetadataRequest, GetMetadataResponse,
-    GetProvenanceRequest, GetProvenanceResponse, GetRunRequest, GetRunResponse, ListAliasesRequest,
-    ListAliasesResponse, ListArtifactsRequest, ListArtifactsResponse, ListDependentsRequest,
-    ListDependentsResponse, ListVersionsRequest, ListVersionsResponse, RecordRunInputsRequest,
-    RecordRunInputsResponse, ResolveDependenciesRequest, ResolveDependenciesResponse, SetAliasRequest,
-    SetAliasResponse, TransitionVersionRequest, TransitionVersionResponse, UndeleteArtifactRequest,
-    UndeleteArtifactResponse, UpdateArtifactLabelsRequest, UpdateArtifactLabelsResponse,
-    UpdateArtifactRequest, UpdateArtifactResponse, WatchEventsRequest, WatchEventsResponse,
-    create_artifact_request, download_artifact_response, get_artifact_request, update_artifact_header,
-    update_artifact_request, watch_events_response,
+    GetProvenanceRequest, GetProvenanceResponse, GetRunRequest, GetRunResponse, LinkArtifactRequest,
+    LinkArtifactResponse, ListAliasesRequest, ListAliasesResponse, ListArtifactsRequest,
+    ListArtifactsResponse, ListDependentsRequest, ListDependentsResponse, ListVersionsRequest,
+    ListVersionsResponse, RecordRunInputsRequest, RecordRunInputsResponse, ResolveDependenciesRequest,
+    ResolveDependenciesResponse, SetAliasRequest, SetAliasResponse, TransitionVersionRequest,
+    TransitionVersionResponse, UndeleteArtifactRequest, UndeleteArtifactResponse, UnlinkArtifactRequest,
+    UnlinkArtifactResponse, UpdateArtifactLabelsRequest, UpdateArtifactLabelsResponse, UpdateArtifactRequest,
+    UpdateArtifactResponse, WatchEventsRequest, WatchEventsResponse, create_artifact_request,
+    download_artifact_response, get_artifact_request, update_artifact_header, update_artifact_request,
+    watch_events_response,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -690,6 +691,32 @@ impl ArtifactService for ArtifactApi {
                 .collect(),
             truncated,
         }))
+    }
+
+    async fn link_artifact(
+        &self,
+        request: Request<LinkArtifactRequest>,
+    ) -> Result<Response<LinkArtifactResponse>, Status> {
+        let actor = actor_of(&request);
+        let request = request.into_inner();
+        let scope = scoped(request.tenant, request.project);
+        let artifact = self
+            .artifacts
+            .link(&scope, &request.artifact_id, &request.target_project, &actor)
+            .await?;
+        Ok(Response::new(LinkArtifactResponse {
+            artifact: Some(convert::artifact(&artifact)),
+        }))
+    }
+
+    async fn unlink_artifact(
+        &self,
+        request: Request<UnlinkArtifactRequest>,
+    ) -> Result<Response<UnlinkArtifactResponse>, Status> {
+        let request = request.into_inner();
+        let scope = scoped(request.tenant, request.project);
+        let origin_project = self.artifacts.unlink(&scope, &request.artifact_id).await?;
+        Ok(Response::new(UnlinkArtifactResponse { origin_project }))
     }
 
     type WatchEventsStream = WatchStream;

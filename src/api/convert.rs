@@ -33,6 +33,11 @@ pub fn artifact(artifact: &Artifact) -> proto::Artifact {
         updated_at: Some(timestamp(artifact.updated_at)),
         deleted_at: artifact.deleted_at.map(timestamp),
         created_by: artifact.created_by.clone(),
+        link: artifact.linked.as_ref().map(|link| proto::ArtifactLink {
+            project: link.scope.project.clone(),
+            linked_by: link.linked_by.clone(),
+            linked_at: Some(timestamp(link.linked_at)),
+        }),
     }
 }
 
@@ -144,6 +149,8 @@ pub fn event_kind(kind: EventKind) -> proto::EventKind {
         EventKind::ArtifactDeleted => proto::EventKind::ArtifactDeleted,
         EventKind::ArtifactRestored => proto::EventKind::ArtifactRestored,
         EventKind::ArtifactPurged => proto::EventKind::ArtifactPurged,
+        EventKind::ArtifactLinked => proto::EventKind::ArtifactLinked,
+        EventKind::ArtifactUnlinked => proto::EventKind::ArtifactUnlinked,
     }
 }
 
@@ -152,7 +159,12 @@ pub fn event_kind_from(field: &'static str, value: i32) -> Result<EventKind> {
     EventKind::ALL
         .into_iter()
         .find(|kind| event_kind(*kind) as i32 == value)
-        .ok_or_else(|| Error::invalid(field, format!("{value} is not an event kind (1 to 8)")))
+        .ok_or_else(|| {
+            Error::invalid(
+                field,
+                format!("{value} is not an event kind (1 to {})", EventKind::ALL.len()),
+            )
+        })
 }
 
 pub fn event(event: &ChangeEvent) -> proto::ArtifactEvent {
@@ -181,6 +193,7 @@ pub fn event(event: &ChangeEvent) -> proto::ArtifactEvent {
         reason,
         alias,
         previous_version,
+        origin_project: event.origin_project.clone().unwrap_or_default(),
     }
 }
 

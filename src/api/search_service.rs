@@ -39,6 +39,7 @@ fn artifact_ref(field: &'static str, reference: proto::ArtifactRef) -> Result<De
 
 fn hit(hit: SearchHit) -> proto::SearchHit {
     proto::SearchHit {
+        project: hit.project.clone(),
         artifact_id: hit.artifact_id,
         name: hit.name,
         artifact_type: hit.artifact_type,

@@ -97,7 +97,7 @@ impl Artifacts {
                 format!("is {} bytes long; the limit is {MAX_REASON_LEN}", reason.len()),
             ));
         }
-        let artifact = self.require_artifact(scope, artifact_id).await?;
+        let artifact = self.require_own_artifact(scope, artifact_id).await?;
         let normalized;
         let requested = match VersionRef::of(version) {
             VersionRef::Version(text) => {
@@ -146,7 +146,7 @@ impl Artifacts {
                 text => parse_version("expected_version", text).map(|v| v.to_string()),
             })
             .transpose()?;
-        let artifact = self.require_artifact(scope, artifact_id).await?;
+        let artifact = self.require_own_artifact(scope, artifact_id).await?;
         self.inner
             .catalog
             .set_alias(
@@ -173,7 +173,7 @@ impl Artifacts {
         let expected = expected
             .map(|text| parse_version("expected_version", text).map(|v| v.to_string()))
             .transpose()?;
-        let artifact = self.require_artifact(scope, artifact_id).await?;
+        let artifact = self.require_own_artifact(scope, artifact_id).await?;
         self.inner
             .catalog
             .delete_alias(scope, &artifact.id, alias, expected.as_deref(), now_micros())

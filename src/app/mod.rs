@@ -4,6 +4,7 @@
 mod dependencies;
 mod download;
 mod lifecycle;
+mod links;
 mod runs;
 mod upload;
 mod watch;
@@ -319,16 +320,13 @@ impl Artifacts {
         };
         // Checked before any byte is stored; a deleted artifact keeps its name while it can
         // still be restored.
-        if self
+        if let Some(holder) = self
             .inner
             .catalog
-            .name_taken(&request.scope, &request.artifact_type, &request.name)
+            .name_holder(&request.scope, &request.artifact_type, &request.name)
             .await?
         {
-            return Err(Error::AlreadyExists(format!(
-                "an artifact of type {:?} named {:?} already exists in {}/{} (a deleted one keeps its name until it is purged)",
-                request.artifact_type, request.name, request.scope.tenant, request.scope.project
-            )));
+            return Err(holder.conflict(&request.scope, &request.artifact_type, &request.name));
         }
         let dependencies = self
             .check_dependencies(
@@ -391,7 +389,7 @@ impl Artifacts {
             run.validate()?;
         }
         let artifact = self
-            .require_artifact(&request.scope, &request.artifact_id)
+            .require_own_artifact(&request.scope, &request.artifact_id)
             .await?;
         let latest = parse_version("latest_version", &artifact.latest_version)?;
         if !request.expected_current_version.is_empty() {
@@ -469,10 +467,15 @@ impl Artifacts {
         validate_scope(scope)?;
         validate_artifact_id(artifact_id)?;
         let labels = normalized_labels(labels)?;
-        self.inner
+        match self
+            .inner
             .catalog
             .update_labels(scope, artifact_id, &labels, now_micros())
             .await
+        {
+            Err(error) => Err(self.explain_missing(scope, artifact_id, error).await),
+            updated => updated,
+        }
     }
 
     async fn after_commit(
@@ -494,11 +497,12 @@ impl Artifacts {
         }
     }
 
+    /// A live artifact visible in `scope`: its own, or linked into it.
     async fn require_artifact(&self, scope: &Scope, artifact_id: &str) -> Result<Artifact> {
         validate_artifact_id(artifact_id)?;
         self.inner
             .catalog
-            .artifact_by_id(scope, artifact_id, false)
+            .seen_artifact(scope, artifact_id)
             .await?
             .ok_or_else(|| {
                 Error::not_found(format!(
@@ -679,11 +683,15 @@ impl Artifacts {
     pub async fn delete(&self, scope: &Scope, artifact_id: &str) -> Result<(Artifact, Timestamp)> {
         validate_scope(scope)?;
         validate_artifact_id(artifact_id)?;
-        let deleted = self
+        let deleted = match self
             .inner
             .catalog
             .soft_delete(scope, artifact_id, now_micros())
-            .await?;
+            .await
+        {
+            Err(error) => return Err(self.explain_missing(scope, artifact_id, error).await),
+            Ok(deleted) => deleted,
+        };
         let deleted_at = deleted.deleted_at.map_or_else(now_micros, Timestamp::as_micros);
         let restorable_until = Timestamp(deleted_at + self.retention_micros());
         Ok((deleted, restorable_until))

@@ -37,8 +37,13 @@ impl EventRecord {
             (EventKind::AliasMoved, Some(alias)) => Some((alias, text("from"))),
             _ => None,
         };
+        let origin_project = match kind {
+            EventKind::ArtifactLinked | EventKind::ArtifactUnlinked => text("origin_project"),
+            _ => None,
+        };
         Some(ChangeEvent {
             position: self.seq,
+            origin_project,
             kind,
             artifact_id: self.artifact_id,
             artifact_type: self.artifact_type.unwrap_or_default(),

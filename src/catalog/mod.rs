@@ -6,6 +6,7 @@
 mod dependencies;
 mod events;
 mod lifecycle;
+mod links;
 mod records;
 mod replication;
 mod runs;
@@ -16,7 +17,9 @@ pub use records::*;
 pub use runs::RunInputRecord;
 
 use crate::domain::event::EventKind;
-use crate::domain::{Artifact, ArtifactVersion, Error, LifecycleState, Result, Timestamp, Transition};
+use crate::domain::{
+    Artifact, ArtifactVersion, Error, LifecycleState, NameHolder, Result, Timestamp, Transition,
+};
 use crate::ingest::{ChunkId, Codec};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
@@ -285,6 +288,7 @@ impl Catalog {
             .map(Artifact::from))
     }
 
+    /// A live artifact of `scope`, or linked into it, by type and name.
     pub async fn artifact_by_name(
         &self,
         scope: &Scope,
@@ -295,7 +299,7 @@ impl Catalog {
             "SELECT {ARTIFACT_COLUMNS} FROM artifacts \
              WHERE tenant = $1 AND project = $2 AND artifact_type = $3 AND name = $4 AND deleted_at IS NULL"
         );
-        let rows: Option<ArtifactRecord> = sqlx::query_as(AssertSqlSafe(sql))
+        let own: Option<ArtifactRecord> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(&scope.tenant)
             .bind(&scope.project)
             .bind(artifact_type)
@@ -303,26 +307,19 @@ impl Catalog {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error("reading an artifact", e))?;
-        Ok(rows.map(Into::into))
-    }
-
-    /// Whether the name is held, by a live artifact or a deleted one still in retention.
-    pub async fn name_taken(&self, scope: &Scope, artifact_type: &str, name: &str) -> Result<bool> {
-        let found: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM artifacts WHERE tenant = $1 AND project = $2 AND artifact_type = $3 AND name = $4",
+        if let Some(own) = own {
+            return Ok(Some(own.into()));
+        }
+        self.linked_artifact(
+            scope,
+            "l.artifact_type = $3 AND l.name = $4",
+            &[artifact_type, name],
         )
-        .bind(&scope.tenant)
-        .bind(&scope.project)
-        .bind(artifact_type)
-        .bind(name)
-        .fetch_optional(&self.pool)
         .await
-        .map_err(|e| db_error("reading an artifact", e))?;
-        Ok(found.is_some())
     }
 
-    /// Live artifacts of a project whose latest version is in one of `states`, ordered by
-    /// (name, id), starting after `after`.
+    /// Live artifacts of a project, its own and those linked into it, whose latest version is
+    /// in one of `states`, ordered by (name, id), starting after `after`.
     pub async fn list_artifacts(
         &self,
         scope: &Scope,
@@ -332,17 +329,26 @@ impl Catalog {
         limit: u32,
     ) -> Result<Vec<Artifact>> {
         let (after_name, after_id) = after.unwrap_or(("", ""));
-        let sql = format!(
-            "SELECT {ARTIFACT_COLUMNS} FROM artifacts \
-             WHERE tenant = $1 AND project = $2 AND deleted_at IS NULL \
-               AND ($3 = '' OR artifact_type = $3) \
-               AND (name > $4 OR (name = $4 AND id > $5)) \
-               AND (SELECT v.state FROM versions v \
-                    WHERE v.artifact_id = artifacts.id AND v.version = artifacts.latest_version) IN ({}) \
-             ORDER BY name, id LIMIT $6",
+        let columns = links::joined_columns();
+        // Both branches keep the filters and the order so that each can walk its index.
+        let filters = format!(
+            "a.deleted_at IS NULL AND ($3 = '' OR a.artifact_type = $3) \
+             AND (a.name > $4 OR (a.name = $4 AND a.id > $5)) \
+             AND (SELECT v.state FROM versions v WHERE v.artifact_id = a.id AND v.version = a.latest_version) IN ({})",
             state_list(states)
         );
-        let rows: Vec<ArtifactRecord> = sqlx::query_as(AssertSqlSafe(sql))
+        let sql = format!(
+            "SELECT * FROM ( \
+               SELECT {columns}, CAST(NULL AS TEXT) AS link_project, CAST(NULL AS TEXT) AS link_by, \
+                      CAST(NULL AS BIGINT) AS link_at \
+               FROM artifacts a WHERE a.tenant = $1 AND a.project = $2 AND {filters} \
+               UNION ALL \
+               SELECT {columns}, l.project, l.linked_by, l.linked_at \
+               FROM artifact_links l JOIN artifacts a ON a.id = l.target_id \
+               WHERE l.tenant = $1 AND l.project = $2 AND {filters} \
+             ) seen ORDER BY name, id LIMIT $6"
+        );
+        let rows: Vec<SeenArtifactRecord> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(&scope.tenant)
             .bind(&scope.project)
             .bind(artifact_type.unwrap_or(""))
@@ -363,6 +369,8 @@ impl Catalog {
         version: &NewVersion,
     ) -> Result<(Artifact, ArtifactVersion)> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        self.lock_name(&mut tx, &artifact.scope, &artifact.artifact_type, &artifact.name)
+            .await?;
         let inserted = sqlx::query(
             "INSERT INTO artifacts (id, tenant, project, artifact_type, name, description, tags, \
              metadata, latest_version, version_count, created_by, created_at, updated_at, deleted_at, categories) \
@@ -383,13 +391,23 @@ impl Catalog {
         .execute(&mut *tx)
         .await;
         if let Err(error) = inserted {
+            drop(tx);
             if is_unique_violation(&error) {
-                return Err(Error::AlreadyExists(format!(
-                    "an artifact of type {:?} named {:?} already exists in {}/{} (a deleted one keeps its name until it is purged)",
-                    artifact.artifact_type, artifact.name, artifact.scope.tenant, artifact.scope.project
-                )));
+                let holder = self
+                    .name_holder(&artifact.scope, &artifact.artifact_type, &artifact.name)
+                    .await?
+                    .unwrap_or(NameHolder::DeletedArtifact);
+                return Err(holder.conflict(&artifact.scope, &artifact.artifact_type, &artifact.name));
             }
             return Err(db_error("creating an artifact", error));
+        }
+        // The insert took SQLite's write lock (and Postgres holds the name's lock): a link
+        // committed before this point is seen, and none can commit after it.
+        if let Some(holder) =
+            links::link_holder_on(&mut tx, &artifact.scope, &artifact.artifact_type, &artifact.name).await?
+        {
+            drop(tx);
+            return Err(holder.conflict(&artifact.scope, &artifact.artifact_type, &artifact.name));
         }
         self.write_version(&mut tx, &artifact.scope, &artifact.id, 1, version)
             .await?;

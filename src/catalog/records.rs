@@ -46,7 +46,32 @@ impl From<ArtifactRecord> for Artifact {
             created_at: Timestamp(row.created_at),
             updated_at: Timestamp(row.updated_at),
             deleted_at: row.deleted_at.map(Timestamp),
+            linked: None,
         }
+    }
+}
+
+/// An `artifacts` row as seen from a project, with the link it was reached through when
+/// that project is not its own.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct SeenArtifactRecord {
+    #[sqlx(flatten)]
+    pub artifact: ArtifactRecord,
+    pub link_project: Option<String>,
+    pub link_by: Option<String>,
+    pub link_at: Option<i64>,
+}
+
+impl From<SeenArtifactRecord> for Artifact {
+    fn from(row: SeenArtifactRecord) -> Self {
+        let tenant = row.artifact.tenant.clone();
+        let mut artifact = Artifact::from(row.artifact);
+        artifact.linked = row.link_project.map(|project| crate::domain::ArtifactLink {
+            scope: Scope::new(tenant, project),
+            linked_by: row.link_by.unwrap_or_default(),
+            linked_at: Timestamp(row.link_at.unwrap_or_default()),
+        });
+        artifact
     }
 }
 

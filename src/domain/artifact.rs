@@ -129,6 +129,60 @@ pub struct Artifact {
     pub updated_at: Timestamp,
     /// Set while the artifact is soft-deleted.
     pub deleted_at: Option<Timestamp>,
+    /// Set when it was reached through a read-only link from another project; `scope` is
+    /// then where it lives, its origin.
+    pub linked: Option<ArtifactLink>,
+}
+
+impl Artifact {
+    /// Where it was reached: the project it is linked into, or its own.
+    pub fn seen_in(&self) -> &Scope {
+        self.linked.as_ref().map_or(&self.scope, |link| &link.scope)
+    }
+}
+
+/// A read-only link that makes an artifact visible in another project of its tenant,
+/// without copying, under the artifact's own type and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactLink {
+    /// The project it is linked into.
+    pub scope: Scope,
+    pub linked_by: String,
+    pub linked_at: Timestamp,
+}
+
+/// What holds a type and name in a project, so that nothing else may take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameHolder {
+    Artifact,
+    /// Soft-deleted: it keeps its name while it can be restored.
+    DeletedArtifact,
+    /// A link to an artifact of another project.
+    Link {
+        artifact_id: String,
+        origin: Scope,
+    },
+}
+
+impl NameHolder {
+    /// The refusal of another artifact or link under the same type and name in `scope`.
+    pub fn conflict(&self, scope: &Scope, artifact_type: &str, name: &str) -> Error {
+        let what = format!(
+            "an artifact of type {} named {}",
+            quoted(artifact_type),
+            quoted(name)
+        );
+        Error::AlreadyExists(match self {
+            Self::Artifact => format!("{what} already exists in {scope}"),
+            Self::DeletedArtifact => {
+                format!("{what} already exists in {scope} (a deleted one keeps its name until it is purged)")
+            }
+            Self::Link { origin, .. } => format!(
+                "{what} is already linked into {scope} from project {} (unlink it to free the name)",
+                quoted(&origin.project)
+            ),
+        })
+    }
 }
 
 /// One immutable version of an artifact.

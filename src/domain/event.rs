@@ -13,10 +13,13 @@ pub enum EventKind {
     ArtifactDeleted,
     ArtifactRestored,
     ArtifactPurged,
+    /// Linked read-only into the event's project from another project.
+    ArtifactLinked,
+    ArtifactUnlinked,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 10] = [
         Self::ArtifactCreated,
         Self::VersionAdded,
         Self::VersionTransitioned,
@@ -25,6 +28,8 @@ impl EventKind {
         Self::ArtifactDeleted,
         Self::ArtifactRestored,
         Self::ArtifactPurged,
+        Self::ArtifactLinked,
+        Self::ArtifactUnlinked,
     ];
 
     /// The outbox's name for it.
@@ -38,6 +43,8 @@ impl EventKind {
             Self::ArtifactDeleted => "artifact.deleted",
             Self::ArtifactRestored => "artifact.undeleted",
             Self::ArtifactPurged => "artifact.purged",
+            Self::ArtifactLinked => "artifact.linked",
+            Self::ArtifactUnlinked => "artifact.unlinked",
         }
     }
 
@@ -62,6 +69,8 @@ pub struct ChangeEvent {
     pub transition: Option<(LifecycleState, LifecycleState, String)>,
     /// Alias moves: the alias and its previous target.
     pub alias: Option<(String, Option<String>)>,
+    /// Links and unlinks: the project the artifact lives in.
+    pub origin_project: Option<String>,
 }
 
 #[cfg(test)]

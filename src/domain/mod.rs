@@ -13,7 +13,7 @@ pub mod run;
 pub mod secret;
 pub mod version;
 
-pub use artifact::{Artifact, ArtifactId, ArtifactVersion, Scope, Timestamp};
+pub use artifact::{Artifact, ArtifactId, ArtifactLink, ArtifactVersion, NameHolder, Scope, Timestamp};
 pub use error::{Error, Result};
 pub use lifecycle::{Alias, LifecycleState, Transition, VersionRef};
 pub use secret::Secret;

@@ -69,7 +69,8 @@ fn schema() -> (Schema, Fields) {
     let fields = Fields {
         artifact_id: builder.add_text_field("artifact_id", STRING | STORED | FAST),
         tenant: builder.add_text_field("tenant", STRING),
-        project: builder.add_text_field("project", STRING),
+        // The project an artifact lives in first, then those it is linked into.
+        project: builder.add_text_field("project", STRING | STORED),
         artifact_type: builder.add_text_field("type", STRING | STORED),
         // The latest version's lifecycle state (named so that indexes from before lifecycle
         // states, which held "active" here, have another schema and are rebuilt).
@@ -118,7 +119,10 @@ impl From<i64> for Checkpoint {
 pub struct IndexedArtifact {
     pub artifact_id: String,
     pub tenant: String,
+    /// The project it lives in.
     pub project: String,
+    /// Other projects of the tenant it is linked into, where searches find it too.
+    pub linked_into: Vec<String>,
     pub state: String,
     pub tags: Vec<String>,
     pub categories: Vec<String>,
@@ -131,6 +135,8 @@ pub struct IndexedArtifact {
 #[derive(Debug, Clone)]
 pub struct SearchHit {
     pub artifact_id: String,
+    /// The project it lives in, which differs from the one searched when it is linked there.
+    pub project: String,
     pub name: String,
     pub artifact_type: String,
     pub state: String,
@@ -335,6 +341,9 @@ impl SearchIndex {
                 f.created_at => meta.created_at,
                 f.size => meta.size,
             );
+            for project in a.linked_into {
+                document.add_text(f.project, project);
+            }
             for (field, values) in [
                 (f.meta_text, terms.text),
                 (f.meta_number, terms.numbers),
@@ -819,6 +828,7 @@ impl SearchIndex {
         };
         Ok(SearchHit {
             artifact_id: text(f.artifact_id),
+            project: text(f.project),
             name: text(f.name),
             artifact_type: text(f.artifact_type),
             state: text(f.state),
@@ -887,6 +897,7 @@ mod tests {
             artifact_id: id.into(),
             tenant: "t".into(),
             project: "p".into(),
+            linked_into: Vec::new(),
             state: "active".into(),
             tags: vec!["x".into()],
             categories: Vec::new(),

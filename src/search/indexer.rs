@@ -79,8 +79,10 @@ impl Indexer {
     }
 
     /// The document for an artifact as the catalog has it now; `None` when it is deleted.
+    /// The event's project may be one the artifact is linked into: the document follows the
+    /// artifact wherever it lives in the tenant.
     async fn document(&self, scope: &Scope, artifact_id: &str) -> Result<Option<IndexedArtifact>> {
-        let Some(artifact) = self.catalog.artifact_by_id(scope, artifact_id, false).await? else {
+        let Some(artifact) = self.catalog.live_artifact(&scope.tenant, artifact_id).await? else {
             return Ok(None);
         };
         self.document_of(artifact).await.map(Some)
@@ -112,6 +114,13 @@ impl Indexer {
         } else {
             String::new()
         };
+        let linked_into = self
+            .catalog
+            .links_of(&artifact.id)
+            .await?
+            .into_iter()
+            .map(|link| link.scope.project)
+            .collect();
         let mut tags = artifact.tags.clone();
         // Front matter tags count as tags too: that is where BMAD documents keep theirs.
         if let Some(serde_json::Value::Array(values)) = extracted.front_matter.get("tags") {
@@ -123,6 +132,7 @@ impl Indexer {
             artifact_id: artifact.id.to_string(),
             tenant: artifact.scope.tenant.clone(),
             project: artifact.scope.project.clone(),
+            linked_into,
             state: version.state.as_str().to_owned(),
             tags,
             categories: artifact.categories.clone(),

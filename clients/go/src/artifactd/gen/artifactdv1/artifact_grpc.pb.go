@@ -80,6 +80,12 @@ type ArtifactServiceClient interface {
 	// Where a version came from: the run that produced it, what that run read, and so on
 	// back, bounded in depth.
 	GetProvenance(ctx context.Context, in *GetProvenanceRequest, opts ...grpc.CallOption) (*GetProvenanceResponse, error)
+	// Makes an artifact visible, read-only and without copying, in another project of its
+	// tenant, under its own type and name. There it can be got, listed, downloaded, searched
+	// and depended on; changes are made in the project it lives in.
+	LinkArtifact(ctx context.Context, in *LinkArtifactRequest, opts ...grpc.CallOption) (*LinkArtifactResponse, error)
+	// Removes a link; the artifact itself is untouched.
+	UnlinkArtifact(ctx context.Context, in *UnlinkArtifactRequest, opts ...grpc.CallOption) (*UnlinkArtifactResponse, error)
 }
 
 type artifactServiceClient struct {
@@ -384,6 +390,24 @@ func (c *artifactServiceClient) GetProvenance(ctx context.Context, in *GetProven
 	return out, nil
 }
 
+func (c *artifactServiceClient) LinkArtifact(ctx context.Context, in *LinkArtifactRequest, opts ...grpc.CallOption) (*LinkArtifactResponse, error) {
+	out := new(LinkArtifactResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.ArtifactService/LinkArtifact", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *artifactServiceClient) UnlinkArtifact(ctx context.Context, in *UnlinkArtifactRequest, opts ...grpc.CallOption) (*UnlinkArtifactResponse, error) {
+	out := new(UnlinkArtifactResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.ArtifactService/UnlinkArtifact", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ArtifactServiceServer is the server API for ArtifactService service.
 // All implementations must embed UnimplementedArtifactServiceServer
 // for forward compatibility
@@ -451,6 +475,12 @@ type ArtifactServiceServer interface {
 	// Where a version came from: the run that produced it, what that run read, and so on
 	// back, bounded in depth.
 	GetProvenance(context.Context, *GetProvenanceRequest) (*GetProvenanceResponse, error)
+	// Makes an artifact visible, read-only and without copying, in another project of its
+	// tenant, under its own type and name. There it can be got, listed, downloaded, searched
+	// and depended on; changes are made in the project it lives in.
+	LinkArtifact(context.Context, *LinkArtifactRequest) (*LinkArtifactResponse, error)
+	// Removes a link; the artifact itself is untouched.
+	UnlinkArtifact(context.Context, *UnlinkArtifactRequest) (*UnlinkArtifactResponse, error)
 	mustEmbedUnimplementedArtifactServiceServer()
 }
 
@@ -523,6 +553,12 @@ func (UnimplementedArtifactServiceServer) GetRun(context.Context, *GetRunRequest
 }
 func (UnimplementedArtifactServiceServer) GetProvenance(context.Context, *GetProvenanceRequest) (*GetProvenanceResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetProvenance not implemented")
+}
+func (UnimplementedArtifactServiceServer) LinkArtifact(context.Context, *LinkArtifactRequest) (*LinkArtifactResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method LinkArtifact not implemented")
+}
+func (UnimplementedArtifactServiceServer) UnlinkArtifact(context.Context, *UnlinkArtifactRequest) (*UnlinkArtifactResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UnlinkArtifact not implemented")
 }
 func (UnimplementedArtifactServiceServer) mustEmbedUnimplementedArtifactServiceServer() {}
 
@@ -955,6 +991,42 @@ func _ArtifactService_GetProvenance_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ArtifactService_LinkArtifact_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LinkArtifactRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).LinkArtifact(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.ArtifactService/LinkArtifact",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).LinkArtifact(ctx, req.(*LinkArtifactRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ArtifactService_UnlinkArtifact_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnlinkArtifactRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).UnlinkArtifact(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.ArtifactService/UnlinkArtifact",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).UnlinkArtifact(ctx, req.(*UnlinkArtifactRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _ArtifactService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "artifactd.v1.ArtifactService",
 	HandlerType: (*ArtifactServiceServer)(nil),
@@ -1030,6 +1102,14 @@ var _ArtifactService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetProvenance",
 			Handler:    _ArtifactService_GetProvenance_Handler,
+		},
+		{
+			MethodName: "LinkArtifact",
+			Handler:    _ArtifactService_LinkArtifact_Handler,
+		},
+		{
+			MethodName: "UnlinkArtifact",
+			Handler:    _ArtifactService_UnlinkArtifact_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -86,6 +86,9 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     EVENT_KIND_ARTIFACT_DELETED: _EventKind.ValueType  # 6
     EVENT_KIND_ARTIFACT_RESTORED: _EventKind.ValueType  # 7
     EVENT_KIND_ARTIFACT_PURGED: _EventKind.ValueType  # 8
+    EVENT_KIND_ARTIFACT_LINKED: _EventKind.ValueType  # 9
+    """Linked read-only into the watched project; `origin_project` says from where."""
+    EVENT_KIND_ARTIFACT_UNLINKED: _EventKind.ValueType  # 10
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
     """What changed."""
@@ -99,6 +102,9 @@ EVENT_KIND_ALIAS_MOVED: EventKind.ValueType  # 5
 EVENT_KIND_ARTIFACT_DELETED: EventKind.ValueType  # 6
 EVENT_KIND_ARTIFACT_RESTORED: EventKind.ValueType  # 7
 EVENT_KIND_ARTIFACT_PURGED: EventKind.ValueType  # 8
+EVENT_KIND_ARTIFACT_LINKED: EventKind.ValueType  # 9
+"""Linked read-only into the watched project; `origin_project` says from where."""
+EVENT_KIND_ARTIFACT_UNLINKED: EventKind.ValueType  # 10
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 @_typing.final
@@ -168,6 +174,7 @@ class Artifact(_message.Message):
     DELETED_AT_FIELD_NUMBER: _builtins.int
     CREATED_BY_FIELD_NUMBER: _builtins.int
     CATEGORIES_FIELD_NUMBER: _builtins.int
+    LINK_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier (a UUID)."""
     tenant: _builtins.str
@@ -196,6 +203,12 @@ class Artifact(_message.Message):
 
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def link(self) -> Global___ArtifactLink:
+        """Set when the artifact was reached through a read-only link into another project;
+        `project` is then the project it lives in, where it can be changed.
+        """
+
     def __init__(
         self,
         *,
@@ -214,14 +227,142 @@ class Artifact(_message.Message):
         deleted_at: _timestamp_pb2.Timestamp | None = ...,
         created_by: _builtins.str = ...,
         categories: _abc.Iterable[_builtins.str] | None = ...,
+        link: Global___ArtifactLink | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deleted_at", b"deleted_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deleted_at", b"deleted_at", "link", b"link", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_type", b"artifact_type", "categories", b"categories", "created_at", b"created_at", "created_by", b"created_by", "deleted_at", b"deleted_at", "description", b"description", "id", b"id", "latest_version", b"latest_version", "metadata", b"metadata", "name", b"name", "project", b"project", "tags", b"tags", "tenant", b"tenant", "updated_at", b"updated_at", "version_count", b"version_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_type", b"artifact_type", "categories", b"categories", "created_at", b"created_at", "created_by", b"created_by", "deleted_at", b"deleted_at", "description", b"description", "id", b"id", "latest_version", b"latest_version", "link", b"link", "metadata", b"metadata", "name", b"name", "project", b"project", "tags", b"tags", "tenant", b"tenant", "updated_at", b"updated_at", "version_count", b"version_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Artifact: _TypeAlias = Artifact  # noqa: Y015
+
+@_typing.final
+class ArtifactLink(_message.Message):
+    """A read-only link of an artifact into another project of its tenant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    LINKED_BY_FIELD_NUMBER: _builtins.int
+    LINKED_AT_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    """The project it is linked into."""
+    linked_by: _builtins.str
+    @_builtins.property
+    def linked_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        linked_by: _builtins.str = ...,
+        linked_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["linked_at", b"linked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["linked_at", b"linked_at", "linked_by", b"linked_by", "project", b"project"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArtifactLink: _TypeAlias = ArtifactLink  # noqa: Y015
+
+@_typing.final
+class LinkArtifactRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    TARGET_PROJECT_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    project: _builtins.str
+    """A project where the artifact is visible (its own, or one it is linked into)."""
+    artifact_id: _builtins.str
+    target_project: _builtins.str
+    """The project to link it into."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_id: _builtins.str = ...,
+        target_project: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "project", b"project", "target_project", b"target_project", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkArtifactRequest: _TypeAlias = LinkArtifactRequest  # noqa: Y015
+
+@_typing.final
+class LinkArtifactResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def artifact(self) -> Global___Artifact:
+        """The artifact as seen from the target project, with its link."""
+
+    def __init__(
+        self,
+        *,
+        artifact: Global___Artifact | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkArtifactResponse: _TypeAlias = LinkArtifactResponse  # noqa: Y015
+
+@_typing.final
+class UnlinkArtifactRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    project: _builtins.str
+    """The project it is linked into."""
+    artifact_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "project", b"project", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlinkArtifactRequest: _TypeAlias = UnlinkArtifactRequest  # noqa: Y015
+
+@_typing.final
+class UnlinkArtifactResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGIN_PROJECT_FIELD_NUMBER: _builtins.int
+    origin_project: _builtins.str
+    """The project the artifact lives in."""
+    def __init__(
+        self,
+        *,
+        origin_project: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["origin_project", b"origin_project"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlinkArtifactResponse: _TypeAlias = UnlinkArtifactResponse  # noqa: Y015
 
 @_typing.final
 class ArtifactVersion(_message.Message):
@@ -1795,6 +1936,7 @@ class ArtifactEvent(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     ALIAS_FIELD_NUMBER: _builtins.int
     PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
+    ORIGIN_PROJECT_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
     """Resume after this event by sending it as `after_cursor`."""
     kind: Global___EventKind.ValueType
@@ -1812,6 +1954,8 @@ class ArtifactEvent(_message.Message):
     when the alias was removed.
     """
     previous_version: _builtins.str
+    origin_project: _builtins.str
+    """ARTIFACT_LINKED, ARTIFACT_UNLINKED: the project the artifact lives in."""
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1829,10 +1973,11 @@ class ArtifactEvent(_message.Message):
         reason: _builtins.str = ...,
         alias: _builtins.str = ...,
         previous_version: _builtins.str = ...,
+        origin_project: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "artifact_id", b"artifact_id", "artifact_type", b"artifact_type", "at", b"at", "cursor", b"cursor", "from_state", b"from_state", "kind", b"kind", "name", b"name", "previous_version", b"previous_version", "reason", b"reason", "to_state", b"to_state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "artifact_id", b"artifact_id", "artifact_type", b"artifact_type", "at", b"at", "cursor", b"cursor", "from_state", b"from_state", "kind", b"kind", "name", b"name", "origin_project", b"origin_project", "previous_version", b"previous_version", "reason", b"reason", "to_state", b"to_state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -146,6 +146,16 @@ class ArtifactServiceStub:
                 request_serializer=artifactd_dot_v1_dot_artifact__pb2.GetProvenanceRequest.SerializeToString,
                 response_deserializer=artifactd_dot_v1_dot_artifact__pb2.GetProvenanceResponse.FromString,
                 _registered_method=True)
+        self.LinkArtifact = channel.unary_unary(
+                '/artifactd.v1.ArtifactService/LinkArtifact',
+                request_serializer=artifactd_dot_v1_dot_artifact__pb2.LinkArtifactRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_artifact__pb2.LinkArtifactResponse.FromString,
+                _registered_method=True)
+        self.UnlinkArtifact = channel.unary_unary(
+                '/artifactd.v1.ArtifactService/UnlinkArtifact',
+                request_serializer=artifactd_dot_v1_dot_artifact__pb2.UnlinkArtifactRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_artifact__pb2.UnlinkArtifactResponse.FromString,
+                _registered_method=True)
 
 
 class ArtifactServiceServicer:
@@ -326,6 +336,22 @@ class ArtifactServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LinkArtifact(self, request, context):
+        """Makes an artifact visible, read-only and without copying, in another project of its
+        tenant, under its own type and name. There it can be got, listed, downloaded, searched
+        and depended on; changes are made in the project it lives in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnlinkArtifact(self, request, context):
+        """Removes a link; the artifact itself is untouched.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ArtifactServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -438,6 +464,16 @@ def add_ArtifactServiceServicer_to_server(servicer, server):
                     servicer.GetProvenance,
                     request_deserializer=artifactd_dot_v1_dot_artifact__pb2.GetProvenanceRequest.FromString,
                     response_serializer=artifactd_dot_v1_dot_artifact__pb2.GetProvenanceResponse.SerializeToString,
+            ),
+            'LinkArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.LinkArtifact,
+                    request_deserializer=artifactd_dot_v1_dot_artifact__pb2.LinkArtifactRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_artifact__pb2.LinkArtifactResponse.SerializeToString,
+            ),
+            'UnlinkArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnlinkArtifact,
+                    request_deserializer=artifactd_dot_v1_dot_artifact__pb2.UnlinkArtifactRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_artifact__pb2.UnlinkArtifactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1036,6 +1072,60 @@ class ArtifactService:
             '/artifactd.v1.ArtifactService/GetProvenance',
             artifactd_dot_v1_dot_artifact__pb2.GetProvenanceRequest.SerializeToString,
             artifactd_dot_v1_dot_artifact__pb2.GetProvenanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LinkArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.ArtifactService/LinkArtifact',
+            artifactd_dot_v1_dot_artifact__pb2.LinkArtifactRequest.SerializeToString,
+            artifactd_dot_v1_dot_artifact__pb2.LinkArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnlinkArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.ArtifactService/UnlinkArtifact',
+            artifactd_dot_v1_dot_artifact__pb2.UnlinkArtifactRequest.SerializeToString,
+            artifactd_dot_v1_dot_artifact__pb2.UnlinkArtifactResponse.FromString,
             options,
             channel_credentials,
             insecure,

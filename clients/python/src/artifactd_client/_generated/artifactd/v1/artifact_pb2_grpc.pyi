@@ -111,6 +111,13 @@ class ArtifactServiceStub:
     """Where a version came from: the run that produced it, what that run read, and so on
     back, bounded in depth.
     """
+    LinkArtifact: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.LinkArtifactRequest, _artifact_pb2.LinkArtifactResponse]
+    """Makes an artifact visible, read-only and without copying, in another project of its
+    tenant, under its own type and name. There it can be got, listed, downloaded, searched
+    and depended on; changes are made in the project it lives in.
+    """
+    UnlinkArtifact: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.UnlinkArtifactRequest, _artifact_pb2.UnlinkArtifactResponse]
+    """Removes a link; the artifact itself is untouched."""
 
 @_typing.type_check_only
 class ArtifactServiceAsyncStub(ArtifactServiceStub):
@@ -195,6 +202,13 @@ class ArtifactServiceAsyncStub(ArtifactServiceStub):
     """Where a version came from: the run that produced it, what that run read, and so on
     back, bounded in depth.
     """
+    LinkArtifact: _aio.UnaryUnaryMultiCallable[_artifact_pb2.LinkArtifactRequest, _artifact_pb2.LinkArtifactResponse]  # type: ignore[assignment]
+    """Makes an artifact visible, read-only and without copying, in another project of its
+    tenant, under its own type and name. There it can be got, listed, downloaded, searched
+    and depended on; changes are made in the project it lives in.
+    """
+    UnlinkArtifact: _aio.UnaryUnaryMultiCallable[_artifact_pb2.UnlinkArtifactRequest, _artifact_pb2.UnlinkArtifactResponse]  # type: ignore[assignment]
+    """Removes a link; the artifact itself is untouched."""
 
 class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
     """ArtifactService stores and serves versioned artifacts. Every request is scoped by tenant and
@@ -408,5 +422,24 @@ class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
         """Where a version came from: the run that produced it, what that run read, and so on
         back, bounded in depth.
         """
+
+    @_abc_1.abstractmethod
+    def LinkArtifact(
+        self,
+        request: _artifact_pb2.LinkArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifact_pb2.LinkArtifactResponse, _abc.Awaitable[_artifact_pb2.LinkArtifactResponse]]:
+        """Makes an artifact visible, read-only and without copying, in another project of its
+        tenant, under its own type and name. There it can be got, listed, downloaded, searched
+        and depended on; changes are made in the project it lives in.
+        """
+
+    @_abc_1.abstractmethod
+    def UnlinkArtifact(
+        self,
+        request: _artifact_pb2.UnlinkArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifact_pb2.UnlinkArtifactResponse, _abc.Awaitable[_artifact_pb2.UnlinkArtifactResponse]]:
+        """Removes a link; the artifact itself is untouched."""
 
 def add_ArtifactServiceServicer_to_server(servicer: ArtifactServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

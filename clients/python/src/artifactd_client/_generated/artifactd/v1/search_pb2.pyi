@@ -143,6 +143,7 @@ class SearchHit(_message.Message):
     SIZE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
     artifact_id: _builtins.str
     name: _builtins.str
     artifact_type: _builtins.str
@@ -155,6 +156,10 @@ class SearchHit(_message.Message):
     """The best fragment of the content, matches wrapped in <b>…</b>."""
     size: _builtins.int
     """Bytes of the indexed version."""
+    project: _builtins.str
+    """The project the artifact lives in: another than the one searched when it is linked
+    into that one.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -181,10 +186,11 @@ class SearchHit(_message.Message):
         size: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        project: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "artifact_type", b"artifact_type", "categories", b"categories", "created_at", b"created_at", "name", b"name", "score", b"score", "size", b"size", "snippet", b"snippet", "state", b"state", "tags", b"tags", "title", b"title", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "artifact_type", b"artifact_type", "categories", b"categories", "created_at", b"created_at", "name", b"name", "project", b"project", "score", b"score", "size", b"size", "snippet", b"snippet", "state", b"state", "tags", b"tags", "title", b"title", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
