@@ -231,6 +231,37 @@ async fn links_show_an_artifact_read_only_in_another_project(postgres: bool) {
         .unwrap()
         .into_inner();
     assert_eq!(versions.versions.len(), 2);
+    // The project it is linked into hears of its changes, with where they were made.
+    let mut changes = client
+        .watch_events(WatchEventsRequest {
+            tenant: T.into(),
+            project: SHARED.into(),
+            from_oldest: true,
+            kinds: vec![EventKind::VersionAdded as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let added = loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), changes.message())
+            .await
+            .expect("the new version's event arrives")
+            .unwrap()
+            .unwrap();
+        if let Some(watch_events_response::Message::Event(event)) = message.message {
+            break event;
+        }
+    };
+    assert_eq!(
+        (
+            added.artifact_id.as_str(),
+            added.version.as_str(),
+            added.origin_project.as_str()
+        ),
+        (api.as_str(), "1.1.0", HOME)
+    );
+    drop(changes);
 
     // Search in the project it is linked into finds it, naming where it lives.
     wait_search(

@@ -18,6 +18,8 @@ struct EventRecord {
     detail: String,
     artifact_type: Option<String>,
     name: Option<String>,
+    /// Set for an event of an artifact linked into the project read: where it lives.
+    home: Option<String>,
 }
 
 impl EventRecord {
@@ -39,7 +41,7 @@ impl EventRecord {
         };
         let origin_project = match kind {
             EventKind::ArtifactLinked | EventKind::ArtifactUnlinked => text("origin_project"),
-            _ => None,
+            _ => self.home,
         };
         Some(ChangeEvent {
             position: self.seq,
@@ -80,11 +82,22 @@ impl Catalog {
     /// appear below it later. Quiet projects' cursors thus keep up with pruning.
     pub async fn events_after(&self, scope: &Scope, after: i64, limit: u32) -> Result<EventBatch> {
         let newest = self.max_outbox_seq().await?;
+        // The project's own events, and those of the artifacts linked into it (which the
+        // project shows, and whose changes are written where they live).
         let rows: Vec<EventRecord> = sqlx::query_as(
-            "SELECT o.seq, o.event_type, o.artifact_id, o.version, o.created_at, o.detail, \
-                    a.artifact_type, a.name \
-             FROM outbox o LEFT JOIN artifacts a ON a.id = o.artifact_id \
-             WHERE o.tenant = $1 AND o.project = $2 AND o.seq > $3 ORDER BY o.seq LIMIT $4",
+            "SELECT * FROM ( \
+               SELECT o.seq, o.event_type, o.artifact_id, o.version, o.created_at, o.detail, \
+                      a.artifact_type, a.name, CAST(NULL AS TEXT) AS home \
+               FROM outbox o LEFT JOIN artifacts a ON a.id = o.artifact_id \
+               WHERE o.tenant = $1 AND o.project = $2 AND o.seq > $3 \
+               UNION ALL \
+               SELECT o.seq, o.event_type, o.artifact_id, o.version, o.created_at, o.detail, \
+                      a.artifact_type, a.name, o.project AS home \
+               FROM artifact_links l JOIN outbox o ON o.artifact_id = l.target_id AND o.seq > $3 \
+                    AND o.tenant = l.tenant AND o.project <> l.project \
+               LEFT JOIN artifacts a ON a.id = o.artifact_id \
+               WHERE l.tenant = $1 AND l.project = $2 \
+             ) seen ORDER BY seq LIMIT $4",
         )
         .bind(&scope.tenant)
         .bind(&scope.project)

@@ -177,8 +177,8 @@ impl NameHolder {
             Self::DeletedArtifact => {
                 format!("{what} already exists in {scope} (a deleted one keeps its name until it is purged)")
             }
-            Self::Link { origin, .. } => format!(
-                "{what} is already linked into {scope} from project {} (unlink it to free the name)",
+            Self::Link { origin, artifact_id } => format!(
+                "{what} is already linked into {scope} from project {} (unlink artifact {artifact_id:?} to free the name)",
                 quoted(&origin.project)
             ),
         })

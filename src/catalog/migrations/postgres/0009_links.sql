@@ -13,3 +13,5 @@ CREATE TABLE artifact_links (
     PRIMARY KEY (tenant, project, artifact_type, name)
 );
 CREATE UNIQUE INDEX artifact_links_by_target ON artifact_links (target_id, tenant, project);
+-- The change stream of a project follows the artifacts linked into it by their events.
+CREATE INDEX outbox_by_artifact ON outbox (artifact_id, seq);
