@@ -17,6 +17,11 @@
 //! - `freshness_p50_ms`, `freshness_p99_ms`: from `CreateArtifact` returning to the artifact
 //!   being found by `Search`, for 200 creates on the server holding the 100k index.
 //!
+//! - `<kind>_recall_at_1`, `<kind>_recall_at_3`, `<kind>_mrr` for the kinds `sentence`,
+//!   `title` and `question` of the known-item evaluation (`search_eval/queries.json` over
+//!   the BMAD docs, each file named by its path), and the same figures prefixed
+//!   `baseline_operators_` for the same text read by the query language.
+//!
 //! Needs Postgres (the test command starts it; see README), reached as the tests reach it.
 //! `ARTIFACTD_BENCH_DOCS` changes the number of documents.
 
@@ -65,6 +70,15 @@ struct Query {
     artifact_type: Option<&'static str>,
 }
 
+impl Query {
+    /// Whether the tantivy spelling uses the query language rather than natural text.
+    fn operators(&self) -> bool {
+        self.tantivy.starts_with(['+', '-'])
+            || self.tantivy.starts_with("title:")
+            || self.tantivy.contains(" OR ")
+    }
+}
+
 const fn q(tantivy: &'static str, postgres: &'static str) -> Query {
     Query {
         tantivy,
@@ -95,6 +109,16 @@ fn mix() -> Vec<Query> {
         q("\"party mode\"", "\"party mode\""),
         q("\"product brief\"", "\"product brief\""),
         q("validation OR review", "validation or review"),
+        // Natural text as agents type it: a sentence, a title, a question.
+        q(
+            "The PM agent facilitates a structured conversation to produce the PRD.",
+            "The PM agent facilitates a structured conversation to produce the PRD.",
+        ),
+        q(
+            "Working Backwards: The PRFAQ Challenge",
+            "Working Backwards: The PRFAQ Challenge",
+        ),
+        q("what's the architect's job?", "what's the architect's job?"),
         Query {
             raw: true,
             ..q("title:architecture", "architectur:A")
@@ -234,7 +258,27 @@ async fn main() {
     run().await;
 }
 
+/// The known-item evaluation: recall@1, recall@3 and MRR per kind of query, for natural
+/// text (the default) and, as the baseline, the same text read by the query language (what
+/// every query was before natural text; a query it refuses finds nothing).
+fn evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = SearchIndex::open(dir.path()).unwrap();
+    let names = common::search_eval::load(&index);
+    for (label, syntax) in [
+        ("", artifactd::search::QuerySyntax::Natural),
+        ("baseline_operators_", artifactd::search::QuerySyntax::Operators),
+    ] {
+        for (kind, f) in common::search_eval::evaluate(&index, &names, syntax) {
+            println!("RESULT {label}{kind}_recall_at_1 {:.3}", f.recall_at_1);
+            println!("RESULT {label}{kind}_recall_at_3 {:.3}", f.recall_at_3);
+            println!("RESULT {label}{kind}_mrr {:.3}", f.mrr);
+        }
+    }
+}
+
 async fn run() {
+    evaluation();
     let count: usize = std::env::var("ARTIFACTD_BENCH_DOCS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -284,6 +328,11 @@ async fn run() {
         tenant: TENANT.into(),
         project: PROJECT.into(),
         query: query.tantivy.into(),
+        syntax: if query.operators() {
+            artifactd::proto::QuerySyntax::Operators as i32
+        } else {
+            artifactd::proto::QuerySyntax::Natural as i32
+        },
         tags: query.tag.map(|t| vec![t.to_owned()]).unwrap_or_default(),
         artifact_type: query.artifact_type.unwrap_or_default().into(),
         page_size: 20,

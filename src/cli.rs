@@ -85,8 +85,9 @@ pub enum ClientCommand {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
-    /// Lists the artifacts of the project.
+    /// Lists the artifacts of the project, or of one folder of it ("docs/stories/").
     Ls {
+        folder: Option<String>,
         #[arg(long = "type")]
         artifact_type: Option<String>,
     },
@@ -273,21 +274,36 @@ pub async fn run(connection: Connection, command: ClientCommand) -> Result<(), F
             version,
             output,
         } => pull(&session, &artifact, version.as_deref().unwrap_or(""), output).await,
-        ClientCommand::Ls { artifact_type } => {
+        ClientCommand::Ls {
+            folder,
+            artifact_type,
+        } => {
             let (tenant, project) = session.scope();
             let mut token = String::new();
             let mut rows = Vec::new();
             loop {
                 let page = session
                     .artifacts()
-                    .list_artifacts(session.request(ListArtifactsRequest {
-                        tenant: tenant.clone(),
-                        project: project.clone(),
-                        artifact_type: artifact_type.clone().unwrap_or_default(),
-                        page_size: 200,
-                        page_token: token,
-                        states: Vec::new(),
-                    }))
+                    .list_artifacts(
+                        session.request(ListArtifactsRequest {
+                            tenant: tenant.clone(),
+                            project: project.clone(),
+                            artifact_type: artifact_type.clone().unwrap_or_default(),
+                            page_size: 200,
+                            page_token: token,
+                            states: Vec::new(),
+                            path_prefix: folder
+                                .as_deref()
+                                .map(|f| {
+                                    if f.ends_with('/') {
+                                        f.to_owned()
+                                    } else {
+                                        format!("{f}/")
+                                    }
+                                })
+                                .unwrap_or_default(),
+                        }),
+                    )
                     .await?
                     .into_inner();
                 rows.extend(page.artifacts);
@@ -880,6 +896,10 @@ async fn pull(
         "{}.part",
         target.file_name().and_then(|n| n.to_str()).unwrap_or("download")
     ));
+    // A path name ("docs/stories/1.1.story.md") lands in its folders, made when missing.
+    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| failure(1, format!("{}: {e}", parent.display())))?;
+    }
     let mut resumed_from = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
     if resumed_from > version.size {
         resumed_from = 0;

@@ -380,9 +380,10 @@ async fn bad_names_are_rejected_and_nothing_is_stored() {
     let mut client = server.client().await;
     let too_long = "n".repeat(256);
     let cases: Vec<(&str, &str)> = vec![
-        ("a/b.md", "'/'"),
+        ("/a/b.md", "leading '/'"),
         ("..", "'..'"),
-        ("x..y", "'..'"),
+        ("docs/../b.md", "'..'"),
+        ("docs//b.md", "empty segment"),
         ("bell\u{7}.md", "control characters"),
         (too_long.as_str(), "limit is 255"),
         ("", "must not be empty"),

@@ -245,7 +245,7 @@ async fn conformance(catalog: Catalog) {
     let names =
         |records: &[artifactd::domain::Artifact]| records.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
     let first_page = catalog
-        .list_artifacts(&scope, None, &LifecycleState::ALL, None, 2)
+        .list_artifacts(&scope, None, "", &LifecycleState::ALL, None, 2)
         .await
         .unwrap();
     assert_eq!(names(&first_page), ["PRD.md", "a.md"]);
@@ -254,6 +254,7 @@ async fn conformance(catalog: Catalog) {
         .list_artifacts(
             &scope,
             None,
+            "",
             &LifecycleState::ALL,
             Some((&last.name, &last.id)),
             10,
@@ -262,13 +263,13 @@ async fn conformance(catalog: Catalog) {
         .unwrap();
     assert_eq!(names(&second_page), ["b.md", "c.md"]);
     let stories = catalog
-        .list_artifacts(&scope, Some("story"), &LifecycleState::ALL, None, 10)
+        .list_artifacts(&scope, Some("story"), "", &LifecycleState::ALL, None, 10)
         .await
         .unwrap();
     assert_eq!(names(&stories), ["c.md"]);
     assert!(
         catalog
-            .list_artifacts(&other_tenant, None, &LifecycleState::ALL, None, 10)
+            .list_artifacts(&other_tenant, None, "", &LifecycleState::ALL, None, 10)
             .await
             .unwrap()
             .is_empty()
@@ -340,7 +341,7 @@ async fn conformance(catalog: Catalog) {
     assert!(
         !names(
             &catalog
-                .list_artifacts(&scope, None, &LifecycleState::ALL, None, 10)
+                .list_artifacts(&scope, None, "", &LifecycleState::ALL, None, 10)
                 .await
                 .unwrap()
         )
@@ -519,7 +520,7 @@ async fn a_name_goes_to_one_of_racing_links_and_creations(catalog: Catalog) {
         );
     }
     let shown = catalog
-        .list_artifacts(&shared, None, &[LifecycleState::Draft], None, 1000)
+        .list_artifacts(&shared, None, "", &[LifecycleState::Draft], None, 1000)
         .await
         .unwrap();
     assert_eq!(shown.len(), ROUNDS, "one artifact per name in the project");

@@ -5,7 +5,7 @@ mod common;
 use artifactd::proto::metadata_filter::Condition;
 use artifactd::proto::search_service_client::SearchServiceClient;
 use artifactd::proto::{
-    DeleteArtifactRequest, MetadataFilter, MetadataSort, NumberRange, SearchByMetadataRequest,
+    DeleteArtifactRequest, MetadataFilter, MetadataSort, NumberRange, QuerySyntax, SearchByMetadataRequest,
     SearchByTagsRequest, SearchHit, SearchRequest, SearchResponse, TagMatch, TimeRange,
 };
 use common::binary::{ServerOptions, ServerProcess};
@@ -649,7 +649,20 @@ async fn search_the_bmad_corpus() {
         1
     );
     assert_eq!(search(&mut search_api, T, "zanzibar quokka").await.total_hits, 0);
-    assert_eq!(search(&mut search_api, T, "tenant:globex").await.total_hits, 0);
+    assert_eq!(search(&mut search_api, T, "globex").await.total_hits, 0);
+    // The query language names no tenant: only the request's tenant is searched.
+    let field = search_api
+        .search(SearchRequest {
+            tenant: T.into(),
+            project: P.into(),
+            query: "tenant:globex".into(),
+            syntax: QuerySyntax::Operators as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(field.code(), tonic::Code::InvalidArgument);
+    assert!(field.message().contains("no field \"tenant\""), "{field:?}");
     let named = |name: &str| vec![filter("name", Condition::Equals(name.into()))];
     for (tenant, expected) in [("globex", 1), (T, 0)] {
         let hits = by_metadata(
@@ -692,19 +705,61 @@ async fn search_the_bmad_corpus() {
         "deleted artifacts vanish from metadata search"
     );
 
-    // Bad queries are named, never a panic.
-    for bad in ["title:\"unterminated", "nosuchfield:x", ""] {
+    // Bad queries in the query language are named with their place, never a panic.
+    for (bad, place) in [
+        ("title:\"unterminated", "character 7"),
+        ("nosuchfield:x", "character 1"),
+        ("(agent OR", "character 1"),
+        ("", ""),
+    ] {
         let error = search_api
             .search(SearchRequest {
                 tenant: T.into(),
                 project: P.into(),
                 query: bad.into(),
+                syntax: QuerySyntax::Operators as i32,
                 ..Default::default()
             })
             .await
             .unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument, "{bad:?}: {error:?}");
-        assert!(error.message().starts_with("query"), "{error:?}");
+        assert!(
+            error.message().starts_with("query") && error.message().contains(place),
+            "{error:?}"
+        );
+    }
+    // In natural text, the default, the same text is words: never an error.
+    for text in [
+        "title:\"unterminated",
+        "nosuchfield:x",
+        "(agent OR",
+        "what's the architect's job?",
+        "Working Backwards: The PRFAQ Challenge",
+        "a AND",
+        "+-!@#$%^&*()[]{}",
+    ] {
+        search_api
+            .search(SearchRequest {
+                tenant: T.into(),
+                project: P.into(),
+                query: text.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{text:?}: {e:?}"));
+    }
+    for blank in ["", "   \t\n"] {
+        let error = search_api
+            .search(SearchRequest {
+                tenant: T.into(),
+                project: P.into(),
+                query: blank.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        assert!(error.message().starts_with("query:"), "{error:?}");
     }
 
     // Rebuilding the index from the catalog gives the same results.
@@ -719,6 +774,7 @@ async fn search_the_bmad_corpus() {
         project: P.into(),
         query: query.into(),
         page_size: 1000,
+        syntax: QuerySyntax::Operators as i32,
         ..Default::default()
     };
     let mut before = Vec::new();
@@ -813,6 +869,7 @@ async fn a_killed_server_resumes_indexing_without_loss_or_duplicates() {
                 tenant: T.into(),
                 project: P.into(),
                 query: format!("artifact_id:{id} OR name:\"{}\"", name.replace('"', " ")),
+                syntax: QuerySyntax::Operators as i32,
                 page_size: 100,
                 ..Default::default()
             })
@@ -1107,5 +1164,154 @@ async fn an_index_is_rebuilt_when_the_catalog_is_restored_from_an_older_backup()
         let phrase = distinctive_phrase(doc, &docs).expect("a distinctive phrase");
         let found = search(&mut search_api, T, &format!("\"{phrase}\"")).await;
         assert_eq!(found.total_hits, expected, "{}", doc.name);
+    }
+}
+
+/// Names that are paths, listed and searched by folder; snippets from the body, never the
+/// front matter, with highlight positions and their escaping said; a title for every hit;
+/// versions with or without a leading `v`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_snippets_titles_and_versions() {
+    let server = ServerProcess::start();
+    let mut client = server.client().await;
+    let mut search_api = search_client(&server).await;
+    let docs = [
+        (
+            "docs/stories/1.1.story.md",
+            "---\ntitle: Story 1.1\nowner: zebrafinch\n---\n# Story 1.1: Login\n\nAs a user I sign in with <b>passkeys</b> & a fallback code.\n",
+        ),
+        (
+            "docs/stories/1.2.story.md",
+            "# Story 1.2: Logout\n\nThe session ends; passkeys stay registered.\n",
+        ),
+        (
+            "docs/prd/epic-2.md",
+            "# Epic 2\n\nShips with release v6.3.0 of the platform.\n",
+        ),
+        (
+            "notes/release.md",
+            "# Release notes\n\nVersion 7.1.2 fixes passkeys on tablets.\n",
+        ),
+        ("data/agents.csv", "name,role\nquinn,qa\nmary,analyst passkeys\n"),
+        ("config/team.yaml", "team: quokka\nmembers:\n  - mary\n"),
+    ];
+    for (name, content) in docs {
+        let mut h = header(T, P, "doc", name);
+        h.tags = vec!["bmad".into()];
+        create(&mut client, h, content.as_bytes()).await.unwrap();
+    }
+    wait_indexed(&mut search_api, T, docs.len() as u64).await;
+
+    // Folders list and filter, sub-folders included; a bad folder is named.
+    let listed = |prefix: &str| artifactd::proto::ListArtifactsRequest {
+        tenant: T.into(),
+        project: P.into(),
+        path_prefix: prefix.into(),
+        ..Default::default()
+    };
+    let names = |artifacts: Vec<artifactd::proto::Artifact>| {
+        artifacts.into_iter().map(|a| a.name).collect::<Vec<_>>()
+    };
+    let stories = client
+        .list_artifacts(listed("docs/stories/"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        names(stories.artifacts),
+        ["docs/stories/1.1.story.md", "docs/stories/1.2.story.md"]
+    );
+    let all_docs = client.list_artifacts(listed("docs/")).await.unwrap().into_inner();
+    assert_eq!(all_docs.artifacts.len(), 3);
+    for bad in ["docs", "/docs/", "docs/../"] {
+        let error = client.list_artifacts(listed(bad)).await.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument, "{bad:?}");
+        assert!(error.message().starts_with("path_prefix:"), "{error:?}");
+    }
+    let in_folder = |query: &str, prefix: &str| SearchRequest {
+        tenant: T.into(),
+        project: P.into(),
+        query: query.into(),
+        path_prefix: prefix.into(),
+        ..Default::default()
+    };
+    let found = search_api
+        .search(in_folder("passkeys", "docs/stories/"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut found_names: Vec<String> = found.hits.iter().map(|h| h.name.clone()).collect();
+    found_names.sort();
+    assert_eq!(
+        found_names,
+        ["docs/stories/1.1.story.md", "docs/stories/1.2.story.md"]
+    );
+    assert_eq!(search(&mut search_api, T, "passkeys").await.total_hits, 4);
+    let error = search_api
+        .search(in_folder("passkeys", "docs"))
+        .await
+        .unwrap_err();
+    assert!(error.message().starts_with("path_prefix:"), "{error:?}");
+
+    // The snippet is the body's, not the front matter's; highlights point into the plain text.
+    let login = search(&mut search_api, T, "sign in passkeys").await;
+    let hit = &login.hits[0];
+    assert_eq!(hit.name, "docs/stories/1.1.story.md");
+    assert!(
+        !hit.snippet_text.contains("owner:") && !hit.snippet_text.contains("---"),
+        "{hit:?}"
+    );
+    assert!(
+        hit.snippet.contains("&lt;b&gt;") && hit.snippet_text.contains("<b>passkeys</b> & a"),
+        "{hit:?}"
+    );
+    assert!(!hit.highlights.is_empty());
+    let chars: Vec<char> = hit.snippet_text.chars().collect();
+    for h in &hit.highlights {
+        let word: String = chars[h.start as usize..h.end as usize]
+            .iter()
+            .collect::<String>()
+            .to_lowercase();
+        assert!(
+            ["sign", "in", "passkeys"].contains(&word.as_str()),
+            "highlight {word:?} in {hit:?}"
+        );
+    }
+    // Front matter is still searchable, it just is not the snippet.
+    assert_eq!(
+        search(&mut search_api, T, "zebrafinch").await.hits[0].name,
+        "docs/stories/1.1.story.md"
+    );
+
+    // CSV and YAML hits have a title (the name) and a snippet.
+    for (query, name) in [("analyst", "data/agents.csv"), ("members", "config/team.yaml")] {
+        let found = search(&mut search_api, T, query).await;
+        let hit = found
+            .hits
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("{query}: {found:?}"));
+        assert_eq!(hit.title, name);
+        assert!(!hit.snippet_text.is_empty() && !hit.snippet.is_empty(), "{hit:?}");
+    }
+    // A hit on the name alone still shows the opening of the body.
+    let by_name = search(&mut search_api, T, "epic").await;
+    assert!(
+        by_name.hits.iter().all(|h| !h.snippet_text.is_empty()),
+        "{by_name:?}"
+    );
+
+    // Versions match with or without the `v`.
+    for (query, name) in [
+        ("6.3.0", "docs/prd/epic-2.md"),
+        ("v7.1.2", "notes/release.md"),
+        ("V6.3.0", "docs/prd/epic-2.md"),
+    ] {
+        let found = search(&mut search_api, T, query).await;
+        assert_eq!(
+            found.hits.first().map(|h| h.name.as_str()),
+            Some(name),
+            "{query}: {found:?}"
+        );
     }
 }

@@ -417,6 +417,7 @@ impl ArtifactService for ArtifactApi {
             .list_artifacts(
                 &scope,
                 &request.artifact_type,
+                &request.path_prefix,
                 &convert::lifecycle_states_from("states", &request.states)?,
                 request.page_size,
                 &request.page_token,

@@ -37,9 +37,26 @@ fn artifact_ref(field: &'static str, reference: proto::ArtifactRef) -> Result<De
     }
 }
 
+/// An optional folder to search under.
+fn check_path_prefix(value: &str) -> Result<String, Status> {
+    if !value.is_empty() {
+        crate::domain::names::validate_path_prefix("path_prefix", value)?;
+    }
+    Ok(value.to_owned())
+}
+
 fn hit(hit: SearchHit) -> proto::SearchHit {
     proto::SearchHit {
         project: hit.project.clone(),
+        snippet_text: hit.snippet_text.clone(),
+        highlights: hit
+            .highlights
+            .iter()
+            .map(|h| proto::Highlight {
+                start: h.start,
+                end: h.end,
+            })
+            .collect(),
         artifact_id: hit.artifact_id,
         name: hit.name,
         artifact_type: hit.artifact_type,
@@ -198,6 +215,19 @@ impl SearchService for SearchApi {
         let query = search::SearchRequest {
             tenant: request.tenant,
             project: request.project,
+            syntax: match proto::QuerySyntax::try_from(request.syntax) {
+                Ok(proto::QuerySyntax::Operators) => search::QuerySyntax::Operators,
+                Ok(proto::QuerySyntax::Natural | proto::QuerySyntax::Unspecified) => {
+                    search::QuerySyntax::Natural
+                }
+                Err(_) => {
+                    return Err(Status::from(Error::invalid(
+                        "syntax",
+                        format!("{} is not a query syntax (0 to 2)", request.syntax),
+                    )));
+                }
+            },
+            path_prefix: check_path_prefix(&request.path_prefix)?,
             query: request.query,
             artifact_type: request.artifact_type,
             state: request.state,

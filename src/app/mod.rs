@@ -633,6 +633,7 @@ impl Artifacts {
         &self,
         scope: &Scope,
         artifact_type: &str,
+        path_prefix: &str,
         states: &[LifecycleState],
         requested_page_size: u32,
         page_token: &str,
@@ -640,6 +641,9 @@ impl Artifacts {
         validate_scope(scope)?;
         if !artifact_type.is_empty() {
             validate_identifier("artifact_type", artifact_type)?;
+        }
+        if !path_prefix.is_empty() {
+            crate::domain::names::validate_path_prefix("path_prefix", path_prefix)?;
         }
         let after = if page_token.is_empty() {
             None
@@ -661,6 +665,7 @@ impl Artifacts {
             .list_artifacts(
                 scope,
                 type_filter,
+                path_prefix,
                 &LifecycleState::or_default_listing(states),
                 after.as_ref().map(|(name, id)| (name.as_str(), id.as_str())),
                 limit + 1,
@@ -701,10 +706,15 @@ impl Artifacts {
         validate_scope(scope)?;
         validate_artifact_id(artifact_id)?;
         let now = now_micros();
-        self.inner
+        match self
+            .inner
             .catalog
             .undelete(scope, artifact_id, now - self.retention_micros(), now)
             .await
+        {
+            Err(error) => Err(self.explain_missing(scope, artifact_id, error).await),
+            restored => restored,
+        }
     }
 
     fn retention_micros(&self) -> i64 {

@@ -324,6 +324,7 @@ impl Catalog {
         &self,
         scope: &Scope,
         artifact_type: Option<&str>,
+        path_prefix: &str,
         states: &[LifecycleState],
         after: Option<(&str, &str)>,
         limit: u32,
@@ -334,6 +335,7 @@ impl Catalog {
         let filters = format!(
             "a.deleted_at IS NULL AND ($3 = '' OR a.artifact_type = $3) \
              AND (a.name > $4 OR (a.name = $4 AND a.id > $5)) \
+             AND ($7 = '' OR substr(a.name, 1, length($7)) = $7) \
              AND (SELECT v.state FROM versions v WHERE v.artifact_id = a.id AND v.version = a.latest_version) IN ({})",
             state_list(states)
         );
@@ -355,6 +357,7 @@ impl Catalog {
             .bind(after_name)
             .bind(after_id)
             .bind(i64::from(limit))
+            .bind(path_prefix)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error("listing artifacts", e))?;

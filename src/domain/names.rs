@@ -58,8 +58,11 @@ pub fn validate_identifier(field: &'static str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// Artifact names: any printable text except path separators, `..` and surrounding
-/// whitespace, up to [`MAX_NAME_LEN`] bytes.
+/// Artifact names: relative paths such as `docs/stories/1.1.story.md`. Segments are joined
+/// by `/`; none may be empty, `.` or `..`, or start or end with whitespace; no leading or
+/// trailing `/`, no `\`. Printable text in Unicode normal form C (so that one name has one
+/// spelling), without control or invisible formatting characters, up to [`MAX_NAME_LEN`]
+/// bytes.
 pub fn validate_artifact_name(value: &str) -> Result<()> {
     const FIELD: &str = "name";
     if value.is_empty() {
@@ -75,16 +78,41 @@ pub fn validate_artifact_name(value: &str) -> Result<()> {
             ),
         ));
     }
-    if value.contains('/') || value.contains('\\') {
+    if value.contains('\\') {
         return Err(Error::invalid(
             FIELD,
-            format!("{} must not contain '/' or '\\'", quoted(value)),
+            format!(
+                "{} must not contain '\\'; paths are separated by '/'",
+                quoted(value)
+            ),
         ));
     }
-    if value.contains("..") {
+    if value.starts_with('/') {
         return Err(Error::invalid(
             FIELD,
-            format!("{} must not contain '..'", quoted(value)),
+            format!("{} must be a relative path, without a leading '/'", quoted(value)),
+        ));
+    }
+    for segment in value.split('/') {
+        let problem = match segment {
+            "" => Some("an empty segment ('//' or a trailing '/')"),
+            "." | ".." => Some("a '.' or '..' segment"),
+            s if s.trim() != s => Some("a segment that starts or ends with whitespace"),
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            return Err(Error::invalid(FIELD, format!("{} has {problem}", quoted(value))));
+        }
+    }
+    if !unicode_normalization::is_nfc(value) {
+        use unicode_normalization::UnicodeNormalization;
+        return Err(Error::invalid(
+            FIELD,
+            format!(
+                "{} is not in Unicode normal form C; send it as {}",
+                quoted(value),
+                quoted(&value.nfc().collect::<String>())
+            ),
         ));
     }
     if value.chars().any(char::is_control) {
@@ -103,13 +131,24 @@ pub fn validate_artifact_name(value: &str) -> Result<()> {
             ),
         ));
     }
-    if value.trim() != value {
-        return Err(Error::invalid(
-            FIELD,
-            format!("{} must not start or end with whitespace", quoted(value)),
-        ));
-    }
     Ok(())
+}
+
+/// A folder of artifact names to list or search under: a valid name followed by `/`.
+pub fn validate_path_prefix(field: &'static str, value: &str) -> Result<()> {
+    let Some(folder) = value.strip_suffix('/') else {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{} must be a folder path ending in '/', such as \"docs/stories/\"",
+                quoted(value)
+            ),
+        ));
+    };
+    validate_artifact_name(folder).map_err(|error| match error {
+        Error::InvalidArgument { message, .. } => Error::InvalidArgument { field, message },
+        other => other,
+    })
 }
 
 /// Unicode format characters (general category Cf: bidirectional controls such as U+202E,
@@ -249,7 +288,21 @@ mod tests {
 
     #[test]
     fn names_with_path_tricks_are_rejected() {
-        for bad in ["a/b", "..", "x..y", "a\\b", "tab\there", "", " lead", "trail "] {
+        for bad in [
+            "/abs.md",
+            "..",
+            "docs/../secrets",
+            "docs//x.md",
+            "docs/./x.md",
+            "docs/",
+            "a\\b",
+            "tab\there",
+            "",
+            " lead",
+            "trail ",
+            "docs/ x.md",
+            "cafe\u{301}.md",
+        ] {
             let error = validate_artifact_name(bad).unwrap_err();
             assert!(error.to_string().starts_with("name:"), "{bad:?} gave {error}");
         }
@@ -261,6 +314,16 @@ mod tests {
                 .contains("the limit is 255")
         );
         validate_artifact_name("PRD — Payments v2.md").unwrap();
+        validate_artifact_name("docs/stories/1.1.story.md").unwrap();
+        validate_artifact_name("x..y").unwrap();
+        validate_artifact_name("caf\u{e9}.md").unwrap();
+        let nfd = validate_artifact_name("cafe\u{301}.md").unwrap_err().to_string();
+        assert!(nfd.contains("normal form C"), "{nfd}");
+        validate_path_prefix("path_prefix", "docs/stories/").unwrap();
+        for bad in ["docs", "/docs/", "docs//", "../"] {
+            let error = validate_path_prefix("path_prefix", bad).unwrap_err().to_string();
+            assert!(error.starts_with("path_prefix:"), "{bad:?} gave {error}");
+        }
     }
 
     #[test]

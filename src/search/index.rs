@@ -3,6 +3,7 @@
 use super::metadata::{
     self, ArtifactMetadata, Lookup, MetadataSearchRequest, MetadataSort, MetadataTerms, TermField,
 };
+use super::query;
 use crate::domain::{Error, LifecycleState, Result};
 use std::collections::VecDeque;
 use std::ops::Bound;
@@ -14,7 +15,7 @@ use tantivy::collector::sort_key::{SortByStaticFastValue, SortByString};
 use tantivy::collector::{Count, FacetCollector, SortKeyComputer, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
 use tantivy::schema::{
-    FAST, Facet, FacetOptions, Field, IndexRecordOption, STORED, STRING, Schema, TEXT, TantivyDocument,
+    FAST, Facet, FacetOptions, Field, IndexRecordOption, STORED, STRING, Schema, TantivyDocument,
     TextFieldIndexing, TextOptions, Value,
 };
 use tantivy::snippet::SnippetGenerator;
@@ -28,6 +29,19 @@ const PINNED_SEARCHERS: usize = 64;
 pub const MAX_RESULT_WINDOW: usize = 100_000;
 const WRITER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 const SNIPPET_CHARS: usize = 200;
+/// Fields the query language names.
+const OPERATOR_FIELDS: &[&str] = &[
+    "artifact_id",
+    "title",
+    "name",
+    "headings",
+    "body",
+    "front_matter",
+    "type",
+    "tags",
+    "categories",
+    "version",
+];
 
 #[derive(Clone, Copy)]
 struct Fields {
@@ -43,6 +57,8 @@ struct Fields {
     title: Field,
     headings: Field,
     body: Field,
+    front_matter: Field,
+    path_prefixes: Field,
     version: Field,
     updated_at: Field,
     created_at: Field,
@@ -58,7 +74,7 @@ struct Fields {
 /// Prose fields: English stemming, so "requirement" finds "requirements"; positions for phrases.
 fn prose(stored: bool) -> TextOptions {
     let indexing = TextFieldIndexing::default()
-        .set_tokenizer("en_stem")
+        .set_tokenizer(query::PROSE)
         .set_index_option(IndexRecordOption::WithFreqsAndPositions);
     let options = TextOptions::default().set_indexing_options(indexing);
     if stored { options.set_stored() } else { options }
@@ -75,13 +91,25 @@ fn schema() -> (Schema, Fields) {
         // The latest version's lifecycle state (named so that indexes from before lifecycle
         // states, which held "active" here, have another schema and are rebuilt).
         state: builder.add_text_field("lifecycle_state", STRING | STORED),
-        name: builder.add_text_field("name", TEXT | STORED),
+        name: builder.add_text_field(
+            "name",
+            TextOptions::default().set_stored().set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer(query::PLAIN)
+                    .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+            ),
+        ),
         tags: builder.add_text_field("tags", STRING | STORED),
         categories: builder.add_text_field("categories", STRING | STORED),
         tag_facets: builder.add_facet_field("tag_facets", FacetOptions::default()),
         title: builder.add_text_field("title", prose(true)),
         headings: builder.add_text_field("headings", prose(false)),
+        // The body without its front matter (snippets come from here); the front matter's
+        // text is searched beside it.
         body: builder.add_text_field("body", prose(true)),
+        front_matter: builder.add_text_field("front_matter", prose(false)),
+        // Every folder a name lies in ("docs/", "docs/stories/"), for path prefix filters.
+        path_prefixes: builder.add_text_field("path_prefixes", STRING),
         version: builder.add_text_field("version", STRING | STORED),
         updated_at: builder.add_i64_field("updated_at", FAST | STORED),
         created_at: builder.add_i64_field("created_at", FAST | STORED),
@@ -145,8 +173,11 @@ pub struct SearchHit {
     pub version: String,
     pub title: String,
     pub score: f32,
-    /// The best fragment of the body with matches in `<b>…</b>`.
+    /// The best fragment of the body with matches in `<b>…</b>`, HTML-escaped.
     pub snippet: String,
+    /// The same fragment as plain text, and where the matches are in it.
+    pub snippet_text: String,
+    pub highlights: Vec<Highlight>,
     pub size: u64,
     /// Microseconds since the epoch.
     pub created_at: i64,
@@ -165,12 +196,32 @@ pub struct SearchRequest {
     pub tenant: String,
     pub project: String,
     pub query: String,
+    pub syntax: QuerySyntax,
+    /// Only artifacts whose name starts with this folder path.
+    pub path_prefix: String,
     pub artifact_type: String,
     pub state: String,
     pub tags: Vec<String>,
     pub categories: Vec<String>,
     pub page_size: usize,
     pub page_token: String,
+}
+
+/// How the text of a query is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QuerySyntax {
+    /// Words and phrases; never an error.
+    #[default]
+    Natural,
+    /// The query language: field:value, AND, OR, +/-, quotes.
+    Operators,
+}
+
+/// One highlighted stretch of a snippet, in characters (Unicode scalar values) from its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Highlight {
+    pub start: u32,
+    pub end: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +259,8 @@ pub struct SearchIndex {
     writer: Mutex<IndexWriter>,
     fields: Fields,
     pinned: Mutex<VecDeque<Pinned>>,
+    /// Ranking statistics per tenant and searcher generation.
+    statistics: super::stats::StatisticsCache,
     /// Signs page tokens, so that a client cannot forge an offset or a generation.
     token_key: [u8; 32],
     /// The index was created empty (new, unreadable, or of an older schema) and must be
@@ -271,6 +324,7 @@ impl SearchIndex {
     }
 
     fn from_index(index: Index, fields: Fields) -> Result<Self> {
+        query::register_analyzers(&index);
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -285,6 +339,7 @@ impl SearchIndex {
             writer: Mutex::new(writer),
             fields,
             pinned: Mutex::new(VecDeque::new()),
+            statistics: Default::default(),
             token_key: rand::random(),
             needs_rebuild: AtomicBool::new(false),
         })
@@ -325,6 +380,7 @@ impl SearchIndex {
             let Some(a) = document else { continue };
             let terms = MetadataTerms::of(&a.meta, &a.state);
             let meta = a.meta;
+            let meta_name = meta.name.clone();
             let mut document = doc!(
                 f.artifact_id => a.artifact_id,
                 f.tenant => a.tenant,
@@ -334,13 +390,20 @@ impl SearchIndex {
                 f.sort_name => meta.name.clone(),
                 f.name => meta.name,
                 f.title => meta.title,
-                f.body => a.body,
                 f.sort_version => metadata::version_key(&meta.version),
                 f.version => meta.version,
                 f.updated_at => meta.updated_at,
                 f.created_at => meta.created_at,
                 f.size => meta.size,
             );
+            let (front_matter, body) = crate::ingest::extract::split_front_matter(&a.body);
+            document.add_text(f.body, body);
+            if let Some(front_matter) = front_matter {
+                document.add_text(f.front_matter, front_matter);
+            }
+            for prefix in path_prefixes(&meta_name) {
+                document.add_text(f.path_prefixes, prefix);
+            }
             for project in a.linked_into {
                 document.add_text(f.project, project);
             }
@@ -517,22 +580,57 @@ impl SearchIndex {
         ))
     }
 
-    /// Full-text search with BM25 ranking, filters and highlighted snippets.
+    /// The query a search's text stands for, in its syntax.
+    fn text_query(&self, text: &str, syntax: QuerySyntax) -> Result<Box<dyn Query>> {
+        let f = self.fields;
+        if text.trim().is_empty() {
+            return Err(Error::invalid("query", "must not be empty or only whitespace"));
+        }
+        if text.len() > query::MAX_QUERY_BYTES {
+            return Err(Error::invalid(
+                "query",
+                format!(
+                    "is {} bytes long; the limit is {}",
+                    text.len(),
+                    query::MAX_QUERY_BYTES
+                ),
+            ));
+        }
+        let text_fields = query::TextFields {
+            title: f.title,
+            name: f.name,
+            headings: f.headings,
+            body: f.body,
+            front_matter: f.front_matter,
+        };
+        match syntax {
+            QuerySyntax::Natural => Ok(query::natural(text_fields, text)),
+            QuerySyntax::Operators => {
+                query::check_operators(text, OPERATOR_FIELDS)?;
+                let mut parser = QueryParser::for_index(
+                    &self.index,
+                    vec![f.title, f.name, f.headings, f.body, f.front_matter],
+                );
+                parser.set_field_boost(f.title, 3.0);
+                parser.set_field_boost(f.name, 2.0);
+                parser.set_field_boost(f.headings, 1.5);
+                parser.parse_query(text.trim()).map_err(|e| {
+                    Error::invalid("query", format!("does not parse as the query language: {e}"))
+                })
+            }
+        }
+    }
+
+    /// Full-text search ranked by BM25 over the tenant's own documents, with filters and
+    /// highlighted snippets.
     pub fn search(&self, request: &SearchRequest) -> Result<SearchPage> {
         let f = self.fields;
-        let mut parser = QueryParser::for_index(&self.index, vec![f.title, f.name, f.headings, f.body]);
-        parser.set_field_boost(f.title, 3.0);
-        parser.set_field_boost(f.name, 2.0);
-        parser.set_field_boost(f.headings, 1.5);
-        let text = request.query.trim();
-        if text.is_empty() {
-            return Err(Error::invalid("query", "must not be empty"));
-        }
-        let user_query = parser
-            .parse_query(text)
-            .map_err(|e| Error::invalid("query", format!("{text:?} cannot be parsed: {e}")))?;
+        let user_query = self.text_query(&request.query, request.syntax)?;
         let mut clauses = self.scope_filter(&request.tenant, &request.project);
         clauses.push((Occur::Must, user_query.box_clone()));
+        if !request.path_prefix.is_empty() {
+            clauses.push((Occur::Must, self.term(f.path_prefixes, &request.path_prefix)));
+        }
         if !request.artifact_type.is_empty() {
             clauses.push((Occur::Must, self.term(f.artifact_type, &request.artifact_type)));
         }
@@ -564,13 +662,18 @@ impl SearchIndex {
         );
         let limit = request.page_size.clamp(1, 1000);
         let (searcher, offset) = self.searcher_for(&request.page_token, "q", &identity, limit)?;
+        let statistics = self
+            .statistics
+            .for_tenant(&searcher, f.tenant, &request.tenant)
+            .map_err(|e| index_error("ranking statistics", e))?;
         let (total, top) = searcher
-            .search(
+            .search_with_statistics_provider(
                 &query,
                 &(
                     Count,
                     TopDocs::with_limit(limit).and_offset(offset).order_by_score(),
                 ),
+                &statistics,
             )
             .map_err(|e| index_error("searching", e))?;
         let mut snippets = SnippetGenerator::create(&searcher, &*user_query, f.body)
@@ -826,6 +929,10 @@ impl SearchIndex {
                 .unwrap_or_default()
                 .to_owned()
         };
+        let (snippet, snippet_text, highlights) = match snippets {
+            Some(generator) => snippet_of(generator, &text(f.body)),
+            None => Default::default(),
+        };
         Ok(SearchHit {
             artifact_id: text(f.artifact_id),
             project: text(f.project),
@@ -841,11 +948,14 @@ impl SearchIndex {
                 .filter_map(|v| v.as_str().map(str::to_owned))
                 .collect(),
             version: text(f.version),
-            title: text(f.title),
+            title: match text(f.title) {
+                title if title.trim().is_empty() => text(f.name),
+                title => title,
+            },
             score,
-            snippet: snippets
-                .map(|s| s.snippet_from_doc(&document).to_html())
-                .unwrap_or_default(),
+            snippet,
+            snippet_text,
+            highlights,
             size: document
                 .get_first(f.size)
                 .and_then(|v| v.as_u64())
@@ -860,6 +970,53 @@ impl SearchIndex {
                 .unwrap_or_default(),
         })
     }
+}
+
+/// The best fragment of `body` for the query: HTML with the matches in `<b>…</b>`, plain
+/// text, and the matches' places in it. Without a match in the body (the name or the title
+/// matched), the body's opening.
+fn snippet_of(generator: &SnippetGenerator, body: &str) -> (String, String, Vec<Highlight>) {
+    let snippet = generator.snippet(body);
+    if !snippet.is_empty() && !snippet.highlighted().is_empty() {
+        let fragment = snippet.fragment();
+        let highlights = snippet
+            .highlighted()
+            .iter()
+            .map(|range| Highlight {
+                start: fragment[..range.start].chars().count() as u32,
+                end: fragment[..range.end].chars().count() as u32,
+            })
+            .collect();
+        return (snippet.to_html(), fragment.to_owned(), highlights);
+    }
+    let opening: String = body.trim_start().chars().take(SNIPPET_CHARS).collect();
+    let opening = match opening.rfind(char::is_whitespace) {
+        Some(at) if opening.len() < body.trim_start().len() && at > SNIPPET_CHARS / 2 => {
+            opening[..at].to_owned()
+        }
+        _ => opening,
+    };
+    (html_escape(&opening), opening, Vec::new())
+}
+
+fn html_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#x27;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+/// Every folder a path name lies in, each ending in '/': "docs/", "docs/stories/".
+pub(crate) fn path_prefixes(name: &str) -> impl Iterator<Item = &str> {
+    name.match_indices('/').map(move |(at, _)| &name[..=at])
 }
 
 /// The page `top` of the hits of `query` in the order of `key`, ties by artifact id, with the

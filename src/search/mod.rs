@@ -5,10 +5,12 @@
 mod index;
 mod indexer;
 mod metadata;
+pub mod query;
+mod stats;
 
 pub use index::{
-    Checkpoint, FacetCount, IndexedArtifact, SearchHit, SearchIndex, SearchPage, SearchRequest, TagMatch,
-    TagSearchRequest,
+    Checkpoint, FacetCount, Highlight, IndexedArtifact, QuerySyntax, SearchHit, SearchIndex, SearchPage,
+    SearchRequest, TagMatch, TagSearchRequest,
 };
 pub use indexer::{ContentReader, Indexer};
 pub use metadata::{

@@ -10,6 +10,7 @@ pub mod moto;
 pub mod postgres;
 pub mod proxy;
 pub mod s3;
+pub mod search_eval;
 
 use std::path::PathBuf;
 

@@ -17,9 +17,14 @@ const _ = grpc.SupportPackageIsVersion7
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type SearchServiceClient interface {
-	// Full-text search ranked by BM25, with filters, highlighted snippets and paging.
-	// The query language: words, "quoted phrases", AND / OR / NOT (or +word / -word), and
-	// field:value for the fields name, title, headings, body, type, tags and state.
+	// Full-text search with filters, highlighted snippets and paging. By default the query is
+	// read as natural text: words and "quoted phrases" (kept together when their quotes
+	// balance), punctuation as text; it never fails to parse. Documents where the words occur
+	// together rank first, an exact sentence or title highest; common words only count inside
+	// phrases. Scores use the statistics of the tenant's own documents alone. With
+	// QUERY_SYNTAX_OPERATORS: the query language (AND / OR / NOT or +word / -word, "phrases",
+	// field:value for title, name, headings, body, front_matter, type, tags, categories and
+	// version), whose errors name the problem and its position.
 	Search(ctx context.Context, in *SearchRequest, opts ...grpc.CallOption) (*SearchResponse, error)
 	// Artifacts carrying all (or any) of some tags and categories, with counts of every tag and
 	// category among them.
@@ -82,9 +87,14 @@ func (c *searchServiceClient) SearchByDependencies(ctx context.Context, in *Sear
 // All implementations must embed UnimplementedSearchServiceServer
 // for forward compatibility
 type SearchServiceServer interface {
-	// Full-text search ranked by BM25, with filters, highlighted snippets and paging.
-	// The query language: words, "quoted phrases", AND / OR / NOT (or +word / -word), and
-	// field:value for the fields name, title, headings, body, type, tags and state.
+	// Full-text search with filters, highlighted snippets and paging. By default the query is
+	// read as natural text: words and "quoted phrases" (kept together when their quotes
+	// balance), punctuation as text; it never fails to parse. Documents where the words occur
+	// together rank first, an exact sentence or title highest; common words only count inside
+	// phrases. Scores use the statistics of the tenant's own documents alone. With
+	// QUERY_SYNTAX_OPERATORS: the query language (AND / OR / NOT or +word / -word, "phrases",
+	// field:value for title, name, headings, body, front_matter, type, tags, categories and
+	// version), whose errors name the problem and its position.
 	Search(context.Context, *SearchRequest) (*SearchResponse, error)
 	// Artifacts carrying all (or any) of some tags and categories, with counts of every tag and
 	// category among them.

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file artifactd/v1/search.proto.
  */
 export const file_artifactd_v1_search: GenFile = /*@__PURE__*/
-  fileDesc("ChlhcnRpZmFjdGQvdjEvc2VhcmNoLnByb3RvEgxhcnRpZmFjdGQudjEirgEKDVNlYXJjaFJlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSDQoFcXVlcnkYAyABKAkSFQoNYXJ0aWZhY3RfdHlwZRgEIAEoCRINCgVzdGF0ZRgFIAEoCRIMCgR0YWdzGAYgAygJEhEKCXBhZ2Vfc2l6ZRgHIAEoDRISCgpwYWdlX3Rva2VuGAggASgJEhIKCmNhdGVnb3JpZXMYCSADKAkitQIKCVNlYXJjaEhpdBITCgthcnRpZmFjdF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhUKDWFydGlmYWN0X3R5cGUYAyABKAkSDQoFc3RhdGUYBCABKAkSDAoEdGFncxgFIAMoCRIPCgd2ZXJzaW9uGAYgASgJEg0KBXRpdGxlGAcgASgJEg0KBXNjb3JlGAggASgCEg8KB3NuaXBwZXQYCSABKAkSEgoKY2F0ZWdvcmllcxgKIAMoCRIMCgRzaXplGAsgASgEEi4KCmNyZWF0ZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3Byb2plY3QYDiABKAkiZAoOU2VhcmNoUmVzcG9uc2USJQoEaGl0cxgBIAMoCzIXLmFydGlmYWN0ZC52MS5TZWFyY2hIaXQSEgoKdG90YWxfaGl0cxgCIAEoBBIXCg9uZXh0X3BhZ2VfdG9rZW4YAyABKAkipgEKE1NlYXJjaEJ5VGFnc1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSDAoEdGFncxgDIAMoCRIlCgVtYXRjaBgEIAEoDjIWLmFydGlmYWN0ZC52MS5UYWdNYXRjaBIRCglwYWdlX3NpemUYBSABKA0SEgoKcGFnZV90b2tlbhgGIAEoCRISCgpjYXRlZ29yaWVzGAcgAygJIiYKCFRhZ0NvdW50EgsKA3RhZxgBIAEoCRINCgVjb3VudBgCIAEoBCLDAQoUU2VhcmNoQnlUYWdzUmVzcG9uc2USJQoEaGl0cxgBIAMoCzIXLmFydGlmYWN0ZC52MS5TZWFyY2hIaXQSEgoKdG90YWxfaGl0cxgCIAEoBBIXCg9uZXh0X3BhZ2VfdG9rZW4YAyABKAkSJgoGZmFjZXRzGAQgAygLMhYuYXJ0aWZhY3RkLnYxLlRhZ0NvdW50Ei8KD2NhdGVnb3J5X2ZhY2V0cxgFIAMoCzIWLmFydGlmYWN0ZC52MS5UYWdDb3VudCLEAQoOTWV0YWRhdGFGaWx0ZXISDQoFZmllbGQYASABKAkSEAoGZXF1YWxzGAIgASgJSAASEAoGcHJlZml4GAMgASgJSAASMQoMbnVtYmVyX3JhbmdlGAQgASgLMhkuYXJ0aWZhY3RkLnYxLk51bWJlclJhbmdlSAASLQoKdGltZV9yYW5nZRgFIAEoCzIXLmFydGlmYWN0ZC52MS5UaW1lUmFuZ2VIABIQCgZleGlzdHMYBiABKAhIAEILCgljb25kaXRpb24iQQoLTnVtYmVyUmFuZ2USEAoDbWluGAEgASgBSACIAQESEAoDbWF4GAIgASgBSAGIAQFCBgoEX21pbkIGCgRfbWF4ImAKCVRpbWVSYW5nZRIoCgRmcm9tGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCgV1bnRpbBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAizgEKF1NlYXJjaEJ5TWV0YWRhdGFSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEi0KB2ZpbHRlcnMYAyADKAsyHC5hcnRpZmFjdGQudjEuTWV0YWRhdGFGaWx0ZXISKAoEc29ydBgEIAEoDjIaLmFydGlmYWN0ZC52MS5NZXRhZGF0YVNvcnQSEgoKZGVzY2VuZGluZxgFIAEoCBIRCglwYWdlX3NpemUYBiABKA0SEgoKcGFnZV90b2tlbhgHIAEoCSJuChhTZWFyY2hCeU1ldGFkYXRhUmVzcG9uc2USJQoEaGl0cxgBIAMoCzIXLmFydGlmYWN0ZC52MS5TZWFyY2hIaXQSEgoKdG90YWxfaGl0cxgCIAEoBBIXCg9uZXh0X3BhZ2VfdG9rZW4YAyABKAkiagoLQXJ0aWZhY3RSZWYSFQoLYXJ0aWZhY3RfaWQYASABKAlIABI6Cgtjb29yZGluYXRlcxgCIAEoCzIjLmFydGlmYWN0ZC52MS5EZXBlbmRlbmN5Q29vcmRpbmF0ZXNIAEIICgZ0YXJnZXQi6QIKG1NlYXJjaEJ5RGVwZW5kZW5jaWVzUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRIvCgpkZXBlbmRzX29uGAMgASgLMhkuYXJ0aWZhY3RkLnYxLkFydGlmYWN0UmVmSAASMwoOZGVwZW5kZWRfb25fYnkYBCABKAsyGS5hcnRpZmFjdGQudjEuQXJ0aWZhY3RSZWZIABIPCgd2ZXJzaW9uGAUgASgJEhUKDWFydGlmYWN0X3R5cGUYBiABKAkSLAoGc3RhdGVzGAcgAygOMhwuYXJ0aWZhY3RkLnYxLkxpZmVjeWNsZVN0YXRlEg0KBWtpbmRzGAggAygJEhcKD2FjY2VwdHNfdmVyc2lvbhgJIAEoCRISCgp0cmFuc2l0aXZlGAogASgIEhEKCXBhZ2Vfc2l6ZRgLIAEoDRISCgpwYWdlX3Rva2VuGAwgASgJQgoKCHJlbGF0aW9uIsoBCg1EZXBlbmRlbmN5SGl0EhMKC2FydGlmYWN0X2lkGAEgASgJEg8KB3Byb2plY3QYAiABKAkSFQoNYXJ0aWZhY3RfdHlwZRgDIAEoCRIMCgRuYW1lGAQgASgJEg8KB3ZlcnNpb24YBSABKAkSKwoFc3RhdGUYBiABKA4yHC5hcnRpZmFjdGQudjEuTGlmZWN5Y2xlU3RhdGUSEwoLcmVxdWlyZW1lbnQYByABKAkSDAoEa2luZBgIIAEoCRINCgVkZXB0aBgJIAEoDSKPAQocU2VhcmNoQnlEZXBlbmRlbmNpZXNSZXNwb25zZRIpCgRoaXRzGAEgAygLMhsuYXJ0aWZhY3RkLnYxLkRlcGVuZGVuY3lIaXQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhEKCXRydW5jYXRlZBgDIAEoCBIYChB0cnVuY2F0ZWRfcmVhc29uGAQgASgJKksKCFRhZ01hdGNoEhkKFVRBR19NQVRDSF9VTlNQRUNJRklFRBAAEhEKDVRBR19NQVRDSF9BTEwQARIRCg1UQUdfTUFUQ0hfQU5ZEAIqrgEKDE1ldGFkYXRhU29ydBIdChlNRVRBREFUQV9TT1JUX1VOU1BFQ0lGSUVEEAASGQoVTUVUQURBVEFfU09SVF9DUkVBVEVEEAESGQoVTUVUQURBVEFfU09SVF9VUERBVEVEEAISFgoSTUVUQURBVEFfU09SVF9OQU1FEAMSFgoSTUVUQURBVEFfU09SVF9TSVpFEAQSGQoVTUVUQURBVEFfU09SVF9WRVJTSU9OEAUy/QIKDVNlYXJjaFNlcnZpY2USQwoGU2VhcmNoEhsuYXJ0aWZhY3RkLnYxLlNlYXJjaFJlcXVlc3QaHC5hcnRpZmFjdGQudjEuU2VhcmNoUmVzcG9uc2USVQoMU2VhcmNoQnlUYWdzEiEuYXJ0aWZhY3RkLnYxLlNlYXJjaEJ5VGFnc1JlcXVlc3QaIi5hcnRpZmFjdGQudjEuU2VhcmNoQnlUYWdzUmVzcG9uc2USYQoQU2VhcmNoQnlNZXRhZGF0YRIlLmFydGlmYWN0ZC52MS5TZWFyY2hCeU1ldGFkYXRhUmVxdWVzdBomLmFydGlmYWN0ZC52MS5TZWFyY2hCeU1ldGFkYXRhUmVzcG9uc2USbQoUU2VhcmNoQnlEZXBlbmRlbmNpZXMSKS5hcnRpZmFjdGQudjEuU2VhcmNoQnlEZXBlbmRlbmNpZXNSZXF1ZXN0GiouYXJ0aWZhY3RkLnYxLlNlYXJjaEJ5RGVwZW5kZW5jaWVzUmVzcG9uc2ViBnByb3RvMw", [file_artifactd_v1_artifact, file_google_protobuf_timestamp]);
+  fileDesc("ChlhcnRpZmFjdGQvdjEvc2VhcmNoLnByb3RvEgxhcnRpZmFjdGQudjEi7gEKDVNlYXJjaFJlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSDQoFcXVlcnkYAyABKAkSFQoNYXJ0aWZhY3RfdHlwZRgEIAEoCRINCgVzdGF0ZRgFIAEoCRIMCgR0YWdzGAYgAygJEhEKCXBhZ2Vfc2l6ZRgHIAEoDRISCgpwYWdlX3Rva2VuGAggASgJEhIKCmNhdGVnb3JpZXMYCSADKAkSKQoGc3ludGF4GAogASgOMhkuYXJ0aWZhY3RkLnYxLlF1ZXJ5U3ludGF4EhMKC3BhdGhfcHJlZml4GAsgASgJIicKCUhpZ2hsaWdodBINCgVzdGFydBgBIAEoDRILCgNlbmQYAiABKA0i+AIKCVNlYXJjaEhpdBITCgthcnRpZmFjdF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhUKDWFydGlmYWN0X3R5cGUYAyABKAkSDQoFc3RhdGUYBCABKAkSDAoEdGFncxgFIAMoCRIPCgd2ZXJzaW9uGAYgASgJEg0KBXRpdGxlGAcgASgJEg0KBXNjb3JlGAggASgCEg8KB3NuaXBwZXQYCSABKAkSEgoKY2F0ZWdvcmllcxgKIAMoCRIMCgRzaXplGAsgASgEEi4KCmNyZWF0ZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3Byb2plY3QYDiABKAkSFAoMc25pcHBldF90ZXh0GA8gASgJEisKCmhpZ2hsaWdodHMYECADKAsyFy5hcnRpZmFjdGQudjEuSGlnaGxpZ2h0ImQKDlNlYXJjaFJlc3BvbnNlEiUKBGhpdHMYASADKAsyFy5hcnRpZmFjdGQudjEuU2VhcmNoSGl0EhIKCnRvdGFsX2hpdHMYAiABKAQSFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJIqYBChNTZWFyY2hCeVRhZ3NSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEgwKBHRhZ3MYAyADKAkSJQoFbWF0Y2gYBCABKA4yFi5hcnRpZmFjdGQudjEuVGFnTWF0Y2gSEQoJcGFnZV9zaXplGAUgASgNEhIKCnBhZ2VfdG9rZW4YBiABKAkSEgoKY2F0ZWdvcmllcxgHIAMoCSImCghUYWdDb3VudBILCgN0YWcYASABKAkSDQoFY291bnQYAiABKAQiwwEKFFNlYXJjaEJ5VGFnc1Jlc3BvbnNlEiUKBGhpdHMYASADKAsyFy5hcnRpZmFjdGQudjEuU2VhcmNoSGl0EhIKCnRvdGFsX2hpdHMYAiABKAQSFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJEiYKBmZhY2V0cxgEIAMoCzIWLmFydGlmYWN0ZC52MS5UYWdDb3VudBIvCg9jYXRlZ29yeV9mYWNldHMYBSADKAsyFi5hcnRpZmFjdGQudjEuVGFnQ291bnQixAEKDk1ldGFkYXRhRmlsdGVyEg0KBWZpZWxkGAEgASgJEhAKBmVxdWFscxgCIAEoCUgAEhAKBnByZWZpeBgDIAEoCUgAEjEKDG51bWJlcl9yYW5nZRgEIAEoCzIZLmFydGlmYWN0ZC52MS5OdW1iZXJSYW5nZUgAEi0KCnRpbWVfcmFuZ2UYBSABKAsyFy5hcnRpZmFjdGQudjEuVGltZVJhbmdlSAASEAoGZXhpc3RzGAYgASgISABCCwoJY29uZGl0aW9uIkEKC051bWJlclJhbmdlEhAKA21pbhgBIAEoAUgAiAEBEhAKA21heBgCIAEoAUgBiAEBQgYKBF9taW5CBgoEX21heCJgCglUaW1lUmFuZ2USKAoEZnJvbRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIs4BChdTZWFyY2hCeU1ldGFkYXRhUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRItCgdmaWx0ZXJzGAMgAygLMhwuYXJ0aWZhY3RkLnYxLk1ldGFkYXRhRmlsdGVyEigKBHNvcnQYBCABKA4yGi5hcnRpZmFjdGQudjEuTWV0YWRhdGFTb3J0EhIKCmRlc2NlbmRpbmcYBSABKAgSEQoJcGFnZV9zaXplGAYgASgNEhIKCnBhZ2VfdG9rZW4YByABKAkibgoYU2VhcmNoQnlNZXRhZGF0YVJlc3BvbnNlEiUKBGhpdHMYASADKAsyFy5hcnRpZmFjdGQudjEuU2VhcmNoSGl0EhIKCnRvdGFsX2hpdHMYAiABKAQSFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJImoKC0FydGlmYWN0UmVmEhUKC2FydGlmYWN0X2lkGAEgASgJSAASOgoLY29vcmRpbmF0ZXMYAiABKAsyIy5hcnRpZmFjdGQudjEuRGVwZW5kZW5jeUNvb3JkaW5hdGVzSABCCAoGdGFyZ2V0IukCChtTZWFyY2hCeURlcGVuZGVuY2llc1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEg8KB3Byb2plY3QYAiABKAkSLwoKZGVwZW5kc19vbhgDIAEoCzIZLmFydGlmYWN0ZC52MS5BcnRpZmFjdFJlZkgAEjMKDmRlcGVuZGVkX29uX2J5GAQgASgLMhkuYXJ0aWZhY3RkLnYxLkFydGlmYWN0UmVmSAASDwoHdmVyc2lvbhgFIAEoCRIVCg1hcnRpZmFjdF90eXBlGAYgASgJEiwKBnN0YXRlcxgHIAMoDjIcLmFydGlmYWN0ZC52MS5MaWZlY3ljbGVTdGF0ZRINCgVraW5kcxgIIAMoCRIXCg9hY2NlcHRzX3ZlcnNpb24YCSABKAkSEgoKdHJhbnNpdGl2ZRgKIAEoCBIRCglwYWdlX3NpemUYCyABKA0SEgoKcGFnZV90b2tlbhgMIAEoCUIKCghyZWxhdGlvbiLKAQoNRGVwZW5kZW5jeUhpdBITCgthcnRpZmFjdF9pZBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEhUKDWFydGlmYWN0X3R5cGUYAyABKAkSDAoEbmFtZRgEIAEoCRIPCgd2ZXJzaW9uGAUgASgJEisKBXN0YXRlGAYgASgOMhwuYXJ0aWZhY3RkLnYxLkxpZmVjeWNsZVN0YXRlEhMKC3JlcXVpcmVtZW50GAcgASgJEgwKBGtpbmQYCCABKAkSDQoFZGVwdGgYCSABKA0ijwEKHFNlYXJjaEJ5RGVwZW5kZW5jaWVzUmVzcG9uc2USKQoEaGl0cxgBIAMoCzIbLmFydGlmYWN0ZC52MS5EZXBlbmRlbmN5SGl0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIRCgl0cnVuY2F0ZWQYAyABKAgSGAoQdHJ1bmNhdGVkX3JlYXNvbhgEIAEoCSphCgtRdWVyeVN5bnRheBIcChhRVUVSWV9TWU5UQVhfVU5TUEVDSUZJRUQQABIYChRRVUVSWV9TWU5UQVhfTkFUVVJBTBABEhoKFlFVRVJZX1NZTlRBWF9PUEVSQVRPUlMQAipLCghUYWdNYXRjaBIZChVUQUdfTUFUQ0hfVU5TUEVDSUZJRUQQABIRCg1UQUdfTUFUQ0hfQUxMEAESEQoNVEFHX01BVENIX0FOWRACKq4BCgxNZXRhZGF0YVNvcnQSHQoZTUVUQURBVEFfU09SVF9VTlNQRUNJRklFRBAAEhkKFU1FVEFEQVRBX1NPUlRfQ1JFQVRFRBABEhkKFU1FVEFEQVRBX1NPUlRfVVBEQVRFRBACEhYKEk1FVEFEQVRBX1NPUlRfTkFNRRADEhYKEk1FVEFEQVRBX1NPUlRfU0laRRAEEhkKFU1FVEFEQVRBX1NPUlRfVkVSU0lPThAFMv0CCg1TZWFyY2hTZXJ2aWNlEkMKBlNlYXJjaBIbLmFydGlmYWN0ZC52MS5TZWFyY2hSZXF1ZXN0GhwuYXJ0aWZhY3RkLnYxLlNlYXJjaFJlc3BvbnNlElUKDFNlYXJjaEJ5VGFncxIhLmFydGlmYWN0ZC52MS5TZWFyY2hCeVRhZ3NSZXF1ZXN0GiIuYXJ0aWZhY3RkLnYxLlNlYXJjaEJ5VGFnc1Jlc3BvbnNlEmEKEFNlYXJjaEJ5TWV0YWRhdGESJS5hcnRpZmFjdGQudjEuU2VhcmNoQnlNZXRhZGF0YVJlcXVlc3QaJi5hcnRpZmFjdGQudjEuU2VhcmNoQnlNZXRhZGF0YVJlc3BvbnNlEm0KFFNlYXJjaEJ5RGVwZW5kZW5jaWVzEikuYXJ0aWZhY3RkLnYxLlNlYXJjaEJ5RGVwZW5kZW5jaWVzUmVxdWVzdBoqLmFydGlmYWN0ZC52MS5TZWFyY2hCeURlcGVuZGVuY2llc1Jlc3BvbnNlYgZwcm90bzM", [file_artifactd_v1_artifact, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message artifactd.v1.SearchRequest
@@ -77,6 +77,20 @@ export type SearchRequest = Message<"artifactd.v1.SearchRequest"> & {
    * @generated from field: repeated string categories = 9;
    */
   categories: string[];
+
+  /**
+   * How `query` is read; natural text when unspecified.
+   *
+   * @generated from field: artifactd.v1.QuerySyntax syntax = 10;
+   */
+  syntax: QuerySyntax;
+
+  /**
+   * Only artifacts whose name lies under this folder path, ending in '/' ("docs/stories/").
+   *
+   * @generated from field: string path_prefix = 11;
+   */
+  pathPrefix: string;
 };
 
 /**
@@ -85,6 +99,31 @@ export type SearchRequest = Message<"artifactd.v1.SearchRequest"> & {
  */
 export const SearchRequestSchema: GenMessage<SearchRequest> = /*@__PURE__*/
   messageDesc(file_artifactd_v1_search, 0);
+
+/**
+ * A matched stretch of `SearchHit.snippet_text`: characters (Unicode code points) from its
+ * start, end exclusive.
+ *
+ * @generated from message artifactd.v1.Highlight
+ */
+export type Highlight = Message<"artifactd.v1.Highlight"> & {
+  /**
+   * @generated from field: uint32 start = 1;
+   */
+  start: number;
+
+  /**
+   * @generated from field: uint32 end = 2;
+   */
+  end: number;
+};
+
+/**
+ * Describes the message artifactd.v1.Highlight.
+ * Use `create(HighlightSchema)` to create a new message.
+ */
+export const HighlightSchema: GenMessage<Highlight> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_search, 1);
 
 /**
  * @generated from message artifactd.v1.SearchHit
@@ -123,6 +162,8 @@ export type SearchHit = Message<"artifactd.v1.SearchHit"> & {
   version: string;
 
   /**
+   * The document's title; its name when it has none.
+   *
    * @generated from field: string title = 7;
    */
   title: string;
@@ -133,7 +174,8 @@ export type SearchHit = Message<"artifactd.v1.SearchHit"> & {
   score: number;
 
   /**
-   * The best fragment of the content, matches wrapped in <b>…</b>.
+   * The best fragment of the content (without its front matter) as HTML: the text
+   * HTML-escaped, matches wrapped in <b>…</b>. Without a match in the body, its opening.
    *
    * @generated from field: string snippet = 9;
    */
@@ -170,6 +212,18 @@ export type SearchHit = Message<"artifactd.v1.SearchHit"> & {
    * @generated from field: string project = 14;
    */
   project: string;
+
+  /**
+   * The same fragment as plain text, not escaped, and where the matches are in it.
+   *
+   * @generated from field: string snippet_text = 15;
+   */
+  snippetText: string;
+
+  /**
+   * @generated from field: repeated artifactd.v1.Highlight highlights = 16;
+   */
+  highlights: Highlight[];
 };
 
 /**
@@ -177,7 +231,7 @@ export type SearchHit = Message<"artifactd.v1.SearchHit"> & {
  * Use `create(SearchHitSchema)` to create a new message.
  */
 export const SearchHitSchema: GenMessage<SearchHit> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_search, 1);
+  messageDesc(file_artifactd_v1_search, 2);
 
 /**
  * @generated from message artifactd.v1.SearchResponse
@@ -208,7 +262,7 @@ export type SearchResponse = Message<"artifactd.v1.SearchResponse"> & {
  * Use `create(SearchResponseSchema)` to create a new message.
  */
 export const SearchResponseSchema: GenMessage<SearchResponse> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_search, 2);
+  messageDesc(file_artifactd_v1_search, 3);
 
 /**
  * @generated from message artifactd.v1.SearchByTagsRequest
@@ -257,7 +311,7 @@ export type SearchByTagsRequest = Message<"artifactd.v1.SearchByTagsRequest"> & 
  * Use `create(SearchByTagsRequestSchema)` to create a new message.
  */
 export const SearchByTagsRequestSchema: GenMessage<SearchByTagsRequest> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_search, 3);
+  messageDesc(file_artifactd_v1_search, 4);
 
 /**
  * @generated from message artifactd.v1.TagCount
@@ -279,7 +333,7 @@ export type TagCount = Message<"artifactd.v1.TagCount"> & {
  * Use `create(TagCountSchema)` to create a new message.
  */
 export const TagCountSchema: GenMessage<TagCount> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_search, 4);
+  messageDesc(file_artifactd_v1_search, 5);
 
 /**
  * @generated from message artifactd.v1.SearchByTagsResponse
@@ -320,7 +374,7 @@ export type SearchByTagsResponse = Message<"artifactd.v1.SearchByTagsResponse"> 
  * Use `create(SearchByTagsResponseSchema)` to create a new message.
  */
 export const SearchByTagsResponseSchema: GenMessage<SearchByTagsResponse> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_search, 5);
+  messageDesc(file_artifactd_v1_search, 6);
 
 /**
  * One condition on one metadata field. Fields are named by path:
@@ -394,7 +448,7 @@ export type MetadataFilter = Message<"artifactd.v1.MetadataFilter"> & {
  * Use `create(MetadataFilterSchema)` to create a new message.
  */
 export const MetadataFilterSchema: GenMessage<MetadataFilter> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_search, 6);
+  messageDesc(file_artifactd_v1_search, 7);
 
 /**
  * Inclusive bounds; at least one must be set.
@@ -418,7 +472,7 @@ export type NumberRange = Message<"artifactd.v1.NumberRange"> & {
  * Use `create(NumberRangeSchema)` to create a new message.
  */
 export const NumberRangeSchema: GenMessage<NumberRange> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_search, 7);
+  messageDesc(file_artifactd_v1_search, 8);
 
 /**
  * From `from` (inclusive) until `until` (exclusive); at least one must be set.
@@ -442,7 +496,7 @@ export type TimeRange = Message<"artifactd.v1.TimeRange"> & {
  * Use `create(TimeRangeSchema)` to create a new message.
  */
 export const TimeRangeSchema: GenMessage<TimeRange> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_search, 8);
+  messageDesc(file_artifactd_v1_search, 9);
 
 /**
  * @generated from message artifactd.v1.SearchByMetadataRequest
@@ -495,7 +549,7 @@ export type SearchByMetadataRequest = Message<"artifactd.v1.SearchByMetadataRequ
  * Use `create(SearchByMetadataRequestSchema)` to create a new message.
  */
 export const SearchByMetadataRequestSchema: GenMessage<SearchByMetadataRequest> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_search, 9);
+  messageDesc(file_artifactd_v1_search, 10);
 
 /**
  * @generated from message artifactd.v1.SearchByMetadataResponse
@@ -524,7 +578,7 @@ export type SearchByMetadataResponse = Message<"artifactd.v1.SearchByMetadataRes
  * Use `create(SearchByMetadataResponseSchema)` to create a new message.
  */
 export const SearchByMetadataResponseSchema: GenMessage<SearchByMetadataResponse> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_search, 10);
+  messageDesc(file_artifactd_v1_search, 11);
 
 /**
  * An artifact named by id, or by type and name (in the request's project unless another is
@@ -556,7 +610,7 @@ export type ArtifactRef = Message<"artifactd.v1.ArtifactRef"> & {
  * Use `create(ArtifactRefSchema)` to create a new message.
  */
 export const ArtifactRefSchema: GenMessage<ArtifactRef> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_search, 11);
+  messageDesc(file_artifactd_v1_search, 12);
 
 /**
  * @generated from message artifactd.v1.SearchByDependenciesRequest
@@ -653,7 +707,7 @@ export type SearchByDependenciesRequest = Message<"artifactd.v1.SearchByDependen
  * Use `create(SearchByDependenciesRequestSchema)` to create a new message.
  */
 export const SearchByDependenciesRequestSchema: GenMessage<SearchByDependenciesRequest> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_search, 12);
+  messageDesc(file_artifactd_v1_search, 13);
 
 /**
  * @generated from message artifactd.v1.DependencyHit
@@ -715,7 +769,7 @@ export type DependencyHit = Message<"artifactd.v1.DependencyHit"> & {
  * Use `create(DependencyHitSchema)` to create a new message.
  */
 export const DependencyHitSchema: GenMessage<DependencyHit> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_search, 13);
+  messageDesc(file_artifactd_v1_search, 14);
 
 /**
  * @generated from message artifactd.v1.SearchByDependenciesResponse
@@ -750,7 +804,37 @@ export type SearchByDependenciesResponse = Message<"artifactd.v1.SearchByDepende
  * Use `create(SearchByDependenciesResponseSchema)` to create a new message.
  */
 export const SearchByDependenciesResponseSchema: GenMessage<SearchByDependenciesResponse> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_search, 14);
+  messageDesc(file_artifactd_v1_search, 15);
+
+/**
+ * @generated from enum artifactd.v1.QuerySyntax
+ */
+export enum QuerySyntax {
+  /**
+   * @generated from enum value: QUERY_SYNTAX_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Words and phrases; never a syntax error.
+   *
+   * @generated from enum value: QUERY_SYNTAX_NATURAL = 1;
+   */
+  NATURAL = 1,
+
+  /**
+   * The query language.
+   *
+   * @generated from enum value: QUERY_SYNTAX_OPERATORS = 2;
+   */
+  OPERATORS = 2,
+}
+
+/**
+ * Describes the enum artifactd.v1.QuerySyntax.
+ */
+export const QuerySyntaxSchema: GenEnum<QuerySyntax> = /*@__PURE__*/
+  enumDesc(file_artifactd_v1_search, 0);
 
 /**
  * How several tags combine.
@@ -780,7 +864,7 @@ export enum TagMatch {
  * Describes the enum artifactd.v1.TagMatch.
  */
 export const TagMatchSchema: GenEnum<TagMatch> = /*@__PURE__*/
-  enumDesc(file_artifactd_v1_search, 0);
+  enumDesc(file_artifactd_v1_search, 1);
 
 /**
  * What metadata search results are sorted by; ties fall in artifact id order.
@@ -829,7 +913,7 @@ export enum MetadataSort {
  * Describes the enum artifactd.v1.MetadataSort.
  */
 export const MetadataSortSchema: GenEnum<MetadataSort> = /*@__PURE__*/
-  enumDesc(file_artifactd_v1_search, 1);
+  enumDesc(file_artifactd_v1_search, 2);
 
 /**
  * SearchService finds artifacts by what they say: full text over the latest version of every
@@ -840,9 +924,14 @@ export const MetadataSortSchema: GenEnum<MetadataSort> = /*@__PURE__*/
  */
 export const SearchService: GenService<{
   /**
-   * Full-text search ranked by BM25, with filters, highlighted snippets and paging.
-   * The query language: words, "quoted phrases", AND / OR / NOT (or +word / -word), and
-   * field:value for the fields name, title, headings, body, type, tags and state.
+   * Full-text search with filters, highlighted snippets and paging. By default the query is
+   * read as natural text: words and "quoted phrases" (kept together when their quotes
+   * balance), punctuation as text; it never fails to parse. Documents where the words occur
+   * together rank first, an exact sentence or title highest; common words only count inside
+   * phrases. Scores use the statistics of the tenant's own documents alone. With
+   * QUERY_SYNTAX_OPERATORS: the query language (AND / OR / NOT or +word / -word, "phrases",
+   * field:value for title, name, headings, body, front_matter, type, tags, categories and
+   * version), whose errors name the problem and its position.
    *
    * @generated from rpc artifactd.v1.SearchService.Search
    */

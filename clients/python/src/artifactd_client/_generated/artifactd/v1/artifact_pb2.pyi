@@ -1213,12 +1213,17 @@ class ListArtifactsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
+    PATH_PREFIX_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     project: _builtins.str
     artifact_type: _builtins.str
     """Only artifacts of this type when set."""
     page_size: _builtins.int
     page_token: _builtins.str
+    path_prefix: _builtins.str
+    """Only artifacts whose name lies under this folder path, ending in '/' ("docs/stories/");
+    sub-folders included.
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[Global___LifecycleState.ValueType]:
         """Only artifacts whose latest version is in one of these states; when empty, those whose
@@ -1234,10 +1239,11 @@ class ListArtifactsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         states: _abc.Iterable[Global___LifecycleState.ValueType] | None = ...,
+        path_prefix: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_type", b"artifact_type", "page_size", b"page_size", "page_token", b"page_token", "project", b"project", "states", b"states", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_type", b"artifact_type", "page_size", b"page_size", "page_token", b"page_token", "path_prefix", b"path_prefix", "project", b"project", "states", b"states", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1955,7 +1961,10 @@ class ArtifactEvent(_message.Message):
     """
     previous_version: _builtins.str
     origin_project: _builtins.str
-    """ARTIFACT_LINKED, ARTIFACT_UNLINKED: the project the artifact lives in."""
+    """ARTIFACT_LINKED, ARTIFACT_UNLINKED, and every event of an artifact linked into the
+    watched project (whose changes the stream carries while the link stands): the project
+    the artifact lives in.
+    """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(

@@ -26,47 +26,51 @@ from artifactd_client._generated.artifactd.v1 import artifact_pb2 as artifactd_d
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61rtifactd/v1/search.proto\x12\x0c\x61rtifactd.v1\x1a\x1b\x61rtifactd/v1/artifact.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x01\n\rSearchRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\r\n\x05query\x18\x03 \x01(\t\x12\x15\n\rartifact_type\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12\x11\n\tpage_size\x18\x07 \x01(\r\x12\x12\n\npage_token\x18\x08 \x01(\t\x12\x12\n\ncategories\x18\t \x03(\t\"\xb5\x02\n\tSearchHit\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rartifact_type\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\r\n\x05title\x18\x07 \x01(\t\x12\r\n\x05score\x18\x08 \x01(\x02\x12\x0f\n\x07snippet\x18\t \x01(\t\x12\x12\n\ncategories\x18\n \x03(\t\x12\x0c\n\x04size\x18\x0b \x01(\x04\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07project\x18\x0e \x01(\t\"d\n\x0eSearchResponse\x12%\n\x04hits\x18\x01 \x03(\x0b\x32\x17.artifactd.v1.SearchHit\x12\x12\n\ntotal_hits\x18\x02 \x01(\x04\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\xa6\x01\n\x13SearchByTagsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12%\n\x05match\x18\x04 \x01(\x0e\x32\x16.artifactd.v1.TagMatch\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\x12\x12\n\ncategories\x18\x07 \x03(\t\"&\n\x08TagCount\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\xc3\x01\n\x14SearchByTagsResponse\x12%\n\x04hits\x18\x01 \x03(\x0b\x32\x17.artifactd.v1.SearchHit\x12\x12\n\ntotal_hits\x18\x02 \x01(\x04\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12&\n\x06\x66\x61\x63\x65ts\x18\x04 \x03(\x0b\x32\x16.artifactd.v1.TagCount\x12/\n\x0f\x63\x61tegory_facets\x18\x05 \x03(\x0b\x32\x16.artifactd.v1.TagCount\"\xc4\x01\n\x0eMetadataFilter\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x10\n\x06\x65quals\x18\x02 \x01(\tH\x00\x12\x10\n\x06prefix\x18\x03 \x01(\tH\x00\x12\x31\n\x0cnumber_range\x18\x04 \x01(\x0b\x32\x19.artifactd.v1.NumberRangeH\x00\x12-\n\ntime_range\x18\x05 \x01(\x0b\x32\x17.artifactd.v1.TimeRangeH\x00\x12\x10\n\x06\x65xists\x18\x06 \x01(\x08H\x00\x42\x0b\n\tcondition\"A\n\x0bNumberRange\x12\x10\n\x03min\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"`\n\tTimeRange\x12(\n\x04\x66rom\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xce\x01\n\x17SearchByMetadataRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12-\n\x07\x66ilters\x18\x03 \x03(\x0b\x32\x1c.artifactd.v1.MetadataFilter\x12(\n\x04sort\x18\x04 \x01(\x0e\x32\x1a.artifactd.v1.MetadataSort\x12\x12\n\ndescending\x18\x05 \x01(\x08\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\"n\n\x18SearchByMetadataResponse\x12%\n\x04hits\x18\x01 \x03(\x0b\x32\x17.artifactd.v1.SearchHit\x12\x12\n\ntotal_hits\x18\x02 \x01(\x04\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"j\n\x0b\x41rtifactRef\x12\x15\n\x0b\x61rtifact_id\x18\x01 \x01(\tH\x00\x12:\n\x0b\x63oordinates\x18\x02 \x01(\x0b\x32#.artifactd.v1.DependencyCoordinatesH\x00\x42\x08\n\x06target\"\xe9\x02\n\x1bSearchByDependenciesRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12/\n\ndepends_on\x18\x03 \x01(\x0b\x32\x19.artifactd.v1.ArtifactRefH\x00\x12\x33\n\x0e\x64\x65pended_on_by\x18\x04 \x01(\x0b\x32\x19.artifactd.v1.ArtifactRefH\x00\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x15\n\rartifact_type\x18\x06 \x01(\t\x12,\n\x06states\x18\x07 \x03(\x0e\x32\x1c.artifactd.v1.LifecycleState\x12\r\n\x05kinds\x18\x08 \x03(\t\x12\x17\n\x0f\x61\x63\x63\x65pts_version\x18\t \x01(\t\x12\x12\n\ntransitive\x18\n \x01(\x08\x12\x11\n\tpage_size\x18\x0b \x01(\r\x12\x12\n\npage_token\x18\x0c \x01(\tB\n\n\x08relation\"\xca\x01\n\rDependencyHit\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x15\n\rartifact_type\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12+\n\x05state\x18\x06 \x01(\x0e\x32\x1c.artifactd.v1.LifecycleState\x12\x13\n\x0brequirement\x18\x07 \x01(\t\x12\x0c\n\x04kind\x18\x08 \x01(\t\x12\r\n\x05\x64\x65pth\x18\t \x01(\r\"\x8f\x01\n\x1cSearchByDependenciesResponse\x12)\n\x04hits\x18\x01 \x03(\x0b\x32\x1b.artifactd.v1.DependencyHit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12\x18\n\x10truncated_reason\x18\x04 \x01(\t*K\n\x08TagMatch\x12\x19\n\x15TAG_MATCH_UNSPECIFIED\x10\x00\x12\x11\n\rTAG_MATCH_ALL\x10\x01\x12\x11\n\rTAG_MATCH_ANY\x10\x02*\xae\x01\n\x0cMetadataSort\x12\x1d\n\x19METADATA_SORT_UNSPECIFIED\x10\x00\x12\x19\n\x15METADATA_SORT_CREATED\x10\x01\x12\x19\n\x15METADATA_SORT_UPDATED\x10\x02\x12\x16\n\x12METADATA_SORT_NAME\x10\x03\x12\x16\n\x12METADATA_SORT_SIZE\x10\x04\x12\x19\n\x15METADATA_SORT_VERSION\x10\x05\x32\xfd\x02\n\rSearchService\x12\x43\n\x06Search\x12\x1b.artifactd.v1.SearchRequest\x1a\x1c.artifactd.v1.SearchResponse\x12U\n\x0cSearchByTags\x12!.artifactd.v1.SearchByTagsRequest\x1a\".artifactd.v1.SearchByTagsResponse\x12\x61\n\x10SearchByMetadata\x12%.artifactd.v1.SearchByMetadataRequest\x1a&.artifactd.v1.SearchByMetadataResponse\x12m\n\x14SearchByDependencies\x12).artifactd.v1.SearchByDependenciesRequest\x1a*.artifactd.v1.SearchByDependenciesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61rtifactd/v1/search.proto\x12\x0c\x61rtifactd.v1\x1a\x1b\x61rtifactd/v1/artifact.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x01\n\rSearchRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\r\n\x05query\x18\x03 \x01(\t\x12\x15\n\rartifact_type\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12\x11\n\tpage_size\x18\x07 \x01(\r\x12\x12\n\npage_token\x18\x08 \x01(\t\x12\x12\n\ncategories\x18\t \x03(\t\x12)\n\x06syntax\x18\n \x01(\x0e\x32\x19.artifactd.v1.QuerySyntax\x12\x13\n\x0bpath_prefix\x18\x0b \x01(\t\"\'\n\tHighlight\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\"\xf8\x02\n\tSearchHit\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rartifact_type\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\r\n\x05title\x18\x07 \x01(\t\x12\r\n\x05score\x18\x08 \x01(\x02\x12\x0f\n\x07snippet\x18\t \x01(\t\x12\x12\n\ncategories\x18\n \x03(\t\x12\x0c\n\x04size\x18\x0b \x01(\x04\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07project\x18\x0e \x01(\t\x12\x14\n\x0csnippet_text\x18\x0f \x01(\t\x12+\n\nhighlights\x18\x10 \x03(\x0b\x32\x17.artifactd.v1.Highlight\"d\n\x0eSearchResponse\x12%\n\x04hits\x18\x01 \x03(\x0b\x32\x17.artifactd.v1.SearchHit\x12\x12\n\ntotal_hits\x18\x02 \x01(\x04\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\xa6\x01\n\x13SearchByTagsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12%\n\x05match\x18\x04 \x01(\x0e\x32\x16.artifactd.v1.TagMatch\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\x12\x12\n\ncategories\x18\x07 \x03(\t\"&\n\x08TagCount\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\xc3\x01\n\x14SearchByTagsResponse\x12%\n\x04hits\x18\x01 \x03(\x0b\x32\x17.artifactd.v1.SearchHit\x12\x12\n\ntotal_hits\x18\x02 \x01(\x04\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12&\n\x06\x66\x61\x63\x65ts\x18\x04 \x03(\x0b\x32\x16.artifactd.v1.TagCount\x12/\n\x0f\x63\x61tegory_facets\x18\x05 \x03(\x0b\x32\x16.artifactd.v1.TagCount\"\xc4\x01\n\x0eMetadataFilter\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x10\n\x06\x65quals\x18\x02 \x01(\tH\x00\x12\x10\n\x06prefix\x18\x03 \x01(\tH\x00\x12\x31\n\x0cnumber_range\x18\x04 \x01(\x0b\x32\x19.artifactd.v1.NumberRangeH\x00\x12-\n\ntime_range\x18\x05 \x01(\x0b\x32\x17.artifactd.v1.TimeRangeH\x00\x12\x10\n\x06\x65xists\x18\x06 \x01(\x08H\x00\x42\x0b\n\tcondition\"A\n\x0bNumberRange\x12\x10\n\x03min\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"`\n\tTimeRange\x12(\n\x04\x66rom\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xce\x01\n\x17SearchByMetadataRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12-\n\x07\x66ilters\x18\x03 \x03(\x0b\x32\x1c.artifactd.v1.MetadataFilter\x12(\n\x04sort\x18\x04 \x01(\x0e\x32\x1a.artifactd.v1.MetadataSort\x12\x12\n\ndescending\x18\x05 \x01(\x08\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\"n\n\x18SearchByMetadataResponse\x12%\n\x04hits\x18\x01 \x03(\x0b\x32\x17.artifactd.v1.SearchHit\x12\x12\n\ntotal_hits\x18\x02 \x01(\x04\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"j\n\x0b\x41rtifactRef\x12\x15\n\x0b\x61rtifact_id\x18\x01 \x01(\tH\x00\x12:\n\x0b\x63oordinates\x18\x02 \x01(\x0b\x32#.artifactd.v1.DependencyCoordinatesH\x00\x42\x08\n\x06target\"\xe9\x02\n\x1bSearchByDependenciesRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12/\n\ndepends_on\x18\x03 \x01(\x0b\x32\x19.artifactd.v1.ArtifactRefH\x00\x12\x33\n\x0e\x64\x65pended_on_by\x18\x04 \x01(\x0b\x32\x19.artifactd.v1.ArtifactRefH\x00\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x15\n\rartifact_type\x18\x06 \x01(\t\x12,\n\x06states\x18\x07 \x03(\x0e\x32\x1c.artifactd.v1.LifecycleState\x12\r\n\x05kinds\x18\x08 \x03(\t\x12\x17\n\x0f\x61\x63\x63\x65pts_version\x18\t \x01(\t\x12\x12\n\ntransitive\x18\n \x01(\x08\x12\x11\n\tpage_size\x18\x0b \x01(\r\x12\x12\n\npage_token\x18\x0c \x01(\tB\n\n\x08relation\"\xca\x01\n\rDependencyHit\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x15\n\rartifact_type\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12+\n\x05state\x18\x06 \x01(\x0e\x32\x1c.artifactd.v1.LifecycleState\x12\x13\n\x0brequirement\x18\x07 \x01(\t\x12\x0c\n\x04kind\x18\x08 \x01(\t\x12\r\n\x05\x64\x65pth\x18\t \x01(\r\"\x8f\x01\n\x1cSearchByDependenciesResponse\x12)\n\x04hits\x18\x01 \x03(\x0b\x32\x1b.artifactd.v1.DependencyHit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12\x18\n\x10truncated_reason\x18\x04 \x01(\t*a\n\x0bQuerySyntax\x12\x1c\n\x18QUERY_SYNTAX_UNSPECIFIED\x10\x00\x12\x18\n\x14QUERY_SYNTAX_NATURAL\x10\x01\x12\x1a\n\x16QUERY_SYNTAX_OPERATORS\x10\x02*K\n\x08TagMatch\x12\x19\n\x15TAG_MATCH_UNSPECIFIED\x10\x00\x12\x11\n\rTAG_MATCH_ALL\x10\x01\x12\x11\n\rTAG_MATCH_ANY\x10\x02*\xae\x01\n\x0cMetadataSort\x12\x1d\n\x19METADATA_SORT_UNSPECIFIED\x10\x00\x12\x19\n\x15METADATA_SORT_CREATED\x10\x01\x12\x19\n\x15METADATA_SORT_UPDATED\x10\x02\x12\x16\n\x12METADATA_SORT_NAME\x10\x03\x12\x16\n\x12METADATA_SORT_SIZE\x10\x04\x12\x19\n\x15METADATA_SORT_VERSION\x10\x05\x32\xfd\x02\n\rSearchService\x12\x43\n\x06Search\x12\x1b.artifactd.v1.SearchRequest\x1a\x1c.artifactd.v1.SearchResponse\x12U\n\x0cSearchByTags\x12!.artifactd.v1.SearchByTagsRequest\x1a\".artifactd.v1.SearchByTagsResponse\x12\x61\n\x10SearchByMetadata\x12%.artifactd.v1.SearchByMetadataRequest\x1a&.artifactd.v1.SearchByMetadataResponse\x12m\n\x14SearchByDependencies\x12).artifactd.v1.SearchByDependenciesRequest\x1a*.artifactd.v1.SearchByDependenciesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'artifactd.v1.search_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TAGMATCH']._serialized_start=2611
-  _globals['_TAGMATCH']._serialized_end=2686
-  _globals['_METADATASORT']._serialized_start=2689
-  _globals['_METADATASORT']._serialized_end=2863
+  _globals['_QUERYSYNTAX']._serialized_start=2783
+  _globals['_QUERYSYNTAX']._serialized_end=2880
+  _globals['_TAGMATCH']._serialized_start=2882
+  _globals['_TAGMATCH']._serialized_end=2957
+  _globals['_METADATASORT']._serialized_start=2960
+  _globals['_METADATASORT']._serialized_end=3134
   _globals['_SEARCHREQUEST']._serialized_start=106
-  _globals['_SEARCHREQUEST']._serialized_end=280
-  _globals['_SEARCHHIT']._serialized_start=283
-  _globals['_SEARCHHIT']._serialized_end=592
-  _globals['_SEARCHRESPONSE']._serialized_start=594
-  _globals['_SEARCHRESPONSE']._serialized_end=694
-  _globals['_SEARCHBYTAGSREQUEST']._serialized_start=697
-  _globals['_SEARCHBYTAGSREQUEST']._serialized_end=863
-  _globals['_TAGCOUNT']._serialized_start=865
-  _globals['_TAGCOUNT']._serialized_end=903
-  _globals['_SEARCHBYTAGSRESPONSE']._serialized_start=906
-  _globals['_SEARCHBYTAGSRESPONSE']._serialized_end=1101
-  _globals['_METADATAFILTER']._serialized_start=1104
-  _globals['_METADATAFILTER']._serialized_end=1300
-  _globals['_NUMBERRANGE']._serialized_start=1302
-  _globals['_NUMBERRANGE']._serialized_end=1367
-  _globals['_TIMERANGE']._serialized_start=1369
-  _globals['_TIMERANGE']._serialized_end=1465
-  _globals['_SEARCHBYMETADATAREQUEST']._serialized_start=1468
-  _globals['_SEARCHBYMETADATAREQUEST']._serialized_end=1674
-  _globals['_SEARCHBYMETADATARESPONSE']._serialized_start=1676
-  _globals['_SEARCHBYMETADATARESPONSE']._serialized_end=1786
-  _globals['_ARTIFACTREF']._serialized_start=1788
-  _globals['_ARTIFACTREF']._serialized_end=1894
-  _globals['_SEARCHBYDEPENDENCIESREQUEST']._serialized_start=1897
-  _globals['_SEARCHBYDEPENDENCIESREQUEST']._serialized_end=2258
-  _globals['_DEPENDENCYHIT']._serialized_start=2261
-  _globals['_DEPENDENCYHIT']._serialized_end=2463
-  _globals['_SEARCHBYDEPENDENCIESRESPONSE']._serialized_start=2466
-  _globals['_SEARCHBYDEPENDENCIESRESPONSE']._serialized_end=2609
-  _globals['_SEARCHSERVICE']._serialized_start=2866
-  _globals['_SEARCHSERVICE']._serialized_end=3247
+  _globals['_SEARCHREQUEST']._serialized_end=344
+  _globals['_HIGHLIGHT']._serialized_start=346
+  _globals['_HIGHLIGHT']._serialized_end=385
+  _globals['_SEARCHHIT']._serialized_start=388
+  _globals['_SEARCHHIT']._serialized_end=764
+  _globals['_SEARCHRESPONSE']._serialized_start=766
+  _globals['_SEARCHRESPONSE']._serialized_end=866
+  _globals['_SEARCHBYTAGSREQUEST']._serialized_start=869
+  _globals['_SEARCHBYTAGSREQUEST']._serialized_end=1035
+  _globals['_TAGCOUNT']._serialized_start=1037
+  _globals['_TAGCOUNT']._serialized_end=1075
+  _globals['_SEARCHBYTAGSRESPONSE']._serialized_start=1078
+  _globals['_SEARCHBYTAGSRESPONSE']._serialized_end=1273
+  _globals['_METADATAFILTER']._serialized_start=1276
+  _globals['_METADATAFILTER']._serialized_end=1472
+  _globals['_NUMBERRANGE']._serialized_start=1474
+  _globals['_NUMBERRANGE']._serialized_end=1539
+  _globals['_TIMERANGE']._serialized_start=1541
+  _globals['_TIMERANGE']._serialized_end=1637
+  _globals['_SEARCHBYMETADATAREQUEST']._serialized_start=1640
+  _globals['_SEARCHBYMETADATAREQUEST']._serialized_end=1846
+  _globals['_SEARCHBYMETADATARESPONSE']._serialized_start=1848
+  _globals['_SEARCHBYMETADATARESPONSE']._serialized_end=1958
+  _globals['_ARTIFACTREF']._serialized_start=1960
+  _globals['_ARTIFACTREF']._serialized_end=2066
+  _globals['_SEARCHBYDEPENDENCIESREQUEST']._serialized_start=2069
+  _globals['_SEARCHBYDEPENDENCIESREQUEST']._serialized_end=2430
+  _globals['_DEPENDENCYHIT']._serialized_start=2433
+  _globals['_DEPENDENCYHIT']._serialized_end=2635
+  _globals['_SEARCHBYDEPENDENCIESRESPONSE']._serialized_start=2638
+  _globals['_SEARCHBYDEPENDENCIESRESPONSE']._serialized_end=2781
+  _globals['_SEARCHSERVICE']._serialized_start=3137
+  _globals['_SEARCHSERVICE']._serialized_end=3518
 # @@protoc_insertion_point(module_scope)

@@ -21,6 +21,27 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _QuerySyntax:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _QuerySyntaxEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QuerySyntax.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    QUERY_SYNTAX_UNSPECIFIED: _QuerySyntax.ValueType  # 0
+    QUERY_SYNTAX_NATURAL: _QuerySyntax.ValueType  # 1
+    """Words and phrases; never a syntax error."""
+    QUERY_SYNTAX_OPERATORS: _QuerySyntax.ValueType  # 2
+    """The query language."""
+
+class QuerySyntax(_QuerySyntax, metaclass=_QuerySyntaxEnumTypeWrapper): ...
+
+QUERY_SYNTAX_UNSPECIFIED: QuerySyntax.ValueType  # 0
+QUERY_SYNTAX_NATURAL: QuerySyntax.ValueType  # 1
+"""Words and phrases; never a syntax error."""
+QUERY_SYNTAX_OPERATORS: QuerySyntax.ValueType  # 2
+"""The query language."""
+Global___QuerySyntax: _TypeAlias = QuerySyntax  # noqa: Y015
+
 class _TagMatch:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -84,6 +105,8 @@ class SearchRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     CATEGORIES_FIELD_NUMBER: _builtins.int
+    SYNTAX_FIELD_NUMBER: _builtins.int
+    PATH_PREFIX_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     project: _builtins.str
     query: _builtins.str
@@ -97,6 +120,10 @@ class SearchRequest(_message.Message):
     """At most this many hits (default 20, at most 1000)."""
     page_token: _builtins.str
     """From a previous response: the next page of the same result set."""
+    syntax: Global___QuerySyntax.ValueType
+    """How `query` is read; natural text when unspecified."""
+    path_prefix: _builtins.str
+    """Only artifacts whose name lies under this folder path, ending in '/' ("docs/stories/")."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only artifacts carrying every one of these tags."""
@@ -117,14 +144,42 @@ class SearchRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         categories: _abc.Iterable[_builtins.str] | None = ...,
+        syntax: Global___QuerySyntax.ValueType = ...,
+        path_prefix: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_type", b"artifact_type", "categories", b"categories", "page_size", b"page_size", "page_token", b"page_token", "project", b"project", "query", b"query", "state", b"state", "tags", b"tags", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_type", b"artifact_type", "categories", b"categories", "page_size", b"page_size", "page_token", b"page_token", "path_prefix", b"path_prefix", "project", b"project", "query", b"query", "state", b"state", "syntax", b"syntax", "tags", b"tags", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchRequest: _TypeAlias = SearchRequest  # noqa: Y015
+
+@_typing.final
+class Highlight(_message.Message):
+    """A matched stretch of `SearchHit.snippet_text`: characters (Unicode code points) from its
+    start, end exclusive.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    start: _builtins.int
+    end: _builtins.int
+    def __init__(
+        self,
+        *,
+        start: _builtins.int = ...,
+        end: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Highlight: _TypeAlias = Highlight  # noqa: Y015
 
 @_typing.final
 class SearchHit(_message.Message):
@@ -144,6 +199,8 @@ class SearchHit(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
+    SNIPPET_TEXT_FIELD_NUMBER: _builtins.int
+    HIGHLIGHTS_FIELD_NUMBER: _builtins.int
     artifact_id: _builtins.str
     name: _builtins.str
     artifact_type: _builtins.str
@@ -151,15 +208,20 @@ class SearchHit(_message.Message):
     version: _builtins.str
     """The version that was indexed (the latest)."""
     title: _builtins.str
+    """The document's title; its name when it has none."""
     score: _builtins.float
     snippet: _builtins.str
-    """The best fragment of the content, matches wrapped in <b>…</b>."""
+    """The best fragment of the content (without its front matter) as HTML: the text
+    HTML-escaped, matches wrapped in <b>…</b>. Without a match in the body, its opening.
+    """
     size: _builtins.int
     """Bytes of the indexed version."""
     project: _builtins.str
     """The project the artifact lives in: another than the one searched when it is linked
     into that one.
     """
+    snippet_text: _builtins.str
+    """The same fragment as plain text, not escaped, and where the matches are in it."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -170,6 +232,8 @@ class SearchHit(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """The last change: a new version, or new tags or categories."""
 
+    @_builtins.property
+    def highlights(self) -> _containers.RepeatedCompositeFieldContainer[Global___Highlight]: ...
     def __init__(
         self,
         *,
@@ -187,10 +251,12 @@ class SearchHit(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         project: _builtins.str = ...,
+        snippet_text: _builtins.str = ...,
+        highlights: _abc.Iterable[Global___Highlight] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "artifact_type", b"artifact_type", "categories", b"categories", "created_at", b"created_at", "name", b"name", "project", b"project", "score", b"score", "size", b"size", "snippet", b"snippet", "state", b"state", "tags", b"tags", "title", b"title", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "artifact_type", b"artifact_type", "categories", b"categories", "created_at", b"created_at", "highlights", b"highlights", "name", b"name", "project", b"project", "score", b"score", "size", b"size", "snippet", b"snippet", "snippet_text", b"snippet_text", "state", b"state", "tags", b"tags", "title", b"title", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

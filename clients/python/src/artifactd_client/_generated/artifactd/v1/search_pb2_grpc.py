@@ -66,9 +66,14 @@ class SearchServiceServicer:
     """
 
     def Search(self, request, context):
-        """Full-text search ranked by BM25, with filters, highlighted snippets and paging.
-        The query language: words, "quoted phrases", AND / OR / NOT (or +word / -word), and
-        field:value for the fields name, title, headings, body, type, tags and state.
+        """Full-text search with filters, highlighted snippets and paging. By default the query is
+        read as natural text: words and "quoted phrases" (kept together when their quotes
+        balance), punctuation as text; it never fails to parse. Documents where the words occur
+        together rank first, an exact sentence or title highest; common words only count inside
+        phrases. Scores use the statistics of the tenant's own documents alone. With
+        QUERY_SYNTAX_OPERATORS: the query language (AND / OR / NOT or +word / -word, "phrases",
+        field:value for title, name, headings, body, front_matter, type, tags, categories and
+        version), whose errors name the problem and its position.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -37,9 +37,14 @@ class SearchServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SearchServiceAsyncStub: ...
     Search: _grpc.UnaryUnaryMultiCallable[_search_pb2.SearchRequest, _search_pb2.SearchResponse]
-    """Full-text search ranked by BM25, with filters, highlighted snippets and paging.
-    The query language: words, "quoted phrases", AND / OR / NOT (or +word / -word), and
-    field:value for the fields name, title, headings, body, type, tags and state.
+    """Full-text search with filters, highlighted snippets and paging. By default the query is
+    read as natural text: words and "quoted phrases" (kept together when their quotes
+    balance), punctuation as text; it never fails to parse. Documents where the words occur
+    together rank first, an exact sentence or title highest; common words only count inside
+    phrases. Scores use the statistics of the tenant's own documents alone. With
+    QUERY_SYNTAX_OPERATORS: the query language (AND / OR / NOT or +word / -word, "phrases",
+    field:value for title, name, headings, body, front_matter, type, tags, categories and
+    version), whose errors name the problem and its position.
     """
     SearchByTags: _grpc.UnaryUnaryMultiCallable[_search_pb2.SearchByTagsRequest, _search_pb2.SearchByTagsResponse]
     """Artifacts carrying all (or any) of some tags and categories, with counts of every tag and
@@ -65,9 +70,14 @@ class SearchServiceAsyncStub(SearchServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Search: _aio.UnaryUnaryMultiCallable[_search_pb2.SearchRequest, _search_pb2.SearchResponse]  # type: ignore[assignment]
-    """Full-text search ranked by BM25, with filters, highlighted snippets and paging.
-    The query language: words, "quoted phrases", AND / OR / NOT (or +word / -word), and
-    field:value for the fields name, title, headings, body, type, tags and state.
+    """Full-text search with filters, highlighted snippets and paging. By default the query is
+    read as natural text: words and "quoted phrases" (kept together when their quotes
+    balance), punctuation as text; it never fails to parse. Documents where the words occur
+    together rank first, an exact sentence or title highest; common words only count inside
+    phrases. Scores use the statistics of the tenant's own documents alone. With
+    QUERY_SYNTAX_OPERATORS: the query language (AND / OR / NOT or +word / -word, "phrases",
+    field:value for title, name, headings, body, front_matter, type, tags, categories and
+    version), whose errors name the problem and its position.
     """
     SearchByTags: _aio.UnaryUnaryMultiCallable[_search_pb2.SearchByTagsRequest, _search_pb2.SearchByTagsResponse]  # type: ignore[assignment]
     """Artifacts carrying all (or any) of some tags and categories, with counts of every tag and
@@ -96,9 +106,14 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _search_pb2.SearchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_search_pb2.SearchResponse, _abc.Awaitable[_search_pb2.SearchResponse]]:
-        """Full-text search ranked by BM25, with filters, highlighted snippets and paging.
-        The query language: words, "quoted phrases", AND / OR / NOT (or +word / -word), and
-        field:value for the fields name, title, headings, body, type, tags and state.
+        """Full-text search with filters, highlighted snippets and paging. By default the query is
+        read as natural text: words and "quoted phrases" (kept together when their quotes
+        balance), punctuation as text; it never fails to parse. Documents where the words occur
+        together rank first, an exact sentence or title highest; common words only count inside
+        phrases. Scores use the statistics of the tenant's own documents alone. With
+        QUERY_SYNTAX_OPERATORS: the query language (AND / OR / NOT or +word / -word, "phrases",
+        field:value for title, name, headings, body, front_matter, type, tags, categories and
+        version), whose errors name the problem and its position.
         """
 
     @_abc_1.abstractmethod
