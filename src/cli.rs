@@ -891,7 +891,20 @@ async fn pull(
         found.artifact.unwrap_or_default(),
         found.version.unwrap_or_default(),
     );
-    let target = output.unwrap_or_else(|| PathBuf::from(&artifact.name));
+    let target = match output {
+        Some(output) => output,
+        // The name becomes a relative path: only one that keeps to the name rules (no '..',
+        // no leading '/'), whatever the server sent.
+        None => {
+            crate::domain::names::validate_artifact_name(&artifact.name).map_err(|e| {
+                failure(
+                    1,
+                    format!("the artifact's name cannot be a file path: {e}; use --output"),
+                )
+            })?;
+            PathBuf::from(&artifact.name)
+        }
+    };
     let partial = target.with_file_name(format!(
         "{}.part",
         target.file_name().and_then(|n| n.to_str()).unwrap_or("download")

@@ -524,6 +524,51 @@ async fn a_name_goes_to_one_of_racing_links_and_creations(catalog: Catalog) {
         .await
         .unwrap();
     assert_eq!(shown.len(), ROUNDS, "one artifact per name in the project");
+
+    // Names that are paths list by folder, sub-folders included, on both dialects.
+    let paths = Scope::new("acme", "paths");
+    for name in [
+        "docs/stories/1.1.md",
+        "docs/prd.md",
+        "docsx/other.md",
+        "README.md",
+        "docs/stories/é.md",
+    ] {
+        catalog
+            .create_artifact(
+                &new_artifact(&paths, name),
+                &new_version("1.0.0", Vec::new(), Vec::new()),
+            )
+            .await
+            .unwrap();
+    }
+    for (prefix, expected) in [
+        (
+            "docs/",
+            vec!["docs/prd.md", "docs/stories/1.1.md", "docs/stories/é.md"],
+        ),
+        ("docs/stories/", vec!["docs/stories/1.1.md", "docs/stories/é.md"]),
+        (
+            "",
+            vec![
+                "README.md",
+                "docs/prd.md",
+                "docs/stories/1.1.md",
+                "docs/stories/é.md",
+                "docsx/other.md",
+            ],
+        ),
+    ] {
+        let mut listed: Vec<String> = catalog
+            .list_artifacts(&paths, None, prefix, &[LifecycleState::Draft], None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.name)
+            .collect();
+        listed.sort();
+        assert_eq!(listed, expected, "{prefix:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -303,7 +303,7 @@ impl Artifacts {
     {
         validate_scope(&request.scope)?;
         validate_identifier("artifact_type", &request.artifact_type)?;
-        validate_artifact_name(&request.name)?;
+        crate::domain::names::validate_new_artifact_name(&request.name)?;
         validate_description(&request.description)?;
         validate_change_message(&request.change_message)?;
         validate_metadata("metadata", &request.metadata)?;

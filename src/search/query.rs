@@ -232,8 +232,11 @@ pub fn natural(fields: TextFields, text: &str) -> Box<dyn Query> {
     let mut all = words(&rest);
     all.truncate(MAX_QUERY_WORDS);
     let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-    for phrase_text in &quoted {
-        let phrase_words = words(phrase_text);
+    /// Quoted phrases that count; a paste of many is read as text beyond these.
+    const MAX_PHRASES: usize = 8;
+    for phrase_text in quoted.iter().take(MAX_PHRASES) {
+        let mut phrase_words = words(phrase_text);
+        phrase_words.truncate(MAX_QUERY_WORDS);
         let refs: Vec<&Word> = phrase_words.iter().collect();
         let required: Option<Box<dyn Query>> = match refs.as_slice() {
             [] => None,
@@ -351,8 +354,13 @@ pub fn check_operators(text: &str, known_fields: &[&str]) -> Result<()> {
     let at = |index: usize| index + 1;
     let mut open_quote = None;
     let mut parens = Vec::new();
+    let mut escaped = false;
     for (index, c) in chars.iter().enumerate() {
+        if std::mem::take(&mut escaped) {
+            continue;
+        }
         match c {
+            '\\' => escaped = true,
             '"' => open_quote = if open_quote.is_some() { None } else { Some(index) },
             '(' if open_quote.is_none() => parens.push(index),
             ')' if open_quote.is_none() && parens.pop().is_none() => {
@@ -404,6 +412,7 @@ pub fn check_operators(text: &str, known_fields: &[&str]) -> Result<()> {
         let bare = piece.trim_start_matches(['+', '-', '(']);
         if let Some((field, _)) = bare.split_once(':')
             && !bare.starts_with('"')
+            && !field.contains('\\')
             && !field.is_empty()
             && !known_fields.contains(&field)
         {

@@ -18,8 +18,8 @@ struct SegmentShare {
     /// The tenant's live documents, ascending.
     docs: Vec<DocId>,
     member: tantivy::BitSet,
-    /// Every document of the segment is live and the tenant's: the segment's own statistics
-    /// are the tenant's, exactly and at no cost.
+    /// Every document of the segment is live and the tenant's: the segment's document
+    /// frequencies are the tenant's, exactly and at no cost.
     whole: bool,
 }
 
@@ -80,10 +80,8 @@ impl Bm25StatisticsProvider for TenantStatistics {
             if share.docs.is_empty() {
                 continue;
             }
-            if share.whole {
-                total += reader.inverted_index(field)?.total_num_tokens();
-                continue;
-            }
+            // Always the documents' own (bucketed) lengths, never a segment's exact total: the
+            // figure must not depend on which tenants share a segment after a merge.
             if let Some(norms) = reader.fieldnorms_readers().get_field(field)? {
                 total += share
                     .docs
