@@ -101,7 +101,7 @@ test("errors reach the caller with the server's code and message", async () => {
     (error: unknown) => codeOf(error) === Code.NotFound && String(error).includes(missing),
   );
   await assert.rejects(
-    client.create("acme", "web", "prd", "a/b.md", new Uint8Array([1])),
+    client.create("acme", "web", "prd", "docs/../b.md", new Uint8Array([1])),
     (error: unknown) => codeOf(error) === Code.InvalidArgument && String(error).includes("name:"),
   );
   await assert.rejects(
