@@ -61,7 +61,7 @@ pub const VARIABLES: &[&str] = &[
 pub enum ClientCommand {
     /// Uploads files: a new artifact per file, or a new version of an existing one.
     Push {
-        /// Files, or directories (every file below them).
+        /// Files, or directories (every file below them, named by its path below the directory).
         paths: Vec<PathBuf>,
         /// The artifact type, for example prd, architecture, story, bundle.
         #[arg(long = "type", default_value = "file")]
@@ -104,11 +104,17 @@ pub enum ClientCommand {
         #[arg(long)]
         version: Option<String>,
     },
-    /// Full-text search.
+    /// Full-text search: the text as people type it, or the query language with --operators.
     Search {
         query: String,
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Read the query as the query language (field:value, AND, OR, +/-, quotes).
+        #[arg(long)]
+        operators: bool,
+        /// Only artifacts whose names lie under this folder ("docs/stories/").
+        #[arg(long)]
+        under: Option<String>,
     },
     /// Deletes an artifact (restorable for the retention period).
     Rm { artifact: String },
@@ -256,10 +262,11 @@ pub async fn run(connection: Connection, command: ClientCommand) -> Result<(), F
             if files.is_empty() {
                 return Err(failure(4, "push: no files given"));
             }
-            for file in files {
+            for (file, name) in files {
                 push(
                     &session,
                     &file,
+                    &name,
                     &artifact_type,
                     version.as_deref(),
                     &bump,
@@ -389,14 +396,26 @@ pub async fn run(connection: Connection, command: ClientCommand) -> Result<(), F
             );
             Ok(())
         }
-        ClientCommand::Search { query, limit } => {
+        ClientCommand::Search {
+            query,
+            limit,
+            operators,
+            under,
+        } => {
             let (tenant, project) = session.scope();
+            let syntax = if operators {
+                crate::proto::QuerySyntax::Operators
+            } else {
+                crate::proto::QuerySyntax::Natural
+            };
             let found = SearchServiceClient::new(session.channel.clone())
                 .search(session.request(SearchRequest {
                     tenant,
                     project,
                     query,
                     page_size: limit,
+                    syntax: syntax as i32,
+                    path_prefix: under.unwrap_or_default(),
                     ..Default::default()
                 }))
                 .await?
@@ -404,7 +423,7 @@ pub async fn run(connection: Connection, command: ClientCommand) -> Result<(), F
             let hits: Vec<_> = found
                 .hits
                 .iter()
-                .map(|h| json!({ "artifact_id": h.artifact_id, "name": h.name, "type": h.artifact_type, "score": h.score }))
+                .map(|h| json!({ "artifact_id": h.artifact_id, "name": h.name, "type": h.artifact_type, "title": h.title, "score": h.score, "snippet": h.snippet_text }))
                 .collect();
             session.print(json!({ "total_hits": found.total_hits, "hits": hits }), || {
                 let mut lines = vec![format!("{} hits", found.total_hits)];
@@ -687,19 +706,38 @@ fn state_name(state: i32) -> String {
         .to_ascii_lowercase()
 }
 
-fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), Failure> {
+/// The files under `path` with the names they take: a file's own name, or for a directory,
+/// each file's path below it ("stories/1.1.story.md"), so a folder keeps its shape.
+fn collect_files(path: &Path, files: &mut Vec<(PathBuf, String)>) -> Result<(), Failure> {
     let metadata = std::fs::metadata(path).map_err(|e| failure(4, format!("{}: {e}", path.display())))?;
     if metadata.is_file() {
-        files.push(path.to_owned());
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| failure(4, format!("{}: not a file name", path.display())))?;
+        files.push((path.to_owned(), name.to_owned()));
         return Ok(());
     }
-    let mut entries: Vec<_> = std::fs::read_dir(path)
-        .map_err(|e| failure(4, format!("{}: {e}", path.display())))?
+    walk(path, path, files)
+}
+
+fn walk(root: &Path, dir: &Path, files: &mut Vec<(PathBuf, String)>) -> Result<(), Failure> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| failure(4, format!("{}: {e}", dir.display())))?
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
         .collect();
     entries.sort();
     for entry in entries {
-        collect_files(&entry, files)?;
+        if entry.is_dir() {
+            walk(root, &entry, files)?;
+            continue;
+        }
+        let relative = entry.strip_prefix(root).unwrap_or(&entry);
+        let parts: Option<Vec<&str>> = relative.components().map(|c| c.as_os_str().to_str()).collect();
+        let name = parts
+            .ok_or_else(|| failure(4, format!("{}: not a file name", entry.display())))?
+            .join("/");
+        files.push((entry, name));
     }
     Ok(())
 }
@@ -770,16 +808,13 @@ fn file_messages(path: &Path) -> Result<(Vec<Bytes>, UploadFinish), Failure> {
 async fn push(
     session: &Session,
     path: &Path,
+    name: &str,
     artifact_type: &str,
     version: Option<&str>,
     bump: &str,
     message: &str,
 ) -> Result<(), Failure> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| failure(4, format!("{}: not a file name", path.display())))?
-        .to_owned();
+    let name = name.to_owned();
     let (pieces, finish) = file_messages(path)?;
     let total = finish.size.unwrap_or_default();
     let (tenant, project) = session.scope();

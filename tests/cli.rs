@@ -85,7 +85,11 @@ fn push_pull_list_search_and_delete_from_the_command_line() {
         .iter()
         .map(|a| a["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["story.md", "wombat-prd.md"]);
+    assert_eq!(
+        names,
+        ["nested/story.md", "wombat-prd.md"],
+        "a folder keeps its shape"
+    );
     let versions = ok_json(cli(&server, &["versions", "doc/wombat-prd.md", "--json"], work));
     assert_eq!(versions[0]["version"], "1.1.0");
     assert_eq!(versions[1]["version"], "1.0.0");
@@ -128,6 +132,30 @@ fn push_pull_list_search_and_delete_from_the_command_line() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // A folder narrows the search; the query language is there when asked for.
+    let under = ok_json(cli(
+        &server,
+        &["search", "wombat", "--under", "nested/", "--json"],
+        work,
+    ));
+    assert_eq!(under["total_hits"], 1, "{under}");
+    assert_eq!(under["hits"][0]["name"], "nested/story.md", "{under}");
+    let natural = ok_json(cli(&server, &["search", "+wombat -story", "--json"], work));
+    assert_eq!(natural["total_hits"], 2, "as text, both words count: {natural}");
+    let operators = ok_json(cli(
+        &server,
+        &["search", "+wombat -story", "--operators", "--json"],
+        work,
+    ));
+    assert_eq!(operators["total_hits"], 1, "{operators}");
+    assert_eq!(operators["hits"][0]["name"], "wombat-prd.md", "{operators}");
+    let unclosed = cli(&server, &["search", "\"wombat", "--operators"], work);
+    assert_eq!(unclosed.status.code(), Some(4));
+    assert!(
+        String::from_utf8_lossy(&unclosed.stderr).contains("character 1"),
+        "{}",
+        String::from_utf8_lossy(&unclosed.stderr)
+    );
 
     ok_json(cli(&server, &["rm", &id, "--json"], work));
     let gone = cli(&server, &["show", &id], work);

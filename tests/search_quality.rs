@@ -42,7 +42,7 @@ fn another_tenants_content_never_changes_a_tenants_scores() {
     let index = SearchIndex::open(dir.path()).unwrap();
     let names = common::search_eval::load(&index);
     let queries = common::search_eval::queries();
-    let results = |index: &SearchIndex, tenant: &str| -> Vec<Vec<(String, u32)>> {
+    let results = |index: &SearchIndex, tenant: &str| -> Vec<Vec<(String, u32, String)>> {
         queries
             .iter()
             .map(|q| {
@@ -57,7 +57,7 @@ fn another_tenants_content_never_changes_a_tenants_scores() {
                     .unwrap()
                     .hits
                     .into_iter()
-                    .map(|h| (h.artifact_id, h.score.to_bits()))
+                    .map(|h| (h.artifact_id, h.score.to_bits(), h.snippet_text))
                     .collect()
             })
             .collect()
@@ -91,7 +91,7 @@ fn another_tenants_content_never_changes_a_tenants_scores() {
     let after = results(&index, common::search_eval::TENANT);
     assert_eq!(before.len(), after.len());
     for ((query, b), a) in queries.iter().zip(&before).zip(&after) {
-        assert_eq!(b, a, "{:?} ranks and scores alike", query.query);
+        assert_eq!(b, a, "{:?} ranks, scores and shows alike", query.query);
     }
     // The other tenant's own scores differ: the statistics are really per tenant.
     let theirs = results(&index, "globex");

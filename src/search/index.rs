@@ -13,13 +13,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tantivy::collector::sort_key::{SortByStaticFastValue, SortByString};
 use tantivy::collector::{Count, FacetCollector, SortKeyComputer, TopDocs};
-use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::query::{
+    Bm25StatisticsProvider, BooleanQuery, ConstScoreQuery, EnableScoring, Occur, Query, QueryParser,
+    RangeQuery, Scorer, TermQuery,
+};
 use tantivy::schema::{
     FAST, Facet, FacetOptions, Field, IndexRecordOption, STORED, STRING, Schema, TantivyDocument,
     TextFieldIndexing, TextOptions, Value,
 };
 use tantivy::snippet::SnippetGenerator;
-use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Searcher, Term, doc};
+use tantivy::{
+    DocAddress, DocSet, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Score, Searcher,
+    SegmentOrdinal, Term, doc,
+};
 
 /// How long a result set stays pinned for paging.
 const CURSOR_LIFETIME: Duration = Duration::from_secs(300);
@@ -29,6 +35,9 @@ const PINNED_SEARCHERS: usize = 64;
 pub const MAX_RESULT_WINDOW: usize = 100_000;
 const WRITER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 const SNIPPET_CHARS: usize = 200;
+/// How many of the best matches of a natural query are ranked again by the words standing
+/// together; below them, the words alone decide.
+const RESCORE_WINDOW: usize = 200;
 /// Fields the query language names.
 const OPERATOR_FIELDS: &[&str] = &[
     "artifact_id",
@@ -323,8 +332,12 @@ impl SearchIndex {
         self.needs_rebuild.store(false, Ordering::SeqCst);
     }
 
-    fn from_index(index: Index, fields: Fields) -> Result<Self> {
+    fn from_index(mut index: Index, fields: Fields) -> Result<Self> {
         query::register_analyzers(&index);
+        // Segments are searched in parallel: a long query's latency falls with the cores.
+        index
+            .set_default_multithread_executor()
+            .map_err(|e| index_error("starting its search threads", e))?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -585,7 +598,7 @@ impl SearchIndex {
     }
 
     /// The query a search's text stands for, in its syntax.
-    fn text_query(&self, text: &str, syntax: QuerySyntax) -> Result<Box<dyn Query>> {
+    fn text_query(&self, text: &str, syntax: QuerySyntax) -> Result<query::Natural> {
         let f = self.fields;
         if text.trim().is_empty() {
             return Err(Error::invalid("query", "must not be empty or only whitespace"));
@@ -618,8 +631,12 @@ impl SearchIndex {
                 parser.set_field_boost(f.title, 3.0);
                 parser.set_field_boost(f.name, 2.0);
                 parser.set_field_boost(f.headings, 1.5);
-                parser.parse_query(text.trim()).map_err(|e| {
+                let matching = parser.parse_query(text.trim()).map_err(|e| {
                     Error::invalid("query", format!("does not parse as the query language: {e}"))
+                })?;
+                Ok(query::Natural {
+                    matching,
+                    proximity: Vec::new(),
                 })
             }
         }
@@ -629,7 +646,10 @@ impl SearchIndex {
     /// highlighted snippets.
     pub fn search(&self, request: &SearchRequest) -> Result<SearchPage> {
         let f = self.fields;
-        let user_query = self.text_query(&request.query, request.syntax)?;
+        let query::Natural {
+            matching: user_query,
+            proximity,
+        } = self.text_query(&request.query, request.syntax)?;
         let mut clauses = self.scope_filter(&request.tenant, &request.project);
         clauses.push((Occur::Must, user_query.box_clone()));
         if !request.path_prefix.is_empty() {
@@ -670,21 +690,28 @@ impl SearchIndex {
             .statistics
             .for_tenant(&searcher, f.tenant, &request.tenant)
             .map_err(|e| index_error("ranking statistics", e))?;
-        let (total, top) = searcher
+        // The words choose and first rank the documents; the best of them are then ranked
+        // again with the evidence of the words standing together, which would cost too much
+        // on every match. Their scores only grow, so the order stays one order across pages.
+        let window = if proximity.is_empty() { 0 } else { RESCORE_WINDOW };
+        let (total, mut ranked) = searcher
             .search_with_statistics_provider(
                 &query,
                 &(
                     Count,
-                    TopDocs::with_limit(limit).and_offset(offset).order_by_score(),
+                    TopDocs::with_limit((offset + limit).max(window)).order_by_score(),
                 ),
                 &statistics,
             )
             .map_err(|e| index_error("searching", e))?;
-        let mut snippets = SnippetGenerator::create(&searcher, &*user_query, f.body)
-            .map_err(|e| index_error("snippets", e))?;
-        snippets.set_max_num_chars(SNIPPET_CHARS);
-        let mut hits = top
+        let window = window.min(ranked.len());
+        add_scores(&searcher, &statistics, &proximity, &mut ranked[..window])?;
+        ranked[..window].sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let snippets = tenant_snippets(&searcher, &statistics, &*user_query, f.body)?;
+        let mut hits = ranked
             .into_iter()
+            .skip(offset)
+            .take(limit)
             .map(|(score, address)| self.hit(&searcher, address, score, Some(&snippets)))
             .collect::<Result<Vec<_>>>()?;
         // Equal scores fall in index order, which a rebuild changes; order them by id.
@@ -1018,6 +1045,79 @@ fn html_escape(text: &str) -> String {
     escaped
 }
 
+/// A snippet generator that weighs the query's words by how rare they are among the
+/// tenant's own documents, as the ranking does: another tenant's content never decides
+/// which part of a document is shown.
+fn tenant_snippets(
+    searcher: &Searcher,
+    statistics: &dyn Bm25StatisticsProvider,
+    query: &dyn Query,
+    field: Field,
+) -> Result<SnippetGenerator> {
+    let mut terms = std::collections::BTreeSet::new();
+    query.query_terms(&mut |term, _| {
+        if term.field() == field {
+            terms.insert(term.clone());
+        }
+    });
+    let mut weights = std::collections::BTreeMap::new();
+    for term in terms {
+        let Some(text) = term.value().as_str().map(str::to_owned) else {
+            continue;
+        };
+        let doc_freq = statistics
+            .doc_freq(&term)
+            .map_err(|e| index_error("snippets", e))?;
+        if doc_freq > 0 {
+            weights.insert(text, 1.0 / (1.0 + doc_freq as Score));
+        }
+    }
+    let tokenizer = searcher
+        .index()
+        .tokenizer_for_field(field)
+        .map_err(|e| index_error("snippets", e))?;
+    Ok(SnippetGenerator::new(weights, tokenizer, field, SNIPPET_CHARS))
+}
+
+/// Adds to each candidate's score the scores of the `clauses` it matches, as a boolean
+/// query's optional clauses would, visiting the candidates of each segment in document order.
+fn add_scores(
+    searcher: &Searcher,
+    statistics: &dyn Bm25StatisticsProvider,
+    clauses: &[Box<dyn Query>],
+    candidates: &mut [(Score, DocAddress)],
+) -> Result<()> {
+    if clauses.is_empty() || candidates.is_empty() {
+        return Ok(());
+    }
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by_key(|&at| candidates[at].1);
+    let scoring = EnableScoring::enabled_from_statistics_provider(statistics, searcher);
+    for clause in clauses {
+        let weight = clause.weight(scoring).map_err(|e| index_error("ranking", e))?;
+        let mut segment: Option<(SegmentOrdinal, Box<dyn Scorer>)> = None;
+        for &at in &order {
+            let DocAddress { segment_ord, doc_id } = candidates[at].1;
+            let scorer = match &mut segment {
+                Some((ord, scorer)) if *ord == segment_ord => scorer,
+                _ => {
+                    let scorer = weight
+                        .scorer(searcher.segment_reader(segment_ord), 1.0)
+                        .map_err(|e| index_error("ranking", e))?;
+                    &mut segment.insert((segment_ord, scorer)).1
+                }
+            };
+            if scorer.doc() < doc_id {
+                scorer.seek(doc_id);
+            }
+            if scorer.doc() == doc_id {
+                candidates[at].0 += scorer.score();
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Every folder a path name lies in, each ending in '/': "docs/", "docs/stories/".
 pub(crate) fn path_prefixes(name: &str) -> impl Iterator<Item = &str> {
     name.match_indices('/').map(move |(at, _)| &name[..=at])
@@ -1230,6 +1330,112 @@ mod tests {
                 Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "query", "{query:?}"),
                 Err(other) => panic!("{query:?}: {other:?}"),
             }
+        }
+    }
+
+    /// The best matches of a natural query, ranked again by the words standing together,
+    /// score exactly as the whole query would; below them the order carries on, page by page.
+    #[test]
+    fn rescoring_the_best_matches_equals_the_whole_query() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SearchIndex::open(dir.path()).unwrap();
+        let vocabulary = [
+            "sprint",
+            "planning",
+            "story",
+            "acceptance",
+            "criteria",
+            "agent",
+            "workflow",
+            "the",
+            "of",
+            "review",
+            "product",
+            "brief",
+            "architect",
+            "decision",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let total = RESCORE_WINDOW + 150;
+        for batch in 0..5 {
+            let documents = (0..total / 5)
+                .map(|i| {
+                    let id = format!("d{:04}", batch * 1000 + i);
+                    let body: Vec<&str> = (0..rng.random_range(3..40))
+                        .map(|_| vocabulary[rng.random_range(0..vocabulary.len())])
+                        .collect();
+                    (id.clone(), Some(document(&id, &body.join(" "))))
+                })
+                .collect();
+            index.apply(documents, batch as i64 + 1).unwrap();
+        }
+        let searcher = index.reader.searcher();
+        assert!(
+            searcher.segment_readers().len() > 1,
+            "the test needs several segments"
+        );
+        for text in [
+            "sprint planning",
+            "the acceptance criteria of the story",
+            "agent workflow review",
+        ] {
+            let natural = index.text_query(text, QuerySyntax::Natural).unwrap();
+            assert!(!natural.proximity.is_empty(), "{text}");
+            let mut whole = index.scope_filter("t", "p");
+            whole.push((Occur::Must, natural.matching));
+            whole.extend(natural.proximity.into_iter().map(|q| (Occur::Should, q)));
+            let statistics = index
+                .statistics
+                .for_tenant(&searcher, index.fields.tenant, "t")
+                .unwrap();
+            let expected: std::collections::HashMap<String, f32> = searcher
+                .search_with_statistics_provider(
+                    &BooleanQuery::new(whole),
+                    &TopDocs::with_limit(10_000).order_by_score(),
+                    &statistics,
+                )
+                .unwrap()
+                .into_iter()
+                .map(|(score, address)| {
+                    let hit = index.hit(&searcher, address, score, None).unwrap();
+                    (hit.artifact_id, score)
+                })
+                .collect();
+            assert!(
+                expected.len() > RESCORE_WINDOW,
+                "{text}: too few matches to pass the window"
+            );
+            let mut page = request(text);
+            page.page_size = 37;
+            let mut seen = Vec::new();
+            loop {
+                let found = index.search(&page).unwrap();
+                assert_eq!(found.total_hits as usize, expected.len(), "{text}");
+                seen.extend(found.hits.into_iter().map(|hit| (hit.artifact_id, hit.score)));
+                if found.next_page_token.is_empty() {
+                    break;
+                }
+                page.page_token = found.next_page_token;
+            }
+            assert_eq!(seen.len(), expected.len(), "{text}: every match once");
+            for (rank, pair) in seen.windows(2).enumerate() {
+                assert!(
+                    pair[0].1 >= pair[1].1,
+                    "{text}: scores rise at rank {rank}: {pair:?}"
+                );
+            }
+            for (rank, (id, score)) in seen.iter().enumerate().take(RESCORE_WINDOW) {
+                let whole = expected[id];
+                assert!(
+                    (score - whole).abs() <= 1e-4 * whole.abs().max(1.0),
+                    "{text}: {id} at {rank} scores {score}, the whole query {whole}"
+                );
+            }
+            let best = expected.values().copied().fold(f32::MIN, f32::max);
+            assert_eq!(
+                seen[0].1, best,
+                "{text}: the best match of the whole query comes first"
+            );
         }
     }
 }

@@ -223,22 +223,33 @@ fn phrase(field: Field, words: &[&Word], slop: u32) -> Option<Box<dyn Query>> {
     Some(Box::new(PhraseQuery::new_with_offset_and_slop(terms, slop)))
 }
 
-/// The query for natural text: every word that carries meaning, in any field (a field's
-/// best match counts, the title's and the name's for more); the whole text as a phrase; and
-/// each pair of neighbouring words near each other. Quoted phrases must appear. Text with no
-/// words matches nothing.
-pub fn natural(fields: TextFields, text: &str) -> Box<dyn Query> {
+/// A natural-text query in two parts, so that the costly part runs only where it can change
+/// the order people see.
+pub struct Natural {
+    /// What selects the documents and ranks them first: every quoted phrase, and enough of the
+    /// meaningful words in any field (a field's best match counts, the title's and the name's
+    /// for more).
+    pub matching: Box<dyn Query>,
+    /// Evidence of the words standing together: the whole text as a phrase, the words in
+    /// order in the title or the name, each pair of neighbouring words near each other. Each
+    /// clause adds its score to a matching document it matches.
+    pub proximity: Vec<Box<dyn Query>>,
+}
+
+/// The query for natural text. Quoted phrases must appear; a third of the meaningful words
+/// must (at least one); text with no words matches nothing.
+pub fn natural(fields: TextFields, text: &str) -> Natural {
     let (quoted, rest) = quoted_parts(text);
     let mut all = words(&rest);
     all.truncate(MAX_QUERY_WORDS);
-    let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+    let mut required: Vec<(Occur, Box<dyn Query>)> = Vec::new();
     /// Quoted phrases that count; a paste of many is read as text beyond these.
     const MAX_PHRASES: usize = 8;
     for phrase_text in quoted.iter().take(MAX_PHRASES) {
         let mut phrase_words = words(phrase_text);
         phrase_words.truncate(MAX_QUERY_WORDS);
         let refs: Vec<&Word> = phrase_words.iter().collect();
-        let required: Option<Box<dyn Query>> = match refs.as_slice() {
+        let phrase_query: Option<Box<dyn Query>> = match refs.as_slice() {
             [] => None,
             [only] => Some(any_field(fields, only)),
             _ => Some(Box::new(BooleanQuery::new(
@@ -249,8 +260,8 @@ pub fn natural(fields: TextFields, text: &str) -> Box<dyn Query> {
                     .collect(),
             ))),
         };
-        if let Some(required) = required {
-            clauses.push((Occur::Must, required));
+        if let Some(phrase_query) = phrase_query {
+            required.push((Occur::Must, phrase_query));
         }
         all.extend(phrase_words);
     }
@@ -263,7 +274,10 @@ pub fn natural(fields: TextFields, text: &str) -> Box<dyn Query> {
         }
     };
     if meaningful.is_empty() {
-        return Box::new(EmptyQuery);
+        return Natural {
+            matching: Box::new(EmptyQuery),
+            proximity: Vec::new(),
+        };
     }
     let mut seen = HashSet::new();
     let each_word: Vec<Box<dyn Query>> = meaningful
@@ -272,14 +286,21 @@ pub fn natural(fields: TextFields, text: &str) -> Box<dyn Query> {
         .map(|word| any_field(fields, word))
         .collect();
     // A document must hold a third of the meaningful words (at least one): a long sentence
-    // or question then matches what it is about, not every document sharing one word.
-    let required = 1 + (each_word.len() - 1) / 3;
-    let mut any: Vec<(Occur, Box<dyn Query>)> = vec![(
-        Occur::Must,
+    // or question then matches what it is about, not every document sharing one word. Where
+    // phrases are quoted, they choose the documents and the words only rank them.
+    let enough = 1 + (each_word.len() - 1) / 3;
+    let words_occur = if required.is_empty() {
+        Occur::Must
+    } else {
+        Occur::Should
+    };
+    required.push((
+        words_occur,
         Box::new(BooleanQuery::union_with_minimum_required_clauses(
-            each_word, required,
+            each_word, enough,
         )),
-    )];
+    ));
+    let mut proximity = Vec::new();
     let unquoted = words(&rest);
     let unquoted: Vec<&Word> = unquoted.iter().take(MAX_QUERY_WORDS).collect();
     for (field, boost) in [
@@ -288,7 +309,7 @@ pub fn natural(fields: TextFields, text: &str) -> Box<dyn Query> {
         (fields.headings, PHRASE_BOOST * HEADINGS_BOOST),
     ] {
         if let Some(whole) = phrase(field, &unquoted, 0) {
-            any.push((Occur::Should, boosted(whole, boost)));
+            proximity.push(boosted(whole, boost));
         }
     }
     let content: Vec<&Word> = unquoted.iter().copied().filter(|w| !w.stop).collect();
@@ -297,33 +318,29 @@ pub fn natural(fields: TextFields, text: &str) -> Box<dyn Query> {
     if content.len() >= 2 {
         let slop = 2 * content.len() as u32;
         if let Some(title) = phrase(fields.title, &content, slop) {
-            any.push((Occur::Should, boosted(title, TITLE_BOOST * PAIR_BOOST * 2.0)));
+            proximity.push(boosted(title, TITLE_BOOST * PAIR_BOOST * 2.0));
         }
         let first = content[0].position;
         let name_terms = content
             .iter()
             .map(|word| (word.position - first, term(fields.name, &word.plain)))
             .collect();
-        any.push((
-            Occur::Should,
-            boosted(
-                Box::new(PhraseQuery::new_with_offset_and_slop(name_terms, slop)),
-                NAME_BOOST * PAIR_BOOST * 2.0,
-            ),
+        proximity.push(boosted(
+            Box::new(PhraseQuery::new_with_offset_and_slop(name_terms, slop)),
+            NAME_BOOST * PAIR_BOOST * 2.0,
         ));
     }
     for pair in content.windows(2).take(MAX_PAIRS) {
         let gap = pair[1].position - pair[0].position;
         if let Some(near) = phrase(fields.body, pair, 2 + gap as u32) {
-            any.push((Occur::Should, boosted(near, PAIR_BOOST)));
+            proximity.push(boosted(near, PAIR_BOOST));
         }
     }
-    let anything: Box<dyn Query> = Box::new(BooleanQuery::new(any));
-    if clauses.is_empty() {
-        return anything;
-    }
-    clauses.push((Occur::Should, anything));
-    Box::new(BooleanQuery::new(clauses))
+    let matching: Box<dyn Query> = match required.len() {
+        1 => required.pop().expect("one clause").1,
+        _ => Box::new(BooleanQuery::new(required)),
+    };
+    Natural { matching, proximity }
 }
 
 /// One word in any text field: the best field's score, the title's and the name's weighted up.
