@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let protos = [
+        "proto/artifactd/v1/access.proto",
         "proto/artifactd/v1/admin.proto",
         "proto/artifactd/v1/artifact.proto",
         "proto/artifactd/v1/fallback.proto",

@@ -37,12 +37,9 @@ pub struct Connection {
     pub tenant: String,
     #[arg(long, env = "ARTIFACTD_PROJECT", default_value = "default", global = true)]
     pub project: String,
-    /// A bearer token sent with every call.
+    /// An API key (`adk_…`) or an OIDC token, sent as `authorization: Bearer` with every call.
     #[arg(long, env = "ARTIFACTD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
-    /// Recorded as the author of what you write.
-    #[arg(long, env = "ARTIFACTD_ACTOR", global = true)]
-    pub actor: Option<String>,
     /// Machine-readable output.
     #[arg(long, global = true)]
     pub json: bool,
@@ -54,6 +51,7 @@ pub const VARIABLES: &[&str] = &[
     "ARTIFACTD_TENANT",
     "ARTIFACTD_PROJECT",
     "ARTIFACTD_TOKEN",
+    // Once the author's name; the author is now whoever the credential proves.
     "ARTIFACTD_ACTOR",
 ];
 
@@ -193,11 +191,6 @@ impl Session {
             && let Ok(value) = format!("Bearer {token}").parse()
         {
             request.metadata_mut().insert("authorization", value);
-        }
-        if let Some(actor) = &self.connection.actor
-            && let Ok(value) = actor.parse()
-        {
-            request.metadata_mut().insert(crate::api::ACTOR_HEADER, value);
         }
         request
     }

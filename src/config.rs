@@ -28,7 +28,116 @@ pub struct Config {
     pub events: crate::app::EventSettings,
     pub retention: RetentionConfig,
     pub search: SearchConfig,
+    pub identity: IdentityConfig,
     pub log: LogConfig,
+}
+
+/// Who may call: API keys (always), bearer JWTs from an OIDC issuer, OAuth2-Proxy's headers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// A file holding a server admin API key (`adk_…`, for example from a Kubernetes Secret),
+    /// registered at start when the catalog lacks it. Every replica can be given the same.
+    pub admin_key_file: String,
+    /// Where the key made at the first start is written (only its owner can read it) when
+    /// no other way in is configured; empty means `<data_dir>/admin.key`.
+    pub bootstrap_key_file: String,
+    pub oidc: OidcConfig,
+    pub proxy: ProxyConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcConfig {
+    /// The `iss` every token must carry; empty turns JWTs off.
+    pub issuer: String,
+    /// The `aud` every token must carry.
+    pub audience: String,
+    /// The issuer's keys as a JWKS file, re-read every `refresh_seconds`.
+    pub jwks_file: String,
+    /// ... or fetched from this URL (http or https) every `refresh_seconds`.
+    pub jwks_url: String,
+    /// Accepted signature algorithms, comma-separated, from RS256, RS384, RS512, PS256,
+    /// PS384, PS512, ES256, ES384, EdDSA. HMAC and `none` are never accepted.
+    pub algorithms: String,
+    /// The claim holding the caller's groups (a list of strings, or one string).
+    pub groups_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway_seconds: u64,
+    pub refresh_seconds: u64,
+}
+
+impl OidcConfig {
+    pub fn enabled(&self) -> bool {
+        !self.issuer.is_empty()
+    }
+
+    /// The accepted algorithms; never HMAC, never `none`.
+    pub fn accepted_algorithms(&self) -> Result<Vec<jsonwebtoken::Algorithm>, String> {
+        use jsonwebtoken::Algorithm::*;
+        let known = [RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA];
+        let mut accepted = Vec::new();
+        for name in self
+            .algorithms
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            let algorithm = known
+                .into_iter()
+                .find(|a| format!("{a:?}") == name)
+                .ok_or_else(|| {
+                    format!("identity.oidc.algorithms: {name:?} is not accepted; use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA")
+                })?;
+            accepted.push(algorithm);
+        }
+        if accepted.is_empty() {
+            return Err("identity.oidc.algorithms must name at least one algorithm".to_owned());
+        }
+        Ok(accepted)
+    }
+}
+
+impl ProxyConfig {
+    pub fn trusted(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted_addresses
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|address| {
+                address
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| address.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        format!("identity.proxy.trusted_addresses: {address:?} is neither an address nor a network")
+                    })
+            })
+            .collect()
+    }
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_file: String::new(),
+            jwks_url: String::new(),
+            algorithms: "RS256,ES256,EdDSA".to_owned(),
+            groups_claim: "groups".to_owned(),
+            leeway_seconds: 30,
+            refresh_seconds: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Addresses or networks (comma-separated, `10.0.0.7` or `10.0.0.0/24`) whose
+    /// `X-Forwarded-User`, `X-Forwarded-Email`, `X-Forwarded-Groups` and
+    /// `X-Forwarded-Preferred-Username` headers are believed; from anyone else they are ignored.
+    pub trusted_addresses: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -142,6 +251,7 @@ impl Default for Config {
             events: crate::app::EventSettings::default(),
             retention: RetentionConfig::default(),
             search: SearchConfig::default(),
+            identity: IdentityConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -338,6 +448,25 @@ impl Config {
                 ));
             }
         }
+        self.identity.proxy.trusted().map_err(ConfigError::Invalid)?;
+        if self.identity.oidc.leeway_seconds > 300 {
+            return invalid(
+                "identity.oidc.leeway_seconds is at most 300: a token's lifetime is not to be stretched"
+                    .to_owned(),
+            );
+        }
+        if self.identity.oidc.enabled() {
+            self.identity
+                .oidc
+                .accepted_algorithms()
+                .map_err(ConfigError::Invalid)?;
+            if self.identity.oidc.audience.is_empty() {
+                return invalid("identity.oidc.audience is required with identity.oidc.issuer".to_owned());
+            }
+            if self.identity.oidc.jwks_file.is_empty() == self.identity.oidc.jwks_url.is_empty() {
+                return invalid("identity.oidc needs exactly one of jwks_file and jwks_url".to_owned());
+            }
+        }
         if self.storage.fallback.enabled && self.storage.fallback.s3.bucket.is_empty() {
             return invalid(
                 "storage.fallback.s3.bucket (S3_FALLBACK_BUCKET_NAME) is required when the fallback is enabled"
@@ -412,6 +541,14 @@ impl Config {
             format!("sqlite://{}", self.data_dir.join("catalog.db").display())
         } else {
             self.catalog.url.clone()
+        }
+    }
+
+    pub fn bootstrap_key_path(&self) -> PathBuf {
+        if self.identity.bootstrap_key_file.is_empty() {
+            self.data_dir.join("admin.key")
+        } else {
+            PathBuf::from(&self.identity.bootstrap_key_file)
         }
     }
 

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod identity;
 pub mod ingest;
 pub mod jobs;
 pub mod search;

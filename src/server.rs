@@ -1,14 +1,18 @@
 //! Wiring: opens the catalog and the store, starts background jobs and the gRPC and HTTP
 //! listeners, and tears everything down in order on shutdown.
 
-use crate::api::{AdminApi, ArtifactApi, FallbackApi, SearchApi};
-use crate::app::Artifacts;
+use crate::api::{AccessApi, AdminApi, ArtifactApi, FallbackApi, SearchApi};
+use crate::app::{AccessAdmin, Artifacts};
 use crate::catalog::Catalog;
 use crate::config::{Backend, Config};
+use crate::identity::layer::AuthLayer;
+use crate::identity::tokens::TokenVerifier;
+use crate::identity::{Authenticator, ensure_admin};
 use crate::jobs::{
     FallbackSync, HealthInputs, HealthMonitor, INDEXER_JOB, LastHealth, Supervisor, run_indexer,
     run_outbox_pruner, run_prober, run_reconciler, run_replicator,
 };
+use crate::proto::access_service_server::AccessServiceServer;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::artifact_service_server::ArtifactServiceServer;
 use crate::proto::fallback_service_server::FallbackServiceServer;
@@ -141,6 +145,9 @@ pub async fn run(
     let catalog = Catalog::connect(&config.catalog_url(), config.catalog.max_connections)
         .await
         .context("opening the catalog")?;
+    ensure_admin(&config, &catalog)
+        .await
+        .context("preparing the way in")?;
     let (store, failover) = open_store(&config, &catalog).await?;
     let artifacts = Artifacts::new(catalog.clone(), store.clone(), config.app_settings())
         .await
@@ -199,6 +206,16 @@ pub async fn run(
         });
         sync_requests = Some(requests);
     }
+    let tokens = if config.identity.oidc.enabled() {
+        let verifier = Arc::new(TokenVerifier::start(config.identity.oidc.clone()).await?);
+        let refreshed = verifier.clone();
+        supervisor.spawn("oidc keys", move |token| refreshed.clone().run_refresher(token));
+        Some(verifier)
+    } else {
+        None
+    };
+    let proxies = config.identity.proxy.trusted().map_err(anyhow::Error::msg)?;
+    let authenticator = Arc::new(Authenticator::new(catalog.clone(), tokens, proxies));
     monitor.check_once().await;
     supervisor.spawn("health", move |token| {
         let monitor = monitor.clone();
@@ -241,7 +258,13 @@ pub async fn run(
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
-        .layer(crate::api::request_layer::RequestLayer)
+        // Outermost the request's span and metrics, so refused calls are counted too.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(crate::api::request_layer::RequestLayer)
+                .layer(AuthLayer::new(authenticator))
+                .into_inner(),
+        )
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -249,6 +272,9 @@ pub async fn run(
         .add_service(admin_service)
         .add_service(fallback_service)
         .add_service(search_service)
+        .add_service(AccessServiceServer::new(AccessApi::new(AccessAdmin::new(
+            catalog.clone(),
+        ))))
         // Without TCP_NODELAY a small response waits for the client's delayed ACK (40 ms).
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),

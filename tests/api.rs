@@ -87,7 +87,11 @@ async fn artifact_lifecycle_over_grpc() {
     let version = created.version.unwrap();
     assert_eq!(artifact.latest_version, "1.0.0");
     assert_eq!(artifact.tags, vec!["bmad", "docs"], "tags are normalized");
-    assert_eq!(artifact.created_by, "agent-pm");
+    assert_eq!(
+        artifact.created_by,
+        format!("key:{}", &common::binary::ADMIN_KEY[4..20]),
+        "the author is the proven caller, never a header it chose"
+    );
     assert_eq!(version.size, prd.len() as u64);
     assert_eq!(version.blake3, blake3::hash(&prd).to_hex().to_string());
     assert!(

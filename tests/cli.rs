@@ -12,6 +12,7 @@ fn cli(server: &ServerProcess, args: &[&str], cwd: &Path) -> Output {
     command()
         .current_dir(cwd)
         .env("ARTIFACTD_ADDR", server.endpoint())
+        .env("ARTIFACTD_TOKEN", &server.key)
         .env("ARTIFACTD_TENANT", "acme")
         .env("ARTIFACTD_PROJECT", "cli")
         .args(args)
@@ -267,7 +268,11 @@ fn exit_codes_and_messages_say_what_went_wrong() {
 
 #[test]
 fn the_readme_command_line_example_runs() {
-    let server = ServerProcess::start();
+    // As on a fresh machine: the first start makes the admin key the example reads.
+    let server = ServerProcess::start_with(common::binary::ServerOptions {
+        no_admin_key: true,
+        ..Default::default()
+    });
     let readme = std::fs::read_to_string(common::repo_root().join("README.md")).unwrap();
     let block = readme
         .split("<!-- cli-example -->")
@@ -290,7 +295,12 @@ fn the_readme_command_line_example_runs() {
     );
     let script = format!(
         "set -euo pipefail\n{}",
-        block.replace("http://127.0.0.1:50051", &server.endpoint())
+        block
+            .replace("http://127.0.0.1:50051", &server.endpoint())
+            .replace(
+                "artifactd-data/admin.key",
+                &server.data_dir.join("admin.key").display().to_string()
+            )
     );
     let output = std::process::Command::new("bash")
         .arg("-c")

@@ -58,7 +58,7 @@ fn the_go_client_builds_and_round_trips_against_a_live_server() {
 
     let server = ServerProcess::start();
     let ran = Command::new(&binary)
-        .args(["-addr", &server.grpc.to_string()])
+        .args(["-addr", &server.grpc.to_string(), "-key", &server.key])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&ran.stdout);

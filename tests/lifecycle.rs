@@ -177,8 +177,12 @@ async fn transitions_follow_the_table_and_refusals_write_nothing(postgres: bool)
     );
     let last = first.transitions.last().unwrap();
     assert_eq!(
-        (last.actor.as_str(), last.reason.as_str()),
-        ("agent-architect", "signed off by the architect")
+        (last.actor.clone(), last.reason.as_str()),
+        (
+            format!("key:{}", &common::binary::ADMIN_KEY[4..20]),
+            "signed off by the architect"
+        ),
+        "the actor is the proven caller, never a header it chose"
     );
 
     // An approved version blocks deletion until it is archived.

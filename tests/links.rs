@@ -87,7 +87,7 @@ async fn listed(client: &mut Client, project: &str, page_size: u32) -> Vec<proto
 }
 
 async fn search_ids(
-    search: &mut SearchServiceClient<tonic::transport::Channel>,
+    search: &mut SearchServiceClient<common::binary::Authed>,
     project: &str,
     query: &str,
 ) -> Vec<(String, String)> {
@@ -108,7 +108,7 @@ async fn search_ids(
 }
 
 async fn wait_search(
-    search: &SearchServiceClient<tonic::transport::Channel>,
+    search: &SearchServiceClient<common::binary::Authed>,
     project: &str,
     query: &str,
     what: &str,

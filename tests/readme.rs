@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::binary::ServerProcess;
+use common::binary::{ServerOptions, ServerProcess};
 
 fn readme_examples() -> String {
     let readme = std::fs::read_to_string(common::repo_root().join("README.md")).unwrap();
@@ -24,8 +24,17 @@ fn readme_examples() -> String {
 #[test]
 fn readme_grpcurl_examples_work() {
     let grpcurl = common::venv_tool("grpcurl", "ARTIFACTD_TEST_GRPCURL");
-    let server = ServerProcess::start();
-    let script = readme_examples().replace("127.0.0.1:50051", &server.grpc.to_string());
+    // As on a fresh machine: the first start makes the admin key the examples read.
+    let server = ServerProcess::start_with(ServerOptions {
+        no_admin_key: true,
+        ..Default::default()
+    });
+    let script = readme_examples()
+        .replace("127.0.0.1:50051", &server.grpc.to_string())
+        .replace(
+            "artifactd-data/admin.key",
+            &server.data_dir.join("admin.key").display().to_string(),
+        );
     assert!(
         script.matches("grpcurl ").count() >= 10,
         "the README shows the main calls"
@@ -51,7 +60,9 @@ fn readme_grpcurl_examples_work() {
         "grpc.health.v1.Health",
         "rpc CreateArtifact",
         "\"status\": \"SERVING\"",
-        "\"createdBy\": \"agent-pm\"",
+        "\"subject\": \"key:",
+        "\"role\": \"ROLE_SERVER_ADMIN\"",
+        "\"createdBy\": \"key:",
         "\"latestVersion\": \"0.2.0\"",
         "\"changeMessage\": \"add refunds\"",
         "\"data\": \"IyBQYXltZW50cyBQUkQK\"",

@@ -17,7 +17,6 @@ use common::s3::S3TestServer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::Code;
-use tonic::transport::Channel;
 
 const T: &str = "acme";
 const P: &str = "replicas";
@@ -31,7 +30,7 @@ fn replica(database: &TestDatabase, s3: &S3TestServer) -> ServerProcess {
     )
 }
 
-async fn found(search: &mut SearchServiceClient<Channel>, name_word: &str) -> Vec<String> {
+async fn found(search: &mut SearchServiceClient<common::binary::Authed>, name_word: &str) -> Vec<String> {
     search
         .search(SearchRequest {
             tenant: T.into(),
@@ -55,7 +54,7 @@ async fn found(search: &mut SearchServiceClient<Channel>, name_word: &str) -> Ve
 /// Writes through `writer` and measures how long until `reader`'s index finds the write.
 async fn write_and_time_visibility(
     writer: &mut Client,
-    reader: &mut SearchServiceClient<Channel>,
+    reader: &mut SearchServiceClient<common::binary::Authed>,
     name: &str,
     content: &[u8],
 ) -> (String, Duration) {

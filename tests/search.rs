@@ -14,7 +14,6 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 const T: &str = "bmad";
 const P: &str = "method";
@@ -76,11 +75,15 @@ async fn upload_all(client: &mut Client, tenant: &str, docs: &[Doc]) -> BTreeMap
     ids
 }
 
-async fn search_client(server: &ServerProcess) -> SearchServiceClient<Channel> {
+async fn search_client(server: &ServerProcess) -> SearchServiceClient<common::binary::Authed> {
     SearchServiceClient::new(server.channel().await)
 }
 
-async fn search(client: &mut SearchServiceClient<Channel>, tenant: &str, query: &str) -> SearchResponse {
+async fn search(
+    client: &mut SearchServiceClient<common::binary::Authed>,
+    tenant: &str,
+    query: &str,
+) -> SearchResponse {
     client
         .search(SearchRequest {
             tenant: tenant.into(),
@@ -94,7 +97,11 @@ async fn search(client: &mut SearchServiceClient<Channel>, tenant: &str, query: 
         .into_inner()
 }
 
-async fn tagged_count(client: &mut SearchServiceClient<Channel>, tenant: &str, tag: &str) -> u64 {
+async fn tagged_count(
+    client: &mut SearchServiceClient<common::binary::Authed>,
+    tenant: &str,
+    tag: &str,
+) -> u64 {
     client
         .search_by_tags(SearchByTagsRequest {
             tenant: tenant.into(),
@@ -109,7 +116,7 @@ async fn tagged_count(client: &mut SearchServiceClient<Channel>, tenant: &str, t
         .total_hits
 }
 
-async fn wait_indexed(client: &mut SearchServiceClient<Channel>, tenant: &str, expected: u64) {
+async fn wait_indexed(client: &mut SearchServiceClient<common::binary::Authed>, tenant: &str, expected: u64) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let count = tagged_count(client, tenant, "bmad").await;
@@ -147,7 +154,7 @@ fn filter(field: &str, condition: Condition) -> MetadataFilter {
 
 /// Every hit of a metadata search, paging through it.
 async fn by_metadata(
-    client: &mut SearchServiceClient<Channel>,
+    client: &mut SearchServiceClient<common::binary::Authed>,
     tenant: &str,
     filters: Vec<MetadataFilter>,
     sort: MetadataSort,
@@ -212,7 +219,7 @@ fn date(text: &str) -> prost_types::Timestamp {
 /// corpus files themselves say. Returns how many artifacts it added.
 async fn check_metadata_search(
     client: &mut Client,
-    search_api: &mut SearchServiceClient<Channel>,
+    search_api: &mut SearchServiceClient<common::binary::Authed>,
     docs: &[Doc],
 ) -> usize {
     let sort = MetadataSort::Name;

@@ -192,13 +192,40 @@ async fn the_embedded_default_keeps_everything_under_the_working_directory() {
         .find_map(|p| p.strip_prefix("grpc="))
         .unwrap()
         .to_owned();
-    let mut client =
-        artifactd::proto::artifact_service_client::ArtifactServiceClient::connect(format!("http://{grpc}"))
-            .await
-            .unwrap();
-    create(&mut client, header("acme", "web", "prd", "a.md"), b"# a\n")
+    // The first start made an admin key, readable only by its owner, and nothing gets in
+    // without it.
+    let key_file = dir.path().join("artifactd-data/admin.key");
+    let key = std::fs::read_to_string(&key_file).unwrap().trim().to_owned();
+    assert!(key.starts_with("adk_"), "{key}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
         .await
         .unwrap();
+    let mut anonymous = artifactd::proto::artifact_service_client::ArtifactServiceClient::new(
+        common::binary::Authed::new(channel.clone(), common::binary::Bearer::none()),
+    );
+    let refused = create(&mut anonymous, header("acme", "web", "prd", "a.md"), b"# a\n")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let mut client = artifactd::proto::artifact_service_client::ArtifactServiceClient::new(
+        common::binary::Authed::new(channel, common::binary::Bearer::new(&key)),
+    );
+    let created = create(&mut client, header("acme", "web", "prd", "a.md"), b"# a\n")
+        .await
+        .unwrap();
+    let key_id = &key[4..20];
+    assert_eq!(
+        created.artifact.unwrap().created_by,
+        format!("key:{key_id}"),
+        "the author is the key"
+    );
     assert!(dir.path().join("artifactd-data/catalog.db").exists());
     assert!(dir.path().join("artifactd-data/blobs/packs").is_dir());
     let _ = std::process::Command::new("kill")

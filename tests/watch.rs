@@ -37,7 +37,10 @@ impl Endpoint {
     async fn client(&self) -> Option<Client> {
         let endpoint = self.0.lock().unwrap().clone();
         let channel = Channel::from_shared(endpoint).ok()?.connect().await.ok()?;
-        Some(Client::new(channel))
+        Some(Client::new(common::binary::Authed::new(
+            channel,
+            common::binary::Bearer::new(&common::binary::ADMIN_KEY),
+        )))
     }
 }
 

@@ -30,8 +30,9 @@ fn job_state(state: JobState) -> i32 {
 impl AdminService for AdminApi {
     async fn get_server_status(
         &self,
-        _: Request<GetServerStatusRequest>,
+        request: Request<GetServerStatusRequest>,
     ) -> Result<Response<GetServerStatusResponse>, Status> {
+        super::caller(&request)?.authorize_server()?;
         Ok(Response::new(GetServerStatusResponse {
             jobs: self
                 .jobs

@@ -1,14 +1,17 @@
 //! `artifactd.v1.ArtifactService`.
 
 use super::status::from_stream_status;
-use super::{ACTOR_HEADER, convert};
+use super::{caller, can_read, check_target, convert};
 use crate::app::{
     Artifacts, ContentExpectations, CreateArtifact, NextVersion, ResolvePolicy, Selector, StartAt,
     UpdateArtifact, UploadPart, WatchFilter, WatchItem, parse_expected_blake3,
 };
 use crate::catalog::{Labels, Scope};
+use crate::domain::access::Permission;
+use crate::domain::names::validate_identifier;
 use crate::domain::version::Bump;
-use crate::domain::{Error, Result};
+use crate::domain::{Error, LifecycleState, Result};
+use crate::identity::Caller;
 use crate::proto::artifact_service_server::ArtifactService;
 use crate::proto::{
     self, BumpKind, CreateArtifactRequest, CreateArtifactResponse, DeleteAliasRequest, DeleteAliasResponse,
@@ -45,20 +48,11 @@ impl ArtifactApi {
     }
 }
 
-/// The request's scope, recorded on the call's span as well.
-fn scoped(tenant: String, project: String) -> Scope {
+/// The request's scope once the caller may act in it (recorded on the call's span as well).
+fn authorized(caller: &Caller, tenant: String, project: String) -> Result<Scope, Status> {
     super::request_layer::record_scope(&tenant, &project);
-    Scope::new(tenant, project)
-}
-
-fn actor_of<T>(request: &Request<T>) -> String {
-    request
-        .metadata()
-        .get(ACTOR_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .filter(|value| !value.is_empty())
-        .unwrap_or("anonymous")
-        .to_owned()
+    caller.authorize_in(&tenant, Some(&project))?;
+    Ok(Scope::new(tenant, project))
 }
 
 fn expectations(size: Option<u64>, blake3: &str) -> Result<ContentExpectations> {
@@ -151,7 +145,8 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<Streaming<CreateArtifactRequest>>,
     ) -> Result<Response<CreateArtifactResponse>, Status> {
-        let actor = actor_of(&request);
+        let caller = caller(&request)?;
+        let actor = caller.actor();
         let mut stream = request.into_inner();
         let header = match stream.message().await {
             Ok(Some(CreateArtifactRequest {
@@ -172,7 +167,7 @@ impl ArtifactService for ArtifactApi {
             Err(status) => return Err(Status::from(from_stream_status("header", status))),
         };
         let create = CreateArtifact {
-            scope: scoped(header.tenant, header.project),
+            scope: authorized(&caller, header.tenant, header.project)?,
             artifact_type: header.artifact_type,
             name: header.name,
             description: header.description,
@@ -188,6 +183,9 @@ impl ArtifactService for ArtifactApi {
             dependencies: convert::dependency_specs(header.dependencies)?,
             produced_by: convert::workflow_run_from(header.produced_by),
         };
+        for dependency in &create.dependencies {
+            check_target(&caller, &create.scope.tenant, &dependency.target)?;
+        }
         let content = content_stream(stream, |message: CreateArtifactRequest| message.message.into());
         let artifacts = self.artifacts.clone();
         let (artifact, version) =
@@ -203,7 +201,8 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<Streaming<UpdateArtifactRequest>>,
     ) -> Result<Response<UpdateArtifactResponse>, Status> {
-        let actor = actor_of(&request);
+        let caller = caller(&request)?;
+        let actor = caller.actor();
         let mut stream = request.into_inner();
         let header = match stream.message().await {
             Ok(Some(UpdateArtifactRequest {
@@ -248,7 +247,7 @@ impl ArtifactService for ArtifactApi {
             }
         };
         let update = UpdateArtifact {
-            scope: scoped(header.tenant, header.project),
+            scope: authorized(&caller, header.tenant, header.project)?,
             artifact_id: header.artifact_id,
             next_version,
             expected_current_version: header.expected_current_version,
@@ -263,6 +262,9 @@ impl ArtifactService for ArtifactApi {
             dependencies: convert::dependency_specs(header.dependencies)?,
             produced_by: convert::workflow_run_from(header.produced_by),
         };
+        for dependency in &update.dependencies {
+            check_target(&caller, &update.scope.tenant, &dependency.target)?;
+        }
         let content = content_stream(stream, |message: UpdateArtifactRequest| message.message.into());
         let artifacts = self.artifacts.clone();
         let (artifact, version) =
@@ -278,8 +280,9 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<GetArtifactRequest>,
     ) -> Result<Response<GetArtifactResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
         let selector = match request.selector {
             Some(get_artifact_request::Selector::ArtifactId(id)) => Selector::Id(id),
             Some(get_artifact_request::Selector::Coordinates(coordinates)) => Selector::Name {
@@ -303,6 +306,7 @@ impl ArtifactService for ArtifactApi {
             version: Some(convert::version(&version)),
             dependencies: dependencies
                 .iter()
+                .filter(|(_, target)| can_read(&caller, &scope.tenant, &target.scope.project))
                 .map(|(dependency, target)| convert::dependency(dependency, target))
                 .collect(),
         }))
@@ -320,8 +324,13 @@ impl ArtifactService for ArtifactApi {
             .map(|value| value.to_str().map(str::to_owned))
             .transpose()
             .map_err(|_| Error::invalid("x-artifactd-run", "the run header is not ASCII text"))?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
+        // Recording the download as a run's input writes to the run: that takes a writer.
+        if run.is_some() {
+            caller.require(Permission::Write, &scope.tenant, Some(&scope.project))?;
+        }
         let plan = self
             .artifacts
             .plan_download(
@@ -370,8 +379,9 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<ListVersionsRequest>,
     ) -> Result<Response<ListVersionsResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
         let page = self
             .artifacts
             .list_versions(
@@ -392,8 +402,9 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<GetMetadataRequest>,
     ) -> Result<Response<GetMetadataResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
         let (_, version) = self
             .artifacts
             .get(&scope, &Selector::Id(request.artifact_id), &request.version)
@@ -410,8 +421,9 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<ListArtifactsRequest>,
     ) -> Result<Response<ListArtifactsResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
         let page = self
             .artifacts
             .list_artifacts(
@@ -433,8 +445,9 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<DeleteArtifactRequest>,
     ) -> Result<Response<DeleteArtifactResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
         let (artifact, restorable_until) = self.artifacts.delete(&scope, &request.artifact_id).await?;
         Ok(Response::new(DeleteArtifactResponse {
             artifact: Some(convert::artifact(&artifact)),
@@ -446,8 +459,9 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<UndeleteArtifactRequest>,
     ) -> Result<Response<UndeleteArtifactResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
         let artifact = self.artifacts.undelete(&scope, &request.artifact_id).await?;
         Ok(Response::new(UndeleteArtifactResponse {
             artifact: Some(convert::artifact(&artifact)),
@@ -458,8 +472,9 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<UpdateArtifactLabelsRequest>,
     ) -> Result<Response<UpdateArtifactLabelsResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
         let Some(new_labels) = request.labels else {
             return Err(Status::from(Error::invalid(
                 "labels",
@@ -479,11 +494,29 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<TransitionVersionRequest>,
     ) -> Result<Response<TransitionVersionResponse>, Status> {
-        let actor = actor_of(&request);
+        let caller = caller(&request)?;
+        let actor = caller.actor();
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
         let target = convert::lifecycle_state_from("target_state", request.target_state)?
             .ok_or_else(|| Error::invalid("target_state", "name the state to move to"))?;
+        // Approving and archiving, and undoing either, take a maintainer.
+        let maintained =
+            |state: LifecycleState| matches!(state, LifecycleState::Approved | LifecycleState::Archived);
+        let needs_maintainer = maintained(target) || {
+            let (_, version) = self
+                .artifacts
+                .get(
+                    &scope,
+                    &Selector::Id(request.artifact_id.clone()),
+                    &request.version,
+                )
+                .await?;
+            maintained(version.state)
+        };
+        if needs_maintainer {
+            caller.require(Permission::Maintain, &scope.tenant, Some(&scope.project))?;
+        }
         let expected = convert::lifecycle_state_from("expected_state", request.expected_state)?;
         let (version, transition) = self
             .artifacts
@@ -507,9 +540,10 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<SetAliasRequest>,
     ) -> Result<Response<SetAliasResponse>, Status> {
-        let actor = actor_of(&request);
+        let caller = caller(&request)?;
+        let actor = caller.actor();
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
         let alias = self
             .artifacts
             .set_alias(
@@ -530,8 +564,9 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<DeleteAliasRequest>,
     ) -> Result<Response<DeleteAliasResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
         self.artifacts
             .delete_alias(
                 &scope,
@@ -547,8 +582,9 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<ListAliasesRequest>,
     ) -> Result<Response<ListAliasesResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
         let aliases = self.artifacts.aliases(&scope, &request.artifact_id).await?;
         Ok(Response::new(ListAliasesResponse {
             aliases: aliases.iter().map(convert::alias).collect(),
@@ -559,8 +595,9 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<GetChangeHistoryRequest>,
     ) -> Result<Response<GetChangeHistoryResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
         let page = self
             .artifacts
             .change_history(
@@ -591,8 +628,9 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<ResolveDependenciesRequest>,
     ) -> Result<Response<ResolveDependenciesResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
         let mut policy = ResolvePolicy::default();
         let states = convert::lifecycle_states_from("admit_states", &request.admit_states)?;
         if !states.is_empty() {
@@ -609,15 +647,20 @@ impl ArtifactService for ArtifactApi {
             .artifacts
             .resolve_dependencies(&scope, &request.artifact_id, &request.version, policy)
             .await?;
-        Ok(Response::new(convert::resolution(&resolution)))
+        let mut response = convert::resolution(&resolution);
+        let readable = |project: &str| can_read(&caller, &scope.tenant, project);
+        response.resolved.retain(|r| readable(&r.project));
+        response.unsatisfied.retain(|u| readable(&u.project));
+        Ok(Response::new(response))
     }
 
     async fn list_dependents(
         &self,
         request: Request<ListDependentsRequest>,
     ) -> Result<Response<ListDependentsResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
         let candidate = (!request.version.is_empty()).then_some(request.version.as_str());
         let max_depth = if request.max_depth == 0 {
             crate::app::DEFAULT_DEPENDENCY_DEPTH
@@ -634,9 +677,19 @@ impl ArtifactService for ArtifactApi {
                 max_depth,
             )
             .await?;
+        let readable =
+            |d: &&crate::app::DependentVersion| can_read(&caller, &scope.tenant, &d.artifact.scope.project);
         Ok(Response::new(ListDependentsResponse {
-            dependents: dependents.iter().map(convert::dependent).collect(),
-            rejecting: rejecting.iter().map(convert::dependent).collect(),
+            dependents: dependents
+                .iter()
+                .filter(readable)
+                .map(convert::dependent)
+                .collect(),
+            rejecting: rejecting
+                .iter()
+                .filter(readable)
+                .map(convert::dependent)
+                .collect(),
         }))
     }
 
@@ -644,8 +697,9 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<RecordRunInputsRequest>,
     ) -> Result<Response<RecordRunInputsResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
         let inputs: Vec<(String, String)> = request
             .inputs
             .into_iter()
@@ -661,13 +715,27 @@ impl ArtifactService for ArtifactApi {
     }
 
     async fn get_run(&self, request: Request<GetRunRequest>) -> Result<Response<GetRunResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         super::request_layer::record_scope(&request.tenant, "");
+        // A run reads and writes across the tenant's projects: any member of the tenant may
+        // ask, and sees the versions of the projects it can read.
+        if let Err(error) = caller.authorize_in(&request.tenant, None)
+            && !matches!(error, Error::PermissionDenied(_))
+        {
+            return Err(error.into());
+        }
         let (inputs, outputs) = self.artifacts.run(&request.tenant, &request.run_id).await?;
+        let readable =
+            |v: &&crate::app::RunVersion| can_read(&caller, &request.tenant, &v.artifact.scope.project);
         Ok(Response::new(GetRunResponse {
+            inputs: inputs.iter().filter(readable).map(convert::run_version).collect(),
+            outputs: outputs
+                .iter()
+                .filter(readable)
+                .map(convert::run_version)
+                .collect(),
             run_id: request.run_id,
-            inputs: inputs.iter().map(convert::run_version).collect(),
-            outputs: outputs.iter().map(convert::run_version).collect(),
         }))
     }
 
@@ -675,19 +743,28 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<GetProvenanceRequest>,
     ) -> Result<Response<GetProvenanceResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
         let (steps, truncated) = self
             .artifacts
             .provenance(&scope, &request.artifact_id, &request.version, request.max_depth)
             .await?;
+        let readable =
+            |v: &&crate::app::RunVersion| can_read(&caller, &scope.tenant, &v.artifact.scope.project);
         Ok(Response::new(GetProvenanceResponse {
             steps: steps
                 .iter()
+                .filter(|step| readable(&&step.version))
                 .map(|step| proto::ProvenanceStep {
                     version: Some(convert::run_version(&step.version)),
                     depth: step.depth,
-                    read: step.read.iter().map(convert::run_version).collect(),
+                    read: step
+                        .read
+                        .iter()
+                        .filter(readable)
+                        .map(convert::run_version)
+                        .collect(),
                 })
                 .collect(),
             truncated,
@@ -698,9 +775,21 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<LinkArtifactRequest>,
     ) -> Result<Response<LinkArtifactResponse>, Status> {
-        let actor = actor_of(&request);
+        let caller = caller(&request)?;
+        let actor = caller.actor();
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
+        // The link changes the target project as much as the origin; an artifact seen through
+        // a link is shared on only by who may maintain it where it lives.
+        validate_identifier("target_project", &request.target_project)?;
+        caller.authorize_in(&scope.tenant, Some(&request.target_project))?;
+        let (origin, _) = self
+            .artifacts
+            .get(&scope, &Selector::Id(request.artifact_id.clone()), "")
+            .await?;
+        if origin.scope.project != scope.project {
+            caller.require(Permission::Maintain, &scope.tenant, Some(&origin.scope.project))?;
+        }
         let artifact = self
             .artifacts
             .link(&scope, &request.artifact_id, &request.target_project, &actor)
@@ -714,8 +803,9 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<UnlinkArtifactRequest>,
     ) -> Result<Response<UnlinkArtifactResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
         let origin_project = self.artifacts.unlink(&scope, &request.artifact_id).await?;
         Ok(Response::new(UnlinkArtifactResponse { origin_project }))
     }
@@ -726,8 +816,9 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
         let start = match (request.after_cursor.is_empty(), request.from_oldest) {
             (false, true) => {
                 return Err(Status::from(Error::invalid(
@@ -773,8 +864,9 @@ impl ArtifactService for ArtifactApi {
         &self,
         request: Request<DiffVersionsRequest>,
     ) -> Result<Response<DiffVersionsResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let scope = scoped(request.tenant, request.project);
+        let scope = authorized(&caller, request.tenant, request.project)?;
         let diff = self
             .artifacts
             .diff(

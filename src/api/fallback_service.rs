@@ -86,8 +86,9 @@ type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncFallbackResponse, Status>
 impl FallbackService for FallbackApi {
     async fn test_fallback(
         &self,
-        _: Request<TestFallbackRequest>,
+        request: Request<TestFallbackRequest>,
     ) -> Result<Response<TestFallbackResponse>, Status> {
+        super::caller(&request)?.authorize_server()?;
         let reports = self.failover()?.probe_now().await;
         Ok(Response::new(TestFallbackResponse {
             stores: reports
@@ -108,8 +109,9 @@ impl FallbackService for FallbackApi {
 
     async fn get_fallback_status(
         &self,
-        _: Request<GetFallbackStatusRequest>,
+        request: Request<GetFallbackStatusRequest>,
     ) -> Result<Response<GetFallbackStatusResponse>, Status> {
+        super::caller(&request)?.authorize_server()?;
         let status = self.failover()?.status().await?;
         let degraded = status.degraded() || status.write_target != Side::Primary;
         let last_reconcile = status.last_reconcile.clone();
@@ -171,6 +173,7 @@ impl FallbackService for FallbackApi {
         &self,
         request: Request<SyncFallbackRequest>,
     ) -> Result<Response<SyncStream>, Status> {
+        super::caller(&request)?.authorize_server()?;
         self.failover()?;
         let Some(sync_requests) = &self.sync_requests else {
             return Err(Status::failed_precondition(
@@ -203,8 +206,9 @@ impl FallbackService for FallbackApi {
 
     async fn get_fallback_metrics(
         &self,
-        _: Request<GetFallbackMetricsRequest>,
+        request: Request<GetFallbackMetricsRequest>,
     ) -> Result<Response<GetFallbackMetricsResponse>, Status> {
+        super::caller(&request)?.authorize_server()?;
         let metrics = self.failover()?.metrics();
         Ok(Response::new(GetFallbackMetricsResponse {
             stores: metrics

@@ -154,8 +154,10 @@ impl SearchService for SearchApi {
         &self,
         request: Request<SearchByDependenciesRequest>,
     ) -> Result<Response<SearchByDependenciesResponse>, Status> {
+        let caller = super::caller(&request)?;
         let request = request.into_inner();
         record_scope(&request.tenant, &request.project);
+        caller.authorize_in(&request.tenant, Some(&request.project))?;
         let scope = Scope::new(request.tenant, request.project);
         let relation = match request.relation {
             Some(search_by_dependencies_request::Relation::DependsOn(target)) => {
@@ -171,6 +173,11 @@ impl SearchService for SearchApi {
                 )));
             }
         };
+        match &relation {
+            DependencyRelation::DependsOn(target) | DependencyRelation::DependedOnBy(target, _) => {
+                super::check_target(&caller, &scope.tenant, target)?;
+            }
+        }
         let filter = DependencyFilter {
             artifact_type: (!request.artifact_type.is_empty()).then_some(request.artifact_type),
             states: super::convert::lifecycle_states_from("states", &request.states)?,
@@ -186,6 +193,7 @@ impl SearchService for SearchApi {
             hits: page
                 .items
                 .iter()
+                .filter(|hit| super::can_read(&caller, &scope.tenant, &hit.artifact.scope.project))
                 .map(|hit| proto::DependencyHit {
                     artifact_id: hit.artifact.id.to_string(),
                     project: hit.artifact.scope.project.clone(),
@@ -208,8 +216,10 @@ impl SearchService for SearchApi {
     }
 
     async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
+        let caller = super::caller(&request)?;
         let request = request.into_inner();
         record_scope(&request.tenant, &request.project);
+        caller.authorize_in(&request.tenant, Some(&request.project))?;
         validate_identifier("tenant", &request.tenant)?;
         validate_identifier("project", &request.project)?;
         let query = search::SearchRequest {
@@ -249,8 +259,10 @@ impl SearchService for SearchApi {
         &self,
         request: Request<SearchByMetadataRequest>,
     ) -> Result<Response<SearchByMetadataResponse>, Status> {
+        let caller = super::caller(&request)?;
         let request = request.into_inner();
         record_scope(&request.tenant, &request.project);
+        caller.authorize_in(&request.tenant, Some(&request.project))?;
         validate_identifier("tenant", &request.tenant)?;
         validate_identifier("project", &request.project)?;
         let sort = match MetadataSort::try_from(request.sort) {
@@ -297,8 +309,10 @@ impl SearchService for SearchApi {
         &self,
         request: Request<SearchByTagsRequest>,
     ) -> Result<Response<SearchByTagsResponse>, Status> {
+        let caller = super::caller(&request)?;
         let request = request.into_inner();
         record_scope(&request.tenant, &request.project);
+        caller.authorize_in(&request.tenant, Some(&request.project))?;
         validate_identifier("tenant", &request.tenant)?;
         validate_identifier("project", &request.project)?;
         let matching = match TagMatch::try_from(request.r#match) {

@@ -22,6 +22,8 @@ fn to_status(error: Error) -> Status {
         Error::Unavailable(_) => Code::Unavailable,
         Error::DataLoss(_) => Code::DataLoss,
         Error::Cancelled(_) => Code::Cancelled,
+        Error::Unauthenticated(_) => Code::Unauthenticated,
+        Error::PermissionDenied(_) => Code::PermissionDenied,
         Error::Internal(_) => Code::Internal,
     };
     if code == Code::Internal || code == Code::DataLoss {

@@ -1,6 +1,7 @@
 //! Application services: the use cases of the artifact API, combining domain rules, the
 //! ingest pipeline, the object store and the catalog. Knows nothing about gRPC.
 
+mod access;
 mod dependencies;
 mod download;
 mod lifecycle;
@@ -9,6 +10,7 @@ mod runs;
 mod upload;
 mod watch;
 
+pub use access::AccessAdmin;
 pub use dependencies::{
     DependencyFilter, DependencyHit, DependencyRelation, DependentVersion, RequiredBy, Resolution,
     ResolvePolicy, Resolved, Unsatisfied,

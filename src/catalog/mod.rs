@@ -3,6 +3,7 @@
 //! the statements use only syntax both understand, and `$n` placeholders, which both accept.
 //! Migrations live per dialect under `migrations/`.
 
+mod access;
 mod dependencies;
 mod events;
 mod lifecycle;

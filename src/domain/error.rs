@@ -33,6 +33,12 @@ pub enum Error {
     /// Stored bytes do not match their hash.
     #[error("{0}")]
     DataLoss(String),
+    /// The caller did not prove who it is: no credential, or one that is not accepted.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known and sees the resource, but its roles do not allow the action.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The caller went away or the server is shutting down.
     #[error("{0}")]
     Cancelled(String),

@@ -1,6 +1,7 @@
 //! Pure types and rules: errors, name validation, semantic versions, content types.
 //! No I/O here.
 
+pub mod access;
 pub mod artifact;
 pub mod content_type;
 pub mod dependency;

@@ -5,8 +5,47 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::LazyLock;
 use std::time::Duration;
 use tonic::transport::Channel;
+
+/// The server admin key every test server is given (through `identity.admin_key_file`),
+/// unless a test asks for the first-start key instead.
+pub static ADMIN_KEY: LazyLock<String> = LazyLock::new(|| {
+    artifactd::domain::access::ApiKeySecret::generate()
+        .expose()
+        .to_owned()
+});
+
+/// Sends a credential with every call.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    pub fn new(credential: &str) -> Self {
+        Self(Some(
+            format!("Bearer {credential}")
+                .parse()
+                .expect("an ASCII credential"),
+        ))
+    }
+
+    pub fn none() -> Self {
+        Self(None)
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose calls carry a credential.
+pub type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
 
 /// Variables of the test process that would change the child's configuration.
 const INHERITED_SETTINGS: &[&str] = &[
@@ -23,6 +62,8 @@ pub struct ServerProcess {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     pub data_dir: PathBuf,
+    /// The credential [`Self::channel`] sends.
+    pub key: String,
     _temp: Option<tempfile::TempDir>,
     log_path: PathBuf,
 }
@@ -33,6 +74,8 @@ pub struct ServerOptions {
     /// Reuse a data directory (to restart over the same data); a fresh one when `None`.
     pub data_dir: Option<PathBuf>,
     pub config_file: Option<PathBuf>,
+    /// Start without the test admin key, as a fresh installation does.
+    pub no_admin_key: bool,
 }
 
 impl ServerOptions {
@@ -105,6 +148,11 @@ impl ServerProcess {
         if let Some(file) = &options.config_file {
             command.env("ARTIFACTD_CONFIG", file);
         }
+        if !options.no_admin_key {
+            let key_file = data_dir.join(format!("test-admin-{}.key", uuid::Uuid::now_v7().simple()));
+            std::fs::write(&key_file, ADMIN_KEY.as_str()).unwrap();
+            command.env("ARTIFACTD_IDENTITY__ADMIN_KEY_FILE", &key_file);
+        }
         for (key, value) in &options.env {
             command.env(key, value);
         }
@@ -135,10 +183,18 @@ impl ServerProcess {
                 .and_then(|addr| addr.parse().ok())
                 .unwrap_or_else(|| panic!("unexpected ready line {line:?}"))
         };
+        let key = if options.no_admin_key {
+            std::fs::read_to_string(data_dir.join("admin.key"))
+                .map(|key| key.trim().to_owned())
+                .unwrap_or_default()
+        } else {
+            ADMIN_KEY.clone()
+        };
         Self {
             grpc: addr_of("grpc="),
             http: addr_of("http="),
             child: Some(child),
+            key,
             data_dir,
             _temp: temp,
             log_path,
@@ -149,7 +205,18 @@ impl ServerProcess {
         format!("http://{}", self.grpc)
     }
 
-    pub async fn channel(&self) -> Channel {
+    /// A connection whose calls carry the server's admin key.
+    pub async fn channel(&self) -> Authed {
+        self.channel_as(&self.key).await
+    }
+
+    /// A connection whose calls carry `credential`.
+    pub async fn channel_as(&self, credential: &str) -> Authed {
+        Authed::new(self.raw_channel().await, Bearer::new(credential))
+    }
+
+    /// A connection whose calls carry no credential.
+    pub async fn raw_channel(&self) -> Channel {
         Channel::from_shared(self.endpoint())
             .unwrap()
             .connect()
@@ -157,7 +224,7 @@ impl ServerProcess {
             .expect("connecting to artifactd")
     }
 
-    pub async fn client(&self) -> ArtifactServiceClient<Channel> {
+    pub async fn client(&self) -> ArtifactServiceClient<Authed> {
         ArtifactServiceClient::new(self.channel().await)
             .max_decoding_message_size(16 * 1024 * 1024)
             .max_encoding_message_size(16 * 1024 * 1024)

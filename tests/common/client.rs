@@ -7,10 +7,9 @@ use artifactd::proto::{
     create_artifact_request, download_artifact_response, update_artifact_request,
 };
 use bytes::Bytes;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-pub type Client = ArtifactServiceClient<Channel>;
+pub type Client = ArtifactServiceClient<super::binary::Authed>;
 
 pub const PIECE: usize = 64 * 1024;
 

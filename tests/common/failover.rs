@@ -13,7 +13,6 @@ use artifactd::proto::{
 };
 use artifactd::storage::BlobStore;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 pub const T: &str = "acme";
 pub const P: &str = "failover";
@@ -101,7 +100,7 @@ pub async fn start_pair_with(kind: CatalogKind, settings: &[(&str, &str)]) -> Pa
     }
 }
 
-pub async fn fallback_client(server: &ServerProcess) -> FallbackServiceClient<Channel> {
+pub async fn fallback_client(server: &ServerProcess) -> FallbackServiceClient<super::binary::Authed> {
     FallbackServiceClient::new(server.channel().await)
 }
 

@@ -35,6 +35,8 @@ def server() -> Iterator[str]:
             process.kill()
             pytest.fail(f"artifactd did not start: {ready!r}")
         address = next(part for part in ready.split() if part.startswith("grpc=")).removeprefix("grpc=")
+        # The first start made an admin key; the clients send ARTIFACTD_TOKEN by default.
+        os.environ["ARTIFACTD_TOKEN"] = (Path(data_dir) / "admin.key").read_text().strip()
         try:
             yield address
         finally:

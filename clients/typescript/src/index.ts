@@ -40,9 +40,9 @@ const PIECE = 256 * 1024;
 export interface ClientOptions {
   /** For example "http://127.0.0.1:50051" (https for TLS). */
   baseUrl: string;
+  /** An API key or an OIDC token, sent as the bearer credential; defaults to ARTIFACTD_TOKEN. */
   token?: string;
   apiKey?: string;
-  actor?: string;
 }
 
 export interface UploadOptions {
@@ -98,9 +98,9 @@ export class ArtifactdClient {
 
   constructor(options: ClientOptions) {
     const headers: [string, string][] = [];
-    if (options.token) headers.push(["authorization", `Bearer ${options.token}`]);
+    const token = options.token ?? (options.apiKey ? undefined : process.env.ARTIFACTD_TOKEN);
+    if (token) headers.push(["authorization", `Bearer ${token}`]);
     if (options.apiKey) headers.push(["x-api-key", options.apiKey]);
-    if (options.actor) headers.push(["x-artifactd-actor", options.actor]);
     const addHeaders: Interceptor = (next) => async (request) => {
       for (const [name, value] of headers) request.header.set(name, value);
       return next(request);

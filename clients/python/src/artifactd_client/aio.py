@@ -53,7 +53,6 @@ class AsyncClient:
         root_certificates: bytes | None = None,
         token: str | None = None,
         api_key: str | None = None,
-        actor: str | None = None,
         retries: int = 4,
         timeout: float | None = None,
     ) -> None:
@@ -62,7 +61,7 @@ class AsyncClient:
             self._channel = grpc.aio.secure_channel(target, credentials, options=channel_options())
         else:
             self._channel = grpc.aio.insecure_channel(target, options=channel_options())
-        self._metadata = call_metadata(token, api_key, actor)
+        self._metadata = call_metadata(token, api_key)
         self._retries = retries
         self._timeout = timeout
         self.artifacts = artifact_pb2_grpc.ArtifactServiceStub(self._channel)

@@ -193,14 +193,16 @@ def channel_options() -> list[tuple[str, int]]:
     ]
 
 
-def call_metadata(token: str | None, api_key: str | None, actor: str | None) -> tuple[tuple[str, str | bytes], ...]:
+def call_metadata(token: str | None, api_key: str | None) -> tuple[tuple[str, str | bytes], ...]:
+    """The credential sent with every call: `token` (an API key or an OIDC token), `api_key`,
+    or else the `ARTIFACTD_TOKEN` environment variable."""
     metadata: list[tuple[str, str | bytes]] = []
+    if not token and not api_key:
+        token = os.environ.get("ARTIFACTD_TOKEN") or None
     if token:
         metadata.append(("authorization", f"Bearer {token}"))
     if api_key:
         metadata.append(("x-api-key", api_key))
-    if actor:
-        metadata.append(("x-artifactd-actor", actor))
     return tuple(metadata)
 
 
@@ -231,7 +233,6 @@ class Client:
         root_certificates: bytes | None = None,
         token: str | None = None,
         api_key: str | None = None,
-        actor: str | None = None,
         retries: int = 4,
         timeout: float | None = None,
     ) -> None:
@@ -241,7 +242,7 @@ class Client:
             self._channel = grpc.secure_channel(target, credentials, options=options)
         else:
             self._channel = grpc.insecure_channel(target, options=options)
-        self._metadata = call_metadata(token, api_key, actor)
+        self._metadata = call_metadata(token, api_key)
         self._retries = retries
         self._timeout = timeout
         self.artifacts = artifact_pb2_grpc.ArtifactServiceStub(self._channel)

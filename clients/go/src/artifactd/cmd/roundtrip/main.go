@@ -16,14 +16,19 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:50051", "the server's gRPC address")
+	key := flag.String("key", os.Getenv("ARTIFACTD_TOKEN"), "an API key or token, sent as the bearer credential")
 	flag.Parse()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if *key != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+*key)
+	}
 	conn, err := grpc.DialContext(ctx, *addr, grpc.WithInsecure(), grpc.WithBlock())
 	if err != nil {
 		fail("connecting to %s: %v", *addr, err)

@@ -1,0 +1,225 @@
+//! API keys and role bindings.
+
+use super::{Catalog, db_error, is_unique_violation};
+use crate::domain::access::{ApiKey, Role, RoleBinding, SubjectKind};
+use crate::domain::{Error, Result, Timestamp};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+const KEY_COLUMNS: &str =
+    "key_id, tenant, projects, role, name, created_by, created_at, expires_at, revoked_at, secret_hash";
+const BINDING_COLUMNS: &str = "tenant, project, subject_kind, subject, role, granted_by, granted_at";
+
+fn key_of(row: &AnyRow) -> Result<(ApiKey, String)> {
+    let get = |e: sqlx::Error| db_error("reading an API key", e);
+    let projects: String = row.try_get("projects").map_err(get)?;
+    let role: String = row.try_get("role").map_err(get)?;
+    let key = ApiKey {
+        key_id: row.try_get("key_id").map_err(get)?,
+        tenant: row.try_get("tenant").map_err(get)?,
+        projects: serde_json::from_str(&projects)
+            .map_err(|e| Error::internal(format!("an API key's projects are not a JSON list: {e}")))?,
+        role: Role::parse("role", &role).map_err(|e| Error::internal(format!("stored API key: {e}")))?,
+        name: row.try_get("name").map_err(get)?,
+        created_by: row.try_get("created_by").map_err(get)?,
+        created_at: Timestamp(row.try_get("created_at").map_err(get)?),
+        expires_at: row
+            .try_get::<Option<i64>, _>("expires_at")
+            .map_err(get)?
+            .map(Timestamp),
+        revoked_at: row
+            .try_get::<Option<i64>, _>("revoked_at")
+            .map_err(get)?
+            .map(Timestamp),
+    };
+    Ok((key, row.try_get("secret_hash").map_err(get)?))
+}
+
+fn binding_of(row: &AnyRow) -> Result<RoleBinding> {
+    let get = |e: sqlx::Error| db_error("reading a role binding", e);
+    let stored = |e: Error| Error::internal(format!("stored role binding: {e}"));
+    Ok(RoleBinding {
+        tenant: row.try_get("tenant").map_err(get)?,
+        project: row.try_get("project").map_err(get)?,
+        subject_kind: SubjectKind::parse(
+            "subject_kind",
+            &row.try_get::<String, _>("subject_kind").map_err(get)?,
+        )
+        .map_err(stored)?,
+        subject: row.try_get("subject").map_err(get)?,
+        role: Role::parse("role", &row.try_get::<String, _>("role").map_err(get)?).map_err(stored)?,
+        granted_by: row.try_get("granted_by").map_err(get)?,
+        granted_at: Timestamp(row.try_get("granted_at").map_err(get)?),
+    })
+}
+
+impl Catalog {
+    /// Stores a new key under the hash of its secret. With `bootstrap`, it is the one key
+    /// made at the first start: `Ok(false)` when such a key exists already (another replica
+    /// made it first), and nothing is stored.
+    pub async fn insert_api_key(&self, key: &ApiKey, secret_hash: &str, bootstrap: bool) -> Result<bool> {
+        let projects = serde_json::to_string(&key.projects).expect("strings serialise");
+        let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO api_keys ({KEY_COLUMNS}, bootstrap) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        )))
+        .bind(&key.key_id)
+        .bind(&key.tenant)
+        .bind(projects)
+        .bind(key.role.as_str())
+        .bind(&key.name)
+        .bind(&key.created_by)
+        .bind(key.created_at.0)
+        .bind(key.expires_at.map(|t| t.0))
+        .bind(key.revoked_at.map(|t| t.0))
+        .bind(secret_hash)
+        .bind(bootstrap.then_some(1i64))
+        .execute(&self.pool)
+        .await;
+        match inserted {
+            Ok(_) => Ok(true),
+            Err(error) if bootstrap && is_unique_violation(&error) => Ok(false),
+            Err(error) if is_unique_violation(&error) => Err(Error::AlreadyExists(format!(
+                "an API key with id {} exists already",
+                key.key_id
+            ))),
+            Err(error) => Err(db_error("storing an API key", error)),
+        }
+    }
+
+    /// A key and the hash of its secret, whether or not it is still active.
+    pub async fn api_key(&self, key_id: &str) -> Result<Option<(ApiKey, String)>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = $1"
+        )))
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("reading an API key", e))?;
+        row.as_ref().map(key_of).transpose()
+    }
+
+    /// Whether any key exists at all.
+    pub async fn has_api_keys(&self) -> Result<bool> {
+        let row = sqlx::query("SELECT key_id FROM api_keys LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error("reading API keys", e))?;
+        Ok(row.is_some())
+    }
+
+    /// The keys of a tenant, newest first.
+    pub async fn api_keys(&self, tenant: &str) -> Result<Vec<ApiKey>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant = $1 ORDER BY created_at DESC, key_id"
+        )))
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("listing API keys", e))?;
+        rows.iter().map(|row| key_of(row).map(|(key, _)| key)).collect()
+    }
+
+    /// Revokes a key of `tenant` (once: a second revocation keeps the first time).
+    pub async fn revoke_api_key(&self, tenant: &str, key_id: &str, at: Timestamp) -> Result<Option<ApiKey>> {
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1 WHERE tenant = $2 AND key_id = $3 AND revoked_at IS NULL",
+        )
+        .bind(at.0)
+        .bind(tenant)
+        .bind(key_id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error("revoking an API key", e))?;
+        Ok(self
+            .api_key(key_id)
+            .await?
+            .map(|(key, _)| key)
+            .filter(|key| key.tenant == tenant))
+    }
+
+    /// Gives a subject a role in a scope, replacing the role it had there.
+    pub async fn put_role_binding(&self, binding: &RoleBinding) -> Result<()> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO role_bindings ({BINDING_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (tenant, project, subject_kind, subject) \
+             DO UPDATE SET role = excluded.role, granted_by = excluded.granted_by, granted_at = excluded.granted_at"
+        )))
+        .bind(&binding.tenant)
+        .bind(&binding.project)
+        .bind(binding.subject_kind.as_str())
+        .bind(&binding.subject)
+        .bind(binding.role.as_str())
+        .bind(&binding.granted_by)
+        .bind(binding.granted_at.0)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error("granting a role", e))?;
+        Ok(())
+    }
+
+    /// Takes a subject's role in a scope away; whether there was one.
+    pub async fn delete_role_binding(
+        &self,
+        tenant: &str,
+        project: &str,
+        subject_kind: SubjectKind,
+        subject: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM role_bindings WHERE tenant = $1 AND project = $2 AND subject_kind = $3 AND subject = $4",
+        )
+        .bind(tenant)
+        .bind(project)
+        .bind(subject_kind.as_str())
+        .bind(subject)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error("revoking a role", e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The bindings of a tenant; with `project`, that project's and the tenant-wide ones.
+    pub async fn role_bindings(&self, tenant: &str, project: Option<&str>) -> Result<Vec<RoleBinding>> {
+        let rows = match project {
+            Some(project) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {BINDING_COLUMNS} FROM role_bindings WHERE tenant = $1 AND project IN ('', $2) \
+                 ORDER BY project, subject_kind, subject"
+            )))
+            .bind(tenant)
+            .bind(project),
+            None => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {BINDING_COLUMNS} FROM role_bindings WHERE tenant = $1 \
+                 ORDER BY project, subject_kind, subject"
+            )))
+            .bind(tenant),
+        }
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("listing role bindings", e))?;
+        rows.iter().map(binding_of).collect()
+    }
+
+    /// Every binding naming the user or one of the groups, in any tenant.
+    pub async fn bindings_of(&self, user: &str, groups: &[String]) -> Result<Vec<RoleBinding>> {
+        let groups = &groups[..groups.len().min(super::BATCH_ROWS)];
+        let mut sql = format!(
+            "SELECT {BINDING_COLUMNS} FROM role_bindings WHERE (subject_kind = 'user' AND subject = {})",
+            self.dialect.placeholders(1, 1)
+        );
+        if !groups.is_empty() {
+            sql.push_str(&format!(
+                " OR (subject_kind = 'group' AND subject IN ({}))",
+                self.dialect.placeholders(2, groups.len())
+            ));
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user);
+        for group in groups {
+            query = query.bind(group);
+        }
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("reading role bindings", e))?;
+        rows.iter().map(binding_of).collect()
+    }
+}

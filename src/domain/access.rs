@@ -1,0 +1,465 @@
+//! Who a caller is and what it may do: roles and the permissions they hold, principals,
+//! role bindings, API keys, and the one decision for a scope.
+
+use super::names::quoted;
+use super::{Error, Result, Timestamp};
+use std::fmt;
+
+/// Roles, each holding every permission of the one before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Viewer,
+    Contributor,
+    Maintainer,
+    Admin,
+    TenantAdmin,
+    ServerAdmin,
+}
+
+impl Role {
+    pub const ALL: [Role; 6] = [
+        Self::Viewer,
+        Self::Contributor,
+        Self::Maintainer,
+        Self::Admin,
+        Self::TenantAdmin,
+        Self::ServerAdmin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Contributor => "contributor",
+            Self::Maintainer => "maintainer",
+            Self::Admin => "admin",
+            Self::TenantAdmin => "tenant_admin",
+            Self::ServerAdmin => "server_admin",
+        }
+    }
+
+    /// The role stored under `text` in the catalog.
+    pub fn parse(field: &'static str, text: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|role| role.as_str() == text)
+            .ok_or_else(|| Error::invalid(field, format!("{} is not a role", quoted(text))))
+    }
+
+    pub fn grants(self, permission: Permission) -> bool {
+        self >= permission.least_role()
+    }
+
+    /// Whether a role binding or an API key may carry this role: the server admin role is
+    /// held only by keys made at start-up.
+    pub fn grantable(self) -> bool {
+        self <= Self::TenantAdmin
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an action needs. Each permission belongs to the least role that holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Permission {
+    /// Read, download, list, search, watch, resolve.
+    Read,
+    /// Create artifacts and versions, label them, send versions to review, record runs.
+    Write,
+    /// Approve and archive versions, aliases, delete and restore, links.
+    Maintain,
+    /// The project's role bindings.
+    ManageProject,
+    /// The tenant's API keys and tenant-wide role bindings.
+    ManageTenant,
+    /// The server's own operations: fallback store, server status.
+    Operate,
+}
+
+impl Permission {
+    pub fn least_role(self) -> Role {
+        match self {
+            Self::Read => Role::Viewer,
+            Self::Write => Role::Contributor,
+            Self::Maintain => Role::Maintainer,
+            Self::ManageProject => Role::Admin,
+            Self::ManageTenant => Role::TenantAdmin,
+            Self::Operate => Role::ServerAdmin,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Maintain => "maintain",
+            Self::ManageProject => "manage the project",
+            Self::ManageTenant => "manage the tenant",
+            Self::Operate => "operate the server",
+        }
+    }
+}
+
+/// How a caller proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalKind {
+    ApiKey,
+    Token,
+    Proxy,
+}
+
+impl PrincipalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ApiKey => "api_key",
+            Self::Token => "token",
+            Self::Proxy => "proxy",
+        }
+    }
+}
+
+/// A role somewhere: in every tenant (`tenant` is `None`), in every project of a tenant
+/// (`project` is `None`), or in one project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub tenant: Option<String>,
+    pub project: Option<String>,
+    pub role: Role,
+}
+
+impl Grant {
+    fn covers_tenant(&self, tenant: &str) -> bool {
+        self.tenant.as_deref().is_none_or(|t| t == tenant)
+    }
+
+    fn covers(&self, tenant: &str, project: Option<&str>) -> bool {
+        self.covers_tenant(tenant)
+            && match (&self.project, project) {
+                (None, _) => true,
+                (Some(own), Some(wanted)) => own == wanted,
+                // A project-limited role says nothing about the tenant as a whole.
+                (Some(_), None) => false,
+            }
+    }
+}
+
+/// Who is calling, once proven, with every role that reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// "key:<id>" for an API key; the user otherwise. Recorded as the actor of every change.
+    pub subject: String,
+    pub kind: PrincipalKind,
+    pub groups: Vec<String>,
+    pub grants: Vec<Grant>,
+    /// When the credential stops being accepted, if it does: what it makes ends no later.
+    pub expires_at: Option<Timestamp>,
+}
+
+/// What the caller may do with one scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// The caller sees the scope; its roles there are too low.
+    Deny {
+        held: Role,
+    },
+    /// The caller has no role that reaches the scope: to it, the scope holds nothing.
+    Hide,
+}
+
+impl Principal {
+    /// The highest role the caller holds in `tenant` (and `project`, when named).
+    pub fn role_in(&self, tenant: &str, project: Option<&str>) -> Option<Role> {
+        self.grants
+            .iter()
+            .filter(|grant| grant.covers(tenant, project))
+            .map(|grant| grant.role)
+            .max()
+    }
+
+    pub fn decide(&self, permission: Permission, tenant: &str, project: Option<&str>) -> Decision {
+        if permission == Permission::Operate {
+            let server_wide = self
+                .grants
+                .iter()
+                .any(|g| g.tenant.is_none() && g.project.is_none() && g.role == Role::ServerAdmin);
+            return match self.grants.iter().map(|g| g.role).max() {
+                _ if server_wide => Decision::Allow,
+                Some(held) => Decision::Deny { held },
+                None => Decision::Hide,
+            };
+        }
+        match self.role_in(tenant, project) {
+            Some(role) if role.grants(permission) => Decision::Allow,
+            Some(held) => Decision::Deny { held },
+            // The tenant as a whole is no secret to a member of one of its projects.
+            None if project.is_none() => self
+                .grants
+                .iter()
+                .filter(|grant| grant.covers_tenant(tenant))
+                .map(|grant| grant.role)
+                .max()
+                .map_or(Decision::Hide, |held| Decision::Deny { held }),
+            None => Decision::Hide,
+        }
+    }
+
+    /// `Ok` when the caller may; otherwise the error that says so without revealing what a
+    /// hidden scope holds.
+    pub fn require(&self, permission: Permission, tenant: &str, project: Option<&str>) -> Result<()> {
+        let place = match project {
+            Some(project) => format!("{tenant}/{project}"),
+            None => format!("tenant {tenant}"),
+        };
+        match self.decide(permission, tenant, project) {
+            Decision::Allow => Ok(()),
+            Decision::Deny { held } => Err(Error::PermissionDenied(format!(
+                "{} may not {} in {place}: that needs the {} role, it holds {held}",
+                self.subject,
+                permission.as_str(),
+                permission.least_role(),
+            ))),
+            Decision::Hide if permission == Permission::Operate => Err(Error::PermissionDenied(format!(
+                "{} may not {}: that needs the {} role",
+                self.subject,
+                permission.as_str(),
+                Role::ServerAdmin,
+            ))),
+            Decision::Hide => Err(Error::NotFound(format!("nothing found in {place}"))),
+        }
+    }
+}
+
+/// Who a role binding names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SubjectKind {
+    User,
+    Group,
+}
+
+impl SubjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Group => "group",
+        }
+    }
+
+    pub fn parse(field: &'static str, text: &str) -> Result<Self> {
+        match text {
+            "user" => Ok(Self::User),
+            "group" => Ok(Self::Group),
+            other => Err(Error::invalid(
+                field,
+                format!("{} is not a subject kind", quoted(other)),
+            )),
+        }
+    }
+}
+
+/// A role given to a user or a group in a tenant (`project` empty) or one of its projects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleBinding {
+    pub tenant: String,
+    pub project: String,
+    pub subject_kind: SubjectKind,
+    pub subject: String,
+    pub role: Role,
+    pub granted_by: String,
+    pub granted_at: Timestamp,
+}
+
+impl RoleBinding {
+    pub fn grant(&self) -> Grant {
+        Grant {
+            tenant: Some(self.tenant.clone()),
+            project: (!self.project.is_empty()).then(|| self.project.clone()),
+            role: self.role,
+        }
+    }
+}
+
+/// An API key as the catalog keeps it: never its secret, only the secret's hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub key_id: String,
+    /// Empty for a server admin key, which reaches every tenant.
+    pub tenant: String,
+    /// Empty: every project of the tenant.
+    pub projects: Vec<String>,
+    pub role: Role,
+    pub name: String,
+    pub created_by: String,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl ApiKey {
+    pub fn is_active(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|expiry| expiry > now)
+    }
+
+    pub fn principal(&self) -> Principal {
+        let tenant = (!self.tenant.is_empty()).then(|| self.tenant.clone());
+        let grants = if self.projects.is_empty() {
+            vec![Grant {
+                tenant,
+                project: None,
+                role: self.role,
+            }]
+        } else {
+            self.projects
+                .iter()
+                .map(|project| Grant {
+                    tenant: tenant.clone(),
+                    project: Some(project.clone()),
+                    role: self.role,
+                })
+                .collect()
+        };
+        Principal {
+            subject: format!("key:{}", self.key_id),
+            kind: PrincipalKind::ApiKey,
+            groups: Vec::new(),
+            grants,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// The text form of an API key: `adk_<id>_<secret>`, with a 16-character id and a
+/// 43-character secret (32 random bytes), both base64url.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKeySecret(String);
+
+const KEY_PREFIX: &str = "adk_";
+const KEY_ID_LEN: usize = 16;
+const KEY_SECRET_LEN: usize = 43;
+
+impl ApiKeySecret {
+    pub fn generate() -> Self {
+        use base64::Engine;
+        let id: [u8; 12] = rand::random();
+        let secret: [u8; 32] = rand::random();
+        let encode = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        Self(format!("{KEY_PREFIX}{}_{}", encode(&id), encode(&secret)))
+    }
+
+    /// A key as a caller sent it, if it has the shape of one.
+    pub fn parse(text: &str) -> Option<Self> {
+        let rest = text.strip_prefix(KEY_PREFIX)?;
+        let (id, secret) = rest.split_at_checked(KEY_ID_LEN)?;
+        let secret = secret.strip_prefix('_')?;
+        let base64url = |part: &str| {
+            part.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        (id.len() == KEY_ID_LEN && secret.len() == KEY_SECRET_LEN && base64url(id) && base64url(secret))
+            .then(|| Self(text.to_owned()))
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.0[KEY_PREFIX.len()..KEY_PREFIX.len() + KEY_ID_LEN]
+    }
+
+    /// What the catalog keeps: the hash of the whole key.
+    pub fn hash(&self) -> String {
+        blake3::hash(self.0.as_bytes()).to_hex().to_string()
+    }
+
+    /// Whether `stored` (a [`Self::hash`]) is this key's hash, compared in constant time.
+    pub fn matches(&self, stored: &str) -> bool {
+        blake3::Hash::from_hex(stored).is_ok_and(|stored| stored == blake3::hash(self.0.as_bytes()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKeySecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKeySecret({KEY_PREFIX}{}_…)", self.key_id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_odd_shapes_are_not_keys() {
+        let key = ApiKeySecret::generate();
+        let parsed = ApiKeySecret::parse(key.expose()).expect("a generated key parses");
+        assert_eq!(parsed.key_id(), key.key_id());
+        assert!(parsed.matches(&key.hash()));
+        assert!(!ApiKeySecret::generate().matches(&key.hash()));
+        assert!(
+            !format!("{key:?}").contains(&key.expose()[24..]),
+            "debug output hides the secret"
+        );
+        for bad in [
+            "",
+            "adk_",
+            "adk_short_x",
+            &key.expose()[1..],
+            &format!("{}x", key.expose()),
+            "eyJ.a.b",
+        ] {
+            assert!(ApiKeySecret::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn roles_nest_and_scopes_decide() {
+        let principal = Principal {
+            subject: "ada".into(),
+            kind: PrincipalKind::Token,
+            groups: Vec::new(),
+            expires_at: None,
+            grants: vec![
+                Grant {
+                    tenant: Some("acme".into()),
+                    project: Some("web".into()),
+                    role: Role::Maintainer,
+                },
+                Grant {
+                    tenant: Some("acme".into()),
+                    project: None,
+                    role: Role::Viewer,
+                },
+            ],
+        };
+        assert_eq!(
+            principal.decide(Permission::Maintain, "acme", Some("web")),
+            Decision::Allow
+        );
+        assert_eq!(
+            principal.decide(Permission::Write, "acme", Some("api")),
+            Decision::Deny { held: Role::Viewer }
+        );
+        assert_eq!(
+            principal.decide(Permission::Read, "globex", Some("web")),
+            Decision::Hide
+        );
+        assert_eq!(
+            principal.decide(Permission::ManageTenant, "acme", None),
+            Decision::Deny { held: Role::Viewer }
+        );
+        assert!(matches!(
+            principal.require(Permission::Read, "globex", Some("web")),
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            principal.require(Permission::Operate, "", None),
+            Err(Error::PermissionDenied(_))
+        ));
+        for role in Role::ALL {
+            assert_eq!(Role::parse("role", role.as_str()).unwrap(), role);
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! What each RPC needs. A method missing from this table is refused to everyone: deny by
+//! default. The README's permission table says the same in words.
+
+use crate::domain::access::Permission;
+
+/// What a method asks of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Any proven caller (the method is about the caller itself).
+    Authenticated,
+    /// This permission in the tenant and project the request names (a handler may ask for
+    /// more where the request says so: approving, tenant-wide grants).
+    Scoped(Permission),
+}
+
+/// Methods served to anyone, credentials or not.
+pub fn is_open(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
+        || path.starts_with("/grpc.reflection.v1.ServerReflection/")
+        || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
+}
+
+/// The policy of a gRPC method path (`/package.Service/Method`).
+pub fn of(path: &str) -> Option<Policy> {
+    use Permission::*;
+    use Policy::*;
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    let policy = match (service, method) {
+        ("artifactd.v1.ArtifactService", method) => Scoped(match method {
+            "GetArtifact"
+            | "DownloadArtifact"
+            | "ListVersions"
+            | "GetMetadata"
+            | "ListArtifacts"
+            | "ListAliases"
+            | "GetChangeHistory"
+            | "DiffVersions"
+            | "WatchEvents"
+            | "ResolveDependencies"
+            | "ListDependents"
+            | "GetRun"
+            | "GetProvenance" => Read,
+            "CreateArtifact" | "UpdateArtifact" | "UpdateArtifactLabels" | "RecordRunInputs" => Write,
+            // Sending to review needs Write; approving and archiving need Maintain (checked
+            // by the handler, which knows the target state).
+            "TransitionVersion" => Write,
+            "DeleteArtifact" | "UndeleteArtifact" | "SetAlias" | "DeleteAlias" | "LinkArtifact"
+            | "UnlinkArtifact" => Maintain,
+            _ => return None,
+        }),
+        (
+            "artifactd.v1.SearchService",
+            "Search" | "SearchByTags" | "SearchByMetadata" | "SearchByDependencies",
+        ) => Scoped(Read),
+        ("artifactd.v1.AdminService", "GetServerStatus") => Scoped(Operate),
+        (
+            "artifactd.v1.FallbackService",
+            "TestFallback" | "GetFallbackStatus" | "SyncFallback" | "GetFallbackMetrics",
+        ) => Scoped(Operate),
+        ("artifactd.v1.AccessService", "WhoAmI") => Authenticated,
+        ("artifactd.v1.AccessService", "CreateApiKey" | "ListApiKeys" | "RevokeApiKey") => {
+            Scoped(ManageTenant)
+        }
+        // Project-scoped grants need ManageProject; tenant-wide ones ManageTenant (checked
+        // by the handler).
+        ("artifactd.v1.AccessService", "GrantRole" | "RevokeRole" | "ListRoleBindings") => {
+            Scoped(ManageProject)
+        }
+        _ => return None,
+    };
+    Some(policy)
+}
