@@ -40,6 +40,16 @@ pub struct Connection {
     /// An API key (`adk_…`) or an OIDC token, sent as `authorization: Bearer` with every call.
     #[arg(long, env = "ARTIFACTD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// For an https:// server: the CA (PEM) its certificate chains to, instead of the
+    /// system's roots.
+    #[arg(long, env = "ARTIFACTD_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// For a server that asks for client certificates: this client's certificate (PEM) ...
+    #[arg(long, env = "ARTIFACTD_CERT_FILE", global = true, requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// ... and its private key (PEM).
+    #[arg(long, env = "ARTIFACTD_KEY_FILE", global = true, requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
     /// Machine-readable output.
     #[arg(long, global = true)]
     pub json: bool,
@@ -51,6 +61,9 @@ pub const VARIABLES: &[&str] = &[
     "ARTIFACTD_TENANT",
     "ARTIFACTD_PROJECT",
     "ARTIFACTD_TOKEN",
+    "ARTIFACTD_CA_FILE",
+    "ARTIFACTD_CERT_FILE",
+    "ARTIFACTD_KEY_FILE",
     // Once the author's name; the author is now whoever the credential proves.
     "ARTIFACTD_ACTOR",
 ];
@@ -634,8 +647,27 @@ pub async fn run(connection: Connection, command: ClientCommand) -> Result<(), F
 }
 
 async fn connect(connection: &Connection) -> Result<Channel, Failure> {
-    Channel::from_shared(connection.server.clone())
-        .map_err(|e| failure(4, format!("--server {:?}: {e}", connection.server)))?
+    let mut endpoint = Channel::from_shared(connection.server.clone())
+        .map_err(|e| failure(4, format!("--server {:?}: {e}", connection.server)))?;
+    if connection.server.starts_with("https://") {
+        let read = |flag: &str, path: &Path| {
+            std::fs::read(path).map_err(|e| failure(4, format!("--{flag} {}: {e}", path.display())))
+        };
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+        if let Some(ca) = &connection.ca_file {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(read("ca-file", ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&connection.cert_file, &connection.key_file) {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                read("cert-file", cert)?,
+                read("key-file", key)?,
+            ));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| failure(4, format!("TLS for {}: {e}", connection.server)))?;
+    }
+    endpoint
         .connect()
         .await
         .map_err(|e| failure(6, format!("cannot reach {}: {e}", connection.server)))

@@ -156,6 +156,27 @@ pub struct ServerConfig {
     /// How long in-flight requests may run after a shutdown signal.
     pub shutdown_grace_seconds: u64,
     pub health_check_interval_ms: u64,
+    pub tls: TlsConfig,
+}
+
+/// TLS on the gRPC listener (rustls). Off while `cert_file` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The server's certificate chain, PEM.
+    pub cert_file: String,
+    /// Its private key, PEM.
+    pub key_file: String,
+    /// With a CA (PEM), clients must present a certificate it signed.
+    pub client_ca_file: String,
+    /// ... unless this is set: then a certificate is checked when presented, not required.
+    pub client_auth_optional: bool,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.is_empty()
+    }
 }
 
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
@@ -264,6 +285,7 @@ impl Default for ServerConfig {
             http_addr: "127.0.0.1:9464".to_owned(),
             shutdown_grace_seconds: 30,
             health_check_interval_ms: 2000,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -449,6 +471,15 @@ impl Config {
             }
         }
         self.identity.proxy.trusted().map_err(ConfigError::Invalid)?;
+        let tls = &self.server.tls;
+        if tls.cert_file.is_empty() != tls.key_file.is_empty() {
+            return invalid("server.tls.cert_file and server.tls.key_file must be set together".to_owned());
+        }
+        if !tls.enabled() && (!tls.client_ca_file.is_empty() || tls.client_auth_optional) {
+            return invalid(
+                "server.tls.client_ca_file and client_auth_optional need server.tls.cert_file".to_owned(),
+            );
+        }
         if self.identity.oidc.leeway_seconds > 300 {
             return invalid(
                 "identity.oidc.leeway_seconds is at most 300: a token's lifetime is not to be stretched"

@@ -250,7 +250,13 @@ pub async fn run(
     let fallback_service = FallbackServiceServer::new(FallbackApi::new(failover.clone(), sync_requests));
     let search_service = SearchServiceServer::new(SearchApi::new(index, artifacts.clone()));
     let grpc_shutdown = shutdown.clone();
-    let grpc = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if config.server.tls.enabled() {
+        builder = builder
+            .tls_config(tls_config(&config.server.tls)?)
+            .context("configuring TLS on the gRPC listener")?;
+    }
+    let grpc = builder
         // HTTP/2's default 64 KiB windows make a client wait for a window update every
         // quarter of a data message; uploads need room for several messages in flight.
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
@@ -370,6 +376,28 @@ pub async fn run(
 
 /// Rebuilds the search index from the catalog (`artifactd reindex`). The server must not be
 /// running on the same index directory: tantivy allows one writer.
+/// The listener's TLS: its certificate and key, and the CA its clients' certificates must
+/// chain to when one is configured.
+fn tls_config(tls: &crate::config::TlsConfig) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    let read = |what: &str, path: &str| {
+        std::fs::read(path).with_context(|| format!("reading server.tls.{what} {path}"))
+    };
+    let identity = tonic::transport::Identity::from_pem(
+        read("cert_file", &tls.cert_file)?,
+        read("key_file", &tls.key_file)?,
+    );
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if !tls.client_ca_file.is_empty() {
+        config = config
+            .client_ca_root(tonic::transport::Certificate::from_pem(read(
+                "client_ca_file",
+                &tls.client_ca_file,
+            )?))
+            .client_auth_optional(tls.client_auth_optional);
+    }
+    Ok(config)
+}
+
 pub async fn reindex(config: Config) -> anyhow::Result<u64> {
     let catalog = Catalog::connect(&config.catalog_url(), config.catalog.max_connections)
         .await

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tonic::transport::server::TcpConnectInfo;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
@@ -72,9 +72,14 @@ where
                 ))
                 .into_http());
             };
-            let peer = request
-                .extensions()
+            let extensions = request.extensions();
+            let peer = extensions
                 .get::<TcpConnectInfo>()
+                .or_else(|| {
+                    extensions
+                        .get::<TlsConnectInfo<TcpConnectInfo>>()
+                        .map(|tls| tls.get_ref())
+                })
                 .and_then(|info| info.remote_addr())
                 .map(|address| address.ip());
             match authenticator.authenticate(request.headers(), peer).await {
