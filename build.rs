@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/artifactd/v1/access.proto",
         "proto/artifactd/v1/admin.proto",
+        "proto/artifactd/v1/audit.proto",
         "proto/artifactd/v1/artifact.proto",
         "proto/artifactd/v1/fallback.proto",
         "proto/artifactd/v1/search.proto",

@@ -29,7 +29,28 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub search: SearchConfig,
     pub identity: IdentityConfig,
+    pub audit: AuditConfig,
     pub log: LogConfig,
+}
+
+/// The audit trail's signed checkpoints.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The Ed25519 key (base64 PKCS#8) that signs checkpoints; empty means
+    /// `<data_dir>/audit-signing.key`, made at the first start. Replicas share one.
+    pub signing_key_file: String,
+    /// How often every chain that grew gets a signed checkpoint.
+    pub checkpoint_interval_seconds: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            signing_key_file: String::new(),
+            checkpoint_interval_seconds: 60,
+        }
+    }
 }
 
 /// Who may call: API keys (always), bearer JWTs from an OIDC issuer, OAuth2-Proxy's headers.
@@ -273,6 +294,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             search: SearchConfig::default(),
             identity: IdentityConfig::default(),
+            audit: AuditConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -572,6 +594,14 @@ impl Config {
             format!("sqlite://{}", self.data_dir.join("catalog.db").display())
         } else {
             self.catalog.url.clone()
+        }
+    }
+
+    pub fn audit_signing_key_path(&self) -> PathBuf {
+        if self.audit.signing_key_file.is_empty() {
+            self.data_dir.join("audit-signing.key")
+        } else {
+            PathBuf::from(&self.audit.signing_key_file)
         }
     }
 

@@ -1,7 +1,7 @@
 //! Wiring: opens the catalog and the store, starts background jobs and the gRPC and HTTP
 //! listeners, and tears everything down in order on shutdown.
 
-use crate::api::{AccessApi, AdminApi, ArtifactApi, FallbackApi, SearchApi};
+use crate::api::{AccessApi, AdminApi, ArtifactApi, AuditApi, FallbackApi, SearchApi};
 use crate::app::{AccessAdmin, Artifacts};
 use crate::catalog::Catalog;
 use crate::config::{Backend, Config};
@@ -15,6 +15,7 @@ use crate::jobs::{
 use crate::proto::access_service_server::AccessServiceServer;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::artifact_service_server::ArtifactServiceServer;
+use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::fallback_service_server::FallbackServiceServer;
 use crate::proto::search_service_server::SearchServiceServer;
 use crate::search::{Indexer, SearchIndex};
@@ -215,6 +216,17 @@ pub async fn run(
         None
     };
     let proxies = config.identity.proxy.trusted().map_err(anyhow::Error::msg)?;
+    let signer = Arc::new(
+        crate::audit::Signer::open_or_create(&config.audit_signing_key_path())
+            .context("opening the audit signing key")?,
+    );
+    {
+        let (catalog, store, signer) = (catalog.clone(), store.clone(), signer.clone());
+        let interval = Duration::from_secs(config.audit.checkpoint_interval_seconds.max(1));
+        supervisor.spawn("audit checkpointer", move |token| {
+            crate::audit::run_checkpointer(catalog.clone(), store.clone(), signer.clone(), interval, token)
+        });
+    }
     let authenticator = Arc::new(Authenticator::new(catalog.clone(), tokens, proxies));
     monitor.check_once().await;
     supervisor.spawn("health", move |token| {
@@ -267,7 +279,9 @@ pub async fn run(
         // Outermost the request's span and metrics, so refused calls are counted too.
         .layer(
             tower::ServiceBuilder::new()
-                .layer(crate::api::request_layer::RequestLayer)
+                .layer(crate::api::request_layer::RequestLayer::with_audit(Arc::new(
+                    crate::audit::CatalogSink::new(catalog.clone()),
+                )))
                 .layer(AuthLayer::new(authenticator))
                 .into_inner(),
         )
@@ -281,6 +295,10 @@ pub async fn run(
         .add_service(AccessServiceServer::new(AccessApi::new(AccessAdmin::new(
             catalog.clone(),
         ))))
+        .add_service(AuditServiceServer::new(AuditApi::new(
+            catalog.clone(),
+            signer.clone(),
+        )))
         // Without TCP_NODELAY a small response waits for the client's delayed ACK (40 ms).
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),

@@ -101,7 +101,9 @@ where
 {
     let caller_gone = CancellationToken::new();
     let _cancel_on_drop = caller_gone.clone().drop_guard();
-    tokio::spawn(upload(caller_gone).in_current_span())
+    // The upload's own task still belongs to the call: its change is recorded as the caller's.
+    let note = crate::audit::current();
+    tokio::spawn(crate::audit::within(note, upload(caller_gone)).in_current_span())
         .await
         .map_err(|e| Error::internal(format!("upload task failed: {e}")))?
 }
@@ -246,6 +248,7 @@ impl ArtifactService for ArtifactApi {
                 )));
             }
         };
+        caller.target(&header.artifact_id);
         let update = UpdateArtifact {
             scope: authorized(&caller, header.tenant, header.project)?,
             artifact_id: header.artifact_id,
@@ -326,6 +329,7 @@ impl ArtifactService for ArtifactApi {
             .map_err(|_| Error::invalid("x-artifactd-run", "the run header is not ASCII text"))?;
         let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.target(&request.artifact_id);
         let scope = authorized(&caller, request.tenant, request.project)?;
         // Recording the download as a run's input writes to the run: that takes a writer.
         if run.is_some() {
@@ -381,6 +385,7 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<ListVersionsResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.target(&request.artifact_id);
         let scope = authorized(&caller, request.tenant, request.project)?;
         let page = self
             .artifacts
@@ -404,6 +409,7 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<GetMetadataResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.target(&request.artifact_id);
         let scope = authorized(&caller, request.tenant, request.project)?;
         let (_, version) = self
             .artifacts
@@ -447,6 +453,7 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<DeleteArtifactResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.target(&request.artifact_id);
         let scope = authorized(&caller, request.tenant, request.project)?;
         let (artifact, restorable_until) = self.artifacts.delete(&scope, &request.artifact_id).await?;
         Ok(Response::new(DeleteArtifactResponse {
@@ -461,6 +468,7 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<UndeleteArtifactResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.target(&request.artifact_id);
         let scope = authorized(&caller, request.tenant, request.project)?;
         let artifact = self.artifacts.undelete(&scope, &request.artifact_id).await?;
         Ok(Response::new(UndeleteArtifactResponse {
@@ -474,6 +482,7 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<UpdateArtifactLabelsResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.target(&request.artifact_id);
         let scope = authorized(&caller, request.tenant, request.project)?;
         let Some(new_labels) = request.labels else {
             return Err(Status::from(Error::invalid(
@@ -497,6 +506,7 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let actor = caller.actor();
         let request = request.into_inner();
+        caller.target(&request.artifact_id);
         let scope = authorized(&caller, request.tenant, request.project)?;
         let target = convert::lifecycle_state_from("target_state", request.target_state)?
             .ok_or_else(|| Error::invalid("target_state", "name the state to move to"))?;
@@ -543,6 +553,7 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let actor = caller.actor();
         let request = request.into_inner();
+        caller.target(&request.artifact_id);
         let scope = authorized(&caller, request.tenant, request.project)?;
         let alias = self
             .artifacts
@@ -566,6 +577,7 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<DeleteAliasResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.target(&request.artifact_id);
         let scope = authorized(&caller, request.tenant, request.project)?;
         self.artifacts
             .delete_alias(
@@ -584,6 +596,7 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<ListAliasesResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.target(&request.artifact_id);
         let scope = authorized(&caller, request.tenant, request.project)?;
         let aliases = self.artifacts.aliases(&scope, &request.artifact_id).await?;
         Ok(Response::new(ListAliasesResponse {
@@ -597,6 +610,7 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<GetChangeHistoryResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.target(&request.artifact_id);
         let scope = authorized(&caller, request.tenant, request.project)?;
         let page = self
             .artifacts
@@ -630,6 +644,7 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<ResolveDependenciesResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.target(&request.artifact_id);
         let scope = authorized(&caller, request.tenant, request.project)?;
         let mut policy = ResolvePolicy::default();
         let states = convert::lifecycle_states_from("admit_states", &request.admit_states)?;
@@ -660,6 +675,7 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<ListDependentsResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.target(&request.artifact_id);
         let scope = authorized(&caller, request.tenant, request.project)?;
         let candidate = (!request.version.is_empty()).then_some(request.version.as_str());
         let max_depth = if request.max_depth == 0 {
@@ -745,6 +761,7 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<GetProvenanceResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.target(&request.artifact_id);
         let scope = authorized(&caller, request.tenant, request.project)?;
         let (steps, truncated) = self
             .artifacts
@@ -778,6 +795,7 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let actor = caller.actor();
         let request = request.into_inner();
+        caller.target(&request.artifact_id);
         let scope = authorized(&caller, request.tenant, request.project)?;
         // The link changes the target project as much as the origin; an artifact seen through
         // a link is shared on only by who may maintain it where it lives.
@@ -805,6 +823,7 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<UnlinkArtifactResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.target(&request.artifact_id);
         let scope = authorized(&caller, request.tenant, request.project)?;
         let origin_project = self.artifacts.unlink(&scope, &request.artifact_id).await?;
         Ok(Response::new(UnlinkArtifactResponse { origin_project }))
@@ -866,6 +885,7 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<DiffVersionsResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.target(&request.artifact_id);
         let scope = authorized(&caller, request.tenant, request.project)?;
         let diff = self
             .artifacts

@@ -4,6 +4,7 @@
 mod access_service;
 mod admin_service;
 mod artifact_service;
+mod audit_service;
 pub mod convert;
 mod fallback_service;
 pub mod request_layer;
@@ -13,6 +14,7 @@ pub mod status;
 pub use access_service::AccessApi;
 pub use admin_service::AdminApi;
 pub use artifact_service::ArtifactApi;
+pub use audit_service::AuditApi;
 pub use fallback_service::FallbackApi;
 pub use search_service::SearchApi;
 

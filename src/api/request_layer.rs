@@ -9,12 +9,14 @@
 //! which for a download stream is after its last message. A body dropped before its end is
 //! a call the client abandoned, counted as CANCELLED.
 
+use crate::audit::{AuditSink, CallNote};
 use crate::telemetry::names;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tracing::Instrument;
@@ -26,20 +28,34 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Longest caller-chosen request id kept; a longer or non-printable one is replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RequestLayer;
+/// With an audit sink, every call leaves a [`CallNote`] for the layers and handlers inside to
+/// fill in, and what the audit trail keeps of finished calls is recorded when they end.
+#[derive(Debug, Clone, Default)]
+pub struct RequestLayer {
+    audit: Option<Arc<dyn AuditSink>>,
+}
+
+impl RequestLayer {
+    pub fn with_audit(audit: Arc<dyn AuditSink>) -> Self {
+        Self { audit: Some(audit) }
+    }
+}
 
 impl<S> tower::Layer<S> for RequestLayer {
     type Service = RequestService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestService { inner }
+        RequestService {
+            inner,
+            audit: self.audit.clone(),
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct RequestService<S> {
     inner: S,
+    audit: Option<Arc<dyn AuditSink>>,
 }
 
 /// The caller's id when it is usable, otherwise a new one.
@@ -78,10 +94,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<RequestBody>) -> Self::Future {
         let started = Instant::now();
         let method = request.uri().path().trim_start_matches('/').to_owned();
         let request_id = request_id_of(request.headers());
+        let audit = self.audit.clone().map(|sink| {
+            let note = Arc::new(CallNote::new(&request_id));
+            request.extensions_mut().insert(note.clone());
+            (sink, note)
+        });
         let span = tracing::info_span!(
             "rpc",
             request_id = %request_id,
@@ -102,6 +123,7 @@ where
             method,
             started,
             finished: false,
+            audit,
         };
         Box::pin(
             async move {
@@ -128,6 +150,7 @@ struct CallObserver {
     method: String,
     started: Instant,
     finished: bool,
+    audit: Option<(Arc<dyn AuditSink>, Arc<CallNote>)>,
 }
 
 impl CallObserver {
@@ -151,6 +174,14 @@ impl CallObserver {
             .increment(1);
         metrics::histogram!(names::GRPC_REQUEST_DURATION_SECONDS, "method" => method)
             .record(elapsed.as_secs_f64());
+        if let Some((sink, note)) = &self.audit
+            && code != tonic::Code::Unimplemented
+            && crate::identity::policy::audited(&format!("/{}", self.method), code, note.was_recorded())
+        {
+            let record = note.record(&self.method, code);
+            metrics::counter!(names::AUDIT_ENTRIES_TOTAL, "outcome" => record.outcome.clone()).increment(1);
+            sink.record(record);
+        }
         let _entered = self.span.enter();
         match code {
             tonic::Code::Ok => tracing::info!(code = %code_name, duration_ms, "rpc finished"),

@@ -59,6 +59,7 @@ impl Catalog {
     /// made it first), and nothing is stored.
     pub async fn insert_api_key(&self, key: &ApiKey, secret_hash: &str, bootstrap: bool) -> Result<bool> {
         let projects = serde_json::to_string(&key.projects).expect("strings serialise");
+        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
         let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO api_keys ({KEY_COLUMNS}, bootstrap) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         )))
@@ -73,17 +74,31 @@ impl Catalog {
         .bind(key.revoked_at.map(|t| t.0))
         .bind(secret_hash)
         .bind(bootstrap.then_some(1i64))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
         match inserted {
-            Ok(_) => Ok(true),
-            Err(error) if bootstrap && is_unique_violation(&error) => Ok(false),
-            Err(error) if is_unique_violation(&error) => Err(Error::AlreadyExists(format!(
-                "an API key with id {} exists already",
-                key.key_id
-            ))),
-            Err(error) => Err(db_error("storing an API key", error)),
+            Ok(_) => {}
+            Err(error) if bootstrap && is_unique_violation(&error) => return Ok(false),
+            Err(error) if is_unique_violation(&error) => {
+                return Err(Error::AlreadyExists(format!(
+                    "an API key with id {} exists already",
+                    key.key_id
+                )));
+            }
+            Err(error) => return Err(db_error("storing an API key", error)),
         }
+        let record = crate::audit::change_record(
+            &key.tenant,
+            "",
+            format!("key:{}", key.key_id),
+            "api_key.created",
+            key.created_at,
+        );
+        self.append_audit_in(&mut tx, &record).await?;
+        tx.commit()
+            .await
+            .map_err(|e| db_error("committing an API key", e))?;
+        Ok(true)
     }
 
     /// A key and the hash of its secret, whether or not it is still active.
@@ -121,15 +136,24 @@ impl Catalog {
 
     /// Revokes a key of `tenant` (once: a second revocation keeps the first time).
     pub async fn revoke_api_key(&self, tenant: &str, key_id: &str, at: Timestamp) -> Result<Option<ApiKey>> {
-        sqlx::query(
+        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let done = sqlx::query(
             "UPDATE api_keys SET revoked_at = $1 WHERE tenant = $2 AND key_id = $3 AND revoked_at IS NULL",
         )
         .bind(at.0)
         .bind(tenant)
         .bind(key_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| db_error("revoking an API key", e))?;
+        if done.rows_affected() > 0 {
+            let record =
+                crate::audit::change_record(tenant, "", format!("key:{key_id}"), "api_key.revoked", at);
+            self.append_audit_in(&mut tx, &record).await?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| db_error("committing a revocation", e))?;
         Ok(self
             .api_key(key_id)
             .await?
@@ -139,6 +163,7 @@ impl Catalog {
 
     /// Gives a subject a role in a scope, replacing the role it had there.
     pub async fn put_role_binding(&self, binding: &RoleBinding) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO role_bindings ({BINDING_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (tenant, project, subject_kind, subject) \
@@ -151,9 +176,23 @@ impl Catalog {
         .bind(binding.role.as_str())
         .bind(&binding.granted_by)
         .bind(binding.granted_at.0)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| db_error("granting a role", e))?;
+        let record = crate::audit::change_record(
+            &binding.tenant,
+            &binding.project,
+            format!(
+                "{}:{}={}",
+                binding.subject_kind.as_str(),
+                binding.subject,
+                binding.role
+            ),
+            "role.granted",
+            binding.granted_at,
+        );
+        self.append_audit_in(&mut tx, &record).await?;
+        tx.commit().await.map_err(|e| db_error("committing a grant", e))?;
         Ok(())
     }
 
@@ -165,6 +204,7 @@ impl Catalog {
         subject_kind: SubjectKind,
         subject: &str,
     ) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
         let done = sqlx::query(
             "DELETE FROM role_bindings WHERE tenant = $1 AND project = $2 AND subject_kind = $3 AND subject = $4",
         )
@@ -172,10 +212,24 @@ impl Catalog {
         .bind(project)
         .bind(subject_kind.as_str())
         .bind(subject)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| db_error("revoking a role", e))?;
-        Ok(done.rows_affected() > 0)
+        let revoked = done.rows_affected() > 0;
+        if revoked {
+            let record = crate::audit::change_record(
+                tenant,
+                project,
+                format!("{}:{subject}", subject_kind.as_str()),
+                "role.revoked",
+                Timestamp::now(),
+            );
+            self.append_audit_in(&mut tx, &record).await?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| db_error("committing a revocation", e))?;
+        Ok(revoked)
     }
 
     /// The bindings of a tenant; with `project`, that project's and the tenant-wide ones.

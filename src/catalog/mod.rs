@@ -4,6 +4,7 @@
 //! Migrations live per dialect under `migrations/`.
 
 mod access;
+mod audit;
 mod dependencies;
 mod events;
 mod lifecycle;
@@ -12,6 +13,7 @@ mod records;
 mod replication;
 mod runs;
 
+pub use audit::AuditQuery;
 pub use dependencies::{DependentRow, VersionBrief};
 pub use events::{EventBatch, OutboxRange};
 pub use records::*;
@@ -659,6 +661,20 @@ impl Catalog {
         .execute(&mut **tx)
         .await
         .map_err(|e| db_error("writing an outbox event", e))?;
+        // The change's audit entry commits with it, or neither does.
+        let target = if version.is_empty() {
+            artifact_id.to_owned()
+        } else {
+            format!("{artifact_id}@{version}")
+        };
+        let record = crate::audit::change_record(
+            &scope.tenant,
+            &scope.project,
+            target,
+            event_type.as_str(),
+            Timestamp(at),
+        );
+        self.append_audit_in(tx, &record).await?;
         Ok(())
     }
 

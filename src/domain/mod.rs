@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod artifact;
+pub mod audit;
 pub mod content_type;
 pub mod dependency;
 pub mod error;

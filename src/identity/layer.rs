@@ -3,6 +3,7 @@
 //! without an accepted credential ends here with UNAUTHENTICATED.
 
 use super::{Authenticator, Caller, policy};
+use crate::audit::CallNote;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -82,13 +83,22 @@ where
                 })
                 .and_then(|info| info.remote_addr())
                 .map(|address| address.ip());
+            let note = request.extensions().get::<Arc<CallNote>>().cloned();
+            if let Some(note) = &note {
+                note.peer(peer);
+            }
             match authenticator.authenticate(request.headers(), peer).await {
                 Ok(principal) => {
+                    if let Some(note) = &note {
+                        note.caller(&principal.subject, principal.kind.as_str());
+                    }
                     request.extensions_mut().insert(Caller {
                         principal: Arc::new(principal),
                         policy,
+                        note: note.clone(),
                     });
-                    inner.call(request).await
+                    // The handler's changes find who made them through the call's note.
+                    crate::audit::within(note, inner.call(request)).await
                 }
                 Err(error) => Ok(tonic::Status::from(error).into_http()),
             }

@@ -28,6 +28,8 @@ use tokens::TokenVerifier;
 pub struct Caller {
     pub principal: Arc<Principal>,
     pub policy: Policy,
+    /// What the audit trail learns of this call.
+    pub note: Option<Arc<crate::audit::CallNote>>,
 }
 
 impl Caller {
@@ -43,6 +45,9 @@ impl Caller {
     }
 
     pub fn authorize_in(&self, tenant: &str, project: Option<&str>) -> Result<()> {
+        if let Some(note) = &self.note {
+            note.scope(tenant, project);
+        }
         crate::domain::names::validate_identifier("tenant", tenant)?;
         if let Some(project) = project {
             crate::domain::names::validate_identifier("project", project)?;
@@ -57,6 +62,13 @@ impl Caller {
     /// A check beyond the method's own: approving, tenant-wide grants.
     pub fn require(&self, permission: Permission, tenant: &str, project: Option<&str>) -> Result<()> {
         self.principal.require(permission, tenant, project)
+    }
+
+    /// Names what the call touches, for the audit trail.
+    pub fn target(&self, target: &str) {
+        if let Some(note) = &self.note {
+            note.target(target);
+        }
     }
 
     /// The server's own operations.
@@ -274,7 +286,7 @@ pub async fn ensure_admin(config: &Config, catalog: &Catalog) -> anyhow::Result<
 }
 
 /// Writes `text` to `path` readable and writable by its owner only, atomically.
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let dir = path
         .parent()

@@ -57,6 +57,11 @@ pub fn of(path: &str) -> Option<Policy> {
             "artifactd.v1.FallbackService",
             "TestFallback" | "GetFallbackStatus" | "SyncFallback" | "GetFallbackMetrics",
         ) => Scoped(Operate),
+        // A tenant's trail needs ManageTenant; the server's own (tenant empty) Operate,
+        // checked by the handler.
+        ("artifactd.v1.AuditService", "GetAuditTrail" | "ExportAuditLog" | "VerifyAuditLog") => {
+            Scoped(ManageTenant)
+        }
         ("artifactd.v1.AccessService", "WhoAmI") => Authenticated,
         ("artifactd.v1.AccessService", "CreateApiKey" | "ListApiKeys" | "RevokeApiKey") => {
             Scoped(ManageTenant)
@@ -69,4 +74,42 @@ pub fn of(path: &str) -> Option<Policy> {
         _ => return None,
     };
     Some(policy)
+}
+
+/// Whether a finished call goes into the audit trail: every refused or failed call; of the
+/// successful ones, every change (unless it recorded itself with the change), every read of
+/// content, every search; not the reads of listings and metadata.
+pub fn audited(path: &str, code: tonic::Code, recorded_with_change: bool) -> bool {
+    if code != tonic::Code::Ok {
+        return true;
+    }
+    if recorded_with_change {
+        return false;
+    }
+    let method = path.rsplit('/').next().unwrap_or_default();
+    match of(path) {
+        Some(Policy::Scoped(Permission::Read)) => matches!(
+            method,
+            "DownloadArtifact"
+                | "DiffVersions"
+                | "Search"
+                | "SearchByTags"
+                | "SearchByMetadata"
+                | "SearchByDependencies"
+                | "WatchEvents"
+        ),
+        Some(Policy::Authenticated) => false,
+        Some(Policy::Scoped(_)) => !matches!(
+            method,
+            "ListApiKeys"
+                | "ListRoleBindings"
+                | "GetServerStatus"
+                | "GetFallbackStatus"
+                | "GetFallbackMetrics"
+                | "GetAuditTrail"
+                | "ExportAuditLog"
+                | "VerifyAuditLog"
+        ),
+        None => true,
+    }
 }

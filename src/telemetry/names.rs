@@ -23,6 +23,10 @@ macro_rules! metric_names {
 }
 
 metric_names! {
+    AUDIT_WRITE_FAILURES_TOTAL = "artifactd_audit_write_failures_total", Counter,
+        "Audit entries of finished calls that could not be written to the catalog";
+    AUDIT_ENTRIES_TOTAL = "artifactd_audit_entries_total", Counter,
+        "Calls recorded in the audit trail after they finished, by outcome";
     GRPC_REQUESTS_TOTAL = "artifactd_grpc_requests_total", Counter,
         "gRPC calls finished, by method and status code";
     GRPC_REQUEST_DURATION_SECONDS = "artifactd_grpc_request_duration_seconds", Histogram,
