@@ -25,6 +25,7 @@ def server() -> Iterator[str]:
             ARTIFACTD_SERVER__GRPC_ADDR="127.0.0.1:0",
             ARTIFACTD_SERVER__HTTP_ADDR="127.0.0.1:0",
             ARTIFACTD_LOG__FILTER="warn",
+            ARTIFACTD_AUDIT__CHECKPOINT_INTERVAL_SECONDS="1",
         )
         process = subprocess.Popen(
             [str(binary), "serve"], env=environment, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True

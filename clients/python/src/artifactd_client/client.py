@@ -17,6 +17,8 @@ import grpc.aio
 from artifactd_client._generated.artifactd.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
     artifact_pb2,
     artifact_pb2_grpc,
     fallback_pb2,
@@ -249,6 +251,7 @@ class Client:
         self.search_service = search_pb2_grpc.SearchServiceStub(self._channel)
         self.fallback = fallback_pb2_grpc.FallbackServiceStub(self._channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self._channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -585,6 +588,17 @@ class Client:
         return self._idempotent(
             lambda: self.fallback.GetFallbackStatus(
                 fallback_pb2.GetFallbackStatusRequest(), metadata=self._metadata, timeout=self._timeout
+            )
+        )
+
+    def export_audit_log(self, tenant: str) -> list[audit_pb2.ExportAuditLogResponse]:
+        """A tenant's whole audit trail with its hashes and signed checkpoints, for
+        `artifactd_client.audit.verify_export` (needs the tenant admin role)."""
+        return self._idempotent(
+            lambda: list(
+                self.audit.ExportAuditLog(
+                    audit_pb2.ExportAuditLogRequest(tenant=tenant), metadata=self._metadata, timeout=self._timeout
+                )
             )
         )
 
