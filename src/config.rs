@@ -42,6 +42,8 @@ pub struct AuditConfig {
     pub signing_key_file: String,
     /// How often every chain that grew gets a signed checkpoint.
     pub checkpoint_interval_seconds: u64,
+    /// When access is flagged as unusual.
+    pub patterns: crate::audit::patterns::PatternSettings,
 }
 
 impl Default for AuditConfig {
@@ -49,6 +51,7 @@ impl Default for AuditConfig {
         Self {
             signing_key_file: String::new(),
             checkpoint_interval_seconds: 60,
+            patterns: Default::default(),
         }
     }
 }

@@ -216,6 +216,15 @@ pub async fn run(
         None
     };
     let proxies = config.identity.proxy.trusted().map_err(anyhow::Error::msg)?;
+    let patterns = Arc::new(crate::audit::patterns::AccessPatterns::new(
+        config.audit.patterns.clone(),
+    ));
+    {
+        let patterns = patterns.clone();
+        supervisor.spawn("access rates", move |token| {
+            patterns.clone().run_publisher(Duration::from_secs(15), token)
+        });
+    }
     let signer = Arc::new(
         crate::audit::Signer::open_or_create(&config.audit_signing_key_path())
             .context("opening the audit signing key")?,
@@ -279,9 +288,10 @@ pub async fn run(
         // Outermost the request's span and metrics, so refused calls are counted too.
         .layer(
             tower::ServiceBuilder::new()
-                .layer(crate::api::request_layer::RequestLayer::with_audit(Arc::new(
-                    crate::audit::CatalogSink::new(catalog.clone()),
-                )))
+                .layer(crate::api::request_layer::RequestLayer::with_audit(
+                    Arc::new(crate::audit::CatalogSink::new(catalog.clone())),
+                    patterns.clone(),
+                ))
                 .layer(AuthLayer::new(authenticator))
                 .into_inner(),
         )
@@ -298,6 +308,7 @@ pub async fn run(
         .add_service(AuditServiceServer::new(AuditApi::new(
             catalog.clone(),
             signer.clone(),
+            patterns.clone(),
         )))
         // Without TCP_NODELAY a small response waits for the client's delayed ACK (40 ms).
         .serve_with_incoming_shutdown(

@@ -456,7 +456,9 @@ async fn allowed_call(
                                     "subject": format!("user{n}")}),
         ],
         "ListRoleBindings" => vec![json!({"tenant": T, "project": P})],
-        "GetAuditTrail" | "ExportAuditLog" | "VerifyAuditLog" => vec![json!({"tenant": T})],
+        "GetAuditTrail" | "ExportAuditLog" | "VerifyAuditLog" | "GetAccessFlags" => {
+            vec![json!({"tenant": T})]
+        }
         other => panic!("{other}: the authorization matrix has no call for this method; add one"),
     }
 }

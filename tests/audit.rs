@@ -461,3 +461,111 @@ async fn a_killed_process_leaves_no_change_without_its_entry() {
         drop(database);
     }
 }
+
+/// Reads across many projects and a burst of refusals, sent over gRPC, come back as flags
+/// and are counted in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusual_access_is_flagged_and_counted() {
+    let (server, _database) = start(
+        false,
+        ServerOptions::default()
+            .env("ARTIFACTD_AUDIT__PATTERNS__MANY_PROJECTS", "3")
+            .env("ARTIFACTD_AUDIT__PATTERNS__DENIAL_BURST", "4"),
+    )
+    .await;
+    let channel = server.raw_channel().await;
+    let mut admin = server.client().await;
+    let mut ids = Vec::new();
+    for project in ["a", "b", "c"] {
+        ids.push((
+            project,
+            create_id(&mut admin, header(T, project, "doc", "x.md"), b"# x\n").await,
+        ));
+    }
+    let viewer = AccessServiceClient::new(server.channel().await)
+        .create_api_key(CreateApiKeyRequest {
+            tenant: T.into(),
+            role: Role::Viewer as i32,
+            name: "roamer".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut roamer = artifactd::proto::artifact_service_client::ArtifactServiceClient::new(Authed::new(
+        channel.clone(),
+        Bearer::new(&viewer.secret),
+    ));
+    for (project, id) in &ids {
+        let mut stream = roamer
+            .download_artifact(DownloadArtifactRequest {
+                tenant: T.into(),
+                project: (*project).into(),
+                artifact_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        while stream.message().await.unwrap().is_some() {}
+    }
+    for _ in 0..4 {
+        let refused = roamer
+            .delete_artifact(artifactd::proto::DeleteArtifactRequest {
+                tenant: T.into(),
+                project: "a".into(),
+                artifact_id: ids[0].1.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
+    }
+    let roamer_name = format!("key:{}", viewer.api_key.unwrap().key_id);
+    let flags = AuditServiceClient::new(server.channel().await)
+        .get_access_flags(artifactd::proto::GetAccessFlagsRequest { tenant: T.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen: Vec<(String, String)> = flags
+        .flags
+        .iter()
+        .map(|f| (f.pattern.clone(), f.principal.clone()))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("denial_burst".to_owned(), roamer_name.clone()),
+            ("many_projects".to_owned(), roamer_name.clone())
+        ]
+    );
+    assert!(
+        flags
+            .principals
+            .iter()
+            .any(|p| p.name == roamer_name && p.reads_this_minute == 3),
+        "{flags:?}"
+    );
+    let metrics = metrics_page(&server).await;
+    for pattern in ["many_projects", "denial_burst"] {
+        assert!(
+            metrics.contains(&format!(
+                "artifactd_access_flags_total{{pattern=\"{pattern}\"}} 1"
+            )),
+            "{metrics}"
+        );
+    }
+}
+
+/// The Prometheus page of the server's HTTP port.
+async fn metrics_page(server: &ServerProcess) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).await.unwrap();
+    page
+}

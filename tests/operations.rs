@@ -193,6 +193,7 @@ async fn health_is_reported_per_service() {
     assert_eq!(
         jobs,
         [
+            "access rates",
             "audit checkpointer",
             "fallback sync",
             "health",

@@ -392,7 +392,9 @@ where
     let (sender, receiver) = tokio::sync::mpsc::channel(2);
     let task = tokio::spawn(call(tokio_stream::wrappers::ReceiverStream::new(receiver)));
     let _ = sender.send(first).await;
-    tokio::time::sleep(Duration::from_micros((round as u64 * 397) % 3000)).await;
+    // Anywhere from before the handler has the header (proving the caller takes a catalog
+    // read) to well into the upload.
+    tokio::time::sleep(Duration::from_micros((round as u64 * 397) % 12_000)).await;
     if round % 4 < 2 {
         drop(sender);
         task.abort();

@@ -3,6 +3,7 @@
 use super::caller;
 use super::convert::timestamp;
 use crate::audit::Signer;
+use crate::audit::patterns::AccessPatterns;
 use crate::catalog::{AuditQuery, Catalog};
 use crate::domain::audit::{AuditEntry, Checkpoint, verify_chain};
 use crate::domain::{Error, Timestamp};
@@ -20,11 +21,16 @@ const BATCH: u32 = 1000;
 pub struct AuditApi {
     catalog: Catalog,
     signer: Arc<Signer>,
+    patterns: Arc<AccessPatterns>,
 }
 
 impl AuditApi {
-    pub fn new(catalog: Catalog, signer: Arc<Signer>) -> Self {
-        Self { catalog, signer }
+    pub fn new(catalog: Catalog, signer: Arc<Signer>, patterns: Arc<AccessPatterns>) -> Self {
+        Self {
+            catalog,
+            signer,
+            patterns,
+        }
     }
 
     /// A tenant's whole chain, in order.
@@ -187,6 +193,39 @@ impl AuditService for AuditApi {
                 .map(|item| Ok(proto::ExportAuditLogResponse { item: Some(item) })),
         );
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_access_flags(
+        &self,
+        request: Request<proto::GetAccessFlagsRequest>,
+    ) -> Result<Response<proto::GetAccessFlagsResponse>, Status> {
+        let caller = caller(&request)?;
+        let tenant = request.into_inner().tenant;
+        authorize(&caller, &tenant)?;
+        /// Busiest principals and artifacts listed.
+        const TOP: usize = 20;
+        let (principals, artifacts) = self.patterns.rates(&tenant, TOP);
+        let rate = |(name, reads, usual): (String, u64, f64)| proto::AccessRate {
+            name,
+            reads_this_minute: reads,
+            usual_per_minute: usual,
+        };
+        Ok(Response::new(proto::GetAccessFlagsResponse {
+            flags: self
+                .patterns
+                .flags(Some(&tenant))
+                .into_iter()
+                .map(|flag| proto::AccessFlag {
+                    at: Some(timestamp(flag.at)),
+                    tenant: flag.tenant,
+                    principal: flag.principal,
+                    pattern: flag.pattern.as_str().to_owned(),
+                    detail: flag.detail,
+                })
+                .collect(),
+            principals: principals.into_iter().map(rate).collect(),
+            artifacts: artifacts.into_iter().map(rate).collect(),
+        }))
     }
 
     async fn verify_audit_log(

@@ -9,6 +9,7 @@
 //! which for a download stream is after its last message. A body dropped before its end is
 //! a call the client abandoned, counted as CANCELLED.
 
+use crate::audit::patterns::AccessPatterns;
 use crate::audit::{AuditSink, CallNote};
 use crate::telemetry::names;
 use bytes::Bytes;
@@ -32,12 +33,21 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// fill in, and what the audit trail keeps of finished calls is recorded when they end.
 #[derive(Debug, Clone, Default)]
 pub struct RequestLayer {
-    audit: Option<Arc<dyn AuditSink>>,
+    audit: Option<Audit>,
+}
+
+/// Where finished calls go: the audit trail, and the analysis of access patterns.
+#[derive(Debug, Clone)]
+struct Audit {
+    sink: Arc<dyn AuditSink>,
+    patterns: Arc<AccessPatterns>,
 }
 
 impl RequestLayer {
-    pub fn with_audit(audit: Arc<dyn AuditSink>) -> Self {
-        Self { audit: Some(audit) }
+    pub fn with_audit(sink: Arc<dyn AuditSink>, patterns: Arc<AccessPatterns>) -> Self {
+        Self {
+            audit: Some(Audit { sink, patterns }),
+        }
     }
 }
 
@@ -55,7 +65,7 @@ impl<S> tower::Layer<S> for RequestLayer {
 #[derive(Debug, Clone)]
 pub struct RequestService<S> {
     inner: S,
-    audit: Option<Arc<dyn AuditSink>>,
+    audit: Option<Audit>,
 }
 
 /// The caller's id when it is usable, otherwise a new one.
@@ -98,10 +108,10 @@ where
         let started = Instant::now();
         let method = request.uri().path().trim_start_matches('/').to_owned();
         let request_id = request_id_of(request.headers());
-        let audit = self.audit.clone().map(|sink| {
+        let audit = self.audit.clone().map(|audit| {
             let note = Arc::new(CallNote::new(&request_id));
             request.extensions_mut().insert(note.clone());
-            (sink, note)
+            (audit, note)
         });
         let span = tracing::info_span!(
             "rpc",
@@ -150,7 +160,7 @@ struct CallObserver {
     method: String,
     started: Instant,
     finished: bool,
-    audit: Option<(Arc<dyn AuditSink>, Arc<CallNote>)>,
+    audit: Option<(Audit, Arc<CallNote>)>,
 }
 
 impl CallObserver {
@@ -174,13 +184,16 @@ impl CallObserver {
             .increment(1);
         metrics::histogram!(names::GRPC_REQUEST_DURATION_SECONDS, "method" => method)
             .record(elapsed.as_secs_f64());
-        if let Some((sink, note)) = &self.audit
+        if let Some((audit, note)) = &self.audit
             && code != tonic::Code::Unimplemented
-            && crate::identity::policy::audited(&format!("/{}", self.method), code, note.was_recorded())
         {
             let record = note.record(&self.method, code);
-            metrics::counter!(names::AUDIT_ENTRIES_TOTAL, "outcome" => record.outcome.clone()).increment(1);
-            sink.record(record);
+            audit.patterns.observe(&record);
+            if crate::identity::policy::audited(&format!("/{}", self.method), code, note.was_recorded()) {
+                metrics::counter!(names::AUDIT_ENTRIES_TOTAL, "outcome" => record.outcome.clone())
+                    .increment(1);
+                audit.sink.record(record);
+            }
         }
         let _entered = self.span.enter();
         match code {

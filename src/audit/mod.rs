@@ -4,6 +4,8 @@
 //! refusals, failures), and signed checkpoints of every tenant's chain, kept in the catalog
 //! and, outside it, in the object store under `audit/`.
 
+pub mod patterns;
+
 use crate::catalog::Catalog;
 use crate::domain::Timestamp;
 use crate::domain::audit::{AuditRecord, Checkpoint, Outcome};

@@ -59,9 +59,10 @@ pub fn of(path: &str) -> Option<Policy> {
         ) => Scoped(Operate),
         // A tenant's trail needs ManageTenant; the server's own (tenant empty) Operate,
         // checked by the handler.
-        ("artifactd.v1.AuditService", "GetAuditTrail" | "ExportAuditLog" | "VerifyAuditLog") => {
-            Scoped(ManageTenant)
-        }
+        (
+            "artifactd.v1.AuditService",
+            "GetAuditTrail" | "ExportAuditLog" | "VerifyAuditLog" | "GetAccessFlags",
+        ) => Scoped(ManageTenant),
         ("artifactd.v1.AccessService", "WhoAmI") => Authenticated,
         ("artifactd.v1.AccessService", "CreateApiKey" | "ListApiKeys" | "RevokeApiKey") => {
             Scoped(ManageTenant)

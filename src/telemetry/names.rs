@@ -25,6 +25,10 @@ macro_rules! metric_names {
 metric_names! {
     AUDIT_WRITE_FAILURES_TOTAL = "artifactd_audit_write_failures_total", Counter,
         "Audit entries of finished calls that could not be written to the catalog";
+    ACCESS_FLAGS_TOTAL = "artifactd_access_flags_total", Counter,
+        "Unusual access flagged, by pattern (read_spike, many_projects, denial_burst)";
+    ACCESS_READS_PER_MINUTE = "artifactd_access_reads_per_minute", Gauge,
+        "Reads in the last minute of the busiest principals and artifacts, by kind and name";
     AUDIT_ENTRIES_TOTAL = "artifactd_audit_entries_total", Counter,
         "Calls recorded in the audit trail after they finished, by outcome";
     GRPC_REQUESTS_TOTAL = "artifactd_grpc_requests_total", Counter,

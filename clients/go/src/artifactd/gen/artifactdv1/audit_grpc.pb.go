@@ -24,6 +24,10 @@ type AuditServiceClient interface {
 	ExportAuditLog(ctx context.Context, in *ExportAuditLogRequest, opts ...grpc.CallOption) (AuditService_ExportAuditLogClient, error)
 	// Recomputes the chain and checks it against its head and signed checkpoints.
 	VerifyAuditLog(ctx context.Context, in *VerifyAuditLogRequest, opts ...grpc.CallOption) (*VerifyAuditLogResponse, error)
+	// Unusual access the answering replica has seen, newest first (a principal reading far
+	// more than its usual rate, reading across many projects, or refused again and again),
+	// and the tenant's busiest principals and artifacts this minute.
+	GetAccessFlags(ctx context.Context, in *GetAccessFlagsRequest, opts ...grpc.CallOption) (*GetAccessFlagsResponse, error)
 }
 
 type auditServiceClient struct {
@@ -84,6 +88,15 @@ func (c *auditServiceClient) VerifyAuditLog(ctx context.Context, in *VerifyAudit
 	return out, nil
 }
 
+func (c *auditServiceClient) GetAccessFlags(ctx context.Context, in *GetAccessFlagsRequest, opts ...grpc.CallOption) (*GetAccessFlagsResponse, error) {
+	out := new(GetAccessFlagsResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.AuditService/GetAccessFlags", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AuditServiceServer is the server API for AuditService service.
 // All implementations must embed UnimplementedAuditServiceServer
 // for forward compatibility
@@ -95,6 +108,10 @@ type AuditServiceServer interface {
 	ExportAuditLog(*ExportAuditLogRequest, AuditService_ExportAuditLogServer) error
 	// Recomputes the chain and checks it against its head and signed checkpoints.
 	VerifyAuditLog(context.Context, *VerifyAuditLogRequest) (*VerifyAuditLogResponse, error)
+	// Unusual access the answering replica has seen, newest first (a principal reading far
+	// more than its usual rate, reading across many projects, or refused again and again),
+	// and the tenant's busiest principals and artifacts this minute.
+	GetAccessFlags(context.Context, *GetAccessFlagsRequest) (*GetAccessFlagsResponse, error)
 	mustEmbedUnimplementedAuditServiceServer()
 }
 
@@ -110,6 +127,9 @@ func (UnimplementedAuditServiceServer) ExportAuditLog(*ExportAuditLogRequest, Au
 }
 func (UnimplementedAuditServiceServer) VerifyAuditLog(context.Context, *VerifyAuditLogRequest) (*VerifyAuditLogResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method VerifyAuditLog not implemented")
+}
+func (UnimplementedAuditServiceServer) GetAccessFlags(context.Context, *GetAccessFlagsRequest) (*GetAccessFlagsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetAccessFlags not implemented")
 }
 func (UnimplementedAuditServiceServer) mustEmbedUnimplementedAuditServiceServer() {}
 
@@ -181,6 +201,24 @@ func _AuditService_VerifyAuditLog_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AuditService_GetAccessFlags_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetAccessFlagsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuditServiceServer).GetAccessFlags(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.AuditService/GetAccessFlags",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuditServiceServer).GetAccessFlags(ctx, req.(*GetAccessFlagsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _AuditService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "artifactd.v1.AuditService",
 	HandlerType: (*AuditServiceServer)(nil),
@@ -192,6 +230,10 @@ var _AuditService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "VerifyAuditLog",
 			Handler:    _AuditService_VerifyAuditLog_Handler,
+		},
+		{
+			MethodName: "GetAccessFlags",
+			Handler:    _AuditService_GetAccessFlags_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

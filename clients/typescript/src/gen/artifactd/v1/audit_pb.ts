@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file artifactd/v1/audit.proto.
  */
 export const file_artifactd_v1_audit: GenFile = /*@__PURE__*/
-  fileDesc("ChhhcnRpZmFjdGQvdjEvYXVkaXQucHJvdG8SDGFydGlmYWN0ZC52MSKeAgoKQXVkaXRFbnRyeRIOCgZ0ZW5hbnQYASABKAkSCwoDc2VxGAIgASgDEiYKAmF0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVhY3RvchgEIAEoCRIWCg5wcmluY2lwYWxfa2luZBgFIAEoCRIPCgdwcm9qZWN0GAYgASgJEg4KBnRhcmdldBgHIAEoCRIOCgZhY3Rpb24YCCABKAkSDwoHb3V0Y29tZRgJIAEoCRIMCgRjb2RlGAogASgJEhIKCnJlcXVlc3RfaWQYCyABKAkSDAoEcGVlchgMIAEoCRIRCglwcmV2X2hhc2gYDSABKAkSDAoEaGFzaBgOIAEoCRIRCglhdF9taWNyb3MYDyABKAMicgoPQXVkaXRDaGVja3BvaW50Eg4KBnRlbmFudBgBIAEoCRILCgNzZXEYAiABKAMSDAoEaGFzaBgDIAEoCRIRCglhdF9taWNyb3MYBCABKAMSDgoGa2V5X2lkGAUgASgJEhEKCXNpZ25hdHVyZRgGIAEoCSJaCglBdWRpdEhlYWQSDgoGdGVuYW50GAEgASgJEgsKA3NlcRgCIAEoAxIMCgRoYXNoGAMgASgJEhIKCnB1YmxpY19rZXkYBCABKAwSDgoGa2V5X2lkGAUgASgJItMBChRHZXRBdWRpdFRyYWlsUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSEwoLYXJ0aWZhY3RfaWQYAiABKAkSDQoFYWN0b3IYAyABKAkSDgoGYWN0aW9uGAQgASgJEigKBGZyb20YBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKAnRvGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYWdlX3NpemUYByABKA0SEgoKcGFnZV90b2tlbhgIIAEoCSJbChVHZXRBdWRpdFRyYWlsUmVzcG9uc2USKQoHZW50cmllcxgBIAMoCzIYLmFydGlmYWN0ZC52MS5BdWRpdEVudHJ5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSInChVFeHBvcnRBdWRpdExvZ1JlcXVlc3QSDgoGdGVuYW50GAEgASgJIqkBChZFeHBvcnRBdWRpdExvZ1Jlc3BvbnNlEicKBGhlYWQYASABKAsyFy5hcnRpZmFjdGQudjEuQXVkaXRIZWFkSAASKQoFZW50cnkYAiABKAsyGC5hcnRpZmFjdGQudjEuQXVkaXRFbnRyeUgAEjMKCmNoZWNrcG9pbnQYAyABKAsyHS5hcnRpZmFjdGQudjEuQXVkaXRDaGVja3BvaW50SABCBgoEaXRlbSInChVWZXJpZnlBdWRpdExvZ1JlcXVlc3QSDgoGdGVuYW50GAEgASgJIiwKDEF1ZGl0UHJvYmxlbRILCgNzZXEYASABKAMSDwoHbWVzc2FnZRgCIAEoCSKMAQoWVmVyaWZ5QXVkaXRMb2dSZXNwb25zZRIOCgZpbnRhY3QYASABKAgSFwoPZW50cmllc19jaGVja2VkGAIgASgDEhsKE2NoZWNrcG9pbnRzX2NoZWNrZWQYAyABKAMSLAoIcHJvYmxlbXMYBCADKAsyGi5hcnRpZmFjdGQudjEuQXVkaXRQcm9ibGVtMqQCCgxBdWRpdFNlcnZpY2USWAoNR2V0QXVkaXRUcmFpbBIiLmFydGlmYWN0ZC52MS5HZXRBdWRpdFRyYWlsUmVxdWVzdBojLmFydGlmYWN0ZC52MS5HZXRBdWRpdFRyYWlsUmVzcG9uc2USXQoORXhwb3J0QXVkaXRMb2cSIy5hcnRpZmFjdGQudjEuRXhwb3J0QXVkaXRMb2dSZXF1ZXN0GiQuYXJ0aWZhY3RkLnYxLkV4cG9ydEF1ZGl0TG9nUmVzcG9uc2UwARJbCg5WZXJpZnlBdWRpdExvZxIjLmFydGlmYWN0ZC52MS5WZXJpZnlBdWRpdExvZ1JlcXVlc3QaJC5hcnRpZmFjdGQudjEuVmVyaWZ5QXVkaXRMb2dSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChhhcnRpZmFjdGQvdjEvYXVkaXQucHJvdG8SDGFydGlmYWN0ZC52MSKeAgoKQXVkaXRFbnRyeRIOCgZ0ZW5hbnQYASABKAkSCwoDc2VxGAIgASgDEiYKAmF0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVhY3RvchgEIAEoCRIWCg5wcmluY2lwYWxfa2luZBgFIAEoCRIPCgdwcm9qZWN0GAYgASgJEg4KBnRhcmdldBgHIAEoCRIOCgZhY3Rpb24YCCABKAkSDwoHb3V0Y29tZRgJIAEoCRIMCgRjb2RlGAogASgJEhIKCnJlcXVlc3RfaWQYCyABKAkSDAoEcGVlchgMIAEoCRIRCglwcmV2X2hhc2gYDSABKAkSDAoEaGFzaBgOIAEoCRIRCglhdF9taWNyb3MYDyABKAMicgoPQXVkaXRDaGVja3BvaW50Eg4KBnRlbmFudBgBIAEoCRILCgNzZXEYAiABKAMSDAoEaGFzaBgDIAEoCRIRCglhdF9taWNyb3MYBCABKAMSDgoGa2V5X2lkGAUgASgJEhEKCXNpZ25hdHVyZRgGIAEoCSJaCglBdWRpdEhlYWQSDgoGdGVuYW50GAEgASgJEgsKA3NlcRgCIAEoAxIMCgRoYXNoGAMgASgJEhIKCnB1YmxpY19rZXkYBCABKAwSDgoGa2V5X2lkGAUgASgJItMBChRHZXRBdWRpdFRyYWlsUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSEwoLYXJ0aWZhY3RfaWQYAiABKAkSDQoFYWN0b3IYAyABKAkSDgoGYWN0aW9uGAQgASgJEigKBGZyb20YBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKAnRvGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYWdlX3NpemUYByABKA0SEgoKcGFnZV90b2tlbhgIIAEoCSJbChVHZXRBdWRpdFRyYWlsUmVzcG9uc2USKQoHZW50cmllcxgBIAMoCzIYLmFydGlmYWN0ZC52MS5BdWRpdEVudHJ5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSInChVFeHBvcnRBdWRpdExvZ1JlcXVlc3QSDgoGdGVuYW50GAEgASgJIqkBChZFeHBvcnRBdWRpdExvZ1Jlc3BvbnNlEicKBGhlYWQYASABKAsyFy5hcnRpZmFjdGQudjEuQXVkaXRIZWFkSAASKQoFZW50cnkYAiABKAsyGC5hcnRpZmFjdGQudjEuQXVkaXRFbnRyeUgAEjMKCmNoZWNrcG9pbnQYAyABKAsyHS5hcnRpZmFjdGQudjEuQXVkaXRDaGVja3BvaW50SABCBgoEaXRlbSInChVWZXJpZnlBdWRpdExvZ1JlcXVlc3QSDgoGdGVuYW50GAEgASgJIiwKDEF1ZGl0UHJvYmxlbRILCgNzZXEYASABKAMSDwoHbWVzc2FnZRgCIAEoCSKMAQoWVmVyaWZ5QXVkaXRMb2dSZXNwb25zZRIOCgZpbnRhY3QYASABKAgSFwoPZW50cmllc19jaGVja2VkGAIgASgDEhsKE2NoZWNrcG9pbnRzX2NoZWNrZWQYAyABKAMSLAoIcHJvYmxlbXMYBCADKAsyGi5hcnRpZmFjdGQudjEuQXVkaXRQcm9ibGVtIicKFUdldEFjY2Vzc0ZsYWdzUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkieAoKQWNjZXNzRmxhZxImCgJhdBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGdGVuYW50GAIgASgJEhEKCXByaW5jaXBhbBgDIAEoCRIPCgdwYXR0ZXJuGAQgASgJEg4KBmRldGFpbBgFIAEoCSJPCgpBY2Nlc3NSYXRlEgwKBG5hbWUYASABKAkSGQoRcmVhZHNfdGhpc19taW51dGUYAiABKAQSGAoQdXN1YWxfcGVyX21pbnV0ZRgDIAEoASKcAQoWR2V0QWNjZXNzRmxhZ3NSZXNwb25zZRInCgVmbGFncxgBIAMoCzIYLmFydGlmYWN0ZC52MS5BY2Nlc3NGbGFnEiwKCnByaW5jaXBhbHMYAiADKAsyGC5hcnRpZmFjdGQudjEuQWNjZXNzUmF0ZRIrCglhcnRpZmFjdHMYAyADKAsyGC5hcnRpZmFjdGQudjEuQWNjZXNzUmF0ZTKBAwoMQXVkaXRTZXJ2aWNlElgKDUdldEF1ZGl0VHJhaWwSIi5hcnRpZmFjdGQudjEuR2V0QXVkaXRUcmFpbFJlcXVlc3QaIy5hcnRpZmFjdGQudjEuR2V0QXVkaXRUcmFpbFJlc3BvbnNlEl0KDkV4cG9ydEF1ZGl0TG9nEiMuYXJ0aWZhY3RkLnYxLkV4cG9ydEF1ZGl0TG9nUmVxdWVzdBokLmFydGlmYWN0ZC52MS5FeHBvcnRBdWRpdExvZ1Jlc3BvbnNlMAESWwoOVmVyaWZ5QXVkaXRMb2cSIy5hcnRpZmFjdGQudjEuVmVyaWZ5QXVkaXRMb2dSZXF1ZXN0GiQuYXJ0aWZhY3RkLnYxLlZlcmlmeUF1ZGl0TG9nUmVzcG9uc2USWwoOR2V0QWNjZXNzRmxhZ3MSIy5hcnRpZmFjdGQudjEuR2V0QWNjZXNzRmxhZ3NSZXF1ZXN0GiQuYXJ0aWZhY3RkLnYxLkdldEFjY2Vzc0ZsYWdzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message artifactd.v1.AuditEntry
@@ -404,6 +404,122 @@ export const VerifyAuditLogResponseSchema: GenMessage<VerifyAuditLogResponse> = 
   messageDesc(file_artifactd_v1_audit, 9);
 
 /**
+ * @generated from message artifactd.v1.GetAccessFlagsRequest
+ */
+export type GetAccessFlagsRequest = Message<"artifactd.v1.GetAccessFlagsRequest"> & {
+  /**
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+};
+
+/**
+ * Describes the message artifactd.v1.GetAccessFlagsRequest.
+ * Use `create(GetAccessFlagsRequestSchema)` to create a new message.
+ */
+export const GetAccessFlagsRequestSchema: GenMessage<GetAccessFlagsRequest> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_audit, 10);
+
+/**
+ * @generated from message artifactd.v1.AccessFlag
+ */
+export type AccessFlag = Message<"artifactd.v1.AccessFlag"> & {
+  /**
+   * @generated from field: google.protobuf.Timestamp at = 1;
+   */
+  at?: Timestamp | undefined;
+
+  /**
+   * @generated from field: string tenant = 2;
+   */
+  tenant: string;
+
+  /**
+   * The principal, or peer:<address> for refusals of callers that proved nothing.
+   *
+   * @generated from field: string principal = 3;
+   */
+  principal: string;
+
+  /**
+   * read_spike, many_projects or denial_burst.
+   *
+   * @generated from field: string pattern = 4;
+   */
+  pattern: string;
+
+  /**
+   * @generated from field: string detail = 5;
+   */
+  detail: string;
+};
+
+/**
+ * Describes the message artifactd.v1.AccessFlag.
+ * Use `create(AccessFlagSchema)` to create a new message.
+ */
+export const AccessFlagSchema: GenMessage<AccessFlag> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_audit, 11);
+
+/**
+ * @generated from message artifactd.v1.AccessRate
+ */
+export type AccessRate = Message<"artifactd.v1.AccessRate"> & {
+  /**
+   * A principal, or an artifact id.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: uint64 reads_this_minute = 2;
+   */
+  readsThisMinute: bigint;
+
+  /**
+   * The exponentially weighted average of its earlier minutes.
+   *
+   * @generated from field: double usual_per_minute = 3;
+   */
+  usualPerMinute: number;
+};
+
+/**
+ * Describes the message artifactd.v1.AccessRate.
+ * Use `create(AccessRateSchema)` to create a new message.
+ */
+export const AccessRateSchema: GenMessage<AccessRate> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_audit, 12);
+
+/**
+ * @generated from message artifactd.v1.GetAccessFlagsResponse
+ */
+export type GetAccessFlagsResponse = Message<"artifactd.v1.GetAccessFlagsResponse"> & {
+  /**
+   * @generated from field: repeated artifactd.v1.AccessFlag flags = 1;
+   */
+  flags: AccessFlag[];
+
+  /**
+   * @generated from field: repeated artifactd.v1.AccessRate principals = 2;
+   */
+  principals: AccessRate[];
+
+  /**
+   * @generated from field: repeated artifactd.v1.AccessRate artifacts = 3;
+   */
+  artifacts: AccessRate[];
+};
+
+/**
+ * Describes the message artifactd.v1.GetAccessFlagsResponse.
+ * Use `create(GetAccessFlagsResponseSchema)` to create a new message.
+ */
+export const GetAccessFlagsResponseSchema: GenMessage<GetAccessFlagsResponse> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_audit, 13);
+
+/**
  * AuditService reads the audit trail: every change (recorded in the change's own
  * transaction), every read of content, every search and every refused or failed call, as one
  * hash chain per tenant with signed checkpoints. A tenant's trail needs the tenant admin
@@ -443,6 +559,18 @@ export const AuditService: GenService<{
     methodKind: "unary";
     input: typeof VerifyAuditLogRequestSchema;
     output: typeof VerifyAuditLogResponseSchema;
+  },
+  /**
+   * Unusual access the answering replica has seen, newest first (a principal reading far
+   * more than its usual rate, reading across many projects, or refused again and again),
+   * and the tenant's busiest principals and artifacts this minute.
+   *
+   * @generated from rpc artifactd.v1.AuditService.GetAccessFlags
+   */
+  getAccessFlags: {
+    methodKind: "unary";
+    input: typeof GetAccessFlagsRequestSchema;
+    output: typeof GetAccessFlagsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_artifactd_v1_audit, 0);

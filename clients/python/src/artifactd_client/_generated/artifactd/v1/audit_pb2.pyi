@@ -339,3 +339,111 @@ class VerifyAuditLogResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyAuditLogResponse: _TypeAlias = VerifyAuditLogResponse  # noqa: Y015
+
+@_typing.final
+class GetAccessFlagsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccessFlagsRequest: _TypeAlias = GetAccessFlagsRequest  # noqa: Y015
+
+@_typing.final
+class AccessFlag(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    PATTERN_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    principal: _builtins.str
+    """The principal, or peer:<address> for refusals of callers that proved nothing."""
+    pattern: _builtins.str
+    """read_spike, many_projects or denial_burst."""
+    detail: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        tenant: _builtins.str = ...,
+        principal: _builtins.str = ...,
+        pattern: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "detail", b"detail", "pattern", b"pattern", "principal", b"principal", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessFlag: _TypeAlias = AccessFlag  # noqa: Y015
+
+@_typing.final
+class AccessRate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    READS_THIS_MINUTE_FIELD_NUMBER: _builtins.int
+    USUAL_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """A principal, or an artifact id."""
+    reads_this_minute: _builtins.int
+    usual_per_minute: _builtins.float
+    """The exponentially weighted average of its earlier minutes."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reads_this_minute: _builtins.int = ...,
+        usual_per_minute: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reads_this_minute", b"reads_this_minute", "usual_per_minute", b"usual_per_minute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessRate: _TypeAlias = AccessRate  # noqa: Y015
+
+@_typing.final
+class GetAccessFlagsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLAGS_FIELD_NUMBER: _builtins.int
+    PRINCIPALS_FIELD_NUMBER: _builtins.int
+    ARTIFACTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def flags(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccessFlag]: ...
+    @_builtins.property
+    def principals(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccessRate]: ...
+    @_builtins.property
+    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccessRate]: ...
+    def __init__(
+        self,
+        *,
+        flags: _abc.Iterable[Global___AccessFlag] | None = ...,
+        principals: _abc.Iterable[Global___AccessRate] | None = ...,
+        artifacts: _abc.Iterable[Global___AccessRate] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "flags", b"flags", "principals", b"principals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccessFlagsResponse: _TypeAlias = GetAccessFlagsResponse  # noqa: Y015

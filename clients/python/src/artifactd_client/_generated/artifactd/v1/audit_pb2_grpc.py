@@ -54,6 +54,11 @@ class AuditServiceStub:
                 request_serializer=artifactd_dot_v1_dot_audit__pb2.VerifyAuditLogRequest.SerializeToString,
                 response_deserializer=artifactd_dot_v1_dot_audit__pb2.VerifyAuditLogResponse.FromString,
                 _registered_method=True)
+        self.GetAccessFlags = channel.unary_unary(
+                '/artifactd.v1.AuditService/GetAccessFlags',
+                request_serializer=artifactd_dot_v1_dot_audit__pb2.GetAccessFlagsRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_audit__pb2.GetAccessFlagsResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -86,6 +91,15 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAccessFlags(self, request, context):
+        """Unusual access the answering replica has seen, newest first (a principal reading far
+        more than its usual rate, reading across many projects, or refused again and again),
+        and the tenant's busiest principals and artifacts this minute.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -103,6 +117,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.VerifyAuditLog,
                     request_deserializer=artifactd_dot_v1_dot_audit__pb2.VerifyAuditLogRequest.FromString,
                     response_serializer=artifactd_dot_v1_dot_audit__pb2.VerifyAuditLogResponse.SerializeToString,
+            ),
+            'GetAccessFlags': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccessFlags,
+                    request_deserializer=artifactd_dot_v1_dot_audit__pb2.GetAccessFlagsRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_audit__pb2.GetAccessFlagsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -191,6 +210,33 @@ class AuditService:
             '/artifactd.v1.AuditService/VerifyAuditLog',
             artifactd_dot_v1_dot_audit__pb2.VerifyAuditLogRequest.SerializeToString,
             artifactd_dot_v1_dot_audit__pb2.VerifyAuditLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAccessFlags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.AuditService/GetAccessFlags',
+            artifactd_dot_v1_dot_audit__pb2.GetAccessFlagsRequest.SerializeToString,
+            artifactd_dot_v1_dot_audit__pb2.GetAccessFlagsResponse.FromString,
             options,
             channel_credentials,
             insecure,

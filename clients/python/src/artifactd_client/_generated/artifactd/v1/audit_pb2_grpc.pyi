@@ -46,6 +46,11 @@ class AuditServiceStub:
     """
     VerifyAuditLog: _grpc.UnaryUnaryMultiCallable[_audit_pb2.VerifyAuditLogRequest, _audit_pb2.VerifyAuditLogResponse]
     """Recomputes the chain and checks it against its head and signed checkpoints."""
+    GetAccessFlags: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetAccessFlagsRequest, _audit_pb2.GetAccessFlagsResponse]
+    """Unusual access the answering replica has seen, newest first (a principal reading far
+    more than its usual rate, reading across many projects, or refused again and again),
+    and the tenant's busiest principals and artifacts this minute.
+    """
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
@@ -65,6 +70,11 @@ class AuditServiceAsyncStub(AuditServiceStub):
     """
     VerifyAuditLog: _aio.UnaryUnaryMultiCallable[_audit_pb2.VerifyAuditLogRequest, _audit_pb2.VerifyAuditLogResponse]  # type: ignore[assignment]
     """Recomputes the chain and checks it against its head and signed checkpoints."""
+    GetAccessFlags: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetAccessFlagsRequest, _audit_pb2.GetAccessFlagsResponse]  # type: ignore[assignment]
+    """Unusual access the answering replica has seen, newest first (a principal reading far
+    more than its usual rate, reading across many projects, or refused again and again),
+    and the tenant's busiest principals and artifacts this minute.
+    """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     """AuditService reads the audit trail: every change (recorded in the change's own
@@ -99,5 +109,16 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.VerifyAuditLogResponse, _abc.Awaitable[_audit_pb2.VerifyAuditLogResponse]]:
         """Recomputes the chain and checks it against its head and signed checkpoints."""
+
+    @_abc_1.abstractmethod
+    def GetAccessFlags(
+        self,
+        request: _audit_pb2.GetAccessFlagsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.GetAccessFlagsResponse, _abc.Awaitable[_audit_pb2.GetAccessFlagsResponse]]:
+        """Unusual access the answering replica has seen, newest first (a principal reading far
+        more than its usual rate, reading across many projects, or refused again and again),
+        and the tenant's busiest principals and artifacts this minute.
+        """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
