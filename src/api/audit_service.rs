@@ -52,6 +52,22 @@ impl AuditApi {
     }
 }
 
+type Snapshot = (Option<(i64, String)>, Vec<AuditEntry>, Vec<Checkpoint>);
+
+impl AuditApi {
+    /// The chain as of its head (read first: entries appended later are left out), and the
+    /// checkpoints.
+    async fn snapshot(&self, tenant: &str) -> Result<Snapshot, Error> {
+        let head = self.catalog.audit_head(tenant).await?;
+        let mut entries = self.chain(tenant).await?;
+        if let Some((seq, _)) = &head {
+            entries.retain(|e| e.seq <= *seq);
+        }
+        let checkpoints = self.catalog.audit_checkpoints(tenant).await?;
+        Ok((head, entries, checkpoints))
+    }
+}
+
 /// A tenant's trail needs its tenant admin; the server's own (tenant empty) the server admin.
 fn authorize(caller: &Caller, tenant: &str) -> Result<(), Error> {
     if tenant.is_empty() {
@@ -162,13 +178,7 @@ impl AuditService for AuditApi {
         let caller = caller(&request)?;
         let tenant = request.into_inner().tenant;
         authorize(&caller, &tenant)?;
-        // Read as one snapshot before sending: the head, then the entries it covers.
-        let head = self.catalog.audit_head(&tenant).await?;
-        let mut entries = self.chain(&tenant).await?;
-        if let Some((seq, _)) = &head {
-            entries.retain(|e| e.seq <= *seq);
-        }
-        let checkpoints = self.catalog.audit_checkpoints(&tenant).await?;
+        let (head, entries, checkpoints) = self.snapshot(&tenant).await?;
         let (seq, hash) = head.unwrap_or((0, String::new()));
         let mut items = vec![export_audit_log_response::Item::Head(proto::AuditHead {
             tenant,
@@ -235,13 +245,7 @@ impl AuditService for AuditApi {
         let caller = caller(&request)?;
         let tenant = request.into_inner().tenant;
         authorize(&caller, &tenant)?;
-        // The head first: entries appended after it are not part of what is checked.
-        let head = self.catalog.audit_head(&tenant).await?;
-        let mut entries = self.chain(&tenant).await?;
-        if let Some((seq, _)) = &head {
-            entries.retain(|e| e.seq <= *seq);
-        }
-        let checkpoints = self.catalog.audit_checkpoints(&tenant).await?;
+        let (head, entries, checkpoints) = self.snapshot(&tenant).await?;
         let problems = verify_chain(&entries, head, &checkpoints, |c| {
             c.key_id == self.signer.key_id && self.signer.verifies(c)
         });

@@ -88,6 +88,15 @@ impl Rate {
         }
     }
 
+    /// The count of the minute under way at `now` (none when that minute is over).
+    fn current(&self, now: Instant) -> u64 {
+        if now.duration_since(self.minute) < Duration::from_secs(60) {
+            self.count
+        } else {
+            0
+        }
+    }
+
     /// Counts one event; whether a new minute began.
     fn tick(&mut self, now: Instant) -> bool {
         self.last_seen = now;
@@ -254,24 +263,17 @@ impl AccessPatterns {
     pub fn publish(&self, shown: &mut Vec<(&'static str, String)>) {
         let state = self.state.lock().expect("patterns lock");
         let now = Instant::now();
-        let current = |rate: &Rate| {
-            if now.duration_since(rate.minute) < Duration::from_secs(60) {
-                rate.count
-            } else {
-                0
-            }
-        };
         let mut busiest: Vec<(&'static str, String, u64)> = state
             .principals
             .iter()
-            .map(|((tenant, name), p)| ("principal", format!("{tenant}/{name}"), current(&p.reads)))
+            .map(|((tenant, name), p)| ("principal", format!("{tenant}/{name}"), p.reads.current(now)))
             .collect();
         busiest.sort_by_key(|b| std::cmp::Reverse(b.2));
         busiest.truncate(10);
         let mut artifacts: Vec<(&'static str, String, u64)> = state
             .artifacts
             .iter()
-            .map(|((tenant, id), r)| ("artifact", format!("{tenant}/{id}"), current(r)))
+            .map(|((tenant, id), r)| ("artifact", format!("{tenant}/{id}"), r.current(now)))
             .collect();
         artifacts.sort_by_key(|b| std::cmp::Reverse(b.2));
         artifacts.truncate(10);
@@ -322,24 +324,17 @@ impl AccessPatterns {
     pub fn rates(&self, tenant: &str, top: usize) -> (Vec<Busy>, Vec<Busy>) {
         let state = self.state.lock().expect("patterns lock");
         let now = Instant::now();
-        let current = |rate: &Rate| {
-            if now.duration_since(rate.minute) < Duration::from_secs(60) {
-                rate.count
-            } else {
-                0
-            }
-        };
         let mut principals: Vec<_> = state
             .principals
             .iter()
             .filter(|((t, _), _)| t == tenant)
-            .map(|((_, name), p)| (name.clone(), current(&p.reads), p.reads.baseline))
+            .map(|((_, name), p)| (name.clone(), p.reads.current(now), p.reads.baseline))
             .collect();
         let mut artifacts: Vec<_> = state
             .artifacts
             .iter()
             .filter(|((t, _), _)| t == tenant)
-            .map(|((_, id), r)| (id.clone(), current(r), r.baseline))
+            .map(|((_, id), r)| (id.clone(), r.current(now), r.baseline))
             .collect();
         for list in [&mut principals, &mut artifacts] {
             list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
