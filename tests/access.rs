@@ -1011,6 +1011,21 @@ async fn keys_bindings_tokens_and_the_proxy_decide_together() {
     .await;
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 
+    // The server admin keys are listed and revocable too, by a server admin only.
+    let server_keys = admin_call(&channel, &pool, "ListApiKeys", json!({"tenant": ""})).await;
+    assert!(
+        server_keys.to_string().contains(&ADMIN_KEY[4..20]),
+        "{server_keys}"
+    );
+    let status = call(
+        &channel,
+        Credential::Bearer(&ada),
+        &method("ListApiKeys"),
+        &[json!({"tenant": ""})],
+    )
+    .await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
     // Revoking takes effect on the next call.
     let status = call(
         &channel,
@@ -1035,4 +1050,105 @@ async fn keys_bindings_tokens_and_the_proxy_decide_together() {
     )
     .await;
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+}
+
+/// Keys fetched from the issuer's JWKS URL and re-read in the background: a key the issuer
+/// rotates in is accepted once re-read, and one it drops is refused; keys over plain http
+/// from anywhere but this machine are refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_a_jwks_url_are_re_read_and_rotated() {
+    let old = Issuer::new("k1");
+    let new = Issuer::new("k2");
+    let served = std::sync::Arc::new(std::sync::Mutex::new(old.jwks.to_string()));
+    let app = {
+        let served = served.clone();
+        axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let served = served.clone();
+                async move { served.lock().unwrap().clone() }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let server = ServerProcess::start_with(
+        ServerOptions::default()
+            .env("ARTIFACTD_IDENTITY__OIDC__ISSUER", ISSUER)
+            .env("ARTIFACTD_IDENTITY__OIDC__AUDIENCE", AUDIENCE)
+            .env("ARTIFACTD_IDENTITY__OIDC__JWKS_URL", url)
+            .env("ARTIFACTD_IDENTITY__OIDC__REFRESH_SECONDS", "1"),
+    );
+    let channel = server.raw_channel().await;
+    let pool = pool();
+    let who = methods(&pool).into_iter().find(|m| m.name() == "WhoAmI").unwrap();
+    let as_user = |issuer: &Issuer, kid: &str| issuer.token(kid, claims("ada"));
+    let status = call(
+        &channel,
+        Credential::Bearer(&as_user(&old, "k1")),
+        &who,
+        &[json!({})],
+    )
+    .await;
+    assert_eq!(status.code(), Code::Ok, "{status:?}");
+    let status = call(
+        &channel,
+        Credential::Bearer(&as_user(&new, "k2")),
+        &who,
+        &[json!({})],
+    )
+    .await;
+    assert_eq!(
+        status.code(),
+        Code::Unauthenticated,
+        "not yet published: {status:?}"
+    );
+    *served.lock().unwrap() = new.jwks.to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = call(
+            &channel,
+            Credential::Bearer(&as_user(&new, "k2")),
+            &who,
+            &[json!({})],
+        )
+        .await;
+        if status.code() == Code::Ok {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotated key was never read: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = call(
+        &channel,
+        Credential::Bearer(&as_user(&old, "k1")),
+        &who,
+        &[json!({})],
+    )
+    .await;
+    assert_eq!(status.code(), Code::Unauthenticated, "a dropped key: {status:?}");
+
+    let refused = common::binary::command()
+        .arg("serve")
+        .env("ARTIFACTD_DATA_DIR", tempfile::tempdir().unwrap().path())
+        .env("ARTIFACTD_SERVER__GRPC_ADDR", "127.0.0.1:0")
+        .env("ARTIFACTD_SERVER__HTTP_ADDR", "127.0.0.1:0")
+        .env("ARTIFACTD_IDENTITY__OIDC__ISSUER", ISSUER)
+        .env("ARTIFACTD_IDENTITY__OIDC__AUDIENCE", AUDIENCE)
+        .env(
+            "ARTIFACTD_IDENTITY__OIDC__JWKS_URL",
+            "http://issuer.example.test/jwks.json",
+        )
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("only https"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 }

@@ -90,6 +90,16 @@ fn binding_to_proto(binding: RoleBinding) -> proto::RoleBinding {
     }
 }
 
+/// A tenant's keys need its tenant admin; the server admin keys (tenant empty), the server
+/// admin, so that a leaked one can be revoked like any other.
+fn authorize_keys(caller: &crate::identity::Caller, tenant: &str) -> Result<()> {
+    if tenant.is_empty() {
+        caller.authorize_server()
+    } else {
+        caller.authorize_in(tenant, None)
+    }
+}
+
 #[tonic::async_trait]
 impl AccessService for AccessApi {
     async fn who_am_i(
@@ -155,7 +165,7 @@ impl AccessService for AccessApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         super::request_layer::record_scope(&request.tenant, "");
-        caller.authorize_in(&request.tenant, None)?;
+        authorize_keys(&caller, &request.tenant)?;
         let keys = self
             .admin
             .list_keys(&request.tenant, request.include_inactive)
@@ -172,7 +182,7 @@ impl AccessService for AccessApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         super::request_layer::record_scope(&request.tenant, "");
-        caller.authorize_in(&request.tenant, None)?;
+        authorize_keys(&caller, &request.tenant)?;
         let key = self.admin.revoke_key(&request.tenant, &request.key_id).await?;
         Ok(Response::new(proto::RevokeApiKeyResponse {
             api_key: Some(key_to_proto(key)),

@@ -131,8 +131,11 @@ impl AccessAdmin {
         Ok((key, secret))
     }
 
+    /// The keys of a tenant; with `tenant` empty, the server admin keys.
     pub async fn list_keys(&self, tenant: &str, include_inactive: bool) -> Result<Vec<ApiKey>> {
-        validate_identifier("tenant", tenant)?;
+        if !tenant.is_empty() {
+            validate_identifier("tenant", tenant)?;
+        }
         let now = Timestamp::now();
         Ok(self
             .catalog
@@ -143,8 +146,11 @@ impl AccessAdmin {
             .collect())
     }
 
+    /// Revokes a key of a tenant; with `tenant` empty, a server admin key.
     pub async fn revoke_key(&self, tenant: &str, key_id: &str) -> Result<ApiKey> {
-        validate_identifier("tenant", tenant)?;
+        if !tenant.is_empty() {
+            validate_identifier("tenant", tenant)?;
+        }
         if key_id.is_empty() {
             return Err(Error::invalid("key_id", "must not be empty"));
         }

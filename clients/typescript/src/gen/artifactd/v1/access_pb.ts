@@ -200,6 +200,8 @@ export const CreateApiKeyResponseSchema: GenMessage<CreateApiKeyResponse> = /*@_
  */
 export type ListApiKeysRequest = Message<"artifactd.v1.ListApiKeysRequest"> & {
   /**
+   * Empty: the server admin keys (needs the server admin role).
+   *
    * @generated from field: string tenant = 1;
    */
   tenant: string;
@@ -241,6 +243,8 @@ export const ListApiKeysResponseSchema: GenMessage<ListApiKeysResponse> = /*@__P
  */
 export type RevokeApiKeyRequest = Message<"artifactd.v1.RevokeApiKeyRequest"> & {
   /**
+   * Empty: a server admin key (needs the server admin role).
+   *
    * @generated from field: string tenant = 1;
    */
   tenant: string;

@@ -274,6 +274,7 @@ class ListApiKeysRequest(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     INCLUDE_INACTIVE_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
+    """Empty: the server admin keys (needs the server admin role)."""
     include_inactive: _builtins.bool
     """Also keys that are revoked or expired."""
     def __init__(
@@ -317,6 +318,7 @@ class RevokeApiKeyRequest(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
+    """Empty: a server admin key (needs the server admin role)."""
     key_id: _builtins.str
     def __init__(
         self,
