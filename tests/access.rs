@@ -254,23 +254,31 @@ async fn server_on(
     (ServerProcess::start_with(options), database, files)
 }
 
-async fn admin_call(channel: &Channel, pool: &DescriptorPool, method: &str, message: Value) -> Value {
-    let method = pool
-        .services()
-        .flat_map(|s| s.methods().collect::<Vec<_>>())
-        .find(|m| path(m).ends_with(&format!("/{method}")))
-        .unwrap();
+/// One unary call of `method` (by name) with `credential`: the answer as JSON, or its status.
+async fn unary(
+    channel: &Channel,
+    pool: &DescriptorPool,
+    credential: Credential<'_>,
+    method: &str,
+    message: &Value,
+) -> Result<Value, tonic::Status> {
+    let method = methods(pool).into_iter().find(|m| m.name() == method).unwrap();
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready().await.unwrap();
-    let mut request = tonic::Request::new(encode(&method, &message));
-    Credential::Bearer(&ADMIN_KEY).apply(request.metadata_mut());
+    let mut request = tonic::Request::new(encode(&method, message));
+    credential.apply(request.metadata_mut());
     let response = grpc
         .unary(request, path(&method).parse().unwrap(), RawCodec)
-        .await
-        .unwrap_or_else(|status| panic!("{method:?} {message}: {status:?}"))
+        .await?
         .into_inner();
     let decoded = DynamicMessage::decode(method.output(), response.as_slice()).unwrap();
-    serde_json::to_value(&decoded).unwrap()
+    Ok(serde_json::to_value(&decoded).unwrap())
+}
+
+async fn admin_call(channel: &Channel, pool: &DescriptorPool, method: &str, message: Value) -> Value {
+    unary(channel, pool, Credential::Bearer(&ADMIN_KEY), method, &message)
+        .await
+        .unwrap_or_else(|status| panic!("{method} {message}: {status:?}"))
 }
 
 async fn key(
@@ -720,23 +728,16 @@ async fn ids_from_another_tenant_are_not_found_and_nothing_changes() {
 
 /// What acme's artifact looks like: its versions and their states, or that it is deleted.
 async fn snapshot(channel: &Channel, pool: &DescriptorPool, id: &str) -> Result<Value, Code> {
-    let method = methods(pool)
-        .into_iter()
-        .find(|m| m.name() == "ListVersions")
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready().await.unwrap();
-    let mut request = tonic::Request::new(encode(
-        &method,
-        &json!({"tenant": T, "project": P, "artifactId": id}),
-    ));
-    Credential::Bearer(&ADMIN_KEY).apply(request.metadata_mut());
-    let response = grpc
-        .unary(request, path(&method).parse().unwrap(), RawCodec)
-        .await
-        .map_err(|status| status.code())?
-        .into_inner();
-    Ok(serde_json::to_value(DynamicMessage::decode(method.output(), response.as_slice()).unwrap()).unwrap())
+    let versions = json!({"tenant": T, "project": P, "artifactId": id});
+    unary(
+        channel,
+        pool,
+        Credential::Bearer(&ADMIN_KEY),
+        "ListVersions",
+        &versions,
+    )
+    .await
+    .map_err(|status| status.code())
 }
 
 /// Keys: shown once, scoped to projects, never above their maker; bindings give people
@@ -951,19 +952,15 @@ async fn keys_bindings_tokens_and_the_proxy_decide_together() {
     let dependents = json!({"tenant": T, "project": P, "artifactId": web_doc});
     let seen = admin_call(&channel, &pool, "ListDependents", dependents.clone()).await;
     assert!(seen.to_string().contains("plan.md"), "the admin sees it: {seen}");
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready().await.unwrap();
-    let list_dependents = method("ListDependents");
-    let mut request = tonic::Request::new(encode(&list_dependents, &dependents));
-    Credential::Bearer(&web_bot).apply(request.metadata_mut());
-    let response = grpc
-        .unary(request, path(&list_dependents).parse().unwrap(), RawCodec)
-        .await
-        .unwrap()
-        .into_inner();
-    let bot_sees =
-        serde_json::to_value(DynamicMessage::decode(list_dependents.output(), response.as_slice()).unwrap())
-            .unwrap();
+    let bot_sees = unary(
+        &channel,
+        &pool,
+        Credential::Bearer(&web_bot),
+        "ListDependents",
+        &dependents,
+    )
+    .await
+    .unwrap();
     assert!(
         !bot_sees.to_string().contains("plan.md"),
         "the web bot does not: {bot_sees}"
