@@ -153,19 +153,9 @@ pub fn system_change(
     action: &str,
     at: Timestamp,
 ) -> AuditRecord {
-    AuditRecord {
-        tenant: tenant.to_owned(),
-        at,
-        actor: "artifactd".to_owned(),
-        principal_kind: "system".to_owned(),
-        project: project.to_owned(),
-        target,
-        action: action.to_owned(),
-        outcome: Outcome::Ok.as_str().to_owned(),
-        code: "Ok".to_owned(),
-        request_id: String::new(),
-        peer: String::new(),
-    }
+    let service = CallNote::default();
+    service.caller("artifactd", "system");
+    service.change(tenant, project, target, action, at)
 }
 
 /// The entry for a change: the current call's, or the service's own.
