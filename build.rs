@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/artifactd/v1/admin.proto",
         "proto/artifactd/v1/audit.proto",
         "proto/artifactd/v1/artifact.proto",
+        "proto/artifactd/v1/encryption.proto",
         "proto/artifactd/v1/fallback.proto",
         "proto/artifactd/v1/search.proto",
     ];

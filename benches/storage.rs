@@ -6,6 +6,9 @@
 //!   of a direct aws-sdk-s3 PUT/GET of the same bytes to the same server (below 1 is faster).
 //! - `upload_mib_s`, `download_mib_s`: artifactd's throughput in MiB/s.
 //! - `release_series_stored_bytes`: bytes written to the store for the 24 BMAD release tars.
+//! - `encrypted_upload_ratio` / `encrypted_download_ratio`: throughput of the same transfers
+//!   with encryption at rest on (a second server, its own bucket on the same S3 server)
+//!   divided by the throughput with it off (1 means encryption costs nothing).
 //! - `peak_rss_mib`: the server's peak resident memory after the big transfers, and
 //!   `peak_rss_mib_quarter_size` after the same round trip at 64 MiB on a fresh server (bounded
 //!   memory shows as two similar figures).
@@ -59,8 +62,16 @@ async fn run() {
             .env("ARTIFACTD_STORAGE__S3__REQUEST_TIMEOUT_MS", "600000"),
     );
     let mut client = server.client().await;
+    let sealed_server = ServerProcess::start_with(
+        ServerOptions::default()
+            .envs(s3.env("sealed"))
+            .env("ARTIFACTD_STORAGE__S3__REQUEST_TIMEOUT_MS", "600000")
+            .env("ARTIFACTD_ENCRYPTION__MASTER_KEY", "42".repeat(32)),
+    );
+    let mut sealed_client = sealed_server.client().await;
 
-    let mut best = [Duration::MAX; 4]; // direct put, artifactd upload, direct get, artifactd download
+    // direct put, artifactd upload, direct get, artifactd download, and both with encryption
+    let mut best = [Duration::MAX; 6];
     for round in 0..ROUNDS {
         let data = Bytes::from(common::noise(SIZE, 1000 + round));
         let key = format!("packs/bench/{round}");
@@ -92,12 +103,38 @@ async fn run() {
             .unwrap();
         best[3] = best[3].min(started.elapsed());
         assert!(bytes == data, "artifactd returned different bytes");
+
+        let messages = create_messages(header("bench", "storage", "bundle", &name), &data, MESSAGE);
+        let started = Instant::now();
+        let sealed_id = sealed_client
+            .create_artifact(futures::stream::iter(messages))
+            .await
+            .expect("upload through artifactd with encryption")
+            .into_inner()
+            .artifact
+            .unwrap()
+            .id;
+        best[4] = best[4].min(started.elapsed());
+        let started = Instant::now();
+        let (_, bytes) = download(
+            &mut sealed_client,
+            download_request("bench", "storage", &sealed_id, ""),
+        )
+        .await
+        .unwrap();
+        best[5] = best[5].min(started.elapsed());
+        assert!(
+            bytes == data,
+            "artifactd with encryption returned different bytes"
+        );
         eprintln!(
-            "round {round}: put {:?} upload {:?} get {:?} download {:?}",
-            best[0], best[1], best[2], best[3]
+            "round {round}: put {:?} upload {:?} get {:?} download {:?} sealed upload {:?} sealed download {:?}",
+            best[0], best[1], best[2], best[3], best[4], best[5]
         );
     }
     let rss = peak_rss_mib(server.pid());
+    drop(sealed_client);
+    drop(sealed_server);
 
     // The same round trip at a quarter of the size, on a fresh server: if memory is bounded,
     // the peak barely moves with the artifact size.
@@ -188,6 +225,16 @@ async fn run() {
     println!("RESULT download_mib_s {:.1}", mib_s(SIZE, best[3]));
     println!("RESULT direct_put_mib_s {:.1}", mib_s(SIZE, best[0]));
     println!("RESULT direct_get_mib_s {:.1}", mib_s(SIZE, best[2]));
+    println!(
+        "RESULT encrypted_upload_ratio {:.3}",
+        best[1].as_secs_f64() / best[4].as_secs_f64()
+    );
+    println!(
+        "RESULT encrypted_download_ratio {:.3}",
+        best[3].as_secs_f64() / best[5].as_secs_f64()
+    );
+    println!("RESULT encrypted_upload_mib_s {:.1}", mib_s(SIZE, best[4]));
+    println!("RESULT encrypted_download_mib_s {:.1}", mib_s(SIZE, best[5]));
     println!("RESULT release_series_stored_bytes {stored}");
     println!(
         "RESULT release_series_stored_ratio {:.4}",

@@ -30,7 +30,22 @@ pub struct Config {
     pub search: SearchConfig,
     pub identity: IdentityConfig,
     pub audit: AuditConfig,
+    pub encryption: EncryptionConfig,
     pub log: LogConfig,
+}
+
+/// Encryption at rest. Off until a master key is given; then every new pack is sealed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionConfig {
+    /// A file holding the 32-byte master key, in base64 or hex (for example a mounted
+    /// Kubernetes Secret). Replicas share one.
+    pub master_key_file: String,
+    /// The master key itself, in base64 or hex; for `ARTIFACTD_ENCRYPTION__MASTER_KEY`.
+    pub master_key: Secret,
+    /// Comma-separated files of earlier master keys, still accepted to open tenant keys
+    /// until `RewrapTenantKeys` has moved every one under the current master key.
+    pub previous_master_key_files: String,
 }
 
 /// The audit trail's signed checkpoints.
@@ -298,6 +313,7 @@ impl Default for Config {
             search: SearchConfig::default(),
             identity: IdentityConfig::default(),
             audit: AuditConfig::default(),
+            encryption: EncryptionConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -424,6 +440,7 @@ impl Config {
         for s3 in [&mut shown.storage.s3, &mut shown.storage.fallback.s3] {
             s3.secret_access_key = s3.secret_access_key.redacted();
         }
+        shown.encryption.master_key = self.encryption.master_key.redacted();
         shown
     }
 
@@ -496,6 +513,20 @@ impl Config {
             }
         }
         self.identity.proxy.trusted().map_err(ConfigError::Invalid)?;
+        if !self.encryption.master_key_file.is_empty() && !self.encryption.master_key.is_empty() {
+            return invalid(
+                "encryption.master_key_file and encryption.master_key are alternatives; set one".to_owned(),
+            );
+        }
+        if self.encryption.master_key_file.is_empty()
+            && self.encryption.master_key.is_empty()
+            && !self.encryption.previous_master_key_files.trim().is_empty()
+        {
+            return invalid(
+                "encryption.previous_master_key_files needs a current master key (encryption.master_key_file)"
+                    .to_owned(),
+            );
+        }
         let tls = &self.server.tls;
         if tls.cert_file.is_empty() != tls.key_file.is_empty() {
             return invalid("server.tls.cert_file and server.tls.key_file must be set together".to_owned());
@@ -632,12 +663,42 @@ impl Config {
         }
     }
 
-    pub fn app_settings(&self) -> crate::app::Settings {
-        crate::app::Settings {
+    /// The settings of the use cases, with the master keys read from their files.
+    pub fn app_settings(&self) -> Result<crate::app::Settings, ConfigError> {
+        Ok(crate::app::Settings {
             ingest: self.ingest.clone(),
             deleted_retention: Duration::from_secs(self.retention.deleted_retention_seconds),
             events: self.events.clone(),
-        }
+            master_keys: self.master_keys()?.map(std::sync::Arc::new),
+        })
+    }
+
+    /// The master keys, when encryption is configured. Errors name the setting whose key
+    /// cannot be used.
+    pub fn master_keys(&self) -> Result<Option<crate::app::MasterKeys>, ConfigError> {
+        use crate::ingest::sealing::WrappingKey;
+        let encryption = &self.encryption;
+        let from_file = |setting: &str, path: &str| -> Result<WrappingKey, ConfigError> {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::Invalid(format!("{setting}: cannot read {path}: {e}")))?;
+            WrappingKey::parse(&text).map_err(|e| ConfigError::Invalid(format!("{setting} ({path}): {e}")))
+        };
+        let current = if !encryption.master_key_file.is_empty() {
+            from_file("encryption.master_key_file", &encryption.master_key_file)?
+        } else if !encryption.master_key.is_empty() {
+            WrappingKey::parse(encryption.master_key.expose())
+                .map_err(|e| ConfigError::Invalid(format!("encryption.master_key: {e}")))?
+        } else {
+            return Ok(None);
+        };
+        let previous = encryption
+            .previous_master_key_files
+            .split(',')
+            .map(str::trim)
+            .filter(|path| !path.is_empty())
+            .map(|path| from_file("encryption.previous_master_key_files", path))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(crate::app::MasterKeys::new(current, previous)))
     }
 
     pub fn s3_store_config(&self) -> crate::storage::S3StoreConfig {

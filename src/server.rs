@@ -16,6 +16,7 @@ use crate::proto::access_service_server::AccessServiceServer;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::artifact_service_server::ArtifactServiceServer;
 use crate::proto::audit_service_server::AuditServiceServer;
+use crate::proto::encryption_service_server::EncryptionServiceServer;
 use crate::proto::fallback_service_server::FallbackServiceServer;
 use crate::proto::search_service_server::SearchServiceServer;
 use crate::search::{Indexer, SearchIndex};
@@ -143,6 +144,7 @@ pub async fn run(
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     }
+    let settings = config.app_settings().context("reading the encryption keys")?;
     let catalog = Catalog::connect(&config.catalog_url(), config.catalog.max_connections)
         .await
         .context("opening the catalog")?;
@@ -150,7 +152,7 @@ pub async fn run(
         .await
         .context("preparing the way in")?;
     let (store, failover) = open_store(&config, &catalog).await?;
-    let artifacts = Artifacts::new(catalog.clone(), store.clone(), config.app_settings())
+    let artifacts = Artifacts::new(catalog.clone(), store.clone(), settings)
         .await
         .context("starting the artifact service")?;
     let index_dir = config.index_dir();
@@ -310,6 +312,9 @@ pub async fn run(
             signer.clone(),
             patterns.clone(),
         )))
+        .add_service(EncryptionServiceServer::new(crate::api::EncryptionApi::new(
+            artifacts.clone(),
+        )))
         // Without TCP_NODELAY a small response waits for the client's delayed ACK (40 ms).
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
@@ -329,7 +334,11 @@ pub async fn run(
     let http = axum::serve(http_listener, http_router)
         .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
 
-    tracing::info!(grpc = %addrs.grpc, http = %addrs.http, catalog = ?catalog.dialect(), store = store.name(), "artifactd serving");
+    let encryption = artifacts.settings().master_keys.as_ref().map_or_else(
+        || "off".to_owned(),
+        |keys| format!("master key {}", keys.current_id()),
+    );
+    tracing::info!(grpc = %addrs.grpc, http = %addrs.http, catalog = ?catalog.dialect(), store = store.name(), %encryption, "artifactd serving");
     on_ready(addrs);
 
     let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
@@ -432,7 +441,7 @@ pub async fn reindex(config: Config) -> anyhow::Result<u64> {
         .await
         .context("opening the catalog")?;
     let (store, _) = open_store(&config, &catalog).await?;
-    let artifacts = Artifacts::new(catalog.clone(), store, config.app_settings()).await?;
+    let artifacts = Artifacts::new(catalog.clone(), store, config.app_settings()?).await?;
     let index_dir = config.index_dir();
     let index = Arc::new(SearchIndex::open(&index_dir).with_context(|| {
         format!(

@@ -243,7 +243,8 @@ async fn server_on(
         .env("ARTIFACTD_IDENTITY__OIDC__AUDIENCE", AUDIENCE)
         .env("ARTIFACTD_IDENTITY__OIDC__JWKS_FILE", jwks.display().to_string())
         .env("ARTIFACTD_IDENTITY__OIDC__LEEWAY_SECONDS", "5")
-        .env("ARTIFACTD_IDENTITY__PROXY__TRUSTED_ADDRESSES", trusted);
+        .env("ARTIFACTD_IDENTITY__PROXY__TRUSTED_ADDRESSES", trusted)
+        .env("ARTIFACTD_ENCRYPTION__MASTER_KEY", "11".repeat(32));
     let database = if postgres {
         let database = TestDatabase::create().await;
         options = options.env("DATABASE_URL", database.url.clone());
@@ -467,6 +468,9 @@ async fn allowed_call(
         "GetAuditTrail" | "ExportAuditLog" | "VerifyAuditLog" | "GetAccessFlags" => {
             vec![json!({"tenant": T})]
         }
+        "GetEncryptionStatus" | "RotateTenantKey" => vec![json!({"tenant": T})],
+        "DestroyTenantKey" => vec![json!({"tenant": T, "confirmTenant": T})],
+        "RewrapTenantKeys" => vec![json!({})],
         other => panic!("{other}: the authorization matrix has no call for this method; add one"),
     }
 }

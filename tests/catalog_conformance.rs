@@ -3,7 +3,7 @@
 
 mod common;
 
-use artifactd::catalog::{Catalog, Dialect, Labels, NewArtifact, NewVersion, Scope};
+use artifactd::catalog::{Catalog, Dialect, Labels, NewArtifact, NewVersion, PackStage, Scope};
 use artifactd::domain::{Error, LifecycleState};
 use artifactd::ingest::{ChunkId, Codec, PackEntry};
 use common::postgres::TestDatabase;
@@ -37,11 +37,22 @@ fn new_version(version: &str, chunks: Vec<(String, PackEntry)>, packs: Vec<Strin
         extracted: r#"{"is_text":true,"line_count":3,"title":"PRD","headings":[],"front_matter":{},"top_level_keys":[],"truncated":false}"#.into(),
         manifest: vec![1],
         new_chunks: chunks,
+        ingest_started_at: artifactd::domain::now_micros(),
         packs,
         labels: None,
         state: LifecycleState::Draft,
         dependencies: Vec::new(),
         produced_by: None,
+    }
+}
+
+fn stage<'a>(pack_id: &'a str, size: u64, upload_id: &'a str, at: i64) -> PackStage<'a> {
+    PackStage {
+        tenant: "acme",
+        pack_id,
+        size,
+        upload_id,
+        at,
     }
 }
 
@@ -70,7 +81,7 @@ async fn conformance(catalog: Catalog) {
 
     // A staged pack, then an artifact whose first version commits it with two chunks.
     catalog
-        .stage_pack("acme", "pack-1", 1000, "upload-1", 1)
+        .stage_pack(&stage("pack-1", 1000, "upload-1", 1), None)
         .await
         .unwrap();
     assert_eq!(catalog.packs_in_state("staged").await.unwrap().len(), 1);
@@ -386,11 +397,11 @@ async fn conformance(catalog: Catalog) {
 
     // Abandoned uploads: staged packs of the upload become garbage, committed ones stay.
     catalog
-        .stage_pack("acme", "pack-2", 500, "upload-2", 2)
+        .stage_pack(&stage("pack-2", 500, "upload-2", 2), None)
         .await
         .unwrap();
     catalog
-        .stage_pack("acme", "pack-3", 500, "upload-2", 2)
+        .stage_pack(&stage("pack-3", 500, "upload-2", 2), None)
         .await
         .unwrap();
     assert_eq!(catalog.abandon_upload("upload-2").await.unwrap(), 2);

@@ -6,6 +6,7 @@ mod admin_service;
 mod artifact_service;
 mod audit_service;
 pub mod convert;
+mod encryption_service;
 mod fallback_service;
 pub mod request_layer;
 mod search_service;
@@ -15,6 +16,7 @@ pub use access_service::AccessApi;
 pub use admin_service::AdminApi;
 pub use artifact_service::ArtifactApi;
 pub use audit_service::AuditApi;
+pub use encryption_service::EncryptionApi;
 pub use fallback_service::FallbackApi;
 pub use search_service::SearchApi;
 

@@ -1,11 +1,13 @@
 //! Reading a version back: manifest → chunk locations → ranged reads coalesced per pack,
 //! fetched ahead of the client with bounded concurrency, every chunk verified against its
-//! keyed hash before a byte of it is sent.
+//! keyed hash before a byte of it is sent. Chunks of sealed packs are opened with their
+//! pack's data key first.
 
 use super::Inner;
 use crate::catalog::ChunkLocation;
 use crate::domain::{Error, Result};
 use crate::ingest::chunk::decode;
+use crate::ingest::sealing::DataKey;
 use crate::ingest::{ChunkId, Manifest, PackId, TenantKey};
 use crate::storage::{Decoder, GetOptions, StoreError};
 use bytes::Bytes;
@@ -19,6 +21,8 @@ use std::sync::Arc;
 pub(super) struct ChunkSlice {
     chunk_id: ChunkId,
     location: ChunkLocation,
+    /// The key of the chunk's pack when the pack is sealed.
+    data_key: Option<Arc<DataKey>>,
     wanted: Range<usize>,
 }
 
@@ -51,6 +55,11 @@ pub(super) async fn plan(
     }
     let ids: Vec<ChunkId> = needed.iter().map(|(id, _)| *id).collect();
     let locations = inner.catalog.chunk_locations(tenant, &ids).await?;
+    explain_missing(inner, tenant, &ids, &locations).await?;
+    let data_keys = inner
+        .keys
+        .data_keys(&inner.catalog, tenant, locations.values())
+        .await?;
 
     let max_span = inner.settings.ingest.max_read_span_bytes;
     let mut spans: Vec<ReadSpan> = Vec::new();
@@ -71,9 +80,16 @@ pub(super) async fn plan(
                 ))
             })?
             .object_key();
+        let data_key = match &location.key {
+            Some(_) => Some(data_keys.get(&location.pack_id).cloned().ok_or_else(|| {
+                Error::internal(format!("no data key opened for pack {}", location.pack_id))
+            })?),
+            None => None,
+        };
         let slice = ChunkSlice {
             chunk_id,
             location,
+            data_key,
             wanted,
         };
         // Coalesce with the previous read when the chunk follows it directly in the same pack.
@@ -93,6 +109,37 @@ pub(super) async fn plan(
         });
     }
     Ok(spans)
+}
+
+/// Chunks missing from the index: forgotten when the tenant's key was destroyed (the
+/// content is gone on purpose), otherwise lost.
+async fn explain_missing(
+    inner: &Inner,
+    tenant: &str,
+    ids: &[ChunkId],
+    locations: &std::collections::HashMap<ChunkId, ChunkLocation>,
+) -> Result<()> {
+    let Some(missing) = ids.iter().find(|id| !locations.contains_key(id)) else {
+        return Ok(());
+    };
+    let destroyed = inner
+        .catalog
+        .tenant_keys(tenant)
+        .await?
+        .into_iter()
+        .filter(|key| key.state == crate::domain::encryption::TenantKeyState::Destroyed)
+        .filter_map(|key| key.retired_at)
+        .max();
+    Err(match destroyed {
+        Some(at) => Error::FailedPrecondition(format!(
+            "this content was encrypted under tenant {tenant:?}'s key, destroyed at {}; it cannot be read",
+            at.to_rfc3339()
+        )),
+        None => Error::DataLoss(format!(
+            "the chunk index has no entry for chunk {}",
+            missing.to_hex()
+        )),
+    })
 }
 
 /// Streams the planned reads, `read_ahead` spans ahead of the consumer.
@@ -143,6 +190,23 @@ fn decode_span(key: &TenantKey, span: &ReadSpan, bytes: &[u8]) -> Result<Vec<Byt
     for chunk in &span.chunks {
         let start = (chunk.location.offset - span.range.start) as usize;
         let stored = &bytes[start..start + chunk.location.stored_len as usize];
+        let opened;
+        let stored = match &chunk.data_key {
+            Some(key) => {
+                opened = key
+                    .open_chunk(&chunk.chunk_id, chunk.location.offset, stored)
+                    .map_err(|e| {
+                        metrics::counter!(crate::telemetry::names::CHECKSUM_MISMATCHES_TOTAL).increment(1);
+                        Error::DataLoss(format!(
+                            "chunk {} in {} does not open: {e}",
+                            chunk.chunk_id.to_hex(),
+                            span.pack_key
+                        ))
+                    })?;
+                &opened[..]
+            }
+            None => stored,
+        };
         let raw = decode(chunk.location.codec, stored, chunk.location.raw_len as usize).map_err(|e| {
             Error::DataLoss(format!(
                 "chunk {} in {} cannot be decoded: {e}",

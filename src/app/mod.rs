@@ -4,6 +4,7 @@
 mod access;
 mod dependencies;
 mod download;
+mod keys;
 mod lifecycle;
 mod links;
 mod runs;
@@ -15,6 +16,7 @@ pub use dependencies::{
     DependencyFilter, DependencyHit, DependencyRelation, DependentVersion, RequiredBy, Resolution,
     ResolvePolicy, Resolved, Unsatisfied,
 };
+pub use keys::{MasterKeys, Rewrap, Rotation, TenantEncryption};
 
 /// How deep a dependency lookup goes when the caller does not say.
 pub use dependencies::DEFAULT_MAX_DEPTH as DEFAULT_DEPENDENCY_DEPTH;
@@ -87,6 +89,8 @@ pub struct Settings {
     /// How long a soft-deleted artifact can be restored.
     pub deleted_retention: Duration,
     pub events: EventSettings,
+    /// Encryption at rest is on when master keys are given.
+    pub master_keys: Option<Arc<MasterKeys>>,
 }
 
 impl Default for Settings {
@@ -95,6 +99,7 @@ impl Default for Settings {
             ingest: IngestSettings::default(),
             deleted_retention: Duration::from_secs(30 * 24 * 3600),
             events: EventSettings::default(),
+            master_keys: None,
         }
     }
 }
@@ -104,6 +109,7 @@ pub(crate) struct Inner {
     pub(crate) store: DynBlobStore,
     pub(crate) settings: Settings,
     pub(crate) service_secret: [u8; 32],
+    pub(crate) keys: keys::Keyring,
 }
 
 /// The artifact use cases. Cheap to clone.
@@ -270,12 +276,14 @@ fn decode_position(token: &str, tag: &str) -> Result<Option<i64>> {
 impl Artifacts {
     pub async fn new(catalog: Catalog, store: DynBlobStore, settings: Settings) -> Result<Self> {
         let service_secret = catalog.service_secret().await?;
+        let keys = keys::Keyring::new(settings.master_keys.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 catalog,
                 store,
                 settings,
                 service_secret,
+                keys,
             }),
         })
     }
@@ -290,6 +298,26 @@ impl Artifacts {
 
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    /// The tenant's keys and how much of its content is sealed.
+    pub async fn encryption_status(&self, tenant: &str) -> Result<TenantEncryption> {
+        self.inner.keys.status(&self.inner.catalog, tenant).await
+    }
+
+    /// Re-wraps the tenant's data keys under a new tenant key and erases the old one.
+    pub async fn rotate_tenant_key(&self, tenant: &str) -> Result<Rotation> {
+        self.inner.keys.rotate(&self.inner.catalog, tenant).await
+    }
+
+    /// Crypto-shredding: the tenant's sealed content becomes unreadable for good.
+    pub async fn destroy_tenant_keys(&self, tenant: &str) -> Result<crate::domain::encryption::ShredReport> {
+        self.inner.keys.destroy(&self.inner.catalog, tenant).await
+    }
+
+    /// Moves every tenant key under the current master key.
+    pub async fn rewrap_tenant_keys(&self) -> Result<Rewrap> {
+        self.inner.keys.rewrap_all(&self.inner.catalog).await
     }
 
     /// Creates an artifact whose first version is `content`. When `caller_gone` is cancelled

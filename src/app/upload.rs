@@ -7,10 +7,12 @@
 //! being filled.
 
 use super::Inner;
-use crate::catalog::NewVersion;
+use super::keys::SealingKey;
+use crate::catalog::{NewVersion, PackStage};
 use crate::domain::{Error, Result, content_type, names::quoted, now_micros};
 use crate::ingest::chunk::encode;
 use crate::ingest::extract::{ContentShape, Extracted, extract};
+use crate::ingest::sealing::DataKey;
 use crate::ingest::{ChunkId, Manifest, ManifestEntry, PackBuilder, PackEntry, StreamChunker, TenantKey};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -81,6 +83,7 @@ pub enum UploadPart {
 #[derive(Debug)]
 pub struct IngestedContent {
     pub upload_id: String,
+    pub started_at: i64,
     pub size: u64,
     pub stored_size: u64,
     pub new_stored_size: u64,
@@ -116,6 +119,7 @@ impl IngestedContent {
             extracted: serde_json::to_string(&self.extracted).expect("extracted metadata serializes"),
             manifest: self.manifest.encode(),
             new_chunks: self.new_chunks,
+            ingest_started_at: self.started_at,
             packs: self.packs,
             labels,
             state: crate::domain::LifecycleState::Draft,
@@ -151,6 +155,10 @@ pub(super) struct Upload {
     inner: Arc<Inner>,
     tenant: String,
     upload_id: String,
+    started_at: i64,
+    /// The tenant key this upload's packs are sealed under, looked up at the first pack;
+    /// `Some(None)` when encryption is off.
+    sealing: Option<Option<Arc<SealingKey>>>,
     cutter: Option<Cutter>,
     size: u64,
     shape: ContentShape,
@@ -180,6 +188,8 @@ impl Upload {
             inner,
             tenant: tenant.to_owned(),
             upload_id: uuid::Uuid::now_v7().to_string(),
+            started_at: now_micros(),
+            sealing: None,
             cutter: Some(Cutter {
                 chunker,
                 whole: blake3::Hasher::new(),
@@ -308,6 +318,7 @@ impl Upload {
         metrics::counter!(crate::telemetry::names::STORED_BYTES_TOTAL).increment(self.new_stored_size);
         Ok(IngestedContent {
             upload_id: self.upload_id.clone(),
+            started_at: self.started_at,
             size: self.size,
             stored_size: self.stored_size(),
             new_stored_size: self.new_stored_size,
@@ -450,21 +461,48 @@ impl Upload {
     /// Seals the current pack, records it as staged, and writes it in the background,
     /// waiting first when too many writes are in flight.
     async fn seal_pack(&mut self) -> Result<()> {
+        let sealing = match &self.sealing {
+            Some(sealing) => sealing.clone(),
+            None => {
+                let sealing = self
+                    .inner
+                    .keys
+                    .sealing_key(&self.inner.catalog, &self.tenant)
+                    .await?;
+                self.sealing = Some(sealing.clone());
+                sealing
+            }
+        };
         let builder = std::mem::take(&mut self.pack);
-        let sealed = tokio::task::spawn_blocking(move || builder.seal())
-            .await
-            .map_err(|e| Error::internal(format!("pack sealing failed: {e}")))?;
+        let data_key = sealing.as_ref().map(|_| DataKey::generate());
+        let (sealed, data_key) = tokio::task::spawn_blocking(move || {
+            let sealed = match &data_key {
+                Some(key) => builder.seal_with(key),
+                None => builder.seal(),
+            };
+            (sealed, data_key)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("pack sealing failed: {e}")))?;
         let pack_id = sealed.id.to_hex();
-        self.inner
-            .catalog
-            .stage_pack(
-                &self.tenant,
-                &pack_id,
-                sealed.bytes.len() as u64,
-                &self.upload_id,
-                now_micros(),
-            )
-            .await?;
+        let stage = PackStage {
+            tenant: &self.tenant,
+            pack_id: &pack_id,
+            size: sealed.bytes.len() as u64,
+            upload_id: &self.upload_id,
+            at: now_micros(),
+        };
+        match (sealing, &data_key) {
+            (Some(sealing), Some(data_key)) => {
+                self.inner
+                    .keys
+                    .stage_sealed(&self.inner.catalog, &stage, data_key, sealing)
+                    .await?;
+            }
+            _ => {
+                self.inner.catalog.stage_pack(&stage, None).await?;
+            }
+        }
         self.new_chunks
             .extend(sealed.entries.iter().map(|entry| (pack_id.clone(), *entry)));
         self.packs.push(pack_id);

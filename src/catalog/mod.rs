@@ -7,6 +7,7 @@ mod access;
 mod audit;
 mod dependencies;
 mod events;
+mod keys;
 mod lifecycle;
 mod links;
 mod records;
@@ -16,6 +17,7 @@ mod runs;
 pub use audit::AuditQuery;
 pub use dependencies::{DependentRow, VersionBrief};
 pub use events::{EventBatch, OutboxRange};
+pub use keys::{PackStage, Staged};
 pub use records::*;
 pub use runs::RunInputRecord;
 
@@ -584,6 +586,8 @@ impl Catalog {
                 .await
                 .map_err(|e| db_error("indexing chunks", e))?;
         }
+        self.check_keys_alive(tx, &scope.tenant, version.ingest_started_at)
+            .await?;
         for pack_id in &version.packs {
             sqlx::query("UPDATE packs SET state = 'committed' WHERE pack_id = $1")
                 .bind(pack_id)
@@ -921,8 +925,9 @@ impl Catalog {
         let mut found = HashMap::with_capacity(unique.len());
         for batch in unique.chunks(BATCH_ROWS * 2) {
             let sql = format!(
-                "SELECT chunk_id, pack_id, pack_offset, stored_length, raw_length, codec FROM chunks \
-                 WHERE tenant = {} AND chunk_id IN ({})",
+                "SELECT c.chunk_id, c.pack_id, c.pack_offset, c.stored_length, c.raw_length, c.codec, \
+                 p.key_id, p.wrapped_key FROM chunks c LEFT JOIN packs p ON p.pack_id = c.pack_id \
+                 WHERE c.tenant = {} AND c.chunk_id IN ({})",
                 self.dialect.placeholders(1, 1),
                 self.dialect.placeholders(2, batch.len())
             );
@@ -944,6 +949,15 @@ impl Catalog {
                         stored_len: row.try_get::<i64, _>("stored_length")? as u32,
                         raw_len: row.try_get::<i64, _>("raw_length")? as u32,
                         codec: Codec::from_u8(codec as u8).unwrap_or(Codec::Raw),
+                        key: row
+                            .try_get::<Option<String>, _>("key_id")?
+                            .map(|key_id| -> std::result::Result<_, sqlx::Error> {
+                                Ok(crate::domain::encryption::PackKey {
+                                    key_id,
+                                    wrapped: row.try_get("wrapped_key")?,
+                                })
+                            })
+                            .transpose()?,
                     };
                     let id = chunk_id_from_row(&raw_id)
                         .ok_or_else(|| sqlx::Error::Decode("chunk id is not 32 bytes".into()))?;
@@ -954,31 +968,6 @@ impl Catalog {
             }
         }
         Ok(found)
-    }
-
-    /// Records a pack before it is written, so that a crash between the write and the
-    /// version commit leaves a row for garbage collection instead of an unknown object.
-    pub async fn stage_pack(
-        &self,
-        tenant: &str,
-        pack_id: &str,
-        size: u64,
-        upload_id: &str,
-        now: i64,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO packs (pack_id, tenant, size, upload_id, state, created_at) \
-             VALUES ($1, $2, $3, $4, 'staged', $5) ON CONFLICT (pack_id) DO NOTHING",
-        )
-        .bind(pack_id)
-        .bind(tenant)
-        .bind(size as i64)
-        .bind(upload_id)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| db_error("staging a pack", e))?;
-        Ok(())
     }
 
     /// Marks the packs of a failed upload for garbage collection.

@@ -143,6 +143,8 @@ pub struct ChunkLocation {
     pub stored_len: u32,
     pub raw_len: u32,
     pub codec: Codec,
+    /// The pack's data key when the pack is sealed.
+    pub key: Option<crate::domain::encryption::PackKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -250,6 +252,8 @@ pub struct NewVersion {
     pub manifest: Vec<u8>,
     /// Chunks this upload wrote, with their places in its packs.
     pub new_chunks: Vec<(String, PackEntry)>,
+    /// When the upload began: a tenant key destroyed since then fails the commit.
+    pub ingest_started_at: i64,
     /// Packs the upload wrote; they become committed with the version.
     pub packs: Vec<String>,
     /// Replaces the artifact's tags and categories when set.

@@ -43,6 +43,14 @@ impl Timestamp {
     pub fn as_micros(self) -> i64 {
         self.0
     }
+
+    /// The time as RFC 3339 in UTC, for messages people read.
+    pub fn to_rfc3339(self) -> String {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1000)
+            .ok()
+            .and_then(|at| at.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_else(|| format!("{} µs after the epoch", self.0))
+    }
 }
 
 /// An artifact's identity: a UUID, kept in its text form.

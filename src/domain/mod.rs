@@ -6,6 +6,7 @@ pub mod artifact;
 pub mod audit;
 pub mod content_type;
 pub mod dependency;
+pub mod encryption;
 pub mod error;
 pub mod event;
 pub mod lifecycle;

@@ -63,6 +63,9 @@ pub fn of(path: &str) -> Option<Policy> {
             "artifactd.v1.AuditService",
             "GetAuditTrail" | "ExportAuditLog" | "VerifyAuditLog" | "GetAccessFlags",
         ) => Scoped(ManageTenant),
+        ("artifactd.v1.EncryptionService", "GetEncryptionStatus" | "RotateTenantKey") => Scoped(ManageTenant),
+        // Destroying a tenant's keys cannot be undone: the server admin's alone.
+        ("artifactd.v1.EncryptionService", "DestroyTenantKey" | "RewrapTenantKeys") => Scoped(Operate),
         ("artifactd.v1.AccessService", "WhoAmI") => Authenticated,
         ("artifactd.v1.AccessService", "CreateApiKey" | "ListApiKeys" | "RevokeApiKey") => {
             Scoped(ManageTenant)
@@ -110,6 +113,7 @@ pub fn audited(path: &str, code: tonic::Code, recorded_with_change: bool) -> boo
                 | "GetAuditTrail"
                 | "ExportAuditLog"
                 | "VerifyAuditLog"
+                | "GetEncryptionStatus"
         ),
         None => true,
     }

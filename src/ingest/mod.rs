@@ -6,6 +6,7 @@ pub mod chunker;
 pub mod extract;
 pub mod manifest;
 pub mod pack;
+pub mod sealing;
 
 pub use chunk::{ChunkId, Codec, TenantKey};
 pub use chunker::{ChunkerConfig, StreamChunker};

@@ -4,12 +4,18 @@
 //! self-describing (so the chunk index can be rebuilt from the object store alone):
 //! for each chunk `id[32] | offset u64 | stored_len u32 | raw_len u32 | codec u8`, then the
 //! entry count as u32 and the magic `ARTPACK1`. All integers little-endian.
+//!
+//! Version 2 (`ARTPACK2`) is the same with one byte before the magic naming how the chunks'
+//! stored bytes are sealed (see [`Sealing`]); a sealed chunk's stored length includes its
+//! authentication tag. Plain packs are still written as version 1, so both stay readable.
 
 use super::chunk::{ChunkId, Codec};
+use super::sealing::{DataKey, TAG_LEN};
 use bytes::Bytes;
 use std::fmt;
 
 const MAGIC: &[u8; 8] = b"ARTPACK1";
+const MAGIC_V2: &[u8; 8] = b"ARTPACK2";
 const TRAILER_ENTRY_LEN: usize = 32 + 8 + 4 + 4 + 1;
 
 /// A pack's name: the blake3 hash of all its bytes.
@@ -47,6 +53,23 @@ pub struct PackEntry {
     pub stored_len: u32,
     pub raw_len: u32,
     pub codec: Codec,
+}
+
+/// How the chunks of a pack are protected, as its trailer says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Sealing {
+    /// Stored bytes are the encoded chunk (version 1 packs).
+    Plain = 0,
+    /// Each chunk sealed with AES-256-GCM under the pack's data key, tag appended.
+    Aes256Gcm = 1,
+}
+
+/// What a pack's trailer says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackTrailer {
+    pub sealing: Sealing,
+    pub entries: Vec<PackEntry>,
 }
 
 /// Accumulates encoded chunks until the pack is big enough to seal.
@@ -93,7 +116,31 @@ impl PackBuilder {
         self.body.extend_from_slice(stored);
     }
 
-    pub fn seal(mut self) -> SealedPack {
+    /// Finishes a plain (version 1) pack.
+    pub fn seal(self) -> SealedPack {
+        self.finish(Sealing::Plain)
+    }
+
+    /// Finishes a pack whose chunks are sealed under `key` (version 2). The chunks move up
+    /// in place to make room for their tags, last first, so no second copy of the pack is
+    /// made.
+    pub fn seal_with(mut self, key: &DataKey) -> SealedPack {
+        let plain_len = self.body.len();
+        self.body.resize(plain_len + self.entries.len() * TAG_LEN, 0);
+        for (index, entry) in self.entries.iter_mut().enumerate().rev() {
+            let from = entry.offset as usize;
+            let len = entry.stored_len as usize;
+            let to = from + index * TAG_LEN;
+            self.body.copy_within(from..from + len, to);
+            let tag = key.seal_chunk(&entry.chunk_id, to as u64, &mut self.body[to..to + len]);
+            self.body[to + len..to + len + TAG_LEN].copy_from_slice(&tag);
+            entry.offset = to as u64;
+            entry.stored_len = (len + TAG_LEN) as u32;
+        }
+        self.finish(Sealing::Aes256Gcm)
+    }
+
+    fn finish(mut self, sealing: Sealing) -> SealedPack {
         for entry in &self.entries {
             self.body.extend_from_slice(&entry.chunk_id.0);
             self.body.extend_from_slice(&entry.offset.to_le_bytes());
@@ -103,7 +150,13 @@ impl PackBuilder {
         }
         self.body
             .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
-        self.body.extend_from_slice(MAGIC);
+        match sealing {
+            Sealing::Plain => self.body.extend_from_slice(MAGIC),
+            Sealing::Aes256Gcm => {
+                self.body.push(sealing as u8);
+                self.body.extend_from_slice(MAGIC_V2);
+            }
+        }
         let id = PackId(*blake3::hash(&self.body).as_bytes());
         SealedPack {
             id,
@@ -126,22 +179,29 @@ pub fn object_matches_name(key: &str, bytes: &[u8]) -> bool {
 }
 
 /// Reads the trailer of a whole pack, checking its name against its content.
-pub fn read_trailer(expected: PackId, bytes: &[u8]) -> Result<Vec<PackEntry>, String> {
+pub fn read_trailer(expected: PackId, bytes: &[u8]) -> Result<PackTrailer, String> {
     if PackId(*blake3::hash(bytes).as_bytes()) != expected {
         return Err(format!("pack {expected:?} does not hash to its name"));
     }
-    let footer_start = bytes
-        .len()
-        .checked_sub(12)
-        .ok_or("pack shorter than its footer")?;
-    if &bytes[footer_start + 4..] != MAGIC {
-        return Err("pack magic missing".to_owned());
-    }
-    let count = u32::from_le_bytes(bytes[footer_start..footer_start + 4].try_into().unwrap()) as usize;
+    let magic_start = bytes.len().checked_sub(8).ok_or("pack shorter than its footer")?;
+    let (sealing, count_end) = match &bytes[magic_start..] {
+        magic if magic == MAGIC => (Sealing::Plain, magic_start),
+        magic if magic == MAGIC_V2 => {
+            let at = magic_start.checked_sub(1).ok_or("pack shorter than its footer")?;
+            let sealing = match bytes[at] {
+                1 => Sealing::Aes256Gcm,
+                other => return Err(format!("unknown sealing {other} in pack footer")),
+            };
+            (sealing, at)
+        }
+        _ => return Err("pack magic missing".to_owned()),
+    };
+    let footer_start = count_end.checked_sub(4).ok_or("pack shorter than its footer")?;
+    let count = u32::from_le_bytes(bytes[footer_start..count_end].try_into().unwrap()) as usize;
     let trailer_start = footer_start
         .checked_sub(count * TRAILER_ENTRY_LEN)
         .ok_or("pack trailer longer than the pack")?;
-    bytes[trailer_start..footer_start]
+    let entries = bytes[trailer_start..footer_start]
         .chunks_exact(TRAILER_ENTRY_LEN)
         .map(|raw| {
             Ok(PackEntry {
@@ -152,7 +212,8 @@ pub fn read_trailer(expected: PackId, bytes: &[u8]) -> Result<Vec<PackEntry>, St
                 codec: Codec::from_u8(raw[48]).ok_or("unknown codec in pack trailer")?,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(PackTrailer { sealing, entries })
 }
 
 #[cfg(test)]
@@ -165,7 +226,9 @@ mod tests {
         builder.add(ChunkId([1; 32]), Codec::Raw, 3, b"abc");
         builder.add(ChunkId([2; 32]), Codec::Zstd, 100, b"zz");
         let pack = builder.seal();
-        let entries = read_trailer(pack.id, &pack.bytes).unwrap();
+        let trailer = read_trailer(pack.id, &pack.bytes).unwrap();
+        assert_eq!(trailer.sealing, Sealing::Plain);
+        let entries = trailer.entries;
         assert_eq!(entries, pack.entries);
         assert_eq!(entries[1].offset, 3);
         assert_eq!(&pack.bytes[3..5], b"zz");
@@ -176,5 +239,37 @@ mod tests {
         assert!(object_matches_name(&pack.id.object_key(), &pack.bytes));
         assert!(!object_matches_name(&pack.id.object_key(), &corrupted));
         assert!(object_matches_name("health/canary-x", b"anything"));
+    }
+
+    #[test]
+    fn sealed_packs_hold_no_plaintext_and_every_chunk_opens_where_the_trailer_says() {
+        let key = DataKey::generate();
+        let chunks: Vec<(ChunkId, Vec<u8>)> = (0u8..5)
+            .map(|i| {
+                (
+                    ChunkId([i; 32]),
+                    format!("chunk number {i} says hello ")
+                        .repeat(i as usize + 1)
+                        .into_bytes(),
+                )
+            })
+            .collect();
+        let mut builder = PackBuilder::new();
+        for (id, data) in &chunks {
+            builder.add(*id, Codec::Raw, data.len() as u32, data);
+        }
+        let pack = builder.seal_with(&key);
+        let trailer = read_trailer(pack.id, &pack.bytes).unwrap();
+        assert_eq!(trailer.sealing, Sealing::Aes256Gcm);
+        assert_eq!(trailer.entries, pack.entries);
+        assert!(!pack.bytes.windows(11).any(|w| w == b"says hello "));
+        for ((id, data), entry) in chunks.iter().zip(&trailer.entries) {
+            assert_eq!(entry.stored_len as usize, data.len() + TAG_LEN);
+            let stored = &pack.bytes[entry.offset as usize..][..entry.stored_len as usize];
+            assert_eq!(&key.open_chunk(id, entry.offset, stored).unwrap(), data);
+        }
+        let mut cut = pack.bytes.to_vec();
+        cut.pop();
+        assert!(read_trailer(pack.id, &cut).is_err());
     }
 }
