@@ -468,6 +468,9 @@ async fn allowed_call(
         "GetAuditTrail" | "ExportAuditLog" | "VerifyAuditLog" | "GetAccessFlags" => {
             vec![json!({"tenant": T})]
         }
+        "SetArtifactPermissions" => vec![scoped(json!({"artifactId": id, "grants": [
+            {"subjectKind": "SUBJECT_KIND_PROJECT", "subject": "mobile", "role": "ROLE_VIEWER"}]}))],
+        "GetArtifactPermissions" => vec![scoped(json!({"artifactId": id}))],
         "GetEncryptionStatus" | "RotateTenantKey" => vec![json!({"tenant": T})],
         "DestroyTenantKey" => vec![json!({"tenant": T, "confirmTenant": T})],
         "RewrapTenantKeys" => vec![json!({})],
@@ -1152,4 +1155,230 @@ async fn keys_from_a_jwks_url_are_re_read_and_rotated() {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+}
+
+/// Grants on one artifact: a project shares it read-only, a group of people maintains it, and
+/// neither reaches anything else of its project; the grants are managed by the project's
+/// admin, checked, audited, and removable.
+async fn artifact_grants(postgres: bool) {
+    let issuer = Issuer::new("k1");
+    let (server, _database, _files) = server_on(&issuer, "10.9.9.9", postgres).await;
+    let channel = server.raw_channel().await;
+    let pool = pool();
+    let method = |name: &str| methods(&pool).into_iter().find(|m| m.name() == name).unwrap();
+    let shared = artifact(&channel, &pool, 1).await;
+    let other = artifact(&channel, &pool, 2).await;
+    let scoped = |id: &str| json!({"tenant": T, "project": P, "artifactId": id});
+    // A viewer of the mobile project, and a person in the group reviewers with no role at all.
+    let mobile = admin_call(
+        &channel,
+        &pool,
+        "CreateApiKey",
+        json!({"tenant": T, "projects": ["mobile"], "role": "ROLE_VIEWER", "name": "mobile bot"}),
+    )
+    .await["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut carol_claims = claims("carol");
+    carol_claims["groups"] = json!(["reviewers"]);
+    let carol = issuer.token("k1", carol_claims);
+    let get = |credential, id: &str| {
+        let message = scoped(id);
+        let channel = channel.clone();
+        let method = method("GetArtifact");
+        async move { call(&channel, credential, &method, &[message]).await.code() }
+    };
+
+    assert_eq!(get(Credential::Bearer(&mobile), &shared).await, Code::NotFound);
+    assert_eq!(get(Credential::Bearer(&carol), &shared).await, Code::NotFound);
+
+    // Bad grants are refused, naming what is wrong; nothing is stored.
+    for (grants, needle) in [
+        (
+            json!([{"subjectKind": "SUBJECT_KIND_PROJECT", "subject": "mobile", "role": "ROLE_CONTRIBUTOR"}]),
+            "at most viewer",
+        ),
+        (
+            json!([{"subjectKind": "SUBJECT_KIND_GROUP", "subject": "x", "role": "ROLE_ADMIN"}]),
+            "grants.role",
+        ),
+        (
+            json!([{"subjectKind": "SUBJECT_KIND_USER", "subject": "u", "role": "ROLE_VIEWER"},
+                {"subjectKind": "SUBJECT_KIND_USER", "subject": "u", "role": "ROLE_MAINTAINER"}]),
+            "twice",
+        ),
+        (
+            json!([{"subjectKind": "SUBJECT_KIND_PROJECT", "subject": P, "role": "ROLE_VIEWER"}]),
+            "own",
+        ),
+        (
+            json!([{"subjectKind": "SUBJECT_KIND_PROJECT", "subject": "Not A Project", "role": "ROLE_VIEWER"}]),
+            "grants.subject",
+        ),
+        (
+            json!([{"subjectKind": "SUBJECT_KIND_UNSPECIFIED", "subject": "u", "role": "ROLE_VIEWER"}]),
+            "grants.subject_kind",
+        ),
+    ] {
+        let mut message = scoped(&shared);
+        message["grants"] = grants;
+        let status = unary(
+            &channel,
+            &pool,
+            Credential::Bearer(&ADMIN_KEY),
+            "SetArtifactPermissions",
+            &message,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(needle), "{needle}: {status:?}");
+    }
+    // Only the project's admin sets them; another tenant sees no such artifact.
+    let (contributor, _) = key(&channel, &pool, T, "ROLE_CONTRIBUTOR", 0).await;
+    let (globex, _) = key(&channel, &pool, "globex", "ROLE_TENANT_ADMIN", 0).await;
+    let mut grant = scoped(&shared);
+    grant["grants"] = json!([
+        {"subjectKind": "SUBJECT_KIND_PROJECT", "subject": "mobile", "role": "ROLE_VIEWER"},
+        {"subjectKind": "SUBJECT_KIND_GROUP", "subject": "reviewers", "role": "ROLE_MAINTAINER"}]);
+    let status = unary(
+        &channel,
+        &pool,
+        Credential::Bearer(&contributor),
+        "SetArtifactPermissions",
+        &grant,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let mut foreign = grant.clone();
+    foreign["tenant"] = json!("globex");
+    let status = unary(
+        &channel,
+        &pool,
+        Credential::Bearer(&globex),
+        "SetArtifactPermissions",
+        &foreign,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_eq!(get(Credential::Bearer(&mobile), &shared).await, Code::NotFound);
+
+    let set = admin_call(&channel, &pool, "SetArtifactPermissions", grant.clone()).await;
+    assert_eq!(set["grants"].as_array().unwrap().len(), 2);
+    let listed = admin_call(&channel, &pool, "GetArtifactPermissions", scoped(&shared)).await;
+    assert_eq!(listed["grants"].as_array().unwrap().len(), 2);
+    assert!(
+        listed["grants"][0]["grantedBy"]
+            .as_str()
+            .unwrap()
+            .starts_with("key:")
+    );
+
+    // The mobile project reads the shared artifact, by id and by name, and nothing else.
+    assert_eq!(get(Credential::Bearer(&mobile), &shared).await, Code::Ok);
+    let by_name =
+        json!({"tenant": T, "project": P, "coordinates": {"artifactType": "doc", "name": "fixture-1.md"}});
+    let status = call(
+        &channel,
+        Credential::Bearer(&mobile),
+        &method("GetArtifact"),
+        &[by_name],
+    )
+    .await;
+    assert_eq!(status.code(), Code::Ok, "{status:?}");
+    for (name, message) in [
+        ("DownloadArtifact", scoped(&shared)),
+        ("ListVersions", scoped(&shared)),
+        ("GetChangeHistory", scoped(&shared)),
+    ] {
+        let status = call(&channel, Credential::Bearer(&mobile), &method(name), &[message]).await;
+        assert_eq!(status.code(), Code::Ok, "{name}: {status:?}");
+    }
+    assert_eq!(get(Credential::Bearer(&mobile), &other).await, Code::NotFound);
+    for (name, message) in [
+        ("ListArtifacts", json!({"tenant": T, "project": P})),
+        ("Search", json!({"tenant": T, "project": P, "query": "fixture"})),
+        ("ResolveDependencies", scoped(&shared)),
+    ] {
+        let status = call(&channel, Credential::Bearer(&mobile), &method(name), &[message]).await;
+        assert_eq!(status.code(), Code::NotFound, "{name}: {status:?}");
+    }
+    // Read-only: the shared artifact is seen, so changing it is refused, not hidden.
+    let mut labels = scoped(&shared);
+    labels["labels"] = json!({"tags": ["x"]});
+    let status = call(
+        &channel,
+        Credential::Bearer(&mobile),
+        &method("UpdateArtifactLabels"),
+        &[labels.clone()],
+    )
+    .await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // The reviewers maintain it: review, approve, alias; still nothing else of the project.
+    let transition = |state: &str| {
+        let mut message = scoped(&shared);
+        message["version"] = json!("1.0.0");
+        message["targetState"] = json!(state);
+        message
+    };
+    for state in ["LIFECYCLE_STATE_REVIEW", "LIFECYCLE_STATE_APPROVED"] {
+        let status = call(
+            &channel,
+            Credential::Bearer(&carol),
+            &method("TransitionVersion"),
+            &[transition(state)],
+        )
+        .await;
+        assert_eq!(status.code(), Code::Ok, "{state}: {status:?}");
+    }
+    let status = call(
+        &channel,
+        Credential::Bearer(&carol),
+        &method("UpdateArtifactLabels"),
+        &[labels],
+    )
+    .await;
+    assert_eq!(status.code(), Code::Ok, "{status:?}");
+    assert_eq!(get(Credential::Bearer(&carol), &other).await, Code::NotFound);
+    let status = call(
+        &channel,
+        Credential::Bearer(&carol),
+        &method("GetArtifactPermissions"),
+        &[scoped(&shared)],
+    )
+    .await;
+    assert_eq!(
+        status.code(),
+        Code::NotFound,
+        "managing grants needs a role in the project: {status:?}"
+    );
+
+    // The change is in the artifact's audit trail, with who made it.
+    let trail = admin_call(
+        &channel,
+        &pool,
+        "GetAuditTrail",
+        json!({"tenant": T, "artifactId": shared, "action": "artifact.permissions_set"}),
+    )
+    .await;
+    assert_eq!(trail["entries"].as_array().unwrap().len(), 1, "{trail}");
+
+    // Taking the grants away hides the artifact again.
+    admin_call(&channel, &pool, "SetArtifactPermissions", scoped(&shared)).await;
+    assert_eq!(get(Credential::Bearer(&mobile), &shared).await, Code::NotFound);
+    assert_eq!(get(Credential::Bearer(&carol), &shared).await, Code::NotFound);
+}
+
+#[tokio::test]
+async fn artifact_grants_reach_one_artifact_and_nothing_else_on_sqlite() {
+    artifact_grants(false).await;
+}
+
+#[tokio::test]
+async fn artifact_grants_reach_one_artifact_and_nothing_else_on_postgres() {
+    artifact_grants(true).await;
 }

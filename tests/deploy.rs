@@ -327,7 +327,23 @@ fn kubernetes_manifests_pass_the_schemas_and_the_restricted_profile() {
         .flatten()
         .find_map(|source| source["secretRef"]["name"].as_str())
         .expect("credentials from a Secret");
-    let sealed = yaml_documents(&deploy_file("kubernetes/examples/sealed-secret.yaml")).remove(0);
+    let examples = yaml_documents(&deploy_file("kubernetes/examples/sealed-secret.yaml"));
+    // Every Secret the pods mount has its SealedSecret example too (admin key, master key).
+    for volume in deployment["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(name) = volume["secret"]["secretName"].as_str() {
+            assert!(
+                examples
+                    .iter()
+                    .any(|e| e["kind"] == "SealedSecret" && e["spec"]["template"]["metadata"]["name"] == name),
+                "the Secret {name} has no SealedSecret example"
+            );
+        }
+    }
+    let sealed = examples.into_iter().next().unwrap();
     assert_eq!(sealed["kind"], "SealedSecret");
     assert_eq!(sealed["spec"]["template"]["metadata"]["name"], secret_name);
     for variable in [

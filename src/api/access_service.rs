@@ -3,7 +3,9 @@
 use super::caller;
 use super::convert::timestamp;
 use crate::app::AccessAdmin;
-use crate::domain::access::{ApiKey, PrincipalKind, Role, RoleBinding, SubjectKind};
+use crate::domain::access::{
+    ApiKey, ArtifactGrant, GrantSubject, PrincipalKind, Role, RoleBinding, SubjectKind,
+};
 use crate::domain::{Error, Result};
 use crate::proto::access_service_server::AccessService;
 use crate::proto::{self};
@@ -54,6 +56,35 @@ fn subject_kind_from_proto(value: i32) -> Result<SubjectKind> {
             "subject_kind",
             "name SUBJECT_KIND_USER or SUBJECT_KIND_GROUP",
         )),
+    }
+}
+
+fn grant_subject_from_proto(grant: &proto::ArtifactGrant) -> Result<GrantSubject> {
+    let kind = match proto::SubjectKind::try_from(grant.subject_kind) {
+        Ok(proto::SubjectKind::User) => "user",
+        Ok(proto::SubjectKind::Group) => "group",
+        Ok(proto::SubjectKind::Project) => "project",
+        _ => {
+            return Err(Error::invalid(
+                "grants.subject_kind",
+                "name SUBJECT_KIND_USER, SUBJECT_KIND_GROUP or SUBJECT_KIND_PROJECT",
+            ));
+        }
+    };
+    GrantSubject::parse("grants.subject", kind, &grant.subject)
+}
+
+fn artifact_grant_to_proto(grant: ArtifactGrant) -> proto::ArtifactGrant {
+    proto::ArtifactGrant {
+        subject_kind: (match grant.subject {
+            GrantSubject::User(_) => proto::SubjectKind::User,
+            GrantSubject::Group(_) => proto::SubjectKind::Group,
+            GrantSubject::Project(_) => proto::SubjectKind::Project,
+        }) as i32,
+        subject: grant.subject.name().to_owned(),
+        role: role_to_proto(grant.role),
+        granted_by: grant.granted_by,
+        granted_at: Some(timestamp(grant.granted_at)),
     }
 }
 
@@ -248,6 +279,61 @@ impl AccessService for AccessApi {
             .await?;
         Ok(Response::new(proto::ListRoleBindingsResponse {
             bindings: bindings.into_iter().map(binding_to_proto).collect(),
+        }))
+    }
+
+    async fn set_artifact_permissions(
+        &self,
+        request: Request<proto::SetArtifactPermissionsRequest>,
+    ) -> Result<Response<proto::SetArtifactPermissionsResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        super::request_layer::record_scope(&request.tenant, &request.project);
+        caller.target(&request.artifact_id);
+        let grants = request
+            .grants
+            .iter()
+            .map(|grant| {
+                Ok((
+                    grant_subject_from_proto(grant)?,
+                    role_from_proto("grants.role", grant.role)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let grants = self
+            .admin
+            .set_artifact_permissions(
+                &caller.principal,
+                &request.tenant,
+                &request.project,
+                &request.artifact_id,
+                grants,
+            )
+            .await?;
+        Ok(Response::new(proto::SetArtifactPermissionsResponse {
+            grants: grants.into_iter().map(artifact_grant_to_proto).collect(),
+        }))
+    }
+
+    async fn get_artifact_permissions(
+        &self,
+        request: Request<proto::GetArtifactPermissionsRequest>,
+    ) -> Result<Response<proto::GetArtifactPermissionsResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        super::request_layer::record_scope(&request.tenant, &request.project);
+        caller.target(&request.artifact_id);
+        let grants = self
+            .admin
+            .artifact_permissions(
+                &caller.principal,
+                &request.tenant,
+                &request.project,
+                &request.artifact_id,
+            )
+            .await?;
+        Ok(Response::new(proto::GetArtifactPermissionsResponse {
+            grants: grants.into_iter().map(artifact_grant_to_proto).collect(),
         }))
     }
 }

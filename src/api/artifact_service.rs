@@ -55,6 +55,70 @@ fn authorized(caller: &Caller, tenant: String, project: String) -> Result<Scope,
     Ok(Scope::new(tenant, project))
 }
 
+/// How the caller reaches the artifact a call is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// Through its roles in the request's scope.
+    Scope,
+    /// Only through a grant on the artifact itself: nothing else of the project is its.
+    Grant,
+}
+
+impl ArtifactApi {
+    /// The request's scope once the caller may act on the artifact it names: by its roles in
+    /// the scope or, where those do not reach, by a grant on the artifact itself. Without
+    /// such a grant the refusal is the scope's, so a hidden artifact stays hidden.
+    async fn authorized_on(
+        &self,
+        caller: &Caller,
+        tenant: String,
+        project: String,
+        artifact: &Selector,
+    ) -> Result<(Scope, Reach), Status> {
+        super::request_layer::record_scope(&tenant, &project);
+        let scope = Scope::new(tenant, project);
+        match caller.authorize(&scope) {
+            Ok(()) => Ok((scope, Reach::Scope)),
+            Err(refused @ (Error::NotFound(_) | Error::PermissionDenied(_))) => {
+                let grants = self.artifacts.grants_for(&scope, artifact).await?;
+                if grants.is_empty() {
+                    return Err(refused.into());
+                }
+                caller.authorize_on_artifact(&scope, &grants)?;
+                Ok((scope, Reach::Grant))
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// A check beyond the method's own (approving, recording a run's input), reaching the
+    /// artifact the same two ways.
+    async fn require_on(
+        &self,
+        caller: &Caller,
+        permission: Permission,
+        scope: &Scope,
+        artifact: &Selector,
+    ) -> Result<(), Status> {
+        match caller.require(permission, &scope.tenant, Some(&scope.project)) {
+            Ok(()) => Ok(()),
+            Err(refused @ (Error::NotFound(_) | Error::PermissionDenied(_))) => {
+                let grants = self.artifacts.grants_for(scope, artifact).await?;
+                if grants.is_empty() {
+                    return Err(refused.into());
+                }
+                Ok(caller.principal.require_on_artifact(
+                    permission,
+                    &scope.tenant,
+                    &scope.project,
+                    &grants,
+                )?)
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+}
+
 fn expectations(size: Option<u64>, blake3: &str) -> Result<ContentExpectations> {
     Ok(ContentExpectations {
         size,
@@ -249,8 +313,16 @@ impl ArtifactService for ArtifactApi {
             }
         };
         caller.target(&header.artifact_id);
+        let (scope, reach) = self
+            .authorized_on(
+                &caller,
+                header.tenant,
+                header.project,
+                &Selector::Id(header.artifact_id.clone()),
+            )
+            .await?;
         let update = UpdateArtifact {
-            scope: authorized(&caller, header.tenant, header.project)?,
+            scope,
             artifact_id: header.artifact_id,
             next_version,
             expected_current_version: header.expected_current_version,
@@ -265,6 +337,12 @@ impl ArtifactService for ArtifactApi {
             dependencies: convert::dependency_specs(header.dependencies)?,
             produced_by: convert::workflow_run_from(header.produced_by),
         };
+        if reach == Reach::Grant && !update.dependencies.is_empty() {
+            return Err(Status::from(Error::PermissionDenied(format!(
+                "{} reaches this artifact by a grant on it alone; declaring dependencies needs a role in {}",
+                caller.principal.subject, update.scope
+            ))));
+        }
         for dependency in &update.dependencies {
             check_target(&caller, &update.scope.tenant, &dependency.target)?;
         }
@@ -285,7 +363,6 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<GetArtifactResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
-        let scope = authorized(&caller, request.tenant, request.project)?;
         let selector = match request.selector {
             Some(get_artifact_request::Selector::ArtifactId(id)) => Selector::Id(id),
             Some(get_artifact_request::Selector::Coordinates(coordinates)) => Selector::Name {
@@ -299,6 +376,9 @@ impl ArtifactService for ArtifactApi {
                 )));
             }
         };
+        let (scope, _) = self
+            .authorized_on(&caller, request.tenant, request.project, &selector)
+            .await?;
         let (artifact, version) = self.artifacts.get(&scope, &selector, &request.version).await?;
         let dependencies = self
             .artifacts
@@ -330,10 +410,23 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let scope = authorized(&caller, request.tenant, request.project)?;
+        let (scope, _) = self
+            .authorized_on(
+                &caller,
+                request.tenant,
+                request.project,
+                &Selector::Id(request.artifact_id.clone()),
+            )
+            .await?;
         // Recording the download as a run's input writes to the run: that takes a writer.
         if run.is_some() {
-            caller.require(Permission::Write, &scope.tenant, Some(&scope.project))?;
+            self.require_on(
+                &caller,
+                Permission::Write,
+                &scope,
+                &Selector::Id(request.artifact_id.clone()),
+            )
+            .await?;
         }
         let plan = self
             .artifacts
@@ -386,7 +479,14 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let scope = authorized(&caller, request.tenant, request.project)?;
+        let (scope, _) = self
+            .authorized_on(
+                &caller,
+                request.tenant,
+                request.project,
+                &Selector::Id(request.artifact_id.clone()),
+            )
+            .await?;
         let page = self
             .artifacts
             .list_versions(
@@ -410,7 +510,14 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let scope = authorized(&caller, request.tenant, request.project)?;
+        let (scope, _) = self
+            .authorized_on(
+                &caller,
+                request.tenant,
+                request.project,
+                &Selector::Id(request.artifact_id.clone()),
+            )
+            .await?;
         let (_, version) = self
             .artifacts
             .get(&scope, &Selector::Id(request.artifact_id), &request.version)
@@ -454,7 +561,14 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let scope = authorized(&caller, request.tenant, request.project)?;
+        let (scope, _) = self
+            .authorized_on(
+                &caller,
+                request.tenant,
+                request.project,
+                &Selector::Id(request.artifact_id.clone()),
+            )
+            .await?;
         let (artifact, restorable_until) = self.artifacts.delete(&scope, &request.artifact_id).await?;
         Ok(Response::new(DeleteArtifactResponse {
             artifact: Some(convert::artifact(&artifact)),
@@ -469,7 +583,14 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let scope = authorized(&caller, request.tenant, request.project)?;
+        let (scope, _) = self
+            .authorized_on(
+                &caller,
+                request.tenant,
+                request.project,
+                &Selector::Id(request.artifact_id.clone()),
+            )
+            .await?;
         let artifact = self.artifacts.undelete(&scope, &request.artifact_id).await?;
         Ok(Response::new(UndeleteArtifactResponse {
             artifact: Some(convert::artifact(&artifact)),
@@ -483,7 +604,14 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let scope = authorized(&caller, request.tenant, request.project)?;
+        let (scope, _) = self
+            .authorized_on(
+                &caller,
+                request.tenant,
+                request.project,
+                &Selector::Id(request.artifact_id.clone()),
+            )
+            .await?;
         let Some(new_labels) = request.labels else {
             return Err(Status::from(Error::invalid(
                 "labels",
@@ -507,7 +635,14 @@ impl ArtifactService for ArtifactApi {
         let actor = caller.actor();
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let scope = authorized(&caller, request.tenant, request.project)?;
+        let (scope, _) = self
+            .authorized_on(
+                &caller,
+                request.tenant,
+                request.project,
+                &Selector::Id(request.artifact_id.clone()),
+            )
+            .await?;
         let target = convert::lifecycle_state_from("target_state", request.target_state)?
             .ok_or_else(|| Error::invalid("target_state", "name the state to move to"))?;
         // Approving and archiving, and undoing either, take a maintainer.
@@ -525,7 +660,13 @@ impl ArtifactService for ArtifactApi {
             maintained(version.state)
         };
         if needs_maintainer {
-            caller.require(Permission::Maintain, &scope.tenant, Some(&scope.project))?;
+            self.require_on(
+                &caller,
+                Permission::Maintain,
+                &scope,
+                &Selector::Id(request.artifact_id.clone()),
+            )
+            .await?;
         }
         let expected = convert::lifecycle_state_from("expected_state", request.expected_state)?;
         let (version, transition) = self
@@ -554,7 +695,14 @@ impl ArtifactService for ArtifactApi {
         let actor = caller.actor();
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let scope = authorized(&caller, request.tenant, request.project)?;
+        let (scope, _) = self
+            .authorized_on(
+                &caller,
+                request.tenant,
+                request.project,
+                &Selector::Id(request.artifact_id.clone()),
+            )
+            .await?;
         let alias = self
             .artifacts
             .set_alias(
@@ -578,7 +726,14 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let scope = authorized(&caller, request.tenant, request.project)?;
+        let (scope, _) = self
+            .authorized_on(
+                &caller,
+                request.tenant,
+                request.project,
+                &Selector::Id(request.artifact_id.clone()),
+            )
+            .await?;
         self.artifacts
             .delete_alias(
                 &scope,
@@ -597,7 +752,14 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let scope = authorized(&caller, request.tenant, request.project)?;
+        let (scope, _) = self
+            .authorized_on(
+                &caller,
+                request.tenant,
+                request.project,
+                &Selector::Id(request.artifact_id.clone()),
+            )
+            .await?;
         let aliases = self.artifacts.aliases(&scope, &request.artifact_id).await?;
         Ok(Response::new(ListAliasesResponse {
             aliases: aliases.iter().map(convert::alias).collect(),
@@ -611,7 +773,14 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let scope = authorized(&caller, request.tenant, request.project)?;
+        let (scope, _) = self
+            .authorized_on(
+                &caller,
+                request.tenant,
+                request.project,
+                &Selector::Id(request.artifact_id.clone()),
+            )
+            .await?;
         let page = self
             .artifacts
             .change_history(
@@ -886,7 +1055,14 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let scope = authorized(&caller, request.tenant, request.project)?;
+        let (scope, _) = self
+            .authorized_on(
+                &caller,
+                request.tenant,
+                request.project,
+                &Selector::Id(request.artifact_id.clone()),
+            )
+            .await?;
         let diff = self
             .artifacts
             .diff(

@@ -2,12 +2,16 @@
 //! than it holds where it hands it out.
 
 use crate::catalog::Catalog;
-use crate::domain::access::{ApiKey, ApiKeySecret, Permission, Principal, Role, RoleBinding, SubjectKind};
+use crate::domain::access::{
+    ApiKey, ApiKeySecret, ArtifactGrant, GrantSubject, Permission, Principal, Role, RoleBinding, SubjectKind,
+};
 use crate::domain::names::validate_identifier;
 use crate::domain::{Error, Result, Timestamp};
 
 /// Longest user or group name a binding accepts, in bytes.
 const MAX_SUBJECT_LEN: usize = 256;
+/// Most grants one artifact carries.
+const MAX_ARTIFACT_GRANTS: usize = 100;
 /// Longest key label, in bytes.
 const MAX_KEY_NAME_LEN: usize = 200;
 /// Longest life a key may be given: ten years.
@@ -260,5 +264,94 @@ impl AccessAdmin {
         }
         let (permission, project) = scope_permission(project);
         holder.require(permission, tenant, project)
+    }
+
+    /// The artifact of `scope` (its home project) that permissions are about.
+    async fn home_artifact(
+        &self,
+        tenant: &str,
+        project: &str,
+        artifact_id: &str,
+    ) -> Result<crate::domain::Artifact> {
+        crate::domain::ArtifactId::parse("artifact_id", artifact_id)?;
+        let scope = crate::domain::Scope::new(tenant.to_owned(), project.to_owned());
+        if let Some(artifact) = self.catalog.artifact_by_id(&scope, artifact_id, true).await? {
+            return Ok(artifact);
+        }
+        match self.catalog.seen_artifact(&scope, artifact_id).await? {
+            Some(linked) => Err(Error::FailedPrecondition(format!(
+                "artifact {artifact_id} is only linked into {tenant}/{project}; its permissions are set in its own project, {}",
+                linked.scope.project
+            ))),
+            None => Err(Error::not_found(format!(
+                "artifact {artifact_id:?} not found in {tenant}/{project}"
+            ))),
+        }
+    }
+
+    /// The grants on one artifact; needs the right to manage its project.
+    pub async fn artifact_permissions(
+        &self,
+        holder: &Principal,
+        tenant: &str,
+        project: &str,
+        artifact_id: &str,
+    ) -> Result<Vec<ArtifactGrant>> {
+        self.check_scope(holder, tenant, project)?;
+        let artifact = self.home_artifact(tenant, project, artifact_id).await?;
+        self.catalog.artifact_grants(tenant, artifact.id.as_str()).await
+    }
+
+    /// Replaces the grants on one artifact with `grants`: users, groups and other projects
+    /// of the tenant, each at most once, a project never more than viewer.
+    pub async fn set_artifact_permissions(
+        &self,
+        holder: &Principal,
+        tenant: &str,
+        project: &str,
+        artifact_id: &str,
+        grants: Vec<(GrantSubject, Role)>,
+    ) -> Result<Vec<ArtifactGrant>> {
+        self.check_scope(holder, tenant, project)?;
+        if grants.len() > MAX_ARTIFACT_GRANTS {
+            return Err(Error::invalid(
+                "grants",
+                format!(
+                    "at most {MAX_ARTIFACT_GRANTS} grants per artifact; {} were sent",
+                    grants.len()
+                ),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (subject, role) in &grants {
+            ArtifactGrant::check_role("grants.role", subject, *role)?;
+            if !seen.insert(subject.clone()) {
+                return Err(Error::invalid(
+                    "grants.subject",
+                    format!("{} {:?} is named twice", subject.kind(), subject.name()),
+                ));
+            }
+            if *subject == GrantSubject::Project(project.to_owned()) {
+                return Err(Error::invalid(
+                    "grants.subject",
+                    format!("project {project:?} is the artifact's own; its roles there apply already"),
+                ));
+            }
+        }
+        let artifact = self.home_artifact(tenant, project, artifact_id).await?;
+        let at = Timestamp::now();
+        let grants: Vec<ArtifactGrant> = grants
+            .into_iter()
+            .map(|(subject, role)| ArtifactGrant {
+                subject,
+                role,
+                granted_by: holder.subject.clone(),
+                granted_at: at,
+            })
+            .collect();
+        self.catalog
+            .set_artifact_grants(&artifact.scope, artifact.id.as_str(), &grants, at)
+            .await?;
+        Ok(grants)
     }
 }

@@ -300,6 +300,43 @@ impl Artifacts {
         &self.inner.settings
     }
 
+    /// The grants on the artifact a request names, for deciding a caller whose roles in the
+    /// scope do not reach: none when the scope shows no such artifact (so the refusal stays
+    /// what it would be without grants).
+    pub async fn grants_for(
+        &self,
+        scope: &Scope,
+        selector: &Selector,
+    ) -> Result<Vec<crate::domain::access::ArtifactGrant>> {
+        if validate_scope(scope).is_err() {
+            return Ok(Vec::new());
+        }
+        let catalog = &self.inner.catalog;
+        let artifact = match selector {
+            Selector::Id(id) => {
+                if validate_artifact_id(id).is_err() {
+                    return Ok(Vec::new());
+                }
+                match catalog.artifact_by_id(scope, id, true).await? {
+                    Some(own) => Some(own),
+                    None => catalog.seen_artifact(scope, id).await?,
+                }
+            }
+            Selector::Name { artifact_type, name } => {
+                if validate_identifier("artifact_type", artifact_type).is_err()
+                    || validate_artifact_name(name).is_err()
+                {
+                    return Ok(Vec::new());
+                }
+                catalog.artifact_by_name(scope, artifact_type, name).await?
+            }
+        };
+        match artifact {
+            Some(artifact) => catalog.artifact_grants(&scope.tenant, artifact.id.as_str()).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// The tenant's keys and how much of its content is sealed.
     pub async fn encryption_status(&self, tenant: &str) -> Result<TenantEncryption> {
         self.inner.keys.status(&self.inner.catalog, tenant).await

@@ -1,7 +1,7 @@
 //! API keys and role bindings.
 
 use super::{Catalog, db_error, is_unique_violation};
-use crate::domain::access::{ApiKey, Role, RoleBinding, SubjectKind};
+use crate::domain::access::{ApiKey, ArtifactGrant, GrantSubject, Role, RoleBinding, SubjectKind};
 use crate::domain::{Error, Result, Timestamp};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -275,5 +275,84 @@ impl Catalog {
             .await
             .map_err(|e| db_error("reading role bindings", e))?;
         rows.iter().map(binding_of).collect()
+    }
+}
+
+const GRANT_COLUMNS: &str = "subject_kind, subject, role, granted_by, granted_at";
+
+fn artifact_grant_of(row: &AnyRow) -> Result<ArtifactGrant> {
+    let get = |e: sqlx::Error| db_error("reading an artifact grant", e);
+    let stored = |e: Error| Error::internal(format!("stored artifact grant: {e}"));
+    Ok(ArtifactGrant {
+        subject: GrantSubject::parse(
+            "subject",
+            &row.try_get::<String, _>("subject_kind").map_err(get)?,
+            &row.try_get::<String, _>("subject").map_err(get)?,
+        )
+        .map_err(stored)?,
+        role: Role::parse("role", &row.try_get::<String, _>("role").map_err(get)?).map_err(stored)?,
+        granted_by: row.try_get("granted_by").map_err(get)?,
+        granted_at: Timestamp(row.try_get("granted_at").map_err(get)?),
+    })
+}
+
+impl Catalog {
+    /// The grants on one artifact of `tenant`, by subject.
+    pub async fn artifact_grants(&self, tenant: &str, artifact_id: &str) -> Result<Vec<ArtifactGrant>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {GRANT_COLUMNS} FROM artifact_grants WHERE tenant = $1 AND artifact_id = $2 \
+             ORDER BY subject_kind, subject"
+        )))
+        .bind(tenant)
+        .bind(artifact_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("reading artifact grants", e))?;
+        rows.iter().map(artifact_grant_of).collect()
+    }
+
+    /// Replaces every grant on the artifact with `grants`, in one transaction with its audit
+    /// entry.
+    pub async fn set_artifact_grants(
+        &self,
+        scope: &crate::domain::Scope,
+        artifact_id: &str,
+        grants: &[ArtifactGrant],
+        at: Timestamp,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        sqlx::query("DELETE FROM artifact_grants WHERE tenant = $1 AND artifact_id = $2")
+            .bind(&scope.tenant)
+            .bind(artifact_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("replacing artifact grants", e))?;
+        for grant in grants {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO artifact_grants (tenant, artifact_id, {GRANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            )))
+            .bind(&scope.tenant)
+            .bind(artifact_id)
+            .bind(grant.subject.kind())
+            .bind(grant.subject.name())
+            .bind(grant.role.as_str())
+            .bind(&grant.granted_by)
+            .bind(grant.granted_at.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("granting on an artifact", e))?;
+        }
+        let record = crate::audit::change_record(
+            &scope.tenant,
+            &scope.project,
+            artifact_id.to_owned(),
+            "artifact.permissions_set",
+            at,
+        );
+        self.append_audit_in(&mut tx, &record).await?;
+        tx.commit()
+            .await
+            .map_err(|e| db_error("committing artifact grants", e))?;
+        Ok(())
     }
 }

@@ -210,11 +210,77 @@ impl Principal {
     /// `Ok` when the caller may; otherwise the error that says so without revealing what a
     /// hidden scope holds.
     pub fn require(&self, permission: Permission, tenant: &str, project: Option<&str>) -> Result<()> {
+        self.enforce(
+            self.decide(permission, tenant, project),
+            permission,
+            tenant,
+            project,
+        )
+    }
+
+    /// The highest role that grants on one artifact of `tenant` give the caller.
+    pub fn role_by_grants(&self, tenant: &str, grants: &[ArtifactGrant]) -> Option<Role> {
+        grants
+            .iter()
+            .filter(|grant| match &grant.subject {
+                GrantSubject::User(user) => *user == self.subject,
+                GrantSubject::Group(group) => self.groups.contains(group),
+                GrantSubject::Project(project) => self.role_in(tenant, Some(project)).is_some(),
+            })
+            .map(|grant| grant.role)
+            .max()
+    }
+
+    /// [`Principal::decide`] for a call about one artifact of `project`: where the caller's
+    /// roles in the project do not allow it, a grant on the artifact may.
+    pub fn decide_on_artifact(
+        &self,
+        permission: Permission,
+        tenant: &str,
+        project: &str,
+        grants: &[ArtifactGrant],
+    ) -> Decision {
+        let by_scope = self.decide(permission, tenant, Some(project));
+        match (by_scope, self.role_by_grants(tenant, grants)) {
+            (Decision::Allow, _) => Decision::Allow,
+            (_, Some(role)) if role.grants(permission) => Decision::Allow,
+            (Decision::Deny { held }, Some(granted)) => Decision::Deny {
+                held: held.max(granted),
+            },
+            (Decision::Hide, Some(granted)) => Decision::Deny { held: granted },
+            (decision, None) => decision,
+        }
+    }
+
+    /// [`Principal::require`] for a call about one artifact (see
+    /// [`Principal::decide_on_artifact`]).
+    pub fn require_on_artifact(
+        &self,
+        permission: Permission,
+        tenant: &str,
+        project: &str,
+        grants: &[ArtifactGrant],
+    ) -> Result<()> {
+        self.enforce(
+            self.decide_on_artifact(permission, tenant, project, grants),
+            permission,
+            tenant,
+            Some(project),
+        )
+    }
+
+    fn enforce(
+        &self,
+        decision: Decision,
+        permission: Permission,
+        tenant: &str,
+        project: Option<&str>,
+    ) -> Result<()> {
         let place = match project {
             Some(project) => format!("{tenant}/{project}"),
             None => format!("tenant {tenant}"),
         };
-        match self.decide(permission, tenant, project) {
+        match decision {
             Decision::Allow => Ok(()),
             Decision::Deny { held } => Err(Error::PermissionDenied(format!(
                 "{} may not {} in {place}: that needs the {} role, it holds {held}",
@@ -230,6 +296,82 @@ impl Principal {
             ))),
             Decision::Hide => Err(Error::NotFound(format!("nothing found in {place}"))),
         }
+    }
+}
+
+/// Who a grant on one artifact names: a user (or an API key, as `key:<id>`), a group, or
+/// every caller with a role in another project of the same tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GrantSubject {
+    User(String),
+    Group(String),
+    Project(String),
+}
+
+impl GrantSubject {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::User(_) => "user",
+            Self::Group(_) => "group",
+            Self::Project(_) => "project",
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Self::User(name) | Self::Group(name) | Self::Project(name) => name,
+        }
+    }
+
+    /// From its stored or sent form; `field` names where it came from.
+    pub fn parse(field: &'static str, kind: &str, name: &str) -> Result<Self> {
+        if name.is_empty() || name.len() > 256 {
+            return Err(Error::invalid(field, "a subject is 1 to 256 bytes"));
+        }
+        match kind {
+            "user" => Ok(Self::User(name.to_owned())),
+            "group" => Ok(Self::Group(name.to_owned())),
+            "project" => {
+                crate::domain::names::validate_identifier(field, name)?;
+                Ok(Self::Project(name.to_owned()))
+            }
+            other => Err(Error::invalid(
+                field,
+                format!("{} is not a subject kind", quoted(other)),
+            )),
+        }
+    }
+}
+
+/// A role on one artifact, beside the roles in its project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactGrant {
+    pub subject: GrantSubject,
+    pub role: Role,
+    pub granted_by: String,
+    pub granted_at: Timestamp,
+}
+
+impl ArtifactGrant {
+    /// The most an artifact grant gives: what acts on one artifact, not on its project.
+    pub const MOST: Role = Role::Maintainer;
+
+    /// Checks the role a grant to `subject` may carry; a project is only ever given reading.
+    pub fn check_role(field: &'static str, subject: &GrantSubject, role: Role) -> Result<()> {
+        let most = match subject {
+            GrantSubject::Project(_) => Role::Viewer,
+            _ => Self::MOST,
+        };
+        if role > most {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "a grant to a {} gives at most {most} on the artifact; {role} is a role in a project",
+                    subject.kind()
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -412,6 +554,65 @@ mod tests {
         ] {
             assert!(ApiKeySecret::parse(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn artifact_grants_stand_in_only_where_the_scope_does_not_reach() {
+        let grant = |subject: GrantSubject, role: Role| ArtifactGrant {
+            subject,
+            role,
+            granted_by: "admin".into(),
+            granted_at: Timestamp(0),
+        };
+        let principal = Principal {
+            subject: "ada".into(),
+            kind: PrincipalKind::Token,
+            groups: vec!["reviewers".into()],
+            grants: vec![
+                Grant {
+                    tenant: Some("acme".into()),
+                    project: Some("mobile".into()),
+                    role: Role::Viewer,
+                },
+                Grant {
+                    tenant: Some("acme".into()),
+                    project: Some("web".into()),
+                    role: Role::Contributor,
+                },
+            ],
+            expires_at: None,
+        };
+        let decide = |permission, project, grants: &[ArtifactGrant]| {
+            principal.decide_on_artifact(permission, "acme", project, grants)
+        };
+        // No grant: the scope decides alone.
+        assert_eq!(decide(Permission::Read, "api", &[]), Decision::Hide);
+        // A project grant reaches members of that project, a group grant the group.
+        let shared = [grant(GrantSubject::Project("mobile".into()), Role::Viewer)];
+        assert_eq!(decide(Permission::Read, "api", &shared), Decision::Allow);
+        assert_eq!(
+            decide(Permission::Write, "api", &shared),
+            Decision::Deny { held: Role::Viewer }
+        );
+        let elsewhere = [grant(GrantSubject::Project("ops".into()), Role::Viewer)];
+        assert_eq!(decide(Permission::Read, "api", &elsewhere), Decision::Hide);
+        let group = [grant(GrantSubject::Group("reviewers".into()), Role::Maintainer)];
+        assert_eq!(decide(Permission::Maintain, "api", &group), Decision::Allow);
+        assert_eq!(decide(Permission::Maintain, "web", &group), Decision::Allow);
+        let user = [grant(GrantSubject::User("bob".into()), Role::Maintainer)];
+        assert_eq!(
+            decide(Permission::Maintain, "web", &user),
+            Decision::Deny {
+                held: Role::Contributor
+            }
+        );
+        // Never more than the artifact: a project is given reading at most.
+        let project = GrantSubject::Project("mobile".into());
+        assert!(ArtifactGrant::check_role("role", &project, Role::Contributor).is_err());
+        assert!(ArtifactGrant::check_role("role", &GrantSubject::Group("g".into()), Role::Admin).is_err());
+        assert!(
+            ArtifactGrant::check_role("role", &GrantSubject::Group("g".into()), Role::Maintainer).is_ok()
+        );
     }
 
     #[test]

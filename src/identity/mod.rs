@@ -13,7 +13,9 @@ pub mod tokens;
 
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::domain::access::{ApiKey, ApiKeySecret, Grant, Permission, Principal, PrincipalKind, Role};
+use crate::domain::access::{
+    ApiKey, ApiKeySecret, ArtifactGrant, Grant, Permission, Principal, PrincipalKind, Role,
+};
 use crate::domain::{Error, Result, Scope, Timestamp};
 use http::HeaderMap;
 use ipnet::IpNet;
@@ -56,6 +58,18 @@ impl Caller {
             // A method about the caller itself has no scope to grant.
             Policy::Authenticated => Err(Error::internal("a method without a scope authorized a scope")),
             Policy::Scoped(permission) => self.principal.require(permission, tenant, project),
+        }
+    }
+
+    /// [`Caller::authorize`] for a call about one artifact whose scope refused the caller: a
+    /// grant on the artifact may stand in for a role in its project.
+    pub fn authorize_on_artifact(&self, scope: &Scope, grants: &[ArtifactGrant]) -> Result<()> {
+        match self.policy {
+            Policy::Authenticated => Err(Error::internal("a method without a scope authorized an artifact")),
+            Policy::Scoped(permission) => {
+                self.principal
+                    .require_on_artifact(permission, &scope.tenant, &scope.project, grants)
+            }
         }
     }
 

@@ -72,9 +72,14 @@ pub fn of(path: &str) -> Option<Policy> {
         }
         // Project-scoped grants need ManageProject; tenant-wide ones ManageTenant (checked
         // by the handler).
-        ("artifactd.v1.AccessService", "GrantRole" | "RevokeRole" | "ListRoleBindings") => {
-            Scoped(ManageProject)
-        }
+        (
+            "artifactd.v1.AccessService",
+            "GrantRole"
+            | "RevokeRole"
+            | "ListRoleBindings"
+            | "SetArtifactPermissions"
+            | "GetArtifactPermissions",
+        ) => Scoped(ManageProject),
         _ => return None,
     };
     Some(policy)
@@ -107,6 +112,7 @@ pub fn audited(path: &str, code: tonic::Code, recorded_with_change: bool) -> boo
             method,
             "ListApiKeys"
                 | "ListRoleBindings"
+                | "GetArtifactPermissions"
                 | "GetServerStatus"
                 | "GetFallbackStatus"
                 | "GetFallbackMetrics"

@@ -33,6 +33,16 @@ type AccessServiceClient interface {
 	RevokeRole(ctx context.Context, in *RevokeRoleRequest, opts ...grpc.CallOption) (*RevokeRoleResponse, error)
 	// The role bindings of a tenant.
 	ListRoleBindings(ctx context.Context, in *ListRoleBindingsRequest, opts ...grpc.CallOption) (*ListRoleBindingsResponse, error)
+	// Replaces the grants on one artifact: roles on it alone, beside the roles in its project,
+	// for users (an API key as `key:<id>`), groups, or every member of another project of the
+	// tenant (read-only sharing: viewer at most). A grant lets its holder reach the artifact
+	// by id or by name in its project (get, download, versions, metadata, aliases, history,
+	// diff; with contributor also new versions, labels and review; with maintainer also
+	// approval, aliases, delete and restore), and nothing else of the project. Needs the
+	// project's admin role; an empty list removes every grant.
+	SetArtifactPermissions(ctx context.Context, in *SetArtifactPermissionsRequest, opts ...grpc.CallOption) (*SetArtifactPermissionsResponse, error)
+	// The grants on one artifact.
+	GetArtifactPermissions(ctx context.Context, in *GetArtifactPermissionsRequest, opts ...grpc.CallOption) (*GetArtifactPermissionsResponse, error)
 }
 
 type accessServiceClient struct {
@@ -106,6 +116,24 @@ func (c *accessServiceClient) ListRoleBindings(ctx context.Context, in *ListRole
 	return out, nil
 }
 
+func (c *accessServiceClient) SetArtifactPermissions(ctx context.Context, in *SetArtifactPermissionsRequest, opts ...grpc.CallOption) (*SetArtifactPermissionsResponse, error) {
+	out := new(SetArtifactPermissionsResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.AccessService/SetArtifactPermissions", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *accessServiceClient) GetArtifactPermissions(ctx context.Context, in *GetArtifactPermissionsRequest, opts ...grpc.CallOption) (*GetArtifactPermissionsResponse, error) {
+	out := new(GetArtifactPermissionsResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.AccessService/GetArtifactPermissions", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AccessServiceServer is the server API for AccessService service.
 // All implementations must embed UnimplementedAccessServiceServer
 // for forward compatibility
@@ -126,6 +154,16 @@ type AccessServiceServer interface {
 	RevokeRole(context.Context, *RevokeRoleRequest) (*RevokeRoleResponse, error)
 	// The role bindings of a tenant.
 	ListRoleBindings(context.Context, *ListRoleBindingsRequest) (*ListRoleBindingsResponse, error)
+	// Replaces the grants on one artifact: roles on it alone, beside the roles in its project,
+	// for users (an API key as `key:<id>`), groups, or every member of another project of the
+	// tenant (read-only sharing: viewer at most). A grant lets its holder reach the artifact
+	// by id or by name in its project (get, download, versions, metadata, aliases, history,
+	// diff; with contributor also new versions, labels and review; with maintainer also
+	// approval, aliases, delete and restore), and nothing else of the project. Needs the
+	// project's admin role; an empty list removes every grant.
+	SetArtifactPermissions(context.Context, *SetArtifactPermissionsRequest) (*SetArtifactPermissionsResponse, error)
+	// The grants on one artifact.
+	GetArtifactPermissions(context.Context, *GetArtifactPermissionsRequest) (*GetArtifactPermissionsResponse, error)
 	mustEmbedUnimplementedAccessServiceServer()
 }
 
@@ -153,6 +191,12 @@ func (UnimplementedAccessServiceServer) RevokeRole(context.Context, *RevokeRoleR
 }
 func (UnimplementedAccessServiceServer) ListRoleBindings(context.Context, *ListRoleBindingsRequest) (*ListRoleBindingsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListRoleBindings not implemented")
+}
+func (UnimplementedAccessServiceServer) SetArtifactPermissions(context.Context, *SetArtifactPermissionsRequest) (*SetArtifactPermissionsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetArtifactPermissions not implemented")
+}
+func (UnimplementedAccessServiceServer) GetArtifactPermissions(context.Context, *GetArtifactPermissionsRequest) (*GetArtifactPermissionsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetArtifactPermissions not implemented")
 }
 func (UnimplementedAccessServiceServer) mustEmbedUnimplementedAccessServiceServer() {}
 
@@ -293,6 +337,42 @@ func _AccessService_ListRoleBindings_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AccessService_SetArtifactPermissions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetArtifactPermissionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AccessServiceServer).SetArtifactPermissions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.AccessService/SetArtifactPermissions",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AccessServiceServer).SetArtifactPermissions(ctx, req.(*SetArtifactPermissionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AccessService_GetArtifactPermissions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetArtifactPermissionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AccessServiceServer).GetArtifactPermissions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.AccessService/GetArtifactPermissions",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AccessServiceServer).GetArtifactPermissions(ctx, req.(*GetArtifactPermissionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _AccessService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "artifactd.v1.AccessService",
 	HandlerType: (*AccessServiceServer)(nil),
@@ -324,6 +404,14 @@ var _AccessService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListRoleBindings",
 			Handler:    _AccessService_ListRoleBindings_Handler,
+		},
+		{
+			MethodName: "SetArtifactPermissions",
+			Handler:    _AccessService_SetArtifactPermissions_Handler,
+		},
+		{
+			MethodName: "GetArtifactPermissions",
+			Handler:    _AccessService_GetArtifactPermissions_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

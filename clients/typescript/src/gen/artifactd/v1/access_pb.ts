@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file artifactd/v1/access.proto.
  */
 export const file_artifactd_v1_access: GenFile = /*@__PURE__*/
-  fileDesc("ChlhcnRpZmFjdGQvdjEvYWNjZXNzLnByb3RvEgxhcnRpZmFjdGQudjEiDwoNV2hvQW1JUmVxdWVzdCKGAQoOV2hvQW1JUmVzcG9uc2USDwoHc3ViamVjdBgBIAEoCRIpCgRraW5kGAIgASgOMhsuYXJ0aWZhY3RkLnYxLlByaW5jaXBhbEtpbmQSDgoGZ3JvdXBzGAMgAygJEigKBXJvbGVzGAQgAygLMhkuYXJ0aWZhY3RkLnYxLlJvbGVCaW5kaW5nIo4CCgZBcGlLZXkSDgoGa2V5X2lkGAEgASgJEg4KBnRlbmFudBgCIAEoCRIQCghwcm9qZWN0cxgDIAMoCRIgCgRyb2xlGAQgASgOMhIuYXJ0aWZhY3RkLnYxLlJvbGUSDAoEbmFtZRgFIAEoCRISCgpjcmVhdGVkX2J5GAYgASgJEi4KCmNyZWF0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnJldm9rZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInwKE0NyZWF0ZUFwaUtleVJlcXVlc3QSDgoGdGVuYW50GAEgASgJEhAKCHByb2plY3RzGAIgAygJEiAKBHJvbGUYAyABKA4yEi5hcnRpZmFjdGQudjEuUm9sZRIMCgRuYW1lGAQgASgJEhMKC3R0bF9zZWNvbmRzGAUgASgEIk0KFENyZWF0ZUFwaUtleVJlc3BvbnNlEiUKB2FwaV9rZXkYASABKAsyFC5hcnRpZmFjdGQudjEuQXBpS2V5Eg4KBnNlY3JldBgCIAEoCSI+ChJMaXN0QXBpS2V5c1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEhgKEGluY2x1ZGVfaW5hY3RpdmUYAiABKAgiPQoTTGlzdEFwaUtleXNSZXNwb25zZRImCghhcGlfa2V5cxgBIAMoCzIULmFydGlmYWN0ZC52MS5BcGlLZXkiNQoTUmV2b2tlQXBpS2V5UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDgoGa2V5X2lkGAIgASgJIj0KFFJldm9rZUFwaUtleVJlc3BvbnNlEiUKB2FwaV9rZXkYASABKAsyFC5hcnRpZmFjdGQudjEuQXBpS2V5ItYBCgtSb2xlQmluZGluZxIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRIvCgxzdWJqZWN0X2tpbmQYAyABKA4yGS5hcnRpZmFjdGQudjEuU3ViamVjdEtpbmQSDwoHc3ViamVjdBgEIAEoCRIgCgRyb2xlGAUgASgOMhIuYXJ0aWZhY3RkLnYxLlJvbGUSEgoKZ3JhbnRlZF9ieRgGIAEoCRIuCgpncmFudGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKXAQoQR3JhbnRSb2xlUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRIvCgxzdWJqZWN0X2tpbmQYAyABKA4yGS5hcnRpZmFjdGQudjEuU3ViamVjdEtpbmQSDwoHc3ViamVjdBgEIAEoCRIgCgRyb2xlGAUgASgOMhIuYXJ0aWZhY3RkLnYxLlJvbGUiPwoRR3JhbnRSb2xlUmVzcG9uc2USKgoHYmluZGluZxgBIAEoCzIZLmFydGlmYWN0ZC52MS5Sb2xlQmluZGluZyJ2ChFSZXZva2VSb2xlUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRIvCgxzdWJqZWN0X2tpbmQYAyABKA4yGS5hcnRpZmFjdGQudjEuU3ViamVjdEtpbmQSDwoHc3ViamVjdBgEIAEoCSIlChJSZXZva2VSb2xlUmVzcG9uc2USDwoHcmV2b2tlZBgBIAEoCCI6ChdMaXN0Um9sZUJpbmRpbmdzUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCSJHChhMaXN0Um9sZUJpbmRpbmdzUmVzcG9uc2USKwoIYmluZGluZ3MYASADKAsyGS5hcnRpZmFjdGQudjEuUm9sZUJpbmRpbmcqlgEKBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg8KC1JPTEVfVklFV0VSEAESFAoQUk9MRV9DT05UUklCVVRPUhACEhMKD1JPTEVfTUFJTlRBSU5FUhADEg4KClJPTEVfQURNSU4QBBIVChFST0xFX1RFTkFOVF9BRE1JThAFEhUKEVJPTEVfU0VSVkVSX0FETUlOEAYqfwoNUHJpbmNpcGFsS2luZBIeChpQUklOQ0lQQUxfS0lORF9VTlNQRUNJRklFRBAAEhoKFlBSSU5DSVBBTF9LSU5EX0FQSV9LRVkQARIYChRQUklOQ0lQQUxfS0lORF9UT0tFThACEhgKFFBSSU5DSVBBTF9LSU5EX1BST1hZEAMqWgoLU3ViamVjdEtpbmQSHAoYU1VCSkVDVF9LSU5EX1VOU1BFQ0lGSUVEEAASFQoRU1VCSkVDVF9LSU5EX1VTRVIQARIWChJTVUJKRUNUX0tJTkRfR1JPVVAQAjLYBAoNQWNjZXNzU2VydmljZRJDCgZXaG9BbUkSGy5hcnRpZmFjdGQudjEuV2hvQW1JUmVxdWVzdBocLmFydGlmYWN0ZC52MS5XaG9BbUlSZXNwb25zZRJVCgxDcmVhdGVBcGlLZXkSIS5hcnRpZmFjdGQudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBoiLmFydGlmYWN0ZC52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJSCgtMaXN0QXBpS2V5cxIgLmFydGlmYWN0ZC52MS5MaXN0QXBpS2V5c1JlcXVlc3QaIS5hcnRpZmFjdGQudjEuTGlzdEFwaUtleXNSZXNwb25zZRJVCgxSZXZva2VBcGlLZXkSIS5hcnRpZmFjdGQudjEuUmV2b2tlQXBpS2V5UmVxdWVzdBoiLmFydGlmYWN0ZC52MS5SZXZva2VBcGlLZXlSZXNwb25zZRJMCglHcmFudFJvbGUSHi5hcnRpZmFjdGQudjEuR3JhbnRSb2xlUmVxdWVzdBofLmFydGlmYWN0ZC52MS5HcmFudFJvbGVSZXNwb25zZRJPCgpSZXZva2VSb2xlEh8uYXJ0aWZhY3RkLnYxLlJldm9rZVJvbGVSZXF1ZXN0GiAuYXJ0aWZhY3RkLnYxLlJldm9rZVJvbGVSZXNwb25zZRJhChBMaXN0Um9sZUJpbmRpbmdzEiUuYXJ0aWZhY3RkLnYxLkxpc3RSb2xlQmluZGluZ3NSZXF1ZXN0GiYuYXJ0aWZhY3RkLnYxLkxpc3RSb2xlQmluZGluZ3NSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChlhcnRpZmFjdGQvdjEvYWNjZXNzLnByb3RvEgxhcnRpZmFjdGQudjEiDwoNV2hvQW1JUmVxdWVzdCKGAQoOV2hvQW1JUmVzcG9uc2USDwoHc3ViamVjdBgBIAEoCRIpCgRraW5kGAIgASgOMhsuYXJ0aWZhY3RkLnYxLlByaW5jaXBhbEtpbmQSDgoGZ3JvdXBzGAMgAygJEigKBXJvbGVzGAQgAygLMhkuYXJ0aWZhY3RkLnYxLlJvbGVCaW5kaW5nIo4CCgZBcGlLZXkSDgoGa2V5X2lkGAEgASgJEg4KBnRlbmFudBgCIAEoCRIQCghwcm9qZWN0cxgDIAMoCRIgCgRyb2xlGAQgASgOMhIuYXJ0aWZhY3RkLnYxLlJvbGUSDAoEbmFtZRgFIAEoCRISCgpjcmVhdGVkX2J5GAYgASgJEi4KCmNyZWF0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnJldm9rZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInwKE0NyZWF0ZUFwaUtleVJlcXVlc3QSDgoGdGVuYW50GAEgASgJEhAKCHByb2plY3RzGAIgAygJEiAKBHJvbGUYAyABKA4yEi5hcnRpZmFjdGQudjEuUm9sZRIMCgRuYW1lGAQgASgJEhMKC3R0bF9zZWNvbmRzGAUgASgEIk0KFENyZWF0ZUFwaUtleVJlc3BvbnNlEiUKB2FwaV9rZXkYASABKAsyFC5hcnRpZmFjdGQudjEuQXBpS2V5Eg4KBnNlY3JldBgCIAEoCSI+ChJMaXN0QXBpS2V5c1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEhgKEGluY2x1ZGVfaW5hY3RpdmUYAiABKAgiPQoTTGlzdEFwaUtleXNSZXNwb25zZRImCghhcGlfa2V5cxgBIAMoCzIULmFydGlmYWN0ZC52MS5BcGlLZXkiNQoTUmV2b2tlQXBpS2V5UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDgoGa2V5X2lkGAIgASgJIj0KFFJldm9rZUFwaUtleVJlc3BvbnNlEiUKB2FwaV9rZXkYASABKAsyFC5hcnRpZmFjdGQudjEuQXBpS2V5ItYBCgtSb2xlQmluZGluZxIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRIvCgxzdWJqZWN0X2tpbmQYAyABKA4yGS5hcnRpZmFjdGQudjEuU3ViamVjdEtpbmQSDwoHc3ViamVjdBgEIAEoCRIgCgRyb2xlGAUgASgOMhIuYXJ0aWZhY3RkLnYxLlJvbGUSEgoKZ3JhbnRlZF9ieRgGIAEoCRIuCgpncmFudGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKXAQoQR3JhbnRSb2xlUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRIvCgxzdWJqZWN0X2tpbmQYAyABKA4yGS5hcnRpZmFjdGQudjEuU3ViamVjdEtpbmQSDwoHc3ViamVjdBgEIAEoCRIgCgRyb2xlGAUgASgOMhIuYXJ0aWZhY3RkLnYxLlJvbGUiPwoRR3JhbnRSb2xlUmVzcG9uc2USKgoHYmluZGluZxgBIAEoCzIZLmFydGlmYWN0ZC52MS5Sb2xlQmluZGluZyJ2ChFSZXZva2VSb2xlUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRIvCgxzdWJqZWN0X2tpbmQYAyABKA4yGS5hcnRpZmFjdGQudjEuU3ViamVjdEtpbmQSDwoHc3ViamVjdBgEIAEoCSIlChJSZXZva2VSb2xlUmVzcG9uc2USDwoHcmV2b2tlZBgBIAEoCCI6ChdMaXN0Um9sZUJpbmRpbmdzUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCSJHChhMaXN0Um9sZUJpbmRpbmdzUmVzcG9uc2USKwoIYmluZGluZ3MYASADKAsyGS5hcnRpZmFjdGQudjEuUm9sZUJpbmRpbmcitwEKDUFydGlmYWN0R3JhbnQSLwoMc3ViamVjdF9raW5kGAEgASgOMhkuYXJ0aWZhY3RkLnYxLlN1YmplY3RLaW5kEg8KB3N1YmplY3QYAiABKAkSIAoEcm9sZRgDIAEoDjISLmFydGlmYWN0ZC52MS5Sb2xlEhIKCmdyYW50ZWRfYnkYBCABKAkSLgoKZ3JhbnRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiggEKHVNldEFydGlmYWN0UGVybWlzc2lvbnNSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIPCgdwcm9qZWN0GAIgASgJEhMKC2FydGlmYWN0X2lkGAMgASgJEisKBmdyYW50cxgEIAMoCzIbLmFydGlmYWN0ZC52MS5BcnRpZmFjdEdyYW50Ik0KHlNldEFydGlmYWN0UGVybWlzc2lvbnNSZXNwb25zZRIrCgZncmFudHMYASADKAsyGy5hcnRpZmFjdGQudjEuQXJ0aWZhY3RHcmFudCJVCh1HZXRBcnRpZmFjdFBlcm1pc3Npb25zUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHcHJvamVjdBgCIAEoCRITCgthcnRpZmFjdF9pZBgDIAEoCSJNCh5HZXRBcnRpZmFjdFBlcm1pc3Npb25zUmVzcG9uc2USKwoGZ3JhbnRzGAEgAygLMhsuYXJ0aWZhY3RkLnYxLkFydGlmYWN0R3JhbnQqlgEKBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg8KC1JPTEVfVklFV0VSEAESFAoQUk9MRV9DT05UUklCVVRPUhACEhMKD1JPTEVfTUFJTlRBSU5FUhADEg4KClJPTEVfQURNSU4QBBIVChFST0xFX1RFTkFOVF9BRE1JThAFEhUKEVJPTEVfU0VSVkVSX0FETUlOEAYqfwoNUHJpbmNpcGFsS2luZBIeChpQUklOQ0lQQUxfS0lORF9VTlNQRUNJRklFRBAAEhoKFlBSSU5DSVBBTF9LSU5EX0FQSV9LRVkQARIYChRQUklOQ0lQQUxfS0lORF9UT0tFThACEhgKFFBSSU5DSVBBTF9LSU5EX1BST1hZEAMqdAoLU3ViamVjdEtpbmQSHAoYU1VCSkVDVF9LSU5EX1VOU1BFQ0lGSUVEEAASFQoRU1VCSkVDVF9LSU5EX1VTRVIQARIWChJTVUJKRUNUX0tJTkRfR1JPVVAQAhIYChRTVUJKRUNUX0tJTkRfUFJPSkVDVBADMsIGCg1BY2Nlc3NTZXJ2aWNlEkMKBldob0FtSRIbLmFydGlmYWN0ZC52MS5XaG9BbUlSZXF1ZXN0GhwuYXJ0aWZhY3RkLnYxLldob0FtSVJlc3BvbnNlElUKDENyZWF0ZUFwaUtleRIhLmFydGlmYWN0ZC52MS5DcmVhdGVBcGlLZXlSZXF1ZXN0GiIuYXJ0aWZhY3RkLnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlElIKC0xpc3RBcGlLZXlzEiAuYXJ0aWZhY3RkLnYxLkxpc3RBcGlLZXlzUmVxdWVzdBohLmFydGlmYWN0ZC52MS5MaXN0QXBpS2V5c1Jlc3BvbnNlElUKDFJldm9rZUFwaUtleRIhLmFydGlmYWN0ZC52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiIuYXJ0aWZhY3RkLnYxLlJldm9rZUFwaUtleVJlc3BvbnNlEkwKCUdyYW50Um9sZRIeLmFydGlmYWN0ZC52MS5HcmFudFJvbGVSZXF1ZXN0Gh8uYXJ0aWZhY3RkLnYxLkdyYW50Um9sZVJlc3BvbnNlEk8KClJldm9rZVJvbGUSHy5hcnRpZmFjdGQudjEuUmV2b2tlUm9sZVJlcXVlc3QaIC5hcnRpZmFjdGQudjEuUmV2b2tlUm9sZVJlc3BvbnNlEmEKEExpc3RSb2xlQmluZGluZ3MSJS5hcnRpZmFjdGQudjEuTGlzdFJvbGVCaW5kaW5nc1JlcXVlc3QaJi5hcnRpZmFjdGQudjEuTGlzdFJvbGVCaW5kaW5nc1Jlc3BvbnNlEnMKFlNldEFydGlmYWN0UGVybWlzc2lvbnMSKy5hcnRpZmFjdGQudjEuU2V0QXJ0aWZhY3RQZXJtaXNzaW9uc1JlcXVlc3QaLC5hcnRpZmFjdGQudjEuU2V0QXJ0aWZhY3RQZXJtaXNzaW9uc1Jlc3BvbnNlEnMKFkdldEFydGlmYWN0UGVybWlzc2lvbnMSKy5hcnRpZmFjdGQudjEuR2V0QXJ0aWZhY3RQZXJtaXNzaW9uc1JlcXVlc3QaLC5hcnRpZmFjdGQudjEuR2V0QXJ0aWZhY3RQZXJtaXNzaW9uc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message artifactd.v1.WhoAmIRequest
@@ -479,6 +479,146 @@ export const ListRoleBindingsResponseSchema: GenMessage<ListRoleBindingsResponse
   messageDesc(file_artifactd_v1_access, 15);
 
 /**
+ * A role on one artifact.
+ *
+ * @generated from message artifactd.v1.ArtifactGrant
+ */
+export type ArtifactGrant = Message<"artifactd.v1.ArtifactGrant"> & {
+  /**
+   * @generated from field: artifactd.v1.SubjectKind subject_kind = 1;
+   */
+  subjectKind: SubjectKind;
+
+  /**
+   * @generated from field: string subject = 2;
+   */
+  subject: string;
+
+  /**
+   * Viewer, contributor or maintainer; viewer for a project.
+   *
+   * @generated from field: artifactd.v1.Role role = 3;
+   */
+  role: Role;
+
+  /**
+   * Set by the service.
+   *
+   * @generated from field: string granted_by = 4;
+   */
+  grantedBy: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp granted_at = 5;
+   */
+  grantedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message artifactd.v1.ArtifactGrant.
+ * Use `create(ArtifactGrantSchema)` to create a new message.
+ */
+export const ArtifactGrantSchema: GenMessage<ArtifactGrant> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_access, 16);
+
+/**
+ * @generated from message artifactd.v1.SetArtifactPermissionsRequest
+ */
+export type SetArtifactPermissionsRequest = Message<"artifactd.v1.SetArtifactPermissionsRequest"> & {
+  /**
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * The artifact's own project.
+   *
+   * @generated from field: string project = 2;
+   */
+  project: string;
+
+  /**
+   * @generated from field: string artifact_id = 3;
+   */
+  artifactId: string;
+
+  /**
+   * The whole set of grants from now on (at most 100, each subject once).
+   *
+   * @generated from field: repeated artifactd.v1.ArtifactGrant grants = 4;
+   */
+  grants: ArtifactGrant[];
+};
+
+/**
+ * Describes the message artifactd.v1.SetArtifactPermissionsRequest.
+ * Use `create(SetArtifactPermissionsRequestSchema)` to create a new message.
+ */
+export const SetArtifactPermissionsRequestSchema: GenMessage<SetArtifactPermissionsRequest> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_access, 17);
+
+/**
+ * @generated from message artifactd.v1.SetArtifactPermissionsResponse
+ */
+export type SetArtifactPermissionsResponse = Message<"artifactd.v1.SetArtifactPermissionsResponse"> & {
+  /**
+   * @generated from field: repeated artifactd.v1.ArtifactGrant grants = 1;
+   */
+  grants: ArtifactGrant[];
+};
+
+/**
+ * Describes the message artifactd.v1.SetArtifactPermissionsResponse.
+ * Use `create(SetArtifactPermissionsResponseSchema)` to create a new message.
+ */
+export const SetArtifactPermissionsResponseSchema: GenMessage<SetArtifactPermissionsResponse> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_access, 18);
+
+/**
+ * @generated from message artifactd.v1.GetArtifactPermissionsRequest
+ */
+export type GetArtifactPermissionsRequest = Message<"artifactd.v1.GetArtifactPermissionsRequest"> & {
+  /**
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * @generated from field: string project = 2;
+   */
+  project: string;
+
+  /**
+   * @generated from field: string artifact_id = 3;
+   */
+  artifactId: string;
+};
+
+/**
+ * Describes the message artifactd.v1.GetArtifactPermissionsRequest.
+ * Use `create(GetArtifactPermissionsRequestSchema)` to create a new message.
+ */
+export const GetArtifactPermissionsRequestSchema: GenMessage<GetArtifactPermissionsRequest> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_access, 19);
+
+/**
+ * @generated from message artifactd.v1.GetArtifactPermissionsResponse
+ */
+export type GetArtifactPermissionsResponse = Message<"artifactd.v1.GetArtifactPermissionsResponse"> & {
+  /**
+   * @generated from field: repeated artifactd.v1.ArtifactGrant grants = 1;
+   */
+  grants: ArtifactGrant[];
+};
+
+/**
+ * Describes the message artifactd.v1.GetArtifactPermissionsResponse.
+ * Use `create(GetArtifactPermissionsResponseSchema)` to create a new message.
+ */
+export const GetArtifactPermissionsResponseSchema: GenMessage<GetArtifactPermissionsResponse> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_access, 20);
+
+/**
  * Roles, each holding every permission of the one before it. See the README's permission
  * table for what each allows.
  *
@@ -597,6 +737,13 @@ export enum SubjectKind {
    * @generated from enum value: SUBJECT_KIND_GROUP = 2;
    */
   GROUP = 2,
+
+  /**
+   * Every caller with a role in the named project of the same tenant (artifact grants only).
+   *
+   * @generated from enum value: SUBJECT_KIND_PROJECT = 3;
+   */
+  PROJECT = 3,
 }
 
 /**
@@ -686,6 +833,32 @@ export const AccessService: GenService<{
     methodKind: "unary";
     input: typeof ListRoleBindingsRequestSchema;
     output: typeof ListRoleBindingsResponseSchema;
+  },
+  /**
+   * Replaces the grants on one artifact: roles on it alone, beside the roles in its project,
+   * for users (an API key as `key:<id>`), groups, or every member of another project of the
+   * tenant (read-only sharing: viewer at most). A grant lets its holder reach the artifact
+   * by id or by name in its project (get, download, versions, metadata, aliases, history,
+   * diff; with contributor also new versions, labels and review; with maintainer also
+   * approval, aliases, delete and restore), and nothing else of the project. Needs the
+   * project's admin role; an empty list removes every grant.
+   *
+   * @generated from rpc artifactd.v1.AccessService.SetArtifactPermissions
+   */
+  setArtifactPermissions: {
+    methodKind: "unary";
+    input: typeof SetArtifactPermissionsRequestSchema;
+    output: typeof SetArtifactPermissionsResponseSchema;
+  },
+  /**
+   * The grants on one artifact.
+   *
+   * @generated from rpc artifactd.v1.AccessService.GetArtifactPermissions
+   */
+  getArtifactPermissions: {
+    methodKind: "unary";
+    input: typeof GetArtifactPermissionsRequestSchema;
+    output: typeof GetArtifactPermissionsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_artifactd_v1_access, 0);

@@ -95,6 +95,8 @@ class _SubjectKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SubjectKi
     """A user: a JWT's `sub`, or OAuth2-Proxy's user."""
     SUBJECT_KIND_GROUP: _SubjectKind.ValueType  # 2
     """A group: from a JWT's groups claim or OAuth2-Proxy's groups header."""
+    SUBJECT_KIND_PROJECT: _SubjectKind.ValueType  # 3
+    """Every caller with a role in the named project of the same tenant (artifact grants only)."""
 
 class SubjectKind(_SubjectKind, metaclass=_SubjectKindEnumTypeWrapper):
     """Who a role binding names."""
@@ -104,6 +106,8 @@ SUBJECT_KIND_USER: SubjectKind.ValueType  # 1
 """A user: a JWT's `sub`, or OAuth2-Proxy's user."""
 SUBJECT_KIND_GROUP: SubjectKind.ValueType  # 2
 """A group: from a JWT's groups claim or OAuth2-Proxy's groups header."""
+SUBJECT_KIND_PROJECT: SubjectKind.ValueType  # 3
+"""Every caller with a role in the named project of the same tenant (artifact grants only)."""
 Global___SubjectKind: _TypeAlias = SubjectKind  # noqa: Y015
 
 @_typing.final
@@ -536,3 +540,136 @@ class ListRoleBindingsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRoleBindingsResponse: _TypeAlias = ListRoleBindingsResponse  # noqa: Y015
+
+@_typing.final
+class ArtifactGrant(_message.Message):
+    """A role on one artifact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_KIND_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    GRANTED_BY_FIELD_NUMBER: _builtins.int
+    GRANTED_AT_FIELD_NUMBER: _builtins.int
+    subject_kind: Global___SubjectKind.ValueType
+    subject: _builtins.str
+    role: Global___Role.ValueType
+    """Viewer, contributor or maintainer; viewer for a project."""
+    granted_by: _builtins.str
+    """Set by the service."""
+    @_builtins.property
+    def granted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        subject_kind: Global___SubjectKind.ValueType = ...,
+        subject: _builtins.str = ...,
+        role: Global___Role.ValueType = ...,
+        granted_by: _builtins.str = ...,
+        granted_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["granted_at", b"granted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["granted_at", b"granted_at", "granted_by", b"granted_by", "role", b"role", "subject", b"subject", "subject_kind", b"subject_kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArtifactGrant: _TypeAlias = ArtifactGrant  # noqa: Y015
+
+@_typing.final
+class SetArtifactPermissionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    GRANTS_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    project: _builtins.str
+    """The artifact's own project."""
+    artifact_id: _builtins.str
+    @_builtins.property
+    def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArtifactGrant]:
+        """The whole set of grants from now on (at most 100, each subject once)."""
+
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_id: _builtins.str = ...,
+        grants: _abc.Iterable[Global___ArtifactGrant] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "grants", b"grants", "project", b"project", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetArtifactPermissionsRequest: _TypeAlias = SetArtifactPermissionsRequest  # noqa: Y015
+
+@_typing.final
+class SetArtifactPermissionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArtifactGrant]: ...
+    def __init__(
+        self,
+        *,
+        grants: _abc.Iterable[Global___ArtifactGrant] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grants", b"grants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetArtifactPermissionsResponse: _TypeAlias = SetArtifactPermissionsResponse  # noqa: Y015
+
+@_typing.final
+class GetArtifactPermissionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    project: _builtins.str
+    artifact_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "project", b"project", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetArtifactPermissionsRequest: _TypeAlias = GetArtifactPermissionsRequest  # noqa: Y015
+
+@_typing.final
+class GetArtifactPermissionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArtifactGrant]: ...
+    def __init__(
+        self,
+        *,
+        grants: _abc.Iterable[Global___ArtifactGrant] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grants", b"grants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetArtifactPermissionsResponse: _TypeAlias = GetArtifactPermissionsResponse  # noqa: Y015

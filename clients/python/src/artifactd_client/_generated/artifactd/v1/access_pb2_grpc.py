@@ -74,6 +74,16 @@ class AccessServiceStub:
                 request_serializer=artifactd_dot_v1_dot_access__pb2.ListRoleBindingsRequest.SerializeToString,
                 response_deserializer=artifactd_dot_v1_dot_access__pb2.ListRoleBindingsResponse.FromString,
                 _registered_method=True)
+        self.SetArtifactPermissions = channel.unary_unary(
+                '/artifactd.v1.AccessService/SetArtifactPermissions',
+                request_serializer=artifactd_dot_v1_dot_access__pb2.SetArtifactPermissionsRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_access__pb2.SetArtifactPermissionsResponse.FromString,
+                _registered_method=True)
+        self.GetArtifactPermissions = channel.unary_unary(
+                '/artifactd.v1.AccessService/GetArtifactPermissions',
+                request_serializer=artifactd_dot_v1_dot_access__pb2.GetArtifactPermissionsRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_access__pb2.GetArtifactPermissionsResponse.FromString,
+                _registered_method=True)
 
 
 class AccessServiceServicer:
@@ -135,6 +145,26 @@ class AccessServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetArtifactPermissions(self, request, context):
+        """Replaces the grants on one artifact: roles on it alone, beside the roles in its project,
+        for users (an API key as `key:<id>`), groups, or every member of another project of the
+        tenant (read-only sharing: viewer at most). A grant lets its holder reach the artifact
+        by id or by name in its project (get, download, versions, metadata, aliases, history,
+        diff; with contributor also new versions, labels and review; with maintainer also
+        approval, aliases, delete and restore), and nothing else of the project. Needs the
+        project's admin role; an empty list removes every grant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetArtifactPermissions(self, request, context):
+        """The grants on one artifact.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccessServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -172,6 +202,16 @@ def add_AccessServiceServicer_to_server(servicer, server):
                     servicer.ListRoleBindings,
                     request_deserializer=artifactd_dot_v1_dot_access__pb2.ListRoleBindingsRequest.FromString,
                     response_serializer=artifactd_dot_v1_dot_access__pb2.ListRoleBindingsResponse.SerializeToString,
+            ),
+            'SetArtifactPermissions': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetArtifactPermissions,
+                    request_deserializer=artifactd_dot_v1_dot_access__pb2.SetArtifactPermissionsRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_access__pb2.SetArtifactPermissionsResponse.SerializeToString,
+            ),
+            'GetArtifactPermissions': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetArtifactPermissions,
+                    request_deserializer=artifactd_dot_v1_dot_access__pb2.GetArtifactPermissionsRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_access__pb2.GetArtifactPermissionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -368,6 +408,60 @@ class AccessService:
             '/artifactd.v1.AccessService/ListRoleBindings',
             artifactd_dot_v1_dot_access__pb2.ListRoleBindingsRequest.SerializeToString,
             artifactd_dot_v1_dot_access__pb2.ListRoleBindingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetArtifactPermissions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.AccessService/SetArtifactPermissions',
+            artifactd_dot_v1_dot_access__pb2.SetArtifactPermissionsRequest.SerializeToString,
+            artifactd_dot_v1_dot_access__pb2.SetArtifactPermissionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArtifactPermissions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.AccessService/GetArtifactPermissions',
+            artifactd_dot_v1_dot_access__pb2.GetArtifactPermissionsRequest.SerializeToString,
+            artifactd_dot_v1_dot_access__pb2.GetArtifactPermissionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,17 @@ class AccessServiceStub:
     """Takes a subject's role in a scope away."""
     ListRoleBindings: _grpc.UnaryUnaryMultiCallable[_access_pb2.ListRoleBindingsRequest, _access_pb2.ListRoleBindingsResponse]
     """The role bindings of a tenant."""
+    SetArtifactPermissions: _grpc.UnaryUnaryMultiCallable[_access_pb2.SetArtifactPermissionsRequest, _access_pb2.SetArtifactPermissionsResponse]
+    """Replaces the grants on one artifact: roles on it alone, beside the roles in its project,
+    for users (an API key as `key:<id>`), groups, or every member of another project of the
+    tenant (read-only sharing: viewer at most). A grant lets its holder reach the artifact
+    by id or by name in its project (get, download, versions, metadata, aliases, history,
+    diff; with contributor also new versions, labels and review; with maintainer also
+    approval, aliases, delete and restore), and nothing else of the project. Needs the
+    project's admin role; an empty list removes every grant.
+    """
+    GetArtifactPermissions: _grpc.UnaryUnaryMultiCallable[_access_pb2.GetArtifactPermissionsRequest, _access_pb2.GetArtifactPermissionsResponse]
+    """The grants on one artifact."""
 
 @_typing.type_check_only
 class AccessServiceAsyncStub(AccessServiceStub):
@@ -85,6 +96,17 @@ class AccessServiceAsyncStub(AccessServiceStub):
     """Takes a subject's role in a scope away."""
     ListRoleBindings: _aio.UnaryUnaryMultiCallable[_access_pb2.ListRoleBindingsRequest, _access_pb2.ListRoleBindingsResponse]  # type: ignore[assignment]
     """The role bindings of a tenant."""
+    SetArtifactPermissions: _aio.UnaryUnaryMultiCallable[_access_pb2.SetArtifactPermissionsRequest, _access_pb2.SetArtifactPermissionsResponse]  # type: ignore[assignment]
+    """Replaces the grants on one artifact: roles on it alone, beside the roles in its project,
+    for users (an API key as `key:<id>`), groups, or every member of another project of the
+    tenant (read-only sharing: viewer at most). A grant lets its holder reach the artifact
+    by id or by name in its project (get, download, versions, metadata, aliases, history,
+    diff; with contributor also new versions, labels and review; with maintainer also
+    approval, aliases, delete and restore), and nothing else of the project. Needs the
+    project's admin role; an empty list removes every grant.
+    """
+    GetArtifactPermissions: _aio.UnaryUnaryMultiCallable[_access_pb2.GetArtifactPermissionsRequest, _access_pb2.GetArtifactPermissionsResponse]  # type: ignore[assignment]
+    """The grants on one artifact."""
 
 class AccessServiceServicer(metaclass=_abc_1.ABCMeta):
     """AccessService says who may do what. Callers prove who they are with a bearer credential in
@@ -153,5 +175,28 @@ class AccessServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_access_pb2.ListRoleBindingsResponse, _abc.Awaitable[_access_pb2.ListRoleBindingsResponse]]:
         """The role bindings of a tenant."""
+
+    @_abc_1.abstractmethod
+    def SetArtifactPermissions(
+        self,
+        request: _access_pb2.SetArtifactPermissionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_access_pb2.SetArtifactPermissionsResponse, _abc.Awaitable[_access_pb2.SetArtifactPermissionsResponse]]:
+        """Replaces the grants on one artifact: roles on it alone, beside the roles in its project,
+        for users (an API key as `key:<id>`), groups, or every member of another project of the
+        tenant (read-only sharing: viewer at most). A grant lets its holder reach the artifact
+        by id or by name in its project (get, download, versions, metadata, aliases, history,
+        diff; with contributor also new versions, labels and review; with maintainer also
+        approval, aliases, delete and restore), and nothing else of the project. Needs the
+        project's admin role; an empty list removes every grant.
+        """
+
+    @_abc_1.abstractmethod
+    def GetArtifactPermissions(
+        self,
+        request: _access_pb2.GetArtifactPermissionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_access_pb2.GetArtifactPermissionsResponse, _abc.Awaitable[_access_pb2.GetArtifactPermissionsResponse]]:
+        """The grants on one artifact."""
 
 def add_AccessServiceServicer_to_server(servicer: AccessServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
