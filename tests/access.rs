@@ -1382,3 +1382,111 @@ async fn artifact_grants_reach_one_artifact_and_nothing_else_on_sqlite() {
 async fn artifact_grants_reach_one_artifact_and_nothing_else_on_postgres() {
     artifact_grants(true).await;
 }
+
+/// A key that lists its permissions holds exactly those: a write-only robot uploads but
+/// cannot read back, and such a key never makes keys.
+async fn listed_permissions(postgres: bool) {
+    let issuer = Issuer::new("k1");
+    let (server, _database, _files) = server_on(&issuer, "10.9.9.9", postgres).await;
+    let channel = server.raw_channel().await;
+    let pool = pool();
+    let method = |name: &str| methods(&pool).into_iter().find(|m| m.name() == name).unwrap();
+    let status = unary(
+        &channel,
+        &pool,
+        Credential::Bearer(&ADMIN_KEY),
+        "CreateApiKey",
+        &json!({"tenant": T, "role": "ROLE_VIEWER", "permissions": ["PERMISSION_WRITE"], "name": "both"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("permissions"), "{status:?}");
+    let created = admin_call(
+        &channel,
+        &pool,
+        "CreateApiKey",
+        json!({"tenant": T, "projects": [P], "permissions": ["PERMISSION_WRITE"], "name": "drop box"}),
+    )
+    .await;
+    assert_eq!(created["apiKey"]["role"], "ROLE_CONTRIBUTOR");
+    assert_eq!(created["apiKey"]["permissions"], json!(["PERMISSION_WRITE"]));
+    let robot = created["secret"].as_str().unwrap().to_owned();
+    // The listing read back from the catalog says the same.
+    let listed = admin_call(&channel, &pool, "ListApiKeys", json!({"tenant": T})).await;
+    let stored = listed["apiKeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["keyId"] == created["apiKey"]["keyId"])
+        .unwrap()
+        .clone();
+    assert_eq!(stored["permissions"], json!(["PERMISSION_WRITE"]));
+
+    let upload = vec![
+        json!({"header": {"tenant": T, "project": P, "artifactType": "doc", "name": "dropped.md"}}),
+        json!({"data": b64(b"dropped\n")}),
+        json!({"finish": {}}),
+    ];
+    let status = call(
+        &channel,
+        Credential::Bearer(&robot),
+        &method("CreateArtifact"),
+        &upload,
+    )
+    .await;
+    assert_eq!(status.code(), Code::Ok, "{status:?}");
+    let id = artifact(&channel, &pool, 7).await;
+    let status = call(
+        &channel,
+        Credential::Bearer(&robot),
+        &method("GetArtifact"),
+        &[json!({"tenant": T, "project": P, "artifactId": id})],
+    )
+    .await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("lists only write"), "{status:?}");
+    let status = call(
+        &channel,
+        Credential::Bearer(&robot),
+        &method("ListArtifacts"),
+        &[json!({"tenant": T, "project": "api"})],
+    )
+    .await;
+    assert_eq!(
+        status.code(),
+        Code::NotFound,
+        "other projects stay hidden: {status:?}"
+    );
+    // A key with a listed maintain cannot make keys, even where its role could.
+    let maintain = admin_call(
+        &channel,
+        &pool,
+        "CreateApiKey",
+        json!({"tenant": T, "permissions": ["PERMISSION_READ", "PERMISSION_MAINTAIN"], "name": "promoter"}),
+    )
+    .await["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = unary(
+        &channel,
+        &pool,
+        Credential::Bearer(&maintain),
+        "CreateApiKey",
+        &json!({"tenant": T, "role": "ROLE_CONTRIBUTOR", "name": "escalation"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+}
+
+#[tokio::test]
+async fn a_key_that_lists_permissions_holds_only_those_on_sqlite() {
+    listed_permissions(false).await;
+}
+
+#[tokio::test]
+async fn a_key_that_lists_permissions_holds_only_those_on_postgres() {
+    listed_permissions(true).await;
+}

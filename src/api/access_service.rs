@@ -2,9 +2,9 @@
 
 use super::caller;
 use super::convert::timestamp;
-use crate::app::AccessAdmin;
+use crate::app::{AccessAdmin, KeyHolds};
 use crate::domain::access::{
-    ApiKey, ArtifactGrant, GrantSubject, PrincipalKind, Role, RoleBinding, SubjectKind,
+    ApiKey, ArtifactGrant, GrantSubject, Permission, PrincipalKind, Role, RoleBinding, SubjectKind,
 };
 use crate::domain::{Error, Result};
 use crate::proto::access_service_server::AccessService;
@@ -46,6 +46,29 @@ fn role_from_proto(field: &'static str, value: i32) -> Result<Role> {
         )),
         Err(_) => Err(Error::invalid(field, format!("{value} is not a role"))),
     }
+}
+
+fn permission_from_proto(value: i32) -> Result<Permission> {
+    match proto::Permission::try_from(value) {
+        Ok(proto::Permission::Read) => Ok(Permission::Read),
+        Ok(proto::Permission::Write) => Ok(Permission::Write),
+        Ok(proto::Permission::Maintain) => Ok(Permission::Maintain),
+        _ => Err(Error::invalid(
+            "permissions",
+            format!(
+                "{value} is not a permission a key may list (PERMISSION_READ, PERMISSION_WRITE, PERMISSION_MAINTAIN)"
+            ),
+        )),
+    }
+}
+
+fn permission_to_proto(permission: Permission) -> i32 {
+    (match permission {
+        Permission::Read => proto::Permission::Read,
+        Permission::Write => proto::Permission::Write,
+        Permission::Maintain => proto::Permission::Maintain,
+        _ => proto::Permission::Unspecified,
+    }) as i32
 }
 
 fn subject_kind_from_proto(value: i32) -> Result<SubjectKind> {
@@ -106,6 +129,12 @@ fn key_to_proto(key: ApiKey) -> proto::ApiKey {
         created_at: Some(timestamp(key.created_at)),
         expires_at: key.expires_at.map(timestamp),
         revoked_at: key.revoked_at.map(timestamp),
+        permissions: key
+            .permissions
+            .unwrap_or_default()
+            .into_iter()
+            .map(permission_to_proto)
+            .collect(),
     }
 }
 
@@ -171,14 +200,30 @@ impl AccessService for AccessApi {
         let request = request.into_inner();
         super::request_layer::record_scope(&request.tenant, "");
         caller.authorize_in(&request.tenant, None)?;
-        let role = role_from_proto("role", request.role)?;
+        let holds = match (request.role, request.permissions.is_empty()) {
+            (_, true) => KeyHolds::Role(role_from_proto("role", request.role)?),
+            (0, false) => KeyHolds::Permissions(
+                request
+                    .permissions
+                    .iter()
+                    .map(|value| permission_from_proto(*value))
+                    .collect::<Result<_>>()?,
+            ),
+            (_, false) => {
+                return Err(Error::invalid(
+                    "permissions",
+                    "give either a role or a list of permissions, not both",
+                )
+                .into());
+            }
+        };
         let (key, secret) = self
             .admin
             .create_key(
                 &caller.principal,
                 &request.tenant,
                 &request.projects,
-                role,
+                holds,
                 &request.name,
                 request.ttl_seconds,
             )

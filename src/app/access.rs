@@ -17,6 +17,13 @@ const MAX_KEY_NAME_LEN: usize = 200;
 /// Longest life a key may be given: ten years.
 const MAX_KEY_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
+/// What a new key holds: everything of a role, or only the listed permissions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyHolds {
+    Role(Role),
+    Permissions(Vec<Permission>),
+}
+
 #[derive(Debug, Clone)]
 pub struct AccessAdmin {
     catalog: Catalog,
@@ -87,10 +94,27 @@ impl AccessAdmin {
         holder: &Principal,
         tenant: &str,
         projects: &[String],
-        role: Role,
+        holds: KeyHolds,
         name: &str,
         ttl_seconds: u64,
     ) -> Result<(ApiKey, ApiKeySecret)> {
+        let (role, permissions) = match holds {
+            KeyHolds::Role(role) => (role, None),
+            KeyHolds::Permissions(mut listed) => {
+                listed.sort_by_key(|p| p.least_role());
+                listed.dedup();
+                let role = listed.iter().map(|p| p.least_role()).max().ok_or_else(|| {
+                    Error::invalid("permissions", "list at least one permission, or give a role")
+                })?;
+                (role, Some(listed))
+            }
+        };
+        if holder.permissions.is_some() {
+            return Err(Error::PermissionDenied(format!(
+                "{} lists its permissions; a key that does may not make keys",
+                holder.subject
+            )));
+        }
         validate_identifier("tenant", tenant)?;
         for project in projects {
             validate_identifier("projects", project)?;
@@ -130,6 +154,7 @@ impl AccessAdmin {
                 (own, maker) => own.or(maker),
             },
             revoked_at: None,
+            permissions,
         };
         self.catalog.insert_api_key(&key, &secret.hash(), false).await?;
         Ok((key, secret))

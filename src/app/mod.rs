@@ -11,7 +11,7 @@ mod runs;
 mod upload;
 mod watch;
 
-pub use access::AccessAdmin;
+pub use access::{AccessAdmin, KeyHolds};
 pub use dependencies::{
     DependencyFilter, DependencyHit, DependencyRelation, DependentVersion, RequiredBy, Resolution,
     ResolvePolicy, Resolved, Unsatisfied,

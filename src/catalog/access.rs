@@ -1,13 +1,14 @@
 //! API keys and role bindings.
 
 use super::{Catalog, db_error, is_unique_violation};
-use crate::domain::access::{ApiKey, ArtifactGrant, GrantSubject, Role, RoleBinding, SubjectKind};
+use crate::domain::access::{
+    ApiKey, ArtifactGrant, GrantSubject, Permission, Role, RoleBinding, SubjectKind,
+};
 use crate::domain::{Error, Result, Timestamp};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-const KEY_COLUMNS: &str =
-    "key_id, tenant, projects, role, name, created_by, created_at, expires_at, revoked_at, secret_hash";
+const KEY_COLUMNS: &str = "key_id, tenant, projects, role, name, created_by, created_at, expires_at, revoked_at, secret_hash, permissions";
 const BINDING_COLUMNS: &str = "tenant, project, subject_kind, subject, role, granted_by, granted_at";
 
 fn key_of(row: &AnyRow) -> Result<(ApiKey, String)> {
@@ -31,6 +32,22 @@ fn key_of(row: &AnyRow) -> Result<(ApiKey, String)> {
             .try_get::<Option<i64>, _>("revoked_at")
             .map_err(get)?
             .map(Timestamp),
+        permissions: row
+            .try_get::<Option<String>, _>("permissions")
+            .map_err(get)?
+            .map(|listed| -> Result<Vec<Permission>> {
+                let names: Vec<String> = serde_json::from_str(&listed).map_err(|e| {
+                    Error::internal(format!("an API key's permissions are not a JSON list: {e}"))
+                })?;
+                names
+                    .iter()
+                    .map(|name| {
+                        Permission::parse_listable("permissions", name)
+                            .map_err(|e| Error::internal(format!("stored API key: {e}")))
+                    })
+                    .collect()
+            })
+            .transpose()?,
     };
     Ok((key, row.try_get("secret_hash").map_err(get)?))
 }
@@ -61,7 +78,7 @@ impl Catalog {
         let projects = serde_json::to_string(&key.projects).expect("strings serialise");
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
         let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO api_keys ({KEY_COLUMNS}, bootstrap) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            "INSERT INTO api_keys ({KEY_COLUMNS}, bootstrap) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         )))
         .bind(&key.key_id)
         .bind(&key.tenant)
@@ -73,6 +90,10 @@ impl Catalog {
         .bind(key.expires_at.map(|t| t.0))
         .bind(key.revoked_at.map(|t| t.0))
         .bind(secret_hash)
+        .bind(key.permissions.as_ref().map(|listed| {
+            serde_json::to_string(&listed.iter().map(|p| p.name()).collect::<Vec<_>>())
+                .expect("strings serialise")
+        }))
         .bind(bootstrap.then_some(1i64))
         .execute(&mut *tx)
         .await;

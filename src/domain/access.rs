@@ -101,6 +101,30 @@ impl Permission {
             Self::Operate => "operate the server",
         }
     }
+
+    /// The permissions an API key may list instead of a role: those about content. Managing
+    /// access is never listed, so a listed key cannot hand out more than its list.
+    pub const LISTABLE: [Permission; 3] = [Permission::Read, Permission::Write, Permission::Maintain];
+
+    /// The stored name of a listable permission.
+    pub fn name(self) -> &'static str {
+        self.as_str()
+    }
+
+    pub fn parse_listable(field: &'static str, text: &str) -> Result<Self> {
+        Self::LISTABLE
+            .into_iter()
+            .find(|permission| permission.name() == text)
+            .ok_or_else(|| {
+                Error::invalid(
+                    field,
+                    format!(
+                        "{} is not a permission a key may list (read, write, maintain)",
+                        quoted(text)
+                    ),
+                )
+            })
+    }
 }
 
 /// How a caller proved who it is.
@@ -156,6 +180,8 @@ pub struct Principal {
     pub grants: Vec<Grant>,
     /// When the credential stops being accepted, if it does: what it makes ends no later.
     pub expires_at: Option<Timestamp>,
+    /// When the credential lists its permissions: the only ones its roles are good for.
+    pub permissions: Option<Vec<Permission>>,
 }
 
 /// What the caller may do with one scope.
@@ -181,6 +207,27 @@ impl Principal {
     }
 
     pub fn decide(&self, permission: Permission, tenant: &str, project: Option<&str>) -> Decision {
+        let decision = self.decide_by_roles(permission, tenant, project);
+        self.limit(decision, permission, || self.role_in(tenant, project))
+    }
+
+    /// A credential that lists its permissions turns an allowance outside the list into a
+    /// refusal (the caller still sees the scope).
+    fn limit(
+        &self,
+        decision: Decision,
+        permission: Permission,
+        held: impl FnOnce() -> Option<Role>,
+    ) -> Decision {
+        match (&self.permissions, decision) {
+            (Some(listed), Decision::Allow) if !listed.contains(&permission) => Decision::Deny {
+                held: held().unwrap_or(Role::Viewer),
+            },
+            _ => decision,
+        }
+    }
+
+    fn decide_by_roles(&self, permission: Permission, tenant: &str, project: Option<&str>) -> Decision {
         if permission == Permission::Operate {
             let server_wide = self
                 .grants
@@ -240,8 +287,8 @@ impl Principal {
         project: &str,
         grants: &[ArtifactGrant],
     ) -> Decision {
-        let by_scope = self.decide(permission, tenant, Some(project));
-        match (by_scope, self.role_by_grants(tenant, grants)) {
+        let by_scope = self.decide_by_roles(permission, tenant, Some(project));
+        let decision = match (by_scope, self.role_by_grants(tenant, grants)) {
             (Decision::Allow, _) => Decision::Allow,
             (_, Some(role)) if role.grants(permission) => Decision::Allow,
             (Decision::Deny { held }, Some(granted)) => Decision::Deny {
@@ -249,7 +296,11 @@ impl Principal {
             },
             (Decision::Hide, Some(granted)) => Decision::Deny { held: granted },
             (decision, None) => decision,
-        }
+        };
+        self.limit(decision, permission, || {
+            self.role_in(tenant, Some(project))
+                .max(self.role_by_grants(tenant, grants))
+        })
     }
 
     /// [`Principal::require`] for a call about one artifact (see
@@ -282,6 +333,20 @@ impl Principal {
         };
         match decision {
             Decision::Allow => Ok(()),
+            Decision::Deny { .. }
+                if self
+                    .permissions
+                    .as_ref()
+                    .is_some_and(|listed| !listed.contains(&permission)) =>
+            {
+                let listed: Vec<&str> = self.permissions.iter().flatten().map(|p| p.name()).collect();
+                Err(Error::PermissionDenied(format!(
+                    "{} may not {} in {place}: its key lists only {}",
+                    self.subject,
+                    permission.as_str(),
+                    listed.join(", ")
+                )))
+            }
             Decision::Deny { held } => Err(Error::PermissionDenied(format!(
                 "{} may not {} in {place}: that needs the {} role, it holds {held}",
                 self.subject,
@@ -438,6 +503,9 @@ pub struct ApiKey {
     pub created_at: Timestamp,
     pub expires_at: Option<Timestamp>,
     pub revoked_at: Option<Timestamp>,
+    /// The only permissions the key holds, when it lists them instead of holding all of its
+    /// role's (its role is then the least that holds them all).
+    pub permissions: Option<Vec<Permission>>,
 }
 
 impl ApiKey {
@@ -469,6 +537,7 @@ impl ApiKey {
             groups: Vec::new(),
             grants,
             expires_at: self.expires_at,
+            permissions: self.permissions.clone(),
         }
     }
 }
@@ -557,6 +626,65 @@ mod tests {
     }
 
     #[test]
+    fn a_key_that_lists_permissions_holds_only_those() {
+        let key = ApiKey {
+            key_id: "k".into(),
+            tenant: "acme".into(),
+            projects: vec!["web".into()],
+            role: Role::Maintainer,
+            name: "release bot".into(),
+            created_by: "admin".into(),
+            created_at: Timestamp(0),
+            expires_at: None,
+            revoked_at: None,
+            permissions: Some(vec![Permission::Read, Permission::Maintain]),
+        };
+        let principal = key.principal();
+        assert_eq!(
+            principal.decide(Permission::Read, "acme", Some("web")),
+            Decision::Allow
+        );
+        assert_eq!(
+            principal.decide(Permission::Maintain, "acme", Some("web")),
+            Decision::Allow
+        );
+        assert_eq!(
+            principal.decide(Permission::Write, "acme", Some("web")),
+            Decision::Deny {
+                held: Role::Maintainer
+            }
+        );
+        let refusal = principal
+            .require(Permission::Write, "acme", Some("web"))
+            .unwrap_err();
+        assert!(
+            refusal.to_string().contains("lists only read, maintain"),
+            "{refusal}"
+        );
+        // Elsewhere it is hidden as before, and grants on an artifact are limited the same way.
+        assert_eq!(
+            principal.decide(Permission::Read, "acme", Some("api")),
+            Decision::Hide
+        );
+        let grants = [ArtifactGrant {
+            subject: GrantSubject::User("key:k".into()),
+            role: Role::Maintainer,
+            granted_by: "admin".into(),
+            granted_at: Timestamp(0),
+        }];
+        assert_eq!(
+            principal.decide_on_artifact(Permission::Write, "acme", "api", &grants),
+            Decision::Deny {
+                held: Role::Maintainer
+            }
+        );
+        assert_eq!(
+            principal.decide_on_artifact(Permission::Maintain, "acme", "api", &grants),
+            Decision::Allow
+        );
+    }
+
+    #[test]
     fn artifact_grants_stand_in_only_where_the_scope_does_not_reach() {
         let grant = |subject: GrantSubject, role: Role| ArtifactGrant {
             subject,
@@ -581,6 +709,7 @@ mod tests {
                 },
             ],
             expires_at: None,
+            permissions: None,
         };
         let decide = |permission, project, grants: &[ArtifactGrant]| {
             principal.decide_on_artifact(permission, "acme", project, grants)
@@ -622,6 +751,7 @@ mod tests {
             kind: PrincipalKind::Token,
             groups: Vec::new(),
             expires_at: None,
+            permissions: None,
             grants: vec![
                 Grant {
                     tenant: Some("acme".into()),

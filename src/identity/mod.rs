@@ -220,6 +220,7 @@ impl Authenticator {
             groups,
             grants,
             expires_at: None,
+            permissions: None,
         })
     }
 }
@@ -236,6 +237,7 @@ fn admin_key(secret: &ApiKeySecret, name: &str) -> ApiKey {
         created_at: Timestamp::now(),
         expires_at: None,
         revoked_at: None,
+        permissions: None,
     }
 }
 

@@ -110,6 +110,32 @@ SUBJECT_KIND_PROJECT: SubjectKind.ValueType  # 3
 """Every caller with a role in the named project of the same tenant (artifact grants only)."""
 Global___SubjectKind: _TypeAlias = SubjectKind  # noqa: Y015
 
+class _Permission:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PermissionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Permission.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PERMISSION_UNSPECIFIED: _Permission.ValueType  # 0
+    PERMISSION_READ: _Permission.ValueType  # 1
+    """Get, download, list, search, watch."""
+    PERMISSION_WRITE: _Permission.ValueType  # 2
+    """Create artifacts and versions, labels, review, run inputs."""
+    PERMISSION_MAINTAIN: _Permission.ValueType  # 3
+    """Approve and archive, aliases, delete and restore, links."""
+
+class Permission(_Permission, metaclass=_PermissionEnumTypeWrapper):
+    """What an API key may list instead of a role, to hold only that."""
+
+PERMISSION_UNSPECIFIED: Permission.ValueType  # 0
+PERMISSION_READ: Permission.ValueType  # 1
+"""Get, download, list, search, watch."""
+PERMISSION_WRITE: Permission.ValueType  # 2
+"""Create artifacts and versions, labels, review, run inputs."""
+PERMISSION_MAINTAIN: Permission.ValueType  # 3
+"""Approve and archive, aliases, delete and restore, links."""
+Global___Permission: _TypeAlias = Permission  # noqa: Y015
+
 @_typing.final
 class WhoAmIRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -171,6 +197,7 @@ class ApiKey(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     REVOKED_AT_FIELD_NUMBER: _builtins.int
+    PERMISSIONS_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     """The key's public id: the 16 characters after `adk_` in the secret."""
     tenant: _builtins.str
@@ -192,6 +219,12 @@ class ApiKey(_message.Message):
     def revoked_at(self) -> _timestamp_pb2.Timestamp:
         """Set once the key is revoked."""
 
+    @_builtins.property
+    def permissions(self) -> _containers.RepeatedScalarFieldContainer[Global___Permission.ValueType]:
+        """When the key lists its permissions: the only ones it holds (its role is then the least
+        role holding them all).
+        """
+
     def __init__(
         self,
         *,
@@ -204,10 +237,11 @@ class ApiKey(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         revoked_at: _timestamp_pb2.Timestamp | None = ...,
+        permissions: _abc.Iterable[Global___Permission.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "revoked_at", b"revoked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "expires_at", b"expires_at", "key_id", b"key_id", "name", b"name", "projects", b"projects", "revoked_at", b"revoked_at", "role", b"role", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "expires_at", b"expires_at", "key_id", b"key_id", "name", b"name", "permissions", b"permissions", "projects", b"projects", "revoked_at", b"revoked_at", "role", b"role", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -222,6 +256,7 @@ class CreateApiKeyRequest(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    PERMISSIONS_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     role: Global___Role.ValueType
     """At most ROLE_TENANT_ADMIN, and never more than the caller holds."""
@@ -230,6 +265,12 @@ class CreateApiKeyRequest(_message.Message):
     """How long the key lives; 0 means it does not expire."""
     @_builtins.property
     def projects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def permissions(self) -> _containers.RepeatedScalarFieldContainer[Global___Permission.ValueType]:
+        """Instead of a role: the only permissions the key holds (for example read and maintain,
+        without write). A key that lists its permissions cannot make keys or manage roles.
+        """
+
     def __init__(
         self,
         *,
@@ -238,10 +279,11 @@ class CreateApiKeyRequest(_message.Message):
         role: Global___Role.ValueType = ...,
         name: _builtins.str = ...,
         ttl_seconds: _builtins.int = ...,
+        permissions: _abc.Iterable[Global___Permission.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "projects", b"projects", "role", b"role", "tenant", b"tenant", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "permissions", b"permissions", "projects", b"projects", "role", b"role", "tenant", b"tenant", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
