@@ -72,7 +72,7 @@ impl Default for AuditConfig {
 }
 
 /// Who may call: API keys (always), bearer JWTs from an OIDC issuer, OAuth2-Proxy's headers.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdentityConfig {
     /// A file holding a server admin API key (`adk_…`, for example from a Kubernetes Secret),
@@ -83,6 +83,21 @@ pub struct IdentityConfig {
     pub bootstrap_key_file: String,
     pub oidc: OidcConfig,
     pub proxy: ProxyConfig,
+    /// How often a long call (a change stream) proves its caller again: a revoked key, an
+    /// expired token or a role taken away ends it within this time.
+    pub reprove_seconds: u64,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            admin_key_file: String::new(),
+            bootstrap_key_file: String::new(),
+            oidc: OidcConfig::default(),
+            proxy: ProxyConfig::default(),
+            reprove_seconds: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -535,6 +550,9 @@ impl Config {
             return invalid(
                 "server.tls.client_ca_file and client_auth_optional need server.tls.cert_file".to_owned(),
             );
+        }
+        if self.identity.reprove_seconds == 0 {
+            return invalid("identity.reprove_seconds must be positive".to_owned());
         }
         if self.identity.oidc.leeway_seconds > 300 {
             return invalid(

@@ -238,7 +238,10 @@ pub async fn run(
             crate::audit::run_checkpointer(catalog.clone(), store.clone(), signer.clone(), interval, token)
         });
     }
-    let authenticator = Arc::new(Authenticator::new(catalog.clone(), tokens, proxies));
+    let authenticator = Arc::new(
+        Authenticator::new(catalog.clone(), tokens, proxies)
+            .reproving_every(Duration::from_secs(config.identity.reprove_seconds)),
+    );
     monitor.check_once().await;
     supervisor.spawn("health", move |token| {
         let monitor = monitor.clone();

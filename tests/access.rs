@@ -1490,3 +1490,76 @@ async fn a_key_that_lists_permissions_holds_only_those_on_sqlite() {
 async fn a_key_that_lists_permissions_holds_only_those_on_postgres() {
     listed_permissions(true).await;
 }
+
+/// A change stream outlives no key: revoked, its watch ends with UNAUTHENTICATED within the
+/// re-proving interval, while a watch on a key still valid goes on.
+#[tokio::test]
+async fn a_watch_ends_when_its_key_is_revoked() {
+    use artifactd::proto::artifact_service_client::ArtifactServiceClient;
+    use artifactd::proto::{WatchEventsRequest, watch_events_response};
+    let server = ServerProcess::start_with(
+        ServerOptions::default()
+            .env("ARTIFACTD_IDENTITY__REPROVE_SECONDS", "1")
+            .env("ARTIFACTD_EVENTS__HEARTBEAT_MS", "200"),
+    );
+    let channel = server.raw_channel().await;
+    let pool = pool();
+    let (doomed, doomed_id) = key(&channel, &pool, T, "ROLE_VIEWER", 0).await;
+    let (kept, _) = key(&channel, &pool, T, "ROLE_VIEWER", 0).await;
+    let watch = |credential: String| {
+        let server = &server;
+        async move {
+            let mut client = ArtifactServiceClient::new(server.channel_as(&credential).await);
+            client
+                .watch_events(WatchEventsRequest {
+                    tenant: T.into(),
+                    project: P.into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("watching")
+                .into_inner()
+        }
+    };
+    let mut doomed_stream = watch(doomed).await;
+    let mut kept_stream = watch(kept).await;
+    let first = doomed_stream.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.message,
+        Some(watch_events_response::Message::Heartbeat(_))
+    ));
+    admin_call(
+        &channel,
+        &pool,
+        "RevokeApiKey",
+        json!({"tenant": T, "keyId": doomed_id}),
+    )
+    .await;
+    let revoked_at = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match doomed_stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without saying why"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("the watch of a revoked key went on for 10 s");
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        revoked_at.elapsed()
+    );
+    // The other watch is still served.
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < deadline {
+        let message = kept_stream
+            .message()
+            .await
+            .expect("the valid key's watch goes on");
+        assert!(message.is_some());
+    }
+}

@@ -1029,10 +1029,26 @@ impl ArtifactService for ArtifactApi {
         };
         let items = self
             .artifacts
-            .watch(scope, start, filter, self.shutdown.clone())
+            .watch(scope.clone(), start, filter, self.shutdown.clone())
             .await?;
-        let stream = items.map(|item| {
-            let message = match item.map_err(Status::from)? {
+        // The stream may outlive the caller's right to it: it proves the caller again from
+        // time to time and ends with that refusal once it fails.
+        let every = caller.proof.as_ref().map(|proof| proof.every());
+        let proven_at = std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+        let stream = items.then(move |item| {
+            let (caller, scope, proven_at) = (caller.clone(), scope.clone(), proven_at.clone());
+            async move {
+                let due =
+                    every.is_some_and(|every| proven_at.lock().expect("proof clock").elapsed() >= every);
+                if due {
+                    caller.reprove(&scope).await.map_err(Status::from)?;
+                    *proven_at.lock().expect("proof clock") = std::time::Instant::now();
+                }
+                item.map_err(Status::from)
+            }
+        });
+        let stream = stream.map(|item| {
+            let message = match item? {
                 WatchItem::Event(event) => watch_events_response::Message::Event(convert::event(&event)),
                 WatchItem::Heartbeat { cursor, at } => {
                     watch_events_response::Message::Heartbeat(proto::Heartbeat {

@@ -2,7 +2,7 @@
 //! reflection pass untouched; a method without a policy is refused to everyone; a request
 //! without an accepted credential ends here with UNAUTHENTICATED.
 
-use super::{Authenticator, Caller, policy};
+use super::{Authenticator, Caller, Proof, policy};
 use crate::audit::CallNote;
 use std::future::Future;
 use std::pin::Pin;
@@ -92,10 +92,12 @@ where
                     if let Some(note) = &note {
                         note.caller(&principal.subject, principal.kind.as_str());
                     }
+                    let proof = Proof::new(authenticator.clone(), request.headers().clone(), peer);
                     request.extensions_mut().insert(Caller {
                         principal: Arc::new(principal),
                         policy,
                         note: note.clone(),
+                        proof: Some(Arc::new(proof)),
                     });
                     // The handler's changes find who made them through the call's note.
                     crate::audit::within(note, inner.call(request)).await

@@ -32,6 +32,36 @@ pub struct Caller {
     pub policy: Policy,
     /// What the audit trail learns of this call.
     pub note: Option<Arc<crate::audit::CallNote>>,
+    /// What the caller proved itself with, to prove it again during a long call.
+    pub proof: Option<Arc<Proof>>,
+}
+
+/// The credential a call came with, kept for the call's life only.
+pub struct Proof {
+    authenticator: Arc<Authenticator>,
+    headers: HeaderMap,
+    peer: Option<IpAddr>,
+}
+
+impl std::fmt::Debug for Proof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Proof(peer {:?})", self.peer)
+    }
+}
+
+impl Proof {
+    pub fn new(authenticator: Arc<Authenticator>, headers: HeaderMap, peer: Option<IpAddr>) -> Self {
+        Self {
+            authenticator,
+            headers,
+            peer,
+        }
+    }
+
+    /// How often a long call proves its caller again.
+    pub fn every(&self) -> std::time::Duration {
+        self.authenticator.reprove_every
+    }
 }
 
 impl Caller {
@@ -73,6 +103,23 @@ impl Caller {
         }
     }
 
+    /// Proves the caller again, as of now, from the credential it came with, and checks that
+    /// it may still do what the method needs in `scope`: a revoked or expired key, an expired
+    /// token or a role taken away fail it.
+    pub async fn reprove(&self, scope: &Scope) -> Result<()> {
+        let Some(proof) = &self.proof else {
+            return Ok(());
+        };
+        let principal = proof
+            .authenticator
+            .authenticate(&proof.headers, proof.peer)
+            .await?;
+        match self.policy {
+            Policy::Authenticated => Ok(()),
+            Policy::Scoped(permission) => principal.require(permission, &scope.tenant, Some(&scope.project)),
+        }
+    }
+
     /// A check beyond the method's own: approving, tenant-wide grants.
     pub fn require(&self, permission: Permission, tenant: &str, project: Option<&str>) -> Result<()> {
         self.principal.require(permission, tenant, project)
@@ -97,6 +144,7 @@ pub struct Authenticator {
     catalog: Catalog,
     tokens: Option<Arc<TokenVerifier>>,
     proxies: Vec<IpNet>,
+    reprove_every: std::time::Duration,
 }
 
 const FORWARDED_USER: &str = "x-forwarded-user";
@@ -112,7 +160,14 @@ impl Authenticator {
             catalog,
             tokens,
             proxies,
+            reprove_every: std::time::Duration::from_secs(60),
         }
+    }
+
+    /// How often long calls prove their callers again.
+    pub fn reproving_every(mut self, every: std::time::Duration) -> Self {
+        self.reprove_every = every;
+        self
     }
 
     pub async fn authenticate(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Result<Principal> {
