@@ -1563,3 +1563,70 @@ async fn a_watch_ends_when_its_key_is_revoked() {
         assert!(message.is_some());
     }
 }
+
+/// Revoking a key revokes every key it made, and every key those made, and nothing else.
+#[tokio::test]
+async fn revoking_a_key_revokes_the_keys_it_made() {
+    let server = ServerProcess::start();
+    let channel = server.raw_channel().await;
+    let pool = pool();
+    let make = |maker: String, role: &'static str| {
+        let (channel, pool) = (channel.clone(), pool.clone());
+        async move {
+            let made = unary(
+                &channel,
+                &pool,
+                Credential::Bearer(&maker),
+                "CreateApiKey",
+                &json!({"tenant": T, "role": role, "name": "made"}),
+            )
+            .await
+            .expect("making a key");
+            (
+                made["secret"].as_str().unwrap().to_owned(),
+                made["apiKey"]["keyId"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let (root, root_id) = key(&channel, &pool, T, "ROLE_TENANT_ADMIN", 0).await;
+    let (child, child_id) = make(root.clone(), "ROLE_TENANT_ADMIN").await;
+    let (grandchild, grandchild_id) = make(child.clone(), "ROLE_VIEWER").await;
+    let (sibling, _) = key(&channel, &pool, T, "ROLE_VIEWER", 0).await;
+    let who = |credential: String| {
+        let (channel, pool) = (channel.clone(), pool.clone());
+        async move {
+            unary(
+                &channel,
+                &pool,
+                Credential::Bearer(&credential),
+                "WhoAmI",
+                &json!({}),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|status| status.code())
+        }
+    };
+    assert_eq!(who(grandchild.clone()).await, Ok(()));
+    let revoked = admin_call(
+        &channel,
+        &pool,
+        "RevokeApiKey",
+        json!({"tenant": T, "keyId": root_id}),
+    )
+    .await;
+    let mut also: Vec<String> = revoked["alsoRevoked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect();
+    also.sort();
+    let mut expected = vec![child_id, grandchild_id];
+    expected.sort();
+    assert_eq!(also, expected);
+    for credential in [root, child, grandchild] {
+        assert_eq!(who(credential).await, Err(Code::Unauthenticated));
+    }
+    assert_eq!(who(sibling).await, Ok(()), "a key made by someone else stays");
+}

@@ -259,9 +259,10 @@ impl AccessService for AccessApi {
         let request = request.into_inner();
         super::request_layer::record_scope(&request.tenant, "");
         authorize_keys(&caller, &request.tenant)?;
-        let key = self.admin.revoke_key(&request.tenant, &request.key_id).await?;
+        let (key, also_revoked) = self.admin.revoke_key(&request.tenant, &request.key_id).await?;
         Ok(Response::new(proto::RevokeApiKeyResponse {
             api_key: Some(key_to_proto(key)),
+            also_revoked,
         }))
     }
 

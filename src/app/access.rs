@@ -176,7 +176,8 @@ impl AccessAdmin {
     }
 
     /// Revokes a key of a tenant; with `tenant` empty, a server admin key.
-    pub async fn revoke_key(&self, tenant: &str, key_id: &str) -> Result<ApiKey> {
+    /// Revokes a key and every key made by it (see [`Catalog::revoke_api_key`]).
+    pub async fn revoke_key(&self, tenant: &str, key_id: &str) -> Result<(ApiKey, Vec<String>)> {
         if !tenant.is_empty() {
             validate_identifier("tenant", tenant)?;
         }

@@ -155,9 +155,26 @@ impl Catalog {
         rows.iter().map(|row| key_of(row).map(|(key, _)| key)).collect()
     }
 
-    /// Revokes a key of `tenant` (once: a second revocation keeps the first time).
-    pub async fn revoke_api_key(&self, tenant: &str, key_id: &str, at: Timestamp) -> Result<Option<ApiKey>> {
+    /// Revokes a key of `tenant` and, in the same transaction, every live key made by it or
+    /// by a key it made: a leaked key cannot outlive its revocation through keys it minted.
+    /// Returns the key and the ids of the keys revoked with it.
+    pub async fn revoke_api_key(
+        &self,
+        tenant: &str,
+        key_id: &str,
+        at: Timestamp,
+    ) -> Result<Option<(ApiKey, Vec<String>)>> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let exists: Option<(String,)> =
+            sqlx::query_as("SELECT key_id FROM api_keys WHERE tenant = $1 AND key_id = $2")
+                .bind(tenant)
+                .bind(key_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db_error("reading an API key", e))?;
+        if exists.is_none() {
+            return Ok(None);
+        }
         let done = sqlx::query(
             "UPDATE api_keys SET revoked_at = $1 WHERE tenant = $2 AND key_id = $3 AND revoked_at IS NULL",
         )
@@ -172,6 +189,37 @@ impl Catalog {
                 crate::audit::change_record(tenant, "", format!("key:{key_id}"), "api_key.revoked", at);
             self.append_audit_in(&mut tx, &record).await?;
         }
+        let mut also = Vec::new();
+        let mut makers = vec![format!("key:{key_id}")];
+        while !makers.is_empty() {
+            let sql = format!(
+                "UPDATE api_keys SET revoked_at = {} WHERE revoked_at IS NULL AND created_by IN ({}) \
+                 RETURNING key_id, tenant",
+                self.dialect.placeholders(1, 1),
+                self.dialect.placeholders(2, makers.len())
+            );
+            let mut query = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql)).bind(at.0);
+            for maker in &makers {
+                query = query.bind(maker);
+            }
+            let revoked = query
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| db_error("revoking the keys a key made", e))?;
+            makers.clear();
+            for (child, child_tenant) in revoked {
+                let record = crate::audit::change_record(
+                    &child_tenant,
+                    "",
+                    format!("key:{child}"),
+                    "api_key.revoked",
+                    at,
+                );
+                self.append_audit_in(&mut tx, &record).await?;
+                makers.push(format!("key:{child}"));
+                also.push(child);
+            }
+        }
         tx.commit()
             .await
             .map_err(|e| db_error("committing a revocation", e))?;
@@ -179,7 +227,8 @@ impl Catalog {
             .api_key(key_id)
             .await?
             .map(|(key, _)| key)
-            .filter(|key| key.tenant == tenant))
+            .filter(|key| key.tenant == tenant)
+            .map(|key| (key, also)))
     }
 
     /// Gives a subject a role in a scope, replacing the role it had there.

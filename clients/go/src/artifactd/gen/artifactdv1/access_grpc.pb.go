@@ -24,7 +24,8 @@ type AccessServiceClient interface {
 	CreateApiKey(ctx context.Context, in *CreateApiKeyRequest, opts ...grpc.CallOption) (*CreateApiKeyResponse, error)
 	// The keys of a tenant (never their secrets), newest first.
 	ListApiKeys(ctx context.Context, in *ListApiKeysRequest, opts ...grpc.CallOption) (*ListApiKeysResponse, error)
-	// Revokes a key at once; a revoked key is never accepted again.
+	// Revokes a key at once, and every key it made (and they made); a revoked key is never
+	// accepted again.
 	RevokeApiKey(ctx context.Context, in *RevokeApiKeyRequest, opts ...grpc.CallOption) (*RevokeApiKeyResponse, error)
 	// Gives a user or a group a role in a tenant, or in one project of it. A second grant to
 	// the same subject and scope replaces the role.
@@ -145,7 +146,8 @@ type AccessServiceServer interface {
 	CreateApiKey(context.Context, *CreateApiKeyRequest) (*CreateApiKeyResponse, error)
 	// The keys of a tenant (never their secrets), newest first.
 	ListApiKeys(context.Context, *ListApiKeysRequest) (*ListApiKeysResponse, error)
-	// Revokes a key at once; a revoked key is never accepted again.
+	// Revokes a key at once, and every key it made (and they made); a revoked key is never
+	// accepted again.
 	RevokeApiKey(context.Context, *RevokeApiKeyRequest) (*RevokeApiKeyResponse, error)
 	// Gives a user or a group a role in a tenant, or in one project of it. A second grant to
 	// the same subject and scope replaces the role.

@@ -25,21 +25,21 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61rtifactd/v1/access.proto\x12\x0c\x61rtifactd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n\rWhoAmIRequest\"\x86\x01\n\x0eWhoAmIResponse\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.artifactd.v1.PrincipalKind\x12\x0e\n\x06groups\x18\x03 \x03(\t\x12(\n\x05roles\x18\x04 \x03(\x0b\x32\x19.artifactd.v1.RoleBinding\"\xbd\x02\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x10\n\x08projects\x18\x03 \x03(\t\x12 \n\x04role\x18\x04 \x01(\x0e\x32\x12.artifactd.v1.Role\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x0bpermissions\x18\n \x03(\x0e\x32\x18.artifactd.v1.Permission\"\xab\x01\n\x13\x43reateApiKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08projects\x18\x02 \x03(\t\x12 \n\x04role\x18\x03 \x01(\x0e\x32\x12.artifactd.v1.Role\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\x04\x12-\n\x0bpermissions\x18\x06 \x03(\x0e\x32\x18.artifactd.v1.Permission\"M\n\x14\x43reateApiKeyResponse\x12%\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x14.artifactd.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\">\n\x12ListApiKeysRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x18\n\x10include_inactive\x18\x02 \x01(\x08\"=\n\x13ListApiKeysResponse\x12&\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x14.artifactd.v1.ApiKey\"5\n\x13RevokeApiKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"=\n\x14RevokeApiKeyResponse\x12%\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x14.artifactd.v1.ApiKey\"\xd6\x01\n\x0bRoleBinding\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12/\n\x0csubject_kind\x18\x03 \x01(\x0e\x32\x19.artifactd.v1.SubjectKind\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12 \n\x04role\x18\x05 \x01(\x0e\x32\x12.artifactd.v1.Role\x12\x12\n\ngranted_by\x18\x06 \x01(\t\x12.\n\ngranted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x97\x01\n\x10GrantRoleRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12/\n\x0csubject_kind\x18\x03 \x01(\x0e\x32\x19.artifactd.v1.SubjectKind\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12 \n\x04role\x18\x05 \x01(\x0e\x32\x12.artifactd.v1.Role\"?\n\x11GrantRoleResponse\x12*\n\x07\x62inding\x18\x01 \x01(\x0b\x32\x19.artifactd.v1.RoleBinding\"v\n\x11RevokeRoleRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12/\n\x0csubject_kind\x18\x03 \x01(\x0e\x32\x19.artifactd.v1.SubjectKind\x12\x0f\n\x07subject\x18\x04 \x01(\t\"%\n\x12RevokeRoleResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\":\n\x17ListRoleBindingsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\"G\n\x18ListRoleBindingsResponse\x12+\n\x08\x62indings\x18\x01 \x03(\x0b\x32\x19.artifactd.v1.RoleBinding\"\xb7\x01\n\rArtifactGrant\x12/\n\x0csubject_kind\x18\x01 \x01(\x0e\x32\x19.artifactd.v1.SubjectKind\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12 \n\x04role\x18\x03 \x01(\x0e\x32\x12.artifactd.v1.Role\x12\x12\n\ngranted_by\x18\x04 \x01(\t\x12.\n\ngranted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x82\x01\n\x1dSetArtifactPermissionsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x13\n\x0b\x61rtifact_id\x18\x03 \x01(\t\x12+\n\x06grants\x18\x04 \x03(\x0b\x32\x1b.artifactd.v1.ArtifactGrant\"M\n\x1eSetArtifactPermissionsResponse\x12+\n\x06grants\x18\x01 \x03(\x0b\x32\x1b.artifactd.v1.ArtifactGrant\"U\n\x1dGetArtifactPermissionsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x13\n\x0b\x61rtifact_id\x18\x03 \x01(\t\"M\n\x1eGetArtifactPermissionsResponse\x12+\n\x06grants\x18\x01 \x03(\x0b\x32\x1b.artifactd.v1.ArtifactGrant*\x96\x01\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x14\n\x10ROLE_CONTRIBUTOR\x10\x02\x12\x13\n\x0fROLE_MAINTAINER\x10\x03\x12\x0e\n\nROLE_ADMIN\x10\x04\x12\x15\n\x11ROLE_TENANT_ADMIN\x10\x05\x12\x15\n\x11ROLE_SERVER_ADMIN\x10\x06*\x7f\n\rPrincipalKind\x12\x1e\n\x1aPRINCIPAL_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16PRINCIPAL_KIND_API_KEY\x10\x01\x12\x18\n\x14PRINCIPAL_KIND_TOKEN\x10\x02\x12\x18\n\x14PRINCIPAL_KIND_PROXY\x10\x03*t\n\x0bSubjectKind\x12\x1c\n\x18SUBJECT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11SUBJECT_KIND_USER\x10\x01\x12\x16\n\x12SUBJECT_KIND_GROUP\x10\x02\x12\x18\n\x14SUBJECT_KIND_PROJECT\x10\x03*l\n\nPermission\x12\x1a\n\x16PERMISSION_UNSPECIFIED\x10\x00\x12\x13\n\x0fPERMISSION_READ\x10\x01\x12\x14\n\x10PERMISSION_WRITE\x10\x02\x12\x17\n\x13PERMISSION_MAINTAIN\x10\x03\x32\xc2\x06\n\rAccessService\x12\x43\n\x06WhoAmI\x12\x1b.artifactd.v1.WhoAmIRequest\x1a\x1c.artifactd.v1.WhoAmIResponse\x12U\n\x0c\x43reateApiKey\x12!.artifactd.v1.CreateApiKeyRequest\x1a\".artifactd.v1.CreateApiKeyResponse\x12R\n\x0bListApiKeys\x12 .artifactd.v1.ListApiKeysRequest\x1a!.artifactd.v1.ListApiKeysResponse\x12U\n\x0cRevokeApiKey\x12!.artifactd.v1.RevokeApiKeyRequest\x1a\".artifactd.v1.RevokeApiKeyResponse\x12L\n\tGrantRole\x12\x1e.artifactd.v1.GrantRoleRequest\x1a\x1f.artifactd.v1.GrantRoleResponse\x12O\n\nRevokeRole\x12\x1f.artifactd.v1.RevokeRoleRequest\x1a .artifactd.v1.RevokeRoleResponse\x12\x61\n\x10ListRoleBindings\x12%.artifactd.v1.ListRoleBindingsRequest\x1a&.artifactd.v1.ListRoleBindingsResponse\x12s\n\x16SetArtifactPermissions\x12+.artifactd.v1.SetArtifactPermissionsRequest\x1a,.artifactd.v1.SetArtifactPermissionsResponse\x12s\n\x16GetArtifactPermissions\x12+.artifactd.v1.GetArtifactPermissionsRequest\x1a,.artifactd.v1.GetArtifactPermissionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61rtifactd/v1/access.proto\x12\x0c\x61rtifactd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n\rWhoAmIRequest\"\x86\x01\n\x0eWhoAmIResponse\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.artifactd.v1.PrincipalKind\x12\x0e\n\x06groups\x18\x03 \x03(\t\x12(\n\x05roles\x18\x04 \x03(\x0b\x32\x19.artifactd.v1.RoleBinding\"\xbd\x02\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x10\n\x08projects\x18\x03 \x03(\t\x12 \n\x04role\x18\x04 \x01(\x0e\x32\x12.artifactd.v1.Role\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x0bpermissions\x18\n \x03(\x0e\x32\x18.artifactd.v1.Permission\"\xab\x01\n\x13\x43reateApiKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08projects\x18\x02 \x03(\t\x12 \n\x04role\x18\x03 \x01(\x0e\x32\x12.artifactd.v1.Role\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\x04\x12-\n\x0bpermissions\x18\x06 \x03(\x0e\x32\x18.artifactd.v1.Permission\"M\n\x14\x43reateApiKeyResponse\x12%\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x14.artifactd.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\">\n\x12ListApiKeysRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x18\n\x10include_inactive\x18\x02 \x01(\x08\"=\n\x13ListApiKeysResponse\x12&\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x14.artifactd.v1.ApiKey\"5\n\x13RevokeApiKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"S\n\x14RevokeApiKeyResponse\x12%\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x14.artifactd.v1.ApiKey\x12\x14\n\x0c\x61lso_revoked\x18\x02 \x03(\t\"\xd6\x01\n\x0bRoleBinding\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12/\n\x0csubject_kind\x18\x03 \x01(\x0e\x32\x19.artifactd.v1.SubjectKind\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12 \n\x04role\x18\x05 \x01(\x0e\x32\x12.artifactd.v1.Role\x12\x12\n\ngranted_by\x18\x06 \x01(\t\x12.\n\ngranted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x97\x01\n\x10GrantRoleRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12/\n\x0csubject_kind\x18\x03 \x01(\x0e\x32\x19.artifactd.v1.SubjectKind\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12 \n\x04role\x18\x05 \x01(\x0e\x32\x12.artifactd.v1.Role\"?\n\x11GrantRoleResponse\x12*\n\x07\x62inding\x18\x01 \x01(\x0b\x32\x19.artifactd.v1.RoleBinding\"v\n\x11RevokeRoleRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12/\n\x0csubject_kind\x18\x03 \x01(\x0e\x32\x19.artifactd.v1.SubjectKind\x12\x0f\n\x07subject\x18\x04 \x01(\t\"%\n\x12RevokeRoleResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\":\n\x17ListRoleBindingsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\"G\n\x18ListRoleBindingsResponse\x12+\n\x08\x62indings\x18\x01 \x03(\x0b\x32\x19.artifactd.v1.RoleBinding\"\xb7\x01\n\rArtifactGrant\x12/\n\x0csubject_kind\x18\x01 \x01(\x0e\x32\x19.artifactd.v1.SubjectKind\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12 \n\x04role\x18\x03 \x01(\x0e\x32\x12.artifactd.v1.Role\x12\x12\n\ngranted_by\x18\x04 \x01(\t\x12.\n\ngranted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x82\x01\n\x1dSetArtifactPermissionsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x13\n\x0b\x61rtifact_id\x18\x03 \x01(\t\x12+\n\x06grants\x18\x04 \x03(\x0b\x32\x1b.artifactd.v1.ArtifactGrant\"M\n\x1eSetArtifactPermissionsResponse\x12+\n\x06grants\x18\x01 \x03(\x0b\x32\x1b.artifactd.v1.ArtifactGrant\"U\n\x1dGetArtifactPermissionsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x13\n\x0b\x61rtifact_id\x18\x03 \x01(\t\"M\n\x1eGetArtifactPermissionsResponse\x12+\n\x06grants\x18\x01 \x03(\x0b\x32\x1b.artifactd.v1.ArtifactGrant*\x96\x01\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x14\n\x10ROLE_CONTRIBUTOR\x10\x02\x12\x13\n\x0fROLE_MAINTAINER\x10\x03\x12\x0e\n\nROLE_ADMIN\x10\x04\x12\x15\n\x11ROLE_TENANT_ADMIN\x10\x05\x12\x15\n\x11ROLE_SERVER_ADMIN\x10\x06*\x7f\n\rPrincipalKind\x12\x1e\n\x1aPRINCIPAL_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16PRINCIPAL_KIND_API_KEY\x10\x01\x12\x18\n\x14PRINCIPAL_KIND_TOKEN\x10\x02\x12\x18\n\x14PRINCIPAL_KIND_PROXY\x10\x03*t\n\x0bSubjectKind\x12\x1c\n\x18SUBJECT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11SUBJECT_KIND_USER\x10\x01\x12\x16\n\x12SUBJECT_KIND_GROUP\x10\x02\x12\x18\n\x14SUBJECT_KIND_PROJECT\x10\x03*l\n\nPermission\x12\x1a\n\x16PERMISSION_UNSPECIFIED\x10\x00\x12\x13\n\x0fPERMISSION_READ\x10\x01\x12\x14\n\x10PERMISSION_WRITE\x10\x02\x12\x17\n\x13PERMISSION_MAINTAIN\x10\x03\x32\xc2\x06\n\rAccessService\x12\x43\n\x06WhoAmI\x12\x1b.artifactd.v1.WhoAmIRequest\x1a\x1c.artifactd.v1.WhoAmIResponse\x12U\n\x0c\x43reateApiKey\x12!.artifactd.v1.CreateApiKeyRequest\x1a\".artifactd.v1.CreateApiKeyResponse\x12R\n\x0bListApiKeys\x12 .artifactd.v1.ListApiKeysRequest\x1a!.artifactd.v1.ListApiKeysResponse\x12U\n\x0cRevokeApiKey\x12!.artifactd.v1.RevokeApiKeyRequest\x1a\".artifactd.v1.RevokeApiKeyResponse\x12L\n\tGrantRole\x12\x1e.artifactd.v1.GrantRoleRequest\x1a\x1f.artifactd.v1.GrantRoleResponse\x12O\n\nRevokeRole\x12\x1f.artifactd.v1.RevokeRoleRequest\x1a .artifactd.v1.RevokeRoleResponse\x12\x61\n\x10ListRoleBindings\x12%.artifactd.v1.ListRoleBindingsRequest\x1a&.artifactd.v1.ListRoleBindingsResponse\x12s\n\x16SetArtifactPermissions\x12+.artifactd.v1.SetArtifactPermissionsRequest\x1a,.artifactd.v1.SetArtifactPermissionsResponse\x12s\n\x16GetArtifactPermissions\x12+.artifactd.v1.GetArtifactPermissionsRequest\x1a,.artifactd.v1.GetArtifactPermissionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'artifactd.v1.access_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=2341
-  _globals['_ROLE']._serialized_end=2491
-  _globals['_PRINCIPALKIND']._serialized_start=2493
-  _globals['_PRINCIPALKIND']._serialized_end=2620
-  _globals['_SUBJECTKIND']._serialized_start=2622
-  _globals['_SUBJECTKIND']._serialized_end=2738
-  _globals['_PERMISSION']._serialized_start=2740
-  _globals['_PERMISSION']._serialized_end=2848
+  _globals['_ROLE']._serialized_start=2363
+  _globals['_ROLE']._serialized_end=2513
+  _globals['_PRINCIPALKIND']._serialized_start=2515
+  _globals['_PRINCIPALKIND']._serialized_end=2642
+  _globals['_SUBJECTKIND']._serialized_start=2644
+  _globals['_SUBJECTKIND']._serialized_end=2760
+  _globals['_PERMISSION']._serialized_start=2762
+  _globals['_PERMISSION']._serialized_end=2870
   _globals['_WHOAMIREQUEST']._serialized_start=76
   _globals['_WHOAMIREQUEST']._serialized_end=91
   _globals['_WHOAMIRESPONSE']._serialized_start=94
@@ -57,31 +57,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVOKEAPIKEYREQUEST']._serialized_start=930
   _globals['_REVOKEAPIKEYREQUEST']._serialized_end=983
   _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=985
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1046
-  _globals['_ROLEBINDING']._serialized_start=1049
-  _globals['_ROLEBINDING']._serialized_end=1263
-  _globals['_GRANTROLEREQUEST']._serialized_start=1266
-  _globals['_GRANTROLEREQUEST']._serialized_end=1417
-  _globals['_GRANTROLERESPONSE']._serialized_start=1419
-  _globals['_GRANTROLERESPONSE']._serialized_end=1482
-  _globals['_REVOKEROLEREQUEST']._serialized_start=1484
-  _globals['_REVOKEROLEREQUEST']._serialized_end=1602
-  _globals['_REVOKEROLERESPONSE']._serialized_start=1604
-  _globals['_REVOKEROLERESPONSE']._serialized_end=1641
-  _globals['_LISTROLEBINDINGSREQUEST']._serialized_start=1643
-  _globals['_LISTROLEBINDINGSREQUEST']._serialized_end=1701
-  _globals['_LISTROLEBINDINGSRESPONSE']._serialized_start=1703
-  _globals['_LISTROLEBINDINGSRESPONSE']._serialized_end=1774
-  _globals['_ARTIFACTGRANT']._serialized_start=1777
-  _globals['_ARTIFACTGRANT']._serialized_end=1960
-  _globals['_SETARTIFACTPERMISSIONSREQUEST']._serialized_start=1963
-  _globals['_SETARTIFACTPERMISSIONSREQUEST']._serialized_end=2093
-  _globals['_SETARTIFACTPERMISSIONSRESPONSE']._serialized_start=2095
-  _globals['_SETARTIFACTPERMISSIONSRESPONSE']._serialized_end=2172
-  _globals['_GETARTIFACTPERMISSIONSREQUEST']._serialized_start=2174
-  _globals['_GETARTIFACTPERMISSIONSREQUEST']._serialized_end=2259
-  _globals['_GETARTIFACTPERMISSIONSRESPONSE']._serialized_start=2261
-  _globals['_GETARTIFACTPERMISSIONSRESPONSE']._serialized_end=2338
-  _globals['_ACCESSSERVICE']._serialized_start=2851
-  _globals['_ACCESSSERVICE']._serialized_end=3685
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1068
+  _globals['_ROLEBINDING']._serialized_start=1071
+  _globals['_ROLEBINDING']._serialized_end=1285
+  _globals['_GRANTROLEREQUEST']._serialized_start=1288
+  _globals['_GRANTROLEREQUEST']._serialized_end=1439
+  _globals['_GRANTROLERESPONSE']._serialized_start=1441
+  _globals['_GRANTROLERESPONSE']._serialized_end=1504
+  _globals['_REVOKEROLEREQUEST']._serialized_start=1506
+  _globals['_REVOKEROLEREQUEST']._serialized_end=1624
+  _globals['_REVOKEROLERESPONSE']._serialized_start=1626
+  _globals['_REVOKEROLERESPONSE']._serialized_end=1663
+  _globals['_LISTROLEBINDINGSREQUEST']._serialized_start=1665
+  _globals['_LISTROLEBINDINGSREQUEST']._serialized_end=1723
+  _globals['_LISTROLEBINDINGSRESPONSE']._serialized_start=1725
+  _globals['_LISTROLEBINDINGSRESPONSE']._serialized_end=1796
+  _globals['_ARTIFACTGRANT']._serialized_start=1799
+  _globals['_ARTIFACTGRANT']._serialized_end=1982
+  _globals['_SETARTIFACTPERMISSIONSREQUEST']._serialized_start=1985
+  _globals['_SETARTIFACTPERMISSIONSREQUEST']._serialized_end=2115
+  _globals['_SETARTIFACTPERMISSIONSRESPONSE']._serialized_start=2117
+  _globals['_SETARTIFACTPERMISSIONSRESPONSE']._serialized_end=2194
+  _globals['_GETARTIFACTPERMISSIONSREQUEST']._serialized_start=2196
+  _globals['_GETARTIFACTPERMISSIONSREQUEST']._serialized_end=2281
+  _globals['_GETARTIFACTPERMISSIONSRESPONSE']._serialized_start=2283
+  _globals['_GETARTIFACTPERMISSIONSRESPONSE']._serialized_end=2360
+  _globals['_ACCESSSERVICE']._serialized_start=2873
+  _globals['_ACCESSSERVICE']._serialized_end=3707
 # @@protoc_insertion_point(module_scope)

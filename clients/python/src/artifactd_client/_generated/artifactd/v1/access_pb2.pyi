@@ -385,16 +385,22 @@ class RevokeApiKeyResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     API_KEY_FIELD_NUMBER: _builtins.int
+    ALSO_REVOKED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def api_key(self) -> Global___ApiKey: ...
+    @_builtins.property
+    def also_revoked(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Keys made by this key, or by keys it made, revoked with it."""
+
     def __init__(
         self,
         *,
         api_key: Global___ApiKey | None = ...,
+        also_revoked: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["also_revoked", b"also_revoked", "api_key", b"api_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

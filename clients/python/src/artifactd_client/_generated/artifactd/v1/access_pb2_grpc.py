@@ -117,7 +117,8 @@ class AccessServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeApiKey(self, request, context):
-        """Revokes a key at once; a revoked key is never accepted again.
+        """Revokes a key at once, and every key it made (and they made); a revoked key is never
+        accepted again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -47,7 +47,9 @@ class AccessServiceStub:
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_access_pb2.ListApiKeysRequest, _access_pb2.ListApiKeysResponse]
     """The keys of a tenant (never their secrets), newest first."""
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_access_pb2.RevokeApiKeyRequest, _access_pb2.RevokeApiKeyResponse]
-    """Revokes a key at once; a revoked key is never accepted again."""
+    """Revokes a key at once, and every key it made (and they made); a revoked key is never
+    accepted again.
+    """
     GrantRole: _grpc.UnaryUnaryMultiCallable[_access_pb2.GrantRoleRequest, _access_pb2.GrantRoleResponse]
     """Gives a user or a group a role in a tenant, or in one project of it. A second grant to
     the same subject and scope replaces the role.
@@ -87,7 +89,9 @@ class AccessServiceAsyncStub(AccessServiceStub):
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_access_pb2.ListApiKeysRequest, _access_pb2.ListApiKeysResponse]  # type: ignore[assignment]
     """The keys of a tenant (never their secrets), newest first."""
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_access_pb2.RevokeApiKeyRequest, _access_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
-    """Revokes a key at once; a revoked key is never accepted again."""
+    """Revokes a key at once, and every key it made (and they made); a revoked key is never
+    accepted again.
+    """
     GrantRole: _aio.UnaryUnaryMultiCallable[_access_pb2.GrantRoleRequest, _access_pb2.GrantRoleResponse]  # type: ignore[assignment]
     """Gives a user or a group a role in a tenant, or in one project of it. A second grant to
     the same subject and scope replaces the role.
@@ -148,7 +152,9 @@ class AccessServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _access_pb2.RevokeApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_access_pb2.RevokeApiKeyResponse, _abc.Awaitable[_access_pb2.RevokeApiKeyResponse]]:
-        """Revokes a key at once; a revoked key is never accepted again."""
+        """Revokes a key at once, and every key it made (and they made); a revoked key is never
+        accepted again.
+        """
 
     @_abc_1.abstractmethod
     def GrantRole(
