@@ -37,7 +37,7 @@ fn new_version(version: &str, chunks: Vec<(String, PackEntry)>, packs: Vec<Strin
         extracted: r#"{"is_text":true,"line_count":3,"title":"PRD","headings":[],"front_matter":{},"top_level_keys":[],"truncated":false}"#.into(),
         manifest: vec![1],
         new_chunks: chunks,
-        ingest_started_at: artifactd::domain::now_micros(),
+        reused_chunks: Vec::new(),
         packs,
         labels: None,
         state: LifecycleState::Draft,

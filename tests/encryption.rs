@@ -8,9 +8,10 @@ mod common;
 
 use artifactd::proto::audit_service_client::AuditServiceClient;
 use artifactd::proto::encryption_service_client::EncryptionServiceClient;
+use artifactd::proto::search_service_client::SearchServiceClient;
 use artifactd::proto::{
     DestroyTenantKeyRequest, GetAuditTrailRequest, GetEncryptionStatusRequest, GetEncryptionStatusResponse,
-    RewrapTenantKeysRequest, RotateTenantKeyRequest, TenantKeyState,
+    RewrapTenantKeysRequest, RotateTenantKeyRequest, SearchRequest, TenantKeyState,
 };
 use base64::Engine;
 use common::binary::{Authed, ServerOptions, ServerProcess, command};
@@ -187,6 +188,10 @@ async fn the_store_holds_no_plaintext_on_postgres() {
     the_store_holds_no_plaintext(true).await;
 }
 
+fn shared_block() -> Vec<u8> {
+    common::noise(96 * 1024, 4242)
+}
+
 /// Uploads `count` artifacts of distinct content from one task; returns (id, content).
 async fn upload_many(
     mut client: Client,
@@ -196,7 +201,10 @@ async fn upload_many(
 ) -> Vec<Result<(String, Vec<u8>), tonic::Status>> {
     let mut done = Vec::new();
     for i in 0..count {
-        let mut content = format!("task {task} upload {i}\n").repeat(200).into_bytes();
+        // A block every upload shares (so uploads deduplicate against each other's chunks),
+        // then content of its own.
+        let mut content = shared_block();
+        content.extend(format!("task {task} upload {i}\n").repeat(200).into_bytes());
         content.extend(common::noise(20_000 + i * 1000, (task * 1000 + i) as u64));
         let name = format!("t{task}-{i}.bin");
         done.push(
@@ -290,6 +298,30 @@ async fn rotation_rewraps_without_rewriting_on_postgres() {
     rotation_rewraps_without_rewriting(true).await;
 }
 
+/// Whether searching acme/p for words of the known document comes to find `id` (or, with
+/// `present` false, comes to no longer find it) within 15 s.
+async fn found_within(search: &mut SearchServiceClient<Authed>, id: &str, present: bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        let hits = search
+            .search(SearchRequest {
+                tenant: T.into(),
+                project: "p".into(),
+                query: "editorial skills become lenses".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .hits;
+        if hits.iter().any(|hit| hit.artifact_id == id) == present {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
 async fn destroying_a_key_shreds_exactly_its_content(postgres: bool) {
     let dir = tempfile::tempdir().unwrap();
     let db = database(postgres).await;
@@ -299,6 +331,11 @@ async fn destroying_a_key_shreds_exactly_its_content(postgres: bool) {
     let shredded = create_id(&mut client, header(T, "p", "doc", "a.md"), &document).await;
     let other = create_id(&mut client, header("globex", "p", "doc", "a.md"), &document).await;
     let mut keys = keys(&server).await;
+    let mut search = SearchServiceClient::new(server.channel().await);
+    assert!(
+        found_within(&mut search, &shredded, true).await,
+        "the document's text is searchable before the destruction"
+    );
 
     assert_status(
         keys.destroy_tenant_key(DestroyTenantKeyRequest {
@@ -357,13 +394,24 @@ async fn destroying_a_key_shreds_exactly_its_content(postgres: bool) {
         Code::FailedPrecondition,
         &["destroyed"],
     );
+    // What the index and the catalog kept of its text goes too.
+    assert!(
+        found_within(&mut search, &shredded, false).await,
+        "the destroyed content is still found by its text"
+    );
     // Another tenant is untouched.
     let (_, read) = download(&mut client, download_request("globex", "p", &other, ""))
         .await
         .unwrap();
     assert!(read == document);
-    // The same content again: stored anew under a new key, not deduplicated against
-    // chunks nobody can read.
+    // The shared block alone, and the same document again: stored anew under a new key, not
+    // deduplicated against chunks nobody can read.
+    let block = shared_block();
+    let block_id = create_id(&mut client, header(T, "p", "bundle", "block.bin"), &block).await;
+    let (_, read) = download(&mut client, download_request(T, "p", &block_id, ""))
+        .await
+        .unwrap();
+    assert!(read == block);
     let again = create_id(&mut client, header(T, "p", "doc", "b.md"), &document).await;
     let (_, read) = download(&mut client, download_request(T, "p", &again, ""))
         .await

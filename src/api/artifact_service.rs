@@ -1041,8 +1041,20 @@ impl ArtifactService for ArtifactApi {
                 let due =
                     every.is_some_and(|every| proven_at.lock().expect("proof clock").elapsed() >= every);
                 if due {
-                    caller.reprove(&scope).await.map_err(Status::from)?;
-                    *proven_at.lock().expect("proof clock") = std::time::Instant::now();
+                    match caller.reprove(&scope).await {
+                        Ok(()) => *proven_at.lock().expect("proof clock") = std::time::Instant::now(),
+                        // The caller is no longer who may watch: the stream ends so.
+                        Err(
+                            refused @ (Error::Unauthenticated(_)
+                            | Error::PermissionDenied(_)
+                            | Error::NotFound(_)),
+                        ) => return Err(Status::from(refused)),
+                        // The proof could not be checked (catalog or issuer unreachable): the
+                        // stream goes on and tries again with the next message.
+                        Err(error) => {
+                            tracing::warn!(%error, "could not prove a watcher again; trying again shortly")
+                        }
+                    }
                 }
                 item.map_err(Status::from)
             }

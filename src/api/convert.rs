@@ -151,6 +151,7 @@ pub fn event_kind(kind: EventKind) -> proto::EventKind {
         EventKind::ArtifactPurged => proto::EventKind::ArtifactPurged,
         EventKind::ArtifactLinked => proto::EventKind::ArtifactLinked,
         EventKind::ArtifactUnlinked => proto::EventKind::ArtifactUnlinked,
+        EventKind::ContentDestroyed => proto::EventKind::ContentDestroyed,
     }
 }
 

@@ -83,7 +83,6 @@ pub enum UploadPart {
 #[derive(Debug)]
 pub struct IngestedContent {
     pub upload_id: String,
-    pub started_at: i64,
     pub size: u64,
     pub stored_size: u64,
     pub new_stored_size: u64,
@@ -104,6 +103,18 @@ impl IngestedContent {
         metadata: std::collections::BTreeMap<String, String>,
         labels: Option<crate::catalog::Labels>,
     ) -> NewVersion {
+        // Chunks stored before this upload, each once.
+        let new: std::collections::HashSet<ChunkId> =
+            self.new_chunks.iter().map(|(_, entry)| entry.chunk_id).collect();
+        let mut reused_chunks: Vec<ChunkId> = self
+            .manifest
+            .entries
+            .iter()
+            .map(|entry| entry.chunk_id)
+            .filter(|id| !new.contains(id))
+            .collect();
+        reused_chunks.sort_unstable();
+        reused_chunks.dedup();
         NewVersion {
             version,
             size: self.size,
@@ -119,7 +130,7 @@ impl IngestedContent {
             extracted: serde_json::to_string(&self.extracted).expect("extracted metadata serializes"),
             manifest: self.manifest.encode(),
             new_chunks: self.new_chunks,
-            ingest_started_at: self.started_at,
+            reused_chunks,
             packs: self.packs,
             labels,
             state: crate::domain::LifecycleState::Draft,
@@ -155,7 +166,6 @@ pub(super) struct Upload {
     inner: Arc<Inner>,
     tenant: String,
     upload_id: String,
-    started_at: i64,
     /// The tenant key this upload's packs are sealed under, looked up at the first pack;
     /// `Some(None)` when encryption is off.
     sealing: Option<Option<Arc<SealingKey>>>,
@@ -188,7 +198,6 @@ impl Upload {
             inner,
             tenant: tenant.to_owned(),
             upload_id: uuid::Uuid::now_v7().to_string(),
-            started_at: now_micros(),
             sealing: None,
             cutter: Some(Cutter {
                 chunker,
@@ -318,7 +327,6 @@ impl Upload {
         metrics::counter!(crate::telemetry::names::STORED_BYTES_TOTAL).increment(self.new_stored_size);
         Ok(IngestedContent {
             upload_id: self.upload_id.clone(),
-            started_at: self.started_at,
             size: self.size,
             stored_size: self.stored_size(),
             new_stored_size: self.new_stored_size,

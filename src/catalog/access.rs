@@ -77,6 +77,28 @@ impl Catalog {
     pub async fn insert_api_key(&self, key: &ApiKey, secret_hash: &str, bootstrap: bool) -> Result<bool> {
         let projects = serde_json::to_string(&key.projects).expect("strings serialise");
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        // A key made by a key needs its maker live when it is stored, not only when the
+        // request began: a revocation committing meanwhile would miss it. The shared lock
+        // orders this against a revocation in progress (SQLite orders every write anyway).
+        if let Some(maker) = key.created_by.strip_prefix("key:") {
+            let lock = if self.dialect == super::Dialect::Postgres {
+                " FOR SHARE"
+            } else {
+                ""
+            };
+            let live: Option<(Option<i64>,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT revoked_at FROM api_keys WHERE key_id = $1{lock}"
+            )))
+            .bind(maker)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| db_error("checking an API key's maker", e))?;
+            if !matches!(live, Some((None,))) {
+                return Err(Error::Unauthenticated(format!(
+                    "the key {maker} making this key was revoked meanwhile"
+                )));
+            }
+        }
         let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO api_keys ({KEY_COLUMNS}, bootstrap) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         )))
@@ -192,20 +214,25 @@ impl Catalog {
         let mut also = Vec::new();
         let mut makers = vec![format!("key:{key_id}")];
         while !makers.is_empty() {
-            let sql = format!(
-                "UPDATE api_keys SET revoked_at = {} WHERE revoked_at IS NULL AND created_by IN ({}) \
-                 RETURNING key_id, tenant",
-                self.dialect.placeholders(1, 1),
-                self.dialect.placeholders(2, makers.len())
-            );
-            let mut query = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql)).bind(at.0);
-            for maker in &makers {
-                query = query.bind(maker);
+            let mut revoked = Vec::new();
+            for batch in makers.chunks(super::BATCH_ROWS) {
+                let sql = format!(
+                    "UPDATE api_keys SET revoked_at = {} WHERE revoked_at IS NULL AND created_by IN ({}) \
+                     RETURNING key_id, tenant",
+                    self.dialect.placeholders(1, 1),
+                    self.dialect.placeholders(2, batch.len())
+                );
+                let mut query = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql)).bind(at.0);
+                for maker in batch {
+                    query = query.bind(maker);
+                }
+                revoked.extend(
+                    query
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(|e| db_error("revoking the keys a key made", e))?,
+                );
             }
-            let revoked = query
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(|e| db_error("revoking the keys a key made", e))?;
             makers.clear();
             for (child, child_tenant) in revoked {
                 let record = crate::audit::change_record(

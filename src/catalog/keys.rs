@@ -41,6 +41,13 @@ pub enum Staged {
     KeyRetired,
 }
 
+/// The Postgres advisory lock that orders the changes of one tenant's keys (creating the
+/// first, rotating, destroying); SQLite orders every write anyway.
+fn keys_lock(tenant: &str) -> i64 {
+    let digest = blake3::hash(format!("tenant-keys\0{tenant}").as_bytes());
+    i64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("eight bytes"))
+}
+
 fn key_of(row: &AnyRow) -> Result<TenantKeyRecord> {
     let get = |e: sqlx::Error| db_error("reading a tenant key", e);
     let master_key_id: Option<String> = row.try_get("master_key_id").map_err(get)?;
@@ -64,6 +71,21 @@ fn key_of(row: &AnyRow) -> Result<TenantKeyRecord> {
 }
 
 impl Catalog {
+    async fn lock_tenant_keys(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tenant: &str,
+    ) -> Result<()> {
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(keys_lock(tenant))
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| db_error("locking a tenant's keys", e))?;
+        }
+        Ok(())
+    }
+
     /// The key new packs of `tenant` are sealed under, if it has one.
     pub async fn active_tenant_key(&self, tenant: &str) -> Result<Option<TenantKeyRecord>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -118,6 +140,7 @@ impl Catalog {
             .as_ref()
             .ok_or_else(|| Error::internal("a new tenant key needs its wrapped material"))?;
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        self.lock_tenant_keys(&mut tx, &key.tenant).await?;
         let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO tenant_keys ({KEY_COLUMNS}) VALUES ($1, $2, 'active', $3, $4, $5, NULL)"
         )))
@@ -226,6 +249,7 @@ impl Catalog {
             .as_ref()
             .ok_or_else(|| Error::internal("a new tenant key needs its wrapped material"))?;
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        self.lock_tenant_keys(&mut tx, &new.tenant).await?;
         // The write first: it holds the old key's row (and on SQLite the database) until the
         // commit, so no pack is staged under the old key meanwhile.
         let retired = sqlx::query(
@@ -302,6 +326,8 @@ impl Catalog {
     /// deduplicates against content nobody can read.
     pub async fn destroy_tenant_keys(&self, tenant: &str, at: Timestamp) -> Result<ShredReport> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        // Ordered after any rotation in progress, so the key it makes is destroyed too.
+        self.lock_tenant_keys(&mut tx, tenant).await?;
         let destroyed: Vec<(String,)> = sqlx::query_as(
             "UPDATE tenant_keys SET state = 'destroyed', master_key_id = NULL, wrapped = NULL, retired_at = $1 \
              WHERE tenant = $2 AND state = 'active' RETURNING key_id",
@@ -313,7 +339,7 @@ impl Catalog {
         .map_err(|e| db_error("destroying tenant keys", e))?;
         let chunks = sqlx::query(
             "DELETE FROM chunks WHERE tenant = $1 AND pack_id IN \
-             (SELECT pack_id FROM packs WHERE tenant = $1 AND key_id IS NOT NULL AND wrapped_key IS NOT NULL)",
+             (SELECT pack_id FROM packs WHERE tenant = $1 AND key_id IS NOT NULL)",
         )
         .bind(tenant)
         .execute(&mut *tx)
@@ -328,6 +354,16 @@ impl Catalog {
         .await
         .map_err(|e| db_error("erasing data keys", e))?
         .rows_affected();
+        // What was extracted from the content for search goes with it, and every replica's
+        // index re-reads the tenant's artifacts (finding no text) from the events below.
+        let empty = serde_json::to_string(&crate::ingest::extract::Extracted::default())
+            .expect("extracted metadata serializes");
+        sqlx::query("UPDATE versions SET extracted = $1 WHERE artifact_id IN (SELECT id FROM artifacts WHERE tenant = $2)")
+            .bind(empty)
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("erasing extracted metadata", e))?;
         let (plain,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM packs WHERE tenant = $1 AND key_id IS NULL AND state = 'committed'",
         )
@@ -345,6 +381,25 @@ impl Catalog {
                 at,
             );
             self.append_audit_in(&mut tx, &record).await?;
+            let artifacts: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT id, project, latest_version FROM artifacts WHERE tenant = $1 AND deleted_at IS NULL ORDER BY id",
+            )
+            .bind(tenant)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| db_error("listing a tenant's artifacts", e))?;
+            for (id, project, version) in artifacts {
+                let scope = crate::domain::Scope::new(tenant.to_owned(), project);
+                self.write_event(
+                    &mut tx,
+                    crate::domain::event::EventKind::ContentDestroyed,
+                    &scope,
+                    &id,
+                    &version,
+                    at.0,
+                )
+                .await?;
+            }
         }
         tx.commit()
             .await
@@ -415,36 +470,65 @@ impl Catalog {
         Ok(counts)
     }
 
-    /// Inside a version's commit: fails when a key of the tenant was destroyed since
-    /// `since` (the upload's start), because the upload's sealed packs or the chunks it
-    /// deduplicated against may be gone. On Postgres the shared row locks wait for a
-    /// destruction in progress; on SQLite the commit's earlier writes already hold the
-    /// database.
-    pub(super) async fn check_keys_alive(
+    /// Inside a version's commit: fails when what the version stands on was destroyed with
+    /// the tenant's keys while its upload ran: a sealed pack it wrote whose data key is
+    /// erased, or a chunk it deduplicated against that left the chunk index. On Postgres the
+    /// shared row locks on the tenant's keys wait for a destruction in progress (which holds
+    /// them until it commits, so the checks then see all it did); on SQLite the commit's
+    /// earlier writes already hold the database.
+    pub(super) async fn check_content_alive(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         tenant: &str,
-        since: i64,
+        packs: &[String],
+        reused: &[crate::ingest::ChunkId],
     ) -> Result<()> {
-        let lock = if self.dialect == Dialect::Postgres {
-            " FOR SHARE"
-        } else {
-            ""
-        };
-        let retired: Vec<(String, Option<i64>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT state, retired_at FROM tenant_keys WHERE tenant = $1{lock}"
-        )))
-        .bind(tenant)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(|e| db_error("checking tenant keys", e))?;
-        let destroyed_since = retired.iter().any(|(state, at)| {
-            state == TenantKeyState::Destroyed.as_str() && at.is_some_and(|at| at >= since)
-        });
-        if destroyed_since {
-            return Err(Error::Aborted(format!(
+        let aborted = || {
+            Error::Aborted(format!(
                 "tenant {tenant:?}'s encryption key was destroyed while this upload ran; nothing was committed"
-            )));
+            ))
+        };
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT key_id FROM tenant_keys WHERE tenant = $1 FOR SHARE")
+                .bind(tenant)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(|e| db_error("checking tenant keys", e))?;
+        }
+        for batch in packs.chunks(super::BATCH_ROWS) {
+            let sql = format!(
+                "SELECT COUNT(*) FROM packs WHERE pack_id IN ({}) AND key_id IS NOT NULL AND wrapped_key IS NULL",
+                self.dialect.placeholders(1, batch.len())
+            );
+            let mut query = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql));
+            for pack in batch {
+                query = query.bind(pack);
+            }
+            let (erased,) = query
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(|e| db_error("checking packs", e))?;
+            if erased > 0 {
+                return Err(aborted());
+            }
+        }
+        for batch in reused.chunks(super::BATCH_ROWS) {
+            let sql = format!(
+                "SELECT COUNT(*) FROM chunks WHERE tenant = {} AND chunk_id IN ({})",
+                self.dialect.placeholders(1, 1),
+                self.dialect.placeholders(2, batch.len())
+            );
+            let mut query = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql)).bind(tenant);
+            for id in batch {
+                query = query.bind(id.0.to_vec());
+            }
+            let (present,) = query
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(|e| db_error("checking chunks", e))?;
+            if present as usize != batch.len() {
+                return Err(aborted());
+            }
         }
         Ok(())
     }

@@ -586,7 +586,7 @@ impl Catalog {
                 .await
                 .map_err(|e| db_error("indexing chunks", e))?;
         }
-        self.check_keys_alive(tx, &scope.tenant, version.ingest_started_at)
+        self.check_content_alive(tx, &scope.tenant, &version.packs, &version.reused_chunks)
             .await?;
         for pack_id in &version.packs {
             sqlx::query("UPDATE packs SET state = 'committed' WHERE pack_id = $1")

@@ -252,8 +252,9 @@ pub struct NewVersion {
     pub manifest: Vec<u8>,
     /// Chunks this upload wrote, with their places in its packs.
     pub new_chunks: Vec<(String, PackEntry)>,
-    /// When the upload began: a tenant key destroyed since then fails the commit.
-    pub ingest_started_at: i64,
+    /// Chunks of the content stored before this upload (each once): they must still be
+    /// indexed when the version commits.
+    pub reused_chunks: Vec<crate::ingest::ChunkId>,
     /// Packs the upload wrote; they become committed with the version.
     pub packs: Vec<String>,
     /// Replaces the artifact's tags and categories when set.

@@ -16,10 +16,13 @@ pub enum EventKind {
     /// Linked read-only into the event's project from another project.
     ArtifactLinked,
     ArtifactUnlinked,
+    /// The tenant's encryption keys were destroyed: the content and what was extracted from
+    /// it are gone.
+    ContentDestroyed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         Self::ArtifactCreated,
         Self::VersionAdded,
         Self::VersionTransitioned,
@@ -30,6 +33,7 @@ impl EventKind {
         Self::ArtifactPurged,
         Self::ArtifactLinked,
         Self::ArtifactUnlinked,
+        Self::ContentDestroyed,
     ];
 
     /// The outbox's name for it.
@@ -45,6 +49,7 @@ impl EventKind {
             Self::ArtifactPurged => "artifact.purged",
             Self::ArtifactLinked => "artifact.linked",
             Self::ArtifactUnlinked => "artifact.unlinked",
+            Self::ContentDestroyed => "artifact.content_destroyed",
         }
     }
 

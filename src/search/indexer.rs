@@ -100,10 +100,11 @@ impl Indexer {
             let length = version.size.min(MAX_INDEXED_TEXT_BYTES as u64);
             match self.text(&scope, &artifact.id, &version.version, length).await {
                 Ok(text) => text,
-                // Content that is gone (a lost or corrupt pack, or a version deleted since)
+                // Content that is gone (a lost or corrupt pack, a version deleted since) or
+                // that cannot be opened (its tenant's key destroyed, or no master key here)
                 // must not stop the index for everyone: the artifact is indexed by its
                 // metadata alone. Any other failure may pass, so the batch is retried.
-                Err(error @ (Error::DataLoss(_) | Error::NotFound(_))) => {
+                Err(error @ (Error::DataLoss(_) | Error::NotFound(_) | Error::FailedPrecondition(_))) => {
                     tracing::error!(artifact_id = %artifact.id, version = %version.version, %error,
                         "content unreadable; indexing the artifact without its text");
                     metrics::counter!(crate::telemetry::names::INDEX_UNREADABLE_TOTAL).increment(1);

@@ -89,6 +89,10 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     EVENT_KIND_ARTIFACT_LINKED: _EventKind.ValueType  # 9
     """Linked read-only into the watched project; `origin_project` says from where."""
     EVENT_KIND_ARTIFACT_UNLINKED: _EventKind.ValueType  # 10
+    EVENT_KIND_CONTENT_DESTROYED: _EventKind.ValueType  # 11
+    """The tenant's encryption keys were destroyed (EncryptionService.DestroyTenantKey): the
+    artifact's sealed content and the metadata extracted from it are gone.
+    """
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
     """What changed."""
@@ -105,6 +109,10 @@ EVENT_KIND_ARTIFACT_PURGED: EventKind.ValueType  # 8
 EVENT_KIND_ARTIFACT_LINKED: EventKind.ValueType  # 9
 """Linked read-only into the watched project; `origin_project` says from where."""
 EVENT_KIND_ARTIFACT_UNLINKED: EventKind.ValueType  # 10
+EVENT_KIND_CONTENT_DESTROYED: EventKind.ValueType  # 11
+"""The tenant's encryption keys were destroyed (EncryptionService.DestroyTenantKey): the
+artifact's sealed content and the metadata extracted from it are gone.
+"""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 @_typing.final
