@@ -91,6 +91,19 @@ impl ArtifactApi {
         }
     }
 
+    /// [`ArtifactApi::authorized_on`] for a request that names its artifact by id.
+    async fn authorized_on_id(
+        &self,
+        caller: &Caller,
+        tenant: String,
+        project: String,
+        artifact_id: &str,
+    ) -> Result<Scope, Status> {
+        let selector = Selector::Id(artifact_id.to_owned());
+        let (scope, _) = self.authorized_on(caller, tenant, project, &selector).await?;
+        Ok(scope)
+    }
+
     /// A check beyond the method's own (approving, recording a run's input), reaching the
     /// artifact the same two ways.
     async fn require_on(
@@ -410,13 +423,8 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let (scope, _) = self
-            .authorized_on(
-                &caller,
-                request.tenant,
-                request.project,
-                &Selector::Id(request.artifact_id.clone()),
-            )
+        let scope = self
+            .authorized_on_id(&caller, request.tenant, request.project, &request.artifact_id)
             .await?;
         // Recording the download as a run's input writes to the run: that takes a writer.
         if run.is_some() {
@@ -479,13 +487,8 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let (scope, _) = self
-            .authorized_on(
-                &caller,
-                request.tenant,
-                request.project,
-                &Selector::Id(request.artifact_id.clone()),
-            )
+        let scope = self
+            .authorized_on_id(&caller, request.tenant, request.project, &request.artifact_id)
             .await?;
         let page = self
             .artifacts
@@ -510,13 +513,8 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let (scope, _) = self
-            .authorized_on(
-                &caller,
-                request.tenant,
-                request.project,
-                &Selector::Id(request.artifact_id.clone()),
-            )
+        let scope = self
+            .authorized_on_id(&caller, request.tenant, request.project, &request.artifact_id)
             .await?;
         let (_, version) = self
             .artifacts
@@ -561,13 +559,8 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let (scope, _) = self
-            .authorized_on(
-                &caller,
-                request.tenant,
-                request.project,
-                &Selector::Id(request.artifact_id.clone()),
-            )
+        let scope = self
+            .authorized_on_id(&caller, request.tenant, request.project, &request.artifact_id)
             .await?;
         let (artifact, restorable_until) = self.artifacts.delete(&scope, &request.artifact_id).await?;
         Ok(Response::new(DeleteArtifactResponse {
@@ -583,13 +576,8 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let (scope, _) = self
-            .authorized_on(
-                &caller,
-                request.tenant,
-                request.project,
-                &Selector::Id(request.artifact_id.clone()),
-            )
+        let scope = self
+            .authorized_on_id(&caller, request.tenant, request.project, &request.artifact_id)
             .await?;
         let artifact = self.artifacts.undelete(&scope, &request.artifact_id).await?;
         Ok(Response::new(UndeleteArtifactResponse {
@@ -604,13 +592,8 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let (scope, _) = self
-            .authorized_on(
-                &caller,
-                request.tenant,
-                request.project,
-                &Selector::Id(request.artifact_id.clone()),
-            )
+        let scope = self
+            .authorized_on_id(&caller, request.tenant, request.project, &request.artifact_id)
             .await?;
         let Some(new_labels) = request.labels else {
             return Err(Status::from(Error::invalid(
@@ -635,13 +618,8 @@ impl ArtifactService for ArtifactApi {
         let actor = caller.actor();
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let (scope, _) = self
-            .authorized_on(
-                &caller,
-                request.tenant,
-                request.project,
-                &Selector::Id(request.artifact_id.clone()),
-            )
+        let scope = self
+            .authorized_on_id(&caller, request.tenant, request.project, &request.artifact_id)
             .await?;
         let target = convert::lifecycle_state_from("target_state", request.target_state)?
             .ok_or_else(|| Error::invalid("target_state", "name the state to move to"))?;
@@ -695,13 +673,8 @@ impl ArtifactService for ArtifactApi {
         let actor = caller.actor();
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let (scope, _) = self
-            .authorized_on(
-                &caller,
-                request.tenant,
-                request.project,
-                &Selector::Id(request.artifact_id.clone()),
-            )
+        let scope = self
+            .authorized_on_id(&caller, request.tenant, request.project, &request.artifact_id)
             .await?;
         let alias = self
             .artifacts
@@ -726,13 +699,8 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let (scope, _) = self
-            .authorized_on(
-                &caller,
-                request.tenant,
-                request.project,
-                &Selector::Id(request.artifact_id.clone()),
-            )
+        let scope = self
+            .authorized_on_id(&caller, request.tenant, request.project, &request.artifact_id)
             .await?;
         self.artifacts
             .delete_alias(
@@ -752,13 +720,8 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let (scope, _) = self
-            .authorized_on(
-                &caller,
-                request.tenant,
-                request.project,
-                &Selector::Id(request.artifact_id.clone()),
-            )
+        let scope = self
+            .authorized_on_id(&caller, request.tenant, request.project, &request.artifact_id)
             .await?;
         let aliases = self.artifacts.aliases(&scope, &request.artifact_id).await?;
         Ok(Response::new(ListAliasesResponse {
@@ -773,13 +736,8 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let (scope, _) = self
-            .authorized_on(
-                &caller,
-                request.tenant,
-                request.project,
-                &Selector::Id(request.artifact_id.clone()),
-            )
+        let scope = self
+            .authorized_on_id(&caller, request.tenant, request.project, &request.artifact_id)
             .await?;
         let page = self
             .artifacts
@@ -1083,13 +1041,8 @@ impl ArtifactService for ArtifactApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         caller.target(&request.artifact_id);
-        let (scope, _) = self
-            .authorized_on(
-                &caller,
-                request.tenant,
-                request.project,
-                &Selector::Id(request.artifact_id.clone()),
-            )
+        let scope = self
+            .authorized_on_id(&caller, request.tenant, request.project, &request.artifact_id)
             .await?;
         let diff = self
             .artifacts

@@ -77,28 +77,6 @@ impl Catalog {
     pub async fn insert_api_key(&self, key: &ApiKey, secret_hash: &str, bootstrap: bool) -> Result<bool> {
         let projects = serde_json::to_string(&key.projects).expect("strings serialise");
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
-        // A key made by a key needs its maker live when it is stored, not only when the
-        // request began: a revocation committing meanwhile would miss it. The shared lock
-        // orders this against a revocation in progress (SQLite orders every write anyway).
-        if let Some(maker) = key.created_by.strip_prefix("key:") {
-            let lock = if self.dialect == super::Dialect::Postgres {
-                " FOR SHARE"
-            } else {
-                ""
-            };
-            let live: Option<(Option<i64>,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT revoked_at FROM api_keys WHERE key_id = $1{lock}"
-            )))
-            .bind(maker)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| db_error("checking an API key's maker", e))?;
-            if !matches!(live, Some((None,))) {
-                return Err(Error::Unauthenticated(format!(
-                    "the key {maker} making this key was revoked meanwhile"
-                )));
-            }
-        }
         let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO api_keys ({KEY_COLUMNS}, bootstrap) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         )))
@@ -129,6 +107,30 @@ impl Catalog {
                 )));
             }
             Err(error) => return Err(db_error("storing an API key", error)),
+        }
+        // A key made by a key needs its maker live when it is stored, not only when the
+        // request began: a revocation committing meanwhile would miss it. Checked after the
+        // insert: on SQLite the write has taken the database first (a read first could not
+        // be followed by a write once another writer commits); on Postgres the shared lock
+        // orders this against a revocation in progress.
+        if let Some(maker) = key.created_by.strip_prefix("key:") {
+            let lock = if self.dialect == super::Dialect::Postgres {
+                " FOR SHARE"
+            } else {
+                ""
+            };
+            let live: Option<(Option<i64>,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT revoked_at FROM api_keys WHERE key_id = $1{lock}"
+            )))
+            .bind(maker)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| db_error("checking an API key's maker", e))?;
+            if !matches!(live, Some((None,))) {
+                return Err(Error::Unauthenticated(format!(
+                    "the key {maker} making this key was revoked meanwhile"
+                )));
+            }
         }
         let record = crate::audit::change_record(
             &key.tenant,
@@ -187,16 +189,7 @@ impl Catalog {
         at: Timestamp,
     ) -> Result<Option<(ApiKey, Vec<String>)>> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
-        let exists: Option<(String,)> =
-            sqlx::query_as("SELECT key_id FROM api_keys WHERE tenant = $1 AND key_id = $2")
-                .bind(tenant)
-                .bind(key_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| db_error("reading an API key", e))?;
-        if exists.is_none() {
-            return Ok(None);
-        }
+        // The write first: on SQLite it takes the database before anything is read.
         let done = sqlx::query(
             "UPDATE api_keys SET revoked_at = $1 WHERE tenant = $2 AND key_id = $3 AND revoked_at IS NULL",
         )
@@ -210,6 +203,17 @@ impl Catalog {
             let record =
                 crate::audit::change_record(tenant, "", format!("key:{key_id}"), "api_key.revoked", at);
             self.append_audit_in(&mut tx, &record).await?;
+        } else {
+            let exists: Option<(String,)> =
+                sqlx::query_as("SELECT key_id FROM api_keys WHERE tenant = $1 AND key_id = $2")
+                    .bind(tenant)
+                    .bind(key_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| db_error("reading an API key", e))?;
+            if exists.is_none() {
+                return Ok(None);
+            }
         }
         let mut also = Vec::new();
         let mut makers = vec![format!("key:{key_id}")];

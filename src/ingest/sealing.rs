@@ -44,19 +44,29 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     bytes
 }
 
-fn aead_key(bytes: &[u8; 32]) -> LessSafeKey {
-    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).expect("32 bytes is an AES-256 key"))
-}
-
 /// 32 bytes of secret key material that wipes itself when dropped.
 #[derive(zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 struct KeyBytes([u8; 32]);
 
-/// A key that wraps other keys: the master key, or a tenant key.
-pub struct WrappingKey {
+/// An AES-256-GCM key and its material (kept to be wrapped itself).
+struct AeadKey {
     bytes: KeyBytes,
     aead: LessSafeKey,
 }
+
+impl AeadKey {
+    fn from_bytes(bytes: [u8; 32]) -> Self {
+        let aead =
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &bytes).expect("32 bytes is an AES-256 key"));
+        Self {
+            bytes: KeyBytes(bytes),
+            aead,
+        }
+    }
+}
+
+/// A key that wraps other keys: the master key, or a tenant key.
+pub struct WrappingKey(AeadKey);
 
 impl fmt::Debug for WrappingKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -66,11 +76,7 @@ impl fmt::Debug for WrappingKey {
 
 impl WrappingKey {
     fn from_bytes(bytes: [u8; 32]) -> Self {
-        let aead = aead_key(&bytes);
-        Self {
-            bytes: KeyBytes(bytes),
-            aead,
-        }
+        Self(AeadKey::from_bytes(bytes))
     }
 
     /// A fresh random key.
@@ -109,7 +115,7 @@ impl WrappingKey {
     /// A short public name for the key, so a catalog row can say which key wrapped it
     /// without revealing anything about the key.
     pub fn fingerprint(&self) -> String {
-        let digest = blake3::derive_key("artifactd key fingerprint v1", &self.bytes.0);
+        let digest = blake3::derive_key("artifactd key fingerprint v1", &self.0.bytes.0);
         blake3::Hash::from_bytes(digest).to_hex()[..16].to_owned()
     }
 
@@ -119,6 +125,7 @@ impl WrappingKey {
         out.extend_from_slice(&nonce_bytes);
         out.extend_from_slice(secret);
         let tag = self
+            .0
             .aead
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce_bytes),
@@ -137,6 +144,7 @@ impl WrappingKey {
         let nonce = Nonce::try_assume_unique_for_key(&wrapped[..NONCE_LEN]).expect("nonce length");
         let mut body = wrapped[NONCE_LEN..].to_vec();
         let opened = self
+            .0
             .aead
             .open_in_place(nonce, Aad::from(context), &mut body)
             .map_err(|_| OpenError::Authentication)?;
@@ -147,7 +155,7 @@ impl WrappingKey {
 
     /// Wraps a tenant key under this (master) key, bound to the tenant and the key's id.
     pub fn wrap_tenant_key(&self, key: &WrappingKey, tenant: &str, key_id: &str) -> Vec<u8> {
-        self.wrap_bytes(&key.bytes.0, &tenant_key_context(tenant, key_id))
+        self.wrap_bytes(&key.0.bytes.0, &tenant_key_context(tenant, key_id))
     }
 
     pub fn unwrap_tenant_key(
@@ -162,7 +170,7 @@ impl WrappingKey {
 
     /// Wraps a pack's data key under this (tenant) key, bound to the pack.
     pub fn wrap_data_key(&self, key: &DataKey, pack_id: &str) -> Vec<u8> {
-        self.wrap_bytes(&key.bytes.0, &data_key_context(pack_id))
+        self.wrap_bytes(&key.0.bytes.0, &data_key_context(pack_id))
     }
 
     pub fn unwrap_data_key(&self, wrapped: &[u8], pack_id: &str) -> Result<DataKey, OpenError> {
@@ -186,10 +194,7 @@ fn data_key_context(pack_id: &str) -> Vec<u8> {
 }
 
 /// The key that seals the chunks of one pack.
-pub struct DataKey {
-    bytes: KeyBytes,
-    aead: LessSafeKey,
-}
+pub struct DataKey(AeadKey);
 
 impl fmt::Debug for DataKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -205,11 +210,7 @@ fn chunk_nonce(offset: u64) -> Nonce {
 
 impl DataKey {
     fn from_bytes(bytes: [u8; 32]) -> Self {
-        let aead = aead_key(&bytes);
-        Self {
-            bytes: KeyBytes(bytes),
-            aead,
-        }
+        Self(AeadKey::from_bytes(bytes))
     }
 
     pub fn generate() -> Self {
@@ -220,6 +221,7 @@ impl DataKey {
     /// `offset` is where the sealed chunk starts in its pack.
     pub fn seal_chunk(&self, chunk_id: &ChunkId, offset: u64, in_out: &mut [u8]) -> [u8; TAG_LEN] {
         let tag = self
+            .0
             .aead
             .seal_in_place_separate_tag(chunk_nonce(offset), Aad::from(&chunk_id.0), in_out)
             .expect("a chunk is far below AES-GCM's message limit");
@@ -231,6 +233,7 @@ impl DataKey {
     pub fn open_chunk(&self, chunk_id: &ChunkId, offset: u64, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
         let mut body = sealed.to_vec();
         let len = self
+            .0
             .aead
             .open_in_place(chunk_nonce(offset), Aad::from(&chunk_id.0), &mut body)
             .map_err(|_| OpenError::Authentication)?
