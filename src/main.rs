@@ -29,6 +29,17 @@ enum Command {
         #[arg(long, env = "ARTIFACTD_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Verifies the catalog against the stores: every version's chunks are indexed and every
+    /// pack they need is on each store (primary and fallback); with --read-data every such
+    /// pack is read and every chunk opened, decoded and checked against its hash. Exits 1 on
+    /// damage; orphans (garbage for collection) are listed but are not damage.
+    Check {
+        #[arg(long, env = "ARTIFACTD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Read and verify every byte the catalog needs.
+        #[arg(long)]
+        read_data: bool,
+    },
     /// Loads and validates the configuration, then prints it as TOML (secrets masked).
     CheckConfig {
         #[arg(long, env = "ARTIFACTD_CONFIG")]
@@ -85,6 +96,43 @@ fn main() -> anyhow::Result<()> {
             let config = load(config.as_ref())?;
             print!("{}", toml::to_string_pretty(&config.redacted())?);
             Ok(())
+        }
+        Command::Check { config, read_data } => {
+            let config = load(config.as_ref())?;
+            artifactd::telemetry::init_logging(&config.log.format, &config.log.filter);
+            let report = tokio::runtime::Runtime::new()?.block_on(server::check(config, read_data))?;
+            println!(
+                "checked {} versions, {} chunks, {} packs on {} ({} bytes read{})",
+                report.versions,
+                report.chunks,
+                report.packs,
+                report.stores.join(" and "),
+                report.bytes_read,
+                if read_data {
+                    ""
+                } else {
+                    "; add --read-data to verify every byte"
+                }
+            );
+            if report.destroyed_versions > 0 {
+                println!(
+                    "{} versions were destroyed with their tenant's keys, on purpose",
+                    report.destroyed_versions
+                );
+            }
+            for orphan in &report.orphans {
+                println!("orphan: {orphan}");
+            }
+            for problem in &report.problems {
+                println!("PROBLEM: {problem}");
+            }
+            if report.problems.is_empty() {
+                println!("no problems found");
+                Ok(())
+            } else {
+                eprintln!("artifactd: {} problems found", report.problems.len());
+                std::process::exit(1);
+            }
         }
         Command::Reindex { config } => {
             let config = load(config.as_ref())?;

@@ -83,6 +83,23 @@ pub async fn open_store(
     config: &Config,
     catalog: &Catalog,
 ) -> anyhow::Result<(DynBlobStore, Option<Arc<FailoverStore>>)> {
+    let (primary, fallback) = open_sides(config).await?;
+    let Some(fallback) = fallback else {
+        return Ok((primary, None));
+    };
+    let failover = Arc::new(FailoverStore::new(
+        primary,
+        fallback,
+        Arc::new(catalog.clone()),
+        Some(Arc::new(catalog.clone())),
+        config.failover_config(),
+        Some(Arc::new(crate::ingest::pack::object_matches_name)),
+    ));
+    Ok((failover.clone(), Some(failover)))
+}
+
+/// The configured stores one by one: the primary, and the fallback when enabled.
+async fn open_sides(config: &Config) -> anyhow::Result<(DynBlobStore, Option<DynBlobStore>)> {
     let failover_enabled = config.storage.fallback.enabled;
     let primary: DynBlobStore = match config.storage.backend {
         Backend::Fs => {
@@ -121,15 +138,26 @@ pub async fn open_store(
         // The fallback may be down at start-up; that is what failover is for.
         tracing::warn!(%error, "could not create the fallback bucket now");
     }
-    let failover = Arc::new(FailoverStore::new(
+    Ok((
         primary,
-        deadlines_and_metrics(Arc::new(fallback), config, "fallback"),
-        Arc::new(catalog.clone()),
-        Some(Arc::new(catalog.clone())),
-        config.failover_config(),
-        Some(Arc::new(crate::ingest::pack::object_matches_name)),
-    ));
-    Ok((failover.clone(), Some(failover)))
+        Some(deadlines_and_metrics(Arc::new(fallback), config, "fallback")),
+    ))
+}
+
+/// `artifactd check`: the catalog against each configured store.
+pub async fn check(config: Config, read_data: bool) -> anyhow::Result<crate::app::CheckReport> {
+    let catalog = Catalog::connect(&config.catalog_url(), config.catalog.max_connections)
+        .await
+        .context("opening the catalog")?;
+    let (primary, fallback) = open_sides(&config).await?;
+    let mut stores = vec![(format!("primary {}", primary.name()), primary.clone())];
+    if let Some(fallback) = fallback {
+        stores.push((format!("fallback {}", fallback.name()), fallback));
+    }
+    let artifacts = Artifacts::new(catalog.clone(), primary, config.app_settings()?).await?;
+    let report = artifacts.check(&stores, read_data).await?;
+    catalog.close().await;
+    Ok(report)
 }
 
 /// Runs the server until `shutdown` is cancelled. `on_ready` learns the bound addresses

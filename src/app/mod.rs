@@ -2,6 +2,7 @@
 //! ingest pipeline, the object store and the catalog. Knows nothing about gRPC.
 
 mod access;
+mod check;
 mod dependencies;
 mod download;
 mod keys;
@@ -12,6 +13,7 @@ mod upload;
 mod watch;
 
 pub use access::{AccessAdmin, KeyHolds};
+pub use check::CheckReport;
 pub use dependencies::{
     DependencyFilter, DependencyHit, DependencyRelation, DependentVersion, RequiredBy, Resolution,
     ResolvePolicy, Resolved, Unsatisfied,

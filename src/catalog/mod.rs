@@ -990,6 +990,50 @@ impl Catalog {
         .map_err(|e| db_error("listing packs", e))
     }
 
+    /// Every version of every tenant (deleted artifacts too) with its manifest, `limit` at a
+    /// time in (artifact id, seq) order after `after`.
+    pub async fn stored_manifests(
+        &self,
+        after: Option<(&str, i64)>,
+        limit: u32,
+    ) -> Result<Vec<StoredManifest>> {
+        let (after_id, after_seq) = after.unwrap_or(("", -1));
+        let rows: Vec<(String, String, String, String, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT a.tenant, a.project, v.artifact_id, v.version, v.seq, v.manifest FROM versions v \
+             JOIN artifacts a ON a.id = v.artifact_id \
+             WHERE v.artifact_id > $1 OR (v.artifact_id = $1 AND v.seq > $2) \
+             ORDER BY v.artifact_id, v.seq LIMIT $3",
+        )
+        .bind(after_id)
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("reading manifests", e))?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(tenant, project, artifact_id, version, seq, manifest)| StoredManifest {
+                    scope: Scope::new(tenant, project),
+                    artifact_id,
+                    version,
+                    seq,
+                    manifest,
+                },
+            )
+            .collect())
+    }
+
+    /// Every pack the catalog knows, in any state.
+    pub async fn all_packs(&self) -> Result<Vec<PackRecord>> {
+        sqlx::query_as(
+            "SELECT pack_id, tenant, size, upload_id, state, created_at FROM packs ORDER BY pack_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("listing packs", e))
+    }
+
     /// Total bytes of committed packs: what the store holds for live content.
     pub async fn committed_pack_bytes(&self) -> Result<u64> {
         let total: Option<i64> =

@@ -135,6 +135,16 @@ impl From<VersionRecord> for ArtifactVersion {
     }
 }
 
+/// A version's manifest as stored, for whole-catalog checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredManifest {
+    pub scope: Scope,
+    pub artifact_id: String,
+    pub version: String,
+    pub seq: i64,
+    pub manifest: Vec<u8>,
+}
+
 /// Where a chunk's stored bytes are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkLocation {

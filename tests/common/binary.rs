@@ -68,7 +68,7 @@ pub struct ServerProcess {
     log_path: PathBuf,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct ServerOptions {
     pub env: Vec<(String, String)>,
     /// Reuse a data directory (to restart over the same data); a fresh one when `None`.
