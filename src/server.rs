@@ -84,8 +84,18 @@ pub async fn open_store(
     catalog: &Catalog,
 ) -> anyhow::Result<(DynBlobStore, Option<Arc<FailoverStore>>)> {
     let (primary, fallback) = open_sides(config).await?;
+    Ok(combine(config, catalog, primary, fallback))
+}
+
+/// The primary alone, or both sides under a `FailoverStore`.
+fn combine(
+    config: &Config,
+    catalog: &Catalog,
+    primary: DynBlobStore,
+    fallback: Option<DynBlobStore>,
+) -> (DynBlobStore, Option<Arc<FailoverStore>>) {
     let Some(fallback) = fallback else {
-        return Ok((primary, None));
+        return (primary, None);
     };
     let failover = Arc::new(FailoverStore::new(
         primary,
@@ -95,7 +105,16 @@ pub async fn open_store(
         config.failover_config(),
         Some(Arc::new(crate::ingest::pack::object_matches_name)),
     ));
-    Ok((failover.clone(), Some(failover)))
+    (failover.clone(), Some(failover))
+}
+
+/// Each store by the name a consistency check reports it under.
+fn named_sides(primary: &DynBlobStore, fallback: Option<&DynBlobStore>) -> Vec<(String, DynBlobStore)> {
+    let mut sides = vec![(format!("primary {}", primary.name()), primary.clone())];
+    if let Some(fallback) = fallback {
+        sides.push((format!("fallback {}", fallback.name()), fallback.clone()));
+    }
+    sides
 }
 
 /// The configured stores one by one: the primary, and the fallback when enabled.
@@ -150,10 +169,7 @@ pub async fn check(config: Config, read_data: bool) -> anyhow::Result<crate::app
         .await
         .context("opening the catalog")?;
     let (primary, fallback) = open_sides(&config).await?;
-    let mut stores = vec![(format!("primary {}", primary.name()), primary.clone())];
-    if let Some(fallback) = fallback {
-        stores.push((format!("fallback {}", fallback.name()), fallback));
-    }
+    let stores = named_sides(&primary, fallback.as_ref());
     let artifacts = Artifacts::new(catalog.clone(), primary, config.app_settings()?).await?;
     let report = artifacts.check(&stores, read_data).await?;
     catalog.close().await;
@@ -179,7 +195,9 @@ pub async fn run(
     ensure_admin(&config, &catalog)
         .await
         .context("preparing the way in")?;
-    let (store, failover) = open_store(&config, &catalog).await?;
+    let (primary, fallback) = open_sides(&config).await?;
+    let sides = named_sides(&primary, fallback.as_ref());
+    let (store, failover) = combine(&config, &catalog, primary, fallback);
     let artifacts = Artifacts::new(catalog.clone(), store.clone(), settings)
         .await
         .context("starting the artifact service")?;
@@ -206,7 +224,12 @@ pub async fn run(
         interval: Duration::from_millis(config.server.health_check_interval_ms.max(100)),
         last: LastHealth::default(),
     });
-    let admin_service = AdminServiceServer::new(AdminApi::new(supervisor.board(), monitor.last.clone()));
+    let admin_service = AdminServiceServer::new(AdminApi::new(
+        supervisor.board(),
+        monitor.last.clone(),
+        artifacts.clone(),
+        sides,
+    ));
     // A fresh id per process: a replica's position counts only while it keeps recording it.
     let replica_id = uuid::Uuid::now_v7().to_string();
     supervisor.spawn(INDEXER_JOB, move |token| {

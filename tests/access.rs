@@ -450,6 +450,7 @@ async fn allowed_call(
             vec![json!({})]
         }
         "SyncFallback" => vec![json!({"dryRun": true})],
+        "CheckConsistency" => vec![json!({"readData": true})],
         "CreateApiKey" => vec![json!({"tenant": T, "role": "ROLE_VIEWER", "name": "matrix"})],
         "ListApiKeys" => vec![json!({"tenant": T})],
         "RevokeApiKey" => {

@@ -4,8 +4,9 @@
 
 mod common;
 
-use artifactd::proto::DestroyTenantKeyRequest;
+use artifactd::proto::admin_service_client::AdminServiceClient;
 use artifactd::proto::encryption_service_client::EncryptionServiceClient;
+use artifactd::proto::{CheckConsistencyRequest, DestroyTenantKeyRequest};
 use common::binary::{ServerOptions, ServerProcess, command};
 use common::client::{create_id, header};
 use common::postgres::TestDatabase;
@@ -101,6 +102,15 @@ async fn the_check_finds_what_is_wrong(postgres: bool) {
         })
         .await
         .unwrap();
+    // The same check as a call, on the running server.
+    let called = AdminServiceClient::new(server.channel().await)
+        .check_consistency(CheckConsistencyRequest { read_data: true })
+        .await
+        .expect("the check as a call")
+        .into_inner();
+    assert_eq!((called.versions, called.destroyed_versions), (6, 1));
+    assert!(called.problems.is_empty(), "{:?}", called.problems);
+    assert!(called.bytes_read > 0);
     drop(client);
     drop(server);
 

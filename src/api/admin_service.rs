@@ -1,20 +1,35 @@
 //! `artifactd.v1.AdminService`: the supervisor's job board and the last health report.
 
 use super::convert::timestamp;
+use crate::app::Artifacts;
 use crate::domain::Timestamp;
 use crate::jobs::{JobBoard, JobState, LastHealth};
 use crate::proto::admin_service_server::AdminService;
 use crate::proto::{self, GetServerStatusRequest, GetServerStatusResponse};
+use crate::storage::DynBlobStore;
 use tonic::{Request, Response, Status};
 
 pub struct AdminApi {
     jobs: JobBoard,
     health: LastHealth,
+    artifacts: Artifacts,
+    /// Each store by name, for consistency checks.
+    stores: Vec<(String, DynBlobStore)>,
 }
 
 impl AdminApi {
-    pub fn new(jobs: JobBoard, health: LastHealth) -> Self {
-        Self { jobs, health }
+    pub fn new(
+        jobs: JobBoard,
+        health: LastHealth,
+        artifacts: Artifacts,
+        stores: Vec<(String, DynBlobStore)>,
+    ) -> Self {
+        Self {
+            jobs,
+            health,
+            artifacts,
+            stores,
+        }
     }
 }
 
@@ -56,6 +71,27 @@ impl AdminService for AdminApi {
                 })
                 .collect(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))
+    }
+
+    async fn check_consistency(
+        &self,
+        request: Request<proto::CheckConsistencyRequest>,
+    ) -> Result<Response<proto::CheckConsistencyResponse>, Status> {
+        super::caller(&request)?.authorize_server()?;
+        let report = self
+            .artifacts
+            .check(&self.stores, request.into_inner().read_data)
+            .await?;
+        Ok(Response::new(proto::CheckConsistencyResponse {
+            versions: report.versions,
+            chunks: report.chunks,
+            packs: report.packs,
+            stores: report.stores,
+            bytes_read: report.bytes_read,
+            destroyed_versions: report.destroyed_versions,
+            problems: report.problems,
+            orphans: report.orphans,
         }))
     }
 }

@@ -52,7 +52,7 @@ pub fn of(path: &str) -> Option<Policy> {
             "artifactd.v1.SearchService",
             "Search" | "SearchByTags" | "SearchByMetadata" | "SearchByDependencies",
         ) => Scoped(Read),
-        ("artifactd.v1.AdminService", "GetServerStatus") => Scoped(Operate),
+        ("artifactd.v1.AdminService", "GetServerStatus" | "CheckConsistency") => Scoped(Operate),
         (
             "artifactd.v1.FallbackService",
             "TestFallback" | "GetFallbackStatus" | "SyncFallback" | "GetFallbackMetrics",

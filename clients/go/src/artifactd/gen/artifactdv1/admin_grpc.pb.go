@@ -19,6 +19,12 @@ const _ = grpc.SupportPackageIsVersion7
 type AdminServiceClient interface {
 	// Returns the state of every background job and the health of every service.
 	GetServerStatus(ctx context.Context, in *GetServerStatusRequest, opts ...grpc.CallOption) (*GetServerStatusResponse, error)
+	// Verifies the catalog against each store, like `artifactd check`: every version's chunks
+	// indexed and every pack they need present on the primary and the fallback; with
+	// `read_data` every such pack read whole and every chunk in it verified. Damage is in
+	// `problems`; garbage for collection in `orphans`. A large catalog is better checked with
+	// the command, which needs no call deadline.
+	CheckConsistency(ctx context.Context, in *CheckConsistencyRequest, opts ...grpc.CallOption) (*CheckConsistencyResponse, error)
 }
 
 type adminServiceClient struct {
@@ -38,12 +44,27 @@ func (c *adminServiceClient) GetServerStatus(ctx context.Context, in *GetServerS
 	return out, nil
 }
 
+func (c *adminServiceClient) CheckConsistency(ctx context.Context, in *CheckConsistencyRequest, opts ...grpc.CallOption) (*CheckConsistencyResponse, error) {
+	out := new(CheckConsistencyResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.AdminService/CheckConsistency", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility
 type AdminServiceServer interface {
 	// Returns the state of every background job and the health of every service.
 	GetServerStatus(context.Context, *GetServerStatusRequest) (*GetServerStatusResponse, error)
+	// Verifies the catalog against each store, like `artifactd check`: every version's chunks
+	// indexed and every pack they need present on the primary and the fallback; with
+	// `read_data` every such pack read whole and every chunk in it verified. Damage is in
+	// `problems`; garbage for collection in `orphans`. A large catalog is better checked with
+	// the command, which needs no call deadline.
+	CheckConsistency(context.Context, *CheckConsistencyRequest) (*CheckConsistencyResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -53,6 +74,9 @@ type UnimplementedAdminServiceServer struct {
 
 func (UnimplementedAdminServiceServer) GetServerStatus(context.Context, *GetServerStatusRequest) (*GetServerStatusResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetServerStatus not implemented")
+}
+func (UnimplementedAdminServiceServer) CheckConsistency(context.Context, *CheckConsistencyRequest) (*CheckConsistencyResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CheckConsistency not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 
@@ -85,6 +109,24 @@ func _AdminService_GetServerStatus_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_CheckConsistency_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckConsistencyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).CheckConsistency(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.AdminService/CheckConsistency",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).CheckConsistency(ctx, req.(*CheckConsistencyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _AdminService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "artifactd.v1.AdminService",
 	HandlerType: (*AdminServiceServer)(nil),
@@ -92,6 +134,10 @@ var _AdminService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetServerStatus",
 			Handler:    _AdminService_GetServerStatus_Handler,
+		},
+		{
+			MethodName: "CheckConsistency",
+			Handler:    _AdminService_CheckConsistency_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

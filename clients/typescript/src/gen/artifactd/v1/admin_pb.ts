@@ -12,7 +12,78 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file artifactd/v1/admin.proto.
  */
 export const file_artifactd_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChhhcnRpZmFjdGQvdjEvYWRtaW4ucHJvdG8SDGFydGlmYWN0ZC52MSIYChZHZXRTZXJ2ZXJTdGF0dXNSZXF1ZXN0IpEBCglKb2JTdGF0dXMSDAoEbmFtZRgBIAEoCRIlCgVzdGF0ZRgCIAEoDjIWLmFydGlmYWN0ZC52MS5Kb2JTdGF0ZRIQCghyZXN0YXJ0cxgDIAEoBBISCgpsYXN0X2Vycm9yGAQgASgJEikKBXNpbmNlGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIxCg1TZXJ2aWNlSGVhbHRoEg8KB3NlcnZpY2UYASABKAkSDwoHc2VydmluZxgCIAEoCCKAAQoXR2V0U2VydmVyU3RhdHVzUmVzcG9uc2USJQoEam9icxgBIAMoCzIXLmFydGlmYWN0ZC52MS5Kb2JTdGF0dXMSLQoIc2VydmljZXMYAiADKAsyGy5hcnRpZmFjdGQudjEuU2VydmljZUhlYWx0aBIPCgd2ZXJzaW9uGAMgASgJKm0KCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhUKEUpPQl9TVEFURV9SVU5OSU5HEAESGAoUSk9CX1NUQVRFX1JFU1RBUlRJTkcQAhIVChFKT0JfU1RBVEVfU1RPUFBFRBADMm4KDEFkbWluU2VydmljZRJeCg9HZXRTZXJ2ZXJTdGF0dXMSJC5hcnRpZmFjdGQudjEuR2V0U2VydmVyU3RhdHVzUmVxdWVzdBolLmFydGlmYWN0ZC52MS5HZXRTZXJ2ZXJTdGF0dXNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChhhcnRpZmFjdGQvdjEvYWRtaW4ucHJvdG8SDGFydGlmYWN0ZC52MSIsChdDaGVja0NvbnNpc3RlbmN5UmVxdWVzdBIRCglyZWFkX2RhdGEYASABKAgirgEKGENoZWNrQ29uc2lzdGVuY3lSZXNwb25zZRIQCgh2ZXJzaW9ucxgBIAEoBBIOCgZjaHVua3MYAiABKAQSDQoFcGFja3MYAyABKAQSDgoGc3RvcmVzGAQgAygJEhIKCmJ5dGVzX3JlYWQYBSABKAQSGgoSZGVzdHJveWVkX3ZlcnNpb25zGAYgASgEEhAKCHByb2JsZW1zGAcgAygJEg8KB29ycGhhbnMYCCADKAkiGAoWR2V0U2VydmVyU3RhdHVzUmVxdWVzdCKRAQoJSm9iU3RhdHVzEgwKBG5hbWUYASABKAkSJQoFc3RhdGUYAiABKA4yFi5hcnRpZmFjdGQudjEuSm9iU3RhdGUSEAoIcmVzdGFydHMYAyABKAQSEgoKbGFzdF9lcnJvchgEIAEoCRIpCgVzaW5jZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMQoNU2VydmljZUhlYWx0aBIPCgdzZXJ2aWNlGAEgASgJEg8KB3NlcnZpbmcYAiABKAgigAEKF0dldFNlcnZlclN0YXR1c1Jlc3BvbnNlEiUKBGpvYnMYASADKAsyFy5hcnRpZmFjdGQudjEuSm9iU3RhdHVzEi0KCHNlcnZpY2VzGAIgAygLMhsuYXJ0aWZhY3RkLnYxLlNlcnZpY2VIZWFsdGgSDwoHdmVyc2lvbhgDIAEoCSptCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFKT0JfU1RBVEVfUlVOTklORxABEhgKFEpPQl9TVEFURV9SRVNUQVJUSU5HEAISFQoRSk9CX1NUQVRFX1NUT1BQRUQQAzLRAQoMQWRtaW5TZXJ2aWNlEl4KD0dldFNlcnZlclN0YXR1cxIkLmFydGlmYWN0ZC52MS5HZXRTZXJ2ZXJTdGF0dXNSZXF1ZXN0GiUuYXJ0aWZhY3RkLnYxLkdldFNlcnZlclN0YXR1c1Jlc3BvbnNlEmEKEENoZWNrQ29uc2lzdGVuY3kSJS5hcnRpZmFjdGQudjEuQ2hlY2tDb25zaXN0ZW5jeVJlcXVlc3QaJi5hcnRpZmFjdGQudjEuQ2hlY2tDb25zaXN0ZW5jeVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+
+/**
+ * @generated from message artifactd.v1.CheckConsistencyRequest
+ */
+export type CheckConsistencyRequest = Message<"artifactd.v1.CheckConsistencyRequest"> & {
+  /**
+   * @generated from field: bool read_data = 1;
+   */
+  readData: boolean;
+};
+
+/**
+ * Describes the message artifactd.v1.CheckConsistencyRequest.
+ * Use `create(CheckConsistencyRequestSchema)` to create a new message.
+ */
+export const CheckConsistencyRequestSchema: GenMessage<CheckConsistencyRequest> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_admin, 0);
+
+/**
+ * @generated from message artifactd.v1.CheckConsistencyResponse
+ */
+export type CheckConsistencyResponse = Message<"artifactd.v1.CheckConsistencyResponse"> & {
+  /**
+   * @generated from field: uint64 versions = 1;
+   */
+  versions: bigint;
+
+  /**
+   * @generated from field: uint64 chunks = 2;
+   */
+  chunks: bigint;
+
+  /**
+   * @generated from field: uint64 packs = 3;
+   */
+  packs: bigint;
+
+  /**
+   * @generated from field: repeated string stores = 4;
+   */
+  stores: string[];
+
+  /**
+   * @generated from field: uint64 bytes_read = 5;
+   */
+  bytesRead: bigint;
+
+  /**
+   * Versions whose content was destroyed with their tenant's keys, on purpose.
+   *
+   * @generated from field: uint64 destroyed_versions = 6;
+   */
+  destroyedVersions: bigint;
+
+  /**
+   * @generated from field: repeated string problems = 7;
+   */
+  problems: string[];
+
+  /**
+   * @generated from field: repeated string orphans = 8;
+   */
+  orphans: string[];
+};
+
+/**
+ * Describes the message artifactd.v1.CheckConsistencyResponse.
+ * Use `create(CheckConsistencyResponseSchema)` to create a new message.
+ */
+export const CheckConsistencyResponseSchema: GenMessage<CheckConsistencyResponse> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_admin, 1);
 
 /**
  * @generated from message artifactd.v1.GetServerStatusRequest
@@ -25,7 +96,7 @@ export type GetServerStatusRequest = Message<"artifactd.v1.GetServerStatusReques
  * Use `create(GetServerStatusRequestSchema)` to create a new message.
  */
 export const GetServerStatusRequestSchema: GenMessage<GetServerStatusRequest> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_admin, 0);
+  messageDesc(file_artifactd_v1_admin, 2);
 
 /**
  * One background job under the supervisor.
@@ -73,7 +144,7 @@ export type JobStatus = Message<"artifactd.v1.JobStatus"> & {
  * Use `create(JobStatusSchema)` to create a new message.
  */
 export const JobStatusSchema: GenMessage<JobStatus> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_admin, 1);
+  messageDesc(file_artifactd_v1_admin, 3);
 
 /**
  * What the gRPC health service reports for one service.
@@ -99,7 +170,7 @@ export type ServiceHealth = Message<"artifactd.v1.ServiceHealth"> & {
  * Use `create(ServiceHealthSchema)` to create a new message.
  */
 export const ServiceHealthSchema: GenMessage<ServiceHealth> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_admin, 2);
+  messageDesc(file_artifactd_v1_admin, 4);
 
 /**
  * @generated from message artifactd.v1.GetServerStatusResponse
@@ -128,7 +199,7 @@ export type GetServerStatusResponse = Message<"artifactd.v1.GetServerStatusRespo
  * Use `create(GetServerStatusResponseSchema)` to create a new message.
  */
 export const GetServerStatusResponseSchema: GenMessage<GetServerStatusResponse> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_admin, 3);
+  messageDesc(file_artifactd_v1_admin, 5);
 
 /**
  * @generated from enum artifactd.v1.JobState
@@ -183,6 +254,20 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof GetServerStatusRequestSchema;
     output: typeof GetServerStatusResponseSchema;
+  },
+  /**
+   * Verifies the catalog against each store, like `artifactd check`: every version's chunks
+   * indexed and every pack they need present on the primary and the fallback; with
+   * `read_data` every such pack read whole and every chunk in it verified. Damage is in
+   * `problems`; garbage for collection in `orphans`. A large catalog is better checked with
+   * the command, which needs no call deadline.
+   *
+   * @generated from rpc artifactd.v1.AdminService.CheckConsistency
+   */
+  checkConsistency: {
+    methodKind: "unary";
+    input: typeof CheckConsistencyRequestSchema;
+    output: typeof CheckConsistencyResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_artifactd_v1_admin, 0);

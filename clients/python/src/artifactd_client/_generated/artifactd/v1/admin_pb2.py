@@ -25,23 +25,27 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61rtifactd/v1/admin.proto\x12\x0c\x61rtifactd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x18\n\x16GetServerStatusRequest\"\x91\x01\n\tJobStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.artifactd.v1.JobState\x12\x10\n\x08restarts\x18\x03 \x01(\x04\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\rServiceHealth\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07serving\x18\x02 \x01(\x08\"\x80\x01\n\x17GetServerStatusResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.artifactd.v1.JobStatus\x12-\n\x08services\x18\x02 \x03(\x0b\x32\x1b.artifactd.v1.ServiceHealth\x12\x0f\n\x07version\x18\x03 \x01(\t*m\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_RUNNING\x10\x01\x12\x18\n\x14JOB_STATE_RESTARTING\x10\x02\x12\x15\n\x11JOB_STATE_STOPPED\x10\x03\x32n\n\x0c\x41\x64minService\x12^\n\x0fGetServerStatus\x12$.artifactd.v1.GetServerStatusRequest\x1a%.artifactd.v1.GetServerStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61rtifactd/v1/admin.proto\x12\x0c\x61rtifactd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\",\n\x17\x43heckConsistencyRequest\x12\x11\n\tread_data\x18\x01 \x01(\x08\"\xae\x01\n\x18\x43heckConsistencyResponse\x12\x10\n\x08versions\x18\x01 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x04\x12\r\n\x05packs\x18\x03 \x01(\x04\x12\x0e\n\x06stores\x18\x04 \x03(\t\x12\x12\n\nbytes_read\x18\x05 \x01(\x04\x12\x1a\n\x12\x64\x65stroyed_versions\x18\x06 \x01(\x04\x12\x10\n\x08problems\x18\x07 \x03(\t\x12\x0f\n\x07orphans\x18\x08 \x03(\t\"\x18\n\x16GetServerStatusRequest\"\x91\x01\n\tJobStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.artifactd.v1.JobState\x12\x10\n\x08restarts\x18\x03 \x01(\x04\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\rServiceHealth\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07serving\x18\x02 \x01(\x08\"\x80\x01\n\x17GetServerStatusResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.artifactd.v1.JobStatus\x12-\n\x08services\x18\x02 \x03(\x0b\x32\x1b.artifactd.v1.ServiceHealth\x12\x0f\n\x07version\x18\x03 \x01(\t*m\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_RUNNING\x10\x01\x12\x18\n\x14JOB_STATE_RESTARTING\x10\x02\x12\x15\n\x11JOB_STATE_STOPPED\x10\x03\x32\xd1\x01\n\x0c\x41\x64minService\x12^\n\x0fGetServerStatus\x12$.artifactd.v1.GetServerStatusRequest\x1a%.artifactd.v1.GetServerStatusResponse\x12\x61\n\x10\x43heckConsistency\x12%.artifactd.v1.CheckConsistencyRequest\x1a&.artifactd.v1.CheckConsistencyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'artifactd.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=431
-  _globals['_JOBSTATE']._serialized_end=540
-  _globals['_GETSERVERSTATUSREQUEST']._serialized_start=75
-  _globals['_GETSERVERSTATUSREQUEST']._serialized_end=99
-  _globals['_JOBSTATUS']._serialized_start=102
-  _globals['_JOBSTATUS']._serialized_end=247
-  _globals['_SERVICEHEALTH']._serialized_start=249
-  _globals['_SERVICEHEALTH']._serialized_end=298
-  _globals['_GETSERVERSTATUSRESPONSE']._serialized_start=301
-  _globals['_GETSERVERSTATUSRESPONSE']._serialized_end=429
-  _globals['_ADMINSERVICE']._serialized_start=542
-  _globals['_ADMINSERVICE']._serialized_end=652
+  _globals['_JOBSTATE']._serialized_start=654
+  _globals['_JOBSTATE']._serialized_end=763
+  _globals['_CHECKCONSISTENCYREQUEST']._serialized_start=75
+  _globals['_CHECKCONSISTENCYREQUEST']._serialized_end=119
+  _globals['_CHECKCONSISTENCYRESPONSE']._serialized_start=122
+  _globals['_CHECKCONSISTENCYRESPONSE']._serialized_end=296
+  _globals['_GETSERVERSTATUSREQUEST']._serialized_start=298
+  _globals['_GETSERVERSTATUSREQUEST']._serialized_end=322
+  _globals['_JOBSTATUS']._serialized_start=325
+  _globals['_JOBSTATUS']._serialized_end=470
+  _globals['_SERVICEHEALTH']._serialized_start=472
+  _globals['_SERVICEHEALTH']._serialized_end=521
+  _globals['_GETSERVERSTATUSRESPONSE']._serialized_start=524
+  _globals['_GETSERVERSTATUSRESPONSE']._serialized_end=652
+  _globals['_ADMINSERVICE']._serialized_start=766
+  _globals['_ADMINSERVICE']._serialized_end=975
 # @@protoc_insertion_point(module_scope)

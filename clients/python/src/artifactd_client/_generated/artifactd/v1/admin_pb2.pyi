@@ -46,6 +46,69 @@ JOB_STATE_STOPPED: JobState.ValueType  # 3
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 @_typing.final
+class CheckConsistencyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READ_DATA_FIELD_NUMBER: _builtins.int
+    read_data: _builtins.bool
+    def __init__(
+        self,
+        *,
+        read_data: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["read_data", b"read_data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckConsistencyRequest: _TypeAlias = CheckConsistencyRequest  # noqa: Y015
+
+@_typing.final
+class CheckConsistencyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
+    PACKS_FIELD_NUMBER: _builtins.int
+    STORES_FIELD_NUMBER: _builtins.int
+    BYTES_READ_FIELD_NUMBER: _builtins.int
+    DESTROYED_VERSIONS_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    ORPHANS_FIELD_NUMBER: _builtins.int
+    versions: _builtins.int
+    chunks: _builtins.int
+    packs: _builtins.int
+    bytes_read: _builtins.int
+    destroyed_versions: _builtins.int
+    """Versions whose content was destroyed with their tenant's keys, on purpose."""
+    @_builtins.property
+    def stores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def orphans(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        versions: _builtins.int = ...,
+        chunks: _builtins.int = ...,
+        packs: _builtins.int = ...,
+        stores: _abc.Iterable[_builtins.str] | None = ...,
+        bytes_read: _builtins.int = ...,
+        destroyed_versions: _builtins.int = ...,
+        problems: _abc.Iterable[_builtins.str] | None = ...,
+        orphans: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_read", b"bytes_read", "chunks", b"chunks", "destroyed_versions", b"destroyed_versions", "orphans", b"orphans", "packs", b"packs", "problems", b"problems", "stores", b"stores", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckConsistencyResponse: _TypeAlias = CheckConsistencyResponse  # noqa: Y015
+
+@_typing.final
 class GetServerStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

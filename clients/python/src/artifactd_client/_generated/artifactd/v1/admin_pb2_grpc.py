@@ -41,6 +41,11 @@ class AdminServiceStub:
                 request_serializer=artifactd_dot_v1_dot_admin__pb2.GetServerStatusRequest.SerializeToString,
                 response_deserializer=artifactd_dot_v1_dot_admin__pb2.GetServerStatusResponse.FromString,
                 _registered_method=True)
+        self.CheckConsistency = channel.unary_unary(
+                '/artifactd.v1.AdminService/CheckConsistency',
+                request_serializer=artifactd_dot_v1_dot_admin__pb2.CheckConsistencyRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_admin__pb2.CheckConsistencyResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -55,6 +60,17 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckConsistency(self, request, context):
+        """Verifies the catalog against each store, like `artifactd check`: every version's chunks
+        indexed and every pack they need present on the primary and the fallback; with
+        `read_data` every such pack read whole and every chunk in it verified. Damage is in
+        `problems`; garbage for collection in `orphans`. A large catalog is better checked with
+        the command, which needs no call deadline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +78,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetServerStatus,
                     request_deserializer=artifactd_dot_v1_dot_admin__pb2.GetServerStatusRequest.FromString,
                     response_serializer=artifactd_dot_v1_dot_admin__pb2.GetServerStatusResponse.SerializeToString,
+            ),
+            'CheckConsistency': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckConsistency,
+                    request_deserializer=artifactd_dot_v1_dot_admin__pb2.CheckConsistencyRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_admin__pb2.CheckConsistencyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -93,6 +114,33 @@ class AdminService:
             '/artifactd.v1.AdminService/GetServerStatus',
             artifactd_dot_v1_dot_admin__pb2.GetServerStatusRequest.SerializeToString,
             artifactd_dot_v1_dot_admin__pb2.GetServerStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckConsistency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.AdminService/CheckConsistency',
+            artifactd_dot_v1_dot_admin__pb2.CheckConsistencyRequest.SerializeToString,
+            artifactd_dot_v1_dot_admin__pb2.CheckConsistencyResponse.FromString,
             options,
             channel_credentials,
             insecure,

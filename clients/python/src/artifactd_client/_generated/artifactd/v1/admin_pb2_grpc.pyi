@@ -37,6 +37,13 @@ class AdminServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     GetServerStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetServerStatusRequest, _admin_pb2.GetServerStatusResponse]
     """Returns the state of every background job and the health of every service."""
+    CheckConsistency: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CheckConsistencyRequest, _admin_pb2.CheckConsistencyResponse]
+    """Verifies the catalog against each store, like `artifactd check`: every version's chunks
+    indexed and every pack they need present on the primary and the fallback; with
+    `read_data` every such pack read whole and every chunk in it verified. Damage is in
+    `problems`; garbage for collection in `orphans`. A large catalog is better checked with
+    the command, which needs no call deadline.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -47,6 +54,13 @@ class AdminServiceAsyncStub(AdminServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetServerStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetServerStatusRequest, _admin_pb2.GetServerStatusResponse]  # type: ignore[assignment]
     """Returns the state of every background job and the health of every service."""
+    CheckConsistency: _aio.UnaryUnaryMultiCallable[_admin_pb2.CheckConsistencyRequest, _admin_pb2.CheckConsistencyResponse]  # type: ignore[assignment]
+    """Verifies the catalog against each store, like `artifactd check`: every version's chunks
+    indexed and every pack they need present on the primary and the fallback; with
+    `read_data` every such pack read whole and every chunk in it verified. Damage is in
+    `problems`; garbage for collection in `orphans`. A large catalog is better checked with
+    the command, which needs no call deadline.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService tells operators how one server process is doing: its background jobs and
@@ -60,5 +74,18 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetServerStatusResponse, _abc.Awaitable[_admin_pb2.GetServerStatusResponse]]:
         """Returns the state of every background job and the health of every service."""
+
+    @_abc_1.abstractmethod
+    def CheckConsistency(
+        self,
+        request: _admin_pb2.CheckConsistencyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CheckConsistencyResponse, _abc.Awaitable[_admin_pb2.CheckConsistencyResponse]]:
+        """Verifies the catalog against each store, like `artifactd check`: every version's chunks
+        indexed and every pack they need present on the primary and the fallback; with
+        `read_data` every such pack read whole and every chunk in it verified. Damage is in
+        `problems`; garbage for collection in `orphans`. A large catalog is better checked with
+        the command, which needs no call deadline.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
