@@ -91,7 +91,7 @@ impl Catalog {
         .bind(key.revoked_at.map(|t| t.0))
         .bind(secret_hash)
         .bind(key.permissions.as_ref().map(|listed| {
-            serde_json::to_string(&listed.iter().map(|p| p.name()).collect::<Vec<_>>())
+            serde_json::to_string(&listed.iter().map(|p| p.as_str()).collect::<Vec<_>>())
                 .expect("strings serialise")
         }))
         .bind(bootstrap.then_some(1i64))

@@ -106,15 +106,10 @@ impl Permission {
     /// access is never listed, so a listed key cannot hand out more than its list.
     pub const LISTABLE: [Permission; 3] = [Permission::Read, Permission::Write, Permission::Maintain];
 
-    /// The stored name of a listable permission.
-    pub fn name(self) -> &'static str {
-        self.as_str()
-    }
-
     pub fn parse_listable(field: &'static str, text: &str) -> Result<Self> {
         Self::LISTABLE
             .into_iter()
-            .find(|permission| permission.name() == text)
+            .find(|permission| permission.as_str() == text)
             .ok_or_else(|| {
                 Error::invalid(
                     field,
@@ -339,7 +334,7 @@ impl Principal {
                     .as_ref()
                     .is_some_and(|listed| !listed.contains(&permission)) =>
             {
-                let listed: Vec<&str> = self.permissions.iter().flatten().map(|p| p.name()).collect();
+                let listed: Vec<&str> = self.permissions.iter().flatten().map(|p| p.as_str()).collect();
                 Err(Error::PermissionDenied(format!(
                     "{} may not {} in {place}: its key lists only {}",
                     self.subject,
