@@ -92,12 +92,14 @@ where
                     if let Some(note) = &note {
                         note.caller(&principal.subject, principal.kind.as_str());
                     }
-                    let proof = Proof::new(authenticator.clone(), request.headers().clone(), peer);
+                    let proof = policy::is_lasting(&path).then(|| {
+                        Arc::new(Proof::new(authenticator.clone(), request.headers().clone(), peer))
+                    });
                     request.extensions_mut().insert(Caller {
                         principal: Arc::new(principal),
                         policy,
                         note: note.clone(),
-                        proof: Some(Arc::new(proof)),
+                        proof,
                     });
                     // The handler's changes find who made them through the call's note.
                     crate::audit::within(note, inner.call(request)).await

@@ -20,6 +20,12 @@ pub fn is_open(path: &str) -> bool {
         || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
 }
 
+/// Methods whose calls may last far longer than a credential stays good (change streams):
+/// they keep what the caller proved itself with, to prove it again as they go.
+pub fn is_lasting(path: &str) -> bool {
+    path == "/artifactd.v1.ArtifactService/WatchEvents"
+}
+
 /// The policy of a gRPC method path (`/package.Service/Method`).
 pub fn of(path: &str) -> Option<Policy> {
     use Permission::*;
