@@ -488,12 +488,22 @@ impl Catalog {
                 "tenant {tenant:?}'s encryption key was destroyed while this upload ran; nothing was committed"
             ))
         };
-        if self.dialect == Dialect::Postgres {
-            sqlx::query("SELECT key_id FROM tenant_keys WHERE tenant = $1 FOR SHARE")
-                .bind(tenant)
-                .fetch_all(&mut **tx)
-                .await
-                .map_err(|e| db_error("checking tenant keys", e))?;
+        let lock = if self.dialect == Dialect::Postgres {
+            " FOR SHARE"
+        } else {
+            ""
+        };
+        let keys: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT key_id FROM tenant_keys WHERE tenant = $1{lock}"
+        )))
+        .bind(tenant)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(|e| db_error("checking tenant keys", e))?;
+        // A tenant that never had a key has nothing sealed that a destruction could take away
+        // (a destroyed key keeps its row): the common, unencrypted commit stops here.
+        if keys.is_empty() {
+            return Ok(());
         }
         for batch in packs.chunks(super::BATCH_ROWS) {
             let sql = format!(
