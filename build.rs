@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/artifactd/v1/artifact.proto",
         "proto/artifactd/v1/encryption.proto",
         "proto/artifactd/v1/fallback.proto",
+        "proto/artifactd/v1/retention.proto",
         "proto/artifactd/v1/search.proto",
     ];
     tonic_prost_build::configure()

@@ -26,7 +26,8 @@ pub struct Config {
     pub ingest: crate::app::IngestSettings,
     /// The change stream and the outbox it reads, read directly.
     pub events: crate::app::EventSettings,
-    pub retention: RetentionConfig,
+    /// Retention, the trash and garbage collection: the use cases' own settings type.
+    pub retention: crate::app::RetentionSettings,
     pub search: SearchConfig,
     pub identity: IdentityConfig,
     pub audit: AuditConfig,
@@ -301,13 +302,6 @@ pub struct S3Config {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct RetentionConfig {
-    /// How long a soft-deleted artifact can be restored.
-    pub deleted_retention_seconds: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `text` or `json`.
     pub format: String,
@@ -324,7 +318,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             ingest: crate::app::IngestSettings::default(),
             events: crate::app::EventSettings::default(),
-            retention: RetentionConfig::default(),
+            retention: crate::app::RetentionSettings::default(),
             search: SearchConfig::default(),
             identity: IdentityConfig::default(),
             audit: AuditConfig::default(),
@@ -382,14 +376,6 @@ impl Default for S3Config {
             request_timeout_ms: 30_000,
             multipart_threshold_bytes: 64 * 1024 * 1024,
             multipart_part_bytes: 16 * 1024 * 1024,
-        }
-    }
-}
-
-impl Default for RetentionConfig {
-    fn default() -> Self {
-        Self {
-            deleted_retention_seconds: 30 * 24 * 3600,
         }
     }
 }
@@ -686,6 +672,7 @@ impl Config {
         Ok(crate::app::Settings {
             ingest: self.ingest.clone(),
             deleted_retention: Duration::from_secs(self.retention.deleted_retention_seconds),
+            retention: self.retention.clone(),
             events: self.events.clone(),
             master_keys: self.master_keys()?.map(std::sync::Arc::new),
         })

@@ -18,6 +18,7 @@ use crate::proto::artifact_service_server::ArtifactServiceServer;
 use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::encryption_service_server::EncryptionServiceServer;
 use crate::proto::fallback_service_server::FallbackServiceServer;
+use crate::proto::retention_service_server::RetentionServiceServer;
 use crate::proto::search_service_server::SearchServiceServer;
 use crate::search::{Indexer, SearchIndex};
 use crate::storage::{
@@ -240,6 +241,26 @@ pub async fn run(
     supervisor.spawn("outbox pruner", move |token| {
         run_outbox_pruner(pruned_catalog.clone(), event_settings.clone(), token)
     });
+    {
+        let retention = config.retention.clone();
+        let scheduled = artifacts.clone();
+        let every = Duration::from_secs(retention.policy_check_seconds.max(1));
+        supervisor.spawn("retention policies", move |token| {
+            crate::jobs::run_policy_scheduler(scheduled.clone(), every, token)
+        });
+        let purging = artifacts.clone();
+        let every = Duration::from_secs(retention.purge_interval_seconds.max(1));
+        supervisor.spawn("trash purger", move |token| {
+            crate::jobs::run_trash_purger(purging.clone(), every, token)
+        });
+        if retention.gc_interval_seconds > 0 {
+            let collecting = artifacts.clone();
+            let every = Duration::from_secs(retention.gc_interval_seconds);
+            supervisor.spawn("garbage collector", move |token| {
+                crate::jobs::run_collector(collecting.clone(), every, token)
+            });
+        }
+    }
     let mut sync_requests = None;
     if let Some(failover) = &failover {
         let prober = failover.clone();
@@ -365,6 +386,9 @@ pub async fn run(
             catalog.clone(),
             signer.clone(),
             patterns.clone(),
+        )))
+        .add_service(RetentionServiceServer::new(crate::api::RetentionApi::new(
+            artifacts.clone(),
         )))
         .add_service(EncryptionServiceServer::new(crate::api::EncryptionApi::new(
             artifacts.clone(),

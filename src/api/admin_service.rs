@@ -94,4 +94,62 @@ impl AdminService for AdminApi {
             orphans: report.orphans,
         }))
     }
+
+    async fn collect_garbage(
+        &self,
+        request: Request<proto::CollectGarbageRequest>,
+    ) -> Result<Response<proto::CollectGarbageResponse>, Status> {
+        super::caller(&request)?.authorize_server()?;
+        let report = self
+            .artifacts
+            .collect_garbage(request.into_inner().dry_run)
+            .await?;
+        Ok(Response::new(proto::CollectGarbageResponse {
+            report: Some(gc_to_proto(report)),
+        }))
+    }
+
+    async fn list_garbage_collections(
+        &self,
+        request: Request<proto::ListGarbageCollectionsRequest>,
+    ) -> Result<Response<proto::ListGarbageCollectionsResponse>, Status> {
+        super::caller(&request)?.authorize_server()?;
+        let runs = self.artifacts.gc_runs(request.into_inner().limit).await?;
+        Ok(Response::new(proto::ListGarbageCollectionsResponse {
+            runs: runs.into_iter().map(gc_to_proto).collect(),
+        }))
+    }
+}
+
+fn gc_to_proto(report: crate::app::GcReport) -> proto::GarbageCollection {
+    proto::GarbageCollection {
+        id: report.id,
+        dry_run: report.dry_run,
+        started_at: Some(timestamp(Timestamp(report.started_at))),
+        finished_at: Some(timestamp(Timestamp(report.finished_at))),
+        versions_scanned: report.versions_scanned,
+        chunks_scanned: report.chunks_scanned,
+        packs_examined: report.packs_examined,
+        bytes_examined: report.bytes_examined,
+        packs_marked: report.packs_marked,
+        marks_cleared: report.marks_cleared,
+        packs_reclaimed: report.packs_reclaimed,
+        bytes_reclaimed: report.bytes_reclaimed,
+        packs_compacted: report.packs_compacted,
+        bytes_compacted: report.bytes_compacted,
+        bytes_rewritten: report.bytes_rewritten,
+        objects_deleted: report.objects_deleted,
+        delete_failures: report.delete_failures,
+        kept: report
+            .kept
+            .into_iter()
+            .map(|kept| proto::GarbageKept {
+                reason: kept.reason,
+                packs: kept.packs,
+                bytes: kept.bytes,
+            })
+            .collect(),
+        problems: report.problems,
+        holder: report.holder,
+    }
 }

@@ -15,19 +15,19 @@ use crate::identity::Caller;
 use crate::proto::artifact_service_server::ArtifactService;
 use crate::proto::{
     self, BumpKind, CreateArtifactRequest, CreateArtifactResponse, DeleteAliasRequest, DeleteAliasResponse,
-    DeleteArtifactRequest, DeleteArtifactResponse, DiffVersionsRequest, DiffVersionsResponse,
-    DownloadArtifactRequest, DownloadArtifactResponse, GetArtifactRequest, GetArtifactResponse,
-    GetChangeHistoryRequest, GetChangeHistoryResponse, GetMetadataRequest, GetMetadataResponse,
-    GetProvenanceRequest, GetProvenanceResponse, GetRunRequest, GetRunResponse, LinkArtifactRequest,
-    LinkArtifactResponse, ListAliasesRequest, ListAliasesResponse, ListArtifactsRequest,
-    ListArtifactsResponse, ListDependentsRequest, ListDependentsResponse, ListVersionsRequest,
-    ListVersionsResponse, RecordRunInputsRequest, RecordRunInputsResponse, ResolveDependenciesRequest,
-    ResolveDependenciesResponse, SetAliasRequest, SetAliasResponse, TransitionVersionRequest,
-    TransitionVersionResponse, UndeleteArtifactRequest, UndeleteArtifactResponse, UnlinkArtifactRequest,
-    UnlinkArtifactResponse, UpdateArtifactLabelsRequest, UpdateArtifactLabelsResponse, UpdateArtifactRequest,
-    UpdateArtifactResponse, WatchEventsRequest, WatchEventsResponse, create_artifact_request,
-    download_artifact_response, get_artifact_request, update_artifact_header, update_artifact_request,
-    watch_events_response,
+    DeleteArtifactRequest, DeleteArtifactResponse, DeleteVersionRequest, DeleteVersionResponse,
+    DiffVersionsRequest, DiffVersionsResponse, DownloadArtifactRequest, DownloadArtifactResponse,
+    GetArtifactRequest, GetArtifactResponse, GetChangeHistoryRequest, GetChangeHistoryResponse,
+    GetMetadataRequest, GetMetadataResponse, GetProvenanceRequest, GetProvenanceResponse, GetRunRequest,
+    GetRunResponse, LinkArtifactRequest, LinkArtifactResponse, ListAliasesRequest, ListAliasesResponse,
+    ListArtifactsRequest, ListArtifactsResponse, ListDependentsRequest, ListDependentsResponse,
+    ListVersionsRequest, ListVersionsResponse, RecordRunInputsRequest, RecordRunInputsResponse,
+    ResolveDependenciesRequest, ResolveDependenciesResponse, SetAliasRequest, SetAliasResponse,
+    TransitionVersionRequest, TransitionVersionResponse, UndeleteArtifactRequest, UndeleteArtifactResponse,
+    UndeleteVersionRequest, UndeleteVersionResponse, UnlinkArtifactRequest, UnlinkArtifactResponse,
+    UpdateArtifactLabelsRequest, UpdateArtifactLabelsResponse, UpdateArtifactRequest, UpdateArtifactResponse,
+    WatchEventsRequest, WatchEventsResponse, create_artifact_request, download_artifact_response,
+    get_artifact_request, update_artifact_header, update_artifact_request, watch_events_response,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -447,6 +447,9 @@ impl ArtifactService for ArtifactApi {
             )
             .await?;
         let data = self.artifacts.download(&plan).await?;
+        self.artifacts
+            .note_read(plan.artifact.id.as_str(), &plan.version.version)
+            .await;
         // A download made by a workflow run is one of its inputs: recorded once the download
         // can start and before any byte is sent, so a run never read something it has no
         // record of, and a refused download records nothing.
@@ -582,6 +585,45 @@ impl ArtifactService for ArtifactApi {
         let artifact = self.artifacts.undelete(&scope, &request.artifact_id).await?;
         Ok(Response::new(UndeleteArtifactResponse {
             artifact: Some(convert::artifact(&artifact)),
+        }))
+    }
+
+    async fn delete_version(
+        &self,
+        request: Request<DeleteVersionRequest>,
+    ) -> Result<Response<DeleteVersionResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        caller.target(&format!("{}@{}", request.artifact_id, request.version));
+        let scope = self
+            .authorized_on_id(&caller, request.tenant, request.project, &request.artifact_id)
+            .await?;
+        let (version, restorable_until) = self
+            .artifacts
+            .delete_version(&scope, &request.artifact_id, &request.version, &caller.actor())
+            .await?;
+        Ok(Response::new(DeleteVersionResponse {
+            version: Some(convert::version(&version)),
+            restorable_until: Some(convert::timestamp(restorable_until)),
+        }))
+    }
+
+    async fn undelete_version(
+        &self,
+        request: Request<UndeleteVersionRequest>,
+    ) -> Result<Response<UndeleteVersionResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        caller.target(&format!("{}@{}", request.artifact_id, request.version));
+        let scope = self
+            .authorized_on_id(&caller, request.tenant, request.project, &request.artifact_id)
+            .await?;
+        let version = self
+            .artifacts
+            .undelete_version(&scope, &request.artifact_id, &request.version)
+            .await?;
+        Ok(Response::new(UndeleteVersionResponse {
+            version: Some(convert::version(&version)),
         }))
     }
 

@@ -9,6 +9,7 @@ pub mod convert;
 mod encryption_service;
 mod fallback_service;
 pub mod request_layer;
+mod retention_service;
 mod search_service;
 pub mod status;
 
@@ -18,6 +19,7 @@ pub use artifact_service::ArtifactApi;
 pub use audit_service::AuditApi;
 pub use encryption_service::EncryptionApi;
 pub use fallback_service::FallbackApi;
+pub use retention_service::RetentionApi;
 pub use search_service::SearchApi;
 
 /// Whether the caller may read `project` of `tenant`. Results that reach from the request's

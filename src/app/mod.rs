@@ -5,9 +5,11 @@ mod access;
 mod check;
 mod dependencies;
 mod download;
+mod gc;
 mod keys;
 mod lifecycle;
 mod links;
+mod retention;
 mod runs;
 mod upload;
 mod watch;
@@ -18,7 +20,9 @@ pub use dependencies::{
     DependencyFilter, DependencyHit, DependencyRelation, DependentVersion, RequiredBy, Resolution,
     ResolvePolicy, Resolved, Unsatisfied,
 };
+pub use gc::{GcReport, Kept};
 pub use keys::{MasterKeys, Rewrap, Rotation, TenantEncryption};
+pub use retention::{PolicyInput, RetentionSettings};
 
 /// How deep a dependency lookup goes when the caller does not say.
 pub use dependencies::DEFAULT_MAX_DEPTH as DEFAULT_DEPENDENCY_DEPTH;
@@ -90,6 +94,8 @@ pub struct Settings {
     pub ingest: IngestSettings,
     /// How long a soft-deleted artifact can be restored.
     pub deleted_retention: Duration,
+    /// Retention, the trash and garbage collection.
+    pub retention: RetentionSettings,
     pub events: EventSettings,
     /// Encryption at rest is on when master keys are given.
     pub master_keys: Option<Arc<MasterKeys>>,
@@ -100,6 +106,7 @@ impl Default for Settings {
         Self {
             ingest: IngestSettings::default(),
             deleted_retention: Duration::from_secs(30 * 24 * 3600),
+            retention: RetentionSettings::default(),
             events: EventSettings::default(),
             master_keys: None,
         }
@@ -112,6 +119,7 @@ pub(crate) struct Inner {
     pub(crate) settings: Settings,
     pub(crate) service_secret: [u8; 32],
     pub(crate) keys: keys::Keyring,
+    pub(crate) reads: retention::RecentReads,
 }
 
 /// The artifact use cases. Cheap to clone.
@@ -286,6 +294,7 @@ impl Artifacts {
                 settings,
                 service_secret,
                 keys,
+                reads: retention::RecentReads::default(),
             }),
         })
     }

@@ -482,35 +482,8 @@ impl Upload {
             }
         };
         let builder = std::mem::take(&mut self.pack);
-        let data_key = sealing.as_ref().map(|_| DataKey::generate());
-        let (sealed, data_key) = tokio::task::spawn_blocking(move || {
-            let sealed = match &data_key {
-                Some(key) => builder.seal_with(key),
-                None => builder.seal(),
-            };
-            (sealed, data_key)
-        })
-        .await
-        .map_err(|e| Error::internal(format!("pack sealing failed: {e}")))?;
+        let sealed = seal_and_stage(&self.inner, &self.tenant, builder, sealing, &self.upload_id).await?;
         let pack_id = sealed.id.to_hex();
-        let stage = PackStage {
-            tenant: &self.tenant,
-            pack_id: &pack_id,
-            size: sealed.bytes.len() as u64,
-            upload_id: &self.upload_id,
-            at: now_micros(),
-        };
-        match (sealing, &data_key) {
-            (Some(sealing), Some(data_key)) => {
-                self.inner
-                    .keys
-                    .stage_sealed(&self.inner.catalog, &stage, data_key, sealing)
-                    .await?;
-            }
-            _ => {
-                self.inner.catalog.stage_pack(&stage, None).await?;
-            }
-        }
         self.new_chunks
             .extend(sealed.entries.iter().map(|entry| (pack_id.clone(), *entry)));
         self.packs.push(pack_id);
@@ -536,6 +509,48 @@ impl Upload {
         });
         Ok(())
     }
+}
+
+/// Finishes a pack (sealed under a new data key when the tenant's content is encrypted) and
+/// records it as staged, before any byte of it is written: a pack on a store is always one
+/// the catalog knows, so garbage collection can find it.
+pub(super) async fn seal_and_stage(
+    inner: &Inner,
+    tenant: &str,
+    builder: PackBuilder,
+    sealing: Option<Arc<super::keys::SealingKey>>,
+    upload_id: &str,
+) -> Result<crate::ingest::pack::SealedPack> {
+    let data_key = sealing.as_ref().map(|_| DataKey::generate());
+    let (sealed, data_key) = tokio::task::spawn_blocking(move || {
+        let sealed = match &data_key {
+            Some(key) => builder.seal_with(key),
+            None => builder.seal(),
+        };
+        (sealed, data_key)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("pack sealing failed: {e}")))?;
+    let pack_id = sealed.id.to_hex();
+    let stage = PackStage {
+        tenant,
+        pack_id: &pack_id,
+        size: sealed.bytes.len() as u64,
+        upload_id,
+        at: now_micros(),
+    };
+    match (sealing, &data_key) {
+        (Some(sealing), Some(data_key)) => {
+            inner
+                .keys
+                .stage_sealed(&inner.catalog, &stage, data_key, sealing)
+                .await?;
+        }
+        _ => {
+            inner.catalog.stage_pack(&stage, None).await?;
+        }
+    }
+    Ok(sealed)
 }
 
 /// Moves a content stream into a channel, stopping at the first error or when the

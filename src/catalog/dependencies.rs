@@ -112,7 +112,7 @@ impl Catalog {
         let mut found: HashMap<String, Vec<VersionBrief>> = HashMap::new();
         for batch in artifact_ids.chunks(BATCH_ROWS) {
             let sql = format!(
-                "SELECT artifact_id, version, state FROM versions WHERE artifact_id IN ({}) ORDER BY artifact_id, seq",
+                "SELECT artifact_id, version, state FROM versions WHERE artifact_id IN ({}) AND deleted_at IS NULL ORDER BY artifact_id, seq",
                 self.dialect.placeholders(1, batch.len())
             );
             let mut query = sqlx::query_as::<_, (String, String, String)>(AssertSqlSafe(sql));

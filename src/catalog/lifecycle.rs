@@ -48,7 +48,7 @@ fn version_not_found(artifact_id: &str, version: &str) -> Error {
 impl Catalog {
     /// Begins a transaction holding the live artifact's row lock; NOT_FOUND when there is no
     /// live artifact with that id in the scope.
-    async fn lock_artifact(&self, scope: &Scope, artifact_id: &str) -> Result<Tx> {
+    pub(super) async fn lock_artifact(&self, scope: &Scope, artifact_id: &str) -> Result<Tx> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
         let locked = sqlx::query(
             "UPDATE artifacts SET updated_at = updated_at \
@@ -86,13 +86,14 @@ impl Catalog {
         let mut tx = self.lock_artifact(scope, artifact_id).await?;
         let version = resolve_locked(&mut tx, artifact_id, requested).await?;
         let version = version.as_str();
-        let current: Option<String> =
-            sqlx::query_scalar("SELECT state FROM versions WHERE artifact_id = $1 AND version = $2")
-                .bind(artifact_id)
-                .bind(version)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| db_error("reading a version's state", e))?;
+        let current: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM versions WHERE artifact_id = $1 AND version = $2 AND deleted_at IS NULL",
+        )
+        .bind(artifact_id)
+        .bind(version)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| db_error("reading a version's state", e))?;
         let current = current.ok_or_else(|| version_not_found(artifact_id, version))?;
         let current = LifecycleState::parse("state", &current)?;
         let subject = format!("version {version}");
@@ -187,7 +188,7 @@ impl Catalog {
     pub async fn latest_approved(&self, artifact_id: &str) -> Result<Option<ArtifactVersion>> {
         let sql = format!(
             "SELECT {VERSION_COLUMNS} FROM versions WHERE artifact_id = $1 AND state = 'approved' \
-             ORDER BY seq DESC LIMIT 1"
+             AND deleted_at IS NULL ORDER BY seq DESC LIMIT 1"
         );
         let row: Option<VersionRecord> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(artifact_id)
@@ -258,13 +259,14 @@ impl Catalog {
         now: i64,
     ) -> Result<Alias> {
         let mut tx = self.lock_artifact(scope, artifact_id).await?;
-        let exists: Option<String> =
-            sqlx::query_scalar("SELECT version FROM versions WHERE artifact_id = $1 AND version = $2")
-                .bind(artifact_id)
-                .bind(version)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| db_error("reading a version", e))?;
+        let exists: Option<String> = sqlx::query_scalar(
+            "SELECT version FROM versions WHERE artifact_id = $1 AND version = $2 AND deleted_at IS NULL",
+        )
+        .bind(artifact_id)
+        .bind(version)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| db_error("reading a version", e))?;
         if exists.is_none() {
             return Err(version_not_found(artifact_id, version));
         }
@@ -355,7 +357,7 @@ async fn resolve_locked(tx: &mut Tx, artifact_id: &str, requested: VersionRef<'_
             .await
             .map_err(|e| db_error("reading the latest version", e))?,
         VersionRef::Alias(LATEST_APPROVED) => sqlx::query_scalar(
-            "SELECT version FROM versions WHERE artifact_id = $1 AND state = 'approved' ORDER BY seq DESC LIMIT 1",
+            "SELECT version FROM versions WHERE artifact_id = $1 AND state = 'approved' AND deleted_at IS NULL ORDER BY seq DESC LIMIT 1",
         )
         .bind(artifact_id)
         .fetch_optional(&mut **tx)

@@ -7,18 +7,22 @@ mod access;
 mod audit;
 mod dependencies;
 mod events;
+mod gc;
 mod keys;
 mod lifecycle;
 mod links;
 mod records;
 mod replication;
+mod retention;
 mod runs;
 
 pub use audit::AuditQuery;
 pub use dependencies::{DependentRow, VersionBrief};
 pub use events::{EventBatch, OutboxRange};
+pub use gc::{GcPack, LeaseHeld, PackUse};
 pub use keys::{PackStage, Staged};
 pub use records::*;
+pub use retention::Purged;
 pub use runs::RunInputRecord;
 
 use crate::domain::event::EventKind;
@@ -555,6 +559,7 @@ impl Catalog {
             }
             return Err(db_error("writing a version", error));
         }
+        let mut lost_races: Vec<ChunkId> = Vec::new();
         for batch in version.new_chunks.chunks(BATCH_ROWS) {
             let mut sql = String::from(
                 "INSERT INTO chunks (tenant, chunk_id, pack_id, pack_offset, stored_length, raw_length, codec) VALUES ",
@@ -569,8 +574,8 @@ impl Catalog {
             }
             // Two uploads racing on the same new chunk both stored it; the first index
             // entry wins and the other copy becomes garbage.
-            sql.push_str(" ON CONFLICT (tenant, chunk_id) DO NOTHING");
-            let mut query = sqlx::query(AssertSqlSafe(sql));
+            sql.push_str(" ON CONFLICT (tenant, chunk_id) DO NOTHING RETURNING chunk_id");
+            let mut query = sqlx::query_scalar::<_, Vec<u8>>(AssertSqlSafe(sql));
             for (pack_id, entry) in batch {
                 query = query
                     .bind(&scope.tenant)
@@ -581,19 +586,42 @@ impl Catalog {
                     .bind(i64::from(entry.raw_len))
                     .bind(entry.codec as i64);
             }
-            query
-                .execute(&mut **tx)
+            let indexed: std::collections::HashSet<Vec<u8>> = query
+                .fetch_all(&mut **tx)
                 .await
-                .map_err(|e| db_error("indexing chunks", e))?;
+                .map_err(|e| db_error("indexing chunks", e))?
+                .into_iter()
+                .collect();
+            // A chunk another upload indexed first is this version's through that upload's
+            // pack: reused, as far as garbage collection is concerned.
+            lost_races.extend(
+                batch
+                    .iter()
+                    .map(|(_, entry)| entry.chunk_id)
+                    .filter(|id| !indexed.contains(id.0.as_slice())),
+            );
         }
         self.check_content_alive(tx, &scope.tenant, &version.packs, &version.reused_chunks)
             .await?;
+        let mut reused = version.reused_chunks.clone();
+        reused.extend(lost_races);
+        reused.sort_unstable();
+        reused.dedup();
+        self.claim_reused(tx, &scope.tenant, &reused, &version.packs)
+            .await?;
         for pack_id in &version.packs {
-            sqlx::query("UPDATE packs SET state = 'committed' WHERE pack_id = $1")
-                .bind(pack_id)
-                .execute(&mut **tx)
-                .await
-                .map_err(|e| db_error("committing packs", e))?;
+            let committed =
+                sqlx::query("UPDATE packs SET state = 'committed' WHERE pack_id = $1 AND state = 'staged'")
+                    .bind(pack_id)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| db_error("committing packs", e))?
+                    .rows_affected();
+            if committed == 0 {
+                return Err(Error::Aborted(format!(
+                    "pack {pack_id} of this upload was garbage-collected: the upload ran longer than the collection grace period; nothing was committed"
+                )));
+            }
         }
         let created_in = Transition {
             from: None,
@@ -840,7 +868,9 @@ impl Catalog {
     // ---- versions --------------------------------------------------------------------------
 
     pub async fn version(&self, artifact_id: &str, version: &str) -> Result<Option<ArtifactVersion>> {
-        let sql = format!("SELECT {VERSION_COLUMNS} FROM versions WHERE artifact_id = $1 AND version = $2");
+        let sql = format!(
+            "SELECT {VERSION_COLUMNS} FROM versions WHERE artifact_id = $1 AND version = $2 AND deleted_at IS NULL"
+        );
         let rows: Option<VersionRecord> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(artifact_id)
             .bind(version)
@@ -860,7 +890,7 @@ impl Catalog {
     ) -> Result<Vec<ArtifactVersion>> {
         let sql = format!(
             "SELECT {VERSION_COLUMNS} FROM versions WHERE artifact_id = $1 AND seq < $2 AND state IN ({}) \
-             ORDER BY seq DESC LIMIT $3",
+             AND deleted_at IS NULL ORDER BY seq DESC LIMIT $3",
             state_list(states)
         );
         let rows: Vec<VersionRecord> = sqlx::query_as(AssertSqlSafe(sql))

@@ -19,10 +19,16 @@ pub enum EventKind {
     /// The tenant's encryption keys were destroyed: the content and what was extracted from
     /// it are gone.
     ContentDestroyed,
+    /// One version moved to the trash (by a caller or a retention policy).
+    VersionDeleted,
+    /// A version taken back out of the trash.
+    VersionRestored,
+    /// A version removed from the trash for good.
+    VersionPurged,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 14] = [
         Self::ArtifactCreated,
         Self::VersionAdded,
         Self::VersionTransitioned,
@@ -34,6 +40,9 @@ impl EventKind {
         Self::ArtifactLinked,
         Self::ArtifactUnlinked,
         Self::ContentDestroyed,
+        Self::VersionDeleted,
+        Self::VersionRestored,
+        Self::VersionPurged,
     ];
 
     /// The outbox's name for it.
@@ -50,6 +59,9 @@ impl EventKind {
             Self::ArtifactLinked => "artifact.linked",
             Self::ArtifactUnlinked => "artifact.unlinked",
             Self::ContentDestroyed => "artifact.content_destroyed",
+            Self::VersionDeleted => "version.deleted",
+            Self::VersionRestored => "version.undeleted",
+            Self::VersionPurged => "version.purged",
         }
     }
 

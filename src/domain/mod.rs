@@ -12,6 +12,7 @@ pub mod event;
 pub mod lifecycle;
 pub mod millis;
 pub mod names;
+pub mod retention;
 pub mod run;
 pub mod secret;
 pub mod version;

@@ -50,15 +50,38 @@ pub fn of(path: &str) -> Option<Policy> {
             // Sending to review needs Write; approving and archiving need Maintain (checked
             // by the handler, which knows the target state).
             "TransitionVersion" => Write,
-            "DeleteArtifact" | "UndeleteArtifact" | "SetAlias" | "DeleteAlias" | "LinkArtifact"
-            | "UnlinkArtifact" => Maintain,
+            "DeleteArtifact" | "UndeleteArtifact" | "DeleteVersion" | "UndeleteVersion" | "SetAlias"
+            | "DeleteAlias" | "LinkArtifact" | "UnlinkArtifact" => Maintain,
             _ => return None,
         }),
         (
             "artifactd.v1.SearchService",
             "Search" | "SearchByTags" | "SearchByMetadata" | "SearchByDependencies",
         ) => Scoped(Read),
-        ("artifactd.v1.AdminService", "GetServerStatus" | "CheckConsistency") => Scoped(Operate),
+        (
+            "artifactd.v1.AdminService",
+            "GetServerStatus" | "CheckConsistency" | "CollectGarbage" | "ListGarbageCollections",
+        ) => Scoped(Operate),
+        (
+            "artifactd.v1.RetentionService",
+            "ListRetentionPolicies"
+            | "GetRetentionPolicy"
+            | "ListRetentionRuns"
+            | "GetRetentionRun"
+            | "ListLegalHolds"
+            | "ListTrash",
+        ) => Scoped(Read),
+        (
+            "artifactd.v1.RetentionService",
+            "CreateRetentionPolicy"
+            | "UpdateRetentionPolicy"
+            | "DeleteRetentionPolicy"
+            | "EvaluateRetentionPolicy"
+            | "ExecuteRetentionPolicy"
+            | "SetLegalHold"
+            | "ReleaseLegalHold"
+            | "PurgeTrash",
+        ) => Scoped(ManageProject),
         (
             "artifactd.v1.FallbackService",
             "TestFallback" | "GetFallbackStatus" | "SyncFallback" | "GetFallbackMetrics",
@@ -126,6 +149,13 @@ pub fn audited(path: &str, code: tonic::Code, recorded_with_change: bool) -> boo
                 | "ExportAuditLog"
                 | "VerifyAuditLog"
                 | "GetEncryptionStatus"
+                | "ListGarbageCollections"
+                | "ListRetentionPolicies"
+                | "GetRetentionPolicy"
+                | "ListRetentionRuns"
+                | "GetRetentionRun"
+                | "ListLegalHolds"
+                | "ListTrash"
         ),
         None => true,
     }

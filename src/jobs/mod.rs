@@ -9,6 +9,7 @@ mod fallback_sync;
 mod health;
 mod indexer;
 mod outbox;
+mod retention;
 mod storage;
 
 pub use fallback_sync::{FallbackSync, SyncProgress, SyncRequest};
@@ -18,6 +19,7 @@ pub use health::{
 };
 pub use indexer::run_indexer;
 pub use outbox::run_outbox_pruner;
+pub use retention::{run_collector, run_policy_scheduler, run_trash_purger};
 pub use storage::{run_prober, run_reconciler, run_replicator};
 
 use crate::domain::now_micros;

@@ -95,6 +95,16 @@ metric_names! {
         "Change streams cut off because their watcher read too slowly";
     OUTBOX_PRUNED_TOTAL = "artifactd_outbox_pruned_total", Counter,
         "Outbox events deleted after the retention horizon";
+    GC_RUNS_TOTAL = "artifactd_gc_runs_total", Counter,
+        "Garbage collection runs, by outcome (ok, error)";
+    GC_DURATION_SECONDS = "artifactd_gc_duration_seconds", Histogram,
+        "How long garbage collection runs take";
+    GC_RECLAIMED_BYTES_TOTAL = "artifactd_gc_reclaimed_bytes_total", Counter,
+        "Bytes of packs garbage collection removed from the catalog (their objects are deleted after)";
+    RETENTION_APPLIED_TOTAL = "artifactd_retention_applied_total", Counter,
+        "Versions archived or moved to the trash by retention policies";
+    TRASH_PURGED_TOTAL = "artifactd_trash_purged_total", Counter,
+        "Artifacts and versions removed from the trash for good";
 }
 
 /// Registers every description with the installed recorder.

@@ -1,0 +1,498 @@
+//! Garbage collection's statements: the lease that keeps one collector running across
+//! replicas, marks on unreferenced packs, the sweep that removes a marked pack from the
+//! catalog (only while its mark stands, which an upload reusing it removes in its commit),
+//! tombstones for the objects being deleted, chunk relocation for compaction, and run reports.
+
+use super::{BATCH_ROWS, Catalog, Dialect, db_error};
+use crate::domain::{Error, Result};
+use crate::ingest::{ChunkId, PackEntry, PackId};
+use sqlx::AssertSqlSafe;
+use std::collections::HashMap;
+
+type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// (tenant, chunk id, pack id, offset, stored length, raw length, codec)
+type ChunkRow = (String, Vec<u8>, String, i64, i64, i64, i64);
+
+/// The lease every collector takes.
+pub const GC_LEASE: &str = "gc";
+
+/// Who holds a lease that was not free.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHeld {
+    pub holder: String,
+    pub expires_at: i64,
+}
+
+/// One pack as the collector sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcPack {
+    pub pack_id: String,
+    pub tenant: String,
+    pub size: u64,
+    pub state: String,
+    pub created_at: i64,
+    /// Sealed packs have a data key.
+    pub sealed: bool,
+}
+
+/// One chunk index row as the collector sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackUse {
+    pub tenant: String,
+    pub chunk_id: ChunkId,
+    pub pack_id: String,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub codec: i64,
+}
+
+impl Catalog {
+    /// Takes `name` for `holder` until `expires_at`, or extends it if `holder` has it.
+    /// Returns who holds it when someone else does and it has not expired.
+    pub async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Option<LeaseHeld>> {
+        let taken = sqlx::query(
+            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(expires_at)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error("taking a lease", e))?
+        .rows_affected();
+        if taken == 1 {
+            return Ok(None);
+        }
+        let held: Option<(String, i64)> =
+            sqlx::query_as("SELECT holder, expires_at FROM leases WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| db_error("reading a lease", e))?;
+        Ok(Some(held.map_or_else(
+            || LeaseHeld {
+                holder: String::new(),
+                expires_at: 0,
+            },
+            |(holder, expires_at)| LeaseHeld { holder, expires_at },
+        )))
+    }
+
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error("releasing a lease", e))?;
+        Ok(())
+    }
+
+    /// Fails the transaction's work unless `holder` still holds `name`: a collector that lost
+    /// its lease (paused past its expiry) must not act on what it saw before.
+    async fn require_lease(&self, tx: &mut Tx, name: &str, holder: &str, now: i64) -> Result<()> {
+        // On PostgreSQL the row is share-locked to the commit: a collector taking the lease
+        // over waits for this transaction instead of starting beside it.
+        let lock = if self.dialect == Dialect::Postgres {
+            " FOR SHARE"
+        } else {
+            ""
+        };
+        let held: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT holder FROM leases WHERE name = $1 AND holder = $2 AND expires_at >= $3{lock}"
+        )))
+        .bind(name)
+        .bind(holder)
+        .bind(now.max(crate::domain::now_micros()))
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(|e| db_error("checking a lease", e))?;
+        if held.is_none() {
+            return Err(Error::Aborted(format!(
+                "the {name} lease was lost; this run stops without changing anything more"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every pack with its state and whether it is sealed, in pack id order after `after`.
+    pub async fn gc_packs(&self, after: &str, limit: u32) -> Result<Vec<GcPack>> {
+        let rows: Vec<(String, String, i64, String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT pack_id, tenant, size, state, created_at, key_id FROM packs WHERE pack_id > $1 ORDER BY pack_id LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("listing packs", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(pack_id, tenant, size, state, created_at, key_id)| GcPack {
+                pack_id,
+                tenant,
+                size: size.max(0) as u64,
+                state,
+                created_at,
+                sealed: key_id.is_some(),
+            })
+            .collect())
+    }
+
+    /// Chunk index rows in (tenant, chunk id) order after `after`.
+    pub async fn chunk_rows(&self, after: Option<(&str, &ChunkId)>, limit: u32) -> Result<Vec<PackUse>> {
+        let (tenant, chunk) =
+            after.map_or((String::new(), Vec::new()), |(t, c)| (t.to_owned(), c.0.to_vec()));
+        let rows: Vec<ChunkRow> = sqlx::query_as(
+            "SELECT tenant, chunk_id, pack_id, pack_offset, stored_length, raw_length, codec FROM chunks \
+             WHERE tenant > $1 OR (tenant = $1 AND chunk_id > $2) ORDER BY tenant, chunk_id LIMIT $3",
+        )
+        .bind(&tenant)
+        .bind(chunk)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("listing chunks", e))?;
+        rows.into_iter()
+            .map(|(tenant, chunk_id, pack_id, offset, stored, raw, codec)| {
+                let chunk_id = <[u8; 32]>::try_from(chunk_id.as_slice())
+                    .map(ChunkId)
+                    .map_err(|_| Error::internal("a chunk id in the index is not 32 bytes"))?;
+                Ok(PackUse {
+                    tenant,
+                    chunk_id,
+                    pack_id,
+                    offset: offset.max(0) as u64,
+                    stored_len: stored.max(0) as u32,
+                    raw_len: raw.max(0) as u32,
+                    codec,
+                })
+            })
+            .collect()
+    }
+
+    /// The marks standing now: pack id → when marked.
+    pub async fn gc_marks(&self) -> Result<HashMap<String, i64>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT pack_id, marked_at FROM gc_marks")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("reading marks", e))?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Marks packs found unreferenced (keeping older marks' times) and clears the marks of
+    /// packs found referenced again.
+    pub async fn update_marks(
+        &self,
+        holder: &str,
+        mark: &[String],
+        clear: &[String],
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        // Write first (SQLite), then the fence.
+        for batch in clear.chunks(BATCH_ROWS) {
+            let sql = format!(
+                "DELETE FROM gc_marks WHERE pack_id IN ({})",
+                self.dialect.placeholders(1, batch.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for pack in batch {
+                query = query.bind(pack);
+            }
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error("clearing marks", e))?;
+        }
+        for batch in mark.chunks(BATCH_ROWS) {
+            let mut sql = String::from("INSERT INTO gc_marks (pack_id, marked_at) VALUES ");
+            for row in 0..batch.len() {
+                if row > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push('(');
+                sql.push_str(&self.dialect.placeholders(row * 2 + 1, 2));
+                sql.push(')');
+            }
+            sql.push_str(" ON CONFLICT (pack_id) DO NOTHING");
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for pack in batch {
+                query = query.bind(pack).bind(now);
+            }
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error("marking packs", e))?;
+        }
+        self.require_lease(&mut tx, GC_LEASE, holder, now).await?;
+        tx.commit().await.map_err(|e| db_error("committing", e))
+    }
+
+    /// Removes a marked pack from the catalog if its mark, made at or before `marked_by`,
+    /// still stands and the pack is still in `state`; leaves a tombstone for its object.
+    /// Returns false (and changes nothing) when the mark was cleared or the pack changed.
+    pub async fn sweep_pack(&self, holder: &str, pack: &GcPack, marked_by: i64, now: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        // The mark's row lock is what an upload reusing this pack's chunks waits on (or
+        // takes first): of the two, exactly one goes ahead.
+        let unmarked = sqlx::query("DELETE FROM gc_marks WHERE pack_id = $1 AND marked_at <= $2")
+            .bind(&pack.pack_id)
+            .bind(marked_by)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("taking a mark", e))?
+            .rows_affected();
+        if unmarked == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM chunks WHERE pack_id = $1")
+            .bind(&pack.pack_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("removing a pack's chunks", e))?;
+        let removed = sqlx::query("DELETE FROM packs WHERE pack_id = $1 AND state = $2")
+            .bind(&pack.pack_id)
+            .bind(&pack.state)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("removing a pack", e))?
+            .rows_affected();
+        if removed == 0 {
+            // Committed by a slow upload, or changed otherwise: keep it.
+            return Ok(false);
+        }
+        let key = PackId::from_hex(&pack.pack_id)
+            .map(|id| id.object_key())
+            .ok_or_else(|| Error::internal(format!("pack id {:?} is malformed", pack.pack_id)))?;
+        sqlx::query("DELETE FROM replication_queue WHERE object_key = $1")
+            .bind(&key)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("dropping a pack's copy orders", e))?;
+        sqlx::query(
+            "INSERT INTO pack_tombstones (pack_id, tenant, size, buried_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (pack_id) DO NOTHING",
+        )
+        .bind(&pack.pack_id)
+        .bind(&pack.tenant)
+        .bind(pack.size as i64)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error("burying a pack", e))?;
+        self.require_lease(&mut tx, GC_LEASE, holder, now).await?;
+        tx.commit().await.map_err(|e| db_error("committing", e))?;
+        Ok(true)
+    }
+
+    /// Tombstones: (pack id, size, buried at).
+    pub async fn tombstones(&self) -> Result<Vec<(String, u64, i64)>> {
+        let rows: Vec<(String, i64, i64)> =
+            sqlx::query_as("SELECT pack_id, size, buried_at FROM pack_tombstones ORDER BY pack_id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error("reading tombstones", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(pack, size, buried)| (pack, size.max(0) as u64, buried))
+            .collect())
+    }
+
+    /// After a successful delete of a tombstoned object: the row goes once the delete came a
+    /// grace period after the burial (`settled`); either way no copy order for it stays.
+    pub async fn object_deleted(&self, pack_id: &str, settled: bool, now: i64) -> Result<()> {
+        let key = PackId::from_hex(pack_id)
+            .map(|id| id.object_key())
+            .unwrap_or_default();
+        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        if settled {
+            sqlx::query("DELETE FROM pack_tombstones WHERE pack_id = $1")
+                .bind(pack_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error("removing a tombstone", e))?;
+        } else {
+            sqlx::query("UPDATE pack_tombstones SET deleted_at = $1 WHERE pack_id = $2")
+                .bind(now)
+                .bind(pack_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error("updating a tombstone", e))?;
+        }
+        sqlx::query("DELETE FROM replication_queue WHERE object_key = $1")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("dropping copy orders", e))?;
+        tx.commit().await.map_err(|e| db_error("committing", e))
+    }
+
+    /// Points the chunks compaction copied at their new pack, and commits that pack, where the
+    /// index still points into one of `old_packs` (nothing else moves them meanwhile: the
+    /// lease).
+    pub async fn relocate_chunks(
+        &self,
+        holder: &str,
+        tenant: &str,
+        old_packs: &[String],
+        new_pack: &str,
+        entries: &[PackEntry],
+        now: i64,
+    ) -> Result<u64> {
+        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let committed =
+            sqlx::query("UPDATE packs SET state = 'committed' WHERE pack_id = $1 AND state = 'staged'")
+                .bind(new_pack)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error("committing a pack", e))?
+                .rows_affected();
+        if committed == 0 {
+            return Err(Error::Aborted(format!(
+                "compacted pack {new_pack} is no longer staged; nothing was moved"
+            )));
+        }
+        let sql = format!(
+            "UPDATE chunks SET pack_id = {}, pack_offset = {}, stored_length = {}, codec = {} \
+             WHERE tenant = {} AND chunk_id = {} AND pack_id IN ({})",
+            self.dialect.placeholders(1, 1),
+            self.dialect.placeholders(2, 1),
+            self.dialect.placeholders(3, 1),
+            self.dialect.placeholders(4, 1),
+            self.dialect.placeholders(5, 1),
+            self.dialect.placeholders(6, 1),
+            self.dialect.placeholders(7, old_packs.len()),
+        );
+        let mut moved = 0;
+        for entry in entries {
+            let mut query = sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(new_pack)
+                .bind(entry.offset as i64)
+                .bind(i64::from(entry.stored_len))
+                .bind(entry.codec as i64)
+                .bind(tenant)
+                .bind(entry.chunk_id.0.to_vec());
+            for old in old_packs {
+                query = query.bind(old);
+            }
+            moved += query
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error("moving a chunk", e))?
+                .rows_affected();
+        }
+        self.require_lease(&mut tx, GC_LEASE, holder, now).await?;
+        tx.commit().await.map_err(|e| db_error("committing", e))?;
+        Ok(moved)
+    }
+
+    /// Keeps a collection run's report (JSON).
+    pub async fn record_gc_run(
+        &self,
+        id: &str,
+        holder: &str,
+        dry_run: bool,
+        started_at: i64,
+        finished_at: i64,
+        report: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO gc_runs (id, holder, dry_run, started_at, finished_at, report) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(holder)
+        .bind(i64::from(dry_run))
+        .bind(started_at)
+        .bind(finished_at)
+        .bind(report)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error("recording a collection run", e))?;
+        Ok(())
+    }
+
+    /// The newest collection reports (JSON), newest first.
+    pub async fn gc_runs(&self, limit: u32) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT report FROM gc_runs ORDER BY started_at DESC, id DESC LIMIT $1")
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("listing collection runs", e))
+    }
+
+    /// In an upload's commit: clears the marks of every pack the version's reused chunks
+    /// (and its own packs) are in, then checks that every reused chunk is still indexed. The
+    /// mark comes first: a sweep holding it finishes before this reads the index, and a
+    /// sweep that comes later finds no mark and keeps the pack.
+    pub(super) async fn claim_reused(
+        &self,
+        tx: &mut Tx,
+        tenant: &str,
+        reused: &[ChunkId],
+        own_packs: &[String],
+    ) -> Result<()> {
+        for batch in own_packs.chunks(BATCH_ROWS) {
+            let sql = format!(
+                "DELETE FROM gc_marks WHERE pack_id IN ({})",
+                self.dialect.placeholders(1, batch.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for pack in batch {
+                query = query.bind(pack);
+            }
+            query
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| db_error("clearing marks", e))?;
+        }
+        for batch in reused.chunks(BATCH_ROWS) {
+            let ids = self.dialect.placeholders(2, batch.len());
+            let tenant_param = self.dialect.placeholders(1, 1);
+            let sql = format!(
+                "DELETE FROM gc_marks WHERE pack_id IN \
+                 (SELECT pack_id FROM chunks WHERE tenant = {tenant_param} AND chunk_id IN ({ids}))"
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(tenant);
+            for id in batch {
+                query = query.bind(id.0.to_vec());
+            }
+            query
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| db_error("clearing marks", e))?;
+            let sql =
+                format!("SELECT COUNT(*) FROM chunks WHERE tenant = {tenant_param} AND chunk_id IN ({ids})");
+            let mut query = sqlx::query_as::<_, (i64,)>(AssertSqlSafe(sql)).bind(tenant);
+            for id in batch {
+                query = query.bind(id.0.to_vec());
+            }
+            let (present,) = query
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(|e| db_error("checking chunks", e))?;
+            if present as usize != batch.len() {
+                return Err(Error::Aborted(
+                    "content this upload reuses was garbage-collected while it ran; nothing was committed, upload again"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this catalog is PostgreSQL (the collector reads a consistent snapshot there).
+    pub fn is_postgres(&self) -> bool {
+        self.dialect == Dialect::Postgres
+    }
+}
