@@ -62,15 +62,26 @@ pub struct BoundAddrs {
 
 /// Every backend gets a deadline that follows its observed latency (capped by the request
 /// timeout) and per-call metrics, whatever else wraps it.
+/// The least deadline of a store call when there is no fallback store.
+const STANDALONE_DEADLINE_FLOOR: Duration = Duration::from_secs(5);
+
 fn deadlines_and_metrics(store: DynBlobStore, config: &Config, role: &'static str) -> DynBlobStore {
     let ceiling = if config.storage.fallback.enabled {
         config.storage.failover.request_timeout
     } else {
         Duration::from_millis(config.storage.s3.request_timeout_ms)
     };
+    // A short deadline is for failing over: with no other store to turn to, giving up on a
+    // slow but working store (a busy disk's fsync) only turns a late success into an error.
+    let floor = Duration::from_millis(config.storage.deadline_floor_ms);
+    let floor = if config.storage.fallback.enabled {
+        floor
+    } else {
+        floor.max(STANDALONE_DEADLINE_FLOOR)
+    };
     let deadline = DeadlineConfig {
         ceiling,
-        floor: Duration::from_millis(config.storage.deadline_floor_ms).min(ceiling),
+        floor: floor.min(ceiling),
         ..DeadlineConfig::default()
     };
     Arc::new(MeteredStore::new(

@@ -21,7 +21,7 @@
 
 use super::upload::seal_and_stage;
 use super::{Artifacts, Inner};
-use crate::catalog::{GcPack, PackUse};
+use crate::catalog::{GcPack, PackUse, Tombstoned};
 use crate::domain::{Error, Result, now_micros};
 use crate::ingest::chunk::decode;
 use crate::ingest::pack::read_trailer;
@@ -90,7 +90,7 @@ impl Artifacts {
         let inner = &self.inner;
         let settings = &inner.settings.retention;
         let holder = format!("{}:{}", hostname(), uuid::Uuid::now_v7());
-        let lease = Duration::from_secs(settings.lease_seconds.max(10));
+        let lease = Duration::from_secs(settings.lease_seconds.max(2));
         let renewing = CancellationToken::new();
         if !dry_run {
             let now = now_micros();
@@ -318,14 +318,17 @@ impl Artifacts {
                 let Some(key) = PackId::from_hex(&pack_id).map(|id| id.object_key()) else {
                     continue;
                 };
-                match inner.store.delete(&key).await {
-                    Ok(()) => {
-                        report.objects_deleted += 1;
-                        catalog
-                            .object_deleted(&pack_id, buried_at <= t0 - grace, now_micros())
-                            .await?;
-                    }
-                    Err(error) => {
+                let store = inner.store.clone();
+                let deleting = key.clone();
+                let outcome = catalog
+                    .delete_tombstoned(&pack_id, buried_at <= t0 - grace, || async move {
+                        store.delete(&deleting).await.map_err(|error| error.to_string())
+                    })
+                    .await?;
+                match outcome {
+                    Tombstoned::Deleted => report.objects_deleted += 1,
+                    Tombstoned::Revived => {}
+                    Tombstoned::Failed(error) => {
                         report.delete_failures += 1;
                         report
                             .problems

@@ -24,6 +24,16 @@ pub struct LeaseHeld {
     pub expires_at: i64,
 }
 
+/// What became of a tombstoned object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tombstoned {
+    Deleted,
+    /// Its pack is in the catalog again (made anew from the same bytes): kept.
+    Revived,
+    /// The store refused; the tombstone stays for the next run.
+    Failed(String),
+}
+
 /// One pack as the collector sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GcPack {
@@ -309,13 +319,50 @@ impl Catalog {
             .collect())
     }
 
-    /// After a successful delete of a tombstoned object: the row goes once the delete came a
-    /// grace period after the burial (`settled`); either way no copy order for it stays.
-    pub async fn object_deleted(&self, pack_id: &str, settled: bool, now: i64) -> Result<()> {
+    /// Deletes a tombstoned object with `delete`, holding the tombstone's row meanwhile so a
+    /// pack of the same bytes cannot be staged and written until the delete is over. A
+    /// tombstone whose pack is in the catalog again is dropped without deleting anything.
+    /// The row goes once a delete came a grace period after the burial (`settled`).
+    pub async fn delete_tombstoned<F, Fut>(
+        &self,
+        pack_id: &str,
+        settled: bool,
+        delete: F,
+    ) -> Result<Tombstoned>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<(), String>>,
+    {
         let key = PackId::from_hex(pack_id)
             .map(|id| id.object_key())
             .unwrap_or_default();
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let held = sqlx::query("UPDATE pack_tombstones SET deleted_at = deleted_at WHERE pack_id = $1")
+            .bind(pack_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("holding a tombstone", e))?
+            .rows_affected();
+        if held == 0 {
+            return Ok(Tombstoned::Revived);
+        }
+        let revived: Option<String> = sqlx::query_scalar("SELECT pack_id FROM packs WHERE pack_id = $1")
+            .bind(pack_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| db_error("reading a pack", e))?;
+        if revived.is_some() {
+            sqlx::query("DELETE FROM pack_tombstones WHERE pack_id = $1")
+                .bind(pack_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error("removing a tombstone", e))?;
+            tx.commit().await.map_err(|e| db_error("committing", e))?;
+            return Ok(Tombstoned::Revived);
+        }
+        if let Err(error) = delete().await {
+            return Ok(Tombstoned::Failed(error));
+        }
         if settled {
             sqlx::query("DELETE FROM pack_tombstones WHERE pack_id = $1")
                 .bind(pack_id)
@@ -324,7 +371,7 @@ impl Catalog {
                 .map_err(|e| db_error("removing a tombstone", e))?;
         } else {
             sqlx::query("UPDATE pack_tombstones SET deleted_at = $1 WHERE pack_id = $2")
-                .bind(now)
+                .bind(crate::domain::now_micros())
                 .bind(pack_id)
                 .execute(&mut *tx)
                 .await
@@ -335,7 +382,8 @@ impl Catalog {
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error("dropping copy orders", e))?;
-        tx.commit().await.map_err(|e| db_error("committing", e))
+        tx.commit().await.map_err(|e| db_error("committing", e))?;
+        Ok(Tombstoned::Deleted)
     }
 
     /// Points the chunks compaction copied at their new pack, and commits that pack, where the
@@ -351,16 +399,16 @@ impl Catalog {
         now: i64,
     ) -> Result<u64> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
-        let committed =
-            sqlx::query("UPDATE packs SET state = 'committed' WHERE pack_id = $1 AND state = 'staged'")
-                .bind(new_pack)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| db_error("committing a pack", e))?
-                .rows_affected();
+        // Any state: compaction can produce the bytes of a pack that exists already.
+        let committed = sqlx::query("UPDATE packs SET state = 'committed' WHERE pack_id = $1")
+            .bind(new_pack)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("committing a pack", e))?
+            .rows_affected();
         if committed == 0 {
             return Err(Error::Aborted(format!(
-                "compacted pack {new_pack} is no longer staged; nothing was moved"
+                "compacted pack {new_pack} was collected before it was committed; nothing was moved"
             )));
         }
         let sql = format!(

@@ -191,6 +191,15 @@ impl Catalog {
             upload_id,
             at: now,
         } = *stage;
+        // Packs are named by their bytes, so one collected earlier can be made again. Its
+        // tombstone goes first: a collector deleting that object holds the tombstone's row,
+        // and this waits for it, so the object written after staging is never deleted.
+        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        sqlx::query("DELETE FROM pack_tombstones WHERE pack_id = $1")
+            .bind(pack_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("reviving a pack", e))?;
         let Some(key) = key else {
             sqlx::query(
                 "INSERT INTO packs (pack_id, tenant, size, upload_id, state, created_at) \
@@ -201,9 +210,10 @@ impl Catalog {
             .bind(size as i64)
             .bind(upload_id)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(|e| db_error("staging a pack", e))?;
+            tx.commit().await.map_err(|e| db_error("committing", e))?;
             return Ok(Staged::Recorded);
         };
         // On Postgres the shared lock waits for a rotation or destruction holding the key's
@@ -225,9 +235,10 @@ impl Catalog {
         .bind(now)
         .bind(&key.key_id)
         .bind(key.wrapped.clone())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| db_error("staging a pack", e))?;
+        tx.commit().await.map_err(|e| db_error("committing", e))?;
         Ok(if inserted.rows_affected() == 1 {
             Staged::Recorded
         } else {

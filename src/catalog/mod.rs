@@ -19,7 +19,7 @@ mod runs;
 pub use audit::AuditQuery;
 pub use dependencies::{DependentRow, VersionBrief};
 pub use events::{EventBatch, OutboxRange};
-pub use gc::{GcPack, LeaseHeld, PackUse};
+pub use gc::{GcPack, LeaseHeld, PackUse, Tombstoned};
 pub use keys::{PackStage, Staged};
 pub use records::*;
 pub use retention::Purged;
@@ -610,13 +610,13 @@ impl Catalog {
         self.claim_reused(tx, &scope.tenant, &reused, &version.packs)
             .await?;
         for pack_id in &version.packs {
-            let committed =
-                sqlx::query("UPDATE packs SET state = 'committed' WHERE pack_id = $1 AND state = 'staged'")
-                    .bind(pack_id)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(|e| db_error("committing packs", e))?
-                    .rows_affected();
+            // Any state: a pack of identical bytes staged by another upload is this one too.
+            let committed = sqlx::query("UPDATE packs SET state = 'committed' WHERE pack_id = $1")
+                .bind(pack_id)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| db_error("committing packs", e))?
+                .rows_affected();
             if committed == 0 {
                 return Err(Error::Aborted(format!(
                     "pack {pack_id} of this upload was garbage-collected: the upload ran longer than the collection grace period; nothing was committed"
@@ -794,6 +794,12 @@ impl Catalog {
         .map_err(|e| db_error("deleting an artifact", e))?
         .rows_affected();
         if changed == 1 {
+            if let Some(hold) = retention::hold_on(&mut tx, artifact_id, None).await? {
+                drop(tx);
+                return Err(Error::FailedPrecondition(format!(
+                    "artifact {artifact_id:?} cannot be deleted: {hold}"
+                )));
+            }
             let approved: Vec<String> = sqlx::query_scalar(
                 "SELECT version FROM versions WHERE artifact_id = $1 AND state = 'approved' ORDER BY seq",
             )

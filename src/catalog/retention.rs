@@ -124,7 +124,7 @@ async fn refusal_to_remove(
 }
 
 /// The legal hold that covers the artifact (or, with `version`, that version), described.
-async fn hold_on(tx: &mut Tx, artifact_id: &str, version: Option<&str>) -> Result<Option<String>> {
+pub(super) async fn hold_on(tx: &mut Tx, artifact_id: &str, version: Option<&str>) -> Result<Option<String>> {
     let held: Option<(String, String)> = sqlx::query_as(
         "SELECT version, reason FROM legal_holds WHERE artifact_id = $1 AND (version = '' OR version = $2 OR $3 = 1) \
          ORDER BY version LIMIT 1",
