@@ -348,6 +348,34 @@ async fn artifact(channel: &Channel, pool: &DescriptorPool, n: usize) -> String 
         .to_owned()
 }
 
+/// Adds version 1.1.0 to a fixture artifact, so that 1.0.0 is no longer its latest.
+async fn second_version(channel: &Channel, pool: &DescriptorPool, id: &str) {
+    let method = methods(pool)
+        .into_iter()
+        .find(|m| m.name() == "UpdateArtifact")
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let messages = vec![
+        encode(
+            &method,
+            &json!({"header": {"tenant": T, "project": P, "artifactId": id, "bump": "BUMP_KIND_MINOR"}}),
+        ),
+        encode(&method, &json!({"data": b64(b"# Fixture, again\n")})),
+        encode(&method, &json!({"finish": {}})),
+    ];
+    let mut request = tonic::Request::new(futures::stream::iter(messages));
+    Credential::Bearer(&ADMIN_KEY).apply(request.metadata_mut());
+    let _ = grpc
+        .client_streaming(
+            request,
+            "/artifactd.v1.ArtifactService/UpdateArtifact".parse().unwrap(),
+            RawCodec,
+        )
+        .await
+        .unwrap();
+}
+
 /// The messages of one call of `method` that succeeds for a caller allowed to make it, after
 /// whatever preparation it needs (done with the admin key). A method the contract gains
 /// without a case here fails the test.
@@ -475,6 +503,75 @@ async fn allowed_call(
         "GetEncryptionStatus" | "RotateTenantKey" => vec![json!({"tenant": T})],
         "DestroyTenantKey" => vec![json!({"tenant": T, "confirmTenant": T})],
         "RewrapTenantKeys" => vec![json!({})],
+        "DeleteVersion" => {
+            second_version(channel, pool, &id).await;
+            vec![scoped(json!({"artifactId": id, "version": "1.0.0"}))]
+        }
+        "UndeleteVersion" => {
+            second_version(channel, pool, &id).await;
+            admin_call(
+                channel,
+                pool,
+                "DeleteVersion",
+                scoped(json!({"artifactId": id, "version": "1.0.0"})),
+            )
+            .await;
+            vec![scoped(json!({"artifactId": id, "version": "1.0.0"}))]
+        }
+        "CollectGarbage" => vec![json!({"dryRun": true})],
+        "ListGarbageCollections" => vec![json!({"limit": 5})],
+        "CreateRetentionPolicy" => vec![scoped(
+            json!({"name": format!("policy-{n}"), "document": "action: archive\nkeep: {latest: 2}\n"}),
+        )],
+        "ListRetentionPolicies" | "ListLegalHolds" | "ListTrash" => vec![scoped(json!({}))],
+        "GetRetentionPolicy"
+        | "UpdateRetentionPolicy"
+        | "DeleteRetentionPolicy"
+        | "EvaluateRetentionPolicy"
+        | "ExecuteRetentionPolicy"
+        | "ListRetentionRuns"
+        | "GetRetentionRun" => {
+            let created = admin_call(
+                channel,
+                pool,
+                "CreateRetentionPolicy",
+                scoped(json!({"name": format!("policy-{n}"), "document": "action: archive\nkeep: {latest: 2}\n"})),
+            )
+            .await;
+            let policy_id = created["policy"]["id"].as_str().unwrap().to_owned();
+            match method.name() {
+                "UpdateRetentionPolicy" => vec![scoped(
+                    json!({"policyId": policy_id, "name": format!("renamed-{n}"),
+                    "document": "action: delete\nkeep: {latest: 3}\n"}),
+                )],
+                "GetRetentionRun" => {
+                    let run = admin_call(
+                        channel,
+                        pool,
+                        "EvaluateRetentionPolicy",
+                        scoped(json!({"policyId": policy_id})),
+                    )
+                    .await;
+                    vec![scoped(json!({"runId": run["run"]["id"]}))]
+                }
+                _ => vec![scoped(json!({"policyId": policy_id}))],
+            }
+        }
+        "SetLegalHold" => vec![scoped(json!({"artifactId": id, "reason": "matrix"}))],
+        "ReleaseLegalHold" => {
+            admin_call(
+                channel,
+                pool,
+                "SetLegalHold",
+                scoped(json!({"artifactId": id, "reason": "matrix"})),
+            )
+            .await;
+            vec![scoped(json!({"artifactId": id}))]
+        }
+        "PurgeTrash" => {
+            admin_call(channel, pool, "DeleteArtifact", scoped(json!({"artifactId": id}))).await;
+            vec![scoped(json!({"artifactId": id}))]
+        }
         other => panic!("{other}: the authorization matrix has no call for this method; add one"),
     }
 }

@@ -477,7 +477,7 @@ async fn randomized_run(postgres: bool, seed: u64, operations: u64) {
             };
             while count.fetch_add(1, Ordering::SeqCst) < operations {
                 worker.step(&blocks, &mut retention).await;
-                if w == 0 && worker.counter % 40 == 0 {
+                if w == 0 && worker.counter.is_multiple_of(40) {
                     // The policy only covers this worker's artifacts: its model follows the run.
                     let run = retention
                         .execute_retention_policy(ExecuteRetentionPolicyRequest {

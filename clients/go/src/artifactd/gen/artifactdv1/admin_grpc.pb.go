@@ -25,6 +25,13 @@ type AdminServiceClient interface {
 	// `problems`; garbage for collection in `orphans`. A large catalog is better checked with
 	// the command, which needs no call deadline.
 	CheckConsistency(ctx context.Context, in *CheckConsistencyRequest, opts ...grpc.CallOption) (*CheckConsistencyResponse, error)
+	// Runs garbage collection now (one run across all replicas: FAILED_PRECONDITION while
+	// another holds the lease). Packs no version, version in the trash or upload in flight
+	// needs are marked, and deleted from every store once a later run, a grace period after,
+	// finds them still unneeded; mostly dead packs are rewritten. A dry run changes nothing.
+	CollectGarbage(ctx context.Context, in *CollectGarbageRequest, opts ...grpc.CallOption) (*CollectGarbageResponse, error)
+	// Reports of past collection runs, newest first.
+	ListGarbageCollections(ctx context.Context, in *ListGarbageCollectionsRequest, opts ...grpc.CallOption) (*ListGarbageCollectionsResponse, error)
 }
 
 type adminServiceClient struct {
@@ -53,6 +60,24 @@ func (c *adminServiceClient) CheckConsistency(ctx context.Context, in *CheckCons
 	return out, nil
 }
 
+func (c *adminServiceClient) CollectGarbage(ctx context.Context, in *CollectGarbageRequest, opts ...grpc.CallOption) (*CollectGarbageResponse, error) {
+	out := new(CollectGarbageResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.AdminService/CollectGarbage", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListGarbageCollections(ctx context.Context, in *ListGarbageCollectionsRequest, opts ...grpc.CallOption) (*ListGarbageCollectionsResponse, error) {
+	out := new(ListGarbageCollectionsResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.AdminService/ListGarbageCollections", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility
@@ -65,6 +90,13 @@ type AdminServiceServer interface {
 	// `problems`; garbage for collection in `orphans`. A large catalog is better checked with
 	// the command, which needs no call deadline.
 	CheckConsistency(context.Context, *CheckConsistencyRequest) (*CheckConsistencyResponse, error)
+	// Runs garbage collection now (one run across all replicas: FAILED_PRECONDITION while
+	// another holds the lease). Packs no version, version in the trash or upload in flight
+	// needs are marked, and deleted from every store once a later run, a grace period after,
+	// finds them still unneeded; mostly dead packs are rewritten. A dry run changes nothing.
+	CollectGarbage(context.Context, *CollectGarbageRequest) (*CollectGarbageResponse, error)
+	// Reports of past collection runs, newest first.
+	ListGarbageCollections(context.Context, *ListGarbageCollectionsRequest) (*ListGarbageCollectionsResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -77,6 +109,12 @@ func (UnimplementedAdminServiceServer) GetServerStatus(context.Context, *GetServ
 }
 func (UnimplementedAdminServiceServer) CheckConsistency(context.Context, *CheckConsistencyRequest) (*CheckConsistencyResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CheckConsistency not implemented")
+}
+func (UnimplementedAdminServiceServer) CollectGarbage(context.Context, *CollectGarbageRequest) (*CollectGarbageResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CollectGarbage not implemented")
+}
+func (UnimplementedAdminServiceServer) ListGarbageCollections(context.Context, *ListGarbageCollectionsRequest) (*ListGarbageCollectionsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListGarbageCollections not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 
@@ -127,6 +165,42 @@ func _AdminService_CheckConsistency_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_CollectGarbage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CollectGarbageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).CollectGarbage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.AdminService/CollectGarbage",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).CollectGarbage(ctx, req.(*CollectGarbageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListGarbageCollections_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListGarbageCollectionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListGarbageCollections(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.AdminService/ListGarbageCollections",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListGarbageCollections(ctx, req.(*ListGarbageCollectionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _AdminService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "artifactd.v1.AdminService",
 	HandlerType: (*AdminServiceServer)(nil),
@@ -138,6 +212,14 @@ var _AdminService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CheckConsistency",
 			Handler:    _AdminService_CheckConsistency_Handler,
+		},
+		{
+			MethodName: "CollectGarbage",
+			Handler:    _AdminService_CollectGarbage_Handler,
+		},
+		{
+			MethodName: "ListGarbageCollections",
+			Handler:    _AdminService_ListGarbageCollections_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

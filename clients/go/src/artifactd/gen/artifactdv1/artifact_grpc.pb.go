@@ -39,6 +39,12 @@ type ArtifactServiceClient interface {
 	DeleteArtifact(ctx context.Context, in *DeleteArtifactRequest, opts ...grpc.CallOption) (*DeleteArtifactResponse, error)
 	// Restores a soft-deleted artifact while its retention period has not run out.
 	UndeleteArtifact(ctx context.Context, in *UndeleteArtifactRequest, opts ...grpc.CallOption) (*UndeleteArtifactResponse, error)
+	// Moves one version to the trash (RetentionService.ListTrash), restorable until
+	// `restorable_until`. Refused for the latest version, an approved one, one an alias points
+	// to, and one under a legal hold.
+	DeleteVersion(ctx context.Context, in *DeleteVersionRequest, opts ...grpc.CallOption) (*DeleteVersionResponse, error)
+	// Takes a version back out of the trash within the retention period.
+	UndeleteVersion(ctx context.Context, in *UndeleteVersionRequest, opts ...grpc.CallOption) (*UndeleteVersionResponse, error)
 	// Replaces an artifact's tags and categories without creating a version.
 	UpdateArtifactLabels(ctx context.Context, in *UpdateArtifactLabelsRequest, opts ...grpc.CallOption) (*UpdateArtifactLabelsResponse, error)
 	// Moves a version to another lifecycle state (see LifecycleState for the allowed moves),
@@ -250,6 +256,24 @@ func (c *artifactServiceClient) UndeleteArtifact(ctx context.Context, in *Undele
 	return out, nil
 }
 
+func (c *artifactServiceClient) DeleteVersion(ctx context.Context, in *DeleteVersionRequest, opts ...grpc.CallOption) (*DeleteVersionResponse, error) {
+	out := new(DeleteVersionResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.ArtifactService/DeleteVersion", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *artifactServiceClient) UndeleteVersion(ctx context.Context, in *UndeleteVersionRequest, opts ...grpc.CallOption) (*UndeleteVersionResponse, error) {
+	out := new(UndeleteVersionResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.ArtifactService/UndeleteVersion", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *artifactServiceClient) UpdateArtifactLabels(ctx context.Context, in *UpdateArtifactLabelsRequest, opts ...grpc.CallOption) (*UpdateArtifactLabelsResponse, error) {
 	out := new(UpdateArtifactLabelsResponse)
 	err := c.cc.Invoke(ctx, "/artifactd.v1.ArtifactService/UpdateArtifactLabels", in, out, opts...)
@@ -434,6 +458,12 @@ type ArtifactServiceServer interface {
 	DeleteArtifact(context.Context, *DeleteArtifactRequest) (*DeleteArtifactResponse, error)
 	// Restores a soft-deleted artifact while its retention period has not run out.
 	UndeleteArtifact(context.Context, *UndeleteArtifactRequest) (*UndeleteArtifactResponse, error)
+	// Moves one version to the trash (RetentionService.ListTrash), restorable until
+	// `restorable_until`. Refused for the latest version, an approved one, one an alias points
+	// to, and one under a legal hold.
+	DeleteVersion(context.Context, *DeleteVersionRequest) (*DeleteVersionResponse, error)
+	// Takes a version back out of the trash within the retention period.
+	UndeleteVersion(context.Context, *UndeleteVersionRequest) (*UndeleteVersionResponse, error)
 	// Replaces an artifact's tags and categories without creating a version.
 	UpdateArtifactLabels(context.Context, *UpdateArtifactLabelsRequest) (*UpdateArtifactLabelsResponse, error)
 	// Moves a version to another lifecycle state (see LifecycleState for the allowed moves),
@@ -514,6 +544,12 @@ func (UnimplementedArtifactServiceServer) DeleteArtifact(context.Context, *Delet
 }
 func (UnimplementedArtifactServiceServer) UndeleteArtifact(context.Context, *UndeleteArtifactRequest) (*UndeleteArtifactResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method UndeleteArtifact not implemented")
+}
+func (UnimplementedArtifactServiceServer) DeleteVersion(context.Context, *DeleteVersionRequest) (*DeleteVersionResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteVersion not implemented")
+}
+func (UnimplementedArtifactServiceServer) UndeleteVersion(context.Context, *UndeleteVersionRequest) (*UndeleteVersionResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UndeleteVersion not implemented")
 }
 func (UnimplementedArtifactServiceServer) UpdateArtifactLabels(context.Context, *UpdateArtifactLabelsRequest) (*UpdateArtifactLabelsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method UpdateArtifactLabels not implemented")
@@ -750,6 +786,42 @@ func _ArtifactService_UndeleteArtifact_Handler(srv interface{}, ctx context.Cont
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ArtifactServiceServer).UndeleteArtifact(ctx, req.(*UndeleteArtifactRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ArtifactService_DeleteVersion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteVersionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).DeleteVersion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.ArtifactService/DeleteVersion",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).DeleteVersion(ctx, req.(*DeleteVersionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ArtifactService_UndeleteVersion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UndeleteVersionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).UndeleteVersion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.ArtifactService/UndeleteVersion",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).UndeleteVersion(ctx, req.(*UndeleteVersionRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1054,6 +1126,14 @@ var _ArtifactService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UndeleteArtifact",
 			Handler:    _ArtifactService_UndeleteArtifact_Handler,
+		},
+		{
+			MethodName: "DeleteVersion",
+			Handler:    _ArtifactService_DeleteVersion_Handler,
+		},
+		{
+			MethodName: "UndeleteVersion",
+			Handler:    _ArtifactService_UndeleteVersion_Handler,
 		},
 		{
 			MethodName: "UpdateArtifactLabels",

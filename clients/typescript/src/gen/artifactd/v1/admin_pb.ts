@@ -12,7 +12,218 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file artifactd/v1/admin.proto.
  */
 export const file_artifactd_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChhhcnRpZmFjdGQvdjEvYWRtaW4ucHJvdG8SDGFydGlmYWN0ZC52MSIsChdDaGVja0NvbnNpc3RlbmN5UmVxdWVzdBIRCglyZWFkX2RhdGEYASABKAgirgEKGENoZWNrQ29uc2lzdGVuY3lSZXNwb25zZRIQCgh2ZXJzaW9ucxgBIAEoBBIOCgZjaHVua3MYAiABKAQSDQoFcGFja3MYAyABKAQSDgoGc3RvcmVzGAQgAygJEhIKCmJ5dGVzX3JlYWQYBSABKAQSGgoSZGVzdHJveWVkX3ZlcnNpb25zGAYgASgEEhAKCHByb2JsZW1zGAcgAygJEg8KB29ycGhhbnMYCCADKAkiGAoWR2V0U2VydmVyU3RhdHVzUmVxdWVzdCKRAQoJSm9iU3RhdHVzEgwKBG5hbWUYASABKAkSJQoFc3RhdGUYAiABKA4yFi5hcnRpZmFjdGQudjEuSm9iU3RhdGUSEAoIcmVzdGFydHMYAyABKAQSEgoKbGFzdF9lcnJvchgEIAEoCRIpCgVzaW5jZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMQoNU2VydmljZUhlYWx0aBIPCgdzZXJ2aWNlGAEgASgJEg8KB3NlcnZpbmcYAiABKAgigAEKF0dldFNlcnZlclN0YXR1c1Jlc3BvbnNlEiUKBGpvYnMYASADKAsyFy5hcnRpZmFjdGQudjEuSm9iU3RhdHVzEi0KCHNlcnZpY2VzGAIgAygLMhsuYXJ0aWZhY3RkLnYxLlNlcnZpY2VIZWFsdGgSDwoHdmVyc2lvbhgDIAEoCSptCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFKT0JfU1RBVEVfUlVOTklORxABEhgKFEpPQl9TVEFURV9SRVNUQVJUSU5HEAISFQoRSk9CX1NUQVRFX1NUT1BQRUQQAzLRAQoMQWRtaW5TZXJ2aWNlEl4KD0dldFNlcnZlclN0YXR1cxIkLmFydGlmYWN0ZC52MS5HZXRTZXJ2ZXJTdGF0dXNSZXF1ZXN0GiUuYXJ0aWZhY3RkLnYxLkdldFNlcnZlclN0YXR1c1Jlc3BvbnNlEmEKEENoZWNrQ29uc2lzdGVuY3kSJS5hcnRpZmFjdGQudjEuQ2hlY2tDb25zaXN0ZW5jeVJlcXVlc3QaJi5hcnRpZmFjdGQudjEuQ2hlY2tDb25zaXN0ZW5jeVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChhhcnRpZmFjdGQvdjEvYWRtaW4ucHJvdG8SDGFydGlmYWN0ZC52MSIoChVDb2xsZWN0R2FyYmFnZVJlcXVlc3QSDwoHZHJ5X3J1bhgBIAEoCCI7CgtHYXJiYWdlS2VwdBIOCgZyZWFzb24YASABKAkSDQoFcGFja3MYAiABKAQSDQoFYnl0ZXMYAyABKAQimgQKEUdhcmJhZ2VDb2xsZWN0aW9uEgoKAmlkGAEgASgJEg8KB2RyeV9ydW4YAiABKAgSLgoKc3RhcnRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhgKEHZlcnNpb25zX3NjYW5uZWQYBSABKAQSFgoOY2h1bmtzX3NjYW5uZWQYBiABKAQSFgoOcGFja3NfZXhhbWluZWQYByABKAQSFgoOYnl0ZXNfZXhhbWluZWQYCCABKAQSFAoMcGFja3NfbWFya2VkGAkgASgEEhUKDW1hcmtzX2NsZWFyZWQYCiABKAQSFwoPcGFja3NfcmVjbGFpbWVkGAsgASgEEhcKD2J5dGVzX3JlY2xhaW1lZBgMIAEoBBIXCg9wYWNrc19jb21wYWN0ZWQYDSABKAQSFwoPYnl0ZXNfY29tcGFjdGVkGA4gASgEEhcKD2J5dGVzX3Jld3JpdHRlbhgPIAEoBBIXCg9vYmplY3RzX2RlbGV0ZWQYECABKAQSFwoPZGVsZXRlX2ZhaWx1cmVzGBEgASgEEicKBGtlcHQYEiADKAsyGS5hcnRpZmFjdGQudjEuR2FyYmFnZUtlcHQSEAoIcHJvYmxlbXMYEyADKAkSDgoGaG9sZGVyGBQgASgJIkkKFkNvbGxlY3RHYXJiYWdlUmVzcG9uc2USLwoGcmVwb3J0GAEgASgLMh8uYXJ0aWZhY3RkLnYxLkdhcmJhZ2VDb2xsZWN0aW9uIi4KHUxpc3RHYXJiYWdlQ29sbGVjdGlvbnNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgNIk8KHkxpc3RHYXJiYWdlQ29sbGVjdGlvbnNSZXNwb25zZRItCgRydW5zGAEgAygLMh8uYXJ0aWZhY3RkLnYxLkdhcmJhZ2VDb2xsZWN0aW9uIiwKF0NoZWNrQ29uc2lzdGVuY3lSZXF1ZXN0EhEKCXJlYWRfZGF0YRgBIAEoCCKuAQoYQ2hlY2tDb25zaXN0ZW5jeVJlc3BvbnNlEhAKCHZlcnNpb25zGAEgASgEEg4KBmNodW5rcxgCIAEoBBINCgVwYWNrcxgDIAEoBBIOCgZzdG9yZXMYBCADKAkSEgoKYnl0ZXNfcmVhZBgFIAEoBBIaChJkZXN0cm95ZWRfdmVyc2lvbnMYBiABKAQSEAoIcHJvYmxlbXMYByADKAkSDwoHb3JwaGFucxgIIAMoCSIYChZHZXRTZXJ2ZXJTdGF0dXNSZXF1ZXN0IpEBCglKb2JTdGF0dXMSDAoEbmFtZRgBIAEoCRIlCgVzdGF0ZRgCIAEoDjIWLmFydGlmYWN0ZC52MS5Kb2JTdGF0ZRIQCghyZXN0YXJ0cxgDIAEoBBISCgpsYXN0X2Vycm9yGAQgASgJEikKBXNpbmNlGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIxCg1TZXJ2aWNlSGVhbHRoEg8KB3NlcnZpY2UYASABKAkSDwoHc2VydmluZxgCIAEoCCKAAQoXR2V0U2VydmVyU3RhdHVzUmVzcG9uc2USJQoEam9icxgBIAMoCzIXLmFydGlmYWN0ZC52MS5Kb2JTdGF0dXMSLQoIc2VydmljZXMYAiADKAsyGy5hcnRpZmFjdGQudjEuU2VydmljZUhlYWx0aBIPCgd2ZXJzaW9uGAMgASgJKm0KCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhUKEUpPQl9TVEFURV9SVU5OSU5HEAESGAoUSk9CX1NUQVRFX1JFU1RBUlRJTkcQAhIVChFKT0JfU1RBVEVfU1RPUFBFRBADMqMDCgxBZG1pblNlcnZpY2USXgoPR2V0U2VydmVyU3RhdHVzEiQuYXJ0aWZhY3RkLnYxLkdldFNlcnZlclN0YXR1c1JlcXVlc3QaJS5hcnRpZmFjdGQudjEuR2V0U2VydmVyU3RhdHVzUmVzcG9uc2USYQoQQ2hlY2tDb25zaXN0ZW5jeRIlLmFydGlmYWN0ZC52MS5DaGVja0NvbnNpc3RlbmN5UmVxdWVzdBomLmFydGlmYWN0ZC52MS5DaGVja0NvbnNpc3RlbmN5UmVzcG9uc2USWwoOQ29sbGVjdEdhcmJhZ2USIy5hcnRpZmFjdGQudjEuQ29sbGVjdEdhcmJhZ2VSZXF1ZXN0GiQuYXJ0aWZhY3RkLnYxLkNvbGxlY3RHYXJiYWdlUmVzcG9uc2UScwoWTGlzdEdhcmJhZ2VDb2xsZWN0aW9ucxIrLmFydGlmYWN0ZC52MS5MaXN0R2FyYmFnZUNvbGxlY3Rpb25zUmVxdWVzdBosLmFydGlmYWN0ZC52MS5MaXN0R2FyYmFnZUNvbGxlY3Rpb25zUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+
+/**
+ * @generated from message artifactd.v1.CollectGarbageRequest
+ */
+export type CollectGarbageRequest = Message<"artifactd.v1.CollectGarbageRequest"> & {
+  /**
+   * @generated from field: bool dry_run = 1;
+   */
+  dryRun: boolean;
+};
+
+/**
+ * Describes the message artifactd.v1.CollectGarbageRequest.
+ * Use `create(CollectGarbageRequestSchema)` to create a new message.
+ */
+export const CollectGarbageRequestSchema: GenMessage<CollectGarbageRequest> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_admin, 0);
+
+/**
+ * @generated from message artifactd.v1.GarbageKept
+ */
+export type GarbageKept = Message<"artifactd.v1.GarbageKept"> & {
+  /**
+   * @generated from field: string reason = 1;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: uint64 packs = 2;
+   */
+  packs: bigint;
+
+  /**
+   * @generated from field: uint64 bytes = 3;
+   */
+  bytes: bigint;
+};
+
+/**
+ * Describes the message artifactd.v1.GarbageKept.
+ * Use `create(GarbageKeptSchema)` to create a new message.
+ */
+export const GarbageKeptSchema: GenMessage<GarbageKept> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_admin, 1);
+
+/**
+ * @generated from message artifactd.v1.GarbageCollection
+ */
+export type GarbageCollection = Message<"artifactd.v1.GarbageCollection"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: bool dry_run = 2;
+   */
+  dryRun: boolean;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp started_at = 3;
+   */
+  startedAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp finished_at = 4;
+   */
+  finishedAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: uint64 versions_scanned = 5;
+   */
+  versionsScanned: bigint;
+
+  /**
+   * @generated from field: uint64 chunks_scanned = 6;
+   */
+  chunksScanned: bigint;
+
+  /**
+   * @generated from field: uint64 packs_examined = 7;
+   */
+  packsExamined: bigint;
+
+  /**
+   * @generated from field: uint64 bytes_examined = 8;
+   */
+  bytesExamined: bigint;
+
+  /**
+   * Packs marked by this run; deleted by a run a grace period later if still unneeded.
+   *
+   * @generated from field: uint64 packs_marked = 9;
+   */
+  packsMarked: bigint;
+
+  /**
+   * @generated from field: uint64 marks_cleared = 10;
+   */
+  marksCleared: bigint;
+
+  /**
+   * @generated from field: uint64 packs_reclaimed = 11;
+   */
+  packsReclaimed: bigint;
+
+  /**
+   * @generated from field: uint64 bytes_reclaimed = 12;
+   */
+  bytesReclaimed: bigint;
+
+  /**
+   * @generated from field: uint64 packs_compacted = 13;
+   */
+  packsCompacted: bigint;
+
+  /**
+   * @generated from field: uint64 bytes_compacted = 14;
+   */
+  bytesCompacted: bigint;
+
+  /**
+   * @generated from field: uint64 bytes_rewritten = 15;
+   */
+  bytesRewritten: bigint;
+
+  /**
+   * @generated from field: uint64 objects_deleted = 16;
+   */
+  objectsDeleted: bigint;
+
+  /**
+   * @generated from field: uint64 delete_failures = 17;
+   */
+  deleteFailures: bigint;
+
+  /**
+   * @generated from field: repeated artifactd.v1.GarbageKept kept = 18;
+   */
+  kept: GarbageKept[];
+
+  /**
+   * @generated from field: repeated string problems = 19;
+   */
+  problems: string[];
+
+  /**
+   * Which replica ran it.
+   *
+   * @generated from field: string holder = 20;
+   */
+  holder: string;
+};
+
+/**
+ * Describes the message artifactd.v1.GarbageCollection.
+ * Use `create(GarbageCollectionSchema)` to create a new message.
+ */
+export const GarbageCollectionSchema: GenMessage<GarbageCollection> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_admin, 2);
+
+/**
+ * @generated from message artifactd.v1.CollectGarbageResponse
+ */
+export type CollectGarbageResponse = Message<"artifactd.v1.CollectGarbageResponse"> & {
+  /**
+   * @generated from field: artifactd.v1.GarbageCollection report = 1;
+   */
+  report?: GarbageCollection | undefined;
+};
+
+/**
+ * Describes the message artifactd.v1.CollectGarbageResponse.
+ * Use `create(CollectGarbageResponseSchema)` to create a new message.
+ */
+export const CollectGarbageResponseSchema: GenMessage<CollectGarbageResponse> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_admin, 3);
+
+/**
+ * @generated from message artifactd.v1.ListGarbageCollectionsRequest
+ */
+export type ListGarbageCollectionsRequest = Message<"artifactd.v1.ListGarbageCollectionsRequest"> & {
+  /**
+   * @generated from field: uint32 limit = 1;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message artifactd.v1.ListGarbageCollectionsRequest.
+ * Use `create(ListGarbageCollectionsRequestSchema)` to create a new message.
+ */
+export const ListGarbageCollectionsRequestSchema: GenMessage<ListGarbageCollectionsRequest> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_admin, 4);
+
+/**
+ * @generated from message artifactd.v1.ListGarbageCollectionsResponse
+ */
+export type ListGarbageCollectionsResponse = Message<"artifactd.v1.ListGarbageCollectionsResponse"> & {
+  /**
+   * @generated from field: repeated artifactd.v1.GarbageCollection runs = 1;
+   */
+  runs: GarbageCollection[];
+};
+
+/**
+ * Describes the message artifactd.v1.ListGarbageCollectionsResponse.
+ * Use `create(ListGarbageCollectionsResponseSchema)` to create a new message.
+ */
+export const ListGarbageCollectionsResponseSchema: GenMessage<ListGarbageCollectionsResponse> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_admin, 5);
 
 /**
  * @generated from message artifactd.v1.CheckConsistencyRequest
@@ -29,7 +240,7 @@ export type CheckConsistencyRequest = Message<"artifactd.v1.CheckConsistencyRequ
  * Use `create(CheckConsistencyRequestSchema)` to create a new message.
  */
 export const CheckConsistencyRequestSchema: GenMessage<CheckConsistencyRequest> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_admin, 0);
+  messageDesc(file_artifactd_v1_admin, 6);
 
 /**
  * @generated from message artifactd.v1.CheckConsistencyResponse
@@ -83,7 +294,7 @@ export type CheckConsistencyResponse = Message<"artifactd.v1.CheckConsistencyRes
  * Use `create(CheckConsistencyResponseSchema)` to create a new message.
  */
 export const CheckConsistencyResponseSchema: GenMessage<CheckConsistencyResponse> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_admin, 1);
+  messageDesc(file_artifactd_v1_admin, 7);
 
 /**
  * @generated from message artifactd.v1.GetServerStatusRequest
@@ -96,7 +307,7 @@ export type GetServerStatusRequest = Message<"artifactd.v1.GetServerStatusReques
  * Use `create(GetServerStatusRequestSchema)` to create a new message.
  */
 export const GetServerStatusRequestSchema: GenMessage<GetServerStatusRequest> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_admin, 2);
+  messageDesc(file_artifactd_v1_admin, 8);
 
 /**
  * One background job under the supervisor.
@@ -144,7 +355,7 @@ export type JobStatus = Message<"artifactd.v1.JobStatus"> & {
  * Use `create(JobStatusSchema)` to create a new message.
  */
 export const JobStatusSchema: GenMessage<JobStatus> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_admin, 3);
+  messageDesc(file_artifactd_v1_admin, 9);
 
 /**
  * What the gRPC health service reports for one service.
@@ -170,7 +381,7 @@ export type ServiceHealth = Message<"artifactd.v1.ServiceHealth"> & {
  * Use `create(ServiceHealthSchema)` to create a new message.
  */
 export const ServiceHealthSchema: GenMessage<ServiceHealth> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_admin, 4);
+  messageDesc(file_artifactd_v1_admin, 10);
 
 /**
  * @generated from message artifactd.v1.GetServerStatusResponse
@@ -199,7 +410,7 @@ export type GetServerStatusResponse = Message<"artifactd.v1.GetServerStatusRespo
  * Use `create(GetServerStatusResponseSchema)` to create a new message.
  */
 export const GetServerStatusResponseSchema: GenMessage<GetServerStatusResponse> = /*@__PURE__*/
-  messageDesc(file_artifactd_v1_admin, 5);
+  messageDesc(file_artifactd_v1_admin, 11);
 
 /**
  * @generated from enum artifactd.v1.JobState
@@ -268,6 +479,29 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof CheckConsistencyRequestSchema;
     output: typeof CheckConsistencyResponseSchema;
+  },
+  /**
+   * Runs garbage collection now (one run across all replicas: FAILED_PRECONDITION while
+   * another holds the lease). Packs no version, version in the trash or upload in flight
+   * needs are marked, and deleted from every store once a later run, a grace period after,
+   * finds them still unneeded; mostly dead packs are rewritten. A dry run changes nothing.
+   *
+   * @generated from rpc artifactd.v1.AdminService.CollectGarbage
+   */
+  collectGarbage: {
+    methodKind: "unary";
+    input: typeof CollectGarbageRequestSchema;
+    output: typeof CollectGarbageResponseSchema;
+  },
+  /**
+   * Reports of past collection runs, newest first.
+   *
+   * @generated from rpc artifactd.v1.AdminService.ListGarbageCollections
+   */
+  listGarbageCollections: {
+    methodKind: "unary";
+    input: typeof ListGarbageCollectionsRequestSchema;
+    output: typeof ListGarbageCollectionsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_artifactd_v1_admin, 0);

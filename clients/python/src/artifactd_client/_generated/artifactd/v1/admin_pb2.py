@@ -25,27 +25,39 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61rtifactd/v1/admin.proto\x12\x0c\x61rtifactd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\",\n\x17\x43heckConsistencyRequest\x12\x11\n\tread_data\x18\x01 \x01(\x08\"\xae\x01\n\x18\x43heckConsistencyResponse\x12\x10\n\x08versions\x18\x01 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x04\x12\r\n\x05packs\x18\x03 \x01(\x04\x12\x0e\n\x06stores\x18\x04 \x03(\t\x12\x12\n\nbytes_read\x18\x05 \x01(\x04\x12\x1a\n\x12\x64\x65stroyed_versions\x18\x06 \x01(\x04\x12\x10\n\x08problems\x18\x07 \x03(\t\x12\x0f\n\x07orphans\x18\x08 \x03(\t\"\x18\n\x16GetServerStatusRequest\"\x91\x01\n\tJobStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.artifactd.v1.JobState\x12\x10\n\x08restarts\x18\x03 \x01(\x04\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\rServiceHealth\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07serving\x18\x02 \x01(\x08\"\x80\x01\n\x17GetServerStatusResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.artifactd.v1.JobStatus\x12-\n\x08services\x18\x02 \x03(\x0b\x32\x1b.artifactd.v1.ServiceHealth\x12\x0f\n\x07version\x18\x03 \x01(\t*m\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_RUNNING\x10\x01\x12\x18\n\x14JOB_STATE_RESTARTING\x10\x02\x12\x15\n\x11JOB_STATE_STOPPED\x10\x03\x32\xd1\x01\n\x0c\x41\x64minService\x12^\n\x0fGetServerStatus\x12$.artifactd.v1.GetServerStatusRequest\x1a%.artifactd.v1.GetServerStatusResponse\x12\x61\n\x10\x43heckConsistency\x12%.artifactd.v1.CheckConsistencyRequest\x1a&.artifactd.v1.CheckConsistencyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61rtifactd/v1/admin.proto\x12\x0c\x61rtifactd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"(\n\x15\x43ollectGarbageRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\";\n\x0bGarbageKept\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05packs\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\"\x9a\x04\n\x11GarbageCollection\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10versions_scanned\x18\x05 \x01(\x04\x12\x16\n\x0e\x63hunks_scanned\x18\x06 \x01(\x04\x12\x16\n\x0epacks_examined\x18\x07 \x01(\x04\x12\x16\n\x0e\x62ytes_examined\x18\x08 \x01(\x04\x12\x14\n\x0cpacks_marked\x18\t \x01(\x04\x12\x15\n\rmarks_cleared\x18\n \x01(\x04\x12\x17\n\x0fpacks_reclaimed\x18\x0b \x01(\x04\x12\x17\n\x0f\x62ytes_reclaimed\x18\x0c \x01(\x04\x12\x17\n\x0fpacks_compacted\x18\r \x01(\x04\x12\x17\n\x0f\x62ytes_compacted\x18\x0e \x01(\x04\x12\x17\n\x0f\x62ytes_rewritten\x18\x0f \x01(\x04\x12\x17\n\x0fobjects_deleted\x18\x10 \x01(\x04\x12\x17\n\x0f\x64\x65lete_failures\x18\x11 \x01(\x04\x12\'\n\x04kept\x18\x12 \x03(\x0b\x32\x19.artifactd.v1.GarbageKept\x12\x10\n\x08problems\x18\x13 \x03(\t\x12\x0e\n\x06holder\x18\x14 \x01(\t\"I\n\x16\x43ollectGarbageResponse\x12/\n\x06report\x18\x01 \x01(\x0b\x32\x1f.artifactd.v1.GarbageCollection\".\n\x1dListGarbageCollectionsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"O\n\x1eListGarbageCollectionsResponse\x12-\n\x04runs\x18\x01 \x03(\x0b\x32\x1f.artifactd.v1.GarbageCollection\",\n\x17\x43heckConsistencyRequest\x12\x11\n\tread_data\x18\x01 \x01(\x08\"\xae\x01\n\x18\x43heckConsistencyResponse\x12\x10\n\x08versions\x18\x01 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x04\x12\r\n\x05packs\x18\x03 \x01(\x04\x12\x0e\n\x06stores\x18\x04 \x03(\t\x12\x12\n\nbytes_read\x18\x05 \x01(\x04\x12\x1a\n\x12\x64\x65stroyed_versions\x18\x06 \x01(\x04\x12\x10\n\x08problems\x18\x07 \x03(\t\x12\x0f\n\x07orphans\x18\x08 \x03(\t\"\x18\n\x16GetServerStatusRequest\"\x91\x01\n\tJobStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.artifactd.v1.JobState\x12\x10\n\x08restarts\x18\x03 \x01(\x04\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\rServiceHealth\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07serving\x18\x02 \x01(\x08\"\x80\x01\n\x17GetServerStatusResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.artifactd.v1.JobStatus\x12-\n\x08services\x18\x02 \x03(\x0b\x32\x1b.artifactd.v1.ServiceHealth\x12\x0f\n\x07version\x18\x03 \x01(\t*m\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_RUNNING\x10\x01\x12\x18\n\x14JOB_STATE_RESTARTING\x10\x02\x12\x15\n\x11JOB_STATE_STOPPED\x10\x03\x32\xa3\x03\n\x0c\x41\x64minService\x12^\n\x0fGetServerStatus\x12$.artifactd.v1.GetServerStatusRequest\x1a%.artifactd.v1.GetServerStatusResponse\x12\x61\n\x10\x43heckConsistency\x12%.artifactd.v1.CheckConsistencyRequest\x1a&.artifactd.v1.CheckConsistencyResponse\x12[\n\x0e\x43ollectGarbage\x12#.artifactd.v1.CollectGarbageRequest\x1a$.artifactd.v1.CollectGarbageResponse\x12s\n\x16ListGarbageCollections\x12+.artifactd.v1.ListGarbageCollectionsRequest\x1a,.artifactd.v1.ListGarbageCollectionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'artifactd.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=654
-  _globals['_JOBSTATE']._serialized_end=763
-  _globals['_CHECKCONSISTENCYREQUEST']._serialized_start=75
-  _globals['_CHECKCONSISTENCYREQUEST']._serialized_end=119
-  _globals['_CHECKCONSISTENCYRESPONSE']._serialized_start=122
-  _globals['_CHECKCONSISTENCYRESPONSE']._serialized_end=296
-  _globals['_GETSERVERSTATUSREQUEST']._serialized_start=298
-  _globals['_GETSERVERSTATUSREQUEST']._serialized_end=322
-  _globals['_JOBSTATUS']._serialized_start=325
-  _globals['_JOBSTATUS']._serialized_end=470
-  _globals['_SERVICEHEALTH']._serialized_start=472
-  _globals['_SERVICEHEALTH']._serialized_end=521
-  _globals['_GETSERVERSTATUSRESPONSE']._serialized_start=524
-  _globals['_GETSERVERSTATUSRESPONSE']._serialized_end=652
-  _globals['_ADMINSERVICE']._serialized_start=766
-  _globals['_ADMINSERVICE']._serialized_end=975
+  _globals['_JOBSTATE']._serialized_start=1502
+  _globals['_JOBSTATE']._serialized_end=1611
+  _globals['_COLLECTGARBAGEREQUEST']._serialized_start=75
+  _globals['_COLLECTGARBAGEREQUEST']._serialized_end=115
+  _globals['_GARBAGEKEPT']._serialized_start=117
+  _globals['_GARBAGEKEPT']._serialized_end=176
+  _globals['_GARBAGECOLLECTION']._serialized_start=179
+  _globals['_GARBAGECOLLECTION']._serialized_end=717
+  _globals['_COLLECTGARBAGERESPONSE']._serialized_start=719
+  _globals['_COLLECTGARBAGERESPONSE']._serialized_end=792
+  _globals['_LISTGARBAGECOLLECTIONSREQUEST']._serialized_start=794
+  _globals['_LISTGARBAGECOLLECTIONSREQUEST']._serialized_end=840
+  _globals['_LISTGARBAGECOLLECTIONSRESPONSE']._serialized_start=842
+  _globals['_LISTGARBAGECOLLECTIONSRESPONSE']._serialized_end=921
+  _globals['_CHECKCONSISTENCYREQUEST']._serialized_start=923
+  _globals['_CHECKCONSISTENCYREQUEST']._serialized_end=967
+  _globals['_CHECKCONSISTENCYRESPONSE']._serialized_start=970
+  _globals['_CHECKCONSISTENCYRESPONSE']._serialized_end=1144
+  _globals['_GETSERVERSTATUSREQUEST']._serialized_start=1146
+  _globals['_GETSERVERSTATUSREQUEST']._serialized_end=1170
+  _globals['_JOBSTATUS']._serialized_start=1173
+  _globals['_JOBSTATUS']._serialized_end=1318
+  _globals['_SERVICEHEALTH']._serialized_start=1320
+  _globals['_SERVICEHEALTH']._serialized_end=1369
+  _globals['_GETSERVERSTATUSRESPONSE']._serialized_start=1372
+  _globals['_GETSERVERSTATUSRESPONSE']._serialized_end=1500
+  _globals['_ADMINSERVICE']._serialized_start=1614
+  _globals['_ADMINSERVICE']._serialized_end=2033
 # @@protoc_insertion_point(module_scope)

@@ -46,6 +46,191 @@ JOB_STATE_STOPPED: JobState.ValueType  # 3
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 @_typing.final
+class CollectGarbageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    def __init__(
+        self,
+        *,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectGarbageRequest: _TypeAlias = CollectGarbageRequest  # noqa: Y015
+
+@_typing.final
+class GarbageKept(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    PACKS_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    packs: _builtins.int
+    bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        packs: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "packs", b"packs", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GarbageKept: _TypeAlias = GarbageKept  # noqa: Y015
+
+@_typing.final
+class GarbageCollection(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    VERSIONS_SCANNED_FIELD_NUMBER: _builtins.int
+    CHUNKS_SCANNED_FIELD_NUMBER: _builtins.int
+    PACKS_EXAMINED_FIELD_NUMBER: _builtins.int
+    BYTES_EXAMINED_FIELD_NUMBER: _builtins.int
+    PACKS_MARKED_FIELD_NUMBER: _builtins.int
+    MARKS_CLEARED_FIELD_NUMBER: _builtins.int
+    PACKS_RECLAIMED_FIELD_NUMBER: _builtins.int
+    BYTES_RECLAIMED_FIELD_NUMBER: _builtins.int
+    PACKS_COMPACTED_FIELD_NUMBER: _builtins.int
+    BYTES_COMPACTED_FIELD_NUMBER: _builtins.int
+    BYTES_REWRITTEN_FIELD_NUMBER: _builtins.int
+    OBJECTS_DELETED_FIELD_NUMBER: _builtins.int
+    DELETE_FAILURES_FIELD_NUMBER: _builtins.int
+    KEPT_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    HOLDER_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    dry_run: _builtins.bool
+    versions_scanned: _builtins.int
+    chunks_scanned: _builtins.int
+    packs_examined: _builtins.int
+    bytes_examined: _builtins.int
+    packs_marked: _builtins.int
+    """Packs marked by this run; deleted by a run a grace period later if still unneeded."""
+    marks_cleared: _builtins.int
+    packs_reclaimed: _builtins.int
+    bytes_reclaimed: _builtins.int
+    packs_compacted: _builtins.int
+    bytes_compacted: _builtins.int
+    bytes_rewritten: _builtins.int
+    objects_deleted: _builtins.int
+    delete_failures: _builtins.int
+    holder: _builtins.str
+    """Which replica ran it."""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def kept(self) -> _containers.RepeatedCompositeFieldContainer[Global___GarbageKept]: ...
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        dry_run: _builtins.bool = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        versions_scanned: _builtins.int = ...,
+        chunks_scanned: _builtins.int = ...,
+        packs_examined: _builtins.int = ...,
+        bytes_examined: _builtins.int = ...,
+        packs_marked: _builtins.int = ...,
+        marks_cleared: _builtins.int = ...,
+        packs_reclaimed: _builtins.int = ...,
+        bytes_reclaimed: _builtins.int = ...,
+        packs_compacted: _builtins.int = ...,
+        bytes_compacted: _builtins.int = ...,
+        bytes_rewritten: _builtins.int = ...,
+        objects_deleted: _builtins.int = ...,
+        delete_failures: _builtins.int = ...,
+        kept: _abc.Iterable[Global___GarbageKept] | None = ...,
+        problems: _abc.Iterable[_builtins.str] | None = ...,
+        holder: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_compacted", b"bytes_compacted", "bytes_examined", b"bytes_examined", "bytes_reclaimed", b"bytes_reclaimed", "bytes_rewritten", b"bytes_rewritten", "chunks_scanned", b"chunks_scanned", "delete_failures", b"delete_failures", "dry_run", b"dry_run", "finished_at", b"finished_at", "holder", b"holder", "id", b"id", "kept", b"kept", "marks_cleared", b"marks_cleared", "objects_deleted", b"objects_deleted", "packs_compacted", b"packs_compacted", "packs_examined", b"packs_examined", "packs_marked", b"packs_marked", "packs_reclaimed", b"packs_reclaimed", "problems", b"problems", "started_at", b"started_at", "versions_scanned", b"versions_scanned"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GarbageCollection: _TypeAlias = GarbageCollection  # noqa: Y015
+
+@_typing.final
+class CollectGarbageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def report(self) -> Global___GarbageCollection: ...
+    def __init__(
+        self,
+        *,
+        report: Global___GarbageCollection | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectGarbageResponse: _TypeAlias = CollectGarbageResponse  # noqa: Y015
+
+@_typing.final
+class ListGarbageCollectionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGarbageCollectionsRequest: _TypeAlias = ListGarbageCollectionsRequest  # noqa: Y015
+
+@_typing.final
+class ListGarbageCollectionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___GarbageCollection]: ...
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[Global___GarbageCollection] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGarbageCollectionsResponse: _TypeAlias = ListGarbageCollectionsResponse  # noqa: Y015
+
+@_typing.final
 class CheckConsistencyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

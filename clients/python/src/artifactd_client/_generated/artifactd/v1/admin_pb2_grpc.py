@@ -46,6 +46,16 @@ class AdminServiceStub:
                 request_serializer=artifactd_dot_v1_dot_admin__pb2.CheckConsistencyRequest.SerializeToString,
                 response_deserializer=artifactd_dot_v1_dot_admin__pb2.CheckConsistencyResponse.FromString,
                 _registered_method=True)
+        self.CollectGarbage = channel.unary_unary(
+                '/artifactd.v1.AdminService/CollectGarbage',
+                request_serializer=artifactd_dot_v1_dot_admin__pb2.CollectGarbageRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_admin__pb2.CollectGarbageResponse.FromString,
+                _registered_method=True)
+        self.ListGarbageCollections = channel.unary_unary(
+                '/artifactd.v1.AdminService/ListGarbageCollections',
+                request_serializer=artifactd_dot_v1_dot_admin__pb2.ListGarbageCollectionsRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_admin__pb2.ListGarbageCollectionsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -71,6 +81,23 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CollectGarbage(self, request, context):
+        """Runs garbage collection now (one run across all replicas: FAILED_PRECONDITION while
+        another holds the lease). Packs no version, version in the trash or upload in flight
+        needs are marked, and deleted from every store once a later run, a grace period after,
+        finds them still unneeded; mostly dead packs are rewritten. A dry run changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGarbageCollections(self, request, context):
+        """Reports of past collection runs, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -83,6 +110,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.CheckConsistency,
                     request_deserializer=artifactd_dot_v1_dot_admin__pb2.CheckConsistencyRequest.FromString,
                     response_serializer=artifactd_dot_v1_dot_admin__pb2.CheckConsistencyResponse.SerializeToString,
+            ),
+            'CollectGarbage': grpc.unary_unary_rpc_method_handler(
+                    servicer.CollectGarbage,
+                    request_deserializer=artifactd_dot_v1_dot_admin__pb2.CollectGarbageRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_admin__pb2.CollectGarbageResponse.SerializeToString,
+            ),
+            'ListGarbageCollections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGarbageCollections,
+                    request_deserializer=artifactd_dot_v1_dot_admin__pb2.ListGarbageCollectionsRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_admin__pb2.ListGarbageCollectionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -141,6 +178,60 @@ class AdminService:
             '/artifactd.v1.AdminService/CheckConsistency',
             artifactd_dot_v1_dot_admin__pb2.CheckConsistencyRequest.SerializeToString,
             artifactd_dot_v1_dot_admin__pb2.CheckConsistencyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CollectGarbage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.AdminService/CollectGarbage',
+            artifactd_dot_v1_dot_admin__pb2.CollectGarbageRequest.SerializeToString,
+            artifactd_dot_v1_dot_admin__pb2.CollectGarbageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGarbageCollections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.AdminService/ListGarbageCollections',
+            artifactd_dot_v1_dot_admin__pb2.ListGarbageCollectionsRequest.SerializeToString,
+            artifactd_dot_v1_dot_admin__pb2.ListGarbageCollectionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

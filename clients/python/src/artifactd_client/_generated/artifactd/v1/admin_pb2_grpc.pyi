@@ -44,6 +44,14 @@ class AdminServiceStub:
     `problems`; garbage for collection in `orphans`. A large catalog is better checked with
     the command, which needs no call deadline.
     """
+    CollectGarbage: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CollectGarbageRequest, _admin_pb2.CollectGarbageResponse]
+    """Runs garbage collection now (one run across all replicas: FAILED_PRECONDITION while
+    another holds the lease). Packs no version, version in the trash or upload in flight
+    needs are marked, and deleted from every store once a later run, a grace period after,
+    finds them still unneeded; mostly dead packs are rewritten. A dry run changes nothing.
+    """
+    ListGarbageCollections: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListGarbageCollectionsRequest, _admin_pb2.ListGarbageCollectionsResponse]
+    """Reports of past collection runs, newest first."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -61,6 +69,14 @@ class AdminServiceAsyncStub(AdminServiceStub):
     `problems`; garbage for collection in `orphans`. A large catalog is better checked with
     the command, which needs no call deadline.
     """
+    CollectGarbage: _aio.UnaryUnaryMultiCallable[_admin_pb2.CollectGarbageRequest, _admin_pb2.CollectGarbageResponse]  # type: ignore[assignment]
+    """Runs garbage collection now (one run across all replicas: FAILED_PRECONDITION while
+    another holds the lease). Packs no version, version in the trash or upload in flight
+    needs are marked, and deleted from every store once a later run, a grace period after,
+    finds them still unneeded; mostly dead packs are rewritten. A dry run changes nothing.
+    """
+    ListGarbageCollections: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListGarbageCollectionsRequest, _admin_pb2.ListGarbageCollectionsResponse]  # type: ignore[assignment]
+    """Reports of past collection runs, newest first."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService tells operators how one server process is doing: its background jobs and
@@ -87,5 +103,25 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         `problems`; garbage for collection in `orphans`. A large catalog is better checked with
         the command, which needs no call deadline.
         """
+
+    @_abc_1.abstractmethod
+    def CollectGarbage(
+        self,
+        request: _admin_pb2.CollectGarbageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CollectGarbageResponse, _abc.Awaitable[_admin_pb2.CollectGarbageResponse]]:
+        """Runs garbage collection now (one run across all replicas: FAILED_PRECONDITION while
+        another holds the lease). Packs no version, version in the trash or upload in flight
+        needs are marked, and deleted from every store once a later run, a grace period after,
+        finds them still unneeded; mostly dead packs are rewritten. A dry run changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ListGarbageCollections(
+        self,
+        request: _admin_pb2.ListGarbageCollectionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListGarbageCollectionsResponse, _abc.Awaitable[_admin_pb2.ListGarbageCollectionsResponse]]:
+        """Reports of past collection runs, newest first."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -93,6 +93,12 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     """The tenant's encryption keys were destroyed (EncryptionService.DestroyTenantKey): the
     artifact's sealed content and the metadata extracted from it are gone.
     """
+    EVENT_KIND_VERSION_DELETED: _EventKind.ValueType  # 12
+    """One version moved to the trash (DeleteVersion, or a retention policy)."""
+    EVENT_KIND_VERSION_RESTORED: _EventKind.ValueType  # 13
+    """A version taken back out of the trash (UndeleteVersion)."""
+    EVENT_KIND_VERSION_PURGED: _EventKind.ValueType  # 14
+    """A version removed from the trash for good (its retention period ended, or PurgeTrash)."""
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
     """What changed."""
@@ -113,6 +119,12 @@ EVENT_KIND_CONTENT_DESTROYED: EventKind.ValueType  # 11
 """The tenant's encryption keys were destroyed (EncryptionService.DestroyTenantKey): the
 artifact's sealed content and the metadata extracted from it are gone.
 """
+EVENT_KIND_VERSION_DELETED: EventKind.ValueType  # 12
+"""One version moved to the trash (DeleteVersion, or a retention policy)."""
+EVENT_KIND_VERSION_RESTORED: EventKind.ValueType  # 13
+"""A version taken back out of the trash (UndeleteVersion)."""
+EVENT_KIND_VERSION_PURGED: EventKind.ValueType  # 14
+"""A version removed from the trash for good (its retention period ended, or PurgeTrash)."""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 @_typing.final
@@ -1375,6 +1387,106 @@ class UndeleteArtifactResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UndeleteArtifactResponse: _TypeAlias = UndeleteArtifactResponse  # noqa: Y015
+
+@_typing.final
+class DeleteVersionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    project: _builtins.str
+    artifact_id: _builtins.str
+    version: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "project", b"project", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteVersionRequest: _TypeAlias = DeleteVersionRequest  # noqa: Y015
+
+@_typing.final
+class DeleteVersionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    RESTORABLE_UNTIL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def version(self) -> Global___ArtifactVersion: ...
+    @_builtins.property
+    def restorable_until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        version: Global___ArtifactVersion | None = ...,
+        restorable_until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["restorable_until", b"restorable_until", "version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["restorable_until", b"restorable_until", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteVersionResponse: _TypeAlias = DeleteVersionResponse  # noqa: Y015
+
+@_typing.final
+class UndeleteVersionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    project: _builtins.str
+    artifact_id: _builtins.str
+    version: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "project", b"project", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndeleteVersionRequest: _TypeAlias = UndeleteVersionRequest  # noqa: Y015
+
+@_typing.final
+class UndeleteVersionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def version(self) -> Global___ArtifactVersion: ...
+    def __init__(
+        self,
+        *,
+        version: Global___ArtifactVersion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndeleteVersionResponse: _TypeAlias = UndeleteVersionResponse  # noqa: Y015
 
 @_typing.final
 class UpdateArtifactLabelsRequest(_message.Message):

@@ -81,6 +81,16 @@ class ArtifactServiceStub:
                 request_serializer=artifactd_dot_v1_dot_artifact__pb2.UndeleteArtifactRequest.SerializeToString,
                 response_deserializer=artifactd_dot_v1_dot_artifact__pb2.UndeleteArtifactResponse.FromString,
                 _registered_method=True)
+        self.DeleteVersion = channel.unary_unary(
+                '/artifactd.v1.ArtifactService/DeleteVersion',
+                request_serializer=artifactd_dot_v1_dot_artifact__pb2.DeleteVersionRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_artifact__pb2.DeleteVersionResponse.FromString,
+                _registered_method=True)
+        self.UndeleteVersion = channel.unary_unary(
+                '/artifactd.v1.ArtifactService/UndeleteVersion',
+                request_serializer=artifactd_dot_v1_dot_artifact__pb2.UndeleteVersionRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_artifact__pb2.UndeleteVersionResponse.FromString,
+                _registered_method=True)
         self.UpdateArtifactLabels = channel.unary_unary(
                 '/artifactd.v1.ArtifactService/UpdateArtifactLabels',
                 request_serializer=artifactd_dot_v1_dot_artifact__pb2.UpdateArtifactLabelsRequest.SerializeToString,
@@ -225,6 +235,22 @@ class ArtifactServiceServicer:
 
     def UndeleteArtifact(self, request, context):
         """Restores a soft-deleted artifact while its retention period has not run out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteVersion(self, request, context):
+        """Moves one version to the trash (RetentionService.ListTrash), restorable until
+        `restorable_until`. Refused for the latest version, an approved one, one an alias points
+        to, and one under a legal hold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndeleteVersion(self, request, context):
+        """Takes a version back out of the trash within the retention period.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -399,6 +425,16 @@ def add_ArtifactServiceServicer_to_server(servicer, server):
                     servicer.UndeleteArtifact,
                     request_deserializer=artifactd_dot_v1_dot_artifact__pb2.UndeleteArtifactRequest.FromString,
                     response_serializer=artifactd_dot_v1_dot_artifact__pb2.UndeleteArtifactResponse.SerializeToString,
+            ),
+            'DeleteVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteVersion,
+                    request_deserializer=artifactd_dot_v1_dot_artifact__pb2.DeleteVersionRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_artifact__pb2.DeleteVersionResponse.SerializeToString,
+            ),
+            'UndeleteVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndeleteVersion,
+                    request_deserializer=artifactd_dot_v1_dot_artifact__pb2.UndeleteVersionRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_artifact__pb2.UndeleteVersionResponse.SerializeToString,
             ),
             'UpdateArtifactLabels': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateArtifactLabels,
@@ -721,6 +757,60 @@ class ArtifactService:
             '/artifactd.v1.ArtifactService/UndeleteArtifact',
             artifactd_dot_v1_dot_artifact__pb2.UndeleteArtifactRequest.SerializeToString,
             artifactd_dot_v1_dot_artifact__pb2.UndeleteArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.ArtifactService/DeleteVersion',
+            artifactd_dot_v1_dot_artifact__pb2.DeleteVersionRequest.SerializeToString,
+            artifactd_dot_v1_dot_artifact__pb2.DeleteVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndeleteVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.ArtifactService/UndeleteVersion',
+            artifactd_dot_v1_dot_artifact__pb2.UndeleteVersionRequest.SerializeToString,
+            artifactd_dot_v1_dot_artifact__pb2.UndeleteVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

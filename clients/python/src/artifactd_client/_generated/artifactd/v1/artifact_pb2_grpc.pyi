@@ -61,6 +61,13 @@ class ArtifactServiceStub:
     """
     UndeleteArtifact: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.UndeleteArtifactRequest, _artifact_pb2.UndeleteArtifactResponse]
     """Restores a soft-deleted artifact while its retention period has not run out."""
+    DeleteVersion: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.DeleteVersionRequest, _artifact_pb2.DeleteVersionResponse]
+    """Moves one version to the trash (RetentionService.ListTrash), restorable until
+    `restorable_until`. Refused for the latest version, an approved one, one an alias points
+    to, and one under a legal hold.
+    """
+    UndeleteVersion: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.UndeleteVersionRequest, _artifact_pb2.UndeleteVersionResponse]
+    """Takes a version back out of the trash within the retention period."""
     UpdateArtifactLabels: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.UpdateArtifactLabelsRequest, _artifact_pb2.UpdateArtifactLabelsResponse]
     """Replaces an artifact's tags and categories without creating a version."""
     TransitionVersion: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.TransitionVersionRequest, _artifact_pb2.TransitionVersionResponse]
@@ -152,6 +159,13 @@ class ArtifactServiceAsyncStub(ArtifactServiceStub):
     """
     UndeleteArtifact: _aio.UnaryUnaryMultiCallable[_artifact_pb2.UndeleteArtifactRequest, _artifact_pb2.UndeleteArtifactResponse]  # type: ignore[assignment]
     """Restores a soft-deleted artifact while its retention period has not run out."""
+    DeleteVersion: _aio.UnaryUnaryMultiCallable[_artifact_pb2.DeleteVersionRequest, _artifact_pb2.DeleteVersionResponse]  # type: ignore[assignment]
+    """Moves one version to the trash (RetentionService.ListTrash), restorable until
+    `restorable_until`. Refused for the latest version, an approved one, one an alias points
+    to, and one under a legal hold.
+    """
+    UndeleteVersion: _aio.UnaryUnaryMultiCallable[_artifact_pb2.UndeleteVersionRequest, _artifact_pb2.UndeleteVersionResponse]  # type: ignore[assignment]
+    """Takes a version back out of the trash within the retention period."""
     UpdateArtifactLabels: _aio.UnaryUnaryMultiCallable[_artifact_pb2.UpdateArtifactLabelsRequest, _artifact_pb2.UpdateArtifactLabelsResponse]  # type: ignore[assignment]
     """Replaces an artifact's tags and categories without creating a version."""
     TransitionVersion: _aio.UnaryUnaryMultiCallable[_artifact_pb2.TransitionVersionRequest, _artifact_pb2.TransitionVersionResponse]  # type: ignore[assignment]
@@ -294,6 +308,25 @@ class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_artifact_pb2.UndeleteArtifactResponse, _abc.Awaitable[_artifact_pb2.UndeleteArtifactResponse]]:
         """Restores a soft-deleted artifact while its retention period has not run out."""
+
+    @_abc_1.abstractmethod
+    def DeleteVersion(
+        self,
+        request: _artifact_pb2.DeleteVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifact_pb2.DeleteVersionResponse, _abc.Awaitable[_artifact_pb2.DeleteVersionResponse]]:
+        """Moves one version to the trash (RetentionService.ListTrash), restorable until
+        `restorable_until`. Refused for the latest version, an approved one, one an alias points
+        to, and one under a legal hold.
+        """
+
+    @_abc_1.abstractmethod
+    def UndeleteVersion(
+        self,
+        request: _artifact_pb2.UndeleteVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifact_pb2.UndeleteVersionResponse, _abc.Awaitable[_artifact_pb2.UndeleteVersionResponse]]:
+        """Takes a version back out of the trash within the retention period."""
 
     @_abc_1.abstractmethod
     def UpdateArtifactLabels(
