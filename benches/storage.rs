@@ -9,6 +9,11 @@
 //! - `encrypted_upload_ratio` / `encrypted_download_ratio`: throughput of the same transfers
 //!   with encryption at rest on (a second server, its own bucket on the same S3 server)
 //!   divided by the throughput with it off (1 means encryption costs nothing).
+//! - `gc_reclaimed_ratio`: after the older half of the release series is deleted, purged and
+//!   collected, the bytes the store gave back divided by the bytes it could give back (store
+//!   before, less what the remaining half needs when uploaded alone); `gc_seconds_per_gib`:
+//!   collection time per GiB of packs examined. The run asserts the store ends within one pack
+//!   of what the remaining versions need, and the consistency check reading every byte is clean.
 //! - `peak_rss_mib`: the server's peak resident memory after the big transfers, and
 //!   `peak_rss_mib_quarter_size` after the same round trip at 64 MiB on a fresh server (bounded
 //!   memory shows as two similar figures).
@@ -18,7 +23,12 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use artifactd::proto::admin_service_client::AdminServiceClient;
+use artifactd::proto::retention_service_client::RetentionServiceClient;
 use artifactd::proto::update_artifact_header::NextVersion;
+use artifactd::proto::{
+    CheckConsistencyRequest, CollectGarbageRequest, DeleteVersionRequest, PurgeTrashRequest,
+};
 use artifactd::storage::{BlobStore, GetOptions, S3Store};
 use bytes::Bytes;
 use common::binary::{ServerOptions, ServerProcess};
@@ -29,6 +39,17 @@ use std::time::{Duration, Instant};
 const SIZE: usize = 256 * 1024 * 1024;
 const MESSAGE: usize = 256 * 1024;
 const ROUNDS: u64 = 2;
+
+async fn bucket_bytes(s3: &S3TestServer, bucket: &str) -> u64 {
+    s3.store(bucket)
+        .await
+        .list("packs/")
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.size)
+        .sum()
+}
 
 fn mib_s(bytes: usize, elapsed: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64()
@@ -164,7 +185,12 @@ async fn run() {
     let quarter_rss = peak_rss_mib(small_server.pid());
 
     // The release series into a fresh bucket.
-    let series_server = ServerProcess::start_with(ServerOptions::default().envs(s3.env("series")));
+    let series_server = ServerProcess::start_with(
+        ServerOptions::default()
+            .envs(s3.env("series"))
+            .env("ARTIFACTD_RETENTION__GC_GRACE_SECONDS", "1")
+            .env("ARTIFACTD_RETENTION__GC_INTERVAL_SECONDS", "0"),
+    );
     let mut series_client = series_server.client().await;
     let mut releases: Vec<(semver::Version, Vec<u8>)> =
         std::fs::read_dir(common::corpus_dir().join("bmad-releases"))
@@ -213,6 +239,101 @@ async fn run() {
         .map(|o| o.size)
         .sum();
 
+    // Garbage collection: the older half of the series deleted and purged, then collected
+    // (runs a grace period apart: mark, sweep and compact, mark the compacted, sweep them).
+    let mut versions: Vec<String> = releases.iter().map(|(v, _)| v.to_string()).collect();
+    let kept_versions = versions.split_off(versions.len() / 2);
+    let before_gc = bucket_bytes(&s3, "series").await;
+    let mut retention = RetentionServiceClient::new(series_server.channel().await);
+    for version in &versions {
+        series_client
+            .delete_version(DeleteVersionRequest {
+                tenant: "bench".into(),
+                project: "series".into(),
+                artifact_id: id.clone(),
+                version: version.clone(),
+            })
+            .await
+            .unwrap();
+        retention
+            .purge_trash(PurgeTrashRequest {
+                tenant: "bench".into(),
+                project: "series".into(),
+                artifact_id: id.clone(),
+                version: version.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    let mut admin = AdminServiceClient::new(series_server.channel().await);
+    let mut gc_time = Duration::ZERO;
+    let mut examined = 0;
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let started = Instant::now();
+        let report = admin
+            .collect_garbage(CollectGarbageRequest { dry_run: false })
+            .await
+            .unwrap()
+            .into_inner()
+            .report
+            .unwrap();
+        gc_time += started.elapsed();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        if round == 0 {
+            examined = report.bytes_examined;
+        }
+    }
+    let checked = admin
+        .check_consistency(CheckConsistencyRequest { read_data: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(checked.problems.is_empty(), "{:?}", checked.problems);
+    let after_gc = bucket_bytes(&s3, "series").await;
+    // What the remaining half needs: the same versions uploaded alone into a fresh bucket.
+    let needed_server = ServerProcess::start_with(ServerOptions::default().envs(s3.env("series-half")));
+    let mut needed_client = needed_server.client().await;
+    let half: Vec<&(semver::Version, Vec<u8>)> = releases
+        .iter()
+        .filter(|(v, _)| kept_versions.contains(&v.to_string()))
+        .collect();
+    let mut first = header("bench", "series", "release-bundle", "docs.tar");
+    first.initial_version = half[0].0.to_string();
+    let half_id = needed_client
+        .create_artifact(futures::stream::iter(create_messages(first, &half[0].1, MESSAGE)))
+        .await
+        .unwrap()
+        .into_inner()
+        .artifact
+        .unwrap()
+        .id;
+    for (version, content) in &half[1..] {
+        let mut next = update_header("bench", "series", &half_id);
+        next.next_version = Some(NextVersion::ExplicitVersion(version.to_string()));
+        update(&mut needed_client, next, content).await.unwrap();
+    }
+    let needed = bucket_bytes(&s3, "series-half").await;
+    let pack_target = artifactd::app::IngestSettings::default().pack_target_bytes as u64;
+    eprintln!(
+        "gc: store {before_gc} bytes of packs before, {after_gc} after; the remaining half alone needs {needed} (+ one pack: {})",
+        needed + pack_target
+    );
+    assert!(
+        after_gc <= needed + pack_target,
+        "after collection the store holds {after_gc} bytes; the remaining versions need {needed} plus one pack"
+    );
+
+    println!(
+        "RESULT gc_reclaimed_ratio {:.3}",
+        (before_gc.saturating_sub(after_gc)) as f64 / (before_gc.saturating_sub(needed)).max(1) as f64
+    );
+    println!(
+        "RESULT gc_seconds_per_gib {:.2}",
+        gc_time.as_secs_f64() / (examined.max(1) as f64 / (1u64 << 30) as f64)
+    );
+    println!("RESULT gc_store_after_bytes {after_gc}");
+    println!("RESULT gc_needed_bytes {needed}");
     println!(
         "RESULT upload_vs_s3 {:.3}",
         best[1].as_secs_f64() / best[0].as_secs_f64()

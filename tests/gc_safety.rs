@@ -20,7 +20,7 @@ use common::client::{Client, create, download, download_request, header, update,
 use common::postgres::TestDatabase;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -620,4 +620,110 @@ async fn a_collector_killed_at_random_points_loses_nothing_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_collector_killed_at_random_points_loses_nothing_on_postgres() {
     killed_during_collection(true, 5).await;
+}
+
+/// Pack object keys on one side of a failover pair.
+async fn packs_on(server: &common::s3::S3TestServer, bucket: &str) -> BTreeSet<String> {
+    use artifactd::storage::BlobStore;
+    server
+        .store(bucket)
+        .await
+        .list("packs/")
+        .await
+        .expect("listing packs")
+        .into_iter()
+        .map(|object| object.key)
+        .collect()
+}
+
+/// With a fallback store, collection deletes from both sides; a side that is down when the
+/// collector deletes keeps its copy until a later run, and a pack made again from the same
+/// bytes after its collection stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn collection_deletes_from_both_stores_of_a_failover_pair() {
+    use common::failover::{CatalogKind, start_pair_with};
+    let mut pair = start_pair_with(
+        CatalogKind::Sqlite,
+        &[
+            ("ARTIFACTD_RETENTION__GC_GRACE_SECONDS", "1"),
+            ("ARTIFACTD_RETENTION__GC_INTERVAL_SECONDS", "0"),
+            ("ARTIFACTD_RETENTION__LEASE_SECONDS", "3"),
+        ],
+    )
+    .await;
+    let mut client = pair.server.client().await;
+    let mut retention = RetentionServiceClient::new(pair.server.channel().await);
+    let mut admin = AdminServiceClient::new(pair.server.channel().await);
+    let keep = common::noise(700_000, 1);
+    let drop = common::noise(700_000, 2);
+    let kept_id = common::client::create_id(&mut client, header(T, P, "bundle", "kept.bin"), &keep).await;
+    let dropped_id =
+        common::client::create_id(&mut client, header(T, P, "bundle", "dropped.bin"), &drop).await;
+    common::failover::wait_drained(&pair.server).await;
+    let before_primary = packs_on(&pair.primary, "primary-bucket").await;
+    let before_fallback = packs_on(&pair.fallback, "fallback-bucket").await;
+    assert_eq!(
+        before_primary, before_fallback,
+        "the mirror holds what the primary holds"
+    );
+    client
+        .delete_artifact(DeleteArtifactRequest {
+            tenant: T.into(),
+            project: P.into(),
+            artifact_id: dropped_id.clone(),
+        })
+        .await
+        .unwrap();
+    retention
+        .purge_trash(PurgeTrashRequest {
+            tenant: T.into(),
+            project: P.into(),
+            artifact_id: dropped_id.clone(),
+            version: String::new(),
+        })
+        .await
+        .unwrap();
+    // Mark; then, with the fallback down, sweep: the primary loses the packs at once.
+    collect(&mut admin).await.expect("marking run");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    pair.fallback.stop().await;
+    let report = collect(&mut admin).await.expect("sweeping run");
+    assert!(report.packs_reclaimed > 0, "{report:?}");
+    assert!(report.delete_failures > 0, "the fallback was down: {report:?}");
+    pair.fallback.restart().await;
+    let mut deleted = false;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(report) = collect(&mut admin).await
+            && report.delete_failures == 0
+        {
+            deleted = true;
+            break;
+        }
+    }
+    assert!(
+        deleted,
+        "the deletes never went through once the fallback was back"
+    );
+    let after_primary = packs_on(&pair.primary, "primary-bucket").await;
+    let after_fallback = packs_on(&pair.fallback, "fallback-bucket").await;
+    assert!(
+        after_primary.len() < before_primary.len(),
+        "nothing was deleted from the primary"
+    );
+    assert_eq!(after_primary, after_fallback, "both sides lost the same packs");
+    // The same bytes uploaded again make the same packs again: they must survive collection.
+    let again = common::client::create_id(&mut client, header(T, P, "bundle", "again.bin"), &drop).await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        collect(&mut admin).await;
+    }
+    for (id, content) in [(&kept_id, &keep), (&again, &drop)] {
+        let (_, body) = download(&mut client, download_request(T, P, id, ""))
+            .await
+            .expect("reading back");
+        assert!(body == **content, "{id} changed");
+    }
+    common::failover::wait_drained(&pair.server).await;
+    check_clean(&pair.server).await;
 }

@@ -196,12 +196,15 @@ async fn health_is_reported_per_service() {
             "access rates",
             "audit checkpointer",
             "fallback sync",
+            "garbage collector",
             "health",
             "indexer",
             "outbox pruner",
             "reconciler",
             "replicator",
-            "store prober"
+            "retention policies",
+            "store prober",
+            "trash purger"
         ]
     );
     assert!(
