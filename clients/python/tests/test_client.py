@@ -129,6 +129,42 @@ def test_delete_and_undelete(server: str) -> None:
         assert client.get("acme", p, artifact_type="story", name="s.md").artifact.id == artifact_id
 
 
+def test_the_trash_a_retention_policy_and_collection(server: str) -> None:
+    p = project()
+    with Client(server) as client:
+        artifact_id = client.create("acme", p, "story", "s.md", b"# v1\n").artifact.id
+        for body in (b"# v2\n", b"# v3\n", b"# v4\n"):
+            client.update("acme", p, artifact_id, body, bump="patch")
+        trashed = client.delete_version("acme", p, artifact_id, "1.0.0")
+        assert trashed.restorable_until.seconds > time.time()
+        items = list(client.list_trash("acme", p))
+        assert [(i.artifact_id, i.version) for i in items] == [(artifact_id, "1.0.0")]
+        client.undelete_version("acme", p, artifact_id, "1.0.0")
+        assert not list(client.list_trash("acme", p))
+        with pytest.raises(ArtifactdError) as latest:
+            client.delete_version("acme", p, artifact_id, "1.0.3")
+        assert latest.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "latest" in latest.value.message
+
+        with pytest.raises(ArtifactdError) as unknown:
+            client.create_retention_policy("acme", p, "bad", "action: delete\nkeep: {lastest: 2}\n")
+        assert unknown.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert unknown.value.message.startswith("document:") and "lastest" in unknown.value.message
+        policy = client.create_retention_policy("acme", p, "keep-two", "action: delete\nkeep: {latest: 2}\n")
+        dry = client.evaluate_retention_policy("acme", p, policy.id)
+        assert dry.dry_run
+        assert sorted(d.version for d in dry.affected) == ["1.0.0", "1.0.1"]
+        assert {d.rule for d in dry.affected} == {"no_keep_rule"}
+        done = client.execute_retention_policy("acme", p, policy.id, expected_plan=dry.plan)
+        assert done.applied == 2 and not done.skipped
+        assert sorted(i.version for i in client.list_trash("acme", p)) == ["1.0.0", "1.0.1"]
+        client.purge("acme", p, artifact_id, "1.0.0")
+        assert [i.version for i in client.list_trash("acme", p)] == ["1.0.1"]
+
+        report = client.collect_garbage(dry_run=True)
+        assert report.dry_run and report.packs_examined > 0
+
+
 def test_errors_reach_the_caller_as_the_server_sent_them(server: str) -> None:
     with Client(server) as client:
         missing = str(uuid.uuid4())

@@ -23,12 +23,14 @@ import {
 } from "./gen/artifactd/v1/artifact_pb.js";
 import { AdminService, type GetServerStatusResponse } from "./gen/artifactd/v1/admin_pb.js";
 import { FallbackService } from "./gen/artifactd/v1/fallback_pb.js";
+import { RetentionService, type TrashItem } from "./gen/artifactd/v1/retention_pb.js";
 import { SearchService, type SearchHit } from "./gen/artifactd/v1/search_pb.js";
 
 export * from "./gen/artifactd/v1/artifact_pb.js";
 export * from "./gen/artifactd/v1/search_pb.js";
 export * from "./gen/artifactd/v1/fallback_pb.js";
 export * from "./gen/artifactd/v1/admin_pb.js";
+export * from "./gen/artifactd/v1/retention_pb.js";
 export { Code, ConnectError };
 
 /** Bytes, a path to a file, or any (async) iterable of byte chunks. */
@@ -95,6 +97,7 @@ export class ArtifactdClient {
   readonly search: RpcClient<typeof SearchService>;
   readonly fallback: RpcClient<typeof FallbackService>;
   readonly admin: RpcClient<typeof AdminService>;
+  readonly retention: RpcClient<typeof RetentionService>;
 
   constructor(options: ClientOptions) {
     const headers: [string, string][] = [];
@@ -110,6 +113,17 @@ export class ArtifactdClient {
     this.search = createClient(SearchService, transport);
     this.fallback = createClient(FallbackService, transport);
     this.admin = createClient(AdminService, transport);
+    this.retention = createClient(RetentionService, transport);
+  }
+
+  /** What a project's trash holds, most recently deleted first, fetched a page at a time. */
+  async *listTrash(tenant: string, project: string, pageSize = 100): AsyncGenerator<TrashItem> {
+    let pageToken = "";
+    do {
+      const page = await this.retention.listTrash({ tenant, project, pageSize, pageToken });
+      yield* page.items;
+      pageToken = page.nextPageToken;
+    } while (pageToken);
   }
 
   /** The server's version, its background jobs and the health of each service it reports. */

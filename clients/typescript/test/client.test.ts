@@ -112,6 +112,40 @@ test("errors reach the caller with the server's code and message", async () => {
   );
 });
 
+test("the trash, a retention policy's dry run and its execution", async () => {
+  const client = new ArtifactdClient({ baseUrl });
+  const project = `ts${randomUUID().slice(0, 8)}`;
+  const created = await client.create("acme", project, "story", "s.md", new TextEncoder().encode("# v1\n"));
+  const id = created.artifact!.id;
+  for (const body of ["# v2\n", "# v3\n"]) {
+    await client.update("acme", project, id, new TextEncoder().encode(body));
+  }
+  await client.artifacts.deleteVersion({ tenant: "acme", project, artifactId: id, version: "1.0.0" });
+  const trash = [];
+  for await (const item of client.listTrash("acme", project)) trash.push(`${item.artifactId}@${item.version}`);
+  assert.deepEqual(trash, [`${id}@1.0.0`]);
+  await assert.rejects(
+    client.artifacts.deleteVersion({ tenant: "acme", project, artifactId: id, version: "1.0.2" }),
+    (error: unknown) => codeOf(error) === Code.FailedPrecondition && String(error).includes("latest"),
+  );
+  await client.artifacts.undeleteVersion({ tenant: "acme", project, artifactId: id, version: "1.0.0" });
+  const { policy } = await client.retention.createRetentionPolicy({
+    tenant: "acme",
+    project,
+    name: "keep-one",
+    policy: { case: "document", value: "action: archive\nkeep: {latest: 1}\n" },
+  });
+  const dry = await client.retention.evaluateRetentionPolicy({ tenant: "acme", project, policyId: policy!.id });
+  assert.deepEqual(dry.run!.affected.map((d) => d.version).sort(), ["1.0.0", "1.0.1"]);
+  const done = await client.retention.executeRetentionPolicy({
+    tenant: "acme",
+    project,
+    policyId: policy!.id,
+    expectedPlan: dry.run!.plan,
+  });
+  assert.equal(done.run!.applied, 2n);
+});
+
 test("server status names its jobs and services", async () => {
   const client = new ArtifactdClient({ baseUrl });
   const status = await client.serverStatus();

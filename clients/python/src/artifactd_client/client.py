@@ -23,6 +23,8 @@ from artifactd_client._generated.artifactd.v1 import (
     artifact_pb2_grpc,
     fallback_pb2,
     fallback_pb2_grpc,
+    retention_pb2,
+    retention_pb2_grpc,
     search_pb2,
     search_pb2_grpc,
 )
@@ -252,6 +254,7 @@ class Client:
         self.fallback = fallback_pb2_grpc.FallbackServiceStub(self._channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self._channel)
+        self.retention = retention_pb2_grpc.RetentionServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -583,6 +586,87 @@ class Client:
         return self._once(
             lambda: self.artifacts.UndeleteArtifact(request, metadata=self._metadata, timeout=self._timeout)
         )
+
+    def delete_version(
+        self, tenant: str, project: str, artifact_id: str, version: str
+    ) -> artifact_pb2.DeleteVersionResponse:
+        """Moves one version to the trash (not the latest, an approved, aliased or held one)."""
+        request = artifact_pb2.DeleteVersionRequest(
+            tenant=tenant, project=project, artifact_id=artifact_id, version=version
+        )
+        return self._once(
+            lambda: self.artifacts.DeleteVersion(request, metadata=self._metadata, timeout=self._timeout)
+        )
+
+    def undelete_version(
+        self, tenant: str, project: str, artifact_id: str, version: str
+    ) -> artifact_pb2.UndeleteVersionResponse:
+        request = artifact_pb2.UndeleteVersionRequest(
+            tenant=tenant, project=project, artifact_id=artifact_id, version=version
+        )
+        return self._once(
+            lambda: self.artifacts.UndeleteVersion(request, metadata=self._metadata, timeout=self._timeout)
+        )
+
+    # ---- retention, the trash and collection -----------------------------------------------
+
+    def list_trash(self, tenant: str, project: str, *, page_size: int = 100) -> Iterator[retention_pb2.TrashItem]:
+        """What a project's trash holds, most recently deleted first."""
+        token = ""
+        while True:
+            request = retention_pb2.ListTrashRequest(
+                tenant=tenant, project=project, page_size=page_size, page_token=token
+            )
+            page = self._idempotent(
+                lambda: self.retention.ListTrash(request, metadata=self._metadata, timeout=self._timeout)
+            )
+            yield from page.items
+            token = page.next_page_token
+            if not token:
+                return
+
+    def purge(self, tenant: str, project: str, artifact_id: str, version: str = "") -> None:
+        """Removes an artifact (no version) or a version from the trash for good."""
+        request = retention_pb2.PurgeTrashRequest(
+            tenant=tenant, project=project, artifact_id=artifact_id, version=version
+        )
+        self._once(lambda: self.retention.PurgeTrash(request, metadata=self._metadata, timeout=self._timeout))
+
+    def create_retention_policy(
+        self, tenant: str, project: str, name: str, document: str
+    ) -> retention_pb2.RetentionPolicy:
+        """A policy from a YAML or JSON document (unknown fields are refused by name)."""
+        request = retention_pb2.CreateRetentionPolicyRequest(
+            tenant=tenant, project=project, name=name, document=document
+        )
+        return self._once(
+            lambda: self.retention.CreateRetentionPolicy(request, metadata=self._metadata, timeout=self._timeout)
+        ).policy
+
+    def evaluate_retention_policy(self, tenant: str, project: str, policy_id: str) -> retention_pb2.RetentionRun:
+        """A dry run: every version the policy would change, with the rule and the reason."""
+        request = retention_pb2.EvaluateRetentionPolicyRequest(tenant=tenant, project=project, policy_id=policy_id)
+        return self._once(
+            lambda: self.retention.EvaluateRetentionPolicy(request, metadata=self._metadata, timeout=self._timeout)
+        ).run
+
+    def execute_retention_policy(
+        self, tenant: str, project: str, policy_id: str, *, expected_plan: str = ""
+    ) -> retention_pb2.RetentionRun:
+        """Executes a policy; with a dry run's `plan`, exactly that plan or nothing (ABORTED)."""
+        request = retention_pb2.ExecuteRetentionPolicyRequest(
+            tenant=tenant, project=project, policy_id=policy_id, expected_plan=expected_plan
+        )
+        return self._once(
+            lambda: self.retention.ExecuteRetentionPolicy(request, metadata=self._metadata, timeout=self._timeout)
+        ).run
+
+    def collect_garbage(self, *, dry_run: bool = False) -> admin_pb2.GarbageCollection:
+        """One garbage collection run (server admin); FAILED_PRECONDITION while another runs."""
+        request = admin_pb2.CollectGarbageRequest(dry_run=dry_run)
+        return self._once(
+            lambda: self.admin.CollectGarbage(request, metadata=self._metadata, timeout=self._timeout)
+        ).report
 
     def fallback_status(self) -> fallback_pb2.GetFallbackStatusResponse:
         return self._idempotent(
