@@ -514,6 +514,7 @@ impl Config {
             }
         }
         self.identity.proxy.trusted().map_err(ConfigError::Invalid)?;
+        self.retention.validate().map_err(ConfigError::Invalid)?;
         if !self.encryption.master_key_file.is_empty() && !self.encryption.master_key.is_empty() {
             return invalid(
                 "encryption.master_key_file and encryption.master_key are alternatives; set one".to_owned(),
@@ -886,5 +887,36 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/artifactd"));
         assert_eq!(config.retention.deleted_retention_seconds, 60);
         assert_eq!(config.fs_root(), PathBuf::from("/var/lib/artifactd/blobs"));
+    }
+
+    #[test]
+    fn unsafe_collection_settings_are_refused_by_name() {
+        for (key, value, needle) in [
+            (
+                "ARTIFACTD_RETENTION__GC_GRACE_SECONDS",
+                "0",
+                "retention.gc_grace_seconds",
+            ),
+            (
+                "ARTIFACTD_RETENTION__GC_GRACE_SECONDS",
+                "99999999999999",
+                "retention.gc_grace_seconds",
+            ),
+            (
+                "ARTIFACTD_RETENTION__GC_COMPACT_BELOW_PERCENT",
+                "150",
+                "retention.gc_compact_below_percent",
+            ),
+            (
+                "ARTIFACTD_RETENTION__LEASE_SECONDS",
+                "1",
+                "retention.lease_seconds",
+            ),
+        ] {
+            let error = Config::load(None, env(&[(key, value)])).unwrap_err().to_string();
+            assert!(error.contains(needle), "{key}={value}: {error}");
+        }
+        let config = Config::load(None, env(&[("ARTIFACTD_RETENTION__GC_GRACE_SECONDS", "1")])).unwrap();
+        assert_eq!(config.retention.gc_grace_seconds, 1);
     }
 }

@@ -3,7 +3,9 @@
 
 mod common;
 
-use artifactd::catalog::{Catalog, Dialect, Labels, NewArtifact, NewVersion, PackStage, Scope};
+use artifactd::catalog::{
+    Catalog, Dialect, Labels, NewArtifact, NewVersion, PackStage, Scope, Staged, StagedPack,
+};
 use artifactd::domain::{Error, LifecycleState};
 use artifactd::ingest::{ChunkId, Codec, PackEntry};
 use common::postgres::TestDatabase;
@@ -21,7 +23,7 @@ fn new_artifact(scope: &Scope, name: &str) -> NewArtifact {
     }
 }
 
-fn new_version(version: &str, chunks: Vec<(String, PackEntry)>, packs: Vec<String>) -> NewVersion {
+fn new_version(version: &str, chunks: Vec<(String, PackEntry)>, packs: Vec<StagedPack>) -> NewVersion {
     NewVersion {
         version: version.into(),
         size: 100,
@@ -80,11 +82,26 @@ async fn conformance(catalog: Catalog) {
     );
 
     // A staged pack, then an artifact whose first version commits it with two chunks.
-    catalog
+    let Staged::Recorded { generation } = catalog
         .stage_pack(&stage("pack-1", 1000, "upload-1", 1), None)
         .await
-        .unwrap();
+        .unwrap()
+    else {
+        panic!("a plain pack is always recorded")
+    };
+    assert_eq!(
+        generation, 1,
+        "{dialect:?}: a new row's generation is its staging time"
+    );
     assert_eq!(catalog.packs_in_state("staged").await.unwrap().len(), 1);
+    // Staging the same bytes again finds the same row, generation and all.
+    assert_eq!(
+        catalog
+            .stage_pack(&stage("pack-1", 1000, "upload-9", 5), None)
+            .await
+            .unwrap(),
+        Staged::Recorded { generation: 1 }
+    );
     let artifact = new_artifact(&scope, "PRD.md");
     let (created, first) = catalog
         .create_artifact(
@@ -92,7 +109,10 @@ async fn conformance(catalog: Catalog) {
             &new_version(
                 "1.0.0",
                 vec![("pack-1".into(), entry(1, 0)), ("pack-1".into(), entry(2, 10))],
-                vec!["pack-1".into()],
+                vec![StagedPack {
+                    pack_id: "pack-1".into(),
+                    generation,
+                }],
             ),
         )
         .await
@@ -594,6 +614,181 @@ async fn a_name_goes_to_one_of_racing_links_and_creations_on_postgres() {
     let database = TestDatabase::create().await;
     let catalog = Catalog::connect(&database.url, 8).await.unwrap();
     a_name_goes_to_one_of_racing_links_and_creations(catalog.clone()).await;
+    catalog.close().await;
+    database.drop_database().await;
+}
+
+/// A pack id as the collector needs it: 64 hex digits.
+const PACK_A: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
+
+/// The collector's meeting points with uploads and policies, at the catalog:
+/// - a pack collected and then staged again from the same bytes is a new generation, and the
+///   upload that staged the old one cannot commit against it;
+/// - a policy's decision is re-made under the artifact's lock: one planned before a version
+///   was trashed is not carried out when the policy would now keep the version.
+async fn collection_meets_uploads_and_policies(catalog: Catalog) {
+    use artifactd::catalog::GcPack;
+    use artifactd::domain::retention::{PolicySpec, Verdict};
+    let dialect = catalog.dialect();
+    let scope = Scope::new("acme", "gc");
+    let holder = "test-collector";
+    let now = artifactd::domain::now_micros();
+    assert_eq!(
+        catalog
+            .take_lease("gc", holder, now, now + 60_000_000)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        catalog
+            .take_lease("gc", "another", now, now + 60_000_000)
+            .await
+            .unwrap()
+            .is_some(),
+        "{dialect:?}: one holder at a time"
+    );
+
+    // An upload stages pack-a (generation 100); the collector marks and sweeps it.
+    let Staged::Recorded { generation } = catalog
+        .stage_pack(&stage(PACK_A, 64, "slow-upload", 100), None)
+        .await
+        .unwrap()
+    else {
+        panic!("recorded")
+    };
+    catalog
+        .update_marks(holder, &[PACK_A.to_owned()], &[], 200)
+        .await
+        .unwrap();
+    let pack = GcPack {
+        pack_id: PACK_A.into(),
+        tenant: "acme".into(),
+        size: 64,
+        state: "staged".into(),
+        created_at: 100,
+        sealed: false,
+    };
+    assert!(
+        catalog.sweep_pack(holder, &pack, 300, 400).await.unwrap(),
+        "{dialect:?}: swept"
+    );
+    assert_eq!(catalog.tombstones().await.unwrap().len(), 1);
+    // Another upload makes the same bytes again: a new row, and its tombstone is gone.
+    let again = catalog
+        .stage_pack(&stage(PACK_A, 64, "second-upload", 500), None)
+        .await
+        .unwrap();
+    assert_eq!(again, Staged::Recorded { generation: 500 });
+    assert!(
+        catalog.tombstones().await.unwrap().is_empty(),
+        "{dialect:?}: revived"
+    );
+    // The slow upload tries to commit against the row it staged: refused, nothing written.
+    let refused = catalog
+        .create_artifact(
+            &new_artifact(&scope, "slow.md"),
+            &new_version(
+                "1.0.0",
+                vec![(PACK_A.into(), entry(7, 0))],
+                vec![StagedPack {
+                    pack_id: PACK_A.into(),
+                    generation,
+                }],
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, artifactd::domain::Error::Aborted(_)),
+        "{dialect:?}: {refused:?}"
+    );
+    // The upload that made it again commits.
+    catalog
+        .create_artifact(
+            &new_artifact(&scope, "second.md"),
+            &new_version(
+                "1.0.0",
+                vec![(PACK_A.into(), entry(7, 0))],
+                vec![StagedPack {
+                    pack_id: PACK_A.into(),
+                    generation: 500,
+                }],
+            ),
+        )
+        .await
+        .expect("the new generation commits");
+
+    // A policy keeping the newest two, planned on versions 1.0.0 to 1.0.3 (1.0.0 and 1.0.1
+    // go); then 1.0.2 is trashed by hand, so under the lock the policy keeps 1.0.1.
+    let (artifact, _) = catalog
+        .create_artifact(
+            &new_artifact(&scope, "policy.md"),
+            &new_version("1.0.0", vec![], vec![]),
+        )
+        .await
+        .unwrap();
+    let mut latest = "1.0.0".to_owned();
+    for next in ["1.0.1", "1.0.2", "1.0.3"] {
+        catalog
+            .add_version(&scope, &artifact.id, &latest, &new_version(next, vec![], vec![]))
+            .await
+            .unwrap();
+        latest = next.to_owned();
+    }
+    let policy = PolicySpec::from_document("action: delete\nkeep: {latest: 2}\n")
+        .unwrap()
+        .compile()
+        .unwrap();
+    let planned_at = artifactd::domain::now_micros();
+    let facts = catalog.retention_facts(&scope, "", 100).await.unwrap();
+    let facts = facts
+        .iter()
+        .find(|f| f.artifact_id == artifact.id.as_str())
+        .unwrap();
+    let plan: Vec<_> = policy
+        .evaluate(facts, planned_at)
+        .into_iter()
+        .filter(|d| d.verdict == Verdict::Delete)
+        .collect();
+    let planned: Vec<&str> = plan.iter().map(|d| d.version.as_str()).collect();
+    assert_eq!(planned, ["1.0.1", "1.0.0"], "{dialect:?}");
+    catalog
+        .delete_version(&scope, &artifact.id, "1.0.2", "someone", planned_at)
+        .await
+        .unwrap();
+    let skipped = catalog
+        .apply_retention(
+            &scope, &plan[0], "keep-two", &policy, planned_at, "policy", planned_at,
+        )
+        .await
+        .unwrap();
+    assert!(
+        skipped.as_deref().is_some_and(|why| why.contains("keep.latest")),
+        "{dialect:?}: {skipped:?}"
+    );
+    let applied = catalog
+        .apply_retention(
+            &scope, &plan[1], "keep-two", &policy, planned_at, "policy", planned_at,
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied, None, "{dialect:?}: 1.0.0 still goes");
+    catalog.release_lease("gc", holder).await.unwrap();
+}
+
+#[tokio::test]
+async fn collection_meets_uploads_and_policies_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    collection_meets_uploads_and_policies(Catalog::connect(&url, 4).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn collection_meets_uploads_and_policies_on_postgres() {
+    let database = TestDatabase::create().await;
+    let catalog = Catalog::connect(&database.url, 4).await.unwrap();
+    collection_meets_uploads_and_policies(catalog.clone()).await;
     catalog.close().await;
     database.drop_database().await;
 }

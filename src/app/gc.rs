@@ -19,8 +19,8 @@
 //!    tombstone until a delete a grace period after the burial succeeded, so a copy a
 //!    replicator wrote late goes too.
 
+use super::Artifacts;
 use super::upload::seal_and_stage;
-use super::{Artifacts, Inner};
 use crate::catalog::{GcPack, PackUse, Tombstoned};
 use crate::domain::{Error, Result, now_micros};
 use crate::ingest::chunk::decode;
@@ -321,7 +321,7 @@ impl Artifacts {
                 let store = inner.store.clone();
                 let deleting = key.clone();
                 let outcome = catalog
-                    .delete_tombstoned(&pack_id, buried_at <= t0 - grace, || async move {
+                    .delete_tombstoned(holder, &pack_id, buried_at <= t0 - grace, || async move {
                         store.delete(&deleting).await.map_err(|error| error.to_string())
                     })
                     .await?;
@@ -376,16 +376,17 @@ impl Artifacts {
         let tenant_key = TenantKey::derive(&inner.service_secret, tenant);
         let sealing = inner.keys.sealing_key(&inner.catalog, tenant).await?;
         let mut builder = PackBuilder::new();
-        let mut moves: Vec<String> = Vec::new();
+        // Each chunk in the builder, and the pack it comes from.
+        let mut sources: HashMap<ChunkId, String> = HashMap::new();
         let mut compacted: Vec<&GcPack> = Vec::new();
-        let packs_ref: Vec<&(GcPack, Usage)> = packs.iter().collect();
-        for (pack, use_of) in packs_ref {
+        for (pack, use_of) in &packs {
             match self.live_chunks(tenant, &tenant_key, pack, use_of).await {
                 Ok(chunks) => {
                     for (id, codec, raw_len, stored) in chunks {
-                        builder.add(id, codec, raw_len, &stored);
+                        if sources.insert(id, pack.pack_id.clone()).is_none() {
+                            builder.add(id, codec, raw_len, &stored);
+                        }
                     }
-                    moves.push(pack.pack_id.clone());
                     compacted.push(pack);
                 }
                 Err(error) => {
@@ -397,17 +398,23 @@ impl Artifacts {
             }
             if builder.len() >= target {
                 let full = std::mem::take(&mut builder);
-                self.commit_compacted(tenant, full, &moves, sealing.clone(), holder, report)
-                    .await?;
+                self.commit_compacted(
+                    tenant,
+                    full,
+                    &std::mem::take(&mut sources),
+                    sealing.clone(),
+                    holder,
+                    report,
+                )
+                .await?;
                 for pack in compacted.drain(..) {
                     report.packs_compacted += 1;
                     report.bytes_compacted += pack.size;
                 }
-                moves.clear();
             }
         }
-        if !moves.is_empty() {
-            self.commit_compacted(tenant, builder, &moves, sealing, holder, report)
+        if !compacted.is_empty() {
+            self.commit_compacted(tenant, builder, &sources, sealing, holder, report)
                 .await?;
             for pack in compacted {
                 report.packs_compacted += 1;
@@ -417,12 +424,13 @@ impl Artifacts {
         Ok(())
     }
 
-    /// Writes a compacted pack and moves the index of its chunks from `old_packs` to it.
+    /// Writes a compacted pack and moves the index of its chunks from their old packs
+    /// (`sources`) to it.
     async fn commit_compacted(
         &self,
         tenant: &str,
         builder: PackBuilder,
-        old_packs: &[String],
+        sources: &HashMap<ChunkId, String>,
         sealing: Option<Arc<super::keys::SealingKey>>,
         holder: &str,
         report: &mut GcReport,
@@ -432,7 +440,7 @@ impl Artifacts {
         }
         let inner = &self.inner;
         let upload_id = format!("gc:{}", report.id);
-        let sealed = seal_and_stage(inner, tenant, builder, sealing, &upload_id).await?;
+        let (sealed, generation) = seal_and_stage(inner, tenant, builder, sealing, &upload_id).await?;
         let key = sealed.id.object_key();
         inner
             .store
@@ -440,15 +448,20 @@ impl Artifacts {
             .await
             .map_err(|error| Error::Unavailable(format!("writing compacted pack {key} failed: {error}")))?;
         report.bytes_rewritten += sealed.bytes.len() as u64;
-        catalog_relocate(
-            inner,
-            holder,
-            tenant,
-            old_packs,
-            &sealed.id.to_hex(),
-            &sealed.entries,
-        )
-        .await
+        let moves: Vec<(String, crate::ingest::PackEntry)> = sealed
+            .entries
+            .iter()
+            .filter_map(|entry| sources.get(&entry.chunk_id).map(|old| (old.clone(), *entry)))
+            .collect();
+        let staged = crate::catalog::StagedPack {
+            pack_id: sealed.id.to_hex(),
+            generation,
+        };
+        inner
+            .catalog
+            .relocate_chunks(holder, tenant, &staged, &moves, now_micros())
+            .await
+            .map(|_| ())
     }
 
     /// The live chunks of a pack, each verified against its id: (id, codec, raw length, the
@@ -521,21 +534,6 @@ impl Artifacts {
             })
             .collect()
     }
-}
-
-async fn catalog_relocate(
-    inner: &Inner,
-    holder: &str,
-    tenant: &str,
-    old_packs: &[String],
-    new_pack: &str,
-    entries: &[crate::ingest::PackEntry],
-) -> Result<()> {
-    inner
-        .catalog
-        .relocate_chunks(holder, tenant, old_packs, new_pack, entries, now_micros())
-        .await
-        .map(|_| ())
 }
 
 fn hostname() -> String {

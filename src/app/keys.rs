@@ -187,19 +187,19 @@ impl Keyring {
     }
 
     /// Stages a sealed pack (see [`Catalog::stage_pack`]), re-wrapping its data key when
-    /// the tenant's key changed meanwhile.
+    /// the tenant's key changed meanwhile; returns the pack row's generation.
     pub(crate) async fn stage_sealed(
         &self,
         catalog: &Catalog,
         stage: &PackStage<'_>,
         data: &DataKey,
         mut sealing: Arc<SealingKey>,
-    ) -> Result<()> {
+    ) -> Result<i64> {
         let (tenant, pack_id) = (stage.tenant, stage.pack_id);
         for _ in 0..3 {
             let key = sealing.wrap(data, pack_id);
-            if catalog.stage_pack(stage, Some(&key)).await? == Staged::Recorded {
-                return Ok(());
+            if let Staged::Recorded { generation } = catalog.stage_pack(stage, Some(&key)).await? {
+                return Ok(generation);
             }
             self.forget(tenant, &sealing.key_id);
             sealing = self

@@ -16,6 +16,8 @@ use crate::domain::{ArtifactVersion, Error, Result, Scope, Timestamp, now_micros
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// The lease scheduled policy runs take.
+const POLICY_LEASE: &str = "retention policies";
 /// Artifacts read per catalog round trip while planning.
 const PLAN_BATCH: u32 = 200;
 /// Affected versions kept in a run's stored report.
@@ -62,7 +64,51 @@ impl Default for RetentionSettings {
     }
 }
 
+/// The longest any retention period or interval may be (beyond it, microseconds overflow).
+const MAX_SETTING_SECONDS: u64 = 100 * 366 * 24 * 3600;
+
 impl RetentionSettings {
+    /// Refuses settings that would make the collector unsafe or meaningless, naming the key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        for (key, value) in [
+            (
+                "retention.deleted_retention_seconds",
+                self.deleted_retention_seconds,
+            ),
+            ("retention.purge_interval_seconds", self.purge_interval_seconds),
+            ("retention.read_tracking_seconds", self.read_tracking_seconds),
+            ("retention.policy_check_seconds", self.policy_check_seconds),
+            ("retention.gc_interval_seconds", self.gc_interval_seconds),
+            ("retention.gc_grace_seconds", self.gc_grace_seconds),
+            ("retention.lease_seconds", self.lease_seconds),
+        ] {
+            if value > MAX_SETTING_SECONDS {
+                return Err(format!(
+                    "{key}: {value} is over the limit of {MAX_SETTING_SECONDS} (100 years)"
+                ));
+            }
+        }
+        if self.gc_grace_seconds == 0 {
+            return Err(
+                "retention.gc_grace_seconds: 0 would collect the packs of uploads in flight; give at least 1"
+                    .to_owned(),
+            );
+        }
+        if self.gc_compact_below_percent > 100 {
+            return Err(format!(
+                "retention.gc_compact_below_percent: {} is over 100",
+                self.gc_compact_below_percent
+            ));
+        }
+        if self.lease_seconds < 2 {
+            return Err(format!(
+                "retention.lease_seconds: {} is under 2",
+                self.lease_seconds
+            ));
+        }
+        Ok(())
+    }
+
     pub fn deleted_retention(&self) -> Duration {
         Duration::from_secs(self.deleted_retention_seconds)
     }
@@ -222,6 +268,7 @@ impl Artifacts {
         actor: &str,
     ) -> Result<RetentionRun> {
         let scope = Scope::new(policy.tenant.clone(), policy.project.clone());
+        let compiled = policy.spec.compile()?;
         let started_at = now_micros();
         let decisions = self.plan(policy, started_at).await?;
         let plan = plan_fingerprint(policy.revision, &decisions);
@@ -251,7 +298,8 @@ impl Artifacts {
                         &scope,
                         decision,
                         &policy.name,
-                        policy.spec.allow_approved,
+                        &compiled,
+                        started_at,
                         &actor,
                         now_micros(),
                     )
@@ -329,8 +377,28 @@ impl Artifacts {
             })
     }
 
-    /// Executes every scheduled policy that is due at `now`; returns how many ran.
+    /// Executes every scheduled policy that is due at `now`; returns how many ran. One
+    /// replica at a time does (a catalog lease), so a policy is not run twice at once.
     pub async fn run_due_policies(&self, now: i64) -> Result<u64> {
+        let holder = uuid::Uuid::now_v7().to_string();
+        let lease = self.retention().lease_seconds.max(2).saturating_mul(1_000_000) as i64;
+        if self
+            .inner
+            .catalog
+            .take_lease(POLICY_LEASE, &holder, now, now.saturating_add(lease))
+            .await?
+            .is_some()
+        {
+            return Ok(0);
+        }
+        let ran = self.run_due_policies_held(now).await;
+        if let Err(error) = self.inner.catalog.release_lease(POLICY_LEASE, &holder).await {
+            tracing::warn!(%error, "could not release the policy lease; it expires by itself");
+        }
+        ran
+    }
+
+    async fn run_due_policies_held(&self, now: i64) -> Result<u64> {
         let mut ran = 0;
         for policy in self.inner.catalog.scheduled_retention_policies().await? {
             let every = policy.spec.schedule_seconds.saturating_mul(1_000_000);

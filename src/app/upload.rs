@@ -89,7 +89,7 @@ pub struct IngestedContent {
     pub blake3: String,
     pub manifest: Manifest,
     pub new_chunks: Vec<(String, PackEntry)>,
-    pub packs: Vec<String>,
+    pub packs: Vec<crate::catalog::StagedPack>,
     pub content_type: String,
     pub extracted: Extracted,
 }
@@ -186,7 +186,7 @@ pub(super) struct Upload {
     new_stored_size: u64,
     pack: PackBuilder,
     new_chunks: Vec<(String, PackEntry)>,
-    packs: Vec<String>,
+    packs: Vec<crate::catalog::StagedPack>,
     writes: JoinSet<Result<()>>,
 }
 
@@ -482,11 +482,13 @@ impl Upload {
             }
         };
         let builder = std::mem::take(&mut self.pack);
-        let sealed = seal_and_stage(&self.inner, &self.tenant, builder, sealing, &self.upload_id).await?;
+        let (sealed, generation) =
+            seal_and_stage(&self.inner, &self.tenant, builder, sealing, &self.upload_id).await?;
         let pack_id = sealed.id.to_hex();
         self.new_chunks
             .extend(sealed.entries.iter().map(|entry| (pack_id.clone(), *entry)));
-        self.packs.push(pack_id);
+        self.packs
+            .push(crate::catalog::StagedPack { pack_id, generation });
         while self.writes.len() >= self.inner.settings.ingest.max_packs_in_flight {
             if let Some(write) = self.writes.join_next().await {
                 write.map_err(|e| Error::internal(format!("pack write task failed: {e}")))??;
@@ -520,7 +522,7 @@ pub(super) async fn seal_and_stage(
     builder: PackBuilder,
     sealing: Option<Arc<super::keys::SealingKey>>,
     upload_id: &str,
-) -> Result<crate::ingest::pack::SealedPack> {
+) -> Result<(crate::ingest::pack::SealedPack, i64)> {
     let data_key = sealing.as_ref().map(|_| DataKey::generate());
     let (sealed, data_key) = tokio::task::spawn_blocking(move || {
         let sealed = match &data_key {
@@ -539,18 +541,21 @@ pub(super) async fn seal_and_stage(
         upload_id,
         at: now_micros(),
     };
-    match (sealing, &data_key) {
+    let generation = match (sealing, &data_key) {
         (Some(sealing), Some(data_key)) => {
             inner
                 .keys
                 .stage_sealed(&inner.catalog, &stage, data_key, sealing)
-                .await?;
+                .await?
         }
-        _ => {
-            inner.catalog.stage_pack(&stage, None).await?;
-        }
-    }
-    Ok(sealed)
+        _ => match inner.catalog.stage_pack(&stage, None).await? {
+            crate::catalog::Staged::Recorded { generation } => generation,
+            crate::catalog::Staged::KeyRetired => {
+                return Err(Error::internal("a plain pack was refused for a retired key"));
+            }
+        },
+    };
+    Ok((sealed, generation))
 }
 
 /// Moves a content stream into a channel, stopping at the first error or when the

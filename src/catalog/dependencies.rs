@@ -174,8 +174,10 @@ impl Catalog {
         let mut rows = Vec::new();
         for batch in target_ids.chunks(BATCH_ROWS) {
             let sql = format!(
-                "SELECT artifact_id, version, target_id, requirement, kind FROM dependencies \
-                 WHERE target_id IN ({}) ORDER BY target_id, artifact_id, version, position",
+                "SELECT d.artifact_id, d.version, d.target_id, d.requirement, d.kind FROM dependencies d \
+                 JOIN versions v ON v.artifact_id = d.artifact_id AND v.version = d.version \
+                 WHERE d.target_id IN ({}) AND v.deleted_at IS NULL \
+                 ORDER BY d.target_id, d.artifact_id, d.version, d.position",
                 self.dialect.placeholders(1, batch.len())
             );
             let mut query = sqlx::query_as::<_, (String, String, String, String, String)>(AssertSqlSafe(sql));

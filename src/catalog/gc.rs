@@ -99,6 +99,23 @@ impl Catalog {
         )))
     }
 
+    /// Extends `name` for `holder` only while it still holds it: a holder whose lease ran out
+    /// never takes it back (another may have run meanwhile). Returns whether it still holds it.
+    pub async fn renew_lease(&self, name: &str, holder: &str, now: i64, expires_at: i64) -> Result<bool> {
+        let renewed = sqlx::query(
+            "UPDATE leases SET expires_at = $1 WHERE name = $2 AND holder = $3 AND expires_at >= $4",
+        )
+        .bind(expires_at)
+        .bind(name)
+        .bind(holder)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error("renewing a lease", e))?
+        .rows_affected();
+        Ok(renewed == 1)
+    }
+
     pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
         sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
             .bind(name)
@@ -325,6 +342,7 @@ impl Catalog {
     /// The row goes once a delete came a grace period after the burial (`settled`).
     pub async fn delete_tombstoned<F, Fut>(
         &self,
+        holder: &str,
         pack_id: &str,
         settled: bool,
         delete: F,
@@ -351,6 +369,8 @@ impl Catalog {
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| db_error("reading a pack", e))?;
+        self.require_lease(&mut tx, GC_LEASE, holder, crate::domain::now_micros())
+            .await?;
         if revived.is_some() {
             sqlx::query("DELETE FROM pack_tombstones WHERE pack_id = $1")
                 .bind(pack_id)
@@ -387,58 +407,50 @@ impl Catalog {
     }
 
     /// Points the chunks compaction copied at their new pack, and commits that pack, where the
-    /// index still points into one of `old_packs` (nothing else moves them meanwhile: the
-    /// lease).
+    /// index still points into the pack each came from (nothing else moves them meanwhile:
+    /// the lease). `moves` pairs each chunk's old pack with its place in the new one.
     pub async fn relocate_chunks(
         &self,
         holder: &str,
         tenant: &str,
-        old_packs: &[String],
-        new_pack: &str,
-        entries: &[PackEntry],
+        new_pack: &super::StagedPack,
+        moves: &[(String, PackEntry)],
         now: i64,
     ) -> Result<u64> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
-        // Any state: compaction can produce the bytes of a pack that exists already.
-        let committed = sqlx::query("UPDATE packs SET state = 'committed' WHERE pack_id = $1")
-            .bind(new_pack)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_error("committing a pack", e))?
-            .rows_affected();
-        if committed == 0 {
-            return Err(Error::Aborted(format!(
-                "compacted pack {new_pack} was collected before it was committed; nothing was moved"
-            )));
-        }
-        let sql = format!(
-            "UPDATE chunks SET pack_id = {}, pack_offset = {}, stored_length = {}, codec = {} \
-             WHERE tenant = {} AND chunk_id = {} AND pack_id IN ({})",
-            self.dialect.placeholders(1, 1),
-            self.dialect.placeholders(2, 1),
-            self.dialect.placeholders(3, 1),
-            self.dialect.placeholders(4, 1),
-            self.dialect.placeholders(5, 1),
-            self.dialect.placeholders(6, 1),
-            self.dialect.placeholders(7, old_packs.len()),
-        );
-        let mut moved = 0;
-        for entry in entries {
-            let mut query = sqlx::query(AssertSqlSafe(sql.clone()))
-                .bind(new_pack)
-                .bind(entry.offset as i64)
-                .bind(i64::from(entry.stored_len))
-                .bind(entry.codec as i64)
-                .bind(tenant)
-                .bind(entry.chunk_id.0.to_vec());
-            for old in old_packs {
-                query = query.bind(old);
-            }
-            moved += query
+        // Any state, this generation: compaction can produce the bytes of a pack that exists
+        // already (and stays), but not of one collected since it was staged.
+        let committed =
+            sqlx::query("UPDATE packs SET state = 'committed' WHERE pack_id = $1 AND created_at = $2")
+                .bind(&new_pack.pack_id)
+                .bind(new_pack.generation)
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| db_error("moving a chunk", e))?
+                .map_err(|e| db_error("committing a pack", e))?
                 .rows_affected();
+        if committed == 0 {
+            return Err(Error::Aborted(format!(
+                "compacted pack {} was collected before it was committed; nothing was moved",
+                new_pack.pack_id
+            )));
+        }
+        let mut moved = 0;
+        for (old_pack, entry) in moves {
+            moved += sqlx::query(
+                "UPDATE chunks SET pack_id = $1, pack_offset = $2, stored_length = $3, codec = $4 \
+                 WHERE tenant = $5 AND chunk_id = $6 AND pack_id = $7",
+            )
+            .bind(&new_pack.pack_id)
+            .bind(entry.offset as i64)
+            .bind(i64::from(entry.stored_len))
+            .bind(entry.codec as i64)
+            .bind(tenant)
+            .bind(entry.chunk_id.0.to_vec())
+            .bind(old_pack)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("moving a chunk", e))?
+            .rows_affected();
         }
         self.require_lease(&mut tx, GC_LEASE, holder, now).await?;
         tx.commit().await.map_err(|e| db_error("committing", e))?;

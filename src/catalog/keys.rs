@@ -35,7 +35,9 @@ pub struct PackStage<'a> {
 /// The outcome of staging a pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Staged {
-    Recorded,
+    /// Recorded; `generation` identifies the row (when it was made), which the commit
+    /// checks, so a pack collected and made again meanwhile is not taken for this one.
+    Recorded { generation: i64 },
     /// The tenant key the pack's data key is wrapped under is no longer active (rotated or
     /// destroyed meanwhile): wrap it under the current key and stage again.
     KeyRetired,
@@ -191,59 +193,65 @@ impl Catalog {
             upload_id,
             at: now,
         } = *stage;
-        // Packs are named by their bytes, so one collected earlier can be made again. Its
-        // tombstone goes first: a collector deleting that object holds the tombstone's row,
-        // and this waits for it, so the object written after staging is never deleted.
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
-        sqlx::query("DELETE FROM pack_tombstones WHERE pack_id = $1")
-            .bind(pack_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_error("reviving a pack", e))?;
-        let Some(key) = key else {
-            sqlx::query(
+        let generation: Option<i64> = match key {
+            // Identical bytes make the identical pack: a row that exists already is this
+            // pack too, and its generation (when that row was made) is what the upload
+            // commits against.
+            None => sqlx::query_scalar(
                 "INSERT INTO packs (pack_id, tenant, size, upload_id, state, created_at) \
-                 VALUES ($1, $2, $3, $4, 'staged', $5) ON CONFLICT (pack_id) DO NOTHING",
+                 VALUES ($1, $2, $3, $4, 'staged', $5) \
+                 ON CONFLICT (pack_id) DO UPDATE SET size = packs.size RETURNING created_at",
             )
             .bind(pack_id)
             .bind(tenant)
             .bind(size as i64)
             .bind(upload_id)
             .bind(now)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| db_error("staging a pack", e))?,
+            Some(key) => {
+                // On Postgres the shared lock waits for a rotation or destruction holding the
+                // key's row, then sees the row as that change left it.
+                let lock = if self.dialect == Dialect::Postgres {
+                    " FOR SHARE"
+                } else {
+                    ""
+                };
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO packs (pack_id, tenant, size, upload_id, state, created_at, key_id, wrapped_key) \
+                     SELECT $1, $2, $3, $4, 'staged', $5, $6, $7 \
+                     WHERE EXISTS (SELECT 1 FROM tenant_keys WHERE key_id = $6 AND tenant = $2 AND state = 'active'{lock}) \
+                     RETURNING created_at"
+                )))
+                .bind(pack_id)
+                .bind(tenant)
+                .bind(size as i64)
+                .bind(upload_id)
+                .bind(now)
+                .bind(&key.key_id)
+                .bind(key.wrapped.clone())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db_error("staging a pack", e))?
+            }
+        };
+        let Some(generation) = generation else {
+            return Ok(Staged::KeyRetired);
+        };
+        // Packs are named by their bytes, so one collected earlier can be made again. Its
+        // tombstone goes after the row (which waits for a sweep still removing the old row,
+        // so that sweep's tombstone is seen here); a collector deleting the object holds the
+        // tombstone's row and this waits for it, so the object written after staging is
+        // never deleted.
+        sqlx::query("DELETE FROM pack_tombstones WHERE pack_id = $1")
+            .bind(pack_id)
             .execute(&mut *tx)
             .await
-            .map_err(|e| db_error("staging a pack", e))?;
-            tx.commit().await.map_err(|e| db_error("committing", e))?;
-            return Ok(Staged::Recorded);
-        };
-        // On Postgres the shared lock waits for a rotation or destruction holding the key's
-        // row, then sees the row as that change left it.
-        let lock = if self.dialect == Dialect::Postgres {
-            " FOR SHARE"
-        } else {
-            ""
-        };
-        let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO packs (pack_id, tenant, size, upload_id, state, created_at, key_id, wrapped_key) \
-             SELECT $1, $2, $3, $4, 'staged', $5, $6, $7 \
-             WHERE EXISTS (SELECT 1 FROM tenant_keys WHERE key_id = $6 AND tenant = $2 AND state = 'active'{lock})"
-        )))
-        .bind(pack_id)
-        .bind(tenant)
-        .bind(size as i64)
-        .bind(upload_id)
-        .bind(now)
-        .bind(&key.key_id)
-        .bind(key.wrapped.clone())
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| db_error("staging a pack", e))?;
+            .map_err(|e| db_error("reviving a pack", e))?;
         tx.commit().await.map_err(|e| db_error("committing", e))?;
-        Ok(if inserted.rows_affected() == 1 {
-            Staged::Recorded
-        } else {
-            Staged::KeyRetired
-        })
+        Ok(Staged::Recorded { generation })
     }
 
     /// Replaces the tenant's active key `old_key_id` by `new`: every data key wrapped under

@@ -601,25 +601,29 @@ impl Catalog {
                     .filter(|id| !indexed.contains(id.0.as_slice())),
             );
         }
-        self.check_content_alive(tx, &scope.tenant, &version.packs, &version.reused_chunks)
+        let pack_ids: Vec<String> = version.packs.iter().map(|p| p.pack_id.clone()).collect();
+        self.check_content_alive(tx, &scope.tenant, &pack_ids, &version.reused_chunks)
             .await?;
         let mut reused = version.reused_chunks.clone();
         reused.extend(lost_races);
         reused.sort_unstable();
         reused.dedup();
-        self.claim_reused(tx, &scope.tenant, &reused, &version.packs)
-            .await?;
-        for pack_id in &version.packs {
+        self.claim_reused(tx, &scope.tenant, &reused, &pack_ids).await?;
+        for StagedPack { pack_id, generation } in &version.packs {
             // Any state: a pack of identical bytes staged by another upload is this one too.
-            let committed = sqlx::query("UPDATE packs SET state = 'committed' WHERE pack_id = $1")
-                .bind(pack_id)
-                .execute(&mut **tx)
-                .await
-                .map_err(|e| db_error("committing packs", e))?
-                .rows_affected();
+            // The generation is the row this upload staged: a row made again after a
+            // collection took the one it staged is not it.
+            let committed =
+                sqlx::query("UPDATE packs SET state = 'committed' WHERE pack_id = $1 AND created_at = $2")
+                    .bind(pack_id)
+                    .bind(generation)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| db_error("committing packs", e))?
+                    .rows_affected();
             if committed == 0 {
                 return Err(Error::Aborted(format!(
-                    "pack {pack_id} of this upload was garbage-collected: the upload ran longer than the collection grace period; nothing was committed"
+                    "pack {pack_id} of this upload was garbage-collected while the upload ran (longer than the collection grace period); nothing was committed"
                 )));
             }
         }
@@ -801,7 +805,7 @@ impl Catalog {
                 )));
             }
             let approved: Vec<String> = sqlx::query_scalar(
-                "SELECT version FROM versions WHERE artifact_id = $1 AND state = 'approved' ORDER BY seq",
+                "SELECT version FROM versions WHERE artifact_id = $1 AND state = 'approved' AND deleted_at IS NULL ORDER BY seq",
             )
             .bind(artifact_id)
             .fetch_all(&mut *tx)

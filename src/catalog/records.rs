@@ -75,6 +75,14 @@ impl From<SeenArtifactRecord> for Artifact {
     }
 }
 
+/// A pack an upload staged, and the generation of the row it staged (see
+/// [`super::Staged`]): the commit refuses a row of another generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedPack {
+    pub pack_id: String,
+    pub generation: i64,
+}
+
 /// A `versions` row (without the manifest). Stays inside the catalog; callers get
 /// [`ArtifactVersion`].
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -266,7 +274,7 @@ pub struct NewVersion {
     /// indexed when the version commits.
     pub reused_chunks: Vec<crate::ingest::ChunkId>,
     /// Packs the upload wrote; they become committed with the version.
-    pub packs: Vec<String>,
+    pub packs: Vec<StagedPack>,
     /// Replaces the artifact's tags and categories when set.
     pub labels: Option<Labels>,
     /// Draft or review.

@@ -6,8 +6,8 @@
 use super::{Catalog, VERSION_COLUMNS, VersionRecord, artifact_not_found, db_error, is_unique_violation};
 use crate::domain::event::EventKind;
 use crate::domain::retention::{
-    ArtifactFacts, Decision, LegalHold, PolicySpec, RetentionPolicy, RetentionRun, TrashItem, Verdict,
-    VersionFacts,
+    ArtifactFacts, CompiledPolicy, Decision, LegalHold, PolicySpec, RetentionPolicy, RetentionRun, TrashItem,
+    Verdict, VersionFacts,
 };
 use crate::domain::{ArtifactVersion, Error, LifecycleState, Result, Scope, Timestamp, Transition};
 use serde_json::json;
@@ -143,6 +143,58 @@ pub(super) async fn hold_on(tx: &mut Tx, artifact_id: &str, version: Option<&str
         };
         format!("{what} is under a legal hold ({reason})")
     }))
+}
+
+/// One live artifact's facts for a policy, read under its lock.
+async fn artifact_facts_locked(tx: &mut Tx, artifact_id: &str) -> Result<ArtifactFacts> {
+    let (artifact_type, name, latest_version): (String, String, String) =
+        sqlx::query_as("SELECT artifact_type, name, latest_version FROM artifacts WHERE id = $1")
+            .bind(artifact_id)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(|e| db_error("reading an artifact", e))?;
+    let versions: Vec<(String, i64, String, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT version, seq, state, created_at, last_read_at FROM versions WHERE artifact_id = $1 AND deleted_at IS NULL",
+    )
+    .bind(artifact_id)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(|e| db_error("reading versions", e))?;
+    let aliases: Vec<(String, String)> =
+        sqlx::query_as("SELECT version, name FROM aliases WHERE artifact_id = $1 ORDER BY name")
+            .bind(artifact_id)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(|e| db_error("reading aliases", e))?;
+    let holds: Vec<String> = sqlx::query_scalar("SELECT version FROM legal_holds WHERE artifact_id = $1")
+        .bind(artifact_id)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(|e| db_error("reading legal holds", e))?;
+    let mut facts = ArtifactFacts {
+        artifact_id: artifact_id.to_owned(),
+        artifact_type,
+        name,
+        latest_version,
+        held: holds.iter().any(String::is_empty),
+        versions: Vec::new(),
+    };
+    for (version, seq, state, created_at, last_read_at) in versions {
+        facts.versions.push(VersionFacts {
+            aliases: aliases
+                .iter()
+                .filter(|(target, _)| *target == version)
+                .map(|(_, alias)| alias.clone())
+                .collect(),
+            held: holds.contains(&version),
+            version,
+            seq,
+            state: LifecycleState::parse("state", &state)?,
+            created_at,
+            last_read_at,
+        });
+    }
+    Ok(facts)
 }
 
 impl Catalog {
@@ -472,12 +524,14 @@ impl Catalog {
     /// Carries out one decision of a policy if what it was decided on still holds: the
     /// version is still in the state it was decided in, outside the trash, not the latest,
     /// without an alias or a hold. Returns why it was not carried out, if it was not.
+    #[allow(clippy::too_many_arguments)]
     pub async fn apply_retention(
         &self,
         scope: &Scope,
         decision: &Decision,
         policy_name: &str,
-        allow_approved: bool,
+        policy: &CompiledPolicy,
+        planned_at: i64,
         actor: &str,
         now: i64,
     ) -> Result<Option<String>> {
@@ -487,7 +541,29 @@ impl Catalog {
             Err(Error::NotFound(_)) => return Ok(Some("the artifact is no longer live".into())),
             Err(error) => return Err(error),
         };
-        let allow = allow_approved || decision.verdict == Verdict::Archive;
+        // The whole policy again, on the artifact as it is under the lock (a version trashed
+        // or read since the plan changes what `keep.latest` or `read_within_days` keep).
+        let facts = artifact_facts_locked(&mut tx, &decision.artifact_id).await?;
+        let now_decided = policy
+            .evaluate(&facts, planned_at)
+            .into_iter()
+            .find(|d| d.version == decision.version);
+        match now_decided {
+            None => {
+                return Ok(Some(format!(
+                    "version {} is no longer outside the trash",
+                    decision.version
+                )));
+            }
+            Some(current) if current.verdict != decision.verdict => {
+                return Ok(Some(format!(
+                    "the policy now keeps version {} ({}: {})",
+                    decision.version, current.rule, current.reason
+                )));
+            }
+            Some(_) => {}
+        }
+        let allow = policy.spec.allow_approved || decision.verdict == Verdict::Archive;
         if let Some(refusal) = refusal_to_remove(
             &mut tx,
             &decision.artifact_id,
