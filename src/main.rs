@@ -40,6 +40,17 @@ enum Command {
         #[arg(long)]
         read_data: bool,
     },
+    /// Runs garbage collection once: packs no version, version in the trash or upload in
+    /// flight needs are marked, and deleted from every store by a later run once the grace
+    /// period has passed; mostly dead packs are rewritten. One run at a time across this
+    /// command and the servers (a catalog lease). Exits 1 when the run could not be made.
+    Gc {
+        #[arg(long, env = "ARTIFACTD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Report what a run would do now, changing nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Loads and validates the configuration, then prints it as TOML (secrets masked).
     CheckConfig {
         #[arg(long, env = "ARTIFACTD_CONFIG")]
@@ -95,6 +106,41 @@ fn main() -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             let config = load(config.as_ref())?;
             print!("{}", toml::to_string_pretty(&config.redacted())?);
+            Ok(())
+        }
+        Command::Gc { config, dry_run } => {
+            let config = load(config.as_ref())?;
+            artifactd::telemetry::init_logging(&config.log.format, &config.log.filter);
+            let report =
+                tokio::runtime::Runtime::new()?.block_on(server::collect_garbage(config, dry_run))?;
+            let would = if dry_run {
+                " (dry run: nothing changed)"
+            } else {
+                ""
+            };
+            println!(
+                "examined {} packs ({} bytes) for {} versions{would}",
+                report.packs_examined, report.bytes_examined, report.versions_scanned
+            );
+            println!(
+                "reclaimed {} packs ({} bytes); marked {}; compacted {} packs ({} bytes into {}); deleted {} objects",
+                report.packs_reclaimed,
+                report.bytes_reclaimed,
+                report.packs_marked,
+                report.packs_compacted,
+                report.bytes_compacted,
+                report.bytes_rewritten,
+                report.objects_deleted
+            );
+            for kept in &report.kept {
+                println!(
+                    "kept {} packs ({} bytes): {}",
+                    kept.packs, kept.bytes, kept.reason
+                );
+            }
+            for problem in &report.problems {
+                println!("problem (retried next run): {problem}");
+            }
             Ok(())
         }
         Command::Check { config, read_data } => {

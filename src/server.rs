@@ -188,6 +188,21 @@ pub async fn check(config: Config, read_data: bool) -> anyhow::Result<crate::app
     Ok(report)
 }
 
+/// `artifactd gc`: one garbage collection run against the configured catalog and stores
+/// (both sides of a failover pair), beside or instead of the servers' own runs.
+pub async fn collect_garbage(config: Config, dry_run: bool) -> anyhow::Result<crate::app::GcReport> {
+    let settings = config.app_settings().context("reading the encryption keys")?;
+    let catalog = Catalog::connect(&config.catalog_url(), config.catalog.max_connections)
+        .await
+        .context("opening the catalog")?;
+    let (primary, fallback) = open_sides(&config).await?;
+    let (store, _) = combine(&config, &catalog, primary, fallback);
+    let artifacts = Artifacts::new(catalog.clone(), store, settings).await?;
+    let report = artifacts.collect_garbage(dry_run).await;
+    catalog.close().await;
+    Ok(report?)
+}
+
 /// Runs the server until `shutdown` is cancelled. `on_ready` learns the bound addresses
 /// once both listeners accept connections.
 pub async fn run(

@@ -727,3 +727,77 @@ async fn collection_deletes_from_both_stores_of_a_failover_pair() {
     common::failover::wait_drained(&pair.server).await;
     check_clean(&pair.server).await;
 }
+
+/// `artifactd gc` runs the same collection from the command line, beside a stopped server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gc_command_collects_what_the_call_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = options(dir.path(), &None);
+    let mut server = ServerProcess::start_with(options.clone());
+    let mut client = server.client().await;
+    let mut retention = RetentionServiceClient::new(server.channel().await);
+    let keep = common::noise(300_000, 11);
+    let kept_id = common::client::create_id(&mut client, header(T, P, "bundle", "kept.bin"), &keep).await;
+    let dropped_id = common::client::create_id(
+        &mut client,
+        header(T, P, "bundle", "dropped.bin"),
+        &common::noise(300_000, 12),
+    )
+    .await;
+    client
+        .delete_artifact(DeleteArtifactRequest {
+            tenant: T.into(),
+            project: P.into(),
+            artifact_id: dropped_id.clone(),
+        })
+        .await
+        .unwrap();
+    retention
+        .purge_trash(PurgeTrashRequest {
+            tenant: T.into(),
+            project: P.into(),
+            artifact_id: dropped_id,
+            version: String::new(),
+        })
+        .await
+        .unwrap();
+    assert!(server.terminate().success());
+    let before = server.fs_store_bytes();
+    let gc = |dry_run: bool| {
+        let mut command = common::binary::command();
+        command.arg("gc").env("ARTIFACTD_DATA_DIR", dir.path());
+        for (key, value) in &options.env {
+            command.env(key, value);
+        }
+        if dry_run {
+            command.arg("--dry-run");
+        }
+        let output = command.output().expect("running artifactd gc");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    };
+    let dry = gc(true);
+    assert!(dry.contains("dry run: nothing changed"), "{dry}");
+    let marked = gc(false);
+    assert!(marked.contains("reclaimed 0 packs"), "{marked}");
+    std::thread::sleep(Duration::from_millis(1100));
+    let swept = gc(false);
+    assert!(!swept.contains("reclaimed 0 packs"), "{swept}");
+    let after = server.fs_store_bytes();
+    assert!(
+        after < before,
+        "the store holds {after} bytes, as before ({before})"
+    );
+    let server = ServerProcess::start_with(options);
+    let mut client = server.client().await;
+    let (_, body) = download(&mut client, download_request(T, P, &kept_id, ""))
+        .await
+        .unwrap();
+    assert!(body == keep);
+    check_clean(&server).await;
+}
