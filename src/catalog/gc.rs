@@ -217,6 +217,25 @@ impl Catalog {
         Ok(rows.into_iter().collect())
     }
 
+    /// Removes the marks of `packs`, if any.
+    async fn clear_marks(&self, tx: &mut Tx, packs: &[String]) -> Result<()> {
+        for batch in packs.chunks(BATCH_ROWS) {
+            let sql = format!(
+                "DELETE FROM gc_marks WHERE pack_id IN ({})",
+                self.dialect.placeholders(1, batch.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for pack in batch {
+                query = query.bind(pack);
+            }
+            query
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| db_error("clearing marks", e))?;
+        }
+        Ok(())
+    }
+
     /// Marks packs found unreferenced (keeping older marks' times) and clears the marks of
     /// packs found referenced again.
     pub async fn update_marks(
@@ -228,20 +247,7 @@ impl Catalog {
     ) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
         // Write first (SQLite), then the fence.
-        for batch in clear.chunks(BATCH_ROWS) {
-            let sql = format!(
-                "DELETE FROM gc_marks WHERE pack_id IN ({})",
-                self.dialect.placeholders(1, batch.len())
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for pack in batch {
-                query = query.bind(pack);
-            }
-            query
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| db_error("clearing marks", e))?;
-        }
+        self.clear_marks(&mut tx, clear).await?;
         for batch in mark.chunks(BATCH_ROWS) {
             let mut sql = String::from("INSERT INTO gc_marks (pack_id, marked_at) VALUES ");
             for row in 0..batch.len() {
@@ -502,20 +508,7 @@ impl Catalog {
         reused: &[ChunkId],
         own_packs: &[String],
     ) -> Result<()> {
-        for batch in own_packs.chunks(BATCH_ROWS) {
-            let sql = format!(
-                "DELETE FROM gc_marks WHERE pack_id IN ({})",
-                self.dialect.placeholders(1, batch.len())
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for pack in batch {
-                query = query.bind(pack);
-            }
-            query
-                .execute(&mut **tx)
-                .await
-                .map_err(|e| db_error("clearing marks", e))?;
-        }
+        self.clear_marks(tx, own_packs).await?;
         for batch in reused.chunks(BATCH_ROWS) {
             let ids = self.dialect.placeholders(2, batch.len());
             let tenant_param = self.dialect.placeholders(1, 1);

@@ -198,6 +198,26 @@ async fn artifact_facts_locked(tx: &mut Tx, artifact_id: &str) -> Result<Artifac
 }
 
 impl Catalog {
+    /// Begins a transaction holding the row lock of an artifact of the scope, live or in the
+    /// trash (SQLite's write lock: a concurrent restore or delete waits for this one).
+    async fn lock_any_artifact(&self, scope: &Scope, artifact_id: &str) -> Result<Tx> {
+        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let in_scope = sqlx::query(
+            "UPDATE artifacts SET updated_at = updated_at WHERE id = $1 AND tenant = $2 AND project = $3",
+        )
+        .bind(artifact_id)
+        .bind(&scope.tenant)
+        .bind(&scope.project)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error("locking an artifact", e))?
+        .rows_affected();
+        if in_scope == 0 {
+            return Err(artifact_not_found(scope, artifact_id));
+        }
+        Ok(tx)
+    }
+
     // ---- policies ------------------------------------------------------------------------
 
     pub async fn insert_retention_policy(&self, policy: &RetentionPolicy) -> Result<()> {
@@ -827,21 +847,7 @@ impl Catalog {
         version: Option<&str>,
         now: i64,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
-        // The row lock first (SQLite's write lock): a concurrent restore waits for this.
-        let in_scope = sqlx::query(
-            "UPDATE artifacts SET updated_at = updated_at WHERE id = $1 AND tenant = $2 AND project = $3",
-        )
-        .bind(artifact_id)
-        .bind(&scope.tenant)
-        .bind(&scope.project)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| db_error("locking an artifact", e))?
-        .rows_affected();
-        if in_scope == 0 {
-            return Err(artifact_not_found(scope, artifact_id));
-        }
+        let mut tx = self.lock_any_artifact(scope, artifact_id).await?;
         if let Some(hold) = hold_on(&mut tx, artifact_id, version).await? {
             return Err(Error::FailedPrecondition(format!("not purged: {hold}")));
         }
@@ -967,20 +973,7 @@ impl Catalog {
     /// Places (or replaces the reason of) a hold on an artifact, live or in the trash, or on
     /// one of its versions.
     pub async fn set_legal_hold(&self, scope: &Scope, hold: &LegalHold) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
-        let in_scope = sqlx::query(
-            "UPDATE artifacts SET updated_at = updated_at WHERE id = $1 AND tenant = $2 AND project = $3",
-        )
-        .bind(&hold.artifact_id)
-        .bind(&scope.tenant)
-        .bind(&scope.project)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| db_error("locking an artifact", e))?
-        .rows_affected();
-        if in_scope == 0 {
-            return Err(artifact_not_found(scope, &hold.artifact_id));
-        }
+        let mut tx = self.lock_any_artifact(scope, &hold.artifact_id).await?;
         if !hold.version.is_empty() {
             let exists: Option<i64> =
                 sqlx::query_scalar("SELECT seq FROM versions WHERE artifact_id = $1 AND version = $2")
