@@ -21,7 +21,7 @@
 
 use super::Artifacts;
 use super::upload::seal_and_stage;
-use crate::catalog::{GcPack, PackUse, Tombstoned};
+use crate::catalog::{GcPack, Tombstoned};
 use crate::domain::{Error, Result, now_micros};
 use crate::ingest::chunk::decode;
 use crate::ingest::pack::read_trailer;
@@ -80,7 +80,17 @@ pub struct GcReport {
 #[derive(Default)]
 struct Usage {
     live_bytes: u64,
-    live: Vec<PackUse>,
+    live: Vec<ChunkId>,
+}
+
+/// Counts a pack kept, under its reason.
+fn keep(kept: &mut BTreeMap<&'static str, Kept>, reason: &'static str, pack: &GcPack) {
+    let entry = kept.entry(reason).or_insert_with(|| Kept {
+        reason: reason.to_owned(),
+        ..Kept::default()
+    });
+    entry.packs += 1;
+    entry.bytes += pack.size;
 }
 
 impl Artifacts {
@@ -156,92 +166,58 @@ impl Artifacts {
             ..GcReport::default()
         };
 
-        // 1. What versions need, then what each pack holds of it.
-        let mut needed: HashMap<String, HashSet<ChunkId>> = HashMap::new();
-        let mut after: Option<(String, i64)> = None;
-        loop {
-            let batch = catalog
-                .stored_manifests(
-                    after.as_ref().map(|(id, seq)| (id.as_str(), *seq)),
-                    MANIFEST_BATCH,
-                )
-                .await?;
-            let Some(last) = batch.last() else { break };
-            after = Some((last.artifact_id.clone(), last.seq));
-            for stored in batch {
-                report.versions_scanned += 1;
-                let manifest = Manifest::decode(&stored.manifest).map_err(|error| {
-                    // Never collect on a partial picture.
-                    Error::DataLoss(format!(
-                        "the manifest of {}@{} does not decode ({error}); collection stopped without deleting anything",
-                        stored.artifact_id, stored.version
-                    ))
-                })?;
-                needed
-                    .entry(stored.scope.tenant.clone())
-                    .or_default()
-                    .extend(manifest.entries.iter().map(|entry| entry.chunk_id));
-            }
-        }
-        let mut usage: HashMap<String, Usage> = HashMap::new();
-        let mut cursor: Option<(String, ChunkId)> = None;
-        loop {
-            let rows = catalog
-                .chunk_rows(cursor.as_ref().map(|(t, c)| (t.as_str(), c)), SCAN_BATCH)
-                .await?;
-            let Some(last) = rows.last() else { break };
-            cursor = Some((last.tenant.clone(), last.chunk_id));
-            for row in rows {
-                report.chunks_scanned += 1;
-                let live = needed
-                    .get(&row.tenant)
-                    .is_some_and(|ids| ids.contains(&row.chunk_id));
-                let entry = usage.entry(row.pack_id.clone()).or_default();
-                if live {
-                    entry.live_bytes += u64::from(row.stored_len);
-                    entry.live.push(row);
-                }
-            }
-        }
-        drop(needed);
-
-        // 2. Which packs are unneeded, which to compact, which to keep and why.
+        // 1–2, one tenant at a time (a pack belongs to one tenant, so memory is bounded by
+        // the largest tenant's chunk ids): what its versions need, what each of its packs
+        // holds of that, which packs are unneeded, which are compacted now.
         let mut kept: BTreeMap<&'static str, Kept> = BTreeMap::new();
-        let mut keep = |reason: &'static str, pack: &GcPack| {
-            let entry = kept.entry(reason).or_insert_with(|| Kept {
-                reason: reason.to_owned(),
-                ..Kept::default()
-            });
-            entry.packs += 1;
-            entry.bytes += pack.size;
-        };
         let mut unneeded: Vec<GcPack> = Vec::new();
-        let mut sparse: Vec<(GcPack, Usage)> = Vec::new();
-        let mut after = String::new();
-        loop {
-            let packs = catalog.gc_packs(&after, SCAN_BATCH).await?;
-            let Some(last) = packs.last() else { break };
-            after = last.pack_id.clone();
-            for pack in packs {
-                report.packs_examined += 1;
-                report.bytes_examined += pack.size;
-                let use_of = usage.remove(&pack.pack_id).unwrap_or_default();
-                match pack.state.as_str() {
-                    "committed" if use_of.live.is_empty() => unneeded.push(pack),
-                    "committed"
-                        if use_of.live_bytes.saturating_mul(100)
-                            < pack
-                                .size
-                                .saturating_mul(u64::from(settings.gc_compact_below_percent)) =>
-                    {
-                        sparse.push((pack, use_of))
-                    }
-                    "committed" => keep("needed by a version", &pack),
-                    _ if pack.created_at <= t0 - grace => unneeded.push(pack),
-                    _ => keep("an upload may still be writing it", &pack),
+        let mut budget = settings.gc_compact_max_bytes;
+        for tenant in catalog.gc_tenants().await? {
+            let mut sparse = Vec::new();
+            self.scan_tenant(
+                &tenant,
+                t0 - grace,
+                &mut report,
+                &mut kept,
+                &mut unneeded,
+                &mut sparse,
+            )
+            .await?;
+            let mut chosen = Vec::new();
+            for (pack, use_of) in sparse {
+                if pack.size > budget {
+                    keep(
+                        &mut kept,
+                        "sparse, waits for compaction (this run's budget is spent)",
+                        &pack,
+                    );
+                    continue;
                 }
+                budget -= pack.size;
+                chosen.push((pack, use_of));
+            }
+            if chosen.is_empty() {
+                continue;
+            }
+            if dry_run {
+                for (pack, use_of) in &chosen {
+                    report.packs_compacted += 1;
+                    report.bytes_compacted += pack.size;
+                    report.bytes_rewritten += use_of.live_bytes;
+                }
+                continue;
+            }
+            if let Err(error) = self.compact(&tenant, chosen, holder, &mut report).await {
+                if matches!(error, Error::Aborted(_)) {
+                    return Err(error);
+                }
+                report
+                    .problems
+                    .push(format!("compacting packs of tenant {tenant:?} failed: {error}"));
             }
         }
+
+        // 3. Marks: on packs found unneeded, off packs needed again.
         let marks = catalog.gc_marks().await?;
         let unneeded_ids: HashSet<&str> = unneeded.iter().map(|p| p.pack_id.as_str()).collect();
         let clear: Vec<String> = marks
@@ -260,7 +236,11 @@ impl Artifacts {
             .into_iter()
             .partition(|pack| marks.get(&pack.pack_id).is_some_and(|at| *at <= t0 - grace));
         for pack in &waiting {
-            keep("unneeded, marked; deleted after the grace period", pack);
+            keep(
+                &mut kept,
+                "unneeded, marked; deleted after the grace period",
+                pack,
+            );
         }
         if !dry_run {
             catalog
@@ -268,47 +248,14 @@ impl Artifacts {
                 .await?;
         }
 
-        // 3. Sweep.
+        // 4. Sweep.
         for pack in &sweepable {
             let swept = dry_run || catalog.sweep_pack(holder, pack, t0 - grace, now_micros()).await?;
             if swept {
                 report.packs_reclaimed += 1;
                 report.bytes_reclaimed += pack.size;
             } else {
-                keep("needed again since it was marked", pack);
-            }
-        }
-
-        // 4. Compaction, up to the byte budget per run.
-        let mut budget = settings.gc_compact_max_bytes;
-        let mut by_tenant: BTreeMap<String, Vec<(GcPack, Usage)>> = BTreeMap::new();
-        for (pack, use_of) in sparse {
-            if pack.size > budget {
-                keep("sparse, waits for compaction (this run's budget is spent)", &pack);
-                continue;
-            }
-            budget -= pack.size;
-            by_tenant
-                .entry(pack.tenant.clone())
-                .or_default()
-                .push((pack, use_of));
-        }
-        for (tenant, packs) in by_tenant {
-            if dry_run {
-                for (pack, use_of) in &packs {
-                    report.packs_compacted += 1;
-                    report.bytes_compacted += pack.size;
-                    report.bytes_rewritten += use_of.live_bytes;
-                }
-                continue;
-            }
-            if let Err(error) = self.compact(&tenant, packs, holder, &mut report).await {
-                if matches!(error, Error::Aborted(_)) {
-                    return Err(error);
-                }
-                report
-                    .problems
-                    .push(format!("compacting packs of tenant {tenant:?} failed: {error}"));
+                keep(&mut kept, "needed again since it was marked", pack);
             }
         }
 
@@ -361,6 +308,86 @@ impl Artifacts {
             "garbage collection finished"
         );
         Ok(report)
+    }
+
+    /// Scans one tenant: the chunks its versions (live and in the trash) need, then its chunk
+    /// index and packs. Unneeded packs (committed without live chunks; staged or abandoned
+    /// before `stale_before`) go to `unneeded`, sparse ones with their live chunks to `sparse`.
+    async fn scan_tenant(
+        &self,
+        tenant: &str,
+        stale_before: i64,
+        report: &mut GcReport,
+        kept: &mut BTreeMap<&'static str, Kept>,
+        unneeded: &mut Vec<GcPack>,
+        sparse: &mut Vec<(GcPack, Usage)>,
+    ) -> Result<()> {
+        let catalog = &self.inner.catalog;
+        let below_percent = u64::from(self.inner.settings.retention.gc_compact_below_percent);
+        let mut needed: HashSet<ChunkId> = HashSet::new();
+        let mut after: Option<(String, i64)> = None;
+        loop {
+            let batch = catalog
+                .tenant_manifests(
+                    tenant,
+                    after.as_ref().map(|(id, seq)| (id.as_str(), *seq)),
+                    MANIFEST_BATCH,
+                )
+                .await?;
+            let Some(last) = batch.last() else { break };
+            after = Some((last.artifact_id.clone(), last.seq));
+            for stored in batch {
+                report.versions_scanned += 1;
+                let manifest = Manifest::decode(&stored.manifest).map_err(|error| {
+                    // Never collect on a partial picture.
+                    Error::DataLoss(format!(
+                        "the manifest of {}@{} does not decode ({error}); collection stopped without deleting anything",
+                        stored.artifact_id, stored.version
+                    ))
+                })?;
+                needed.extend(manifest.entries.iter().map(|entry| entry.chunk_id));
+            }
+        }
+        let mut usage: HashMap<String, Usage> = HashMap::new();
+        let mut cursor: Option<ChunkId> = None;
+        loop {
+            let rows = catalog.chunk_rows(tenant, cursor.as_ref(), SCAN_BATCH).await?;
+            let Some(last) = rows.last() else { break };
+            cursor = Some(last.chunk_id);
+            for row in rows {
+                report.chunks_scanned += 1;
+                let entry = usage.entry(row.pack_id).or_default();
+                if needed.contains(&row.chunk_id) {
+                    entry.live_bytes += u64::from(row.stored_len);
+                    entry.live.push(row.chunk_id);
+                }
+            }
+        }
+        drop(needed);
+        let mut after = String::new();
+        loop {
+            let packs = catalog.gc_packs(tenant, &after, SCAN_BATCH).await?;
+            let Some(last) = packs.last() else { break };
+            after = last.pack_id.clone();
+            for pack in packs {
+                report.packs_examined += 1;
+                report.bytes_examined += pack.size;
+                let use_of = usage.remove(&pack.pack_id).unwrap_or_default();
+                match pack.state.as_str() {
+                    "committed" if use_of.live.is_empty() => unneeded.push(pack),
+                    "committed"
+                        if use_of.live_bytes.saturating_mul(100)
+                            < pack.size.saturating_mul(below_percent) =>
+                    {
+                        sparse.push((pack, use_of))
+                    }
+                    "committed" => keep(kept, "needed by a version", &pack),
+                    _ if pack.created_at <= stale_before => unneeded.push(pack),
+                    _ => keep(kept, "an upload may still be writing it", &pack),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Rewrites the live chunks of sparse packs of one tenant into new packs.
@@ -476,8 +503,7 @@ impl Artifacts {
         let inner = &self.inner;
         let id = PackId::from_hex(&pack.pack_id)
             .ok_or_else(|| Error::internal(format!("pack id {:?} is malformed", pack.pack_id)))?;
-        let ids: Vec<ChunkId> = use_of.live.iter().map(|row| row.chunk_id).collect();
-        let locations = inner.catalog.chunk_locations(tenant, &ids).await?;
+        let locations = inner.catalog.chunk_locations(tenant, &use_of.live).await?;
         let bytes = inner
             .store
             .get(&id.object_key(), GetOptions::default())

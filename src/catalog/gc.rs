@@ -153,11 +153,58 @@ impl Catalog {
         Ok(())
     }
 
-    /// Every pack with its state and whether it is sealed, in pack id order after `after`.
-    pub async fn gc_packs(&self, after: &str, limit: u32) -> Result<Vec<GcPack>> {
-        let rows: Vec<(String, String, i64, String, i64, Option<String>)> = sqlx::query_as(
-            "SELECT pack_id, tenant, size, state, created_at, key_id FROM packs WHERE pack_id > $1 ORDER BY pack_id LIMIT $2",
+    /// Every tenant that has packs (and so chunks), in order.
+    pub async fn gc_tenants(&self) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT DISTINCT tenant FROM packs ORDER BY tenant")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("listing tenants", e))
+    }
+
+    /// Every version of a tenant (in the trash too) with its manifest, `limit` at a time in
+    /// (artifact id, seq) order after `after`.
+    pub async fn tenant_manifests(
+        &self,
+        tenant: &str,
+        after: Option<(&str, i64)>,
+        limit: u32,
+    ) -> Result<Vec<super::StoredManifest>> {
+        let (after_id, after_seq) = after.unwrap_or(("", -1));
+        let rows: Vec<(String, String, String, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT a.project, v.artifact_id, v.version, v.seq, v.manifest FROM versions v \
+             JOIN artifacts a ON a.id = v.artifact_id \
+             WHERE a.tenant = $1 AND (v.artifact_id > $2 OR (v.artifact_id = $2 AND v.seq > $3)) \
+             ORDER BY v.artifact_id, v.seq LIMIT $4",
         )
+        .bind(tenant)
+        .bind(after_id)
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("reading manifests", e))?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(project, artifact_id, version, seq, manifest)| super::StoredManifest {
+                    scope: crate::domain::Scope::new(tenant.to_owned(), project),
+                    artifact_id,
+                    version,
+                    seq,
+                    manifest,
+                },
+            )
+            .collect())
+    }
+
+    /// A tenant's packs with their state and whether they are sealed, in pack id order after
+    /// `after`.
+    pub async fn gc_packs(&self, tenant: &str, after: &str, limit: u32) -> Result<Vec<GcPack>> {
+        let rows: Vec<(String, String, i64, String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT pack_id, tenant, size, state, created_at, key_id FROM packs \
+             WHERE tenant = $1 AND pack_id > $2 ORDER BY pack_id LIMIT $3",
+        )
+        .bind(tenant)
         .bind(after)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -176,16 +223,20 @@ impl Catalog {
             .collect())
     }
 
-    /// Chunk index rows in (tenant, chunk id) order after `after`.
-    pub async fn chunk_rows(&self, after: Option<(&str, &ChunkId)>, limit: u32) -> Result<Vec<PackUse>> {
-        let (tenant, chunk) =
-            after.map_or((String::new(), Vec::new()), |(t, c)| (t.to_owned(), c.0.to_vec()));
+    /// A tenant's chunk index rows in chunk id order after `after`.
+    pub async fn chunk_rows(
+        &self,
+        tenant: &str,
+        after: Option<&ChunkId>,
+        limit: u32,
+    ) -> Result<Vec<PackUse>> {
+        let after = after.map_or(Vec::new(), |id| id.0.to_vec());
         let rows: Vec<ChunkRow> = sqlx::query_as(
             "SELECT tenant, chunk_id, pack_id, pack_offset, stored_length, raw_length, codec FROM chunks \
-             WHERE tenant > $1 OR (tenant = $1 AND chunk_id > $2) ORDER BY tenant, chunk_id LIMIT $3",
+             WHERE tenant = $1 AND chunk_id > $2 ORDER BY chunk_id LIMIT $3",
         )
-        .bind(&tenant)
-        .bind(chunk)
+        .bind(tenant)
+        .bind(after)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await

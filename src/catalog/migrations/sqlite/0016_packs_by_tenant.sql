@@ -1,0 +1,3 @@
+-- The collector reads one tenant's packs at a time. Keep in step with
+-- ../postgres/0016_packs_by_tenant.sql.
+CREATE INDEX packs_by_tenant ON packs (tenant, pack_id);
