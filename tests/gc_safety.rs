@@ -440,10 +440,12 @@ async fn randomized_run(postgres: bool, seed: u64, operations: u64) {
     let reclaimed = Arc::new(AtomicU64::new(0));
     let compacted = Arc::new(AtomicU64::new(0));
 
-    let collector = {
+    // Two collectors compete for the lease (as two replicas' jobs would); one runs at a time.
+    let mut collectors = Vec::new();
+    for _ in 0..2 {
         let (done, reclaimed, compacted) = (done.clone(), reclaimed.clone(), compacted.clone());
         let mut admin = AdminServiceClient::new(server.channel().await);
-        tokio::spawn(async move {
+        collectors.push(tokio::spawn(async move {
             let mut runs = 0u64;
             while !done.load(Ordering::SeqCst) {
                 if let Some(report) = collect(&mut admin).await {
@@ -459,8 +461,8 @@ async fn randomized_run(postgres: bool, seed: u64, operations: u64) {
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
             runs
-        })
-    };
+        }));
+    }
 
     let mut handles = Vec::new();
     for w in 0..4u64 {
@@ -513,7 +515,10 @@ async fn randomized_run(postgres: bool, seed: u64, operations: u64) {
         models.push(handle.await.expect("worker"));
     }
     done.store(true, Ordering::SeqCst);
-    let runs = collector.await.expect("collector");
+    let mut runs = 0;
+    for collector in collectors {
+        runs += collector.await.expect("collector");
+    }
     // Two more runs a grace period apart sweep what the last marks left.
     let mut admin = AdminServiceClient::new(server.channel().await);
     for _ in 0..2 {
