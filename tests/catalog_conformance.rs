@@ -353,7 +353,10 @@ async fn conformance(catalog: Catalog) {
     assert!(matches!(missing_labels, Error::NotFound(_)));
 
     // Soft delete hides; undelete within retention restores; outside it refuses.
-    let deleted = catalog.soft_delete(&scope, &created.id, 1_000).await.unwrap();
+    let deleted = catalog
+        .soft_delete(&scope, &created.id, "tester", 1_000)
+        .await
+        .unwrap();
     assert_eq!(deleted.deleted_at, Some(artifactd::domain::Timestamp(1_000)));
     assert!(
         catalog
@@ -407,7 +410,7 @@ async fn conformance(catalog: Catalog) {
         .unwrap_err();
     assert!(matches!(not_deleted, Error::FailedPrecondition(_)));
     let missing = catalog
-        .soft_delete(&other_tenant, &created.id, 1)
+        .soft_delete(&other_tenant, &created.id, "tester", 1)
         .await
         .unwrap_err();
     assert!(

@@ -565,7 +565,10 @@ impl ArtifactService for ArtifactApi {
         let scope = self
             .authorized_on_id(&caller, request.tenant, request.project, &request.artifact_id)
             .await?;
-        let (artifact, restorable_until) = self.artifacts.delete(&scope, &request.artifact_id).await?;
+        let (artifact, restorable_until) = self
+            .artifacts
+            .delete(&scope, &request.artifact_id, &caller.actor())
+            .await?;
         Ok(Response::new(DeleteArtifactResponse {
             artifact: Some(convert::artifact(&artifact)),
             restorable_until: Some(convert::timestamp(restorable_until)),

@@ -762,14 +762,19 @@ impl Artifacts {
         })
     }
 
-    /// Soft-deletes an artifact; returns it and the moment its retention runs out.
-    pub async fn delete(&self, scope: &Scope, artifact_id: &str) -> Result<(Artifact, Timestamp)> {
+    /// Soft-deletes an artifact for `actor`; returns it and the moment its retention runs out.
+    pub async fn delete(
+        &self,
+        scope: &Scope,
+        artifact_id: &str,
+        actor: &Actor,
+    ) -> Result<(Artifact, Timestamp)> {
         validate_scope(scope)?;
         validate_artifact_id(artifact_id)?;
         let deleted = match self
             .inner
             .catalog
-            .soft_delete(scope, artifact_id, now_micros())
+            .soft_delete(scope, artifact_id, actor, now_micros())
             .await
         {
             Err(error) => return Err(self.explain_missing(scope, artifact_id, error).await),

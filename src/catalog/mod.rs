@@ -780,19 +780,27 @@ impl Catalog {
         .await
     }
 
-    /// Soft-deletes a live artifact that has no approved version.
-    pub async fn soft_delete(&self, scope: &Scope, artifact_id: &str, now: i64) -> Result<Artifact> {
+    /// Soft-deletes a live artifact that has no approved version; `actor` is recorded as who
+    /// moved it to the trash.
+    pub async fn soft_delete(
+        &self,
+        scope: &Scope,
+        artifact_id: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<Artifact> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
         // The row lock comes first: a transition locks the same row before it changes a
         // version, so the check below sees every approval committed before this delete.
         let changed = sqlx::query(
-            "UPDATE artifacts SET deleted_at = $1, updated_at = $1 \
+            "UPDATE artifacts SET deleted_at = $1, updated_at = $1, deleted_by = $5 \
              WHERE id = $2 AND tenant = $3 AND project = $4 AND deleted_at IS NULL",
         )
         .bind(now)
         .bind(artifact_id)
         .bind(&scope.tenant)
         .bind(&scope.project)
+        .bind(actor)
         .execute(&mut *tx)
         .await
         .map_err(|e| db_error("deleting an artifact", e))?
@@ -842,7 +850,7 @@ impl Catalog {
     ) -> Result<Artifact> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
         let changed = sqlx::query(
-            "UPDATE artifacts SET deleted_at = NULL, updated_at = $1 \
+            "UPDATE artifacts SET deleted_at = NULL, deleted_by = '', updated_at = $1 \
              WHERE id = $2 AND tenant = $3 AND project = $4 AND deleted_at IS NOT NULL AND deleted_at >= $5",
         )
         .bind(now)
