@@ -2,8 +2,13 @@
 //! dead packs, and deletion of the objects on every store.
 //!
 //! A run, under the catalog lease `gc` (one collector across replicas):
-//! 1. scans every version's manifest (live and in the trash) for the chunks they need, then
-//!    every chunk index row, and so learns each pack's live bytes;
+//! 1. one tenant at a time (a pack belongs to one tenant, which bounds memory): scans every
+//!    version's manifest (live and in the trash) for the chunks they need, then the tenant's
+//!    chunk index rows and packs, and so learns each pack's live bytes; compacts the packs
+//!    whose live bytes fell under the threshold (their live chunks, verified, are written
+//!    into new packs and the index moved there; the old packs, now unneeded, go the way of
+//!    steps 2 and 3 in later runs, so a download that planned with them still finds them
+//!    during the grace period);
 //! 2. marks packs nothing needs (committed packs without live chunks; staged or abandoned
 //!    packs older than the grace period), and clears marks of packs needed again;
 //! 3. sweeps packs whose mark is older than the grace period and which this run, which began
@@ -11,11 +16,7 @@
 //!    mark (an upload reusing the pack's chunks takes it first in its commit, and then the
 //!    sweep leaves the pack alone), removes its index rows and row, drops its copy orders,
 //!    and leaves a tombstone;
-//! 4. compacts packs whose live bytes fell under the threshold: their live chunks, verified,
-//!    are written into new packs and the index moved there; the old packs, now unneeded, go
-//!    the way of step 2 and 3 in later runs (so a download that planned with them still
-//!    finds them during the grace period);
-//! 5. deletes tombstoned objects from the store (both sides of a failover pair), keeping the
+//! 4. deletes tombstoned objects from the store (both sides of a failover pair), keeping the
 //!    tombstone until a delete a grace period after the burial succeeded, so a copy a
 //!    replicator wrote late goes too.
 
@@ -166,7 +167,7 @@ impl Artifacts {
             ..GcReport::default()
         };
 
-        // 1–2, one tenant at a time (a pack belongs to one tenant, so memory is bounded by
+        // 1. One tenant at a time (a pack belongs to one tenant, so memory is bounded by
         // the largest tenant's chunk ids): what its versions need, what each of its packs
         // holds of that, which packs are unneeded, which are compacted now.
         let mut kept: BTreeMap<&'static str, Kept> = BTreeMap::new();
@@ -217,7 +218,7 @@ impl Artifacts {
             }
         }
 
-        // 3. Marks: on packs found unneeded, off packs needed again.
+        // 2. Marks: on packs found unneeded, off packs needed again.
         let marks = catalog.gc_marks().await?;
         let unneeded_ids: HashSet<&str> = unneeded.iter().map(|p| p.pack_id.as_str()).collect();
         let clear: Vec<String> = marks
@@ -248,7 +249,7 @@ impl Artifacts {
                 .await?;
         }
 
-        // 4. Sweep.
+        // 3. Sweep.
         for pack in &sweepable {
             let swept = dry_run || catalog.sweep_pack(holder, pack, t0 - grace, now_micros()).await?;
             if swept {
@@ -259,7 +260,7 @@ impl Artifacts {
             }
         }
 
-        // 5. Objects.
+        // 4. Objects.
         if !dry_run {
             for (pack_id, _size, buried_at) in catalog.tombstones().await? {
                 let Some(key) = PackId::from_hex(&pack_id).map(|id| id.object_key()) else {
