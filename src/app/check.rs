@@ -57,6 +57,7 @@ impl Artifacts {
         loop {
             let batch = catalog
                 .stored_manifests(
+                    None,
                     after.as_ref().map(|(id, seq)| (id.as_str(), *seq)),
                     MANIFEST_BATCH,
                 )

@@ -329,8 +329,8 @@ impl Artifacts {
         let mut after: Option<(String, i64)> = None;
         loop {
             let batch = catalog
-                .tenant_manifests(
-                    tenant,
+                .stored_manifests(
+                    Some(tenant),
                     after.as_ref().map(|(id, seq)| (id.as_str(), *seq)),
                     MANIFEST_BATCH,
                 )

@@ -161,42 +161,6 @@ impl Catalog {
             .map_err(|e| db_error("listing tenants", e))
     }
 
-    /// Every version of a tenant (in the trash too) with its manifest, `limit` at a time in
-    /// (artifact id, seq) order after `after`.
-    pub async fn tenant_manifests(
-        &self,
-        tenant: &str,
-        after: Option<(&str, i64)>,
-        limit: u32,
-    ) -> Result<Vec<super::StoredManifest>> {
-        let (after_id, after_seq) = after.unwrap_or(("", -1));
-        let rows: Vec<(String, String, String, i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT a.project, v.artifact_id, v.version, v.seq, v.manifest FROM versions v \
-             JOIN artifacts a ON a.id = v.artifact_id \
-             WHERE a.tenant = $1 AND (v.artifact_id > $2 OR (v.artifact_id = $2 AND v.seq > $3)) \
-             ORDER BY v.artifact_id, v.seq LIMIT $4",
-        )
-        .bind(tenant)
-        .bind(after_id)
-        .bind(after_seq)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| db_error("reading manifests", e))?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(project, artifact_id, version, seq, manifest)| super::StoredManifest {
-                    scope: crate::domain::Scope::new(tenant.to_owned(), project),
-                    artifact_id,
-                    version,
-                    seq,
-                    manifest,
-                },
-            )
-            .collect())
-    }
-
     /// A tenant's packs with their state and whether they are sealed, in pack id order after
     /// `after`.
     pub async fn gc_packs(&self, tenant: &str, after: &str, limit: u32) -> Result<Vec<GcPack>> {
@@ -549,7 +513,8 @@ impl Catalog {
     }
 
     /// In an upload's commit: clears the marks of every pack the version's reused chunks
-    /// (and its own packs) are in, then checks that every reused chunk is still indexed. The
+    /// (and its own packs) are in, then checks that every reused chunk is still indexed (a
+    /// missing one is blamed on `key_destroyed` when the tenant's keys were destroyed). The
     /// mark comes first: a sweep holding it finishes before this reads the index, and a
     /// sweep that comes later finds no mark and keeps the pack.
     pub(super) async fn claim_reused(
@@ -558,6 +523,7 @@ impl Catalog {
         tenant: &str,
         reused: &[ChunkId],
         own_packs: &[String],
+        key_destroyed: bool,
     ) -> Result<()> {
         self.clear_marks(tx, own_packs).await?;
         for batch in reused.chunks(BATCH_ROWS) {
@@ -586,6 +552,11 @@ impl Catalog {
                 .await
                 .map_err(|e| db_error("checking chunks", e))?;
             if present as usize != batch.len() {
+                // Chunks leave the index by collection, or by a destruction of the tenant's
+                // keys (which erases them for good).
+                if key_destroyed {
+                    return Err(super::keys::key_destroyed(tenant));
+                }
                 return Err(Error::Aborted(
                     "content this upload reuses was garbage-collected while it ran; nothing was committed, upload again"
                         .into(),

@@ -489,31 +489,26 @@ impl Catalog {
         Ok(counts)
     }
 
-    /// Inside a version's commit: fails when what the version stands on was destroyed with
-    /// the tenant's keys while its upload ran: a sealed pack it wrote whose data key is
-    /// erased, or a chunk it deduplicated against that left the chunk index. On Postgres the
-    /// shared row locks on the tenant's keys wait for a destruction in progress (which holds
-    /// them until it commits, so the checks then see all it did); on SQLite the commit's
-    /// earlier writes already hold the database.
+    /// Inside a version's commit: fails when a sealed pack the upload wrote had its data key
+    /// erased by a destruction of the tenant's keys while the upload ran. Returns whether
+    /// any of the tenant's keys was ever destroyed, which is how a reused chunk that left the
+    /// index is explained ([`Catalog::claim_reused`] checks those). On Postgres the shared
+    /// row locks on the tenant's keys wait for a destruction in progress (which holds them
+    /// until it commits, so the checks then see all it did); on SQLite the commit's earlier
+    /// writes already hold the database.
     pub(super) async fn check_content_alive(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         tenant: &str,
         packs: &[String],
-        reused: &[crate::ingest::ChunkId],
-    ) -> Result<()> {
-        let aborted = || {
-            Error::Aborted(format!(
-                "tenant {tenant:?}'s encryption key was destroyed while this upload ran; nothing was committed"
-            ))
-        };
+    ) -> Result<bool> {
         let lock = if self.dialect == Dialect::Postgres {
             " FOR SHARE"
         } else {
             ""
         };
-        let keys: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT key_id FROM tenant_keys WHERE tenant = $1{lock}"
+        let states: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT state FROM tenant_keys WHERE tenant = $1{lock}"
         )))
         .bind(tenant)
         .fetch_all(&mut **tx)
@@ -521,8 +516,8 @@ impl Catalog {
         .map_err(|e| db_error("checking tenant keys", e))?;
         // A tenant that never had a key has nothing sealed that a destruction could take away
         // (a destroyed key keeps its row): the common, unencrypted commit stops here.
-        if keys.is_empty() {
-            return Ok(());
+        if states.is_empty() {
+            return Ok(false);
         }
         for batch in packs.chunks(super::BATCH_ROWS) {
             let sql = format!(
@@ -538,27 +533,16 @@ impl Catalog {
                 .await
                 .map_err(|e| db_error("checking packs", e))?;
             if erased > 0 {
-                return Err(aborted());
+                return Err(key_destroyed(tenant));
             }
         }
-        for batch in reused.chunks(super::BATCH_ROWS) {
-            let sql = format!(
-                "SELECT COUNT(*) FROM chunks WHERE tenant = {} AND chunk_id IN ({})",
-                self.dialect.placeholders(1, 1),
-                self.dialect.placeholders(2, batch.len())
-            );
-            let mut query = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql)).bind(tenant);
-            for id in batch {
-                query = query.bind(id.0.to_vec());
-            }
-            let (present,) = query
-                .fetch_one(&mut **tx)
-                .await
-                .map_err(|e| db_error("checking chunks", e))?;
-            if present as usize != batch.len() {
-                return Err(aborted());
-            }
-        }
-        Ok(())
+        Ok(states.iter().any(|state| state == "destroyed"))
     }
+}
+
+/// The refusal of a commit whose content went with its tenant's destroyed keys.
+pub(super) fn key_destroyed(tenant: &str) -> Error {
+    Error::Aborted(format!(
+        "tenant {tenant:?}'s encryption key was destroyed while this upload ran; nothing was committed"
+    ))
 }

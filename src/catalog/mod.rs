@@ -156,6 +156,15 @@ fn state_list(states: &[LifecycleState]) -> String {
         .join(", ")
 }
 
+/// What a change is about, for the audit trail: an artifact, or `artifact@version`.
+fn change_target(artifact_id: &str, version: &str) -> String {
+    if version.is_empty() {
+        artifact_id.to_owned()
+    } else {
+        format!("{artifact_id}@{version}")
+    }
+}
+
 fn tags_json(tags: &[String]) -> String {
     serde_json::to_string(tags).expect("strings serialize")
 }
@@ -602,13 +611,13 @@ impl Catalog {
             );
         }
         let pack_ids: Vec<String> = version.packs.iter().map(|p| p.pack_id.clone()).collect();
-        self.check_content_alive(tx, &scope.tenant, &pack_ids, &version.reused_chunks)
-            .await?;
+        let key_destroyed = self.check_content_alive(tx, &scope.tenant, &pack_ids).await?;
         let mut reused = version.reused_chunks.clone();
         reused.extend(lost_races);
         reused.sort_unstable();
         reused.dedup();
-        self.claim_reused(tx, &scope.tenant, &reused, &pack_ids).await?;
+        self.claim_reused(tx, &scope.tenant, &reused, &pack_ids, key_destroyed)
+            .await?;
         for StagedPack { pack_id, generation } in &version.packs {
             // Any state: a pack of identical bytes staged by another upload is this one too.
             // The generation is the row this upload staged: a row made again after a
@@ -698,15 +707,10 @@ impl Catalog {
         .await
         .map_err(|e| db_error("writing an outbox event", e))?;
         // The change's audit entry commits with it, or neither does.
-        let target = if version.is_empty() {
-            artifact_id.to_owned()
-        } else {
-            format!("{artifact_id}@{version}")
-        };
         let record = crate::audit::change_record(
             &scope.tenant,
             &scope.project,
-            target,
+            change_target(artifact_id, version),
             event_type.as_str(),
             Timestamp(at),
         );
@@ -1038,26 +1042,38 @@ impl Catalog {
         .map_err(|e| db_error("listing packs", e))
     }
 
-    /// Every version of every tenant (deleted artifacts too) with its manifest, `limit` at a
-    /// time in (artifact id, seq) order after `after`.
+    /// Every version (deleted artifacts' and versions in the trash too) with its manifest, of
+    /// one tenant or of all, `limit` at a time in (artifact id, seq) order after `after`.
     pub async fn stored_manifests(
         &self,
+        tenant: Option<&str>,
         after: Option<(&str, i64)>,
         limit: u32,
     ) -> Result<Vec<StoredManifest>> {
         let (after_id, after_seq) = after.unwrap_or(("", -1));
-        let rows: Vec<(String, String, String, String, i64, Vec<u8>)> = sqlx::query_as(
+        let of_tenant = if tenant.is_some() {
+            "a.tenant = $4 AND "
+        } else {
+            ""
+        };
+        let sql = format!(
             "SELECT a.tenant, a.project, v.artifact_id, v.version, v.seq, v.manifest FROM versions v \
              JOIN artifacts a ON a.id = v.artifact_id \
-             WHERE v.artifact_id > $1 OR (v.artifact_id = $1 AND v.seq > $2) \
-             ORDER BY v.artifact_id, v.seq LIMIT $3",
-        )
-        .bind(after_id)
-        .bind(after_seq)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| db_error("reading manifests", e))?;
+             WHERE {of_tenant}(v.artifact_id > $1 OR (v.artifact_id = $1 AND v.seq > $2)) \
+             ORDER BY v.artifact_id, v.seq LIMIT $3"
+        );
+        let mut query =
+            sqlx::query_as::<_, (String, String, String, String, i64, Vec<u8>)>(AssertSqlSafe(sql))
+                .bind(after_id)
+                .bind(after_seq)
+                .bind(i64::from(limit));
+        if let Some(tenant) = tenant {
+            query = query.bind(tenant);
+        }
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("reading manifests", e))?;
         Ok(rows
             .into_iter()
             .map(

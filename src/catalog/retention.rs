@@ -1004,15 +1004,10 @@ impl Catalog {
         .execute(&mut *tx)
         .await
         .map_err(|e| db_error("placing a legal hold", e))?;
-        let target = if hold.version.is_empty() {
-            hold.artifact_id.clone()
-        } else {
-            format!("{}@{}", hold.artifact_id, hold.version)
-        };
         let record = crate::audit::change_record(
             &scope.tenant,
             &scope.project,
-            target,
+            super::change_target(&hold.artifact_id, &hold.version),
             "legal_hold.placed",
             Timestamp(hold.held_at),
         );
@@ -1047,15 +1042,10 @@ impl Catalog {
             };
             return Err(Error::not_found(format!("no legal hold on {what}")));
         }
-        let target = if version.is_empty() {
-            artifact_id.to_owned()
-        } else {
-            format!("{artifact_id}@{version}")
-        };
         let record = crate::audit::change_record(
             &scope.tenant,
             &scope.project,
-            target,
+            super::change_target(artifact_id, version),
             "legal_hold.released",
             Timestamp(now),
         );
