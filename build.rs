@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/artifactd/v1/access.proto",
         "proto/artifactd/v1/admin.proto",
         "proto/artifactd/v1/audit.proto",
+        "proto/artifactd/v1/backup.proto",
         "proto/artifactd/v1/artifact.proto",
         "proto/artifactd/v1/encryption.proto",
         "proto/artifactd/v1/fallback.proto",

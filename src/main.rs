@@ -17,6 +17,20 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum DrAction {
+    /// Takes a backup of every tenant, written to both stores and verified.
+    Export {
+        #[arg(long, env = "ARTIFACTD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Restores the catalog and the primary store from the fallback store's backups.
+    Restore {
+        #[arg(long, env = "ARTIFACTD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Runs the service. With no configuration it keeps everything under ./artifactd-data.
     Serve {
@@ -50,6 +64,13 @@ enum Command {
         /// Report what a run would do now, changing nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Disaster recovery: `export` backs every tenant up now (onto both stores);
+    /// `restore` rebuilds this installation (an empty catalog and primary store) from the
+    /// backups and packs on the fallback store alone. Stop the servers first.
+    Dr {
+        #[command(subcommand)]
+        action: DrAction,
     },
     /// Loads and validates the configuration, then prints it as TOML (secrets masked).
     CheckConfig {
@@ -106,6 +127,46 @@ fn main() -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             let config = load(config.as_ref())?;
             print!("{}", toml::to_string_pretty(&config.redacted())?);
+            Ok(())
+        }
+        Command::Dr { action } => {
+            let (config, export) = match action {
+                DrAction::Export { config } => (config, true),
+                DrAction::Restore { config } => (config, false),
+            };
+            let config = load(config.as_ref())?;
+            artifactd::telemetry::init_logging(&config.log.format, &config.log.filter);
+            let runtime = tokio::runtime::Runtime::new()?;
+            if export {
+                let backups = runtime.block_on(server::dr_export(config))?;
+                for backup in &backups {
+                    println!(
+                        "backed up tenant {}: backup {} ({} artifacts, {} versions, {} objects)",
+                        backup.tenant,
+                        backup.id,
+                        backup.summary.artifacts,
+                        backup.summary.versions,
+                        backup.summary.objects.len()
+                    );
+                }
+                println!("{} tenant backup(s) taken", backups.len());
+                return Ok(());
+            }
+            let report = runtime.block_on(server::dr_restore(config))?;
+            println!(
+                "found {} backups; restored {} ({} artifacts, {} versions); copied {} packs to the primary",
+                report.backups_found,
+                report.backups_restored,
+                report.artifacts,
+                report.versions,
+                report.packs_copied
+            );
+            for problem in &report.problems {
+                println!("problem: {problem}");
+            }
+            if !report.problems.is_empty() {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Gc { config, dry_run } => {

@@ -16,6 +16,7 @@ use crate::proto::access_service_server::AccessServiceServer;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::artifact_service_server::ArtifactServiceServer;
 use crate::proto::audit_service_server::AuditServiceServer;
+use crate::proto::backup_service_server::BackupServiceServer;
 use crate::proto::encryption_service_server::EncryptionServiceServer;
 use crate::proto::fallback_service_server::FallbackServiceServer;
 use crate::proto::retention_service_server::RetentionServiceServer;
@@ -203,6 +204,52 @@ pub async fn collect_garbage(config: Config, dry_run: bool) -> anyhow::Result<cr
     Ok(report?)
 }
 
+/// Opens the catalog and the stores as a server does, with backups writing to both sides of
+/// a failover pair.
+async fn open_for_backups(config: &Config) -> anyhow::Result<(Catalog, Artifacts, Option<DynBlobStore>)> {
+    if config.storage.backend == Backend::Fs || config.catalog.url.is_empty() {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    }
+    let settings = config.app_settings().context("reading the encryption keys")?;
+    let catalog = Catalog::connect(&config.catalog_url(), config.catalog.max_connections)
+        .await
+        .context("opening the catalog")?;
+    let (primary, fallback) = open_sides(config).await?;
+    let (store, failover) = combine(config, &catalog, primary, fallback.clone());
+    let artifacts = Artifacts::new(catalog.clone(), store, settings).await?;
+    if let Some(failover) = failover {
+        artifacts.attach_failover(failover);
+    }
+    Ok((catalog, artifacts, fallback))
+}
+
+/// `artifactd dr export`: a backup of every tenant, on both stores.
+pub async fn dr_export(config: Config) -> anyhow::Result<Vec<crate::domain::backup::Backup>> {
+    let (catalog, artifacts, _) = open_for_backups(&config).await?;
+    let quiet = |_: crate::app::BackupProgress| {};
+    let taken = artifacts.dr_export(&quiet).await;
+    catalog.close().await;
+    Ok(taken?)
+}
+
+/// `artifactd dr restore`: rebuilds the catalog and the primary store from the fallback
+/// store's backups.
+pub async fn dr_restore(config: Config) -> anyhow::Result<crate::app::DrReport> {
+    let (catalog, artifacts, fallback) = open_for_backups(&config).await?;
+    let Some(fallback) = fallback else {
+        anyhow::bail!(
+            "disaster recovery restores from the fallback store; none is configured (S3_FALLBACK_ENABLED)"
+        );
+    };
+    let progress = |p: crate::app::BackupProgress| {
+        tracing::info!(phase = p.phase, done = p.done, total = p.total, detail = %p.detail, "dr restore");
+    };
+    let report = artifacts.dr_restore(&fallback, &progress).await;
+    catalog.close().await;
+    Ok(report?)
+}
+
 /// Runs the server until `shutdown` is cancelled. `on_ready` learns the bound addresses
 /// once both listeners accept connections.
 pub async fn run(
@@ -228,6 +275,9 @@ pub async fn run(
     let artifacts = Artifacts::new(catalog.clone(), store.clone(), settings)
         .await
         .context("starting the artifact service")?;
+    if let Some(failover) = &failover {
+        artifacts.attach_failover(failover.clone());
+    }
     let index_dir = config.index_dir();
     let index = Arc::new(
         SearchIndex::open(&index_dir)
@@ -278,6 +328,11 @@ pub async fn run(
         let every = Duration::from_secs(retention.purge_interval_seconds.max(1));
         supervisor.spawn("trash purger", move |token| {
             crate::jobs::run_trash_purger(purging.clone(), every, token)
+        });
+        let backing_up = artifacts.clone();
+        let every = Duration::from_secs(retention.backup_check_seconds.max(1));
+        supervisor.spawn("backup scheduler", move |token| {
+            crate::jobs::run_backup_scheduler(backing_up.clone(), every, token)
         });
         if retention.gc_interval_seconds > 0 {
             let collecting = artifacts.clone();
@@ -414,6 +469,9 @@ pub async fn run(
             patterns.clone(),
         )))
         .add_service(RetentionServiceServer::new(crate::api::RetentionApi::new(
+            artifacts.clone(),
+        )))
+        .add_service(BackupServiceServer::new(crate::api::BackupApi::new(
             artifacts.clone(),
         )))
         .add_service(EncryptionServiceServer::new(crate::api::EncryptionApi::new(

@@ -152,6 +152,7 @@ pub fn event_kind(kind: EventKind) -> proto::EventKind {
         EventKind::VersionDeleted => proto::EventKind::VersionDeleted,
         EventKind::VersionRestored => proto::EventKind::VersionRestored,
         EventKind::VersionPurged => proto::EventKind::VersionPurged,
+        EventKind::ArtifactRecovered => proto::EventKind::ArtifactRecovered,
         EventKind::ArtifactLinked => proto::EventKind::ArtifactLinked,
         EventKind::ArtifactUnlinked => proto::EventKind::ArtifactUnlinked,
         EventKind::ContentDestroyed => proto::EventKind::ContentDestroyed,

@@ -207,7 +207,7 @@ impl Artifacts {
         let inner = &self.inner;
         // A pack belongs to one tenant and has at most one data key: opened once.
         let tenant = &needed[0].tenant;
-        let tenant_key = TenantKey::derive(&inner.service_secret, tenant);
+        let tenant_key = TenantKey::derive(&inner.secret(), tenant);
         let data_key = match needed.iter().find(|chunk| chunk.location.key.is_some()) {
             None => None,
             Some(sealed) => match inner

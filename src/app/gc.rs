@@ -370,10 +370,17 @@ impl Artifacts {
             let packs = catalog.gc_packs(tenant, &after, SCAN_BATCH).await?;
             let Some(last) = packs.last() else { break };
             after = last.pack_id.clone();
+            let ids: Vec<String> = packs.iter().map(|p| p.pack_id.clone()).collect();
+            let pinned = catalog.pinned(&ids).await?;
             for pack in packs {
                 report.packs_examined += 1;
                 report.bytes_examined += pack.size;
                 let use_of = usage.remove(&pack.pack_id).unwrap_or_default();
+                if pinned.contains(&pack.pack_id) {
+                    // A backup needs it as it is: neither collected nor compacted.
+                    keep(kept, "pinned by a backup", &pack);
+                    continue;
+                }
                 match pack.state.as_str() {
                     "committed" if use_of.live.is_empty() => unneeded.push(pack),
                     "committed"
@@ -401,7 +408,7 @@ impl Artifacts {
     ) -> Result<()> {
         let inner = &self.inner;
         let target = inner.settings.ingest.pack_target_bytes;
-        let tenant_key = TenantKey::derive(&inner.service_secret, tenant);
+        let tenant_key = TenantKey::derive(&inner.secret(), tenant);
         let sealing = inner.keys.sealing_key(&inner.catalog, tenant).await?;
         let mut builder = PackBuilder::new();
         // Each chunk in the builder, and the pack it comes from.

@@ -2,6 +2,7 @@
 //! ingest pipeline, the object store and the catalog. Knows nothing about gRPC.
 
 mod access;
+mod backup;
 mod check;
 mod dependencies;
 mod download;
@@ -15,6 +16,10 @@ mod upload;
 mod watch;
 
 pub use access::{AccessAdmin, KeyHolds};
+pub use backup::{
+    BackupProgress, DrReport, Progress, RestoreReport, RestoreRequest, RestoreSource, RestoreTarget,
+    RestoredArtifact, restore_changes,
+};
 pub use check::CheckReport;
 pub use dependencies::{
     DependencyFilter, DependencyHit, DependencyRelation, DependentVersion, RequiredBy, Resolution,
@@ -117,9 +122,29 @@ pub(crate) struct Inner {
     pub(crate) catalog: Catalog,
     pub(crate) store: DynBlobStore,
     pub(crate) settings: Settings,
-    pub(crate) service_secret: [u8; 32],
+    /// The chunk-id secret; replaced only when a restore into an empty installation adopts
+    /// the one its backups were taken with.
+    service_secret: std::sync::RwLock<[u8; 32]>,
     pub(crate) keys: keys::Keyring,
     pub(crate) reads: retention::RecentReads,
+    /// Both sides of a failover pair, where there is one: backups write to each.
+    pub(crate) failover: std::sync::OnceLock<Arc<crate::storage::FailoverStore>>,
+}
+
+impl Inner {
+    pub(crate) fn secret(&self) -> [u8; 32] {
+        *self
+            .service_secret
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn set_secret(&self, secret: [u8; 32]) {
+        *self
+            .service_secret
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = secret;
+    }
 }
 
 /// The artifact use cases. Cheap to clone.
@@ -286,17 +311,24 @@ fn decode_position(token: &str, tag: &str) -> Result<Option<i64>> {
 impl Artifacts {
     pub async fn new(catalog: Catalog, store: DynBlobStore, settings: Settings) -> Result<Self> {
         let service_secret = catalog.service_secret().await?;
+        catalog.start_journal(now_micros()).await?;
         let keys = keys::Keyring::new(settings.master_keys.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 catalog,
                 store,
                 settings,
-                service_secret,
+                service_secret: std::sync::RwLock::new(service_secret),
                 keys,
                 reads: retention::RecentReads::default(),
+                failover: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Gives backups both sides of the failover pair the store is made of.
+    pub fn attach_failover(&self, failover: Arc<crate::storage::FailoverStore>) {
+        let _ = self.inner.failover.set(failover);
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -861,7 +893,7 @@ impl Artifacts {
             plan.offset..plan.offset + plan.length,
         )
         .await?;
-        let key = TenantKey::derive(&self.inner.service_secret, &plan.artifact.scope.tenant);
+        let key = TenantKey::derive(&self.inner.secret(), &plan.artifact.scope.tenant);
         Ok(download::stream(self.inner.clone(), key, spans))
     }
 }

@@ -46,6 +46,11 @@ pub struct RetentionSettings {
     pub gc_compact_max_bytes: u64,
     /// How long a collector's lease lasts without renewal.
     pub lease_seconds: u64,
+    /// How far back point-in-time restore reaches. The trash keeps what it deletes at least
+    /// this long, and the journal of changes this long.
+    pub recovery_window_seconds: u64,
+    /// How often backup schedules are checked for being due.
+    pub backup_check_seconds: u64,
 }
 
 impl Default for RetentionSettings {
@@ -60,6 +65,8 @@ impl Default for RetentionSettings {
             gc_compact_below_percent: 50,
             gc_compact_max_bytes: 1 << 30,
             lease_seconds: 300,
+            recovery_window_seconds: 7 * 24 * 3600,
+            backup_check_seconds: 60,
         }
     }
 }
@@ -81,6 +88,8 @@ impl RetentionSettings {
             ("retention.gc_interval_seconds", self.gc_interval_seconds),
             ("retention.gc_grace_seconds", self.gc_grace_seconds),
             ("retention.lease_seconds", self.lease_seconds),
+            ("retention.recovery_window_seconds", self.recovery_window_seconds),
+            ("retention.backup_check_seconds", self.backup_check_seconds),
         ] {
             if value > MAX_SETTING_SECONDS {
                 return Err(format!(
@@ -134,7 +143,7 @@ fn validate_version(version: &str) -> Result<()> {
 }
 
 impl Artifacts {
-    fn retention(&self) -> &RetentionSettings {
+    pub(super) fn retention(&self) -> &RetentionSettings {
         &self.inner.settings.retention
     }
 
@@ -595,14 +604,17 @@ impl Artifacts {
         let now = now_micros();
         let mut total = Purged::default();
         loop {
-            let purged = self
-                .inner
-                .catalog
-                .purge_expired(now - self.retention_micros(), 500, now)
-                .await?;
+            // What the recovery window can still reach stays: a version live at any time in
+            // the window keeps its row (and so its content) until the window has passed.
+            let keep = self
+                .retention_micros()
+                .max((self.retention().recovery_window_seconds as i64).saturating_mul(1_000_000));
+            let purged = self.inner.catalog.purge_expired(now - keep, 500, now).await?;
             total.artifacts += purged.artifacts;
             total.versions += purged.versions;
             if purged.artifacts + purged.versions == 0 {
+                let window = (self.retention().recovery_window_seconds as i64).saturating_mul(1_000_000);
+                self.inner.catalog.prune_journal(now - window).await?;
                 return Ok(total);
             }
         }

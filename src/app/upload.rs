@@ -192,7 +192,7 @@ pub(super) struct Upload {
 
 impl Upload {
     pub(super) fn new(inner: Arc<Inner>, tenant: &str, expectations: ContentExpectations) -> Self {
-        let key = TenantKey::derive(&inner.service_secret, tenant);
+        let key = TenantKey::derive(&inner.secret(), tenant);
         let chunker = StreamChunker::new(inner.settings.ingest.chunker());
         Self {
             inner,

@@ -233,7 +233,7 @@ impl Catalog {
     }
 
     /// Removes the marks of `packs`, if any.
-    async fn clear_marks(&self, tx: &mut Tx, packs: &[String]) -> Result<()> {
+    pub(super) async fn clear_marks(&self, tx: &mut Tx, packs: &[String]) -> Result<()> {
         for batch in packs.chunks(BATCH_ROWS) {
             let sql = format!(
                 "DELETE FROM gc_marks WHERE pack_id IN ({})",
@@ -302,6 +302,17 @@ impl Catalog {
             .map_err(|e| db_error("taking a mark", e))?
             .rows_affected();
         if unmarked == 0 {
+            return Ok(false);
+        }
+        // A backup pins its packs after taking their marks, so a pin seen here is one
+        // committed before this sweep took the mark.
+        let pinned: Option<String> =
+            sqlx::query_scalar("SELECT pack_id FROM backup_pins WHERE pack_id = $1 LIMIT 1")
+                .bind(&pack.pack_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| db_error("checking pins", e))?;
+        if pinned.is_some() {
             return Ok(false);
         }
         sqlx::query("DELETE FROM chunks WHERE pack_id = $1")

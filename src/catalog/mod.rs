@@ -5,6 +5,7 @@
 
 mod access;
 mod audit;
+mod backup;
 mod dependencies;
 mod events;
 mod gc;
@@ -17,6 +18,7 @@ mod retention;
 mod runs;
 
 pub use audit::AuditQuery;
+pub use backup::{BackupRow, Export, Locate, RestoreArtifact, Restored, ScheduleRow};
 pub use dependencies::{DependentRow, VersionBrief};
 pub use events::{EventBatch, OutboxRange};
 pub use gc::{GcPack, LeaseHeld, PackUse, Tombstoned};
@@ -715,6 +717,10 @@ impl Catalog {
             Timestamp(at),
         );
         self.append_audit_in(tx, &record).await?;
+        if !artifact_id.is_empty() {
+            // What point-in-time restore reads: the artifact's state after this change.
+            backup::journal_change(tx, artifact_id, at).await?;
+        }
         Ok(())
     }
 

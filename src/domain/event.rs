@@ -25,10 +25,12 @@ pub enum EventKind {
     VersionRestored,
     /// A version removed from the trash for good.
     VersionPurged,
+    /// Restored from a backup or to a point in time.
+    ArtifactRecovered,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 15] = [
         Self::ArtifactCreated,
         Self::VersionAdded,
         Self::VersionTransitioned,
@@ -43,6 +45,7 @@ impl EventKind {
         Self::VersionDeleted,
         Self::VersionRestored,
         Self::VersionPurged,
+        Self::ArtifactRecovered,
     ];
 
     /// The outbox's name for it.
@@ -62,6 +65,7 @@ impl EventKind {
             Self::VersionDeleted => "version.deleted",
             Self::VersionRestored => "version.undeleted",
             Self::VersionPurged => "version.purged",
+            Self::ArtifactRecovered => "artifact.recovered",
         }
     }
 

@@ -6,7 +6,10 @@ use super::{Error, Result, Timestamp};
 use std::fmt;
 
 /// Where a version is in its life.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum LifecycleState {
     #[default]
     Draft,

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod artifact;
 pub mod audit;
+pub mod backup;
 pub mod content_type;
 pub mod dependency;
 pub mod encryption;

@@ -83,6 +83,16 @@ pub fn of(path: &str) -> Option<Policy> {
             | "PurgeTrash",
         ) => Scoped(ManageProject),
         (
+            "artifactd.v1.BackupService",
+            "ListBackups" | "GetBackup" | "ListBackupSchedules" | "GetRecoveryWindow",
+        ) => Scoped(Read),
+        // Restoring rewrites a project's state, and a backup copies all of it: the
+        // project's managers'. A whole tenant's backups need ManageTenant (the handler).
+        (
+            "artifactd.v1.BackupService",
+            "CreateBackup" | "DeleteBackup" | "RestoreBackup" | "SetBackupSchedule",
+        ) => Scoped(ManageProject),
+        (
             "artifactd.v1.FallbackService",
             "TestFallback" | "GetFallbackStatus" | "SyncFallback" | "GetFallbackMetrics",
         ) => Scoped(Operate),

@@ -19,7 +19,7 @@ pub use health::{
 };
 pub use indexer::run_indexer;
 pub use outbox::run_outbox_pruner;
-pub use retention::{run_collector, run_policy_scheduler, run_trash_purger};
+pub use retention::{run_backup_scheduler, run_collector, run_policy_scheduler, run_trash_purger};
 pub use storage::{run_prober, run_reconciler, run_replicator};
 
 use crate::domain::now_micros;

@@ -71,3 +71,19 @@ pub async fn run_collector(artifacts: Artifacts, every: Duration, shutdown: Canc
     }
     Ok(())
 }
+
+/// Takes scheduled backups when they are due (one replica at a time, under a lease).
+pub async fn run_backup_scheduler(
+    artifacts: Artifacts,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> JobResult {
+    while pause(every, &shutdown).await {
+        match artifacts.run_due_backups(now_micros()).await {
+            Ok(0) => {}
+            Ok(taken) => tracing::info!(taken, "scheduled backups taken"),
+            Err(error) => tracing::warn!(%error, "checking backup schedules failed; retrying next round"),
+        }
+    }
+    Ok(())
+}

@@ -105,6 +105,10 @@ metric_names! {
         "Versions archived or moved to the trash by retention policies";
     TRASH_PURGED_TOTAL = "artifactd_trash_purged_total", Counter,
         "Artifacts and versions removed from the trash for good";
+    BACKUPS_TOTAL = "artifactd_backups_total", Counter,
+        "Backups taken, by kind (tenant, project, artifact)";
+    RESTORES_TOTAL = "artifactd_restores_total", Counter,
+        "Restores applied, by source (backup, point_in_time)";
 }
 
 /// Registers every description with the installed recorder.

@@ -3,6 +3,7 @@
 //! provide it; nothing is skipped.
 #![allow(dead_code)]
 
+pub mod backup;
 pub mod binary;
 pub mod client;
 pub mod failover;

@@ -492,6 +492,12 @@ impl FailoverStore {
         }
     }
 
+    /// One side's store on its own, without failover, for writes that must reach that side
+    /// (a backup's copies) and reads that must come from it.
+    pub fn side_store(&self, side: Side) -> DynBlobStore {
+        self.side(side).store.clone()
+    }
+
     pub fn config(&self) -> &FailoverConfig {
         &self.config
     }

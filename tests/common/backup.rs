@@ -1,0 +1,222 @@
+//! BackupService helpers: take a backup and restore through the streaming calls, and read a
+//! project's whole visible state (live artifacts, versions, states, tags, aliases, trash) to
+//! compare with a model or with itself before and after.
+
+use super::binary::Authed;
+use artifactd::proto::artifact_service_client::ArtifactServiceClient;
+use artifactd::proto::backup_service_client::BackupServiceClient;
+use artifactd::proto::retention_service_client::RetentionServiceClient;
+use artifactd::proto::{
+    self, CreateBackupRequest, ListAliasesRequest, ListArtifactsRequest, ListTrashRequest,
+    ListVersionsRequest, RestoreBackupRequest, RestoreResult, create_backup_response,
+    restore_backup_response,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use tonic::Status;
+
+pub type Backups = BackupServiceClient<Authed>;
+
+/// Takes a backup, checking that progress streamed before the result.
+pub async fn backup(
+    client: &mut Backups,
+    tenant: &str,
+    project: &str,
+    artifact_id: &str,
+) -> Result<proto::Backup, Status> {
+    let mut stream = client
+        .create_backup(CreateBackupRequest {
+            tenant: tenant.into(),
+            project: project.into(),
+            artifact_id: artifact_id.into(),
+        })
+        .await?
+        .into_inner();
+    let mut progress = 0;
+    while let Some(message) = stream.message().await? {
+        match message.message {
+            Some(create_backup_response::Message::Progress(_)) => progress += 1,
+            Some(create_backup_response::Message::Backup(backup)) => {
+                assert!(progress > 0, "a backup streams its progress before it ends");
+                return Ok(backup);
+            }
+            None => panic!("an empty backup message"),
+        }
+    }
+    panic!("the backup stream ended without a result")
+}
+
+pub async fn restore(client: &mut Backups, request: RestoreBackupRequest) -> Result<RestoreResult, Status> {
+    let mut stream = client.restore_backup(request).await?.into_inner();
+    while let Some(message) = stream.message().await? {
+        match message.message {
+            Some(restore_backup_response::Message::Progress(_)) => {}
+            Some(restore_backup_response::Message::Result(result)) => return Ok(result),
+            None => panic!("an empty restore message"),
+        }
+    }
+    panic!("the restore stream ended without a result")
+}
+
+pub fn from_backup(tenant: &str, project: &str, backup_id: &str) -> RestoreBackupRequest {
+    RestoreBackupRequest {
+        tenant: tenant.into(),
+        project: project.into(),
+        source: Some(proto::restore_backup_request::Source::BackupId(backup_id.into())),
+        ..Default::default()
+    }
+}
+
+pub fn as_of(tenant: &str, project: &str, at_micros: i64) -> RestoreBackupRequest {
+    RestoreBackupRequest {
+        tenant: tenant.into(),
+        project: project.into(),
+        source: Some(proto::restore_backup_request::Source::PointInTime(
+            proto::PointInTime {
+                artifact_id: String::new(),
+                at: Some(prost_types::Timestamp {
+                    seconds: at_micros.div_euclid(1_000_000),
+                    nanos: (at_micros.rem_euclid(1_000_000) * 1000) as i32,
+                }),
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+pub fn into_project(mut request: RestoreBackupRequest, project: &str) -> RestoreBackupRequest {
+    request.target = Some(proto::RestoreTarget {
+        target: Some(proto::restore_target::Target::NewProject(project.into())),
+    });
+    request
+}
+
+/// One artifact as a caller sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub artifact_type: String,
+    /// In the trash as a whole (nothing else is compared then).
+    pub deleted: bool,
+    pub tags: Vec<String>,
+    /// Live versions and their states.
+    pub versions: BTreeMap<String, i32>,
+    /// Versions in the trash.
+    pub trashed: BTreeSet<String>,
+    /// Aliases set by callers.
+    pub aliases: BTreeMap<String, String>,
+}
+
+/// A project's state by artifact name, and the ids by name.
+pub async fn project_state(
+    artifacts: &mut ArtifactServiceClient<Authed>,
+    retention: &mut RetentionServiceClient<Authed>,
+    tenant: &str,
+    project: &str,
+) -> (BTreeMap<String, Seen>, BTreeMap<String, String>) {
+    let mut state: BTreeMap<String, Seen> = BTreeMap::new();
+    let mut ids = BTreeMap::new();
+    let mut token = String::new();
+    loop {
+        let page = artifacts
+            .list_artifacts(ListArtifactsRequest {
+                tenant: tenant.into(),
+                project: project.into(),
+                page_size: 1000,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for artifact in page.artifacts {
+            if artifact.link.is_some() {
+                continue;
+            }
+            let mut seen = Seen {
+                artifact_type: artifact.artifact_type.clone(),
+                tags: artifact.tags.clone(),
+                ..Seen::default()
+            };
+            let mut versions_token = String::new();
+            loop {
+                let versions = artifacts
+                    .list_versions(ListVersionsRequest {
+                        tenant: tenant.into(),
+                        project: project.into(),
+                        artifact_id: artifact.id.clone(),
+                        page_size: 1000,
+                        page_token: versions_token.clone(),
+                        states: (1..=4).collect(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                for version in versions.versions {
+                    seen.versions.insert(version.version, version.state);
+                }
+                if versions.next_page_token.is_empty() {
+                    break;
+                }
+                versions_token = versions.next_page_token;
+            }
+            let aliases = artifacts
+                .list_aliases(ListAliasesRequest {
+                    tenant: tenant.into(),
+                    project: project.into(),
+                    artifact_id: artifact.id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            seen.aliases = aliases
+                .aliases
+                .into_iter()
+                .filter(|a| !a.maintained)
+                .map(|a| (a.name, a.version))
+                .collect();
+            ids.insert(artifact.name.clone(), artifact.id.clone());
+            state.insert(artifact.name, seen);
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut token = String::new();
+    loop {
+        let page = retention
+            .list_trash(ListTrashRequest {
+                tenant: tenant.into(),
+                project: project.into(),
+                page_size: 1000,
+                page_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for item in page.items {
+            let seen = state.entry(item.name.clone()).or_default();
+            seen.artifact_type = item.artifact_type.clone();
+            if item.version.is_empty() {
+                seen.deleted = true;
+                ids.insert(item.name.clone(), item.artifact_id.clone());
+            } else {
+                seen.trashed.insert(item.version);
+            }
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    // An artifact in the trash shows nothing else.
+    for seen in state.values_mut() {
+        if seen.deleted {
+            *seen = Seen {
+                artifact_type: seen.artifact_type.clone(),
+                deleted: true,
+                ..Seen::default()
+            };
+        }
+    }
+    (state, ids)
+}
