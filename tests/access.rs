@@ -313,6 +313,34 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
+/// A backup of one artifact taken with the admin key; its id.
+async fn backup_of(channel: &Channel, pool: &DescriptorPool, artifact_id: &str) -> String {
+    let method = methods(pool)
+        .into_iter()
+        .find(|m| m.name() == "CreateBackup")
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(encode(
+        &method,
+        &json!({"tenant": T, "project": P, "artifactId": artifact_id}),
+    ));
+    Credential::Bearer(&ADMIN_KEY).apply(request.metadata_mut());
+    let mut stream = grpc
+        .server_streaming(request, path(&method).parse().unwrap(), RawCodec)
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(message) = stream.message().await.unwrap() {
+        let decoded = DynamicMessage::decode(method.output(), message.as_slice()).unwrap();
+        let value = serde_json::to_value(&decoded).unwrap();
+        if let Some(id) = value["backup"]["id"].as_str() {
+            return id.to_owned();
+        }
+    }
+    panic!("the backup stream ended without its backup")
+}
+
 /// A fresh draft artifact (1.0.0) of acme/web; its id.
 async fn artifact(channel: &Channel, pool: &DescriptorPool, n: usize) -> String {
     let method = methods(pool)
@@ -572,6 +600,20 @@ async fn allowed_call(
             admin_call(channel, pool, "DeleteArtifact", scoped(json!({"artifactId": id}))).await;
             vec![scoped(json!({"artifactId": id}))]
         }
+        "CreateBackup" => vec![scoped(json!({"artifactId": id}))],
+        "ListBackups" | "ListBackupSchedules" | "GetRecoveryWindow" => vec![scoped(json!({}))],
+        "SetBackupSchedule" => vec![scoped(json!({"intervalSeconds": 3600, "keep": 2}))],
+        "RestoreBackup" => {
+            let now = artifactd::domain::Timestamp(artifactd::domain::now_micros()).to_rfc3339();
+            vec![scoped(
+                json!({"pointInTime": {"artifactId": id, "at": now}, "dryRun": true}),
+            )]
+        }
+        "GetBackup" | "DeleteBackup" => {
+            // A backup taken with the admin key, found on the store by its id.
+            let backup_id = backup_of(channel, pool, &id).await;
+            vec![scoped(json!({"backupId": backup_id}))]
+        }
         other => panic!("{other}: the authorization matrix has no call for this method; add one"),
     }
 }
@@ -794,6 +836,7 @@ async fn ids_from_another_tenant_are_not_found_and_nothing_changes() {
                         .or_else(|| m.get("header").and_then(|h| h.get("artifactId")))
                         .or_else(|| m.get("dependsOn").and_then(|d| d.get("artifactId")))
                         .or_else(|| m.get("inputs").and_then(|i| i[0].get("artifactId")))
+                        .or_else(|| m.get("pointInTime").and_then(|p| p.get("artifactId")))
                         .and_then(|v| v.as_str())
                 })
                 .unwrap()

@@ -1174,3 +1174,69 @@ async fn scheduled_backups_run_and_keep_the_newest() {
         .unwrap();
     assert_eq!(artifacts.run_due_backups(t0 + 10 * hour).await.unwrap(), 0);
 }
+
+// ---- crypto-shredding ------------------------------------------------------------------------
+
+/// Backups hold the tenant's keys (wrapped): destroying the keys deletes them, so no restore
+/// can bring the keys, or the content, back.
+#[tokio::test(flavor = "multi_thread")]
+async fn destroying_a_tenants_keys_deletes_its_backups() {
+    let (server, _db) = start(
+        false,
+        &[(
+            "ARTIFACTD_ENCRYPTION__MASTER_KEY",
+            "7878787878787878787878787878787878787878787878787878787878787878",
+        )],
+    )
+    .await;
+    let mut api = api(&server).await;
+    let p = "secret";
+    let id = create_id(
+        &mut api.artifacts,
+        header(T, p, "doc", "sealed"),
+        &doc(90, 50_000),
+    )
+    .await;
+    let taken = backup(&mut api.backups, T, p, "").await.unwrap();
+    let copy = restore(
+        &mut api.backups,
+        into_project(from_backup(T, p, &taken.id), "secret-copy"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        fetch(&mut api.artifacts, "secret-copy", &copy.new_ids[&id], "1.0.0").await,
+        doc(90, 50_000)
+    );
+    assert_eq!(files_ending(&server.data_dir, ".artbkp").len(), 1);
+    artifactd::proto::encryption_service_client::EncryptionServiceClient::new(server.channel().await)
+        .destroy_tenant_key(proto::DestroyTenantKeyRequest {
+            tenant: T.into(),
+            confirm_tenant: T.into(),
+        })
+        .await
+        .unwrap();
+    let listed = api
+        .backups
+        .list_backups(ListBackupsRequest {
+            tenant: T.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.backups.is_empty(), "{:?}", listed.backups);
+    assert!(
+        files_ending(&server.data_dir, ".artbkp").is_empty(),
+        "the backup objects are gone"
+    );
+    assert_status(
+        restore(
+            &mut api.backups,
+            into_project(from_backup(T, p, &taken.id), "secret-again"),
+        )
+        .await,
+        Code::NotFound,
+        &[&taken.id],
+    );
+}

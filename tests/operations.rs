@@ -195,6 +195,7 @@ async fn health_is_reported_per_service() {
         [
             "access rates",
             "audit checkpointer",
+            "backup scheduler",
             "fallback sync",
             "garbage collector",
             "health",

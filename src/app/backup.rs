@@ -541,6 +541,21 @@ impl Artifacts {
         Ok(())
     }
 
+    /// Deletes every backup of a tenant.
+    pub(crate) async fn delete_tenant_backups(&self, tenant: &str) -> Result<u64> {
+        let mut deleted = 0;
+        loop {
+            let rows = self.inner.catalog.backups(tenant, None, None, 100).await?;
+            if rows.is_empty() {
+                return Ok(deleted);
+            }
+            for row in rows {
+                self.delete_backup(tenant, "", &row.id).await?;
+                deleted += 1;
+            }
+        }
+    }
+
     // ---- schedules ---------------------------------------------------------------------------
 
     pub async fn set_backup_schedule(
@@ -766,7 +781,7 @@ impl Artifacts {
                     .map_err(|e| Error::invalid("target.new_artifact.name", e.to_string()))?;
             }
         }
-        report(progress, "reading", 0, 0, "");
+        // No progress before the request has proved valid: a refusal is the call's status.
         let (images, content, as_of) = match &request.source {
             RestoreSource::Backup {
                 backup_id,

@@ -391,8 +391,15 @@ impl Artifacts {
     }
 
     /// Crypto-shredding: the tenant's sealed content becomes unreadable for good.
+    /// The tenant's backups go first: they hold wrapped copies of its keys, and a restore
+    /// would bring the keys back. A backup taken meanwhile is deleted after.
     pub async fn destroy_tenant_keys(&self, tenant: &str) -> Result<crate::domain::encryption::ShredReport> {
-        self.inner.keys.destroy(&self.inner.catalog, tenant).await
+        self.delete_tenant_backups(tenant).await?;
+        let report = self.inner.keys.destroy(&self.inner.catalog, tenant).await?;
+        if let Err(error) = self.delete_tenant_backups(tenant).await {
+            tracing::warn!(%tenant, %error, "a backup taken while the keys were destroyed could not be deleted; delete it");
+        }
+        Ok(report)
     }
 
     /// Moves every tenant key under the current master key.

@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from artifactd_client import ArtifactdError, Client, IntegrityError
-from artifactd_client._generated.artifactd.v1 import admin_pb2, search_pb2
+from artifactd_client._generated.artifactd.v1 import admin_pb2, backup_pb2, search_pb2
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[3]
@@ -163,6 +163,31 @@ def test_the_trash_a_retention_policy_and_collection(server: str) -> None:
 
         report = client.collect_garbage(dry_run=True)
         assert report.dry_run and report.packs_examined > 0
+
+
+def test_backup_and_restore(server: str) -> None:
+    p = project()
+    with Client(server) as client:
+        artifact_id = client.create("acme", p, "prd", "plan.md", b"# v1\n").artifact.id
+        phases: list[str] = []
+        taken = client.backup("acme", p, on_progress=lambda progress: phases.append(progress.phase))
+        assert phases and taken.artifacts == 1 and taken.versions == 1
+        assert [b.id for b in client.list_backups("acme", p)] == [taken.id]
+        moment = time.time()
+        time.sleep(0.05)
+        client.update("acme", p, artifact_id, b"# v2\n", bump="minor")
+        with pytest.raises(ArtifactdError) as exists:
+            client.restore("acme", p, backup_id=taken.id)
+        assert exists.value.code == grpc.StatusCode.ALREADY_EXISTS and "overwrite" in exists.value.message
+        dry = client.restore("acme", p, at=moment, dry_run=True)
+        assert dry.dry_run
+        assert [(c.version, c.kind) for c in dry.changes] == [
+            ("", backup_pb2.RESTORE_CHANGE_KIND_SET_FIELDS),
+            ("1.1.0", backup_pb2.RESTORE_CHANGE_KIND_TRASH_VERSION),
+        ]
+        copied = client.restore("acme", p, backup_id=taken.id, new_project=p + "-copy")
+        new_id = copied.new_ids[artifact_id]
+        assert b"".join(client.download("acme", p + "-copy", new_id)) == b"# v1\n"
 
 
 def test_errors_reach_the_caller_as_the_server_sent_them(server: str) -> None:

@@ -2,7 +2,7 @@
 // uploads that end with a finish message (size and blake3), downloads that resume and verify,
 // paging iterators, and errors with the server's status code and message intact.
 
-import { create } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client as RpcClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { blake3 } from "@noble/hashes/blake3";
@@ -24,6 +24,13 @@ import {
 import { AdminService, type GetServerStatusResponse } from "./gen/artifactd/v1/admin_pb.js";
 import { FallbackService } from "./gen/artifactd/v1/fallback_pb.js";
 import { RetentionService, type TrashItem } from "./gen/artifactd/v1/retention_pb.js";
+import {
+  BackupService,
+  type Backup,
+  type BackupProgress,
+  type RestoreBackupRequestSchema,
+  type RestoreResult,
+} from "./gen/artifactd/v1/backup_pb.js";
 import { SearchService, type SearchHit } from "./gen/artifactd/v1/search_pb.js";
 
 export * from "./gen/artifactd/v1/artifact_pb.js";
@@ -31,6 +38,7 @@ export * from "./gen/artifactd/v1/search_pb.js";
 export * from "./gen/artifactd/v1/fallback_pb.js";
 export * from "./gen/artifactd/v1/admin_pb.js";
 export * from "./gen/artifactd/v1/retention_pb.js";
+export * from "./gen/artifactd/v1/backup_pb.js";
 export { Code, ConnectError };
 
 /** Bytes, a path to a file, or any (async) iterable of byte chunks. */
@@ -98,6 +106,7 @@ export class ArtifactdClient {
   readonly fallback: RpcClient<typeof FallbackService>;
   readonly admin: RpcClient<typeof AdminService>;
   readonly retention: RpcClient<typeof RetentionService>;
+  readonly backups: RpcClient<typeof BackupService>;
 
   constructor(options: ClientOptions) {
     const headers: [string, string][] = [];
@@ -114,6 +123,35 @@ export class ArtifactdClient {
     this.fallback = createClient(FallbackService, transport);
     this.admin = createClient(AdminService, transport);
     this.retention = createClient(RetentionService, transport);
+    this.backups = createClient(BackupService, transport);
+  }
+
+  /** Backs up a project (a tenant when `project` is empty, one artifact with `artifactId`);
+   * resolves once the backup is written to every store and verified. */
+  async backup(
+    tenant: string,
+    project = "",
+    options: { artifactId?: string; onProgress?: (progress: BackupProgress) => void } = {},
+  ): Promise<Backup> {
+    const stream = this.backups.createBackup({ tenant, project, artifactId: options.artifactId ?? "" });
+    for await (const message of stream) {
+      if (message.message.case === "backup") return message.message.value;
+      if (message.message.case === "progress") options.onProgress?.(message.message.value);
+    }
+    throw new ConnectError("the backup stream ended without its result", Code.Unknown);
+  }
+
+  /** Restores from a backup or a point in time (see RestoreBackupRequest); resolves with
+   * the changes made, or those a dry run would make. */
+  async restore(
+    request: MessageInitShape<typeof RestoreBackupRequestSchema>,
+    onProgress?: (progress: BackupProgress) => void,
+  ): Promise<RestoreResult> {
+    for await (const message of this.backups.restoreBackup(request)) {
+      if (message.message.case === "result") return message.message.value;
+      if (message.message.case === "progress") onProgress?.(message.message.value);
+    }
+    throw new ConnectError("the restore stream ended without its result", Code.Unknown);
   }
 
   /** What a project's trash holds, most recently deleted first, fetched a page at a time. */

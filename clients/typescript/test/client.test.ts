@@ -8,7 +8,7 @@ import { mkdir, mkdtemp, readFile, writeFile, stat } from "node:fs/promises";
 import { createInterface } from "node:readline";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { ArtifactdClient, Code, IntegrityError, JobState, codeOf } from "../src/index.js";
+import { ArtifactdClient, Code, IntegrityError, JobState, RestoreChangeKind, codeOf } from "../src/index.js";
 
 const repo = resolve(import.meta.dirname, "../../../..");
 let server: ChildProcess;
@@ -144,6 +144,47 @@ test("the trash, a retention policy's dry run and its execution", async () => {
     expectedPlan: dry.run!.plan,
   });
   assert.equal(done.run!.applied, 2n);
+});
+
+test("a backup, a dry run of a point-in-time restore, and a restore into a new project", async () => {
+  const client = new ArtifactdClient({ baseUrl });
+  const project = `ts${randomUUID().slice(0, 8)}`;
+  const created = await client.create("acme", project, "prd", "plan.md", new TextEncoder().encode("# v1\n"));
+  const id = created.artifact!.id;
+  const phases: string[] = [];
+  const backup = await client.backup("acme", project, { onProgress: (p) => phases.push(p.phase) });
+  assert.ok(phases.length > 0);
+  assert.equal(backup.versions, 1n);
+  const moment = Date.now();
+  await new Promise((done) => setTimeout(done, 50));
+  await client.update("acme", project, id, new TextEncoder().encode("# v2\n"));
+  const dry = await client.restore({
+    tenant: "acme",
+    project,
+    source: {
+      case: "pointInTime",
+      value: { at: { seconds: BigInt(Math.floor(moment / 1000)), nanos: (moment % 1000) * 1_000_000 } },
+    },
+    dryRun: true,
+  });
+  assert.ok(dry.dryRun);
+  assert.deepEqual(
+    dry.changes.map((c) => c.version),
+    ["", "1.0.1"],
+  );
+  assert.equal(dry.changes[1]?.kind, RestoreChangeKind.TRASH_VERSION);
+  const copied = await client.restore({
+    tenant: "acme",
+    project,
+    source: { case: "backupId", value: backup.id },
+    target: { target: { case: "newProject", value: `${project}-copy` } },
+  });
+  const newId = copied.newIds[id];
+  assert.ok(newId && newId !== id);
+  await assert.rejects(
+    client.restore({ tenant: "acme", project, source: { case: "backupId", value: backup.id } }),
+    (error: unknown) => codeOf(error) === Code.AlreadyExists && String(error).includes("overwrite"),
+  );
 });
 
 test("server status names its jobs and services", async () => {

@@ -20,6 +20,8 @@ from artifactd_client._generated.artifactd.v1 import (
     audit_pb2,
     audit_pb2_grpc,
     artifact_pb2,
+    backup_pb2,
+    backup_pb2_grpc,
     artifact_pb2_grpc,
     fallback_pb2,
     fallback_pb2_grpc,
@@ -255,6 +257,7 @@ class Client:
         self.admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self._channel)
         self.retention = retention_pb2_grpc.RetentionServiceStub(self._channel)
+        self.backups = backup_pb2_grpc.BackupServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -667,6 +670,94 @@ class Client:
         return self._once(
             lambda: self.admin.CollectGarbage(request, metadata=self._metadata, timeout=self._timeout)
         ).report
+
+    # ---- backups and restores --------------------------------------------------------------
+
+    def backup(
+        self,
+        tenant: str,
+        project: str = "",
+        *,
+        artifact_id: str = "",
+        on_progress: Callable[[backup_pb2.BackupProgress], None] | None = None,
+    ) -> backup_pb2.Backup:
+        """Backs up a project (a tenant when `project` is empty, one artifact with
+        `artifact_id`); the backup once it is written to every store and verified."""
+        request = backup_pb2.CreateBackupRequest(tenant=tenant, project=project, artifact_id=artifact_id)
+
+        def call() -> backup_pb2.Backup:
+            for message in self.backups.CreateBackup(request, metadata=self._metadata, timeout=self._timeout):
+                if message.HasField("backup"):
+                    return message.backup
+                if on_progress is not None:
+                    on_progress(message.progress)
+            raise ArtifactdError(grpc.StatusCode.UNKNOWN, "the backup stream ended without its result")
+
+        return self._once(call)
+
+    def list_backups(self, tenant: str, project: str = "", *, page_size: int = 100) -> Iterator[backup_pb2.Backup]:
+        """A project's backups (a tenant's when `project` is empty), newest first."""
+        token = ""
+        while True:
+            request = backup_pb2.ListBackupsRequest(
+                tenant=tenant, project=project, page_size=page_size, page_token=token
+            )
+            page = self._idempotent(
+                lambda: self.backups.ListBackups(request, metadata=self._metadata, timeout=self._timeout)
+            )
+            yield from page.backups
+            token = page.next_page_token
+            if not token:
+                return
+
+    def restore(
+        self,
+        tenant: str,
+        project: str,
+        *,
+        backup_id: str = "",
+        at: float | None = None,
+        artifact_id: str = "",
+        new_project: str = "",
+        new_artifact_name: str = "",
+        overwrite: bool = False,
+        dry_run: bool = False,
+        on_progress: Callable[[backup_pb2.BackupProgress], None] | None = None,
+    ) -> backup_pb2.RestoreResult:
+        """Restores from `backup_id`, or as of `at` (seconds since the epoch) within the
+        recovery window: into the same place (existing artifacts change only with
+        `overwrite`), into `new_project`, or as a new artifact named `new_artifact_name`."""
+        if (backup_id == "") == (at is None):
+            raise ValueError("give exactly one of backup_id and at")
+        target = backup_pb2.RestoreTarget(same_place=True)
+        if new_project:
+            target = backup_pb2.RestoreTarget(new_project=new_project)
+        elif new_artifact_name:
+            target = backup_pb2.RestoreTarget(new_artifact=backup_pb2.NewArtifact(name=new_artifact_name))
+        request = backup_pb2.RestoreBackupRequest(
+            tenant=tenant,
+            project=project,
+            artifact_id=artifact_id,
+            target=target,
+            overwrite=overwrite,
+            dry_run=dry_run,
+        )
+        if backup_id:
+            request.backup_id = backup_id
+        else:
+            assert at is not None
+            request.point_in_time.artifact_id = artifact_id
+            request.point_in_time.at.FromNanoseconds(int(at * 1e9))
+
+        def call() -> backup_pb2.RestoreResult:
+            for message in self.backups.RestoreBackup(request, metadata=self._metadata, timeout=self._timeout):
+                if message.HasField("result"):
+                    return message.result
+                if on_progress is not None:
+                    on_progress(message.progress)
+            raise ArtifactdError(grpc.StatusCode.UNKNOWN, "the restore stream ended without its result")
+
+        return self._once(call)
 
     def fallback_status(self) -> fallback_pb2.GetFallbackStatusResponse:
         return self._idempotent(

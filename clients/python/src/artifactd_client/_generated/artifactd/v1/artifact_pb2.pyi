@@ -99,6 +99,8 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     """A version taken back out of the trash (UndeleteVersion)."""
     EVENT_KIND_VERSION_PURGED: _EventKind.ValueType  # 14
     """A version removed from the trash for good (its retention period ended, or PurgeTrash)."""
+    EVENT_KIND_ARTIFACT_RECOVERED: _EventKind.ValueType  # 15
+    """The artifact was restored from a backup or to a point in time (BackupService)."""
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
     """What changed."""
@@ -125,6 +127,8 @@ EVENT_KIND_VERSION_RESTORED: EventKind.ValueType  # 13
 """A version taken back out of the trash (UndeleteVersion)."""
 EVENT_KIND_VERSION_PURGED: EventKind.ValueType  # 14
 """A version removed from the trash for good (its retention period ended, or PurgeTrash)."""
+EVENT_KIND_ARTIFACT_RECOVERED: EventKind.ValueType  # 15
+"""The artifact was restored from a backup or to a point in time (BackupService)."""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 @_typing.final
