@@ -340,6 +340,35 @@ async fn round_trip(postgres: bool) {
     assert_eq!(fetch(&mut api.artifacts, p, &new_id, &v2).await, prd_v2);
     let _ = arch;
 
+    // The backup and each restored artifact are in the audit trail.
+    let mut audit = artifactd::proto::audit_service_client::AuditServiceClient::new(server.channel().await);
+    let trail = |action: &str, artifact_id: &str| proto::GetAuditTrailRequest {
+        tenant: T.into(),
+        action: action.into(),
+        artifact_id: artifact_id.into(),
+        page_size: 100,
+        ..Default::default()
+    };
+    let backups_audited = audit
+        .get_audit_trail(trail("artifactd.v1.BackupService/CreateBackup", ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(backups_audited.len(), 1, "{backups_audited:?}");
+    assert_eq!(backups_audited[0].project, p);
+    let recovered = audit
+        .get_audit_trail(trail("artifact.recovered", &prd))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(
+        recovered.len(),
+        1,
+        "the in-place restore of the PRD: {recovered:?}"
+    );
+
     // Deleting the backup removes its object.
     api.backups
         .delete_backup(DeleteBackupRequest {
@@ -1238,5 +1267,86 @@ async fn destroying_a_tenants_keys_deletes_its_backups() {
         .await,
         Code::NotFound,
         &[&taken.id],
+    );
+}
+
+// ---- the recovery window and the trash -------------------------------------------------------
+
+/// The trash purger keeps what the recovery window still reaches: a version deleted with a
+/// 1 s trash period stays restorable (and its moment reachable) until the 6 s window has
+/// passed, then goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_trash_keeps_what_the_recovery_window_reaches() {
+    let (server, _db) = start(
+        false,
+        &[
+            ("ARTIFACTD_RETENTION__DELETED_RETENTION_SECONDS", "1"),
+            ("ARTIFACTD_RETENTION__PURGE_INTERVAL_SECONDS", "1"),
+            ("ARTIFACTD_RETENTION__RECOVERY_WINDOW_SECONDS", "6"),
+        ],
+    )
+    .await;
+    let mut api = api(&server).await;
+    let p = "window";
+    let first = doc(70, 5_000);
+    let id = create_id(&mut api.artifacts, header(T, p, "doc", "kept"), &first).await;
+    new_version(&mut api.artifacts, p, &id, &doc(71, 5_000)).await;
+    let before_delete = artifactd::domain::now_micros();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    api.artifacts
+        .delete_version(DeleteVersionRequest {
+            tenant: T.into(),
+            project: p.into(),
+            artifact_id: id.clone(),
+            version: "1.0.0".into(),
+        })
+        .await
+        .unwrap();
+    let deleted_at = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let restored = restore(
+        &mut api.backups,
+        into_project(as_of(T, p, before_delete), "window-then"),
+    )
+    .await
+    .unwrap();
+    let copy = restored.new_ids[&id].clone();
+    assert_eq!(
+        fetch(&mut api.artifacts, "window-then", &copy, "1.0.0").await,
+        first
+    );
+    let trash = |api: &mut Api| {
+        let mut retention = api.retention.clone();
+        async move {
+            retention
+                .list_trash(ListTrashRequest {
+                    tenant: T.into(),
+                    project: p.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .items
+                .len()
+        }
+    };
+    assert!(deleted_at.elapsed() < Duration::from_secs(6));
+    assert_eq!(
+        trash(&mut api).await,
+        1,
+        "kept past the trash period while the window reaches it"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while trash(&mut api).await == 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "purged once the window passed"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        deleted_at.elapsed() >= Duration::from_secs(6),
+        "not before the window passed"
     );
 }

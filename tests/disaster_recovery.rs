@@ -10,13 +10,10 @@ mod common;
 
 use artifactd::proto::retention_service_client::RetentionServiceClient;
 use artifactd::proto::search_service_client::SearchServiceClient;
-use artifactd::proto::{
-    self, DeleteArtifactRequest, DeleteVersionRequest, ListBackupsRequest, SearchRequest, SetAliasRequest,
-    TransitionVersionRequest, UpdateArtifactLabelsRequest,
-};
-use common::backup::{Backups, Seen, project_state};
+use artifactd::proto::{self, ListBackupsRequest, SearchRequest};
+use common::backup::{Backups, Seen, load_corpus, project_state};
 use common::binary::{ServerOptions, ServerProcess, command};
-use common::client::{Client, create_id, download, download_request, header, update, update_header};
+use common::client::{download, download_request};
 use common::moto::MotoServer;
 use common::postgres::TestDatabase;
 use common::s3::S3TestServer;
@@ -85,114 +82,6 @@ async fn snapshot(
     (states, contents)
 }
 
-async fn load(client: &mut Client) -> usize {
-    // The release series: 24 versions of one artifact.
-    let releases_dir = common::corpus_dir().join("bmad-releases");
-    let mut releases: Vec<(semver::Version, std::path::PathBuf)> = std::fs::read_dir(&releases_dir)
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let version = name
-                .strip_prefix("bmad-method-docs-")?
-                .strip_suffix(".tar")?
-                .to_owned();
-            Some((semver::Version::parse(&version).ok()?, entry.path()))
-        })
-        .collect();
-    releases.sort();
-    assert_eq!(releases.len(), 24);
-    let mut first = header(T, "releases", "release-bundle", "bmad-method-docs.tar");
-    first.initial_version = releases[0].0.to_string();
-    let id = create_id(client, first, &std::fs::read(&releases[0].1).unwrap()).await;
-    let mut previous = releases[0].0.to_string();
-    for (version, path) in &releases[1..] {
-        let mut next = update_header(T, "releases", &id);
-        next.next_version = Some(proto::update_artifact_header::NextVersion::ExplicitVersion(
-            version.to_string(),
-        ));
-        next.expected_current_version = previous.clone();
-        update(client, next, &std::fs::read(path).unwrap()).await.unwrap();
-        previous = version.to_string();
-    }
-    for (version, to) in [
-        ("6.1.0", proto::LifecycleState::Review),
-        ("6.1.0", proto::LifecycleState::Approved),
-        ("6.0.0-Beta.4", proto::LifecycleState::Archived),
-    ] {
-        client
-            .transition_version(TransitionVersionRequest {
-                tenant: T.into(),
-                project: "releases".into(),
-                artifact_id: id.clone(),
-                version: version.into(),
-                target_state: to as i32,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
-    client
-        .set_alias(SetAliasRequest {
-            tenant: T.into(),
-            project: "releases".into(),
-            artifact_id: id.clone(),
-            alias: "stable".into(),
-            version: "6.1.0".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    client
-        .delete_version(DeleteVersionRequest {
-            tenant: T.into(),
-            project: "releases".into(),
-            artifact_id: id.clone(),
-            version: "6.0.2".into(),
-        })
-        .await
-        .unwrap();
-
-    // The docs corpus: one artifact per file.
-    let docs = common::search_eval::corpus(&common::corpus_dir().join("bmad-docs"));
-    let mut ids = Vec::new();
-    for (path, text) in &docs {
-        let mut h = header(T, "docs", "doc", &path.replace('/', " » "));
-        h.tags = vec![
-            path.split('/')
-                .next()
-                .unwrap()
-                .trim_end_matches(".md")
-                .to_lowercase()
-                .replace(['.', '_'], "-"),
-        ];
-        ids.push(create_id(client, h, text.as_bytes()).await);
-    }
-    for id in ids.iter().step_by(37) {
-        client
-            .update_artifact_labels(UpdateArtifactLabelsRequest {
-                tenant: T.into(),
-                project: "docs".into(),
-                artifact_id: id.clone(),
-                labels: Some(proto::Labels {
-                    tags: vec!["curated".into()],
-                    categories: vec!["guides".into()],
-                }),
-            })
-            .await
-            .unwrap();
-    }
-    client
-        .delete_artifact(DeleteArtifactRequest {
-            tenant: T.into(),
-            project: "docs".into(),
-            artifact_id: ids[5].clone(),
-        })
-        .await
-        .unwrap();
-    docs.len()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn dr_drill_rebuilds_the_installation_from_the_fallback_alone() {
     let fallback = MotoServer::start().await;
@@ -202,7 +91,7 @@ async fn dr_drill_rebuilds_the_installation_from_the_fallback_alone() {
     let projects = ["releases", "docs"];
     let server = ServerProcess::start_with(ServerOptions::default().envs(env.clone()));
     let mut client = server.client().await;
-    let docs = load(&mut client).await;
+    let docs = load_corpus(&mut client, T).await;
     let (before, contents) = snapshot(&server, &projects).await;
     assert_eq!(before["docs"].len(), docs);
     assert!(contents.len() >= docs + 22, "{} versions", contents.len());

@@ -530,6 +530,8 @@ async fn the_trash_and_holds(postgres: bool) {
             ("ARTIFACTD_RETENTION__DELETED_RETENTION_SECONDS", "3"),
             ("ARTIFACTD_RETENTION__PURGE_INTERVAL_SECONDS", "1"),
             ("ARTIFACTD_RETENTION__POLICY_CHECK_SECONDS", "1"),
+            // Point-in-time restore reaches no further than the trash here.
+            ("ARTIFACTD_RETENTION__RECOVERY_WINDOW_SECONDS", "3"),
         ],
     )
     .await;

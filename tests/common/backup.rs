@@ -3,12 +3,14 @@
 //! compare with a model or with itself before and after.
 
 use super::binary::Authed;
+use super::client::{Client, create_id, header, update, update_header};
 use artifactd::proto::artifact_service_client::ArtifactServiceClient;
 use artifactd::proto::backup_service_client::BackupServiceClient;
 use artifactd::proto::retention_service_client::RetentionServiceClient;
 use artifactd::proto::{
-    self, CreateBackupRequest, ListAliasesRequest, ListArtifactsRequest, ListTrashRequest,
-    ListVersionsRequest, RestoreBackupRequest, RestoreResult, create_backup_response,
+    self, CreateBackupRequest, DeleteArtifactRequest, DeleteVersionRequest, ListAliasesRequest,
+    ListArtifactsRequest, ListTrashRequest, ListVersionsRequest, RestoreBackupRequest, RestoreResult,
+    SetAliasRequest, TransitionVersionRequest, UpdateArtifactLabelsRequest, create_backup_response,
     restore_backup_response,
 };
 use std::collections::{BTreeMap, BTreeSet};
@@ -219,4 +221,118 @@ pub async fn project_state(
         }
     }
     (state, ids)
+}
+
+/// Loads the release series (24 versions of one artifact in `releases`, with an approved
+/// version, an archived one, an alias and one in the trash) and the docs corpus (one
+/// artifact per file in `docs`, some relabelled, one in the trash) into `tenant`; the
+/// number of docs.
+pub async fn load_corpus(client: &mut Client, tenant: &str) -> usize {
+    #[allow(non_snake_case)]
+    let T = tenant;
+    // The release series: 24 versions of one artifact.
+    let releases_dir = super::corpus_dir().join("bmad-releases");
+    let mut releases: Vec<(semver::Version, std::path::PathBuf)> = std::fs::read_dir(&releases_dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let version = name
+                .strip_prefix("bmad-method-docs-")?
+                .strip_suffix(".tar")?
+                .to_owned();
+            Some((semver::Version::parse(&version).ok()?, entry.path()))
+        })
+        .collect();
+    releases.sort();
+    assert_eq!(releases.len(), 24);
+    let mut first = header(T, "releases", "release-bundle", "bmad-method-docs.tar");
+    first.initial_version = releases[0].0.to_string();
+    let id = create_id(client, first, &std::fs::read(&releases[0].1).unwrap()).await;
+    let mut previous = releases[0].0.to_string();
+    for (version, path) in &releases[1..] {
+        let mut next = update_header(T, "releases", &id);
+        next.next_version = Some(proto::update_artifact_header::NextVersion::ExplicitVersion(
+            version.to_string(),
+        ));
+        next.expected_current_version = previous.clone();
+        update(client, next, &std::fs::read(path).unwrap()).await.unwrap();
+        previous = version.to_string();
+    }
+    for (version, to) in [
+        ("6.1.0", proto::LifecycleState::Review),
+        ("6.1.0", proto::LifecycleState::Approved),
+        ("6.0.0-Beta.4", proto::LifecycleState::Archived),
+    ] {
+        client
+            .transition_version(TransitionVersionRequest {
+                tenant: T.into(),
+                project: "releases".into(),
+                artifact_id: id.clone(),
+                version: version.into(),
+                target_state: to as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    client
+        .set_alias(SetAliasRequest {
+            tenant: T.into(),
+            project: "releases".into(),
+            artifact_id: id.clone(),
+            alias: "stable".into(),
+            version: "6.1.0".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+        .delete_version(DeleteVersionRequest {
+            tenant: T.into(),
+            project: "releases".into(),
+            artifact_id: id.clone(),
+            version: "6.0.2".into(),
+        })
+        .await
+        .unwrap();
+
+    // The docs corpus: one artifact per file.
+    let docs = super::search_eval::corpus(&super::corpus_dir().join("bmad-docs"));
+    let mut ids = Vec::new();
+    for (path, text) in &docs {
+        let mut h = header(T, "docs", "doc", &path.replace('/', " » "));
+        h.tags = vec![
+            path.split('/')
+                .next()
+                .unwrap()
+                .trim_end_matches(".md")
+                .to_lowercase()
+                .replace(['.', '_'], "-"),
+        ];
+        ids.push(create_id(client, h, text.as_bytes()).await);
+    }
+    for id in ids.iter().step_by(37) {
+        client
+            .update_artifact_labels(UpdateArtifactLabelsRequest {
+                tenant: T.into(),
+                project: "docs".into(),
+                artifact_id: id.clone(),
+                labels: Some(proto::Labels {
+                    tags: vec!["curated".into()],
+                    categories: vec!["guides".into()],
+                }),
+            })
+            .await
+            .unwrap();
+    }
+    client
+        .delete_artifact(DeleteArtifactRequest {
+            tenant: T.into(),
+            project: "docs".into(),
+            artifact_id: ids[5].clone(),
+        })
+        .await
+        .unwrap();
+    docs.len()
 }
