@@ -574,6 +574,59 @@ async fn bad_restores_are_refused_and_write_nothing() {
             .0,
         deleted_state
     );
+    // Into a project where one of the artifacts exists and differs: refused before the
+    // other one is created.
+    let two = {
+        let (_, ids) = project_state(&mut api.artifacts, &mut api.retention, T, p).await;
+        ids["two"].clone()
+    };
+    let mut only_two = into_project(from_backup(T, p, &taken.id), "partial");
+    only_two.artifact_id = two.clone();
+    let copied = restore(&mut api.backups, only_two).await.unwrap();
+    api.artifacts
+        .update_artifact_labels(UpdateArtifactLabelsRequest {
+            tenant: T.into(),
+            project: "partial".into(),
+            artifact_id: copied.new_ids[&two].clone(),
+            labels: Some(proto::Labels {
+                tags: vec!["changed".into()],
+                categories: vec![],
+            }),
+        })
+        .await
+        .unwrap();
+    let (partial_before, _) = project_state(&mut api.artifacts, &mut api.retention, T, "partial").await;
+    assert_status(
+        restore(
+            &mut api.backups,
+            into_project(from_backup(T, p, &taken.id), "partial"),
+        )
+        .await,
+        Code::AlreadyExists,
+        &["\"two\"", "overwrite", "nothing was restored"],
+    );
+    assert_eq!(
+        project_state(&mut api.artifacts, &mut api.retention, T, "partial")
+            .await
+            .0,
+        partial_before,
+        "\"one\" was not created"
+    );
+    // An artifact of the same name with other content under the same version: refused even
+    // with overwrite.
+    create_id(
+        &mut api.artifacts,
+        header(T, "mixed", "prd", "one"),
+        b"other content",
+    )
+    .await;
+    let mut mixed = into_project(from_backup(T, p, &taken.id), "mixed");
+    mixed.overwrite = true;
+    assert_status(
+        restore(&mut api.backups, mixed).await,
+        Code::FailedPrecondition,
+        &["other content", "1.0.0"],
+    );
     // Restoring a project needs ManageProject there.
     let reader = artifactd::proto::access_service_client::AccessServiceClient::new(server.channel().await)
         .create_api_key(proto::CreateApiKeyRequest {

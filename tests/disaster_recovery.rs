@@ -92,6 +92,11 @@ async fn dr_drill_rebuilds_the_installation_from_the_fallback_alone() {
     let server = ServerProcess::start_with(ServerOptions::default().envs(env.clone()));
     let mut client = server.client().await;
     let docs = load_corpus(&mut client, T).await;
+    // A rotation: the backup holds the retired key and the active one.
+    artifactd::proto::encryption_service_client::EncryptionServiceClient::new(server.channel().await)
+        .rotate_tenant_key(proto::RotateTenantKeyRequest { tenant: T.into() })
+        .await
+        .unwrap();
     let (before, contents) = snapshot(&server, &projects).await;
     assert_eq!(before["docs"].len(), docs);
     assert!(contents.len() >= docs + 22, "{} versions", contents.len());

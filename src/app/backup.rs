@@ -18,7 +18,7 @@
 //! every version live at a time in the window still has its row and content.
 
 use super::{Artifacts, Page, decode_token, encode_token, page_size, validate_artifact_id, validate_scope};
-use crate::catalog::{BackupRow, Export, Locate, RestoreArtifact, ScheduleRow};
+use crate::catalog::{BackupRow, Content, Export, Locate, RestoreArtifact, ScheduleRow};
 use crate::domain::backup::{
     self, ArtifactImage, Backup, BackupBody, BackupKind, BackupObject, BackupSchedule, BackupSummary,
     RestoreStep, StepKind, image_at,
@@ -270,6 +270,7 @@ impl Artifacts {
         let mut summary = BackupSummary::default();
         let mut pins: BTreeSet<String> = BTreeSet::new();
         let mut packs: BTreeMap<String, i64> = BTreeMap::new();
+        let mut sealed_keys: BTreeSet<String> = BTreeSet::new();
         let mut written: Vec<String> = Vec::new();
         let total = by_project.len() as u64;
         let result: Result<()> = async {
@@ -299,6 +300,12 @@ impl Artifacts {
                     packs: export.packs,
                     tenant_keys: export.tenant_keys,
                 };
+                sealed_keys.extend(
+                    body.tenant_keys
+                        .iter()
+                        .filter(|key| key.wrapped.is_some())
+                        .map(|key| key.key_id.clone()),
+                );
                 summary.versions += body.versions();
                 summary.logical_bytes += body.logical_bytes();
                 for pack in &body.packs {
@@ -341,7 +348,8 @@ impl Artifacts {
             summary: serde_json::to_string(&summary).map_err(|e| Error::internal(e.to_string()))?,
         };
         let pins: Vec<String> = pins.into_iter().collect();
-        if let Err(error) = catalog.record_backup(&row, &pins).await {
+        let sealed_keys: Vec<String> = sealed_keys.into_iter().collect();
+        if let Err(error) = catalog.record_backup(&row, &pins, &sealed_keys).await {
             self.remove_objects(&written).await;
             return Err(error);
         }
@@ -479,6 +487,11 @@ impl Artifacts {
             .transpose()?
             .filter(|b| project.is_empty() || b.project.is_empty() || b.project == project)
             .ok_or_else(|| Error::not_found(format!("backup {id:?} not found in tenant {tenant:?}")))?;
+        let mut backup = backup;
+        if !project.is_empty() {
+            // Of a tenant's backup, a project sees its own part.
+            backup.summary.objects.retain(|object| object.project == project);
+        }
         Ok(backup)
     }
 
@@ -541,19 +554,35 @@ impl Artifacts {
         Ok(())
     }
 
-    /// Deletes every backup of a tenant.
+    /// Deletes every backup of a tenant, and every backup object under its prefix on every
+    /// store (one a crash left unrecorded would otherwise still be found by its id).
     pub(crate) async fn delete_tenant_backups(&self, tenant: &str) -> Result<u64> {
         let mut deleted = 0;
         loop {
             let rows = self.inner.catalog.backups(tenant, None, None, 100).await?;
             if rows.is_empty() {
-                return Ok(deleted);
+                break;
             }
             for row in rows {
                 self.delete_backup(tenant, "", &row.id).await?;
                 deleted += 1;
             }
         }
+        let prefix = format!("{}{tenant}/", backup::PREFIX);
+        for (name, store) in self.backup_stores() {
+            let objects = store
+                .list(&prefix)
+                .await
+                .map_err(|e| store_error(&format!("listing {prefix} on the {name} store"), e))?;
+            for object in objects {
+                match store.delete(&object.key).await {
+                    Ok(()) => {}
+                    Err(error) if error.is_not_found() => {}
+                    Err(error) => return Err(store_error(&format!("deleting {}", object.key), error)),
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     // ---- schedules ---------------------------------------------------------------------------
@@ -814,6 +843,7 @@ impl Artifacts {
                         )));
                     }
                 }
+                let content = Content::of(content)?;
                 // The content must be there before anything is written.
                 self.check_packs_present(&content, progress).await?;
                 (images, Some(content), backup.created_at)
@@ -853,6 +883,20 @@ impl Artifacts {
                 })
                 .await?;
             planned.push((source_id.clone(), image, restored));
+        }
+        if !request.dry_run && !request.overwrite {
+            let existing: Vec<String> = planned
+                .iter()
+                .filter(|(_, _, plan)| plan.existed && !plan.steps.is_empty())
+                .map(|(_, image, _)| format!("{} {:?}", image.artifact_type, image.name))
+                .collect();
+            if !existing.is_empty() {
+                return Err(Error::AlreadyExists(format!(
+                    "{} exist(s) in the target and differ(s) from the restored state; pass overwrite to change them, \
+                     or a dry run to see the changes; nothing was restored",
+                    existing.join(", ")
+                )));
+            }
         }
         let total = planned.len() as u64;
         let mut artifacts = Vec::new();
@@ -897,9 +941,9 @@ impl Artifacts {
     }
 
     /// Every pack a restore's content names must be on the store.
-    async fn check_packs_present(&self, content: &Export, progress: Progress<'_>) -> Result<()> {
-        let total = content.packs.len() as u64;
-        for (done, pack) in content.packs.iter().enumerate() {
+    async fn check_packs_present(&self, content: &Content, progress: Progress<'_>) -> Result<()> {
+        let total = content.packs().count() as u64;
+        for (done, pack) in content.packs().enumerate() {
             if done % 64 == 0 {
                 report(progress, "checking packs", done as u64, total, "");
             }
@@ -1182,12 +1226,12 @@ impl Artifacts {
             // Oldest first, so newer single-artifact backups win.
             for &i in picks.iter().rev() {
                 let body = &bodies[i].3;
-                let content = Export {
+                let content = Content::of(Export {
                     artifacts: Vec::new(),
                     chunks: body.chunks.clone(),
                     packs: body.packs.clone(),
                     tenant_keys: body.tenant_keys.clone(),
-                };
+                })?;
                 for image in &body.artifacts {
                     let restored = self
                         .inner
@@ -1266,7 +1310,7 @@ impl Artifacts {
                 summary: serde_json::to_string(&summary).map_err(|e| Error::internal(e.to_string()))?,
             };
             let pins: Vec<String> = pins.into_keys().collect();
-            match self.inner.catalog.record_backup(&row, &pins).await {
+            match self.inner.catalog.record_backup(&row, &pins, &[]).await {
                 Ok(()) | Err(Error::AlreadyExists(_)) => {}
                 Err(error) => dr.problems.push(format!("recording backup {id}: {error}")),
             }

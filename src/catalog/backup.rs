@@ -4,13 +4,14 @@
 use super::{BATCH_ROWS, Catalog, Dialect, db_error, lifecycle, map_json, tags_json};
 use crate::domain::backup::{
     AliasImage, ArtifactImage, ChunkImage, DependencyImage, GrantImage, HoldImage, JournalState, PackImage,
-    RestoreStep, StepKind, TenantKeyImage, TransitionImage, TrashedImage, VersionImage, plan_restore,
+    RestoreStep, StepKind, TenantKeyImage, TransitionImage, TrashedImage, VersionImage, conflicting_versions,
+    plan_restore,
 };
 use crate::domain::event::EventKind;
 use crate::domain::{Error, LifecycleState, Result, Scope, Timestamp, Transition};
 use crate::ingest::{ChunkId, Manifest};
 use sqlx::{AssertSqlSafe, Row};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
@@ -24,6 +25,42 @@ pub struct Export {
     pub chunks: Vec<ChunkImage>,
     pub packs: Vec<PackImage>,
     pub tenant_keys: Vec<TenantKeyImage>,
+}
+
+/// A backup's content index, by chunk and by pack, for restoring the rows the versions a
+/// restore adds need (and no others).
+#[derive(Debug, Clone, Default)]
+pub struct Content {
+    chunks: HashMap<ChunkId, ChunkImage>,
+    packs: HashMap<String, PackImage>,
+    tenant_keys: Vec<TenantKeyImage>,
+}
+
+impl Content {
+    /// The index of an export's rows; DATA_LOSS for a chunk id that is not one.
+    pub fn of(export: Export) -> Result<Self> {
+        let mut chunks = HashMap::with_capacity(export.chunks.len());
+        for chunk in export.chunks {
+            let id = ChunkId::from_hex(&chunk.chunk_id).ok_or_else(|| {
+                Error::DataLoss(format!(
+                    "the backup names a chunk {:?} that is not a chunk id",
+                    chunk.chunk_id
+                ))
+            })?;
+            chunks.insert(id, chunk);
+        }
+        let mut tenant_keys = export.tenant_keys;
+        tenant_keys.sort_by_key(|key| key.created_at);
+        Ok(Self {
+            chunks,
+            packs: export.packs.into_iter().map(|p| (p.pack_id.clone(), p)).collect(),
+            tenant_keys,
+        })
+    }
+
+    pub fn packs(&self) -> impl Iterator<Item = &PackImage> {
+        self.packs.values()
+    }
 }
 
 /// A backup as the catalog lists it.
@@ -85,7 +122,7 @@ pub struct RestoreArtifact<'a> {
     pub now: i64,
     /// The chunk and pack index rows and keys the wanted versions need, when they come
     /// from a backup (a point-in-time restore finds them in place).
-    pub content: Option<&'a Export>,
+    pub content: Option<&'a Content>,
 }
 
 /// What a restore did (or would do) to one artifact.
@@ -93,6 +130,8 @@ pub struct RestoreArtifact<'a> {
 pub struct Restored {
     /// The id of the artifact changed or created.
     pub artifact_id: String,
+    /// The artifact was there before (its changes need `overwrite`).
+    pub existed: bool,
     pub steps: Vec<RestoreStep>,
 }
 
@@ -178,8 +217,13 @@ pub(super) async fn journal_change(tx: &mut Tx, artifact_id: &str, at: i64) -> R
         return Ok(());
     };
     let json = serde_json::to_string(&state).map_err(|e| Error::internal(e.to_string()))?;
+    // Changes of one artifact commit one at a time (each holds its row), but their times
+    // were read before the lock: the journal's time never goes back, so its last entry at
+    // or before a moment is the state then.
     sqlx::query(
-        "INSERT INTO artifact_journal (artifact_id, tenant, project, at, state) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO artifact_journal (artifact_id, tenant, project, at, state) \
+         SELECT $1, $2, $3, MAX(t), $5 FROM (SELECT $4 AS t UNION ALL \
+           SELECT MAX(at) FROM artifact_journal WHERE artifact_id = $1) times",
     )
     .bind(artifact_id)
     .bind(tenant)
@@ -444,7 +488,15 @@ impl Catalog {
     /// Records a finished backup and pins the packs it needs. The pins' packs must still be
     /// there: their marks are taken first (a sweep holding one finishes before this reads,
     /// and one coming later finds no mark), then their rows are checked.
-    pub async fn record_backup(&self, backup: &BackupRow, pins: &[String]) -> Result<()> {
+    /// `sealed_keys` are the tenant keys whose wrapped material the backup holds: a backup
+    /// is refused when one of them was destroyed while it ran (destruction deletes backups,
+    /// and this one would bring the key back).
+    pub async fn record_backup(
+        &self,
+        backup: &BackupRow,
+        pins: &[String],
+        sealed_keys: &[String],
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
         sqlx::query(
             "INSERT INTO backups (id, tenant, project, artifact_id, kind, trigger, created_by, created_at, summary) \
@@ -468,6 +520,31 @@ impl Catalog {
                 db_error("recording a backup", e)
             }
         })?;
+        let lock = if self.dialect == Dialect::Postgres {
+            " FOR SHARE"
+        } else {
+            ""
+        };
+        for batch in sealed_keys.chunks(BATCH_ROWS) {
+            let sql = format!(
+                "SELECT key_id FROM tenant_keys WHERE key_id IN ({}) AND state = 'destroyed'{lock}",
+                self.dialect.placeholders(1, batch.len())
+            );
+            let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+            for key in batch {
+                query = query.bind(key);
+            }
+            let destroyed = query
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| db_error("checking tenant keys", e))?;
+            if !destroyed.is_empty() {
+                return Err(Error::FailedPrecondition(format!(
+                    "tenant {:?}'s keys were destroyed while the backup ran; it was not kept",
+                    backup.tenant
+                )));
+            }
+        }
         for batch in pins.chunks(BATCH_ROWS) {
             self.clear_marks(&mut tx, batch).await?;
             let sql = format!(
@@ -595,19 +672,7 @@ impl Catalog {
     pub async fn restore_pack_rows(&self, tenant: &str, packs: &[PackImage]) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
         for pack in packs {
-            sqlx::query(
-                "INSERT INTO packs (pack_id, tenant, size, upload_id, state, created_at, key_id, wrapped_key) \
-                 VALUES ($1, $2, $3, 'restore', 'committed', $4, $5, $6) ON CONFLICT (pack_id) DO NOTHING",
-            )
-            .bind(&pack.pack_id)
-            .bind(tenant)
-            .bind(pack.size)
-            .bind(pack.created_at)
-            .bind(&pack.key_id)
-            .bind(&pack.wrapped_key)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_error("restoring packs", e))?;
+            insert_pack_row(&mut tx, tenant, pack).await?;
         }
         tx.commit().await.map_err(|e| db_error("committing", e))
     }
@@ -700,11 +765,12 @@ impl Catalog {
             tx.commit().await.map_err(|e| db_error("committing", e))?;
             return Ok(false);
         }
-        let (chunks,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM chunks")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| db_error("counting chunks", e))?;
-        if chunks > 0 {
+        let (held,): (i64,) =
+            sqlx::query_as("SELECT (SELECT COUNT(*) FROM chunks) + (SELECT COUNT(*) FROM artifacts)")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| db_error("counting chunks", e))?;
+        if held > 0 {
             return Err(Error::FailedPrecondition(
                 "the backup was taken on another installation (its chunk ids are keyed by another secret), and this \
                  one already holds content; restore it into an empty installation (`artifactd dr restore`)"
@@ -768,6 +834,14 @@ impl Catalog {
                 return Err(Error::AlreadyExists(format!("artifact id {target_id} is taken")));
             }
         }
+        if target_id != wanted.id {
+            // The artifact found by name: its row lock keeps other changes out until commit.
+            sqlx::query("UPDATE artifacts SET updated_at = updated_at WHERE id = $1")
+                .bind(&target_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error("locking an artifact", e))?;
+        }
         let current = image_in(&mut tx, &target_id).await?;
         if let Some(current) = &current
             && (current.tenant != wanted.tenant || current.project != wanted.project)
@@ -779,6 +853,20 @@ impl Catalog {
         }
         let mut wanted = wanted.clone();
         wanted.id = target_id.clone();
+        if let Some(current) = &current {
+            let differing = conflicting_versions(current, &wanted);
+            if !differing.is_empty() {
+                return Err(Error::FailedPrecondition(format!(
+                    "{} {:?} in {}/{} holds other content under version(s) {} than the restored state; restore into a new project",
+                    wanted.artifact_type,
+                    wanted.name,
+                    wanted.tenant,
+                    wanted.project,
+                    differing.join(", ")
+                )));
+            }
+        }
+        let existed = current.is_some();
         let steps = plan_restore(current.as_ref(), &wanted);
         if current.is_some() && !steps.is_empty() && !request.overwrite && !request.dry_run {
             return Err(Error::AlreadyExists(format!(
@@ -794,6 +882,7 @@ impl Catalog {
         if request.dry_run || steps.is_empty() {
             return Ok(Restored {
                 artifact_id: target_id,
+                existed,
                 steps,
             });
         }
@@ -869,63 +958,56 @@ impl Catalog {
         self.announce_commit();
         Ok(Restored {
             artifact_id: target_id,
+            existed,
             steps: applied,
         })
     }
 
     /// Makes the content of versions being added present in the index: the backup's rows
-    /// where the catalog lacks them, then every chunk checked and its pack's mark taken.
+    /// for the chunks they need where the catalog lacks them, then every chunk claimed (its
+    /// pack's mark taken, its row counted) as an upload's commit does.
     async fn restore_content(
         &self,
         tx: &mut Tx,
         tenant: &str,
         added: &[&VersionImage],
-        content: Option<&Export>,
+        content: Option<&Content>,
     ) -> Result<()> {
+        let mut needed: BTreeSet<ChunkId> = BTreeSet::new();
+        for version in added {
+            let manifest = Manifest::decode(&version.manifest).map_err(|error| {
+                Error::DataLoss(format!(
+                    "the manifest of version {} does not decode ({error})",
+                    version.version
+                ))
+            })?;
+            needed.extend(manifest.entries.iter().map(|e| e.chunk_id));
+        }
+        let needed: Vec<ChunkId> = needed.into_iter().collect();
+        let mut packs: BTreeSet<String> = BTreeSet::new();
         if let Some(content) = content {
+            let mut rows = Vec::new();
+            for id in &needed {
+                let chunk = content.chunks.get(id).ok_or_else(|| {
+                    Error::DataLoss(format!(
+                        "the backup does not index chunk {} that its versions need",
+                        id.to_hex()
+                    ))
+                })?;
+                packs.insert(chunk.pack_id.clone());
+                rows.push((id, chunk));
+            }
             for key in &content.tenant_keys {
-                sqlx::query(
-                    "INSERT INTO tenant_keys (key_id, tenant, state, master_key_id, wrapped, created_at, retired_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key_id) DO NOTHING",
-                )
-                .bind(&key.key_id)
-                .bind(tenant)
-                .bind(&key.state)
-                .bind(&key.master_key_id)
-                .bind(&key.wrapped)
-                .bind(key.created_at)
-                .bind(key.retired_at)
-                .execute(&mut **tx)
-                .await
-                .map_err(|e| db_error("restoring tenant keys", e))?;
+                self.restore_tenant_key(tx, tenant, key).await?;
             }
-            for pack in &content.packs {
-                sqlx::query(
-                    "INSERT INTO packs (pack_id, tenant, size, upload_id, state, created_at, key_id, wrapped_key) \
-                     VALUES ($1, $2, $3, 'restore', 'committed', $4, $5, $6) ON CONFLICT (pack_id) DO NOTHING",
-                )
-                .bind(&pack.pack_id)
-                .bind(tenant)
-                .bind(pack.size)
-                .bind(pack.created_at)
-                .bind(&pack.key_id)
-                .bind(&pack.wrapped_key)
-                .execute(&mut **tx)
-                .await
-                .map_err(|e| db_error("restoring packs", e))?;
-                sqlx::query("DELETE FROM pack_tombstones WHERE pack_id = $1")
-                    .bind(&pack.pack_id)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(|e| db_error("restoring packs", e))?;
+            for pack_id in &packs {
+                let pack = content
+                    .packs
+                    .get(pack_id)
+                    .ok_or_else(|| Error::DataLoss(format!("the backup does not list pack {pack_id}")))?;
+                insert_pack_row(tx, tenant, pack).await?;
             }
-            for chunk in &content.chunks {
-                let Some(id) = ChunkId::from_hex(&chunk.chunk_id) else {
-                    return Err(Error::DataLoss(format!(
-                        "the backup names a chunk {:?} that is not a chunk id",
-                        chunk.chunk_id
-                    )));
-                };
+            for (id, chunk) in rows {
                 sqlx::query(
                     "INSERT INTO chunks (tenant, chunk_id, pack_id, pack_offset, stored_length, raw_length, codec) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant, chunk_id) DO NOTHING",
@@ -942,30 +1024,84 @@ impl Catalog {
                 .map_err(|e| db_error("restoring the chunk index", e))?;
             }
         }
-        let mut needed: BTreeSet<ChunkId> = BTreeSet::new();
-        for version in added {
-            let manifest = Manifest::decode(&version.manifest).map_err(|error| {
-                Error::DataLoss(format!(
-                    "the manifest of version {} does not decode ({error})",
-                    version.version
-                ))
-            })?;
-            needed.extend(manifest.entries.iter().map(|e| e.chunk_id));
+        // Sealed content whose key was destroyed stays destroyed.
+        let packs: Vec<String> = packs.into_iter().collect();
+        for batch in packs.chunks(BATCH_ROWS) {
+            let sql = format!(
+                "SELECT COUNT(*) FROM packs WHERE pack_id IN ({}) AND key_id IS NOT NULL AND wrapped_key IS NULL",
+                self.dialect.placeholders(1, batch.len())
+            );
+            let mut query = sqlx::query_as::<_, (i64,)>(AssertSqlSafe(sql));
+            for pack in batch {
+                query = query.bind(pack);
+            }
+            let (erased,) = query
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(|e| db_error("checking packs", e))?;
+            if erased > 0 {
+                return Err(Error::FailedPrecondition(format!(
+                    "tenant {tenant:?}'s encryption key for content the restored versions need was destroyed; nothing was restored"
+                )));
+            }
         }
-        let needed: Vec<ChunkId> = needed.into_iter().collect();
-        let packs: Vec<String> = content
-            .map(|c| c.packs.iter().map(|p| p.pack_id.clone()).collect())
-            .unwrap_or_default();
-        let key_destroyed = self.check_content_alive(tx, tenant, &packs).await?;
-        self.claim_reused(tx, tenant, &needed, &[], key_destroyed)
+        if !self.claim_chunks(tx, tenant, &needed).await? {
+            return Err(Error::FailedPrecondition(
+                "content the restored versions need is no longer stored (collected, or its encryption key destroyed); nothing was restored"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A tenant key from a backup, where the catalog lacks it. A backup from before a
+    /// rotation holds a key that is no longer the active one: of two active keys, the newer
+    /// stays active. A key this catalog destroyed stays destroyed.
+    async fn restore_tenant_key(&self, tx: &mut Tx, tenant: &str, key: &TenantKeyImage) -> Result<()> {
+        let mut state = key.state.clone();
+        let mut retired_at = key.retired_at;
+        if state == "active" {
+            let active: Option<(String, i64)> = sqlx::query_as(
+                "SELECT key_id, created_at FROM tenant_keys WHERE tenant = $1 AND state = 'active'",
+            )
+            .bind(tenant)
+            .fetch_optional(&mut **tx)
             .await
-            .map_err(|error| match error {
-                Error::Aborted(_) => Error::FailedPrecondition(
-                    "content the restored versions need is no longer stored (collected, or its keys destroyed); nothing was restored"
-                        .into(),
-                ),
-                other => other,
-            })
+            .map_err(|e| db_error("reading tenant keys", e))?;
+            match active {
+                Some((id, _)) if id == key.key_id => return Ok(()),
+                Some((id, created_at)) if created_at < key.created_at => {
+                    sqlx::query(
+                        "UPDATE tenant_keys SET state = 'rotated', retired_at = $1 WHERE key_id = $2",
+                    )
+                    .bind(key.created_at)
+                    .bind(&id)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| db_error("restoring tenant keys", e))?;
+                }
+                Some((_, newer)) => {
+                    state = "rotated".to_owned();
+                    retired_at = Some(newer);
+                }
+                None => {}
+            }
+        }
+        sqlx::query(
+            "INSERT INTO tenant_keys (key_id, tenant, state, master_key_id, wrapped, created_at, retired_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key_id) DO NOTHING",
+        )
+        .bind(&key.key_id)
+        .bind(tenant)
+        .bind(&state)
+        .bind(&key.master_key_id)
+        .bind(&key.wrapped)
+        .bind(key.created_at)
+        .bind(retired_at)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| db_error("restoring tenant keys", e))?;
+        Ok(())
     }
 
     async fn apply_step(
@@ -997,7 +1133,7 @@ impl Catalog {
                 .bind(&wanted.created_by)
                 .bind(wanted.created_at)
                 .bind(now)
-                .bind(wanted.deleted_at)
+                .bind(wanted.deleted_at.map(|_| now))
                 .bind(tags_json(&wanted.categories))
                 .bind(&wanted.deleted_by)
                 .execute(&mut **tx)
@@ -1021,8 +1157,10 @@ impl Catalog {
                 .map_err(|e| db_error("restoring an artifact's fields", e))?;
             }
             StepKind::DeleteArtifact | StepKind::UndeleteArtifact => {
+                // The trash period starts now: a restore never hands the purger something
+                // older than the moment it was restored.
                 let (at, by) = if step.kind == StepKind::DeleteArtifact {
-                    (Some(wanted.deleted_at.unwrap_or(now)), wanted.deleted_by.as_str())
+                    (Some(now), wanted.deleted_by.as_str())
                 } else {
                     (None, "")
                 };
@@ -1041,7 +1179,7 @@ impl Catalog {
                 let version = wanted
                     .version(&step.version)
                     .ok_or_else(|| Error::internal("a planned version is missing"))?;
-                let mut skipped = self.insert_version(tx, id, version).await?;
+                let mut skipped = self.insert_version(tx, id, version, now).await?;
                 if !skipped.is_empty() {
                     skipped.insert(0, step.detail.clone());
                     return Ok(RestoreStep {
@@ -1082,12 +1220,11 @@ impl Catalog {
                     });
                 }
                 let (at, by) = if step.kind == StepKind::TrashVersion {
-                    let was = wanted.version(&step.version).and_then(|v| v.deleted_at);
                     let by = wanted
                         .version(&step.version)
                         .filter(|v| v.deleted_at.is_some())
                         .map_or(request.actor, |v| v.deleted_by.as_str());
-                    (Some(was.unwrap_or(now)), by)
+                    (Some(now), by)
                 } else {
                     (None, "")
                 };
@@ -1139,11 +1276,13 @@ impl Catalog {
 
     /// Inserts a version as the image has it, with its history; returns what it had to
     /// leave out (dependencies on artifacts that no longer exist).
+    /// What the image had in the trash goes to the trash as of `now`.
     async fn insert_version(
         &self,
         tx: &mut Tx,
         artifact_id: &str,
         version: &VersionImage,
+        now: i64,
     ) -> Result<Vec<String>> {
         let seq_taken: Option<i64> =
             sqlx::query_scalar("SELECT seq FROM versions WHERE artifact_id = $1 AND seq = $2")
@@ -1189,7 +1328,7 @@ impl Catalog {
         .bind(&version.run_workflow)
         .bind(&version.run_step)
         .bind(&version.run_agent)
-        .bind(version.deleted_at)
+        .bind(version.deleted_at.map(|_| now))
         .bind(&version.deleted_by)
         .execute(&mut **tx)
         .await
@@ -1234,6 +1373,30 @@ impl Catalog {
         }
         Ok(skipped)
     }
+}
+
+/// A pack row from a backup, committed, where the catalog lacks it; a tombstone of the
+/// pack (buried, its object perhaps not yet deleted) is lifted.
+async fn insert_pack_row(tx: &mut Tx, tenant: &str, pack: &PackImage) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO packs (pack_id, tenant, size, upload_id, state, created_at, key_id, wrapped_key) \
+         VALUES ($1, $2, $3, 'restore', 'committed', $4, $5, $6) ON CONFLICT (pack_id) DO NOTHING",
+    )
+    .bind(&pack.pack_id)
+    .bind(tenant)
+    .bind(pack.size)
+    .bind(pack.created_at)
+    .bind(&pack.key_id)
+    .bind(&pack.wrapped_key)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| db_error("restoring packs", e))?;
+    sqlx::query("DELETE FROM pack_tombstones WHERE pack_id = $1")
+        .bind(&pack.pack_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| db_error("restoring packs", e))?;
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -523,11 +523,9 @@ impl Catalog {
             .map_err(|e| db_error("listing collection runs", e))
     }
 
-    /// In an upload's commit: clears the marks of every pack the version's reused chunks
-    /// (and its own packs) are in, then checks that every reused chunk is still indexed (a
-    /// missing one is blamed on `key_destroyed` when the tenant's keys were destroyed). The
-    /// mark comes first: a sweep holding it finishes before this reads the index, and a
-    /// sweep that comes later finds no mark and keeps the pack.
+    /// In an upload's commit: clears the marks of the version's own packs and claims its
+    /// reused chunks ([`Catalog::claim_chunks`]); a missing one is blamed on `key_destroyed`
+    /// when the tenant's keys were destroyed, on collection otherwise.
     pub(super) async fn claim_reused(
         &self,
         tx: &mut Tx,
@@ -537,7 +535,24 @@ impl Catalog {
         key_destroyed: bool,
     ) -> Result<()> {
         self.clear_marks(tx, own_packs).await?;
-        for batch in reused.chunks(BATCH_ROWS) {
+        if self.claim_chunks(tx, tenant, reused).await? {
+            return Ok(());
+        }
+        // Chunks leave the index by collection, or by a destruction of the tenant's keys
+        // (which erases them for good).
+        if key_destroyed {
+            return Err(super::keys::key_destroyed(tenant));
+        }
+        Err(Error::Aborted(
+            "content this upload reuses was garbage-collected while it ran; nothing was committed, upload again".into(),
+        ))
+    }
+
+    /// Takes the marks of the packs `chunks` are in, then says whether every one of them is
+    /// still indexed. The mark comes first: a sweep holding it finishes before the count,
+    /// and a sweep that comes later finds no mark and keeps the pack.
+    pub(super) async fn claim_chunks(&self, tx: &mut Tx, tenant: &str, chunks: &[ChunkId]) -> Result<bool> {
+        for batch in chunks.chunks(BATCH_ROWS) {
             let ids = self.dialect.placeholders(2, batch.len());
             let tenant_param = self.dialect.placeholders(1, 1);
             let sql = format!(
@@ -563,18 +578,10 @@ impl Catalog {
                 .await
                 .map_err(|e| db_error("checking chunks", e))?;
             if present as usize != batch.len() {
-                // Chunks leave the index by collection, or by a destruction of the tenant's
-                // keys (which erases them for good).
-                if key_destroyed {
-                    return Err(super::keys::key_destroyed(tenant));
-                }
-                return Err(Error::Aborted(
-                    "content this upload reuses was garbage-collected while it ran; nothing was committed, upload again"
-                        .into(),
-                ));
+                return Ok(false);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Whether this catalog is PostgreSQL (the collector reads a consistent snapshot there).

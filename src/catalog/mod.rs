@@ -18,7 +18,7 @@ mod retention;
 mod runs;
 
 pub use audit::AuditQuery;
-pub use backup::{BackupRow, Export, Locate, RestoreArtifact, Restored, ScheduleRow};
+pub use backup::{BackupRow, Content, Export, Locate, RestoreArtifact, Restored, ScheduleRow};
 pub use dependencies::{DependentRow, VersionBrief};
 pub use events::{EventBatch, OutboxRange};
 pub use gc::{GcPack, LeaseHeld, PackUse, Tombstoned};

@@ -420,6 +420,21 @@ fn alias_set(aliases: &[AliasImage]) -> BTreeSet<(&str, &str)> {
         .collect()
 }
 
+/// Versions both images have under the same name but with other content: a restore onto
+/// them would mix two histories.
+pub fn conflicting_versions(current: &ArtifactImage, wanted: &ArtifactImage) -> Vec<String> {
+    wanted
+        .versions
+        .iter()
+        .filter(|v| {
+            current
+                .version(&v.version)
+                .is_some_and(|have| have.blake3 != v.blake3)
+        })
+        .map(|v| v.version.clone())
+        .collect()
+}
+
 /// What turns `current` (the catalog's artifact, if any) into `wanted`. Versions the
 /// wanted state does not have are moved to the trash, never removed: a restore loses
 /// nothing, and a restore of a later state brings them back.
