@@ -126,6 +126,10 @@ async fn dr_drill_rebuilds_the_installation_from_the_fallback_alone() {
         started.elapsed().as_secs_f64()
     );
     assert!(output.contains("restored 1"), "{output}");
+    assert!(
+        !output.contains("copied 0 packs"),
+        "the packs were copied to the new primary: {output}"
+    );
 
     // 4. Start the server on the restored installation.
     let server = ServerProcess::start_with(ServerOptions::default().envs(env.clone()));

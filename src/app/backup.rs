@@ -1160,7 +1160,12 @@ impl Artifacts {
         if let Some(secret) = secrets.into_iter().next() {
             self.adopt_secret(secret).await?;
         }
-        // Everything a backup needs goes to this installation's stores first.
+        // Everything a backup needs goes to this installation's primary first, written there
+        // directly (through the failover pair, each missing pack would be read-repaired).
+        let primary = match self.failover() {
+            Some(pair) => pair.side_store(Side::Primary),
+            None => self.inner.store.clone(),
+        };
         let mut packs: BTreeSet<String> = BTreeSet::new();
         for (_, _, _, body) in &bodies {
             packs.extend(body.packs.iter().map(|p| p.pack_id.clone()));
@@ -1171,9 +1176,7 @@ impl Artifacts {
                 report(progress, "copying packs", done as u64, total, "");
             }
             let key = pack_key(pack_id)?;
-            if self
-                .inner
-                .store
+            if primary
                 .head(&key)
                 .await
                 .map_err(|e| store_error(&format!("checking {key}"), e))?
@@ -1188,8 +1191,7 @@ impl Artifacts {
                     continue;
                 }
             };
-            self.inner
-                .store
+            primary
                 .put(&key, bytes)
                 .await
                 .map_err(|e| store_error(&format!("copying {key}"), e))?;
