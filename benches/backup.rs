@@ -20,8 +20,8 @@ mod common;
 
 use artifactd::proto::GetArtifactRequest;
 use artifactd::storage::BlobStore;
-use common::backup::{Backups, backup, from_backup, into_project, load_corpus, restore};
-use common::binary::{ServerOptions, ServerProcess, command};
+use common::backup::{Backups, backup, environment, from_backup, into_project, load_corpus, restore, run};
+use common::binary::{ServerOptions, ServerProcess};
 use common::moto::MotoServer;
 use common::postgres::TestDatabase;
 use common::s3::S3TestServer;
@@ -30,32 +30,11 @@ use std::time::Instant;
 const T: &str = "bmad";
 const MIB: f64 = 1024.0 * 1024.0;
 
-fn environment(
-    primary: &S3TestServer,
-    fallback: &MotoServer,
-    database: &TestDatabase,
-) -> Vec<(String, String)> {
-    let mut env = primary.env("primary");
-    env.extend(fallback.fallback_env("fallback"));
-    env.push(("DATABASE_URL".into(), database.url.clone()));
-    env
-}
-
-fn run(args: &[&str], env: &[(String, String)], data_dir: &std::path::Path) -> String {
-    let output = command()
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("ARTIFACTD_DATA_DIR", data_dir)
-        .env("ARTIFACTD_LOG__FILTER", "warn")
-        .output()
-        .unwrap_or_else(|e| panic!("running artifactd {args:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "artifactd {args:?} failed:\n{text}");
-    text
+/// `artifactd <args>` with the installation's environment; its output (it must succeed).
+fn run_ok(args: &[&str], env: &[(String, String)], data_dir: &std::path::Path) -> String {
+    let (ok, output) = run(args, env, data_dir);
+    assert!(ok, "artifactd {args:?} failed:\n{output}");
+    output
 }
 
 #[tokio::main]
@@ -63,7 +42,7 @@ async fn main() {
     let fallback = MotoServer::start().await;
     let primary = S3TestServer::start().await;
     let database = TestDatabase::create().await;
-    let env = environment(&primary, &fallback, &database);
+    let env = environment(&primary, &fallback, &database, None);
     let server = ServerProcess::start_with(ServerOptions::default().envs(env.clone()));
     let mut client = server.client().await;
 
@@ -121,7 +100,7 @@ async fn main() {
 
     // Disaster recovery: back up, lose the catalog and the primary, rebuild.
     let scratch = tempfile::tempdir().unwrap();
-    run(&["dr", "export"], &env, scratch.path());
+    run_ok(&["dr", "export"], &env, scratch.path());
     drop(client);
     drop(backups);
     drop(server);
@@ -129,9 +108,9 @@ async fn main() {
     drop(primary);
     let database = TestDatabase::create().await;
     let primary = S3TestServer::start().await;
-    let env = environment(&primary, &fallback, &database);
+    let env = environment(&primary, &fallback, &database, None);
     let started = Instant::now();
-    let output = run(&["dr", "restore"], &env, scratch.path());
+    let output = run_ok(&["dr", "restore"], &env, scratch.path());
     let dr_seconds = started.elapsed().as_secs_f64();
     eprintln!("dr restore: {}", output.trim());
 

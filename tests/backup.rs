@@ -30,19 +30,7 @@ const T: &str = "acme";
 type Retention = RetentionServiceClient<Authed>;
 
 async fn start(postgres: bool, extra: &[(&str, &str)]) -> (ServerProcess, Option<TestDatabase>) {
-    let database = if postgres {
-        Some(TestDatabase::create().await)
-    } else {
-        None
-    };
-    let mut options = ServerOptions::default();
-    if let Some(database) = &database {
-        options = options.env("DATABASE_URL", database.url.clone());
-    }
-    for (key, value) in extra {
-        options = options.env(key, *value);
-    }
-    (ServerProcess::start_with(options), database)
+    common::binary::start_on_catalog_with(postgres, extra).await
 }
 
 struct Api {

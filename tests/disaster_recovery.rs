@@ -11,8 +11,8 @@ mod common;
 use artifactd::proto::retention_service_client::RetentionServiceClient;
 use artifactd::proto::search_service_client::SearchServiceClient;
 use artifactd::proto::{self, ListBackupsRequest, SearchRequest};
-use common::backup::{Backups, Seen, load_corpus, project_state};
-use common::binary::{ServerOptions, ServerProcess, command};
+use common::backup::{Backups, Seen, environment, load_corpus, project_state, run};
+use common::binary::{ServerOptions, ServerProcess};
 use common::client::{download, download_request};
 use common::moto::MotoServer;
 use common::postgres::TestDatabase;
@@ -22,36 +22,6 @@ use std::time::{Duration, Instant};
 
 const T: &str = "bmad";
 const MASTER_KEY: &str = "5151515151515151515151515151515151515151515151515151515151515151";
-
-fn environment(
-    primary: &S3TestServer,
-    fallback: &MotoServer,
-    database: &TestDatabase,
-) -> Vec<(String, String)> {
-    let mut env = primary.env("primary");
-    env.extend(fallback.fallback_env("fallback"));
-    env.push(("DATABASE_URL".into(), database.url.clone()));
-    env.push(("ARTIFACTD_ENCRYPTION__MASTER_KEY".into(), MASTER_KEY.into()));
-    env
-}
-
-/// Runs `artifactd <args>` with the installation's environment; its output, and whether it
-/// succeeded.
-fn run(args: &[&str], env: &[(String, String)], data_dir: &std::path::Path) -> (bool, String) {
-    let output = command()
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("ARTIFACTD_DATA_DIR", data_dir)
-        .env("ARTIFACTD_LOG__FILTER", "warn")
-        .output()
-        .unwrap_or_else(|e| panic!("running artifactd {args:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
 
 type Contents = BTreeMap<(String, String, String), blake3::Hash>;
 
@@ -87,7 +57,7 @@ async fn dr_drill_rebuilds_the_installation_from_the_fallback_alone() {
     let fallback = MotoServer::start().await;
     let primary = S3TestServer::start().await;
     let database = TestDatabase::create().await;
-    let env = environment(&primary, &fallback, &database);
+    let env = environment(&primary, &fallback, &database, Some(MASTER_KEY));
     let projects = ["releases", "docs"];
     let server = ServerProcess::start_with(ServerOptions::default().envs(env.clone()));
     let mut client = server.client().await;
@@ -116,7 +86,7 @@ async fn dr_drill_rebuilds_the_installation_from_the_fallback_alone() {
     // 2. A new, empty catalog and primary; the same fallback.
     let database = TestDatabase::create().await;
     let primary = S3TestServer::start().await;
-    let env = environment(&primary, &fallback, &database);
+    let env = environment(&primary, &fallback, &database, Some(MASTER_KEY));
     // 3. Restore from the fallback alone.
     let started = Instant::now();
     let (ok, output) = run(&["dr", "restore"], &env, scratch.path());

@@ -14,7 +14,7 @@ use artifactd::proto::{
     RetentionPolicySpec, SetAliasRequest, SetLegalHoldRequest, TransitionVersionRequest,
     UndeleteVersionRequest, create_retention_policy_request,
 };
-use common::binary::{Authed, ServerOptions, ServerProcess};
+use common::binary::{Authed, ServerProcess};
 use common::client::{
     Client, assert_status, create_id, download, download_request, header, update, update_header,
 };
@@ -30,19 +30,7 @@ const T: &str = "acme";
 type Retention = RetentionServiceClient<Authed>;
 
 async fn start(postgres: bool, extra: &[(&str, &str)]) -> (ServerProcess, Option<TestDatabase>) {
-    let database = if postgres {
-        Some(TestDatabase::create().await)
-    } else {
-        None
-    };
-    let mut options = ServerOptions::default();
-    if let Some(database) = &database {
-        options = options.env("DATABASE_URL", database.url.clone());
-    }
-    for (key, value) in extra {
-        options = options.env(key, *value);
-    }
-    (ServerProcess::start_with(options), database)
+    common::binary::start_on_catalog_with(postgres, extra).await
 }
 
 async fn new_version(client: &mut Client, project: &str, id: &str, content: &[u8]) -> String {

@@ -336,3 +336,38 @@ pub async fn load_corpus(client: &mut Client, tenant: &str) -> usize {
         .unwrap();
     docs.len()
 }
+
+/// The environment of an installation on Postgres with failover: `primary` (in-process S3)
+/// and `fallback` (moto), with encryption at rest when a master key is given.
+pub fn environment(
+    primary: &super::s3::S3TestServer,
+    fallback: &super::moto::MotoServer,
+    database: &super::postgres::TestDatabase,
+    master_key: Option<&str>,
+) -> Vec<(String, String)> {
+    let mut env = primary.env("primary");
+    env.extend(fallback.fallback_env("fallback"));
+    env.push(("DATABASE_URL".into(), database.url.clone()));
+    if let Some(key) = master_key {
+        env.push(("ARTIFACTD_ENCRYPTION__MASTER_KEY".into(), key.into()));
+    }
+    env
+}
+
+/// Runs `artifactd <args>` as a command with the installation's environment; whether it
+/// succeeded, and its output.
+pub fn run(args: &[&str], env: &[(String, String)], data_dir: &std::path::Path) -> (bool, String) {
+    let output = super::binary::command()
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("ARTIFACTD_DATA_DIR", data_dir)
+        .env("ARTIFACTD_LOG__FILTER", "warn")
+        .output()
+        .unwrap_or_else(|e| panic!("running artifactd {args:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}

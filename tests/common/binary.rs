@@ -93,14 +93,27 @@ impl ServerOptions {
 /// A server on the embedded SQLite catalog, or on a fresh Postgres database (kept alive by
 /// the returned value), for tests that run on both catalogs.
 pub async fn start_on_catalog(postgres: bool) -> (ServerProcess, Option<super::postgres::TestDatabase>) {
-    if postgres {
-        let database = super::postgres::TestDatabase::create().await;
-        let server =
-            ServerProcess::start_with(ServerOptions::default().env("DATABASE_URL", database.url.clone()));
-        (server, Some(database))
+    start_on_catalog_with(postgres, &[]).await
+}
+
+/// [`start_on_catalog`] with settings of the test's own.
+pub async fn start_on_catalog_with(
+    postgres: bool,
+    settings: &[(&str, &str)],
+) -> (ServerProcess, Option<super::postgres::TestDatabase>) {
+    let database = if postgres {
+        Some(super::postgres::TestDatabase::create().await)
     } else {
-        (ServerProcess::start(), None)
+        None
+    };
+    let mut options = ServerOptions::default();
+    if let Some(database) = &database {
+        options = options.env("DATABASE_URL", database.url.clone());
     }
+    for (key, value) in settings {
+        options = options.env(key, *value);
+    }
+    (ServerProcess::start_with(options), database)
 }
 
 pub fn binary() -> &'static str {
