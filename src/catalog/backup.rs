@@ -158,15 +158,36 @@ async fn journal_state(tx: &mut Tx, artifact_id: &str) -> Result<Option<(String,
     .await
     .map_err(|e| db_error("reading an artifact for the journal", e))?;
     let Some(row) = row else { return Ok(None) };
-    let aliases = aliases_in(tx, artifact_id).await?;
-    let trashed: Vec<(String, i64, String)> = sqlx::query_as(
-        "SELECT version, deleted_at, deleted_by FROM versions \
-         WHERE artifact_id = $1 AND deleted_at IS NOT NULL ORDER BY seq",
+    // Aliases (by name) and the trash (by seq) in one round trip.
+    let rows: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(
+        "SELECT 'alias' AS kind, name, version, updated_by AS actor, updated_at AS at, 0 AS seq \
+         FROM aliases WHERE artifact_id = $1 \
+         UNION ALL SELECT 'trash', '', version, deleted_by, deleted_at, seq \
+         FROM versions WHERE artifact_id = $1 AND deleted_at IS NOT NULL \
+         ORDER BY 1, 2, 6",
     )
     .bind(artifact_id)
     .fetch_all(&mut **tx)
     .await
-    .map_err(|e| db_error("reading the trash for the journal", e))?;
+    .map_err(|e| db_error("reading aliases and the trash for the journal", e))?;
+    let mut aliases = Vec::new();
+    let mut trashed = Vec::new();
+    for (kind, name, version, actor, at, _) in rows {
+        if kind == "alias" {
+            aliases.push(AliasImage {
+                name,
+                version,
+                updated_by: actor,
+                updated_at: at,
+            });
+        } else {
+            trashed.push(TrashedImage {
+                version,
+                deleted_at: at,
+                deleted_by: actor,
+            });
+        }
+    }
     let get = |name: &str| -> String { row.try_get::<String, _>(name).unwrap_or_default() };
     Ok(Some((
         get("tenant"),
@@ -180,14 +201,7 @@ async fn journal_state(tx: &mut Tx, artifact_id: &str) -> Result<Option<(String,
             deleted_at: row.try_get::<Option<i64>, _>("deleted_at").unwrap_or(None),
             deleted_by: get("deleted_by"),
             aliases,
-            trashed: trashed
-                .into_iter()
-                .map(|(version, deleted_at, deleted_by)| TrashedImage {
-                    version,
-                    deleted_at,
-                    deleted_by,
-                })
-                .collect(),
+            trashed,
         },
     )))
 }

@@ -717,7 +717,7 @@ impl Catalog {
             Timestamp(at),
         );
         self.append_audit_in(tx, &record).await?;
-        if !artifact_id.is_empty() {
+        if !artifact_id.is_empty() && event_type.changes_journaled_state() {
             // What point-in-time restore reads: the artifact's state after this change.
             backup::journal_change(tx, artifact_id, at).await?;
         }

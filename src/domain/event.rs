@@ -69,6 +69,19 @@ impl EventKind {
         }
     }
 
+    /// Whether a change of this kind can change what the artifact journal records (labels,
+    /// metadata, latest version, deletion, aliases, the trash). Transitions are kept in
+    /// their own history; links and key destruction change none of it.
+    pub fn changes_journaled_state(self) -> bool {
+        !matches!(
+            self,
+            Self::VersionTransitioned
+                | Self::ArtifactLinked
+                | Self::ArtifactUnlinked
+                | Self::ContentDestroyed
+        )
+    }
+
     pub fn from_outbox(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| kind.as_str() == name)
     }
