@@ -204,9 +204,8 @@ pub async fn collect_garbage(config: Config, dry_run: bool) -> anyhow::Result<cr
     Ok(report?)
 }
 
-/// Opens the catalog and the stores as a server does, with backups writing to both sides of
-/// a failover pair.
-async fn open_for_backups(config: &Config) -> anyhow::Result<(Catalog, Artifacts, Option<DynBlobStore>)> {
+/// The data directory where it holds data, the application settings, and the catalog.
+async fn open_catalog(config: &Config) -> anyhow::Result<(crate::app::Settings, Catalog)> {
     if config.storage.backend == Backend::Fs || config.catalog.url.is_empty() {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
@@ -215,6 +214,13 @@ async fn open_for_backups(config: &Config) -> anyhow::Result<(Catalog, Artifacts
     let catalog = Catalog::connect(&config.catalog_url(), config.catalog.max_connections)
         .await
         .context("opening the catalog")?;
+    Ok((settings, catalog))
+}
+
+/// Opens the catalog and the stores as a server does, with backups writing to both sides of
+/// a failover pair.
+async fn open_for_backups(config: &Config) -> anyhow::Result<(Catalog, Artifacts, Option<DynBlobStore>)> {
+    let (settings, catalog) = open_catalog(config).await?;
     let (primary, fallback) = open_sides(config).await?;
     let (store, failover) = combine(config, &catalog, primary, fallback.clone());
     let artifacts = Artifacts::new(catalog.clone(), store, settings).await?;
@@ -258,14 +264,7 @@ pub async fn run(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(BoundAddrs),
 ) -> anyhow::Result<()> {
-    if config.storage.backend == Backend::Fs || config.catalog.url.is_empty() {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
-    }
-    let settings = config.app_settings().context("reading the encryption keys")?;
-    let catalog = Catalog::connect(&config.catalog_url(), config.catalog.max_connections)
-        .await
-        .context("opening the catalog")?;
+    let (settings, catalog) = open_catalog(&config).await?;
     ensure_admin(&config, &catalog)
         .await
         .context("preparing the way in")?;

@@ -579,16 +579,10 @@ impl Catalog {
                         .into(),
                 ));
             }
-            let mut sql = String::from("INSERT INTO backup_pins (backup_id, pack_id) VALUES ");
-            for row in 0..batch.len() {
-                if row > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push('(');
-                sql.push_str(&self.dialect.placeholders(row * 2 + 1, 2));
-                sql.push(')');
-            }
-            sql.push_str(" ON CONFLICT DO NOTHING");
+            let sql = format!(
+                "INSERT INTO backup_pins (backup_id, pack_id) VALUES {} ON CONFLICT DO NOTHING",
+                self.dialect.value_rows(batch.len(), 2)
+            );
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for pack in batch {
                 query = query.bind(&backup.id).bind(pack);
@@ -1040,24 +1034,10 @@ impl Catalog {
         }
         // Sealed content whose key was destroyed stays destroyed.
         let packs: Vec<String> = packs.into_iter().collect();
-        for batch in packs.chunks(BATCH_ROWS) {
-            let sql = format!(
-                "SELECT COUNT(*) FROM packs WHERE pack_id IN ({}) AND key_id IS NOT NULL AND wrapped_key IS NULL",
-                self.dialect.placeholders(1, batch.len())
-            );
-            let mut query = sqlx::query_as::<_, (i64,)>(AssertSqlSafe(sql));
-            for pack in batch {
-                query = query.bind(pack);
-            }
-            let (erased,) = query
-                .fetch_one(&mut **tx)
-                .await
-                .map_err(|e| db_error("checking packs", e))?;
-            if erased > 0 {
-                return Err(Error::FailedPrecondition(format!(
-                    "tenant {tenant:?}'s encryption key for content the restored versions need was destroyed; nothing was restored"
-                )));
-            }
+        if self.any_erased(tx, &packs).await? {
+            return Err(Error::FailedPrecondition(format!(
+                "tenant {tenant:?}'s encryption key for content the restored versions need was destroyed; nothing was restored"
+            )));
         }
         if !self.claim_chunks(tx, tenant, &needed).await? {
             return Err(Error::FailedPrecondition(

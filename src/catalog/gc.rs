@@ -264,16 +264,10 @@ impl Catalog {
         // Write first (SQLite), then the fence.
         self.clear_marks(&mut tx, clear).await?;
         for batch in mark.chunks(BATCH_ROWS) {
-            let mut sql = String::from("INSERT INTO gc_marks (pack_id, marked_at) VALUES ");
-            for row in 0..batch.len() {
-                if row > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push('(');
-                sql.push_str(&self.dialect.placeholders(row * 2 + 1, 2));
-                sql.push(')');
-            }
-            sql.push_str(" ON CONFLICT (pack_id) DO NOTHING");
+            let sql = format!(
+                "INSERT INTO gc_marks (pack_id, marked_at) VALUES {} ON CONFLICT (pack_id) DO NOTHING",
+                self.dialect.value_rows(batch.len(), 2)
+            );
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for pack in batch {
                 query = query.bind(pack).bind(now);

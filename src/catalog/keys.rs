@@ -519,6 +519,19 @@ impl Catalog {
         if states.is_empty() {
             return Ok(false);
         }
+        if self.any_erased(tx, packs).await? {
+            return Err(key_destroyed(tenant));
+        }
+        Ok(states.iter().any(|state| state == "destroyed"))
+    }
+
+    /// Whether any of `packs` is sealed with a data key that was erased (its tenant key
+    /// destroyed).
+    pub(super) async fn any_erased(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        packs: &[String],
+    ) -> Result<bool> {
         for batch in packs.chunks(super::BATCH_ROWS) {
             let sql = format!(
                 "SELECT COUNT(*) FROM packs WHERE pack_id IN ({}) AND key_id IS NOT NULL AND wrapped_key IS NULL",
@@ -533,10 +546,10 @@ impl Catalog {
                 .await
                 .map_err(|e| db_error("checking packs", e))?;
             if erased > 0 {
-                return Err(key_destroyed(tenant));
+                return Ok(true);
             }
         }
-        Ok(states.iter().any(|state| state == "destroyed"))
+        Ok(false)
     }
 }
 

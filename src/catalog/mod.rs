@@ -69,6 +69,15 @@ impl Dialect {
             .collect::<Vec<_>>()
             .join(", ")
     }
+
+    /// `rows` parenthesized groups of `columns` placeholders, numbered from 1, for a
+    /// multi-row `VALUES` list.
+    fn value_rows(self, rows: usize, columns: usize) -> String {
+        (0..rows)
+            .map(|row| format!("({})", self.placeholders(row * columns + 1, columns)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// The advisory lock that orders outbox events by commit ("artf").
@@ -572,17 +581,10 @@ impl Catalog {
         }
         let mut lost_races: Vec<ChunkId> = Vec::new();
         for batch in version.new_chunks.chunks(BATCH_ROWS) {
-            let mut sql = String::from(
-                "INSERT INTO chunks (tenant, chunk_id, pack_id, pack_offset, stored_length, raw_length, codec) VALUES ",
+            let mut sql = format!(
+                "INSERT INTO chunks (tenant, chunk_id, pack_id, pack_offset, stored_length, raw_length, codec) VALUES {}",
+                self.dialect.value_rows(batch.len(), 7)
             );
-            for row in 0..batch.len() {
-                if row > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push('(');
-                sql.push_str(&self.dialect.placeholders(row * 7 + 1, 7));
-                sql.push(')');
-            }
             // Two uploads racing on the same new chunk both stored it; the first index
             // entry wins and the other copy becomes garbage.
             sql.push_str(" ON CONFLICT (tenant, chunk_id) DO NOTHING RETURNING chunk_id");
