@@ -10,7 +10,7 @@ use super::Inner;
 use super::keys::SealingKey;
 use crate::catalog::{NewVersion, PackStage};
 use crate::domain::{Error, Result, content_type, names::quoted, now_micros};
-use crate::ingest::chunk::encode;
+use crate::ingest::chunk::{Codec, Compressibility, encode};
 use crate::ingest::extract::{ContentShape, Extracted, extract};
 use crate::ingest::sealing::DataKey;
 use crate::ingest::{ChunkId, Manifest, ManifestEntry, PackBuilder, PackEntry, StreamChunker, TenantKey};
@@ -145,10 +145,12 @@ struct Cutter {
     chunker: StreamChunker,
     whole: blake3::Hasher,
     key: TenantKey,
+    shape: ContentShape,
 }
 
 impl Cutter {
     fn cut(&mut self, data: &[u8]) -> Vec<(ChunkId, Bytes)> {
+        self.shape.observe(data);
         self.whole.update(data);
         let chunks = self.chunker.push(data);
         self.identify(chunks)
@@ -162,6 +164,162 @@ impl Cutter {
     }
 }
 
+/// What the receiving stage hands to the packing stage.
+enum Cut {
+    /// The next chunks of the content, in order (about [`DEDUP_BATCH_BYTES`] of them).
+    Chunks(Vec<(ChunkId, Bytes)>),
+    /// The content ended; this is what was learnt about all of it.
+    End(Received),
+}
+
+struct Received {
+    size: u64,
+    digest: blake3::Hash,
+    shape: ContentShape,
+    head: Vec<u8>,
+    finish: Option<ContentExpectations>,
+}
+
+/// The first stage of an upload: checks each message as it arrives, keeps the head for
+/// extraction, hashes the whole content and cuts it into identified chunks, handing them
+/// on in batches. It runs as its own task, so cutting and hashing the next batch overlaps
+/// the packing stage's catalog lookup, compression and pack writes for this one.
+struct Receiving {
+    max_message: usize,
+    batch_bytes: usize,
+    expected_size: Option<u64>,
+    size: u64,
+    head: Vec<u8>,
+    finish: Option<ContentExpectations>,
+    cutter: Option<Cutter>,
+    pending: Vec<(ChunkId, Bytes)>,
+    pending_bytes: usize,
+}
+
+/// Why the receiving stage stopped early without an error of its own.
+struct PackingGone;
+
+impl Receiving {
+    async fn run(
+        mut self,
+        mut parts: tokio::sync::mpsc::Receiver<Result<UploadPart>>,
+        cuts: tokio::sync::mpsc::Sender<Result<Cut>>,
+    ) {
+        if let Err(Ok(error)) = self.receive(&mut parts, &cuts).await {
+            let _ = cuts.send(Err(error)).await;
+        }
+    }
+
+    /// `Err(Ok(error))`: the upload is refused; `Err(Err(PackingGone))`: nobody listens.
+    async fn receive(
+        &mut self,
+        parts: &mut tokio::sync::mpsc::Receiver<Result<UploadPart>>,
+        cuts: &tokio::sync::mpsc::Sender<Result<Cut>>,
+    ) -> std::result::Result<(), std::result::Result<Error, PackingGone>> {
+        while let Some(part) = parts.recv().await {
+            match part.map_err(Ok)? {
+                UploadPart::Data(_) | UploadPart::Finish(_) if self.finish.is_some() => {
+                    return Err(Ok(Error::invalid(
+                        "finish",
+                        "a message arrived after the finish message; finish must be the last message",
+                    )));
+                }
+                UploadPart::Data(data) => {
+                    self.accept(data).await.map_err(Ok)?;
+                    if self.pending_bytes >= self.batch_bytes {
+                        let batch = self.take_pending();
+                        cuts.send(Ok(Cut::Chunks(batch)))
+                            .await
+                            .map_err(|_| Err(PackingGone))?;
+                    }
+                }
+                UploadPart::Finish(promised) => self.finish = Some(promised),
+            }
+        }
+        // A client that resets its stream looks, on this side, exactly like one that ended
+        // it: only a finish message (or a size declared up front and met) proves the
+        // content is complete.
+        if self.finish.is_none() && self.expected_size.is_none() {
+            return Err(Ok(Error::invalid(
+                "finish",
+                format!(
+                    "the stream ended after {} bytes without a finish message, so the content may be cut short; end the upload with a finish message (or declare expected_size in the header)",
+                    self.size
+                ),
+            )));
+        }
+        let mut cutter = self.cutter.take().expect("cutter present until the end");
+        let (cutter, tail) = tokio::task::spawn_blocking(move || {
+            let chunker = std::mem::replace(&mut cutter.chunker, StreamChunker::new(Default::default()));
+            let tail = cutter.identify(chunker.finish());
+            (cutter, tail)
+        })
+        .await
+        .map_err(|e| Ok(Error::internal(format!("chunking task failed: {e}"))))?;
+        self.queue(tail);
+        let batch = self.take_pending();
+        let end = Received {
+            size: self.size,
+            digest: cutter.whole.finalize(),
+            shape: cutter.shape,
+            head: std::mem::take(&mut self.head),
+            finish: self.finish.take(),
+        };
+        for cut in [Cut::Chunks(batch), Cut::End(end)] {
+            cuts.send(Ok(cut)).await.map_err(|_| Err(PackingGone))?;
+        }
+        Ok(())
+    }
+
+    async fn accept(&mut self, data: Bytes) -> Result<()> {
+        if data.len() > self.max_message {
+            return Err(Error::invalid(
+                "data",
+                format!(
+                    "a data message of {} bytes exceeds the limit of {}",
+                    data.len(),
+                    self.max_message
+                ),
+            ));
+        }
+        self.size += data.len() as u64;
+        if let Some(expected) = self.expected_size
+            && self.size > expected
+        {
+            return Err(Error::invalid(
+                "expected_size",
+                format!("the stream carried more than the declared {expected} bytes"),
+            ));
+        }
+        if self.head.len() < HEAD_LEN {
+            let take = (HEAD_LEN - self.head.len()).min(data.len());
+            self.head.extend_from_slice(&data[..take]);
+        }
+        let mut cutter = self.cutter.take().expect("cutter present until the end");
+        let (cutter, chunks) = tokio::task::spawn_blocking(move || {
+            let chunks = cutter.cut(&data);
+            (cutter, chunks)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("chunking task failed: {e}")))?;
+        self.cutter = Some(cutter);
+        self.queue(chunks);
+        Ok(())
+    }
+
+    fn queue(&mut self, chunks: Vec<(ChunkId, Bytes)>) {
+        for (id, chunk) in chunks {
+            self.pending_bytes += chunk.len();
+            self.pending.push((id, chunk));
+        }
+    }
+
+    fn take_pending(&mut self) -> Vec<(ChunkId, Bytes)> {
+        self.pending_bytes = 0;
+        std::mem::take(&mut self.pending)
+    }
+}
+
 pub(super) struct Upload {
     inner: Arc<Inner>,
     tenant: String,
@@ -169,15 +327,13 @@ pub(super) struct Upload {
     /// The tenant key this upload's packs are sealed under, looked up at the first pack;
     /// `Some(None)` when encryption is off.
     sealing: Option<Option<Arc<SealingKey>>>,
-    cutter: Option<Cutter>,
+    /// The receiving stage, until the upload starts.
+    receiving: Option<Receiving>,
+    /// Bytes received so far (for the log when an upload is abandoned).
     size: u64,
-    shape: ContentShape,
-    head: Vec<u8>,
     expectations: ContentExpectations,
-    /// What the finish message promised, once it arrived.
-    finish: Option<ContentExpectations>,
-    pending: Vec<(ChunkId, Bytes)>,
-    pending_bytes: usize,
+    /// Whether compressing the next chunk is worth trying.
+    compressibility: Compressibility,
     /// Chunks of this upload already placed in one of its packs: id → stored length.
     placed: HashMap<ChunkId, u64>,
     /// Chunks the tenant already stored before this upload: id → stored length.
@@ -194,23 +350,31 @@ impl Upload {
     pub(super) fn new(inner: Arc<Inner>, tenant: &str, expectations: ContentExpectations) -> Self {
         let key = TenantKey::derive(&inner.secret(), tenant);
         let chunker = StreamChunker::new(inner.settings.ingest.chunker());
+        let receiving = Receiving {
+            max_message: inner.settings.ingest.max_data_message_bytes,
+            batch_bytes: DEDUP_BATCH_BYTES.min(inner.settings.ingest.pack_target_bytes),
+            expected_size: expectations.size,
+            size: 0,
+            head: Vec::new(),
+            finish: None,
+            cutter: Some(Cutter {
+                chunker,
+                whole: blake3::Hasher::new(),
+                key,
+                shape: ContentShape::default(),
+            }),
+            pending: Vec::new(),
+            pending_bytes: 0,
+        };
         Self {
             inner,
             tenant: tenant.to_owned(),
             upload_id: uuid::Uuid::now_v7().to_string(),
             sealing: None,
-            cutter: Some(Cutter {
-                chunker,
-                whole: blake3::Hasher::new(),
-                key,
-            }),
+            receiving: Some(receiving),
             size: 0,
-            shape: ContentShape::default(),
-            head: Vec::new(),
             expectations,
-            finish: None,
-            pending: Vec::new(),
-            pending_bytes: 0,
+            compressibility: Compressibility::default(),
             placed: HashMap::new(),
             known: HashMap::new(),
             manifest: Vec::new(),
@@ -264,46 +428,24 @@ impl Upload {
         S: Stream<Item = Result<UploadPart>> + Send + Unpin + 'static,
     {
         // Receive ahead of processing: the client keeps sending while chunks are hashed,
-        // compressed and written, instead of stalling on every flush.
-        let (sender, mut received) = tokio::sync::mpsc::channel(RECEIVE_AHEAD_MESSAGES);
-        let receiver = tokio::spawn(forward(content, sender));
-        while let Some(part) = received.recv().await {
-            match part? {
-                UploadPart::Data(_) | UploadPart::Finish(_) if self.finish.is_some() => {
-                    return Err(Error::invalid(
-                        "finish",
-                        "a message arrived after the finish message; finish must be the last message",
-                    ));
+        // compressed and written, instead of stalling on every flush. Dropping the
+        // channels' ends (an error here) stops both tasks.
+        let (sender, parts) = tokio::sync::mpsc::channel(RECEIVE_AHEAD_MESSAGES);
+        let (cut_sender, mut cuts) = tokio::sync::mpsc::channel(1);
+        let _receiver = AbortOnDrop(tokio::spawn(forward(content, sender)));
+        let receiving = self.receiving.take().expect("an upload runs once");
+        let _cutting = AbortOnDrop(tokio::spawn(receiving.run(parts, cut_sender)));
+        let received = loop {
+            match cuts.recv().await {
+                Some(Ok(Cut::Chunks(chunks))) => {
+                    self.size += chunks.iter().map(|(_, c)| c.len() as u64).sum::<u64>();
+                    self.pack_chunks(chunks).await?;
                 }
-                UploadPart::Data(data) => self.accept(data).await?,
-                UploadPart::Finish(promised) => self.finish = Some(promised),
+                Some(Ok(Cut::End(received))) => break received,
+                Some(Err(error)) => return Err(error),
+                None => return Err(Error::internal("the receiving stage of an upload stopped")),
             }
-        }
-        receiver
-            .await
-            .map_err(|e| Error::internal(format!("receiving task failed: {e}")))?;
-        // A client that resets its stream looks, on this side, exactly like one that ended
-        // it: only a finish message (or a size declared up front and met) proves the
-        // content is complete.
-        if self.finish.is_none() && self.expectations.size.is_none() {
-            return Err(Error::invalid(
-                "finish",
-                format!(
-                    "the stream ended after {} bytes without a finish message, so the content may be cut short; end the upload with a finish message (or declare expected_size in the header)",
-                    self.size
-                ),
-            ));
-        }
-        let mut cutter = self.cutter.take().expect("cutter present until the end");
-        let (cutter, tail) = tokio::task::spawn_blocking(move || {
-            let chunker = std::mem::replace(&mut cutter.chunker, StreamChunker::new(Default::default()));
-            let tail = cutter.identify(chunker.finish());
-            (cutter, tail)
-        })
-        .await
-        .map_err(|e| Error::internal(format!("chunking task failed: {e}")))?;
-        self.queue(tail);
-        self.flush_pending().await?;
+        };
         if !self.pack.is_empty() {
             self.seal_pack().await?;
         }
@@ -311,23 +453,27 @@ impl Upload {
             write.map_err(|e| Error::internal(format!("pack write task failed: {e}")))??;
         }
 
-        let digest = cutter.whole.finalize();
+        let Received {
+            size,
+            digest,
+            shape,
+            head,
+            finish,
+        } = received;
         self.expectations
-            .check(self.size, &digest, "expected_size", "expected_blake3")?;
-        if let Some(finish) = &self.finish {
-            finish.check(self.size, &digest, "finish.size", "finish.blake3")?;
+            .check(size, &digest, "expected_size", "expected_blake3")?;
+        if let Some(finish) = &finish {
+            finish.check(size, &digest, "finish.size", "finish.blake3")?;
         }
-        let content_type = content_type::guess(name, &self.head);
-        let head = std::mem::take(&mut self.head);
-        let shape = self.shape;
+        let content_type = content_type::guess(name, &head);
         let extracted = tokio::task::spawn_blocking(move || extract(content_type, &head, shape))
             .await
             .map_err(|e| Error::internal(format!("extraction task failed: {e}")))?;
-        metrics::counter!(crate::telemetry::names::INGESTED_BYTES_TOTAL).increment(self.size);
+        metrics::counter!(crate::telemetry::names::INGESTED_BYTES_TOTAL).increment(size);
         metrics::counter!(crate::telemetry::names::STORED_BYTES_TOTAL).increment(self.new_stored_size);
         Ok(IngestedContent {
             upload_id: self.upload_id.clone(),
-            size: self.size,
+            size,
             stored_size: self.stored_size(),
             new_stored_size: self.new_stored_size,
             blake3: digest.to_hex().to_string(),
@@ -341,60 +487,11 @@ impl Upload {
         })
     }
 
-    async fn accept(&mut self, data: Bytes) -> Result<()> {
-        let limit = self.inner.settings.ingest.max_data_message_bytes;
-        if data.len() > limit {
-            return Err(Error::invalid(
-                "data",
-                format!(
-                    "a data message of {} bytes exceeds the limit of {limit}",
-                    data.len()
-                ),
-            ));
-        }
-        self.size += data.len() as u64;
-        if let Some(expected) = self.expectations.size
-            && self.size > expected
-        {
-            return Err(Error::invalid(
-                "expected_size",
-                format!("the stream carried more than the declared {expected} bytes"),
-            ));
-        }
-        self.shape.observe(&data);
-        if self.head.len() < HEAD_LEN {
-            let take = (HEAD_LEN - self.head.len()).min(data.len());
-            self.head.extend_from_slice(&data[..take]);
-        }
-        let mut cutter = self.cutter.take().expect("cutter present until the end");
-        let (cutter, chunks) = tokio::task::spawn_blocking(move || {
-            let chunks = cutter.cut(&data);
-            (cutter, chunks)
-        })
-        .await
-        .map_err(|e| Error::internal(format!("chunking task failed: {e}")))?;
-        self.cutter = Some(cutter);
-        self.queue(chunks);
-        if self.pending_bytes >= DEDUP_BATCH_BYTES.min(self.inner.settings.ingest.pack_target_bytes) {
-            self.flush_pending().await?;
-        }
-        Ok(())
-    }
-
-    fn queue(&mut self, chunks: Vec<(ChunkId, Bytes)>) {
-        for (id, chunk) in chunks {
-            self.pending_bytes += chunk.len();
-            self.pending.push((id, chunk));
-        }
-    }
-
-    /// Looks the pending chunks up in the chunk index and packs the ones nobody has yet.
-    async fn flush_pending(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
+    /// Looks a batch of chunks up in the chunk index and packs the ones nobody has yet.
+    async fn pack_chunks(&mut self, pending: Vec<(ChunkId, Bytes)>) -> Result<()> {
+        if pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.pending);
-        self.pending_bytes = 0;
         let unplaced: Vec<ChunkId> = pending
             .iter()
             .map(|(id, _)| *id)
@@ -422,17 +519,26 @@ impl Upload {
         }
         self.known.extend(known);
         let level = self.inner.settings.ingest.zstd_level;
-        let encoded = tokio::task::spawn_blocking(move || {
-            to_encode
+        let mut compressibility = self.compressibility;
+        let (encoded, compressibility) = tokio::task::spawn_blocking(move || {
+            let encoded = to_encode
                 .into_iter()
                 .map(|(id, chunk)| {
-                    let (codec, stored) = encode(&chunk, level);
+                    let (codec, stored) = if compressibility.worth_trying() {
+                        let (codec, stored) = encode(&chunk, level);
+                        compressibility.record(codec == Codec::Zstd);
+                        (codec, stored)
+                    } else {
+                        (Codec::Raw, chunk.clone())
+                    };
                     (id, chunk.len() as u32, codec, stored)
                 })
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            (encoded, compressibility)
         })
         .await
         .map_err(|e| Error::internal(format!("compression task failed: {e}")))?;
+        self.compressibility = compressibility;
         for (id, raw_len, codec, stored) in encoded {
             // A pack that has grown past 1 MiB belongs to a large upload: reserve the whole
             // pack now rather than copying it on every doubling. Small uploads stay small.
@@ -556,6 +662,15 @@ pub(super) async fn seal_and_stage(
         },
     };
     Ok((sealed, generation))
+}
+
+/// Aborts a task when the pipeline that spawned it ends early.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Moves a content stream into a channel, stopping at the first error or when the

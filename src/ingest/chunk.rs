@@ -98,6 +98,46 @@ pub fn encode(data: &Bytes, zstd_level: i32) -> (Codec, Bytes) {
     (Codec::Raw, data.clone())
 }
 
+/// Decides, chunk by chunk, whether compressing is worth trying, from how the last tries
+/// went: after [`Compressibility::GIVE_UP_AFTER`] chunks in a row that did not compress
+/// (random data, media, archives), only every [`Compressibility::SAMPLE_EVERY`]th chunk is
+/// tried, and one that compresses resumes trying every chunk. On incompressible content
+/// this saves nearly all of the compressor's time; on content that turns compressible
+/// again at most `SAMPLE_EVERY - 1` chunks are stored raw before it is noticed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Compressibility {
+    misses: u32,
+    skipped: u32,
+}
+
+impl Compressibility {
+    pub const GIVE_UP_AFTER: u32 = 8;
+    pub const SAMPLE_EVERY: u32 = 16;
+
+    /// Whether to try compressing the next chunk; a `true` must be followed by
+    /// [`record`](Self::record).
+    pub fn worth_trying(&mut self) -> bool {
+        if self.misses < Self::GIVE_UP_AFTER {
+            return true;
+        }
+        self.skipped += 1;
+        if self.skipped >= Self::SAMPLE_EVERY {
+            self.skipped = 0;
+            return true;
+        }
+        false
+    }
+
+    pub fn record(&mut self, compressed: bool) {
+        if compressed {
+            self.misses = 0;
+            self.skipped = 0;
+        } else {
+            self.misses = self.misses.saturating_add(1);
+        }
+    }
+}
+
 /// Reverses [`encode`]. `raw_len` comes from the catalog and bounds the output.
 pub fn decode(codec: Codec, stored: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
     match codec {
@@ -138,5 +178,35 @@ mod tests {
         let (codec, stored) = encode(&Bytes::from(noise.clone()), 3);
         assert_eq!(codec, Codec::Raw);
         assert_eq!(&stored[..], &noise[..]);
+    }
+
+    #[test]
+    fn compression_is_sampled_on_incompressible_content_and_resumes_when_it_pays() {
+        let mut state = Compressibility::default();
+        let mut tried = 0;
+        for _ in 0..Compressibility::GIVE_UP_AFTER {
+            assert!(state.worth_trying());
+            state.record(false);
+        }
+        // 160 chunks of noise: one in SAMPLE_EVERY is tried.
+        for _ in 0..160 {
+            if state.worth_trying() {
+                tried += 1;
+                state.record(false);
+            }
+        }
+        assert_eq!(tried, 160 / Compressibility::SAMPLE_EVERY);
+        // Text again: the next sample compresses and every chunk is tried from then on.
+        let mut skipped_before_noticing = 0;
+        while !state.worth_trying() {
+            skipped_before_noticing += 1;
+        }
+        state.record(true);
+        assert!(skipped_before_noticing < Compressibility::SAMPLE_EVERY);
+        assert!((0..50).all(|_| {
+            let trying = state.worth_trying();
+            state.record(true);
+            trying
+        }));
     }
 }
