@@ -6,6 +6,7 @@ pub mod artifact;
 pub mod audit;
 pub mod backup;
 pub mod content_type;
+pub mod delivery;
 pub mod dependency;
 pub mod encryption;
 pub mod error;

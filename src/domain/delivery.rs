@@ -1,0 +1,661 @@
+//! Download links for browsers and CDNs: what a signed link grants, how it is signed and
+//! checked, and how an HTTP request for a version is answered (conditional requests and
+//! byte ranges). Pure: the time and the request's headers are parameters.
+
+use std::ops::Range;
+
+/// Where download links live on the HTTP listener.
+pub const LINK_PREFIX: &str = "/v1/download";
+
+/// What a download link grants: reading one version of one artifact until `expires`
+/// (Unix seconds). Everything here is covered by the signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadGrant {
+    pub tenant: String,
+    pub project: String,
+    pub artifact_id: String,
+    pub version: String,
+    pub expires: i64,
+    pub disposition: Disposition,
+}
+
+/// Whether a browser should save the content (`attachment`) or show it (`inline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Attachment,
+    Inline,
+}
+
+impl Disposition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Attachment => "attachment",
+            Disposition::Inline => "inline",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "attachment" => Some(Disposition::Attachment),
+            "inline" => Some(Disposition::Inline),
+            _ => None,
+        }
+    }
+}
+
+/// A key download links are signed with; replicas that share it accept each other's links.
+#[derive(Clone)]
+pub struct LinkKey([u8; 32]);
+
+impl LinkKey {
+    /// Derives the key from configured key material (any length; at least 32 bytes of
+    /// entropy is the operator's part) or from the service's own secret.
+    pub fn derive(material: &[u8]) -> Self {
+        Self(blake3::derive_key("artifactd download link v1", material))
+    }
+
+    fn mac(&self, grant: &DownloadGrant) -> blake3::Hash {
+        let mut mac = blake3::Hasher::new_keyed(&self.0);
+        for part in [&grant.tenant, &grant.project, &grant.artifact_id, &grant.version] {
+            // Length-prefixed, so that no two grants sign the same bytes.
+            mac.update(&(part.len() as u64).to_le_bytes());
+            mac.update(part.as_bytes());
+        }
+        mac.update(&grant.expires.to_le_bytes());
+        mac.update(grant.disposition.as_str().as_bytes());
+        mac.finalize()
+    }
+}
+
+impl std::fmt::Debug for LinkKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkKey(..)")
+    }
+}
+
+/// Characters left as they are in a link's path segments and query values.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+fn encode(text: &str) -> percent_encoding::PercentEncode<'_> {
+    percent_encoding::utf8_percent_encode(text, SEGMENT)
+}
+
+impl DownloadGrant {
+    /// The link's path and query, signed with `key`.
+    pub fn signed_path(&self, key: &LinkKey) -> String {
+        format!(
+            "{LINK_PREFIX}/{}/{}/{}/{}?expires={}&disposition={}&signature={}",
+            encode(&self.tenant),
+            encode(&self.project),
+            encode(&self.artifact_id),
+            encode(&self.version),
+            self.expires,
+            self.disposition.as_str(),
+            self.signature(key),
+        )
+    }
+
+    fn signature(&self, key: &LinkKey) -> String {
+        key.mac(self).to_hex().to_string()
+    }
+}
+
+/// Why a link is refused. The client gets 403 whatever the reason (so a forger learns
+/// nothing); the reason is for logs, and never includes the signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkRefusal {
+    /// A query parameter is missing or unreadable.
+    Malformed(String),
+    /// The signature does not match what the link names under any accepted key: tampered
+    /// with, made for another version or tenant, or signed by another installation.
+    BadSignature,
+    /// Authentic, but its time is up.
+    Expired { at: i64 },
+}
+
+impl std::fmt::Display for LinkRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkRefusal::Malformed(what) => write!(f, "the link is malformed: {what}"),
+            LinkRefusal::BadSignature => f.write_str("the link's signature does not match what it names"),
+            LinkRefusal::Expired { at } => write!(f, "the link expired at {at} (Unix seconds)"),
+        }
+    }
+}
+
+/// Checks a link: the path's (decoded) segments and its raw query, at `now` (Unix seconds).
+/// Any of `keys` may have signed it (the first signs new links; the others are earlier
+/// ones, accepted during a key change). The signature is checked before the expiry, so an
+/// expired link is reported as such only when it is authentic.
+pub fn verify_link(
+    keys: &[LinkKey],
+    tenant: &str,
+    project: &str,
+    artifact_id: &str,
+    version: &str,
+    query: &str,
+    now: i64,
+) -> Result<DownloadGrant, LinkRefusal> {
+    let mut expires = None;
+    let mut disposition = None;
+    let mut signature = None;
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        let slot = match name.as_ref() {
+            "expires" => &mut expires,
+            "disposition" => &mut disposition,
+            "signature" => &mut signature,
+            _ => continue,
+        };
+        if slot.replace(value.into_owned()).is_some() {
+            return Err(LinkRefusal::Malformed(format!("{name} is given twice")));
+        }
+    }
+    let expires = expires
+        .ok_or_else(|| LinkRefusal::Malformed("expires is missing".into()))?
+        .parse::<i64>()
+        .map_err(|_| LinkRefusal::Malformed("expires is not a number".into()))?;
+    let disposition = disposition.map_or(Some(Disposition::Attachment), |d| Disposition::parse(&d));
+    let disposition = disposition
+        .ok_or_else(|| LinkRefusal::Malformed("disposition is neither attachment nor inline".into()))?;
+    let signature = signature.ok_or_else(|| LinkRefusal::Malformed("signature is missing".into()))?;
+    let presented = blake3::Hash::from_hex(&signature)
+        .map_err(|_| LinkRefusal::Malformed("signature is not 64 hex digits".into()))?;
+    let grant = DownloadGrant {
+        tenant: tenant.to_owned(),
+        project: project.to_owned(),
+        artifact_id: artifact_id.to_owned(),
+        version: version.to_owned(),
+        expires,
+        disposition,
+    };
+    // blake3::Hash compares in constant time.
+    if !keys.iter().any(|key| key.mac(&grant) == presented) {
+        return Err(LinkRefusal::BadSignature);
+    }
+    if now >= expires {
+        return Err(LinkRefusal::Expired { at: expires });
+    }
+    Ok(grant)
+}
+
+/// What is known of the version an HTTP request asks for.
+#[derive(Debug, Clone)]
+pub struct Representation {
+    pub size: u64,
+    /// The strong entity tag, quoted (`"<blake3 hex>"`).
+    pub etag: String,
+    /// Seconds since the Unix epoch.
+    pub last_modified: i64,
+}
+
+/// The request headers that decide the answer.
+#[derive(Debug, Clone, Default)]
+pub struct Conditions<'a> {
+    pub if_match: Option<&'a str>,
+    pub if_none_match: Option<&'a str>,
+    pub if_modified_since: Option<i64>,
+    pub if_unmodified_since: Option<i64>,
+    pub if_range: Option<&'a str>,
+    /// `If-Range` as a date, when it is one.
+    pub if_range_date: Option<i64>,
+    pub range: Option<&'a str>,
+}
+
+/// How to answer a GET or HEAD of a representation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// 200 with the whole content.
+    Whole,
+    /// 206 with these bytes.
+    Part(Range<u64>),
+    /// 304.
+    NotModified,
+    /// 412.
+    PreconditionFailed,
+    /// 416, with what was wrong.
+    Unsatisfiable(String),
+}
+
+/// Answers a request per RFC 9110 §13.2.2: `If-Match`, then `If-Unmodified-Since`, then
+/// `If-None-Match`, then `If-Modified-Since`, then `Range` (honoured only when `If-Range`,
+/// if present, still matches). Several ranges that do not merge into one are answered
+/// with the whole content, as the RFC allows, rather than a multipart body.
+pub fn answer(representation: &Representation, conditions: &Conditions<'_>) -> Answer {
+    if let Some(tags) = conditions.if_match {
+        if !tag_list_matches(tags, &representation.etag, true) {
+            return Answer::PreconditionFailed;
+        }
+    } else if let Some(since) = conditions.if_unmodified_since
+        && representation.last_modified > since
+    {
+        return Answer::PreconditionFailed;
+    }
+    if let Some(tags) = conditions.if_none_match {
+        if tag_list_matches(tags, &representation.etag, false) {
+            return Answer::NotModified;
+        }
+    } else if let Some(since) = conditions.if_modified_since
+        && representation.last_modified <= since
+    {
+        return Answer::NotModified;
+    }
+    let Some(range) = conditions.range else {
+        return Answer::Whole;
+    };
+    let range_still_applies = match (conditions.if_range, conditions.if_range_date) {
+        (None, _) => true,
+        (Some(_), Some(date)) => date == representation.last_modified,
+        (Some(tag), None) => strong_match(tag.trim(), &representation.etag),
+    };
+    if !range_still_applies {
+        return Answer::Whole;
+    }
+    let Some(specifier) = range.trim().strip_prefix("bytes=") else {
+        // A range unit this server does not know is ignored (RFC 9110 §14.2).
+        return if range.contains('=') {
+            Answer::Whole
+        } else {
+            Answer::Unsatisfiable(format!("Range {range:?} is not of the form bytes=first-last"))
+        };
+    };
+    let parsed = match http_range_header::parse_range_header(&format!("bytes={}", specifier.trim())) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            return Answer::Unsatisfiable(format!("Range {range:?} is malformed ({error:?})"));
+        }
+    };
+    if representation.size == 0 {
+        return Answer::Unsatisfiable(format!("Range {range:?} asks for bytes of empty content"));
+    }
+    let mut ranges: Vec<Range<u64>> = match parsed.validate(representation.size) {
+        Ok(ranges) => ranges.into_iter().map(|r| *r.start()..*r.end() + 1).collect(),
+        Err(_) => {
+            return Answer::Unsatisfiable(format!(
+                "Range {range:?} lies outside the content's {} bytes",
+                representation.size
+            ));
+        }
+    };
+    ranges.sort_by_key(|r| r.start);
+    let merged = ranges
+        .into_iter()
+        .fold(Vec::<Range<u64>>::new(), |mut merged, next| {
+            match merged.last_mut() {
+                Some(last) if next.start <= last.end => last.end = last.end.max(next.end),
+                _ => merged.push(next),
+            }
+            merged
+        });
+    match merged.as_slice() {
+        [only] => Answer::Part(only.clone()),
+        _ => Answer::Whole,
+    }
+}
+
+/// Whether a comma-separated list of entity tags (or `*`) matches `etag`; `strong` asks
+/// for the strong comparison (`If-Match`), otherwise weak tags match too (`If-None-Match`).
+fn tag_list_matches(list: &str, etag: &str, strong: bool) -> bool {
+    list.split(',').map(str::trim).any(|tag| {
+        tag == "*"
+            || if strong {
+                strong_match(tag, etag)
+            } else {
+                tag.strip_prefix("W/").unwrap_or(tag) == etag
+            }
+    })
+}
+
+fn strong_match(tag: &str, etag: &str) -> bool {
+    !tag.starts_with("W/") && tag == etag
+}
+
+/// `Content-Disposition` for a file called `name`: an ASCII fallback and the exact name
+/// (RFC 6266, RFC 8187).
+pub fn content_disposition(disposition: Disposition, name: &str) -> String {
+    let fallback: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!(
+        "{}; filename=\"{fallback}\"; filename*=UTF-8''{}",
+        disposition.as_str(),
+        encode(name)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant() -> DownloadGrant {
+        DownloadGrant {
+            tenant: "acme".into(),
+            project: "web".into(),
+            artifact_id: "0190c0de-0000-7000-8000-000000000001".into(),
+            version: "1.2.0+build.7".into(),
+            expires: 2_000,
+            disposition: Disposition::Attachment,
+        }
+    }
+
+    fn query(path: &str) -> &str {
+        path.split_once('?').unwrap().1
+    }
+
+    fn check(
+        keys: &[LinkKey],
+        grant: &DownloadGrant,
+        query: &str,
+        now: i64,
+    ) -> Result<DownloadGrant, LinkRefusal> {
+        verify_link(
+            keys,
+            &grant.tenant,
+            &grant.project,
+            &grant.artifact_id,
+            &grant.version,
+            query,
+            now,
+        )
+    }
+
+    #[test]
+    fn a_link_grants_exactly_what_it_names_until_it_expires() {
+        let key = LinkKey::derive(b"a shared key of at least 32 bytes!!");
+        let grant = grant();
+        let path = grant.signed_path(&key);
+        assert!(
+            path.starts_with("/v1/download/acme/web/0190c0de-0000-7000-8000-000000000001/1.2.0%2Bbuild.7?"),
+            "{path}"
+        );
+        assert_eq!(
+            check(std::slice::from_ref(&key), &grant, query(&path), 1_999),
+            Ok(grant.clone())
+        );
+        assert_eq!(
+            check(std::slice::from_ref(&key), &grant, query(&path), 2_000),
+            Err(LinkRefusal::Expired { at: 2_000 })
+        );
+        // Another version, tenant, project or artifact under the same signature.
+        for other in [
+            DownloadGrant {
+                version: "1.2.1".into(),
+                ..grant.clone()
+            },
+            DownloadGrant {
+                tenant: "globex".into(),
+                ..grant.clone()
+            },
+            DownloadGrant {
+                project: "webx".into(),
+                ..grant.clone()
+            },
+            DownloadGrant {
+                artifact_id: "0190c0de-0000-7000-8000-000000000002".into(),
+                ..grant.clone()
+            },
+        ] {
+            assert_eq!(
+                check(std::slice::from_ref(&key), &other, query(&path), 1_000),
+                Err(LinkRefusal::BadSignature)
+            );
+        }
+        // A later expiry or another disposition in the query.
+        let later = query(&path).replace("expires=2000", "expires=9000");
+        assert_eq!(
+            check(std::slice::from_ref(&key), &grant, &later, 1_000),
+            Err(LinkRefusal::BadSignature)
+        );
+        let inline = query(&path).replace("attachment", "inline");
+        assert_eq!(
+            check(std::slice::from_ref(&key), &grant, &inline, 1_000),
+            Err(LinkRefusal::BadSignature)
+        );
+        // Signed by another installation; accepted again once its key is among the keys.
+        let theirs = LinkKey::derive(b"another installation's key.......");
+        assert_eq!(
+            check(std::slice::from_ref(&theirs), &grant, query(&path), 1_000),
+            Err(LinkRefusal::BadSignature)
+        );
+        assert!(check(&[theirs, key], &grant, query(&path), 1_000).is_ok());
+    }
+
+    #[test]
+    fn malformed_links_say_what_is_wrong() {
+        let key = LinkKey::derive(b"k");
+        let grant = grant();
+        for (query, what) in [
+            ("disposition=inline&signature=00", "expires is missing"),
+            ("expires=soon&signature=00", "expires is not a number"),
+            ("expires=5", "signature is missing"),
+            ("expires=5&signature=xyz", "signature is not 64 hex digits"),
+            ("expires=5&expires=6&signature=00", "expires is given twice"),
+            (
+                "expires=5&disposition=download&signature=00",
+                "disposition is neither",
+            ),
+        ] {
+            match check(std::slice::from_ref(&key), &grant, query, 0) {
+                Err(LinkRefusal::Malformed(message)) => {
+                    assert!(message.starts_with(what), "{query}: {message}")
+                }
+                other => panic!("{query}: {other:?}"),
+            }
+        }
+    }
+
+    fn representation() -> Representation {
+        Representation {
+            size: 1000,
+            etag: "\"abc\"".into(),
+            last_modified: 500,
+        }
+    }
+
+    fn ask(conditions: Conditions<'_>) -> Answer {
+        answer(&representation(), &conditions)
+    }
+
+    #[test]
+    fn ranges() {
+        let range = |r| {
+            ask(Conditions {
+                range: Some(r),
+                ..Default::default()
+            })
+        };
+        assert_eq!(range("bytes=0-99"), Answer::Part(0..100));
+        assert_eq!(range("bytes=900-"), Answer::Part(900..1000));
+        assert_eq!(range("bytes=-10"), Answer::Part(990..1000));
+        assert_eq!(range("bytes=990-5000"), Answer::Part(990..1000));
+        assert_eq!(range("bytes=0-"), Answer::Part(0..1000));
+        assert_eq!(range("bytes=0-9,10-19"), Answer::Part(0..20));
+        assert_eq!(range("bytes=0-9,500-509"), Answer::Whole);
+        assert_eq!(range("items=0-9"), Answer::Whole);
+        for bad in ["bytes=1000-", "bytes=5000-6000", "bytes=-0"] {
+            assert!(
+                matches!(range(bad), Answer::Unsatisfiable(m) if m.contains(bad)),
+                "{bad}"
+            );
+        }
+        for malformed in ["bytes=abc", "bytes=9-3", "0-9", "bytes=1-2-3"] {
+            assert!(
+                matches!(range(malformed), Answer::Unsatisfiable(_)),
+                "{malformed}"
+            );
+        }
+        let empty = Representation {
+            size: 0,
+            ..representation()
+        };
+        assert!(matches!(
+            answer(
+                &empty,
+                &Conditions {
+                    range: Some("bytes=0-"),
+                    ..Default::default()
+                }
+            ),
+            Answer::Unsatisfiable(_)
+        ));
+    }
+
+    #[test]
+    fn conditions_in_the_order_the_rfc_gives() {
+        assert_eq!(
+            ask(Conditions {
+                if_none_match: Some("\"abc\""),
+                ..Default::default()
+            }),
+            Answer::NotModified
+        );
+        assert_eq!(
+            ask(Conditions {
+                if_none_match: Some("W/\"abc\""),
+                ..Default::default()
+            }),
+            Answer::NotModified
+        );
+        assert_eq!(
+            ask(Conditions {
+                if_none_match: Some("\"x\", \"abc\""),
+                ..Default::default()
+            }),
+            Answer::NotModified
+        );
+        assert_eq!(
+            ask(Conditions {
+                if_none_match: Some("*"),
+                ..Default::default()
+            }),
+            Answer::NotModified
+        );
+        assert_eq!(
+            ask(Conditions {
+                if_none_match: Some("\"old\""),
+                ..Default::default()
+            }),
+            Answer::Whole
+        );
+        // If-None-Match wins over If-Modified-Since.
+        assert_eq!(
+            ask(Conditions {
+                if_none_match: Some("\"old\""),
+                if_modified_since: Some(900),
+                ..Default::default()
+            }),
+            Answer::Whole
+        );
+        assert_eq!(
+            ask(Conditions {
+                if_modified_since: Some(500),
+                ..Default::default()
+            }),
+            Answer::NotModified
+        );
+        assert_eq!(
+            ask(Conditions {
+                if_modified_since: Some(499),
+                ..Default::default()
+            }),
+            Answer::Whole
+        );
+        assert_eq!(
+            ask(Conditions {
+                if_match: Some("\"old\""),
+                ..Default::default()
+            }),
+            Answer::PreconditionFailed
+        );
+        assert_eq!(
+            ask(Conditions {
+                if_match: Some("W/\"abc\""),
+                ..Default::default()
+            }),
+            Answer::PreconditionFailed
+        );
+        assert_eq!(
+            ask(Conditions {
+                if_match: Some("\"abc\""),
+                range: Some("bytes=0-0"),
+                ..Default::default()
+            }),
+            Answer::Part(0..1)
+        );
+        assert_eq!(
+            ask(Conditions {
+                if_unmodified_since: Some(499),
+                ..Default::default()
+            }),
+            Answer::PreconditionFailed
+        );
+        // If-Range: the range only while the tag (or date) still matches.
+        assert_eq!(
+            ask(Conditions {
+                if_range: Some("\"abc\""),
+                range: Some("bytes=0-9"),
+                ..Default::default()
+            }),
+            Answer::Part(0..10)
+        );
+        assert_eq!(
+            ask(Conditions {
+                if_range: Some("\"old\""),
+                range: Some("bytes=0-9"),
+                ..Default::default()
+            }),
+            Answer::Whole
+        );
+        assert_eq!(
+            ask(Conditions {
+                if_range: Some("W/\"abc\""),
+                range: Some("bytes=0-9"),
+                ..Default::default()
+            }),
+            Answer::Whole
+        );
+        assert_eq!(
+            ask(Conditions {
+                if_range: Some("date"),
+                if_range_date: Some(500),
+                range: Some("bytes=0-9"),
+                ..Default::default()
+            }),
+            Answer::Part(0..10)
+        );
+        assert_eq!(
+            ask(Conditions {
+                if_range: Some("date"),
+                if_range_date: Some(400),
+                range: Some("bytes=0-9"),
+                ..Default::default()
+            }),
+            Answer::Whole
+        );
+    }
+
+    #[test]
+    fn dispositions_keep_the_name_and_stay_safe_in_a_header() {
+        assert_eq!(
+            content_disposition(Disposition::Attachment, "prd v1.md"),
+            "attachment; filename=\"prd v1.md\"; filename*=UTF-8''prd%20v1.md"
+        );
+        let header = content_disposition(Disposition::Inline, "rés\"umé\r\n.md");
+        assert!(
+            header.starts_with(
+                "inline; filename=\"r_s_um___.md\"; filename*=UTF-8''r%C3%A9s%22um%C3%A9%0D%0A.md"
+            ),
+            "{header}"
+        );
+    }
+}
