@@ -32,7 +32,48 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub audit: AuditConfig,
     pub encryption: EncryptionConfig,
+    pub delivery: DeliveryConfig,
     pub log: LogConfig,
+}
+
+/// Download links over HTTP and the cache of decoded chunks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Where clients reach the HTTP listener (a CDN or load balancer, for example
+    /// `https://artifacts.example.com`): links are made absolute with it. Empty: the
+    /// listener's own address when it is bound to one interface; otherwise links are paths.
+    pub public_url: String,
+    /// The key download links are signed with: any text of at least 32 characters. Replicas
+    /// must share it. Empty: a key derived from the catalog's service secret, which the
+    /// replicas of one catalog already share.
+    pub link_signing_key: Secret,
+    /// ... or a file holding it (for example a mounted Kubernetes Secret).
+    pub link_signing_key_file: String,
+    /// Comma-separated files of earlier keys: links they signed are still accepted (no new
+    /// link is signed with them) until those links expire.
+    pub previous_link_signing_key_files: String,
+    /// How long a link works when the caller does not say.
+    pub link_default_ttl_seconds: u64,
+    /// The longest a link may work.
+    pub link_max_ttl_seconds: u64,
+    /// Memory for decoded chunks that downloads and the search indexer read again
+    /// (0 turns the cache off).
+    pub cache_memory_bytes: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            public_url: String::new(),
+            link_signing_key: Secret::default(),
+            link_signing_key_file: String::new(),
+            previous_link_signing_key_files: String::new(),
+            link_default_ttl_seconds: 3600,
+            link_max_ttl_seconds: 7 * 24 * 3600,
+            cache_memory_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 /// Encryption at rest. Off until a master key is given; then every new pack is sealed.
@@ -323,6 +364,7 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             audit: AuditConfig::default(),
             encryption: EncryptionConfig::default(),
+            delivery: DeliveryConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -442,6 +484,7 @@ impl Config {
             s3.secret_access_key = s3.secret_access_key.redacted();
         }
         shown.encryption.master_key = self.encryption.master_key.redacted();
+        shown.delivery.link_signing_key = self.delivery.link_signing_key.redacted();
         shown
     }
 
@@ -609,6 +652,22 @@ impl Config {
                 "ingest.max_packs_in_flight and ingest.read_ahead_spans must be positive".to_owned(),
             );
         }
+        let delivery = &self.delivery;
+        if delivery.link_default_ttl_seconds == 0
+            || delivery.link_default_ttl_seconds > delivery.link_max_ttl_seconds
+        {
+            return invalid(format!(
+                "delivery.link_default_ttl_seconds = {} must be positive and at most delivery.link_max_ttl_seconds ({})",
+                delivery.link_default_ttl_seconds, delivery.link_max_ttl_seconds
+            ));
+        }
+        let url = &delivery.public_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return invalid(format!(
+                "delivery.public_url = {:?} must start with http:// or https://",
+                delivery.public_url
+            ));
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid(format!(
                 "log.format = {:?} must be \"text\" or \"json\"",
@@ -676,6 +735,60 @@ impl Config {
             retention: self.retention.clone(),
             events: self.events.clone(),
             master_keys: self.master_keys()?.map(std::sync::Arc::new),
+            delivery: self.delivery_settings()?,
+        })
+    }
+
+    /// Download links and the cache, with the signing keys read. Errors name the setting.
+    pub fn delivery_settings(&self) -> Result<crate::app::DeliverySettings, ConfigError> {
+        use crate::domain::delivery::LinkKey;
+        let delivery = &self.delivery;
+        let key_of = |setting: &str, text: &str| -> Result<LinkKey, ConfigError> {
+            let text = text.trim();
+            if text.chars().count() < 32 {
+                return Err(ConfigError::Invalid(format!(
+                    "{setting}: a link signing key must be at least 32 characters, this one has {}",
+                    text.chars().count()
+                )));
+            }
+            Ok(LinkKey::derive(text.as_bytes()))
+        };
+        let from_file = |setting: &str, path: &str| -> Result<LinkKey, ConfigError> {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::Invalid(format!("{setting}: cannot read {path}: {e}")))?;
+            key_of(&format!("{setting} ({path})"), &text)
+        };
+        let mut link_keys = Vec::new();
+        if !delivery.link_signing_key_file.is_empty() {
+            link_keys.push(from_file(
+                "delivery.link_signing_key_file",
+                &delivery.link_signing_key_file,
+            )?);
+        } else if !delivery.link_signing_key.is_empty() {
+            link_keys.push(key_of(
+                "delivery.link_signing_key",
+                delivery.link_signing_key.expose(),
+            )?);
+        }
+        let previous = delivery
+            .previous_link_signing_key_files
+            .split(',')
+            .map(str::trim)
+            .filter(|path| !path.is_empty())
+            .map(|path| from_file("delivery.previous_link_signing_key_files", path))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !previous.is_empty() && link_keys.is_empty() {
+            return Err(ConfigError::Invalid(
+                "delivery.previous_link_signing_key_files needs a current key (delivery.link_signing_key or _file)".to_owned(),
+            ));
+        }
+        link_keys.extend(previous);
+        Ok(crate::app::DeliverySettings {
+            public_url: delivery.public_url.trim_end_matches('/').to_owned(),
+            link_keys,
+            default_link_ttl: Duration::from_secs(delivery.link_default_ttl_seconds),
+            max_link_ttl: Duration::from_secs(delivery.link_max_ttl_seconds),
+            cache_memory_bytes: delivery.cache_memory_bytes,
         })
     }
 

@@ -423,6 +423,10 @@ pub async fn run(
         http: http_listener.local_addr()?,
     };
 
+    // Links are absolute when the HTTP listener's address is one clients can reach.
+    if !addrs.http.ip().is_unspecified() {
+        artifacts.serve_links_at(format!("http://{}", addrs.http));
+    }
     let artifact_service = ArtifactServiceServer::new(ArtifactApi::new(artifacts.clone(), shutdown.clone()))
         .max_decoding_message_size(MAX_DECODED_MESSAGE_BYTES);
     let fallback_service = FallbackServiceServer::new(FallbackApi::new(failover.clone(), sync_requests));
@@ -490,7 +494,8 @@ pub async fn run(
                 async move { metrics.map(|handle| handle.render()).unwrap_or_default() }
             }),
         )
-        .route("/healthz", axum::routing::get(|| async { "ok" }));
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .merge(crate::api::http_links::routes(artifacts.clone()));
     let http_shutdown = shutdown.clone();
     let http = axum::serve(http_listener, http_router)
         .with_graceful_shutdown(async move { http_shutdown.cancelled().await });

@@ -434,6 +434,7 @@ async fn allowed_call(
         ],
         "GetArtifact"
         | "DownloadArtifact"
+        | "CreateDownloadLink"
         | "ListVersions"
         | "GetMetadata"
         | "DeleteArtifact"
@@ -1432,6 +1433,7 @@ async fn artifact_grants(postgres: bool) {
     assert_eq!(status.code(), Code::Ok, "{status:?}");
     for (name, message) in [
         ("DownloadArtifact", scoped(&shared)),
+        ("CreateDownloadLink", scoped(&shared)),
         ("ListVersions", scoped(&shared)),
         ("GetChangeHistory", scoped(&shared)),
     ] {

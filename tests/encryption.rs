@@ -133,7 +133,10 @@ async fn the_store_holds_no_plaintext(postgres: bool) {
 
     let dir = tempfile::tempdir().unwrap();
     let db = database(postgres).await;
-    let server = start_in(dir.path(), &db, &sealed(1));
+    // No chunk cache: the damage done below must reach the read, not a copy kept in memory.
+    let mut settings = sealed(1);
+    settings.push(("ARTIFACTD_DELIVERY__CACHE_MEMORY_BYTES", "0".to_owned()));
+    let server = start_in(dir.path(), &db, &settings);
     let mut client = server.client().await;
     let id = create_id(&mut client, header(T, "p", "doc", "CHANGELOG.md"), &document).await;
     create_id(&mut client, header(T, "p", "doc", "diluted.bin"), &diluted).await;

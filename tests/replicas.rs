@@ -116,6 +116,28 @@ async fn two_replicas_share_one_catalog_and_one_bucket() {
             assert!(&read == content, "artifact {id} differs across replicas");
         }
     }
+    // A download link issued by one replica is served by the other: both sign with the key
+    // derived from the service secret of the catalog they share.
+    let (id, content, _) = &all[1];
+    let issued = client_a
+        .create_download_link(artifactd::proto::CreateDownloadLinkRequest {
+            tenant: T.into(),
+            project: P.into(),
+            artifact_id: id.clone(),
+            ttl_seconds: 60,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let on_b = issued.url.replace(&a.http.to_string(), &b.http.to_string());
+    let fetched = common::http::fetch("GET", &on_b, &[]).await;
+    assert!(
+        fetched.status == 200 && fetched.body == content[..],
+        "{on_b}: {}",
+        fetched.status
+    );
+
     let mut freshness: Vec<Duration> = all.iter().map(|(_, _, visible)| *visible).collect();
     freshness.sort();
     let p99 = freshness[(freshness.len() * 99).div_ceil(100) - 1];

@@ -483,6 +483,35 @@ impl ArtifactService for ArtifactApi {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn create_download_link(
+        &self,
+        request: Request<proto::CreateDownloadLinkRequest>,
+    ) -> Result<Response<proto::CreateDownloadLinkResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        caller.target(&request.artifact_id);
+        let scope = self
+            .authorized_on_id(&caller, request.tenant, request.project, &request.artifact_id)
+            .await?;
+        let link = self
+            .artifacts
+            .create_download_link(
+                &scope,
+                &request.artifact_id,
+                &request.version,
+                request.ttl_seconds,
+                request.inline,
+            )
+            .await?;
+        Ok(Response::new(proto::CreateDownloadLinkResponse {
+            url: link.url,
+            version: link.version,
+            expires_at: Some(convert::timestamp(link.expires_at)),
+            etag: link.etag,
+            size: link.size,
+        }))
+    }
+
     async fn list_versions(
         &self,
         request: Request<ListVersionsRequest>,

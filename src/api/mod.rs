@@ -9,6 +9,7 @@ mod backup_service;
 pub mod convert;
 mod encryption_service;
 mod fallback_service;
+pub mod http_links;
 pub mod request_layer;
 mod retention_service;
 mod search_service;

@@ -2,18 +2,37 @@
 //! fetched ahead of the client with bounded concurrency, every chunk verified against its
 //! keyed hash before a byte of it is sent. Chunks of sealed packs are opened with their
 //! pack's data key first.
+//!
+//! Memory is bounded whatever the artifact's size: the plan is made a window of chunks at a
+//! time, at most `read_ahead_spans` spans are in flight, and each span decodes into one
+//! buffer that leaves as the messages' bytes without another copy. Messages are sized for
+//! the transport ([`MESSAGE_MIN`]..=[`MESSAGE_MAX`]), not for the chunks: a stream of 16 KiB
+//! messages spends its time on per-message overhead in every client.
 
 use super::Inner;
+use super::delivery::ChunkCache;
 use crate::catalog::ChunkLocation;
 use crate::domain::{Error, Result};
-use crate::ingest::chunk::decode;
+use crate::ingest::chunk::Codec;
 use crate::ingest::sealing::DataKey;
 use crate::ingest::{ChunkId, Manifest, PackId, TenantKey};
 use crate::storage::{Decoder, GetOptions, StoreError};
-use bytes::Bytes;
-use futures::{Stream, StreamExt, TryStreamExt};
+use bytes::{Bytes, BytesMut};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
+
+/// Chunks planned per catalog round trip. A window's locations are all a download holds of
+/// the chunk index at a time (about 2,048 × 150 bytes), so planning memory does not grow
+/// with the artifact.
+pub(super) const PLAN_WINDOW_CHUNKS: usize = 2048;
+/// Download messages carry at least this many bytes (except the last), copying small
+/// pieces together…
+pub const MESSAGE_MIN: usize = 256 * 1024;
+/// …and at most this many, slicing large ones without copying.
+pub const MESSAGE_MAX: usize = 1024 * 1024;
 
 /// One chunk's part in a read: where it sits in the span's bytes and which of its decoded
 /// bytes the client asked for.
@@ -26,7 +45,8 @@ pub(super) struct ChunkSlice {
     wanted: Range<usize>,
 }
 
-/// One ranged GET on a pack covering consecutive chunks.
+/// One ranged GET on a pack covering chunks that follow each other both in the content and
+/// in the pack, so that their decoded bytes are one contiguous piece of the content.
 #[derive(Debug, Clone)]
 pub(super) struct ReadSpan {
     pack_key: String,
@@ -34,26 +54,105 @@ pub(super) struct ReadSpan {
     chunks: Vec<ChunkSlice>,
 }
 
-/// Plans the reads for `range` of the content described by `manifest`.
-pub(super) async fn plan(
-    inner: &Inner,
-    tenant: &str,
-    manifest: &Manifest,
-    range: Range<u64>,
-) -> Result<Vec<ReadSpan>> {
-    let mut needed = Vec::new();
-    let mut position = 0u64;
-    for entry in &manifest.entries {
-        let chunk_range = position..position + u64::from(entry.raw_len);
-        position = chunk_range.end;
-        if chunk_range.end <= range.start || chunk_range.start >= range.end {
-            continue;
-        }
-        let wanted_start = range.start.max(chunk_range.start) - chunk_range.start;
-        let wanted_end = range.end.min(chunk_range.end) - chunk_range.start;
-        needed.push((entry.chunk_id, wanted_start as usize..wanted_end as usize));
+impl ReadSpan {
+    fn raw_len(&self) -> usize {
+        self.chunks.iter().map(|c| c.location.raw_len as usize).sum()
     }
-    let ids: Vec<ChunkId> = needed.iter().map(|(id, _)| *id).collect();
+
+    /// The bytes of the span's decoded content that the client asked for.
+    fn wanted(&self) -> Range<usize> {
+        let first = self.chunks.first().map_or(0, |c| c.wanted.start);
+        let last = self
+            .chunks
+            .last()
+            .map_or(0, |c| c.location.raw_len as usize - c.wanted.end);
+        first..self.raw_len() - last
+    }
+}
+
+/// The chunks of `range` in manifest order, a window at a time.
+struct Windows {
+    manifest: Manifest,
+    range: Range<u64>,
+    next: usize,
+    position: u64,
+}
+
+impl Windows {
+    fn new(manifest: Manifest, range: Range<u64>) -> Self {
+        Self {
+            manifest,
+            range,
+            next: 0,
+            position: 0,
+        }
+    }
+
+    fn next_window(&mut self) -> Option<Vec<(ChunkId, Range<usize>)>> {
+        let mut window = Vec::new();
+        while window.len() < PLAN_WINDOW_CHUNKS && self.position < self.range.end {
+            let Some(entry) = self.manifest.entries.get(self.next) else {
+                break;
+            };
+            self.next += 1;
+            let chunk = self.position..self.position + u64::from(entry.raw_len);
+            self.position = chunk.end;
+            if chunk.end <= self.range.start {
+                continue;
+            }
+            let start = self.range.start.max(chunk.start) - chunk.start;
+            let end = self.range.end.min(chunk.end) - chunk.start;
+            window.push((entry.chunk_id, start as usize..end as usize));
+        }
+        (!window.is_empty()).then_some(window)
+    }
+}
+
+/// Streams `range` of the content described by `manifest`: the first window is planned
+/// before this returns (so a missing chunk or a destroyed key is an error before any byte),
+/// later ones while earlier spans are being sent.
+pub(super) async fn stream(
+    inner: Arc<Inner>,
+    tenant: String,
+    key: TenantKey,
+    manifest: Manifest,
+    range: Range<u64>,
+) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static> {
+    let mut windows = Windows::new(manifest, range);
+    let first = match windows.next_window() {
+        Some(window) => plan(&inner, &tenant, window).await?,
+        None => Vec::new(),
+    };
+    let rest = futures::stream::try_unfold(
+        (inner.clone(), tenant, windows),
+        |(inner, tenant, mut windows)| async move {
+            let Some(window) = windows.next_window() else {
+                return Ok(None);
+            };
+            let spans = plan(&inner, &tenant, window).await?;
+            Ok(Some((spans, (inner, tenant, windows))))
+        },
+    );
+    let read_ahead = inner.settings.ingest.read_ahead_spans.max(1);
+    let pieces = futures::stream::once(futures::future::ready(Ok(first)))
+        .chain(rest)
+        .map_ok(|spans| futures::stream::iter(spans.into_iter().map(Ok)))
+        .try_flatten()
+        .map(move |span: Result<ReadSpan>| match span {
+            Ok(span) => fetch_span(inner.clone(), key.clone(), span).boxed(),
+            Err(error) => futures::future::ready(Err(error)).boxed(),
+        })
+        .buffered(read_ahead)
+        .map_ok(|pieces| futures::stream::iter(pieces.into_iter().map(Ok)))
+        .try_flatten();
+    Ok(coalesce(pieces, MESSAGE_MIN, MESSAGE_MAX))
+}
+
+/// Plans the reads of one window of chunks.
+async fn plan(inner: &Inner, tenant: &str, needed: Vec<(ChunkId, Range<usize>)>) -> Result<Vec<ReadSpan>> {
+    let mut ids: Vec<ChunkId> = needed.iter().map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    ids.dedup();
     let locations = inner.catalog.chunk_locations(tenant, &ids).await?;
     explain_missing(inner, tenant, &ids, &locations).await?;
     let data_keys = inner
@@ -142,27 +241,32 @@ async fn explain_missing(
     })
 }
 
-/// Streams the planned reads, `read_ahead` spans ahead of the consumer.
-pub(super) fn stream(
-    inner: Arc<Inner>,
-    key: TenantKey,
-    spans: Vec<ReadSpan>,
-) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
-    let read_ahead = inner.settings.ingest.read_ahead_spans.max(1);
-    futures::stream::iter(spans)
-        .map(move |span| fetch_span(inner.clone(), key.clone(), span))
-        .buffered(read_ahead)
-        .map_ok(|pieces| futures::stream::iter(pieces.into_iter().map(Ok)))
-        .try_flatten()
-}
-
-/// Reads one span. Decoding and checking every chunk happens inside the store's read, so a
+/// Reads one span: from the chunk cache when it holds every chunk of it, otherwise from
+/// the store. Decoding and checking every chunk happens inside the store's read, so a
 /// store with a second copy (failover) answers a corrupt copy by reading the other one.
 async fn fetch_span(inner: Arc<Inner>, key: TenantKey, span: ReadSpan) -> Result<Vec<Bytes>> {
+    let cache = &inner.cache;
+    if cache.enabled() {
+        let cached: Option<Vec<Bytes>> = span
+            .chunks
+            .iter()
+            .map(|chunk| Some(cache.get(&chunk.chunk_id)?.slice(chunk.wanted.clone())))
+            .collect();
+        if let Some(pieces) = cached {
+            cache.record_hits(pieces.len(), pieces.iter().map(Bytes::len).sum());
+            return Ok(pieces);
+        }
+        cache.record_misses(span.chunks.len());
+    }
     let span = Arc::new(span);
     let decode: Decoder = {
         let span = span.clone();
-        Arc::new(move |bytes: &[u8]| decode_span(&key, &span, bytes).map_err(|e| e.to_string()))
+        let inner = inner.clone();
+        Arc::new(move |bytes: &[u8]| {
+            decode_span(&key, &span, bytes, &inner.cache)
+                .map(|piece| vec![piece])
+                .map_err(|e| e.to_string())
+        })
     };
     let pieces = inner
         .store
@@ -185,8 +289,14 @@ async fn fetch_span(inner: Arc<Inner>, key: TenantKey, span: ReadSpan) -> Result
     Ok(pieces)
 }
 
-fn decode_span(key: &TenantKey, span: &ReadSpan, bytes: &[u8]) -> Result<Vec<Bytes>> {
-    let mut pieces = Vec::with_capacity(span.chunks.len());
+/// Decodes a span's chunks one after the other into one buffer, checking each against its
+/// id in place (keeping a copy of each in `cache`), and returns the part the client asked
+/// for.
+fn decode_span(key: &TenantKey, span: &ReadSpan, bytes: &[u8], cache: &ChunkCache) -> Result<Bytes> {
+    thread_local! {
+        static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(span.raw_len());
     for chunk in &span.chunks {
         let start = (chunk.location.offset - span.range.start) as usize;
         let stored = &bytes[start..start + chunk.location.stored_len as usize];
@@ -207,14 +317,42 @@ fn decode_span(key: &TenantKey, span: &ReadSpan, bytes: &[u8]) -> Result<Vec<Byt
             }
             None => stored,
         };
-        let raw = decode(chunk.location.codec, stored, chunk.location.raw_len as usize).map_err(|e| {
+        let raw_len = chunk.location.raw_len as usize;
+        let at = out.len();
+        let undecodable = |reason: String| {
             Error::DataLoss(format!(
-                "chunk {} in {} cannot be decoded: {e}",
+                "chunk {} in {} cannot be decoded: {reason}",
                 chunk.chunk_id.to_hex(),
                 span.pack_key
             ))
-        })?;
-        if key.chunk_id(&raw) != chunk.chunk_id {
+        };
+        match chunk.location.codec {
+            Codec::Raw if stored.len() == raw_len => out.extend_from_slice(stored),
+            Codec::Raw => {
+                return Err(undecodable(format!(
+                    "{} stored bytes for {raw_len} raw bytes",
+                    stored.len()
+                )));
+            }
+            Codec::Zstd => {
+                out.resize(at + raw_len, 0);
+                let written = DECOMPRESSOR
+                    .with_borrow_mut(|slot| {
+                        if slot.is_none() {
+                            *slot = Some(zstd::bulk::Decompressor::new()?);
+                        }
+                        let decompressor = slot.as_mut().expect("set just above");
+                        decompressor.decompress_to_buffer(stored, &mut out[at..])
+                    })
+                    .map_err(|e| undecodable(e.to_string()))?;
+                if written != raw_len {
+                    return Err(undecodable(format!(
+                        "decompressed to {written} bytes, expected {raw_len}"
+                    )));
+                }
+            }
+        }
+        if key.chunk_id(&out[at..]) != chunk.chunk_id {
             metrics::counter!(crate::telemetry::names::CHECKSUM_MISMATCHES_TOTAL).increment(1);
             return Err(Error::DataLoss(format!(
                 "chunk {} in {} does not match its hash",
@@ -222,8 +360,144 @@ fn decode_span(key: &TenantKey, span: &ReadSpan, bytes: &[u8]) -> Result<Vec<Byt
                 span.pack_key
             )));
         }
-        let raw = Bytes::from(raw);
-        pieces.push(raw.slice(chunk.wanted.clone()));
+        cache.insert(chunk.chunk_id, &out[at..]);
     }
-    Ok(pieces)
+    Ok(Bytes::from(out).slice(span.wanted()))
+}
+
+/// Regroups a stream of pieces into messages of `min..=max` bytes (the last may be
+/// smaller): large pieces are sliced without copying, small ones copied together.
+pub fn coalesce<S>(pieces: S, min: usize, max: usize) -> impl Stream<Item = Result<Bytes>> + Send
+where
+    S: Stream<Item = Result<Bytes>> + Send,
+{
+    struct State<S> {
+        pieces: std::pin::Pin<Box<S>>,
+        ready: VecDeque<Bytes>,
+        partial: BytesMut,
+        ended: bool,
+    }
+    let state = State {
+        pieces: Box::pin(pieces),
+        ready: VecDeque::new(),
+        partial: BytesMut::new(),
+        ended: false,
+    };
+    futures::stream::unfold(state, move |mut state| async move {
+        loop {
+            if let Some(message) = state.ready.pop_front() {
+                return Some((Ok(message), state));
+            }
+            if state.ended {
+                if state.partial.is_empty() {
+                    return None;
+                }
+                let last = state.partial.split().freeze();
+                return Some((Ok(last), state));
+            }
+            match state.pieces.next().await {
+                None => state.ended = true,
+                Some(Err(error)) => {
+                    // Nothing after an error: what was gathered is not sent either.
+                    state.ended = true;
+                    state.partial.clear();
+                    return Some((Err(error), state));
+                }
+                Some(Ok(mut piece)) => {
+                    if !state.partial.is_empty() {
+                        let top_up = (min - state.partial.len().min(min)).min(piece.len());
+                        state.partial.extend_from_slice(&piece.split_to(top_up));
+                        if state.partial.len() >= min {
+                            state.ready.push_back(state.partial.split().freeze());
+                        }
+                    }
+                    if piece.len() < min {
+                        state.partial.extend_from_slice(&piece);
+                    } else {
+                        let parts = piece.len().div_ceil(max);
+                        let size = piece.len().div_ceil(parts);
+                        while !piece.is_empty() {
+                            let take = size.min(piece.len());
+                            state.ready.push_back(piece.split_to(take));
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(pieces: Vec<usize>, min: usize, max: usize) -> (Vec<usize>, Vec<u8>) {
+        let mut next = 0u8;
+        let input: Vec<Result<Bytes>> = pieces
+            .into_iter()
+            .map(|len| {
+                Ok(Bytes::from(
+                    (0..len)
+                        .map(|_| {
+                            next = next.wrapping_add(1);
+                            next
+                        })
+                        .collect::<Vec<u8>>(),
+                ))
+            })
+            .collect();
+        let expected: Vec<u8> = input
+            .iter()
+            .flat_map(|piece| piece.as_ref().unwrap().to_vec())
+            .collect();
+        let output: Vec<Bytes> =
+            futures::executor::block_on(coalesce(futures::stream::iter(input), min, max).try_collect())
+                .unwrap();
+        let joined: Vec<u8> = output.iter().flat_map(|b| b.to_vec()).collect();
+        assert_eq!(joined, expected, "the bytes and their order are kept");
+        (output.iter().map(Bytes::len).collect(), joined)
+    }
+
+    #[test]
+    fn messages_are_sized_for_the_transport_whatever_the_pieces() {
+        // Small pieces are gathered up to the minimum.
+        let (out, _) = sizes(vec![10; 25], 64, 256);
+        assert!(
+            out[..out.len() - 1].iter().all(|&n| (64..=256).contains(&n)),
+            "{out:?}"
+        );
+        // A large piece is cut into near-equal messages no larger than the maximum.
+        let (out, _) = sizes(vec![1000], 64, 256);
+        assert_eq!(out, vec![250, 250, 250, 250]);
+        // Mixed: a small piece tops up from the next large one; every message but the last is
+        // within bounds.
+        for pieces in [
+            vec![5, 300, 7, 7, 1000, 63, 64, 65],
+            vec![257, 1, 513],
+            vec![0, 0, 64],
+        ] {
+            let (out, _) = sizes(pieces.clone(), 64, 256);
+            let (last, rest) = out.split_last().unwrap();
+            assert!(
+                rest.iter().all(|&n| (64..=256).contains(&n)),
+                "{pieces:?} → {out:?}"
+            );
+            assert!(*last <= 256 && *last > 0, "{pieces:?} → {out:?}");
+        }
+        assert!(sizes(vec![], 64, 256).0.is_empty());
+        assert!(sizes(vec![0, 0], 64, 256).0.is_empty());
+    }
+
+    #[test]
+    fn an_error_ends_the_messages() {
+        let input = vec![
+            Ok(Bytes::from(vec![1u8; 10])),
+            Err(Error::DataLoss("gone".into())),
+            Ok(Bytes::from(vec![2u8; 10])),
+        ];
+        let output: Vec<Result<Bytes>> =
+            futures::executor::block_on(coalesce(futures::stream::iter(input), 64, 256).collect());
+        assert_eq!(output.len(), 1);
+        assert!(matches!(output[0], Err(Error::DataLoss(_))));
+    }
 }

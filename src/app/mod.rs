@@ -4,6 +4,7 @@
 mod access;
 mod backup;
 mod check;
+mod delivery;
 mod dependencies;
 mod download;
 mod gc;
@@ -21,6 +22,7 @@ pub use backup::{
     RestoredArtifact, restore_changes,
 };
 pub use check::CheckReport;
+pub use delivery::{DeliverySettings, DownloadLink, etag_of};
 pub use dependencies::{
     DependencyFilter, DependencyHit, DependencyRelation, DependentVersion, RequiredBy, Resolution,
     ResolvePolicy, Resolved, Unsatisfied,
@@ -104,6 +106,8 @@ pub struct Settings {
     pub events: EventSettings,
     /// Encryption at rest is on when master keys are given.
     pub master_keys: Option<Arc<MasterKeys>>,
+    /// Download links and the chunk cache.
+    pub delivery: DeliverySettings,
 }
 
 impl Default for Settings {
@@ -114,6 +118,7 @@ impl Default for Settings {
             retention: RetentionSettings::default(),
             events: EventSettings::default(),
             master_keys: None,
+            delivery: DeliverySettings::default(),
         }
     }
 }
@@ -129,6 +134,10 @@ pub(crate) struct Inner {
     pub(crate) reads: retention::RecentReads,
     /// Both sides of a failover pair, where there is one: backups write to each.
     pub(crate) failover: std::sync::OnceLock<Arc<crate::storage::FailoverStore>>,
+    /// Decoded chunks read again by downloads and the indexer.
+    pub(crate) cache: delivery::ChunkCache,
+    /// The HTTP listener's address, for links when no public address is configured.
+    pub(crate) link_base: std::sync::OnceLock<String>,
 }
 
 impl Inner {
@@ -313,6 +322,7 @@ impl Artifacts {
         let service_secret = catalog.service_secret().await?;
         catalog.start_journal(now_micros()).await?;
         let keys = keys::Keyring::new(settings.master_keys.clone());
+        let cache = delivery::ChunkCache::new(settings.delivery.cache_memory_bytes);
         Ok(Self {
             inner: Arc::new(Inner {
                 catalog,
@@ -322,6 +332,8 @@ impl Artifacts {
                 keys,
                 reads: retention::RecentReads::default(),
                 failover: std::sync::OnceLock::new(),
+                cache,
+                link_base: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -396,6 +408,9 @@ impl Artifacts {
     pub async fn destroy_tenant_keys(&self, tenant: &str) -> Result<crate::domain::encryption::ShredReport> {
         self.delete_tenant_backups(tenant).await?;
         let report = self.inner.keys.destroy(&self.inner.catalog, tenant).await?;
+        // Reads plan from the chunk index, which forgets the tenant's chunks, so nothing
+        // cached could be served; it must not linger in memory either.
+        self.inner.cache.clear();
         if let Err(error) = self.delete_tenant_backups(tenant).await {
             tracing::warn!(%tenant, %error, "a backup taken while the keys were destroyed could not be deleted; delete it");
         }
@@ -893,15 +908,15 @@ impl Artifacts {
                 plan.version.version, plan.artifact.id
             ))
         })?;
-        let spans = download::plan(
-            &self.inner,
-            &plan.artifact.scope.tenant,
-            &manifest,
+        let key = TenantKey::derive(&self.inner.secret(), &plan.artifact.scope.tenant);
+        download::stream(
+            self.inner.clone(),
+            plan.artifact.scope.tenant.clone(),
+            key,
+            manifest,
             plan.offset..plan.offset + plan.length,
         )
-        .await?;
-        let key = TenantKey::derive(&self.inner.secret(), &plan.artifact.scope.tenant);
-        Ok(download::stream(self.inner.clone(), key, spans))
+        .await
     }
 }
 

@@ -35,6 +35,7 @@ pub fn of(path: &str) -> Option<Policy> {
         ("artifactd.v1.ArtifactService", method) => Scoped(match method {
             "GetArtifact"
             | "DownloadArtifact"
+            | "CreateDownloadLink"
             | "ListVersions"
             | "GetMetadata"
             | "ListArtifacts"
@@ -139,6 +140,7 @@ pub fn audited(path: &str, code: tonic::Code, recorded_with_change: bool) -> boo
         Some(Policy::Scoped(Permission::Read)) => matches!(
             method,
             "DownloadArtifact"
+                | "CreateDownloadLink"
                 | "DiffVersions"
                 | "Search"
                 | "SearchByTags"

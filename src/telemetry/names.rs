@@ -23,6 +23,16 @@ macro_rules! metric_names {
 }
 
 metric_names! {
+    CHUNK_CACHE_HITS_TOTAL = "artifactd_chunk_cache_hits_total", Counter,
+        "Chunks a read found in the memory cache of decoded chunks";
+    CHUNK_CACHE_HIT_BYTES_TOTAL = "artifactd_chunk_cache_hit_bytes_total", Counter,
+        "Bytes of decoded chunks served from the memory cache";
+    CHUNK_CACHE_MISSES_TOTAL = "artifactd_chunk_cache_misses_total", Counter,
+        "Chunks a read looked for in the memory cache and did not find";
+    CHUNK_CACHE_BYTES = "artifactd_chunk_cache_bytes", Gauge,
+        "Bytes the memory cache of decoded chunks holds, with its bookkeeping";
+    HTTP_DOWNLOADS_TOTAL = "artifactd_http_downloads_total", Counter,
+        "Requests of download links on the HTTP listener, by status code";
     AUDIT_WRITE_FAILURES_TOTAL = "artifactd_audit_write_failures_total", Counter,
         "Audit entries of finished calls that could not be written to the catalog";
     ACCESS_FLAGS_TOTAL = "artifactd_access_flags_total", Counter,

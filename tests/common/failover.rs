@@ -31,6 +31,9 @@ pub fn failover_tuning() -> Vec<(String, String)> {
         ),
         ("ARTIFACTD_STORAGE__FAILOVER__REPLICATION_RETRY_INITIAL_MS", "100"),
         ("ARTIFACTD_STORAGE__FAILOVER__REPLICATION_RETRY_MAX_MS", "1000"),
+        // Reads reach the stores (these tests are about what the stores answer), not the
+        // memory cache of decoded chunks.
+        ("ARTIFACTD_DELIVERY__CACHE_MEMORY_BYTES", "0"),
         // Small packs: every upload below spans several of them.
         ("ARTIFACTD_INGEST__PACK_TARGET_BYTES", "262144"),
     ]

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod binary;
 pub mod client;
 pub mod failover;
+pub mod http;
 pub mod moto;
 pub mod postgres;
 pub mod proxy;

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import re
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -74,6 +76,30 @@ def test_upload_update_and_a_resumed_verified_download(server: str, tmp_path: Pa
         with pytest.raises(IntegrityError):
             client.download_to(broken, "acme", p, artifact_id, version="1.0.0")
         assert not broken.exists() and not (tmp_path / "broken.bin.part").exists()
+
+
+def test_a_download_link_serves_the_version_over_plain_http(server: str) -> None:
+    p = project()
+    content = os.urandom(300_000)
+    with Client(server) as client:
+        created = client.create("acme", p, "bundle", "linked.bin", content)
+        link = client.download_link("acme", p, created.artifact.id, ttl_seconds=120)
+        assert link.version == "1.0.0" and link.size == len(content)
+        with urllib.request.urlopen(link.url) as response:
+            assert response.status == 200
+            assert response.headers["ETag"] == link.etag
+            assert response.read() == content
+        ranged = urllib.request.Request(link.url, headers={"Range": "bytes=10-19"})
+        with urllib.request.urlopen(ranged) as response:
+            assert response.status == 206
+            assert response.read() == content[10:20]
+        with pytest.raises(urllib.error.HTTPError) as forged:
+            urllib.request.urlopen(link.url.replace("expires=", "expires=1"))
+        assert forged.value.code == 403
+        with pytest.raises(ArtifactdError) as too_long:
+            client.download_link("acme", p, created.artifact.id, ttl_seconds=10**9)
+        assert too_long.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "ttl_seconds" in too_long.value.message
 
 
 def test_listing_searching_and_labels(server: str) -> None:

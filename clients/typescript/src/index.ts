@@ -14,6 +14,7 @@ import {
   BumpKind,
   type CreateArtifactRequest,
   CreateArtifactRequestSchema,
+  type CreateDownloadLinkResponse,
   type CreateArtifactResponse,
   type UpdateArtifactRequest,
   UpdateArtifactRequestSchema,
@@ -162,6 +163,24 @@ export class ArtifactdClient {
       yield* page.items;
       pageToken = page.nextPageToken;
     } while (pageToken);
+  }
+
+  /** A link that downloads one version over plain HTTP (ranges, ETag, conditional requests)
+   * until it expires, for browsers and CDNs; the latest version unless one is named. */
+  async downloadLink(
+    tenant: string,
+    project: string,
+    artifactId: string,
+    options: { version?: string; ttlSeconds?: number; inline?: boolean } = {},
+  ): Promise<CreateDownloadLinkResponse> {
+    return this.artifacts.createDownloadLink({
+      tenant,
+      project,
+      artifactId,
+      version: options.version ?? "",
+      ttlSeconds: options.ttlSeconds ?? 0,
+      inline: options.inline ?? false,
+    });
   }
 
   /** The server's version, its background jobs and the health of each service it reports. */

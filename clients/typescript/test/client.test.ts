@@ -95,6 +95,27 @@ test("upload, update, resumed verified download, list and search", async () => {
   assert.deepEqual(hits.sort(), ["data.bin", "numbat-1.md", "numbat-2.md"]);
 });
 
+test("a download link serves the version over plain HTTP", async () => {
+  const client = new ArtifactdClient({ baseUrl });
+  const project = `ts${randomUUID().slice(0, 8)}`;
+  const content = new Uint8Array(randomBytes(200 * 1024));
+  const created = await client.create("acme", project, "bundle", "linked.bin", content);
+  const link = await client.downloadLink("acme", project, created.artifact!.id, { ttlSeconds: 120, inline: true });
+  assert.equal(link.size, BigInt(content.length));
+  const whole = await fetch(link.url);
+  assert.equal(whole.status, 200);
+  assert.equal(whole.headers.get("etag"), link.etag);
+  assert.match(whole.headers.get("content-disposition") ?? "", /^inline; filename="linked.bin"/);
+  assert.deepEqual(new Uint8Array(await whole.arrayBuffer()), content);
+  const part = await fetch(link.url, { headers: { range: "bytes=-16" } });
+  assert.equal(part.status, 206);
+  assert.deepEqual(new Uint8Array(await part.arrayBuffer()), content.slice(-16));
+  const cached = await fetch(link.url, { headers: { "if-none-match": link.etag } });
+  assert.equal(cached.status, 304);
+  const forged = await fetch(link.url.replace("inline", "attachment"));
+  assert.equal(forged.status, 403);
+});
+
 test("errors reach the caller with the server's code and message", async () => {
   const client = new ArtifactdClient({ baseUrl });
   const missing = randomUUID();

@@ -470,6 +470,30 @@ class Client:
             lambda: self.artifacts.GetArtifact(request, metadata=self._metadata, timeout=self._timeout)
         )
 
+    def download_link(
+        self,
+        tenant: str,
+        project: str,
+        artifact_id: str,
+        *,
+        version: str = "",
+        ttl_seconds: int = 0,
+        inline: bool = False,
+    ) -> artifact_pb2.CreateDownloadLinkResponse:
+        """A link that downloads one version over plain HTTP (with ranges and ETags) until it
+        expires, for browsers and CDNs; the latest version unless one is named."""
+        request = artifact_pb2.CreateDownloadLinkRequest(
+            tenant=tenant,
+            project=project,
+            artifact_id=artifact_id,
+            version=version,
+            ttl_seconds=ttl_seconds,
+            inline=inline,
+        )
+        return self._idempotent(
+            lambda: self.artifacts.CreateDownloadLink(request, metadata=self._metadata, timeout=self._timeout)
+        )
+
     def get_metadata(
         self, tenant: str, project: str, artifact_id: str, *, version: str = ""
     ) -> artifact_pb2.GetMetadataResponse:

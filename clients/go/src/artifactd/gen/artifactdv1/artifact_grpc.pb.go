@@ -28,6 +28,11 @@ type ArtifactServiceClient interface {
 	// Streams a version's content: first a header, then data messages. Offset and length allow
 	// resuming an interrupted download and reading a range.
 	DownloadArtifact(ctx context.Context, in *DownloadArtifactRequest, opts ...grpc.CallOption) (ArtifactService_DownloadArtifactClient, error)
+	// Issues a link that downloads one version over plain HTTP (GET and HEAD on the HTTP
+	// listener, with Range, ETag and conditional requests) until it expires, for browsers and
+	// CDNs. The caller's right to read the artifact is checked now; the link needs no
+	// credentials and names one version, so what it serves never changes.
+	CreateDownloadLink(ctx context.Context, in *CreateDownloadLinkRequest, opts ...grpc.CallOption) (*CreateDownloadLinkResponse, error)
 	// Lists an artifact's versions, newest first.
 	ListVersions(ctx context.Context, in *ListVersionsRequest, opts ...grpc.CallOption) (*ListVersionsResponse, error)
 	// Returns the metadata recorded with a version.
@@ -209,6 +214,15 @@ func (x *artifactServiceDownloadArtifactClient) Recv() (*DownloadArtifactRespons
 		return nil, err
 	}
 	return m, nil
+}
+
+func (c *artifactServiceClient) CreateDownloadLink(ctx context.Context, in *CreateDownloadLinkRequest, opts ...grpc.CallOption) (*CreateDownloadLinkResponse, error) {
+	out := new(CreateDownloadLinkResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.ArtifactService/CreateDownloadLink", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (c *artifactServiceClient) ListVersions(ctx context.Context, in *ListVersionsRequest, opts ...grpc.CallOption) (*ListVersionsResponse, error) {
@@ -447,6 +461,11 @@ type ArtifactServiceServer interface {
 	// Streams a version's content: first a header, then data messages. Offset and length allow
 	// resuming an interrupted download and reading a range.
 	DownloadArtifact(*DownloadArtifactRequest, ArtifactService_DownloadArtifactServer) error
+	// Issues a link that downloads one version over plain HTTP (GET and HEAD on the HTTP
+	// listener, with Range, ETag and conditional requests) until it expires, for browsers and
+	// CDNs. The caller's right to read the artifact is checked now; the link needs no
+	// credentials and names one version, so what it serves never changes.
+	CreateDownloadLink(context.Context, *CreateDownloadLinkRequest) (*CreateDownloadLinkResponse, error)
 	// Lists an artifact's versions, newest first.
 	ListVersions(context.Context, *ListVersionsRequest) (*ListVersionsResponse, error)
 	// Returns the metadata recorded with a version.
@@ -529,6 +548,9 @@ func (UnimplementedArtifactServiceServer) GetArtifact(context.Context, *GetArtif
 }
 func (UnimplementedArtifactServiceServer) DownloadArtifact(*DownloadArtifactRequest, ArtifactService_DownloadArtifactServer) error {
 	return status.Errorf(codes.Unimplemented, "method DownloadArtifact not implemented")
+}
+func (UnimplementedArtifactServiceServer) CreateDownloadLink(context.Context, *CreateDownloadLinkRequest) (*CreateDownloadLinkResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreateDownloadLink not implemented")
 }
 func (UnimplementedArtifactServiceServer) ListVersions(context.Context, *ListVersionsRequest) (*ListVersionsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListVersions not implemented")
@@ -698,6 +720,24 @@ type artifactServiceDownloadArtifactServer struct {
 
 func (x *artifactServiceDownloadArtifactServer) Send(m *DownloadArtifactResponse) error {
 	return x.ServerStream.SendMsg(m)
+}
+
+func _ArtifactService_CreateDownloadLink_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateDownloadLinkRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).CreateDownloadLink(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.ArtifactService/CreateDownloadLink",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).CreateDownloadLink(ctx, req.(*CreateDownloadLinkRequest))
+	}
+	return interceptor(ctx, in, info, handler)
 }
 
 func _ArtifactService_ListVersions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -1106,6 +1146,10 @@ var _ArtifactService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetArtifact",
 			Handler:    _ArtifactService_GetArtifact_Handler,
+		},
+		{
+			MethodName: "CreateDownloadLink",
+			Handler:    _ArtifactService_CreateDownloadLink_Handler,
 		},
 		{
 			MethodName: "ListVersions",

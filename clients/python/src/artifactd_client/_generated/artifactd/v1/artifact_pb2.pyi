@@ -967,6 +967,82 @@ class DownloadArtifactRequest(_message.Message):
 Global___DownloadArtifactRequest: _TypeAlias = DownloadArtifactRequest  # noqa: Y015
 
 @_typing.final
+class CreateDownloadLinkRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    INLINE_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    project: _builtins.str
+    artifact_id: _builtins.str
+    version: _builtins.str
+    """Empty for the latest version; a version, or an alias. Resolved now: the link keeps
+    serving this version after the alias moves.
+    """
+    ttl_seconds: _builtins.int
+    """How long the link works; 0 means the server's default. At most the server's maximum."""
+    inline: _builtins.bool
+    """Ask browsers to show the content instead of saving it (Content-Disposition: inline)."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+        ttl_seconds: _builtins.int = ...,
+        inline: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "inline", b"inline", "project", b"project", "tenant", b"tenant", "ttl_seconds", b"ttl_seconds", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateDownloadLinkRequest: _TypeAlias = CreateDownloadLinkRequest  # noqa: Y015
+
+@_typing.final
+class CreateDownloadLinkResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """The link: absolute when the server knows its public address (delivery.public_url),
+    otherwise the path and query to append to the HTTP listener's address.
+    """
+    version: _builtins.str
+    """The version the link serves."""
+    etag: _builtins.str
+    """The ETag the link's responses carry: the content's blake3, quoted."""
+    size: _builtins.int
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        version: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        etag: _builtins.str = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "expires_at", b"expires_at", "size", b"size", "url", b"url", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateDownloadLinkResponse: _TypeAlias = CreateDownloadLinkResponse  # noqa: Y015
+
+@_typing.final
 class DownloadHeader(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

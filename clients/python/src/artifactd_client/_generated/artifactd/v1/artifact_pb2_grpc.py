@@ -56,6 +56,11 @@ class ArtifactServiceStub:
                 request_serializer=artifactd_dot_v1_dot_artifact__pb2.DownloadArtifactRequest.SerializeToString,
                 response_deserializer=artifactd_dot_v1_dot_artifact__pb2.DownloadArtifactResponse.FromString,
                 _registered_method=True)
+        self.CreateDownloadLink = channel.unary_unary(
+                '/artifactd.v1.ArtifactService/CreateDownloadLink',
+                request_serializer=artifactd_dot_v1_dot_artifact__pb2.CreateDownloadLinkRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_artifact__pb2.CreateDownloadLinkResponse.FromString,
+                _registered_method=True)
         self.ListVersions = channel.unary_unary(
                 '/artifactd.v1.ArtifactService/ListVersions',
                 request_serializer=artifactd_dot_v1_dot_artifact__pb2.ListVersionsRequest.SerializeToString,
@@ -199,6 +204,16 @@ class ArtifactServiceServicer:
     def DownloadArtifact(self, request, context):
         """Streams a version's content: first a header, then data messages. Offset and length allow
         resuming an interrupted download and reading a range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateDownloadLink(self, request, context):
+        """Issues a link that downloads one version over plain HTTP (GET and HEAD on the HTTP
+        listener, with Range, ETag and conditional requests) until it expires, for browsers and
+        CDNs. The caller's right to read the artifact is checked now; the link needs no
+        credentials and names one version, so what it serves never changes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -400,6 +415,11 @@ def add_ArtifactServiceServicer_to_server(servicer, server):
                     servicer.DownloadArtifact,
                     request_deserializer=artifactd_dot_v1_dot_artifact__pb2.DownloadArtifactRequest.FromString,
                     response_serializer=artifactd_dot_v1_dot_artifact__pb2.DownloadArtifactResponse.SerializeToString,
+            ),
+            'CreateDownloadLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateDownloadLink,
+                    request_deserializer=artifactd_dot_v1_dot_artifact__pb2.CreateDownloadLinkRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_artifact__pb2.CreateDownloadLinkResponse.SerializeToString,
             ),
             'ListVersions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListVersions,
@@ -622,6 +642,33 @@ class ArtifactService:
             '/artifactd.v1.ArtifactService/DownloadArtifact',
             artifactd_dot_v1_dot_artifact__pb2.DownloadArtifactRequest.SerializeToString,
             artifactd_dot_v1_dot_artifact__pb2.DownloadArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateDownloadLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.ArtifactService/CreateDownloadLink',
+            artifactd_dot_v1_dot_artifact__pb2.CreateDownloadLinkRequest.SerializeToString,
+            artifactd_dot_v1_dot_artifact__pb2.CreateDownloadLinkResponse.FromString,
             options,
             channel_credentials,
             insecure,

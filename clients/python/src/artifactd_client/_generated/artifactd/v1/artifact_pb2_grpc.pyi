@@ -49,6 +49,12 @@ class ArtifactServiceStub:
     """Streams a version's content: first a header, then data messages. Offset and length allow
     resuming an interrupted download and reading a range.
     """
+    CreateDownloadLink: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.CreateDownloadLinkRequest, _artifact_pb2.CreateDownloadLinkResponse]
+    """Issues a link that downloads one version over plain HTTP (GET and HEAD on the HTTP
+    listener, with Range, ETag and conditional requests) until it expires, for browsers and
+    CDNs. The caller's right to read the artifact is checked now; the link needs no
+    credentials and names one version, so what it serves never changes.
+    """
     ListVersions: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.ListVersionsRequest, _artifact_pb2.ListVersionsResponse]
     """Lists an artifact's versions, newest first."""
     GetMetadata: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.GetMetadataRequest, _artifact_pb2.GetMetadataResponse]
@@ -146,6 +152,12 @@ class ArtifactServiceAsyncStub(ArtifactServiceStub):
     DownloadArtifact: _aio.UnaryStreamMultiCallable[_artifact_pb2.DownloadArtifactRequest, _artifact_pb2.DownloadArtifactResponse]  # type: ignore[assignment]
     """Streams a version's content: first a header, then data messages. Offset and length allow
     resuming an interrupted download and reading a range.
+    """
+    CreateDownloadLink: _aio.UnaryUnaryMultiCallable[_artifact_pb2.CreateDownloadLinkRequest, _artifact_pb2.CreateDownloadLinkResponse]  # type: ignore[assignment]
+    """Issues a link that downloads one version over plain HTTP (GET and HEAD on the HTTP
+    listener, with Range, ETag and conditional requests) until it expires, for browsers and
+    CDNs. The caller's right to read the artifact is checked now; the link needs no
+    credentials and names one version, so what it serves never changes.
     """
     ListVersions: _aio.UnaryUnaryMultiCallable[_artifact_pb2.ListVersionsRequest, _artifact_pb2.ListVersionsResponse]  # type: ignore[assignment]
     """Lists an artifact's versions, newest first."""
@@ -265,6 +277,18 @@ class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_artifact_pb2.DownloadArtifactResponse], _abc.AsyncIterator[_artifact_pb2.DownloadArtifactResponse]]:
         """Streams a version's content: first a header, then data messages. Offset and length allow
         resuming an interrupted download and reading a range.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateDownloadLink(
+        self,
+        request: _artifact_pb2.CreateDownloadLinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifact_pb2.CreateDownloadLinkResponse, _abc.Awaitable[_artifact_pb2.CreateDownloadLinkResponse]]:
+        """Issues a link that downloads one version over plain HTTP (GET and HEAD on the HTTP
+        listener, with Range, ETag and conditional requests) until it expires, for browsers and
+        CDNs. The caller's right to read the artifact is checked now; the link needs no
+        credentials and names one version, so what it serves never changes.
         """
 
     @_abc_1.abstractmethod

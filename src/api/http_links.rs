@@ -1,0 +1,212 @@
+//! Download links on the HTTP listener: GET and HEAD of one version by a signed link, with
+//! byte ranges, a strong entity tag and conditional requests, so that browsers and CDNs can
+//! serve artifacts without gRPC. The link is the credential: it was issued by
+//! `CreateDownloadLink` to a caller who could read the artifact.
+
+use crate::app::{Artifacts, etag_of};
+use crate::domain::delivery::{
+    Answer, Conditions, LINK_PREFIX, LinkRefusal, Representation, answer, content_disposition, verify_link,
+};
+use crate::domain::{Error, now_micros};
+use crate::telemetry::names;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::Response;
+use futures::StreamExt;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// The routes of download links, to merge into the HTTP listener's router.
+pub fn routes(artifacts: Artifacts) -> axum::Router {
+    axum::Router::new()
+        .route(
+            &format!("{LINK_PREFIX}/{{tenant}}/{{project}}/{{artifact_id}}/{{version}}"),
+            axum::routing::get(serve),
+        )
+        .with_state(artifacts)
+}
+
+type Segments = (String, String, String, String);
+
+async fn serve(
+    State(artifacts): State<Artifacts>,
+    Path((tenant, project, artifact_id, version)): Path<Segments>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let now = now_micros() / 1_000_000;
+    let query = uri.query().unwrap_or_default();
+    let response = match verify_link(
+        &artifacts.link_keys(),
+        &tenant,
+        &project,
+        &artifact_id,
+        &version,
+        query,
+        now,
+    ) {
+        Err(refusal) => {
+            // The reason, never the signature: the query is not logged.
+            tracing::info!(%tenant, %project, %artifact_id, %version, reason = %refusal, "download link refused");
+            let message = match refusal {
+                LinkRefusal::Expired { .. } => "this download link has expired; ask for a new one",
+                LinkRefusal::Malformed(_) | LinkRefusal::BadSignature => {
+                    "this download link is not valid; ask for a new one"
+                }
+            };
+            plain(StatusCode::FORBIDDEN, message)
+        }
+        Ok(grant) => match deliver(&artifacts, &grant, &method, &headers, now).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::info!(%tenant, %project, %artifact_id, %version, %error, "download link could not be served");
+                error_response(&error)
+            }
+        },
+    };
+    metrics::counter!(names::HTTP_DOWNLOADS_TOTAL, "status" => response.status().as_str().to_owned())
+        .increment(1);
+    response
+}
+
+async fn deliver(
+    artifacts: &Artifacts,
+    grant: &crate::domain::delivery::DownloadGrant,
+    method: &Method,
+    headers: &HeaderMap,
+    now: i64,
+) -> crate::domain::Result<Response> {
+    let mut plan = artifacts.open_link(grant).await?;
+    let version = &plan.version;
+    let representation = Representation {
+        size: version.size,
+        etag: etag_of(&version.blake3),
+        last_modified: version.created_at.as_micros().div_euclid(1_000_000),
+    };
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let date = |name: header::HeaderName| text(name).and_then(http_date_seconds);
+    let if_range = text(header::IF_RANGE);
+    let conditions = Conditions {
+        if_match: text(header::IF_MATCH),
+        if_none_match: text(header::IF_NONE_MATCH),
+        if_modified_since: date(header::IF_MODIFIED_SINCE),
+        if_unmodified_since: date(header::IF_UNMODIFIED_SINCE),
+        if_range,
+        if_range_date: if_range.and_then(http_date_seconds),
+        range: text(header::RANGE),
+    };
+    let decided = answer(&representation, &conditions);
+    let mut response = Response::builder()
+        .header(header::ETAG, &representation.etag)
+        .header(
+            header::LAST_MODIFIED,
+            httpdate::fmt_http_date(
+                UNIX_EPOCH + Duration::from_secs(representation.last_modified.max(0) as u64),
+            ),
+        )
+        // The link serves one version for its whole life: caches may keep the answer until
+        // the link expires, never longer.
+        .header(
+            header::CACHE_CONTROL,
+            format!("public, max-age={}, immutable", (grant.expires - now).max(0)),
+        )
+        .header(header::ACCEPT_RANGES, "bytes");
+    let range = match decided {
+        Answer::NotModified => {
+            return Ok(response
+                .status(StatusCode::NOT_MODIFIED)
+                .body(Body::empty())
+                .expect("a valid response"));
+        }
+        Answer::PreconditionFailed => {
+            return Ok(response
+                .status(StatusCode::PRECONDITION_FAILED)
+                .body(Body::from(
+                    "the version's entity tag or date does not meet the request's precondition",
+                ))
+                .expect("a valid response"));
+        }
+        Answer::Unsatisfiable(reason) => {
+            return Ok(response
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{}", representation.size))
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(Body::from(reason))
+                .expect("a valid response"));
+        }
+        Answer::Whole => {
+            response = response.status(StatusCode::OK);
+            0..representation.size
+        }
+        Answer::Part(range) => {
+            response = response.status(StatusCode::PARTIAL_CONTENT).header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{}", range.start, range.end - 1, representation.size),
+            );
+            range
+        }
+    };
+    let content_type = HeaderValue::from_str(&version.content_type)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+    let disposition = HeaderValue::from_str(&content_disposition(grant.disposition, &plan.artifact.name))
+        .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
+    response = response
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_DISPOSITION, disposition)
+        .header(header::CONTENT_LENGTH, range.end - range.start);
+    if *method == Method::HEAD || range.is_empty() {
+        return Ok(response.body(Body::empty()).expect("a valid response"));
+    }
+    plan.offset = range.start;
+    plan.length = range.end - range.start;
+    let content = artifacts.download(&plan).await?;
+    artifacts
+        .note_read(plan.artifact.id.as_str(), &plan.version.version)
+        .await;
+    let artifact_id = plan.artifact.id.to_string();
+    // A failure after the headers went out can only cut the body short: the client sees
+    // fewer bytes than Content-Length said, and the connection is closed.
+    let body = content.map(move |piece| {
+        piece.map_err(|error| {
+            tracing::warn!(%artifact_id, %error, "a download by link failed part-way");
+            std::io::Error::other(error.to_string())
+        })
+    });
+    Ok(response.body(Body::from_stream(body)).expect("a valid response"))
+}
+
+fn http_date_seconds(text: &str) -> Option<i64> {
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(at.duration_since(UNIX_EPOCH).ok()?.as_secs() as i64)
+}
+
+fn plain(status: StatusCode, message: &str) -> Response {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::from(message.to_owned()))
+        .expect("a valid response")
+}
+
+/// The HTTP answer to a failure, with the message a gRPC caller would get.
+fn error_response(error: &Error) -> Response {
+    let status = match error {
+        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
+        Error::FailedPrecondition(_) | Error::AlreadyExists(_) | Error::Aborted(_) => StatusCode::CONFLICT,
+        Error::OutOfRange(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+        Error::ResourceExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
+        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Unauthenticated(_) | Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
+        Error::Cancelled(_) | Error::DataLoss(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let mut response = plain(status, &error.to_string());
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}

@@ -1,0 +1,259 @@
+//! Delivery: download links for browsers and CDNs, and the cache of decoded chunks that
+//! repeated downloads and the search indexer read through.
+
+use super::{Artifacts, DownloadPlan};
+use crate::catalog::Scope;
+use crate::domain::delivery::{Disposition, DownloadGrant, LinkKey};
+use crate::domain::{Error, Result, Timestamp};
+use crate::ingest::ChunkId;
+use crate::telemetry::names;
+use bytes::Bytes;
+use std::time::Duration;
+
+/// Download links and the cache; the `[delivery]` configuration section, keys read.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// Where clients reach the HTTP listener, without a trailing `/`; empty when unknown.
+    pub public_url: String,
+    /// Keys that sign (the first) and verify (all) links. Empty: one derived from the
+    /// service secret.
+    pub link_keys: Vec<LinkKey>,
+    pub default_link_ttl: Duration,
+    pub max_link_ttl: Duration,
+    pub cache_memory_bytes: u64,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            public_url: String::new(),
+            link_keys: Vec::new(),
+            default_link_ttl: Duration::from_secs(3600),
+            max_link_ttl: Duration::from_secs(7 * 24 * 3600),
+            cache_memory_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// A link to one version, as handed to the caller.
+#[derive(Debug, Clone)]
+pub struct DownloadLink {
+    /// Absolute when the public address is known, otherwise path and query.
+    pub url: String,
+    pub version: String,
+    pub expires_at: Timestamp,
+    pub etag: String,
+    pub size: u64,
+}
+
+/// The strong entity tag of a version: its content's blake3, quoted.
+pub fn etag_of(blake3: &str) -> String {
+    format!("\"{blake3}\"")
+}
+
+impl Artifacts {
+    /// Makes links absolute with `base` (`http://host:port`) when the configuration names
+    /// no public address.
+    pub fn serve_links_at(&self, base: String) {
+        let _ = self.inner.link_base.set(base.trim_end_matches('/').to_owned());
+    }
+
+    /// The keys links are checked with; the first signs.
+    pub fn link_keys(&self) -> Vec<LinkKey> {
+        let configured = &self.inner.settings.delivery.link_keys;
+        if configured.is_empty() {
+            let mut material = b"download links of ".to_vec();
+            material.extend_from_slice(&self.inner.secret());
+            vec![LinkKey::derive(&material)]
+        } else {
+            configured.clone()
+        }
+    }
+
+    /// Issues a link to `version` (resolved now) of an artifact the caller may read.
+    pub async fn create_download_link(
+        &self,
+        scope: &Scope,
+        artifact_id: &str,
+        version: &str,
+        ttl_seconds: u32,
+        inline: bool,
+    ) -> Result<DownloadLink> {
+        let delivery = &self.inner.settings.delivery;
+        let ttl = match ttl_seconds {
+            0 => delivery.default_link_ttl,
+            seconds => Duration::from_secs(u64::from(seconds)),
+        };
+        if ttl > delivery.max_link_ttl {
+            return Err(Error::invalid(
+                "ttl_seconds",
+                format!(
+                    "{ttl_seconds} is longer than the longest a link may work here ({} seconds)",
+                    delivery.max_link_ttl.as_secs()
+                ),
+            ));
+        }
+        let plan = self.plan_download(scope, artifact_id, version, 0, 0).await?;
+        // Rounded up to the next whole second, so a link works for at least its lifetime.
+        let expires = (Timestamp::now().as_micros() + 999_999).div_euclid(1_000_000) + ttl.as_secs() as i64;
+        let grant = DownloadGrant {
+            tenant: plan.artifact.scope.tenant.clone(),
+            project: scope.project.clone(),
+            artifact_id: plan.artifact.id.to_string(),
+            version: plan.version.version.clone(),
+            expires,
+            disposition: if inline {
+                Disposition::Inline
+            } else {
+                Disposition::Attachment
+            },
+        };
+        let keys = self.link_keys();
+        let path = grant.signed_path(&keys[0]);
+        let base = if delivery.public_url.is_empty() {
+            self.inner.link_base.get().map(String::as_str).unwrap_or_default()
+        } else {
+            delivery.public_url.as_str()
+        };
+        Ok(DownloadLink {
+            url: format!("{base}{path}"),
+            version: plan.version.version.clone(),
+            expires_at: Timestamp(expires * 1_000_000),
+            etag: etag_of(&plan.version.blake3),
+            size: plan.version.size,
+        })
+    }
+
+    /// The whole version a verified link grants, ready to be narrowed to a range.
+    pub async fn open_link(&self, grant: &DownloadGrant) -> Result<DownloadPlan> {
+        let scope = Scope::new(&grant.tenant, &grant.project);
+        let plan = self
+            .plan_download(&scope, &grant.artifact_id, &grant.version, 0, 0)
+            .await?;
+        // The link names a version; an alias of the same name never stands in for it.
+        if plan.version.version != grant.version {
+            return Err(Error::NotFound(format!(
+                "version {:?} of artifact {}",
+                grant.version, grant.artifact_id
+            )));
+        }
+        Ok(plan)
+    }
+}
+
+/// Decoded, verified chunks kept in memory. The policy (quick_cache's CLOCK-Pro
+/// variant) admits new chunks to a probation part and promotes those read again, so one
+/// large download passing through evicts other probationary chunks, not the hot ones.
+/// Chunk ids are keyed per tenant, so equal ids never cross tenants.
+pub(crate) struct ChunkCache {
+    chunks: Option<quick_cache::sync::Cache<ChunkId, Bytes, ChunkWeight>>,
+}
+
+#[derive(Clone)]
+struct ChunkWeight;
+
+/// What an entry costs beyond its bytes (key, slot, `Bytes` header), roughly.
+const ENTRY_OVERHEAD: u64 = 96;
+
+impl quick_cache::Weighter<ChunkId, Bytes> for ChunkWeight {
+    fn weight(&self, _id: &ChunkId, chunk: &Bytes) -> u64 {
+        chunk.len() as u64 + ENTRY_OVERHEAD
+    }
+}
+
+impl ChunkCache {
+    pub(crate) fn new(capacity_bytes: u64) -> Self {
+        let chunks = (capacity_bytes > 0).then(|| {
+            let estimated = (capacity_bytes / (16 * 1024)).max(16) as usize;
+            quick_cache::sync::Cache::with_weighter(estimated, capacity_bytes, ChunkWeight)
+        });
+        Self { chunks }
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.chunks.is_some()
+    }
+
+    pub(crate) fn get(&self, id: &ChunkId) -> Option<Bytes> {
+        self.chunks.as_ref()?.get(id)
+    }
+
+    /// Counts a read that found `chunks` chunks (`bytes` bytes) here…
+    pub(crate) fn record_hits(&self, chunks: usize, bytes: usize) {
+        metrics::counter!(names::CHUNK_CACHE_HITS_TOTAL).increment(chunks as u64);
+        metrics::counter!(names::CHUNK_CACHE_HIT_BYTES_TOTAL).increment(bytes as u64);
+    }
+
+    /// …or had to read `chunks` chunks from the store.
+    pub(crate) fn record_misses(&self, chunks: usize) {
+        metrics::counter!(names::CHUNK_CACHE_MISSES_TOTAL).increment(chunks as u64);
+    }
+
+    /// Keeps a copy of `chunk`, which must have been checked against `id`. A copy, so
+    /// that the entry does not keep alive the larger buffer it was decoded into.
+    pub(crate) fn insert(&self, id: ChunkId, chunk: &[u8]) {
+        if let Some(chunks) = &self.chunks {
+            chunks.insert(id, Bytes::copy_from_slice(chunk));
+        }
+    }
+
+    /// Forgets everything (a tenant's keys were destroyed: its content must not outlive
+    /// them here).
+    pub(crate) fn clear(&self) {
+        if let Some(chunks) = &self.chunks {
+            chunks.clear();
+        }
+        self.report();
+    }
+
+    pub(crate) fn report(&self) {
+        if let Some(chunks) = &self.chunks {
+            metrics::gauge!(names::CHUNK_CACHE_BYTES).set(chunks.weight() as f64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u32) -> ChunkId {
+        let mut bytes = [0u8; 32];
+        bytes[..4].copy_from_slice(&n.to_le_bytes());
+        ChunkId(bytes)
+    }
+
+    #[test]
+    fn a_large_scan_does_not_evict_the_hot_chunks() {
+        const CHUNK: usize = 16 * 1024;
+        let cache = ChunkCache::new(64 * (CHUNK as u64 + ENTRY_OVERHEAD) * 4);
+        let chunk = vec![7u8; CHUNK];
+        // 64 hot chunks, read several times each.
+        for round in 0..4 {
+            for n in 0..64 {
+                if cache.get(&id(n)).is_none() {
+                    assert_eq!(round, 0, "hot chunk {n} missed in round {round}");
+                    cache.insert(id(n), &chunk);
+                }
+            }
+        }
+        // One download streams 4,096 other chunks through, 16 times the cache.
+        for n in 1_000..5_096 {
+            if cache.get(&id(n)).is_none() {
+                cache.insert(id(n), &chunk);
+            }
+        }
+        let kept = (0..64).filter(|n| cache.get(&id(*n)).is_some()).count();
+        assert!(kept >= 60, "only {kept} of 64 hot chunks survived the scan");
+        let weight = cache.chunks.as_ref().unwrap().weight();
+        assert!(weight <= 64 * (CHUNK as u64 + ENTRY_OVERHEAD) * 4, "{weight}");
+    }
+
+    #[test]
+    fn a_cache_of_size_zero_keeps_nothing() {
+        let cache = ChunkCache::new(0);
+        cache.insert(id(1), b"x");
+        assert!(cache.get(&id(1)).is_none());
+        assert!(!cache.enabled());
+    }
+}

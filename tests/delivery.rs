@@ -1,0 +1,442 @@
+//! Delivery over real connections: download messages sized for the transport, and download
+//! links served over HTTP to a plain client (ranges, entity tags, conditional requests,
+//! refusals), across replicas and installations.
+
+mod common;
+
+use artifactd::proto::{CreateDownloadLinkRequest, download_artifact_response};
+use common::binary::{ServerOptions, ServerProcess};
+use common::client::{
+    Client, assert_status, create_id, download, download_request, header, update, update_header,
+};
+use common::http::fetch;
+use common::noise;
+use hyper::header::{self, HeaderMap};
+use std::time::Duration;
+use tonic::Code;
+
+const T: &str = "acme";
+const P: &str = "delivery";
+
+/// The next minor version of an artifact, with `content`.
+async fn bump(client: &mut Client, id: &str, content: &[u8]) {
+    let mut next = update_header(T, P, id);
+    next.next_version = Some(artifactd::proto::update_artifact_header::NextVersion::Bump(
+        artifactd::proto::BumpKind::Minor as i32,
+    ));
+    update(client, next, content).await.expect("a new version");
+}
+
+fn text(headers: &HeaderMap, name: header::HeaderName) -> &str {
+    headers
+        .get(&name)
+        .map(|v| v.to_str().unwrap())
+        .unwrap_or_else(|| panic!("no {name} header in {headers:?}"))
+}
+
+async fn link(
+    client: &mut Client,
+    id: &str,
+    version: &str,
+    ttl_seconds: u32,
+) -> Result<artifactd::proto::CreateDownloadLinkResponse, tonic::Status> {
+    client
+        .create_download_link(CreateDownloadLinkRequest {
+            tenant: T.into(),
+            project: P.into(),
+            artifact_id: id.into(),
+            version: version.into(),
+            ttl_seconds,
+            inline: false,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_messages_are_sized_for_the_transport_not_the_chunks() {
+    let server = ServerProcess::start();
+    let mut client = server.client().await;
+    let content = noise(5 * 1024 * 1024 + 12_345, 71);
+    let id = create_id(&mut client, header(T, P, "bundle", "big.bin"), &content).await;
+    for (offset, length) in [(0u64, 0u64), (17, 3 * 1024 * 1024 + 5), (4 * 1024 * 1024 + 1, 0)] {
+        let mut request = download_request(T, P, &id, "");
+        request.offset = offset;
+        request.length = length;
+        let mut stream = client.download_artifact(request).await.unwrap().into_inner();
+        let mut sizes = Vec::new();
+        let mut received = Vec::new();
+        while let Some(message) = stream.message().await.unwrap() {
+            if let Some(download_artifact_response::Message::Data(data)) = message.message {
+                sizes.push(data.len());
+                received.extend_from_slice(&data);
+            }
+        }
+        let end = if length == 0 {
+            content.len()
+        } else {
+            (offset + length) as usize
+        };
+        assert!(
+            received == content[offset as usize..end],
+            "bytes {offset}+{length} differ"
+        );
+        let (last, rest) = sizes.split_last().unwrap();
+        assert!(
+            rest.iter().all(|n| (256 * 1024..=1024 * 1024).contains(n)),
+            "message sizes {sizes:?}"
+        );
+        assert!(*last <= 1024 * 1024, "{sizes:?}");
+    }
+    // A small file is one message.
+    let id = create_id(&mut client, header(T, P, "doc", "small.md"), b"# small\n").await;
+    let (_, body) = download(&mut client, download_request(T, P, &id, ""))
+        .await
+        .unwrap();
+    assert_eq!(body, b"# small\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_serves_its_version_with_ranges_and_conditions() {
+    let server = ServerProcess::start();
+    let mut client = server.client().await;
+    let content = noise(3 * 1024 * 1024 + 777, 72);
+    let name = "release notes ü.bin";
+    let id = create_id(&mut client, header(T, P, "bundle", name), &content).await;
+    let issued = link(&mut client, &id, "", 600).await.unwrap();
+    assert!(
+        issued
+            .url
+            .starts_with(&format!("http://{}/v1/download/acme/delivery/{id}/", server.http)),
+        "{}",
+        issued.url
+    );
+    assert_eq!(issued.size, content.len() as u64);
+    let etag = format!("\"{}\"", blake3::hash(&content).to_hex());
+    assert_eq!(issued.etag, etag);
+
+    let whole = fetch("GET", &issued.url, &[]).await;
+    assert_eq!(whole.status, 200);
+    assert!(whole.body == content, "the body is the content");
+    assert_eq!(text(&whole.headers, header::ETAG), etag);
+    assert_eq!(
+        text(&whole.headers, header::CONTENT_LENGTH),
+        content.len().to_string()
+    );
+    assert_eq!(text(&whole.headers, header::ACCEPT_RANGES), "bytes");
+    assert_eq!(
+        text(&whole.headers, header::CONTENT_TYPE),
+        "application/octet-stream"
+    );
+    assert_eq!(
+        text(&whole.headers, header::CONTENT_DISPOSITION),
+        "attachment; filename=\"release notes _.bin\"; filename*=UTF-8''release%20notes%20%C3%BC.bin"
+    );
+    let cache_control = text(&whole.headers, header::CACHE_CONTROL);
+    let max_age: u64 = cache_control
+        .split(", ")
+        .find_map(|part| part.strip_prefix("max-age="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        cache_control.contains("immutable") && (590..=601).contains(&max_age),
+        "{cache_control}"
+    );
+    assert!(whole.headers.contains_key(header::LAST_MODIFIED));
+
+    let size = content.len();
+    for (range, expected, content_range) in [
+        ("bytes=100-199", 100..200, format!("bytes 100-199/{size}")),
+        (
+            "bytes=-1000",
+            size - 1000..size,
+            format!("bytes {}-{}/{size}", size - 1000, size - 1),
+        ),
+        (
+            "bytes=3000000-",
+            3_000_000..size,
+            format!("bytes 3000000-{}/{size}", size - 1),
+        ),
+        ("bytes=5-5", 5..6, format!("bytes 5-5/{size}")),
+    ] {
+        let part = fetch("GET", &issued.url, &[("range", range)]).await;
+        assert_eq!(part.status, 206, "{range}");
+        assert_eq!(
+            text(&part.headers, header::CONTENT_RANGE),
+            content_range,
+            "{range}"
+        );
+        assert!(
+            part.body == content[expected.clone()],
+            "{range}: the bytes differ"
+        );
+        assert_eq!(
+            text(&part.headers, header::CONTENT_LENGTH),
+            expected.len().to_string()
+        );
+    }
+    for range in [
+        format!("bytes={size}-"),
+        "bytes=9999999-99999999".to_owned(),
+        "bytes=abc".to_owned(),
+        "bytes=9-3".to_owned(),
+    ] {
+        let refused = fetch("GET", &issued.url, &[("range", &range)]).await;
+        assert_eq!(refused.status, 416, "{range}");
+        assert_eq!(
+            text(&refused.headers, header::CONTENT_RANGE),
+            format!("bytes */{size}")
+        );
+        assert!(
+            String::from_utf8_lossy(&refused.body).contains(&range),
+            "{range}: {:?}",
+            refused.body
+        );
+    }
+
+    let unchanged = fetch("GET", &issued.url, &[("if-none-match", &etag)]).await;
+    assert_eq!(unchanged.status, 304);
+    assert!(unchanged.body.is_empty());
+    assert_eq!(text(&unchanged.headers, header::ETAG), etag);
+    let stale_range = fetch(
+        "GET",
+        &issued.url,
+        &[("range", "bytes=0-9"), ("if-range", "\"old\"")],
+    )
+    .await;
+    assert_eq!(stale_range.status, 200);
+    assert_eq!(stale_range.body.len(), size);
+    let fresh_range = fetch("GET", &issued.url, &[("range", "bytes=0-9"), ("if-range", &etag)]).await;
+    assert_eq!(fresh_range.status, 206);
+    let precondition = fetch("GET", &issued.url, &[("if-match", "\"old\"")]).await;
+    assert_eq!(precondition.status, 412);
+
+    let head = fetch("HEAD", &issued.url, &[]).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(text(&head.headers, header::CONTENT_LENGTH), size.to_string());
+
+    // The link names a version: a new version does not change what it serves.
+    let v1 = issued.version.clone();
+    bump(&mut client, &id, b"the second version").await;
+    let still = fetch("GET", &issued.url, &[]).await;
+    assert!(
+        still.status == 200 && still.body == content,
+        "the link serves {v1}"
+    );
+    let latest = link(&mut client, &id, "", 0).await.unwrap();
+    assert_ne!(latest.version, v1);
+    assert_eq!(
+        fetch("GET", &latest.url, &[]).await.body,
+        &b"the second version"[..]
+    );
+    // The default lifetime applies when none is asked for.
+    let expires = latest.expires_at.unwrap().seconds;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((3590..=3601).contains(&(expires - now)), "{}", expires - now);
+
+    // Empty content: 200 with nothing, and any range is unsatisfiable.
+    let empty_id = create_id(&mut client, header(T, P, "doc", "empty.md"), b"").await;
+    let empty = link(&mut client, &empty_id, "", 60).await.unwrap();
+    let got = fetch("GET", &empty.url, &[]).await;
+    assert!(got.status == 200 && got.body.is_empty());
+    assert_eq!(
+        fetch("GET", &empty.url, &[("range", "bytes=0-")]).await.status,
+        416
+    );
+
+    // Deleting the artifact ends what its links serve.
+    client
+        .delete_artifact(artifactd::proto::DeleteArtifactRequest {
+            tenant: T.into(),
+            project: P.into(),
+            artifact_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(fetch("GET", &issued.url, &[]).await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_refuse_what_they_do_not_grant() {
+    let server = ServerProcess::start_with(
+        ServerOptions::default().env("ARTIFACTD_DELIVERY__LINK_MAX_TTL_SECONDS", "86400"),
+    );
+    let mut client = server.client().await;
+    let id = create_id(&mut client, header(T, P, "doc", "secret.md"), b"v1 content").await;
+    let v1 = link(&mut client, &id, "", 600).await.unwrap();
+    bump(&mut client, &id, b"v2 content").await;
+    let v2 = link(&mut client, &id, "", 600).await.unwrap();
+    assert_eq!(fetch("GET", &v1.url, &[]).await.body, &b"v1 content"[..]);
+
+    let (v1_path, v1_query) = v1.url.split_once('?').unwrap();
+    let signature = v1_query
+        .split('&')
+        .find_map(|p| p.strip_prefix("signature="))
+        .unwrap()
+        .to_owned();
+    let forgeries = [
+        // v1's signature on v2's path, another tenant, another project.
+        format!("{}?{v1_query}", v2.url.split_once('?').unwrap().0),
+        format!("{}?{v1_query}", v1_path.replace("/acme/", "/globex/")),
+        format!("{}?{v1_query}", v1_path.replace("/delivery/", "/other/")),
+        // A longer life, another disposition, a flipped signature digit, no signature.
+        format!("{v1_path}?{}", v1_query.replace("expires=", "expires=9")),
+        format!("{v1_path}?{}", v1_query.replace("attachment", "inline")),
+        format!(
+            "{v1_path}?{}",
+            v1_query.replace(
+                &signature,
+                &format!(
+                    "{}{}",
+                    if signature.starts_with('0') { "1" } else { "0" },
+                    &signature[1..]
+                )
+            )
+        ),
+        format!("{v1_path}?{}", v1_query.split("&signature").next().unwrap()),
+        v1_path.to_owned(),
+    ];
+    for forged in &forgeries {
+        let refused = fetch("GET", forged, &[]).await;
+        assert_eq!(refused.status, 403, "{forged}");
+        assert_eq!(
+            String::from_utf8_lossy(&refused.body),
+            "this download link is not valid; ask for a new one"
+        );
+    }
+
+    // Another installation's link, on this server: its key is not this server's.
+    let other = ServerProcess::start();
+    let mut other_client = other.client().await;
+    let their_id = create_id(&mut other_client, header(T, P, "doc", "theirs.md"), b"theirs").await;
+    let theirs = link(&mut other_client, &their_id, "", 600).await.unwrap();
+    let on_ours = theirs
+        .url
+        .replace(&other.http.to_string(), &server.http.to_string());
+    assert_eq!(fetch("GET", &on_ours, &[]).await.status, 403);
+
+    // An expired link.
+    let short = link(&mut client, &id, "", 1).await.unwrap();
+    assert_eq!(fetch("GET", &short.url, &[]).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let expired = fetch("GET", &short.url, &[]).await;
+    assert_eq!(expired.status, 403);
+    assert_eq!(
+        String::from_utf8_lossy(&expired.body),
+        "this download link has expired; ask for a new one"
+    );
+
+    // Issuing: lifetimes beyond the server's limit, unknown artifacts and versions.
+    assert_status(
+        link(&mut client, &id, "", 86_401).await,
+        Code::InvalidArgument,
+        &["ttl_seconds", "86400"],
+    );
+    assert_status(
+        link(&mut client, &id, "9.9.9", 60).await,
+        Code::NotFound,
+        &["9.9.9"],
+    );
+    assert_status(
+        link(&mut client, "0190c0de-0000-7000-8000-000000000001", "", 60).await,
+        Code::NotFound,
+        &[],
+    );
+    assert_status(
+        link(&mut client, "not-an-id", "", 60).await,
+        Code::InvalidArgument,
+        &["artifact_id"],
+    );
+
+    // Nothing that would let someone else use a link reaches the log.
+    let log = server.log();
+    for url in [&v1.url, &v2.url, &short.url] {
+        let signature = url.split("signature=").nth(1).unwrap();
+        assert!(!log.contains(signature), "a link's signature is in the log");
+    }
+    assert!(log.contains("download link refused"), "refusals are logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_with_one_configured_key_accept_each_others_links() {
+    let key = "a link signing key shared by every replica, 48 chars";
+    let with_key = |key: &str| ServerOptions::default().env("ARTIFACTD_DELIVERY__LINK_SIGNING_KEY", key);
+    let a = ServerProcess::start_with(with_key(key));
+    let b = ServerProcess::start_with(with_key(key));
+    let c = ServerProcess::start_with(with_key("a different key, also long enough to be used ok"));
+    let mut client = a.client().await;
+    let id = create_id(&mut client, header(T, P, "doc", "shared.md"), b"shared").await;
+    let issued = link(&mut client, &id, "", 600).await.unwrap();
+    assert_eq!(fetch("GET", &issued.url, &[]).await.status, 200);
+    // B accepts A's signature (these test servers do not share a catalog, so B then finds no
+    // such artifact); C, with another key, refuses the link itself.
+    let on = |server: &ServerProcess| issued.url.replace(&a.http.to_string(), &server.http.to_string());
+    assert_eq!(fetch("GET", &on(&b), &[]).await.status, 404);
+    assert_eq!(fetch("GET", &on(&c), &[]).await.status, 403);
+
+    // A key too short to be a key is refused at start, naming the setting.
+    let output = common::binary::command()
+        .arg("serve")
+        .env("ARTIFACTD_DATA_DIR", tempfile::tempdir().unwrap().path())
+        .env("ARTIFACTD_DELIVERY__LINK_SIGNING_KEY", "short")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("delivery.link_signing_key") && stderr.contains("at least 32"),
+        "{stderr}"
+    );
+}
+
+/// The value of an unlabelled counter or gauge on the metrics page (0 when absent).
+async fn metric(server: &ServerProcess, name: &str) -> f64 {
+    let page = common::http_get(server.http, "/metrics").await;
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_downloads_are_served_from_the_chunk_cache() {
+    let server = ServerProcess::start();
+    let mut client = server.client().await;
+    let content = noise(2 * 1024 * 1024 + 99, 73);
+    let id = create_id(&mut client, header(T, P, "bundle", "hot.bin"), &content).await;
+    let hit_bytes = "artifactd_chunk_cache_hit_bytes_total";
+    let (_, first) = download(&mut client, download_request(T, P, &id, ""))
+        .await
+        .unwrap();
+    assert!(first == content);
+    let before = metric(&server, hit_bytes).await;
+    assert!(metric(&server, "artifactd_chunk_cache_misses_total").await > 0.0);
+    let (_, second) = download(&mut client, download_request(T, P, &id, ""))
+        .await
+        .unwrap();
+    assert!(second == content);
+    let served = metric(&server, hit_bytes).await - before;
+    assert_eq!(
+        served,
+        content.len() as f64,
+        "the second download came from the cache"
+    );
+
+    // With the cache off, nothing is kept or served from memory.
+    let uncached = ServerProcess::start_with(
+        ServerOptions::default().env("ARTIFACTD_DELIVERY__CACHE_MEMORY_BYTES", "0"),
+    );
+    let mut client = uncached.client().await;
+    let id = create_id(&mut client, header(T, P, "bundle", "cold.bin"), &content).await;
+    for _ in 0..2 {
+        let (_, read) = download(&mut client, download_request(T, P, &id, ""))
+            .await
+            .unwrap();
+        assert!(read == content);
+    }
+    assert_eq!(metric(&uncached, hit_bytes).await, 0.0);
+}
