@@ -647,6 +647,13 @@ impl Config {
         if self.ingest.max_data_message_bytes == 0 || self.ingest.max_data_message_bytes > 4 * 1024 * 1024 {
             return invalid("ingest.max_data_message_bytes must be between 1 and 4194304".to_owned());
         }
+        let smallest_budget = 2 * self.ingest.max_read_span_bytes as usize + self.ingest.pack_target_bytes;
+        if self.ingest.transfer_memory_bytes < smallest_budget {
+            return invalid(format!(
+                "ingest.transfer_memory_bytes = {} must hold a pack and two read spans ({smallest_budget})",
+                self.ingest.transfer_memory_bytes
+            ));
+        }
         if self.ingest.max_packs_in_flight == 0 || self.ingest.read_ahead_spans == 0 {
             return invalid(
                 "ingest.max_packs_in_flight and ingest.read_ahead_spans must be positive".to_owned(),

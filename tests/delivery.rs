@@ -440,3 +440,67 @@ async fn repeated_downloads_are_served_from_the_chunk_cache() {
     }
     assert_eq!(metric(&uncached, hit_bytes).await, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_transfers_wait_for_a_small_memory_budget_and_all_complete() {
+    // Room for one pack and two read spans: eight uploads and then eight downloads at once
+    // must take turns.
+    let server = std::sync::Arc::new(ServerProcess::start_with(
+        ServerOptions::default()
+            .env(
+                "ARTIFACTD_INGEST__TRANSFER_MEMORY_BYTES",
+                (16u64 << 20).to_string(),
+            )
+            .env("ARTIFACTD_DELIVERY__CACHE_MEMORY_BYTES", "0"),
+    ));
+    let streams = 8;
+    let mut uploads = tokio::task::JoinSet::new();
+    for n in 0..streams {
+        let server = server.clone();
+        uploads.spawn(async move {
+            let mut client = server.client().await;
+            let content = noise(6 * 1024 * 1024 + n * 1000, 200 + n as u64);
+            let id = create_id(
+                &mut client,
+                header(T, P, "bundle", &format!("budget-{n}.bin")),
+                &content,
+            )
+            .await;
+            (id, content)
+        });
+    }
+    let uploaded = uploads.join_all().await;
+    let mut downloads = tokio::task::JoinSet::new();
+    for (id, content) in uploaded {
+        let server = server.clone();
+        downloads.spawn(async move {
+            let mut client = server.client().await;
+            let (_, read) = download(&mut client, download_request(T, P, &id, ""))
+                .await
+                .unwrap();
+            assert!(read == content, "artifact {id} came back different");
+        });
+    }
+    downloads.join_all().await;
+    assert!(
+        metric(&server, "artifactd_transfer_memory_waits_total").await > 0.0,
+        "the budget was never short, so this test proves nothing"
+    );
+    assert_eq!(
+        metric(&server, "artifactd_transfer_memory_reserved_bytes").await,
+        0.0,
+        "everything reserved was given back"
+    );
+    // Too small a budget to hold a pack and two spans is refused at start.
+    let output = common::binary::command()
+        .arg("serve")
+        .env("ARTIFACTD_DATA_DIR", tempfile::tempdir().unwrap().path())
+        .env("ARTIFACTD_INGEST__TRANSFER_MEMORY_BYTES", "1000000")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("ingest.transfer_memory_bytes"),
+        "{stderr}"
+    );
+}

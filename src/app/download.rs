@@ -134,16 +134,33 @@ pub(super) async fn stream(
         },
     );
     let read_ahead = inner.settings.ingest.read_ahead_spans.max(1);
+    let budget = inner.budget.clone();
     let pieces = futures::stream::once(futures::future::ready(Ok(first)))
         .chain(rest)
         .map_ok(|spans| futures::stream::iter(spans.into_iter().map(Ok)))
         .try_flatten()
-        .map(move |span: Result<ReadSpan>| match span {
-            Ok(span) => fetch_span(inner.clone(), key.clone(), span).boxed(),
+        // Each span's memory (what is read and what it decodes to) is reserved in order
+        // before it is fetched, and given back once the client has taken its bytes.
+        .and_then(move |span: ReadSpan| {
+            let budget = budget.clone();
+            async move {
+                let cost = (span.range.end - span.range.start) as usize + span.raw_len();
+                Ok((span, budget.reserve(cost).await?))
+            }
+        })
+        .map(move |span| match span {
+            Ok((span, reservation)) => fetch_span(inner.clone(), key.clone(), span)
+                .map(move |pieces| pieces.map(|pieces| (pieces, reservation)))
+                .boxed(),
             Err(error) => futures::future::ready(Err(error)).boxed(),
         })
         .buffered(read_ahead)
-        .map_ok(|pieces| futures::stream::iter(pieces.into_iter().map(Ok)))
+        .map_ok(|(pieces, reservation)| {
+            futures::stream::iter(pieces.into_iter().map(Ok)).map(move |piece| {
+                let _held_until_sent = &reservation;
+                piece
+            })
+        })
         .try_flatten();
     Ok(coalesce(pieces, MESSAGE_MIN, MESSAGE_MAX))
 }

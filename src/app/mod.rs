@@ -3,6 +3,7 @@
 
 mod access;
 mod backup;
+mod budget;
 mod check;
 mod delivery;
 mod dependencies;
@@ -73,6 +74,9 @@ pub struct IngestSettings {
     /// Download read coalescing and read-ahead.
     pub max_read_span_bytes: u64,
     pub read_ahead_spans: usize,
+    /// Memory all uploads' packs and all downloads' read-ahead may hold together; streams
+    /// wait for it rather than the process growing with their number.
+    pub transfer_memory_bytes: usize,
 }
 
 impl IngestSettings {
@@ -91,6 +95,7 @@ impl Default for IngestSettings {
             max_data_message_bytes: 256 * 1024,
             max_read_span_bytes: 4 * 1024 * 1024,
             read_ahead_spans: 4,
+            transfer_memory_bytes: 96 * 1024 * 1024,
         }
     }
 }
@@ -136,6 +141,8 @@ pub(crate) struct Inner {
     pub(crate) failover: std::sync::OnceLock<Arc<crate::storage::FailoverStore>>,
     /// Decoded chunks read again by downloads and the indexer.
     pub(crate) cache: delivery::ChunkCache,
+    /// What uploads and downloads may hold in memory together.
+    pub(crate) budget: budget::MemoryBudget,
     /// The HTTP listener's address, for links when no public address is configured.
     pub(crate) link_base: std::sync::OnceLock<String>,
 }
@@ -323,6 +330,7 @@ impl Artifacts {
         catalog.start_journal(now_micros()).await?;
         let keys = keys::Keyring::new(settings.master_keys.clone());
         let cache = delivery::ChunkCache::new(settings.delivery.cache_memory_bytes);
+        let budget = budget::MemoryBudget::new(settings.ingest.transfer_memory_bytes);
         Ok(Self {
             inner: Arc::new(Inner {
                 catalog,
@@ -333,6 +341,7 @@ impl Artifacts {
                 reads: retention::RecentReads::default(),
                 failover: std::sync::OnceLock::new(),
                 cache,
+                budget,
                 link_base: std::sync::OnceLock::new(),
             }),
         })

@@ -7,6 +7,7 @@
 //! being filled.
 
 use super::Inner;
+use super::budget::Reservation;
 use super::keys::SealingKey;
 use crate::catalog::{NewVersion, PackStage};
 use crate::domain::{Error, Result, content_type, names::quoted, now_micros};
@@ -23,10 +24,14 @@ use tokio_util::sync::CancellationToken;
 
 /// The content prefix kept for content-type detection and metadata extraction.
 const HEAD_LEN: usize = crate::ingest::extract::MAX_INDEXED_TEXT_BYTES;
-/// Data messages received ahead of processing (up to 4 MiB at the default message limit).
-const RECEIVE_AHEAD_MESSAGES: usize = 16;
-/// Dedup lookups are batched: one catalog round trip per this many pending bytes.
-const DEDUP_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Data messages received ahead of processing (up to 2 MiB at the default message limit).
+const RECEIVE_AHEAD_MESSAGES: usize = 8;
+/// Dedup lookups are batched: one catalog round trip per this many pending bytes. Together
+/// with the messages received ahead, this is what an upload holds outside the memory
+/// budget (about three batches: one being cut, one handed over, one being packed).
+const DEDUP_BATCH_BYTES: usize = 1024 * 1024;
+/// The pack being filled takes memory from the budget in steps of this size.
+const PACK_RESERVATION_STEP: usize = 1024 * 1024;
 
 /// What the caller promised about the content.
 #[derive(Debug, Clone, Default)]
@@ -341,6 +346,8 @@ pub(super) struct Upload {
     manifest: Vec<ManifestEntry>,
     new_stored_size: u64,
     pack: PackBuilder,
+    /// The memory budget the pack being filled holds.
+    pack_reservation: Reservation,
     new_chunks: Vec<(String, PackEntry)>,
     packs: Vec<crate::catalog::StagedPack>,
     writes: JoinSet<Result<()>>,
@@ -380,6 +387,7 @@ impl Upload {
             manifest: Vec::new(),
             new_stored_size: 0,
             pack: PackBuilder::new(),
+            pack_reservation: Reservation::none(),
             new_chunks: Vec::new(),
             packs: Vec::new(),
             writes: JoinSet::new(),
@@ -548,6 +556,7 @@ impl Upload {
                         + self.inner.settings.ingest.chunker().max_size,
                 );
             }
+            self.reserve_for(stored.len()).await?;
             self.placed.insert(id, stored.len() as u64);
             self.pack.add(id, codec, raw_len, &stored);
             self.new_stored_size += stored.len() as u64;
@@ -556,6 +565,29 @@ impl Upload {
             }
         }
         Ok(())
+    }
+
+    /// Makes sure the pack being filled has budget for `more` bytes. When the budget is
+    /// short and the pack holds something, the pack is sealed and written early (that frees
+    /// memory without help from any other stream); only an empty pack waits.
+    async fn reserve_for(&mut self, more: usize) -> Result<()> {
+        loop {
+            // The trailer (about 50 bytes a chunk) and, when sealed, a tag per chunk.
+            let needed = self.pack.len() + more + 64 * (self.pack.entry_count() + 1);
+            let held = self.pack_reservation.bytes();
+            if held >= needed {
+                return Ok(());
+            }
+            let step = (needed - held).max(PACK_RESERVATION_STEP);
+            if let Some(more) = self.inner.budget.try_reserve(step) {
+                self.pack_reservation.merge(more);
+            } else if !self.pack.is_empty() {
+                self.seal_pack().await?;
+            } else {
+                let more = self.inner.budget.reserve(step).await?;
+                self.pack_reservation.merge(more);
+            }
+        }
     }
 
     /// Stored bytes of the whole content, counting chunks shared with earlier versions.
@@ -588,6 +620,8 @@ impl Upload {
             }
         };
         let builder = std::mem::take(&mut self.pack);
+        // The pack's memory stays reserved until its write is done.
+        let reservation = std::mem::replace(&mut self.pack_reservation, Reservation::none());
         let (sealed, generation) =
             seal_and_stage(&self.inner, &self.tenant, builder, sealing, &self.upload_id).await?;
         let pack_id = sealed.id.to_hex();
@@ -602,6 +636,7 @@ impl Upload {
         }
         let store = self.inner.store.clone();
         self.writes.spawn(async move {
+            let _reservation = reservation;
             let key = sealed.id.object_key();
             let size = sealed.bytes.len();
             store.put(&key, sealed.bytes).await.map_err(|error| {

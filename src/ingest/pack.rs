@@ -105,6 +105,10 @@ impl PackBuilder {
         self.entries.is_empty()
     }
 
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
     pub fn add(&mut self, chunk_id: ChunkId, codec: Codec, raw_len: u32, stored: &[u8]) {
         self.entries.push(PackEntry {
             chunk_id,

@@ -31,6 +31,10 @@ metric_names! {
         "Chunks a read looked for in the memory cache and did not find";
     CHUNK_CACHE_BYTES = "artifactd_chunk_cache_bytes", Gauge,
         "Bytes the memory cache of decoded chunks holds, with its bookkeeping";
+    TRANSFER_MEMORY_RESERVED_BYTES = "artifactd_transfer_memory_reserved_bytes", Gauge,
+        "Bytes of the transfer memory budget that uploads' packs and downloads' read-ahead hold";
+    TRANSFER_MEMORY_WAITS_TOTAL = "artifactd_transfer_memory_waits_total", Counter,
+        "Times an upload or a download waited for the transfer memory budget";
     HTTP_DOWNLOADS_TOTAL = "artifactd_http_downloads_total", Counter,
         "Requests of download links on the HTTP listener, by status code";
     AUDIT_WRITE_FAILURES_TOTAL = "artifactd_audit_write_failures_total", Counter,

@@ -1,0 +1,152 @@
+//! One memory budget for every upload's packs and every download's read-ahead, with
+//! backpressure: a stream that needs more waits for others to finish with theirs instead of
+//! the process growing with the number of streams.
+//!
+//! Waiting never deadlocks because a stream only waits while what it already holds is on
+//! its way out without help from any other stream: an upload waits with nothing reserved
+//! but its pack writes in flight (an upload that runs short with a pack half full seals it
+//! early and writes it), and a download reserves its spans in order, so what it holds is
+//! ahead of what it waits for and leaves as its client reads.
+
+use crate::domain::{Error, Result};
+use crate::telemetry::names;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Reservations are counted in units of this many bytes.
+const UNIT: usize = 64 * 1024;
+/// The longest a transfer waits for memory before it is told to retry.
+pub(crate) const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[derive(Clone)]
+pub(crate) struct MemoryBudget {
+    units: Arc<Semaphore>,
+    total_units: u32,
+}
+
+/// Bytes held against the budget until dropped.
+pub(crate) struct Reservation {
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Reservation {
+    pub(crate) fn none() -> Self {
+        Self { permit: None }
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.permit.as_ref().map_or(0, |p| p.num_permits() * UNIT)
+    }
+
+    /// Adds `other` to this reservation.
+    pub(crate) fn merge(&mut self, mut other: Reservation) {
+        match (&mut self.permit, other.permit.take()) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (mine @ None, theirs) => *mine = theirs,
+            (_, None) => {}
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            let units = permit.num_permits();
+            drop(permit);
+            metrics::gauge!(names::TRANSFER_MEMORY_RESERVED_BYTES).decrement((units * UNIT) as f64);
+        }
+    }
+}
+
+impl MemoryBudget {
+    pub(crate) fn new(bytes: usize) -> Self {
+        let total_units = bytes
+            .div_ceil(UNIT)
+            .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize)) as u32;
+        Self {
+            units: Arc::new(Semaphore::new(total_units as usize)),
+            total_units,
+        }
+    }
+
+    fn units_for(&self, bytes: usize) -> u32 {
+        // A single reservation larger than the whole budget would wait for ever.
+        (bytes.div_ceil(UNIT).max(1) as u32).min(self.total_units)
+    }
+
+    fn granted(permit: OwnedSemaphorePermit) -> Reservation {
+        metrics::gauge!(names::TRANSFER_MEMORY_RESERVED_BYTES)
+            .increment((permit.num_permits() * UNIT) as f64);
+        Reservation { permit: Some(permit) }
+    }
+
+    /// `bytes` now, if the budget has them.
+    pub(crate) fn try_reserve(&self, bytes: usize) -> Option<Reservation> {
+        self.units
+            .clone()
+            .try_acquire_many_owned(self.units_for(bytes))
+            .ok()
+            .map(Self::granted)
+    }
+
+    /// `bytes`, waiting until the budget has them, for at most [`WAIT_LIMIT`]: transfers
+    /// whose clients stopped reading hold memory until they go away, and a caller is better
+    /// told to retry than kept waiting without end.
+    pub(crate) async fn reserve(&self, bytes: usize) -> Result<Reservation> {
+        if let Some(reservation) = self.try_reserve(bytes) {
+            return Ok(reservation);
+        }
+        metrics::counter!(names::TRANSFER_MEMORY_WAITS_TOTAL).increment(1);
+        let acquired = tokio::time::timeout(
+            WAIT_LIMIT,
+            self.units.clone().acquire_many_owned(self.units_for(bytes)),
+        )
+        .await
+        .map_err(|_| {
+            Error::Unavailable(format!(
+                "the server's transfer memory has been in use by other uploads and downloads for {} s; retry",
+                WAIT_LIMIT.as_secs()
+            ))
+        })?;
+        Ok(Self::granted(
+            acquired.expect("the budget's semaphore is never closed"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn reservations_wait_for_what_others_give_back() {
+        let budget = MemoryBudget::new(1024 * 1024);
+        let first = budget.reserve(768 * 1024).await.unwrap();
+        assert_eq!(first.bytes(), 768 * 1024);
+        assert!(budget.try_reserve(512 * 1024).is_none());
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.reserve(512 * 1024).await.unwrap().bytes() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "nothing was given back yet");
+        drop(first);
+        assert_eq!(waiting.await.unwrap(), 512 * 1024);
+        // More than the whole budget is capped at the whole budget, never waits for ever.
+        assert_eq!(budget.reserve(10 << 20).await.unwrap().bytes(), 1024 * 1024);
+    }
+
+    #[tokio::test]
+    async fn merged_reservations_are_given_back_together() {
+        let budget = MemoryBudget::new(256 * 1024);
+        let mut held = Reservation::none();
+        for _ in 0..4 {
+            held.merge(budget.try_reserve(64 * 1024).unwrap());
+        }
+        assert_eq!(held.bytes(), 256 * 1024);
+        assert!(budget.try_reserve(1).is_none());
+        drop(held);
+        assert!(budget.try_reserve(256 * 1024).is_some());
+    }
+}
