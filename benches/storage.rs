@@ -1,24 +1,41 @@
-//! `cargo bench --bench storage`: the data path measured against a baseline taken in the
-//! same run, printed as `RESULT <name> <value>` lines.
+//! `cargo bench --bench storage`: the data path measured against baselines taken in the
+//! same run, printed as `RESULT <name> <value>` lines. Every `_vs_` figure is a throughput
+//! ratio, artifactd's divided by the baseline's: above 1 artifactd is faster.
 //!
-//! - `upload_vs_s3` / `download_vs_s3`: time of a 256 MiB incompressible gRPC upload/download
-//!   through artifactd (release binary, SQLite catalog) into an S3 server, divided by the time
-//!   of a direct aws-sdk-s3 PUT/GET of the same bytes to the same server (below 1 is faster).
-//! - `upload_mib_s`, `download_mib_s`: artifactd's throughput in MiB/s.
+//! Transfers of 256 MiB of random data (each timed step runs twice, alternating baseline and
+//! artifactd; the faster run counts):
+//! - `upload_vs_s3` / `download_vs_s3`: a gRPC upload/download through artifactd (release
+//!   binary, SQLite catalog) into moto's S3 server, against a plain aws-sdk-s3 PUT/GET of the
+//!   same bytes to the same server. moto serves GETs several times faster than the in-process
+//!   s3s-fs server, so the baseline is not the bottleneck.
+//! - `download_vs_disk_http`, `link_download_vs_disk_http`: artifactd's gRPC download, and
+//!   the same version through a download link over HTTP, against a raw HTTP/1.1 GET of the
+//!   file from local disk (a minimal server in this process, 1 MiB reads).
+//! - `upload_mib_s`, `download_mib_s`, `direct_put_mib_s`, `direct_get_mib_s`,
+//!   `disk_http_get_mib_s`, `link_download_mib_s`.
+//! - `cache_hit_download_mib_s`: the same version downloaded again, from the chunk cache.
+//! - `http_range_mib_s`: 64 ranged GETs of 1 MiB at random offsets through a download link.
+//! - `encrypted_upload_ratio` / `encrypted_download_ratio`: with encryption at rest on,
+//!   divided by off (1 means encryption costs nothing).
+//! - `peak_rss_mib`: the server's peak resident memory after those transfers, and
+//!   `peak_rss_mib_quarter_size` after the same round trip at 64 MiB on a fresh server.
+//! - `peak_rss_mib_<N>x<size>`: the peak while N clients each upload `size` of random data
+//!   generated on the fly, then N download it (the embedded filesystem store; scale set by
+//!   `ARTIFACTD_BENCH_STREAMS` and `ARTIFACTD_BENCH_STREAM_MIB`, 16 × 1024 by default: 16 × 4 GiB
+//!   would need 64 GiB of disk).
+//!
+//! Against Debian's `docker-registry` (distribution 2.8, filesystem storage) and artifactd
+//! on its embedded filesystem store: `push_vs_registry` / `pull_vs_registry` for the 24 BMAD
+//! release tars (as blobs and as versions of one artifact) and `push_vs_registry_random` /
+//! `pull_vs_registry_random` for 256 MiB of random data.
+//!
+//! The release series and collection, on the in-process S3 server:
 //! - `release_series_stored_bytes`: bytes written to the store for the 24 BMAD release tars.
-//! - `encrypted_upload_ratio` / `encrypted_download_ratio`: throughput of the same transfers
-//!   with encryption at rest on (a second server, its own bucket on the same S3 server)
-//!   divided by the throughput with it off (1 means encryption costs nothing).
 //! - `gc_reclaimed_ratio`: after the older half of the release series is deleted, purged and
 //!   collected, the bytes the store gave back divided by the bytes it could give back (store
 //!   before, less what the remaining half needs when uploaded alone); `gc_seconds_per_gib`:
 //!   collection time per GiB of packs examined. The run asserts the store ends within one pack
 //!   of what the remaining versions need, and the consistency check reading every byte is clean.
-//! - `peak_rss_mib`: the server's peak resident memory after the big transfers, and
-//!   `peak_rss_mib_quarter_size` after the same round trip at 64 MiB on a fresh server (bounded
-//!   memory shows as two similar figures).
-//!
-//! Each timed step runs twice, alternating baseline and artifactd, and the faster run counts.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -27,13 +44,17 @@ use artifactd::proto::admin_service_client::AdminServiceClient;
 use artifactd::proto::retention_service_client::RetentionServiceClient;
 use artifactd::proto::update_artifact_header::NextVersion;
 use artifactd::proto::{
-    CheckConsistencyRequest, CollectGarbageRequest, DeleteVersionRequest, PurgeTrashRequest,
+    CheckConsistencyRequest, CollectGarbageRequest, CreateArtifactRequest, CreateDownloadLinkRequest,
+    DeleteVersionRequest, PurgeTrashRequest, UploadFinish, create_artifact_request,
+    download_artifact_response,
 };
 use artifactd::storage::{BlobStore, GetOptions, S3Store};
 use bytes::Bytes;
 use common::binary::{ServerOptions, ServerProcess};
-use common::client::{create_messages, download, download_request, header, update, update_header};
+use common::client::{Client, create_messages, download, download_request, header, update, update_header};
+use common::moto::MotoServer;
 use common::s3::S3TestServer;
+use http_body_util::BodyExt;
 use std::time::{Duration, Instant};
 
 const SIZE: usize = 256 * 1024 * 1024;
@@ -65,52 +86,210 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-#[tokio::main]
-async fn main() {
-    run().await;
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<Bytes>,
+>;
+
+fn http_client() -> HttpClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
 }
 
-async fn run() {
+/// An HTTP request; the status and the whole body.
+async fn request(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> (u16, hyper::HeaderMap, Bytes) {
+    let mut request = hyper::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client
+        .request(request.body(http_body_util::Full::new(body)).unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, body)
+}
+
+async fn upload(client: &mut Client, name: &str, data: &[u8]) -> String {
+    let messages = create_messages(header("bench", "storage", "bundle", name), data, MESSAGE);
+    client
+        .create_artifact(futures::stream::iter(messages))
+        .await
+        .expect("upload through artifactd")
+        .into_inner()
+        .artifact
+        .unwrap()
+        .id
+}
+
+async fn link_url(client: &mut Client, project: &str, id: &str) -> String {
+    client
+        .create_download_link(CreateDownloadLinkRequest {
+            tenant: "bench".into(),
+            project: project.into(),
+            artifact_id: id.into(),
+            ttl_seconds: 3600,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url
+}
+
+/// A minimal HTTP/1.1 file server in this process: the baseline for reading a file from
+/// local disk over HTTP (1 MiB reads, no other work).
+async fn serve_file(path: std::path::PathBuf) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/file",
+        axum::routing::get(move || {
+            let path = path.clone();
+            async move {
+                let file = tokio::fs::File::open(&path).await.unwrap();
+                let stream = tokio_util::io::ReaderStream::with_capacity(file, 1024 * 1024);
+                axum::body::Body::from_stream(stream)
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[tokio::main]
+async fn main() {
+    let transfers = transfers().await;
+    let registry = registry_comparison().await;
+    let concurrent = concurrent_rss().await;
     let s3 = S3TestServer::start().await;
-    let mut direct_config = s3.store_config("baseline");
+    let (releases, stored) = release_series_and_gc(&s3).await;
+    let logical: usize = releases.iter().map(|(_, c)| c.len()).sum();
+    transfers.print();
+    registry.print();
+    concurrent.print();
+    println!("RESULT release_series_stored_bytes {stored}");
+    println!(
+        "RESULT release_series_stored_ratio {:.4}",
+        stored as f64 / logical as f64
+    );
+}
+
+struct Transfers {
+    best: [Duration; 9],
+    cache_hit: Duration,
+    range_bytes: usize,
+    range_time: Duration,
+    rss: f64,
+    quarter_rss: f64,
+}
+
+impl Transfers {
+    fn print(&self) {
+        let [
+            put,
+            upload,
+            get,
+            download,
+            sealed_upload,
+            sealed_download,
+            disk,
+            link,
+            _,
+        ] = self.best;
+        let ratio = |baseline: Duration, ours: Duration| baseline.as_secs_f64() / ours.as_secs_f64();
+        println!("RESULT upload_vs_s3 {:.3}", ratio(put, upload));
+        println!("RESULT download_vs_s3 {:.3}", ratio(get, download));
+        println!("RESULT download_vs_disk_http {:.3}", ratio(disk, download));
+        println!("RESULT link_download_vs_disk_http {:.3}", ratio(disk, link));
+        println!("RESULT upload_mib_s {:.1}", mib_s(SIZE, upload));
+        println!("RESULT download_mib_s {:.1}", mib_s(SIZE, download));
+        println!("RESULT direct_put_mib_s {:.1}", mib_s(SIZE, put));
+        println!("RESULT direct_get_mib_s {:.1}", mib_s(SIZE, get));
+        println!("RESULT disk_http_get_mib_s {:.1}", mib_s(SIZE, disk));
+        println!("RESULT link_download_mib_s {:.1}", mib_s(SIZE, link));
+        println!(
+            "RESULT cache_hit_download_mib_s {:.1}",
+            mib_s(SIZE, self.cache_hit)
+        );
+        println!(
+            "RESULT http_range_mib_s {:.1}",
+            mib_s(self.range_bytes, self.range_time)
+        );
+        println!(
+            "RESULT encrypted_upload_ratio {:.3}",
+            ratio(sealed_upload, upload)
+        );
+        println!(
+            "RESULT encrypted_download_ratio {:.3}",
+            ratio(sealed_download, download)
+        );
+        println!("RESULT encrypted_upload_mib_s {:.1}", mib_s(SIZE, sealed_upload));
+        println!(
+            "RESULT encrypted_download_mib_s {:.1}",
+            mib_s(SIZE, sealed_download)
+        );
+        println!("RESULT peak_rss_mib {:.1}", self.rss);
+        println!("RESULT peak_rss_mib_quarter_size {:.1}", self.quarter_rss);
+    }
+}
+
+async fn transfers() -> Transfers {
+    let moto = MotoServer::start().await;
+    let mut direct_config = moto.store_config("baseline");
     direct_config.multipart_threshold_bytes = u64::MAX; // one plain PUT, as a client would do
     direct_config.request_timeout = Duration::from_secs(600);
     let direct = S3Store::new(direct_config);
     direct.ensure_bucket().await.unwrap();
+    let _ = moto.store("artifactd").await;
+    let _ = moto.store("sealed").await;
     let server = ServerProcess::start_with(
         ServerOptions::default()
-            .envs(s3.env("artifactd"))
-            .env("ARTIFACTD_STORAGE__S3__REQUEST_TIMEOUT_MS", "600000"),
+            .envs(moto.env("artifactd"))
+            .env("ARTIFACTD_STORAGE__S3__REQUEST_TIMEOUT_MS", "600000")
+            // Room for one whole 256 MiB version: the second read of it is all hits.
+            .env(
+                "ARTIFACTD_DELIVERY__CACHE_MEMORY_BYTES",
+                (320u64 << 20).to_string(),
+            ),
     );
     let mut client = server.client().await;
     let sealed_server = ServerProcess::start_with(
         ServerOptions::default()
-            .envs(s3.env("sealed"))
+            .envs(moto.env("sealed"))
             .env("ARTIFACTD_STORAGE__S3__REQUEST_TIMEOUT_MS", "600000")
             .env("ARTIFACTD_ENCRYPTION__MASTER_KEY", "42".repeat(32)),
     );
     let mut sealed_client = sealed_server.client().await;
+    let http = http_client();
+    let scratch = tempfile::tempdir().unwrap();
 
-    // direct put, artifactd upload, direct get, artifactd download, and both with encryption
-    let mut best = [Duration::MAX; 6];
+    // direct put, artifactd upload, direct get, artifactd download, both with encryption,
+    // the disk file over HTTP, the download link
+    let mut best = [Duration::MAX; 9];
+    let mut last_id = String::new();
+    let mut last_data = Bytes::new();
     for round in 0..ROUNDS {
         let data = Bytes::from(common::noise(SIZE, 1000 + round));
         let key = format!("packs/bench/{round}");
+        let file = scratch.path().join(format!("noise-{round}.bin"));
+        std::fs::write(&file, &data).unwrap();
+        let file_server = serve_file(file).await;
 
         let started = Instant::now();
         direct.put(&key, data.clone()).await.unwrap();
         best[0] = best[0].min(started.elapsed());
 
-        let name = format!("noise-{round}.bin");
-        let messages = create_messages(header("bench", "storage", "bundle", &name), &data, MESSAGE);
         let started = Instant::now();
-        let created = client
-            .create_artifact(futures::stream::iter(messages))
-            .await
-            .expect("upload through artifactd")
-            .into_inner();
+        let id = upload(&mut client, &format!("noise-{round}.bin"), &data).await;
         best[1] = best[1].min(started.elapsed());
-        let id = created.artifact.unwrap().id;
 
         let started = Instant::now();
         let fetched = direct.get(&key, GetOptions::default()).await.unwrap();
@@ -124,17 +303,10 @@ async fn run() {
             .unwrap();
         best[3] = best[3].min(started.elapsed());
         assert!(bytes == data, "artifactd returned different bytes");
+        drop(bytes);
 
-        let messages = create_messages(header("bench", "storage", "bundle", &name), &data, MESSAGE);
         let started = Instant::now();
-        let sealed_id = sealed_client
-            .create_artifact(futures::stream::iter(messages))
-            .await
-            .expect("upload through artifactd with encryption")
-            .into_inner()
-            .artifact
-            .unwrap()
-            .id;
+        let sealed_id = upload(&mut sealed_client, &format!("noise-{round}.bin"), &data).await;
         best[4] = best[4].min(started.elapsed());
         let started = Instant::now();
         let (_, bytes) = download(
@@ -148,33 +320,77 @@ async fn run() {
             bytes == data,
             "artifactd with encryption returned different bytes"
         );
-        eprintln!(
-            "round {round}: put {:?} upload {:?} get {:?} download {:?} sealed upload {:?} sealed download {:?}",
-            best[0], best[1], best[2], best[3], best[4], best[5]
+        drop(bytes);
+
+        let started = Instant::now();
+        let (status, _, bytes) = request(
+            &http,
+            "GET",
+            &format!("http://{file_server}/file"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        best[6] = best[6].min(started.elapsed());
+        assert!(status == 200 && bytes == data);
+        drop(bytes);
+
+        // The link is read from a second artifact, so the cache does not serve it.
+        let link_id = upload(&mut client, &format!("linked-{round}.bin"), &data).await;
+        let url = link_url(&mut client, "storage", &link_id).await;
+        let started = Instant::now();
+        let (status, _, bytes) = request(&http, "GET", &url, &[], Bytes::new()).await;
+        best[7] = best[7].min(started.elapsed());
+        assert!(
+            status == 200 && bytes == data,
+            "the link returned different bytes"
         );
+        eprintln!(
+            "round {round}: put {:?} upload {:?} get {:?} download {:?} sealed upload {:?} sealed download {:?} disk http {:?} link {:?}",
+            best[0], best[1], best[2], best[3], best[4], best[5], best[6], best[7]
+        );
+        last_id = id;
+        last_data = data;
     }
+
+    // The last version again: every chunk is in the cache now.
+    let mut cache_hit = Duration::MAX;
+    for _ in 0..2 {
+        let started = Instant::now();
+        let (_, bytes) = download(&mut client, download_request("bench", "storage", &last_id, ""))
+            .await
+            .unwrap();
+        cache_hit = cache_hit.min(started.elapsed());
+        assert!(bytes == last_data);
+    }
+
+    // Ranged GETs through a link, at offsets spread over the version.
+    let url = link_url(&mut client, "storage", &last_id).await;
+    let mut state = 7u64;
+    let mut range_bytes = 0;
+    let started = Instant::now();
+    for _ in 0..64 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let start = (state >> 11) as usize % (SIZE - (1 << 20));
+        let end = start + (1 << 20);
+        let range = format!("bytes={start}-{}", end - 1);
+        let (status, _, bytes) = request(&http, "GET", &url, &[("range", &range)], Bytes::new()).await;
+        assert!(status == 206 && bytes == last_data[start..end], "{range}");
+        range_bytes += bytes.len();
+    }
+    let range_time = started.elapsed();
     let rss = peak_rss_mib(server.pid());
-    drop(sealed_client);
-    drop(sealed_server);
+    drop((sealed_client, sealed_server));
 
     // The same round trip at a quarter of the size, on a fresh server: if memory is bounded,
     // the peak barely moves with the artifact size.
-    let small_server = ServerProcess::start_with(ServerOptions::default().envs(s3.env("small")));
+    let small_server = ServerProcess::start_with(ServerOptions::default().envs(moto.env("small")));
+    let _ = moto.store("small").await;
     let mut small_client = small_server.client().await;
     let quarter = Bytes::from(common::noise(SIZE / 4, 77));
-    let messages = create_messages(
-        header("bench", "storage", "bundle", "quarter.bin"),
-        &quarter,
-        MESSAGE,
-    );
-    let quarter_id = small_client
-        .create_artifact(futures::stream::iter(messages))
-        .await
-        .unwrap()
-        .into_inner()
-        .artifact
-        .unwrap()
-        .id;
+    let quarter_id = upload(&mut small_client, "quarter.bin", &quarter).await;
     let (_, bytes) = download(
         &mut small_client,
         download_request("bench", "storage", &quarter_id, ""),
@@ -183,7 +399,17 @@ async fn run() {
     .unwrap();
     assert!(bytes == quarter);
     let quarter_rss = peak_rss_mib(small_server.pid());
+    Transfers {
+        best,
+        cache_hit,
+        range_bytes,
+        range_time,
+        rss,
+        quarter_rss,
+    }
+}
 
+async fn release_series_and_gc(s3: &S3TestServer) -> (Vec<(semver::Version, Vec<u8>)>, u64) {
     // The release series into a fresh bucket.
     let series_server = ServerProcess::start_with(
         ServerOptions::default()
@@ -192,23 +418,7 @@ async fn run() {
             .env("ARTIFACTD_RETENTION__GC_INTERVAL_SECONDS", "0"),
     );
     let mut series_client = series_server.client().await;
-    let mut releases: Vec<(semver::Version, Vec<u8>)> =
-        std::fs::read_dir(common::corpus_dir().join("bmad-releases"))
-            .unwrap()
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let version = name
-                    .strip_prefix("bmad-method-docs-")?
-                    .strip_suffix(".tar")?
-                    .to_owned();
-                Some((
-                    semver::Version::parse(&version).ok()?,
-                    std::fs::read(entry.path()).ok()?,
-                ))
-            })
-            .collect();
-    releases.sort_by(|a, b| a.0.cmp(&b.0));
+    let releases = load_releases();
     let mut first = header("bench", "series", "release-bundle", "docs.tar");
     first.initial_version = releases[0].0.to_string();
     let id = series_client
@@ -243,7 +453,7 @@ async fn run() {
     // (runs a grace period apart: mark, sweep and compact, mark the compacted, sweep them).
     let mut versions: Vec<String> = releases.iter().map(|(v, _)| v.to_string()).collect();
     let kept_versions = versions.split_off(versions.len() / 2);
-    let before_gc = bucket_bytes(&s3, "series").await;
+    let before_gc = bucket_bytes(s3, "series").await;
     let mut retention = RetentionServiceClient::new(series_server.channel().await);
     for version in &versions {
         series_client
@@ -290,7 +500,7 @@ async fn run() {
         .unwrap()
         .into_inner();
     assert!(checked.problems.is_empty(), "{:?}", checked.problems);
-    let after_gc = bucket_bytes(&s3, "series").await;
+    let after_gc = bucket_bytes(s3, "series").await;
     // What the remaining half needs: the same versions uploaded alone into a fresh bucket.
     let needed_server = ServerProcess::start_with(ServerOptions::default().envs(s3.env("series-half")));
     let mut needed_client = needed_server.client().await;
@@ -313,7 +523,7 @@ async fn run() {
         next.next_version = Some(NextVersion::ExplicitVersion(version.to_string()));
         update(&mut needed_client, next, content).await.unwrap();
     }
-    let needed = bucket_bytes(&s3, "series-half").await;
+    let needed = bucket_bytes(s3, "series-half").await;
     let pack_target = artifactd::app::IngestSettings::default().pack_target_bytes as u64;
     eprintln!(
         "gc: store {before_gc} bytes of packs before, {after_gc} after; the remaining half alone needs {needed} (+ one pack: {})",
@@ -334,33 +544,404 @@ async fn run() {
     );
     println!("RESULT gc_store_after_bytes {after_gc}");
     println!("RESULT gc_needed_bytes {needed}");
-    println!(
-        "RESULT upload_vs_s3 {:.3}",
-        best[1].as_secs_f64() / best[0].as_secs_f64()
-    );
-    println!(
-        "RESULT download_vs_s3 {:.3}",
-        best[3].as_secs_f64() / best[2].as_secs_f64()
-    );
-    println!("RESULT upload_mib_s {:.1}", mib_s(SIZE, best[1]));
-    println!("RESULT download_mib_s {:.1}", mib_s(SIZE, best[3]));
-    println!("RESULT direct_put_mib_s {:.1}", mib_s(SIZE, best[0]));
-    println!("RESULT direct_get_mib_s {:.1}", mib_s(SIZE, best[2]));
-    println!(
-        "RESULT encrypted_upload_ratio {:.3}",
-        best[1].as_secs_f64() / best[4].as_secs_f64()
-    );
-    println!(
-        "RESULT encrypted_download_ratio {:.3}",
-        best[3].as_secs_f64() / best[5].as_secs_f64()
-    );
-    println!("RESULT encrypted_upload_mib_s {:.1}", mib_s(SIZE, best[4]));
-    println!("RESULT encrypted_download_mib_s {:.1}", mib_s(SIZE, best[5]));
     println!("RESULT release_series_stored_bytes {stored}");
     println!(
         "RESULT release_series_stored_ratio {:.4}",
         stored as f64 / logical as f64
     );
-    println!("RESULT peak_rss_mib {rss:.1}");
-    println!("RESULT peak_rss_mib_quarter_size {quarter_rss:.1}");
+    (releases, stored)
+}
+
+fn load_releases() -> Vec<(semver::Version, Vec<u8>)> {
+    let mut releases: Vec<(semver::Version, Vec<u8>)> =
+        std::fs::read_dir(common::corpus_dir().join("bmad-releases"))
+            .unwrap()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let version = name
+                    .strip_prefix("bmad-method-docs-")?
+                    .strip_suffix(".tar")?
+                    .to_owned();
+                Some((
+                    semver::Version::parse(&version).ok()?,
+                    std::fs::read(entry.path()).ok()?,
+                ))
+            })
+            .collect();
+    releases.sort_by(|a, b| a.0.cmp(&b.0));
+    releases
+}
+
+/// Debian's `docker-registry` (the CNCF distribution registry) on a port of its own, storing
+/// blobs on the filesystem.
+struct Registry {
+    child: std::process::Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    async fn start() -> Self {
+        let binary = "/usr/bin/docker-registry";
+        assert!(
+            std::path::Path::new(binary).exists(),
+            "{binary} is missing: install Debian's registry with `apt-get install docker-registry`"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = common::free_port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(binary)
+            .args(["serve", config.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting docker-registry");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen on port {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    /// A monolithic blob upload (POST, then PUT with the digest), as `docker push` does.
+    async fn push(&self, client: &HttpClient, digest: &str, data: &Bytes) {
+        let (status, headers, _) = request(
+            client,
+            "POST",
+            &format!("{}/v2/bench/blobs/uploads/", self.base),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(status, 202, "starting a blob upload");
+        let location = headers["location"].to_str().unwrap();
+        let location = if location.starts_with('/') {
+            format!("{}{location}", self.base)
+        } else {
+            location.to_owned()
+        };
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let (status, _, body) = request(
+            client,
+            "PUT",
+            &format!("{location}{separator}digest={digest}"),
+            &[("content-type", "application/octet-stream")],
+            data.clone(),
+        )
+        .await;
+        assert_eq!(
+            status,
+            201,
+            "finishing a blob upload: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+
+    async fn pull(&self, client: &HttpClient, digest: &str) -> Bytes {
+        let (status, _, body) = request(
+            client,
+            "GET",
+            &format!("{}/v2/bench/blobs/{digest}", self.base),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        body
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sha256_digest(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{:x}", sha2::Sha256::digest(data))
+}
+
+struct RegistryComparison {
+    series: [Duration; 4],
+    random: [Duration; 4],
+}
+
+impl RegistryComparison {
+    fn print(&self) {
+        // [registry push, artifactd push, registry pull, artifactd pull]
+        let ratio = |t: &[Duration; 4], baseline: usize, ours: usize| {
+            t[baseline].as_secs_f64() / t[ours].as_secs_f64()
+        };
+        println!("RESULT push_vs_registry {:.3}", ratio(&self.series, 0, 1));
+        println!("RESULT pull_vs_registry {:.3}", ratio(&self.series, 2, 3));
+        println!("RESULT push_vs_registry_random {:.3}", ratio(&self.random, 0, 1));
+        println!("RESULT pull_vs_registry_random {:.3}", ratio(&self.random, 2, 3));
+    }
+}
+
+/// The release series and 256 MiB of random data pushed and pulled through the registry
+/// and through artifactd on its embedded store, alternating, the faster of two runs each.
+async fn registry_comparison() -> RegistryComparison {
+    let releases = load_releases();
+    let http = http_client();
+    let digests: Vec<String> = releases.iter().map(|(_, c)| sha256_digest(c)).collect();
+    let blobs: Vec<Bytes> = releases.iter().map(|(_, c)| Bytes::from(c.clone())).collect();
+    let random = Bytes::from(common::noise(SIZE, 4242));
+    let random_digest = sha256_digest(&random);
+    let mut series = [Duration::MAX; 4];
+    let mut random_best = [Duration::MAX; 4];
+    for round in 0..2 {
+        let registry = Registry::start().await;
+        let server = ServerProcess::start();
+        let mut client = server.client().await;
+
+        // Messages are made before the clock starts, as digests are for the registry.
+        let mut first = header(
+            "bench",
+            "registry",
+            "release-bundle",
+            &format!("docs-{round}.tar"),
+        );
+        first.initial_version = releases[0].0.to_string();
+        let first = create_messages(first, &releases[0].1, MESSAGE);
+        let started = Instant::now();
+        for (digest, blob) in digests.iter().zip(&blobs) {
+            registry.push(&http, digest, blob).await;
+        }
+        series[0] = series[0].min(started.elapsed());
+        let started = Instant::now();
+        let id = client
+            .create_artifact(futures::stream::iter(first))
+            .await
+            .unwrap()
+            .into_inner()
+            .artifact
+            .unwrap()
+            .id;
+        let mut later = Vec::new();
+        for (version, content) in &releases[1..] {
+            let mut next = update_header("bench", "registry", &id);
+            next.next_version = Some(NextVersion::ExplicitVersion(version.to_string()));
+            later.push(common::client::update_messages(next, content, MESSAGE));
+        }
+        let prepared = started.elapsed();
+        let started = Instant::now();
+        for messages in later {
+            client
+                .update_artifact(futures::stream::iter(messages))
+                .await
+                .unwrap();
+        }
+        series[1] = series[1].min(prepared + started.elapsed());
+
+        let started = Instant::now();
+        for (digest, blob) in digests.iter().zip(&blobs) {
+            assert!(registry.pull(&http, digest).await == *blob);
+        }
+        series[2] = series[2].min(started.elapsed());
+        let started = Instant::now();
+        for (version, content) in &releases {
+            let (_, bytes) = download(
+                &mut client,
+                download_request("bench", "registry", &id, &version.to_string()),
+            )
+            .await
+            .unwrap();
+            assert!(bytes == *content);
+        }
+        series[3] = series[3].min(started.elapsed());
+
+        let started = Instant::now();
+        registry.push(&http, &random_digest, &random).await;
+        random_best[0] = random_best[0].min(started.elapsed());
+        let messages = create_messages(
+            header("bench", "registry", "bundle", &format!("noise-{round}.bin")),
+            &random,
+            MESSAGE,
+        );
+        let started = Instant::now();
+        let random_id = client
+            .create_artifact(futures::stream::iter(messages))
+            .await
+            .unwrap()
+            .into_inner()
+            .artifact
+            .unwrap()
+            .id;
+        random_best[1] = random_best[1].min(started.elapsed());
+        let started = Instant::now();
+        assert!(registry.pull(&http, &random_digest).await == random);
+        random_best[2] = random_best[2].min(started.elapsed());
+        let started = Instant::now();
+        let (_, bytes) = download(&mut client, download_request("bench", "registry", &random_id, ""))
+            .await
+            .unwrap();
+        random_best[3] = random_best[3].min(started.elapsed());
+        assert!(bytes == random);
+        eprintln!("registry round {round}: series {series:?} random {random_best:?}");
+    }
+    RegistryComparison {
+        series,
+        random: random_best,
+    }
+}
+
+struct Concurrent {
+    streams: usize,
+    mib: usize,
+    upload: Duration,
+    download: Duration,
+    rss: f64,
+}
+
+impl Concurrent {
+    fn print(&self) {
+        let scale = if self.mib.is_multiple_of(1024) {
+            format!("{}g", self.mib / 1024)
+        } else {
+            format!("{}m", self.mib)
+        };
+        let total = self.streams * self.mib * 1024 * 1024;
+        println!("RESULT peak_rss_mib_{}x{scale} {:.1}", self.streams, self.rss);
+        println!("RESULT concurrent_upload_mib_s {:.1}", mib_s(total, self.upload));
+        println!(
+            "RESULT concurrent_download_mib_s {:.1}",
+            mib_s(total, self.download)
+        );
+    }
+}
+
+/// Random data made on the fly, `MESSAGE` bytes a message.
+fn generated(seed: u64, total: usize) -> impl Iterator<Item = Bytes> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
+    let mut left = total;
+    std::iter::from_fn(move || {
+        if left == 0 {
+            return None;
+        }
+        let len = left.min(MESSAGE);
+        left -= len;
+        let mut piece = Vec::with_capacity(len + 8);
+        while piece.len() < len {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            piece.extend_from_slice(&state.to_le_bytes());
+        }
+        piece.truncate(len);
+        Some(Bytes::from(piece))
+    })
+}
+
+/// N clients upload generated data at once, then download it at once, each checked by
+/// its hash; the server's peak memory over both.
+async fn concurrent_rss() -> Concurrent {
+    let setting = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let streams = setting("ARTIFACTD_BENCH_STREAMS", 16);
+    let mib = setting("ARTIFACTD_BENCH_STREAM_MIB", 1024);
+    let server = std::sync::Arc::new(ServerProcess::start());
+    let total = mib * 1024 * 1024;
+    let started = Instant::now();
+    let mut uploads = tokio::task::JoinSet::new();
+    for stream in 0..streams {
+        let server = server.clone();
+        uploads.spawn(async move {
+            let mut client = server.client().await;
+            let hasher = std::sync::Arc::new(std::sync::Mutex::new(blake3::Hasher::new()));
+            let hashing = hasher.clone();
+            let messages = vec![CreateArtifactRequest {
+                message: Some(create_artifact_request::Message::Header(header(
+                    "bench",
+                    "concurrent",
+                    "bundle",
+                    &format!("stream-{stream}.bin"),
+                ))),
+            }];
+            let data = generated(stream as u64 + 1, total).map(move |piece| {
+                hashing.lock().unwrap().update(&piece);
+                CreateArtifactRequest {
+                    message: Some(create_artifact_request::Message::Data(piece)),
+                }
+            });
+            let finish = std::iter::once(CreateArtifactRequest {
+                message: Some(create_artifact_request::Message::Finish(UploadFinish {
+                    size: Some(total as u64),
+                    blake3: String::new(),
+                })),
+            });
+            let id = client
+                .create_artifact(futures::stream::iter(
+                    messages.into_iter().chain(data).chain(finish),
+                ))
+                .await
+                .expect("a concurrent upload")
+                .into_inner()
+                .artifact
+                .unwrap()
+                .id;
+            let hash = hasher.lock().unwrap().finalize();
+            (id, hash)
+        });
+    }
+    let uploaded: Vec<(String, blake3::Hash)> = uploads.join_all().await;
+    let upload = started.elapsed();
+    let started = Instant::now();
+    let mut downloads = tokio::task::JoinSet::new();
+    for (id, expected) in uploaded {
+        let server = server.clone();
+        downloads.spawn(async move {
+            let mut client = server.client().await;
+            let mut stream = client
+                .download_artifact(download_request("bench", "concurrent", &id, ""))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut hasher = blake3::Hasher::new();
+            let mut received = 0;
+            while let Some(message) = stream.message().await.unwrap() {
+                if let Some(download_artifact_response::Message::Data(data)) = message.message {
+                    received += data.len();
+                    hasher.update(&data);
+                }
+            }
+            assert_eq!(received, total);
+            assert_eq!(hasher.finalize(), expected, "a concurrent download differs");
+        });
+    }
+    downloads.join_all().await;
+    let download = started.elapsed();
+    Concurrent {
+        streams,
+        mib,
+        upload,
+        download,
+        rss: peak_rss_mib(server.pid()),
+    }
 }
