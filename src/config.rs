@@ -60,6 +60,14 @@ pub struct DeliveryConfig {
     /// Memory for decoded chunks that downloads and the search indexer read again
     /// (0 turns the cache off).
     pub cache_memory_bytes: u64,
+    /// Warm the next version into the memory cache when an artifact's versions are read in
+    /// order.
+    pub prefetch: bool,
+    /// Local disk for packs read more than once from an S3 store (0 turns it off; the
+    /// filesystem store never has one: it is local already).
+    pub cache_disk_bytes: u64,
+    /// Where the disk cache lives; empty means `<data_dir>/cache`.
+    pub cache_dir: String,
 }
 
 impl Default for DeliveryConfig {
@@ -72,6 +80,9 @@ impl Default for DeliveryConfig {
             link_default_ttl_seconds: 3600,
             link_max_ttl_seconds: 7 * 24 * 3600,
             cache_memory_bytes: 64 * 1024 * 1024,
+            prefetch: true,
+            cache_disk_bytes: 1024 * 1024 * 1024,
+            cache_dir: String::new(),
         }
     }
 }
@@ -702,6 +713,14 @@ impl Config {
         }
     }
 
+    pub fn cache_dir(&self) -> PathBuf {
+        if self.delivery.cache_dir.is_empty() {
+            self.data_dir.join("cache")
+        } else {
+            PathBuf::from(&self.delivery.cache_dir)
+        }
+    }
+
     pub fn audit_signing_key_path(&self) -> PathBuf {
         if self.audit.signing_key_file.is_empty() {
             self.data_dir.join("audit-signing.key")
@@ -796,6 +815,7 @@ impl Config {
             default_link_ttl: Duration::from_secs(delivery.link_default_ttl_seconds),
             max_link_ttl: Duration::from_secs(delivery.link_max_ttl_seconds),
             cache_memory_bytes: delivery.cache_memory_bytes,
+            prefetch: delivery.prefetch,
         })
     }
 

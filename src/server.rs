@@ -23,7 +23,8 @@ use crate::proto::retention_service_server::RetentionServiceServer;
 use crate::proto::search_service_server::SearchServiceServer;
 use crate::search::{Indexer, SearchIndex};
 use crate::storage::{
-    DeadlineConfig, DeadlineStore, DynBlobStore, FailoverStore, FsStore, MeteredStore, S3Store,
+    DeadlineConfig, DeadlineStore, DiskCache, DiskCachedStore, DynBlobStore, FailoverStore, FsStore,
+    MeteredStore, S3Store,
 };
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -119,6 +120,22 @@ fn combine(
         Some(Arc::new(crate::ingest::pack::object_matches_name)),
     ));
     (failover.clone(), Some(failover))
+}
+
+/// Packs read more than once are kept on local disk when the store is S3 (the filesystem
+/// store is local already).
+fn with_disk_cache(config: &Config, store: DynBlobStore) -> (DynBlobStore, Option<Arc<DiskCache>>) {
+    if config.storage.backend != Backend::S3 || config.delivery.cache_disk_bytes == 0 {
+        return (store, None);
+    }
+    let cache = DiskCache::open(&config.cache_dir(), config.delivery.cache_disk_bytes);
+    let cached = DiskCachedStore::new(
+        store,
+        cache.clone(),
+        "packs/",
+        Arc::new(crate::ingest::pack::object_matches_name),
+    );
+    (Arc::new(cached), Some(cache))
 }
 
 /// Each store by the name a consistency check reports it under.
@@ -271,11 +288,15 @@ pub async fn run(
     let (primary, fallback) = open_sides(&config).await?;
     let sides = named_sides(&primary, fallback.as_ref());
     let (store, failover) = combine(&config, &catalog, primary, fallback);
+    let (store, disk_cache) = with_disk_cache(&config, store);
     let artifacts = Artifacts::new(catalog.clone(), store.clone(), settings)
         .await
         .context("starting the artifact service")?;
     if let Some(failover) = &failover {
         artifacts.attach_failover(failover.clone());
+    }
+    if let Some(disk_cache) = &disk_cache {
+        artifacts.attach_disk_cache(disk_cache.clone());
     }
     let index_dir = config.index_dir();
     let index = Arc::new(

@@ -71,6 +71,7 @@ impl AdminService for AdminApi {
                 })
                 .collect(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            cache: Some(cache_status(self.artifacts.cache_status())),
         }))
     }
 
@@ -151,5 +152,20 @@ fn gc_to_proto(report: crate::app::GcReport) -> proto::GarbageCollection {
             .collect(),
         problems: report.problems,
         holder: report.holder,
+    }
+}
+
+fn cache_status(status: crate::app::CacheStatus) -> proto::CacheStatus {
+    let disk = status.disk.unwrap_or_default();
+    proto::CacheStatus {
+        memory_bytes: status.memory_bytes,
+        memory_capacity_bytes: status.memory_capacity,
+        memory_hits: status.memory_hits,
+        memory_misses: status.memory_misses,
+        disk_bytes: disk.bytes,
+        disk_capacity_bytes: disk.capacity,
+        disk_hits: disk.hits,
+        disk_misses: disk.misses,
+        disk_problem: disk.problem.unwrap_or_default(),
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod breaker;
 mod deadline;
+mod disk_cache;
 mod failover;
 mod fs;
 mod metered;
@@ -12,6 +13,7 @@ pub mod unreliable;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use deadline::{DeadlineConfig, DeadlineStore};
+pub use disk_cache::{DiskCache, DiskCacheStatus, DiskCachedStore, Verifier};
 pub use failover::{
     FailoverConfig, FailoverMetrics, FailoverStatus, FailoverStore, ObjectVerifier, ProbeReport,
     ReconcileReport, SideMetrics, SideStatus, SwitchEvent, SyncReport,

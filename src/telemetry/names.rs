@@ -35,6 +35,16 @@ metric_names! {
         "Bytes of the transfer memory budget that uploads' packs and downloads' read-ahead hold";
     TRANSFER_MEMORY_WAITS_TOTAL = "artifactd_transfer_memory_waits_total", Counter,
         "Times an upload or a download waited for the transfer memory budget";
+    DISK_CACHE_BYTES = "artifactd_disk_cache_bytes", Gauge,
+        "Bytes of store objects the disk cache holds";
+    DISK_CACHE_HITS_TOTAL = "artifactd_disk_cache_hits_total", Counter,
+        "Reads of store objects served from the disk cache";
+    DISK_CACHE_MISSES_TOTAL = "artifactd_disk_cache_misses_total", Counter,
+        "Reads of store objects the disk cache did not hold";
+    DISK_CACHE_DEGRADED = "artifactd_disk_cache_degraded", Gauge,
+        "1 while the disk cache cannot write its directory (full, read-only or gone); reads go to the store";
+    PREFETCHED_BYTES_TOTAL = "artifactd_prefetched_bytes_total", Counter,
+        "Bytes of next versions read into the chunk cache because versions were read in order";
     HTTP_DOWNLOADS_TOTAL = "artifactd_http_downloads_total", Counter,
         "Requests of download links on the HTTP listener, by status code";
     AUDIT_WRITE_FAILURES_TOTAL = "artifactd_audit_write_failures_total", Counter,

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file artifactd/v1/admin.proto.
  */
 export const file_artifactd_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChhhcnRpZmFjdGQvdjEvYWRtaW4ucHJvdG8SDGFydGlmYWN0ZC52MSIoChVDb2xsZWN0R2FyYmFnZVJlcXVlc3QSDwoHZHJ5X3J1bhgBIAEoCCI7CgtHYXJiYWdlS2VwdBIOCgZyZWFzb24YASABKAkSDQoFcGFja3MYAiABKAQSDQoFYnl0ZXMYAyABKAQimgQKEUdhcmJhZ2VDb2xsZWN0aW9uEgoKAmlkGAEgASgJEg8KB2RyeV9ydW4YAiABKAgSLgoKc3RhcnRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhgKEHZlcnNpb25zX3NjYW5uZWQYBSABKAQSFgoOY2h1bmtzX3NjYW5uZWQYBiABKAQSFgoOcGFja3NfZXhhbWluZWQYByABKAQSFgoOYnl0ZXNfZXhhbWluZWQYCCABKAQSFAoMcGFja3NfbWFya2VkGAkgASgEEhUKDW1hcmtzX2NsZWFyZWQYCiABKAQSFwoPcGFja3NfcmVjbGFpbWVkGAsgASgEEhcKD2J5dGVzX3JlY2xhaW1lZBgMIAEoBBIXCg9wYWNrc19jb21wYWN0ZWQYDSABKAQSFwoPYnl0ZXNfY29tcGFjdGVkGA4gASgEEhcKD2J5dGVzX3Jld3JpdHRlbhgPIAEoBBIXCg9vYmplY3RzX2RlbGV0ZWQYECABKAQSFwoPZGVsZXRlX2ZhaWx1cmVzGBEgASgEEicKBGtlcHQYEiADKAsyGS5hcnRpZmFjdGQudjEuR2FyYmFnZUtlcHQSEAoIcHJvYmxlbXMYEyADKAkSDgoGaG9sZGVyGBQgASgJIkkKFkNvbGxlY3RHYXJiYWdlUmVzcG9uc2USLwoGcmVwb3J0GAEgASgLMh8uYXJ0aWZhY3RkLnYxLkdhcmJhZ2VDb2xsZWN0aW9uIi4KHUxpc3RHYXJiYWdlQ29sbGVjdGlvbnNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgNIk8KHkxpc3RHYXJiYWdlQ29sbGVjdGlvbnNSZXNwb25zZRItCgRydW5zGAEgAygLMh8uYXJ0aWZhY3RkLnYxLkdhcmJhZ2VDb2xsZWN0aW9uIiwKF0NoZWNrQ29uc2lzdGVuY3lSZXF1ZXN0EhEKCXJlYWRfZGF0YRgBIAEoCCKuAQoYQ2hlY2tDb25zaXN0ZW5jeVJlc3BvbnNlEhAKCHZlcnNpb25zGAEgASgEEg4KBmNodW5rcxgCIAEoBBINCgVwYWNrcxgDIAEoBBIOCgZzdG9yZXMYBCADKAkSEgoKYnl0ZXNfcmVhZBgFIAEoBBIaChJkZXN0cm95ZWRfdmVyc2lvbnMYBiABKAQSEAoIcHJvYmxlbXMYByADKAkSDwoHb3JwaGFucxgIIAMoCSIYChZHZXRTZXJ2ZXJTdGF0dXNSZXF1ZXN0IpEBCglKb2JTdGF0dXMSDAoEbmFtZRgBIAEoCRIlCgVzdGF0ZRgCIAEoDjIWLmFydGlmYWN0ZC52MS5Kb2JTdGF0ZRIQCghyZXN0YXJ0cxgDIAEoBBISCgpsYXN0X2Vycm9yGAQgASgJEikKBXNpbmNlGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIxCg1TZXJ2aWNlSGVhbHRoEg8KB3NlcnZpY2UYASABKAkSDwoHc2VydmluZxgCIAEoCCKAAQoXR2V0U2VydmVyU3RhdHVzUmVzcG9uc2USJQoEam9icxgBIAMoCzIXLmFydGlmYWN0ZC52MS5Kb2JTdGF0dXMSLQoIc2VydmljZXMYAiADKAsyGy5hcnRpZmFjdGQudjEuU2VydmljZUhlYWx0aBIPCgd2ZXJzaW9uGAMgASgJKm0KCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhUKEUpPQl9TVEFURV9SVU5OSU5HEAESGAoUSk9CX1NUQVRFX1JFU1RBUlRJTkcQAhIVChFKT0JfU1RBVEVfU1RPUFBFRBADMqMDCgxBZG1pblNlcnZpY2USXgoPR2V0U2VydmVyU3RhdHVzEiQuYXJ0aWZhY3RkLnYxLkdldFNlcnZlclN0YXR1c1JlcXVlc3QaJS5hcnRpZmFjdGQudjEuR2V0U2VydmVyU3RhdHVzUmVzcG9uc2USYQoQQ2hlY2tDb25zaXN0ZW5jeRIlLmFydGlmYWN0ZC52MS5DaGVja0NvbnNpc3RlbmN5UmVxdWVzdBomLmFydGlmYWN0ZC52MS5DaGVja0NvbnNpc3RlbmN5UmVzcG9uc2USWwoOQ29sbGVjdEdhcmJhZ2USIy5hcnRpZmFjdGQudjEuQ29sbGVjdEdhcmJhZ2VSZXF1ZXN0GiQuYXJ0aWZhY3RkLnYxLkNvbGxlY3RHYXJiYWdlUmVzcG9uc2UScwoWTGlzdEdhcmJhZ2VDb2xsZWN0aW9ucxIrLmFydGlmYWN0ZC52MS5MaXN0R2FyYmFnZUNvbGxlY3Rpb25zUmVxdWVzdBosLmFydGlmYWN0ZC52MS5MaXN0R2FyYmFnZUNvbGxlY3Rpb25zUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChhhcnRpZmFjdGQvdjEvYWRtaW4ucHJvdG8SDGFydGlmYWN0ZC52MSIoChVDb2xsZWN0R2FyYmFnZVJlcXVlc3QSDwoHZHJ5X3J1bhgBIAEoCCI7CgtHYXJiYWdlS2VwdBIOCgZyZWFzb24YASABKAkSDQoFcGFja3MYAiABKAQSDQoFYnl0ZXMYAyABKAQimgQKEUdhcmJhZ2VDb2xsZWN0aW9uEgoKAmlkGAEgASgJEg8KB2RyeV9ydW4YAiABKAgSLgoKc3RhcnRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhgKEHZlcnNpb25zX3NjYW5uZWQYBSABKAQSFgoOY2h1bmtzX3NjYW5uZWQYBiABKAQSFgoOcGFja3NfZXhhbWluZWQYByABKAQSFgoOYnl0ZXNfZXhhbWluZWQYCCABKAQSFAoMcGFja3NfbWFya2VkGAkgASgEEhUKDW1hcmtzX2NsZWFyZWQYCiABKAQSFwoPcGFja3NfcmVjbGFpbWVkGAsgASgEEhcKD2J5dGVzX3JlY2xhaW1lZBgMIAEoBBIXCg9wYWNrc19jb21wYWN0ZWQYDSABKAQSFwoPYnl0ZXNfY29tcGFjdGVkGA4gASgEEhcKD2J5dGVzX3Jld3JpdHRlbhgPIAEoBBIXCg9vYmplY3RzX2RlbGV0ZWQYECABKAQSFwoPZGVsZXRlX2ZhaWx1cmVzGBEgASgEEicKBGtlcHQYEiADKAsyGS5hcnRpZmFjdGQudjEuR2FyYmFnZUtlcHQSEAoIcHJvYmxlbXMYEyADKAkSDgoGaG9sZGVyGBQgASgJIkkKFkNvbGxlY3RHYXJiYWdlUmVzcG9uc2USLwoGcmVwb3J0GAEgASgLMh8uYXJ0aWZhY3RkLnYxLkdhcmJhZ2VDb2xsZWN0aW9uIi4KHUxpc3RHYXJiYWdlQ29sbGVjdGlvbnNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgNIk8KHkxpc3RHYXJiYWdlQ29sbGVjdGlvbnNSZXNwb25zZRItCgRydW5zGAEgAygLMh8uYXJ0aWZhY3RkLnYxLkdhcmJhZ2VDb2xsZWN0aW9uIiwKF0NoZWNrQ29uc2lzdGVuY3lSZXF1ZXN0EhEKCXJlYWRfZGF0YRgBIAEoCCKuAQoYQ2hlY2tDb25zaXN0ZW5jeVJlc3BvbnNlEhAKCHZlcnNpb25zGAEgASgEEg4KBmNodW5rcxgCIAEoBBINCgVwYWNrcxgDIAEoBBIOCgZzdG9yZXMYBCADKAkSEgoKYnl0ZXNfcmVhZBgFIAEoBBIaChJkZXN0cm95ZWRfdmVyc2lvbnMYBiABKAQSEAoIcHJvYmxlbXMYByADKAkSDwoHb3JwaGFucxgIIAMoCSIYChZHZXRTZXJ2ZXJTdGF0dXNSZXF1ZXN0IpEBCglKb2JTdGF0dXMSDAoEbmFtZRgBIAEoCRIlCgVzdGF0ZRgCIAEoDjIWLmFydGlmYWN0ZC52MS5Kb2JTdGF0ZRIQCghyZXN0YXJ0cxgDIAEoBBISCgpsYXN0X2Vycm9yGAQgASgJEikKBXNpbmNlGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIxCg1TZXJ2aWNlSGVhbHRoEg8KB3NlcnZpY2UYASABKAkSDwoHc2VydmluZxgCIAEoCCKqAQoXR2V0U2VydmVyU3RhdHVzUmVzcG9uc2USJQoEam9icxgBIAMoCzIXLmFydGlmYWN0ZC52MS5Kb2JTdGF0dXMSLQoIc2VydmljZXMYAiADKAsyGy5hcnRpZmFjdGQudjEuU2VydmljZUhlYWx0aBIPCgd2ZXJzaW9uGAMgASgJEigKBWNhY2hlGAQgASgLMhkuYXJ0aWZhY3RkLnYxLkNhY2hlU3RhdHVzIt0BCgtDYWNoZVN0YXR1cxIUCgxtZW1vcnlfYnl0ZXMYASABKAQSHQoVbWVtb3J5X2NhcGFjaXR5X2J5dGVzGAIgASgEEhMKC21lbW9yeV9oaXRzGAMgASgEEhUKDW1lbW9yeV9taXNzZXMYBCABKAQSEgoKZGlza19ieXRlcxgFIAEoBBIbChNkaXNrX2NhcGFjaXR5X2J5dGVzGAYgASgEEhEKCWRpc2tfaGl0cxgHIAEoBBITCgtkaXNrX21pc3NlcxgIIAEoBBIUCgxkaXNrX3Byb2JsZW0YCSABKAkqbQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRSk9CX1NUQVRFX1JVTk5JTkcQARIYChRKT0JfU1RBVEVfUkVTVEFSVElORxACEhUKEUpPQl9TVEFURV9TVE9QUEVEEAMyowMKDEFkbWluU2VydmljZRJeCg9HZXRTZXJ2ZXJTdGF0dXMSJC5hcnRpZmFjdGQudjEuR2V0U2VydmVyU3RhdHVzUmVxdWVzdBolLmFydGlmYWN0ZC52MS5HZXRTZXJ2ZXJTdGF0dXNSZXNwb25zZRJhChBDaGVja0NvbnNpc3RlbmN5EiUuYXJ0aWZhY3RkLnYxLkNoZWNrQ29uc2lzdGVuY3lSZXF1ZXN0GiYuYXJ0aWZhY3RkLnYxLkNoZWNrQ29uc2lzdGVuY3lSZXNwb25zZRJbCg5Db2xsZWN0R2FyYmFnZRIjLmFydGlmYWN0ZC52MS5Db2xsZWN0R2FyYmFnZVJlcXVlc3QaJC5hcnRpZmFjdGQudjEuQ29sbGVjdEdhcmJhZ2VSZXNwb25zZRJzChZMaXN0R2FyYmFnZUNvbGxlY3Rpb25zEisuYXJ0aWZhY3RkLnYxLkxpc3RHYXJiYWdlQ29sbGVjdGlvbnNSZXF1ZXN0GiwuYXJ0aWZhY3RkLnYxLkxpc3RHYXJiYWdlQ29sbGVjdGlvbnNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message artifactd.v1.CollectGarbageRequest
@@ -403,6 +403,13 @@ export type GetServerStatusResponse = Message<"artifactd.v1.GetServerStatusRespo
    * @generated from field: string version = 3;
    */
   version: string;
+
+  /**
+   * The caches reads go through.
+   *
+   * @generated from field: artifactd.v1.CacheStatus cache = 4;
+   */
+  cache?: CacheStatus | undefined;
 };
 
 /**
@@ -411,6 +418,72 @@ export type GetServerStatusResponse = Message<"artifactd.v1.GetServerStatusRespo
  */
 export const GetServerStatusResponseSchema: GenMessage<GetServerStatusResponse> = /*@__PURE__*/
   messageDesc(file_artifactd_v1_admin, 11);
+
+/**
+ * @generated from message artifactd.v1.CacheStatus
+ */
+export type CacheStatus = Message<"artifactd.v1.CacheStatus"> & {
+  /**
+   * Decoded chunks in memory.
+   *
+   * @generated from field: uint64 memory_bytes = 1;
+   */
+  memoryBytes: bigint;
+
+  /**
+   * @generated from field: uint64 memory_capacity_bytes = 2;
+   */
+  memoryCapacityBytes: bigint;
+
+  /**
+   * Chunks reads found there, and did not.
+   *
+   * @generated from field: uint64 memory_hits = 3;
+   */
+  memoryHits: bigint;
+
+  /**
+   * @generated from field: uint64 memory_misses = 4;
+   */
+  memoryMisses: bigint;
+
+  /**
+   * Objects of the store copied to local disk; a capacity of 0 means the disk cache is off.
+   *
+   * @generated from field: uint64 disk_bytes = 5;
+   */
+  diskBytes: bigint;
+
+  /**
+   * @generated from field: uint64 disk_capacity_bytes = 6;
+   */
+  diskCapacityBytes: bigint;
+
+  /**
+   * @generated from field: uint64 disk_hits = 7;
+   */
+  diskHits: bigint;
+
+  /**
+   * @generated from field: uint64 disk_misses = 8;
+   */
+  diskMisses: bigint;
+
+  /**
+   * Why the disk cache cannot keep what it should (its directory is full, read-only or
+   * gone); empty while it can. Reads are served from the stores meanwhile.
+   *
+   * @generated from field: string disk_problem = 9;
+   */
+  diskProblem: string;
+};
+
+/**
+ * Describes the message artifactd.v1.CacheStatus.
+ * Use `create(CacheStatusSchema)` to create a new message.
+ */
+export const CacheStatusSchema: GenMessage<CacheStatus> = /*@__PURE__*/
+  messageDesc(file_artifactd_v1_admin, 12);
 
 /**
  * @generated from enum artifactd.v1.JobState

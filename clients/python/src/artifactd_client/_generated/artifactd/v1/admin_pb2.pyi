@@ -381,23 +381,78 @@ class GetServerStatusResponse(_message.Message):
     JOBS_FIELD_NUMBER: _builtins.int
     SERVICES_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """The server's version."""
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobStatus]: ...
     @_builtins.property
     def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceHealth]: ...
+    @_builtins.property
+    def cache(self) -> Global___CacheStatus:
+        """The caches reads go through."""
+
     def __init__(
         self,
         *,
         jobs: _abc.Iterable[Global___JobStatus] | None = ...,
         services: _abc.Iterable[Global___ServiceHealth] | None = ...,
         version: _builtins.str = ...,
+        cache: Global___CacheStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "services", b"services", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "jobs", b"jobs", "services", b"services", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetServerStatusResponse: _TypeAlias = GetServerStatusResponse  # noqa: Y015
+
+@_typing.final
+class CacheStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_CAPACITY_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_HITS_FIELD_NUMBER: _builtins.int
+    MEMORY_MISSES_FIELD_NUMBER: _builtins.int
+    DISK_BYTES_FIELD_NUMBER: _builtins.int
+    DISK_CAPACITY_BYTES_FIELD_NUMBER: _builtins.int
+    DISK_HITS_FIELD_NUMBER: _builtins.int
+    DISK_MISSES_FIELD_NUMBER: _builtins.int
+    DISK_PROBLEM_FIELD_NUMBER: _builtins.int
+    memory_bytes: _builtins.int
+    """Decoded chunks in memory."""
+    memory_capacity_bytes: _builtins.int
+    memory_hits: _builtins.int
+    """Chunks reads found there, and did not."""
+    memory_misses: _builtins.int
+    disk_bytes: _builtins.int
+    """Objects of the store copied to local disk; a capacity of 0 means the disk cache is off."""
+    disk_capacity_bytes: _builtins.int
+    disk_hits: _builtins.int
+    disk_misses: _builtins.int
+    disk_problem: _builtins.str
+    """Why the disk cache cannot keep what it should (its directory is full, read-only or
+    gone); empty while it can. Reads are served from the stores meanwhile.
+    """
+    def __init__(
+        self,
+        *,
+        memory_bytes: _builtins.int = ...,
+        memory_capacity_bytes: _builtins.int = ...,
+        memory_hits: _builtins.int = ...,
+        memory_misses: _builtins.int = ...,
+        disk_bytes: _builtins.int = ...,
+        disk_capacity_bytes: _builtins.int = ...,
+        disk_hits: _builtins.int = ...,
+        disk_misses: _builtins.int = ...,
+        disk_problem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk_bytes", b"disk_bytes", "disk_capacity_bytes", b"disk_capacity_bytes", "disk_hits", b"disk_hits", "disk_misses", b"disk_misses", "disk_problem", b"disk_problem", "memory_bytes", b"memory_bytes", "memory_capacity_bytes", b"memory_capacity_bytes", "memory_hits", b"memory_hits", "memory_misses", b"memory_misses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheStatus: _TypeAlias = CacheStatus  # noqa: Y015

@@ -1,0 +1,590 @@
+//! `DiskCachedStore`: a `BlobStore` wrapper that keeps whole objects read more than once in a
+//! local directory, for stores that are far away (S3 across a network). It caches what the
+//! store holds, byte for byte (sealed packs stay sealed), never what a write sends.
+//!
+//! - Admission: an object is copied to disk the second time it is missed within the last
+//!   [`SEEN_ONCE`] misses; one large scan that reads each object once never fills the cache.
+//! - Eviction: least recently used first, down to the capacity.
+//! - Damage: a cached copy the decoder refuses is deleted and the read goes to the store;
+//!   a fill is checked by `verify` (for packs, their name is their hash) before it is kept.
+//! - A directory that cannot be written (full, read-only, gone) costs nothing but the cache:
+//!   reads go to the store, the problem is logged once, shown by [`DiskCache::problem`] and
+//!   the `artifactd_disk_cache_degraded` gauge, and cleared by the next write that works.
+
+use super::{BlobStore, Decoder, DynBlobStore, GetOptions, ObjectMeta, StoreError, decode_read};
+use crate::telemetry::names;
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// How many missed keys the admission filter remembers.
+const SEEN_ONCE: usize = 4096;
+
+/// Whether the bytes of a whole object are what `key` should hold.
+pub type Verifier = Arc<dyn Fn(&str, &[u8]) -> bool + Send + Sync>;
+
+#[derive(Default)]
+struct Index {
+    /// key → (size, last use)
+    entries: HashMap<String, (u64, u64)>,
+    total: u64,
+    clock: u64,
+    seen_once: VecDeque<String>,
+    seen_set: HashSet<String>,
+    filling: HashSet<String>,
+}
+
+impl Index {
+    fn touch(&mut self, key: &str) -> bool {
+        self.clock += 1;
+        match self.entries.get_mut(key) {
+            Some(entry) => {
+                entry.1 = self.clock;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records a miss; whether the key was missed before (and is not being filled).
+    fn admit(&mut self, key: &str) -> bool {
+        if self.filling.contains(key) {
+            return false;
+        }
+        if self.seen_set.remove(key) {
+            self.seen_once.retain(|k| k != key);
+            self.filling.insert(key.to_owned());
+            return true;
+        }
+        if self.seen_once.len() >= SEEN_ONCE
+            && let Some(oldest) = self.seen_once.pop_front()
+        {
+            self.seen_set.remove(&oldest);
+        }
+        self.seen_once.push_back(key.to_owned());
+        self.seen_set.insert(key.to_owned());
+        false
+    }
+
+    /// Keys to delete so that `incoming` more bytes fit in `capacity`, least recent first.
+    fn make_room(&mut self, incoming: u64, capacity: u64) -> Vec<String> {
+        let mut by_age: Vec<(u64, String)> = self
+            .entries
+            .iter()
+            .map(|(k, (_, used))| (*used, k.clone()))
+            .collect();
+        by_age.sort();
+        let mut evicted = Vec::new();
+        for (_, key) in by_age {
+            if self.total + incoming <= capacity {
+                break;
+            }
+            if let Some((size, _)) = self.entries.remove(&key) {
+                self.total -= size;
+                evicted.push(key);
+            }
+        }
+        evicted
+    }
+}
+
+/// The cache directory and what it holds.
+pub struct DiskCache {
+    dir: PathBuf,
+    capacity: u64,
+    index: Mutex<Index>,
+    problem: Mutex<Option<String>>,
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
+}
+
+/// What the cache holds and whether it can keep more, for status calls.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskCacheStatus {
+    pub bytes: u64,
+    pub capacity: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub problem: Option<String>,
+}
+
+impl DiskCache {
+    /// Opens (creating) `dir`, forgets unfinished copies and indexes what is there. A
+    /// directory that cannot be made is a problem to report, not a reason not to start.
+    pub fn open(dir: &Path, capacity: u64) -> Arc<Self> {
+        let cache = Arc::new(Self {
+            dir: dir.to_owned(),
+            capacity,
+            index: Mutex::new(Index::default()),
+            problem: Mutex::new(None),
+            hits: Default::default(),
+            misses: Default::default(),
+        });
+        match cache.scan() {
+            Ok(()) => cache.clear_problem(),
+            Err(error) => cache.report_problem(format!("cannot use {}: {error}", dir.display())),
+        }
+        cache
+    }
+
+    fn scan(&self) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
+            let meta = entry.metadata()?;
+            let used = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            found.push((used, key_of(&name), meta.len()));
+        }
+        found.sort();
+        let mut index = self.index.lock().expect("disk cache index");
+        for (_, key, size) in found {
+            index.clock += 1;
+            let clock = index.clock;
+            index.total += size;
+            index.entries.insert(key, (size, clock));
+        }
+        let evict = index.make_room(0, self.capacity);
+        drop(index);
+        for key in evict {
+            let _ = std::fs::remove_file(self.path_of(&key));
+        }
+        self.report_size();
+        Ok(())
+    }
+
+    fn path_of(&self, key: &str) -> PathBuf {
+        self.dir.join(key.replace('/', "~"))
+    }
+
+    pub fn status(&self) -> DiskCacheStatus {
+        DiskCacheStatus {
+            bytes: self.index.lock().expect("disk cache index").total,
+            capacity: self.capacity,
+            hits: self.hits.load(std::sync::atomic::Ordering::Relaxed),
+            misses: self.misses.load(std::sync::atomic::Ordering::Relaxed),
+            problem: self.problem(),
+        }
+    }
+
+    /// Why the cache cannot keep what it should, while that lasts.
+    pub fn problem(&self) -> Option<String> {
+        self.problem.lock().expect("disk cache problem").clone()
+    }
+
+    fn report_problem(&self, problem: String) {
+        let mut current = self.problem.lock().expect("disk cache problem");
+        if current.is_none() {
+            tracing::warn!(dir = %self.dir.display(), %problem, "the disk cache cannot keep objects; reads go to the store");
+        }
+        *current = Some(problem);
+        metrics::gauge!(names::DISK_CACHE_DEGRADED).set(1.0);
+    }
+
+    fn clear_problem(&self) {
+        if self.problem.lock().expect("disk cache problem").take().is_some() {
+            tracing::info!(dir = %self.dir.display(), "the disk cache keeps objects again");
+        }
+        metrics::gauge!(names::DISK_CACHE_DEGRADED).set(0.0);
+    }
+
+    fn report_size(&self) {
+        let total = self.index.lock().expect("disk cache index").total;
+        metrics::gauge!(names::DISK_CACHE_BYTES).set(total as f64);
+    }
+
+    /// The cached bytes of `key` in `range`, if the whole object is here.
+    fn read(&self, key: &str, range: Option<std::ops::Range<u64>>) -> Option<Bytes> {
+        if !self.index.lock().expect("disk cache index").touch(key) {
+            return None;
+        }
+        let path = self.path_of(key);
+        let read = || -> std::io::Result<Vec<u8>> {
+            let mut file = std::fs::File::open(&path)?;
+            match &range {
+                None => {
+                    let mut bytes = Vec::new();
+                    file.read_to_end(&mut bytes)?;
+                    Ok(bytes)
+                }
+                Some(range) => {
+                    file.seek(SeekFrom::Start(range.start))?;
+                    let mut bytes = vec![0; (range.end - range.start) as usize];
+                    file.read_exact(&mut bytes)?;
+                    Ok(bytes)
+                }
+            }
+        };
+        match read() {
+            Ok(bytes) => Some(Bytes::from(bytes)),
+            Err(error) => {
+                tracing::warn!(%key, %error, "a cached object could not be read; reading the store");
+                self.forget(key);
+                None
+            }
+        }
+    }
+
+    fn forget(&self, key: &str) {
+        let mut index = self.index.lock().expect("disk cache index");
+        if let Some((size, _)) = index.entries.remove(key) {
+            index.total -= size;
+        }
+        drop(index);
+        let _ = std::fs::remove_file(self.path_of(key));
+        self.report_size();
+    }
+
+    /// Keeps `bytes` as the whole of `key`: written to a temporary name, then renamed, so a
+    /// crash never leaves a partial object under a real name.
+    fn keep(&self, key: &str, bytes: &[u8]) {
+        let size = bytes.len() as u64;
+        let evict = {
+            let mut index = self.index.lock().expect("disk cache index");
+            index.filling.remove(key);
+            if size > self.capacity || index.entries.contains_key(key) {
+                return;
+            }
+            index.make_room(size, self.capacity)
+        };
+        for old in evict {
+            let _ = std::fs::remove_file(self.path_of(&old));
+        }
+        let path = self.path_of(key);
+        let temp = path.with_extension(format!("{}.tmp", uuid::Uuid::now_v7().simple()));
+        let written = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| std::fs::write(&temp, bytes))
+            .and_then(|()| std::fs::rename(&temp, &path));
+        match written {
+            Ok(()) => {
+                let mut index = self.index.lock().expect("disk cache index");
+                index.clock += 1;
+                let clock = index.clock;
+                index.entries.insert(key.to_owned(), (size, clock));
+                index.total += size;
+                drop(index);
+                self.clear_problem();
+            }
+            Err(error) => {
+                let _ = std::fs::remove_file(&temp);
+                self.report_problem(format!("cannot write {}: {error}", path.display()));
+            }
+        }
+        self.report_size();
+    }
+
+    fn fill_failed(&self, key: &str) {
+        self.index.lock().expect("disk cache index").filling.remove(key);
+    }
+}
+
+fn key_of(file_name: &str) -> String {
+    file_name.replace('~', "/")
+}
+
+/// A store whose objects under `prefix` are read through a [`DiskCache`].
+pub struct DiskCachedStore {
+    inner: DynBlobStore,
+    cache: Arc<DiskCache>,
+    prefix: String,
+    verify: Verifier,
+}
+
+impl std::fmt::Debug for DiskCachedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskCachedStore")
+            .field("inner", &self.inner)
+            .field("dir", &self.cache.dir)
+            .finish()
+    }
+}
+
+impl DiskCachedStore {
+    pub fn new(inner: DynBlobStore, cache: Arc<DiskCache>, prefix: &str, verify: Verifier) -> Self {
+        Self {
+            inner,
+            cache,
+            prefix: prefix.to_owned(),
+            verify,
+        }
+    }
+
+    fn cacheable(&self, key: &str) -> bool {
+        key.starts_with(&self.prefix)
+    }
+
+    fn hit(&self) {
+        self.cache.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!(names::DISK_CACHE_HITS_TOTAL).increment(1);
+    }
+
+    /// Counts a miss, and copies the whole object to disk in the background when it was
+    /// missed before.
+    fn missed(&self, key: &str) {
+        self.cache
+            .misses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!(names::DISK_CACHE_MISSES_TOTAL).increment(1);
+        if !self.cache.index.lock().expect("disk cache index").admit(key) {
+            return;
+        }
+        let (inner, cache, verify, key) = (
+            self.inner.clone(),
+            self.cache.clone(),
+            self.verify.clone(),
+            key.to_owned(),
+        );
+        tokio::spawn(async move {
+            match inner.get(&key, GetOptions::default()).await {
+                Ok(bytes) if verify(&key, &bytes) => {
+                    let _ = tokio::task::spawn_blocking(move || cache.keep(&key, &bytes)).await;
+                }
+                Ok(_) => {
+                    tracing::warn!(%key, "the store's copy failed its check; not caching it");
+                    cache.fill_failed(&key);
+                }
+                Err(error) => {
+                    tracing::debug!(%key, %error, "could not copy an object to the disk cache");
+                    cache.fill_failed(&key);
+                }
+            }
+        });
+    }
+
+    async fn cached(&self, key: &str, range: Option<std::ops::Range<u64>>) -> Option<Bytes> {
+        let cache = self.cache.clone();
+        let key = key.to_owned();
+        tokio::task::spawn_blocking(move || cache.read(&key, range))
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+#[async_trait]
+impl BlobStore for DiskCachedStore {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        self.inner.put(key, data).await
+    }
+
+    async fn get(&self, key: &str, options: GetOptions) -> Result<Bytes, StoreError> {
+        if !self.cacheable(key) {
+            return self.inner.get(key, options).await;
+        }
+        if let Some(bytes) = self.cached(key, options.range.clone()).await {
+            self.hit();
+            return Ok(bytes);
+        }
+        let bytes = self.inner.get(key, options).await?;
+        self.missed(key);
+        Ok(bytes)
+    }
+
+    async fn get_decoded(
+        &self,
+        key: &str,
+        options: GetOptions,
+        decode: Decoder,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        if !self.cacheable(key) {
+            return self.inner.get_decoded(key, options, decode).await;
+        }
+        if let Some(bytes) = self.cached(key, options.range.clone()).await {
+            match decode_read(self.inner.name(), key, &decode, bytes).await {
+                Ok(decoded) => {
+                    self.hit();
+                    return Ok(decoded);
+                }
+                Err(error) => {
+                    tracing::warn!(%key, %error, "a cached object is damaged; deleting it and reading the store");
+                    let (cache, doomed) = (self.cache.clone(), key.to_owned());
+                    let _ = tokio::task::spawn_blocking(move || cache.forget(&doomed)).await;
+                }
+            }
+        }
+        let decoded = self.inner.get_decoded(key, options, decode).await?;
+        self.missed(key);
+        Ok(decoded)
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        self.inner.head(key).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await?;
+        if self.cacheable(key) {
+            let (cache, key) = (self.cache.clone(), key.to_owned());
+            let _ = tokio::task::spawn_blocking(move || cache.forget(&key)).await;
+        }
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.inner.list(prefix).await
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.inner.check().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::FsStore;
+    use std::time::Duration;
+
+    async fn fixture(capacity: u64) -> (tempfile::TempDir, Arc<FsStore>, Arc<DiskCache>, DiskCachedStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FsStore::open(dir.path().join("store")).unwrap());
+        let cache = DiskCache::open(&dir.path().join("cache"), capacity);
+        let verify: Verifier = Arc::new(|_: &str, bytes: &[u8]| !bytes.starts_with(b"bad"));
+        let cached = DiskCachedStore::new(store.clone(), cache.clone(), "packs/", verify);
+        (dir, store, cache, cached)
+    }
+
+    async fn settled(cache: &DiskCache, bytes: u64) {
+        for _ in 0..200 {
+            if cache.status().bytes == bytes {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the cache holds {:?}, not {bytes} bytes", cache.status());
+    }
+
+    #[tokio::test]
+    async fn objects_read_twice_are_kept_least_recent_evicted_first() {
+        let (_dir, store, cache, cached) = fixture(250_000).await;
+        for n in 0..4u8 {
+            store
+                .put(&format!("packs/{n}"), Bytes::from(vec![n; 100_000]))
+                .await
+                .unwrap();
+        }
+        store
+            .put("other/x", Bytes::from_static(b"not cached"))
+            .await
+            .unwrap();
+        // A scan reads each object once: nothing is kept.
+        for n in 0..4 {
+            cached
+                .get(&format!("packs/{n}"), GetOptions::default())
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(cache.status().bytes, 0);
+        // Read again: kept, within the capacity, the oldest evicted.
+        for n in 0..4 {
+            cached
+                .get(&format!("packs/{n}"), GetOptions::default())
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        settled(&cache, 200_000).await;
+        let hits_before = cache.status().hits;
+        let part = cached.get("packs/3", GetOptions::range(10..20)).await.unwrap();
+        assert_eq!(&part[..], &[3u8; 10]);
+        assert_eq!(cache.status().hits, hits_before + 1);
+        // Deleting through the wrapper forgets the copy.
+        cached.delete("packs/3").await.unwrap();
+        settled(&cache, 100_000).await;
+        assert!(cached.get("packs/3", GetOptions::default()).await.is_err());
+        cached.get("other/x", GetOptions::default()).await.unwrap();
+        cached.get("other/x", GetOptions::default()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(cache.status().bytes, 100_000, "only the prefix is cached");
+        // A restart finds what was kept.
+        let reopened = DiskCache::open(&cache.dir, 250_000);
+        assert_eq!(reopened.status().bytes, 100_000);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_copy_is_dropped_and_the_store_read() {
+        let (_dir, store, cache, cached) = fixture(1_000_000).await;
+        store.put("packs/a", Bytes::from(vec![7u8; 1000])).await.unwrap();
+        for _ in 0..2 {
+            cached.get("packs/a", GetOptions::default()).await.unwrap();
+        }
+        settled(&cache, 1000).await;
+        std::fs::write(cache.path_of("packs/a"), vec![8u8; 1000]).unwrap();
+        let decoder: Decoder = Arc::new(|bytes: &[u8]| {
+            if bytes.iter().all(|b| *b == 7) {
+                Ok(vec![Bytes::copy_from_slice(bytes)])
+            } else {
+                Err("not sevens".to_owned())
+            }
+        });
+        let decoded = cached
+            .get_decoded("packs/a", GetOptions::default(), decoder)
+            .await
+            .unwrap();
+        assert_eq!(decoded[0].len(), 1000);
+        assert_eq!(cache.status().bytes, 0, "the damaged copy is gone");
+        // An object the store holds damaged (its check fails) is not kept.
+        store
+            .put("packs/b", Bytes::from_static(b"bad bytes"))
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            cached.get("packs/b", GetOptions::default()).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(cache.status().bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_directory_is_reported_and_reads_go_on() {
+        let (dir, store, cache, cached) = fixture(1_000_000).await;
+        store.put("packs/a", Bytes::from(vec![1u8; 1000])).await.unwrap();
+        // The directory is replaced by a file: nothing can be written there.
+        std::fs::remove_dir_all(&cache.dir).unwrap();
+        std::fs::write(&cache.dir, b"in the way").unwrap();
+        for _ in 0..3 {
+            assert_eq!(
+                cached.get("packs/a", GetOptions::default()).await.unwrap().len(),
+                1000
+            );
+        }
+        for _ in 0..200 {
+            if cache.problem().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let problem = cache.problem().expect("the problem is reported");
+        assert!(problem.contains("cannot write"), "{problem}");
+        // Fixed: the next copy clears it.
+        std::fs::remove_file(&cache.dir).unwrap();
+        store.put("packs/b", Bytes::from(vec![2u8; 1000])).await.unwrap();
+        for _ in 0..2 {
+            cached.get("packs/b", GetOptions::default()).await.unwrap();
+        }
+        settled(&cache, 1000).await;
+        assert_eq!(cache.problem(), None);
+        // A cache that cannot even be opened still lets the store serve.
+        let blocked = dir.path().join("blocked");
+        std::fs::write(&blocked, b"file").unwrap();
+        let unusable = DiskCache::open(&blocked.join("cache"), 1000);
+        assert!(unusable.problem().unwrap().contains("cannot use"));
+    }
+}
