@@ -504,3 +504,134 @@ async fn concurrent_transfers_wait_for_a_small_memory_budget_and_all_complete() 
         "{stderr}"
     );
 }
+
+async fn cache_status(server: &ServerProcess) -> artifactd::proto::CacheStatus {
+    artifactd::proto::admin_service_client::AdminServiceClient::new(server.channel().await)
+        .get_server_status(artifactd::proto::GetServerStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .cache
+        .expect("the status reports the caches")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packs_read_again_from_s3_come_from_the_disk_cache_and_a_broken_cache_only_costs_speed() {
+    let s3 = common::s3::S3TestServer::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let cache_dir = data.path().join("cache");
+    let server = ServerProcess::start_with(
+        ServerOptions::default()
+            .envs(s3.env("cached"))
+            // The memory cache would answer repeated reads before the disk is asked.
+            .env("ARTIFACTD_DELIVERY__CACHE_MEMORY_BYTES", "0")
+            .env("ARTIFACTD_DELIVERY__CACHE_DIR", cache_dir.to_str().unwrap())
+            .env("ARTIFACTD_INGEST__PACK_TARGET_BYTES", "262144"),
+    );
+    let mut client = server.client().await;
+    let content = noise(1024 * 1024 + 5, 74);
+    let id = create_id(&mut client, header(T, P, "bundle", "remote.bin"), &content).await;
+    let read = |mut client: Client, id: String| async move {
+        download(&mut client, download_request(T, P, &id, ""))
+            .await
+            .unwrap()
+            .1
+    };
+    // Read once: nothing kept (one pass over the data is a scan). Read again: kept.
+    assert!(read(client.clone(), id.clone()).await == content);
+    assert_eq!(cache_status(&server).await.disk_bytes, 0);
+    assert!(read(client.clone(), id.clone()).await == content);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cache_status(&server).await.disk_bytes == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing reached the disk cache"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = cache_status(&server).await;
+    assert!(read(client.clone(), id.clone()).await == content);
+    let after = cache_status(&server).await;
+    assert!(after.disk_hits > before.disk_hits, "{before:?} → {after:?}");
+    assert_eq!(after.disk_capacity_bytes, 1 << 30);
+    assert!(after.disk_problem.is_empty());
+
+    // The directory turns into a file: copies fail, reads go on, and the status, the log
+    // and the gauge say why.
+    std::fs::remove_dir_all(&cache_dir).unwrap();
+    std::fs::write(&cache_dir, b"in the way").unwrap();
+    let other = noise(512 * 1024, 75);
+    let other_id = create_id(&mut client, header(T, P, "bundle", "remote-2.bin"), &other).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(read(client.clone(), other_id.clone()).await == other);
+        assert!(
+            read(client.clone(), id.clone()).await == content,
+            "cached copies that are gone are read from S3"
+        );
+        let status = cache_status(&server).await;
+        if !status.disk_problem.is_empty() {
+            assert!(
+                status.disk_problem.contains("cannot write"),
+                "{}",
+                status.disk_problem
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broken cache was never reported"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&server, "artifactd_disk_cache_degraded").await, 1.0);
+    assert!(server.log().contains("the disk cache cannot keep objects"));
+    let _ = std::fs::remove_file(&cache_dir);
+
+    // The embedded filesystem store has no disk cache: it is local already.
+    let local = ServerProcess::start();
+    assert_eq!(cache_status(&local).await.disk_capacity_bytes, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_read_in_order_warm_the_next_one() {
+    for prefetch in [true, false] {
+        let server = ServerProcess::start_with(
+            ServerOptions::default().env("ARTIFACTD_DELIVERY__PREFETCH", prefetch.to_string()),
+        );
+        let mut client = server.client().await;
+        let versions: Vec<Vec<u8>> = (0..3).map(|n| noise(700_000 + n * 1000, 80 + n as u64)).collect();
+        let id = create_id(&mut client, header(T, P, "bundle", "series.bin"), &versions[0]).await;
+        for content in &versions[1..] {
+            bump(&mut client, &id, content).await;
+        }
+        let read = |client: &mut Client, version: &str| {
+            let request = download_request(T, P, &id, version);
+            let mut client = client.clone();
+            async move { download(&mut client, request).await.unwrap().1 }
+        };
+        assert!(read(&mut client, "1.0.0").await == versions[0]);
+        assert!(read(&mut client, "1.1.0").await == versions[1]);
+        let warmed = "artifactd_prefetched_bytes_total";
+        if prefetch {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while metric(&server, warmed).await < versions[2].len() as f64 {
+                assert!(std::time::Instant::now() < deadline, "1.2.0 was never warmed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let hits = metric(&server, "artifactd_chunk_cache_hit_bytes_total").await;
+            assert!(read(&mut client, "1.2.0").await == versions[2]);
+            let served = metric(&server, "artifactd_chunk_cache_hit_bytes_total").await - hits;
+            assert_eq!(served, versions[2].len() as f64, "1.2.0 came from the cache");
+        } else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(metric(&server, warmed).await, 0.0);
+        }
+        // Reading backwards or the same version again warms nothing new.
+        let before = metric(&server, warmed).await;
+        assert!(read(&mut client, "1.0.0").await == versions[0]);
+        assert!(read(&mut client, "1.0.0").await == versions[0]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(metric(&server, warmed).await, before);
+    }
+}

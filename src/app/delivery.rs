@@ -21,6 +21,8 @@ pub struct DeliverySettings {
     pub default_link_ttl: Duration,
     pub max_link_ttl: Duration,
     pub cache_memory_bytes: u64,
+    /// Warm the next version into the cache when an artifact's versions are read in order.
+    pub prefetch: bool,
 }
 
 impl Default for DeliverySettings {
@@ -31,6 +33,7 @@ impl Default for DeliverySettings {
             default_link_ttl: Duration::from_secs(3600),
             max_link_ttl: Duration::from_secs(7 * 24 * 3600),
             cache_memory_bytes: 64 * 1024 * 1024,
+            prefetch: true,
         }
     }
 }
@@ -51,7 +54,34 @@ pub fn etag_of(blake3: &str) -> String {
     format!("\"{blake3}\"")
 }
 
+/// What the caches hold and how reads fared, for status calls.
+#[derive(Debug, Clone, Default)]
+pub struct CacheStatus {
+    pub memory_bytes: u64,
+    pub memory_capacity: u64,
+    pub memory_hits: u64,
+    pub memory_misses: u64,
+    /// `None` when there is no disk cache.
+    pub disk: Option<crate::storage::DiskCacheStatus>,
+}
+
 impl Artifacts {
+    /// Reports the disk cache the store reads through.
+    pub fn attach_disk_cache(&self, cache: std::sync::Arc<crate::storage::DiskCache>) {
+        let _ = self.inner.disk_cache.set(cache);
+    }
+
+    pub fn cache_status(&self) -> CacheStatus {
+        let memory = &self.inner.cache;
+        CacheStatus {
+            memory_bytes: memory.weight(),
+            memory_capacity: self.inner.settings.delivery.cache_memory_bytes,
+            memory_hits: memory.hits.load(std::sync::atomic::Ordering::Relaxed),
+            memory_misses: memory.misses.load(std::sync::atomic::Ordering::Relaxed),
+            disk: self.inner.disk_cache.get().map(|cache| cache.status()),
+        }
+    }
+
     /// Makes links absolute with `base` (`http://host:port`) when the configuration names
     /// no public address.
     pub fn serve_links_at(&self, base: String) {
@@ -141,12 +171,109 @@ impl Artifacts {
     }
 }
 
+/// Which version of each artifact was read last, to notice versions read in order.
+pub(crate) struct ReadOrder {
+    last: std::sync::Mutex<std::collections::HashMap<String, (i64, std::time::Instant)>>,
+    /// Warm-ups running at once; more are skipped, never queued.
+    warming: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// Artifacts whose last read is remembered…
+const READS_TRACKED: usize = 10_000;
+/// …for this long.
+const READ_MEMORY: Duration = Duration::from_secs(600);
+const WARMERS: usize = 2;
+
+impl Default for ReadOrder {
+    fn default() -> Self {
+        Self {
+            last: Default::default(),
+            warming: std::sync::Arc::new(tokio::sync::Semaphore::new(WARMERS)),
+        }
+    }
+}
+
+impl ReadOrder {
+    /// Records a read of the version numbered `seq`; whether the artifact's previous read
+    /// (within [`READ_MEMORY`]) was of an older version: its versions are being read in order.
+    fn forward(&self, artifact_id: &str, seq: i64) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = std::time::Instant::now();
+        let previous = last.insert(artifact_id.to_owned(), (seq, now));
+        if last.len() > READS_TRACKED {
+            last.retain(|_, (_, at)| now.duration_since(*at) < READ_MEMORY);
+            if last.len() > READS_TRACKED {
+                last.clear();
+            }
+        }
+        matches!(previous, Some((earlier, at)) if earlier < seq && now.duration_since(at) < READ_MEMORY)
+    }
+}
+
+impl Artifacts {
+    /// When a version is read right after an older one of the same artifact, reads the next
+    /// version into the chunk cache in the background, so that the client's next read finds
+    /// it there. Only versions that fit a quarter of the cache, at most two at a time.
+    pub(super) fn warm_next_version(&self, plan: &DownloadPlan) {
+        let delivery = &self.inner.settings.delivery;
+        if !delivery.prefetch || !self.inner.cache.enabled() || plan.offset != 0 {
+            return;
+        }
+        if !self
+            .inner
+            .read_order
+            .forward(plan.artifact.id.as_str(), plan.version.seq)
+        {
+            return;
+        }
+        let Ok(permit) = self.inner.read_order.warming.clone().try_acquire_owned() else {
+            return;
+        };
+        let (this, artifact, seq) = (self.clone(), plan.artifact.clone(), plan.version.seq);
+        let limit = delivery.cache_memory_bytes / 4;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let next = match this.inner.catalog.next_version(artifact.id.as_str(), seq).await {
+                Ok(Some(next)) if next.size <= limit => next,
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::debug!(%error, "could not look up the next version to warm");
+                    return;
+                }
+            };
+            let plan = DownloadPlan {
+                artifact,
+                offset: 0,
+                length: next.size,
+                version: next,
+            };
+            let warmed = match this.content(&plan).await {
+                Ok(content) => {
+                    use futures::TryStreamExt;
+                    content
+                        .try_fold(0u64, |n, piece| {
+                            futures::future::ready(Ok(n + piece.len() as u64))
+                        })
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            match warmed {
+                Ok(bytes) => metrics::counter!(names::PREFETCHED_BYTES_TOTAL).increment(bytes),
+                Err(error) => tracing::debug!(%error, "could not warm the next version"),
+            }
+        });
+    }
+}
+
 /// Decoded, verified chunks kept in memory. The policy (quick_cache's CLOCK-Pro
 /// variant) admits new chunks to a probation part and promotes those read again, so one
 /// large download passing through evicts other probationary chunks, not the hot ones.
 /// Chunk ids are keyed per tenant, so equal ids never cross tenants.
 pub(crate) struct ChunkCache {
     chunks: Option<quick_cache::sync::Cache<ChunkId, Bytes, ChunkWeight>>,
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone)]
@@ -167,7 +294,15 @@ impl ChunkCache {
             let estimated = (capacity_bytes / (16 * 1024)).max(16) as usize;
             quick_cache::sync::Cache::with_weighter(estimated, capacity_bytes, ChunkWeight)
         });
-        Self { chunks }
+        Self {
+            chunks,
+            hits: Default::default(),
+            misses: Default::default(),
+        }
+    }
+
+    pub(crate) fn weight(&self) -> u64 {
+        self.chunks.as_ref().map_or(0, |chunks| chunks.weight())
     }
 
     pub(crate) fn enabled(&self) -> bool {
@@ -180,12 +315,16 @@ impl ChunkCache {
 
     /// Counts a read that found `chunks` chunks (`bytes` bytes) here…
     pub(crate) fn record_hits(&self, chunks: usize, bytes: usize) {
+        self.hits
+            .fetch_add(chunks as u64, std::sync::atomic::Ordering::Relaxed);
         metrics::counter!(names::CHUNK_CACHE_HITS_TOTAL).increment(chunks as u64);
         metrics::counter!(names::CHUNK_CACHE_HIT_BYTES_TOTAL).increment(bytes as u64);
     }
 
     /// …or had to read `chunks` chunks from the store.
     pub(crate) fn record_misses(&self, chunks: usize) {
+        self.misses
+            .fetch_add(chunks as u64, std::sync::atomic::Ordering::Relaxed);
         metrics::counter!(names::CHUNK_CACHE_MISSES_TOTAL).increment(chunks as u64);
     }
 

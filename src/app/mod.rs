@@ -23,7 +23,7 @@ pub use backup::{
     RestoredArtifact, restore_changes,
 };
 pub use check::CheckReport;
-pub use delivery::{DeliverySettings, DownloadLink, etag_of};
+pub use delivery::{CacheStatus, DeliverySettings, DownloadLink, etag_of};
 pub use dependencies::{
     DependencyFilter, DependencyHit, DependencyRelation, DependentVersion, RequiredBy, Resolution,
     ResolvePolicy, Resolved, Unsatisfied,
@@ -145,6 +145,10 @@ pub(crate) struct Inner {
     pub(crate) budget: budget::MemoryBudget,
     /// The HTTP listener's address, for links when no public address is configured.
     pub(crate) link_base: std::sync::OnceLock<String>,
+    /// Which versions were read last, for warming the next.
+    pub(crate) read_order: delivery::ReadOrder,
+    /// The disk cache the store reads through, where there is one.
+    pub(crate) disk_cache: std::sync::OnceLock<Arc<crate::storage::DiskCache>>,
 }
 
 impl Inner {
@@ -343,6 +347,8 @@ impl Artifacts {
                 cache,
                 budget,
                 link_base: std::sync::OnceLock::new(),
+                disk_cache: std::sync::OnceLock::new(),
+                read_order: Default::default(),
             }),
         })
     }
@@ -906,6 +912,16 @@ impl Artifacts {
         &self,
         plan: &DownloadPlan,
     ) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static> {
+        let content = self.content(plan).await?;
+        self.warm_next_version(plan);
+        Ok(content)
+    }
+
+    /// The bytes of a plan, without noting the read.
+    async fn content(
+        &self,
+        plan: &DownloadPlan,
+    ) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static> {
         let manifest_bytes = self
             .inner
             .catalog
@@ -940,7 +956,8 @@ impl crate::search::ContentReader for Artifacts {
     ) -> Result<Bytes> {
         use futures::TryStreamExt;
         let plan = self.plan_download(scope, artifact_id, version, 0, length).await?;
-        let pieces: Vec<Bytes> = self.download(&plan).await?.try_collect().await?;
+        // The indexer's reads are not a client's: they do not count towards read order.
+        let pieces: Vec<Bytes> = self.content(&plan).await?.try_collect().await?;
         Ok(Bytes::from(pieces.concat()))
     }
 }

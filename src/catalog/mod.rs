@@ -910,6 +910,22 @@ impl Catalog {
         Ok(rows.map(Into::into))
     }
 
+    /// The live version that follows the one numbered `after_seq`, in the order they were
+    /// added.
+    pub async fn next_version(&self, artifact_id: &str, after_seq: i64) -> Result<Option<ArtifactVersion>> {
+        let sql = format!(
+            "SELECT {VERSION_COLUMNS} FROM versions WHERE artifact_id = $1 AND seq > $2 \
+             AND deleted_at IS NULL ORDER BY seq LIMIT 1"
+        );
+        let row: Option<VersionRecord> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(artifact_id)
+            .bind(after_seq)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error("reading the next version", e))?;
+        Ok(row.map(Into::into))
+    }
+
     /// Versions newest first, starting below `before_seq`.
     pub async fn list_versions(
         &self,
