@@ -667,7 +667,10 @@ async fn connect(connection: &Connection) -> Result<Channel, Failure> {
             .tls_config(tls)
             .map_err(|e| failure(4, format!("TLS for {}: {e}", connection.server)))?;
     }
+    // The receive window grows with the connection's bandwidth-delay product (as grpc-core
+    // and grpc-go do): HTTP/2's default 64 KiB would make every pull wait on window updates.
     endpoint
+        .http2_adaptive_window(true)
         .connect()
         .await
         .map_err(|e| failure(6, format!("cannot reach {}: {e}", connection.server)))

@@ -232,6 +232,10 @@ impl ServerProcess {
     pub async fn raw_channel(&self) -> Channel {
         Channel::from_shared(self.endpoint())
             .unwrap()
+            // Grow the receive window with the connection's bandwidth-delay product, as
+            // grpc-core (Python) and grpc-go do: HTTP/2's default 64 KiB makes every
+            // download wait for window updates.
+            .http2_adaptive_window(true)
             .connect()
             .await
             .expect("connecting to artifactd")
