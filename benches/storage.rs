@@ -164,22 +164,115 @@ async fn serve_file(path: std::path::PathBuf) -> std::net::SocketAddr {
     addr
 }
 
+/// Whether a section runs: all of them unless `ARTIFACTD_BENCH_SECTIONS` lists some
+/// (`transfers`, `registry`, `concurrent`, `prefetch`, `series`).
+fn section(name: &str) -> bool {
+    std::env::var("ARTIFACTD_BENCH_SECTIONS").map_or(true, |list| list.split(',').any(|s| s.trim() == name))
+}
+
 #[tokio::main]
 async fn main() {
-    let transfers = transfers().await;
-    let registry = registry_comparison().await;
-    let concurrent = concurrent_rss().await;
-    let s3 = S3TestServer::start().await;
-    let (releases, stored) = release_series_and_gc(&s3).await;
+    if section("transfers") {
+        transfers().await.print();
+    }
+    if section("registry") {
+        registry_comparison().await.print();
+    }
+    if section("concurrent") {
+        concurrent_rss().await.print();
+    }
+    if section("prefetch") {
+        prefetch().await;
+    }
+    if section("series") {
+        let s3 = S3TestServer::start().await;
+        let (releases, stored) = release_series_and_gc(&s3).await;
+        let logical: usize = releases.iter().map(|(_, c)| c.len()).sum();
+        println!("RESULT release_series_stored_bytes {stored}");
+        println!(
+            "RESULT release_series_stored_ratio {:.4}",
+            stored as f64 / logical as f64
+        );
+    }
+}
+
+/// The release series read in order, version after version, by one client, on servers with
+/// prefetch on and off (alternating, the faster of three runs each): `prefetch_read_ratio`
+/// is the throughput with it divided by without, and `prefetch_extra_read_ratio` the bytes
+/// prefetch read divided by the bytes the client read (its cost, when nothing else reads).
+async fn prefetch() {
+    let releases = load_releases();
     let logical: usize = releases.iter().map(|(_, c)| c.len()).sum();
-    transfers.print();
-    registry.print();
-    concurrent.print();
-    println!("RESULT release_series_stored_bytes {stored}");
+    let mut best = [Duration::MAX; 2];
+    let mut extra = 0.0;
+    for _ in 0..3 {
+        for (slot, on) in [(0, true), (1, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let options = || {
+                ServerOptions {
+                    data_dir: Some(dir.path().to_owned()),
+                    ..Default::default()
+                }
+                .env("ARTIFACTD_DELIVERY__PREFETCH", on.to_string())
+            };
+            let mut server = ServerProcess::start_with(options());
+            let mut client = server.client().await;
+            let mut first = header("bench", "prefetch", "release-bundle", "docs.tar");
+            first.initial_version = releases[0].0.to_string();
+            let id = client
+                .create_artifact(futures::stream::iter(create_messages(
+                    first,
+                    &releases[0].1,
+                    MESSAGE,
+                )))
+                .await
+                .unwrap()
+                .into_inner()
+                .artifact
+                .unwrap()
+                .id;
+            for (version, content) in &releases[1..] {
+                let mut next = update_header("bench", "prefetch", &id);
+                next.next_version = Some(NextVersion::ExplicitVersion(version.to_string()));
+                update(&mut client, next, content).await.unwrap();
+            }
+            // A fresh process: nothing of the series is cached before the reads.
+            drop(client);
+            server.terminate();
+            let server = ServerProcess::start_with(options());
+            let mut client = server.client().await;
+            let started = Instant::now();
+            for (version, content) in &releases {
+                let (_, bytes) = download(
+                    &mut client,
+                    download_request("bench", "prefetch", &id, &version.to_string()),
+                )
+                .await
+                .unwrap();
+                assert!(bytes == *content);
+            }
+            best[slot] = best[slot].min(started.elapsed());
+            if on {
+                let page = common::http_get(server.http, "/metrics").await;
+                let prefetched: f64 = page
+                    .lines()
+                    .find_map(|line| {
+                        line.strip_prefix("artifactd_prefetched_bytes_total ")?
+                            .trim()
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0.0);
+                extra = prefetched / logical as f64;
+            }
+        }
+    }
     println!(
-        "RESULT release_series_stored_ratio {:.4}",
-        stored as f64 / logical as f64
+        "RESULT prefetch_read_ratio {:.3}",
+        best[1].as_secs_f64() / best[0].as_secs_f64()
     );
+    println!("RESULT prefetch_series_read_mib_s {:.1}", mib_s(logical, best[0]));
+    println!("RESULT prefetch_extra_read_ratio {extra:.3}");
 }
 
 struct Transfers {
