@@ -903,6 +903,8 @@ struct Concurrent {
     mib: usize,
     upload: Duration,
     download: Duration,
+    /// The peak after the uploads, before the downloads.
+    upload_rss: f64,
     rss: f64,
 }
 
@@ -915,6 +917,10 @@ impl Concurrent {
         };
         let total = self.streams * self.mib * 1024 * 1024;
         println!("RESULT peak_rss_mib_{}x{scale} {:.1}", self.streams, self.rss);
+        println!(
+            "RESULT peak_rss_mib_{}x{scale}_uploads {:.1}",
+            self.streams, self.upload_rss
+        );
         println!("RESULT concurrent_upload_mib_s {:.1}", mib_s(total, self.upload));
         println!(
             "RESULT concurrent_download_mib_s {:.1}",
@@ -959,7 +965,17 @@ async fn concurrent_rss() -> Concurrent {
     };
     let streams = setting("ARTIFACTD_BENCH_STREAMS", 16);
     let mib = setting("ARTIFACTD_BENCH_STREAM_MIB", 1024);
-    let server = std::sync::Arc::new(ServerProcess::start());
+    // Settings for the server alone, `NAME=value,…` (allocator experiments).
+    let mut options = ServerOptions::default();
+    for pair in std::env::var("ARTIFACTD_BENCH_SERVER_ENV")
+        .unwrap_or_default()
+        .split(',')
+    {
+        if let Some((name, value)) = pair.split_once('=') {
+            options = options.env(name.trim(), value.trim());
+        }
+    }
+    let server = std::sync::Arc::new(ServerProcess::start_with(options));
     let total = mib * 1024 * 1024;
     let started = Instant::now();
     let mut uploads = tokio::task::JoinSet::new();
@@ -1005,6 +1021,7 @@ async fn concurrent_rss() -> Concurrent {
     }
     let uploaded: Vec<(String, blake3::Hash)> = uploads.join_all().await;
     let upload = started.elapsed();
+    let upload_rss = peak_rss_mib(server.pid());
     let started = Instant::now();
     let mut downloads = tokio::task::JoinSet::new();
     for (id, expected) in uploaded {
@@ -1035,6 +1052,7 @@ async fn concurrent_rss() -> Concurrent {
         mib,
         upload,
         download,
+        upload_rss,
         rss: peak_rss_mib(server.pid()),
     }
 }

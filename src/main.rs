@@ -7,6 +7,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc, chosen by measurement: 16 clients uploading then downloading 256 MiB each peaked
+/// at 748 MiB with it and 805 MiB with glibc's allocator, at the same throughput
+/// (`cargo bench --bench storage`, concurrent section). `MIMALLOC_PURGE_DELAY=0` gives memory
+/// back at once: 542 MiB, for about a third less download throughput at that load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "artifactd", version, about = "Versioned artifact storage over gRPC")]
 struct Cli {

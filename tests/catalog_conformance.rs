@@ -24,6 +24,10 @@ fn new_artifact(scope: &Scope, name: &str) -> NewArtifact {
 }
 
 fn new_version(version: &str, chunks: Vec<(String, PackEntry)>, packs: Vec<StagedPack>) -> NewVersion {
+    let chunks: Vec<(std::sync::Arc<str>, PackEntry)> = chunks
+        .into_iter()
+        .map(|(pack, entry)| (std::sync::Arc::from(pack.as_str()), entry))
+        .collect();
     NewVersion {
         version: version.into(),
         size: 100,

@@ -93,7 +93,7 @@ pub struct IngestedContent {
     pub new_stored_size: u64,
     pub blake3: String,
     pub manifest: Manifest,
-    pub new_chunks: Vec<(String, PackEntry)>,
+    pub new_chunks: Vec<(Arc<str>, PackEntry)>,
     pub packs: Vec<crate::catalog::StagedPack>,
     pub content_type: String,
     pub extracted: Extracted,
@@ -348,7 +348,7 @@ pub(super) struct Upload {
     pack: PackBuilder,
     /// The memory budget the pack being filled holds.
     pack_reservation: Reservation,
-    new_chunks: Vec<(String, PackEntry)>,
+    new_chunks: Vec<(Arc<str>, PackEntry)>,
     packs: Vec<crate::catalog::StagedPack>,
     writes: JoinSet<Result<()>>,
 }
@@ -625,8 +625,9 @@ impl Upload {
         let (sealed, generation) =
             seal_and_stage(&self.inner, &self.tenant, builder, sealing, &self.upload_id).await?;
         let pack_id = sealed.id.to_hex();
+        let shared: Arc<str> = Arc::from(pack_id.as_str());
         self.new_chunks
-            .extend(sealed.entries.iter().map(|entry| (pack_id.clone(), *entry)));
+            .extend(sealed.entries.iter().map(|entry| (shared.clone(), *entry)));
         self.packs
             .push(crate::catalog::StagedPack { pack_id, generation });
         while self.writes.len() >= self.inner.settings.ingest.max_packs_in_flight {

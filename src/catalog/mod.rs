@@ -593,7 +593,7 @@ impl Catalog {
                 query = query
                     .bind(&scope.tenant)
                     .bind(entry.chunk_id.0.to_vec())
-                    .bind(pack_id)
+                    .bind(pack_id.as_ref())
                     .bind(entry.offset as i64)
                     .bind(i64::from(entry.stored_len))
                     .bind(i64::from(entry.raw_len))

@@ -269,7 +269,9 @@ pub struct NewVersion {
     pub extracted: String,
     pub manifest: Vec<u8>,
     /// Chunks this upload wrote, with their places in its packs.
-    pub new_chunks: Vec<(String, PackEntry)>,
+    /// Each new chunk with the pack it is in (one shared name per pack: a large upload has
+    /// hundreds of thousands of chunks).
+    pub new_chunks: Vec<(std::sync::Arc<str>, PackEntry)>,
     /// Chunks of the content stored before this upload (each once): they must still be
     /// indexed when the version commits.
     pub reused_chunks: Vec<crate::ingest::ChunkId>,

@@ -173,7 +173,9 @@ impl Indexer {
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || index.apply(changes, checkpoint))
             .await
-            .map_err(|e| Error::internal(format!("index task failed: {e}")))?
+            .map_err(|e| Error::internal(format!("index task failed: {e}")))??;
+        metrics::counter!(crate::telemetry::names::INDEX_COMMITS_TOTAL).increment(1);
+        Ok(())
     }
 
     /// Applies every outbox event after the index's checkpoint; returns how many.

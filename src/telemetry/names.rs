@@ -45,6 +45,8 @@ metric_names! {
         "1 while the disk cache cannot write its directory (full, read-only or gone); reads go to the store";
     PREFETCHED_BYTES_TOTAL = "artifactd_prefetched_bytes_total", Counter,
         "Bytes of next versions read into the chunk cache because versions were read in order";
+    INDEX_COMMITS_TOTAL = "artifactd_index_commits_total", Counter,
+        "Commits of the search index (each costs a sync, a segment and the writer's threads)";
     HTTP_DOWNLOADS_TOTAL = "artifactd_http_downloads_total", Counter,
         "Requests of download links on the HTTP listener, by status code";
     AUDIT_WRITE_FAILURES_TOTAL = "artifactd_audit_write_failures_total", Counter,
