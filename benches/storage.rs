@@ -428,14 +428,15 @@ async fn transfers() -> Transfers {
         assert!(status == 200 && bytes == data);
         drop(bytes);
 
-        // The link is read from a second artifact, so the cache does not serve it.
-        let link_id = upload(&mut client, &format!("linked-{round}.bin"), &data).await;
+        // The link is read from a second artifact of other bytes, so no cache serves it.
+        let linked = Bytes::from(common::noise(SIZE, 2000 + round));
+        let link_id = upload(&mut client, &format!("linked-{round}.bin"), &linked).await;
         let url = link_url(&mut client, "storage", &link_id).await;
         let started = Instant::now();
         let (status, _, bytes) = request(&http, "GET", &url, &[], Bytes::new()).await;
         best[7] = best[7].min(started.elapsed());
         assert!(
-            status == 200 && bytes == data,
+            status == 200 && bytes == linked,
             "the link returned different bytes"
         );
         eprintln!(

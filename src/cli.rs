@@ -667,10 +667,11 @@ async fn connect(connection: &Connection) -> Result<Channel, Failure> {
             .tls_config(tls)
             .map_err(|e| failure(4, format!("TLS for {}: {e}", connection.server)))?;
     }
-    // The receive window grows with the connection's bandwidth-delay product (as grpc-core
-    // and grpc-go do): HTTP/2's default 64 KiB would make every pull wait on window updates.
+    // Room for several download messages in flight: with HTTP/2's default 64 KiB window a
+    // pull waits on window updates all through.
     endpoint
-        .http2_adaptive_window(true)
+        .initial_stream_window_size(8 * 1024 * 1024)
+        .initial_connection_window_size(32 * 1024 * 1024)
         .connect()
         .await
         .map_err(|e| failure(6, format!("cannot reach {}: {e}", connection.server)))

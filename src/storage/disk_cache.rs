@@ -2,8 +2,9 @@
 //! local directory, for stores that are far away (S3 across a network). It caches what the
 //! store holds, byte for byte (sealed packs stay sealed), never what a write sends.
 //!
-//! - Admission: an object is copied to disk the second time it is missed within the last
-//!   [`SEEN_ONCE`] misses; one large scan that reads each object once never fills the cache.
+//! - Admission: an object is copied to disk when the same part of it is missed a second time
+//!   within the last [`SEEN_ONCE`] misses: one large scan that reads each object once never
+//!   fills the cache, and neither do the several spans one download reads of one pack.
 //! - Eviction: least recently used first, down to the capacity.
 //! - Damage: a cached copy the decoder refuses is deleted and the read goes to the store;
 //!   a fill is checked by `verify` (for packs, their name is their hash) before it is kept.
@@ -49,13 +50,14 @@ impl Index {
         }
     }
 
-    /// Records a miss; whether the key was missed before (and is not being filled).
-    fn admit(&mut self, key: &str) -> bool {
+    /// Records a miss of `part` (a key and a range); whether that part was missed before
+    /// (and the object is not being copied already).
+    fn admit(&mut self, key: &str, part: String) -> bool {
         if self.filling.contains(key) {
             return false;
         }
-        if self.seen_set.remove(key) {
-            self.seen_once.retain(|k| k != key);
+        if self.seen_set.remove(&part) {
+            self.seen_once.retain(|k| *k != part);
             self.filling.insert(key.to_owned());
             return true;
         }
@@ -64,8 +66,8 @@ impl Index {
         {
             self.seen_set.remove(&oldest);
         }
-        self.seen_once.push_back(key.to_owned());
-        self.seen_set.insert(key.to_owned());
+        self.seen_once.push_back(part.clone());
+        self.seen_set.insert(part);
         false
     }
 
@@ -330,14 +332,24 @@ impl DiskCachedStore {
         metrics::counter!(names::DISK_CACHE_HITS_TOTAL).increment(1);
     }
 
-    /// Counts a miss, and copies the whole object to disk in the background when it was
-    /// missed before.
-    fn missed(&self, key: &str) {
+    /// Counts a miss, and copies the whole object to disk in the background when the same
+    /// part of it was missed before.
+    fn missed(&self, key: &str, range: Option<&std::ops::Range<u64>>) {
         self.cache
             .misses
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics::counter!(names::DISK_CACHE_MISSES_TOTAL).increment(1);
-        if !self.cache.index.lock().expect("disk cache index").admit(key) {
+        let part = match range {
+            Some(range) => format!("{key}@{}-{}", range.start, range.end),
+            None => key.to_owned(),
+        };
+        if !self
+            .cache
+            .index
+            .lock()
+            .expect("disk cache index")
+            .admit(key, part)
+        {
             return;
         }
         let (inner, cache, verify, key) = (
@@ -391,8 +403,9 @@ impl BlobStore for DiskCachedStore {
             self.hit();
             return Ok(bytes);
         }
+        let range = options.range.clone();
         let bytes = self.inner.get(key, options).await?;
-        self.missed(key);
+        self.missed(key, range.as_ref());
         Ok(bytes)
     }
 
@@ -418,8 +431,9 @@ impl BlobStore for DiskCachedStore {
                 }
             }
         }
+        let range = options.range.clone();
         let decoded = self.inner.get_decoded(key, options, decode).await?;
-        self.missed(key);
+        self.missed(key, range.as_ref());
         Ok(decoded)
     }
 
@@ -501,6 +515,12 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
         settled(&cache, 200_000).await;
+        // Two different parts of one object, read once each (one download's spans): not kept.
+        store.put("packs/9", Bytes::from(vec![9u8; 1000])).await.unwrap();
+        cached.get("packs/9", GetOptions::range(0..500)).await.unwrap();
+        cached.get("packs/9", GetOptions::range(500..1000)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(cache.status().bytes, 200_000);
         let hits_before = cache.status().hits;
         let part = cached.get("packs/3", GetOptions::range(10..20)).await.unwrap();
         assert_eq!(&part[..], &[3u8; 10]);

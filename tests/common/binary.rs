@@ -232,10 +232,10 @@ impl ServerProcess {
     pub async fn raw_channel(&self) -> Channel {
         Channel::from_shared(self.endpoint())
             .unwrap()
-            // Grow the receive window with the connection's bandwidth-delay product, as
-            // grpc-core (Python) and grpc-go do: HTTP/2's default 64 KiB makes every
-            // download wait for window updates.
-            .http2_adaptive_window(true)
+            // Room for several download messages in flight: HTTP/2's default 64 KiB window
+            // makes every download wait for window updates.
+            .initial_stream_window_size(8 * 1024 * 1024)
+            .initial_connection_window_size(32 * 1024 * 1024)
             .connect()
             .await
             .expect("connecting to artifactd")
