@@ -217,25 +217,8 @@ async fn prefetch() {
             };
             let mut server = ServerProcess::start_with(options());
             let mut client = server.client().await;
-            let mut first = header("bench", "prefetch", "release-bundle", "docs.tar");
-            first.initial_version = releases[0].0.to_string();
-            let id = client
-                .create_artifact(futures::stream::iter(create_messages(
-                    first,
-                    &releases[0].1,
-                    MESSAGE,
-                )))
-                .await
-                .unwrap()
-                .into_inner()
-                .artifact
-                .unwrap()
-                .id;
-            for (version, content) in &releases[1..] {
-                let mut next = update_header("bench", "prefetch", &id);
-                next.next_version = Some(NextVersion::ExplicitVersion(version.to_string()));
-                update(&mut client, next, content).await.unwrap();
-            }
+            let refs: Vec<&(semver::Version, Vec<u8>)> = releases.iter().collect();
+            let id = upload_series(&mut client, "prefetch", &refs).await;
             // A fresh process: nothing of the series is cached before the reads.
             drop(client);
             server.terminate();
@@ -343,7 +326,7 @@ async fn transfers() -> Transfers {
     direct.ensure_bucket().await.unwrap();
     let _ = moto.store("artifactd").await;
     let _ = moto.store("sealed").await;
-    let server = ServerProcess::start_with(
+    let server = ServerProcess::start_with(experiment(
         ServerOptions::default()
             .envs(moto.env("artifactd"))
             .env("ARTIFACTD_STORAGE__S3__REQUEST_TIMEOUT_MS", "600000")
@@ -352,7 +335,7 @@ async fn transfers() -> Transfers {
                 "ARTIFACTD_DELIVERY__CACHE_MEMORY_BYTES",
                 (320u64 << 20).to_string(),
             ),
-    );
+    ));
     let mut client = server.client().await;
     let sealed_server = ServerProcess::start_with(
         ServerOptions::default()
@@ -513,25 +496,8 @@ async fn release_series_and_gc(s3: &S3TestServer) -> (Vec<(semver::Version, Vec<
     );
     let mut series_client = series_server.client().await;
     let releases = load_releases();
-    let mut first = header("bench", "series", "release-bundle", "docs.tar");
-    first.initial_version = releases[0].0.to_string();
-    let id = series_client
-        .create_artifact(futures::stream::iter(create_messages(
-            first,
-            &releases[0].1,
-            MESSAGE,
-        )))
-        .await
-        .unwrap()
-        .into_inner()
-        .artifact
-        .unwrap()
-        .id;
-    for (version, content) in &releases[1..] {
-        let mut next = update_header("bench", "series", &id);
-        next.next_version = Some(NextVersion::ExplicitVersion(version.to_string()));
-        update(&mut series_client, next, content).await.unwrap();
-    }
+    let refs: Vec<&(semver::Version, Vec<u8>)> = releases.iter().collect();
+    let id = upload_series(&mut series_client, "series", &refs).await;
     let logical: usize = releases.iter().map(|(_, c)| c.len()).sum();
     let stored: u64 = s3
         .store("series")
@@ -602,21 +568,7 @@ async fn release_series_and_gc(s3: &S3TestServer) -> (Vec<(semver::Version, Vec<
         .iter()
         .filter(|(v, _)| kept_versions.contains(&v.to_string()))
         .collect();
-    let mut first = header("bench", "series", "release-bundle", "docs.tar");
-    first.initial_version = half[0].0.to_string();
-    let half_id = needed_client
-        .create_artifact(futures::stream::iter(create_messages(first, &half[0].1, MESSAGE)))
-        .await
-        .unwrap()
-        .into_inner()
-        .artifact
-        .unwrap()
-        .id;
-    for (version, content) in &half[1..] {
-        let mut next = update_header("bench", "series", &half_id);
-        next.next_version = Some(NextVersion::ExplicitVersion(version.to_string()));
-        update(&mut needed_client, next, content).await.unwrap();
-    }
+    upload_series(&mut needed_client, "series", &half).await;
     let needed = bucket_bytes(s3, "series-half").await;
     let pack_target = artifactd::app::IngestSettings::default().pack_target_bytes as u64;
     eprintln!(
@@ -644,6 +596,48 @@ async fn release_series_and_gc(s3: &S3TestServer) -> (Vec<(semver::Version, Vec<
         stored as f64 / logical as f64
     );
     (releases, stored)
+}
+
+/// `releases` uploaded in order as the versions of one artifact in `project`; its id.
+async fn upload_series<C: std::ops::Deref<Target = (semver::Version, Vec<u8>)>>(
+    client: &mut Client,
+    project: &str,
+    releases: &[C],
+) -> String {
+    let mut first = header("bench", project, "release-bundle", "docs.tar");
+    first.initial_version = releases[0].0.to_string();
+    let id = client
+        .create_artifact(futures::stream::iter(create_messages(
+            first,
+            &releases[0].1,
+            MESSAGE,
+        )))
+        .await
+        .unwrap()
+        .into_inner()
+        .artifact
+        .unwrap()
+        .id;
+    for release in &releases[1..] {
+        let mut next = update_header("bench", project, &id);
+        next.next_version = Some(NextVersion::ExplicitVersion(release.0.to_string()));
+        update(client, next, &release.1).await.unwrap();
+    }
+    id
+}
+
+/// `options` with the settings of `ARTIFACTD_BENCH_SERVER_ENV` (`NAME=value,…`), for
+/// experiments: they reach the servers of the transfers and concurrent sections only.
+fn experiment(mut options: ServerOptions) -> ServerOptions {
+    for pair in std::env::var("ARTIFACTD_BENCH_SERVER_ENV")
+        .unwrap_or_default()
+        .split(',')
+    {
+        if let Some((name, value)) = pair.split_once('=') {
+            options = options.env(name.trim(), value.trim());
+        }
+    }
+    options
 }
 
 fn load_releases() -> Vec<(semver::Version, Vec<u8>)> {
@@ -966,17 +960,7 @@ async fn concurrent_rss() -> Concurrent {
     };
     let streams = setting("ARTIFACTD_BENCH_STREAMS", 16);
     let mib = setting("ARTIFACTD_BENCH_STREAM_MIB", 1024);
-    // Settings for the server alone, `NAME=value,…` (allocator experiments).
-    let mut options = ServerOptions::default();
-    for pair in std::env::var("ARTIFACTD_BENCH_SERVER_ENV")
-        .unwrap_or_default()
-        .split(',')
-    {
-        if let Some((name, value)) = pair.split_once('=') {
-            options = options.env(name.trim(), value.trim());
-        }
-    }
-    let server = std::sync::Arc::new(ServerProcess::start_with(options));
+    let server = std::sync::Arc::new(ServerProcess::start_with(experiment(ServerOptions::default())));
     let total = mib * 1024 * 1024;
     let started = Instant::now();
     let mut uploads = tokio::task::JoinSet::new();

@@ -394,12 +394,8 @@ async fn replicas_with_one_configured_key_accept_each_others_links() {
     );
 }
 
-/// The value of an unlabelled counter or gauge on the metrics page (0 when absent).
 async fn metric(server: &ServerProcess, name: &str) -> f64 {
-    let page = common::http_get(server.http, "/metrics").await;
-    page.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
+    common::metric(server.http, name).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1341,15 +1341,6 @@ async fn paths_snippets_titles_and_versions() {
     }
 }
 
-/// A counter on the metrics page (0 when absent).
-async fn counter(server: &ServerProcess, name: &str) -> f64 {
-    common::http_get(server.http, "/metrics")
-        .await
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_of_small_creates_shares_index_commits_and_stays_fresh() {
     let server = ServerProcess::start();
@@ -1357,7 +1348,7 @@ async fn a_stream_of_small_creates_shares_index_commits_and_stays_fresh() {
     let mut searcher = search_client(&server).await;
     // Let the start-up commits settle, then count from here.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = counter(&server, "artifactd_index_commits_total").await;
+    let before = common::metric(server.http, "artifactd_index_commits_total").await;
     let creates = 150;
     let started = Instant::now();
     for n in 0..creates {
@@ -1380,7 +1371,7 @@ async fn a_stream_of_small_creates_shares_index_commits_and_stays_fresh() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let commits = counter(&server, "artifactd_index_commits_total").await - before;
+    let commits = common::metric(server.http, "artifactd_index_commits_total").await - before;
     // Commits are at least 100 ms apart under a stream: however fast or slow this machine,
     // no more than one per 100 ms of the stream (and a couple at its edges).
     let allowed = (started.elapsed().as_millis() / 100) as f64 + 3.0;

@@ -86,3 +86,12 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     assert!(response.starts_with("HTTP/1.1 200"), "GET {path}: {response}");
     response
 }
+
+/// The value of an unlabelled counter or gauge on a server's metrics page (0 when absent).
+pub async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    http_get(addr, "/metrics")
+        .await
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
