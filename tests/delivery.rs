@@ -144,6 +144,9 @@ async fn a_link_serves_its_version_with_ranges_and_conditions() {
         "{cache_control}"
     );
     assert!(whole.headers.contains_key(header::LAST_MODIFIED));
+    // Uploaded content never runs with this origin's rights in a browser.
+    assert_eq!(text(&whole.headers, header::X_CONTENT_TYPE_OPTIONS), "nosniff");
+    assert_eq!(text(&whole.headers, header::CONTENT_SECURITY_POLICY), "sandbox");
 
     let size = content.len();
     for (range, expected, content_range) in [
@@ -159,6 +162,8 @@ async fn a_link_serves_its_version_with_ranges_and_conditions() {
             format!("bytes 3000000-{}/{size}", size - 1),
         ),
         ("bytes=5-5", 5..6, format!("bytes 5-5/{size}")),
+        // A suffix longer than the content is all of it (RFC 9110 §14.1.3).
+        ("bytes=-99999999", 0..size, format!("bytes 0-{}/{size}", size - 1)),
     ] {
         let part = fetch("GET", &issued.url, &[("range", range)]).await;
         assert_eq!(part.status, 206, "{range}");

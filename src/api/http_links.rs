@@ -111,7 +111,11 @@ async fn deliver(
             header::CACHE_CONTROL,
             format!("public, max-age={}, immutable", (grant.expires - now).max(0)),
         )
-        .header(header::ACCEPT_RANGES, "bytes");
+        .header(header::ACCEPT_RANGES, "bytes")
+        // Stored content is whatever was uploaded: a browser must neither guess another
+        // type nor run it with this origin's rights (an inline HTML or SVG upload).
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(header::CONTENT_SECURITY_POLICY, "sandbox");
     let range = match decided {
         Answer::NotModified => {
             return Ok(response

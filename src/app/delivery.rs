@@ -274,6 +274,8 @@ pub(crate) struct ChunkCache {
     chunks: Option<quick_cache::sync::Cache<ChunkId, Bytes, ChunkWeight>>,
     hits: std::sync::atomic::AtomicU64,
     misses: std::sync::atomic::AtomicU64,
+    /// Bumped by every clear: a read that started before one keeps nothing after it.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone)]
@@ -298,6 +300,7 @@ impl ChunkCache {
             chunks,
             hits: Default::default(),
             misses: Default::default(),
+            generation: Default::default(),
         }
     }
 
@@ -328,10 +331,18 @@ impl ChunkCache {
         metrics::counter!(names::CHUNK_CACHE_MISSES_TOTAL).increment(chunks as u64);
     }
 
-    /// Keeps a copy of `chunk`, which must have been checked against `id`. A copy, so
-    /// that the entry does not keep alive the larger buffer it was decoded into.
-    pub(crate) fn insert(&self, id: ChunkId, chunk: &[u8]) {
-        if let Some(chunks) = &self.chunks {
+    /// What a read notes before it starts, to hand to [`insert`](Self::insert).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Keeps a copy of `chunk`, which must have been checked against `id`, unless the cache
+    /// was cleared since the read began (`generation`). A copy, so that the entry does not
+    /// keep alive the larger buffer it was decoded into.
+    pub(crate) fn insert(&self, id: ChunkId, chunk: &[u8], generation: u64) {
+        if let Some(chunks) = &self.chunks
+            && self.generation() == generation
+        {
             chunks.insert(id, Bytes::copy_from_slice(chunk));
         }
     }
@@ -339,6 +350,7 @@ impl ChunkCache {
     /// Forgets everything (a tenant's keys were destroyed: its content must not outlive
     /// them here).
     pub(crate) fn clear(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if let Some(chunks) = &self.chunks {
             chunks.clear();
         }
@@ -372,14 +384,14 @@ mod tests {
             for n in 0..64 {
                 if cache.get(&id(n)).is_none() {
                     assert_eq!(round, 0, "hot chunk {n} missed in round {round}");
-                    cache.insert(id(n), &chunk);
+                    cache.insert(id(n), &chunk, 0);
                 }
             }
         }
         // One download streams 4,096 other chunks through, 16 times the cache.
         for n in 1_000..5_096 {
             if cache.get(&id(n)).is_none() {
-                cache.insert(id(n), &chunk);
+                cache.insert(id(n), &chunk, 0);
             }
         }
         let kept = (0..64).filter(|n| cache.get(&id(*n)).is_some()).count();
@@ -391,7 +403,7 @@ mod tests {
     #[test]
     fn a_cache_of_size_zero_keeps_nothing() {
         let cache = ChunkCache::new(0);
-        cache.insert(id(1), b"x");
+        cache.insert(id(1), b"x", 0);
         assert!(cache.get(&id(1)).is_none());
         assert!(!cache.enabled());
     }

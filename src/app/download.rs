@@ -118,6 +118,7 @@ pub(super) async fn stream(
     manifest: Manifest,
     range: Range<u64>,
 ) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static> {
+    let generation = inner.cache.generation();
     let mut windows = Windows::new(manifest, range);
     let first = match windows.next_window() {
         Some(window) => plan(&inner, &tenant, window).await?,
@@ -149,7 +150,7 @@ pub(super) async fn stream(
             }
         })
         .map(move |span| match span {
-            Ok((span, reservation)) => fetch_span(inner.clone(), key.clone(), span)
+            Ok((span, reservation)) => fetch_span(inner.clone(), key.clone(), span, generation)
                 .map(move |pieces| pieces.map(|pieces| (pieces, reservation)))
                 .boxed(),
             Err(error) => futures::future::ready(Err(error)).boxed(),
@@ -208,11 +209,14 @@ async fn plan(inner: &Inner, tenant: &str, needed: Vec<(ChunkId, Range<usize>)>)
             data_key,
             wanted,
         };
-        // Coalesce with the previous read when the chunk follows it directly in the same pack.
+        // Coalesce with the previous read when the chunk follows it directly in the same pack,
+        // while both what is read and what it decodes to stay within the span limit (the
+        // span's memory is reserved from the budget).
         if let Some(last) = spans.last_mut()
             && last.pack_key == pack_key
             && last.range.end == start
             && end - last.range.start <= max_span
+            && (last.raw_len() + slice.location.raw_len as usize) as u64 <= max_span
         {
             last.range.end = end;
             last.chunks.push(slice);
@@ -261,7 +265,14 @@ async fn explain_missing(
 /// Reads one span: from the chunk cache when it holds every chunk of it, otherwise from
 /// the store. Decoding and checking every chunk happens inside the store's read, so a
 /// store with a second copy (failover) answers a corrupt copy by reading the other one.
-async fn fetch_span(inner: Arc<Inner>, key: TenantKey, span: ReadSpan) -> Result<Vec<Bytes>> {
+/// `generation` is the chunk cache's when the read was planned: a cache cleared since (a
+/// tenant's keys destroyed) keeps nothing from it.
+async fn fetch_span(
+    inner: Arc<Inner>,
+    key: TenantKey,
+    span: ReadSpan,
+    generation: u64,
+) -> Result<Vec<Bytes>> {
     let cache = &inner.cache;
     if cache.enabled() {
         let cached: Option<Vec<Bytes>> = span
@@ -280,7 +291,7 @@ async fn fetch_span(inner: Arc<Inner>, key: TenantKey, span: ReadSpan) -> Result
         let span = span.clone();
         let inner = inner.clone();
         Arc::new(move |bytes: &[u8]| {
-            decode_span(&key, &span, bytes, &inner.cache)
+            decode_span(&key, &span, bytes, &inner.cache, generation)
                 .map(|piece| vec![piece])
                 .map_err(|e| e.to_string())
         })
@@ -309,7 +320,13 @@ async fn fetch_span(inner: Arc<Inner>, key: TenantKey, span: ReadSpan) -> Result
 /// Decodes a span's chunks one after the other into one buffer, checking each against its
 /// id in place (keeping a copy of each in `cache`), and returns the part the client asked
 /// for.
-fn decode_span(key: &TenantKey, span: &ReadSpan, bytes: &[u8], cache: &ChunkCache) -> Result<Bytes> {
+fn decode_span(
+    key: &TenantKey,
+    span: &ReadSpan,
+    bytes: &[u8],
+    cache: &ChunkCache,
+    generation: u64,
+) -> Result<Bytes> {
     thread_local! {
         static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
     }
@@ -377,7 +394,7 @@ fn decode_span(key: &TenantKey, span: &ReadSpan, bytes: &[u8], cache: &ChunkCach
                 span.pack_key
             )));
         }
-        cache.insert(chunk.chunk_id, &out[at..]);
+        cache.insert(chunk.chunk_id, &out[at..], generation);
     }
     Ok(Bytes::from(out).slice(span.wanted()))
 }

@@ -548,14 +548,6 @@ impl Upload {
         .map_err(|e| Error::internal(format!("compression task failed: {e}")))?;
         self.compressibility = compressibility;
         for (id, raw_len, codec, stored) in encoded {
-            // A pack that has grown past 1 MiB belongs to a large upload: reserve the whole
-            // pack now rather than copying it on every doubling. Small uploads stay small.
-            if self.pack.len() >= 1024 * 1024 {
-                self.pack.reserve_total(
-                    self.inner.settings.ingest.pack_target_bytes
-                        + self.inner.settings.ingest.chunker().max_size,
-                );
-            }
             self.reserve_for(stored.len()).await?;
             self.placed.insert(id, stored.len() as u64);
             self.pack.add(id, codec, raw_len, &stored);
@@ -572,10 +564,32 @@ impl Upload {
     /// memory without help from any other stream); only an empty pack waits.
     async fn reserve_for(&mut self, more: usize) -> Result<()> {
         loop {
-            // The trailer (about 50 bytes a chunk) and, when sealed, a tag per chunk.
-            let needed = self.pack.len() + more + 64 * (self.pack.entry_count() + 1);
+            // What the pack's buffer will hold: the chunk, the trailer entry and (sealed) the
+            // tag of every chunk, and the room reserved for the whole pack once it is large.
+            let ingest = &self.inner.settings.ingest;
+            let chunker = ingest.chunker();
+            let per_chunk = crate::ingest::pack::TRAILER_ENTRY_LEN + crate::ingest::sealing::TAG_LEN;
+            let filled = self.pack.len() + more + per_chunk * (self.pack.entry_count() + 1);
+            // A pack past 1 MiB belongs to a large upload: its whole buffer (the target, a
+            // last chunk, the trailer) is reserved, then allocated at once rather than
+            // copied on every doubling. A small one grows by doubling, counted as such.
+            let large = self.pack.len() >= 1024 * 1024;
+            let whole = ingest.pack_target_bytes
+                + chunker.max_size
+                + per_chunk * (ingest.pack_target_bytes / chunker.min_size.max(1) + 1);
+            let capacity = self.pack.capacity();
+            let needed = if large {
+                whole.max(filled)
+            } else if filled > capacity {
+                filled.max(2 * capacity)
+            } else {
+                capacity
+            };
             let held = self.pack_reservation.bytes();
             if held >= needed {
+                if large {
+                    self.pack.reserve_total(whole);
+                }
                 return Ok(());
             }
             let step = (needed - held).max(PACK_RESERVATION_STEP);

@@ -262,24 +262,27 @@ pub fn answer(representation: &Representation, conditions: &Conditions<'_>) -> A
             Answer::Unsatisfiable(format!("Range {range:?} is not of the form bytes=first-last"))
         };
     };
-    let parsed = match http_range_header::parse_range_header(&format!("bytes={}", specifier.trim())) {
-        Ok(parsed) => parsed,
-        Err(error) => {
-            return Answer::Unsatisfiable(format!("Range {range:?} is malformed ({error:?})"));
-        }
+    let specs = match parse_byte_ranges(specifier) {
+        Ok(specs) => specs,
+        Err(what) => return Answer::Unsatisfiable(format!("Range {range:?} is malformed: {what}")),
     };
-    if representation.size == 0 {
-        return Answer::Unsatisfiable(format!("Range {range:?} asks for bytes of empty content"));
+    // RFC 9110 §14.1.3: a suffix longer than the content means all of it, a last position
+    // past the end means the end, and the set is satisfiable when any range in it is.
+    let size = representation.size;
+    let mut ranges: Vec<Range<u64>> = specs
+        .into_iter()
+        .filter_map(|spec| match spec {
+            ByteRange::From { first, last } if first < size => {
+                Some(first..last.map_or(size, |last| last.saturating_add(1).min(size)))
+            }
+            ByteRange::From { .. } => None,
+            ByteRange::Suffix(length) if length > 0 && size > 0 => Some(size.saturating_sub(length)..size),
+            ByteRange::Suffix(_) => None,
+        })
+        .collect();
+    if ranges.is_empty() {
+        return Answer::Unsatisfiable(format!("Range {range:?} lies outside the content's {size} bytes"));
     }
-    let mut ranges: Vec<Range<u64>> = match parsed.validate(representation.size) {
-        Ok(ranges) => ranges.into_iter().map(|r| *r.start()..*r.end() + 1).collect(),
-        Err(_) => {
-            return Answer::Unsatisfiable(format!(
-                "Range {range:?} lies outside the content's {} bytes",
-                representation.size
-            ));
-        }
-    };
     ranges.sort_by_key(|r| r.start);
     let merged = ranges
         .into_iter()
@@ -294,6 +297,58 @@ pub fn answer(representation: &Representation, conditions: &Conditions<'_>) -> A
         [only] => Answer::Part(only.clone()),
         _ => Answer::Whole,
     }
+}
+
+/// One range of a `bytes=` Range header, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ByteRange {
+    /// `first-last` or `first-`.
+    From { first: u64, last: Option<u64> },
+    /// `-length`: the last `length` bytes.
+    Suffix(u64),
+}
+
+/// Parses the ranges after `bytes=` (RFC 9110 §14.1.1): `first-last`, `first-` and
+/// `-suffix`, comma-separated, optional spaces around commas; at most 64 of them.
+fn parse_byte_ranges(specifier: &str) -> Result<Vec<ByteRange>, String> {
+    let number = |text: &str| -> Result<u64, String> {
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("{text:?} is not a byte position"));
+        }
+        text.parse().map_err(|_| format!("{text:?} is too large"))
+    };
+    let parts: Vec<&str> = specifier
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if parts.is_empty() {
+        return Err("no range is given".to_owned());
+    }
+    if parts.len() > 64 {
+        return Err(format!("{} ranges are more than the 64 answered", parts.len()));
+    }
+    parts
+        .into_iter()
+        .map(|part| {
+            let (first, last) = part
+                .split_once('-')
+                .ok_or_else(|| format!("{part:?} has no '-'"))?;
+            if first.is_empty() {
+                return Ok(ByteRange::Suffix(number(last)?));
+            }
+            let first = number(first)?;
+            let last = if last.is_empty() {
+                None
+            } else {
+                Some(number(last)?)
+            };
+            if last.is_some_and(|last| last < first) {
+                return Err(format!("{part:?} ends before it starts"));
+            }
+            Ok(ByteRange::From { first, last })
+        })
+        .collect()
 }
 
 /// Whether a comma-separated list of entity tags (or `*`) matches `etag`; `strong` asks
@@ -481,6 +536,12 @@ mod tests {
         assert_eq!(range("bytes=0-"), Answer::Part(0..1000));
         assert_eq!(range("bytes=0-9,10-19"), Answer::Part(0..20));
         assert_eq!(range("bytes=0-9,500-509"), Answer::Whole);
+        // A suffix longer than the content is all of it; overlaps merge; a set with one
+        // satisfiable range is satisfiable.
+        assert_eq!(range("bytes=-5000"), Answer::Part(0..1000));
+        assert_eq!(range("bytes=0-50,40-99"), Answer::Part(0..100));
+        assert_eq!(range("bytes=0-9,5000-"), Answer::Part(0..10));
+        assert_eq!(range("bytes= 0-9 , 10-19"), Answer::Part(0..20));
         assert_eq!(range("items=0-9"), Answer::Whole);
         for bad in ["bytes=1000-", "bytes=5000-6000", "bytes=-0"] {
             assert!(

@@ -16,7 +16,7 @@ use std::fmt;
 
 const MAGIC: &[u8; 8] = b"ARTPACK1";
 const MAGIC_V2: &[u8; 8] = b"ARTPACK2";
-const TRAILER_ENTRY_LEN: usize = 32 + 8 + 4 + 4 + 1;
+pub const TRAILER_ENTRY_LEN: usize = 32 + 8 + 4 + 4 + 1;
 
 /// A pack's name: the blake3 hash of all its bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -103,6 +103,11 @@ impl PackBuilder {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Bytes the pack's buffer has room for.
+    pub fn capacity(&self) -> usize {
+        self.body.capacity()
     }
 
     pub fn entry_count(&self) -> usize {

@@ -36,6 +36,10 @@ struct Index {
     seen_once: VecDeque<String>,
     seen_set: HashSet<String>,
     filling: HashSet<String>,
+    /// Objects deleted while being copied: their copy is not kept.
+    cancelled: HashSet<String>,
+    /// Bytes being written, counted against the capacity before they are indexed.
+    pending: u64,
 }
 
 impl Index {
@@ -71,8 +75,10 @@ impl Index {
         false
     }
 
-    /// Keys to delete so that `incoming` more bytes fit in `capacity`, least recent first.
+    /// Keys to delete so that `incoming` more bytes (besides those being written) fit in
+    /// `capacity`, least recent first.
     fn make_room(&mut self, incoming: u64, capacity: u64) -> Vec<String> {
+        let incoming = incoming + self.pending;
         let mut by_age: Vec<(u64, String)> = self
             .entries
             .iter()
@@ -138,17 +144,21 @@ impl DiskCache {
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".tmp") {
+            // Only the cache's own files: a copy cut short is removed, anything else left.
+            if name.ends_with(".tmp") && name.contains(".cached.") {
                 let _ = std::fs::remove_file(entry.path());
                 continue;
             }
+            let Some(key) = key_of(&name) else {
+                continue;
+            };
             let meta = entry.metadata()?;
             let used = meta
                 .modified()
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs());
-            found.push((used, key_of(&name), meta.len()));
+            found.push((used, key, meta.len()));
         }
         found.sort();
         let mut index = self.index.lock().expect("disk cache index");
@@ -168,7 +178,7 @@ impl DiskCache {
     }
 
     fn path_of(&self, key: &str) -> PathBuf {
-        self.dir.join(key.replace('/', "~"))
+        self.dir.join(format!("{}.cached", key.replace('/', "~")))
     }
 
     pub fn status(&self) -> DiskCacheStatus {
@@ -244,6 +254,9 @@ impl DiskCache {
         if let Some((size, _)) = index.entries.remove(key) {
             index.total -= size;
         }
+        if index.filling.contains(key) {
+            index.cancelled.insert(key.to_owned());
+        }
         drop(index);
         let _ = std::fs::remove_file(self.path_of(key));
         self.report_size();
@@ -256,22 +269,32 @@ impl DiskCache {
         let evict = {
             let mut index = self.index.lock().expect("disk cache index");
             index.filling.remove(key);
-            if size > self.capacity || index.entries.contains_key(key) {
+            let deleted = index.cancelled.remove(key);
+            if deleted || size > self.capacity || index.entries.contains_key(key) {
                 return;
             }
-            index.make_room(size, self.capacity)
+            let evict = index.make_room(size, self.capacity);
+            index.pending += size;
+            evict
         };
         for old in evict {
             let _ = std::fs::remove_file(self.path_of(&old));
         }
         let path = self.path_of(key);
-        let temp = path.with_extension(format!("{}.tmp", uuid::Uuid::now_v7().simple()));
+        let temp = path.with_file_name(format!(
+            "{}.{}.tmp",
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            uuid::Uuid::now_v7().simple()
+        ));
         let written = std::fs::create_dir_all(&self.dir)
             .and_then(|()| std::fs::write(&temp, bytes))
             .and_then(|()| std::fs::rename(&temp, &path));
         match written {
             Ok(()) => {
                 let mut index = self.index.lock().expect("disk cache index");
+                index.pending -= size;
                 index.clock += 1;
                 let clock = index.clock;
                 index.entries.insert(key.to_owned(), (size, clock));
@@ -280,6 +303,7 @@ impl DiskCache {
                 self.clear_problem();
             }
             Err(error) => {
+                self.index.lock().expect("disk cache index").pending -= size;
                 let _ = std::fs::remove_file(&temp);
                 self.report_problem(format!("cannot write {}: {error}", path.display()));
             }
@@ -288,13 +312,19 @@ impl DiskCache {
     }
 
     fn fill_failed(&self, key: &str) {
-        self.index.lock().expect("disk cache index").filling.remove(key);
+        let mut index = self.index.lock().expect("disk cache index");
+        index.filling.remove(key);
+        index.cancelled.remove(key);
     }
 }
 
-fn key_of(file_name: &str) -> String {
-    file_name.replace('~', "/")
+/// The key a cache file holds; `None` for files that are not the cache's.
+fn key_of(file_name: &str) -> Option<String> {
+    Some(file_name.strip_suffix(".cached")?.replace('~', "/"))
 }
+
+/// Whole-object copies running at once; more admissions wait for a later miss.
+const FILLS: usize = 2;
 
 /// A store whose objects under `prefix` are read through a [`DiskCache`].
 pub struct DiskCachedStore {
@@ -302,6 +332,7 @@ pub struct DiskCachedStore {
     cache: Arc<DiskCache>,
     prefix: String,
     verify: Verifier,
+    fills: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for DiskCachedStore {
@@ -320,6 +351,7 @@ impl DiskCachedStore {
             cache,
             prefix: prefix.to_owned(),
             verify,
+            fills: Arc::new(tokio::sync::Semaphore::new(FILLS)),
         }
     }
 
@@ -352,6 +384,11 @@ impl DiskCachedStore {
         {
             return;
         }
+        let Ok(permit) = self.fills.clone().try_acquire_owned() else {
+            // Enough copies are running; a later miss tries again.
+            self.cache.fill_failed(key);
+            return;
+        };
         let (inner, cache, verify, key) = (
             self.inner.clone(),
             self.cache.clone(),
@@ -359,13 +396,18 @@ impl DiskCachedStore {
             key.to_owned(),
         );
         tokio::spawn(async move {
+            let _permit = permit;
             match inner.get(&key, GetOptions::default()).await {
-                Ok(bytes) if verify(&key, &bytes) => {
-                    let _ = tokio::task::spawn_blocking(move || cache.keep(&key, &bytes)).await;
-                }
-                Ok(_) => {
-                    tracing::warn!(%key, "the store's copy failed its check; not caching it");
-                    cache.fill_failed(&key);
+                Ok(bytes) => {
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if verify(&key, &bytes) {
+                            cache.keep(&key, &bytes);
+                        } else {
+                            tracing::warn!(%key, "the store's copy failed its check; not caching it");
+                            cache.fill_failed(&key);
+                        }
+                    })
+                    .await;
                 }
                 Err(error) => {
                     tracing::debug!(%key, %error, "could not copy an object to the disk cache");
