@@ -224,28 +224,9 @@ async fn prefetch() {
             server.terminate();
             let server = ServerProcess::start_with(options());
             let mut client = server.client().await;
-            let started = Instant::now();
-            for (version, content) in &releases {
-                let (_, bytes) = download(
-                    &mut client,
-                    download_request("bench", "prefetch", &id, &version.to_string()),
-                )
-                .await
-                .unwrap();
-                assert!(bytes == *content);
-            }
-            best[slot] = best[slot].min(started.elapsed());
+            best[slot] = best[slot].min(read_series(&mut client, "prefetch", &id, &releases).await);
             if on {
-                let page = common::http_get(server.http, "/metrics").await;
-                let prefetched: f64 = page
-                    .lines()
-                    .find_map(|line| {
-                        line.strip_prefix("artifactd_prefetched_bytes_total ")?
-                            .trim()
-                            .parse()
-                            .ok()
-                    })
-                    .unwrap_or(0.0);
+                let prefetched = common::metric(server.http, "artifactd_prefetched_bytes_total").await;
                 extra = prefetched / logical as f64;
             }
         }
@@ -626,6 +607,26 @@ async fn upload_series<C: std::ops::Deref<Target = (semver::Version, Vec<u8>)>>(
     id
 }
 
+/// Downloads every version of the series `id`, in order, checking each; how long it took.
+async fn read_series(
+    client: &mut Client,
+    project: &str,
+    id: &str,
+    releases: &[(semver::Version, Vec<u8>)],
+) -> Duration {
+    let started = Instant::now();
+    for (version, content) in releases {
+        let (_, bytes) = download(
+            client,
+            download_request("bench", project, id, &version.to_string()),
+        )
+        .await
+        .unwrap();
+        assert!(bytes == *content);
+    }
+    started.elapsed()
+}
+
 /// `options` with the settings of `ARTIFACTD_BENCH_SERVER_ENV` (`NAME=value,…`), for
 /// experiments: they reach the servers of the transfers and concurrent sections only.
 fn experiment(mut options: ServerOptions) -> ServerOptions {
@@ -846,17 +847,7 @@ async fn registry_comparison() -> RegistryComparison {
             assert!(registry.pull(&http, digest).await == *blob);
         }
         series[2] = series[2].min(started.elapsed());
-        let started = Instant::now();
-        for (version, content) in &releases {
-            let (_, bytes) = download(
-                &mut client,
-                download_request("bench", "registry", &id, &version.to_string()),
-            )
-            .await
-            .unwrap();
-            assert!(bytes == *content);
-        }
-        series[3] = series[3].min(started.elapsed());
+        series[3] = series[3].min(read_series(&mut client, "registry", &id, &releases).await);
 
         let started = Instant::now();
         registry.push(&http, &random_digest, &random).await;

@@ -329,6 +329,8 @@ impl ChunkCache {
         self.misses
             .fetch_add(chunks as u64, std::sync::atomic::Ordering::Relaxed);
         metrics::counter!(names::CHUNK_CACHE_MISSES_TOTAL).increment(chunks as u64);
+        // A miss is followed by inserts: the size gauge follows a read at a time.
+        self.report();
     }
 
     /// What a read notes before it starts, to hand to [`insert`](Self::insert).
