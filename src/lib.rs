@@ -6,8 +6,10 @@
 pub mod api;
 pub mod app;
 pub mod audit;
+pub mod buffers;
 pub mod catalog;
 pub mod cli;
+pub mod compute;
 pub mod config;
 pub mod domain;
 pub mod identity;

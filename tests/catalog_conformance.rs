@@ -24,7 +24,7 @@ fn new_artifact(scope: &Scope, name: &str) -> NewArtifact {
 }
 
 fn new_version(version: &str, chunks: Vec<(String, PackEntry)>, packs: Vec<StagedPack>) -> NewVersion {
-    let chunks: Vec<(std::sync::Arc<str>, PackEntry)> = chunks
+    let chunks: artifactd::ingest::NewChunks = chunks
         .into_iter()
         .map(|(pack, entry)| (std::sync::Arc::from(pack.as_str()), entry))
         .collect();
@@ -41,7 +41,7 @@ fn new_version(version: &str, chunks: Vec<(String, PackEntry)>, packs: Vec<Stage
         metadata: BTreeMap::from([("owner".to_owned(), "pm".to_owned())]),
         content_type: "text/markdown".into(),
         extracted: r#"{"is_text":true,"line_count":3,"title":"PRD","headings":[],"front_matter":{},"top_level_keys":[],"truncated":false}"#.into(),
-        manifest: vec![1],
+        manifest: artifactd::ingest::Manifest::default(),
         new_chunks: chunks,
         reused_chunks: Vec::new(),
         packs,

@@ -70,7 +70,7 @@ impl Artifacts {
                     "{}/{} {}@{}",
                     stored.scope.tenant, stored.scope.project, stored.artifact_id, stored.version
                 );
-                let manifest = match Manifest::decode(&stored.manifest) {
+                let manifest = match Manifest::decode(stored.manifest.clone()) {
                     Ok(manifest) => manifest,
                     Err(error) => {
                         report
@@ -80,7 +80,7 @@ impl Artifacts {
                     }
                 };
                 let tenant = stored.scope.tenant.clone();
-                let mut ids: Vec<ChunkId> = manifest.entries.iter().map(|e| e.chunk_id).collect();
+                let mut ids: Vec<ChunkId> = manifest.entries().map(|e| e.chunk_id).collect();
                 ids.sort_unstable();
                 ids.dedup();
                 let locations = catalog.chunk_locations(&tenant, &ids).await?;

@@ -10,7 +10,6 @@
 //! messages spends its time on per-message overhead in every client.
 
 use super::Inner;
-use super::delivery::ChunkCache;
 use crate::catalog::ChunkLocation;
 use crate::domain::{Error, Result};
 use crate::ingest::chunk::Codec;
@@ -91,7 +90,7 @@ impl Windows {
     fn next_window(&mut self) -> Option<Vec<(ChunkId, Range<usize>)>> {
         let mut window = Vec::new();
         while window.len() < PLAN_WINDOW_CHUNKS && self.position < self.range.end {
-            let Some(entry) = self.manifest.entries.get(self.next) else {
+            let Some(entry) = self.manifest.get(self.next) else {
                 break;
             };
             self.next += 1;
@@ -291,7 +290,7 @@ async fn fetch_span(
         let span = span.clone();
         let inner = inner.clone();
         Arc::new(move |bytes: &[u8]| {
-            decode_span(&key, &span, bytes, &inner.cache, generation)
+            decode_span(&key, &span, bytes, &inner, generation)
                 .map(|piece| vec![piece])
                 .map_err(|e| e.to_string())
         })
@@ -324,13 +323,14 @@ fn decode_span(
     key: &TenantKey,
     span: &ReadSpan,
     bytes: &[u8],
-    cache: &ChunkCache,
+    inner: &Inner,
     generation: u64,
 ) -> Result<Bytes> {
+    let cache = &inner.cache;
     thread_local! {
         static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
     }
-    let mut out: Vec<u8> = Vec::with_capacity(span.raw_len());
+    let mut out: Vec<u8> = inner.buffers.take(span.raw_len());
     for chunk in &span.chunks {
         let start = (chunk.location.offset - span.range.start) as usize;
         let stored = &bytes[start..start + chunk.location.stored_len as usize];
@@ -396,7 +396,7 @@ fn decode_span(
         }
         cache.insert(chunk.chunk_id, &out[at..], generation);
     }
-    Ok(Bytes::from(out).slice(span.wanted()))
+    Ok(inner.buffers.wrap(out).slice(span.wanted()))
 }
 
 /// Regroups a stream of pieces into messages of `min..=max` bytes (the last may be

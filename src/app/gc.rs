@@ -339,14 +339,14 @@ impl Artifacts {
             after = Some((last.artifact_id.clone(), last.seq));
             for stored in batch {
                 report.versions_scanned += 1;
-                let manifest = Manifest::decode(&stored.manifest).map_err(|error| {
+                let manifest = Manifest::decode(stored.manifest.clone()).map_err(|error| {
                     // Never collect on a partial picture.
                     Error::DataLoss(format!(
                         "the manifest of {}@{} does not decode ({error}); collection stopped without deleting anything",
                         stored.artifact_id, stored.version
                     ))
                 })?;
-                needed.extend(manifest.entries.iter().map(|entry| entry.chunk_id));
+                needed.extend(manifest.entries().map(|entry| entry.chunk_id));
             }
         }
         let mut usage: HashMap<String, Usage> = HashMap::new();

@@ -143,6 +143,8 @@ pub(crate) struct Inner {
     pub(crate) cache: delivery::ChunkCache,
     /// What uploads and downloads may hold in memory together.
     pub(crate) budget: budget::MemoryBudget,
+    /// Large buffers of packs and spans, used again (idle ones up to a quarter of the budget).
+    pub(crate) buffers: Arc<crate::buffers::BufferPool>,
     /// The HTTP listener's address, for links when no public address is configured.
     pub(crate) link_base: std::sync::OnceLock<String>,
     /// Which versions were read last, for warming the next.
@@ -335,6 +337,7 @@ impl Artifacts {
         let keys = keys::Keyring::new(settings.master_keys.clone());
         let cache = delivery::ChunkCache::new(settings.delivery.cache_memory_bytes);
         let budget = budget::MemoryBudget::new(settings.ingest.transfer_memory_bytes);
+        let buffers = crate::buffers::BufferPool::new(settings.ingest.transfer_memory_bytes / 4);
         Ok(Self {
             inner: Arc::new(Inner {
                 catalog,
@@ -345,6 +348,7 @@ impl Artifacts {
                 reads: retention::RecentReads::default(),
                 failover: std::sync::OnceLock::new(),
                 cache,
+                buffers,
                 budget,
                 link_base: std::sync::OnceLock::new(),
                 disk_cache: std::sync::OnceLock::new(),
@@ -927,7 +931,7 @@ impl Artifacts {
             .catalog
             .manifest(&plan.artifact.id, &plan.version.version)
             .await?;
-        let manifest = Manifest::decode(&manifest_bytes).map_err(|e| {
+        let manifest = Manifest::decode(manifest_bytes).map_err(|e| {
             Error::DataLoss(format!(
                 "manifest of version {} of artifact {:?} is unreadable: {e}",
                 plan.version.version, plan.artifact.id

@@ -14,7 +14,9 @@ use crate::domain::{Error, Result, content_type, names::quoted, now_micros};
 use crate::ingest::chunk::{Codec, Compressibility, encode};
 use crate::ingest::extract::{ContentShape, Extracted, extract};
 use crate::ingest::sealing::DataKey;
-use crate::ingest::{ChunkId, Manifest, ManifestEntry, PackBuilder, PackEntry, StreamChunker, TenantKey};
+use crate::ingest::{
+    ChunkId, Manifest, ManifestBuilder, ManifestEntry, NewChunks, PackBuilder, StreamChunker, TenantKey,
+};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use std::collections::HashMap;
@@ -93,7 +95,9 @@ pub struct IngestedContent {
     pub new_stored_size: u64,
     pub blake3: String,
     pub manifest: Manifest,
-    pub new_chunks: Vec<(Arc<str>, PackEntry)>,
+    pub new_chunks: NewChunks,
+    /// Chunks of the content stored before this upload, each once, sorted.
+    pub reused_chunks: Vec<ChunkId>,
     pub packs: Vec<crate::catalog::StagedPack>,
     pub content_type: String,
     pub extracted: Extracted,
@@ -108,34 +112,22 @@ impl IngestedContent {
         metadata: std::collections::BTreeMap<String, String>,
         labels: Option<crate::catalog::Labels>,
     ) -> NewVersion {
-        // Chunks stored before this upload, each once.
-        let new: std::collections::HashSet<ChunkId> =
-            self.new_chunks.iter().map(|(_, entry)| entry.chunk_id).collect();
-        let mut reused_chunks: Vec<ChunkId> = self
-            .manifest
-            .entries
-            .iter()
-            .map(|entry| entry.chunk_id)
-            .filter(|id| !new.contains(id))
-            .collect();
-        reused_chunks.sort_unstable();
-        reused_chunks.dedup();
         NewVersion {
             version,
             size: self.size,
             stored_size: self.stored_size,
             new_stored_size: self.new_stored_size,
             blake3: self.blake3,
-            chunk_count: self.manifest.entries.len() as u64,
+            chunk_count: self.manifest.len() as u64,
             created_by,
             created_at: now_micros(),
             change_message,
             metadata,
             content_type: self.content_type,
             extracted: serde_json::to_string(&self.extracted).expect("extracted metadata serializes"),
-            manifest: self.manifest.encode(),
+            manifest: self.manifest,
             new_chunks: self.new_chunks,
-            reused_chunks,
+            reused_chunks: self.reused_chunks,
             packs: self.packs,
             labels,
             state: crate::domain::LifecycleState::Draft,
@@ -254,7 +246,7 @@ impl Receiving {
             )));
         }
         let mut cutter = self.cutter.take().expect("cutter present until the end");
-        let (cutter, tail) = tokio::task::spawn_blocking(move || {
+        let (cutter, tail) = crate::compute::run(move || {
             let chunker = std::mem::replace(&mut cutter.chunker, StreamChunker::new(Default::default()));
             let tail = cutter.identify(chunker.finish());
             (cutter, tail)
@@ -301,7 +293,7 @@ impl Receiving {
             self.head.extend_from_slice(&data[..take]);
         }
         let mut cutter = self.cutter.take().expect("cutter present until the end");
-        let (cutter, chunks) = tokio::task::spawn_blocking(move || {
+        let (cutter, chunks) = crate::compute::run(move || {
             let chunks = cutter.cut(&data);
             (cutter, chunks)
         })
@@ -339,16 +331,15 @@ pub(super) struct Upload {
     expectations: ContentExpectations,
     /// Whether compressing the next chunk is worth trying.
     compressibility: Compressibility,
-    /// Chunks of this upload already placed in one of its packs: id → stored length.
-    placed: HashMap<ChunkId, u64>,
-    /// Chunks the tenant already stored before this upload: id → stored length.
-    known: HashMap<ChunkId, u64>,
-    manifest: Vec<ManifestEntry>,
+    /// The chunks this upload stores itself, found by id for its own repeats.
+    new_chunks: NewChunks,
+    manifest: ManifestBuilder,
+    /// Stored bytes of the whole content (chunks stored before counted too), as encoded.
+    stored_size: u64,
     new_stored_size: u64,
     pack: PackBuilder,
     /// The memory budget the pack being filled holds.
     pack_reservation: Reservation,
-    new_chunks: Vec<(Arc<str>, PackEntry)>,
     packs: Vec<crate::catalog::StagedPack>,
     writes: JoinSet<Result<()>>,
 }
@@ -382,13 +373,12 @@ impl Upload {
             size: 0,
             expectations,
             compressibility: Compressibility::default(),
-            placed: HashMap::new(),
-            known: HashMap::new(),
-            manifest: Vec::new(),
+            new_chunks: NewChunks::default(),
+            manifest: ManifestBuilder::default(),
+            stored_size: 0,
             new_stored_size: 0,
             pack: PackBuilder::new(),
             pack_reservation: Reservation::none(),
-            new_chunks: Vec::new(),
             packs: Vec::new(),
             writes: JoinSet::new(),
         }
@@ -474,21 +464,30 @@ impl Upload {
             finish.check(size, &digest, "finish.size", "finish.blake3")?;
         }
         let content_type = content_type::guess(name, &head);
-        let extracted = tokio::task::spawn_blocking(move || extract(content_type, &head, shape))
+        let extracted = crate::compute::run(move || extract(content_type, &head, shape))
             .await
             .map_err(|e| Error::internal(format!("extraction task failed: {e}")))?;
         metrics::counter!(crate::telemetry::names::INGESTED_BYTES_TOTAL).increment(size);
         metrics::counter!(crate::telemetry::names::STORED_BYTES_TOTAL).increment(self.new_stored_size);
+        debug_assert!(self.new_chunks.all_sealed());
+        let manifest = std::mem::take(&mut self.manifest).finish();
+        // Chunks stored before this upload, each once.
+        let mut reused_chunks: Vec<ChunkId> = manifest
+            .entries()
+            .map(|entry| entry.chunk_id)
+            .filter(|id| self.new_chunks.find(id).is_none())
+            .collect();
+        reused_chunks.sort_unstable();
+        reused_chunks.dedup();
         Ok(IngestedContent {
             upload_id: self.upload_id.clone(),
             size,
-            stored_size: self.stored_size(),
+            stored_size: self.stored_size,
             new_stored_size: self.new_stored_size,
             blake3: digest.to_hex().to_string(),
-            manifest: Manifest {
-                entries: std::mem::take(&mut self.manifest),
-            },
+            manifest,
             new_chunks: std::mem::take(&mut self.new_chunks),
+            reused_chunks,
             packs: std::mem::take(&mut self.packs),
             content_type: content_type.to_owned(),
             extracted,
@@ -503,7 +502,7 @@ impl Upload {
         let unplaced: Vec<ChunkId> = pending
             .iter()
             .map(|(id, _)| *id)
-            .filter(|id| !self.placed.contains_key(id))
+            .filter(|id| self.new_chunks.find(id).is_none())
             .collect();
         let known = if unplaced.is_empty() {
             HashMap::new()
@@ -517,21 +516,20 @@ impl Upload {
                 chunk_id: *id,
                 raw_len: chunk.len() as u32,
             });
-            if self.placed.contains_key(id) || known.contains_key(id) {
+            if known.contains_key(id) || self.new_chunks.find(id).is_some() {
                 continue;
             }
-            // Reserve the id now so a repeat later in this batch dedups against it; the
-            // real stored length replaces the 0 once the chunk is encoded.
-            self.placed.insert(*id, 0);
-            to_encode.push((*id, chunk.clone()));
+            // Placed now so a repeat later in this batch dedups against it; its stored form
+            // is set once the chunk is encoded.
+            let at = self.new_chunks.place(*id, chunk.len() as u32);
+            to_encode.push((at, *id, chunk.clone()));
         }
-        self.known.extend(known);
         let level = self.inner.settings.ingest.zstd_level;
         let mut compressibility = self.compressibility;
-        let (encoded, compressibility) = tokio::task::spawn_blocking(move || {
+        let (encoded, compressibility) = crate::compute::run(move || {
             let encoded = to_encode
                 .into_iter()
-                .map(|(id, chunk)| {
+                .map(|(at, id, chunk)| {
                     let (codec, stored) = if compressibility.worth_trying() {
                         let (codec, stored) = encode(&chunk, level);
                         compressibility.record(codec == Codec::Zstd);
@@ -539,7 +537,7 @@ impl Upload {
                     } else {
                         (Codec::Raw, chunk.clone())
                     };
-                    (id, chunk.len() as u32, codec, stored)
+                    (at, id, chunk.len() as u32, codec, stored)
                 })
                 .collect::<Vec<_>>();
             (encoded, compressibility)
@@ -547,9 +545,17 @@ impl Upload {
         .await
         .map_err(|e| Error::internal(format!("compression task failed: {e}")))?;
         self.compressibility = compressibility;
-        for (id, raw_len, codec, stored) in encoded {
+        for (at, _, _, codec, stored) in &encoded {
+            self.new_chunks.set_encoded(*at, *codec, stored.len() as u32);
+        }
+        for (id, _) in &pending {
+            self.stored_size += match self.new_chunks.find(id) {
+                Some(at) => self.new_chunks.stored_len(at),
+                None => known.get(id).copied().unwrap_or(0),
+            };
+        }
+        for (_, id, raw_len, codec, stored) in encoded {
             self.reserve_for(stored.len()).await?;
-            self.placed.insert(id, stored.len() as u64);
             self.pack.add(id, codec, raw_len, &stored);
             self.new_stored_size += stored.len() as u64;
             if self.pack.len() >= self.inner.settings.ingest.pack_target_bytes {
@@ -588,7 +594,7 @@ impl Upload {
             let held = self.pack_reservation.bytes();
             if held >= needed {
                 if large {
-                    self.pack.reserve_total(whole);
+                    self.pack.reserve_total_from(whole, &self.inner.buffers);
                 }
                 return Ok(());
             }
@@ -602,20 +608,6 @@ impl Upload {
                 self.pack_reservation.merge(more);
             }
         }
-    }
-
-    /// Stored bytes of the whole content, counting chunks shared with earlier versions.
-    fn stored_size(&self) -> u64 {
-        self.manifest
-            .iter()
-            .map(|entry| {
-                self.placed
-                    .get(&entry.chunk_id)
-                    .or_else(|| self.known.get(&entry.chunk_id))
-                    .copied()
-                    .unwrap_or(0)
-            })
-            .sum()
     }
 
     /// Seals the current pack, records it as staged, and writes it in the background,
@@ -639,9 +631,7 @@ impl Upload {
         let (sealed, generation) =
             seal_and_stage(&self.inner, &self.tenant, builder, sealing, &self.upload_id).await?;
         let pack_id = sealed.id.to_hex();
-        let shared: Arc<str> = Arc::from(pack_id.as_str());
-        self.new_chunks
-            .extend(sealed.entries.iter().map(|entry| (shared.clone(), *entry)));
+        self.new_chunks.seal(Arc::from(pack_id.as_str()), &sealed.entries);
         self.packs
             .push(crate::catalog::StagedPack { pack_id, generation });
         while self.writes.len() >= self.inner.settings.ingest.max_packs_in_flight {
@@ -680,7 +670,7 @@ pub(super) async fn seal_and_stage(
     upload_id: &str,
 ) -> Result<(crate::ingest::pack::SealedPack, i64)> {
     let data_key = sealing.as_ref().map(|_| DataKey::generate());
-    let (sealed, data_key) = tokio::task::spawn_blocking(move || {
+    let (sealed, data_key) = crate::compute::run(move || {
         let sealed = match &data_key {
             Some(key) => builder.seal_with(key),
             None => builder.seal(),

@@ -395,13 +395,13 @@ impl Catalog {
                 continue;
             }
             for version in &image.versions {
-                let manifest = Manifest::decode(&version.manifest).map_err(|error| {
+                let manifest = Manifest::decode(version.manifest.clone()).map_err(|error| {
                     Error::DataLoss(format!(
                         "the manifest of {id}@{} does not decode ({error}); nothing was backed up",
                         version.version
                     ))
                 })?;
-                chunk_ids.extend(manifest.entries.iter().map(|e| e.chunk_id));
+                chunk_ids.extend(manifest.entries().map(|e| e.chunk_id));
             }
             export.artifacts.push(image);
         }
@@ -983,13 +983,13 @@ impl Catalog {
     ) -> Result<()> {
         let mut needed: BTreeSet<ChunkId> = BTreeSet::new();
         for version in added {
-            let manifest = Manifest::decode(&version.manifest).map_err(|error| {
+            let manifest = Manifest::decode(version.manifest.clone()).map_err(|error| {
                 Error::DataLoss(format!(
                     "the manifest of version {} does not decode ({error})",
                     version.version
                 ))
             })?;
-            needed.extend(manifest.entries.iter().map(|e| e.chunk_id));
+            needed.extend(manifest.entries().map(|e| e.chunk_id));
         }
         let needed: Vec<ChunkId> = needed.into_iter().collect();
         let mut packs: BTreeSet<String> = BTreeSet::new();

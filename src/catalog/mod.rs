@@ -562,7 +562,7 @@ impl Catalog {
         .bind(map_json(&version.metadata))
         .bind(&version.content_type)
         .bind(&version.extracted)
-        .bind(version.manifest.clone())
+        .bind(version.manifest.encoded().as_ref())
                 .bind(version.state.as_str())
         .bind(version.produced_by.as_ref().map_or("", |r| r.run_id.as_str()))
         .bind(version.produced_by.as_ref().map_or("", |r| r.workflow.as_str()))
@@ -580,7 +580,9 @@ impl Catalog {
             return Err(db_error("writing a version", error));
         }
         let mut lost_races: Vec<ChunkId> = Vec::new();
-        for batch in version.new_chunks.chunks(BATCH_ROWS) {
+        let mut new_chunks = version.new_chunks.iter().peekable();
+        while new_chunks.peek().is_some() {
+            let batch: Vec<(&str, crate::ingest::PackEntry)> = new_chunks.by_ref().take(BATCH_ROWS).collect();
             let mut sql = format!(
                 "INSERT INTO chunks (tenant, chunk_id, pack_id, pack_offset, stored_length, raw_length, codec) VALUES {}",
                 self.dialect.value_rows(batch.len(), 7)
@@ -589,11 +591,11 @@ impl Catalog {
             // entry wins and the other copy becomes garbage.
             sql.push_str(" ON CONFLICT (tenant, chunk_id) DO NOTHING RETURNING chunk_id");
             let mut query = sqlx::query_scalar::<_, Vec<u8>>(AssertSqlSafe(sql));
-            for (pack_id, entry) in batch {
+            for (pack_id, entry) in &batch {
                 query = query
                     .bind(&scope.tenant)
                     .bind(entry.chunk_id.0.to_vec())
-                    .bind(pack_id.as_ref())
+                    .bind(*pack_id)
                     .bind(entry.offset as i64)
                     .bind(i64::from(entry.stored_len))
                     .bind(i64::from(entry.raw_len))

@@ -3,7 +3,7 @@
 
 pub use crate::domain::Scope;
 use crate::domain::{Alias, Artifact, ArtifactId, ArtifactVersion, LifecycleState, Timestamp, Transition};
-use crate::ingest::{ChunkId, Codec, PackEntry};
+use crate::ingest::{ChunkId, Codec};
 use std::collections::BTreeMap;
 
 /// An `artifacts` row. Stays inside the catalog; callers get [`Artifact`].
@@ -267,11 +267,9 @@ pub struct NewVersion {
     pub content_type: String,
     /// JSON of `ingest::extract::Extracted`.
     pub extracted: String,
-    pub manifest: Vec<u8>,
+    pub manifest: crate::ingest::Manifest,
     /// Chunks this upload wrote, with their places in its packs.
-    /// Each new chunk with the pack it is in (one shared name per pack: a large upload has
-    /// hundreds of thousands of chunks).
-    pub new_chunks: Vec<(std::sync::Arc<str>, PackEntry)>,
+    pub new_chunks: crate::ingest::NewChunks,
     /// Chunks of the content stored before this upload (each once): they must still be
     /// indexed when the version commits.
     pub reused_chunks: Vec<crate::ingest::ChunkId>,

@@ -5,10 +5,12 @@ pub mod chunk;
 pub mod chunker;
 pub mod extract;
 pub mod manifest;
+pub mod new_chunks;
 pub mod pack;
 pub mod sealing;
 
 pub use chunk::{ChunkId, Codec, TenantKey};
 pub use chunker::{ChunkerConfig, StreamChunker};
-pub use manifest::{Manifest, ManifestEntry};
+pub use manifest::{Manifest, ManifestBuilder, ManifestEntry};
+pub use new_chunks::NewChunks;
 pub use pack::{PackBuilder, PackEntry, PackId, SealedPack};

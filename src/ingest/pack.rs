@@ -77,6 +77,8 @@ pub struct PackTrailer {
 pub struct PackBuilder {
     body: Vec<u8>,
     entries: Vec<PackEntry>,
+    /// Where the body's buffer came from and goes back to once the sealed pack is dropped.
+    pool: Option<std::sync::Arc<crate::buffers::BufferPool>>,
 }
 
 /// A finished pack, ready to be written under `id.object_key()`.
@@ -95,6 +97,21 @@ impl PackBuilder {
     /// Makes room for `total` bytes of chunks at once, sparing the copies of doubling.
     pub fn reserve_total(&mut self, total: usize) {
         self.body.reserve(total.saturating_sub(self.body.len()));
+    }
+
+    /// Makes room for `total` bytes in a buffer from `pool`, which gets it back once the
+    /// sealed pack's bytes are dropped.
+    pub fn reserve_total_from(&mut self, total: usize, pool: &std::sync::Arc<crate::buffers::BufferPool>) {
+        if self.body.capacity() >= total {
+            return;
+        }
+        let mut buffer = pool.take(total);
+        buffer.extend_from_slice(&self.body);
+        let old = std::mem::replace(&mut self.body, buffer);
+        if let Some(previous) = &self.pool {
+            previous.give(old);
+        }
+        self.pool = Some(pool.clone());
     }
 
     pub fn len(&self) -> usize {
@@ -167,9 +184,13 @@ impl PackBuilder {
             }
         }
         let id = PackId(*blake3::hash(&self.body).as_bytes());
+        let bytes = match &self.pool {
+            Some(pool) => pool.wrap(self.body),
+            None => Bytes::from(self.body),
+        };
         SealedPack {
             id,
-            bytes: Bytes::from(self.body),
+            bytes,
             entries: self.entries,
         }
     }

@@ -102,7 +102,7 @@ pub async fn decode_read(
 ) -> Result<Vec<Bytes>, StoreError> {
     let decoded = if bytes.len() > 64 * 1024 {
         let decode = decode.clone();
-        tokio::task::spawn_blocking(move || decode(&bytes))
+        crate::compute::run(move || decode(&bytes))
             .await
             .map_err(|e| StoreError::Failed {
                 store: store.to_owned(),

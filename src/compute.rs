@@ -1,0 +1,96 @@
+//! CPU-bound work of the data paths (cutting, hashing, compressing, sealing, decoding)
+//! runs here: on a pool of one thread per core, so at most one piece per core at once.
+//!
+//! More pieces at once than cores would not finish sooner; they would only hold their
+//! buffers longer and spread over more threads, and every thread keeps memory of its own
+//! (the allocator's per-thread caches, a compression context). With tokio's blocking pool,
+//! 16 concurrent uploads ran their pieces on up to 44 threads.
+
+use std::sync::LazyLock;
+
+/// One thread per core, named `artifactd-compute`. Its own threads, not tokio's blocking
+/// pool: buffers are allocated by the same few threads however many transfers run, so the
+/// allocator's per-thread heaps stay few and warm, where dozens of blocking threads each
+/// held freed memory of their own.
+static POOL: LazyLock<rayon::ThreadPool> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(cores)
+        .thread_name(|_| "artifactd-compute".to_owned())
+        .build()
+        .expect("starting the compute threads")
+});
+
+/// Why a piece of work returned nothing.
+#[derive(Debug)]
+pub struct Panicked(pub String);
+
+impl std::fmt::Display for Panicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Runs `work` on a compute thread once one is free. A caller that stops waiting leaves
+/// the piece to finish on its own.
+pub async fn run<T, F>(work: F) -> Result<T, Panicked>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let (done, result) = tokio::sync::oneshot::channel();
+    POOL.spawn(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a compute task panicked".to_owned());
+            Panicked(message)
+        });
+        let _ = done.send(outcome);
+    });
+    result
+        .await
+        .map_err(|_| Panicked("a compute task ended without a result".to_owned()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_more_pieces_run_at_once_than_cores() {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..(cores * 8) {
+            let (running, most) = (running.clone(), most.clone());
+            tasks.spawn(run(move || {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                running.fetch_sub(1, Ordering::SeqCst);
+            }));
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap().unwrap();
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!(most <= cores, "{most} pieces ran at once on {cores} cores");
+        assert!(most >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_an_error_and_gives_its_permit_back() {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        for _ in 0..(cores + 1) {
+            let failed = run(|| panic!("deliberate")).await;
+            assert!(failed.is_err());
+        }
+        assert_eq!(run(|| 7).await.unwrap(), 7);
+    }
+}
