@@ -665,6 +665,9 @@ impl Config {
                 self.ingest.transfer_memory_bytes
             ));
         }
+        if self.ingest.stalled_download_seconds == 0 {
+            return invalid("ingest.stalled_download_seconds must be positive".to_owned());
+        }
         if self.ingest.max_packs_in_flight == 0 || self.ingest.read_ahead_spans == 0 {
             return invalid(
                 "ingest.max_packs_in_flight and ingest.read_ahead_spans must be positive".to_owned(),

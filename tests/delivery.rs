@@ -506,6 +506,90 @@ async fn concurrent_transfers_wait_for_a_small_memory_budget_and_all_complete() 
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readers_that_stop_reading_are_ended_and_their_memory_goes_to_others() {
+    // Room for one pack and two read spans, and readers that take nothing for 2 s are
+    // ended. Stalled downloads hold the budget; a download that needs it can only finish
+    // (well within the 60 s it would wait) once they are ended.
+    let server = std::sync::Arc::new(ServerProcess::start_with(
+        ServerOptions::default()
+            .env(
+                "ARTIFACTD_INGEST__TRANSFER_MEMORY_BYTES",
+                (16u64 << 20).to_string(),
+            )
+            .env("ARTIFACTD_INGEST__STALLED_DOWNLOAD_SECONDS", "2")
+            .env("ARTIFACTD_DELIVERY__CACHE_MEMORY_BYTES", "0"),
+    ));
+    let size = 48 * 1024 * 1024;
+    let content = noise(size, 77);
+    let id = {
+        let mut client = server.client().await;
+        create_id(&mut client, header(T, P, "bundle", "stalled.bin"), &content).await
+    };
+
+    // Readers that take the header and one message, then nothing.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut client = server.client().await;
+        let mut stream = client
+            .download_artifact(download_request(T, P, &id, ""))
+            .await
+            .unwrap()
+            .into_inner();
+        stream.message().await.unwrap().expect("a header");
+        stream.message().await.unwrap().expect("a first data message");
+        stalled.push((client, stream));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        metric(&server, "artifactd_transfer_memory_reserved_bytes").await > 0.0,
+        "the stalled readers hold no memory, so this test proves nothing"
+    );
+
+    let started = std::time::Instant::now();
+    let mut client = server.client().await;
+    let (_, read) = download(&mut client, download_request(T, P, &id, ""))
+        .await
+        .expect("a reader that reads gets its download while others stall");
+    assert!(read == content, "the download came back different");
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "the download waited {:?}",
+        started.elapsed()
+    );
+    assert!(metric(&server, "artifactd_downloads_stalled_total").await >= 1.0);
+
+    // A stalled reader that comes back gets what was already sent, then UNAVAILABLE: never
+    // a download that ends as if it were complete.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (_client, mut stream) in stalled {
+        let mut received = 0;
+        let ended = loop {
+            match stream.message().await {
+                Ok(Some(message)) => {
+                    if let Some(download_artifact_response::Message::Data(data)) = message.message {
+                        received += data.len();
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(status) => break Err(status),
+            }
+        };
+        let status = ended.expect_err("a stalled download must not end as if complete");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("stalled_download_seconds"),
+            "{status:?}"
+        );
+        assert!(received < size, "a stalled reader received everything");
+    }
+    assert_eq!(
+        metric(&server, "artifactd_transfer_memory_reserved_bytes").await,
+        0.0,
+        "everything reserved was given back"
+    );
+}
+
 async fn cache_status(server: &ServerProcess) -> artifactd::proto::CacheStatus {
     artifactd::proto::admin_service_client::AdminServiceClient::new(server.channel().await)
         .get_server_status(artifactd::proto::GetServerStatusRequest {})

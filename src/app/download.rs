@@ -134,6 +134,7 @@ pub(super) async fn stream(
         },
     );
     let read_ahead = inner.settings.ingest.read_ahead_spans.max(1);
+    let stalled_after = std::time::Duration::from_secs(inner.settings.ingest.stalled_download_seconds);
     let budget = inner.budget.clone();
     let pieces = futures::stream::once(futures::future::ready(Ok(first)))
         .chain(rest)
@@ -162,7 +163,92 @@ pub(super) async fn stream(
             })
         })
         .try_flatten();
-    Ok(coalesce(pieces, MESSAGE_MIN, MESSAGE_MAX))
+    Ok(end_when_stalled(
+        coalesce(pieces, MESSAGE_MIN, MESSAGE_MAX),
+        stalled_after,
+    ))
+}
+
+/// A download between its reader and its content: what `end_when_stalled` can take away.
+struct Reading<S> {
+    content: Option<std::pin::Pin<Box<S>>>,
+    /// When the last piece was handed over, while the reader has not asked for the next.
+    handed_at: Option<std::time::Instant>,
+    /// Whether the reader has been told its download was ended.
+    told: bool,
+}
+
+/// Ends a download whose reader stopped taking its bytes. A reader that takes nothing for
+/// `limit` after a piece was handed over (its connection's flow-control window full, so
+/// nothing asks for more) would otherwise keep the download's read-ahead reserved from the
+/// memory budget for as long as it keeps the stream open: a few such readers, or links
+/// fetched and never read, would make every other transfer wait. The content is dropped
+/// (its reservations go back at once) and the reader, should it come back, gets
+/// UNAVAILABLE rather than a stream that ends as if complete. Time spent waiting for the
+/// budget or the store is not the reader's, and does not count.
+fn end_when_stalled<S>(
+    content: S,
+    limit: std::time::Duration,
+) -> impl Stream<Item = Result<Bytes>> + Send + 'static
+where
+    S: Stream<Item = Result<Bytes>> + Send + 'static,
+{
+    let reading = Arc::new(std::sync::Mutex::new(Reading {
+        content: Some(Box::pin(content)),
+        handed_at: None,
+        told: false,
+    }));
+    let watched = Arc::downgrade(&reading);
+    tokio::spawn(async move {
+        let mut wait = limit;
+        loop {
+            tokio::time::sleep(wait).await;
+            let Some(reading) = watched.upgrade() else {
+                return;
+            };
+            let mut reading = reading.lock().expect("download lock");
+            if reading.content.is_none() {
+                return;
+            }
+            match reading.handed_at.map(|at| at.elapsed()) {
+                Some(idle) if idle >= limit => {
+                    reading.content = None;
+                    metrics::counter!(crate::telemetry::names::DOWNLOADS_STALLED_TOTAL).increment(1);
+                    tracing::info!(
+                        seconds = limit.as_secs(),
+                        "a download's reader took nothing for too long; the download was ended and its memory given back"
+                    );
+                    return;
+                }
+                Some(idle) => wait = limit - idle,
+                None => wait = limit,
+            }
+        }
+    });
+    futures::stream::poll_fn(move |context| {
+        let mut reading = reading.lock().expect("download lock");
+        reading.handed_at = None;
+        let Some(content) = reading.content.as_mut() else {
+            if reading.told {
+                return std::task::Poll::Ready(None);
+            }
+            reading.told = true;
+            return std::task::Poll::Ready(Some(Err(Error::Unavailable(format!(
+                "the download was ended because its reader took nothing for {} s (ingest.stalled_download_seconds); download again, from an offset to resume",
+                limit.as_secs()
+            )))));
+        };
+        let polled = content.as_mut().poll_next(context);
+        match &polled {
+            std::task::Poll::Ready(Some(_)) => reading.handed_at = Some(std::time::Instant::now()),
+            std::task::Poll::Ready(None) => reading.content = None,
+            std::task::Poll::Pending => {}
+        }
+        if matches!(polled, std::task::Poll::Ready(None)) {
+            reading.told = true;
+        }
+        polled
+    })
 }
 
 /// Plans the reads of one window of chunks.

@@ -77,6 +77,9 @@ pub struct IngestSettings {
     /// Memory all uploads' packs and all downloads' read-ahead may hold together; streams
     /// wait for it rather than the process growing with their number.
     pub transfer_memory_bytes: usize,
+    /// A download whose reader takes nothing for this long is ended and its read-ahead
+    /// given back to the budget (shorter than the 60 s others wait for it).
+    pub stalled_download_seconds: u64,
 }
 
 impl IngestSettings {
@@ -96,6 +99,7 @@ impl Default for IngestSettings {
             max_read_span_bytes: 4 * 1024 * 1024,
             read_ahead_spans: 4,
             transfer_memory_bytes: 96 * 1024 * 1024,
+            stalled_download_seconds: 30,
         }
     }
 }

@@ -35,6 +35,8 @@ metric_names! {
         "Bytes of the transfer memory budget that uploads' packs and downloads' read-ahead hold";
     TRANSFER_MEMORY_WAITS_TOTAL = "artifactd_transfer_memory_waits_total", Counter,
         "Times an upload or a download waited for the transfer memory budget";
+    DOWNLOADS_STALLED_TOTAL = "artifactd_downloads_stalled_total", Counter,
+        "Downloads ended because their reader took nothing for ingest.stalled_download_seconds";
     DISK_CACHE_BYTES = "artifactd_disk_cache_bytes", Gauge,
         "Bytes of store objects the disk cache holds";
     DISK_CACHE_HITS_TOTAL = "artifactd_disk_cache_hits_total", Counter,
