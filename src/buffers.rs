@@ -38,8 +38,10 @@ impl BufferPool {
     }
 
     /// An empty buffer with room for at least `capacity` bytes: the smallest idle one
-    /// that fits, else an idle one grown (so idle buffers that fit nothing do not pile up),
-    /// else a new one.
+    /// that fits without being more than twice as large (a buffer holds as much memory as
+    /// its capacity, while its holder's budget paid for what it asked), else a new one.
+    /// When nothing fits, the oldest idle buffer is freed, so buffers of sizes no longer
+    /// asked for do not stay idle.
     pub fn take(&self, capacity: usize) -> Vec<u8> {
         if capacity >= POOLED_MIN {
             let mut idle = self.idle.lock().expect("buffer pool lock");
@@ -47,23 +49,23 @@ impl BufferPool {
                 .buffers
                 .iter()
                 .enumerate()
-                .filter(|(_, buffer)| buffer.capacity() >= capacity)
+                .filter(|(_, buffer)| (capacity..=2 * capacity).contains(&buffer.capacity()))
                 .min_by_key(|(_, buffer)| buffer.capacity())
                 .map(|(at, _)| at);
-            let chosen = fitting.or_else(|| {
-                idle.buffers
-                    .iter()
-                    .enumerate()
-                    .max_by_key(|(_, buffer)| buffer.capacity())
-                    .map(|(at, _)| at)
-            });
-            if let Some(at) = chosen {
-                let mut buffer = idle.buffers.swap_remove(at);
-                idle.bytes -= buffer.capacity();
-                drop(idle);
-                buffer.reserve(capacity);
-                return buffer;
-            }
+            let at = match fitting {
+                Some(at) => at,
+                None if !idle.buffers.is_empty() => {
+                    let unfit = idle.buffers.remove(0);
+                    idle.bytes -= unfit.capacity();
+                    drop(idle);
+                    drop(unfit);
+                    return Vec::with_capacity(capacity);
+                }
+                None => return Vec::with_capacity(capacity),
+            };
+            let buffer = idle.buffers.remove(at);
+            idle.bytes -= buffer.capacity();
+            return buffer;
         }
         Vec::with_capacity(capacity)
     }
@@ -153,11 +155,18 @@ mod tests {
         assert_eq!(pool.idle_bytes(), 10 * MIB, "past the limit a buffer is freed");
         let reused = pool.take(MIB + 1);
         assert_eq!(reused.as_ptr(), small_at);
-        drop(reused);
-        // Nothing idle fits: the largest idle one is grown rather than left idle.
-        let grown = pool.take(12 * MIB);
-        assert!(grown.capacity() >= 12 * MIB);
+        assert_eq!(pool.idle_bytes(), 8 * MIB);
+        // Within twice the request, the idle buffer serves.
+        let within = pool.take(5 * MIB);
+        assert_eq!(within.capacity(), 8 * MIB);
         assert_eq!(pool.idle_bytes(), 0);
+        pool.give(within);
+        // Far larger than asked is not handed out, and an idle buffer that fits nothing
+        // asked for is let go.
+        let fresh = pool.take(3 * MIB);
+        assert_eq!(fresh.capacity(), 3 * MIB);
+        assert_eq!(pool.idle_bytes(), 0);
+        drop((reused, fresh));
         pool.give(Vec::with_capacity(1024));
         assert_eq!(pool.idle_bytes(), 0, "small buffers are not kept");
     }

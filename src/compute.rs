@@ -40,6 +40,10 @@ where
 {
     let (done, result) = tokio::sync::oneshot::channel();
     POOL.spawn(move || {
+        // Work whose caller went away (a cancelled transfer) would only delay live ones.
+        if done.is_closed() {
+            return;
+        }
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|panic| {
             let message = panic
                 .downcast_ref::<&str>()
@@ -85,7 +89,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_panic_is_an_error_and_gives_its_permit_back() {
+    async fn a_panic_is_an_error_and_its_thread_goes_on_working() {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         for _ in 0..(cores + 1) {
             let failed = run(|| panic!("deliberate")).await;

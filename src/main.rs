@@ -18,10 +18,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// uploading then downloading 256 MiB (release build, 2 cores): peak resident memory 531 MiB
 /// with glibc's defaults, 444 MiB with four arenas, 339 MiB with two (uploads as fast,
 /// downloads 483 against 546 MiB/s), and 620 MiB with mimalloc. An operator's own
-/// `MALLOC_ARENA_MAX` wins.
+/// `MALLOC_ARENA_MAX` (or an `arena_max` in `GLIBC_TUNABLES`) wins.
 fn tune_allocator() {
     #[cfg(all(not(feature = "mimalloc"), target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none()
+        && !std::env::var("GLIBC_TUNABLES").is_ok_and(|tunables| tunables.contains("arena_max"))
+    {
         // SAFETY: mallopt only changes allocator settings; it is called before any thread
         // of this process starts.
         unsafe {

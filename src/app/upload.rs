@@ -469,7 +469,11 @@ impl Upload {
             .map_err(|e| Error::internal(format!("extraction task failed: {e}")))?;
         metrics::counter!(crate::telemetry::names::INGESTED_BYTES_TOTAL).increment(size);
         metrics::counter!(crate::telemetry::names::STORED_BYTES_TOTAL).increment(self.new_stored_size);
-        debug_assert!(self.new_chunks.all_sealed());
+        if !self.new_chunks.all_sealed() {
+            return Err(Error::internal(
+                "an upload ended with chunks in no sealed pack; nothing was committed",
+            ));
+        }
         let manifest = std::mem::take(&mut self.manifest).finish();
         // Chunks stored before this upload, each once.
         let mut reused_chunks: Vec<ChunkId> = manifest

@@ -108,7 +108,9 @@ impl ManifestBuilder {
         self.len() == 0
     }
 
-    pub fn finish(self) -> Manifest {
+    pub fn finish(mut self) -> Manifest {
+        // Held until the version commits: without the spare room of its growth.
+        self.encoded.shrink_to_fit();
         Manifest {
             encoded: self.encoded.into(),
         }

@@ -24,7 +24,8 @@ struct Placed {
 
 #[derive(Debug, Clone, Default)]
 pub struct NewChunks {
-    packs: Vec<Arc<str>>,
+    /// Each sealed pack's name, and what sealing added to each of its chunks (a tag).
+    packs: Vec<(Arc<str>, u32)>,
     entries: Vec<Placed>,
     /// Entries before this one are in sealed packs; later ones wait for the pack being filled.
     sealed: usize,
@@ -81,21 +82,37 @@ impl NewChunks {
         entry.stored_len = stored_len;
     }
 
-    /// The stored length of the chunk at `at` as encoded (before any sealing tag).
+    /// The stored length of the chunk at `at` as encoded (before any sealing tag), the
+    /// same before and after its pack is sealed.
     pub fn stored_len(&self, at: usize) -> u64 {
-        u64::from(self.entries[at].stored_len)
+        let entry = &self.entries[at];
+        let sealing = if at < self.sealed {
+            self.packs[entry.pack as usize].1
+        } else {
+            0
+        };
+        u64::from(entry.stored_len - sealing)
     }
 
     /// Records a sealed pack: its entries are the next placed chunks, in order.
     pub fn seal(&mut self, pack_id: Arc<str>, sealed: &[PackEntry]) {
         let pack = self.packs.len() as u32;
-        self.packs.push(pack_id);
         let end = self.sealed + sealed.len();
         assert!(end <= self.entries.len(), "a pack holds only placed chunks");
+        let sealing = match (self.entries.get(self.sealed), sealed.first()) {
+            (Some(placed), Some(entry)) => entry.stored_len.saturating_sub(placed.stored_len),
+            _ => 0,
+        };
+        self.packs.push((pack_id, sealing));
         for (placed, entry) in self.entries[self.sealed..end].iter_mut().zip(sealed) {
             assert_eq!(
                 placed.chunk_id, entry.chunk_id,
                 "packs hold chunks in placing order"
+            );
+            assert_eq!(
+                entry.stored_len,
+                placed.stored_len + sealing,
+                "sealing adds the same to every chunk of a pack"
             );
             placed.pack = pack;
             placed.offset = entry.offset;
@@ -114,7 +131,7 @@ impl NewChunks {
     pub fn iter(&self) -> impl Iterator<Item = (&str, PackEntry)> + '_ {
         self.entries[..self.sealed].iter().map(|placed| {
             (
-                self.packs[placed.pack as usize].as_ref(),
+                self.packs[placed.pack as usize].0.as_ref(),
                 PackEntry {
                     chunk_id: placed.chunk_id,
                     offset: placed.offset,
@@ -191,7 +208,10 @@ mod tests {
                 entry(id(2), 56, 216, 200, Codec::Raw),
             ],
         );
+        assert_eq!(chunks.stored_len(a), 40, "as encoded, before and after sealing");
+        assert_eq!(chunks.stored_len(c), 300);
         chunks.seal(Arc::from("pack-2"), &[entry(id(200), 0, 316, 300, Codec::Raw)]);
+        assert_eq!(chunks.stored_len(c), 300);
         assert!(chunks.all_sealed());
         let indexed: Vec<(String, PackEntry)> = chunks.iter().map(|(pack, e)| (pack.to_owned(), e)).collect();
         assert_eq!(
