@@ -183,6 +183,7 @@ async fn main() {
     }
     if section("prefetch") {
         prefetch().await;
+        run_prefetch().await;
     }
     if section("series") {
         let s3 = S3TestServer::start().await;
@@ -237,6 +238,104 @@ async fn prefetch() {
     );
     println!("RESULT prefetch_series_read_mib_s {:.1}", mib_s(logical, best[0]));
     println!("RESULT prefetch_extra_read_ratio {extra:.3}");
+}
+
+/// A workflow run reads the same documents in the same order each time, and between runs
+/// every document gets its next version (the 8 longest histories of bmad-history). Runs
+/// after the first are timed on servers with prefetch on and off, with moto as the store so
+/// that a read that misses the caches is a GET (the faster of two servers each):
+/// `run_prefetch_read_ratio` is the runs' read throughput with prefetch divided by without,
+/// `run_prefetch_extra_read_ratio` the bytes warmed divided by the bytes the runs read.
+async fn run_prefetch() {
+    const DOCUMENTS: usize = 8;
+    const RUNS: usize = 12;
+    let root = common::corpus_dir().join("bmad-history");
+    let mut histories: Vec<Vec<Vec<u8>>> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.path().is_dir())
+        .map(|entry| {
+            let mut versions: Vec<std::path::PathBuf> = std::fs::read_dir(entry.path())
+                .unwrap()
+                .flatten()
+                .map(|v| v.path())
+                .collect();
+            versions.sort();
+            versions.into_iter().map(|v| std::fs::read(v).unwrap()).collect()
+        })
+        .collect();
+    histories.sort_by_key(|versions| std::cmp::Reverse(versions.len()));
+    histories.truncate(DOCUMENTS);
+    assert!(histories.iter().all(|versions| versions.len() >= RUNS));
+    let moto = MotoServer::start().await;
+    let mut best = [Duration::MAX; 2];
+    let (mut read_bytes, mut extra) = (0usize, 0.0);
+    for round in 0..2 {
+        for (slot, on) in [(0, true), (1, false)] {
+            let bucket = format!("runs-{round}-{slot}");
+            let _ = moto.store(&bucket).await;
+            let server = ServerProcess::start_with(
+                ServerOptions::default()
+                    .envs(moto.env(&bucket))
+                    .env("ARTIFACTD_DELIVERY__PREFETCH", on.to_string()),
+            );
+            let mut client = server.client().await;
+            let mut ids = Vec::new();
+            for (n, versions) in histories.iter().enumerate() {
+                let messages = create_messages(
+                    header("bench", "runs", "document", &format!("doc-{n}.md")),
+                    &versions[0],
+                    MESSAGE,
+                );
+                let created = client
+                    .create_artifact(futures::stream::iter(messages))
+                    .await
+                    .unwrap();
+                ids.push(created.into_inner().artifact.unwrap().id);
+            }
+            let mut elapsed = Duration::ZERO;
+            read_bytes = 0;
+            for run in 0..RUNS {
+                if run > 0 {
+                    for (id, versions) in ids.iter().zip(&histories) {
+                        let mut next = update_header("bench", "runs", id);
+                        next.next_version = Some(NextVersion::Bump(artifactd::proto::BumpKind::Minor as i32));
+                        update(&mut client, next, &versions[run]).await.unwrap();
+                    }
+                }
+                let started = Instant::now();
+                for id in &ids {
+                    let mut request = tonic::Request::new(download_request("bench", "runs", id, ""));
+                    request
+                        .metadata_mut()
+                        .insert("x-artifactd-run", format!("run-{run}").parse().unwrap());
+                    let mut stream = client.download_artifact(request).await.unwrap().into_inner();
+                    while let Some(message) = stream.message().await.unwrap() {
+                        if run > 0
+                            && let Some(artifactd::proto::download_artifact_response::Message::Data(data)) =
+                                message.message
+                        {
+                            read_bytes += data.len();
+                        }
+                    }
+                }
+                if run > 0 {
+                    elapsed += started.elapsed();
+                }
+            }
+            best[slot] = best[slot].min(elapsed);
+            if on {
+                let prefetched = common::metric(server.http, "artifactd_prefetched_bytes_total").await;
+                extra = prefetched / read_bytes as f64;
+            }
+        }
+    }
+    println!(
+        "RESULT run_prefetch_read_ratio {:.3}",
+        best[1].as_secs_f64() / best[0].as_secs_f64()
+    );
+    println!("RESULT run_prefetch_read_mib_s {:.1}", mib_s(read_bytes, best[0]));
+    println!("RESULT run_prefetch_extra_read_ratio {extra:.3}");
 }
 
 struct Transfers {

@@ -720,3 +720,92 @@ async fn versions_read_in_order_warm_the_next_one() {
         assert_eq!(metric(&server, warmed).await, before);
     }
 }
+
+/// Downloads the newest version as a workflow run does (with the run header).
+async fn read_as_run(client: &mut Client, run_id: &str, id: &str) -> Vec<u8> {
+    let mut request = tonic::Request::new(download_request(T, P, id, ""));
+    request
+        .metadata_mut()
+        .insert("x-artifactd-run", run_id.parse().unwrap());
+    let mut stream = client.download_artifact(request).await.unwrap().into_inner();
+    let mut content = Vec::new();
+    while let Some(message) = stream.message().await.unwrap() {
+        if let Some(download_artifact_response::Message::Data(data)) = message.message {
+            content.extend_from_slice(&data);
+        }
+    }
+    content
+}
+
+async fn a_run_reading_what_an_earlier_run_read_gets_its_next_inputs_warmed(postgres: bool) {
+    for prefetch in [true, false] {
+        let (server, _database) = common::binary::start_on_catalog_with(
+            postgres,
+            &[(
+                "ARTIFACTD_DELIVERY__PREFETCH",
+                if prefetch { "true" } else { "false" },
+            )],
+        )
+        .await;
+        let mut client = server.client().await;
+        let mut ids = Vec::new();
+        for (n, name) in ["brief.md", "prd.md", "architecture.md", "unrelated.md"]
+            .iter()
+            .enumerate()
+        {
+            let content = noise(500_000 + n * 1000, 300 + n as u64);
+            ids.push(create_id(&mut client, header(T, P, "document", name), &content).await);
+        }
+        // An earlier run read the brief, then the PRD, then the architecture.
+        for id in &ids[..3] {
+            read_as_run(&mut client, "run-1", id).await;
+        }
+        // Since then the PRD and the architecture have changed.
+        let newer: Vec<Vec<u8>> = (0..2)
+            .map(|n| noise(520_000 + n * 1000, 400 + n as u64))
+            .collect();
+        bump(&mut client, &ids[1], &newer[0]).await;
+        bump(&mut client, &ids[2], &newer[1]).await;
+        let warmed = "artifactd_prefetched_bytes_total";
+        let before = metric(&server, warmed).await;
+
+        // The next run reads the brief: the newest PRD and architecture are warmed.
+        read_as_run(&mut client, "run-2", &ids[0]).await;
+        if prefetch {
+            let expected = before + (newer[0].len() + newer[1].len()) as f64;
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while metric(&server, warmed).await < expected {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the next inputs were never warmed"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            for (id, content) in ids[1..3].iter().zip(&newer) {
+                let hits = metric(&server, "artifactd_chunk_cache_hit_bytes_total").await;
+                assert!(read_as_run(&mut client, "run-2", id).await == *content);
+                let served = metric(&server, "artifactd_chunk_cache_hit_bytes_total").await - hits;
+                assert_eq!(served, content.len() as f64, "{id} came from the cache");
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(metric(&server, warmed).await, before);
+        }
+        // What no earlier run read after it warms nothing.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let settled = metric(&server, warmed).await;
+        read_as_run(&mut client, "run-3", &ids[3]).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(metric(&server, warmed).await, settled);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_reading_what_an_earlier_run_read_gets_its_next_inputs_warmed_on_sqlite() {
+    a_run_reading_what_an_earlier_run_read_gets_its_next_inputs_warmed(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_reading_what_an_earlier_run_read_gets_its_next_inputs_warmed_on_postgres() {
+    a_run_reading_what_an_earlier_run_read_gets_its_next_inputs_warmed(true).await;
+}

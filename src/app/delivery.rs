@@ -4,7 +4,7 @@
 use super::{Artifacts, DownloadPlan};
 use crate::catalog::Scope;
 use crate::domain::delivery::{Disposition, DownloadGrant, LinkKey};
-use crate::domain::{Error, Result, Timestamp};
+use crate::domain::{Artifact, ArtifactVersion, Error, Result, Timestamp};
 use crate::ingest::ChunkId;
 use crate::telemetry::names;
 use bytes::Bytes;
@@ -174,6 +174,8 @@ impl Artifacts {
 /// Which version of each artifact was read last, to notice versions read in order.
 pub(crate) struct ReadOrder {
     last: std::sync::Mutex<std::collections::HashMap<String, (i64, std::time::Instant)>>,
+    /// Versions (artifact, seq) warmed lately, so one is not read again for every reason to.
+    warmed: std::sync::Mutex<std::collections::HashMap<(String, i64), std::time::Instant>>,
     /// Warm-ups running at once; more are skipped, never queued.
     warming: std::sync::Arc<tokio::sync::Semaphore>,
 }
@@ -183,11 +185,16 @@ const READS_TRACKED: usize = 10_000;
 /// …for this long.
 const READ_MEMORY: Duration = Duration::from_secs(600);
 const WARMERS: usize = 2;
+/// A version warmed is not warmed again for this long.
+const WARM_MEMORY: Duration = Duration::from_secs(60);
+/// Artifacts warmed when a run reads what an earlier run read before them.
+pub const RUN_PREFETCH_ARTIFACTS: usize = 2;
 
 impl Default for ReadOrder {
     fn default() -> Self {
         Self {
             last: Default::default(),
+            warmed: Default::default(),
             warming: std::sync::Arc::new(tokio::sync::Semaphore::new(WARMERS)),
         }
     }
@@ -208,6 +215,26 @@ impl ReadOrder {
         }
         matches!(previous, Some((earlier, at)) if earlier < seq && now.duration_since(at) < READ_MEMORY)
     }
+
+    /// Whether the version numbered `seq` was not warmed within [`WARM_MEMORY`]; it counts as
+    /// warmed from now.
+    fn claim_warming(&self, artifact_id: &str, seq: i64) -> bool {
+        let mut warmed = self
+            .warmed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = std::time::Instant::now();
+        if warmed.len() > READS_TRACKED {
+            warmed.retain(|_, at| now.duration_since(*at) < WARM_MEMORY);
+        }
+        match warmed.insert((artifact_id.to_owned(), seq), now) {
+            Some(at) if now.duration_since(at) < WARM_MEMORY => {
+                warmed.insert((artifact_id.to_owned(), seq), at);
+                false
+            }
+            _ => true,
+        }
+    }
 }
 
 impl Artifacts {
@@ -215,8 +242,7 @@ impl Artifacts {
     /// version into the chunk cache in the background, so that the client's next read finds
     /// it there. Only versions that fit a quarter of the cache, at most two at a time.
     pub(super) fn warm_next_version(&self, plan: &DownloadPlan) {
-        let delivery = &self.inner.settings.delivery;
-        if !delivery.prefetch || !self.inner.cache.enabled() || plan.offset != 0 {
+        if !self.prefetching() || plan.offset != 0 {
             return;
         }
         if !self
@@ -226,41 +252,100 @@ impl Artifacts {
         {
             return;
         }
+        let (artifact, seq) = (plan.artifact.clone(), plan.version.seq);
+        self.warm_in_background(move |this| async move {
+            let next = this.inner.catalog.next_version(artifact.id.as_str(), seq).await?;
+            Ok(next.map(|next| (artifact, next)).into_iter().collect())
+        });
+    }
+
+    /// When a workflow run reads an artifact, warms what the latest other run that read it
+    /// read next (the newest version of each, at most [`RUN_PREFETCH_ARTIFACTS`]): runs of
+    /// one workflow tend to read the same inputs in the same order, each time at their
+    /// newest version.
+    pub(super) fn warm_after_run_read(&self, tenant: &str, run_id: &str, artifact_id: &str) {
+        if !self.prefetching() {
+            return;
+        }
+        let (tenant, run_id, artifact_id) = (tenant.to_owned(), run_id.to_owned(), artifact_id.to_owned());
+        self.warm_in_background(move |this| async move {
+            let catalog = &this.inner.catalog;
+            let next = catalog
+                .read_next_by_previous_run(&tenant, &run_id, &artifact_id, RUN_PREFETCH_ARTIFACTS)
+                .await?;
+            if next.is_empty() {
+                return Ok(Vec::new());
+            }
+            let artifacts = catalog.tenant_artifacts(&tenant, &next, false).await?;
+            let mut chosen = Vec::new();
+            for id in &next {
+                let Some(artifact) = artifacts.get(id) else {
+                    continue;
+                };
+                if let Some(version) = catalog.version(id, &artifact.latest_version).await? {
+                    chosen.push((artifact.clone(), version));
+                }
+            }
+            Ok(chosen)
+        });
+    }
+
+    fn prefetching(&self) -> bool {
+        self.inner.settings.delivery.prefetch && self.inner.cache.enabled()
+    }
+
+    /// Reads the versions `choose` picks into the chunk cache, in the background, holding
+    /// one of the two warming permits (none free: nothing is warmed). Versions larger than
+    /// a quarter of the cache are left out.
+    fn warm_in_background<F, Fut>(&self, choose: F)
+    where
+        F: FnOnce(Artifacts) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Vec<(Artifact, ArtifactVersion)>>> + Send,
+    {
         let Ok(permit) = self.inner.read_order.warming.clone().try_acquire_owned() else {
             return;
         };
-        let (this, artifact, seq) = (self.clone(), plan.artifact.clone(), plan.version.seq);
-        let limit = delivery.cache_memory_bytes / 4;
+        let this = self.clone();
+        let limit = self.inner.settings.delivery.cache_memory_bytes / 4;
         tokio::spawn(async move {
             let _permit = permit;
-            let next = match this.inner.catalog.next_version(artifact.id.as_str(), seq).await {
-                Ok(Some(next)) if next.size <= limit => next,
-                Ok(_) => return,
+            let chosen = match choose(this.clone()).await {
+                Ok(chosen) => chosen,
                 Err(error) => {
-                    tracing::debug!(%error, "could not look up the next version to warm");
+                    tracing::debug!(%error, "could not choose what to warm");
                     return;
                 }
             };
-            let plan = DownloadPlan {
-                artifact,
-                offset: 0,
-                length: next.size,
-                version: next,
-            };
-            let warmed = match this.content(&plan).await {
-                Ok(content) => {
-                    use futures::TryStreamExt;
-                    content
-                        .try_fold(0u64, |n, piece| {
-                            futures::future::ready(Ok(n + piece.len() as u64))
-                        })
-                        .await
+            for (artifact, version) in chosen {
+                if version.size > limit
+                    || !this
+                        .inner
+                        .read_order
+                        .claim_warming(artifact.id.as_str(), version.seq)
+                {
+                    continue;
                 }
-                Err(error) => Err(error),
-            };
-            match warmed {
-                Ok(bytes) => metrics::counter!(names::PREFETCHED_BYTES_TOTAL).increment(bytes),
-                Err(error) => tracing::debug!(%error, "could not warm the next version"),
+                let plan = DownloadPlan {
+                    artifact,
+                    offset: 0,
+                    length: version.size,
+                    version,
+                };
+                let warmed = match this.content(&plan).await {
+                    Ok(content) => {
+                        use futures::TryStreamExt;
+                        content
+                            .try_fold(0u64, |n, piece| {
+                                futures::future::ready(Ok(n + piece.len() as u64))
+                            })
+                            .await
+                    }
+                    Err(error) => Err(error),
+                };
+                match warmed {
+                    Ok(bytes) => metrics::counter!(names::PREFETCHED_BYTES_TOTAL).increment(bytes),
+                    Err(error) => tracing::debug!(%error, "could not warm a version"),
+                }
             }
         });
     }
@@ -369,6 +454,25 @@ impl ChunkCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_is_warmed_once_within_the_warm_memory() {
+        let order = ReadOrder::default();
+        assert!(order.claim_warming("a", 3));
+        assert!(!order.claim_warming("a", 3), "warmed a moment ago");
+        assert!(order.claim_warming("a", 4), "another version");
+        assert!(order.claim_warming("b", 3), "another artifact");
+        assert!(!order.claim_warming("a", 3));
+    }
+
+    #[test]
+    fn reads_in_order_are_told_from_others() {
+        let order = ReadOrder::default();
+        assert!(!order.forward("a", 1), "a first read");
+        assert!(order.forward("a", 2));
+        assert!(!order.forward("a", 2), "the same version again");
+        assert!(!order.forward("a", 1), "backwards");
+    }
 
     fn id(n: u32) -> ChunkId {
         let mut bytes = [0u8; 32];

@@ -51,7 +51,9 @@ impl Artifacts {
                 InputSource::Download,
                 now_micros(),
             )
-            .await
+            .await?;
+        self.warm_after_run_read(&scope.tenant, run_id, artifact_id);
+        Ok(())
     }
 
     /// Records what a run read: each input a version or alias of an artifact in `scope`.

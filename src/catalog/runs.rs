@@ -62,6 +62,55 @@ impl Catalog {
             .collect())
     }
 
+    /// What the latest other run that read `artifact_id` read next: the artifacts it
+    /// recorded from then on, in order, each once, at most `limit` (the artifact itself left
+    /// out). What a run of the same workflow is likely to read next.
+    pub async fn read_next_by_previous_run(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        artifact_id: &str,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let previous: Option<(String, i64)> = sqlx::query_as(
+            "SELECT run_id, recorded_at FROM run_inputs \
+             WHERE tenant = $1 AND artifact_id = $2 AND run_id <> $3 \
+             ORDER BY recorded_at DESC LIMIT 1",
+        )
+        .bind(tenant)
+        .bind(artifact_id)
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("finding an earlier run's read", e))?;
+        let Some((previous, at)) = previous else {
+            return Ok(Vec::new());
+        };
+        let later: Vec<(String,)> = sqlx::query_as(
+            "SELECT artifact_id FROM run_inputs \
+             WHERE tenant = $1 AND run_id = $2 AND recorded_at >= $3 AND artifact_id <> $4 \
+             ORDER BY recorded_at, artifact_id LIMIT $5",
+        )
+        .bind(tenant)
+        .bind(&previous)
+        .bind(at)
+        .bind(artifact_id)
+        .bind((limit * 4) as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("reading an earlier run's reads", e))?;
+        let mut next: Vec<String> = Vec::new();
+        for (id,) in later {
+            if !next.contains(&id) {
+                next.push(id);
+            }
+            if next.len() == limit {
+                break;
+            }
+        }
+        Ok(next)
+    }
+
     /// The versions of the tenant a run produced, as (artifact id, version), oldest first.
     pub async fn run_outputs(&self, tenant: &str, run_id: &str) -> Result<Vec<(String, String)>> {
         sqlx::query_as(
