@@ -307,7 +307,7 @@ impl Artifacts {
         };
         let this = self.clone();
         let limit = self.inner.settings.delivery.cache_memory_bytes / 4;
-        tokio::spawn(async move {
+        tokio::spawn(crate::compute::in_background(async move {
             let _permit = permit;
             let chosen = match choose(this.clone()).await {
                 Ok(chosen) => chosen,
@@ -347,7 +347,7 @@ impl Artifacts {
                     Err(error) => tracing::debug!(%error, "could not warm a version"),
                 }
             }
-        });
+        }));
     }
 }
 
