@@ -64,13 +64,13 @@ impl Artifacts {
                 .await?;
             let Some(last) = batch.last() else { break };
             after = Some((last.artifact_id.clone(), last.seq));
-            for stored in batch {
+            for mut stored in batch {
                 report.versions += 1;
                 let name = format!(
                     "{}/{} {}@{}",
                     stored.scope.tenant, stored.scope.project, stored.artifact_id, stored.version
                 );
-                let manifest = match Manifest::decode(stored.manifest.clone()) {
+                let manifest = match Manifest::decode(std::mem::take(&mut stored.manifest)) {
                     Ok(manifest) => manifest,
                     Err(error) => {
                         report

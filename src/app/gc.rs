@@ -337,9 +337,9 @@ impl Artifacts {
                 .await?;
             let Some(last) = batch.last() else { break };
             after = Some((last.artifact_id.clone(), last.seq));
-            for stored in batch {
+            for mut stored in batch {
                 report.versions_scanned += 1;
-                let manifest = Manifest::decode(stored.manifest.clone()).map_err(|error| {
+                let manifest = Manifest::decode(std::mem::take(&mut stored.manifest)).map_err(|error| {
                     // Never collect on a partial picture.
                     Error::DataLoss(format!(
                         "the manifest of {}@{} does not decode ({error}); collection stopped without deleting anything",
