@@ -314,21 +314,16 @@ async fn run_prefetch_with(pause: Duration, suffix: &str) {
                 }
                 for id in &ids {
                     let started = Instant::now();
-                    let mut request = tonic::Request::new(download_request("bench", "runs", id, ""));
-                    request
-                        .metadata_mut()
-                        .insert("x-artifactd-run", format!("run-{run}").parse().unwrap());
-                    let mut stream = client.download_artifact(request).await.unwrap().into_inner();
-                    while let Some(message) = stream.message().await.unwrap() {
-                        if run > 0
-                            && let Some(artifactd::proto::download_artifact_response::Message::Data(data)) =
-                                message.message
-                        {
-                            read_bytes += data.len();
-                        }
-                    }
+                    let content = common::client::download_as_run(
+                        &mut client,
+                        &format!("run-{run}"),
+                        download_request("bench", "runs", id, ""),
+                    )
+                    .await
+                    .unwrap();
                     if run > 0 {
                         elapsed += started.elapsed();
+                        read_bytes += content.len();
                     }
                     tokio::time::sleep(pause).await;
                 }

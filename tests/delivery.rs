@@ -723,18 +723,9 @@ async fn versions_read_in_order_warm_the_next_one() {
 
 /// Downloads the newest version as a workflow run does (with the run header).
 async fn read_as_run(client: &mut Client, run_id: &str, id: &str) -> Vec<u8> {
-    let mut request = tonic::Request::new(download_request(T, P, id, ""));
-    request
-        .metadata_mut()
-        .insert("x-artifactd-run", run_id.parse().unwrap());
-    let mut stream = client.download_artifact(request).await.unwrap().into_inner();
-    let mut content = Vec::new();
-    while let Some(message) = stream.message().await.unwrap() {
-        if let Some(download_artifact_response::Message::Data(data)) = message.message {
-            content.extend_from_slice(&data);
-        }
-    }
-    content
+    common::client::download_as_run(client, run_id, download_request(T, P, id, ""))
+        .await
+        .unwrap()
 }
 
 async fn a_run_reading_what_an_earlier_run_read_gets_its_next_inputs_warmed(postgres: bool) {

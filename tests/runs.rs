@@ -7,7 +7,7 @@ mod common;
 use artifactd::proto::{
     self, GetProvenanceRequest, GetRunRequest, RecordRunInputsRequest, RunInput, WorkflowRun,
 };
-use common::client::{Client, assert_status, create, download_request, header};
+use common::client::{Client, assert_status, create, download_as_run, download_request, header};
 use std::collections::BTreeSet;
 use tonic::Code;
 
@@ -36,13 +36,9 @@ async fn produce(client: &mut Client, artifact_type: &str, name: &str, by: Optio
 
 /// Downloads a version as a run would: with the run header.
 async fn download_as(client: &mut Client, run_id: &str, id: &str) -> Result<(), tonic::Status> {
-    let mut request = tonic::Request::new(download_request(T, P, id, ""));
-    request
-        .metadata_mut()
-        .insert("x-artifactd-run", run_id.parse().unwrap());
-    let mut stream = client.download_artifact(request).await?.into_inner();
-    while stream.message().await?.is_some() {}
-    Ok(())
+    download_as_run(client, run_id, download_request(T, P, id, ""))
+        .await
+        .map(drop)
 }
 
 fn names(versions: &[proto::RunVersion]) -> BTreeSet<(String, String, String)> {

@@ -152,6 +152,27 @@ pub async fn download(
     Ok((header.expect("a header"), content))
 }
 
+/// Downloads as a workflow run does (with the run header); the content.
+pub async fn download_as_run(
+    client: &mut Client,
+    run_id: &str,
+    request: DownloadArtifactRequest,
+) -> Result<Vec<u8>, Status> {
+    let mut request = tonic::Request::new(request);
+    request.metadata_mut().insert(
+        "x-artifactd-run",
+        run_id.parse().map_err(|_| Status::invalid_argument("run id"))?,
+    );
+    let mut stream = client.download_artifact(request).await?.into_inner();
+    let mut content = Vec::new();
+    while let Some(message) = stream.message().await? {
+        if let Some(download_artifact_response::Message::Data(data)) = message.message {
+            content.extend_from_slice(&data);
+        }
+    }
+    Ok(content)
+}
+
 /// Asserts a status code and that the message mentions each of `needles`.
 #[track_caller]
 pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, needles: &[&str]) -> Status {
