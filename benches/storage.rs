@@ -31,6 +31,18 @@
 //! release tars (as blobs and as versions of one artifact) and `push_vs_registry_random` /
 //! `pull_vs_registry_random` for 256 MiB of random data.
 //!
+//! Edits, on the embedded filesystem store (`history` section):
+//! - `history_stored_bytes`: bytes of packs after every version of every bmad-history
+//!   document is uploaded in order (one artifact per document), with delta compression on;
+//!   `history_stored_bytes_without_deltas` the same with `ingest.delta_max_depth = 0`, and
+//!   `history_catalog_bytes` the SQLite catalog's size beside it.
+//! - `history_download_mib_s` (deltas) and `history_download_plain_mib_s`: every version read
+//!   back in order after a restart (empty chunk cache); `history_download_vs_plain` their ratio.
+//! - `doc_edit_new_bytes`: what a paragraph inserted into the middle of the largest docs file
+//!   stores (`new_stored_size` of the new version).
+//! - `history_packs` / `mean_pack_bytes`: packs and their mean size after collection merged
+//!   the small ones (before: `history_packs_before_compaction`).
+//!
 //! The release series and collection, on the in-process S3 server:
 //! - `release_series_stored_bytes`: bytes written to the store for the 24 BMAD release tars.
 //! - `gc_reclaimed_ratio`: after the older half of the release series is deleted, purged and
@@ -167,7 +179,7 @@ async fn serve_file(path: std::path::PathBuf) -> std::net::SocketAddr {
 }
 
 /// Whether a section runs: all of them unless `ARTIFACTD_BENCH_SECTIONS` lists some
-/// (`transfers`, `registry`, `concurrent`, `prefetch`, `series`).
+/// (`transfers`, `registry`, `concurrent`, `prefetch`, `history`, `series`).
 fn section(name: &str) -> bool {
     std::env::var("ARTIFACTD_BENCH_SECTIONS").map_or(true, |list| list.split(',').any(|s| s.trim() == name))
 }
@@ -187,6 +199,9 @@ async fn main() {
         prefetch().await;
         run_prefetch().await;
     }
+    if section("history") {
+        history().await;
+    }
     if section("series") {
         let s3 = S3TestServer::start().await;
         let (releases, stored) = release_series_and_gc(&s3).await;
@@ -197,6 +212,213 @@ async fn main() {
             stored as f64 / logical as f64
         );
     }
+}
+
+/// Every version of every bmad-history document, oldest first, by document.
+fn load_history() -> Vec<(String, Vec<Vec<u8>>)> {
+    let root = common::corpus_dir().join("bmad-history");
+    let mut documents: Vec<(String, Vec<Vec<u8>>)> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.path().is_dir())
+        .map(|entry| {
+            let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(entry.path())
+                .unwrap()
+                .flatten()
+                .map(|file| file.path())
+                .filter(|path| path.extension().is_some_and(|ext| ext == "md"))
+                .collect();
+            files.sort();
+            let versions = files.iter().map(|path| std::fs::read(path).unwrap()).collect();
+            (entry.file_name().to_string_lossy().into_owned(), versions)
+        })
+        .collect();
+    documents.sort();
+    documents
+}
+
+fn pack_file_sizes(data_dir: &std::path::Path) -> Vec<u64> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<u64>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|ext| ext == "pack") {
+                out.push(entry.metadata().map(|m| m.len()).unwrap_or(0));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&data_dir.join("blobs/packs"), &mut out);
+    out
+}
+
+/// The next minor version of `id` in the `history` project.
+fn next_minor(id: &str) -> artifactd::proto::UpdateArtifactHeader {
+    let mut next = update_header("bench", "history", id);
+    next.next_version = Some(NextVersion::Bump(artifactd::proto::BumpKind::Minor as i32));
+    next
+}
+
+/// bmad-history uploaded version by version, with and without deltas: what it stores, how
+/// fast it reads back, and what collection makes of its packs; and one paragraph inserted
+/// into the largest docs file.
+async fn history() {
+    let documents = load_history();
+    let logical: usize = documents.iter().flat_map(|(_, v)| v.iter().map(Vec::len)).sum();
+    let versions: usize = documents.iter().map(|(_, v)| v.len()).sum();
+    eprintln!(
+        "history: {} documents, {versions} versions, {logical} bytes",
+        documents.len()
+    );
+    let mut read_rates = Vec::new();
+    for deltas in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = || {
+            let options = ServerOptions {
+                data_dir: Some(dir.path().to_path_buf()),
+                ..ServerOptions::default()
+            }
+            .env("ARTIFACTD_RETENTION__GC_GRACE_SECONDS", "1")
+            .env("ARTIFACTD_RETENTION__GC_INTERVAL_SECONDS", "0");
+            if deltas {
+                options
+            } else {
+                options.env("ARTIFACTD_INGEST__DELTA_MAX_DEPTH", "0")
+            }
+        };
+        let mut server = ServerProcess::start_with(options());
+        let mut client = server.client().await;
+        let mut ids = Vec::new();
+        for (name, versions) in &documents {
+            let created =
+                common::client::create(&mut client, header("bench", "history", "doc", name), &versions[0])
+                    .await
+                    .unwrap();
+            let id = created.artifact.unwrap().id;
+            let mut given = vec![created.version.unwrap().version];
+            for content in &versions[1..] {
+                let made = update(&mut client, next_minor(&id), content).await.unwrap();
+                given.push(made.version.unwrap().version);
+            }
+            ids.push((id, given));
+        }
+        let packs = pack_file_sizes(dir.path());
+        let stored: u64 = packs.iter().sum();
+        drop(client);
+        server.terminate();
+        let catalog_bytes: u64 = ["catalog.db", "catalog.db-wal"]
+            .iter()
+            .filter_map(|file| std::fs::metadata(dir.path().join(file)).ok())
+            .map(|meta| meta.len())
+            .sum();
+        if deltas {
+            println!("RESULT history_stored_bytes {stored}");
+            println!("RESULT history_catalog_bytes {catalog_bytes}");
+            println!("RESULT history_packs_before_compaction {}", packs.len());
+        } else {
+            println!("RESULT history_stored_bytes_without_deltas {stored}");
+            println!("RESULT history_catalog_bytes_without_deltas {catalog_bytes}");
+        }
+
+        // Read back in order after a restart: nothing in the chunk cache.
+        let server = ServerProcess::start_with(options());
+        let mut client = server.client().await;
+        let started = Instant::now();
+        let mut read = 0;
+        for ((id, given), (_, contents)) in ids.iter().zip(&documents) {
+            for (version, content) in given.iter().zip(contents) {
+                let (_, bytes) = download(&mut client, download_request("bench", "history", id, version))
+                    .await
+                    .unwrap();
+                assert!(bytes == *content, "{id}@{version} reads back different bytes");
+                read += bytes.len();
+            }
+        }
+        read_rates.push(mib_s(read, started.elapsed()));
+
+        if deltas {
+            // Collection merges the small packs every upload sealed.
+            let mut admin = AdminServiceClient::new(server.channel().await);
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(1100)).await;
+                let report = admin
+                    .collect_garbage(CollectGarbageRequest { dry_run: false })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .report
+                    .unwrap();
+                assert!(report.problems.is_empty(), "{:?}", report.problems);
+            }
+            let packs = pack_file_sizes(dir.path());
+            println!("RESULT history_packs {}", packs.len());
+            println!(
+                "RESULT mean_pack_bytes {}",
+                packs.iter().sum::<u64>() / (packs.len().max(1) as u64)
+            );
+            let (id, given) = &ids[ids.len() / 2];
+            let (_, bytes) = download(
+                &mut client,
+                download_request("bench", "history", id, given.last().unwrap()),
+            )
+            .await
+            .unwrap();
+            assert!(bytes == *documents[ids.len() / 2].1.last().unwrap());
+
+            // A paragraph inserted into the middle of the largest docs file.
+            let largest = largest_doc();
+            let created = common::client::create(
+                &mut client,
+                header("bench", "history", "doc", "largest.md"),
+                &largest,
+            )
+            .await
+            .unwrap();
+            let id = created.artifact.unwrap().id;
+            let mut edited = largest.clone();
+            let middle = edited.len() / 2;
+            let at = edited[..middle]
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |p| p + 1);
+            let paragraph =
+                b"\nThis paragraph was added to the document by an agent during a later workflow run, \
+to record a decision that the team took after the review: keep every version, store only the edit.\n\n";
+            edited.splice(at..at, paragraph.iter().copied());
+            let made = update(&mut client, next_minor(&id), &edited).await.unwrap();
+            println!(
+                "RESULT doc_edit_new_bytes {}",
+                made.version.unwrap().new_stored_size
+            );
+        }
+    }
+    println!("RESULT history_download_mib_s {:.1}", read_rates[0]);
+    println!("RESULT history_download_plain_mib_s {:.1}", read_rates[1]);
+    println!(
+        "RESULT history_download_vs_plain {:.3}",
+        read_rates[0] / read_rates[1]
+    );
+}
+
+/// The largest Markdown file of bmad-docs.
+fn largest_doc() -> Vec<u8> {
+    fn walk(dir: &std::path::Path, best: &mut (u64, std::path::PathBuf)) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, best);
+            } else if path.extension().is_some_and(|ext| ext == "md") {
+                let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                if len > best.0 {
+                    *best = (len, path);
+                }
+            }
+        }
+    }
+    let mut best = (0, std::path::PathBuf::new());
+    walk(&common::corpus_dir().join("bmad-docs"), &mut best);
+    std::fs::read(best.1).unwrap()
 }
 
 /// The release series read in order, version after version, by one client, on servers with

@@ -263,6 +263,9 @@ pub struct ServerConfig {
     /// How long in-flight requests may run after a shutdown signal.
     pub shutdown_grace_seconds: u64,
     pub health_check_interval_ms: u64,
+    /// How often the per-tenant storage figures (`artifactd_tenant_*_bytes`) are summed
+    /// from the catalog.
+    pub storage_stats_interval_seconds: u64,
     pub tls: TlsConfig,
 }
 
@@ -388,6 +391,7 @@ impl Default for ServerConfig {
             http_addr: "127.0.0.1:9464".to_owned(),
             shutdown_grace_seconds: 30,
             health_check_interval_ms: 2000,
+            storage_stats_interval_seconds: 300,
             tls: TlsConfig::default(),
         }
     }
@@ -646,6 +650,12 @@ impl Config {
             return invalid(format!(
                 "ingest.zstd_level = {} must be between 1 and 19",
                 self.ingest.zstd_level
+            ));
+        }
+        if self.ingest.delta_max_depth > 32 {
+            return invalid(format!(
+                "ingest.delta_max_depth = {} must be between 0 (no deltas) and 32",
+                self.ingest.delta_max_depth
             ));
         }
         if self.ingest.pack_target_bytes < avg * 4 {

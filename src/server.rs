@@ -332,6 +332,13 @@ pub async fn run(
     supervisor.spawn(INDEXER_JOB, move |token| {
         run_indexer(indexer.clone(), replica_id.clone(), token)
     });
+    {
+        let summed = catalog.clone();
+        let every = Duration::from_secs(config.server.storage_stats_interval_seconds.max(1));
+        supervisor.spawn("storage stats", move |token| {
+            crate::jobs::run_storage_stats(summed.clone(), every, token)
+        });
+    }
     let pruned_catalog = catalog.clone();
     let event_settings = config.events.clone();
     supervisor.spawn("outbox pruner", move |token| {

@@ -437,6 +437,7 @@ async fn allowed_call(
         | "CreateDownloadLink"
         | "ListVersions"
         | "GetMetadata"
+        | "GetStorageStats"
         | "DeleteArtifact"
         | "ListAliases"
         | "GetChangeHistory"

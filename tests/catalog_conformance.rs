@@ -33,6 +33,8 @@ fn new_version(version: &str, chunks: Vec<(String, PackEntry)>, packs: Vec<Stage
         size: 100,
         stored_size: 40,
         new_stored_size: 40,
+        dedup_saved_bytes: 60,
+        delta_saved_bytes: 5,
         blake3: "ab".repeat(32),
         chunk_count: chunks.len() as u64,
         created_by: "tester".into(),
@@ -69,6 +71,7 @@ fn entry(id: u8, offset: u64) -> PackEntry {
         stored_len: 10,
         raw_len: 20,
         codec: Codec::Zstd,
+        base: None,
     }
 }
 
@@ -265,6 +268,32 @@ async fn conformance(catalog: Catalog) {
     assert_eq!(rest.len(), 3, "{dialect:?}: the rest of the versions");
     assert_eq!(rest.last().unwrap().version, "1.0.0");
     assert_eq!(catalog.manifest(&created.id, "1.0.0").await.unwrap(), vec![1]);
+    assert_eq!(page[0].dedup_saved_bytes, 60, "{dialect:?}: savings read back");
+    assert_eq!(page[0].delta_saved_bytes, 5);
+    // Storage figures: the artifact's five versions, by artifact and by tenant.
+    let stats = catalog
+        .storage_stats(&scope, Some(&created.id.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            stats.versions,
+            stats.logical_bytes,
+            stats.stored_bytes,
+            stats.dedup_saved_bytes,
+            stats.delta_saved_bytes
+        ),
+        (5, 500, 200, 300, 25),
+        "{dialect:?}"
+    );
+    assert_eq!(stats.compression_saved_bytes(), 0);
+    let tenants = catalog.tenant_storage_stats().await.unwrap();
+    assert!(
+        tenants
+            .iter()
+            .any(|(tenant, t)| tenant == &scope.tenant && t.versions >= 5),
+        "{dialect:?}: {tenants:?}"
+    );
 
     // Listing artifacts by name with a type filter and keyset paging.
     for name in ["b.md", "a.md", "c.md"] {

@@ -204,6 +204,7 @@ async fn health_is_reported_per_service() {
             "reconciler",
             "replicator",
             "retention policies",
+            "storage stats",
             "store prober",
             "trash purger"
         ]

@@ -19,15 +19,16 @@ use crate::proto::{
     DiffVersionsRequest, DiffVersionsResponse, DownloadArtifactRequest, DownloadArtifactResponse,
     GetArtifactRequest, GetArtifactResponse, GetChangeHistoryRequest, GetChangeHistoryResponse,
     GetMetadataRequest, GetMetadataResponse, GetProvenanceRequest, GetProvenanceResponse, GetRunRequest,
-    GetRunResponse, LinkArtifactRequest, LinkArtifactResponse, ListAliasesRequest, ListAliasesResponse,
-    ListArtifactsRequest, ListArtifactsResponse, ListDependentsRequest, ListDependentsResponse,
-    ListVersionsRequest, ListVersionsResponse, RecordRunInputsRequest, RecordRunInputsResponse,
-    ResolveDependenciesRequest, ResolveDependenciesResponse, SetAliasRequest, SetAliasResponse,
-    TransitionVersionRequest, TransitionVersionResponse, UndeleteArtifactRequest, UndeleteArtifactResponse,
-    UndeleteVersionRequest, UndeleteVersionResponse, UnlinkArtifactRequest, UnlinkArtifactResponse,
-    UpdateArtifactLabelsRequest, UpdateArtifactLabelsResponse, UpdateArtifactRequest, UpdateArtifactResponse,
-    WatchEventsRequest, WatchEventsResponse, create_artifact_request, download_artifact_response,
-    get_artifact_request, update_artifact_header, update_artifact_request, watch_events_response,
+    GetRunResponse, GetStorageStatsRequest, GetStorageStatsResponse, LinkArtifactRequest,
+    LinkArtifactResponse, ListAliasesRequest, ListAliasesResponse, ListArtifactsRequest,
+    ListArtifactsResponse, ListDependentsRequest, ListDependentsResponse, ListVersionsRequest,
+    ListVersionsResponse, RecordRunInputsRequest, RecordRunInputsResponse, ResolveDependenciesRequest,
+    ResolveDependenciesResponse, SetAliasRequest, SetAliasResponse, TransitionVersionRequest,
+    TransitionVersionResponse, UndeleteArtifactRequest, UndeleteArtifactResponse, UndeleteVersionRequest,
+    UndeleteVersionResponse, UnlinkArtifactRequest, UnlinkArtifactResponse, UpdateArtifactLabelsRequest,
+    UpdateArtifactLabelsResponse, UpdateArtifactRequest, UpdateArtifactResponse, WatchEventsRequest,
+    WatchEventsResponse, create_artifact_request, download_artifact_response, get_artifact_request,
+    update_artifact_header, update_artifact_request, watch_events_response,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -535,6 +536,25 @@ impl ArtifactService for ArtifactApi {
         Ok(Response::new(ListVersionsResponse {
             versions: page.items.iter().map(convert::version).collect(),
             next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn get_storage_stats(
+        &self,
+        request: Request<GetStorageStatsRequest>,
+    ) -> Result<Response<GetStorageStatsResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let scope = if request.artifact_id.is_empty() {
+            authorized(&caller, request.tenant, request.project)?
+        } else {
+            caller.target(&request.artifact_id);
+            self.authorized_on_id(&caller, request.tenant, request.project, &request.artifact_id)
+                .await?
+        };
+        let stats = self.artifacts.storage_stats(&scope, &request.artifact_id).await?;
+        Ok(Response::new(GetStorageStatsResponse {
+            stats: Some(convert::storage_stats(&stats)),
         }))
     }
 

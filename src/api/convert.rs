@@ -55,6 +55,19 @@ pub fn version(record: &ArtifactVersion) -> proto::ArtifactVersion {
         change_message: record.change_message.clone(),
         state: lifecycle_state(record.state) as i32,
         produced_by: record.produced_by.as_ref().map(workflow_run),
+        dedup_saved_bytes: record.dedup_saved_bytes,
+        delta_saved_bytes: record.delta_saved_bytes,
+    }
+}
+
+pub fn storage_stats(stats: &crate::domain::StorageStats) -> proto::StorageStats {
+    proto::StorageStats {
+        versions: stats.versions,
+        logical_bytes: stats.logical_bytes,
+        stored_bytes: stats.stored_bytes,
+        dedup_saved_bytes: stats.dedup_saved_bytes,
+        delta_saved_bytes: stats.delta_saved_bytes,
+        compression_saved_bytes: stats.compression_saved_bytes(),
     }
 }
 

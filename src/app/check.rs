@@ -83,8 +83,33 @@ impl Artifacts {
                 let mut ids: Vec<ChunkId> = manifest.entries().map(|e| e.chunk_id).collect();
                 ids.sort_unstable();
                 ids.dedup();
-                let locations = catalog.chunk_locations(&tenant, &ids).await?;
+                let mut locations = catalog.chunk_locations(&tenant, &ids).await?;
                 let missing = ids.iter().filter(|id| !locations.contains_key(id)).count();
+                // The bases delta chunks decode through are needed as much as the chunks.
+                let mut bases: Vec<ChunkId> = locations
+                    .values()
+                    .filter_map(|location| location.base)
+                    .filter(|base| !locations.contains_key(base))
+                    .collect();
+                let mut depth = 0;
+                while !bases.is_empty() && depth <= crate::ingest::delta::MAX_CHAIN {
+                    depth += 1;
+                    bases.sort_unstable();
+                    bases.dedup();
+                    let found = catalog.chunk_locations(&tenant, &bases).await?;
+                    for base in bases.iter().filter(|base| !found.contains_key(base)) {
+                        report.problems.push(format!(
+                            "{name}: chunk {} that a delta decodes against is not in the chunk index",
+                            base.to_hex()
+                        ));
+                    }
+                    bases = found
+                        .values()
+                        .filter_map(|location| location.base)
+                        .filter(|base| !locations.contains_key(base) && !found.contains_key(base))
+                        .collect();
+                    locations.extend(found);
+                }
                 if missing > 0 {
                     let shredded = match destroyed.get(&tenant) {
                         Some(known) => *known,
@@ -208,6 +233,30 @@ impl Artifacts {
         // A pack belongs to one tenant and has at most one data key: opened once.
         let tenant = &needed[0].tenant;
         let tenant_key = TenantKey::derive(&inner.secret(), tenant);
+        // Delta chunks decode against their bases, read (verified) as downloads read them.
+        let base_ids: Vec<ChunkId> = needed.iter().filter_map(|chunk| chunk.location.base).collect();
+        let bases = if base_ids.is_empty() {
+            HashMap::new()
+        } else {
+            match super::download::plain_chunks(
+                inner.clone(),
+                std::sync::Arc::from(tenant.as_str()),
+                tenant_key.clone(),
+                base_ids,
+                inner.cache.generation(),
+                0,
+            )
+            .await
+            {
+                Ok(bases) => bases,
+                Err(error) => {
+                    report.problems.push(format!(
+                        "{store_name}: pack {pack_id}: the bases of its delta chunks cannot be read: {error}"
+                    ));
+                    HashMap::new()
+                }
+            }
+        };
         let data_key = match needed.iter().find(|chunk| chunk.location.key.is_some()) {
             None => None,
             Some(sealed) => match inner
@@ -270,7 +319,11 @@ impl Artifacts {
             } else {
                 stored
             };
-            match decode(location.codec, stored, location.raw_len as usize) {
+            let base = location
+                .base
+                .and_then(|base| bases.get(&base))
+                .map(|base| &base[..]);
+            match decode(location.codec, stored, location.raw_len as usize, base) {
                 Ok(raw) => {
                     if tenant_key.chunk_id(&raw) != chunk.chunk_id {
                         report.problems.push(format!("{place}: does not match its hash"));

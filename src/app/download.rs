@@ -19,7 +19,7 @@ use crate::storage::{Decoder, GetOptions, StoreError};
 use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -118,6 +118,7 @@ pub(super) async fn stream(
     range: Range<u64>,
 ) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static> {
     let generation = inner.cache.generation();
+    let tenant_name: Arc<str> = Arc::from(tenant.as_str());
     let mut windows = Windows::new(manifest, range);
     let first = match windows.next_window() {
         Some(window) => plan(&inner, &tenant, window).await?,
@@ -150,9 +151,16 @@ pub(super) async fn stream(
             }
         })
         .map(move |span| match span {
-            Ok((span, reservation)) => fetch_span(inner.clone(), key.clone(), span, generation)
-                .map(move |pieces| pieces.map(|pieces| (pieces, reservation)))
-                .boxed(),
+            Ok((span, reservation)) => fetch_span(
+                inner.clone(),
+                tenant_name.clone(),
+                key.clone(),
+                span,
+                generation,
+                0,
+            )
+            .map(move |pieces| pieces.map(|pieces| (pieces, reservation)))
+            .boxed(),
             Err(error) => futures::future::ready(Err(error)).boxed(),
         })
         .buffered(read_ahead)
@@ -258,12 +266,30 @@ async fn plan(inner: &Inner, tenant: &str, needed: Vec<(ChunkId, Range<usize>)>)
     ids.dedup();
     let locations = inner.catalog.chunk_locations(tenant, &ids).await?;
     explain_missing(inner, tenant, &ids, &locations).await?;
+    plan_at(
+        inner,
+        tenant,
+        needed,
+        &locations,
+        inner.settings.ingest.max_read_span_bytes,
+    )
+    .await
+}
+
+/// Plans the reads of `needed` at known `locations`, coalescing chunks that follow each
+/// other in a pack up to `max_span` bytes.
+async fn plan_at(
+    inner: &Inner,
+    tenant: &str,
+    needed: Vec<(ChunkId, Range<usize>)>,
+    locations: &HashMap<ChunkId, ChunkLocation>,
+    max_span: u64,
+) -> Result<Vec<ReadSpan>> {
     let data_keys = inner
         .keys
         .data_keys(&inner.catalog, tenant, locations.values())
         .await?;
 
-    let max_span = inner.settings.ingest.max_read_span_bytes;
     let mut spans: Vec<ReadSpan> = Vec::new();
     for (chunk_id, wanted) in needed {
         let location = locations.get(&chunk_id).cloned().ok_or_else(|| {
@@ -288,6 +314,9 @@ async fn plan(inner: &Inner, tenant: &str, needed: Vec<(ChunkId, Range<usize>)>)
             })?),
             None => None,
         };
+        // A whole chunk may be asked for without knowing its length (a delta's base).
+        let raw_len = location.raw_len as usize;
+        let wanted = wanted.start.min(raw_len)..wanted.end.min(raw_len);
         let slice = ChunkSlice {
             chunk_id,
             location,
@@ -347,59 +376,220 @@ async fn explain_missing(
     })
 }
 
+/// Reads of a chain's chunks in flight at once.
+const CHAIN_READS: usize = 8;
+
+/// The plain content of chunks (the bases of delta chunks), each verified: from the chunk
+/// cache, else read and decoded (and so cached for the next delta against them).
+///
+/// A chain's locations come from one catalog query, and every chunk of it that the cache
+/// lacks is read at once ([`CHAIN_READS`] in flight), then decoded from its root up: the
+/// extra reads of a delta are at most its depth, but they wait for one another only in
+/// the decoding, not in their round trips. A chunk whose stored copy does not decode or
+/// verify is read again through the store's checked read (so a failover pair serves its
+/// other copy). `depth` counts the chains already followed to get here: a chain longer than
+/// any upload writes is refused as damage rather than followed.
+pub(super) fn plain_chunks(
+    inner: Arc<Inner>,
+    tenant: Arc<str>,
+    key: TenantKey,
+    ids: Vec<ChunkId>,
+    generation: u64,
+    depth: u8,
+) -> futures::future::BoxFuture<'static, Result<HashMap<ChunkId, Bytes>>> {
+    async move {
+        let mut found: HashMap<ChunkId, Bytes> = HashMap::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for id in ids {
+            match inner.cache.get(&id) {
+                Some(plain) => {
+                    found.insert(id, plain);
+                }
+                None => missing.push(id),
+            }
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        if depth > crate::ingest::delta::MAX_CHAIN {
+            return Err(Error::DataLoss(format!(
+                "chunk {} decodes through more than {} bases; the chunk index is damaged",
+                missing[0].to_hex(),
+                crate::ingest::delta::MAX_CHAIN
+            )));
+        }
+        let mut chain_ids = missing.clone();
+        chain_ids.extend(inner.catalog.chain_of(&tenant, &missing).await?);
+        chain_ids.sort_unstable();
+        chain_ids.dedup();
+        let locations = inner.catalog.chunk_locations(&tenant, &chain_ids).await?;
+        explain_missing(&inner, &tenant, &missing, &locations).await?;
+        // What has to be read: the missing chunks and, down each chain, every base up to one
+        // the cache holds.
+        let mut needed: Vec<(u8, ChunkId)> = Vec::new();
+        let mut pending = missing.clone();
+        while let Some(id) = pending.pop() {
+            if found.contains_key(&id) || needed.iter().any(|(_, n)| *n == id) {
+                continue;
+            }
+            if let Some(plain) = inner.cache.get(&id) {
+                found.insert(id, plain);
+                continue;
+            }
+            let location = locations.get(&id).ok_or_else(|| {
+                Error::DataLoss(format!(
+                    "chunk {} that a delta decodes against is not in the chunk index",
+                    id.to_hex()
+                ))
+            })?;
+            if needed.len() > missing.len() * (usize::from(crate::ingest::delta::MAX_CHAIN) + 1) {
+                return Err(Error::DataLoss(format!(
+                    "chunk {} decodes through more than {} bases; the chunk index is damaged",
+                    id.to_hex(),
+                    crate::ingest::delta::MAX_CHAIN
+                )));
+            }
+            needed.push((location.depth, id));
+            pending.extend(location.base);
+        }
+        // Roots first: each chunk's base is decoded before it.
+        needed.sort_unstable();
+        let mut spans = Vec::with_capacity(needed.len());
+        for (_, id) in &needed {
+            // One read per chunk: a chain's chunks are rarely next to each other.
+            spans.extend(plan_at(&inner, &tenant, vec![(*id, 0..usize::MAX)], &locations, 0).await?);
+        }
+        let reads = futures::stream::iter(spans.into_iter().map(|span| {
+            let inner = inner.clone();
+            async move {
+                let bytes = inner
+                    .store
+                    .get(&span.pack_key, GetOptions::range(span.range.clone()))
+                    .await;
+                (span, bytes)
+            }
+        }))
+        .buffered(CHAIN_READS)
+        .collect::<Vec<_>>()
+        .await;
+        for (span, bytes) in reads {
+            let id = span.chunks[0].chunk_id;
+            let decoded = match bytes {
+                Ok(bytes) => {
+                    metrics::counter!(crate::telemetry::names::PACK_BYTES_READ_TOTAL)
+                        .increment(bytes.len() as u64);
+                    let base: HashMap<ChunkId, Bytes> = span.chunks[0]
+                        .location
+                        .base
+                        .and_then(|base| Some((base, found.get(&base)?.clone())))
+                        .into_iter()
+                        .collect();
+                    let (key, inner, span) = (key.clone(), inner.clone(), span.clone());
+                    crate::compute::run(move || decode_span(&key, &span, &bytes, &base, &inner, generation))
+                        .await
+                        .map_err(|e| Error::internal(format!("decoding task failed: {e}")))
+                        .and_then(|decoded| decoded)
+                }
+                Err(error) => Err(Error::Unavailable(error.to_string())),
+            };
+            let plain = match decoded {
+                Ok(plain) => plain,
+                // Damaged or unreadable here: the store's checked read, which a failover
+                // pair answers from its other copy.
+                Err(_) => {
+                    let pieces = fetch_span(
+                        inner.clone(),
+                        tenant.clone(),
+                        key.clone(),
+                        span,
+                        generation,
+                        depth + 1,
+                    )
+                    .await?;
+                    match pieces.as_slice() {
+                        [one] => one.clone(),
+                        many => Bytes::from(many.concat()),
+                    }
+                }
+            };
+            found.insert(id, plain);
+        }
+        Ok(found)
+    }
+    .boxed()
+}
+
 /// Reads one span: from the chunk cache when it holds every chunk of it, otherwise from
 /// the store. Decoding and checking every chunk happens inside the store's read, so a
 /// store with a second copy (failover) answers a corrupt copy by reading the other one.
 /// `generation` is the chunk cache's when the read was planned: a cache cleared since (a
-/// tenant's keys destroyed) keeps nothing from it.
-async fn fetch_span(
+/// tenant's keys destroyed) keeps nothing from it. The bases of delta chunks are read
+/// first (`depth` of them already followed to get here).
+fn fetch_span(
     inner: Arc<Inner>,
+    tenant: Arc<str>,
     key: TenantKey,
     span: ReadSpan,
     generation: u64,
-) -> Result<Vec<Bytes>> {
-    let cache = &inner.cache;
-    if cache.enabled() {
-        let cached: Option<Vec<Bytes>> = span
+    depth: u8,
+) -> futures::future::BoxFuture<'static, Result<Vec<Bytes>>> {
+    async move {
+        let cache = &inner.cache;
+        if cache.enabled() {
+            let cached: Option<Vec<Bytes>> = span
+                .chunks
+                .iter()
+                .map(|chunk| Some(cache.get(&chunk.chunk_id)?.slice(chunk.wanted.clone())))
+                .collect();
+            if let Some(pieces) = cached {
+                cache.record_hits(pieces.len(), pieces.iter().map(Bytes::len).sum());
+                return Ok(pieces);
+            }
+            cache.record_misses(span.chunks.len());
+        }
+        let base_ids: Vec<ChunkId> = span
             .chunks
             .iter()
-            .map(|chunk| Some(cache.get(&chunk.chunk_id)?.slice(chunk.wanted.clone())))
+            .filter_map(|chunk| chunk.location.base)
             .collect();
-        if let Some(pieces) = cached {
-            cache.record_hits(pieces.len(), pieces.iter().map(Bytes::len).sum());
-            return Ok(pieces);
-        }
-        cache.record_misses(span.chunks.len());
+        let bases = if base_ids.is_empty() {
+            HashMap::new()
+        } else {
+            plain_chunks(inner.clone(), tenant, key.clone(), base_ids, generation, depth).await?
+        };
+        let span = Arc::new(span);
+        let decode: Decoder = {
+            let span = span.clone();
+            let inner = inner.clone();
+            Arc::new(move |bytes: &[u8]| {
+                decode_span(&key, &span, bytes, &bases, &inner, generation)
+                    .map(|piece| vec![piece])
+                    .map_err(|e| e.to_string())
+            })
+        };
+        let pieces = inner
+            .store
+            .get_decoded(&span.pack_key, GetOptions::range(span.range.clone()), decode)
+            .await
+            .map_err(|error| match error {
+                StoreError::NotFound { .. } => {
+                    Error::DataLoss(format!("pack {} is missing from the store", span.pack_key))
+                }
+                StoreError::Corrupt { message, .. } => Error::DataLoss(message),
+                // The chunk index points past the end of the pack: the stored copy is truncated.
+                error @ StoreError::InvalidRange { .. } => Error::DataLoss(error.to_string()),
+                error if error.is_retryable() => {
+                    Error::Unavailable(format!("reading pack {}: {error}", span.pack_key))
+                }
+                error => Error::Internal(format!("reading pack {}: {error}", span.pack_key)),
+            })?;
+        metrics::counter!(crate::telemetry::names::PACK_BYTES_READ_TOTAL)
+            .increment(span.range.end - span.range.start);
+        Ok(pieces)
     }
-    let span = Arc::new(span);
-    let decode: Decoder = {
-        let span = span.clone();
-        let inner = inner.clone();
-        Arc::new(move |bytes: &[u8]| {
-            decode_span(&key, &span, bytes, &inner, generation)
-                .map(|piece| vec![piece])
-                .map_err(|e| e.to_string())
-        })
-    };
-    let pieces = inner
-        .store
-        .get_decoded(&span.pack_key, GetOptions::range(span.range.clone()), decode)
-        .await
-        .map_err(|error| match error {
-            StoreError::NotFound { .. } => {
-                Error::DataLoss(format!("pack {} is missing from the store", span.pack_key))
-            }
-            StoreError::Corrupt { message, .. } => Error::DataLoss(message),
-            // The chunk index points past the end of the pack: the stored copy is truncated.
-            error @ StoreError::InvalidRange { .. } => Error::DataLoss(error.to_string()),
-            error if error.is_retryable() => {
-                Error::Unavailable(format!("reading pack {}: {error}", span.pack_key))
-            }
-            error => Error::Internal(format!("reading pack {}: {error}", span.pack_key)),
-        })?;
-    metrics::counter!(crate::telemetry::names::PACK_BYTES_READ_TOTAL)
-        .increment(span.range.end - span.range.start);
-    Ok(pieces)
+    .boxed()
 }
 
 /// Decodes a span's chunks one after the other into one buffer, checking each against its
@@ -409,6 +599,7 @@ fn decode_span(
     key: &TenantKey,
     span: &ReadSpan,
     bytes: &[u8],
+    bases: &HashMap<ChunkId, Bytes>,
     inner: &Inner,
     generation: u64,
 ) -> Result<Bytes> {
@@ -465,6 +656,21 @@ fn decode_span(
                         decompressor.decompress_to_buffer(stored, &mut out[at..])
                     })
                     .map_err(|e| undecodable(e.to_string()))?;
+                if written != raw_len {
+                    return Err(undecodable(format!(
+                        "decompressed to {written} bytes, expected {raw_len}"
+                    )));
+                }
+            }
+            Codec::ZstdDelta => {
+                let base = chunk
+                    .location
+                    .base
+                    .and_then(|base| bases.get(&base))
+                    .ok_or_else(|| undecodable("its base was not read".to_owned()))?;
+                out.resize(at + raw_len, 0);
+                let written =
+                    crate::ingest::delta::decode_into(stored, base, &mut out[at..]).map_err(undecodable)?;
                 if written != raw_len {
                     return Err(undecodable(format!(
                         "decompressed to {written} bytes, expected {raw_len}"

@@ -84,6 +84,10 @@ struct Usage {
     live: Vec<ChunkId>,
 }
 
+/// A live chunk as compaction copies it: id, codec, raw length, stored bytes opened from
+/// any sealing, and a delta's base.
+type LiveChunk = (ChunkId, crate::ingest::Codec, u32, Vec<u8>, Option<ChunkId>);
+
 /// Counts a pack kept, under its reason.
 fn keep(kept: &mut BTreeMap<&'static str, Kept>, reason: &'static str, pack: &GcPack) {
     let entry = kept.entry(reason).or_insert_with(|| Kept {
@@ -172,6 +176,8 @@ impl Artifacts {
         // holds of that, which packs are unneeded, which are compacted now.
         let mut kept: BTreeMap<&'static str, Kept> = BTreeMap::new();
         let mut unneeded: Vec<GcPack> = Vec::new();
+        // Packs compaction wrote chunks into: needed, whatever the scan found before.
+        let mut produced: HashSet<String> = HashSet::new();
         let mut budget = settings.gc_compact_max_bytes;
         for tenant in catalog.gc_tenants().await? {
             let mut sparse = Vec::new();
@@ -208,7 +214,10 @@ impl Artifacts {
                 }
                 continue;
             }
-            if let Err(error) = self.compact(&tenant, chosen, holder, &mut report).await {
+            if let Err(error) = self
+                .compact(&tenant, chosen, holder, &mut report, &mut produced)
+                .await
+            {
                 if matches!(error, Error::Aborted(_)) {
                     return Err(error);
                 }
@@ -217,6 +226,10 @@ impl Artifacts {
                     .push(format!("compacting packs of tenant {tenant:?} failed: {error}"));
             }
         }
+
+        // A compacted pack with the bytes of one the scan found unneeded (the same chunks in
+        // the same order) is that pack, and holds the chunks now.
+        unneeded.retain(|pack| !produced.contains(&pack.pack_id));
 
         // 2. Marks: on packs found unneeded, off packs needed again.
         let marks = catalog.gc_marks().await?;
@@ -349,6 +362,30 @@ impl Artifacts {
                 needed.extend(manifest.entries().map(|entry| entry.chunk_id));
             }
         }
+        // A delta chunk needs its base, and that base its own, however deep.
+        let mut bases: HashMap<ChunkId, ChunkId> = HashMap::new();
+        let mut cursor: Option<ChunkId> = None;
+        loop {
+            let rows = catalog
+                .delta_bases(tenant, cursor.as_ref(), SCAN_BATCH * 10)
+                .await?;
+            let Some((last, _)) = rows.last() else { break };
+            cursor = Some(*last);
+            bases.extend(rows);
+        }
+        let mut pending: Vec<ChunkId> = needed
+            .iter()
+            .filter(|id| bases.contains_key(id))
+            .copied()
+            .collect();
+        while let Some(id) = pending.pop() {
+            if let Some(base) = bases.get(&id)
+                && needed.insert(*base)
+            {
+                pending.push(*base);
+            }
+        }
+        drop(bases);
         let mut usage: HashMap<String, Usage> = HashMap::new();
         let mut cursor: Option<ChunkId> = None;
         loop {
@@ -365,6 +402,15 @@ impl Artifacts {
             }
         }
         drop(needed);
+        // Small: under the setting, and under half a pack as uploads make them (a pack that
+        // size is as large as packs get, and merging it would only write it again).
+        let merge_below = self
+            .inner
+            .settings
+            .retention
+            .gc_merge_below_bytes
+            .min(self.inner.settings.ingest.pack_target_bytes as u64 / 2);
+        let mut small: Vec<(GcPack, Usage)> = Vec::new();
         let mut after = String::new();
         loop {
             let packs = catalog.gc_packs(tenant, &after, SCAN_BATCH).await?;
@@ -389,10 +435,20 @@ impl Artifacts {
                     {
                         sparse.push((pack, use_of))
                     }
+                    "committed" if pack.size < merge_below => small.push((pack, use_of)),
                     "committed" => keep(kept, "needed by a version", &pack),
                     _ if pack.created_at <= stale_before => unneeded.push(pack),
                     _ => keep(kept, "an upload may still be writing it", &pack),
                 }
+            }
+        }
+        // Small packs (each small upload seals its own) are merged into larger ones, which
+        // takes two at least: one alone would only be written again as it is.
+        if small.len() >= 2 {
+            sparse.extend(small);
+        } else {
+            for (pack, _) in &small {
+                keep(kept, "needed by a version", pack);
             }
         }
         Ok(())
@@ -405,6 +461,7 @@ impl Artifacts {
         packs: Vec<(GcPack, Usage)>,
         holder: &str,
         report: &mut GcReport,
+        produced: &mut HashSet<String>,
     ) -> Result<()> {
         let inner = &self.inner;
         let target = inner.settings.ingest.pack_target_bytes;
@@ -417,9 +474,9 @@ impl Artifacts {
         for (pack, use_of) in &packs {
             match self.live_chunks(tenant, &tenant_key, pack, use_of).await {
                 Ok(chunks) => {
-                    for (id, codec, raw_len, stored) in chunks {
+                    for (id, codec, raw_len, stored, base) in chunks {
                         if sources.insert(id, pack.pack_id.clone()).is_none() {
-                            builder.add(id, codec, raw_len, &stored);
+                            builder.add(id, codec, raw_len, &stored, base);
                         }
                     }
                     compacted.push(pack);
@@ -433,15 +490,17 @@ impl Artifacts {
             }
             if builder.len() >= target {
                 let full = std::mem::take(&mut builder);
-                self.commit_compacted(
-                    tenant,
-                    full,
-                    &std::mem::take(&mut sources),
-                    sealing.clone(),
-                    holder,
-                    report,
-                )
-                .await?;
+                produced.insert(
+                    self.commit_compacted(
+                        tenant,
+                        full,
+                        &std::mem::take(&mut sources),
+                        sealing.clone(),
+                        holder,
+                        report,
+                    )
+                    .await?,
+                );
                 for pack in compacted.drain(..) {
                     report.packs_compacted += 1;
                     report.bytes_compacted += pack.size;
@@ -449,8 +508,10 @@ impl Artifacts {
             }
         }
         if !compacted.is_empty() {
-            self.commit_compacted(tenant, builder, &sources, sealing, holder, report)
-                .await?;
+            produced.insert(
+                self.commit_compacted(tenant, builder, &sources, sealing, holder, report)
+                    .await?,
+            );
             for pack in compacted {
                 report.packs_compacted += 1;
                 report.bytes_compacted += pack.size;
@@ -460,7 +521,7 @@ impl Artifacts {
     }
 
     /// Writes a compacted pack and moves the index of its chunks from their old packs
-    /// (`sources`) to it.
+    /// (`sources`) to it; its id.
     async fn commit_compacted(
         &self,
         tenant: &str,
@@ -469,9 +530,9 @@ impl Artifacts {
         sealing: Option<Arc<super::keys::SealingKey>>,
         holder: &str,
         report: &mut GcReport,
-    ) -> Result<()> {
+    ) -> Result<String> {
         if builder.is_empty() {
-            return Ok(());
+            return Ok(String::new());
         }
         let inner = &self.inner;
         let upload_id = format!("gc:{}", report.id);
@@ -495,19 +556,20 @@ impl Artifacts {
         inner
             .catalog
             .relocate_chunks(holder, tenant, &staged, &moves, now_micros())
-            .await
-            .map(|_| ())
+            .await?;
+        Ok(staged.pack_id)
     }
 
-    /// The live chunks of a pack, each verified against its id: (id, codec, raw length, the
-    /// stored bytes opened from any sealing).
+    /// The live chunks of a pack, each verified against its id (a delta chunk decoded
+    /// against its base): (id, codec, raw length, the stored bytes opened from any
+    /// sealing, a delta's base).
     async fn live_chunks(
         &self,
         tenant: &str,
         tenant_key: &TenantKey,
         pack: &GcPack,
         use_of: &Usage,
-    ) -> Result<Vec<(ChunkId, crate::ingest::Codec, u32, Vec<u8>)>> {
+    ) -> Result<Vec<LiveChunk>> {
         let inner = &self.inner;
         let id = PackId::from_hex(&pack.pack_id)
             .ok_or_else(|| Error::internal(format!("pack id {:?} is malformed", pack.pack_id)))?;
@@ -522,6 +584,24 @@ impl Artifacts {
             .keys
             .data_keys(&inner.catalog, tenant, locations.values())
             .await?;
+        let base_ids: Vec<ChunkId> = locations
+            .values()
+            .filter(|location| location.pack_id == pack.pack_id)
+            .filter_map(|location| location.base)
+            .collect();
+        let bases = if base_ids.is_empty() {
+            HashMap::new()
+        } else {
+            super::download::plain_chunks(
+                inner.clone(),
+                Arc::from(tenant),
+                tenant_key.clone(),
+                base_ids,
+                inner.cache.generation(),
+                0,
+            )
+            .await?
+        };
         let mut chunks = Vec::new();
         for (chunk_id, location) in &locations {
             if location.pack_id != pack.pack_id {
@@ -541,7 +621,11 @@ impl Artifacts {
                 }
                 (Some(_), None) => return Err(Error::DataLoss("its data key is missing".into())),
             };
-            let raw = decode(location.codec, &opened, location.raw_len as usize).map_err(|error| {
+            let base = location
+                .base
+                .and_then(|base| bases.get(&base))
+                .map(|base| &base[..]);
+            let raw = decode(location.codec, &opened, location.raw_len as usize, base).map_err(|error| {
                 Error::DataLoss(format!("chunk {} does not decode: {error}", chunk_id.to_hex()))
             })?;
             if tenant_key.chunk_id(&raw) != *chunk_id {
@@ -550,7 +634,7 @@ impl Artifacts {
                     chunk_id.to_hex()
                 )));
             }
-            chunks.push((*chunk_id, location.codec, location.raw_len, opened));
+            chunks.push((*chunk_id, location.codec, location.raw_len, opened, location.base));
         }
         Ok(chunks)
     }

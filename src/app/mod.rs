@@ -80,6 +80,9 @@ pub struct IngestSettings {
     /// A download whose reader takes nothing for this long is ended and its read-ahead
     /// given back to the budget (shorter than the 60 s others wait for it).
     pub stalled_download_seconds: u64,
+    /// Longest chain of delta bases an update's new chunks may decode through (a read of
+    /// such a chunk needs up to this many other chunks); 0 stores no deltas.
+    pub delta_max_depth: u8,
 }
 
 impl IngestSettings {
@@ -100,6 +103,7 @@ impl Default for IngestSettings {
             read_ahead_spans: 4,
             transfer_memory_bytes: 96 * 1024 * 1024,
             stalled_download_seconds: 30,
+            delta_max_depth: 32,
         }
     }
 }
@@ -495,6 +499,7 @@ impl Artifacts {
             self.inner.clone(),
             &request.scope.tenant,
             request.expectations.clone(),
+            None,
         );
         let upload_name = request.name.clone();
         let content = upload.run(content, &upload_name, caller_gone).await?;
@@ -579,10 +584,25 @@ impl Artifacts {
             )
             .await?;
 
+        // The version this one follows: its chunks are where edits find their bases.
+        let previous = match self
+            .inner
+            .catalog
+            .manifest(&artifact.id, &artifact.latest_version)
+            .await
+            .and_then(|bytes| Manifest::decode(bytes).map_err(Error::internal))
+        {
+            Ok(manifest) => Some(manifest),
+            Err(error) => {
+                tracing::warn!(artifact_id = %artifact.id, %error, "the latest version's manifest could not be read; this update is stored without deltas");
+                None
+            }
+        };
         let upload = upload::Upload::new(
             self.inner.clone(),
             &request.scope.tenant,
             request.expectations.clone(),
+            previous,
         );
         let content = upload.run(content, &artifact.name, caller_gone).await?;
         let upload_id = content.upload_id.clone();
@@ -716,6 +736,25 @@ impl Artifacts {
                     artifact.id
                 ))
             })
+    }
+
+    /// What the versions of a project, or of one artifact (`artifact_id` not empty), hold
+    /// and store, and what was saved.
+    pub async fn storage_stats(
+        &self,
+        scope: &Scope,
+        artifact_id: &str,
+    ) -> Result<crate::domain::StorageStats> {
+        validate_scope(scope)?;
+        if artifact_id.is_empty() {
+            return self.inner.catalog.storage_stats(scope, None).await;
+        }
+        validate_artifact_id(artifact_id)?;
+        let artifact = self.require_artifact(scope, artifact_id).await?;
+        self.inner
+            .catalog
+            .storage_stats(scope, Some(&artifact.id.to_string()))
+            .await
     }
 
     /// An artifact and one of its versions (the latest when `version` is empty).

@@ -44,6 +44,9 @@ pub struct RetentionSettings {
     pub gc_compact_below_percent: u8,
     /// Bytes of packs compaction rewrites in one run at most.
     pub gc_compact_max_bytes: u64,
+    /// Packs smaller than this and than half `ingest.pack_target_bytes` (each small upload
+    /// writes its own) are merged by compaction once a tenant has two or more; 0 merges none.
+    pub gc_merge_below_bytes: u64,
     /// How long a collector's lease lasts without renewal.
     pub lease_seconds: u64,
     /// How far back point-in-time restore reaches. The trash keeps what it deletes at least
@@ -64,6 +67,7 @@ impl Default for RetentionSettings {
             gc_grace_seconds: 6 * 3600,
             gc_compact_below_percent: 50,
             gc_compact_max_bytes: 1 << 30,
+            gc_merge_below_bytes: 1 << 20,
             lease_seconds: 300,
             recovery_window_seconds: 7 * 24 * 3600,
             backup_check_seconds: 60,

@@ -12,6 +12,7 @@ use super::keys::SealingKey;
 use crate::catalog::{NewVersion, PackStage};
 use crate::domain::{Error, Result, content_type, names::quoted, now_micros};
 use crate::ingest::chunk::{Codec, Compressibility, encode};
+use crate::ingest::delta::{self, Alignment, DeltaBases};
 use crate::ingest::extract::{ContentShape, Extracted, extract};
 use crate::ingest::sealing::DataKey;
 use crate::ingest::{
@@ -93,6 +94,8 @@ pub struct IngestedContent {
     pub size: u64,
     pub stored_size: u64,
     pub new_stored_size: u64,
+    pub dedup_saved_bytes: u64,
+    pub delta_saved_bytes: u64,
     pub blake3: String,
     pub manifest: Manifest,
     pub new_chunks: NewChunks,
@@ -117,6 +120,8 @@ impl IngestedContent {
             size: self.size,
             stored_size: self.stored_size,
             new_stored_size: self.new_stored_size,
+            dedup_saved_bytes: self.dedup_saved_bytes,
+            delta_saved_bytes: self.delta_saved_bytes,
             blake3: self.blake3,
             chunk_count: self.manifest.len() as u64,
             created_by,
@@ -331,12 +336,20 @@ pub(super) struct Upload {
     expectations: ContentExpectations,
     /// Whether compressing the next chunk is worth trying.
     compressibility: Compressibility,
+    /// An update's previous version, followed along the content for delta bases.
+    alignment: Option<Alignment>,
+    /// Whether delta-encoding the next chunk that has a base is worth trying.
+    delta_trials: Compressibility,
+    key: TenantKey,
     /// The chunks this upload stores itself, found by id for its own repeats.
     new_chunks: NewChunks,
     manifest: ManifestBuilder,
     /// Stored bytes of the whole content (chunks stored before counted too), as encoded.
     stored_size: u64,
     new_stored_size: u64,
+    /// Raw bytes of the chunks this upload stores itself.
+    new_raw_size: u64,
+    delta_saved_bytes: u64,
     pack: PackBuilder,
     /// The memory budget the pack being filled holds.
     pack_reservation: Reservation,
@@ -345,8 +358,19 @@ pub(super) struct Upload {
 }
 
 impl Upload {
-    pub(super) fn new(inner: Arc<Inner>, tenant: &str, expectations: ContentExpectations) -> Self {
+    /// An upload of `tenant`'s content; `previous` is the manifest of the version an update
+    /// follows, whose chunks new ones may be stored as deltas against.
+    pub(super) fn new(
+        inner: Arc<Inner>,
+        tenant: &str,
+        expectations: ContentExpectations,
+        previous: Option<Manifest>,
+    ) -> Self {
         let key = TenantKey::derive(&inner.secret(), tenant);
+        let alignment = previous
+            .filter(|_| inner.settings.ingest.delta_max_depth > 0)
+            .and_then(DeltaBases::new)
+            .map(Alignment::new);
         let chunker = StreamChunker::new(inner.settings.ingest.chunker());
         let receiving = Receiving {
             max_message: inner.settings.ingest.max_data_message_bytes,
@@ -358,7 +382,7 @@ impl Upload {
             cutter: Some(Cutter {
                 chunker,
                 whole: blake3::Hasher::new(),
-                key,
+                key: key.clone(),
                 shape: ContentShape::default(),
             }),
             pending: Vec::new(),
@@ -373,10 +397,15 @@ impl Upload {
             size: 0,
             expectations,
             compressibility: Compressibility::default(),
+            alignment,
+            delta_trials: Compressibility::default(),
+            key,
             new_chunks: NewChunks::default(),
             manifest: ManifestBuilder::default(),
             stored_size: 0,
             new_stored_size: 0,
+            new_raw_size: 0,
+            delta_saved_bytes: 0,
             pack: PackBuilder::new(),
             pack_reservation: Reservation::none(),
             packs: Vec::new(),
@@ -488,6 +517,8 @@ impl Upload {
             size,
             stored_size: self.stored_size,
             new_stored_size: self.new_stored_size,
+            dedup_saved_bytes: size.saturating_sub(self.new_raw_size),
+            delta_saved_bytes: self.delta_saved_bytes,
             blake3: digest.to_hex().to_string(),
             manifest,
             new_chunks: std::mem::take(&mut self.new_chunks),
@@ -520,20 +551,26 @@ impl Upload {
                 chunk_id: *id,
                 raw_len: chunk.len() as u32,
             });
+            let candidate = self
+                .alignment
+                .as_mut()
+                .and_then(|alignment| alignment.next(id, chunk.len() as u32));
             if known.contains_key(id) || self.new_chunks.find(id).is_some() {
                 continue;
             }
             // Placed now so a repeat later in this batch dedups against it; its stored form
             // is set once the chunk is encoded.
             let at = self.new_chunks.place(*id, chunk.len() as u32);
-            to_encode.push((at, *id, chunk.clone()));
+            to_encode.push((at, *id, chunk.clone(), candidate));
         }
+        let bases = self.delta_bases(&to_encode).await;
         let level = self.inner.settings.ingest.zstd_level;
         let mut compressibility = self.compressibility;
-        let (encoded, compressibility) = crate::compute::run(move || {
+        let mut delta_trials = self.delta_trials;
+        let (encoded, compressibility, delta_trials) = crate::compute::run(move || {
             let encoded = to_encode
                 .into_iter()
-                .map(|(at, id, chunk)| {
+                .map(|(at, id, chunk, candidate)| {
                     let (codec, stored) = if compressibility.worth_trying() {
                         let (codec, stored) = encode(&chunk, level);
                         compressibility.record(codec == Codec::Zstd);
@@ -541,16 +578,52 @@ impl Upload {
                     } else {
                         (Codec::Raw, chunk.clone())
                     };
-                    (at, id, chunk.len() as u32, codec, stored)
+                    let base = candidate.and_then(|candidate| bases.get(&candidate));
+                    if let Some(base) = base
+                        && delta_trials.worth_trying()
+                    {
+                        let delta = delta::encode(&chunk, &base.plain, level.max(delta::MIN_LEVEL))
+                            .filter(|d| delta::pays(d.len(), stored.len(), base.past_the_chain));
+                        delta_trials.record(delta.is_some());
+                        if let Some(delta) = delta {
+                            let saved = (stored.len() - delta.len()) as u64;
+                            return Encoded {
+                                at,
+                                id,
+                                raw_len: chunk.len() as u32,
+                                codec: Codec::ZstdDelta,
+                                stored: Bytes::from(delta),
+                                delta: Some((base.id, base.depth)),
+                                saved,
+                            };
+                        }
+                    }
+                    Encoded {
+                        at,
+                        id,
+                        raw_len: chunk.len() as u32,
+                        codec,
+                        stored,
+                        delta: None,
+                        saved: 0,
+                    }
                 })
                 .collect::<Vec<_>>();
-            (encoded, compressibility)
+            (encoded, compressibility, delta_trials)
         })
         .await
         .map_err(|e| Error::internal(format!("compression task failed: {e}")))?;
         self.compressibility = compressibility;
-        for (at, _, _, codec, stored) in &encoded {
-            self.new_chunks.set_encoded(*at, *codec, stored.len() as u32);
+        self.delta_trials = delta_trials;
+        for chunk in &encoded {
+            self.new_chunks
+                .set_encoded(chunk.at, chunk.codec, chunk.stored.len() as u32, chunk.delta);
+            self.new_raw_size += u64::from(chunk.raw_len);
+            self.delta_saved_bytes += chunk.saved;
+            if chunk.delta.is_some() {
+                metrics::counter!(crate::telemetry::names::DELTA_CHUNKS_TOTAL).increment(1);
+                metrics::counter!(crate::telemetry::names::DELTA_SAVED_BYTES_TOTAL).increment(chunk.saved);
+            }
         }
         for (id, _) in &pending {
             self.stored_size += match self.new_chunks.find(id) {
@@ -558,15 +631,96 @@ impl Upload {
                 None => known.get(id).copied().unwrap_or(0),
             };
         }
-        for (_, id, raw_len, codec, stored) in encoded {
-            self.reserve_for(stored.len()).await?;
-            self.pack.add(id, codec, raw_len, &stored);
-            self.new_stored_size += stored.len() as u64;
+        for chunk in encoded {
+            self.reserve_for(chunk.stored.len()).await?;
+            self.pack.add(
+                chunk.id,
+                chunk.codec,
+                chunk.raw_len,
+                &chunk.stored,
+                chunk.delta.map(|(base, _)| base),
+            );
+            self.new_stored_size += chunk.stored.len() as u64;
             if self.pack.len() >= self.inner.settings.ingest.pack_target_bytes {
                 self.seal_pack().await?;
             }
         }
         Ok(())
+    }
+
+    /// The bases the chunks to encode may be stored as deltas against, by the candidate
+    /// each was aligned with: the candidate itself, or, when the candidate's own chain is
+    /// as deep as allowed, the candidate's base (so chains never grow past
+    /// `ingest.delta_max_depth`, and later versions keep finding a base close to them).
+    /// Each with the depth a delta against it has, and its plain content. A base that
+    /// cannot be read now costs only the delta: the chunk is stored on its own.
+    async fn delta_bases(
+        &self,
+        to_encode: &[(usize, ChunkId, Bytes, Option<ChunkId>)],
+    ) -> HashMap<ChunkId, Base> {
+        let candidates: Vec<ChunkId> = to_encode
+            .iter()
+            .filter_map(|(.., candidate)| *candidate)
+            .collect();
+        if candidates.is_empty() {
+            return HashMap::new();
+        }
+        let max_depth = self.inner.settings.ingest.delta_max_depth;
+        let found = async {
+            let locations = self
+                .inner
+                .catalog
+                .chunk_locations(&self.tenant, &candidates)
+                .await?;
+            let mut chosen: HashMap<ChunkId, (ChunkId, u8, bool)> = HashMap::new();
+            for (candidate, location) in &locations {
+                let base = if location.depth < max_depth {
+                    Some((*candidate, location.depth + 1, false))
+                } else {
+                    location
+                        .base
+                        .filter(|_| location.depth.saturating_sub(1) < max_depth)
+                        .map(|base| (base, location.depth, true))
+                };
+                if let Some(base) = base {
+                    chosen.insert(*candidate, base);
+                }
+            }
+            let ids: Vec<ChunkId> = chosen.values().map(|(base, ..)| *base).collect();
+            let plain = super::download::plain_chunks(
+                self.inner.clone(),
+                Arc::from(self.tenant.as_str()),
+                self.key.clone(),
+                ids,
+                self.inner.cache.generation(),
+                0,
+            )
+            .await?;
+            Ok::<_, Error>(
+                chosen
+                    .into_iter()
+                    .filter_map(|(candidate, (id, depth, past_the_chain))| {
+                        let plain = plain.get(&id)?.clone();
+                        Some((
+                            candidate,
+                            Base {
+                                id,
+                                depth,
+                                past_the_chain,
+                                plain,
+                            },
+                        ))
+                    })
+                    .collect(),
+            )
+        };
+        match found.await {
+            Ok(bases) => bases,
+            Err(error) => {
+                tracing::warn!(upload_id = %self.upload_id, %error, "the previous version's chunks could not be read; this part of the upload is stored without deltas");
+                HashMap::new()
+            }
+        }
     }
 
     /// Makes sure the pack being filled has budget for `more` bytes. When the budget is
@@ -578,7 +732,8 @@ impl Upload {
             // tag of every chunk, and the room reserved for the whole pack once it is large.
             let ingest = &self.inner.settings.ingest;
             let chunker = ingest.chunker();
-            let per_chunk = crate::ingest::pack::TRAILER_ENTRY_LEN + crate::ingest::sealing::TAG_LEN;
+            // (and the name of a delta chunk's base)
+            let per_chunk = crate::ingest::pack::TRAILER_ENTRY_LEN + crate::ingest::sealing::TAG_LEN + 32;
             let filled = self.pack.len() + more + per_chunk * (self.pack.entry_count() + 1);
             // A pack past 1 MiB belongs to a large upload: its whole buffer (the target, a
             // last chunk, the trailer) is reserved, then allocated at once rather than
@@ -706,6 +861,31 @@ pub(super) async fn seal_and_stage(
         },
     };
     Ok((sealed, generation))
+}
+
+/// What a new chunk may be stored as a delta against.
+struct Base {
+    id: ChunkId,
+    /// The depth a delta against it has.
+    depth: u8,
+    /// Whether it is an older chunk than the one the new chunk replaces, whose chain was as
+    /// deep as allowed (see [`delta::pays`]).
+    past_the_chain: bool,
+    plain: Bytes,
+}
+
+/// One new chunk as it is stored.
+struct Encoded {
+    /// Its place in the upload's new chunks.
+    at: usize,
+    id: ChunkId,
+    raw_len: u32,
+    codec: Codec,
+    stored: Bytes,
+    /// A delta's base and depth.
+    delta: Option<(ChunkId, u8)>,
+    /// What the delta saved against the chunk's own encoding.
+    saved: u64,
 }
 
 /// Aborts a task when the pipeline that spawned it ends early.

@@ -405,17 +405,20 @@ impl Catalog {
             }
             export.artifacts.push(image);
         }
+        let needed: Vec<ChunkId> = chunk_ids.iter().copied().collect();
+        // Delta chunks need their bases, however deep, to be read back.
+        chunk_ids.extend(self.base_chains(&mut tx, tenant, &needed).await?);
         let chunk_ids: Vec<ChunkId> = chunk_ids.into_iter().collect();
         let mut pack_ids: BTreeSet<String> = BTreeSet::new();
         for batch in chunk_ids.chunks(BATCH_ROWS) {
             let sql = format!(
-                "SELECT chunk_id, pack_id, pack_offset, stored_length, raw_length, codec FROM chunks \
-                 WHERE tenant = {} AND chunk_id IN ({})",
+                "SELECT chunk_id, pack_id, pack_offset, stored_length, raw_length, codec, base_chunk_id, delta_depth \
+                 FROM chunks WHERE tenant = {} AND chunk_id IN ({})",
                 self.dialect.placeholders(1, 1),
                 self.dialect.placeholders(2, batch.len())
             );
-            let mut query =
-                sqlx::query_as::<_, (Vec<u8>, String, i64, i64, i64, i64)>(AssertSqlSafe(sql)).bind(tenant);
+            type Row = (Vec<u8>, String, i64, i64, i64, i64, Option<Vec<u8>>, i64);
+            let mut query = sqlx::query_as::<_, Row>(AssertSqlSafe(sql)).bind(tenant);
             for id in batch {
                 query = query.bind(id.0.to_vec());
             }
@@ -429,7 +432,7 @@ impl Catalog {
                     batch.len() - rows.len()
                 )));
             }
-            for (chunk_id, pack_id, offset, stored_length, raw_length, codec) in rows {
+            for (chunk_id, pack_id, offset, stored_length, raw_length, codec, base, depth) in rows {
                 pack_ids.insert(pack_id.clone());
                 export.chunks.push(ChunkImage {
                     chunk_id: hex(&chunk_id),
@@ -438,6 +441,8 @@ impl Catalog {
                     stored_length,
                     raw_length,
                     codec,
+                    base: base.as_deref().map(hex),
+                    depth,
                 });
             }
         }
@@ -991,6 +996,21 @@ impl Catalog {
             })?;
             needed.extend(manifest.entries().map(|e| e.chunk_id));
         }
+        if let Some(content) = content {
+            // The bases delta chunks decode through, as the backup indexes them.
+            let mut pending: Vec<ChunkId> = needed.iter().copied().collect();
+            while let Some(id) = pending.pop() {
+                let Some(base) = content.chunks.get(&id).and_then(|chunk| chunk.base.as_deref()) else {
+                    continue;
+                };
+                let base = ChunkId::from_hex(base).ok_or_else(|| {
+                    Error::DataLoss(format!("the backup names a base {base:?} that is not a chunk id"))
+                })?;
+                if needed.insert(base) {
+                    pending.push(base);
+                }
+            }
+        }
         let needed: Vec<ChunkId> = needed.into_iter().collect();
         let mut packs: BTreeSet<String> = BTreeSet::new();
         if let Some(content) = content {
@@ -1016,9 +1036,23 @@ impl Catalog {
                 insert_pack_row(tx, tenant, pack).await?;
             }
             for (id, chunk) in rows {
+                let base = match &chunk.base {
+                    Some(base) => Some(
+                        ChunkId::from_hex(base)
+                            .ok_or_else(|| {
+                                Error::DataLoss(format!(
+                                    "the backup names a base {base:?} that is not a chunk id"
+                                ))
+                            })?
+                            .0
+                            .to_vec(),
+                    ),
+                    None => None,
+                };
                 sqlx::query(
-                    "INSERT INTO chunks (tenant, chunk_id, pack_id, pack_offset, stored_length, raw_length, codec) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant, chunk_id) DO NOTHING",
+                    "INSERT INTO chunks (tenant, chunk_id, pack_id, pack_offset, stored_length, raw_length, codec, \
+                     base_chunk_id, delta_depth) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (tenant, chunk_id) DO NOTHING",
                 )
                 .bind(tenant)
                 .bind(id.0.to_vec())
@@ -1027,6 +1061,8 @@ impl Catalog {
                 .bind(chunk.stored_length)
                 .bind(chunk.raw_length)
                 .bind(chunk.codec)
+                .bind(base)
+                .bind(chunk.depth)
                 .execute(&mut **tx)
                 .await
                 .map_err(|e| db_error("restoring the chunk index", e))?;
@@ -1299,8 +1335,9 @@ impl Catalog {
         sqlx::query(
             "INSERT INTO versions (artifact_id, version, seq, size, stored_size, new_stored_size, blake3, chunk_count, \
              created_by, created_at, change_message, metadata, content_type, extracted, manifest, state, \
-             run_id, run_workflow, run_step, run_agent, deleted_at, deleted_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+             run_id, run_workflow, run_step, run_agent, deleted_at, deleted_by, dedup_saved_bytes, delta_saved_bytes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
+             $23, $24)",
         )
         .bind(artifact_id)
         .bind(&version.version)
@@ -1324,6 +1361,8 @@ impl Catalog {
         .bind(&version.run_agent)
         .bind(version.deleted_at.map(|_| now))
         .bind(&version.deleted_by)
+        .bind(version.dedup_saved_bytes)
+        .bind(version.delta_saved_bytes)
         .execute(&mut **tx)
         .await
         .map_err(|e| db_error("restoring a version", e))?;
@@ -1432,8 +1471,8 @@ async fn image_in(tx: &mut Tx, artifact_id: &str) -> Result<Option<ArtifactImage
         grants: Vec::new(),
     };
     let versions = sqlx::query(
-        "SELECT version, seq, size, stored_size, new_stored_size, blake3, chunk_count, created_by, created_at, \
-         change_message, metadata, content_type, extracted, state, run_id, run_workflow, run_step, run_agent, \
+        "SELECT version, seq, size, stored_size, new_stored_size, dedup_saved_bytes, delta_saved_bytes, blake3, \
+         chunk_count, created_by, created_at, change_message, metadata, content_type, extracted, state, run_id, run_workflow, run_step, run_agent, \
          deleted_at, deleted_by, manifest FROM versions WHERE artifact_id = $1 ORDER BY seq",
     )
     .bind(artifact_id)
@@ -1484,6 +1523,8 @@ async fn image_in(tx: &mut Tx, artifact_id: &str) -> Result<Option<ArtifactImage
             size: number("size"),
             stored_size: number("stored_size"),
             new_stored_size: number("new_stored_size"),
+            dedup_saved_bytes: number("dedup_saved_bytes"),
+            delta_saved_bytes: number("delta_saved_bytes"),
             blake3: text("blake3"),
             chunk_count: number("chunk_count"),
             created_by: text("created_by"),

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
 /// (tenant, chunk id, pack id, offset, stored length, raw length, codec)
-type ChunkRow = (String, Vec<u8>, String, i64, i64, i64, i64);
+type ChunkRow = (String, Vec<u8>, String, i64, i64, i64, i64, Option<Vec<u8>>);
 
 /// The lease every collector takes.
 pub const GC_LEASE: &str = "gc";
@@ -56,6 +56,8 @@ pub struct PackUse {
     pub stored_len: u32,
     pub raw_len: u32,
     pub codec: i64,
+    /// A delta chunk's base.
+    pub base: Option<ChunkId>,
 }
 
 impl Catalog {
@@ -196,8 +198,8 @@ impl Catalog {
     ) -> Result<Vec<PackUse>> {
         let after = after.map_or(Vec::new(), |id| id.0.to_vec());
         let rows: Vec<ChunkRow> = sqlx::query_as(
-            "SELECT tenant, chunk_id, pack_id, pack_offset, stored_length, raw_length, codec FROM chunks \
-             WHERE tenant = $1 AND chunk_id > $2 ORDER BY chunk_id LIMIT $3",
+            "SELECT tenant, chunk_id, pack_id, pack_offset, stored_length, raw_length, codec, base_chunk_id \
+             FROM chunks WHERE tenant = $1 AND chunk_id > $2 ORDER BY chunk_id LIMIT $3",
         )
         .bind(tenant)
         .bind(after)
@@ -206,10 +208,17 @@ impl Catalog {
         .await
         .map_err(|e| db_error("listing chunks", e))?;
         rows.into_iter()
-            .map(|(tenant, chunk_id, pack_id, offset, stored, raw, codec)| {
+            .map(|(tenant, chunk_id, pack_id, offset, stored, raw, codec, base)| {
                 let chunk_id = <[u8; 32]>::try_from(chunk_id.as_slice())
                     .map(ChunkId)
                     .map_err(|_| Error::internal("a chunk id in the index is not 32 bytes"))?;
+                let base = base
+                    .map(|raw| {
+                        <[u8; 32]>::try_from(raw.as_slice())
+                            .map(ChunkId)
+                            .map_err(|_| Error::internal("a base chunk id in the index is not 32 bytes"))
+                    })
+                    .transpose()?;
                 Ok(PackUse {
                     tenant,
                     chunk_id,
@@ -218,9 +227,53 @@ impl Catalog {
                     stored_len: stored.max(0) as u32,
                     raw_len: raw.max(0) as u32,
                     codec,
+                    base,
                 })
             })
             .collect()
+    }
+
+    /// A tenant's delta chunks and their bases, in chunk id order after `after`.
+    pub async fn delta_bases(
+        &self,
+        tenant: &str,
+        after: Option<&ChunkId>,
+        limit: u32,
+    ) -> Result<Vec<(ChunkId, ChunkId)>> {
+        let after = after.map_or(Vec::new(), |id| id.0.to_vec());
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT chunk_id, base_chunk_id FROM chunks \
+             WHERE tenant = $1 AND chunk_id > $2 AND base_chunk_id IS NOT NULL ORDER BY chunk_id LIMIT $3",
+        )
+        .bind(tenant)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("listing delta chunks", e))?;
+        rows.into_iter()
+            .map(|(chunk, base)| {
+                Ok((
+                    ChunkId::from_slice(&chunk)
+                        .ok_or_else(|| Error::internal("a chunk id in the index is not 32 bytes"))?,
+                    ChunkId::from_slice(&base)
+                        .ok_or_else(|| Error::internal("a base chunk id in the index is not 32 bytes"))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// How many of a tenant's chunks are deltas, and the longest chain of bases any of them
+    /// decodes through.
+    pub async fn delta_depths(&self, tenant: &str) -> Result<(u64, u8)> {
+        let (count, deepest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MAX(delta_depth) FROM chunks WHERE tenant = $1 AND base_chunk_id IS NOT NULL",
+        )
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db_error("counting delta chunks", e))?;
+        Ok((count.max(0) as u64, deepest.unwrap_or(0).clamp(0, 255) as u8))
     }
 
     /// The marks standing now: pack id → when marked.
@@ -460,6 +513,11 @@ impl Catalog {
                 new_pack.pack_id
             )));
         }
+        // Packs are named by their bytes: the compacted pack can be one that became unneeded
+        // earlier (the same chunks, in the same order) and carries a mark. Chunks moving into
+        // it make it needed again, as an upload's commit makes its own packs.
+        self.clear_marks(&mut tx, std::slice::from_ref(&new_pack.pack_id))
+            .await?;
         let mut moved = 0;
         for (old_pack, entry) in moves {
             moved += sqlx::query(
@@ -542,11 +600,16 @@ impl Catalog {
         ))
     }
 
-    /// Takes the marks of the packs `chunks` are in, then says whether every one of them is
-    /// still indexed. The mark comes first: a sweep holding it finishes before the count,
-    /// and a sweep that comes later finds no mark and keeps the pack.
+    /// Takes the marks of the packs `chunks` and the bases they decode through are in,
+    /// then says whether every one of them is still indexed. The mark comes first: a sweep
+    /// holding it finishes before the count, and a sweep that comes later finds no mark and
+    /// keeps the pack.
     pub(super) async fn claim_chunks(&self, tx: &mut Tx, tenant: &str, chunks: &[ChunkId]) -> Result<bool> {
-        for batch in chunks.chunks(BATCH_ROWS) {
+        let mut all = chunks.to_vec();
+        all.extend(self.base_chains(tx, tenant, chunks).await?);
+        all.sort_unstable();
+        all.dedup();
+        for batch in all.chunks(BATCH_ROWS) {
             let ids = self.dialect.placeholders(2, batch.len());
             let tenant_param = self.dialect.placeholders(1, 1);
             let sql = format!(
@@ -578,8 +641,79 @@ impl Catalog {
         Ok(true)
     }
 
+    /// Every base the delta chunks among `chunks` decode through, however deep (the
+    /// chunks themselves not included unless one is another's base). A base missing from
+    /// the index is still named: whoever asked finds it missing.
+    pub(super) async fn base_chains(
+        &self,
+        tx: &mut Tx,
+        tenant: &str,
+        chunks: &[ChunkId],
+    ) -> Result<Vec<ChunkId>> {
+        let mut bases = Vec::new();
+        for batch in chunks.chunks(BATCH_ROWS) {
+            let sql = self.base_chain_sql(batch.len());
+            let mut query = sqlx::query_scalar::<_, Vec<u8>>(AssertSqlSafe(sql)).bind(tenant);
+            for id in batch {
+                query = query.bind(id.0.to_vec());
+            }
+            let rows = query
+                .bind(tenant)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(|e| db_error("following delta bases", e))?;
+            bases.extend(chunk_ids(rows)?);
+        }
+        Ok(bases)
+    }
+
+    /// The bases of `count` chunks (bound after the tenant, then the tenant again), however
+    /// deep: a recursive query both dialects run.
+    fn base_chain_sql(&self, count: usize) -> String {
+        format!(
+            "WITH RECURSIVE chain(id) AS ( \
+               SELECT base_chunk_id FROM chunks \
+               WHERE tenant = {} AND chunk_id IN ({}) AND base_chunk_id IS NOT NULL \
+               UNION \
+               SELECT c.base_chunk_id FROM chunks c JOIN chain ON c.chunk_id = chain.id \
+               WHERE c.tenant = {} AND c.base_chunk_id IS NOT NULL \
+             ) SELECT id FROM chain",
+            self.dialect.placeholders(1, 1),
+            self.dialect.placeholders(2, count),
+            self.dialect.placeholders(count + 2, 1),
+        )
+    }
+
+    /// [`Catalog::base_chains`] outside a transaction: what reading `chunks` needs besides.
+    pub async fn chain_of(&self, tenant: &str, chunks: &[ChunkId]) -> Result<Vec<ChunkId>> {
+        let mut bases = Vec::new();
+        for batch in chunks.chunks(BATCH_ROWS) {
+            let sql = self.base_chain_sql(batch.len());
+            let mut query = sqlx::query_scalar::<_, Vec<u8>>(AssertSqlSafe(sql)).bind(tenant);
+            for id in batch {
+                query = query.bind(id.0.to_vec());
+            }
+            let rows = query
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error("following delta bases", e))?;
+            bases.extend(chunk_ids(rows)?);
+        }
+        Ok(bases)
+    }
+
     /// Whether this catalog is PostgreSQL (the collector reads a consistent snapshot there).
     pub fn is_postgres(&self) -> bool {
         self.dialect == Dialect::Postgres
     }
+}
+
+/// Chunk ids read from the index.
+fn chunk_ids(rows: Vec<Vec<u8>>) -> Result<Vec<ChunkId>> {
+    rows.iter()
+        .map(|raw| {
+            ChunkId::from_slice(raw).ok_or_else(|| Error::internal("a chunk id in the index is not 32 bytes"))
+        })
+        .collect()
 }

@@ -29,7 +29,7 @@ pub use runs::RunInputRecord;
 
 use crate::domain::event::EventKind;
 use crate::domain::{
-    Artifact, ArtifactVersion, Error, LifecycleState, NameHolder, Result, Timestamp, Transition,
+    Artifact, ArtifactVersion, Error, LifecycleState, NameHolder, Result, StorageStats, Timestamp, Transition,
 };
 use crate::ingest::{ChunkId, Codec};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -47,7 +47,22 @@ const BATCH_ROWS: usize = 200;
 const ARTIFACT_COLUMNS: &str = "id, tenant, project, artifact_type, name, description, tags, categories, \
      metadata, latest_version, version_count, created_by, created_at, updated_at, deleted_at";
 const VERSION_COLUMNS: &str = "artifact_id, version, seq, size, stored_size, new_stored_size, \
-     blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, extracted, state, run_id, run_workflow, run_step, run_agent";
+     dedup_saved_bytes, delta_saved_bytes, blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, extracted, state, run_id, run_workflow, run_step, run_agent";
+
+/// The sums behind [`StorageStats`], cast so both dialects return 64-bit integers.
+const STATS_SUMS: &str = "COUNT(*), CAST(COALESCE(SUM(v.size), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(v.new_stored_size), 0) AS BIGINT), CAST(COALESCE(SUM(v.dedup_saved_bytes), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(v.delta_saved_bytes), 0) AS BIGINT)";
+
+fn stats_of((versions, logical, stored, dedup, delta): (i64, i64, i64, i64, i64)) -> StorageStats {
+    StorageStats {
+        versions: versions.max(0) as u64,
+        logical_bytes: logical.max(0) as u64,
+        stored_bytes: stored.max(0) as u64,
+        dedup_saved_bytes: dedup.max(0) as u64,
+        delta_saved_bytes: delta.max(0) as u64,
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -545,8 +560,8 @@ impl Catalog {
         let inserted = sqlx::query(
             "INSERT INTO versions (artifact_id, version, seq, size, stored_size, new_stored_size, \
              blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, extracted, manifest, state, \
-             run_id, run_workflow, run_step, run_agent) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+             run_id, run_workflow, run_step, run_agent, dedup_saved_bytes, delta_saved_bytes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
         )
         .bind(artifact_id)
         .bind(&version.version)
@@ -568,6 +583,8 @@ impl Catalog {
         .bind(version.produced_by.as_ref().map_or("", |r| r.workflow.as_str()))
         .bind(version.produced_by.as_ref().map_or("", |r| r.step.as_str()))
         .bind(version.produced_by.as_ref().map_or("", |r| r.agent.as_str()))
+        .bind(version.dedup_saved_bytes as i64)
+        .bind(version.delta_saved_bytes as i64)
         .execute(&mut **tx)
         .await;
         if let Err(error) = inserted {
@@ -582,16 +599,18 @@ impl Catalog {
         let mut lost_races: Vec<ChunkId> = Vec::new();
         let mut new_chunks = version.new_chunks.iter().peekable();
         while new_chunks.peek().is_some() {
-            let batch: Vec<(&str, crate::ingest::PackEntry)> = new_chunks.by_ref().take(BATCH_ROWS).collect();
+            let batch: Vec<(&str, crate::ingest::PackEntry, u8)> =
+                new_chunks.by_ref().take(BATCH_ROWS).collect();
             let mut sql = format!(
-                "INSERT INTO chunks (tenant, chunk_id, pack_id, pack_offset, stored_length, raw_length, codec) VALUES {}",
-                self.dialect.value_rows(batch.len(), 7)
+                "INSERT INTO chunks (tenant, chunk_id, pack_id, pack_offset, stored_length, raw_length, codec, \
+                 base_chunk_id, delta_depth) VALUES {}",
+                self.dialect.value_rows(batch.len(), 9)
             );
             // Two uploads racing on the same new chunk both stored it; the first index
             // entry wins and the other copy becomes garbage.
             sql.push_str(" ON CONFLICT (tenant, chunk_id) DO NOTHING RETURNING chunk_id");
             let mut query = sqlx::query_scalar::<_, Vec<u8>>(AssertSqlSafe(sql));
-            for (pack_id, entry) in &batch {
+            for (pack_id, entry, depth) in &batch {
                 query = query
                     .bind(&scope.tenant)
                     .bind(entry.chunk_id.0.to_vec())
@@ -599,7 +618,9 @@ impl Catalog {
                     .bind(entry.offset as i64)
                     .bind(i64::from(entry.stored_len))
                     .bind(i64::from(entry.raw_len))
-                    .bind(entry.codec as i64);
+                    .bind(entry.codec as i64)
+                    .bind(entry.base.map(|base| base.0.to_vec()))
+                    .bind(i64::from(*depth));
             }
             let indexed: std::collections::HashSet<Vec<u8>> = query
                 .fetch_all(&mut **tx)
@@ -612,7 +633,7 @@ impl Catalog {
             lost_races.extend(
                 batch
                     .iter()
-                    .map(|(_, entry)| entry.chunk_id)
+                    .map(|(_, entry, _)| entry.chunk_id)
                     .filter(|id| !indexed.contains(id.0.as_slice())),
             );
         }
@@ -620,6 +641,8 @@ impl Catalog {
         let key_destroyed = self.check_content_alive(tx, &scope.tenant, &pack_ids).await?;
         let mut reused = version.reused_chunks.clone();
         reused.extend(lost_races);
+        // What this version's delta chunks decode against must still be there too.
+        reused.extend_from_slice(version.new_chunks.bases());
         reused.sort_unstable();
         reused.dedup();
         self.claim_reused(tx, &scope.tenant, &reused, &pack_ids, key_destroyed)
@@ -1004,7 +1027,7 @@ impl Catalog {
         for batch in unique.chunks(BATCH_ROWS * 2) {
             let sql = format!(
                 "SELECT c.chunk_id, c.pack_id, c.pack_offset, c.stored_length, c.raw_length, c.codec, \
-                 p.key_id, p.wrapped_key FROM chunks c LEFT JOIN packs p ON p.pack_id = c.pack_id \
+                 c.base_chunk_id, c.delta_depth, p.key_id, p.wrapped_key FROM chunks c LEFT JOIN packs p ON p.pack_id = c.pack_id \
                  WHERE c.tenant = {} AND c.chunk_id IN ({})",
                 self.dialect.placeholders(1, 1),
                 self.dialect.placeholders(2, batch.len())
@@ -1036,6 +1059,15 @@ impl Catalog {
                                 })
                             })
                             .transpose()?,
+                        base: row
+                            .try_get::<Option<Vec<u8>>, _>("base_chunk_id")?
+                            .map(|raw| {
+                                chunk_id_from_row(&raw).ok_or_else(|| {
+                                    sqlx::Error::Decode("base chunk id is not 32 bytes".into())
+                                })
+                            })
+                            .transpose()?,
+                        depth: row.try_get::<i64, _>("delta_depth")?.clamp(0, 255) as u8,
                     };
                     let id = chunk_id_from_row(&raw_id)
                         .ok_or_else(|| sqlx::Error::Decode("chunk id is not 32 bytes".into()))?;
@@ -1046,6 +1078,48 @@ impl Catalog {
             }
         }
         Ok(found)
+    }
+
+    /// The storage figures of a project's versions, or of one artifact's (by id, wherever
+    /// it lives) when `artifact_id` is given.
+    pub async fn storage_stats(&self, scope: &Scope, artifact_id: Option<&str>) -> Result<StorageStats> {
+        let mut sql =
+            format!("SELECT {STATS_SUMS} FROM versions v JOIN artifacts a ON a.id = v.artifact_id WHERE ");
+        let row: (i64, i64, i64, i64, i64) = match artifact_id {
+            Some(id) => {
+                sql.push_str("a.id = $1");
+                sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await
+            }
+            None => {
+                sql.push_str("a.tenant = $1 AND a.project = $2");
+                sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(&scope.tenant)
+                    .bind(&scope.project)
+                    .fetch_one(&self.pool)
+                    .await
+            }
+        }
+        .map_err(|e| db_error("summing storage figures", e))?;
+        Ok(stats_of(row))
+    }
+
+    /// The storage figures of every tenant's versions.
+    pub async fn tenant_storage_stats(&self) -> Result<Vec<(String, StorageStats)>> {
+        let sql = format!(
+            "SELECT a.tenant, {STATS_SUMS} FROM versions v JOIN artifacts a ON a.id = v.artifact_id \
+             GROUP BY a.tenant ORDER BY a.tenant"
+        );
+        let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("summing storage figures", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(tenant, a, b, c, d, e)| (tenant, stats_of((a, b, c, d, e))))
+            .collect())
     }
 
     /// Marks the packs of a failed upload for garbage collection.

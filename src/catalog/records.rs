@@ -93,6 +93,8 @@ pub(crate) struct VersionRecord {
     pub size: i64,
     pub stored_size: i64,
     pub new_stored_size: i64,
+    pub dedup_saved_bytes: i64,
+    pub delta_saved_bytes: i64,
     pub blake3: String,
     pub chunk_count: i64,
     pub created_by: String,
@@ -124,6 +126,8 @@ impl From<VersionRecord> for ArtifactVersion {
             size: row.size.max(0) as u64,
             stored_size: row.stored_size.max(0) as u64,
             new_stored_size: row.new_stored_size.max(0) as u64,
+            dedup_saved_bytes: row.dedup_saved_bytes.max(0) as u64,
+            delta_saved_bytes: row.delta_saved_bytes.max(0) as u64,
             blake3: row.blake3,
             chunk_count: row.chunk_count.max(0) as u64,
             created_by: row.created_by,
@@ -163,6 +167,9 @@ pub struct ChunkLocation {
     pub codec: Codec,
     /// The pack's data key when the pack is sealed.
     pub key: Option<crate::domain::encryption::PackKey>,
+    /// A delta chunk's base, and how many bases decoding it goes through.
+    pub base: Option<crate::ingest::ChunkId>,
+    pub depth: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -258,6 +265,10 @@ pub struct NewVersion {
     pub size: u64,
     pub stored_size: u64,
     pub new_stored_size: u64,
+    /// Bytes of the content that were stored already (by earlier versions or repeats).
+    pub dedup_saved_bytes: u64,
+    /// Bytes the version's delta chunks saved against storing them on their own.
+    pub delta_saved_bytes: u64,
     pub blake3: String,
     pub chunk_count: u64,
     pub created_by: String,

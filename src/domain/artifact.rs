@@ -193,6 +193,28 @@ impl NameHolder {
     }
 }
 
+/// What stored versions hold and store, and what deduplication, delta encoding and
+/// compression saved: `logical = stored + dedup_saved + delta_saved + compression_saved`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    pub versions: u64,
+    pub logical_bytes: u64,
+    /// Bytes the versions added to the store (their new chunks, as stored).
+    pub stored_bytes: u64,
+    pub dedup_saved_bytes: u64,
+    pub delta_saved_bytes: u64,
+}
+
+impl StorageStats {
+    /// What compressing the new chunks on their own saved: the rest of the logical size.
+    pub fn compression_saved_bytes(&self) -> u64 {
+        self.logical_bytes
+            .saturating_sub(self.stored_bytes)
+            .saturating_sub(self.dedup_saved_bytes)
+            .saturating_sub(self.delta_saved_bytes)
+    }
+}
+
 /// One immutable version of an artifact.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArtifactVersion {
@@ -206,6 +228,10 @@ pub struct ArtifactVersion {
     pub stored_size: u64,
     /// Bytes this version added to the store.
     pub new_stored_size: u64,
+    /// Bytes of the content that were stored already (by earlier versions or repeats).
+    pub dedup_saved_bytes: u64,
+    /// Bytes its delta chunks saved against storing them on their own.
+    pub delta_saved_bytes: u64,
     /// Lowercase hex blake3 of the whole content.
     pub blake3: String,
     pub chunk_count: u64,

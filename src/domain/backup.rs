@@ -84,6 +84,11 @@ pub struct VersionImage {
     pub size: i64,
     pub stored_size: i64,
     pub new_stored_size: i64,
+    /// Absent in backups written before savings were recorded.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dedup_saved_bytes: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub delta_saved_bytes: i64,
     pub blake3: String,
     pub chunk_count: i64,
     pub created_by: String,
@@ -177,6 +182,16 @@ pub struct ChunkImage {
     pub stored_length: i64,
     pub raw_length: i64,
     pub codec: i64,
+    /// A delta chunk's base (hex), itself among the backup's chunks. Absent in backups of
+    /// content without deltas, and in those written before deltas existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub depth: i64,
+}
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -580,6 +595,8 @@ mod tests {
             size: 3,
             stored_size: 3,
             new_stored_size: 3,
+            dedup_saved_bytes: 0,
+            delta_saved_bytes: 0,
             blake3: String::new(),
             chunk_count: 1,
             created_by: "a".into(),

@@ -19,7 +19,9 @@ pub mod run;
 pub mod secret;
 pub mod version;
 
-pub use artifact::{Artifact, ArtifactId, ArtifactLink, ArtifactVersion, NameHolder, Scope, Timestamp};
+pub use artifact::{
+    Artifact, ArtifactId, ArtifactLink, ArtifactVersion, NameHolder, Scope, StorageStats, Timestamp,
+};
 pub use error::{Error, Result};
 pub use lifecycle::{Alias, LifecycleState, Transition, VersionRef};
 pub use secret::Secret;

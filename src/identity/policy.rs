@@ -38,6 +38,7 @@ pub fn of(path: &str) -> Option<Policy> {
             | "CreateDownloadLink"
             | "ListVersions"
             | "GetMetadata"
+            | "GetStorageStats"
             | "ListArtifacts"
             | "ListAliases"
             | "GetChangeHistory"

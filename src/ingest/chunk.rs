@@ -61,6 +61,9 @@ impl fmt::Debug for TenantKey {
 pub enum Codec {
     Raw = 0,
     Zstd = 1,
+    /// zstd with another chunk's plain content (the chunk's base, named in the pack's
+    /// trailer and the chunk index) as a raw-content prefix: what is stored is the edit.
+    ZstdDelta = 2,
 }
 
 impl Codec {
@@ -68,6 +71,7 @@ impl Codec {
         match value {
             0 => Some(Codec::Raw),
             1 => Some(Codec::Zstd),
+            2 => Some(Codec::ZstdDelta),
             _ => None,
         }
     }
@@ -138,10 +142,20 @@ impl Compressibility {
     }
 }
 
-/// Reverses [`encode`]. `raw_len` comes from the catalog and bounds the output.
-pub fn decode(codec: Codec, stored: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
+/// Reverses [`encode`] and [`super::delta::encode`] (which needs the chunk's `base`).
+/// `raw_len` comes from the catalog and bounds the output.
+pub fn decode(codec: Codec, stored: &[u8], raw_len: usize, base: Option<&[u8]>) -> Result<Vec<u8>, String> {
     match codec {
         Codec::Raw => Ok(stored.to_vec()),
+        Codec::ZstdDelta => {
+            let base = base.ok_or("a delta-encoded chunk needs its base")?;
+            let mut raw = vec![0u8; raw_len];
+            let written = super::delta::decode_into(stored, base, &mut raw)?;
+            if written != raw_len {
+                return Err(format!("decompressed to {written} bytes, expected {raw_len}"));
+            }
+            Ok(raw)
+        }
         Codec::Zstd => {
             let raw = zstd::bulk::decompress(stored, raw_len).map_err(|e| e.to_string())?;
             if raw.len() != raw_len {
@@ -171,7 +185,7 @@ mod tests {
         let (codec, stored) = encode(&Bytes::from(text.clone()), 3);
         assert_eq!(codec, Codec::Zstd);
         assert!(stored.len() < text.len() / 4);
-        assert_eq!(decode(codec, &stored, text.len()).unwrap(), text.as_bytes());
+        assert_eq!(decode(codec, &stored, text.len(), None).unwrap(), text.as_bytes());
 
         let mut noise = vec![0u8; 4096];
         blake3::Hasher::new().finalize_xof().fill(&mut noise);

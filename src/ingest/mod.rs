@@ -3,6 +3,7 @@
 
 pub mod chunk;
 pub mod chunker;
+pub mod delta;
 pub mod extract;
 pub mod manifest;
 pub mod new_chunks;

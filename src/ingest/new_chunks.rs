@@ -19,14 +19,22 @@ struct Placed {
     raw_len: u32,
     /// Index into `NewChunks::packs`; meaningful once sealed.
     pack: u32,
+    /// Index into `NewChunks::bases` of a delta chunk's base, or [`NO_BASE`].
+    base: u32,
     codec: Codec,
+    /// How many bases decoding the chunk goes through (0: none).
+    depth: u8,
 }
+
+const NO_BASE: u32 = u32::MAX;
 
 #[derive(Debug, Clone, Default)]
 pub struct NewChunks {
     /// Each sealed pack's name, and what sealing added to each of its chunks (a tag).
     packs: Vec<(Arc<str>, u32)>,
     entries: Vec<Placed>,
+    /// The bases of delta chunks (few: only chunks of an update that differ a little).
+    bases: Vec<ChunkId>,
     /// Entries before this one are in sealed packs; later ones wait for the pack being filled.
     sealed: usize,
     /// Positions in `entries`, found by chunk id.
@@ -67,7 +75,9 @@ impl NewChunks {
             stored_len: 0,
             raw_len,
             pack: 0,
+            base: NO_BASE,
             codec: Codec::Raw,
+            depth: 0,
         });
         let entries = &self.entries;
         self.by_id.insert_unique(hash_of(&chunk_id), at as u32, |&i| {
@@ -76,10 +86,20 @@ impl NewChunks {
         at
     }
 
-    pub fn set_encoded(&mut self, at: usize, codec: Codec, stored_len: u32) {
+    /// How the chunk at `at` is stored; `delta` is a delta chunk's base and its depth.
+    pub fn set_encoded(&mut self, at: usize, codec: Codec, stored_len: u32, delta: Option<(ChunkId, u8)>) {
+        let base = match delta {
+            Some((base, _)) => {
+                self.bases.push(base);
+                (self.bases.len() - 1) as u32
+            }
+            None => NO_BASE,
+        };
         let entry = &mut self.entries[at];
         entry.codec = codec;
         entry.stored_len = stored_len;
+        entry.base = base;
+        entry.depth = delta.map_or(0, |(_, depth)| depth);
     }
 
     /// The stored length of the chunk at `at` as encoded (before any sealing tag), the
@@ -127,8 +147,8 @@ impl NewChunks {
         self.sealed == self.entries.len()
     }
 
-    /// Every chunk in a sealed pack, with its pack's name.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, PackEntry)> + '_ {
+    /// Every chunk in a sealed pack, with its pack's name and its depth of deltas.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, PackEntry, u8)> + '_ {
         self.entries[..self.sealed].iter().map(|placed| {
             (
                 self.packs[placed.pack as usize].0.as_ref(),
@@ -138,9 +158,16 @@ impl NewChunks {
                     stored_len: placed.stored_len,
                     raw_len: placed.raw_len,
                     codec: placed.codec,
+                    base: (placed.base != NO_BASE).then(|| self.bases[placed.base as usize]),
                 },
+                placed.depth,
             )
         })
+    }
+
+    /// The bases of this upload's delta chunks: what its commit must find still stored.
+    pub fn bases(&self) -> &[ChunkId] {
+        &self.bases
     }
 }
 
@@ -155,7 +182,12 @@ impl FromIterator<(Arc<str>, PackEntry)> for NewChunks {
             }
             let (_, entries) = pack.get_or_insert_with(|| (name, Vec::new()));
             let at = chunks.place(entry.chunk_id, entry.raw_len);
-            chunks.set_encoded(at, entry.codec, entry.stored_len);
+            chunks.set_encoded(
+                at,
+                entry.codec,
+                entry.stored_len,
+                entry.base.map(|base| (base, 1)),
+            );
             entries.push(entry);
         }
         if let Some((current, entries)) = pack {
@@ -187,9 +219,10 @@ mod tests {
         assert_eq!(chunks.find(&id(1)), Some(a));
         assert_eq!(chunks.find(&id(200)), Some(c));
         assert_eq!(chunks.find(&id(0)), None, "same first bytes, another id");
-        chunks.set_encoded(a, Codec::Zstd, 40);
-        chunks.set_encoded(b, Codec::Raw, 200);
-        chunks.set_encoded(c, Codec::Raw, 300);
+        chunks.set_encoded(a, Codec::Zstd, 40, None);
+        chunks.set_encoded(b, Codec::ZstdDelta, 200, Some((id(9), 3)));
+        chunks.set_encoded(c, Codec::Raw, 300, None);
+        assert_eq!(chunks.bases(), &[id(9)]);
         assert_eq!(chunks.stored_len(a), 40);
         assert_eq!(chunks.iter().count(), 0, "nothing sealed yet");
         assert!(!chunks.all_sealed());
@@ -200,12 +233,13 @@ mod tests {
             stored_len,
             raw_len,
             codec,
+            base: (codec == Codec::ZstdDelta).then(|| id(9)),
         };
         chunks.seal(
             Arc::from("pack-1"),
             &[
                 entry(id(1), 0, 56, 100, Codec::Zstd),
-                entry(id(2), 56, 216, 200, Codec::Raw),
+                entry(id(2), 56, 216, 200, Codec::ZstdDelta),
             ],
         );
         assert_eq!(chunks.stored_len(a), 40, "as encoded, before and after sealing");
@@ -213,13 +247,20 @@ mod tests {
         chunks.seal(Arc::from("pack-2"), &[entry(id(200), 0, 316, 300, Codec::Raw)]);
         assert_eq!(chunks.stored_len(c), 300);
         assert!(chunks.all_sealed());
-        let indexed: Vec<(String, PackEntry)> = chunks.iter().map(|(pack, e)| (pack.to_owned(), e)).collect();
+        let indexed: Vec<(String, PackEntry, u8)> = chunks
+            .iter()
+            .map(|(pack, e, depth)| (pack.to_owned(), e, depth))
+            .collect();
         assert_eq!(
             indexed,
             vec![
-                ("pack-1".to_owned(), entry(id(1), 0, 56, 100, Codec::Zstd)),
-                ("pack-1".to_owned(), entry(id(2), 56, 216, 200, Codec::Raw)),
-                ("pack-2".to_owned(), entry(id(200), 0, 316, 300, Codec::Raw)),
+                ("pack-1".to_owned(), entry(id(1), 0, 56, 100, Codec::Zstd), 0),
+                (
+                    "pack-1".to_owned(),
+                    entry(id(2), 56, 216, 200, Codec::ZstdDelta),
+                    3
+                ),
+                ("pack-2".to_owned(), entry(id(200), 0, 316, 300, Codec::Raw), 0),
             ]
         );
     }

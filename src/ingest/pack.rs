@@ -8,6 +8,12 @@
 //! Version 2 (`ARTPACK2`) is the same with one byte before the magic naming how the chunks'
 //! stored bytes are sealed (see [`Sealing`]); a sealed chunk's stored length includes its
 //! authentication tag. Plain packs are still written as version 1, so both stay readable.
+//!
+//! Version 3 (`ARTPACK3`) is written when a pack holds delta-encoded chunks: before the
+//! entries, the 32-byte id of each delta chunk's base, in entry order (one per entry whose
+//! codec is [`Codec::ZstdDelta`]); then the entries, count and sealing byte as in version 2.
+//! Packs without deltas are written as before, so every pack written earlier stays as it is
+//! and readable.
 
 use super::chunk::{ChunkId, Codec};
 use super::sealing::{DataKey, TAG_LEN};
@@ -16,6 +22,7 @@ use std::fmt;
 
 const MAGIC: &[u8; 8] = b"ARTPACK1";
 const MAGIC_V2: &[u8; 8] = b"ARTPACK2";
+const MAGIC_V3: &[u8; 8] = b"ARTPACK3";
 pub const TRAILER_ENTRY_LEN: usize = 32 + 8 + 4 + 4 + 1;
 
 /// A pack's name: the blake3 hash of all its bytes.
@@ -53,6 +60,8 @@ pub struct PackEntry {
     pub stored_len: u32,
     pub raw_len: u32,
     pub codec: Codec,
+    /// The chunk whose plain content a delta-encoded chunk is decoded against.
+    pub base: Option<ChunkId>,
 }
 
 /// How the chunks of a pack are protected, as its trailer says.
@@ -131,13 +140,28 @@ impl PackBuilder {
         self.entries.len()
     }
 
-    pub fn add(&mut self, chunk_id: ChunkId, codec: Codec, raw_len: u32, stored: &[u8]) {
+    /// Adds a chunk's stored bytes; `base` is what a [`Codec::ZstdDelta`] chunk decodes
+    /// against (and must be `None` for any other codec).
+    pub fn add(
+        &mut self,
+        chunk_id: ChunkId,
+        codec: Codec,
+        raw_len: u32,
+        stored: &[u8],
+        base: Option<ChunkId>,
+    ) {
+        assert_eq!(
+            codec == Codec::ZstdDelta,
+            base.is_some(),
+            "a delta chunk, and only a delta chunk, names its base"
+        );
         self.entries.push(PackEntry {
             chunk_id,
             offset: self.body.len() as u64,
             stored_len: stored.len() as u32,
             raw_len,
             codec,
+            base,
         });
         self.body.extend_from_slice(stored);
     }
@@ -167,6 +191,11 @@ impl PackBuilder {
     }
 
     fn finish(mut self, sealing: Sealing) -> SealedPack {
+        let mut deltas = false;
+        for base in self.entries.iter().filter_map(|entry| entry.base) {
+            self.body.extend_from_slice(&base.0);
+            deltas = true;
+        }
         for entry in &self.entries {
             self.body.extend_from_slice(&entry.chunk_id.0);
             self.body.extend_from_slice(&entry.offset.to_le_bytes());
@@ -176,11 +205,15 @@ impl PackBuilder {
         }
         self.body
             .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
-        match sealing {
-            Sealing::Plain => self.body.extend_from_slice(MAGIC),
-            Sealing::Aes256Gcm => {
+        match (sealing, deltas) {
+            (Sealing::Plain, false) => self.body.extend_from_slice(MAGIC),
+            (_, false) => {
                 self.body.push(sealing as u8);
                 self.body.extend_from_slice(MAGIC_V2);
+            }
+            (_, true) => {
+                self.body.push(sealing as u8);
+                self.body.extend_from_slice(MAGIC_V3);
             }
         }
         let id = PackId(*blake3::hash(&self.body).as_bytes());
@@ -214,33 +247,65 @@ pub fn read_trailer(expected: PackId, bytes: &[u8]) -> Result<PackTrailer, Strin
         return Err(format!("pack {expected:?} does not hash to its name"));
     }
     let magic_start = bytes.len().checked_sub(8).ok_or("pack shorter than its footer")?;
-    let (sealing, count_end) = match &bytes[magic_start..] {
-        magic if magic == MAGIC => (Sealing::Plain, magic_start),
-        magic if magic == MAGIC_V2 => {
+    let (sealing, count_end, deltas) = match &bytes[magic_start..] {
+        magic if magic == MAGIC => (Sealing::Plain, magic_start, false),
+        magic if magic == MAGIC_V2 || magic == MAGIC_V3 => {
             let at = magic_start.checked_sub(1).ok_or("pack shorter than its footer")?;
             let sealing = match bytes[at] {
                 1 => Sealing::Aes256Gcm,
+                0 => Sealing::Plain,
                 other => return Err(format!("unknown sealing {other} in pack footer")),
             };
-            (sealing, at)
+            (sealing, at, &bytes[magic_start..] == MAGIC_V3)
         }
         _ => return Err("pack magic missing".to_owned()),
     };
     let footer_start = count_end.checked_sub(4).ok_or("pack shorter than its footer")?;
     let count = u32::from_le_bytes(bytes[footer_start..count_end].try_into().unwrap()) as usize;
-    let trailer_start = footer_start
-        .checked_sub(count * TRAILER_ENTRY_LEN)
+    let entries_start = footer_start
+        .checked_sub(
+            count
+                .checked_mul(TRAILER_ENTRY_LEN)
+                .ok_or("pack trailer longer than the pack")?,
+        )
         .ok_or("pack trailer longer than the pack")?;
-    let entries = bytes[trailer_start..footer_start]
+    let raw_entries = &bytes[entries_start..footer_start];
+    let delta_count = raw_entries
+        .chunks_exact(TRAILER_ENTRY_LEN)
+        .filter(|raw| raw[48] == Codec::ZstdDelta as u8)
+        .count();
+    if delta_count > 0 && !deltas {
+        return Err("a version 1 or 2 pack lists a delta chunk".to_owned());
+    }
+    let bases_start = entries_start
+        .checked_sub(delta_count * 32)
+        .ok_or("pack trailer longer than the pack")?;
+    let mut bases = bytes[bases_start..entries_start]
+        .chunks_exact(32)
+        .map(|raw| ChunkId::from_slice(raw).expect("32 bytes"));
+    let entries = raw_entries
         .chunks_exact(TRAILER_ENTRY_LEN)
         .map(|raw| {
-            Ok(PackEntry {
+            let codec = Codec::from_u8(raw[48]).ok_or("unknown codec in pack trailer")?;
+            let base = match codec {
+                Codec::ZstdDelta => Some(bases.next().expect("one base per delta entry")),
+                _ => None,
+            };
+            let entry = PackEntry {
                 chunk_id: ChunkId::from_slice(&raw[..32]).expect("32 bytes"),
                 offset: u64::from_le_bytes(raw[32..40].try_into().unwrap()),
                 stored_len: u32::from_le_bytes(raw[40..44].try_into().unwrap()),
                 raw_len: u32::from_le_bytes(raw[44..48].try_into().unwrap()),
-                codec: Codec::from_u8(raw[48]).ok_or("unknown codec in pack trailer")?,
-            })
+                codec,
+                base,
+            };
+            if entry.offset + u64::from(entry.stored_len) > bases_start as u64 {
+                return Err(format!(
+                    "chunk {} lies past the pack's body",
+                    entry.chunk_id.to_hex()
+                ));
+            }
+            Ok(entry)
         })
         .collect::<Result<Vec<_>, String>>()?;
     Ok(PackTrailer { sealing, entries })
@@ -253,8 +318,8 @@ mod tests {
     #[test]
     fn sealed_packs_describe_themselves() {
         let mut builder = PackBuilder::new();
-        builder.add(ChunkId([1; 32]), Codec::Raw, 3, b"abc");
-        builder.add(ChunkId([2; 32]), Codec::Zstd, 100, b"zz");
+        builder.add(ChunkId([1; 32]), Codec::Raw, 3, b"abc", None);
+        builder.add(ChunkId([2; 32]), Codec::Zstd, 100, b"zz", None);
         let pack = builder.seal();
         let trailer = read_trailer(pack.id, &pack.bytes).unwrap();
         assert_eq!(trailer.sealing, Sealing::Plain);
@@ -286,7 +351,7 @@ mod tests {
             .collect();
         let mut builder = PackBuilder::new();
         for (id, data) in &chunks {
-            builder.add(*id, Codec::Raw, data.len() as u32, data);
+            builder.add(*id, Codec::Raw, data.len() as u32, data, None);
         }
         let pack = builder.seal_with(&key);
         let trailer = read_trailer(pack.id, &pack.bytes).unwrap();
@@ -301,5 +366,50 @@ mod tests {
         let mut cut = pack.bytes.to_vec();
         cut.pop();
         assert!(read_trailer(pack.id, &cut).is_err());
+    }
+
+    #[test]
+    fn packs_with_deltas_name_each_base_and_stay_readable_sealed_or_not() {
+        for key in [None, Some(DataKey::generate())] {
+            let mut builder = PackBuilder::new();
+            builder.add(ChunkId([1; 32]), Codec::Zstd, 100, b"first", None);
+            builder.add(
+                ChunkId([2; 32]),
+                Codec::ZstdDelta,
+                200,
+                b"delta",
+                Some(ChunkId([1; 32])),
+            );
+            builder.add(ChunkId([3; 32]), Codec::Raw, 3, b"raw", None);
+            builder.add(
+                ChunkId([4; 32]),
+                Codec::ZstdDelta,
+                300,
+                b"another",
+                Some(ChunkId([9; 32])),
+            );
+            let pack = match &key {
+                Some(key) => builder.seal_with(key),
+                None => builder.seal(),
+            };
+            assert!(pack.bytes.ends_with(MAGIC_V3));
+            let trailer = read_trailer(pack.id, &pack.bytes).unwrap();
+            assert_eq!(trailer.entries, pack.entries);
+            let bases: Vec<Option<ChunkId>> = trailer.entries.iter().map(|e| e.base).collect();
+            assert_eq!(
+                bases,
+                vec![None, Some(ChunkId([1; 32])), None, Some(ChunkId([9; 32]))]
+            );
+            let sealing = if key.is_some() {
+                Sealing::Aes256Gcm
+            } else {
+                Sealing::Plain
+            };
+            assert_eq!(trailer.sealing, sealing);
+        }
+        // Packs without deltas are written as before.
+        let mut builder = PackBuilder::new();
+        builder.add(ChunkId([1; 32]), Codec::Raw, 3, b"abc", None);
+        assert!(builder.seal().bytes.ends_with(MAGIC));
     }
 }

@@ -10,6 +10,7 @@ mod health;
 mod indexer;
 mod outbox;
 mod retention;
+mod stats;
 mod storage;
 
 pub use fallback_sync::{FallbackSync, SyncProgress, SyncRequest};
@@ -20,6 +21,7 @@ pub use health::{
 pub use indexer::run_indexer;
 pub use outbox::run_outbox_pruner;
 pub use retention::{run_backup_scheduler, run_collector, run_policy_scheduler, run_trash_purger};
+pub use stats::run_storage_stats;
 pub use storage::{run_prober, run_reconciler, run_replicator};
 
 use crate::domain::now_micros;

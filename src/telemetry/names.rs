@@ -67,6 +67,18 @@ metric_names! {
         "Logical bytes received by uploads that completed ingest";
     STORED_BYTES_TOTAL = "artifactd_stored_bytes_total", Counter,
         "Compressed bytes of new chunks written by uploads";
+    TENANT_LOGICAL_BYTES = "artifactd_tenant_logical_bytes", Gauge,
+        "Logical bytes of a tenant's stored versions (trash included), by tenant";
+    TENANT_STORED_BYTES = "artifactd_tenant_stored_bytes", Gauge,
+        "Bytes a tenant's stored versions added to the store, by tenant";
+    TENANT_DEDUP_SAVED_BYTES = "artifactd_tenant_dedup_saved_bytes", Gauge,
+        "Bytes of a tenant's versions that deduplication did not store again, by tenant";
+    TENANT_DELTA_SAVED_BYTES = "artifactd_tenant_delta_saved_bytes", Gauge,
+        "Bytes delta encoding saved on a tenant's versions, by tenant";
+    DELTA_CHUNKS_TOTAL = "artifactd_delta_chunks_total", Counter,
+        "New chunks stored as a delta against an earlier chunk";
+    DELTA_SAVED_BYTES_TOTAL = "artifactd_delta_saved_bytes_total", Counter,
+        "Bytes delta encoding saved against storing those chunks on their own (compressed)";
     PACK_BYTES_WRITTEN_TOTAL = "artifactd_pack_bytes_written_total", Counter,
         "Bytes of pack objects written to the object store";
     PACK_BYTES_READ_TOTAL = "artifactd_pack_bytes_read_total", Counter,

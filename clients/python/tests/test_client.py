@@ -78,6 +78,28 @@ def test_upload_update_and_a_resumed_verified_download(server: str, tmp_path: Pa
         assert not broken.exists() and not (tmp_path / "broken.bin.part").exists()
 
 
+def test_an_edit_is_stored_as_a_delta_and_the_savings_add_up(server: str) -> None:
+    p = project()
+    document = b"".join(b"- requirement %d: the service keeps every version\n" % n for n in range(600))
+    with Client(server) as client:
+        created = client.create("acme", p, "doc", "prd.md", document)
+        edited = document.replace(b"requirement 300:", b"requirement 300 (revised):")
+        updated = client.update("acme", p, created.artifact.id, edited, bump="minor")
+        version = updated.version
+        assert version.delta_saved_bytes > 0, "the edit was not stored as a delta"
+        assert version.new_stored_size < 1024, f"an edit stored {version.new_stored_size} bytes"
+        stats = client.storage_stats("acme", p)
+        assert stats.versions == 2
+        assert stats.logical_bytes == len(document) + len(edited)
+        assert (
+            stats.stored_bytes + stats.dedup_saved_bytes + stats.delta_saved_bytes + stats.compression_saved_bytes
+            == stats.logical_bytes
+        )
+        one = client.storage_stats("acme", p, artifact_id=created.artifact.id)
+        assert one == stats
+        assert b"".join(client.download("acme", p, created.artifact.id)) == edited
+
+
 def test_a_download_link_serves_the_version_over_plain_http(server: str) -> None:
     p = project()
     content = os.urandom(300_000)

@@ -278,6 +278,14 @@ class AsyncClient:
             lambda: self.artifacts.GetMetadata(request, metadata=self._metadata, timeout=self._timeout)
         )
 
+    async def storage_stats(self, tenant: str, project: str, *, artifact_id: str = "") -> artifact_pb2.StorageStats:
+        """What a project's versions (or one artifact's) hold, store and saved."""
+        request = artifact_pb2.GetStorageStatsRequest(tenant=tenant, project=project, artifact_id=artifact_id)
+        response = await self._idempotent(
+            lambda: self.artifacts.GetStorageStats(request, metadata=self._metadata, timeout=self._timeout)
+        )
+        return response.stats
+
     async def list_versions(
         self, tenant: str, project: str, artifact_id: str, *, page_size: int = 100
     ) -> AsyncIterator[artifact_pb2.ArtifactVersion]:

@@ -504,6 +504,14 @@ class Client:
             lambda: self.artifacts.GetMetadata(request, metadata=self._metadata, timeout=self._timeout)
         )
 
+    def storage_stats(self, tenant: str, project: str, *, artifact_id: str = "") -> artifact_pb2.StorageStats:
+        """What a project's versions (or one artifact's) hold, store and saved."""
+        request = artifact_pb2.GetStorageStatsRequest(tenant=tenant, project=project, artifact_id=artifact_id)
+        response = self._idempotent(
+            lambda: self.artifacts.GetStorageStats(request, metadata=self._metadata, timeout=self._timeout)
+        )
+        return response.stats
+
     def list_artifacts(
         self, tenant: str, project: str, *, artifact_type: str = "", page_size: int = 100
     ) -> Iterator[artifact_pb2.Artifact]:

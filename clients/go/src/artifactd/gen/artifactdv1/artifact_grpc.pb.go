@@ -37,6 +37,9 @@ type ArtifactServiceClient interface {
 	ListVersions(ctx context.Context, in *ListVersionsRequest, opts ...grpc.CallOption) (*ListVersionsResponse, error)
 	// Returns the metadata recorded with a version.
 	GetMetadata(ctx context.Context, in *GetMetadataRequest, opts ...grpc.CallOption) (*GetMetadataResponse, error)
+	// What a project's versions, or one artifact's, hold and store: logical bytes, stored
+	// bytes, and what deduplication, delta encoding and compression saved.
+	GetStorageStats(ctx context.Context, in *GetStorageStatsRequest, opts ...grpc.CallOption) (*GetStorageStatsResponse, error)
 	// Lists the artifacts of a project, ordered by name.
 	ListArtifacts(ctx context.Context, in *ListArtifactsRequest, opts ...grpc.CallOption) (*ListArtifactsResponse, error)
 	// Soft-deletes an artifact: it disappears from lists and lookups, its content is kept for the
@@ -237,6 +240,15 @@ func (c *artifactServiceClient) ListVersions(ctx context.Context, in *ListVersio
 func (c *artifactServiceClient) GetMetadata(ctx context.Context, in *GetMetadataRequest, opts ...grpc.CallOption) (*GetMetadataResponse, error) {
 	out := new(GetMetadataResponse)
 	err := c.cc.Invoke(ctx, "/artifactd.v1.ArtifactService/GetMetadata", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *artifactServiceClient) GetStorageStats(ctx context.Context, in *GetStorageStatsRequest, opts ...grpc.CallOption) (*GetStorageStatsResponse, error) {
+	out := new(GetStorageStatsResponse)
+	err := c.cc.Invoke(ctx, "/artifactd.v1.ArtifactService/GetStorageStats", in, out, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -470,6 +482,9 @@ type ArtifactServiceServer interface {
 	ListVersions(context.Context, *ListVersionsRequest) (*ListVersionsResponse, error)
 	// Returns the metadata recorded with a version.
 	GetMetadata(context.Context, *GetMetadataRequest) (*GetMetadataResponse, error)
+	// What a project's versions, or one artifact's, hold and store: logical bytes, stored
+	// bytes, and what deduplication, delta encoding and compression saved.
+	GetStorageStats(context.Context, *GetStorageStatsRequest) (*GetStorageStatsResponse, error)
 	// Lists the artifacts of a project, ordered by name.
 	ListArtifacts(context.Context, *ListArtifactsRequest) (*ListArtifactsResponse, error)
 	// Soft-deletes an artifact: it disappears from lists and lookups, its content is kept for the
@@ -557,6 +572,9 @@ func (UnimplementedArtifactServiceServer) ListVersions(context.Context, *ListVer
 }
 func (UnimplementedArtifactServiceServer) GetMetadata(context.Context, *GetMetadataRequest) (*GetMetadataResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetMetadata not implemented")
+}
+func (UnimplementedArtifactServiceServer) GetStorageStats(context.Context, *GetStorageStatsRequest) (*GetStorageStatsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetStorageStats not implemented")
 }
 func (UnimplementedArtifactServiceServer) ListArtifacts(context.Context, *ListArtifactsRequest) (*ListArtifactsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListArtifacts not implemented")
@@ -772,6 +790,24 @@ func _ArtifactService_GetMetadata_Handler(srv interface{}, ctx context.Context, 
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ArtifactServiceServer).GetMetadata(ctx, req.(*GetMetadataRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ArtifactService_GetStorageStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetStorageStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).GetStorageStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/artifactd.v1.ArtifactService/GetStorageStats",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).GetStorageStats(ctx, req.(*GetStorageStatsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1158,6 +1194,10 @@ var _ArtifactService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetMetadata",
 			Handler:    _ArtifactService_GetMetadata_Handler,
+		},
+		{
+			MethodName: "GetStorageStats",
+			Handler:    _ArtifactService_GetStorageStats_Handler,
 		},
 		{
 			MethodName: "ListArtifacts",

@@ -406,6 +406,8 @@ class ArtifactVersion(_message.Message):
     CHANGE_MESSAGE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     PRODUCED_BY_FIELD_NUMBER: _builtins.int
+    DEDUP_SAVED_BYTES_FIELD_NUMBER: _builtins.int
+    DELTA_SAVED_BYTES_FIELD_NUMBER: _builtins.int
     artifact_id: _builtins.str
     version: _builtins.str
     """Semantic version, for example "1.4.0" or "6.0.0-Beta.4"."""
@@ -421,6 +423,14 @@ class ArtifactVersion(_message.Message):
     created_by: _builtins.str
     change_message: _builtins.str
     state: Global___LifecycleState.ValueType
+    dedup_saved_bytes: _builtins.int
+    """Bytes of the content that were stored already, by earlier versions or repeats within
+    it (deduplication): size = dedup_saved_bytes + the raw bytes of its new chunks.
+    """
+    delta_saved_bytes: _builtins.int
+    """Bytes its new chunks saved by being stored as deltas against earlier chunks, against
+    storing them compressed on their own.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -442,10 +452,12 @@ class ArtifactVersion(_message.Message):
         change_message: _builtins.str = ...,
         state: Global___LifecycleState.ValueType = ...,
         produced_by: Global___WorkflowRun | None = ...,
+        dedup_saved_bytes: _builtins.int = ...,
+        delta_saved_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "produced_by", b"produced_by"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "blake3", b"blake3", "change_message", b"change_message", "chunk_count", b"chunk_count", "created_at", b"created_at", "created_by", b"created_by", "new_stored_size", b"new_stored_size", "produced_by", b"produced_by", "size", b"size", "state", b"state", "stored_size", b"stored_size", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "blake3", b"blake3", "change_message", b"change_message", "chunk_count", b"chunk_count", "created_at", b"created_at", "created_by", b"created_by", "dedup_saved_bytes", b"dedup_saved_bytes", "delta_saved_bytes", b"delta_saved_bytes", "new_stored_size", b"new_stored_size", "produced_by", b"produced_by", "size", b"size", "state", b"state", "stored_size", b"stored_size", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1165,6 +1177,93 @@ class ListVersionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListVersionsResponse: _TypeAlias = ListVersionsResponse  # noqa: Y015
+
+@_typing.final
+class GetStorageStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    project: _builtins.str
+    artifact_id: _builtins.str
+    """Empty for the whole project."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        project: _builtins.str = ...,
+        artifact_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "project", b"project", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStorageStatsRequest: _TypeAlias = GetStorageStatsRequest  # noqa: Y015
+
+@_typing.final
+class StorageStats(_message.Message):
+    """Every stored version counts (those in the trash too, until purged). The logical size
+    splits into what was stored and what was saved:
+    logical_bytes = stored_bytes + dedup_saved_bytes + delta_saved_bytes + compression_saved_bytes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    LOGICAL_BYTES_FIELD_NUMBER: _builtins.int
+    STORED_BYTES_FIELD_NUMBER: _builtins.int
+    DEDUP_SAVED_BYTES_FIELD_NUMBER: _builtins.int
+    DELTA_SAVED_BYTES_FIELD_NUMBER: _builtins.int
+    COMPRESSION_SAVED_BYTES_FIELD_NUMBER: _builtins.int
+    versions: _builtins.int
+    logical_bytes: _builtins.int
+    """Sum of the versions' sizes."""
+    stored_bytes: _builtins.int
+    """Bytes the versions added to the store (their new chunks, as stored)."""
+    dedup_saved_bytes: _builtins.int
+    delta_saved_bytes: _builtins.int
+    compression_saved_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        versions: _builtins.int = ...,
+        logical_bytes: _builtins.int = ...,
+        stored_bytes: _builtins.int = ...,
+        dedup_saved_bytes: _builtins.int = ...,
+        delta_saved_bytes: _builtins.int = ...,
+        compression_saved_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compression_saved_bytes", b"compression_saved_bytes", "dedup_saved_bytes", b"dedup_saved_bytes", "delta_saved_bytes", b"delta_saved_bytes", "logical_bytes", b"logical_bytes", "stored_bytes", b"stored_bytes", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StorageStats: _TypeAlias = StorageStats  # noqa: Y015
+
+@_typing.final
+class GetStorageStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def stats(self) -> Global___StorageStats: ...
+    def __init__(
+        self,
+        *,
+        stats: Global___StorageStats | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stats", b"stats"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stats", b"stats"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStorageStatsResponse: _TypeAlias = GetStorageStatsResponse  # noqa: Y015
 
 @_typing.final
 class GetMetadataRequest(_message.Message):

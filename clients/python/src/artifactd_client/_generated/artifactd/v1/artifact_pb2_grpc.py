@@ -71,6 +71,11 @@ class ArtifactServiceStub:
                 request_serializer=artifactd_dot_v1_dot_artifact__pb2.GetMetadataRequest.SerializeToString,
                 response_deserializer=artifactd_dot_v1_dot_artifact__pb2.GetMetadataResponse.FromString,
                 _registered_method=True)
+        self.GetStorageStats = channel.unary_unary(
+                '/artifactd.v1.ArtifactService/GetStorageStats',
+                request_serializer=artifactd_dot_v1_dot_artifact__pb2.GetStorageStatsRequest.SerializeToString,
+                response_deserializer=artifactd_dot_v1_dot_artifact__pb2.GetStorageStatsResponse.FromString,
+                _registered_method=True)
         self.ListArtifacts = channel.unary_unary(
                 '/artifactd.v1.ArtifactService/ListArtifacts',
                 request_serializer=artifactd_dot_v1_dot_artifact__pb2.ListArtifactsRequest.SerializeToString,
@@ -228,6 +233,14 @@ class ArtifactServiceServicer:
 
     def GetMetadata(self, request, context):
         """Returns the metadata recorded with a version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStorageStats(self, request, context):
+        """What a project's versions, or one artifact's, hold and store: logical bytes, stored
+        bytes, and what deduplication, delta encoding and compression saved.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -430,6 +443,11 @@ def add_ArtifactServiceServicer_to_server(servicer, server):
                     servicer.GetMetadata,
                     request_deserializer=artifactd_dot_v1_dot_artifact__pb2.GetMetadataRequest.FromString,
                     response_serializer=artifactd_dot_v1_dot_artifact__pb2.GetMetadataResponse.SerializeToString,
+            ),
+            'GetStorageStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStorageStats,
+                    request_deserializer=artifactd_dot_v1_dot_artifact__pb2.GetStorageStatsRequest.FromString,
+                    response_serializer=artifactd_dot_v1_dot_artifact__pb2.GetStorageStatsResponse.SerializeToString,
             ),
             'ListArtifacts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListArtifacts,
@@ -723,6 +741,33 @@ class ArtifactService:
             '/artifactd.v1.ArtifactService/GetMetadata',
             artifactd_dot_v1_dot_artifact__pb2.GetMetadataRequest.SerializeToString,
             artifactd_dot_v1_dot_artifact__pb2.GetMetadataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStorageStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactd.v1.ArtifactService/GetStorageStats',
+            artifactd_dot_v1_dot_artifact__pb2.GetStorageStatsRequest.SerializeToString,
+            artifactd_dot_v1_dot_artifact__pb2.GetStorageStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

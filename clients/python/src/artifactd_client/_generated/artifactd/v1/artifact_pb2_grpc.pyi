@@ -59,6 +59,10 @@ class ArtifactServiceStub:
     """Lists an artifact's versions, newest first."""
     GetMetadata: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.GetMetadataRequest, _artifact_pb2.GetMetadataResponse]
     """Returns the metadata recorded with a version."""
+    GetStorageStats: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.GetStorageStatsRequest, _artifact_pb2.GetStorageStatsResponse]
+    """What a project's versions, or one artifact's, hold and store: logical bytes, stored
+    bytes, and what deduplication, delta encoding and compression saved.
+    """
     ListArtifacts: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.ListArtifactsRequest, _artifact_pb2.ListArtifactsResponse]
     """Lists the artifacts of a project, ordered by name."""
     DeleteArtifact: _grpc.UnaryUnaryMultiCallable[_artifact_pb2.DeleteArtifactRequest, _artifact_pb2.DeleteArtifactResponse]
@@ -163,6 +167,10 @@ class ArtifactServiceAsyncStub(ArtifactServiceStub):
     """Lists an artifact's versions, newest first."""
     GetMetadata: _aio.UnaryUnaryMultiCallable[_artifact_pb2.GetMetadataRequest, _artifact_pb2.GetMetadataResponse]  # type: ignore[assignment]
     """Returns the metadata recorded with a version."""
+    GetStorageStats: _aio.UnaryUnaryMultiCallable[_artifact_pb2.GetStorageStatsRequest, _artifact_pb2.GetStorageStatsResponse]  # type: ignore[assignment]
+    """What a project's versions, or one artifact's, hold and store: logical bytes, stored
+    bytes, and what deduplication, delta encoding and compression saved.
+    """
     ListArtifacts: _aio.UnaryUnaryMultiCallable[_artifact_pb2.ListArtifactsRequest, _artifact_pb2.ListArtifactsResponse]  # type: ignore[assignment]
     """Lists the artifacts of a project, ordered by name."""
     DeleteArtifact: _aio.UnaryUnaryMultiCallable[_artifact_pb2.DeleteArtifactRequest, _artifact_pb2.DeleteArtifactResponse]  # type: ignore[assignment]
@@ -306,6 +314,16 @@ class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_artifact_pb2.GetMetadataResponse, _abc.Awaitable[_artifact_pb2.GetMetadataResponse]]:
         """Returns the metadata recorded with a version."""
+
+    @_abc_1.abstractmethod
+    def GetStorageStats(
+        self,
+        request: _artifact_pb2.GetStorageStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifact_pb2.GetStorageStatsResponse, _abc.Awaitable[_artifact_pb2.GetStorageStatsResponse]]:
+        """What a project's versions, or one artifact's, hold and store: logical bytes, stored
+        bytes, and what deduplication, delta encoding and compression saved.
+        """
 
     @_abc_1.abstractmethod
     def ListArtifacts(

@@ -1,0 +1,368 @@
+//! Delta compression through the real binary: documents uploaded version by version as
+//! users edit them are stored as edits against their previous versions, and every version
+//! reads back byte-identical after delta encoding, after the versions their chunks were
+//! encoded against are deleted and purged, after collection compacts and merges the packs,
+//! and after a restart, on both catalogs. A damaged base is DATA_LOSS, never decoded into
+//! wrong content. Chains stay within `ingest.delta_max_depth`.
+
+mod common;
+
+use artifactd::proto::admin_service_client::AdminServiceClient;
+use artifactd::proto::retention_service_client::RetentionServiceClient;
+use artifactd::proto::{
+    CheckConsistencyRequest, CollectGarbageRequest, DeleteVersionRequest, PurgeTrashRequest,
+};
+use common::binary::{ServerOptions, ServerProcess};
+use common::client::{
+    Client, assert_status, create, download, download_request, header, update, update_header,
+};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tonic::Code;
+
+const T: &str = "acme";
+const P: &str = "docs";
+
+/// The `documents` most edited documents of bmad-history, each with up to `versions` of
+/// its versions, oldest first.
+fn histories(documents: usize, versions: usize) -> Vec<(String, Vec<Vec<u8>>)> {
+    let root = common::corpus_dir().join("bmad-history");
+    let mut all: Vec<(String, Vec<PathBuf>)> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.path().is_dir())
+        .map(|entry| {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(entry.path())
+                .unwrap()
+                .flatten()
+                .map(|file| file.path())
+                .filter(|path| path.extension().is_some_and(|ext| ext == "md"))
+                .collect();
+            files.sort();
+            (entry.file_name().to_string_lossy().into_owned(), files)
+        })
+        .collect();
+    all.sort_by_key(|(name, files)| (std::cmp::Reverse(files.len()), name.clone()));
+    all.into_iter()
+        .take(documents)
+        .map(|(name, files)| {
+            let contents = files
+                .iter()
+                .take(versions)
+                .map(|path| std::fs::read(path).unwrap())
+                .collect();
+            (name, contents)
+        })
+        .collect()
+}
+
+/// Artifacts by id, each with its versions and their content, in order.
+type Uploaded = Vec<(String, Vec<(String, Vec<u8>)>)>;
+
+/// Uploads each history as the versions of one artifact; the artifact ids with the versions
+/// they were given, in order.
+async fn upload(client: &mut Client, histories: &[(String, Vec<Vec<u8>>)]) -> Uploaded {
+    let mut uploaded = Vec::new();
+    for (name, versions) in histories {
+        let created = create(client, header(T, P, "doc", name), &versions[0])
+            .await
+            .unwrap();
+        let id = created.artifact.unwrap().id;
+        let mut given = vec![(created.version.unwrap().version, versions[0].clone())];
+        for content in &versions[1..] {
+            let made = update(client, next_header(&id), content).await.unwrap();
+            given.push((made.version.unwrap().version, content.clone()));
+        }
+        uploaded.push((id, given));
+    }
+    uploaded
+}
+
+async fn read_back(client: &mut Client, uploaded: &Uploaded, what: &str) {
+    for (id, versions) in uploaded {
+        for (version, content) in versions {
+            let (_, bytes) = download(client, download_request(T, P, id, version))
+                .await
+                .unwrap_or_else(|status| panic!("{what}: {id}@{version} does not read: {status:?}"));
+            assert!(
+                bytes == *content,
+                "{what}: {id}@{version} reads back different bytes"
+            );
+        }
+    }
+}
+
+/// The next minor version of `id`.
+fn next_header(id: &str) -> artifactd::proto::UpdateArtifactHeader {
+    let mut next = update_header(T, P, id);
+    next.next_version = Some(artifactd::proto::update_artifact_header::NextVersion::Bump(
+        artifactd::proto::BumpKind::Minor as i32,
+    ));
+    next
+}
+
+fn server(data_dir: &Path, database: Option<&str>, settings: &[(&str, &str)]) -> ServerProcess {
+    let mut options = ServerOptions {
+        data_dir: Some(data_dir.to_path_buf()),
+        ..ServerOptions::default()
+    }
+    .env("ARTIFACTD_RETENTION__GC_GRACE_SECONDS", "1")
+    .env("ARTIFACTD_RETENTION__GC_INTERVAL_SECONDS", "0");
+    if let Some(url) = database {
+        options = options.env("DATABASE_URL", url);
+    }
+    for (key, value) in settings {
+        options = options.env(key, *value);
+    }
+    ServerProcess::start_with(options)
+}
+
+fn pack_files(server: &ServerProcess) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|ext| ext == "pack") {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&server.data_dir.join("blobs/packs"), &mut out);
+    out.sort();
+    out
+}
+
+async fn collect(server: &ServerProcess, rounds: usize) -> (u64, u64) {
+    let mut admin = AdminServiceClient::new(server.channel().await);
+    let (mut compacted, mut reclaimed) = (0, 0);
+    for _ in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let report = admin
+            .collect_garbage(CollectGarbageRequest { dry_run: false })
+            .await
+            .unwrap()
+            .into_inner()
+            .report
+            .unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        compacted += report.packs_compacted;
+        reclaimed += report.packs_reclaimed;
+    }
+    (compacted, reclaimed)
+}
+
+async fn check_clean(server: &ServerProcess) {
+    let mut admin = AdminServiceClient::new(server.channel().await);
+    let checked = admin
+        .check_consistency(CheckConsistencyRequest { read_data: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(checked.problems.is_empty(), "{:?}", checked.problems);
+}
+
+async fn histories_survive_deltas_purged_bases_compaction_and_restarts(postgres: bool) {
+    let database = if postgres {
+        Some(common::postgres::TestDatabase::create().await)
+    } else {
+        None
+    };
+    let url = database.as_ref().map(|d| d.url.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let plain_dir = tempfile::tempdir().unwrap();
+    let histories = histories(4, 24);
+
+    // The same histories with delta compression off, for what they cost without it.
+    let plain_server = server(
+        plain_dir.path(),
+        None,
+        &[("ARTIFACTD_INGEST__DELTA_MAX_DEPTH", "0")],
+    );
+    let mut plain_client = plain_server.client().await;
+    upload(&mut plain_client, &histories).await;
+    let plain_bytes = plain_server.fs_store_bytes();
+    drop(plain_client);
+    drop(plain_server);
+
+    let mut first = server(dir.path(), url.as_deref(), &[]);
+    let mut client = first.client().await;
+    let uploaded = upload(&mut client, &histories).await;
+    let delta_bytes = first.fs_store_bytes();
+    let deltas = common::metric(first.http, "artifactd_delta_chunks_total").await;
+    assert!(deltas > 0.0, "no chunk was stored as a delta");
+    assert!(
+        delta_bytes * 2 < plain_bytes,
+        "with deltas the store holds {delta_bytes} bytes, without {plain_bytes}: deltas should at least halve it"
+    );
+    eprintln!("stored {delta_bytes} bytes with deltas ({deltas} delta chunks), {plain_bytes} without");
+    read_back(&mut client, &uploaded, "after upload").await;
+
+    // The older half of every history deleted and purged: later versions' deltas were
+    // encoded against their chunks, which must stay.
+    let mut retention = RetentionServiceClient::new(first.channel().await);
+    let mut kept = Vec::new();
+    for (id, versions) in &uploaded {
+        let half = versions.len() / 2;
+        for (version, _) in &versions[..half] {
+            let scope = (T.to_owned(), P.to_owned(), id.clone(), version.clone());
+            client
+                .delete_version(DeleteVersionRequest {
+                    tenant: scope.0.clone(),
+                    project: scope.1.clone(),
+                    artifact_id: scope.2.clone(),
+                    version: scope.3.clone(),
+                })
+                .await
+                .unwrap();
+            retention
+                .purge_trash(PurgeTrashRequest {
+                    tenant: scope.0,
+                    project: scope.1,
+                    artifact_id: scope.2,
+                    version: scope.3,
+                })
+                .await
+                .unwrap();
+        }
+        kept.push((id.clone(), versions[half..].to_vec()));
+    }
+    let packs_before = pack_files(&first).len();
+    let (compacted, _) = collect(&first, 4).await;
+    let packs_after = pack_files(&first).len();
+    assert!(compacted > 0, "collection merged no small packs");
+    assert!(
+        packs_after * 4 < packs_before,
+        "{packs_before} packs before collection, {packs_after} after: small packs were not merged"
+    );
+    read_back(&mut client, &kept, "after purging bases and compaction").await;
+    check_clean(&first).await;
+
+    // A restart reads everything from the store again (the chunk cache starts empty).
+    drop(client);
+    drop(retention);
+    first.terminate();
+    drop(first);
+    let second = server(dir.path(), url.as_deref(), &[]);
+    let mut client = second.client().await;
+    read_back(&mut client, &kept, "after a restart").await;
+    check_clean(&second).await;
+    // New versions after all that still find bases and read back.
+    let (id, versions) = &kept[0];
+    let mut next = versions.last().unwrap().1.clone();
+    next.extend_from_slice(b"\n## Appendix\nOne more paragraph, added after compaction.\n");
+    let made = update(&mut client, next_header(id), &next).await.unwrap();
+    let (_, bytes) = download(
+        &mut client,
+        download_request(T, P, id, &made.version.unwrap().version),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bytes, next);
+    drop(client);
+    drop(second);
+    if let Some(database) = database {
+        database.drop_database().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_survive_deltas_purged_bases_compaction_and_restarts_on_sqlite() {
+    histories_survive_deltas_purged_bases_compaction_and_restarts(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_survive_deltas_purged_bases_compaction_and_restarts_on_postgres() {
+    histories_survive_deltas_purged_bases_compaction_and_restarts(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_base_is_data_loss_never_decoded_into_other_content() {
+    let dir = tempfile::tempdir().unwrap();
+    // No chunk cache: every read goes to the store.
+    let server = server(
+        dir.path(),
+        None,
+        &[("ARTIFACTD_DELIVERY__CACHE_MEMORY_BYTES", "0")],
+    );
+    let mut client = server.client().await;
+    let base: Vec<u8> = "## Requirements\nThe service keeps every version of every artifact.\n"
+        .repeat(400)
+        .into_bytes();
+    let created = create(&mut client, header(T, P, "doc", "prd.md"), &base)
+        .await
+        .unwrap();
+    let id = created.artifact.unwrap().id;
+    let v1 = created.version.unwrap().version;
+    let base_packs = pack_files(&server);
+    assert_eq!(base_packs.len(), 1);
+    let mut edited = base.clone();
+    edited.splice(
+        100..100,
+        b"An inserted sentence changes the first chunk a little. "
+            .iter()
+            .copied(),
+    );
+    let made = update(&mut client, next_header(&id), &edited).await.unwrap();
+    let v2 = made.version.unwrap().version;
+    assert!(common::metric(server.http, "artifactd_delta_chunks_total").await >= 1.0);
+    let (_, bytes) = download(&mut client, download_request(T, P, &id, &v2))
+        .await
+        .unwrap();
+    assert_eq!(bytes, edited);
+
+    // Damage the base's pack: the delta cannot be decoded into anything but an error.
+    let mut damaged = std::fs::read(&base_packs[0]).unwrap();
+    damaged[40] ^= 0x55;
+    std::fs::write(&base_packs[0], damaged).unwrap();
+    for version in [&v2, &v1] {
+        assert_status(
+            download(&mut client, download_request(T, P, &id, version)).await,
+            Code::DataLoss,
+            &[],
+        );
+    }
+    let mut admin = AdminServiceClient::new(server.channel().await);
+    let checked = admin
+        .check_consistency(CheckConsistencyRequest { read_data: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!checked.problems.is_empty(), "the check missed a damaged base");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_of_deltas_stay_within_the_configured_depth() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = server(dir.path(), None, &[("ARTIFACTD_INGEST__DELTA_MAX_DEPTH", "3")]);
+    let mut client = server.client().await;
+    let mut content: Vec<u8> = "- [ ] a task of the sprint that someone will do\n"
+        .repeat(300)
+        .into_bytes();
+    let created = create(&mut client, header(T, P, "doc", "sprint.md"), &content)
+        .await
+        .unwrap();
+    let id = created.artifact.unwrap().id;
+    let mut versions = vec![(created.version.unwrap().version, content.clone())];
+    for edit in 0..20 {
+        let line = format!("- [x] task {edit} done by the developer agent\n");
+        let at = (edit * 997) % content.len();
+        let at = content[..at]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |p| p + 1);
+        content.splice(at..at, line.bytes());
+        let made = update(&mut client, next_header(&id), &content).await.unwrap();
+        versions.push((made.version.unwrap().version, content.clone()));
+    }
+    read_back(&mut client, &vec![(id, versions)], "after 20 edits").await;
+    drop(client);
+    server.terminate();
+    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let catalog = artifactd::catalog::Catalog::connect(&url, 1).await.unwrap();
+    let (deltas, deepest) = catalog.delta_depths(T).await.unwrap();
+    assert!(deltas >= 15, "only {deltas} of 20 edits were stored as deltas");
+    assert!(deepest <= 3, "a chain of {deepest} bases, over the configured 3");
+    assert!(deepest >= 2, "chains never grew past one base ({deepest})");
+}
