@@ -366,11 +366,13 @@ async fn history() {
             .unwrap();
             assert!(bytes == *documents[ids.len() / 2].1.last().unwrap());
 
-            // A paragraph inserted into the middle of the largest docs file.
+            // A paragraph inserted into the middle of the largest docs file, in a tenant of
+            // its own (chunks are per tenant: the history's CHANGELOG chunks, deep in their
+            // chains, would otherwise be this document's too).
             let largest = largest_doc();
             let created = common::client::create(
                 &mut client,
-                header("bench", "history", "doc", "largest.md"),
+                header("bench-edit", "history", "doc", "largest.md"),
                 &largest,
             )
             .await
@@ -386,7 +388,9 @@ async fn history() {
                 b"\nThis paragraph was added to the document by an agent during a later workflow run, \
 to record a decision that the team took after the review: keep every version, store only the edit.\n\n";
             edited.splice(at..at, paragraph.iter().copied());
-            let made = update(&mut client, next_minor(&id), &edited).await.unwrap();
+            let mut next = next_minor(&id);
+            next.tenant = "bench-edit".into();
+            let made = update(&mut client, next, &edited).await.unwrap();
             println!(
                 "RESULT doc_edit_new_bytes {}",
                 made.version.unwrap().new_stored_size

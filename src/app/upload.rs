@@ -563,10 +563,18 @@ impl Upload {
             let at = self.new_chunks.place(*id, chunk.len() as u32);
             to_encode.push((at, *id, chunk.clone(), candidate));
         }
+        // Which chunks try a delta is decided before their bases are read: content unlike
+        // its previous version (new random data, a rewritten file) stops reading bases after
+        // a few misses, instead of reading the whole previous version to find nothing.
+        let mut delta_trials = self.delta_trials;
+        for (.., candidate) in &mut to_encode {
+            if candidate.is_some() && !delta_trials.worth_trying() {
+                *candidate = None;
+            }
+        }
         let bases = self.delta_bases(&to_encode).await;
         let level = self.inner.settings.ingest.zstd_level;
         let mut compressibility = self.compressibility;
-        let mut delta_trials = self.delta_trials;
         let (encoded, compressibility, delta_trials) = crate::compute::run(move || {
             let encoded = to_encode
                 .into_iter()
@@ -578,10 +586,10 @@ impl Upload {
                     } else {
                         (Codec::Raw, chunk.clone())
                     };
+                    // (A chunk chosen to try whose base could not be had says nothing about
+                    // the content: neither a hit nor a miss is recorded.)
                     let base = candidate.and_then(|candidate| bases.get(&candidate));
-                    if let Some(base) = base
-                        && delta_trials.worth_trying()
-                    {
+                    if let Some(base) = base {
                         let delta = delta::encode(&chunk, &base.plain, level.max(delta::MIN_LEVEL))
                             .filter(|d| delta::pays(d.len(), stored.len(), base.past_the_chain));
                         delta_trials.record(delta.is_some());
