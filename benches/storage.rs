@@ -214,45 +214,6 @@ async fn main() {
     }
 }
 
-/// Every version of every bmad-history document, oldest first, by document.
-fn load_history() -> Vec<(String, Vec<Vec<u8>>)> {
-    let root = common::corpus_dir().join("bmad-history");
-    let mut documents: Vec<(String, Vec<Vec<u8>>)> = std::fs::read_dir(&root)
-        .unwrap()
-        .flatten()
-        .filter(|entry| entry.path().is_dir())
-        .map(|entry| {
-            let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(entry.path())
-                .unwrap()
-                .flatten()
-                .map(|file| file.path())
-                .filter(|path| path.extension().is_some_and(|ext| ext == "md"))
-                .collect();
-            files.sort();
-            let versions = files.iter().map(|path| std::fs::read(path).unwrap()).collect();
-            (entry.file_name().to_string_lossy().into_owned(), versions)
-        })
-        .collect();
-    documents.sort();
-    documents
-}
-
-fn pack_file_sizes(data_dir: &std::path::Path) -> Vec<u64> {
-    fn walk(dir: &std::path::Path, out: &mut Vec<u64>) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|ext| ext == "pack") {
-                out.push(entry.metadata().map(|m| m.len()).unwrap_or(0));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&data_dir.join("blobs/packs"), &mut out);
-    out
-}
-
 /// The next minor version of `id` in the `history` project.
 fn next_minor(id: &str) -> artifactd::proto::UpdateArtifactHeader {
     let mut next = update_header("bench", "history", id);
@@ -264,7 +225,7 @@ fn next_minor(id: &str) -> artifactd::proto::UpdateArtifactHeader {
 /// fast it reads back, and what collection makes of its packs; and one paragraph inserted
 /// into the largest docs file.
 async fn history() {
-    let documents = load_history();
+    let documents = common::history_documents();
     let logical: usize = documents.iter().flat_map(|(_, v)| v.iter().map(Vec::len)).sum();
     let versions: usize = documents.iter().map(|(_, v)| v.len()).sum();
     eprintln!(
@@ -303,7 +264,10 @@ async fn history() {
             }
             ids.push((id, given));
         }
-        let packs = pack_file_sizes(dir.path());
+        let packs = common::pack_files(dir.path())
+            .into_iter()
+            .map(|(_, size)| size)
+            .collect::<Vec<u64>>();
         let stored: u64 = packs.iter().sum();
         drop(client);
         server.terminate();
@@ -351,7 +315,10 @@ async fn history() {
                     .unwrap();
                 assert!(report.problems.is_empty(), "{:?}", report.problems);
             }
-            let packs = pack_file_sizes(dir.path());
+            let packs = common::pack_files(dir.path())
+                .into_iter()
+                .map(|(_, size)| size)
+                .collect::<Vec<u64>>();
             println!("RESULT history_packs {}", packs.len());
             println!(
                 "RESULT mean_pack_bytes {}",

@@ -26,34 +26,13 @@ const P: &str = "docs";
 /// The `documents` most edited documents of bmad-history, each with up to `versions` of
 /// its versions, oldest first.
 fn histories(documents: usize, versions: usize) -> Vec<(String, Vec<Vec<u8>>)> {
-    let root = common::corpus_dir().join("bmad-history");
-    let mut all: Vec<(String, Vec<PathBuf>)> = std::fs::read_dir(&root)
-        .unwrap()
-        .flatten()
-        .filter(|entry| entry.path().is_dir())
-        .map(|entry| {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(entry.path())
-                .unwrap()
-                .flatten()
-                .map(|file| file.path())
-                .filter(|path| path.extension().is_some_and(|ext| ext == "md"))
-                .collect();
-            files.sort();
-            (entry.file_name().to_string_lossy().into_owned(), files)
-        })
-        .collect();
-    all.sort_by_key(|(name, files)| (std::cmp::Reverse(files.len()), name.clone()));
-    all.into_iter()
-        .take(documents)
-        .map(|(name, files)| {
-            let contents = files
-                .iter()
-                .take(versions)
-                .map(|path| std::fs::read(path).unwrap())
-                .collect();
-            (name, contents)
-        })
-        .collect()
+    let mut all = common::history_documents();
+    all.sort_by_key(|(name, contents)| (std::cmp::Reverse(contents.len()), name.clone()));
+    all.truncate(documents);
+    for (_, contents) in &mut all {
+        contents.truncate(versions);
+    }
+    all
 }
 
 /// Artifacts by id, each with its versions and their content, in order.
@@ -118,20 +97,10 @@ fn server(data_dir: &Path, database: Option<&str>, settings: &[(&str, &str)]) ->
 }
 
 fn pack_files(server: &ServerProcess) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|ext| ext == "pack") {
-                out.push(path);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&server.data_dir.join("blobs/packs"), &mut out);
-    out.sort();
-    out
+    common::pack_files(&server.data_dir)
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect()
 }
 
 async fn collect(server: &ServerProcess, rounds: usize) -> (u64, u64) {

@@ -650,55 +650,51 @@ impl Catalog {
         tenant: &str,
         chunks: &[ChunkId],
     ) -> Result<Vec<ChunkId>> {
-        let mut bases = Vec::new();
-        for batch in chunks.chunks(BATCH_ROWS) {
-            let sql = self.base_chain_sql(batch.len());
-            let mut query = sqlx::query_scalar::<_, Vec<u8>>(AssertSqlSafe(sql)).bind(tenant);
-            for id in batch {
-                query = query.bind(id.0.to_vec());
-            }
-            let rows = query
-                .bind(tenant)
-                .fetch_all(&mut **tx)
-                .await
-                .map_err(|e| db_error("following delta bases", e))?;
-            bases.extend(chunk_ids(rows)?);
-        }
-        Ok(bases)
-    }
-
-    /// The bases of `count` chunks (bound after the tenant, then the tenant again), however
-    /// deep: a recursive query both dialects run.
-    fn base_chain_sql(&self, count: usize) -> String {
-        format!(
-            "WITH RECURSIVE chain(id) AS ( \
-               SELECT base_chunk_id FROM chunks \
-               WHERE tenant = {} AND chunk_id IN ({}) AND base_chunk_id IS NOT NULL \
-               UNION \
-               SELECT c.base_chunk_id FROM chunks c JOIN chain ON c.chunk_id = chain.id \
-               WHERE c.tenant = {} AND c.base_chunk_id IS NOT NULL \
-             ) SELECT id FROM chain",
-            self.dialect.placeholders(1, 1),
-            self.dialect.placeholders(2, count),
-            self.dialect.placeholders(count + 2, 1),
-        )
+        self.base_chains_on(tx, tenant, chunks).await
     }
 
     /// [`Catalog::base_chains`] outside a transaction: what reading `chunks` needs besides.
     pub async fn chain_of(&self, tenant: &str, chunks: &[ChunkId]) -> Result<Vec<ChunkId>> {
+        let mut connection = self.pool.acquire().await.map_err(|e| db_error("connecting", e))?;
+        self.base_chains_on(&mut connection, tenant, chunks).await
+    }
+
+    async fn base_chains_on(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        tenant: &str,
+        chunks: &[ChunkId],
+    ) -> Result<Vec<ChunkId>> {
         let mut bases = Vec::new();
         for batch in chunks.chunks(BATCH_ROWS) {
-            let sql = self.base_chain_sql(batch.len());
+            // The batch's bases however deep: a recursive query both dialects run.
+            let sql = format!(
+                "WITH RECURSIVE chain(id) AS ( \
+                   SELECT base_chunk_id FROM chunks \
+                   WHERE tenant = {} AND chunk_id IN ({}) AND base_chunk_id IS NOT NULL \
+                   UNION \
+                   SELECT c.base_chunk_id FROM chunks c JOIN chain ON c.chunk_id = chain.id \
+                   WHERE c.tenant = {} AND c.base_chunk_id IS NOT NULL \
+                 ) SELECT id FROM chain",
+                self.dialect.placeholders(1, 1),
+                self.dialect.placeholders(2, batch.len()),
+                self.dialect.placeholders(batch.len() + 2, 1),
+            );
             let mut query = sqlx::query_scalar::<_, Vec<u8>>(AssertSqlSafe(sql)).bind(tenant);
             for id in batch {
                 query = query.bind(id.0.to_vec());
             }
             let rows = query
                 .bind(tenant)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *connection)
                 .await
                 .map_err(|e| db_error("following delta bases", e))?;
-            bases.extend(chunk_ids(rows)?);
+            for raw in rows {
+                bases.push(
+                    ChunkId::from_slice(&raw)
+                        .ok_or_else(|| Error::internal("a base chunk id in the index is not 32 bytes"))?,
+                );
+            }
         }
         Ok(bases)
     }
@@ -707,13 +703,4 @@ impl Catalog {
     pub fn is_postgres(&self) -> bool {
         self.dialect == Dialect::Postgres
     }
-}
-
-/// Chunk ids read from the index.
-fn chunk_ids(rows: Vec<Vec<u8>>) -> Result<Vec<ChunkId>> {
-    rows.iter()
-        .map(|raw| {
-            ChunkId::from_slice(raw).ok_or_else(|| Error::internal("a chunk id in the index is not 32 bytes"))
-        })
-        .collect()
 }

@@ -16,6 +16,47 @@ pub mod search_eval;
 
 use std::path::PathBuf;
 
+/// Every version of every bmad-history document, oldest first, by document name.
+pub fn history_documents() -> Vec<(String, Vec<Vec<u8>>)> {
+    let root = corpus_dir().join("bmad-history");
+    let mut documents: Vec<(String, Vec<Vec<u8>>)> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.path().is_dir())
+        .map(|entry| {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(entry.path())
+                .unwrap()
+                .flatten()
+                .map(|file| file.path())
+                .filter(|path| path.extension().is_some_and(|ext| ext == "md"))
+                .collect();
+            files.sort();
+            let versions = files.iter().map(|path| std::fs::read(path).unwrap()).collect();
+            (entry.file_name().to_string_lossy().into_owned(), versions)
+        })
+        .collect();
+    documents.sort();
+    documents
+}
+
+/// The pack files of the filesystem store under `data_dir`, with their sizes, by path.
+pub fn pack_files(data_dir: &std::path::Path) -> Vec<(PathBuf, u64)> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<(PathBuf, u64)>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|ext| ext == "pack") {
+                out.push((path, entry.metadata().map(|m| m.len()).unwrap_or(0)));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&data_dir.join("blobs/packs"), &mut out);
+    out.sort();
+    out
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
