@@ -85,31 +85,24 @@ impl Artifacts {
                 ids.dedup();
                 let mut locations = catalog.chunk_locations(&tenant, &ids).await?;
                 let missing = ids.iter().filter(|id| !locations.contains_key(id)).count();
-                // The bases delta chunks decode through are needed as much as the chunks.
-                let mut bases: Vec<ChunkId> = locations
-                    .values()
-                    .filter_map(|location| location.base)
+                // The bases delta chunks decode through are needed as much as the chunks
+                // (the whole chains, from one recursive query).
+                let mut bases: Vec<ChunkId> = catalog
+                    .chain_of(&tenant, &ids)
+                    .await?
+                    .into_iter()
                     .filter(|base| !locations.contains_key(base))
                     .collect();
-                let mut depth = 0;
-                while !bases.is_empty() && depth <= crate::ingest::delta::MAX_CHAIN {
-                    depth += 1;
-                    bases.sort_unstable();
-                    bases.dedup();
-                    let found = catalog.chunk_locations(&tenant, &bases).await?;
-                    for base in bases.iter().filter(|base| !found.contains_key(base)) {
-                        report.problems.push(format!(
-                            "{name}: chunk {} that a delta decodes against is not in the chunk index",
-                            base.to_hex()
-                        ));
-                    }
-                    bases = found
-                        .values()
-                        .filter_map(|location| location.base)
-                        .filter(|base| !locations.contains_key(base) && !found.contains_key(base))
-                        .collect();
-                    locations.extend(found);
+                bases.sort_unstable();
+                bases.dedup();
+                let found = catalog.chunk_locations(&tenant, &bases).await?;
+                for base in bases.iter().filter(|base| !found.contains_key(base)) {
+                    report.problems.push(format!(
+                        "{name}: chunk {} that a delta decodes against is not in the chunk index",
+                        base.to_hex()
+                    ));
                 }
+                locations.extend(found);
                 if missing > 0 {
                     let shredded = match destroyed.get(&tenant) {
                         Some(known) => *known,

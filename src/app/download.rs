@@ -429,9 +429,10 @@ pub(super) fn plain_chunks(
         // What has to be read: the missing chunks and, down each chain, every base up to one
         // the cache holds.
         let mut needed: Vec<(u8, ChunkId)> = Vec::new();
+        let mut seen: std::collections::HashSet<ChunkId> = std::collections::HashSet::new();
         let mut pending = missing.clone();
         while let Some(id) = pending.pop() {
-            if found.contains_key(&id) || needed.iter().any(|(_, n)| *n == id) {
+            if found.contains_key(&id) || !seen.insert(id) {
                 continue;
             }
             if let Some(plain) = inner.cache.get(&id) {
