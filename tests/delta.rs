@@ -3,14 +3,17 @@
 //! reads back byte-identical after delta encoding, after the versions their chunks were
 //! encoded against are deleted and purged, after collection compacts and merges the packs,
 //! and after a restart, on both catalogs. A damaged base is DATA_LOSS, never decoded into
-//! wrong content. Chains stay within `ingest.delta_max_depth`.
+//! wrong content. Chains stay within `ingest.delta_max_depth`. Bases are found by
+//! resemblance too: a document copied into another artifact, or moved inside an archive,
+//! is stored as an edit of the chunks it resembles, which stay alive while it needs them.
 
 mod common;
 
 use artifactd::proto::admin_service_client::AdminServiceClient;
 use artifactd::proto::retention_service_client::RetentionServiceClient;
 use artifactd::proto::{
-    CheckConsistencyRequest, CollectGarbageRequest, DeleteVersionRequest, PurgeTrashRequest,
+    CheckConsistencyRequest, CollectGarbageRequest, DeleteArtifactRequest, DeleteVersionRequest,
+    PurgeTrashRequest,
 };
 use common::binary::{ServerOptions, ServerProcess};
 use common::client::{
@@ -334,4 +337,128 @@ async fn chains_of_deltas_stay_within_the_configured_depth() {
     assert!(deltas >= 15, "only {deltas} of 20 edits were stored as deltas");
     assert!(deepest <= 3, "a chain of {deepest} bases, over the configured 3");
     assert!(deepest >= 2, "chains never grew past one base ({deepest})");
+}
+
+/// `document` with a sentence inserted after every `every` bytes (at the next line start):
+/// every chunk of it differs from the original's, so nothing dedups.
+fn edited_throughout(document: &[u8], every: usize, tag: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(document.len() + document.len() / every * 64);
+    let mut since = 0;
+    for (at, byte) in document.iter().enumerate() {
+        out.push(*byte);
+        since += 1;
+        if *byte == b'\n' && since >= every {
+            out.extend_from_slice(format!("Edited ({tag}) at byte {at}.\n").as_bytes());
+            since = 0;
+        }
+    }
+    out
+}
+
+async fn similar_content_elsewhere_is_stored_as_a_delta(postgres: bool) {
+    let database = if postgres {
+        Some(common::postgres::TestDatabase::create().await)
+    } else {
+        None
+    };
+    let url = database.as_ref().map(|d| d.url.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = server(dir.path(), url.as_deref(), &[]);
+    let mut client = first.client().await;
+    // The two largest documents of bmad-history, at their latest versions.
+    let mut documents: Vec<Vec<u8>> = common::history_documents()
+        .into_iter()
+        .map(|(_, mut versions)| versions.pop().unwrap())
+        .collect();
+    documents.sort_by_key(|d| std::cmp::Reverse(d.len()));
+    let (one, two) = (documents[0].clone(), documents[1].clone());
+    assert!(two.len() > 32 * 1024, "the corpus' documents are too small for this test");
+
+    // A document copied, edited throughout, into a new artifact: no previous version, no
+    // shared chunk, only resemblance finds its bases.
+    let original = create(&mut client, header(T, P, "doc", "original.md"), &one)
+        .await
+        .unwrap();
+    let original_id = original.artifact.unwrap().id;
+    let own_cost = original.version.unwrap().new_stored_size;
+    let copy_content = edited_throughout(&one, 6000, "copy");
+    let copy = create(&mut client, header(T, P, "doc", "copy.md"), &copy_content)
+        .await
+        .unwrap();
+    let copy_id = copy.artifact.unwrap().id;
+    let copy_version = copy.version.unwrap();
+    assert!(
+        copy_version.delta_saved_bytes > 0 && copy_version.new_stored_size * 4 < own_cost,
+        "the edited copy stored {} bytes (delta saved {}); the original cost {own_cost}",
+        copy_version.new_stored_size,
+        copy_version.delta_saved_bytes
+    );
+
+    // An archive whose members swap places and change a little: the previous version's
+    // chunk at the same place is the other member, the one it resembles is elsewhere.
+    let mut archive = one.clone();
+    archive.extend_from_slice(&two);
+    let bundle = create(&mut client, header(T, P, "bundle", "bundle.tar"), &archive)
+        .await
+        .unwrap();
+    let bundle_id = bundle.artifact.unwrap().id;
+    let bundle_cost = bundle.version.unwrap().new_stored_size;
+    let mut swapped = edited_throughout(&two, 6000, "swap");
+    swapped.extend_from_slice(&edited_throughout(&one, 6000, "swap"));
+    let made = update(&mut client, next_header(&bundle_id), &swapped)
+        .await
+        .unwrap();
+    let swapped_version = made.version.unwrap();
+    assert!(
+        swapped_version.new_stored_size * 4 < bundle_cost,
+        "the swapped archive stored {} bytes; the first version cost {bundle_cost}",
+        swapped_version.new_stored_size
+    );
+
+    // The original deleted and purged, collected: what the copy was encoded against stays.
+    client
+        .delete_artifact(DeleteArtifactRequest {
+            tenant: T.into(),
+            project: P.into(),
+            artifact_id: original_id.clone(),
+        })
+        .await
+        .unwrap();
+    RetentionServiceClient::new(first.channel().await)
+        .purge_trash(PurgeTrashRequest {
+            tenant: T.into(),
+            project: P.into(),
+            artifact_id: original_id,
+            version: String::new(),
+        })
+        .await
+        .unwrap();
+    collect(&first, 3).await;
+    let expected: Uploaded = vec![
+        (copy_id.clone(), vec![(copy_version.version.clone(), copy_content.clone())]),
+        (bundle_id.clone(), vec![(swapped_version.version.clone(), swapped.clone())]),
+    ];
+    read_back(&mut client, &expected, "after the original was purged and collected").await;
+    check_clean(&first).await;
+    drop(client);
+    first.terminate();
+    drop(first);
+    let second = server(dir.path(), url.as_deref(), &[]);
+    let mut client = second.client().await;
+    read_back(&mut client, &expected, "after a restart").await;
+    drop(client);
+    drop(second);
+    if let Some(database) = database {
+        database.drop_database().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn similar_content_elsewhere_is_stored_as_a_delta_on_sqlite() {
+    similar_content_elsewhere_is_stored_as_a_delta(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn similar_content_elsewhere_is_stored_as_a_delta_on_postgres() {
+    similar_content_elsewhere_is_stored_as_a_delta(true).await;
 }

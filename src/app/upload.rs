@@ -14,6 +14,7 @@ use crate::domain::{Error, Result, content_type, names::quoted, now_micros};
 use crate::ingest::chunk::{Codec, Compressibility, encode};
 use crate::ingest::delta::{self, Alignment, DeltaBases};
 use crate::ingest::extract::{ContentShape, Extracted, extract};
+use crate::ingest::resemblance::{self, Sketch};
 use crate::ingest::sealing::DataKey;
 use crate::ingest::{
     ChunkId, Manifest, ManifestBuilder, ManifestEntry, NewChunks, PackBuilder, StreamChunker, TenantKey,
@@ -561,39 +562,85 @@ impl Upload {
             // Placed now so a repeat later in this batch dedups against it; its stored form
             // is set once the chunk is encoded.
             let at = self.new_chunks.place(*id, chunk.len() as u32);
-            to_encode.push((at, *id, chunk.clone(), candidate));
+            to_encode.push(ToEncode {
+                at,
+                id: *id,
+                chunk: chunk.clone(),
+                sketch: None,
+                candidates: [candidate, None, None],
+                try_delta: false,
+            });
+        }
+        let deltas_on = self.inner.settings.ingest.delta_max_depth > 0;
+        // Content that does not compress gets no sketch: it makes no delta base either.
+        if deltas_on && !self.compressibility.giving_up() && !to_encode.is_empty() {
+            let key = self.key.clone();
+            to_encode = crate::compute::run(move || {
+                for item in &mut to_encode {
+                    item.sketch = resemblance::sketch(&key, &item.chunk);
+                }
+                to_encode
+            })
+            .await
+            .map_err(|e| Error::internal(format!("sketching task failed: {e}")))?;
         }
         // Which chunks try a delta is decided before their bases are read: content unlike
-        // its previous version (new random data, a rewritten file) stops reading bases after
-        // a few misses, instead of reading the whole previous version to find nothing.
+        // anything stored (new random data, a rewritten file) stops reading bases after a
+        // few misses, instead of reading the whole previous version to find nothing.
         let mut delta_trials = self.delta_trials;
-        for (.., candidate) in &mut to_encode {
-            if candidate.is_some() && !delta_trials.worth_trying() {
-                *candidate = None;
+        for item in &mut to_encode {
+            let may_have_base = item.candidates[0].is_some() || item.sketch.is_some();
+            item.try_delta = may_have_base && delta_trials.worth_trying();
+            if !item.try_delta {
+                item.candidates = [None; 3];
             }
         }
+        self.find_similar(&mut to_encode).await;
         let bases = self.delta_bases(&to_encode).await;
         let level = self.inner.settings.ingest.zstd_level;
         let mut compressibility = self.compressibility;
         let (encoded, compressibility, delta_trials) = crate::compute::run(move || {
             let encoded = to_encode
                 .into_iter()
-                .map(|(at, id, chunk, candidate)| {
-                    let (codec, stored) = if compressibility.worth_trying() {
-                        let (codec, stored) = encode(&chunk, level);
-                        compressibility.record(codec == Codec::Zstd);
-                        (codec, stored)
-                    } else {
-                        (Codec::Raw, chunk.clone())
-                    };
-                    // (A chunk chosen to try whose base could not be had says nothing about
-                    // the content: neither a hit nor a miss is recorded.)
-                    let base = candidate.and_then(|candidate| bases.get(&candidate));
-                    if let Some(base) = base {
-                        let delta = delta::encode(&chunk, &base.plain, level.max(delta::MIN_LEVEL))
-                            .filter(|d| delta::pays(d.len(), stored.len(), base.past_the_chain));
-                        delta_trials.record(delta.is_some());
-                        if let Some(delta) = delta {
+                .map(
+                    |ToEncode {
+                         at,
+                         id,
+                         chunk,
+                         sketch,
+                         candidates,
+                         ..
+                     }| {
+                        let (codec, stored) = if compressibility.worth_trying() {
+                            let (codec, stored) = encode(&chunk, level);
+                            compressibility.record(codec == Codec::Zstd);
+                            (codec, stored)
+                        } else {
+                            (Codec::Raw, chunk.clone())
+                        };
+                        // Incompressible content is no use as a base later.
+                        let sketch = sketch.filter(|_| codec == Codec::Zstd);
+                        // The smallest delta against the candidates whose bases could be had (a
+                        // chunk whose bases could not be read says nothing about the content:
+                        // neither a hit nor a miss is recorded).
+                        let mut tried = false;
+                        let mut best: Option<(Vec<u8>, &Base)> = None;
+                        for base in candidates.iter().flatten().filter_map(|c| bases.get(c)) {
+                            tried = true;
+                            let delta = delta::encode(&chunk, &base.plain, level.max(delta::MIN_LEVEL))
+                                .filter(|d| delta::pays(d.len(), stored.len(), base.past_the_chain));
+                            if let Some(delta) = delta
+                                && best
+                                    .as_ref()
+                                    .is_none_or(|(smallest, _)| delta.len() < smallest.len())
+                            {
+                                best = Some((delta, base));
+                            }
+                        }
+                        if tried {
+                            delta_trials.record(best.is_some());
+                        }
+                        if let Some((delta, base)) = best {
                             let saved = (stored.len() - delta.len()) as u64;
                             return Encoded {
                                 at,
@@ -603,19 +650,21 @@ impl Upload {
                                 stored: Bytes::from(delta),
                                 delta: Some((base.id, base.depth)),
                                 saved,
+                                sketch,
                             };
                         }
-                    }
-                    Encoded {
-                        at,
-                        id,
-                        raw_len: chunk.len() as u32,
-                        codec,
-                        stored,
-                        delta: None,
-                        saved: 0,
-                    }
-                })
+                        Encoded {
+                            at,
+                            id,
+                            raw_len: chunk.len() as u32,
+                            codec,
+                            stored,
+                            delta: None,
+                            saved: 0,
+                            sketch,
+                        }
+                    },
+                )
                 .collect::<Vec<_>>();
             (encoded, compressibility, delta_trials)
         })
@@ -626,6 +675,9 @@ impl Upload {
         for chunk in &encoded {
             self.new_chunks
                 .set_encoded(chunk.at, chunk.codec, chunk.stored.len() as u32, chunk.delta);
+            if let Some(sketch) = chunk.sketch {
+                self.new_chunks.set_sketch(chunk.at, sketch);
+            }
             self.new_raw_size += u64::from(chunk.raw_len);
             self.delta_saved_bytes += chunk.saved;
             if chunk.delta.is_some() {
@@ -656,20 +708,70 @@ impl Upload {
         Ok(())
     }
 
+    /// Gives each chunk that tries a delta the two stored chunks most like it as further
+    /// candidates: those sharing the most features, among equals those whose chains may
+    /// still grow, the deepest first (the most recent edit of a chain). Sharing a feature
+    /// only proposes a base: the delta is encoded and kept when it pays. A lookup that
+    /// fails costs only these candidates.
+    async fn find_similar(&self, to_encode: &mut [ToEncode]) {
+        let sketches: Vec<Sketch> = to_encode
+            .iter()
+            .filter(|item| item.try_delta)
+            .filter_map(|item| item.sketch)
+            .collect();
+        if sketches.is_empty() {
+            return;
+        }
+        let similar = match self.inner.catalog.similar_chunks(&self.tenant, &sketches).await {
+            Ok(similar) => similar,
+            Err(error) => {
+                tracing::warn!(upload_id = %self.upload_id, %error, "similar chunks could not be looked up; this part of the upload tries fewer delta bases");
+                return;
+            }
+        };
+        let mut by_feature: HashMap<(usize, i64), Vec<usize>> = HashMap::new();
+        for (at, chunk) in similar.iter().enumerate() {
+            for (slot, feature) in chunk.sketch.0.iter().enumerate() {
+                by_feature.entry((slot, *feature)).or_default().push(at);
+            }
+        }
+        let max_depth = self.inner.settings.ingest.delta_max_depth;
+        for item in to_encode.iter_mut().filter(|item| item.try_delta) {
+            let Some(sketch) = item.sketch else { continue };
+            let mut shared: HashMap<usize, usize> = HashMap::new();
+            for (slot, feature) in sketch.0.iter().enumerate() {
+                for &at in by_feature.get(&(slot, *feature)).into_iter().flatten() {
+                    *shared.entry(at).or_default() += 1;
+                }
+            }
+            let mut ranked: Vec<(usize, usize)> = shared.into_iter().collect();
+            ranked.sort_unstable_by_key(|&(at, count)| {
+                let depth = similar[at].depth;
+                std::cmp::Reverse((count, depth < max_depth, depth, std::cmp::Reverse(at)))
+            });
+            let position = item.candidates[0];
+            let mut more = ranked
+                .into_iter()
+                .map(|(at, _)| similar[at].chunk_id)
+                .filter(|id| Some(*id) != position);
+            item.candidates[1] = more.next();
+            item.candidates[2] = more.next();
+        }
+    }
+
     /// The bases the chunks to encode may be stored as deltas against, by the candidate
     /// each was aligned with: the candidate itself, or, when the candidate's own chain is
     /// as deep as allowed, the candidate's base (so chains never grow past
     /// `ingest.delta_max_depth`, and later versions keep finding a base close to them).
     /// Each with the depth a delta against it has, and its plain content. A base that
     /// cannot be read now costs only the delta: the chunk is stored on its own.
-    async fn delta_bases(
-        &self,
-        to_encode: &[(usize, ChunkId, Bytes, Option<ChunkId>)],
-    ) -> HashMap<ChunkId, Base> {
-        let candidates: Vec<ChunkId> = to_encode
+    async fn delta_bases(&self, to_encode: &[ToEncode]) -> HashMap<ChunkId, Base> {
+        let mut candidates: Vec<ChunkId> = to_encode
             .iter()
-            .filter_map(|(.., candidate)| *candidate)
+            .flat_map(|item| item.candidates.iter().flatten().copied())
             .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
         if candidates.is_empty() {
             return HashMap::new();
         }
@@ -725,7 +827,7 @@ impl Upload {
         match found.await {
             Ok(bases) => bases,
             Err(error) => {
-                tracing::warn!(upload_id = %self.upload_id, %error, "the previous version's chunks could not be read; this part of the upload is stored without deltas");
+                tracing::warn!(upload_id = %self.upload_id, %error, "the delta bases could not be read; this part of the upload is stored without deltas");
                 HashMap::new()
             }
         }
@@ -894,6 +996,22 @@ struct Encoded {
     delta: Option<(ChunkId, u8)>,
     /// What the delta saved against the chunk's own encoding.
     saved: u64,
+    /// Its resemblance sketch, when it is compressible and long enough to have one.
+    sketch: Option<Sketch>,
+}
+
+/// A new chunk on its way to being encoded.
+struct ToEncode {
+    /// Its place in the upload's new chunks.
+    at: usize,
+    id: ChunkId,
+    chunk: Bytes,
+    sketch: Option<Sketch>,
+    /// Chunks to try as its delta base: the previous version's chunk at the same place,
+    /// and the two stored chunks most like it.
+    candidates: [Option<ChunkId>; 3],
+    /// Whether a delta is tried (see `Upload::delta_trials`).
+    try_delta: bool,
 }
 
 /// Aborts a task when the pipeline that spawned it ends early.

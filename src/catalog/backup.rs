@@ -412,12 +412,25 @@ impl Catalog {
         let mut pack_ids: BTreeSet<String> = BTreeSet::new();
         for batch in chunk_ids.chunks(BATCH_ROWS) {
             let sql = format!(
-                "SELECT chunk_id, pack_id, pack_offset, stored_length, raw_length, codec, base_chunk_id, delta_depth \
-                 FROM chunks WHERE tenant = {} AND chunk_id IN ({})",
+                "SELECT chunk_id, pack_id, pack_offset, stored_length, raw_length, codec, base_chunk_id, delta_depth, \
+                 resemblance_0, resemblance_1, resemblance_2, resemblance_3 FROM chunks WHERE tenant = {} AND chunk_id IN ({})",
                 self.dialect.placeholders(1, 1),
                 self.dialect.placeholders(2, batch.len())
             );
-            type Row = (Vec<u8>, String, i64, i64, i64, i64, Option<Vec<u8>>, i64);
+            type Row = (
+                Vec<u8>,
+                String,
+                i64,
+                i64,
+                i64,
+                i64,
+                Option<Vec<u8>>,
+                i64,
+                Option<i64>,
+                Option<i64>,
+                Option<i64>,
+                Option<i64>,
+            );
             let mut query = sqlx::query_as::<_, Row>(AssertSqlSafe(sql)).bind(tenant);
             for id in batch {
                 query = query.bind(id.0.to_vec());
@@ -432,7 +445,9 @@ impl Catalog {
                     batch.len() - rows.len()
                 )));
             }
-            for (chunk_id, pack_id, offset, stored_length, raw_length, codec, base, depth) in rows {
+            for (chunk_id, pack_id, offset, stored_length, raw_length, codec, base, depth, r0, r1, r2, r3) in
+                rows
+            {
                 pack_ids.insert(pack_id.clone());
                 export.chunks.push(ChunkImage {
                     chunk_id: hex(&chunk_id),
@@ -443,6 +458,10 @@ impl Catalog {
                     codec,
                     base: base.as_deref().map(hex),
                     depth,
+                    resemblance: match (r0, r1, r2, r3) {
+                        (Some(r0), Some(r1), Some(r2), Some(r3)) => Some([r0, r1, r2, r3]),
+                        _ => None,
+                    },
                 });
             }
         }
@@ -1051,8 +1070,8 @@ impl Catalog {
                 };
                 sqlx::query(
                     "INSERT INTO chunks (tenant, chunk_id, pack_id, pack_offset, stored_length, raw_length, codec, \
-                     base_chunk_id, delta_depth) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (tenant, chunk_id) DO NOTHING",
+                     base_chunk_id, delta_depth, resemblance_0, resemblance_1, resemblance_2, resemblance_3) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (tenant, chunk_id) DO NOTHING",
                 )
                 .bind(tenant)
                 .bind(id.0.to_vec())
@@ -1063,6 +1082,10 @@ impl Catalog {
                 .bind(chunk.codec)
                 .bind(base)
                 .bind(chunk.depth)
+                .bind(chunk.resemblance.map(|r| r[0]))
+                .bind(chunk.resemblance.map(|r| r[1]))
+                .bind(chunk.resemblance.map(|r| r[2]))
+                .bind(chunk.resemblance.map(|r| r[3]))
                 .execute(&mut **tx)
                 .await
                 .map_err(|e| db_error("restoring the chunk index", e))?;

@@ -31,6 +31,7 @@ use crate::domain::event::EventKind;
 use crate::domain::{
     Artifact, ArtifactVersion, Error, LifecycleState, NameHolder, Result, StorageStats, Timestamp, Transition,
 };
+use crate::ingest::resemblance::Sketch;
 use crate::ingest::{ChunkId, Codec};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
@@ -43,6 +44,17 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("src/catalo
 
 /// Most rows a single statement binds; well below both dialects' parameter limits.
 const BATCH_ROWS: usize = 200;
+
+/// See [`Catalog::similar_chunks`].
+pub const SIMILAR_PER_SKETCH: usize = 8;
+
+/// A stored chunk resembling a new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimilarChunk {
+    pub chunk_id: ChunkId,
+    pub depth: u8,
+    pub sketch: Sketch,
+}
 
 const ARTIFACT_COLUMNS: &str = "id, tenant, project, artifact_type, name, description, tags, categories, \
      metadata, latest_version, version_count, created_by, created_at, updated_at, deleted_at";
@@ -599,18 +611,18 @@ impl Catalog {
         let mut lost_races: Vec<ChunkId> = Vec::new();
         let mut new_chunks = version.new_chunks.iter().peekable();
         while new_chunks.peek().is_some() {
-            let batch: Vec<(&str, crate::ingest::PackEntry, u8)> =
-                new_chunks.by_ref().take(BATCH_ROWS).collect();
+            type Row<'a> = (&'a str, crate::ingest::PackEntry, u8, Option<Sketch>);
+            let batch: Vec<Row> = new_chunks.by_ref().take(BATCH_ROWS).collect();
             let mut sql = format!(
                 "INSERT INTO chunks (tenant, chunk_id, pack_id, pack_offset, stored_length, raw_length, codec, \
-                 base_chunk_id, delta_depth) VALUES {}",
-                self.dialect.value_rows(batch.len(), 9)
+                 base_chunk_id, delta_depth, resemblance_0, resemblance_1, resemblance_2, resemblance_3) VALUES {}",
+                self.dialect.value_rows(batch.len(), 13)
             );
             // Two uploads racing on the same new chunk both stored it; the first index
             // entry wins and the other copy becomes garbage.
             sql.push_str(" ON CONFLICT (tenant, chunk_id) DO NOTHING RETURNING chunk_id");
             let mut query = sqlx::query_scalar::<_, Vec<u8>>(AssertSqlSafe(sql));
-            for (pack_id, entry, depth) in &batch {
+            for (pack_id, entry, depth, sketch) in &batch {
                 query = query
                     .bind(&scope.tenant)
                     .bind(entry.chunk_id.0.to_vec())
@@ -621,6 +633,9 @@ impl Catalog {
                     .bind(entry.codec as i64)
                     .bind(entry.base.map(|base| base.0.to_vec()))
                     .bind(i64::from(*depth));
+                for slot in 0..crate::ingest::resemblance::FEATURES {
+                    query = query.bind(sketch.map(|sketch| sketch.0[slot]));
+                }
             }
             let indexed: std::collections::HashSet<Vec<u8>> = query
                 .fetch_all(&mut **tx)
@@ -633,7 +648,7 @@ impl Catalog {
             lost_races.extend(
                 batch
                     .iter()
-                    .map(|(_, entry, _)| entry.chunk_id)
+                    .map(|(_, entry, ..)| entry.chunk_id)
                     .filter(|id| !indexed.contains(id.0.as_slice())),
             );
         }
@@ -1010,6 +1025,52 @@ impl Catalog {
                 rows.iter()
                     .filter_map(|(raw, stored)| Some((chunk_id_from_row(raw)?, *stored as u64))),
             );
+        }
+        Ok(found)
+    }
+
+    /// The tenant's stored chunks that share a feature with one of `sketches`, with
+    /// their sketches and delta depths: where a new chunk may find a delta base. At most
+    /// [`SIMILAR_PER_SKETCH`] chunks a sketch on average are returned (near-copies of one
+    /// chunk all match; a few of them are enough to choose from).
+    pub async fn similar_chunks(&self, tenant: &str, sketches: &[Sketch]) -> Result<Vec<SimilarChunk>> {
+        use crate::ingest::resemblance::FEATURES;
+        let mut found = Vec::new();
+        for batch in sketches.chunks(BATCH_ROWS / 2) {
+            let count = batch.len();
+            let terms: Vec<String> = (0..FEATURES)
+                .map(|slot| {
+                    format!(
+                        "resemblance_{slot} IN ({})",
+                        self.dialect.placeholders(2 + slot * count, count)
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "SELECT chunk_id, delta_depth, resemblance_0, resemblance_1, resemblance_2, resemblance_3 FROM chunks \
+                 WHERE tenant = {} AND ({}) LIMIT {}",
+                self.dialect.placeholders(1, 1),
+                terms.join(" OR "),
+                count * SIMILAR_PER_SKETCH
+            );
+            type Row = (Vec<u8>, i64, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+            let mut query = sqlx::query_as::<_, Row>(AssertSqlSafe(sql)).bind(tenant);
+            for slot in 0..FEATURES {
+                for sketch in batch {
+                    query = query.bind(sketch.0[slot]);
+                }
+            }
+            let rows = query
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error("looking up similar chunks", e))?;
+            found.extend(rows.into_iter().filter_map(|(raw, depth, r0, r1, r2, r3)| {
+                Some(SimilarChunk {
+                    chunk_id: chunk_id_from_row(&raw)?,
+                    depth: depth as u8,
+                    sketch: Sketch([r0?, r1?, r2?, r3?]),
+                })
+            }));
         }
         Ok(found)
     }

@@ -188,6 +188,10 @@ pub struct ChunkImage {
     pub base: Option<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub depth: i64,
+    /// The chunk's resemblance sketch (its keyed features), so restored chunks are
+    /// found as delta bases again. Absent for chunks without one and in older backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resemblance: Option<[i64; 4]>,
 }
 
 fn is_zero(value: &i64) -> bool {

@@ -47,6 +47,14 @@ impl TenantKey {
     pub fn chunk_id(&self, data: &[u8]) -> ChunkId {
         ChunkId(*blake3::keyed_hash(&self.0, data).as_bytes())
     }
+
+    /// A keyed hash of a resemblance sketch's features, separate from chunk ids.
+    pub fn resemblance_hash(&self, features: &[u8]) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new_keyed(&self.0);
+        hasher.update(b"artifactd resemblance v1\0");
+        hasher.update(features);
+        *hasher.finalize().as_bytes()
+    }
 }
 
 impl fmt::Debug for TenantKey {
@@ -130,6 +138,11 @@ impl Compressibility {
             return true;
         }
         false
+    }
+
+    /// Whether the last tries failed often enough that only samples are tried now.
+    pub fn giving_up(&self) -> bool {
+        self.misses >= Self::GIVE_UP_AFTER
     }
 
     pub fn record(&mut self, compressed: bool) {

@@ -8,6 +8,7 @@ pub mod extract;
 pub mod manifest;
 pub mod new_chunks;
 pub mod pack;
+pub mod resemblance;
 pub mod sealing;
 
 pub use chunk::{ChunkId, Codec, TenantKey};

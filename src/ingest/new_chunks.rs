@@ -2,12 +2,13 @@
 //! pack and final position when that pack is sealed. What the catalog indexes when the
 //! upload commits, and what the upload dedups its own repeats against while it runs.
 //!
-//! An upload holds one of these for its whole content, so it is kept small: 56 bytes a chunk
+//! An upload holds one of these for its whole content, so it is kept small: 64 bytes a chunk
 //! plus a table of 4-byte positions (about 4.5 MiB for 1 GiB at the 16 KiB average chunk),
 //! where a map from id to entry with the pack's name per chunk took about four times that.
 
 use super::chunk::{ChunkId, Codec};
 use super::pack::PackEntry;
+use super::resemblance::Sketch;
 use hashbrown::HashTable;
 use std::sync::Arc;
 
@@ -24,9 +25,12 @@ struct Placed {
     codec: Codec,
     /// How many bases decoding the chunk goes through (0: none).
     depth: u8,
+    /// Index into `NewChunks::sketches`, or [`NONE`] (fits in the entry's padding).
+    sketch: u32,
 }
 
-const NO_BASE: u32 = u32::MAX;
+const NONE: u32 = u32::MAX;
+const NO_BASE: u32 = NONE;
 
 #[derive(Debug, Clone, Default)]
 pub struct NewChunks {
@@ -35,6 +39,8 @@ pub struct NewChunks {
     entries: Vec<Placed>,
     /// The bases of delta chunks (few: only chunks of an update that differ a little).
     bases: Vec<ChunkId>,
+    /// The resemblance sketches of chunks that have one (compressible chunks long enough).
+    sketches: Vec<Sketch>,
     /// Entries before this one are in sealed packs; later ones wait for the pack being filled.
     sealed: usize,
     /// Positions in `entries`, found by chunk id.
@@ -78,6 +84,7 @@ impl NewChunks {
             base: NO_BASE,
             codec: Codec::Raw,
             depth: 0,
+            sketch: NONE,
         });
         let entries = &self.entries;
         self.by_id.insert_unique(hash_of(&chunk_id), at as u32, |&i| {
@@ -100,6 +107,12 @@ impl NewChunks {
         entry.stored_len = stored_len;
         entry.base = base;
         entry.depth = delta.map_or(0, |(_, depth)| depth);
+    }
+
+    /// The resemblance sketch of the chunk at `at`, for later chunks to find it as a base.
+    pub fn set_sketch(&mut self, at: usize, sketch: Sketch) {
+        self.sketches.push(sketch);
+        self.entries[at].sketch = (self.sketches.len() - 1) as u32;
     }
 
     /// The stored length of the chunk at `at` as encoded (before any sealing tag), the
@@ -147,8 +160,9 @@ impl NewChunks {
         self.sealed == self.entries.len()
     }
 
-    /// Every chunk in a sealed pack, with its pack's name and its depth of deltas.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, PackEntry, u8)> + '_ {
+    /// Every chunk in a sealed pack, with its pack's name, its depth of deltas and its
+    /// resemblance sketch.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, PackEntry, u8, Option<Sketch>)> + '_ {
         self.entries[..self.sealed].iter().map(|placed| {
             (
                 self.packs[placed.pack as usize].0.as_ref(),
@@ -161,6 +175,7 @@ impl NewChunks {
                     base: (placed.base != NO_BASE).then(|| self.bases[placed.base as usize]),
                 },
                 placed.depth,
+                (placed.sketch != NONE).then(|| self.sketches[placed.sketch as usize]),
             )
         })
     }
@@ -222,6 +237,7 @@ mod tests {
         chunks.set_encoded(a, Codec::Zstd, 40, None);
         chunks.set_encoded(b, Codec::ZstdDelta, 200, Some((id(9), 3)));
         chunks.set_encoded(c, Codec::Raw, 300, None);
+        chunks.set_sketch(b, Sketch([1, 2, 3, 4]));
         assert_eq!(chunks.bases(), &[id(9)]);
         assert_eq!(chunks.stored_len(a), 40);
         assert_eq!(chunks.iter().count(), 0, "nothing sealed yet");
@@ -247,22 +263,38 @@ mod tests {
         chunks.seal(Arc::from("pack-2"), &[entry(id(200), 0, 316, 300, Codec::Raw)]);
         assert_eq!(chunks.stored_len(c), 300);
         assert!(chunks.all_sealed());
-        let indexed: Vec<(String, PackEntry, u8)> = chunks
+        let indexed: Vec<(String, PackEntry, u8, Option<Sketch>)> = chunks
             .iter()
-            .map(|(pack, e, depth)| (pack.to_owned(), e, depth))
+            .map(|(pack, e, depth, sketch)| (pack.to_owned(), e, depth, sketch))
             .collect();
         assert_eq!(
             indexed,
             vec![
-                ("pack-1".to_owned(), entry(id(1), 0, 56, 100, Codec::Zstd), 0),
+                (
+                    "pack-1".to_owned(),
+                    entry(id(1), 0, 56, 100, Codec::Zstd),
+                    0,
+                    None
+                ),
                 (
                     "pack-1".to_owned(),
                     entry(id(2), 56, 216, 200, Codec::ZstdDelta),
-                    3
+                    3,
+                    Some(Sketch([1, 2, 3, 4]))
                 ),
-                ("pack-2".to_owned(), entry(id(200), 0, 316, 300, Codec::Raw), 0),
+                (
+                    "pack-2".to_owned(),
+                    entry(id(200), 0, 316, 300, Codec::Raw),
+                    0,
+                    None
+                ),
             ]
         );
+    }
+
+    #[test]
+    fn an_entry_stays_within_64_bytes() {
+        assert!(std::mem::size_of::<Placed>() <= 64);
     }
 
     #[test]
