@@ -828,3 +828,149 @@ async fn collection_meets_uploads_and_policies_on_postgres() {
     catalog.close().await;
     database.drop_database().await;
 }
+
+/// A manifest of `len` chunks; `changed` entries get other chunk ids.
+fn long_manifest(len: u64, changed: &[u64], salt: u64) -> artifactd::ingest::Manifest {
+    (0..len)
+        .map(|n| {
+            let seed = if changed.contains(&n) {
+                n + 1_000_000 * (salt + 1)
+            } else {
+                n
+            };
+            artifactd::ingest::ManifestEntry {
+                chunk_id: ChunkId(*blake3::hash(&seed.to_le_bytes()).as_bytes()),
+                raw_len: 16384,
+            }
+        })
+        .collect()
+}
+
+/// Long manifests are stored as segments shared between versions: a one-chunk edit of a
+/// 4,096-chunk artifact adds a few KB, not a 147 KB chunk list; every version reads its
+/// manifest back whole; counts stay exact under concurrent commits and purges, and purging
+/// the last version naming a segment deletes it.
+async fn long_manifests_share_segments(catalog: Catalog) {
+    let dialect = catalog.dialect();
+    let scope = Scope::new("acme", "segments");
+    let now = artifactd::domain::now_micros();
+    let mut v1 = new_version("1.0.0", Vec::new(), Vec::new());
+    v1.manifest = long_manifest(4096, &[], 0);
+    let whole_len = v1.manifest.encoded().len() as u64;
+    let (artifact, _) = catalog
+        .create_artifact(&new_artifact(&scope, "big.bin"), &v1)
+        .await
+        .unwrap();
+    let first = catalog.audit_manifest_segments().await.unwrap();
+    assert!(first.problems.is_empty(), "{dialect:?}: {:?}", first.problems);
+    assert!(
+        first.segments >= 16 && first.row_bytes < whole_len / 20,
+        "{dialect:?}: {first:?}"
+    );
+    let mut v2 = new_version("1.1.0", Vec::new(), Vec::new());
+    v2.manifest = long_manifest(4096, &[2000], 0);
+    catalog
+        .add_version(&scope, &artifact.id, "1.0.0", &v2)
+        .await
+        .unwrap();
+    let second = catalog.audit_manifest_segments().await.unwrap();
+    let added = (second.bytes + second.row_bytes) - (first.bytes + first.row_bytes);
+    assert!(
+        added < 12_000,
+        "{dialect:?}: a one-chunk edit added {added} catalog bytes (the whole manifest is {whole_len})"
+    );
+    for (version, manifest) in [("1.0.0", &v1.manifest), ("1.1.0", &v2.manifest)] {
+        assert_eq!(
+            catalog.manifest(&artifact.id, version).await.unwrap(),
+            manifest.encoded().to_vec(),
+            "{dialect:?}: {version} reads back whole"
+        );
+    }
+
+    // Concurrent commits of versions sharing segments, in several artifacts, then purges.
+    let mut tasks = Vec::new();
+    for writer in 0..6u64 {
+        let catalog = catalog.clone();
+        let scope = scope.clone();
+        tasks.push(tokio::spawn(async move {
+            let name = format!("copy-{writer}.bin");
+            let mut first = new_version("1.0.0", Vec::new(), Vec::new());
+            first.manifest = long_manifest(4096, &[writer * 500], writer);
+            let (artifact, _) = catalog
+                .create_artifact(&new_artifact(&scope, &name), &first)
+                .await
+                .unwrap();
+            for step in 1..4u64 {
+                let mut next = new_version(&format!("1.{step}.0"), Vec::new(), Vec::new());
+                next.manifest = long_manifest(4096, &[writer * 500, step * 997], writer * 10 + step);
+                catalog
+                    .add_version(&scope, &artifact.id, &format!("1.{}.0", step - 1), &next)
+                    .await
+                    .unwrap();
+                let old = format!("1.{}.0", step - 1);
+                catalog
+                    .delete_version(&scope, &artifact.id, &old, "tester", now)
+                    .await
+                    .unwrap();
+                assert!(
+                    catalog
+                        .purge(&scope, &artifact.id, Some(&old), now)
+                        .await
+                        .unwrap()
+                );
+                let read = catalog
+                    .manifest(&artifact.id, &format!("1.{step}.0"))
+                    .await
+                    .unwrap();
+                assert_eq!(read, next.manifest.encoded().to_vec());
+            }
+            artifact.id
+        }));
+    }
+    let mut copies = Vec::new();
+    for task in tasks {
+        copies.push(task.await.unwrap());
+    }
+    let busy = catalog.audit_manifest_segments().await.unwrap();
+    assert!(busy.problems.is_empty(), "{dialect:?}: {:?}", busy.problems);
+
+    // Purging the older version deletes only the segments no other version names.
+    catalog
+        .delete_version(&scope, &artifact.id, "1.0.0", "tester", now)
+        .await
+        .unwrap();
+    assert!(
+        catalog
+            .purge(&scope, &artifact.id, Some("1.0.0"), now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        catalog.manifest(&artifact.id, "1.1.0").await.unwrap(),
+        v2.manifest.encoded().to_vec()
+    );
+    // Every artifact deleted and purged: no segment is left.
+    for id in copies.iter().chain([&artifact.id]) {
+        catalog.soft_delete(&scope, id, "tester", now).await.unwrap();
+        assert!(catalog.purge(&scope, id, None, now).await.unwrap());
+    }
+    let end = catalog.audit_manifest_segments().await.unwrap();
+    assert!(end.problems.is_empty(), "{dialect:?}: {:?}", end.problems);
+    assert_eq!(end.segments, 0, "{dialect:?}: segments outlived every version");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_manifests_share_segments_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    long_manifests_share_segments(Catalog::connect(&url, 4).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_manifests_share_segments_on_postgres() {
+    let database = TestDatabase::create().await;
+    let catalog = Catalog::connect(&database.url, 8).await.unwrap();
+    long_manifests_share_segments(catalog.clone()).await;
+    catalog.close().await;
+    database.drop_database().await;
+}

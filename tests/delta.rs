@@ -372,7 +372,10 @@ async fn similar_content_elsewhere_is_stored_as_a_delta(postgres: bool) {
         .collect();
     documents.sort_by_key(|d| std::cmp::Reverse(d.len()));
     let (one, two) = (documents[0].clone(), documents[1].clone());
-    assert!(two.len() > 32 * 1024, "the corpus' documents are too small for this test");
+    assert!(
+        two.len() > 32 * 1024,
+        "the corpus' documents are too small for this test"
+    );
 
     // A document copied, edited throughout, into a new artifact: no previous version, no
     // shared chunk, only resemblance finds its bases.
@@ -435,10 +438,21 @@ async fn similar_content_elsewhere_is_stored_as_a_delta(postgres: bool) {
         .unwrap();
     collect(&first, 3).await;
     let expected: Uploaded = vec![
-        (copy_id.clone(), vec![(copy_version.version.clone(), copy_content.clone())]),
-        (bundle_id.clone(), vec![(swapped_version.version.clone(), swapped.clone())]),
+        (
+            copy_id.clone(),
+            vec![(copy_version.version.clone(), copy_content.clone())],
+        ),
+        (
+            bundle_id.clone(),
+            vec![(swapped_version.version.clone(), swapped.clone())],
+        ),
     ];
-    read_back(&mut client, &expected, "after the original was purged and collected").await;
+    read_back(
+        &mut client,
+        &expected,
+        "after the original was purged and collected",
+    )
+    .await;
     check_clean(&first).await;
     drop(client);
     first.terminate();

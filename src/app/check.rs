@@ -9,7 +9,7 @@ use crate::domain::encryption::TenantKeyState;
 use crate::domain::{Error, Result};
 use crate::ingest::chunk::decode;
 use crate::ingest::pack::read_trailer;
-use crate::ingest::{ChunkId, Manifest, PackId, TenantKey};
+use crate::ingest::{ChunkId, PackId, TenantKey};
 use crate::storage::{DynBlobStore, GetOptions};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -70,7 +70,7 @@ impl Artifacts {
                     "{}/{} {}@{}",
                     stored.scope.tenant, stored.scope.project, stored.artifact_id, stored.version
                 );
-                let manifest = match Manifest::decode(std::mem::take(&mut stored.manifest)) {
+                let manifest = match std::mem::replace(&mut stored.manifest, Err(String::new())) {
                     Ok(manifest) => manifest,
                     Err(error) => {
                         report
@@ -189,6 +189,9 @@ impl Artifacts {
                 }
             }
         }
+        report
+            .problems
+            .extend(catalog.audit_manifest_segments().await?.problems);
         Ok(report)
     }
 

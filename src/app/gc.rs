@@ -26,7 +26,7 @@ use crate::catalog::{GcPack, Tombstoned};
 use crate::domain::{Error, Result, now_micros};
 use crate::ingest::chunk::decode;
 use crate::ingest::pack::read_trailer;
-use crate::ingest::{ChunkId, Manifest, PackBuilder, PackId, TenantKey};
+use crate::ingest::{ChunkId, PackBuilder, PackId, TenantKey};
 use crate::storage::GetOptions;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -352,7 +352,7 @@ impl Artifacts {
             after = Some((last.artifact_id.clone(), last.seq));
             for mut stored in batch {
                 report.versions_scanned += 1;
-                let manifest = Manifest::decode(std::mem::take(&mut stored.manifest)).map_err(|error| {
+                let manifest = std::mem::replace(&mut stored.manifest, Err(String::new())).map_err(|error| {
                     // Never collect on a partial picture.
                     Error::DataLoss(format!(
                         "the manifest of {}@{} does not decode ({error}); collection stopped without deleting anything",

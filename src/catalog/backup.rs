@@ -388,7 +388,7 @@ impl Catalog {
         let mut export = Export::default();
         let mut chunk_ids: BTreeSet<ChunkId> = BTreeSet::new();
         for id in ids {
-            let Some(image) = image_in(&mut tx, id).await? else {
+            let Some(image) = self.image_in(&mut tx, id).await? else {
                 continue;
             };
             if image.tenant != tenant {
@@ -516,7 +516,7 @@ impl Catalog {
     /// One artifact as an image, read outside any snapshot (for point-in-time restore).
     pub async fn artifact_image(&self, artifact_id: &str) -> Result<Option<ArtifactImage>> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
-        let image = image_in(&mut tx, artifact_id).await?;
+        let image = self.image_in(&mut tx, artifact_id).await?;
         tx.commit().await.map_err(|e| db_error("committing", e))?;
         Ok(image)
     }
@@ -874,7 +874,7 @@ impl Catalog {
                 .await
                 .map_err(|e| db_error("locking an artifact", e))?;
         }
-        let current = image_in(&mut tx, &target_id).await?;
+        let current = self.image_in(&mut tx, &target_id).await?;
         if let Some(current) = &current
             && (current.tenant != wanted.tenant || current.project != wanted.project)
         {
@@ -1344,6 +1344,18 @@ impl Catalog {
                 .fetch_optional(&mut **tx)
                 .await
                 .map_err(|e| db_error("reading versions", e))?;
+        let manifest = Manifest::decode(version.manifest.clone()).map_err(|error| {
+            Error::DataLoss(format!(
+                "the manifest of version {} does not decode ({error})",
+                version.version
+            ))
+        })?;
+        let tenant: String = sqlx::query_scalar("SELECT tenant FROM artifacts WHERE id = $1")
+            .bind(artifact_id)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(|e| db_error("reading an artifact", e))?;
+        let manifest = self.store_manifest(tx, &tenant, &manifest).await?;
         let seq = if seq_taken.is_some() {
             let (max,): (i64,) =
                 sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM versions WHERE artifact_id = $1")
@@ -1376,7 +1388,7 @@ impl Catalog {
         .bind(map_json(&version.metadata))
         .bind(&version.content_type)
         .bind(&version.extracted)
-        .bind(version.manifest.clone())
+        .bind(manifest)
         .bind(version.state.as_str())
         .bind(&version.run_id)
         .bind(&version.run_workflow)
@@ -1459,8 +1471,27 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// One artifact, everything about it, as the transaction sees it.
-async fn image_in(tx: &mut Tx, artifact_id: &str) -> Result<Option<ArtifactImage>> {
+impl Catalog {
+    /// One artifact, everything about it, as the transaction sees it (manifests whole).
+    async fn image_in(&self, tx: &mut Tx, artifact_id: &str) -> Result<Option<ArtifactImage>> {
+        let Some(mut image) = image_rows_in(tx, artifact_id).await? else {
+            return Ok(None);
+        };
+        let stored: Vec<Vec<u8>> = image
+            .versions
+            .iter_mut()
+            .map(|version| std::mem::take(&mut version.manifest))
+            .collect();
+        let whole = self.whole_manifests(tx, &image.tenant, stored).await?;
+        for (version, manifest) in image.versions.iter_mut().zip(whole) {
+            version.manifest = manifest;
+        }
+        Ok(Some(image))
+    }
+}
+
+/// One artifact, everything about it, as its rows hold it (manifests as stored).
+async fn image_rows_in(tx: &mut Tx, artifact_id: &str) -> Result<Option<ArtifactImage>> {
     let row = sqlx::query(
         "SELECT id, tenant, project, artifact_type, name, description, tags, categories, metadata, latest_version, \
          created_by, created_at, updated_at, deleted_at, deleted_by FROM artifacts WHERE id = $1",

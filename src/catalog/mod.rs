@@ -12,6 +12,8 @@ mod gc;
 mod keys;
 mod lifecycle;
 mod links;
+mod manifests;
+pub use manifests::SegmentAudit;
 mod records;
 mod replication;
 mod retention;
@@ -569,6 +571,7 @@ impl Catalog {
         seq: i64,
         version: &NewVersion,
     ) -> Result<()> {
+        let manifest = self.store_manifest(tx, &scope.tenant, &version.manifest).await?;
         let inserted = sqlx::query(
             "INSERT INTO versions (artifact_id, version, seq, size, stored_size, new_stored_size, \
              blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, extracted, manifest, state, \
@@ -589,7 +592,7 @@ impl Catalog {
         .bind(map_json(&version.metadata))
         .bind(&version.content_type)
         .bind(&version.extracted)
-        .bind(version.manifest.encoded().as_ref())
+        .bind(manifest)
                 .bind(version.state.as_str())
         .bind(version.produced_by.as_ref().map_or("", |r| r.run_id.as_str()))
         .bind(version.produced_by.as_ref().map_or("", |r| r.workflow.as_str()))
@@ -989,17 +992,29 @@ impl Catalog {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
+    /// A version's manifest, whole (its stored form, as `Manifest::decode` reads it).
     pub async fn manifest(&self, artifact_id: &str, version: &str) -> Result<Vec<u8>> {
-        let manifest: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT manifest FROM versions WHERE artifact_id = $1 AND version = $2")
-                .bind(artifact_id)
-                .bind(version)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| db_error("reading a manifest", e))?;
-        manifest.ok_or_else(|| {
+        let mut connection = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| db_error("reading a manifest", e))?;
+        let row: Option<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT a.tenant, v.manifest FROM versions v JOIN artifacts a ON a.id = v.artifact_id \
+             WHERE v.artifact_id = $1 AND v.version = $2",
+        )
+        .bind(artifact_id)
+        .bind(version)
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(|e| db_error("reading a manifest", e))?;
+        let (tenant, stored) = row.ok_or_else(|| {
             Error::not_found(format!("version {version} of artifact {artifact_id:?} not found"))
-        })
+        })?;
+        let mut whole = self
+            .whole_manifests(&mut connection, &tenant, vec![stored])
+            .await?;
+        Ok(whole.pop().expect("one manifest"))
     }
 
     // ---- chunks and packs ------------------------------------------------------------------
@@ -1231,14 +1246,36 @@ impl Catalog {
         if let Some(tenant) = tenant {
             query = query.bind(tenant);
         }
-        let rows = query
-            .fetch_all(&self.pool)
+        let mut connection = self
+            .pool
+            .acquire()
             .await
             .map_err(|e| db_error("reading manifests", e))?;
+        let rows = query
+            .fetch_all(&mut *connection)
+            .await
+            .map_err(|e| db_error("reading manifests", e))?;
+        // Segmented manifests put back together, a tenant at a time.
+        let mut by_tenant: HashMap<String, Vec<usize>> = HashMap::new();
+        for (at, (tenant, ..)) in rows.iter().enumerate() {
+            by_tenant.entry(tenant.clone()).or_default().push(at);
+        }
+        let mut manifests: Vec<std::result::Result<crate::ingest::Manifest, String>> =
+            vec![Err(String::new()); rows.len()];
+        for (tenant, positions) in by_tenant {
+            let stored = positions.iter().map(|&at| rows[at].5.clone()).collect();
+            let whole = self.each_whole_manifest(&mut connection, &tenant, stored).await?;
+            for (at, manifest) in positions.into_iter().zip(whole) {
+                manifests[at] = manifest
+                    .map_err(|error| error.to_string())
+                    .and_then(crate::ingest::Manifest::decode);
+            }
+        }
         Ok(rows
             .into_iter()
+            .zip(manifests)
             .map(
-                |(tenant, project, artifact_id, version, seq, manifest)| StoredManifest {
+                |((tenant, project, artifact_id, version, seq, _), manifest)| StoredManifest {
                     scope: Scope::new(tenant, project),
                     artifact_id,
                     version,

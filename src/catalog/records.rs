@@ -147,14 +147,14 @@ impl From<VersionRecord> for ArtifactVersion {
     }
 }
 
-/// A version's manifest as stored, for whole-catalog checks.
+/// A version's manifest, for whole-catalog checks: or why it cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredManifest {
     pub scope: Scope,
     pub artifact_id: String,
     pub version: String,
     pub seq: i64,
-    pub manifest: Vec<u8>,
+    pub manifest: std::result::Result<crate::ingest::Manifest, String>,
 }
 
 /// Where a chunk's stored bytes are.

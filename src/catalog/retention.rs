@@ -851,6 +851,16 @@ impl Catalog {
         if let Some(hold) = hold_on(&mut tx, artifact_id, version).await? {
             return Err(Error::FailedPrecondition(format!("not purged: {hold}")));
         }
+        // The manifests of what goes, for their segments' counts.
+        let going: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT v.manifest FROM versions v JOIN artifacts a ON a.id = v.artifact_id WHERE v.artifact_id = $1 \
+             AND ($2 = '' AND a.deleted_at IS NOT NULL OR v.version = $2 AND v.deleted_at IS NOT NULL)",
+        )
+        .bind(artifact_id)
+        .bind(version.unwrap_or(""))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| db_error("reading the manifests of a purge", e))?;
         let removed = match version {
             None => sqlx::query("DELETE FROM artifacts WHERE id = $1 AND deleted_at IS NOT NULL")
                 .bind(artifact_id)
@@ -871,6 +881,7 @@ impl Catalog {
         if removed == 0 {
             return Ok(false);
         }
+        self.release_manifests(&mut tx, &scope.tenant, &going).await?;
         if version.is_none() {
             sqlx::query("DELETE FROM artifact_grants WHERE artifact_id = $1")
                 .bind(artifact_id)

@@ -1,10 +1,23 @@
 //! A version's manifest: the ordered list of chunks that make up its content.
 //! Encoded compactly (36 bytes a chunk) because large artifacts have thousands of chunks.
+//!
+//! A long manifest is also cut into *segments* where its chunk ids say so (an id whose
+//! hash hits a pattern ends a segment), the way content-defined chunking cuts content: an
+//! edit that changes one chunk changes the segment holding it and leaves the others equal,
+//! so versions of a large artifact share all but a segment or two of their chunk lists.
 
 use super::chunk::ChunkId;
 
 const FORMAT_VERSION: u8 = 1;
-const ENTRY_LEN: usize = 36;
+/// Bytes of one entry in the stored form (and in a segment).
+pub const ENTRY_LEN: usize = 36;
+
+/// Segments hold at least this many entries (but the last)...
+pub const SEGMENT_MIN_ENTRIES: usize = 16;
+/// ...and at most this many.
+pub const SEGMENT_MAX_ENTRIES: usize = 256;
+/// One chunk id in this many ends a segment: 64 entries (2.3 KB) on average.
+const SEGMENT_CUT_ONE_IN: u32 = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ManifestEntry {
@@ -62,6 +75,47 @@ impl Manifest {
     /// The stored form.
     pub fn encoded(&self) -> &bytes::Bytes {
         &self.encoded
+    }
+
+    /// The manifest's segments, in order: each the stored form of its entries (a multiple of
+    /// [`ENTRY_LEN`] bytes, without the format byte), together the whole manifest.
+    pub fn segments(&self) -> Vec<bytes::Bytes> {
+        let mut segments = Vec::new();
+        let mut start = 0;
+        for (at, entry) in self.entries().enumerate() {
+            let len = at + 1 - start;
+            let cut_here = u32::from_le_bytes(entry.chunk_id.0[8..12].try_into().expect("4 bytes"))
+                % SEGMENT_CUT_ONE_IN
+                == 0;
+            if (len >= SEGMENT_MIN_ENTRIES && cut_here) || len == SEGMENT_MAX_ENTRIES {
+                segments.push(
+                    self.encoded
+                        .slice(1 + start * ENTRY_LEN..1 + (at + 1) * ENTRY_LEN),
+                );
+                start = at + 1;
+            }
+        }
+        if start < self.len() {
+            segments.push(self.encoded.slice(1 + start * ENTRY_LEN..));
+        }
+        segments
+    }
+
+    /// The manifest whose segments are `segments`, in order.
+    pub fn from_segments<'a>(segments: impl IntoIterator<Item = &'a [u8]>) -> Result<Self, String> {
+        let mut encoded = vec![FORMAT_VERSION];
+        for segment in segments {
+            if segment.is_empty() || !segment.len().is_multiple_of(ENTRY_LEN) {
+                return Err(format!(
+                    "a manifest segment of {} bytes is not whole entries",
+                    segment.len()
+                ));
+            }
+            encoded.extend_from_slice(segment);
+        }
+        Ok(Self {
+            encoded: encoded.into(),
+        })
     }
 
     /// Checks the stored form and keeps it as it is.
@@ -154,5 +208,50 @@ mod tests {
         assert!(Manifest::decode(manifest.encoded().slice(..40)).is_err());
         assert!(Manifest::decode(Vec::new()).is_err());
         assert!(Manifest::default().is_empty());
+    }
+
+    fn random_entry(seed: u64) -> ManifestEntry {
+        ManifestEntry {
+            chunk_id: ChunkId(*blake3::hash(&seed.to_le_bytes()).as_bytes()),
+            raw_len: 16384,
+        }
+    }
+
+    #[test]
+    fn segments_put_the_manifest_back_together_and_bound_their_size() {
+        let manifest: Manifest = (0..5000).map(random_entry).collect();
+        let segments = manifest.segments();
+        let back = Manifest::from_segments(segments.iter().map(|s| s.as_ref())).unwrap();
+        assert_eq!(back, manifest);
+        for (at, segment) in segments.iter().enumerate() {
+            let entries = segment.len() / ENTRY_LEN;
+            assert!(entries <= SEGMENT_MAX_ENTRIES);
+            assert!(entries >= SEGMENT_MIN_ENTRIES || at == segments.len() - 1);
+        }
+        let average = manifest.len() / segments.len();
+        assert!(
+            (32..=128).contains(&average),
+            "{average} entries a segment on average"
+        );
+        assert!(Manifest::from_segments([&[0u8; 35][..]]).is_err());
+        assert!(Manifest::default().segments().is_empty());
+        // A manifest of one repeated chunk is cut at the largest size.
+        let repeated: Manifest = (0..1000).map(|_| random_entry(1)).collect();
+        assert!(repeated.segments().len() >= 1000 / SEGMENT_MAX_ENTRIES);
+    }
+
+    #[test]
+    fn an_edited_chunk_changes_at_most_the_segments_around_it() {
+        let before: Manifest = (0..4096).map(random_entry).collect();
+        for changed in [0usize, 17, 2000, 4095] {
+            let after: Manifest = (0..4096u64)
+                .map(|n| random_entry(if n as usize == changed { 1_000_000 + n } else { n }))
+                .collect();
+            let old: std::collections::HashSet<bytes::Bytes> = before.segments().into_iter().collect();
+            let new = after.segments();
+            let fresh = new.iter().filter(|s| !old.contains(*s)).count();
+            assert!(fresh <= 2, "changing entry {changed} made {fresh} new segments");
+            assert!(new.len() >= 32);
+        }
     }
 }
