@@ -861,7 +861,7 @@ async fn long_manifests_share_segments(catalog: Catalog) {
         .create_artifact(&new_artifact(&scope, "big.bin"), &v1)
         .await
         .unwrap();
-    let first = catalog.audit_manifest_segments().await.unwrap();
+    let first = catalog.audit_shared_rows().await.unwrap();
     assert!(first.problems.is_empty(), "{dialect:?}: {:?}", first.problems);
     assert!(
         first.segments >= 16 && first.row_bytes < whole_len / 20,
@@ -873,7 +873,7 @@ async fn long_manifests_share_segments(catalog: Catalog) {
         .add_version(&scope, &artifact.id, "1.0.0", &v2)
         .await
         .unwrap();
-    let second = catalog.audit_manifest_segments().await.unwrap();
+    let second = catalog.audit_shared_rows().await.unwrap();
     let added = (second.bytes + second.row_bytes) - (first.bytes + first.row_bytes);
     eprintln!(
         "{dialect:?}: a one-chunk edit of 4,096 chunks added {added} catalog bytes ({} segments)",
@@ -935,7 +935,7 @@ async fn long_manifests_share_segments(catalog: Catalog) {
     for task in tasks {
         copies.push(task.await.unwrap());
     }
-    let busy = catalog.audit_manifest_segments().await.unwrap();
+    let busy = catalog.audit_shared_rows().await.unwrap();
     assert!(busy.problems.is_empty(), "{dialect:?}: {:?}", busy.problems);
 
     // Purging the older version deletes only the segments no other version names.
@@ -958,7 +958,7 @@ async fn long_manifests_share_segments(catalog: Catalog) {
         catalog.soft_delete(&scope, id, "tester", now).await.unwrap();
         assert!(catalog.purge(&scope, id, None, now).await.unwrap());
     }
-    let end = catalog.audit_manifest_segments().await.unwrap();
+    let end = catalog.audit_shared_rows().await.unwrap();
     assert!(end.problems.is_empty(), "{dialect:?}: {:?}", end.problems);
     assert_eq!(end.segments, 0, "{dialect:?}: segments outlived every version");
 }
@@ -975,6 +975,96 @@ async fn long_manifests_share_segments_on_postgres() {
     let database = TestDatabase::create().await;
     let catalog = Catalog::connect(&database.url, 8).await.unwrap();
     long_manifests_share_segments(catalog.clone()).await;
+    catalog.close().await;
+    database.drop_database().await;
+}
+
+/// Extracted metadata that only differs in its line count is stored once and read back
+/// with each version's own count; purging the last version naming it deletes it.
+async fn extracted_metadata_is_shared(catalog: Catalog) {
+    let dialect = catalog.dialect();
+    let scope = Scope::new("acme", "extracted");
+    let now = artifactd::domain::now_micros();
+    let extracted = |lines: u64, extra: &str| {
+        let mut headings: Vec<String> = (0..40).map(|n| format!("Functional requirement {n}")).collect();
+        headings.push(extra.to_owned());
+        serde_json::to_string(&artifactd::ingest::extract::Extracted {
+            is_text: true,
+            line_count: lines,
+            title: Some("Product requirements".into()),
+            headings,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let versions = [
+        ("1.0.0", extracted(100, "Scope")),
+        ("1.1.0", extracted(104, "Scope")),
+        ("1.2.0", extracted(111, "Scope")),
+        ("1.3.0", extracted(111, "Scope and limits")),
+    ];
+    let mut artifact_id: Option<String> = None;
+    let mut latest = String::new();
+    for (version, document) in &versions {
+        let mut new = new_version(version, Vec::new(), Vec::new());
+        new.extracted = document.clone();
+        artifact_id = Some(match &artifact_id {
+            None => catalog
+                .create_artifact(&new_artifact(&scope, "prd.md"), &new)
+                .await
+                .unwrap()
+                .0
+                .id
+                .to_string(),
+            Some(id) => {
+                catalog.add_version(&scope, id, &latest, &new).await.unwrap();
+                id.clone()
+            }
+        });
+        latest = version.to_string();
+    }
+    let id = artifact_id.unwrap();
+    for (version, document) in &versions {
+        let read = catalog.version(&id, version).await.unwrap().unwrap();
+        assert_eq!(
+            read.extracted,
+            serde_json::from_str::<artifactd::ingest::extract::Extracted>(document).unwrap(),
+            "{dialect:?}: {version} reads its own extracted metadata"
+        );
+    }
+    let audit = catalog.audit_shared_rows().await.unwrap();
+    assert!(audit.problems.is_empty(), "{dialect:?}: {:?}", audit.problems);
+    assert_eq!(
+        audit.documents, 2,
+        "{dialect:?}: three versions share one document"
+    );
+    for version in ["1.0.0", "1.1.0", "1.2.0"] {
+        catalog
+            .delete_version(&scope, &id, version, "tester", now)
+            .await
+            .unwrap();
+        assert!(catalog.purge(&scope, &id, Some(version), now).await.unwrap());
+    }
+    let audit = catalog.audit_shared_rows().await.unwrap();
+    assert!(audit.problems.is_empty(), "{dialect:?}: {:?}", audit.problems);
+    assert_eq!(
+        audit.documents, 1,
+        "{dialect:?}: the shared document went with its versions"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extracted_metadata_is_shared_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    extracted_metadata_is_shared(Catalog::connect(&url, 4).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extracted_metadata_is_shared_on_postgres() {
+    let database = TestDatabase::create().await;
+    let catalog = Catalog::connect(&database.url, 4).await.unwrap();
+    extracted_metadata_is_shared(catalog.clone()).await;
     catalog.close().await;
     database.drop_database().await;
 }

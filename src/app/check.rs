@@ -191,7 +191,7 @@ impl Artifacts {
         }
         report
             .problems
-            .extend(catalog.audit_manifest_segments().await?.problems);
+            .extend(catalog.audit_shared_rows().await?.problems);
         Ok(report)
     }
 

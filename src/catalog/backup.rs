@@ -1356,6 +1356,7 @@ impl Catalog {
             .await
             .map_err(|e| db_error("reading an artifact", e))?;
         let manifest = self.store_manifest(tx, &tenant, &manifest).await?;
+        let extracted = self.store_extracted(tx, &tenant, &version.extracted).await?;
         let seq = if seq_taken.is_some() {
             let (max,): (i64,) =
                 sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM versions WHERE artifact_id = $1")
@@ -1370,9 +1371,10 @@ impl Catalog {
         sqlx::query(
             "INSERT INTO versions (artifact_id, version, seq, size, stored_size, new_stored_size, blake3, chunk_count, \
              created_by, created_at, change_message, metadata, content_type, extracted, manifest, state, \
-             run_id, run_workflow, run_step, run_agent, deleted_at, deleted_by, dedup_saved_bytes, delta_saved_bytes) \
+             run_id, run_workflow, run_step, run_agent, deleted_at, deleted_by, dedup_saved_bytes, delta_saved_bytes, \
+             extracted_digest, extracted_lines) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
-             $23, $24)",
+             $23, $24, $25, $26)",
         )
         .bind(artifact_id)
         .bind(&version.version)
@@ -1387,7 +1389,7 @@ impl Catalog {
         .bind(&version.change_message)
         .bind(map_json(&version.metadata))
         .bind(&version.content_type)
-        .bind(&version.extracted)
+        .bind(&extracted.inline)
         .bind(manifest)
         .bind(version.state.as_str())
         .bind(&version.run_id)
@@ -1398,6 +1400,8 @@ impl Catalog {
         .bind(&version.deleted_by)
         .bind(version.dedup_saved_bytes)
         .bind(version.delta_saved_bytes)
+        .bind(extracted.digest)
+        .bind(extracted.lines)
         .execute(&mut **tx)
         .await
         .map_err(|e| db_error("restoring a version", e))?;
@@ -1526,7 +1530,10 @@ async fn image_rows_in(tx: &mut Tx, artifact_id: &str) -> Result<Option<Artifact
     };
     let versions = sqlx::query(
         "SELECT version, seq, size, stored_size, new_stored_size, dedup_saved_bytes, delta_saved_bytes, blake3, \
-         chunk_count, created_by, created_at, change_message, metadata, content_type, extracted, state, run_id, run_workflow, run_step, run_agent, \
+         chunk_count, created_by, created_at, change_message, metadata, content_type, \
+         COALESCE((SELECT d.body FROM extracted_documents d WHERE d.digest = versions.extracted_digest \
+         AND d.tenant = (SELECT a.tenant FROM artifacts a WHERE a.id = versions.artifact_id)), versions.extracted) AS extracted, \
+         extracted_lines, state, run_id, run_workflow, run_step, run_agent, \
          deleted_at, deleted_by, manifest FROM versions WHERE artifact_id = $1 ORDER BY seq",
     )
     .bind(artifact_id)
@@ -1586,7 +1593,14 @@ async fn image_rows_in(tx: &mut Tx, artifact_id: &str) -> Result<Option<Artifact
             change_message: text("change_message"),
             metadata: json_map(&text("metadata")),
             content_type: text("content_type"),
-            extracted: text("extracted"),
+            extracted: match row.try_get::<Option<i64>, _>("extracted_lines").unwrap_or(None) {
+                // A shared document: whole again, with the version's own line count.
+                Some(lines) => {
+                    serde_json::to_string(&super::extracted::joined(&text("extracted"), Some(lines)))
+                        .expect("extracted metadata serializes")
+                }
+                None => text("extracted"),
+            },
             state: stored_state(&text("state")),
             run_id: text("run_id"),
             run_workflow: text("run_workflow"),

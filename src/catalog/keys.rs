@@ -377,12 +377,16 @@ impl Catalog {
         // index re-reads the tenant's artifacts (finding no text) from the events below.
         let empty = serde_json::to_string(&crate::ingest::extract::Extracted::default())
             .expect("extracted metadata serializes");
-        sqlx::query("UPDATE versions SET extracted = $1 WHERE artifact_id IN (SELECT id FROM artifacts WHERE tenant = $2)")
-            .bind(empty)
-            .bind(tenant)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_error("erasing extracted metadata", e))?;
+        sqlx::query(
+            "UPDATE versions SET extracted = $1, extracted_digest = NULL, extracted_lines = NULL \
+             WHERE artifact_id IN (SELECT id FROM artifacts WHERE tenant = $2)",
+        )
+        .bind(empty)
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error("erasing extracted metadata", e))?;
+        self.erase_extracted(&mut tx, tenant).await?;
         let (plain,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM packs WHERE tenant = $1 AND key_id IS NULL AND state = 'committed'",
         )

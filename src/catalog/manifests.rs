@@ -9,7 +9,8 @@
 //! is deleted exactly when the last version naming it is. Everything outside this module
 //! sees whole manifests: reads put them back together, backups carry them whole.
 
-use super::{BATCH_ROWS, Catalog, Dialect, db_error};
+use super::counted::{Body, CountedTable, counted};
+use super::{BATCH_ROWS, Catalog, db_error};
 use crate::domain::{Error, Result};
 use crate::ingest::Manifest;
 use crate::ingest::manifest::ENTRY_LEN;
@@ -25,6 +26,13 @@ const SEGMENTED: u8 = 2;
 const SEGMENT_ID_LEN: usize = 32;
 
 type SegmentId = [u8; SEGMENT_ID_LEN];
+
+const SEGMENTS: CountedTable = CountedTable {
+    table: "manifest_segments",
+    id: "segment_id",
+    body: "entries",
+    what: "manifest segments",
+};
 
 fn segment_id(entries: &[u8]) -> SegmentId {
     *blake3::hash(entries).as_bytes()
@@ -45,15 +53,6 @@ fn named_segments(stored: &[u8]) -> Result<Option<Vec<SegmentId>>> {
         ))),
         _ => Ok(None),
     }
-}
-
-/// How many times each segment is named.
-fn counted(ids: impl IntoIterator<Item = SegmentId>) -> BTreeMap<SegmentId, i64> {
-    let mut counts = BTreeMap::new();
-    for id in ids {
-        *counts.entry(id).or_insert(0) += 1;
-    }
-    counts
 }
 
 impl Catalog {
@@ -77,28 +76,11 @@ impl Catalog {
             stored.extend_from_slice(&id);
             bodies.insert(id, segment.as_ref());
         }
-        let counts = counted(segments.iter().map(|segment| segment_id(segment)));
-        // In id order, so two commits sharing segments lock them in the same order.
-        let rows: Vec<(SegmentId, i64)> = counts.into_iter().collect();
-        for batch in rows.chunks(BATCH_ROWS / 4) {
-            let sql = format!(
-                "INSERT INTO manifest_segments (tenant, segment_id, entries, refs) VALUES {} \
-                 ON CONFLICT (tenant, segment_id) DO UPDATE SET refs = manifest_segments.refs + excluded.refs",
-                self.dialect.value_rows(batch.len(), 4)
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for (id, count) in batch {
-                query = query
-                    .bind(tenant)
-                    .bind(id.to_vec())
-                    .bind(bodies[id].to_vec())
-                    .bind(*count);
-            }
-            query
-                .execute(&mut *connection)
-                .await
-                .map_err(|e| db_error("writing manifest segments", e))?;
+        let mut rows: BTreeMap<Vec<u8>, (Body, i64)> = BTreeMap::new();
+        for (id, count) in counted(segments.iter().map(|segment| segment_id(segment))) {
+            rows.insert(id.to_vec(), (Body::Bytes(bodies[&id].to_vec()), count));
         }
+        self.add_references(connection, SEGMENTS, tenant, &rows).await?;
         Ok(stored)
     }
 
@@ -206,93 +188,26 @@ impl Catalog {
         if ids.is_empty() {
             return Ok(());
         }
-        let counts = counted(ids);
-        if self.dialect == Dialect::Postgres {
-            // Rows locked in id order, as commits' upserts lock them: purges and commits
-            // sharing segments wait for each other instead of deadlocking.
-            let ids: Vec<&SegmentId> = counts.keys().collect();
-            for batch in ids.chunks(BATCH_ROWS) {
-                let sql = format!(
-                    "SELECT segment_id FROM manifest_segments WHERE tenant = {} AND segment_id IN ({}) \
-                     ORDER BY segment_id FOR UPDATE",
-                    self.dialect.placeholders(1, 1),
-                    self.dialect.placeholders(2, batch.len())
-                );
-                let mut query = sqlx::query(AssertSqlSafe(sql)).bind(tenant);
-                for id in batch {
-                    query = query.bind(id.to_vec());
-                }
-                query
-                    .execute(&mut *connection)
-                    .await
-                    .map_err(|e| db_error("locking manifest segments", e))?;
-            }
-        }
-        // Grouped by how many references go, one statement a batch of each group.
-        let mut by_count: BTreeMap<i64, Vec<SegmentId>> = BTreeMap::new();
-        for (id, count) in &counts {
-            by_count.entry(*count).or_default().push(*id);
-        }
-        for (count, ids) in &by_count {
-            for batch in ids.chunks(BATCH_ROWS) {
-                let sql = format!(
-                    "UPDATE manifest_segments SET refs = refs - {} WHERE tenant = {} AND segment_id IN ({})",
-                    self.dialect.placeholders(1, 1),
-                    self.dialect.placeholders(2, 1),
-                    self.dialect.placeholders(3, batch.len())
-                );
-                let mut query = sqlx::query(AssertSqlSafe(sql)).bind(*count).bind(tenant);
-                for id in batch {
-                    query = query.bind(id.to_vec());
-                }
-                query
-                    .execute(&mut *connection)
-                    .await
-                    .map_err(|e| db_error("releasing manifest segments", e))?;
-            }
-        }
-        let released: Vec<SegmentId> = counts.into_keys().collect();
-        for batch in released.chunks(BATCH_ROWS) {
-            let sql = format!(
-                "DELETE FROM manifest_segments WHERE tenant = {} AND refs <= 0 AND segment_id IN ({})",
-                self.dialect.placeholders(1, 1),
-                self.dialect.placeholders(2, batch.len())
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(tenant);
-            for id in batch {
-                query = query.bind(id.to_vec());
-            }
-            query
-                .execute(&mut *connection)
-                .await
-                .map_err(|e| db_error("deleting unused manifest segments", e))?;
-        }
+        let counts = counted(ids.into_iter().map(|id| id.to_vec()));
+        self.drop_references(connection, SEGMENTS, tenant, &counts)
+            .await?;
         Ok(())
     }
 }
 
-/// What the segment table holds and whether its counts agree with the versions.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SegmentAudit {
-    pub segments: u64,
-    /// Bytes of the segments' entries.
-    pub bytes: u64,
-    /// Bytes of the versions' manifest columns (whole manifests and segment lists).
-    pub row_bytes: u64,
-    /// Counts that differ from how many versions name a segment (which would let a segment
-    /// be deleted while named, or never), and segments named but missing.
-    pub problems: Vec<String>,
-}
-
 impl Catalog {
-    /// Recounts every version's segment references against the segment table.
-    pub async fn audit_manifest_segments(&self) -> Result<SegmentAudit> {
-        let mut audit = SegmentAudit::default();
-        let mut named: BTreeMap<(String, SegmentId), i64> = BTreeMap::new();
+    /// Recounts every version's references to shared rows (manifest segments, extracted
+    /// documents) against the counts those rows keep.
+    pub async fn audit_shared_rows(&self) -> Result<SharedRowAudit> {
+        let mut audit = SharedRowAudit::default();
+        let mut segments: BTreeMap<(String, Vec<u8>), i64> = BTreeMap::new();
+        let mut documents: BTreeMap<(String, Vec<u8>), i64> = BTreeMap::new();
         let mut after = (String::new(), -1i64);
         loop {
-            let rows: Vec<(String, String, i64, Vec<u8>)> = sqlx::query_as(
-                "SELECT a.tenant, v.artifact_id, v.seq, v.manifest FROM versions v JOIN artifacts a ON a.id = v.artifact_id \
+            type Row = (String, String, i64, Vec<u8>, Option<Vec<u8>>);
+            let rows: Vec<Row> = sqlx::query_as(
+                "SELECT a.tenant, v.artifact_id, v.seq, v.manifest, v.extracted_digest FROM versions v \
+                 JOIN artifacts a ON a.id = v.artifact_id \
                  WHERE v.artifact_id > $1 OR (v.artifact_id = $1 AND v.seq > $2) ORDER BY v.artifact_id, v.seq LIMIT 500",
             )
             .bind(&after.0)
@@ -300,58 +215,48 @@ impl Catalog {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error("reading manifests", e))?;
-            let Some((_, id, seq, _)) = rows.last() else { break };
+            let Some((_, id, seq, ..)) = rows.last() else {
+                break;
+            };
             after = (id.clone(), *seq);
-            for (tenant, artifact_id, seq, stored) in rows {
+            for (tenant, artifact_id, seq, stored, digest) in rows {
                 audit.row_bytes += stored.len() as u64;
                 match named_segments(&stored) {
                     Ok(ids) => {
                         for id in ids.unwrap_or_default() {
-                            *named.entry((tenant.clone(), id)).or_insert(0) += 1;
+                            *segments.entry((tenant.clone(), id.to_vec())).or_insert(0) += 1;
                         }
                     }
                     Err(error) => audit
                         .problems
                         .push(format!("{artifact_id} (version {seq}): {error}")),
                 }
-            }
-        }
-        let mut after = (String::new(), Vec::new());
-        loop {
-            let rows: Vec<(String, Vec<u8>, i64, i64)> = sqlx::query_as(
-                "SELECT tenant, segment_id, refs, CAST(length(entries) AS BIGINT) FROM manifest_segments \
-                 WHERE tenant > $1 OR (tenant = $1 AND segment_id > $2) ORDER BY tenant, segment_id LIMIT 1000",
-            )
-            .bind(&after.0)
-            .bind(after.1.clone())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| db_error("reading manifest segments", e))?;
-            let Some((tenant, id, ..)) = rows.last() else {
-                break;
-            };
-            after = (tenant.clone(), id.clone());
-            for (tenant, id, refs, length) in rows {
-                audit.segments += 1;
-                audit.bytes += length as u64;
-                let id: SegmentId = id.as_slice().try_into().unwrap_or([0; SEGMENT_ID_LEN]);
-                let expected = named.remove(&(tenant.clone(), id)).unwrap_or(0);
-                if refs != expected {
-                    audit.problems.push(format!(
-                        "tenant {tenant:?}: manifest segment {} counts {refs} references, versions name it {expected} times",
-                        blake3::Hash::from_bytes(id).to_hex()
-                    ));
+                if let Some(digest) = digest {
+                    *documents.entry((tenant, digest)).or_insert(0) += 1;
                 }
             }
         }
-        for ((tenant, id), count) in named {
-            audit.problems.push(format!(
-                "tenant {tenant:?}: manifest segment {} is named {count} times but missing",
-                blake3::Hash::from_bytes(id).to_hex()
-            ));
-        }
+        (audit.segments, audit.bytes) = self.recount(SEGMENTS, segments, &mut audit.problems).await?;
+        (audit.documents, audit.document_bytes) = self
+            .recount(super::extracted::DOCUMENTS, documents, &mut audit.problems)
+            .await?;
         Ok(audit)
     }
+}
+
+/// What the shared rows hold and whether their counts agree with the versions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SharedRowAudit {
+    pub segments: u64,
+    /// Bytes of the segments' entries.
+    pub bytes: u64,
+    /// Bytes of the versions' manifest columns (whole manifests and segment lists).
+    pub row_bytes: u64,
+    pub documents: u64,
+    pub document_bytes: u64,
+    /// Counts that differ from how many versions name a row (which would let it be deleted
+    /// while named, or never), and rows named but missing.
+    pub problems: Vec<String>,
 }
 
 #[cfg(test)]

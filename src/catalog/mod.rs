@@ -6,14 +6,16 @@
 mod access;
 mod audit;
 mod backup;
+mod counted;
 mod dependencies;
 mod events;
+mod extracted;
 mod gc;
 mod keys;
 mod lifecycle;
 mod links;
 mod manifests;
-pub use manifests::SegmentAudit;
+pub use manifests::SharedRowAudit;
 mod records;
 mod replication;
 mod retention;
@@ -60,8 +62,13 @@ pub struct SimilarChunk {
 
 const ARTIFACT_COLUMNS: &str = "id, tenant, project, artifact_type, name, description, tags, categories, \
      metadata, latest_version, version_count, created_by, created_at, updated_at, deleted_at";
+/// Every query reading versions through these says `FROM versions` (not aliased): the
+/// extracted metadata is the row's own or its shared document (see `extracted.rs`).
 const VERSION_COLUMNS: &str = "artifact_id, version, seq, size, stored_size, new_stored_size, \
-     dedup_saved_bytes, delta_saved_bytes, blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, extracted, state, run_id, run_workflow, run_step, run_agent";
+     dedup_saved_bytes, delta_saved_bytes, blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, \
+     COALESCE((SELECT d.body FROM extracted_documents d WHERE d.digest = versions.extracted_digest \
+     AND d.tenant = (SELECT a.tenant FROM artifacts a WHERE a.id = versions.artifact_id)), versions.extracted) AS extracted, \
+     extracted_lines, state, run_id, run_workflow, run_step, run_agent";
 
 /// The sums behind [`StorageStats`], cast so both dialects return 64-bit integers.
 const STATS_SUMS: &str = "COUNT(*), CAST(COALESCE(SUM(v.size), 0) AS BIGINT), \
@@ -572,11 +579,14 @@ impl Catalog {
         version: &NewVersion,
     ) -> Result<()> {
         let manifest = self.store_manifest(tx, &scope.tenant, &version.manifest).await?;
+        let extracted = self
+            .store_extracted(tx, &scope.tenant, &version.extracted)
+            .await?;
         let inserted = sqlx::query(
             "INSERT INTO versions (artifact_id, version, seq, size, stored_size, new_stored_size, \
              blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, extracted, manifest, state, \
-             run_id, run_workflow, run_step, run_agent, dedup_saved_bytes, delta_saved_bytes) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+             run_id, run_workflow, run_step, run_agent, dedup_saved_bytes, delta_saved_bytes, extracted_digest, extracted_lines) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
         )
         .bind(artifact_id)
         .bind(&version.version)
@@ -591,7 +601,7 @@ impl Catalog {
         .bind(&version.change_message)
         .bind(map_json(&version.metadata))
         .bind(&version.content_type)
-        .bind(&version.extracted)
+        .bind(&extracted.inline)
         .bind(manifest)
                 .bind(version.state.as_str())
         .bind(version.produced_by.as_ref().map_or("", |r| r.run_id.as_str()))
@@ -600,6 +610,8 @@ impl Catalog {
         .bind(version.produced_by.as_ref().map_or("", |r| r.agent.as_str()))
         .bind(version.dedup_saved_bytes as i64)
         .bind(version.delta_saved_bytes as i64)
+        .bind(extracted.digest)
+        .bind(extracted.lines)
         .execute(&mut **tx)
         .await;
         if let Err(error) = inserted {

@@ -851,9 +851,9 @@ impl Catalog {
         if let Some(hold) = hold_on(&mut tx, artifact_id, version).await? {
             return Err(Error::FailedPrecondition(format!("not purged: {hold}")));
         }
-        // The manifests of what goes, for their segments' counts.
-        let going: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT v.manifest FROM versions v JOIN artifacts a ON a.id = v.artifact_id WHERE v.artifact_id = $1 \
+        // The manifests and extracted documents of what goes, for their shared rows' counts.
+        let going: Vec<(Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT v.manifest, v.extracted_digest FROM versions v JOIN artifacts a ON a.id = v.artifact_id WHERE v.artifact_id = $1 \
              AND ($2 = '' AND a.deleted_at IS NOT NULL OR v.version = $2 AND v.deleted_at IS NOT NULL)",
         )
         .bind(artifact_id)
@@ -881,7 +881,10 @@ impl Catalog {
         if removed == 0 {
             return Ok(false);
         }
-        self.release_manifests(&mut tx, &scope.tenant, &going).await?;
+        let (manifests, digests): (Vec<Vec<u8>>, Vec<Option<Vec<u8>>>) = going.into_iter().unzip();
+        self.release_manifests(&mut tx, &scope.tenant, &manifests).await?;
+        self.release_extracted(&mut tx, &scope.tenant, digests.into_iter().flatten().collect())
+            .await?;
         if version.is_none() {
             sqlx::query("DELETE FROM artifact_grants WHERE artifact_id = $1")
                 .bind(artifact_id)
