@@ -99,6 +99,16 @@ fn server(data_dir: &Path, database: Option<&str>, settings: &[(&str, &str)]) ->
     ServerProcess::start_with(options)
 }
 
+/// A fresh Postgres database and its URL when `postgres`, else the embedded SQLite catalog.
+async fn catalog_for(postgres: bool) -> (Option<common::postgres::TestDatabase>, Option<String>) {
+    if !postgres {
+        return (None, None);
+    }
+    let database = common::postgres::TestDatabase::create().await;
+    let url = database.url.clone();
+    (Some(database), Some(url))
+}
+
 fn pack_files(server: &ServerProcess) -> Vec<PathBuf> {
     common::pack_files(&server.data_dir)
         .into_iter()
@@ -136,12 +146,7 @@ async fn check_clean(server: &ServerProcess) {
 }
 
 async fn histories_survive_deltas_purged_bases_compaction_and_restarts(postgres: bool) {
-    let database = if postgres {
-        Some(common::postgres::TestDatabase::create().await)
-    } else {
-        None
-    };
-    let url = database.as_ref().map(|d| d.url.clone());
+    let (database, url) = catalog_for(postgres).await;
     let dir = tempfile::tempdir().unwrap();
     let plain_dir = tempfile::tempdir().unwrap();
     let histories = histories(4, 24);
@@ -356,12 +361,7 @@ fn edited_throughout(document: &[u8], every: usize, tag: &str) -> Vec<u8> {
 }
 
 async fn similar_content_elsewhere_is_stored_as_a_delta(postgres: bool) {
-    let database = if postgres {
-        Some(common::postgres::TestDatabase::create().await)
-    } else {
-        None
-    };
-    let url = database.as_ref().map(|d| d.url.clone());
+    let (database, url) = catalog_for(postgres).await;
     let dir = tempfile::tempdir().unwrap();
     let mut first = server(dir.path(), url.as_deref(), &[]);
     let mut client = first.client().await;

@@ -26,6 +26,13 @@ pub(super) enum Body {
     Text(String),
 }
 
+/// A value bound before a statement's list of ids.
+#[derive(Debug, Clone, Copy)]
+enum Lead<'a> {
+    Number(i64),
+    Text(&'a str),
+}
+
 /// How many times each id is named.
 pub(super) fn counted<I: Ord>(ids: impl IntoIterator<Item = I>) -> BTreeMap<I, i64> {
     let mut counts = BTreeMap::new();
@@ -94,22 +101,12 @@ impl Catalog {
             return Ok(());
         }
         let ids: Vec<&Vec<u8>> = counts.keys().collect();
+        let tenant = Lead::Text(tenant);
         if self.dialect == Dialect::Postgres {
-            for batch in ids.chunks(BATCH_ROWS) {
-                let sql = format!(
-                    "SELECT {id} FROM {name} WHERE tenant = {} AND {id} IN ({}) ORDER BY {id} FOR UPDATE",
-                    self.dialect.placeholders(1, 1),
-                    self.dialect.placeholders(2, batch.len())
-                );
-                let mut query = sqlx::query(AssertSqlSafe(sql)).bind(tenant);
-                for key in batch {
-                    query = query.bind(key.to_vec());
-                }
-                query
-                    .execute(&mut *connection)
-                    .await
-                    .map_err(|e| db_error(&format!("locking {what}"), e))?;
-            }
+            self.for_id_batches(connection, &ids, &[tenant], &format!("locking {what}"), |lead, list| {
+                format!("SELECT {id} FROM {name} WHERE tenant = {} AND {id} IN ({list}) ORDER BY {id} FOR UPDATE", lead[0])
+            })
+            .await?;
         }
         // Grouped by how many references go: one statement a batch of each group.
         let mut by_count: BTreeMap<i64, Vec<&Vec<u8>>> = BTreeMap::new();
@@ -117,37 +114,67 @@ impl Catalog {
             by_count.entry(*count).or_default().push(key);
         }
         for (count, keys) in &by_count {
-            for batch in keys.chunks(BATCH_ROWS) {
-                let sql = format!(
-                    "UPDATE {name} SET refs = refs - {} WHERE tenant = {} AND {id} IN ({})",
-                    self.dialect.placeholders(1, 1),
-                    self.dialect.placeholders(2, 1),
-                    self.dialect.placeholders(3, batch.len())
-                );
-                let mut query = sqlx::query(AssertSqlSafe(sql)).bind(*count).bind(tenant);
-                for key in batch {
-                    query = query.bind(key.to_vec());
-                }
-                query
-                    .execute(&mut *connection)
-                    .await
-                    .map_err(|e| db_error(&format!("releasing {what}"), e))?;
-            }
+            let lead = [Lead::Number(*count), tenant];
+            self.for_id_batches(
+                connection,
+                keys,
+                &lead,
+                &format!("releasing {what}"),
+                |lead, list| {
+                    format!(
+                        "UPDATE {name} SET refs = refs - {} WHERE tenant = {} AND {id} IN ({list})",
+                        lead[0], lead[1]
+                    )
+                },
+            )
+            .await?;
         }
+        self.for_id_batches(
+            connection,
+            &ids,
+            &[tenant],
+            &format!("deleting unused {what}"),
+            |lead, list| {
+                format!(
+                    "DELETE FROM {name} WHERE tenant = {} AND refs <= 0 AND {id} IN ({list})",
+                    lead[0]
+                )
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Runs `statement` for `ids` a batch at a time: it gets the placeholders of the `lead`
+    /// values bound first, and the list of the batch's ids.
+    async fn for_id_batches(
+        &self,
+        connection: &mut AnyConnection,
+        ids: &[&Vec<u8>],
+        lead: &[Lead<'_>],
+        doing: &str,
+        statement: impl Fn(&[String], &str) -> String,
+    ) -> Result<()> {
+        let lead_placeholders: Vec<String> = (1..=lead.len())
+            .map(|n| self.dialect.placeholders(n, 1))
+            .collect();
         for batch in ids.chunks(BATCH_ROWS) {
-            let sql = format!(
-                "DELETE FROM {name} WHERE tenant = {} AND refs <= 0 AND {id} IN ({})",
-                self.dialect.placeholders(1, 1),
-                self.dialect.placeholders(2, batch.len())
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(tenant);
+            let list = self.dialect.placeholders(lead.len() + 1, batch.len());
+            let sql = statement(&lead_placeholders, &list);
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for value in lead {
+                query = match value {
+                    Lead::Number(number) => query.bind(*number),
+                    Lead::Text(text) => query.bind(text.to_string()),
+                };
+            }
             for key in batch {
                 query = query.bind(key.to_vec());
             }
             query
                 .execute(&mut *connection)
                 .await
-                .map_err(|e| db_error(&format!("deleting unused {what}"), e))?;
+                .map_err(|e| db_error(doing, e))?;
         }
         Ok(())
     }
