@@ -1531,8 +1531,8 @@ async fn image_rows_in(tx: &mut Tx, artifact_id: &str) -> Result<Option<Artifact
     let versions = sqlx::query(
         "SELECT version, seq, size, stored_size, new_stored_size, dedup_saved_bytes, delta_saved_bytes, blake3, \
          chunk_count, created_by, created_at, change_message, metadata, content_type, \
-         COALESCE((SELECT d.body FROM extracted_documents d WHERE d.digest = versions.extracted_digest \
-         AND d.tenant = (SELECT a.tenant FROM artifacts a WHERE a.id = versions.artifact_id)), versions.extracted) AS extracted, \
+         extracted, (SELECT d.body FROM extracted_documents d WHERE d.digest = versions.extracted_digest \
+         AND d.tenant = (SELECT a.tenant FROM artifacts a WHERE a.id = versions.artifact_id)) AS extracted_shared, \
          extracted_lines, state, run_id, run_workflow, run_step, run_agent, \
          deleted_at, deleted_by, manifest FROM versions WHERE artifact_id = $1 ORDER BY seq",
     )
@@ -1593,12 +1593,17 @@ async fn image_rows_in(tx: &mut Tx, artifact_id: &str) -> Result<Option<Artifact
             change_message: text("change_message"),
             metadata: json_map(&text("metadata")),
             content_type: text("content_type"),
-            extracted: match row.try_get::<Option<i64>, _>("extracted_lines").unwrap_or(None) {
+            extracted: match row
+                .try_get::<Option<Vec<u8>>, _>("extracted_shared")
+                .unwrap_or(None)
+            {
                 // A shared document: whole again, with the version's own line count.
-                Some(lines) => {
-                    serde_json::to_string(&super::extracted::joined(&text("extracted"), Some(lines)))
-                        .expect("extracted metadata serializes")
-                }
+                Some(shared) => serde_json::to_string(&super::extracted::joined(
+                    "",
+                    Some(&shared),
+                    row.try_get::<Option<i64>, _>("extracted_lines").unwrap_or(None),
+                ))
+                .expect("extracted metadata serializes"),
                 None => text("extracted"),
             },
             state: stored_state(&text("state")),

@@ -19,12 +19,8 @@ pub(super) struct CountedTable {
     pub what: &'static str,
 }
 
-/// A row's body, bound as the table's column type.
-#[derive(Debug, Clone)]
-pub(super) enum Body {
-    Bytes(Vec<u8>),
-    Text(String),
-}
+/// A row's body and how many references a commit adds to it.
+pub(super) type Referenced = (Vec<u8>, i64);
 
 /// A value bound before a statement's list of ids.
 #[derive(Debug, Clone, Copy)]
@@ -50,7 +46,7 @@ impl Catalog {
         connection: &mut AnyConnection,
         table: CountedTable,
         tenant: &str,
-        rows: &BTreeMap<Vec<u8>, (Body, i64)>,
+        rows: &BTreeMap<Vec<u8>, Referenced>,
     ) -> Result<()> {
         let CountedTable {
             table: name,
@@ -59,7 +55,7 @@ impl Catalog {
             what,
         } = table;
         // In id order (the map's), so commits sharing rows lock them in the same order.
-        let rows: Vec<(&Vec<u8>, &(Body, i64))> = rows.iter().collect();
+        let rows: Vec<(&Vec<u8>, &Referenced)> = rows.iter().collect();
         for batch in rows.chunks(BATCH_ROWS / 4) {
             let sql = format!(
                 "INSERT INTO {name} (tenant, {id}, {body}, refs) VALUES {} \
@@ -68,12 +64,11 @@ impl Catalog {
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for (key, (content, count)) in batch {
-                query = query.bind(tenant).bind(key.to_vec());
-                query = match content {
-                    Body::Bytes(bytes) => query.bind(bytes.clone()),
-                    Body::Text(text) => query.bind(text.clone()),
-                };
-                query = query.bind(*count);
+                query = query
+                    .bind(tenant)
+                    .bind(key.to_vec())
+                    .bind(content.clone())
+                    .bind(*count);
             }
             query
                 .execute(&mut *connection)

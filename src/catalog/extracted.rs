@@ -2,11 +2,11 @@
 //! front matter, keys) is mostly the same from one version of a document to the next, while
 //! its line count changes with nearly every edit. So the line count is kept in the version's
 //! row, and the rest, when it is large enough to matter, is stored once per tenant in
-//! `extracted_documents` (counted by the versions naming it, as manifest segments are) and
-//! named by its digest. Reads put the two back together; nothing outside the catalog sees
+//! `extracted_documents` (zstd-compressed: heading lists shrink about threefold; counted by
+//! the versions naming it, as manifest segments are) and named by its digest. Reads put the two back together; nothing outside the catalog sees
 //! the split (`VERSION_COLUMNS` reads a row's own document or its shared one).
 
-use super::counted::{Body, CountedTable, counted};
+use super::counted::{CountedTable, counted};
 use super::{Catalog, db_error};
 use crate::domain::Result;
 use sqlx::AnyConnection;
@@ -15,6 +15,14 @@ use std::collections::BTreeMap;
 /// Documents shorter than this stay in the version's row: a row of their own would cost
 /// about as much.
 pub const INLINE_MAX_BYTES: usize = 256;
+
+/// A shared document is compressed at this level: documents are small, written once and
+/// read often.
+const LEVEL: i32 = 19;
+
+/// Extracted metadata is bounded (1 MiB of text examined, at most 200 headings): a shared
+/// document that decompresses to more is damage.
+const MAX_DOCUMENT_BYTES: usize = 4 << 20;
 
 pub(super) const DOCUMENTS: CountedTable = CountedTable {
     table: "extracted_documents",
@@ -64,13 +72,32 @@ fn split(extracted: &str) -> (StoredExtracted, Option<String>) {
     )
 }
 
-/// A read row's extracted metadata with its own line count put back.
-pub(super) fn joined(extracted: &str, lines: Option<i64>) -> crate::ingest::extract::Extracted {
-    let mut document: crate::ingest::extract::Extracted = serde_json::from_str(extracted).unwrap_or_default();
-    if let Some(lines) = lines {
-        document.line_count = lines.max(0) as u64;
+/// A read row's extracted metadata: its own document, or the shared one (compressed) with
+/// the row's line count put back. A shared document that does not read back is logged and
+/// read as empty (it only feeds search and display; the content is unaffected).
+pub(super) fn joined(
+    extracted: &str,
+    shared: Option<&[u8]>,
+    lines: Option<i64>,
+) -> crate::ingest::extract::Extracted {
+    let Some(shared) = shared else {
+        return serde_json::from_str(extracted).unwrap_or_default();
+    };
+    let document = zstd::bulk::decompress(shared, MAX_DOCUMENT_BYTES)
+        .map_err(|e| e.to_string())
+        .and_then(|json| {
+            serde_json::from_slice::<crate::ingest::extract::Extracted>(&json).map_err(|e| e.to_string())
+        });
+    match document {
+        Ok(mut document) => {
+            document.line_count = lines.unwrap_or(0).max(0) as u64;
+            document
+        }
+        Err(error) => {
+            tracing::error!(%error, "a shared extracted metadata document does not read back");
+            crate::ingest::extract::Extracted::default()
+        }
     }
-    document
 }
 
 impl Catalog {
@@ -83,7 +110,10 @@ impl Catalog {
     ) -> Result<StoredExtracted> {
         let (stored, body) = split(extracted);
         if let (Some(digest), Some(body)) = (&stored.digest, body) {
-            let rows = BTreeMap::from([(digest.clone(), (Body::Text(body), 1))]);
+            let compressed = zstd::bulk::compress(body.as_bytes(), LEVEL).map_err(|e| {
+                crate::domain::Error::internal(format!("compressing extracted metadata: {e}"))
+            })?;
+            let rows = BTreeMap::from([(digest.clone(), (compressed, 1))]);
             self.add_references(connection, DOCUMENTS, tenant, &rows).await?;
         }
         Ok(stored)
@@ -136,9 +166,14 @@ mod tests {
         assert_eq!(first.digest, second.digest, "only the line count changed");
         assert_eq!(body, same_body);
         assert_eq!(
-            joined(&body.unwrap(), second.lines),
+            joined(
+                "",
+                Some(&zstd::bulk::compress(body.unwrap().as_bytes(), LEVEL).unwrap()),
+                second.lines
+            ),
             serde_json::from_str(&document(125, 30)).unwrap()
         );
+        assert_eq!(joined("", Some(b"not zstd"), Some(1)), Extracted::default());
         let (other, _) = split(&document(125, 31));
         assert_ne!(other.digest, first.digest);
     }
@@ -160,6 +195,6 @@ mod tests {
         );
         let odd = "x".repeat(INLINE_MAX_BYTES);
         assert_eq!(split(&odd).0.inline, odd);
-        assert_eq!(joined(&small, None), serde_json::from_str(&small).unwrap());
+        assert_eq!(joined(&small, None, None), serde_json::from_str(&small).unwrap());
     }
 }

@@ -9,7 +9,7 @@
 //! is deleted exactly when the last version naming it is. Everything outside this module
 //! sees whole manifests: reads put them back together, backups carry them whole.
 
-use super::counted::{Body, CountedTable, counted};
+use super::counted::{CountedTable, counted};
 use super::{BATCH_ROWS, Catalog, db_error};
 use crate::domain::{Error, Result};
 use crate::ingest::Manifest;
@@ -76,9 +76,9 @@ impl Catalog {
             stored.extend_from_slice(&id);
             bodies.insert(id, segment.as_ref());
         }
-        let mut rows: BTreeMap<Vec<u8>, (Body, i64)> = BTreeMap::new();
+        let mut rows: BTreeMap<Vec<u8>, (Vec<u8>, i64)> = BTreeMap::new();
         for (id, count) in counted(segments.iter().map(|segment| segment_id(segment))) {
-            rows.insert(id.to_vec(), (Body::Bytes(bodies[&id].to_vec()), count));
+            rows.insert(id.to_vec(), (bodies[&id].to_vec(), count));
         }
         self.add_references(connection, SEGMENTS, tenant, &rows).await?;
         Ok(stored)

@@ -66,8 +66,8 @@ const ARTIFACT_COLUMNS: &str = "id, tenant, project, artifact_type, name, descri
 /// extracted metadata is the row's own or its shared document (see `extracted.rs`).
 const VERSION_COLUMNS: &str = "artifact_id, version, seq, size, stored_size, new_stored_size, \
      dedup_saved_bytes, delta_saved_bytes, blake3, chunk_count, created_by, created_at, change_message, metadata, content_type, \
-     COALESCE((SELECT d.body FROM extracted_documents d WHERE d.digest = versions.extracted_digest \
-     AND d.tenant = (SELECT a.tenant FROM artifacts a WHERE a.id = versions.artifact_id)), versions.extracted) AS extracted, \
+     extracted, (SELECT d.body FROM extracted_documents d WHERE d.digest = versions.extracted_digest \
+     AND d.tenant = (SELECT a.tenant FROM artifacts a WHERE a.id = versions.artifact_id)) AS extracted_shared, \
      extracted_lines, state, run_id, run_workflow, run_step, run_agent";
 
 /// The sums behind [`StorageStats`], cast so both dialects return 64-bit integers.

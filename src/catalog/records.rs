@@ -103,9 +103,11 @@ pub(crate) struct VersionRecord {
     /// JSON object of strings.
     pub metadata: String,
     pub content_type: String,
-    /// JSON of `ingest::extract::Extracted` (with the line count 0 when shared)...
+    /// JSON of `ingest::extract::Extracted`, or empty when the document is shared...
     pub extracted: String,
-    /// ...and the line count, when the document is shared.
+    /// ...then the shared document (compressed, line count 0)...
+    pub extracted_shared: Option<Vec<u8>>,
+    /// ...and the version's line count.
     pub extracted_lines: Option<i64>,
     pub state: String,
     pub run_id: String,
@@ -137,7 +139,11 @@ impl From<VersionRecord> for ArtifactVersion {
             change_message: row.change_message,
             metadata: serde_json::from_str(&row.metadata).unwrap_or_default(),
             content_type: row.content_type,
-            extracted: super::extracted::joined(&row.extracted, row.extracted_lines),
+            extracted: super::extracted::joined(
+                &row.extracted,
+                row.extracted_shared.as_deref(),
+                row.extracted_lines,
+            ),
             state: stored_state(&row.state),
             produced_by: (!row.run_id.is_empty()).then_some(crate::domain::run::WorkflowRun {
                 run_id: row.run_id,

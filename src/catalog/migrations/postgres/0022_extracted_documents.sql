@@ -1,11 +1,11 @@
 -- Extracted metadata shared by versions whose documents extract the same (all but the line
--- count, which stays in the version row), stored once per tenant and counted by the
+-- count, which stays in the version row), stored once per tenant (zstd) and counted by the
 -- versions naming it (src/catalog/extracted.rs). Keep in step with
 -- ../sqlite/0022_extracted_documents.sql.
 CREATE TABLE extracted_documents (
     tenant TEXT NOT NULL,
     digest BYTEA NOT NULL,
-    body TEXT NOT NULL,
+    body BYTEA NOT NULL,
     refs BIGINT NOT NULL,
     PRIMARY KEY (tenant, digest)
 );
