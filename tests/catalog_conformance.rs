@@ -1068,3 +1068,79 @@ async fn extracted_metadata_is_shared_on_postgres() {
     catalog.close().await;
     database.drop_database().await;
 }
+
+/// Stored chunks are found by any one shared feature of their resemblance sketch, within
+/// their tenant, unless collection marked their pack unneeded.
+async fn similar_chunks_are_found_by_a_shared_feature(catalog: Catalog) {
+    use artifactd::ingest::resemblance::Sketch;
+    let dialect = catalog.dialect();
+    let scope = Scope::new("acme", "similar");
+    let now = artifactd::domain::now_micros();
+    let Staged::Recorded { .. } = catalog
+        .stage_pack(&stage("pack-s", 1000, "upload-s", now), None)
+        .await
+        .unwrap()
+    else {
+        panic!("recorded")
+    };
+    let mut version = new_version(
+        "1.0.0",
+        vec![("pack-s".into(), entry(1, 0)), ("pack-s".into(), entry(2, 10))],
+        vec![StagedPack {
+            pack_id: "pack-s".into(),
+            generation: now,
+        }],
+    );
+    version.new_chunks.set_sketch(0, Sketch([11, 12, 13, 14]));
+    catalog
+        .create_artifact(&new_artifact(&scope, "similar.md"), &version)
+        .await
+        .unwrap();
+    let found = catalog
+        .similar_chunks("acme", &[Sketch([99, 98, 13, 97]), Sketch([1, 2, 3, 4])])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "{dialect:?}: {found:?}");
+    assert_eq!(found[0].chunk_id, entry(1, 0).chunk_id);
+    assert_eq!(found[0].sketch, Sketch([11, 12, 13, 14]));
+    assert!(
+        catalog
+            .similar_chunks("globex", &[Sketch([11, 12, 13, 14])])
+            .await
+            .unwrap()
+            .is_empty(),
+        "{dialect:?}: another tenant's chunks are not found"
+    );
+    catalog
+        .take_lease("gc", "collector", now, now + 60_000_000)
+        .await
+        .unwrap();
+    catalog
+        .update_marks("collector", &["pack-s".to_owned()], &[], now)
+        .await
+        .unwrap();
+    assert!(
+        catalog
+            .similar_chunks("acme", &[Sketch([11, 12, 13, 14])])
+            .await
+            .unwrap()
+            .is_empty(),
+        "{dialect:?}: chunks of a pack marked unneeded are not proposed as bases"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn similar_chunks_are_found_by_a_shared_feature_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    similar_chunks_are_found_by_a_shared_feature(Catalog::connect(&url, 4).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn similar_chunks_are_found_by_a_shared_feature_on_postgres() {
+    let database = TestDatabase::create().await;
+    let catalog = Catalog::connect(&database.url, 4).await.unwrap();
+    similar_chunks_are_found_by_a_shared_feature(catalog.clone()).await;
+    catalog.close().await;
+    database.drop_database().await;
+}

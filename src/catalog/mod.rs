@@ -1059,7 +1059,8 @@ impl Catalog {
     /// The tenant's stored chunks that share a feature with one of `sketches`, with
     /// their sketches and delta depths: where a new chunk may find a delta base. At most
     /// [`SIMILAR_PER_SKETCH`] chunks a sketch on average are returned (near-copies of one
-    /// chunk all match; a few of them are enough to choose from).
+    /// chunk all match; a few of them are enough to choose from). Chunks in packs collection
+    /// found unneeded are left out: a delta against one would keep its whole pack alive.
     pub async fn similar_chunks(&self, tenant: &str, sketches: &[Sketch]) -> Result<Vec<SimilarChunk>> {
         use crate::ingest::resemblance::FEATURES;
         let mut found = Vec::new();
@@ -1075,7 +1076,8 @@ impl Catalog {
                 .collect();
             let sql = format!(
                 "SELECT chunk_id, delta_depth, resemblance_0, resemblance_1, resemblance_2, resemblance_3 FROM chunks \
-                 WHERE tenant = {} AND ({}) LIMIT {}",
+                 WHERE tenant = {} AND ({}) \
+                 AND NOT EXISTS (SELECT 1 FROM gc_marks m WHERE m.pack_id = chunks.pack_id) LIMIT {}",
                 self.dialect.placeholders(1, 1),
                 terms.join(" OR "),
                 count * SIMILAR_PER_SKETCH
