@@ -9,7 +9,7 @@
 //! is deleted exactly when the last version naming it is. Everything outside this module
 //! sees whole manifests: reads put them back together, backups carry them whole.
 
-use super::counted::{CountedTable, counted};
+use super::counted::{CountedTable, Referenced, counted};
 use super::{BATCH_ROWS, Catalog, db_error};
 use crate::domain::{Error, Result};
 use crate::ingest::Manifest;
@@ -70,15 +70,12 @@ impl Catalog {
         let segments = manifest.segments();
         let mut stored = Vec::with_capacity(1 + segments.len() * SEGMENT_ID_LEN);
         stored.push(SEGMENTED);
-        let mut bodies: HashMap<SegmentId, &[u8]> = HashMap::new();
+        // Each distinct segment once, with how many times this manifest names it.
+        let mut rows: BTreeMap<Vec<u8>, Referenced> = BTreeMap::new();
         for segment in &segments {
             let id = segment_id(segment);
             stored.extend_from_slice(&id);
-            bodies.insert(id, segment.as_ref());
-        }
-        let mut rows: BTreeMap<Vec<u8>, (Vec<u8>, i64)> = BTreeMap::new();
-        for (id, count) in counted(segments.iter().map(|segment| segment_id(segment))) {
-            rows.insert(id.to_vec(), (bodies[&id].to_vec(), count));
+            rows.entry(id.to_vec()).or_insert_with(|| (segment.to_vec(), 0)).1 += 1;
         }
         self.add_references(connection, SEGMENTS, tenant, &rows).await?;
         Ok(stored)
