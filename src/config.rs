@@ -675,6 +675,12 @@ impl Config {
                 self.ingest.transfer_memory_bytes
             ));
         }
+        if self.ingest.shared_pack_window_ms > 1000 {
+            return invalid(format!(
+                "ingest.shared_pack_window_ms = {} must be at most 1000 (it delays acknowledgements)",
+                self.ingest.shared_pack_window_ms
+            ));
+        }
         if self.ingest.stalled_download_seconds == 0 {
             return invalid("ingest.stalled_download_seconds must be positive".to_owned());
         }

@@ -25,6 +25,7 @@ pub(crate) struct MemoryBudget {
 }
 
 /// Bytes held against the budget until dropped.
+#[derive(Default)]
 pub(crate) struct Reservation {
     permit: Option<OwnedSemaphorePermit>,
 }

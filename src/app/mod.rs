@@ -14,6 +14,7 @@ mod lifecycle;
 mod links;
 mod retention;
 mod runs;
+mod shared_packs;
 mod upload;
 mod watch;
 
@@ -83,6 +84,14 @@ pub struct IngestSettings {
     /// Longest chain of delta bases an update's new chunks may decode through (a read of
     /// such a chunk needs up to this many other chunks); 0 stores no deltas.
     pub delta_max_depth: u8,
+    /// An upload whose last pack holds fewer bytes than this (and than half the pack
+    /// target) puts those chunks into a pack shared with other uploads of the tenant instead
+    /// (0: every upload writes its own).
+    pub shared_pack_below_bytes: usize,
+    /// How long a tenant's shared pack waits for more uploads when no write of the tenant's
+    /// is in flight (while one is, the next pack fills until it is done anyway); each
+    /// upload's acknowledgement waits up to this much longer.
+    pub shared_pack_window_ms: u64,
 }
 
 impl IngestSettings {
@@ -104,6 +113,8 @@ impl Default for IngestSettings {
             transfer_memory_bytes: 96 * 1024 * 1024,
             stalled_download_seconds: 30,
             delta_max_depth: 32,
+            shared_pack_below_bytes: 1024 * 1024,
+            shared_pack_window_ms: 0,
         }
     }
 }
@@ -159,6 +170,8 @@ pub(crate) struct Inner {
     pub(crate) read_order: delivery::ReadOrder,
     /// The disk cache the store reads through, where there is one.
     pub(crate) disk_cache: std::sync::OnceLock<Arc<crate::storage::DiskCache>>,
+    /// Packs small uploads share, being filled and written.
+    pub(crate) shared_packs: shared_packs::SharedPacks,
 }
 
 impl Inner {
@@ -361,6 +374,7 @@ impl Artifacts {
                 link_base: std::sync::OnceLock::new(),
                 disk_cache: std::sync::OnceLock::new(),
                 read_order: Default::default(),
+                shared_packs: Default::default(),
             }),
         })
     }

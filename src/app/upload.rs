@@ -475,7 +475,12 @@ impl Upload {
             }
         };
         if !self.pack.is_empty() {
-            self.seal_pack().await?;
+            let ingest = &self.inner.settings.ingest;
+            if self.pack.len() < ingest.shared_pack_below_bytes.min(ingest.pack_target_bytes / 2) {
+                self.place_in_shared_pack().await?;
+            } else {
+                self.seal_pack().await?;
+            }
         }
         while let Some(write) = self.writes.join_next().await {
             write.map_err(|e| Error::internal(format!("pack write task failed: {e}")))??;
@@ -877,6 +882,19 @@ impl Upload {
                 self.pack_reservation.merge(more);
             }
         }
+    }
+
+    /// Hands the chunks of the pack being filled to a pack shared with other uploads, and
+    /// waits until that pack is durable and staged (see [`super::shared_packs`]).
+    async fn place_in_shared_pack(&mut self) -> Result<()> {
+        let builder = std::mem::take(&mut self.pack);
+        let reservation = std::mem::replace(&mut self.pack_reservation, Reservation::none());
+        let placement =
+            super::shared_packs::SharedPacks::place(&self.inner, &self.tenant, builder, reservation).await?;
+        self.new_chunks
+            .seal(Arc::from(placement.pack.pack_id.as_str()), &placement.entries);
+        self.packs.push(placement.pack);
+        Ok(())
     }
 
     /// Seals the current pack, records it as staged, and writes it in the background,

@@ -4,7 +4,7 @@
 use std::fmt;
 
 /// What went wrong, in terms a caller can act on.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// A named thing does not exist (or is not visible in the caller's tenant and project).
     #[error("{0}")]

@@ -166,6 +166,23 @@ impl PackBuilder {
         self.body.extend_from_slice(stored);
     }
 
+    /// Moves every chunk of `other` after this builder's chunks, in their order; returns the
+    /// positions (among this builder's entries) they now have.
+    pub fn append(&mut self, mut other: PackBuilder) -> std::ops::Range<usize> {
+        let first = self.entries.len();
+        let shift = self.body.len() as u64;
+        self.body.extend_from_slice(&other.body);
+        self.entries
+            .extend(other.entries.drain(..).map(|entry| PackEntry {
+                offset: entry.offset + shift,
+                ..entry
+            }));
+        if let Some(pool) = other.pool.take() {
+            pool.give(std::mem::take(&mut other.body));
+        }
+        first..self.entries.len()
+    }
+
     /// Finishes a plain (version 1) pack.
     pub fn seal(self) -> SealedPack {
         self.finish(Sealing::Plain)
@@ -334,6 +351,47 @@ mod tests {
         assert!(object_matches_name(&pack.id.object_key(), &pack.bytes));
         assert!(!object_matches_name(&pack.id.object_key(), &corrupted));
         assert!(object_matches_name("health/canary-x", b"anything"));
+    }
+
+    #[test]
+    fn appended_builders_keep_every_chunk_and_their_order() {
+        for key in [None, Some(DataKey::generate())] {
+            let mut first = PackBuilder::new();
+            first.add(ChunkId([1; 32]), Codec::Raw, 5, b"alpha", None);
+            let mut second = PackBuilder::new();
+            second.add(ChunkId([2; 32]), Codec::Raw, 4, b"beta", None);
+            second.add(
+                ChunkId([3; 32]),
+                Codec::ZstdDelta,
+                50,
+                b"gamma!",
+                Some(ChunkId([1; 32])),
+            );
+            let mut shared = PackBuilder::new();
+            assert_eq!(shared.append(first), 0..1);
+            assert_eq!(shared.append(second), 1..3);
+            assert_eq!(shared.append(PackBuilder::new()), 3..3);
+            assert_eq!(shared.len(), 15);
+            let pack = match &key {
+                Some(key) => shared.seal_with(key),
+                None => shared.seal(),
+            };
+            let trailer = read_trailer(pack.id, &pack.bytes).unwrap();
+            assert_eq!(trailer.entries, pack.entries);
+            let ids: Vec<u8> = trailer.entries.iter().map(|e| e.chunk_id.0[0]).collect();
+            assert_eq!(ids, [1, 2, 3]);
+            assert_eq!(trailer.entries[2].base, Some(ChunkId([1; 32])));
+            for (entry, plain) in trailer.entries.iter().zip([&b"alpha"[..], b"beta", b"gamma!"]) {
+                let stored = &pack.bytes[entry.offset as usize..][..entry.stored_len as usize];
+                match &key {
+                    Some(key) => assert_eq!(
+                        key.open_chunk(&entry.chunk_id, entry.offset, stored).unwrap(),
+                        plain
+                    ),
+                    None => assert_eq!(stored, plain),
+                }
+            }
+        }
     }
 
     #[test]

@@ -81,6 +81,10 @@ metric_names! {
         "Bytes delta encoding saved against storing those chunks on their own (compressed)";
     PACK_BYTES_WRITTEN_TOTAL = "artifactd_pack_bytes_written_total", Counter,
         "Bytes of pack objects written to the object store";
+    SHARED_PACKS_TOTAL = "artifactd_shared_packs_total", Counter,
+        "Packs written for the small uploads that shared them (each holds one or more uploads' chunks)";
+    SHARED_PACK_UPLOADS_TOTAL = "artifactd_shared_pack_uploads_total", Counter,
+        "Uploads whose chunks went into a shared pack instead of a pack of their own";
     PACK_BYTES_READ_TOTAL = "artifactd_pack_bytes_read_total", Counter,
         "Bytes of pack objects read from the object store";
     VERSIONS_COMMITTED_TOTAL = "artifactd_versions_committed_total", Counter,
