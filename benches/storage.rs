@@ -43,6 +43,14 @@
 //! - `history_packs` / `mean_pack_bytes`: packs and their mean size after collection merged
 //!   the small ones (before: `history_packs_before_compaction`).
 //!
+//! Small creates (`small` section): every version of every bmad-history document (1,027,
+//! 15.6 KB on average) created as an artifact of its own by 32 clients at once, on the
+//! embedded store, with each upload writing its own pack (`own`, the baseline), with small
+//! uploads sharing packs (`shared`, the default) and sharing with a 2 ms window
+//! (`shared_window`): `small_creates_per_s_<c>`, `small_create_p50_ms_<c>`,
+//! `small_create_p99_ms_<c>`, `small_uploads_per_pack_<c>`, and the throughput ratios
+//! `small_creates_shared_vs_own` and `small_creates_shared_window_vs_own`.
+//!
 //! The release series and collection, on the in-process S3 server:
 //! - `release_series_stored_bytes`: bytes written to the store for the 24 BMAD release tars.
 //! - `gc_reclaimed_ratio`: after the older half of the release series is deleted, purged and
@@ -179,7 +187,7 @@ async fn serve_file(path: std::path::PathBuf) -> std::net::SocketAddr {
 }
 
 /// Whether a section runs: all of them unless `ARTIFACTD_BENCH_SECTIONS` lists some
-/// (`transfers`, `registry`, `concurrent`, `prefetch`, `history`, `series`).
+/// (`transfers`, `registry`, `concurrent`, `prefetch`, `history`, `small`, `series`).
 fn section(name: &str) -> bool {
     std::env::var("ARTIFACTD_BENCH_SECTIONS").map_or(true, |list| list.split(',').any(|s| s.trim() == name))
 }
@@ -202,6 +210,9 @@ async fn main() {
     if section("history") {
         history().await;
     }
+    if section("small") {
+        small_creates().await;
+    }
     if section("series") {
         let s3 = S3TestServer::start().await;
         let (releases, stored) = release_series_and_gc(&s3).await;
@@ -212,6 +223,95 @@ async fn main() {
             stored as f64 / logical as f64
         );
     }
+}
+
+/// Every version of every bmad-history document created as an artifact of its own by 32
+/// clients at once, on the embedded store: with every upload writing its own pack (the
+/// baseline), with small uploads sharing packs, and sharing with a 2 ms window. Three rounds
+/// alternate the configurations; each one's fastest round counts.
+async fn small_creates() {
+    const CLIENTS: usize = 32;
+    let documents: Vec<Vec<u8>> = common::history_documents()
+        .into_iter()
+        .flat_map(|(_, versions)| versions)
+        .collect();
+    let configurations: [(&str, &[(&str, &str)]); 3] = [
+        ("own", &[("ARTIFACTD_INGEST__SHARED_PACK_BELOW_BYTES", "0")]),
+        ("shared", &[]),
+        (
+            "shared_window",
+            &[("ARTIFACTD_INGEST__SHARED_PACK_WINDOW_MS", "2")],
+        ),
+    ];
+    // (creates a second, p50 ms, p99 ms, uploads a pack) of each configuration's best round.
+    let mut best: Vec<Option<(f64, f64, f64, f64)>> = vec![None; configurations.len()];
+    for _round in 0..3 {
+        for (at, (_, settings)) in configurations.iter().enumerate() {
+            let mut options = ServerOptions::default();
+            for (key, value) in *settings {
+                options = options.env(key, *value);
+            }
+            let server = ServerProcess::start_with(options);
+            let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let documents = std::sync::Arc::new(documents.clone());
+            let started = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..CLIENTS {
+                let mut client = server.client().await;
+                let (next, documents) = (next.clone(), documents.clone());
+                tasks.spawn(async move {
+                    let mut latencies = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(content) = documents.get(i) else { break };
+                        let messages = create_messages(
+                            header("bench", "small", "doc", &format!("doc-{i}")),
+                            content,
+                            MESSAGE,
+                        );
+                        let begun = Instant::now();
+                        client
+                            .create_artifact(futures::stream::iter(messages))
+                            .await
+                            .expect("a small create");
+                        latencies.push(begun.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    latencies
+                });
+            }
+            let mut latencies = Vec::new();
+            while let Some(done) = tasks.join_next().await {
+                latencies.extend(done.unwrap());
+            }
+            let elapsed = started.elapsed();
+            latencies.sort_by(f64::total_cmp);
+            let quantile = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+            let packs = common::pack_files(&server.data_dir).len().max(1);
+            let figures = (
+                documents.len() as f64 / elapsed.as_secs_f64(),
+                quantile(0.5),
+                quantile(0.99),
+                documents.len() as f64 / packs as f64,
+            );
+            eprintln!("small creates {}: {figures:?}", configurations[at].0);
+            if best[at].is_none_or(|previous| figures.0 > previous.0) {
+                best[at] = Some(figures);
+            }
+        }
+    }
+    for ((label, _), figures) in configurations.iter().zip(&best) {
+        let (rate, p50, p99, per_pack) = figures.unwrap();
+        println!("RESULT small_creates_per_s_{label} {rate:.1}");
+        println!("RESULT small_create_p50_ms_{label} {p50:.2}");
+        println!("RESULT small_create_p99_ms_{label} {p99:.2}");
+        println!("RESULT small_uploads_per_pack_{label} {per_pack:.2}");
+    }
+    let rate = |at: usize| best[at].unwrap().0;
+    println!("RESULT small_creates_shared_vs_own {:.3}", rate(1) / rate(0));
+    println!(
+        "RESULT small_creates_shared_window_vs_own {:.3}",
+        rate(2) / rate(0)
+    );
 }
 
 /// The next minor version of `id` in the `history` project.
