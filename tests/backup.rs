@@ -856,7 +856,11 @@ async fn point_in_time(postgres: bool, seed: u64) {
             _ => continue,
         }
         let after = artifactd::domain::now_micros();
-        assert!(after > before);
+        if after <= before {
+            // A step that found nothing to do (every name taken, say) can end within the
+            // microsecond it began: it made no moment of its own.
+            continue;
+        }
         tokio::time::sleep(Duration::from_millis(3)).await;
         moments.push((after + 1000, visible(&model)));
     }
