@@ -675,6 +675,12 @@ impl Config {
                 self.ingest.transfer_memory_bytes
             ));
         }
+        if self.ingest.delta_base_memory_bytes < 64 * 1024 {
+            return invalid(format!(
+                "ingest.delta_base_memory_bytes = {} must be at least 65536",
+                self.ingest.delta_base_memory_bytes
+            ));
+        }
         if self.ingest.shared_pack_window_ms > 1000 {
             return invalid(format!(
                 "ingest.shared_pack_window_ms = {} must be at most 1000 (it delays acknowledgements)",

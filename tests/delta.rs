@@ -476,3 +476,73 @@ async fn similar_content_elsewhere_is_stored_as_a_delta_on_sqlite() {
 async fn similar_content_elsewhere_is_stored_as_a_delta_on_postgres() {
     similar_content_elsewhere_is_stored_as_a_delta(true).await;
 }
+
+/// Reads of delta bases hold memory from a budget of their own: with room for one read at
+/// a time (64 KiB) and no chunk cache, concurrent downloads through deep chains and
+/// concurrent updates encoding against bases all wait their turn and succeed, every
+/// version reads back byte-identical, the updates still store deltas, and the budget is
+/// whole again at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delta_bases_are_read_within_their_memory_budget_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(
+        dir.path(),
+        None,
+        &[
+            ("ARTIFACTD_DELIVERY__CACHE_MEMORY_BYTES", "0"),
+            ("ARTIFACTD_INGEST__DELTA_BASE_MEMORY_BYTES", "65536"),
+        ],
+    );
+    let mut client = server.client().await;
+    let uploaded = upload(&mut client, &histories(6, 10)).await;
+    assert!(common::metric(server.http, "artifactd_delta_chunks_total").await >= 10.0);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for reader in 0..6 {
+        let mut client = server.client().await;
+        let uploaded = uploaded.clone();
+        tasks.spawn(async move {
+            read_back(&mut client, &uploaded, &format!("reader {reader}")).await;
+            0
+        });
+    }
+    for (id, versions) in uploaded.clone() {
+        let mut client = server.client().await;
+        tasks.spawn(async move {
+            // The latest version with a line added in the middle: an edit of its chunks.
+            let mut edited = versions.last().unwrap().1.clone();
+            let middle = edited.len() / 2;
+            let cut = middle + edited[middle..].iter().position(|b| *b == b'\n').unwrap_or(0);
+            edited.splice(cut..cut, b"\nA line added while others read.\n".iter().copied());
+            let made = update(&mut client, next_header(&id), &edited)
+                .await
+                .unwrap_or_else(|status| panic!("updating {id} under load: {status:?}"));
+            let version = made.version.unwrap();
+            let (_, bytes) = download(&mut client, download_request(T, P, &id, &version.version))
+                .await
+                .unwrap();
+            assert!(
+                bytes == edited,
+                "{id}@{} reads back different bytes",
+                version.version
+            );
+            version.delta_saved_bytes
+        });
+    }
+    let mut saved = 0;
+    while let Some(done) = tasks.join_next().await {
+        saved += done.unwrap();
+    }
+    assert!(saved > 0, "the updates under load stored no deltas");
+    let waits = common::metric(server.http, "artifactd_delta_base_memory_waits_total").await;
+    assert!(
+        waits > 0.0,
+        "with room for one read at a time, reads of bases waited"
+    );
+    assert_eq!(
+        common::metric(server.http, "artifactd_delta_base_memory_reserved_bytes").await,
+        0.0,
+        "every read gave its delta base memory back"
+    );
+    println!("reads of delta bases waited {waits} times");
+}

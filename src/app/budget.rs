@@ -22,28 +22,76 @@ pub(crate) const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_sec
 pub(crate) struct MemoryBudget {
     units: Arc<Semaphore>,
     total_units: u32,
+    pool: Pool,
 }
 
-/// Bytes held against the budget until dropped.
-#[derive(Default)]
+/// What a budget is for: its metrics and how it explains a wait that ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pool {
+    /// Uploads' packs and downloads' read-ahead.
+    Transfers,
+    /// The plain content of delta bases, read to encode or decode delta chunks.
+    DeltaBases,
+}
+
+impl Pool {
+    fn reserved_gauge(self) -> &'static str {
+        match self {
+            Pool::Transfers => names::TRANSFER_MEMORY_RESERVED_BYTES,
+            Pool::DeltaBases => names::DELTA_BASE_MEMORY_RESERVED_BYTES,
+        }
+    }
+
+    fn waits_counter(self) -> &'static str {
+        match self {
+            Pool::Transfers => names::TRANSFER_MEMORY_WAITS_TOTAL,
+            Pool::DeltaBases => names::DELTA_BASE_MEMORY_WAITS_TOTAL,
+        }
+    }
+
+    fn held_by(self) -> &'static str {
+        match self {
+            Pool::Transfers => "transfer memory has been in use by other uploads and downloads",
+            Pool::DeltaBases => "memory for delta bases has been in use by other reads",
+        }
+    }
+}
+
+/// Bytes held against a budget until dropped.
 pub(crate) struct Reservation {
     permit: Option<OwnedSemaphorePermit>,
+    pool: Pool,
+}
+
+impl Default for Reservation {
+    fn default() -> Self {
+        Self::none()
+    }
 }
 
 impl Reservation {
     pub(crate) fn none() -> Self {
-        Self { permit: None }
+        Self {
+            permit: None,
+            pool: Pool::Transfers,
+        }
     }
 
     pub(crate) fn bytes(&self) -> usize {
         self.permit.as_ref().map_or(0, |p| p.num_permits() * UNIT)
     }
 
-    /// Adds `other` to this reservation.
+    /// Adds `other` (of the same budget) to this reservation.
     pub(crate) fn merge(&mut self, mut other: Reservation) {
         match (&mut self.permit, other.permit.take()) {
-            (Some(mine), Some(theirs)) => mine.merge(theirs),
-            (mine @ None, theirs) => *mine = theirs,
+            (Some(mine), Some(theirs)) => {
+                debug_assert_eq!(self.pool, other.pool, "reservations of one budget merge");
+                mine.merge(theirs)
+            }
+            (mine @ None, theirs) => {
+                *mine = theirs;
+                self.pool = other.pool;
+            }
             (_, None) => {}
         }
     }
@@ -54,19 +102,25 @@ impl Drop for Reservation {
         if let Some(permit) = self.permit.take() {
             let units = permit.num_permits();
             drop(permit);
-            metrics::gauge!(names::TRANSFER_MEMORY_RESERVED_BYTES).decrement((units * UNIT) as f64);
+            metrics::gauge!(self.pool.reserved_gauge()).decrement((units * UNIT) as f64);
         }
     }
 }
 
 impl MemoryBudget {
+    /// The budget of transfers' buffers.
     pub(crate) fn new(bytes: usize) -> Self {
+        Self::for_pool(Pool::Transfers, bytes)
+    }
+
+    pub(crate) fn for_pool(pool: Pool, bytes: usize) -> Self {
         let total_units = bytes
             .div_ceil(UNIT)
             .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize)) as u32;
         Self {
             units: Arc::new(Semaphore::new(total_units as usize)),
             total_units,
+            pool,
         }
     }
 
@@ -75,10 +129,12 @@ impl MemoryBudget {
         (bytes.div_ceil(UNIT).max(1) as u32).min(self.total_units)
     }
 
-    fn granted(permit: OwnedSemaphorePermit) -> Reservation {
-        metrics::gauge!(names::TRANSFER_MEMORY_RESERVED_BYTES)
-            .increment((permit.num_permits() * UNIT) as f64);
-        Reservation { permit: Some(permit) }
+    fn granted(&self, permit: OwnedSemaphorePermit) -> Reservation {
+        metrics::gauge!(self.pool.reserved_gauge()).increment((permit.num_permits() * UNIT) as f64);
+        Reservation {
+            permit: Some(permit),
+            pool: self.pool,
+        }
     }
 
     /// `bytes` now, if the budget has them.
@@ -87,7 +143,7 @@ impl MemoryBudget {
             .clone()
             .try_acquire_many_owned(self.units_for(bytes))
             .ok()
-            .map(Self::granted)
+            .map(|permit| self.granted(permit))
     }
 
     /// `bytes`, waiting until the budget has them, for at most [`WAIT_LIMIT`]: transfers
@@ -97,7 +153,7 @@ impl MemoryBudget {
         if let Some(reservation) = self.try_reserve(bytes) {
             return Ok(reservation);
         }
-        metrics::counter!(names::TRANSFER_MEMORY_WAITS_TOTAL).increment(1);
+        metrics::counter!(self.pool.waits_counter()).increment(1);
         let acquired = tokio::time::timeout(
             WAIT_LIMIT,
             self.units.clone().acquire_many_owned(self.units_for(bytes)),
@@ -105,13 +161,12 @@ impl MemoryBudget {
         .await
         .map_err(|_| {
             Error::Unavailable(format!(
-                "the server's transfer memory has been in use by other uploads and downloads for {} s; retry",
+                "the server's {} for {} s; retry",
+                self.pool.held_by(),
                 WAIT_LIMIT.as_secs()
             ))
         })?;
-        Ok(Self::granted(
-            acquired.expect("the budget's semaphore is never closed"),
-        ))
+        Ok(self.granted(acquired.expect("the budget's semaphore is never closed")))
     }
 }
 

@@ -4,6 +4,7 @@
 //! know, and known packs no chunk points into, are reported as orphans (garbage, not damage).
 
 use super::Artifacts;
+use super::download::PlainChunks;
 use crate::catalog::ChunkLocation;
 use crate::domain::encryption::TenantKeyState;
 use crate::domain::{Error, Result};
@@ -232,7 +233,7 @@ impl Artifacts {
         // Delta chunks decode against their bases, read (verified) as downloads read them.
         let base_ids: Vec<ChunkId> = needed.iter().filter_map(|chunk| chunk.location.base).collect();
         let bases = if base_ids.is_empty() {
-            HashMap::new()
+            PlainChunks::cached(HashMap::new())
         } else {
             match super::download::plain_chunks(
                 inner.clone(),
@@ -249,7 +250,7 @@ impl Artifacts {
                     report.problems.push(format!(
                         "{store_name}: pack {pack_id}: the bases of its delta chunks cannot be read: {error}"
                     ));
-                    HashMap::new()
+                    PlainChunks::cached(HashMap::new())
                 }
             }
         };
@@ -317,7 +318,7 @@ impl Artifacts {
             };
             let base = location
                 .base
-                .and_then(|base| bases.get(&base))
+                .and_then(|base| bases.chunks.get(&base))
                 .map(|base| &base[..]);
             match decode(location.codec, stored, location.raw_len as usize, base) {
                 Ok(raw) => {

@@ -10,6 +10,7 @@
 //! messages spends its time on per-message overhead in every client.
 
 use super::Inner;
+use super::budget::Reservation;
 use crate::catalog::ChunkLocation;
 use crate::domain::{Error, Result};
 use crate::ingest::chunk::Codec;
@@ -389,6 +390,11 @@ const CHAIN_READS: usize = 8;
 /// verify is read again through the store's checked read (so a failover pair serves its
 /// other copy). `depth` counts the chains already followed to get here: a chain longer than
 /// any upload writes is refused as damage rather than followed.
+///
+/// What is read holds memory from the delta base budget (`ingest.delta_base_memory_bytes`)
+/// until the returned chunks are dropped: a first read waits for it (nothing it waits on
+/// waits for anything but store reads); a read of damaged bases' other copies (`depth` > 0)
+/// takes what is free and goes on without the rest rather than wait inside a reservation.
 pub(super) fn plain_chunks(
     inner: Arc<Inner>,
     tenant: Arc<str>,
@@ -396,7 +402,7 @@ pub(super) fn plain_chunks(
     ids: Vec<ChunkId>,
     generation: u64,
     depth: u8,
-) -> futures::future::BoxFuture<'static, Result<HashMap<ChunkId, Bytes>>> {
+) -> futures::future::BoxFuture<'static, Result<PlainChunks>> {
     async move {
         let mut found: HashMap<ChunkId, Bytes> = HashMap::with_capacity(ids.len());
         let mut missing = Vec::new();
@@ -411,7 +417,7 @@ pub(super) fn plain_chunks(
         missing.sort_unstable();
         missing.dedup();
         if missing.is_empty() {
-            return Ok(found);
+            return Ok(PlainChunks::cached(found));
         }
         if depth > crate::ingest::delta::MAX_CHAIN {
             return Err(Error::DataLoss(format!(
@@ -457,6 +463,17 @@ pub(super) fn plain_chunks(
         }
         // Roots first: each chunk's base is decoded before it.
         needed.sort_unstable();
+        // Each chunk read is held twice for a while: as stored and as decoded.
+        let cost: usize = needed
+            .iter()
+            .filter_map(|(_, id)| locations.get(id))
+            .map(|location| location.stored_len as usize + location.raw_len as usize)
+            .sum();
+        let held = if depth == 0 {
+            inner.base_budget.reserve(cost).await?
+        } else {
+            inner.base_budget.try_reserve(cost).unwrap_or_default()
+        };
         let mut spans = Vec::with_capacity(needed.len());
         for (_, id) in &needed {
             // One read per chunk: a chain's chunks are rarely next to each other.
@@ -517,9 +534,34 @@ pub(super) fn plain_chunks(
             };
             found.insert(id, plain);
         }
-        Ok(found)
+        Ok(PlainChunks {
+            chunks: found,
+            _held: held,
+        })
     }
     .boxed()
+}
+
+/// The plain content of chunks, holding the delta base memory their reading took until
+/// dropped.
+pub(super) struct PlainChunks {
+    pub chunks: HashMap<ChunkId, Bytes>,
+    _held: Reservation,
+}
+
+impl PlainChunks {
+    /// The chunks and the memory they hold, to be kept as long as the chunks are.
+    pub fn into_parts(self) -> (HashMap<ChunkId, Bytes>, Reservation) {
+        (self.chunks, self._held)
+    }
+
+    /// Chunks the chunk cache held: the cache's memory, not the budget's.
+    pub fn cached(chunks: HashMap<ChunkId, Bytes>) -> Self {
+        Self {
+            chunks,
+            _held: Reservation::none(),
+        }
+    }
 }
 
 /// Reads one span: from the chunk cache when it holds every chunk of it, otherwise from
@@ -556,7 +598,7 @@ fn fetch_span(
             .filter_map(|chunk| chunk.location.base)
             .collect();
         let bases = if base_ids.is_empty() {
-            HashMap::new()
+            PlainChunks::cached(HashMap::new())
         } else {
             plain_chunks(inner.clone(), tenant, key.clone(), base_ids, generation, depth).await?
         };
@@ -565,7 +607,7 @@ fn fetch_span(
             let span = span.clone();
             let inner = inner.clone();
             Arc::new(move |bytes: &[u8]| {
-                decode_span(&key, &span, bytes, &bases, &inner, generation)
+                decode_span(&key, &span, bytes, &bases.chunks, &inner, generation)
                     .map(|piece| vec![piece])
                     .map_err(|e| e.to_string())
             })

@@ -590,7 +590,7 @@ impl Artifacts {
             .filter_map(|location| location.base)
             .collect();
         let bases = if base_ids.is_empty() {
-            HashMap::new()
+            super::download::PlainChunks::cached(HashMap::new())
         } else {
             super::download::plain_chunks(
                 inner.clone(),
@@ -623,7 +623,7 @@ impl Artifacts {
             };
             let base = location
                 .base
-                .and_then(|base| bases.get(&base))
+                .and_then(|base| bases.chunks.get(&base))
                 .map(|base| &base[..]);
             let raw = decode(location.codec, &opened, location.raw_len as usize, base).map_err(|error| {
                 Error::DataLoss(format!("chunk {} does not decode: {error}", chunk_id.to_hex()))

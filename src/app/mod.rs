@@ -92,6 +92,10 @@ pub struct IngestSettings {
     /// is in flight (while one is, the next pack fills until it is done anyway); each
     /// upload's acknowledgement waits up to this much longer.
     pub shared_pack_window_ms: u64,
+    /// Memory the plain content of delta bases may take while uploads encode against them
+    /// and reads decode through them, all together (reads wait for it; one read needing more
+    /// than all of it takes all of it and runs alone).
+    pub delta_base_memory_bytes: usize,
 }
 
 impl IngestSettings {
@@ -115,6 +119,7 @@ impl Default for IngestSettings {
             delta_max_depth: 32,
             shared_pack_below_bytes: 1024 * 1024,
             shared_pack_window_ms: 0,
+            delta_base_memory_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -162,6 +167,8 @@ pub(crate) struct Inner {
     pub(crate) cache: delivery::ChunkCache,
     /// What uploads and downloads may hold in memory together.
     pub(crate) budget: budget::MemoryBudget,
+    /// What the plain content of delta bases being read may take, together.
+    pub(crate) base_budget: budget::MemoryBudget,
     /// Large buffers of packs and spans, used again (idle ones up to a quarter of the budget).
     pub(crate) buffers: Arc<crate::buffers::BufferPool>,
     /// The HTTP listener's address, for links when no public address is configured.
@@ -358,6 +365,8 @@ impl Artifacts {
         let keys = keys::Keyring::new(settings.master_keys.clone());
         let cache = delivery::ChunkCache::new(settings.delivery.cache_memory_bytes);
         let budget = budget::MemoryBudget::new(settings.ingest.transfer_memory_bytes);
+        let base_budget =
+            budget::MemoryBudget::for_pool(budget::Pool::DeltaBases, settings.ingest.delta_base_memory_bytes);
         let buffers = crate::buffers::BufferPool::new(settings.ingest.transfer_memory_bytes / 4);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -371,6 +380,7 @@ impl Artifacts {
                 cache,
                 buffers,
                 budget,
+                base_budget,
                 link_base: std::sync::OnceLock::new(),
                 disk_cache: std::sync::OnceLock::new(),
                 read_order: Default::default(),

@@ -601,7 +601,8 @@ impl Upload {
             }
         }
         self.find_similar(&mut to_encode).await;
-        let bases = self.delta_bases(&to_encode).await;
+        // The bases' memory is held until their chunks are encoded.
+        let (bases, _bases_held) = self.delta_bases(&to_encode).await;
         let level = self.inner.settings.ingest.zstd_level;
         let mut compressibility = self.compressibility;
         let (encoded, compressibility, delta_trials) = crate::compute::run(move || {
@@ -768,9 +769,10 @@ impl Upload {
     /// each was aligned with: the candidate itself, or, when the candidate's own chain is
     /// as deep as allowed, the candidate's base (so chains never grow past
     /// `ingest.delta_max_depth`, and later versions keep finding a base close to them).
-    /// Each with the depth a delta against it has, and its plain content. A base that
-    /// cannot be read now costs only the delta: the chunk is stored on its own.
-    async fn delta_bases(&self, to_encode: &[ToEncode]) -> HashMap<ChunkId, Base> {
+    /// Each with the depth a delta against it has, and its plain content; with the delta
+    /// base memory that content holds. A base that cannot be read now (or not within the
+    /// wait for that memory) costs only the delta: the chunk is stored on its own.
+    async fn delta_bases(&self, to_encode: &[ToEncode]) -> (HashMap<ChunkId, Base>, Reservation) {
         let mut candidates: Vec<ChunkId> = to_encode
             .iter()
             .flat_map(|item| item.candidates.iter().flatten().copied())
@@ -778,7 +780,7 @@ impl Upload {
         candidates.sort_unstable();
         candidates.dedup();
         if candidates.is_empty() {
-            return HashMap::new();
+            return (HashMap::new(), Reservation::none());
         }
         let max_depth = self.inner.settings.ingest.delta_max_depth;
         let found = async {
@@ -811,29 +813,29 @@ impl Upload {
                 0,
             )
             .await?;
-            Ok::<_, Error>(
-                chosen
-                    .into_iter()
-                    .filter_map(|(candidate, (id, depth, past_the_chain))| {
-                        let plain = plain.get(&id)?.clone();
-                        Some((
-                            candidate,
-                            Base {
-                                id,
-                                depth,
-                                past_the_chain,
-                                plain,
-                            },
-                        ))
-                    })
-                    .collect(),
-            )
+            let (plain, held) = plain.into_parts();
+            let bases = chosen
+                .into_iter()
+                .filter_map(|(candidate, (id, depth, past_the_chain))| {
+                    let plain = plain.get(&id)?.clone();
+                    Some((
+                        candidate,
+                        Base {
+                            id,
+                            depth,
+                            past_the_chain,
+                            plain,
+                        },
+                    ))
+                })
+                .collect();
+            Ok::<_, Error>((bases, held))
         };
         match found.await {
-            Ok(bases) => bases,
+            Ok(found) => found,
             Err(error) => {
                 tracing::warn!(upload_id = %self.upload_id, %error, "the delta bases could not be read; this part of the upload is stored without deltas");
-                HashMap::new()
+                (HashMap::new(), Reservation::none())
             }
         }
     }
@@ -888,7 +890,7 @@ impl Upload {
     /// waits until that pack is durable and staged (see [`super::shared_packs`]).
     async fn place_in_shared_pack(&mut self) -> Result<()> {
         let builder = std::mem::take(&mut self.pack);
-        let reservation = std::mem::replace(&mut self.pack_reservation, Reservation::none());
+        let reservation = std::mem::take(&mut self.pack_reservation);
         let placement =
             super::shared_packs::SharedPacks::place(&self.inner, &self.tenant, builder, reservation).await?;
         self.new_chunks
@@ -914,7 +916,7 @@ impl Upload {
         };
         let builder = std::mem::take(&mut self.pack);
         // The pack's memory stays reserved until its write is done.
-        let reservation = std::mem::replace(&mut self.pack_reservation, Reservation::none());
+        let reservation = std::mem::take(&mut self.pack_reservation);
         let (sealed, generation) =
             seal_and_stage(&self.inner, &self.tenant, builder, sealing, &self.upload_id).await?;
         let pack_id = sealed.id.to_hex();

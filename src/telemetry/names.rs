@@ -35,6 +35,10 @@ metric_names! {
         "Bytes of the transfer memory budget that uploads' packs and downloads' read-ahead hold";
     TRANSFER_MEMORY_WAITS_TOTAL = "artifactd_transfer_memory_waits_total", Counter,
         "Times an upload or a download waited for the transfer memory budget";
+    DELTA_BASE_MEMORY_RESERVED_BYTES = "artifactd_delta_base_memory_reserved_bytes", Gauge,
+        "Bytes reserved from the delta base memory budget by reads of delta bases";
+    DELTA_BASE_MEMORY_WAITS_TOTAL = "artifactd_delta_base_memory_waits_total", Counter,
+        "Times a read of delta bases waited for the delta base memory budget";
     DOWNLOADS_STALLED_TOTAL = "artifactd_downloads_stalled_total", Counter,
         "Downloads ended because their reader took nothing for ingest.stalled_download_seconds";
     DISK_CACHE_BYTES = "artifactd_disk_cache_bytes", Gauge,
