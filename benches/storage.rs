@@ -36,6 +36,9 @@
 //!   document is uploaded in order (one artifact per document), with delta compression on;
 //!   `history_stored_bytes_without_deltas` the same with `ingest.delta_max_depth = 0`, and
 //!   `history_catalog_bytes` the SQLite catalog's size beside it.
+//! - `history_upload_mib_s` (deltas) and `history_upload_plain_mib_s`: the uploads of every
+//!   version, one after the other; `history_upload_vs_plain` their ratio (what finding
+//!   similar chunks, reading bases and encoding deltas cost a writer).
 //! - `history_download_mib_s` (deltas) and `history_download_plain_mib_s`: every version read
 //!   back in order after a restart (empty chunk cache); `history_download_vs_plain` their ratio.
 //! - `doc_edit_new_bytes`: what a paragraph inserted into the middle of the largest docs file
@@ -333,6 +336,7 @@ async fn history() {
         documents.len()
     );
     let mut read_rates = Vec::new();
+    let mut write_rates = Vec::new();
     for deltas in [true, false] {
         let dir = tempfile::tempdir().unwrap();
         let options = || {
@@ -351,6 +355,7 @@ async fn history() {
         let mut server = ServerProcess::start_with(options());
         let mut client = server.client().await;
         let mut ids = Vec::new();
+        let started = Instant::now();
         for (name, versions) in &documents {
             let created =
                 common::client::create(&mut client, header("bench", "history", "doc", name), &versions[0])
@@ -364,6 +369,7 @@ async fn history() {
             }
             ids.push((id, given));
         }
+        write_rates.push(mib_s(logical, started.elapsed()));
         let packs = common::pack_files(dir.path())
             .into_iter()
             .map(|(_, size)| size)
@@ -464,6 +470,12 @@ to record a decision that the team took after the review: keep every version, st
             );
         }
     }
+    println!("RESULT history_upload_mib_s {:.2}", write_rates[0]);
+    println!("RESULT history_upload_plain_mib_s {:.2}", write_rates[1]);
+    println!(
+        "RESULT history_upload_vs_plain {:.3}",
+        write_rates[0] / write_rates[1]
+    );
     println!("RESULT history_download_mib_s {:.1}", read_rates[0]);
     println!("RESULT history_download_plain_mib_s {:.1}", read_rates[1]);
     println!(

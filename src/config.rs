@@ -258,8 +258,12 @@ pub struct SearchConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub grpc_addr: String,
-    /// Serves Prometheus `/metrics`.
+    /// Serves Prometheus `/metrics`, `/healthz` and, unless `links_addr` is set, download
+    /// links.
     pub http_addr: String,
+    /// When set, download links are served on a listener of their own at this address (the
+    /// one to put behind a CDN), and not on `http_addr`, which then keeps `/metrics` private.
+    pub links_addr: String,
     /// How long in-flight requests may run after a shutdown signal.
     pub shutdown_grace_seconds: u64,
     pub health_check_interval_ms: u64,
@@ -389,6 +393,7 @@ impl Default for ServerConfig {
         Self {
             grpc_addr: "127.0.0.1:50051".to_owned(),
             http_addr: "127.0.0.1:9464".to_owned(),
+            links_addr: String::new(),
             shutdown_grace_seconds: 30,
             health_check_interval_ms: 2000,
             storage_stats_interval_seconds: 300,
@@ -717,10 +722,15 @@ impl Config {
                 self.log.format
             ));
         }
+        let links = Some(&self.server.links_addr).filter(|addr| !addr.is_empty());
         for (key, addr) in [
-            ("server.grpc_addr", &self.server.grpc_addr),
-            ("server.http_addr", &self.server.http_addr),
-        ] {
+            ("server.grpc_addr", Some(&self.server.grpc_addr)),
+            ("server.http_addr", Some(&self.server.http_addr)),
+            ("server.links_addr", links),
+        ]
+        .into_iter()
+        .filter_map(|(key, addr)| Some((key, addr?)))
+        {
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 return invalid(format!(
                     "{key} = {addr:?} is not an address such as 127.0.0.1:50051"
@@ -1052,6 +1062,30 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/artifactd"));
         assert_eq!(config.retention.deleted_retention_seconds, 60);
         assert_eq!(config.fs_root(), PathBuf::from("/var/lib/artifactd/blobs"));
+    }
+
+    #[test]
+    fn bad_listener_and_ingest_settings_are_refused_by_name() {
+        for (key, value, needle) in [
+            ("ARTIFACTD_SERVER__LINKS_ADDR", "cdn.example", "server.links_addr"),
+            ("ARTIFACTD_SERVER__HTTP_ADDR", "9464", "server.http_addr"),
+            (
+                "ARTIFACTD_INGEST__DELTA_BASE_MEMORY_BYTES",
+                "1000",
+                "ingest.delta_base_memory_bytes",
+            ),
+            (
+                "ARTIFACTD_INGEST__SHARED_PACK_WINDOW_MS",
+                "5000",
+                "ingest.shared_pack_window_ms",
+            ),
+        ] {
+            let error = Config::load(None, env(&[(key, value)])).unwrap_err().to_string();
+            assert!(error.contains(needle), "{key}={value}: {error}");
+        }
+        let config = Config::load(None, env(&[("ARTIFACTD_SERVER__LINKS_ADDR", "0.0.0.0:8080")])).unwrap();
+        assert_eq!(config.server.links_addr, "0.0.0.0:8080");
+        assert_eq!(Config::load(None, env(&[])).unwrap().server.links_addr, "");
     }
 
     #[test]

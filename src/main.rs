@@ -289,7 +289,15 @@ fn main() -> anyhow::Result<()> {
                 server::run(config, Some(metrics), shutdown, |addrs| {
                     // One machine-readable line on stdout for supervisors and tests.
                     let mut stdout = std::io::stdout();
-                    let _ = writeln!(stdout, "artifactd ready grpc={} http={}", addrs.grpc, addrs.http);
+                    let links = addrs
+                        .links
+                        .map(|links| format!(" links={links}"))
+                        .unwrap_or_default();
+                    let _ = writeln!(
+                        stdout,
+                        "artifactd ready grpc={} http={}{links}",
+                        addrs.grpc, addrs.http
+                    );
                     let _ = stdout.flush();
                 })
                 .await

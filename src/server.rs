@@ -60,6 +60,8 @@ const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 pub struct BoundAddrs {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// The listener of download links, when they have one of their own.
+    pub links: Option<SocketAddr>,
 }
 
 /// Every backend gets a deadline that follows its observed latency (capped by the request
@@ -446,14 +448,24 @@ pub async fn run(
     let http_listener = TcpListener::bind(&config.server.http_addr)
         .await
         .with_context(|| format!("listening for HTTP on {}", config.server.http_addr))?;
+    let links_listener = match config.server.links_addr.as_str() {
+        "" => None,
+        addr => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for download links on {addr}"))?,
+        ),
+    };
     let addrs = BoundAddrs {
         grpc: grpc_listener.local_addr()?,
         http: http_listener.local_addr()?,
+        links: links_listener.as_ref().map(TcpListener::local_addr).transpose()?,
     };
 
-    // Links are absolute when the HTTP listener's address is one clients can reach.
-    if !addrs.http.ip().is_unspecified() {
-        artifacts.serve_links_at(format!("http://{}", addrs.http));
+    // Links are absolute when their listener's address is one clients can reach.
+    let links_at = addrs.links.unwrap_or(addrs.http);
+    if !links_at.ip().is_unspecified() {
+        artifacts.serve_links_at(format!("http://{links_at}"));
     }
     let artifact_service = ArtifactServiceServer::new(ArtifactApi::new(artifacts.clone(), shutdown.clone()))
         .max_decoding_message_size(MAX_DECODED_MESSAGE_BYTES);
@@ -522,11 +534,23 @@ pub async fn run(
                 async move { metrics.map(|handle| handle.render()).unwrap_or_default() }
             }),
         )
-        .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .merge(crate::api::http_links::routes(artifacts.clone()));
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    let links_router = crate::api::http_links::routes(artifacts.clone());
+    let (http_router, links) = match links_listener {
+        // Links on a listener of their own: the one a CDN reaches never serves `/metrics`.
+        Some(listener) => {
+            let links_router = links_router.route("/healthz", axum::routing::get(|| async { "ok" }));
+            (http_router, Some((listener, links_router)))
+        }
+        None => (http_router.merge(links_router), None),
+    };
     let http_shutdown = shutdown.clone();
     let http = axum::serve(http_listener, http_router)
         .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+    let links = links.map(|(listener, router)| {
+        let links_shutdown = shutdown.clone();
+        axum::serve(listener, router).with_graceful_shutdown(async move { links_shutdown.cancelled().await })
+    });
 
     let encryption = artifacts.settings().master_keys.as_ref().map_or_else(
         || "off".to_owned(),
@@ -546,6 +570,14 @@ pub async fn run(
             ended.cancel();
             result
         }
+    });
+    let links_task = links.map(|links| {
+        let ended = listener_ended.clone();
+        tokio::spawn(async move {
+            let result = links.await;
+            ended.cancel();
+            result
+        })
     });
     let grpc_task = tokio::spawn({
         let ended = listener_ended.clone();
@@ -584,11 +616,19 @@ pub async fn run(
             tracing::warn!("requests still running after the grace period were cut off");
         }
     }
-    // 2. HTTP metrics endpoint.
+    // 2. HTTP: metrics, and download links (given the same grace as gRPC when they have a
+    // listener of their own: a download through a link is a transfer in flight too).
     match tokio::time::timeout(Duration::from_secs(2), http_task).await {
         Ok(Ok(Err(error))) => failures.push(format!("the HTTP server failed: {error}")),
         Ok(Err(error)) => failures.push(format!("the HTTP server task failed: {error}")),
         _ => {}
+    }
+    if let Some(links_task) = links_task {
+        match tokio::time::timeout(grace, links_task).await {
+            Ok(Ok(Err(error))) => failures.push(format!("the download link server failed: {error}")),
+            Ok(Err(error)) => failures.push(format!("the download link server task failed: {error}")),
+            _ => {}
+        }
     }
     // 3. Background jobs, then the catalog.
     supervisor.shutdown(Duration::from_secs(5)).await;

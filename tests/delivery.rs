@@ -800,3 +800,45 @@ async fn a_run_reading_what_an_earlier_run_read_gets_its_next_inputs_warmed_on_s
 async fn a_run_reading_what_an_earlier_run_read_gets_its_next_inputs_warmed_on_postgres() {
     a_run_reading_what_an_earlier_run_read_gets_its_next_inputs_warmed(true).await;
 }
+
+/// With `server.links_addr` set, links are issued for and served by their own listener, and
+/// the metrics listener serves no links, nor the links listener any metrics: the address
+/// put behind a CDN exposes nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_can_have_a_listener_of_their_own_that_serves_nothing_else() {
+    let server = ServerProcess::start_with(
+        ServerOptions::default().env("ARTIFACTD_SERVER__LINKS_ADDR", "127.0.0.1:0"),
+    );
+    let links = server.links.expect("the ready line names the links listener");
+    assert_ne!(links, server.http);
+    let mut client = server.client().await;
+    let content = noise(200 * 1024 + 5, 91);
+    let id = create_id(&mut client, header(T, P, "bundle", "own-listener.bin"), &content).await;
+    let issued = link(&mut client, &id, "", 600).await.unwrap();
+    let path = format!("/v1/download/acme/delivery/{id}/");
+    assert!(
+        issued.url.starts_with(&format!("http://{links}{path}")),
+        "{}",
+        issued.url
+    );
+    let whole = fetch("GET", &issued.url, &[]).await;
+    assert_eq!(whole.status, 200);
+    assert!(whole.body == content, "the body is the content");
+    let part = fetch("GET", &issued.url, &[("range", "bytes=10-19")]).await;
+    assert_eq!(part.status, 206);
+    assert_eq!(&part.body[..], &content[10..20]);
+
+    let on_metrics_listener = issued.url.replace(&links.to_string(), &server.http.to_string());
+    assert_eq!(fetch("GET", &on_metrics_listener, &[]).await.status, 404);
+    assert_eq!(
+        fetch("GET", &format!("http://{links}/metrics"), &[]).await.status,
+        404
+    );
+    let metrics = fetch("GET", &format!("http://{}/metrics", server.http), &[]).await;
+    assert_eq!(metrics.status, 200);
+    assert!(String::from_utf8_lossy(&metrics.body).contains("artifactd_"));
+    assert_eq!(
+        fetch("GET", &format!("http://{links}/healthz"), &[]).await.status,
+        200
+    );
+}

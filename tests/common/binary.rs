@@ -61,6 +61,8 @@ pub struct ServerProcess {
     child: Option<Child>,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// The download links' own listener, when one is configured.
+    pub links: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// The credential [`Self::channel`] sends.
     pub key: String,
@@ -203,9 +205,14 @@ impl ServerProcess {
         } else {
             ADMIN_KEY.clone()
         };
+        let links = line
+            .split_whitespace()
+            .find_map(|part| part.strip_prefix("links="))
+            .map(|addr| addr.parse().expect("the links listener's address"));
         Self {
             grpc: addr_of("grpc="),
             http: addr_of("http="),
+            links,
             child: Some(child),
             key,
             data_dir,
