@@ -249,36 +249,38 @@ impl DiskCache {
         }
     }
 
+    /// Drops `key` from the cache. The file goes while the index is held, so a copy of the
+    /// same key kept meanwhile is never the file removed; a copy being written now is
+    /// cancelled and not kept.
     fn forget(&self, key: &str) {
         let mut index = self.index.lock().expect("disk cache index");
         if let Some((size, _)) = index.entries.remove(key) {
             index.total -= size;
+            let _ = std::fs::remove_file(self.path_of(key));
         }
         if index.filling.contains(key) {
             index.cancelled.insert(key.to_owned());
         }
         drop(index);
-        let _ = std::fs::remove_file(self.path_of(key));
         self.report_size();
     }
 
     /// Keeps `bytes` as the whole of `key`: written to a temporary name, then renamed, so a
-    /// crash never leaves a partial object under a real name.
+    /// crash never leaves a partial object under a real name. The key stays `filling` until
+    /// it is indexed (no second copy of it starts meanwhile), and what is evicted to make
+    /// room is removed while the index is held (no copy kept meanwhile is removed).
     fn keep(&self, key: &str, bytes: &[u8]) {
         let size = bytes.len() as u64;
-        let evict = {
+        {
             let mut index = self.index.lock().expect("disk cache index");
-            index.filling.remove(key);
-            let deleted = index.cancelled.remove(key);
-            if deleted || size > self.capacity || index.entries.contains_key(key) {
+            if index.cancelled.remove(key) || size > self.capacity || index.entries.contains_key(key) {
+                index.filling.remove(key);
                 return;
             }
-            let evict = index.make_room(size, self.capacity);
+            for old in index.make_room(size, self.capacity) {
+                let _ = std::fs::remove_file(self.path_of(&old));
+            }
             index.pending += size;
-            evict
-        };
-        for old in evict {
-            let _ = std::fs::remove_file(self.path_of(&old));
         }
         let path = self.path_of(key);
         let temp = path.with_file_name(format!(
@@ -291,19 +293,28 @@ impl DiskCache {
         let written = std::fs::create_dir_all(&self.dir)
             .and_then(|()| std::fs::write(&temp, bytes))
             .and_then(|()| std::fs::rename(&temp, &path));
+        let mut index = self.index.lock().expect("disk cache index");
+        index.pending -= size;
+        index.filling.remove(key);
+        let cancelled = index.cancelled.remove(key);
         match written {
+            Ok(()) if cancelled => {
+                // Forgotten (the object deleted) while it was written.
+                let _ = std::fs::remove_file(&path);
+                drop(index);
+            }
             Ok(()) => {
-                let mut index = self.index.lock().expect("disk cache index");
-                index.pending -= size;
                 index.clock += 1;
                 let clock = index.clock;
-                index.entries.insert(key.to_owned(), (size, clock));
+                if let Some((replaced, _)) = index.entries.insert(key.to_owned(), (size, clock)) {
+                    index.total -= replaced;
+                }
                 index.total += size;
                 drop(index);
                 self.clear_problem();
             }
             Err(error) => {
-                self.index.lock().expect("disk cache index").pending -= size;
+                drop(index);
                 let _ = std::fs::remove_file(&temp);
                 self.report_problem(format!("cannot write {}: {error}", path.display()));
             }
@@ -524,6 +535,61 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("the cache holds {:?}, not {bytes} bytes", cache.status());
+    }
+
+    /// Copies kept, evictions and forgets of the same keys racing on several threads leave
+    /// an index that matches the directory: every indexed object has its file at its size,
+    /// the total is their sum, and no cache file is left unindexed.
+    #[test]
+    fn racing_fills_evictions_and_forgets_keep_index_and_files_in_step() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for about four of the twelve objects: most fills evict.
+        let cache = DiskCache::open(dir.path(), 4 * 4096);
+        let threads: Vec<_> = (0..4u64)
+            .map(|thread| {
+                let cache = cache.clone();
+                std::thread::spawn(move || {
+                    let mut state = thread.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                    for _ in 0..3000 {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        let key = format!("packs/{}", state % 12);
+                        if state % 5 == 0 {
+                            cache.forget(&key);
+                        } else {
+                            // As a fill does: admitted (one copy of a key at a time),
+                            // then kept.
+                            if cache.index.lock().unwrap().filling.insert(key.clone()) {
+                                let size = 4096 - (state % 12) as usize * 8;
+                                cache.keep(&key, &vec![(state % 251) as u8; size]);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let index = cache.index.lock().unwrap();
+        let mut sum = 0;
+        for (key, (size, _)) in &index.entries {
+            let on_disk = std::fs::metadata(cache.path_of(key)).map(|m| m.len());
+            assert_eq!(on_disk.ok(), Some(*size), "{key} is indexed at {size} bytes");
+            sum += size;
+        }
+        assert_eq!(index.total, sum);
+        assert_eq!(index.pending, 0);
+        assert!(index.total <= cache.capacity);
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            let key = key_of(&name).unwrap_or_else(|| panic!("a stray file {name}"));
+            assert!(
+                index.entries.contains_key(&key),
+                "{name} is on disk but not indexed"
+            );
+        }
     }
 
     #[tokio::test]
