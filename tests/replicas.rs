@@ -220,3 +220,86 @@ async fn two_replicas_share_one_catalog_and_one_bucket() {
     drop((a, b));
     database.drop_database().await;
 }
+
+async fn cache_status(server: &ServerProcess) -> artifactd::proto::CacheStatus {
+    artifactd::proto::admin_service_client::AdminServiceClient::new(server.channel().await)
+        .get_server_status(artifactd::proto::GetServerStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .cache
+        .expect("the status reports the caches")
+}
+
+/// Destroying a tenant's keys on one replica leaves nothing of its content in another's
+/// memory: the other learns it from the outbox, empties its chunk cache and forgets the
+/// tenant's sealing key, and its reads answer FAILED_PRECONDITION as the first one's do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_destroyed_on_one_replica_empty_the_other_replicas_cache() {
+    let database = TestDatabase::create().await;
+    let s3 = S3TestServer::start().await;
+    let master = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]);
+    let sealed = |database: &TestDatabase| {
+        ServerProcess::start_with(
+            ServerOptions::default()
+                .envs(s3.env("shredded-bucket"))
+                .env("DATABASE_URL", database.url.clone())
+                .env("ARTIFACTD_ENCRYPTION__MASTER_KEY", master.clone()),
+        )
+    };
+    let a = sealed(&database);
+    let b = sealed(&database);
+    let mut on_a = a.client().await;
+    let mut on_b = b.client().await;
+    let content = "The payment service keeps card numbers out of its logs.\n"
+        .repeat(3000)
+        .into_bytes();
+    let id = create_id(&mut on_a, header(T, P, "doc", "secrets.md"), &content).await;
+    for _ in 0..2 {
+        let (_, bytes) = download(&mut on_b, download_request(T, P, &id, ""))
+            .await
+            .unwrap();
+        assert!(bytes == content);
+    }
+    assert!(
+        cache_status(&b).await.memory_bytes > 0,
+        "the other replica holds the content in its chunk cache"
+    );
+
+    artifactd::proto::encryption_service_client::EncryptionServiceClient::new(a.channel().await)
+        .destroy_tenant_key(artifactd::proto::DestroyTenantKeyRequest {
+            tenant: T.into(),
+            confirm_tenant: T.into(),
+        })
+        .await
+        .expect("destroying the tenant's keys");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache_status(&b).await.memory_bytes > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the other replica still holds {} cached bytes of a tenant whose keys are gone",
+            cache_status(&b).await.memory_bytes
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        b.log().contains("cached content and keys are forgotten"),
+        "{}",
+        b.log()
+    );
+    assert_status(
+        download(&mut on_b, download_request(T, P, &id, "")).await,
+        Code::FailedPrecondition,
+        &["destroyed"],
+    );
+    // New content of the tenant, written through the other replica, is sealed under a new
+    // key and reads back.
+    let fresh = b"written after the destruction".repeat(100);
+    let again = create_id(&mut on_b, header(T, P, "doc", "after.md"), &fresh).await;
+    let (_, bytes) = download(&mut on_a, download_request(T, P, &again, ""))
+        .await
+        .unwrap();
+    assert_eq!(bytes, fresh);
+    drop((a, b));
+    database.drop_database().await;
+}

@@ -212,6 +212,11 @@ impl Keyring {
         )))
     }
 
+    /// Drops the key kept for sealing `tenant`'s new packs, whichever it is.
+    pub(crate) fn forget_tenant(&self, tenant: &str) {
+        self.sealing.lock().expect("keyring lock").remove(tenant);
+    }
+
     fn forget(&self, tenant: &str, key_id: &str) {
         let mut sealing = self.sealing.lock().expect("keyring lock");
         if sealing.get(tenant).is_some_and(|key| key.key_id == key_id) {

@@ -1031,4 +1031,12 @@ impl crate::search::ContentReader for Artifacts {
         let pieces: Vec<Bytes> = self.content(&plan).await?.try_collect().await?;
         Ok(Bytes::from(pieces.concat()))
     }
+
+    fn forget_tenant_content(&self, tenant: &str) {
+        // The chunk cache keeps no tenant apart: all of it goes, as where the keys were
+        // destroyed. The tenant key kept for sealing new packs goes too.
+        self.inner.cache.clear();
+        self.inner.keys.forget_tenant(tenant);
+        tracing::info!(%tenant, "a tenant's keys were destroyed; its cached content and keys are forgotten here");
+    }
 }

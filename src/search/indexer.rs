@@ -5,6 +5,7 @@
 use super::index::{Checkpoint, IndexedArtifact, SearchIndex};
 use super::metadata::ArtifactMetadata;
 use crate::catalog::{Catalog, OutboxEvent};
+use crate::domain::event::EventKind;
 use crate::domain::{Artifact, Scope};
 use crate::domain::{Error, Result};
 use crate::ingest::extract::{MAX_INDEXED_TEXT_BYTES, text_prefix};
@@ -56,6 +57,10 @@ pub trait ContentReader: Send + Sync + 'static {
         version: &str,
         length: u64,
     ) -> Result<Bytes>;
+
+    /// A tenant's keys were destroyed (on this replica or another): whatever of its content
+    /// this process still holds in memory goes now.
+    fn forget_tenant_content(&self, _tenant: &str) {}
 }
 
 #[derive(Clone)]
@@ -191,9 +196,17 @@ impl Indexer {
             // reads, whose events may postdate an earlier document; those add it again and
             // the last one wins).
             let mut seen = std::collections::HashSet::new();
+            let mut shredded = std::collections::HashSet::new();
             for event in events {
                 position = checkpoint_at(&event);
                 pending.events += 1;
+                // Every replica follows the outbox: this is how the others learn that a
+                // tenant's keys were destroyed where the call was made.
+                if EventKind::from_outbox(&event.event_type) == Some(EventKind::ContentDestroyed)
+                    && shredded.insert(event.tenant.clone())
+                {
+                    self.content.forget_tenant_content(&event.tenant);
+                }
                 if seen.insert(event.artifact_id.clone()) {
                     let scope = Scope::new(&event.tenant, &event.project);
                     let document = self.document(&scope, &event.artifact_id).await?;
