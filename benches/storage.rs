@@ -409,18 +409,7 @@ async fn history() {
 
         if deltas {
             // Collection merges the small packs every upload sealed.
-            let mut admin = AdminServiceClient::new(server.channel().await);
-            for _ in 0..3 {
-                tokio::time::sleep(Duration::from_millis(1100)).await;
-                let report = admin
-                    .collect_garbage(CollectGarbageRequest { dry_run: false })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .report
-                    .unwrap();
-                assert!(report.problems.is_empty(), "{:?}", report.problems);
-            }
+            common::collect_garbage(&server, 3).await;
             let packs = common::pack_files(dir.path())
                 .into_iter()
                 .map(|(_, size)| size)

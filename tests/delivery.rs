@@ -590,16 +590,6 @@ async fn readers_that_stop_reading_are_ended_and_their_memory_goes_to_others() {
     );
 }
 
-async fn cache_status(server: &ServerProcess) -> artifactd::proto::CacheStatus {
-    artifactd::proto::admin_service_client::AdminServiceClient::new(server.channel().await)
-        .get_server_status(artifactd::proto::GetServerStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .cache
-        .expect("the status reports the caches")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packs_read_again_from_s3_come_from_the_disk_cache_and_a_broken_cache_only_costs_speed() {
     let s3 = common::s3::S3TestServer::start().await;
@@ -624,19 +614,19 @@ async fn packs_read_again_from_s3_come_from_the_disk_cache_and_a_broken_cache_on
     };
     // Read once: nothing kept (one pass over the data is a scan). Read again: kept.
     assert!(read(client.clone(), id.clone()).await == content);
-    assert_eq!(cache_status(&server).await.disk_bytes, 0);
+    assert_eq!(common::cache_status(&server).await.disk_bytes, 0);
     assert!(read(client.clone(), id.clone()).await == content);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while cache_status(&server).await.disk_bytes == 0 {
+    while common::cache_status(&server).await.disk_bytes == 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "nothing reached the disk cache"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let before = cache_status(&server).await;
+    let before = common::cache_status(&server).await;
     assert!(read(client.clone(), id.clone()).await == content);
-    let after = cache_status(&server).await;
+    let after = common::cache_status(&server).await;
     assert!(after.disk_hits > before.disk_hits, "{before:?} → {after:?}");
     assert_eq!(after.disk_capacity_bytes, 1 << 30);
     assert!(after.disk_problem.is_empty());
@@ -654,7 +644,7 @@ async fn packs_read_again_from_s3_come_from_the_disk_cache_and_a_broken_cache_on
             read(client.clone(), id.clone()).await == content,
             "cached copies that are gone are read from S3"
         );
-        let status = cache_status(&server).await;
+        let status = common::cache_status(&server).await;
         if !status.disk_problem.is_empty() {
             assert!(
                 status.disk_problem.contains("cannot write"),
@@ -675,7 +665,7 @@ async fn packs_read_again_from_s3_come_from_the_disk_cache_and_a_broken_cache_on
 
     // The embedded filesystem store has no disk cache: it is local already.
     let local = ServerProcess::start();
-    assert_eq!(cache_status(&local).await.disk_capacity_bytes, 0);
+    assert_eq!(common::cache_status(&local).await.disk_capacity_bytes, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

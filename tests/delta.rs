@@ -12,15 +12,13 @@ mod common;
 use artifactd::proto::admin_service_client::AdminServiceClient;
 use artifactd::proto::retention_service_client::RetentionServiceClient;
 use artifactd::proto::{
-    CheckConsistencyRequest, CollectGarbageRequest, DeleteArtifactRequest, DeleteVersionRequest,
-    PurgeTrashRequest,
+    CheckConsistencyRequest, DeleteArtifactRequest, DeleteVersionRequest, PurgeTrashRequest,
 };
 use common::binary::{ServerOptions, ServerProcess};
 use common::client::{
     Client, assert_status, create, download, download_request, header, update, update_header,
 };
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use tonic::Code;
 
 const T: &str = "acme";
@@ -116,35 +114,6 @@ fn pack_files(server: &ServerProcess) -> Vec<PathBuf> {
         .collect()
 }
 
-async fn collect(server: &ServerProcess, rounds: usize) -> (u64, u64) {
-    let mut admin = AdminServiceClient::new(server.channel().await);
-    let (mut compacted, mut reclaimed) = (0, 0);
-    for _ in 0..rounds {
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        let report = admin
-            .collect_garbage(CollectGarbageRequest { dry_run: false })
-            .await
-            .unwrap()
-            .into_inner()
-            .report
-            .unwrap();
-        assert!(report.problems.is_empty(), "{:?}", report.problems);
-        compacted += report.packs_compacted;
-        reclaimed += report.packs_reclaimed;
-    }
-    (compacted, reclaimed)
-}
-
-async fn check_clean(server: &ServerProcess) {
-    let mut admin = AdminServiceClient::new(server.channel().await);
-    let checked = admin
-        .check_consistency(CheckConsistencyRequest { read_data: true })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(checked.problems.is_empty(), "{:?}", checked.problems);
-}
-
 async fn histories_survive_deltas_purged_bases_compaction_and_restarts(postgres: bool) {
     let (database, url) = catalog_for(postgres).await;
     let dir = tempfile::tempdir().unwrap();
@@ -206,7 +175,7 @@ async fn histories_survive_deltas_purged_bases_compaction_and_restarts(postgres:
         kept.push((id.clone(), versions[half..].to_vec()));
     }
     let packs_before = pack_files(&first).len();
-    let (compacted, _) = collect(&first, 4).await;
+    let (compacted, _) = common::collect_garbage(&first, 4).await;
     let packs_after = pack_files(&first).len();
     assert!(compacted > 0, "collection merged no small packs");
     assert!(
@@ -214,7 +183,7 @@ async fn histories_survive_deltas_purged_bases_compaction_and_restarts(postgres:
         "{packs_before} packs before collection, {packs_after} after: small packs were not merged"
     );
     read_back(&mut client, &kept, "after purging bases and compaction").await;
-    check_clean(&first).await;
+    common::check_clean(&first, "the check").await;
 
     // A restart reads everything from the store again (the chunk cache starts empty).
     drop(client);
@@ -224,7 +193,7 @@ async fn histories_survive_deltas_purged_bases_compaction_and_restarts(postgres:
     let second = server(dir.path(), url.as_deref(), &[]);
     let mut client = second.client().await;
     read_back(&mut client, &kept, "after a restart").await;
-    check_clean(&second).await;
+    common::check_clean(&second, "the check").await;
     // New versions after all that still find bases and read back.
     let (id, versions) = &kept[0];
     let mut next = versions.last().unwrap().1.clone();
@@ -436,7 +405,7 @@ async fn similar_content_elsewhere_is_stored_as_a_delta(postgres: bool) {
         })
         .await
         .unwrap();
-    collect(&first, 3).await;
+    common::collect_garbage(&first, 3).await;
     let expected: Uploaded = vec![
         (
             copy_id.clone(),
@@ -453,7 +422,7 @@ async fn similar_content_elsewhere_is_stored_as_a_delta(postgres: bool) {
         "after the original was purged and collected",
     )
     .await;
-    check_clean(&first).await;
+    common::check_clean(&first, "the check").await;
     drop(client);
     first.terminate();
     drop(first);

@@ -221,16 +221,6 @@ async fn two_replicas_share_one_catalog_and_one_bucket() {
     database.drop_database().await;
 }
 
-async fn cache_status(server: &ServerProcess) -> artifactd::proto::CacheStatus {
-    artifactd::proto::admin_service_client::AdminServiceClient::new(server.channel().await)
-        .get_server_status(artifactd::proto::GetServerStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .cache
-        .expect("the status reports the caches")
-}
-
 /// Destroying a tenant's keys on one replica leaves nothing of its content in another's
 /// memory: the other learns it from the outbox, empties its chunk cache and forgets the
 /// tenant's sealing key, and its reads answer FAILED_PRECONDITION as the first one's do.
@@ -262,7 +252,7 @@ async fn keys_destroyed_on_one_replica_empty_the_other_replicas_cache() {
         assert!(bytes == content);
     }
     assert!(
-        cache_status(&b).await.memory_bytes > 0,
+        common::cache_status(&b).await.memory_bytes > 0,
         "the other replica holds the content in its chunk cache"
     );
 
@@ -274,11 +264,11 @@ async fn keys_destroyed_on_one_replica_empty_the_other_replicas_cache() {
         .await
         .expect("destroying the tenant's keys");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while cache_status(&b).await.memory_bytes > 0 {
+    while common::cache_status(&b).await.memory_bytes > 0 {
         assert!(
             Instant::now() < deadline,
             "the other replica still holds {} cached bytes of a tenant whose keys are gone",
-            cache_status(&b).await.memory_bytes
+            common::cache_status(&b).await.memory_bytes
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -7,18 +7,16 @@
 
 mod common;
 
-use artifactd::proto::admin_service_client::AdminServiceClient;
 use artifactd::proto::retention_service_client::RetentionServiceClient;
 use artifactd::proto::{
-    CheckConsistencyRequest, CollectGarbageRequest, CreateArtifactRequest, DeleteArtifactRequest,
-    ListArtifactsRequest, PurgeTrashRequest, create_artifact_request,
+    CreateArtifactRequest, DeleteArtifactRequest, ListArtifactsRequest, PurgeTrashRequest,
+    create_artifact_request,
 };
 use common::binary::{ServerOptions, ServerProcess};
 use common::client::{
     Client, PIECE, create, create_messages, download, download_request, header, update, update_header,
 };
 use std::path::Path;
-use std::time::Duration;
 use tonic::Code;
 
 const T: &str = "acme";
@@ -137,30 +135,6 @@ async fn read_back(server: &ServerProcess, uploaded: &Uploaded, what: &str) {
     }
 }
 
-async fn collect(server: &ServerProcess, rounds: usize) {
-    let mut admin = AdminServiceClient::new(server.channel().await);
-    for _ in 0..rounds {
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        let report = admin
-            .collect_garbage(CollectGarbageRequest { dry_run: false })
-            .await
-            .unwrap()
-            .into_inner()
-            .report
-            .unwrap();
-        assert!(report.problems.is_empty(), "{:?}", report.problems);
-    }
-}
-
-async fn check_clean(server: &ServerProcess, what: &str) {
-    let checked = AdminServiceClient::new(server.channel().await)
-        .check_consistency(CheckConsistencyRequest { read_data: true })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(checked.problems.is_empty(), "{what}: {:?}", checked.problems);
-}
-
 async fn small_uploads_share_packs(postgres: bool) {
     let database = if postgres {
         Some(common::postgres::TestDatabase::create().await)
@@ -191,16 +165,16 @@ async fn small_uploads_share_packs(postgres: bool) {
         "{placed} concurrent small uploads should share packs, but took {shared_packs}"
     );
     read_back(&first, &uploaded, "after concurrent uploads").await;
-    check_clean(&first, "after concurrent uploads").await;
+    common::check_clean(&first, "after concurrent uploads").await;
     drop(first);
 
     // The refused uploads' chunks sit unclaimed in packs others committed: a restart and
     // collection keep every committed version readable and the check clean.
     let second = server(dir.path(), url.as_deref(), &[]);
     read_back(&second, &uploaded, "after a restart").await;
-    collect(&second, 3).await;
+    common::collect_garbage(&second, 3).await;
     read_back(&second, &uploaded, "after collection").await;
-    check_clean(&second, "after collection").await;
+    common::check_clean(&second, "after collection").await;
 
     // Everything purged: no pack stays behind.
     let mut artifacts = second.client().await;
@@ -224,13 +198,13 @@ async fn small_uploads_share_packs(postgres: bool) {
             .await
             .unwrap();
     }
-    collect(&second, 4).await;
+    common::collect_garbage(&second, 4).await;
     assert_eq!(
         common::pack_files(dir.path()),
         Vec::new(),
         "packs left after every artifact was purged and collected"
     );
-    check_clean(&second, "after purging everything").await;
+    common::check_clean(&second, "after purging everything").await;
     drop(second);
     if let Some(database) = database {
         database.drop_database().await;
@@ -321,5 +295,5 @@ async fn a_failed_shared_pack_write_fails_its_uploads_and_commits_none() {
         uploaded.push(done.unwrap());
     }
     read_back(&server, &uploaded, "after the store came back").await;
-    check_clean(&server, "after the store came back").await;
+    common::check_clean(&server, "after the store came back").await;
 }

@@ -19,7 +19,7 @@
 
 use super::Inner;
 use super::budget::Reservation;
-use super::upload::seal_and_stage;
+use super::upload::{seal_and_stage, write_pack};
 use crate::catalog::StagedPack;
 use crate::domain::{Error, Result};
 use crate::ingest::PackBuilder;
@@ -201,17 +201,7 @@ impl Writer {
         let sealing = inner.keys.sealing_key(&inner.catalog, &self.tenant).await?;
         let group = format!("shared-{}", uuid::Uuid::now_v7());
         let (sealed, generation) = seal_and_stage(inner, &self.tenant, builder, sealing, &group).await?;
-        let key = sealed.id.object_key();
-        let size = sealed.bytes.len();
-        inner.store.put(&key, sealed.bytes).await.map_err(|error| {
-            let message = format!("writing shared pack {key} failed: {error}");
-            if error.is_retryable() {
-                Error::Unavailable(message)
-            } else {
-                Error::Internal(message)
-            }
-        })?;
-        metrics::counter!(crate::telemetry::names::PACK_BYTES_WRITTEN_TOTAL).increment(size as u64);
+        write_pack(&inner.store, sealed.id, sealed.bytes).await?;
         metrics::counter!(crate::telemetry::names::SHARED_PACKS_TOTAL).increment(1);
         let pack = StagedPack {
             pack_id: sealed.id.to_hex(),

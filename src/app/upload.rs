@@ -931,21 +931,30 @@ impl Upload {
         let store = self.inner.store.clone();
         self.writes.spawn(async move {
             let _reservation = reservation;
-            let key = sealed.id.object_key();
-            let size = sealed.bytes.len();
-            store.put(&key, sealed.bytes).await.map_err(|error| {
-                let message = format!("writing pack {key} failed: {error}");
-                if error.is_retryable() {
-                    Error::Unavailable(message)
-                } else {
-                    Error::Internal(message)
-                }
-            })?;
-            metrics::counter!(crate::telemetry::names::PACK_BYTES_WRITTEN_TOTAL).increment(size as u64);
-            Ok(())
+            write_pack(&store, sealed.id, sealed.bytes).await
         });
         Ok(())
     }
+}
+
+/// Writes a sealed (and staged) pack to the store; a failure says whether to retry.
+pub(super) async fn write_pack(
+    store: &crate::storage::DynBlobStore,
+    id: crate::ingest::PackId,
+    bytes: Bytes,
+) -> Result<()> {
+    let key = id.object_key();
+    let size = bytes.len();
+    store.put(&key, bytes).await.map_err(|error| {
+        let message = format!("writing pack {key} failed: {error}");
+        if error.is_retryable() {
+            Error::Unavailable(message)
+        } else {
+            Error::Internal(message)
+        }
+    })?;
+    metrics::counter!(crate::telemetry::names::PACK_BYTES_WRITTEN_TOTAL).increment(size as u64);
+    Ok(())
 }
 
 /// Finishes a pack (sealed under a new data key when the tenant's content is encrypted) and

@@ -136,3 +136,45 @@ pub async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+/// A server's chunk caches as `GetServerStatus` reports them.
+pub async fn cache_status(server: &binary::ServerProcess) -> artifactd::proto::CacheStatus {
+    artifactd::proto::admin_service_client::AdminServiceClient::new(server.channel().await)
+        .get_server_status(artifactd::proto::GetServerStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .cache
+        .expect("the status reports the caches")
+}
+
+/// `rounds` garbage collections, each a little over a second after the last (tests run with
+/// a one-second grace period), each without problems; the packs they compacted and reclaimed.
+pub async fn collect_garbage(server: &binary::ServerProcess, rounds: usize) -> (u64, u64) {
+    let mut admin = artifactd::proto::admin_service_client::AdminServiceClient::new(server.channel().await);
+    let (mut compacted, mut reclaimed) = (0, 0);
+    for _ in 0..rounds {
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let report = admin
+            .collect_garbage(artifactd::proto::CollectGarbageRequest { dry_run: false })
+            .await
+            .unwrap()
+            .into_inner()
+            .report
+            .unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        compacted += report.packs_compacted;
+        reclaimed += report.packs_reclaimed;
+    }
+    (compacted, reclaimed)
+}
+
+/// The consistency check, reading every byte, finds nothing wrong (`what`: when).
+pub async fn check_clean(server: &binary::ServerProcess, what: &str) {
+    let checked = artifactd::proto::admin_service_client::AdminServiceClient::new(server.channel().await)
+        .check_consistency(artifactd::proto::CheckConsistencyRequest { read_data: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(checked.problems.is_empty(), "{what}: {:?}", checked.problems);
+}
