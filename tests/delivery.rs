@@ -832,3 +832,47 @@ async fn links_can_have_a_listener_of_their_own_that_serves_nothing_else() {
         200
     );
 }
+
+/// A small upload holds about what its chunks take from the transfer budget, not a large
+/// upload's step: 64 small creates at once fit in the smallest budget allowed (16 MiB)
+/// without any of them waiting, and all commit and read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_small_uploads_at_once_fit_in_a_small_memory_budget() {
+    let server = std::sync::Arc::new(ServerProcess::start_with(ServerOptions::default().env(
+        "ARTIFACTD_INGEST__TRANSFER_MEMORY_BYTES",
+        (16u64 << 20).to_string(),
+    )));
+    let mut uploads = tokio::task::JoinSet::new();
+    for n in 0..64u64 {
+        let server = server.clone();
+        uploads.spawn(async move {
+            let mut client = server.client().await;
+            let mut made = Vec::new();
+            for round in 0..3 {
+                let content = noise(8 * 1024 + n as usize * 7, 1000 * round + n);
+                let id = create_id(
+                    &mut client,
+                    header(T, P, "note", &format!("small-{n}-{round}.txt")),
+                    &content,
+                )
+                .await;
+                made.push((id, content));
+            }
+            made
+        });
+    }
+    let made: Vec<(String, Vec<u8>)> = uploads.join_all().await.into_iter().flatten().collect();
+    assert_eq!(made.len(), 192);
+    let waits = common::metric(server.http, "artifactd_transfer_memory_waits_total").await;
+    assert_eq!(
+        waits, 0.0,
+        "small uploads waited for transfer memory {waits} times in a 16 MiB budget"
+    );
+    let mut client = server.client().await;
+    for (id, content) in &made {
+        let (_, bytes) = download(&mut client, download_request(T, P, id, ""))
+            .await
+            .unwrap();
+        assert!(bytes == *content, "{id} reads back different bytes");
+    }
+}

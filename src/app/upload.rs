@@ -34,7 +34,8 @@ const RECEIVE_AHEAD_MESSAGES: usize = 8;
 /// with the messages received ahead, this is what an upload holds outside the memory
 /// budget (about three batches: one being cut, one handed over, one being packed).
 const DEDUP_BATCH_BYTES: usize = 1024 * 1024;
-/// The pack being filled takes memory from the budget in steps of this size.
+/// The pack being filled takes memory from the budget in steps of this size once it needs
+/// that much.
 const PACK_RESERVATION_STEP: usize = 1024 * 1024;
 
 /// What the caller promised about the content.
@@ -874,7 +875,9 @@ impl Upload {
                 }
                 return Ok(());
             }
-            let step = (needed - held).max(PACK_RESERVATION_STEP);
+            // Large packs take memory in big steps (fewer waits on the budget); a small one
+            // only what it needs, so many small uploads at once fit in the budget.
+            let step = (needed - held).max(PACK_RESERVATION_STEP.min(needed));
             if let Some(more) = self.inner.budget.try_reserve(step) {
                 self.pack_reservation.merge(more);
             } else if !self.pack.is_empty() {
