@@ -534,10 +534,7 @@ pub(super) fn plain_chunks(
             };
             found.insert(id, plain);
         }
-        Ok(PlainChunks {
-            chunks: found,
-            _held: held,
-        })
+        Ok(PlainChunks { chunks: found, held })
     }
     .boxed()
 }
@@ -546,20 +543,20 @@ pub(super) fn plain_chunks(
 /// dropped.
 pub(super) struct PlainChunks {
     pub chunks: HashMap<ChunkId, Bytes>,
-    _held: Reservation,
+    held: Reservation,
 }
 
 impl PlainChunks {
     /// The chunks and the memory they hold, to be kept as long as the chunks are.
     pub fn into_parts(self) -> (HashMap<ChunkId, Bytes>, Reservation) {
-        (self.chunks, self._held)
+        (self.chunks, self.held)
     }
 
     /// Chunks the chunk cache held: the cache's memory, not the budget's.
     pub fn cached(chunks: HashMap<ChunkId, Bytes>) -> Self {
         Self {
             chunks,
-            _held: Reservation::none(),
+            held: Reservation::none(),
         }
     }
 }
