@@ -748,6 +748,16 @@ impl Config {
         }
     }
 
+    /// Where uploads spill their manifests and chunk lists: `ingest.spill_dir`, or
+    /// `<data_dir>/spill`.
+    pub fn spill_dir(&self) -> PathBuf {
+        if self.ingest.spill_dir.is_empty() {
+            self.data_dir.join("spill")
+        } else {
+            PathBuf::from(&self.ingest.spill_dir)
+        }
+    }
+
     pub fn cache_dir(&self) -> PathBuf {
         if self.delivery.cache_dir.is_empty() {
             self.data_dir.join("cache")
@@ -791,7 +801,10 @@ impl Config {
     /// The settings of the use cases, with the master keys read from their files.
     pub fn app_settings(&self) -> Result<crate::app::Settings, ConfigError> {
         Ok(crate::app::Settings {
-            ingest: self.ingest.clone(),
+            ingest: crate::app::IngestSettings {
+                spill_dir: self.spill_dir().display().to_string(),
+                ..self.ingest.clone()
+            },
             deleted_retention: Duration::from_secs(self.retention.deleted_retention_seconds),
             retention: self.retention.clone(),
             events: self.events.clone(),

@@ -309,6 +309,60 @@ async fn identical_content_is_stored_once() {
     assert_eq!(other.version.unwrap().new_stored_size, version.stored_size);
 }
 
+/// An upload keeps its manifest and the list of chunks it stores in a spill file once they
+/// outgrow a few KiB: a 56 MiB upload (3,500 chunks) whose last 24 MiB repeat its first
+/// finds those repeats among the spilled chunks, commits every chunk, and reads back; the
+/// same content again adds nothing, and the stores check clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_upload_spills_its_chunk_list_and_still_finds_its_own_repeats() {
+    let server = ServerProcess::start();
+    let mut client = server.client().await;
+    let first = noise(24 * 1024 * 1024, 31);
+    let middle = noise(8 * 1024 * 1024, 32);
+    let content = [first.as_slice(), middle.as_slice(), first.as_slice()].concat();
+    let created = create(&mut client, header(T, P, "bundle", "big.tar"), &content)
+        .await
+        .unwrap();
+    assert!(
+        server.data_dir.join("spill").is_dir(),
+        "the upload spilled into <data_dir>/spill"
+    );
+    let artifact = created.artifact.unwrap();
+    let version = created.version.unwrap();
+    let unique = (first.len() + middle.len()) as u64;
+    assert!(
+        version.new_stored_size < unique + unique / 50,
+        "the repeated 24 MiB were found among spilled chunks: {} new bytes stored for {unique} unique",
+        version.new_stored_size
+    );
+    assert!(version.new_stored_size >= unique, "{version:?}");
+    assert_eq!(version.size, content.len() as u64);
+    let (_, read) = download(&mut client, download_request(T, P, &artifact.id, ""))
+        .await
+        .unwrap();
+    assert!(read == content, "a spilled upload reads back byte for byte");
+    let mut next = update_header(T, P, &artifact.id);
+    next.next_version = Some(update_artifact_header::NextVersion::Bump(BumpKind::Minor as i32));
+    let again = update(&mut client, next, &content).await.unwrap();
+    assert_eq!(again.version.unwrap().new_stored_size, 0);
+    let (_, ranged) = download(
+        &mut client,
+        artifactd::proto::DownloadArtifactRequest {
+            offset: 40 * 1024 * 1024,
+            length: 1024 * 1024,
+            ..download_request(T, P, &artifact.id, "")
+        },
+    )
+    .await
+    .unwrap();
+    assert!(ranged == content[40 * 1024 * 1024..41 * 1024 * 1024]);
+    common::check_clean(&server, "after a spilled upload").await;
+    let spilled: Vec<_> = std::fs::read_dir(server.data_dir.join("spill"))
+        .unwrap()
+        .collect();
+    assert!(spilled.is_empty(), "spill files have no names: {spilled:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_and_malformed_ids_are_named() {
     let server = ServerProcess::start();

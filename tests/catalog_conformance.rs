@@ -43,7 +43,7 @@ fn new_version(version: &str, chunks: Vec<(String, PackEntry)>, packs: Vec<Stage
         metadata: BTreeMap::from([("owner".to_owned(), "pm".to_owned())]),
         content_type: "text/markdown".into(),
         extracted: r#"{"is_text":true,"line_count":3,"title":"PRD","headings":[],"front_matter":{},"top_level_keys":[],"truncated":false}"#.into(),
-        manifest: artifactd::ingest::Manifest::default(),
+        manifest: artifactd::ingest::NewManifest::default(),
         new_chunks: chunks,
         reused_chunks: Vec::new(),
         packs,
@@ -855,8 +855,9 @@ async fn long_manifests_share_segments(catalog: Catalog) {
     let scope = Scope::new("acme", "segments");
     let now = artifactd::domain::now_micros();
     let mut v1 = new_version("1.0.0", Vec::new(), Vec::new());
-    v1.manifest = long_manifest(4096, &[], 0);
-    let whole_len = v1.manifest.encoded().len() as u64;
+    let v1_manifest = long_manifest(4096, &[], 0);
+    v1.manifest = v1_manifest.clone().into();
+    let whole_len = v1_manifest.encoded().len() as u64;
     let (artifact, _) = catalog
         .create_artifact(&new_artifact(&scope, "big.bin"), &v1)
         .await
@@ -868,7 +869,8 @@ async fn long_manifests_share_segments(catalog: Catalog) {
         "{dialect:?}: {first:?}"
     );
     let mut v2 = new_version("1.1.0", Vec::new(), Vec::new());
-    v2.manifest = long_manifest(4096, &[2000], 0);
+    let v2_manifest = long_manifest(4096, &[2000], 0);
+    v2.manifest = v2_manifest.clone().into();
     catalog
         .add_version(&scope, &artifact.id, "1.0.0", &v2)
         .await
@@ -883,7 +885,7 @@ async fn long_manifests_share_segments(catalog: Catalog) {
         added < 12_000,
         "{dialect:?}: a one-chunk edit added {added} catalog bytes (the whole manifest is {whole_len})"
     );
-    for (version, manifest) in [("1.0.0", &v1.manifest), ("1.1.0", &v2.manifest)] {
+    for (version, manifest) in [("1.0.0", &v1_manifest), ("1.1.0", &v2_manifest)] {
         assert_eq!(
             catalog.manifest(&artifact.id, version).await.unwrap(),
             manifest.encoded().to_vec(),
@@ -899,14 +901,16 @@ async fn long_manifests_share_segments(catalog: Catalog) {
         tasks.push(tokio::spawn(async move {
             let name = format!("copy-{writer}.bin");
             let mut first = new_version("1.0.0", Vec::new(), Vec::new());
-            first.manifest = long_manifest(4096, &[writer * 500], writer);
+            let first_manifest = long_manifest(4096, &[writer * 500], writer);
+            first.manifest = first_manifest.clone().into();
             let (artifact, _) = catalog
                 .create_artifact(&new_artifact(&scope, &name), &first)
                 .await
                 .unwrap();
             for step in 1..4u64 {
                 let mut next = new_version(&format!("1.{step}.0"), Vec::new(), Vec::new());
-                next.manifest = long_manifest(4096, &[writer * 500, step * 997], writer * 10 + step);
+                let next_manifest = long_manifest(4096, &[writer * 500, step * 997], writer * 10 + step);
+                next.manifest = next_manifest.clone().into();
                 catalog
                     .add_version(&scope, &artifact.id, &format!("1.{}.0", step - 1), &next)
                     .await
@@ -926,7 +930,7 @@ async fn long_manifests_share_segments(catalog: Catalog) {
                     .manifest(&artifact.id, &format!("1.{step}.0"))
                     .await
                     .unwrap();
-                assert_eq!(read, next.manifest.encoded().to_vec());
+                assert_eq!(read, next_manifest.encoded().to_vec());
             }
             artifact.id
         }));
@@ -938,6 +942,22 @@ async fn long_manifests_share_segments(catalog: Catalog) {
     let busy = catalog.audit_shared_rows().await.unwrap();
     assert!(busy.problems.is_empty(), "{dialect:?}: {:?}", busy.problems);
 
+    // Read a part at a time (as downloads read), every version reads back whole too.
+    for (version, manifest) in [("1.0.0", &v1_manifest), ("1.1.0", &v2_manifest)] {
+        let mut reader = catalog.manifest_reader(&artifact.id, version).await.unwrap();
+        let mut parts = 0;
+        let mut entries = Vec::new();
+        while let Some(part) = reader.next_part().await.unwrap() {
+            parts += 1;
+            entries.extend(part.entries());
+        }
+        assert!(parts > 1, "{dialect:?}: {version} was read in {parts} part");
+        assert_eq!(
+            entries,
+            manifest.entries().collect::<Vec<_>>(),
+            "{dialect:?}: {version}"
+        );
+    }
     // Purging the older version deletes only the segments no other version names.
     catalog
         .delete_version(&scope, &artifact.id, "1.0.0", "tester", now)
@@ -951,8 +971,12 @@ async fn long_manifests_share_segments(catalog: Catalog) {
     );
     assert_eq!(
         catalog.manifest(&artifact.id, "1.1.0").await.unwrap(),
-        v2.manifest.encoded().to_vec()
+        v2_manifest.encoded().to_vec()
     );
+    // A reader of 1.1.0 that has begun, then everything is purged: its segments are gone,
+    // and the reader says the version was purged rather than damaged.
+    let mut reader = catalog.manifest_reader(&artifact.id, "1.1.0").await.unwrap();
+    reader.next_part().await.unwrap().expect("a first part");
     // Every artifact deleted and purged: no segment is left.
     for id in copies.iter().chain([&artifact.id]) {
         catalog.soft_delete(&scope, id, "tester", now).await.unwrap();
@@ -961,6 +985,17 @@ async fn long_manifests_share_segments(catalog: Catalog) {
     let end = catalog.audit_shared_rows().await.unwrap();
     assert!(end.problems.is_empty(), "{dialect:?}: {:?}", end.problems);
     assert_eq!(end.segments, 0, "{dialect:?}: segments outlived every version");
+    let purged = loop {
+        match reader.next_part().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("{dialect:?}: a purged version's manifest read to its end"),
+            Err(error) => break error,
+        }
+    };
+    assert!(
+        matches!(purged, artifactd::domain::Error::NotFound(_)) && purged.to_string().contains("purged"),
+        "{dialect:?}: {purged}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

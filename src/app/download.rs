@@ -11,7 +11,7 @@
 
 use super::Inner;
 use super::budget::Reservation;
-use crate::catalog::ChunkLocation;
+use crate::catalog::{ChunkLocation, ManifestReader};
 use crate::domain::{Error, Result};
 use crate::ingest::chunk::Codec;
 use crate::ingest::sealing::DataKey;
@@ -70,31 +70,42 @@ impl ReadSpan {
     }
 }
 
-/// The chunks of `range` in manifest order, a window at a time.
+/// The chunks of `range` in manifest order, a window at a time. The manifest is read a
+/// part at a time as the windows need it.
 struct Windows {
-    manifest: Manifest,
+    reader: ManifestReader,
+    part: Option<Manifest>,
+    /// The next entry of `part`.
+    in_part: usize,
     range: Range<u64>,
-    next: usize,
     position: u64,
 }
 
 impl Windows {
-    fn new(manifest: Manifest, range: Range<u64>) -> Self {
+    fn new(reader: ManifestReader, range: Range<u64>) -> Self {
         Self {
-            manifest,
+            reader,
+            part: None,
+            in_part: 0,
             range,
-            next: 0,
             position: 0,
         }
     }
 
-    fn next_window(&mut self) -> Option<Vec<(ChunkId, Range<usize>)>> {
+    async fn next_window(&mut self) -> Result<Option<Vec<(ChunkId, Range<usize>)>>> {
         let mut window = Vec::new();
         while window.len() < PLAN_WINDOW_CHUNKS && self.position < self.range.end {
-            let Some(entry) = self.manifest.get(self.next) else {
-                break;
+            let Some(entry) = self.part.as_ref().and_then(|part| part.get(self.in_part)) else {
+                match self.reader.next_part().await? {
+                    Some(part) => {
+                        self.part = Some(part);
+                        self.in_part = 0;
+                        continue;
+                    }
+                    None => break,
+                }
             };
-            self.next += 1;
+            self.in_part += 1;
             let chunk = self.position..self.position + u64::from(entry.raw_len);
             self.position = chunk.end;
             if chunk.end <= self.range.start {
@@ -104,7 +115,7 @@ impl Windows {
             let end = self.range.end.min(chunk.end) - chunk.start;
             window.push((entry.chunk_id, start as usize..end as usize));
         }
-        (!window.is_empty()).then_some(window)
+        Ok((!window.is_empty()).then_some(window))
     }
 }
 
@@ -115,20 +126,20 @@ pub(super) async fn stream(
     inner: Arc<Inner>,
     tenant: String,
     key: TenantKey,
-    manifest: Manifest,
+    manifest: ManifestReader,
     range: Range<u64>,
 ) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static> {
     let generation = inner.cache.generation();
     let tenant_name: Arc<str> = Arc::from(tenant.as_str());
     let mut windows = Windows::new(manifest, range);
-    let first = match windows.next_window() {
+    let first = match windows.next_window().await? {
         Some(window) => plan(&inner, &tenant, window).await?,
         None => Vec::new(),
     };
     let rest = futures::stream::try_unfold(
         (inner.clone(), tenant, windows),
         |(inner, tenant, mut windows)| async move {
-            let Some(window) = windows.next_window() else {
+            let Some(window) = windows.next_window().await? else {
                 return Ok(None);
             };
             let spans = plan(&inner, &tenant, window).await?;

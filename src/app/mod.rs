@@ -96,6 +96,22 @@ pub struct IngestSettings {
     /// and reads decode through them, all together (reads wait for it; one read needing more
     /// than all of it takes all of it and runs alone).
     pub delta_base_memory_bytes: usize,
+    /// Where an upload keeps its manifest and the list of chunks it stores once they
+    /// outgrow a few KiB of memory (unnamed files, gone when the upload ends); empty means
+    /// `<data_dir>/spill`.
+    pub spill_dir: String,
+}
+
+impl IngestSettings {
+    /// The spill directory; the system's temporary directory when none is set (an
+    /// `Artifacts` made without a configuration).
+    pub fn spill_path(&self) -> std::path::PathBuf {
+        if self.spill_dir.is_empty() {
+            std::env::temp_dir().join("artifactd-spill")
+        } else {
+            std::path::PathBuf::from(&self.spill_dir)
+        }
+    }
 }
 
 impl IngestSettings {
@@ -120,6 +136,7 @@ impl Default for IngestSettings {
             shared_pack_below_bytes: 1024 * 1024,
             shared_pack_window_ms: 0,
             delta_base_memory_bytes: 16 * 1024 * 1024,
+            spill_dir: String::new(),
         }
     }
 }
@@ -993,17 +1010,11 @@ impl Artifacts {
         &self,
         plan: &DownloadPlan,
     ) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static> {
-        let manifest_bytes = self
+        let manifest = self
             .inner
             .catalog
-            .manifest(&plan.artifact.id, &plan.version.version)
+            .manifest_reader(&plan.artifact.id, &plan.version.version)
             .await?;
-        let manifest = Manifest::decode(manifest_bytes).map_err(|e| {
-            Error::DataLoss(format!(
-                "manifest of version {} of artifact {:?} is unreadable: {e}",
-                plan.version.version, plan.artifact.id
-            ))
-        })?;
         let key = TenantKey::derive(&self.inner.secret(), &plan.artifact.scope.tenant);
         download::stream(
             self.inner.clone(),

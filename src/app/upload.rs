@@ -17,7 +17,8 @@ use crate::ingest::extract::{ContentShape, Extracted, extract};
 use crate::ingest::resemblance::{self, Sketch};
 use crate::ingest::sealing::DataKey;
 use crate::ingest::{
-    ChunkId, Manifest, ManifestBuilder, ManifestEntry, NewChunks, PackBuilder, StreamChunker, TenantKey,
+    ChunkId, Manifest, ManifestEntry, ManifestWriter, NewChunks, NewManifest, PackBuilder, StreamChunker,
+    TenantKey,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -99,7 +100,7 @@ pub struct IngestedContent {
     pub dedup_saved_bytes: u64,
     pub delta_saved_bytes: u64,
     pub blake3: String,
-    pub manifest: Manifest,
+    pub manifest: NewManifest,
     pub new_chunks: NewChunks,
     /// Chunks of the content stored before this upload, each once, sorted.
     pub reused_chunks: Vec<ChunkId>,
@@ -345,7 +346,12 @@ pub(super) struct Upload {
     key: TenantKey,
     /// The chunks this upload stores itself, found by id for its own repeats.
     new_chunks: NewChunks,
-    manifest: ManifestBuilder,
+    manifest: ManifestWriter,
+    /// Chunks of the content stored before this upload (sorted and deduplicated as it
+    /// grows).
+    reused_chunks: Vec<ChunkId>,
+    /// `reused_chunks` is deduplicated again when it reaches this length.
+    reused_dedup_at: usize,
     /// Stored bytes of the whole content (chunks stored before counted too), as encoded.
     stored_size: u64,
     new_stored_size: u64,
@@ -374,6 +380,7 @@ impl Upload {
             .and_then(DeltaBases::new)
             .map(Alignment::new);
         let chunker = StreamChunker::new(inner.settings.ingest.chunker());
+        let spill_dir = inner.settings.ingest.spill_path();
         let receiving = Receiving {
             max_message: inner.settings.ingest.max_data_message_bytes,
             batch_bytes: DEDUP_BATCH_BYTES.min(inner.settings.ingest.pack_target_bytes),
@@ -402,8 +409,10 @@ impl Upload {
             alignment,
             delta_trials: Compressibility::default(),
             key,
-            new_chunks: NewChunks::default(),
-            manifest: ManifestBuilder::default(),
+            new_chunks: NewChunks::new(spill_dir.clone()),
+            manifest: ManifestWriter::new(spill_dir.clone()),
+            reused_chunks: Vec::new(),
+            reused_dedup_at: 1024,
             stored_size: 0,
             new_stored_size: 0,
             new_raw_size: 0,
@@ -510,13 +519,12 @@ impl Upload {
                 "an upload ended with chunks in no sealed pack; nothing was committed",
             ));
         }
-        let manifest = std::mem::take(&mut self.manifest).finish();
-        // Chunks stored before this upload, each once.
-        let mut reused_chunks: Vec<ChunkId> = manifest
-            .entries()
-            .map(|entry| entry.chunk_id)
-            .filter(|id| self.new_chunks.find(id).is_none())
-            .collect();
+        let manifest = std::mem::replace(
+            &mut self.manifest,
+            ManifestWriter::new(self.inner.settings.ingest.spill_path()),
+        )
+        .finish();
+        let mut reused_chunks = std::mem::take(&mut self.reused_chunks);
         reused_chunks.sort_unstable();
         reused_chunks.dedup();
         Ok(IngestedContent {
@@ -528,7 +536,10 @@ impl Upload {
             delta_saved_bytes: self.delta_saved_bytes,
             blake3: digest.to_hex().to_string(),
             manifest,
-            new_chunks: std::mem::take(&mut self.new_chunks),
+            new_chunks: std::mem::replace(
+                &mut self.new_chunks,
+                NewChunks::new(self.inner.settings.ingest.spill_path()),
+            ),
             reused_chunks,
             packs: std::mem::take(&mut self.packs),
             content_type: content_type.to_owned(),
@@ -541,11 +552,12 @@ impl Upload {
         if pending.is_empty() {
             return Ok(());
         }
-        let unplaced: Vec<ChunkId> = pending
-            .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| self.new_chunks.find(id).is_none())
-            .collect();
+        let mut unplaced: Vec<ChunkId> = Vec::new();
+        for (id, _) in &pending {
+            if self.new_chunks.find(id).map_err(spill_error)?.is_none() {
+                unplaced.push(*id);
+            }
+        }
         let known = if unplaced.is_empty() {
             HashMap::new()
         } else {
@@ -554,15 +566,21 @@ impl Upload {
 
         let mut to_encode = Vec::new();
         for (id, chunk) in &pending {
-            self.manifest.push(ManifestEntry {
-                chunk_id: *id,
-                raw_len: chunk.len() as u32,
-            });
+            self.manifest
+                .push(ManifestEntry {
+                    chunk_id: *id,
+                    raw_len: chunk.len() as u32,
+                })
+                .map_err(spill_error)?;
             let candidate = self
                 .alignment
                 .as_mut()
                 .and_then(|alignment| alignment.next(id, chunk.len() as u32));
-            if known.contains_key(id) || self.new_chunks.find(id).is_some() {
+            if known.contains_key(id) {
+                self.reused_chunks.push(*id);
+                continue;
+            }
+            if self.new_chunks.find(id).map_err(spill_error)?.is_some() {
                 continue;
             }
             // Placed now so a repeat later in this batch dedups against it; its stored form
@@ -692,9 +710,14 @@ impl Upload {
                 metrics::counter!(crate::telemetry::names::DELTA_SAVED_BYTES_TOTAL).increment(chunk.saved);
             }
         }
+        if self.reused_chunks.len() >= self.reused_dedup_at {
+            self.reused_chunks.sort_unstable();
+            self.reused_chunks.dedup();
+            self.reused_dedup_at = (self.reused_chunks.len() * 2).max(1024);
+        }
         for (id, _) in &pending {
-            self.stored_size += match self.new_chunks.find(id) {
-                Some(at) => self.new_chunks.stored_len(at),
+            self.stored_size += match self.new_chunks.find(id).map_err(spill_error)? {
+                Some(at) => self.new_chunks.stored_len(at).map_err(spill_error)?,
                 None => known.get(id).copied().unwrap_or(0),
             };
         }
@@ -897,7 +920,8 @@ impl Upload {
         let placement =
             super::shared_packs::SharedPacks::place(&self.inner, &self.tenant, builder, reservation).await?;
         self.new_chunks
-            .seal(Arc::from(placement.pack.pack_id.as_str()), &placement.entries);
+            .seal(Arc::from(placement.pack.pack_id.as_str()), &placement.entries)
+            .map_err(spill_error)?;
         self.packs.push(placement.pack);
         Ok(())
     }
@@ -923,7 +947,9 @@ impl Upload {
         let (sealed, generation) =
             seal_and_stage(&self.inner, &self.tenant, builder, sealing, &self.upload_id).await?;
         let pack_id = sealed.id.to_hex();
-        self.new_chunks.seal(Arc::from(pack_id.as_str()), &sealed.entries);
+        self.new_chunks
+            .seal(Arc::from(pack_id.as_str()), &sealed.entries)
+            .map_err(spill_error)?;
         self.packs
             .push(crate::catalog::StagedPack { pack_id, generation });
         while self.writes.len() >= self.inner.settings.ingest.max_packs_in_flight {
@@ -1080,4 +1106,14 @@ pub fn parse_expected_blake3(field: &'static str, value: &str) -> Result<Option<
             format!("{} is not a 64-digit hex blake3 digest", quoted(value)),
         )
     })
+}
+
+/// An upload's spill file failed: the upload cannot go on, but nothing is lost.
+fn spill_error(error: std::io::Error) -> Error {
+    let message = format!("the upload could not keep its chunk list ({error}); nothing was committed");
+    if error.kind() == std::io::ErrorKind::StorageFull {
+        Error::ResourceExhausted(format!("{message}: ingest.spill_dir is full"))
+    } else {
+        Error::Unavailable(format!("{message}; retry the upload"))
+    }
 }

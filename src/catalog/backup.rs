@@ -1355,7 +1355,7 @@ impl Catalog {
             .fetch_one(&mut **tx)
             .await
             .map_err(|e| db_error("reading an artifact", e))?;
-        let manifest = self.store_manifest(tx, &tenant, &manifest).await?;
+        let manifest = self.store_manifest(tx, &tenant, &manifest.into()).await?;
         let extracted = self.store_extracted(tx, &tenant, &version.extracted).await?;
         let seq = if seq_taken.is_some() {
             let (max,): (i64,) =

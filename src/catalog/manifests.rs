@@ -12,8 +12,8 @@
 use super::counted::{CountedTable, Referenced, counted};
 use super::{BATCH_ROWS, Catalog, db_error};
 use crate::domain::{Error, Result};
-use crate::ingest::Manifest;
 use crate::ingest::manifest::ENTRY_LEN;
+use crate::ingest::{Manifest, NewManifest};
 use sqlx::{AnyConnection, AssertSqlSafe};
 use std::collections::{BTreeMap, HashMap};
 
@@ -57,27 +57,42 @@ fn named_segments(stored: &[u8]) -> Result<Option<Vec<SegmentId>>> {
 
 impl Catalog {
     /// What a version's row stores for `manifest`, writing and counting its segments in
-    /// `tenant`'s segment table when it is long.
+    /// `tenant`'s segment table when it is long. A long manifest is read a segment at a
+    /// time (twice: for the ids, then the bodies, a batch at a time in id order), so a
+    /// manifest an upload spilled is never held whole.
     pub(super) async fn store_manifest(
         &self,
         connection: &mut AnyConnection,
         tenant: &str,
-        manifest: &Manifest,
+        manifest: &NewManifest,
     ) -> Result<Vec<u8>> {
+        let unreadable = |e: std::io::Error| Error::internal(format!("reading the upload's manifest: {e}"));
         if manifest.len() <= INLINE_MAX_ENTRIES {
-            return Ok(manifest.encoded().to_vec());
+            return Ok(manifest.whole().map_err(unreadable)?.encoded().to_vec());
         }
-        let segments = manifest.segments();
-        let mut stored = Vec::with_capacity(1 + segments.len() * SEGMENT_ID_LEN);
+        let count = manifest.segment_count();
+        let mut stored = Vec::with_capacity(1 + count * SEGMENT_ID_LEN);
         stored.push(SEGMENTED);
-        // Each distinct segment once, with how many times this manifest names it.
-        let mut rows: BTreeMap<Vec<u8>, Referenced> = BTreeMap::new();
-        for segment in &segments {
-            let id = segment_id(segment);
+        // Each distinct segment once, with how many times this manifest names it and where.
+        let mut named: BTreeMap<SegmentId, (usize, i64)> = BTreeMap::new();
+        for index in 0..count {
+            let id = segment_id(&manifest.segment(index).map_err(unreadable)?);
             stored.extend_from_slice(&id);
-            rows.entry(id.to_vec()).or_insert_with(|| (segment.to_vec(), 0)).1 += 1;
+            named.entry(id).or_insert((index, 0)).1 += 1;
         }
-        self.add_references(connection, SEGMENTS, tenant, &rows).await?;
+        // In id order across batches too, so commits sharing segments lock them in the
+        // same order.
+        let named: Vec<(SegmentId, (usize, i64))> = named.into_iter().collect();
+        for batch in named.chunks(BATCH_ROWS) {
+            let mut rows: BTreeMap<Vec<u8>, Referenced> = BTreeMap::new();
+            for (id, (index, refs)) in batch {
+                rows.insert(
+                    id.to_vec(),
+                    (manifest.segment(*index).map_err(unreadable)?, *refs),
+                );
+            }
+            self.add_references(connection, SEGMENTS, tenant, &rows).await?;
+        }
         Ok(stored)
     }
 
@@ -121,6 +136,24 @@ impl Catalog {
         }
         wanted.sort_unstable();
         wanted.dedup();
+        let bodies = self.segment_bodies(connection, tenant, &wanted).await?;
+        Ok(stored
+            .into_iter()
+            .zip(named)
+            .map(|(row, ids)| {
+                let Some(ids) = ids? else { return Ok(row) };
+                assemble(&bodies, &ids).map(|manifest| manifest.encoded().to_vec())
+            })
+            .collect())
+    }
+
+    /// The bodies of `tenant`'s segments `wanted` (each id once) that the catalog holds.
+    async fn segment_bodies(
+        &self,
+        connection: &mut AnyConnection,
+        tenant: &str,
+        wanted: &[SegmentId],
+    ) -> Result<HashMap<SegmentId, Vec<u8>>> {
         let mut bodies: HashMap<SegmentId, Vec<u8>> = HashMap::with_capacity(wanted.len());
         for batch in wanted.chunks(BATCH_ROWS) {
             let sql = format!(
@@ -142,32 +175,144 @@ impl Catalog {
                 }
             }
         }
-        Ok(stored
-            .into_iter()
-            .zip(named)
-            .map(|(row, ids)| {
-                let Some(ids) = ids? else { return Ok(row) };
-                let mut parts = Vec::with_capacity(ids.len());
-                for id in &ids {
-                    let body = bodies.get(id).ok_or_else(|| {
-                        Error::DataLoss(format!(
-                            "manifest segment {} is missing from the catalog",
-                            blake3::Hash::from_bytes(*id).to_hex()
-                        ))
-                    })?;
-                    if segment_id(body) != *id || body.len() < ENTRY_LEN {
-                        return Err(Error::DataLoss(format!(
-                            "manifest segment {} does not match its id",
-                            blake3::Hash::from_bytes(*id).to_hex()
-                        )));
-                    }
-                    parts.push(body.as_slice());
-                }
-                Manifest::from_segments(parts)
-                    .map(|manifest| manifest.encoded().to_vec())
-                    .map_err(Error::DataLoss)
-            })
-            .collect())
+        Ok(bodies)
+    }
+
+    /// A reader of a version's manifest a part at a time: what it holds of a long manifest
+    /// is the list of its segment ids (32 bytes per 64 chunks on average) and the part last
+    /// read, so a download's memory does not grow with the artifact.
+    pub async fn manifest_reader(&self, artifact_id: &str, version: &str) -> Result<ManifestReader> {
+        let row: Option<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT a.tenant, v.manifest FROM versions v JOIN artifacts a ON a.id = v.artifact_id \
+             WHERE v.artifact_id = $1 AND v.version = $2",
+        )
+        .bind(artifact_id)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("reading a manifest", e))?;
+        let (tenant, stored) = row.ok_or_else(|| {
+            Error::not_found(format!("version {version} of artifact {artifact_id:?} not found"))
+        })?;
+        let source = match named_segments(&stored)? {
+            Some(ids) => Source::Segmented { ids, next: 0 },
+            None => Source::Whole(Some(Manifest::decode(stored).map_err(|e| {
+                Error::DataLoss(format!(
+                    "manifest of version {version} of artifact {artifact_id:?} is unreadable: {e}"
+                ))
+            })?)),
+        };
+        Ok(ManifestReader {
+            catalog: self.clone(),
+            tenant,
+            artifact_id: artifact_id.to_owned(),
+            version: version.to_owned(),
+            source,
+        })
+    }
+}
+
+/// The manifest whose segments are `ids`, in order, from `bodies`; each body is checked
+/// against its id.
+fn assemble(bodies: &HashMap<SegmentId, Vec<u8>>, ids: &[SegmentId]) -> Result<Manifest> {
+    let mut parts = Vec::with_capacity(ids.len());
+    for id in ids {
+        let body = bodies.get(id).ok_or_else(|| {
+            Error::DataLoss(format!(
+                "manifest segment {} is missing from the catalog",
+                blake3::Hash::from_bytes(*id).to_hex()
+            ))
+        })?;
+        if segment_id(body) != *id || body.len() < ENTRY_LEN {
+            return Err(Error::DataLoss(format!(
+                "manifest segment {} does not match its id",
+                blake3::Hash::from_bytes(*id).to_hex()
+            )));
+        }
+        parts.push(body.as_slice());
+    }
+    Manifest::from_segments(parts).map_err(Error::DataLoss)
+}
+
+/// Segments read per catalog round trip by a [`ManifestReader`]: about 2,000 chunks.
+const READER_SEGMENTS: usize = 32;
+
+/// A version's manifest, read in order a part at a time (see [`Catalog::manifest_reader`]).
+#[derive(Debug)]
+pub struct ManifestReader {
+    catalog: Catalog,
+    tenant: String,
+    artifact_id: String,
+    version: String,
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    /// A short manifest, stored whole in its version's row; `None` once handed out.
+    Whole(Option<Manifest>),
+    Segmented {
+        ids: Vec<SegmentId>,
+        next: usize,
+    },
+}
+
+impl ManifestReader {
+    /// The next part of the manifest (its next entries, in order), `None` after the last.
+    /// A version purged while it is being read is NOT_FOUND here, not damage.
+    pub async fn next_part(&mut self) -> Result<Option<Manifest>> {
+        let (ids, next) = match &mut self.source {
+            Source::Whole(whole) => return Ok(whole.take()),
+            Source::Segmented { ids, next } => (ids, next),
+        };
+        if *next >= ids.len() {
+            return Ok(None);
+        }
+        let part = &ids[*next..(*next + READER_SEGMENTS).min(ids.len())];
+        let mut wanted = part.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let catalog = &self.catalog;
+        let mut connection = catalog
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| db_error("reading manifest segments", e))?;
+        let bodies = catalog
+            .segment_bodies(&mut connection, &self.tenant, &wanted)
+            .await?;
+        drop(connection);
+        let manifest = match assemble(&bodies, part) {
+            Ok(manifest) => manifest,
+            Err(damage) => {
+                // Segments go when the last version naming them is purged: a version
+                // purged during the read explains a missing one.
+                let still_there = catalog.version_exists(&self.artifact_id, &self.version).await?;
+                return Err(if still_there {
+                    damage
+                } else {
+                    Error::not_found(format!(
+                        "version {} of artifact {:?} was purged while it was being read",
+                        self.version, self.artifact_id
+                    ))
+                });
+            }
+        };
+        *next += part.len();
+        Ok(Some(manifest))
+    }
+}
+
+impl Catalog {
+    async fn version_exists(&self, artifact_id: &str, version: &str) -> Result<bool> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT 1 FROM versions WHERE artifact_id = $1 AND version = $2")
+                .bind(artifact_id)
+                .bind(version)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| db_error("looking up a version", e))?;
+        Ok(row.is_some())
     }
 
     /// Releases the segments named by versions about to be deleted (their row forms):

@@ -15,7 +15,7 @@ mod keys;
 mod lifecycle;
 mod links;
 mod manifests;
-pub use manifests::SharedRowAudit;
+pub use manifests::{ManifestReader, SharedRowAudit};
 mod records;
 mod replication;
 mod retention;
@@ -627,7 +627,11 @@ impl Catalog {
         let mut new_chunks = version.new_chunks.iter().peekable();
         while new_chunks.peek().is_some() {
             type Row<'a> = (&'a str, crate::ingest::PackEntry, u8, Option<Sketch>);
-            let batch: Vec<Row> = new_chunks.by_ref().take(BATCH_ROWS).collect();
+            let batch: Vec<Row> = new_chunks
+                .by_ref()
+                .take(BATCH_ROWS)
+                .collect::<std::io::Result<_>>()
+                .map_err(|e| Error::internal(format!("reading the upload's chunk list: {e}")))?;
             let mut sql = format!(
                 "INSERT INTO chunks (tenant, chunk_id, pack_id, pack_offset, stored_length, raw_length, codec, \
                  base_chunk_id, delta_depth, resemblance_0, resemblance_1, resemblance_2, resemblance_3) VALUES {}",

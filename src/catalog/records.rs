@@ -267,7 +267,7 @@ pub struct Labels {
 }
 
 /// Everything one version commit writes, in one transaction.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct NewVersion {
     pub version: String,
     pub size: u64,
@@ -286,7 +286,7 @@ pub struct NewVersion {
     pub content_type: String,
     /// JSON of `ingest::extract::Extracted`.
     pub extracted: String,
-    pub manifest: crate::ingest::Manifest,
+    pub manifest: crate::ingest::NewManifest,
     /// Chunks this upload wrote, with their places in its packs.
     pub new_chunks: crate::ingest::NewChunks,
     /// Chunks of the content stored before this upload (each once): they must still be

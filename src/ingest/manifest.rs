@@ -7,6 +7,7 @@
 //! so versions of a large artifact share all but a segment or two of their chunk lists.
 
 use super::chunk::ChunkId;
+use super::spill::Spill;
 
 const FORMAT_VERSION: u8 = 1;
 /// Bytes of one entry in the stored form (and in a segment).
@@ -80,25 +81,17 @@ impl Manifest {
     /// The manifest's segments, in order: each the stored form of its entries (a multiple of
     /// [`ENTRY_LEN`] bytes, without the format byte), together the whole manifest.
     pub fn segments(&self) -> Vec<bytes::Bytes> {
-        let mut segments = Vec::new();
         let mut start = 0;
-        for (at, entry) in self.entries().enumerate() {
-            let len = at + 1 - start;
-            let cut_here = u32::from_le_bytes(entry.chunk_id.0[8..12].try_into().expect("4 bytes"))
-                % SEGMENT_CUT_ONE_IN
-                == 0;
-            if (len >= SEGMENT_MIN_ENTRIES && cut_here) || len == SEGMENT_MAX_ENTRIES {
-                segments.push(
-                    self.encoded
-                        .slice(1 + start * ENTRY_LEN..1 + (at + 1) * ENTRY_LEN),
-                );
-                start = at + 1;
-            }
-        }
-        if start < self.len() {
-            segments.push(self.encoded.slice(1 + start * ENTRY_LEN..));
-        }
-        segments
+        segment_ends(self.entries())
+            .into_iter()
+            .map(|end| {
+                let segment = self
+                    .encoded
+                    .slice(1 + start * ENTRY_LEN..1 + end as usize * ENTRY_LEN);
+                start = end as usize;
+                segment
+            })
+            .collect()
     }
 
     /// The manifest whose segments are `segments`, in order.
@@ -168,6 +161,167 @@ impl ManifestBuilder {
         Manifest {
             encoded: self.encoded.into(),
         }
+    }
+}
+
+/// Whether `entry`, the `len`th entry since the last segment ended, ends a segment.
+fn ends_segment(entry: &ManifestEntry, len: usize) -> bool {
+    let cut_here =
+        u32::from_le_bytes(entry.chunk_id.0[8..12].try_into().expect("4 bytes")) % SEGMENT_CUT_ONE_IN == 0;
+    (len >= SEGMENT_MIN_ENTRIES && cut_here) || len == SEGMENT_MAX_ENTRIES
+}
+
+/// Where the segments of a manifest with `entries` end (entry indices, exclusive).
+fn segment_ends(entries: impl Iterator<Item = ManifestEntry>) -> Vec<u32> {
+    let mut ends = Vec::new();
+    let mut start = 0;
+    let mut len = 0;
+    for (at, entry) in entries.enumerate() {
+        len = at + 1;
+        if ends_segment(&entry, len - start) {
+            ends.push(len as u32);
+            start = len;
+        }
+    }
+    if start < len {
+        ends.push(len as u32);
+    }
+    ends
+}
+
+/// An upload's manifest as it is written: entries go to a [`Spill`] (memory while few, an
+/// unnamed file beyond), and segments are found as entries arrive. What it holds in memory
+/// is 4 bytes per segment (64 chunks on average) past the spill's buffer.
+#[derive(Debug)]
+pub struct ManifestWriter {
+    spill: Spill,
+    ends: Vec<u32>,
+    start: usize,
+}
+
+impl ManifestWriter {
+    /// A manifest whose entries spill into `dir` when many.
+    pub fn new(dir: std::path::PathBuf) -> Self {
+        Self {
+            spill: Spill::new(dir, ENTRY_LEN),
+            ends: Vec::new(),
+            start: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.spill.len() as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spill.is_empty()
+    }
+
+    pub fn push(&mut self, entry: ManifestEntry) -> std::io::Result<()> {
+        let mut record = [0u8; ENTRY_LEN];
+        record[..32].copy_from_slice(&entry.chunk_id.0);
+        record[32..].copy_from_slice(&entry.raw_len.to_le_bytes());
+        self.spill.push(&record)?;
+        let len = self.len();
+        if ends_segment(&entry, len - self.start) {
+            self.ends.push(len as u32);
+            self.start = len;
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> NewManifest {
+        let len = self.len();
+        if self.start < len {
+            self.ends.push(len as u32);
+        }
+        NewManifest {
+            entries: Entries::Spill(self.spill),
+            ends: self.ends,
+        }
+    }
+}
+
+/// A new version's manifest, given whole or written by an upload: read a segment at a
+/// time when the catalog stores it.
+#[derive(Debug)]
+pub struct NewManifest {
+    entries: Entries,
+    /// Where each segment ends (entry indices, exclusive).
+    ends: Vec<u32>,
+}
+
+#[derive(Debug)]
+enum Entries {
+    Whole(Manifest),
+    Spill(Spill),
+}
+
+impl Default for NewManifest {
+    fn default() -> Self {
+        Manifest::default().into()
+    }
+}
+
+impl From<Manifest> for NewManifest {
+    fn from(manifest: Manifest) -> Self {
+        Self {
+            ends: segment_ends(manifest.entries()),
+            entries: Entries::Whole(manifest),
+        }
+    }
+}
+
+impl NewManifest {
+    pub fn len(&self) -> usize {
+        match &self.entries {
+            Entries::Whole(manifest) => manifest.len(),
+            Entries::Spill(spill) => spill.len() as usize,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The stored form of entries `range`.
+    fn read(&self, range: std::ops::Range<usize>) -> std::io::Result<Vec<u8>> {
+        match &self.entries {
+            Entries::Whole(manifest) => {
+                Ok(manifest.encoded[1 + range.start * ENTRY_LEN..1 + range.end * ENTRY_LEN].to_vec())
+            }
+            Entries::Spill(spill) => {
+                let mut out = vec![0; range.len() * ENTRY_LEN];
+                spill.read_range(range.start as u64, &mut out)?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// The whole manifest (for a short one: the catalog stores those whole).
+    pub fn whole(&self) -> std::io::Result<Manifest> {
+        match &self.entries {
+            Entries::Whole(manifest) => Ok(manifest.clone()),
+            Entries::Spill(_) => {
+                let mut encoded = vec![FORMAT_VERSION];
+                encoded.extend_from_slice(&self.read(0..self.len())?);
+                Ok(Manifest {
+                    encoded: encoded.into(),
+                })
+            }
+        }
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Segment `index`'s stored form (as [`Manifest::segments`] cuts them).
+    pub fn segment(&self, index: usize) -> std::io::Result<Vec<u8>> {
+        let start = index
+            .checked_sub(1)
+            .map_or(0, |before| self.ends[before] as usize);
+        self.read(start..self.ends[index] as usize)
     }
 }
 

@@ -2,13 +2,16 @@
 //! pack and final position when that pack is sealed. What the catalog indexes when the
 //! upload commits, and what the upload dedups its own repeats against while it runs.
 //!
-//! An upload holds one of these for its whole content, so it is kept small: 64 bytes a chunk
-//! plus a table of 4-byte positions (about 4.5 MiB for 1 GiB at the 16 KiB average chunk),
-//! where a map from id to entry with the pack's name per chunk took about four times that.
+//! An upload holds one of these for its whole content, so what stays in memory is small:
+//! chunks not yet in a sealed pack (at most the packs being filled and written), and for
+//! every chunk an 8-byte slot of a table finding it by id (a 4-byte tag of its id and its
+//! position). Sealed chunks go to a [`Spill`] (an unnamed file once they outgrow a few
+//! KiB), where a tag match is confirmed by reading the chunk's record.
 
 use super::chunk::{ChunkId, Codec};
 use super::pack::PackEntry;
-use super::resemblance::Sketch;
+use super::resemblance::{FEATURES, Sketch};
+use super::spill::Spill;
 use hashbrown::HashTable;
 use std::sync::Arc;
 
@@ -25,56 +28,145 @@ struct Placed {
     codec: Codec,
     /// How many bases decoding the chunk goes through (0: none).
     depth: u8,
-    /// Index into `NewChunks::sketches`, or [`NONE`] (fits in the entry's padding).
-    sketch: u32,
+    sketch: Option<Sketch>,
 }
 
-const NONE: u32 = u32::MAX;
-const NO_BASE: u32 = NONE;
+/// Bytes of a spilled chunk's record: id 32, offset 8, stored and raw length 4 each, pack
+/// 4, base 4, codec 1, depth 1, whether a sketch follows 1, the sketch's features 8 each.
+const RECORD_LEN: usize = 59 + 8 * FEATURES;
 
-#[derive(Debug, Clone, Default)]
+impl Placed {
+    fn record(&self) -> [u8; RECORD_LEN] {
+        let mut record = [0u8; RECORD_LEN];
+        record[..32].copy_from_slice(&self.chunk_id.0);
+        record[32..40].copy_from_slice(&self.offset.to_le_bytes());
+        record[40..44].copy_from_slice(&self.stored_len.to_le_bytes());
+        record[44..48].copy_from_slice(&self.raw_len.to_le_bytes());
+        record[48..52].copy_from_slice(&self.pack.to_le_bytes());
+        record[52..56].copy_from_slice(&self.base.to_le_bytes());
+        record[56] = self.codec as u8;
+        record[57] = self.depth;
+        if let Some(sketch) = self.sketch {
+            record[58] = 1;
+            for (slot, feature) in sketch.0.iter().enumerate() {
+                record[59 + 8 * slot..67 + 8 * slot].copy_from_slice(&feature.to_le_bytes());
+            }
+        }
+        record
+    }
+
+    fn from_record(record: &[u8]) -> std::io::Result<Self> {
+        let u32_at = |at: usize| u32::from_le_bytes(record[at..at + 4].try_into().expect("4 bytes"));
+        let codec = Codec::from_u8(record[56]).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a spilled chunk record has no codec",
+            )
+        })?;
+        let sketch = (record[58] == 1).then(|| {
+            Sketch(std::array::from_fn(|slot| {
+                i64::from_le_bytes(record[59 + 8 * slot..67 + 8 * slot].try_into().expect("8 bytes"))
+            }))
+        });
+        Ok(Self {
+            chunk_id: ChunkId::from_slice(&record[..32]).expect("32 bytes"),
+            offset: u64::from_le_bytes(record[32..40].try_into().expect("8 bytes")),
+            stored_len: u32_at(40),
+            raw_len: u32_at(44),
+            pack: u32_at(48),
+            base: u32_at(52),
+            codec,
+            depth: record[57],
+            sketch,
+        })
+    }
+}
+
+const NO_BASE: u32 = u32::MAX;
+
+/// Sealed chunks are spilled once this many wait in memory.
+const SPILL_AFTER_ENTRIES: usize = 1024;
+
+#[derive(Debug)]
 pub struct NewChunks {
     /// Each sealed pack's name, and what sealing added to each of its chunks (a tag).
     packs: Vec<(Arc<str>, u32)>,
+    /// Chunks `spilled..` in placing order; those before are in `spill`.
     entries: Vec<Placed>,
+    spill: Spill,
+    spilled: usize,
     /// The bases of delta chunks (few: only chunks of an update that differ a little).
     bases: Vec<ChunkId>,
-    /// The resemblance sketches of chunks that have one (compressible chunks long enough).
-    sketches: Vec<Sketch>,
-    /// Entries before this one are in sealed packs; later ones wait for the pack being filled.
+    /// Chunks before this one are in sealed packs; later ones wait for the pack being filled.
     sealed: usize,
-    /// Positions in `entries`, found by chunk id.
-    by_id: HashTable<u32>,
+    /// (tag of the id, position), found by the tag.
+    by_id: HashTable<(u32, u32)>,
 }
 
-/// Chunk ids are keyed blake3 digests: their first bytes are already a uniform hash, and
-/// nobody without the tenant's key can choose them.
-fn hash_of(id: &ChunkId) -> u64 {
-    u64::from_le_bytes(id.0[..8].try_into().expect("8 bytes"))
+impl Default for NewChunks {
+    fn default() -> Self {
+        Self::new(std::env::temp_dir().join("artifactd-spill"))
+    }
+}
+
+/// Chunk ids are keyed blake3 digests: their first bytes are already uniform, and nobody
+/// without the tenant's key can choose them.
+fn tag_of(id: &ChunkId) -> u32 {
+    u32::from_le_bytes(id.0[..4].try_into().expect("4 bytes"))
+}
+
+/// The table's hash of a tag (spread over 64 bits: the table uses the top bits too).
+fn hash_of(tag: u32) -> u64 {
+    u64::from(tag).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 impl NewChunks {
+    /// Chunks whose records spill into `dir` when many.
+    pub fn new(dir: std::path::PathBuf) -> Self {
+        Self {
+            packs: Vec::new(),
+            entries: Vec::new(),
+            spill: Spill::new(dir, RECORD_LEN),
+            spilled: 0,
+            bases: Vec::new(),
+            sealed: 0,
+            by_id: HashTable::new(),
+        }
+    }
+
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.spilled + self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
+    }
+
+    /// The chunk at `at`, from memory or from the spill.
+    fn placed(&self, at: usize) -> std::io::Result<Placed> {
+        if at >= self.spilled {
+            return Ok(self.entries[at - self.spilled]);
+        }
+        let mut record = [0u8; RECORD_LEN];
+        self.spill.read(at as u64, &mut record)?;
+        Placed::from_record(&record)
     }
 
     /// Where `id` was placed, if this upload placed it.
-    pub fn find(&self, id: &ChunkId) -> Option<usize> {
-        let entries = &self.entries;
-        self.by_id
-            .find(hash_of(id), |&at| entries[at as usize].chunk_id == *id)
-            .map(|&at| at as usize)
+    pub fn find(&self, id: &ChunkId) -> std::io::Result<Option<usize>> {
+        let tag = tag_of(id);
+        for &(candidate, at) in self.by_id.iter_hash(hash_of(tag)) {
+            if candidate == tag && self.placed(at as usize)?.chunk_id == *id {
+                return Ok(Some(at as usize));
+            }
+        }
+        Ok(None)
     }
 
     /// Places a chunk this upload will store (once: a repeat is found by [`Self::find`]);
     /// its stored form is set by [`Self::set_encoded`] before its pack is sealed.
     pub fn place(&mut self, chunk_id: ChunkId, raw_len: u32) -> usize {
-        debug_assert!(self.find(&chunk_id).is_none(), "a chunk is placed once");
-        let at = self.entries.len();
+        let at = self.len();
         self.entries.push(Placed {
             chunk_id,
             offset: 0,
@@ -84,13 +176,18 @@ impl NewChunks {
             base: NO_BASE,
             codec: Codec::Raw,
             depth: 0,
-            sketch: NONE,
+            sketch: None,
         });
-        let entries = &self.entries;
-        self.by_id.insert_unique(hash_of(&chunk_id), at as u32, |&i| {
-            hash_of(&entries[i as usize].chunk_id)
-        });
+        let tag = tag_of(&chunk_id);
+        self.by_id
+            .insert_unique(hash_of(tag), (tag, at as u32), |&(tag, _)| hash_of(tag));
         at
+    }
+
+    /// The unsealed chunk at `at`.
+    fn unsealed(&mut self, at: usize) -> &mut Placed {
+        assert!(at >= self.sealed, "a sealed chunk does not change");
+        &mut self.entries[at - self.spilled]
     }
 
     /// How the chunk at `at` is stored; `delta` is a delta chunk's base and its depth.
@@ -102,7 +199,7 @@ impl NewChunks {
             }
             None => NO_BASE,
         };
-        let entry = &mut self.entries[at];
+        let entry = self.unsealed(at);
         entry.codec = codec;
         entry.stored_len = stored_len;
         entry.base = base;
@@ -110,34 +207,36 @@ impl NewChunks {
     }
 
     /// The resemblance sketch of the chunk at `at`, for later chunks to find it as a base.
+    /// (The chunk is not spilled yet: its pack is being filled, or was sealed only just.)
     pub fn set_sketch(&mut self, at: usize, sketch: Sketch) {
-        self.sketches.push(sketch);
-        self.entries[at].sketch = (self.sketches.len() - 1) as u32;
+        assert!(at >= self.spilled, "a spilled chunk does not change");
+        self.entries[at - self.spilled].sketch = Some(sketch);
     }
 
     /// The stored length of the chunk at `at` as encoded (before any sealing tag), the
     /// same before and after its pack is sealed.
-    pub fn stored_len(&self, at: usize) -> u64 {
-        let entry = &self.entries[at];
+    pub fn stored_len(&self, at: usize) -> std::io::Result<u64> {
+        let entry = self.placed(at)?;
         let sealing = if at < self.sealed {
             self.packs[entry.pack as usize].1
         } else {
             0
         };
-        u64::from(entry.stored_len - sealing)
+        Ok(u64::from(entry.stored_len - sealing))
     }
 
     /// Records a sealed pack: its entries are the next placed chunks, in order.
-    pub fn seal(&mut self, pack_id: Arc<str>, sealed: &[PackEntry]) {
+    pub fn seal(&mut self, pack_id: Arc<str>, sealed: &[PackEntry]) -> std::io::Result<()> {
         let pack = self.packs.len() as u32;
         let end = self.sealed + sealed.len();
-        assert!(end <= self.entries.len(), "a pack holds only placed chunks");
-        let sealing = match (self.entries.get(self.sealed), sealed.first()) {
+        assert!(end <= self.len(), "a pack holds only placed chunks");
+        let first = self.sealed - self.spilled;
+        let sealing = match (self.entries.get(first), sealed.first()) {
             (Some(placed), Some(entry)) => entry.stored_len.saturating_sub(placed.stored_len),
             _ => 0,
         };
         self.packs.push((pack_id, sealing));
-        for (placed, entry) in self.entries[self.sealed..end].iter_mut().zip(sealed) {
+        for (placed, entry) in self.entries[first..end - self.spilled].iter_mut().zip(sealed) {
             assert_eq!(
                 placed.chunk_id, entry.chunk_id,
                 "packs hold chunks in placing order"
@@ -153,18 +252,36 @@ impl NewChunks {
             placed.codec = entry.codec;
         }
         self.sealed = end;
+        if self.sealed - self.spilled >= SPILL_AFTER_ENTRIES {
+            let count = self.sealed - self.spilled;
+            for placed in &self.entries[..count] {
+                self.spill.push(&placed.record())?;
+            }
+            self.entries.drain(..count);
+            self.spilled += count;
+        }
+        Ok(())
     }
 
     /// Whether every placed chunk is in a sealed pack.
     pub fn all_sealed(&self) -> bool {
-        self.sealed == self.entries.len()
+        self.sealed == self.len()
     }
 
     /// Every chunk in a sealed pack, with its pack's name, its depth of deltas and its
-    /// resemblance sketch.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, PackEntry, u8, Option<Sketch>)> + '_ {
-        self.entries[..self.sealed].iter().map(|placed| {
-            (
+    /// resemblance sketch; spilled ones are read back a block at a time.
+    pub fn iter(&self) -> impl Iterator<Item = std::io::Result<(&str, PackEntry, u8, Option<Sketch>)>> + '_ {
+        let spilled = self.spill.blocks().flat_map(|block| {
+            let placed: Vec<std::io::Result<Placed>> = match block {
+                Ok(block) => block.chunks_exact(RECORD_LEN).map(Placed::from_record).collect(),
+                Err(error) => vec![Err(error)],
+            };
+            placed
+        });
+        let in_memory = self.entries[..self.sealed - self.spilled].iter().copied().map(Ok);
+        spilled.chain(in_memory).map(|placed| {
+            let placed = placed?;
+            Ok((
                 self.packs[placed.pack as usize].0.as_ref(),
                 PackEntry {
                     chunk_id: placed.chunk_id,
@@ -175,8 +292,8 @@ impl NewChunks {
                     base: (placed.base != NO_BASE).then(|| self.bases[placed.base as usize]),
                 },
                 placed.depth,
-                (placed.sketch != NONE).then(|| self.sketches[placed.sketch as usize]),
-            )
+                placed.sketch,
+            ))
         })
     }
 
@@ -193,7 +310,7 @@ impl FromIterator<(Arc<str>, PackEntry)> for NewChunks {
         let mut pack: Option<(Arc<str>, Vec<PackEntry>)> = None;
         for (name, entry) in sealed {
             if let Some((current, entries)) = pack.take_if(|(current, _)| *current != name) {
-                chunks.seal(current, &entries);
+                chunks.seal(current, &entries).expect("sealed chunks are kept");
             }
             let (_, entries) = pack.get_or_insert_with(|| (name, Vec::new()));
             let at = chunks.place(entry.chunk_id, entry.raw_len);
@@ -206,7 +323,7 @@ impl FromIterator<(Arc<str>, PackEntry)> for NewChunks {
             entries.push(entry);
         }
         if let Some((current, entries)) = pack {
-            chunks.seal(current, &entries);
+            chunks.seal(current, &entries).expect("sealed chunks are kept");
         }
         chunks
     }
@@ -231,15 +348,15 @@ mod tests {
         let a = chunks.place(id(1), 100);
         let b = chunks.place(id(2), 200);
         let c = chunks.place(id(200), 300);
-        assert_eq!(chunks.find(&id(1)), Some(a));
-        assert_eq!(chunks.find(&id(200)), Some(c));
-        assert_eq!(chunks.find(&id(0)), None, "same first bytes, another id");
+        assert_eq!(chunks.find(&id(1)).unwrap(), Some(a));
+        assert_eq!(chunks.find(&id(200)).unwrap(), Some(c));
+        assert_eq!(chunks.find(&id(0)).unwrap(), None, "same first bytes, another id");
         chunks.set_encoded(a, Codec::Zstd, 40, None);
         chunks.set_encoded(b, Codec::ZstdDelta, 200, Some((id(9), 3)));
         chunks.set_encoded(c, Codec::Raw, 300, None);
         chunks.set_sketch(b, Sketch([1, 2, 3, 4]));
         assert_eq!(chunks.bases(), &[id(9)]);
-        assert_eq!(chunks.stored_len(a), 40);
+        assert_eq!(chunks.stored_len(a).unwrap(), 40);
         assert_eq!(chunks.iter().count(), 0, "nothing sealed yet");
         assert!(!chunks.all_sealed());
 
@@ -251,20 +368,29 @@ mod tests {
             codec,
             base: (codec == Codec::ZstdDelta).then(|| id(9)),
         };
-        chunks.seal(
-            Arc::from("pack-1"),
-            &[
-                entry(id(1), 0, 56, 100, Codec::Zstd),
-                entry(id(2), 56, 216, 200, Codec::ZstdDelta),
-            ],
+        chunks
+            .seal(
+                Arc::from("pack-1"),
+                &[
+                    entry(id(1), 0, 56, 100, Codec::Zstd),
+                    entry(id(2), 56, 216, 200, Codec::ZstdDelta),
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            chunks.stored_len(a).unwrap(),
+            40,
+            "as encoded, before and after sealing"
         );
-        assert_eq!(chunks.stored_len(a), 40, "as encoded, before and after sealing");
-        assert_eq!(chunks.stored_len(c), 300);
-        chunks.seal(Arc::from("pack-2"), &[entry(id(200), 0, 316, 300, Codec::Raw)]);
-        assert_eq!(chunks.stored_len(c), 300);
+        assert_eq!(chunks.stored_len(c).unwrap(), 300);
+        chunks
+            .seal(Arc::from("pack-2"), &[entry(id(200), 0, 316, 300, Codec::Raw)])
+            .unwrap();
+        assert_eq!(chunks.stored_len(c).unwrap(), 300);
         assert!(chunks.all_sealed());
         let indexed: Vec<(String, PackEntry, u8, Option<Sketch>)> = chunks
             .iter()
+            .map(Result::unwrap)
             .map(|(pack, e, depth, sketch)| (pack.to_owned(), e, depth, sketch))
             .collect();
         assert_eq!(
@@ -293,22 +419,65 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_stays_within_64_bytes() {
-        assert!(std::mem::size_of::<Placed>() <= 64);
-    }
-
-    #[test]
-    fn many_chunks_stay_findable() {
-        let mut chunks = NewChunks::default();
+    fn many_chunks_stay_findable_and_spilled_ones_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut chunks = NewChunks::new(dir.path().to_path_buf());
         let ids: Vec<ChunkId> = (0..50_000u32)
             .map(|n| ChunkId(*blake3::hash(&n.to_le_bytes()).as_bytes()))
             .collect();
-        for (n, id) in ids.iter().enumerate() {
-            assert_eq!(chunks.place(*id, n as u32), n);
+        let mut offset = 0;
+        for (pack, group) in ids.chunks(700).enumerate() {
+            let mut entries = Vec::new();
+            for id in group {
+                let n = chunks.len();
+                assert_eq!(chunks.place(*id, n as u32 + 1), n);
+                chunks.set_encoded(
+                    n,
+                    Codec::Zstd,
+                    n as u32 % 100 + 1,
+                    n.is_multiple_of(7).then_some((ids[0], 2)),
+                );
+                if n.is_multiple_of(3) {
+                    chunks.set_sketch(n, Sketch([n as i64, -1, 2, i64::MAX]));
+                }
+                entries.push(PackEntry {
+                    chunk_id: *id,
+                    offset,
+                    stored_len: n as u32 % 100 + 1 + 16,
+                    raw_len: n as u32 + 1,
+                    codec: Codec::Zstd,
+                    base: n.is_multiple_of(7).then_some(ids[0]),
+                });
+                offset += 1;
+            }
+            chunks
+                .seal(Arc::from(format!("pack-{pack}").as_str()), &entries)
+                .unwrap();
         }
+        assert!(chunks.spill.spilled(), "50,000 sealed chunks went to the file");
+        assert!(chunks.entries.len() < SPILL_AFTER_ENTRIES, "and left memory");
         for (n, id) in ids.iter().enumerate() {
-            assert_eq!(chunks.find(id), Some(n));
+            assert_eq!(chunks.find(id).unwrap(), Some(n));
+            assert_eq!(chunks.stored_len(n).unwrap(), n as u64 % 100 + 1);
         }
-        assert_eq!(chunks.find(&ChunkId([7; 32])), None);
+        assert_eq!(chunks.find(&ChunkId([7; 32])).unwrap(), None);
+        // Same first four bytes, another id: found by tag, told apart by the record.
+        let mut twin = ids[123].0;
+        twin[31] ^= 1;
+        assert_eq!(chunks.find(&ChunkId(twin)).unwrap(), None);
+        let indexed: Vec<_> = chunks.iter().map(Result::unwrap).collect();
+        assert_eq!(indexed.len(), ids.len());
+        for (n, (pack, entry, depth, sketch)) in indexed.into_iter().enumerate() {
+            assert_eq!(pack, format!("pack-{}", n / 700));
+            assert_eq!(entry.chunk_id, ids[n]);
+            assert_eq!(entry.raw_len, n as u32 + 1);
+            assert_eq!(entry.stored_len, n as u32 % 100 + 17);
+            assert_eq!(entry.base, n.is_multiple_of(7).then_some(ids[0]));
+            assert_eq!(depth, if n.is_multiple_of(7) { 2 } else { 0 });
+            assert_eq!(
+                sketch,
+                n.is_multiple_of(3).then_some(Sketch([n as i64, -1, 2, i64::MAX]))
+            );
+        }
     }
 }
