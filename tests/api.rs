@@ -323,8 +323,9 @@ async fn a_large_upload_spills_its_chunk_list_and_still_finds_its_own_repeats() 
     let created = create(&mut client, header(T, P, "bundle", "big.tar"), &content)
         .await
         .unwrap();
-    assert!(
-        server.data_dir.join("spill").is_dir(),
+    assert_eq!(
+        common::metric(server.http, "artifactd_uploads_spilled_total").await,
+        1.0,
         "the upload spilled into <data_dir>/spill"
     );
     let artifact = created.artifact.unwrap();
@@ -361,6 +362,26 @@ async fn a_large_upload_spills_its_chunk_list_and_still_finds_its_own_repeats() 
         .unwrap()
         .collect();
     assert!(spilled.is_empty(), "spill files have no names: {spilled:?}");
+}
+
+/// A spill directory that cannot be written stops the server at startup, naming the
+/// setting, instead of failing the first large upload.
+#[test]
+fn an_unwritable_spill_directory_is_refused_at_startup() {
+    let data = tempfile::tempdir().unwrap();
+    let blocker = data.path().join("not-a-directory");
+    std::fs::write(&blocker, b"a file").unwrap();
+    let refused = common::binary::command()
+        .arg("serve")
+        .env("ARTIFACTD_DATA_DIR", data.path())
+        .env("ARTIFACTD_SERVER__GRPC_ADDR", "127.0.0.1:0")
+        .env("ARTIFACTD_SERVER__HTTP_ADDR", "127.0.0.1:0")
+        .env("ARTIFACTD_INGEST__SPILL_DIR", blocker.join("spill"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("ingest.spill_dir"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

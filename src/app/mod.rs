@@ -130,7 +130,7 @@ impl Default for IngestSettings {
             max_data_message_bytes: 256 * 1024,
             max_read_span_bytes: 4 * 1024 * 1024,
             read_ahead_spans: 4,
-            transfer_memory_bytes: 96 * 1024 * 1024,
+            transfer_memory_bytes: 64 * 1024 * 1024,
             stalled_download_seconds: 30,
             delta_max_depth: 32,
             shared_pack_below_bytes: 1024 * 1024,

@@ -312,6 +312,11 @@ impl NewManifest {
         }
     }
 
+    /// Whether any of it went to a file.
+    pub fn spilled(&self) -> bool {
+        matches!(&self.entries, Entries::Spill(spill) if spill.spilled())
+    }
+
     pub fn segment_count(&self) -> usize {
         self.ends.len()
     }

@@ -263,6 +263,11 @@ impl NewChunks {
         Ok(())
     }
 
+    /// Whether any chunk's record went to a file.
+    pub fn spilled(&self) -> bool {
+        self.spill.spilled()
+    }
+
     /// Whether every placed chunk is in a sealed pack.
     pub fn all_sealed(&self) -> bool {
         self.sealed == self.len()

@@ -95,6 +95,8 @@ metric_names! {
         "Versions committed to the catalog";
     UPLOADS_FAILED_TOTAL = "artifactd_uploads_failed_total", Counter,
         "Uploads that failed or were cancelled; nothing of them was committed";
+    UPLOADS_SPILLED_TOTAL = "artifactd_uploads_spilled_total", Counter,
+        "Uploads whose manifest or chunk list outgrew memory and went to a file in ingest.spill_dir";
     CHECKSUM_MISMATCHES_TOTAL = "artifactd_checksum_mismatches_total", Counter,
         "Chunks whose content did not match their hash on read";
     DEPENDENCY_UP = "artifactd_dependency_up", Gauge,
