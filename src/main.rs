@@ -25,7 +25,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// stay there fragmented. A fixed 1 MiB threshold gives such buffers back when freed:
 /// at 16 concurrent 256 MiB uploads then downloads the peak fell from 287 to 245 MiB with
 /// uploads as fast (pack buffers are pooled, `buffers.rs`). `MALLOC_MMAP_THRESHOLD_` (or
-/// an `mmap_threshold` tunable) wins.
+/// an `mmap_threshold` tunable) wins. jemalloc (tikv-jemallocator 0.6) was measured too, at
+/// 16 concurrent 1 GiB uploads then downloads: 369 MiB against 304 MiB for glibc so tuned.
 fn tune_allocator() {
     #[cfg(all(not(feature = "mimalloc"), target_os = "linux", target_env = "gnu"))]
     {
