@@ -4,15 +4,15 @@
 //!
 //! An upload holds one of these for its whole content, so what stays in memory is small:
 //! chunks not yet in a sealed pack (at most the packs being filled and written), and for
-//! every chunk an 8-byte slot of a table finding it by id (a 4-byte tag of its id and its
-//! position). Sealed chunks go to a [`Spill`] (an unnamed file once they outgrow a few
-//! KiB), where a tag match is confirmed by reading the chunk's record.
+//! every chunk 8 bytes finding it by id (a 4-byte tag of its id and its position, in
+//! sorted runs: a hash table's spare room cost as much again). Sealed chunks go to a
+//! [`Spill`] (an unnamed file once they outgrow a few KiB), where a tag match is confirmed
+//! by reading the chunk's record.
 
 use super::chunk::{ChunkId, Codec};
 use super::pack::PackEntry;
 use super::resemblance::{FEATURES, Sketch};
 use super::spill::Spill;
-use hashbrown::HashTable;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy)]
@@ -99,8 +99,8 @@ pub struct NewChunks {
     bases: Vec<ChunkId>,
     /// Chunks before this one are in sealed packs; later ones wait for the pack being filled.
     sealed: usize,
-    /// (tag of the id, position), found by the tag.
-    by_id: HashTable<(u32, u32)>,
+    /// Positions found by the tag of their id.
+    by_id: TagIndex,
 }
 
 impl Default for NewChunks {
@@ -115,9 +115,63 @@ fn tag_of(id: &ChunkId) -> u32 {
     u32::from_le_bytes(id.0[..4].try_into().expect("4 bytes"))
 }
 
-/// The table's hash of a tag (spread over 64 bits: the table uses the top bits too).
-fn hash_of(tag: u32) -> u64 {
-    u64::from(tag).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+/// Positions by a tag of their chunk's id: an unsorted tail of up to [`TAIL_ENTRIES`], then
+/// sorted runs, each at least twice as long as the next (runs of equal length are merged,
+/// so there are about log2(n / 1,024) of them). 8 bytes an entry, where a hash table's
+/// growth by doubling left up to as much again unused; a lookup scans the tail and
+/// binary-searches each run.
+#[derive(Debug, Default)]
+struct TagIndex {
+    runs: Vec<Vec<(u32, u32)>>,
+    tail: Vec<(u32, u32)>,
+}
+
+const TAIL_ENTRIES: usize = 1024;
+
+impl TagIndex {
+    fn insert(&mut self, tag: u32, position: u32) {
+        self.tail.push((tag, position));
+        if self.tail.len() < TAIL_ENTRIES {
+            return;
+        }
+        let mut run = std::mem::take(&mut self.tail);
+        run.sort_unstable();
+        while self.runs.last().is_some_and(|last| last.len() <= run.len()) {
+            let last = self.runs.pop().expect("a last run");
+            run = merge(&last, &run);
+        }
+        self.runs.push(run);
+    }
+
+    /// The positions whose tag is `tag` (their ids may still differ).
+    fn positions(&self, tag: u32) -> impl Iterator<Item = u32> + '_ {
+        let in_runs = self.runs.iter().flat_map(move |run| {
+            let start = run.partition_point(|&(t, _)| t < tag);
+            run[start..].iter().take_while(move |&&(t, _)| t == tag)
+        });
+        self.tail
+            .iter()
+            .filter(move |&&(t, _)| t == tag)
+            .chain(in_runs)
+            .map(|&(_, position)| position)
+    }
+}
+
+fn merge(a: &[(u32, u32)], b: &[(u32, u32)]) -> Vec<(u32, u32)> {
+    let mut merged = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i] <= b[j] {
+            merged.push(a[i]);
+            i += 1;
+        } else {
+            merged.push(b[j]);
+            j += 1;
+        }
+    }
+    merged.extend_from_slice(&a[i..]);
+    merged.extend_from_slice(&b[j..]);
+    merged
 }
 
 impl NewChunks {
@@ -130,7 +184,7 @@ impl NewChunks {
             spilled: 0,
             bases: Vec::new(),
             sealed: 0,
-            by_id: HashTable::new(),
+            by_id: TagIndex::default(),
         }
     }
 
@@ -155,8 +209,8 @@ impl NewChunks {
     /// Where `id` was placed, if this upload placed it.
     pub fn find(&self, id: &ChunkId) -> std::io::Result<Option<usize>> {
         let tag = tag_of(id);
-        for &(candidate, at) in self.by_id.iter_hash(hash_of(tag)) {
-            if candidate == tag && self.placed(at as usize)?.chunk_id == *id {
+        for at in self.by_id.positions(tag) {
+            if self.placed(at as usize)?.chunk_id == *id {
                 return Ok(Some(at as usize));
             }
         }
@@ -178,9 +232,7 @@ impl NewChunks {
             depth: 0,
             sketch: None,
         });
-        let tag = tag_of(&chunk_id);
-        self.by_id
-            .insert_unique(hash_of(tag), (tag, at as u32), |&(tag, _)| hash_of(tag));
+        self.by_id.insert(tag_of(&chunk_id), at as u32);
         at
     }
 
@@ -421,6 +473,28 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn the_tag_index_finds_every_position_in_few_runs() {
+        let mut index = TagIndex::default();
+        let mut expected: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+        let count = 100_000u32;
+        for position in 0..count {
+            // Tags repeat (one in 50,000 values), as unrelated ids' tags sometimes do.
+            let tag = position.wrapping_mul(2_654_435_761) % 50_000;
+            index.insert(tag, position);
+            expected.entry(tag).or_default().push(position);
+        }
+        assert!(index.runs.len() <= 8, "{} runs", index.runs.len());
+        let stored: usize = index.runs.iter().map(Vec::len).sum::<usize>() + index.tail.len();
+        assert_eq!(stored, count as usize);
+        for (tag, positions) in expected {
+            let mut found: Vec<u32> = index.positions(tag).collect();
+            found.sort_unstable();
+            assert_eq!(found, positions, "tag {tag}");
+        }
+        assert_eq!(index.positions(60_000).count(), 0);
     }
 
     #[test]
