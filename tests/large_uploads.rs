@@ -5,9 +5,8 @@
 
 mod common;
 
-use artifactd::proto::retention_service_client::RetentionServiceClient;
+use artifactd::proto::BumpKind;
 use artifactd::proto::update_artifact_header::NextVersion;
-use artifactd::proto::{BumpKind, DeleteArtifactRequest, PurgeTrashRequest};
 use common::binary::{ServerOptions, ServerProcess};
 use common::client::{create, download, download_request, header, update, update_header};
 use common::noise;
@@ -100,25 +99,8 @@ async fn spilled_uploads_at_once(postgres: bool) {
     common::check_clean(&server, "after spilled uploads at once").await;
 
     // Half the artifacts gone, purged and collected: the rest still read back and check clean.
-    let mut retention = RetentionServiceClient::new(server.channel().await);
     for (id, ..) in &uploaded[..CLIENTS / 2] {
-        client
-            .delete_artifact(DeleteArtifactRequest {
-                tenant: T.into(),
-                project: P.into(),
-                artifact_id: id.clone(),
-            })
-            .await
-            .unwrap();
-        retention
-            .purge_trash(PurgeTrashRequest {
-                tenant: T.into(),
-                project: P.into(),
-                artifact_id: id.clone(),
-                version: String::new(),
-            })
-            .await
-            .unwrap();
+        common::delete_and_purge(&server, T, P, id).await;
     }
     common::collect_garbage(&server, 2).await;
     for (id, _, second) in &uploaded[CLIENTS / 2..] {

@@ -7,11 +7,7 @@
 
 mod common;
 
-use artifactd::proto::retention_service_client::RetentionServiceClient;
-use artifactd::proto::{
-    CreateArtifactRequest, DeleteArtifactRequest, ListArtifactsRequest, PurgeTrashRequest,
-    create_artifact_request,
-};
+use artifactd::proto::{CreateArtifactRequest, ListArtifactsRequest, create_artifact_request};
 use common::binary::{ServerOptions, ServerProcess};
 use common::client::{
     Client, PIECE, create, create_messages, download, download_request, header, update, update_header,
@@ -177,26 +173,8 @@ async fn small_uploads_share_packs(postgres: bool) {
     common::check_clean(&second, "after collection").await;
 
     // Everything purged: no pack stays behind.
-    let mut artifacts = second.client().await;
-    let mut retention = RetentionServiceClient::new(second.channel().await);
     for (id, _) in &uploaded {
-        artifacts
-            .delete_artifact(DeleteArtifactRequest {
-                tenant: T.into(),
-                project: P.into(),
-                artifact_id: id.clone(),
-            })
-            .await
-            .unwrap();
-        retention
-            .purge_trash(PurgeTrashRequest {
-                tenant: T.into(),
-                project: P.into(),
-                artifact_id: id.clone(),
-                version: String::new(),
-            })
-            .await
-            .unwrap();
+        common::delete_and_purge(&second, T, P, id).await;
     }
     common::collect_garbage(&second, 4).await;
     assert_eq!(

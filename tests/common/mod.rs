@@ -169,6 +169,34 @@ pub async fn collect_garbage(server: &binary::ServerProcess, rounds: usize) -> (
     (compacted, reclaimed)
 }
 
+/// Deletes an artifact and purges it from the trash at once.
+pub async fn delete_and_purge(
+    server: &binary::ServerProcess,
+    tenant: &str,
+    project: &str,
+    artifact_id: &str,
+) {
+    server
+        .client()
+        .await
+        .delete_artifact(artifactd::proto::DeleteArtifactRequest {
+            tenant: tenant.into(),
+            project: project.into(),
+            artifact_id: artifact_id.into(),
+        })
+        .await
+        .unwrap();
+    artifactd::proto::retention_service_client::RetentionServiceClient::new(server.channel().await)
+        .purge_trash(artifactd::proto::PurgeTrashRequest {
+            tenant: tenant.into(),
+            project: project.into(),
+            artifact_id: artifact_id.into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
 /// The consistency check, reading every byte, finds nothing wrong (`what`: when).
 pub async fn check_clean(server: &binary::ServerProcess, what: &str) {
     let checked = artifactd::proto::admin_service_client::AdminServiceClient::new(server.channel().await)
