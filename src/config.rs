@@ -680,6 +680,12 @@ impl Config {
                 self.ingest.transfer_memory_bytes
             ));
         }
+        if self.ingest.received_memory_bytes < 64 * 1024 {
+            return invalid(format!(
+                "ingest.received_memory_bytes = {} must be at least 65536",
+                self.ingest.received_memory_bytes
+            ));
+        }
         if self.ingest.delta_base_memory_bytes < 64 * 1024 {
             return invalid(format!(
                 "ingest.delta_base_memory_bytes = {} must be at least 65536",

@@ -4,7 +4,7 @@
 
 mod common;
 
-use artifactd::proto::{CreateDownloadLinkRequest, download_artifact_response};
+use artifactd::proto::{CreateDownloadLinkRequest, DownloadArtifactRequest, download_artifact_response};
 use common::binary::{ServerOptions, ServerProcess};
 use common::client::{
     Client, assert_status, create_id, download, download_request, header, update, update_header,
@@ -442,16 +442,71 @@ async fn repeated_downloads_are_served_from_the_chunk_cache() {
     assert_eq!(metric(&uncached, hit_bytes).await, 0.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_larger_than_the_cache_pass_through_it() {
+    // A 1 MiB cache: a whole 3 MiB version does not fit, a 512 KiB range of it does.
+    let server = ServerProcess::start_with(
+        ServerOptions::default().env("ARTIFACTD_DELIVERY__CACHE_MEMORY_BYTES", (1u64 << 20).to_string()),
+    );
+    let mut client = server.client().await;
+    let content = noise(3 * 1024 * 1024 + 5, 91);
+    let id = create_id(&mut client, header(T, P, "bundle", "large.bin"), &content).await;
+    let hit_bytes = "artifactd_chunk_cache_hit_bytes_total";
+    for _ in 0..2 {
+        let (_, read) = download(&mut client, download_request(T, P, &id, ""))
+            .await
+            .unwrap();
+        assert!(read == content);
+    }
+    assert_eq!(
+        metric(&server, "artifactd_chunk_cache_bypassed_reads_total").await,
+        2.0
+    );
+    assert_eq!(
+        metric(&server, hit_bytes).await,
+        0.0,
+        "nothing of the large reads was kept"
+    );
+    assert_eq!(common::cache_status(&server).await.memory_bytes, 0);
+
+    let range = DownloadArtifactRequest {
+        offset: 1024 * 1024,
+        length: 512 * 1024,
+        ..download_request(T, P, &id, "")
+    };
+    let wanted = &content[1024 * 1024..1536 * 1024];
+    let (_, first) = download(&mut client, range.clone()).await.unwrap();
+    assert!(first == wanted);
+    assert!(
+        common::cache_status(&server).await.memory_bytes > 0,
+        "a small range is kept"
+    );
+    let (_, second) = download(&mut client, range).await.unwrap();
+    assert!(second == wanted);
+    assert_eq!(
+        metric(&server, hit_bytes).await,
+        wanted.len() as f64,
+        "the range read again came from the cache"
+    );
+    assert_eq!(
+        metric(&server, "artifactd_chunk_cache_bypassed_reads_total").await,
+        2.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_transfers_wait_for_a_small_memory_budget_and_all_complete() {
-    // Room for one pack and two read spans: eight uploads and then eight downloads at once
-    // must take turns.
+async fn concurrent_transfers_wait_for_small_memory_budgets_and_all_complete() {
+    // Room for one pack and two read spans, and for received content less than one
+    // message: eight uploads and then eight downloads at once must take turns. An upload
+    // holding a part batch while another waits for received memory must pass the batch
+    // on, or all of them would wait for each other.
     let server = std::sync::Arc::new(ServerProcess::start_with(
         ServerOptions::default()
             .env(
                 "ARTIFACTD_INGEST__TRANSFER_MEMORY_BYTES",
                 (16u64 << 20).to_string(),
             )
+            .env("ARTIFACTD_INGEST__RECEIVED_MEMORY_BYTES", "65536")
             .env("ARTIFACTD_DELIVERY__CACHE_MEMORY_BYTES", "0"),
     ));
     let streams = 8;
@@ -487,23 +542,41 @@ async fn concurrent_transfers_wait_for_a_small_memory_budget_and_all_complete() 
         metric(&server, "artifactd_transfer_memory_waits_total").await > 0.0,
         "the budget was never short, so this test proves nothing"
     );
-    assert_eq!(
-        metric(&server, "artifactd_transfer_memory_reserved_bytes").await,
-        0.0,
-        "everything reserved was given back"
-    );
-    // Too small a budget to hold a pack and two spans is refused at start.
-    let output = common::binary::command()
-        .arg("serve")
-        .env("ARTIFACTD_DATA_DIR", tempfile::tempdir().unwrap().path())
-        .env("ARTIFACTD_INGEST__TRANSFER_MEMORY_BYTES", "1000000")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        !output.status.success() && stderr.contains("ingest.transfer_memory_bytes"),
-        "{stderr}"
+        metric(&server, "artifactd_received_memory_waits_total").await > 0.0,
+        "the received budget was never short, so this test proves nothing"
     );
+    for reserved in [
+        "artifactd_transfer_memory_reserved_bytes",
+        "artifactd_received_memory_reserved_bytes",
+    ] {
+        assert_eq!(
+            metric(&server, reserved).await,
+            0.0,
+            "{reserved}: everything reserved was given back"
+        );
+    }
+    // Too small a budget to hold a pack and two spans, or a received budget under 64 KiB,
+    // is refused at start.
+    for (setting, name) in [
+        (
+            "ARTIFACTD_INGEST__TRANSFER_MEMORY_BYTES",
+            "ingest.transfer_memory_bytes",
+        ),
+        (
+            "ARTIFACTD_INGEST__RECEIVED_MEMORY_BYTES",
+            "ingest.received_memory_bytes",
+        ),
+    ] {
+        let output = common::binary::command()
+            .arg("serve")
+            .env("ARTIFACTD_DATA_DIR", tempfile::tempdir().unwrap().path())
+            .env(setting, "1000")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(name), "{stderr}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

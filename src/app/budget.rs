@@ -7,6 +7,12 @@
 //! but its pack writes in flight (an upload that runs short with a pack half full seals it
 //! early and writes it), and a download reserves its spans in order, so what it holds is
 //! ahead of what it waits for and leaves as its client reads.
+//!
+//! Uploads' received content has a budget of its own ([`Pool::Received`]): an upload
+//! reserves each message before it takes the next and gives the reservation back once the
+//! batch the message was cut into is packed. Packing may wait for the transfer budget while
+//! holding received content, never the other way round, so the two budgets cannot wait on
+//! each other in a circle.
 
 use crate::domain::{Error, Result};
 use crate::telemetry::names;
@@ -23,6 +29,31 @@ pub(crate) struct MemoryBudget {
     units: Arc<Semaphore>,
     total_units: u32,
     pool: Pool,
+    waiting: Arc<Waiting>,
+}
+
+/// Who waits for a budget, for holders that can give memory back early when asked.
+#[derive(Default)]
+struct Waiting {
+    count: std::sync::atomic::AtomicUsize,
+    started: tokio::sync::Notify,
+}
+
+/// Counts a reservation as waiting while it lives (a wait given up counts no longer).
+struct WaitingGuard<'a>(&'a Waiting);
+
+impl<'a> WaitingGuard<'a> {
+    fn new(waiting: &'a Waiting) -> Self {
+        waiting.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        waiting.started.notify_waiters();
+        Self(waiting)
+    }
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// What a budget is for: its metrics and how it explains a wait that ran out.
@@ -32,6 +63,8 @@ pub(crate) enum Pool {
     Transfers,
     /// The plain content of delta bases, read to encode or decode delta chunks.
     DeltaBases,
+    /// Uploads' content received and not yet packed.
+    Received,
 }
 
 impl Pool {
@@ -39,6 +72,7 @@ impl Pool {
         match self {
             Pool::Transfers => names::TRANSFER_MEMORY_RESERVED_BYTES,
             Pool::DeltaBases => names::DELTA_BASE_MEMORY_RESERVED_BYTES,
+            Pool::Received => names::RECEIVED_MEMORY_RESERVED_BYTES,
         }
     }
 
@@ -46,6 +80,7 @@ impl Pool {
         match self {
             Pool::Transfers => names::TRANSFER_MEMORY_WAITS_TOTAL,
             Pool::DeltaBases => names::DELTA_BASE_MEMORY_WAITS_TOTAL,
+            Pool::Received => names::RECEIVED_MEMORY_WAITS_TOTAL,
         }
     }
 
@@ -53,6 +88,7 @@ impl Pool {
         match self {
             Pool::Transfers => "transfer memory has been in use by other uploads and downloads",
             Pool::DeltaBases => "memory for delta bases has been in use by other reads",
+            Pool::Received => "memory for received content has been in use by other uploads",
         }
     }
 }
@@ -121,6 +157,7 @@ impl MemoryBudget {
             units: Arc::new(Semaphore::new(total_units as usize)),
             total_units,
             pool,
+            waiting: Default::default(),
         }
     }
 
@@ -154,6 +191,7 @@ impl MemoryBudget {
             return Ok(reservation);
         }
         metrics::counter!(self.pool.waits_counter()).increment(1);
+        let _waiting = WaitingGuard::new(&self.waiting);
         let acquired = tokio::time::timeout(
             WAIT_LIMIT,
             self.units.clone().acquire_many_owned(self.units_for(bytes)),
@@ -167,6 +205,19 @@ impl MemoryBudget {
             ))
         })?;
         Ok(self.granted(acquired.expect("the budget's semaphore is never closed")))
+    }
+
+    /// Returns once someone waits for this budget (at once if someone does now): a holder
+    /// that could give memory back early, but would rather not, learns when it should.
+    pub(crate) async fn someone_waits(&self) {
+        let started = self.waiting.started.notified();
+        tokio::pin!(started);
+        // Registered before the count is read, so a wait that starts in between is not missed.
+        started.as_mut().enable();
+        if self.waiting.count.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            return;
+        }
+        started.await;
     }
 }
 
@@ -191,6 +242,40 @@ mod tests {
         assert_eq!(waiting.await.unwrap(), 512 * 1024);
         // More than the whole budget is capped at the whole budget, never waits for ever.
         assert_eq!(budget.reserve(10 << 20).await.unwrap().bytes(), 1024 * 1024);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn holders_learn_when_someone_waits() {
+        let budget = MemoryBudget::for_pool(Pool::Received, 128 * 1024);
+        let held = budget.reserve(128 * 1024).await.unwrap();
+        let quiet = |budget: &MemoryBudget| {
+            let budget = budget.clone();
+            async move {
+                tokio::time::timeout(Duration::from_millis(100), budget.someone_waits())
+                    .await
+                    .is_err()
+            }
+        };
+        assert!(quiet(&budget).await, "nobody waits yet");
+        // A holder listening before the wait starts hears of it…
+        let listening = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.someone_waits().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let waiter = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.reserve(64 * 1024).await.unwrap().bytes() }
+        });
+        tokio::time::timeout(Duration::from_secs(10), listening)
+            .await
+            .expect("the listening holder was told")
+            .unwrap();
+        // …and one that asks while the wait lasts is told at once.
+        assert!(!quiet(&budget).await, "someone waits");
+        drop(held);
+        assert_eq!(waiter.await.unwrap(), 64 * 1024);
+        assert!(quiet(&budget).await, "nobody waits any more");
     }
 
     #[tokio::test]

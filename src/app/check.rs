@@ -240,7 +240,7 @@ impl Artifacts {
                 std::sync::Arc::from(tenant.as_str()),
                 tenant_key.clone(),
                 base_ids,
-                inner.cache.generation(),
+                inner.cache.admission_for_bases(),
                 0,
             )
             .await

@@ -357,10 +357,27 @@ impl Artifacts {
 /// Chunk ids are keyed per tenant, so equal ids never cross tenants.
 pub(crate) struct ChunkCache {
     chunks: Option<quick_cache::sync::Cache<ChunkId, Bytes, ChunkWeight>>,
+    capacity_bytes: u64,
     hits: std::sync::atomic::AtomicU64,
     misses: std::sync::atomic::AtomicU64,
     /// Bumped by every clear: a read that started before one keeps nothing after it.
     generation: std::sync::atomic::AtomicU64,
+}
+
+/// Whether a read keeps the chunks it decodes in the [`ChunkCache`], and the cache's
+/// generation when it began (a cache cleared since, a tenant's keys destroyed, keeps
+/// nothing from it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Admission {
+    generation: u64,
+    keep: bool,
+}
+
+impl Admission {
+    /// The same read's delta bases: kept whatever the read's size.
+    pub(crate) fn for_bases(self) -> Self {
+        Self { keep: true, ..self }
+    }
 }
 
 #[derive(Clone)]
@@ -383,6 +400,7 @@ impl ChunkCache {
         });
         Self {
             chunks,
+            capacity_bytes,
             hits: Default::default(),
             misses: Default::default(),
             generation: Default::default(),
@@ -418,17 +436,42 @@ impl ChunkCache {
         self.report();
     }
 
-    /// What a read notes before it starts, to hand to [`insert`](Self::insert).
-    pub(crate) fn generation(&self) -> u64 {
+    fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Keeps a copy of `chunk`, which must have been checked against `id`, unless the cache
-    /// was cleared since the read began (`generation`). A copy, so that the entry does not
-    /// keep alive the larger buffer it was decoded into.
-    pub(crate) fn insert(&self, id: ChunkId, chunk: &[u8], generation: u64) {
+    /// What a read of `read_bytes` bytes of content may keep, noted before it starts. A
+    /// read larger than the whole cache keeps nothing: kept, it could not stay whole (its
+    /// end would push out its beginning before anyone read it again) and it would push out
+    /// everything else, for a copy of every chunk it passes. Such a read comes from the
+    /// store (or the disk cache) every time, as large sequential scans bypass the buffer
+    /// cache of a database.
+    pub(crate) fn admission(&self, read_bytes: u64) -> Admission {
+        let keep = read_bytes <= self.capacity_bytes;
+        if !keep && self.enabled() {
+            metrics::counter!(names::CHUNK_CACHE_BYPASSED_READS_TOTAL).increment(1);
+        }
+        Admission {
+            generation: self.generation(),
+            keep,
+        }
+    }
+
+    /// What a read of delta bases may keep: every base, as bases serve many chunks.
+    pub(crate) fn admission_for_bases(&self) -> Admission {
+        Admission {
+            generation: self.generation(),
+            keep: true,
+        }
+    }
+
+    /// Keeps a copy of `chunk`, which must have been checked against `id`, when the read's
+    /// `admission` allows it and the cache was not cleared since the read began. A copy, so
+    /// that the entry does not keep alive the larger buffer it was decoded into.
+    pub(crate) fn insert(&self, id: ChunkId, chunk: &[u8], admission: Admission) {
         if let Some(chunks) = &self.chunks
-            && self.generation() == generation
+            && admission.keep
+            && self.generation() == admission.generation
         {
             chunks.insert(id, Bytes::copy_from_slice(chunk));
         }
@@ -485,19 +528,20 @@ mod tests {
         const CHUNK: usize = 16 * 1024;
         let cache = ChunkCache::new(64 * (CHUNK as u64 + ENTRY_OVERHEAD) * 4);
         let chunk = vec![7u8; CHUNK];
+        let small_read = cache.admission(CHUNK as u64);
         // 64 hot chunks, read several times each.
         for round in 0..4 {
             for n in 0..64 {
                 if cache.get(&id(n)).is_none() {
                     assert_eq!(round, 0, "hot chunk {n} missed in round {round}");
-                    cache.insert(id(n), &chunk, 0);
+                    cache.insert(id(n), &chunk, small_read);
                 }
             }
         }
-        // One download streams 4,096 other chunks through, 16 times the cache.
+        // Small reads stream 4,096 other chunks through, 16 times the cache.
         for n in 1_000..5_096 {
             if cache.get(&id(n)).is_none() {
-                cache.insert(id(n), &chunk, 0);
+                cache.insert(id(n), &chunk, small_read);
             }
         }
         let kept = (0..64).filter(|n| cache.get(&id(*n)).is_some()).count();
@@ -509,8 +553,34 @@ mod tests {
     #[test]
     fn a_cache_of_size_zero_keeps_nothing() {
         let cache = ChunkCache::new(0);
-        cache.insert(id(1), b"x", 0);
+        cache.insert(id(1), b"x", cache.admission(1));
+        cache.insert(id(1), b"x", cache.admission_for_bases());
         assert!(cache.get(&id(1)).is_none());
         assert!(!cache.enabled());
+    }
+
+    #[test]
+    fn a_read_larger_than_the_cache_passes_through_it() {
+        let capacity = 1024 * 1024;
+        let cache = ChunkCache::new(capacity);
+        let chunk = vec![3u8; 1024];
+        let large = cache.admission(capacity + 1);
+        cache.insert(id(1), &chunk, large);
+        assert!(
+            cache.get(&id(1)).is_none(),
+            "a read larger than the cache kept a chunk"
+        );
+        // The bases such a read decodes against are kept all the same.
+        cache.insert(id(2), &chunk, large.for_bases());
+        assert!(cache.get(&id(2)).is_some());
+        let fitting = cache.admission(capacity);
+        cache.insert(id(3), &chunk, fitting);
+        assert!(cache.get(&id(3)).is_some());
+        // A read begun before the cache was cleared keeps nothing after.
+        cache.clear();
+        cache.insert(id(4), &chunk, fitting);
+        cache.insert(id(5), &chunk, cache.admission_for_bases());
+        assert!(cache.get(&id(4)).is_none());
+        assert!(cache.get(&id(5)).is_some());
     }
 }

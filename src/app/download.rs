@@ -11,6 +11,7 @@
 
 use super::Inner;
 use super::budget::Reservation;
+use super::delivery::Admission;
 use crate::catalog::{ChunkLocation, ManifestReader};
 use crate::domain::{Error, Result};
 use crate::ingest::chunk::Codec;
@@ -129,7 +130,7 @@ pub(super) async fn stream(
     manifest: ManifestReader,
     range: Range<u64>,
 ) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static> {
-    let generation = inner.cache.generation();
+    let admission = inner.cache.admission(range.end - range.start);
     let tenant_name: Arc<str> = Arc::from(tenant.as_str());
     let mut windows = Windows::new(manifest, range);
     let first = match windows.next_window().await? {
@@ -168,7 +169,7 @@ pub(super) async fn stream(
                 tenant_name.clone(),
                 key.clone(),
                 span,
-                generation,
+                admission,
                 0,
             )
             .map(move |pieces| pieces.map(|pieces| (pieces, reservation)))
@@ -411,7 +412,7 @@ pub(super) fn plain_chunks(
     tenant: Arc<str>,
     key: TenantKey,
     ids: Vec<ChunkId>,
-    generation: u64,
+    admission: Admission,
     depth: u8,
 ) -> futures::future::BoxFuture<'static, Result<PlainChunks>> {
     async move {
@@ -516,7 +517,7 @@ pub(super) fn plain_chunks(
                         .into_iter()
                         .collect();
                     let (key, inner, span) = (key.clone(), inner.clone(), span.clone());
-                    crate::compute::run(move || decode_span(&key, &span, &bytes, &base, &inner, generation))
+                    crate::compute::run(move || decode_span(&key, &span, &bytes, &base, &inner, admission))
                         .await
                         .map_err(|e| Error::internal(format!("decoding task failed: {e}")))
                         .and_then(|decoded| decoded)
@@ -533,7 +534,7 @@ pub(super) fn plain_chunks(
                         tenant.clone(),
                         key.clone(),
                         span,
-                        generation,
+                        admission,
                         depth + 1,
                     )
                     .await?;
@@ -575,15 +576,15 @@ impl PlainChunks {
 /// Reads one span: from the chunk cache when it holds every chunk of it, otherwise from
 /// the store. Decoding and checking every chunk happens inside the store's read, so a
 /// store with a second copy (failover) answers a corrupt copy by reading the other one.
-/// `generation` is the chunk cache's when the read was planned: a cache cleared since (a
-/// tenant's keys destroyed) keeps nothing from it. The bases of delta chunks are read
+/// `admission` says whether what is decoded is kept in the chunk cache (noted when the read
+/// was planned: a cache cleared since, a tenant's keys destroyed, keeps nothing from it). The bases of delta chunks are read
 /// first (`depth` of them already followed to get here).
 fn fetch_span(
     inner: Arc<Inner>,
     tenant: Arc<str>,
     key: TenantKey,
     span: ReadSpan,
-    generation: u64,
+    admission: Admission,
     depth: u8,
 ) -> futures::future::BoxFuture<'static, Result<Vec<Bytes>>> {
     async move {
@@ -608,14 +609,22 @@ fn fetch_span(
         let bases = if base_ids.is_empty() {
             PlainChunks::cached(HashMap::new())
         } else {
-            plain_chunks(inner.clone(), tenant, key.clone(), base_ids, generation, depth).await?
+            plain_chunks(
+                inner.clone(),
+                tenant,
+                key.clone(),
+                base_ids,
+                admission.for_bases(),
+                depth,
+            )
+            .await?
         };
         let span = Arc::new(span);
         let decode: Decoder = {
             let span = span.clone();
             let inner = inner.clone();
             Arc::new(move |bytes: &[u8]| {
-                decode_span(&key, &span, bytes, &bases.chunks, &inner, generation)
+                decode_span(&key, &span, bytes, &bases.chunks, &inner, admission)
                     .map(|piece| vec![piece])
                     .map_err(|e| e.to_string())
             })
@@ -652,7 +661,7 @@ fn decode_span(
     bytes: &[u8],
     bases: &HashMap<ChunkId, Bytes>,
     inner: &Inner,
-    generation: u64,
+    admission: Admission,
 ) -> Result<Bytes> {
     let cache = &inner.cache;
     thread_local! {
@@ -737,7 +746,7 @@ fn decode_span(
                 span.pack_key
             )));
         }
-        cache.insert(chunk.chunk_id, &out[at..], generation);
+        cache.insert(chunk.chunk_id, &out[at..], admission);
     }
     Ok(inner.buffers.wrap(out).slice(span.wanted()))
 }

@@ -597,7 +597,7 @@ impl Artifacts {
                 Arc::from(tenant),
                 tenant_key.clone(),
                 base_ids,
-                inner.cache.generation(),
+                inner.cache.admission_for_bases(),
                 0,
             )
             .await?

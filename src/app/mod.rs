@@ -78,6 +78,11 @@ pub struct IngestSettings {
     /// Memory all uploads' packs and all downloads' read-ahead may hold together; streams
     /// wait for it rather than the process growing with their number.
     pub transfer_memory_bytes: usize,
+    /// Memory the content uploads received and have not yet packed may hold together (the
+    /// messages received ahead and the batches being cut and looked up); an upload waits
+    /// for it before it takes its next message, so its client is held back by flow control
+    /// rather than the process growing with the number of uploads.
+    pub received_memory_bytes: usize,
     /// A download whose reader takes nothing for this long is ended and its read-ahead
     /// given back to the budget (shorter than the 60 s others wait for it).
     pub stalled_download_seconds: u64,
@@ -131,6 +136,7 @@ impl Default for IngestSettings {
             max_read_span_bytes: 4 * 1024 * 1024,
             read_ahead_spans: 4,
             transfer_memory_bytes: 64 * 1024 * 1024,
+            received_memory_bytes: 16 * 1024 * 1024,
             stalled_download_seconds: 30,
             delta_max_depth: 32,
             shared_pack_below_bytes: 1024 * 1024,
@@ -186,6 +192,8 @@ pub(crate) struct Inner {
     pub(crate) budget: budget::MemoryBudget,
     /// What the plain content of delta bases being read may take, together.
     pub(crate) base_budget: budget::MemoryBudget,
+    /// What uploads' received content not yet packed may take, together.
+    pub(crate) received_budget: budget::MemoryBudget,
     /// Large buffers of packs and spans, used again (idle ones up to a quarter of the budget).
     pub(crate) buffers: Arc<crate::buffers::BufferPool>,
     /// The HTTP listener's address, for links when no public address is configured.
@@ -384,6 +392,8 @@ impl Artifacts {
         let budget = budget::MemoryBudget::new(settings.ingest.transfer_memory_bytes);
         let base_budget =
             budget::MemoryBudget::for_pool(budget::Pool::DeltaBases, settings.ingest.delta_base_memory_bytes);
+        let received_budget =
+            budget::MemoryBudget::for_pool(budget::Pool::Received, settings.ingest.received_memory_bytes);
         let buffers = crate::buffers::BufferPool::new(settings.ingest.transfer_memory_bytes / 4);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -398,6 +408,7 @@ impl Artifacts {
                 buffers,
                 budget,
                 base_budget,
+                received_budget,
                 link_base: std::sync::OnceLock::new(),
                 disk_cache: std::sync::OnceLock::new(),
                 read_order: Default::default(),

@@ -30,13 +30,14 @@ use tokio_util::sync::CancellationToken;
 /// The content prefix kept for content-type detection and metadata extraction.
 const HEAD_LEN: usize = crate::ingest::extract::MAX_INDEXED_TEXT_BYTES;
 /// Data messages received ahead of processing (up to 1 MiB at the default message limit;
-/// the connection's flow-control window holds up to 1 MiB more).
+/// the connection's flow-control window holds up to 1 MiB more). Each is reserved from the
+/// received memory budget before it is taken.
 const RECEIVE_AHEAD_MESSAGES: usize = 4;
-/// Dedup lookups are batched: one catalog round trip per this many pending bytes. Together
-/// with the messages received ahead, this is what an upload holds outside the memory
-/// budget (about three batches: one being cut, one handed over, one being packed).
-/// Measured at 16 concurrent uploads, halving this and the receive-ahead (and the stream
-/// window, `server.rs`) took 100 MiB off the peak at the same throughput.
+/// Dedup lookups are batched: one catalog round trip per this many pending bytes. The
+/// received budget pays for them (about three batches: one being cut, one handed over, one
+/// being packed) until they are packed. Measured at 16 concurrent uploads, halving this and
+/// the receive-ahead (and the stream window, `server.rs`) took 100 MiB off the peak at the
+/// same throughput.
 const DEDUP_BATCH_BYTES: usize = 512 * 1024;
 /// The pack being filled takes memory from the budget in steps of this size once it needs
 /// that much.
@@ -174,8 +175,9 @@ impl Cutter {
 
 /// What the receiving stage hands to the packing stage.
 enum Cut {
-    /// The next chunks of the content, in order (about [`DEDUP_BATCH_BYTES`] of them).
-    Chunks(Vec<(ChunkId, Bytes)>),
+    /// The next chunks of the content, in order (about [`DEDUP_BATCH_BYTES`] of them), and
+    /// the received memory they hold until they are packed.
+    Chunks(Vec<(ChunkId, Bytes)>, Reservation),
     /// The content ended; this is what was learnt about all of it.
     End(Received),
 }
@@ -202,6 +204,11 @@ struct Receiving {
     cutter: Option<Cutter>,
     pending: Vec<(ChunkId, Bytes)>,
     pending_bytes: usize,
+    /// The received memory of the messages cut into `pending` (about its bytes: the
+    /// chunker carries a chunk's worth from one batch to the next).
+    pending_held: Reservation,
+    /// The budget `pending_held` is from.
+    received: super::budget::MemoryBudget,
 }
 
 /// Why the receiving stage stopped early without an error of its own.
@@ -210,7 +217,7 @@ struct PackingGone;
 impl Receiving {
     async fn run(
         mut self,
-        mut parts: tokio::sync::mpsc::Receiver<Result<UploadPart>>,
+        mut parts: tokio::sync::mpsc::Receiver<Result<(UploadPart, Reservation)>>,
         cuts: tokio::sync::mpsc::Sender<Result<Cut>>,
     ) {
         if let Err(Ok(error)) = self.receive(&mut parts, &cuts).await {
@@ -221,11 +228,33 @@ impl Receiving {
     /// `Err(Ok(error))`: the upload is refused; `Err(Err(PackingGone))`: nobody listens.
     async fn receive(
         &mut self,
-        parts: &mut tokio::sync::mpsc::Receiver<Result<UploadPart>>,
+        parts: &mut tokio::sync::mpsc::Receiver<Result<(UploadPart, Reservation)>>,
         cuts: &tokio::sync::mpsc::Sender<Result<Cut>>,
     ) -> std::result::Result<(), std::result::Result<Error, PackingGone>> {
-        while let Some(part) = parts.recv().await {
-            match part.map_err(Ok)? {
+        loop {
+            let part = if self.pending.is_empty() {
+                parts.recv().await
+            } else {
+                tokio::select! {
+                    biased;
+                    part = parts.recv() => part,
+                    () = self.received.someone_waits() => {
+                        // An upload (this one or another) waits for received memory while
+                        // this one, with nothing new to cut, holds a part batch: the batch
+                        // goes on to be packed now, which gives its memory back, rather
+                        // than wait here for a message that may be the one waiting.
+                        let (batch, held) = self.take_pending();
+                        cuts.send(Ok(Cut::Chunks(batch, held)))
+                            .await
+                            .map_err(|_| Err(PackingGone))?;
+                        continue;
+                    }
+                }
+            };
+            let Some(part) = part else { break };
+            let (part, held) = part.map_err(Ok)?;
+            self.pending_held.merge(held);
+            match part {
                 UploadPart::Data(_) | UploadPart::Finish(_) if self.finish.is_some() => {
                     return Err(Ok(Error::invalid(
                         "finish",
@@ -235,8 +264,8 @@ impl Receiving {
                 UploadPart::Data(data) => {
                     self.accept(data).await.map_err(Ok)?;
                     if self.pending_bytes >= self.batch_bytes {
-                        let batch = self.take_pending();
-                        cuts.send(Ok(Cut::Chunks(batch)))
+                        let (batch, held) = self.take_pending();
+                        cuts.send(Ok(Cut::Chunks(batch, held)))
                             .await
                             .map_err(|_| Err(PackingGone))?;
                     }
@@ -265,7 +294,7 @@ impl Receiving {
         .await
         .map_err(|e| Ok(Error::internal(format!("chunking task failed: {e}"))))?;
         self.queue(tail);
-        let batch = self.take_pending();
+        let (batch, held) = self.take_pending();
         let end = Received {
             size: self.size,
             digest: cutter.whole.finalize(),
@@ -273,7 +302,7 @@ impl Receiving {
             head: std::mem::take(&mut self.head),
             finish: self.finish.take(),
         };
-        for cut in [Cut::Chunks(batch), Cut::End(end)] {
+        for cut in [Cut::Chunks(batch, held), Cut::End(end)] {
             cuts.send(Ok(cut)).await.map_err(|_| Err(PackingGone))?;
         }
         Ok(())
@@ -322,9 +351,12 @@ impl Receiving {
         }
     }
 
-    fn take_pending(&mut self) -> Vec<(ChunkId, Bytes)> {
+    fn take_pending(&mut self) -> (Vec<(ChunkId, Bytes)>, Reservation) {
         self.pending_bytes = 0;
-        std::mem::take(&mut self.pending)
+        (
+            std::mem::take(&mut self.pending),
+            std::mem::take(&mut self.pending_held),
+        )
     }
 }
 
@@ -399,6 +431,8 @@ impl Upload {
             }),
             pending: Vec::new(),
             pending_bytes: 0,
+            pending_held: Reservation::none(),
+            received: inner.received_budget.clone(),
         };
         Self {
             inner,
@@ -473,14 +507,19 @@ impl Upload {
         // channels' ends (an error here) stops both tasks.
         let (sender, parts) = tokio::sync::mpsc::channel(RECEIVE_AHEAD_MESSAGES);
         let (cut_sender, mut cuts) = tokio::sync::mpsc::channel(1);
-        let _receiver = AbortOnDrop(tokio::spawn(forward(content, sender)));
+        let _receiver = AbortOnDrop(tokio::spawn(forward(
+            content,
+            self.inner.received_budget.clone(),
+            sender,
+        )));
         let receiving = self.receiving.take().expect("an upload runs once");
         let _cutting = AbortOnDrop(tokio::spawn(receiving.run(parts, cut_sender)));
         let received = loop {
             match cuts.recv().await {
-                Some(Ok(Cut::Chunks(chunks))) => {
+                Some(Ok(Cut::Chunks(chunks, held))) => {
                     self.size += chunks.iter().map(|(_, c)| c.len() as u64).sum::<u64>();
                     self.pack_chunks(chunks).await?;
+                    drop(held);
                 }
                 Some(Ok(Cut::End(received))) => break received,
                 Some(Err(error)) => return Err(error),
@@ -839,7 +878,7 @@ impl Upload {
                 Arc::from(self.tenant.as_str()),
                 self.key.clone(),
                 ids,
-                self.inner.cache.generation(),
+                self.inner.cache.admission_for_bases(),
                 0,
             )
             .await?;
@@ -1089,11 +1128,25 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// Moves a content stream into a channel, stopping at the first error or when the
 /// consumer has gone away.
-async fn forward<S>(mut content: S, sender: tokio::sync::mpsc::Sender<Result<UploadPart>>)
-where
+/// Takes the upload's messages as the receiving stage makes room for them, each data
+/// message once the received budget has its bytes: until then the next message is not
+/// taken, and the client waits on flow control.
+async fn forward<S>(
+    mut content: S,
+    budget: super::budget::MemoryBudget,
+    sender: tokio::sync::mpsc::Sender<Result<(UploadPart, Reservation)>>,
+) where
     S: Stream<Item = Result<UploadPart>> + Send + Unpin,
 {
     while let Some(item) = content.next().await {
+        let item = match item {
+            Ok(UploadPart::Data(data)) => match budget.reserve(data.len()).await {
+                Ok(held) => Ok((UploadPart::Data(data), held)),
+                Err(error) => Err(error),
+            },
+            Ok(part) => Ok((part, Reservation::none())),
+            Err(error) => Err(error),
+        };
         let stop = item.is_err();
         if sender.send(item).await.is_err() || stop {
             return;

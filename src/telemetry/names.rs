@@ -29,6 +29,8 @@ metric_names! {
         "Bytes of decoded chunks served from the memory cache";
     CHUNK_CACHE_MISSES_TOTAL = "artifactd_chunk_cache_misses_total", Counter,
         "Chunks a read looked for in the memory cache and did not find";
+    CHUNK_CACHE_BYPASSED_READS_TOTAL = "artifactd_chunk_cache_bypassed_reads_total", Counter,
+        "Reads larger than the memory cache, which passed through it without being kept";
     CHUNK_CACHE_BYTES = "artifactd_chunk_cache_bytes", Gauge,
         "Bytes the memory cache of decoded chunks holds, with its bookkeeping";
     TRANSFER_MEMORY_RESERVED_BYTES = "artifactd_transfer_memory_reserved_bytes", Gauge,
@@ -39,6 +41,10 @@ metric_names! {
         "Bytes reserved from the delta base memory budget by reads of delta bases";
     DELTA_BASE_MEMORY_WAITS_TOTAL = "artifactd_delta_base_memory_waits_total", Counter,
         "Times a read of delta bases waited for the delta base memory budget";
+    RECEIVED_MEMORY_RESERVED_BYTES = "artifactd_received_memory_reserved_bytes", Gauge,
+        "Bytes of the received memory budget that uploads' content not yet packed holds";
+    RECEIVED_MEMORY_WAITS_TOTAL = "artifactd_received_memory_waits_total", Counter,
+        "Times an upload waited for the received memory budget before taking its next message";
     DOWNLOADS_STALLED_TOTAL = "artifactd_downloads_stalled_total", Counter,
         "Downloads ended because their reader took nothing for ingest.stalled_download_seconds";
     DISK_CACHE_BYTES = "artifactd_disk_cache_bytes", Gauge,
