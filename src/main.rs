@@ -21,12 +21,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `MALLOC_ARENA_MAX` (or an `arena_max` in `GLIBC_TUNABLES`) wins.
 ///
 /// glibc also raises its mmap threshold each time a large block is freed (up to 32 MiB),
-/// after which the 1 MiB buffers of packs, spans and messages come from the arenas and
-/// stay there fragmented. A fixed 1 MiB threshold gives such buffers back when freed:
-/// at 16 concurrent 256 MiB uploads then downloads the peak fell from 287 to 245 MiB with
-/// uploads as fast (pack buffers are pooled, `buffers.rs`). `MALLOC_MMAP_THRESHOLD_` (or
-/// an `mmap_threshold` tunable) wins. jemalloc (tikv-jemallocator 0.6) was measured too, at
-/// 16 concurrent 1 GiB uploads then downloads: 369 MiB against 304 MiB for glibc so tuned.
+/// after which the buffers of packs, spans and messages come from the arenas and stay
+/// there fragmented. A fixed threshold gives such buffers back when freed: at 16
+/// concurrent 256 MiB uploads then downloads, 1 MiB took the peak from 287 to 245 MiB.
+/// 256 KiB also covers each received message's buffer (tonic's, one a message) and the
+/// chunker's: at 16 concurrent 1 GiB uploads then downloads the peak fell from 257 to
+/// 189 MiB (512 MiB each: 232 to 181), uploads as fast (174 and 177 MiB/s), downloads 10%
+/// slower (492 to 441 MiB/s: each sent message's buffer is then mapped and faulted in
+/// anew). `MALLOC_MMAP_THRESHOLD_=1048576` (or an `mmap_threshold` tunable) chooses that
+/// speed over the memory. jemalloc (tikv-jemallocator 0.6) was measured too, at 16
+/// concurrent 1 GiB uploads then downloads: 369 MiB against 304 MiB for glibc with a
+/// 1 MiB threshold.
 fn tune_allocator() {
     #[cfg(all(not(feature = "mimalloc"), target_os = "linux", target_env = "gnu"))]
     {
@@ -41,7 +46,7 @@ fn tune_allocator() {
         if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() && !tunables.contains("mmap_threshold") {
             // SAFETY: as above.
             unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
             }
         }
     }

@@ -579,6 +579,64 @@ async fn concurrent_transfers_wait_for_small_memory_budgets_and_all_complete() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_client_pauses_gives_its_received_memory_to_others() {
+    // A received budget of one 64 KiB message. A's client sends part of its content and
+    // pauses with its stream open; B, meanwhile, must get the memory A's cut content
+    // held, and finish long before the 60 s a wait may last.
+    let server = ServerProcess::start_with(
+        ServerOptions::default().env("ARTIFACTD_INGEST__RECEIVED_MEMORY_BYTES", "65536"),
+    );
+    let first = noise(3 * 1024 * 1024, 301);
+    let mut messages =
+        common::client::create_messages(header(T, P, "bundle", "paused.bin"), &first, 64 * 1024);
+    let rest = messages.split_off(5);
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    for message in messages {
+        sender.send(message).await.unwrap();
+    }
+    let paused = tokio::spawn({
+        let mut client = server.client().await;
+        async move {
+            client
+                .create_artifact(tokio_stream::wrappers::ReceiverStream::new(receiver))
+                .await
+                .map(|response| response.into_inner().artifact.unwrap().id)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let second = noise(2 * 1024 * 1024 + 17, 302);
+    let started = std::time::Instant::now();
+    let mut client = server.client().await;
+    let second_id = create_id(&mut client, header(T, P, "bundle", "while-paused.bin"), &second).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the upload waited {:?} for memory a paused upload held",
+        started.elapsed()
+    );
+    assert!(!paused.is_finished(), "the paused upload ended early");
+
+    for message in rest {
+        sender.send(message).await.unwrap();
+    }
+    drop(sender);
+    let first_id = paused
+        .await
+        .unwrap()
+        .expect("the paused upload completes once resumed");
+    for (id, content) in [(first_id, first), (second_id, second)] {
+        let (_, read) = download(&mut client, download_request(T, P, &id, ""))
+            .await
+            .unwrap();
+        assert!(read == content, "{id} reads back different bytes");
+    }
+    assert_eq!(
+        metric(&server, "artifactd_received_memory_reserved_bytes").await,
+        0.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readers_that_stop_reading_are_ended_and_their_memory_goes_to_others() {
     // Room for one pack and two read spans, and readers that take nothing for 2 s are

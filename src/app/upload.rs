@@ -232,7 +232,8 @@ impl Receiving {
         cuts: &tokio::sync::mpsc::Sender<Result<Cut>>,
     ) -> std::result::Result<(), std::result::Result<Error, PackingGone>> {
         loop {
-            let part = if self.pending.is_empty() {
+            let holding = !self.pending.is_empty() || self.pending_held.bytes() > 0;
+            let part = if !holding {
                 parts.recv().await
             } else {
                 tokio::select! {
@@ -240,13 +241,18 @@ impl Receiving {
                     part = parts.recv() => part,
                     () = self.received.someone_waits() => {
                         // An upload (this one or another) waits for received memory while
-                        // this one, with nothing new to cut, holds a part batch: the batch
-                        // goes on to be packed now, which gives its memory back, rather
-                        // than wait here for a message that may be the one waiting.
+                        // this one, with nothing new to cut, holds some: its part batch
+                        // goes on to be packed now, which gives the memory back, rather
+                        // than wait here for a message that may be the one waiting (what
+                        // the chunker carries, less than a chunk, is let go unaccounted).
                         let (batch, held) = self.take_pending();
-                        cuts.send(Ok(Cut::Chunks(batch, held)))
-                            .await
-                            .map_err(|_| Err(PackingGone))?;
+                        if batch.is_empty() {
+                            drop(held);
+                        } else {
+                            cuts.send(Ok(Cut::Chunks(batch, held)))
+                                .await
+                                .map_err(|_| Err(PackingGone))?;
+                        }
                         continue;
                     }
                 }
