@@ -138,7 +138,7 @@ impl TagIndex {
         run.sort_unstable();
         while self.runs.last().is_some_and(|last| last.len() <= run.len()) {
             let last = self.runs.pop().expect("a last run");
-            run = merge(&last, &run);
+            run = merge(run, last);
         }
         self.runs.push(run);
     }
@@ -157,21 +157,28 @@ impl TagIndex {
     }
 }
 
-fn merge(a: &[(u32, u32)], b: &[(u32, u32)]) -> Vec<(u32, u32)> {
-    let mut merged = Vec::with_capacity(a.len() + b.len());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        if a[i] <= b[j] {
-            merged.push(a[i]);
-            i += 1;
+/// Merges sorted `b` into sorted `a`, in `a`'s own memory grown by `b`'s length (from the
+/// back, so nothing is overwritten before it is moved): the merge needs no third buffer as
+/// long as both, which at the last merge of a multi-GiB upload is megabytes an upload, at
+/// about the same moment in uploads that run side by side.
+fn merge(mut a: Vec<(u32, u32)>, b: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+    let (a_len, b_len) = (a.len(), b.len());
+    a.reserve_exact(b_len);
+    a.resize(a_len + b_len, (0, 0));
+    let (mut i, mut j) = (a_len, b_len);
+    for at in (0..a_len + b_len).rev() {
+        if j == 0 {
+            break;
+        }
+        if i > 0 && a[i - 1] > b[j - 1] {
+            a[at] = a[i - 1];
+            i -= 1;
         } else {
-            merged.push(b[j]);
-            j += 1;
+            a[at] = b[j - 1];
+            j -= 1;
         }
     }
-    merged.extend_from_slice(&a[i..]);
-    merged.extend_from_slice(&b[j..]);
-    merged
+    a
 }
 
 impl NewChunks {
@@ -495,6 +502,35 @@ mod tests {
             assert_eq!(found, positions, "tag {tag}");
         }
         assert_eq!(index.positions(60_000).count(), 0);
+    }
+
+    #[test]
+    fn merging_in_place_gives_the_sorted_union() {
+        let mut state = 7u64;
+        let mut next = move |limit: u32| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % u64::from(limit)) as u32
+        };
+        for (a_len, b_len) in [
+            (0, 0),
+            (0, 5),
+            (5, 0),
+            (1, 1),
+            (1024, 1024),
+            (4096, 3),
+            (3, 4096),
+            (777, 1500),
+        ] {
+            let mut a: Vec<(u32, u32)> = (0..a_len).map(|_| (next(500), next(1 << 20))).collect();
+            let mut b: Vec<(u32, u32)> = (0..b_len).map(|_| (next(500), next(1 << 20))).collect();
+            a.sort_unstable();
+            b.sort_unstable();
+            let mut expected = [a.clone(), b.clone()].concat();
+            expected.sort_unstable();
+            assert_eq!(merge(a, b), expected, "{a_len} + {b_len}");
+        }
     }
 
     #[test]
