@@ -125,3 +125,32 @@ async fn spilled_uploads_at_once_on_sqlite() {
 async fn spilled_uploads_at_once_on_postgres() {
     spilled_uploads_at_once(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_of_many_chunks_finds_its_repeats_in_its_index_on_disk() {
+    // 1 KiB chunks (about 1.2 KiB as cut): the first 96 MiB are ~80,000 chunks, past the
+    // 65,536 entries after which the upload's own-repeat index writes its runs to the spill
+    // directory. The same block again must be found there, not stored twice.
+    let server =
+        ServerProcess::start_with(ServerOptions::default().env("ARTIFACTD_INGEST__CHUNK_AVG_BYTES", "1024"));
+    let mut client = server.client().await;
+    let block = noise(96 * MIB, 41);
+    let content = [block.as_slice(), &noise(4 * MIB, 42), block.as_slice()].concat();
+    let created = create(&mut client, header(T, P, "bundle", "many-chunks.bin"), &content)
+        .await
+        .unwrap();
+    let version = created.version.unwrap();
+    let unique = (100 * MIB) as u64;
+    assert!(
+        version.new_stored_size < unique + unique / 20,
+        "the repeated block was found in the index on disk: {} new bytes stored for {unique} unique",
+        version.new_stored_size
+    );
+    let (_, read) = download(
+        &mut client,
+        download_request(T, P, &created.artifact.unwrap().id, ""),
+    )
+    .await
+    .unwrap();
+    assert!(read == content, "the upload reads back byte for byte");
+}

@@ -636,7 +636,10 @@ impl Upload {
             }
             // Placed now so a repeat later in this batch dedups against it; its stored form
             // is set once the chunk is encoded.
-            let at = self.new_chunks.place(*id, chunk.len() as u32);
+            let at = self
+                .new_chunks
+                .place(*id, chunk.len() as u32)
+                .map_err(spill_error)?;
             to_encode.push(ToEncode {
                 at,
                 id: *id,
