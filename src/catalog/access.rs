@@ -76,7 +76,7 @@ impl Catalog {
     /// made it first), and nothing is stored.
     pub async fn insert_api_key(&self, key: &ApiKey, secret_hash: &str, bootstrap: bool) -> Result<bool> {
         let projects = serde_json::to_string(&key.projects).expect("strings serialise");
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO api_keys ({KEY_COLUMNS}, bootstrap) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         )))
@@ -188,7 +188,7 @@ impl Catalog {
         key_id: &str,
         at: Timestamp,
     ) -> Result<Option<(ApiKey, Vec<String>)>> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         // The write first: on SQLite it takes the database before anything is read.
         let done = sqlx::query(
             "UPDATE api_keys SET revoked_at = $1 WHERE tenant = $2 AND key_id = $3 AND revoked_at IS NULL",
@@ -264,7 +264,7 @@ impl Catalog {
 
     /// Gives a subject a role in a scope, replacing the role it had there.
     pub async fn put_role_binding(&self, binding: &RoleBinding) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO role_bindings ({BINDING_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (tenant, project, subject_kind, subject) \
@@ -305,7 +305,7 @@ impl Catalog {
         subject_kind: SubjectKind,
         subject: &str,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "DELETE FROM role_bindings WHERE tenant = $1 AND project = $2 AND subject_kind = $3 AND subject = $4",
         )
@@ -421,7 +421,7 @@ impl Catalog {
         grants: &[ArtifactGrant],
         at: Timestamp,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM artifact_grants WHERE tenant = $1 AND artifact_id = $2")
             .bind(&scope.tenant)
             .bind(artifact_id)

@@ -1,6 +1,7 @@
 //! The audit trail's storage: entries appended to their tenant's chain (inside the
 //! transaction of the change they record, when there is one), the chain heads, checkpoints.
 
+use super::Tx;
 use super::{Catalog, Dialect, db_error};
 use crate::domain::audit::{AuditEntry, AuditRecord, Checkpoint, GENESIS, entry_hash};
 use crate::domain::{Result, Timestamp};
@@ -54,11 +55,7 @@ pub struct AuditQuery {
 impl Catalog {
     /// Appends `record` to its tenant's chain within `tx`: the entry commits with the change
     /// it records, or neither does.
-    pub(super) async fn append_audit_in(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        record: &AuditRecord,
-    ) -> Result<i64> {
+    pub(super) async fn append_audit_in(&self, tx: &mut Tx, record: &AuditRecord) -> Result<i64> {
         let fail = |e| db_error("appending to the audit trail", e);
         if self.dialect == Dialect::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -116,7 +113,7 @@ impl Catalog {
 
     /// Appends `record` on its own (a read, a search, a refusal).
     pub async fn append_audit(&self, record: &AuditRecord) -> Result<i64> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         let seq = self.append_audit_in(&mut tx, record).await?;
         tx.commit()
             .await
@@ -192,6 +189,7 @@ impl Catalog {
     }
 
     pub async fn put_audit_checkpoint(&self, checkpoint: &Checkpoint) -> Result<()> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT INTO audit_checkpoints (tenant, seq, hash, at, key_id, signature) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant, seq) DO NOTHING",

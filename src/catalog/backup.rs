@@ -13,7 +13,7 @@ use crate::ingest::{ChunkId, Manifest};
 use sqlx::{AssertSqlSafe, Row};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-type Tx = sqlx::Transaction<'static, sqlx::Any>;
+use super::Tx;
 
 /// When the journal began: point-in-time restore reaches no further back.
 const JOURNAL_SINCE: &str = "journal_since";
@@ -256,7 +256,7 @@ impl Catalog {
     /// Starts the journal once: every artifact's state now is its first entry. Safe to call
     /// from every replica at every start.
     pub async fn start_journal(&self, now: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         let started =
             sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
                 .bind(JOURNAL_SINCE)
@@ -310,6 +310,7 @@ impl Catalog {
     /// Drops journal entries older than `before`, except each artifact's newest such entry
     /// (its state at `before`).
     pub async fn prune_journal(&self, before: i64) -> Result<u64> {
+        let _turn = self.write_turn().await;
         let deleted = sqlx::query(
             "DELETE FROM artifact_journal WHERE at < $1 AND EXISTS ( \
                SELECT 1 FROM artifact_journal later WHERE later.artifact_id = artifact_journal.artifact_id \
@@ -378,7 +379,7 @@ impl Catalog {
     /// Exports the named artifacts (those that still exist) of `tenant` as one consistent
     /// snapshot, with the chunk index rows, packs and tenant keys their versions need.
     pub async fn export(&self, tenant: &str, ids: &[String]) -> Result<Export> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_read().await?;
         if self.dialect == Dialect::Postgres {
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 .execute(&mut *tx)
@@ -515,7 +516,7 @@ impl Catalog {
 
     /// One artifact as an image, read outside any snapshot (for point-in-time restore).
     pub async fn artifact_image(&self, artifact_id: &str) -> Result<Option<ArtifactImage>> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_read().await?;
         let image = self.image_in(&mut tx, artifact_id).await?;
         tx.commit().await.map_err(|e| db_error("committing", e))?;
         Ok(image)
@@ -535,7 +536,7 @@ impl Catalog {
         pins: &[String],
         sealed_keys: &[String],
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO backups (id, tenant, project, artifact_id, kind, trigger, created_by, created_at, summary) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -660,7 +661,7 @@ impl Catalog {
 
     /// Removes a backup and its pins; false when it was not there.
     pub async fn delete_backup(&self, tenant: &str, id: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         let deleted = sqlx::query("DELETE FROM backups WHERE tenant = $1 AND id = $2")
             .bind(tenant)
             .bind(id)
@@ -702,7 +703,7 @@ impl Catalog {
     /// Rows for packs a backup needs that the catalog lacks (a backup older than the one
     /// restored, after a disaster): the pins keep them.
     pub async fn restore_pack_rows(&self, tenant: &str, packs: &[PackImage]) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         for pack in packs {
             insert_pack_row(&mut tx, tenant, pack).await?;
         }
@@ -712,6 +713,7 @@ impl Catalog {
     // ---- schedules ---------------------------------------------------------------------------
 
     pub async fn set_backup_schedule(&self, schedule: &ScheduleRow) -> Result<()> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT INTO backup_schedules (tenant, project, interval_seconds, keep, updated_by, updated_at, last_run_at) \
              VALUES ($1, $2, $3, $4, $5, $6, NULL) ON CONFLICT (tenant, project) DO UPDATE SET \
@@ -731,6 +733,7 @@ impl Catalog {
     }
 
     pub async fn delete_backup_schedule(&self, tenant: &str, project: &str) -> Result<bool> {
+        let _turn = self.write_turn().await;
         let deleted = sqlx::query("DELETE FROM backup_schedules WHERE tenant = $1 AND project = $2")
             .bind(tenant)
             .bind(project)
@@ -761,6 +764,7 @@ impl Catalog {
     }
 
     pub async fn schedule_ran(&self, tenant: &str, project: &str, at: i64) -> Result<()> {
+        let _turn = self.write_turn().await;
         sqlx::query("UPDATE backup_schedules SET last_run_at = $1 WHERE tenant = $2 AND project = $3")
             .bind(at)
             .bind(tenant)
@@ -781,7 +785,7 @@ impl Catalog {
                 "the backup's chunk-id secret is not 64 hex digits".into(),
             ));
         }
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
             .bind("chunk_id_secret")
             .bind(secret_hex)
@@ -824,7 +828,7 @@ impl Catalog {
     pub async fn restore_artifact(&self, request: &RestoreArtifact<'_>) -> Result<Restored> {
         let wanted = request.wanted;
         let scope = Scope::new(wanted.tenant.clone(), wanted.project.clone());
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         // A write first: SQLite's write lock (and Postgres' name lock) before anything is read.
         self.lock_name(&mut tx, &scope, &wanted.artifact_type, &wanted.name)
             .await?;

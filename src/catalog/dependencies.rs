@@ -7,7 +7,7 @@ use crate::domain::{Artifact, LifecycleState, Result};
 use sqlx::AssertSqlSafe;
 use std::collections::HashMap;
 
-type Tx = sqlx::Transaction<'static, sqlx::Any>;
+use super::Tx;
 
 /// One version of an artifact, as resolution weighs it.
 #[derive(Debug, Clone, PartialEq, Eq)]

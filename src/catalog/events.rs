@@ -132,6 +132,7 @@ impl Catalog {
 
     /// Records how far this replica's search index has followed the outbox.
     pub async fn record_replica_position(&self, replica_id: &str, position: i64, now: i64) -> Result<()> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT INTO replica_positions (replica_id, position, updated_at) VALUES ($1, $2, $3) \
              ON CONFLICT (replica_id) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
@@ -151,7 +152,7 @@ impl Catalog {
     /// since `live_since` are forgotten (their indexes rebuild when they return); with no
     /// live replica at all nothing is deleted. Returns how many events were deleted.
     pub async fn prune_outbox(&self, created_before: i64, live_since: i64) -> Result<u64> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM replica_positions WHERE updated_at < $1")
             .bind(live_since)
             .execute(&mut *tx)

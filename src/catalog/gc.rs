@@ -9,7 +9,7 @@ use crate::ingest::{ChunkId, PackEntry, PackId};
 use sqlx::AssertSqlSafe;
 use std::collections::HashMap;
 
-type Tx = sqlx::Transaction<'static, sqlx::Any>;
+use super::Tx;
 
 /// (tenant, chunk id, pack id, offset, stored length, raw length, codec)
 type ChunkRow = (String, Vec<u8>, String, i64, i64, i64, i64, Option<Vec<u8>>);
@@ -70,6 +70,7 @@ impl Catalog {
         now: i64,
         expires_at: i64,
     ) -> Result<Option<LeaseHeld>> {
+        let _turn = self.write_turn().await;
         let taken = sqlx::query(
             "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
@@ -104,6 +105,7 @@ impl Catalog {
     /// Extends `name` for `holder` only while it still holds it: a holder whose lease ran out
     /// never takes it back (another may have run meanwhile). Returns whether it still holds it.
     pub async fn renew_lease(&self, name: &str, holder: &str, now: i64, expires_at: i64) -> Result<bool> {
+        let _turn = self.write_turn().await;
         let renewed = sqlx::query(
             "UPDATE leases SET expires_at = $1 WHERE name = $2 AND holder = $3 AND expires_at >= $4",
         )
@@ -119,6 +121,7 @@ impl Catalog {
     }
 
     pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let _turn = self.write_turn().await;
         sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
             .bind(name)
             .bind(holder)
@@ -313,7 +316,7 @@ impl Catalog {
         clear: &[String],
         now: i64,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         // Write first (SQLite), then the fence.
         self.clear_marks(&mut tx, clear).await?;
         for batch in mark.chunks(BATCH_ROWS) {
@@ -338,7 +341,7 @@ impl Catalog {
     /// still stands and the pack is still in `state`; leaves a tombstone for its object.
     /// Returns false (and changes nothing) when the mark was cleared or the pack changed.
     pub async fn sweep_pack(&self, holder: &str, pack: &GcPack, marked_by: i64, now: i64) -> Result<bool> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         // The mark's row lock is what an upload reusing this pack's chunks waits on (or
         // takes first): of the two, exactly one goes ahead.
         let unmarked = sqlx::query("DELETE FROM gc_marks WHERE pack_id = $1 AND marked_at <= $2")
@@ -433,7 +436,7 @@ impl Catalog {
         let key = PackId::from_hex(pack_id)
             .map(|id| id.object_key())
             .unwrap_or_default();
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         let held = sqlx::query("UPDATE pack_tombstones SET deleted_at = deleted_at WHERE pack_id = $1")
             .bind(pack_id)
             .execute(&mut *tx)
@@ -496,7 +499,7 @@ impl Catalog {
         moves: &[(String, PackEntry)],
         now: i64,
     ) -> Result<u64> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         // Any state, this generation: compaction can produce the bytes of a pack that exists
         // already (and stays), but not of one collected since it was staged.
         let committed =
@@ -551,6 +554,7 @@ impl Catalog {
         finished_at: i64,
         report: &str,
     ) -> Result<()> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT INTO gc_runs (id, holder, dry_run, started_at, finished_at, report) VALUES ($1, $2, $3, $4, $5, $6)",
         )

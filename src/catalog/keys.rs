@@ -9,6 +9,7 @@
 //!   loser reads the winner's;
 //! - a version committed while the tenant's key is destroyed: see [`Catalog::check_keys_alive`].
 
+use super::Tx;
 use super::{Catalog, Dialect, db_error, is_unique_violation};
 use crate::domain::encryption::{
     PackKey, SealedCounts, ShredReport, TenantKeyRecord, TenantKeyState, WrappedTenantKey,
@@ -73,11 +74,7 @@ fn key_of(row: &AnyRow) -> Result<TenantKeyRecord> {
 }
 
 impl Catalog {
-    async fn lock_tenant_keys(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        tenant: &str,
-    ) -> Result<()> {
+    async fn lock_tenant_keys(&self, tx: &mut Tx, tenant: &str) -> Result<()> {
         if self.dialect == Dialect::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(keys_lock(tenant))
@@ -141,7 +138,7 @@ impl Catalog {
             .material
             .as_ref()
             .ok_or_else(|| Error::internal("a new tenant key needs its wrapped material"))?;
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         self.lock_tenant_keys(&mut tx, &key.tenant).await?;
         let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO tenant_keys ({KEY_COLUMNS}) VALUES ($1, $2, 'active', $3, $4, $5, NULL)"
@@ -193,7 +190,7 @@ impl Catalog {
             upload_id,
             at: now,
         } = *stage;
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         let generation: Option<i64> = match key {
             // Identical bytes make the identical pack: a row that exists already is this
             // pack too, and its generation (when that row was made) is what the upload
@@ -267,7 +264,7 @@ impl Catalog {
             .material
             .as_ref()
             .ok_or_else(|| Error::internal("a new tenant key needs its wrapped material"))?;
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         self.lock_tenant_keys(&mut tx, &new.tenant).await?;
         // The write first: it holds the old key's row (and on SQLite the database) until the
         // commit, so no pack is staged under the old key meanwhile.
@@ -344,7 +341,7 @@ impl Catalog {
     /// erased, and the chunks in those packs leave the chunk index so that no later upload
     /// deduplicates against content nobody can read.
     pub async fn destroy_tenant_keys(&self, tenant: &str, at: Timestamp) -> Result<ShredReport> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         // Ordered after any rotation in progress, so the key it makes is destroyed too.
         self.lock_tenant_keys(&mut tx, tenant).await?;
         let destroyed: Vec<(String,)> = sqlx::query_as(
@@ -444,6 +441,7 @@ impl Catalog {
         from_master: &str,
         to: &WrappedTenantKey,
     ) -> Result<bool> {
+        let _turn = self.write_turn().await;
         let changed = sqlx::query(
             "UPDATE tenant_keys SET master_key_id = $1, wrapped = $2 \
              WHERE key_id = $3 AND master_key_id = $4 AND state = 'active'",
@@ -502,7 +500,7 @@ impl Catalog {
     /// writes already hold the database.
     pub(super) async fn check_content_alive(
         &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tx: &mut Tx,
         tenant: &str,
         packs: &[String],
     ) -> Result<bool> {
@@ -531,11 +529,7 @@ impl Catalog {
 
     /// Whether any of `packs` is sealed with a data key that was erased (its tenant key
     /// destroyed).
-    pub(super) async fn any_erased(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        packs: &[String],
-    ) -> Result<bool> {
+    pub(super) async fn any_erased(&self, tx: &mut Tx, packs: &[String]) -> Result<bool> {
         for batch in packs.chunks(super::BATCH_ROWS) {
             let sql = format!(
                 "SELECT COUNT(*) FROM packs WHERE pack_id IN ({}) AND key_id IS NOT NULL AND wrapped_key IS NULL",

@@ -15,7 +15,7 @@ use serde_json::json;
 use sqlx::AssertSqlSafe;
 use std::collections::HashMap;
 
-type Tx = sqlx::Transaction<'static, sqlx::Any>;
+use super::Tx;
 
 /// Appends one transition to a version's history.
 pub(super) async fn record_transition(
@@ -49,7 +49,7 @@ impl Catalog {
     /// Begins a transaction holding the live artifact's row lock; NOT_FOUND when there is no
     /// live artifact with that id in the scope.
     pub(super) async fn lock_artifact(&self, scope: &Scope, artifact_id: &str) -> Result<Tx> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         let locked = sqlx::query(
             "UPDATE artifacts SET updated_at = updated_at \
              WHERE id = $1 AND tenant = $2 AND project = $3 AND deleted_at IS NULL",

@@ -4,6 +4,7 @@
 //! project a type and name holds that name's lock (on Postgres; SQLite serialises writers)
 //! before it checks the other table.
 
+use super::Tx;
 use super::{
     ARTIFACT_COLUMNS, Catalog, Dialect, SeenArtifactRecord, artifact_not_found, db_error, is_unique_violation,
 };
@@ -42,7 +43,7 @@ impl Catalog {
     /// artifact or a link in `scope`.
     pub(super) async fn lock_name(
         &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tx: &mut Tx,
         scope: &Scope,
         artifact_type: &str,
         name: &str,
@@ -125,7 +126,7 @@ impl Catalog {
 
     /// Links a live artifact into another project of its tenant.
     pub async fn link_artifact(&self, into: &Scope, origin: &Artifact, actor: &str, now: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         self.lock_name(&mut tx, into, &origin.artifact_type, &origin.name)
             .await?;
         // The insert comes first so that SQLite takes its write lock before reading.
@@ -221,7 +222,7 @@ impl Catalog {
 
     /// Removes the link of `artifact_id` into `scope`; the artifact itself is untouched.
     pub async fn unlink_artifact(&self, scope: &Scope, artifact_id: &str, now: i64) -> Result<String> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         let origin: Option<String> = sqlx::query_scalar(
             "DELETE FROM artifact_links WHERE tenant = $1 AND project = $2 AND target_id = $3 \
              RETURNING (SELECT project FROM artifacts WHERE id = target_id)",

@@ -128,6 +128,38 @@ pub struct Catalog {
     changes: Arc<tokio::sync::Notify>,
     /// Counts this process's commits of outbox events, for any number of change streams.
     commits: Arc<tokio::sync::watch::Sender<u64>>,
+    /// SQLite's writers take turns here, in arrival order (see [`Catalog::write_turn`]).
+    write_turns: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// This process's turn to write to a SQLite catalog; nothing on Postgres.
+pub(crate) type WriteTurn = Option<tokio::sync::OwnedMutexGuard<()>>;
+
+/// A catalog transaction: the connection it runs on, and for one that writes to SQLite,
+/// the turn it holds until it ends (committed, or rolled back when dropped).
+pub(crate) struct Tx {
+    transaction: sqlx::Transaction<'static, sqlx::Any>,
+    // Declared after the transaction so that it is let go of after the transaction ends.
+    _turn: WriteTurn,
+}
+
+impl std::ops::Deref for Tx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        &self.transaction
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.transaction
+    }
+}
+
+impl Tx {
+    pub(crate) async fn commit(self) -> std::result::Result<(), sqlx::Error> {
+        self.transaction.commit().await
+    }
 }
 
 /// Maps a database failure onto the service's errors: connection trouble is retryable
@@ -141,10 +173,10 @@ pub(crate) fn db_error(context: &str, error: sqlx::Error) -> Error {
         | sqlx::Error::WorkerCrashed => {
             Error::Unavailable(format!("catalog unavailable while {context}: {error}"))
         }
-        sqlx::Error::Database(db) if transient_code(db.code().as_deref()) == Some(Transient::Retry) => {
+        sqlx::Error::Database(db) if transient_code(db.as_ref()) == Some(Transient::Retry) => {
             Error::Aborted(format!("catalog conflict while {context}, retry: {error}"))
         }
-        sqlx::Error::Database(db) if transient_code(db.code().as_deref()) == Some(Transient::Unavailable) => {
+        sqlx::Error::Database(db) if transient_code(db.as_ref()) == Some(Transient::Unavailable) => {
             Error::Unavailable(format!("catalog unavailable while {context}: {error}"))
         }
         sqlx::Error::Protocol(_) => {
@@ -165,20 +197,24 @@ enum Transient {
 
 /// Postgres SQLSTATE classes that say "try again": 40 (serialization failure, deadlock);
 /// 08 (connection), 53 (insufficient resources) and 57 (operator intervention, shutdown).
-fn transient_code(code: Option<&str>) -> Option<Transient> {
-    let code = code?;
-    match code.get(..2)? {
+fn transient_code(error: &dyn sqlx::error::DatabaseError) -> Option<Transient> {
+    let postgres = error.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()?;
+    match postgres.code().get(..2)? {
         "40" => Some(Transient::Retry),
         "08" | "53" | "57" => Some(Transient::Unavailable),
         _ => None,
     }
 }
 
+/// SQLite's SQLITE_BUSY (5) and SQLITE_LOCKED (6), whatever their extended code: another
+/// connection holds what this statement needs.
 fn is_busy(error: &dyn sqlx::error::DatabaseError) -> bool {
-    let message = error.message();
-    message.contains("database is locked") || message.contains("database is busy")
+    error
+        .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+        .and_then(sqlx::error::DatabaseError::code)
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 5 | 6))
 }
-
 fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -276,6 +312,7 @@ impl Catalog {
             dialect,
             changes: Arc::new(tokio::sync::Notify::new()),
             commits: Arc::new(tokio::sync::watch::Sender::new(0)),
+            write_turns: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -296,6 +333,45 @@ impl Catalog {
         self.dialect
     }
 
+    /// Waits for this process's turn to write. SQLite has one writer at a time, and a
+    /// writer that finds the lock taken polls for it (`busy_timeout`), in no order: behind
+    /// a queue of long commits (16 uploads of 2 GiB finishing together take longer than the
+    /// timeout between them), a poller fails with "database is locked" although nothing is
+    /// wrong. Writers of this process therefore queue here first, in arrival order and
+    /// without a time limit (a caller that goes away leaves the queue), and meet SQLite's
+    /// lock only with other processes. Taken before a pool connection, so that waiting
+    /// writers do not hold the connections readers need. Postgres locks rows, not the
+    /// database: no turn.
+    pub(crate) async fn write_turn(&self) -> WriteTurn {
+        if self.dialect != Dialect::Sqlite {
+            return None;
+        }
+        let started = std::time::Instant::now();
+        let turn = self.write_turns.clone().lock_owned().await;
+        metrics::histogram!(crate::telemetry::names::CATALOG_WRITE_WAIT_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        Some(turn)
+    }
+
+    /// Begins a transaction that writes (in its turn, on SQLite).
+    pub(crate) async fn begin_write(&self) -> Result<Tx> {
+        let turn = self.write_turn().await;
+        let transaction = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        Ok(Tx {
+            transaction,
+            _turn: turn,
+        })
+    }
+
+    /// Begins a transaction that only reads: readers never wait for writers' turns.
+    pub(crate) async fn begin_read(&self) -> Result<Tx> {
+        let transaction = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        Ok(Tx {
+            transaction,
+            _turn: None,
+        })
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -312,6 +388,7 @@ impl Catalog {
     /// The service-wide secret that per-tenant chunk keys derive from. Created once, on first
     /// use, and kept in the catalog because chunk ids are only meaningful together with it.
     pub async fn service_secret(&self) -> Result<[u8; 32]> {
+        let _turn = self.write_turn().await;
         let candidate: [u8; 32] = rand::random();
         sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
             .bind("chunk_id_secret")
@@ -436,7 +513,7 @@ impl Catalog {
         artifact: &NewArtifact,
         version: &NewVersion,
     ) -> Result<(Artifact, ArtifactVersion)> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         self.lock_name(&mut tx, &artifact.scope, &artifact.artifact_type, &artifact.name)
             .await?;
         let inserted = sqlx::query(
@@ -504,7 +581,7 @@ impl Catalog {
         expected_latest: &str,
         version: &NewVersion,
     ) -> Result<(Artifact, ArtifactVersion)> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         // The compare-and-set comes first so that SQLite takes its write lock before reading.
         let seq: Option<i64> = sqlx::query_scalar(
             "UPDATE artifacts SET latest_version = $1, version_count = version_count + 1, \
@@ -572,7 +649,7 @@ impl Catalog {
 
     async fn write_version(
         &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tx: &mut Tx,
         scope: &Scope,
         artifact_id: &str,
         seq: i64,
@@ -712,7 +789,7 @@ impl Catalog {
 
     async fn write_event(
         &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tx: &mut Tx,
         event_type: EventKind,
         scope: &Scope,
         artifact_id: &str,
@@ -735,7 +812,7 @@ impl Catalog {
     #[allow(clippy::too_many_arguments)]
     async fn write_event_with(
         &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tx: &mut Tx,
         event_type: EventKind,
         scope: &Scope,
         artifact_id: &str,
@@ -790,7 +867,7 @@ impl Catalog {
     #[allow(clippy::too_many_arguments)]
     async fn finish_change(
         &self,
-        mut tx: sqlx::Transaction<'static, sqlx::Any>,
+        mut tx: Tx,
         changed: bool,
         event_type: EventKind,
         scope: &Scope,
@@ -824,7 +901,7 @@ impl Catalog {
         labels: &Labels,
         now: i64,
     ) -> Result<Artifact> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         let changed = sqlx::query(
             "UPDATE artifacts SET tags = $1, categories = $2, updated_at = $3 \
              WHERE id = $4 AND tenant = $5 AND project = $6 AND deleted_at IS NULL",
@@ -860,7 +937,7 @@ impl Catalog {
         actor: &str,
         now: i64,
     ) -> Result<Artifact> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         // The row lock comes first: a transition locks the same row before it changes a
         // version, so the check below sees every approval committed before this delete.
         let changed = sqlx::query(
@@ -919,7 +996,7 @@ impl Catalog {
         deleted_since: i64,
         now: i64,
     ) -> Result<Artifact> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         let changed = sqlx::query(
             "UPDATE artifacts SET deleted_at = NULL, deleted_by = '', updated_at = $1 \
              WHERE id = $2 AND tenant = $3 AND project = $4 AND deleted_at IS NOT NULL AND deleted_at >= $5",
@@ -1218,6 +1295,7 @@ impl Catalog {
 
     /// Marks the packs of a failed upload for garbage collection.
     pub async fn abandon_upload(&self, upload_id: &str) -> Result<u64> {
+        let _turn = self.write_turn().await;
         sqlx::query("UPDATE packs SET state = 'abandoned' WHERE upload_id = $1 AND state = 'staged'")
             .bind(upload_id)
             .execute(&self.pool)
@@ -1385,5 +1463,97 @@ impl Catalog {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error("reading the outbox", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writers queued behind a transaction that holds SQLite's lock for longer than its busy
+    /// timeout (15 s) all succeed once it ends, and readers are served meanwhile: waiting
+    /// writers hold neither the lock nor a connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_writers_wait_their_turn_however_long_and_readers_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+        let catalog = Catalog::connect(&url, 3).await.unwrap();
+        let mut long = catalog.begin_write().await.unwrap();
+        sqlx::query("INSERT INTO settings (name, value) VALUES ('long', 'held')")
+            .execute(&mut *long)
+            .await
+            .unwrap();
+        let mut writers = tokio::task::JoinSet::new();
+        for n in 0..6i64 {
+            let catalog = catalog.clone();
+            writers.spawn(async move {
+                if n % 2 == 0 {
+                    catalog
+                        .record_replica_position(&format!("replica-{n}"), n, n)
+                        .await
+                } else {
+                    catalog.prune_outbox(0, 0).await.map(|_| ())
+                }
+            });
+        }
+        let held_for = Duration::from_secs(16);
+        let until = tokio::time::Instant::now() + held_for;
+        while tokio::time::Instant::now() < until {
+            // Three connections: the long transaction's and two for readers, however many
+            // writers wait.
+            tokio::time::timeout(Duration::from_secs(2), catalog.outbox_range())
+                .await
+                .expect("a read while writers wait for their turn")
+                .unwrap();
+            assert!(
+                writers.try_join_next().is_none(),
+                "a writer went ahead of the transaction holding the lock"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        long.commit().await.unwrap();
+        let done = tokio::time::timeout(Duration::from_secs(10), writers.join_all())
+            .await
+            .expect("the writers after the long transaction");
+        for outcome in done {
+            outcome.expect("a writer that waited longer than SQLite's busy timeout");
+        }
+        let positions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM replica_positions")
+            .fetch_one(&catalog.pool)
+            .await
+            .unwrap();
+        assert_eq!(positions, 3);
+    }
+
+    /// Another process holding SQLite's lock past the busy timeout is a retryable
+    /// UNAVAILABLE, told apart by SQLite's result code.
+    #[tokio::test]
+    async fn a_lock_held_by_another_process_is_unavailable() {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("catalog.db").display());
+        let mut holder = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        for connection in [&mut holder, &mut other] {
+            sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 0; CREATE TABLE IF NOT EXISTS t (n INTEGER)")
+                .execute(&mut *connection)
+                .await
+                .unwrap();
+        }
+        sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let refused = sqlx::query("INSERT INTO t (n) VALUES (1)")
+            .execute(&mut other)
+            .await
+            .expect_err("the lock is held");
+        let error = db_error("writing", refused);
+        assert!(matches!(error, Error::Unavailable(_)), "{error:?}");
+        let malformed = sqlx::query("INSERT INTO missing (n) VALUES (1)")
+            .execute(&mut other)
+            .await
+            .expect_err("no such table");
+        assert!(matches!(db_error("writing", malformed), Error::Internal(_)));
     }
 }

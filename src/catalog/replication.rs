@@ -34,6 +34,7 @@ const ITEM_COLUMNS: &str = "object_key, target, attempts, last_error, created_at
 #[async_trait]
 impl ReplicationLog for Catalog {
     async fn enqueue(&self, key: &str, target: Side, now: i64) -> Result<()> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT INTO replication_queue (object_key, target, attempts, last_error, created_at, next_attempt_at) \
              VALUES ($1, $2, 0, NULL, $3, $3) ON CONFLICT (object_key, target) DO NOTHING",
@@ -62,6 +63,7 @@ impl ReplicationLog for Catalog {
     }
 
     async fn complete(&self, key: &str, target: Side) -> Result<()> {
+        let _turn = self.write_turn().await;
         sqlx::query("DELETE FROM replication_queue WHERE object_key = $1 AND target = $2")
             .bind(key)
             .bind(target.as_str())
@@ -72,6 +74,7 @@ impl ReplicationLog for Catalog {
     }
 
     async fn record_failure(&self, key: &str, target: Side, error: &str, next_attempt_at: i64) -> Result<()> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "UPDATE replication_queue SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2 \
              WHERE object_key = $3 AND target = $4",

@@ -14,7 +14,7 @@ use serde_json::json;
 use sqlx::AssertSqlSafe;
 use std::collections::HashMap;
 
-type Tx = sqlx::Transaction<'static, sqlx::Any>;
+use super::Tx;
 
 const POLICY_COLUMNS: &str =
     "id, tenant, project, name, spec, revision, created_by, created_at, updated_at, last_run_at";
@@ -201,7 +201,7 @@ impl Catalog {
     /// Begins a transaction holding the row lock of an artifact of the scope, live or in the
     /// trash (SQLite's write lock: a concurrent restore or delete waits for this one).
     async fn lock_any_artifact(&self, scope: &Scope, artifact_id: &str) -> Result<Tx> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         let in_scope = sqlx::query(
             "UPDATE artifacts SET updated_at = updated_at WHERE id = $1 AND tenant = $2 AND project = $3",
         )
@@ -221,6 +221,7 @@ impl Catalog {
     // ---- policies ------------------------------------------------------------------------
 
     pub async fn insert_retention_policy(&self, policy: &RetentionPolicy) -> Result<()> {
+        let _turn = self.write_turn().await;
         let spec = serde_json::to_string(&policy.spec).map_err(|e| Error::internal(e.to_string()))?;
         let inserted = sqlx::query(
             "INSERT INTO retention_policies (id, tenant, project, name, spec, revision, created_by, created_at, updated_at) \
@@ -258,6 +259,7 @@ impl Catalog {
         spec: &PolicySpec,
         now: i64,
     ) -> Result<RetentionPolicy> {
+        let _turn = self.write_turn().await;
         let spec_json = serde_json::to_string(spec).map_err(|e| Error::internal(e.to_string()))?;
         let changed = sqlx::query(
             "UPDATE retention_policies SET name = $1, spec = $2, revision = revision + 1, updated_at = $3 \
@@ -297,6 +299,7 @@ impl Catalog {
     }
 
     pub async fn delete_retention_policy(&self, scope: &Scope, id: &str) -> Result<()> {
+        let _turn = self.write_turn().await;
         let deleted =
             sqlx::query("DELETE FROM retention_policies WHERE id = $1 AND tenant = $2 AND project = $3")
                 .bind(id)
@@ -355,7 +358,7 @@ impl Catalog {
     /// Keeps a run's report; an execution also records when the policy last ran.
     pub async fn record_retention_run(&self, scope: &Scope, run: &RetentionRun) -> Result<()> {
         let report = serde_json::to_string(run).map_err(|e| Error::internal(e.to_string()))?;
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         if !run.dry_run {
             sqlx::query("UPDATE retention_policies SET last_run_at = $1 WHERE id = $2")
                 .bind(run.started_at)
@@ -956,6 +959,7 @@ impl Catalog {
         now: i64,
         stale_before: i64,
     ) -> Result<()> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "UPDATE versions SET last_read_at = $1 WHERE artifact_id = $2 AND version = $3 \
              AND (last_read_at IS NULL OR last_read_at < $4)",
@@ -1036,7 +1040,7 @@ impl Catalog {
         version: &str,
         now: i64,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(|e| db_error("beginning", e))?;
+        let mut tx = self.begin_write().await?;
         let released = sqlx::query(
             "DELETE FROM legal_holds WHERE artifact_id = $1 AND version = $2 AND tenant = $3 AND project = $4",
         )

@@ -24,6 +24,7 @@ impl Catalog {
         how: InputSource,
         at: i64,
     ) -> Result<()> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT INTO run_inputs (tenant, run_id, artifact_id, version, how, recorded_at) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant, run_id, artifact_id, version) DO NOTHING",

@@ -113,6 +113,8 @@ metric_names! {
         "Age of the oldest catalog change this replica's search index has not applied yet (0 when it is current)";
     INDEX_UNREADABLE_TOTAL = "artifactd_index_unreadable_total", Counter,
         "Artifacts indexed without their text because their content could not be read";
+    CATALOG_WRITE_WAIT_SECONDS = "artifactd_catalog_write_wait_seconds", Histogram,
+        "Time a write to a SQLite catalog waited for its turn behind this process's other writers";
     STORE_OPERATIONS_TOTAL = "artifactd_store_operations_total", Counter,
         "Object store calls, by store, operation and outcome";
     STORE_LATENCY_SECONDS = "artifactd_store_latency_seconds", Histogram,
