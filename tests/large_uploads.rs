@@ -128,19 +128,19 @@ async fn spilled_uploads_at_once_on_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_of_many_chunks_finds_its_repeats_in_its_index_on_disk() {
-    // 1 KiB chunks (about 1.2 KiB as cut): the first 96 MiB are ~80,000 chunks, past the
-    // 65,536 entries after which the upload's own-repeat index writes its runs to the spill
+    // 1 KiB chunks (about 1.2 KiB as cut): the first 32 MiB are ~27,000 chunks, past the
+    // 16,384 entries after which the upload's own-repeat index writes its runs to the spill
     // directory. The same block again must be found there, not stored twice.
     let server =
         ServerProcess::start_with(ServerOptions::default().env("ARTIFACTD_INGEST__CHUNK_AVG_BYTES", "1024"));
     let mut client = server.client().await;
-    let block = noise(96 * MIB, 41);
+    let block = noise(32 * MIB, 41);
     let content = [block.as_slice(), &noise(4 * MIB, 42), block.as_slice()].concat();
     let created = create(&mut client, header(T, P, "bundle", "many-chunks.bin"), &content)
         .await
         .unwrap();
     let version = created.version.unwrap();
-    let unique = (100 * MIB) as u64;
+    let unique = (36 * MIB) as u64;
     assert!(
         version.new_stored_size < unique + unique / 20,
         "the repeated block was found in the index on disk: {} new bytes stored for {unique} unique",

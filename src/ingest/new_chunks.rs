@@ -133,8 +133,12 @@ struct TagIndex {
 }
 
 const TAIL_ENTRIES: usize = 1024;
-/// Runs this long (512 KiB in memory) go to disk.
-const RUN_ON_DISK_ENTRIES: usize = 64 * 1024;
+/// Runs this long (128 KiB in memory) go to disk. Uploads of the same size running at the
+/// same speed merge their runs at the same moments, so what each holds at its largest
+/// adds up: at 65,536 entries, up to 1 MiB an upload with the run being merged, 16 MiB
+/// for 16 uploads. Lookups check one more filter per run on disk (16 of them at 4 GiB of
+/// 16 KiB chunks), in memory.
+const RUN_ON_DISK_ENTRIES: usize = 16 * 1024;
 /// Entries of a run on disk a lookup reads at once (4 KiB).
 const BLOCK_ENTRIES: usize = 512;
 /// Filter bits an entry, and probes a tag: about 1% of absent tags pass.
