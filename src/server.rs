@@ -68,34 +68,30 @@ pub struct BoundAddrs {
     pub links: Option<SocketAddr>,
 }
 
-/// Every backend gets a deadline that follows its observed latency (capped by the request
-/// timeout) and per-call metrics, whatever else wraps it.
-/// The least deadline of a store call when there is no fallback store.
-const STANDALONE_DEADLINE_FLOOR: Duration = Duration::from_secs(5);
-
+/// Every backend gets a deadline and per-call metrics, whatever else wraps it.
 fn deadlines_and_metrics(store: DynBlobStore, config: &Config, role: &'static str) -> DynBlobStore {
-    let ceiling = if config.storage.fallback.enabled {
-        config.storage.failover.request_timeout
-    } else {
-        Duration::from_millis(config.storage.s3.request_timeout_ms)
-    };
-    // A short deadline is for failing over: with no other store to turn to, giving up on a
-    // slow but working store (a busy disk's fsync) only turns a late success into an error.
-    let floor = Duration::from_millis(config.storage.deadline_floor_ms);
-    let floor = if config.storage.fallback.enabled {
-        floor
-    } else {
-        floor.max(STANDALONE_DEADLINE_FLOOR)
-    };
-    let deadline = DeadlineConfig {
-        ceiling,
-        floor: floor.min(ceiling),
-        ..DeadlineConfig::default()
-    };
     Arc::new(MeteredStore::new(
-        Arc::new(DeadlineStore::new(store, deadline)),
+        Arc::new(DeadlineStore::new(store, deadline_config(config))),
         role,
     ))
+}
+
+/// With a fallback, deadlines follow the store's observed latency (capped by the failover
+/// request timeout), so a hung side costs a call a fraction of a second before the other
+/// side answers. Without one, every call gets the request timeout: with no other store to
+/// turn to, giving up on a slow but working store only turns a late success into an error
+/// (a busy disk's fsync; 16 downloads of 4 GiB reading packs the page cache no longer held
+/// while the kernel wrote back the uploads' 64 GB failed after 5 s).
+fn deadline_config(config: &Config) -> DeadlineConfig {
+    if !config.storage.fallback.enabled {
+        return DeadlineConfig::fixed(Duration::from_millis(config.storage.s3.request_timeout_ms));
+    }
+    let ceiling = config.storage.failover.request_timeout;
+    DeadlineConfig {
+        ceiling,
+        floor: Duration::from_millis(config.storage.deadline_floor_ms).min(ceiling),
+        ..DeadlineConfig::default()
+    }
 }
 
 /// The configured primary store, wrapped in a `FailoverStore` when a fallback is enabled.
@@ -719,5 +715,48 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = interrupt.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::unreliable::{Fault, Operation, UnreliableStore};
+    use crate::storage::{BlobStore, GetOptions};
+    use bytes::Bytes;
+
+    /// A store that answers quickly, then takes `delay` to answer one read, behind the
+    /// deadline `config` chooses.
+    async fn late_read(config: &Config, delay: Duration) -> Result<Bytes, crate::storage::StoreError> {
+        let dir = tempfile::tempdir().unwrap();
+        let unreliable = Arc::new(UnreliableStore::new(Arc::new(FsStore::open(dir.path()).unwrap())));
+        let store = DeadlineStore::new(unreliable.clone(), deadline_config(config));
+        store.put("k", Bytes::from_static(b"content")).await.unwrap();
+        for _ in 0..32 {
+            store.get("k", GetOptions::default()).await.unwrap();
+        }
+        unreliable.inject(Some(Operation::Get), Fault::Delay(delay), Some(1));
+        store.get("k", GetOptions::default()).await
+    }
+
+    /// Without a fallback a slow answer is still an answer, however much slower than the
+    /// store's recent calls; with one, the adaptive deadline gives up so the other side can
+    /// answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_a_store_with_a_fallback_gives_up_on_slow_answers() {
+        let mut standalone = Config::default();
+        standalone.storage.fallback.enabled = false;
+        let slow = Duration::from_secs(7);
+        assert_eq!(
+            late_read(&standalone, slow)
+                .await
+                .expect("a slow read without a fallback"),
+            Bytes::from_static(b"content")
+        );
+        let mut paired = Config::default();
+        paired.storage.fallback.enabled = true;
+        late_read(&paired, Duration::from_secs(3))
+            .await
+            .expect_err("a read far slower than the store's recent ones, with a fallback to turn to");
     }
 }
