@@ -33,7 +33,13 @@ const CURSOR_LIFETIME: Duration = Duration::from_secs(300);
 const PINNED_SEARCHERS: usize = 64;
 /// Paging stops here: a page at offset n costs memory in proportion to n.
 pub const MAX_RESULT_WINDOW: usize = 100_000;
-const WRITER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
+/// The index writer: one indexing thread with a 32 MiB budget. Documents are an
+/// artifact's metadata and extracted text, committed a batch at a time; every indexing
+/// thread holds a segment writer of its own (terms table, arenas, store buffers: 6 MiB or
+/// more from its first document to the commit), so a second thread costs that again for
+/// throughput only a rebuild of a large index would notice.
+const WRITER_THREADS: usize = 1;
+const WRITER_MEMORY_BYTES: usize = 32 * 1024 * 1024;
 const SNIPPET_CHARS: usize = 200;
 /// How many of the best matches of a natural query are ranked again by the words standing
 /// together; below them, the words alone decide.
@@ -344,7 +350,7 @@ impl SearchIndex {
             .try_into()
             .map_err(|e| index_error("opening a reader", e))?;
         let writer = index
-            .writer(WRITER_MEMORY_BYTES)
+            .writer_with_num_threads(WRITER_THREADS, WRITER_MEMORY_BYTES)
             .map_err(|e| index_error("opening the writer", e))?;
         Ok(Self {
             index,
