@@ -13,7 +13,7 @@ use crate::catalog::{NewVersion, PackStage};
 use crate::domain::{Error, Result, content_type, names::quoted, now_micros};
 use crate::ingest::chunk::{Codec, Compressibility, encode};
 use crate::ingest::delta::{self, Alignment, DeltaBases};
-use crate::ingest::extract::{ContentShape, Extracted, extract};
+use crate::ingest::extract::{ContentShape, Extracted, Head, extract};
 use crate::ingest::resemblance::{self, Sketch};
 use crate::ingest::sealing::DataKey;
 use crate::ingest::{
@@ -27,8 +27,6 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// The content prefix kept for content-type detection and metadata extraction.
-const HEAD_LEN: usize = crate::ingest::extract::MAX_INDEXED_TEXT_BYTES;
 /// Data messages received ahead of processing (up to 1 MiB at the default message limit;
 /// the connection's flow-control window holds up to 1 MiB more). Each is reserved from the
 /// received memory budget before it is taken.
@@ -199,7 +197,7 @@ struct Receiving {
     batch_bytes: usize,
     expected_size: Option<u64>,
     size: u64,
-    head: Vec<u8>,
+    head: Head,
     finish: Option<ContentExpectations>,
     cutter: Option<Cutter>,
     pending: Vec<(ChunkId, Bytes)>,
@@ -305,7 +303,7 @@ impl Receiving {
             size: self.size,
             digest: cutter.whole.finalize(),
             shape: cutter.shape,
-            head: std::mem::take(&mut self.head),
+            head: std::mem::take(&mut self.head).into_bytes(),
             finish: self.finish.take(),
         };
         for cut in [Cut::Chunks(batch, held), Cut::End(end)] {
@@ -334,10 +332,7 @@ impl Receiving {
                 format!("the stream carried more than the declared {expected} bytes"),
             ));
         }
-        if self.head.len() < HEAD_LEN {
-            let take = (HEAD_LEN - self.head.len()).min(data.len());
-            self.head.extend_from_slice(&data[..take]);
-        }
+        self.head.push(&data);
         let mut cutter = self.cutter.take().expect("cutter present until the end");
         let (cutter, chunks) = crate::compute::run(move || {
             let chunks = cutter.cut(&data);
@@ -427,7 +422,7 @@ impl Upload {
             batch_bytes: DEDUP_BATCH_BYTES.min(inner.settings.ingest.pack_target_bytes),
             expected_size: expectations.size,
             size: 0,
-            head: Vec::new(),
+            head: Head::default(),
             finish: None,
             cutter: Some(Cutter {
                 chunker,

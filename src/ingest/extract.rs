@@ -37,6 +37,79 @@ pub fn text_prefix(prefix: &[u8]) -> Option<&str> {
     }
 }
 
+/// Bytes at the start of a content that type detection reads whatever follows (magic
+/// numbers, a tar header).
+pub const SNIFF_BYTES: usize = 512;
+
+/// The prefix of a content that type detection and extraction examine, gathered while the
+/// content streams in: up to [`MAX_INDEXED_TEXT_BYTES`] of text. Once the content shows it
+/// is not text (a NUL byte, a byte sequence that is not UTF-8), the prefix stops at the
+/// first [`SNIFF_BYTES`] or just past that evidence, whichever is longer: nothing after it
+/// changes what is found, and a binary upload no longer holds a MiB it never uses.
+#[derive(Debug, Default)]
+pub struct Head {
+    bytes: Vec<u8>,
+    /// `bytes[..valid]` is whole UTF-8 characters; what follows is the start of one.
+    valid: usize,
+    /// Whether the bytes so far show the content is not text.
+    not_text: bool,
+}
+
+impl Head {
+    pub fn push(&mut self, data: &[u8]) {
+        let limit = if self.not_text {
+            SNIFF_BYTES
+        } else {
+            MAX_INDEXED_TEXT_BYTES
+        };
+        let start = self.bytes.len();
+        let take = limit.saturating_sub(start).min(data.len());
+        if take == 0 {
+            return;
+        }
+        self.bytes.extend_from_slice(&data[..take]);
+        if self.not_text {
+            return;
+        }
+        let nul_end = self.bytes[start..]
+            .iter()
+            .position(|byte| *byte == 0)
+            .map(|at| start + at + 1);
+        let invalid_end = match std::str::from_utf8(&self.bytes[self.valid..]) {
+            Ok(_) => {
+                self.valid = self.bytes.len();
+                None
+            }
+            Err(error) => match error.error_len() {
+                None => {
+                    self.valid += error.valid_up_to();
+                    None
+                }
+                // The byte after a broken sequence is kept too: it may be what broke it
+                // (a character cut short is only evidence with what interrupted it).
+                Some(len) => Some((self.valid + error.valid_up_to() + len + 1).min(self.bytes.len())),
+            },
+        };
+        let evidence = match (nul_end, invalid_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(end) = evidence {
+            self.not_text = true;
+            self.bytes.truncate(end.max(SNIFF_BYTES));
+            self.bytes.shrink_to_fit();
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
 /// What an upload learns about its whole content while streaming it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ContentShape {
@@ -65,8 +138,10 @@ impl ContentShape {
 pub fn extract(content_type: &str, prefix: &[u8], shape: ContentShape) -> Extracted {
     let total_size = shape.size;
     let Some(text) = text_prefix(prefix).filter(|t| !t.contains('\0')) else {
+        // Content that is not text is examined only up to the evidence (see [`Head`]):
+        // what counts as examined is what text would have been.
         return Extracted {
-            truncated: total_size > prefix.len() as u64,
+            truncated: total_size > MAX_INDEXED_TEXT_BYTES as u64,
             ..Extracted::default()
         };
     };
@@ -209,5 +284,77 @@ mod tests {
         whole.size = 20;
         let extracted = extract("text/plain", cut, whole);
         assert!(extracted.is_text && extracted.truncated);
+    }
+
+    /// Contents of every kind, pushed in pieces of every size: the head finds what the
+    /// whole first MiB would have found, and holds no more than it needs.
+    #[test]
+    fn the_head_finds_what_the_whole_prefix_finds() {
+        use crate::domain::content_type::guess;
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let text = "# Title\n\nSome words, é and 日本語 too.\n".repeat(40_000);
+        let mut tar = vec![0u8; 2048];
+        tar[257..262].copy_from_slice(b"ustar");
+        tar[..8].copy_from_slice(b"file.txt");
+        let mut contents: Vec<(&str, Vec<u8>)> = vec![
+            ("notes.md", text.as_bytes().to_vec()),
+            ("notes.md", text.as_bytes()[..1000].to_vec()),
+            ("data.bin", (0..3_000_000).map(|_| rng.random::<u8>()).collect()),
+            ("bundle", tar),
+            ("image.png", [&b"\x89PNG\r\n\x1a\n"[..], &[0u8; 100_000]].concat()),
+        ];
+        // Text up to a NUL or a broken UTF-8 sequence at positions near and far from the
+        // start, and a character cut by the 1 MiB limit.
+        for at in [
+            3usize,
+            300,
+            511,
+            512,
+            513,
+            700,
+            200_000,
+            MAX_INDEXED_TEXT_BYTES - 1,
+        ] {
+            for bad in [&[0u8][..], &[0xff], &[0xe6, 0x97, b'x']] {
+                let mut content = text.as_bytes()[..at].to_vec();
+                content.extend_from_slice(bad);
+                content.extend_from_slice(&text.as_bytes()[..5000]);
+                contents.push(("notes.txt", content.clone()));
+                contents.push(("README", content));
+            }
+        }
+        let mut cut = "a".repeat(MAX_INDEXED_TEXT_BYTES - 1).into_bytes();
+        cut.extend_from_slice("日本".as_bytes());
+        contents.push(("README", cut));
+
+        for (name, content) in &contents {
+            let whole = &content[..content.len().min(MAX_INDEXED_TEXT_BYTES)];
+            let expected_type = guess(name, whole);
+            let expected = extract(expected_type, whole, shape(content));
+            for max_piece in [1usize, 7, 4096, 1 << 20, usize::MAX] {
+                let mut head = Head::default();
+                let mut rest = &content[..];
+                while !rest.is_empty() {
+                    let len = rng.random_range(1..=max_piece.min(rest.len()));
+                    head.push(&rest[..len]);
+                    rest = &rest[len..];
+                }
+                let kept = head.bytes().len();
+                let head = head.into_bytes();
+                let found_type = guess(name, &head);
+                assert_eq!(found_type, expected_type, "{name}, {} bytes", content.len());
+                assert_eq!(extract(found_type, &head, shape(content)), expected, "{name}");
+                if expected.is_text {
+                    assert_eq!(kept, whole.len(), "text keeps the whole prefix");
+                }
+                if *name == "data.bin" || *name == "image.png" {
+                    assert_eq!(
+                        kept, SNIFF_BYTES,
+                        "{name}: binary keeps only what detection reads"
+                    );
+                }
+            }
+        }
     }
 }
