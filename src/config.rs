@@ -270,6 +270,9 @@ pub struct ServerConfig {
     /// How often the per-tenant storage figures (`artifactd_tenant_*_bytes`) are summed
     /// from the catalog.
     pub storage_stats_interval_seconds: u64,
+    /// How often free memory inside the allocator's arenas is given back to the kernel
+    /// (glibc's `malloc_trim`); 0 never.
+    pub memory_trim_interval_ms: u64,
     pub tls: TlsConfig,
 }
 
@@ -397,6 +400,7 @@ impl Default for ServerConfig {
             shutdown_grace_seconds: 30,
             health_check_interval_ms: 2000,
             storage_stats_interval_seconds: 300,
+            memory_trim_interval_ms: 1000,
             tls: TlsConfig::default(),
         }
     }

@@ -52,6 +52,38 @@ fn tune_allocator() {
     }
 }
 
+/// Gives the allocator's free pages back to the kernel every `period_ms` milliseconds
+/// (`server.memory_trim_interval_ms`; 0 never). glibc returns memory on its own only from
+/// the top of an arena; the buffers of many concurrent transfers are freed in no such
+/// order, so an arena's middle stays resident though nothing uses it. `malloc_trim` walks
+/// the free lists and lets the kernel take those pages back.
+fn start_memory_trim(period_ms: u64) {
+    #[cfg(all(not(feature = "mimalloc"), target_os = "linux", target_env = "gnu"))]
+    {
+        if period_ms == 0 {
+            return;
+        }
+        let period = std::time::Duration::from_millis(period_ms);
+        let spawned = std::thread::Builder::new()
+            .name("memory-trim".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(period);
+                    // SAFETY: malloc_trim only gives free memory back to the kernel, under the
+                    // allocator's own locks.
+                    unsafe {
+                        libc::malloc_trim(0);
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "could not start the thread that gives free memory back");
+        }
+    }
+    #[cfg(not(all(not(feature = "mimalloc"), target_os = "linux", target_env = "gnu")))]
+    let _ = period_ms;
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "artifactd", version, about = "Versioned artifact storage over gRPC")]
 struct Cli {
@@ -298,6 +330,7 @@ fn main() -> anyhow::Result<()> {
             let config = load(config.as_ref())?;
             artifactd::telemetry::init_logging(&config.log.format, &config.log.filter);
             let metrics = artifactd::telemetry::init_metrics()?;
+            start_memory_trim(config.server.memory_trim_interval_ms);
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async move {
                 let shutdown = CancellationToken::new();
