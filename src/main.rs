@@ -56,7 +56,10 @@ fn tune_allocator() {
 /// (`server.memory_trim_interval_ms`; 0 never). glibc returns memory on its own only from
 /// the top of an arena; the buffers of many concurrent transfers are freed in no such
 /// order, so an arena's middle stays resident though nothing uses it. `malloc_trim` walks
-/// the free lists and lets the kernel take those pages back.
+/// the free lists and lets the kernel take those pages back. Measured at 16 concurrent
+/// 2 GiB uploads then downloads: peak 193.9 MiB against 196.6 without, at the same upload
+/// rate (152 and 151 MiB/s); as the downloads ended, resident memory was 108-139 MiB
+/// against 147-157 without.
 fn start_memory_trim(period_ms: u64) {
     #[cfg(all(not(feature = "mimalloc"), target_os = "linux", target_env = "gnu"))]
     {
