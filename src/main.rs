@@ -27,9 +27,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// 256 KiB also covers each received message's buffer (tonic's, one a message) and the
 /// chunker's: at 16 concurrent 1 GiB uploads then downloads the peak fell from 257 to
 /// 189 MiB (512 MiB each: 232 to 181), uploads as fast (174 and 177 MiB/s), downloads 10%
-/// slower (492 to 441 MiB/s: each sent message's buffer is then mapped and faulted in
-/// anew). `MALLOC_MMAP_THRESHOLD_=1048576` (or an `mmap_threshold` tunable) chooses that
-/// speed over the memory. jemalloc (tikv-jemallocator 0.6) was measured too, at 16
+/// slower (492 to 441 MiB/s) while download messages were up to 1 MiB: each sent
+/// message's buffer was mapped and faulted in anew. Download messages now stay under
+/// 248 KiB (`app/download.rs`), so those buffers come from the heap. jemalloc (tikv-jemallocator 0.6) was measured too, at 16
 /// concurrent 1 GiB uploads then downloads: 369 MiB against 304 MiB for glibc with a
 /// 1 MiB threshold.
 fn tune_allocator() {

@@ -31,9 +31,12 @@ use std::sync::Arc;
 pub(super) const PLAN_WINDOW_CHUNKS: usize = 2048;
 /// Download messages carry at least this many bytes (except the last), copying small
 /// pieces together…
-pub const MESSAGE_MIN: usize = 256 * 1024;
-/// …and at most this many, slicing large ones without copying.
-pub const MESSAGE_MAX: usize = 1024 * 1024;
+pub const MESSAGE_MIN: usize = 124 * 1024;
+/// …and at most this many, slicing large ones without copying. tonic encodes every sent
+/// message into a buffer of its own: kept under the allocator's 256 KiB mmap threshold
+/// (`src/main.rs`), that buffer comes from the heap and is used again, where a larger one
+/// is mapped, faulted in page by page and unmapped for every message.
+pub const MESSAGE_MAX: usize = 248 * 1024;
 
 /// One chunk's part in a read: where it sits in the span's bytes and which of its decoded
 /// bytes the client asked for.
@@ -798,6 +801,11 @@ where
                         }
                     }
                     if piece.len() < min {
+                        if state.partial.is_empty() {
+                            // One allocation for the whole message: it holds less than
+                            // `2 * min`, so it never grows past `max`.
+                            state.partial.reserve(max);
+                        }
                         state.partial.extend_from_slice(&piece);
                     } else {
                         let parts = piece.len().div_ceil(max);
