@@ -34,8 +34,10 @@ pub(super) const PLAN_WINDOW_CHUNKS: usize = 2048;
 pub const MESSAGE_MIN: usize = 124 * 1024;
 /// …and at most this many, slicing large ones without copying. tonic encodes every sent
 /// message into a buffer of its own: kept under the allocator's 256 KiB mmap threshold
-/// (`src/main.rs`), that buffer comes from the heap and is used again, where a larger one
-/// is mapped, faulted in page by page and unmapped for every message.
+/// (`src/main.rs`), that buffer almost always comes from the heap and its memory is used
+/// again, where a larger one is mapped, faulted in page by page and unmapped for every
+/// message (tonic may still double a buffer it holds alone past the threshold when a
+/// message outgrows the one before).
 pub const MESSAGE_MAX: usize = 248 * 1024;
 
 /// One chunk's part in a read: where it sits in the span's bytes and which of its decoded
@@ -802,9 +804,9 @@ where
                     }
                     if piece.len() < min {
                         if state.partial.is_empty() {
-                            // One allocation for the whole message: it holds less than
-                            // `2 * min`, so it never grows past `max`.
-                            state.partial.reserve(max);
+                            // One allocation for the whole message: a partial message
+                            // never holds more than `min`.
+                            state.partial.reserve(min);
                         }
                         state.partial.extend_from_slice(&piece);
                     } else {

@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// Data messages received ahead of processing (up to 1 MiB at the default message limit;
-/// the connection's flow-control window holds up to 1 MiB more). Each is reserved from the
+/// the stream's flow-control window holds up to 512 KiB more). Each is reserved from the
 /// received memory budget before it is taken.
 const RECEIVE_AHEAD_MESSAGES: usize = 4;
 /// Dedup lookups are batched: one catalog round trip per this many pending bytes. The
