@@ -702,6 +702,12 @@ impl Config {
                 self.ingest.shared_pack_window_ms
             ));
         }
+        let trim = self.server.memory_trim_interval_ms;
+        if trim != 0 && trim < 100 {
+            return invalid(format!(
+                "server.memory_trim_interval_ms = {trim} must be 0 (never) or at least 100 (each trim holds the allocator's locks)"
+            ));
+        }
         if self.ingest.stalled_download_seconds == 0 {
             return invalid("ingest.stalled_download_seconds must be positive".to_owned());
         }
@@ -1102,6 +1108,11 @@ mod tests {
                 "5000",
                 "ingest.shared_pack_window_ms",
             ),
+            (
+                "ARTIFACTD_SERVER__MEMORY_TRIM_INTERVAL_MS",
+                "5",
+                "server.memory_trim_interval_ms",
+            ),
         ] {
             let error = Config::load(None, env(&[(key, value)])).unwrap_err().to_string();
             assert!(error.contains(needle), "{key}={value}: {error}");
@@ -1109,6 +1120,11 @@ mod tests {
         let config = Config::load(None, env(&[("ARTIFACTD_SERVER__LINKS_ADDR", "0.0.0.0:8080")])).unwrap();
         assert_eq!(config.server.links_addr, "0.0.0.0:8080");
         assert_eq!(Config::load(None, env(&[])).unwrap().server.links_addr, "");
+        for trim in ["0", "100"] {
+            let config =
+                Config::load(None, env(&[("ARTIFACTD_SERVER__MEMORY_TRIM_INTERVAL_MS", trim)])).unwrap();
+            assert_eq!(config.server.memory_trim_interval_ms.to_string(), trim);
+        }
     }
 
     #[test]
