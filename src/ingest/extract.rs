@@ -21,7 +21,9 @@ pub struct Extracted {
     pub front_matter: Map<String, Value>,
     /// Top-level keys of a YAML or JSON document.
     pub top_level_keys: Vec<String>,
-    /// Whether the content was longer than what was examined.
+    /// Whether the content was longer than what was examined: its first
+    /// [`MAX_INDEXED_TEXT_BYTES`] (content that is not text is read only up to the evidence,
+    /// which decides the same as the whole prefix would; see [`Head`]).
     pub truncated: bool,
 }
 
@@ -306,6 +308,10 @@ mod tests {
         ];
         // Text up to a NUL or a broken UTF-8 sequence at positions near and far from the
         // start, and a character cut by the 1 MiB limit.
+        // With how much of each such content the head keeps: the first 512 bytes, or up to
+        // the byte that shows it is not text (a lone 0xff, and the byte after it when it
+        // arrived with it; a cut-short character with the byte that interrupted it).
+        let mut keeps = std::collections::HashMap::new();
         for at in [
             3usize,
             300,
@@ -316,10 +322,16 @@ mod tests {
             200_000,
             MAX_INDEXED_TEXT_BYTES - 1,
         ] {
-            for bad in [&[0u8][..], &[0xff], &[0xe6, 0x97, b'x']] {
+            for (bad, least, most) in [
+                (&[0u8][..], at + 1, at + 1),
+                (&[0xff], at + 1, at + 2),
+                (&[0xe6, 0x97, b'x'], at + 3, at + 3),
+            ] {
                 let mut content = text.as_bytes()[..at].to_vec();
                 content.extend_from_slice(bad);
                 content.extend_from_slice(&text.as_bytes()[..5000]);
+                let bound = |end: usize| end.max(SNIFF_BYTES).min(MAX_INDEXED_TEXT_BYTES);
+                keeps.insert(content.clone(), bound(least)..=bound(most));
                 contents.push(("notes.txt", content.clone()));
                 contents.push(("README", content));
             }
@@ -347,6 +359,9 @@ mod tests {
                 assert_eq!(extract(found_type, &head, shape(content)), expected, "{name}");
                 if expected.is_text {
                     assert_eq!(kept, whole.len(), "text keeps the whole prefix");
+                }
+                if let Some(expected) = keeps.get(content) {
+                    assert!(expected.contains(&kept), "{name}: kept {kept}, not {expected:?}");
                 }
                 if *name == "data.bin" || *name == "image.png" {
                     assert_eq!(
