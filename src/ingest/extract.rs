@@ -330,7 +330,7 @@ mod tests {
                 let mut content = text.as_bytes()[..at].to_vec();
                 content.extend_from_slice(bad);
                 content.extend_from_slice(&text.as_bytes()[..5000]);
-                let bound = |end: usize| end.max(SNIFF_BYTES).min(MAX_INDEXED_TEXT_BYTES);
+                let bound = |end: usize| end.clamp(SNIFF_BYTES, MAX_INDEXED_TEXT_BYTES);
                 keeps.insert(content.clone(), bound(least)..=bound(most));
                 contents.push(("notes.txt", content.clone()));
                 contents.push(("README", content));
