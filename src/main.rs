@@ -29,9 +29,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// 189 MiB (512 MiB each: 232 to 181), uploads as fast (174 and 177 MiB/s), downloads 10%
 /// slower (492 to 441 MiB/s) while download messages were up to 1 MiB: each sent
 /// message's buffer was mapped and faulted in anew. Download messages now stay under
-/// 248 KiB (`app/download.rs`), so those buffers come from the heap. jemalloc (tikv-jemallocator 0.6) was measured too, at 16
-/// concurrent 1 GiB uploads then downloads: 369 MiB against 304 MiB for glibc with a
-/// 1 MiB threshold.
+/// 248 KiB (`app/download.rs`), so those buffers come from the heap. jemalloc
+/// (tikv-jemallocator 0.6) was measured too, at 16 concurrent 1 GiB uploads then
+/// downloads: 369 MiB against 304 MiB for glibc with a 1 MiB threshold.
 fn tune_allocator() {
     #[cfg(all(not(feature = "mimalloc"), target_os = "linux", target_env = "gnu"))]
     {
