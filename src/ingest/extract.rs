@@ -103,10 +103,6 @@ impl Head {
         }
     }
 
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
     pub fn into_bytes(self) -> Vec<u8> {
         self.bytes
     }
@@ -352,8 +348,8 @@ mod tests {
                     head.push(&rest[..len]);
                     rest = &rest[len..];
                 }
-                let kept = head.bytes().len();
                 let head = head.into_bytes();
+                let kept = head.len();
                 let found_type = guess(name, &head);
                 assert_eq!(found_type, expected_type, "{name}, {} bytes", content.len());
                 assert_eq!(extract(found_type, &head, shape(content)), expected, "{name}");
