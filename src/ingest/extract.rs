@@ -92,11 +92,7 @@ impl Head {
                 Some(len) => Some((self.valid + error.valid_up_to() + len + 1).min(self.bytes.len())),
             },
         };
-        let evidence = match (nul_end, invalid_end) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if let Some(end) = evidence {
+        if let Some(end) = nul_end.into_iter().chain(invalid_end).min() {
             self.not_text = true;
             self.bytes.truncate(end.max(SNIFF_BYTES));
             self.bytes.shrink_to_fit();
