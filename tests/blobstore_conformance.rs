@@ -3,7 +3,8 @@
 
 mod common;
 
-use artifactd::storage::{BlobStore, FsStore, GetOptions, S3Store, StoreError};
+use artifactd::buffers::BufferPool;
+use artifactd::storage::{BlobStore, FsStore, GetOptions, S3Store, S3StoreConfig, StoreError};
 use bytes::Bytes;
 use common::moto::MotoServer;
 use common::noise;
@@ -67,6 +68,47 @@ async fn conformance(store: Arc<dyn BlobStore>) {
         300_000,
         "{name}: head size"
     );
+
+    // Read into a pool's buffer: the same bytes, whole or ranged, and the buffer goes back
+    // to the pool once the last slice of what was read is dropped.
+    let large = Bytes::from(noise(3 * 1024 * 1024, 7));
+    store.put("packs/ad/large.pack", large.clone()).await.unwrap();
+    let pool = BufferPool::new(64 * 1024 * 1024);
+    for range in [None, Some(1000..2_500_000), Some(2_000_000..3 * 1024 * 1024)] {
+        let options = GetOptions {
+            range: range.clone(),
+            ..GetOptions::default()
+        }
+        .into_pool(pool.clone());
+        let read = store.get("packs/ad/large.pack", options).await.unwrap();
+        let expected = match &range {
+            Some(range) => large.slice(range.start as usize..range.end as usize),
+            None => large.clone(),
+        };
+        assert_eq!(read, expected, "{name}: read into a pool's buffer, {range:?}");
+        let before = pool.idle_bytes();
+        let slice = read.slice(10..20);
+        drop(read);
+        assert_eq!(
+            pool.idle_bytes(),
+            before,
+            "{name}: a slice still holds the buffer"
+        );
+        drop(slice);
+        assert!(
+            pool.idle_bytes() >= before + expected.len(),
+            "{name}: the buffer of {range:?} went back to the pool"
+        );
+    }
+    let reused = store
+        .get(
+            "packs/ab/one.pack",
+            GetOptions::range(0..300_000).into_pool(pool.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reused, data, "{name}: a small read into a pool");
+    store.delete("packs/ad/large.pack").await.unwrap();
 
     // Putting the same content again is harmless; empty objects work.
     store.put("packs/ab/one.pack", data.clone()).await.unwrap();

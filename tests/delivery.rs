@@ -97,6 +97,75 @@ async fn download_messages_are_sized_for_the_transport_not_the_chunks() {
     assert_eq!(body, b"# small\n");
 }
 
+/// Content whose chunks alternate between stored as they are (noise) and compressed (text),
+/// so that one read of a pack holds both kinds.
+fn mixed_content(seed: u64) -> Vec<u8> {
+    let mut state = seed;
+    let mut next = move |bound: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % bound
+    };
+    let mut content = Vec::new();
+    let mut part = 0u64;
+    while content.len() < 3 * 1024 * 1024 {
+        let len = 20_000 + next(130_000) as usize;
+        if part.is_multiple_of(2) {
+            content.extend_from_slice(&noise(len, seed * 1000 + part));
+        } else {
+            let mut text = String::new();
+            let mut line = 0;
+            while text.len() < len {
+                text.push_str(&format!("line {line} of part {part}: the quick brown fox\n"));
+                line += 1;
+            }
+            content.extend_from_slice(&text.as_bytes()[..len]);
+        }
+        part += 1;
+    }
+    content
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_content_reads_back_exactly_at_any_range_sealed_or_not() {
+    let content = mixed_content(5);
+    for sealed in [false, true] {
+        // No chunk cache: every read decodes what it reads from the store.
+        let mut options = ServerOptions::default().env("ARTIFACTD_DELIVERY__CACHE_MEMORY_BYTES", "0");
+        if sealed {
+            options = options.env("ARTIFACTD_ENCRYPTION__MASTER_KEY", "42".repeat(32));
+        }
+        let server = ServerProcess::start_with(options);
+        let mut client = server.client().await;
+        let id = create_id(&mut client, header(T, P, "bundle", "mixed.bin"), &content).await;
+        let (_, whole) = download(&mut client, download_request(T, P, &id, ""))
+            .await
+            .unwrap();
+        assert!(whole == content, "sealed {sealed}: the whole content differs");
+        let mut state = 11u64;
+        for _ in 0..24 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let offset = (state >> 20) % content.len() as u64;
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let length = (1 + (state >> 20) % 400_000).min(content.len() as u64 - offset);
+            let mut request = download_request(T, P, &id, "");
+            request.offset = offset;
+            request.length = length;
+            let (_, part) = download(&mut client, request).await.unwrap();
+            let end = (offset + length) as usize;
+            assert!(
+                part == content[offset as usize..end],
+                "sealed {sealed}: bytes {offset}+{length} differ"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_serves_its_version_with_ranges_and_conditions() {
     let server = ServerProcess::start();

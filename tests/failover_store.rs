@@ -77,7 +77,7 @@ fn config() -> FailoverConfig {
 /// A decoder that accepts exactly `expected` and refuses anything else as damaged, as the
 /// download path's chunk-hash check does.
 fn accepting_only(expected: Bytes) -> artifactd::storage::Decoder {
-    Arc::new(move |bytes: &[u8]| {
+    Arc::new(move |bytes: &Bytes| {
         if bytes == &expected[..] {
             Ok(vec![Bytes::copy_from_slice(bytes)])
         } else {
@@ -188,7 +188,7 @@ async fn conformance(store: Arc<dyn BlobStore>, expect: Expect, scenario: &str) 
         vec![data.slice(1000..50_000)],
         "{scenario}: decoded read"
     );
-    let refusing: artifactd::storage::Decoder = Arc::new(|_: &[u8]| Err("refused".to_owned()));
+    let refusing: artifactd::storage::Decoder = Arc::new(|_: &bytes::Bytes| Err("refused".to_owned()));
     let refused = store
         .get_decoded(key, GetOptions::range(0..10), refusing)
         .await

@@ -4,8 +4,9 @@
 //! pack's data key first.
 //!
 //! Memory is bounded whatever the artifact's size: the plan is made a window of chunks at a
-//! time, at most `read_ahead_spans` spans are in flight, and each span decodes into one
-//! buffer that leaves as the messages' bytes without another copy. Messages are sized for
+//! time, at most `read_ahead_spans` spans are in flight, and what a span reads leaves as
+//! the messages' bytes without another copy: chunks stored as they are straight from the
+//! read, the others from the one buffer they decode into. Messages are sized for
 //! the transport ([`MESSAGE_MIN`]..=[`MESSAGE_MAX`]), not for the chunks: a stream of 16 KiB
 //! messages spends its time on per-message overhead in every client.
 
@@ -60,19 +61,28 @@ pub(super) struct ReadSpan {
     chunks: Vec<ChunkSlice>,
 }
 
+impl ChunkSlice {
+    /// Whether the chunk's stored bytes are its content: raw, and not sealed.
+    fn stored_as_is(&self) -> bool {
+        self.data_key.is_none()
+            && self.location.codec == Codec::Raw
+            && self.location.stored_len == self.location.raw_len
+    }
+}
+
 impl ReadSpan {
     fn raw_len(&self) -> usize {
         self.chunks.iter().map(|c| c.location.raw_len as usize).sum()
     }
 
-    /// The bytes of the span's decoded content that the client asked for.
-    fn wanted(&self) -> Range<usize> {
-        let first = self.chunks.first().map_or(0, |c| c.wanted.start);
-        let last = self
-            .chunks
-            .last()
-            .map_or(0, |c| c.location.raw_len as usize - c.wanted.end);
-        first..self.raw_len() - last
+    /// The bytes the span decodes into a buffer of its own: those of the chunks not stored
+    /// as they are (those are sent from the read itself).
+    fn decoded_len(&self) -> usize {
+        self.chunks
+            .iter()
+            .filter(|c| !c.stored_as_is())
+            .map(|c| c.location.raw_len as usize)
+            .sum()
     }
 }
 
@@ -164,7 +174,7 @@ pub(super) async fn stream(
         .and_then(move |span: ReadSpan| {
             let budget = budget.clone();
             async move {
-                let cost = (span.range.end - span.range.start) as usize + span.raw_len();
+                let cost = (span.range.end - span.range.start) as usize + span.decoded_len();
                 Ok((span, budget.reserve(cost).await?))
             }
         })
@@ -529,12 +539,12 @@ pub(super) fn plain_chunks(
                 }
                 Err(error) => Err(Error::Unavailable(error.to_string())),
             };
-            let plain = match decoded {
-                Ok(plain) => plain,
+            let pieces = match decoded {
+                Ok(pieces) => pieces,
                 // Damaged or unreadable here: the store's checked read, which a failover
                 // pair answers from its other copy.
                 Err(_) => {
-                    let pieces = fetch_span(
+                    fetch_span(
                         inner.clone(),
                         tenant.clone(),
                         key.clone(),
@@ -542,12 +552,12 @@ pub(super) fn plain_chunks(
                         admission,
                         depth + 1,
                     )
-                    .await?;
-                    match pieces.as_slice() {
-                        [one] => one.clone(),
-                        many => Bytes::from(many.concat()),
-                    }
+                    .await?
                 }
+            };
+            let plain = match pieces.as_slice() {
+                [one] => one.clone(),
+                many => Bytes::from(many.concat()),
             };
             found.insert(id, plain);
         }
@@ -628,15 +638,17 @@ fn fetch_span(
         let decode: Decoder = {
             let span = span.clone();
             let inner = inner.clone();
-            Arc::new(move |bytes: &[u8]| {
-                decode_span(&key, &span, bytes, &bases.chunks, &inner, admission)
-                    .map(|piece| vec![piece])
-                    .map_err(|e| e.to_string())
+            Arc::new(move |bytes: &Bytes| {
+                decode_span(&key, &span, bytes, &bases.chunks, &inner, admission).map_err(|e| e.to_string())
             })
         };
         let pieces = inner
             .store
-            .get_decoded(&span.pack_key, GetOptions::range(span.range.clone()), decode)
+            .get_decoded(
+                &span.pack_key,
+                GetOptions::range(span.range.clone()).into_pool(inner.buffers.clone()),
+                decode,
+            )
             .await
             .map_err(|error| match error {
                 StoreError::NotFound { .. } => {
@@ -657,44 +669,33 @@ fn fetch_span(
     .boxed()
 }
 
-/// Decodes a span's chunks one after the other into one buffer, checking each against its
-/// id in place (keeping a copy of each in `cache`), and returns the part the client asked
-/// for.
+/// Decodes a span's chunks in order, checking each against its id (keeping a copy of each
+/// in the chunk cache), and returns the part the client asked for as pieces of content in
+/// order. A chunk stored as it is (raw and not sealed) is checked in place and sent as a
+/// slice of the read itself; the others decode into one buffer. Incompressible content so
+/// costs neither a copy nor a second buffer.
 fn decode_span(
     key: &TenantKey,
     span: &ReadSpan,
-    bytes: &[u8],
+    bytes: &Bytes,
     bases: &HashMap<ChunkId, Bytes>,
     inner: &Inner,
     admission: Admission,
-) -> Result<Bytes> {
+) -> Result<Vec<Bytes>> {
     let cache = &inner.cache;
     thread_local! {
         static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
     }
-    let mut out: Vec<u8> = inner.buffers.take(span.raw_len());
+    let mut out: Vec<u8> = match span.decoded_len() {
+        0 => Vec::new(),
+        len => inner.buffers.take(len),
+    };
+    // Where the wanted bytes are, in order: runs in the read (`true`) or in `out`.
+    let mut places: Vec<(bool, Range<usize>)> = Vec::with_capacity(span.chunks.len());
     for chunk in &span.chunks {
         let start = (chunk.location.offset - span.range.start) as usize;
         let stored = &bytes[start..start + chunk.location.stored_len as usize];
-        let opened;
-        let stored = match &chunk.data_key {
-            Some(key) => {
-                opened = key
-                    .open_chunk(&chunk.chunk_id, chunk.location.offset, stored)
-                    .map_err(|e| {
-                        metrics::counter!(crate::telemetry::names::CHECKSUM_MISMATCHES_TOTAL).increment(1);
-                        Error::DataLoss(format!(
-                            "chunk {} in {} does not open: {e}",
-                            chunk.chunk_id.to_hex(),
-                            span.pack_key
-                        ))
-                    })?;
-                &opened[..]
-            }
-            None => stored,
-        };
         let raw_len = chunk.location.raw_len as usize;
-        let at = out.len();
         let undecodable = |reason: String| {
             Error::DataLoss(format!(
                 "chunk {} in {} cannot be decoded: {reason}",
@@ -702,48 +703,77 @@ fn decode_span(
                 span.pack_key
             ))
         };
-        match chunk.location.codec {
-            Codec::Raw if stored.len() == raw_len => out.extend_from_slice(stored),
-            Codec::Raw => {
-                return Err(undecodable(format!(
-                    "{} stored bytes for {raw_len} raw bytes",
-                    stored.len()
-                )));
-            }
-            Codec::Zstd => {
-                out.resize(at + raw_len, 0);
-                let written = DECOMPRESSOR
-                    .with_borrow_mut(|slot| {
-                        if slot.is_none() {
-                            *slot = Some(zstd::bulk::Decompressor::new()?);
-                        }
-                        let decompressor = slot.as_mut().expect("set just above");
-                        decompressor.decompress_to_buffer(stored, &mut out[at..])
-                    })
-                    .map_err(|e| undecodable(e.to_string()))?;
-                if written != raw_len {
+        let (in_read, at) = if chunk.stored_as_is() {
+            (true, start)
+        } else {
+            let opened;
+            let stored = match &chunk.data_key {
+                Some(key) => {
+                    opened = key
+                        .open_chunk(&chunk.chunk_id, chunk.location.offset, stored)
+                        .map_err(|e| {
+                            metrics::counter!(crate::telemetry::names::CHECKSUM_MISMATCHES_TOTAL)
+                                .increment(1);
+                            Error::DataLoss(format!(
+                                "chunk {} in {} does not open: {e}",
+                                chunk.chunk_id.to_hex(),
+                                span.pack_key
+                            ))
+                        })?;
+                    &opened[..]
+                }
+                None => stored,
+            };
+            let at = out.len();
+            match chunk.location.codec {
+                Codec::Raw if stored.len() == raw_len => out.extend_from_slice(stored),
+                Codec::Raw => {
                     return Err(undecodable(format!(
-                        "decompressed to {written} bytes, expected {raw_len}"
+                        "{} stored bytes for {raw_len} raw bytes",
+                        stored.len()
                     )));
                 }
-            }
-            Codec::ZstdDelta => {
-                let base = chunk
-                    .location
-                    .base
-                    .and_then(|base| bases.get(&base))
-                    .ok_or_else(|| undecodable("its base was not read".to_owned()))?;
-                out.resize(at + raw_len, 0);
-                let written =
-                    crate::ingest::delta::decode_into(stored, base, &mut out[at..]).map_err(undecodable)?;
-                if written != raw_len {
-                    return Err(undecodable(format!(
-                        "decompressed to {written} bytes, expected {raw_len}"
-                    )));
+                Codec::Zstd => {
+                    out.resize(at + raw_len, 0);
+                    let written = DECOMPRESSOR
+                        .with_borrow_mut(|slot| {
+                            if slot.is_none() {
+                                *slot = Some(zstd::bulk::Decompressor::new()?);
+                            }
+                            let decompressor = slot.as_mut().expect("set just above");
+                            decompressor.decompress_to_buffer(stored, &mut out[at..])
+                        })
+                        .map_err(|e| undecodable(e.to_string()))?;
+                    if written != raw_len {
+                        return Err(undecodable(format!(
+                            "decompressed to {written} bytes, expected {raw_len}"
+                        )));
+                    }
+                }
+                Codec::ZstdDelta => {
+                    let base = chunk
+                        .location
+                        .base
+                        .and_then(|base| bases.get(&base))
+                        .ok_or_else(|| undecodable("its base was not read".to_owned()))?;
+                    out.resize(at + raw_len, 0);
+                    let written = crate::ingest::delta::decode_into(stored, base, &mut out[at..])
+                        .map_err(undecodable)?;
+                    if written != raw_len {
+                        return Err(undecodable(format!(
+                            "decompressed to {written} bytes, expected {raw_len}"
+                        )));
+                    }
                 }
             }
-        }
-        if key.chunk_id(&out[at..]) != chunk.chunk_id {
+            (false, at)
+        };
+        let plain = if in_read {
+            &bytes[at..at + raw_len]
+        } else {
+            &out[at..at + raw_len]
+        };
+        if key.chunk_id(plain) != chunk.chunk_id {
             metrics::counter!(crate::telemetry::names::CHECKSUM_MISMATCHES_TOTAL).increment(1);
             return Err(Error::DataLoss(format!(
                 "chunk {} in {} does not match its hash",
@@ -751,9 +781,21 @@ fn decode_span(
                 span.pack_key
             )));
         }
-        cache.insert(chunk.chunk_id, &out[at..], admission);
+        cache.insert(chunk.chunk_id, plain, admission);
+        let wanted = at + chunk.wanted.start..at + chunk.wanted.end;
+        match places.last_mut() {
+            Some((run_in_read, run)) if *run_in_read == in_read && run.end == wanted.start => {
+                run.end = wanted.end;
+            }
+            _ if wanted.is_empty() => {}
+            _ => places.push((in_read, wanted)),
+        }
     }
-    Ok(inner.buffers.wrap(out).slice(span.wanted()))
+    let out = inner.buffers.wrap(out);
+    Ok(places
+        .into_iter()
+        .map(|(in_read, run)| if in_read { bytes.slice(run) } else { out.slice(run) })
+        .collect())
 }
 
 /// Regroups a stream of pieces into messages of `min..=max` bytes (the last may be

@@ -218,29 +218,31 @@ impl DiskCache {
     }
 
     /// The cached bytes of `key` in `range`, if the whole object is here.
-    fn read(&self, key: &str, range: Option<std::ops::Range<u64>>) -> Option<Bytes> {
+    fn read(&self, key: &str, options: &GetOptions) -> Option<Bytes> {
         if !self.index.lock().expect("disk cache index").touch(key) {
             return None;
         }
         let path = self.path_of(key);
-        let read = || -> std::io::Result<Vec<u8>> {
+        let read = || -> std::io::Result<Bytes> {
             let mut file = std::fs::File::open(&path)?;
-            match &range {
+            match &options.range {
                 None => {
                     let mut bytes = Vec::new();
                     file.read_to_end(&mut bytes)?;
-                    Ok(bytes)
+                    Ok(Bytes::from(bytes))
                 }
                 Some(range) => {
                     file.seek(SeekFrom::Start(range.start))?;
-                    let mut bytes = vec![0; (range.end - range.start) as usize];
+                    let len = (range.end - range.start) as usize;
+                    let mut bytes = options.buffer(len);
+                    bytes.resize(len, 0);
                     file.read_exact(&mut bytes)?;
-                    Ok(bytes)
+                    Ok(options.bytes(bytes))
                 }
             }
         };
         match read() {
-            Ok(bytes) => Some(Bytes::from(bytes)),
+            Ok(bytes) => Some(bytes),
             Err(error) => {
                 tracing::warn!(%key, %error, "a cached object could not be read; reading the store");
                 self.forget(key);
@@ -428,10 +430,9 @@ impl DiskCachedStore {
         });
     }
 
-    async fn cached(&self, key: &str, range: Option<std::ops::Range<u64>>) -> Option<Bytes> {
-        let cache = self.cache.clone();
-        let key = key.to_owned();
-        tokio::task::spawn_blocking(move || cache.read(&key, range))
+    async fn cached(&self, key: &str, options: &GetOptions) -> Option<Bytes> {
+        let (cache, key, options) = (self.cache.clone(), key.to_owned(), options.clone());
+        tokio::task::spawn_blocking(move || cache.read(&key, &options))
             .await
             .ok()
             .flatten()
@@ -452,7 +453,7 @@ impl BlobStore for DiskCachedStore {
         if !self.cacheable(key) {
             return self.inner.get(key, options).await;
         }
-        if let Some(bytes) = self.cached(key, options.range.clone()).await {
+        if let Some(bytes) = self.cached(key, &options).await {
             self.hit();
             return Ok(bytes);
         }
@@ -471,7 +472,7 @@ impl BlobStore for DiskCachedStore {
         if !self.cacheable(key) {
             return self.inner.get_decoded(key, options, decode).await;
         }
-        if let Some(bytes) = self.cached(key, options.range.clone()).await {
+        if let Some(bytes) = self.cached(key, &options).await {
             match decode_read(self.inner.name(), key, &decode, bytes).await {
                 Ok(decoded) => {
                     self.hit();
@@ -655,7 +656,7 @@ mod tests {
         }
         settled(&cache, 1000).await;
         std::fs::write(cache.path_of("packs/a"), vec![8u8; 1000]).unwrap();
-        let decoder: Decoder = Arc::new(|bytes: &[u8]| {
+        let decoder: Decoder = Arc::new(|bytes: &Bytes| {
             if bytes.iter().all(|b| *b == 7) {
                 Ok(vec![Bytes::copy_from_slice(bytes)])
             } else {

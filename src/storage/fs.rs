@@ -82,11 +82,13 @@ impl FsStore {
             .len();
         let range = options.range.clone().unwrap_or(0..size);
         check_range(&self.name, key, &range, size)?;
-        let mut buffer = vec![0u8; (range.end - range.start) as usize];
+        let len = (range.end - range.start) as usize;
+        let mut buffer = options.buffer(len);
+        buffer.resize(len, 0);
         file.seek(SeekFrom::Start(range.start))
             .and_then(|_| file.read_exact(&mut buffer))
             .map_err(|e| failed(&self.name, "reading object", e))?;
-        Ok(Bytes::from(buffer))
+        Ok(options.bytes(buffer))
     }
 
     fn map_open_error(&self, key: &str, error: std::io::Error) -> StoreError {

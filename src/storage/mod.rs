@@ -23,6 +23,7 @@ pub use metered::MeteredStore;
 pub use replication::{ObjectInventory, ReplicationItem, ReplicationLog, ReplicationStats, Side};
 pub use s3::{S3Store, S3StoreConfig};
 
+use crate::buffers::BufferPool;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::fmt;
@@ -76,20 +77,50 @@ impl StoreError {
 }
 
 /// Turns bytes read from a store into what the caller wants from them (for packs: the
-/// chunks of a span, each checked against its hash). An `Err` names what is wrong with the
-/// bytes; [`BlobStore::get_decoded`] reports it as `StoreError::Corrupt`.
-pub type Decoder = Arc<dyn Fn(&[u8]) -> Result<Vec<Bytes>, String> + Send + Sync>;
+/// chunks of a span, each checked against its hash). It may return slices of the bytes it
+/// is given rather than copies. An `Err` names what is wrong with the bytes;
+/// [`BlobStore::get_decoded`] reports it as `StoreError::Corrupt`.
+pub type Decoder = Arc<dyn Fn(&Bytes) -> Result<Vec<Bytes>, String> + Send + Sync>;
 
 /// Options for [`BlobStore::get`].
 #[derive(Debug, Clone, Default)]
 pub struct GetOptions {
     /// Byte range to read; the whole object when `None`. The range must lie inside the object.
     pub range: Option<Range<u64>>,
+    /// Where to take the buffer the bytes are read into (it returns there once the last
+    /// slice of them is dropped); a buffer of its own when `None`. Stores that read into
+    /// one contiguous buffer use it.
+    pub buffers: Option<Arc<BufferPool>>,
 }
 
 impl GetOptions {
     pub fn range(range: Range<u64>) -> Self {
-        Self { range: Some(range) }
+        Self {
+            range: Some(range),
+            buffers: None,
+        }
+    }
+
+    /// The bytes are read into a buffer of `pool`.
+    pub fn into_pool(mut self, pool: Arc<BufferPool>) -> Self {
+        self.buffers = Some(pool);
+        self
+    }
+
+    /// An empty buffer for `len` bytes: from the pool when there is one.
+    fn buffer(&self, len: usize) -> Vec<u8> {
+        match &self.buffers {
+            Some(pool) => pool.take(len),
+            None => Vec::with_capacity(len),
+        }
+    }
+
+    /// `buffer` as bytes, going back to the pool it came from once dropped.
+    fn bytes(&self, buffer: Vec<u8>) -> Bytes {
+        match &self.buffers {
+            Some(pool) => pool.wrap(buffer),
+            None => Bytes::from(buffer),
+        }
     }
 }
 

@@ -387,15 +387,18 @@ impl BlobStore for S3Store {
                 return Err(self.map_error("getting object", error));
             }
         };
-        let body = output
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Unavailable {
-                store: self.name.clone(),
-                message: format!("reading object body: {e}"),
-            })?
-            .into_bytes();
+        // The body is copied once, as it arrives, into one buffer of the length the answer
+        // announces.
+        let announced = output.content_length().unwrap_or(0).max(0) as usize;
+        let mut buffer = options.buffer(announced);
+        let mut body = output.body;
+        while let Some(piece) = body.try_next().await.map_err(|e| StoreError::Unavailable {
+            store: self.name.clone(),
+            message: format!("reading object body: {e}"),
+        })? {
+            buffer.extend_from_slice(&piece);
+        }
+        let body = options.bytes(buffer);
         if let Some(range) = &options.range {
             // A server answers a range reaching past the end with the bytes it has.
             let expected = range.end - range.start;
