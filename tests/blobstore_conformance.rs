@@ -235,10 +235,61 @@ async fn fs_store_leaves_no_temporary_files_visible() {
     assert_eq!(reopened.list("").await.unwrap().len(), 1);
 }
 
+/// What the S3 server recorded as the CRC32C of `key`, asked with a client of its own.
+async fn recorded_crc32c(config: &S3StoreConfig, key: &str) -> Option<String> {
+    let credentials = aws_sdk_s3::config::Credentials::new(
+        config.access_key_id.clone().unwrap(),
+        config.secret_access_key.as_ref().unwrap().expose(),
+        None,
+        None,
+        "conformance",
+    );
+    let client = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new(config.region.clone()))
+            .endpoint_url(config.endpoint_url.clone().unwrap())
+            .force_path_style(true)
+            .credentials_provider(credentials)
+            .build(),
+    );
+    client
+        .head_object()
+        .bucket(&config.bucket)
+        .key(key)
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap()
+        .checksum_crc32_c()
+        .map(str::to_owned)
+}
+
+/// A put sends the body's CRC32C (its payload is not signed): the server checks the body
+/// against it (s3s-fs refuses a mismatch) and keeps it.
+async fn puts_carry_their_crc32c(config: S3StoreConfig) {
+    use base64::Engine as _;
+    let store = S3Store::new(config.clone());
+    for (key, body) in [
+        ("packs/ae/checked.pack", Bytes::from(noise(200_000, 9))),
+        ("packs/ae/known", Bytes::from_static(b"123456789")),
+    ] {
+        store.put(key, body.clone()).await.unwrap();
+        let expected = base64::engine::general_purpose::STANDARD.encode(crc32c::crc32c(&body).to_be_bytes());
+        assert_eq!(recorded_crc32c(&config, key).await, Some(expected), "{key}");
+    }
+    // The check value of CRC-32C: the encoding itself is right, not only self-consistent.
+    assert_eq!(
+        recorded_crc32c(&config, "packs/ae/known").await.as_deref(),
+        Some("4waSgw==")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_store_conforms_on_s3s_fs() {
     let server = S3TestServer::start().await;
     conformance(Arc::new(server.store("conformance").await)).await;
+    puts_carry_their_crc32c(server.store_config("conformance")).await;
     let store = small_multipart(server.store_config("conformance"));
     multipart(store).await;
 }
@@ -247,6 +298,7 @@ async fn s3_store_conforms_on_s3s_fs() {
 async fn s3_store_conforms_on_moto() {
     let server = MotoServer::start().await;
     conformance(Arc::new(server.store("conformance").await)).await;
+    puts_carry_their_crc32c(server.store_config("conformance")).await;
     let store = small_multipart(server.store_config("conformance"));
     multipart(store).await;
 }
