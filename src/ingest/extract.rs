@@ -115,7 +115,7 @@ pub struct ContentShape {
 impl ContentShape {
     pub fn observe(&mut self, data: &[u8]) {
         self.size += data.len() as u64;
-        self.newlines += data.iter().filter(|byte| **byte == b'\n').count() as u64;
+        self.newlines += memchr::memchr_iter(b'\n', data).count() as u64;
         if let Some(last) = data.last() {
             self.last_byte = Some(*last);
         }
