@@ -179,16 +179,26 @@ pub(super) async fn stream(
             }
         })
         .map(move |span| match span {
-            Ok((span, reservation)) => fetch_span(
-                inner.clone(),
-                tenant_name.clone(),
-                key.clone(),
-                span,
-                admission,
-                0,
-            )
-            .map(move |pieces| pieces.map(|pieces| (pieces, reservation)))
-            .boxed(),
+            Ok((span, reservation)) => {
+                // A task of its own: the read goes on while nothing polls this stream (the
+                // client's flow-control window full, or the previous message being sent),
+                // and is cancelled with the download.
+                let read = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(fetch_span(
+                    inner.clone(),
+                    tenant_name.clone(),
+                    key.clone(),
+                    span,
+                    admission,
+                    0,
+                )));
+                async move {
+                    let pieces = read
+                        .await
+                        .map_err(|e| Error::internal(format!("reading a span failed: {e}")))??;
+                    Ok((pieces, reservation))
+                }
+                .boxed()
+            }
             Err(error) => futures::future::ready(Err(error)).boxed(),
         })
         .buffered(read_ahead)
