@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 /// Data messages received ahead of processing (up to 1 MiB at the default message limit;
 /// the stream's flow-control window holds up to 512 KiB more). Each is reserved from the
@@ -508,13 +509,13 @@ impl Upload {
         // channels' ends (an error here) stops both tasks.
         let (sender, parts) = tokio::sync::mpsc::channel(RECEIVE_AHEAD_MESSAGES);
         let (cut_sender, mut cuts) = tokio::sync::mpsc::channel(1);
-        let _receiver = AbortOnDrop(tokio::spawn(forward(
+        let _receiver = AbortOnDropHandle::new(tokio::spawn(forward(
             content,
             self.inner.received_budget.clone(),
             sender,
         )));
         let receiving = self.receiving.take().expect("an upload runs once");
-        let _cutting = AbortOnDrop(tokio::spawn(receiving.run(parts, cut_sender)));
+        let _cutting = AbortOnDropHandle::new(tokio::spawn(receiving.run(parts, cut_sender)));
         let received = loop {
             match cuts.recv().await {
                 Some(Ok(Cut::Chunks(chunks, held))) => {
@@ -1119,15 +1120,6 @@ struct ToEncode {
     candidates: [Option<ChunkId>; 3],
     /// Whether a delta is tried (see `Upload::delta_trials`).
     try_delta: bool,
-}
-
-/// Aborts a task when the pipeline that spawned it ends early.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Moves a content stream into a channel, stopping at the first error or when the

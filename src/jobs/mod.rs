@@ -125,16 +125,6 @@ pub struct Supervisor {
     board: JobBoard,
 }
 
-/// Aborts a task when dropped, so that aborting a job's supervising loop also ends the run
-/// it is waiting for.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// The message of a panic, as far as it has one.
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     if let Some(text) = payload.downcast_ref::<&str>() {
@@ -174,7 +164,8 @@ impl Supervisor {
                 board.set(name, JobState::Running, None);
                 let started = Instant::now();
                 let run = tokio::spawn(job(shutdown.clone()));
-                let _abort_with_supervisor = AbortOnDrop(run.abort_handle());
+                // Aborting the supervising loop also ends the run it is waiting for.
+                let _abort_with_supervisor = tokio_util::task::AbortOnDrop::new(run.abort_handle());
                 let outcome = run.await;
                 if shutdown.is_cancelled() {
                     board.set(name, JobState::Stopped, None);
