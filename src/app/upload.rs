@@ -157,9 +157,9 @@ struct Cutter {
 }
 
 impl Cutter {
-    fn cut(&mut self, data: Bytes) -> Vec<(ChunkId, Bytes)> {
-        self.shape.observe(&data);
-        self.whole.update(&data);
+    fn cut(&mut self, data: &[u8]) -> Vec<(ChunkId, Bytes)> {
+        self.shape.observe(data);
+        self.whole.update(data);
         let chunks = self.chunker.push(data);
         self.identify(chunks)
     }
@@ -336,7 +336,7 @@ impl Receiving {
         self.head.push(&data);
         let mut cutter = self.cutter.take().expect("cutter present until the end");
         let (cutter, chunks) = crate::compute::run(move || {
-            let chunks = cutter.cut(data);
+            let chunks = cutter.cut(&data);
             (cutter, chunks)
         })
         .await
