@@ -120,6 +120,9 @@ impl S3StoreConfig {
     }
 }
 
+/// The most a whole-object read allocates before the bytes arrive.
+const PREALLOCATE_MAX: u64 = 64 * 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct S3Store {
     client: Client,
@@ -397,9 +400,15 @@ impl BlobStore for S3Store {
             }
         };
         // The body is copied once, as it arrives, into one buffer of the length the answer
-        // announces.
-        let announced = output.content_length().unwrap_or(0).max(0) as usize;
-        let mut buffer = options.buffer(announced);
+        // announces: no more than the range asked for (a server announcing more is told
+        // below it answered wrongly, not trusted with the allocation), and for a whole
+        // object no more than [`PREALLOCATE_MAX`] ahead of what arrives.
+        let announced = output.content_length().unwrap_or(0).max(0) as u64;
+        let capacity = match &options.range {
+            Some(range) => announced.min(range.end - range.start),
+            None => announced.min(PREALLOCATE_MAX),
+        };
+        let mut buffer = options.buffer(capacity as usize);
         let mut body = output.body;
         while let Some(piece) = body.try_next().await.map_err(|e| StoreError::Unavailable {
             store: self.name.clone(),
