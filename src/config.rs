@@ -303,6 +303,10 @@ pub struct CatalogConfig {
     /// May carry a password, so it is shown only through [`redact_url`].
     pub url: String,
     pub max_connections: u32,
+    /// What the page caches of an SQLite catalog's connections hold together at most (each
+    /// connection an equal share); the operating system's page cache keeps the rest of the
+    /// file at hand. Postgres ignores it.
+    pub sqlite_cache_bytes: u64,
 }
 
 impl std::fmt::Debug for CatalogConfig {
@@ -310,6 +314,7 @@ impl std::fmt::Debug for CatalogConfig {
         f.debug_struct("CatalogConfig")
             .field("url", &redact_url(&self.url))
             .field("max_connections", &self.max_connections)
+            .field("sqlite_cache_bytes", &self.sqlite_cache_bytes)
             .finish()
     }
 }
@@ -411,6 +416,7 @@ impl Default for CatalogConfig {
         Self {
             url: String::new(),
             max_connections: 8,
+            sqlite_cache_bytes: crate::catalog::DEFAULT_SQLITE_CACHE_BYTES,
         }
     }
 }
@@ -682,6 +688,13 @@ impl Config {
             return invalid(format!(
                 "ingest.transfer_memory_bytes = {} must hold a pack and two read spans ({smallest_budget})",
                 self.ingest.transfer_memory_bytes
+            ));
+        }
+        if self.catalog.sqlite_cache_bytes < crate::catalog::MIN_SQLITE_CACHE_BYTES {
+            return invalid(format!(
+                "catalog.sqlite_cache_bytes = {} must be at least {}",
+                self.catalog.sqlite_cache_bytes,
+                crate::catalog::MIN_SQLITE_CACHE_BYTES
             ));
         }
         if self.ingest.received_memory_bytes < 64 * 1024 {
@@ -1112,6 +1125,11 @@ mod tests {
                 "ARTIFACTD_SERVER__MEMORY_TRIM_INTERVAL_MS",
                 "5",
                 "server.memory_trim_interval_ms",
+            ),
+            (
+                "ARTIFACTD_CATALOG__SQLITE_CACHE_BYTES",
+                "1000",
+                "catalog.sqlite_cache_bytes",
             ),
         ] {
             let error = Config::load(None, env(&[(key, value)])).unwrap_err().to_string();

@@ -200,9 +200,7 @@ async fn open_sides(config: &Config) -> anyhow::Result<(DynBlobStore, Option<Dyn
 
 /// `artifactd check`: the catalog against each configured store.
 pub async fn check(config: Config, read_data: bool) -> anyhow::Result<crate::app::CheckReport> {
-    let catalog = Catalog::connect(&config.catalog_url(), config.catalog.max_connections)
-        .await
-        .context("opening the catalog")?;
+    let catalog = connect_catalog(&config).await.context("opening the catalog")?;
     let (primary, fallback) = open_sides(&config).await?;
     let stores = named_sides(&primary, fallback.as_ref());
     let artifacts = Artifacts::new(catalog.clone(), primary, config.app_settings()?).await?;
@@ -220,15 +218,23 @@ pub async fn collect_garbage(config: Config, dry_run: bool) -> anyhow::Result<cr
         .and_then(|()| tempfile::tempfile_in(&spill).map(drop))
         .with_context(|| format!("ingest.spill_dir {} is not a writable directory", spill.display()))?;
     let settings = config.app_settings().context("reading the encryption keys")?;
-    let catalog = Catalog::connect(&config.catalog_url(), config.catalog.max_connections)
-        .await
-        .context("opening the catalog")?;
+    let catalog = connect_catalog(&config).await.context("opening the catalog")?;
     let (primary, fallback) = open_sides(&config).await?;
     let (store, _) = combine(&config, &catalog, primary, fallback);
     let artifacts = Artifacts::new(catalog.clone(), store, settings).await?;
     let report = artifacts.collect_garbage(dry_run).await;
     catalog.close().await;
     Ok(report?)
+}
+
+/// The catalog the configuration names, sized as it says.
+async fn connect_catalog(config: &Config) -> crate::domain::Result<Catalog> {
+    Catalog::connect_with(
+        &config.catalog_url(),
+        config.catalog.max_connections,
+        config.catalog.sqlite_cache_bytes,
+    )
+    .await
 }
 
 /// The data directory where it holds data, the application settings, and the catalog.
@@ -243,9 +249,7 @@ async fn open_catalog(config: &Config) -> anyhow::Result<(crate::app::Settings, 
         .and_then(|()| tempfile::tempfile_in(&spill).map(drop))
         .with_context(|| format!("ingest.spill_dir {} is not a writable directory", spill.display()))?;
     let settings = config.app_settings().context("reading the encryption keys")?;
-    let catalog = Catalog::connect(&config.catalog_url(), config.catalog.max_connections)
-        .await
-        .context("opening the catalog")?;
+    let catalog = connect_catalog(config).await.context("opening the catalog")?;
     Ok((settings, catalog))
 }
 
@@ -684,9 +688,7 @@ fn tls_config(tls: &crate::config::TlsConfig) -> anyhow::Result<tonic::transport
 }
 
 pub async fn reindex(config: Config) -> anyhow::Result<u64> {
-    let catalog = Catalog::connect(&config.catalog_url(), config.catalog.max_connections)
-        .await
-        .context("opening the catalog")?;
+    let catalog = connect_catalog(&config).await.context("opening the catalog")?;
     let (store, _) = open_store(&config, &catalog).await?;
     let artifacts = Artifacts::new(catalog.clone(), store, config.app_settings()?).await?;
     let index_dir = config.index_dir();
