@@ -250,7 +250,7 @@ async fn small_creates() {
     let mut best: Vec<Option<(f64, f64, f64, f64)>> = vec![None; configurations.len()];
     for _round in 0..3 {
         for (at, (_, settings)) in configurations.iter().enumerate() {
-            let mut options = ServerOptions::default();
+            let mut options = experiment(ServerOptions::default());
             for (key, value) in *settings {
                 options = options.env(key, *value);
             }
@@ -1054,7 +1054,7 @@ async fn read_series(
 }
 
 /// `options` with the settings of `ARTIFACTD_BENCH_SERVER_ENV` (`NAME=value,…`), for
-/// experiments: they reach the servers of the transfers and concurrent sections only.
+/// experiments: they reach the servers of the transfers, concurrent and small sections only.
 fn experiment(mut options: ServerOptions) -> ServerOptions {
     for pair in std::env::var("ARTIFACTD_BENCH_SERVER_ENV")
         .unwrap_or_default()
