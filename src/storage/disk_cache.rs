@@ -17,7 +17,7 @@ use crate::telemetry::names;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -231,14 +231,7 @@ impl DiskCache {
                     file.read_to_end(&mut bytes)?;
                     Ok(Bytes::from(bytes))
                 }
-                Some(range) => {
-                    file.seek(SeekFrom::Start(range.start))?;
-                    let len = (range.end - range.start) as usize;
-                    let mut bytes = options.buffer(len);
-                    bytes.resize(len, 0);
-                    file.read_exact(&mut bytes)?;
-                    Ok(options.bytes(bytes))
-                }
+                Some(range) => options.read_file(&mut file, range),
             }
         };
         match read() {

@@ -4,7 +4,7 @@
 use super::{BlobStore, GetOptions, ObjectMeta, StoreError, check_range, validate_key};
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const TEMP_DIR: &str = ".tmp";
@@ -82,13 +82,9 @@ impl FsStore {
             .len();
         let range = options.range.clone().unwrap_or(0..size);
         check_range(&self.name, key, &range, size)?;
-        let len = (range.end - range.start) as usize;
-        let mut buffer = options.buffer(len);
-        buffer.resize(len, 0);
-        file.seek(SeekFrom::Start(range.start))
-            .and_then(|_| file.read_exact(&mut buffer))
-            .map_err(|e| failed(&self.name, "reading object", e))?;
-        Ok(options.bytes(buffer))
+        options
+            .read_file(&mut file, &range)
+            .map_err(|e| failed(&self.name, "reading object", e))
     }
 
     fn map_open_error(&self, key: &str, error: std::io::Error) -> StoreError {

@@ -122,6 +122,23 @@ impl GetOptions {
             None => Bytes::from(buffer),
         }
     }
+
+    /// `range` of `file`, read into a buffer of the pool (straight into its free capacity:
+    /// not zeroed first only to be overwritten).
+    fn read_file(&self, file: &mut std::fs::File, range: &Range<u64>) -> std::io::Result<Bytes> {
+        use std::io::{Read, Seek};
+        let len = (range.end - range.start) as usize;
+        let mut buffer = self.buffer(len);
+        file.seek(std::io::SeekFrom::Start(range.start))?;
+        let read = file.take(len as u64).read_to_end(&mut buffer)?;
+        if read < len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the file ended {} bytes before the range did", len - read),
+            ));
+        }
+        Ok(self.bytes(buffer))
+    }
 }
 
 /// Runs `decode` on bytes just read, off the async workers when they are large.
@@ -243,4 +260,27 @@ fn check_range(store: &str, key: &str, range: &Range<u64>, size: u64) -> Result<
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_ranges_read_exactly_into_the_pool_and_a_short_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("object");
+        let content: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let pool = BufferPool::new(8 * 1024 * 1024);
+        let options = GetOptions::range(1000..2 * 1024 * 1024 + 1000).into_pool(pool);
+        let mut file = std::fs::File::open(&path).unwrap();
+        let range = options.range.clone().unwrap();
+        let read = options.read_file(&mut file, &range).unwrap();
+        assert!(read[..] == content[1000..2 * 1024 * 1024 + 1000]);
+        let past_the_end = 3 * 1024 * 1024 - 10..3 * 1024 * 1024 + 10;
+        let error = options.read_file(&mut file, &past_the_end).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(error.to_string().contains("10 bytes before"), "{error}");
+    }
 }
