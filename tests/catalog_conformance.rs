@@ -830,6 +830,147 @@ async fn collection_meets_uploads_and_policies_on_postgres() {
 }
 
 /// A manifest of `len` chunks; `changed` entries get other chunk ids.
+/// Two uploads of the same new chunk both store it, each in its own pack; the first
+/// to commit indexes it. The second commits too, its copy unindexed, and takes the chunk
+/// through the winner's pack: a collection that had marked the winner's pack meanwhile
+/// (its own version deleted, say) must find the mark gone and keep the pack.
+async fn a_chunk_two_uploads_stored_is_kept_in_the_winners_pack(catalog: Catalog) {
+    use artifactd::catalog::GcPack;
+    let dialect = catalog.dialect();
+    let scope = Scope::new("acme", "race");
+    let holder = "race-collector";
+    let now = artifactd::domain::now_micros();
+    assert_eq!(
+        catalog
+            .take_lease("gc", holder, now, now + 60_000_000)
+            .await
+            .unwrap(),
+        None
+    );
+    let id = |n: u32| {
+        let mut bytes = [0u8; 32];
+        bytes[..4].copy_from_slice(&n.to_be_bytes());
+        // Spread over the key space, so sorting reorders them.
+        bytes[4..8].copy_from_slice(&n.wrapping_mul(0x9E37_79B9).to_be_bytes());
+        bytes.reverse();
+        ChunkId(bytes)
+    };
+    let chunk = |n: u32, offset: u64| PackEntry {
+        chunk_id: id(n),
+        offset,
+        stored_len: 10,
+        raw_len: 20,
+        codec: Codec::Raw,
+        base: None,
+    };
+    let Staged::Recorded { generation: won } = catalog
+        .stage_pack(&stage(PACK_WINNER, 64, "winner", now), None)
+        .await
+        .unwrap()
+    else {
+        panic!("recorded")
+    };
+    catalog
+        .create_artifact(
+            &new_artifact(&scope, "winner.md"),
+            &new_version(
+                "1.0.0",
+                vec![
+                    (PACK_WINNER.into(), chunk(1000, 0)),
+                    (PACK_WINNER.into(), chunk(1001, 10)),
+                ],
+                vec![StagedPack {
+                    pack_id: PACK_WINNER.into(),
+                    generation: won,
+                }],
+            ),
+        )
+        .await
+        .unwrap();
+    // The other upload stored 450 new chunks (three statements' worth), two of them the
+    // winner's, in the middle of the content.
+    let Staged::Recorded { generation: lost } = catalog
+        .stage_pack(&stage(PACK_LOSER, 64, "loser", now + 1), None)
+        .await
+        .unwrap()
+    else {
+        panic!("recorded")
+    };
+    let mut chunks: Vec<(String, PackEntry)> = (0..450u32)
+        .map(|n| (PACK_LOSER.to_owned(), chunk(n, u64::from(n) * 10)))
+        .collect();
+    chunks[210].1.chunk_id = id(1000);
+    chunks[333].1.chunk_id = id(1001);
+    let mut version = new_version(
+        "1.0.0",
+        chunks.clone(),
+        vec![StagedPack {
+            pack_id: PACK_LOSER.into(),
+            generation: lost,
+        }],
+    );
+    version.chunk_count = chunks.len() as u64;
+    catalog
+        .update_marks(holder, &[PACK_WINNER.to_owned()], &[], now + 2)
+        .await
+        .unwrap();
+    catalog
+        .create_artifact(&new_artifact(&scope, "loser.md"), &version)
+        .await
+        .expect("the second upload commits too");
+    let winner = GcPack {
+        pack_id: PACK_WINNER.into(),
+        tenant: "acme".into(),
+        size: 64,
+        state: "committed".into(),
+        created_at: now,
+        sealed: false,
+    };
+    assert!(
+        !catalog
+            .sweep_pack(holder, &winner, now + 3, now + 4)
+            .await
+            .unwrap(),
+        "{dialect:?}: the winner's pack holds chunks of the second version: its mark was taken"
+    );
+    let ids: Vec<ChunkId> = chunks.iter().map(|(_, entry)| entry.chunk_id).collect();
+    let found = catalog.chunk_locations("acme", &ids).await.unwrap();
+    assert_eq!(found.len(), chunks.len(), "{dialect:?}: every chunk is indexed");
+    for (at, (_, entry)) in chunks.iter().enumerate() {
+        let location = &found[&entry.chunk_id];
+        let (pack, offset) = match at {
+            210 => (PACK_WINNER, 0),
+            333 => (PACK_WINNER, 10),
+            _ => (PACK_LOSER, entry.offset),
+        };
+        assert_eq!(
+            (location.pack_id.as_str(), location.offset),
+            (pack, offset),
+            "{dialect:?}: chunk {at}"
+        );
+    }
+    catalog.release_lease("gc", holder).await.unwrap();
+}
+
+const PACK_WINNER: &str = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
+const PACK_LOSER: &str = "c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3";
+
+#[tokio::test]
+async fn a_chunk_two_uploads_stored_is_kept_in_the_winners_pack_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    a_chunk_two_uploads_stored_is_kept_in_the_winners_pack(Catalog::connect(&url, 4).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn a_chunk_two_uploads_stored_is_kept_in_the_winners_pack_on_postgres() {
+    let database = TestDatabase::create().await;
+    let catalog = Catalog::connect(&database.url, 4).await.unwrap();
+    a_chunk_two_uploads_stored_is_kept_in_the_winners_pack(catalog.clone()).await;
+    catalog.close().await;
+    database.drop_database().await;
+}
+
 fn long_manifest(len: u64, changed: &[u64], salt: u64) -> artifactd::ingest::Manifest {
     (0..len)
         .map(|n| {

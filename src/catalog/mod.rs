@@ -49,6 +49,17 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("src/catalo
 /// Most rows a single statement binds; well below both dialects' parameter limits.
 const BATCH_ROWS: usize = 200;
 
+/// An upload's new chunks are indexed sorted by id this many at a time (about 2.5 MiB of
+/// rows, held inside the commit; a 256 MiB upload of 16 KiB chunks is one window). Rows in
+/// the content's order land on random pages of the index; sorted, they walk it in order.
+/// Measured on SQLite, 256 MiB pushes to a server on moto: the inserts of each commit
+/// took 140-165 ms in the content's order, 80-95 ms sorted.
+const SORTED_INSERT_ROWS: usize = 16 * 1024;
+
+/// One of an upload's new chunks as the index takes it: its pack, its place there, its
+/// depth of deltas and its resemblance sketch.
+type NewChunkRow<'a> = (&'a str, crate::ingest::PackEntry, u8, Option<Sketch>);
+
 /// The default of `catalog.sqlite_cache_bytes`: what the page caches of all of an SQLite
 /// catalog's connections hold together. SQLite's own default (2 MiB a connection) made
 /// 20 MiB of a server's heap at its peak under 16 concurrent downloads (heaptrack); the
@@ -728,50 +739,15 @@ impl Catalog {
         let mut lost_races: Vec<ChunkId> = Vec::new();
         let mut new_chunks = version.new_chunks.iter().peekable();
         while new_chunks.peek().is_some() {
-            type Row<'a> = (&'a str, crate::ingest::PackEntry, u8, Option<Sketch>);
-            let batch: Vec<Row> = new_chunks
+            let mut window: Vec<NewChunkRow> = new_chunks
                 .by_ref()
-                .take(BATCH_ROWS)
+                .take(SORTED_INSERT_ROWS)
                 .collect::<std::io::Result<_>>()
                 .map_err(|e| Error::internal(format!("reading the upload's chunk list: {e}")))?;
-            let mut sql = format!(
-                "INSERT INTO chunks (tenant, chunk_id, pack_id, pack_offset, stored_length, raw_length, codec, \
-                 base_chunk_id, delta_depth, resemblance_0, resemblance_1, resemblance_2, resemblance_3) VALUES {}",
-                self.dialect.value_rows(batch.len(), 13)
-            );
-            // Two uploads racing on the same new chunk both stored it; the first index
-            // entry wins and the other copy becomes garbage.
-            sql.push_str(" ON CONFLICT (tenant, chunk_id) DO NOTHING RETURNING chunk_id");
-            let mut query = sqlx::query_scalar::<_, Vec<u8>>(AssertSqlSafe(sql));
-            for (pack_id, entry, depth, sketch) in &batch {
-                query = query
-                    .bind(&scope.tenant)
-                    .bind(entry.chunk_id.0.to_vec())
-                    .bind(*pack_id)
-                    .bind(entry.offset as i64)
-                    .bind(i64::from(entry.stored_len))
-                    .bind(i64::from(entry.raw_len))
-                    .bind(entry.codec as i64)
-                    .bind(entry.base.map(|base| base.0.to_vec()))
-                    .bind(i64::from(*depth));
-                for slot in 0..crate::ingest::resemblance::FEATURES {
-                    query = query.bind(sketch.map(|sketch| sketch.0[slot]));
-                }
+            window.sort_unstable_by_key(|(_, entry, ..)| entry.chunk_id);
+            for batch in window.chunks(BATCH_ROWS) {
+                lost_races.extend(self.index_new_chunks(tx, &scope.tenant, batch).await?);
             }
-            let indexed: std::collections::HashSet<Vec<u8>> = query
-                .fetch_all(&mut **tx)
-                .await
-                .map_err(|e| db_error("indexing chunks", e))?
-                .into_iter()
-                .collect();
-            // A chunk another upload indexed first is this version's through that upload's
-            // pack: reused, as far as garbage collection is concerned.
-            lost_races.extend(
-                batch
-                    .iter()
-                    .map(|(_, entry, ..)| entry.chunk_id)
-                    .filter(|id| !indexed.contains(id.0.as_slice())),
-            );
         }
         let pack_ids: Vec<String> = version.packs.iter().map(|p| p.pack_id.clone()).collect();
         let key_destroyed = self.check_content_alive(tx, &scope.tenant, &pack_ids).await?;
@@ -810,6 +786,78 @@ impl Catalog {
         };
         lifecycle::record_transition(tx, artifact_id, &version.version, &created_in).await?;
         dependencies::write_dependencies(tx, artifact_id, &version.version, &version.dependencies).await
+    }
+
+    /// Indexes one batch of an upload's new chunks and returns those another upload
+    /// indexed first: two uploads racing on the same new chunk both stored it, the first
+    /// index entry wins and the other copy becomes garbage. A lost chunk is this version's
+    /// through the winner's pack: reused, as far as garbage collection is concerned.
+    async fn index_new_chunks(
+        &self,
+        tx: &mut Tx,
+        tenant: &str,
+        batch: &[NewChunkRow<'_>],
+    ) -> Result<Vec<ChunkId>> {
+        let mut sql = format!(
+            "INSERT INTO chunks (tenant, chunk_id, pack_id, pack_offset, stored_length, raw_length, codec, \
+             base_chunk_id, delta_depth, resemblance_0, resemblance_1, resemblance_2, resemblance_3) VALUES {}",
+            self.dialect.value_rows(batch.len(), 13)
+        );
+        sql.push_str(" ON CONFLICT (tenant, chunk_id) DO NOTHING");
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (pack_id, entry, depth, sketch) in batch {
+            query = query
+                .bind(tenant)
+                .bind(entry.chunk_id.0.to_vec())
+                .bind(*pack_id)
+                .bind(entry.offset as i64)
+                .bind(i64::from(entry.stored_len))
+                .bind(i64::from(entry.raw_len))
+                .bind(entry.codec as i64)
+                .bind(entry.base.map(|base| base.0.to_vec()))
+                .bind(i64::from(*depth));
+            for slot in 0..crate::ingest::resemblance::FEATURES {
+                query = query.bind(sketch.map(|sketch| sketch.0[slot]));
+            }
+        }
+        let inserted = query
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| db_error("indexing chunks", e))?
+            .rows_affected();
+        if inserted == batch.len() as u64 {
+            return Ok(Vec::new());
+        }
+        // Some rows were there already: those that name another place than this upload's
+        // are the lost races (a pack of identical bytes another upload staged is this
+        // upload's pack too, and its row is as good as this one's).
+        let sql = format!(
+            "SELECT chunk_id, pack_id, pack_offset FROM chunks WHERE tenant = {} AND chunk_id IN ({})",
+            self.dialect.placeholders(1, 1),
+            self.dialect.placeholders(2, batch.len())
+        );
+        let mut query = sqlx::query_as::<_, (Vec<u8>, String, i64)>(AssertSqlSafe(sql)).bind(tenant);
+        for (_, entry, ..) in batch {
+            query = query.bind(entry.chunk_id.0.to_vec());
+        }
+        let indexed: HashMap<Vec<u8>, (String, i64)> = query
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(|e| db_error("looking up raced chunks", e))?
+            .into_iter()
+            .map(|(id, pack_id, offset)| (id, (pack_id, offset)))
+            .collect();
+        Ok(batch
+            .iter()
+            .filter(|(pack_id, entry, ..)| {
+                indexed
+                    .get(entry.chunk_id.0.as_slice())
+                    .is_none_or(|(indexed_pack, offset)| {
+                        indexed_pack != pack_id || *offset != entry.offset as i64
+                    })
+            })
+            .map(|(_, entry, ..)| entry.chunk_id)
+            .collect())
     }
 
     async fn write_event(
