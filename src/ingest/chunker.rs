@@ -1,7 +1,7 @@
 //! Streaming FastCDC: content arrives in arbitrary pieces, chunks come out with the same
 //! boundaries a single pass over the whole content would give.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use fastcdc::v2020::FastCDC;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,18 +30,26 @@ impl Default for ChunkerConfig {
     }
 }
 
-/// Holds at most `max_size` plus one input piece of unconsumed content.
+/// Holds at most `max_size` plus one input piece of unconsumed content, in one buffer kept
+/// for the whole stream.
+///
+/// Each chunk is copied out of that buffer into an allocation of its own size. Chunks
+/// that were slices of the buffer kept it shared until the last of them was packed, so
+/// every piece pushed needed a new buffer of the piece's size, which the kernel mapped
+/// and zeroed page by page: on 256 MiB uploads to a server on moto those page faults were
+/// about 9 % of the server's CPU (perf). A chunk's copy, at most `max_size` and
+/// freed once packed, comes from memory the allocator just had back.
 #[derive(Debug)]
 pub struct StreamChunker {
     config: ChunkerConfig,
-    pending: BytesMut,
+    pending: Vec<u8>,
 }
 
 impl StreamChunker {
     pub fn new(config: ChunkerConfig) -> Self {
         Self {
             config,
-            pending: BytesMut::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -49,34 +57,40 @@ impl StreamChunker {
     pub fn push(&mut self, data: &[u8]) -> Vec<Bytes> {
         self.pending.extend_from_slice(data);
         let mut chunks = Vec::new();
+        let mut cut = 0;
         // A boundary is certain once max_size bytes are buffered: FastCDC never looks further.
-        while self.pending.len() >= self.config.max_size {
-            let length = self.first_boundary();
-            chunks.push(self.pending.split_to(length).freeze());
+        while self.pending.len() - cut >= self.config.max_size {
+            let length = self.first_boundary(&self.pending[cut..]);
+            chunks.push(Bytes::copy_from_slice(&self.pending[cut..cut + length]));
+            cut += length;
         }
+        self.pending.drain(..cut);
         chunks
     }
 
     /// Returns the remaining chunks at the end of the content.
-    pub fn finish(mut self) -> Vec<Bytes> {
+    pub fn finish(self) -> Vec<Bytes> {
         let mut chunks = Vec::new();
-        while !self.pending.is_empty() {
-            let length = self.first_boundary();
-            chunks.push(self.pending.split_to(length).freeze());
+        let mut rest = self.pending.as_slice();
+        while !rest.is_empty() {
+            let length = self.first_boundary(rest);
+            let (chunk, after) = rest.split_at(length);
+            chunks.push(Bytes::copy_from_slice(chunk));
+            rest = after;
         }
         chunks
     }
 
-    fn first_boundary(&self) -> usize {
+    fn first_boundary(&self, content: &[u8]) -> usize {
         let ChunkerConfig {
             min_size,
             avg_size,
             max_size,
         } = self.config;
-        FastCDC::new(&self.pending, min_size, avg_size, max_size)
+        FastCDC::new(content, min_size, avg_size, max_size)
             .next()
             .map(|chunk| chunk.length)
-            .unwrap_or(self.pending.len())
+            .unwrap_or(content.len())
     }
 }
 
