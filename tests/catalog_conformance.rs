@@ -11,6 +11,28 @@ use artifactd::ingest::{ChunkId, Codec, PackEntry};
 use common::postgres::TestDatabase;
 use std::collections::BTreeMap;
 
+/// Runs `$check` as two tests, `$on_sqlite` and `$on_postgres`, each on a new catalog
+/// with `$connections` connections.
+macro_rules! on_both_catalogs {
+    ($check:ident, $connections:expr, $on_sqlite:ident, $on_postgres:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $on_sqlite() {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+            $check(Catalog::connect(&url, $connections).await.unwrap()).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $on_postgres() {
+            let database = TestDatabase::create().await;
+            let catalog = Catalog::connect(&database.url, $connections).await.unwrap();
+            $check(catalog.clone()).await;
+            catalog.close().await;
+            database.drop_database().await;
+        }
+    };
+}
+
 fn new_artifact(scope: &Scope, name: &str) -> NewArtifact {
     NewArtifact {
         id: uuid::Uuid::now_v7().to_string(),
@@ -638,21 +660,12 @@ async fn a_name_goes_to_one_of_racing_links_and_creations(catalog: Catalog) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_name_goes_to_one_of_racing_links_and_creations_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
-    a_name_goes_to_one_of_racing_links_and_creations(Catalog::connect(&url, 8).await.unwrap()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_name_goes_to_one_of_racing_links_and_creations_on_postgres() {
-    let database = TestDatabase::create().await;
-    let catalog = Catalog::connect(&database.url, 8).await.unwrap();
-    a_name_goes_to_one_of_racing_links_and_creations(catalog.clone()).await;
-    catalog.close().await;
-    database.drop_database().await;
-}
+on_both_catalogs!(
+    a_name_goes_to_one_of_racing_links_and_creations,
+    8,
+    a_name_goes_to_one_of_racing_links_and_creations_on_sqlite,
+    a_name_goes_to_one_of_racing_links_and_creations_on_postgres
+);
 
 /// A pack id as the collector needs it: 64 hex digits.
 const PACK_A: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
@@ -813,21 +826,12 @@ async fn collection_meets_uploads_and_policies(catalog: Catalog) {
     catalog.release_lease("gc", holder).await.unwrap();
 }
 
-#[tokio::test]
-async fn collection_meets_uploads_and_policies_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
-    collection_meets_uploads_and_policies(Catalog::connect(&url, 4).await.unwrap()).await;
-}
-
-#[tokio::test]
-async fn collection_meets_uploads_and_policies_on_postgres() {
-    let database = TestDatabase::create().await;
-    let catalog = Catalog::connect(&database.url, 4).await.unwrap();
-    collection_meets_uploads_and_policies(catalog.clone()).await;
-    catalog.close().await;
-    database.drop_database().await;
-}
+on_both_catalogs!(
+    collection_meets_uploads_and_policies,
+    4,
+    collection_meets_uploads_and_policies_on_sqlite,
+    collection_meets_uploads_and_policies_on_postgres
+);
 
 /// A manifest of `len` chunks; `changed` entries get other chunk ids.
 /// Two uploads of the same new chunk both store it, each in its own pack; the first
@@ -955,21 +959,12 @@ async fn a_chunk_two_uploads_stored_is_kept_in_the_winners_pack(catalog: Catalog
 const PACK_WINNER: &str = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
 const PACK_LOSER: &str = "c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3";
 
-#[tokio::test]
-async fn a_chunk_two_uploads_stored_is_kept_in_the_winners_pack_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
-    a_chunk_two_uploads_stored_is_kept_in_the_winners_pack(Catalog::connect(&url, 4).await.unwrap()).await;
-}
-
-#[tokio::test]
-async fn a_chunk_two_uploads_stored_is_kept_in_the_winners_pack_on_postgres() {
-    let database = TestDatabase::create().await;
-    let catalog = Catalog::connect(&database.url, 4).await.unwrap();
-    a_chunk_two_uploads_stored_is_kept_in_the_winners_pack(catalog.clone()).await;
-    catalog.close().await;
-    database.drop_database().await;
-}
+on_both_catalogs!(
+    a_chunk_two_uploads_stored_is_kept_in_the_winners_pack,
+    4,
+    a_chunk_two_uploads_stored_is_kept_in_the_winners_pack_on_sqlite,
+    a_chunk_two_uploads_stored_is_kept_in_the_winners_pack_on_postgres
+);
 
 fn long_manifest(len: u64, changed: &[u64], salt: u64) -> artifactd::ingest::Manifest {
     (0..len)
@@ -1139,21 +1134,12 @@ async fn long_manifests_share_segments(catalog: Catalog) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_manifests_share_segments_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
-    long_manifests_share_segments(Catalog::connect(&url, 4).await.unwrap()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_manifests_share_segments_on_postgres() {
-    let database = TestDatabase::create().await;
-    let catalog = Catalog::connect(&database.url, 8).await.unwrap();
-    long_manifests_share_segments(catalog.clone()).await;
-    catalog.close().await;
-    database.drop_database().await;
-}
+on_both_catalogs!(
+    long_manifests_share_segments,
+    8,
+    long_manifests_share_segments_on_sqlite,
+    long_manifests_share_segments_on_postgres
+);
 
 /// Extracted metadata that only differs in its line count is stored once and read back
 /// with each version's own count; purging the last version naming it deletes it.
@@ -1229,21 +1215,12 @@ async fn extracted_metadata_is_shared(catalog: Catalog) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn extracted_metadata_is_shared_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
-    extracted_metadata_is_shared(Catalog::connect(&url, 4).await.unwrap()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn extracted_metadata_is_shared_on_postgres() {
-    let database = TestDatabase::create().await;
-    let catalog = Catalog::connect(&database.url, 4).await.unwrap();
-    extracted_metadata_is_shared(catalog.clone()).await;
-    catalog.close().await;
-    database.drop_database().await;
-}
+on_both_catalogs!(
+    extracted_metadata_is_shared,
+    4,
+    extracted_metadata_is_shared_on_sqlite,
+    extracted_metadata_is_shared_on_postgres
+);
 
 /// Stored chunks are found by any one shared feature of their resemblance sketch, within
 /// their tenant, unless collection marked their pack unneeded.
@@ -1305,18 +1282,9 @@ async fn similar_chunks_are_found_by_a_shared_feature(catalog: Catalog) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn similar_chunks_are_found_by_a_shared_feature_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
-    similar_chunks_are_found_by_a_shared_feature(Catalog::connect(&url, 4).await.unwrap()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn similar_chunks_are_found_by_a_shared_feature_on_postgres() {
-    let database = TestDatabase::create().await;
-    let catalog = Catalog::connect(&database.url, 4).await.unwrap();
-    similar_chunks_are_found_by_a_shared_feature(catalog.clone()).await;
-    catalog.close().await;
-    database.drop_database().await;
-}
+on_both_catalogs!(
+    similar_chunks_are_found_by_a_shared_feature,
+    4,
+    similar_chunks_are_found_by_a_shared_feature_on_sqlite,
+    similar_chunks_are_found_by_a_shared_feature_on_postgres
+);
