@@ -833,7 +833,6 @@ on_both_catalogs!(
     collection_meets_uploads_and_policies_on_postgres
 );
 
-/// A manifest of `len` chunks; `changed` entries get other chunk ids.
 /// Two uploads of the same new chunk both store it, each in its own pack; the first
 /// to commit indexes it. The second commits too, its copy unindexed, and takes the chunk
 /// through the winner's pack: a collection that had marked the winner's pack meanwhile
@@ -966,6 +965,7 @@ on_both_catalogs!(
     a_chunk_two_uploads_stored_is_kept_in_the_winners_pack_on_postgres
 );
 
+/// A manifest of `len` chunks; `changed` entries get other chunk ids.
 fn long_manifest(len: u64, changed: &[u64], salt: u64) -> artifactd::ingest::Manifest {
     (0..len)
         .map(|n| {
