@@ -576,6 +576,7 @@ async fn concurrent_transfers_wait_for_small_memory_budgets_and_all_complete() {
                 "ARTIFACTD_INGEST__TRANSFER_MEMORY_BYTES",
                 (16u64 << 20).to_string(),
             )
+            .env("ARTIFACTD_INGEST__MAX_READ_SPAN_BYTES", (4u64 << 20).to_string())
             .env("ARTIFACTD_INGEST__RECEIVED_MEMORY_BYTES", "65536")
             .env("ARTIFACTD_DELIVERY__CACHE_MEMORY_BYTES", "0"),
     ));
@@ -718,6 +719,7 @@ async fn readers_that_stop_reading_are_ended_and_their_memory_goes_to_others() {
                 "ARTIFACTD_INGEST__TRANSFER_MEMORY_BYTES",
                 (16u64 << 20).to_string(),
             )
+            .env("ARTIFACTD_INGEST__MAX_READ_SPAN_BYTES", (4u64 << 20).to_string())
             .env("ARTIFACTD_INGEST__STALLED_DOWNLOAD_SECONDS", "2")
             .env("ARTIFACTD_DELIVERY__CACHE_MEMORY_BYTES", "0"),
     ));
@@ -1035,14 +1037,18 @@ async fn links_can_have_a_listener_of_their_own_that_serves_nothing_else() {
 }
 
 /// A small upload holds about what its chunks take from the transfer budget, not a large
-/// upload's step: 64 small creates at once fit in the smallest budget allowed (16 MiB)
-/// without any of them waiting, and all commit and read back.
+/// upload's step: 64 small creates at once fit in the smallest budget allowed (16 MiB, with
+/// read spans of 4 MiB) without any of them waiting, and all commit and read back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_small_uploads_at_once_fit_in_a_small_memory_budget() {
-    let server = std::sync::Arc::new(ServerProcess::start_with(ServerOptions::default().env(
-        "ARTIFACTD_INGEST__TRANSFER_MEMORY_BYTES",
-        (16u64 << 20).to_string(),
-    )));
+    let server = std::sync::Arc::new(ServerProcess::start_with(
+        ServerOptions::default()
+            .env(
+                "ARTIFACTD_INGEST__TRANSFER_MEMORY_BYTES",
+                (16u64 << 20).to_string(),
+            )
+            .env("ARTIFACTD_INGEST__MAX_READ_SPAN_BYTES", (4u64 << 20).to_string()),
+    ));
     let mut uploads = tokio::task::JoinSet::new();
     for n in 0..64u64 {
         let server = server.clone();

@@ -72,7 +72,11 @@ pub struct IngestSettings {
     pub max_packs_in_flight: usize,
     /// Largest data message an upload may send.
     pub max_data_message_bytes: usize,
-    /// Download read coalescing and read-ahead.
+    /// Download read coalescing and read-ahead: chunks that follow each other in a pack are
+    /// read with one request of at most this many bytes (stored, and decoded). Twice the
+    /// pack target, so a download needing a whole pack reads it whole: an S3 server charges
+    /// per request, and some read the whole object whatever the range (moto reading an
+    /// 8 MiB pack as two 4 MiB ranges spent twice its CPU on a download).
     pub max_read_span_bytes: u64,
     pub read_ahead_spans: usize,
     /// Memory all uploads' packs and all downloads' read-ahead may hold together; streams
@@ -133,7 +137,7 @@ impl Default for IngestSettings {
             pack_target_bytes: 8 * 1024 * 1024,
             max_packs_in_flight: 2,
             max_data_message_bytes: 256 * 1024,
-            max_read_span_bytes: 4 * 1024 * 1024,
+            max_read_span_bytes: 16 * 1024 * 1024,
             read_ahead_spans: 4,
             transfer_memory_bytes: 64 * 1024 * 1024,
             received_memory_bytes: 16 * 1024 * 1024,
