@@ -847,18 +847,11 @@ async fn transfers() -> Transfers {
         last_data = data;
     }
 
-    // The last version on a server whose cache holds it whole: read once to fill the
-    // cache, then every chunk is a hit.
+    // The last version on a server whose cache holds it whole: the first read fills the
+    // cache, the two after it are all hits.
     let cached_id = upload(&mut cache_client, "cached.bin", &last_data).await;
-    let (_, bytes) = download(
-        &mut cache_client,
-        download_request("bench", "storage", &cached_id, ""),
-    )
-    .await
-    .unwrap();
-    assert!(bytes == last_data);
     let mut cache_hit = Duration::MAX;
-    for _ in 0..2 {
+    for read in 0..3 {
         let started = Instant::now();
         let (_, bytes) = download(
             &mut cache_client,
@@ -866,7 +859,9 @@ async fn transfers() -> Transfers {
         )
         .await
         .unwrap();
-        cache_hit = cache_hit.min(started.elapsed());
+        if read > 0 {
+            cache_hit = cache_hit.min(started.elapsed());
+        }
         assert!(bytes == last_data);
     }
 
