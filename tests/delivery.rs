@@ -473,6 +473,52 @@ async fn metric(server: &ServerProcess, name: &str) -> f64 {
     common::metric(server.http, name).await
 }
 
+/// Requests the server has made of its store for `operation`, whatever their outcome.
+async fn store_operations(server: &ServerProcess, operation: &str) -> f64 {
+    let label = format!("operation=\"{operation}\"");
+    common::http_get(server.http, "/metrics")
+        .await
+        .lines()
+        .filter(|line| line.starts_with("artifactd_store_operations_total{") && line.contains(&label))
+        .filter_map(|line| line.rsplit(' ').next()?.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// A download that needs a whole pack reads it with one request, not a range at a time:
+/// S3 servers charge per request, and some read the whole object whatever the range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_reads_each_pack_it_needs_whole_with_one_request() {
+    let server = ServerProcess::start_with(
+        ServerOptions::default().env("ARTIFACTD_DELIVERY__CACHE_MEMORY_BYTES", "0"),
+    );
+    let mut client = server.client().await;
+    // Random content, stored as it is: packs of the 8 MiB target and a smaller last one.
+    let content = noise(20 * 1024 * 1024 + 4321, 73);
+    let puts = store_operations(&server, "put").await;
+    let id = create_id(&mut client, header(T, P, "bundle", "packs.bin"), &content).await;
+    let packs = store_operations(&server, "put").await - puts;
+    assert!(packs >= 3.0, "the upload wrote {packs} packs");
+    // Nothing else reads the store meanwhile (the indexer is done with the version).
+    let mut gets = store_operations(&server, "get").await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = store_operations(&server, "get").await;
+        if now == gets {
+            break;
+        }
+        gets = now;
+    }
+    let (_, bytes) = download(&mut client, download_request(T, P, &id, ""))
+        .await
+        .unwrap();
+    assert!(bytes == content, "the download returned different bytes");
+    assert_eq!(
+        store_operations(&server, "get").await - gets,
+        packs,
+        "one read per pack"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_downloads_are_served_from_the_chunk_cache() {
     let server = ServerProcess::start();
