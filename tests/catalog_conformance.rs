@@ -1288,3 +1288,88 @@ on_both_catalogs!(
     similar_chunks_are_found_by_a_shared_feature_on_sqlite,
     similar_chunks_are_found_by_a_shared_feature_on_postgres
 );
+
+/// A chunk's location comes back whole (pack, offset, lengths, codec, a delta's base and
+/// depth, no key for a plain pack), for the chunks of the tenant asked about only.
+async fn chunk_locations_carry_every_field(catalog: Catalog) {
+    use artifactd::catalog::ChunkLocation;
+    let dialect = catalog.dialect();
+    let scope = Scope::new("acme", "locations");
+    let now = artifactd::domain::now_micros();
+    let Staged::Recorded { generation } = catalog
+        .stage_pack(&stage("pack-l", 1000, "upload-l", now), None)
+        .await
+        .unwrap()
+    else {
+        panic!("recorded")
+    };
+    let plain = PackEntry {
+        chunk_id: ChunkId([7; 32]),
+        offset: 0,
+        stored_len: 90,
+        raw_len: 4096,
+        codec: Codec::Zstd,
+        base: None,
+    };
+    let delta = PackEntry {
+        chunk_id: ChunkId([8; 32]),
+        offset: 90,
+        stored_len: 12,
+        raw_len: 4100,
+        codec: Codec::ZstdDelta,
+        base: Some(plain.chunk_id),
+    };
+    let version = new_version(
+        "1.0.0",
+        vec![("pack-l".into(), plain), ("pack-l".into(), delta)],
+        vec![StagedPack {
+            pack_id: "pack-l".into(),
+            generation,
+        }],
+    );
+    catalog
+        .create_artifact(&new_artifact(&scope, "locations.md"), &version)
+        .await
+        .unwrap();
+    let absent = ChunkId([9; 32]);
+    let found = catalog
+        .chunk_locations("acme", &[delta.chunk_id, plain.chunk_id, absent, plain.chunk_id])
+        .await
+        .unwrap();
+    let location = |entry: &PackEntry, base: Option<ChunkId>, depth: u8| ChunkLocation {
+        pack_id: "pack-l".into(),
+        offset: entry.offset,
+        stored_len: entry.stored_len,
+        raw_len: entry.raw_len,
+        codec: entry.codec,
+        key: None,
+        base,
+        depth,
+    };
+    assert_eq!(found.len(), 2, "{dialect:?}: {found:?}");
+    assert_eq!(found[&plain.chunk_id], location(&plain, None, 0), "{dialect:?}");
+    assert_eq!(
+        found[&delta.chunk_id],
+        location(&delta, Some(plain.chunk_id), 1),
+        "{dialect:?}"
+    );
+    assert!(
+        catalog
+            .chunk_locations("globex", &[plain.chunk_id])
+            .await
+            .unwrap()
+            .is_empty(),
+        "{dialect:?}: another tenant's chunks are not found"
+    );
+    assert!(
+        catalog.chunk_locations("acme", &[]).await.unwrap().is_empty(),
+        "{dialect:?}: no ids, no locations"
+    );
+}
+
+on_both_catalogs!(
+    chunk_locations_carry_every_field,
+    2,
+    chunk_locations_carry_every_field_on_sqlite,
+    chunk_locations_carry_every_field_on_postgres
+);

@@ -35,10 +35,10 @@ use crate::domain::event::EventKind;
 use crate::domain::{
     Artifact, ArtifactVersion, Error, LifecycleState, NameHolder, Result, StorageStats, Timestamp, Transition,
 };
+use crate::ingest::ChunkId;
 use crate::ingest::resemblance::Sketch;
-use crate::ingest::{ChunkId, Codec};
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, AssertSqlSafe, Executor};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -1259,6 +1259,11 @@ impl Catalog {
     }
 
     /// Where each of `ids` is stored. Ids missing from the index are missing from the map.
+    ///
+    /// A download asks for every chunk of a window at once (thousands of rows a second), so
+    /// each statement answers with one row: the batch's locations as a JSON array built by
+    /// the database. A row per chunk costs more in the driver (a copy of every column, a
+    /// hand-off per row) than the lookup costs in the database.
     pub async fn chunk_locations(
         &self,
         tenant: &str,
@@ -1268,56 +1273,40 @@ impl Catalog {
         unique.sort();
         unique.dedup();
         let mut found = HashMap::with_capacity(unique.len());
+        let aggregate = match self.dialect {
+            // SQLite's hex() of NULL is '' and Postgres's encode() of NULL is NULL: both read
+            // as "none" below.
+            Dialect::Sqlite => {
+                "json_group_array(json_array(hex(c.chunk_id), c.pack_id, c.pack_offset, c.stored_length, \
+                 c.raw_length, c.codec, hex(c.base_chunk_id), c.delta_depth, p.key_id, hex(p.wrapped_key)))"
+            }
+            Dialect::Postgres => {
+                "COALESCE(json_agg(json_build_array(encode(c.chunk_id, 'hex'), c.pack_id, c.pack_offset, \
+                 c.stored_length, c.raw_length, c.codec, encode(c.base_chunk_id, 'hex'), c.delta_depth, \
+                 p.key_id, encode(p.wrapped_key, 'hex')))::text, '[]')"
+            }
+        };
         for batch in unique.chunks(BATCH_ROWS * 2) {
             let sql = format!(
-                "SELECT c.chunk_id, c.pack_id, c.pack_offset, c.stored_length, c.raw_length, c.codec, \
-                 c.base_chunk_id, c.delta_depth, p.key_id, p.wrapped_key FROM chunks c LEFT JOIN packs p ON p.pack_id = c.pack_id \
+                "SELECT {aggregate} FROM chunks c LEFT JOIN packs p ON p.pack_id = c.pack_id \
                  WHERE c.tenant = {} AND c.chunk_id IN ({})",
                 self.dialect.placeholders(1, 1),
                 self.dialect.placeholders(2, batch.len())
             );
-            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(tenant);
+            let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql)).bind(tenant);
             for id in batch {
                 query = query.bind(id.0.to_vec());
             }
-            let rows: Vec<AnyRow> = query
-                .fetch_all(&self.pool)
+            let json = query
+                .fetch_one(&self.pool)
                 .await
                 .map_err(|e| db_error("locating chunks", e))?;
+            let rows: Vec<LocationJson> = serde_json::from_str(&json)
+                .map_err(|e| Error::Internal(format!("decoding chunk locations: {e}")))?;
             for row in rows {
-                let decode = |row: &AnyRow| -> std::result::Result<(ChunkId, ChunkLocation), sqlx::Error> {
-                    let raw_id: Vec<u8> = row.try_get("chunk_id")?;
-                    let codec: i64 = row.try_get("codec")?;
-                    let location = ChunkLocation {
-                        pack_id: row.try_get("pack_id")?,
-                        offset: row.try_get::<i64, _>("pack_offset")? as u64,
-                        stored_len: row.try_get::<i64, _>("stored_length")? as u32,
-                        raw_len: row.try_get::<i64, _>("raw_length")? as u32,
-                        codec: Codec::from_u8(codec as u8).unwrap_or(Codec::Raw),
-                        key: row
-                            .try_get::<Option<String>, _>("key_id")?
-                            .map(|key_id| -> std::result::Result<_, sqlx::Error> {
-                                Ok(crate::domain::encryption::PackKey {
-                                    key_id,
-                                    wrapped: row.try_get("wrapped_key")?,
-                                })
-                            })
-                            .transpose()?,
-                        base: row
-                            .try_get::<Option<Vec<u8>>, _>("base_chunk_id")?
-                            .map(|raw| {
-                                chunk_id_from_row(&raw).ok_or_else(|| {
-                                    sqlx::Error::Decode("base chunk id is not 32 bytes".into())
-                                })
-                            })
-                            .transpose()?,
-                        depth: row.try_get::<i64, _>("delta_depth")?.clamp(0, 255) as u8,
-                    };
-                    let id = chunk_id_from_row(&raw_id)
-                        .ok_or_else(|| sqlx::Error::Decode("chunk id is not 32 bytes".into()))?;
-                    Ok((id, location))
-                };
-                let (id, location) = decode(&row).map_err(|e| db_error("decoding a chunk location", e))?;
+                let (id, location) = row
+                    .decode()
+                    .map_err(|what| Error::Internal(format!("decoding a chunk location: {what}")))?;
                 found.insert(id, location);
             }
         }

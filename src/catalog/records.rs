@@ -306,3 +306,65 @@ pub struct NewVersion {
 pub fn chunk_id_from_row(bytes: &[u8]) -> Option<ChunkId> {
     ChunkId::from_slice(bytes)
 }
+
+/// One chunk's location as `Catalog::chunk_locations` has the database aggregate it:
+/// chunk id, pack id, offset, stored length, raw length, codec, base chunk id, delta depth,
+/// key id, wrapped key; ids and keys in hex, absent ones as `null` or `""`.
+#[derive(serde::Deserialize)]
+pub(super) struct LocationJson(
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+    Option<String>,
+    i64,
+    Option<String>,
+    Option<String>,
+);
+
+impl LocationJson {
+    /// The typed location, or what in the row is not one.
+    pub(super) fn decode(self) -> std::result::Result<(ChunkId, ChunkLocation), String> {
+        let LocationJson(id, pack_id, offset, stored_len, raw_len, codec, base, depth, key_id, wrapped) =
+            self;
+        let chunk_id = |field: &str, text: &str| {
+            hex::decode(text)
+                .ok()
+                .and_then(|bytes| ChunkId::from_slice(&bytes))
+                .ok_or_else(|| format!("{field} {text:?} is not a 32-byte hex id"))
+        };
+        let length = |field: &str, value: i64| {
+            u32::try_from(value).map_err(|_| format!("{field} {value} is out of range"))
+        };
+        let present = |text: Option<String>| text.filter(|text| !text.is_empty());
+        let id = chunk_id("chunk id", &id)?;
+        let location = ChunkLocation {
+            offset: u64::try_from(offset).map_err(|_| format!("pack offset {offset} is negative"))?,
+            stored_len: length("stored length", stored_len)?,
+            raw_len: length("raw length", raw_len)?,
+            codec: u8::try_from(codec)
+                .ok()
+                .and_then(Codec::from_u8)
+                .ok_or_else(|| format!("codec {codec} of chunk {} is unknown", id.to_hex()))?,
+            key: present(key_id)
+                .map(|key_id| -> std::result::Result<_, String> {
+                    let wrapped = present(wrapped)
+                        .map(|text| {
+                            hex::decode(&text)
+                                .map_err(|_| format!("wrapped key of pack {pack_id} is not hex"))
+                        })
+                        .transpose()?;
+                    Ok(crate::domain::encryption::PackKey { key_id, wrapped })
+                })
+                .transpose()?,
+            base: present(base)
+                .map(|text| chunk_id("base chunk id", &text))
+                .transpose()?,
+            depth: depth.clamp(0, 255) as u8,
+            pack_id,
+        };
+        Ok((id, location))
+    }
+}
