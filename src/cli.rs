@@ -15,6 +15,7 @@ use crate::proto::{
 };
 use bytes::Bytes;
 use clap::{Args, Subcommand};
+use futures::StreamExt;
 use serde_json::json;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -806,32 +807,67 @@ impl ProgressLine {
     }
 }
 
-/// Reads a file into data messages and the finish message that proves the upload complete.
-fn file_messages(path: &Path) -> Result<(Vec<Bytes>, UploadFinish), Failure> {
-    let mut file = std::fs::File::open(path).map_err(|e| failure(4, format!("{}: {e}", path.display())))?;
-    let mut pieces = Vec::new();
-    let mut hasher = blake3::Hasher::new();
-    let mut size = 0u64;
-    loop {
-        let mut buffer = vec![0; 256 * 1024];
-        let read = file
-            .read(&mut buffer)
-            .map_err(|e| failure(1, format!("{}: {e}", path.display())))?;
-        if read == 0 {
-            break;
+/// One message of an upload's content, after its header.
+enum Piece {
+    Data(Bytes),
+    /// What was read, proved: the last message.
+    Finish(UploadFinish),
+}
+
+/// A push reads its file in pieces of this size, at most this many ahead of what was sent:
+/// a file of any size costs the command about 2 MiB.
+const PIECE_BYTES: usize = 256 * 1024;
+const PIECES_AHEAD: usize = 8;
+
+/// A file being read into an upload's messages while they are sent, hashed on the way.
+struct FileReading {
+    /// The file's size when it was opened (for the progress line; the finish message has
+    /// what was read).
+    size: u64,
+    pieces: tokio::sync::mpsc::Receiver<Piece>,
+    /// Why reading stopped early, set before `pieces` ends. The upload then ends without its
+    /// finish message, which the server refuses, so nothing of it is stored.
+    failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// Starts reading `path` into pieces; fails at once when it cannot be opened.
+fn read_file(path: &Path) -> Result<FileReading, Failure> {
+    let shown = path.display().to_string();
+    let mut file = std::fs::File::open(path).map_err(|e| failure(4, format!("{shown}: {e}")))?;
+    let size = file
+        .metadata()
+        .map_err(|e| failure(1, format!("{shown}: {e}")))?
+        .len();
+    let (sender, pieces) = tokio::sync::mpsc::channel(PIECES_AHEAD);
+    let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let failure_slot = failed.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        loop {
+            let mut buffer = vec![0; PIECE_BYTES];
+            let read = match file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(read) => read,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    *failure_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{shown}: {e}"));
+                    return;
+                }
+            };
+            buffer.truncate(read);
+            hasher.update(&buffer);
+            size += read as u64;
+            if sender.blocking_send(Piece::Data(Bytes::from(buffer))).is_err() {
+                return; // the upload ended; its outcome says why
+            }
         }
-        buffer.truncate(read);
-        hasher.update(&buffer);
-        size += read as u64;
-        pieces.push(Bytes::from(buffer));
-    }
-    Ok((
-        pieces,
-        UploadFinish {
+        let _ = sender.blocking_send(Piece::Finish(UploadFinish {
             size: Some(size),
             blake3: hasher.finalize().to_hex().to_string(),
-        },
-    ))
+        }));
+    });
+    Ok(FileReading { size, pieces, failed })
 }
 
 async fn push(
@@ -844,8 +880,11 @@ async fn push(
     message: &str,
 ) -> Result<(), Failure> {
     let name = name.to_owned();
-    let (pieces, finish) = file_messages(path)?;
-    let total = finish.size.unwrap_or_default();
+    let FileReading {
+        size: total,
+        pieces,
+        failed,
+    } = read_file(path)?;
     let (tenant, project) = session.scope();
     let existing = match session.find(&format!("{artifact_type}/{name}"), "").await {
         Ok(found) => found.artifact,
@@ -854,19 +893,20 @@ async fn push(
     };
     let progress = std::sync::Arc::new(ProgressLine::new());
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counted = {
+    let pieces = {
         let (progress, sent) = (progress.clone(), sent.clone());
-        move |piece: Bytes| {
-            let now =
-                sent.fetch_add(piece.len() as u64, std::sync::atomic::Ordering::Relaxed) + piece.len() as u64;
-            progress.update(now, total);
-            piece
-        }
+        tokio_stream::wrappers::ReceiverStream::new(pieces).inspect(move |piece| {
+            if let Piece::Data(data) = piece {
+                let now = sent.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed)
+                    + data.len() as u64;
+                progress.update(now, total);
+            }
+        })
     };
     let started = Instant::now();
-    let (artifact, stored) = match existing {
+    let outcome = match existing {
         None => {
-            let mut messages = vec![CreateArtifactRequest {
+            let header = CreateArtifactRequest {
                 message: Some(create_artifact_request::Message::Header(CreateArtifactHeader {
                     tenant,
                     project,
@@ -876,22 +916,25 @@ async fn push(
                     change_message: message.to_owned(),
                     ..Default::default()
                 })),
-            }];
-            messages.extend(pieces.into_iter().map(|piece| CreateArtifactRequest {
-                message: Some(create_artifact_request::Message::Data(counted(piece))),
-            }));
-            messages.push(CreateArtifactRequest {
-                message: Some(create_artifact_request::Message::Finish(finish)),
-            });
+            };
+            let messages =
+                futures::stream::once(async { header }).chain(pieces.map(|piece| CreateArtifactRequest {
+                    message: Some(match piece {
+                        Piece::Data(data) => create_artifact_request::Message::Data(data),
+                        Piece::Finish(finish) => create_artifact_request::Message::Finish(finish),
+                    }),
+                }));
             let created = session
                 .artifacts()
-                .create_artifact(session.request(futures::stream::iter(messages)))
-                .await?
-                .into_inner();
-            (
-                created.artifact.unwrap_or_default(),
-                created.version.unwrap_or_default(),
-            )
+                .create_artifact(session.request(messages))
+                .await
+                .map(|answer| answer.into_inner());
+            created.map(|created| {
+                (
+                    created.artifact.unwrap_or_default(),
+                    created.version.unwrap_or_default(),
+                )
+            })
         }
         Some(existing) => {
             let next_version = match version {
@@ -902,7 +945,7 @@ async fn push(
                     _ => proto::BumpKind::Patch as i32,
                 }),
             };
-            let mut messages = vec![UpdateArtifactRequest {
+            let header = UpdateArtifactRequest {
                 message: Some(update_artifact_request::Message::Header(UpdateArtifactHeader {
                     tenant,
                     project,
@@ -912,25 +955,34 @@ async fn push(
                     change_message: message.to_owned(),
                     ..Default::default()
                 })),
-            }];
-            messages.extend(pieces.into_iter().map(|piece| UpdateArtifactRequest {
-                message: Some(update_artifact_request::Message::Data(counted(piece))),
-            }));
-            messages.push(UpdateArtifactRequest {
-                message: Some(update_artifact_request::Message::Finish(finish)),
-            });
+            };
+            let messages =
+                futures::stream::once(async { header }).chain(pieces.map(|piece| UpdateArtifactRequest {
+                    message: Some(match piece {
+                        Piece::Data(data) => update_artifact_request::Message::Data(data),
+                        Piece::Finish(finish) => update_artifact_request::Message::Finish(finish),
+                    }),
+                }));
             let updated = session
                 .artifacts()
-                .update_artifact(session.request(futures::stream::iter(messages)))
-                .await?
-                .into_inner();
-            (
-                updated.artifact.unwrap_or_default(),
-                updated.version.unwrap_or_default(),
-            )
+                .update_artifact(session.request(messages))
+                .await
+                .map(|answer| answer.into_inner());
+            updated.map(|updated| {
+                (
+                    updated.artifact.unwrap_or_default(),
+                    updated.version.unwrap_or_default(),
+                )
+            })
         }
     };
     progress.finish();
+    // A read that failed ended the upload without its finish message: the server's refusal
+    // of that is not the news, the read error is.
+    if let Some(error) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(failure(1, error));
+    }
+    let (artifact, stored) = outcome?;
     let seconds = started.elapsed().as_secs_f64();
     session.print(
         json!({ "artifact": artifact_json(&artifact), "version": version_json(&stored), "seconds": seconds }),
@@ -988,6 +1040,15 @@ async fn pull(
         .open(&partial)
         .map_err(|e| failure(1, format!("{}: {e}", partial.display())))?;
     let progress = ProgressLine::new();
+    // The digest is taken as the bytes arrive, after that of the part a previous pull left.
+    let mut hasher = blake3::Hasher::new();
+    if resumed_from > 0 {
+        let earlier =
+            std::fs::File::open(&partial).map_err(|e| failure(1, format!("{}: {e}", partial.display())))?;
+        hasher
+            .update_reader(earlier.take(resumed_from))
+            .map_err(|e| failure(1, format!("{}: {e}", partial.display())))?;
+    }
     let mut written = resumed_from;
     if resumed_from < version.size {
         let (tenant, project) = session.scope();
@@ -1007,6 +1068,7 @@ async fn pull(
             if let Some(download_artifact_response::Message::Data(data)) = message.message {
                 file.write_all(&data)
                     .map_err(|e| failure(1, format!("{}: {e}", partial.display())))?;
+                hasher.update(&data);
                 written += data.len() as u64;
                 progress.update(written, version.size);
             }
@@ -1016,10 +1078,6 @@ async fn pull(
         .map_err(|e| failure(1, format!("{}: {e}", partial.display())))?;
     drop(file);
     progress.finish();
-    let mut hasher = blake3::Hasher::new();
-    hasher
-        .update_reader(std::fs::File::open(&partial).map_err(|e| failure(1, e.to_string()))?)
-        .map_err(|e| failure(1, e.to_string()))?;
     let digest = hasher.finalize().to_hex().to_string();
     if digest != version.blake3 {
         let _ = std::fs::remove_file(&partial);

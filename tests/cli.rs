@@ -339,3 +339,87 @@ async fn fallback_status_test_and_sync_from_the_command_line() {
     assert!(synced["examined"].as_u64().unwrap() > 0, "{synced}");
     assert_eq!(synced["missing_on_primary"], 0);
 }
+
+/// `push` sends a file while reading it: the command's peak memory stays far below the
+/// size of what it uploads. And a file that fails to read stores nothing: the command says
+/// what failed, and the server never sees a finished upload.
+#[test]
+fn push_streams_the_file_and_a_failed_read_stores_nothing() {
+    const FILE_MIB: usize = 96;
+    let server = ServerProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    // Written a MiB at a time: the kernel counts the memory of the process that starts the
+    // command into the command's peak, so this process must not hold the file either.
+    let mut file = std::io::BufWriter::new(std::fs::File::create(work.join("bundle.bin")).unwrap());
+    let mut hasher = blake3::Hasher::new();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut piece = Vec::with_capacity(1 << 20);
+    for _ in 0..FILE_MIB {
+        piece.clear();
+        while piece.len() < 1 << 20 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            piece.extend_from_slice(&state.to_le_bytes());
+        }
+        hasher.update(&piece);
+        std::io::Write::write_all(&mut file, &piece).unwrap();
+    }
+    std::io::Write::flush(&mut file).unwrap();
+    drop(file);
+    #[expect(
+        clippy::zombie_processes,
+        reason = "reaped below by wait4, which reports its peak memory"
+    )]
+    let child = command()
+        .current_dir(work)
+        .env("ARTIFACTD_ADDR", server.endpoint())
+        .env("ARTIFACTD_TOKEN", &server.key)
+        .env("ARTIFACTD_TENANT", "acme")
+        .env("ARTIFACTD_PROJECT", "cli")
+        .args(["push", "bundle.bin", "--json"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The child's own peak resident set, from the kernel's accounting of it as it is reaped.
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let reaped = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, child.id() as libc::pid_t);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "push failed: {status}"
+    );
+    let peak_mib = usage.ru_maxrss as f64 / 1024.0;
+    assert!(
+        peak_mib < (FILE_MIB / 2) as f64,
+        "pushing {FILE_MIB} MiB took {peak_mib:.1} MiB of the command's memory: the file is held, not streamed"
+    );
+    let shown = ok_json(cli(&server, &["show", "file/bundle.bin", "--json"], work));
+    assert_eq!(shown["version"]["size"], (FILE_MIB << 20) as u64, "{shown}");
+    assert_eq!(
+        shown["version"]["blake3"],
+        hasher.finalize().to_hex().as_str(),
+        "{shown}"
+    );
+
+    // The kernel refuses to read /proc/self/mem from its start: the read fails after the
+    // upload began.
+    let failed = cli(&server, &["push", "/proc/self/mem"], work);
+    assert_eq!(
+        failed.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+    let told = String::from_utf8_lossy(&failed.stderr);
+    assert!(told.contains("/proc/self/mem"), "{told}");
+    let missing = cli(&server, &["show", "file/mem", "--json"], work);
+    assert_eq!(
+        missing.status.code(),
+        Some(3),
+        "nothing was stored: {}",
+        String::from_utf8_lossy(&missing.stdout)
+    );
+}
