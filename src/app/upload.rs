@@ -675,6 +675,7 @@ impl Upload {
         let level = self.inner.settings.ingest.zstd_level;
         let mut compressibility = self.compressibility;
         let (encoded, compressibility, delta_trials) = crate::compute::run(move || {
+            let mut deltas = delta::Encoder::new();
             let encoded = to_encode
                 .into_iter()
                 .map(
@@ -702,7 +703,11 @@ impl Upload {
                         let mut best: Option<(Vec<u8>, &Base)> = None;
                         for base in candidates.iter().flatten().filter_map(|c| bases.get(c)) {
                             tried = true;
-                            let delta = delta::encode(&chunk, &base.plain, level.max(delta::MIN_LEVEL))
+                            let delta = deltas
+                                .as_mut()
+                                .and_then(|deltas| {
+                                    deltas.encode(&chunk, &base.plain, level.max(delta::MIN_LEVEL))
+                                })
                                 .filter(|d| delta::pays(d.len(), stored.len(), base.past_the_chain));
                             if let Some(delta) = delta
                                 && best

@@ -149,19 +149,45 @@ pub fn pays(delta_len: usize, plain_len: usize, past_the_chain: bool) -> bool {
 
 /// `data` compressed against `base`; `None` when zstd refuses (never for valid input).
 pub fn encode(data: &[u8], base: &[u8], level: i32) -> Option<Vec<u8>> {
-    use zstd::zstd_safe::{CCtx, CParameter};
-    let mut context = CCtx::try_create()?;
-    context.set_parameter(CParameter::CompressionLevel(level)).ok()?;
-    context.set_parameter(CParameter::ChecksumFlag(false)).ok()?;
-    // Window large enough for the prefix and the chunk together.
-    let window = (base.len() + data.len()).next_power_of_two().max(1 << 10);
-    context
-        .set_parameter(CParameter::WindowLog(window.trailing_zeros().max(10)))
-        .ok()?;
-    context.ref_prefix(base).ok()?;
-    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
-    context.compress2(&mut out, data).ok()?;
-    Some(out)
+    Encoder::new()?.encode(data, base, level)
+}
+
+/// Encodes deltas with one zstd context. A context's workspace (its match tables, a few
+/// MiB at the delta level) is allocated at its first use and kept: a new context for each
+/// chunk spent about a tenth of an upload of document releases faulting in fresh pages.
+pub struct Encoder<'a> {
+    context: zstd::zstd_safe::CCtx<'a>,
+}
+
+impl<'a> Encoder<'a> {
+    pub fn new() -> Option<Self> {
+        Some(Self {
+            context: zstd::zstd_safe::CCtx::try_create()?,
+        })
+    }
+
+    /// `data` compressed against `base`; `None` when zstd refuses (never for valid input).
+    pub fn encode(&mut self, data: &[u8], base: &'a [u8], level: i32) -> Option<Vec<u8>> {
+        use zstd::zstd_safe::CParameter;
+        let context = &mut self.context;
+        context.set_parameter(CParameter::CompressionLevel(level)).ok()?;
+        context.set_parameter(CParameter::ChecksumFlag(false)).ok()?;
+        // Window large enough for the prefix and the chunk together.
+        let window = (base.len() + data.len()).next_power_of_two().max(1 << 10);
+        context
+            .set_parameter(CParameter::WindowLog(window.trailing_zeros().max(10)))
+            .ok()?;
+        // A prefix serves the next frame only.
+        context.ref_prefix(base).ok()?;
+        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
+        let written = context.compress2(&mut out, data);
+        if written.is_err() {
+            // Whatever stopped it, the next frame starts clean.
+            let _ = context.reset(zstd::zstd_safe::ResetDirective::SessionOnly);
+        }
+        written.ok()?;
+        Some(out)
+    }
 }
 
 /// Decodes a delta into `out` (exactly the chunk's raw length), returning the bytes written.
