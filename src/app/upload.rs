@@ -716,6 +716,12 @@ impl Upload {
                             {
                                 best = Some((delta, base));
                             }
+                            if best
+                                .as_ref()
+                                .is_some_and(|(smallest, _)| delta::good_enough(smallest.len(), chunk.len()))
+                            {
+                                break;
+                            }
                         }
                         if tried {
                             delta_trials.record(best.is_some());

@@ -147,6 +147,13 @@ pub fn pays(delta_len: usize, plain_len: usize, past_the_chain: bool) -> bool {
     delta_len + 32 < plain_len && fraction_ok
 }
 
+/// Whether a delta of `delta_len` for a chunk of `plain_len` is kept without trying the
+/// chunk's other candidate bases: at most 1/16 of the chunk, a better base could save
+/// little more, and each try costs a compression of the chunk against a base.
+pub fn good_enough(delta_len: usize, plain_len: usize) -> bool {
+    delta_len * 16 <= plain_len
+}
+
 /// `data` compressed against `base`; `None` when zstd refuses (never for valid input).
 pub fn encode(data: &[u8], base: &[u8], level: i32) -> Option<Vec<u8>> {
     Encoder::new()?.encode(data, base, level)
