@@ -330,10 +330,7 @@ impl LocationJson {
         let LocationJson(id, pack_id, offset, stored_len, raw_len, codec, base, depth, key_id, wrapped) =
             self;
         let chunk_id = |field: &str, text: &str| {
-            hex::decode(text)
-                .ok()
-                .and_then(|bytes| ChunkId::from_slice(&bytes))
-                .ok_or_else(|| format!("{field} {text:?} is not a 32-byte hex id"))
+            ChunkId::from_hex(text).ok_or_else(|| format!("{field} {text:?} is not a 32-byte hex id"))
         };
         let length = |field: &str, value: i64| {
             u32::try_from(value).map_err(|_| format!("{field} {value} is out of range"))
