@@ -232,6 +232,8 @@ async fn a_link_serves_its_version_with_ranges_and_conditions() {
             format!("bytes 3000000-{}/{size}", size - 1),
         ),
         ("bytes=5-5", 5..6, format!("bytes 5-5/{size}")),
+        // Units are case-insensitive.
+        ("Bytes=10-19", 10..20, format!("bytes 10-19/{size}")),
         // A suffix longer than the content is all of it (RFC 9110 §14.1.3).
         ("bytes=-99999999", 0..size, format!("bytes 0-{}/{size}", size - 1)),
     ] {
@@ -268,12 +270,15 @@ async fn a_link_serves_its_version_with_ranges_and_conditions() {
             "{range}: {:?}",
             refused.body
         );
+        // A cache keyed by the URL must not hand this refusal to other requests.
+        assert_eq!(text(&refused.headers, header::CACHE_CONTROL), "no-store");
     }
 
     let unchanged = fetch("GET", &issued.url, &[("if-none-match", &etag)]).await;
     assert_eq!(unchanged.status, 304);
     assert!(unchanged.body.is_empty());
     assert_eq!(text(&unchanged.headers, header::ETAG), etag);
+    assert_eq!(text(&unchanged.headers, header::CACHE_CONTROL), cache_control);
     let stale_range = fetch(
         "GET",
         &issued.url,
@@ -286,11 +291,20 @@ async fn a_link_serves_its_version_with_ranges_and_conditions() {
     assert_eq!(fresh_range.status, 206);
     let precondition = fetch("GET", &issued.url, &[("if-match", "\"old\"")]).await;
     assert_eq!(precondition.status, 412);
+    assert_eq!(text(&precondition.headers, header::CACHE_CONTROL), "no-store");
 
     let head = fetch("HEAD", &issued.url, &[]).await;
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty());
     assert_eq!(text(&head.headers, header::CONTENT_LENGTH), size.to_string());
+    // Range applies to GET only: a HEAD with one describes the whole.
+    let head_range = fetch("HEAD", &issued.url, &[("range", "bytes=0-9")]).await;
+    assert_eq!(head_range.status, 200);
+    assert_eq!(
+        text(&head_range.headers, header::CONTENT_LENGTH),
+        size.to_string()
+    );
+    assert!(!head_range.headers.contains_key(header::CONTENT_RANGE));
 
     // The link names a version: a new version does not change what it serves.
     let v1 = issued.version.clone();
@@ -314,7 +328,8 @@ async fn a_link_serves_its_version_with_ranges_and_conditions() {
         .as_secs() as i64;
     assert!((3590..=3601).contains(&(expires - now)), "{}", expires - now);
 
-    // Empty content: 200 with nothing, and any range is unsatisfiable.
+    // Empty content: 200 with nothing; a range from a position is unsatisfiable, a suffix
+    // is the (empty) whole.
     let empty_id = create_id(&mut client, header(T, P, "doc", "empty.md"), b"").await;
     let empty = link(&mut client, &empty_id, "", 60).await.unwrap();
     let got = fetch("GET", &empty.url, &[]).await;
@@ -322,6 +337,12 @@ async fn a_link_serves_its_version_with_ranges_and_conditions() {
     assert_eq!(
         fetch("GET", &empty.url, &[("range", "bytes=0-")]).await.status,
         416
+    );
+    let suffix = fetch("GET", &empty.url, &[("range", "bytes=-5")]).await;
+    assert!(
+        suffix.status == 200 && suffix.body.is_empty(),
+        "{}",
+        suffix.status
     );
 
     // Deleting the artifact ends what its links serve.
@@ -334,6 +355,46 @@ async fn a_link_serves_its_version_with_ranges_and_conditions() {
         .await
         .unwrap();
     assert_eq!(fetch("GET", &issued.url, &[]).await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_links_show_content_sandboxed_except_pdf() {
+    let server = ServerProcess::start();
+    let mut client = server.client().await;
+    let mut sandboxed = Vec::new();
+    for (name, content) in [
+        ("page.html", &b"<html><script>alert(1)</script></html>"[..]),
+        ("notes.md", &b"# notes"[..]),
+        ("spec.pdf", &b"%PDF-1.7\n1 0 obj <<>> endobj\n%%EOF\n"[..]),
+    ] {
+        let id = create_id(&mut client, header(T, P, "doc", name), content).await;
+        let issued = client
+            .create_download_link(CreateDownloadLinkRequest {
+                tenant: T.into(),
+                project: P.into(),
+                artifact_id: id,
+                version: String::new(),
+                ttl_seconds: 60,
+                inline: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let shown = fetch("GET", &issued.url, &[]).await;
+        assert_eq!(shown.status, 200, "{name}");
+        assert!(shown.body == content, "{name}");
+        assert!(
+            text(&shown.headers, header::CONTENT_DISPOSITION).starts_with("inline; "),
+            "{name}"
+        );
+        assert_eq!(text(&shown.headers, header::X_CONTENT_TYPE_OPTIONS), "nosniff");
+        if shown.headers.get(header::CONTENT_SECURITY_POLICY).is_some() {
+            assert_eq!(text(&shown.headers, header::CONTENT_SECURITY_POLICY), "sandbox");
+            sandboxed.push(name);
+        }
+    }
+    // Browsers' PDF viewers refuse sandboxed documents; everything else stays sandboxed.
+    assert_eq!(sandboxed, ["page.html", "notes.md"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,6 +423,14 @@ async fn links_refuse_what_they_do_not_grant() {
         // A longer life, another disposition, a flipped signature digit, no signature.
         format!("{v1_path}?{}", v1_query.replace("expires=", "expires=9")),
         format!("{v1_path}?{}", v1_query.replace("attachment", "inline")),
+        // v1's signature over v2's content hash.
+        format!(
+            "{v1_path}?{}",
+            v1_query.replace(
+                &format!("content={}", blake3::hash(b"v1 content").to_hex()),
+                &format!("content={}", blake3::hash(b"v2 content").to_hex())
+            )
+        ),
         format!(
             "{v1_path}?{}",
             v1_query.replace(

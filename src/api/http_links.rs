@@ -5,7 +5,8 @@
 
 use crate::app::{Artifacts, etag_of};
 use crate::domain::delivery::{
-    Answer, Conditions, LINK_PREFIX, LinkRefusal, Representation, answer, content_disposition, verify_link,
+    Answer, Conditions, Disposition, LINK_PREFIX, LinkRefusal, Representation, answer, content_disposition,
+    verify_link,
 };
 use crate::domain::{Error, now_micros};
 use crate::telemetry::names;
@@ -48,7 +49,8 @@ async fn serve(
     ) {
         Err(refusal) => {
             // The reason, never the signature: the query is not logged.
-            tracing::info!(%tenant, %project, %artifact_id, %version, reason = %refusal, "download link refused");
+            // Debug-formatted: the segments are whatever the requester sent.
+            tracing::info!(?tenant, ?project, ?artifact_id, ?version, reason = %refusal, "download link refused");
             let message = match refusal {
                 LinkRefusal::Expired { .. } => "this download link has expired; ask for a new one",
                 LinkRefusal::Malformed(_) | LinkRefusal::BadSignature => {
@@ -60,7 +62,7 @@ async fn serve(
         Ok(grant) => match deliver(&artifacts, &grant, &method, &headers, now).await {
             Ok(response) => response,
             Err(error) => {
-                tracing::info!(%tenant, %project, %artifact_id, %version, %error, "download link could not be served");
+                tracing::info!(?tenant, ?project, ?artifact_id, ?version, %error, "download link could not be served");
                 error_response(&error)
             }
         },
@@ -86,7 +88,10 @@ async fn deliver(
     };
     let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let date = |name: header::HeaderName| text(name).and_then(http_date_seconds);
-    let if_range = text(header::IF_RANGE);
+    // Range (and so If-Range) means something for GET only (RFC 9110 §14.2): a HEAD is
+    // answered as the GET without a Range would be.
+    let get = *method == Method::GET;
+    let if_range = text(header::IF_RANGE).filter(|_| get);
     let conditions = Conditions {
         if_match: text(header::IF_MATCH),
         if_none_match: text(header::IF_NONE_MATCH),
@@ -94,7 +99,7 @@ async fn deliver(
         if_unmodified_since: date(header::IF_UNMODIFIED_SINCE),
         if_range,
         if_range_date: if_range.and_then(http_date_seconds),
-        range: text(header::RANGE),
+        range: text(header::RANGE).filter(|_| get),
     };
     let decided = answer(&representation, &conditions);
     let mut response = Response::builder()
@@ -105,27 +110,32 @@ async fn deliver(
                 UNIX_EPOCH + Duration::from_secs(representation.last_modified.max(0) as u64),
             ),
         )
-        // The link serves one version for its whole life: caches may keep the answer until
-        // the link expires, never longer.
-        .header(
-            header::CACHE_CONTROL,
-            format!("public, max-age={}, immutable", (grant.expires - now).max(0)),
-        )
         .header(header::ACCEPT_RANGES, "bytes")
         // Stored content is whatever was uploaded: a browser must neither guess another
-        // type nor run it with this origin's rights (an inline HTML or SVG upload).
-        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
-        .header(header::CONTENT_SECURITY_POLICY, "sandbox");
+        // type nor run it with this origin's rights (an inline HTML or SVG upload). A PDF
+        // shown inline is exempt: browsers' PDF viewers refuse sandboxed documents, and
+        // they run a PDF's scripts in a sandbox of their own.
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    if !(grant.disposition == Disposition::Inline && is_pdf(&version.content_type)) {
+        response = response.header(header::CONTENT_SECURITY_POLICY, "sandbox");
+    }
+    // The link serves one version for its whole life: caches may keep what it serves until
+    // the link expires, never longer; refusals of a request's conditions are not kept (a
+    // cache keyed by the URL would hand them to requests without those conditions).
+    let cacheable = format!("public, max-age={}, immutable", (grant.expires - now).max(0));
     let range = match decided {
         Answer::NotModified => {
             return Ok(response
                 .status(StatusCode::NOT_MODIFIED)
+                .header(header::CACHE_CONTROL, cacheable)
                 .body(Body::empty())
                 .expect("a valid response"));
         }
         Answer::PreconditionFailed => {
             return Ok(response
                 .status(StatusCode::PRECONDITION_FAILED)
+                .header(header::CACHE_CONTROL, "no-store")
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
                 .body(Body::from(
                     "the version's entity tag or date does not meet the request's precondition",
                 ))
@@ -134,6 +144,7 @@ async fn deliver(
         Answer::Unsatisfiable(reason) => {
             return Ok(response
                 .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CACHE_CONTROL, "no-store")
                 .header(header::CONTENT_RANGE, format!("bytes */{}", representation.size))
                 .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
                 .body(Body::from(reason))
@@ -156,6 +167,7 @@ async fn deliver(
     let disposition = HeaderValue::from_str(&content_disposition(grant.disposition, &plan.artifact.name))
         .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
     response = response
+        .header(header::CACHE_CONTROL, cacheable)
         .header(header::CONTENT_TYPE, content_type)
         .header(header::CONTENT_DISPOSITION, disposition)
         .header(header::CONTENT_LENGTH, range.end - range.start);
@@ -178,6 +190,14 @@ async fn deliver(
         })
     });
     Ok(response.body(Body::from_stream(body)).expect("a valid response"))
+}
+
+/// Whether a media type is PDF, whatever its parameters and case.
+fn is_pdf(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/pdf"))
 }
 
 fn http_date_seconds(text: &str) -> Option<i64> {

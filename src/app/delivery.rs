@@ -131,6 +131,7 @@ impl Artifacts {
             project: scope.project.clone(),
             artifact_id: plan.artifact.id.to_string(),
             version: plan.version.version.clone(),
+            content: plan.version.blake3.clone(),
             expires,
             disposition: if inline {
                 Disposition::Inline
@@ -164,6 +165,15 @@ impl Artifacts {
         if plan.version.version != grant.version {
             return Err(Error::NotFound(format!(
                 "version {:?} of artifact {}",
+                grant.version, grant.artifact_id
+            )));
+        }
+        // Nor does other content under the same number (after a restore of the catalog to
+        // an earlier point, the number made again): what the link was made for is gone.
+        if plan.version.blake3 != grant.content {
+            return Err(Error::NotFound(format!(
+                "the content this link was made for: version {:?} of artifact {} holds other \
+                 content now; ask for a new link",
                 grant.version, grant.artifact_id
             )));
         }

@@ -15,6 +15,11 @@ pub struct DownloadGrant {
     pub project: String,
     pub artifact_id: String,
     pub version: String,
+    /// The version's content hash (blake3, hex) when the link was made. Version numbers are
+    /// never reused, except after the catalog is restored to a point before the version
+    /// was made: other content under the same number, which caches told `immutable` must
+    /// never get under this link.
+    pub content: String,
     pub expires: i64,
     pub disposition: Disposition,
 }
@@ -56,7 +61,13 @@ impl LinkKey {
 
     fn mac(&self, grant: &DownloadGrant) -> blake3::Hash {
         let mut mac = blake3::Hasher::new_keyed(&self.0);
-        for part in [&grant.tenant, &grant.project, &grant.artifact_id, &grant.version] {
+        for part in [
+            &grant.tenant,
+            &grant.project,
+            &grant.artifact_id,
+            &grant.version,
+            &grant.content,
+        ] {
             // Length-prefixed, so that no two grants sign the same bytes.
             mac.update(&(part.len() as u64).to_le_bytes());
             mac.update(part.as_bytes());
@@ -88,11 +99,12 @@ impl DownloadGrant {
     /// The link's path and query, signed with `key`.
     pub fn signed_path(&self, key: &LinkKey) -> String {
         format!(
-            "{LINK_PREFIX}/{}/{}/{}/{}?expires={}&disposition={}&signature={}",
+            "{LINK_PREFIX}/{}/{}/{}/{}?content={}&expires={}&disposition={}&signature={}",
             encode(&self.tenant),
             encode(&self.project),
             encode(&self.artifact_id),
             encode(&self.version),
+            encode(&self.content),
             self.expires,
             self.disposition.as_str(),
             self.signature(key),
@@ -140,11 +152,13 @@ pub fn verify_link(
     query: &str,
     now: i64,
 ) -> Result<DownloadGrant, LinkRefusal> {
+    let mut content = None;
     let mut expires = None;
     let mut disposition = None;
     let mut signature = None;
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         let slot = match name.as_ref() {
+            "content" => &mut content,
             "expires" => &mut expires,
             "disposition" => &mut disposition,
             "signature" => &mut signature,
@@ -154,6 +168,7 @@ pub fn verify_link(
             return Err(LinkRefusal::Malformed(format!("{name} is given twice")));
         }
     }
+    let content = content.ok_or_else(|| LinkRefusal::Malformed("content is missing".into()))?;
     let expires = expires
         .ok_or_else(|| LinkRefusal::Malformed("expires is missing".into()))?
         .parse::<i64>()
@@ -169,6 +184,7 @@ pub fn verify_link(
         project: project.to_owned(),
         artifact_id: artifact_id.to_owned(),
         version: version.to_owned(),
+        content,
         expires,
         disposition,
     };
@@ -254,14 +270,14 @@ pub fn answer(representation: &Representation, conditions: &Conditions<'_>) -> A
     if !range_still_applies {
         return Answer::Whole;
     }
-    let Some(specifier) = range.trim().strip_prefix("bytes=") else {
-        // A range unit this server does not know is ignored (RFC 9110 §14.2).
-        return if range.contains('=') {
-            Answer::Whole
-        } else {
-            Answer::Unsatisfiable(format!("Range {range:?} is not of the form bytes=first-last"))
-        };
+    let Some((unit, specifier)) = range.trim().split_once('=') else {
+        return Answer::Unsatisfiable(format!("Range {range:?} is not of the form bytes=first-last"));
     };
+    // Units are case-insensitive; one this server does not know is ignored (RFC 9110
+    // §14.1, §14.2).
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return Answer::Whole;
+    }
     let specs = match parse_byte_ranges(specifier) {
         Ok(specs) => specs,
         Err(what) => return Answer::Unsatisfiable(format!("Range {range:?} is malformed: {what}")),
@@ -269,6 +285,15 @@ pub fn answer(representation: &Representation, conditions: &Conditions<'_>) -> A
     // RFC 9110 §14.1.3: a suffix longer than the content means all of it, a last position
     // past the end means the end, and the set is satisfiable when any range in it is.
     let size = representation.size;
+    // Empty content has no byte to send, yet a suffix of it is satisfiable (RFC 9110
+    // §14.1.1): it is answered with the (empty) whole.
+    if size == 0
+        && specs
+            .iter()
+            .any(|spec| matches!(spec, ByteRange::Suffix(length) if *length > 0))
+    {
+        return Answer::Whole;
+    }
     let mut ranges: Vec<Range<u64>> = specs
         .into_iter()
         .filter_map(|spec| match spec {
@@ -315,7 +340,8 @@ fn parse_byte_ranges(specifier: &str) -> Result<Vec<ByteRange>, String> {
         if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
             return Err(format!("{text:?} is not a byte position"));
         }
-        text.parse().map_err(|_| format!("{text:?} is too large"))
+        // Digits past what a u64 holds name a position past any content's end.
+        Ok(text.parse().unwrap_or(u64::MAX))
     };
     let parts: Vec<&str> = specifier
         .split(',')
@@ -374,7 +400,7 @@ pub fn content_disposition(disposition: Disposition, name: &str) -> String {
     let fallback: String = name
         .chars()
         .map(|c| {
-            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+            if c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '/') || c == ' ' {
                 c
             } else {
                 '_'
@@ -398,6 +424,7 @@ mod tests {
             project: "web".into(),
             artifact_id: "0190c0de-0000-7000-8000-000000000001".into(),
             version: "1.2.0+build.7".into(),
+            content: blake3::hash(b"the version's content").to_hex().to_string(),
             expires: 2_000,
             disposition: Disposition::Attachment,
         }
@@ -460,12 +487,19 @@ mod tests {
                 ..grant.clone()
             },
         ] {
+            assert_ne!(other, grant);
             assert_eq!(
                 check(std::slice::from_ref(&key), &other, query(&path), 1_000),
                 Err(LinkRefusal::BadSignature)
             );
         }
-        // A later expiry or another disposition in the query.
+        // A later expiry, another disposition or other content in the query.
+        let replaced = query(&path).replace(&grant.content, blake3::hash(b"other").to_hex().as_str());
+        assert_ne!(replaced, query(&path));
+        assert_eq!(
+            check(std::slice::from_ref(&key), &grant, &replaced, 1_000),
+            Err(LinkRefusal::BadSignature)
+        );
         let later = query(&path).replace("expires=2000", "expires=9000");
         assert_eq!(
             check(std::slice::from_ref(&key), &grant, &later, 1_000),
@@ -490,13 +524,24 @@ mod tests {
         let key = LinkKey::derive(b"k");
         let grant = grant();
         for (query, what) in [
-            ("disposition=inline&signature=00", "expires is missing"),
-            ("expires=soon&signature=00", "expires is not a number"),
-            ("expires=5", "signature is missing"),
-            ("expires=5&signature=xyz", "signature is not 64 hex digits"),
-            ("expires=5&expires=6&signature=00", "expires is given twice"),
+            ("expires=5&signature=00", "content is missing"),
+            ("content=ab&disposition=inline&signature=00", "expires is missing"),
+            ("content=ab&expires=soon&signature=00", "expires is not a number"),
+            ("content=ab&expires=5", "signature is missing"),
             (
-                "expires=5&disposition=download&signature=00",
+                "content=ab&expires=5&signature=xyz",
+                "signature is not 64 hex digits",
+            ),
+            (
+                "content=ab&expires=5&expires=6&signature=00",
+                "expires is given twice",
+            ),
+            (
+                "content=ab&content=cd&expires=5&signature=00",
+                "content is given twice",
+            ),
+            (
+                "content=ab&expires=5&disposition=download&signature=00",
                 "disposition is neither",
             ),
         ] {
@@ -543,6 +588,15 @@ mod tests {
         assert_eq!(range("bytes=0-9,5000-"), Answer::Part(0..10));
         assert_eq!(range("bytes= 0-9 , 10-19"), Answer::Part(0..20));
         assert_eq!(range("items=0-9"), Answer::Whole);
+        // Units are case-insensitive; positions too large for any content saturate.
+        assert_eq!(range("Bytes=0-99"), Answer::Part(0..100));
+        assert_eq!(range("BYTES=-10"), Answer::Part(990..1000));
+        assert_eq!(range("bytes=10-99999999999999999999999"), Answer::Part(10..1000));
+        assert_eq!(range("bytes=-99999999999999999999999"), Answer::Part(0..1000));
+        assert!(matches!(
+            range("bytes=99999999999999999999999-"),
+            Answer::Unsatisfiable(_)
+        ));
         for bad in ["bytes=1000-", "bytes=5000-6000", "bytes=-0"] {
             assert!(
                 matches!(range(bad), Answer::Unsatisfiable(m) if m.contains(bad)),
@@ -559,16 +613,20 @@ mod tests {
             size: 0,
             ..representation()
         };
-        assert!(matches!(
+        let of_empty = |r| {
             answer(
                 &empty,
                 &Conditions {
-                    range: Some("bytes=0-"),
+                    range: Some(r),
                     ..Default::default()
-                }
-            ),
-            Answer::Unsatisfiable(_)
-        ));
+                },
+            )
+        };
+        assert!(matches!(of_empty("bytes=0-"), Answer::Unsatisfiable(_)));
+        assert!(matches!(of_empty("bytes=-0"), Answer::Unsatisfiable(_)));
+        // A suffix of nothing is satisfiable: the empty whole.
+        assert_eq!(of_empty("bytes=-5"), Answer::Whole);
+        assert_eq!(of_empty("bytes=0-9,-5"), Answer::Whole);
     }
 
     #[test]
@@ -717,6 +775,11 @@ mod tests {
                 "inline; filename=\"r_s_um___.md\"; filename*=UTF-8''r%C3%A9s%22um%C3%A9%0D%0A.md"
             ),
             "{header}"
+        );
+        // A name below a folder keeps its path only in the exact form.
+        assert_eq!(
+            content_disposition(Disposition::Attachment, "docs/stories/1.md"),
+            "attachment; filename=\"docs_stories_1.md\"; filename*=UTF-8''docs%2Fstories%2F1.md"
         );
     }
 }
