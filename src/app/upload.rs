@@ -650,9 +650,11 @@ impl Upload {
         if deltas_on && !self.compressibility.giving_up() && !to_encode.is_empty() {
             let key = self.key.clone();
             to_encode = crate::compute::run(move || {
-                for item in &mut to_encode {
-                    item.sketch = resemblance::sketch(&key, &item.chunk);
-                }
+                use rayon::prelude::*;
+                to_encode
+                    .par_iter_mut()
+                    .with_min_len(MIN_ENCODE_PART)
+                    .for_each(|item| item.sketch = resemblance::sketch(&key, &item.chunk));
                 to_encode
             })
             .await
@@ -673,86 +675,9 @@ impl Upload {
         // The bases' memory is held until their chunks are encoded.
         let (bases, _bases_held) = self.delta_bases(&to_encode).await;
         let level = self.inner.settings.ingest.zstd_level;
-        let mut compressibility = self.compressibility;
+        let compressibility = self.compressibility;
         let (encoded, compressibility, delta_trials) = crate::compute::run(move || {
-            let mut deltas = delta::Encoder::new();
-            let encoded = to_encode
-                .into_iter()
-                .map(
-                    |ToEncode {
-                         at,
-                         id,
-                         chunk,
-                         sketch,
-                         candidates,
-                         ..
-                     }| {
-                        let (codec, stored) = if compressibility.worth_trying() {
-                            let (codec, stored) = encode(&chunk, level);
-                            compressibility.record(codec == Codec::Zstd);
-                            (codec, stored)
-                        } else {
-                            (Codec::Raw, chunk.clone())
-                        };
-                        // Incompressible content is no use as a base later.
-                        let sketch = sketch.filter(|_| codec == Codec::Zstd);
-                        // The smallest delta against the candidates whose bases could be had (a
-                        // chunk whose bases could not be read says nothing about the content:
-                        // neither a hit nor a miss is recorded).
-                        let mut tried = false;
-                        let mut best: Option<(Vec<u8>, &Base)> = None;
-                        for base in candidates.iter().flatten().filter_map(|c| bases.get(c)) {
-                            tried = true;
-                            let delta = deltas
-                                .as_mut()
-                                .and_then(|deltas| {
-                                    deltas.encode(&chunk, &base.plain, level.max(delta::MIN_LEVEL))
-                                })
-                                .filter(|d| delta::pays(d.len(), stored.len(), base.past_the_chain));
-                            if let Some(delta) = delta
-                                && best
-                                    .as_ref()
-                                    .is_none_or(|(smallest, _)| delta.len() < smallest.len())
-                            {
-                                best = Some((delta, base));
-                            }
-                            if best
-                                .as_ref()
-                                .is_some_and(|(smallest, _)| delta::good_enough(smallest.len(), chunk.len()))
-                            {
-                                break;
-                            }
-                        }
-                        if tried {
-                            delta_trials.record(best.is_some());
-                        }
-                        if let Some((delta, base)) = best {
-                            let saved = (stored.len() - delta.len()) as u64;
-                            return Encoded {
-                                at,
-                                id,
-                                raw_len: chunk.len() as u32,
-                                codec: Codec::ZstdDelta,
-                                stored: Bytes::from(delta),
-                                delta: Some((base.id, base.depth)),
-                                saved,
-                                sketch,
-                            };
-                        }
-                        Encoded {
-                            at,
-                            id,
-                            raw_len: chunk.len() as u32,
-                            codec,
-                            stored,
-                            delta: None,
-                            saved: 0,
-                            sketch,
-                        }
-                    },
-                )
-                .collect::<Vec<_>>();
-            (encoded, compressibility, delta_trials)
+            encode_in_parts(to_encode, &bases, level, compressibility, delta_trials)
         })
         .await
         .map_err(|e| Error::internal(format!("compression task failed: {e}")))?;
@@ -1131,6 +1056,136 @@ struct ToEncode {
     candidates: [Option<ChunkId>; 3],
     /// Whether a delta is tried (see `Upload::delta_trials`).
     try_delta: bool,
+}
+
+/// A batch's chunks are encoded in parts of at least this many, one part per compute
+/// thread: more parts would cost a compression context each for little gain.
+const MIN_ENCODE_PART: usize = 16;
+
+/// Encodes a batch's new chunks, its parts on as many compute threads as are free (one
+/// upload of documents is mostly compression and delta encoding, which would otherwise
+/// keep one core busy and leave the others idle). Each part starts from the decisions'
+/// state before the batch; the state after is the last part's, the most recent content's.
+fn encode_in_parts(
+    to_encode: Vec<ToEncode>,
+    bases: &HashMap<ChunkId, Base>,
+    level: i32,
+    compressibility: Compressibility,
+    delta_trials: Compressibility,
+) -> (Vec<Encoded>, Compressibility, Compressibility) {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    let per_part = to_encode.len().div_ceil(threads).max(MIN_ENCODE_PART);
+    if to_encode.len() <= per_part {
+        return encode_part(to_encode, bases, level, compressibility, delta_trials);
+    }
+    let mut parts = Vec::new();
+    let mut rest = to_encode.into_iter();
+    loop {
+        let part: Vec<ToEncode> = rest.by_ref().take(per_part).collect();
+        if part.is_empty() {
+            break;
+        }
+        parts.push(part);
+    }
+    let done: Vec<_> = parts
+        .into_par_iter()
+        .map(|part| encode_part(part, bases, level, compressibility, delta_trials))
+        .collect();
+    let mut encoded = Vec::new();
+    let mut state = (compressibility, delta_trials);
+    for (part, compressibility, delta_trials) in done {
+        encoded.extend(part);
+        state = (compressibility, delta_trials);
+    }
+    (encoded, state.0, state.1)
+}
+
+/// Encodes chunks in order: compressed when that is worth trying, as a delta against the
+/// best of their candidate bases when one pays.
+fn encode_part(
+    to_encode: Vec<ToEncode>,
+    bases: &HashMap<ChunkId, Base>,
+    level: i32,
+    mut compressibility: Compressibility,
+    mut delta_trials: Compressibility,
+) -> (Vec<Encoded>, Compressibility, Compressibility) {
+    let mut deltas = delta::Encoder::new();
+    let encoded = to_encode
+        .into_iter()
+        .map(
+            |ToEncode {
+                 at,
+                 id,
+                 chunk,
+                 sketch,
+                 candidates,
+                 ..
+             }| {
+                let (codec, stored) = if compressibility.worth_trying() {
+                    let (codec, stored) = encode(&chunk, level);
+                    compressibility.record(codec == Codec::Zstd);
+                    (codec, stored)
+                } else {
+                    (Codec::Raw, chunk.clone())
+                };
+                // Incompressible content is no use as a base later.
+                let sketch = sketch.filter(|_| codec == Codec::Zstd);
+                // The smallest delta against the candidates whose bases could be had (a
+                // chunk whose bases could not be read says nothing about the content:
+                // neither a hit nor a miss is recorded).
+                let mut tried = false;
+                let mut best: Option<(Vec<u8>, &Base)> = None;
+                for base in candidates.iter().flatten().filter_map(|c| bases.get(c)) {
+                    tried = true;
+                    let delta = deltas
+                        .as_mut()
+                        .and_then(|deltas| deltas.encode(&chunk, &base.plain, level.max(delta::MIN_LEVEL)))
+                        .filter(|d| delta::pays(d.len(), stored.len(), base.past_the_chain));
+                    if let Some(delta) = delta
+                        && best
+                            .as_ref()
+                            .is_none_or(|(smallest, _)| delta.len() < smallest.len())
+                    {
+                        best = Some((delta, base));
+                    }
+                    if best
+                        .as_ref()
+                        .is_some_and(|(smallest, _)| delta::good_enough(smallest.len(), chunk.len()))
+                    {
+                        break;
+                    }
+                }
+                if tried {
+                    delta_trials.record(best.is_some());
+                }
+                if let Some((delta, base)) = best {
+                    let saved = (stored.len() - delta.len()) as u64;
+                    return Encoded {
+                        at,
+                        id,
+                        raw_len: chunk.len() as u32,
+                        codec: Codec::ZstdDelta,
+                        stored: Bytes::from(delta),
+                        delta: Some((base.id, base.depth)),
+                        saved,
+                        sketch,
+                    };
+                }
+                Encoded {
+                    at,
+                    id,
+                    raw_len: chunk.len() as u32,
+                    codec,
+                    stored,
+                    delta: None,
+                    saved: 0,
+                    sketch,
+                }
+            },
+        )
+        .collect::<Vec<_>>();
+    (encoded, compressibility, delta_trials)
 }
 
 /// Moves a content stream into a channel, stopping at the first error or when the
