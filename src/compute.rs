@@ -85,6 +85,37 @@ where
         .map_err(|_| Panicked("a compute task ended without a result".to_owned()))?
 }
 
+/// How many threads run compute pieces (one per core).
+pub fn threads() -> usize {
+    if BACKGROUND.try_with(|_| ()).is_ok() {
+        BACKGROUND_POOL.current_num_threads()
+    } else {
+        POOL.current_num_threads()
+    }
+}
+
+/// Runs `work` over `items` cut into parts of at least `min_part` items, at most one part
+/// per compute thread, each part a piece of its own (so other transfers' pieces queue
+/// between them, never behind a piece waiting for its parts); the results in the parts'
+/// order. Few items are one part.
+pub async fn run_in_parts<T, R, F>(items: Vec<T>, min_part: usize, work: F) -> Result<Vec<R>, Panicked>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(Vec<T>) -> R + Send + Sync + 'static,
+{
+    let per_part = items.len().div_ceil(threads()).max(min_part.max(1));
+    let work = std::sync::Arc::new(work);
+    let mut parts = Vec::new();
+    let mut rest = items.into_iter().peekable();
+    while rest.peek().is_some() {
+        let part: Vec<T> = rest.by_ref().take(per_part).collect();
+        let work = work.clone();
+        parts.push(run(move || work(part)));
+    }
+    futures::future::try_join_all(parts).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +143,36 @@ mod tests {
         let most = most.load(Ordering::SeqCst);
         assert!(most <= cores, "{most} pieces ran at once on {cores} cores");
         assert!(most >= 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parts_keep_their_order_and_spread_over_the_threads() {
+        let cores = threads();
+        let items: Vec<usize> = (0..1000).collect();
+        let parts = run_in_parts(items.clone(), 10, |part: Vec<usize>| {
+            (part, std::thread::current().id())
+        })
+        .await
+        .unwrap();
+        assert_eq!(parts.len(), cores.min(100));
+        let back: Vec<usize> = parts.iter().flat_map(|(part, _)| part.clone()).collect();
+        assert_eq!(back, items);
+        // Fewer items than a part's least: one part; none: no part.
+        assert_eq!(
+            run_in_parts(vec![1, 2, 3], 10, |p: Vec<i32>| p).await.unwrap(),
+            [vec![1, 2, 3]]
+        );
+        assert!(
+            run_in_parts(Vec::<i32>::new(), 10, |p| p)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Background work has one thread: one part.
+        let background = in_background(run_in_parts(items, 10, |p: Vec<usize>| p.len()))
+            .await
+            .unwrap();
+        assert_eq!(background, [1000]);
     }
 
     #[tokio::test]

@@ -366,17 +366,23 @@ async fn inline_links_show_content_sandboxed_except_pdf() {
         ("page.html", &b"<html><script>alert(1)</script></html>"[..]),
         ("notes.md", &b"# notes"[..]),
         ("spec.pdf", &b"%PDF-1.7\n1 0 obj <<>> endobj\n%%EOF\n"[..]),
+        // Named as a page, but it is a PDF: served as one, never as HTML.
+        (
+            "trick.html",
+            &b"%PDF-1.7\n<html><script>alert(1)</script></html>"[..],
+        ),
     ] {
         let id = create_id(&mut client, header(T, P, "doc", name), content).await;
+        let issue = |inline: bool| CreateDownloadLinkRequest {
+            tenant: T.into(),
+            project: P.into(),
+            artifact_id: id.clone(),
+            version: String::new(),
+            ttl_seconds: 60,
+            inline,
+        };
         let issued = client
-            .create_download_link(CreateDownloadLinkRequest {
-                tenant: T.into(),
-                project: P.into(),
-                artifact_id: id,
-                version: String::new(),
-                ttl_seconds: 60,
-                inline: true,
-            })
+            .create_download_link(issue(true))
             .await
             .unwrap()
             .into_inner();
@@ -391,10 +397,86 @@ async fn inline_links_show_content_sandboxed_except_pdf() {
         if shown.headers.get(header::CONTENT_SECURITY_POLICY).is_some() {
             assert_eq!(text(&shown.headers, header::CONTENT_SECURITY_POLICY), "sandbox");
             sandboxed.push(name);
+        } else {
+            assert_eq!(
+                text(&shown.headers, header::CONTENT_TYPE),
+                "application/pdf",
+                "{name}"
+            );
         }
+        // Saved rather than shown, everything stays sandboxed.
+        let saved = client
+            .create_download_link(issue(false))
+            .await
+            .unwrap()
+            .into_inner();
+        let saved = fetch("GET", &saved.url, &[]).await;
+        assert_eq!(text(&saved.headers, header::CONTENT_SECURITY_POLICY), "sandbox");
     }
     // Browsers' PDF viewers refuse sandboxed documents; everything else stays sandboxed.
     assert_eq!(sandboxed, ["page.html", "notes.md"]);
+}
+
+/// A version number names other content only after the catalog went back to before the
+/// version was made (a restore with overwrite puts it in the trash; purged, the number is
+/// free again): a link made for the old content must not serve the new under `immutable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_never_serves_other_content_under_its_version_number() {
+    use artifactd::proto::retention_service_client::RetentionServiceClient;
+    use common::backup::{Backups, backup, from_backup, restore};
+    let server = ServerProcess::start();
+    let mut client = server.client().await;
+    let mut backups = Backups::new(server.channel().await);
+    let mut retention = RetentionServiceClient::new(server.channel().await);
+    let id = create_id(&mut client, header(T, P, "doc", "plan.md"), b"the first plan").await;
+    let taken = backup(&mut backups, T, P, "").await.unwrap();
+    bump(&mut client, &id, b"the plan the link was made for").await;
+    let issued = link(&mut client, &id, "", 600).await.unwrap();
+    assert_eq!(
+        fetch("GET", &issued.url, &[]).await.body,
+        &b"the plan the link was made for"[..]
+    );
+
+    let mut back = from_backup(T, P, &taken.id);
+    back.overwrite = true;
+    back.target = Some(artifactd::proto::RestoreTarget {
+        target: Some(artifactd::proto::restore_target::Target::SamePlace(true)),
+    });
+    restore(&mut backups, back).await.unwrap();
+    assert_eq!(
+        fetch("GET", &issued.url, &[]).await.status,
+        404,
+        "the version is in the trash"
+    );
+    retention
+        .purge_trash(artifactd::proto::PurgeTrashRequest {
+            tenant: T.into(),
+            project: P.into(),
+            artifact_id: id.clone(),
+            version: issued.version.clone(),
+        })
+        .await
+        .unwrap();
+    let mut again = update_header(T, P, &id);
+    again.next_version =
+        Some(artifactd::proto::update_artifact_header::NextVersion::ExplicitVersion(issued.version.clone()));
+    update(&mut client, again, b"another plan under the same number")
+        .await
+        .expect("the number is free again");
+
+    let refused = fetch("GET", &issued.url, &[]).await;
+    assert_eq!(refused.status, 404);
+    assert!(
+        String::from_utf8_lossy(&refused.body).contains("holds other content now"),
+        "{:?}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    let fresh = link(&mut client, &id, &issued.version, 600).await.unwrap();
+    assert_ne!(fresh.url, issued.url);
+    assert_eq!(
+        fetch("GET", &fresh.url, &[]).await.body,
+        &b"another plan under the same number"[..]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -649,16 +649,17 @@ impl Upload {
         // Content that does not compress gets no sketch: it makes no delta base either.
         if deltas_on && !self.compressibility.giving_up() && !to_encode.is_empty() {
             let key = self.key.clone();
-            to_encode = crate::compute::run(move || {
-                use rayon::prelude::*;
-                to_encode
-                    .par_iter_mut()
-                    .with_min_len(MIN_ENCODE_PART)
-                    .for_each(|item| item.sketch = resemblance::sketch(&key, &item.chunk));
-                to_encode
+            to_encode = crate::compute::run_in_parts(to_encode, MIN_ENCODE_PART, move |mut part| {
+                for item in &mut part {
+                    item.sketch = resemblance::sketch(&key, &item.chunk);
+                }
+                part
             })
             .await
-            .map_err(|e| Error::internal(format!("sketching task failed: {e}")))?;
+            .map_err(|e| Error::internal(format!("sketching task failed: {e}")))?
+            .into_iter()
+            .flatten()
+            .collect();
         }
         // Which chunks try a delta is decided before their bases are read: content unlike
         // anything stored (new random data, a rewritten file) stops reading bases after a
@@ -676,13 +677,29 @@ impl Upload {
         let (bases, _bases_held) = self.delta_bases(&to_encode).await;
         let level = self.inner.settings.ingest.zstd_level;
         let compressibility = self.compressibility;
-        let (encoded, compressibility, delta_trials) = crate::compute::run(move || {
-            encode_in_parts(to_encode, &bases, level, compressibility, delta_trials)
+        let bases = Arc::new(bases);
+        // The batch's parts are encoded side by side (one upload of documents is mostly
+        // compression and delta encoding, which would otherwise keep one core busy while
+        // the others idle), each from the decisions' state before the batch; the state
+        // after is what the parts' tries would have left one after the other.
+        let parts = crate::compute::run_in_parts(to_encode, MIN_ENCODE_PART, move |part| {
+            encode_part(part, &bases, level, compressibility, delta_trials)
         })
         .await
         .map_err(|e| Error::internal(format!("compression task failed: {e}")))?;
-        self.compressibility = compressibility;
-        self.delta_trials = delta_trials;
+        if let Some(last) = parts.last() {
+            self.compressibility = compressibility.after_runs(
+                parts
+                    .iter()
+                    .flat_map(|part| part.compression_tries.iter().copied()),
+                last.compressibility,
+            );
+            self.delta_trials = delta_trials.after_runs(
+                parts.iter().flat_map(|part| part.delta_tries.iter().copied()),
+                last.delta_trials,
+            );
+        }
+        let encoded: Vec<Encoded> = parts.into_iter().flat_map(|part| part.encoded).collect();
         for chunk in &encoded {
             self.new_chunks
                 .set_encoded(chunk.at, chunk.codec, chunk.stored.len() as u32, chunk.delta);
@@ -1058,47 +1075,20 @@ struct ToEncode {
     try_delta: bool,
 }
 
-/// A batch's chunks are encoded in parts of at least this many, one part per compute
-/// thread: more parts would cost a compression context each for little gain.
+/// A batch's chunks are encoded (and sketched) in parts of at least this many, one part per
+/// compute thread: each part costs a compression context of its own.
 const MIN_ENCODE_PART: usize = 16;
 
-/// Encodes a batch's new chunks, its parts on as many compute threads as are free (one
-/// upload of documents is mostly compression and delta encoding, which would otherwise
-/// keep one core busy and leave the others idle). Each part starts from the decisions'
-/// state before the batch; the state after is the last part's, the most recent content's.
-fn encode_in_parts(
-    to_encode: Vec<ToEncode>,
-    bases: &HashMap<ChunkId, Base>,
-    level: i32,
+/// Part of a batch, encoded.
+struct EncodedPart {
+    encoded: Vec<Encoded>,
+    /// Whether each compression tried compressed, in order.
+    compression_tries: Vec<bool>,
+    /// Whether each chunk that tried a delta found one that pays, in order.
+    delta_tries: Vec<bool>,
+    /// The decisions' state at the end of the part.
     compressibility: Compressibility,
     delta_trials: Compressibility,
-) -> (Vec<Encoded>, Compressibility, Compressibility) {
-    use rayon::prelude::*;
-    let threads = rayon::current_num_threads();
-    let per_part = to_encode.len().div_ceil(threads).max(MIN_ENCODE_PART);
-    if to_encode.len() <= per_part {
-        return encode_part(to_encode, bases, level, compressibility, delta_trials);
-    }
-    let mut parts = Vec::new();
-    let mut rest = to_encode.into_iter();
-    loop {
-        let part: Vec<ToEncode> = rest.by_ref().take(per_part).collect();
-        if part.is_empty() {
-            break;
-        }
-        parts.push(part);
-    }
-    let done: Vec<_> = parts
-        .into_par_iter()
-        .map(|part| encode_part(part, bases, level, compressibility, delta_trials))
-        .collect();
-    let mut encoded = Vec::new();
-    let mut state = (compressibility, delta_trials);
-    for (part, compressibility, delta_trials) in done {
-        encoded.extend(part);
-        state = (compressibility, delta_trials);
-    }
-    (encoded, state.0, state.1)
 }
 
 /// Encodes chunks in order: compressed when that is worth trying, as a delta against the
@@ -1109,7 +1099,9 @@ fn encode_part(
     level: i32,
     mut compressibility: Compressibility,
     mut delta_trials: Compressibility,
-) -> (Vec<Encoded>, Compressibility, Compressibility) {
+) -> EncodedPart {
+    let mut compression_tries = Vec::new();
+    let mut delta_tries = Vec::new();
     let mut deltas = delta::Encoder::new();
     let encoded = to_encode
         .into_iter()
@@ -1125,6 +1117,7 @@ fn encode_part(
                 let (codec, stored) = if compressibility.worth_trying() {
                     let (codec, stored) = encode(&chunk, level);
                     compressibility.record(codec == Codec::Zstd);
+                    compression_tries.push(codec == Codec::Zstd);
                     (codec, stored)
                 } else {
                     (Codec::Raw, chunk.clone())
@@ -1158,6 +1151,7 @@ fn encode_part(
                 }
                 if tried {
                     delta_trials.record(best.is_some());
+                    delta_tries.push(best.is_some());
                 }
                 if let Some((delta, base)) = best {
                     let saved = (stored.len() - delta.len()) as u64;
@@ -1185,7 +1179,13 @@ fn encode_part(
             },
         )
         .collect::<Vec<_>>();
-    (encoded, compressibility, delta_trials)
+    EncodedPart {
+        encoded,
+        compression_tries,
+        delta_tries,
+        compressibility,
+        delta_trials,
+    }
 }
 
 /// Moves a content stream into a channel, stopping at the first error or when the

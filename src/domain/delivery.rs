@@ -18,8 +18,9 @@ pub struct DownloadGrant {
     /// The version's content hash (blake3, hex) when the link was made. Version numbers are
     /// never reused, except after the catalog is restored to a point before the version
     /// was made: other content under the same number, which caches told `immutable` must
-    /// never get under this link.
-    pub content: String,
+    /// never get under this link. `None` in links made before links named their content,
+    /// which are accepted until they expire.
+    pub content: Option<String>,
     pub expires: i64,
     pub disposition: Disposition,
 }
@@ -61,14 +62,12 @@ impl LinkKey {
 
     fn mac(&self, grant: &DownloadGrant) -> blake3::Hash {
         let mut mac = blake3::Hasher::new_keyed(&self.0);
-        for part in [
-            &grant.tenant,
-            &grant.project,
-            &grant.artifact_id,
-            &grant.version,
-            &grant.content,
-        ] {
-            // Length-prefixed, so that no two grants sign the same bytes.
+        // Length-prefixed, so that no two grants sign the same bytes. A link without its
+        // content signs the four parts alone (as links did before they named it): the
+        // bytes after the version then start with the expiry, where a content's length
+        // would have to equal that expiry (about 2^31) to sign the same bytes.
+        let parts = [&grant.tenant, &grant.project, &grant.artifact_id, &grant.version];
+        for part in parts.into_iter().chain(grant.content.as_ref()) {
             mac.update(&(part.len() as u64).to_le_bytes());
             mac.update(part.as_bytes());
         }
@@ -98,13 +97,17 @@ fn encode(text: &str) -> percent_encoding::PercentEncode<'_> {
 impl DownloadGrant {
     /// The link's path and query, signed with `key`.
     pub fn signed_path(&self, key: &LinkKey) -> String {
+        let content = self
+            .content
+            .as_ref()
+            .map(|content| format!("content={}&", encode(content)))
+            .unwrap_or_default();
         format!(
-            "{LINK_PREFIX}/{}/{}/{}/{}?content={}&expires={}&disposition={}&signature={}",
+            "{LINK_PREFIX}/{}/{}/{}/{}?{content}expires={}&disposition={}&signature={}",
             encode(&self.tenant),
             encode(&self.project),
             encode(&self.artifact_id),
             encode(&self.version),
-            encode(&self.content),
             self.expires,
             self.disposition.as_str(),
             self.signature(key),
@@ -168,7 +171,6 @@ pub fn verify_link(
             return Err(LinkRefusal::Malformed(format!("{name} is given twice")));
         }
     }
-    let content = content.ok_or_else(|| LinkRefusal::Malformed("content is missing".into()))?;
     let expires = expires
         .ok_or_else(|| LinkRefusal::Malformed("expires is missing".into()))?
         .parse::<i64>()
@@ -424,7 +426,7 @@ mod tests {
             project: "web".into(),
             artifact_id: "0190c0de-0000-7000-8000-000000000001".into(),
             version: "1.2.0+build.7".into(),
-            content: blake3::hash(b"the version's content").to_hex().to_string(),
+            content: Some(blake3::hash(b"the version's content").to_hex().to_string()),
             expires: 2_000,
             disposition: Disposition::Attachment,
         }
@@ -494,7 +496,8 @@ mod tests {
             );
         }
         // A later expiry, another disposition or other content in the query.
-        let replaced = query(&path).replace(&grant.content, blake3::hash(b"other").to_hex().as_str());
+        let content = grant.content.as_deref().unwrap();
+        let replaced = query(&path).replace(content, blake3::hash(b"other").to_hex().as_str());
         assert_ne!(replaced, query(&path));
         assert_eq!(
             check(std::slice::from_ref(&key), &grant, &replaced, 1_000),
@@ -516,7 +519,32 @@ mod tests {
             check(std::slice::from_ref(&theirs), &grant, query(&path), 1_000),
             Err(LinkRefusal::BadSignature)
         );
-        assert!(check(&[theirs, key], &grant, query(&path), 1_000).is_ok());
+        assert!(check(&[theirs, key.clone()], &grant, query(&path), 1_000).is_ok());
+
+        // A link made before links named their content is accepted as it was made; the
+        // content cannot be taken off a link that names it, nor put on one that does not.
+        let older = DownloadGrant {
+            content: None,
+            ..grant.clone()
+        };
+        let older_path = older.signed_path(&key);
+        assert!(!older_path.contains("content="), "{older_path}");
+        assert_eq!(
+            check(std::slice::from_ref(&key), &older, query(&older_path), 1_000),
+            Ok(older.clone())
+        );
+        let content = grant.content.as_deref().unwrap();
+        let stripped = query(&path).replace(&format!("content={content}&"), "");
+        assert_ne!(stripped, query(&path));
+        assert_eq!(
+            check(std::slice::from_ref(&key), &grant, &stripped, 1_000),
+            Err(LinkRefusal::BadSignature)
+        );
+        let added = format!("content={content}&{}", query(&older_path));
+        assert_eq!(
+            check(std::slice::from_ref(&key), &grant, &added, 1_000),
+            Err(LinkRefusal::BadSignature)
+        );
     }
 
     #[test]
@@ -524,7 +552,6 @@ mod tests {
         let key = LinkKey::derive(b"k");
         let grant = grant();
         for (query, what) in [
-            ("expires=5&signature=00", "content is missing"),
             ("content=ab&disposition=inline&signature=00", "expires is missing"),
             ("content=ab&expires=soon&signature=00", "expires is not a number"),
             ("content=ab&expires=5", "signature is missing"),

@@ -153,6 +153,20 @@ impl Compressibility {
             self.misses = self.misses.saturating_add(1);
         }
     }
+
+    /// The state after runs that each started from this one and went side by side, as if
+    /// they had gone one after the other: `tries` are their outcomes in order, and `last`
+    /// the state the last run ended in (its place between samples).
+    pub fn after_runs(self, tries: impl IntoIterator<Item = bool>, last: Self) -> Self {
+        let mut state = self;
+        for compressed in tries {
+            state.record(compressed);
+        }
+        if state.misses >= Self::GIVE_UP_AFTER {
+            state.skipped = last.skipped;
+        }
+        state
+    }
 }
 
 /// Reverses [`encode`] and [`super::delta::encode`] (which needs the chunk's `base`).
@@ -235,5 +249,44 @@ mod tests {
             state.record(true);
             trying
         }));
+    }
+
+    #[test]
+    fn runs_side_by_side_leave_the_state_of_one_after_the_other() {
+        let run = |start: Compressibility, outcomes: &[bool]| {
+            let mut state = start;
+            let mut tries = Vec::new();
+            for &compressed in outcomes {
+                if state.worth_trying() {
+                    state.record(compressed);
+                    tries.push(compressed);
+                }
+            }
+            (tries, state)
+        };
+        let start = Compressibility::default();
+        // Two runs of five misses each: neither gives up alone, one after the other would.
+        let (a, _) = run(start, &[false; 5]);
+        let (b, last) = run(start, &[false; 5]);
+        assert!(!last.giving_up());
+        let merged = start.after_runs(a.into_iter().chain(b), last);
+        assert!(merged.giving_up());
+        // A hit in the last run counts from there.
+        let (a, _) = run(start, &[false; 7]);
+        let (b, last) = run(start, &[false, true, false]);
+        let merged = start.after_runs(a.into_iter().chain(b), last);
+        assert!(!merged.giving_up());
+        let (sequential, _) = run(merged, &[false; 7]);
+        assert_eq!(sequential.len(), 7, "one miss so far: seven more are all tried");
+        // Given up before, a run that found nothing leaves it given up, sampling on.
+        let mut given_up = start;
+        for _ in 0..Compressibility::GIVE_UP_AFTER {
+            given_up.record(false);
+        }
+        let (a, _) = run(given_up, &[false; 40]);
+        let (b, last) = run(given_up, &[false; 40]);
+        let merged = given_up.after_runs(a.into_iter().chain(b), last);
+        assert!(merged.giving_up());
+        assert_eq!(merged.skipped, last.skipped);
     }
 }
