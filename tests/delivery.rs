@@ -381,37 +381,36 @@ async fn inline_links_show_content_sandboxed_except_pdf() {
             ttl_seconds: 60,
             inline,
         };
-        let issued = client
-            .create_download_link(issue(true))
-            .await
-            .unwrap()
-            .into_inner();
-        let shown = fetch("GET", &issued.url, &[]).await;
-        assert_eq!(shown.status, 200, "{name}");
-        assert!(shown.body == content, "{name}");
-        assert!(
-            text(&shown.headers, header::CONTENT_DISPOSITION).starts_with("inline; "),
-            "{name}"
-        );
-        assert_eq!(text(&shown.headers, header::X_CONTENT_TYPE_OPTIONS), "nosniff");
-        if shown.headers.get(header::CONTENT_SECURITY_POLICY).is_some() {
-            assert_eq!(text(&shown.headers, header::CONTENT_SECURITY_POLICY), "sandbox");
-            sandboxed.push(name);
-        } else {
-            assert_eq!(
-                text(&shown.headers, header::CONTENT_TYPE),
-                "application/pdf",
+        for inline in [true, false] {
+            let issued = client
+                .create_download_link(issue(inline))
+                .await
+                .unwrap()
+                .into_inner();
+            let got = fetch("GET", &issued.url, &[]).await;
+            assert_eq!(got.status, 200, "{name}");
+            assert!(got.body == content, "{name}");
+            assert_eq!(text(&got.headers, header::X_CONTENT_TYPE_OPTIONS), "nosniff");
+            if !inline {
+                // Saved rather than shown, everything stays sandboxed.
+                assert_eq!(text(&got.headers, header::CONTENT_SECURITY_POLICY), "sandbox");
+                continue;
+            }
+            assert!(
+                text(&got.headers, header::CONTENT_DISPOSITION).starts_with("inline; "),
                 "{name}"
             );
+            if got.headers.get(header::CONTENT_SECURITY_POLICY).is_some() {
+                assert_eq!(text(&got.headers, header::CONTENT_SECURITY_POLICY), "sandbox");
+                sandboxed.push(name);
+            } else {
+                assert_eq!(
+                    text(&got.headers, header::CONTENT_TYPE),
+                    "application/pdf",
+                    "{name}"
+                );
+            }
         }
-        // Saved rather than shown, everything stays sandboxed.
-        let saved = client
-            .create_download_link(issue(false))
-            .await
-            .unwrap()
-            .into_inner();
-        let saved = fetch("GET", &saved.url, &[]).await;
-        assert_eq!(text(&saved.headers, header::CONTENT_SECURITY_POLICY), "sandbox");
     }
     // Browsers' PDF viewers refuse sandboxed documents; everything else stays sandboxed.
     assert_eq!(sandboxed, ["page.html", "notes.md"]);
