@@ -996,6 +996,55 @@ async fn push(
     Ok(())
 }
 
+/// Appends what `partial` lacks of `version` (from byte `resumed_from`) and returns the blake3
+/// of the whole file, taken as the bytes arrive after that of the part already there.
+async fn fetch_to_partial(
+    session: &Session,
+    artifact: &proto::Artifact,
+    version: &proto::ArtifactVersion,
+    partial: &Path,
+    resumed_from: u64,
+    progress: &ProgressLine,
+) -> Result<String, Failure> {
+    let failed = |e: std::io::Error| failure(1, format!("{}: {e}", partial.display()));
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(partial)
+        .map_err(failed)?;
+    let mut hasher = blake3::Hasher::new();
+    if resumed_from > 0 {
+        let earlier = std::fs::File::open(partial).map_err(failed)?;
+        hasher.update_reader(earlier.take(resumed_from)).map_err(failed)?;
+    }
+    let mut written = resumed_from;
+    if resumed_from < version.size {
+        let (tenant, project) = session.scope();
+        let mut stream = session
+            .artifacts()
+            .download_artifact(session.request(DownloadArtifactRequest {
+                tenant,
+                project,
+                artifact_id: artifact.id.clone(),
+                version: version.version.clone(),
+                offset: resumed_from,
+                length: 0,
+            }))
+            .await?
+            .into_inner();
+        while let Some(message) = stream.message().await? {
+            if let Some(download_artifact_response::Message::Data(data)) = message.message {
+                file.write_all(&data).map_err(failed)?;
+                hasher.update(&data);
+                written += data.len() as u64;
+                progress.update(written, version.size);
+            }
+        }
+    }
+    file.sync_all().map_err(failed)?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
 async fn pull(
     session: &Session,
     artifact: &str,
@@ -1034,51 +1083,22 @@ async fn pull(
         resumed_from = 0;
         let _ = std::fs::remove_file(&partial);
     }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&partial)
-        .map_err(|e| failure(1, format!("{}: {e}", partial.display())))?;
     let progress = ProgressLine::new();
-    // The digest is taken as the bytes arrive, after that of the part a previous pull left.
-    let mut hasher = blake3::Hasher::new();
-    if resumed_from > 0 {
-        let earlier =
-            std::fs::File::open(&partial).map_err(|e| failure(1, format!("{}: {e}", partial.display())))?;
-        hasher
-            .update_reader(earlier.take(resumed_from))
-            .map_err(|e| failure(1, format!("{}: {e}", partial.display())))?;
+    let mut digest =
+        fetch_to_partial(session, &artifact, &version, &partial, resumed_from, &progress).await?;
+    if digest != version.blake3 && resumed_from > 0 {
+        // The part an earlier pull left was of other content (another version under this
+        // name, or a file damaged since): this version is fetched whole instead.
+        let _ = std::fs::remove_file(&partial);
+        eprintln!(
+            "{}: the part left by an earlier pull does not belong to version {}; downloading it whole",
+            partial.display(),
+            version.version
+        );
+        resumed_from = 0;
+        digest = fetch_to_partial(session, &artifact, &version, &partial, 0, &progress).await?;
     }
-    let mut written = resumed_from;
-    if resumed_from < version.size {
-        let (tenant, project) = session.scope();
-        let mut stream = session
-            .artifacts()
-            .download_artifact(session.request(DownloadArtifactRequest {
-                tenant,
-                project,
-                artifact_id: artifact.id.clone(),
-                version: version.version.clone(),
-                offset: resumed_from,
-                length: 0,
-            }))
-            .await?
-            .into_inner();
-        while let Some(message) = stream.message().await? {
-            if let Some(download_artifact_response::Message::Data(data)) = message.message {
-                file.write_all(&data)
-                    .map_err(|e| failure(1, format!("{}: {e}", partial.display())))?;
-                hasher.update(&data);
-                written += data.len() as u64;
-                progress.update(written, version.size);
-            }
-        }
-    }
-    file.sync_all()
-        .map_err(|e| failure(1, format!("{}: {e}", partial.display())))?;
-    drop(file);
     progress.finish();
-    let digest = hasher.finalize().to_hex().to_string();
     if digest != version.blake3 {
         let _ = std::fs::remove_file(&partial);
         return Err(failure(

@@ -1102,7 +1102,8 @@ fn encode_part(
 ) -> EncodedPart {
     let mut compression_tries = Vec::new();
     let mut delta_tries = Vec::new();
-    let mut deltas = delta::Encoder::new();
+    // Made at the first delta tried: most parts of most uploads try none.
+    let mut deltas: Option<delta::Encoder> = None;
     let encoded = to_encode
         .into_iter()
         .map(
@@ -1131,6 +1132,9 @@ fn encode_part(
                 let mut best: Option<(Vec<u8>, &Base)> = None;
                 for base in candidates.iter().flatten().filter_map(|c| bases.get(c)) {
                     tried = true;
+                    if deltas.is_none() {
+                        deltas = delta::Encoder::new();
+                    }
                     let delta = deltas
                         .as_mut()
                         .and_then(|deltas| deltas.encode(&chunk, &base.plain, level.max(delta::MIN_LEVEL)))

@@ -34,6 +34,7 @@ from artifactd_client.client import (
     call_metadata,
     channel_options,
     create_header,
+    file_blake3,
     update_header,
     upload_requests,
     whole_download_mismatch,
@@ -205,7 +206,7 @@ class AsyncClient:
                     file.write(piece)
             file.flush()
             os.fsync(file.fileno())
-        digest = blake3.blake3(partial.read_bytes()).hexdigest()
+        digest = await asyncio.to_thread(file_blake3, partial)
         if digest != expected.blake3:
             partial.unlink()
             raise IntegrityError(

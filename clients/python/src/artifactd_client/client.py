@@ -224,6 +224,15 @@ def whole_download_mismatch(
     )
 
 
+
+def file_blake3(path: Path) -> str:
+    """The blake3 of a file, read a MiB at a time (a download of any size costs no more)."""
+    hasher = blake3.blake3()
+    with open(path, "rb") as file:
+        while chunk := file.read(1024 * 1024):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
 class Client:
     """A connection to one artifactd server.
 
@@ -435,14 +444,11 @@ class Client:
                         progress(written)
             file.flush()
             os.fsync(file.fileno())
-        hasher = blake3.blake3()
-        with open(partial, "rb") as file:
-            while chunk := file.read(1024 * 1024):
-                hasher.update(chunk)
-        if hasher.hexdigest() != expected.blake3:
+        digest = file_blake3(partial)
+        if digest != expected.blake3:
             partial.unlink()
             raise IntegrityError(
-                f"{target}: the downloaded file hashes to {hasher.hexdigest()}, version "
+                f"{target}: the downloaded file hashes to {digest}, version "
                 f"{expected.version} has {expected.blake3}; the partial file was removed"
             )
         os.replace(partial, target)
