@@ -996,16 +996,17 @@ async fn push(
     Ok(())
 }
 
-/// Appends what `partial` lacks of `version` (from byte `resumed_from`) and returns the blake3
-/// of the whole file, taken as the bytes arrive after that of the part already there.
+/// Appends what `partial` lacks of `version` (from byte `resumed_from`); returns the blake3
+/// of the whole file (taken as the bytes arrive, after that of the part already there) and
+/// its length.
 async fn fetch_to_partial(
     session: &Session,
     artifact: &proto::Artifact,
     version: &proto::ArtifactVersion,
     partial: &Path,
     resumed_from: u64,
-    progress: &ProgressLine,
-) -> Result<String, Failure> {
+) -> Result<(String, u64), Failure> {
+    let progress = ProgressLine::new();
     let failed = |e: std::io::Error| failure(1, format!("{}: {e}", partial.display()));
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -1042,7 +1043,8 @@ async fn fetch_to_partial(
         }
     }
     file.sync_all().map_err(failed)?;
-    Ok(hasher.finalize().to_hex().to_string())
+    progress.finish();
+    Ok((hasher.finalize().to_hex().to_string(), written))
 }
 
 async fn pull(
@@ -1083,12 +1085,12 @@ async fn pull(
         resumed_from = 0;
         let _ = std::fs::remove_file(&partial);
     }
-    let progress = ProgressLine::new();
-    let mut digest =
-        fetch_to_partial(session, &artifact, &version, &partial, resumed_from, &progress).await?;
-    if digest != version.blake3 && resumed_from > 0 {
-        // The part an earlier pull left was of other content (another version under this
-        // name, or a file damaged since): this version is fetched whole instead.
+    let (mut digest, written) =
+        fetch_to_partial(session, &artifact, &version, &partial, resumed_from).await?;
+    if digest != version.blake3 && resumed_from > 0 && written == version.size {
+        // Whole yet wrong after a resume: the part an earlier pull left was of other content
+        // (another version under this name, or a file damaged since), so this version is
+        // fetched whole instead.
         let _ = std::fs::remove_file(&partial);
         eprintln!(
             "{}: the part left by an earlier pull does not belong to version {}; downloading it whole",
@@ -1096,9 +1098,10 @@ async fn pull(
             version.version
         );
         resumed_from = 0;
-        digest = fetch_to_partial(session, &artifact, &version, &partial, 0, &progress).await?;
+        digest = fetch_to_partial(session, &artifact, &version, &partial, 0)
+            .await?
+            .0;
     }
-    progress.finish();
     if digest != version.blake3 {
         let _ = std::fs::remove_file(&partial);
         return Err(failure(

@@ -1102,8 +1102,9 @@ fn encode_part(
 ) -> EncodedPart {
     let mut compression_tries = Vec::new();
     let mut delta_tries = Vec::new();
-    // Made at the first delta tried: most parts of most uploads try none.
-    let mut deltas: Option<delta::Encoder> = None;
+    // Made at the first delta tried (most parts of most uploads try none); `Some(None)`
+    // when zstd could not make one.
+    let mut deltas: Option<Option<delta::Encoder>> = None;
     let encoded = to_encode
         .into_iter()
         .map(
@@ -1132,10 +1133,8 @@ fn encode_part(
                 let mut best: Option<(Vec<u8>, &Base)> = None;
                 for base in candidates.iter().flatten().filter_map(|c| bases.get(c)) {
                     tried = true;
-                    if deltas.is_none() {
-                        deltas = delta::Encoder::new();
-                    }
                     let delta = deltas
+                        .get_or_insert_with(delta::Encoder::new)
                         .as_mut()
                         .and_then(|deltas| deltas.encode(&chunk, &base.plain, level.max(delta::MIN_LEVEL)))
                         .filter(|d| delta::pays(d.len(), stored.len(), base.past_the_chain));

@@ -224,7 +224,6 @@ def whole_download_mismatch(
     )
 
 
-
 def file_blake3(path: Path) -> str:
     """The blake3 of a file, read a MiB at a time (a download of any size costs no more)."""
     hasher = blake3.blake3()
@@ -232,6 +231,7 @@ def file_blake3(path: Path) -> str:
         while chunk := file.read(1024 * 1024):
             hasher.update(chunk)
     return hasher.hexdigest()
+
 
 class Client:
     """A connection to one artifactd server.
