@@ -60,12 +60,7 @@ where
     T: Send + 'static,
 {
     let (done, result) = tokio::sync::oneshot::channel();
-    let pool = if BACKGROUND.try_with(|_| ()).is_ok() {
-        &*BACKGROUND_POOL
-    } else {
-        &*POOL
-    };
-    pool.spawn(move || {
+    pool().spawn(move || {
         // Work whose caller went away (a cancelled transfer) would only delay live ones.
         if done.is_closed() {
             return;
@@ -85,13 +80,18 @@ where
         .map_err(|_| Panicked("a compute task ended without a result".to_owned()))?
 }
 
-/// How many threads run compute pieces (one per core).
-pub fn threads() -> usize {
+/// The pool the caller's pieces run on: the background thread inside [`in_background`].
+fn pool() -> &'static rayon::ThreadPool {
     if BACKGROUND.try_with(|_| ()).is_ok() {
-        BACKGROUND_POOL.current_num_threads()
+        &BACKGROUND_POOL
     } else {
-        POOL.current_num_threads()
+        &POOL
     }
+}
+
+/// How many threads run the caller's compute pieces (one per core, one for background work).
+pub fn threads() -> usize {
+    pool().current_num_threads()
 }
 
 /// Runs `work` over `items` cut into parts of at least `min_part` items, at most one part
