@@ -32,6 +32,10 @@ def test_the_async_client_round_trips_resumes_pages_and_reports_errors(server: s
             (tmp_path / "async.bin.part").write_bytes(content[:100_000])
             done = await client.download_to(target, "acme", p, artifact_id, version="1.0.0")
             assert done.resumed_from == 100_000 and target.read_bytes() == content
+            # A part of other content is thrown away once it fails verification.
+            (tmp_path / "async.bin.part").write_bytes(b"second")
+            again = await client.download_to(target, "acme", p, artifact_id, version="1.0.0")
+            assert again.resumed_from == 0 and target.read_bytes() == content
 
             for n in range(3):
                 await client.create("acme", p, "doc", f"note-{n}.md", f"# Quokka note {n}\n".encode())

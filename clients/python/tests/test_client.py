@@ -17,7 +17,7 @@ import blake3
 import grpc
 import pytest
 
-from artifactd_client import ArtifactdError, Client, IntegrityError
+from artifactd_client import ArtifactdError, Client
 from artifactd_client._generated.artifactd.v1 import admin_pb2, backup_pb2, search_pb2
 
 T = TypeVar("T")
@@ -70,12 +70,18 @@ def test_upload_update_and_a_resumed_verified_download(server: str, tmp_path: Pa
         assert target.read_bytes() == content
         assert b"".join(client.download("acme", p, artifact_id, version="1.0.0", offset=10, length=5)) == content[10:15]
 
-        # A partial file whose bytes are wrong fails verification and leaves nothing behind.
-        broken = tmp_path / "broken.bin"
-        (tmp_path / "broken.bin.part").write_bytes(b"\0" * 1000)
-        with pytest.raises(IntegrityError):
-            client.download_to(broken, "acme", p, artifact_id, version="1.0.0")
-        assert not broken.exists() and not (tmp_path / "broken.bin.part").exists()
+        # A part left by another version under the same path does not verify once resumed:
+        # it is thrown away and the version fetched whole.
+        other = tmp_path / "stale.bin"
+        (tmp_path / "stale.bin.part").write_bytes(content[::-1][: len(content) // 2])
+        seen.clear()
+        again = client.download_to(other, "acme", p, artifact_id, version="1.0.0", progress=seen.append)
+        assert again.resumed_from == 0 and other.read_bytes() == content
+        assert seen[-1] == len(content)
+        assert not (tmp_path / "stale.bin.part").exists()
+        empty = client.create("acme", p, "bundle", "empty.bin", b"")
+        assert client.download_to(tmp_path / "empty.bin", "acme", p, empty.artifact.id).size == 0
+        assert (tmp_path / "empty.bin").read_bytes() == b""
 
 
 def test_an_edit_is_stored_as_a_delta_and_the_savings_add_up(server: str) -> None:

@@ -289,7 +289,10 @@ export class ArtifactdClient {
   }
 
   /** Downloads into `path`, resuming `<path>.part` and verifying the whole file before it
-   * takes its final name; a file that fails verification is removed. */
+   * takes its final name. A resumed file that fails verification began with other content (a
+   * part left by another version under the same path, or damaged since): it is removed and the
+   * version fetched whole, once. A whole download that fails verification is removed and
+   * rejects with IntegrityError. */
   async downloadTo(
     path: string,
     tenant: string,
@@ -310,19 +313,27 @@ export class ArtifactdClient {
       await rm(partial, { force: true });
       resumedFrom = 0n;
     }
-    if (resumedFrom < expected.size) {
-      const out = createWriteStream(partial, { flags: "a" });
-      for await (const piece of this.download(tenant, project, artifactId, { version: expected.version, offset: resumedFrom })) {
-        if (!out.write(piece)) await new Promise<void>((resolve) => out.once("drain", () => resolve()));
+    const fetchFrom = async (start: bigint): Promise<string> => {
+      if (start < expected.size) {
+        const out = createWriteStream(partial, { flags: "a" });
+        for await (const piece of this.download(tenant, project, artifactId, { version: expected.version, offset: start })) {
+          if (!out.write(piece)) await new Promise<void>((resolve) => out.once("drain", () => resolve()));
+        }
+        await new Promise<void>((resolve, reject) => out.end((error?: Error | null) => (error ? reject(error) : resolve())));
       }
-      await new Promise<void>((resolve, reject) => out.end((error?: Error | null) => (error ? reject(error) : resolve())));
+      const handle = await open(partial, "a");
+      await handle.sync();
+      await handle.close();
+      const hasher = blake3.create({});
+      for await (const chunk of createReadStream(partial)) hasher.update(chunk as Uint8Array);
+      return bytesToHex(hasher.digest());
+    };
+    let digest = await fetchFrom(resumedFrom);
+    if (digest !== expected.blake3 && resumedFrom > 0n) {
+      await rm(partial, { force: true });
+      resumedFrom = 0n;
+      digest = await fetchFrom(0n);
     }
-    const handle = await open(partial, "r");
-    await handle.sync();
-    await handle.close();
-    const hasher = blake3.create({});
-    for await (const chunk of createReadStream(partial)) hasher.update(chunk as Uint8Array);
-    const digest = bytesToHex(hasher.digest());
     if (digest !== expected.blake3) {
       await rm(partial, { force: true });
       throw new IntegrityError(`${path}: the download hashes to ${digest}, version ${expected.version} has ${expected.blake3}`);

@@ -8,7 +8,7 @@ import { mkdir, mkdtemp, readFile, writeFile, stat } from "node:fs/promises";
 import { createInterface } from "node:readline";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { ArtifactdClient, Code, IntegrityError, JobState, RestoreChangeKind, codeOf } from "../src/index.js";
+import { ArtifactdClient, Code, JobState, RestoreChangeKind, codeOf } from "../src/index.js";
 
 const repo = resolve(import.meta.dirname, "../../../..");
 let server: ChildProcess;
@@ -74,9 +74,17 @@ test("upload, update, resumed verified download, list and search", async () => {
   assert.equal(done.resumedFrom, 100_000n);
   assert.deepEqual(new Uint8Array(await readFile(target)), content);
 
-  await writeFile(join(dir, "bad.bin.part"), new Uint8Array(1000));
-  await assert.rejects(client.downloadTo(join(dir, "bad.bin"), "acme", project, id, { version: "1.0.0" }), IntegrityError);
-  await assert.rejects(stat(join(dir, "bad.bin.part")));
+  // A part left by another version under the same path fails verification once resumed: it
+  // is thrown away and the version fetched whole.
+  await writeFile(join(dir, "stale.bin.part"), content.slice().reverse().subarray(0, 1000));
+  const again = await client.downloadTo(join(dir, "stale.bin"), "acme", project, id, { version: "1.0.0" });
+  assert.equal(again.resumedFrom, 0n);
+  assert.deepEqual(new Uint8Array(await readFile(join(dir, "stale.bin"))), content);
+  await assert.rejects(stat(join(dir, "stale.bin.part")));
+  // Nothing to fetch still makes the (empty) file.
+  const empty = await client.create("acme", `${project}e`, "bundle", "empty.bin", new Uint8Array(0));
+  assert.equal((await client.downloadTo(join(dir, "empty.bin"), "acme", `${project}e`, empty.artifact!.id)).size, 0n);
+  assert.equal((await stat(join(dir, "empty.bin"))).size, 0);
 
   for (const n of [1, 2]) {
     await client.create("acme", project, "doc", `numbat-${n}.md`, new TextEncoder().encode(`# Numbat ${n}\n`));

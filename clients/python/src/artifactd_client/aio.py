@@ -189,8 +189,9 @@ class AsyncClient:
     async def download_to(
         self, path: str | os.PathLike[str], tenant: str, project: str, artifact_id: str, *, version: str = ""
     ) -> Downloaded:
-        """As `Client.download_to`: resumes from `<path>.part` and verifies the whole file
-        before it takes its final name."""
+        """As `Client.download_to`: resumes from `<path>.part` (fetching the version whole,
+        once, when the resumed file does not verify) and verifies the whole file before it
+        takes its final name."""
         target = Path(path)
         partial = target.with_name(target.name + ".part")
         resumed_from = partial.stat().st_size if partial.exists() else 0
@@ -198,15 +199,23 @@ class AsyncClient:
         if resumed_from > expected.size:
             partial.unlink()
             resumed_from = 0
-        with open(partial, "ab") as file:
-            if resumed_from < expected.size:
-                async for piece in self.download(
-                    tenant, project, artifact_id, version=expected.version, offset=resumed_from
-                ):
-                    file.write(piece)
-            file.flush()
-            os.fsync(file.fileno())
-        digest = await asyncio.to_thread(file_blake3, partial)
+
+        async def fetch(start: int) -> str:
+            with open(partial, "ab") as file:
+                if start < expected.size:
+                    async for piece in self.download(
+                        tenant, project, artifact_id, version=expected.version, offset=start
+                    ):
+                        file.write(piece)
+                file.flush()
+                os.fsync(file.fileno())
+            return await asyncio.to_thread(file_blake3, partial)
+
+        digest = await fetch(resumed_from)
+        if digest != expected.blake3 and resumed_from > 0:
+            partial.unlink()
+            resumed_from = 0
+            digest = await fetch(0)
         if digest != expected.blake3:
             partial.unlink()
             raise IntegrityError(

@@ -424,8 +424,11 @@ class Client:
         progress: Progress | None = None,
     ) -> Downloaded:
         """Downloads into `path`, resuming from a partial `<path>.part` a previous attempt
-        left, and verifying the whole file's blake3 before it takes its final name. A file
-        that fails verification is removed; nothing partial ever carries the final name."""
+        left, and verifying the whole file's blake3 before it takes its final name. A resumed
+        file that fails verification began with other content (a part left by another version
+        under the same path, or damaged since): it is removed and the version fetched whole,
+        once. A whole download that fails verification is removed and raises IntegrityError;
+        nothing partial ever carries the final name."""
         target = Path(path)
         partial = target.with_name(target.name + ".part")
         resumed_from = partial.stat().st_size if partial.exists() else 0
@@ -434,17 +437,26 @@ class Client:
         if resumed_from > expected.size:
             partial.unlink()
             resumed_from = 0
-        written = resumed_from
-        with open(partial, "ab") as file:
-            if written < expected.size:
-                for piece in self.download(tenant, project, artifact_id, version=expected.version, offset=written):
-                    file.write(piece)
-                    written += len(piece)
-                    if progress is not None:
-                        progress(written)
-            file.flush()
-            os.fsync(file.fileno())
-        digest = file_blake3(partial)
+
+        def fetch(start: int) -> str:
+            written = start
+            with open(partial, "ab") as file:
+                if written < expected.size:
+                    pieces = self.download(tenant, project, artifact_id, version=expected.version, offset=written)
+                    for piece in pieces:
+                        file.write(piece)
+                        written += len(piece)
+                        if progress is not None:
+                            progress(written)
+                file.flush()
+                os.fsync(file.fileno())
+            return file_blake3(partial)
+
+        digest = fetch(resumed_from)
+        if digest != expected.blake3 and resumed_from > 0:
+            partial.unlink()
+            resumed_from = 0
+            digest = fetch(0)
         if digest != expected.blake3:
             partial.unlink()
             raise IntegrityError(
