@@ -34,6 +34,16 @@ fn text(headers: &HeaderMap, name: header::HeaderName) -> &str {
         .unwrap_or_else(|| panic!("no {name} header in {headers:?}"))
 }
 
+/// The `max-age` of a Cache-Control value, in seconds.
+fn max_age_of(cache_control: &str) -> u64 {
+    cache_control
+        .split(", ")
+        .find_map(|part| part.strip_prefix("max-age="))
+        .unwrap_or_else(|| panic!("no max-age in {cache_control:?}"))
+        .parse()
+        .unwrap()
+}
+
 async fn link(
     client: &mut Client,
     id: &str,
@@ -203,12 +213,7 @@ async fn a_link_serves_its_version_with_ranges_and_conditions() {
         "attachment; filename=\"release notes _.bin\"; filename*=UTF-8''release%20notes%20%C3%BC.bin"
     );
     let cache_control = text(&whole.headers, header::CACHE_CONTROL);
-    let max_age: u64 = cache_control
-        .split(", ")
-        .find_map(|part| part.strip_prefix("max-age="))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let max_age = max_age_of(cache_control);
     assert!(
         cache_control.contains("immutable") && (590..=601).contains(&max_age),
         "{cache_control}"
@@ -278,7 +283,14 @@ async fn a_link_serves_its_version_with_ranges_and_conditions() {
     assert_eq!(unchanged.status, 304);
     assert!(unchanged.body.is_empty());
     assert_eq!(text(&unchanged.headers, header::ETAG), etag);
-    assert_eq!(text(&unchanged.headers, header::CACHE_CONTROL), cache_control);
+    // The same policy, for what is left of the link's life (a second may have passed).
+    let revalidated = text(&unchanged.headers, header::CACHE_CONTROL);
+    assert!(
+        revalidated.starts_with("public, max-age=")
+            && revalidated.ends_with(", immutable")
+            && (max_age - 30..=max_age).contains(&max_age_of(revalidated)),
+        "{revalidated} after {cache_control}"
+    );
     let stale_range = fetch(
         "GET",
         &issued.url,
@@ -1230,6 +1242,84 @@ async fn links_can_have_a_listener_of_their_own_that_serves_nothing_else() {
         fetch("GET", &format!("http://{links}/healthz"), &[]).await.status,
         200
     );
+}
+
+/// A web page on another origin can fetch a link with `fetch()`: the preflight for a ranged,
+/// conditional read is answered, every answer (refusals too) may be read by the script, and
+/// nothing varies by origin, so a CDN keeps one copy for all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_on_any_origin_can_read_links_and_their_refusals() {
+    let server = ServerProcess::start();
+    let mut client = server.client().await;
+    let content = noise(64 * 1024, 93);
+    let id = create_id(&mut client, header(T, P, "bundle", "cors.bin"), &content).await;
+    let issued = link(&mut client, &id, "", 600).await.unwrap();
+    let origin = ("origin", "https://dashboard.example");
+
+    let preflight = fetch(
+        "OPTIONS",
+        &issued.url,
+        &[
+            origin,
+            ("access-control-request-method", "GET"),
+            ("access-control-request-headers", "range, if-none-match"),
+        ],
+    )
+    .await;
+    assert!(
+        preflight.status / 100 == 2,
+        "preflight answered {}",
+        preflight.status
+    );
+    let listed = |fetched: &common::http::Fetched, name: &str| -> Vec<String> {
+        text(
+            &fetched.headers,
+            header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+        )
+        .split(',')
+        .map(|v| v.trim().to_ascii_lowercase())
+        .collect()
+    };
+    assert_eq!(text(&preflight.headers, header::ACCESS_CONTROL_ALLOW_ORIGIN), "*");
+    let methods = listed(&preflight, "access-control-allow-methods");
+    assert!(
+        methods.contains(&"get".to_owned()) && methods.contains(&"head".to_owned()),
+        "{methods:?}"
+    );
+    let allowed = listed(&preflight, "access-control-allow-headers");
+    for name in ["range", "if-none-match", "if-range", "if-modified-since"] {
+        assert!(allowed.contains(&name.to_owned()), "{name} not in {allowed:?}");
+    }
+    assert!(
+        preflight
+            .headers
+            .get(header::ACCESS_CONTROL_ALLOW_CREDENTIALS)
+            .is_none()
+    );
+    assert!(preflight.body.is_empty());
+
+    let part = fetch("GET", &issued.url, &[origin, ("range", "bytes=100-199")]).await;
+    assert_eq!(part.status, 206);
+    assert_eq!(&part.body[..], &content[100..200]);
+    assert_eq!(text(&part.headers, header::ACCESS_CONTROL_ALLOW_ORIGIN), "*");
+    let exposed = listed(&part, "access-control-expose-headers");
+    for name in ["etag", "content-range", "content-disposition", "accept-ranges"] {
+        assert!(exposed.contains(&name.to_owned()), "{name} not in {exposed:?}");
+    }
+    assert!(part.headers.get(header::VARY).is_none(), "{:?}", part.headers);
+    // Without an Origin (a CDN, curl) the answer is the same.
+    let plain = fetch("GET", &issued.url, &[("range", "bytes=100-199")]).await;
+    assert_eq!(text(&plain.headers, header::ACCESS_CONTROL_ALLOW_ORIGIN), "*");
+    assert_eq!(plain.body, part.body);
+
+    let forged = issued.url.replace("attachment", "inline");
+    let refused = fetch("GET", &forged, &[origin]).await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(text(&refused.headers, header::ACCESS_CONTROL_ALLOW_ORIGIN), "*");
+    assert!(String::from_utf8_lossy(&refused.body).contains("not valid"));
+    // A link only reads: any other method is refused.
+    let put = fetch("PUT", &issued.url, &[origin]).await;
+    assert_eq!(put.status, 405);
 }
 
 /// A small upload holds about what its chunks take from the transfer budget, not a large

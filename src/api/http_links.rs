@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use futures::StreamExt;
 use std::time::{Duration, UNIX_EPOCH};
+use tower_http::cors::{Any, CorsLayer};
 
 /// The routes of download links, to merge into the HTTP listener's router.
 pub fn routes(artifacts: Artifacts) -> axum::Router {
@@ -24,7 +25,37 @@ pub fn routes(artifacts: Artifacts) -> axum::Router {
             &format!("{LINK_PREFIX}/{{tenant}}/{{project}}/{{artifact_id}}/{{version}}"),
             axum::routing::get(serve),
         )
+        .layer(cross_origin())
         .with_state(artifacts)
+}
+
+/// Scripts on any origin may read what a link serves: the link itself is the credential (no
+/// cookie or header is ever needed, so credentialed requests are not allowed). A preflight
+/// is answered for the range and conditional headers a reader sends, and a script may read
+/// the headers it needs to resume, validate and name a download.
+fn cross_origin() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::HEAD])
+        .allow_headers([
+            header::RANGE,
+            header::IF_RANGE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_UNMODIFIED_SINCE,
+        ])
+        .expose_headers([
+            header::ETAG,
+            header::CONTENT_RANGE,
+            header::CONTENT_DISPOSITION,
+            header::ACCEPT_RANGES,
+            header::RETRY_AFTER,
+        ])
+        .max_age(Duration::from_secs(24 * 3600))
+        // Every answer is the same whatever the origin or the preflight asked: no `Vary`,
+        // which would keep CDNs from caching the content or split it per origin.
+        .vary(Vec::<header::HeaderName>::new())
 }
 
 type Segments = (String, String, String, String);
