@@ -428,6 +428,36 @@ async fn inline_links_show_content_sandboxed_except_pdf() {
     assert_eq!(sandboxed, ["page.html", "notes.md"]);
 }
 
+/// Text found to be UTF-8 on upload is served with its charset, so a browser shows a
+/// document's dashes and accents as they were written; other text is left to the browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn utf8_text_is_served_with_its_charset() {
+    let server = ServerProcess::start();
+    let mut client = server.client().await;
+    for (name, content, served) in [
+        (
+            "prd.md",
+            "# PRD — café ✓\n".as_bytes(),
+            "text/markdown; charset=utf-8",
+        ),
+        ("notes.txt", &b"plain ascii"[..], "text/plain; charset=utf-8"),
+        ("latin1.txt", &b"caf\xe9 au lait"[..], "text/plain"),
+        ("data.json", &b"{\"k\": \"\xc3\xa9\"}"[..], "application/json"),
+    ] {
+        let id = create_id(&mut client, header(T, P, "doc", name), content).await;
+        let issued = link(&mut client, &id, "", 60).await.unwrap();
+        for method in ["GET", "HEAD"] {
+            let got = fetch(method, &issued.url, &[]).await;
+            assert_eq!(got.status, 200, "{name}");
+            assert_eq!(
+                text(&got.headers, header::CONTENT_TYPE),
+                served,
+                "{method} {name}"
+            );
+        }
+    }
+}
+
 /// A version number names other content only after the catalog went back to before the
 /// version was made (a restore with overwrite puts it in the trash; purged, the number is
 /// free again): a link made for the old content must not serve the new under `immutable`.

@@ -6,7 +6,7 @@
 use crate::app::{Artifacts, etag_of};
 use crate::domain::delivery::{
     Answer, Conditions, Disposition, LINK_PREFIX, LinkRefusal, Representation, answer, content_disposition,
-    verify_link,
+    served_content_type, verify_link,
 };
 use crate::domain::{Error, now_micros};
 use crate::telemetry::names;
@@ -193,8 +193,11 @@ async fn deliver(
             range
         }
     };
-    let content_type = HeaderValue::from_str(&version.content_type)
-        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+    let content_type = HeaderValue::from_str(&served_content_type(
+        &version.content_type,
+        version.extracted.is_text,
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
     let disposition = HeaderValue::from_str(&content_disposition(grant.disposition, &plan.artifact.name))
         .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
     response = response

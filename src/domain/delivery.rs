@@ -396,6 +396,29 @@ fn strong_match(tag: &str, etag: &str) -> bool {
     !tag.starts_with("W/") && tag == etag
 }
 
+/// The `Content-Type` a version is served with: its media type, with `charset=utf-8` added
+/// to a text type whose content was found to be UTF-8 on upload. Without a charset a browser
+/// decodes text in a legacy encoding, and a document's dashes, accents and emoji turn into
+/// mojibake; text that is not UTF-8 is left for the browser to guess.
+pub fn served_content_type(media_type: &str, utf8_text: bool) -> std::borrow::Cow<'_, str> {
+    let mut parts = media_type.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    let text_type = essence
+        .get(..5)
+        .is_some_and(|top| top.eq_ignore_ascii_case("text/"));
+    let has_charset = parts.any(|parameter| {
+        parameter
+            .split('=')
+            .next()
+            .is_some_and(|name| name.trim().eq_ignore_ascii_case("charset"))
+    });
+    if utf8_text && text_type && !has_charset {
+        format!("{media_type}; charset=utf-8").into()
+    } else {
+        media_type.into()
+    }
+}
+
 /// `Content-Disposition` for a file called `name`: an ASCII fallback and the exact name
 /// (RFC 6266, RFC 8187).
 pub fn content_disposition(disposition: Disposition, name: &str) -> String {
@@ -788,6 +811,35 @@ mod tests {
             }),
             Answer::Whole
         );
+    }
+
+    #[test]
+    fn utf8_text_is_served_with_its_charset() {
+        assert_eq!(
+            served_content_type("text/markdown", true),
+            "text/markdown; charset=utf-8"
+        );
+        assert_eq!(
+            served_content_type("TEXT/plain", true),
+            "TEXT/plain; charset=utf-8"
+        );
+        // Text that is not UTF-8 is left to the browser; a charset already named is kept.
+        assert_eq!(served_content_type("text/plain", false), "text/plain");
+        assert_eq!(
+            served_content_type("text/plain; Charset=ISO-8859-1", true),
+            "text/plain; Charset=ISO-8859-1"
+        );
+        // Other types carry their encoding themselves (JSON is UTF-8, XML says so, a
+        // binary has none).
+        for other in [
+            "application/json",
+            "application/octet-stream",
+            "image/png",
+            "text",
+            "tex",
+        ] {
+            assert_eq!(served_content_type(other, true), other);
+        }
     }
 
     #[test]
