@@ -34,7 +34,7 @@ from artifactd_client.client import (
     call_metadata,
     channel_options,
     create_header,
-    file_blake3,
+    part_hasher,
     update_header,
     upload_requests,
     whole_download_mismatch,
@@ -163,28 +163,35 @@ class AsyncClient:
             lambda: self.artifacts.UpdateArtifact(messages(), metadata=self._metadata, timeout=self._timeout)
         )
 
-    async def download(
+    def download(
         self, tenant: str, project: str, artifact_id: str, *, version: str = "", offset: int = 0, length: int = 0
     ) -> AsyncIterator[bytes]:
         """Yields the content as it arrives; a whole download is verified at its end."""
+        return self._download(tenant, project, artifact_id, version, offset, length, verify=offset == 0)
+
+    async def _download(
+        self, tenant: str, project: str, artifact_id: str, version: str, offset: int, length: int, *, verify: bool
+    ) -> AsyncIterator[bytes]:
         request = artifact_pb2.DownloadArtifactRequest(
             tenant=tenant, project=project, artifact_id=artifact_id, version=version, offset=offset, length=length
         )
         call = self.artifacts.DownloadArtifact(request, metadata=self._metadata, timeout=self._timeout)
-        hasher = blake3.blake3()
+        hasher = blake3.blake3() if verify else None
         header: artifact_pb2.DownloadHeader | None = None
         try:
             async for response in call:
                 if response.HasField("header"):
                     header = response.header
                     continue
-                hasher.update(response.data)
+                if hasher is not None:
+                    hasher.update(response.data)
                 yield response.data
         except grpc.RpcError as error:
             raise _error(error) from None
-        mismatch = whole_download_mismatch(artifact_id, header, offset, hasher.hexdigest())
-        if mismatch is not None:
-            raise mismatch
+        if hasher is not None:
+            mismatch = whole_download_mismatch(artifact_id, header, offset, hasher.hexdigest())
+            if mismatch is not None:
+                raise mismatch
 
     async def download_to(
         self, path: str | os.PathLike[str], tenant: str, project: str, artifact_id: str, *, version: str = ""
@@ -201,15 +208,17 @@ class AsyncClient:
             resumed_from = 0
 
         async def fetch(start: int) -> str:
+            hasher = await asyncio.to_thread(part_hasher, partial, start)
             with open(partial, "ab") as file:
                 if start < expected.size:
-                    async for piece in self.download(
-                        tenant, project, artifact_id, version=expected.version, offset=start
+                    async for piece in self._download(
+                        tenant, project, artifact_id, expected.version, start, 0, verify=False
                     ):
                         file.write(piece)
+                        hasher.update(piece)
                 file.flush()
-                os.fsync(file.fileno())
-            return await asyncio.to_thread(file_blake3, partial)
+                await asyncio.to_thread(os.fsync, file.fileno())
+            return hasher.hexdigest()
 
         digest = await fetch(resumed_from)
         if digest != expected.blake3 and resumed_from > 0:

@@ -224,13 +224,16 @@ def whole_download_mismatch(
     )
 
 
-def file_blake3(path: Path) -> str:
-    """The blake3 of a file, read a MiB at a time (a download of any size costs no more)."""
+def part_hasher(path: Path, size: int) -> blake3.blake3:
+    """A hasher that has seen the first `size` bytes of the file at `path` (the part an
+    earlier download left), read a MiB at a time whatever its size."""
     hasher = blake3.blake3()
-    with open(path, "rb") as file:
-        while chunk := file.read(1024 * 1024):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+    if size > 0:
+        with open(path, "rb") as file:
+            while size > 0 and (chunk := file.read(min(size, 1024 * 1024))):
+                hasher.update(chunk)
+                size -= len(chunk)
+    return hasher
 
 
 class Client:
@@ -392,26 +395,33 @@ class Client:
     ) -> Iterator[bytes]:
         """Yields the content (or a range of it) as it arrives. A whole download is verified
         against the version's blake3 at its end (IntegrityError when it differs)."""
+        return self._download(tenant, project, artifact_id, version, offset, length, verify=offset == 0)
+
+    def _download(
+        self, tenant: str, project: str, artifact_id: str, version: str, offset: int, length: int, *, verify: bool
+    ) -> Iterator[bytes]:
         request = artifact_pb2.DownloadArtifactRequest(
             tenant=tenant, project=project, artifact_id=artifact_id, version=version, offset=offset, length=length
         )
         responses = self._idempotent(
             lambda: self.artifacts.DownloadArtifact(request, metadata=self._metadata, timeout=self._timeout)
         )
-        hasher = blake3.blake3()
+        hasher = blake3.blake3() if verify else None
         header: artifact_pb2.DownloadHeader | None = None
         try:
             for response in responses:
                 if response.HasField("header"):
                     header = response.header
                     continue
-                hasher.update(response.data)
+                if hasher is not None:
+                    hasher.update(response.data)
                 yield response.data
         except grpc.RpcError as error:
             raise _error(error) from None
-        mismatch = whole_download_mismatch(artifact_id, header, offset, hasher.hexdigest())
-        if mismatch is not None:
-            raise mismatch
+        if hasher is not None:
+            mismatch = whole_download_mismatch(artifact_id, header, offset, hasher.hexdigest())
+            if mismatch is not None:
+                raise mismatch
 
     def download_to(
         self,
@@ -439,18 +449,23 @@ class Client:
             resumed_from = 0
 
         def fetch(start: int) -> str:
+            # The file's hash: the part already there, then every byte as it is written
+            # (hashed once, never read back).
+            hasher = part_hasher(partial, start)
             written = start
             with open(partial, "ab") as file:
                 if written < expected.size:
-                    pieces = self.download(tenant, project, artifact_id, version=expected.version, offset=written)
-                    for piece in pieces:
+                    for piece in self._download(
+                        tenant, project, artifact_id, expected.version, written, 0, verify=False
+                    ):
                         file.write(piece)
+                        hasher.update(piece)
                         written += len(piece)
                         if progress is not None:
                             progress(written)
                 file.flush()
                 os.fsync(file.fileno())
-            return file_blake3(partial)
+            return hasher.hexdigest()
 
         digest = fetch(resumed_from)
         if digest != expected.blake3 and resumed_from > 0:
