@@ -4,11 +4,11 @@
 
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client as RpcClient, type Interceptor } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
-import { blake3 } from "@noble/hashes/blake3";
-import { bytesToHex } from "@noble/hashes/utils";
+import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
+import { createBLAKE3 } from "hash-wasm";
 import { createReadStream, createWriteStream } from "node:fs";
 import { open, rename, rm, stat } from "node:fs/promises";
+import type { ClientHttp2Stream, ClientSessionRequestOptions, OutgoingHttpHeaders } from "node:http2";
 import {
   ArtifactService,
   BumpKind,
@@ -89,7 +89,7 @@ async function* uploadParts<M>(
   finish: (size: bigint, digest: string) => M,
   onProgress?: (sent: number) => void,
 ): AsyncIterable<M> {
-  const hasher = blake3.create({});
+  const hasher = await createBLAKE3();
   let sent = 0;
   for await (const piece of pieces(content)) {
     if (piece.length === 0) continue;
@@ -98,7 +98,34 @@ async function* uploadParts<M>(
     yield data(piece);
     onProgress?.(sent);
   }
-  yield finish(BigInt(sent), bytesToHex(hasher.digest()));
+  yield finish(BigInt(sent), hasher.digest("hex"));
+}
+
+/** HTTP/2 receive windows: Node's defaults (64 KiB for a stream and for the whole connection)
+ * let the server send 64 KiB per round trip, which holds a download to a fraction of what the
+ * connection carries. */
+const STREAM_WINDOW_BYTES = 8 * 1024 * 1024;
+const CONNECTION_WINDOW_BYTES = 32 * 1024 * 1024;
+
+/** Sessions whose connection-wide receive window is widened once, on their first request (Node
+ * sets it on a session, not in the options a session is made with). */
+class WideWindowSessions extends Http2SessionManager {
+  readonly #widened = new WeakSet<object>();
+
+  override async request(
+    method: string,
+    path: string,
+    headers: OutgoingHttpHeaders,
+    options: Omit<ClientSessionRequestOptions, "signal">,
+  ): Promise<ClientHttp2Stream> {
+    const stream = await super.request(method, path, headers, options);
+    const session = stream.session;
+    if (session && !this.#widened.has(session)) {
+      this.#widened.add(session);
+      session.setLocalWindowSize(CONNECTION_WINDOW_BYTES);
+    }
+    return stream;
+  }
 }
 
 export class ArtifactdClient {
@@ -118,7 +145,13 @@ export class ArtifactdClient {
       for (const [name, value] of headers) request.header.set(name, value);
       return next(request);
     };
-    const transport = createGrpcTransport({ baseUrl: options.baseUrl, interceptors: [addHeaders] });
+    const transport = createGrpcTransport({
+      baseUrl: options.baseUrl,
+      interceptors: [addHeaders],
+      sessionManager: new WideWindowSessions(options.baseUrl, undefined, {
+        settings: { initialWindowSize: STREAM_WINDOW_BYTES },
+      }),
+    });
     this.artifacts = createClient(ArtifactService, transport);
     this.search = createClient(SearchService, transport);
     this.fallback = createClient(FallbackService, transport);
@@ -260,7 +293,18 @@ export class ArtifactdClient {
     artifactId: string,
     options: { version?: string; offset?: bigint; length?: bigint } = {},
   ): AsyncIterable<Uint8Array> {
-    const hasher = blake3.create({});
+    // Only a whole download can be checked against the version's hash: a range is not hashed.
+    yield* this.#download(tenant, project, artifactId, options, (options.offset ?? 0n) === 0n);
+  }
+
+  async *#download(
+    tenant: string,
+    project: string,
+    artifactId: string,
+    options: { version?: string; offset?: bigint; length?: bigint },
+    verify: boolean,
+  ): AsyncIterable<Uint8Array> {
+    const hasher = verify ? await createBLAKE3() : undefined;
     let announced: { size: bigint; length: bigint; blake3: string; version: string } | undefined;
     const offset = options.offset ?? 0n;
     for await (const response of this.artifacts.downloadArtifact({
@@ -274,12 +318,12 @@ export class ArtifactdClient {
       if (response.message.case === "header") {
         announced = response.message.value;
       } else if (response.message.case === "data") {
-        hasher.update(response.message.value);
+        hasher?.update(response.message.value);
         yield response.message.value;
       }
     }
-    if (announced && offset === 0n && announced.length === announced.size) {
-      const digest = bytesToHex(hasher.digest());
+    if (hasher && announced && offset === 0n && announced.length === announced.size) {
+      const digest = hasher.digest("hex");
       if (digest !== announced.blake3) {
         throw new IntegrityError(
           `artifact ${artifactId} version ${announced.version}: received bytes hash to ${digest}, the server announced ${announced.blake3}`,
@@ -314,9 +358,17 @@ export class ArtifactdClient {
       resumedFrom = 0n;
     }
     const fetchFrom = async (start: bigint): Promise<string> => {
+      // The file's hash: the part already there, then every byte as it is written (hashed
+      // once, never read back).
+      const hasher = await createBLAKE3();
+      if (start > 0n) {
+        for await (const chunk of createReadStream(partial, { end: Number(start) - 1 })) hasher.update(chunk as Uint8Array);
+      }
       if (start < expected.size) {
         const out = createWriteStream(partial, { flags: "a" });
-        for await (const piece of this.download(tenant, project, artifactId, { version: expected.version, offset: start })) {
+        const pieces = this.#download(tenant, project, artifactId, { version: expected.version, offset: start }, false);
+        for await (const piece of pieces) {
+          hasher.update(piece);
           if (!out.write(piece)) await new Promise<void>((resolve) => out.once("drain", () => resolve()));
         }
         await new Promise<void>((resolve, reject) => out.end((error?: Error | null) => (error ? reject(error) : resolve())));
@@ -324,9 +376,7 @@ export class ArtifactdClient {
       const handle = await open(partial, "a");
       await handle.sync();
       await handle.close();
-      const hasher = blake3.create({});
-      for await (const chunk of createReadStream(partial)) hasher.update(chunk as Uint8Array);
-      return bytesToHex(hasher.digest());
+      return hasher.digest("hex");
     };
     let digest = await fetchFrom(resumedFrom);
     if (digest !== expected.blake3 && resumedFrom > 0n) {
