@@ -18,7 +18,8 @@ fn go(args: &[&str], gopath: &str, workdir: &std::path::Path) -> std::process::O
         .unwrap_or_else(|error| {
             panic!(
                 "go could not run ({error}): run scripts/test, which installs Debian's golang-go, \
-                 protoc-gen-go, protoc-gen-go-grpc, golang-google-grpc-dev and golang-google-protobuf-dev"
+                 protoc-gen-go, protoc-gen-go-grpc, golang-google-grpc-dev, golang-google-protobuf-dev and \
+                 golang-lukechampine-blake3-dev"
             )
         })
 }
