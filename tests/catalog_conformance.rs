@@ -1141,6 +1141,65 @@ on_both_catalogs!(
     long_manifests_share_segments_on_postgres
 );
 
+/// A read from an offset deep into a long manifest starts at the segment holding that byte:
+/// what it reads is the manifest from that segment on, and little of what comes before.
+async fn manifests_are_read_from_an_offset(catalog: Catalog) {
+    let dialect = catalog.dialect();
+    let scope = Scope::new("acme", "offsets");
+    let manifest: artifactd::ingest::Manifest = (0..3000u64)
+        .map(|n| artifactd::ingest::ManifestEntry {
+            chunk_id: ChunkId(*blake3::hash(&n.to_le_bytes()).as_bytes()),
+            raw_len: 1000 + (n * 7919 % 30_000) as u32,
+        })
+        .collect();
+    let entries: Vec<_> = manifest.entries().collect();
+    let mut starts = vec![0u64];
+    for entry in &entries {
+        starts.push(starts.last().unwrap() + u64::from(entry.raw_len));
+    }
+    let total = *starts.last().unwrap();
+    let mut version = new_version("1.0.0", Vec::new(), Vec::new());
+    version.manifest = manifest.clone().into();
+    let (artifact, _) = catalog
+        .create_artifact(&new_artifact(&scope, "offsets.bin"), &version)
+        .await
+        .unwrap();
+    for offset in [0, 1, total / 3, total * 9 / 10, total - 1, total] {
+        let mut reader = catalog.manifest_reader(&artifact.id, "1.0.0").await.unwrap();
+        let position = reader.skip_to(offset);
+        let mut read = Vec::new();
+        while let Some(part) = reader.next_part().await.unwrap() {
+            read.extend(part.entries());
+        }
+        let first = starts
+            .iter()
+            .position(|start| *start == position)
+            .unwrap_or_else(|| panic!("{dialect:?}: {position} is no entry's start"));
+        assert_eq!(read, entries[first..], "{dialect:?}: read from {offset}");
+        assert!(position <= offset, "{dialect:?}: {offset} read from {position}");
+        if offset < total {
+            assert!(
+                offset - position < 257 * 31_000,
+                "{dialect:?}: the read from {offset} began {} bytes before it, more than a segment",
+                offset - position
+            );
+        } else {
+            assert!(
+                read.is_empty(),
+                "{dialect:?}: a read from the end read {}",
+                read.len()
+            );
+        }
+    }
+}
+
+on_both_catalogs!(
+    manifests_are_read_from_an_offset,
+    8,
+    manifests_are_read_from_an_offset_on_sqlite,
+    manifests_are_read_from_an_offset_on_postgres
+);
+
 /// Extracted metadata that only differs in its line count is stored once and read back
 /// with each version's own count; purging the last version naming it deletes it.
 async fn extracted_metadata_is_shared(catalog: Catalog) {

@@ -98,13 +98,14 @@ struct Windows {
 }
 
 impl Windows {
-    fn new(reader: ManifestReader, range: Range<u64>) -> Self {
+    fn new(mut reader: ManifestReader, range: Range<u64>) -> Self {
+        let position = reader.skip_to(range.start);
         Self {
             reader,
             part: None,
             in_part: 0,
             range,
-            position: 0,
+            position,
         }
     }
 

@@ -1,7 +1,8 @@
 //! Manifests as the catalog keeps them. A short manifest is stored whole in its version's
 //! row. A long one is stored as its segments (see `ingest::manifest`): each segment once
 //! per tenant in `manifest_segments`, counted by the versions naming it, and the version's
-//! row holds only the list of segment ids. Versions of a large artifact that differ in a
+//! row holds only the list of segment ids (with the bytes of content each covers, so a
+//! read from an offset starts at its segment). Versions of a large artifact that differ in a
 //! chunk share all but a segment or two, so a one-chunk edit of a 64 MiB artifact adds a
 //! few KB to the catalog instead of a 147 KB chunk list.
 //!
@@ -21,9 +22,15 @@ use std::collections::{BTreeMap, HashMap};
 /// would save little and cost a row or two.
 pub const INLINE_MAX_ENTRIES: usize = 128;
 
-/// The first byte of a segmented manifest's row form (whole manifests begin with 1).
+/// The first byte of a segmented manifest's row form that lists segment ids alone (rows
+/// written before [`SEGMENTED_WITH_LENGTHS`]; still read, from their start).
 const SEGMENTED: u8 = 2;
+/// The first byte of the row form written now: each segment's id and the bytes of content
+/// it covers, so a read that begins deep into a version (a range, a resumed download) goes
+/// straight to the segment holding its first byte instead of reading every one before it.
+const SEGMENTED_WITH_LENGTHS: u8 = 3;
 const SEGMENT_ID_LEN: usize = 32;
+const SEGMENT_LENGTH_LEN: usize = 8;
 
 type SegmentId = [u8; SEGMENT_ID_LEN];
 
@@ -38,21 +45,66 @@ fn segment_id(entries: &[u8]) -> SegmentId {
     *blake3::hash(entries).as_bytes()
 }
 
+/// What a segmented row form names: its segments in order (repeats included) and, in the
+/// current form, the bytes of content each covers.
+#[derive(Debug, PartialEq, Eq)]
+struct SegmentList {
+    ids: Vec<SegmentId>,
+    lengths: Option<Vec<u64>>,
+}
+
+/// The segments a row form names; `None` for a whole manifest.
+fn segment_list(stored: &[u8]) -> Result<Option<SegmentList>> {
+    let truncated = |len: usize| Error::DataLoss(format!("a segmented manifest of {len} bytes is truncated"));
+    match stored.split_first() {
+        Some((&SEGMENTED, ids)) if ids.len() % SEGMENT_ID_LEN == 0 => Ok(Some(SegmentList {
+            ids: ids
+                .chunks_exact(SEGMENT_ID_LEN)
+                .map(|id| id.try_into().expect("32 bytes"))
+                .collect(),
+            lengths: None,
+        })),
+        Some((&SEGMENTED_WITH_LENGTHS, records))
+            if records.len() % (SEGMENT_ID_LEN + SEGMENT_LENGTH_LEN) == 0 =>
+        {
+            let records = records.chunks_exact(SEGMENT_ID_LEN + SEGMENT_LENGTH_LEN);
+            Ok(Some(SegmentList {
+                ids: records
+                    .clone()
+                    .map(|record| record[..SEGMENT_ID_LEN].try_into().expect("32 bytes"))
+                    .collect(),
+                lengths: Some(
+                    records
+                        .map(|record| {
+                            u64::from_le_bytes(record[SEGMENT_ID_LEN..].try_into().expect("8 bytes"))
+                        })
+                        .collect(),
+                ),
+            }))
+        }
+        Some((&(SEGMENTED | SEGMENTED_WITH_LENGTHS), rest)) => Err(truncated(rest.len())),
+        _ => Ok(None),
+    }
+}
+
 /// The segment ids a segmented row form names, in order (repeats included); `None` for a
 /// whole manifest.
 fn named_segments(stored: &[u8]) -> Result<Option<Vec<SegmentId>>> {
-    match stored.split_first() {
-        Some((&SEGMENTED, ids)) if ids.len() % SEGMENT_ID_LEN == 0 => Ok(Some(
-            ids.chunks_exact(SEGMENT_ID_LEN)
-                .map(|id| id.try_into().expect("32 bytes"))
-                .collect(),
-        )),
-        Some((&SEGMENTED, ids)) => Err(Error::DataLoss(format!(
-            "a segmented manifest of {} bytes is truncated",
-            ids.len()
-        ))),
-        _ => Ok(None),
+    Ok(segment_list(stored)?.map(|list| list.ids))
+}
+
+/// Where a read from byte `offset` begins among segments covering `lengths` bytes each:
+/// the first segment that holds a byte at or past `offset`, and the position of its first
+/// byte.
+fn segment_at(lengths: &[u64], offset: u64) -> (usize, u64) {
+    let mut start = 0u64;
+    for (index, length) in lengths.iter().enumerate() {
+        if start.saturating_add(*length) > offset {
+            return (index, start);
+        }
+        start = start.saturating_add(*length);
     }
+    (lengths.len(), start)
 }
 
 impl Catalog {
@@ -71,13 +123,15 @@ impl Catalog {
             return Ok(manifest.whole().map_err(unreadable)?.encoded().to_vec());
         }
         let count = manifest.segment_count();
-        let mut stored = Vec::with_capacity(1 + count * SEGMENT_ID_LEN);
-        stored.push(SEGMENTED);
+        let mut stored = Vec::with_capacity(1 + count * (SEGMENT_ID_LEN + SEGMENT_LENGTH_LEN));
+        stored.push(SEGMENTED_WITH_LENGTHS);
         // Each distinct segment once, with how many times this manifest names it and where.
         let mut named: BTreeMap<SegmentId, (usize, i64)> = BTreeMap::new();
         for index in 0..count {
-            let id = segment_id(&manifest.segment(index).map_err(unreadable)?);
+            let segment = manifest.segment(index).map_err(unreadable)?;
+            let id = segment_id(&segment);
             stored.extend_from_slice(&id);
+            stored.extend_from_slice(&Manifest::segment_content_len(&segment).to_le_bytes());
             named.entry(id).or_insert((index, 0)).1 += 1;
         }
         // In id order across batches too, so commits sharing segments lock them in the
@@ -142,7 +196,7 @@ impl Catalog {
             .zip(named)
             .map(|(row, ids)| {
                 let Some(ids) = ids? else { return Ok(row) };
-                assemble(&bodies, &ids).map(|manifest| manifest.encoded().to_vec())
+                assemble(&bodies, &ids, None).map(|manifest| manifest.encoded().to_vec())
             })
             .collect())
     }
@@ -179,7 +233,7 @@ impl Catalog {
     }
 
     /// A reader of a version's manifest a part at a time: what it holds of a long manifest
-    /// is the list of its segment ids (32 bytes per 64 chunks on average) and the part last
+    /// is the list of its segments (40 bytes per 64 chunks on average) and the part last
     /// read, so a download's memory does not grow with the artifact.
     pub async fn manifest_reader(&self, artifact_id: &str, version: &str) -> Result<ManifestReader> {
         let row: Option<(String, Vec<u8>)> = sqlx::query_as(
@@ -194,8 +248,12 @@ impl Catalog {
         let (tenant, stored) = row.ok_or_else(|| {
             Error::not_found(format!("version {version} of artifact {artifact_id:?} not found"))
         })?;
-        let source = match named_segments(&stored)? {
-            Some(ids) => Source::Segmented { ids, next: 0 },
+        let source = match segment_list(&stored)? {
+            Some(SegmentList { ids, lengths }) => Source::Segmented {
+                ids,
+                lengths,
+                next: 0,
+            },
             None => Source::Whole(Some(Manifest::decode(stored).map_err(|e| {
                 Error::DataLoss(format!(
                     "manifest of version {version} of artifact {artifact_id:?} is unreadable: {e}"
@@ -213,10 +271,14 @@ impl Catalog {
 }
 
 /// The manifest whose segments are `ids`, in order, from `bodies`; each body is checked
-/// against its id.
-fn assemble(bodies: &HashMap<SegmentId, Vec<u8>>, ids: &[SegmentId]) -> Result<Manifest> {
+/// against its id, and against the bytes of content the row says it covers where it says.
+fn assemble(
+    bodies: &HashMap<SegmentId, Vec<u8>>,
+    ids: &[SegmentId],
+    lengths: Option<&[u64]>,
+) -> Result<Manifest> {
     let mut parts = Vec::with_capacity(ids.len());
-    for id in ids {
+    for (index, id) in ids.iter().enumerate() {
         let body = bodies.get(id).ok_or_else(|| {
             Error::DataLoss(format!(
                 "manifest segment {} is missing from the catalog",
@@ -227,6 +289,15 @@ fn assemble(bodies: &HashMap<SegmentId, Vec<u8>>, ids: &[SegmentId]) -> Result<M
             return Err(Error::DataLoss(format!(
                 "manifest segment {} does not match its id",
                 blake3::Hash::from_bytes(*id).to_hex()
+            )));
+        }
+        if let Some(expected) = lengths.and_then(|lengths| lengths.get(index))
+            && Manifest::segment_content_len(body) != *expected
+        {
+            return Err(Error::DataLoss(format!(
+                "manifest segment {} covers {} bytes, its version's row says {expected}",
+                blake3::Hash::from_bytes(*id).to_hex(),
+                Manifest::segment_content_len(body)
             )));
         }
         parts.push(body.as_slice());
@@ -253,22 +324,45 @@ enum Source {
     Whole(Option<Manifest>),
     Segmented {
         ids: Vec<SegmentId>,
+        /// The bytes of content each segment covers, where the row says.
+        lengths: Option<Vec<u64>>,
         next: usize,
     },
 }
 
 impl ManifestReader {
+    /// Skips, before the first part is read, the segments that hold only content before
+    /// byte `offset`; the position in the content of the first entry of the next part.
+    /// A whole manifest, or a row that does not say how long its segments are, is read
+    /// from its start (0).
+    pub fn skip_to(&mut self, offset: u64) -> u64 {
+        match &mut self.source {
+            Source::Segmented {
+                lengths: Some(lengths),
+                next,
+                ..
+            } if *next == 0 => {
+                let (index, start) = segment_at(lengths, offset);
+                *next = index;
+                start
+            }
+            _ => 0,
+        }
+    }
+
     /// The next part of the manifest (its next entries, in order), `None` after the last.
     /// A version purged while it is being read is NOT_FOUND here, not damage.
     pub async fn next_part(&mut self) -> Result<Option<Manifest>> {
-        let (ids, next) = match &mut self.source {
+        let (ids, lengths, next) = match &mut self.source {
             Source::Whole(whole) => return Ok(whole.take()),
-            Source::Segmented { ids, next } => (ids, next),
+            Source::Segmented { ids, lengths, next } => (ids, lengths, next),
         };
         if *next >= ids.len() {
             return Ok(None);
         }
-        let part = &ids[*next..(*next + READER_SEGMENTS).min(ids.len())];
+        let within = *next..(*next + READER_SEGMENTS).min(ids.len());
+        let part = &ids[within.clone()];
+        let part_lengths = lengths.as_ref().map(|lengths| &lengths[within]);
         let mut wanted = part.to_vec();
         wanted.sort_unstable();
         wanted.dedup();
@@ -282,7 +376,7 @@ impl ManifestReader {
             .segment_bodies(&mut connection, &self.tenant, &wanted)
             .await?;
         drop(connection);
-        let manifest = match assemble(&bodies, part) {
+        let manifest = match assemble(&bodies, part, part_lengths) {
             Ok(manifest) => manifest,
             Err(damage) => {
                 // Segments go when the last version naming them is purged: a version
@@ -411,8 +505,40 @@ mod tests {
         let mut row = vec![SEGMENTED];
         row.extend_from_slice(&[7; 64]);
         assert_eq!(named_segments(&row).unwrap(), Some(vec![[7; 32], [7; 32]]));
+        assert_eq!(segment_list(&row).unwrap().unwrap().lengths, None);
         row.pop();
         assert!(named_segments(&row).is_err());
         assert_eq!(counted([[1; 32], [2; 32], [1; 32]]).get(&[1; 32]), Some(&2));
+
+        let mut row = vec![SEGMENTED_WITH_LENGTHS];
+        for (id, length) in [(7u8, 70_000u64), (9, 5)] {
+            row.extend_from_slice(&[id; 32]);
+            row.extend_from_slice(&length.to_le_bytes());
+        }
+        assert_eq!(
+            segment_list(&row).unwrap(),
+            Some(SegmentList {
+                ids: vec![[7; 32], [9; 32]],
+                lengths: Some(vec![70_000, 5]),
+            })
+        );
+        row.truncate(1 + 32 + 8 + 32);
+        assert!(segment_list(&row).is_err(), "a record without its length");
+    }
+
+    #[test]
+    fn a_read_from_an_offset_begins_at_the_segment_holding_it() {
+        let lengths = [100, 50, 0, 25];
+        assert_eq!(segment_at(&lengths, 0), (0, 0));
+        assert_eq!(segment_at(&lengths, 99), (0, 0));
+        assert_eq!(segment_at(&lengths, 100), (1, 100));
+        assert_eq!(segment_at(&lengths, 149), (1, 100));
+        // An empty segment holds no byte: the read goes on past it.
+        assert_eq!(segment_at(&lengths, 150), (3, 150));
+        assert_eq!(segment_at(&lengths, 174), (3, 150));
+        // At or past the end, nothing is left to read.
+        assert_eq!(segment_at(&lengths, 175), (4, 175));
+        assert_eq!(segment_at(&lengths, u64::MAX), (4, 175));
+        assert_eq!(segment_at(&[], 10), (0, 0));
     }
 }

@@ -111,6 +111,14 @@ impl Manifest {
         })
     }
 
+    /// The bytes of content a segment's entries (its stored form, whole entries) cover.
+    pub fn segment_content_len(segment: &[u8]) -> u64 {
+        segment
+            .chunks_exact(ENTRY_LEN)
+            .map(|entry| u64::from(ManifestEntry::read(entry).raw_len))
+            .sum()
+    }
+
     /// Checks the stored form and keeps it as it is.
     pub fn decode(bytes: impl Into<bytes::Bytes>) -> Result<Self, String> {
         let encoded: bytes::Bytes = bytes.into();
