@@ -1,7 +1,8 @@
 // Package client is a small helper over the generated artifactd stubs
 // (artifactd/gen/artifactdv1): streaming uploads that end with a finish message carrying the
 // content's size and blake3, so that a cut-short or altered upload can never be committed,
-// and streaming downloads verified against the version's blake3.
+// and streaming downloads verified against the version's blake3, into a writer or into a file
+// that resumes where an earlier attempt stopped.
 package client
 
 import (
@@ -10,9 +11,13 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"os"
+	"path/filepath"
 
 	pb "artifactd/gen/artifactdv1"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"lukechampine.com/blake3"
 )
 
@@ -105,16 +110,31 @@ func sendPieces(r io.Reader, send func([]byte) error) (uint64, error) {
 // an *IntegrityError when its bytes do not hash to the version's blake3 (a range cannot be
 // checked).
 func Download(ctx context.Context, artifacts pb.ArtifactServiceClient, request *pb.DownloadArtifactRequest, w io.Writer) (*pb.DownloadHeader, error) {
+	if request.Offset != 0 {
+		return receive(ctx, artifacts, request, w)
+	}
+	hasher := newHasher()
+	header, err := receive(ctx, artifacts, request, io.MultiWriter(w, hasher))
+	if err != nil {
+		return header, err
+	}
+	if header.Length == header.Size {
+		if received := hexDigest(hasher); received != header.Blake3 {
+			return header, &IntegrityError{header.ArtifactId, header.Version, received, header.Blake3}
+		}
+	}
+	return header, nil
+}
+
+// receive writes the data of the download request asks for to w and returns its header; it
+// fails when fewer bytes arrive than the header announced.
+func receive(ctx context.Context, artifacts pb.ArtifactServiceClient, request *pb.DownloadArtifactRequest, w io.Writer) (*pb.DownloadHeader, error) {
 	stream, err := artifacts.DownloadArtifact(ctx, request)
 	if err != nil {
 		return nil, err
 	}
 	var header *pb.DownloadHeader
 	var written uint64
-	var hasher hash.Hash
-	if request.Offset == 0 {
-		hasher = newHasher()
-	}
 	for {
 		message, err := stream.Recv()
 		if err == io.EOF {
@@ -127,9 +147,6 @@ func Download(ctx context.Context, artifacts pb.ArtifactServiceClient, request *
 		case *pb.DownloadArtifactResponse_Header:
 			header = m.Header
 		case *pb.DownloadArtifactResponse_Data:
-			if hasher != nil {
-				hasher.Write(m.Data)
-			}
 			if _, err := w.Write(m.Data); err != nil {
 				return header, err
 			}
@@ -142,10 +159,89 @@ func Download(ctx context.Context, artifacts pb.ArtifactServiceClient, request *
 	if written != header.Length {
 		return header, fmt.Errorf("received %d bytes of the %d announced", written, header.Length)
 	}
-	if hasher != nil && header.Length == header.Size {
-		if received := hexDigest(hasher); received != header.Blake3 {
-			return header, &IntegrityError{header.ArtifactId, header.Version, received, header.Blake3}
-		}
-	}
 	return header, nil
+}
+
+// Downloaded is what DownloadTo wrote: the version's header and the length of the partial
+// file it resumed (0 when it fetched the version whole).
+type Downloaded struct {
+	Header      *pb.DownloadHeader
+	ResumedFrom uint64
+}
+
+// DownloadTo downloads the whole version request names into the file at path, resuming from
+// the "<path>.part" an earlier attempt left, and verifies the whole file's blake3 before it
+// takes its final name. A resumed file that fails verification, or a part longer than the
+// version, began with other content (left by another version under the same path, or
+// damaged since): it is removed and the version fetched whole, once. A whole download that
+// fails verification is removed and fails with an *IntegrityError; nothing partial ever
+// carries the final name.
+func DownloadTo(ctx context.Context, artifacts pb.ArtifactServiceClient, request *pb.DownloadArtifactRequest, path string) (*Downloaded, error) {
+	if request.Offset != 0 || request.Length != 0 {
+		return nil, fmt.Errorf("DownloadTo writes whole versions (offset %d, length %d asked): use Download for a range",
+			request.Offset, request.Length)
+	}
+	partial := path + ".part"
+	var resumedFrom uint64
+	if info, err := os.Stat(partial); err == nil {
+		resumedFrom = uint64(info.Size())
+	} else if !os.IsNotExist(err) {
+		return nil, err
+	}
+	header, digest, err := fetchInto(ctx, artifacts, request, request.Version, partial, resumedFrom)
+	if resumedFrom > 0 && (status.Code(err) == codes.OutOfRange || (err == nil && digest != header.Blake3)) {
+		// The part is not the start of this version: fetch it whole, pinned to the version
+		// the first request resolved (an alias may have moved since).
+		version := request.Version
+		if header != nil {
+			version = header.Version
+		}
+		if err := os.Remove(partial); err != nil {
+			return nil, err
+		}
+		resumedFrom = 0
+		header, digest, err = fetchInto(ctx, artifacts, request, version, partial, 0)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if digest != header.Blake3 {
+		os.Remove(partial)
+		return nil, &IntegrityError{header.ArtifactId, header.Version, digest, header.Blake3}
+	}
+	if err := os.Rename(partial, path); err != nil {
+		return nil, err
+	}
+	if dir, err := os.Open(filepath.Dir(path)); err == nil {
+		dir.Sync()
+		dir.Close()
+	}
+	return &Downloaded{Header: header, ResumedFrom: resumedFrom}, nil
+}
+
+// fetchInto appends version's bytes from start to the file partial (which holds start bytes)
+// and returns the download's header and the blake3 of the whole file: the part already
+// there, then every byte as it is written.
+func fetchInto(ctx context.Context, artifacts pb.ArtifactServiceClient, request *pb.DownloadArtifactRequest, version, partial string, start uint64) (*pb.DownloadHeader, string, error) {
+	file, err := os.OpenFile(partial, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, "", err
+	}
+	defer file.Close()
+	hasher := newHasher()
+	if _, err := io.CopyN(hasher, file, int64(start)); err != nil {
+		return nil, "", fmt.Errorf("reading %s: %w", partial, err)
+	}
+	ranged := &pb.DownloadArtifactRequest{
+		Tenant: request.Tenant, Project: request.Project, ArtifactId: request.ArtifactId,
+		Version: version, Offset: start,
+	}
+	header, err := receive(ctx, artifacts, ranged, io.MultiWriter(file, hasher))
+	if err != nil {
+		return header, "", err
+	}
+	if err := file.Sync(); err != nil {
+		return header, "", err
+	}
+	return header, hexDigest(hasher), nil
 }

@@ -1,6 +1,6 @@
-// roundtrip creates an artifact on a live server, downloads it (whole and a range), compares
-// the bytes and their blake3, and shows that a server error reaches the caller with its
-// status code. The test command runs it.
+// roundtrip creates an artifact on a live server, downloads it (whole, a range, and into a
+// file, fresh and resumed), compares the bytes and their blake3, and shows that a server
+// error reaches the caller with its status code. The test command runs it.
 package main
 
 import (
@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"artifactd/client"
@@ -71,6 +72,9 @@ func main() {
 	}, &part); err != nil || !bytes.Equal(part.Bytes(), content[10:15]) {
 		fail("a range: %v", err)
 	}
+	downloadToFile(ctx, artifacts, &pb.DownloadArtifactRequest{
+		Tenant: "acme", Project: project, ArtifactId: created.Artifact.Id,
+	}, content)
 	_, err = artifacts.GetArtifact(ctx, &pb.GetArtifactRequest{
 		Tenant: "acme", Project: project,
 		Selector: &pb.GetArtifactRequest_ArtifactId{ArtifactId: "00000000-0000-7000-8000-000000000000"},
@@ -80,6 +84,59 @@ func main() {
 	}
 	fmt.Printf("roundtrip ok %s %d bytes version %s; missing artifact: %s\n",
 		created.Artifact.Id, len(content), header.Version, status.Convert(err).Message())
+}
+
+// downloadToFile downloads into a file: fresh, resuming the start of the content a failed
+// attempt left, and over parts of other content (shorter, and longer than the version),
+// which are replaced by the version fetched whole.
+func downloadToFile(ctx context.Context, artifacts pb.ArtifactServiceClient, request *pb.DownloadArtifactRequest, content []byte) {
+	dir, err := os.MkdirTemp("", "roundtrip")
+	if err != nil {
+		fail("a temporary directory: %v", err)
+	}
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "go.bin")
+	other := make([]byte, len(content)+4096)
+	if _, err := rand.Read(other); err != nil {
+		fail("random content: %v", err)
+	}
+	for _, attempt := range []struct {
+		name    string
+		part    []byte
+		resumed uint64
+	}{
+		{"fresh", nil, 0},
+		{"resumed", content[:300*1024], 300 * 1024},
+		{"part of other content", other[:100*1024], 0},
+		{"part longer than the version", other, 0},
+	} {
+		os.Remove(path)
+		if attempt.part != nil {
+			if err := os.WriteFile(path+".part", attempt.part, 0o644); err != nil {
+				fail("writing a part: %v", err)
+			}
+		}
+		done, err := client.DownloadTo(ctx, artifacts, request, path)
+		if err != nil {
+			fail("download to a file (%s): %v", attempt.name, err)
+		}
+		written, err := os.ReadFile(path)
+		if err != nil || !bytes.Equal(written, content) {
+			fail("download to a file (%s): the file differs from the content (%v)", attempt.name, err)
+		}
+		if done.ResumedFrom != attempt.resumed {
+			fail("download to a file (%s): resumed from %d, expected %d", attempt.name, done.ResumedFrom, attempt.resumed)
+		}
+		if _, err := os.Stat(path + ".part"); !os.IsNotExist(err) {
+			fail("download to a file (%s): the part is still there (%v)", attempt.name, err)
+		}
+	}
+	ranged := &pb.DownloadArtifactRequest{
+		Tenant: request.Tenant, Project: request.Project, ArtifactId: request.ArtifactId, Offset: 1,
+	}
+	if _, err := client.DownloadTo(ctx, artifacts, ranged, path); err == nil {
+		fail("download to a file accepted a range")
+	}
 }
 
 func fail(format string, args ...interface{}) {
