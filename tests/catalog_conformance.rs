@@ -1165,8 +1165,10 @@ async fn manifests_are_read_from_an_offset(catalog: Catalog) {
         .await
         .unwrap();
     for offset in [0, 1, total / 3, total * 9 / 10, total - 1, total] {
-        let mut reader = catalog.manifest_reader(&artifact.id, "1.0.0").await.unwrap();
-        let position = reader.skip_to(offset);
+        let (mut reader, position) = catalog
+            .manifest_reader_from(&artifact.id, "1.0.0", offset)
+            .await
+            .unwrap();
         let mut read = Vec::new();
         while let Some(part) = reader.next_part().await.unwrap() {
             read.extend(part.entries());

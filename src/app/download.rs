@@ -98,8 +98,9 @@ struct Windows {
 }
 
 impl Windows {
-    fn new(mut reader: ManifestReader, range: Range<u64>) -> Self {
-        let position = reader.skip_to(range.start);
+    /// Windows over `range` of the content, read by `reader`, whose first entry begins at
+    /// byte `position` (at or before `range.start`).
+    fn new(reader: ManifestReader, position: u64, range: Range<u64>) -> Self {
         Self {
             reader,
             part: None,
@@ -136,19 +137,20 @@ impl Windows {
     }
 }
 
-/// Streams `range` of the content described by `manifest`: the first window is planned
-/// before this returns (so a missing chunk or a destroyed key is an error before any byte),
-/// later ones while earlier spans are being sent.
+/// Streams `range` of the content described by `manifest` (whose first entry begins at
+/// byte `position`): the first window is planned before this returns (so a missing chunk or
+/// a destroyed key is an error before any byte), later ones while earlier spans are being
+/// sent.
 pub(super) async fn stream(
     inner: Arc<Inner>,
     tenant: String,
     key: TenantKey,
-    manifest: ManifestReader,
+    (manifest, position): (ManifestReader, u64),
     range: Range<u64>,
 ) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static> {
     let admission = inner.cache.admission(range.end - range.start);
     let tenant_name: Arc<str> = Arc::from(tenant.as_str());
-    let mut windows = Windows::new(manifest, range);
+    let mut windows = Windows::new(manifest, position, range);
     let first = match windows.next_window().await? {
         Some(window) => plan(&inner, &tenant, window).await?,
         None => Vec::new(),

@@ -1028,7 +1028,7 @@ impl Artifacts {
         let manifest = self
             .inner
             .catalog
-            .manifest_reader(&plan.artifact.id, &plan.version.version)
+            .manifest_reader_from(&plan.artifact.id, &plan.version.version, plan.offset)
             .await?;
         let key = TenantKey::derive(&self.inner.secret(), &plan.artifact.scope.tenant);
         download::stream(

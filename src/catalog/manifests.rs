@@ -175,11 +175,11 @@ impl Catalog {
         let mut named = Vec::with_capacity(stored.len());
         let mut wanted: Vec<SegmentId> = Vec::new();
         for row in &stored {
-            let ids = named_segments(row);
-            if let Ok(Some(ids)) = &ids {
-                wanted.extend_from_slice(ids);
+            let list = segment_list(row);
+            if let Ok(Some(list)) = &list {
+                wanted.extend_from_slice(&list.ids);
             }
-            named.push(ids);
+            named.push(list);
         }
         if wanted.is_empty() {
             return Ok(stored
@@ -194,9 +194,10 @@ impl Catalog {
         Ok(stored
             .into_iter()
             .zip(named)
-            .map(|(row, ids)| {
-                let Some(ids) = ids? else { return Ok(row) };
-                assemble(&bodies, &ids, None).map(|manifest| manifest.encoded().to_vec())
+            .map(|(row, list)| {
+                let Some(list) = list? else { return Ok(row) };
+                assemble(&bodies, &list.ids, list.lengths.as_deref())
+                    .map(|manifest| manifest.encoded().to_vec())
             })
             .collect())
     }
@@ -236,6 +237,19 @@ impl Catalog {
     /// is the list of its segments (40 bytes per 64 chunks on average) and the part last
     /// read, so a download's memory does not grow with the artifact.
     pub async fn manifest_reader(&self, artifact_id: &str, version: &str) -> Result<ManifestReader> {
+        Ok(self.manifest_reader_from(artifact_id, version, 0).await?.0)
+    }
+
+    /// [`Self::manifest_reader`] for a read from byte `offset`: the reader begins at the
+    /// segment holding that byte, and the position in the content of its first entry comes
+    /// with it. A whole manifest, or a row that does not say how long its segments are, is
+    /// read from its start (position 0).
+    pub async fn manifest_reader_from(
+        &self,
+        artifact_id: &str,
+        version: &str,
+        offset: u64,
+    ) -> Result<(ManifestReader, u64)> {
         let row: Option<(String, Vec<u8>)> = sqlx::query_as(
             "SELECT a.tenant, v.manifest FROM versions v JOIN artifacts a ON a.id = v.artifact_id \
              WHERE v.artifact_id = $1 AND v.version = $2",
@@ -248,25 +262,33 @@ impl Catalog {
         let (tenant, stored) = row.ok_or_else(|| {
             Error::not_found(format!("version {version} of artifact {artifact_id:?} not found"))
         })?;
+        let mut position = 0;
         let source = match segment_list(&stored)? {
-            Some(SegmentList { ids, lengths }) => Source::Segmented {
-                ids,
-                lengths,
-                next: 0,
-            },
+            Some(SegmentList { ids, lengths }) => {
+                let next = match &lengths {
+                    Some(lengths) => {
+                        let (index, start) = segment_at(lengths, offset);
+                        position = start;
+                        index
+                    }
+                    None => 0,
+                };
+                Source::Segmented { ids, lengths, next }
+            }
             None => Source::Whole(Some(Manifest::decode(stored).map_err(|e| {
                 Error::DataLoss(format!(
                     "manifest of version {version} of artifact {artifact_id:?} is unreadable: {e}"
                 ))
             })?)),
         };
-        Ok(ManifestReader {
+        let reader = ManifestReader {
             catalog: self.clone(),
             tenant,
             artifact_id: artifact_id.to_owned(),
             version: version.to_owned(),
             source,
-        })
+        };
+        Ok((reader, position))
     }
 }
 
@@ -331,25 +353,6 @@ enum Source {
 }
 
 impl ManifestReader {
-    /// Skips, before the first part is read, the segments that hold only content before
-    /// byte `offset`; the position in the content of the first entry of the next part.
-    /// A whole manifest, or a row that does not say how long its segments are, is read
-    /// from its start (0).
-    pub fn skip_to(&mut self, offset: u64) -> u64 {
-        match &mut self.source {
-            Source::Segmented {
-                lengths: Some(lengths),
-                next,
-                ..
-            } if *next == 0 => {
-                let (index, start) = segment_at(lengths, offset);
-                *next = index;
-                start
-            }
-            _ => 0,
-        }
-    }
-
     /// The next part of the manifest (its next entries, in order), `None` after the last.
     /// A version purged while it is being read is NOT_FOUND here, not damage.
     pub async fn next_part(&mut self) -> Result<Option<Manifest>> {
@@ -524,6 +527,27 @@ mod tests {
         );
         row.truncate(1 + 32 + 8 + 32);
         assert!(segment_list(&row).is_err(), "a record without its length");
+    }
+
+    #[test]
+    fn segments_are_checked_against_the_lengths_their_row_gives() {
+        let entry = |n: u8, len: u32| {
+            let mut entry = vec![n; 32];
+            entry.extend_from_slice(&len.to_le_bytes());
+            entry
+        };
+        let first = [entry(1, 1000), entry(2, 24)].concat();
+        let second = entry(3, 7);
+        let ids = [segment_id(&first), segment_id(&second)];
+        let bodies = HashMap::from([(ids[0], first), (ids[1], second)]);
+        let manifest = assemble(&bodies, &ids, Some(&[1024, 7])).expect("lengths that agree");
+        assert_eq!(manifest.total_len(), 1031);
+        assert_eq!(assemble(&bodies, &ids, None).unwrap(), manifest);
+        let wrong = assemble(&bodies, &ids, Some(&[1024, 8])).expect_err("a length that disagrees");
+        assert!(
+            matches!(&wrong, Error::DataLoss(message) if message.contains("covers 7 bytes") && message.contains("says 8")),
+            "{wrong}"
+        );
     }
 
     #[test]
