@@ -1202,6 +1202,62 @@ on_both_catalogs!(
     manifests_are_read_from_an_offset_on_postgres
 );
 
+/// Rows written before manifests gave their segments' lengths (form 2: the ids alone) are
+/// still read whole and from any offset (from their start), and counted by the audit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_segment_ids_alone_are_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let catalog = Catalog::connect(&url, 2).await.unwrap();
+    let scope = Scope::new("acme", "legacy");
+    let manifest = long_manifest(2000, &[], 3);
+    let mut version = new_version("1.0.0", Vec::new(), Vec::new());
+    version.manifest = manifest.clone().into();
+    let (artifact, _) = catalog
+        .create_artifact(&new_artifact(&scope, "legacy.bin"), &version)
+        .await
+        .unwrap();
+    // The row as the earlier form wrote it: tag 2, then each segment's 32-byte id.
+    let raw = sqlx::sqlite::SqlitePool::connect(&url).await.unwrap();
+    let (row,): (Vec<u8>,) = sqlx::query_as("SELECT manifest FROM versions WHERE artifact_id = ?")
+        .bind(artifact.id.as_str())
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        row[0], 3,
+        "long manifests are written with their segments' lengths"
+    );
+    let mut legacy = vec![2u8];
+    for record in row[1..].chunks_exact(40) {
+        legacy.extend_from_slice(&record[..32]);
+    }
+    sqlx::query("UPDATE versions SET manifest = ? WHERE artifact_id = ?")
+        .bind(&legacy)
+        .bind(artifact.id.as_str())
+        .execute(&raw)
+        .await
+        .unwrap();
+    raw.close().await;
+
+    assert_eq!(
+        catalog.manifest(&artifact.id, "1.0.0").await.unwrap(),
+        manifest.encoded().to_vec()
+    );
+    let (mut reader, position) = catalog
+        .manifest_reader_from(&artifact.id, "1.0.0", 16384 * 1500)
+        .await
+        .unwrap();
+    assert_eq!(position, 0, "a row without lengths is read from its start");
+    let mut read = Vec::new();
+    while let Some(part) = reader.next_part().await.unwrap() {
+        read.extend(part.entries());
+    }
+    assert_eq!(read, manifest.entries().collect::<Vec<_>>());
+    let audit = catalog.audit_shared_rows().await.unwrap();
+    assert!(audit.problems.is_empty() && audit.segments > 16, "{audit:?}");
+}
+
 /// Extracted metadata that only differs in its line count is stored once and read back
 /// with each version's own count; purging the last version naming it deletes it.
 async fn extracted_metadata_is_shared(catalog: Catalog) {
