@@ -33,7 +33,7 @@ func main() {
 	if *key != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+*key)
 	}
-	conn, err := grpc.DialContext(ctx, *addr, grpc.WithInsecure(), grpc.WithBlock())
+	conn, err := grpc.DialContext(ctx, *addr, append(client.DialOptions(), grpc.WithInsecure(), grpc.WithBlock())...)
 	if err != nil {
 		fail("connecting to %s: %v", *addr, err)
 	}
