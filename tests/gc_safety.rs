@@ -387,6 +387,10 @@ async fn collect(admin: &mut AdminServiceClient<Authed>) -> Option<proto::Garbag
     {
         Ok(response) => response.into_inner().report,
         Err(status) if status.code() == Code::FailedPrecondition => None,
+        // A run whose lease ran out (its renewals held up past the 3 s lease on a busy
+        // machine) stops without changing anything more: a safe outcome, not a failure;
+        // what it did before is checked with everything else at the end.
+        Err(status) if status.code() == Code::Aborted => None,
         Err(status) => panic!("garbage collection failed: {status:?}"),
     }
 }
