@@ -70,7 +70,7 @@ impl Manifest {
     }
 
     pub fn total_len(&self) -> u64 {
-        self.entries().map(|e| u64::from(e.raw_len)).sum()
+        Self::segment_content_len(&self.encoded[1..])
     }
 
     /// The stored form.
