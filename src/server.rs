@@ -358,6 +358,16 @@ pub async fn run(
             crate::jobs::run_storage_stats(summed.clone(), every, token)
         });
     }
+    if let Some(handle) = &metrics {
+        let handle = handle.clone();
+        supervisor.spawn("metrics upkeep", move |token| {
+            crate::telemetry::run_metrics_upkeep(
+                handle.clone(),
+                crate::telemetry::METRICS_UPKEEP_INTERVAL,
+                token,
+            )
+        });
+    }
     let pruned_catalog = catalog.clone();
     let event_settings = config.events.clone();
     supervisor.spawn("outbox pruner", move |token| {

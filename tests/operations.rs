@@ -200,6 +200,7 @@ async fn health_is_reported_per_service() {
             "garbage collector",
             "health",
             "indexer",
+            "metrics upkeep",
             "outbox pruner",
             "reconciler",
             "replicator",
