@@ -1047,6 +1047,59 @@ async fn fetch_to_partial(
     Ok((hasher.finalize().to_hex().to_string(), written))
 }
 
+/// Opens `partial` (made when missing) with an exclusive lock: two pulls into one path would
+/// otherwise append to the same part. A pull that finds the part locked stops at once
+/// (exit code 5) and leaves it alone. A part renamed or removed by the pull that held it,
+/// between this one opening and locking it, is not the file at that path any more: it is
+/// let go and the path opened again.
+fn lock_partial(partial: &Path, target: &Path) -> Result<std::fs::File, Failure> {
+    let failed = |e: std::io::Error| failure(1, format!("{}: {e}", partial.display()));
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(partial)
+            .map_err(failed)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(failure(
+                    5,
+                    format!(
+                        "{}: another pull into this path is running (it holds {}); \
+                         try again when it has finished",
+                        target.display(),
+                        partial.display()
+                    ),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(failed(e)),
+        }
+        if still_at(&file, partial) {
+            return Ok(file);
+        }
+    }
+}
+
+/// Whether `file` is still the file at `path`.
+#[cfg(unix)]
+fn still_at(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(held), Ok(named)) => held.dev() == named.dev() && held.ino() == named.ino(),
+        _ => false,
+    }
+}
+
+/// Whether `file` is still the file at `path`: without inode numbers to compare, whether
+/// there is one.
+#[cfg(not(unix))]
+fn still_at(_file: &std::fs::File, path: &Path) -> bool {
+    path.exists()
+}
+
 async fn pull(
     session: &Session,
     artifact: &str,
@@ -1080,10 +1133,14 @@ async fn pull(
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| failure(1, format!("{}: {e}", parent.display())))?;
     }
-    let mut resumed_from = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    let failed = |e: std::io::Error| failure(1, format!("{}: {e}", partial.display()));
+    // Held until the part has its final name or is removed. The part is emptied, never
+    // removed, while the pull goes on: a file made anew in its place would not be locked.
+    let part = lock_partial(&partial, &target)?;
+    let mut resumed_from = part.metadata().map_err(failed)?.len();
     if resumed_from > version.size {
         resumed_from = 0;
-        let _ = std::fs::remove_file(&partial);
+        part.set_len(0).map_err(failed)?;
     }
     let (mut digest, written) =
         fetch_to_partial(session, &artifact, &version, &partial, resumed_from).await?;
@@ -1091,7 +1148,7 @@ async fn pull(
         // Whole yet wrong after a resume: the part an earlier pull left was of other content
         // (another version under this name, or a file damaged since), so this version is
         // fetched whole instead.
-        let _ = std::fs::remove_file(&partial);
+        part.set_len(0).map_err(failed)?;
         eprintln!(
             "{}: the part left by an earlier pull does not belong to version {}; downloading it whole",
             partial.display(),
@@ -1115,6 +1172,7 @@ async fn pull(
         ));
     }
     std::fs::rename(&partial, &target).map_err(|e| failure(1, format!("{}: {e}", target.display())))?;
+    drop(part);
     session.print(
         json!({ "path": target.display().to_string(), "version": version.version, "size": version.size,
                 "blake3": version.blake3, "resumed_from": resumed_from }),

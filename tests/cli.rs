@@ -426,3 +426,79 @@ fn push_streams_the_file_and_a_failed_read_stores_nothing() {
         String::from_utf8_lossy(&missing.stdout)
     );
 }
+
+/// Pulls into one path take turns: a part another process holds is left alone (exit code 5,
+/// naming it), and of pulls started at once, each finishes or stops that way, and the file
+/// ends as the version with no part left over.
+#[test]
+fn pulls_into_one_path_take_turns() {
+    let server = ServerProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let content: Vec<u8> = (0..6u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(work.join("big.bin"), &content).unwrap();
+    let pushed = ok_json(cli(&server, &["push", "big.bin", "--json"], work));
+    let id = pushed["artifact"]["id"].as_str().unwrap().to_owned();
+    let running = "another pull into this path is running";
+
+    let part = work.join("held.bin.part");
+    std::fs::write(&part, &content[..1000]).unwrap();
+    let holder = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
+    holder.try_lock().unwrap();
+    let refused = cli(&server, &["pull", &id, "-o", "held.bin"], work);
+    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert_eq!(refused.status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains(running) && stderr.contains("held.bin.part"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&part).unwrap(),
+        &content[..1000],
+        "the held part was touched"
+    );
+    assert!(!work.join("held.bin").exists());
+    drop(holder);
+    let resumed = ok_json(cli(&server, &["pull", &id, "-o", "held.bin", "--json"], work));
+    assert_eq!(resumed["resumed_from"], 1000);
+    assert_eq!(std::fs::read(work.join("held.bin")).unwrap(), content);
+
+    for round in 0..4 {
+        let pulls: Vec<std::process::Child> = (0..8)
+            .map(|_| {
+                command()
+                    .current_dir(work)
+                    .env("ARTIFACTD_ADDR", server.endpoint())
+                    .env("ARTIFACTD_TOKEN", &server.key)
+                    .env("ARTIFACTD_TENANT", "acme")
+                    .env("ARTIFACTD_PROJECT", "cli")
+                    .args(["pull", &id, "-o", "same.bin"])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("running artifactd")
+            })
+            .collect();
+        let mut finished = 0;
+        for pull in pulls {
+            let output = pull.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            match output.status.code() {
+                Some(0) => finished += 1,
+                Some(5) if stderr.contains(running) => {}
+                other => panic!("round {round}: a pull ended with {other:?}: {stderr}"),
+            }
+        }
+        assert!(finished >= 1, "round {round}: no pull finished");
+        assert!(
+            std::fs::read(work.join("same.bin")).unwrap() == content,
+            "round {round}: the file is not the version"
+        );
+        assert!(
+            !work.join("same.bin.part").exists(),
+            "round {round}: a part was left"
+        );
+    }
+}
