@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from artifactd_client import ArtifactdError
+from artifactd_client import ArtifactdError, Downloaded, DownloadInProgress
 from artifactd_client._generated.artifactd.v1 import search_pb2
 from artifactd_client.aio import AsyncClient
 
@@ -36,6 +36,15 @@ def test_the_async_client_round_trips_resumes_pages_and_reports_errors(server: s
             (tmp_path / "async.bin.part").write_bytes(b"second")
             again = await client.download_to(target, "acme", p, artifact_id, version="1.0.0")
             assert again.resumed_from == 0 and target.read_bytes() == content
+            # Downloads into one path at once: one holds the part, the others stop.
+            outcomes = await asyncio.gather(
+                *(client.download_to(tmp_path / "once.bin", "acme", p, artifact_id, version="1.0.0") for _ in range(6)),
+                return_exceptions=True,
+            )
+            assert all(isinstance(o, (Downloaded, DownloadInProgress)) for o in outcomes), outcomes
+            assert sum(isinstance(o, Downloaded) for o in outcomes) >= 1, outcomes
+            assert (tmp_path / "once.bin").read_bytes() == content
+            assert not (tmp_path / "once.bin.part").exists()
 
             for n in range(3):
                 await client.create("acme", p, "doc", f"note-{n}.md", f"# Quokka note {n}\n".encode())

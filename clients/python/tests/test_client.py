@@ -3,8 +3,10 @@ sent them."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +19,7 @@ import blake3
 import grpc
 import pytest
 
-from artifactd_client import ArtifactdError, Client
+from artifactd_client import ArtifactdError, Client, DownloadInProgress
 from artifactd_client._generated.artifactd.v1 import admin_pb2, backup_pb2, search_pb2
 
 T = TypeVar("T")
@@ -82,6 +84,50 @@ def test_upload_update_and_a_resumed_verified_download(server: str, tmp_path: Pa
         empty = client.create("acme", p, "bundle", "empty.bin", b"")
         assert client.download_to(tmp_path / "empty.bin", "acme", p, empty.artifact.id).size == 0
         assert (tmp_path / "empty.bin").read_bytes() == b""
+
+
+def test_downloads_into_one_path_take_turns(server: str, tmp_path: Path) -> None:
+    p = project()
+    content = os.urandom(4 * 1024 * 1024 + 17)
+    with Client(server) as client:
+        artifact_id = client.create("acme", p, "bundle", "turns.bin", content).artifact.id
+
+        # A part another download holds is left alone.
+        part = tmp_path / "held.bin.part"
+        part.write_bytes(content[:1000])
+        with open(part, "rb") as holder:
+            fcntl.flock(holder.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with pytest.raises(DownloadInProgress) as running:
+                client.download_to(tmp_path / "held.bin", "acme", p, artifact_id)
+        assert running.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "another download into this path is running" in running.value.message
+        assert str(part) in running.value.message
+        assert part.read_bytes() == content[:1000] and not (tmp_path / "held.bin").exists()
+        assert client.download_to(tmp_path / "held.bin", "acme", p, artifact_id).resumed_from == 1000
+        assert (tmp_path / "held.bin").read_bytes() == content
+
+        # Downloads started at once: each finishes or stops as above; the file ends whole.
+        target = tmp_path / "same.bin"
+        for round in range(4):
+            outcomes: list[str] = []
+
+            def download() -> None:
+                try:
+                    client.download_to(target, "acme", p, artifact_id)
+                    outcomes.append("done")
+                except DownloadInProgress:
+                    outcomes.append("running")
+                except Exception as error:
+                    outcomes.append(repr(error))
+
+            threads = [threading.Thread(target=download) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert set(outcomes) <= {"done", "running"} and "done" in outcomes, (round, outcomes)
+            assert target.read_bytes() == content, round
+            assert not (tmp_path / "same.bin.part").exists(), round
 
 
 def test_an_edit_is_stored_as_a_delta_and_the_savings_add_up(server: str) -> None:

@@ -34,6 +34,7 @@ from artifactd_client.client import (
     call_metadata,
     channel_options,
     create_header,
+    lock_partial,
     part_hasher,
     update_header,
     upload_requests,
@@ -201,37 +202,37 @@ class AsyncClient:
         takes its final name."""
         target = Path(path)
         partial = target.with_name(target.name + ".part")
-        resumed_from = partial.stat().st_size if partial.exists() else 0
-        expected = (await self.get(tenant, project, artifact_id=artifact_id, version=version)).version
-        if resumed_from > expected.size:
-            partial.unlink()
-            resumed_from = 0
+        with lock_partial(partial, target) as part:
+            resumed_from = os.fstat(part.fileno()).st_size
+            expected = (await self.get(tenant, project, artifact_id=artifact_id, version=version)).version
+            if resumed_from > expected.size:
+                part.truncate(0)
+                resumed_from = 0
 
-        async def fetch(start: int) -> str:
-            hasher = await asyncio.to_thread(part_hasher, partial, start)
-            with open(partial, "ab") as file:
+            async def fetch(start: int) -> str:
+                hasher = await asyncio.to_thread(part_hasher, partial, start)
                 if start < expected.size:
                     async for piece in self._download(
                         tenant, project, artifact_id, expected.version, start, 0, verify=False
                     ):
-                        file.write(piece)
+                        part.write(piece)
                         hasher.update(piece)
-                file.flush()
-                await asyncio.to_thread(os.fsync, file.fileno())
-            return hasher.hexdigest()
+                part.flush()
+                await asyncio.to_thread(os.fsync, part.fileno())
+                return hasher.hexdigest()
 
-        digest = await fetch(resumed_from)
-        if digest != expected.blake3 and resumed_from > 0:
-            partial.unlink()
-            resumed_from = 0
-            digest = await fetch(0)
-        if digest != expected.blake3:
-            partial.unlink()
-            raise IntegrityError(
-                f"{target}: the downloaded file hashes to {digest}, version {expected.version} has "
-                f"{expected.blake3}; the partial file was removed"
-            )
-        os.replace(partial, target)
+            digest = await fetch(resumed_from)
+            if digest != expected.blake3 and resumed_from > 0:
+                part.truncate(0)
+                resumed_from = 0
+                digest = await fetch(0)
+            if digest != expected.blake3:
+                partial.unlink()
+                raise IntegrityError(
+                    f"{target}: the downloaded file hashes to {digest}, version {expected.version} has "
+                    f"{expected.blake3}; the partial file was removed"
+                )
+            os.replace(partial, target)
         return Downloaded(target, expected.version, expected.size, expected.blake3, resumed_from)
 
     async def get(

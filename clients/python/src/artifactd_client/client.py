@@ -4,6 +4,7 @@ downloads (resumable and verified), paging, and retrying calls that are safe to 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,9 @@ from typing import BinaryIO, TypeVar, Union
 import blake3
 import grpc
 import grpc.aio
+
+if sys.platform != "win32":
+    import fcntl
 
 from artifactd_client._generated.artifactd.v1 import (
     admin_pb2,
@@ -57,6 +61,14 @@ class IntegrityError(ArtifactdError):
 
     def __init__(self, message: str) -> None:
         super().__init__(grpc.StatusCode.DATA_LOSS, message)
+
+
+class DownloadInProgress(ArtifactdError):
+    """Another download into the same path holds its `<path>.part`: this one left it alone
+    and can be tried again once that one has finished."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(grpc.StatusCode.FAILED_PRECONDITION, message)
 
 
 def _error(error: grpc.RpcError) -> ArtifactdError:
@@ -222,6 +234,35 @@ def whole_download_mismatch(
         f"artifact {artifact_id} version {header.version}: received bytes hash to {digest}, "
         f"the server announced {header.blake3}"
     )
+
+
+def lock_partial(partial: Path, target: Path) -> BinaryIO:
+    """Opens `partial` (made when missing) for appending, holding an exclusive lock on it
+    (on POSIX systems) until it is closed: two downloads into one path would otherwise append
+    to the same part. Raises DownloadInProgress, leaving the part alone, when another
+    download holds it. A part the download that held it renamed or removed between this one
+    opening and locking it is not the file at that path any more: it is let go and the path
+    opened again. The part is emptied, never removed, while the download goes on: a file made
+    anew in its place would not be locked."""
+    while True:
+        file = open(partial, "a+b")
+        if sys.platform != "win32":
+            try:
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                file.close()
+                raise DownloadInProgress(
+                    f"{target}: another download into this path is running (it holds {partial}); "
+                    "try again when it has finished"
+                ) from None
+        try:
+            held, named = os.fstat(file.fileno()), os.stat(partial)
+        except FileNotFoundError:
+            file.close()
+            continue
+        if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino):
+            return file
+        file.close()
 
 
 def part_hasher(path: Path, size: int) -> blake3.blake3:
@@ -441,44 +482,44 @@ class Client:
         nothing partial ever carries the final name."""
         target = Path(path)
         partial = target.with_name(target.name + ".part")
-        resumed_from = partial.stat().st_size if partial.exists() else 0
-        metadata = self.get(tenant, project, artifact_id=artifact_id, version=version)
-        expected = metadata.version
-        if resumed_from > expected.size:
-            partial.unlink()
-            resumed_from = 0
+        with lock_partial(partial, target) as part:
+            resumed_from = os.fstat(part.fileno()).st_size
+            metadata = self.get(tenant, project, artifact_id=artifact_id, version=version)
+            expected = metadata.version
+            if resumed_from > expected.size:
+                part.truncate(0)
+                resumed_from = 0
 
-        def fetch(start: int) -> str:
-            # The file's hash: the part already there, then every byte as it is written
-            # (hashed once, never read back).
-            hasher = part_hasher(partial, start)
-            written = start
-            with open(partial, "ab") as file:
+            def fetch(start: int) -> str:
+                # The file's hash: the part already there, then every byte as it is written
+                # (hashed once, never read back).
+                hasher = part_hasher(partial, start)
+                written = start
                 if written < expected.size:
                     for piece in self._download(
                         tenant, project, artifact_id, expected.version, written, 0, verify=False
                     ):
-                        file.write(piece)
+                        part.write(piece)
                         hasher.update(piece)
                         written += len(piece)
                         if progress is not None:
                             progress(written)
-                file.flush()
-                os.fsync(file.fileno())
-            return hasher.hexdigest()
+                part.flush()
+                os.fsync(part.fileno())
+                return hasher.hexdigest()
 
-        digest = fetch(resumed_from)
-        if digest != expected.blake3 and resumed_from > 0:
-            partial.unlink()
-            resumed_from = 0
-            digest = fetch(0)
-        if digest != expected.blake3:
-            partial.unlink()
-            raise IntegrityError(
-                f"{target}: the downloaded file hashes to {digest}, version "
-                f"{expected.version} has {expected.blake3}; the partial file was removed"
-            )
-        os.replace(partial, target)
+            digest = fetch(resumed_from)
+            if digest != expected.blake3 and resumed_from > 0:
+                part.truncate(0)
+                resumed_from = 0
+                digest = fetch(0)
+            if digest != expected.blake3:
+                partial.unlink()
+                raise IntegrityError(
+                    f"{target}: the downloaded file hashes to {digest}, version "
+                    f"{expected.version} has {expected.blake3}; the partial file was removed"
+                )
+            os.replace(partial, target)
         return Downloaded(target, expected.version, expected.size, expected.blake3, resumed_from)
 
     # ---- reads ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ package client
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -183,38 +184,93 @@ type Downloaded struct {
 	ResumedFrom uint64
 }
 
+// DownloadInProgressError is a DownloadTo that found another download into the same path
+// holding its part: it left the part alone and can be tried again once that one has finished.
+type DownloadInProgressError struct {
+	Path, Partial string
+}
+
+func (e *DownloadInProgressError) Error() string {
+	return fmt.Sprintf("%s: another download into this path is running (it holds %s); try again when it has finished",
+		e.Path, e.Partial)
+}
+
+var errLocked = errors.New("locked by another process")
+
+// lockPartial opens partial (made when missing) holding an exclusive lock on it (on Unix
+// systems) until it is closed: two downloads into one path would otherwise append to the
+// same part. A part the download that held it renamed or removed between this one opening
+// and locking it is not the file at that path any more: it is let go and the path opened
+// again.
+func lockPartial(partial, path string) (*os.File, error) {
+	for {
+		file, err := os.OpenFile(partial, os.O_RDWR|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		if err := lock(file); err != nil {
+			file.Close()
+			if err == errLocked {
+				return nil, &DownloadInProgressError{Path: path, Partial: partial}
+			}
+			return nil, fmt.Errorf("locking %s: %w", partial, err)
+		}
+		if sameFile(file, partial) {
+			return file, nil
+		}
+		file.Close()
+	}
+}
+
+// sameFile reports whether file is still the file at path.
+func sameFile(file *os.File, path string) bool {
+	held, err := file.Stat()
+	if err != nil {
+		return false
+	}
+	named, err := os.Stat(path)
+	return err == nil && os.SameFile(held, named)
+}
+
 // DownloadTo downloads the whole version request names into the file at path, resuming from
 // the "<path>.part" an earlier attempt left, and verifies the whole file's blake3 before it
 // takes its final name. A resumed file that fails verification, or a part longer than the
 // version, began with other content (left by another version under the same path, or
-// damaged since): it is removed and the version fetched whole, once. A whole download that
+// damaged since): it is emptied and the version fetched whole, once. A whole download that
 // fails verification is removed and fails with an *IntegrityError; nothing partial ever
-// carries the final name.
+// carries the final name. The part is locked while the download runs: another DownloadTo
+// into the same path meanwhile fails with a *DownloadInProgressError and leaves it alone.
 func DownloadTo(ctx context.Context, artifacts pb.ArtifactServiceClient, request *pb.DownloadArtifactRequest, path string) (*Downloaded, error) {
 	if request.Offset != 0 || request.Length != 0 {
 		return nil, fmt.Errorf("DownloadTo writes whole versions (offset %d, length %d asked): use Download for a range",
 			request.Offset, request.Length)
 	}
 	partial := path + ".part"
-	var resumedFrom uint64
-	if info, err := os.Stat(partial); err == nil {
-		resumedFrom = uint64(info.Size())
-	} else if !os.IsNotExist(err) {
+	part, err := lockPartial(partial, path)
+	if err != nil {
 		return nil, err
 	}
-	header, digest, err := fetchInto(ctx, artifacts, request, request.Version, partial, resumedFrom)
+	// Closed last: the lock is held until the part has its final name or is removed.
+	defer part.Close()
+	info, err := part.Stat()
+	if err != nil {
+		return nil, err
+	}
+	resumedFrom := uint64(info.Size())
+	header, digest, err := fetchInto(ctx, artifacts, request, request.Version, part, resumedFrom)
 	if resumedFrom > 0 && (status.Code(err) == codes.OutOfRange || (err == nil && digest != header.Blake3)) {
 		// The part is not the start of this version: fetch it whole, pinned to the version
-		// the first request resolved (an alias may have moved since).
+		// the first request resolved (an alias may have moved since). The part is emptied,
+		// not removed: a file made anew in its place would not be locked.
 		version := request.Version
 		if header != nil {
 			version = header.Version
 		}
-		if err := os.Remove(partial); err != nil {
+		if err := part.Truncate(0); err != nil {
 			return nil, err
 		}
 		resumedFrom = 0
-		header, digest, err = fetchInto(ctx, artifacts, request, version, partial, 0)
+		header, digest, err = fetchInto(ctx, artifacts, request, version, part, 0)
 	}
 	if err != nil {
 		return nil, err
@@ -233,18 +289,16 @@ func DownloadTo(ctx context.Context, artifacts pb.ArtifactServiceClient, request
 	return &Downloaded{Header: header, ResumedFrom: resumedFrom}, nil
 }
 
-// fetchInto appends version's bytes from start to the file partial (which holds start bytes)
-// and returns the download's header and the blake3 of the whole file: the part already
-// there, then every byte as it is written.
-func fetchInto(ctx context.Context, artifacts pb.ArtifactServiceClient, request *pb.DownloadArtifactRequest, version, partial string, start uint64) (*pb.DownloadHeader, string, error) {
-	file, err := os.OpenFile(partial, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
+// fetchInto appends version's bytes from start to file (which holds start bytes) and returns
+// the download's header and the blake3 of the whole file: the part already there, then every
+// byte as it is written.
+func fetchInto(ctx context.Context, artifacts pb.ArtifactServiceClient, request *pb.DownloadArtifactRequest, version string, file *os.File, start uint64) (*pb.DownloadHeader, string, error) {
+	if _, err := file.Seek(0, io.SeekStart); err != nil {
 		return nil, "", err
 	}
-	defer file.Close()
 	hasher := newHasher()
 	if _, err := io.CopyN(hasher, file, int64(start)); err != nil {
-		return nil, "", fmt.Errorf("reading %s: %w", partial, err)
+		return nil, "", fmt.Errorf("reading %s: %w", file.Name(), err)
 	}
 	ranged := &pb.DownloadArtifactRequest{
 		Tenant: request.Tenant, Project: request.Project, ArtifactId: request.ArtifactId,

@@ -8,10 +8,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
+	"syscall"
 	"time"
 
 	"artifactd/client"
@@ -131,11 +134,70 @@ func downloadToFile(ctx context.Context, artifacts pb.ArtifactServiceClient, req
 			fail("download to a file (%s): the part is still there (%v)", attempt.name, err)
 		}
 	}
+	takeTurns(ctx, artifacts, request, content, dir)
 	ranged := &pb.DownloadArtifactRequest{
 		Tenant: request.Tenant, Project: request.Project, ArtifactId: request.ArtifactId, Offset: 1,
 	}
 	if _, err := client.DownloadTo(ctx, artifacts, ranged, path); err == nil {
 		fail("download to a file accepted a range")
+	}
+}
+
+// takeTurns downloads into paths another download holds: a held part is left alone, and
+// of downloads started at once each finishes or stops that way, and the file ends whole.
+func takeTurns(ctx context.Context, artifacts pb.ArtifactServiceClient, request *pb.DownloadArtifactRequest, content []byte, dir string) {
+	held := filepath.Join(dir, "held.bin")
+	holder, err := os.OpenFile(held+".part", os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		fail("a part: %v", err)
+	}
+	if _, err := holder.Write(content[:1000]); err != nil {
+		fail("writing a part: %v", err)
+	}
+	if err := syscall.Flock(int(holder.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		fail("locking a part: %v", err)
+	}
+	var running *client.DownloadInProgressError
+	if _, err := client.DownloadTo(ctx, artifacts, request, held); !errors.As(err, &running) {
+		fail("a download into a held part: %v, expected a DownloadInProgressError", err)
+	}
+	if part, err := os.ReadFile(held + ".part"); err != nil || !bytes.Equal(part, content[:1000]) {
+		fail("a download changed a part another one holds (%v)", err)
+	}
+	holder.Close()
+	done, err := client.DownloadTo(ctx, artifacts, request, held)
+	if err != nil || done.ResumedFrom != 1000 {
+		fail("a download after the part was let go: %v (%+v)", err, done)
+	}
+	same := filepath.Join(dir, "same.bin")
+	for round := 0; round < 4; round++ {
+		results := make([]error, 8)
+		var wg sync.WaitGroup
+		for i := range results {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				_, results[i] = client.DownloadTo(ctx, artifacts, request, same)
+			}(i)
+		}
+		wg.Wait()
+		finished := 0
+		for _, err := range results {
+			if err == nil {
+				finished++
+			} else if !errors.As(err, &running) {
+				fail("round %d: a download at once with others: %v", round, err)
+			}
+		}
+		if finished == 0 {
+			fail("round %d: no download finished", round)
+		}
+		if written, err := os.ReadFile(same); err != nil || !bytes.Equal(written, content) {
+			fail("round %d: the file differs from the content (%v)", round, err)
+		}
+		if _, err := os.Stat(same + ".part"); !os.IsNotExist(err) {
+			fail("round %d: a part was left (%v)", round, err)
+		}
 	}
 }
 
