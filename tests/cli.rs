@@ -8,14 +8,21 @@ use common::binary::{ServerProcess, command};
 use std::path::Path;
 use std::process::Output;
 
-fn cli(server: &ServerProcess, args: &[&str], cwd: &Path) -> Output {
-    command()
+/// The command line against `server`, as tenant `acme` in project `cli`.
+fn cli_command(server: &ServerProcess, args: &[&str], cwd: &Path) -> std::process::Command {
+    let mut command = command();
+    command
         .current_dir(cwd)
         .env("ARTIFACTD_ADDR", server.endpoint())
         .env("ARTIFACTD_TOKEN", &server.key)
         .env("ARTIFACTD_TENANT", "acme")
         .env("ARTIFACTD_PROJECT", "cli")
-        .args(args)
+        .args(args);
+    command
+}
+
+fn cli(server: &ServerProcess, args: &[&str], cwd: &Path) -> Output {
+    cli_command(server, args, cwd)
         .output()
         .expect("running artifactd")
 }
@@ -468,13 +475,7 @@ fn pulls_into_one_path_take_turns() {
     for round in 0..4 {
         let pulls: Vec<std::process::Child> = (0..8)
             .map(|_| {
-                command()
-                    .current_dir(work)
-                    .env("ARTIFACTD_ADDR", server.endpoint())
-                    .env("ARTIFACTD_TOKEN", &server.key)
-                    .env("ARTIFACTD_TENANT", "acme")
-                    .env("ARTIFACTD_PROJECT", "cli")
-                    .args(["pull", &id, "-o", "same.bin"])
+                cli_command(&server, &["pull", &id, "-o", "same.bin"], work)
                     .stdout(std::process::Stdio::piped())
                     .stderr(std::process::Stdio::piped())
                     .spawn()

@@ -28,12 +28,12 @@ from artifactd_client.client import (
     ArtifactdError,
     Content,
     Downloaded,
-    IntegrityError,
     Progress,
     _error,
     call_metadata,
     channel_options,
     create_header,
+    finish_part,
     lock_partial,
     part_hasher,
     update_header,
@@ -226,14 +226,7 @@ class AsyncClient:
                 part.truncate(0)
                 resumed_from = 0
                 digest = await fetch(0)
-            if digest != expected.blake3:
-                partial.unlink()
-                raise IntegrityError(
-                    f"{target}: the downloaded file hashes to {digest}, version {expected.version} has "
-                    f"{expected.blake3}; the partial file was removed"
-                )
-            os.replace(partial, target)
-        return Downloaded(target, expected.version, expected.size, expected.blake3, resumed_from)
+            return finish_part(partial, target, digest, expected, resumed_from)
 
     async def get(
         self,

@@ -265,6 +265,21 @@ def lock_partial(partial: Path, target: Path) -> BinaryIO:
         file.close()
 
 
+def finish_part(
+    partial: Path, target: Path, digest: str, expected: artifact_pb2.ArtifactVersion, resumed_from: int
+) -> Downloaded:
+    """Gives a part that hashes to the version's blake3 its final name; removes one that does
+    not and raises IntegrityError."""
+    if digest != expected.blake3:
+        partial.unlink()
+        raise IntegrityError(
+            f"{target}: the downloaded file hashes to {digest}, version "
+            f"{expected.version} has {expected.blake3}; the partial file was removed"
+        )
+    os.replace(partial, target)
+    return Downloaded(target, expected.version, expected.size, expected.blake3, resumed_from)
+
+
 def part_hasher(path: Path, size: int) -> blake3.blake3:
     """A hasher that has seen the first `size` bytes of the file at `path` (the part an
     earlier download left), read a MiB at a time whatever its size."""
@@ -513,14 +528,7 @@ class Client:
                 part.truncate(0)
                 resumed_from = 0
                 digest = fetch(0)
-            if digest != expected.blake3:
-                partial.unlink()
-                raise IntegrityError(
-                    f"{target}: the downloaded file hashes to {digest}, version "
-                    f"{expected.version} has {expected.blake3}; the partial file was removed"
-                )
-            os.replace(partial, target)
-        return Downloaded(target, expected.version, expected.size, expected.blake3, resumed_from)
+            return finish_part(partial, target, digest, expected, resumed_from)
 
     # ---- reads ---------------------------------------------------------------------------
 
