@@ -4,7 +4,7 @@
 //!
 //! An upload holds one of these for its whole content, so what stays in memory is small:
 //! chunks not yet in a sealed pack (at most the packs being filled and written), and for
-//! every chunk about 1.3 bytes finding it by id (a 4-byte tag of its id and its position,
+//! every chunk about 2 bytes finding it by id (a 4-byte tag of its id and its position,
 //! in sorted runs, the large ones on disk behind a filter: [`TagIndex`]). Sealed chunks go to a
 //! [`Spill`] (an unnamed file once they outgrow a few KiB), where a tag match is confirmed
 //! by reading the chunk's record.
@@ -119,9 +119,10 @@ fn tag_of(id: &ChunkId) -> u32 {
 /// sorted runs in memory, each at least twice as long as the next (runs of equal length are
 /// merged), 8 bytes an entry; a run that reaches [`RUN_ON_DISK_ENTRIES`] goes to a file in
 /// the spill directory, where only a filter and one tag per block of it stay in memory
-/// (about 1.3 bytes an entry). A lookup scans the tail, binary-searches each run in memory,
-/// and reads a block of a run on disk only when its filter lets the tag through (about 1%
-/// of the time for a tag it does not hold). Measured before runs went to disk: 16 uploads
+/// (about 2 bytes an entry: the filter's bits are rounded up to a power of two). A lookup
+/// scans the tail, binary-searches each run in memory, and reads a block of a run on disk
+/// only when its filter lets the tag through (under 1% of the time for a tag it does not
+/// hold). Measured before runs went to disk: 16 uploads
 /// of 3 GiB at once peaked at 216 MiB, of which this index was about 25 MiB.
 #[derive(Debug)]
 struct TagIndex {
