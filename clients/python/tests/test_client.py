@@ -92,6 +92,12 @@ def test_downloads_into_one_path_take_turns(server: str, tmp_path: Path) -> None
     with Client(server) as client:
         artifact_id = client.create("acme", p, "bundle", "turns.bin", content).artifact.id
 
+        # A version that is not there leaves no part behind.
+        with pytest.raises(ArtifactdError) as missing:
+            client.download_to(tmp_path / "missing.bin", "acme", project(), artifact_id)
+        assert missing.value.code == grpc.StatusCode.NOT_FOUND
+        assert not (tmp_path / "missing.bin.part").exists()
+
         # A part another download holds is left alone.
         part = tmp_path / "held.bin.part"
         part.write_bytes(content[:1000])

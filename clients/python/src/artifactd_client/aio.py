@@ -202,9 +202,10 @@ class AsyncClient:
         takes its final name."""
         target = Path(path)
         partial = target.with_name(target.name + ".part")
+        # Asked before the part is opened, so that a version that is not there leaves no file.
+        expected = (await self.get(tenant, project, artifact_id=artifact_id, version=version)).version
         with lock_partial(partial, target) as part:
             resumed_from = os.fstat(part.fileno()).st_size
-            expected = (await self.get(tenant, project, artifact_id=artifact_id, version=version)).version
             if resumed_from > expected.size:
                 part.truncate(0)
                 resumed_from = 0

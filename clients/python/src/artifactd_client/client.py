@@ -497,10 +497,10 @@ class Client:
         nothing partial ever carries the final name."""
         target = Path(path)
         partial = target.with_name(target.name + ".part")
+        # Asked before the part is opened, so that a version that is not there leaves no file.
+        expected = self.get(tenant, project, artifact_id=artifact_id, version=version).version
         with lock_partial(partial, target) as part:
             resumed_from = os.fstat(part.fileno()).st_size
-            metadata = self.get(tenant, project, artifact_id=artifact_id, version=version)
-            expected = metadata.version
             if resumed_from > expected.size:
                 part.truncate(0)
                 resumed_from = 0
