@@ -273,6 +273,11 @@ func DownloadTo(ctx context.Context, artifacts pb.ArtifactServiceClient, request
 		header, digest, err = fetchInto(ctx, artifacts, request, version, part, 0)
 	}
 	if err != nil {
+		// A part with bytes in it is kept for the next attempt to resume; an empty one (the
+		// version not found, say) would only be litter.
+		if info, statErr := part.Stat(); statErr == nil && info.Size() == 0 {
+			os.Remove(partial)
+		}
 		return nil, err
 	}
 	if digest != header.Blake3 {

@@ -135,6 +135,13 @@ func downloadToFile(ctx context.Context, artifacts pb.ArtifactServiceClient, req
 		}
 	}
 	takeTurns(ctx, artifacts, request, content, dir)
+	missing := &pb.DownloadArtifactRequest{Tenant: request.Tenant, Project: request.Project + "-none", ArtifactId: request.ArtifactId}
+	if _, err := client.DownloadTo(ctx, artifacts, missing, filepath.Join(dir, "missing.bin")); status.Code(err) != codes.NotFound {
+		fail("a download of a version that is not there: %v, expected NOT_FOUND", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "missing.bin.part")); !os.IsNotExist(err) {
+		fail("a download of a version that is not there left a part (%v)", err)
+	}
 	ranged := &pb.DownloadArtifactRequest{
 		Tenant: request.Tenant, Project: request.Project, ArtifactId: request.ArtifactId, Offset: 1,
 	}
