@@ -122,8 +122,8 @@ fn tag_of(id: &ChunkId) -> u32 {
 /// (about 2 bytes an entry: the filter's bits are rounded up to a power of two). A lookup
 /// scans the tail, binary-searches each run in memory, and reads a block of a run on disk
 /// only when its filter lets the tag through (under 1% of the time for a tag it does not
-/// hold). Measured before runs went to disk: 16 uploads
-/// of 3 GiB at once peaked at 216 MiB, of which this index was about 25 MiB.
+/// hold). Measured before runs went to disk: 16 uploads of 3 GiB at once peaked at 216 MiB,
+/// of which this index was about 25 MiB.
 #[derive(Debug)]
 struct TagIndex {
     runs: Vec<Vec<(u32, u32)>>,

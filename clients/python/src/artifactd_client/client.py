@@ -256,12 +256,10 @@ def lock_partial(partial: Path, target: Path) -> BinaryIO:
                     "try again when it has finished"
                 ) from None
         try:
-            held, named = os.fstat(file.fileno()), os.stat(partial)
+            if os.path.samestat(os.fstat(file.fileno()), os.stat(partial)):
+                return file
         except FileNotFoundError:
-            file.close()
-            continue
-        if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino):
-            return file
+            pass
         file.close()
 
 
