@@ -30,15 +30,17 @@ impl Default for ChunkerConfig {
     }
 }
 
-/// Holds at most `max_size` plus one input piece of unconsumed content, in one buffer kept
-/// for the whole stream.
+/// Carries less than `max_size` bytes of unconsumed content from one piece to the next, in
+/// one buffer kept for the whole stream (under `2 × max_size`: the carried bytes joined to
+/// the start of the next piece). A piece is cut where it lies, not copied into that buffer
+/// first: a buffer holding whole pieces grew to twice the message size on every upload.
 ///
-/// Each chunk is copied out of that buffer into an allocation of its own size. Chunks
-/// that were slices of the buffer kept it shared until the last of them was packed, so
-/// every piece pushed needed a new buffer of the piece's size, which the kernel mapped
-/// and zeroed page by page: on 256 MiB uploads to a server on moto those page faults were
-/// about 9 % of the server's CPU (perf). A chunk's copy, at most `max_size` and
-/// freed once packed, comes from memory the allocator just had back.
+/// Each chunk is copied out of its piece (or that buffer) into an allocation of its own
+/// size. Chunks that were slices of a shared buffer kept it until the last of them was
+/// packed, so every piece pushed needed a new buffer of the piece's size, which the kernel
+/// mapped and zeroed page by page: on 256 MiB uploads to a server on moto those page faults
+/// were about 9 % of the server's CPU (perf). A chunk's copy, at most `max_size` and freed
+/// once packed, comes from memory the allocator just had back.
 #[derive(Debug)]
 pub struct StreamChunker {
     config: ChunkerConfig,
@@ -53,18 +55,41 @@ impl StreamChunker {
         }
     }
 
-    /// Adds content and returns every chunk whose end is now certain.
+    /// Adds content and returns every chunk whose end is now certain: a boundary is certain
+    /// once `max_size` bytes from the chunk's start are known (FastCDC never looks further).
     pub fn push(&mut self, data: &[u8]) -> Vec<Bytes> {
-        self.pending.extend_from_slice(data);
+        let max = self.config.max_size;
         let mut chunks = Vec::new();
-        let mut cut = 0;
-        // A boundary is certain once max_size bytes are buffered: FastCDC never looks further.
-        while self.pending.len() - cut >= self.config.max_size {
-            let length = self.first_boundary(&self.pending[cut..]);
-            chunks.push(Bytes::copy_from_slice(&self.pending[cut..cut + length]));
-            cut += length;
+        // Where in `data` the next chunk starts.
+        let mut at = 0;
+        if !self.pending.is_empty() {
+            // A chunk starting in the carried bytes (fewer than max_size) ends within the
+            // first max_size bytes of `data`: only those are joined to them.
+            let carried = self.pending.len();
+            let joined = data.len().min(max);
+            self.pending.reserve_exact(joined);
+            self.pending.extend_from_slice(&data[..joined]);
+            let mut cut = 0;
+            while cut < carried && self.pending.len() - cut >= max {
+                let length = self.first_boundary(&self.pending[cut..]);
+                chunks.push(Bytes::copy_from_slice(&self.pending[cut..cut + length]));
+                cut += length;
+            }
+            if cut < carried {
+                // `data` was shorter than max_size and is all in `pending` now.
+                self.pending.drain(..cut);
+                return chunks;
+            }
+            at = cut - carried;
+            self.pending.clear();
         }
-        self.pending.drain(..cut);
+        while data.len() - at >= max {
+            let length = self.first_boundary(&data[at..]);
+            chunks.push(Bytes::copy_from_slice(&data[at..at + length]));
+            at += length;
+        }
+        self.pending.reserve_exact(data.len() - at);
+        self.pending.extend_from_slice(&data[at..]);
         chunks
     }
 
@@ -127,6 +152,11 @@ mod tests {
                 at = end;
                 pieces += 1;
             }
+            assert!(
+                chunker.pending.capacity() < 2 * config.max_size,
+                "round {round}: {} bytes carried",
+                chunker.pending.capacity()
+            );
             chunks.extend(chunker.finish());
             let got: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
             assert!(got == one_pass, "round {round}: {pieces} pieces cut differently");
