@@ -1367,7 +1367,15 @@ async fn similar_chunks_are_found_by_a_shared_feature(catalog: Catalog) {
         .await
         .unwrap();
     let found = catalog
-        .similar_chunks("acme", &[Sketch([99, 98, 13, 97]), Sketch([1, 2, 3, 4])])
+        .similar_chunks(
+            "acme",
+            // Three sketches: the lists are padded to four with the last one repeated.
+            &[
+                Sketch([99, 98, 13, 97]),
+                Sketch([1, 2, 3, 4]),
+                Sketch([5, 6, 7, 8]),
+            ],
+        )
         .await
         .unwrap();
     assert_eq!(found.len(), 1, "{dialect:?}: {found:?}");

@@ -608,7 +608,8 @@ impl Catalog {
                 "INSERT INTO backup_pins (backup_id, pack_id) VALUES {} ON CONFLICT DO NOTHING",
                 self.dialect.value_rows(batch.len(), 2)
             );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
+            let mut query =
+                sqlx::query(AssertSqlSafe(sql)).persistent(super::keep_prepared(batch.len(), BATCH_ROWS));
             for pack in batch {
                 query = query.bind(&backup.id).bind(pack);
             }

@@ -62,7 +62,8 @@ impl Catalog {
                  ON CONFLICT (tenant, {id}) DO UPDATE SET refs = {name}.refs + excluded.refs",
                 self.dialect.value_rows(batch.len(), 4)
             );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
+            let mut query =
+                sqlx::query(AssertSqlSafe(sql)).persistent(super::keep_prepared(batch.len(), BATCH_ROWS / 4));
             for (key, (content, count)) in batch {
                 query = query
                     .bind(tenant)

@@ -324,7 +324,8 @@ impl Catalog {
                 "INSERT INTO gc_marks (pack_id, marked_at) VALUES {} ON CONFLICT (pack_id) DO NOTHING",
                 self.dialect.value_rows(batch.len(), 2)
             );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
+            let mut query =
+                sqlx::query(AssertSqlSafe(sql)).persistent(super::keep_prepared(batch.len(), BATCH_ROWS));
             for pack in batch {
                 query = query.bind(pack).bind(now);
             }

@@ -214,10 +214,10 @@ impl Catalog {
             let sql = format!(
                 "SELECT segment_id, entries FROM manifest_segments WHERE tenant = {} AND segment_id IN ({})",
                 self.dialect.placeholders(1, 1),
-                self.dialect.placeholders(2, batch.len())
+                self.dialect.placeholders(2, super::in_list_len(batch.len()))
             );
             let mut query = sqlx::query_as::<_, (Vec<u8>, Vec<u8>)>(AssertSqlSafe(sql)).bind(tenant);
-            for id in batch {
+            for id in super::padded(batch) {
                 query = query.bind(id.to_vec());
             }
             let rows = query

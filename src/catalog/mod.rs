@@ -112,6 +112,34 @@ pub enum Dialect {
     Postgres,
 }
 
+/// How many values an `IN (…)` list binds for a batch of `len` (at least 1): the next power of
+/// two, made up by repeating the batch's last value ([`padded`]), which changes no answer.
+/// Each statement text is a statement that every pooled connection prepares and keeps (up to
+/// 100 each, 8-20 KB apiece in SQLite); with a text per batch length, the chunk lookups of
+/// long uploads and downloads kept a statement for every length they met on every
+/// connection, and prepared again whatever had been pushed out.
+fn in_list_len(len: usize) -> usize {
+    debug_assert!(len > 0, "an IN list of nothing");
+    len.next_power_of_two()
+}
+
+/// `batch` and then its last value again, [`in_list_len`] values in all.
+fn padded<T>(batch: &[T]) -> impl Iterator<Item = &T> {
+    let pad = in_list_len(batch.len()) - batch.len();
+    batch
+        .iter()
+        .chain(std::iter::repeat_n(batch.last(), pad).flatten())
+}
+
+/// Whether a statement of `rows` rows, from batches of at most `full`, stays prepared on its
+/// connection: full batches and powers of two do (a few shapes, met again and again). Any
+/// other length is prepared for its one use and then finalized: kept, a statement per
+/// length (a 100-row chunk insert holds 140 KB in SQLite) would fill every connection's
+/// statement cache over a long run.
+fn keep_prepared(rows: usize, full: usize) -> bool {
+    rows == full || rows.is_power_of_two()
+}
+
 impl Dialect {
     /// `count` comma-separated placeholders numbered from `first`. SQLite gets anonymous
     /// `?`s: it resolves each `$n` by a linear search, which makes statements with hundreds
@@ -804,7 +832,7 @@ impl Catalog {
             self.dialect.value_rows(batch.len(), 13)
         );
         sql.push_str(" ON CONFLICT (tenant, chunk_id) DO NOTHING");
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(keep_prepared(batch.len(), BATCH_ROWS));
         for (pack_id, entry, depth, sketch) in batch {
             query = query
                 .bind(tenant)
@@ -1192,10 +1220,10 @@ impl Catalog {
             let sql = format!(
                 "SELECT chunk_id, stored_length FROM chunks WHERE tenant = {} AND chunk_id IN ({})",
                 self.dialect.placeholders(1, 1),
-                self.dialect.placeholders(2, batch.len())
+                self.dialect.placeholders(2, in_list_len(batch.len()))
             );
             let mut query = sqlx::query_as::<_, (Vec<u8>, i64)>(AssertSqlSafe(sql)).bind(tenant);
-            for id in batch {
+            for id in padded(batch) {
                 query = query.bind(id.0.to_vec());
             }
             let rows = query
@@ -1219,7 +1247,7 @@ impl Catalog {
         use crate::ingest::resemblance::FEATURES;
         let mut found = Vec::new();
         for batch in sketches.chunks(BATCH_ROWS / 2) {
-            let count = batch.len();
+            let count = in_list_len(batch.len());
             let terms: Vec<String> = (0..FEATURES)
                 .map(|slot| {
                     format!(
@@ -1234,15 +1262,16 @@ impl Catalog {
                  AND NOT EXISTS (SELECT 1 FROM gc_marks m WHERE m.pack_id = chunks.pack_id) LIMIT {}",
                 self.dialect.placeholders(1, 1),
                 terms.join(" OR "),
-                count * SIMILAR_PER_SKETCH
+                self.dialect.placeholders(2 + FEATURES * count, 1)
             );
             type Row = (Vec<u8>, i64, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
             let mut query = sqlx::query_as::<_, Row>(AssertSqlSafe(sql)).bind(tenant);
             for slot in 0..FEATURES {
-                for sketch in batch {
+                for sketch in padded(batch) {
                     query = query.bind(sketch.0[slot]);
                 }
             }
+            query = query.bind((batch.len() * SIMILAR_PER_SKETCH) as i64);
             let rows = query
                 .fetch_all(&self.pool)
                 .await
@@ -1291,10 +1320,10 @@ impl Catalog {
                 "SELECT {aggregate} FROM chunks c LEFT JOIN packs p ON p.pack_id = c.pack_id \
                  WHERE c.tenant = {} AND c.chunk_id IN ({})",
                 self.dialect.placeholders(1, 1),
-                self.dialect.placeholders(2, batch.len())
+                self.dialect.placeholders(2, in_list_len(batch.len()))
             );
             let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql)).bind(tenant);
-            for id in batch {
+            for id in padded(batch) {
                 query = query.bind(id.0.to_vec());
             }
             let json = query
@@ -1531,6 +1560,22 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_lists_take_few_shapes_and_pad_with_the_last_value() {
+        let shapes: std::collections::BTreeSet<usize> = (1..=2 * BATCH_ROWS).map(in_list_len).collect();
+        assert!(shapes.len() <= 10, "{shapes:?}");
+        for len in 1..=2 * BATCH_ROWS {
+            let batch: Vec<usize> = (0..len).collect();
+            let listed: Vec<usize> = padded(&batch).copied().collect();
+            assert_eq!(listed.len(), in_list_len(len));
+            assert_eq!(listed[..len], batch[..]);
+            assert!(
+                listed[len..].iter().all(|&value| value == len - 1),
+                "{len}: {listed:?}"
+            );
+        }
+    }
 
     /// Every connection of an SQLite catalog's pool gets its share of the page cache, so the
     /// caches together stay within `sqlite_cache_bytes` however many connections are open.
