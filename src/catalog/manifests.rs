@@ -11,7 +11,7 @@
 //! sees whole manifests: reads put them back together, backups carry them whole.
 
 use super::counted::{CountedTable, Referenced, counted};
-use super::{BATCH_ROWS, Catalog, db_error};
+use super::{BATCH_ROWS, Catalog, ID_LIST_MAX, db_error};
 use crate::domain::{Error, Result};
 use crate::ingest::manifest::ENTRY_LEN;
 use crate::ingest::{Manifest, NewManifest};
@@ -210,7 +210,8 @@ impl Catalog {
         wanted: &[SegmentId],
     ) -> Result<HashMap<SegmentId, Vec<u8>>> {
         let mut bodies: HashMap<SegmentId, Vec<u8>> = HashMap::with_capacity(wanted.len());
-        for batch in wanted.chunks(BATCH_ROWS) {
+        // Half a full list: each row carries a segment body.
+        for batch in wanted.chunks(ID_LIST_MAX / 2) {
             let sql = format!(
                 "SELECT segment_id, entries FROM manifest_segments WHERE tenant = {} AND segment_id IN ({})",
                 self.dialect.placeholders(1, 1),

@@ -48,6 +48,9 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("src/catalo
 
 /// Most rows a single statement binds; well below both dialects' parameter limits.
 const BATCH_ROWS: usize = 200;
+/// Most ids one lookup's `IN (…)` lists bind: a power of two, so a full batch needs no
+/// padding ([`in_list_len`]).
+const ID_LIST_MAX: usize = 512;
 
 /// An upload's new chunks are indexed sorted by id this many at a time (about 2.5 MiB of
 /// rows, held inside the commit; a 256 MiB upload of 16 KiB chunks is one window). Rows in
@@ -1216,7 +1219,7 @@ impl Catalog {
     /// Which of `ids` the tenant's chunk index already holds, with their stored sizes.
     pub async fn known_chunks(&self, tenant: &str, ids: &[ChunkId]) -> Result<HashMap<ChunkId, u64>> {
         let mut found = HashMap::new();
-        for batch in ids.chunks(BATCH_ROWS * 2) {
+        for batch in ids.chunks(ID_LIST_MAX) {
             let sql = format!(
                 "SELECT chunk_id, stored_length FROM chunks WHERE tenant = {} AND chunk_id IN ({})",
                 self.dialect.placeholders(1, 1),
@@ -1246,7 +1249,8 @@ impl Catalog {
     pub async fn similar_chunks(&self, tenant: &str, sketches: &[Sketch]) -> Result<Vec<SimilarChunk>> {
         use crate::ingest::resemblance::FEATURES;
         let mut found = Vec::new();
-        for batch in sketches.chunks(BATCH_ROWS / 2) {
+        // Four lists of the batch (one per feature).
+        for batch in sketches.chunks(ID_LIST_MAX / 4) {
             let count = in_list_len(batch.len());
             let terms: Vec<String> = (0..FEATURES)
                 .map(|slot| {
@@ -1315,7 +1319,7 @@ impl Catalog {
                  p.key_id, encode(p.wrapped_key, 'hex')))::text, '[]')"
             }
         };
-        for batch in unique.chunks(BATCH_ROWS * 2) {
+        for batch in unique.chunks(ID_LIST_MAX) {
             let sql = format!(
                 "SELECT {aggregate} FROM chunks c LEFT JOIN packs p ON p.pack_id = c.pack_id \
                  WHERE c.tenant = {} AND c.chunk_id IN ({})",
@@ -1563,9 +1567,14 @@ mod tests {
 
     #[test]
     fn in_lists_take_few_shapes_and_pad_with_the_last_value() {
-        let shapes: std::collections::BTreeSet<usize> = (1..=2 * BATCH_ROWS).map(in_list_len).collect();
+        let shapes: std::collections::BTreeSet<usize> = (1..=ID_LIST_MAX).map(in_list_len).collect();
         assert!(shapes.len() <= 10, "{shapes:?}");
-        for len in 1..=2 * BATCH_ROWS {
+        assert_eq!(
+            in_list_len(ID_LIST_MAX),
+            ID_LIST_MAX,
+            "a full batch is not padded"
+        );
+        for len in 1..=ID_LIST_MAX {
             let batch: Vec<usize> = (0..len).collect();
             let listed: Vec<usize> = padded(&batch).copied().collect();
             assert_eq!(listed.len(), in_list_len(len));
