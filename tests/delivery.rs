@@ -304,6 +304,34 @@ async fn a_link_serves_its_version_with_ranges_and_conditions() {
     let precondition = fetch("GET", &issued.url, &[("if-match", "\"old\"")]).await;
     assert_eq!(precondition.status, 412);
     assert_eq!(text(&precondition.headers, header::CACHE_CONTROL), "no-store");
+    // A list sent on two lines is one list (RFC 9110 §5.3): the tag on the second counts.
+    let split_match = fetch(
+        "GET",
+        &issued.url,
+        &[("if-match", "\"old\""), ("if-match", &etag)],
+    )
+    .await;
+    assert_eq!(split_match.status, 200);
+    let split_none_match = fetch(
+        "GET",
+        &issued.url,
+        &[("if-none-match", "\"old\""), ("if-none-match", &etag)],
+    )
+    .await;
+    assert_eq!(split_none_match.status, 304);
+    // A 304 carries no length but the one a 200 would (RFC 9110 §8.6), for GET and HEAD.
+    for method in ["GET", "HEAD"] {
+        let revalidated = fetch(method, &issued.url, &[("if-none-match", &format!("W/{etag}"))]).await;
+        assert_eq!(revalidated.status, 304, "{method}");
+        assert!(
+            revalidated
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .is_none_or(|length| length.to_str().unwrap() == size.to_string()),
+            "{method}: {:?}",
+            revalidated.headers.get(header::CONTENT_LENGTH)
+        );
+    }
 
     let head = fetch("HEAD", &issued.url, &[]).await;
     assert_eq!(head.status, 200);
@@ -567,6 +595,8 @@ async fn links_refuse_what_they_do_not_grant() {
         ),
         format!("{v1_path}?{}", v1_query.split("&signature").next().unwrap()),
         v1_path.to_owned(),
+        // A path that does not decode to text.
+        format!("{}?{v1_query}", v1_path.replace("/acme/", "/acme%FF/")),
     ];
     for forged in &forgeries {
         let refused = fetch("GET", forged, &[]).await;

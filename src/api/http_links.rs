@@ -11,6 +11,7 @@ use crate::domain::delivery::{
 use crate::domain::{Error, now_micros};
 use crate::telemetry::names;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
@@ -62,13 +63,25 @@ type Segments = (String, String, String, String);
 
 async fn serve(
     State(artifacts): State<Artifacts>,
-    Path((tenant, project, artifact_id, version)): Path<Segments>,
+    segments: Result<Path<Segments>, PathRejection>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     let now = now_micros() / 1_000_000;
     let query = uri.query().unwrap_or_default();
+    // A path that does not decode (percent-encoded bytes that are not UTF-8) was never
+    // issued: refused like any other link that was tampered with.
+    let Ok(Path((tenant, project, artifact_id, version))) = segments else {
+        tracing::info!(path = ?uri.path(), "download link refused: its path does not decode");
+        let response = plain(
+            StatusCode::FORBIDDEN,
+            "this download link is not valid; ask for a new one",
+        );
+        metrics::counter!(names::HTTP_DOWNLOADS_TOTAL, "status" => response.status().as_str().to_owned())
+            .increment(1);
+        return response;
+    };
     let response = match verify_link(
         &artifacts.link_keys(),
         &tenant,
@@ -119,13 +132,16 @@ async fn deliver(
     };
     let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let date = |name: header::HeaderName| text(name).and_then(http_date_seconds);
+    // A list field sent on several lines is one list (RFC 9110 §5.3), as proxies may split it.
+    let if_match = list(headers, &header::IF_MATCH);
+    let if_none_match = list(headers, &header::IF_NONE_MATCH);
     // Range (and so If-Range) means something for GET only (RFC 9110 §14.2): a HEAD is
     // answered as the GET without a Range would be.
     let get = *method == Method::GET;
     let if_range = text(header::IF_RANGE).filter(|_| get);
     let conditions = Conditions {
-        if_match: text(header::IF_MATCH),
-        if_none_match: text(header::IF_NONE_MATCH),
+        if_match: if_match.as_deref(),
+        if_none_match: if_none_match.as_deref(),
         if_modified_since: date(header::IF_MODIFIED_SINCE),
         if_unmodified_since: date(header::IF_UNMODIFIED_SINCE),
         if_range,
@@ -156,9 +172,12 @@ async fn deliver(
     let cacheable = format!("public, max-age={}, immutable", (grant.expires - now).max(0));
     let range = match decided {
         Answer::NotModified => {
+            // The length a 200 would have: without it, an empty 304 to a HEAD would say 0
+            // (RFC 9110 §8.6 allows only the 200's length).
             return Ok(response
                 .status(StatusCode::NOT_MODIFIED)
                 .header(header::CACHE_CONTROL, cacheable)
+                .header(header::CONTENT_LENGTH, representation.size)
                 .body(Body::empty())
                 .expect("a valid response"));
         }
@@ -232,6 +251,17 @@ fn is_pdf(content_type: &str) -> bool {
         .split(';')
         .next()
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/pdf"))
+}
+
+/// Every line of a list field, joined into one list; `None` when none was sent (a line that
+/// is not visible ASCII is left out).
+fn list(headers: &HeaderMap, name: &header::HeaderName) -> Option<String> {
+    let lines: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect();
+    (!lines.is_empty()).then(|| lines.join(", "))
 }
 
 fn http_date_seconds(text: &str) -> Option<i64> {
