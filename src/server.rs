@@ -335,6 +335,7 @@ pub async fn run(
             failover: failover.clone(),
             index: index.clone(),
             jobs: supervisor.board(),
+            disk_cache: disk_cache.clone(),
         },
         reporter: health_reporter,
         interval: Duration::from_millis(config.server.health_check_interval_ms.max(100)),

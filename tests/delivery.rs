@@ -1117,8 +1117,11 @@ async fn packs_read_again_from_s3_come_from_the_disk_cache_and_a_broken_cache_on
         );
         let status = common::cache_status(&server).await;
         if !status.disk_problem.is_empty() {
+            // Whichever the cache met first: a cached copy it could not read, or a copy it
+            // could not write.
             assert!(
-                status.disk_problem.contains("cannot write"),
+                (status.disk_problem.contains("cannot read") || status.disk_problem.contains("cannot write"))
+                    && status.disk_problem.contains(cache_dir.to_str().unwrap()),
                 "{}",
                 status.disk_problem
             );
@@ -1132,6 +1135,32 @@ async fn packs_read_again_from_s3_come_from_the_disk_cache_and_a_broken_cache_on
     }
     assert_eq!(metric(&server, "artifactd_disk_cache_degraded").await, 1.0);
     assert!(server.log().contains("the disk cache cannot keep objects"));
+    // Health says so for the cache alone: the server and its services still serve.
+    use tonic_health::pb::health_check_response::ServingStatus;
+    server
+        .wait_for_health("disk-cache", ServingStatus::NotServing)
+        .await;
+    server.wait_for_health("", ServingStatus::Serving).await;
+    server
+        .wait_for_health("artifactd.v1.ArtifactService", ServingStatus::Serving)
+        .await;
+    // Until copies are tried again, content read again costs the store only its reads, not
+    // whole copies that could not be kept.
+    let third = noise(512 * 1024, 76);
+    let third_id = create_id(&mut client, header(T, P, "bundle", "remote-3.bin"), &third).await;
+    let gets = store_operations(&server, "get").await;
+    assert!(read(client.clone(), third_id.clone()).await == third);
+    let one_read = store_operations(&server, "get").await - gets;
+    assert!(one_read >= 1.0);
+    for _ in 0..2 {
+        assert!(read(client.clone(), third_id.clone()).await == third);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        store_operations(&server, "get").await - gets,
+        3.0 * one_read,
+        "three reads and no copies"
+    );
     let _ = std::fs::remove_file(&cache_dir);
 
     // The embedded filesystem store has no disk cache: it is local already.

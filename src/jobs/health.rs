@@ -7,7 +7,10 @@
 //!   partial results);
 //! - `artifactd.v1.FallbackService`: NOT_SERVING while the failover pair is degraded (a
 //!   breaker open, or a store lacking objects it should hold), so that an alert or a probe
-//!   sees it; SERVING otherwise, and when no fallback is configured.
+//!   sees it; SERVING otherwise, and when no fallback is configured;
+//! - `disk-cache` (a component, not a gRPC service): NOT_SERVING while the disk cache cannot
+//!   keep or read copies (reads go to the store meanwhile, so nothing else changes);
+//!   SERVING otherwise, and when there is no disk cache.
 
 use super::{JobBoard, JobState};
 use crate::catalog::Catalog;
@@ -23,9 +26,10 @@ use tonic_health::server::HealthReporter;
 pub const ARTIFACT_SERVICE: &str = "artifactd.v1.ArtifactService";
 pub const SEARCH_SERVICE: &str = "artifactd.v1.SearchService";
 pub const FALLBACK_SERVICE: &str = "artifactd.v1.FallbackService";
+pub const DISK_CACHE: &str = "disk-cache";
 
 /// The services whose status is reported; the empty name is the server as a whole.
-pub const SERVICE_NAMES: &[&str] = &["", ARTIFACT_SERVICE, SEARCH_SERVICE, FALLBACK_SERVICE];
+pub const SERVICE_NAMES: &[&str] = &["", ARTIFACT_SERVICE, SEARCH_SERVICE, FALLBACK_SERVICE, DISK_CACHE];
 
 /// The job whose state the search service's health follows.
 pub const INDEXER_JOB: &str = "indexer";
@@ -38,6 +42,7 @@ pub struct HealthInputs {
     pub failover: Option<Arc<FailoverStore>>,
     pub index: Arc<SearchIndex>,
     pub jobs: JobBoard,
+    pub disk_cache: Option<Arc<crate::storage::DiskCache>>,
 }
 
 /// One round of checks.
@@ -48,6 +53,7 @@ pub struct HealthReport {
     pub accepts_writes: bool,
     pub search_ready: bool,
     pub failover_degraded: bool,
+    pub disk_cache_degraded: bool,
 }
 
 impl HealthReport {
@@ -57,6 +63,7 @@ impl HealthReport {
             ARTIFACT_SERVICE => self.catalog_up && self.accepts_writes,
             SEARCH_SERVICE => self.catalog_up && self.search_ready,
             FALLBACK_SERVICE => !self.failover_degraded,
+            DISK_CACHE => !self.disk_cache_degraded,
             _ => false,
         };
         if serving {
@@ -123,12 +130,17 @@ impl HealthMonitor {
             inputs.jobs.state(INDEXER_JOB) == Some(JobState::Running) && !inputs.index.needs_rebuild();
         metrics::gauge!(names::DEPENDENCY_UP, "dependency" => "catalog").set(f64::from(u8::from(catalog_up)));
         metrics::gauge!(names::DEPENDENCY_UP, "dependency" => "store").set(f64::from(u8::from(store_up)));
+        let disk_cache_degraded = inputs
+            .disk_cache
+            .as_ref()
+            .is_some_and(|cache| cache.problem().is_some());
         let report = HealthReport {
             catalog_up,
             store_up,
             accepts_writes,
             search_ready,
             failover_degraded,
+            disk_cache_degraded,
         };
         for service in SERVICE_NAMES {
             self.reporter
@@ -172,6 +184,7 @@ mod tests {
             accepts_writes: true,
             search_ready: true,
             failover_degraded: false,
+            disk_cache_degraded: false,
         }
     }
 
@@ -183,28 +196,34 @@ mod tests {
                 .map(|service| report.status_of(service) == ServingStatus::Serving)
                 .collect::<Vec<_>>()
         };
-        assert_eq!(serving(healthy()), [true, true, true, true]);
+        assert_eq!(serving(healthy()), [true, true, true, true, true]);
         // An index rebuilding from scratch, or an indexer that is down: search only.
         let rebuilding = HealthReport {
             search_ready: false,
             ..healthy()
         };
-        assert_eq!(serving(rebuilding), [true, true, false, true]);
+        assert_eq!(serving(rebuilding), [true, true, false, true, true]);
         // No store accepts writes (both breakers open) although one still answers reads.
         let read_only = HealthReport {
             accepts_writes: false,
             ..healthy()
         };
-        assert_eq!(serving(read_only), [true, false, true, true]);
+        assert_eq!(serving(read_only), [true, false, true, true, true]);
         let degraded = HealthReport {
             failover_degraded: true,
             ..healthy()
         };
-        assert_eq!(serving(degraded), [true, true, true, false]);
+        assert_eq!(serving(degraded), [true, true, true, false, true]);
         let no_catalog = HealthReport {
             catalog_up: false,
             ..healthy()
         };
-        assert_eq!(serving(no_catalog), [false, false, false, true]);
+        assert_eq!(serving(no_catalog), [false, false, false, true, true]);
+        // A broken disk cache costs only speed: it alone says so.
+        let cache_broken = HealthReport {
+            disk_cache_degraded: true,
+            ..healthy()
+        };
+        assert_eq!(serving(cache_broken), [true, true, true, true, false]);
     }
 }

@@ -8,9 +8,15 @@
 //! - Eviction: least recently used first, down to the capacity.
 //! - Damage: a cached copy the decoder refuses is deleted and the read goes to the store;
 //!   a fill is checked by `verify` (for packs, their name is their hash) before it is kept.
-//! - A directory that cannot be written (full, read-only, gone) costs nothing but the cache:
-//!   reads go to the store, the problem is logged once, shown by [`DiskCache::problem`] and
-//!   the `artifactd_disk_cache_degraded` gauge, and cleared by the next write that works.
+//! - A directory that cannot be written or read (full, read-only, gone) costs nothing but
+//!   the cache: reads go to the store, the problem is logged once, shown by
+//!   [`DiskCache::problem`], the `disk-cache` health status and the
+//!   `artifactd_disk_cache_degraded` gauge, and cleared by the next write that works. While
+//!   it lasts, copies are tried again only after a wait that doubles (from
+//!   [`FIRST_RETRY`] to [`LAST_RETRY`]), each after a small test write, so a broken cache
+//!   does not fetch objects from the store only to fail to keep them.
+//! - Copies that cannot be removed to make room stay indexed (they can still be read): the
+//!   index always matches the directory.
 
 use super::{BlobStore, Decoder, DynBlobStore, GetOptions, ObjectMeta, StoreError, decode_read};
 use crate::telemetry::names;
@@ -23,6 +29,11 @@ use std::sync::{Arc, Mutex};
 
 /// How many missed keys the admission filter remembers.
 const SEEN_ONCE: usize = 4096;
+
+/// The first wait before copies are tried again in a directory that failed.
+pub const FIRST_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest wait between tries.
+pub const LAST_RETRY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Whether the bytes of a whole object are what `key` should hold.
 pub type Verifier = Arc<dyn Fn(&str, &[u8]) -> bool + Send + Sync>;
@@ -75,9 +86,9 @@ impl Index {
         false
     }
 
-    /// Keys to delete so that `incoming` more bytes (besides those being written) fit in
-    /// `capacity`, least recent first.
-    fn make_room(&mut self, incoming: u64, capacity: u64) -> Vec<String> {
+    /// Takes out of the index the entries to delete so that `incoming` more bytes (besides
+    /// those being written) fit in `capacity`, least recent first: (key, size, last use).
+    fn make_room(&mut self, incoming: u64, capacity: u64) -> Vec<(String, u64, u64)> {
         let incoming = incoming + self.pending;
         let mut by_age: Vec<(u64, String)> = self
             .entries
@@ -90,13 +101,26 @@ impl Index {
             if self.total + incoming <= capacity {
                 break;
             }
-            if let Some((size, _)) = self.entries.remove(&key) {
+            if let Some((size, used)) = self.entries.remove(&key) {
                 self.total -= size;
-                evicted.push(key);
+                evicted.push((key, size, used));
             }
         }
         evicted
     }
+
+    /// Puts back an entry taken out by [`Index::make_room`] whose file is still there.
+    fn restore(&mut self, key: String, size: u64, used: u64) {
+        self.total += size;
+        self.entries.insert(key, (size, used));
+    }
+}
+
+/// Why the cache cannot keep what it should, and when copies are tried again.
+struct Problem {
+    message: String,
+    retry_at: std::time::Instant,
+    wait: std::time::Duration,
 }
 
 /// The cache directory and what it holds.
@@ -104,7 +128,8 @@ pub struct DiskCache {
     dir: PathBuf,
     capacity: u64,
     index: Mutex<Index>,
-    problem: Mutex<Option<String>>,
+    problem: Mutex<Option<Problem>>,
+    first_retry: std::time::Duration,
     hits: std::sync::atomic::AtomicU64,
     misses: std::sync::atomic::AtomicU64,
 }
@@ -123,11 +148,18 @@ impl DiskCache {
     /// Opens (creating) `dir`, forgets unfinished copies and indexes what is there. A
     /// directory that cannot be made is a problem to report, not a reason not to start.
     pub fn open(dir: &Path, capacity: u64) -> Arc<Self> {
+        Self::open_with_retry(dir, capacity, FIRST_RETRY)
+    }
+
+    /// [`DiskCache::open`], with copies into a directory that failed tried again after
+    /// `first_retry` (doubling up to [`LAST_RETRY`]).
+    pub fn open_with_retry(dir: &Path, capacity: u64, first_retry: std::time::Duration) -> Arc<Self> {
         let cache = Arc::new(Self {
             dir: dir.to_owned(),
             capacity,
             index: Mutex::new(Index::default()),
             problem: Mutex::new(None),
+            first_retry,
             hits: Default::default(),
             misses: Default::default(),
         });
@@ -169,12 +201,27 @@ impl DiskCache {
             index.entries.insert(key, (size, clock));
         }
         let evict = index.make_room(0, self.capacity);
+        let stuck = self.evict(&mut index, evict);
         drop(index);
-        for key in evict {
-            let _ = std::fs::remove_file(self.path_of(&key));
-        }
         self.report_size();
-        Ok(())
+        stuck.map_or(Ok(()), Err)
+    }
+
+    /// Deletes the files of entries taken out of the index; an entry whose file could not
+    /// be deleted goes back (it can still be read), and the first such error is returned.
+    /// Called with the index held, so no copy of the same key is kept meanwhile.
+    fn evict(&self, index: &mut Index, evicted: Vec<(String, u64, u64)>) -> Option<std::io::Error> {
+        let mut stuck = None;
+        for (key, size, used) in evicted {
+            match std::fs::remove_file(self.path_of(&key)) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    index.restore(key, size, used);
+                    stuck.get_or_insert(error);
+                }
+                _ => {}
+            }
+        }
+        stuck
     }
 
     fn path_of(&self, key: &str) -> PathBuf {
@@ -193,16 +240,68 @@ impl DiskCache {
 
     /// Why the cache cannot keep what it should, while that lasts.
     pub fn problem(&self) -> Option<String> {
-        self.problem.lock().expect("disk cache problem").clone()
+        self.problem
+            .lock()
+            .expect("disk cache problem")
+            .as_ref()
+            .map(|problem| problem.message.clone())
     }
 
-    fn report_problem(&self, problem: String) {
+    /// Whether a copy may start now: always while the cache works; while it has a problem,
+    /// one try each time the wait is over (the next waits until the try reports).
+    fn may_fill(&self) -> bool {
         let mut current = self.problem.lock().expect("disk cache problem");
-        if current.is_none() {
-            tracing::warn!(dir = %self.dir.display(), %problem, "the disk cache cannot keep objects; reads go to the store");
+        match current.as_mut() {
+            None => true,
+            Some(problem) => {
+                let now = std::time::Instant::now();
+                if now < problem.retry_at {
+                    return false;
+                }
+                problem.retry_at = now + problem.wait;
+                true
+            }
         }
-        *current = Some(problem);
+    }
+
+    fn report_problem(&self, message: String) {
+        let mut current = self.problem.lock().expect("disk cache problem");
+        let wait = match current.as_ref() {
+            None => {
+                tracing::warn!(dir = %self.dir.display(), problem = %message, "the disk cache cannot keep objects; reads go to the store");
+                self.first_retry
+            }
+            Some(problem) => (problem.wait * 2).min(LAST_RETRY.max(self.first_retry)),
+        };
+        *current = Some(Problem {
+            message,
+            retry_at: std::time::Instant::now() + wait,
+            wait,
+        });
         metrics::gauge!(names::DISK_CACHE_DEGRADED).set(1.0);
+    }
+
+    /// A small write and removal in the directory, before a copy is tried again in one that
+    /// failed; a failure is reported (and the next try waits longer).
+    fn probe(&self) -> bool {
+        let probe = self
+            .dir
+            .join(format!("probe.cached.{}.tmp", uuid::Uuid::now_v7().simple()));
+        let written = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| std::fs::write(&probe, b"probe"))
+            .and_then(|()| std::fs::remove_file(&probe));
+        match written {
+            Ok(()) => true,
+            Err(error) => {
+                let _ = std::fs::remove_file(&probe);
+                self.report_problem(format!("cannot write {}: {error}", self.dir.display()));
+                false
+            }
+        }
+    }
+
+    fn has_problem(&self) -> bool {
+        self.problem.lock().expect("disk cache problem").is_some()
     }
 
     fn clear_problem(&self) {
@@ -238,6 +337,9 @@ impl DiskCache {
             Ok(bytes) => Some(bytes),
             Err(error) => {
                 tracing::warn!(%key, %error, "a cached object could not be read; reading the store");
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    self.report_problem(format!("cannot read {}: {error}", path.display()));
+                }
                 self.forget(key);
                 None
             }
@@ -272,8 +374,18 @@ impl DiskCache {
                 index.filling.remove(key);
                 return;
             }
-            for old in index.make_room(size, self.capacity) {
-                let _ = std::fs::remove_file(self.path_of(&old));
+            let evicted = index.make_room(size, self.capacity);
+            if let Some(error) = self.evict(&mut index, evicted)
+                && index.total + index.pending + size > self.capacity
+            {
+                index.filling.remove(key);
+                drop(index);
+                self.report_problem(format!(
+                    "cannot remove old copies from {}: {error}",
+                    self.dir.display()
+                ));
+                self.report_size();
+                return;
             }
             index.pending += size;
         }
@@ -395,6 +507,11 @@ impl DiskCachedStore {
             self.cache.fill_failed(key);
             return;
         };
+        // A directory that failed is tried again only now and then, not at every miss.
+        if !self.cache.may_fill() {
+            self.cache.fill_failed(key);
+            return;
+        }
         let (inner, cache, verify, key) = (
             self.inner.clone(),
             self.cache.clone(),
@@ -403,6 +520,18 @@ impl DiskCachedStore {
         );
         tokio::spawn(async move {
             let _permit = permit;
+            if cache.has_problem() {
+                // A try after a failure: a small write first, before the store is asked
+                // for a whole object that might not be kept.
+                let probing = cache.clone();
+                if !tokio::task::spawn_blocking(move || probing.probe())
+                    .await
+                    .unwrap_or(false)
+                {
+                    cache.fill_failed(&key);
+                    return;
+                }
+            }
             match inner.get(&key, GetOptions::default()).await {
                 Ok(bytes) => {
                     let _ = tokio::task::spawn_blocking(move || {
@@ -515,10 +644,47 @@ mod tests {
     async fn fixture(capacity: u64) -> (tempfile::TempDir, Arc<FsStore>, Arc<DiskCache>, DiskCachedStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(FsStore::open(dir.path().join("store")).unwrap());
-        let cache = DiskCache::open(&dir.path().join("cache"), capacity);
+        let cache =
+            DiskCache::open_with_retry(&dir.path().join("cache"), capacity, Duration::from_millis(100));
         let verify: Verifier = Arc::new(|_: &str, bytes: &[u8]| !bytes.starts_with(b"bad"));
         let cached = DiskCachedStore::new(store.clone(), cache.clone(), "packs/", verify);
         (dir, store, cache, cached)
+    }
+
+    /// A store that counts the reads made of it.
+    #[derive(Debug)]
+    struct Counting {
+        inner: Arc<FsStore>,
+        gets: std::sync::atomic::AtomicU64,
+    }
+
+    impl Counting {
+        fn gets(&self) -> u64 {
+            self.gets.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl BlobStore for Counting {
+        fn name(&self) -> &str {
+            "counting"
+        }
+        async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+            self.inner.put(key, data).await
+        }
+        async fn get(&self, key: &str, options: GetOptions) -> Result<Bytes, StoreError> {
+            self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.get(key, options).await
+        }
+        async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+            self.inner.head(key).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.inner.delete(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+            self.inner.list(prefix).await
+        }
     }
 
     async fn settled(cache: &DiskCache, bytes: u64) {
@@ -695,11 +861,15 @@ mod tests {
         }
         let problem = cache.problem().expect("the problem is reported");
         assert!(problem.contains("cannot write"), "{problem}");
-        // Fixed: the next copy clears it.
+        // Fixed: the next copy tried (after a short wait here) clears it.
         std::fs::remove_file(&cache.dir).unwrap();
         store.put("packs/b", Bytes::from(vec![2u8; 1000])).await.unwrap();
-        for _ in 0..2 {
+        for _ in 0..100 {
+            if cache.status().bytes == 1000 {
+                break;
+            }
             cached.get("packs/b", GetOptions::default()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         settled(&cache, 1000).await;
         assert_eq!(cache.problem(), None);
@@ -708,5 +878,104 @@ mod tests {
         std::fs::write(&blocked, b"file").unwrap();
         let unusable = DiskCache::open(&blocked.join("cache"), 1000);
         assert!(unusable.problem().unwrap().contains("cannot use"));
+    }
+
+    /// While the directory is broken, objects read twice are not fetched whole from the
+    /// store only to fail to be kept: one copy is tried, then none until the wait is over,
+    /// and a retry that fails its test write costs the store nothing.
+    #[tokio::test]
+    async fn a_broken_directory_costs_the_store_no_copies_until_it_is_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Counting {
+            inner: Arc::new(FsStore::open(dir.path().join("store")).unwrap()),
+            gets: Default::default(),
+        });
+        let cache =
+            DiskCache::open_with_retry(&dir.path().join("cache"), 1 << 20, Duration::from_millis(300));
+        let verify: Verifier = Arc::new(|_: &str, _: &[u8]| true);
+        let cached = DiskCachedStore::new(store.clone(), cache.clone(), "packs/", verify);
+        for n in 0..8u8 {
+            store
+                .put(&format!("packs/{n}"), Bytes::from(vec![n; 1000]))
+                .await
+                .unwrap();
+        }
+        std::fs::remove_dir_all(&cache.dir).unwrap();
+        std::fs::write(&cache.dir, b"in the way").unwrap();
+        let read_twice = |n: u8| {
+            let cached = &cached;
+            async move {
+                for _ in 0..2 {
+                    let bytes = cached
+                        .get(&format!("packs/{n}"), GetOptions::default())
+                        .await
+                        .unwrap();
+                    assert_eq!(bytes.len(), 1000);
+                }
+            }
+        };
+        // The first object read twice is copied (a whole read of it), and that fails.
+        read_twice(0).await;
+        for _ in 0..200 {
+            if cache.problem().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(cache.problem().is_some(), "the failed copy is reported");
+        assert_eq!(store.gets(), 3, "two reads and one copy");
+        // Until the wait is over, reads are the store's only requests.
+        for n in 1..5 {
+            read_twice(n).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(store.gets(), 3 + 8, "no copies while the directory is broken");
+        // After it, a try: its test write fails, so the store is not asked for the object,
+        // and the next wait is longer.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        read_twice(5).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(store.gets(), 3 + 8 + 2, "a retry that cannot write reads nothing");
+        let retry_at = cache.problem.lock().unwrap().as_ref().unwrap().wait;
+        assert_eq!(retry_at, Duration::from_millis(600), "the wait doubles");
+        // A directory that works again: the try after the wait keeps the copy and clears
+        // the problem.
+        std::fs::remove_file(&cache.dir).unwrap();
+        tokio::time::sleep(Duration::from_millis(650)).await;
+        read_twice(6).await;
+        settled(&cache, 1000).await;
+        assert_eq!(cache.problem(), None);
+        assert_eq!(store.gets(), 3 + 8 + 2 + 3);
+    }
+
+    /// A copy that cannot be removed to make room stays indexed (the index matches the
+    /// directory), and the copy that needed the room is not written.
+    #[test]
+    fn copies_that_cannot_be_evicted_stay_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 2500);
+        for key in ["packs/a", "packs/b"] {
+            cache.index.lock().unwrap().filling.insert(key.to_owned());
+            cache.keep(key, &[1u8; 1000]);
+        }
+        assert_eq!(cache.status().bytes, 2000);
+        // The least recent copy's name now holds something no file removal takes away
+        // (permissions would not stop a test running as root).
+        let oldest = cache.path_of("packs/a");
+        std::fs::remove_file(&oldest).unwrap();
+        std::fs::create_dir(&oldest).unwrap();
+        std::fs::write(oldest.join("inside"), b"x").unwrap();
+        cache.index.lock().unwrap().filling.insert("packs/c".to_owned());
+        cache.keep("packs/c", &[2u8; 1000]);
+        assert_eq!(cache.status().bytes, 2000, "nothing evicted, nothing added");
+        assert!(
+            cache.problem().unwrap().contains("cannot remove old copies"),
+            "{:?}",
+            cache.problem()
+        );
+        let index = cache.index.lock().unwrap();
+        assert!(index.entries.contains_key("packs/a") && index.entries.contains_key("packs/b"));
+        assert!(!index.entries.contains_key("packs/c") && !index.filling.contains("packs/c"));
+        assert!(!cache.path_of("packs/c").exists());
     }
 }
