@@ -224,10 +224,10 @@ impl Catalog {
                     "UPDATE api_keys SET revoked_at = {} WHERE revoked_at IS NULL AND created_by IN ({}) \
                      RETURNING key_id, tenant",
                     self.dialect.placeholders(1, 1),
-                    self.dialect.placeholders(2, batch.len())
+                    self.dialect.placeholders(2, super::in_list_len(batch.len()))
                 );
                 let mut query = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql)).bind(at.0);
-                for maker in batch {
+                for maker in super::padded(batch) {
                     query = query.bind(maker);
                 }
                 revoked.extend(
@@ -364,12 +364,14 @@ impl Catalog {
         if !groups.is_empty() {
             sql.push_str(&format!(
                 " OR (subject_kind = 'group' AND subject IN ({}))",
-                self.dialect.placeholders(2, groups.len())
+                self.dialect.placeholders(2, super::in_list_len(groups.len()))
             ));
         }
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user);
-        for group in groups {
-            query = query.bind(group);
+        if !groups.is_empty() {
+            for group in super::padded(groups) {
+                query = query.bind(group);
+            }
         }
         let rows = query
             .fetch_all(&self.pool)

@@ -416,7 +416,7 @@ impl Catalog {
                 "SELECT chunk_id, pack_id, pack_offset, stored_length, raw_length, codec, base_chunk_id, delta_depth, \
                  resemblance_0, resemblance_1, resemblance_2, resemblance_3 FROM chunks WHERE tenant = {} AND chunk_id IN ({})",
                 self.dialect.placeholders(1, 1),
-                self.dialect.placeholders(2, batch.len())
+                self.dialect.placeholders(2, super::in_list_len(batch.len()))
             );
             type Row = (
                 Vec<u8>,
@@ -433,7 +433,7 @@ impl Catalog {
                 Option<i64>,
             );
             let mut query = sqlx::query_as::<_, Row>(AssertSqlSafe(sql)).bind(tenant);
-            for id in batch {
+            for id in super::padded(batch) {
                 query = query.bind(id.0.to_vec());
             }
             let rows = query
@@ -470,11 +470,11 @@ impl Catalog {
         for batch in pack_ids.chunks(BATCH_ROWS) {
             let sql = format!(
                 "SELECT pack_id, size, created_at, key_id, wrapped_key FROM packs WHERE pack_id IN ({})",
-                self.dialect.placeholders(1, batch.len())
+                self.dialect.placeholders(1, super::in_list_len(batch.len()))
             );
             let mut query =
                 sqlx::query_as::<_, (String, i64, i64, Option<String>, Option<Vec<u8>>)>(AssertSqlSafe(sql));
-            for id in batch {
+            for id in super::padded(batch) {
                 query = query.bind(id);
             }
             for (pack_id, size, created_at, key_id, wrapped_key) in query
@@ -567,10 +567,10 @@ impl Catalog {
         for batch in sealed_keys.chunks(BATCH_ROWS) {
             let sql = format!(
                 "SELECT key_id FROM tenant_keys WHERE key_id IN ({}) AND state = 'destroyed'{lock}",
-                self.dialect.placeholders(1, batch.len())
+                self.dialect.placeholders(1, super::in_list_len(batch.len()))
             );
             let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
-            for key in batch {
+            for key in super::padded(batch) {
                 query = query.bind(key);
             }
             let destroyed = query
@@ -588,10 +588,10 @@ impl Catalog {
             self.clear_marks(&mut tx, batch).await?;
             let sql = format!(
                 "SELECT COUNT(*) FROM packs WHERE pack_id IN ({})",
-                self.dialect.placeholders(1, batch.len())
+                self.dialect.placeholders(1, super::in_list_len(batch.len()))
             );
             let mut query = sqlx::query_as::<_, (i64,)>(AssertSqlSafe(sql));
-            for pack in batch {
+            for pack in super::padded(batch) {
                 query = query.bind(pack);
             }
             let (present,) = query
@@ -685,10 +685,10 @@ impl Catalog {
         for batch in packs.chunks(BATCH_ROWS) {
             let sql = format!(
                 "SELECT DISTINCT pack_id FROM backup_pins WHERE pack_id IN ({})",
-                self.dialect.placeholders(1, batch.len())
+                self.dialect.placeholders(1, super::in_list_len(batch.len()))
             );
             let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
-            for pack in batch {
+            for pack in super::padded(batch) {
                 query = query.bind(pack);
             }
             pinned.extend(

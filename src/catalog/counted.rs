@@ -155,7 +155,9 @@ impl Catalog {
             .map(|n| self.dialect.placeholders(n, 1))
             .collect();
         for batch in ids.chunks(BATCH_ROWS) {
-            let list = self.dialect.placeholders(lead.len() + 1, batch.len());
+            let list = self
+                .dialect
+                .placeholders(lead.len() + 1, super::in_list_len(batch.len()));
             let sql = statement(&lead_placeholders, &list);
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for value in lead {
@@ -164,7 +166,7 @@ impl Catalog {
                     Lead::Text(text) => query.bind(text.to_string()),
                 };
             }
-            for key in batch {
+            for key in super::padded(batch) {
                 query = query.bind(key.to_vec());
             }
             query

@@ -83,10 +83,10 @@ impl Catalog {
             let sql = format!(
                 "SELECT artifact_id, version, target_id, requirement, kind FROM dependencies \
                  WHERE artifact_id IN ({}) ORDER BY artifact_id, version, position",
-                self.dialect.placeholders(1, batch.len())
+                self.dialect.placeholders(1, super::in_list_len(batch.len()))
             );
             let mut query = sqlx::query_as::<_, (String, String, String, String, String)>(AssertSqlSafe(sql));
-            for id in batch {
+            for id in super::padded(batch) {
                 query = query.bind(id);
             }
             for (artifact_id, version, target_id, requirement, kind) in query
@@ -113,10 +113,10 @@ impl Catalog {
         for batch in artifact_ids.chunks(BATCH_ROWS) {
             let sql = format!(
                 "SELECT artifact_id, version, state FROM versions WHERE artifact_id IN ({}) AND deleted_at IS NULL ORDER BY artifact_id, seq",
-                self.dialect.placeholders(1, batch.len())
+                self.dialect.placeholders(1, super::in_list_len(batch.len()))
             );
             let mut query = sqlx::query_as::<_, (String, String, String)>(AssertSqlSafe(sql));
-            for id in batch {
+            for id in super::padded(batch) {
                 query = query.bind(id);
             }
             for (artifact_id, version, state) in query
@@ -151,10 +151,10 @@ impl Catalog {
             let sql = format!(
                 "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE tenant = {} {live} AND id IN ({})",
                 self.dialect.placeholders(1, 1),
-                self.dialect.placeholders(2, batch.len())
+                self.dialect.placeholders(2, super::in_list_len(batch.len()))
             );
             let mut query = sqlx::query_as::<_, ArtifactRecord>(AssertSqlSafe(sql)).bind(tenant);
-            for id in batch {
+            for id in super::padded(batch) {
                 query = query.bind(id);
             }
             for record in query
@@ -178,10 +178,10 @@ impl Catalog {
                  JOIN versions v ON v.artifact_id = d.artifact_id AND v.version = d.version \
                  WHERE d.target_id IN ({}) AND v.deleted_at IS NULL \
                  ORDER BY d.target_id, d.artifact_id, d.version, d.position",
-                self.dialect.placeholders(1, batch.len())
+                self.dialect.placeholders(1, super::in_list_len(batch.len()))
             );
             let mut query = sqlx::query_as::<_, (String, String, String, String, String)>(AssertSqlSafe(sql));
-            for id in batch {
+            for id in super::padded(batch) {
                 query = query.bind(id);
             }
             rows.extend(

@@ -293,10 +293,10 @@ impl Catalog {
         for batch in packs.chunks(BATCH_ROWS) {
             let sql = format!(
                 "DELETE FROM gc_marks WHERE pack_id IN ({})",
-                self.dialect.placeholders(1, batch.len())
+                self.dialect.placeholders(1, super::in_list_len(batch.len()))
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
-            for pack in batch {
+            for pack in super::padded(batch) {
                 query = query.bind(pack);
             }
             query
@@ -615,14 +615,14 @@ impl Catalog {
         all.sort_unstable();
         all.dedup();
         for batch in all.chunks(BATCH_ROWS) {
-            let ids = self.dialect.placeholders(2, batch.len());
+            let ids = self.dialect.placeholders(2, super::in_list_len(batch.len()));
             let tenant_param = self.dialect.placeholders(1, 1);
             let sql = format!(
                 "DELETE FROM gc_marks WHERE pack_id IN \
                  (SELECT pack_id FROM chunks WHERE tenant = {tenant_param} AND chunk_id IN ({ids}))"
             );
             let mut query = sqlx::query(AssertSqlSafe(sql)).bind(tenant);
-            for id in batch {
+            for id in super::padded(batch) {
                 query = query.bind(id.0.to_vec());
             }
             query
@@ -632,7 +632,7 @@ impl Catalog {
             let sql =
                 format!("SELECT COUNT(*) FROM chunks WHERE tenant = {tenant_param} AND chunk_id IN ({ids})");
             let mut query = sqlx::query_as::<_, (i64,)>(AssertSqlSafe(sql)).bind(tenant);
-            for id in batch {
+            for id in super::padded(batch) {
                 query = query.bind(id.0.to_vec());
             }
             let (present,) = query
@@ -682,11 +682,11 @@ impl Catalog {
                    WHERE c.tenant = {} AND c.base_chunk_id IS NOT NULL \
                  ) SELECT id FROM chain",
                 self.dialect.placeholders(1, 1),
-                self.dialect.placeholders(2, batch.len()),
-                self.dialect.placeholders(batch.len() + 2, 1),
+                self.dialect.placeholders(2, super::in_list_len(batch.len())),
+                self.dialect.placeholders(super::in_list_len(batch.len()) + 2, 1),
             );
             let mut query = sqlx::query_scalar::<_, Vec<u8>>(AssertSqlSafe(sql)).bind(tenant);
-            for id in batch {
+            for id in super::padded(batch) {
                 query = query.bind(id.0.to_vec());
             }
             let rows = query

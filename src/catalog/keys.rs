@@ -116,10 +116,10 @@ impl Catalog {
         }
         let sql = format!(
             "SELECT {KEY_COLUMNS} FROM tenant_keys WHERE key_id IN ({})",
-            self.dialect.placeholders(1, ids.len())
+            self.dialect.placeholders(1, super::in_list_len(ids.len()))
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in ids {
+        for id in super::padded(ids) {
             query = query.bind(*id);
         }
         let rows = query
@@ -533,10 +533,10 @@ impl Catalog {
         for batch in packs.chunks(super::BATCH_ROWS) {
             let sql = format!(
                 "SELECT COUNT(*) FROM packs WHERE pack_id IN ({}) AND key_id IS NOT NULL AND wrapped_key IS NULL",
-                self.dialect.placeholders(1, batch.len())
+                self.dialect.placeholders(1, super::in_list_len(batch.len()))
             );
             let mut query = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql));
-            for pack in batch {
+            for pack in super::padded(batch) {
                 query = query.bind(pack);
             }
             let (erased,) = query

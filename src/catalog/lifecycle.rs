@@ -167,10 +167,10 @@ impl Catalog {
                 "SELECT version, from_state, to_state, actor, reason, at FROM version_transitions \
                  WHERE artifact_id = {} AND version IN ({}) ORDER BY id",
                 self.dialect.placeholders(1, 1),
-                self.dialect.placeholders(2, batch.len())
+                self.dialect.placeholders(2, super::in_list_len(batch.len()))
             );
             let mut query = sqlx::query_as::<_, TransitionRecord>(AssertSqlSafe(sql)).bind(artifact_id);
-            for version in batch {
+            for version in super::padded(batch) {
                 query = query.bind(version);
             }
             let rows = query

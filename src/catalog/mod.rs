@@ -120,7 +120,8 @@ pub enum Dialect {
 /// Each statement text is a statement that every pooled connection prepares and keeps (up to
 /// 100 each, 8-20 KB apiece in SQLite); with a text per batch length, the chunk lookups of
 /// long uploads and downloads kept a statement for every length they met on every
-/// connection, and prepared again whatever had been pushed out.
+/// connection, and prepared again whatever had been pushed out. Every `IN (…)` list of bound
+/// values in the catalog takes its length from here.
 fn in_list_len(len: usize) -> usize {
     debug_assert!(len > 0, "an IN list of nothing");
     len.next_power_of_two()
