@@ -8,8 +8,11 @@
 //! resident memory reached 600-650 MiB; with every large buffer given back at once it was
 //! 276 MiB but downloads ran a quarter slower. Kept here instead, a buffer is neither.
 //!
-//! Buffers in use are bounded by the memory budget that pays for them; idle ones by
-//! `idle_limit`.
+//! Buffers in use are bounded by the memory budget that pays for them. Idle ones are kept
+//! up to a fixed floor, and beyond it up to what that budget has free (see
+//! [`BufferPool::with_room`]): buffers in use and idle ones together stay within the
+//! budget, and a download that reads several spans ahead, whose buffers come back and are
+//! asked for again in bursts, finds them all again while the server is not busy.
 
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
@@ -17,10 +20,20 @@ use std::sync::{Arc, Mutex};
 /// Smaller buffers are left to the allocator.
 pub const POOLED_MIN: usize = 1024 * 1024;
 
-#[derive(Debug)]
 pub struct BufferPool {
     idle: Mutex<Idle>,
     idle_limit: usize,
+    /// Free bytes of the budget that pays for buffers in use, when idle ones may take them.
+    room: Option<Box<dyn Fn() -> usize + Send + Sync>>,
+}
+
+impl std::fmt::Debug for BufferPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufferPool")
+            .field("idle_limit", &self.idle_limit)
+            .field("idle_bytes", &self.idle_bytes())
+            .finish()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -34,17 +47,43 @@ impl BufferPool {
         Arc::new(Self {
             idle: Mutex::new(Idle::default()),
             idle_limit,
+            room: None,
         })
+    }
+
+    /// A pool whose idle buffers may hold `idle_limit` bytes, and beyond that what `room`
+    /// says the budget paying for buffers in use has free: when that budget fills, idle
+    /// buffers past the floor are let go as buffers are asked for.
+    pub fn with_room(idle_limit: usize, room: impl Fn() -> usize + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Self {
+            idle: Mutex::new(Idle::default()),
+            idle_limit,
+            room: Some(Box::new(room)),
+        })
+    }
+
+    /// What idle buffers may hold now.
+    fn limit(&self) -> usize {
+        self.idle_limit.max(self.room.as_ref().map_or(0, |room| room()))
     }
 
     /// An empty buffer with room for at least `capacity` bytes: the smallest idle one
     /// that fits without being more than twice as large (a buffer holds as much memory as
-    /// its capacity, while its holder's budget paid for what it asked), else a new one.
-    /// When nothing fits, the oldest idle buffer is freed, so buffers of sizes no longer
-    /// asked for do not stay idle.
+    /// its capacity, while its holder's budget paid for what it asked), else a new one of
+    /// the request's [`size_class`]. When nothing fits, the oldest idle buffer is freed, so
+    /// buffers of sizes no longer asked for do not stay idle.
     pub fn take(&self, capacity: usize) -> Vec<u8> {
         if capacity >= POOLED_MIN {
+            let capacity = size_class(capacity);
+            let limit = self.limit();
             let mut idle = self.idle.lock().expect("buffer pool lock");
+            // The budget filled since these were kept: the oldest go.
+            let mut surplus = Vec::new();
+            while idle.bytes > limit && !idle.buffers.is_empty() {
+                let oldest = idle.buffers.remove(0);
+                idle.bytes -= oldest.capacity();
+                surplus.push(oldest);
+            }
             let fitting = idle
                 .buffers
                 .iter()
@@ -58,13 +97,19 @@ impl BufferPool {
                     let unfit = idle.buffers.remove(0);
                     idle.bytes -= unfit.capacity();
                     drop(idle);
-                    drop(unfit);
+                    drop((unfit, surplus));
                     return Vec::with_capacity(capacity);
                 }
-                None => return Vec::with_capacity(capacity),
+                None => {
+                    drop(idle);
+                    drop(surplus);
+                    return Vec::with_capacity(capacity);
+                }
             };
             let buffer = idle.buffers.remove(at);
             idle.bytes -= buffer.capacity();
+            drop(idle);
+            drop(surplus);
             return buffer;
         }
         Vec::with_capacity(capacity)
@@ -77,8 +122,9 @@ impl BufferPool {
             return;
         }
         buffer.clear();
+        let limit = self.limit();
         let mut idle = self.idle.lock().expect("buffer pool lock");
-        if idle.bytes + capacity <= self.idle_limit {
+        if idle.bytes + capacity <= limit {
             idle.bytes += capacity;
             idle.buffers.push(buffer);
         }
@@ -99,6 +145,17 @@ impl BufferPool {
     pub fn idle_bytes(&self) -> usize {
         self.idle.lock().expect("buffer pool lock").bytes
     }
+}
+
+/// `capacity` rounded up to one of eight sizes a doubling (at most an eighth more). Packs
+/// are their target size plus up to a chunk, and the spans that read them as long: asked
+/// for exactly, half the buffers given back were a little too small for the next request,
+/// so they were freed and a new one mapped and faulted in, page by page, for every pack
+/// read. Rounded, one buffer serves them all. Untouched, the extra capacity takes no
+/// memory.
+fn size_class(capacity: usize) -> usize {
+    let floor = 1usize << (usize::BITS - 1 - capacity.leading_zeros());
+    capacity.next_multiple_of((floor / 8).max(1))
 }
 
 struct Pooled {
@@ -169,5 +226,62 @@ mod tests {
         drop((reused, fresh));
         pool.give(Vec::with_capacity(1024));
         assert_eq!(pool.idle_bytes(), 0, "small buffers are not kept");
+    }
+
+    #[test]
+    fn buffers_of_nearly_equal_requests_serve_each_other() {
+        let pool = BufferPool::new(16 * MIB);
+        // Packs of a little over the 8 MiB target, in either order.
+        for (first, second) in [
+            (8 * MIB + 100_000, 8 * MIB + 50_000),
+            (8 * MIB + 50_000, 8 * MIB + 100_000),
+        ] {
+            let buffer = pool.take(first);
+            assert_eq!(buffer.capacity(), 9 * MIB);
+            let address = buffer.as_ptr();
+            pool.give(buffer);
+            let again = pool.take(second);
+            assert_eq!(again.as_ptr(), address, "{first} then {second}");
+        }
+        for (asked, class) in [
+            (MIB, MIB),
+            (MIB + 1, MIB + MIB / 8),
+            (3 * MIB - 1, 3 * MIB),
+            (8 * MIB, 8 * MIB),
+            (16 * MIB + 1, 18 * MIB),
+        ] {
+            assert_eq!(size_class(asked), class, "{asked}");
+            assert!(class >= asked && class - asked <= asked / 8);
+        }
+    }
+
+    /// Spans read ahead come back in a burst and are asked for again in a burst: while the
+    /// budget has room, every one is kept and found again; as it fills, idle buffers past
+    /// the floor go.
+    #[test]
+    fn idle_buffers_use_the_budget_s_free_room_and_give_it_up() {
+        let free = Arc::new(std::sync::atomic::AtomicUsize::new(64 * MIB));
+        let room = free.clone();
+        let pool = BufferPool::with_room(16 * MIB, move || room.load(std::sync::atomic::Ordering::SeqCst));
+        let buffers: Vec<Vec<u8>> = (0..4).map(|_| pool.take(8 * MIB + 1000)).collect();
+        let addresses: std::collections::HashSet<_> = buffers.iter().map(|b| b.as_ptr()).collect();
+        for buffer in buffers {
+            pool.give(buffer);
+        }
+        assert_eq!(pool.idle_bytes(), 36 * MIB, "all four kept: the budget has room");
+        let again: Vec<Vec<u8>> = (0..4).map(|_| pool.take(8 * MIB + 2000)).collect();
+        assert!(
+            again.iter().all(|b| addresses.contains(&b.as_ptr())),
+            "all four found again"
+        );
+        for buffer in again {
+            pool.give(buffer);
+        }
+        // The budget fills: the next request lets idle buffers past the floor go.
+        free.store(0, std::sync::atomic::Ordering::SeqCst);
+        let taken = pool.take(8 * MIB);
+        assert!(pool.idle_bytes() <= 16 * MIB, "{}", pool.idle_bytes());
+        pool.give(taken);
+        assert!(pool.idle_bytes() <= 16 * MIB, "a full budget keeps the floor");
     }
 }

@@ -174,6 +174,11 @@ impl MemoryBudget {
         }
     }
 
+    /// Bytes nobody holds now.
+    pub(crate) fn available(&self) -> usize {
+        self.units.available_permits() * UNIT
+    }
+
     /// `bytes` now, if the budget has them.
     pub(crate) fn try_reserve(&self, bytes: usize) -> Option<Reservation> {
         self.units

@@ -198,7 +198,8 @@ pub(crate) struct Inner {
     pub(crate) base_budget: budget::MemoryBudget,
     /// What uploads' received content not yet packed may take, together.
     pub(crate) received_budget: budget::MemoryBudget,
-    /// Large buffers of packs and spans, used again (idle ones up to a quarter of the budget).
+    /// Large buffers of packs and spans, used again (idle ones up to a quarter of the budget,
+    /// and beyond it what the budget has free).
     pub(crate) buffers: Arc<crate::buffers::BufferPool>,
     /// The HTTP listener's address, for links when no public address is configured.
     pub(crate) link_base: std::sync::OnceLock<String>,
@@ -398,7 +399,14 @@ impl Artifacts {
             budget::MemoryBudget::for_pool(budget::Pool::DeltaBases, settings.ingest.delta_base_memory_bytes);
         let received_budget =
             budget::MemoryBudget::for_pool(budget::Pool::Received, settings.ingest.received_memory_bytes);
-        let buffers = crate::buffers::BufferPool::new(settings.ingest.transfer_memory_bytes / 4);
+        // Idle buffers: a quarter of the transfer budget, and beyond it what the budget has
+        // free, so buffers in use and idle ones stay within it.
+        let buffers = {
+            let budget = budget.clone();
+            crate::buffers::BufferPool::with_room(settings.ingest.transfer_memory_bytes / 4, move || {
+                budget.available()
+            })
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 catalog,
