@@ -214,7 +214,7 @@ fn synthesize(sources: &[Source], count: usize) -> Vec<Synthetic> {
 fn indexed(doc: &Synthetic) -> IndexedArtifact {
     let bytes = doc.content.as_bytes();
     let mut shape = ContentShape::default();
-    shape.observe(bytes);
+    shape.observe(bytes, true);
     let extracted = extract("text/markdown", bytes, shape);
     let now = 1_790_000_000_000_000;
     IndexedArtifact {

@@ -157,8 +157,8 @@ struct Cutter {
 }
 
 impl Cutter {
-    fn cut(&mut self, data: &[u8]) -> Vec<(ChunkId, Bytes)> {
-        self.shape.observe(data);
+    fn cut(&mut self, data: &[u8], text: bool) -> Vec<(ChunkId, Bytes)> {
+        self.shape.observe(data, text);
         self.whole.update(data);
         let chunks = self.chunker.push(data);
         self.identify(chunks)
@@ -334,9 +334,10 @@ impl Receiving {
             ));
         }
         self.head.push(&data);
+        let text = !self.head.shows_not_text();
         let mut cutter = self.cutter.take().expect("cutter present until the end");
         let (cutter, chunks) = crate::compute::run(move || {
-            let chunks = cutter.cut(&data);
+            let chunks = cutter.cut(&data, text);
             (cutter, chunks)
         })
         .await

@@ -99,6 +99,11 @@ impl Head {
         }
     }
 
+    /// Whether the content has shown it is not text: what follows cannot change that.
+    pub fn shows_not_text(&self) -> bool {
+        self.not_text
+    }
+
     pub fn into_bytes(self) -> Vec<u8> {
         self.bytes
     }
@@ -113,9 +118,13 @@ pub struct ContentShape {
 }
 
 impl ContentShape {
-    pub fn observe(&mut self, data: &[u8]) {
+    /// Takes in the next bytes of the content; their newlines are counted while `text` (once
+    /// the [`Head`] shows the content is not text, its lines are never used).
+    pub fn observe(&mut self, data: &[u8], text: bool) {
         self.size += data.len() as u64;
-        self.newlines += memchr::memchr_iter(b'\n', data).count() as u64;
+        if text {
+            self.newlines += memchr::memchr_iter(b'\n', data).count() as u64;
+        }
         if let Some(last) = data.last() {
             self.last_byte = Some(*last);
         }
@@ -221,7 +230,7 @@ mod tests {
 
     fn shape(data: &[u8]) -> ContentShape {
         let mut shape = ContentShape::default();
-        shape.observe(data);
+        shape.observe(data, true);
         shape
     }
 

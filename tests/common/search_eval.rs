@@ -57,7 +57,7 @@ pub fn corpus(root: &Path) -> Vec<(String, String)> {
 pub fn document(tenant: &str, project: &str, id: String, name: &str, text: &str) -> IndexedArtifact {
     let bytes = text.as_bytes();
     let mut shape = ContentShape::default();
-    shape.observe(bytes);
+    shape.observe(bytes, true);
     let content_type = match name.rsplit('.').next() {
         Some("md") => "text/markdown",
         Some("yaml") | Some("yml") => "application/yaml",
