@@ -161,6 +161,8 @@ async fn health_is_reported_per_service() {
         "artifactd.v1.ArtifactService",
         "artifactd.v1.SearchService",
         "artifactd.v1.FallbackService",
+        // The disk cache in front of the S3 primary works.
+        "disk-cache",
     ] {
         server.wait_for_health(service, ServingStatus::Serving).await;
     }
@@ -217,7 +219,20 @@ async fn health_is_reported_per_service() {
             .all(|job| job.state == JobState::Running as i32 && job.restarts == 0),
         "{status:?}"
     );
-    assert_eq!(status.services.len(), 4);
+    assert_eq!(
+        status
+            .services
+            .iter()
+            .map(|service| service.service.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "",
+            "artifactd.v1.ArtifactService",
+            "artifactd.v1.SearchService",
+            "artifactd.v1.FallbackService",
+            "disk-cache"
+        ]
+    );
     assert!(
         status.services.iter().all(|service| service.serving),
         "{status:?}"
