@@ -659,6 +659,53 @@ async fn links_refuse_what_they_do_not_grant() {
     assert!(log.contains("download link refused"), "refusals are logged");
 }
 
+/// Anyone can send links that were never issued: a flood of them writes a few log lines a
+/// second, not one each, and the next line says how many were left out. Every one is
+/// refused and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_forged_links_writes_a_few_log_lines() {
+    let server = ServerProcess::start();
+    let mut client = server.client().await;
+    let id = create_id(&mut client, header(T, P, "doc", "flooded.md"), b"content").await;
+    let issued = link(&mut client, &id, "", 600).await.unwrap();
+    let forged = issued.url.replace("expires=", "expires=9");
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        assert_eq!(fetch("GET", &forged, &[]).await.status, 403);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let lines = |log: &str| {
+        log.lines()
+            .filter(|line| line.contains("download link refused"))
+            .count()
+    };
+    let logged = lines(&server.log());
+    assert!(
+        (1..=10 * seconds as usize).contains(&logged),
+        "{logged} lines for 200 refusals in {seconds} s"
+    );
+    // A second later the next refusal is logged, with how many were not.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(fetch("GET", &forged, &[]).await.status, 403);
+    let log = server.log();
+    assert_eq!(lines(&log), logged + 1);
+    let last = log
+        .lines()
+        .rfind(|line| line.contains("download link refused"))
+        .unwrap();
+    let suppressed: u64 = last
+        .split("suppressed=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of suppressed lines in {last}"));
+    assert_eq!(suppressed as usize, 200 - logged, "{last}");
+    assert_eq!(
+        metric(&server, "artifactd_http_downloads_total{status=\"403\"}").await,
+        201.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_with_one_configured_key_accept_each_others_links() {
     let key = "a link signing key shared by every replica, 48 chars";

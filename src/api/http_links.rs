@@ -61,6 +61,46 @@ fn cross_origin() -> CorsLayer {
 
 type Segments = (String, String, String, String);
 
+/// Refusals logged a second at most. Anyone can send links that were never issued, and each
+/// would otherwise write a line to the log; the rest are counted in
+/// `artifactd_http_downloads_total{status="403"}` as every refusal is, and the next line
+/// logged says how many were left out (`suppressed`).
+const REFUSALS_LOGGED_PER_SECOND: u32 = 10;
+
+struct RefusalLog {
+    second: Option<std::time::Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+static REFUSAL_LOG: std::sync::Mutex<RefusalLog> = std::sync::Mutex::new(RefusalLog {
+    second: None,
+    logged: 0,
+    suppressed: 0,
+});
+
+/// Whether a refusal may be logged now, with how many were not since the last one that was.
+fn refusal_logged() -> Option<u64> {
+    let mut log = REFUSAL_LOG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let now = std::time::Instant::now();
+    if log
+        .second
+        .is_none_or(|second| now.duration_since(second) >= Duration::from_secs(1))
+    {
+        log.second = Some(now);
+        log.logged = 0;
+    }
+    if log.logged < REFUSALS_LOGGED_PER_SECOND {
+        log.logged += 1;
+        Some(std::mem::take(&mut log.suppressed))
+    } else {
+        log.suppressed += 1;
+        None
+    }
+}
+
 async fn serve(
     State(artifacts): State<Artifacts>,
     segments: Result<Path<Segments>, PathRejection>,
@@ -73,7 +113,9 @@ async fn serve(
     // A path that does not decode (percent-encoded bytes that are not UTF-8) was never
     // issued: refused like any other link that was tampered with.
     let Ok(Path((tenant, project, artifact_id, version))) = segments else {
-        tracing::info!(path = ?uri.path(), "download link refused: its path does not decode");
+        if let Some(suppressed) = refusal_logged() {
+            tracing::info!(path = ?uri.path(), suppressed, "download link refused: its path does not decode");
+        }
         let response = plain(
             StatusCode::FORBIDDEN,
             "this download link is not valid; ask for a new one",
@@ -94,7 +136,9 @@ async fn serve(
         Err(refusal) => {
             // The reason, never the signature: the query is not logged.
             // Debug-formatted: the segments are whatever the requester sent.
-            tracing::info!(?tenant, ?project, ?artifact_id, ?version, reason = %refusal, "download link refused");
+            if let Some(suppressed) = refusal_logged() {
+                tracing::info!(?tenant, ?project, ?artifact_id, ?version, reason = %refusal, suppressed, "download link refused");
+            }
             let message = match refusal {
                 LinkRefusal::Expired { .. } => "this download link has expired; ask for a new one",
                 LinkRefusal::Malformed(_) | LinkRefusal::BadSignature => {
