@@ -101,12 +101,28 @@ fn refusal_logged() -> Option<u64> {
     }
 }
 
+/// What a refused link is told, whatever was wrong with it but its age.
+const NOT_VALID: &str = "this download link is not valid; ask for a new one";
+
 async fn serve(
     State(artifacts): State<Artifacts>,
     segments: Result<Path<Segments>, PathRejection>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+) -> Response {
+    let response = answer_link(&artifacts, segments, &method, &uri, &headers).await;
+    metrics::counter!(names::HTTP_DOWNLOADS_TOTAL, "status" => response.status().as_str().to_owned())
+        .increment(1);
+    response
+}
+
+async fn answer_link(
+    artifacts: &Artifacts,
+    segments: Result<Path<Segments>, PathRejection>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
 ) -> Response {
     let now = now_micros() / 1_000_000;
     let query = uri.query().unwrap_or_default();
@@ -116,15 +132,9 @@ async fn serve(
         if let Some(suppressed) = refusal_logged() {
             tracing::info!(path = ?uri.path(), suppressed, "download link refused: its path does not decode");
         }
-        let response = plain(
-            StatusCode::FORBIDDEN,
-            "this download link is not valid; ask for a new one",
-        );
-        metrics::counter!(names::HTTP_DOWNLOADS_TOTAL, "status" => response.status().as_str().to_owned())
-            .increment(1);
-        return response;
+        return plain(StatusCode::FORBIDDEN, NOT_VALID);
     };
-    let response = match verify_link(
+    match verify_link(
         &artifacts.link_keys(),
         &tenant,
         &project,
@@ -141,23 +151,18 @@ async fn serve(
             }
             let message = match refusal {
                 LinkRefusal::Expired { .. } => "this download link has expired; ask for a new one",
-                LinkRefusal::Malformed(_) | LinkRefusal::BadSignature => {
-                    "this download link is not valid; ask for a new one"
-                }
+                LinkRefusal::Malformed(_) | LinkRefusal::BadSignature => NOT_VALID,
             };
             plain(StatusCode::FORBIDDEN, message)
         }
-        Ok(grant) => match deliver(&artifacts, &grant, &method, &headers, now).await {
+        Ok(grant) => match deliver(artifacts, &grant, method, headers, now).await {
             Ok(response) => response,
             Err(error) => {
                 tracing::info!(?tenant, ?project, ?artifact_id, ?version, %error, "download link could not be served");
                 error_response(&error)
             }
         },
-    };
-    metrics::counter!(names::HTTP_DOWNLOADS_TOTAL, "status" => response.status().as_str().to_owned())
-        .increment(1);
-    response
+    }
 }
 
 async fn deliver(
