@@ -42,6 +42,14 @@ struct Idle {
     bytes: usize,
 }
 
+impl Idle {
+    fn take_at(&mut self, at: usize) -> Vec<u8> {
+        let buffer = self.buffers.remove(at);
+        self.bytes -= buffer.capacity();
+        buffer
+    }
+}
+
 impl BufferPool {
     pub fn new(idle_limit: usize) -> Arc<Self> {
         Arc::new(Self {
@@ -73,16 +81,18 @@ impl BufferPool {
     /// the request's [`size_class`]. When nothing fits, the oldest idle buffer is freed, so
     /// buffers of sizes no longer asked for do not stay idle.
     pub fn take(&self, capacity: usize) -> Vec<u8> {
-        if capacity >= POOLED_MIN {
-            let capacity = size_class(capacity);
-            let limit = self.limit();
+        if capacity < POOLED_MIN {
+            return Vec::with_capacity(capacity);
+        }
+        let capacity = size_class(capacity);
+        let limit = self.limit();
+        // Freed once the lock is let go.
+        let mut freed = Vec::new();
+        let found = {
             let mut idle = self.idle.lock().expect("buffer pool lock");
             // The budget filled since these were kept: the oldest go.
-            let mut surplus = Vec::new();
             while idle.bytes > limit && !idle.buffers.is_empty() {
-                let oldest = idle.buffers.remove(0);
-                idle.bytes -= oldest.capacity();
-                surplus.push(oldest);
+                freed.push(idle.take_at(0));
             }
             let fitting = idle
                 .buffers
@@ -91,28 +101,18 @@ impl BufferPool {
                 .filter(|(_, buffer)| (capacity..=2 * capacity).contains(&buffer.capacity()))
                 .min_by_key(|(_, buffer)| buffer.capacity())
                 .map(|(at, _)| at);
-            let at = match fitting {
-                Some(at) => at,
-                None if !idle.buffers.is_empty() => {
-                    let unfit = idle.buffers.remove(0);
-                    idle.bytes -= unfit.capacity();
-                    drop(idle);
-                    drop((unfit, surplus));
-                    return Vec::with_capacity(capacity);
-                }
+            match fitting {
+                Some(at) => Some(idle.take_at(at)),
                 None => {
-                    drop(idle);
-                    drop(surplus);
-                    return Vec::with_capacity(capacity);
+                    if !idle.buffers.is_empty() {
+                        freed.push(idle.take_at(0));
+                    }
+                    None
                 }
-            };
-            let buffer = idle.buffers.remove(at);
-            idle.bytes -= buffer.capacity();
-            drop(idle);
-            drop(surplus);
-            return buffer;
-        }
-        Vec::with_capacity(capacity)
+            }
+        };
+        drop(freed);
+        found.unwrap_or_else(|| Vec::with_capacity(capacity))
     }
 
     /// Takes a buffer back for reuse, or frees it when it is small or the pool is full.
